@@ -1,0 +1,217 @@
+//! Selectors (`type:value`), selector sets and SPIRE's four selector match modes.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a string or pair is not a selector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SelectorError {
+    /// The string has no `:` between type and value.
+    #[error("selector must be formatted as type:value")]
+    MissingSeparator,
+    /// The type is empty.
+    #[error("selector type cannot be empty")]
+    EmptyType,
+    /// The type contains `:`.
+    #[error("selector type cannot contain ':'")]
+    TypeHasColon,
+    /// The value is empty.
+    #[error("selector value cannot be empty")]
+    EmptyValue,
+}
+
+/// One selector: a `type` (the attestor plugin name, such as `unix` or `k8s`) and a value,
+/// which may itself contain `:` (`k8s:ns:prod`).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Selector {
+    /// The selector type: the attestor's name.
+    pub selector_type: String,
+    /// The value the attestor produced.
+    pub value: String,
+}
+
+impl Selector {
+    /// Builds a selector from its type and value, checking both.
+    ///
+    /// # Errors
+    /// [`SelectorError`] when the type is empty or has `:`, or the value is empty.
+    pub fn new(selector_type: &str, value: &str) -> Result<Self, SelectorError> {
+        if selector_type.is_empty() {
+            return Err(SelectorError::EmptyType);
+        }
+        if selector_type.contains(':') {
+            return Err(SelectorError::TypeHasColon);
+        }
+        if value.is_empty() {
+            return Err(SelectorError::EmptyValue);
+        }
+        Ok(Self { selector_type: selector_type.to_owned(), value: value.to_owned() })
+    }
+
+    /// Parses `type:value`; everything after the first `:` is the value.
+    ///
+    /// # Errors
+    /// [`SelectorError`] naming the broken rule.
+    pub fn parse(s: &str) -> Result<Self, SelectorError> {
+        let Some((t, v)) = s.split_once(':') else {
+            return Err(SelectorError::MissingSeparator);
+        };
+        Self::new(t, v)
+    }
+}
+
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.selector_type, self.value)
+    }
+}
+
+impl fmt::Debug for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Selector({}:{})", self.selector_type, self.value)
+    }
+}
+
+impl FromStr for Selector {
+    type Err = SelectorError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+/// A sorted set of selectors without duplicates.
+#[derive(Clone, Default, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+pub struct SelectorSet(Vec<Selector>);
+
+impl SelectorSet {
+    /// Builds a set: sorts and drops duplicates.
+    pub fn new(mut selectors: Vec<Selector>) -> Self {
+        selectors.sort();
+        selectors.dedup();
+        Self(selectors)
+    }
+
+    /// The selectors in order.
+    pub fn as_slice(&self) -> &[Selector] {
+        &self.0
+    }
+
+    /// Number of selectors.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `s` is in the set.
+    pub fn contains(&self, s: &Selector) -> bool {
+        self.0.binary_search(s).is_ok()
+    }
+
+    /// Whether every selector of `self` is in `other`.
+    pub fn is_subset_of(&self, other: &SelectorSet) -> bool {
+        self.0.iter().all(|s| other.contains(s))
+    }
+
+    /// Whether `self` and `other` share a selector.
+    pub fn intersects(&self, other: &SelectorSet) -> bool {
+        self.0.iter().any(|s| other.contains(s))
+    }
+}
+
+impl From<Vec<Selector>> for SelectorSet {
+    fn from(v: Vec<Selector>) -> Self {
+        Self::new(v)
+    }
+}
+
+impl FromIterator<Selector> for SelectorSet {
+    fn from_iter<I: IntoIterator<Item = Selector>>(iter: I) -> Self {
+        Self::new(iter.into_iter().collect())
+    }
+}
+
+/// How a filter's selectors are compared with an entry's, as SPIRE's `SelectorMatch`.
+///
+/// The wire values are those of `spire.api.types.SelectorMatch.MatchBehavior`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default, Serialize, Deserialize)]
+pub enum SelectorMatch {
+    /// The entry's selectors are exactly the requested ones.
+    #[default]
+    Exact,
+    /// The entry's selectors are a subset of the requested ones.
+    Subset,
+    /// The entry's selectors are a superset of the requested ones.
+    Superset,
+    /// The entry has at least one of the requested selectors.
+    Any,
+}
+
+impl SelectorMatch {
+    /// Whether an entry with `entry` selectors matches a filter of `requested` selectors.
+    pub fn matches(self, entry: &SelectorSet, requested: &SelectorSet) -> bool {
+        match self {
+            Self::Exact => entry == requested,
+            Self::Subset => entry.is_subset_of(requested),
+            Self::Superset => requested.is_subset_of(entry),
+            Self::Any => entry.intersects(requested),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(items: &[&str]) -> SelectorSet {
+        items.iter().map(|s| Selector::parse(s).unwrap()).collect()
+    }
+
+    #[test]
+    fn parse_table() {
+        let ok = Selector::parse("k8s:ns:prod").unwrap();
+        assert_eq!(ok.selector_type, "k8s");
+        assert_eq!(ok.value, "ns:prod");
+        assert_eq!(ok.to_string(), "k8s:ns:prod");
+        let cases: &[(&str, SelectorError)] = &[
+            ("", SelectorError::MissingSeparator),
+            ("unix", SelectorError::MissingSeparator),
+            (":uid:0", SelectorError::EmptyType),
+            ("unix:", SelectorError::EmptyValue),
+        ];
+        for (input, want) in cases {
+            assert_eq!(Selector::parse(input).unwrap_err(), *want, "input {input:?}");
+        }
+        assert_eq!(Selector::new("a:b", "c").unwrap_err(), SelectorError::TypeHasColon);
+    }
+
+    #[test]
+    fn set_sorts_and_dedups() {
+        let s = set(&["b:1", "a:1", "b:1"]);
+        assert_eq!(s.len(), 2);
+        assert_eq!(s.as_slice()[0].to_string(), "a:1");
+    }
+
+    #[test]
+    fn match_modes() {
+        let entry = set(&["a:1", "b:2"]);
+        let cases = [
+            (SelectorMatch::Exact, &["a:1", "b:2"][..], true),
+            (SelectorMatch::Exact, &["a:1"][..], false),
+            (SelectorMatch::Subset, &["a:1", "b:2", "c:3"][..], true),
+            (SelectorMatch::Subset, &["a:1"][..], false),
+            (SelectorMatch::Superset, &["a:1"][..], true),
+            (SelectorMatch::Superset, &["a:1", "c:3"][..], false),
+            (SelectorMatch::Any, &["c:3", "b:2"][..], true),
+            (SelectorMatch::Any, &["c:3"][..], false),
+        ];
+        for (mode, requested, want) in cases {
+            assert_eq!(mode.matches(&entry, &set(requested)), want, "{mode:?} {requested:?}");
+        }
+    }
+}

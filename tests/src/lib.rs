@@ -1,0 +1,1 @@
+//! End-to-end and interop tests for ward (the suites live in tests/tests/).
