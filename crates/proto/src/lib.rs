@@ -1,1 +1,124 @@
-//! placeholder
+//! Wire types of ward's SPIRE-compatible server API, and their conversions to core types.
+//!
+//! This crate owns the Rust code generated from the workspace's `proto/` directory (at build
+//! time, with a vendored `protoc`; no system installation is needed) and the one place where
+//! wire messages turn into [`ward_core`] types and back ([`convert`]).
+//!
+//! The `.proto` files match SPIRE's `spire-api-sdk` as pinned by SPIRE v1.13 name for name and
+//! number for number, so the generated clients and servers talk to unmodified SPIRE agents and
+//! CLIs. Module paths mirror the proto packages:
+//!
+//! - [`spire::api::types`]: shared messages (`Entry`, `Agent`, `Bundle`, `X509SVID`, ...)
+//! - [`spire::api::server::agent::v1`], [`spire::api::server::bundle::v1`],
+//!   [`spire::api::server::entry::v1`], [`spire::api::server::svid::v1`],
+//!   [`spire::api::server::trustdomain::v1`], [`spire::api::server::localauthority::v1`],
+//!   [`spire::api::server::debug::v1`], [`spire::api::server::logger::v1`]: one service each,
+//!   with a generated `*_server` module (trait + tonic service) and `*_client` module
+//! - [`grpc::health::v1`]: the standard health service
+//! - [`google::rpc`]: the rich error `Status` used to carry typed error details
+//!
+//! It does no I/O and holds no policy: authorization, storage and signing live in the crates
+//! that call it.
+
+pub mod convert;
+
+/// `google.*` packages.
+pub mod google {
+    /// `google.rpc`: the rich status message carried in `grpc-status-details-bin`.
+    #[allow(missing_docs, clippy::all)]
+    pub mod rpc {
+        include!(concat!(env!("OUT_DIR"), "/google.rpc.rs"));
+    }
+}
+
+/// `grpc.*` packages.
+pub mod grpc {
+    /// `grpc.health.*` packages.
+    pub mod health {
+        /// `grpc.health.v1`: the standard gRPC health service.
+        #[allow(missing_docs, clippy::all)]
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/grpc.health.v1.rs"));
+        }
+    }
+}
+
+/// `spire.*` packages.
+pub mod spire {
+    /// `spire.api.*` packages.
+    pub mod api {
+        /// `spire.api.types`: messages shared by the services.
+        #[allow(missing_docs, clippy::all)]
+        pub mod types {
+            include!(concat!(env!("OUT_DIR"), "/spire.api.types.rs"));
+        }
+
+        /// `spire.api.server.*`: the server's services.
+        pub mod server {
+            /// `spire.api.server.agent.*`.
+            pub mod agent {
+                /// Agent management and node attestation.
+                #[allow(missing_docs, clippy::all)]
+                pub mod v1 {
+                    include!(concat!(env!("OUT_DIR"), "/spire.api.server.agent.v1.rs"));
+                }
+            }
+            /// `spire.api.server.bundle.*`.
+            pub mod bundle {
+                /// Own and federated bundles.
+                #[allow(missing_docs, clippy::all)]
+                pub mod v1 {
+                    include!(concat!(env!("OUT_DIR"), "/spire.api.server.bundle.v1.rs"));
+                }
+            }
+            /// `spire.api.server.debug.*`.
+            pub mod debug {
+                /// Server diagnostics.
+                #[allow(missing_docs, clippy::all)]
+                pub mod v1 {
+                    include!(concat!(env!("OUT_DIR"), "/spire.api.server.debug.v1.rs"));
+                }
+            }
+            /// `spire.api.server.entry.*`.
+            pub mod entry {
+                /// Registration entries and the agent's entry sync.
+                #[allow(missing_docs, clippy::all)]
+                pub mod v1 {
+                    include!(concat!(env!("OUT_DIR"), "/spire.api.server.entry.v1.rs"));
+                }
+            }
+            /// `spire.api.server.localauthority.*`.
+            pub mod localauthority {
+                /// Manual control of the server's own authorities.
+                #[allow(missing_docs, clippy::all)]
+                pub mod v1 {
+                    include!(concat!(env!("OUT_DIR"), "/spire.api.server.localauthority.v1.rs"));
+                }
+            }
+            /// `spire.api.server.logger.*`.
+            pub mod logger {
+                /// Run-time log level control.
+                #[allow(missing_docs, clippy::all)]
+                pub mod v1 {
+                    include!(concat!(env!("OUT_DIR"), "/spire.api.server.logger.v1.rs"));
+                }
+            }
+            /// `spire.api.server.svid.*`.
+            pub mod svid {
+                /// SVID issuance.
+                #[allow(missing_docs, clippy::all)]
+                pub mod v1 {
+                    include!(concat!(env!("OUT_DIR"), "/spire.api.server.svid.v1.rs"));
+                }
+            }
+            /// `spire.api.server.trustdomain.*`.
+            pub mod trustdomain {
+                /// Federation relationships.
+                #[allow(missing_docs, clippy::all)]
+                pub mod v1 {
+                    include!(concat!(env!("OUT_DIR"), "/spire.api.server.trustdomain.v1.rs"));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! Generates the Rust code for every file under the workspace's `proto/` directory.
+//!
+//! protoc comes from `protoc-bin-vendored`, so no system installation is needed; the
+//! well-known types (`google/protobuf/*.proto`) come from its include directory.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Files compiled, relative to `proto/`. Each one's imports are found through the include path.
+const PROTOS: &[&str] = &[
+    "google/rpc/status.proto",
+    "grpc/health/v1/health.proto",
+    "spire/api/types/agent.proto",
+    "spire/api/types/attestation.proto",
+    "spire/api/types/bundle.proto",
+    "spire/api/types/entry.proto",
+    "spire/api/types/federateswith.proto",
+    "spire/api/types/federationrelationship.proto",
+    "spire/api/types/jointoken.proto",
+    "spire/api/types/jwtsvid.proto",
+    "spire/api/types/logger.proto",
+    "spire/api/types/selector.proto",
+    "spire/api/types/spiffeid.proto",
+    "spire/api/types/status.proto",
+    "spire/api/types/x509svid.proto",
+    "spire/api/server/agent/v1/agent.proto",
+    "spire/api/server/bundle/v1/bundle.proto",
+    "spire/api/server/debug/v1/debug.proto",
+    "spire/api/server/entry/v1/entry.proto",
+    "spire/api/server/localauthority/v1/localauthority.proto",
+    "spire/api/server/logger/v1/logger.proto",
+    "spire/api/server/svid/v1/svid.proto",
+    "spire/api/server/trustdomain/v1/trustdomain.proto",
+];
+
+fn main() -> io::Result<()> {
+    let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
+    let proto_root = manifest_dir.join("../../proto");
+    let protoc = protoc_bin_vendored::protoc_bin_path().map_err(io::Error::other)?;
+    let wkt_include = protoc_bin_vendored::include_path().map_err(io::Error::other)?;
+
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(protoc);
+
+    let files: Vec<PathBuf> = PROTOS.iter().map(|p| proto_root.join(p)).collect();
+    for file in &files {
+        println!("cargo:rerun-if-changed={}", file.display());
+    }
+    let includes = [proto_root, wkt_include];
+
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_with_config(config, &files, &includes)
+}
