@@ -1,8 +1,22 @@
 //! SPIFFE bundles: the X.509 and JWT authorities of a trust domain.
+//!
+//! [`Bundle`] is the model; the codecs live in submodules:
+//! - [`json`]: the SPIFFE bundle format of the SPIFFE Trust Domain and Bundle standard (a
+//!   JWKS with `use`, `spiffe_sequence` and `spiffe_refresh_hint`), and the plain JWKS of
+//!   JWT authorities the Workload API serves;
+//! - [`pem`]: X.509 authorities as `CERTIFICATE` PEM blocks.
 
 use serde::{Deserialize, Serialize};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::prelude::FromDer;
 
 use crate::spiffe_id::TrustDomain;
+
+pub mod json;
+pub mod pem;
+
+pub use json::{BundleDecodeError, BundleEncodeError};
+pub use pem::PemError;
 
 /// An X.509 root (or intermediate) CA certificate of a trust domain.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -11,6 +25,27 @@ pub struct X509Authority {
     pub der: Vec<u8>,
     /// Marked as compromised: agents rotate away from SVIDs chained to it.
     pub tainted: bool,
+}
+
+impl X509Authority {
+    /// An untainted authority for the certificate `der`.
+    pub fn new(der: Vec<u8>) -> Self {
+        Self { der, tainted: false }
+    }
+}
+
+impl AsRef<[u8]> for X509Authority {
+    fn as_ref(&self) -> &[u8] {
+        &self.der
+    }
+}
+
+/// Parses `der` as exactly one DER certificate (no trailing bytes).
+pub(crate) fn parse_certificate(der: &[u8]) -> Option<X509Certificate<'_>> {
+    match X509Certificate::from_der(der) {
+        Ok(([], cert)) => Some(cert),
+        _ => None,
+    }
 }
 
 /// A JWT signing key of a trust domain.

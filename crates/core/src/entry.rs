@@ -251,10 +251,15 @@ mod tests {
         let td = TrustDomain::new("example.org").unwrap();
         assert_eq!(entry().validate(&td), Ok(()));
         let other = SpiffeId::parse("spiffe://other.org/x").unwrap();
-        let cases: Vec<(Box<dyn Fn(&mut RegistrationEntry)>, EntryError)> = vec![
+        type Edit = Box<dyn Fn(&mut RegistrationEntry)>;
+        let cases: Vec<(Edit, EntryError)> = vec![
             (
-                Box::new(|e| e.spiffe_id = SpiffeId::parse("spiffe://example.org/spire/x").unwrap()),
-                EntryError::SpiffeIdReserved(SpiffeId::parse("spiffe://example.org/spire/x").unwrap()),
+                Box::new(|e| {
+                    e.spiffe_id = SpiffeId::parse("spiffe://example.org/spire/x").unwrap()
+                }),
+                EntryError::SpiffeIdReserved(
+                    SpiffeId::parse("spiffe://example.org/spire/x").unwrap(),
+                ),
             ),
             (
                 Box::new(|e| e.spiffe_id = SpiffeId::parse("spiffe://example.org").unwrap()),

@@ -14,15 +14,22 @@ pub mod clock;
 pub mod entry;
 pub mod federation;
 pub mod join_token;
+pub mod jwk;
 pub mod node;
 pub mod selector;
 pub mod spiffe_id;
 
-pub use bundle::{Bundle, JwtAuthority, X509Authority};
+#[cfg(test)]
+mod testutil;
+
+pub use bundle::{
+    Bundle, BundleDecodeError, BundleEncodeError, JwtAuthority, PemError, X509Authority,
+};
 pub use clock::Clock;
 pub use entry::{EntryId, RegistrationEntry};
 pub use federation::{BundleEndpointProfile, FederationRelationship};
 pub use join_token::JoinToken;
+pub use jwk::{EcCurve, JwkError, JwkPublicKey};
 pub use node::{AgentId, AttestedNode};
 pub use selector::{Selector, SelectorError, SelectorMatch, SelectorSet};
 pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};

@@ -150,11 +150,7 @@ impl TrustDomain {
     /// # Errors
     /// [`SpiffeIdError`] naming the broken rule.
     pub fn parse(s: &str) -> Result<Self, SpiffeIdError> {
-        if s.contains(":/") {
-            Ok(SpiffeId::parse(s)?.trust_domain().clone())
-        } else {
-            Self::new(s)
-        }
+        if s.contains(":/") { Ok(SpiffeId::parse(s)?.trust_domain().clone()) } else { Self::new(s) }
     }
 
     /// The bare name.
