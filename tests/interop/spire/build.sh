@@ -14,6 +14,15 @@ if [[ -x "$cache/spire-server" && -x "$cache/spire-agent" ]]; then
   echo "$cache"
   exit 0
 fi
+# One build at a time per cache: parallel test binaries or CI jobs wait for the first.
+mkdir -p "$(dirname "$cache")"
+exec 9>"$cache.lock"
+flock 9
+if [[ -x "$cache/spire-server" && -x "$cache/spire-agent" ]]; then
+  echo "$cache"
+  exit 0
+fi
+rm -rf "$cache.tmp"
 mkdir -p "$cache.tmp"
 (
   cd "$here"

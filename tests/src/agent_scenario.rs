@@ -1,0 +1,404 @@
+//! The agent scenario: an unmodified SPIRE `spire-agent` obtains a working X509-SVID and
+//! JWT-SVID from a server. Run against a real `spire-server` it proves the scenario and this
+//! harness; run against `ward-server` it proves ward's compatibility claim.
+//!
+//! The scenario, identical for both servers:
+//! 1. start the server on `127.0.0.1` and a temp admin socket; wait until it is ready;
+//!    `spire-server healthcheck` against its socket must pass;
+//! 2. with the server's own CLI: `token generate`, then `entry create` for
+//!    `spiffe://example.org/workload` under the agent's join-token ID with `unix:uid:<our uid>`;
+//!    with the unmodified `spire-server` CLI: `token generate` and `entry create` for
+//!    `spiffe://example.org/workload-cli` under the same parent;
+//! 3. `bundle show` from both CLIs must print the same certificates; start `spire-agent run
+//!    -joinToken` bootstrapped from that bundle;
+//! 4. `spire-agent api fetch x509` must return one SVID per entry, each with the entry's URI
+//!    SAN, and `openssl verify` must accept each against the server's bundle;
+//! 5. `spire-agent api fetch jwt -audience demo` must return one JWT-SVID per entry whose
+//!    signature verifies against the server's JWT key (from `bundle show -format spiffe`),
+//!    with `sub` = the entry's SPIFFE ID, `aud` containing `demo` and `exp` in the future; the
+//!    agent's JWT bundle must carry the same key.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::cli::{AdminCli, AgentCli, CLI_TIMEOUT};
+use crate::command::run;
+use crate::server::ServerProcess;
+use crate::spire::{AgentProcess, SpireBins, start_spire_agent, start_spire_server};
+use crate::wait::{Step, poll_until};
+use crate::ward::{start_ward_server, ward_server_bin};
+use anyhow::{Context, bail, ensure};
+use base64::Engine;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use serde_json::Value;
+use tempfile::TempDir;
+use ward_core::SpiffeId;
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+const TRUST_DOMAIN: &str = "example.org";
+const AUDIENCE: &str = "demo";
+const WORKLOAD_ID: &str = "spiffe://example.org/workload";
+const CLI_WORKLOAD_ID: &str = "spiffe://example.org/workload-cli";
+const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(60);
+const X509_SVID_TIMEOUT: Duration = Duration::from_secs(60);
+const JWT_SVID_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Which server the agent talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerKind {
+    /// The pinned, unmodified `spire-server`.
+    Spire,
+    /// `ward-server` from this workspace.
+    Ward,
+}
+
+/// Everything a scenario starts. Field order is drop order: the agent dies before the server,
+/// and the temp directory goes last. If the test panics, each daemon prints its log on drop.
+struct Harness {
+    agent: Option<AgentProcess>,
+    server: Option<ServerProcess>,
+    spire: SpireBins,
+    dir: TempDir,
+}
+
+/// Runs the scenario against `kind` and panics with the failing step if it fails; the server
+/// and agent logs are printed to stderr on the way out.
+pub fn run_scenario(kind: ServerKind) {
+    let mut harness = match harness() {
+        Ok(h) => h,
+        Err(err) => panic!("{kind:?} scenario could not start: {err:#}"),
+    };
+    if let Err(err) = scenario(kind, &mut harness) {
+        // The panic makes every daemon in `harness` print its log as it is dropped.
+        panic!("{kind:?} scenario failed: {err:#}");
+    }
+}
+
+fn harness() -> anyhow::Result<Harness> {
+    Ok(Harness {
+        agent: None,
+        server: None,
+        spire: SpireBins::locate()?,
+        dir: tempfile::Builder::new().prefix("ward-interop").tempdir()?,
+    })
+}
+
+fn phase(kind: ServerKind, what: &str) {
+    eprintln!("[{kind:?}] {what}");
+}
+
+fn scenario(kind: ServerKind, h: &mut Harness) -> anyhow::Result<()> {
+    let root = h.dir.path().to_owned();
+
+    phase(kind, "1. start the server and wait until it is ready");
+    let (server, native_bin) = match kind {
+        ServerKind::Spire => (
+            start_spire_server(&h.spire, &root.join("server"), TRUST_DOMAIN)?,
+            h.spire.server.clone(),
+        ),
+        ServerKind::Ward => {
+            let bin = ward_server_bin()?;
+            (start_ward_server(&bin, &root.join("server"), TRUST_DOMAIN)?, bin)
+        }
+    };
+    let server = h.server.insert(server);
+    let native = AdminCli::new(&native_bin, &server.socket_path);
+    let spire_cli = AdminCli::new(&h.spire.server, &server.socket_path);
+    poll_until("the server to become ready", SERVER_READY_TIMEOUT, || {
+        server.daemon.ensure_running()?;
+        // SPIRE's readiness is its health check; ward's is its own CLI answering `bundle show`
+        // (the CA is loaded), after which SPIRE's health check must pass as well.
+        let probe = match kind {
+            ServerKind::Spire => native.raw(&["healthcheck"], &[])?,
+            ServerKind::Ward => native.raw(&["bundle", "show"], &[])?,
+        };
+        Ok(if probe.status.success() { Step::Done(()) } else { Step::Retry(probe.describe()) })
+    })?;
+    spire_cli.healthcheck().context("spire-server healthcheck against the server's socket")?;
+
+    phase(kind, "2. join token and registration entries, from both CLIs");
+    let token = native.token_generate(Some(600)).context("token generate (server's CLI)")?;
+    let agent_id = format!("spiffe://{TRUST_DOMAIN}/spire/agent/join_token/{token}");
+    let selector = format!("unix:uid:{}", current_uid()?);
+    let entry_id = native
+        .entry_create(&agent_id, WORKLOAD_ID, &selector)
+        .context("entry create (server's CLI)")?;
+    ensure!(!entry_id.is_empty(), "entry create printed an empty entry ID");
+    let spire_token =
+        spire_cli.token_generate(None).context("token generate (spire-server CLI)")?;
+    ensure!(spire_token != token, "two token generate calls returned the same token {token}");
+    let cli_entry_id = spire_cli
+        .entry_create(&agent_id, CLI_WORKLOAD_ID, &selector)
+        .context("entry create (spire-server CLI)")?;
+    ensure!(cli_entry_id != entry_id, "both entries got ID {entry_id}");
+
+    phase(kind, "3. bundle show from both CLIs; start spire-agent");
+    let native_bundle = native.bundle_show_pem().context("bundle show (server's CLI)")?;
+    let spire_cli_bundle = spire_cli.bundle_show_pem().context("bundle show (spire-server CLI)")?;
+    let native_ders = pem_certificates(&native_bundle)?;
+    ensure!(
+        native_ders == pem_certificates(&spire_cli_bundle)?,
+        "bundle show differs between the server's CLI and spire-server's:\n{native_bundle}\n---\n{spire_cli_bundle}"
+    );
+    let bundle_path = root.join("bundle.pem");
+    std::fs::write(&bundle_path, &native_bundle)?;
+    let port = server.port;
+    let agent = h.agent.insert(start_spire_agent(
+        &h.spire,
+        &root.join("agent"),
+        TRUST_DOMAIN,
+        port,
+        &bundle_path,
+        &token,
+    )?);
+    let agent_cli = AgentCli::new(&h.spire.agent, &agent.socket_path);
+
+    phase(kind, "4. X509-SVIDs through the agent's Workload API");
+    let expected: BTreeSet<String> =
+        [WORKLOAD_ID, CLI_WORKLOAD_ID].into_iter().map(String::from).collect();
+    let svid_dir = root.join("svids");
+    let svids = poll_until("the agent to serve both X509-SVIDs", X509_SVID_TIMEOUT, || {
+        agent.daemon.ensure_running()?;
+        if let Some(server) = h.server.as_mut() {
+            server.daemon.ensure_running()?;
+        }
+        let _ = std::fs::remove_dir_all(&svid_dir);
+        std::fs::create_dir_all(&svid_dir)?;
+        let out = agent_cli.fetch_x509(&svid_dir)?;
+        if !out.status.success() {
+            return Ok(Step::Retry(out.describe()));
+        }
+        let svids = read_written_svids(&svid_dir)?;
+        let ids: BTreeSet<String> = svids.iter().map(|(id, _)| id.clone()).collect();
+        Ok(if ids == expected {
+            Step::Done(svids)
+        } else {
+            Step::Retry(format!("agent served {ids:?}"))
+        })
+    })?;
+    for (id, pem_path) in &svids {
+        SpiffeId::parse(id).with_context(|| format!("URI SAN {id} is not a SPIFFE ID"))?;
+        openssl_verify(&bundle_path, pem_path)?;
+        let spire_cli_bundle_path = root.join("bundle-spire-cli.pem");
+        std::fs::write(&spire_cli_bundle_path, &spire_cli_bundle)?;
+        openssl_verify(&spire_cli_bundle_path, pem_path)?;
+    }
+
+    phase(kind, "5. JWT-SVIDs through the agent's Workload API");
+    let fetched = poll_until("the agent to serve JWT-SVIDs", JWT_SVID_TIMEOUT, || {
+        agent.daemon.ensure_running()?;
+        let out = agent_cli.fetch_jwt_json(AUDIENCE)?;
+        if !out.status.success() {
+            return Ok(Step::Retry(out.describe()));
+        }
+        Ok(Step::Done(parse_fetch_jwt(&out.stdout).with_context(|| out.describe())?))
+    })?;
+    let server_jwks = jwt_keys_of_spiffe_bundle(
+        &spire_cli.bundle_show_spiffe().context("bundle show -format spiffe")?,
+    )?;
+    ensure!(!server_jwks.is_empty(), "the server's bundle has no JWT key");
+    let agent_jwks =
+        fetched.bundles.get(&format!("spiffe://{TRUST_DOMAIN}")).with_context(|| {
+            format!("fetch jwt printed no bundle for {TRUST_DOMAIN}: {:?}", fetched.bundles.keys())
+        })?;
+    let jwt_ids: BTreeSet<String> = fetched.svids.iter().map(|s| s.spiffe_id.clone()).collect();
+    ensure!(jwt_ids == expected, "JWT-SVIDs for {jwt_ids:?}, expected {expected:?}");
+    for svid in &fetched.svids {
+        validate_jwt_svid(&svid.svid, &svid.spiffe_id, &server_jwks, agent_jwks)
+            .with_context(|| format!("JWT-SVID for {}", svid.spiffe_id))?;
+    }
+    phase(kind, "done");
+    Ok(())
+}
+
+/// The effective uid of this process (what the unix workload attestor sees for the CLI we run).
+fn current_uid() -> anyhow::Result<u32> {
+    Ok(std::fs::metadata("/proc/self")?.uid())
+}
+
+/// The DER of every certificate in a PEM text, in order.
+fn pem_certificates(text: &str) -> anyhow::Result<Vec<Vec<u8>>> {
+    let blocks = pem::parse_many(text)?;
+    let ders: Vec<Vec<u8>> = blocks
+        .into_iter()
+        .filter(|b| b.tag() == "CERTIFICATE")
+        .map(|b| b.into_contents())
+        .collect();
+    ensure!(!ders.is_empty(), "no certificate in PEM text");
+    Ok(ders)
+}
+
+/// Reads `svid.N.pem` (N = 0, 1, …) written by `fetch x509 -write` and returns each leaf's
+/// single URI SAN with the file's path.
+fn read_written_svids(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let mut svids = Vec::new();
+    for n in 0.. {
+        let path = dir.join(format!("svid.{n}.pem"));
+        if !path.exists() {
+            break;
+        }
+        let ders = pem_certificates(&std::fs::read_to_string(&path)?)?;
+        let (_, leaf) = X509Certificate::from_der(&ders[0])
+            .with_context(|| format!("parsing {}", path.display()))?;
+        ensure!(!leaf.is_ca(), "{} leaf is a CA certificate", path.display());
+        let san = leaf
+            .subject_alternative_name()?
+            .with_context(|| format!("{} has no subjectAltName", path.display()))?;
+        let uris: Vec<&str> = san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| if let GeneralName::URI(u) = n { Some(*u) } else { None })
+            .collect();
+        ensure!(uris.len() == 1, "{} has URI SANs {uris:?}, expected exactly one", path.display());
+        svids.push((uris[0].to_owned(), path));
+    }
+    Ok(svids)
+}
+
+/// `openssl verify` of an SVID file (leaf first, intermediates after) against a bundle.
+fn openssl_verify(ca_file: &Path, svid_pem: &Path) -> anyhow::Result<()> {
+    let mut cmd = Command::new("openssl");
+    cmd.arg("verify").arg("-CAfile").arg(ca_file).arg("-untrusted").arg(svid_pem).arg(svid_pem);
+    let out = run(&mut cmd, CLI_TIMEOUT)?.success()?;
+    ensure!(
+        out.stdout.trim_end().ends_with(": OK"),
+        "openssl verify did not say OK\n{}",
+        out.describe()
+    );
+    Ok(())
+}
+
+#[derive(Debug, Deserialize)]
+struct FetchedJwtSvid {
+    spiffe_id: String,
+    svid: String,
+}
+
+#[derive(Debug)]
+struct FetchedJwt {
+    svids: Vec<FetchedJwtSvid>,
+    /// Trust domain ID → JWKS (decoded from the base64 the CLI prints).
+    bundles: std::collections::BTreeMap<String, Vec<Value>>,
+}
+
+/// Parses `spire-agent api fetch jwt -output json`: `[{"svids": [...]}, {"bundles": {td: base64 JWKS}}]`.
+fn parse_fetch_jwt(stdout: &str) -> anyhow::Result<FetchedJwt> {
+    let doc: Vec<Value> = serde_json::from_str(stdout)?;
+    let mut svids = None;
+    let mut bundles = std::collections::BTreeMap::new();
+    for part in doc {
+        if let Some(list) = part.get("svids") {
+            svids = Some(serde_json::from_value::<Vec<FetchedJwtSvid>>(list.clone())?);
+        }
+        if let Some(map) = part.get("bundles").and_then(Value::as_object) {
+            for (td, encoded) in map {
+                let encoded = encoded.as_str().context("bundle is not a string")?;
+                let json = base64::engine::general_purpose::STANDARD.decode(encoded)?;
+                let jwks: Value = serde_json::from_slice(&json)?;
+                let keys = jwks.get("keys").and_then(Value::as_array).cloned().unwrap_or_default();
+                bundles.insert(td.clone(), keys);
+            }
+        }
+    }
+    Ok(FetchedJwt { svids: svids.context("no svids in fetch jwt output")?, bundles })
+}
+
+/// The JWT keys (`"use": "jwt-svid"`) of a SPIFFE bundle document.
+fn jwt_keys_of_spiffe_bundle(text: &str) -> anyhow::Result<Vec<Value>> {
+    let doc: Value =
+        serde_json::from_str(text).context("bundle show -format spiffe is not JSON")?;
+    let keys =
+        doc.get("keys").and_then(Value::as_array).context("SPIFFE bundle has no keys array")?;
+    Ok(keys
+        .iter()
+        .filter(|k| k.get("use").and_then(Value::as_str) == Some("jwt-svid"))
+        .cloned()
+        .collect())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+struct JwtSvidClaims {
+    sub: String,
+    aud: Audience,
+    exp: u64,
+}
+
+/// Verifies a JWT-SVID against the server's JWT keys and checks its claims.
+fn validate_jwt_svid(
+    token: &str,
+    expected_sub: &str,
+    server_keys: &[Value],
+    agent_keys: &[Value],
+) -> anyhow::Result<()> {
+    let header = jsonwebtoken::decode_header(token)?;
+    let kid = header.kid.context("JWT-SVID header has no kid")?;
+    let key_json = server_keys
+        .iter()
+        .find(|k| k.get("kid").and_then(Value::as_str) == Some(kid.as_str()))
+        .with_context(|| format!("no server JWT key with kid {kid}"))?;
+    let agent_key = agent_keys
+        .iter()
+        .find(|k| k.get("kid").and_then(Value::as_str) == Some(kid.as_str()))
+        .with_context(|| format!("the agent's JWT bundle has no key with kid {kid}"))?;
+    for member in ["kty", "crv", "x", "y", "n", "e"] {
+        ensure!(
+            key_json.get(member) == agent_key.get(member),
+            "agent and server disagree on key {kid} member {member}"
+        );
+    }
+    let jwk: Jwk = serde_json::from_value(key_json.clone())?;
+    let algorithms = match &jwk.algorithm {
+        AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
+            EllipticCurve::P256 => vec![Algorithm::ES256],
+            EllipticCurve::P384 => vec![Algorithm::ES384],
+            ref other => bail!("unexpected curve {other:?}"),
+        },
+        AlgorithmParameters::RSA(_) => vec![
+            Algorithm::RS256,
+            Algorithm::RS384,
+            Algorithm::RS512,
+            Algorithm::PS256,
+            Algorithm::PS384,
+            Algorithm::PS512,
+        ],
+        other => bail!("unexpected JWT key type {other:?}"),
+    };
+    let key = DecodingKey::from_jwk(&jwk)?;
+    let mut validation = Validation::new(algorithms[0]);
+    validation.algorithms = algorithms;
+    validation.set_audience(&[AUDIENCE]);
+    validation.set_required_spec_claims(&["sub", "aud", "exp"]);
+    validation.leeway = 0;
+    let data = jsonwebtoken::decode::<JwtSvidClaims>(token, &key, &validation)
+        .context("JWT-SVID validation")?;
+    ensure!(data.claims.sub == expected_sub, "sub is {}, expected {expected_sub}", data.claims.sub);
+    let auds = match data.claims.aud {
+        Audience::One(a) => vec![a],
+        Audience::Many(a) => a,
+    };
+    ensure!(auds.iter().any(|a| a == AUDIENCE), "aud {auds:?} lacks {AUDIENCE}");
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    ensure!(data.claims.exp > now, "exp {} is not after now {now}", data.claims.exp);
+
+    // The same token must be refused for another audience: the check above is not vacuous.
+    let mut other = validation.clone();
+    other.set_audience(&["not-demo"]);
+    match jsonwebtoken::decode::<JwtSvidClaims>(token, &key, &other) {
+        Err(e) if *e.kind() == jsonwebtoken::errors::ErrorKind::InvalidAudience => Ok(()),
+        Err(e) => bail!("wrong error for a foreign audience: {e:?}"),
+        Ok(_) => bail!("token accepted for audience not-demo"),
+    }
+}
