@@ -18,6 +18,7 @@ pub mod jwk;
 pub mod node;
 pub mod selector;
 pub mod spiffe_id;
+pub mod x509svid;
 
 #[cfg(test)]
 mod testutil;
@@ -33,3 +34,4 @@ pub use jwk::{EcCurve, JwkError, JwkPublicKey};
 pub use node::{AgentId, AttestedNode};
 pub use selector::{Selector, SelectorError, SelectorMatch, SelectorSet};
 pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
+pub use x509svid::X509SvidError;
