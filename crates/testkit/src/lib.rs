@@ -1,1 +1,95 @@
-//! placeholder
+//! Test-only helpers for ward.
+//!
+//! This crate is a dev-dependency of the other ward crates and is never shipped. It owns the
+//! [`ManualClock`], a [`Clock`] whose time tests set and advance by hand so expiry and
+//! rotation can be exercised without sleeping. It does no I/O of its own.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use ward_core::Clock;
+
+/// A thread-safe clock that only moves when told to.
+///
+/// Clones share the same time: advancing one advances all of them, so a test can keep a
+/// handle while the code under test holds another (`Arc<dyn Clock>`).
+#[derive(Clone, Debug)]
+pub struct ManualClock {
+    now: Arc<Mutex<SystemTime>>,
+}
+
+impl ManualClock {
+    /// The time a [`ManualClock::default`] starts at: 2026-01-01T00:00:00Z.
+    pub const DEFAULT_START_UNIX: u64 = 1_767_225_600;
+
+    /// A clock reading `start`.
+    pub fn new(start: SystemTime) -> Self {
+        Self { now: Arc::new(Mutex::new(start)) }
+    }
+
+    /// A clock reading `secs` seconds after the Unix epoch.
+    pub fn at_unix(secs: u64) -> Self {
+        Self::new(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+    }
+
+    /// Sets the time to `t` (which may be earlier than the current reading).
+    pub fn set(&self, t: SystemTime) {
+        *self.now.lock().unwrap_or_else(PoisonError::into_inner) = t;
+    }
+
+    /// Moves the time forward by `d` and returns the new reading.
+    pub fn advance(&self, d: Duration) -> SystemTime {
+        let mut now = self.now.lock().unwrap_or_else(PoisonError::into_inner);
+        *now += d;
+        *now
+    }
+}
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        Self::at_unix(Self::DEFAULT_START_UNIX)
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> SystemTime {
+        *self.now.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_and_advance_are_shared_between_clones() {
+        let clock = ManualClock::default();
+        let other = clock.clone();
+        assert_eq!(clock.unix_seconds(), 1_767_225_600);
+        let t = other.advance(Duration::from_secs(90));
+        assert_eq!(clock.now(), t);
+        assert_eq!(clock.unix_seconds(), 1_767_225_690);
+        clock.set(SystemTime::UNIX_EPOCH + Duration::from_secs(5));
+        assert_eq!(other.unix_seconds(), 5);
+    }
+
+    #[test]
+    fn usable_across_threads_as_dyn_clock() {
+        let clock = ManualClock::at_unix(1000);
+        let shared: Arc<dyn Clock> = Arc::new(clock.clone());
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let c = clock.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..100 {
+                        c.advance(Duration::from_secs(1));
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert_eq!(shared.unix_seconds(), 1400);
+    }
+}
