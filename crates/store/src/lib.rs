@@ -1,1 +1,77 @@
-//! placeholder
+//! ward's replicated state machine on sled.
+//!
+//! This crate owns every piece of replicated server state — registration entries, attested
+//! agents, join tokens, bundles and federation relationships — and the only code that
+//! changes it: [`Store::apply`] of a [`Command`]. `apply` is deterministic (the proposer
+//! supplies ids, timestamps and expiry; apply reads no clock, RNG or environment) and atomic
+//! (one sled batch, including the new last-applied index). It also answers every read the
+//! server needs: SPIRE's ListEntries/CountEntries and ListAgents/CountAgents filters with
+//! stable page tokens, and the authorized entries of an agent behind a moka cache.
+//!
+//! It does not talk to the network, run Raft, validate attestation evidence, sign anything,
+//! or decide who may call what: the server and cluster crates do. sled types never appear in
+//! its API.
+//!
+//! # Storage layout
+//!
+//! One sled database. The tree `ward-meta` holds `active` (one byte, 0 or 1): which of the
+//! trees `state-0` / `state-1` is live. The other one is only used while importing a
+//! snapshot and is dropped otherwise. In the live tree (values are `postcard` of a
+//! `Versioned::V1(T)` wrapper around the ward-core type, so later formats can read old
+//! records):
+//!
+//! | key | value |
+//! |---|---|
+//! | `e` + entry id | `RegistrationEntry` |
+//! | `a` + agent SPIFFE ID | `AttestedNode` |
+//! | `t` + token | `JoinToken` |
+//! | `b` + trust domain name | `Bundle` |
+//! | `f` + trust domain name | `FederationRelationship` (without its bundle, which is under `b`) |
+//! | `c` + revision (u64 BE) | [`Change`]: ids changed by that revision; the last [`CHANGE_FEED_RETAIN`] are kept |
+//! | `m/applied` | last applied log index (u64 BE) |
+//! | `m/revision` | global revision (u64 BE) |
+//! | `m/format` | layout format (u64 BE), currently 1 |
+//!
+//! Every command writes its records, `m/applied` and (if anything changed) `m/revision` and
+//! a `c` record in one atomic batch, so after a crash the store reopens at exactly some
+//! applied index with exactly that index's state. [`Store::flush`] makes everything applied
+//! so far durable.
+//!
+//! # In-memory image and indexes
+//!
+//! Opening reads the live tree into memory: entries in a slab addressed by `u32` slots with
+//! an ordered id → slot map (for stable page tokens), and hash indexes from the hash of a
+//! parent ID, SPIFFE ID, selector or federated trust domain to slots; node-alias entries
+//! also by selector; agents by id and by node selector; tokens, bundles and federation
+//! relationships in ordered maps. Queries read only this image; apply updates it in step
+//! with the batch under one write lock.
+//!
+//! [`Store::authorized_entries`] follows SPIRE (spire-compat.md §9): entries parented by the
+//! agent, plus, for every node alias whose selectors are all among the agent's node
+//! selectors, entries parented by the alias; then, recursively, entries parented by any
+//! collected entry's SPIFFE ID (each parent visited once). Aliases are found through the
+//! alias selector index and children through the parent index, never by scanning. Results
+//! are cached per agent; a command invalidates exactly the agents whose result it can
+//! change (found by walking from the changed entry's parent up to agents and alias members).
+
+mod apply;
+pub mod command;
+mod error;
+mod index;
+pub mod query;
+mod record;
+pub mod snapshot;
+mod state;
+mod store;
+pub mod testdata;
+
+pub use command::{
+    AgentAttestation, Applied, BundleDeleteMode, Command, ConsumedToken, EntryMask, EntryUpdate,
+    ErrorClass, FederationMask, FederationUpdate, ItemError, Outcome,
+};
+pub use error::StoreError;
+pub use query::{AgentFilter, EntryFilter, FederatesWithFilter, Page, PageRequest, SelectorFilter};
+pub use record::Change;
+pub use snapshot::{DEFAULT_CHUNK_BYTES, Snapshot, SnapshotChunk, SnapshotInfo};
+pub use state::AuthorizedEntries;
+pub use store::{CHANGE_FEED_RETAIN, Store, StoreConfig};

@@ -1,0 +1,624 @@
+//! The deterministic state transition: one [`Command`] against the in-memory state, producing
+//! the sled batch that makes it durable and the set of agents whose cached authorized entries
+//! it invalidates.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use ward_core::{
+    AgentId, AttestedNode, Bundle, EntryId, FederationRelationship, JoinToken, RegistrationEntry,
+    TrustDomain,
+};
+
+use crate::command::{
+    AgentAttestation, BundleDeleteMode, Command, ConsumedToken, EntryUpdate, FederationUpdate,
+    ItemError, Outcome,
+};
+use crate::error::StoreError;
+use crate::record::{self, Change};
+use crate::state::State;
+
+/// One command's work in progress.
+pub(crate) struct Txn<'a> {
+    pub(crate) state: &'a mut State,
+    pub(crate) batch: sled::Batch,
+    pub(crate) change: Change,
+    pub(crate) mutated: bool,
+    /// Whether to compute the agents whose cached results change (false when nothing is
+    /// cached, e.g. during a bulk load).
+    track: bool,
+    pub(crate) touched: HashSet<AgentId>,
+}
+
+type ItemResult<T> = Result<T, ItemError>;
+
+impl<'a> Txn<'a> {
+    pub(crate) fn new(state: &'a mut State, track: bool) -> Self {
+        Self {
+            state,
+            batch: sled::Batch::default(),
+            change: Change::default(),
+            mutated: false,
+            track,
+            touched: HashSet::new(),
+        }
+    }
+
+    // ----- primitive writes: memory, batch, change feed, invalidation -----
+
+    fn put_entry(&mut self, e: RegistrationEntry) -> Result<Arc<RegistrationEntry>, StoreError> {
+        let bytes = record::encode(&e)?;
+        if let Some(old) = self.state.entry(&e.id).filter(|_| self.track).cloned() {
+            self.state.agents_affected_by(&old, &mut self.touched);
+        }
+        self.batch.insert(record::entry_key(&e.id), bytes);
+        let e = Arc::new(e);
+        self.state.put_entry(Arc::clone(&e));
+        if self.track {
+            self.state.agents_affected_by(&e, &mut self.touched);
+        }
+        self.change.entries.push(e.id.clone());
+        self.mutated = true;
+        Ok(e)
+    }
+
+    fn remove_entry(&mut self, id: &EntryId) -> Option<Arc<RegistrationEntry>> {
+        if let Some(old) = self.state.entry(id).filter(|_| self.track).cloned() {
+            self.state.agents_affected_by(&old, &mut self.touched);
+        }
+        let old = self.state.remove_entry(id)?;
+        self.batch.remove(record::entry_key(id));
+        self.change.entries.push(id.clone());
+        self.mutated = true;
+        Some(old)
+    }
+
+    fn put_agent(&mut self, a: AttestedNode) -> Result<Arc<AttestedNode>, StoreError> {
+        self.batch.insert(record::agent_key(&a.id), record::encode(&a)?);
+        self.touched.insert(a.id.clone());
+        self.change.agents.push(a.id.clone());
+        self.mutated = true;
+        let a = Arc::new(a);
+        self.state.put_agent(Arc::clone(&a));
+        Ok(a)
+    }
+
+    fn remove_agent(&mut self, id: &AgentId) -> Option<Arc<AttestedNode>> {
+        let old = self.state.remove_agent(id)?;
+        self.batch.remove(record::agent_key(id));
+        self.touched.insert(id.clone());
+        self.change.agents.push(id.clone());
+        self.mutated = true;
+        Some(old)
+    }
+
+    fn put_bundle(&mut self, b: Bundle) -> Result<Arc<Bundle>, StoreError> {
+        self.batch.insert(record::bundle_key(&b.trust_domain), record::encode(&b)?);
+        self.change.bundles.push(b.trust_domain.clone());
+        self.mutated = true;
+        let b = Arc::new(b);
+        self.state.bundles.insert(b.trust_domain.clone(), Arc::clone(&b));
+        Ok(b)
+    }
+
+    fn remove_bundle(&mut self, td: &TrustDomain) -> Option<Arc<Bundle>> {
+        let old = self.state.bundles.remove(td)?;
+        self.batch.remove(record::bundle_key(td));
+        self.change.bundles.push(td.clone());
+        self.mutated = true;
+        Some(old)
+    }
+
+    fn put_token(&mut self, t: JoinToken) -> Result<(), StoreError> {
+        self.batch.insert(record::key(record::TOKEN, &t.token), record::encode(&t)?);
+        self.state.tokens.insert(t.token.clone(), t);
+        self.mutated = true;
+        Ok(())
+    }
+
+    fn remove_token(&mut self, token: &str) -> Option<JoinToken> {
+        let old = self.state.tokens.remove(token)?;
+        self.batch.remove(record::key(record::TOKEN, token));
+        self.mutated = true;
+        Some(old)
+    }
+
+    fn put_federation(
+        &mut self,
+        f: FederationRelationship,
+    ) -> Result<Arc<FederationRelationship>, StoreError> {
+        self.batch.insert(record::federation_key(&f.trust_domain), record::encode(&f)?);
+        self.mutated = true;
+        let f = Arc::new(f);
+        self.state.federations.insert(f.trust_domain.clone(), Arc::clone(&f));
+        Ok(f)
+    }
+
+    // ----- commands -----
+
+    pub(crate) fn run(&mut self, cmd: &Command) -> Result<Outcome, StoreError> {
+        Ok(match cmd {
+            Command::CreateEntries(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                for e in items {
+                    out.push(match self.check_create(e) {
+                        Ok(e) => Ok(self.put_entry(e)?),
+                        Err(err) => Err(err),
+                    });
+                }
+                Outcome::Entries(out)
+            }
+            Command::UpdateEntries(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                for u in items {
+                    out.push(match self.check_update(u) {
+                        Ok(e) => Ok(self.put_entry(e)?),
+                        Err(err) => Err(err),
+                    });
+                }
+                Outcome::Entries(out)
+            }
+            Command::DeleteEntries(ids) => Outcome::DeletedEntries(
+                ids.iter()
+                    .map(|id| {
+                        self.remove_entry(id)
+                            .map(|_| id.clone())
+                            .ok_or_else(|| ItemError::EntryNotFound(id.clone()))
+                    })
+                    .collect(),
+            ),
+            Command::CreateJoinToken { token, entry } => {
+                Outcome::JoinTokenCreated(self.create_token(token, entry.as_ref())?)
+            }
+            Command::ConsumeJoinToken { token, now } => {
+                Outcome::JoinTokenConsumed(match self.remove_token(token) {
+                    Some(t) => {
+                        Ok(ConsumedToken { expires_at: t.expires_at, expired: t.expires_at < *now })
+                    }
+                    None => Err(ItemError::TokenNotFound),
+                })
+            }
+            Command::AttestAgent(att) => Outcome::Agent(self.attest(att)?),
+            Command::RenewAgent { id, new_serial, new_expires_at } => {
+                Outcome::Agent(match self.live_agent(id) {
+                    Err(e) => Err(e),
+                    Ok(_) if new_serial.is_empty() => {
+                        Err(ItemError::Invalid("new serial is required".into()))
+                    }
+                    Ok(mut a) => {
+                        a.new_serial.clone_from(new_serial);
+                        a.new_expires_at = *new_expires_at;
+                        Ok(self.put_agent(a)?)
+                    }
+                })
+            }
+            Command::ActivateAgentSerial { id, serial } => {
+                Outcome::Agent(match self.live_agent(id) {
+                    Err(e) => Err(e),
+                    Ok(a) if a.new_serial.is_empty() || &a.new_serial != serial => {
+                        Err(ItemError::SerialMismatch)
+                    }
+                    Ok(mut a) => {
+                        a.serial = std::mem::take(&mut a.new_serial);
+                        a.expires_at = a.new_expires_at;
+                        a.new_expires_at = 0;
+                        Ok(self.put_agent(a)?)
+                    }
+                })
+            }
+            Command::BanAgent(id) => Outcome::Agent(match self.state.agent(id) {
+                None => Err(ItemError::AgentNotFound(id.clone())),
+                Some(a) => {
+                    let mut a = AttestedNode::clone(a);
+                    a.serial.clear();
+                    a.new_serial.clear();
+                    Ok(self.put_agent(a)?)
+                }
+            }),
+            Command::DeleteAgent(id) => Outcome::Agent(
+                self.remove_agent(id).ok_or_else(|| ItemError::AgentNotFound(id.clone())),
+            ),
+            Command::SetBundles(bundles) => {
+                let mut out = Vec::with_capacity(bundles.len());
+                for b in bundles {
+                    let mut b = b.clone();
+                    if let Some(old) = self.state.bundles.get(&b.trust_domain) {
+                        b.sequence_number = b.sequence_number.max(old.sequence_number + 1);
+                    }
+                    out.push(Ok(self.put_bundle(b)?));
+                }
+                Outcome::Bundles(out)
+            }
+            Command::AppendBundle { trust_domain, x509_authorities, jwt_authorities } => {
+                let mut b = self
+                    .state
+                    .bundles
+                    .get(trust_domain)
+                    .map_or_else(|| Bundle::new(trust_domain.clone()), |b| Bundle::clone(b));
+                let is_new = !self.state.bundles.contains_key(trust_domain);
+                let mut changed = false;
+                for x in x509_authorities {
+                    if !b.x509_authorities.iter().any(|o| o.der == x.der) {
+                        b.x509_authorities.push(x.clone());
+                        changed = true;
+                    }
+                }
+                for j in jwt_authorities {
+                    if !b.jwt_authorities.iter().any(|o| o.key_id == j.key_id) {
+                        b.jwt_authorities.push(j.clone());
+                        changed = true;
+                    }
+                }
+                let result = if changed || is_new {
+                    if changed {
+                        b.sequence_number += 1;
+                    }
+                    self.put_bundle(b)?
+                } else {
+                    Arc::new(b)
+                };
+                Outcome::Bundles(vec![Ok(result)])
+            }
+            Command::DeleteBundles { trust_domains, mode } => {
+                let mut out = Vec::with_capacity(trust_domains.len());
+                for td in trust_domains {
+                    out.push(self.delete_bundle(td, *mode)?);
+                }
+                Outcome::Bundles(out)
+            }
+            Command::TaintX509Authority { trust_domain, der } => {
+                Outcome::Bundles(vec![self.edit_bundle(trust_domain, |b| {
+                    let found = b.x509_authorities.iter_mut().find(|a| &a.der == der);
+                    taint(found.map(|a| &mut a.tainted), trust_domain)
+                })?])
+            }
+            Command::RevokeX509Authority { trust_domain, der } => {
+                Outcome::Bundles(vec![self.edit_bundle(trust_domain, |b| {
+                    let list = &mut b.x509_authorities;
+                    revoke(list, |a| &a.der == der, |a| a.tainted, trust_domain)
+                })?])
+            }
+            Command::TaintJwtAuthority { trust_domain, key_id } => {
+                Outcome::Bundles(vec![self.edit_bundle(trust_domain, |b| {
+                    let found = b.jwt_authorities.iter_mut().find(|a| &a.key_id == key_id);
+                    taint(found.map(|a| &mut a.tainted), trust_domain)
+                })?])
+            }
+            Command::RevokeJwtAuthority { trust_domain, key_id } => {
+                Outcome::Bundles(vec![self.edit_bundle(trust_domain, |b| {
+                    let list = &mut b.jwt_authorities;
+                    revoke(list, |a| &a.key_id == key_id, |a| a.tainted, trust_domain)
+                })?])
+            }
+            Command::CreateFederationRelationships(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                for f in items {
+                    out.push(self.create_federation(f)?);
+                }
+                Outcome::Federations(out)
+            }
+            Command::UpdateFederationRelationships(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                for u in items {
+                    out.push(self.update_federation(u)?);
+                }
+                Outcome::Federations(out)
+            }
+            Command::DeleteFederationRelationships(tds) => {
+                let mut out = Vec::with_capacity(tds.len());
+                for td in tds {
+                    out.push(match self.state.federations.remove(td) {
+                        Some(old) => {
+                            self.batch.remove(record::federation_key(td));
+                            self.mutated = true;
+                            Ok(old)
+                        }
+                        None => Err(ItemError::FederationNotFound(td.clone())),
+                    });
+                }
+                Outcome::Federations(out)
+            }
+            Command::PruneEntries { expires_before } => {
+                let doomed: Vec<EntryId> = self
+                    .state
+                    .all_entries()
+                    .filter(|e| e.expires_at != 0 && e.expires_at < *expires_before)
+                    .map(|e| e.id.clone())
+                    .collect();
+                for id in &doomed {
+                    self.remove_entry(id);
+                }
+                Outcome::Pruned(doomed.len())
+            }
+            Command::PruneJoinTokens { expires_before } => {
+                let doomed: Vec<String> = self
+                    .state
+                    .tokens
+                    .values()
+                    .filter(|t| t.expires_at < *expires_before)
+                    .map(|t| t.token.clone())
+                    .collect();
+                for t in &doomed {
+                    self.remove_token(t);
+                }
+                Outcome::Pruned(doomed.len())
+            }
+            Command::PruneAgents { expires_before, include_non_reattestable } => {
+                let doomed: Vec<AgentId> = self
+                    .state
+                    .all_agents()
+                    .filter(|a| {
+                        a.expires_at < *expires_before
+                            && (a.can_reattest || *include_non_reattestable)
+                    })
+                    .map(|a| a.id.clone())
+                    .collect();
+                for id in &doomed {
+                    self.remove_agent(id);
+                }
+                Outcome::Pruned(doomed.len())
+            }
+        })
+    }
+
+    // ----- item checks: they read state only, so a refused item changes nothing -----
+
+    fn check_entry(&self, e: &RegistrationEntry) -> ItemResult<()> {
+        e.validate(&self.state.trust_domain).map_err(ItemError::InvalidEntry)?;
+        if let Some(existing) = self.state.similar_entry(e) {
+            return Err(ItemError::EntryExists(Arc::clone(existing)));
+        }
+        for td in &e.federates_with {
+            if !self.state.bundles.contains_key(td) {
+                return Err(ItemError::FederatedBundleMissing(td.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_create(&self, e: &RegistrationEntry) -> ItemResult<RegistrationEntry> {
+        if self.state.entry(&e.id).is_some() {
+            return Err(ItemError::EntryIdTaken(e.id.clone()));
+        }
+        self.check_entry(e)?;
+        let mut e = e.clone();
+        e.revision_number = 0;
+        Ok(e)
+    }
+
+    fn check_update(&self, u: &EntryUpdate) -> ItemResult<RegistrationEntry> {
+        let Some(old) = self.state.entry(&u.entry.id) else {
+            return Err(ItemError::EntryNotFound(u.entry.id.clone()));
+        };
+        let (m, src) = (&u.mask, &u.entry);
+        let mut e = RegistrationEntry::clone(old);
+        if m.spiffe_id {
+            e.spiffe_id = src.spiffe_id.clone();
+        }
+        if m.parent_id {
+            e.parent_id = src.parent_id.clone();
+        }
+        if m.selectors {
+            e.selectors = src.selectors.clone();
+        }
+        if m.x509_svid_ttl {
+            e.x509_svid_ttl = src.x509_svid_ttl;
+        }
+        if m.jwt_svid_ttl {
+            e.jwt_svid_ttl = src.jwt_svid_ttl;
+        }
+        if m.federates_with {
+            e.federates_with = src.federates_with.clone();
+        }
+        if m.admin {
+            e.admin = src.admin;
+        }
+        if m.downstream {
+            e.downstream = src.downstream;
+        }
+        if m.expires_at {
+            e.expires_at = src.expires_at;
+        }
+        if m.dns_names {
+            e.dns_names = src.dns_names.clone();
+        }
+        if m.store_svid {
+            e.store_svid = src.store_svid;
+        }
+        if m.hint {
+            e.hint = src.hint.clone();
+        }
+        self.check_entry(&e)?;
+        e.revision_number = old.revision_number + 1;
+        Ok(e)
+    }
+
+    fn create_token(
+        &mut self,
+        token: &JoinToken,
+        entry: Option<&RegistrationEntry>,
+    ) -> Result<ItemResult<Option<Arc<RegistrationEntry>>>, StoreError> {
+        if token.token.is_empty() {
+            return Ok(Err(ItemError::Invalid("token value is required".into())));
+        }
+        if self.state.tokens.contains_key(&token.token) {
+            return Ok(Err(ItemError::TokenExists));
+        }
+        let entry = match entry.map(|e| self.check_create(e)).transpose() {
+            Ok(e) => e,
+            Err(err) => return Ok(Err(err)),
+        };
+        self.put_token(token.clone())?;
+        Ok(Ok(match entry {
+            Some(e) => Some(self.put_entry(e)?),
+            None => None,
+        }))
+    }
+
+    fn live_agent(&self, id: &AgentId) -> ItemResult<AttestedNode> {
+        match self.state.agent(id) {
+            None => Err(ItemError::AgentNotFound(id.clone())),
+            Some(a) if a.is_banned() => Err(ItemError::AgentBanned(id.clone())),
+            Some(a) => Ok(AttestedNode::clone(a)),
+        }
+    }
+
+    fn attest(
+        &mut self,
+        att: &AgentAttestation,
+    ) -> Result<ItemResult<Arc<AttestedNode>>, StoreError> {
+        if self.state.agent(&att.id).is_some_and(|a| a.is_banned()) {
+            return Ok(Err(ItemError::AgentBanned(att.id.clone())));
+        }
+        if att.serial.is_empty() {
+            return Ok(Err(ItemError::Invalid("serial is required".into())));
+        }
+        let node = AttestedNode {
+            id: att.id.clone(),
+            attestation_type: att.attestation_type.clone(),
+            serial: att.serial.clone(),
+            expires_at: att.expires_at,
+            new_serial: String::new(),
+            new_expires_at: 0,
+            selectors: att.selectors.clone(),
+            can_reattest: att.can_reattest,
+        };
+        Ok(Ok(self.put_agent(node)?))
+    }
+
+    fn edit_bundle(
+        &mut self,
+        td: &TrustDomain,
+        edit: impl FnOnce(&mut Bundle) -> ItemResult<()>,
+    ) -> Result<ItemResult<Arc<Bundle>>, StoreError> {
+        let Some(old) = self.state.bundles.get(td) else {
+            return Ok(Err(ItemError::BundleNotFound(td.clone())));
+        };
+        let mut b = Bundle::clone(old);
+        if let Err(e) = edit(&mut b) {
+            return Ok(Err(e));
+        }
+        b.sequence_number += 1;
+        Ok(Ok(self.put_bundle(b)?))
+    }
+
+    fn delete_bundle(
+        &mut self,
+        td: &TrustDomain,
+        mode: BundleDeleteMode,
+    ) -> Result<ItemResult<Arc<Bundle>>, StoreError> {
+        if !self.state.bundles.contains_key(td) {
+            return Ok(Err(ItemError::BundleNotFound(td.clone())));
+        }
+        let users: Vec<Arc<RegistrationEntry>> = self.state.federating_with(td).cloned().collect();
+        match mode {
+            BundleDeleteMode::Restrict if !users.is_empty() => {
+                return Ok(Err(ItemError::BundleInUse(td.clone(), users.len())));
+            }
+            BundleDeleteMode::Restrict => {}
+            BundleDeleteMode::Delete => {
+                for e in &users {
+                    self.remove_entry(&e.id);
+                }
+            }
+            BundleDeleteMode::Dissociate => {
+                for e in &users {
+                    let mut e = RegistrationEntry::clone(e);
+                    e.federates_with.retain(|t| t != td);
+                    e.revision_number += 1;
+                    self.put_entry(e)?;
+                }
+            }
+        }
+        match self.remove_bundle(td) {
+            Some(b) => Ok(Ok(b)),
+            None => Ok(Err(ItemError::BundleNotFound(td.clone()))),
+        }
+    }
+
+    fn federation_bundle(
+        &mut self,
+        f: &FederationRelationship,
+    ) -> Result<ItemResult<FederationRelationship>, StoreError> {
+        if f.bundle_endpoint_url.is_empty() {
+            return Ok(Err(ItemError::Invalid("bundle endpoint URL is required".into())));
+        }
+        if f.trust_domain == self.state.trust_domain {
+            return Ok(Err(ItemError::Invalid(
+                "unable to create federation relationship for the server's own trust domain".into(),
+            )));
+        }
+        let mut f = f.clone();
+        if let Some(b) = f.trust_domain_bundle.take() {
+            if b.trust_domain != f.trust_domain {
+                return Ok(Err(ItemError::Invalid(
+                    "trust domain bundle is for another trust domain".into(),
+                )));
+            }
+            self.put_bundle(b)?;
+        }
+        Ok(Ok(f))
+    }
+
+    fn create_federation(
+        &mut self,
+        f: &FederationRelationship,
+    ) -> Result<ItemResult<Arc<FederationRelationship>>, StoreError> {
+        if self.state.federations.contains_key(&f.trust_domain) {
+            return Ok(Err(ItemError::FederationExists(f.trust_domain.clone())));
+        }
+        match self.federation_bundle(f)? {
+            Ok(f) => Ok(Ok(self.put_federation(f)?)),
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    fn update_federation(
+        &mut self,
+        u: &FederationUpdate,
+    ) -> Result<ItemResult<Arc<FederationRelationship>>, StoreError> {
+        let src = &u.relationship;
+        let Some(old) = self.state.federations.get(&src.trust_domain) else {
+            return Ok(Err(ItemError::FederationNotFound(src.trust_domain.clone())));
+        };
+        let mut f = FederationRelationship::clone(old);
+        if u.mask.bundle_endpoint_url {
+            f.bundle_endpoint_url.clone_from(&src.bundle_endpoint_url);
+        }
+        if u.mask.profile {
+            f.profile = src.profile.clone();
+        }
+        if u.mask.trust_domain_bundle {
+            f.trust_domain_bundle.clone_from(&src.trust_domain_bundle);
+        }
+        match self.federation_bundle(&f)? {
+            Ok(f) => Ok(Ok(self.put_federation(f)?)),
+            Err(e) => Ok(Err(e)),
+        }
+    }
+}
+
+/// Marks a found authority tainted.
+fn taint(flag: Option<&mut bool>, td: &TrustDomain) -> ItemResult<()> {
+    let flag = flag.ok_or_else(|| ItemError::AuthorityNotFound(td.clone()))?;
+    if *flag {
+        return Err(ItemError::Invalid("authority is already tainted".into()));
+    }
+    *flag = true;
+    Ok(())
+}
+
+/// Removes the authority `is` picks, which must be tainted.
+fn revoke<T>(
+    list: &mut Vec<T>,
+    is: impl Fn(&T) -> bool,
+    tainted: impl Fn(&T) -> bool,
+    td: &TrustDomain,
+) -> ItemResult<()> {
+    let pos = list.iter().position(is).ok_or_else(|| ItemError::AuthorityNotFound(td.clone()))?;
+    if !tainted(&list[pos]) {
+        return Err(ItemError::AuthorityNotTainted);
+    }
+    list.remove(pos);
+    Ok(())
+}

@@ -1,0 +1,404 @@
+//! The commands that change replicated state, and what applying them reports.
+//!
+//! A [`Command`] carries everything `apply` needs: ids, timestamps and expiry come from the
+//! proposer, never from the replica that applies it. Batch commands give one result per item,
+//! in request order; an item that fails changes nothing and says why in an [`ItemError`].
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use ward_core::{
+    AgentId, AttestedNode, Bundle, EntryId, FederationRelationship, JoinToken, JwtAuthority,
+    RegistrationEntry, SelectorSet, TrustDomain, X509Authority,
+};
+
+/// Which fields of an entry an update replaces (SPIRE's `EntryMask`). A missing mask on the
+/// wire means [`EntryMask::ALL`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[allow(clippy::struct_excessive_bools)]
+pub struct EntryMask {
+    /// Replace `spiffe_id`.
+    pub spiffe_id: bool,
+    /// Replace `parent_id`.
+    pub parent_id: bool,
+    /// Replace `selectors`.
+    pub selectors: bool,
+    /// Replace `x509_svid_ttl`.
+    pub x509_svid_ttl: bool,
+    /// Replace `jwt_svid_ttl`.
+    pub jwt_svid_ttl: bool,
+    /// Replace `federates_with`.
+    pub federates_with: bool,
+    /// Replace `admin`.
+    pub admin: bool,
+    /// Replace `downstream`.
+    pub downstream: bool,
+    /// Replace `expires_at`.
+    pub expires_at: bool,
+    /// Replace `dns_names`.
+    pub dns_names: bool,
+    /// Replace `store_svid`.
+    pub store_svid: bool,
+    /// Replace `hint`.
+    pub hint: bool,
+}
+
+impl EntryMask {
+    /// Every field.
+    pub const ALL: Self = Self {
+        spiffe_id: true,
+        parent_id: true,
+        selectors: true,
+        x509_svid_ttl: true,
+        jwt_svid_ttl: true,
+        federates_with: true,
+        admin: true,
+        downstream: true,
+        expires_at: true,
+        dns_names: true,
+        store_svid: true,
+        hint: true,
+    };
+}
+
+impl Default for EntryMask {
+    fn default() -> Self {
+        Self::ALL
+    }
+}
+
+/// One item of [`Command::UpdateEntries`]: the entry (found by `entry.id`) and the fields to
+/// take from it. `revision_number` and `created_at` of the input are ignored.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct EntryUpdate {
+    /// The new values; `id` names the entry to change.
+    pub entry: RegistrationEntry,
+    /// The fields to replace.
+    pub mask: EntryMask,
+}
+
+/// What node attestation established about an agent (AttestAgent).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct AgentAttestation {
+    /// The agent's SPIFFE ID.
+    pub id: AgentId,
+    /// The node attestor's type string.
+    pub attestation_type: String,
+    /// Serial of the issued agent X509-SVID (decimal).
+    pub serial: String,
+    /// NotAfter of that SVID, Unix seconds.
+    pub expires_at: i64,
+    /// Node selectors; they replace the previous ones.
+    pub selectors: SelectorSet,
+    /// Whether the agent re-attests instead of renewing.
+    pub can_reattest: bool,
+}
+
+/// How deleting a federated bundle treats entries that federate with it (SPIRE's
+/// `BatchDeleteFederatedBundleRequest.Mode`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub enum BundleDeleteMode {
+    /// Refuse while any entry federates with the trust domain.
+    #[default]
+    Restrict,
+    /// Delete those entries too.
+    Delete,
+    /// Remove the trust domain from those entries' `federates_with`.
+    Dissociate,
+}
+
+/// Which fields of a federation relationship an update replaces.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct FederationMask {
+    /// Replace `bundle_endpoint_url`.
+    pub bundle_endpoint_url: bool,
+    /// Replace `profile`.
+    pub profile: bool,
+    /// Replace the trust domain's bundle with `trust_domain_bundle` (when it is set).
+    pub trust_domain_bundle: bool,
+}
+
+impl FederationMask {
+    /// Every field.
+    pub const ALL: Self =
+        Self { bundle_endpoint_url: true, profile: true, trust_domain_bundle: true };
+}
+
+impl Default for FederationMask {
+    fn default() -> Self {
+        Self::ALL
+    }
+}
+
+/// One item of [`Command::UpdateFederationRelationships`].
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct FederationUpdate {
+    /// The new values; `trust_domain` names the relationship.
+    pub relationship: FederationRelationship,
+    /// The fields to replace.
+    pub mask: FederationMask,
+}
+
+/// Every write the server makes. See the variant docs for the exact semantics.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum Command {
+    /// Create entries (BatchCreateEntry). Ids and `created_at` come from the proposer; the
+    /// stored `revision_number` starts at 0. Per item: [`ItemError::InvalidEntry`],
+    /// [`ItemError::EntryExists`] (SPIRE's uniqueness rule: same SPIFFE ID, parent ID and
+    /// selectors), [`ItemError::EntryIdTaken`], [`ItemError::FederatedBundleMissing`].
+    CreateEntries(Vec<RegistrationEntry>),
+    /// Update entries (BatchUpdateEntry); bumps `revision_number`. Per item: as create, plus
+    /// [`ItemError::EntryNotFound`].
+    UpdateEntries(Vec<EntryUpdate>),
+    /// Delete entries (BatchDeleteEntry). Per item: [`ItemError::EntryNotFound`].
+    DeleteEntries(Vec<EntryId>),
+    /// Create a join token, and with it the entry SPIRE creates when `agent_id` is given.
+    CreateJoinToken {
+        /// The token and its expiry.
+        token: JoinToken,
+        /// The entry that maps the join-token agent to the requested agent ID, if any.
+        entry: Option<RegistrationEntry>,
+    },
+    /// Consume a join token: it is deleted even when it has expired, and the result reports
+    /// whether it had expired at `now`.
+    ConsumeJoinToken {
+        /// The token value.
+        token: String,
+        /// The proposer's clock, Unix seconds.
+        now: i64,
+    },
+    /// Record a (re-)attestation: creates or replaces the agent's record, clears any pending
+    /// serial and replaces the node selectors. A banned agent is refused
+    /// ([`ItemError::AgentBanned`]).
+    AttestAgent(AgentAttestation),
+    /// Record an SVID issued by RenewAgent as pending for the agent.
+    RenewAgent {
+        /// The agent.
+        id: AgentId,
+        /// Serial of the new SVID (decimal).
+        new_serial: String,
+        /// NotAfter of the new SVID, Unix seconds.
+        new_expires_at: i64,
+    },
+    /// The agent presented its pending SVID: the pending serial becomes current.
+    ActivateAgentSerial {
+        /// The agent.
+        id: AgentId,
+        /// The serial presented; must equal the pending one.
+        serial: String,
+    },
+    /// Ban an agent: clear both serials, keep the record.
+    BanAgent(AgentId),
+    /// Delete an agent's record (also lifts a ban).
+    DeleteAgent(AgentId),
+    /// Replace whole bundles (BatchSetFederatedBundle, or the own bundle), one result each.
+    /// The stored sequence number is the larger of the input's and the old one plus one.
+    SetBundles(Vec<Bundle>),
+    /// Add authorities to a bundle (creating it if missing); items already present are
+    /// skipped. The sequence number is bumped when something was added.
+    AppendBundle {
+        /// The trust domain.
+        trust_domain: TrustDomain,
+        /// X.509 authorities to add (compared by DER).
+        x509_authorities: Vec<X509Authority>,
+        /// JWT authorities to add (compared by key ID).
+        jwt_authorities: Vec<JwtAuthority>,
+    },
+    /// Delete federated bundles (BatchDeleteFederatedBundle), one result each.
+    DeleteBundles {
+        /// The trust domains.
+        trust_domains: Vec<TrustDomain>,
+        /// What happens to entries that federate with them.
+        mode: BundleDeleteMode,
+    },
+    /// Mark an X.509 authority of a bundle tainted (LocalAuthority taint).
+    TaintX509Authority {
+        /// The trust domain.
+        trust_domain: TrustDomain,
+        /// DER of the authority.
+        der: Vec<u8>,
+    },
+    /// Remove a tainted X.509 authority from a bundle (LocalAuthority revoke).
+    RevokeX509Authority {
+        /// The trust domain.
+        trust_domain: TrustDomain,
+        /// DER of the authority.
+        der: Vec<u8>,
+    },
+    /// Mark a JWT authority tainted.
+    TaintJwtAuthority {
+        /// The trust domain.
+        trust_domain: TrustDomain,
+        /// The key ID.
+        key_id: String,
+    },
+    /// Remove a tainted JWT authority.
+    RevokeJwtAuthority {
+        /// The trust domain.
+        trust_domain: TrustDomain,
+        /// The key ID.
+        key_id: String,
+    },
+    /// Create federation relationships (and store their bundles when given).
+    CreateFederationRelationships(Vec<FederationRelationship>),
+    /// Update federation relationships.
+    UpdateFederationRelationships(Vec<FederationUpdate>),
+    /// Delete federation relationships.
+    DeleteFederationRelationships(Vec<TrustDomain>),
+    /// Delete entries whose `expires_at` is non-zero and before `expires_before`.
+    PruneEntries {
+        /// Unix seconds.
+        expires_before: i64,
+    },
+    /// Delete join tokens that expired before `expires_before`.
+    PruneJoinTokens {
+        /// Unix seconds.
+        expires_before: i64,
+    },
+    /// Delete agents whose SVID expired before `expires_before`; non-reattestable agents
+    /// only when `include_non_reattestable`.
+    PruneAgents {
+        /// Unix seconds.
+        expires_before: i64,
+        /// Also prune agents that cannot re-attest.
+        include_non_reattestable: bool,
+    },
+}
+
+/// The gRPC status class an [`ItemError`] maps to.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ErrorClass {
+    /// `ALREADY_EXISTS`.
+    AlreadyExists,
+    /// `NOT_FOUND`.
+    NotFound,
+    /// `INVALID_ARGUMENT`.
+    InvalidArgument,
+    /// `FAILED_PRECONDITION`.
+    FailedPrecondition,
+    /// `PERMISSION_DENIED`.
+    PermissionDenied,
+}
+
+/// Why one item of a command was refused. Nothing was changed for that item.
+#[derive(Clone, PartialEq, Eq, Debug, thiserror::Error)]
+pub enum ItemError {
+    /// An entry with the same SPIFFE ID, parent ID and selectors exists.
+    #[error("similar entry already exists")]
+    EntryExists(Arc<RegistrationEntry>),
+    /// An entry with this id exists.
+    #[error("entry id {0} is already in use")]
+    EntryIdTaken(EntryId),
+    /// No entry with this id.
+    #[error("entry {0} not found")]
+    EntryNotFound(EntryId),
+    /// The entry breaks a validation rule.
+    #[error("invalid entry: {0}")]
+    InvalidEntry(ward_core::entry::EntryError),
+    /// The entry federates with a trust domain that has no bundle.
+    #[error("unable to find federated bundle \"{0}\"")]
+    FederatedBundleMissing(TrustDomain),
+    /// The join token exists already.
+    #[error("join token already exists")]
+    TokenExists,
+    /// No such join token.
+    #[error("join token not found")]
+    TokenNotFound,
+    /// No such agent.
+    #[error("agent {0} not found")]
+    AgentNotFound(AgentId),
+    /// The agent is banned.
+    #[error("agent {0} is banned")]
+    AgentBanned(AgentId),
+    /// The presented serial is not the pending one.
+    #[error("serial is not the agent's pending serial")]
+    SerialMismatch,
+    /// No bundle for this trust domain.
+    #[error("bundle for {0} not found")]
+    BundleNotFound(TrustDomain),
+    /// Entries still federate with the trust domain (delete mode RESTRICT).
+    #[error("cannot delete bundle; federated with {0} registration entries")]
+    BundleInUse(TrustDomain, usize),
+    /// No authority with that DER or key ID.
+    #[error("no such authority in the bundle of {0}")]
+    AuthorityNotFound(TrustDomain),
+    /// Only tainted authorities can be revoked.
+    #[error("authority must be tainted before it is revoked")]
+    AuthorityNotTainted,
+    /// A relationship for this trust domain exists.
+    #[error("federation relationship with {0} already exists")]
+    FederationExists(TrustDomain),
+    /// No relationship for this trust domain.
+    #[error("federation relationship with {0} not found")]
+    FederationNotFound(TrustDomain),
+    /// Some other field is unacceptable.
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+}
+
+impl ItemError {
+    /// The gRPC status class this reason maps to.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Self::EntryExists(_)
+            | Self::EntryIdTaken(_)
+            | Self::TokenExists
+            | Self::FederationExists(_) => ErrorClass::AlreadyExists,
+            Self::EntryNotFound(_)
+            | Self::TokenNotFound
+            | Self::AgentNotFound(_)
+            | Self::BundleNotFound(_)
+            | Self::AuthorityNotFound(_)
+            | Self::FederationNotFound(_) => ErrorClass::NotFound,
+            Self::InvalidEntry(_)
+            | Self::FederatedBundleMissing(_)
+            | Self::SerialMismatch
+            | Self::Invalid(_) => ErrorClass::InvalidArgument,
+            Self::BundleInUse(..) | Self::AuthorityNotTainted => ErrorClass::FailedPrecondition,
+            Self::AgentBanned(_) => ErrorClass::PermissionDenied,
+        }
+    }
+}
+
+/// The result of consuming a join token.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct ConsumedToken {
+    /// The token's expiry, Unix seconds.
+    pub expires_at: i64,
+    /// Whether it had expired at the command's `now` (it is deleted either way).
+    pub expired: bool,
+}
+
+/// What a command did. The variant follows the command.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Outcome {
+    /// Create or update entries: the stored entry or why not, per item in order.
+    Entries(Vec<Result<Arc<RegistrationEntry>, ItemError>>),
+    /// Delete entries: per item in order.
+    DeletedEntries(Vec<Result<EntryId, ItemError>>),
+    /// CreateJoinToken: the entry created with it, if one was asked for.
+    JoinTokenCreated(Result<Option<Arc<RegistrationEntry>>, ItemError>),
+    /// ConsumeJoinToken.
+    JoinTokenConsumed(Result<ConsumedToken, ItemError>),
+    /// Agent commands: the agent's record after the command (the deleted record for
+    /// DeleteAgent).
+    Agent(Result<Arc<AttestedNode>, ItemError>),
+    /// Bundle commands: the bundle(s) after the command, per item in order (the deleted
+    /// bundle for deletes).
+    Bundles(Vec<Result<Arc<Bundle>, ItemError>>),
+    /// Federation relationship commands: per item in order (the deleted one for deletes).
+    Federations(Vec<Result<Arc<FederationRelationship>, ItemError>>),
+    /// Prune commands: how many records were deleted.
+    Pruned(usize),
+}
+
+/// What [`crate::Store::apply`] reports for one command.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Applied {
+    /// The log index the command was applied at.
+    pub index: u64,
+    /// The global revision after the command (unchanged if nothing changed).
+    pub revision: u64,
+    /// The command's results.
+    pub outcome: Outcome,
+}

@@ -1,0 +1,44 @@
+//! Store-level errors: failures of the store itself, as opposed to a refused command item
+//! ([`crate::ItemError`]).
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The storage engine reported an I/O or internal error.
+    #[error("storage engine error: {0}")]
+    Engine(String),
+    /// A stored record could not be decoded.
+    #[error("corrupt record at key {key:?}: {reason}")]
+    Corrupt {
+        /// The key, lossily as text.
+        key: String,
+        /// The decoder's message.
+        reason: String,
+    },
+    /// A record could not be encoded.
+    #[error("encoding failed: {0}")]
+    Encode(String),
+    /// The store was written by a newer layout.
+    #[error("unsupported store format {0}")]
+    UnsupportedFormat(u64),
+    /// The command's log index is not after the last applied one.
+    #[error("log index {index} is not after the last applied index {applied}")]
+    StaleIndex {
+        /// The index given.
+        index: u64,
+        /// The last applied index.
+        applied: u64,
+    },
+    /// A previous write failed half-way; the in-memory image may differ from disk. Reopen.
+    #[error("store is poisoned by an earlier write failure; reopen it")]
+    Poisoned,
+    /// A snapshot chunk is damaged or out of order.
+    #[error("bad snapshot: {0}")]
+    BadSnapshot(String),
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        Self::Engine(e.to_string())
+    }
+}

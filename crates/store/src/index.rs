@@ -1,0 +1,232 @@
+//! Compact in-memory index building blocks: a slab of records addressed by `u32` slots and
+//! hash indexes from a key's 64-bit hash to the set of slots holding that key.
+//!
+//! Hash indexes store only hashes and slots; a lookup returns candidates that the caller
+//! confirms against the record itself, so a collision costs a comparison, never a wrong
+//! answer.
+
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+
+/// A slot number in a [`Slab`].
+pub(crate) type Slot = u32;
+
+/// Records addressed by slot; freed slots are reused.
+#[derive(Debug)]
+pub(crate) struct Slab<T> {
+    items: Vec<Option<T>>,
+    free: Vec<Slot>,
+    len: usize,
+}
+
+impl<T> Default for Slab<T> {
+    fn default() -> Self {
+        Self { items: Vec::new(), free: Vec::new(), len: 0 }
+    }
+}
+
+impl<T> Slab<T> {
+    pub(crate) fn insert(&mut self, item: T) -> Slot {
+        self.len += 1;
+        if let Some(slot) = self.free.pop() {
+            self.items[slot as usize] = Some(item);
+            slot
+        } else {
+            self.items.push(Some(item));
+            (self.items.len() - 1) as Slot
+        }
+    }
+
+    pub(crate) fn get(&self, slot: Slot) -> Option<&T> {
+        self.items.get(slot as usize).and_then(Option::as_ref)
+    }
+
+    pub(crate) fn replace(&mut self, slot: Slot, item: T) {
+        if let Some(place) = self.items.get_mut(slot as usize) {
+            *place = Some(item);
+        }
+    }
+
+    pub(crate) fn remove(&mut self, slot: Slot) -> Option<T> {
+        let taken = self.items.get_mut(slot as usize).and_then(Option::take);
+        if taken.is_some() {
+            self.free.push(slot);
+            self.len -= 1;
+        }
+        taken
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+}
+
+/// The slots under one hash: a single slot needs no allocation.
+#[derive(Debug)]
+pub(crate) enum IdSet {
+    One(Slot),
+    Many(BTreeSet<Slot>),
+}
+
+impl IdSet {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Self::One(_) => 1,
+            Self::Many(s) => s.len(),
+        }
+    }
+
+    pub(crate) fn iter(&self) -> IdSetIter<'_> {
+        match self {
+            Self::One(s) => IdSetIter::One(Some(*s)),
+            Self::Many(set) => IdSetIter::Many(set.iter()),
+        }
+    }
+}
+
+/// Iterator over an [`IdSet`].
+pub(crate) enum IdSetIter<'a> {
+    One(Option<Slot>),
+    Many(std::collections::btree_set::Iter<'a, Slot>),
+}
+
+impl Iterator for IdSetIter<'_> {
+    type Item = Slot;
+    fn next(&mut self) -> Option<Slot> {
+        match self {
+            Self::One(s) => s.take(),
+            Self::Many(it) => it.next().copied(),
+        }
+    }
+}
+
+/// A hasher for keys that are already 64-bit hashes.
+#[derive(Default)]
+pub(crate) struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// The 64-bit hash used for every index key. Deterministic across processes.
+pub(crate) fn key_hash<K: Hash + ?Sized>(key: &K) -> u64 {
+    // FNV-1a over the key's Hash output: cheap for the short strings indexed here.
+    struct Fnv(u64);
+    impl Hasher for Fnv {
+        fn finish(&self) -> u64 {
+            // Final avalanche so low bits are well mixed for the hash table.
+            let mut h = self.0;
+            h ^= h >> 33;
+            h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+            h ^= h >> 33;
+            h
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            for b in bytes {
+                self.0 ^= u64::from(*b);
+                self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+    }
+    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+    key.hash(&mut h);
+    h.finish()
+}
+
+/// A multimap from a key's hash to slots.
+#[derive(Debug, Default)]
+pub(crate) struct HashIndex {
+    map: HashMap<u64, IdSet, BuildHasherDefault<PassThrough>>,
+}
+
+impl HashIndex {
+    pub(crate) fn insert(&mut self, hash: u64, slot: Slot) {
+        match self.map.get_mut(&hash) {
+            None => {
+                self.map.insert(hash, IdSet::One(slot));
+            }
+            Some(IdSet::One(existing)) => {
+                if *existing != slot {
+                    let set: BTreeSet<Slot> = [*existing, slot].into_iter().collect();
+                    self.map.insert(hash, IdSet::Many(set));
+                }
+            }
+            Some(IdSet::Many(set)) => {
+                set.insert(slot);
+            }
+        }
+    }
+
+    pub(crate) fn remove(&mut self, hash: u64, slot: Slot) {
+        let Some(set) = self.map.get_mut(&hash) else { return };
+        match set {
+            IdSet::One(existing) => {
+                if *existing == slot {
+                    self.map.remove(&hash);
+                }
+            }
+            IdSet::Many(many) => {
+                many.remove(&slot);
+                if many.len() == 1 {
+                    if let Some(&only) = many.iter().next() {
+                        *set = IdSet::One(only);
+                    }
+                } else if many.is_empty() {
+                    self.map.remove(&hash);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn get(&self, hash: u64) -> Option<&IdSet> {
+        self.map.get(&hash)
+    }
+
+    pub(crate) fn count(&self, hash: u64) -> usize {
+        self.map.get(&hash).map_or(0, IdSet::len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slab_reuses_slots() {
+        let mut s = Slab::default();
+        let a = s.insert("a");
+        let b = s.insert("b");
+        assert_eq!(s.remove(a), Some("a"));
+        assert_eq!(s.remove(a), None);
+        let c = s.insert("c");
+        assert_eq!(c, a);
+        assert_eq!(s.get(b), Some(&"b"));
+        assert_eq!(s.len(), 2);
+    }
+
+    #[test]
+    fn hash_index_one_many_one() {
+        let mut i = HashIndex::default();
+        i.insert(7, 1);
+        i.insert(7, 1);
+        assert_eq!(i.count(7), 1);
+        i.insert(7, 2);
+        assert_eq!(i.get(7).unwrap().iter().collect::<Vec<_>>(), vec![1, 2]);
+        i.remove(7, 1);
+        assert!(matches!(i.get(7), Some(IdSet::One(2))));
+        i.remove(7, 2);
+        assert_eq!(i.count(7), 0);
+        assert_eq!(key_hash("abc"), key_hash("abc"));
+        assert_ne!(key_hash("abc"), key_hash("abd"));
+    }
+}

@@ -1,0 +1,104 @@
+//! Key layout and versioned record encoding (see the crate docs for the full layout).
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use ward_core::{AgentId, EntryId, TrustDomain};
+
+use crate::error::StoreError;
+
+/// Key prefix of registration entries: `e` + entry id.
+pub(crate) const ENTRY: u8 = b'e';
+/// Key prefix of attested nodes: `a` + agent SPIFFE ID.
+pub(crate) const AGENT: u8 = b'a';
+/// Key prefix of join tokens: `t` + token.
+pub(crate) const TOKEN: u8 = b't';
+/// Key prefix of bundles: `b` + trust domain name.
+pub(crate) const BUNDLE: u8 = b'b';
+/// Key prefix of federation relationships: `f` + trust domain name.
+pub(crate) const FEDERATION: u8 = b'f';
+/// Key prefix of the change feed: `c` + revision (u64 big-endian).
+pub(crate) const CHANGE: u8 = b'c';
+/// Key of the last applied log index (u64 big-endian).
+pub(crate) const META_APPLIED: &[u8] = b"m/applied";
+/// Key of the global revision (u64 big-endian).
+pub(crate) const META_REVISION: &[u8] = b"m/revision";
+/// Key of the layout format version.
+pub(crate) const META_FORMAT: &[u8] = b"m/format";
+/// The layout format this code writes.
+pub(crate) const FORMAT: u64 = 1;
+
+/// A record with its format version, so later layouts can still read older values.
+#[derive(Serialize, Deserialize)]
+pub(crate) enum Versioned<T> {
+    /// Format 1: postcard of the ward-core type.
+    V1(T),
+}
+
+pub(crate) fn key(prefix: u8, rest: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + rest.len());
+    k.push(prefix);
+    k.extend_from_slice(rest.as_bytes());
+    k
+}
+
+pub(crate) fn entry_key(id: &EntryId) -> Vec<u8> {
+    key(ENTRY, id.as_str())
+}
+
+pub(crate) fn agent_key(id: &AgentId) -> Vec<u8> {
+    key(AGENT, id.0.as_str())
+}
+
+pub(crate) fn bundle_key(td: &TrustDomain) -> Vec<u8> {
+    key(BUNDLE, td.as_str())
+}
+
+pub(crate) fn federation_key(td: &TrustDomain) -> Vec<u8> {
+    key(FEDERATION, td.as_str())
+}
+
+pub(crate) fn change_key(revision: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(CHANGE);
+    k.extend_from_slice(&revision.to_be_bytes());
+    k
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    postcard::to_stdvec(&Versioned::V1(value)).map_err(|e| StoreError::Encode(e.to_string()))
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
+    match postcard::from_bytes::<Versioned<T>>(bytes) {
+        Ok(Versioned::V1(v)) => Ok(v),
+        Err(e) => Err(StoreError::Corrupt {
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+pub(crate) fn u64_value(v: u64) -> Vec<u8> {
+    v.to_be_bytes().to_vec()
+}
+
+pub(crate) fn read_u64(key: &[u8], bytes: &[u8]) -> Result<u64, StoreError> {
+    let arr: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: format!("expected 8 bytes, found {}", bytes.len()),
+    })?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+/// One change-feed record: what a command changed.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct Change {
+    /// The global revision this change produced.
+    pub revision: u64,
+    /// Entries created, updated or deleted.
+    pub entries: Vec<EntryId>,
+    /// Agents whose record changed (attested, renewed, banned, deleted).
+    pub agents: Vec<AgentId>,
+    /// Trust domains whose bundle changed.
+    pub bundles: Vec<TrustDomain>,
+}

@@ -1,0 +1,543 @@
+//! The in-memory image of the whole state with its secondary indexes.
+//!
+//! Every query is answered from here; sled is the durable copy that rebuilds this image on
+//! open. `apply` changes both in step under the store's write lock.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use ward_core::{
+    AgentId, AttestedNode, Bundle, EntryId, FederationRelationship, JoinToken, RegistrationEntry,
+    SelectorMatch, SelectorSet, SpiffeId, TrustDomain,
+};
+
+use crate::index::{HashIndex, Slab, Slot, key_hash};
+use crate::query::{AgentFilter, EntryFilter, Page, PageRequest, SelectorFilter, agent_token};
+
+/// The authorized entries of an agent, sorted by entry id.
+pub type AuthorizedEntries = Arc<[Arc<RegistrationEntry>]>;
+
+/// The in-memory state.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) server_id: SpiffeId,
+    pub(crate) trust_domain: TrustDomain,
+    pub(crate) applied: u64,
+    pub(crate) revision: u64,
+    entries: Slab<Arc<RegistrationEntry>>,
+    entry_ids: BTreeMap<EntryId, Slot>,
+    by_parent: HashIndex,
+    by_spiffe: HashIndex,
+    by_selector: HashIndex,
+    by_federates: HashIndex,
+    /// Node-alias entries by each of their selectors.
+    alias_by_selector: HashIndex,
+    agents: Slab<Arc<AttestedNode>>,
+    agent_ids: BTreeMap<AgentId, Slot>,
+    agent_by_selector: HashIndex,
+    pub(crate) tokens: BTreeMap<String, JoinToken>,
+    pub(crate) bundles: BTreeMap<TrustDomain, Arc<Bundle>>,
+    pub(crate) federations: BTreeMap<TrustDomain, Arc<FederationRelationship>>,
+}
+
+/// A small visited-set that avoids hashing for the common short walks.
+struct Visited<'a> {
+    small: Vec<&'a str>,
+    large: Option<HashSet<&'a str>>,
+}
+
+impl<'a> Visited<'a> {
+    fn new() -> Self {
+        Self { small: Vec::new(), large: None }
+    }
+
+    /// Inserts; false if it was there.
+    fn insert(&mut self, s: &'a str) -> bool {
+        if let Some(large) = &mut self.large {
+            return large.insert(s);
+        }
+        if self.small.contains(&s) {
+            return false;
+        }
+        self.small.push(s);
+        if self.small.len() > 32 {
+            self.large = Some(self.small.drain(..).collect());
+        }
+        true
+    }
+}
+
+impl State {
+    pub(crate) fn new(trust_domain: TrustDomain) -> Self {
+        let server_id = SpiffeId::from_parts(&trust_domain, "/spire/server")
+            .unwrap_or_else(|_| trust_domain.id());
+        Self {
+            server_id,
+            trust_domain,
+            applied: 0,
+            revision: 0,
+            entries: Slab::default(),
+            entry_ids: BTreeMap::new(),
+            by_parent: HashIndex::default(),
+            by_spiffe: HashIndex::default(),
+            by_selector: HashIndex::default(),
+            by_federates: HashIndex::default(),
+            alias_by_selector: HashIndex::default(),
+            agents: Slab::default(),
+            agent_ids: BTreeMap::new(),
+            agent_by_selector: HashIndex::default(),
+            tokens: BTreeMap::new(),
+            bundles: BTreeMap::new(),
+            federations: BTreeMap::new(),
+        }
+    }
+
+    pub(crate) fn is_alias(&self, e: &RegistrationEntry) -> bool {
+        e.parent_id == self.server_id
+    }
+
+    // ----- entries: mutation -----
+
+    /// Inserts or replaces an entry, keeping every index in step.
+    pub(crate) fn put_entry(&mut self, e: Arc<RegistrationEntry>) {
+        if let Some(&slot) = self.entry_ids.get(&e.id) {
+            if let Some(old) = self.entries.get(slot).cloned() {
+                self.unindex_entry(slot, &old);
+            }
+            self.index_entry(slot, &e);
+            self.entries.replace(slot, e);
+        } else {
+            let slot = self.entries.insert(Arc::clone(&e));
+            self.index_entry(slot, &e);
+            self.entry_ids.insert(e.id.clone(), slot);
+        }
+    }
+
+    pub(crate) fn remove_entry(&mut self, id: &EntryId) -> Option<Arc<RegistrationEntry>> {
+        let slot = self.entry_ids.remove(id)?;
+        let old = self.entries.remove(slot)?;
+        self.unindex_entry(slot, &old);
+        Some(old)
+    }
+
+    fn index_entry(&mut self, slot: Slot, e: &RegistrationEntry) {
+        self.by_parent.insert(key_hash(e.parent_id.as_str()), slot);
+        self.by_spiffe.insert(key_hash(e.spiffe_id.as_str()), slot);
+        for s in e.selectors.as_slice() {
+            self.by_selector.insert(key_hash(s), slot);
+        }
+        for td in &e.federates_with {
+            self.by_federates.insert(key_hash(td.as_str()), slot);
+        }
+        if self.is_alias(e) {
+            for s in e.selectors.as_slice() {
+                self.alias_by_selector.insert(key_hash(s), slot);
+            }
+        }
+    }
+
+    fn unindex_entry(&mut self, slot: Slot, e: &RegistrationEntry) {
+        self.by_parent.remove(key_hash(e.parent_id.as_str()), slot);
+        self.by_spiffe.remove(key_hash(e.spiffe_id.as_str()), slot);
+        for s in e.selectors.as_slice() {
+            self.by_selector.remove(key_hash(s), slot);
+        }
+        for td in &e.federates_with {
+            self.by_federates.remove(key_hash(td.as_str()), slot);
+        }
+        if self.is_alias(e) {
+            for s in e.selectors.as_slice() {
+                self.alias_by_selector.remove(key_hash(s), slot);
+            }
+        }
+    }
+
+    // ----- entries: lookups -----
+
+    pub(crate) fn entry(&self, id: &EntryId) -> Option<&Arc<RegistrationEntry>> {
+        self.entry_ids.get(id).and_then(|&slot| self.entries.get(slot))
+    }
+
+    pub(crate) fn entry_count(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn slots<'a>(
+        &'a self,
+        index: &'a HashIndex,
+        hash: u64,
+    ) -> impl Iterator<Item = &'a Arc<RegistrationEntry>> + 'a {
+        index.get(hash).into_iter().flat_map(|set| set.iter()).filter_map(|s| self.entries.get(s))
+    }
+
+    /// Entries whose parent is `parent`.
+    pub(crate) fn children<'a>(
+        &'a self,
+        parent: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<RegistrationEntry>> + 'a {
+        self.slots(&self.by_parent, key_hash(parent))
+            .filter(move |e| e.parent_id.as_str() == parent)
+    }
+
+    /// Entries whose SPIFFE ID is `id`.
+    pub(crate) fn with_spiffe_id<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<RegistrationEntry>> + 'a {
+        self.slots(&self.by_spiffe, key_hash(id)).filter(move |e| e.spiffe_id.as_str() == id)
+    }
+
+    /// Entries that federate with `td`.
+    pub(crate) fn federating_with<'a>(
+        &'a self,
+        td: &'a TrustDomain,
+    ) -> impl Iterator<Item = &'a Arc<RegistrationEntry>> + 'a {
+        self.slots(&self.by_federates, key_hash(td.as_str()))
+            .filter(move |e| e.federates_with.contains(td))
+    }
+
+    /// An entry with the same SPIFFE ID, parent and selectors as `e`, other than `e` itself.
+    pub(crate) fn similar_entry(&self, e: &RegistrationEntry) -> Option<&Arc<RegistrationEntry>> {
+        let set = self.by_spiffe.get(key_hash(e.spiffe_id.as_str()))?;
+        set.iter().filter_map(|s| self.entries.get(s)).find(|o| {
+            o.id != e.id
+                && o.spiffe_id == e.spiffe_id
+                && o.parent_id == e.parent_id
+                && o.selectors == e.selectors
+        })
+    }
+
+    /// Candidate entries for a filter, from the narrowest index that applies; `None` when no
+    /// index applies and the caller must walk all entries.
+    fn entry_candidates(&self, f: &EntryFilter) -> Option<Vec<Slot>> {
+        let from = |index: &HashIndex, h: u64| -> Vec<Slot> {
+            index.get(h).map(|s| s.iter().collect()).unwrap_or_default()
+        };
+        if let Some(id) = &f.spiffe_id {
+            return Some(from(&self.by_spiffe, key_hash(id.as_str())));
+        }
+        if let Some(id) = &f.parent_id {
+            return Some(from(&self.by_parent, key_hash(id.as_str())));
+        }
+        if let Some(c) = f
+            .selectors
+            .as_ref()
+            .and_then(|sf| self.selector_candidates(&self.by_selector, sf, false))
+        {
+            return Some(c);
+        }
+        if let Some(ff) = &f.federates_with {
+            let hashes = ff.trust_domains.iter().map(|td| key_hash(td.as_str()));
+            if let Some(c) = candidates_by_mode(&self.by_federates, hashes, ff.match_mode, true) {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    fn selector_candidates(
+        &self,
+        index: &HashIndex,
+        sf: &SelectorFilter,
+        may_be_empty: bool,
+    ) -> Option<Vec<Slot>> {
+        let hashes = sf.selectors.as_slice().iter().map(key_hash);
+        candidates_by_mode(index, hashes, sf.match_mode, may_be_empty)
+    }
+
+    /// ListEntries.
+    pub(crate) fn list_entries(
+        &self,
+        f: &EntryFilter,
+        page: &PageRequest,
+    ) -> Page<Arc<RegistrationEntry>> {
+        let after = page.token.as_deref().filter(|t| !t.is_empty());
+        let size = if page.size == 0 { usize::MAX } else { page.size };
+        match self.entry_candidates(f) {
+            Some(slots) => {
+                let mut hits: Vec<&Arc<RegistrationEntry>> = slots
+                    .into_iter()
+                    .filter_map(|s| self.entries.get(s))
+                    .filter(|e| after.is_none_or(|a| e.id.as_str() > a) && f.matches(e))
+                    .collect();
+                hits.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+                let more = hits.len() > size;
+                hits.truncate(size);
+                finish_page(hits.into_iter().cloned().collect(), more, |e| e.id.as_str().to_owned())
+            }
+            None => {
+                let iter: Box<dyn Iterator<Item = (&EntryId, &Slot)>> = match after
+                    .map(|a| (a, EntryId::new(a)))
+                {
+                    Some((_, Ok(start))) => Box::new(
+                        self.entry_ids
+                            .range((std::ops::Bound::Excluded(start), std::ops::Bound::Unbounded)),
+                    ),
+                    // Not an entry id: compare as text.
+                    Some((a, Err(_))) => {
+                        Box::new(self.entry_ids.iter().filter(move |(k, _)| k.as_str() > a))
+                    }
+                    None => Box::new(self.entry_ids.iter()),
+                };
+                let mut items = Vec::new();
+                let mut more = false;
+                for (_, &slot) in iter {
+                    let Some(e) = self.entries.get(slot) else { continue };
+                    if !f.matches(e) {
+                        continue;
+                    }
+                    if items.len() == size {
+                        more = true;
+                        break;
+                    }
+                    items.push(Arc::clone(e));
+                }
+                finish_page(items, more, |e| e.id.as_str().to_owned())
+            }
+        }
+    }
+
+    /// CountEntries.
+    pub(crate) fn count_entries(&self, f: &EntryFilter) -> usize {
+        match self.entry_candidates(f) {
+            Some(slots) => slots
+                .into_iter()
+                .filter_map(|s| self.entries.get(s))
+                .filter(|e| f.matches(e))
+                .count(),
+            None => self
+                .entry_ids
+                .values()
+                .filter_map(|&s| self.entries.get(s))
+                .filter(|e| f.matches(e))
+                .count(),
+        }
+    }
+
+    // ----- agents -----
+
+    pub(crate) fn put_agent(&mut self, a: Arc<AttestedNode>) {
+        if let Some(&slot) = self.agent_ids.get(&a.id) {
+            if let Some(old) = self.agents.get(slot).cloned() {
+                for s in old.selectors.as_slice() {
+                    self.agent_by_selector.remove(key_hash(s), slot);
+                }
+            }
+            for s in a.selectors.as_slice() {
+                self.agent_by_selector.insert(key_hash(s), slot);
+            }
+            self.agents.replace(slot, a);
+        } else {
+            let slot = self.agents.insert(Arc::clone(&a));
+            for s in a.selectors.as_slice() {
+                self.agent_by_selector.insert(key_hash(s), slot);
+            }
+            self.agent_ids.insert(a.id.clone(), slot);
+        }
+    }
+
+    pub(crate) fn remove_agent(&mut self, id: &AgentId) -> Option<Arc<AttestedNode>> {
+        let slot = self.agent_ids.remove(id)?;
+        let old = self.agents.remove(slot)?;
+        for s in old.selectors.as_slice() {
+            self.agent_by_selector.remove(key_hash(s), slot);
+        }
+        Some(old)
+    }
+
+    pub(crate) fn agent(&self, id: &AgentId) -> Option<&Arc<AttestedNode>> {
+        self.agent_ids.get(id).and_then(|&slot| self.agents.get(slot))
+    }
+
+    pub(crate) fn agent_count(&self) -> usize {
+        self.agents.len()
+    }
+
+    pub(crate) fn all_agents(&self) -> impl Iterator<Item = &Arc<AttestedNode>> {
+        self.agent_ids.values().filter_map(|&s| self.agents.get(s))
+    }
+
+    /// ListAgents.
+    pub(crate) fn list_agents(
+        &self,
+        f: &AgentFilter,
+        page: &PageRequest,
+    ) -> Page<Arc<AttestedNode>> {
+        let after = page.token.as_deref().filter(|t| !t.is_empty());
+        let size = if page.size == 0 { usize::MAX } else { page.size };
+        let candidates = f
+            .selectors
+            .as_ref()
+            .and_then(|sf| self.selector_candidates(&self.agent_by_selector, sf, true));
+        let mut hits: Vec<&Arc<AttestedNode>> = match candidates {
+            Some(slots) => {
+                let mut v: Vec<_> = slots
+                    .into_iter()
+                    .filter_map(|s| self.agents.get(s))
+                    .filter(|a| after.is_none_or(|t| a.id.0.as_str() > t) && f.matches(a))
+                    .collect();
+                v.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+                v
+            }
+            None => self
+                .all_agents()
+                .filter(|a| after.is_none_or(|t| a.id.0.as_str() > t) && f.matches(a))
+                .take(size.saturating_add(1))
+                .collect(),
+        };
+        let more = hits.len() > size;
+        hits.truncate(size);
+        finish_page(hits.into_iter().cloned().collect(), more, |a| agent_token(&a.id))
+    }
+
+    /// CountAgents.
+    pub(crate) fn count_agents(&self, f: &AgentFilter) -> usize {
+        self.all_agents().filter(|a| f.matches(a)).count()
+    }
+
+    /// Agents whose node selectors include every selector of `selectors`.
+    pub(crate) fn agents_matching(&self, selectors: &SelectorSet) -> Vec<Arc<AttestedNode>> {
+        let sf =
+            SelectorFilter { selectors: selectors.clone(), match_mode: SelectorMatch::Superset };
+        match self.selector_candidates(&self.agent_by_selector, &sf, true) {
+            Some(slots) => slots
+                .into_iter()
+                .filter_map(|s| self.agents.get(s))
+                .filter(|a| selectors.is_subset_of(&a.selectors))
+                .cloned()
+                .collect(),
+            None => self
+                .all_agents()
+                .filter(|a| selectors.is_subset_of(&a.selectors))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    // ----- authorized entries -----
+
+    /// Node-alias entries the agent with `selectors` belongs to.
+    fn aliases_of<'a>(&'a self, selectors: &'a SelectorSet) -> Vec<&'a Arc<RegistrationEntry>> {
+        let mut out: Vec<&Arc<RegistrationEntry>> = Vec::new();
+        for s in selectors.as_slice() {
+            let Some(set) = self.alias_by_selector.get(key_hash(s)) else { continue };
+            for slot in set.iter() {
+                let Some(alias) = self.entries.get(slot) else { continue };
+                if self.is_alias(alias)
+                    && alias.selectors.is_subset_of(selectors)
+                    && !out.iter().any(|o| Arc::ptr_eq(o, alias))
+                {
+                    out.push(alias);
+                }
+            }
+        }
+        out
+    }
+
+    /// SPIRE's authorized entries for `agent`, computed from the indexes (spire-compat.md §9).
+    pub(crate) fn authorized_entries(&self, agent: &AgentId) -> AuthorizedEntries {
+        let mut visited = Visited::new();
+        let mut stack: Vec<&str> = vec![agent.0.as_str()];
+        if let Some(node) = self.agent(agent) {
+            for alias in self.aliases_of(&node.selectors) {
+                stack.push(alias.spiffe_id.as_str());
+            }
+        }
+        let mut out: Vec<Arc<RegistrationEntry>> = Vec::new();
+        while let Some(parent) = stack.pop() {
+            if !visited.insert(parent) {
+                continue;
+            }
+            for child in self.children(parent) {
+                out.push(Arc::clone(child));
+                stack.push(child.spiffe_id.as_str());
+            }
+        }
+        out.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        out.into()
+    }
+
+    /// Agents whose authorized entries include the children of `parent` (the reverse walk
+    /// used for precise cache invalidation). Adds them to `out`.
+    pub(crate) fn agents_reaching(&self, parent: &SpiffeId, out: &mut HashSet<AgentId>) {
+        let mut visited: HashSet<&str> = HashSet::new();
+        let mut stack: Vec<&str> = vec![parent.as_str()];
+        while let Some(p) = stack.pop() {
+            if !visited.insert(p) {
+                continue;
+            }
+            // The agent with this ID reaches its own children.
+            if let Ok(id) = SpiffeId::parse(p) {
+                out.insert(AgentId(id));
+            }
+            for e in self.with_spiffe_id(p) {
+                if self.is_alias(e) {
+                    for a in self.agents_matching(&e.selectors) {
+                        out.insert(a.id.clone());
+                    }
+                } else {
+                    stack.push(e.parent_id.as_str());
+                }
+            }
+        }
+    }
+
+    /// Agents whose authorized entries would include `e` (or its descendants) if it were
+    /// stored: the reachers of its parent, or, for an alias, its members.
+    pub(crate) fn agents_affected_by(&self, e: &RegistrationEntry, out: &mut HashSet<AgentId>) {
+        if self.is_alias(e) {
+            for a in self.agents_matching(&e.selectors) {
+                out.insert(a.id.clone());
+            }
+        } else {
+            self.agents_reaching(&e.parent_id, out);
+        }
+    }
+
+    // ----- whole-state views (snapshots, tests) -----
+
+    pub(crate) fn all_entries(&self) -> impl Iterator<Item = &Arc<RegistrationEntry>> {
+        self.entry_ids.values().filter_map(|&s| self.entries.get(s))
+    }
+}
+
+/// Candidate slots for a set of key hashes under a match mode: the smallest key's set when
+/// every key must be present (exact, superset), the union otherwise (subset, any). `None`
+/// when the index cannot narrow the search: a superset of nothing, or, when records may
+/// have no keys at all (`may_be_empty`), subset and exact-empty, which such records match.
+fn candidates_by_mode(
+    index: &HashIndex,
+    hashes: impl Iterator<Item = u64>,
+    mode: SelectorMatch,
+    may_be_empty: bool,
+) -> Option<Vec<Slot>> {
+    let hashes: Vec<u64> = hashes.collect();
+    if may_be_empty && mode == SelectorMatch::Subset {
+        return None;
+    }
+    if hashes.is_empty() {
+        return match mode {
+            SelectorMatch::Superset => None,
+            SelectorMatch::Exact if may_be_empty => None,
+            _ => Some(Vec::new()),
+        };
+    }
+    match mode {
+        SelectorMatch::Exact | SelectorMatch::Superset => {
+            let smallest = hashes.iter().copied().min_by_key(|&h| index.count(h))?;
+            Some(index.get(smallest).map(|s| s.iter().collect()).unwrap_or_default())
+        }
+        SelectorMatch::Subset | SelectorMatch::Any => {
+            let mut all: Vec<Slot> =
+                hashes.iter().filter_map(|&h| index.get(h)).flat_map(|s| s.iter()).collect();
+            all.sort_unstable();
+            all.dedup();
+            Some(all)
+        }
+    }
+}
+
+fn finish_page<T>(items: Vec<T>, more: bool, token: impl Fn(&T) -> String) -> Page<T> {
+    let next_token = if more { items.last().map(token) } else { None };
+    Page { items, next_token }
+}

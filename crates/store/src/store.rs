@@ -1,0 +1,459 @@
+//! [`Store`]: opening, applying commands, queries and the authorized-entries cache.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use ward_core::{
+    AgentId, AttestedNode, Bundle, EntryId, FederationRelationship, JoinToken, RegistrationEntry,
+    TrustDomain,
+};
+
+use crate::apply::Txn;
+use crate::command::{Applied, Command};
+use crate::error::StoreError;
+use crate::query::{AgentFilter, EntryFilter, Page, PageRequest};
+use crate::record::{self, Change};
+use crate::state::{AuthorizedEntries, State};
+
+/// Name of the tree holding which generation tree is live.
+const META_TREE: &str = "ward-meta";
+/// Key in [`META_TREE`] of the live generation (0 or 1).
+const ACTIVE_KEY: &[u8] = b"active";
+
+/// How many change-feed records are kept; older ones are removed as new ones are written.
+pub const CHANGE_FEED_RETAIN: u64 = 100_000;
+
+/// Settings for [`Store::open`].
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// The server's trust domain: entries are validated against it and node aliases are
+    /// the entries parented by its `/spire/server` ID.
+    pub trust_domain: TrustDomain,
+    /// Maximum number of agents whose authorized entries are cached.
+    pub cache_agents: u64,
+    /// sled's page cache in bytes. Queries are served from the in-memory image, so this
+    /// only speeds up writes and open; keep it small.
+    pub engine_cache_bytes: u64,
+    /// How often sled flushes on its own, in milliseconds; `None` flushes only on
+    /// [`Store::flush`].
+    pub flush_every_ms: Option<u64>,
+}
+
+impl StoreConfig {
+    /// Defaults for `trust_domain`: 100,000 cached agents, 64 MiB engine cache, flush every
+    /// 500 ms.
+    pub fn new(trust_domain: TrustDomain) -> Self {
+        Self {
+            trust_domain,
+            cache_agents: 100_000,
+            engine_cache_bytes: 64 << 20,
+            flush_every_ms: Some(500),
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) db: sled::Db,
+    meta: sled::Tree,
+    pub(crate) data: RwLock<sled::Tree>,
+    pub(crate) generation: Mutex<u8>,
+    pub(crate) state: RwLock<State>,
+    cache: moka::sync::Cache<AgentId, AuthorizedEntries>,
+    /// Whether anything was put in the cache since it was last emptied; written under the
+    /// state read lock, read under the write lock.
+    cache_used: AtomicBool,
+    poisoned: AtomicBool,
+    config: StoreConfig,
+}
+
+/// ward's replicated state machine on sled. Cheap to clone; clones share one store.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("trust_domain", &self.inner.config.trust_domain).finish()
+    }
+}
+
+fn tree_name(generation: u8) -> String {
+    format!("state-{generation}")
+}
+
+impl Store {
+    /// Opens (or creates) the store in directory `path` and loads its in-memory image.
+    ///
+    /// # Errors
+    /// [`StoreError::Engine`] if sled cannot open the directory, [`StoreError::Corrupt`] or
+    /// [`StoreError::UnsupportedFormat`] if a record cannot be read.
+    pub fn open(path: impl AsRef<Path>, config: StoreConfig) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(path.as_ref())
+            .cache_capacity(config.engine_cache_bytes)
+            .flush_every_ms(config.flush_every_ms)
+            .open()?;
+        let meta = db.open_tree(META_TREE)?;
+        let generation = match meta.get(ACTIVE_KEY)? {
+            Some(v) => v.first().copied().unwrap_or(0) & 1,
+            None => 0,
+        };
+        let data = db.open_tree(tree_name(generation))?;
+        // A crash during an import can leave a half-written staging tree behind.
+        db.drop_tree(tree_name(generation ^ 1))?;
+        let state = load_state(&data, &config.trust_domain)?;
+        let cache = moka::sync::Cache::builder().max_capacity(config.cache_agents).build();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                meta,
+                data: RwLock::new(data),
+                generation: Mutex::new(generation),
+                state: RwLock::new(state),
+                cache,
+                cache_used: AtomicBool::new(false),
+                poisoned: AtomicBool::new(false),
+                config,
+            }),
+        })
+    }
+
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.inner.state.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.inner.state.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn data_tree(&self) -> sled::Tree {
+        self.inner.data.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// The trust domain the store was opened for.
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.inner.config.trust_domain
+    }
+
+    /// Applies `cmd` as log entry `index`: deterministic, and atomic on disk together with
+    /// the new last-applied index.
+    ///
+    /// # Errors
+    /// [`StoreError::StaleIndex`] if `index` is not after the last applied index (nothing
+    /// changes); [`StoreError::Engine`] if the write fails, after which the store is
+    /// [`StoreError::Poisoned`] and must be reopened.
+    pub fn apply(&self, index: u64, cmd: &Command) -> Result<Applied, StoreError> {
+        let mut state = self.write();
+        self.apply_locked(&mut state, index, cmd)
+    }
+
+    /// Applies `cmd` at the next log index on this single writer: the proposer seam until
+    /// the cluster layer replaces it with a Raft proposal.
+    ///
+    /// # Errors
+    /// As [`Store::apply`].
+    pub fn propose_local(&self, cmd: &Command) -> Result<Applied, StoreError> {
+        let mut state = self.write();
+        let index = state.applied + 1;
+        self.apply_locked(&mut state, index, cmd)
+    }
+
+    fn apply_locked(
+        &self,
+        state: &mut State,
+        index: u64,
+        cmd: &Command,
+    ) -> Result<Applied, StoreError> {
+        if self.inner.poisoned.load(Ordering::Acquire) {
+            return Err(StoreError::Poisoned);
+        }
+        if index <= state.applied {
+            return Err(StoreError::StaleIndex { index, applied: state.applied });
+        }
+        let track = self.inner.cache_used.load(Ordering::Acquire);
+        let mut txn = Txn::new(state, track);
+        let outcome = match txn.run(cmd) {
+            Ok(o) => o,
+            Err(e) => {
+                self.inner.poisoned.store(true, Ordering::Release);
+                return Err(e);
+            }
+        };
+        let Txn { mut batch, mut change, mutated, touched, .. } = txn;
+        state.applied = index;
+        batch.insert(record::META_APPLIED, record::u64_value(index));
+        if mutated {
+            state.revision += 1;
+            change.revision = state.revision;
+            batch.insert(record::META_REVISION, record::u64_value(state.revision));
+            batch.insert(record::change_key(state.revision), record::encode(&change)?);
+            if let Some(old) = state.revision.checked_sub(CHANGE_FEED_RETAIN) {
+                batch.remove(record::change_key(old));
+            }
+        }
+        if let Err(e) = self.data_tree().apply_batch(batch) {
+            self.inner.poisoned.store(true, Ordering::Release);
+            return Err(e.into());
+        }
+        if track {
+            for agent in &touched {
+                self.inner.cache.invalidate(agent);
+            }
+        }
+        Ok(Applied { index, revision: state.revision, outcome })
+    }
+
+    /// Makes every applied command durable (fsync).
+    ///
+    /// # Errors
+    /// [`StoreError::Engine`] on I/O failure.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.inner.db.flush()?;
+        Ok(())
+    }
+
+    /// The last applied log index (0 for an empty store).
+    pub fn last_applied(&self) -> u64 {
+        self.read().applied
+    }
+
+    /// The global revision: bumped by every command that changed anything.
+    pub fn revision(&self) -> u64 {
+        self.read().revision
+    }
+
+    // ----- entries -----
+
+    /// The entry with this id.
+    pub fn entry(&self, id: &EntryId) -> Option<Arc<RegistrationEntry>> {
+        self.read().entry(id).cloned()
+    }
+
+    /// Number of entries.
+    pub fn entry_count(&self) -> usize {
+        self.read().entry_count()
+    }
+
+    /// ListEntries: entries passing `filter`, ordered by id, one page.
+    pub fn list_entries(
+        &self,
+        filter: &EntryFilter,
+        page: &PageRequest,
+    ) -> Page<Arc<RegistrationEntry>> {
+        self.read().list_entries(filter, page)
+    }
+
+    /// CountEntries.
+    pub fn count_entries(&self, filter: &EntryFilter) -> usize {
+        self.read().count_entries(filter)
+    }
+
+    /// The entries `agent` is authorized for (spire-compat.md §9), sorted by id, served from
+    /// the cache when present.
+    pub fn authorized_entries(&self, agent: &AgentId) -> AuthorizedEntries {
+        if let Some(hit) = self.inner.cache.get(agent) {
+            return hit;
+        }
+        let state = self.read();
+        let computed = state.authorized_entries(agent);
+        // Inserted under the read lock, so no apply can slip between computing and caching.
+        self.inner.cache_used.store(true, Ordering::Release);
+        self.inner.cache.insert(agent.clone(), Arc::clone(&computed));
+        drop(state);
+        computed
+    }
+
+    /// The same as [`Store::authorized_entries`] but always computed from the indexes,
+    /// bypassing (and not filling) the cache.
+    pub fn authorized_entries_uncached(&self, agent: &AgentId) -> AuthorizedEntries {
+        self.read().authorized_entries(agent)
+    }
+
+    /// The change feed: changes with revision greater than `after`, oldest first, at most
+    /// `limit`.
+    ///
+    /// # Errors
+    /// [`StoreError::Engine`] or [`StoreError::Corrupt`] from reading the feed.
+    pub fn changes_since(&self, after: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
+        let tree = self.data_tree();
+        let start = record::change_key(after.saturating_add(1));
+        let mut out = Vec::new();
+        for kv in tree.range(start..).take(limit) {
+            let (k, v) = kv?;
+            if k.first() != Some(&record::CHANGE) {
+                break;
+            }
+            out.push(record::decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    // ----- agents -----
+
+    /// The agent's record.
+    pub fn agent(&self, id: &AgentId) -> Option<Arc<AttestedNode>> {
+        self.read().agent(id).cloned()
+    }
+
+    /// ListAgents.
+    pub fn list_agents(&self, filter: &AgentFilter, page: &PageRequest) -> Page<Arc<AttestedNode>> {
+        self.read().list_agents(filter, page)
+    }
+
+    /// CountAgents.
+    pub fn count_agents(&self, filter: &AgentFilter) -> usize {
+        self.read().count_agents(filter)
+    }
+
+    /// Number of agents.
+    pub fn agent_count(&self) -> usize {
+        self.read().agent_count()
+    }
+
+    // ----- tokens, bundles, federation -----
+
+    /// The join token with this value.
+    pub fn join_token(&self, token: &str) -> Option<JoinToken> {
+        self.read().tokens.get(token).cloned()
+    }
+
+    /// The bundle of `td`.
+    pub fn bundle(&self, td: &TrustDomain) -> Option<Arc<Bundle>> {
+        self.read().bundles.get(td).cloned()
+    }
+
+    /// All bundles ordered by trust domain, one page (token = last trust domain name).
+    pub fn list_bundles(&self, page: &PageRequest) -> Page<Arc<Bundle>> {
+        let state = self.read();
+        page_of(&state.bundles, page)
+    }
+
+    /// The federation relationship with `td` (its `trust_domain_bundle` is `None`; the
+    /// bundle lives under [`Store::bundle`]).
+    pub fn federation_relationship(&self, td: &TrustDomain) -> Option<Arc<FederationRelationship>> {
+        self.read().federations.get(td).cloned()
+    }
+
+    /// All federation relationships ordered by trust domain, one page.
+    pub fn list_federation_relationships(
+        &self,
+        page: &PageRequest,
+    ) -> Page<Arc<FederationRelationship>> {
+        let state = self.read();
+        page_of(&state.federations, page)
+    }
+
+    /// Makes `tree` (generation `generation`) the live state; the caller holds the write
+    /// lock as `guard`.
+    pub(crate) fn replace_state(
+        &self,
+        guard: &mut State,
+        tree: sled::Tree,
+        generation: u8,
+    ) -> Result<(), StoreError> {
+        let state = load_state(&tree, &self.inner.config.trust_domain)?;
+        tree.flush()?;
+        self.inner.meta.insert(ACTIVE_KEY, vec![generation])?;
+        self.inner.db.flush()?;
+        *guard = state;
+        *self.inner.data.write().unwrap_or_else(std::sync::PoisonError::into_inner) = tree;
+        *self.inner.generation.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            generation;
+        self.inner.cache.invalidate_all();
+        self.inner.cache_used.store(false, Ordering::Release);
+        self.inner.poisoned.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    pub(crate) fn staging_tree(&self) -> Result<(sled::Tree, u8), StoreError> {
+        let generation =
+            *self.inner.generation.lock().unwrap_or_else(std::sync::PoisonError::into_inner) ^ 1;
+        let name = tree_name(generation);
+        self.inner.db.drop_tree(&name)?;
+        Ok((self.inner.db.open_tree(&name)?, generation))
+    }
+
+    pub(crate) fn drop_generation(&self, generation: u8) -> Result<(), StoreError> {
+        self.inner.db.drop_tree(tree_name(generation))?;
+        Ok(())
+    }
+
+    pub(crate) fn write_lock(&self) -> RwLockWriteGuard<'_, State> {
+        self.write()
+    }
+
+    /// Bytes sled reports for the database on disk.
+    ///
+    /// # Errors
+    /// [`StoreError::Engine`] on I/O failure.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.inner.db.size_on_disk()?)
+    }
+}
+
+fn page_of<V: Clone>(
+    map: &std::collections::BTreeMap<TrustDomain, V>,
+    page: &PageRequest,
+) -> Page<V> {
+    let after = page.token.as_deref().filter(|t| !t.is_empty());
+    let size = if page.size == 0 { usize::MAX } else { page.size };
+    let mut items: Vec<(&TrustDomain, &V)> = map
+        .iter()
+        .filter(|(k, _)| after.is_none_or(|a| k.as_str() > a))
+        .take(size.saturating_add(1))
+        .collect();
+    let more = items.len() > size;
+    items.truncate(size);
+    let next_token = if more { items.last().map(|(k, _)| k.as_str().to_owned()) } else { None };
+    Page { items: items.into_iter().map(|(_, v)| v.clone()).collect(), next_token }
+}
+
+/// Reads a whole generation tree into a fresh in-memory state.
+pub(crate) fn load_state(tree: &sled::Tree, td: &TrustDomain) -> Result<State, StoreError> {
+    let mut state = State::new(td.clone());
+    if let Some(v) = tree.get(record::META_FORMAT)? {
+        let format = record::read_u64(record::META_FORMAT, &v)?;
+        if format > record::FORMAT {
+            return Err(StoreError::UnsupportedFormat(format));
+        }
+    } else {
+        tree.insert(record::META_FORMAT, record::u64_value(record::FORMAT))?;
+    }
+    let records = [record::ENTRY, record::AGENT, record::TOKEN, record::BUNDLE, record::FEDERATION]
+        .into_iter()
+        .flat_map(|p| tree.scan_prefix([p]));
+    let meta = [record::META_APPLIED, record::META_REVISION]
+        .into_iter()
+        .filter_map(|k| tree.get(k).map(|v| v.map(|v| (sled::IVec::from(k), v))).transpose());
+    for kv in records.chain(meta) {
+        let (k, v) = kv?;
+        match k.first().copied() {
+            Some(record::ENTRY) => {
+                let e: RegistrationEntry = record::decode(&k, &v)?;
+                state.put_entry(Arc::new(e));
+            }
+            Some(record::AGENT) => {
+                let a: AttestedNode = record::decode(&k, &v)?;
+                state.put_agent(Arc::new(a));
+            }
+            Some(record::TOKEN) => {
+                let t: JoinToken = record::decode(&k, &v)?;
+                state.tokens.insert(t.token.clone(), t);
+            }
+            Some(record::BUNDLE) => {
+                let b: Bundle = record::decode(&k, &v)?;
+                state.bundles.insert(b.trust_domain.clone(), Arc::new(b));
+            }
+            Some(record::FEDERATION) => {
+                let f: FederationRelationship = record::decode(&k, &v)?;
+                state.federations.insert(f.trust_domain.clone(), Arc::new(f));
+            }
+            _ if &*k == record::META_APPLIED => state.applied = record::read_u64(&k, &v)?,
+            _ if &*k == record::META_REVISION => state.revision = record::read_u64(&k, &v)?,
+            _ => {}
+        }
+    }
+    Ok(state)
+}
