@@ -13,7 +13,9 @@ use ward_core::{
 
 use crate::command::{AgentAttestation, Command};
 use crate::error::StoreError;
-use crate::store::Store;
+use std::path::Path;
+
+use crate::store::{Store, StoreConfig};
 
 /// The trust domain of the data set.
 pub const TRUST_DOMAIN: &str = "example.org";
@@ -189,6 +191,26 @@ impl DataSet {
             store.propose_local(&cmd)?;
         }
         store.flush()
+    }
+
+    /// Opens the set stored in `dir`, building it first if `dir` does not hold a complete
+    /// copy (a `complete` marker file is written after the build is flushed). Builds are
+    /// slow at the large scale, so benches keep `dir` between runs.
+    ///
+    /// # Errors
+    /// [`StoreError`] from opening or loading; [`StoreError::Engine`] for file errors.
+    pub fn open_or_build(&self, dir: &Path, config: StoreConfig) -> Result<Store, StoreError> {
+        let marker = dir.join(format!("complete-{}", self.n));
+        if marker.exists() {
+            return Store::open(dir, config);
+        }
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(|e| StoreError::Engine(e.to_string()))?;
+        }
+        let store = Store::open(dir, config)?;
+        self.load(&store)?;
+        std::fs::write(&marker, b"").map_err(|e| StoreError::Engine(e.to_string()))?;
+        Ok(store)
     }
 
     /// `count` distinct agents picked pseudo-randomly (fixed seed), in shuffled order.

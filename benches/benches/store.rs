@@ -1,0 +1,167 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+//! ward-store hot paths: authorized entries (cached and not) at 1k and 1M entries, entry
+//! creation, and opening a 1M-entry store.
+//!
+//! The data sets are built once under `<target>/ward-bench-data/` and reused by later runs
+//! (building the 1M set takes about a minute). Footprint figures (RSS, size on disk) are
+//! printed to stderr when a set is opened.
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use ward_core::{EntryId, RegistrationEntry};
+use ward_store::testdata::DataSet;
+use ward_store::{Command, Store, StoreConfig};
+
+fn data_dir(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // <target>/<profile>/deps/<bench binary>
+    let target = exe.ancestors().nth(3).unwrap().to_path_buf();
+    target.join("ward-bench-data").join(name)
+}
+
+fn config() -> StoreConfig {
+    StoreConfig::new(DataSet::trust_domain())
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
+    rd.flatten()
+        .map(|e| {
+            let md = e.metadata().unwrap();
+            if md.is_dir() { dir_bytes(&e.path()) } else { md.len() }
+        })
+        .sum()
+}
+
+fn open_set(set: DataSet, name: &str) -> Store {
+    let dir = data_dir(name);
+    let t = Instant::now();
+    let store = set.open_or_build(&dir, config()).unwrap();
+    eprintln!(
+        "[store {name}] ready in {:.2?}: {} entries, {} agents, RSS {} MiB, disk {} MiB",
+        t.elapsed(),
+        store.entry_count(),
+        store.agent_count(),
+        rss_kib() / 1024,
+        dir_bytes(&dir) >> 20
+    );
+    store
+}
+
+fn authorized(c: &mut Criterion) {
+    let mut g = c.benchmark_group("store");
+    g.sample_size(10);
+    g.bench_function("open_1m", |b| {
+        // Make sure the set exists (built on the first run), then time reopening it until
+        // it answers a query.
+        drop(open_set(DataSet::LARGE, "1m"));
+        let dir = data_dir("1m");
+        let agent = DataSet::agent_id(0);
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let t = Instant::now();
+                let store = Store::open(&dir, config()).unwrap();
+                assert_eq!(store.authorized_entries_uncached(&agent).len(), 15);
+                total += t.elapsed();
+                drop(store);
+            }
+            total
+        });
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("store");
+    for (set, name) in [(DataSet::SMALL, "1k"), (DataSet::LARGE, "1m")] {
+        let mut store: Option<Store> = None;
+        let sample = set.sample_agents(1000, 42);
+        g.bench_function(format!("authorized_entries/uncached/{name}"), |b| {
+            let store = store.get_or_insert_with(|| open_set(set, name));
+            for a in &sample {
+                assert_eq!(store.authorized_entries_uncached(a).len(), 15);
+            }
+            let mut i = 0;
+            b.iter(|| {
+                i = (i + 1) % sample.len();
+                black_box(store.authorized_entries_uncached(&sample[i]))
+            });
+        });
+        g.bench_function(format!("authorized_entries/cached/{name}"), |b| {
+            let store = store.get_or_insert_with(|| open_set(set, name));
+            for a in &sample {
+                assert_eq!(store.authorized_entries(a).len(), 15);
+            }
+            let mut i = 0;
+            b.iter(|| {
+                i = (i + 1) % sample.len();
+                black_box(store.authorized_entries(&sample[i]))
+            });
+        });
+        if let Some(s) = store.take() {
+            eprintln!("[store {name}] after queries: RSS {} MiB", rss_kib() / 1024);
+            drop(s);
+        }
+    }
+    g.finish();
+}
+
+fn new_entry(n: u64) -> RegistrationEntry {
+    let agent = (n % DataSet::SMALL.n as u64) as usize;
+    let mut e = DataSet::workload_entry(agent, 0);
+    e.id = EntryId::new(&format!("bench-{n:012}")).unwrap();
+    e.spiffe_id = DataSet::trust_domain().spiffe_id(&format!("/bench/{n}")).unwrap();
+    e
+}
+
+fn apply(c: &mut Criterion) {
+    let mut g = c.benchmark_group("store");
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config()).unwrap();
+    DataSet::SMALL.load(&store).unwrap();
+    let mut n = 0u64;
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("apply_create_entry/single", |b| {
+        b.iter_batched(
+            || {
+                n += 1;
+                Command::CreateEntries(vec![new_entry(n)])
+            },
+            |cmd| store.propose_local(&cmd).unwrap(),
+            BatchSize::SmallInput,
+        );
+    });
+    g.throughput(Throughput::Elements(100));
+    g.bench_function("apply_create_entry/batch100", |b| {
+        b.iter_batched(
+            || {
+                let items = (0..100)
+                    .map(|_| {
+                        n += 1;
+                        new_entry(n)
+                    })
+                    .collect();
+                Command::CreateEntries(items)
+            },
+            |cmd| store.propose_local(&cmd).unwrap(),
+            BatchSize::SmallInput,
+        );
+    });
+    g.finish();
+}
+
+criterion_group!(benches, apply, authorized);
+criterion_main!(benches);
