@@ -3,8 +3,8 @@
 //! harness; run against `ward-server` it proves ward's compatibility claim.
 //!
 //! The scenario, identical for both servers:
-//! 1. start the server on `127.0.0.1` and a temp admin socket; wait until it is ready;
-//!    `spire-server healthcheck` against its socket must pass;
+//! 1. start the server on `127.0.0.1` and a temp admin socket; wait until its own CLI's
+//!    `healthcheck` passes; `spire-server healthcheck` against its socket must pass too;
 //! 2. with the server's own CLI: `token generate`, then `entry create` for
 //!    `spiffe://example.org/workload` under the agent's join-token ID with `unix:uid:<our uid>`;
 //!    with the unmodified `spire-server` CLI: `token generate` and `entry create` for
@@ -111,12 +111,7 @@ fn scenario(kind: ServerKind, h: &mut Harness) -> anyhow::Result<()> {
     let spire_cli = AdminCli::new(&h.spire.server, &server.socket_path);
     poll_until("the server to become ready", SERVER_READY_TIMEOUT, || {
         server.daemon.ensure_running()?;
-        // SPIRE's readiness is its health check; ward's is its own CLI answering `bundle show`
-        // (the CA is loaded), after which SPIRE's health check must pass as well.
-        let probe = match kind {
-            ServerKind::Spire => native.raw(&["healthcheck"], &[])?,
-            ServerKind::Ward => native.raw(&["bundle", "show"], &[])?,
-        };
+        let probe = native.raw(&["healthcheck"], &[])?;
         Ok(if probe.status.success() { Step::Done(()) } else { Step::Retry(probe.describe()) })
     })?;
     spire_cli.healthcheck().context("spire-server healthcheck against the server's socket")?;

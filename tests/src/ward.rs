@@ -1,9 +1,13 @@
 //! Running the `ward-server` binary built from this workspace in a temporary directory.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+use crate::command::run;
 use crate::daemon::Daemon;
 use crate::server::ServerProcess;
 use crate::{free_port, quoted, quoted_path};
@@ -11,25 +15,50 @@ use crate::{free_port, quoted, quoted_path};
 /// Environment variable that overrides where the `ward-server` binary is.
 pub const WARD_SERVER_BIN_ENV: &str = "WARD_SERVER_BIN";
 
-/// Finds `ward-server`: `$WARD_SERVER_BIN`, else next to the running test binary's directory
-/// (`<target>/<profile>/ward-server`, which `cargo test --workspace` builds).
+/// Deadline for building `ward-server` (a cold build compiles the whole server).
+const BUILD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// Finds `ward-server`: `$WARD_SERVER_BIN` if set, else builds it from this workspace with
+/// `cargo build -p ward-server` into the target directory and profile of the running test
+/// binary (so the suite always runs the current source) and returns its path. Cargo builds
+/// binaries only for packages whose own integration tests run, hence the explicit build.
+/// The lookup runs once per test process.
 pub fn ward_server_bin() -> anyhow::Result<PathBuf> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| locate_or_build().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn locate_or_build() -> anyhow::Result<PathBuf> {
     if let Some(bin) = std::env::var_os(WARD_SERVER_BIN_ENV) {
         return Ok(PathBuf::from(bin));
     }
     let exe = std::env::current_exe().context("locating the test binary")?;
-    // <target>/<profile>/deps/<test binary>
+    // The test binary lives in <target>/<profile dir>/deps/.
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
         .with_context(|| format!("unexpected test binary location {}", exe.display()))?;
+    let target_dir = profile_dir
+        .parent()
+        .with_context(|| format!("unexpected test binary location {}", exe.display()))?;
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev".to_owned(),
+        Some(name) => name.to_owned(),
+        None => bail!("unexpected test binary location {}", exe.display()),
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--locked", "-p", "ward-server", "--bin", "ward-server", "--profile"])
+        .arg(&profile)
+        .arg("--target-dir")
+        .arg(target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    run(&mut cmd, BUILD_TIMEOUT)?.success().context("building ward-server")?;
     let bin = profile_dir.join("ward-server");
     if !bin.is_file() {
-        bail!(
-            "{} does not exist: run the suite with `cargo test --workspace`, build it with \
-             `cargo build -p ward-server`, or set {WARD_SERVER_BIN_ENV}",
-            bin.display()
-        );
+        bail!("cargo build succeeded but {} does not exist", bin.display());
     }
     Ok(bin)
 }
