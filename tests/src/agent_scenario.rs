@@ -16,7 +16,9 @@
 //! 5. `spire-agent api fetch jwt -audience demo` must return one JWT-SVID per entry whose
 //!    signature verifies against the server's JWT key (from `bundle show -format spiffe`),
 //!    with `sub` = the entry's SPIFFE ID, `aud` containing `demo` and `exp` in the future; the
-//!    agent's JWT bundle must carry the same key.
+//!    agent's JWT bundle must carry the same key;
+//! 6. ward-core's own X509-SVID and JWT-SVID validators, given the bundle parsed from
+//!    `bundle show -format spiffe`, accept the same SVIDs.
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
@@ -37,7 +39,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::Value;
 use tempfile::TempDir;
-use ward_core::SpiffeId;
+use ward_core::{Bundle, SpiffeId, TrustDomain, jwtsvid, x509svid};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 const TRUST_DOMAIN: &str = "example.org";
@@ -176,11 +178,11 @@ fn scenario(kind: ServerKind, h: &mut Harness) -> anyhow::Result<()> {
             Step::Retry(format!("agent served {ids:?}"))
         })
     })?;
+    let spire_cli_bundle_path = root.join("bundle-spire-cli.pem");
+    std::fs::write(&spire_cli_bundle_path, &spire_cli_bundle)?;
     for (id, pem_path) in &svids {
         SpiffeId::parse(id).with_context(|| format!("URI SAN {id} is not a SPIFFE ID"))?;
         openssl_verify(&bundle_path, pem_path)?;
-        let spire_cli_bundle_path = root.join("bundle-spire-cli.pem");
-        std::fs::write(&spire_cli_bundle_path, &spire_cli_bundle)?;
         openssl_verify(&spire_cli_bundle_path, pem_path)?;
     }
 
@@ -193,9 +195,8 @@ fn scenario(kind: ServerKind, h: &mut Harness) -> anyhow::Result<()> {
         }
         Ok(Step::Done(parse_fetch_jwt(&out.stdout).with_context(|| out.describe())?))
     })?;
-    let server_jwks = jwt_keys_of_spiffe_bundle(
-        &spire_cli.bundle_show_spiffe().context("bundle show -format spiffe")?,
-    )?;
+    let spiffe_bundle = spire_cli.bundle_show_spiffe().context("bundle show -format spiffe")?;
+    let server_jwks = jwt_keys_of_spiffe_bundle(&spiffe_bundle)?;
     ensure!(!server_jwks.is_empty(), "the server's bundle has no JWT key");
     let agent_jwks =
         fetched.bundles.get(&format!("spiffe://{TRUST_DOMAIN}")).with_context(|| {
@@ -206,6 +207,37 @@ fn scenario(kind: ServerKind, h: &mut Harness) -> anyhow::Result<()> {
     for svid in &fetched.svids {
         validate_jwt_svid(&svid.svid, &svid.spiffe_id, &server_jwks, agent_jwks)
             .with_context(|| format!("JWT-SVID for {}", svid.spiffe_id))?;
+    }
+    phase(kind, "6. ward-core's validators accept the same SVIDs against the same bundle");
+    let bundle =
+        Bundle::from_spiffe_json(TrustDomain::new(TRUST_DOMAIN)?, spiffe_bundle.as_bytes())
+            .context("ward-core parsing bundle show -format spiffe")?;
+    let bundle_ders: Vec<Vec<u8>> =
+        bundle.x509_authorities.iter().map(|a| a.as_ref().to_vec()).collect();
+    ensure!(
+        bundle_ders == native_ders,
+        "the SPIFFE and PEM bundles carry different X.509 authorities"
+    );
+    let now = SystemTime::now();
+    for (id, pem_path) in &svids {
+        let chain = pem_certificates(&std::fs::read_to_string(pem_path)?)?;
+        let verified = x509svid::verify_with_bundle(&chain, &bundle, now)
+            .with_context(|| format!("ward-core X509-SVID verification of {id}"))?;
+        ensure!(verified.as_str() == id, "ward-core read {verified} from the SVID for {id}");
+    }
+    for svid in &fetched.svids {
+        let verified = jwtsvid::validate(&svid.svid, &bundle, &[AUDIENCE], now)
+            .with_context(|| format!("ward-core JWT-SVID validation for {}", svid.spiffe_id))?;
+        ensure!(
+            verified.spiffe_id.as_str() == svid.spiffe_id,
+            "ward-core read sub {}",
+            verified.spiffe_id
+        );
+        ensure!(
+            verified.audience.iter().any(|a| a == AUDIENCE),
+            "ward-core read aud {:?}",
+            verified.audience
+        );
     }
     phase(kind, "done");
     Ok(())
