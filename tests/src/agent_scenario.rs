@@ -18,7 +18,9 @@
 //!    with `sub` = the entry's SPIFFE ID, `aud` containing `demo` and `exp` in the future; the
 //!    agent's JWT bundle must carry the same key;
 //! 6. ward-core's own X509-SVID and JWT-SVID validators, given the bundle parsed from
-//!    `bundle show -format spiffe`, accept the same SVIDs.
+//!    `bundle show -format spiffe`, accept the same SVIDs;
+//! 7. the `spire-server` CLI reads back exactly the two entries (`entry show -parentID`,
+//!    `entry show -entryID`, `entry count`).
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
@@ -239,8 +241,64 @@ fn scenario(kind: ServerKind, h: &mut Harness) -> anyhow::Result<()> {
             verified.audience
         );
     }
+    phase(kind, "7. the spire-server CLI reads back the entries");
+    let parent_path = format!("/spire/agent/join_token/{token}");
+    let listed = spire_cli.json(&["entry", "show"], &["-parentID", &agent_id])?;
+    let mut listed_ids = BTreeSet::new();
+    for entry in json_array(&listed, "entries")? {
+        ensure!(
+            id_path(&entry["parent_id"]) == Some(parent_path.as_str()),
+            "entry show -parentID listed an entry with another parent: {entry}"
+        );
+        ensure!(
+            entry["selectors"]
+                == serde_json::json!([{"type": "unix", "value": selector.trim_start_matches("unix:")}]),
+            "entry selectors are {}",
+            entry["selectors"]
+        );
+        let id = entry["id"].as_str().context("entry without id")?.to_owned();
+        let spiffe_id = id_path(&entry["spiffe_id"]).context("entry without spiffe_id")?;
+        listed_ids.insert((id, format!("spiffe://{TRUST_DOMAIN}{spiffe_id}")));
+    }
+    let created: BTreeSet<(String, String)> = [
+        (entry_id.clone(), WORKLOAD_ID.to_owned()),
+        (cli_entry_id.clone(), CLI_WORKLOAD_ID.to_owned()),
+    ]
+    .into();
+    ensure!(
+        listed_ids == created,
+        "entry show -parentID listed {listed_ids:?}, created {created:?}"
+    );
+    let one = spire_cli.json(&["entry", "show"], &["-entryID", &entry_id])?;
+    let one = json_array(&one, "entries")?;
+    ensure!(
+        one.len() == 1
+            && one[0]["id"] == entry_id.as_str()
+            && id_path(&one[0]["spiffe_id"]) == Some("/workload"),
+        "entry show -entryID {entry_id} printed {one:?}"
+    );
+    let count = spire_cli.json(&["entry", "count"], &[])?;
+    ensure!(count["count"] == 2, "entry count printed {count}");
     phase(kind, "done");
     Ok(())
+}
+
+/// The array `key` of a JSON object (absent or null counts as empty, as protojson omits it).
+fn json_array(doc: &Value, key: &str) -> anyhow::Result<Vec<Value>> {
+    match &doc[key] {
+        Value::Null => Ok(Vec::new()),
+        Value::Array(items) => Ok(items.clone()),
+        other => bail!("{key} is not an array: {other}"),
+    }
+}
+
+/// The `path` of a protojson SPIFFE ID object (`{"trust_domain": …, "path": …}`) in our
+/// trust domain.
+fn id_path(id: &Value) -> Option<&str> {
+    if id["trust_domain"] != TRUST_DOMAIN {
+        return None;
+    }
+    id["path"].as_str()
 }
 
 /// The effective uid of this process (what the unix workload attestor sees for the CLI we run).

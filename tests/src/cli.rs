@@ -88,6 +88,15 @@ impl AdminCli {
     pub fn bundle_show_spiffe(&self) -> anyhow::Result<String> {
         Ok(self.ok(&["bundle", "show"], &["-format", "spiffe"])?.stdout)
     }
+
+    /// Runs a command with `-output json` and parses what it prints.
+    pub fn json(&self, words: &[&str], args: &[&str]) -> anyhow::Result<serde_json::Value> {
+        let mut all = args.to_vec();
+        all.extend(["-output", "json"]);
+        let out = self.ok(words, &all)?;
+        serde_json::from_str(&out.stdout)
+            .with_context(|| format!("output is not JSON\n{}", out.describe()))
+    }
 }
 
 /// Extracts the token from `token generate` output (`Token: <value>`; SPIRE also prints a
