@@ -1,0 +1,327 @@
+//! `spire.api.server.agent.v1.Agent`: node attestation (join tokens), agent SVID renewal and
+//! join-token creation.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use tonic::{Request, Response, Status, Streaming};
+use ward_ca::SvidParams;
+use ward_core::{AgentId, JoinToken, RegistrationEntry, Selector, SelectorSet, SpiffeId};
+use ward_proto::convert::{IdField, spiffe_id_from_proto, x509_svid_to_proto};
+use ward_proto::spire::api::server::agent::v1::{self as pb, agent_server::Agent};
+use ward_proto::spire::api::types;
+use ward_proto::spire::api::types::permission_denied_details::Reason;
+use ward_store::{AgentAttestation, Command, ItemError, Outcome};
+
+use super::{new_entry_id, propose, sign_error_status, unimplemented};
+use crate::state::{ServerState, caller_of};
+use crate::tls::leaf_facts;
+
+/// The Agent service.
+#[derive(Debug, Clone)]
+pub struct AgentService {
+    state: Arc<ServerState>,
+}
+
+impl AgentService {
+    /// A service over `state`.
+    pub fn new(state: Arc<ServerState>) -> Self {
+        Self { state }
+    }
+
+    /// Signs an agent SVID for the key in `csr`; returns the chain and the leaf's facts.
+    fn sign_agent_svid(
+        &self,
+        id: &SpiffeId,
+        csr: &[u8],
+    ) -> Result<(Vec<Vec<u8>>, String, i64), Status> {
+        let ca = self.state.ca.x509_ca().map_err(|e| Status::internal(e.to_string()))?;
+        let params = SvidParams { spiffe_id: id, dns_names: &[], ttl: self.state.agent_ttl };
+        let leaf = ca
+            .sign_x509_svid_from_csr(csr, &params, self.state.clock.now())
+            .map_err(|e| sign_error_status(&e, "failed to sign X509 SVID"))?;
+        let facts = leaf_facts(&leaf).map_err(Status::internal)?;
+        let mut chain = vec![leaf];
+        chain.extend(ca.svid_chain_tail().iter().cloned());
+        Ok((chain, facts.serial, facts.not_after))
+    }
+
+    async fn attest(
+        &self,
+        first: pb::AttestAgentRequest,
+    ) -> Result<pb::AttestAgentResponse, Status> {
+        use pb::attest_agent_request::Step;
+        let params = match first.step {
+            Some(Step::Params(p)) => p,
+            _ => return Err(Status::invalid_argument("malformed param: missing params")),
+        };
+        let Some(data) = params.data else {
+            return Err(Status::invalid_argument("malformed param: missing attestation data"));
+        };
+        let Some(svid_params) = params.params else {
+            return Err(Status::invalid_argument("malformed param: missing X509-SVID parameters"));
+        };
+        if svid_params.csr.is_empty() {
+            return Err(Status::invalid_argument("malformed param: missing CSR"));
+        }
+        if data.r#type.is_empty() {
+            return Err(Status::invalid_argument("malformed param: missing attestation data type"));
+        }
+        if data.payload.is_empty() {
+            return Err(Status::invalid_argument(
+                "malformed param: missing attestation data payload",
+            ));
+        }
+        if data.r#type != "join_token" {
+            return Err(Status::failed_precondition(format!(
+                "error getting node attestor: could not find node attestor type {:?}",
+                data.r#type
+            )));
+        }
+        let token = String::from_utf8(data.payload)
+            .map_err(|_| Status::invalid_argument("failed to attest: join token is not UTF-8"))?;
+        let now = self.state.clock.unix_seconds();
+        let applied =
+            propose(&self.state, Command::ConsumeJoinToken { token: token.clone(), now }).await?;
+        match applied.outcome {
+            Outcome::JoinTokenConsumed(Ok(c)) if c.expired => {
+                return Err(Status::invalid_argument("join token expired"));
+            }
+            Outcome::JoinTokenConsumed(Ok(_)) => {}
+            Outcome::JoinTokenConsumed(Err(_)) => {
+                return Err(Status::invalid_argument(
+                    "failed to attest: join token does not exist or has already been used",
+                ));
+            }
+            other => return Err(unexpected(&other)),
+        }
+        let agent_id = join_token_agent_id(&self.state, &token)?;
+        if self.state.store.agent(&AgentId(agent_id.clone())).is_some_and(|n| n.is_banned()) {
+            return Err(Status::permission_denied("failed to attest: agent is banned"));
+        }
+        let (chain, serial, expires_at) = self.sign_agent_svid(&agent_id, &svid_params.csr)?;
+        let cmd = Command::AttestAgent(AgentAttestation {
+            id: AgentId(agent_id.clone()),
+            attestation_type: "join_token".into(),
+            serial,
+            expires_at,
+            selectors: SelectorSet::default(),
+            can_reattest: false,
+        });
+        match propose(&self.state, cmd).await?.outcome {
+            Outcome::Agent(Ok(_)) => {}
+            Outcome::Agent(Err(ItemError::AgentBanned(_))) => {
+                return Err(Status::permission_denied("failed to attest: agent is banned"));
+            }
+            Outcome::Agent(Err(e)) => {
+                return Err(Status::internal(format!("failed to create attested agent: {e}")));
+            }
+            other => return Err(unexpected(&other)),
+        }
+        tracing::info!(agent_id = %agent_id, "agent attested");
+        Ok(pb::AttestAgentResponse {
+            step: Some(pb::attest_agent_response::Step::Result(
+                pb::attest_agent_response::Result {
+                    svid: Some(x509_svid_to_proto(chain, &agent_id, expires_at, "")),
+                    reattestable: false,
+                },
+            )),
+        })
+    }
+}
+
+/// `spiffe://<td>/spire/agent/join_token/<token>`.
+fn join_token_agent_id(state: &ServerState, token: &str) -> Result<SpiffeId, Status> {
+    state
+        .trust_domain
+        .spiffe_id(&format!("/spire/agent/join_token/{token}"))
+        .map_err(|e| Status::invalid_argument(format!("failed to attest: invalid join token: {e}")))
+}
+
+fn unexpected(o: &Outcome) -> Status {
+    Status::internal(format!("unexpected apply outcome {o:?}"))
+}
+
+type AttestStream = Pin<Box<dyn Stream<Item = Result<pb::AttestAgentResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Agent for AgentService {
+    async fn count_agents(
+        &self,
+        _: Request<pb::CountAgentsRequest>,
+    ) -> Result<Response<pb::CountAgentsResponse>, Status> {
+        Err(unimplemented("CountAgents"))
+    }
+
+    async fn list_agents(
+        &self,
+        _: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        Err(unimplemented("ListAgents"))
+    }
+
+    async fn get_agent(
+        &self,
+        _: Request<pb::GetAgentRequest>,
+    ) -> Result<Response<types::Agent>, Status> {
+        Err(unimplemented("GetAgent"))
+    }
+
+    async fn delete_agent(
+        &self,
+        _: Request<pb::DeleteAgentRequest>,
+    ) -> Result<Response<()>, Status> {
+        Err(unimplemented("DeleteAgent"))
+    }
+
+    async fn ban_agent(&self, _: Request<pb::BanAgentRequest>) -> Result<Response<()>, Status> {
+        Err(unimplemented("BanAgent"))
+    }
+
+    type AttestAgentStream = AttestStream;
+
+    async fn attest_agent(
+        &self,
+        req: Request<Streaming<pb::AttestAgentRequest>>,
+    ) -> Result<Response<Self::AttestAgentStream>, Status> {
+        let caller = caller_of(&req)?;
+        if let Some(ip) = caller.rate_limit_ip() {
+            self.state
+                .limits
+                .attest
+                .acquire(ip, 1)
+                .await
+                .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+        }
+        let mut stream = req.into_inner();
+        let first = match stream.message().await? {
+            Some(m) => m,
+            None => return Err(Status::invalid_argument("malformed param: missing params")),
+        };
+        let resp = self.attest(first).await?;
+        let out: AttestStream = Box::pin(futures::stream::once(async move { Ok(resp) }));
+        Ok(Response::new(out))
+    }
+
+    async fn renew_agent(
+        &self,
+        req: Request<pb::RenewAgentRequest>,
+    ) -> Result<Response<pb::RenewAgentResponse>, Status> {
+        let caller = caller_of(&req)?;
+        let Some(agent_id) = caller.agent_id() else {
+            return Err(Status::permission_denied("caller is not an agent"));
+        };
+        if let Some(ip) = caller.rate_limit_ip() {
+            self.state
+                .limits
+                .sign
+                .acquire(ip, 1)
+                .await
+                .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+        }
+        let node = self
+            .state
+            .store
+            .agent(&agent_id)
+            .ok_or_else(|| Status::not_found("agent not found"))?;
+        if node.can_reattest {
+            return Err(ward_proto::convert::permission_denied(
+                "agent must reattest to renew its SVID",
+                Reason::AgentMustReattest,
+            ));
+        }
+        let Some(params) = req.into_inner().params else {
+            return Err(Status::invalid_argument("params cannot be nil"));
+        };
+        if params.csr.is_empty() {
+            return Err(Status::invalid_argument("missing CSR"));
+        }
+        let (chain, serial, expires_at) =
+            self.sign_agent_svid(agent_id.spiffe_id(), &params.csr)?;
+        let cmd = Command::RenewAgent {
+            id: agent_id.clone(),
+            new_serial: serial,
+            new_expires_at: expires_at,
+        };
+        match propose(&self.state, cmd).await?.outcome {
+            Outcome::Agent(Ok(_)) => {}
+            Outcome::Agent(Err(e)) => {
+                return Err(Status::internal(format!("failed to update agent: {e}")));
+            }
+            other => return Err(unexpected(&other)),
+        }
+        Ok(Response::new(pb::RenewAgentResponse {
+            svid: Some(x509_svid_to_proto(chain, agent_id.spiffe_id(), expires_at, "")),
+        }))
+    }
+
+    async fn create_join_token(
+        &self,
+        req: Request<pb::CreateJoinTokenRequest>,
+    ) -> Result<Response<types::JoinToken>, Status> {
+        let req = req.into_inner();
+        if req.ttl < 1 {
+            return Err(Status::invalid_argument("ttl is required, you must provide one"));
+        }
+        let token = if req.token.is_empty() { uuid::Uuid::new_v4().to_string() } else { req.token };
+        let now = self.state.clock.unix_seconds();
+        let expires_at = now.saturating_add(i64::from(req.ttl));
+        let token_agent = join_token_agent_id(&self.state, &token)
+            .map_err(|_| Status::invalid_argument("invalid join token"))?;
+        let entry = match req.agent_id {
+            None => None,
+            Some(id) => {
+                let id = spiffe_id_from_proto(Some(&id), IdField::AgentId)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                if !id.is_member_of(&self.state.trust_domain) {
+                    return Err(Status::invalid_argument(format!(
+                        "invalid agent ID: \"{id}\" is not a member of trust domain \"{}\"",
+                        self.state.trust_domain
+                    )));
+                }
+                let selector = Selector::new("spiffe_id", token_agent.as_str())
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                Some(RegistrationEntry {
+                    id: new_entry_id(),
+                    spiffe_id: id,
+                    parent_id: token_agent.clone(),
+                    selectors: SelectorSet::new(vec![selector]),
+                    x509_svid_ttl: 0,
+                    jwt_svid_ttl: 0,
+                    federates_with: Vec::new(),
+                    admin: false,
+                    downstream: false,
+                    expires_at: 0,
+                    dns_names: Vec::new(),
+                    revision_number: 0,
+                    store_svid: false,
+                    hint: String::new(),
+                    created_at: now,
+                })
+            }
+        };
+        let cmd = Command::CreateJoinToken {
+            token: JoinToken { token: token.clone(), expires_at },
+            entry,
+        };
+        match propose(&self.state, cmd).await?.outcome {
+            Outcome::JoinTokenCreated(Ok(_)) => {}
+            Outcome::JoinTokenCreated(Err(ItemError::TokenExists)) => {
+                return Err(Status::already_exists("join token already exists"));
+            }
+            Outcome::JoinTokenCreated(Err(e)) => {
+                return Err(Status::invalid_argument(format!("failed to create token: {e}")));
+            }
+            other => return Err(unexpected(&other)),
+        }
+        Ok(Response::new(types::JoinToken { value: token, expires_at }))
+    }
+
+    async fn post_status(
+        &self,
+        _: Request<pb::PostStatusRequest>,
+    ) -> Result<Response<pb::PostStatusResponse>, Status> {
+        Err(unimplemented("PostStatus"))
+    }
+}

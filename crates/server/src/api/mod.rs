@@ -1,0 +1,60 @@
+//! The gRPC services. Handlers stay thin: wire message to domain, domain call, back to wire;
+//! each service maps domain errors to `tonic::Status` with SPIRE's codes and messages.
+
+pub mod agent;
+pub mod bundle;
+pub mod entry;
+pub mod health;
+pub mod svid;
+
+use tonic::Status;
+use ward_ca::{CsrError, SignError};
+use ward_store::{Applied, Command};
+
+use crate::state::ServerState;
+
+/// Proposes `cmd`; a failed proposal is `Internal` (the store is unusable, not the request).
+async fn propose(state: &ServerState, cmd: Command) -> Result<Applied, Status> {
+    state.proposer.propose(cmd).await.map_err(|e| {
+        tracing::error!(error = %e, "proposal failed");
+        Status::internal(format!("failed to write: {e}"))
+    })
+}
+
+/// The status SPIRE gives a signing failure: CSR problems are the caller's
+/// (`InvalidArgument`), everything else is `Internal` prefixed with `context`.
+fn sign_error_status(e: &SignError, context: &str) -> Status {
+    match e {
+        SignError::Csr(CsrError::BadSignature) => {
+            Status::invalid_argument(format!("invalid CSR signature: {e}"))
+        }
+        SignError::Csr(_) | SignError::PublicKey(_) => {
+            Status::invalid_argument(format!("malformed CSR: {e}"))
+        }
+        _ => Status::internal(format!("{context}: {e}")),
+    }
+}
+
+/// `Unimplemented` for a method of a registered service that this server does not serve.
+fn unimplemented(method: &str) -> Status {
+    Status::unimplemented(format!("method {method} not implemented"))
+}
+
+/// A fresh server-chosen entry id (a v4 UUID).
+fn new_entry_id() -> ward_core::EntryId {
+    // A hyphenated v4 UUID is 36 printable ASCII characters: always a valid entry id.
+    #[allow(clippy::expect_used)]
+    ward_core::EntryId::new(&uuid::Uuid::new_v4().to_string()).expect("a UUID is a valid entry id")
+}
+
+/// A store page request from a wire `page_size` / `page_token`.
+fn page_request(size: i32, token: &str) -> Result<ward_store::PageRequest, Status> {
+    let size = usize::try_from(size)
+        .map_err(|_| Status::invalid_argument(format!("page size must not be negative: {size}")))?;
+    Ok(ward_store::PageRequest { token: Some(token.to_owned()).filter(|t| !t.is_empty()), size })
+}
+
+/// A count for the wire (saturating).
+fn count_i32(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}

@@ -1,0 +1,173 @@
+//! `spire.api.server.svid.v1.SVID`: X509-SVID batch signing and JWT-SVID minting for agents.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::{Code, Request, Response, Status};
+use ward_ca::SvidParams;
+use ward_core::RegistrationEntry;
+use ward_proto::convert::{batch_status, batch_status_ok, jwt_svid_to_proto, x509_svid_to_proto};
+use ward_proto::spire::api::server::svid::v1::{self as pb, svid_server::Svid};
+use ward_proto::spire::api::types;
+
+use super::{sign_error_status, unimplemented};
+use crate::state::{Caller, ServerState, caller_of};
+
+/// The SVID service.
+#[derive(Debug, Clone)]
+pub struct SvidService {
+    state: Arc<ServerState>,
+}
+
+impl SvidService {
+    /// A service over `state`.
+    pub fn new(state: Arc<ServerState>) -> Self {
+        Self { state }
+    }
+
+    async fn limit(&self, caller: &Caller, n: usize) -> Result<(), Status> {
+        let Some(ip) = caller.rate_limit_ip() else { return Ok(()) };
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        self.state
+            .limits
+            .sign
+            .acquire(ip, n)
+            .await
+            .map_err(|e| Status::resource_exhausted(e.to_string()))
+    }
+
+    fn authorized_map(
+        &self,
+        caller: &Caller,
+    ) -> Result<HashMap<String, Arc<RegistrationEntry>>, Status> {
+        let agent =
+            caller.agent_id().ok_or_else(|| Status::permission_denied("caller is not an agent"))?;
+        let entries = self.state.store.authorized_entries(&agent);
+        Ok(entries.iter().map(|e| (e.id.as_str().to_owned(), e.clone())).collect())
+    }
+
+    fn sign_one(
+        &self,
+        p: &pb::NewX509svidParams,
+        entries: &HashMap<String, Arc<RegistrationEntry>>,
+    ) -> Result<types::X509svid, types::Status> {
+        if p.entry_id.is_empty() {
+            return Err(batch_status(Code::InvalidArgument, "missing entry ID"));
+        }
+        if p.csr.is_empty() {
+            return Err(batch_status(Code::InvalidArgument, "missing CSR"));
+        }
+        let Some(entry) = entries.get(&p.entry_id) else {
+            return Err(batch_status(Code::NotFound, "entry not found or not authorized"));
+        };
+        let ca =
+            self.state.ca.x509_ca().map_err(|e| {
+                batch_status(Code::Internal, format!("failed to sign X509-SVID: {e}"))
+            })?;
+        let ttl = match u64::try_from(entry.x509_svid_ttl) {
+            Ok(secs) if secs > 0 => Duration::from_secs(secs),
+            _ => self.state.default_x509_svid_ttl,
+        };
+        let params = SvidParams { spiffe_id: &entry.spiffe_id, dns_names: &entry.dns_names, ttl };
+        let leaf =
+            ca.sign_x509_svid_from_csr(&p.csr, &params, self.state.clock.now()).map_err(|e| {
+                let st = sign_error_status(&e, "failed to sign X509-SVID");
+                batch_status(st.code(), st.message())
+            })?;
+        let expires_at = crate::tls::leaf_facts(&leaf)
+            .map(|f| f.not_after)
+            .map_err(|e| batch_status(Code::Internal, e))?;
+        let mut chain = vec![leaf];
+        chain.extend(ca.svid_chain_tail().iter().cloned());
+        Ok(x509_svid_to_proto(chain, &entry.spiffe_id, expires_at, &entry.hint))
+    }
+}
+
+#[tonic::async_trait]
+impl Svid for SvidService {
+    async fn mint_x509svid(
+        &self,
+        _: Request<pb::MintX509svidRequest>,
+    ) -> Result<Response<pb::MintX509svidResponse>, Status> {
+        Err(unimplemented("MintX509SVID"))
+    }
+
+    async fn mint_jwtsvid(
+        &self,
+        _: Request<pb::MintJwtsvidRequest>,
+    ) -> Result<Response<pb::MintJwtsvidResponse>, Status> {
+        Err(unimplemented("MintJWTSVID"))
+    }
+
+    async fn batch_new_x509svid(
+        &self,
+        req: Request<pb::BatchNewX509svidRequest>,
+    ) -> Result<Response<pb::BatchNewX509svidResponse>, Status> {
+        let caller = caller_of(&req)?;
+        let params = req.into_inner().params;
+        self.limit(&caller, params.len()).await?;
+        let entries = self.authorized_map(&caller)?;
+        let results = params
+            .iter()
+            .map(|p| match self.sign_one(p, &entries) {
+                Ok(svid) => pb::batch_new_x509svid_response::Result {
+                    status: Some(batch_status_ok()),
+                    svid: Some(svid),
+                },
+                Err(status) => {
+                    tracing::debug!(entry_id = %p.entry_id, message = %status.message, "x509-svid refused");
+                    pb::batch_new_x509svid_response::Result { status: Some(status), svid: None }
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::BatchNewX509svidResponse { results }))
+    }
+
+    async fn new_jwtsvid(
+        &self,
+        req: Request<pb::NewJwtsvidRequest>,
+    ) -> Result<Response<pb::NewJwtsvidResponse>, Status> {
+        let caller = caller_of(&req)?;
+        self.limit(&caller, 1).await?;
+        let req = req.into_inner();
+        if req.audience.is_empty() {
+            return Err(Status::invalid_argument("at least one audience is required"));
+        }
+        if req.entry_id.is_empty() {
+            return Err(Status::invalid_argument("missing entry ID"));
+        }
+        let entries = self.authorized_map(&caller)?;
+        let Some(entry) = entries.get(&req.entry_id) else {
+            return Err(Status::not_found("entry not found or not authorized"));
+        };
+        let signer = self
+            .state
+            .ca
+            .jwt_signer_now()
+            .map_err(|e| Status::internal(format!("failed to sign JWT-SVID: {e}")))?;
+        let ttl = match u64::try_from(entry.jwt_svid_ttl) {
+            Ok(secs) if secs > 0 => Duration::from_secs(secs),
+            _ => self.state.default_jwt_svid_ttl,
+        };
+        let jwt = signer
+            .sign(&entry.spiffe_id, &req.audience, self.state.clock.now(), ttl)
+            .map_err(|e| Status::internal(format!("failed to sign JWT-SVID: {e}")))?;
+        Ok(Response::new(pb::NewJwtsvidResponse {
+            svid: Some(jwt_svid_to_proto(
+                jwt.token,
+                &entry.spiffe_id,
+                jwt.issued_at,
+                jwt.expires_at,
+                &entry.hint,
+            )),
+        }))
+    }
+
+    async fn new_downstream_x509ca(
+        &self,
+        _: Request<pb::NewDownstreamX509caRequest>,
+    ) -> Result<Response<pb::NewDownstreamX509caResponse>, Status> {
+        Err(unimplemented("NewDownstreamX509CA"))
+    }
+}

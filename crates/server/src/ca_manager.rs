@@ -1,0 +1,424 @@
+//! The CA manager: runs `ward-ca`'s rotation schedule on a timer, keeps this replica's CA
+//! and JWT keys in the data directory, and publishes their public parts into the trust
+//! bundle through the command path.
+//!
+//! Keys live in `<data_dir>/ca/keys` (PKCS#8, mode 0600, SPIRE's slot names). Which
+//! authority sits in which slot, and its certificate or key id, is kept in
+//! `<data_dir>/ca/journal.json` so a restart resumes with the same authorities.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Serialize};
+use ward_ca::{
+    AuthorityInfo, AuthorityKind, DiskKeyManager, JwtSigner, KeyFileFormat, KeyManager, KeyType,
+    RotationAction, RotationState, SlotId, X509Ca,
+};
+use ward_core::clock::unix_seconds;
+use ward_core::{TrustDomain, X509Authority};
+use ward_store::Command;
+
+use crate::proposer::{ProposeError, Proposer};
+
+/// How often the schedule is checked (SPIRE: 10 s).
+pub const ROTATION_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Why the CA manager failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CaManagerError {
+    /// Key generation or loading failed.
+    #[error("key manager: {0}")]
+    Key(#[from] ward_ca::KeyError),
+    /// Building a CA failed.
+    #[error("building the CA: {0}")]
+    Ca(#[from] ward_ca::CaError),
+    /// Reading or writing the journal failed.
+    #[error("CA journal {path}: {reason}")]
+    Journal {
+        /// The journal file.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// Publishing into the bundle failed.
+    #[error("publishing to the bundle: {0}")]
+    Propose(#[from] ProposeError),
+    /// There is no active authority (the manager has not run yet).
+    #[error("no active {0} authority")]
+    NoAuthority(&'static str),
+}
+
+/// CA manager settings.
+#[derive(Debug, Clone)]
+pub struct CaSettings {
+    /// The trust domain.
+    pub trust_domain: TrustDomain,
+    /// Key type of CA and JWT keys.
+    pub key_type: KeyType,
+    /// Lifetime of each authority.
+    pub ca_ttl: Duration,
+    /// `iss` for JWT-SVIDs.
+    pub jwt_issuer: Option<String>,
+    /// `<data_dir>/ca`.
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum SlotRole {
+    Current,
+    Next,
+    Old,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct JournalX509 {
+    slot: char,
+    role: SlotRole,
+    cert_der_b64: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct JournalJwt {
+    slot: char,
+    role: SlotRole,
+    key_id: String,
+    not_before: i64,
+    not_after: i64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Journal {
+    x509: Vec<JournalX509>,
+    jwt: Vec<JournalJwt>,
+}
+
+fn slot_char(s: SlotId) -> char {
+    match s {
+        SlotId::A => 'A',
+        SlotId::B => 'B',
+    }
+}
+
+fn char_slot(c: char) -> SlotId {
+    if c == 'B' { SlotId::B } else { SlotId::A }
+}
+
+#[derive(Debug, Default)]
+struct Slots {
+    rotation: RotationState,
+    x509: HashMap<SlotId, Arc<X509Ca>>,
+    jwt: HashMap<SlotId, Arc<JwtSigner>>,
+}
+
+/// This replica's authorities and their rotation.
+#[derive(Debug)]
+pub struct CaManager {
+    settings: CaSettings,
+    keys: DiskKeyManager,
+    proposer: Arc<dyn Proposer>,
+    slots: Mutex<Slots>,
+    active_x509: RwLock<Option<Arc<X509Ca>>>,
+    active_jwt: RwLock<Option<Arc<JwtSigner>>>,
+}
+
+impl CaManager {
+    /// Opens the key directory and journal (creating them when missing).
+    ///
+    /// # Errors
+    /// [`CaManagerError`] when keys or the journal cannot be read.
+    pub fn open(settings: CaSettings, proposer: Arc<dyn Proposer>) -> Result<Self, CaManagerError> {
+        let keys = DiskKeyManager::new(settings.dir.join("keys"), KeyFileFormat::Pem)?;
+        let me = Self {
+            settings,
+            keys,
+            proposer,
+            slots: Mutex::new(Slots::default()),
+            active_x509: RwLock::new(None),
+            active_jwt: RwLock::new(None),
+        };
+        me.load_journal()?;
+        Ok(me)
+    }
+
+    fn journal_path(&self) -> PathBuf {
+        self.settings.dir.join("journal.json")
+    }
+
+    fn journal_err(&self, reason: impl ToString) -> CaManagerError {
+        CaManagerError::Journal { path: self.journal_path(), reason: reason.to_string() }
+    }
+
+    fn load_journal(&self) -> Result<(), CaManagerError> {
+        let path = self.journal_path();
+        let journal: Journal = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| self.journal_err(e))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(self.journal_err(e)),
+        };
+        let mut slots = self.lock_slots();
+        for j in journal.x509 {
+            let slot = char_slot(j.slot);
+            let Some(key) = self.keys.get_key(AuthorityKind::X509.key_id(slot))? else {
+                continue;
+            };
+            let der = STANDARD.decode(&j.cert_der_b64).map_err(|e| self.journal_err(e))?;
+            let Ok(ca) = X509Ca::from_parts(key, der, Vec::new()) else { continue };
+            let info = x509_info(slot, &ca);
+            place(&mut slots.rotation.x509, j.role, info);
+            let ca = Arc::new(ca);
+            if j.role == SlotRole::Current {
+                self.set_active_x509(ca.clone());
+            }
+            slots.x509.insert(slot, ca);
+        }
+        for j in journal.jwt {
+            let slot = char_slot(j.slot);
+            let Some(key) = self.keys.get_key(AuthorityKind::Jwt.key_id(slot))? else {
+                continue;
+            };
+            let signer = Arc::new(self.jwt_signer(key, j.key_id.clone(), j.not_after)?);
+            let info = AuthorityInfo {
+                slot,
+                id: j.key_id,
+                not_before: j.not_before,
+                not_after: j.not_after,
+            };
+            place(&mut slots.rotation.jwt, j.role, info);
+            if j.role == SlotRole::Current {
+                self.set_active_jwt(signer.clone());
+            }
+            slots.jwt.insert(slot, signer);
+        }
+        Ok(())
+    }
+
+    fn save_journal(&self, slots: &Slots) -> Result<(), CaManagerError> {
+        let mut journal = Journal::default();
+        let st = &slots.rotation;
+        let roles = |s: &ward_ca::SlotState| {
+            let mut v: Vec<(SlotRole, AuthorityInfo)> = Vec::new();
+            v.extend(s.current.clone().map(|i| (SlotRole::Current, i)));
+            v.extend(s.next.clone().map(|i| (SlotRole::Next, i)));
+            v.extend(s.old.iter().cloned().map(|i| (SlotRole::Old, i)));
+            v
+        };
+        for (role, info) in roles(&st.x509) {
+            if let Some(ca) = slots.x509.get(&info.slot).filter(|c| c.authority_id() == info.id) {
+                journal.x509.push(JournalX509 {
+                    slot: slot_char(info.slot),
+                    role,
+                    cert_der_b64: STANDARD.encode(ca.cert_der()),
+                });
+            }
+        }
+        for (role, info) in roles(&st.jwt) {
+            journal.jwt.push(JournalJwt {
+                slot: slot_char(info.slot),
+                role,
+                key_id: info.id,
+                not_before: info.not_before,
+                not_after: info.not_after,
+            });
+        }
+        let bytes = serde_json::to_vec_pretty(&journal).map_err(|e| self.journal_err(e))?;
+        let path = self.journal_path();
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, bytes).map_err(|e| self.journal_err(e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| self.journal_err(e))?;
+        Ok(())
+    }
+
+    fn lock_slots(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn jwt_signer(
+        &self,
+        key: ward_ca::PrivateKey,
+        kid: String,
+        not_after: i64,
+    ) -> Result<JwtSigner, CaManagerError> {
+        let s = JwtSigner::new(key, kid, not_after)?;
+        Ok(match &self.settings.jwt_issuer {
+            Some(iss) => s.with_issuer(iss.clone()),
+            None => s,
+        })
+    }
+
+    fn set_active_x509(&self, ca: Arc<X509Ca>) {
+        match self.active_x509.write() {
+            Ok(mut g) => *g = Some(ca),
+            Err(p) => *p.into_inner() = Some(ca),
+        }
+    }
+
+    fn set_active_jwt(&self, s: Arc<JwtSigner>) {
+        match self.active_jwt.write() {
+            Ok(mut g) => *g = Some(s),
+            Err(p) => *p.into_inner() = Some(s),
+        }
+    }
+
+    /// The CA that signs X509-SVIDs now.
+    ///
+    /// # Errors
+    /// [`CaManagerError::NoAuthority`] before the first rotation step.
+    pub fn x509_ca(&self) -> Result<Arc<X509Ca>, CaManagerError> {
+        self.active_x509
+            .read()
+            .ok()
+            .and_then(|g| g.clone())
+            .ok_or(CaManagerError::NoAuthority("X.509"))
+    }
+
+    /// The key that signs JWT-SVIDs now.
+    ///
+    /// # Errors
+    /// [`CaManagerError::NoAuthority`] before the first rotation step.
+    pub fn jwt_signer_now(&self) -> Result<Arc<JwtSigner>, CaManagerError> {
+        self.active_jwt
+            .read()
+            .ok()
+            .and_then(|g| g.clone())
+            .ok_or(CaManagerError::NoAuthority("JWT"))
+    }
+
+    /// Makes sure every authority this replica holds is in the bundle (after a restart with
+    /// a fresh store, or a lost proposal).
+    ///
+    /// # Errors
+    /// [`CaManagerError::Propose`].
+    pub async fn republish(&self) -> Result<(), CaManagerError> {
+        let (x509, jwt) = {
+            let slots = self.lock_slots();
+            let x: Vec<X509Authority> = slots
+                .x509
+                .values()
+                .map(|ca| X509Authority::new(ca.trust_anchor_der().to_vec()))
+                .collect();
+            let j: Vec<_> = slots.jwt.values().map(|s| s.authority()).collect();
+            (x, j)
+        };
+        if x509.is_empty() && jwt.is_empty() {
+            return Ok(());
+        }
+        self.publish(x509, jwt).await
+    }
+
+    async fn publish(
+        &self,
+        x509_authorities: Vec<X509Authority>,
+        jwt_authorities: Vec<ward_core::JwtAuthority>,
+    ) -> Result<(), CaManagerError> {
+        let cmd = Command::AppendBundle {
+            trust_domain: self.settings.trust_domain.clone(),
+            x509_authorities,
+            jwt_authorities,
+        };
+        self.proposer.propose(cmd).await?;
+        Ok(())
+    }
+
+    /// Runs the schedule once at `now`: prepares, activates and prunes as `ward-ca` plans.
+    /// Returns whether the active X.509 CA changed.
+    ///
+    /// # Errors
+    /// [`CaManagerError`] when a key, certificate, journal write or proposal fails.
+    pub async fn tick(&self, now: SystemTime) -> Result<bool, CaManagerError> {
+        let actions = ward_ca::rotation::plan(now, &self.lock_slots().rotation);
+        let mut x509_changed = false;
+        for action in actions {
+            match action {
+                RotationAction::Prepare { kind: AuthorityKind::X509, slot } => {
+                    let key = self
+                        .keys
+                        .generate_key(AuthorityKind::X509.key_id(slot), self.settings.key_type)?;
+                    let ca = X509Ca::self_signed(
+                        key,
+                        &self.settings.trust_domain,
+                        self.settings.ca_ttl,
+                        now,
+                    )?;
+                    let authority = X509Authority::new(ca.trust_anchor_der().to_vec());
+                    self.publish(vec![authority], Vec::new()).await?;
+                    let mut slots = self.lock_slots();
+                    slots.rotation.x509.set_next(x509_info(slot, &ca));
+                    slots.x509.insert(slot, Arc::new(ca));
+                    self.save_journal(&slots)?;
+                    tracing::info!(slot = ?slot, "prepared X.509 authority");
+                }
+                RotationAction::Prepare { kind: AuthorityKind::Jwt, slot } => {
+                    let key = self
+                        .keys
+                        .generate_key(AuthorityKind::Jwt.key_id(slot), self.settings.key_type)?;
+                    let kid = ward_ca::new_key_id()?;
+                    let nb = unix_seconds(now);
+                    let ttl = i64::try_from(self.settings.ca_ttl.as_secs()).unwrap_or(i64::MAX / 4);
+                    let na = nb.saturating_add(ttl);
+                    let signer = self.jwt_signer(key, kid.clone(), na)?;
+                    self.publish(Vec::new(), vec![signer.authority()]).await?;
+                    let mut slots = self.lock_slots();
+                    slots.rotation.jwt.set_next(AuthorityInfo {
+                        slot,
+                        id: kid,
+                        not_before: nb,
+                        not_after: na,
+                    });
+                    slots.jwt.insert(slot, Arc::new(signer));
+                    self.save_journal(&slots)?;
+                    tracing::info!(slot = ?slot, "prepared JWT authority");
+                }
+                RotationAction::Activate { kind } => {
+                    let mut slots = self.lock_slots();
+                    slots.rotation.slots_mut(kind).activate();
+                    let current = slots.rotation.slots(kind).current.clone();
+                    if let Some(cur) = current {
+                        match kind {
+                            AuthorityKind::X509 => {
+                                if let Some(ca) = slots.x509.get(&cur.slot) {
+                                    self.set_active_x509(ca.clone());
+                                    x509_changed = true;
+                                }
+                            }
+                            AuthorityKind::Jwt => {
+                                if let Some(s) = slots.jwt.get(&cur.slot) {
+                                    self.set_active_jwt(s.clone());
+                                }
+                            }
+                        }
+                        tracing::info!(kind = ?kind, id = %cur.id, "activated authority");
+                    }
+                    self.save_journal(&slots)?;
+                }
+                RotationAction::Prune { kind, id } => {
+                    let mut slots = self.lock_slots();
+                    slots.rotation.slots_mut(kind).prune(&id);
+                    self.save_journal(&slots)?;
+                }
+            }
+        }
+        Ok(x509_changed)
+    }
+}
+
+fn x509_info(slot: SlotId, ca: &X509Ca) -> AuthorityInfo {
+    AuthorityInfo {
+        slot,
+        id: ca.authority_id(),
+        not_before: unix_seconds(ca.not_before()),
+        not_after: ca.not_after_unix(),
+    }
+}
+
+fn place(s: &mut ward_ca::SlotState, role: SlotRole, info: AuthorityInfo) {
+    match role {
+        SlotRole::Current => s.current = Some(info),
+        SlotRole::Next => s.next = Some(info),
+        SlotRole::Old => s.old.push(info),
+    }
+}

@@ -1,0 +1,382 @@
+//! Server configuration: one TOML file plus command-line overrides.
+//!
+//! Every key has a default (see `docs/config.md`), so `ward-server run` with no file starts a
+//! server for trust domain `example.org` with its data in `./data`. Unknown keys are rejected.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use ward_core::TrustDomain;
+
+/// SPIRE's default admin socket path; SPIRE's CLI uses it when given no `-socketPath`.
+pub const DEFAULT_SOCKET_PATH: &str = "/tmp/spire-server/private/api.sock";
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading config file {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (includes unknown keys).
+    #[error("parsing config file {path}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The TOML error.
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of its domain.
+    #[error("invalid value for {key}: {reason}")]
+    Invalid {
+        /// The key.
+        key: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The key types SPIRE accepts for `ca_key_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum KeyType {
+    /// ECDSA P-256 (the default).
+    #[serde(rename = "ec-p256")]
+    EcP256,
+    /// ECDSA P-384.
+    #[serde(rename = "ec-p384")]
+    EcP384,
+    /// RSA 2048.
+    #[serde(rename = "rsa-2048")]
+    Rsa2048,
+    /// RSA 4096.
+    #[serde(rename = "rsa-4096")]
+    Rsa4096,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The `[ratelimit]` table: SPIRE's per-IP limits, both on by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// AttestAgent: 1 call per second per source IP.
+    pub attestation: bool,
+    /// Signing RPCs: 500 signatures per second per source IP.
+    pub signing: bool,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self { attestation: true, signing: true }
+    }
+}
+
+/// The file as written: every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    trust_domain: Option<String>,
+    bind_address: Option<IpAddr>,
+    bind_port: Option<u16>,
+    socket_path: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    ca_key_type: Option<KeyType>,
+    ca_ttl: Option<String>,
+    default_x509_svid_ttl: Option<String>,
+    default_jwt_svid_ttl: Option<String>,
+    agent_ttl: Option<String>,
+    jwt_issuer: Option<String>,
+    ratelimit: Option<RateLimitConfig>,
+    log_level: Option<String>,
+    log_format: Option<LogFormat>,
+}
+
+/// Command-line values that override the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `-trustDomain`.
+    pub trust_domain: Option<String>,
+    /// `-bindAddress`.
+    pub bind_address: Option<IpAddr>,
+    /// `-serverPort`.
+    pub bind_port: Option<u16>,
+    /// `-socketPath`.
+    pub socket_path: Option<PathBuf>,
+    /// `-dataDir`.
+    pub data_dir: Option<PathBuf>,
+    /// `-logLevel`.
+    pub log_level: Option<String>,
+}
+
+/// The resolved configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The trust domain this server is the authority for.
+    pub trust_domain: TrustDomain,
+    /// TCP listen address for agents.
+    pub bind_address: IpAddr,
+    /// TCP listen port (0 picks a free port).
+    pub bind_port: u16,
+    /// The admin Unix socket.
+    pub socket_path: PathBuf,
+    /// Where the store and CA keys live.
+    pub data_dir: PathBuf,
+    /// CA and JWT key type.
+    pub ca_key_type: KeyType,
+    /// Lifetime of each CA and JWT key.
+    pub ca_ttl: Duration,
+    /// Default X509-SVID lifetime.
+    pub default_x509_svid_ttl: Duration,
+    /// Default JWT-SVID lifetime.
+    pub default_jwt_svid_ttl: Duration,
+    /// Agent X509-SVID lifetime.
+    pub agent_ttl: Duration,
+    /// `iss` claim of JWT-SVIDs; none when empty.
+    pub jwt_issuer: Option<String>,
+    /// Rate limits.
+    pub ratelimit: RateLimitConfig,
+    /// Tracing filter directive (`info`, `debug`, `ward_server=trace`, ...).
+    pub log_level: String,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // The literal is a valid trust domain name; parsing cannot fail.
+        #[allow(clippy::expect_used)]
+        let td = TrustDomain::new("example.org").expect("valid literal trust domain");
+        Self {
+            trust_domain: td,
+            bind_address: IpAddr::from([0, 0, 0, 0]),
+            bind_port: 8081,
+            socket_path: PathBuf::from(DEFAULT_SOCKET_PATH),
+            data_dir: PathBuf::from("./data"),
+            ca_key_type: KeyType::EcP256,
+            ca_ttl: Duration::from_secs(24 * 3600),
+            default_x509_svid_ttl: Duration::from_secs(3600),
+            default_jwt_svid_ttl: Duration::from_secs(300),
+            agent_ttl: Duration::from_secs(3600),
+            jwt_issuer: None,
+            ratelimit: RateLimitConfig::default(),
+            log_level: "info".to_owned(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path` (if given), applies `overrides`, and checks the result.
+    ///
+    /// # Errors
+    /// [`ConfigError`] for an unreadable file, bad TOML, an unknown key or a bad value.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let file = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|source| ConfigError::Read { path: p.to_owned(), source })?;
+                parse_file(&text).map_err(|source| ConfigError::Parse {
+                    path: p.to_owned(),
+                    source: Box::new(source),
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        Self::resolve(file, overrides)
+    }
+
+    /// Parses TOML text (no file) and applies `overrides`.
+    ///
+    /// # Errors
+    /// As [`Config::load`]; parse errors name the path `<string>`.
+    pub fn from_toml(text: &str, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let file = parse_file(text).map_err(|source| ConfigError::Parse {
+            path: PathBuf::from("<string>"),
+            source: Box::new(source),
+        })?;
+        Self::resolve(file, overrides)
+    }
+
+    fn resolve(file: FileConfig, o: &Overrides) -> Result<Self, ConfigError> {
+        let d = Self::default();
+        let td_name = o.trust_domain.clone().or(file.trust_domain);
+        let trust_domain = match td_name {
+            Some(name) => TrustDomain::new(&name)
+                .map_err(|e| ConfigError::Invalid { key: "trust_domain", reason: e.to_string() })?,
+            None => d.trust_domain,
+        };
+        let ca_ttl = opt_duration("ca_ttl", file.ca_ttl.as_deref())?.unwrap_or(d.ca_ttl);
+        let x509 = opt_duration("default_x509_svid_ttl", file.default_x509_svid_ttl.as_deref())?
+            .unwrap_or(d.default_x509_svid_ttl);
+        let jwt = opt_duration("default_jwt_svid_ttl", file.default_jwt_svid_ttl.as_deref())?
+            .unwrap_or(d.default_jwt_svid_ttl);
+        let agent_ttl = opt_duration("agent_ttl", file.agent_ttl.as_deref())?.unwrap_or(x509);
+        for (key, v) in [
+            ("ca_ttl", ca_ttl),
+            ("default_x509_svid_ttl", x509),
+            ("default_jwt_svid_ttl", jwt),
+            ("agent_ttl", agent_ttl),
+        ] {
+            if v.is_zero() {
+                return Err(ConfigError::Invalid { key, reason: "must be positive".into() });
+            }
+        }
+        let log_level = o.log_level.clone().or(file.log_level).unwrap_or(d.log_level);
+        Ok(Self {
+            trust_domain,
+            bind_address: o.bind_address.or(file.bind_address).unwrap_or(d.bind_address),
+            bind_port: o.bind_port.or(file.bind_port).unwrap_or(d.bind_port),
+            socket_path: o.socket_path.clone().or(file.socket_path).unwrap_or(d.socket_path),
+            data_dir: o.data_dir.clone().or(file.data_dir).unwrap_or(d.data_dir),
+            ca_key_type: file.ca_key_type.unwrap_or(d.ca_key_type),
+            ca_ttl,
+            default_x509_svid_ttl: x509,
+            default_jwt_svid_ttl: jwt,
+            agent_ttl,
+            jwt_issuer: file.jwt_issuer.filter(|s| !s.is_empty()),
+            ratelimit: file.ratelimit.unwrap_or_default(),
+            log_level: log_level.to_lowercase(),
+            log_format: file.log_format.unwrap_or(d.log_format),
+        })
+    }
+}
+
+fn parse_file(text: &str) -> Result<FileConfig, toml::de::Error> {
+    toml::from_str(text)
+}
+
+fn opt_duration(key: &'static str, v: Option<&str>) -> Result<Option<Duration>, ConfigError> {
+    v.map(|s| parse_duration(s).map_err(|reason| ConfigError::Invalid { key, reason })).transpose()
+}
+
+/// Parses a Go-style duration: one or more `<integer><unit>` groups with units `h`, `m`,
+/// `s`, `ms` (`"24h"`, `"1h30m"`, `"90s"`). A bare integer is seconds.
+///
+/// # Errors
+/// A message naming the problem.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(format!("bad duration {s:?}: expected a number"));
+        }
+        let (num, tail) = rest.split_at(digits);
+        let n: u64 = num.parse().map_err(|_| format!("bad duration {s:?}: number too large"))?;
+        let unit_len = tail.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let (unit, tail) = tail.split_at(unit_len);
+        let part = match unit {
+            "h" => n.checked_mul(3600).map(Duration::from_secs),
+            "m" => n.checked_mul(60).map(Duration::from_secs),
+            "s" => Some(Duration::from_secs(n)),
+            "ms" => Some(Duration::from_millis(n)),
+            "" => return Err(format!("bad duration {s:?}: missing unit")),
+            other => return Err(format!("bad duration {s:?}: unknown unit {other:?}")),
+        }
+        .ok_or_else(|| format!("bad duration {s:?}: too large"))?;
+        total = total.checked_add(part).ok_or_else(|| format!("bad duration {s:?}: too large"))?;
+        rest = tail;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_without_file() {
+        let c = Config::load(None, &Overrides::default()).unwrap();
+        assert_eq!(c.trust_domain.as_str(), "example.org");
+        assert_eq!(c.bind_port, 8081);
+        assert_eq!(c.bind_address.to_string(), "0.0.0.0");
+        assert_eq!(c.socket_path, PathBuf::from(DEFAULT_SOCKET_PATH));
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.ca_ttl, Duration::from_secs(86400));
+        assert_eq!(c.agent_ttl, Duration::from_secs(3600));
+        assert_eq!(c.default_jwt_svid_ttl, Duration::from_secs(300));
+        assert!(c.ratelimit.attestation && c.ratelimit.signing);
+        assert_eq!(c.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn file_values_and_overrides() {
+        let text = r#"
+            trust_domain = "corp.test"
+            bind_address = "127.0.0.1"
+            bind_port = 9000
+            default_x509_svid_ttl = "2h"
+            ca_key_type = "ec-p384"
+            [ratelimit]
+            attestation = false
+        "#;
+        let o = Overrides { bind_port: Some(9001), ..Overrides::default() };
+        let c = Config::from_toml(text, &o).unwrap();
+        assert_eq!(c.trust_domain.as_str(), "corp.test");
+        assert_eq!(c.bind_port, 9001);
+        assert_eq!(c.ca_key_type, KeyType::EcP384);
+        // agent_ttl follows the X509-SVID default when unset.
+        assert_eq!(c.agent_ttl, Duration::from_secs(7200));
+        assert!(!c.ratelimit.attestation);
+        assert!(c.ratelimit.signing);
+    }
+
+    #[test]
+    fn unknown_keys_rejected() {
+        let err = Config::from_toml("trust_domian = \"x.org\"", &Overrides::default()).unwrap_err();
+        match err {
+            ConfigError::Parse { source, .. } => {
+                assert!(source.to_string().contains("unknown field `trust_domian`"), "{source}")
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let err = Config::from_toml("[ratelimit]\nsigning = true\nfoo = 1", &Overrides::default())
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }));
+    }
+
+    #[test]
+    fn bad_values_rejected() {
+        let err =
+            Config::from_toml("trust_domain = \"Bad Domain\"", &Overrides::default()).unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { key: "trust_domain", .. }));
+        let err = Config::from_toml("ca_ttl = \"0s\"", &Overrides::default()).unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { key: "ca_ttl", .. }));
+        let err = Config::from_toml("ca_ttl = \"5x\"", &Overrides::default()).unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { key: "ca_ttl", .. }));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("45").unwrap(), Duration::from_secs(45));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("10").is_ok());
+        assert!(parse_duration("10d").is_err());
+    }
+}

@@ -1,0 +1,144 @@
+//! The per-request middleware: works out who is calling (admin socket, TLS peer with or
+//! without an SVID), gathers the facts [`crate::authz::decide`] needs from the store,
+//! applies the decision, records the [`Caller`] in the request's extensions and wraps the
+//! call in a tracing span carrying the method and the caller's SPIFFE ID.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::future::BoxFuture;
+use tonic::body::Body;
+use tonic::transport::server::UdsConnectInfo;
+use tower::{Layer, Service};
+use tracing::Instrument;
+use ward_core::AgentId;
+use ward_store::{Command, EntryFilter, PageRequest};
+
+use crate::authz::{self, Authorized, CallerFacts, Decision, Policy};
+use crate::state::{Caller, ServerState, denial_status};
+use crate::tls::TlsPeer;
+
+/// Adds authorization to a gRPC router.
+#[derive(Debug, Clone)]
+pub struct AuthLayer {
+    state: Arc<ServerState>,
+}
+
+impl AuthLayer {
+    /// A layer deciding against `state`.
+    pub fn new(state: Arc<ServerState>) -> Self {
+        Self { state }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService { inner, state: self.state.clone() }
+    }
+}
+
+/// The service [`AuthLayer`] produces.
+#[derive(Debug, Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    state: Arc<ServerState>,
+}
+
+impl<S> Service<http::Request<Body>> for AuthService<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
+        // The clone that was driven to readiness serves this call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let state = self.state.clone();
+        Box::pin(async move {
+            let method = req.uri().path().to_owned();
+            let local = req.extensions().get::<UdsConnectInfo>().is_some();
+            let peer = req.extensions().get::<TlsPeer>().cloned();
+            let svid = peer.as_ref().and_then(|p| p.svid.clone());
+            let caller_id = svid.as_ref().map(|s| s.id.to_string()).unwrap_or_default();
+            let span = tracing::info_span!(
+                "rpc",
+                method = %method,
+                caller_id = %caller_id,
+                caller_addr = ?peer.as_ref().and_then(|p| p.remote_addr),
+                local,
+            );
+            async move {
+                let facts = gather(&state, &method, local, svid.clone());
+                let now = state.clock.unix_seconds();
+                let authorized = match authz::decide(&method, &facts, now) {
+                    Decision::Allow(a) => a,
+                    Decision::Deny(d) => {
+                        tracing::warn!(reason = ?d.reason, "{}", d.message);
+                        return Ok(denial_status(&d).into_http());
+                    }
+                };
+                if let (Authorized::Agent { promote_pending: true }, Some(s)) = (&authorized, &svid)
+                {
+                    let cmd = Command::ActivateAgentSerial {
+                        id: AgentId(s.id.clone()),
+                        serial: s.serial.clone(),
+                    };
+                    if let Err(e) = state.proposer.propose(cmd).await {
+                        tracing::warn!(error = %e, "unable to activate the new agent SVID");
+                        let st = tonic::Status::internal(format!(
+                            "unable to activate the new agent SVID: {e}"
+                        ));
+                        return Ok(st.into_http());
+                    }
+                }
+                req.extensions_mut().insert(Caller {
+                    local,
+                    addr: peer.as_ref().and_then(|p| p.remote_addr),
+                    svid,
+                    authorized,
+                });
+                inner.call(req).await
+            }
+            .instrument(span)
+            .await
+        })
+    }
+}
+
+/// Looks up only what the method's policy can use.
+fn gather(
+    state: &ServerState,
+    method: &str,
+    local: bool,
+    svid: Option<authz::PresentedSvid>,
+) -> CallerFacts {
+    let policy = authz::policy(method);
+    let mut facts =
+        CallerFacts { local, svid, admin_entry: false, downstream_entry: false, node: None };
+    let Some(policy) = policy else { return facts };
+    let Some(s) = facts.svid.clone() else { return facts };
+    if local {
+        return facts;
+    }
+    if policy.allows_admin() || policy == Policy::Downstream {
+        let filter = EntryFilter { spiffe_id: Some(s.id.clone()), ..EntryFilter::default() };
+        let page = state.store.list_entries(&filter, &PageRequest::all());
+        facts.admin_entry = page.items.iter().any(|e| e.admin);
+        facts.downstream_entry = page.items.iter().any(|e| e.downstream);
+    }
+    if policy.allows_agent() {
+        facts.node = state.store.agent(&AgentId(s.id)).map(|n| (*n).clone());
+    }
+    facts
+}

@@ -1,0 +1,29 @@
+//! The ward server.
+//!
+//! Owns the server binary's pieces: configuration ([`config`]), the SPIRE-compatible API
+//! services ([`api`]) on the TCP listener (TLS with optional SPIFFE client authentication,
+//! [`tls`]) and on the admin Unix socket, per-method authorization ([`authz`], applied by
+//! [`layer`]) and per-IP rate limits ([`ratelimit`]), the write path (every write is a store
+//! `Command` proposed through a [`proposer::Proposer`]), the CA manager ([`ca_manager`]),
+//! start-up and shutdown ([`run`]) and the admin CLI ([`cli`]).
+//!
+//! It does not own the storage layout or queries (`ward-store`), certificate building and
+//! signing (`ward-ca`) or the wire types and their conversions (`ward-proto`).
+//!
+//! Flow of a call: the TLS acceptor verifies an optional client SVID against the current
+//! bundle; the [`layer::AuthLayer`] classifies the caller (local, unauthenticated, agent,
+//! admin), asks [`authz::decide`] and records a [`state::Caller`] in the request; the handler
+//! converts the request, reads the store or proposes a command, and converts the result back.
+
+pub mod api;
+pub mod authz;
+pub mod ca_manager;
+pub mod cli;
+pub mod config;
+pub mod layer;
+pub mod logging;
+pub mod proposer;
+pub mod ratelimit;
+pub mod run;
+pub mod state;
+pub mod tls;

@@ -1,0 +1,309 @@
+//! Starting and stopping a server: store, proposer, CA manager, the server's own SVID, and
+//! the two listeners (TLS on TCP for agents, plaintext gRPC on the admin Unix socket).
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::Server;
+use ward_ca::{KeyType, PrivateKey, SvidParams};
+use ward_core::{Clock, SpiffeId};
+use ward_proto::grpc::health::v1::health_server::HealthServer;
+use ward_proto::spire::api::server::agent::v1::agent_server::AgentServer;
+use ward_proto::spire::api::server::bundle::v1::bundle_server::BundleServer;
+use ward_proto::spire::api::server::entry::v1::entry_server::EntryServer;
+use ward_proto::spire::api::server::svid::v1::svid_server::SvidServer;
+use ward_store::{Store, StoreConfig};
+
+use crate::api::{
+    agent::AgentService, bundle::BundleService, entry::EntryService, health::HealthService,
+    svid::SvidService,
+};
+use crate::ca_manager::{CaManager, CaSettings, ROTATION_CHECK_INTERVAL};
+use crate::config::{self, Config};
+use crate::layer::AuthLayer;
+use crate::proposer::{LocalProposer, Proposer};
+use crate::ratelimit::RateLimits;
+use crate::state::{ServerState, SystemClock};
+use crate::tls::{self, AuthoritySource, RotatingServerCert, SpiffeClientVerifier};
+
+/// How often the server's own SVID is checked for rotation (SPIRE: 5 s).
+const SVID_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// gRPC MaxConnectionAge on the TCP listener, as SPIRE sets it.
+const MAX_CONNECTION_AGE: Duration = Duration::from_secs(180);
+
+/// A started server. Dropping it without [`RunningServer::shutdown`] leaves the tasks running
+/// until the runtime ends.
+#[derive(Debug)]
+pub struct RunningServer {
+    /// The TCP address agents connect to (the real port when the config said 0).
+    pub tcp_addr: SocketAddr,
+    /// The admin socket.
+    pub socket_path: PathBuf,
+    /// Shared state (store, CA, ...), for in-process inspection.
+    pub state: Arc<ServerState>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// Stops the listeners and background tasks and waits for them.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let _ = self.state.store.flush();
+        let _ = std::fs::remove_file(&self.socket_path);
+    }
+}
+
+fn ca_key_type(k: config::KeyType) -> KeyType {
+    match k {
+        config::KeyType::EcP256 => KeyType::EcP256,
+        config::KeyType::EcP384 => KeyType::EcP384,
+        config::KeyType::Rsa2048 => KeyType::Rsa2048,
+        config::KeyType::Rsa4096 => KeyType::Rsa4096,
+    }
+}
+
+/// Reads the own bundle's X.509 authorities from the store for the client verifier.
+#[derive(Debug)]
+struct StoreAuthorities(Arc<ServerState>);
+
+impl AuthoritySource for StoreAuthorities {
+    fn x509_authorities(&self) -> (u64, Vec<Vec<u8>>) {
+        match self.0.store.bundle(&self.0.trust_domain) {
+            Some(b) => {
+                (b.sequence_number, b.x509_authorities.iter().map(|a| a.der.clone()).collect())
+            }
+            None => (0, Vec::new()),
+        }
+    }
+}
+
+/// The server's own X509-SVID: chain (leaf first), key, validity.
+struct ServerSvid {
+    chain: Vec<Vec<u8>>,
+    key: PrivateKey,
+    not_before: i64,
+    not_after: i64,
+    ca_id: String,
+}
+
+fn sign_server_svid(state: &ServerState, now: SystemTime) -> anyhow::Result<ServerSvid> {
+    let ca = state.ca.x509_ca()?;
+    let key = PrivateKey::generate(KeyType::EcP256)?;
+    let params = SvidParams {
+        spiffe_id: &state.server_id,
+        dns_names: &[],
+        ttl: state.default_x509_svid_ttl,
+    };
+    let leaf = ca.sign_x509_svid(key.public_key_der(), &params, now)?;
+    let facts = tls::leaf_facts(&leaf).map_err(anyhow::Error::msg)?;
+    let mut chain = vec![leaf];
+    chain.extend(ca.svid_chain_tail().iter().cloned());
+    let not_before = ward_core::clock::unix_seconds(now) - ward_ca::x509::BACKDATE_SECS;
+    Ok(ServerSvid { chain, key, not_before, not_after: facts.not_after, ca_id: ca.authority_id() })
+}
+
+fn certified(svid: &ServerSvid) -> anyhow::Result<rustls::sign::CertifiedKey> {
+    Ok(RotatingServerCert::certified_key(&svid.chain, svid.key.pkcs8_der())?)
+}
+
+fn prepare_socket(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating socket directory {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))
+            .with_context(|| format!("setting permissions on {}", dir.display()))?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("removing stale socket {}", path.display()));
+        }
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("binding admin socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o770))
+        .with_context(|| format!("setting permissions on {}", path.display()))?;
+    Ok(listener)
+}
+
+/// Starts a server with `cfg` and returns once both listeners accept connections.
+///
+/// # Errors
+/// When the data directory, store, keys or listeners cannot be set up.
+pub async fn start(cfg: Config) -> anyhow::Result<RunningServer> {
+    start_with_clock(cfg, Arc::new(SystemClock)).await
+}
+
+/// As [`start`], with an explicit clock.
+///
+/// # Errors
+/// As [`start`].
+pub async fn start_with_clock(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<RunningServer> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
+    let store_dir = cfg.data_dir.join("store");
+    let store = {
+        let td = cfg.trust_domain.clone();
+        tokio::task::spawn_blocking(move || Store::open(&store_dir, StoreConfig::new(td)))
+            .await
+            .context("store open task")?
+            .context("opening the store")?
+    };
+    let proposer: Arc<dyn Proposer> = Arc::new(LocalProposer::new(store.clone()));
+    let ca = Arc::new(CaManager::open(
+        CaSettings {
+            trust_domain: cfg.trust_domain.clone(),
+            key_type: ca_key_type(cfg.ca_key_type),
+            ca_ttl: cfg.ca_ttl,
+            jwt_issuer: cfg.jwt_issuer.clone(),
+            dir: cfg.data_dir.join("ca"),
+        },
+        proposer.clone(),
+    )?);
+    ca.republish().await.context("publishing authorities")?;
+    ca.tick(clock.now()).await.context("initial CA rotation step")?;
+
+    let server_id = SpiffeId::from_parts(&cfg.trust_domain, "/spire/server")
+        .context("building the server SPIFFE ID")?;
+    let state = Arc::new(ServerState {
+        trust_domain: cfg.trust_domain.clone(),
+        server_id,
+        store,
+        proposer,
+        ca,
+        limits: RateLimits::new(cfg.ratelimit.attestation, cfg.ratelimit.signing),
+        clock: clock.clone(),
+        default_x509_svid_ttl: cfg.default_x509_svid_ttl,
+        default_jwt_svid_ttl: cfg.default_jwt_svid_ttl,
+        agent_ttl: cfg.agent_ttl,
+    });
+
+    let svid = sign_server_svid(&state, clock.now())?;
+    let cert = Arc::new(RotatingServerCert::new(certified(&svid)?));
+    let verifier = Arc::new(SpiffeClientVerifier::new(
+        cfg.trust_domain.clone(),
+        Arc::new(StoreAuthorities(state.clone())),
+    ));
+    let tls_config = Arc::new(tls::server_config(verifier, cert.clone())?);
+
+    let (stop, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    // Background: CA rotation and the server SVID's half-life rotation.
+    tasks.push(tokio::spawn(rotation_loop(state.clone(), cert, svid, stop_rx.clone())));
+
+    // TCP (TLS) listener for agents.
+    let tcp = TcpListener::bind((cfg.bind_address, cfg.bind_port))
+        .await
+        .with_context(|| format!("binding {}:{}", cfg.bind_address, cfg.bind_port))?;
+    let tcp_addr = tcp.local_addr()?;
+    let incoming = tls::incoming(tcp, tls_config);
+    let tcp_router = Server::builder()
+        .max_connection_age(MAX_CONNECTION_AGE)
+        .layer(AuthLayer::new(state.clone()))
+        .add_service(AgentServer::new(AgentService::new(state.clone())))
+        .add_service(BundleServer::new(BundleService::new(state.clone())))
+        .add_service(EntryServer::new(EntryService::new(state.clone())))
+        .add_service(SvidServer::new(SvidService::new(state.clone())));
+    let signal = stopped(stop_rx.clone());
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = tcp_router.serve_with_incoming_shutdown(incoming, signal).await {
+            tracing::error!(error = %e, "TCP listener failed");
+        }
+    }));
+
+    // Admin Unix socket.
+    let uds = prepare_socket(&cfg.socket_path)?;
+    let uds_incoming = tokio_stream::wrappers::UnixListenerStream::new(uds);
+    let uds_router = Server::builder()
+        .layer(AuthLayer::new(state.clone()))
+        .add_service(AgentServer::new(AgentService::new(state.clone())))
+        .add_service(BundleServer::new(BundleService::new(state.clone())))
+        .add_service(EntryServer::new(EntryService::new(state.clone())))
+        .add_service(SvidServer::new(SvidService::new(state.clone())))
+        .add_service(HealthServer::new(HealthService::new(state.clone())));
+    let signal = stopped(stop_rx.clone());
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = uds_router.serve_with_incoming_shutdown(uds_incoming, signal).await {
+            tracing::error!(error = %e, "admin socket listener failed");
+        }
+    }));
+
+    tracing::info!(
+        trust_domain = %cfg.trust_domain,
+        address = %tcp_addr,
+        socket = %cfg.socket_path.display(),
+        "server started"
+    );
+    Ok(RunningServer { tcp_addr, socket_path: cfg.socket_path.clone(), state, stop, tasks })
+}
+
+/// Resolves when the stop flag is raised (or its sender is gone).
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+async fn rotation_loop(
+    state: Arc<ServerState>,
+    cert: Arc<RotatingServerCert>,
+    mut svid: ServerSvid,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut last_ca_check = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(SVID_CHECK_INTERVAL) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let now = state.clock.now();
+        if last_ca_check.elapsed() >= ROTATION_CHECK_INTERVAL {
+            last_ca_check = tokio::time::Instant::now();
+            if let Err(e) = state.ca.tick(now).await {
+                tracing::error!(error = %e, "CA rotation step failed");
+            }
+        }
+        let now_s = ward_core::clock::unix_seconds(now);
+        let half = svid.not_before + (svid.not_after - svid.not_before) / 2;
+        let ca_changed =
+            state.ca.x509_ca().map(|c| c.authority_id() != svid.ca_id).unwrap_or(false);
+        if now_s >= half || ca_changed {
+            match sign_server_svid(&state, now).and_then(|s| Ok((certified(&s)?, s))) {
+                Ok((key, s)) => {
+                    cert.set(key);
+                    svid = s;
+                    tracing::info!(not_after = svid.not_after, "rotated the server SVID");
+                }
+                Err(e) => tracing::error!(error = %e, "server SVID rotation failed"),
+            }
+        }
+    }
+}
+
+/// Runs until SIGINT or SIGTERM, then shuts down cleanly.
+///
+/// # Errors
+/// When start-up fails.
+pub async fn run_until_signal(cfg: Config) -> anyhow::Result<()> {
+    let server = start(cfg).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,359 @@
+//! The TCP listener's TLS: the server's own rotating X509-SVID, optional SPIFFE client
+//! authentication against the current bundle, and the per-connection peer facts handlers read.
+//!
+//! tonic's built-in TLS checks DNS names, which SVIDs do not have, so the listener runs a
+//! tokio-rustls acceptor and hands tonic a stream type ([`TlsConn`]) that implements
+//! [`Connected`]; its [`TlsPeer`] lands in every request's extensions.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tonic::transport::server::Connected;
+use ward_core::{SpiffeId, TrustDomain};
+
+use crate::authz::PresentedSvid;
+
+/// Longest a TLS handshake may take before the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why TLS material could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// rustls refused the key or configuration.
+    #[error("tls configuration")]
+    Rustls(#[from] rustls::Error),
+    /// The trust bundle has no usable X.509 authority.
+    #[error("no usable X.509 authority in the bundle")]
+    NoRoots,
+    /// The client verifier could not be built.
+    #[error("building the client verifier: {0}")]
+    Verifier(String),
+}
+
+/// The crypto provider everything TLS in the server uses (aws-lc-rs).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Facts from a presented X.509 leaf: SPIFFE ID, decimal serial, NotAfter.
+///
+/// # Errors
+/// A message when the certificate is not parseable or does not carry exactly one SPIFFE URI SAN.
+pub fn leaf_facts(der: &[u8]) -> Result<PresentedSvid, String> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| format!("bad certificate: {e}"))?;
+    let mut uris = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::URI(u) = name {
+                uris.push(*u);
+            }
+        }
+    }
+    let [uri] = uris.as_slice() else {
+        return Err(format!("expected exactly one URI SAN, found {}", uris.len()));
+    };
+    let id = SpiffeId::parse(uri).map_err(|e| format!("bad SPIFFE ID in URI SAN: {e}"))?;
+    Ok(PresentedSvid {
+        id,
+        serial: cert.tbs_certificate.serial.to_string(),
+        not_after: cert.validity().not_after.timestamp(),
+    })
+}
+
+/// Where the verifier reads the current trust anchors from.
+pub trait AuthoritySource: Send + Sync + std::fmt::Debug {
+    /// The current X.509 authorities of the server's trust domain (DER), and a number that
+    /// changes whenever they change.
+    fn x509_authorities(&self) -> (u64, Vec<Vec<u8>>);
+}
+
+/// Verifies client certificates, when presented, SPIFFE-style: chain to a current authority
+/// of the server's trust domain, exactly one URI SAN, member of the trust domain.
+#[derive(Debug)]
+pub struct SpiffeClientVerifier {
+    td: TrustDomain,
+    source: Arc<dyn AuthoritySource>,
+    provider: Arc<CryptoProvider>,
+    cached: RwLock<Option<(u64, Arc<dyn ClientCertVerifier>)>>,
+}
+
+impl SpiffeClientVerifier {
+    /// A verifier for members of `td` trusting whatever `source` currently holds.
+    pub fn new(td: TrustDomain, source: Arc<dyn AuthoritySource>) -> Self {
+        Self { td, source, provider: provider(), cached: RwLock::new(None) }
+    }
+
+    fn inner(&self) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
+        let (version, roots) = self.source.x509_authorities();
+        if let Ok(guard) = self.cached.read()
+            && let Some((v, verifier)) = guard.as_ref()
+            && *v == version
+        {
+            return Ok(verifier.clone());
+        }
+        let mut store = RootCertStore::empty();
+        for der in roots {
+            // Unusable authorities are skipped; the remaining ones still verify.
+            let _ = store.add(CertificateDer::from(der));
+        }
+        if store.is_empty() {
+            return Err(rustls::Error::General("no X.509 authorities in the bundle".into()));
+        }
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(store), self.provider.clone())
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| rustls::Error::General(format!("client verifier: {e}")))?;
+        if let Ok(mut guard) = self.cached.write() {
+            *guard = Some((version, verifier.clone()));
+        }
+        Ok(verifier)
+    }
+}
+
+impl ClientCertVerifier for SpiffeClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let facts = leaf_facts(end_entity).map_err(rustls::Error::General)?;
+        if !facts.id.is_member_of(&self.td) {
+            return Err(rustls::Error::General(format!(
+                "unexpected trust domain in client ID {}",
+                facts.id
+            )));
+        }
+        self.inner()?.verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The server's own certificate, swapped in place when the SVID rotates.
+#[derive(Debug)]
+pub struct RotatingServerCert {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl RotatingServerCert {
+    /// Builds the certified key from a DER chain (leaf first) and a PKCS#8 private key.
+    ///
+    /// # Errors
+    /// [`TlsError::Rustls`] when the key is not usable.
+    pub fn certified_key(chain: &[Vec<u8>], key_pkcs8: &[u8]) -> Result<CertifiedKey, TlsError> {
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_pkcs8.to_vec()));
+        let signing = provider().key_provider.load_private_key(key)?;
+        let certs = chain.iter().map(|c| CertificateDer::from(c.clone())).collect();
+        Ok(CertifiedKey::new(certs, signing))
+    }
+
+    /// Starts with `key`.
+    pub fn new(key: CertifiedKey) -> Self {
+        Self { current: RwLock::new(Arc::new(key)) }
+    }
+
+    /// Replaces the certificate used by new handshakes.
+    pub fn set(&self, key: CertifiedKey) {
+        match self.current.write() {
+            Ok(mut g) => *g = Arc::new(key),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(key),
+        }
+    }
+}
+
+impl ResolvesServerCert for RotatingServerCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current.read().ok().map(|g| g.clone())
+    }
+}
+
+/// Builds the listener's rustls configuration: TLS 1.2+, ALPN `h2`, optional client auth.
+///
+/// # Errors
+/// [`TlsError::Rustls`] if rustls rejects the protocol set.
+pub fn server_config(
+    verifier: Arc<SpiffeClientVerifier>,
+    cert: Arc<RotatingServerCert>,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(cert);
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(cfg)
+}
+
+/// What a request learns about its TCP connection.
+#[derive(Debug, Clone)]
+pub struct TlsPeer {
+    /// The remote address.
+    pub remote_addr: Option<SocketAddr>,
+    /// The verified client SVID, if the client presented one.
+    pub svid: Option<PresentedSvid>,
+}
+
+/// A server-side TLS connection that tonic can serve.
+#[derive(Debug)]
+pub struct TlsConn {
+    inner: TlsStream<TcpStream>,
+    peer: TlsPeer,
+}
+
+impl TlsConn {
+    fn new(inner: TlsStream<TcpStream>) -> Self {
+        let (tcp, session) = inner.get_ref();
+        let remote_addr = tcp.peer_addr().ok();
+        let svid = session
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .and_then(|leaf| leaf_facts(leaf).ok());
+        Self { inner, peer: TlsPeer { remote_addr, svid } }
+    }
+}
+
+impl Connected for TlsConn {
+    type ConnectInfo = TlsPeer;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Accepts TCP connections and completes TLS handshakes concurrently, yielding finished
+/// connections. Failed handshakes are logged and dropped; the loop ends when the receiver
+/// is dropped.
+pub fn incoming(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, std::io::Error>> {
+    let (tx, rx) = mpsc::channel(64);
+    let acceptor = TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, addr) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(v) => v,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = tx.closed() => break,
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(TlsConn::new(stream))).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(peer = %addr, error = %e, "tls handshake failed"),
+                    Err(_) => tracing::debug!(peer = %addr, "tls handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
