@@ -100,17 +100,14 @@ fn scenario(kind: ServerKind, h: &mut Harness) -> anyhow::Result<()> {
     let root = h.dir.path().to_owned();
 
     phase(kind, "1. start the server and wait until it is ready");
-    let (server, native_bin) = match kind {
-        ServerKind::Spire => (
-            start_spire_server(&h.spire, &root.join("server"), TRUST_DOMAIN)?,
-            h.spire.server.clone(),
-        ),
-        ServerKind::Ward => {
-            let bin = ward_server_bin()?;
-            (start_ward_server(&bin, &root.join("server"), TRUST_DOMAIN)?, bin)
-        }
+    let native_bin = match kind {
+        ServerKind::Spire => h.spire.server.clone(),
+        ServerKind::Ward => ward_server_bin()?,
     };
-    let server = h.server.insert(server);
+    let server = h.server.insert(match kind {
+        ServerKind::Spire => start_spire_server(&h.spire, &root.join("server"), TRUST_DOMAIN)?,
+        ServerKind::Ward => start_ward_server(&native_bin, &root.join("server"), TRUST_DOMAIN)?,
+    });
     let native = AdminCli::new(&native_bin, &server.socket_path);
     let spire_cli = AdminCli::new(&h.spire.server, &server.socket_path);
     poll_until("the server to become ready", SERVER_READY_TIMEOUT, || {
@@ -121,39 +118,18 @@ fn scenario(kind: ServerKind, h: &mut Harness) -> anyhow::Result<()> {
     spire_cli.healthcheck().context("spire-server healthcheck against the server's socket")?;
 
     phase(kind, "2. join token and registration entries, from both CLIs");
-    let token = native.token_generate(Some(600)).context("token generate (server's CLI)")?;
-    let agent_id = format!("spiffe://{TRUST_DOMAIN}/spire/agent/join_token/{token}");
-    let selector = format!("unix:uid:{}", current_uid()?);
-    let entry_id = native
-        .entry_create(&agent_id, WORKLOAD_ID, &selector)
-        .context("entry create (server's CLI)")?;
-    ensure!(!entry_id.is_empty(), "entry create printed an empty entry ID");
-    let spire_token =
-        spire_cli.token_generate(None).context("token generate (spire-server CLI)")?;
-    ensure!(spire_token != token, "two token generate calls returned the same token {token}");
-    let cli_entry_id = spire_cli
-        .entry_create(&agent_id, CLI_WORKLOAD_ID, &selector)
-        .context("entry create (spire-server CLI)")?;
-    ensure!(cli_entry_id != entry_id, "both entries got ID {entry_id}");
+    let reg = register(&native, &spire_cli)?;
 
     phase(kind, "3. bundle show from both CLIs; start spire-agent");
-    let native_bundle = native.bundle_show_pem().context("bundle show (server's CLI)")?;
-    let spire_cli_bundle = spire_cli.bundle_show_pem().context("bundle show (spire-server CLI)")?;
-    let native_ders = pem_certificates(&native_bundle)?;
-    ensure!(
-        native_ders == pem_certificates(&spire_cli_bundle)?,
-        "bundle show differs between the server's CLI and spire-server's:\n{native_bundle}\n---\n{spire_cli_bundle}"
-    );
-    let bundle_path = root.join("bundle.pem");
-    std::fs::write(&bundle_path, &native_bundle)?;
+    let bundles = show_bundles(&native, &spire_cli, &root)?;
     let port = server.port;
     let agent = h.agent.insert(start_spire_agent(
         &h.spire,
         &root.join("agent"),
         TRUST_DOMAIN,
         port,
-        &bundle_path,
-        &token,
+        &bundles.native_pem_path,
+        &reg.token,
     )?);
     let agent_cli = AgentCli::new(&h.spire.agent, &agent.socket_path);
 
@@ -180,12 +156,10 @@ fn scenario(kind: ServerKind, h: &mut Harness) -> anyhow::Result<()> {
             Step::Retry(format!("agent served {ids:?}"))
         })
     })?;
-    let spire_cli_bundle_path = root.join("bundle-spire-cli.pem");
-    std::fs::write(&spire_cli_bundle_path, &spire_cli_bundle)?;
     for (id, pem_path) in &svids {
         SpiffeId::parse(id).with_context(|| format!("URI SAN {id} is not a SPIFFE ID"))?;
-        openssl_verify(&bundle_path, pem_path)?;
-        openssl_verify(&spire_cli_bundle_path, pem_path)?;
+        openssl_verify(&bundles.native_pem_path, pem_path)?;
+        openssl_verify(&bundles.spire_cli_pem_path, pem_path)?;
     }
 
     phase(kind, "5. JWT-SVIDs through the agent's Workload API");
@@ -197,31 +171,114 @@ fn scenario(kind: ServerKind, h: &mut Harness) -> anyhow::Result<()> {
         }
         Ok(Step::Done(parse_fetch_jwt(&out.stdout).with_context(|| out.describe())?))
     })?;
-    let spiffe_bundle = spire_cli.bundle_show_spiffe().context("bundle show -format spiffe")?;
-    let server_jwks = jwt_keys_of_spiffe_bundle(&spiffe_bundle)?;
+    let jwt_ids: BTreeSet<String> = fetched.svids.iter().map(|s| s.spiffe_id.clone()).collect();
+    ensure!(jwt_ids == expected, "JWT-SVIDs for {jwt_ids:?}, expected {expected:?}");
+    check_jwt_svids(&fetched, &bundles.spiffe_json)?;
+
+    phase(kind, "6. ward-core's validators accept the same SVIDs against the same bundle");
+    check_with_ward_core(&bundles, &svids, &fetched)?;
+
+    phase(kind, "7. the spire-server CLI reads back the entries");
+    check_entry_readback(&spire_cli, &reg)?;
+    phase(kind, "done");
+    Ok(())
+}
+
+/// What step 2 created.
+struct Registration {
+    /// The join token the agent uses (from the server's own CLI).
+    token: String,
+    /// `spiffe://<td>/spire/agent/join_token/<token>`.
+    agent_id: String,
+    /// `unix:uid:<our uid>`.
+    selector: String,
+    /// The entry for [`WORKLOAD_ID`] (server's CLI).
+    entry_id: String,
+    /// The entry for [`CLI_WORKLOAD_ID`] (spire-server CLI).
+    cli_entry_id: String,
+}
+
+/// Step 2: a join token and one entry from each CLI, both under the agent's ID.
+fn register(native: &AdminCli, spire_cli: &AdminCli) -> anyhow::Result<Registration> {
+    let token = native.token_generate(Some(600)).context("token generate (server's CLI)")?;
+    let agent_id = format!("spiffe://{TRUST_DOMAIN}/spire/agent/join_token/{token}");
+    let selector = format!("unix:uid:{}", current_uid()?);
+    let entry_id = native
+        .entry_create(&agent_id, WORKLOAD_ID, &selector)
+        .context("entry create (server's CLI)")?;
+    ensure!(!entry_id.is_empty(), "entry create printed an empty entry ID");
+    let spire_token =
+        spire_cli.token_generate(None).context("token generate (spire-server CLI)")?;
+    ensure!(spire_token != token, "two token generate calls returned the same token {token}");
+    let cli_entry_id = spire_cli
+        .entry_create(&agent_id, CLI_WORKLOAD_ID, &selector)
+        .context("entry create (spire-server CLI)")?;
+    ensure!(cli_entry_id != entry_id, "both entries got ID {entry_id}");
+    Ok(Registration { token, agent_id, selector, entry_id, cli_entry_id })
+}
+
+/// The server's bundle as step 3 fetched it.
+struct Bundles {
+    /// `bundle show` from the server's own CLI, written to a file.
+    native_pem_path: PathBuf,
+    /// `bundle show` from the spire-server CLI, written to a file.
+    spire_cli_pem_path: PathBuf,
+    /// The X.509 authorities (DER) both printed.
+    ders: Vec<Vec<u8>>,
+    /// `bundle show -format spiffe` from the spire-server CLI.
+    spiffe_json: String,
+}
+
+/// Step 3: the bundle from both CLIs, which must agree.
+fn show_bundles(native: &AdminCli, spire_cli: &AdminCli, root: &Path) -> anyhow::Result<Bundles> {
+    let native_pem = native.bundle_show_pem().context("bundle show (server's CLI)")?;
+    let spire_cli_pem = spire_cli.bundle_show_pem().context("bundle show (spire-server CLI)")?;
+    let ders = pem_certificates(&native_pem)?;
+    ensure!(
+        ders == pem_certificates(&spire_cli_pem)?,
+        "bundle show differs between the server's CLI and spire-server's:\n{native_pem}\n---\n{spire_cli_pem}"
+    );
+    let native_pem_path = root.join("bundle.pem");
+    std::fs::write(&native_pem_path, &native_pem)?;
+    let spire_cli_pem_path = root.join("bundle-spire-cli.pem");
+    std::fs::write(&spire_cli_pem_path, &spire_cli_pem)?;
+    let spiffe_json = spire_cli.bundle_show_spiffe().context("bundle show -format spiffe")?;
+    Ok(Bundles { native_pem_path, spire_cli_pem_path, ders, spiffe_json })
+}
+
+/// Step 5: every JWT-SVID verifies against the server's JWT keys, and the agent's JWT bundle
+/// carries those keys.
+fn check_jwt_svids(fetched: &FetchedJwt, spiffe_json: &str) -> anyhow::Result<()> {
+    let server_jwks = jwt_keys_of_spiffe_bundle(spiffe_json)?;
     ensure!(!server_jwks.is_empty(), "the server's bundle has no JWT key");
     let agent_jwks =
         fetched.bundles.get(&format!("spiffe://{TRUST_DOMAIN}")).with_context(|| {
             format!("fetch jwt printed no bundle for {TRUST_DOMAIN}: {:?}", fetched.bundles.keys())
         })?;
-    let jwt_ids: BTreeSet<String> = fetched.svids.iter().map(|s| s.spiffe_id.clone()).collect();
-    ensure!(jwt_ids == expected, "JWT-SVIDs for {jwt_ids:?}, expected {expected:?}");
     for svid in &fetched.svids {
         validate_jwt_svid(&svid.svid, &svid.spiffe_id, &server_jwks, agent_jwks)
             .with_context(|| format!("JWT-SVID for {}", svid.spiffe_id))?;
     }
-    phase(kind, "6. ward-core's validators accept the same SVIDs against the same bundle");
+    Ok(())
+}
+
+/// Step 6: ward-core parses the SPIFFE bundle and accepts every SVID the agent served.
+fn check_with_ward_core(
+    bundles: &Bundles,
+    svids: &[(String, PathBuf)],
+    fetched: &FetchedJwt,
+) -> anyhow::Result<()> {
     let bundle =
-        Bundle::from_spiffe_json(TrustDomain::new(TRUST_DOMAIN)?, spiffe_bundle.as_bytes())
+        Bundle::from_spiffe_json(TrustDomain::new(TRUST_DOMAIN)?, bundles.spiffe_json.as_bytes())
             .context("ward-core parsing bundle show -format spiffe")?;
     let bundle_ders: Vec<Vec<u8>> =
         bundle.x509_authorities.iter().map(|a| a.as_ref().to_vec()).collect();
     ensure!(
-        bundle_ders == native_ders,
+        bundle_ders == bundles.ders,
         "the SPIFFE and PEM bundles carry different X.509 authorities"
     );
     let now = SystemTime::now();
-    for (id, pem_path) in &svids {
+    for (id, pem_path) in svids {
         let chain = pem_certificates(&std::fs::read_to_string(pem_path)?)?;
         let verified = x509svid::verify_with_bundle(&chain, &bundle, now)
             .with_context(|| format!("ward-core X509-SVID verification of {id}"))?;
@@ -241,9 +298,14 @@ fn scenario(kind: ServerKind, h: &mut Harness) -> anyhow::Result<()> {
             verified.audience
         );
     }
-    phase(kind, "7. the spire-server CLI reads back the entries");
-    let parent_path = format!("/spire/agent/join_token/{token}");
-    let listed = spire_cli.json(&["entry", "show"], &["-parentID", &agent_id])?;
+    Ok(())
+}
+
+/// Step 7: the spire-server CLI lists exactly the two entries, with parent and selector.
+fn check_entry_readback(spire_cli: &AdminCli, reg: &Registration) -> anyhow::Result<()> {
+    let parent_path = format!("/spire/agent/join_token/{}", reg.token);
+    let selector_value = reg.selector.trim_start_matches("unix:");
+    let listed = spire_cli.json(&["entry", "show"], &["-parentID", &reg.agent_id])?;
     let mut listed_ids = BTreeSet::new();
     for entry in json_array(&listed, "entries")? {
         ensure!(
@@ -251,8 +313,7 @@ fn scenario(kind: ServerKind, h: &mut Harness) -> anyhow::Result<()> {
             "entry show -parentID listed an entry with another parent: {entry}"
         );
         ensure!(
-            entry["selectors"]
-                == serde_json::json!([{"type": "unix", "value": selector.trim_start_matches("unix:")}]),
+            entry["selectors"] == serde_json::json!([{"type": "unix", "value": selector_value}]),
             "entry selectors are {}",
             entry["selectors"]
         );
@@ -261,25 +322,25 @@ fn scenario(kind: ServerKind, h: &mut Harness) -> anyhow::Result<()> {
         listed_ids.insert((id, format!("spiffe://{TRUST_DOMAIN}{spiffe_id}")));
     }
     let created: BTreeSet<(String, String)> = [
-        (entry_id.clone(), WORKLOAD_ID.to_owned()),
-        (cli_entry_id.clone(), CLI_WORKLOAD_ID.to_owned()),
+        (reg.entry_id.clone(), WORKLOAD_ID.to_owned()),
+        (reg.cli_entry_id.clone(), CLI_WORKLOAD_ID.to_owned()),
     ]
     .into();
     ensure!(
         listed_ids == created,
         "entry show -parentID listed {listed_ids:?}, created {created:?}"
     );
-    let one = spire_cli.json(&["entry", "show"], &["-entryID", &entry_id])?;
+    let one = spire_cli.json(&["entry", "show"], &["-entryID", &reg.entry_id])?;
     let one = json_array(&one, "entries")?;
     ensure!(
         one.len() == 1
-            && one[0]["id"] == entry_id.as_str()
+            && one[0]["id"] == reg.entry_id.as_str()
             && id_path(&one[0]["spiffe_id"]) == Some("/workload"),
-        "entry show -entryID {entry_id} printed {one:?}"
+        "entry show -entryID {} printed {one:?}",
+        reg.entry_id
     );
     let count = spire_cli.json(&["entry", "count"], &[])?;
     ensure!(count["count"] == 2, "entry count printed {count}");
-    phase(kind, "done");
     Ok(())
 }
 
