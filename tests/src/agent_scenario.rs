@@ -20,7 +20,10 @@
 //! 6. ward-core's own X509-SVID and JWT-SVID validators, given the bundle parsed from
 //!    `bundle show -format spiffe`, accept the same SVIDs;
 //! 7. the `spire-server` CLI reads back exactly the two entries (`entry show -parentID`,
-//!    `entry show -entryID`, `entry count`).
+//!    `entry show -entryID`, `entry count`);
+//! 8. after `spire-server entry delete` of the second entry and `entry create` (server's CLI)
+//!    of `spiffe://example.org/workload-late`, the running agent serves exactly the first and
+//!    the new entry's X509-SVIDs (its periodic sync picks up both changes).
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
@@ -30,6 +33,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::cli::{AdminCli, AgentCli, CLI_TIMEOUT};
 use crate::command::run;
+use crate::daemon::Daemon;
 use crate::server::ServerProcess;
 use crate::spire::{AgentProcess, SpireBins, start_spire_agent, start_spire_server};
 use crate::wait::{Step, poll_until};
@@ -48,6 +52,7 @@ const TRUST_DOMAIN: &str = "example.org";
 const AUDIENCE: &str = "demo";
 const WORKLOAD_ID: &str = "spiffe://example.org/workload";
 const CLI_WORKLOAD_ID: &str = "spiffe://example.org/workload-cli";
+const LATE_WORKLOAD_ID: &str = "spiffe://example.org/workload-late";
 const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(60);
 const X509_SVID_TIMEOUT: Duration = Duration::from_secs(60);
 const JWT_SVID_TIMEOUT: Duration = Duration::from_secs(30);
@@ -137,25 +142,16 @@ fn scenario(kind: ServerKind, h: &mut Harness) -> anyhow::Result<()> {
     let expected: BTreeSet<String> =
         [WORKLOAD_ID, CLI_WORKLOAD_ID].into_iter().map(String::from).collect();
     let svid_dir = root.join("svids");
-    let svids = poll_until("the agent to serve both X509-SVIDs", X509_SVID_TIMEOUT, || {
-        agent.daemon.ensure_running()?;
-        if let Some(server) = h.server.as_mut() {
-            server.daemon.ensure_running()?;
-        }
-        let _ = std::fs::remove_dir_all(&svid_dir);
-        std::fs::create_dir_all(&svid_dir)?;
-        let out = agent_cli.fetch_x509(&svid_dir)?;
-        if !out.status.success() {
-            return Ok(Step::Retry(out.describe()));
-        }
-        let svids = read_written_svids(&svid_dir)?;
-        let ids: BTreeSet<String> = svids.iter().map(|(id, _)| id.clone()).collect();
-        Ok(if ids == expected {
-            Step::Done(svids)
-        } else {
-            Step::Retry(format!("agent served {ids:?}"))
-        })
-    })?;
+    let svids = {
+        let server = h.server.as_mut().context("server not started")?;
+        wait_for_x509_svids(
+            &mut agent.daemon,
+            &mut server.daemon,
+            &agent_cli,
+            &svid_dir,
+            &expected,
+        )?
+    };
     for (id, pem_path) in &svids {
         SpiffeId::parse(id).with_context(|| format!("URI SAN {id} is not a SPIFFE ID"))?;
         openssl_verify(&bundles.native_pem_path, pem_path)?;
@@ -180,8 +176,62 @@ fn scenario(kind: ServerKind, h: &mut Harness) -> anyhow::Result<()> {
 
     phase(kind, "7. the spire-server CLI reads back the entries");
     check_entry_readback(&spire_cli, &reg)?;
+
+    phase(kind, "8. entry changes reach the agent: one deleted, one created");
+    spire_cli
+        .ok(&["entry", "delete"], &["-entryID", &reg.cli_entry_id])
+        .context("entry delete (spire-server CLI)")?;
+    let late_entry_id = native
+        .entry_create(&reg.agent_id, LATE_WORKLOAD_ID, &reg.selector)
+        .context("entry create after the agent started (server's CLI)")?;
+    ensure!(late_entry_id != reg.entry_id, "the new entry reused ID {late_entry_id}");
+    let expected: BTreeSet<String> =
+        [WORKLOAD_ID, LATE_WORKLOAD_ID].into_iter().map(String::from).collect();
+    let server = h.server.as_mut().context("server not started")?;
+    let svids = wait_for_x509_svids(
+        &mut agent.daemon,
+        &mut server.daemon,
+        &agent_cli,
+        &svid_dir,
+        &expected,
+    )?;
+    for (_, pem_path) in &svids {
+        openssl_verify(&bundles.native_pem_path, pem_path)?;
+    }
     phase(kind, "done");
     Ok(())
+}
+
+/// Polls `fetch x509 -write` until the agent serves SVIDs for exactly `expected` (failing
+/// at once if the agent or server exits); returns each SVID's ID and file.
+fn wait_for_x509_svids(
+    agent: &mut Daemon,
+    server: &mut Daemon,
+    agent_cli: &AgentCli,
+    svid_dir: &Path,
+    expected: &BTreeSet<String>,
+) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    poll_until(
+        &format!("the agent to serve X509-SVIDs for {expected:?}"),
+        X509_SVID_TIMEOUT,
+        || {
+            agent.ensure_running()?;
+            server.ensure_running()?;
+            let _ = std::fs::remove_dir_all(svid_dir);
+            std::fs::create_dir_all(svid_dir)?;
+            let out = agent_cli.fetch_x509(svid_dir)?;
+            if !out.status.success() {
+                return Ok(Step::Retry(out.describe()));
+            }
+            let svids = read_written_svids(svid_dir)?;
+            let ids: BTreeSet<String> = svids.iter().map(|(id, _)| id.clone()).collect();
+            Ok(if &ids == expected {
+                Step::Done(svids)
+            } else {
+                Step::Retry(format!("agent served {ids:?}"))
+            })
+        },
+    )
 }
 
 /// What step 2 created.
