@@ -1,0 +1,312 @@
+//! Shared test harness: an in-process server on temp dirs and real sockets, an admin client
+//! over its Unix socket, and agent-side TLS clients that verify the server SPIFFE-style.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use hyper_util::rt::TokioIo;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tonic::transport::{Channel, Endpoint, Uri};
+use ward_ca::{KeyType, PrivateKey, build_csr};
+use ward_core::Clock;
+use ward_proto::spire::api::server::agent::v1 as agentpb;
+use ward_proto::spire::api::server::bundle::v1 as bundlepb;
+use ward_proto::spire::api::server::entry::v1 as entrypb;
+use ward_proto::spire::api::types;
+use ward_server::config::{Config, Overrides};
+use ward_server::run::RunningServer;
+
+/// A clock tests can move forward.
+#[derive(Debug, Default)]
+pub struct ManualClock {
+    offset_secs: AtomicI64,
+}
+
+impl ManualClock {
+    pub fn advance(&self, secs: i64) {
+        self.offset_secs.fetch_add(secs, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> SystemTime {
+        let off = self.offset_secs.load(Ordering::SeqCst);
+        SystemTime::now() + Duration::from_secs(u64::try_from(off).unwrap_or(0))
+    }
+}
+
+pub struct TestServer {
+    pub server: RunningServer,
+    pub clock: Arc<ManualClock>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(edit: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "bind_address = \"127.0.0.1\"\nbind_port = 0\nsocket_path = \"{}\"\ndata_dir = \"{}\"\n[ratelimit]\nattestation = false\nsigning = false\n",
+            dir.path().join("admin/api.sock").display(),
+            dir.path().join("data").display()
+        );
+        let mut cfg = Config::from_toml(&text, &Overrides::default()).unwrap();
+        edit(&mut cfg);
+        let clock = Arc::new(ManualClock::default());
+        let server = ward_server::run::start_with_clock(cfg, clock.clone()).await.unwrap();
+        Self { server, clock, _dir: dir }
+    }
+
+    pub async fn admin(&self) -> Channel {
+        ward_server::cli::admin_channel(&self.server.socket_path).await.unwrap()
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.server.tcp_addr
+    }
+
+    pub async fn create_token(&self, ttl: i32) -> String {
+        let mut c = agentpb::agent_client::AgentClient::new(self.admin().await);
+        c.create_join_token(agentpb::CreateJoinTokenRequest {
+            ttl,
+            token: String::new(),
+            agent_id: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .value
+    }
+
+    /// Creates an entry and returns its id.
+    pub async fn create_entry(
+        &self,
+        spiffe_path: &str,
+        parent: &str,
+        selector: (&str, &str),
+    ) -> String {
+        let mut c = entrypb::entry_client::EntryClient::new(self.admin().await);
+        let resp = c
+            .batch_create_entry(entrypb::BatchCreateEntryRequest {
+                entries: vec![types::Entry {
+                    spiffe_id: Some(id("example.org", spiffe_path)),
+                    parent_id: Some(parse(parent)),
+                    selectors: vec![types::Selector {
+                        r#type: selector.0.into(),
+                        value: selector.1.into(),
+                    }],
+                    ..Default::default()
+                }],
+                output_mask: None,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let r = &resp.results[0];
+        assert_eq!(r.status.as_ref().unwrap().code, 0, "{:?}", r.status);
+        r.entry.as_ref().unwrap().id.clone()
+    }
+
+    /// The own bundle's X.509 authorities.
+    pub async fn roots(&self) -> Vec<Vec<u8>> {
+        let mut c = bundlepb::bundle_client::BundleClient::new(self.admin().await);
+        let b = c.get_bundle(bundlepb::GetBundleRequest { output_mask: None }).await.unwrap();
+        b.into_inner().x509_authorities.into_iter().map(|a| a.asn1).collect()
+    }
+}
+
+pub fn id(td: &str, path: &str) -> types::Spiffeid {
+    types::Spiffeid { trust_domain: td.into(), path: path.into() }
+}
+
+pub fn parse(s: &str) -> types::Spiffeid {
+    let rest = s.strip_prefix("spiffe://").unwrap();
+    let (td, path) = rest.split_once('/').map_or((rest, ""), |(t, p)| (t, p));
+    id(td, &format!("/{path}"))
+}
+
+/// Verifies the server SPIFFE-style: chain to `roots` (skipped when empty: insecure
+/// bootstrap) and the leaf's only URI SAN is `spiffe://example.org/spire/server`.
+#[derive(Debug)]
+pub struct SpiffeServerVerifier {
+    roots: Option<RootCertStore>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl SpiffeServerVerifier {
+    pub fn new(roots: &[Vec<u8>]) -> Self {
+        let roots = if roots.is_empty() {
+            None
+        } else {
+            let mut store = RootCertStore::empty();
+            for r in roots {
+                store.add(CertificateDer::from(r.clone())).unwrap();
+            }
+            Some(store)
+        };
+        Self { roots, provider: ward_server::tls::provider() }
+    }
+}
+
+impl ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let facts = ward_server::tls::leaf_facts(end_entity).map_err(rustls::Error::General)?;
+        if facts.id.as_str() != "spiffe://example.org/spire/server" {
+            return Err(rustls::Error::General(format!("unexpected server ID {}", facts.id)));
+        }
+        if let Some(roots) = &self.roots {
+            let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &parsed,
+                roots,
+                intermediates,
+                now,
+                self.provider.signature_verification_algorithms.all,
+            )?;
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A client identity: certificate chain and PKCS#8 key.
+#[derive(Clone)]
+pub struct Identity {
+    pub chain: Vec<Vec<u8>>,
+    pub key_pkcs8: Vec<u8>,
+}
+
+/// A gRPC channel over TLS to `addr`, verifying the server against `roots` and presenting
+/// `identity` if given.
+pub async fn tls_channel(
+    addr: SocketAddr,
+    roots: &[Vec<u8>],
+    identity: Option<Identity>,
+) -> Channel {
+    try_tls_channel(addr, roots, identity).await.unwrap()
+}
+
+pub async fn try_tls_channel(
+    addr: SocketAddr,
+    roots: &[Vec<u8>],
+    identity: Option<Identity>,
+) -> Result<Channel, tonic::transport::Error> {
+    let builder = rustls::ClientConfig::builder_with_provider(ward_server::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier::new(roots)));
+    let mut cfg = match identity {
+        Some(id) => builder
+            .with_client_auth_cert(
+                id.chain.into_iter().map(CertificateDer::from).collect(),
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(id.key_pkcs8)),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    Endpoint::try_from(format!("http://{addr}"))
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let connector = connector.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                let tls =
+                    connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(tls))
+            }
+        }))
+        .await
+}
+
+/// A fresh P-256 key and a CSR for it.
+pub fn key_and_csr() -> (PrivateKey, Vec<u8>) {
+    let key = PrivateKey::generate(KeyType::EcP256).unwrap();
+    let csr = build_csr(&key).unwrap();
+    (key, csr)
+}
+
+/// Attests with `token` over a TLS connection without a client certificate.
+pub async fn attest(
+    addr: SocketAddr,
+    token: &str,
+    csr: Vec<u8>,
+) -> Result<agentpb::attest_agent_response::Result, tonic::Status> {
+    let ch = tls_channel(addr, &[], None).await;
+    let mut c = agentpb::agent_client::AgentClient::new(ch);
+    let req = agentpb::AttestAgentRequest {
+        step: Some(agentpb::attest_agent_request::Step::Params(
+            agentpb::attest_agent_request::Params {
+                data: Some(types::AttestationData {
+                    r#type: "join_token".into(),
+                    payload: token.as_bytes().to_vec(),
+                }),
+                params: Some(agentpb::AgentX509svidParams { csr }),
+            },
+        )),
+    };
+    let mut stream = c.attest_agent(futures::stream::iter(vec![req])).await?.into_inner();
+    let msg = stream.message().await?.expect("a response");
+    match msg.step {
+        Some(agentpb::attest_agent_response::Step::Result(r)) => Ok(r),
+        other => panic!("unexpected step {other:?}"),
+    }
+}
+
+/// Attests a new agent and returns its identity and SPIFFE ID.
+pub async fn new_agent(ts: &TestServer) -> (Identity, String) {
+    let token = ts.create_token(600).await;
+    let (key, csr) = key_and_csr();
+    let r = attest(ts.addr(), &token, csr).await.unwrap();
+    let svid = r.svid.unwrap();
+    let ident = Identity { chain: svid.cert_chain, key_pkcs8: key.pkcs8_der().to_vec() };
+    (ident, format!("spiffe://example.org/spire/agent/join_token/{token}"))
+}
