@@ -20,7 +20,8 @@ use ward_ca::{
     JwtSigner, KeyManager, KeyType, MemoryKeyManager, PrivateKey, SvidParams, X509Ca, build_csr,
     new_key_id,
 };
-use ward_core::{Bundle, JwtAuthority, SpiffeId, TrustDomain, X509Authority};
+use ward_core::bundle::pem::encode_certificates;
+use ward_core::{Bundle, SpiffeId, TrustDomain, X509Authority};
 
 /// The demo workload's SPIFFE ID.
 pub const DEMO_ID: &str = "spiffe://example.org/demo";
@@ -34,10 +35,6 @@ pub struct Issued {
     pub dir: PathBuf,
     /// The JWT key id.
     pub key_id: String,
-}
-
-fn pem_certs(ders: &[&[u8]]) -> String {
-    ders.iter().map(|d| pem::encode(&pem::Pem::new("CERTIFICATE", d.to_vec()))).collect()
 }
 
 /// Issues the demo SVIDs into `out_dir` (created if missing).
@@ -59,8 +56,8 @@ pub fn run(out_dir: &Path) -> Result<Issued, Box<dyn Error>> {
 
     let mut chain: Vec<&[u8]> = vec![&leaf];
     chain.extend(ca.svid_chain_tail().iter().map(Vec::as_slice));
-    fs::write(out_dir.join("bundle.pem"), pem_certs(&[ca.trust_anchor_der()]))?;
-    fs::write(out_dir.join("svid.pem"), pem_certs(&chain))?;
+    fs::write(out_dir.join("bundle.pem"), encode_certificates(&[ca.trust_anchor_der()]))?;
+    fs::write(out_dir.join("svid.pem"), encode_certificates(&chain))?;
     let mut key_file = fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -75,69 +72,11 @@ pub fn run(out_dir: &Path) -> Result<Issued, Box<dyn Error>> {
     fs::write(out_dir.join("jwt.txt"), format!("{}\n", jwt.token))?;
 
     let mut bundle = Bundle::new(td);
-    bundle
-        .x509_authorities
-        .push(X509Authority { der: ca.trust_anchor_der().to_vec(), tainted: false });
-    bundle.jwt_authorities.push(JwtAuthority { ..signer.authority() });
+    bundle.x509_authorities.push(X509Authority::new(ca.trust_anchor_der().to_vec()));
+    bundle.jwt_authorities.push(signer.authority());
     bundle.sequence_number = 1;
-    fs::write(out_dir.join("bundle.jwks.json"), jwks::spiffe_bundle_json(&bundle)?)?;
+    fs::write(out_dir.join("bundle.jwks.json"), bundle.to_spiffe_json()?)?;
     Ok(Issued { dir: out_dir.to_owned(), key_id: signer.key_id().to_owned() })
-}
-
-/// The SPIFFE bundle JSON (a JWKS with `use` per key, `spiffe_sequence`).
-mod jwks {
-    use base64::Engine as _;
-    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-    use serde_json::{Map, Value, json};
-    use ward_core::Bundle;
-    use x509_parser::prelude::FromDer;
-    use x509_parser::public_key::PublicKey;
-    use x509_parser::x509::SubjectPublicKeyInfo;
-
-    fn key_members(spki_der: &[u8], obj: &mut Map<String, Value>) -> Result<(), String> {
-        let (_, spki) = SubjectPublicKeyInfo::from_der(spki_der).map_err(|e| e.to_string())?;
-        match spki.parsed().map_err(|e| e.to_string())? {
-            PublicKey::EC(point) => {
-                let p = point.data();
-                let n = (p.len() - 1) / 2;
-                let crv = if n == 32 { "P-256" } else { "P-384" };
-                obj.insert("kty".into(), json!("EC"));
-                obj.insert("crv".into(), json!(crv));
-                obj.insert("x".into(), json!(URL_SAFE_NO_PAD.encode(&p[1..=n])));
-                obj.insert("y".into(), json!(URL_SAFE_NO_PAD.encode(&p[n + 1..])));
-            }
-            PublicKey::RSA(rsa) => {
-                let strip =
-                    |b: &[u8]| b.iter().skip_while(|x| **x == 0).copied().collect::<Vec<_>>();
-                obj.insert("kty".into(), json!("RSA"));
-                obj.insert("n".into(), json!(URL_SAFE_NO_PAD.encode(strip(rsa.modulus))));
-                obj.insert("e".into(), json!(URL_SAFE_NO_PAD.encode(strip(rsa.exponent))));
-            }
-            _ => return Err("unsupported key".into()),
-        }
-        Ok(())
-    }
-
-    pub fn spiffe_bundle_json(bundle: &Bundle) -> Result<String, Box<dyn std::error::Error>> {
-        let mut keys = Vec::new();
-        for a in &bundle.x509_authorities {
-            let (_, cert) = x509_parser::parse_x509_certificate(&a.der)?;
-            let mut obj = Map::new();
-            obj.insert("use".into(), json!("x509-svid"));
-            key_members(cert.public_key().raw, &mut obj)?;
-            obj.insert("x5c".into(), json!([STANDARD.encode(&a.der)]));
-            keys.push(Value::Object(obj));
-        }
-        for a in &bundle.jwt_authorities {
-            let mut obj = Map::new();
-            obj.insert("use".into(), json!("jwt-svid"));
-            obj.insert("kid".into(), json!(a.key_id));
-            key_members(&a.public_key_der, &mut obj)?;
-            keys.push(Value::Object(obj));
-        }
-        let doc = json!({ "keys": keys, "spiffe_sequence": bundle.sequence_number });
-        Ok(serde_json::to_string_pretty(&doc)?)
-    }
 }
 
 #[allow(dead_code)]

@@ -42,14 +42,54 @@ struct Header<'a> {
     typ: &'a str,
 }
 
-#[derive(serde::Serialize)]
-struct Claims<'a> {
-    aud: &'a [String],
-    exp: i64,
-    iat: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    iss: Option<&'a str>,
-    sub: &'a str,
+/// Appends `s` as a JSON string literal.
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    for &b in s.as_bytes() {
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            0..=0x1f => {
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(b >> 4)]);
+                out.push(HEX[usize::from(b & 0xf)]);
+            }
+            _ => out.push(b),
+        }
+    }
+    out.push(b'"');
+}
+
+fn push_int(out: &mut Vec<u8>, v: i64) {
+    use std::io::Write as _;
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "{v}");
+}
+
+/// The claims object, keys in lexical order: `aud`, `exp`, `iat`, `iss`, `sub`.
+fn claims_json(aud: &[String], exp: i64, iat: i64, iss: Option<&str>, sub: &str) -> Vec<u8> {
+    let mut out =
+        Vec::with_capacity(64 + sub.len() + aud.iter().map(|a| a.len() + 3).sum::<usize>());
+    out.extend_from_slice(b"{\"aud\":[");
+    for (i, a) in aud.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        push_json_str(&mut out, a);
+    }
+    out.extend_from_slice(b"],\"exp\":");
+    push_int(&mut out, exp);
+    out.extend_from_slice(b",\"iat\":");
+    push_int(&mut out, iat);
+    if let Some(iss) = iss {
+        out.extend_from_slice(b",\"iss\":");
+        push_json_str(&mut out, iss);
+    }
+    out.extend_from_slice(b",\"sub\":");
+    push_json_str(&mut out, sub);
+    out.push(b'}');
+    out
 }
 
 /// A new random key id: 32 characters from `[a-zA-Z0-9]`, as SPIRE makes them.
@@ -161,9 +201,7 @@ impl JwtSigner {
             return Err(SignError::KeyExpired { expires_at: self.expires_at });
         }
         let exp = iat.saturating_add(ttl).min(self.expires_at);
-        let claims =
-            Claims { aud: audiences, exp, iat, iss: self.issuer.as_deref(), sub: sub.as_str() };
-        let json = serde_json::to_vec(&claims).map_err(|_| SignError::Crypto)?;
+        let json = claims_json(audiences, exp, iat, self.issuer.as_deref(), sub.as_str());
         let mut token = String::with_capacity(self.header_b64.len() + json.len() * 2 + 160);
         token.push_str(&self.header_b64);
         token.push('.');
@@ -173,5 +211,25 @@ impl JwtSigner {
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(&sig, &mut token);
         Ok(SignedJwt { token, issued_at: iat, expires_at: exp })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_are_valid_json_for_any_strings() {
+        let auds = vec!["plain".to_owned(), "q\"b\\s\u{1}\n\u{7f}é".to_owned()];
+        let json = claims_json(&auds, 20, 10, Some("iss\""), "spiffe://example.org/x");
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "aud": auds, "exp": 20, "iat": 10, "iss": "iss\"", "sub": "spiffe://example.org/x"
+            })
+        );
+        let json = claims_json(&auds[..1], -5, 0, None, "s");
+        assert_eq!(json, br#"{"aud":["plain"],"exp":-5,"iat":0,"sub":"s"}"#);
     }
 }

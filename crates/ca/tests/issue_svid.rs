@@ -81,6 +81,17 @@ fn example_output_verifies_with_openssl_and_jsonwebtoken() {
     assert_eq!(data.claims.aud, vec!["demo".to_owned()]);
     assert_eq!(data.claims.exp - data.claims.iat, 300);
 
+    // ward-core's own codec reads the bundle back.
+    let td = ward_core::TrustDomain::new("example.org").unwrap();
+    let bundle = ward_core::Bundle::from_spiffe_json(
+        td,
+        &std::fs::read(dir.join("bundle.jwks.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(bundle.x509_authorities.len(), 1);
+    assert_eq!(bundle.jwt_authorities[0].key_id, issued.key_id);
+    assert_eq!(bundle.sequence_number, 1);
+
     // A different audience is refused.
     let mut wrong = Validation::new(Algorithm::ES256);
     wrong.set_audience(&["other"]);
