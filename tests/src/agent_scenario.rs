@@ -23,7 +23,10 @@
 //!    `entry show -entryID`, `entry count`);
 //! 8. after `spire-server entry delete` of the second entry and `entry create` (server's CLI)
 //!    of `spiffe://example.org/workload-late`, the running agent serves exactly the first and
-//!    the new entry's X509-SVIDs (its periodic sync picks up both changes).
+//!    the new entry's X509-SVIDs (its periodic sync picks up both changes);
+//! 9. with `agent_ttl` = 20 s the agent renews its own SVID (`RenewAgent`): the SVID in its
+//!    data directory changes, still names the agent and chains to the bundle, and after an
+//!    `entry delete` the agent, now using the new SVID, serves only the first entry.
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
@@ -34,7 +37,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::cli::{AdminCli, AgentCli, CLI_TIMEOUT};
 use crate::command::run;
 use crate::daemon::Daemon;
-use crate::server::ServerProcess;
+use crate::server::{ServerOptions, ServerProcess};
 use crate::spire::{AgentProcess, SpireBins, start_spire_agent, start_spire_server};
 use crate::wait::{Step, poll_until};
 use crate::ward::{start_ward_server, ward_server_bin};
@@ -53,6 +56,9 @@ const AUDIENCE: &str = "demo";
 const WORKLOAD_ID: &str = "spiffe://example.org/workload";
 const CLI_WORKLOAD_ID: &str = "spiffe://example.org/workload-cli";
 const LATE_WORKLOAD_ID: &str = "spiffe://example.org/workload-late";
+/// Short enough that the agent renews its SVID (at about half its life) during the test.
+const AGENT_TTL: Duration = Duration::from_secs(20);
+const AGENT_RENEWAL_TIMEOUT: Duration = Duration::from_secs(60);
 const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(60);
 const X509_SVID_TIMEOUT: Duration = Duration::from_secs(60);
 const JWT_SVID_TIMEOUT: Duration = Duration::from_secs(30);
@@ -109,9 +115,10 @@ fn scenario(kind: ServerKind, h: &mut Harness) -> anyhow::Result<()> {
         ServerKind::Spire => h.spire.server.clone(),
         ServerKind::Ward => ward_server_bin()?,
     };
+    let options = ServerOptions { agent_ttl: Some(AGENT_TTL), ..ServerOptions::new(TRUST_DOMAIN) };
     let server = h.server.insert(match kind {
-        ServerKind::Spire => start_spire_server(&h.spire, &root.join("server"), TRUST_DOMAIN)?,
-        ServerKind::Ward => start_ward_server(&native_bin, &root.join("server"), TRUST_DOMAIN)?,
+        ServerKind::Spire => start_spire_server(&h.spire, &root.join("server"), &options)?,
+        ServerKind::Ward => start_ward_server(&native_bin, &root.join("server"), &options)?,
     });
     let native = AdminCli::new(&native_bin, &server.socket_path);
     let spire_cli = AdminCli::new(&h.spire.server, &server.socket_path);
@@ -198,8 +205,47 @@ fn scenario(kind: ServerKind, h: &mut Harness) -> anyhow::Result<()> {
     for (_, pem_path) in &svids {
         openssl_verify(&bundles.native_pem_path, pem_path)?;
     }
+
+    phase(kind, "9. the agent renews its own SVID and keeps syncing with the new one");
+    let first = agent_svid_chain(&agent.data_dir)?;
+    let renewed = poll_until("the agent to renew its SVID", AGENT_RENEWAL_TIMEOUT, || {
+        agent.daemon.ensure_running()?;
+        server.daemon.ensure_running()?;
+        let now = agent_svid_chain(&agent.data_dir)?;
+        Ok(if now[0] == first[0] {
+            Step::Retry("agent SVID unchanged".into())
+        } else {
+            Step::Done(now)
+        })
+    })?;
+    let renewed_id = x509svid::verify(&renewed, &bundles.ders, SystemTime::now())
+        .context("ward-core verification of the renewed agent SVID")?;
+    ensure!(renewed_id.as_str() == reg.agent_id, "renewed agent SVID is for {renewed_id}");
+    spire_cli
+        .ok(&["entry", "delete"], &["-entryID", &late_entry_id])
+        .context("entry delete after renewal (spire-server CLI)")?;
+    let expected: BTreeSet<String> = [WORKLOAD_ID.to_owned()].into();
+    wait_for_x509_svids(&mut agent.daemon, &mut server.daemon, &agent_cli, &svid_dir, &expected)?;
     phase(kind, "done");
     Ok(())
+}
+
+/// The agent's own SVID chain (DER, leaf first) from `agent-data.json` in its data directory,
+/// where each certificate is stored as base64 of its PEM text.
+fn agent_svid_chain(data_dir: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
+    let path = data_dir.join("agent-data.json");
+    let doc: Value = serde_json::from_slice(&std::fs::read(&path)?)
+        .with_context(|| format!("{} is not JSON", path.display()))?;
+    let certs =
+        doc["svid"].as_array().with_context(|| format!("no svid array in {}", path.display()))?;
+    let mut chain = Vec::new();
+    for cert in certs {
+        let encoded = cert.as_str().context("svid element is not a string")?;
+        let pem_text = base64::engine::general_purpose::STANDARD.decode(encoded)?;
+        chain.extend(pem_certificates(&String::from_utf8_lossy(&pem_text))?);
+    }
+    ensure!(!chain.is_empty(), "empty agent SVID in {}", path.display());
+    Ok(chain)
 }
 
 /// Polls `fetch x509 -write` until the agent serves SVIDs for exactly `expected` (failing

@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 
 use crate::command::run;
 use crate::daemon::Daemon;
-use crate::server::ServerProcess;
+use crate::server::{ServerOptions, ServerProcess};
 use crate::{free_port, quoted, quoted_path};
 
 /// Environment variable naming the directory that holds `spire-server` and `spire-agent`
@@ -70,8 +70,8 @@ fn spire_dir() -> anyhow::Result<PathBuf> {
 /// The parts of a `spire-server` configuration the suites vary.
 #[derive(Debug, Clone)]
 pub struct SpireServerConfig {
-    /// Trust domain name, e.g. `example.org`.
-    pub trust_domain: String,
+    /// Trust domain and lifetimes.
+    pub options: ServerOptions,
     /// TCP port on `127.0.0.1` for agents.
     pub bind_port: u16,
     /// Admin Unix socket.
@@ -91,7 +91,7 @@ impl SpireServerConfig {
     trust_domain = {td}
     data_dir = {data}
     log_level = "DEBUG"
-}}
+    {agent_ttl}}}
 
 plugins {{
     DataStore "sql" {{
@@ -110,7 +110,8 @@ plugins {{
 "#,
             port = self.bind_port,
             socket = quoted_path(&self.socket_path),
-            td = quoted(&self.trust_domain),
+            td = quoted(&self.options.trust_domain),
+            agent_ttl = self.options.agent_ttl_line(),
             data = quoted_path(&self.data_dir),
             db = quoted_path(&self.data_dir.join("datastore.sqlite3")),
         )
@@ -172,10 +173,10 @@ plugins {{
 pub fn start_spire_server(
     bins: &SpireBins,
     dir: &Path,
-    trust_domain: &str,
+    options: &ServerOptions,
 ) -> anyhow::Result<ServerProcess> {
     let config = SpireServerConfig {
-        trust_domain: trust_domain.to_owned(),
+        options: options.clone(),
         bind_port: free_port()?,
         socket_path: dir.join("api.sock"),
         data_dir: dir.join("data"),
@@ -199,6 +200,8 @@ pub struct AgentProcess {
     pub daemon: Daemon,
     /// Its Workload API socket.
     pub socket_path: PathBuf,
+    /// Its data directory (`agent-data.json` holds its SVID and bundle).
+    pub data_dir: PathBuf,
 }
 
 /// Starts `spire-agent run -joinToken <token>` with its config, data and socket under `dir`,
@@ -227,5 +230,5 @@ pub fn start_spire_agent(
         &config.render(),
         &["-joinToken", join_token],
     )?;
-    Ok(AgentProcess { daemon, socket_path: config.socket_path })
+    Ok(AgentProcess { daemon, socket_path: config.socket_path, data_dir: config.data_dir })
 }

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 
 use crate::command::run;
 use crate::daemon::Daemon;
-use crate::server::ServerProcess;
+use crate::server::{ServerOptions, ServerProcess};
 use crate::{free_port, quoted, quoted_path};
 
 /// Environment variable that overrides where the `ward-server` binary is.
@@ -66,8 +66,8 @@ fn locate_or_build() -> anyhow::Result<PathBuf> {
 /// The parts of a `ward-server` configuration the suites vary.
 #[derive(Debug, Clone)]
 pub struct WardServerConfig {
-    /// Trust domain name.
-    pub trust_domain: String,
+    /// Trust domain and lifetimes.
+    pub options: ServerOptions,
     /// TCP port on `127.0.0.1` for agents.
     pub bind_port: u16,
     /// Admin Unix socket.
@@ -81,8 +81,9 @@ impl WardServerConfig {
     pub fn render(&self) -> String {
         format!(
             "trust_domain = {td}\nbind_address = \"127.0.0.1\"\nbind_port = {port}\nsocket_path = {socket}\n\
-             data_dir = {data}\nlog_level = \"debug\"\n",
-            td = quoted(&self.trust_domain),
+             data_dir = {data}\nlog_level = \"debug\"\n{agent_ttl}",
+            td = quoted(&self.options.trust_domain),
+            agent_ttl = self.options.agent_ttl_line(),
             port = self.bind_port,
             socket = quoted_path(&self.socket_path),
             data = quoted_path(&self.data_dir),
@@ -95,10 +96,10 @@ impl WardServerConfig {
 pub fn start_ward_server(
     bin: &Path,
     dir: &Path,
-    trust_domain: &str,
+    options: &ServerOptions,
 ) -> anyhow::Result<ServerProcess> {
     let config = WardServerConfig {
-        trust_domain: trust_domain.to_owned(),
+        options: options.clone(),
         bind_port: free_port()?,
         socket_path: dir.join("api.sock"),
         data_dir: dir.join("data"),
