@@ -91,6 +91,16 @@ pub fn policy(full_method: &str) -> Option<Policy> {
     Some(p)
 }
 
+/// SPIRE's `PostStatus`: a method of a served service that has no policy, so everyone is
+/// refused before its handler runs.
+pub const POST_STATUS: &str = "/spire.api.server.agent.v1.Agent/PostStatus";
+
+/// Whether the router should answer the call itself: paths that are not methods of any
+/// served service get gRPC's `Unimplemented` instead of an authorization denial.
+pub fn is_unknown_method(full_method: &str) -> bool {
+    policy(full_method).is_none() && full_method != POST_STATUS
+}
+
 /// The X509-SVID a TCP caller presented (already chain-verified at the TLS handshake).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PresentedSvid {

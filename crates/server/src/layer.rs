@@ -22,12 +22,31 @@ use crate::tls::TlsPeer;
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
     state: Arc<ServerState>,
+    served: &'static [&'static str],
 }
 
+/// The services on the TCP listener (full gRPC service names).
+pub const TCP_SERVICES: &[&str] = &[
+    "spire.api.server.agent.v1.Agent",
+    "spire.api.server.bundle.v1.Bundle",
+    "spire.api.server.entry.v1.Entry",
+    "spire.api.server.svid.v1.SVID",
+];
+
+/// The services on the admin socket.
+pub const UDS_SERVICES: &[&str] = &[
+    "spire.api.server.agent.v1.Agent",
+    "spire.api.server.bundle.v1.Bundle",
+    "spire.api.server.entry.v1.Entry",
+    "spire.api.server.svid.v1.SVID",
+    "grpc.health.v1.Health",
+];
+
 impl AuthLayer {
-    /// A layer deciding against `state`.
-    pub fn new(state: Arc<ServerState>) -> Self {
-        Self { state }
+    /// A layer deciding against `state` for a router serving the `served` services; calls
+    /// to anything else go straight to the router, which answers `Unimplemented`.
+    pub fn new(state: Arc<ServerState>, served: &'static [&'static str]) -> Self {
+        Self { state, served }
     }
 }
 
@@ -35,7 +54,7 @@ impl<S> Layer<S> for AuthLayer {
     type Service = AuthService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AuthService { inner, state: self.state.clone() }
+        AuthService { inner, state: self.state.clone(), served: self.served }
     }
 }
 
@@ -44,6 +63,7 @@ impl<S> Layer<S> for AuthLayer {
 pub struct AuthService<S> {
     inner: S,
     state: Arc<ServerState>,
+    served: &'static [&'static str],
 }
 
 impl<S> Service<http::Request<Body>> for AuthService<S>
@@ -65,8 +85,14 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let state = self.state.clone();
+        let served = self.served;
         Box::pin(async move {
             let method = req.uri().path().to_owned();
+            let service = method.trim_start_matches('/').split('/').next().unwrap_or_default();
+            if !served.contains(&service) || authz::is_unknown_method(&method) {
+                // No such method: the router answers Unimplemented.
+                return inner.call(req).await;
+            }
             let local = req.extensions().get::<UdsConnectInfo>().is_some();
             let peer = req.extensions().get::<TlsPeer>().cloned();
             let svid = peer.as_ref().and_then(|p| p.svid.clone());

@@ -27,7 +27,7 @@ use crate::api::{
 };
 use crate::ca_manager::{CaManager, CaSettings, ROTATION_CHECK_INTERVAL};
 use crate::config::{self, Config};
-use crate::layer::AuthLayer;
+use crate::layer::{AuthLayer, TCP_SERVICES, UDS_SERVICES};
 use crate::proposer::{LocalProposer, Proposer};
 use crate::ratelimit::RateLimits;
 use crate::state::{ServerState, SystemClock};
@@ -212,7 +212,7 @@ pub async fn start_with_clock(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Res
     let incoming = tls::incoming(tcp, tls_config);
     let tcp_router = Server::builder()
         .max_connection_age(MAX_CONNECTION_AGE)
-        .layer(AuthLayer::new(state.clone()))
+        .layer(AuthLayer::new(state.clone(), TCP_SERVICES))
         .add_service(AgentServer::new(AgentService::new(state.clone())))
         .add_service(BundleServer::new(BundleService::new(state.clone())))
         .add_service(EntryServer::new(EntryService::new(state.clone())))
@@ -228,7 +228,7 @@ pub async fn start_with_clock(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Res
     let uds = prepare_socket(&cfg.socket_path)?;
     let uds_incoming = tokio_stream::wrappers::UnixListenerStream::new(uds);
     let uds_router = Server::builder()
-        .layer(AuthLayer::new(state.clone()))
+        .layer(AuthLayer::new(state.clone(), UDS_SERVICES))
         .add_service(AgentServer::new(AgentService::new(state.clone())))
         .add_service(BundleServer::new(BundleService::new(state.clone())))
         .add_service(EntryServer::new(EntryService::new(state.clone())))

@@ -1,0 +1,317 @@
+//! Authorization: every served method × every caller class, first as a table against the
+//! pure decision function, then the same classes over real sockets.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tonic::Code;
+use ward_ca::SvidParams;
+use ward_core::{AgentId, AttestedNode, SelectorSet, SpiffeId};
+use ward_proto::grpc::health::v1 as healthpb;
+use ward_proto::spire::api::server::agent::v1 as agentpb;
+use ward_proto::spire::api::server::entry::v1 as entrypb;
+use ward_proto::spire::api::server::svid::v1 as svidpb;
+use ward_proto::spire::api::types;
+use ward_proto::spire::api::types::permission_denied_details::Reason;
+use ward_server::authz::{
+    Authorized, CallerFacts, Decision, Denial, DenyReason, PresentedSvid, decide,
+};
+use ward_store::Command;
+
+const NOW: i64 = 1_000;
+
+const METHODS: &[&str] = &[
+    "/spire.api.server.agent.v1.Agent/AttestAgent",
+    "/spire.api.server.agent.v1.Agent/RenewAgent",
+    "/spire.api.server.agent.v1.Agent/CreateJoinToken",
+    "/spire.api.server.entry.v1.Entry/GetAuthorizedEntries",
+    "/spire.api.server.entry.v1.Entry/SyncAuthorizedEntries",
+    "/spire.api.server.entry.v1.Entry/BatchCreateEntry",
+    "/spire.api.server.entry.v1.Entry/ListEntries",
+    "/spire.api.server.svid.v1.SVID/BatchNewX509SVID",
+    "/spire.api.server.svid.v1.SVID/NewJWTSVID",
+    "/spire.api.server.bundle.v1.Bundle/GetBundle",
+    "/spire.api.server.bundle.v1.Bundle/GetFederatedBundle",
+    "/spire.api.server.bundle.v1.Bundle/ListFederatedBundles",
+    "/grpc.health.v1.Health/Check",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Unauthenticated,
+    Agent,
+    BannedAgent,
+    ExpiredAgent,
+    UnknownAgent,
+    Admin,
+    Local,
+}
+
+const CLASSES: &[Class] = &[
+    Class::Unauthenticated,
+    Class::Agent,
+    Class::BannedAgent,
+    Class::ExpiredAgent,
+    Class::UnknownAgent,
+    Class::Admin,
+    Class::Local,
+];
+
+fn agent_svid(not_after: i64) -> PresentedSvid {
+    PresentedSvid {
+        id: SpiffeId::parse("spiffe://example.org/spire/agent/join_token/t").unwrap(),
+        serial: "7".into(),
+        not_after,
+    }
+}
+
+fn node(serial: &str) -> AttestedNode {
+    AttestedNode {
+        id: AgentId(agent_svid(0).id),
+        attestation_type: "join_token".into(),
+        serial: serial.into(),
+        expires_at: NOW + 100,
+        new_serial: String::new(),
+        new_expires_at: 0,
+        selectors: SelectorSet::default(),
+        can_reattest: false,
+    }
+}
+
+fn facts(c: Class) -> CallerFacts {
+    let base = CallerFacts {
+        local: false,
+        svid: None,
+        admin_entry: false,
+        downstream_entry: false,
+        node: None,
+    };
+    match c {
+        Class::Unauthenticated => base,
+        Class::Agent => {
+            CallerFacts { svid: Some(agent_svid(NOW + 100)), node: Some(node("7")), ..base }
+        }
+        Class::BannedAgent => {
+            CallerFacts { svid: Some(agent_svid(NOW + 100)), node: Some(node("")), ..base }
+        }
+        Class::ExpiredAgent => {
+            CallerFacts { svid: Some(agent_svid(NOW - 1)), node: Some(node("7")), ..base }
+        }
+        Class::UnknownAgent => CallerFacts { svid: Some(agent_svid(NOW + 100)), ..base },
+        Class::Admin => CallerFacts {
+            svid: Some(PresentedSvid {
+                id: SpiffeId::parse("spiffe://example.org/admin").unwrap(),
+                serial: "9".into(),
+                not_after: NOW + 100,
+            }),
+            admin_entry: true,
+            ..base
+        },
+        Class::Local => CallerFacts { local: true, ..base },
+    }
+}
+
+fn deny(message: String, reason: Option<DenyReason>) -> Decision {
+    Decision::Deny(Denial { message, reason })
+}
+
+/// The expected decision, written out per method group as SPIRE's policy table says.
+fn expected(method: &str, c: Class) -> Decision {
+    let any = ["AttestAgent", "GetBundle"];
+    let agent_only = [
+        "RenewAgent",
+        "GetAuthorizedEntries",
+        "SyncAuthorizedEntries",
+        "BatchNewX509SVID",
+        "NewJWTSVID",
+    ];
+    let name = method.rsplit('/').next().unwrap();
+    let denied = || deny(format!("Authorization denied for method {method}"), None);
+    let agent_id = "spiffe://example.org/spire/agent/join_token/t";
+    let agent_check = |c: Class| match c {
+        Class::Unauthenticated => deny("caller does not have an X509-SVID".into(), None),
+        Class::Agent => Decision::Allow(Authorized::Agent { promote_pending: false }),
+        Class::BannedAgent => {
+            deny(format!("agent \"{agent_id}\" is banned"), Some(DenyReason::AgentBanned))
+        }
+        Class::ExpiredAgent => {
+            deny(format!("agent \"{agent_id}\" SVID is expired"), Some(DenyReason::AgentExpired))
+        }
+        Class::UnknownAgent => deny(
+            format!("agent \"{agent_id}\" is not attested"),
+            Some(DenyReason::AgentNotAttested),
+        ),
+        Class::Admin => deny(
+            "agent \"spiffe://example.org/admin\" is not attested".into(),
+            Some(DenyReason::AgentNotAttested),
+        ),
+        Class::Local => unreachable!(),
+    };
+    if any.contains(&name) {
+        return Decision::Allow(Authorized::Anyone);
+    }
+    if agent_only.contains(&name) {
+        return if c == Class::Local { denied() } else { agent_check(c) };
+    }
+    if name == "Check" {
+        return if c == Class::Local { Decision::Allow(Authorized::Local) } else { denied() };
+    }
+    if name == "GetFederatedBundle" {
+        return match c {
+            Class::Local => Decision::Allow(Authorized::Local),
+            Class::Admin => Decision::Allow(Authorized::Admin),
+            other => agent_check(other),
+        };
+    }
+    // Admin or local: CreateJoinToken, BatchCreateEntry, ListEntries, ListFederatedBundles.
+    match c {
+        Class::Local => Decision::Allow(Authorized::Local),
+        Class::Admin => Decision::Allow(Authorized::Admin),
+        _ => denied(),
+    }
+}
+
+#[test]
+fn every_method_by_every_caller_class() {
+    let mut checked = 0;
+    for m in METHODS {
+        for c in CLASSES {
+            assert_eq!(decide(m, &facts(*c), NOW), expected(m, *c), "{m} as {c:?}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, METHODS.len() * CLASSES.len());
+    // A method SPIRE has no policy for is refused to everyone, local callers included.
+    assert_eq!(
+        decide(ward_server::authz::POST_STATUS, &facts(Class::Local), NOW),
+        deny(format!("Authorization denied for method {}", ward_server::authz::POST_STATUS), None)
+    );
+}
+
+/// An SVID for `id` signed by the server's current CA, with a fresh key.
+fn issue(ts: &TestServer, id: &str) -> Identity {
+    let ca = ts.server.state.ca.x509_ca().unwrap();
+    let key = ward_ca::PrivateKey::generate(ward_ca::KeyType::EcP256).unwrap();
+    let sid = SpiffeId::parse(id).unwrap();
+    let params = SvidParams { spiffe_id: &sid, dns_names: &[], ttl: Duration::from_secs(600) };
+    let leaf =
+        ca.sign_x509_svid(key.public_key_der(), &params, std::time::SystemTime::now()).unwrap();
+    Identity { chain: vec![leaf], key_pkcs8: key.pkcs8_der().to_vec() }
+}
+
+async fn get_authorized(ch: tonic::transport::Channel) -> Result<usize, tonic::Status> {
+    entrypb::entry_client::EntryClient::new(ch)
+        .get_authorized_entries(entrypb::GetAuthorizedEntriesRequest { output_mask: None })
+        .await
+        .map(|r| r.into_inner().entries.len())
+}
+
+async fn list_entries(ch: tonic::transport::Channel) -> Result<usize, tonic::Status> {
+    entrypb::entry_client::EntryClient::new(ch)
+        .list_entries(entrypb::ListEntriesRequest::default())
+        .await
+        .map(|r| r.into_inner().entries.len())
+}
+
+#[tokio::test]
+async fn caller_classes_over_real_sockets() {
+    let ts = TestServer::start().await;
+    let roots = ts.roots().await;
+    let addr = ts.addr();
+
+    // Unauthenticated TCP caller.
+    let anon = tls_channel(addr, &roots, None).await;
+    let err = svidpb::svid_client::SvidClient::new(anon.clone())
+        .batch_new_x509svid(svidpb::BatchNewX509svidRequest { params: vec![] })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::PermissionDenied, "caller does not have an X509-SVID")
+    );
+    assert_eq!(ward_proto::convert::permission_denied_reason(&err), None);
+    let err = list_entries(anon).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(
+        err.message(),
+        "Authorization denied for method /spire.api.server.entry.v1.Entry/ListEntries"
+    );
+
+    // Attested agent: agent methods yes, admin methods no.
+    let (ident, agent_id) = new_agent(&ts).await;
+    let ch = tls_channel(addr, &roots, Some(ident.clone())).await;
+    assert_eq!(get_authorized(ch.clone()).await.unwrap(), 0);
+    let err = list_entries(ch).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+
+    // Banned agent: PermissionDenied with AGENT_BANNED in the details.
+    let aid = AgentId(SpiffeId::parse(&agent_id).unwrap());
+    ts.server.state.proposer.propose(Command::BanAgent(aid)).await.unwrap();
+    let ch = tls_channel(addr, &roots, Some(ident)).await;
+    let err = get_authorized(ch).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(err.message(), format!("agent \"{agent_id}\" is banned"));
+    assert_eq!(ward_proto::convert::permission_denied_reason(&err), Some(Reason::AgentBanned));
+
+    // A valid SVID for an agent ID the server never attested.
+    let ghost = issue(&ts, "spiffe://example.org/spire/agent/join_token/ghost");
+    let ch = tls_channel(addr, &roots, Some(ghost)).await;
+    let err = get_authorized(ch).await.unwrap_err();
+    assert_eq!(ward_proto::convert::permission_denied_reason(&err), Some(Reason::AgentNotAttested));
+
+    // Admin by entry: admin methods over TCP.
+    let mut entries = entrypb::entry_client::EntryClient::new(ts.admin().await);
+    let resp = entries
+        .batch_create_entry(entrypb::BatchCreateEntryRequest {
+            entries: vec![types::Entry {
+                spiffe_id: Some(id("example.org", "/admin")),
+                parent_id: Some(id("example.org", "/spire/server")),
+                selectors: vec![types::Selector { r#type: "x".into(), value: "y".into() }],
+                admin: true,
+                ..Default::default()
+            }],
+            output_mask: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.results[0].status.as_ref().unwrap().code, 0);
+    let admin = tls_channel(addr, &roots, Some(issue(&ts, "spiffe://example.org/admin"))).await;
+    assert_eq!(list_entries(admin).await.unwrap(), 1);
+
+    // Local caller: admin methods yes, agent methods no, health yes.
+    let local = ts.admin().await;
+    assert_eq!(list_entries(local.clone()).await.unwrap(), 1);
+    let err = agentpb::agent_client::AgentClient::new(local.clone())
+        .renew_agent(agentpb::RenewAgentRequest { params: None })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(
+        err.message(),
+        "Authorization denied for method /spire.api.server.agent.v1.Agent/RenewAgent"
+    );
+    let health = healthpb::health_client::HealthClient::new(local)
+        .check(healthpb::HealthCheckRequest { service: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(health.status, healthpb::health_check_response::ServingStatus::Serving as i32);
+
+    // Health is not served on TCP; unknown methods of served services are Unimplemented.
+    let anon = tls_channel(addr, &roots, None).await;
+    let err = healthpb::health_client::HealthClient::new(anon.clone())
+        .check(healthpb::HealthCheckRequest { service: String::new() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented);
+    let err = agentpb::agent_client::AgentClient::new(anon)
+        .post_status(agentpb::PostStatusRequest { current_bundle_serial: 0 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    ts.server.shutdown().await;
+}
