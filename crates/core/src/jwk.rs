@@ -343,7 +343,7 @@ fn parse_rsa_public_key(der: &[u8]) -> Option<(&[u8], &[u8])> {
 }
 
 /// Reads one DER TLV with the given tag; returns its body and what follows.
-fn read_tlv(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+pub(crate) fn read_tlv(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
     let (&t, rest) = input.split_first()?;
     if t != tag {
         return None;

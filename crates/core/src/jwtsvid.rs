@@ -502,6 +502,39 @@ mod tests {
         }
     }
 
+    /// The PKCS#1 `RSAPrivateKey` inside a PKCS#8 `PrivateKeyInfo`.
+    fn pkcs1_of(pkcs8: &[u8]) -> Vec<u8> {
+        use crate::jwk::read_tlv;
+        let (info, _) = read_tlv(pkcs8, 0x30).unwrap();
+        let (_, rest) = read_tlv(info, 0x02).unwrap();
+        let (_, rest) = read_tlv(rest, 0x30).unwrap();
+        read_tlv(rest, 0x04).unwrap().0.to_vec()
+    }
+
+    /// Tokens from an independent JOSE implementation validate.
+    #[test]
+    fn accepts_tokens_signed_by_jsonwebtoken() {
+        use jsonwebtoken::{Algorithm, EncodingKey, Header};
+        let pool = jwt_key_pool();
+        let rsa = || EncodingKey::from_rsa_der(&pkcs1_of(&pool[3].0));
+        let cases = [
+            (Algorithm::ES256, A::Es256, EncodingKey::from_ec_der(&pool[0].0)),
+            (Algorithm::ES384, A::Es384, EncodingKey::from_ec_der(&pool[1].0)),
+            (Algorithm::RS256, A::Rs256, rsa()),
+            (Algorithm::RS512, A::Rs512, rsa()),
+            (Algorithm::PS256, A::Ps256, rsa()),
+            (Algorithm::PS384, A::Ps384, rsa()),
+        ];
+        for (alg, ours, key) in cases {
+            let mut header = Header::new(alg);
+            header.kid = Some(format!("kid-{}", key_index(ours)));
+            let t = jsonwebtoken::encode(&header, &claims(), &key).unwrap();
+            let svid = validate(&t, &bundle(), &["other"], now()).unwrap();
+            assert_eq!(svid.spiffe_id.as_str(), ID, "{alg:?}");
+            assert_eq!(svid.expires_at, exp());
+        }
+    }
+
     #[test]
     fn accepts_string_audience_and_checks_every_expected_audience() {
         let c = edit(&claims(), "aud", Some("svc".into()));

@@ -1,13 +1,30 @@
 //! Core SPIFFE types for ward.
 //!
-//! This crate owns the vocabulary every other ward crate speaks: [`TrustDomain`] and
-//! [`SpiffeId`] with the SPIFFE-ID standard's rules, [`Selector`]s and SPIRE's four
-//! [`SelectorMatch`] modes, the registration entry and attested-node models, SPIFFE bundles,
-//! and X509-SVID and JWT-SVID validation.
+//! This crate owns the vocabulary every other ward crate speaks:
+//! - [`TrustDomain`] and [`SpiffeId`] with the SPIFFE-ID standard's rules ([`spiffe_id`]);
+//! - [`Selector`]s, [`SelectorSet`]s and SPIRE's four [`SelectorMatch`] modes ([`selector`]);
+//! - the registration entry, attested-node, join-token and federation models;
+//! - SPIFFE [`Bundle`]s and their codecs ([`bundle`]): the SPIFFE bundle JSON document
+//!   ([`Bundle::from_spiffe_json`], [`Bundle::to_spiffe_json`]), the plain JWKS of JWT
+//!   authorities ([`Bundle::to_jwks_json`], [`bundle::json::jwt_authorities_from_jwks`]) and
+//!   PEM ([`Bundle::from_pem`], [`Bundle::x509_authorities_to_pem`]);
+//! - public keys as JWKs and as PKIX DER, and the conversion between them ([`jwk`]);
+//! - X509-SVID chain verification ([`x509svid::verify`]) and JWT-SVID validation
+//!   ([`jwtsvid::validate`], or [`UnverifiedJwtSvid`] to pick the bundle by subject first).
 //!
 //! It deliberately does no I/O: no sockets, no files, no clock reads. Time is an argument,
 //! or comes through the [`Clock`] trait whose implementations live with the binaries and the
-//! test kit. Signature checks use aws-lc-rs, which is pure computation.
+//! test kit. It signs nothing and generates no keys (that is `ward-ca`'s job); signature
+//! checks use aws-lc-rs, which is pure computation.
+//!
+//! Every parser returns a typed error naming the rule the input broke, and never panics on
+//! any input: each has a table test of exact errors, property tests, and a cargo-fuzz target
+//! in the repository's `fuzz/` directory.
+//!
+//! A typical flow on a server: decode a federated trust domain's bundle with
+//! [`Bundle::from_spiffe_json`], keep it, and later check a peer's chain with
+//! [`x509svid::verify_with_bundle`] or a presented token with [`jwtsvid::validate`], passing
+//! `now` from the [`Clock`].
 
 pub mod bundle;
 pub mod clock;

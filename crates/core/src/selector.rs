@@ -214,4 +214,29 @@ mod tests {
             assert_eq!(mode.matches(&entry, &set(requested)), want, "{mode:?} {requested:?}");
         }
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn valid_selectors_round_trip(t in "[a-z0-9_-]{1,12}", v in "[ -~]{1,40}") {
+                let sel = Selector::new(&t, &v).unwrap();
+                let parsed = Selector::parse(&sel.to_string()).unwrap();
+                prop_assert_eq!(&parsed.selector_type, &t);
+                prop_assert_eq!(&parsed.value, &v);
+            }
+
+            #[test]
+            fn parse_never_panics(s in ".{0,80}") {
+                let _ = Selector::parse(&s);
+            }
+
+            #[test]
+            fn parse_never_panics_on_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
+                let _ = Selector::parse(&String::from_utf8_lossy(&bytes));
+            }
+        }
+    }
 }

@@ -448,6 +448,13 @@ mod tests {
                 let _ = SpiffeId::parse(&s);
                 let _ = TrustDomain::parse(&s);
             }
+
+            #[test]
+            fn parse_never_panics_on_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
+                let s = String::from_utf8_lossy(&bytes);
+                let _ = SpiffeId::parse(&s);
+                let _ = TrustDomain::parse(&s);
+            }
         }
     }
 }
