@@ -95,12 +95,15 @@ pub fn run_scenario(kind: ServerKind) {
 }
 
 fn harness() -> anyhow::Result<Harness> {
-    Ok(Harness {
-        agent: None,
-        server: None,
-        spire: SpireBins::locate()?,
-        dir: tempfile::Builder::new().prefix("ward-interop").tempdir()?,
-    })
+    let dir = tempfile::Builder::new().prefix("ward-interop").tempdir()?;
+    // Unix socket paths are limited to 107 bytes; ours end in at most `/agent/workload.sock`.
+    let longest = dir.path().join("agent/workload.sock");
+    ensure!(
+        longest.as_os_str().len() <= 107,
+        "temp dir {} is too deep for Unix socket paths; set TMPDIR to a shorter directory",
+        dir.path().display()
+    );
+    Ok(Harness { agent: None, server: None, spire: SpireBins::locate()?, dir })
 }
 
 fn phase(kind: ServerKind, what: &str) {
