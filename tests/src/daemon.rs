@@ -39,9 +39,10 @@ impl Daemon {
 
     /// Writes `config` to `dir/<config_file>` (creating `dir`) and starts
     /// `<program> run <config_flag> <that file> <extra…>`, logging to `dir/<name>.log`.
+    /// `program` is a command with no arguments yet (it may carry environment variables).
     pub fn run_with_config(
         name: &str,
-        program: &Path,
+        mut program: Command,
         dir: &Path,
         config_flag: &str,
         config_file: &str,
@@ -52,9 +53,8 @@ impl Daemon {
         let config_path = dir.join(config_file);
         std::fs::write(&config_path, config)
             .with_context(|| format!("writing {}", config_path.display()))?;
-        let mut cmd = Command::new(program);
-        cmd.arg("run").arg(config_flag).arg(&config_path).args(extra);
-        Self::spawn(name, &mut cmd, &dir.join(format!("{name}.log")))
+        program.arg("run").arg(config_flag).arg(&config_path).args(extra);
+        Self::spawn(name, &mut program, &dir.join(format!("{name}.log")))
     }
 
     /// The name given at spawn time.

@@ -183,7 +183,7 @@ pub fn start_spire_server(
     };
     let daemon = Daemon::run_with_config(
         "spire-server",
-        &bins.server,
+        Command::new(&bins.server),
         dir,
         "-config",
         "server.conf",
@@ -223,7 +223,7 @@ pub fn start_spire_agent(
     };
     let daemon = Daemon::run_with_config(
         "spire-agent",
-        &bins.agent,
+        Command::new(&bins.agent),
         dir,
         "-config",
         "agent.conf",

@@ -104,9 +104,15 @@ pub fn start_ward_server(
         socket_path: dir.join("api.sock"),
         data_dir: dir.join("data"),
     };
+    let mut program = Command::new(bin);
+    // Plain-text logs, and debug detail for ward without the store engine's internals.
+    program.env("NO_COLOR", "1");
+    if std::env::var_os("RUST_LOG").is_none() {
+        program.env("RUST_LOG", "debug,sled=info,h2=info,hyper=info,tower=info");
+    }
     let daemon = Daemon::run_with_config(
         "ward-server",
-        bin,
+        program,
         dir,
         "--config",
         "server.toml",
