@@ -175,14 +175,18 @@ impl PrivateKey {
     /// [`KeyError::Pem`] for undecodable PEM, [`KeyError::Malformed`] when no block holds a
     /// usable key.
     pub fn from_pem(text: &[u8]) -> Result<Self, KeyError> {
-        for block in pem::parse_many(text)? {
-            let der = Zeroizing::new(block.contents().to_vec());
-            match block.tag() {
-                "PRIVATE KEY" => return Self::from_pkcs8_der(&der),
+        // Take every block's bytes into a zeroizing buffer before anything can drop them.
+        let blocks: Vec<(String, Zeroizing<Vec<u8>>)> = pem::parse_many(text)?
+            .into_iter()
+            .map(|b| (b.tag().to_owned(), Zeroizing::new(b.into_contents())))
+            .collect();
+        for (tag, der) in &blocks {
+            match tag.as_str() {
+                "PRIVATE KEY" => return Self::from_pkcs8_der(der),
                 "EC PRIVATE KEY" => {
                     for key_type in [KeyType::EcP256, KeyType::EcP384] {
                         if let Some(alg) = ec_alg(key_type)
-                            && let Ok(key) = EcdsaKeyPair::from_private_key_der(alg, &der)
+                            && let Ok(key) = EcdsaKeyPair::from_private_key_der(alg, der)
                         {
                             let doc = key
                                 .to_pkcs8v1()
@@ -193,7 +197,7 @@ impl PrivateKey {
                     return Err(KeyError::Malformed("EC PRIVATE KEY is not a P-256/P-384 key"));
                 }
                 "RSA PRIVATE KEY" => {
-                    let key = RsaKeyPair::from_der(&der)
+                    let key = RsaKeyPair::from_der(der)
                         .map_err(|_| KeyError::Malformed("bad RSA PRIVATE KEY"))?;
                     return Self::from_pkcs8_der(&rsa_pkcs8(&key)?);
                 }
@@ -227,7 +231,17 @@ impl PrivateKey {
 
     /// The private key as a PKCS#8 `PRIVATE KEY` PEM block, in a zeroizing buffer.
     pub fn to_pkcs8_pem(&self) -> Zeroizing<String> {
-        Zeroizing::new(pem::encode(&pem::Pem::new("PRIVATE KEY", self.pkcs8.to_vec())))
+        use base64::Engine as _;
+        let b64 = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&*self.pkcs8));
+        let mut out = Zeroizing::new(String::with_capacity(b64.len() + b64.len() / 64 + 64));
+        out.push_str("-----BEGIN PRIVATE KEY-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            // Base64 output is ASCII, so every chunk is valid UTF-8.
+            out.push_str(std::str::from_utf8(line).unwrap_or_default());
+            out.push('\n');
+        }
+        out.push_str("-----END PRIVATE KEY-----\n");
+        out
     }
 
     /// The public key as SubjectPublicKeyInfo (PKIX) DER.
@@ -402,6 +416,27 @@ mod tests {
                 assert_eq!(jws_sig.len(), 64);
             }
         }
+    }
+
+    #[test]
+    fn pem_output_matches_the_pem_crate() {
+        let key = PrivateKey::generate(KeyType::Rsa2048).unwrap();
+        let ours = key.to_pkcs8_pem();
+        let theirs = pem::parse(ours.as_bytes()).unwrap();
+        assert_eq!(theirs.tag(), "PRIVATE KEY");
+        assert_eq!(theirs.contents(), key.pkcs8_der());
+        assert!(ours.lines().all(|l| l.len() <= 64 || l.starts_with("-----")));
+        let (_, der) = x509_parser::pem::parse_x509_pem(ours.as_bytes()).unwrap();
+        assert_eq!(der.contents, key.pkcs8_der());
+    }
+
+    #[test]
+    fn keys_and_signers_are_shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<PrivateKey>();
+        assert_send_sync::<Signer>();
+        assert_send_sync::<crate::X509Ca>();
+        assert_send_sync::<crate::JwtSigner>();
     }
 
     #[test]
