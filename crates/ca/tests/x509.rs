@@ -548,3 +548,51 @@ fn from_parts_reloads_and_checks_the_key() {
     let leaf = ca.sign_x509_svid(leaf_key.public_key_der(), &params, now).unwrap();
     assert!(matches!(X509Ca::from_parts(leaf_key, leaf, vec![]), Err(CaError::NotACa)));
 }
+
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::OnceLock;
+
+    fn fixture() -> &'static (X509Ca, PrivateKey, Vec<u8>) {
+        static F: OnceLock<(X509Ca, PrivateKey, Vec<u8>)> = OnceLock::new();
+        F.get_or_init(|| {
+            let now = SystemTime::now();
+            let ca = X509Ca::self_signed(
+                PrivateKey::generate(KeyType::EcP256).unwrap(),
+                &td(),
+                DAY,
+                now,
+            )
+            .unwrap();
+            let key = PrivateKey::generate(KeyType::EcP256).unwrap();
+            let csr = build_csr(&key).unwrap();
+            (ca, key, csr)
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
+        /// Lengths on both sides of every DER length-encoding boundary (127/128, 255/256)
+        /// still give leaves that parse, verify and carry exactly the requested names.
+        #[test]
+        fn any_id_and_dns_names_give_a_valid_leaf(
+            segments in proptest::collection::vec("[a-zA-Z0-9._-]{1,120}", 1..20),
+            dns in proptest::collection::vec("[a-z0-9*][a-z0-9.-]{0,150}", 0..4),
+            ttl in 1u64..200_000,
+        ) {
+            let segments: Vec<String> =
+                segments.into_iter().filter(|s| s != "." && s != "..").collect();
+            prop_assume!(!segments.is_empty());
+            let id = SpiffeId::parse(&format!("spiffe://example.org/{}", segments.join("/"))).unwrap();
+            prop_assume!(id.as_str().len() <= SpiffeId::MAX_SVID_LEN);
+            let (ca, key, csr) = fixture();
+            let now = SystemTime::now();
+            let params = SvidParams { spiffe_id: &id, dns_names: &dns, ttl: Duration::from_secs(ttl) };
+            let leaf = ca.sign_x509_svid_from_csr(csr, &params, now).unwrap();
+            let na = assert_leaf_profile(&leaf, ca, key.public_key_der(), id.as_str(), &dns);
+            prop_assert_eq!(na, (unix(now) + ttl as i64).min(ca.not_after_unix()));
+        }
+    }
+}
