@@ -137,12 +137,11 @@ fn scenario(kind: ServerKind, h: &mut Harness) -> anyhow::Result<()> {
 
     phase(kind, "3. bundle show from both CLIs; start spire-agent");
     let bundles = show_bundles(&native, &spire_cli, &root)?;
-    let port = server.port;
     let agent = h.agent.insert(start_spire_agent(
         &h.spire,
         &root.join("agent"),
         TRUST_DOMAIN,
-        port,
+        server.port,
         &bundles.native_pem_path,
         &reg.token,
     )?);
@@ -152,16 +151,13 @@ fn scenario(kind: ServerKind, h: &mut Harness) -> anyhow::Result<()> {
     let expected: BTreeSet<String> =
         [WORKLOAD_ID, CLI_WORKLOAD_ID].into_iter().map(String::from).collect();
     let svid_dir = root.join("svids");
-    let svids = {
-        let server = h.server.as_mut().context("server not started")?;
-        wait_for_x509_svids(
-            &mut agent.daemon,
-            &mut server.daemon,
-            &agent_cli,
-            &svid_dir,
-            &expected,
-        )?
-    };
+    let svids = wait_for_x509_svids(
+        &mut agent.daemon,
+        &mut server.daemon,
+        &agent_cli,
+        &svid_dir,
+        &expected,
+    )?;
     for (id, pem_path) in &svids {
         SpiffeId::parse(id).with_context(|| format!("URI SAN {id} is not a SPIFFE ID"))?;
         openssl_verify(&bundles.native_pem_path, pem_path)?;
@@ -197,7 +193,6 @@ fn scenario(kind: ServerKind, h: &mut Harness) -> anyhow::Result<()> {
     ensure!(late_entry_id != reg.entry_id, "the new entry reused ID {late_entry_id}");
     let expected: BTreeSet<String> =
         [WORKLOAD_ID, LATE_WORKLOAD_ID].into_iter().map(String::from).collect();
-    let server = h.server.as_mut().context("server not started")?;
     let svids = wait_for_x509_svids(
         &mut agent.daemon,
         &mut server.daemon,
