@@ -1,0 +1,180 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+//! Crash safety: a child process applies a long command stream and is SIGKILLed at random
+//! points; after each kill the store must reopen at some applied index at or past the last
+//! one the child made durable with an explicit flush, holding exactly the state a model
+//! reaches after that many commands.
+//!
+//! The child is this test binary re-run with `WARD_STORE_CRASH_CHILD=<dir>`: the same test
+//! function then runs the child loop instead of the parent.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command as Process, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{Model, assert_same_state};
+use ward_core::{
+    AgentId, EntryId, RegistrationEntry, Selector, SelectorSet, SpiffeId, TrustDomain,
+};
+use ward_store::{AgentAttestation, Command, EntryMask, EntryUpdate, Store, StoreConfig};
+
+const CHILD_ENV: &str = "WARD_STORE_CRASH_CHILD";
+const KILLS: usize = 24;
+/// The child flushes after every command whose index is a multiple of this.
+const FLUSH_EVERY: u64 = 5;
+
+fn td() -> TrustDomain {
+    TrustDomain::new("example.org").unwrap()
+}
+
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn agent(i: u64) -> AgentId {
+    AgentId(td().spiffe_id(&format!("/spire/agent/c/{}", i % 6)).unwrap())
+}
+
+fn parent(r: u64) -> SpiffeId {
+    match r % 10 {
+        0..=5 => agent(r).0,
+        6 => td().spiffe_id("/spire/server").unwrap(),
+        n => td().spiffe_id(&format!("/w{}", n)).unwrap(),
+    }
+}
+
+fn entry(r: u64) -> RegistrationEntry {
+    let sel = ["u:1", "u:2", "n:g1", "n:g2"][(r >> 8) as usize % 4];
+    RegistrationEntry {
+        id: EntryId::new(&format!("e{}", (r >> 12) % 60)).unwrap(),
+        spiffe_id: td().spiffe_id(&format!("/w{}", (r >> 20) % 10)).unwrap(),
+        parent_id: parent(r >> 28),
+        selectors: SelectorSet::new(vec![Selector::parse(sel).unwrap()]),
+        x509_svid_ttl: 0,
+        jwt_svid_ttl: 0,
+        federates_with: vec![],
+        admin: false,
+        downstream: r & 1 == 1,
+        expires_at: 0,
+        dns_names: vec![],
+        revision_number: 0,
+        store_svid: false,
+        hint: format!("h{}", (r >> 40) % 3),
+        created_at: 1000,
+    }
+}
+
+/// Command `i` of the stream: a deterministic function of `i`.
+fn command(i: u64) -> Command {
+    let r = mix(i);
+    match r % 10 {
+        0..=3 => Command::CreateEntries((0..4).map(|k| entry(mix(r ^ k))).collect()),
+        4 | 5 => Command::UpdateEntries(vec![EntryUpdate {
+            entry: entry(mix(r ^ 99)),
+            mask: EntryMask { parent_id: false, ..EntryMask::ALL },
+        }]),
+        6 => Command::DeleteEntries(vec![entry(mix(r ^ 7)).id]),
+        7 | 8 => Command::AttestAgent(AgentAttestation {
+            id: agent(r >> 16),
+            attestation_type: "c".into(),
+            serial: format!("{}", i),
+            expires_at: 100,
+            selectors: SelectorSet::new(
+                ["n:g1", "n:g2"]
+                    .iter()
+                    .take(1 + (r >> 24) as usize % 2)
+                    .map(|s| Selector::parse(s).unwrap())
+                    .collect(),
+            ),
+            can_reattest: true,
+        }),
+        _ => Command::DeleteAgent(agent(r >> 16)),
+    }
+}
+
+fn config() -> StoreConfig {
+    StoreConfig::new(td())
+}
+
+/// Child mode: continue the stream from the recovered index until killed.
+fn child(dir: &str) {
+    let store = Store::open(dir, config()).unwrap();
+    let start = store.last_applied() + 1;
+    for i in start..start + 1_000_000 {
+        store.apply(i, &command(i)).unwrap();
+        if i % FLUSH_EVERY == 0 {
+            store.flush().unwrap();
+            println!("durable {i}");
+        }
+    }
+}
+
+#[test]
+fn sigkill_during_apply_recovers_exact_prefix() {
+    if let Ok(dir) = std::env::var(CHILD_ENV) {
+        child(&dir);
+        return;
+    }
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let agents: Vec<AgentId> = (0..6).map(agent).collect();
+    let mut model = Model::new(td());
+    let mut model_index = 0u64;
+    let mut last_durable = 0u64;
+    let mut rng = 12345u64;
+    let mut recovered = Vec::new();
+    for round in 0..KILLS {
+        let mut proc = Process::new(&exe)
+            .args(["sigkill_during_apply_recovers_exact_prefix", "--exact", "--nocapture"])
+            .env(CHILD_ENV, dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = proc.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(n) = line.strip_prefix("durable ") {
+                    let _ = tx.send(n.parse::<u64>().unwrap());
+                }
+            }
+        });
+        // Wait until the child is applying, then let it run a random while.
+        let first = rx.recv_timeout(Duration::from_secs(20)).expect("child made progress");
+        last_durable = last_durable.max(first);
+        rng = mix(rng);
+        std::thread::sleep(Duration::from_millis(5 + rng % 120));
+        proc.kill().unwrap(); // SIGKILL
+        proc.wait().unwrap();
+        reader.join().unwrap();
+        for n in rx.try_iter() {
+            last_durable = last_durable.max(n);
+        }
+
+        let store = Store::open(dir.path(), config()).unwrap();
+        let applied = store.last_applied();
+        assert!(
+            applied >= last_durable,
+            "round {round}: recovered index {applied} is before durable index {last_durable}"
+        );
+        assert!(applied >= model_index, "round {round}: recovery went backwards");
+        while model_index < applied {
+            model_index += 1;
+            model.apply(&command(model_index));
+        }
+        assert_same_state(&store, &model, &agents);
+        recovered.push(applied);
+        drop(store);
+    }
+    assert_eq!(recovered.len(), KILLS);
+    assert!(recovered.last().copied().unwrap_or(0) > 0);
+    eprintln!("recovered indices: {recovered:?} in {:.1?}", started.elapsed());
+}
