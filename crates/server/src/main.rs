@@ -65,10 +65,10 @@ enum Cmd {
         /// Path of the admin socket.
         #[arg(long = "socketPath", default_value_os_t = cli::default_socket())]
         socket_path: PathBuf,
-        /// Print nothing on success.
+        /// Accepted for compatibility; the check is the same.
         #[arg(long = "shallow")]
         shallow: bool,
-        /// Print nothing.
+        /// Accepted for compatibility.
         #[arg(long = "verbose")]
         verbose: bool,
     },
@@ -256,9 +256,8 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<String> {
         Cmd::Bundle { cmd: BundleCmd::Show { format, socket_path } } => {
             cli::bundle_show(&socket_path, &format).await
         }
-        Cmd::Healthcheck { socket_path, shallow, verbose } => {
-            let out = cli::healthcheck(&socket_path).await?;
-            Ok(if shallow && !verbose { String::new() } else { out })
+        Cmd::Healthcheck { socket_path, shallow: _, verbose: _ } => {
+            cli::healthcheck(&socket_path).await
         }
     }
 }

@@ -198,3 +198,59 @@ async fn renewed_svid_becomes_current_on_first_use() {
     );
     ts.server.shutdown().await;
 }
+
+#[tokio::test]
+async fn admin_lists_bans_and_deletes_agents() {
+    use ward_proto::spire::api::server::agent::v1 as agentpb;
+    let ts = TestServer::start().await;
+    let roots = ts.roots().await;
+    let (ident, agent_id) = new_agent(&ts).await;
+    let mut admin = agentpb::agent_client::AgentClient::new(ts.admin().await);
+
+    let list = admin.list_agents(agentpb::ListAgentsRequest::default()).await.unwrap().into_inner();
+    assert_eq!(list.agents.len(), 1);
+    let a = &list.agents[0];
+    assert_eq!(a.attestation_type, "join_token");
+    assert!(!a.banned);
+    let leaf = ward_server::tls::leaf_facts(&ident.chain[0]).unwrap();
+    assert_eq!(a.x509svid_serial_number, leaf.serial);
+    let count = admin.count_agents(agentpb::CountAgentsRequest::default()).await.unwrap();
+    assert_eq!(count.into_inner().count, 1);
+
+    let pid = parse(&agent_id);
+    admin.ban_agent(agentpb::BanAgentRequest { id: Some(pid.clone()) }).await.unwrap();
+    let got = admin
+        .get_agent(agentpb::GetAgentRequest { id: Some(pid.clone()), output_mask: None })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(got.banned);
+    let ch = tls_channel(ts.addr(), &roots, Some(ident.clone())).await;
+    let err = entrypb::entry_client::EntryClient::new(ch)
+        .get_authorized_entries(entrypb::GetAuthorizedEntriesRequest { output_mask: None })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        ward_proto::convert::permission_denied_reason(&err),
+        Some(types::permission_denied_details::Reason::AgentBanned)
+    );
+
+    admin.delete_agent(agentpb::DeleteAgentRequest { id: Some(pid.clone()) }).await.unwrap();
+    let err = admin
+        .get_agent(agentpb::GetAgentRequest { id: Some(pid.clone()), output_mask: None })
+        .await
+        .unwrap_err();
+    assert_eq!((err.code(), err.message()), (Code::NotFound, "agent not found"));
+    let err = admin.delete_agent(agentpb::DeleteAgentRequest { id: Some(pid) }).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let ch = tls_channel(ts.addr(), &roots, Some(ident)).await;
+    let err = entrypb::entry_client::EntryClient::new(ch)
+        .get_authorized_entries(entrypb::GetAuthorizedEntriesRequest { output_mask: None })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        ward_proto::convert::permission_denied_reason(&err),
+        Some(types::permission_denied_details::Reason::AgentNotAttested)
+    );
+    ts.server.shutdown().await;
+}

@@ -8,13 +8,16 @@ use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use ward_ca::SvidParams;
 use ward_core::{AgentId, JoinToken, RegistrationEntry, Selector, SelectorSet, SpiffeId};
-use ward_proto::convert::{IdField, spiffe_id_from_proto, x509_svid_to_proto};
+use ward_proto::convert::{IdField, agent_to_proto, spiffe_id_from_proto, x509_svid_to_proto};
 use ward_proto::spire::api::server::agent::v1::{self as pb, agent_server::Agent};
 use ward_proto::spire::api::types;
 use ward_proto::spire::api::types::permission_denied_details::Reason;
-use ward_store::{AgentAttestation, Command, ItemError, Outcome};
+use ward_store::{AgentAttestation, AgentFilter, Command, ItemError, Outcome};
 
-use super::{new_entry_id, propose, sign_error_status, unimplemented};
+use super::{
+    count_i32, new_entry_id, page_request, propose, selector_filter, sign_error_status,
+    unimplemented,
+};
 use crate::state::{ServerState, caller_of};
 use crate::tls::leaf_facts;
 
@@ -139,6 +142,30 @@ fn join_token_agent_id(state: &ServerState, token: &str) -> Result<SpiffeId, Sta
         .map_err(|e| Status::invalid_argument(format!("failed to attest: invalid join token: {e}")))
 }
 
+/// The agent ID argument of Get/Delete/BanAgent: a member of the server's trust domain.
+fn agent_id_arg(id: Option<&types::Spiffeid>) -> Result<AgentId, Status> {
+    let id = spiffe_id_from_proto(id, IdField::AgentId)
+        .map_err(|e| Status::invalid_argument(format!("invalid agent ID: {e}")))?;
+    Ok(AgentId(id))
+}
+
+type AgentFilterArgs<'a> =
+    (&'a String, Option<&'a types::SelectorMatch>, Option<bool>, Option<bool>, &'a String);
+
+/// ListAgents/CountAgents filter. `by_expires_before` is not supported yet.
+fn agent_filter(f: Option<AgentFilterArgs<'_>>) -> Result<AgentFilter, Status> {
+    let mut out = AgentFilter::default();
+    let Some((att, sel, banned, reattest, expires_before)) = f else { return Ok(out) };
+    if !expires_before.is_empty() {
+        return Err(Status::invalid_argument("by_expires_before filter is not supported"));
+    }
+    out.attestation_type = Some(att.clone()).filter(|a| !a.is_empty());
+    out.selectors = sel.map(selector_filter).transpose()?;
+    out.banned = banned;
+    out.can_reattest = reattest;
+    Ok(out)
+}
+
 fn unexpected(o: &Outcome) -> Status {
     Status::internal(format!("unexpected apply outcome {o:?}"))
 }
@@ -149,34 +176,84 @@ type AttestStream = Pin<Box<dyn Stream<Item = Result<pb::AttestAgentResponse, St
 impl Agent for AgentService {
     async fn count_agents(
         &self,
-        _: Request<pb::CountAgentsRequest>,
+        req: Request<pb::CountAgentsRequest>,
     ) -> Result<Response<pb::CountAgentsResponse>, Status> {
-        Err(unimplemented("CountAgents"))
+        let f = req.into_inner().filter;
+        let filter = agent_filter(f.as_ref().map(|f| {
+            (
+                &f.by_attestation_type,
+                f.by_selector_match.as_ref(),
+                f.by_banned,
+                f.by_can_reattest,
+                &f.by_expires_before,
+            )
+        }))?;
+        let count = self.state.store.count_agents(&filter);
+        Ok(Response::new(pb::CountAgentsResponse { count: count_i32(count) }))
     }
 
     async fn list_agents(
         &self,
-        _: Request<pb::ListAgentsRequest>,
+        req: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
-        Err(unimplemented("ListAgents"))
+        let req = req.into_inner();
+        let filter = agent_filter(req.filter.as_ref().map(|f| {
+            (
+                &f.by_attestation_type,
+                f.by_selector_match.as_ref(),
+                f.by_banned,
+                f.by_can_reattest,
+                &f.by_expires_before,
+            )
+        }))?;
+        let page = page_request(req.page_size, &req.page_token)?;
+        let result = self.state.store.list_agents(&filter, &page);
+        Ok(Response::new(pb::ListAgentsResponse {
+            agents: result
+                .items
+                .iter()
+                .map(|a| agent_to_proto(a, req.output_mask.as_ref()))
+                .collect(),
+            next_page_token: result.next_token.unwrap_or_default(),
+        }))
     }
 
     async fn get_agent(
         &self,
-        _: Request<pb::GetAgentRequest>,
+        req: Request<pb::GetAgentRequest>,
     ) -> Result<Response<types::Agent>, Status> {
-        Err(unimplemented("GetAgent"))
+        let req = req.into_inner();
+        let id = agent_id_arg(req.id.as_ref())?;
+        let node =
+            self.state.store.agent(&id).ok_or_else(|| Status::not_found("agent not found"))?;
+        Ok(Response::new(agent_to_proto(&node, req.output_mask.as_ref())))
     }
 
     async fn delete_agent(
         &self,
-        _: Request<pb::DeleteAgentRequest>,
+        req: Request<pb::DeleteAgentRequest>,
     ) -> Result<Response<()>, Status> {
-        Err(unimplemented("DeleteAgent"))
+        let id = agent_id_arg(req.into_inner().id.as_ref())?;
+        match propose(&self.state, Command::DeleteAgent(id)).await?.outcome {
+            Outcome::Agent(Ok(_)) => Ok(Response::new(())),
+            Outcome::Agent(Err(ItemError::AgentNotFound(_))) => {
+                Err(Status::not_found("agent not found"))
+            }
+            Outcome::Agent(Err(e)) => Err(Status::internal(format!("failed to remove agent: {e}"))),
+            other => Err(unexpected(&other)),
+        }
     }
 
-    async fn ban_agent(&self, _: Request<pb::BanAgentRequest>) -> Result<Response<()>, Status> {
-        Err(unimplemented("BanAgent"))
+    async fn ban_agent(&self, req: Request<pb::BanAgentRequest>) -> Result<Response<()>, Status> {
+        let id = agent_id_arg(req.into_inner().id.as_ref())?;
+        match propose(&self.state, Command::BanAgent(id)).await?.outcome {
+            Outcome::Agent(Ok(_)) => Ok(Response::new(())),
+            Outcome::Agent(Err(ItemError::AgentNotFound(_))) => {
+                Err(Status::not_found("agent not found"))
+            }
+            Outcome::Agent(Err(e)) => Err(Status::internal(format!("failed to ban agent: {e}"))),
+            other => Err(unexpected(&other)),
+        }
     }
 
     type AttestAgentStream = AttestStream;

@@ -9,16 +9,13 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use ward_core::{EntryId, RegistrationEntry};
 use ward_proto::convert::{
     IdField, batch_status, batch_status_ok, entry_from_proto, entry_revision_to_proto,
-    entry_to_proto, selector_match_from_proto, selectors_from_proto, spiffe_id_from_proto,
-    trust_domain_from_proto,
+    entry_to_proto, selector_match_from_proto, spiffe_id_from_proto, trust_domain_from_proto,
 };
 use ward_proto::spire::api::server::entry::v1::{self as pb, entry_server::Entry};
 use ward_proto::spire::api::types;
-use ward_store::{
-    Command, EntryFilter, ErrorClass, FederatesWithFilter, ItemError, Outcome, SelectorFilter,
-};
+use ward_store::{Command, EntryFilter, ErrorClass, FederatesWithFilter, ItemError, Outcome};
 
-use super::{count_i32, new_entry_id, page_request, propose, unimplemented};
+use super::{count_i32, new_entry_id, page_request, propose, selector_filter, unimplemented};
 use crate::state::{ServerState, caller_of};
 
 /// SPIRE's fixed page size for SyncAuthorizedEntries.
@@ -93,13 +90,7 @@ macro_rules! entry_filter {
                         .map_err(|e| Status::invalid_argument(format!("malformed filter: {e}")))?,
                 );
             }
-            if let Some(s) = f.by_selectors.as_ref() {
-                let selectors = selectors_from_proto(&s.selectors)
-                    .map_err(|e| Status::invalid_argument(format!("malformed filter: {e}")))?;
-                let match_mode = selector_match_from_proto(s.r#match)
-                    .map_err(|e| Status::invalid_argument(format!("malformed filter: {e}")))?;
-                out.selectors = Some(SelectorFilter { selectors, match_mode });
-            }
+            out.selectors = f.by_selectors.as_ref().map(selector_filter).transpose()?;
             if let Some(fw) = f.by_federates_with.as_ref() {
                 let trust_domains = fw
                     .trust_domains

@@ -58,3 +58,15 @@ fn page_request(size: i32, token: &str) -> Result<ward_store::PageRequest, Statu
 fn count_i32(n: usize) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
+
+/// A store selector filter from a wire `SelectorMatch`.
+fn selector_filter(
+    m: &ward_proto::spire::api::types::SelectorMatch,
+) -> Result<ward_store::SelectorFilter, Status> {
+    let bad = |e: ward_proto::convert::ConvertError| {
+        Status::invalid_argument(format!("malformed filter: {e}"))
+    };
+    let selectors = ward_proto::convert::selectors_from_proto(&m.selectors).map_err(bad)?;
+    let match_mode = ward_proto::convert::selector_match_from_proto(m.r#match).map_err(bad)?;
+    Ok(ward_store::SelectorFilter { selectors, match_mode })
+}
