@@ -101,6 +101,14 @@ pub enum SignError {
         /// The limit.
         max: usize,
     },
+    /// The SPIFFE ID belongs to another trust domain than the CA's.
+    #[error("{id} is not a member of trust domain {trust_domain}")]
+    NotInTrustDomain {
+        /// The refused ID.
+        id: String,
+        /// The CA's trust domain.
+        trust_domain: String,
+    },
     /// A DNS name is empty or not printable ASCII.
     #[error("invalid DNS name {0:?}")]
     InvalidDnsName(String),

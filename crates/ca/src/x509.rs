@@ -13,7 +13,7 @@ use aws_lc_rs::digest;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use ward_core::{SpiffeId, TrustDomain};
 use x509_parser::certificate::X509Certificate;
-use x509_parser::extensions::ParsedExtension;
+use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::FromDer;
 
 use crate::csr::{CheckedPublicKey, check_public_key, verify_csr};
@@ -145,6 +145,8 @@ fn signed_certificate(
 /// Facts read back from a CA certificate.
 struct CertFacts {
     subject_der: Vec<u8>,
+    /// The trust domain of the first `spiffe://` URI SAN, if any.
+    trust_domain: Option<TrustDomain>,
     ski: [u8; 20],
     key_bits: Vec<u8>,
     not_before: i64,
@@ -161,8 +163,15 @@ fn cert_facts(cert_der: &[u8]) -> Result<CertFacts, CaError> {
     let key_bits = cert.public_key().subject_public_key.data.to_vec();
     let mut ski = subject_key_id(&key_bits);
     let mut is_ca = false;
+    let mut trust_domain = None;
     for ext in cert.extensions() {
         match ext.parsed_extension() {
+            ParsedExtension::SubjectAlternativeName(san) if trust_domain.is_none() => {
+                trust_domain = san.general_names.iter().find_map(|n| match n {
+                    GeneralName::URI(u) => SpiffeId::parse(u).ok().map(|id| id.trust_domain()),
+                    _ => None,
+                });
+            }
             ParsedExtension::SubjectKeyIdentifier(id) if id.0.len() == 20 => {
                 ski.copy_from_slice(id.0);
             }
@@ -172,6 +181,7 @@ fn cert_facts(cert_der: &[u8]) -> Result<CertFacts, CaError> {
     }
     Ok(CertFacts {
         subject_der: cert.subject().as_raw().to_vec(),
+        trust_domain,
         ski,
         key_bits,
         not_before: cert.validity().not_before.timestamp(),
@@ -258,6 +268,7 @@ pub struct X509Ca {
     cert_der: Vec<u8>,
     upstream: Vec<Vec<u8>>,
     svid_chain_tail: Vec<Vec<u8>>,
+    trust_domain: Option<TrustDomain>,
     key: PrivateKey,
     signer: Signer,
     ski: [u8; 20],
@@ -365,6 +376,7 @@ impl X509Ca {
             cert_der,
             upstream,
             svid_chain_tail,
+            trust_domain: facts.trust_domain,
             key,
             signer,
             ski: facts.ski,
@@ -397,6 +409,13 @@ impl X509Ca {
     /// self-signed, the upstream root (the last upstream certificate) otherwise.
     pub fn trust_anchor_der(&self) -> &[u8] {
         self.upstream.last().map_or(&self.cert_der, |c| c)
+    }
+
+    /// The trust domain named by the CA certificate's `spiffe://` URI SAN. SVIDs are only
+    /// signed for IDs in it. `None` for a CA certificate without such a SAN (then any
+    /// trust domain is signed).
+    pub fn trust_domain(&self) -> Option<&TrustDomain> {
+        self.trust_domain.as_ref()
     }
 
     /// The CA's private key.
@@ -440,7 +459,7 @@ impl X509Ca {
         params: &SvidParams<'_>,
         now: SystemTime,
     ) -> Result<Vec<u8>, SignError> {
-        check_params(params)?;
+        self.check_params(params)?;
         let key = verify_csr(csr_der)?;
         self.sign_checked(&key, params, now)
     }
@@ -449,6 +468,7 @@ impl X509Ca {
     ///
     /// # Errors
     /// [`SignError::PublicKey`] for a refused key, [`SignError::IdTooLong`],
+    /// [`SignError::NotInTrustDomain`],
     /// [`SignError::InvalidDnsName`], [`SignError::ZeroTtl`], [`SignError::CaExpired`].
     pub fn sign_x509_svid(
         &self,
@@ -456,7 +476,7 @@ impl X509Ca {
         params: &SvidParams<'_>,
         now: SystemTime,
     ) -> Result<Vec<u8>, SignError> {
-        check_params(params)?;
+        self.check_params(params)?;
         let key = check_public_key(spki_der)?;
         self.sign_checked(&key, params, now)
     }
@@ -506,6 +526,18 @@ impl X509Ca {
                 });
             });
         })
+    }
+
+    fn check_params(&self, params: &SvidParams<'_>) -> Result<(), SignError> {
+        if let Some(td) = &self.trust_domain
+            && !params.spiffe_id.is_member_of(td)
+        {
+            return Err(SignError::NotInTrustDomain {
+                id: params.spiffe_id.to_string(),
+                trust_domain: td.to_string(),
+            });
+        }
+        check_params(params)
     }
 }
 

@@ -329,6 +329,16 @@ fn parameter_errors_are_typed() {
     }
     let params = SvidParams { spiffe_id: &id, dns_names: &[], ttl: Duration::ZERO };
     assert_eq!(ca.sign_x509_svid_from_csr(&csr, &params, now).unwrap_err(), SignError::ZeroTtl);
+
+    assert_eq!(ca.trust_domain(), Some(&td()));
+    let foreign = SpiffeId::parse("spiffe://other.org/w").unwrap();
+    let params = SvidParams { spiffe_id: &foreign, dns_names: &[], ttl: Duration::from_secs(60) };
+    let want = SignError::NotInTrustDomain {
+        id: "spiffe://other.org/w".into(),
+        trust_domain: "example.org".into(),
+    };
+    assert_eq!(ca.sign_x509_svid_from_csr(&csr, &params, now).unwrap_err(), want);
+    assert_eq!(ca.sign_x509_svid(key.public_key_der(), &params, now).unwrap_err(), want);
 }
 
 /// Replaces the first occurrence of `from` in `der` with `to` (same length).
