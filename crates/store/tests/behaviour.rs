@@ -1,0 +1,411 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+//! Targeted behaviour: the standard data set, snapshots, cache precision, join tokens,
+//! agent serials, bundles, the change feed and stale indices.
+
+use std::sync::Arc;
+
+use ward_core::{
+    AgentId, Bundle, EntryId, JoinToken, JwtAuthority, SelectorMatch, SelectorSet, TrustDomain,
+    X509Authority,
+};
+use ward_store::testdata::DataSet;
+use ward_store::{
+    AgentFilter, BundleDeleteMode, Command, ConsumedToken, EntryFilter, EntryMask, EntryUpdate,
+    ErrorClass, ItemError, Outcome, PageRequest, SelectorFilter, SnapshotChunk, Store, StoreConfig,
+    StoreError,
+};
+
+fn open(dir: &std::path::Path) -> Store {
+    Store::open(dir, StoreConfig::new(DataSet::trust_domain())).unwrap()
+}
+
+fn loaded() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    DataSet::SMALL.load(&store).unwrap();
+    (dir, store)
+}
+
+fn ids(v: &[Arc<ward_core::RegistrationEntry>]) -> Vec<EntryId> {
+    v.iter().map(|e| e.id.clone()).collect()
+}
+
+#[test]
+fn data_set_gives_every_agent_fifteen_entries_and_survives_reopen() {
+    let (dir, store) = loaded();
+    assert_eq!(store.entry_count(), 1006);
+    assert_eq!(store.agent_count(), 100);
+    let want: Vec<EntryId> = {
+        let mut v: Vec<EntryId> = (0..10)
+            .map(|k| DataSet::workload_entry(7, k).id)
+            .chain((0..5).map(|k| DataSet::alias_child_entry(0, k).id))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(ids(&store.authorized_entries(&DataSet::agent_id(7))), want);
+    for i in 0..100 {
+        assert_eq!(store.authorized_entries(&DataSet::agent_id(i)).len(), 15);
+    }
+    let applied = store.last_applied();
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(store.last_applied(), applied);
+    assert_eq!(ids(&store.authorized_entries(&DataSet::agent_id(7))), want);
+}
+
+fn query_fingerprint(store: &Store) -> Vec<String> {
+    let mut out = Vec::new();
+    let sel = |s: &str| SelectorSet::new(vec![s.parse().unwrap()]);
+    let filters = [
+        EntryFilter::default(),
+        EntryFilter { parent_id: Some(DataSet::agent_id(3).0), ..Default::default() },
+        EntryFilter {
+            selectors: Some(SelectorFilter {
+                selectors: sel("unix:uid:1003"),
+                match_mode: SelectorMatch::Superset,
+            }),
+            ..Default::default()
+        },
+        EntryFilter {
+            selectors: Some(SelectorFilter {
+                selectors: sel("test:group:g0"),
+                match_mode: SelectorMatch::Exact,
+            }),
+            ..Default::default()
+        },
+    ];
+    for f in &filters {
+        let page = store.list_entries(f, &PageRequest::first(50));
+        out.push(format!(
+            "{:?} {:?} {}",
+            ids(&page.items),
+            page.next_token,
+            store.count_entries(f)
+        ));
+    }
+    for i in [0, 42, 99] {
+        out.push(format!("{:?}", ids(&store.authorized_entries(&DataSet::agent_id(i)))));
+    }
+    let agents = store.list_agents(&AgentFilter::default(), &PageRequest::first(10));
+    out.push(format!("{:?}", agents.items));
+    out.push(format!("{} {}", store.last_applied(), store.revision()));
+    out
+}
+
+#[test]
+fn snapshot_round_trip_into_empty_store_gives_identical_answers() {
+    let (_dir, store) = loaded();
+    let snap = store.export_snapshot(16 * 1024).unwrap();
+    assert!(snap.chunks.len() > 2, "several chunks");
+    assert!(snap.chunks.last().unwrap().last);
+    // Through the transport encoding.
+    let wire: Vec<Vec<u8>> = snap.chunks.iter().map(SnapshotChunk::to_bytes).collect();
+    let dir2 = tempfile::tempdir().unwrap();
+    let other = open(dir2.path());
+    let info =
+        other.import_snapshot(wire.iter().map(|b| SnapshotChunk::from_bytes(b).unwrap())).unwrap();
+    assert_eq!(info, snap.info);
+    assert_eq!(query_fingerprint(&other), query_fingerprint(&store));
+    // The imported state is durable and live after reopening.
+    drop(other);
+    let other = open(dir2.path());
+    assert_eq!(query_fingerprint(&other), query_fingerprint(&store));
+}
+
+#[test]
+fn damaged_or_incomplete_snapshot_leaves_state_untouched() {
+    let (_dir, store) = loaded();
+    let snap = store.export_snapshot(16 * 1024).unwrap();
+    let dir2 = tempfile::tempdir().unwrap();
+    let other = open(dir2.path());
+    other.propose_local(&Command::CreateEntries(vec![DataSet::workload_entry(1, 1)])).unwrap();
+    let before = query_fingerprint(&other);
+
+    let mut bytes = snap.chunks[1].to_bytes();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    assert!(matches!(SnapshotChunk::from_bytes(&bytes), Err(StoreError::BadSnapshot(_))));
+
+    let mut bad = snap.chunks.clone();
+    bad[1].payload[0] ^= 1;
+    assert!(
+        matches!(other.import_snapshot(bad), Err(StoreError::BadSnapshot(m)) if m.contains("checksum"))
+    );
+    let mut missing_trailer = snap.chunks.clone();
+    missing_trailer.pop();
+    assert!(
+        matches!(other.import_snapshot(missing_trailer), Err(StoreError::BadSnapshot(m)) if m.contains("trailer"))
+    );
+    let mut reordered = snap.chunks.clone();
+    reordered.swap(0, 1);
+    assert!(
+        matches!(other.import_snapshot(reordered), Err(StoreError::BadSnapshot(m)) if m.contains("expected"))
+    );
+    assert_eq!(query_fingerprint(&other), before);
+}
+
+#[test]
+fn cache_is_invalidated_only_for_affected_agents() {
+    let (_dir, store) = loaded();
+    let a7 = DataSet::agent_id(7);
+    let a8 = DataSet::agent_id(8);
+    let a150 = DataSet::agent_id(150); // not in the set
+    let first7 = store.authorized_entries(&a7);
+    let first8 = store.authorized_entries(&a8);
+    assert!(Arc::ptr_eq(&first7, &store.authorized_entries(&a7)), "served from cache");
+
+    // A new entry under agent 7 invalidates agent 7 only.
+    let mut e = DataSet::workload_entry(7, 0);
+    e.id = EntryId::new("extra-7").unwrap();
+    e.spiffe_id = DataSet::trust_domain().spiffe_id("/extra/7").unwrap();
+    store.propose_local(&Command::CreateEntries(vec![e])).unwrap();
+    let second7 = store.authorized_entries(&a7);
+    assert_eq!(second7.len(), 16);
+    assert!(!Arc::ptr_eq(&first7, &second7));
+    assert!(Arc::ptr_eq(&first8, &store.authorized_entries(&a8)), "agent 8 untouched");
+
+    // A child of the alias both belong to invalidates both.
+    let mut e = DataSet::alias_child_entry(0, 0);
+    e.id = EntryId::new("extra-alias").unwrap();
+    e.spiffe_id = DataSet::trust_domain().spiffe_id("/extra/alias").unwrap();
+    store.propose_local(&Command::CreateEntries(vec![e])).unwrap();
+    assert_eq!(store.authorized_entries(&a7).len(), 17);
+    assert_eq!(store.authorized_entries(&a8).len(), 16);
+
+    // Nested: an entry under a workload entry's SPIFFE ID reaches that agent.
+    let mut nested = DataSet::workload_entry(8, 0);
+    nested.id = EntryId::new("nested-8").unwrap();
+    nested.parent_id = DataSet::workload_entry(8, 3).spiffe_id;
+    nested.spiffe_id = DataSet::trust_domain().spiffe_id("/nested/8").unwrap();
+    let before7 = store.authorized_entries(&a7);
+    store.propose_local(&Command::CreateEntries(vec![nested])).unwrap();
+    assert_eq!(store.authorized_entries(&a8).len(), 17);
+    assert!(Arc::ptr_eq(&before7, &store.authorized_entries(&a7)));
+
+    // A new agent attesting with group 0's selector joins the alias.
+    let mut att = DataSet::agent(50);
+    att.id = a150.clone();
+    assert_eq!(store.authorized_entries(&a150).len(), 0);
+    store.propose_local(&Command::AttestAgent(att)).unwrap();
+    assert_eq!(store.authorized_entries(&a150).len(), 6);
+    // Changing the alias's selectors moves membership for all members at once.
+    let mut alias = DataSet::alias_entry(0);
+    alias.selectors = SelectorSet::new(vec!["test:host:50".parse().unwrap()]);
+    let r = store
+        .propose_local(&Command::UpdateEntries(vec![EntryUpdate {
+            entry: alias,
+            mask: EntryMask::ALL,
+        }]))
+        .unwrap();
+    let Outcome::Entries(items) = r.outcome else { panic!("{:?}", r.outcome) };
+    assert_eq!(items[0].as_ref().unwrap().revision_number, 1);
+    assert_eq!(store.authorized_entries(&a150).len(), 6);
+    assert_eq!(store.authorized_entries(&DataSet::agent_id(50)).len(), 16);
+    assert_eq!(store.authorized_entries(&a7).len(), 11);
+    assert_eq!(store.authorized_entries(&a8).len(), 11);
+    for i in [7, 8, 50, 99] {
+        let a = DataSet::agent_id(i);
+        assert_eq!(ids(&store.authorized_entries(&a)), ids(&store.authorized_entries_uncached(&a)));
+    }
+}
+
+#[test]
+fn batch_items_fail_independently_with_typed_reasons() {
+    let (_dir, store) = loaded();
+    let existing = DataSet::workload_entry(1, 1);
+    let mut dup = existing.clone();
+    dup.id = EntryId::new("dup").unwrap();
+    let mut bad = existing.clone();
+    bad.id = EntryId::new("bad").unwrap();
+    bad.selectors = SelectorSet::default();
+    let mut ok = existing.clone();
+    ok.id = EntryId::new("fresh").unwrap();
+    ok.spiffe_id = DataSet::trust_domain().spiffe_id("/fresh").unwrap();
+    let mut fed = ok.clone();
+    fed.id = EntryId::new("fed").unwrap();
+    fed.spiffe_id = DataSet::trust_domain().spiffe_id("/fed").unwrap();
+    fed.federates_with = vec![TrustDomain::new("other.org").unwrap()];
+    let r = store
+        .propose_local(&Command::CreateEntries(vec![dup, existing.clone(), bad, ok, fed]))
+        .unwrap();
+    let Outcome::Entries(items) = r.outcome else { panic!() };
+    assert_eq!(items[0], Err(ItemError::EntryExists(Arc::new(existing.clone()))));
+    assert_eq!(items[0].as_ref().unwrap_err().class(), ErrorClass::AlreadyExists);
+    assert_eq!(items[1], Err(ItemError::EntryIdTaken(existing.id.clone())));
+    assert_eq!(items[2], Err(ItemError::InvalidEntry(ward_core::entry::EntryError::NoSelectors)));
+    assert_eq!(items[3].as_ref().unwrap().id.as_str(), "fresh");
+    assert_eq!(
+        items[4],
+        Err(ItemError::FederatedBundleMissing(TrustDomain::new("other.org").unwrap()))
+    );
+    assert_eq!(store.entry_count(), 1007);
+    let r = store
+        .propose_local(&Command::DeleteEntries(vec![
+            EntryId::new("fresh").unwrap(),
+            EntryId::new("nope").unwrap(),
+        ]))
+        .unwrap();
+    assert_eq!(
+        r.outcome,
+        Outcome::DeletedEntries(vec![
+            Ok(EntryId::new("fresh").unwrap()),
+            Err(ItemError::EntryNotFound(EntryId::new("nope").unwrap())),
+        ])
+    );
+}
+
+#[test]
+fn join_token_is_consumed_even_when_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let tok = |t: &str| JoinToken { token: t.into(), expires_at: 100 };
+    let mut entry = DataSet::workload_entry(0, 0);
+    entry.parent_id = DataSet::trust_domain().spiffe_id("/spire/agent/join_token/t1").unwrap();
+    let r = store
+        .propose_local(&Command::CreateJoinToken { token: tok("t1"), entry: Some(entry.clone()) })
+        .unwrap();
+    assert!(matches!(r.outcome, Outcome::JoinTokenCreated(Ok(Some(ref e))) if e.id == entry.id));
+    let r =
+        store.propose_local(&Command::CreateJoinToken { token: tok("t1"), entry: None }).unwrap();
+    assert_eq!(r.outcome, Outcome::JoinTokenCreated(Err(ItemError::TokenExists)));
+    let r =
+        store.propose_local(&Command::ConsumeJoinToken { token: "t1".into(), now: 150 }).unwrap();
+    assert_eq!(
+        r.outcome,
+        Outcome::JoinTokenConsumed(Ok(ConsumedToken { expires_at: 100, expired: true }))
+    );
+    assert_eq!(store.join_token("t1"), None);
+    let r =
+        store.propose_local(&Command::ConsumeJoinToken { token: "t1".into(), now: 50 }).unwrap();
+    assert_eq!(r.outcome, Outcome::JoinTokenConsumed(Err(ItemError::TokenNotFound)));
+    store.propose_local(&Command::CreateJoinToken { token: tok("t2"), entry: None }).unwrap();
+    let r =
+        store.propose_local(&Command::ConsumeJoinToken { token: "t2".into(), now: 50 }).unwrap();
+    assert_eq!(
+        r.outcome,
+        Outcome::JoinTokenConsumed(Ok(ConsumedToken { expires_at: 100, expired: false }))
+    );
+}
+
+#[test]
+fn agent_serials_renew_activate_and_ban() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let id: AgentId = DataSet::agent_id(1);
+    store.propose_local(&Command::AttestAgent(DataSet::agent(1))).unwrap();
+    store
+        .propose_local(&Command::RenewAgent {
+            id: id.clone(),
+            new_serial: "77".into(),
+            new_expires_at: 9000,
+        })
+        .unwrap();
+    let a = store.agent(&id).unwrap();
+    assert_eq!((a.serial.as_str(), a.new_serial.as_str()), ("1001", "77"));
+    let r = store
+        .propose_local(&Command::ActivateAgentSerial { id: id.clone(), serial: "78".into() })
+        .unwrap();
+    assert_eq!(r.outcome, Outcome::Agent(Err(ItemError::SerialMismatch)));
+    store
+        .propose_local(&Command::ActivateAgentSerial { id: id.clone(), serial: "77".into() })
+        .unwrap();
+    let a = store.agent(&id).unwrap();
+    assert_eq!((a.serial.as_str(), a.new_serial.as_str(), a.expires_at), ("77", "", 9000));
+    store.propose_local(&Command::BanAgent(id.clone())).unwrap();
+    assert!(store.agent(&id).unwrap().is_banned());
+    let banned = AgentFilter { banned: Some(true), ..Default::default() };
+    assert_eq!(store.count_agents(&banned), 1);
+    let r = store.propose_local(&Command::AttestAgent(DataSet::agent(1))).unwrap();
+    assert_eq!(r.outcome, Outcome::Agent(Err(ItemError::AgentBanned(id.clone()))));
+    assert_eq!(ItemError::AgentBanned(id.clone()).class(), ErrorClass::PermissionDenied);
+    store.propose_local(&Command::DeleteAgent(id.clone())).unwrap();
+    let r = store.propose_local(&Command::AttestAgent(DataSet::agent(1))).unwrap();
+    assert!(matches!(r.outcome, Outcome::Agent(Ok(ref a)) if a.serial == "1001"));
+}
+
+#[test]
+fn bundles_append_taint_revoke_and_delete_modes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let td = TrustDomain::new("fed.org").unwrap();
+    let x = |b: u8| X509Authority { der: vec![b; 4], tainted: false };
+    let jwt = JwtAuthority {
+        public_key_der: vec![1],
+        key_id: "k1".into(),
+        expires_at: 10,
+        tainted: false,
+    };
+    let append = Command::AppendBundle {
+        trust_domain: td.clone(),
+        x509_authorities: vec![x(1), x(2)],
+        jwt_authorities: vec![jwt.clone()],
+    };
+    store.propose_local(&append).unwrap();
+    store.propose_local(&append).unwrap();
+    let b = store.bundle(&td).unwrap();
+    assert_eq!((b.x509_authorities.len(), b.sequence_number), (2, 1));
+    let r = store
+        .propose_local(&Command::RevokeX509Authority { trust_domain: td.clone(), der: vec![1; 4] })
+        .unwrap();
+    assert_eq!(r.outcome, Outcome::Bundles(vec![Err(ItemError::AuthorityNotTainted)]));
+    store
+        .propose_local(&Command::TaintX509Authority { trust_domain: td.clone(), der: vec![1; 4] })
+        .unwrap();
+    store
+        .propose_local(&Command::RevokeX509Authority { trust_domain: td.clone(), der: vec![1; 4] })
+        .unwrap();
+    store
+        .propose_local(&Command::TaintJwtAuthority {
+            trust_domain: td.clone(),
+            key_id: "k1".into(),
+        })
+        .unwrap();
+    let b = store.bundle(&td).unwrap();
+    assert_eq!(b.x509_authorities, vec![x(2)]);
+    assert!(b.jwt_authorities[0].tainted);
+    assert_eq!(b.sequence_number, 4);
+
+    let mut e = DataSet::workload_entry(0, 0);
+    e.federates_with = vec![td.clone()];
+    store.propose_local(&Command::CreateEntries(vec![e.clone()])).unwrap();
+    let del = |mode| Command::DeleteBundles { trust_domains: vec![td.clone()], mode };
+    let r = store.propose_local(&del(BundleDeleteMode::Restrict)).unwrap();
+    assert_eq!(r.outcome, Outcome::Bundles(vec![Err(ItemError::BundleInUse(td.clone(), 1))]));
+    store.propose_local(&del(BundleDeleteMode::Dissociate)).unwrap();
+    let after = store.entry(&e.id).unwrap();
+    assert!(after.federates_with.is_empty());
+    assert_eq!(after.revision_number, 1);
+    assert_eq!(store.bundle(&td), None);
+    store.propose_local(&Command::SetBundles(vec![Bundle::new(td.clone())])).unwrap();
+}
+
+#[test]
+fn revisions_change_feed_and_stale_indices() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let r = store.apply(5, &Command::AttestAgent(DataSet::agent(0))).unwrap();
+    assert_eq!((r.index, r.revision), (5, 1));
+    assert_eq!(
+        store.apply(5, &Command::BanAgent(DataSet::agent_id(0))),
+        Err(StoreError::StaleIndex { index: 5, applied: 5 })
+    );
+    // A refused item changes nothing: the revision stays.
+    let r = store.apply(6, &Command::DeleteEntries(vec![EntryId::new("x").unwrap()])).unwrap();
+    assert_eq!(r.revision, 1);
+    let e = DataSet::workload_entry(0, 0);
+    store.apply(7, &Command::CreateEntries(vec![e.clone()])).unwrap();
+    store
+        .apply(
+            8,
+            &Command::UpdateEntries(vec![EntryUpdate { entry: e.clone(), mask: EntryMask::ALL }]),
+        )
+        .unwrap();
+    assert_eq!(store.entry(&e.id).unwrap().revision_number, 1);
+    let feed = store.changes_since(1, 10).unwrap();
+    assert_eq!(feed.len(), 2);
+    assert_eq!((feed[0].revision, feed[0].entries.clone()), (2, vec![e.id.clone()]));
+    assert_eq!(feed[1].revision, 3);
+    assert_eq!(store.changes_since(0, 1).unwrap()[0].agents, vec![DataSet::agent_id(0)]);
+    assert_eq!(store.last_applied(), 8);
+}
