@@ -50,6 +50,18 @@ impl AgentService {
         Ok((chain, facts.serial, facts.not_after))
     }
 
+    /// Proposes a ban or delete; a missing agent is NotFound.
+    async fn agent_command(&self, cmd: Command, context: &str) -> Result<Response<()>, Status> {
+        match propose(&self.state, cmd).await?.outcome {
+            Outcome::Agent(Ok(_)) => Ok(Response::new(())),
+            Outcome::Agent(Err(ItemError::AgentNotFound(_))) => {
+                Err(Status::not_found("agent not found"))
+            }
+            Outcome::Agent(Err(e)) => Err(Status::internal(format!("{context}: {e}"))),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     async fn attest(
         &self,
         first: pb::AttestAgentRequest,
@@ -234,26 +246,12 @@ impl Agent for AgentService {
         req: Request<pb::DeleteAgentRequest>,
     ) -> Result<Response<()>, Status> {
         let id = agent_id_arg(req.into_inner().id.as_ref())?;
-        match propose(&self.state, Command::DeleteAgent(id)).await?.outcome {
-            Outcome::Agent(Ok(_)) => Ok(Response::new(())),
-            Outcome::Agent(Err(ItemError::AgentNotFound(_))) => {
-                Err(Status::not_found("agent not found"))
-            }
-            Outcome::Agent(Err(e)) => Err(Status::internal(format!("failed to remove agent: {e}"))),
-            other => Err(unexpected(&other)),
-        }
+        self.agent_command(Command::DeleteAgent(id), "failed to remove agent").await
     }
 
     async fn ban_agent(&self, req: Request<pb::BanAgentRequest>) -> Result<Response<()>, Status> {
         let id = agent_id_arg(req.into_inner().id.as_ref())?;
-        match propose(&self.state, Command::BanAgent(id)).await?.outcome {
-            Outcome::Agent(Ok(_)) => Ok(Response::new(())),
-            Outcome::Agent(Err(ItemError::AgentNotFound(_))) => {
-                Err(Status::not_found("agent not found"))
-            }
-            Outcome::Agent(Err(e)) => Err(Status::internal(format!("failed to ban agent: {e}"))),
-            other => Err(unexpected(&other)),
-        }
+        self.agent_command(Command::BanAgent(id), "failed to ban agent").await
     }
 
     type AttestAgentStream = AttestStream;
