@@ -8,14 +8,18 @@ use futures::Stream;
 use tonic::{Code, Request, Response, Status, Streaming};
 use ward_core::{EntryId, RegistrationEntry};
 use ward_proto::convert::{
-    IdField, batch_status, batch_status_ok, entry_from_proto, entry_revision_to_proto,
-    entry_to_proto, selector_match_from_proto, spiffe_id_from_proto, trust_domain_from_proto,
+    IdField, apply_entry_update, batch_status, batch_status_ok, entry_from_proto,
+    entry_revision_to_proto, entry_to_proto, selector_match_from_proto, spiffe_id_from_proto,
+    trust_domain_from_proto,
 };
 use ward_proto::spire::api::server::entry::v1::{self as pb, entry_server::Entry};
 use ward_proto::spire::api::types;
-use ward_store::{Command, EntryFilter, ErrorClass, FederatesWithFilter, ItemError, Outcome};
+use ward_store::{
+    Command, EntryFilter, EntryMask, EntryUpdate, ErrorClass, FederatesWithFilter, ItemError,
+    Outcome,
+};
 
-use super::{count_i32, new_entry_id, page_request, propose, selector_filter, unimplemented};
+use super::{count_i32, new_entry_id, page_request, propose, selector_filter};
 use crate::state::{ServerState, caller_of};
 
 /// SPIRE's fixed page size for SyncAuthorizedEntries.
@@ -107,6 +111,24 @@ macro_rules! entry_filter {
         }
         out
     }};
+}
+
+/// The store's field mask from the wire's (`revision_number`, `created_at` are server-owned).
+fn store_entry_mask(m: &types::EntryMask) -> EntryMask {
+    EntryMask {
+        spiffe_id: m.spiffe_id,
+        parent_id: m.parent_id,
+        selectors: m.selectors,
+        x509_svid_ttl: m.x509_svid_ttl,
+        jwt_svid_ttl: m.jwt_svid_ttl,
+        federates_with: m.federates_with,
+        admin: m.admin,
+        downstream: m.downstream,
+        expires_at: m.expires_at,
+        dns_names: m.dns_names,
+        store_svid: m.store_svid,
+        hint: m.hint,
+    }
 }
 
 type SyncStream =
@@ -223,9 +245,73 @@ impl Entry for EntryService {
 
     async fn batch_update_entry(
         &self,
-        _: Request<pb::BatchUpdateEntryRequest>,
+        req: Request<pb::BatchUpdateEntryRequest>,
     ) -> Result<Response<pb::BatchUpdateEntryResponse>, Status> {
-        Err(unimplemented("BatchUpdateEntry"))
+        let req = req.into_inner();
+        let out_mask = req.output_mask.as_ref();
+        let store_mask = req.input_mask.as_ref().map_or(EntryMask::ALL, store_entry_mask);
+        let td = &self.state.trust_domain;
+        let mut results: Vec<Option<pb::batch_update_entry_response::Result>> = Vec::new();
+        let mut valid = Vec::new();
+        let mut slots = Vec::new();
+        for proto in &req.entries {
+            let existing = EntryId::new(&proto.id).ok().and_then(|id| self.state.store.entry(&id));
+            let merged = match existing {
+                None if proto.id.is_empty() => Err((
+                    Code::InvalidArgument,
+                    "failed to convert entry: missing entry ID".to_owned(),
+                )),
+                None => Err((Code::NotFound, "entry not found".to_owned())),
+                Some(e) => apply_entry_update(&e, proto, req.input_mask.as_ref())
+                    .map_err(|err| err.to_string())
+                    .and_then(|m| m.validate(td).map(|()| m).map_err(|err| err.to_string()))
+                    .map_err(|msg| {
+                        (Code::InvalidArgument, format!("failed to convert entry: {msg}"))
+                    }),
+            };
+            match merged {
+                Ok(entry) => {
+                    slots.push(results.len());
+                    results.push(None);
+                    valid.push(EntryUpdate { entry, mask: store_mask });
+                }
+                Err((code, msg)) => results.push(Some(pb::batch_update_entry_response::Result {
+                    status: Some(batch_status(code, msg)),
+                    entry: None,
+                })),
+            }
+        }
+        if !valid.is_empty() {
+            let applied = propose(&self.state, Command::UpdateEntries(valid)).await?;
+            let Outcome::Entries(items) = applied.outcome else {
+                return Err(Status::internal("unexpected apply outcome"));
+            };
+            for (slot, item) in slots.into_iter().zip(items) {
+                let r = match item {
+                    Ok(e) => pb::batch_update_entry_response::Result {
+                        status: Some(batch_status_ok()),
+                        entry: Some(entry_to_proto(&e, out_mask)),
+                    },
+                    Err(ItemError::EntryNotFound(_)) => pb::batch_update_entry_response::Result {
+                        status: Some(batch_status(Code::NotFound, "entry not found")),
+                        entry: None,
+                    },
+                    Err(err) => pb::batch_update_entry_response::Result {
+                        status: Some(batch_status(
+                            class_code(err.class()),
+                            format!("failed to update entry: {err}"),
+                        )),
+                        entry: None,
+                    },
+                };
+                if let Some(s) = results.get_mut(slot) {
+                    *s = Some(r);
+                }
+            }
+        }
+        Ok(Response::new(pb::BatchUpdateEntryResponse {
+            results: results.into_iter().flatten().collect(),
+        }))
     }
 
     async fn batch_delete_entry(

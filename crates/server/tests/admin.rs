@@ -1,0 +1,242 @@
+//! The admin CLI binary against an in-process server, `run` config errors, and entry
+//! administration RPCs.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use common::*;
+use tonic::Code;
+use ward_core::{AgentId, SpiffeId};
+use ward_proto::spire::api::server::entry::v1 as entrypb;
+use ward_proto::spire::api::types;
+use ward_store::{EntryFilter, PageRequest};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ward-server");
+
+async fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(BIN).args(args).output().await.unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+fn field<'a>(stdout: &'a str, name: &str) -> &'a str {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(name).map(|rest| rest.trim_start_matches([' ', ':']).trim()))
+        .unwrap_or_else(|| panic!("no {name} in {stdout}"))
+}
+
+#[tokio::test]
+async fn token_entry_bundle_and_health_commands() {
+    let ts = TestServer::start().await;
+    let sock = ts.server.socket_path.to_str().unwrap().to_owned();
+    let store = ts.server.state.store.clone();
+
+    let (ok, out, err) = cli(&["token", "generate", "-socketPath", &sock, "-ttl", "300"]).await;
+    assert!(ok, "{err}");
+    let token = out.strip_prefix("Token: ").unwrap().trim();
+    assert_eq!(out, format!("Token: {token}\n"));
+    assert!(store.join_token(token).is_some());
+
+    // -spiffeID also maps the join-token agent to that ID with an entry.
+    let (ok, out, _) = cli(&[
+        "token",
+        "generate",
+        "-socketPath",
+        &sock,
+        "-spiffeID",
+        "spiffe://example.org/node-a",
+    ])
+    .await;
+    assert!(ok);
+    let token2 = out.strip_prefix("Token: ").unwrap().trim();
+    let filter = EntryFilter {
+        spiffe_id: Some(SpiffeId::parse("spiffe://example.org/node-a").unwrap()),
+        ..EntryFilter::default()
+    };
+    let found = store.list_entries(&filter, &PageRequest::all()).items;
+    assert_eq!(found.len(), 1);
+    let agent = format!("spiffe://example.org/spire/agent/join_token/{token2}");
+    assert_eq!(found[0].parent_id.as_str(), agent);
+    assert_eq!(found[0].selectors.as_slice()[0].to_string(), format!("spiffe_id:{agent}"));
+
+    let (ok, out, err) = cli(&[
+        "entry",
+        "create",
+        "-socketPath",
+        &sock,
+        "-spiffeID",
+        "spiffe://example.org/web",
+        "-parentID",
+        &agent,
+        "-selector",
+        "unix:uid:1000",
+        "-selector",
+        "unix:gid:1000",
+        "-x509SVIDTTL",
+        "120",
+        "-dns",
+        "web.example.org",
+    ])
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(field(&out, "SPIFFE ID"), "spiffe://example.org/web");
+    assert_eq!(field(&out, "Parent ID"), agent);
+    assert_eq!(field(&out, "X509-SVID TTL"), "120");
+    assert_eq!(field(&out, "JWT-SVID TTL"), "default");
+    assert_eq!(field(&out, "DNS name"), "web.example.org");
+    assert_eq!(out.lines().filter(|l| l.starts_with("Selector")).count(), 2);
+    let id = ward_core::EntryId::new(field(&out, "Entry ID")).unwrap();
+    let stored = store.entry(&id).unwrap();
+    assert_eq!(stored.x509_svid_ttl, 120);
+
+    let (ok, out, _) = cli(&[
+        "entry",
+        "create",
+        "-socketPath",
+        &sock,
+        "-node",
+        "-spiffeID",
+        "spiffe://example.org/cluster",
+        "-selector",
+        "join_token:x",
+    ])
+    .await;
+    assert!(ok);
+    assert_eq!(field(&out, "Parent ID"), "spiffe://example.org/spire/server");
+
+    // Missing selector: refused by the CLI itself.
+    let (ok, _, err) = cli(&[
+        "entry",
+        "create",
+        "-socketPath",
+        &sock,
+        "-spiffeID",
+        "spiffe://example.org/x",
+        "-parentID",
+        &agent,
+    ])
+    .await;
+    assert!(!ok);
+    assert!(err.contains("at least one selector is required"), "{err}");
+
+    // A server-side refusal is reported with the per-item status.
+    let (ok, _, err) = cli(&[
+        "entry",
+        "create",
+        "-socketPath",
+        &sock,
+        "-spiffeID",
+        "spiffe://other.org/x",
+        "-parentID",
+        &agent,
+        "-selector",
+        "a:b",
+    ])
+    .await;
+    assert!(!ok);
+    assert!(err.contains("is not a member of trust domain"), "{err}");
+
+    let (ok, pem, _) = cli(&["bundle", "show", "-socketPath", &sock]).await;
+    assert!(ok);
+    let ders: Vec<Vec<u8>> =
+        pem::parse_many(pem.as_bytes()).unwrap().into_iter().map(|p| p.into_contents()).collect();
+    assert_eq!(ders, ts.roots().await);
+    let (ok, json, _) = cli(&["bundle", "show", "-socketPath", &sock, "-format", "spiffe"]).await;
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let keys = v["keys"].as_array().unwrap();
+    assert_eq!(keys.iter().filter(|k| k["use"] == "x509-svid").count(), 1);
+    assert_eq!(keys.iter().filter(|k| k["use"] == "jwt-svid").count(), 1);
+
+    let (ok, out, _) = cli(&["healthcheck", "-socketPath", &sock]).await;
+    assert!(ok);
+    assert_eq!(out, "Server is healthy.\n");
+
+    let (ok, _, err) = cli(&["bundle", "show", "-socketPath", "/nonexistent/api.sock"]).await;
+    assert!(!ok);
+    assert!(err.starts_with("Error: connection error"), "{err}");
+    ts.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn run_rejects_unknown_config_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("server.toml");
+    std::fs::write(&cfg, "trust_domain = \"example.org\"\nbind_prot = 1\n").unwrap();
+    let (ok, _, err) = cli(&["run", "-config", cfg.to_str().unwrap()]).await;
+    assert!(!ok);
+    assert!(err.contains("unknown field `bind_prot`"), "{err}");
+}
+
+#[tokio::test]
+async fn update_and_delete_entries() {
+    let ts = TestServer::start().await;
+    let (_, agent_id) = new_agent(&ts).await;
+    let id = ts.create_entry("/svc", &agent_id, ("unix", "uid:1")).await;
+    let mut c = entrypb::entry_client::EntryClient::new(ts.admin().await);
+
+    // No input mask: every field is replaced (spire-server entry update sends none).
+    let update = types::Entry {
+        id: id.clone(),
+        spiffe_id: Some(id_of("/svc2")),
+        parent_id: Some(parse(&agent_id)),
+        selectors: vec![types::Selector { r#type: "unix".into(), value: "uid:2".into() }],
+        hint: "h".into(),
+        ..Default::default()
+    };
+    let resp = c
+        .batch_update_entry(entrypb::BatchUpdateEntryRequest {
+            entries: vec![update.clone(), types::Entry { id: "missing".into(), ..update }],
+            input_mask: None,
+            output_mask: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let e = resp.results[0].entry.as_ref().unwrap();
+    assert_eq!(e.spiffe_id.as_ref().unwrap().path, "/svc2");
+    assert_eq!(e.revision_number, 1);
+    assert_eq!(e.hint, "h");
+    let st = resp.results[1].status.as_ref().unwrap();
+    assert_eq!((st.code, st.message.as_str()), (Code::NotFound as i32, "entry not found"));
+
+    // Only the masked field changes.
+    let resp = c
+        .batch_update_entry(entrypb::BatchUpdateEntryRequest {
+            entries: vec![types::Entry {
+                id: id.clone(),
+                hint: "new".into(),
+                ..Default::default()
+            }],
+            input_mask: Some(types::EntryMask { hint: true, ..Default::default() }),
+            output_mask: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let e = resp.results[0].entry.as_ref().unwrap();
+    assert_eq!((e.hint.as_str(), e.revision_number), ("new", 2));
+    assert_eq!(e.spiffe_id.as_ref().unwrap().path, "/svc2");
+
+    // The agent sees the new revision.
+    let agent = AgentId(SpiffeId::parse(&agent_id).unwrap());
+    assert_eq!(ts.server.state.store.authorized_entries(&agent)[0].revision_number, 2);
+
+    let resp = c
+        .batch_delete_entry(entrypb::BatchDeleteEntryRequest { ids: vec![id.clone(), id.clone()] })
+        .await
+        .unwrap()
+        .into_inner();
+    let codes: Vec<i32> = resp.results.iter().map(|r| r.status.as_ref().unwrap().code).collect();
+    assert_eq!(codes, vec![0, Code::NotFound as i32]);
+    assert!(ts.server.state.store.authorized_entries(&agent).is_empty());
+    ts.server.shutdown().await;
+}
+
+fn id_of(path: &str) -> types::Spiffeid {
+    id("example.org", path)
+}
