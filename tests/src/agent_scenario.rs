@@ -26,7 +26,10 @@
 //!    the new entry's X509-SVIDs (its periodic sync picks up both changes);
 //! 9. with `agent_ttl` = 20 s the agent renews its own SVID (`RenewAgent`): the SVID in its
 //!    data directory changes, still names the agent and chains to the bundle, and after an
-//!    `entry delete` the agent, now using the new SVID, serves only the first entry.
+//!    `entry delete` the agent, now using the new SVID, serves only the first entry;
+//! 10. the server stops on SIGTERM and starts again on the same data directory and port:
+//!     its X.509 authorities and the remaining entry survive, and an entry created after the
+//!     restart reaches the still-running agent.
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
@@ -56,9 +59,11 @@ const AUDIENCE: &str = "demo";
 const WORKLOAD_ID: &str = "spiffe://example.org/workload";
 const CLI_WORKLOAD_ID: &str = "spiffe://example.org/workload-cli";
 const LATE_WORKLOAD_ID: &str = "spiffe://example.org/workload-late";
+const RESTART_WORKLOAD_ID: &str = "spiffe://example.org/workload-restart";
 /// Short enough that the agent renews its SVID (at about half its life) during the test.
 const AGENT_TTL: Duration = Duration::from_secs(20);
 const AGENT_RENEWAL_TIMEOUT: Duration = Duration::from_secs(60);
+const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(15);
 const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(60);
 const X509_SVID_TIMEOUT: Duration = Duration::from_secs(60);
 const JWT_SVID_TIMEOUT: Duration = Duration::from_secs(30);
@@ -125,11 +130,7 @@ fn scenario(kind: ServerKind, h: &mut Harness) -> anyhow::Result<()> {
     });
     let native = AdminCli::new(&native_bin, &server.socket_path);
     let spire_cli = AdminCli::new(&h.spire.server, &server.socket_path);
-    poll_until("the server to become ready", SERVER_READY_TIMEOUT, || {
-        server.daemon.ensure_running()?;
-        let probe = native.raw(&["healthcheck"], &[])?;
-        Ok(if probe.status.success() { Step::Done(()) } else { Step::Retry(probe.describe()) })
-    })?;
+    wait_ready(&mut server.daemon, &native)?;
     spire_cli.healthcheck().context("spire-server healthcheck against the server's socket")?;
 
     phase(kind, "2. join token and registration entries, from both CLIs");
@@ -224,8 +225,34 @@ fn scenario(kind: ServerKind, h: &mut Harness) -> anyhow::Result<()> {
         .context("entry delete after renewal (spire-server CLI)")?;
     let expected: BTreeSet<String> = [WORKLOAD_ID.to_owned()].into();
     wait_for_x509_svids(&mut agent.daemon, &mut server.daemon, &agent_cli, &svid_dir, &expected)?;
+
+    phase(kind, "10. the server restarts on its data directory; the agent carries on");
+    server.daemon.restart(SERVER_STOP_TIMEOUT).context("restarting the server")?;
+    wait_ready(&mut server.daemon, &native)?;
+    let after = pem_certificates(&native.bundle_show_pem().context("bundle show after restart")?)?;
+    ensure!(
+        bundles.ders.iter().all(|der| after.contains(der)),
+        "the server lost X.509 authorities across the restart"
+    );
+    let count = spire_cli.json(&["entry", "count"], &[])?;
+    ensure!(count["count"] == 1, "entry count after restart printed {count}");
+    native
+        .entry_create(&reg.agent_id, RESTART_WORKLOAD_ID, &reg.selector)
+        .context("entry create after restart (server's CLI)")?;
+    let expected: BTreeSet<String> =
+        [WORKLOAD_ID, RESTART_WORKLOAD_ID].into_iter().map(String::from).collect();
+    wait_for_x509_svids(&mut agent.daemon, &mut server.daemon, &agent_cli, &svid_dir, &expected)?;
     phase(kind, "done");
     Ok(())
+}
+
+/// Polls the server CLI's `healthcheck` until it passes (failing at once if the server exits).
+fn wait_ready(server: &mut Daemon, native: &AdminCli) -> anyhow::Result<()> {
+    poll_until("the server to become ready", SERVER_READY_TIMEOUT, || {
+        server.ensure_running()?;
+        let probe = native.raw(&["healthcheck"], &[])?;
+        Ok(if probe.status.success() { Step::Done(()) } else { Step::Retry(probe.describe()) })
+    })
 }
 
 /// The agent's own SVID chain (DER, leaf first) from `agent-data.json` in its data directory,

@@ -1,15 +1,20 @@
 //! A long-running child process that lives exactly as long as its guard.
 
-use std::fs::File;
+use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::command::command_line;
+use crate::command::{command_line, run};
 
 /// How many trailing log lines are printed when a test fails.
 const LOG_TAIL_LINES: usize = 300;
+
+/// How often a stopping process is checked for exit.
+const STOP_POLL: Duration = Duration::from_millis(50);
 
 /// A running server or agent. Its stdout and stderr go to one log file; dropping the guard
 /// kills the process and waits for it, and if the thread is panicking (a failed test) the
@@ -17,6 +22,7 @@ const LOG_TAIL_LINES: usize = 300;
 #[derive(Debug)]
 pub struct Daemon {
     name: String,
+    cmd: Command,
     command: String,
     child: Child,
     log: PathBuf,
@@ -24,17 +30,50 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts `cmd` with stdin closed and its output appended to `log`.
-    pub fn spawn(name: &str, cmd: &mut Command, log: &Path) -> anyhow::Result<Self> {
-        let command = command_line(cmd);
-        let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> anyhow::Result<Self> {
+        let command = command_line(&cmd);
+        let out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening {}", log.display()))?;
         let err = out.try_clone()?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        let child = cmd.spawn().with_context(|| format!("starting {name}: `{command}`"))?;
+        Ok(Self { name: name.to_owned(), cmd, command, child, log: log.to_owned() })
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the process to exit; if it does not, kills
+    /// it and fails (a server must stop cleanly when asked).
+    pub fn terminate(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{} had already exited with {status} before SIGTERM", self.name);
+        }
+        let pid = self.child.id().to_string();
+        run(Command::new("kill").args(["-TERM", &pid]), timeout)?.success()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                // Best effort: it may exit between the check and the kill.
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                bail!("{} did not exit within {timeout:?} of SIGTERM", self.name);
+            }
+            thread::sleep(STOP_POLL);
+        }
+    }
+
+    /// [`Daemon::terminate`], then starts the same command again (same log file, appended).
+    pub fn restart(&mut self, stop_timeout: Duration) -> anyhow::Result<()> {
+        self.terminate(stop_timeout)?;
+        self.child = self
+            .cmd
             .spawn()
-            .with_context(|| format!("starting {name}: `{command}`"))?;
-        Ok(Self { name: name.to_owned(), command, child, log: log.to_owned() })
+            .with_context(|| format!("restarting {}: `{}`", self.name, self.command))?;
+        Ok(())
     }
 
     /// Writes `config` to `dir/<config_file>` (creating `dir`) and starts
@@ -54,7 +93,7 @@ impl Daemon {
         std::fs::write(&config_path, config)
             .with_context(|| format!("writing {}", config_path.display()))?;
         program.arg("run").arg(config_flag).arg(&config_path).args(extra);
-        Self::spawn(name, &mut program, &dir.join(format!("{name}.log")))
+        Self::spawn(name, program, &dir.join(format!("{name}.log")))
     }
 
     /// The name given at spawn time.
@@ -117,13 +156,29 @@ impl Drop for Daemon {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wait::{Step, poll_until};
+
+    /// Starts `sh -c <script>` as a daemon logging into a fresh temp dir.
+    fn shell(name: &str, script: &str) -> (tempfile::TempDir, Daemon) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sh = Command::new("sh");
+        sh.args(["-c", script]);
+        let daemon = Daemon::spawn(name, sh, &dir.path().join("log")).unwrap();
+        (dir, daemon)
+    }
+
+    /// Waits until `needle` occurs `times` times in the daemon's log.
+    fn wait_for_log(daemon: &Daemon, needle: &str, times: usize) {
+        poll_until(&format!("{times} x {needle:?} in the log"), Duration::from_secs(10), || {
+            let log = daemon.log();
+            Ok(if log.matches(needle).count() >= times { Step::Done(()) } else { Step::Retry(log) })
+        })
+        .unwrap();
+    }
 
     #[test]
     fn drop_kills_the_process() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut daemon =
-            Daemon::spawn("sleeper", Command::new("sleep").arg("600"), &dir.path().join("log"))
-                .unwrap();
+        let (_dir, mut daemon) = shell("sleeper", "exec sleep 600");
         daemon.ensure_running().unwrap();
         let proc_dir = PathBuf::from(format!("/proc/{}", daemon.id()));
         assert!(proc_dir.exists());
@@ -133,23 +188,38 @@ mod tests {
 
     #[test]
     fn reports_an_exited_daemon_with_its_log() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut daemon = Daemon::spawn(
-            "quitter",
-            Command::new("sh").args(["-c", "echo going away; exit 7"]),
-            &dir.path().join("log"),
-        )
+        let (_dir, mut daemon) = shell("quitter", "echo going away; exit 7");
+        let err = poll_until("quitter to exit", Duration::from_secs(10), || {
+            match daemon.ensure_running() {
+                Ok(()) => Ok(Step::Retry("still running".into())),
+                Err(e) => Ok(Step::Done(e)),
+            }
+        })
         .unwrap();
-        let err =
-            crate::wait::poll_until("quitter to exit", std::time::Duration::from_secs(10), || {
-                match daemon.ensure_running() {
-                    Ok(()) => Ok(crate::wait::Step::Retry("still running".into())),
-                    Err(e) => Ok(crate::wait::Step::Done(e)),
-                }
-            })
-            .unwrap();
         let msg = err.to_string();
         assert!(msg.contains("quitter exited with exit status: 7"), "{msg}");
         assert!(msg.contains("going away"), "{msg}");
+    }
+
+    #[test]
+    fn restart_stops_with_sigterm_and_starts_again_appending_to_the_log() {
+        // `exec` so SIGTERM reaches sleep; the shell prints first.
+        let (_dir, mut daemon) = shell("restarter", "echo started; exec sleep 600");
+        let first = daemon.id();
+        wait_for_log(&daemon, "started", 1);
+        daemon.restart(Duration::from_secs(10)).unwrap();
+        assert_ne!(daemon.id(), first);
+        assert!(!PathBuf::from(format!("/proc/{first}")).exists(), "first process survived");
+        daemon.ensure_running().unwrap();
+        wait_for_log(&daemon, "started", 2);
+    }
+
+    #[test]
+    fn terminate_reports_a_process_that_ignores_sigterm() {
+        let (_dir, mut daemon) =
+            shell("stubborn", "trap '' TERM; echo ready; while :; do sleep 1; done");
+        wait_for_log(&daemon, "ready", 1);
+        let err = daemon.terminate(Duration::from_millis(300)).unwrap_err();
+        assert_eq!(err.to_string(), "stubborn did not exit within 300ms of SIGTERM");
     }
 }

@@ -81,7 +81,8 @@ pub struct SpireServerConfig {
 }
 
 impl SpireServerConfig {
-    /// Renders the HCL file: SQLite datastore, in-memory key manager, join_token attestor.
+    /// Renders the HCL file: SQLite datastore and disk key manager in the data directory (so
+    /// a restarted server keeps its entries and CA), join_token attestor.
     pub fn render(&self) -> String {
         format!(
             r#"server {{
@@ -100,14 +101,17 @@ plugins {{
             connection_string = {db}
         }}
     }}
-    KeyManager "memory" {{
-        plugin_data {{}}
+    KeyManager "disk" {{
+        plugin_data {{
+            keys_path = {keys}
+        }}
     }}
     NodeAttestor "join_token" {{
         plugin_data {{}}
     }}
 }}
 "#,
+            keys = quoted_path(&self.data_dir.join("keys.json")),
             port = self.bind_port,
             socket = quoted_path(&self.socket_path),
             td = quoted(&self.options.trust_domain),
