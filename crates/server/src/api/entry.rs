@@ -19,7 +19,7 @@ use ward_store::{
     Outcome,
 };
 
-use super::{count_i32, new_entry_id, page_request, propose, selector_filter};
+use super::{Batch, count_i32, new_entry_id, page_request, propose, selector_filter};
 use crate::state::{ServerState, caller_of};
 
 /// SPIRE's fixed page size for SyncAuthorizedEntries.
@@ -184,10 +184,8 @@ impl Entry for EntryService {
         let now = self.state.clock.unix_seconds();
         let td = &self.state.trust_domain;
         // Items that fail conversion keep their slot with a status; the rest are proposed.
-        let mut results: Vec<Option<pb::batch_create_entry_response::Result>> =
-            Vec::with_capacity(req.entries.len());
+        let mut batch: Batch<pb::batch_create_entry_response::Result> = Batch::default();
         let mut valid: Vec<RegistrationEntry> = Vec::new();
-        let mut slots: Vec<usize> = Vec::new();
         for proto in &req.entries {
             let converted = entry_from_proto(proto, new_entry_id)
                 .map_err(|e| e.to_string())
@@ -199,17 +197,16 @@ impl Entry for EntryService {
                 });
             match converted {
                 Ok(e) => {
-                    slots.push(results.len());
-                    results.push(None);
+                    batch.accept();
                     valid.push(e);
                 }
-                Err(msg) => results.push(Some(pb::batch_create_entry_response::Result {
+                Err(msg) => batch.refuse(pb::batch_create_entry_response::Result {
                     status: Some(batch_status(
                         Code::InvalidArgument,
                         format!("failed to convert entry: {msg}"),
                     )),
                     entry: None,
-                })),
+                }),
             }
         }
         if !valid.is_empty() {
@@ -217,30 +214,21 @@ impl Entry for EntryService {
             let Outcome::Entries(items) = applied.outcome else {
                 return Err(Status::internal("unexpected apply outcome"));
             };
-            for (slot, item) in slots.into_iter().zip(items) {
-                let r = match item {
-                    Ok(e) => pb::batch_create_entry_response::Result {
-                        status: Some(batch_status_ok()),
-                        entry: Some(entry_to_proto(&e, mask)),
+            batch.fill(items.into_iter().map(|item| match item {
+                Ok(e) => pb::batch_create_entry_response::Result {
+                    status: Some(batch_status_ok()),
+                    entry: Some(entry_to_proto(&e, mask)),
+                },
+                Err(err) => pb::batch_create_entry_response::Result {
+                    status: Some(create_item_status(&err)),
+                    entry: match &err {
+                        ItemError::EntryExists(existing) => Some(entry_to_proto(existing, mask)),
+                        _ => None,
                     },
-                    Err(err) => pb::batch_create_entry_response::Result {
-                        status: Some(create_item_status(&err)),
-                        entry: match &err {
-                            ItemError::EntryExists(existing) => {
-                                Some(entry_to_proto(existing, mask))
-                            }
-                            _ => None,
-                        },
-                    },
-                };
-                if let Some(s) = results.get_mut(slot) {
-                    *s = Some(r);
-                }
-            }
+                },
+            }));
         }
-        Ok(Response::new(pb::BatchCreateEntryResponse {
-            results: results.into_iter().flatten().collect(),
-        }))
+        Ok(Response::new(pb::BatchCreateEntryResponse { results: batch.finish() }))
     }
 
     async fn batch_update_entry(
@@ -251,9 +239,8 @@ impl Entry for EntryService {
         let out_mask = req.output_mask.as_ref();
         let store_mask = req.input_mask.as_ref().map_or(EntryMask::ALL, store_entry_mask);
         let td = &self.state.trust_domain;
-        let mut results: Vec<Option<pb::batch_update_entry_response::Result>> = Vec::new();
+        let mut batch: Batch<pb::batch_update_entry_response::Result> = Batch::default();
         let mut valid = Vec::new();
-        let mut slots = Vec::new();
         for proto in &req.entries {
             let existing = EntryId::new(&proto.id).ok().and_then(|id| self.state.store.entry(&id));
             let merged = match existing {
@@ -271,14 +258,13 @@ impl Entry for EntryService {
             };
             match merged {
                 Ok(entry) => {
-                    slots.push(results.len());
-                    results.push(None);
+                    batch.accept();
                     valid.push(EntryUpdate { entry, mask: store_mask });
                 }
-                Err((code, msg)) => results.push(Some(pb::batch_update_entry_response::Result {
+                Err((code, msg)) => batch.refuse(pb::batch_update_entry_response::Result {
                     status: Some(batch_status(code, msg)),
                     entry: None,
-                })),
+                }),
             }
         }
         if !valid.is_empty() {
@@ -286,32 +272,25 @@ impl Entry for EntryService {
             let Outcome::Entries(items) = applied.outcome else {
                 return Err(Status::internal("unexpected apply outcome"));
             };
-            for (slot, item) in slots.into_iter().zip(items) {
-                let r = match item {
-                    Ok(e) => pb::batch_update_entry_response::Result {
-                        status: Some(batch_status_ok()),
-                        entry: Some(entry_to_proto(&e, out_mask)),
-                    },
-                    Err(ItemError::EntryNotFound(_)) => pb::batch_update_entry_response::Result {
-                        status: Some(batch_status(Code::NotFound, "entry not found")),
-                        entry: None,
-                    },
-                    Err(err) => pb::batch_update_entry_response::Result {
-                        status: Some(batch_status(
-                            class_code(err.class()),
-                            format!("failed to update entry: {err}"),
-                        )),
-                        entry: None,
-                    },
-                };
-                if let Some(s) = results.get_mut(slot) {
-                    *s = Some(r);
-                }
-            }
+            batch.fill(items.into_iter().map(|item| match item {
+                Ok(e) => pb::batch_update_entry_response::Result {
+                    status: Some(batch_status_ok()),
+                    entry: Some(entry_to_proto(&e, out_mask)),
+                },
+                Err(ItemError::EntryNotFound(_)) => pb::batch_update_entry_response::Result {
+                    status: Some(batch_status(Code::NotFound, "entry not found")),
+                    entry: None,
+                },
+                Err(err) => pb::batch_update_entry_response::Result {
+                    status: Some(batch_status(
+                        class_code(err.class()),
+                        format!("failed to update entry: {err}"),
+                    )),
+                    entry: None,
+                },
+            }));
         }
-        Ok(Response::new(pb::BatchUpdateEntryResponse {
-            results: results.into_iter().flatten().collect(),
-        }))
+        Ok(Response::new(pb::BatchUpdateEntryResponse { results: batch.finish() }))
     }
 
     async fn batch_delete_entry(
@@ -319,20 +298,18 @@ impl Entry for EntryService {
         req: Request<pb::BatchDeleteEntryRequest>,
     ) -> Result<Response<pb::BatchDeleteEntryResponse>, Status> {
         let ids = req.into_inner().ids;
-        let mut results: Vec<Option<pb::batch_delete_entry_response::Result>> = Vec::new();
+        let mut batch: Batch<pb::batch_delete_entry_response::Result> = Batch::default();
         let mut valid = Vec::new();
-        let mut slots = Vec::new();
         for raw in &ids {
             match EntryId::new(raw) {
                 Ok(id) => {
-                    slots.push(results.len());
-                    results.push(None);
+                    batch.accept();
                     valid.push(id);
                 }
-                Err(_) => results.push(Some(pb::batch_delete_entry_response::Result {
+                Err(_) => batch.refuse(pb::batch_delete_entry_response::Result {
                     status: Some(batch_status(Code::InvalidArgument, "missing entry ID")),
                     id: raw.clone(),
-                })),
+                }),
             }
         }
         if !valid.is_empty() {
@@ -340,7 +317,7 @@ impl Entry for EntryService {
             let Outcome::DeletedEntries(items) = applied.outcome else {
                 return Err(Status::internal("unexpected apply outcome"));
             };
-            for ((slot, item), id) in slots.into_iter().zip(items).zip(valid) {
+            batch.fill(items.into_iter().zip(valid).map(|(item, id)| {
                 let status = match item {
                     Ok(_) => batch_status_ok(),
                     Err(ItemError::EntryNotFound(_)) => {
@@ -350,17 +327,13 @@ impl Entry for EntryService {
                         batch_status(class_code(e.class()), format!("failed to delete entry: {e}"))
                     }
                 };
-                if let Some(s) = results.get_mut(slot) {
-                    *s = Some(pb::batch_delete_entry_response::Result {
-                        status: Some(status),
-                        id: id.as_str().to_owned(),
-                    });
+                pb::batch_delete_entry_response::Result {
+                    status: Some(status),
+                    id: id.as_str().to_owned(),
                 }
-            }
+            }));
         }
-        Ok(Response::new(pb::BatchDeleteEntryResponse {
-            results: results.into_iter().flatten().collect(),
-        }))
+        Ok(Response::new(pb::BatchDeleteEntryResponse { results: batch.finish() }))
     }
 
     async fn get_authorized_entries(

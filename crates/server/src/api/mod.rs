@@ -70,3 +70,43 @@ fn selector_filter(
     let match_mode = ward_proto::convert::selector_match_from_proto(m.r#match).map_err(bad)?;
     Ok(ward_store::SelectorFilter { selectors, match_mode })
 }
+
+/// A batch response under construction: items refused before the proposal keep their place,
+/// and the results of the proposed items fill the remaining places in request order.
+struct Batch<R> {
+    results: Vec<Option<R>>,
+    pending: Vec<usize>,
+}
+
+impl<R> Default for Batch<R> {
+    fn default() -> Self {
+        Self { results: Vec::new(), pending: Vec::new() }
+    }
+}
+
+impl<R> Batch<R> {
+    /// The next item is refused with `r`.
+    fn refuse(&mut self, r: R) {
+        self.results.push(Some(r));
+    }
+
+    /// The next item is proposed; its result comes later through [`Batch::fill`].
+    fn accept(&mut self) {
+        self.pending.push(self.results.len());
+        self.results.push(None);
+    }
+
+    /// The results of the accepted items, in the order they were accepted.
+    fn fill(&mut self, items: impl IntoIterator<Item = R>) {
+        for (slot, r) in std::mem::take(&mut self.pending).into_iter().zip(items) {
+            if let Some(place) = self.results.get_mut(slot) {
+                *place = Some(r);
+            }
+        }
+    }
+
+    /// All results in request order.
+    fn finish(self) -> Vec<R> {
+        self.results.into_iter().flatten().collect()
+    }
+}
