@@ -20,7 +20,8 @@
 //! 6. ward-core's own X509-SVID and JWT-SVID validators, given the bundle parsed from
 //!    `bundle show -format spiffe`, accept the same SVIDs;
 //! 7. the `spire-server` CLI reads back exactly the two entries (`entry show -parentID`,
-//!    `entry show -entryID`, `entry count`);
+//!    `entry show -entryID`, `entry count`) and the one attested agent (`agent list`,
+//!    `agent count`);
 //! 8. after `spire-server entry delete` of the second entry and `entry create` (server's CLI)
 //!    of `spiffe://example.org/workload-late`, the running agent serves exactly the first and
 //!    the new entry's X509-SVIDs (its periodic sync picks up both changes);
@@ -181,8 +182,8 @@ fn scenario(kind: ServerKind, h: &mut Harness) -> anyhow::Result<()> {
     phase(kind, "6. ward-core's validators accept the same SVIDs against the same bundle");
     check_with_ward_core(&bundles, &svids, &fetched)?;
 
-    phase(kind, "7. the spire-server CLI reads back the entries");
-    check_entry_readback(&spire_cli, &reg)?;
+    phase(kind, "7. the spire-server CLI reads back the entries and the attested agent");
+    check_readback(&spire_cli, &reg)?;
 
     phase(kind, "8. entry changes reach the agent: one deleted, one created");
     spire_cli
@@ -422,8 +423,9 @@ fn check_with_ward_core(
     Ok(())
 }
 
-/// Step 7: the spire-server CLI lists exactly the two entries, with parent and selector.
-fn check_entry_readback(spire_cli: &AdminCli, reg: &Registration) -> anyhow::Result<()> {
+/// Step 7: the spire-server CLI lists exactly the two entries, with parent and selector, and
+/// the one attested agent.
+fn check_readback(spire_cli: &AdminCli, reg: &Registration) -> anyhow::Result<()> {
     let parent_path = format!("/spire/agent/join_token/{}", reg.token);
     let selector_value = reg.selector.trim_start_matches("unix:");
     let listed = spire_cli.json(&["entry", "show"], &["-parentID", &reg.agent_id])?;
@@ -462,6 +464,17 @@ fn check_entry_readback(spire_cli: &AdminCli, reg: &Registration) -> anyhow::Res
     );
     let count = spire_cli.json(&["entry", "count"], &[])?;
     ensure!(count["count"] == 2, "entry count printed {count}");
+    let agents = spire_cli.json(&["agent", "list"], &[])?;
+    let agents = json_array(&agents, "agents")?;
+    ensure!(
+        agents.len() == 1
+            && id_path(&agents[0]["id"]) == Some(parent_path.as_str())
+            && agents[0]["attestation_type"] == "join_token"
+            && agents[0]["banned"] != true,
+        "agent list printed {agents:?}"
+    );
+    let count = spire_cli.json(&["agent", "count"], &[])?;
+    ensure!(count["count"] == 1, "agent count printed {count}");
     Ok(())
 }
 
