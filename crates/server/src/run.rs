@@ -34,7 +34,7 @@ use crate::state::{ServerState, SystemClock};
 use crate::tls::{self, AuthoritySource, RotatingServerCert, SpiffeClientVerifier};
 
 /// How often the server's own SVID is checked for rotation (SPIRE: 5 s).
-const SVID_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+pub const SVID_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// gRPC MaxConnectionAge on the TCP listener, as SPIRE sets it.
 const MAX_CONNECTION_AGE: Duration = Duration::from_secs(180);
 
@@ -138,30 +138,64 @@ fn prepare_socket(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
+/// What a server is built from besides its configuration. The defaults are a production
+/// single-node server: the wall clock, a store opened in `<data_dir>/store` and a
+/// [`LocalProposer`] over it. A Raft deployment passes its replica's store and its own
+/// proposer; no handler changes.
+pub struct StartOptions {
+    /// Time source.
+    pub clock: Arc<dyn Clock>,
+    /// An already-open store and the proposer that writes it (both, or neither).
+    pub store: Option<(Store, Arc<dyn Proposer>)>,
+    /// How often the server SVID (and, every 10 s, the CA schedule) is checked.
+    pub svid_check_interval: Duration,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        Self { clock: Arc::new(SystemClock), store: None, svid_check_interval: SVID_CHECK_INTERVAL }
+    }
+}
+
+impl std::fmt::Debug for StartOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StartOptions")
+            .field("external_store", &self.store.is_some())
+            .field("svid_check_interval", &self.svid_check_interval)
+            .finish()
+    }
+}
+
 /// Starts a server with `cfg` and returns once both listeners accept connections.
 ///
 /// # Errors
 /// When the data directory, store, keys or listeners cannot be set up.
 pub async fn start(cfg: Config) -> anyhow::Result<RunningServer> {
-    start_with_clock(cfg, Arc::new(SystemClock)).await
+    start_with(cfg, StartOptions::default()).await
 }
 
-/// As [`start`], with an explicit clock.
+/// As [`start`], with explicit [`StartOptions`].
 ///
 /// # Errors
 /// As [`start`].
-pub async fn start_with_clock(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<RunningServer> {
+pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<RunningServer> {
+    let clock = opts.clock;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
-    let store_dir = cfg.data_dir.join("store");
-    let store = {
-        let td = cfg.trust_domain.clone();
-        tokio::task::spawn_blocking(move || Store::open(&store_dir, StoreConfig::new(td)))
-            .await
-            .context("store open task")?
-            .context("opening the store")?
+    let (store, proposer) = match opts.store {
+        Some(parts) => parts,
+        None => {
+            let store_dir = cfg.data_dir.join("store");
+            let td = cfg.trust_domain.clone();
+            let store =
+                tokio::task::spawn_blocking(move || Store::open(&store_dir, StoreConfig::new(td)))
+                    .await
+                    .context("store open task")?
+                    .context("opening the store")?;
+            let proposer: Arc<dyn Proposer> = Arc::new(LocalProposer::new(store.clone()));
+            (store, proposer)
+        }
     };
-    let proposer: Arc<dyn Proposer> = Arc::new(LocalProposer::new(store.clone()));
     let ca = Arc::new(CaManager::open(
         CaSettings {
             trust_domain: cfg.trust_domain.clone(),
@@ -202,7 +236,13 @@ pub async fn start_with_clock(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Res
     let mut tasks = Vec::new();
 
     // Background: CA rotation and the server SVID's half-life rotation.
-    tasks.push(tokio::spawn(rotation_loop(state.clone(), cert, svid, stop_rx.clone())));
+    tasks.push(tokio::spawn(rotation_loop(
+        state.clone(),
+        cert,
+        svid,
+        opts.svid_check_interval,
+        stop_rx.clone(),
+    )));
 
     // TCP (TLS) listener for agents.
     let tcp = TcpListener::bind((cfg.bind_address, cfg.bind_port))
@@ -259,12 +299,13 @@ async fn rotation_loop(
     state: Arc<ServerState>,
     cert: Arc<RotatingServerCert>,
     mut svid: ServerSvid,
+    check_every: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut last_ca_check = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            () = tokio::time::sleep(SVID_CHECK_INTERVAL) => {}
+            () = tokio::time::sleep(check_every) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
         let now = state.clock.now();

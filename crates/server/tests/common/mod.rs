@@ -61,7 +61,12 @@ impl TestServer {
         let mut cfg = Config::from_toml(&text, &Overrides::default()).unwrap();
         edit(&mut cfg);
         let clock = Arc::new(ManualClock::default());
-        let server = ward_server::run::start_with_clock(cfg, clock.clone()).await.unwrap();
+        let opts = ward_server::run::StartOptions {
+            clock: clock.clone(),
+            store: None,
+            svid_check_interval: std::time::Duration::from_millis(100),
+        };
+        let server = ward_server::run::start_with(cfg, opts).await.unwrap();
         Self { server, clock, _dir: dir }
     }
 
