@@ -273,6 +273,12 @@ fn ttl_is_clamped_to_the_ca_and_an_expired_ca_refuses() {
     assert_eq!(cert.validity().not_after.timestamp(), ca.not_after_unix());
     assert_eq!(cert.validity().not_before.timestamp(), unix(t) - 10);
 
+    // An absurd TTL does not overflow: it is capped like any other.
+    let params_max = SvidParams { ttl: Duration::MAX, ..params };
+    let leaf = ca.sign_x509_svid_from_csr(&csr, &params_max, t).unwrap();
+    let (_, cert) = X509Certificate::from_der(&leaf).unwrap();
+    assert_eq!(cert.validity().not_after.timestamp(), ca.not_after_unix());
+
     let t = clock.advance(Duration::from_secs(1800));
     assert_eq!(unix(t), ca.not_after_unix());
     assert_eq!(
