@@ -47,6 +47,27 @@ impl SvidService {
         Ok(entries.iter().map(|e| (e.id.as_str().to_owned(), e.clone())).collect())
     }
 
+    /// One result per param, in request order.
+    fn sign_batch(
+        &self,
+        params: &[pb::NewX509svidParams],
+        entries: &HashMap<String, Arc<RegistrationEntry>>,
+    ) -> Vec<pb::batch_new_x509svid_response::Result> {
+        params
+            .iter()
+            .map(|p| match self.sign_one(p, entries) {
+                Ok(svid) => pb::batch_new_x509svid_response::Result {
+                    status: Some(batch_status_ok()),
+                    svid: Some(svid),
+                },
+                Err(status) => {
+                    tracing::debug!(entry_id = %p.entry_id, message = %status.message, "x509-svid refused");
+                    pb::batch_new_x509svid_response::Result { status: Some(status), svid: None }
+                }
+            })
+            .collect()
+    }
+
     fn sign_one(
         &self,
         p: &pb::NewX509svidParams,
@@ -108,19 +129,15 @@ impl Svid for SvidService {
         let params = req.into_inner().params;
         self.limit(&caller, params.len()).await?;
         let entries = self.authorized_map(&caller)?;
-        let results = params
-            .iter()
-            .map(|p| match self.sign_one(p, &entries) {
-                Ok(svid) => pb::batch_new_x509svid_response::Result {
-                    status: Some(batch_status_ok()),
-                    svid: Some(svid),
-                },
-                Err(status) => {
-                    tracing::debug!(entry_id = %p.entry_id, message = %status.message, "x509-svid refused");
-                    pb::batch_new_x509svid_response::Result { status: Some(status), svid: None }
-                }
-            })
-            .collect();
+        // Signing is CPU work (a CSR check and a signature each): keep it off the I/O threads.
+        let this = self.clone();
+        let span = tracing::Span::current();
+        let results = tokio::task::spawn_blocking(move || {
+            let _in_rpc = span.enter();
+            this.sign_batch(&params, &entries)
+        })
+        .await
+        .map_err(|_| Status::internal("signing task failed"))?;
         Ok(Response::new(pb::BatchNewX509svidResponse { results }))
     }
 
