@@ -19,7 +19,7 @@ use ward_proto::spire::api::server::agent::v1::agent_server::AgentServer;
 use ward_proto::spire::api::server::bundle::v1::bundle_server::BundleServer;
 use ward_proto::spire::api::server::entry::v1::entry_server::EntryServer;
 use ward_proto::spire::api::server::svid::v1::svid_server::SvidServer;
-use ward_store::{Store, StoreConfig};
+use ward_store::{Command, Outcome, Store, StoreConfig};
 
 use crate::api::{
     agent::AgentService, bundle::BundleService, entry::EntryService, health::HealthService,
@@ -35,6 +35,8 @@ use crate::tls::{self, AuthoritySource, RotatingServerCert, SpiffeClientVerifier
 
 /// How often the server's own SVID is checked for rotation (SPIRE: 5 s).
 pub const SVID_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// How often expired entries and join tokens are deleted.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(300);
 /// gRPC MaxConnectionAge on the TCP listener, as SPIRE sets it.
 const MAX_CONNECTION_AGE: Duration = Duration::from_secs(180);
 
@@ -290,6 +292,25 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<Runni
     Ok(RunningServer { tcp_addr, socket_path: cfg.socket_path.clone(), state, stop, tasks })
 }
 
+/// Deletes expired entries and join tokens (SPIRE prunes on a timer too).
+async fn prune(state: &ServerState, now: i64) {
+    for cmd in [
+        Command::PruneEntries { expires_before: now },
+        Command::PruneJoinTokens { expires_before: now },
+    ] {
+        match state.proposer.propose(cmd).await {
+            Ok(applied) => {
+                if let Outcome::Pruned(n) = applied.outcome
+                    && n > 0
+                {
+                    tracing::info!(count = n, "pruned expired records");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "pruning failed"),
+        }
+    }
+}
+
 /// Resolves when the stop flag is raised (or its sender is gone).
 async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
@@ -303,6 +324,7 @@ async fn rotation_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut last_ca_check = tokio::time::Instant::now();
+    let mut last_prune = tokio::time::Instant::now();
     loop {
         tokio::select! {
             () = tokio::time::sleep(check_every) => {}
@@ -316,6 +338,10 @@ async fn rotation_loop(
             }
         }
         let now_s = ward_core::clock::unix_seconds(now);
+        if last_prune.elapsed() >= PRUNE_INTERVAL {
+            last_prune = tokio::time::Instant::now();
+            prune(&state, now_s).await;
+        }
         let half = svid.not_before + (svid.not_after - svid.not_before) / 2;
         let ca_changed =
             state.ca.x509_ca().map(|c| c.authority_id() != svid.ca_id).unwrap_or(false);
