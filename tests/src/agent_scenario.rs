@@ -9,8 +9,8 @@
 //!    `spiffe://example.org/workload` under the agent's join-token ID with `unix:uid:<our uid>`;
 //!    with the unmodified `spire-server` CLI: `token generate` and `entry create` for
 //!    `spiffe://example.org/workload-cli` under the same parent;
-//! 3. `bundle show` from both CLIs must print the same certificates; start `spire-agent run
-//!    -joinToken` bootstrapped from that bundle;
+//! 3. `bundle show` from both CLIs must print the same certificates, and `bundle show -format
+//!    spiffe` the same bundle; start `spire-agent run -joinToken` bootstrapped from the PEM;
 //! 4. `spire-agent api fetch x509` must return one SVID per entry, each with the entry's URI
 //!    SAN, and `openssl verify` must accept each against the server's bundle;
 //! 5. `spire-agent api fetch jwt -audience demo` must return one JWT-SVID per entry whose
@@ -364,7 +364,19 @@ fn show_bundles(native: &AdminCli, spire_cli: &AdminCli, root: &Path) -> anyhow:
     std::fs::write(&native_pem_path, &native_pem)?;
     let spire_cli_pem_path = root.join("bundle-spire-cli.pem");
     std::fs::write(&spire_cli_pem_path, &spire_cli_pem)?;
-    let spiffe_json = spire_cli.bundle_show_spiffe().context("bundle show -format spiffe")?;
+    let spiffe_json =
+        spire_cli.bundle_show_spiffe().context("bundle show -format spiffe (spire-server CLI)")?;
+    let native_spiffe_json =
+        native.bundle_show_spiffe().context("bundle show -format spiffe (server's CLI)")?;
+    let td = TrustDomain::new(TRUST_DOMAIN)?;
+    let parsed = Bundle::from_spiffe_json(td.clone(), spiffe_json.as_bytes())
+        .context("ward-core parsing bundle show -format spiffe (spire-server CLI)")?;
+    let native_parsed = Bundle::from_spiffe_json(td, native_spiffe_json.as_bytes())
+        .context("ward-core parsing bundle show -format spiffe (server's CLI)")?;
+    ensure!(
+        parsed == native_parsed,
+        "bundle show -format spiffe differs between the CLIs:\n{native_spiffe_json}\n---\n{spiffe_json}"
+    );
     Ok(Bundles { native_pem_path, spire_cli_pem_path, ders, spiffe_json })
 }
 
