@@ -15,11 +15,10 @@ use ward_proto::convert::{
 use ward_proto::spire::api::server::entry::v1::{self as pb, entry_server::Entry};
 use ward_proto::spire::api::types;
 use ward_store::{
-    Command, EntryFilter, EntryMask, EntryUpdate, ErrorClass, FederatesWithFilter, ItemError,
-    Outcome,
+    Command, EntryFilter, EntryMask, EntryUpdate, FederatesWithFilter, ItemError, Outcome,
 };
 
-use super::{Batch, count_i32, new_entry_id, page_request, propose, selector_filter};
+use super::{Batch, count_i32, item_code, new_entry_id, page_request, propose, selector_filter};
 use crate::state::{ServerState, caller_of};
 
 /// SPIRE's fixed page size for SyncAuthorizedEntries.
@@ -48,16 +47,6 @@ impl EntryService {
     }
 }
 
-fn class_code(c: ErrorClass) -> Code {
-    match c {
-        ErrorClass::AlreadyExists => Code::AlreadyExists,
-        ErrorClass::NotFound => Code::NotFound,
-        ErrorClass::InvalidArgument => Code::InvalidArgument,
-        ErrorClass::FailedPrecondition => Code::FailedPrecondition,
-        ErrorClass::PermissionDenied => Code::PermissionDenied,
-    }
-}
-
 /// The per-item status SPIRE's BatchCreateEntry gives a refused item.
 fn create_item_status(e: &ItemError) -> types::Status {
     match e {
@@ -71,9 +60,7 @@ fn create_item_status(e: &ItemError) -> types::Status {
             Code::InvalidArgument,
             format!("failed to create entry: unable to find federated bundle \"{td}\""),
         ),
-        other => {
-            batch_status(class_code(other.class()), format!("failed to create entry: {other}"))
-        }
+        other => batch_status(item_code(other), format!("failed to create entry: {other}")),
     }
 }
 
@@ -283,7 +270,7 @@ impl Entry for EntryService {
                 },
                 Err(err) => pb::batch_update_entry_response::Result {
                     status: Some(batch_status(
-                        class_code(err.class()),
+                        item_code(&err),
                         format!("failed to update entry: {err}"),
                     )),
                     entry: None,
@@ -323,9 +310,7 @@ impl Entry for EntryService {
                     Err(ItemError::EntryNotFound(_)) => {
                         batch_status(Code::NotFound, "entry not found")
                     }
-                    Err(e) => {
-                        batch_status(class_code(e.class()), format!("failed to delete entry: {e}"))
-                    }
+                    Err(e) => batch_status(item_code(&e), format!("failed to delete entry: {e}")),
                 };
                 pb::batch_delete_entry_response::Result {
                     status: Some(status),

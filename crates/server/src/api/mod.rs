@@ -110,3 +110,15 @@ impl<R> Batch<R> {
         self.results.into_iter().flatten().collect()
     }
 }
+
+/// The gRPC code of a refused command item.
+fn item_code(e: &ward_store::ItemError) -> tonic::Code {
+    use ward_store::ErrorClass;
+    match e.class() {
+        ErrorClass::AlreadyExists => tonic::Code::AlreadyExists,
+        ErrorClass::NotFound => tonic::Code::NotFound,
+        ErrorClass::InvalidArgument => tonic::Code::InvalidArgument,
+        ErrorClass::FailedPrecondition => tonic::Code::FailedPrecondition,
+        ErrorClass::PermissionDenied => tonic::Code::PermissionDenied,
+    }
+}
