@@ -240,3 +240,84 @@ async fn update_and_delete_entries() {
 fn id_of(path: &str) -> types::Spiffeid {
     id("example.org", path)
 }
+
+fn csr_with_sans(uris: &[&str], dns: &[&str]) -> Vec<u8> {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    for u in uris {
+        params.subject_alt_names.push(rcgen::SanType::URI((*u).try_into().unwrap()));
+    }
+    for d in dns {
+        params.subject_alt_names.push(rcgen::SanType::DnsName((*d).try_into().unwrap()));
+    }
+    params.serialize_request(&key).unwrap().der().to_vec()
+}
+
+#[tokio::test]
+async fn mint_x509_and_jwt_svids() {
+    use ward_proto::spire::api::server::svid::v1 as svidpb;
+    let ts = TestServer::start().await;
+    let before = ts.server.state.store.last_applied();
+    let mut c = svidpb::svid_client::SvidClient::new(ts.admin().await);
+
+    let csr = csr_with_sans(&["spiffe://example.org/minted"], &["a.example.org"]);
+    let svid = c
+        .mint_x509svid(svidpb::MintX509svidRequest { csr, ttl: 600 })
+        .await
+        .unwrap()
+        .into_inner()
+        .svid
+        .unwrap();
+    let leaf = ward_server::tls::leaf_facts(&svid.cert_chain[0]).unwrap();
+    assert_eq!(leaf.id.as_str(), "spiffe://example.org/minted");
+    assert_eq!(svid.expires_at, leaf.not_after);
+    let (_, cert) = x509_parser::parse_x509_certificate(&svid.cert_chain[0]).unwrap();
+    let dns: Vec<String> = cert
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => Some((*d).to_owned()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dns, vec!["a.example.org"]);
+
+    for (csr, msg) in [
+        (csr_with_sans(&[], &["a.example.org"]), "CSR must have exactly one URI SAN"),
+        (
+            csr_with_sans(&["spiffe://other.org/x"], &[]),
+            "invalid SPIFFE ID in CSR: \"spiffe://other.org/x\" is not a member of trust domain \"example.org\"",
+        ),
+    ] {
+        let err = c.mint_x509svid(svidpb::MintX509svidRequest { csr, ttl: 0 }).await.unwrap_err();
+        assert_eq!((err.code(), err.message()), (Code::InvalidArgument, msg));
+    }
+
+    let jwt = c
+        .mint_jwtsvid(svidpb::MintJwtsvidRequest {
+            id: Some(id_of("/minted")),
+            audience: vec!["aud".into()],
+            ttl: 60,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .svid
+        .unwrap();
+    assert_eq!(jwt.expires_at - jwt.issued_at, 60);
+    let err = c
+        .mint_jwtsvid(svidpb::MintJwtsvidRequest {
+            id: Some(id_of("/minted")),
+            audience: vec![],
+            ttl: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(ts.server.state.store.last_applied(), before, "minting writes nothing");
+    ts.server.shutdown().await;
+}

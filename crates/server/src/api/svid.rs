@@ -7,7 +7,10 @@ use std::time::Duration;
 use tonic::{Code, Request, Response, Status};
 use ward_ca::SvidParams;
 use ward_core::RegistrationEntry;
-use ward_proto::convert::{batch_status, batch_status_ok, jwt_svid_to_proto, x509_svid_to_proto};
+use ward_proto::convert::{
+    IdField, batch_status, batch_status_ok, jwt_svid_to_proto, spiffe_id_from_proto,
+    x509_svid_to_proto,
+};
 use ward_proto::spire::api::server::svid::v1::{self as pb, svid_server::Svid};
 use ward_proto::spire::api::types;
 
@@ -45,6 +48,22 @@ impl SvidService {
             caller.agent_id().ok_or_else(|| Status::permission_denied("caller is not an agent"))?;
         let entries = self.state.store.authorized_entries(&agent);
         Ok(entries.iter().map(|e| (e.id.as_str().to_owned(), e.clone())).collect())
+    }
+
+    fn sign_jwt(
+        &self,
+        id: &ward_core::SpiffeId,
+        audience: &[String],
+        ttl: Duration,
+    ) -> Result<ward_ca::SignedJwt, Status> {
+        let signer = self
+            .state
+            .ca
+            .jwt_signer_now()
+            .map_err(|e| Status::internal(format!("failed to sign JWT-SVID: {e}")))?;
+        signer
+            .sign(id, audience, self.state.clock.now(), ttl)
+            .map_err(|e| Status::internal(format!("failed to sign JWT-SVID: {e}")))
     }
 
     /// One result per param, in request order.
@@ -86,10 +105,7 @@ impl SvidService {
             self.state.ca.x509_ca().map_err(|e| {
                 batch_status(Code::Internal, format!("failed to sign X509-SVID: {e}"))
             })?;
-        let ttl = match u64::try_from(entry.x509_svid_ttl) {
-            Ok(secs) if secs > 0 => Duration::from_secs(secs),
-            _ => self.state.default_x509_svid_ttl,
-        };
+        let ttl = ttl_or(entry.x509_svid_ttl, self.state.default_x509_svid_ttl);
         let params = SvidParams { spiffe_id: &entry.spiffe_id, dns_names: &entry.dns_names, ttl };
         let leaf =
             ca.sign_x509_svid_from_csr(&p.csr, &params, self.state.clock.now()).map_err(|e| {
@@ -105,20 +121,100 @@ impl SvidService {
     }
 }
 
+/// A TTL in seconds from the wire, or `default` when it is 0.
+fn ttl_or(secs: i32, default: Duration) -> Duration {
+    match u64::try_from(secs) {
+        Ok(s) if s > 0 => Duration::from_secs(s),
+        _ => default,
+    }
+}
+
+/// The SPIFFE ID (exactly one URI SAN) and DNS names a CSR asks for (MintX509SVID).
+fn csr_identity(csr: &[u8]) -> Result<(ward_core::SpiffeId, Vec<String>), Status> {
+    use x509_parser::extensions::{GeneralName, ParsedExtension};
+    use x509_parser::prelude::FromDer;
+    let (_, req) = x509_parser::certification_request::X509CertificationRequest::from_der(csr)
+        .map_err(|e| Status::invalid_argument(format!("malformed CSR: {e}")))?;
+    let mut uris = Vec::new();
+    let mut dns = Vec::new();
+    for ext in req.requested_extensions().into_iter().flatten() {
+        if let ParsedExtension::SubjectAlternativeName(san) = ext {
+            for name in &san.general_names {
+                match name {
+                    GeneralName::URI(u) => uris.push((*u).to_owned()),
+                    GeneralName::DNSName(d) => dns.push((*d).to_owned()),
+                    _ => {}
+                }
+            }
+        }
+    }
+    let [uri] = uris.as_slice() else {
+        return Err(Status::invalid_argument("CSR must have exactly one URI SAN"));
+    };
+    let id = ward_core::SpiffeId::parse(uri)
+        .map_err(|e| Status::invalid_argument(format!("CSR URI SAN is invalid: {e}")))?;
+    Ok((id, dns))
+}
+
 #[tonic::async_trait]
 impl Svid for SvidService {
     async fn mint_x509svid(
         &self,
-        _: Request<pb::MintX509svidRequest>,
+        req: Request<pb::MintX509svidRequest>,
     ) -> Result<Response<pb::MintX509svidResponse>, Status> {
-        Err(unimplemented("MintX509SVID"))
+        let req = req.into_inner();
+        if req.csr.is_empty() {
+            return Err(Status::invalid_argument("missing CSR"));
+        }
+        if req.ttl < 0 {
+            return Err(Status::invalid_argument("ttl cannot be negative"));
+        }
+        let (id, dns_names) = csr_identity(&req.csr)?;
+        if !id.is_member_of(&self.state.trust_domain) {
+            return Err(Status::invalid_argument(format!(
+                "invalid SPIFFE ID in CSR: \"{id}\" is not a member of trust domain \"{}\"",
+                self.state.trust_domain
+            )));
+        }
+        let ttl = ttl_or(req.ttl, self.state.default_x509_svid_ttl);
+        let ca = self.state.ca.x509_ca().map_err(|e| Status::internal(e.to_string()))?;
+        let params = SvidParams { spiffe_id: &id, dns_names: &dns_names, ttl };
+        let leaf = ca
+            .sign_x509_svid_from_csr(&req.csr, &params, self.state.clock.now())
+            .map_err(|e| sign_error_status(&e, "failed to sign X509-SVID"))?;
+        let expires_at =
+            crate::tls::leaf_facts(&leaf).map(|f| f.not_after).map_err(Status::internal)?;
+        let mut chain = vec![leaf];
+        chain.extend(ca.svid_chain_tail().iter().cloned());
+        Ok(Response::new(pb::MintX509svidResponse {
+            svid: Some(x509_svid_to_proto(chain, &id, expires_at, "")),
+        }))
     }
 
     async fn mint_jwtsvid(
         &self,
-        _: Request<pb::MintJwtsvidRequest>,
+        req: Request<pb::MintJwtsvidRequest>,
     ) -> Result<Response<pb::MintJwtsvidResponse>, Status> {
-        Err(unimplemented("MintJWTSVID"))
+        let req = req.into_inner();
+        let id = spiffe_id_from_proto(req.id.as_ref(), IdField::SpiffeId)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if !id.is_member_of(&self.state.trust_domain) {
+            return Err(Status::invalid_argument(format!(
+                "invalid SPIFFE ID: \"{id}\" is not a member of trust domain \"{}\"",
+                self.state.trust_domain
+            )));
+        }
+        if req.audience.is_empty() {
+            return Err(Status::invalid_argument("at least one audience is required"));
+        }
+        if req.ttl < 0 {
+            return Err(Status::invalid_argument("ttl cannot be negative"));
+        }
+        let jwt =
+            self.sign_jwt(&id, &req.audience, ttl_or(req.ttl, self.state.default_jwt_svid_ttl))?;
+        Ok(Response::new(pb::MintJwtsvidResponse {
+            svid: Some(jwt_svid_to_proto(jwt.token, &id, jwt.issued_at, jwt.expires_at, "")),
+        }))
     }
 
     async fn batch_new_x509svid(
@@ -158,18 +254,8 @@ impl Svid for SvidService {
         let Some(entry) = entries.get(&req.entry_id) else {
             return Err(Status::not_found("entry not found or not authorized"));
         };
-        let signer = self
-            .state
-            .ca
-            .jwt_signer_now()
-            .map_err(|e| Status::internal(format!("failed to sign JWT-SVID: {e}")))?;
-        let ttl = match u64::try_from(entry.jwt_svid_ttl) {
-            Ok(secs) if secs > 0 => Duration::from_secs(secs),
-            _ => self.state.default_jwt_svid_ttl,
-        };
-        let jwt = signer
-            .sign(&entry.spiffe_id, &req.audience, self.state.clock.now(), ttl)
-            .map_err(|e| Status::internal(format!("failed to sign JWT-SVID: {e}")))?;
+        let ttl = ttl_or(entry.jwt_svid_ttl, self.state.default_jwt_svid_ttl);
+        let jwt = self.sign_jwt(&entry.spiffe_id, &req.audience, ttl)?;
         Ok(Response::new(pb::NewJwtsvidResponse {
             svid: Some(jwt_svid_to_proto(
                 jwt.token,
