@@ -315,3 +315,38 @@ async fn caller_classes_over_real_sockets() {
     assert_eq!(err.code(), Code::PermissionDenied);
     ts.server.shutdown().await;
 }
+
+#[tokio::test]
+async fn reattestable_agents_must_reattest_instead_of_renewing() {
+    let ts = TestServer::start().await;
+    let roots = ts.roots().await;
+    let id = "spiffe://example.org/spire/agent/x509pop/abc";
+    let ident = issue(&ts, id);
+    let leaf = ward_server::tls::leaf_facts(&ident.chain[0]).unwrap();
+    let attestation = ward_store::AgentAttestation {
+        id: AgentId(SpiffeId::parse(id).unwrap()),
+        attestation_type: "x509pop".into(),
+        serial: leaf.serial,
+        expires_at: leaf.not_after,
+        selectors: ward_core::SelectorSet::default(),
+        can_reattest: true,
+    };
+    ts.server.state.proposer.propose(Command::AttestAgent(attestation)).await.unwrap();
+
+    let ch = tls_channel(ts.addr(), &roots, Some(ident)).await;
+    // Other agent methods work for it...
+    assert_eq!(get_authorized(ch.clone()).await.unwrap(), 0);
+    // ...but renewal is refused with AGENT_MUST_REATTEST.
+    let err = agentpb::agent_client::AgentClient::new(ch)
+        .renew_agent(agentpb::RenewAgentRequest {
+            params: Some(agentpb::AgentX509svidParams { csr: key_and_csr().1 }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(
+        ward_proto::convert::permission_denied_reason(&err),
+        Some(Reason::AgentMustReattest)
+    );
+    ts.server.shutdown().await;
+}
