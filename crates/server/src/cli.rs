@@ -110,14 +110,8 @@ pub async fn entry_create(socket: &Path, o: &EntryCreate) -> anyhow::Result<Stri
             None => bail!("a parent ID is required if the node flag is not set"),
         }
     };
-    let selectors = o
-        .selectors
-        .iter()
-        .map(|s| match s.split_once(':') {
-            Some((t, v)) => Ok(types::Selector { r#type: t.into(), value: v.into() }),
-            None => bail!("selector \"{s}\" must be formatted as type:value"),
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let selectors =
+        o.selectors.iter().map(|s| parse_selector(s)).collect::<anyhow::Result<Vec<_>>>()?;
     let entry = types::Entry {
         id: o.entry_id.clone().unwrap_or_default(),
         spiffe_id: Some(spiffe_id),
@@ -159,6 +153,84 @@ pub async fn entry_create(socket: &Path, o: &EntryCreate) -> anyhow::Result<Stri
         bail!("{out}");
     }
     Ok(out)
+}
+
+/// Filters of `entry show`.
+#[derive(Debug, Default, Clone)]
+pub struct EntryShow {
+    /// `-entryID`: show one entry.
+    pub entry_id: Option<String>,
+    /// `-spiffeID`.
+    pub spiffe_id: Option<String>,
+    /// `-parentID`.
+    pub parent_id: Option<String>,
+    /// `-selector`, repeatable; entries having all of them (SPIRE's default superset match).
+    pub selectors: Vec<String>,
+}
+
+/// `entry show`: one entry by id, or every entry passing the filters, as SPIRE prints them.
+///
+/// # Errors
+/// On bad flags or transport failure.
+pub async fn entry_show(socket: &Path, o: &EntryShow) -> anyhow::Result<String> {
+    let mut client = entrypb::entry_client::EntryClient::new(admin_channel(socket).await?);
+    let entries = if let Some(id) = &o.entry_id {
+        let e = client
+            .get_entry(entrypb::GetEntryRequest { id: id.clone(), output_mask: None })
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        vec![e]
+    } else {
+        let selectors =
+            o.selectors.iter().map(|s| parse_selector(s)).collect::<anyhow::Result<Vec<_>>>()?;
+        let filter = entrypb::list_entries_request::Filter {
+            by_spiffe_id: o.spiffe_id.as_deref().map(parse_id).transpose()?,
+            by_parent_id: o.parent_id.as_deref().map(parse_id).transpose()?,
+            by_selectors: (!selectors.is_empty()).then_some(types::SelectorMatch {
+                selectors,
+                r#match: types::selector_match::MatchBehavior::MatchSuperset as i32,
+            }),
+            by_downstream: Some(false),
+            ..Default::default()
+        };
+        let mut all = Vec::new();
+        let mut page_token = String::new();
+        // Bounded: every page advances the token; an empty token ends the listing.
+        loop {
+            let resp = client
+                .list_entries(entrypb::ListEntriesRequest {
+                    filter: Some(filter.clone()),
+                    output_mask: None,
+                    page_size: 500,
+                    page_token: page_token.clone(),
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            all.extend(resp.entries);
+            if resp.next_page_token.is_empty() || resp.next_page_token == page_token {
+                break;
+            }
+            page_token = resp.next_page_token;
+        }
+        all
+    };
+    let mut out = match entries.len() {
+        1 => "Found 1 entry\n".to_owned(),
+        n => format!("Found {n} entries\n"),
+    };
+    for e in &entries {
+        out.push_str(&format_entry(e));
+    }
+    Ok(out)
+}
+
+fn parse_selector(s: &str) -> anyhow::Result<types::Selector> {
+    match s.split_once(':') {
+        Some((t, v)) => Ok(types::Selector { r#type: t.into(), value: v.into() }),
+        None => bail!("selector \"{s}\" must be formatted as type:value"),
+    }
 }
 
 /// Formats an entry the way `spire-server entry show/create` prints it.

@@ -140,6 +140,24 @@ enum EntryCmd {
         #[arg(long = "socketPath", default_value_os_t = cli::default_socket())]
         socket_path: PathBuf,
     },
+    /// Shows registration entries.
+    Show {
+        /// Show only this entry.
+        #[arg(long = "entryID")]
+        entry_id: Option<String>,
+        /// Only entries with this SPIFFE ID.
+        #[arg(long = "spiffeID")]
+        spiffe_id: Option<String>,
+        /// Only entries with this parent ID.
+        #[arg(long = "parentID")]
+        parent_id: Option<String>,
+        /// Only entries having this `type:value` selector; repeatable.
+        #[arg(long = "selector")]
+        selector: Vec<String>,
+        /// Path of the admin socket.
+        #[arg(long = "socketPath", default_value_os_t = cli::default_socket())]
+        socket_path: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -252,6 +270,12 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<String> {
                 hint,
             };
             cli::entry_create(&socket_path, &o).await
+        }
+        Cmd::Entry {
+            cmd: EntryCmd::Show { entry_id, spiffe_id, parent_id, selector, socket_path },
+        } => {
+            let o = cli::EntryShow { entry_id, spiffe_id, parent_id, selectors: selector };
+            cli::entry_show(&socket_path, &o).await
         }
         Cmd::Bundle { cmd: BundleCmd::Show { format, socket_path } } => {
             cli::bundle_show(&socket_path, &format).await

@@ -140,6 +140,21 @@ async fn token_entry_bundle_and_health_commands() {
     assert!(!ok);
     assert!(err.contains("is not a member of trust domain"), "{err}");
 
+    let (ok, out, _) = cli(&["entry", "show", "-socketPath", &sock]).await;
+    assert!(ok);
+    assert!(out.starts_with("Found 3 entries\n"), "{out}");
+    let (ok, out, _) =
+        cli(&["entry", "show", "-socketPath", &sock, "-selector", "unix:gid:1000"]).await;
+    assert!(ok);
+    assert!(out.starts_with("Found 1 entry\n"), "{out}");
+    assert_eq!(field(&out, "SPIFFE ID"), "spiffe://example.org/web");
+    let (ok, out, _) = cli(&["entry", "show", "-socketPath", &sock, "-entryID", id.as_str()]).await;
+    assert!(ok);
+    assert_eq!(field(&out, "Entry ID"), id.as_str());
+    let (ok, _, err) = cli(&["entry", "show", "-socketPath", &sock, "-entryID", "nope"]).await;
+    assert!(!ok);
+    assert!(err.contains("NotFound"), "{err}");
+
     let (ok, pem, _) = cli(&["bundle", "show", "-socketPath", &sock]).await;
     assert!(ok);
     let ders: Vec<Vec<u8>> =
