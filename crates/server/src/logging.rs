@@ -11,7 +11,7 @@ use crate::config::{Config, LogFormat};
 pub fn init(cfg: &Config) -> anyhow::Result<()> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(v) if !v.is_empty() => EnvFilter::try_new(v)?,
-        _ => EnvFilter::try_new(&cfg.log_level)?,
+        _ => EnvFilter::try_new(directive(&cfg.log_level))?,
     };
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let res = match cfg.log_format {
@@ -19,4 +19,29 @@ pub fn init(cfg: &Config) -> anyhow::Result<()> {
         LogFormat::Json => builder.json().try_init(),
     };
     res.map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))
+}
+
+/// Dependencies that are chatty below `info`; a bare `debug`/`trace` level keeps them at
+/// `info` so the server's own messages stay readable. Full directives are used as given.
+const QUIET: &str =
+    "sled=info,h2=info,hyper=info,hyper_util=info,tower=info,rustls=info,tonic=info";
+
+fn directive(level: &str) -> String {
+    match level {
+        "debug" | "trace" => format!("{level},{QUIET}"),
+        other => other.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_debug_keeps_dependencies_quiet() {
+        assert!(directive("debug").starts_with("debug,sled=info"));
+        assert_eq!(directive("info"), "info");
+        assert_eq!(directive("ward_server=trace"), "ward_server=trace");
+        assert!(EnvFilter::try_new(directive("trace")).is_ok());
+    }
 }
