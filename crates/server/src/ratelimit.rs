@@ -48,6 +48,11 @@ impl PerIpLimiter {
         Self { limit, enabled, buckets: Mutex::new(HashMap::new()) }
     }
 
+    /// Whether the limit is applied (oversized requests are refused either way).
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
     /// Takes `n` tokens for `ip`, waiting as long as needed.
     ///
     /// # Errors
