@@ -59,13 +59,19 @@ impl<T> Slab<T> {
     pub(crate) fn len(&self) -> usize {
         self.len
     }
+
+    pub(crate) fn reserve(&mut self, additional: usize) {
+        self.items.reserve(additional);
+    }
 }
 
 /// The slots under one hash: a single slot needs no allocation.
 #[derive(Debug)]
 pub(crate) enum IdSet {
     One(Slot),
-    Many(BTreeSet<Slot>),
+    // Boxed so a single-slot key costs 16 bytes in the table instead of 32.
+    #[allow(clippy::box_collection)]
+    Many(Box<BTreeSet<Slot>>),
 }
 
 impl IdSet {
@@ -158,7 +164,7 @@ impl HashIndex {
             Some(IdSet::One(existing)) => {
                 if *existing != slot {
                     let set: BTreeSet<Slot> = [*existing, slot].into_iter().collect();
-                    self.map.insert(hash, IdSet::Many(set));
+                    self.map.insert(hash, IdSet::Many(Box::new(set)));
                 }
             }
             Some(IdSet::Many(set)) => {
@@ -186,6 +192,10 @@ impl HashIndex {
                 }
             }
         }
+    }
+
+    pub(crate) fn reserve(&mut self, additional: usize) {
+        self.map.reserve(additional);
     }
 
     pub(crate) fn get(&self, hash: u64) -> Option<&IdSet> {

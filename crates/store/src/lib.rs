@@ -30,6 +30,7 @@
 //! | `c` + revision (u64 BE) | [`Change`]: ids changed by that revision; the last [`CHANGE_FEED_RETAIN`] are kept |
 //! | `m/applied` | last applied log index (u64 BE) |
 //! | `m/revision` | global revision (u64 BE) |
+//! | `m/entries` | number of entries (u64 BE), to size indexes on open |
 //! | `m/format` | layout format (u64 BE), currently 1 |
 //!
 //! Every command writes its records, `m/applied` and (if anything changed) `m/revision` and

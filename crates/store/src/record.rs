@@ -22,6 +22,8 @@ pub(crate) const CHANGE: u8 = b'c';
 pub(crate) const META_APPLIED: &[u8] = b"m/applied";
 /// Key of the global revision (u64 big-endian).
 pub(crate) const META_REVISION: &[u8] = b"m/revision";
+/// Key of the number of entries (u64 BE), so open can size its indexes.
+pub(crate) const META_ENTRIES: &[u8] = b"m/entries";
 /// Key of the layout format version.
 pub(crate) const META_FORMAT: &[u8] = b"m/format";
 /// The layout format this code writes.

@@ -17,6 +17,37 @@ use crate::query::{AgentFilter, EntryFilter, Page, PageRequest, SelectorFilter, 
 /// The authorized entries of an agent, sorted by entry id.
 pub type AuthorizedEntries = Arc<[Arc<RegistrationEntry>]>;
 
+/// An entry as a key of the ordered id map: ordered by, and borrowable as, its id, so the
+/// map needs no second copy of the id.
+#[derive(Clone, Debug)]
+struct ById(Arc<RegistrationEntry>);
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl Eq for ById {}
+
+impl PartialOrd for ById {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ById {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.id.as_str().cmp(other.0.id.as_str())
+    }
+}
+
+impl std::borrow::Borrow<str> for ById {
+    fn borrow(&self) -> &str {
+        self.0.id.as_str()
+    }
+}
+
 /// The in-memory state.
 #[derive(Debug)]
 pub(crate) struct State {
@@ -25,7 +56,7 @@ pub(crate) struct State {
     pub(crate) applied: u64,
     pub(crate) revision: u64,
     entries: Slab<Arc<RegistrationEntry>>,
-    entry_ids: BTreeMap<EntryId, Slot>,
+    entry_ids: BTreeMap<ById, Slot>,
     by_parent: HashIndex,
     by_spiffe: HashIndex,
     by_selector: HashIndex,
@@ -100,21 +131,33 @@ impl State {
 
     /// Inserts or replaces an entry, keeping every index in step.
     pub(crate) fn put_entry(&mut self, e: Arc<RegistrationEntry>) {
-        if let Some(&slot) = self.entry_ids.get(&e.id) {
+        if let Some(slot) = self.entry_ids.remove(e.id.as_str()) {
             if let Some(old) = self.entries.get(slot).cloned() {
                 self.unindex_entry(slot, &old);
             }
             self.index_entry(slot, &e);
-            self.entries.replace(slot, e);
+            self.entries.replace(slot, Arc::clone(&e));
+            self.entry_ids.insert(ById(e), slot);
         } else {
-            let slot = self.entries.insert(Arc::clone(&e));
-            self.index_entry(slot, &e);
-            self.entry_ids.insert(e.id.clone(), slot);
+            self.insert_new_entry(e);
         }
     }
 
+    /// Inserts an entry whose id is not stored yet (bulk load).
+    pub(crate) fn insert_new_entry(&mut self, e: Arc<RegistrationEntry>) {
+        let slot = self.entries.insert(Arc::clone(&e));
+        self.index_entry(slot, &e);
+        self.entry_ids.insert(ById(e), slot);
+    }
+
+    /// Makes room for `entries` entries before a bulk load.
+    pub(crate) fn reserve_entries(&mut self, entries: usize) {
+        self.entries.reserve(entries);
+        self.by_spiffe.reserve(entries);
+    }
+
     pub(crate) fn remove_entry(&mut self, id: &EntryId) -> Option<Arc<RegistrationEntry>> {
-        let slot = self.entry_ids.remove(id)?;
+        let slot = self.entry_ids.remove(id.as_str())?;
         let old = self.entries.remove(slot)?;
         self.unindex_entry(slot, &old);
         Some(old)
@@ -155,7 +198,7 @@ impl State {
     // ----- entries: lookups -----
 
     pub(crate) fn entry(&self, id: &EntryId) -> Option<&Arc<RegistrationEntry>> {
-        self.entry_ids.get(id).and_then(|&slot| self.entries.get(slot))
+        self.entry_ids.get_key_value(id.as_str()).map(|(k, _)| &k.0)
     }
 
     pub(crate) fn entry_count(&self) -> usize {
@@ -266,23 +309,16 @@ impl State {
                 finish_page(hits.into_iter().cloned().collect(), more, |e| e.id.as_str().to_owned())
             }
             None => {
-                let iter: Box<dyn Iterator<Item = (&EntryId, &Slot)>> = match after
-                    .map(|a| (a, EntryId::new(a)))
-                {
-                    Some((_, Ok(start))) => Box::new(
-                        self.entry_ids
-                            .range((std::ops::Bound::Excluded(start), std::ops::Bound::Unbounded)),
-                    ),
-                    // Not an entry id: compare as text.
-                    Some((a, Err(_))) => {
-                        Box::new(self.entry_ids.iter().filter(move |(k, _)| k.as_str() > a))
-                    }
+                let iter: Box<dyn Iterator<Item = (&ById, &Slot)>> = match after {
+                    Some(a) => Box::new(self.entry_ids.range::<str, _>((
+                        std::ops::Bound::Excluded(a),
+                        std::ops::Bound::Unbounded,
+                    ))),
                     None => Box::new(self.entry_ids.iter()),
                 };
                 let mut items = Vec::new();
                 let mut more = false;
-                for (_, &slot) in iter {
-                    let Some(e) = self.entries.get(slot) else { continue };
+                for (ById(e), _) in iter {
                     if !f.matches(e) {
                         continue;
                     }
@@ -305,12 +341,7 @@ impl State {
                 .filter_map(|s| self.entries.get(s))
                 .filter(|e| f.matches(e))
                 .count(),
-            None => self
-                .entry_ids
-                .values()
-                .filter_map(|&s| self.entries.get(s))
-                .filter(|e| f.matches(e))
-                .count(),
+            None => self.all_entries().filter(|e| f.matches(e)).count(),
         }
     }
 
@@ -497,7 +528,7 @@ impl State {
     // ----- whole-state views (snapshots, tests) -----
 
     pub(crate) fn all_entries(&self) -> impl Iterator<Item = &Arc<RegistrationEntry>> {
-        self.entry_ids.values().filter_map(|&s| self.entries.get(s))
+        self.entry_ids.keys().map(|k| &k.0)
     }
 }
 

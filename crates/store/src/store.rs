@@ -188,6 +188,7 @@ impl Store {
             state.revision += 1;
             change.revision = state.revision;
             batch.insert(record::META_REVISION, record::u64_value(state.revision));
+            batch.insert(record::META_ENTRIES, record::u64_value(state.entry_count() as u64));
             batch.insert(record::change_key(state.revision), record::encode(&change)?);
             if let Some(old) = state.revision.checked_sub(CHANGE_FEED_RETAIN) {
                 batch.remove(record::change_key(old));
@@ -421,6 +422,10 @@ pub(crate) fn load_state(tree: &sled::Tree, td: &TrustDomain) -> Result<State, S
     } else {
         tree.insert(record::META_FORMAT, record::u64_value(record::FORMAT))?;
     }
+    if let Some(v) = tree.get(record::META_ENTRIES)? {
+        let n = record::read_u64(record::META_ENTRIES, &v)?;
+        state.reserve_entries(usize::try_from(n).unwrap_or(0));
+    }
     let records = [record::ENTRY, record::AGENT, record::TOKEN, record::BUNDLE, record::FEDERATION]
         .into_iter()
         .flat_map(|p| tree.scan_prefix([p]));
@@ -432,7 +437,8 @@ pub(crate) fn load_state(tree: &sled::Tree, td: &TrustDomain) -> Result<State, S
         match k.first().copied() {
             Some(record::ENTRY) => {
                 let e: RegistrationEntry = record::decode(&k, &v)?;
-                state.put_entry(Arc::new(e));
+                // Keys are unique in the tree, so every entry is new.
+                state.insert_new_entry(Arc::new(e));
             }
             Some(record::AGENT) => {
                 let a: AttestedNode = record::decode(&k, &v)?;

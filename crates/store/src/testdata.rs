@@ -166,19 +166,31 @@ impl DataSet {
         )
     }
 
-    /// Every command that builds the set, entries in batches of `batch`.
+    /// Entry `j` of the set in load order: aliases each followed by their children, then
+    /// every agent's workload entries.
+    pub fn nth_entry(&self, j: usize) -> RegistrationEntry {
+        let per_alias = 1 + ENTRIES_PER_ALIAS;
+        let alias_part = self.alias_count() * per_alias;
+        if j < alias_part {
+            let (g, k) = (j / per_alias, j % per_alias);
+            if k == 0 { Self::alias_entry(g) } else { Self::alias_child_entry(g, k - 1) }
+        } else {
+            let w = j - alias_part;
+            Self::workload_entry(w / ENTRIES_PER_AGENT, w % ENTRIES_PER_AGENT)
+        }
+    }
+
+    /// Every command that builds the set, generated lazily: one AttestAgent per agent, then
+    /// entries in CreateEntries batches of `batch`.
     pub fn commands(&self, batch: usize) -> impl Iterator<Item = Command> + '_ {
         let batch = batch.max(1);
+        let total = self.entry_count();
         let agents = (0..self.n).map(|i| Command::AttestAgent(Self::agent(i)));
-        let aliases = (0..self.alias_count()).flat_map(|g| {
-            std::iter::once(Self::alias_entry(g))
-                .chain((0..ENTRIES_PER_ALIAS).map(move |k| Self::alias_child_entry(g, k)))
+        let batches = (0..total).step_by(batch).map(move |start| {
+            Command::CreateEntries(
+                (start..(start + batch).min(total)).map(|j| self.nth_entry(j)).collect(),
+            )
         });
-        let workloads = (0..self.n)
-            .flat_map(|i| (0..ENTRIES_PER_AGENT).map(move |k| Self::workload_entry(i, k)));
-        let entries: Vec<RegistrationEntry> = aliases.chain(workloads).collect();
-        let batches: Vec<Command> =
-            entries.chunks(batch).map(|c| Command::CreateEntries(c.to_vec())).collect();
         agents.chain(batches)
     }
 
