@@ -35,6 +35,8 @@ use crate::tls::{self, AuthoritySource, RotatingServerCert, SpiffeClientVerifier
 
 /// How often the server's own SVID is checked for rotation (SPIRE: 5 s).
 pub const SVID_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// How long shutdown waits for in-flight calls.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How often expired entries and join tokens are deleted.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(300);
 /// gRPC MaxConnectionAge on the TCP listener, as SPIRE sets it.
@@ -58,8 +60,11 @@ impl RunningServer {
     /// Stops the listeners and background tasks and waits for them.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        for t in self.tasks {
-            let _ = t.await;
+        for mut t in self.tasks {
+            // Connections get a grace period to finish their calls, then are dropped.
+            if tokio::time::timeout(SHUTDOWN_GRACE, &mut t).await.is_err() {
+                t.abort();
+            }
         }
         let _ = self.state.store.flush();
         let _ = std::fs::remove_file(&self.socket_path);
