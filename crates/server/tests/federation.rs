@@ -145,3 +145,41 @@ async fn federated_bundle_lifecycle() {
     );
     ts.server.shutdown().await;
 }
+
+#[tokio::test]
+async fn append_to_own_bundle() {
+    let ts = TestServer::start().await;
+    let mut admin = bundlepb::bundle_client::BundleClient::new(ts.admin().await);
+    let before =
+        admin.get_bundle(bundlepb::GetBundleRequest::default()).await.unwrap().into_inner();
+    let extra = foreign_ca("example.org");
+    let after = admin
+        .append_bundle(bundlepb::AppendBundleRequest {
+            x509_authorities: vec![types::X509Certificate { asn1: extra.clone(), tainted: false }],
+            jwt_authorities: vec![],
+            output_mask: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after.x509_authorities.len(), before.x509_authorities.len() + 1);
+    assert!(after.x509_authorities.iter().any(|a| a.asn1 == extra));
+    assert!(after.sequence_number > before.sequence_number);
+
+    let err = admin.append_bundle(bundlepb::AppendBundleRequest::default()).await.unwrap_err();
+    assert_eq!((err.code(), err.message()), (Code::InvalidArgument, "no authorities to append"));
+    let err = admin
+        .append_bundle(bundlepb::AppendBundleRequest {
+            x509_authorities: vec![types::X509Certificate {
+                asn1: b"junk".to_vec(),
+                tainted: false,
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let now = admin.get_bundle(bundlepb::GetBundleRequest::default()).await.unwrap().into_inner();
+    assert_eq!(now, after, "refused appends change nothing");
+    ts.server.shutdown().await;
+}

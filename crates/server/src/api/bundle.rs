@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tonic::{Code, Request, Response, Status};
 use ward_proto::convert::{
     apply_bundle_update, batch_status, batch_status_ok, bundle_from_proto, bundle_to_proto,
-    trust_domain_from_proto,
+    jwt_authority_from_proto, trust_domain_from_proto, x509_authority_from_proto,
 };
 use ward_proto::spire::api::server::bundle::v1::{self as pb, bundle_server::Bundle};
 use ward_proto::spire::api::types;
@@ -52,9 +52,48 @@ impl Bundle for BundleService {
 
     async fn append_bundle(
         &self,
-        _: Request<pb::AppendBundleRequest>,
+        req: Request<pb::AppendBundleRequest>,
     ) -> Result<Response<types::Bundle>, Status> {
-        Err(unimplemented("AppendBundle"))
+        let req = req.into_inner();
+        if req.x509_authorities.is_empty() && req.jwt_authorities.is_empty() {
+            return Err(Status::invalid_argument("no authorities to append"));
+        }
+        let x509_authorities = req
+            .x509_authorities
+            .iter()
+            .map(x509_authority_from_proto)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                Status::invalid_argument(format!("failed to convert X.509 authority: {e}"))
+            })?;
+        for a in &x509_authorities {
+            x509_parser::parse_x509_certificate(&a.der).map_err(|e| {
+                Status::invalid_argument(format!("failed to convert X.509 authority: {e}"))
+            })?;
+        }
+        let jwt_authorities = req
+            .jwt_authorities
+            .iter()
+            .map(jwt_authority_from_proto)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                Status::invalid_argument(format!("failed to convert JWT authority: {e}"))
+            })?;
+        let cmd = Command::AppendBundle {
+            trust_domain: self.state.trust_domain.clone(),
+            x509_authorities,
+            jwt_authorities,
+        };
+        match propose(&self.state, cmd).await?.outcome {
+            Outcome::Bundles(mut items) => match items.pop() {
+                Some(Ok(b)) => Ok(Response::new(bundle_to_proto(&b, req.output_mask.as_ref()))),
+                Some(Err(e)) => {
+                    Err(Status::new(item_code(&e), format!("failed to append bundle: {e}")))
+                }
+                None => Err(Status::internal("failed to append bundle: no result")),
+            },
+            _ => Err(Status::internal("unexpected apply outcome")),
+        }
     }
 
     async fn publish_jwt_authority(
