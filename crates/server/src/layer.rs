@@ -134,7 +134,7 @@ where
                     svid,
                     authorized,
                 });
-                inner.call(req).await
+                inner.call(req).await.map(oversized_as_resource_exhausted)
             }
             .instrument(span)
             .await
@@ -167,4 +167,20 @@ fn gather(
         facts.node = state.store.agent(&AgentId(s.id)).map(|n| (*n).clone());
     }
     facts
+}
+
+/// tonic refuses a request message over the 4 MiB limit with `OutOfRange`; gRPC-Go (and so
+/// SPIRE) answers `ResourceExhausted`. The refusal is a trailers-only response, so its status
+/// is in the headers and can be rewritten here.
+fn oversized_as_resource_exhausted(mut resp: http::Response<Body>) -> http::Response<Body> {
+    let out_of_range = resp.headers().get("grpc-status").is_some_and(|v| v == "11");
+    let oversized =
+        resp.headers().get("grpc-message").and_then(|v| v.to_str().ok()).is_some_and(|m| {
+            m.contains("message%20length%20too%20large") || m.contains("message length too large")
+        });
+    if out_of_range && oversized {
+        let code = http::HeaderValue::from_static("8");
+        resp.headers_mut().insert("grpc-status", code);
+    }
+    resp
 }

@@ -268,7 +268,7 @@ async fn malformed_attestation_and_admin_requests() {
         })
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::OutOfRange);
+    assert_eq!(err.code(), Code::ResourceExhausted);
     assert!(err.message().contains("the limit is: 4194304 bytes"), "{}", err.message());
     assert_eq!(snapshot(&ts), before_big);
     assert!(before.0 < before_big.0, "the token creation and consumption were writes");
