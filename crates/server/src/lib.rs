@@ -10,6 +10,20 @@
 //! It does not own the storage layout or queries (`ward-store`), certificate building and
 //! signing (`ward-ca`) or the wire types and their conversions (`ward-proto`).
 //!
+//! Served on both listeners (TCP for agents, the admin socket for operators):
+//!
+//! - `Agent`: AttestAgent (join tokens), RenewAgent, CreateJoinToken, List/Count/Get/Ban/
+//!   DeleteAgent;
+//! - `Entry`: Count/List/GetEntry, BatchCreate/Update/DeleteEntry, GetAuthorizedEntries,
+//!   SyncAuthorizedEntries (SPIRE's 500-entry paging);
+//! - `SVID`: BatchNewX509SVID, NewJWTSVID, MintX509SVID, MintJWTSVID;
+//! - `Bundle`: Get/Count/AppendBundle, List/GetFederatedBundle, BatchCreate/Update/Set/
+//!   DeleteFederatedBundle;
+//! - on the admin socket only: `grpc.health.v1.Health/Check`.
+//!
+//! Other methods of these services answer `Unimplemented` (PostStatus is refused by policy
+//! first, as in SPIRE); services that are not served answer `Unimplemented`.
+//!
 //! Flow of a call: the TLS acceptor verifies an optional client SVID against the current
 //! bundle; the [`layer::AuthLayer`] classifies the caller (local, unauthenticated, agent,
 //! admin), asks [`authz::decide`] and records a [`state::Caller`] in the request; the handler
