@@ -85,13 +85,8 @@ fn ca_key_type(k: config::KeyType) -> KeyType {
 struct StoreAuthorities(Arc<ServerState>);
 
 impl AuthoritySource for StoreAuthorities {
-    fn x509_authorities(&self) -> (u64, Vec<Vec<u8>>) {
-        match self.0.store.bundle(&self.0.trust_domain) {
-            Some(b) => {
-                (b.sequence_number, b.x509_authorities.iter().map(|a| a.der.clone()).collect())
-            }
-            None => (0, Vec::new()),
-        }
+    fn bundle(&self) -> Option<Arc<ward_core::Bundle>> {
+        self.0.store.bundle(&self.0.trust_domain)
     }
 }
 

@@ -9,22 +9,22 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
-use ward_core::{SpiffeId, TrustDomain};
+use ward_core::{Bundle, SpiffeId, TrustDomain};
 
 use crate::authz::PresentedSvid;
 
@@ -37,12 +37,6 @@ pub enum TlsError {
     /// rustls refused the key or configuration.
     #[error("tls configuration")]
     Rustls(#[from] rustls::Error),
-    /// The trust bundle has no usable X.509 authority.
-    #[error("no usable X.509 authority in the bundle")]
-    NoRoots,
-    /// The client verifier could not be built.
-    #[error("building the client verifier: {0}")]
-    Verifier(String),
 }
 
 /// The crypto provider everything TLS in the server uses (aws-lc-rs).
@@ -78,53 +72,30 @@ pub fn leaf_facts(der: &[u8]) -> Result<PresentedSvid, String> {
 
 /// Where the verifier reads the current trust anchors from.
 pub trait AuthoritySource: Send + Sync + std::fmt::Debug {
-    /// The current X.509 authorities of the server's trust domain (DER), and a number that
-    /// changes whenever they change.
-    fn x509_authorities(&self) -> (u64, Vec<Vec<u8>>);
+    /// The server trust domain's current bundle, if there is one.
+    fn bundle(&self) -> Option<Arc<Bundle>>;
 }
 
-/// Verifies client certificates, when presented, SPIFFE-style: chain to a current authority
-/// of the server's trust domain, exactly one URI SAN, member of the trust domain.
+/// Verifies client certificates, when presented, SPIFFE-style with ward-core's X509-SVID
+/// validation: exactly one URI SAN, a member of the server's trust domain, a leaf (not a
+/// CA) chaining to a current X.509 authority of the bundle, valid now.
 #[derive(Debug)]
 pub struct SpiffeClientVerifier {
     td: TrustDomain,
     source: Arc<dyn AuthoritySource>,
     provider: Arc<CryptoProvider>,
-    cached: RwLock<Option<(u64, Arc<dyn ClientCertVerifier>)>>,
 }
 
 impl SpiffeClientVerifier {
     /// A verifier for members of `td` trusting whatever `source` currently holds.
     pub fn new(td: TrustDomain, source: Arc<dyn AuthoritySource>) -> Self {
-        Self { td, source, provider: provider(), cached: RwLock::new(None) }
+        Self { td, source, provider: provider() }
     }
+}
 
-    fn inner(&self) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
-        let (version, roots) = self.source.x509_authorities();
-        if let Ok(guard) = self.cached.read()
-            && let Some((v, verifier)) = guard.as_ref()
-            && *v == version
-        {
-            return Ok(verifier.clone());
-        }
-        let mut store = RootCertStore::empty();
-        for der in roots {
-            // Unusable authorities are skipped; the remaining ones still verify.
-            let _ = store.add(CertificateDer::from(der));
-        }
-        if store.is_empty() {
-            return Err(rustls::Error::General("no X.509 authorities in the bundle".into()));
-        }
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(Arc::new(store), self.provider.clone())
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| rustls::Error::General(format!("client verifier: {e}")))?;
-        if let Ok(mut guard) = self.cached.write() {
-            *guard = Some((version, verifier.clone()));
-        }
-        Ok(verifier)
-    }
+fn refused(reason: impl std::fmt::Display) -> rustls::Error {
+    tracing::debug!(%reason, "client certificate refused");
+    rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure)
 }
 
 impl ClientCertVerifier for SpiffeClientVerifier {
@@ -146,14 +117,16 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let facts = leaf_facts(end_entity).map_err(rustls::Error::General)?;
-        if !facts.id.is_member_of(&self.td) {
-            return Err(rustls::Error::General(format!(
-                "unexpected trust domain in client ID {}",
-                facts.id
-            )));
+        let bundle = self.source.bundle().ok_or_else(|| refused("no trust bundle yet"))?;
+        let mut chain: Vec<&[u8]> = Vec::with_capacity(1 + intermediates.len());
+        chain.push(end_entity.as_ref());
+        chain.extend(intermediates.iter().map(|c| c.as_ref()));
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs());
+        let id = ward_core::x509svid::verify_with_bundle(&chain, &bundle, now).map_err(refused)?;
+        if !id.is_member_of(&self.td) {
+            return Err(refused(format!("unexpected trust domain in client ID {id}")));
         }
-        self.inner()?.verify_client_cert(end_entity, intermediates, now)
+        Ok(ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(

@@ -350,3 +350,53 @@ async fn reattestable_agents_must_reattest_instead_of_renewing() {
     );
     ts.server.shutdown().await;
 }
+
+#[tokio::test]
+async fn client_certificates_outside_the_bundle_or_expired_are_refused() {
+    let ts = TestServer::start().await;
+    let roots = ts.roots().await;
+
+    // Signed by a CA that is not in the bundle.
+    let key = ward_ca::PrivateKey::generate(ward_ca::KeyType::EcP256).unwrap();
+    let td = ward_core::TrustDomain::new("example.org").unwrap();
+    let rogue = ward_ca::X509Ca::self_signed(
+        key,
+        &td,
+        Duration::from_secs(600),
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
+    let leaf_key = ward_ca::PrivateKey::generate(ward_ca::KeyType::EcP256).unwrap();
+    let sid = SpiffeId::parse("spiffe://example.org/spire/agent/join_token/x").unwrap();
+    let params = SvidParams { spiffe_id: &sid, dns_names: &[], ttl: Duration::from_secs(600) };
+    let leaf = rogue
+        .sign_x509_svid(leaf_key.public_key_der(), &params, std::time::SystemTime::now())
+        .unwrap();
+    let rogue_ident = Identity { chain: vec![leaf], key_pkcs8: leaf_key.pkcs8_der().to_vec() };
+
+    // Signed by the server's CA, but expired an hour ago.
+    let ca = ts.server.state.ca.x509_ca().unwrap();
+    let old_key = ward_ca::PrivateKey::generate(ward_ca::KeyType::EcP256).unwrap();
+    let params = SvidParams { spiffe_id: &sid, dns_names: &[], ttl: Duration::from_secs(60) };
+    let past = std::time::SystemTime::now() - Duration::from_secs(3600);
+    let old = ca.sign_x509_svid(old_key.public_key_der(), &params, past).unwrap();
+    let expired_ident = Identity { chain: vec![old], key_pkcs8: old_key.pkcs8_der().to_vec() };
+
+    for ident in [rogue_ident, expired_ident] {
+        // TLS 1.3 reports a refused client certificate on first use of the connection.
+        let refused = match try_tls_channel(ts.addr(), &roots, Some(ident)).await {
+            Err(_) => true,
+            Ok(ch) => get_authorized(ch).await.is_err_and(|e| {
+                e.code() == Code::Unknown
+                    || e.code() == Code::Unavailable
+                    || e.code() == Code::Internal
+            }),
+        };
+        assert!(refused, "handshake must fail");
+    }
+    // The server keeps serving.
+    let (ident, _) = new_agent(&ts).await;
+    let ch = tls_channel(ts.addr(), &roots, Some(ident)).await;
+    assert_eq!(get_authorized(ch).await.unwrap(), 0);
+    ts.server.shutdown().await;
+}
