@@ -2,7 +2,7 @@
 //! the two listeners (TLS on TCP for agents, plaintext gRPC on the admin Unix socket).
 
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -120,11 +120,14 @@ fn certified(svid: &ServerSvid) -> anyhow::Result<rustls::sign::CertifiedKey> {
 }
 
 fn prepare_socket(path: &Path) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
+    // Like SPIRE (MkdirAll with 0750): directories created here get 0750; an existing
+    // directory (say /tmp) is left exactly as it is.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(dir)
             .with_context(|| format!("creating socket directory {}", dir.display()))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))
-            .with_context(|| format!("setting permissions on {}", dir.display()))?;
     }
     match std::fs::remove_file(path) {
         Ok(()) => {}

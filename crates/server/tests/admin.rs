@@ -336,3 +336,26 @@ async fn mint_x509_and_jwt_svids() {
     assert_eq!(ts.server.state.store.last_applied(), before, "minting writes nothing");
     ts.server.shutdown().await;
 }
+
+#[tokio::test]
+async fn admin_socket_modes() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+
+    // A directory the server creates gets 0750, the socket 0770 (as SPIRE).
+    let ts = TestServer::start().await;
+    let sock = ts.server.socket_path.clone();
+    assert_eq!(mode(sock.parent().unwrap()), 0o750);
+    assert_eq!(mode(&sock), 0o770);
+    ts.server.shutdown().await;
+    assert!(!sock.exists(), "socket removed on shutdown");
+
+    // An existing directory keeps its mode.
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let path = shared.path().join("api.sock");
+    let ts = TestServer::start_with(|cfg| cfg.socket_path = path.clone()).await;
+    assert_eq!(mode(shared.path()), 0o777);
+    assert_eq!(mode(&path), 0o770);
+    ts.server.shutdown().await;
+}
