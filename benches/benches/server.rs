@@ -1,0 +1,539 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+//! `server/batch_new_x509svid`: a real `ward-server` process signing X509-SVIDs for an agent
+//! over mTLS on loopback, 100 CSRs per `BatchNewX509SVID` call, rate limits off.
+//!
+//! The bench starts the release `ward-server` binary (build it first with
+//! `cargo build --release -p ward-server`; `--server-bin <path>` or `WARD_SERVER_BIN` point
+//! elsewhere), registers 100 workload entries under a join-token agent through the admin
+//! socket, attests as that agent over TLS, then drives `BatchNewX509SVID` over several mTLS
+//! connections. Every result is checked (status OK, leaf carries the entry's SPIFFE ID), so
+//! errors cannot pass for throughput.
+//!
+//! It reports SVIDs/s and the server process's CPU time (utime + stime from
+//! `/proc/<pid>/stat`, load phase only) per signed SVID, next to `ca/x509_svid_from_csr`
+//! measured in-process in the same run (as `benches/benches/ca.rs` does), and their ratio.
+//! It fails only on errors; timings are printed, never gated.
+//!
+//! Flags (after `--`): `--calls N` (default 200), `--secs S` (default 20, whichever ends
+//! first), `--conns K` (default 4), `--iters N` (CA baseline iterations, default 3000),
+//! `--server-bin PATH`.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail, ensure};
+use hyper_util::rt::TokioIo;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tonic::transport::{Channel, Endpoint, Uri};
+use ward_benches::CaFixture;
+use ward_ca::{KeyType, PrivateKey, SvidParams, build_csr};
+use ward_proto::spire::api::server::agent::v1 as agentpb;
+use ward_proto::spire::api::server::bundle::v1 as bundlepb;
+use ward_proto::spire::api::server::entry::v1 as entrypb;
+use ward_proto::spire::api::server::svid::v1 as svidpb;
+use ward_proto::spire::api::types;
+
+const TD: &str = "example.org";
+const CSRS_PER_CALL: usize = 100;
+
+struct Opts {
+    calls: usize,
+    secs: u64,
+    conns: usize,
+    iters: usize,
+    server_bin: Option<PathBuf>,
+}
+
+fn opts() -> anyhow::Result<Opts> {
+    let mut o = Opts {
+        calls: 200,
+        secs: 20,
+        conns: 4,
+        iters: 3000,
+        server_bin: std::env::var_os("WARD_SERVER_BIN").map(PathBuf::from),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
+        match a.as_str() {
+            "--calls" => o.calls = value("--calls")?.parse()?,
+            "--secs" => o.secs = value("--secs")?.parse()?,
+            "--conns" => o.conns = value("--conns")?.parse()?,
+            "--iters" => o.iters = value("--iters")?.parse()?,
+            "--server-bin" => o.server_bin = Some(value("--server-bin")?.into()),
+            // `cargo bench` passes `--bench`; anything else is a filter we do not use.
+            _ => {}
+        }
+    }
+    ensure!(o.calls > 0 && o.conns > 0 && o.iters > 0, "--calls, --conns, --iters must be > 0");
+    Ok(o)
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("server bench failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let o = opts()?;
+    let bin = server_binary(o.server_bin.as_deref())?;
+    let dir = tempfile::tempdir()?;
+    let server = ServerProcess::start(&bin, dir.path())?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let load = rt.block_on(drive(&server, &o));
+    let load = load.with_context(|| format!("server log:\n{}", server.log_tail()))?;
+    drop(rt);
+    let base = ca_baseline(o.iters)?;
+    drop(server);
+    report(&o, &load, &base);
+    Ok(())
+}
+
+/// The release `ward-server` next to this bench's own directory (`<target>/release/deps/..`).
+fn server_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let path = match explicit {
+        Some(p) => p.to_owned(),
+        None => {
+            let exe = std::env::current_exe()?;
+            let profile_dir = exe.parent().and_then(Path::parent).context("bench binary path")?;
+            profile_dir.join("ward-server")
+        }
+    };
+    ensure!(
+        path.is_file(),
+        "{} not found: build it with `cargo build --release -p ward-server` (same \
+         CARGO_TARGET_DIR) or pass --server-bin / WARD_SERVER_BIN",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// A `ward-server run` child process, killed on drop.
+struct ServerProcess {
+    child: Child,
+    addr: SocketAddr,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl ServerProcess {
+    fn start(bin: &Path, dir: &Path) -> anyhow::Result<Self> {
+        // A free port: bind, read, release (the server binds it right after).
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port();
+        let socket = dir.join("admin/api.sock");
+        let config = dir.join("server.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "trust_domain = \"{TD}\"\nbind_address = \"127.0.0.1\"\nbind_port = {port}\n\
+                 socket_path = \"{}\"\ndata_dir = \"{}\"\nlog_level = \"warn\"\n\
+                 [ratelimit]\nattestation = false\nsigning = false\n",
+                socket.display(),
+                dir.join("data").display()
+            ),
+        )?;
+        let log = dir.join("server.log");
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new(bin)
+            .arg("run")
+            .arg("-config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        Ok(Self { child, addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)), socket, log })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// CPU seconds (utime + stime) a process has used, from `/proc/<pid>/stat`.
+fn process_cpu_secs(pid: u32, ticks_per_sec: f64) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').context("malformed /proc stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    ensure!(f.len() > 12, "short /proc stat");
+    let utime: u64 = f[11].parse()?;
+    let stime: u64 = f[12].parse()?;
+    Ok((utime + stime) as f64 / ticks_per_sec)
+}
+
+/// `getconf CLK_TCK`, or 100 (Linux's USER_HZ everywhere) when getconf is missing.
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// Nanoseconds the calling thread has run on a CPU (`/proc/thread-self/schedstat`).
+fn thread_cpu_ns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
+struct Load {
+    svids: usize,
+    calls: usize,
+    wall: Duration,
+    server_cpu_s: f64,
+    client_cpu_s: f64,
+}
+
+async fn drive(server: &ServerProcess, o: &Opts) -> anyhow::Result<Load> {
+    let admin = wait_ready(&server.socket).await?;
+
+    // A join token and one workload entry per CSR slot, all under the agent it will name.
+    let token = agentpb::agent_client::AgentClient::new(admin.clone())
+        .create_join_token(agentpb::CreateJoinTokenRequest {
+            ttl: 600,
+            token: String::new(),
+            agent_id: None,
+        })
+        .await?
+        .into_inner()
+        .value;
+    let agent_path = format!("/spire/agent/join_token/{token}");
+    let entries: Vec<types::Entry> = (0..CSRS_PER_CALL)
+        .map(|i| types::Entry {
+            spiffe_id: Some(spiffe_id(&format!("/bench/workload-{i}"))),
+            parent_id: Some(spiffe_id(&agent_path)),
+            selectors: vec![types::Selector { r#type: "unix".into(), value: format!("uid:{i}") }],
+            ..Default::default()
+        })
+        .collect();
+    let created = entrypb::entry_client::EntryClient::new(admin)
+        .batch_create_entry(entrypb::BatchCreateEntryRequest { entries, output_mask: None })
+        .await?
+        .into_inner();
+    let mut targets = Vec::with_capacity(CSRS_PER_CALL);
+    for r in created.results {
+        let st = r.status.context("entry result without status")?;
+        ensure!(st.code == 0, "creating an entry: {} {}", st.code, st.message);
+        let e = r.entry.context("created entry missing")?;
+        let id = e.spiffe_id.context("entry without SPIFFE ID")?;
+        targets.push((e.id, format!("spiffe://{}{}", id.trust_domain, id.path)));
+    }
+    ensure!(targets.len() == CSRS_PER_CALL, "created {} entries", targets.len());
+
+    // Attest (no client certificate), then fetch the bundle to verify the server from now on.
+    let agent_key = PrivateKey::generate(KeyType::EcP256)?;
+    let bootstrap = tls_channel(server.addr, None, None).await?;
+    let agent_svid = attest(bootstrap.clone(), &token, build_csr(&agent_key)?).await?;
+    let bundle = bundlepb::bundle_client::BundleClient::new(bootstrap)
+        .get_bundle(bundlepb::GetBundleRequest { output_mask: None })
+        .await?
+        .into_inner();
+    let roots: Vec<Vec<u8>> = bundle.x509_authorities.into_iter().map(|a| a.asn1).collect();
+    ensure!(!roots.is_empty(), "bundle has no X.509 authorities");
+    let identity = (agent_svid, agent_key.pkcs8_der().to_vec());
+
+    // One CSR per entry, made up front so the load phase only signs.
+    let params: Vec<svidpb::NewX509svidParams> = targets
+        .iter()
+        .map(|(entry_id, _)| {
+            let key = PrivateKey::generate(KeyType::EcP256)?;
+            Ok(svidpb::NewX509svidParams { entry_id: entry_id.clone(), csr: build_csr(&key)? })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let request = svidpb::BatchNewX509svidRequest { params };
+    let expected: Arc<Vec<String>> = Arc::new(targets.into_iter().map(|(_, id)| id).collect());
+
+    let mut clients = Vec::with_capacity(o.conns);
+    for _ in 0..o.conns {
+        let ch = tls_channel(server.addr, Some(&roots), Some(identity.clone())).await?;
+        let mut c = svidpb::svid_client::SvidClient::new(ch);
+        // Warm-up: one checked call per connection (handshake, HTTP/2 windows, caches).
+        let resp = c.batch_new_x509svid(request.clone()).await?.into_inner();
+        check(&resp, &expected)?;
+        clients.push(c);
+    }
+
+    let ticks = clock_ticks();
+    let pid = server.pid();
+    let next = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + Duration::from_secs(o.secs);
+    let server_before = process_cpu_secs(pid, ticks)?;
+    let client_before = process_cpu_secs(std::process::id(), ticks)?;
+    let start = Instant::now();
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            let (next, request, expected, calls) =
+                (next.clone(), request.clone(), expected.clone(), o.calls);
+            tokio::spawn(async move {
+                let mut done = 0usize;
+                while next.fetch_add(1, Ordering::Relaxed) < calls && Instant::now() < deadline {
+                    let resp = c.batch_new_x509svid(request.clone()).await?.into_inner();
+                    check(&resp, &expected)?;
+                    done += 1;
+                }
+                anyhow::Ok(done)
+            })
+        })
+        .collect();
+    let mut calls = 0;
+    for t in futures::future::join_all(tasks).await {
+        calls += t??;
+    }
+    let wall = start.elapsed();
+    let server_cpu_s = process_cpu_secs(pid, ticks)? - server_before;
+    let client_cpu_s = process_cpu_secs(std::process::id(), ticks)? - client_before;
+    Ok(Load { svids: calls * CSRS_PER_CALL, calls, wall, server_cpu_s, client_cpu_s })
+}
+
+/// Every item OK, with an SVID whose leaf carries the entry's SPIFFE ID.
+fn check(resp: &svidpb::BatchNewX509svidResponse, expected: &[String]) -> anyhow::Result<()> {
+    ensure!(resp.results.len() == expected.len(), "{} results", resp.results.len());
+    for (r, want) in resp.results.iter().zip(expected) {
+        let st = r.status.as_ref().context("result without status")?;
+        ensure!(st.code == 0, "item refused: {} {}", st.code, st.message);
+        let svid = r.svid.as_ref().context("OK result without SVID")?;
+        let leaf = svid.cert_chain.first().context("empty certificate chain")?;
+        let facts = ward_server::tls::leaf_facts(leaf).map_err(|e| anyhow!(e))?;
+        ensure!(facts.id.as_str() == want, "leaf is for {}, want {want}", facts.id);
+    }
+    Ok(())
+}
+
+fn spiffe_id(path: &str) -> types::Spiffeid {
+    types::Spiffeid { trust_domain: TD.into(), path: path.into() }
+}
+
+/// Polls the admin socket until the server answers `GetBundle` (at most ~10 s).
+async fn wait_ready(socket: &Path) -> anyhow::Result<Channel> {
+    let mut last = anyhow!("not started");
+    for _ in 0..100 {
+        match ward_server::cli::admin_channel(socket).await {
+            Ok(ch) => match bundlepb::bundle_client::BundleClient::new(ch.clone())
+                .get_bundle(bundlepb::GetBundleRequest { output_mask: None })
+                .await
+            {
+                Ok(_) => return Ok(ch),
+                Err(e) => last = e.into(),
+            },
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(last.context("server did not become ready"))
+}
+
+async fn attest(ch: Channel, token: &str, csr: Vec<u8>) -> anyhow::Result<Vec<Vec<u8>>> {
+    let req = agentpb::AttestAgentRequest {
+        step: Some(agentpb::attest_agent_request::Step::Params(
+            agentpb::attest_agent_request::Params {
+                data: Some(types::AttestationData {
+                    r#type: "join_token".into(),
+                    payload: token.as_bytes().to_vec(),
+                }),
+                params: Some(agentpb::AgentX509svidParams { csr }),
+            },
+        )),
+    };
+    let mut stream = agentpb::agent_client::AgentClient::new(ch)
+        .attest_agent(futures::stream::iter([req]))
+        .await?
+        .into_inner();
+    match stream.message().await?.and_then(|m| m.step) {
+        Some(agentpb::attest_agent_response::Step::Result(r)) => {
+            Ok(r.svid.context("attestation result without SVID")?.cert_chain)
+        }
+        other => bail!("unexpected attestation answer {other:?}"),
+    }
+}
+
+/// Accepts a server certificate whose only URI SAN is `spiffe://<td>/spire/server` and, once
+/// the bundle is known, that chains to one of its authorities.
+#[derive(Debug)]
+struct ServerIdVerifier {
+    roots: Option<RootCertStore>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for ServerIdVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let id = ward_server::tls::leaf_facts(end_entity).map_err(rustls::Error::General)?.id;
+        if id.as_str() != format!("spiffe://{TD}/spire/server") {
+            return Err(rustls::Error::General(format!("server presented {id}")));
+        }
+        if let Some(roots) = &self.roots {
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &rustls::server::ParsedCertificate::try_from(end_entity)?,
+                roots,
+                intermediates,
+                now,
+                self.provider.signature_verification_algorithms.all,
+            )?;
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        msg: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algs = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(msg, cert, dss, algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        msg: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algs = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(msg, cert, dss, algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A gRPC channel over TLS (ALPN h2) to `addr`; the server is checked against `roots` when
+/// given (bootstrap otherwise), and `identity` (chain, PKCS#8 key) is presented if given.
+async fn tls_channel(
+    addr: SocketAddr,
+    roots: Option<&[Vec<u8>]>,
+    identity: Option<(Vec<Vec<u8>>, Vec<u8>)>,
+) -> anyhow::Result<Channel> {
+    let provider = ward_server::tls::provider();
+    let roots = match roots {
+        Some(rs) => {
+            let mut store = RootCertStore::empty();
+            for r in rs {
+                store.add(CertificateDer::from(r.clone()))?;
+            }
+            Some(store)
+        }
+        None => None,
+    };
+    let verifier = Arc::new(ServerIdVerifier { roots, provider: provider.clone() });
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let mut cfg = match identity {
+        Some((chain, key)) => builder.with_client_auth_cert(
+            chain.into_iter().map(CertificateDer::from).collect(),
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)),
+        )?,
+        None => builder.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let channel = Endpoint::try_from(format!("http://{addr}"))?
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let connector = connector.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                let name = ServerName::try_from("localhost").map_err(std::io::Error::other)?;
+                Ok::<_, std::io::Error>(TokioIo::new(connector.connect(name, tcp).await?))
+            }
+        }))
+        .await?;
+    Ok(channel)
+}
+
+struct Baseline {
+    iters: usize,
+    cpu_us: Option<f64>,
+    wall_us: f64,
+}
+
+/// `ca/x509_svid_from_csr` on this thread, with the same fixture as the criterion bench.
+fn ca_baseline(iters: usize) -> anyhow::Result<Baseline> {
+    let f = CaFixture::new();
+    let params = SvidParams {
+        spiffe_id: &f.spiffe_id,
+        dns_names: &f.dns_names,
+        ttl: Duration::from_secs(3600),
+    };
+    for _ in 0..iters / 10 {
+        std::hint::black_box(f.ca.sign_x509_svid_from_csr(&f.csr, &params, f.now)?);
+    }
+    let cpu_before = thread_cpu_ns();
+    let start = Instant::now();
+    for _ in 0..iters {
+        std::hint::black_box(f.ca.sign_x509_svid_from_csr(
+            std::hint::black_box(&f.csr),
+            &params,
+            f.now,
+        )?);
+    }
+    let wall = start.elapsed();
+    let cpu_us = match (cpu_before, thread_cpu_ns()) {
+        (Some(a), Some(b)) => Some((b - a) as f64 / 1e3 / iters as f64),
+        _ => None,
+    };
+    Ok(Baseline { iters, cpu_us, wall_us: wall.as_secs_f64() * 1e6 / iters as f64 })
+}
+
+fn report(o: &Opts, load: &Load, base: &Baseline) {
+    let n = load.svids as f64;
+    let server_us = load.server_cpu_s * 1e6 / n;
+    let base_us = base.cpu_us.unwrap_or(base.wall_us);
+    println!("server/batch_new_x509svid (ward-server process, mTLS on 127.0.0.1, rate limits off)");
+    println!("  connections                  {}", o.conns);
+    println!("  calls x CSRs per call        {} x {CSRS_PER_CALL}", load.calls);
+    println!("  SVIDs signed (all checked)   {}", load.svids);
+    println!("  wall time                    {:.2} s", load.wall.as_secs_f64());
+    println!("  throughput                   {:.0} SVIDs/s", n / load.wall.as_secs_f64());
+    println!("  server CPU (utime+stime)     {:.2} s", load.server_cpu_s);
+    println!("  server CPU per SVID          {server_us:.1} µs");
+    println!("  bench client CPU per SVID    {:.1} µs", load.client_cpu_s * 1e6 / n);
+    match base.cpu_us {
+        Some(cpu) => println!(
+            "  ca/x509_svid_from_csr        {cpu:.1} µs thread CPU ({:.1} µs wall, {} iters)",
+            base.wall_us, base.iters
+        ),
+        None => println!(
+            "  ca/x509_svid_from_csr        {:.1} µs wall ({} iters)",
+            base.wall_us, base.iters
+        ),
+    }
+    println!("  ratio server/ca              {:.2} (target <= 1.30)", server_us / base_us);
+}
