@@ -36,7 +36,8 @@ pub trait Proposer: Send + Sync + std::fmt::Debug {
 }
 
 /// The single-node proposer: the next index is `last applied + 1`, assigned and applied
-/// under one lock on a blocking thread.
+/// under one lock on a blocking thread; the store is flushed before the result is returned,
+/// so an acknowledged write survives a crash.
 #[derive(Debug, Clone)]
 pub struct LocalProposer {
     store: Store,
@@ -55,10 +56,17 @@ impl Proposer for LocalProposer {
         let store = self.store.clone();
         let writer = self.writer.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
-                let _one_writer = writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                let index = store.last_applied() + 1;
-                store.apply(index, &cmd)
+            tokio::task::spawn_blocking(move || -> Result<Applied, StoreError> {
+                let applied = {
+                    let _one_writer =
+                        writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let index = store.last_applied() + 1;
+                    store.apply(index, &cmd)?
+                };
+                // Durable before it is acknowledged. Outside the writer lock, so concurrent
+                // proposals share fsyncs instead of queueing behind each other's.
+                store.flush()?;
+                Ok(applied)
             })
             .await
             .map_err(|_| ProposeError::Stopped)?
