@@ -31,6 +31,7 @@ pub const TCP_SERVICES: &[&str] = &[
     "spire.api.server.bundle.v1.Bundle",
     "spire.api.server.entry.v1.Entry",
     "spire.api.server.svid.v1.SVID",
+    "spire.api.server.trustdomain.v1.TrustDomain",
 ];
 
 /// The services on the admin socket.
@@ -39,6 +40,7 @@ pub const UDS_SERVICES: &[&str] = &[
     "spire.api.server.bundle.v1.Bundle",
     "spire.api.server.entry.v1.Entry",
     "spire.api.server.svid.v1.SVID",
+    "spire.api.server.trustdomain.v1.TrustDomain",
     "grpc.health.v1.Health",
 ];
 

@@ -19,6 +19,8 @@
 //! - `SVID`: BatchNewX509SVID, NewJWTSVID, MintX509SVID, MintJWTSVID;
 //! - `Bundle`: Get/Count/AppendBundle, List/GetFederatedBundle, BatchCreate/Update/Set/
 //!   DeleteFederatedBundle;
+//! - `TrustDomain`: List/GetFederationRelationship, BatchCreate/Update/Delete (stored only;
+//!   RefreshBundle, which would fetch from the bundle endpoint, is `Unimplemented`);
 //! - on the admin socket only: `grpc.health.v1.Health/Check`.
 //!
 //! Other methods of these services answer `Unimplemented` (PostStatus is refused by policy

@@ -19,11 +19,12 @@ use ward_proto::spire::api::server::agent::v1::agent_server::AgentServer;
 use ward_proto::spire::api::server::bundle::v1::bundle_server::BundleServer;
 use ward_proto::spire::api::server::entry::v1::entry_server::EntryServer;
 use ward_proto::spire::api::server::svid::v1::svid_server::SvidServer;
+use ward_proto::spire::api::server::trustdomain::v1::trust_domain_server::TrustDomainServer;
 use ward_store::{Command, Outcome, Store, StoreConfig};
 
 use crate::api::{
     agent::AgentService, bundle::BundleService, entry::EntryService, health::HealthService,
-    svid::SvidService,
+    svid::SvidService, trustdomain::TrustDomainService,
 };
 use crate::ca_manager::{CaManager, CaSettings, ROTATION_CHECK_INTERVAL};
 use crate::config::{self, Config};
@@ -261,7 +262,8 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<Runni
         .add_service(AgentServer::new(AgentService::new(state.clone())))
         .add_service(BundleServer::new(BundleService::new(state.clone())))
         .add_service(EntryServer::new(EntryService::new(state.clone())))
-        .add_service(SvidServer::new(SvidService::new(state.clone())));
+        .add_service(SvidServer::new(SvidService::new(state.clone())))
+        .add_service(TrustDomainServer::new(TrustDomainService::new(state.clone())));
     let signal = stopped(stop_rx.clone());
     tasks.push(tokio::spawn(async move {
         if let Err(e) = tcp_router.serve_with_incoming_shutdown(incoming, signal).await {
@@ -278,6 +280,7 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<Runni
         .add_service(BundleServer::new(BundleService::new(state.clone())))
         .add_service(EntryServer::new(EntryService::new(state.clone())))
         .add_service(SvidServer::new(SvidService::new(state.clone())))
+        .add_service(TrustDomainServer::new(TrustDomainService::new(state.clone())))
         .add_service(HealthServer::new(HealthService::new(state.clone())));
     let signal = stopped(stop_rx.clone());
     tasks.push(tokio::spawn(async move {

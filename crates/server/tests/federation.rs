@@ -183,3 +183,97 @@ async fn append_to_own_bundle() {
     assert_eq!(now, after, "refused appends change nothing");
     ts.server.shutdown().await;
 }
+
+#[tokio::test]
+async fn federation_relationships_crud() {
+    use ward_proto::spire::api::server::trustdomain::v1 as tdpb;
+    let ts = TestServer::start().await;
+    let mut c = tdpb::trust_domain_client::TrustDomainClient::new(ts.admin().await);
+    let rel = |td: &str, url: &str| types::FederationRelationship {
+        trust_domain: td.into(),
+        bundle_endpoint_url: url.into(),
+        bundle_endpoint_profile: Some(
+            types::federation_relationship::BundleEndpointProfile::HttpsWeb(
+                types::HttpsWebProfile {},
+            ),
+        ),
+        trust_domain_bundle: None,
+    };
+    let resp = c
+        .batch_create_federation_relationship(tdpb::BatchCreateFederationRelationshipRequest {
+            federation_relationships: vec![
+                rel("other.org", "https://other.org/bundle"),
+                rel("other.org", "https://other.org/bundle"),
+                rel("example.org", "https://example.org/bundle"),
+                rel("bad.org", "http://bad.org/bundle"),
+            ],
+            output_mask: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let got = codes(&resp.results, |r| r.status.as_ref());
+    assert_eq!(got[0].0, 0);
+    assert_eq!(got[1].0, Code::AlreadyExists as i32);
+    assert_eq!(
+        got[2],
+        (
+            Code::InvalidArgument as i32,
+            "unable to create federation relationship for server trust domain".into()
+        )
+    );
+    assert_eq!(got[3].0, Code::InvalidArgument as i32);
+
+    let list = c
+        .list_federation_relationships(tdpb::ListFederationRelationshipsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.federation_relationships.len(), 1);
+
+    let resp = c
+        .batch_update_federation_relationship(tdpb::BatchUpdateFederationRelationshipRequest {
+            federation_relationships: vec![rel("other.org", "https://other.org/v2")],
+            input_mask: Some(types::FederationRelationshipMask {
+                bundle_endpoint_url: true,
+                ..Default::default()
+            }),
+            output_mask: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        resp.results[0].federation_relationship.as_ref().unwrap().bundle_endpoint_url,
+        "https://other.org/v2"
+    );
+    let got = c
+        .get_federation_relationship(tdpb::GetFederationRelationshipRequest {
+            trust_domain: "other.org".into(),
+            output_mask: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.bundle_endpoint_url, "https://other.org/v2");
+
+    let resp = c
+        .batch_delete_federation_relationship(tdpb::BatchDeleteFederationRelationshipRequest {
+            trust_domains: vec!["other.org".into(), "other.org".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let got = codes(&resp.results, |r| r.status.as_ref());
+    assert_eq!(got[0].0, 0);
+    assert_eq!(got[1], (Code::NotFound as i32, "federation relationship not found".into()));
+    let err = c
+        .get_federation_relationship(tdpb::GetFederationRelationshipRequest {
+            trust_domain: "other.org".into(),
+            output_mask: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    ts.server.shutdown().await;
+}

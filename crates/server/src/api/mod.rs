@@ -6,6 +6,7 @@ pub mod bundle;
 pub mod entry;
 pub mod health;
 pub mod svid;
+pub mod trustdomain;
 
 use tonic::Status;
 use ward_ca::{CsrError, SignError};

@@ -1,0 +1,250 @@
+//! `spire.api.server.trustdomain.v1.TrustDomain`: federation relationships (stored and
+//! listed; fetching foreign bundles from their endpoints is not done yet).
+
+use std::sync::Arc;
+
+use tonic::{Code, Request, Response, Status};
+use ward_core::{FederationRelationship, TrustDomain};
+use ward_proto::convert::{
+    apply_federation_update, batch_status, batch_status_ok, federation_relationship_from_proto,
+    federation_relationship_to_proto, trust_domain_from_proto,
+};
+use ward_proto::spire::api::server::trustdomain::v1::{self as pb, trust_domain_server};
+use ward_proto::spire::api::types;
+use ward_store::{Command, FederationMask, FederationUpdate, ItemError, Outcome};
+
+use super::{Batch, item_code, page_request, propose, unimplemented};
+use crate::state::ServerState;
+
+/// The TrustDomain service.
+#[derive(Debug, Clone)]
+pub struct TrustDomainService {
+    state: Arc<ServerState>,
+}
+
+impl TrustDomainService {
+    /// A service over `state`.
+    pub fn new(state: Arc<ServerState>) -> Self {
+        Self { state }
+    }
+
+    fn foreign(&self, td: &TrustDomain) -> Result<(), (Code, String)> {
+        if *td == self.state.trust_domain {
+            return Err((
+                Code::InvalidArgument,
+                "unable to create federation relationship for server trust domain".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Proposes `cmd` for the accepted items; results in request order.
+    async fn run<R>(
+        &self,
+        mut batch: Batch<R>,
+        cmd: Option<Command>,
+        mask: Option<&types::FederationRelationshipMask>,
+        make: impl Fn(Option<types::Status>, Option<types::FederationRelationship>) -> R,
+        what: &str,
+    ) -> Result<Vec<R>, Status> {
+        let Some(cmd) = cmd else { return Ok(batch.finish()) };
+        let Outcome::Federations(items) = propose(&self.state, cmd).await?.outcome else {
+            return Err(Status::internal("unexpected apply outcome"));
+        };
+        batch.fill(items.into_iter().map(|item| match item {
+            Ok(rel) => {
+                make(Some(batch_status_ok()), Some(federation_relationship_to_proto(&rel, mask)))
+            }
+            Err(ItemError::FederationNotFound(_)) => make(
+                Some(batch_status(Code::NotFound, "federation relationship does not exist")),
+                None,
+            ),
+            Err(e) => make(Some(batch_status(item_code(&e), format!("{what}: {e}"))), None),
+        }));
+        Ok(batch.finish())
+    }
+}
+
+fn store_mask(m: &types::FederationRelationshipMask) -> FederationMask {
+    FederationMask {
+        bundle_endpoint_url: m.bundle_endpoint_url,
+        profile: m.bundle_endpoint_profile,
+        trust_domain_bundle: m.trust_domain_bundle,
+    }
+}
+
+#[tonic::async_trait]
+impl trust_domain_server::TrustDomain for TrustDomainService {
+    async fn list_federation_relationships(
+        &self,
+        req: Request<pb::ListFederationRelationshipsRequest>,
+    ) -> Result<Response<pb::ListFederationRelationshipsResponse>, Status> {
+        let req = req.into_inner();
+        let page = page_request(req.page_size, &req.page_token)?;
+        let result = self.state.store.list_federation_relationships(&page);
+        Ok(Response::new(pb::ListFederationRelationshipsResponse {
+            federation_relationships: result
+                .items
+                .iter()
+                .map(|r| federation_relationship_to_proto(r, req.output_mask.as_ref()))
+                .collect(),
+            next_page_token: result.next_token.unwrap_or_default(),
+        }))
+    }
+
+    async fn get_federation_relationship(
+        &self,
+        req: Request<pb::GetFederationRelationshipRequest>,
+    ) -> Result<Response<types::FederationRelationship>, Status> {
+        let req = req.into_inner();
+        let td = trust_domain_from_proto(&req.trust_domain)
+            .map_err(|e| Status::invalid_argument(format!("failed to parse trust domain: {e}")))?;
+        let rel = self
+            .state
+            .store
+            .federation_relationship(&td)
+            .ok_or_else(|| Status::not_found("federation relationship does not exist"))?;
+        Ok(Response::new(federation_relationship_to_proto(&rel, req.output_mask.as_ref())))
+    }
+
+    async fn batch_create_federation_relationship(
+        &self,
+        req: Request<pb::BatchCreateFederationRelationshipRequest>,
+    ) -> Result<Response<pb::BatchCreateFederationRelationshipResponse>, Status> {
+        use pb::batch_create_federation_relationship_response::Result as R;
+        let req = req.into_inner();
+        let make = |status, federation_relationship| R { status, federation_relationship };
+        let mut batch = Batch::default();
+        let mut valid: Vec<FederationRelationship> = Vec::new();
+        for proto in &req.federation_relationships {
+            let checked = federation_relationship_from_proto(proto)
+                .map_err(|e| {
+                    (
+                        Code::InvalidArgument,
+                        format!("failed to convert federation relationship: {e}"),
+                    )
+                })
+                .and_then(|rel| self.foreign(&rel.trust_domain).map(|()| rel));
+            match checked {
+                Ok(rel) => {
+                    batch.accept();
+                    valid.push(rel);
+                }
+                Err((code, msg)) => batch.refuse(make(Some(batch_status(code, msg)), None)),
+            }
+        }
+        let cmd = (!valid.is_empty()).then_some(Command::CreateFederationRelationships(valid));
+        let results = self
+            .run(
+                batch,
+                cmd,
+                req.output_mask.as_ref(),
+                make,
+                "failed to create federation relationship",
+            )
+            .await?;
+        Ok(Response::new(pb::BatchCreateFederationRelationshipResponse { results }))
+    }
+
+    async fn batch_update_federation_relationship(
+        &self,
+        req: Request<pb::BatchUpdateFederationRelationshipRequest>,
+    ) -> Result<Response<pb::BatchUpdateFederationRelationshipResponse>, Status> {
+        use pb::batch_update_federation_relationship_response::Result as R;
+        let req = req.into_inner();
+        let make = |status, federation_relationship| R { status, federation_relationship };
+        let mask = req.input_mask.as_ref().map_or(FederationMask::ALL, store_mask);
+        let mut batch = Batch::default();
+        let mut valid = Vec::new();
+        for proto in &req.federation_relationships {
+            let merged = trust_domain_from_proto(&proto.trust_domain)
+                .map_err(|e| (Code::InvalidArgument, format!("failed to parse trust domain: {e}")))
+                .and_then(|td| {
+                    self.state.store.federation_relationship(&td).ok_or((
+                        Code::NotFound,
+                        "federation relationship does not exist".to_owned(),
+                    ))
+                })
+                .and_then(|existing| {
+                    apply_federation_update(&existing, proto, req.input_mask.as_ref()).map_err(
+                        |e| {
+                            (
+                                Code::InvalidArgument,
+                                format!("failed to convert federation relationship: {e}"),
+                            )
+                        },
+                    )
+                });
+            match merged {
+                Ok(relationship) => {
+                    batch.accept();
+                    valid.push(FederationUpdate { relationship, mask });
+                }
+                Err((code, msg)) => batch.refuse(make(Some(batch_status(code, msg)), None)),
+            }
+        }
+        let cmd = (!valid.is_empty()).then_some(Command::UpdateFederationRelationships(valid));
+        let results = self
+            .run(
+                batch,
+                cmd,
+                req.output_mask.as_ref(),
+                make,
+                "failed to update federation relationship",
+            )
+            .await?;
+        Ok(Response::new(pb::BatchUpdateFederationRelationshipResponse { results }))
+    }
+
+    async fn batch_delete_federation_relationship(
+        &self,
+        req: Request<pb::BatchDeleteFederationRelationshipRequest>,
+    ) -> Result<Response<pb::BatchDeleteFederationRelationshipResponse>, Status> {
+        use pb::batch_delete_federation_relationship_response::Result as R;
+        let names = req.into_inner().trust_domains;
+        let mut batch: Batch<R> = Batch::default();
+        let mut valid = Vec::new();
+        for name in &names {
+            match trust_domain_from_proto(name) {
+                Ok(td) => {
+                    batch.accept();
+                    valid.push(td);
+                }
+                Err(e) => batch.refuse(R {
+                    status: Some(batch_status(
+                        Code::InvalidArgument,
+                        format!("failed to parse trust domain: {e}"),
+                    )),
+                    trust_domain: name.clone(),
+                }),
+            }
+        }
+        if !valid.is_empty() {
+            let cmd = Command::DeleteFederationRelationships(valid.clone());
+            let Outcome::Federations(items) = propose(&self.state, cmd).await?.outcome else {
+                return Err(Status::internal("unexpected apply outcome"));
+            };
+            batch.fill(items.into_iter().zip(valid).map(|(item, td)| R {
+                status: Some(match item {
+                    Ok(_) => batch_status_ok(),
+                    Err(ItemError::FederationNotFound(_)) => {
+                        batch_status(Code::NotFound, "federation relationship not found")
+                    }
+                    Err(e) => batch_status(
+                        item_code(&e),
+                        format!("failed to delete federation relationship: {e}"),
+                    ),
+                }),
+                trust_domain: td.as_str().to_owned(),
+            }));
+        }
+        Ok(Response::new(pb::BatchDeleteFederationRelationshipResponse { results: batch.finish() }))
+    }
+
+    async fn refresh_bundle(
+        &self,
+        _: Request<pb::RefreshBundleRequest>,
+    ) -> Result<Response<()>, Status> {
+        Err(unimplemented("RefreshBundle"))
+    }
+}
