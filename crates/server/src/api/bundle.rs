@@ -316,13 +316,8 @@ impl BundleService {
         let mut batch: Batch<R> = Batch::default();
         let mut valid = Vec::new();
         for item in items {
-            match item {
-                Ok(b) => {
-                    batch.accept();
-                    valid.push(b);
-                }
-                Err((code, msg)) => batch.refuse(make(Some(batch_status(code, msg)), None)),
-            }
+            let refused = |(code, msg)| make(Some(batch_status(code, msg)), None);
+            valid.extend(batch.take(item.map_err(refused)));
         }
         if !valid.is_empty() {
             let Outcome::Bundles(items) =

@@ -97,6 +97,20 @@ impl<R> Batch<R> {
         self.results.push(None);
     }
 
+    /// Accepts `item` (returning its value for the proposal) or refuses it with its result.
+    fn take<T>(&mut self, item: Result<T, R>) -> Option<T> {
+        match item {
+            Ok(v) => {
+                self.accept();
+                Some(v)
+            }
+            Err(r) => {
+                self.refuse(r);
+                None
+            }
+        }
+    }
+
     /// The results of the accepted items, in the order they were accepted.
     fn fill(&mut self, items: impl IntoIterator<Item = R>) {
         for (slot, r) in std::mem::take(&mut self.pending).into_iter().zip(items) {

@@ -125,13 +125,8 @@ impl trust_domain_server::TrustDomain for TrustDomainService {
                     )
                 })
                 .and_then(|rel| self.foreign(&rel.trust_domain).map(|()| rel));
-            match checked {
-                Ok(rel) => {
-                    batch.accept();
-                    valid.push(rel);
-                }
-                Err((code, msg)) => batch.refuse(make(Some(batch_status(code, msg)), None)),
-            }
+            let refused = |(code, msg)| make(Some(batch_status(code, msg)), None);
+            valid.extend(batch.take(checked.map_err(refused)));
         }
         let cmd = (!valid.is_empty()).then_some(Command::CreateFederationRelationships(valid));
         let results = self
@@ -175,13 +170,9 @@ impl trust_domain_server::TrustDomain for TrustDomainService {
                         },
                     )
                 });
-            match merged {
-                Ok(relationship) => {
-                    batch.accept();
-                    valid.push(FederationUpdate { relationship, mask });
-                }
-                Err((code, msg)) => batch.refuse(make(Some(batch_status(code, msg)), None)),
-            }
+            let refused = |(code, msg)| make(Some(batch_status(code, msg)), None);
+            let update = merged.map(|relationship| FederationUpdate { relationship, mask });
+            valid.extend(batch.take(update.map_err(refused)));
         }
         let cmd = (!valid.is_empty()).then_some(Command::UpdateFederationRelationships(valid));
         let results = self
