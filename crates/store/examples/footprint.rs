@@ -39,7 +39,16 @@ fn main() -> Result<(), StoreError> {
     let n = args.next().and_then(|s| s.parse().ok()).unwrap_or(DataSet::LARGE.n);
     let set = DataSet { n };
     let t = Instant::now();
-    let store = set.open_or_build(&dir, StoreConfig::new(DataSet::trust_domain()))?;
+    let mut config = StoreConfig::new(DataSet::trust_domain());
+    // Knobs for experiments: WARD_ENGINE_CACHE_MB, WARD_FLUSH_MS (0 = only explicit flushes).
+    if let Some(mb) = std::env::var("WARD_ENGINE_CACHE_MB").ok().and_then(|v| v.parse::<u64>().ok())
+    {
+        config.engine_cache_bytes = mb << 20;
+    }
+    if let Some(ms) = std::env::var("WARD_FLUSH_MS").ok().and_then(|v| v.parse::<u64>().ok()) {
+        config.flush_every_ms = (ms > 0).then_some(ms);
+    }
+    let store = set.open_or_build(&dir, config)?;
     let ready = t.elapsed();
     let agent = DataSet::agent_id(0);
     let first = store.authorized_entries_uncached(&agent).len();
