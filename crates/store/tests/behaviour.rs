@@ -409,3 +409,34 @@ fn revisions_change_feed_and_stale_indices() {
     assert_eq!(store.changes_since(0, 1).unwrap()[0].agents, vec![DataSet::agent_id(0)]);
     assert_eq!(store.last_applied(), 8);
 }
+
+#[test]
+fn page_tokens_stay_valid_across_writes() {
+    let (_dir, store) = loaded();
+    let filter = EntryFilter { parent_id: Some(DataSet::agent_id(5).0), ..Default::default() };
+    let first = store.list_entries(&filter, &PageRequest::first(4));
+    assert_eq!(first.items.len(), 4);
+    let token = first.next_token.clone().unwrap();
+    assert_eq!(token, first.items[3].id.as_str());
+    // Delete the entry the token names and add one that sorts before it.
+    store.propose_local(&Command::DeleteEntries(vec![first.items[3].id.clone()])).unwrap();
+    let mut early = DataSet::workload_entry(5, 0);
+    early.id = EntryId::new("00000000-early").unwrap();
+    early.spiffe_id = DataSet::trust_domain().spiffe_id("/early").unwrap();
+    store.propose_local(&Command::CreateEntries(vec![early])).unwrap();
+    let rest = store.list_entries(&filter, &PageRequest { token: Some(token.clone()), size: 100 });
+    assert_eq!(rest.next_token, None);
+    let mut want: Vec<EntryId> = (0..10)
+        .map(|k| DataSet::workload_entry(5, k).id)
+        .filter(|id| id.as_str() > token.as_str())
+        .collect();
+    want.sort();
+    assert_eq!(ids(&rest.items), want);
+    // The same holds for the unfiltered walk.
+    let all = store.list_entries(
+        &EntryFilter::default(),
+        &PageRequest { token: Some(token.clone()), size: 3 },
+    );
+    assert!(all.items.iter().all(|e| e.id.as_str() > token.as_str()));
+    assert_eq!(all.items.len(), 3);
+}
