@@ -48,20 +48,29 @@ impl std::borrow::Borrow<str> for ById {
     }
 }
 
-/// An entry in its slot, with the hashes of its parent ID and SPIFFE ID next to it so the
-/// authorized-entries walk touches one cache line per candidate before the entry itself.
+/// An entry in its slot, with the hash of its SPIFFE ID and the first bytes of its id next
+/// to it, so the authorized-entries walk and its sort rarely touch the entry's strings.
 #[derive(Debug)]
 struct Slotted {
     entry: Arc<RegistrationEntry>,
-    parent_hash: u64,
     spiffe_hash: u64,
+    id_prefix: u64,
+}
+
+/// The first 8 bytes of `s`, big-endian and zero-padded: ordering by it agrees with
+/// ordering by `s` whenever the prefixes differ.
+fn prefix_key(s: &str) -> u64 {
+    let mut b = [0u8; 8];
+    let n = s.len().min(8);
+    b[..n].copy_from_slice(&s.as_bytes()[..n]);
+    u64::from_be_bytes(b)
 }
 
 impl Slotted {
     fn new(entry: Arc<RegistrationEntry>) -> Self {
-        let parent_hash = key_hash(entry.parent_id.as_str());
         let spiffe_hash = key_hash(entry.spiffe_id.as_str());
-        Self { entry, parent_hash, spiffe_hash }
+        let id_prefix = prefix_key(entry.id.as_str());
+        Self { entry, spiffe_hash, id_prefix }
     }
 }
 
@@ -84,6 +93,9 @@ pub(crate) struct State {
     agent_ids: BTreeMap<AgentId, Slot>,
     /// Agents by the hash of their id: one probe instead of a walk down `agent_ids`.
     agent_by_hash: HashIndex,
+    /// Parent hashes under which entries of more than one parent ID were ever indexed
+    /// (64-bit collisions: in practice empty). Other parent hashes hold one parent ID.
+    collided_parents: HashSet<u64>,
     agent_by_selector: HashIndex,
     pub(crate) tokens: BTreeMap<String, JoinToken>,
     pub(crate) bundles: BTreeMap<TrustDomain, Arc<Bundle>>,
@@ -137,6 +149,7 @@ impl State {
             agents: Slab::default(),
             agent_ids: BTreeMap::new(),
             agent_by_hash: HashIndex::default(),
+            collided_parents: HashSet::new(),
             agent_by_selector: HashIndex::default(),
             tokens: BTreeMap::new(),
             bundles: BTreeMap::new(),
@@ -185,7 +198,14 @@ impl State {
     }
 
     fn index_entry(&mut self, slot: Slot, e: &RegistrationEntry) {
-        self.by_parent.insert(key_hash(e.parent_id.as_str()), slot);
+        let parent_hash = key_hash(e.parent_id.as_str());
+        // Keep the invariant the walk relies on: a parent hash not marked as collided holds
+        // entries of one parent ID only.
+        let other = self.by_parent.get(parent_hash).and_then(|set| set.iter().find(|&s| s != slot));
+        if other.and_then(|s| self.entry_at(s)).is_some_and(|o| o.parent_id != e.parent_id) {
+            self.collided_parents.insert(parent_hash);
+        }
+        self.by_parent.insert(parent_hash, slot);
         self.by_spiffe.insert(key_hash(e.spiffe_id.as_str()), slot);
         for s in e.selectors.as_slice() {
             self.by_selector.insert(key_hash(s), slot);
@@ -491,30 +511,37 @@ impl State {
                 stack.push((key_hash(alias.spiffe_id.as_str()), alias.spiffe_id.as_str()));
             }
         }
-        let mut out: Vec<Arc<RegistrationEntry>> = Vec::new();
+        let mut out: Vec<(u64, Arc<RegistrationEntry>)> = Vec::new();
         while let Some((hash, parent)) = stack.pop() {
             if !visited.insert(hash, parent) {
                 continue;
             }
             let Some(set) = self.by_parent.get(hash) else { continue };
+            // Without a collision every entry under this hash has the same parent ID, so
+            // checking one of them checks all.
+            let shared = !self.collided_parents.contains(&hash);
+            let mut confirmed = false;
             for slot in set.iter() {
                 let Some(slotted) = self.entries.get(slot) else { continue };
-                if slotted.parent_hash != hash {
-                    continue;
-                }
-                let (child, spiffe_hash) = (&slotted.entry, slotted.spiffe_hash);
-                if child.parent_id.as_str() != parent {
-                    continue;
+                let child = &slotted.entry;
+                if !confirmed {
+                    if child.parent_id.as_str() != parent {
+                        if shared {
+                            break;
+                        }
+                        continue;
+                    }
+                    confirmed = shared;
                 }
                 // Only descend where something is parented by this child.
-                if self.by_parent.get(spiffe_hash).is_some() {
-                    stack.push((spiffe_hash, child.spiffe_id.as_str()));
+                if self.by_parent.get(slotted.spiffe_hash).is_some() {
+                    stack.push((slotted.spiffe_hash, child.spiffe_id.as_str()));
                 }
-                out.push(Arc::clone(child));
+                out.push((slotted.id_prefix, Arc::clone(child)));
             }
         }
-        out.sort_unstable_by(|a, b| a.id.cmp(&b.id));
-        out.into()
+        out.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id)));
+        out.into_iter().map(|(_, e)| e).collect()
     }
 
     /// Agents whose authorized entries include the children of `parent` (the reverse walk
@@ -600,4 +627,69 @@ fn candidates_by_mode(
 fn finish_page<T>(items: Vec<T>, more: bool, token: impl Fn(&T) -> String) -> Page<T> {
     let next_token = if more { items.last().map(token) } else { None };
     Page { items, next_token }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ward_core::{Selector, SelectorSet};
+
+    fn entry(id: &str, spiffe: &str, parent: &str) -> Arc<RegistrationEntry> {
+        Arc::new(RegistrationEntry {
+            id: EntryId::new(id).unwrap(),
+            spiffe_id: SpiffeId::parse(spiffe).unwrap(),
+            parent_id: SpiffeId::parse(parent).unwrap(),
+            selectors: SelectorSet::new(vec![Selector::parse("u:1").unwrap()]),
+            x509_svid_ttl: 0,
+            jwt_svid_ttl: 0,
+            federates_with: vec![],
+            admin: false,
+            downstream: false,
+            expires_at: 0,
+            dns_names: vec![],
+            revision_number: 0,
+            store_svid: false,
+            hint: String::new(),
+            created_at: 0,
+        })
+    }
+
+    /// A 64-bit collision between two parent IDs cannot be produced on purpose, so this
+    /// plants one in the parent index and checks that the walk still returns only the
+    /// entries whose parent really matches, in both orders within the bucket.
+    #[test]
+    fn parent_hash_collision_is_resolved_by_comparing_ids() {
+        let td = TrustDomain::new("example.org").unwrap();
+        for order in [0, 1] {
+            let mut s = State::new(td.clone());
+            let p = "spiffe://example.org/spire/agent/p";
+            let q = "spiffe://example.org/spire/agent/q";
+            let a = entry("a", "spiffe://example.org/a", p);
+            let b = entry("b", "spiffe://example.org/b", q);
+            let (first, second) = if order == 0 { (&a, &b) } else { (&b, &a) };
+            s.put_entry(Arc::clone(first));
+            s.put_entry(Arc::clone(second));
+            let slot_b = *s.entry_ids.get("b").unwrap();
+            let hp = key_hash(p);
+            s.by_parent.insert(hp, slot_b);
+            s.collided_parents.insert(hp);
+            let agent = AgentId(SpiffeId::parse(p).unwrap());
+            let got = s.authorized_entries(&agent);
+            let got: Vec<&str> = got.iter().map(|e| e.id.as_str()).collect();
+            assert_eq!(got, vec!["a"], "order {order}");
+        }
+    }
+
+    #[test]
+    fn walk_sorts_by_full_id_when_prefixes_tie() {
+        let mut s = State::new(TrustDomain::new("example.org").unwrap());
+        let p = "spiffe://example.org/spire/agent/p";
+        for id in ["samepref-b", "samepref-a", "other", "samepref"] {
+            s.put_entry(entry(id, &format!("spiffe://example.org/{id}"), p));
+        }
+        let agent = AgentId(SpiffeId::parse(p).unwrap());
+        let got: Vec<String> =
+            s.authorized_entries(&agent).iter().map(|e| e.id.as_str().to_owned()).collect();
+        assert_eq!(got, vec!["other", "samepref", "samepref-a", "samepref-b"]);
+    }
 }
