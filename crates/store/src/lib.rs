@@ -40,12 +40,15 @@
 //!
 //! # In-memory image and indexes
 //!
-//! Opening reads the live tree into memory: entries in a slab addressed by `u32` slots with
-//! an ordered id → slot map (for stable page tokens), and hash indexes from the hash of a
-//! parent ID, SPIFFE ID, selector or federated trust domain to slots; node-alias entries
-//! also by selector; agents by id and by node selector; tokens, bundles and federation
-//! relationships in ordered maps. Queries read only this image; apply updates it in step
-//! with the batch under one write lock.
+//! Opening reads the live tree into memory: entries in a slab addressed by `u32` slots (each
+//! slot also holds the hash of the entry's SPIFFE ID and the first bytes of its id) with an
+//! ordered id → slot map (for stable page tokens), and hash indexes from the 64-bit hash of
+//! a parent ID, SPIFFE ID, selector or federated trust domain to slots; node-alias entries
+//! also by selector; agents by id (ordered, and hashed) and by node selector; tokens,
+//! bundles and federation relationships in ordered maps. Hash indexes only narrow the
+//! search: every hit is confirmed against the record's own strings (for parent IDs once per
+//! hash bucket, unless two parent IDs ever shared a hash). Queries read only this image;
+//! apply updates it in step with the batch under one write lock.
 //!
 //! [`Store::authorized_entries`] follows SPIRE (spire-compat.md §9): entries parented by the
 //! agent, plus, for every node alias whose selectors are all among the agent's node
