@@ -290,6 +290,13 @@ impl<'a> Txn<'a> {
                     revoke(list, |a| &a.key_id == key_id, |a| a.tainted, trust_domain)
                 })?])
             }
+            Command::PruneBundleAuthorities { trust_domain, x509_ders, jwt_key_ids } => {
+                Outcome::Bundles(vec![self.prune_authorities(
+                    trust_domain,
+                    x509_ders,
+                    jwt_key_ids,
+                )?])
+            }
             Command::CreateFederationRelationships(items) => {
                 let mut out = Vec::with_capacity(items.len());
                 for f in items {
@@ -497,6 +504,35 @@ impl<'a> Txn<'a> {
         let mut b = Bundle::clone(old);
         if let Err(e) = edit(&mut b) {
             return Ok(Err(e));
+        }
+        b.sequence_number += 1;
+        Ok(Ok(self.put_bundle(b)?))
+    }
+
+    fn prune_authorities(
+        &mut self,
+        td: &TrustDomain,
+        x509_ders: &[Vec<u8>],
+        jwt_key_ids: &[String],
+    ) -> Result<ItemResult<Arc<Bundle>>, StoreError> {
+        let Some(old) = self.state.bundles.get(td) else {
+            return Ok(Err(ItemError::BundleNotFound(td.clone())));
+        };
+        let mut b = Bundle::clone(old);
+        let mut removed = false;
+        for der in x509_ders {
+            if b.x509_authorities.len() > 1
+                && let Some(pos) = b.x509_authorities.iter().position(|a| &a.der == der)
+            {
+                b.x509_authorities.remove(pos);
+                removed = true;
+            }
+        }
+        let before = b.jwt_authorities.len();
+        b.jwt_authorities.retain(|a| !jwt_key_ids.contains(&a.key_id));
+        removed |= b.jwt_authorities.len() != before;
+        if !removed {
+            return Ok(Ok(Arc::clone(old)));
         }
         b.sequence_number += 1;
         Ok(Ok(self.put_bundle(b)?))

@@ -239,6 +239,20 @@ pub enum Command {
         /// The key ID.
         key_id: String,
     },
+    /// Remove the listed authorities from a bundle (pruning of expired authorities). The
+    /// proposer decides which ones have expired, so applying needs no clock and no
+    /// certificate parsing. Listed authorities that are not in the bundle are skipped; the
+    /// last remaining X.509 authority is never removed. The sequence number is bumped only
+    /// when something was removed. The outcome is [`Outcome::Bundles`] with the bundle after
+    /// the command, or [`ItemError::BundleNotFound`].
+    PruneBundleAuthorities {
+        /// The trust domain.
+        trust_domain: TrustDomain,
+        /// DER of the X.509 authorities to remove.
+        x509_ders: Vec<Vec<u8>>,
+        /// Key IDs of the JWT authorities to remove.
+        jwt_key_ids: Vec<String>,
+    },
     /// Create federation relationships (and store their bundles when given).
     CreateFederationRelationships(Vec<FederationRelationship>),
     /// Update federation relationships.

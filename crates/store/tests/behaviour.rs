@@ -440,3 +440,61 @@ fn page_tokens_stay_valid_across_writes() {
     assert!(all.items.iter().all(|e| e.id.as_str() > token.as_str()));
     assert_eq!(all.items.len(), 3);
 }
+
+#[test]
+fn prune_bundle_authorities_removes_exactly_the_listed_ones_and_keeps_the_last_x509() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let td = TrustDomain::new("example.org").unwrap();
+    let x = |b: u8| X509Authority { der: vec![b; 4], tainted: false };
+    let jwt = |kid: &str| JwtAuthority {
+        public_key_der: vec![1],
+        key_id: kid.into(),
+        expires_at: 10,
+        tainted: false,
+    };
+    let prune = |ders: Vec<Vec<u8>>, kids: Vec<&str>| Command::PruneBundleAuthorities {
+        trust_domain: td.clone(),
+        x509_ders: ders,
+        jwt_key_ids: kids.into_iter().map(String::from).collect(),
+    };
+
+    let r = store.propose_local(&prune(vec![vec![1; 4]], vec![])).unwrap();
+    assert_eq!(r.outcome, Outcome::Bundles(vec![Err(ItemError::BundleNotFound(td.clone()))]));
+
+    store
+        .propose_local(&Command::AppendBundle {
+            trust_domain: td.clone(),
+            x509_authorities: vec![x(1), x(2), x(3)],
+            jwt_authorities: vec![jwt("a"), jwt("b")],
+        })
+        .unwrap();
+    let seq = store.bundle(&td).unwrap().sequence_number;
+
+    // Nothing listed is present: no change, no sequence bump, no revision bump.
+    let rev = store.revision();
+    let r = store.propose_local(&prune(vec![vec![9; 4]], vec!["zz"])).unwrap();
+    assert_eq!(r.revision, rev);
+    let Outcome::Bundles(ref v) = r.outcome else { panic!("{:?}", r.outcome) };
+    assert_eq!(v[0].as_ref().unwrap().sequence_number, seq);
+    assert_eq!(store.bundle(&td).unwrap().sequence_number, seq);
+
+    // Exactly the listed ones leave; one bump.
+    store.propose_local(&prune(vec![vec![1; 4], vec![9; 4]], vec!["a"])).unwrap();
+    let b = store.bundle(&td).unwrap();
+    assert_eq!(b.x509_authorities, vec![x(2), x(3)]);
+    assert_eq!(b.jwt_authorities, vec![jwt("b")]);
+    assert_eq!(b.sequence_number, seq + 1);
+
+    // Listing every X.509 authority keeps the last one standing.
+    store.propose_local(&prune(vec![vec![2; 4], vec![3; 4]], vec!["b"])).unwrap();
+    let b = store.bundle(&td).unwrap();
+    assert_eq!(b.x509_authorities, vec![x(3)]);
+    assert!(b.jwt_authorities.is_empty());
+    assert_eq!(b.sequence_number, seq + 2);
+
+    // The result survives a reopen.
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(store.bundle(&td).unwrap().x509_authorities, vec![x(3)]);
+}
