@@ -19,13 +19,17 @@ use ward_ca::{
     RotationAction, RotationState, SlotId, X509Ca,
 };
 use ward_core::clock::unix_seconds;
-use ward_core::{TrustDomain, X509Authority};
-use ward_store::Command;
+use ward_core::{Bundle, TrustDomain, X509Authority};
+use ward_store::{Command, Outcome};
 
 use crate::proposer::{ProposeError, Proposer};
 
 /// How often the schedule is checked (SPIRE: 10 s).
 pub const ROTATION_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+/// How often expired authorities are pruned from the own bundle (SPIRE: 6 h).
+pub const AUTHORITY_PRUNE_INTERVAL: Duration = Duration::from_secs(6 * 3600);
+/// How long an expired authority stays in the bundle before it is pruned (SPIRE: 24 h).
+pub const AUTHORITY_EXPIRY_GRACE: Duration = Duration::from_secs(24 * 3600);
 
 /// Why the CA manager failed.
 #[derive(Debug, thiserror::Error)]
@@ -324,6 +328,38 @@ impl CaManager {
         Ok(())
     }
 
+    /// Removes from the own bundle `bundle` the authorities that expired more than
+    /// [`AUTHORITY_EXPIRY_GRACE`] before `now`: X.509 authorities by certificate NotAfter,
+    /// JWT authorities by their expiry (0 = never). Any replica may prune any authority of
+    /// the shared bundle; the store never removes the last X.509 authority. Returns how many
+    /// authorities left the bundle.
+    ///
+    /// # Errors
+    /// [`CaManagerError::Propose`].
+    pub async fn prune_expired(
+        &self,
+        bundle: Option<&Bundle>,
+        now: SystemTime,
+    ) -> Result<usize, CaManagerError> {
+        let Some(bundle) = bundle else { return Ok(0) };
+        let grace = i64::try_from(AUTHORITY_EXPIRY_GRACE.as_secs()).unwrap_or(i64::MAX);
+        let cutoff = unix_seconds(now).saturating_sub(grace);
+        let Some(cmd) = prune_command(bundle, cutoff) else { return Ok(0) };
+        let before = authority_count(bundle);
+        let applied = self.proposer.propose(cmd).await?;
+        let removed = match applied.outcome {
+            Outcome::Bundles(v) => match v.first() {
+                Some(Ok(b)) => before.saturating_sub(authority_count(b)),
+                _ => 0,
+            },
+            _ => 0,
+        };
+        if removed > 0 {
+            tracing::info!(count = removed, "pruned expired authorities from the bundle");
+        }
+        Ok(removed)
+    }
+
     /// Runs the schedule once at `now`: prepares, activates and prunes as `ward-ca` plans.
     /// Returns whether the active X.509 CA changed.
     ///
@@ -406,6 +442,41 @@ impl CaManager {
     }
 }
 
+/// The command that removes `bundle`'s authorities that expired before `expired_before`
+/// (Unix seconds), or `None` when there are none. Certificates that do not parse are kept.
+pub fn prune_command(bundle: &Bundle, expired_before: i64) -> Option<Command> {
+    let x509_ders: Vec<Vec<u8>> = bundle
+        .x509_authorities
+        .iter()
+        .filter(|a| cert_not_after(&a.der).is_some_and(|na| na < expired_before))
+        .map(|a| a.der.clone())
+        .collect();
+    let jwt_key_ids: Vec<String> = bundle
+        .jwt_authorities
+        .iter()
+        .filter(|a| a.expires_at != 0 && a.expires_at < expired_before)
+        .map(|a| a.key_id.clone())
+        .collect();
+    if x509_ders.is_empty() && jwt_key_ids.is_empty() {
+        return None;
+    }
+    Some(Command::PruneBundleAuthorities {
+        trust_domain: bundle.trust_domain.clone(),
+        x509_ders,
+        jwt_key_ids,
+    })
+}
+
+fn cert_not_after(der: &[u8]) -> Option<i64> {
+    use x509_parser::prelude::FromDer;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
+fn authority_count(b: &Bundle) -> usize {
+    b.x509_authorities.len() + b.jwt_authorities.len()
+}
+
 fn x509_info(slot: SlotId, ca: &X509Ca) -> AuthorityInfo {
     AuthorityInfo {
         slot,
@@ -420,5 +491,35 @@ fn place(s: &mut ward_ca::SlotState, role: SlotRole, info: AuthorityInfo) {
         SlotRole::Current => s.current = Some(info),
         SlotRole::Next => s.next = Some(info),
         SlotRole::Old => s.old.push(info),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ward_core::JwtAuthority;
+
+    #[test]
+    fn prune_command_lists_only_expired_authorities() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let jwt = |kid: &str, exp| JwtAuthority {
+            public_key_der: vec![1],
+            key_id: kid.into(),
+            expires_at: exp,
+            tainted: false,
+        };
+        let mut b = Bundle::new(td.clone());
+        // Not a certificate: kept, never guessed at.
+        b.x509_authorities.push(X509Authority::new(vec![0x30, 0x00]));
+        b.jwt_authorities = vec![jwt("never", 0), jwt("old", 99), jwt("edge", 100)];
+        assert_eq!(
+            prune_command(&b, 100),
+            Some(Command::PruneBundleAuthorities {
+                trust_domain: td,
+                x509_ders: Vec::new(),
+                jwt_key_ids: vec!["old".into()],
+            })
+        );
+        assert_eq!(prune_command(&b, 99), None);
     }
 }

@@ -26,7 +26,7 @@ use crate::api::{
     agent::AgentService, bundle::BundleService, entry::EntryService, health::HealthService,
     svid::SvidService, trustdomain::TrustDomainService,
 };
-use crate::ca_manager::{CaManager, CaSettings, ROTATION_CHECK_INTERVAL};
+use crate::ca_manager::{AUTHORITY_PRUNE_INTERVAL, CaManager, CaSettings, ROTATION_CHECK_INTERVAL};
 use crate::config::{self, Config};
 use crate::layer::{AuthLayer, TCP_SERVICES, UDS_SERVICES};
 use crate::proposer::{LocalProposer, Proposer};
@@ -331,6 +331,9 @@ async fn rotation_loop(
 ) {
     let mut last_ca_check = tokio::time::Instant::now();
     let mut last_prune = tokio::time::Instant::now();
+    // Authority pruning follows the server clock: its cadence and its cutoff are both
+    // about certificate lifetimes. `None` prunes on the first pass.
+    let mut last_authority_prune: Option<SystemTime> = None;
     loop {
         tokio::select! {
             () = tokio::time::sleep(check_every) => {}
@@ -347,6 +350,15 @@ async fn rotation_loop(
         if last_prune.elapsed() >= PRUNE_INTERVAL {
             last_prune = tokio::time::Instant::now();
             prune(&state, now_s).await;
+        }
+        let due = last_authority_prune
+            .is_none_or(|t| now.duration_since(t).is_ok_and(|d| d >= AUTHORITY_PRUNE_INTERVAL));
+        if due {
+            last_authority_prune = Some(now);
+            let bundle = state.store.bundle(&state.trust_domain);
+            if let Err(e) = state.ca.prune_expired(bundle.as_deref(), now).await {
+                tracing::warn!(error = %e, "pruning expired authorities failed");
+            }
         }
         let half = svid.not_before + (svid.not_after - svid.not_before) / 2;
         let ca_changed =
