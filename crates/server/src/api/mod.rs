@@ -22,8 +22,10 @@ async fn propose(state: &ServerState, cmd: Command) -> Result<Applied, Status> {
     })
 }
 
-/// The status SPIRE gives a signing failure: CSR problems are the caller's
-/// (`InvalidArgument`), everything else is `Internal` prefixed with `context`.
+/// The status SPIRE gives a signing failure: CSR problems and an ID outside the trust domain
+/// are the caller's (`InvalidArgument`), everything else is `Internal` prefixed with
+/// `context`. (The handlers check trust-domain membership before signing; the mapping
+/// covers the CA's own check all the same.)
 fn sign_error_status(e: &SignError, context: &str) -> Status {
     match e {
         SignError::Csr(CsrError::BadSignature) => {
@@ -31,6 +33,9 @@ fn sign_error_status(e: &SignError, context: &str) -> Status {
         }
         SignError::Csr(_) | SignError::PublicKey(_) => {
             Status::invalid_argument(format!("malformed CSR: {e}"))
+        }
+        SignError::NotInTrustDomain { .. } => {
+            Status::invalid_argument(format!("invalid SPIFFE ID: {e}"))
         }
         _ => Status::internal(format!("{context}: {e}")),
     }
@@ -135,5 +140,28 @@ fn item_code(e: &ward_store::ItemError) -> tonic::Code {
         ErrorClass::InvalidArgument => tonic::Code::InvalidArgument,
         ErrorClass::FailedPrecondition => tonic::Code::FailedPrecondition,
         ErrorClass::PermissionDenied => tonic::Code::PermissionDenied,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_errors_map_to_caller_or_server_codes() {
+        let foreign = SignError::NotInTrustDomain {
+            id: "spiffe://other.org/w".into(),
+            trust_domain: "example.org".into(),
+        };
+        let st = sign_error_status(&foreign, "failed to sign X509-SVID");
+        assert_eq!(st.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            st.message(),
+            "invalid SPIFFE ID: spiffe://other.org/w is not a member of trust domain example.org"
+        );
+        let expired = SignError::CaExpired { not_after: 5 };
+        let st = sign_error_status(&expired, "failed to sign X509-SVID");
+        assert_eq!(st.code(), tonic::Code::Internal);
+        assert_eq!(st.message(), "failed to sign X509-SVID: CA expired at unix time 5");
     }
 }
