@@ -26,11 +26,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail, ensure};
-use hyper_util::rt::TokioIo;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 use ward_benches::CaFixture;
 use ward_ca::{KeyType, PrivateKey, SvidParams, build_csr};
 use ward_proto::spire::api::server::agent::v1 as agentpb;
@@ -38,6 +34,7 @@ use ward_proto::spire::api::server::bundle::v1 as bundlepb;
 use ward_proto::spire::api::server::entry::v1 as entrypb;
 use ward_proto::spire::api::server::svid::v1 as svidpb;
 use ward_proto::spire::api::types;
+use ward_server::tls;
 
 const TD: &str = "example.org";
 const CSRS_PER_CALL: usize = 100;
@@ -375,107 +372,18 @@ async fn attest(ch: Channel, token: &str, csr: Vec<u8>) -> anyhow::Result<Vec<Ve
     }
 }
 
-/// Accepts a server certificate whose only URI SAN is `spiffe://<td>/spire/server` and, once
-/// the bundle is known, that chains to one of its authorities.
-#[derive(Debug)]
-struct ServerIdVerifier {
-    roots: Option<RootCertStore>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl ServerCertVerifier for ServerIdVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let id = ward_server::tls::leaf_facts(end_entity).map_err(rustls::Error::General)?.id;
-        if id.as_str() != format!("spiffe://{TD}/spire/server") {
-            return Err(rustls::Error::General(format!("server presented {id}")));
-        }
-        if let Some(roots) = &self.roots {
-            rustls::client::verify_server_cert_signed_by_trust_anchor(
-                &rustls::server::ParsedCertificate::try_from(end_entity)?,
-                roots,
-                intermediates,
-                now,
-                self.provider.signature_verification_algorithms.all,
-            )?;
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        msg: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algs = &self.provider.signature_verification_algorithms;
-        rustls::crypto::verify_tls12_signature(msg, cert, dss, algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        msg: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algs = &self.provider.signature_verification_algorithms;
-        rustls::crypto::verify_tls13_signature(msg, cert, dss, algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// A gRPC channel over TLS (ALPN h2) to `addr`; the server is checked against `roots` when
-/// given (bootstrap otherwise), and `identity` (chain, PKCS#8 key) is presented if given.
+/// A gRPC channel over TLS to `addr` as an agent connects: the server is checked against
+/// `roots` when given (bootstrap otherwise), and `identity` (chain, PKCS#8 key) is presented
+/// if given.
 async fn tls_channel(
     addr: SocketAddr,
     roots: Option<&[Vec<u8>]>,
     identity: Option<(Vec<Vec<u8>>, Vec<u8>)>,
 ) -> anyhow::Result<Channel> {
-    let provider = ward_server::tls::provider();
-    let roots = match roots {
-        Some(rs) => {
-            let mut store = RootCertStore::empty();
-            for r in rs {
-                store.add(CertificateDer::from(r.clone()))?;
-            }
-            Some(store)
-        }
-        None => None,
-    };
-    let verifier = Arc::new(ServerIdVerifier { roots, provider: provider.clone() });
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier);
-    let mut cfg = match identity {
-        Some((chain, key)) => builder.with_client_auth_cert(
-            chain.into_iter().map(CertificateDer::from).collect(),
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)),
-        )?,
-        None => builder.with_no_client_auth(),
-    };
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
-    let channel = Endpoint::try_from(format!("http://{addr}"))?
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let connector = connector.clone();
-            async move {
-                let tcp = tokio::net::TcpStream::connect(addr).await?;
-                let name = ServerName::try_from("localhost").map_err(std::io::Error::other)?;
-                Ok::<_, std::io::Error>(TokioIo::new(connector.connect(name, tcp).await?))
-            }
-        }))
-        .await?;
-    Ok(channel)
+    let td = ward_core::TrustDomain::new(TD)?;
+    let verifier = Arc::new(tls::SpiffeServerVerifier::for_trust_domain(&td, roots)?);
+    let cfg = Arc::new(tls::agent_client_config(verifier, identity)?);
+    Ok(tls::agent_channel(addr, cfg).await?)
 }
 
 struct Baseline {

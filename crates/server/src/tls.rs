@@ -1,5 +1,7 @@
 //! The TCP listener's TLS: the server's own rotating X509-SVID, optional SPIFFE client
 //! authentication against the current bundle, and the per-connection peer facts handlers read.
+//! The agent side lives here too: [`SpiffeServerVerifier`], [`agent_client_config`] and
+//! [`agent_channel`] are how an agent checks and reaches the server.
 //!
 //! tonic's built-in TLS checks DNS names, which SVIDs do not have, so the listener runs a
 //! tokio-rustls acceptor and hands tonic a stream type ([`TlsConn`]) that implements
@@ -214,6 +216,156 @@ pub fn server_config(
         .with_cert_resolver(cert);
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     Ok(cfg)
+}
+
+/// The agent side of the TCP listener's TLS: how an agent (or a test, or a bench) verifies
+/// the server and connects to it.
+///
+/// SPIRE agents do not check DNS names: they accept the server when its leaf carries exactly
+/// one URI SAN equal to the expected server ID (`spiffe://<td>/spire/server`) and chains to
+/// an X.509 authority of the bundle they hold. Before an agent has a bundle (first
+/// attestation with `insecure_bootstrap`) only the ID is checked.
+#[derive(Debug)]
+pub struct SpiffeServerVerifier {
+    expected_id: SpiffeId,
+    roots: Option<rustls::RootCertStore>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl SpiffeServerVerifier {
+    /// Accepts a server presenting `expected_id` that chains to one of `roots` (DER X.509
+    /// authorities); `None` is insecure bootstrap, which checks the ID only.
+    ///
+    /// # Errors
+    /// [`TlsError::Rustls`] when a root is not a usable CA certificate.
+    pub fn new(expected_id: SpiffeId, roots: Option<&[Vec<u8>]>) -> Result<Self, TlsError> {
+        let roots = match roots {
+            Some(ders) => {
+                let mut store = rustls::RootCertStore::empty();
+                for der in ders {
+                    store.add(CertificateDer::from(der.clone()))?;
+                }
+                Some(store)
+            }
+            None => None,
+        };
+        Ok(Self { expected_id, roots, provider: provider() })
+    }
+
+    /// A verifier for the server of `td` (`spiffe://<td>/spire/server`), as [`Self::new`].
+    ///
+    /// # Errors
+    /// As [`Self::new`].
+    pub fn for_trust_domain(td: &TrustDomain, roots: Option<&[Vec<u8>]>) -> Result<Self, TlsError> {
+        let id = SpiffeId::from_parts(td, "/spire/server").map_err(|e| {
+            TlsError::Rustls(rustls::Error::General(format!("server ID for {td}: {e}")))
+        })?;
+        Self::new(id, roots)
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let id = leaf_facts(end_entity).map_err(rustls::Error::General)?.id;
+        if id != self.expected_id {
+            return Err(rustls::Error::General(format!(
+                "server presented {id}, expected {}",
+                self.expected_id
+            )));
+        }
+        if let Some(roots) = &self.roots {
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &rustls::server::ParsedCertificate::try_from(end_entity)?,
+                roots,
+                intermediates,
+                now,
+                self.provider.signature_verification_algorithms.all,
+            )?;
+        }
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        msg: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algs = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(msg, cert, dss, algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        msg: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algs = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(msg, cert, dss, algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// An agent's client TLS configuration: TLS 1.2+, ALPN `h2`, the server checked by
+/// `verifier`, and `identity` (certificate chain leaf first, PKCS#8 key; both DER)
+/// presented when given.
+///
+/// # Errors
+/// [`TlsError::Rustls`] when rustls refuses the protocol set, the chain or the key.
+pub fn agent_client_config(
+    verifier: Arc<SpiffeServerVerifier>,
+    identity: Option<(Vec<Vec<u8>>, Vec<u8>)>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let mut cfg = match identity {
+        Some((chain, key)) => builder.with_client_auth_cert(
+            chain.into_iter().map(CertificateDer::from).collect(),
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)),
+        )?,
+        None => builder.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(cfg)
+}
+
+/// A gRPC channel to the server at `addr` over TLS with `config` (see
+/// [`agent_client_config`]). The connection is made now; the channel reconnects with the
+/// same configuration when it drops.
+///
+/// # Errors
+/// The transport error when connecting or the handshake fails.
+pub async fn agent_channel(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let connector = tokio_rustls::TlsConnector::from(config);
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+            let connector = connector.clone();
+            async move {
+                let tcp = TcpStream::connect(addr).await?;
+                // Verification ignores the name (SVIDs carry none); SNI just needs a value.
+                let name = rustls::pki_types::ServerName::try_from("localhost")
+                    .map_err(std::io::Error::other)?;
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        }))
+        .await
 }
 
 /// What a request learns about its TCP connection.

@@ -7,11 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use hyper_util::rt::TokioIo;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 use ward_ca::{KeyType, PrivateKey, build_csr};
 use ward_core::Clock;
 use ward_proto::spire::api::server::agent::v1 as agentpb;
@@ -20,6 +16,7 @@ use ward_proto::spire::api::server::entry::v1 as entrypb;
 use ward_proto::spire::api::types;
 use ward_server::config::{Config, Overrides};
 use ward_server::run::RunningServer;
+use ward_server::tls::{SpiffeServerVerifier, agent_channel, agent_client_config};
 
 /// A clock tests can move forward.
 #[derive(Debug, Default)]
@@ -138,86 +135,12 @@ pub fn parse(s: &str) -> types::Spiffeid {
     id(td, &format!("/{path}"))
 }
 
-/// Verifies the server SPIFFE-style: chain to `roots` (skipped when empty: insecure
-/// bootstrap) and the leaf's only URI SAN is `spiffe://example.org/spire/server`.
-#[derive(Debug)]
-pub struct SpiffeServerVerifier {
-    roots: Option<RootCertStore>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl SpiffeServerVerifier {
-    pub fn new(roots: &[Vec<u8>]) -> Self {
-        let roots = if roots.is_empty() {
-            None
-        } else {
-            let mut store = RootCertStore::empty();
-            for r in roots {
-                store.add(CertificateDer::from(r.clone())).unwrap();
-            }
-            Some(store)
-        };
-        Self { roots, provider: ward_server::tls::provider() }
-    }
-}
-
-impl ServerCertVerifier for SpiffeServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let facts = ward_server::tls::leaf_facts(end_entity).map_err(rustls::Error::General)?;
-        if facts.id.as_str() != "spiffe://example.org/spire/server" {
-            return Err(rustls::Error::General(format!("unexpected server ID {}", facts.id)));
-        }
-        if let Some(roots) = &self.roots {
-            let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
-            rustls::client::verify_server_cert_signed_by_trust_anchor(
-                &parsed,
-                roots,
-                intermediates,
-                now,
-                self.provider.signature_verification_algorithms.all,
-            )?;
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
-    }
+/// The agent-side verifier for `spiffe://example.org/spire/server`, chaining to `roots`
+/// (empty: insecure bootstrap, ID only).
+pub fn server_verifier(roots: &[Vec<u8>]) -> Arc<SpiffeServerVerifier> {
+    let td = ward_core::TrustDomain::new("example.org").unwrap();
+    let roots = Some(roots).filter(|r| !r.is_empty());
+    Arc::new(SpiffeServerVerifier::for_trust_domain(&td, roots).unwrap())
 }
 
 /// A client identity: certificate chain and PKCS#8 key.
@@ -242,34 +165,9 @@ pub async fn try_tls_channel(
     roots: &[Vec<u8>],
     identity: Option<Identity>,
 ) -> Result<Channel, tonic::transport::Error> {
-    let builder = rustls::ClientConfig::builder_with_provider(ward_server::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier::new(roots)));
-    let mut cfg = match identity {
-        Some(id) => builder
-            .with_client_auth_cert(
-                id.chain.into_iter().map(CertificateDer::from).collect(),
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(id.key_pkcs8)),
-            )
-            .unwrap(),
-        None => builder.with_no_client_auth(),
-    };
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
-    Endpoint::try_from(format!("http://{addr}"))
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let connector = connector.clone();
-            async move {
-                let tcp = tokio::net::TcpStream::connect(addr).await?;
-                let tls =
-                    connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(tls))
-            }
-        }))
-        .await
+    let identity = identity.map(|id| (id.chain, id.key_pkcs8));
+    let cfg = agent_client_config(server_verifier(roots), identity).unwrap();
+    agent_channel(addr, Arc::new(cfg)).await
 }
 
 /// A fresh P-256 key and a CSR for it.
