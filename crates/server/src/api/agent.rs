@@ -164,18 +164,97 @@ fn agent_id_arg(id: Option<&types::Spiffeid>) -> Result<AgentId, Status> {
 type AgentFilterArgs<'a> =
     (&'a String, Option<&'a types::SelectorMatch>, Option<bool>, Option<bool>, &'a String);
 
-/// ListAgents/CountAgents filter. `by_expires_before` is not supported yet.
+/// ListAgents/CountAgents filter.
 fn agent_filter(f: Option<AgentFilterArgs<'_>>) -> Result<AgentFilter, Status> {
     let mut out = AgentFilter::default();
     let Some((att, sel, banned, reattest, expires_before)) = f else { return Ok(out) };
     if !expires_before.is_empty() {
-        return Err(Status::invalid_argument("by_expires_before filter is not supported"));
+        let t = parse_expires_before(expires_before).map_err(|e| {
+            Status::invalid_argument(format!("failed to parse expires before filter: {e}"))
+        })?;
+        out.expires_before = Some(t);
     }
     out.attestation_type = Some(att.clone()).filter(|a| !a.is_empty());
     out.selectors = sel.map(selector_filter).transpose()?;
     out.banned = banned;
     out.can_reattest = reattest;
     Ok(out)
+}
+
+/// Parses the `by_expires_before` filter value, in the layout SPIRE's CLI sends (Go's
+/// `2006-01-02 15:04:05 -0700 -07`, e.g. `2026-01-01 00:00:00 +0000 +00`), into Unix
+/// seconds. The `±HHMM` offset is authoritative; the trailing `±HH` must agree with it.
+///
+/// # Errors
+/// A message saying which part is malformed.
+pub fn parse_expires_before(s: &str) -> Result<i64, String> {
+    let parts: Vec<&str> = s.split(' ').collect();
+    let [date, clock, offset, offset_hours] = parts.as_slice() else {
+        return Err(format!("{s:?} is not \"YYYY-MM-DD hh:mm:ss ±hhmm ±hh\""));
+    };
+    let num = |v: &str, what: &str| -> Result<u32, String> {
+        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!("bad {what} {v:?}"));
+        }
+        v.parse::<u32>().map_err(|_| format!("bad {what} {v:?}"))
+    };
+    let fields = |v: &str, sep: char, what: &str| -> Result<[u32; 3], String> {
+        let f: Vec<&str> = v.split(sep).collect();
+        let [a, b, c] = f.as_slice() else { return Err(format!("bad {what} {v:?}")) };
+        Ok([num(a, what)?, num(b, what)?, num(c, what)?])
+    };
+    let [year, month, day] = fields(date, '-', "date")?;
+    let [hour, minute, second] = fields(clock, ':', "time")?;
+    let month = u8::try_from(month)
+        .ok()
+        .and_then(|m| time::Month::try_from(m).ok())
+        .ok_or_else(|| format!("bad month in {date:?}"))?;
+    let date = i32::try_from(year)
+        .ok()
+        .and_then(|y| time::Date::from_calendar_date(y, month, u8::try_from(day).ok()?).ok())
+        .ok_or_else(|| format!("bad date {date:?}"))?;
+    let clock = time::Time::from_hms(
+        u8::try_from(hour).unwrap_or(u8::MAX),
+        u8::try_from(minute).unwrap_or(u8::MAX),
+        u8::try_from(second).unwrap_or(u8::MAX),
+    )
+    .map_err(|_| format!("bad time {clock:?}"))?;
+    let sign_and = |v: &str, len: usize| -> Result<(i32, u32), String> {
+        let (sign, digits) = match v.split_at_checked(1) {
+            Some(("+", d)) => (1, d),
+            Some(("-", d)) => (-1, d),
+            _ => return Err(format!("bad zone offset {v:?}")),
+        };
+        if digits.len() != len {
+            return Err(format!("bad zone offset {v:?}"));
+        }
+        Ok((sign, num(digits, "zone offset")?))
+    };
+    let (sign, hhmm) = sign_and(offset, 4)?;
+    let (sign_h, hh) = sign_and(offset_hours, 2)?;
+    if (sign_h, hh) != (sign, hhmm / 100) {
+        return Err(format!("zone offsets {offset:?} and {offset_hours:?} disagree"));
+    }
+    let offset_secs = i64::from(sign) * i64::from((hhmm / 100) * 3600 + (hhmm % 100) * 60);
+    let local = time::PrimitiveDateTime::new(date, clock).assume_utc().unix_timestamp();
+    Ok(local - offset_secs)
+}
+
+/// Formats Unix seconds `t` (UTC) in the `by_expires_before` layout, as SPIRE's
+/// `agent purge` does; [`parse_expires_before`] reads it back.
+pub fn format_expires_before(t: i64) -> String {
+    match time::OffsetDateTime::from_unix_timestamp(t) {
+        Ok(d) => format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02} +0000 +00",
+            d.year(),
+            u8::from(d.month()),
+            d.day(),
+            d.hour(),
+            d.minute(),
+            d.second()
+        ),
+        Err(_) => String::new(),
+    }
 }
 
 fn unexpected(o: &Outcome) -> Status {
@@ -398,5 +477,36 @@ impl Agent for AgentService {
         _: Request<pb::PostStatusRequest>,
     ) -> Result<Response<pb::PostStatusResponse>, Status> {
         Err(unimplemented("PostStatus"))
+    }
+}
+
+#[cfg(test)]
+mod expires_before_tests {
+    use super::*;
+
+    #[test]
+    fn parses_spire_layout_with_offsets() {
+        assert_eq!(parse_expires_before("2026-01-01 00:00:00 +0000 +00"), Ok(1_767_225_600));
+        assert_eq!(parse_expires_before("2026-01-01 05:30:00 +0530 +05"), Ok(1_767_225_600));
+        assert_eq!(parse_expires_before("2025-12-31 19:00:00 -0500 -05"), Ok(1_767_225_600));
+        assert_eq!(format_expires_before(1_767_225_600), "2026-01-01 00:00:00 +0000 +00");
+        let t = 1_800_000_123;
+        assert_eq!(parse_expires_before(&format_expires_before(t)), Ok(t));
+    }
+
+    #[test]
+    fn refuses_malformed_values() {
+        for (bad, why) in [
+            ("2026-01-01T00:00:00Z", "is not"),
+            ("2026-13-01 00:00:00 +0000 +00", "bad month"),
+            ("2026-02-30 00:00:00 +0000 +00", "bad date"),
+            ("2026-01-01 24:00:00 +0000 +00", "bad time"),
+            ("2026-01-01 00:00:00 0000 +00", "bad zone offset"),
+            ("2026-01-01 00:00:00 +0100 +02", "disagree"),
+            ("2026-01-+1 00:00:00 +0000 +00", "bad date"),
+        ] {
+            let err = parse_expires_before(bad).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
     }
 }
