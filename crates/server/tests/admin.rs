@@ -239,7 +239,7 @@ async fn update_and_delete_entries() {
 
     // The agent sees the new revision.
     let agent = AgentId(SpiffeId::parse(&agent_id).unwrap());
-    assert_eq!(ts.server.state.store.authorized_entries(&agent)[0].revision_number, 2);
+    assert_eq!(ts.server.state.store.authorized_entries(&agent).to_vec()[0].revision_number, 2);
 
     let resp = c
         .batch_delete_entry(entrypb::BatchDeleteEntryRequest { ids: vec![id.clone(), id.clone()] })

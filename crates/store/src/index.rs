@@ -41,6 +41,10 @@ impl<T> Slab<T> {
         self.items.get(slot as usize).and_then(Option::as_ref)
     }
 
+    pub(crate) fn get_mut(&mut self, slot: Slot) -> Option<&mut T> {
+        self.items.get_mut(slot as usize).and_then(Option::as_mut)
+    }
+
     pub(crate) fn replace(&mut self, slot: Slot, item: T) {
         if let Some(place) = self.items.get_mut(slot as usize) {
             *place = Some(item);
@@ -79,6 +83,39 @@ impl IdSet {
         match self {
             Self::One(_) => 1,
             Self::Many(s) => s.len(),
+        }
+    }
+
+    /// Adds `slot`.
+    pub(crate) fn insert(&mut self, slot: Slot) {
+        match self {
+            Self::One(existing) => {
+                if *existing != slot {
+                    let set: BTreeSet<Slot> = [*existing, slot].into_iter().collect();
+                    *self = Self::Many(Box::new(set));
+                }
+            }
+            Self::Many(set) => {
+                set.insert(slot);
+            }
+        }
+    }
+
+    /// Removes `slot`; true when nothing is left and the caller must drop the set.
+    pub(crate) fn remove(&mut self, slot: Slot) -> bool {
+        match self {
+            Self::One(existing) => *existing == slot,
+            Self::Many(many) => {
+                many.remove(&slot);
+                if many.len() == 1 {
+                    if let Some(&only) = many.iter().next() {
+                        *self = Self::One(only);
+                    }
+                    false
+                } else {
+                    many.is_empty()
+                }
+            }
         }
     }
 
@@ -161,36 +198,14 @@ impl HashIndex {
             None => {
                 self.map.insert(hash, IdSet::One(slot));
             }
-            Some(IdSet::One(existing)) => {
-                if *existing != slot {
-                    let set: BTreeSet<Slot> = [*existing, slot].into_iter().collect();
-                    self.map.insert(hash, IdSet::Many(Box::new(set)));
-                }
-            }
-            Some(IdSet::Many(set)) => {
-                set.insert(slot);
-            }
+            Some(set) => set.insert(slot),
         }
     }
 
     pub(crate) fn remove(&mut self, hash: u64, slot: Slot) {
         let Some(set) = self.map.get_mut(&hash) else { return };
-        match set {
-            IdSet::One(existing) => {
-                if *existing == slot {
-                    self.map.remove(&hash);
-                }
-            }
-            IdSet::Many(many) => {
-                many.remove(&slot);
-                if many.len() == 1 {
-                    if let Some(&only) = many.iter().next() {
-                        *set = IdSet::One(only);
-                    }
-                } else if many.is_empty() {
-                    self.map.remove(&hash);
-                }
-            }
+        if set.remove(slot) {
+            self.map.remove(&hash);
         }
     }
 

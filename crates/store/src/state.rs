@@ -3,7 +3,8 @@
 //! Every query is answered from here; sled is the durable copy that rebuilds this image on
 //! open. `apply` changes both in step under the store's write lock.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
 use ward_core::{
@@ -11,11 +12,65 @@ use ward_core::{
     SelectorMatch, SelectorSet, SpiffeId, TrustDomain,
 };
 
-use crate::index::{HashIndex, Slab, Slot, key_hash};
+use crate::index::{HashIndex, IdSet, PassThrough, Slab, Slot, key_hash};
 use crate::query::{AgentFilter, EntryFilter, Page, PageRequest, SelectorFilter, agent_token};
 
-/// The authorized entries of an agent, sorted by entry id.
-pub type AuthorizedEntries = Arc<[Arc<RegistrationEntry>]>;
+/// The entries of one parent ID, frozen for the authorized-entries walk: sorted by id
+/// (with each id's first bytes next to the entry) and with the children that parent other
+/// entries listed, so the walk reads one block per parent instead of every child.
+#[derive(Debug)]
+pub(crate) struct ChildGroup {
+    parent: SpiffeId,
+    entries: Box<[(u64, Arc<RegistrationEntry>)]>,
+    /// `(hash of the child's SPIFFE ID, index in entries)` of children with children.
+    descend: Box<[(u64, u32)]>,
+}
+
+impl ChildGroup {
+    fn new(parent: SpiffeId, mut entries: Vec<(u64, Arc<RegistrationEntry>)>) -> Self {
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id)));
+        Self { parent, entries: entries.into_boxed_slice(), descend: Box::new([]) }
+    }
+}
+
+/// The authorized entries of an agent: shared per-parent blocks of entries, iterated in
+/// entry-id order. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AuthorizedEntries {
+    parts: Arc<[Arc<ChildGroup>]>,
+}
+
+impl AuthorizedEntries {
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.parts.iter().map(|p| p.entries.len()).sum()
+    }
+
+    /// Whether there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.parts.iter().all(|p| p.entries.is_empty())
+    }
+
+    /// The entries, sorted by id.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &Arc<RegistrationEntry>> + '_ {
+        let mut all: Vec<&(u64, Arc<RegistrationEntry>)> =
+            self.parts.iter().flat_map(|p| p.entries.iter()).collect();
+        if self.parts.len() > 1 {
+            all.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id)));
+        }
+        all.into_iter().map(|(_, e)| e)
+    }
+
+    /// The entries, sorted by id, as a vector.
+    pub fn to_vec(&self) -> Vec<Arc<RegistrationEntry>> {
+        self.iter().cloned().collect()
+    }
+
+    /// Whether `a` and `b` are the same computed result (not merely equal entries).
+    pub fn ptr_eq(a: &Self, b: &Self) -> bool {
+        Arc::ptr_eq(&a.parts, &b.parts)
+    }
+}
 
 /// An entry as a key of the ordered id map: ordered by, and borrowable as, its id, so the
 /// map needs no second copy of the id.
@@ -74,6 +129,55 @@ impl Slotted {
     }
 }
 
+/// The node-alias entry slots an agent belongs to; one alias needs no allocation, so the
+/// walk finds it in the agent's own slab cell.
+#[derive(Debug)]
+enum AliasSlots {
+    One(Slot),
+    Many(Vec<Slot>),
+}
+
+impl AliasSlots {
+    fn from_vec(v: Vec<Slot>) -> Self {
+        match v.as_slice() {
+            [one] => Self::One(*one),
+            _ => Self::Many(v),
+        }
+    }
+
+    fn as_slice(&self) -> &[Slot] {
+        match self {
+            Self::One(s) => std::slice::from_ref(s),
+            Self::Many(v) => v,
+        }
+    }
+
+    fn update(&mut self, f: impl FnOnce(&mut Vec<Slot>)) {
+        let mut v = self.as_slice().to_vec();
+        f(&mut v);
+        *self = Self::from_vec(v);
+    }
+}
+
+/// An agent in its slot, with the aliases it belongs to kept in step with agent and alias
+/// changes.
+#[derive(Debug)]
+struct AgentCell {
+    node: Arc<AttestedNode>,
+    aliases: AliasSlots,
+}
+
+/// What one SPIFFE-ID hash leads to: the frozen children of the parent ID under it and
+/// the agents whose id has it, so an agent and its own children cost one probe.
+#[derive(Debug, Default)]
+struct IdRecord {
+    group: Option<Arc<ChildGroup>>,
+    agents: Option<IdSet>,
+    /// Whether two different IDs (agents' or the group's parent) ever had this hash; until
+    /// then, confirming one of them confirms all.
+    mixed: bool,
+}
+
 /// The in-memory state.
 #[derive(Debug)]
 pub(crate) struct State {
@@ -89,14 +193,18 @@ pub(crate) struct State {
     by_federates: HashIndex,
     /// Node-alias entries by each of their selectors.
     alias_by_selector: HashIndex,
-    agents: Slab<Arc<AttestedNode>>,
+    agents: Slab<AgentCell>,
     agent_ids: BTreeMap<AgentId, Slot>,
-    /// Agents by the hash of their id: one probe instead of a walk down `agent_ids`.
-    agent_by_hash: HashIndex,
     /// Parent hashes under which entries of more than one parent ID were ever indexed
     /// (64-bit collisions: in practice empty). Other parent hashes hold one parent ID.
     collided_parents: HashSet<u64>,
     agent_by_selector: HashIndex,
+    /// By SPIFFE-ID hash: agents with that id (one probe instead of a walk down
+    /// `agent_ids`) and the frozen children of a parent hash that holds one parent ID,
+    /// rebuilt by [`State::settle`] for the hashes in `dirty`.
+    ids: HashMap<u64, IdRecord, BuildHasherDefault<PassThrough>>,
+    /// Parent hashes whose frozen group is missing or stale.
+    dirty: HashSet<u64>,
     pub(crate) tokens: BTreeMap<String, JoinToken>,
     pub(crate) bundles: BTreeMap<TrustDomain, Arc<Bundle>>,
     pub(crate) federations: BTreeMap<TrustDomain, Arc<FederationRelationship>>,
@@ -148,9 +256,10 @@ impl State {
             alias_by_selector: HashIndex::default(),
             agents: Slab::default(),
             agent_ids: BTreeMap::new(),
-            agent_by_hash: HashIndex::default(),
             collided_parents: HashSet::new(),
             agent_by_selector: HashIndex::default(),
+            ids: HashMap::default(),
+            dirty: HashSet::new(),
             tokens: BTreeMap::new(),
             bundles: BTreeMap::new(),
             federations: BTreeMap::new(),
@@ -205,7 +314,12 @@ impl State {
         if other.and_then(|s| self.entry_at(s)).is_some_and(|o| o.parent_id != e.parent_id) {
             self.collided_parents.insert(parent_hash);
         }
+        let first_child = self.by_parent.get(parent_hash).is_none();
         self.by_parent.insert(parent_hash, slot);
+        self.dirty.insert(parent_hash);
+        if first_child {
+            self.mark_parents_of(parent_hash);
+        }
         self.by_spiffe.insert(key_hash(e.spiffe_id.as_str()), slot);
         for s in e.selectors.as_slice() {
             self.by_selector.insert(key_hash(s), slot);
@@ -217,11 +331,25 @@ impl State {
             for s in e.selectors.as_slice() {
                 self.alias_by_selector.insert(key_hash(s), slot);
             }
+            for agent in self.agent_slots_matching(&e.selectors) {
+                if let Some(cell) = self.agents.get_mut(agent) {
+                    cell.aliases.update(|v| {
+                        if !v.contains(&slot) {
+                            v.push(slot);
+                        }
+                    });
+                }
+            }
         }
     }
 
     fn unindex_entry(&mut self, slot: Slot, e: &RegistrationEntry) {
-        self.by_parent.remove(key_hash(e.parent_id.as_str()), slot);
+        let parent_hash = key_hash(e.parent_id.as_str());
+        self.by_parent.remove(parent_hash, slot);
+        self.dirty.insert(parent_hash);
+        if self.by_parent.get(parent_hash).is_none() {
+            self.mark_parents_of(parent_hash);
+        }
         self.by_spiffe.remove(key_hash(e.spiffe_id.as_str()), slot);
         for s in e.selectors.as_slice() {
             self.by_selector.remove(key_hash(s), slot);
@@ -233,7 +361,78 @@ impl State {
             for s in e.selectors.as_slice() {
                 self.alias_by_selector.remove(key_hash(s), slot);
             }
+            for agent in self.agent_slots_matching(&e.selectors) {
+                if let Some(cell) = self.agents.get_mut(agent) {
+                    cell.aliases.update(|v| v.retain(|&a| a != slot));
+                }
+            }
         }
+    }
+
+    /// Marks stale the groups holding an entry whose SPIFFE ID hashes to `hash`: whether
+    /// that entry has children just changed.
+    fn mark_parents_of(&mut self, hash: u64) {
+        let Some(set) = self.by_spiffe.get(hash) else { return };
+        for slot in set.iter() {
+            if let Some(e) = self.entries.get(slot) {
+                self.dirty.insert(key_hash(e.entry.parent_id.as_str()));
+            }
+        }
+    }
+
+    /// Rebuilds the frozen groups of the parent hashes changed since the last call.
+    pub(crate) fn settle(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for hash in dirty {
+            match self.build_group(hash) {
+                Some(g) => {
+                    let mixed =
+                        self.ids.get(&hash).and_then(|r| r.agents.as_ref()).is_some_and(|set| {
+                            set.iter().any(|s| {
+                                self.agents.get(s).is_some_and(|a| a.node.id.0 != g.parent)
+                            })
+                        });
+                    let r = self.ids.entry(hash).or_default();
+                    r.mixed |= mixed;
+                    r.group = Some(Arc::new(g));
+                }
+                None => {
+                    if let Some(r) = self.ids.get_mut(&hash) {
+                        r.group = None;
+                        if r.agents.is_none() {
+                            self.ids.remove(&hash);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The frozen group of `hash`, or `None` when it holds no entries or entries of more
+    /// than one parent ID (those are walked slot by slot).
+    fn build_group(&self, hash: u64) -> Option<ChildGroup> {
+        if self.collided_parents.contains(&hash) {
+            return None;
+        }
+        let set = self.by_parent.get(hash)?;
+        let entries: Vec<(u64, Arc<RegistrationEntry>)> = set
+            .iter()
+            .filter_map(|s| self.entries.get(s))
+            .map(|s| (s.id_prefix, Arc::clone(&s.entry)))
+            .collect();
+        let parent = entries.first()?.1.parent_id.clone();
+        let mut g = ChildGroup::new(parent, entries);
+        g.descend = g
+            .entries
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, e))| {
+                let h = key_hash(e.spiffe_id.as_str());
+                let i = u32::try_from(i).ok()?;
+                self.by_parent.get(h).map(|_| (h, i))
+            })
+            .collect();
+        Some(g)
     }
 
     // ----- entries: lookups -----
@@ -382,8 +581,9 @@ impl State {
     // ----- agents -----
 
     pub(crate) fn put_agent(&mut self, a: Arc<AttestedNode>) {
+        let aliases = AliasSlots::from_vec(self.alias_slots_of(&a.selectors));
         if let Some(&slot) = self.agent_ids.get(&a.id) {
-            if let Some(old) = self.agents.get(slot).cloned() {
+            if let Some(old) = self.agents.get(slot).map(|c| Arc::clone(&c.node)) {
                 for s in old.selectors.as_slice() {
                     self.agent_by_selector.remove(key_hash(s), slot);
                 }
@@ -391,21 +591,57 @@ impl State {
             for s in a.selectors.as_slice() {
                 self.agent_by_selector.insert(key_hash(s), slot);
             }
-            self.agents.replace(slot, a);
+            self.agents.replace(slot, AgentCell { node: a, aliases });
         } else {
-            let slot = self.agents.insert(Arc::clone(&a));
+            let slot = self.agents.insert(AgentCell { node: Arc::clone(&a), aliases });
             for s in a.selectors.as_slice() {
                 self.agent_by_selector.insert(key_hash(s), slot);
             }
-            self.agent_by_hash.insert(key_hash(a.id.0.as_str()), slot);
+            let hash = key_hash(a.id.0.as_str());
+            let mixed = self.ids.get(&hash).is_some_and(|r| {
+                r.group.as_ref().is_some_and(|g| g.parent != a.id.0)
+                    || r.agents.as_ref().is_some_and(|set| {
+                        set.iter().any(|s| self.agents.get(s).is_some_and(|o| o.node.id != a.id))
+                    })
+            });
+            let r = self.ids.entry(hash).or_default();
+            r.mixed |= mixed;
+            match &mut r.agents {
+                Some(set) => set.insert(slot),
+                None => r.agents = Some(IdSet::One(slot)),
+            }
             self.agent_ids.insert(a.id.clone(), slot);
         }
     }
 
+    /// Slots of the agents whose node selectors include every selector of `selectors`.
+    fn agent_slots_matching(&self, selectors: &SelectorSet) -> Vec<Slot> {
+        let sf =
+            SelectorFilter { selectors: selectors.clone(), match_mode: SelectorMatch::Superset };
+        let slots: Vec<Slot> = match self.selector_candidates(&self.agent_by_selector, &sf, true) {
+            Some(slots) => slots,
+            None => self.agent_ids.values().copied().collect(),
+        };
+        slots
+            .into_iter()
+            .filter(|&s| {
+                self.agents.get(s).is_some_and(|a| selectors.is_subset_of(&a.node.selectors))
+            })
+            .collect()
+    }
+
     pub(crate) fn remove_agent(&mut self, id: &AgentId) -> Option<Arc<AttestedNode>> {
         let slot = self.agent_ids.remove(id)?;
-        self.agent_by_hash.remove(key_hash(id.0.as_str()), slot);
-        let old = self.agents.remove(slot)?;
+        let hash = key_hash(id.0.as_str());
+        if let Some(r) = self.ids.get_mut(&hash)
+            && r.agents.as_mut().is_some_and(|set| set.remove(slot))
+        {
+            r.agents = None;
+            if r.group.is_none() {
+                self.ids.remove(&hash);
+            }
+        }
+        let old = self.agents.remove(slot)?.node;
         for s in old.selectors.as_slice() {
             self.agent_by_selector.remove(key_hash(s), slot);
         }
@@ -413,8 +649,12 @@ impl State {
     }
 
     pub(crate) fn agent(&self, id: &AgentId) -> Option<&Arc<AttestedNode>> {
-        let set = self.agent_by_hash.get(key_hash(id.0.as_str()))?;
-        set.iter().filter_map(|s| self.agents.get(s)).find(|a| &a.id == id)
+        self.agent_slot(id).and_then(|s| self.agents.get(s)).map(|c| &c.node)
+    }
+
+    fn agent_slot(&self, id: &AgentId) -> Option<Slot> {
+        let set = self.ids.get(&key_hash(id.0.as_str()))?.agents.as_ref()?;
+        set.iter().find(|&s| self.agents.get(s).is_some_and(|a| a.node.id == *id))
     }
 
     pub(crate) fn agent_count(&self) -> usize {
@@ -422,7 +662,7 @@ impl State {
     }
 
     pub(crate) fn all_agents(&self) -> impl Iterator<Item = &Arc<AttestedNode>> {
-        self.agent_ids.values().filter_map(|&s| self.agents.get(s))
+        self.agent_ids.values().filter_map(|&s| self.agents.get(s)).map(|c| &c.node)
     }
 
     /// ListAgents.
@@ -441,7 +681,7 @@ impl State {
             Some(slots) => {
                 let mut v: Vec<_> = slots
                     .into_iter()
-                    .filter_map(|s| self.agents.get(s))
+                    .filter_map(|s| self.agents.get(s).map(|c| &c.node))
                     .filter(|a| after.is_none_or(|t| a.id.0.as_str() > t) && f.matches(a))
                     .collect();
                 v.sort_unstable_by(|a, b| a.id.cmp(&b.id));
@@ -470,7 +710,7 @@ impl State {
         match self.selector_candidates(&self.agent_by_selector, &sf, true) {
             Some(slots) => slots
                 .into_iter()
-                .filter_map(|s| self.agents.get(s))
+                .filter_map(|s| self.agents.get(s).map(|c| &c.node))
                 .filter(|a| selectors.is_subset_of(&a.selectors))
                 .cloned()
                 .collect(),
@@ -484,18 +724,18 @@ impl State {
 
     // ----- authorized entries -----
 
-    /// Node-alias entries the agent with `selectors` belongs to.
-    fn aliases_of<'a>(&'a self, selectors: &'a SelectorSet) -> Vec<&'a Arc<RegistrationEntry>> {
-        let mut out: Vec<&Arc<RegistrationEntry>> = Vec::new();
+    /// Slots of the node-alias entries an agent with `selectors` belongs to.
+    fn alias_slots_of(&self, selectors: &SelectorSet) -> Vec<Slot> {
+        let mut out: Vec<Slot> = Vec::new();
         for s in selectors.as_slice() {
             let Some(set) = self.alias_by_selector.get(key_hash(s)) else { continue };
             for slot in set.iter() {
                 let Some(alias) = self.entry_at(slot) else { continue };
                 if self.is_alias(alias)
                     && alias.selectors.is_subset_of(selectors)
-                    && !out.iter().any(|o| Arc::ptr_eq(o, alias))
+                    && !out.contains(&slot)
                 {
-                    out.push(alias);
+                    out.push(slot);
                 }
             }
         }
@@ -505,43 +745,97 @@ impl State {
     /// SPIRE's authorized entries for `agent`, computed from the indexes (spire-compat.md §9).
     pub(crate) fn authorized_entries(&self, agent: &AgentId) -> AuthorizedEntries {
         let mut visited = Visited::new();
-        let mut stack: Vec<(u64, &str)> = vec![(key_hash(agent.0.as_str()), agent.0.as_str())];
-        if let Some(node) = self.agent(agent) {
-            for alias in self.aliases_of(&node.selectors) {
-                stack.push((key_hash(alias.spiffe_id.as_str()), alias.spiffe_id.as_str()));
+        let mut stack: Vec<(u64, &str)> = Vec::new();
+        let mut parts: Vec<Arc<ChildGroup>> = Vec::new();
+        let hash = key_hash(agent.0.as_str());
+        visited.insert(hash, agent.0.as_str());
+        let record = self.ids.get(&hash);
+        // The agent's own children first: that read and the agent's below are independent,
+        // so their memory reads overlap.
+        let own = self.visit(hash, record, agent.0.as_str(), &mut stack, &mut parts);
+        let cell = record.and_then(|r| {
+            let set = r.agents.as_ref()?;
+            if own && !r.mixed {
+                // The group's parent matched the agent's id and every id under this hash
+                // is that one.
+                set.iter().find_map(|s| self.agents.get(s))
+            } else {
+                set.iter().find_map(|s| self.agents.get(s).filter(|a| a.node.id == *agent))
+            }
+        });
+        for &slot in cell.map_or(&[][..], |c| c.aliases.as_slice()) {
+            if let Some(alias) = self.entries.get(slot) {
+                stack.push((alias.spiffe_hash, alias.entry.spiffe_id.as_str()));
             }
         }
-        let mut out: Vec<(u64, Arc<RegistrationEntry>)> = Vec::new();
         while let Some((hash, parent)) = stack.pop() {
-            if !visited.insert(hash, parent) {
+            if visited.insert(hash, parent) {
+                self.visit(hash, self.ids.get(&hash), parent, &mut stack, &mut parts);
+            }
+        }
+        AuthorizedEntries { parts: parts.into() }
+    }
+
+    /// Adds the children of `parent` to `parts` and those with children of their own to
+    /// `stack`; true when they came from the frozen group, whose parent is then `parent`.
+    fn visit<'a>(
+        &'a self,
+        hash: u64,
+        record: Option<&'a IdRecord>,
+        parent: &str,
+        stack: &mut Vec<(u64, &'a str)>,
+        parts: &mut Vec<Arc<ChildGroup>>,
+    ) -> bool {
+        if !self.dirty.is_empty() && self.dirty.contains(&hash) {
+            self.walk_slots(hash, parent, stack, parts);
+            return false;
+        }
+        // Settled: the frozen group, if any, is current and holds one parent ID.
+        let Some(g) = record.and_then(|r| r.group.as_ref()) else {
+            if self.collided_parents.contains(&hash) {
+                self.walk_slots(hash, parent, stack, parts);
+            }
+            return false;
+        };
+        if g.parent.as_str() != parent {
+            return false;
+        }
+        for &(h, i) in g.descend.iter() {
+            if let Some((_, child)) = g.entries.get(i as usize) {
+                stack.push((h, child.spiffe_id.as_str()));
+            }
+        }
+        parts.push(Arc::clone(g));
+        true
+    }
+
+    /// The children of `parent` read slot by slot from the parent index (collided or not
+    /// yet settled hashes), added to `parts` as one group.
+    fn walk_slots<'a>(
+        &'a self,
+        hash: u64,
+        parent: &str,
+        stack: &mut Vec<(u64, &'a str)>,
+        parts: &mut Vec<Arc<ChildGroup>>,
+    ) {
+        let Some(set) = self.by_parent.get(hash) else { return };
+        let mut found = Vec::new();
+        let mut parent_id = None;
+        for slot in set.iter() {
+            let Some(slotted) = self.entries.get(slot) else { continue };
+            let child = &slotted.entry;
+            if child.parent_id.as_str() != parent {
                 continue;
             }
-            let Some(set) = self.by_parent.get(hash) else { continue };
-            // Without a collision every entry under this hash has the same parent ID, so
-            // checking one of them checks all.
-            let shared = !self.collided_parents.contains(&hash);
-            let mut confirmed = false;
-            for slot in set.iter() {
-                let Some(slotted) = self.entries.get(slot) else { continue };
-                let child = &slotted.entry;
-                if !confirmed {
-                    if child.parent_id.as_str() != parent {
-                        if shared {
-                            break;
-                        }
-                        continue;
-                    }
-                    confirmed = shared;
-                }
-                // Only descend where something is parented by this child.
-                if self.by_parent.get(slotted.spiffe_hash).is_some() {
-                    stack.push((slotted.spiffe_hash, child.spiffe_id.as_str()));
-                }
-                out.push((slotted.id_prefix, Arc::clone(child)));
+            parent_id.get_or_insert(&child.parent_id);
+            if self.by_parent.get(slotted.spiffe_hash).is_some() {
+                stack.push((slotted.spiffe_hash, child.spiffe_id.as_str()));
             }
+            found.push((slotted.id_prefix, Arc::clone(child)));
         }
-        out.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id)));
-        out.into_iter().map(|(_, e)| e).collect()
+        if let Some(p) = parent_id {
+            parts.push(Arc::new(ChildGroup::new(p.clone(), found)));
+        }
     }
 
     /// Agents whose authorized entries include the children of `parent` (the reverse walk
@@ -677,6 +971,13 @@ mod tests {
             let got = s.authorized_entries(&agent);
             let got: Vec<&str> = got.iter().map(|e| e.id.as_str()).collect();
             assert_eq!(got, vec!["a"], "order {order}");
+            // Settled, the collided hash gets no frozen group and is still walked by slot.
+            s.dirty.insert(hp);
+            s.settle();
+            assert!(s.ids.get(&hp).is_none_or(|r| r.group.is_none()));
+            let got = s.authorized_entries(&agent);
+            let got: Vec<&str> = got.iter().map(|e| e.id.as_str()).collect();
+            assert_eq!(got, vec!["a"], "settled, order {order}");
         }
     }
 

@@ -182,6 +182,7 @@ impl Store {
             }
         };
         let Txn { mut batch, mut change, mutated, touched, .. } = txn;
+        state.settle();
         state.applied = index;
         batch.insert(record::META_APPLIED, record::u64_value(index));
         if mutated {
@@ -261,7 +262,7 @@ impl Store {
         let computed = state.authorized_entries(agent);
         // Inserted under the read lock, so no apply can slip between computing and caching.
         self.inner.cache_used.store(true, Ordering::Release);
-        self.inner.cache.insert(agent.clone(), Arc::clone(&computed));
+        self.inner.cache.insert(agent.clone(), computed.clone());
         drop(state);
         computed
     }
@@ -461,5 +462,6 @@ pub(crate) fn load_state(tree: &sled::Tree, td: &TrustDomain) -> Result<State, S
             _ => {}
         }
     }
+    state.settle();
     Ok(state)
 }

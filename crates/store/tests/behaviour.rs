@@ -10,9 +10,9 @@ use ward_core::{
 };
 use ward_store::testdata::DataSet;
 use ward_store::{
-    AgentFilter, BundleDeleteMode, Command, ConsumedToken, EntryFilter, EntryMask, EntryUpdate,
-    ErrorClass, ItemError, Outcome, PageRequest, SelectorFilter, SnapshotChunk, Store, StoreConfig,
-    StoreError,
+    AgentFilter, AuthorizedEntries, BundleDeleteMode, Command, ConsumedToken, EntryFilter,
+    EntryMask, EntryUpdate, ErrorClass, ItemError, Outcome, PageRequest, SelectorFilter,
+    SnapshotChunk, Store, StoreConfig, StoreError,
 };
 
 fn open(dir: &std::path::Path) -> Store {
@@ -43,7 +43,7 @@ fn data_set_gives_every_agent_fifteen_entries_and_survives_reopen() {
         v.sort();
         v
     };
-    assert_eq!(ids(&store.authorized_entries(&DataSet::agent_id(7))), want);
+    assert_eq!(ids(&store.authorized_entries(&DataSet::agent_id(7)).to_vec()), want);
     for i in 0..100 {
         assert_eq!(store.authorized_entries(&DataSet::agent_id(i)).len(), 15);
     }
@@ -51,7 +51,7 @@ fn data_set_gives_every_agent_fifteen_entries_and_survives_reopen() {
     drop(store);
     let store = open(dir.path());
     assert_eq!(store.last_applied(), applied);
-    assert_eq!(ids(&store.authorized_entries(&DataSet::agent_id(7))), want);
+    assert_eq!(ids(&store.authorized_entries(&DataSet::agent_id(7)).to_vec()), want);
 }
 
 fn query_fingerprint(store: &Store) -> Vec<String> {
@@ -85,7 +85,7 @@ fn query_fingerprint(store: &Store) -> Vec<String> {
         ));
     }
     for i in [0, 42, 99] {
-        out.push(format!("{:?}", ids(&store.authorized_entries(&DataSet::agent_id(i)))));
+        out.push(format!("{:?}", ids(&store.authorized_entries(&DataSet::agent_id(i)).to_vec())));
     }
     let agents = store.list_agents(&AgentFilter::default(), &PageRequest::first(10));
     out.push(format!("{:?}", agents.items));
@@ -153,7 +153,10 @@ fn cache_is_invalidated_only_for_affected_agents() {
     let a150 = DataSet::agent_id(150); // not in the set
     let first7 = store.authorized_entries(&a7);
     let first8 = store.authorized_entries(&a8);
-    assert!(Arc::ptr_eq(&first7, &store.authorized_entries(&a7)), "served from cache");
+    assert!(
+        AuthorizedEntries::ptr_eq(&first7, &store.authorized_entries(&a7)),
+        "served from cache"
+    );
 
     // A new entry under agent 7 invalidates agent 7 only.
     let mut e = DataSet::workload_entry(7, 0);
@@ -162,8 +165,11 @@ fn cache_is_invalidated_only_for_affected_agents() {
     store.propose_local(&Command::CreateEntries(vec![e])).unwrap();
     let second7 = store.authorized_entries(&a7);
     assert_eq!(second7.len(), 16);
-    assert!(!Arc::ptr_eq(&first7, &second7));
-    assert!(Arc::ptr_eq(&first8, &store.authorized_entries(&a8)), "agent 8 untouched");
+    assert!(!AuthorizedEntries::ptr_eq(&first7, &second7));
+    assert!(
+        AuthorizedEntries::ptr_eq(&first8, &store.authorized_entries(&a8)),
+        "agent 8 untouched"
+    );
 
     // A child of the alias both belong to invalidates both.
     let mut e = DataSet::alias_child_entry(0, 0);
@@ -181,7 +187,7 @@ fn cache_is_invalidated_only_for_affected_agents() {
     let before7 = store.authorized_entries(&a7);
     store.propose_local(&Command::CreateEntries(vec![nested])).unwrap();
     assert_eq!(store.authorized_entries(&a8).len(), 17);
-    assert!(Arc::ptr_eq(&before7, &store.authorized_entries(&a7)));
+    assert!(AuthorizedEntries::ptr_eq(&before7, &store.authorized_entries(&a7)));
 
     // A new agent attesting with group 0's selector joins the alias.
     let mut att = DataSet::agent(50);
@@ -206,7 +212,10 @@ fn cache_is_invalidated_only_for_affected_agents() {
     assert_eq!(store.authorized_entries(&a8).len(), 11);
     for i in [7, 8, 50, 99] {
         let a = DataSet::agent_id(i);
-        assert_eq!(ids(&store.authorized_entries(&a)), ids(&store.authorized_entries_uncached(&a)));
+        assert_eq!(
+            ids(&store.authorized_entries(&a).to_vec()),
+            ids(&store.authorized_entries_uncached(&a).to_vec())
+        );
     }
 }
 

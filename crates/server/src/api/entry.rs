@@ -340,7 +340,7 @@ impl Entry for EntryService {
         req: Request<Streaming<pb::SyncAuthorizedEntriesRequest>>,
     ) -> Result<Response<Self::SyncAuthorizedEntriesStream>, Status> {
         let caller = caller_of(&req)?;
-        let entries = self.authorized(&caller)?;
+        let entries = self.authorized(&caller)?.to_vec();
         let mut inbound = req.into_inner();
         let Some(first) = inbound.message().await? else {
             let empty: SyncStream = Box::pin(futures::stream::empty());
