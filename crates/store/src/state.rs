@@ -131,10 +131,16 @@ impl Slotted {
 
 /// The node-alias entry slots an agent belongs to; one alias needs no allocation, so the
 /// walk finds it in the agent's own slab cell.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 enum AliasSlots {
     One(Slot),
     Many(Vec<Slot>),
+}
+
+impl Default for AliasSlots {
+    fn default() -> Self {
+        Self::Many(Vec::new())
+    }
 }
 
 impl AliasSlots {
@@ -173,6 +179,9 @@ struct AgentCell {
 struct IdRecord {
     group: Option<Arc<ChildGroup>>,
     agents: Option<IdSet>,
+    /// A copy of the aliases of the agent under this hash, read when the record is not
+    /// `mixed` (so at most one agent has this hash) and saving a read of its slab cell.
+    agent_aliases: AliasSlots,
     /// Whether two different IDs (agents' or the group's parent) ever had this hash; until
     /// then, confirming one of them confirms all.
     mixed: bool,
@@ -339,6 +348,7 @@ impl State {
                         }
                     });
                 }
+                self.copy_aliases_to_record(agent);
             }
         }
     }
@@ -365,6 +375,7 @@ impl State {
                 if let Some(cell) = self.agents.get_mut(agent) {
                     cell.aliases.update(|v| v.retain(|&a| a != slot));
                 }
+                self.copy_aliases_to_record(agent);
             }
         }
     }
@@ -592,6 +603,7 @@ impl State {
                 self.agent_by_selector.insert(key_hash(s), slot);
             }
             self.agents.replace(slot, AgentCell { node: a, aliases });
+            self.copy_aliases_to_record(slot);
         } else {
             let slot = self.agents.insert(AgentCell { node: Arc::clone(&a), aliases });
             for s in a.selectors.as_slice() {
@@ -611,6 +623,17 @@ impl State {
                 None => r.agents = Some(IdSet::One(slot)),
             }
             self.agent_ids.insert(a.id.clone(), slot);
+            self.copy_aliases_to_record(slot);
+        }
+    }
+
+    /// Copies the alias slots of the agent in `slot` to the record of its id's hash.
+    fn copy_aliases_to_record(&mut self, slot: Slot) {
+        let Some(cell) = self.agents.get(slot) else { return };
+        let hash = key_hash(cell.node.id.0.as_str());
+        let aliases = cell.aliases.clone();
+        if let Some(r) = self.ids.get_mut(&hash) {
+            r.agent_aliases = aliases;
         }
     }
 
@@ -753,17 +776,22 @@ impl State {
         // The agent's own children first: that read and the agent's below are independent,
         // so their memory reads overlap.
         let own = self.visit(hash, record, agent.0.as_str(), &mut stack, &mut parts);
-        let cell = record.and_then(|r| {
-            let set = r.agents.as_ref()?;
-            if own && !r.mixed {
+        let aliases: &[Slot] = match record {
+            Some(r) if r.agents.is_some() && own && !r.mixed => {
                 // The group's parent matched the agent's id and every id under this hash
-                // is that one.
-                set.iter().find_map(|s| self.agents.get(s))
-            } else {
-                set.iter().find_map(|s| self.agents.get(s).filter(|a| a.node.id == *agent))
+                // is that one: the record's copy of the agent's aliases is the agent's.
+                r.agent_aliases.as_slice()
             }
-        });
-        for &slot in cell.map_or(&[][..], |c| c.aliases.as_slice()) {
+            Some(r) => r
+                .agents
+                .as_ref()
+                .and_then(|set| {
+                    set.iter().find_map(|s| self.agents.get(s).filter(|a| a.node.id == *agent))
+                })
+                .map_or(&[][..], |c| c.aliases.as_slice()),
+            None => &[],
+        };
+        for &slot in aliases {
             if let Some(alias) = self.entries.get(slot) {
                 stack.push((alias.spiffe_hash, alias.entry.spiffe_id.as_str()));
             }
