@@ -20,16 +20,48 @@ use crate::query::{AgentFilter, EntryFilter, Page, PageRequest, SelectorFilter, 
 /// entries listed, so the walk reads one block per parent instead of every child.
 #[derive(Debug)]
 pub(crate) struct ChildGroup {
-    parent: SpiffeId,
+    parent: InlineId,
     entries: Box<[(u64, Arc<RegistrationEntry>)]>,
     /// `(hash of the child's SPIFFE ID, index in entries)` of children with children.
     descend: Box<[(u64, u32)]>,
 }
 
 impl ChildGroup {
-    fn new(parent: SpiffeId, mut entries: Vec<(u64, Arc<RegistrationEntry>)>) -> Self {
+    fn new(parent: &SpiffeId, mut entries: Vec<(u64, Arc<RegistrationEntry>)>) -> Self {
         entries.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id)));
+        let parent = InlineId::new(parent.as_str());
         Self { parent, entries: entries.into_boxed_slice(), descend: Box::new([]) }
+    }
+}
+
+/// Bytes of an ID stored inside its owner when they fit, so comparing it reads no
+/// further allocation.
+const INLINE_ID: usize = 64;
+
+/// An ID kept inline when at most [`INLINE_ID`] bytes long.
+#[derive(Debug)]
+enum InlineId {
+    Short { len: u8, bytes: [u8; INLINE_ID] },
+    Long(Box<str>),
+}
+
+impl InlineId {
+    fn new(s: &str) -> Self {
+        match u8::try_from(s.len()) {
+            Ok(len) if s.len() <= INLINE_ID => {
+                let mut bytes = [0u8; INLINE_ID];
+                bytes[..s.len()].copy_from_slice(s.as_bytes());
+                Self::Short { len, bytes }
+            }
+            _ => Self::Long(s.into()),
+        }
+    }
+
+    fn is(&self, s: &str) -> bool {
+        match self {
+            Self::Short { len, bytes } => bytes.get(..usize::from(*len)) == Some(s.as_bytes()),
+            Self::Long(l) => &**l == s,
+        }
     }
 }
 
@@ -400,7 +432,9 @@ impl State {
                     let mixed =
                         self.ids.get(&hash).and_then(|r| r.agents.as_ref()).is_some_and(|set| {
                             set.iter().any(|s| {
-                                self.agents.get(s).is_some_and(|a| a.node.id.0 != g.parent)
+                                self.agents
+                                    .get(s)
+                                    .is_some_and(|a| !g.parent.is(a.node.id.0.as_str()))
                             })
                         });
                     let r = self.ids.entry(hash).or_default();
@@ -432,7 +466,7 @@ impl State {
             .map(|s| (s.id_prefix, Arc::clone(&s.entry)))
             .collect();
         let parent = entries.first()?.1.parent_id.clone();
-        let mut g = ChildGroup::new(parent, entries);
+        let mut g = ChildGroup::new(&parent, entries);
         g.descend = g
             .entries
             .iter()
@@ -611,7 +645,7 @@ impl State {
             }
             let hash = key_hash(a.id.0.as_str());
             let mixed = self.ids.get(&hash).is_some_and(|r| {
-                r.group.as_ref().is_some_and(|g| g.parent != a.id.0)
+                r.group.as_ref().is_some_and(|g| !g.parent.is(a.id.0.as_str()))
                     || r.agents.as_ref().is_some_and(|set| {
                         set.iter().any(|s| self.agents.get(s).is_some_and(|o| o.node.id != a.id))
                     })
@@ -825,7 +859,7 @@ impl State {
             }
             return false;
         };
-        if g.parent.as_str() != parent {
+        if !g.parent.is(parent) {
             return false;
         }
         for &(h, i) in g.descend.iter() {
@@ -862,7 +896,7 @@ impl State {
             found.push((slotted.id_prefix, Arc::clone(child)));
         }
         if let Some(p) = parent_id {
-            parts.push(Arc::new(ChildGroup::new(p.clone(), found)));
+            parts.push(Arc::new(ChildGroup::new(p, found)));
         }
     }
 
