@@ -90,11 +90,7 @@ impl Store {
     /// [`StoreError::Engine`] if sled cannot open the directory, [`StoreError::Corrupt`] or
     /// [`StoreError::UnsupportedFormat`] if a record cannot be read.
     pub fn open(path: impl AsRef<Path>, config: StoreConfig) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(path.as_ref())
-            .cache_capacity(config.engine_cache_bytes)
-            .flush_every_ms(config.flush_every_ms)
-            .open()?;
+        let db = open_engine(path.as_ref(), &config)?;
         let meta = db.open_tree(META_TREE)?;
         let generation = match meta.get(ACTIVE_KEY)? {
             Some(v) => v.first().copied().unwrap_or(0) & 1,
@@ -464,4 +460,33 @@ pub(crate) fn load_state(tree: &sled::Tree, td: &TrustDomain) -> Result<State, S
     }
     state.settle();
     Ok(state)
+}
+
+/// How long [`Store::open`] waits for the engine's file lock to be released.
+///
+/// sled releases the lock of a closed database from background threads that can outlive the
+/// `Db` handle for a moment, so reopening right after a close (a restart, a test) may find
+/// it still held. A lock still held after this long belongs to another live process.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens the sled database, waiting up to [`LOCK_WAIT`] for a just-closed handle to release
+/// its file lock.
+fn open_engine(path: &Path, config: &StoreConfig) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        let opened = sled::Config::new()
+            .path(path)
+            .cache_capacity(config.engine_cache_bytes)
+            .flush_every_ms(config.flush_every_ms)
+            .open();
+        match opened {
+            Err(sled::Error::Io(e))
+                if e.to_string().starts_with("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return Ok(other?),
+        }
+    }
 }
