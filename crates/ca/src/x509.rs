@@ -448,6 +448,20 @@ impl X509Ca {
         self.not_after
     }
 
+    /// The NotAfter (Unix seconds) of an SVID signed at `now` with `ttl`: `now + ttl`, capped
+    /// at the CA's own NotAfter. Callers that need the expiry of a leaf they just had signed
+    /// with the same `now` and `ttl` read it here instead of parsing the leaf.
+    ///
+    /// # Errors
+    /// [`SignError::ZeroTtl`] for a zero TTL.
+    pub fn svid_not_after(&self, now: SystemTime, ttl: Duration) -> Result<i64, SignError> {
+        self.svid_not_after_at(unix(now), ttl)
+    }
+
+    fn svid_not_after_at(&self, now: i64, ttl: Duration) -> Result<i64, SignError> {
+        Ok(now.saturating_add(ttl_secs(ttl)?).min(self.not_after))
+    }
+
     /// Signs an X509-SVID for the key in a DER PKCS#10 CSR. The CSR's signature is checked;
     /// only its public key is used. Returns the leaf certificate, DER.
     ///
@@ -491,7 +505,7 @@ impl X509Ca {
         if now >= self.not_after {
             return Err(SignError::CaExpired { not_after: self.not_after });
         }
-        let not_after = now.saturating_add(ttl_secs(params.ttl)?).min(self.not_after);
+        let not_after = self.svid_not_after_at(now, params.ttl)?;
         let serial = random_serial(&self.rng)?;
         let ski = subject_key_id(key.key_bits);
         let id = params.spiffe_id.as_str().as_bytes();

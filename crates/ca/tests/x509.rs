@@ -272,6 +272,15 @@ fn ttl_is_clamped_to_the_ca_and_an_expired_ca_refuses() {
     let (_, cert) = X509Certificate::from_der(&leaf).unwrap();
     assert_eq!(cert.validity().not_after.timestamp(), ca.not_after_unix());
     assert_eq!(cert.validity().not_before.timestamp(), unix(t) - 10);
+    assert_eq!(ca.svid_not_after(t, params.ttl).unwrap(), cert.validity().not_after.timestamp());
+
+    // Before the cap, the leaf's NotAfter is now + TTL, and svid_not_after says the same.
+    let t0 = ward_core::Clock::now(&clock) - Duration::from_secs(5000);
+    let leaf = ca.sign_x509_svid_from_csr(&csr, &params, t0).unwrap();
+    let (_, cert) = X509Certificate::from_der(&leaf).unwrap();
+    assert_eq!(cert.validity().not_after.timestamp(), unix(t0) + 3600);
+    assert_eq!(ca.svid_not_after(t0, params.ttl).unwrap(), unix(t0) + 3600);
+    assert_eq!(ca.svid_not_after(t0, Duration::ZERO).unwrap_err(), SignError::ZeroTtl);
 
     // An absurd TTL does not overflow: it is capped like any other.
     let params_max = SvidParams { ttl: Duration::MAX, ..params };

@@ -107,14 +107,14 @@ impl SvidService {
             })?;
         let ttl = ttl_or(entry.x509_svid_ttl, self.state.default_x509_svid_ttl);
         let params = SvidParams { spiffe_id: &entry.spiffe_id, dns_names: &entry.dns_names, ttl };
-        let leaf =
-            ca.sign_x509_svid_from_csr(&p.csr, &params, self.state.clock.now()).map_err(|e| {
-                let st = sign_error_status(&e, "failed to sign X509-SVID");
-                batch_status(st.code(), st.message())
-            })?;
-        let expires_at = crate::tls::leaf_facts(&leaf)
-            .map(|f| f.not_after)
-            .map_err(|e| batch_status(Code::Internal, e))?;
+        let now = self.state.clock.now();
+        let sign_failed = |e: ward_ca::SignError| {
+            let st = sign_error_status(&e, "failed to sign X509-SVID");
+            batch_status(st.code(), st.message())
+        };
+        let leaf = ca.sign_x509_svid_from_csr(&p.csr, &params, now).map_err(sign_failed)?;
+        // Same `now` and TTL as the signing call, so this is the leaf's NotAfter.
+        let expires_at = ca.svid_not_after(now, ttl).map_err(sign_failed)?;
         let mut chain = vec![leaf];
         chain.extend(ca.svid_chain_tail().iter().cloned());
         Ok(x509_svid_to_proto(chain, &entry.spiffe_id, expires_at, &entry.hint))
