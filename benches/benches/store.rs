@@ -104,6 +104,16 @@ fn authorized(c: &mut Criterion) {
                 black_box(store.authorized_entries_uncached(&sample[i]))
             });
         });
+        // The same query followed by flattening the shared per-parent groups into one
+        // id-sorted vector, as SyncAuthorizedEntries does: the consumer's extra cost.
+        g.bench_function(format!("authorized_entries/uncached_flat/{name}"), |b| {
+            let store = store.get_or_insert_with(|| open_set(set, name));
+            let mut i = 0;
+            b.iter(|| {
+                i = (i + 1) % sample.len();
+                black_box(store.authorized_entries_uncached(&sample[i]).to_vec())
+            });
+        });
         g.bench_function(format!("authorized_entries/cached/{name}"), |b| {
             let store = store.get_or_insert_with(|| open_set(set, name));
             for a in &sample {

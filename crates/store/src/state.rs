@@ -58,9 +58,13 @@ impl InlineId {
     }
 
     fn is(&self, s: &str) -> bool {
+        self.bytes() == s.as_bytes()
+    }
+
+    fn bytes(&self) -> &[u8] {
         match self {
-            Self::Short { len, bytes } => bytes.get(..usize::from(*len)) == Some(s.as_bytes()),
-            Self::Long(l) => &**l == s,
+            Self::Short { len, bytes } => bytes.get(..usize::from(*len)).unwrap_or_default(),
+            Self::Long(l) => l.as_bytes(),
         }
     }
 }
@@ -161,8 +165,8 @@ impl Slotted {
     }
 }
 
-/// The node-alias entry slots an agent belongs to; one alias needs no allocation, so the
-/// walk finds it in the agent's own slab cell.
+/// The alias cells (indexes into the alias table) an agent belongs to; one alias needs no
+/// allocation, so the walk finds it in the agent's own record.
 #[derive(Clone, Debug)]
 enum AliasSlots {
     One(Slot),
@@ -205,6 +209,19 @@ struct AgentCell {
     aliases: AliasSlots,
 }
 
+/// A node-alias entry in the dense alias table that agents point into, with the frozen
+/// group of its children kept current by [`State::settle`]: the walk reaches an alias's
+/// children from this small, hot table instead of reading the entry and probing its hash.
+#[derive(Debug)]
+struct AliasCell {
+    /// The alias entry's slot in `entries`.
+    slot: Slot,
+    spiffe_hash: u64,
+    /// The frozen children of the alias's SPIFFE ID; `None` when it has none, or when they
+    /// must be walked slot by slot (collided hash), or until the next settle.
+    group: Option<Arc<ChildGroup>>,
+}
+
 /// What one SPIFFE-ID hash leads to: the frozen children of the parent ID under it and
 /// the agents whose id has it, so an agent and its own children cost one probe.
 #[derive(Debug, Default)]
@@ -234,6 +251,12 @@ pub(crate) struct State {
     by_federates: HashIndex,
     /// Node-alias entries by each of their selectors.
     alias_by_selector: HashIndex,
+    /// The node-alias entries; agents' alias lists hold indexes into it.
+    alias_cells: Slab<AliasCell>,
+    /// Alias cell of each node-alias entry slot.
+    alias_cell_of: HashMap<Slot, Slot>,
+    /// Alias cells by the hash of their entry's SPIFFE ID (kept current by settle).
+    alias_cells_by_hash: HashIndex,
     agents: Slab<AgentCell>,
     agent_ids: BTreeMap<AgentId, Slot>,
     /// Parent hashes under which entries of more than one parent ID were ever indexed
@@ -251,11 +274,27 @@ pub(crate) struct State {
     pub(crate) federations: BTreeMap<TrustDomain, Arc<FederationRelationship>>,
 }
 
+/// A parent ID as the walk holds it: borrowed from an entry, or inline in a frozen group.
+#[derive(Clone, Copy)]
+enum Name<'a> {
+    Str(&'a str),
+    Inline(&'a InlineId),
+}
+
+impl Name<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Self::Str(s) => s.as_bytes(),
+            Self::Inline(i) => i.bytes(),
+        }
+    }
+}
+
 /// A small visited-set of parent IDs (with their hashes) that avoids hashing again for the
-/// common short walks.
+/// common short walks. IDs are compared only when their hashes are equal.
 struct Visited<'a> {
-    small: Vec<(u64, &'a str)>,
-    large: Option<HashSet<(u64, &'a str)>>,
+    small: Vec<(u64, Name<'a>)>,
+    large: Option<HashMap<u64, Vec<Name<'a>>>>,
 }
 
 impl<'a> Visited<'a> {
@@ -264,18 +303,36 @@ impl<'a> Visited<'a> {
     }
 
     /// Inserts; false if it was there.
-    fn insert(&mut self, hash: u64, s: &'a str) -> bool {
+    fn insert(&mut self, hash: u64, name: Name<'a>) -> bool {
         if let Some(large) = &mut self.large {
-            return large.insert((hash, s));
+            let names = large.entry(hash).or_default();
+            if names.iter().any(|n| n.bytes() == name.bytes()) {
+                return false;
+            }
+            names.push(name);
+            return true;
         }
-        if self.small.iter().any(|&(h, v)| h == hash && v == s) {
+        if self.small.iter().any(|(h, n)| *h == hash && n.bytes() == name.bytes()) {
             return false;
         }
-        self.small.push((hash, s));
+        self.small.push((hash, name));
         if self.small.len() > 32 {
-            self.large = Some(self.small.drain(..).collect());
+            let mut large: HashMap<u64, Vec<Name<'a>>> = HashMap::new();
+            for (h, n) in self.small.drain(..) {
+                large.entry(h).or_default().push(n);
+            }
+            self.large = Some(large);
         }
         true
+    }
+}
+
+/// Pushes the children of `g` that parent entries of their own.
+fn push_descendants<'a>(g: &'a ChildGroup, stack: &mut Vec<(u64, &'a str)>) {
+    for &(h, i) in g.descend.iter() {
+        if let Some((_, child)) = g.entries.get(i as usize) {
+            stack.push((h, child.spiffe_id.as_str()));
+        }
     }
 }
 
@@ -295,6 +352,9 @@ impl State {
             by_selector: HashIndex::default(),
             by_federates: HashIndex::default(),
             alias_by_selector: HashIndex::default(),
+            alias_cells: Slab::default(),
+            alias_cell_of: HashMap::new(),
+            alias_cells_by_hash: HashIndex::default(),
             agents: Slab::default(),
             agent_ids: BTreeMap::new(),
             collided_parents: HashSet::new(),
@@ -372,11 +432,20 @@ impl State {
             for s in e.selectors.as_slice() {
                 self.alias_by_selector.insert(key_hash(s), slot);
             }
+            let spiffe_hash = key_hash(e.spiffe_id.as_str());
+            let group = if self.dirty.contains(&spiffe_hash) {
+                None
+            } else {
+                self.current_group(spiffe_hash, e.spiffe_id.as_str())
+            };
+            let cell = self.alias_cells.insert(AliasCell { slot, spiffe_hash, group });
+            self.alias_cell_of.insert(slot, cell);
+            self.alias_cells_by_hash.insert(spiffe_hash, cell);
             for agent in self.agent_slots_matching(&e.selectors) {
-                if let Some(cell) = self.agents.get_mut(agent) {
-                    cell.aliases.update(|v| {
-                        if !v.contains(&slot) {
-                            v.push(slot);
+                if let Some(a) = self.agents.get_mut(agent) {
+                    a.aliases.update(|v| {
+                        if !v.contains(&cell) {
+                            v.push(cell);
                         }
                     });
                 }
@@ -403,11 +472,16 @@ impl State {
             for s in e.selectors.as_slice() {
                 self.alias_by_selector.remove(key_hash(s), slot);
             }
-            for agent in self.agent_slots_matching(&e.selectors) {
-                if let Some(cell) = self.agents.get_mut(agent) {
-                    cell.aliases.update(|v| v.retain(|&a| a != slot));
+            if let Some(cell) = self.alias_cell_of.remove(&slot) {
+                for agent in self.agent_slots_matching(&e.selectors) {
+                    if let Some(a) = self.agents.get_mut(agent) {
+                        a.aliases.update(|v| v.retain(|&c| c != cell));
+                    }
+                    self.copy_aliases_to_record(agent);
                 }
-                self.copy_aliases_to_record(agent);
+                if let Some(old) = self.alias_cells.remove(cell) {
+                    self.alias_cells_by_hash.remove(old.spiffe_hash, cell);
+                }
             }
         }
     }
@@ -437,9 +511,11 @@ impl State {
                                     .is_some_and(|a| !g.parent.is(a.node.id.0.as_str()))
                             })
                         });
+                    let g = Arc::new(g);
                     let r = self.ids.entry(hash).or_default();
                     r.mixed |= mixed;
-                    r.group = Some(Arc::new(g));
+                    r.group = Some(Arc::clone(&g));
+                    self.refresh_alias_groups(hash, Some(&g));
                 }
                 None => {
                     if let Some(r) = self.ids.get_mut(&hash) {
@@ -448,9 +524,30 @@ impl State {
                             self.ids.remove(&hash);
                         }
                     }
+                    self.refresh_alias_groups(hash, None);
                 }
             }
         }
+    }
+
+    /// Points the alias cells whose SPIFFE ID hashes to `hash` at `group` when it holds
+    /// that ID's children, and at nothing otherwise.
+    fn refresh_alias_groups(&mut self, hash: u64, group: Option<&Arc<ChildGroup>>) {
+        let Some(set) = self.alias_cells_by_hash.get(hash) else { return };
+        let cells: Vec<Slot> = set.iter().collect();
+        for cell in cells {
+            let Some(c) = self.alias_cells.get(cell) else { continue };
+            let id = self.entries.get(c.slot).map(|s| s.entry.spiffe_id.as_str());
+            let current = group.filter(|g| id.is_some_and(|id| g.parent.is(id))).cloned();
+            if let Some(c) = self.alias_cells.get_mut(cell) {
+                c.group = current;
+            }
+        }
+    }
+
+    /// The settled frozen group under `hash` when it holds the children of `id`.
+    fn current_group(&self, hash: u64, id: &str) -> Option<Arc<ChildGroup>> {
+        self.ids.get(&hash)?.group.as_ref().filter(|g| g.parent.is(id)).cloned()
     }
 
     /// The frozen group of `hash`, or `None` when it holds no entries or entries of more
@@ -626,7 +723,7 @@ impl State {
     // ----- agents -----
 
     pub(crate) fn put_agent(&mut self, a: Arc<AttestedNode>) {
-        let aliases = AliasSlots::from_vec(self.alias_slots_of(&a.selectors));
+        let aliases = AliasSlots::from_vec(self.alias_cells_of(&a.selectors));
         if let Some(&slot) = self.agent_ids.get(&a.id) {
             if let Some(old) = self.agents.get(slot).map(|c| Arc::clone(&c.node)) {
                 for s in old.selectors.as_slice() {
@@ -781,18 +878,19 @@ impl State {
 
     // ----- authorized entries -----
 
-    /// Slots of the node-alias entries an agent with `selectors` belongs to.
-    fn alias_slots_of(&self, selectors: &SelectorSet) -> Vec<Slot> {
+    /// Alias cells of the node-alias entries an agent with `selectors` belongs to.
+    fn alias_cells_of(&self, selectors: &SelectorSet) -> Vec<Slot> {
         let mut out: Vec<Slot> = Vec::new();
         for s in selectors.as_slice() {
             let Some(set) = self.alias_by_selector.get(key_hash(s)) else { continue };
             for slot in set.iter() {
                 let Some(alias) = self.entry_at(slot) else { continue };
+                let Some(&cell) = self.alias_cell_of.get(&slot) else { continue };
                 if self.is_alias(alias)
                     && alias.selectors.is_subset_of(selectors)
-                    && !out.contains(&slot)
+                    && !out.contains(&cell)
                 {
-                    out.push(slot);
+                    out.push(cell);
                 }
             }
         }
@@ -805,7 +903,7 @@ impl State {
         let mut stack: Vec<(u64, &str)> = Vec::new();
         let mut parts: Vec<Arc<ChildGroup>> = Vec::new();
         let hash = key_hash(agent.0.as_str());
-        visited.insert(hash, agent.0.as_str());
+        visited.insert(hash, Name::Str(agent.0.as_str()));
         let record = self.ids.get(&hash);
         // The agent's own children first: that read and the agent's below are independent,
         // so their memory reads overlap.
@@ -825,13 +923,26 @@ impl State {
                 .map_or(&[][..], |c| c.aliases.as_slice()),
             None => &[],
         };
-        for &slot in aliases {
-            if let Some(alias) = self.entries.get(slot) {
-                stack.push((alias.spiffe_hash, alias.entry.spiffe_id.as_str()));
+        let settled = self.dirty.is_empty();
+        for &cell in aliases {
+            let Some(alias) = self.alias_cells.get(cell) else { continue };
+            match &alias.group {
+                // The cell's group is current and holds the alias's children.
+                Some(g) if settled || !self.dirty.contains(&alias.spiffe_hash) => {
+                    if visited.insert(alias.spiffe_hash, Name::Inline(&g.parent)) {
+                        push_descendants(g, &mut stack);
+                        parts.push(Arc::clone(g));
+                    }
+                }
+                _ => {
+                    if let Some(e) = self.entries.get(alias.slot) {
+                        stack.push((alias.spiffe_hash, e.entry.spiffe_id.as_str()));
+                    }
+                }
             }
         }
         while let Some((hash, parent)) = stack.pop() {
-            if visited.insert(hash, parent) {
+            if visited.insert(hash, Name::Str(parent)) {
                 self.visit(hash, self.ids.get(&hash), parent, &mut stack, &mut parts);
             }
         }
@@ -862,11 +973,7 @@ impl State {
         if !g.parent.is(parent) {
             return false;
         }
-        for &(h, i) in g.descend.iter() {
-            if let Some((_, child)) = g.entries.get(i as usize) {
-                stack.push((h, child.spiffe_id.as_str()));
-            }
-        }
+        push_descendants(g, stack);
         parts.push(Arc::clone(g));
         true
     }
