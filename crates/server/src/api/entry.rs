@@ -340,7 +340,7 @@ impl Entry for EntryService {
         req: Request<Streaming<pb::SyncAuthorizedEntriesRequest>>,
     ) -> Result<Response<Self::SyncAuthorizedEntriesStream>, Status> {
         let caller = caller_of(&req)?;
-        let entries = self.authorized(&caller)?.to_vec();
+        let authorized = self.authorized(&caller)?;
         let mut inbound = req.into_inner();
         let Some(first) = inbound.message().await? else {
             let empty: SyncStream = Box::pin(futures::stream::empty());
@@ -356,6 +356,9 @@ impl Entry for EntryService {
         }
         let mask = first.output_mask;
         let stream = async_stream::try_stream! {
+            // Borrowed from the shared result for the life of the stream: no entry is
+            // cloned or reference-counted per call.
+            let entries: Vec<&Arc<RegistrationEntry>> = authorized.iter().collect();
             if entries.len() <= SYNC_PAGE_SIZE {
                 yield pb::SyncAuthorizedEntriesResponse {
                     entry_revisions: Vec::new(),
@@ -373,7 +376,7 @@ impl Entry for EntryService {
                 };
             }
             let by_id: HashMap<&str, &Arc<RegistrationEntry>> =
-                entries.iter().map(|e| (e.id.as_str(), e)).collect();
+                entries.iter().map(|e| (e.id.as_str(), *e)).collect();
             loop {
                 let msg = match inbound.message().await {
                     Ok(Some(m)) => m,
