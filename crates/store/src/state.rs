@@ -1150,6 +1150,97 @@ mod tests {
         }
     }
 
+    fn with_selectors(e: &RegistrationEntry, sels: &[&str]) -> Arc<RegistrationEntry> {
+        let mut e = e.clone();
+        e.selectors = SelectorSet::new(sels.iter().map(|s| Selector::parse(s).unwrap()).collect());
+        Arc::new(e)
+    }
+
+    fn ids_of(s: &State, agent: &AgentId) -> Vec<String> {
+        s.authorized_entries(agent).iter().map(|e| e.id.as_str().to_owned()).collect()
+    }
+
+    /// Checks the walk both before settling (dirty hashes walked slot by slot) and after
+    /// (alias cells read their cached group).
+    fn check(s: &mut State, agent: &AgentId, want: &[&str], step: &str) {
+        assert_eq!(ids_of(s, agent), want, "{step}, unsettled");
+        s.settle();
+        assert_eq!(ids_of(s, agent), want, "{step}, settled");
+    }
+
+    /// The alias table's cached child groups follow every change that can make them stale:
+    /// children added and removed, the alias's SPIFFE ID changed, the alias removed, two
+    /// aliases with one SPIFFE ID, and a collided hash under the alias's SPIFFE ID.
+    #[test]
+    fn alias_cells_follow_alias_and_children_changes() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let mut s = State::new(td);
+        let server = "spiffe://example.org/spire/server";
+        let agent = AgentId(SpiffeId::parse("spiffe://example.org/spire/agent/x").unwrap());
+        let node = AttestedNode {
+            id: agent.clone(),
+            attestation_type: "join_token".into(),
+            serial: "1".into(),
+            expires_at: 0,
+            new_serial: String::new(),
+            new_expires_at: 0,
+            selectors: SelectorSet::new(vec![
+                Selector::parse("test:g").unwrap(),
+                Selector::parse("test:h").unwrap(),
+            ]),
+            can_reattest: false,
+        };
+        let alias = with_selectors(&entry("alias", "spiffe://example.org/g", server), &["test:g"]);
+        s.put_entry(Arc::clone(&alias));
+        s.put_agent(Arc::new(node));
+        check(&mut s, &agent, &[], "alias without children");
+
+        s.put_entry(entry("c1", "spiffe://example.org/w1", "spiffe://example.org/g"));
+        check(&mut s, &agent, &["c1"], "child added");
+        // A grandchild through the cached group's descendants.
+        s.put_entry(entry("gc", "spiffe://example.org/w2", "spiffe://example.org/w1"));
+        check(&mut s, &agent, &["c1", "gc"], "grandchild added");
+
+        // Same SPIFFE ID for a second alias: its children are listed once.
+        let twin = with_selectors(&entry("twin", "spiffe://example.org/g", server), &["test:h"]);
+        s.put_entry(twin);
+        check(&mut s, &agent, &["c1", "gc"], "second alias with the same SPIFFE ID");
+        s.remove_entry(&EntryId::new("twin").unwrap());
+        check(&mut s, &agent, &["c1", "gc"], "second alias removed");
+
+        // The alias now names another ID: the old children are no longer reached.
+        let mut moved = RegistrationEntry::clone(&alias);
+        moved.spiffe_id = SpiffeId::parse("spiffe://example.org/h").unwrap();
+        s.put_entry(Arc::new(moved));
+        check(&mut s, &agent, &[], "alias SPIFFE ID changed");
+        s.put_entry(entry("c2", "spiffe://example.org/w3", "spiffe://example.org/h"));
+        check(&mut s, &agent, &["c2"], "child of the new ID");
+        s.remove_entry(&EntryId::new("c2").unwrap());
+        check(&mut s, &agent, &[], "child removed");
+        s.put_entry(entry("c3", "spiffe://example.org/w4", "spiffe://example.org/h"));
+        check(&mut s, &agent, &["c3"], "child added again");
+        // Settled, the alias's cell holds the group, so the walk does not read the entry.
+        let cell_of = |s: &State| s.alias_cell_of[s.entry_ids.get("alias").unwrap()];
+        assert!(s.alias_cells.get(cell_of(&s)).unwrap().group.is_some());
+
+        // A planted collision under the alias's SPIFFE-ID hash: no cached group, the walk
+        // reads slots and keeps only the real children.
+        let h = key_hash("spiffe://example.org/h");
+        let stranger = entry("zz", "spiffe://example.org/w5", "spiffe://example.org/other");
+        s.put_entry(Arc::clone(&stranger));
+        let slot = *s.entry_ids.get("zz").unwrap();
+        s.by_parent.insert(h, slot);
+        s.collided_parents.insert(h);
+        s.dirty.insert(h);
+        check(&mut s, &agent, &["c3"], "collided alias hash");
+        assert!(s.alias_cells.get(cell_of(&s)).unwrap().group.is_none());
+
+        s.remove_entry(&EntryId::new("alias").unwrap());
+        check(&mut s, &agent, &[], "alias removed");
+        assert_eq!(s.alias_cells.len(), 0);
+        assert!(s.alias_cell_of.is_empty());
+    }
+
     #[test]
     fn walk_sorts_by_full_id_when_prefixes_tie() {
         let mut s = State::new(TrustDomain::new("example.org").unwrap());
