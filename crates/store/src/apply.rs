@@ -101,6 +101,16 @@ impl<'a> Txn<'a> {
         Ok(b)
     }
 
+    /// Replaces a whole bundle; its sequence number never goes back, so consumers that
+    /// compare sequence numbers see every replacement as newer.
+    fn set_bundle(&mut self, b: &Bundle) -> Result<Arc<Bundle>, StoreError> {
+        let mut b = b.clone();
+        if let Some(old) = self.state.bundles.get(&b.trust_domain) {
+            b.sequence_number = b.sequence_number.max(old.sequence_number + 1);
+        }
+        self.put_bundle(b)
+    }
+
     fn remove_bundle(&mut self, td: &TrustDomain) -> Option<Arc<Bundle>> {
         let old = self.state.bundles.remove(td)?;
         self.batch.remove(record::bundle_key(td));
@@ -221,11 +231,7 @@ impl<'a> Txn<'a> {
             Command::SetBundles(bundles) => {
                 let mut out = Vec::with_capacity(bundles.len());
                 for b in bundles {
-                    let mut b = b.clone();
-                    if let Some(old) = self.state.bundles.get(&b.trust_domain) {
-                        b.sequence_number = b.sequence_number.max(old.sequence_number + 1);
-                    }
-                    out.push(Ok(self.put_bundle(b)?));
+                    out.push(Ok(self.set_bundle(b)?));
                 }
                 Outcome::Bundles(out)
             }
@@ -268,8 +274,8 @@ impl<'a> Txn<'a> {
             }
             Command::TaintX509Authority { trust_domain, der } => {
                 Outcome::Bundles(vec![self.edit_bundle(trust_domain, |b| {
-                    let found = b.x509_authorities.iter_mut().find(|a| &a.der == der);
-                    taint(found.map(|a| &mut a.tainted), trust_domain)
+                    let flags = b.x509_authorities.iter_mut().filter(|a| &a.der == der);
+                    taint(flags.map(|a| &mut a.tainted).collect(), trust_domain)
                 })?])
             }
             Command::RevokeX509Authority { trust_domain, der } => {
@@ -280,8 +286,8 @@ impl<'a> Txn<'a> {
             }
             Command::TaintJwtAuthority { trust_domain, key_id } => {
                 Outcome::Bundles(vec![self.edit_bundle(trust_domain, |b| {
-                    let found = b.jwt_authorities.iter_mut().find(|a| &a.key_id == key_id);
-                    taint(found.map(|a| &mut a.tainted), trust_domain)
+                    let flags = b.jwt_authorities.iter_mut().filter(|a| &a.key_id == key_id);
+                    taint(flags.map(|a| &mut a.tainted).collect(), trust_domain)
                 })?])
             }
             Command::RevokeJwtAuthority { trust_domain, key_id } => {
@@ -591,7 +597,7 @@ impl<'a> Txn<'a> {
                     "trust domain bundle is for another trust domain".into(),
                 )));
             }
-            self.put_bundle(b)?;
+            self.set_bundle(&b)?;
         }
         Ok(Ok(f))
     }
@@ -634,27 +640,36 @@ impl<'a> Txn<'a> {
     }
 }
 
-/// Marks a found authority tainted.
-fn taint(flag: Option<&mut bool>, td: &TrustDomain) -> ItemResult<()> {
-    let flag = flag.ok_or_else(|| ItemError::AuthorityNotFound(td.clone()))?;
-    if *flag {
+/// Marks every copy of an authority tainted (a bundle taken as given may list one twice).
+/// Refused when there is none, or when one is tainted already.
+fn taint(flags: Vec<&mut bool>, td: &TrustDomain) -> ItemResult<()> {
+    if flags.is_empty() {
+        return Err(ItemError::AuthorityNotFound(td.clone()));
+    }
+    if flags.iter().any(|t| **t) {
         return Err(ItemError::Invalid("authority is already tainted".into()));
     }
-    *flag = true;
+    for flag in flags {
+        *flag = true;
+    }
     Ok(())
 }
 
-/// Removes the authority `is` picks, which must be tainted.
+/// Removes every copy of the authority `is` picks, so no copy stays trusted; every copy
+/// must be tainted.
 fn revoke<T>(
     list: &mut Vec<T>,
     is: impl Fn(&T) -> bool,
     tainted: impl Fn(&T) -> bool,
     td: &TrustDomain,
 ) -> ItemResult<()> {
-    let pos = list.iter().position(is).ok_or_else(|| ItemError::AuthorityNotFound(td.clone()))?;
-    if !tainted(&list[pos]) {
+    let mut hits = list.iter().filter(|a| is(a)).peekable();
+    if hits.peek().is_none() {
+        return Err(ItemError::AuthorityNotFound(td.clone()));
+    }
+    if !hits.all(tainted) {
         return Err(ItemError::AuthorityNotTainted);
     }
-    list.remove(pos);
+    list.retain(|a| !is(a));
     Ok(())
 }

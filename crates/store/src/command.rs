@@ -211,28 +211,34 @@ pub enum Command {
         /// What happens to entries that federate with them.
         mode: BundleDeleteMode,
     },
-    /// Mark an X.509 authority of a bundle tainted (LocalAuthority taint).
+    /// Mark an X.509 authority of a bundle tainted (LocalAuthority taint): every copy with
+    /// this DER, bumping the sequence number. [`ItemError::BundleNotFound`],
+    /// [`ItemError::AuthorityNotFound`], or [`ItemError::Invalid`] when a copy is tainted
+    /// already.
     TaintX509Authority {
         /// The trust domain.
         trust_domain: TrustDomain,
         /// DER of the authority.
         der: Vec<u8>,
     },
-    /// Remove a tainted X.509 authority from a bundle (LocalAuthority revoke).
+    /// Remove a tainted X.509 authority from a bundle (LocalAuthority revoke): every copy
+    /// with this DER, so none stays trusted, bumping the sequence number.
+    /// [`ItemError::BundleNotFound`], [`ItemError::AuthorityNotFound`], or
+    /// [`ItemError::AuthorityNotTainted`] when a copy is not tainted.
     RevokeX509Authority {
         /// The trust domain.
         trust_domain: TrustDomain,
         /// DER of the authority.
         der: Vec<u8>,
     },
-    /// Mark a JWT authority tainted.
+    /// Mark a JWT authority tainted: as [`Command::TaintX509Authority`], by key ID.
     TaintJwtAuthority {
         /// The trust domain.
         trust_domain: TrustDomain,
         /// The key ID.
         key_id: String,
     },
-    /// Remove a tainted JWT authority.
+    /// Remove a tainted JWT authority: as [`Command::RevokeX509Authority`], by key ID.
     RevokeJwtAuthority {
         /// The trust domain.
         trust_domain: TrustDomain,
@@ -253,11 +259,18 @@ pub enum Command {
         /// Key IDs of the JWT authorities to remove.
         jwt_key_ids: Vec<String>,
     },
-    /// Create federation relationships (and store their bundles when given).
+    /// Create federation relationships (and store their bundles when given, with the
+    /// sequence-number rule of [`Command::SetBundles`]). The stored relationship has no
+    /// `trust_domain_bundle`. Per item: [`ItemError::FederationExists`], or
+    /// [`ItemError::Invalid`] for an empty URL, the own trust domain, or a bundle of another
+    /// trust domain.
     CreateFederationRelationships(Vec<FederationRelationship>),
-    /// Update federation relationships.
+    /// Update federation relationships; a masked-in `trust_domain_bundle` replaces the bundle
+    /// as on create. Per item: [`ItemError::FederationNotFound`], or [`ItemError::Invalid`]
+    /// as on create.
     UpdateFederationRelationships(Vec<FederationUpdate>),
-    /// Delete federation relationships.
+    /// Delete federation relationships; the trust domain's bundle stays. Per item:
+    /// [`ItemError::FederationNotFound`].
     DeleteFederationRelationships(Vec<TrustDomain>),
     /// Delete entries whose `expires_at` is non-zero and before `expires_before`.
     PruneEntries {

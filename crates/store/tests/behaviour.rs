@@ -5,14 +5,14 @@
 use std::sync::Arc;
 
 use ward_core::{
-    AgentId, Bundle, EntryId, JoinToken, JwtAuthority, SelectorMatch, SelectorSet, TrustDomain,
-    X509Authority,
+    AgentId, Bundle, BundleEndpointProfile, EntryId, FederationRelationship, JoinToken,
+    JwtAuthority, SelectorMatch, SelectorSet, TrustDomain, X509Authority,
 };
 use ward_store::testdata::DataSet;
 use ward_store::{
     AgentFilter, AuthorizedEntries, BundleDeleteMode, Command, ConsumedToken, EntryFilter,
-    EntryMask, EntryUpdate, ErrorClass, ItemError, Outcome, PageRequest, SelectorFilter,
-    SnapshotChunk, Store, StoreConfig, StoreError,
+    EntryMask, EntryUpdate, ErrorClass, FederationMask, FederationUpdate, ItemError, Outcome,
+    PageRequest, SelectorFilter, SnapshotChunk, Store, StoreConfig, StoreError,
 };
 
 fn open(dir: &std::path::Path) -> Store {
@@ -506,4 +506,101 @@ fn prune_bundle_authorities_removes_exactly_the_listed_ones_and_keeps_the_last_x
     drop(store);
     let store = open(dir.path());
     assert_eq!(store.bundle(&td).unwrap().x509_authorities, vec![x(3)]);
+}
+
+#[test]
+fn taint_and_revoke_act_on_every_copy_of_an_authority() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let td = TrustDomain::new("fed.org").unwrap();
+    let x = |b: u8| X509Authority { der: vec![b; 4], tainted: false };
+    let jwt = |k: u8| JwtAuthority {
+        public_key_der: vec![k],
+        key_id: "k1".into(),
+        expires_at: 10,
+        tainted: false,
+    };
+    // A bundle taken as given may list the same authority twice.
+    let mut b = Bundle::new(td.clone());
+    b.x509_authorities = vec![x(1), x(2), x(1)];
+    b.jwt_authorities = vec![jwt(1), jwt(2)];
+    store.propose_local(&Command::SetBundles(vec![b])).unwrap();
+
+    let taint_x = Command::TaintX509Authority { trust_domain: td.clone(), der: vec![1; 4] };
+    store.propose_local(&taint_x).unwrap();
+    let tainted: Vec<bool> =
+        store.bundle(&td).unwrap().x509_authorities.iter().map(|a| a.tainted).collect();
+    assert_eq!(tainted, vec![true, false, true]);
+    let r = store.propose_local(&taint_x).unwrap();
+    assert_eq!(
+        r.outcome,
+        Outcome::Bundles(vec![Err(ItemError::Invalid("authority is already tainted".into()))])
+    );
+    let r = store
+        .propose_local(&Command::RevokeX509Authority { trust_domain: td.clone(), der: vec![1; 4] })
+        .unwrap();
+    let Outcome::Bundles(ref v) = r.outcome else { panic!("{:?}", r.outcome) };
+    assert_eq!(v[0].as_ref().unwrap().x509_authorities, vec![x(2)], "no copy stays trusted");
+
+    let r = store
+        .propose_local(&Command::RevokeJwtAuthority {
+            trust_domain: td.clone(),
+            key_id: "k1".into(),
+        })
+        .unwrap();
+    assert_eq!(r.outcome, Outcome::Bundles(vec![Err(ItemError::AuthorityNotTainted)]));
+    store
+        .propose_local(&Command::TaintJwtAuthority {
+            trust_domain: td.clone(),
+            key_id: "k1".into(),
+        })
+        .unwrap();
+    assert!(store.bundle(&td).unwrap().jwt_authorities.iter().all(|a| a.tainted));
+    store
+        .propose_local(&Command::RevokeJwtAuthority {
+            trust_domain: td.clone(),
+            key_id: "k1".into(),
+        })
+        .unwrap();
+    let b = store.bundle(&td).unwrap();
+    assert!(b.jwt_authorities.is_empty());
+    // SetBundles left 0; each successful taint and revoke bumps once.
+    assert_eq!(b.sequence_number, 4);
+
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(store.bundle(&td).unwrap().x509_authorities, vec![x(2)]);
+}
+
+#[test]
+fn federation_bundles_never_lower_the_sequence_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let td = TrustDomain::new("fed.org").unwrap();
+    let mut b = Bundle::new(td.clone());
+    b.sequence_number = 5;
+    store.propose_local(&Command::SetBundles(vec![b])).unwrap();
+
+    // The relationship carries an older bundle (sequence 0): stored as 6, like SetBundles.
+    let rel = FederationRelationship {
+        trust_domain: td.clone(),
+        bundle_endpoint_url: "https://fed.org/".into(),
+        profile: BundleEndpointProfile::HttpsWeb,
+        trust_domain_bundle: Some(Bundle::new(td.clone())),
+    };
+    let r =
+        store.propose_local(&Command::CreateFederationRelationships(vec![rel.clone()])).unwrap();
+    let stored = FederationRelationship { trust_domain_bundle: None, ..rel.clone() };
+    assert_eq!(r.outcome, Outcome::Federations(vec![Ok(Arc::new(stored.clone()))]));
+    assert_eq!(store.bundle(&td).unwrap().sequence_number, 6);
+
+    let update = FederationUpdate { relationship: rel, mask: FederationMask::ALL };
+    store.propose_local(&Command::UpdateFederationRelationships(vec![update])).unwrap();
+    assert_eq!(store.bundle(&td).unwrap().sequence_number, 7);
+    assert_eq!(store.federation_relationship(&td).as_deref(), Some(&stored));
+
+    // Deleting the relationship keeps the bundle.
+    store.propose_local(&Command::DeleteFederationRelationships(vec![td.clone()])).unwrap();
+    assert_eq!(store.federation_relationship(&td), None);
+    assert_eq!(store.bundle(&td).unwrap().sequence_number, 7);
 }

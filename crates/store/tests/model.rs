@@ -5,15 +5,20 @@
 
 mod common;
 
+use std::collections::BTreeSet;
+
 use common::{Model, all_pages_agents, all_pages_entries, assert_same_state};
 use proptest::prelude::*;
+use proptest::strategy::ValueTree;
 use ward_core::{
-    AgentId, Bundle, EntryId, JoinToken, RegistrationEntry, Selector, SelectorMatch, SelectorSet,
-    SpiffeId, TrustDomain,
+    AgentId, Bundle, BundleEndpointProfile, EntryId, FederationRelationship, JoinToken,
+    JwtAuthority, RegistrationEntry, Selector, SelectorMatch, SelectorSet, SpiffeId, TrustDomain,
+    X509Authority,
 };
 use ward_store::{
     AgentAttestation, AgentFilter, BundleDeleteMode, Command, EntryFilter, EntryMask, EntryUpdate,
-    FederatesWithFilter, SelectorFilter, Store, StoreConfig,
+    FederatesWithFilter, FederationMask, FederationUpdate, ItemError, Outcome, SelectorFilter,
+    Store, StoreConfig,
 };
 
 const TD: &str = "example.org";
@@ -72,6 +77,106 @@ fn feds(mask: u8) -> Vec<TrustDomain> {
         .filter(|(i, _)| mask & (1 << i) != 0)
         .map(|(_, s)| TrustDomain::new(s).unwrap())
         .collect()
+}
+
+/// Bundle and federation targets: the own trust domain (federation with it is refused),
+/// the two that entries federate with, and one no entry names.
+const TDS: [&str; 4] = [TD, "fed1.org", "fed2.org", "fed3.org"];
+
+fn any_td(i: usize) -> TrustDomain {
+    TrustDomain::new(TDS[i % TDS.len()]).unwrap()
+}
+
+/// X.509 authority DER `i`; index 4 is never put into a bundle (a wrong DER).
+fn der(i: usize) -> Vec<u8> {
+    vec![0x30, 0x03, i as u8, 0xAA]
+}
+
+/// JWT key ID `i`; index 4 is never put into a bundle (a wrong key ID).
+fn kid(i: usize) -> String {
+    format!("kid{i}")
+}
+
+fn arb_x509() -> impl Strategy<Value = X509Authority> {
+    (0..4usize, prop::bool::weighted(0.2))
+        .prop_map(|(i, tainted)| X509Authority { der: der(i), tainted })
+}
+
+/// Expiry 0 means none; the key material differs per expiry, so equal key IDs can carry
+/// different keys.
+fn arb_jwt() -> impl Strategy<Value = JwtAuthority> {
+    (0..4usize, 0i64..3, prop::bool::weighted(0.2)).prop_map(|(i, exp, tainted)| JwtAuthority {
+        public_key_der: vec![0x30, i as u8, exp as u8],
+        key_id: kid(i),
+        expires_at: exp * 100,
+        tainted,
+    })
+}
+
+/// A whole bundle; authorities may repeat (a federated bundle is taken as given).
+fn arb_bundle(td: TrustDomain) -> impl Strategy<Value = Bundle> {
+    (
+        prop::collection::vec(arb_x509(), 0..4),
+        prop::collection::vec(arb_jwt(), 0..3),
+        0i64..2,
+        0u64..4,
+    )
+        .prop_map(move |(x509_authorities, jwt_authorities, hint, seq)| Bundle {
+            trust_domain: td.clone(),
+            x509_authorities,
+            jwt_authorities,
+            refresh_hint: hint * 300,
+            sequence_number: seq,
+        })
+}
+
+fn arb_any_bundle() -> impl Strategy<Value = Bundle> {
+    (0..TDS.len()).prop_flat_map(|t| arb_bundle(any_td(t)))
+}
+
+/// A relationship: sometimes for the own trust domain, with an empty URL, or carrying a
+/// bundle of another trust domain (all refused).
+fn arb_federation() -> impl Strategy<Value = FederationRelationship> {
+    (0..TDS.len(), 0..4usize, any::<bool>(), 0..6usize).prop_flat_map(|(t, url, spiffe, b)| {
+        let td = any_td(t);
+        let bundle = match b {
+            0..=2 => Just(None).boxed(),
+            3 | 4 => arb_bundle(td.clone()).prop_map(Some).boxed(),
+            _ => arb_bundle(any_td(t + 1)).prop_map(Some).boxed(),
+        };
+        bundle.prop_map(move |trust_domain_bundle| FederationRelationship {
+            trust_domain: td.clone(),
+            bundle_endpoint_url: if url == 0 {
+                String::new()
+            } else {
+                format!("https://{td}:{url}/")
+            },
+            profile: if spiffe {
+                BundleEndpointProfile::HttpsSpiffe {
+                    endpoint_spiffe_id: td.spiffe_id("/spire/server").unwrap(),
+                }
+            } else {
+                BundleEndpointProfile::HttpsWeb
+            },
+            trust_domain_bundle,
+        })
+    })
+}
+
+fn arb_federation_mask() -> impl Strategy<Value = FederationMask> {
+    prop_oneof![
+        Just(FederationMask::ALL),
+        (any::<bool>(), any::<bool>(), any::<bool>()).prop_map(|(u, p, b)| FederationMask {
+            bundle_endpoint_url: u,
+            profile: p,
+            trust_domain_bundle: b,
+        }),
+    ]
+}
+
+/// Serials RenewAgent issues; index 3 is the empty (refused) serial.
+fn renewed_serial(i: usize) -> String {
+    if i == 3 { String::new() } else { format!("9{i}") }
 }
 
 fn entry_id(i: usize) -> EntryId {
@@ -166,6 +271,64 @@ fn arb_command() -> impl Strategy<Value = Command> {
             token: format!("tok{t}"),
             now,
         }),
+        2 => (0..AGENTS + 1, 0..4usize, 0i64..4).prop_map(|(a, s, exp)| Command::RenewAgent {
+            id: agent(a),
+            new_serial: renewed_serial(s),
+            new_expires_at: exp * 100,
+        }),
+        2 => (0..AGENTS + 1, 0..4usize).prop_map(|(a, s)| Command::ActivateAgentSerial {
+            id: agent(a),
+            serial: renewed_serial(s),
+        }),
+        2 => prop::collection::vec(arb_any_bundle(), 0..3).prop_map(Command::SetBundles),
+        2 => (
+            0..TDS.len(),
+            prop::collection::vec(arb_x509(), 0..3),
+            prop::collection::vec(arb_jwt(), 0..3),
+        )
+            .prop_map(|(t, x509_authorities, jwt_authorities)| Command::AppendBundle {
+                trust_domain: any_td(t),
+                x509_authorities,
+                jwt_authorities,
+            }),
+        2 => (0..TDS.len(), 0..5usize).prop_map(|(t, i)| Command::TaintX509Authority {
+            trust_domain: any_td(t),
+            der: der(i),
+        }),
+        2 => (0..TDS.len(), 0..5usize).prop_map(|(t, i)| Command::RevokeX509Authority {
+            trust_domain: any_td(t),
+            der: der(i),
+        }),
+        2 => (0..TDS.len(), 0..5usize).prop_map(|(t, i)| Command::TaintJwtAuthority {
+            trust_domain: any_td(t),
+            key_id: kid(i),
+        }),
+        2 => (0..TDS.len(), 0..5usize).prop_map(|(t, i)| Command::RevokeJwtAuthority {
+            trust_domain: any_td(t),
+            key_id: kid(i),
+        }),
+        2 => (
+            0..TDS.len(),
+            prop::collection::vec(0..5usize, 0..4),
+            prop::collection::vec(0..5usize, 0..3),
+        )
+            .prop_map(|(t, x, j)| Command::PruneBundleAuthorities {
+                trust_domain: any_td(t),
+                x509_ders: x.into_iter().map(der).collect(),
+                jwt_key_ids: j.into_iter().map(kid).collect(),
+            }),
+        2 => prop::collection::vec(arb_federation(), 1..3)
+            .prop_map(Command::CreateFederationRelationships),
+        2 => prop::collection::vec((arb_federation(), arb_federation_mask()), 1..3).prop_map(|v| {
+            Command::UpdateFederationRelationships(
+                v.into_iter()
+                    .map(|(relationship, mask)| FederationUpdate { relationship, mask })
+                    .collect(),
+            )
+        }),
+        1 => prop::collection::vec(0..TDS.len(), 0..3).prop_map(|v| {
+            Command::DeleteFederationRelationships(v.into_iter().map(any_td).collect())
+        }),
         1 => (0i64..300).prop_map(|t| Command::PruneEntries { expires_before: t }),
         1 => (0i64..300).prop_map(|t| Command::PruneJoinTokens { expires_before: t }),
         1 => (0i64..300, any::<bool>()).prop_map(|(t, inc)| Command::PruneAgents {
@@ -223,6 +386,38 @@ fn arb_agent_filter() -> impl Strategy<Value = AgentFilter> {
         })
 }
 
+/// Every [`Command`] variant, by name: the generator must produce each of them.
+const VARIANTS: usize = 24;
+
+fn variant(cmd: &Command) -> usize {
+    match cmd {
+        Command::CreateEntries(_) => 0,
+        Command::UpdateEntries(_) => 1,
+        Command::DeleteEntries(_) => 2,
+        Command::CreateJoinToken { .. } => 3,
+        Command::ConsumeJoinToken { .. } => 4,
+        Command::AttestAgent(_) => 5,
+        Command::RenewAgent { .. } => 6,
+        Command::ActivateAgentSerial { .. } => 7,
+        Command::BanAgent(_) => 8,
+        Command::DeleteAgent(_) => 9,
+        Command::SetBundles(_) => 10,
+        Command::AppendBundle { .. } => 11,
+        Command::DeleteBundles { .. } => 12,
+        Command::TaintX509Authority { .. } => 13,
+        Command::RevokeX509Authority { .. } => 14,
+        Command::TaintJwtAuthority { .. } => 15,
+        Command::RevokeJwtAuthority { .. } => 16,
+        Command::PruneBundleAuthorities { .. } => 17,
+        Command::CreateFederationRelationships(_) => 18,
+        Command::UpdateFederationRelationships(_) => 19,
+        Command::DeleteFederationRelationships(_) => 20,
+        Command::PruneEntries { .. } => 21,
+        Command::PruneJoinTokens { .. } => 22,
+        Command::PruneAgents { .. } => 23,
+    }
+}
+
 fn all_agents() -> Vec<AgentId> {
     (0..=AGENTS).map(agent).collect()
 }
@@ -244,12 +439,73 @@ fn check_queries(store: &Store, model: &Model, efs: &[EntryFilter], afs: &[Agent
     }
 }
 
+/// A per-item result as a label: `ok`, or the error variant's name.
+fn label<T>(r: &Result<T, ItemError>) -> String {
+    match r {
+        Ok(_) => "ok".into(),
+        Err(e) => format!("{e:?}").split(['(', ' ']).next().unwrap().to_owned(),
+    }
+}
+
+fn labels(out: &Outcome) -> Vec<String> {
+    match out {
+        Outcome::Entries(v) => v.iter().map(label).collect(),
+        Outcome::DeletedEntries(v) => v.iter().map(label).collect(),
+        Outcome::JoinTokenCreated(r) => vec![label(r)],
+        Outcome::JoinTokenConsumed(r) => vec![label(r)],
+        Outcome::Agent(r) => vec![label(r)],
+        Outcome::Bundles(v) => v.iter().map(label).collect(),
+        Outcome::Federations(v) => v.iter().map(label).collect(),
+        Outcome::Pruned(n) => vec![if *n == 0 { "none".into() } else { "some".into() }],
+    }
+}
+
+/// The generator is only as good as what it reaches: every command, and for the bundle,
+/// agent-serial and federation commands every result they can give, shows up in the model
+/// runs of a fixed seed.
+#[test]
+fn generator_reaches_every_command_and_result() {
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let strategy = prop::collection::vec(arb_command(), 40);
+    let mut seen: BTreeSet<(usize, String)> = BTreeSet::new();
+    for _ in 0..150 {
+        let cmds = strategy.new_tree(&mut runner).unwrap().current();
+        let mut model = Model::new(td());
+        for cmd in &cmds {
+            let out = model.apply(cmd);
+            seen.extend(labels(&out).into_iter().map(|l| (variant(cmd), l)));
+        }
+    }
+    for v in 0..VARIANTS {
+        assert!(seen.iter().any(|(s, _)| *s == v), "variant {v} never generated");
+    }
+    let want: &[(usize, &[&str])] = &[
+        (6, &["ok", "AgentNotFound", "AgentBanned", "Invalid"]),
+        (7, &["ok", "AgentNotFound", "AgentBanned", "SerialMismatch"]),
+        (10, &["ok"]),
+        (11, &["ok"]),
+        (13, &["ok", "BundleNotFound", "AuthorityNotFound", "Invalid"]),
+        (14, &["ok", "BundleNotFound", "AuthorityNotFound", "AuthorityNotTainted"]),
+        (15, &["ok", "BundleNotFound", "AuthorityNotFound", "Invalid"]),
+        (16, &["ok", "BundleNotFound", "AuthorityNotFound", "AuthorityNotTainted"]),
+        (17, &["ok", "BundleNotFound"]),
+        (18, &["ok", "FederationExists", "Invalid"]),
+        (19, &["ok", "FederationNotFound", "Invalid"]),
+        (20, &["ok", "FederationNotFound"]),
+    ];
+    for (v, labels) in want {
+        for l in *labels {
+            assert!(seen.contains(&(*v, (*l).to_owned())), "variant {v} never gave {l}: {seen:?}");
+        }
+    }
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
     fn store_matches_model(
-        cmds in prop::collection::vec(arb_command(), 1..40),
+        cmds in prop::collection::vec(arb_command(), 1..60),
         efs in prop::collection::vec(arb_entry_filter(), 6),
         afs in prop::collection::vec(arb_agent_filter(), 3),
     ) {

@@ -6,12 +6,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use ward_core::{
-    AgentId, AttestedNode, Bundle, EntryId, JoinToken, RegistrationEntry, SelectorMatch, SpiffeId,
-    TrustDomain,
+    AgentId, AttestedNode, Bundle, EntryId, FederationRelationship, JoinToken, RegistrationEntry,
+    SelectorMatch, SpiffeId, TrustDomain,
 };
 use ward_store::{
-    AgentFilter, BundleDeleteMode, Command, ConsumedToken, EntryFilter, ItemError, Outcome,
-    PageRequest, Store,
+    AgentFilter, BundleDeleteMode, Command, ConsumedToken, EntryFilter, FederationUpdate,
+    ItemError, Outcome, Page, PageRequest, Store,
 };
 
 #[derive(Clone, Debug)]
@@ -22,7 +22,13 @@ pub struct Model {
     pub agents: BTreeMap<AgentId, AttestedNode>,
     pub tokens: BTreeMap<String, JoinToken>,
     pub bundles: BTreeMap<TrustDomain, Bundle>,
+    /// Stored without their `trust_domain_bundle` (that lives in `bundles`).
+    pub federations: BTreeMap<TrustDomain, FederationRelationship>,
     pub revision: u64,
+    /// Every join token value and trust domain a command named, so that absent records are
+    /// checked too.
+    pub seen_tokens: BTreeSet<String>,
+    pub seen_tds: BTreeSet<TrustDomain>,
 }
 
 fn set_match<T: Ord + Clone>(entry: &[T], req: &[T], mode: SelectorMatch) -> bool {
@@ -46,7 +52,10 @@ impl Model {
             agents: BTreeMap::new(),
             tokens: BTreeMap::new(),
             bundles: BTreeMap::new(),
+            federations: BTreeMap::new(),
             revision: 0,
+            seen_tokens: BTreeSet::new(),
+            seen_tds: BTreeSet::new(),
         }
     }
 
@@ -81,6 +90,7 @@ impl Model {
 
     /// Applies `cmd`; returns the outcome the store must report.
     pub fn apply(&mut self, cmd: &Command) -> Outcome {
+        self.remember(cmd);
         let before = self.fingerprint();
         let out = self.apply_inner(cmd);
         if self.fingerprint() != before || self.mutated_anyway(cmd, &out) {
@@ -96,12 +106,164 @@ impl Model {
             (Command::BanAgent(_) | Command::AttestAgent(_), Outcome::Agent(Ok(_))) => true,
             (Command::SetBundles(b), _) => !b.is_empty(),
             (Command::UpdateEntries(_), Outcome::Entries(r)) => r.iter().any(Result::is_ok),
+            (
+                Command::RenewAgent { .. } | Command::ActivateAgentSerial { .. },
+                Outcome::Agent(Ok(_)),
+            ) => true,
+            (Command::UpdateFederationRelationships(_), Outcome::Federations(r)) => {
+                r.iter().any(Result::is_ok)
+            }
             _ => false,
         }
     }
 
     fn fingerprint(&self) -> String {
-        format!("{:?}{:?}{:?}{:?}", self.entries, self.agents, self.tokens, self.bundles)
+        format!(
+            "{:?}{:?}{:?}{:?}{:?}",
+            self.entries, self.agents, self.tokens, self.bundles, self.federations
+        )
+    }
+
+    fn remember(&mut self, cmd: &Command) {
+        let tds: Vec<TrustDomain> = match cmd {
+            Command::CreateJoinToken { token, .. } => {
+                self.seen_tokens.insert(token.token.clone());
+                vec![]
+            }
+            Command::ConsumeJoinToken { token, .. } => {
+                self.seen_tokens.insert(token.clone());
+                vec![]
+            }
+            Command::SetBundles(bs) => bs.iter().map(|b| b.trust_domain.clone()).collect(),
+            Command::DeleteBundles { trust_domains, .. }
+            | Command::DeleteFederationRelationships(trust_domains) => trust_domains.clone(),
+            Command::AppendBundle { trust_domain, .. }
+            | Command::TaintX509Authority { trust_domain, .. }
+            | Command::RevokeX509Authority { trust_domain, .. }
+            | Command::TaintJwtAuthority { trust_domain, .. }
+            | Command::RevokeJwtAuthority { trust_domain, .. }
+            | Command::PruneBundleAuthorities { trust_domain, .. } => vec![trust_domain.clone()],
+            Command::CreateFederationRelationships(fs) => {
+                fs.iter().map(|f| f.trust_domain.clone()).collect()
+            }
+            Command::UpdateFederationRelationships(us) => {
+                us.iter().map(|u| u.relationship.trust_domain.clone()).collect()
+            }
+            _ => vec![],
+        };
+        self.seen_tds.extend(tds);
+    }
+
+    /// Stores a whole bundle; its sequence number never goes back.
+    fn set_bundle(&mut self, b: &Bundle) -> Bundle {
+        let mut b = b.clone();
+        if let Some(old) = self.bundles.get(&b.trust_domain) {
+            b.sequence_number = b.sequence_number.max(old.sequence_number + 1);
+        }
+        self.bundles.insert(b.trust_domain.clone(), b.clone());
+        b
+    }
+
+    /// Checks a relationship and stores the bundle it carries; returns it without that
+    /// bundle.
+    fn federation_checked(
+        &mut self,
+        f: &FederationRelationship,
+    ) -> Result<FederationRelationship, ItemError> {
+        if f.bundle_endpoint_url.is_empty() {
+            return Err(ItemError::Invalid("bundle endpoint URL is required".into()));
+        }
+        if f.trust_domain == self.td {
+            return Err(ItemError::Invalid(
+                "unable to create federation relationship for the server's own trust domain".into(),
+            ));
+        }
+        if f.trust_domain_bundle.as_ref().is_some_and(|b| b.trust_domain != f.trust_domain) {
+            return Err(ItemError::Invalid(
+                "trust domain bundle is for another trust domain".into(),
+            ));
+        }
+        let mut f = f.clone();
+        if let Some(b) = f.trust_domain_bundle.take() {
+            self.set_bundle(&b);
+        }
+        self.federations.insert(f.trust_domain.clone(), f.clone());
+        Ok(f)
+    }
+
+    fn create_federation(
+        &mut self,
+        f: &FederationRelationship,
+    ) -> Result<Arc<FederationRelationship>, ItemError> {
+        if self.federations.contains_key(&f.trust_domain) {
+            return Err(ItemError::FederationExists(f.trust_domain.clone()));
+        }
+        self.federation_checked(f).map(Arc::new)
+    }
+
+    fn update_federation(
+        &mut self,
+        u: &FederationUpdate,
+    ) -> Result<Arc<FederationRelationship>, ItemError> {
+        let td = &u.relationship.trust_domain;
+        let Some(mut f) = self.federations.get(td).cloned() else {
+            return Err(ItemError::FederationNotFound(td.clone()));
+        };
+        if u.mask.bundle_endpoint_url {
+            f.bundle_endpoint_url = u.relationship.bundle_endpoint_url.clone();
+        }
+        if u.mask.profile {
+            f.profile = u.relationship.profile.clone();
+        }
+        if u.mask.trust_domain_bundle {
+            f.trust_domain_bundle = u.relationship.trust_domain_bundle.clone();
+        }
+        self.federation_checked(&f).map(Arc::new)
+    }
+
+    /// Taints every authority of `td`'s bundle that `pick` (X.509 or JWT list) selects.
+    fn taint(
+        &mut self,
+        td: &TrustDomain,
+        pick: impl Fn(&mut Bundle) -> Vec<&mut bool>,
+    ) -> Result<Arc<Bundle>, ItemError> {
+        let mut b = self.bundles.get(td).cloned().ok_or(ItemError::BundleNotFound(td.clone()))?;
+        let flags = pick(&mut b);
+        if flags.is_empty() {
+            return Err(ItemError::AuthorityNotFound(td.clone()));
+        }
+        if flags.iter().any(|t| **t) {
+            return Err(ItemError::Invalid("authority is already tainted".into()));
+        }
+        for f in flags {
+            *f = true;
+        }
+        b.sequence_number += 1;
+        self.bundles.insert(td.clone(), b.clone());
+        Ok(Arc::new(b))
+    }
+
+    /// Removes every authority `is` selects; all of them must be tainted.
+    fn revoke<T: Clone>(
+        &mut self,
+        td: &TrustDomain,
+        list: impl Fn(&mut Bundle) -> &mut Vec<T>,
+        is: impl Fn(&T) -> bool,
+        tainted: impl Fn(&T) -> bool,
+    ) -> Result<Arc<Bundle>, ItemError> {
+        let mut b = self.bundles.get(td).cloned().ok_or(ItemError::BundleNotFound(td.clone()))?;
+        let items = list(&mut b);
+        let hits: Vec<T> = items.iter().filter(|a| is(a)).cloned().collect();
+        if hits.is_empty() {
+            return Err(ItemError::AuthorityNotFound(td.clone()));
+        }
+        if !hits.iter().all(&tainted) {
+            return Err(ItemError::AuthorityNotTainted);
+        }
+        items.retain(|a| !is(a));
+        b.sequence_number += 1;
+        self.bundles.insert(td.clone(), b.clone());
+        Ok(Arc::new(b))
     }
 
     fn apply_inner(&mut self, cmd: &Command) -> Outcome {
@@ -228,18 +390,9 @@ impl Model {
                     .map(Arc::new)
                     .ok_or_else(|| ItemError::AgentNotFound(id.clone())),
             ),
-            Command::SetBundles(bs) => Outcome::Bundles(
-                bs.iter()
-                    .map(|b| {
-                        let mut b = b.clone();
-                        if let Some(old) = self.bundles.get(&b.trust_domain) {
-                            b.sequence_number = b.sequence_number.max(old.sequence_number + 1);
-                        }
-                        self.bundles.insert(b.trust_domain.clone(), b.clone());
-                        Ok(Arc::new(b))
-                    })
-                    .collect(),
-            ),
+            Command::SetBundles(bs) => {
+                Outcome::Bundles(bs.iter().map(|b| Ok(Arc::new(self.set_bundle(b)))).collect())
+            }
             Command::DeleteBundles { trust_domains, mode } => Outcome::Bundles(
                 trust_domains
                     .iter()
@@ -293,7 +446,137 @@ impl Model {
                 });
                 Outcome::Pruned(before - self.agents.len())
             }
-            other => panic!("model does not cover {other:?}"),
+            Command::RenewAgent { id, new_serial, new_expires_at } => {
+                Outcome::Agent(match self.agents.get_mut(id) {
+                    None => Err(ItemError::AgentNotFound(id.clone())),
+                    Some(n) if n.serial.is_empty() => Err(ItemError::AgentBanned(id.clone())),
+                    Some(_) if new_serial.is_empty() => {
+                        Err(ItemError::Invalid("new serial is required".into()))
+                    }
+                    Some(n) => {
+                        n.new_serial = new_serial.clone();
+                        n.new_expires_at = *new_expires_at;
+                        Ok(Arc::new(n.clone()))
+                    }
+                })
+            }
+            Command::ActivateAgentSerial { id, serial } => {
+                Outcome::Agent(match self.agents.get_mut(id) {
+                    None => Err(ItemError::AgentNotFound(id.clone())),
+                    Some(n) if n.serial.is_empty() => Err(ItemError::AgentBanned(id.clone())),
+                    Some(n) if n.new_serial.is_empty() || &n.new_serial != serial => {
+                        Err(ItemError::SerialMismatch)
+                    }
+                    Some(n) => {
+                        n.serial = serial.clone();
+                        n.expires_at = n.new_expires_at;
+                        n.new_serial = String::new();
+                        n.new_expires_at = 0;
+                        Ok(Arc::new(n.clone()))
+                    }
+                })
+            }
+            Command::AppendBundle { trust_domain, x509_authorities, jwt_authorities } => {
+                let existed = self.bundles.contains_key(trust_domain);
+                let mut b = self
+                    .bundles
+                    .get(trust_domain)
+                    .cloned()
+                    .unwrap_or(Bundle::new(trust_domain.clone()));
+                let mut added = false;
+                for x in x509_authorities {
+                    if b.x509_authorities.iter().all(|o| o.der != x.der) {
+                        b.x509_authorities.push(x.clone());
+                        added = true;
+                    }
+                }
+                for j in jwt_authorities {
+                    if b.jwt_authorities.iter().all(|o| o.key_id != j.key_id) {
+                        b.jwt_authorities.push(j.clone());
+                        added = true;
+                    }
+                }
+                if added {
+                    b.sequence_number += 1;
+                }
+                if added || !existed {
+                    self.bundles.insert(trust_domain.clone(), b.clone());
+                }
+                Outcome::Bundles(vec![Ok(Arc::new(b))])
+            }
+            Command::TaintX509Authority { trust_domain, der } => {
+                Outcome::Bundles(vec![self.taint(trust_domain, |b| {
+                    b.x509_authorities
+                        .iter_mut()
+                        .filter(|a| &a.der == der)
+                        .map(|a| &mut a.tainted)
+                        .collect()
+                })])
+            }
+            Command::TaintJwtAuthority { trust_domain, key_id } => {
+                Outcome::Bundles(vec![self.taint(trust_domain, |b| {
+                    b.jwt_authorities
+                        .iter_mut()
+                        .filter(|a| &a.key_id == key_id)
+                        .map(|a| &mut a.tainted)
+                        .collect()
+                })])
+            }
+            Command::RevokeX509Authority { trust_domain, der } => {
+                Outcome::Bundles(vec![self.revoke(
+                    trust_domain,
+                    |b| &mut b.x509_authorities,
+                    |a| &a.der == der,
+                    |a| a.tainted,
+                )])
+            }
+            Command::RevokeJwtAuthority { trust_domain, key_id } => {
+                Outcome::Bundles(vec![self.revoke(
+                    trust_domain,
+                    |b| &mut b.jwt_authorities,
+                    |a| &a.key_id == key_id,
+                    |a| a.tainted,
+                )])
+            }
+            Command::PruneBundleAuthorities { trust_domain, x509_ders, jwt_key_ids } => {
+                Outcome::Bundles(vec![match self.bundles.get(trust_domain).cloned() {
+                    None => Err(ItemError::BundleNotFound(trust_domain.clone())),
+                    Some(mut b) => {
+                        let old = b.clone();
+                        // Listed X.509 authorities leave in list order until one is left.
+                        for der in x509_ders {
+                            if b.x509_authorities.len() == 1 {
+                                break;
+                            }
+                            if let Some(i) = b.x509_authorities.iter().position(|a| &a.der == der) {
+                                b.x509_authorities.remove(i);
+                            }
+                        }
+                        b.jwt_authorities.retain(|a| !jwt_key_ids.contains(&a.key_id));
+                        if b != old {
+                            b.sequence_number += 1;
+                            self.bundles.insert(trust_domain.clone(), b.clone());
+                        }
+                        Ok(Arc::new(b))
+                    }
+                }])
+            }
+            Command::CreateFederationRelationships(fs) => {
+                Outcome::Federations(fs.iter().map(|f| self.create_federation(f)).collect())
+            }
+            Command::UpdateFederationRelationships(us) => {
+                Outcome::Federations(us.iter().map(|u| self.update_federation(u)).collect())
+            }
+            Command::DeleteFederationRelationships(tds) => Outcome::Federations(
+                tds.iter()
+                    .map(|td| {
+                        self.federations
+                            .remove(td)
+                            .map(Arc::new)
+                            .ok_or_else(|| ItemError::FederationNotFound(td.clone()))
+                    })
+                    .collect(),
+            ),
         }
     }
 
@@ -404,6 +687,27 @@ pub fn all_pages_agents(store: &Store, f: &AgentFilter, size: usize) -> Vec<Atte
     panic!("paging did not end");
 }
 
+/// Every page of a walk over a list keyed by trust domain, concatenated; checks that
+/// non-final pages are full.
+pub fn all_pages<T>(fetch: impl Fn(&PageRequest) -> Page<T>, size: usize) -> Vec<T> {
+    let mut out = Vec::new();
+    let mut token = None;
+    for _ in 0..10_000 {
+        let page = fetch(&PageRequest { token: token.clone(), size });
+        assert!(size == 0 || page.items.len() <= size, "page longer than {size}");
+        let full = page.items.len() == size;
+        out.extend(page.items);
+        match page.next_token {
+            Some(t) => {
+                assert!(full, "a non-final page is full");
+                token = Some(t);
+            }
+            None => return out,
+        }
+    }
+    panic!("paging did not end");
+}
+
 /// Asserts that every stored record and the authorized entries of `agents` equal the
 /// model's.
 pub fn assert_same_state(store: &Store, model: &Model, agents: &[AgentId]) {
@@ -413,11 +717,37 @@ pub fn assert_same_state(store: &Store, model: &Model, agents: &[AgentId]) {
     let agents_all = all_pages_agents(store, &AgentFilter::default(), 0);
     let want_agents: Vec<AttestedNode> = model.agents.values().cloned().collect();
     assert_eq!(agents_all, want_agents, "agents");
+    for a in agents {
+        assert_eq!(store.agent(a).as_deref(), model.agents.get(a), "agent {a}");
+    }
     for (t, tok) in &model.tokens {
         assert_eq!(store.join_token(t).as_ref(), Some(tok));
     }
-    for (td, b) in &model.bundles {
-        assert_eq!(store.bundle(td).as_deref(), Some(b));
+    for t in &model.seen_tokens {
+        assert_eq!(store.join_token(t), model.tokens.get(t).cloned(), "join token {t}");
+    }
+    let want_bundles: Vec<Bundle> = model.bundles.values().cloned().collect();
+    let want_feds: Vec<FederationRelationship> = model.federations.values().cloned().collect();
+    for size in [0, 1, 2] {
+        let got: Vec<Bundle> = all_pages(|p| store.list_bundles(p), size)
+            .into_iter()
+            .map(|b| Bundle::clone(&b))
+            .collect();
+        assert_eq!(got, want_bundles, "ListBundles page {size}");
+        let got: Vec<FederationRelationship> =
+            all_pages(|p| store.list_federation_relationships(p), size)
+                .into_iter()
+                .map(|f| FederationRelationship::clone(&f))
+                .collect();
+        assert_eq!(got, want_feds, "ListFederationRelationships page {size}");
+    }
+    for td in model.seen_tds.iter().chain(model.bundles.keys()) {
+        assert_eq!(store.bundle(td).as_deref(), model.bundles.get(td), "bundle {td}");
+        assert_eq!(
+            store.federation_relationship(td).as_deref(),
+            model.federations.get(td),
+            "federation relationship {td}"
+        );
     }
     assert_eq!(store.revision(), model.revision, "revision");
     for a in agents {
