@@ -252,7 +252,7 @@ fn arb_command() -> impl Strategy<Value = Command> {
                 can_reattest: re,
             })
         }),
-        1 => (0..AGENTS + 1).prop_map(|a| Command::BanAgent(agent(a))),
+        2 => (0..AGENTS + 1).prop_map(|a| Command::BanAgent(agent(a))),
         1 => (0..AGENTS + 1).prop_map(|a| Command::DeleteAgent(agent(a))),
         1 => (0u8..4).prop_map(|m| {
             Command::SetBundles(feds(m).into_iter().map(Bundle::new).collect())
@@ -335,6 +335,55 @@ fn arb_command() -> impl Strategy<Value = Command> {
             expires_before: t,
             include_non_reattestable: inc,
         }),
+    ]
+}
+
+/// One step of a run: a generated command, or a command read off the current state the way
+/// the CA manager builds one.
+#[derive(Clone, Debug)]
+enum Step {
+    Run(Box<Command>),
+    /// Prune the authorities of `TDS[td]`'s bundle that expired before `before`.
+    PruneExpired {
+        td: usize,
+        before: i64,
+    },
+}
+
+/// The test DERs' NotAfter: `der(i)` expires at `i * 100`.
+fn x509_not_after(der: &[u8]) -> i64 {
+    i64::from(der[2]) * 100
+}
+
+impl Step {
+    fn command(&self, model: &Model) -> Command {
+        match self {
+            Step::Run(cmd) => Command::clone(cmd),
+            Step::PruneExpired { td, before } => {
+                let td = any_td(*td);
+                let (x509_ders, jwt_key_ids) = model.bundles.get(&td).map_or_else(
+                    || (vec![der(0)], vec![]),
+                    |b| {
+                        let x = b.x509_authorities.iter().map(|a| &a.der);
+                        let j = b.jwt_authorities.iter();
+                        (
+                            x.filter(|d| x509_not_after(d) < *before).cloned().collect(),
+                            j.filter(|a| a.expires_at != 0 && a.expires_at < *before)
+                                .map(|a| a.key_id.clone())
+                                .collect(),
+                        )
+                    },
+                );
+                Command::PruneBundleAuthorities { trust_domain: td, x509_ders, jwt_key_ids }
+            }
+        }
+    }
+}
+
+fn arb_step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        30 => arb_command().prop_map(|c| Step::Run(Box::new(c))),
+        2 => (0..TDS.len(), 0i64..5).prop_map(|(td, b)| Step::PruneExpired { td, before: b * 100 }),
     ]
 }
 
@@ -466,16 +515,26 @@ fn labels(out: &Outcome) -> Vec<String> {
 #[test]
 fn generator_reaches_every_command_and_result() {
     let mut runner = proptest::test_runner::TestRunner::deterministic();
-    let strategy = prop::collection::vec(arb_command(), 40);
+    let strategy = prop::collection::vec(arb_step(), 40);
     let mut seen: BTreeSet<(usize, String)> = BTreeSet::new();
+    let mut kept_last = 0;
     for _ in 0..150 {
-        let cmds = strategy.new_tree(&mut runner).unwrap().current();
+        let steps = strategy.new_tree(&mut runner).unwrap().current();
         let mut model = Model::new(td());
-        for cmd in &cmds {
-            let out = model.apply(cmd);
-            seen.extend(labels(&out).into_iter().map(|l| (variant(cmd), l)));
+        for step in &steps {
+            let cmd = step.command(&model);
+            if let Command::PruneBundleAuthorities { trust_domain, x509_ders, .. } = &cmd
+                && let Some(b) = model.bundles.get(trust_domain)
+                && b.x509_authorities.len() > 1
+                && b.x509_authorities.iter().all(|a| x509_ders.contains(&a.der))
+            {
+                kept_last += 1;
+            }
+            let out = model.apply(&cmd);
+            seen.extend(labels(&out).into_iter().map(|l| (variant(&cmd), l)));
         }
     }
+    assert!(kept_last > 0, "no prune ever listed every X.509 authority of a bundle");
     for v in 0..VARIANTS {
         assert!(seen.iter().any(|(s, _)| *s == v), "variant {v} never generated");
     }
@@ -501,11 +560,11 @@ fn generator_reaches_every_command_and_result() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     #[test]
     fn store_matches_model(
-        cmds in prop::collection::vec(arb_command(), 1..60),
+        steps in prop::collection::vec(arb_step(), 1..60),
         efs in prop::collection::vec(arb_entry_filter(), 6),
         afs in prop::collection::vec(arb_agent_filter(), 3),
     ) {
@@ -513,7 +572,8 @@ proptest! {
         let config = StoreConfig::new(td());
         let store = Store::open(dir.path(), config.clone()).unwrap();
         let mut model = Model::new(td());
-        for (i, cmd) in cmds.iter().enumerate() {
+        for (i, step) in steps.iter().enumerate() {
+            let cmd = &step.command(&model);
             let want = model.apply(cmd);
             let got = store.apply(i as u64 + 1, cmd).unwrap();
             prop_assert_eq!(&got.outcome, &want, "command {} {:?}", i, cmd);
@@ -526,7 +586,7 @@ proptest! {
         // Reopen: the in-memory image rebuilt from sled answers the same.
         drop(store);
         let store = Store::open(dir.path(), config.clone()).unwrap();
-        prop_assert_eq!(store.last_applied(), cmds.len() as u64);
+        prop_assert_eq!(store.last_applied(), steps.len() as u64);
         assert_same_state(&store, &model, &all_agents());
         check_queries(&store, &model, &efs, &afs);
 
@@ -536,7 +596,7 @@ proptest! {
         let other = Store::open(dir2.path(), config).unwrap();
         let info = other.import_snapshot(snap.chunks).unwrap();
         prop_assert_eq!(info, snap.info);
-        prop_assert_eq!(other.last_applied(), cmds.len() as u64);
+        prop_assert_eq!(other.last_applied(), steps.len() as u64);
         assert_same_state(&other, &model, &all_agents());
         check_queries(&other, &model, &efs, &afs);
     }
