@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{Model, all_pages_agents, all_pages_entries, assert_same_state};
+use common::{ChangeSets, Model, all_pages_agents, all_pages_entries, assert_same_state};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use ward_core::{
@@ -574,10 +574,18 @@ proptest! {
         let mut model = Model::new(td());
         for (i, step) in steps.iter().enumerate() {
             let cmd = &step.command(&model);
+            let rev = model.revision;
             let want = model.apply(cmd);
             let got = store.apply(i as u64 + 1, cmd).unwrap();
             prop_assert_eq!(&got.outcome, &want, "command {} {:?}", i, cmd);
             prop_assert_eq!(got.index, i as u64 + 1);
+            prop_assert_eq!(got.revision, model.revision, "revision after {:?}", cmd);
+            if model.revision > rev {
+                let feed = store.changes_since(rev, 2).unwrap();
+                prop_assert_eq!(feed.len(), 1);
+                prop_assert_eq!(feed[0].revision, model.revision);
+                prop_assert_eq!(ChangeSets::of(&feed[0]), model.last_change.clone(), "change feed of {:?}", cmd);
+            }
             // Cached and uncached answers after every command catch missed invalidations.
             assert_same_state(&store, &model, &all_agents());
         }

@@ -10,8 +10,8 @@ use ward_core::{
     SelectorMatch, SpiffeId, TrustDomain,
 };
 use ward_store::{
-    AgentFilter, BundleDeleteMode, Command, ConsumedToken, EntryFilter, FederationUpdate,
-    ItemError, Outcome, Page, PageRequest, Store,
+    AgentAttestation, AgentFilter, BundleDeleteMode, Command, ConsumedToken, EntryFilter,
+    FederationUpdate, ItemError, Outcome, Page, PageRequest, Store,
 };
 
 #[derive(Clone, Debug)]
@@ -29,6 +29,31 @@ pub struct Model {
     /// checked too.
     pub seen_tokens: BTreeSet<String>,
     pub seen_tds: BTreeSet<TrustDomain>,
+    /// What the change feed must name for the last command that bumped the revision.
+    pub last_change: ChangeSets,
+}
+
+/// The records a change-feed record names, as sets.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChangeSets {
+    pub entries: BTreeSet<EntryId>,
+    pub agents: BTreeSet<AgentId>,
+    pub bundles: BTreeSet<TrustDomain>,
+}
+
+impl ChangeSets {
+    pub fn of(c: &ward_store::Change) -> Self {
+        Self {
+            entries: c.entries.iter().cloned().collect(),
+            agents: c.agents.iter().cloned().collect(),
+            bundles: c.bundles.iter().cloned().collect(),
+        }
+    }
+}
+
+/// Keys whose value differs between two maps (added, removed or changed).
+fn differing<K: Ord + Clone, V: PartialEq>(a: &BTreeMap<K, V>, b: &BTreeMap<K, V>) -> BTreeSet<K> {
+    a.keys().chain(b.keys()).filter(|k| a.get(*k) != b.get(*k)).cloned().collect()
 }
 
 fn set_match<T: Ord + Clone>(entry: &[T], req: &[T], mode: SelectorMatch) -> bool {
@@ -56,6 +81,7 @@ impl Model {
             revision: 0,
             seen_tokens: BTreeSet::new(),
             seen_tds: BTreeSet::new(),
+            last_change: ChangeSets::default(),
         }
     }
 
@@ -92,9 +118,27 @@ impl Model {
     pub fn apply(&mut self, cmd: &Command) -> Outcome {
         self.remember(cmd);
         let before = self.fingerprint();
+        let old = (self.entries.clone(), self.agents.clone(), self.bundles.clone());
         let out = self.apply_inner(cmd);
         if self.fingerprint() != before || self.mutated_anyway(cmd, &out) {
             self.revision += 1;
+            let mut agents = differing(&old.1, &self.agents);
+            // A successful agent command rewrites the record even when it stays equal.
+            if let (
+                Command::AttestAgent(AgentAttestation { id, .. })
+                | Command::BanAgent(id)
+                | Command::RenewAgent { id, .. }
+                | Command::ActivateAgentSerial { id, .. },
+                Outcome::Agent(Ok(_)),
+            ) = (cmd, &out)
+            {
+                agents.insert(id.clone());
+            }
+            self.last_change = ChangeSets {
+                entries: differing(&old.0, &self.entries),
+                agents,
+                bundles: differing(&old.2, &self.bundles),
+            };
         }
         out
     }
