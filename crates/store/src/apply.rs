@@ -525,19 +525,14 @@ impl<'a> Txn<'a> {
             return Ok(Err(ItemError::BundleNotFound(td.clone())));
         };
         let mut b = Bundle::clone(old);
-        let mut removed = false;
-        for der in x509_ders {
-            if b.x509_authorities.len() > 1
-                && let Some(pos) = b.x509_authorities.iter().position(|a| &a.der == der)
-            {
-                b.x509_authorities.remove(pos);
-                removed = true;
-            }
-        }
-        let before = b.jwt_authorities.len();
+        b.x509_authorities.retain(|a| !x509_ders.contains(&a.der));
         b.jwt_authorities.retain(|a| !jwt_key_ids.contains(&a.key_id));
-        removed |= b.jwt_authorities.len() != before;
-        if !removed {
+        let empties = |now: usize, before: usize| now == 0 && before > 0;
+        let halted = empties(b.x509_authorities.len(), old.x509_authorities.len())
+            || empties(b.jwt_authorities.len(), old.jwt_authorities.len());
+        let removed = b.x509_authorities.len() + b.jwt_authorities.len()
+            != old.x509_authorities.len() + old.jwt_authorities.len();
+        if halted || !removed {
             return Ok(Ok(Arc::clone(old)));
         }
         b.sequence_number += 1;

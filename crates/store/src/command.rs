@@ -247,10 +247,12 @@ pub enum Command {
     },
     /// Remove the listed authorities from a bundle (pruning of expired authorities). The
     /// proposer decides which ones have expired, so applying needs no clock and no
-    /// certificate parsing. Listed authorities that are not in the bundle are skipped; the
-    /// last remaining X.509 authority is never removed. The sequence number is bumped only
-    /// when something was removed. The outcome is [`Outcome::Bundles`] with the bundle after
-    /// the command, or [`ItemError::BundleNotFound`].
+    /// certificate parsing. Every copy of a listed authority leaves; listed authorities that
+    /// are not in the bundle are skipped. As in SPIRE, pruning halts (nothing is removed)
+    /// when it would take away the last X.509 authority or the last JWT authority, so a
+    /// proposer whose clock runs far ahead cannot empty the bundle. The sequence number is
+    /// bumped only when something was removed. The outcome is [`Outcome::Bundles`] with the
+    /// bundle after the command, or [`ItemError::BundleNotFound`].
     PruneBundleAuthorities {
         /// The trust domain.
         trust_domain: TrustDomain,

@@ -451,7 +451,7 @@ fn page_tokens_stay_valid_across_writes() {
 }
 
 #[test]
-fn prune_bundle_authorities_removes_exactly_the_listed_ones_and_keeps_the_last_x509() {
+fn prune_bundle_authorities_removes_the_listed_ones_and_never_empties_a_bundle() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let td = TrustDomain::new("example.org").unwrap();
@@ -495,17 +495,38 @@ fn prune_bundle_authorities_removes_exactly_the_listed_ones_and_keeps_the_last_x
     assert_eq!(b.jwt_authorities, vec![jwt("b")]);
     assert_eq!(b.sequence_number, seq + 1);
 
-    // Listing every X.509 authority keeps the last one standing.
-    store.propose_local(&prune(vec![vec![2; 4], vec![3; 4]], vec!["b"])).unwrap();
+    // Pruning that would leave no X.509 authority, or no JWT authority, halts: nothing
+    // leaves, not even the other listed kind (SPIRE's "would prune all ...").
+    let rev = store.revision();
+    for (ders, kids) in [(vec![vec![2; 4], vec![3; 4]], vec![]), (vec![vec![2; 4]], vec!["b"])] {
+        let r = store.propose_local(&prune(ders, kids)).unwrap();
+        assert_eq!(r.revision, rev, "halted prune changes nothing");
+        let b = store.bundle(&td).unwrap();
+        assert_eq!(b.x509_authorities, vec![x(2), x(3)]);
+        assert_eq!(b.jwt_authorities, vec![jwt("b")]);
+        assert_eq!(b.sequence_number, seq + 1);
+    }
+
+    // Every copy of a listed authority leaves.
+    store
+        .propose_local(&Command::AppendBundle {
+            trust_domain: td.clone(),
+            x509_authorities: vec![x(4)],
+            jwt_authorities: vec![],
+        })
+        .unwrap();
+    let mut b = Bundle::clone(&store.bundle(&td).unwrap());
+    b.x509_authorities.push(x(2));
+    store.propose_local(&Command::SetBundles(vec![b])).unwrap();
+    store.propose_local(&prune(vec![vec![2; 4], vec![3; 4]], vec![])).unwrap();
     let b = store.bundle(&td).unwrap();
-    assert_eq!(b.x509_authorities, vec![x(3)]);
-    assert!(b.jwt_authorities.is_empty());
-    assert_eq!(b.sequence_number, seq + 2);
+    assert_eq!(b.x509_authorities, vec![x(4)]);
+    assert_eq!(b.sequence_number, seq + 4);
 
     // The result survives a reopen.
     drop(store);
     let store = open(dir.path());
-    assert_eq!(store.bundle(&td).unwrap().x509_authorities, vec![x(3)]);
+    assert_eq!(store.bundle(&td).unwrap().x509_authorities, vec![x(4)]);
 }
 
 #[test]

@@ -517,24 +517,32 @@ fn generator_reaches_every_command_and_result() {
     let mut runner = proptest::test_runner::TestRunner::deterministic();
     let strategy = prop::collection::vec(arb_step(), 40);
     let mut seen: BTreeSet<(usize, String)> = BTreeSet::new();
-    let mut kept_last = 0;
+    let (mut halted, mut pruned) = (0, 0);
     for _ in 0..150 {
         let steps = strategy.new_tree(&mut runner).unwrap().current();
         let mut model = Model::new(td());
         for step in &steps {
             let cmd = step.command(&model);
-            if let Command::PruneBundleAuthorities { trust_domain, x509_ders, .. } = &cmd
+            if let Command::PruneBundleAuthorities { trust_domain, x509_ders, jwt_key_ids } = &cmd
                 && let Some(b) = model.bundles.get(trust_domain)
-                && b.x509_authorities.len() > 1
-                && b.x509_authorities.iter().all(|a| x509_ders.contains(&a.der))
             {
-                kept_last += 1;
+                let x = b.x509_authorities.iter().filter(|a| x509_ders.contains(&a.der)).count();
+                let j = b.jwt_authorities.iter().filter(|a| jwt_key_ids.contains(&a.key_id));
+                let j = j.count();
+                if (x > 0 && x == b.x509_authorities.len())
+                    || (j > 0 && j == b.jwt_authorities.len())
+                {
+                    halted += 1;
+                } else if x + j > 0 {
+                    pruned += 1;
+                }
             }
             let out = model.apply(&cmd);
             seen.extend(labels(&out).into_iter().map(|l| (variant(&cmd), l)));
         }
     }
-    assert!(kept_last > 0, "no prune ever listed every X.509 authority of a bundle");
+    assert!(halted > 0, "no prune would ever have emptied a bundle");
+    assert!(pruned > 0, "no prune ever removed something");
     for v in 0..VARIANTS {
         assert!(seen.iter().any(|(s, _)| *s == v), "variant {v} never generated");
     }

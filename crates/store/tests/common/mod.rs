@@ -585,23 +585,37 @@ impl Model {
             Command::PruneBundleAuthorities { trust_domain, x509_ders, jwt_key_ids } => {
                 Outcome::Bundles(vec![match self.bundles.get(trust_domain).cloned() {
                     None => Err(ItemError::BundleNotFound(trust_domain.clone())),
-                    Some(mut b) => {
-                        let old = b.clone();
-                        // Listed X.509 authorities leave in list order until one is left.
-                        for der in x509_ders {
-                            if b.x509_authorities.len() == 1 {
-                                break;
-                            }
-                            if let Some(i) = b.x509_authorities.iter().position(|a| &a.der == der) {
-                                b.x509_authorities.remove(i);
-                            }
-                        }
-                        b.jwt_authorities.retain(|a| !jwt_key_ids.contains(&a.key_id));
-                        if b != old {
-                            b.sequence_number += 1;
+                    Some(b) => {
+                        let x509: Vec<_> = b
+                            .x509_authorities
+                            .iter()
+                            .filter(|a| !x509_ders.contains(&a.der))
+                            .cloned()
+                            .collect();
+                        let jwt: Vec<_> = b
+                            .jwt_authorities
+                            .iter()
+                            .filter(|a| !jwt_key_ids.contains(&a.key_id))
+                            .cloned()
+                            .collect();
+                        // SPIRE halts rather than leave a bundle without X.509 or JWT
+                        // authorities.
+                        let halt = (x509.is_empty() && !b.x509_authorities.is_empty())
+                            || (jwt.is_empty() && !b.jwt_authorities.is_empty());
+                        let same = x509.len() == b.x509_authorities.len()
+                            && jwt.len() == b.jwt_authorities.len();
+                        if halt || same {
+                            Ok(Arc::new(b))
+                        } else {
+                            let b = Bundle {
+                                x509_authorities: x509,
+                                jwt_authorities: jwt,
+                                sequence_number: b.sequence_number + 1,
+                                ..b
+                            };
                             self.bundles.insert(trust_domain.clone(), b.clone());
+                            Ok(Arc::new(b))
                         }
-                        Ok(Arc::new(b))
                     }
                 }])
             }
