@@ -331,8 +331,9 @@ impl CaManager {
     /// Removes from the own bundle `bundle` the authorities that expired more than
     /// [`AUTHORITY_EXPIRY_GRACE`] before `now`: X.509 authorities by certificate NotAfter,
     /// JWT authorities by their expiry (0 = never). Any replica may prune any authority of
-    /// the shared bundle; the store never removes the last X.509 authority. Returns how many
-    /// authorities left the bundle.
+    /// the shared bundle. As in SPIRE, the store changes nothing when pruning would leave the
+    /// bundle without an X.509 authority or without a JWT key; that is logged as a warning.
+    /// Returns how many authorities left the bundle.
     ///
     /// # Errors
     /// [`CaManagerError::Propose`].
@@ -350,12 +351,21 @@ impl CaManager {
         let removed = match applied.outcome {
             Outcome::Bundles(v) => match v.first() {
                 Some(Ok(b)) => before.saturating_sub(authority_count(b)),
-                _ => 0,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "pruning expired authorities was refused");
+                    return Ok(0);
+                }
+                None => 0,
             },
             _ => 0,
         };
         if removed > 0 {
             tracing::info!(count = removed, "pruned expired authorities from the bundle");
+        } else {
+            tracing::warn!(
+                "expired authorities were not pruned: the bundle would be left without an \
+                 X.509 authority or without a JWT key"
+            );
         }
         Ok(removed)
     }
