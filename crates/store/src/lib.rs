@@ -38,6 +38,27 @@
 //! applied index with exactly that index's state. [`Store::flush`] makes everything applied
 //! so far durable.
 //!
+//! # Snapshots
+//!
+//! [`Store::export_snapshot_stream`] returns a [`SnapshotExport`]: an iterator of
+//! [`SnapshotChunk`]s holding the live tree's raw records in key order, framed and cut into
+//! chunks of a chosen payload size, each with its own CRC-32, then a trailer with the
+//! applied index, revision, record count and a CRC-32 over all data payloads
+//! ([`snapshot`] has the wire format). The export first takes a consistent cut under the
+//! state read lock — a handle on every record, about 80 bytes a record plus the records
+//! longer than 22 bytes, which the handles keep alive — then releases it; chunks are
+//! serialized only as they are pulled, so writers wait for the cut alone and one chunk's
+//! payload is in memory at a time. Commands applied (or a snapshot imported) after the cut
+//! do not show in the stream. [`Store::export_snapshot`] collects the same stream into a
+//! [`Snapshot`] for small states.
+//!
+//! [`Store::import_snapshot`] (or [`Store::import_snapshot_stream`], for a fallible source)
+//! writes the records into the other generation tree, checks every chunk's CRC and
+//! sequence, the trailer's record count and stream CRC, flushes, and only then makes that
+//! tree live, rebuilds the in-memory image and drops the old tree. Any damaged, missing,
+//! reordered or truncated chunk fails with [`StoreError::BadSnapshot`] and leaves the
+//! current state, in memory and on disk, as it was.
+//!
 //! # In-memory image and indexes
 //!
 //! Opening reads the live tree into memory: entries in a slab addressed by `u32` slots (each
@@ -76,6 +97,6 @@ pub use command::{
 pub use error::StoreError;
 pub use query::{AgentFilter, EntryFilter, FederatesWithFilter, Page, PageRequest, SelectorFilter};
 pub use record::Change;
-pub use snapshot::{DEFAULT_CHUNK_BYTES, Snapshot, SnapshotChunk, SnapshotInfo};
+pub use snapshot::{DEFAULT_CHUNK_BYTES, Snapshot, SnapshotChunk, SnapshotExport, SnapshotInfo};
 pub use state::AuthorizedEntries;
 pub use store::{CHANGE_FEED_RETAIN, Store, StoreConfig};

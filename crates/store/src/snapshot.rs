@@ -6,11 +6,15 @@
 //! its `last` flag and its payload. The last chunk's payload is a trailer: applied index,
 //! revision, record count (u64 LE each) and a CRC-32 over all data payloads in order.
 //!
+//! Export is a stream ([`SnapshotExport`]): a consistent cut of the tree's records is taken
+//! under the state read lock, then chunks are serialized lazily as the consumer pulls them,
+//! so writers wait only for the cut and at most one chunk's payload is held as bytes.
+//!
 //! Import writes into the other generation tree, verifies everything, flushes, and only
 //! then flips the live generation, so a crash or a bad chunk leaves the old state intact.
 
 use crate::error::StoreError;
-use crate::store::Store;
+use crate::store::{CHANGE_FEED_RETAIN, Store};
 
 /// One piece of a snapshot.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -91,7 +95,10 @@ pub struct SnapshotInfo {
     pub records: u64,
 }
 
-/// An exported snapshot: its info and its chunks in order.
+/// An exported snapshot held whole in memory: its info and its chunks in order.
+///
+/// Built by [`Store::export_snapshot`] or [`SnapshotExport::into_snapshot`]; prefer
+/// streaming a [`SnapshotExport`] for large states.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     /// What it holds.
@@ -102,6 +109,118 @@ pub struct Snapshot {
 
 /// Default payload size of a snapshot chunk.
 pub const DEFAULT_CHUNK_BYTES: usize = 1 << 20;
+
+/// A snapshot being exported: an iterator that serializes one chunk at a time, data chunks
+/// in key order, then the trailer.
+///
+/// It is a consistent cut: [`Store::export_snapshot_stream`] takes a handle on every record
+/// of the live tree while holding the state read lock (writers wait only for that pass),
+/// then releases the lock. Commands applied afterwards, and an import that replaces the
+/// whole state, do not change what the stream yields.
+///
+/// # Memory
+/// The cut is a vector of sled key/value handles (`IVec`, 40 bytes each, so 80 bytes a
+/// record). Keys and values of up to 22 bytes live inside the handle; longer values share
+/// the engine's reference-counted buffer, which the handle keeps alive even after the engine
+/// evicts or a command replaces the record, and longer keys get their own buffer. So the
+/// cut costs about 80 bytes a record plus every record longer than 22 bytes — in the worst
+/// case roughly the raw size of the state, but not a second serialized copy. Records are
+/// released as they are serialized, and only the chunk being built is ever held as bytes.
+/// The collection in `examples/snapshot_stream.rs` measures it.
+///
+/// After an item is `Err`, the stream ends.
+#[derive(Debug)]
+pub struct SnapshotExport {
+    info: SnapshotInfo,
+    records: std::vec::IntoIter<(sled::IVec, sled::IVec)>,
+    chunk_bytes: usize,
+    seq: u32,
+    digest: crc32fast::Hasher,
+    done: bool,
+}
+
+impl SnapshotExport {
+    /// What the snapshot holds: the applied index, revision and record count of the cut.
+    /// The trailer carries the same values.
+    pub fn info(&self) -> SnapshotInfo {
+        self.info
+    }
+
+    /// Reads the rest of the stream into memory.
+    ///
+    /// # Errors
+    /// The first error the stream yields.
+    pub fn into_snapshot(self) -> Result<Snapshot, StoreError> {
+        let info = self.info;
+        let chunks = self.collect::<Result<Vec<_>, _>>()?;
+        Ok(Snapshot { info, chunks })
+    }
+
+    fn next_data_chunk(&mut self) -> Result<Option<SnapshotChunk>, StoreError> {
+        let mut payload = Vec::new();
+        for (k, v) in self.records.by_ref() {
+            if payload.is_empty() {
+                payload.reserve(self.chunk_bytes.min(DEFAULT_CHUNK_BYTES) + k.len() + v.len() + 8);
+            }
+            put_framed(&mut payload, &k)?;
+            put_framed(&mut payload, &v)?;
+            if payload.len() >= self.chunk_bytes {
+                break;
+            }
+        }
+        if payload.is_empty() {
+            return Ok(None);
+        }
+        self.digest.update(&payload);
+        Ok(Some(self.take_seq(false, payload)))
+    }
+
+    fn trailer(&mut self) -> SnapshotChunk {
+        let mut trailer = Vec::with_capacity(TRAILER_BYTES);
+        trailer.extend_from_slice(&self.info.applied.to_le_bytes());
+        trailer.extend_from_slice(&self.info.revision.to_le_bytes());
+        trailer.extend_from_slice(&self.info.records.to_le_bytes());
+        trailer.extend_from_slice(&self.digest.clone().finalize().to_le_bytes());
+        self.take_seq(true, trailer)
+    }
+
+    fn take_seq(&mut self, last: bool, payload: Vec<u8>) -> SnapshotChunk {
+        let chunk = SnapshotChunk::new(self.seq, last, payload);
+        self.seq = self.seq.wrapping_add(1);
+        chunk
+    }
+}
+
+impl Iterator for SnapshotExport {
+    type Item = Result<SnapshotChunk, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.next_data_chunk() {
+            Ok(Some(chunk)) => Some(Ok(chunk)),
+            Ok(None) => {
+                self.done = true;
+                Some(Ok(self.trailer()))
+            }
+            Err(e) => {
+                self.done = true;
+                self.records = Vec::new().into_iter();
+                Some(Err(e))
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        if self.done { (0, Some(0)) } else { (1, Some(self.records.len().saturating_add(1))) }
+    }
+}
+
+impl std::iter::FusedIterator for SnapshotExport {}
+
+/// Size of the trailer payload: applied, revision, records (u64 each) and the CRC (u32).
+const TRAILER_BYTES: usize = 28;
 
 fn put_framed(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), StoreError> {
     let len = u32::try_from(bytes.len())
@@ -127,46 +246,53 @@ fn take_framed<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8], StoreError> {
 }
 
 impl Store {
-    /// Exports the whole state as chunks of about `chunk_bytes` payload each (0 means
-    /// [`DEFAULT_CHUNK_BYTES`]). Writes wait while the records are read, so the snapshot
-    /// is consistent with its applied index.
+    /// Starts exporting the whole state as a stream of chunks of about `chunk_bytes` payload
+    /// each (0 means [`DEFAULT_CHUNK_BYTES`]), trailer last.
+    ///
+    /// Takes the consistent cut described on [`SnapshotExport`] under the state read lock
+    /// and returns; chunks are serialized as the caller pulls them, without any lock.
     ///
     /// # Errors
-    /// [`StoreError::Engine`] if reading fails.
-    pub fn export_snapshot(&self, chunk_bytes: usize) -> Result<Snapshot, StoreError> {
+    /// [`StoreError::Engine`] if reading the tree fails.
+    pub fn export_snapshot_stream(&self, chunk_bytes: usize) -> Result<SnapshotExport, StoreError> {
         let chunk_bytes = if chunk_bytes == 0 { DEFAULT_CHUNK_BYTES } else { chunk_bytes };
         let state = self.read();
         let tree = self.data_tree();
-        let mut chunks = Vec::new();
-        let mut digest = crc32fast::Hasher::new();
-        let mut payload = Vec::new();
-        let mut records = 0u64;
-        let mut seq = 0u32;
+        // Entries, agents, change feed and the four meta records, so the vector rarely grows.
+        let expected = state
+            .entry_count()
+            .saturating_add(state.agent_count())
+            .saturating_add(state.tokens.len() + state.bundles.len() + state.federations.len())
+            .saturating_add(usize::try_from(state.revision.min(CHANGE_FEED_RETAIN)).unwrap_or(0))
+            .saturating_add(4);
+        let mut cut = Vec::with_capacity(expected);
         for kv in tree.iter() {
-            let (k, v) = kv?;
-            put_framed(&mut payload, &k)?;
-            put_framed(&mut payload, &v)?;
-            records += 1;
-            if payload.len() >= chunk_bytes {
-                digest.update(&payload);
-                chunks.push(SnapshotChunk::new(seq, false, std::mem::take(&mut payload)));
-                seq += 1;
-            }
+            cut.push(kv?);
         }
-        if !payload.is_empty() {
-            digest.update(&payload);
-            chunks.push(SnapshotChunk::new(seq, false, payload));
-            seq += 1;
-        }
-        let info = SnapshotInfo { applied: state.applied, revision: state.revision, records };
+        let info = SnapshotInfo {
+            applied: state.applied,
+            revision: state.revision,
+            records: cut.len() as u64,
+        };
         drop(state);
-        let mut trailer = Vec::with_capacity(28);
-        trailer.extend_from_slice(&info.applied.to_le_bytes());
-        trailer.extend_from_slice(&info.revision.to_le_bytes());
-        trailer.extend_from_slice(&info.records.to_le_bytes());
-        trailer.extend_from_slice(&digest.finalize().to_le_bytes());
-        chunks.push(SnapshotChunk::new(seq, true, trailer));
-        Ok(Snapshot { info, chunks })
+        Ok(SnapshotExport {
+            info,
+            records: cut.into_iter(),
+            chunk_bytes,
+            seq: 0,
+            digest: crc32fast::Hasher::new(),
+            done: false,
+        })
+    }
+
+    /// Exports the whole state and collects every chunk in memory: the stream of
+    /// [`Store::export_snapshot_stream`], read to its end. Suits small states and tests.
+    ///
+    /// # Errors
+    /// [`StoreError::Engine`] if reading fails, [`StoreError::Encode`] for a record too
+    /// large to frame.
+    pub fn export_snapshot(&self, chunk_bytes: usize) -> Result<Snapshot, StoreError> {
+        self.export_snapshot_stream(chunk_bytes)?.into_snapshot()
     }
 
     /// Replaces the whole state with a snapshot's. On any error the current state stays.
@@ -179,12 +305,26 @@ impl Store {
         &self,
         chunks: impl IntoIterator<Item = SnapshotChunk>,
     ) -> Result<SnapshotInfo, StoreError> {
+        self.import_snapshot_stream(chunks.into_iter().map(Ok))
+    }
+
+    /// [`Store::import_snapshot`] from a fallible source, such as a [`SnapshotExport`] or a
+    /// network transfer: the first `Err` item aborts the import with that error and the
+    /// current state stays.
+    ///
+    /// # Errors
+    /// As [`Store::import_snapshot`], or the source's error.
+    pub fn import_snapshot_stream(
+        &self,
+        chunks: impl IntoIterator<Item = Result<SnapshotChunk, StoreError>>,
+    ) -> Result<SnapshotInfo, StoreError> {
         let mut guard = self.write_lock();
         let (staging, generation) = self.staging_tree()?;
         let result = (|| {
             let mut digest = crc32fast::Hasher::new();
             let mut records = 0u64;
             for (expected, chunk) in (0u32..).zip(chunks) {
+                let chunk = chunk?;
                 chunk.verify()?;
                 if chunk.seq != expected {
                     return Err(StoreError::BadSnapshot(format!(
@@ -230,7 +370,7 @@ impl Store {
 }
 
 fn parse_trailer(payload: &[u8], digest: u32, records: u64) -> Result<SnapshotInfo, StoreError> {
-    let arr: &[u8; 28] = payload
+    let arr: &[u8; TRAILER_BYTES] = payload
         .try_into()
         .map_err(|_| StoreError::BadSnapshot(format!("trailer has {} bytes", payload.len())))?;
     let u = |i: usize| {

@@ -1,0 +1,300 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+//! Snapshot export as a stream and import that replaces the whole state: round trips, the
+//! consistent cut under concurrent writes, and rejection of damaged or incomplete streams.
+
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use ward_core::{
+    AttestedNode, Bundle, BundleEndpointProfile, FederationRelationship, JoinToken, JwtAuthority,
+    RegistrationEntry, TrustDomain, X509Authority,
+};
+use ward_store::testdata::DataSet;
+use ward_store::{
+    AgentFilter, Change, Command, EntryFilter, PageRequest, SnapshotChunk, SnapshotInfo, Store,
+    StoreConfig, StoreError,
+};
+
+fn open(dir: &std::path::Path) -> Store {
+    Store::open(dir, StoreConfig::new(DataSet::trust_domain())).unwrap()
+}
+
+const TOKENS: [&str; 3] = ["tok-a", "tok-b", "tok-late"];
+
+fn fed_td() -> TrustDomain {
+    TrustDomain::new("fed.example").unwrap()
+}
+
+/// The small data set plus join tokens, bundles with authorities and a federation
+/// relationship, so every kind of record is in the snapshot.
+fn loaded() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    DataSet::SMALL.load(&store).unwrap();
+    for t in &TOKENS[..2] {
+        let token = JoinToken { token: (*t).into(), expires_at: 2_000_000_000 };
+        store.propose_local(&Command::CreateJoinToken { token, entry: None }).unwrap();
+    }
+    store
+        .propose_local(&Command::AppendBundle {
+            trust_domain: DataSet::trust_domain(),
+            x509_authorities: vec![X509Authority::new(vec![1, 2, 3])],
+            jwt_authorities: vec![JwtAuthority {
+                public_key_der: vec![4, 5, 6],
+                key_id: "kid-1".into(),
+                expires_at: 1_900_000_000,
+                tainted: false,
+            }],
+        })
+        .unwrap();
+    let rel = FederationRelationship {
+        trust_domain: fed_td(),
+        bundle_endpoint_url: "https://fed.example/bundle".into(),
+        profile: BundleEndpointProfile::HttpsWeb,
+        trust_domain_bundle: Some(Bundle::new(fed_td())),
+    };
+    store.propose_local(&Command::CreateFederationRelationships(vec![rel])).unwrap();
+    store.flush().unwrap();
+    (dir, store)
+}
+
+/// Everything the store answers, in comparable form.
+#[derive(Debug, PartialEq)]
+struct View {
+    entries: Vec<Arc<RegistrationEntry>>,
+    agents: Vec<Arc<AttestedNode>>,
+    authorized: Vec<Vec<Arc<RegistrationEntry>>>,
+    bundles: Vec<Arc<Bundle>>,
+    federations: Vec<Arc<FederationRelationship>>,
+    tokens: Vec<Option<i64>>,
+    changes: Vec<Change>,
+    revision: u64,
+    applied: u64,
+}
+
+fn view(store: &Store) -> View {
+    let agents = store.list_agents(&AgentFilter::default(), &PageRequest::all()).items;
+    View {
+        entries: store.list_entries(&EntryFilter::default(), &PageRequest::all()).items,
+        authorized: agents
+            .iter()
+            .map(|a| store.authorized_entries_uncached(&a.id).to_vec())
+            .collect(),
+        agents,
+        bundles: store.list_bundles(&PageRequest::all()).items,
+        federations: store.list_federation_relationships(&PageRequest::all()).items,
+        tokens: TOKENS.iter().map(|t| store.join_token(t).map(|t| t.expires_at)).collect(),
+        changes: store.changes_since(0, usize::MAX).unwrap(),
+        revision: store.revision(),
+        applied: store.last_applied(),
+    }
+}
+
+#[test]
+fn streamed_snapshot_round_trips_into_an_empty_store() {
+    let (_dir, store) = loaded();
+    let want = view(&store);
+    assert_eq!(want.entries.len(), 1006);
+    assert_eq!(want.agents.len(), 100);
+    assert_eq!(want.bundles.len(), 2);
+    assert_eq!(want.federations.len(), 1);
+    assert_eq!(want.tokens, vec![Some(2_000_000_000), Some(2_000_000_000), None]);
+
+    let export = store.export_snapshot_stream(16 * 1024).unwrap();
+    let info = export.info();
+    assert_eq!((info.applied, info.revision), (want.applied, want.revision));
+    // Through the transport encoding, one chunk at a time.
+    let mut seqs = Vec::new();
+    let wire = export.map(|c| {
+        let c = c.unwrap();
+        seqs.push((c.seq, c.last));
+        SnapshotChunk::from_bytes(&c.to_bytes())
+    });
+    let dir2 = tempfile::tempdir().unwrap();
+    let other = open(dir2.path());
+    assert_eq!(other.import_snapshot_stream(wire).unwrap(), info);
+    assert!(seqs.len() > 3, "several chunks: {}", seqs.len());
+    let expect_seqs: Vec<(u32, bool)> =
+        (0..seqs.len()).map(|i| (i as u32, i + 1 == seqs.len())).collect();
+    assert_eq!(seqs, expect_seqs);
+    assert_eq!(view(&other), want);
+
+    // Durable: the same after reopening.
+    drop(other);
+    let other = open(dir2.path());
+    assert_eq!(view(&other), want);
+}
+
+#[test]
+fn stream_and_collected_export_yield_the_same_chunks() {
+    let (_dir, store) = loaded();
+    let streamed: Vec<SnapshotChunk> =
+        store.export_snapshot_stream(4096).unwrap().map(Result::unwrap).collect();
+    let whole = store.export_snapshot(4096).unwrap();
+    assert_eq!(streamed, whole.chunks);
+    let trailer = streamed.last().unwrap();
+    assert!(trailer.last);
+    // The trailer: applied, revision, records (u64 LE), then the stream CRC.
+    assert_eq!(trailer.payload.len(), 28);
+    let u = |i: usize| u64::from_le_bytes(trailer.payload[i..i + 8].try_into().unwrap());
+    assert_eq!(SnapshotInfo { applied: u(0), revision: u(8), records: u(16) }, whole.info);
+    assert_eq!(whole.info.applied, store.last_applied());
+}
+
+#[test]
+fn one_record_chunks_still_round_trip() {
+    let (_dir, store) = loaded();
+    let want = view(&store);
+    let export = store.export_snapshot_stream(1).unwrap();
+    let info = export.info();
+    let chunks: Vec<SnapshotChunk> = export.map(Result::unwrap).collect();
+    // Every data chunk holds exactly one record, then the trailer.
+    assert_eq!(chunks.len() as u64, info.records + 1);
+    assert!(info.records > 1106, "entries, agents and more: {}", info.records);
+    let dir2 = tempfile::tempdir().unwrap();
+    let other = open(dir2.path());
+    assert_eq!(other.import_snapshot(chunks).unwrap(), info);
+    assert_eq!(view(&other), want);
+}
+
+/// Runs `f` on another thread and fails if it does not finish in time, so a writer that
+/// blocks on a live export fails the test instead of hanging it.
+fn finishes<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(30)).expect("write blocked by a live export")
+}
+
+#[test]
+fn writes_during_an_export_do_not_block_and_stay_out_of_it() {
+    let (_dir, store) = loaded();
+    let at_cut = view(&store);
+    let mut export = store.export_snapshot_stream(8 * 1024).unwrap();
+    let first = export.next().unwrap().unwrap();
+    assert!(!first.last);
+
+    // While the export is alive: create, delete and re-attest.
+    let late_entry = DataSet::workload_entry(1_000, 0);
+    let deleted = at_cut.entries[3].id.clone();
+    let s = store.clone();
+    let late = late_entry.clone();
+    let gone = deleted.clone();
+    let applied = finishes(move || {
+        s.propose_local(&Command::CreateEntries(vec![late])).unwrap();
+        s.propose_local(&Command::DeleteEntries(vec![gone])).unwrap();
+        let mut again = DataSet::agent(5);
+        again.serial = "999999".into();
+        s.propose_local(&Command::AttestAgent(again)).unwrap();
+        let token = JoinToken { token: TOKENS[2].into(), expires_at: 2_000_000_000 };
+        s.propose_local(&Command::CreateJoinToken { token, entry: None }).unwrap()
+    });
+    assert_eq!(applied.index, at_cut.applied + 4);
+    assert!(store.entry(&late_entry.id).is_some());
+    assert!(store.entry(&deleted).is_none());
+
+    let dir2 = tempfile::tempdir().unwrap();
+    let other = open(dir2.path());
+    let info = other.import_snapshot_stream(std::iter::once(Ok(first)).chain(export)).unwrap();
+    assert_eq!((info.applied, info.revision), (at_cut.applied, at_cut.revision));
+    assert_eq!(view(&other), at_cut);
+    assert!(other.entry(&late_entry.id).is_none());
+    assert!(other.entry(&deleted).is_some());
+    assert_eq!(other.agent(&DataSet::agent_id(5)).unwrap().serial, "1005");
+    assert_eq!(other.join_token(TOKENS[2]), None);
+}
+
+#[test]
+fn importing_over_the_source_during_an_export_leaves_the_stream_intact() {
+    let (_dir, store) = loaded();
+    let at_cut = view(&store);
+    let export = store.export_snapshot_stream(8 * 1024).unwrap();
+
+    // Replace the source's whole state with an empty store's.
+    let empty_dir = tempfile::tempdir().unwrap();
+    let empty = open(empty_dir.path());
+    let s = store.clone();
+    let blank = empty.export_snapshot(0).unwrap();
+    finishes(move || s.import_snapshot(blank.chunks).unwrap());
+    assert_eq!(store.entry_count(), 0);
+
+    let dir2 = tempfile::tempdir().unwrap();
+    let other = open(dir2.path());
+    other.import_snapshot_stream(export).unwrap();
+    assert_eq!(view(&other), at_cut);
+}
+
+/// A target store with state of its own, and its view.
+fn target() -> (tempfile::TempDir, Store, View) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.propose_local(&Command::CreateEntries(vec![DataSet::workload_entry(7, 7)])).unwrap();
+    store.propose_local(&Command::AttestAgent(DataSet::agent(7))).unwrap();
+    let v = view(&store);
+    (dir, store, v)
+}
+
+fn bad(msg: &str) -> StoreError {
+    StoreError::BadSnapshot(msg.into())
+}
+
+#[test]
+fn damaged_or_incomplete_streams_are_rejected_and_leave_the_target_unchanged() {
+    let (_dir, store) = loaded();
+    let chunks: Vec<SnapshotChunk> =
+        store.export_snapshot_stream(8 * 1024).unwrap().map(Result::unwrap).collect();
+    assert!(chunks.len() > 4);
+    let (tdir, other, before) = target();
+
+    let mut corrupted = chunks.clone();
+    corrupted[2].payload[5] ^= 0x40;
+    assert_eq!(other.import_snapshot(corrupted).unwrap_err(), bad("checksum mismatch in chunk 2"));
+    assert_eq!(view(&other), before);
+
+    let mut missing = chunks.clone();
+    missing.remove(1);
+    assert_eq!(
+        other.import_snapshot(missing).unwrap_err(),
+        bad("chunk 2 arrived where 1 was expected")
+    );
+    assert_eq!(view(&other), before);
+
+    let mut reordered = chunks.clone();
+    reordered.swap(0, 1);
+    assert_eq!(
+        other.import_snapshot(reordered).unwrap_err(),
+        bad("chunk 1 arrived where 0 was expected")
+    );
+    assert_eq!(view(&other), before);
+
+    let mut no_trailer = chunks.clone();
+    no_trailer.pop();
+    assert_eq!(
+        other.import_snapshot(no_trailer).unwrap_err(),
+        bad("stream ended without its trailer")
+    );
+    assert_eq!(view(&other), before);
+
+    // A failing source (a broken transfer) aborts with its own error.
+    let cut_off = chunks
+        .iter()
+        .take(3)
+        .cloned()
+        .map(Ok)
+        .chain(std::iter::once(Err(StoreError::Engine("transfer reset".into()))));
+    assert_eq!(
+        other.import_snapshot_stream(cut_off).unwrap_err(),
+        StoreError::Engine("transfer reset".into())
+    );
+    assert_eq!(view(&other), before);
+
+    // Nothing of the failed imports reached disk either.
+    drop(other);
+    let other = open(tdir.path());
+    assert_eq!(view(&other), before);
+    // And a sound stream still imports afterwards.
+    other.import_snapshot(chunks).unwrap();
+    assert_eq!(view(&other), view(&store));
+}
