@@ -41,16 +41,17 @@
 //! # Snapshots
 //!
 //! [`Store::export_snapshot_stream`] returns a [`SnapshotExport`]: an iterator of
-//! [`SnapshotChunk`]s holding the live tree's raw records in key order, framed and cut into
-//! chunks of a chosen payload size, each with its own CRC-32, then a trailer with the
-//! applied index, revision, record count and a CRC-32 over all data payloads
-//! ([`snapshot`] has the wire format). The export first takes a consistent cut under the
-//! state read lock — a handle on every record, about 80 bytes a record plus the records
-//! longer than 22 bytes, which the handles keep alive — then releases it; chunks are
-//! serialized only as they are pulled, so writers wait for the cut alone and one chunk's
-//! payload is in memory at a time. Commands applied (or a snapshot imported) after the cut
-//! do not show in the stream. [`Store::export_snapshot`] collects the same stream into a
-//! [`Snapshot`] for small states.
+//! [`SnapshotChunk`]s holding the live tree's records, grouped by kind in key-prefix order,
+//! framed and cut into chunks of a chosen payload size, each with its own CRC-32, then a
+//! trailer with the applied index, revision, record count and a CRC-32 over all data
+//! payloads ([`snapshot`] has the wire format). The export first takes a consistent cut
+//! under the state read lock — a reference-counted handle on every record of the in-memory
+//! image (8 bytes each) and the raw change feed, most of which is read before the lock
+//! because feed records never change — then releases it; chunks are serialized, exactly as
+//! apply stores the records, only as they are pulled. So writers wait for the cut alone
+//! (about 55 ms at 1M entries) and one chunk's payload is in memory at a time. Commands
+//! applied (or a snapshot imported) after the cut do not show in the stream.
+//! [`Store::export_snapshot`] collects the same stream into a [`Snapshot`] for small states.
 //!
 //! [`Store::import_snapshot`] (or [`Store::import_snapshot_stream`], for a fallible source)
 //! writes the records into the other generation tree, checks every chunk's CRC and
