@@ -567,8 +567,13 @@ fn generator_reaches_every_command_and_result() {
     }
 }
 
+fn model_cases() -> u32 {
+    std::env::var("WARD_MODEL_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(128)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+    // 128 cases by default; `WARD_MODEL_CASES` raises it for longer stress runs.
+    #![proptest_config(ProptestConfig { cases: model_cases(), ..ProptestConfig::default() })]
 
     #[test]
     fn store_matches_model(
