@@ -37,8 +37,15 @@ pub enum StoreError {
     BadSnapshot(String),
 }
 
-impl From<sled::Error> for StoreError {
-    fn from(e: sled::Error) -> Self {
-        Self::Engine(e.to_string())
+/// Turns a storage-engine result into a store result; kept inside the crate so no sled
+/// type appears in its API (not even as a `From` conversion).
+pub(crate) trait EngineResult<T> {
+    /// The value, or [`StoreError::Engine`] with the engine's message.
+    fn engine(self) -> Result<T, StoreError>;
+}
+
+impl<T> EngineResult<T> for Result<T, sled::Error> {
+    fn engine(self) -> Result<T, StoreError> {
+        self.map_err(|e| StoreError::Engine(e.to_string()))
     }
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use ward_core::{AttestedNode, Bundle, FederationRelationship, JoinToken, RegistrationEntry};
 
-use crate::error::StoreError;
+use crate::error::{EngineResult, StoreError};
 use crate::record;
 use crate::store::{CHANGE_FEED_RETAIN, Store};
 
@@ -303,7 +303,7 @@ fn read_changes(
     if from > to {
         return Ok(Vec::new());
     }
-    Ok(tree.range(record::change_key(from)..=record::change_key(to)).collect::<Result<_, _>>()?)
+    tree.range(record::change_key(from)..=record::change_key(to)).collect::<Result<_, _>>().engine()
 }
 
 /// The revision of a change-feed key.
@@ -385,7 +385,7 @@ impl Store {
             read_changes(&tree, first_kept, revision)?
         };
         changes.shrink_to_fit();
-        let meta = tree.scan_prefix(b"m/").collect::<Result<Vec<_>, _>>()?;
+        let meta = tree.scan_prefix(b"m/").collect::<Result<Vec<_>, _>>().engine()?;
         let cut = Cut {
             agents: state.all_agents().cloned().collect::<Vec<_>>().into_iter(),
             bundles: state.bundles.values().cloned().collect::<Vec<_>>().into_iter(),
@@ -460,7 +460,7 @@ impl Store {
                 }
                 if chunk.last {
                     let info = parse_trailer(&chunk.payload, digest.clone().finalize(), records)?;
-                    staging.flush()?;
+                    staging.flush().engine()?;
                     return Ok(info);
                 }
                 digest.update(&chunk.payload);
@@ -472,7 +472,7 @@ impl Store {
                     batch.insert(k, v);
                     records += 1;
                 }
-                staging.apply_batch(batch)?;
+                staging.apply_batch(batch).engine()?;
             }
             Err(StoreError::BadSnapshot("stream ended without its trailer".into()))
         })();

@@ -11,7 +11,7 @@ use ward_core::{
 
 use crate::apply::Txn;
 use crate::command::{Applied, Command};
-use crate::error::StoreError;
+use crate::error::{EngineResult, StoreError};
 use crate::query::{AgentFilter, EntryFilter, Page, PageRequest};
 use crate::record::{self, Change};
 use crate::state::{AuthorizedEntries, State};
@@ -91,14 +91,14 @@ impl Store {
     /// [`StoreError::UnsupportedFormat`] if a record cannot be read.
     pub fn open(path: impl AsRef<Path>, config: StoreConfig) -> Result<Self, StoreError> {
         let db = open_engine(path.as_ref(), &config)?;
-        let meta = db.open_tree(META_TREE)?;
-        let generation = match meta.get(ACTIVE_KEY)? {
+        let meta = db.open_tree(META_TREE).engine()?;
+        let generation = match meta.get(ACTIVE_KEY).engine()? {
             Some(v) => v.first().copied().unwrap_or(0) & 1,
             None => 0,
         };
-        let data = db.open_tree(tree_name(generation))?;
+        let data = db.open_tree(tree_name(generation)).engine()?;
         // A crash during an import can leave a half-written staging tree behind.
-        db.drop_tree(tree_name(generation ^ 1))?;
+        db.drop_tree(tree_name(generation ^ 1)).engine()?;
         let state = load_state(&data, &config.trust_domain)?;
         let cache = moka::sync::Cache::builder().max_capacity(config.cache_agents).build();
         Ok(Self {
@@ -191,9 +191,9 @@ impl Store {
                 batch.remove(record::change_key(old));
             }
         }
-        if let Err(e) = self.data_tree().apply_batch(batch) {
+        if let Err(e) = self.data_tree().apply_batch(batch).engine() {
             self.inner.poisoned.store(true, Ordering::Release);
-            return Err(e.into());
+            return Err(e);
         }
         if track {
             for agent in &touched {
@@ -208,7 +208,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Engine`] on I/O failure.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.inner.db.flush()?;
+        self.inner.db.flush().engine()?;
         Ok(())
     }
 
@@ -279,7 +279,7 @@ impl Store {
         let start = record::change_key(after.saturating_add(1));
         let mut out = Vec::new();
         for kv in tree.range(start..).take(limit) {
-            let (k, v) = kv?;
+            let (k, v) = kv.engine()?;
             if k.first() != Some(&record::CHANGE) {
                 break;
             }
@@ -352,9 +352,9 @@ impl Store {
         generation: u8,
     ) -> Result<(), StoreError> {
         let state = load_state(&tree, &self.inner.config.trust_domain)?;
-        tree.flush()?;
-        self.inner.meta.insert(ACTIVE_KEY, vec![generation])?;
-        self.inner.db.flush()?;
+        tree.flush().engine()?;
+        self.inner.meta.insert(ACTIVE_KEY, vec![generation]).engine()?;
+        self.inner.db.flush().engine()?;
         *guard = state;
         *self.inner.data.write().unwrap_or_else(std::sync::PoisonError::into_inner) = tree;
         *self.inner.generation.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
@@ -369,12 +369,12 @@ impl Store {
         let generation =
             *self.inner.generation.lock().unwrap_or_else(std::sync::PoisonError::into_inner) ^ 1;
         let name = tree_name(generation);
-        self.inner.db.drop_tree(&name)?;
-        Ok((self.inner.db.open_tree(&name)?, generation))
+        self.inner.db.drop_tree(&name).engine()?;
+        Ok((self.inner.db.open_tree(&name).engine()?, generation))
     }
 
     pub(crate) fn drop_generation(&self, generation: u8) -> Result<(), StoreError> {
-        self.inner.db.drop_tree(tree_name(generation))?;
+        self.inner.db.drop_tree(tree_name(generation)).engine()?;
         Ok(())
     }
 
@@ -387,7 +387,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Engine`] on I/O failure.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(self.inner.db.size_on_disk()?)
+        self.inner.db.size_on_disk().engine()
     }
 }
 
@@ -411,15 +411,15 @@ fn page_of<V: Clone>(
 /// Reads a whole generation tree into a fresh in-memory state.
 pub(crate) fn load_state(tree: &sled::Tree, td: &TrustDomain) -> Result<State, StoreError> {
     let mut state = State::new(td.clone());
-    if let Some(v) = tree.get(record::META_FORMAT)? {
+    if let Some(v) = tree.get(record::META_FORMAT).engine()? {
         let format = record::read_u64(record::META_FORMAT, &v)?;
         if format > record::FORMAT {
             return Err(StoreError::UnsupportedFormat(format));
         }
     } else {
-        tree.insert(record::META_FORMAT, record::u64_value(record::FORMAT))?;
+        tree.insert(record::META_FORMAT, record::u64_value(record::FORMAT)).engine()?;
     }
-    if let Some(v) = tree.get(record::META_ENTRIES)? {
+    if let Some(v) = tree.get(record::META_ENTRIES).engine()? {
         let n = record::read_u64(record::META_ENTRIES, &v)?;
         state.reserve_entries(usize::try_from(n).unwrap_or(0));
     }
@@ -430,7 +430,7 @@ pub(crate) fn load_state(tree: &sled::Tree, td: &TrustDomain) -> Result<State, S
         .into_iter()
         .filter_map(|k| tree.get(k).map(|v| v.map(|v| (sled::IVec::from(k), v))).transpose());
     for kv in records.chain(meta) {
-        let (k, v) = kv?;
+        let (k, v) = kv.engine()?;
         match k.first().copied() {
             Some(record::ENTRY) => {
                 let e: RegistrationEntry = record::decode(&k, &v)?;
@@ -486,7 +486,7 @@ fn open_engine(path: &Path, config: &StoreConfig) -> Result<sled::Db, StoreError
             {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
-            other => return Ok(other?),
+            other => return other.engine(),
         }
     }
 }
