@@ -72,13 +72,28 @@
 //! hash bucket, unless two parent IDs ever shared a hash). Queries read only this image;
 //! apply updates it in step with the batch under one write lock.
 //!
-//! [`Store::authorized_entries`] follows SPIRE (spire-compat.md §9): entries parented by the
-//! agent, plus, for every node alias whose selectors are all among the agent's node
-//! selectors, entries parented by the alias; then, recursively, entries parented by any
-//! collected entry's SPIFFE ID (each parent visited once). Aliases are found through the
-//! alias selector index and children through the parent index, never by scanning. Results
-//! are cached per agent; a command invalidates exactly the agents whose result it can
-//! change (found by walking from the changed entry's parent up to agents and alias members).
+//! [`Store::authorized_entries`] follows SPIRE's rule: entries parented by the agent, plus,
+//! for every node alias whose selectors are all among the agent's node selectors, entries
+//! parented by the alias; then, recursively, entries parented by any collected entry's
+//! SPIFFE ID (each parent visited once). Aliases are found through the alias selector index
+//! and children through the parent index, never by scanning.
+//!
+//! Two structures keep that walk to a few memory reads at fleet scale:
+//! - *Frozen groups*: the children of each parent ID, sorted by id, in one shared block
+//!   that also lists which children parent entries of their own. A hash record per SPIFFE
+//!   ID holds the group of that parent and the agents with that id, so an agent and its own
+//!   children cost one probe. Apply marks the parent hashes it touches, and the groups of
+//!   those are rebuilt before the write lock is released.
+//! - *Alias table*: a small dense table of the node-alias entries, each cell holding the
+//!   hash of the alias's SPIFFE ID and its current child group; agents keep the cells they
+//!   belong to, kept in step with agent and alias changes. An alias thus costs one read of
+//!   a hot cell instead of reading the entry and probing its hash.
+//!
+//! The answer, [`AuthorizedEntries`], holds the shared groups (no entry is copied or
+//! reference-counted per query); [`AuthorizedEntries::iter`] flattens it in id order.
+//! Results are cached per agent; a command invalidates exactly the agents whose result it
+//! can change (found by walking from the changed entry's parent up to agents and alias
+//! members).
 
 mod apply;
 pub mod command;

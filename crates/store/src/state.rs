@@ -897,7 +897,7 @@ impl State {
         out
     }
 
-    /// SPIRE's authorized entries for `agent`, computed from the indexes (spire-compat.md §9).
+    /// SPIRE's authorized entries for `agent`, computed from the indexes.
     pub(crate) fn authorized_entries(&self, agent: &AgentId) -> AuthorizedEntries {
         let mut visited = Visited::new();
         let mut stack: Vec<(u64, &str)> = Vec::new();
