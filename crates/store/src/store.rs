@@ -248,8 +248,8 @@ impl Store {
         self.read().count_entries(filter)
     }
 
-    /// The entries `agent` is authorized for by SPIRE's rule (see the crate docs), sorted by id, served from
-    /// the cache when present.
+    /// The entries `agent` is authorized for by SPIRE's rule (see the crate docs), sorted by
+    /// id, served from the cache when present.
     pub fn authorized_entries(&self, agent: &AgentId) -> AuthorizedEntries {
         if let Some(hit) = self.inner.cache.get(agent) {
             return hit;
