@@ -15,23 +15,141 @@ use ward_core::{
 use crate::index::{HashIndex, IdSet, PassThrough, Slab, Slot, key_hash};
 use crate::query::{AgentFilter, EntryFilter, Page, PageRequest, SelectorFilter, agent_token};
 
-/// The entries of one parent ID, frozen for the authorized-entries walk: sorted by id
-/// (with each id's first bytes next to the entry) and with the children that parent other
-/// entries listed, so the walk reads one block per parent instead of every child.
+/// Children per chunk of a frozen group: a change re-freezes one chunk and copies the
+/// group's chunk pointers, so a write under a parent with many children stays cheap.
+const CHUNK: usize = 64;
+
+/// A child in a frozen group: its id's first bytes (the sort key) and the entry.
+#[derive(Clone, Debug)]
+struct Child {
+    key: u64,
+    entry: Arc<RegistrationEntry>,
+}
+
+impl Child {
+    /// Orders by id: the prefix first, the whole id only when prefixes tie.
+    fn cmp_id(&self, key: u64, id: &str) -> std::cmp::Ordering {
+        self.key.cmp(&key).then_with(|| self.entry.id.as_str().cmp(id))
+    }
+}
+
+/// A child while a group is built or patched, with its SPIFFE ID's hash when entries are
+/// parented by that ID (the walk then descends into it).
+#[derive(Clone, Debug)]
+struct Fresh {
+    child: Child,
+    mark: Option<u64>,
+}
+
+/// Up to about [`CHUNK`] children of one parent, sorted by id, and the children that
+/// parent entries of their own as `(index, hash of its SPIFFE ID)`.
+#[derive(Clone, Debug)]
+struct Chunk {
+    children: Arc<[Child]>,
+    marks: Box<[(u32, u64)]>,
+}
+
+impl Chunk {
+    fn new(items: Vec<Fresh>) -> Self {
+        let marks = (0u32..).zip(&items).filter_map(|(i, f)| f.mark.map(|h| (i, h))).collect();
+        Self { children: items.into_iter().map(|f| f.child).collect(), marks }
+    }
+
+    /// The children back as working items, marks included.
+    fn thaw(&self) -> Vec<Fresh> {
+        let mut marks = self.marks.iter().peekable();
+        (0u32..)
+            .zip(self.children.iter())
+            .map(|(i, c)| {
+                let mark = marks.next_if(|(at, _)| *at == i).map(|&(_, h)| h);
+                Fresh { child: c.clone(), mark }
+            })
+            .collect()
+    }
+}
+
+/// The entries of one parent ID, frozen for the authorized-entries walk: sorted by id in
+/// chunks, with the children that parent other entries marked, so the walk reads one block
+/// per parent instead of every child. The first chunk is inline: most parents have one.
+// In declaration order: the walk reads `descend` and `parent`, next to the reference count.
 #[derive(Debug)]
+#[repr(C)]
 pub(crate) struct ChildGroup {
+    /// Whether any child parents entries (the walk then reads the chunks' marks).
+    descend: bool,
     parent: InlineId,
-    entries: Box<[(u64, Arc<RegistrationEntry>)]>,
-    /// `(hash of the child's SPIFFE ID, index in entries)` of children with children.
-    descend: Box<[(u64, u32)]>,
+    len: usize,
+    first: Chunk,
+    rest: Box<[Chunk]>,
 }
 
 impl ChildGroup {
-    fn new(parent: &SpiffeId, mut entries: Vec<(u64, Arc<RegistrationEntry>)>) -> Self {
-        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id)));
-        let parent = InlineId::new(parent.as_str());
-        Self { parent, entries: entries.into_boxed_slice(), descend: Box::new([]) }
+    /// A group of `items` (any order) cut into chunks; `None` when there are none.
+    fn new(parent: &str, mut items: Vec<Fresh>) -> Option<Self> {
+        items.sort_unstable_by(|a, b| a.child.cmp_id(b.child.key, b.child.entry.id.as_str()));
+        let mut chunks = Vec::with_capacity(items.len().div_ceil(CHUNK));
+        while items.len() > CHUNK {
+            let tail = items.split_off(CHUNK);
+            chunks.push(Chunk::new(std::mem::replace(&mut items, tail)));
+        }
+        if !items.is_empty() {
+            chunks.push(Chunk::new(items));
+        }
+        Self::from_chunks(InlineId::new(parent), chunks)
     }
+
+    fn from_chunks(parent: InlineId, mut chunks: Vec<Chunk>) -> Option<Self> {
+        if chunks.is_empty() {
+            return None;
+        }
+        let first = chunks.remove(0);
+        let len = first.children.len() + chunks.iter().map(|c| c.children.len()).sum::<usize>();
+        let descend = !first.marks.is_empty() || chunks.iter().any(|c| !c.marks.is_empty());
+        Some(Self { parent, len, descend, first, rest: chunks.into_boxed_slice() })
+    }
+
+    fn chunks(&self) -> impl Iterator<Item = &Chunk> {
+        std::iter::once(&self.first).chain(self.rest.iter())
+    }
+
+    fn children(&self) -> impl Iterator<Item = &Child> {
+        self.chunks().flat_map(|c| c.children.iter())
+    }
+}
+
+/// A chunk of a group being patched: shared until a change opens it, and found by the
+/// id it started with (chunks cover disjoint, ordered id ranges).
+struct Patch {
+    low: Option<(u64, Arc<RegistrationEntry>)>,
+    frozen: Option<Chunk>,
+    open: Vec<Fresh>,
+}
+
+impl Patch {
+    fn new(chunk: &Chunk) -> Self {
+        let low = chunk.children.first().map(|c| (c.key, Arc::clone(&c.entry)));
+        Self { low, frozen: Some(chunk.clone()), open: Vec::new() }
+    }
+
+    /// Whether the chunk starts at or before `(key, id)`.
+    fn starts_by(&self, key: u64, id: &str) -> bool {
+        self.low.as_ref().is_some_and(|(k, e)| (*k, e.id.as_str()) <= (key, id))
+    }
+
+    fn open(&mut self) -> &mut Vec<Fresh> {
+        if let Some(c) = self.frozen.take() {
+            self.open = c.thaw();
+        }
+        &mut self.open
+    }
+}
+
+/// Parent hashes whose frozen group is missing or stale, with the ids of the children that
+/// changed under each (or `full` when the group must be rebuilt from the parent index).
+#[derive(Debug, Default)]
+struct Touched {
+    full: bool,
+    ids: Vec<EntryId>,
 }
 
 /// Bytes of an ID stored inside its owner when they fit, so comparing it reads no
@@ -39,7 +157,7 @@ impl ChildGroup {
 const INLINE_ID: usize = 64;
 
 /// An ID kept inline when at most [`INLINE_ID`] bytes long.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 enum InlineId {
     Short { len: u8, bytes: [u8; INLINE_ID] },
     Long(Box<str>),
@@ -79,22 +197,22 @@ pub struct AuthorizedEntries {
 impl AuthorizedEntries {
     /// Number of entries.
     pub fn len(&self) -> usize {
-        self.parts.iter().map(|p| p.entries.len()).sum()
+        self.parts.iter().map(|p| p.len).sum()
     }
 
     /// Whether there are no entries.
     pub fn is_empty(&self) -> bool {
-        self.parts.iter().all(|p| p.entries.is_empty())
+        self.parts.iter().all(|p| p.len == 0)
     }
 
     /// The entries, sorted by id.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = &Arc<RegistrationEntry>> + '_ {
-        let mut all: Vec<&(u64, Arc<RegistrationEntry>)> =
-            self.parts.iter().flat_map(|p| p.entries.iter()).collect();
+        let mut all: Vec<&Child> = Vec::with_capacity(self.len());
+        all.extend(self.parts.iter().flat_map(|p| p.children()));
         if self.parts.len() > 1 {
-            all.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id)));
+            all.sort_unstable_by(|a, b| a.cmp_id(b.key, b.entry.id.as_str()));
         }
-        all.into_iter().map(|(_, e)| e)
+        all.into_iter().map(|c| &c.entry)
     }
 
     /// The entries, sorted by id, as a vector.
@@ -268,7 +386,7 @@ pub(crate) struct State {
     /// rebuilt by [`State::settle`] for the hashes in `dirty`.
     ids: HashMap<u64, IdRecord, BuildHasherDefault<PassThrough>>,
     /// Parent hashes whose frozen group is missing or stale.
-    dirty: HashSet<u64>,
+    dirty: HashMap<u64, Touched>,
     pub(crate) tokens: BTreeMap<String, JoinToken>,
     pub(crate) bundles: BTreeMap<TrustDomain, Arc<Bundle>>,
     pub(crate) federations: BTreeMap<TrustDomain, Arc<FederationRelationship>>,
@@ -329,9 +447,14 @@ impl<'a> Visited<'a> {
 
 /// Pushes the children of `g` that parent entries of their own.
 fn push_descendants<'a>(g: &'a ChildGroup, stack: &mut Vec<(u64, &'a str)>) {
-    for &(h, i) in g.descend.iter() {
-        if let Some((_, child)) = g.entries.get(i as usize) {
-            stack.push((h, child.spiffe_id.as_str()));
+    if !g.descend {
+        return;
+    }
+    for chunk in g.chunks() {
+        for &(i, hash) in chunk.marks.iter() {
+            if let Some(c) = chunk.children.get(i as usize) {
+                stack.push((hash, c.entry.spiffe_id.as_str()));
+            }
         }
     }
 }
@@ -360,7 +483,7 @@ impl State {
             collided_parents: HashSet::new(),
             agent_by_selector: HashIndex::default(),
             ids: HashMap::default(),
-            dirty: HashSet::new(),
+            dirty: HashMap::new(),
             tokens: BTreeMap::new(),
             bundles: BTreeMap::new(),
             federations: BTreeMap::new(),
@@ -417,7 +540,7 @@ impl State {
         }
         let first_child = self.by_parent.get(parent_hash).is_none();
         self.by_parent.insert(parent_hash, slot);
-        self.dirty.insert(parent_hash);
+        self.touch(parent_hash, &e.id);
         if first_child {
             self.mark_parents_of(parent_hash);
         }
@@ -433,7 +556,7 @@ impl State {
                 self.alias_by_selector.insert(key_hash(s), slot);
             }
             let spiffe_hash = key_hash(e.spiffe_id.as_str());
-            let group = if self.dirty.contains(&spiffe_hash) {
+            let group = if self.dirty.contains_key(&spiffe_hash) {
                 None
             } else {
                 self.current_group(spiffe_hash, e.spiffe_id.as_str())
@@ -457,7 +580,7 @@ impl State {
     fn unindex_entry(&mut self, slot: Slot, e: &RegistrationEntry) {
         let parent_hash = key_hash(e.parent_id.as_str());
         self.by_parent.remove(parent_hash, slot);
-        self.dirty.insert(parent_hash);
+        self.touch(parent_hash, &e.id);
         if self.by_parent.get(parent_hash).is_none() {
             self.mark_parents_of(parent_hash);
         }
@@ -490,18 +613,45 @@ impl State {
     /// that entry has children just changed.
     fn mark_parents_of(&mut self, hash: u64) {
         let Some(set) = self.by_spiffe.get(hash) else { return };
-        for slot in set.iter() {
-            if let Some(e) = self.entries.get(slot) {
-                self.dirty.insert(key_hash(e.entry.parent_id.as_str()));
-            }
+        let marked: Vec<(u64, EntryId)> = set
+            .iter()
+            .filter_map(|slot| self.entries.get(slot))
+            .map(|e| (key_hash(e.entry.parent_id.as_str()), e.entry.id.clone()))
+            .collect();
+        for (parent_hash, id) in marked {
+            self.touch(parent_hash, &id);
         }
+    }
+
+    /// Notes that the child `id` of the parent hash `hash` changed (added, removed, or
+    /// whether it parents entries).
+    fn touch(&mut self, hash: u64, id: &EntryId) {
+        // Without a frozen group (a new parent, or a bulk load) it is built whole: no need
+        // to remember which children changed.
+        let frozen = self.ids.get(&hash).is_some_and(|r| r.group.is_some());
+        let t = self.dirty.entry(hash).or_default();
+        if !frozen && !t.full {
+            t.full = true;
+            t.ids = Vec::new();
+        }
+        if !t.full {
+            t.ids.push(id.clone());
+        }
+    }
+
+    /// Notes that the group of `hash` must be rebuilt from the parent index.
+    #[cfg(test)]
+    fn touch_all(&mut self, hash: u64) {
+        let t = self.dirty.entry(hash).or_default();
+        t.full = true;
+        t.ids.clear();
     }
 
     /// Rebuilds the frozen groups of the parent hashes changed since the last call.
     pub(crate) fn settle(&mut self) {
         let dirty = std::mem::take(&mut self.dirty);
-        for hash in dirty {
-            match self.build_group(hash) {
+        for (hash, touched) in dirty {
+            match self.rebuild_group(hash, &touched) {
                 Some(g) => {
                     let mixed =
                         self.ids.get(&hash).and_then(|r| r.agents.as_ref()).is_some_and(|set| {
@@ -550,31 +700,84 @@ impl State {
         self.ids.get(&hash)?.group.as_ref().filter(|g| g.parent.is(id)).cloned()
     }
 
-    /// The frozen group of `hash`, or `None` when it holds no entries or entries of more
-    /// than one parent ID (those are walked slot by slot).
-    fn build_group(&self, hash: u64) -> Option<ChildGroup> {
+    /// The new frozen group of `hash` after `touched`: the current group patched chunk by
+    /// chunk when only a few children changed, otherwise rebuilt from the parent index.
+    /// `None` when it holds no entries or entries of more than one parent ID (those are
+    /// walked slot by slot).
+    fn rebuild_group(&self, hash: u64, touched: &Touched) -> Option<ChildGroup> {
         if self.collided_parents.contains(&hash) {
             return None;
         }
+        let current = self.ids.get(&hash).and_then(|r| r.group.as_ref());
+        if let Some(g) = current
+            && !touched.full
+            && touched.ids.len().saturating_mul(8) <= g.len
+            && let Some(patched) = self.patch_group(hash, g, &touched.ids)
+        {
+            return patched;
+        }
+        self.build_group(hash)
+    }
+
+    /// The frozen group of `hash` built from the parent index.
+    fn build_group(&self, hash: u64) -> Option<ChildGroup> {
         let set = self.by_parent.get(hash)?;
-        let entries: Vec<(u64, Arc<RegistrationEntry>)> = set
-            .iter()
-            .filter_map(|s| self.entries.get(s))
-            .map(|s| (s.id_prefix, Arc::clone(&s.entry)))
-            .collect();
-        let parent = entries.first()?.1.parent_id.clone();
-        let mut g = ChildGroup::new(&parent, entries);
-        g.descend = g
-            .entries
-            .iter()
-            .enumerate()
-            .filter_map(|(i, (_, e))| {
-                let h = key_hash(e.spiffe_id.as_str());
-                let i = u32::try_from(i).ok()?;
-                self.by_parent.get(h).map(|_| (h, i))
-            })
-            .collect();
-        Some(g)
+        let items: Vec<Fresh> =
+            set.iter().filter_map(|s| self.entries.get(s)).map(|s| self.child(s)).collect();
+        let parent = items.first()?.child.entry.parent_id.clone();
+        ChildGroup::new(parent.as_str(), items)
+    }
+
+    /// `g` with the children `ids` removed and, where they are still children of its
+    /// parent, put back as they are now. Only the chunks they fall in are copied. `None`
+    /// when it cannot be patched (a child now has another parent ID under the same hash).
+    fn patch_group(
+        &self,
+        hash: u64,
+        g: &ChildGroup,
+        ids: &[EntryId],
+    ) -> Option<Option<ChildGroup>> {
+        let mut work: Vec<Patch> = g.chunks().map(Patch::new).collect();
+        for id in ids {
+            let key = prefix_key(id.as_str());
+            let at = work.partition_point(|w| w.starts_by(key, id.as_str())).saturating_sub(1);
+            let now = self
+                .entry_ids
+                .get(id.as_str())
+                .and_then(|&slot| self.entries.get(slot))
+                .filter(|s| key_hash(s.entry.parent_id.as_str()) == hash);
+            if now.is_some_and(|s| !g.parent.is(s.entry.parent_id.as_str())) {
+                return None;
+            }
+            let chunk = work.get_mut(at)?.open();
+            let find = |c: &Fresh| c.child.cmp_id(key, id.as_str());
+            if let Ok(pos) = chunk.binary_search_by(find) {
+                chunk.remove(pos);
+            }
+            if let Some(s) = now {
+                let (Ok(pos) | Err(pos)) = chunk.binary_search_by(find);
+                chunk.insert(pos, self.child(s));
+            }
+        }
+        let mut chunks = Vec::with_capacity(work.len());
+        for w in work {
+            if let Some(c) = w.frozen {
+                chunks.push(c);
+            } else if w.open.len() > 2 * CHUNK {
+                chunks.extend(w.open.chunks(CHUNK).map(|c| Chunk::new(c.to_vec())));
+            } else if !w.open.is_empty() {
+                chunks.push(Chunk::new(w.open));
+            }
+        }
+        Some(ChildGroup::from_chunks(g.parent.clone(), chunks))
+    }
+
+    /// The entry in `s` as a child for a frozen group.
+    fn child(&self, s: &Slotted) -> Fresh {
+        Fresh {
+            child: Child { key: s.id_prefix, entry: Arc::clone(&s.entry) },
+            mark: self.by_parent.get(s.spiffe_hash).is_some().then_some(s.spiffe_hash),
+        }
     }
 
     // ----- entries: lookups -----
@@ -928,7 +1131,7 @@ impl State {
             let Some(alias) = self.alias_cells.get(cell) else { continue };
             match &alias.group {
                 // The cell's group is current and holds the alias's children.
-                Some(g) if settled || !self.dirty.contains(&alias.spiffe_hash) => {
+                Some(g) if settled || !self.dirty.contains_key(&alias.spiffe_hash) => {
                     if visited.insert(alias.spiffe_hash, Name::Inline(&g.parent)) {
                         push_descendants(g, &mut stack);
                         parts.push(Arc::clone(g));
@@ -959,7 +1162,7 @@ impl State {
         stack: &mut Vec<(u64, &'a str)>,
         parts: &mut Vec<Arc<ChildGroup>>,
     ) -> bool {
-        if !self.dirty.is_empty() && self.dirty.contains(&hash) {
+        if !self.dirty.is_empty() && self.dirty.contains_key(&hash) {
             self.walk_slots(hash, parent, stack, parts);
             return false;
         }
@@ -989,21 +1192,19 @@ impl State {
     ) {
         let Some(set) = self.by_parent.get(hash) else { return };
         let mut found = Vec::new();
-        let mut parent_id = None;
         for slot in set.iter() {
             let Some(slotted) = self.entries.get(slot) else { continue };
-            let child = &slotted.entry;
-            if child.parent_id.as_str() != parent {
+            if slotted.entry.parent_id.as_str() != parent {
                 continue;
             }
-            parent_id.get_or_insert(&child.parent_id);
-            if self.by_parent.get(slotted.spiffe_hash).is_some() {
-                stack.push((slotted.spiffe_hash, child.spiffe_id.as_str()));
+            let child = self.child(slotted);
+            if child.mark.is_some() {
+                stack.push((slotted.spiffe_hash, slotted.entry.spiffe_id.as_str()));
             }
-            found.push((slotted.id_prefix, Arc::clone(child)));
+            found.push(child);
         }
-        if let Some(p) = parent_id {
-            parts.push(Arc::new(ChildGroup::new(p, found)));
+        if let Some(g) = ChildGroup::new(parent, found) {
+            parts.push(Arc::new(g));
         }
     }
 
@@ -1141,7 +1342,7 @@ mod tests {
             let got: Vec<&str> = got.iter().map(|e| e.id.as_str()).collect();
             assert_eq!(got, vec!["a"], "order {order}");
             // Settled, the collided hash gets no frozen group and is still walked by slot.
-            s.dirty.insert(hp);
+            s.touch_all(hp);
             s.settle();
             assert!(s.ids.get(&hp).is_none_or(|r| r.group.is_none()));
             let got = s.authorized_entries(&agent);
@@ -1231,7 +1432,7 @@ mod tests {
         let slot = *s.entry_ids.get("zz").unwrap();
         s.by_parent.insert(h, slot);
         s.collided_parents.insert(h);
-        s.dirty.insert(h);
+        s.touch_all(h);
         check(&mut s, &agent, &["c3"], "collided alias hash");
         assert!(s.alias_cells.get(cell_of(&s)).unwrap().group.is_none());
 
@@ -1239,6 +1440,145 @@ mod tests {
         check(&mut s, &agent, &[], "alias removed");
         assert_eq!(s.alias_cells.len(), 0);
         assert!(s.alias_cell_of.is_empty());
+    }
+
+    /// Checks every frozen group against the entries: exactly the children of its parent,
+    /// sorted across chunks, chunks neither empty nor oversized, length and descent marks
+    /// current.
+    fn check_groups(s: &State) {
+        let parent_ids: HashSet<&str> = s.all_entries().map(|e| e.parent_id.as_str()).collect();
+        for (hash, r) in &s.ids {
+            let Some(g) = &r.group else { continue };
+            let kids: Vec<&Child> = g.children().collect();
+            assert_eq!(kids.len(), g.len);
+            assert!(g.chunks().all(|c| !c.children.is_empty() && c.children.len() <= 2 * CHUNK));
+            for w in kids.windows(2) {
+                let order = w[0].cmp_id(w[1].key, w[1].entry.id.as_str());
+                assert_eq!(order, std::cmp::Ordering::Less);
+            }
+            let mut want: Vec<&str> = s
+                .all_entries()
+                .filter(|e| g.parent.is(e.parent_id.as_str()))
+                .map(|e| e.id.as_str())
+                .collect();
+            want.sort_unstable();
+            let mut got: Vec<&str> = kids.iter().map(|c| c.entry.id.as_str()).collect();
+            got.sort_unstable();
+            assert_eq!(got, want, "group under hash {hash:x}");
+            for c in &kids {
+                assert!(Arc::ptr_eq(&c.entry, s.entry(&c.entry.id).unwrap()), "stale entry");
+            }
+            for chunk in g.chunks() {
+                for (i, c) in chunk.children.iter().enumerate() {
+                    let mark = chunk.marks.iter().find(|(at, _)| *at as usize == i);
+                    let parents = parent_ids.contains(c.entry.spiffe_id.as_str());
+                    assert_eq!(mark.is_some(), parents, "mark of {}", c.entry.id.as_str());
+                    if let Some(&(_, h)) = mark {
+                        assert_eq!(h, key_hash(c.entry.spiffe_id.as_str()));
+                    }
+                }
+            }
+            assert_eq!(g.descend, g.chunks().any(|c| !c.marks.is_empty()));
+        }
+    }
+
+    /// SPIRE's walk done naively from a parent → children map of every entry.
+    fn naive_walk(s: &State, agent: &AgentId) -> Vec<String> {
+        let mut children: HashMap<&str, Vec<&RegistrationEntry>> = HashMap::new();
+        for e in s.all_entries() {
+            children.entry(e.parent_id.as_str()).or_default().push(e);
+        }
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        let mut stack = vec![agent.0.as_str()];
+        while let Some(p) = stack.pop() {
+            if !seen.insert(p) {
+                continue;
+            }
+            for e in children.get(p).into_iter().flatten() {
+                out.push(e.id.as_str().to_owned());
+                stack.push(e.spiffe_id.as_str());
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// A parent with hundreds of children changed a few at a time: the groups are patched
+    /// chunk by chunk (split when they grow, dropped when empty) and must always equal what
+    /// the entries say.
+    #[test]
+    fn patched_groups_match_the_entries() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let mut s = State::new(td);
+        let agents: Vec<String> =
+            (0..2).map(|i| format!("spiffe://example.org/spire/agent/{i}")).collect();
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        // Ids share 8-byte prefixes in runs so the full-id tie-break is exercised too.
+        let id_of = |n: u64| format!("{:08}-{n}", n % 37);
+        for n in 0..600 {
+            let parent = &agents[(n % 2) as usize];
+            s.put_entry(entry(&id_of(n), &format!("spiffe://example.org/w/{n}"), parent));
+        }
+        s.settle();
+        check_groups(&s);
+        for round in 0..300 {
+            for _ in 0..1 + next(4) {
+                let n = next(900);
+                let id = EntryId::new(&id_of(n)).unwrap();
+                match next(5) {
+                    0 => {
+                        s.remove_entry(&id);
+                    }
+                    1 => {
+                        // Nested under another workload: toggles that one's descent mark.
+                        let under = format!("spiffe://example.org/w/{}", next(900));
+                        s.put_entry(entry(
+                            id.as_str(),
+                            &format!("spiffe://example.org/w/{n}"),
+                            &under,
+                        ));
+                    }
+                    _ => {
+                        let parent = &agents[next(2) as usize];
+                        s.put_entry(entry(
+                            id.as_str(),
+                            &format!("spiffe://example.org/w/{n}"),
+                            parent,
+                        ));
+                    }
+                }
+            }
+            s.settle();
+            check_groups(&s);
+            for a in &agents {
+                let agent = AgentId(SpiffeId::parse(a).unwrap());
+                assert_eq!(ids_of(&s, &agent), naive_walk(&s, &agent), "round {round}");
+            }
+        }
+        // One more child: the agent's group is patched, keeping every chunk but the one the
+        // child falls in.
+        let agent = AgentId(SpiffeId::parse(&agents[0]).unwrap());
+        let group_of = |s: &State| s.ids[&key_hash(agent.0.as_str())].group.clone().unwrap();
+        let before = group_of(&s);
+        let count = before.chunks().count();
+        assert!(count > 2, "{count}");
+        s.put_entry(entry("00000005-extra", "spiffe://example.org/extra", &agents[0]));
+        s.settle();
+        let after = group_of(&s);
+        assert_eq!(after.len, before.len + 1);
+        let kept = before
+            .chunks()
+            .filter(|c| after.chunks().any(|d| Arc::ptr_eq(&c.children, &d.children)));
+        assert_eq!(kept.count(), count - 1);
+        check_groups(&s);
     }
 
     #[test]
