@@ -79,11 +79,13 @@
 //! and children through the parent index, never by scanning.
 //!
 //! Two structures keep that walk to a few memory reads at fleet scale:
-//! - *Frozen groups*: the children of each parent ID, sorted by id, in one shared block
-//!   that also lists which children parent entries of their own. A hash record per SPIFFE
-//!   ID holds the group of that parent and the agents with that id, so an agent and its own
-//!   children cost one probe. Apply marks the parent hashes it touches, and the groups of
-//!   those are rebuilt before the write lock is released.
+//! - *Frozen groups*: the children of each parent ID, sorted by id, in shared chunks of 64
+//!   (the first inline in the group) that also mark which children parent entries of their
+//!   own. A hash record per SPIFFE ID holds the group of that parent and the agents with
+//!   that id, so an agent and its own children cost one probe. Apply notes which children
+//!   changed under which parent; before the write lock is released, only the chunks those
+//!   fall in are copied and re-frozen (the others are shared with the old group), so a
+//!   write under a parent with many children costs one chunk plus one pointer per chunk.
 //! - *Alias table*: a small dense table of the node-alias entries, each cell holding the
 //!   hash of the alias's SPIFFE ID and its current child group; agents keep the cells they
 //!   belong to, kept in step with agent and alias changes. An alias thus costs one read of
