@@ -709,9 +709,12 @@ impl State {
             return None;
         }
         let current = self.ids.get(&hash).and_then(|r| r.group.as_ref());
+        // Patch when few children changed and deletes have not left the group in many
+        // small chunks; a whole rebuild re-cuts it.
         if let Some(g) = current
             && !touched.full
             && touched.ids.len().saturating_mul(8) <= g.len
+            && g.rest.len() <= 2 * g.len.div_ceil(CHUNK)
             && let Some(patched) = self.patch_group(hash, g, &touched.ids)
         {
             return patched;
