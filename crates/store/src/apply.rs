@@ -2,7 +2,6 @@
 //! the sled batch that makes it durable and the set of agents whose cached authorized entries
 //! it invalidates.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use ward_core::{
@@ -16,7 +15,7 @@ use crate::command::{
 };
 use crate::error::StoreError;
 use crate::record::{self, Change};
-use crate::state::State;
+use crate::state::{Affected, State};
 
 /// One command's work in progress.
 pub(crate) struct Txn<'a> {
@@ -27,20 +26,22 @@ pub(crate) struct Txn<'a> {
     /// Whether to compute the agents whose cached results change (false when nothing is
     /// cached, e.g. during a bulk load).
     track: bool,
-    pub(crate) touched: HashSet<AgentId>,
+    pub(crate) touched: Affected,
 }
 
 type ItemResult<T> = Result<T, ItemError>;
 
 impl<'a> Txn<'a> {
-    pub(crate) fn new(state: &'a mut State, track: bool) -> Self {
+    /// A command's work on `state`; `track` computes the agents whose cached results
+    /// change, listing at most `limit` of them.
+    pub(crate) fn new(state: &'a mut State, track: bool, limit: usize) -> Self {
         Self {
             state,
             batch: sled::Batch::default(),
             change: Change::default(),
             mutated: false,
             track,
-            touched: HashSet::new(),
+            touched: Affected::new(limit),
         }
     }
 
@@ -75,7 +76,7 @@ impl<'a> Txn<'a> {
 
     fn put_agent(&mut self, a: AttestedNode) -> Result<Arc<AttestedNode>, StoreError> {
         self.batch.insert(record::agent_key(&a.id), record::encode(&a)?);
-        self.touched.insert(a.id.clone());
+        self.touched.insert(&a.id);
         self.change.agents.push(a.id.clone());
         self.mutated = true;
         let a = Arc::new(a);
@@ -86,7 +87,7 @@ impl<'a> Txn<'a> {
     fn remove_agent(&mut self, id: &AgentId) -> Option<Arc<AttestedNode>> {
         let old = self.state.remove_agent(id)?;
         self.batch.remove(record::agent_key(id));
-        self.touched.insert(id.clone());
+        self.touched.insert(id);
         self.change.agents.push(id.clone());
         self.mutated = true;
         Some(old)

@@ -32,6 +32,10 @@ pub struct StoreConfig {
     pub trust_domain: TrustDomain,
     /// Maximum number of agents whose authorized entries are cached.
     pub cache_agents: u64,
+    /// A command that changes the authorized entries of more agents than this (an entry
+    /// under a node alias of a large cluster) drops the whole cache instead of listing
+    /// and invalidating each agent.
+    pub cache_invalidate_limit: usize,
     /// sled's page cache in bytes. Queries are served from the in-memory image, so this
     /// only speeds up writes and open; keep it small.
     pub engine_cache_bytes: u64,
@@ -41,12 +45,13 @@ pub struct StoreConfig {
 }
 
 impl StoreConfig {
-    /// Defaults for `trust_domain`: 100,000 cached agents, 64 MiB engine cache, flush every
-    /// 500 ms.
+    /// Defaults for `trust_domain`: 100,000 cached agents, whole-cache invalidation above
+    /// 4,096 affected agents, 64 MiB engine cache, flush every 500 ms.
     pub fn new(trust_domain: TrustDomain) -> Self {
         Self {
             trust_domain,
             cache_agents: 100_000,
+            cache_invalidate_limit: 4096,
             engine_cache_bytes: 64 << 20,
             flush_every_ms: Some(500),
         }
@@ -169,7 +174,7 @@ impl Store {
             return Err(StoreError::StaleIndex { index, applied: state.applied });
         }
         let track = self.inner.cache_used.load(Ordering::Acquire);
-        let mut txn = Txn::new(state, track);
+        let mut txn = Txn::new(state, track, self.inner.config.cache_invalidate_limit);
         let outcome = match txn.run(cmd) {
             Ok(o) => o,
             Err(e) => {
@@ -196,8 +201,12 @@ impl Store {
             return Err(e);
         }
         if track {
-            for agent in &touched {
-                self.inner.cache.invalidate(agent);
+            if touched.is_all() {
+                self.inner.cache.invalidate_all();
+            } else {
+                for agent in touched.agents() {
+                    self.inner.cache.invalidate(agent);
+                }
             }
         }
         Ok(Applied { index, revision: state.revision, outcome })

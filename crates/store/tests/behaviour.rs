@@ -625,3 +625,41 @@ fn federation_bundles_never_lower_the_sequence_number() {
     assert_eq!(store.federation_relationship(&td), None);
     assert_eq!(store.bundle(&td).unwrap().sequence_number, 7);
 }
+
+/// A change reaching more agents than `cache_invalidate_limit` drops the whole cache; at or
+/// under the limit only the reached agents are invalidated. Either way every agent then
+/// sees the change.
+#[test]
+fn wide_alias_changes_drop_the_whole_cache_above_the_limit() {
+    for (limit, drops_all) in [(50, true), (200, false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = StoreConfig::new(DataSet::trust_domain());
+        config.cache_invalidate_limit = limit;
+        let store = Store::open(dir.path(), config).unwrap();
+        DataSet::SMALL.load(&store).unwrap();
+        // An agent outside alias 0's 100 members, with one entry of its own.
+        let outsider = DataSet::agent_id(500);
+        store.propose_local(&Command::AttestAgent(DataSet::agent(500))).unwrap();
+        let mut own = DataSet::workload_entry(500, 0);
+        own.id = EntryId::new("outsider-own").unwrap();
+        store.propose_local(&Command::CreateEntries(vec![own])).unwrap();
+        let before = store.authorized_entries(&outsider);
+        assert_eq!(before.len(), 1);
+        let members: Vec<AuthorizedEntries> =
+            (0..100).map(|i| store.authorized_entries(&DataSet::agent_id(i))).collect();
+
+        let mut child = DataSet::alias_child_entry(0, 0);
+        child.id = EntryId::new("wide-child").unwrap();
+        child.spiffe_id = DataSet::trust_domain().spiffe_id("/wide/child").unwrap();
+        store.propose_local(&Command::CreateEntries(vec![child])).unwrap();
+
+        for (i, old) in members.iter().enumerate() {
+            let now = store.authorized_entries(&DataSet::agent_id(i));
+            assert_eq!(now.len(), 16, "limit {limit}, agent {i}");
+            assert!(!AuthorizedEntries::ptr_eq(old, &now));
+        }
+        let after = store.authorized_entries(&outsider);
+        assert_eq!(after.len(), 1);
+        assert_eq!(!AuthorizedEntries::ptr_eq(&before, &after), drops_all, "limit {limit}");
+    }
+}

@@ -582,7 +582,10 @@ proptest! {
         afs in prop::collection::vec(arb_agent_filter(), 3),
     ) {
         let dir = tempfile::tempdir().unwrap();
-        let config = StoreConfig::new(td());
+        // With 4 agents, a limit of 2 sends commands down both invalidation paths: agents
+        // listed one by one, and the whole cache dropped.
+        let mut config = StoreConfig::new(td());
+        config.cache_invalidate_limit = 2;
         let store = Store::open(dir.path(), config.clone()).unwrap();
         let mut model = Model::new(td());
         for (i, step) in steps.iter().enumerate() {
