@@ -29,6 +29,7 @@ use anyhow::{Context, anyhow, bail, ensure};
 use tonic::transport::Channel;
 use ward_benches::CaFixture;
 use ward_ca::{KeyType, PrivateKey, SvidParams, build_csr};
+use ward_proto::convert::attest_agent_params;
 use ward_proto::spire::api::server::agent::v1 as agentpb;
 use ward_proto::spire::api::server::bundle::v1 as bundlepb;
 use ward_proto::spire::api::server::entry::v1 as entrypb;
@@ -349,17 +350,7 @@ async fn wait_ready(socket: &Path) -> anyhow::Result<Channel> {
 }
 
 async fn attest(ch: Channel, token: &str, csr: Vec<u8>) -> anyhow::Result<Vec<Vec<u8>>> {
-    let req = agentpb::AttestAgentRequest {
-        step: Some(agentpb::attest_agent_request::Step::Params(
-            agentpb::attest_agent_request::Params {
-                data: Some(types::AttestationData {
-                    r#type: "join_token".into(),
-                    payload: token.as_bytes().to_vec(),
-                }),
-                params: Some(agentpb::AgentX509svidParams { csr }),
-            },
-        )),
-    };
+    let req = attest_agent_params("join_token", token.as_bytes().to_vec(), csr);
     let mut stream = agentpb::agent_client::AgentClient::new(ch)
         .attest_agent(futures::stream::iter([req]))
         .await?

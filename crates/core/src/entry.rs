@@ -142,6 +142,34 @@ impl RegistrationEntry {
     /// The longest hint accepted.
     pub const MAX_HINT_LEN: usize = 1024;
 
+    /// An entry with these identities and selectors and every other field at its zero
+    /// value (default TTLs, no federation, no DNS names, not admin or downstream, no
+    /// expiry, revision 0, created at 0). Set the rest with struct update syntax.
+    pub fn new(
+        id: EntryId,
+        spiffe_id: SpiffeId,
+        parent_id: SpiffeId,
+        selectors: SelectorSet,
+    ) -> Self {
+        Self {
+            id,
+            spiffe_id,
+            parent_id,
+            selectors,
+            x509_svid_ttl: 0,
+            jwt_svid_ttl: 0,
+            federates_with: Vec::new(),
+            admin: false,
+            downstream: false,
+            expires_at: 0,
+            dns_names: Vec::new(),
+            revision_number: 0,
+            store_svid: false,
+            hint: String::new(),
+            created_at: 0,
+        }
+    }
+
     /// Whether this is a node-alias entry (its parent is the server).
     pub fn is_node_alias(&self, td: &TrustDomain) -> bool {
         self.parent_id.is_member_of(td) && self.parent_id.path() == "/spire/server"
@@ -220,21 +248,13 @@ mod tests {
 
     fn entry() -> RegistrationEntry {
         RegistrationEntry {
-            id: EntryId::new("e1").unwrap(),
-            spiffe_id: SpiffeId::parse("spiffe://example.org/web").unwrap(),
-            parent_id: SpiffeId::parse("spiffe://example.org/spire/agent/x").unwrap(),
-            selectors: SelectorSet::new(vec![Selector::parse("unix:uid:0").unwrap()]),
-            x509_svid_ttl: 0,
-            jwt_svid_ttl: 0,
-            federates_with: vec![],
-            admin: false,
-            downstream: false,
-            expires_at: 0,
             dns_names: vec!["web.example.org".into()],
-            revision_number: 0,
-            store_svid: false,
-            hint: String::new(),
-            created_at: 0,
+            ..RegistrationEntry::new(
+                EntryId::new("e1").unwrap(),
+                SpiffeId::parse("spiffe://example.org/web").unwrap(),
+                SpiffeId::parse("spiffe://example.org/spire/agent/x").unwrap(),
+                SelectorSet::new(vec![Selector::parse("unix:uid:0").unwrap()]),
+            )
         }
     }
 

@@ -13,21 +13,13 @@ use ward_store::Command;
 
 fn entry(i: usize, parent: &str) -> RegistrationEntry {
     RegistrationEntry {
-        id: EntryId::new(&format!("e{i:04}")).unwrap(),
-        spiffe_id: SpiffeId::parse(&format!("spiffe://example.org/w/{i}")).unwrap(),
-        parent_id: SpiffeId::parse(parent).unwrap(),
-        selectors: SelectorSet::new(vec![Selector::new("unix", &format!("uid:{i}")).unwrap()]),
-        x509_svid_ttl: 0,
-        jwt_svid_ttl: 0,
-        federates_with: vec![],
-        admin: false,
-        downstream: false,
-        expires_at: 0,
-        dns_names: vec![],
-        revision_number: 0,
-        store_svid: false,
-        hint: String::new(),
         created_at: 1,
+        ..RegistrationEntry::new(
+            EntryId::new(&format!("e{i:04}")).unwrap(),
+            SpiffeId::parse(&format!("spiffe://example.org/w/{i}")).unwrap(),
+            SpiffeId::parse(parent).unwrap(),
+            SelectorSet::new(vec![Selector::new("unix", &format!("uid:{i}")).unwrap()]),
+        )
     }
 }
 

@@ -1366,23 +1366,12 @@ mod tests {
     use ward_core::{Selector, SelectorSet};
 
     fn entry(id: &str, spiffe: &str, parent: &str) -> Arc<RegistrationEntry> {
-        Arc::new(RegistrationEntry {
-            id: EntryId::new(id).unwrap(),
-            spiffe_id: SpiffeId::parse(spiffe).unwrap(),
-            parent_id: SpiffeId::parse(parent).unwrap(),
-            selectors: SelectorSet::new(vec![Selector::parse("u:1").unwrap()]),
-            x509_svid_ttl: 0,
-            jwt_svid_ttl: 0,
-            federates_with: vec![],
-            admin: false,
-            downstream: false,
-            expires_at: 0,
-            dns_names: vec![],
-            revision_number: 0,
-            store_svid: false,
-            hint: String::new(),
-            created_at: 0,
-        })
+        Arc::new(RegistrationEntry::new(
+            EntryId::new(id).unwrap(),
+            SpiffeId::parse(spiffe).unwrap(),
+            SpiffeId::parse(parent).unwrap(),
+            SelectorSet::new(vec![Selector::parse("u:1").unwrap()]),
+        ))
     }
 
     /// A 64-bit collision between two parent IDs cannot be produced on purpose, so this

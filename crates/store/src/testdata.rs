@@ -118,21 +118,8 @@ impl DataSet {
         sel: Selector,
     ) -> RegistrationEntry {
         RegistrationEntry {
-            id,
-            spiffe_id,
-            parent_id,
-            selectors: SelectorSet::new(vec![sel]),
-            x509_svid_ttl: 0,
-            jwt_svid_ttl: 0,
-            federates_with: Vec::new(),
-            admin: false,
-            downstream: false,
-            expires_at: 0,
-            dns_names: Vec::new(),
-            revision_number: 0,
-            store_svid: false,
-            hint: String::new(),
             created_at: CREATED_AT,
+            ..RegistrationEntry::new(id, spiffe_id, parent_id, SelectorSet::new(vec![sel]))
         }
     }
 

@@ -51,21 +51,15 @@ fn parent(r: u64) -> SpiffeId {
 fn entry(r: u64) -> RegistrationEntry {
     let sel = ["u:1", "u:2", "n:g1", "n:g2"][(r >> 8) as usize % 4];
     RegistrationEntry {
-        id: EntryId::new(&format!("e{}", (r >> 12) % 60)).unwrap(),
-        spiffe_id: td().spiffe_id(&format!("/w{}", (r >> 20) % 10)).unwrap(),
-        parent_id: parent(r >> 28),
-        selectors: SelectorSet::new(vec![Selector::parse(sel).unwrap()]),
-        x509_svid_ttl: 0,
-        jwt_svid_ttl: 0,
-        federates_with: vec![],
-        admin: false,
         downstream: r & 1 == 1,
-        expires_at: 0,
-        dns_names: vec![],
-        revision_number: 0,
-        store_svid: false,
         hint: format!("h{}", (r >> 40) % 3),
         created_at: 1000,
+        ..RegistrationEntry::new(
+            EntryId::new(&format!("e{}", (r >> 12) % 60)).unwrap(),
+            td().spiffe_id(&format!("/w{}", (r >> 20) % 10)).unwrap(),
+            parent(r >> 28),
+            SelectorSet::new(vec![Selector::parse(sel).unwrap()]),
+        )
     }
 }
 

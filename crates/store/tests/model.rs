@@ -195,21 +195,13 @@ prop_compose! {
         expires in prop_oneof![Just(0i64), Just(100), Just(200)],
     ) -> RegistrationEntry {
         RegistrationEntry {
-            id: entry_id(id),
-            spiffe_id: spiffe(sp),
-            parent_id: parent(par),
-            selectors: selectors(sel),
-            x509_svid_ttl: 0,
-            jwt_svid_ttl: 0,
             federates_with: feds(fed),
-            admin: false,
             downstream,
             expires_at: expires,
-            dns_names: vec![],
             revision_number: 7,
-            store_svid: false,
             hint: hint.to_owned(),
             created_at: 1000,
+            ..RegistrationEntry::new(entry_id(id), spiffe(sp), parent(par), selectors(sel))
         }
     }
 }

@@ -5,7 +5,25 @@ use ward_core::{AgentId, AttestedNode};
 use super::error::{ConvertError, IdField};
 use super::selector::{selectors_from_proto, selectors_to_proto};
 use super::spiffe_id::{spiffe_id_from_proto, spiffe_id_to_proto};
+use crate::spire::api::server::agent::v1 as agentpb;
 use crate::spire::api::types;
+
+/// The first message of AttestAgent: attestation data of `attestation_type` (for example
+/// `join_token`, whose payload is the token) and the CSR for the agent's SVID.
+pub fn attest_agent_params(
+    attestation_type: &str,
+    payload: Vec<u8>,
+    csr: Vec<u8>,
+) -> agentpb::AttestAgentRequest {
+    agentpb::AttestAgentRequest {
+        step: Some(agentpb::attest_agent_request::Step::Params(
+            agentpb::attest_agent_request::Params {
+                data: Some(types::AttestationData { r#type: attestation_type.to_owned(), payload }),
+                params: Some(agentpb::AgentX509svidParams { csr }),
+            },
+        )),
+    }
+}
 
 /// Renders an attested node, keeping only the fields `mask` selects (all when `None`); the
 /// id is always present. `banned` is true when the node's serial is empty, as in SPIRE.

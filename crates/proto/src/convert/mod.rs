@@ -20,7 +20,7 @@ mod spiffe_id;
 mod status;
 mod svid;
 
-pub use agent::{agent_from_proto, agent_to_proto};
+pub use agent::{agent_from_proto, agent_to_proto, attest_agent_params};
 pub use bundle::{
     apply_bundle_update, bundle_from_proto, bundle_to_proto, jwt_authority_from_proto,
     jwt_authority_to_proto, x509_authority_from_proto, x509_authority_to_proto,

@@ -437,21 +437,13 @@ impl Agent for AgentService {
                 let selector = Selector::new("spiffe_id", token_agent.as_str())
                     .map_err(|e| Status::internal(e.to_string()))?;
                 Some(RegistrationEntry {
-                    id: new_entry_id(),
-                    spiffe_id: id,
-                    parent_id: token_agent.clone(),
-                    selectors: SelectorSet::new(vec![selector]),
-                    x509_svid_ttl: 0,
-                    jwt_svid_ttl: 0,
-                    federates_with: Vec::new(),
-                    admin: false,
-                    downstream: false,
-                    expires_at: 0,
-                    dns_names: Vec::new(),
-                    revision_number: 0,
-                    store_svid: false,
-                    hint: String::new(),
                     created_at: now,
+                    ..RegistrationEntry::new(
+                        new_entry_id(),
+                        id,
+                        token_agent.clone(),
+                        SelectorSet::new(vec![selector]),
+                    )
                 })
             }
         };

@@ -118,12 +118,7 @@ impl trust_domain_server::TrustDomain for TrustDomainService {
         let mut valid: Vec<FederationRelationship> = Vec::new();
         for proto in &req.federation_relationships {
             let checked = federation_relationship_from_proto(proto)
-                .map_err(|e| {
-                    (
-                        Code::InvalidArgument,
-                        format!("failed to convert federation relationship: {e}"),
-                    )
-                })
+                .map_err(conversion_refused)
                 .and_then(|rel| self.foreign(&rel.trust_domain).map(|()| rel));
             let refused = |(code, msg)| make(Some(batch_status(code, msg)), None);
             valid.extend(batch.take(checked.map_err(refused)));
@@ -161,14 +156,8 @@ impl trust_domain_server::TrustDomain for TrustDomainService {
                     ))
                 })
                 .and_then(|existing| {
-                    apply_federation_update(&existing, proto, req.input_mask.as_ref()).map_err(
-                        |e| {
-                            (
-                                Code::InvalidArgument,
-                                format!("failed to convert federation relationship: {e}"),
-                            )
-                        },
-                    )
+                    apply_federation_update(&existing, proto, req.input_mask.as_ref())
+                        .map_err(conversion_refused)
                 });
             let refused = |(code, msg)| make(Some(batch_status(code, msg)), None);
             let update = merged.map(|relationship| FederationUpdate { relationship, mask });
@@ -238,4 +227,9 @@ impl trust_domain_server::TrustDomain for TrustDomainService {
     ) -> Result<Response<()>, Status> {
         Err(unimplemented("RefreshBundle"))
     }
+}
+
+/// A batch item refused because its relationship did not convert, in SPIRE's words.
+fn conversion_refused(e: impl std::fmt::Display) -> (Code, String) {
+    (Code::InvalidArgument, format!("failed to convert federation relationship: {e}"))
 }

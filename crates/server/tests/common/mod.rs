@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use tonic::transport::Channel;
 use ward_ca::{KeyType, PrivateKey, build_csr};
 use ward_core::Clock;
+use ward_proto::convert::attest_agent_params;
 use ward_proto::spire::api::server::agent::v1 as agentpb;
 use ward_proto::spire::api::server::bundle::v1 as bundlepb;
 use ward_proto::spire::api::server::entry::v1 as entrypb;
@@ -185,17 +186,7 @@ pub async fn attest(
 ) -> Result<agentpb::attest_agent_response::Result, tonic::Status> {
     let ch = tls_channel(addr, &[], None).await;
     let mut c = agentpb::agent_client::AgentClient::new(ch);
-    let req = agentpb::AttestAgentRequest {
-        step: Some(agentpb::attest_agent_request::Step::Params(
-            agentpb::attest_agent_request::Params {
-                data: Some(types::AttestationData {
-                    r#type: "join_token".into(),
-                    payload: token.as_bytes().to_vec(),
-                }),
-                params: Some(agentpb::AgentX509svidParams { csr }),
-            },
-        )),
-    };
+    let req = attest_agent_params("join_token", token.as_bytes().to_vec(), csr);
     let mut stream = c.attest_agent(futures::stream::iter(vec![req])).await?.into_inner();
     let msg = stream.message().await?.expect("a response");
     match msg.step {
