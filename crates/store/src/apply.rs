@@ -15,7 +15,7 @@ use crate::command::{
 };
 use crate::error::StoreError;
 use crate::record::{self, Change};
-use crate::state::{Affected, State};
+use crate::state::{InvalidationSet, State};
 
 /// One command's work in progress.
 pub(crate) struct Txn<'a> {
@@ -26,7 +26,7 @@ pub(crate) struct Txn<'a> {
     /// Whether to compute the agents whose cached results change (false when nothing is
     /// cached, e.g. during a bulk load).
     track: bool,
-    pub(crate) touched: Affected,
+    pub(crate) touched: InvalidationSet,
 }
 
 type ItemResult<T> = Result<T, ItemError>;
@@ -41,7 +41,7 @@ impl<'a> Txn<'a> {
             change: Change::default(),
             mutated: false,
             track,
-            touched: Affected::new(limit),
+            touched: InvalidationSet::new(limit),
         }
     }
 

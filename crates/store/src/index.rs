@@ -71,14 +71,14 @@ impl<T> Slab<T> {
 
 /// The slots under one hash: a single slot needs no allocation.
 #[derive(Debug)]
-pub(crate) enum IdSet {
+pub(crate) enum SlotSet {
     One(Slot),
     // Boxed so a single-slot key costs 16 bytes in the table instead of 32.
     #[allow(clippy::box_collection)]
     Many(Box<BTreeSet<Slot>>),
 }
 
-impl IdSet {
+impl SlotSet {
     pub(crate) fn len(&self) -> usize {
         match self {
             Self::One(_) => 1,
@@ -119,21 +119,21 @@ impl IdSet {
         }
     }
 
-    pub(crate) fn iter(&self) -> IdSetIter<'_> {
+    pub(crate) fn iter(&self) -> SlotSetIter<'_> {
         match self {
-            Self::One(s) => IdSetIter::One(Some(*s)),
-            Self::Many(set) => IdSetIter::Many(set.iter()),
+            Self::One(s) => SlotSetIter::One(Some(*s)),
+            Self::Many(set) => SlotSetIter::Many(set.iter()),
         }
     }
 }
 
-/// Iterator over an [`IdSet`].
-pub(crate) enum IdSetIter<'a> {
+/// Iterator over an [`SlotSet`].
+pub(crate) enum SlotSetIter<'a> {
     One(Option<Slot>),
     Many(std::collections::btree_set::Iter<'a, Slot>),
 }
 
-impl Iterator for IdSetIter<'_> {
+impl Iterator for SlotSetIter<'_> {
     type Item = Slot;
     fn next(&mut self) -> Option<Slot> {
         match self {
@@ -189,14 +189,14 @@ pub(crate) fn key_hash<K: Hash + ?Sized>(key: &K) -> u64 {
 /// A multimap from a key's hash to slots.
 #[derive(Debug, Default)]
 pub(crate) struct HashIndex {
-    map: HashMap<u64, IdSet, BuildHasherDefault<PassThrough>>,
+    map: HashMap<u64, SlotSet, BuildHasherDefault<PassThrough>>,
 }
 
 impl HashIndex {
     pub(crate) fn insert(&mut self, hash: u64, slot: Slot) {
         match self.map.get_mut(&hash) {
             None => {
-                self.map.insert(hash, IdSet::One(slot));
+                self.map.insert(hash, SlotSet::One(slot));
             }
             Some(set) => set.insert(slot),
         }
@@ -213,12 +213,12 @@ impl HashIndex {
         self.map.reserve(additional);
     }
 
-    pub(crate) fn get(&self, hash: u64) -> Option<&IdSet> {
+    pub(crate) fn get(&self, hash: u64) -> Option<&SlotSet> {
         self.map.get(&hash)
     }
 
     pub(crate) fn count(&self, hash: u64) -> usize {
-        self.map.get(&hash).map_or(0, IdSet::len)
+        self.map.get(&hash).map_or(0, SlotSet::len)
     }
 }
 
@@ -248,7 +248,7 @@ mod tests {
         i.insert(7, 2);
         assert_eq!(i.get(7).unwrap().iter().collect::<Vec<_>>(), vec![1, 2]);
         i.remove(7, 1);
-        assert!(matches!(i.get(7), Some(IdSet::One(2))));
+        assert!(matches!(i.get(7), Some(SlotSet::One(2))));
         i.remove(7, 2);
         assert_eq!(i.count(7), 0);
         assert_eq!(key_hash("abc"), key_hash("abc"));

@@ -183,7 +183,7 @@ impl Store {
             }
         };
         let Txn { mut batch, mut change, mutated, touched, .. } = txn;
-        state.settle();
+        state.refreeze_dirty_groups();
         state.applied = index;
         batch.insert(record::META_APPLIED, record::u64_value(index));
         if mutated {
@@ -467,7 +467,7 @@ pub(crate) fn load_state(tree: &sled::Tree, td: &TrustDomain) -> Result<State, S
             _ => {}
         }
     }
-    state.settle();
+    state.refreeze_dirty_groups();
     Ok(state)
 }
 

@@ -1,0 +1,463 @@
+//! The in-memory image of the whole state with its secondary indexes.
+//!
+//! Every query is answered from here; sled is the durable copy that rebuilds this image on
+//! open. `apply` changes both in step under the store's write lock.
+//!
+//! This module holds [`State`] itself: its slabs and indexes and the entry and agent
+//! inserts, removals and point lookups that keep them in step. Each other concern lives in
+//! its own module, as further `impl State` blocks:
+//!
+//! - [`groups`]: the frozen per-parent child groups the walk reads, and how a change
+//!   re-freezes only the groups it touched;
+//! - [`alias`]: the node-alias table that agents point into;
+//! - [`walk`]: SPIRE's authorized-entries walk for an agent;
+//! - [`invalidate`]: the reverse walk that finds the agents a change reaches;
+//! - [`query`]: SPIRE's list and count queries with their filters and pages.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::BuildHasherDefault;
+use std::sync::Arc;
+
+use ward_core::{
+    AgentId, AttestedNode, Bundle, EntryId, FederationRelationship, JoinToken, RegistrationEntry,
+    SpiffeId, TrustDomain,
+};
+
+use crate::index::{HashIndex, PassThrough, Slab, Slot, SlotSet, key_hash};
+
+mod alias;
+mod groups;
+mod invalidate;
+mod query;
+mod walk;
+
+use alias::{AliasCell, AliasSlots};
+use groups::{ChildGroup, DirtyGroup};
+pub(crate) use invalidate::InvalidationSet;
+pub use walk::AuthorizedEntries;
+
+/// An entry as a key of the ordered id map: ordered by, and borrowable as, its id, so the
+/// map needs no second copy of the id.
+#[derive(Clone, Debug)]
+struct ById(Arc<RegistrationEntry>);
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl Eq for ById {}
+
+impl PartialOrd for ById {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ById {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.id.as_str().cmp(other.0.id.as_str())
+    }
+}
+
+impl std::borrow::Borrow<str> for ById {
+    fn borrow(&self) -> &str {
+        self.0.id.as_str()
+    }
+}
+
+/// An entry in its slot, with the hash of its SPIFFE ID and the first bytes of its id next
+/// to it, so the authorized-entries walk and its sort rarely touch the entry's strings.
+#[derive(Debug)]
+struct Slotted {
+    entry: Arc<RegistrationEntry>,
+    spiffe_hash: u64,
+    id_prefix: u64,
+}
+
+/// The first 8 bytes of `s`, big-endian and zero-padded: ordering by it agrees with
+/// ordering by `s` whenever the prefixes differ.
+fn prefix_key(s: &str) -> u64 {
+    let mut b = [0u8; 8];
+    let n = s.len().min(8);
+    b[..n].copy_from_slice(&s.as_bytes()[..n]);
+    u64::from_be_bytes(b)
+}
+
+impl Slotted {
+    fn new(entry: Arc<RegistrationEntry>) -> Self {
+        let spiffe_hash = key_hash(entry.spiffe_id.as_str());
+        let id_prefix = prefix_key(entry.id.as_str());
+        Self { entry, spiffe_hash, id_prefix }
+    }
+}
+
+/// An agent in its slot, with the aliases it belongs to kept in step with agent and alias
+/// changes.
+#[derive(Debug)]
+struct AgentCell {
+    node: Arc<AttestedNode>,
+    aliases: AliasSlots,
+}
+
+/// What one SPIFFE-ID hash leads to: the frozen children of the parent ID under it and
+/// the agents whose id has it, so an agent and its own children cost one probe.
+#[derive(Debug, Default)]
+struct ByIdHash {
+    group: Option<Arc<ChildGroup>>,
+    agents: Option<SlotSet>,
+    /// A copy of the aliases of the agent under this hash, read when the record is not
+    /// `collided` (so at most one agent has this hash) and saving a read of its slab cell.
+    agent_aliases: AliasSlots,
+    /// Whether two different IDs (agents' or the group's parent) ever had this hash; until
+    /// then, confirming one of them confirms all.
+    collided: bool,
+}
+
+/// The in-memory state.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) server_id: SpiffeId,
+    pub(crate) trust_domain: TrustDomain,
+    pub(crate) applied: u64,
+    pub(crate) revision: u64,
+    entries: Slab<Slotted>,
+    entry_ids: BTreeMap<ById, Slot>,
+    by_parent: HashIndex,
+    by_spiffe: HashIndex,
+    by_selector: HashIndex,
+    by_federates: HashIndex,
+    /// Node-alias entries by each of their selectors.
+    alias_by_selector: HashIndex,
+    /// The node-alias entries; agents' alias lists hold indexes into it.
+    alias_cells: Slab<AliasCell>,
+    /// Alias cell of each node-alias entry slot.
+    alias_cell_of: HashMap<Slot, Slot>,
+    /// Alias cells by the hash of their entry's SPIFFE ID (kept current by settle).
+    alias_cells_by_hash: HashIndex,
+    agents: Slab<AgentCell>,
+    agent_ids: BTreeMap<AgentId, Slot>,
+    /// Parent hashes under which entries of more than one parent ID were ever indexed
+    /// (64-bit collisions: in practice empty). Other parent hashes hold one parent ID.
+    collided_parents: HashSet<u64>,
+    agent_by_selector: HashIndex,
+    /// By SPIFFE-ID hash: agents with that id (one probe instead of a walk down
+    /// `agent_ids`) and the frozen children of a parent hash that holds one parent ID,
+    /// rebuilt by [`State::refreeze_dirty_groups`] for the hashes in `dirty`.
+    ids: HashMap<u64, ByIdHash, BuildHasherDefault<PassThrough>>,
+    /// Parent hashes whose frozen group is missing or stale.
+    dirty: HashMap<u64, DirtyGroup>,
+    pub(crate) tokens: BTreeMap<String, JoinToken>,
+    pub(crate) bundles: BTreeMap<TrustDomain, Arc<Bundle>>,
+    pub(crate) federations: BTreeMap<TrustDomain, Arc<FederationRelationship>>,
+}
+
+impl State {
+    pub(crate) fn new(trust_domain: TrustDomain) -> Self {
+        let server_id = SpiffeId::from_parts(&trust_domain, "/spire/server")
+            .unwrap_or_else(|_| trust_domain.id());
+        Self {
+            server_id,
+            trust_domain,
+            applied: 0,
+            revision: 0,
+            entries: Slab::default(),
+            entry_ids: BTreeMap::new(),
+            by_parent: HashIndex::default(),
+            by_spiffe: HashIndex::default(),
+            by_selector: HashIndex::default(),
+            by_federates: HashIndex::default(),
+            alias_by_selector: HashIndex::default(),
+            alias_cells: Slab::default(),
+            alias_cell_of: HashMap::new(),
+            alias_cells_by_hash: HashIndex::default(),
+            agents: Slab::default(),
+            agent_ids: BTreeMap::new(),
+            collided_parents: HashSet::new(),
+            agent_by_selector: HashIndex::default(),
+            ids: HashMap::default(),
+            dirty: HashMap::new(),
+            tokens: BTreeMap::new(),
+            bundles: BTreeMap::new(),
+            federations: BTreeMap::new(),
+        }
+    }
+
+    pub(crate) fn is_alias(&self, e: &RegistrationEntry) -> bool {
+        e.parent_id == self.server_id
+    }
+
+    /// Inserts or replaces an entry, keeping every index in step.
+    pub(crate) fn put_entry(&mut self, e: Arc<RegistrationEntry>) {
+        if let Some(slot) = self.entry_ids.remove(e.id.as_str()) {
+            if let Some(old) = self.entry_at(slot).cloned() {
+                self.unindex_entry(slot, &old);
+            }
+            self.index_entry(slot, &e);
+            self.entries.replace(slot, Slotted::new(Arc::clone(&e)));
+            self.entry_ids.insert(ById(e), slot);
+        } else {
+            self.insert_new_entry(e);
+        }
+    }
+
+    /// Inserts an entry whose id is not stored yet (bulk load).
+    pub(crate) fn insert_new_entry(&mut self, e: Arc<RegistrationEntry>) {
+        let slot = self.entries.insert(Slotted::new(Arc::clone(&e)));
+        self.index_entry(slot, &e);
+        self.entry_ids.insert(ById(e), slot);
+    }
+
+    /// Makes room for `entries` entries before a bulk load.
+    pub(crate) fn reserve_entries(&mut self, entries: usize) {
+        self.entries.reserve(entries);
+        self.by_spiffe.reserve(entries);
+    }
+
+    pub(crate) fn remove_entry(&mut self, id: &EntryId) -> Option<Arc<RegistrationEntry>> {
+        let slot = self.entry_ids.remove(id.as_str())?;
+        let old = self.entries.remove(slot)?.entry;
+        self.unindex_entry(slot, &old);
+        Some(old)
+    }
+
+    fn index_entry(&mut self, slot: Slot, e: &RegistrationEntry) {
+        let parent_hash = key_hash(e.parent_id.as_str());
+        // Keep the invariant the walk relies on: a parent hash not marked as collided holds
+        // entries of one parent ID only.
+        let other = self.by_parent.get(parent_hash).and_then(|set| set.iter().find(|&s| s != slot));
+        if other.and_then(|s| self.entry_at(s)).is_some_and(|o| o.parent_id != e.parent_id) {
+            self.collided_parents.insert(parent_hash);
+        }
+        let first_child = self.by_parent.get(parent_hash).is_none();
+        self.by_parent.insert(parent_hash, slot);
+        self.touch(parent_hash, &e.id);
+        if first_child {
+            self.mark_parents_of(parent_hash);
+        }
+        self.by_spiffe.insert(key_hash(e.spiffe_id.as_str()), slot);
+        for s in e.selectors.as_slice() {
+            self.by_selector.insert(key_hash(s), slot);
+        }
+        for td in &e.federates_with {
+            self.by_federates.insert(key_hash(td.as_str()), slot);
+        }
+        if self.is_alias(e) {
+            for s in e.selectors.as_slice() {
+                self.alias_by_selector.insert(key_hash(s), slot);
+            }
+            let spiffe_hash = key_hash(e.spiffe_id.as_str());
+            let group = if self.dirty.contains_key(&spiffe_hash) {
+                None
+            } else {
+                self.current_group(spiffe_hash, e.spiffe_id.as_str())
+            };
+            let cell = self.alias_cells.insert(AliasCell { slot, spiffe_hash, group });
+            self.alias_cell_of.insert(slot, cell);
+            self.alias_cells_by_hash.insert(spiffe_hash, cell);
+            for agent in self.agent_slots_matching(&e.selectors) {
+                if let Some(a) = self.agents.get_mut(agent) {
+                    a.aliases.update(|v| {
+                        if !v.contains(&cell) {
+                            v.push(cell);
+                        }
+                    });
+                }
+                self.copy_aliases_to_record(agent);
+            }
+        }
+    }
+
+    fn unindex_entry(&mut self, slot: Slot, e: &RegistrationEntry) {
+        let parent_hash = key_hash(e.parent_id.as_str());
+        self.by_parent.remove(parent_hash, slot);
+        self.touch(parent_hash, &e.id);
+        if self.by_parent.get(parent_hash).is_none() {
+            self.mark_parents_of(parent_hash);
+        }
+        self.by_spiffe.remove(key_hash(e.spiffe_id.as_str()), slot);
+        for s in e.selectors.as_slice() {
+            self.by_selector.remove(key_hash(s), slot);
+        }
+        for td in &e.federates_with {
+            self.by_federates.remove(key_hash(td.as_str()), slot);
+        }
+        if self.is_alias(e) {
+            for s in e.selectors.as_slice() {
+                self.alias_by_selector.remove(key_hash(s), slot);
+            }
+            if let Some(cell) = self.alias_cell_of.remove(&slot) {
+                for agent in self.agent_slots_matching(&e.selectors) {
+                    if let Some(a) = self.agents.get_mut(agent) {
+                        a.aliases.update(|v| v.retain(|&c| c != cell));
+                    }
+                    self.copy_aliases_to_record(agent);
+                }
+                if let Some(old) = self.alias_cells.remove(cell) {
+                    self.alias_cells_by_hash.remove(old.spiffe_hash, cell);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn entry(&self, id: &EntryId) -> Option<&Arc<RegistrationEntry>> {
+        self.entry_ids.get_key_value(id.as_str()).map(|(k, _)| &k.0)
+    }
+
+    fn entry_at(&self, slot: Slot) -> Option<&Arc<RegistrationEntry>> {
+        self.entries.get(slot).map(|s| &s.entry)
+    }
+
+    pub(crate) fn entry_count(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn slots<'a>(
+        &'a self,
+        index: &'a HashIndex,
+        hash: u64,
+    ) -> impl Iterator<Item = &'a Arc<RegistrationEntry>> + 'a {
+        index.get(hash).into_iter().flat_map(|set| set.iter()).filter_map(|s| self.entry_at(s))
+    }
+
+    /// Entries whose SPIFFE ID is `id`.
+    pub(crate) fn with_spiffe_id<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<RegistrationEntry>> + 'a {
+        self.slots(&self.by_spiffe, key_hash(id)).filter(move |e| e.spiffe_id.as_str() == id)
+    }
+
+    /// Entries that federate with `td`.
+    pub(crate) fn federating_with<'a>(
+        &'a self,
+        td: &'a TrustDomain,
+    ) -> impl Iterator<Item = &'a Arc<RegistrationEntry>> + 'a {
+        self.slots(&self.by_federates, key_hash(td.as_str()))
+            .filter(move |e| e.federates_with.contains(td))
+    }
+
+    /// An entry with the same SPIFFE ID, parent and selectors as `e`, other than `e` itself.
+    pub(crate) fn similar_entry(&self, e: &RegistrationEntry) -> Option<&Arc<RegistrationEntry>> {
+        let set = self.by_spiffe.get(key_hash(e.spiffe_id.as_str()))?;
+        set.iter().filter_map(|s| self.entry_at(s)).find(|o| {
+            o.id != e.id
+                && o.spiffe_id == e.spiffe_id
+                && o.parent_id == e.parent_id
+                && o.selectors == e.selectors
+        })
+    }
+
+    pub(crate) fn put_agent(&mut self, a: Arc<AttestedNode>) {
+        let aliases = AliasSlots::from_vec(self.alias_cells_of(&a.selectors));
+        if let Some(&slot) = self.agent_ids.get(&a.id) {
+            if let Some(old) = self.agents.get(slot).map(|c| Arc::clone(&c.node)) {
+                for s in old.selectors.as_slice() {
+                    self.agent_by_selector.remove(key_hash(s), slot);
+                }
+            }
+            for s in a.selectors.as_slice() {
+                self.agent_by_selector.insert(key_hash(s), slot);
+            }
+            self.agents.replace(slot, AgentCell { node: a, aliases });
+            self.copy_aliases_to_record(slot);
+        } else {
+            let slot = self.agents.insert(AgentCell { node: Arc::clone(&a), aliases });
+            for s in a.selectors.as_slice() {
+                self.agent_by_selector.insert(key_hash(s), slot);
+            }
+            let hash = key_hash(a.id.0.as_str());
+            let collided = self.ids.get(&hash).is_some_and(|r| {
+                r.group.as_ref().is_some_and(|g| !g.parent.is(a.id.0.as_str()))
+                    || r.agents.as_ref().is_some_and(|set| {
+                        set.iter().any(|s| self.agents.get(s).is_some_and(|o| o.node.id != a.id))
+                    })
+            });
+            let r = self.ids.entry(hash).or_default();
+            r.collided |= collided;
+            match &mut r.agents {
+                Some(set) => set.insert(slot),
+                None => r.agents = Some(SlotSet::One(slot)),
+            }
+            self.agent_ids.insert(a.id.clone(), slot);
+            self.copy_aliases_to_record(slot);
+        }
+    }
+
+    pub(crate) fn remove_agent(&mut self, id: &AgentId) -> Option<Arc<AttestedNode>> {
+        let slot = self.agent_ids.remove(id)?;
+        let hash = key_hash(id.0.as_str());
+        if let Some(r) = self.ids.get_mut(&hash)
+            && r.agents.as_mut().is_some_and(|set| set.remove(slot))
+        {
+            r.agents = None;
+            if r.group.is_none() {
+                self.ids.remove(&hash);
+            }
+        }
+        let old = self.agents.remove(slot)?.node;
+        for s in old.selectors.as_slice() {
+            self.agent_by_selector.remove(key_hash(s), slot);
+        }
+        Some(old)
+    }
+
+    pub(crate) fn agent(&self, id: &AgentId) -> Option<&Arc<AttestedNode>> {
+        self.agent_slot(id).and_then(|s| self.agents.get(s)).map(|c| &c.node)
+    }
+
+    fn agent_slot(&self, id: &AgentId) -> Option<Slot> {
+        let set = self.ids.get(&key_hash(id.0.as_str()))?.agents.as_ref()?;
+        set.iter().find(|&s| self.agents.get(s).is_some_and(|a| a.node.id == *id))
+    }
+
+    pub(crate) fn agent_count(&self) -> usize {
+        self.agents.len()
+    }
+
+    pub(crate) fn all_agents(&self) -> impl Iterator<Item = &Arc<AttestedNode>> {
+        self.agent_ids.values().filter_map(|&s| self.agents.get(s)).map(|c| &c.node)
+    }
+
+    pub(crate) fn all_entries(&self) -> impl Iterator<Item = &Arc<RegistrationEntry>> {
+        self.entry_ids.keys().map(|k| &k.0)
+    }
+}
+
+/// Entries and checks shared by the tests of the state's modules.
+#[cfg(test)]
+mod fixtures {
+    use std::sync::Arc;
+
+    use ward_core::{AgentId, EntryId, RegistrationEntry, Selector, SelectorSet, SpiffeId};
+
+    use super::State;
+
+    pub(super) fn entry(id: &str, spiffe: &str, parent: &str) -> Arc<RegistrationEntry> {
+        Arc::new(RegistrationEntry::new(
+            EntryId::new(id).unwrap(),
+            SpiffeId::parse(spiffe).unwrap(),
+            SpiffeId::parse(parent).unwrap(),
+            SelectorSet::new(vec![Selector::parse("u:1").unwrap()]),
+        ))
+    }
+
+    pub(super) fn with_selectors(e: &RegistrationEntry, sels: &[&str]) -> Arc<RegistrationEntry> {
+        let mut e = e.clone();
+        e.selectors = SelectorSet::new(sels.iter().map(|s| Selector::parse(s).unwrap()).collect());
+        Arc::new(e)
+    }
+
+    pub(super) fn ids_of(s: &State, agent: &AgentId) -> Vec<String> {
+        s.authorized_entries(agent).iter().map(|e| e.id.as_str().to_owned()).collect()
+    }
+
+    /// Checks the walk both before settling (dirty hashes walked slot by slot) and after
+    /// (alias cells read their cached group).
+    pub(super) fn check(s: &mut State, agent: &AgentId, want: &[&str], step: &str) {
+        assert_eq!(ids_of(s, agent), want, "{step}, unsettled");
+        s.refreeze_dirty_groups();
+        assert_eq!(ids_of(s, agent), want, "{step}, settled");
+    }
+}
