@@ -12,6 +12,8 @@ pub mod agent_scenario;
 pub mod cli;
 pub mod command;
 pub mod daemon;
+pub mod differential;
+pub mod normalize;
 pub mod server;
 pub mod spire;
 pub mod wait;
