@@ -248,7 +248,7 @@ fn scenario(kind: ServerKind, h: &mut Harness) -> anyhow::Result<()> {
 }
 
 /// Polls the server CLI's `healthcheck` until it passes (failing at once if the server exits).
-fn wait_ready(server: &mut Daemon, native: &AdminCli) -> anyhow::Result<()> {
+pub fn wait_ready(server: &mut Daemon, native: &AdminCli) -> anyhow::Result<()> {
     poll_until("the server to become ready", SERVER_READY_TIMEOUT, || {
         server.ensure_running()?;
         let probe = native.raw(&["healthcheck"], &[])?;
@@ -276,7 +276,7 @@ fn agent_svid_chain(data_dir: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
 
 /// Polls `fetch x509 -write` until the agent serves SVIDs for exactly `expected` (failing
 /// at once if the agent or server exits); returns each SVID's ID and file.
-fn wait_for_x509_svids(
+pub fn wait_for_x509_svids(
     agent: &mut Daemon,
     server: &mut Daemon,
     agent_cli: &AgentCli,
@@ -491,7 +491,7 @@ fn check_readback(spire_cli: &AdminCli, reg: &Registration) -> anyhow::Result<()
 }
 
 /// The array `key` of a JSON object (absent or null counts as empty, as protojson omits it).
-fn json_array(doc: &Value, key: &str) -> anyhow::Result<Vec<Value>> {
+pub fn json_array(doc: &Value, key: &str) -> anyhow::Result<Vec<Value>> {
     match &doc[key] {
         Value::Null => Ok(Vec::new()),
         Value::Array(items) => Ok(items.clone()),
@@ -509,12 +509,12 @@ fn id_path(id: &Value) -> Option<&str> {
 }
 
 /// The effective uid of this process (what the unix workload attestor sees for the CLI we run).
-fn current_uid() -> anyhow::Result<u32> {
+pub fn current_uid() -> anyhow::Result<u32> {
     Ok(std::fs::metadata("/proc/self")?.uid())
 }
 
 /// The DER of every certificate in a PEM text, in order.
-fn pem_certificates(text: &str) -> anyhow::Result<Vec<Vec<u8>>> {
+pub fn pem_certificates(text: &str) -> anyhow::Result<Vec<Vec<u8>>> {
     let blocks = pem::parse_many(text)?;
     let ders: Vec<Vec<u8>> = blocks
         .into_iter()
@@ -554,7 +554,7 @@ fn read_written_svids(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
 }
 
 /// `openssl verify` of an SVID file (leaf first, intermediates after) against a bundle.
-fn openssl_verify(ca_file: &Path, svid_pem: &Path) -> anyhow::Result<()> {
+pub fn openssl_verify(ca_file: &Path, svid_pem: &Path) -> anyhow::Result<()> {
     let mut cmd = Command::new("openssl");
     cmd.arg("verify").arg("-CAfile").arg(ca_file).arg("-untrusted").arg(svid_pem).arg(svid_pem);
     let out = run(&mut cmd, CLI_TIMEOUT)?.success()?;

@@ -1,7 +1,9 @@
-//! Server configuration: one TOML file plus command-line overrides.
+//! Server configuration: one file plus command-line overrides.
 //!
 //! Every key has a default (see `docs/config.md`), so `ward-server run` with no file starts a
 //! server for trust domain `example.org` with its data in `./data`. Unknown keys are rejected.
+//! The file is ward's TOML or SPIRE's own server configuration (HCL or JSON), told apart by
+//! [`ConfigFormat::detect`] and translated by [`crate::spire_config`].
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -9,6 +11,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use ward_core::TrustDomain;
+
+pub use crate::spire_config::ConfigFormat;
+use crate::spire_config::{self, SpireConfigError};
 
 /// SPIRE's default admin socket path; SPIRE's CLI uses it when given no `-socketPath`.
 pub const DEFAULT_SOCKET_PATH: &str = "/tmp/spire-server/private/api.sock";
@@ -33,6 +38,15 @@ pub enum ConfigError {
         /// The TOML error.
         #[source]
         source: Box<toml::de::Error>,
+    },
+    /// A SPIRE configuration file that does not parse, or that sets what ward refuses (every
+    /// refused setting and plugin is listed, one sentence each).
+    #[error("{}", spire_message(path, source))]
+    Spire {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        source: SpireConfigError,
     },
     /// A value is out of its domain.
     #[error("invalid value for {key}: {reason}")]
@@ -87,6 +101,25 @@ impl Default for RateLimitConfig {
     }
 }
 
+fn spire_message(path: &Path, e: &SpireConfigError) -> String {
+    match e {
+        SpireConfigError::Decode(why) => {
+            format!("unable to decode configuration at {:?}: {why}", path.display().to_string())
+        }
+        SpireConfigError::Refused(sentences) => {
+            let mut msg = format!(
+                "ward cannot run with the SPIRE configuration at {:?}:",
+                path.display().to_string()
+            );
+            for s in sentences {
+                msg.push_str("\n  - ");
+                msg.push_str(s);
+            }
+            msg
+        }
+    }
+}
+
 /// The file as written: every key optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -122,6 +155,20 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     /// `-logLevel`.
     pub log_level: Option<String>,
+    /// `-expandEnv`: replace `$NAME` and `${NAME}` in the file with environment variables
+    /// before parsing it, as SPIRE does (see [`spire_config::expand_env()`]).
+    pub expand_env: bool,
+}
+
+/// A configuration as [`Config::read`] loaded it.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The settings.
+    pub config: Config,
+    /// The file's format (ward's TOML when there was no file).
+    pub format: ConfigFormat,
+    /// SPIRE settings and plugins accepted but ignored, one sentence each, to log at start-up.
+    pub notes: Vec<String>,
 }
 
 /// The resolved configuration the server runs with.
@@ -187,18 +234,59 @@ impl Config {
     /// # Errors
     /// [`ConfigError`] for an unreadable file, bad TOML, an unknown key or a bad value.
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
-        let file = match path {
-            Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|source| ConfigError::Read { path: p.to_owned(), source })?;
-                parse_file(&text).map_err(|source| ConfigError::Parse {
-                    path: p.to_owned(),
-                    source: Box::new(source),
-                })?
-            }
-            None => FileConfig::default(),
+        Self::read(path, overrides, &|name| std::env::var(name).ok()).map(|l| l.config)
+    }
+
+    /// Reads `path` (if given) in whichever format it is written ([`ConfigFormat::detect`]),
+    /// expanding environment variables from `env` first when `overrides.expand_env` is set,
+    /// applies `overrides`, and checks the result.
+    ///
+    /// # Errors
+    /// As [`Config::load`], plus [`ConfigError::Spire`] for a SPIRE file that does not parse
+    /// or sets what ward refuses.
+    pub fn read(
+        path: Option<&Path>,
+        overrides: &Overrides,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Loaded, ConfigError> {
+        let Some(p) = path else {
+            let config = Self::resolve(FileConfig::default(), overrides)?;
+            return Ok(Loaded { config, format: ConfigFormat::WardToml, notes: Vec::new() });
         };
-        Self::resolve(file, overrides)
+        let mut text = std::fs::read_to_string(p)
+            .map_err(|source| ConfigError::Read { path: p.to_owned(), source })?;
+        if overrides.expand_env {
+            text = spire_config::expand_env(&text, env);
+        }
+        let parse_err = |source: toml::de::Error| ConfigError::Parse {
+            path: p.to_owned(),
+            source: Box::new(source),
+        };
+        let format = ConfigFormat::detect(&text);
+        let (file, notes) = match format {
+            ConfigFormat::WardToml => (parse_file(&text).map_err(parse_err)?, Vec::new()),
+            ConfigFormat::SpireHcl | ConfigFormat::SpireJson => {
+                let spire_err =
+                    |source: SpireConfigError| ConfigError::Spire { path: p.to_owned(), source };
+                let t = spire_config::translate(&text, format).map_err(spire_err)?;
+                let file =
+                    FileConfig::deserialize(toml::Value::Table(t.table)).map_err(parse_err)?;
+                // SPIRE's own checks, after its command-line flags are merged in.
+                let mut missing = Vec::new();
+                if file.trust_domain.is_none() && overrides.trust_domain.is_none() {
+                    missing.push("trust_domain must be configured".to_owned());
+                }
+                if file.data_dir.is_none() && overrides.data_dir.is_none() {
+                    missing.push("data_dir must be configured".to_owned());
+                }
+                if !missing.is_empty() {
+                    return Err(spire_err(SpireConfigError::Refused(missing)));
+                }
+                (file, t.notes)
+            }
+        };
+        let config = Self::resolve(file, overrides)?;
+        Ok(Loaded { config, format, notes })
     }
 
     /// Parses TOML text (no file) and applies `overrides`.

@@ -5,7 +5,10 @@
 //! [`tls`]) and on the admin Unix socket, per-method authorization ([`authz`], applied by
 //! [`layer`]) and per-IP rate limits ([`ratelimit`]), the write path (every write is a store
 //! `Command` proposed through a [`proposer::Proposer`]), the CA manager ([`ca_manager`]),
-//! start-up and shutdown ([`run`]) and the admin CLI ([`cli`]).
+//! start-up and shutdown ([`run`]) and the admin CLI ([`cli`]). For operators moving over from
+//! SPIRE it also reads SPIRE's own server configuration ([`spire_config`]) and copies
+//! registration entries, federation relationships and federated bundles out of a running SPIRE
+//! server ([`migrate`]).
 //!
 //! It does not own the storage layout or queries (`ward-store`), certificate building and
 //! signing (`ward-ca`) or the wire types and their conversions (`ward-proto`).
@@ -38,8 +41,10 @@ pub mod cli;
 pub mod config;
 pub mod layer;
 pub mod logging;
+pub mod migrate;
 pub mod proposer;
 pub mod ratelimit;
 pub mod run;
+pub mod spire_config;
 pub mod state;
 pub mod tls;

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use ward_server::cli;
 use ward_server::config::{Config, Overrides};
+use ward_server::{cli, migrate};
 
 #[derive(Parser, Debug)]
 #[command(name = "ward-server", version, about = "SPIRE-compatible SPIFFE server")]
@@ -23,9 +23,13 @@ struct Args {
 enum Cmd {
     /// Runs the server.
     Run {
-        /// Path to the TOML configuration file.
+        /// Path to the configuration file: ward's TOML, or SPIRE's server configuration (HCL or
+        /// JSON).
         #[arg(long = "config")]
         config: Option<PathBuf>,
+        /// Expand $VAR and ${VAR} in the configuration file from the environment first.
+        #[arg(long = "expandEnv")]
+        expand_env: bool,
         /// Trust domain (overrides the file).
         #[arg(long = "trustDomain")]
         trust_domain: Option<String>,
@@ -59,6 +63,16 @@ enum Cmd {
     Bundle {
         #[command(subcommand)]
         cmd: BundleCmd,
+    },
+    /// Copies registration entries (ids kept), federation relationships and federated bundles
+    /// from a running SPIRE server into ward; running it again changes nothing.
+    Migrate {
+        /// The SPIRE server's admin socket.
+        #[arg(long = "from-socket")]
+        from_socket: PathBuf,
+        /// ward's admin socket.
+        #[arg(long = "socketPath", default_value_os_t = cli::default_socket())]
+        socket_path: PathBuf,
     },
     /// Checks that the server is up and serving.
     Healthcheck {
@@ -210,6 +224,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<String> {
     match cmd {
         Cmd::Run {
             config,
+            expand_env,
             trust_domain,
             bind_address,
             server_port,
@@ -224,10 +239,15 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<String> {
                 socket_path,
                 data_dir,
                 log_level,
+                expand_env,
             };
-            let cfg = Config::load(config.as_deref(), &overrides)?;
-            ward_server::logging::init(&cfg)?;
-            ward_server::run::run_until_signal(cfg).await?;
+            let loaded =
+                Config::read(config.as_deref(), &overrides, &|name| std::env::var(name).ok())?;
+            ward_server::logging::init(&loaded.config)?;
+            for note in &loaded.notes {
+                tracing::warn!(format = loaded.format.name(), "{note}");
+            }
+            ward_server::run::run_until_signal(loaded.config).await?;
             Ok(String::new())
         }
         Cmd::Token { cmd: TokenCmd::Generate { ttl, spiffe_id, socket_path } } => {
@@ -279,6 +299,15 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<String> {
         }
         Cmd::Bundle { cmd: BundleCmd::Show { format, socket_path } } => {
             cli::bundle_show(&socket_path, &format).await
+        }
+        Cmd::Migrate { from_socket, socket_path } => {
+            let opts = migrate::MigrateOptions { from_socket, to_socket: socket_path };
+            let summary = migrate::migrate(&opts).await?;
+            let _ = std::io::stdout().write_all(summary.render().as_bytes());
+            match summary.failed() {
+                0 => Ok(String::new()),
+                n => anyhow::bail!("{n} item(s) could not be copied"),
+            }
         }
         Cmd::Healthcheck { socket_path, shallow: _, verbose: _ } => {
             cli::healthcheck(&socket_path).await

@@ -1,0 +1,260 @@
+//! The mapping table: what ward does with each setting and plugin of SPIRE's server
+//! configuration. Supporting one more SPIRE key is one line here (a `Map` naming ward's TOML
+//! key); `docs/config.md` lists the same table for operators.
+
+/// How a SPIRE value becomes ward's (SPIRE's HCL v1 decoder is weakly typed, and so is this).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conv {
+    /// A string; a number is taken as its text.
+    Str,
+    /// A string that SPIRE compares without case, lower-cased.
+    Lower,
+    /// An integer; a string of digits is taken too.
+    Int,
+    /// A boolean; `"true"`, `"false"`, `"1"`, `"0"`, `"t"`, `"f"` are taken too.
+    Bool,
+    /// A Go duration (`"1h30m"`), checked here so that every bad one is listed.
+    Duration,
+    /// An IP address (SPIRE also resolves host names; ward listens on an address).
+    Ip,
+}
+
+/// What ward does with one SPIRE setting (and everything below it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    /// A block whose keys have rules of their own.
+    Block,
+    /// The `plugins` section (see [`PLUGINS`]).
+    Plugins,
+    /// Copied to ward's setting `to` (a dotted path in ward's TOML), converted with `conv`.
+    Map {
+        /// Ward's key.
+        to: &'static str,
+        /// The conversion.
+        conv: Conv,
+    },
+    /// Accepted and ignored; the note is logged at start-up when the value is set.
+    Ignore(&'static str),
+    /// Refused with this sentence when set to anything but false, empty or zero.
+    Refuse(&'static str),
+}
+
+use Conv::{Bool, Duration, Int, Ip, Lower, Str};
+use Rule::{Block, Ignore, Map, Plugins, Refuse};
+
+/// Every setting SPIRE v1.13's server reads, by dotted path. A path not listed here is not a
+/// SPIRE setting and is refused as unknown, as SPIRE refuses it.
+pub const SETTINGS: &[(&str, Rule)] = &[
+    ("server", Block),
+    ("server.trust_domain", Map { to: "trust_domain", conv: Str }),
+    ("server.bind_address", Map { to: "bind_address", conv: Ip }),
+    ("server.bind_port", Map { to: "bind_port", conv: Int }),
+    ("server.socket_path", Map { to: "socket_path", conv: Str }),
+    ("server.data_dir", Map { to: "data_dir", conv: Str }),
+    ("server.log_level", Map { to: "log_level", conv: Lower }),
+    ("server.log_format", Map { to: "log_format", conv: Lower }),
+    ("server.ca_key_type", Map { to: "ca_key_type", conv: Lower }),
+    ("server.ca_ttl", Map { to: "ca_ttl", conv: Duration }),
+    ("server.default_x509_svid_ttl", Map { to: "default_x509_svid_ttl", conv: Duration }),
+    ("server.default_jwt_svid_ttl", Map { to: "default_jwt_svid_ttl", conv: Duration }),
+    ("server.agent_ttl", Map { to: "agent_ttl", conv: Duration }),
+    ("server.jwt_issuer", Map { to: "jwt_issuer", conv: Str }),
+    ("server.ratelimit", Block),
+    ("server.ratelimit.attestation", Map { to: "ratelimit.attestation", conv: Bool }),
+    ("server.ratelimit.signing", Map { to: "ratelimit.signing", conv: Bool }),
+    (
+        "server.ca_subject",
+        Ignore(
+            "server.ca_subject is ignored: ward's CA certificates keep SPIRE's default subject \
+             (C=US, O=SPIFFE)",
+        ),
+    ),
+    (
+        "server.admin_ids",
+        Refuse(
+            "server.admin_ids is not supported: ward grants admin rights to callers on the admin \
+             socket and to SVIDs of registration entries marked admin",
+        ),
+    ),
+    (
+        "server.audit_log_enabled",
+        Refuse("server.audit_log_enabled is not supported: ward writes no audit log"),
+    ),
+    (
+        "server.jwt_key_type",
+        Refuse(
+            "server.jwt_key_type is not supported: ward signs JWT-SVIDs with keys of ca_key_type",
+        ),
+    ),
+    ("server.log_file", Refuse("server.log_file is not supported: ward logs to stderr")),
+    (
+        "server.log_source_location",
+        Refuse(
+            "server.log_source_location is not supported: ward's log lines carry no source location",
+        ),
+    ),
+    (
+        "server.federation",
+        Refuse(
+            "server.federation is not supported: ward serves no bundle endpoint and fetches no \
+             federated bundles; set them with `bundle set` or copy them with `ward-server migrate`",
+        ),
+    ),
+    (
+        "server.prune_attested_nodes_expired_for",
+        Refuse(
+            "server.prune_attested_nodes_expired_for is not supported: ward keeps attested nodes \
+             until they are deleted",
+        ),
+    ),
+    (
+        "server.prune_tofu_nodes",
+        Refuse(
+            "server.prune_tofu_nodes is not supported: ward keeps attested nodes until they are deleted",
+        ),
+    ),
+    (
+        "server.max_attested_node_info_staleness",
+        Refuse(
+            "server.max_attested_node_info_staleness is not supported: ward reads attested nodes \
+             from its store on every call",
+        ),
+    ),
+    (
+        "server.profiling_enabled",
+        Refuse("server.profiling_enabled is not supported: ward has no profiling listener"),
+    ),
+    (
+        "server.profiling_port",
+        Refuse("server.profiling_port is not supported: ward has no profiling listener"),
+    ),
+    (
+        "server.profiling_freq",
+        Refuse("server.profiling_freq is not supported: ward has no profiling listener"),
+    ),
+    (
+        "server.profiling_names",
+        Refuse("server.profiling_names is not supported: ward has no profiling listener"),
+    ),
+    ("server.experimental", Block),
+    (
+        "server.experimental.cache_reload_interval",
+        Ignore(
+            "server.experimental.cache_reload_interval is ignored: ward's entry cache follows every write",
+        ),
+    ),
+    (
+        "server.experimental.full_cache_reload_interval",
+        Ignore(
+            "server.experimental.full_cache_reload_interval is ignored: ward's entry cache follows every write",
+        ),
+    ),
+    (
+        "server.experimental.events_based_cache",
+        Ignore(
+            "server.experimental.events_based_cache is ignored: ward's entry cache follows every write",
+        ),
+    ),
+    (
+        "server.experimental.prune_events_older_than",
+        Ignore("server.experimental.prune_events_older_than is ignored: ward keeps no event table"),
+    ),
+    (
+        "server.experimental.event_timeout",
+        Ignore("server.experimental.event_timeout is ignored: ward keeps no event table"),
+    ),
+    (
+        "server.experimental.sql_transaction_timeout",
+        Ignore("server.experimental.sql_transaction_timeout is ignored: ward has no SQL database"),
+    ),
+    (
+        "server.experimental.auth_opa_policy_engine",
+        Refuse(
+            "server.experimental.auth_opa_policy_engine is not supported: ward's authorization \
+             policy is built in",
+        ),
+    ),
+    (
+        "server.experimental.feature_flags",
+        Refuse("server.experimental.feature_flags is not supported: ward has no feature flags"),
+    ),
+    (
+        "server.experimental.require_pq_kem",
+        Refuse(
+            "server.experimental.require_pq_kem is not supported: ward offers rustls' default key exchanges",
+        ),
+    ),
+    (
+        "server.experimental.named_pipe_name",
+        Refuse(
+            "server.experimental.named_pipe_name is not supported: ward runs on Unix sockets only",
+        ),
+    ),
+    ("plugins", Plugins),
+    ("telemetry", Refuse("telemetry is not supported: ward exports no metrics yet")),
+    (
+        "health_checks",
+        Refuse(
+            "health_checks is not supported: ward has no HTTP health listener yet; use `ward-server healthcheck`",
+        ),
+    ),
+];
+
+/// What ward does with one plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PluginRule {
+    /// Ward has it built in.
+    Accept,
+    /// Accepted and ignored, with this note at start-up.
+    Ignore(&'static str),
+    /// Refused with this sentence.
+    Refuse(&'static str),
+}
+
+/// Plugins ward accepts, or refuses with a reason of their own, by type and name.
+pub const PLUGINS: &[(&str, &str, PluginRule)] = &[
+    (
+        "DataStore",
+        "sql",
+        PluginRule::Ignore(
+            "DataStore \"sql\" is ignored: ward keeps its state in its own store under data_dir; \
+             copy entries, federation relationships and federated bundles over with \
+             `ward-server migrate`",
+        ),
+    ),
+    (
+        "KeyManager",
+        "disk",
+        PluginRule::Ignore(
+            "KeyManager \"disk\" is ward's own key store: CA keys live under data_dir/ca/keys \
+             (keys_path is not used, and SPIRE's keys are not imported)",
+        ),
+    ),
+    (
+        "KeyManager",
+        "memory",
+        PluginRule::Ignore(
+            "KeyManager \"memory\" is read as ward's disk key store: CA keys live under \
+             data_dir/ca/keys and survive restarts",
+        ),
+    ),
+    ("NodeAttestor", "join_token", PluginRule::Accept),
+    (
+        "UpstreamAuthority",
+        "disk",
+        PluginRule::Refuse(
+            "plugin UpstreamAuthority \"disk\" is not supported: ward's CA is self-signed",
+        ),
+    ),
+];
+
+/// Why a plugin of a known type that [`PLUGINS`] does not name is refused.
+pub const PLUGIN_TYPES: &[(&str, &str)] = &[
+    ("BundlePublisher", "ward publishes bundles nowhere but its own API"),
+    ("CredentialComposer", "ward does not customise the contents of SVIDs and CA certificates"),
+    ("DataStore", "ward keeps its state in its own store (only \"sql\" is accepted, and ignored)"),
+    ("KeyManager", "ward keeps CA keys on disk (only \"disk\" and \"memory\" are accepted)"),
+    ("NodeAttestor", "ward attests agents with join tokens only (NodeAttestor \"join_token\")"),
+    ("Notifier", "ward has no notifiers"),
+    ("UpstreamAuthority", "ward's CA is self-signed"),
+];

@@ -1,0 +1,211 @@
+use super::*;
+
+fn refused(text: &str, format: ConfigFormat) -> Vec<String> {
+    match translate(text, format) {
+        Err(SpireConfigError::Refused(sentences)) => sentences,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+const MINIMAL_HCL: &str = r#"
+server {
+    trust_domain = "example.org"
+    data_dir = "/var/lib/spire"
+}
+plugins {
+    NodeAttestor "join_token" {
+        plugin_data {}
+    }
+}
+"#;
+
+#[test]
+fn detects_the_three_formats() {
+    assert_eq!(ConfigFormat::detect(MINIMAL_HCL), ConfigFormat::SpireHcl);
+    assert_eq!(ConfigFormat::detect("  \n{\"server\": {}}"), ConfigFormat::SpireJson);
+    assert_eq!(ConfigFormat::detect("plugins = {\n}\n"), ConfigFormat::SpireHcl);
+    assert_eq!(
+        ConfigFormat::detect("trust_domain = \"x.org\"\n[ratelimit]\nsigning = false\n"),
+        ConfigFormat::WardToml
+    );
+    // A commented-out block, or a key that only starts with the word, is not a section.
+    assert_eq!(ConfigFormat::detect("# server {\nserver_port = 1\n"), ConfigFormat::WardToml);
+    assert_eq!(ConfigFormat::detect(""), ConfigFormat::WardToml);
+}
+
+#[test]
+fn maps_supported_settings_onto_wards_names() {
+    let text = r#"
+server {
+    bind_address = "127.0.0.1"
+    bind_port = "9081"
+    trust_domain = "example.org"
+    data_dir = "/var/lib/spire"
+    log_level = "DEBUG"
+    log_format = "JSON"
+    ca_key_type = "EC-P384"
+    ca_ttl = "48h"
+    default_x509_svid_ttl = "2h"
+    default_jwt_svid_ttl = "10m"
+    agent_ttl = "90m"
+    jwt_issuer = "https://oidc.example.org"
+    ratelimit {
+        attestation = false
+    }
+}
+plugins {
+    NodeAttestor "join_token" {
+        plugin_data {}
+    }
+}
+"#;
+    let t = translate(text, ConfigFormat::SpireHcl).unwrap();
+    let expected: toml::Table = toml::from_str(
+        r#"
+        bind_address = "127.0.0.1"
+        bind_port = 9081
+        trust_domain = "example.org"
+        data_dir = "/var/lib/spire"
+        log_level = "debug"
+        log_format = "json"
+        ca_key_type = "ec-p384"
+        ca_ttl = "48h"
+        default_x509_svid_ttl = "2h"
+        default_jwt_svid_ttl = "10m"
+        agent_ttl = "90m"
+        jwt_issuer = "https://oidc.example.org"
+        [ratelimit]
+        attestation = false
+        "#,
+    )
+    .unwrap();
+    assert_eq!(t.table, expected);
+    assert!(t.notes.is_empty(), "{:?}", t.notes);
+}
+
+#[test]
+fn zero_values_keep_defaults_but_false_is_a_choice() {
+    let text = MINIMAL_HCL.replace(
+        "data_dir = \"/var/lib/spire\"",
+        "data_dir = \"/d\"\nbind_port = 0\nbind_address = \"\"\nratelimit { signing = \"false\" }\nadmin_ids = []\naudit_log_enabled = false",
+    );
+    let t = translate(&text, ConfigFormat::SpireHcl).unwrap();
+    assert_eq!(t.table.get("bind_port"), None);
+    assert_eq!(t.table.get("bind_address"), None);
+    assert_eq!(t.table["ratelimit"]["signing"], toml::Value::Boolean(false));
+}
+
+#[test]
+fn every_refusal_is_listed_one_sentence_each() {
+    let text = r#"
+server {
+    trust_domain = "example.org"
+    data_dir = "/d"
+    admin_ids = ["spiffe://example.org/admin"]
+    log_file = "/var/log/spire.log"
+    bind_address = "spire.example.org"
+    ca_ttl = "one day"
+    trust_domian = "typo.org"
+}
+plugins {
+    NodeAttestor "k8s_psat" {
+        plugin_data { clusters = { "c1" = { service_account_allow_list = ["spire:spire-agent"] } } }
+    }
+    NodeAttestor "tpm" {
+        plugin_cmd = "/tpm/attestor"
+        plugin_data {}
+    }
+    NodeAttestor "x509pop" {
+        enabled = false
+        plugin_data {}
+    }
+    Notifier "k8sbundle" {
+        plugin_data {}
+    }
+    Gadget "x" {}
+}
+telemetry {
+    Prometheus {
+        port = 9988
+    }
+}
+"#;
+    let got = refused(text, ConfigFormat::SpireHcl);
+    let want = [
+        "Gadget",
+        "NodeAttestor \"k8s_psat\"",
+        "NodeAttestor \"tpm\"",
+        "Notifier \"k8sbundle\"",
+        "server.admin_ids",
+        "server.bind_address",
+        "server.ca_ttl",
+        "server.log_file",
+        "server.trust_domian",
+        "telemetry",
+    ];
+    assert_eq!(got.len(), want.len(), "{got:#?}");
+    for w in want {
+        assert_eq!(got.iter().filter(|s| s.contains(w)).count(), 1, "{w} in {got:#?}");
+    }
+    assert!(got.iter().any(|s| {
+        s.ends_with("ward attests agents with join tokens only (NodeAttestor \"join_token\")")
+    }));
+    // The disabled plugin is skipped, as SPIRE skips it.
+    assert!(!got.iter().any(|s| s.contains("x509pop")));
+}
+
+#[test]
+fn required_sections_use_spires_words() {
+    let got = refused("server_x = 1\n", ConfigFormat::SpireHcl);
+    assert!(got.contains(&"server section must be configured".to_owned()), "{got:?}");
+    assert!(got.contains(&"plugins section must be configured".to_owned()), "{got:?}");
+}
+
+#[test]
+fn accepted_plugins_without_wards_equivalent_are_noted() {
+    let text = MINIMAL_HCL.replace(
+        "NodeAttestor \"join_token\" {",
+        "DataStore \"sql\" {\nplugin_data { database_type = \"sqlite3\" }\n}\nKeyManager \"memory\" {\nplugin_data {}\n}\nNodeAttestor \"join_token\" {",
+    );
+    let t = translate(&text, ConfigFormat::SpireHcl).unwrap();
+    assert_eq!(t.notes.len(), 2, "{:?}", t.notes);
+    assert!(t.notes.iter().any(|n| n.starts_with("DataStore \"sql\" is ignored")));
+    assert!(t.notes.iter().any(|n| n.starts_with("KeyManager \"memory\"")));
+}
+
+#[test]
+fn undecodable_text_is_a_decode_error() {
+    assert!(matches!(
+        translate("server {\n", ConfigFormat::SpireHcl),
+        Err(SpireConfigError::Decode(_))
+    ));
+    assert!(matches!(
+        translate("[1, 2]", ConfigFormat::SpireJson),
+        Err(SpireConfigError::Decode(_))
+    ));
+}
+
+#[test]
+fn every_mapped_key_is_a_key_of_wards_toml() {
+    // Build a table holding every `Map` target and let ward's own reader (which refuses
+    // unknown keys) take it: a typo in the table fails here.
+    let mut table = toml::Table::new();
+    for (_, rule) in SETTINGS {
+        if let Rule::Map { to, conv } = rule {
+            let v = match conv {
+                Conv::Int => toml::Value::Integer(1),
+                Conv::Bool => toml::Value::Boolean(true),
+                Conv::Duration => toml::Value::String("1h".into()),
+                Conv::Ip => toml::Value::String("127.0.0.1".into()),
+                Conv::Str | Conv::Lower => toml::Value::String(match *to {
+                    "ca_key_type" => "ec-p256".into(),
+                    "log_format" => "text".into(),
+                    _ => "example.org".into(),
+                }),
+            };
+            set(&mut table, to, v);
+        }
+    }
+    let text = toml::to_string(&table).unwrap();
+    crate::config::Config::from_toml(&text, &crate::config::Overrides::default()).unwrap();
+}
