@@ -82,6 +82,11 @@ fn scenario(h: &mut Harness) -> anyhow::Result<()> {
     let ward_cli = AdminCli::new(&ward_bin, &ward.socket_path);
     wait_ready(&mut ward.daemon, &ward_cli)?;
     let ward_spire_cli = AdminCli::new(&h.bins.server, &ward.socket_path);
+    let log = std::fs::read_to_string(root.join("ward/ward-server.log"))?;
+    ensure!(
+        log.contains("DataStore \"sql\" is ignored") && log.contains("KeyManager \"disk\""),
+        "ward logged no notes about the plugins it ignores:\n{log}"
+    );
 
     phase("3. migrate: everything is created in ward, ids kept");
     let spire_sock = h.spire.as_ref().context("spire")?.socket_path.clone();
