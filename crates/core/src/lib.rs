@@ -42,7 +42,8 @@ pub mod x509svid;
 mod testutil;
 
 pub use bundle::{
-    Bundle, BundleDecodeError, BundleEncodeError, JwtAuthority, PemError, X509Authority,
+    AuthorityError, Bundle, BundleDecodeError, BundleEncodeError, JwtAuthority, PemError,
+    X509Authority,
 };
 pub use clock::Clock;
 pub use entry::{EntryId, RegistrationEntry};

@@ -138,7 +138,7 @@ async fn federated_bundle_lifecycle() {
         .into_inner();
     let got = codes(&resp.results, |r| r.status.as_ref());
     assert_eq!(got[0].0, 0);
-    assert_eq!(got[1], (Code::NotFound as i32, "no such bundle".into()));
+    assert_eq!(got[1], (Code::NotFound as i32, "bundle not found".into()));
     assert_eq!(got[2].0, Code::InvalidArgument as i32);
     assert!(
         ts.server.state.store.bundle(&ward_core::TrustDomain::new("other.org").unwrap()).is_none()

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use ward_core::{
-    AgentId, AttestedNode, Bundle, EntryId, FederationRelationship, JoinToken, RegistrationEntry,
-    TrustDomain,
+    AgentId, AttestedNode, Bundle, EntryId, FederationRelationship, JoinToken, JwtAuthority,
+    RegistrationEntry, TrustDomain, X509Authority,
 };
 
 use crate::command::{
@@ -93,23 +93,15 @@ impl<'a> Txn<'a> {
         Some(old)
     }
 
+    /// Stores a bundle as given, creating or replacing it (a replaced bundle keeps its place
+    /// in the creation order).
     fn put_bundle(&mut self, b: Bundle) -> Result<Arc<Bundle>, StoreError> {
-        self.batch.insert(record::bundle_key(&b.trust_domain), record::encode(&b)?);
+        let b = Arc::new(b);
+        let number = self.state.bundles.insert(b.trust_domain.clone(), Arc::clone(&b));
+        self.batch.insert(record::bundle_key(&b.trust_domain), record::encode_numbered(&*b, number)?);
         self.change.bundles.push(b.trust_domain.clone());
         self.mutated = true;
-        let b = Arc::new(b);
-        self.state.bundles.insert(b.trust_domain.clone(), Arc::clone(&b));
         Ok(b)
-    }
-
-    /// Replaces a whole bundle; its sequence number never goes back, so consumers that
-    /// compare sequence numbers see every replacement as newer.
-    fn set_bundle(&mut self, b: &Bundle) -> Result<Arc<Bundle>, StoreError> {
-        let mut b = b.clone();
-        if let Some(old) = self.state.bundles.get(&b.trust_domain) {
-            b.sequence_number = b.sequence_number.max(old.sequence_number + 1);
-        }
-        self.put_bundle(b)
     }
 
     fn remove_bundle(&mut self, td: &TrustDomain) -> Option<Arc<Bundle>> {
@@ -138,10 +130,11 @@ impl<'a> Txn<'a> {
         &mut self,
         f: FederationRelationship,
     ) -> Result<Arc<FederationRelationship>, StoreError> {
-        self.batch.insert(record::federation_key(&f.trust_domain), record::encode(&f)?);
-        self.mutated = true;
         let f = Arc::new(f);
-        self.state.federations.insert(f.trust_domain.clone(), Arc::clone(&f));
+        let number = self.state.federations.insert(f.trust_domain.clone(), Arc::clone(&f));
+        self.batch
+            .insert(record::federation_key(&f.trust_domain), record::encode_numbered(&*f, number)?);
+        self.mutated = true;
         Ok(f)
     }
 
@@ -232,39 +225,41 @@ impl<'a> Txn<'a> {
             Command::SetBundles(bundles) => {
                 let mut out = Vec::with_capacity(bundles.len());
                 for b in bundles {
-                    out.push(Ok(self.set_bundle(b)?));
+                    out.push(Ok(self.put_bundle(b.clone())?));
+                }
+                Outcome::Bundles(out)
+            }
+            Command::CreateBundles(bundles) => {
+                let mut out = Vec::with_capacity(bundles.len());
+                for b in bundles {
+                    out.push(if self.state.bundles.contains_key(&b.trust_domain) {
+                        Err(ItemError::BundleExists(b.trust_domain.clone()))
+                    } else {
+                        Ok(self.put_bundle(b.clone())?)
+                    });
+                }
+                Outcome::Bundles(out)
+            }
+            Command::UpdateBundles(updates) => {
+                let mut out = Vec::with_capacity(updates.len());
+                for u in updates {
+                    let td = &u.bundle.trust_domain;
+                    out.push(match self.state.bundles.get(td) {
+                        None => Err(ItemError::BundleNotFound(td.clone())),
+                        Some(old) => {
+                            let merged = u.mask.merge(old, &u.bundle);
+                            Ok(self.put_bundle(merged)?)
+                        }
+                    });
                 }
                 Outcome::Bundles(out)
             }
             Command::AppendBundle { trust_domain, x509_authorities, jwt_authorities } => {
-                let mut b = self
-                    .state
-                    .bundles
-                    .get(trust_domain)
-                    .map_or_else(|| Bundle::new(trust_domain.clone()), |b| Bundle::clone(b));
-                let is_new = !self.state.bundles.contains_key(trust_domain);
-                let mut changed = false;
-                for x in x509_authorities {
-                    if !b.x509_authorities.iter().any(|o| o.der == x.der) {
-                        b.x509_authorities.push(x.clone());
-                        changed = true;
-                    }
-                }
-                for j in jwt_authorities {
-                    if !b.jwt_authorities.iter().any(|o| o.key_id == j.key_id) {
-                        b.jwt_authorities.push(j.clone());
-                        changed = true;
-                    }
-                }
-                let result = if changed || is_new {
-                    if changed {
-                        b.sequence_number += 1;
-                    }
-                    self.put_bundle(b)?
-                } else {
-                    Arc::new(b)
-                };
-                Outcome::Bundles(vec![Ok(result)])
+                Outcome::Bundles(vec![Ok(self.append_bundle(
+                    trust_domain,
+                    x509_authorities,
+                    jwt_authorities,
+                )?)])
             }
             Command::DeleteBundles { trust_domains, mode } => {
                 let mut out = Vec::with_capacity(trust_domains.len());
@@ -512,8 +507,39 @@ impl<'a> Txn<'a> {
         if let Err(e) = edit(&mut b) {
             return Ok(Err(e));
         }
-        b.sequence_number += 1;
+        b.sequence_number = b.sequence_number.saturating_add(1);
         Ok(Ok(self.put_bundle(b)?))
+    }
+
+    /// SPIRE's append: a missing bundle is created with exactly the given authorities;
+    /// otherwise the authorities not present yet are added and the sequence number goes up.
+    fn append_bundle(
+        &mut self,
+        td: &TrustDomain,
+        x509: &[X509Authority],
+        jwt: &[JwtAuthority],
+    ) -> Result<Arc<Bundle>, StoreError> {
+        let Some(old) = self.state.bundles.get(td) else {
+            let b = Bundle {
+                x509_authorities: x509.to_vec(),
+                jwt_authorities: jwt.to_vec(),
+                ..Bundle::new(td.clone())
+            };
+            return self.put_bundle(b);
+        };
+        let mut b = Bundle::clone(old);
+        // Compared with the bundle as it was, as SPIRE merges: two equal new items both go in.
+        let new_x509: Vec<&X509Authority> =
+            x509.iter().filter(|x| !old.x509_authorities.iter().any(|o| o.der == x.der)).collect();
+        let new_jwt: Vec<&JwtAuthority> =
+            jwt.iter().filter(|j| !old.jwt_authorities.iter().any(|o| same_jwt_key(o, j))).collect();
+        if new_x509.is_empty() && new_jwt.is_empty() {
+            return Ok(Arc::clone(old));
+        }
+        b.x509_authorities.extend(new_x509.into_iter().cloned());
+        b.jwt_authorities.extend(new_jwt.into_iter().cloned());
+        b.sequence_number = b.sequence_number.saturating_add(1);
+        self.put_bundle(b)
     }
 
     fn prune_authorities(
@@ -536,7 +562,7 @@ impl<'a> Txn<'a> {
         if halted || !removed {
             return Ok(Ok(Arc::clone(old)));
         }
-        b.sequence_number += 1;
+        b.sequence_number = b.sequence_number.saturating_add(1);
         Ok(Ok(self.put_bundle(b)?))
     }
 
@@ -563,7 +589,7 @@ impl<'a> Txn<'a> {
                 for e in &users {
                     let mut e = RegistrationEntry::clone(e);
                     e.federates_with.retain(|t| t != td);
-                    e.revision_number += 1;
+                    e.revision_number = e.revision_number.saturating_add(1);
                     self.put_entry(e)?;
                 }
             }
@@ -574,10 +600,12 @@ impl<'a> Txn<'a> {
         }
     }
 
+    /// Checks a relationship and stores the bundle it carries, as given; returns the
+    /// relationship without that bundle (as it is stored) and the bundle.
     fn federation_bundle(
         &mut self,
         f: &FederationRelationship,
-    ) -> Result<ItemResult<FederationRelationship>, StoreError> {
+    ) -> Result<ItemResult<(FederationRelationship, Option<Arc<Bundle>>)>, StoreError> {
         if f.bundle_endpoint_url.is_empty() {
             return Ok(Err(ItemError::Invalid("bundle endpoint URL is required".into())));
         }
@@ -587,15 +615,16 @@ impl<'a> Txn<'a> {
             )));
         }
         let mut f = f.clone();
+        let mut stored = None;
         if let Some(b) = f.trust_domain_bundle.take() {
             if b.trust_domain != f.trust_domain {
                 return Ok(Err(ItemError::Invalid(
                     "trust domain bundle is for another trust domain".into(),
                 )));
             }
-            self.set_bundle(&b)?;
+            stored = Some(self.put_bundle(b)?);
         }
-        Ok(Ok(f))
+        Ok(Ok((f, stored)))
     }
 
     fn create_federation(
@@ -606,7 +635,10 @@ impl<'a> Txn<'a> {
             return Ok(Err(ItemError::FederationExists(f.trust_domain.clone())));
         }
         match self.federation_bundle(f)? {
-            Ok(f) => Ok(Ok(self.put_federation(f)?)),
+            Ok((stripped, bundle)) => {
+                let stored = self.put_federation(stripped)?;
+                Ok(Ok(with_bundle(&stored, bundle.as_deref())))
+            }
             Err(e) => Ok(Err(e)),
         }
     }
@@ -630,10 +662,34 @@ impl<'a> Txn<'a> {
             f.trust_domain_bundle.clone_from(&src.trust_domain_bundle);
         }
         match self.federation_bundle(&f)? {
-            Ok(f) => Ok(Ok(self.put_federation(f)?)),
+            Ok((stripped, _)) => {
+                let stored = self.put_federation(stripped)?;
+                let bundle = self.state.bundles.get(&stored.trust_domain).cloned();
+                Ok(Ok(with_bundle(&stored, bundle.as_deref())))
+            }
             Err(e) => Ok(Err(e)),
         }
     }
+}
+
+/// A relationship as reported: the stored one with `bundle` as its `trust_domain_bundle`.
+pub(crate) fn with_bundle(
+    f: &Arc<FederationRelationship>,
+    bundle: Option<&Bundle>,
+) -> Arc<FederationRelationship> {
+    match bundle {
+        None => Arc::clone(f),
+        Some(b) => Arc::new(FederationRelationship {
+            trust_domain_bundle: Some(b.clone()),
+            ..FederationRelationship::clone(f)
+        }),
+    }
+}
+
+/// Whether two JWT authorities are the same key as SPIRE's merge compares them (public key,
+/// key ID and expiry), whatever their taint flags.
+fn same_jwt_key(a: &JwtAuthority, b: &JwtAuthority) -> bool {
+    a.public_key_der == b.public_key_der && a.key_id == b.key_id && a.expires_at == b.expires_at
 }
 
 /// Marks every copy of an authority tainted (a bundle taken as given may list one twice).

@@ -139,6 +139,64 @@ pub struct FederationUpdate {
     pub mask: FederationMask,
 }
 
+/// Which fields of a bundle an update replaces (SPIRE's `BundleMask`). A missing mask on the
+/// wire means [`BundleMask::ALL`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[allow(clippy::struct_excessive_bools)]
+pub struct BundleMask {
+    /// Replace the X.509 authorities.
+    pub x509_authorities: bool,
+    /// Replace the JWT authorities.
+    pub jwt_authorities: bool,
+    /// Replace `refresh_hint`.
+    pub refresh_hint: bool,
+    /// Replace `sequence_number`.
+    pub sequence_number: bool,
+}
+
+impl BundleMask {
+    /// Every field.
+    pub const ALL: Self = Self {
+        x509_authorities: true,
+        jwt_authorities: true,
+        refresh_hint: true,
+        sequence_number: true,
+    };
+
+    /// `old` with the fields this mask selects taken from `new`; the trust domain stays.
+    pub fn merge(&self, old: &Bundle, new: &Bundle) -> Bundle {
+        let mut out = old.clone();
+        if self.x509_authorities {
+            out.x509_authorities.clone_from(&new.x509_authorities);
+        }
+        if self.jwt_authorities {
+            out.jwt_authorities.clone_from(&new.jwt_authorities);
+        }
+        if self.refresh_hint {
+            out.refresh_hint = new.refresh_hint;
+        }
+        if self.sequence_number {
+            out.sequence_number = new.sequence_number;
+        }
+        out
+    }
+}
+
+impl Default for BundleMask {
+    fn default() -> Self {
+        Self::ALL
+    }
+}
+
+/// One item of [`Command::UpdateBundles`].
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct BundleUpdate {
+    /// The new values; `trust_domain` names the bundle.
+    pub bundle: Bundle,
+    /// The fields to replace.
+    pub mask: BundleMask,
+}
+
 /// Every write the server makes. See the variant docs for the exact semantics.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum Command {
@@ -191,11 +249,16 @@ pub enum Command {
     BanAgent(AgentId),
     /// Delete an agent's record (also lifts a ban).
     DeleteAgent(AgentId),
-    /// Replace whole bundles (BatchSetFederatedBundle, or the own bundle), one result each.
-    /// The stored sequence number is the larger of the input's and the old one plus one.
+    /// Store whole bundles as given, creating or replacing them (BatchSetFederatedBundle),
+    /// one result each. As SPIRE's datastore, the sequence number is the input's: setting
+    /// unchanged content keeps it.
     SetBundles(Vec<Bundle>),
-    /// Add authorities to a bundle (creating it if missing); items already present are
-    /// skipped. The sequence number is bumped when something was added.
+    /// Add authorities to a bundle, as SPIRE's datastore appends. A missing bundle is
+    /// created with exactly the given authorities and sequence number 0. Otherwise each
+    /// given authority not already in the bundle is added (X.509 authorities compared by
+    /// DER, JWT authorities by public key, key ID and expiry; the taint flag is not compared,
+    /// so appending never adds an untainted copy of a tainted authority), and the sequence
+    /// number goes up by one (saturating) when something was added.
     AppendBundle {
         /// The trust domain.
         trust_domain: TrustDomain,
@@ -261,14 +324,16 @@ pub enum Command {
         /// Key IDs of the JWT authorities to remove.
         jwt_key_ids: Vec<String>,
     },
-    /// Create federation relationships (and store their bundles when given, with the
-    /// sequence-number rule of [`Command::SetBundles`]). The stored relationship has no
-    /// `trust_domain_bundle`. Per item: [`ItemError::FederationExists`], or
+    /// Create federation relationships (and store their bundles as given when present, as
+    /// [`Command::SetBundles`] does). The stored relationship has no `trust_domain_bundle`;
+    /// the result carries the given one, as SPIRE's datastore returns the relationship it was
+    /// given. Per item: [`ItemError::FederationExists`], or
     /// [`ItemError::Invalid`] for an empty URL, the own trust domain, or a bundle of another
     /// trust domain.
     CreateFederationRelationships(Vec<FederationRelationship>),
     /// Update federation relationships; a masked-in `trust_domain_bundle` replaces the bundle
-    /// as on create. Per item: [`ItemError::FederationNotFound`], or [`ItemError::Invalid`]
+    /// as on create. The result carries the trust domain's bundle as stored after the
+    /// update (none when it has none). Per item: [`ItemError::FederationNotFound`], or [`ItemError::Invalid`]
     /// as on create.
     UpdateFederationRelationships(Vec<FederationUpdate>),
     /// Delete federation relationships; the trust domain's bundle stays. Per item:
@@ -292,6 +357,13 @@ pub enum Command {
         /// Also prune agents that cannot re-attest.
         include_non_reattestable: bool,
     },
+    /// Create bundles as given (BatchCreateFederatedBundle), one result each:
+    /// [`ItemError::BundleExists`] when the trust domain has a bundle.
+    CreateBundles(Vec<Bundle>),
+    /// Update bundles (BatchUpdateFederatedBundle): the masked fields come from the input,
+    /// the others stay (a masked-in sequence number is taken as given). Per item:
+    /// [`ItemError::BundleNotFound`].
+    UpdateBundles(Vec<BundleUpdate>),
 }
 
 /// The gRPC status class an [`ItemError`] maps to.
@@ -345,6 +417,9 @@ pub enum ItemError {
     /// No bundle for this trust domain.
     #[error("bundle for {0} not found")]
     BundleNotFound(TrustDomain),
+    /// The trust domain has a bundle already.
+    #[error("bundle for {0} already exists")]
+    BundleExists(TrustDomain),
     /// Entries still federate with the trust domain (delete mode RESTRICT).
     #[error("cannot delete bundle; federated with {0} registration entries")]
     BundleInUse(TrustDomain, usize),
@@ -372,6 +447,7 @@ impl ItemError {
             Self::EntryExists(_)
             | Self::EntryIdTaken(_)
             | Self::TokenExists
+            | Self::BundleExists(_)
             | Self::FederationExists(_) => ErrorClass::AlreadyExists,
             Self::EntryNotFound(_)
             | Self::TokenNotFound

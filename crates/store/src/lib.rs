@@ -25,8 +25,8 @@
 //! | `e` + entry id | `RegistrationEntry` |
 //! | `a` + agent SPIFFE ID | `AttestedNode` |
 //! | `t` + token | `JoinToken` |
-//! | `b` + trust domain name | `Bundle` |
-//! | `f` + trust domain name | `FederationRelationship` (without its bundle, which is under `b`) |
+//! | `b` + trust domain name | `Bundle` and its creation number (bundles list in creation order) |
+//! | `f` + trust domain name | `FederationRelationship` (without its bundle, which is under `b`) and its creation number |
 //! | `c` + revision (u64 BE) | [`Change`]: ids changed by that revision; the last [`CHANGE_FEED_RETAIN`] are kept |
 //! | `m/applied` | last applied log index (u64 BE) |
 //! | `m/revision` | global revision (u64 BE) |
@@ -66,8 +66,9 @@
 //! slot also holds the hash of the entry's SPIFFE ID and the first bytes of its id) with an
 //! ordered id → slot map (for stable page tokens), and hash indexes from the 64-bit hash of
 //! a parent ID, SPIFFE ID, selector or federated trust domain to slots; node-alias entries
-//! also by selector; agents by id (ordered, and hashed) and by node selector; tokens,
-//! bundles and federation relationships in ordered maps. Hash indexes only narrow the
+//! also by selector; agents by id (ordered, and hashed) and by node selector; tokens in an
+//! ordered map; bundles and federation relationships by trust domain and by creation number
+//! (SPIRE lists them in the order they were created). Hash indexes only narrow the
 //! search: every hit is confirmed against the record's own strings (for parent IDs once per
 //! hash bucket, unless two parent IDs ever shared a hash). Queries read only this image;
 //! apply updates it in step with the batch under one write lock.
@@ -105,6 +106,7 @@ mod apply;
 pub mod command;
 mod error;
 mod index;
+mod ordered;
 pub mod query;
 mod record;
 pub mod snapshot;
@@ -113,7 +115,7 @@ mod store;
 pub mod testdata;
 
 pub use command::{
-    AgentAttestation, Applied, BundleDeleteMode, Command, ConsumedToken, EntryMask, EntryUpdate,
+    AgentAttestation, Applied, BundleDeleteMode, BundleMask, BundleUpdate, Command, ConsumedToken, EntryMask, EntryUpdate,
     ErrorClass, FederationMask, FederationUpdate, ItemError, Outcome,
 };
 pub use error::StoreError;

@@ -80,6 +80,41 @@ pub(crate) fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T,
     }
 }
 
+/// A record listed in creation order (bundles, federation relationships). Variant 0 has the
+/// bytes of [`Versioned::V1`], so records written before creation numbers were kept still
+/// read (with number 0).
+#[derive(Serialize, Deserialize)]
+enum NumberedRecord<T> {
+    /// Format 1: the value alone.
+    V1(T),
+    /// The value and its creation number.
+    V2 {
+        /// The ward-core value.
+        value: T,
+        /// Its creation number.
+        number: u64,
+    },
+}
+
+pub(crate) fn encode_numbered<T: Serialize>(value: &T, number: u64) -> Result<Vec<u8>, StoreError> {
+    postcard::to_stdvec(&NumberedRecord::V2 { value, number })
+        .map_err(|e| StoreError::Encode(e.to_string()))
+}
+
+pub(crate) fn decode_numbered<T: DeserializeOwned>(
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<(T, u64), StoreError> {
+    match postcard::from_bytes::<NumberedRecord<T>>(bytes) {
+        Ok(NumberedRecord::V1(v)) => Ok((v, 0)),
+        Ok(NumberedRecord::V2 { value, number }) => Ok((value, number)),
+        Err(e) => Err(StoreError::Corrupt {
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
 pub(crate) fn u64_value(v: u64) -> Vec<u8> {
     v.to_be_bytes().to_vec()
 }
@@ -103,4 +138,17 @@ pub struct Change {
     pub agents: Vec<AgentId>,
     /// Trust domains whose bundle changed.
     pub bundles: Vec<TrustDomain>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_without_a_number_read_as_number_zero() {
+        let old = encode(&"value".to_owned()).unwrap();
+        assert_eq!(decode_numbered::<String>(b"k", &old).unwrap(), ("value".to_owned(), 0));
+        let new = encode_numbered(&"value".to_owned(), 7).unwrap();
+        assert_eq!(decode_numbered::<String>(b"k", &new).unwrap(), ("value".to_owned(), 7));
+    }
 }

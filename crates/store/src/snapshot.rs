@@ -18,6 +18,7 @@ use std::sync::Arc;
 use ward_core::{AttestedNode, Bundle, FederationRelationship, JoinToken, RegistrationEntry};
 
 use crate::error::{EngineResult, StoreError};
+use crate::ordered::Ordered;
 use crate::record;
 use crate::store::{CHANGE_FEED_RETAIN, Store};
 
@@ -239,10 +240,10 @@ impl std::iter::FusedIterator for SnapshotExport {}
 #[derive(Default)]
 struct Cut {
     agents: std::vec::IntoIter<Arc<AttestedNode>>,
-    bundles: std::vec::IntoIter<Arc<Bundle>>,
+    bundles: std::vec::IntoIter<(u64, Arc<Bundle>)>,
     changes: std::vec::IntoIter<(sled::IVec, sled::IVec)>,
     entries: std::vec::IntoIter<Arc<RegistrationEntry>>,
-    federations: std::vec::IntoIter<Arc<FederationRelationship>>,
+    federations: std::vec::IntoIter<(u64, Arc<FederationRelationship>)>,
     meta: std::vec::IntoIter<(sled::IVec, sled::IVec)>,
     tokens: std::vec::IntoIter<JoinToken>,
 }
@@ -262,14 +263,15 @@ impl Cut {
     fn put_next(&mut self, out: &mut Vec<u8>) -> Result<bool, StoreError> {
         if let Some(a) = self.agents.next() {
             put_record(out, &record::agent_key(&a.id), &*a)
-        } else if let Some(b) = self.bundles.next() {
-            put_record(out, &record::bundle_key(&b.trust_domain), &*b)
+        } else if let Some((number, b)) = self.bundles.next() {
+            put_raw(out, &record::bundle_key(&b.trust_domain), &record::encode_numbered(&*b, number)?)
         } else if let Some((k, v)) = self.changes.next() {
             put_raw(out, &k, &v)
         } else if let Some(e) = self.entries.next() {
             put_record(out, &record::entry_key(&e.id), &*e)
-        } else if let Some(f) = self.federations.next() {
-            put_record(out, &record::federation_key(&f.trust_domain), &*f)
+        } else if let Some((number, f)) = self.federations.next() {
+            let value = record::encode_numbered(&*f, number)?;
+            put_raw(out, &record::federation_key(&f.trust_domain), &value)
         } else if let Some((k, v)) = self.meta.next() {
             put_raw(out, &k, &v)
         } else if let Some(t) = self.tokens.next() {
@@ -278,6 +280,11 @@ impl Cut {
             Ok(false)
         }
     }
+}
+
+/// The records of `map` with their creation numbers, for the cut.
+fn numbered<V>(map: &Ordered<V>) -> std::vec::IntoIter<(u64, Arc<V>)> {
+    map.numbered().map(|(n, v)| (n, Arc::clone(v))).collect::<Vec<_>>().into_iter()
 }
 
 fn put_record<T: serde::Serialize>(
@@ -388,10 +395,10 @@ impl Store {
         let meta = tree.scan_prefix(b"m/").collect::<Result<Vec<_>, _>>().engine()?;
         let cut = Cut {
             agents: state.all_agents().cloned().collect::<Vec<_>>().into_iter(),
-            bundles: state.bundles.values().cloned().collect::<Vec<_>>().into_iter(),
+            bundles: numbered(&state.bundles),
             changes: changes.into_iter(),
             entries: state.all_entries().cloned().collect::<Vec<_>>().into_iter(),
-            federations: state.federations.values().cloned().collect::<Vec<_>>().into_iter(),
+            federations: numbered(&state.federations),
             meta: meta.into_iter(),
             tokens: state.tokens.values().cloned().collect::<Vec<_>>().into_iter(),
         };

@@ -9,7 +9,7 @@ use ward_core::{
     TrustDomain,
 };
 
-use crate::apply::Txn;
+use crate::apply::{Txn, with_bundle};
 use crate::command::{Applied, Command};
 use crate::error::{EngineResult, StoreError};
 use crate::query::{AgentFilter, EntryFilter, Page, PageRequest};
@@ -331,25 +331,38 @@ impl Store {
         self.read().bundles.get(td).cloned()
     }
 
-    /// All bundles ordered by trust domain, one page (token = last trust domain name).
+    /// Number of bundles (the own one included).
+    pub fn bundle_count(&self) -> usize {
+        self.read().bundles.len()
+    }
+
+    /// All bundles in creation order, one page. The token is the creation number of the
+    /// page's last bundle (a decimal number, as SPIRE's row ids).
     pub fn list_bundles(&self, page: &PageRequest) -> Page<Arc<Bundle>> {
-        let state = self.read();
-        page_of(&state.bundles, page)
+        self.read().bundles.page(page)
     }
 
-    /// The federation relationship with `td` (its `trust_domain_bundle` is `None`; the
-    /// bundle lives under [`Store::bundle`]).
+    /// The federation relationship with `td`, carrying the trust domain's bundle (if it has
+    /// one) as `trust_domain_bundle`, as SPIRE's datastore joins it.
     pub fn federation_relationship(&self, td: &TrustDomain) -> Option<Arc<FederationRelationship>> {
-        self.read().federations.get(td).cloned()
+        let state = self.read();
+        let f = state.federations.get(td)?;
+        Some(with_bundle(f, state.bundles.get(td).map(|b| &**b)))
     }
 
-    /// All federation relationships ordered by trust domain, one page.
+    /// All federation relationships in creation order, one page, each with its bundle as
+    /// [`Store::federation_relationship`]; tokens as [`Store::list_bundles`].
     pub fn list_federation_relationships(
         &self,
         page: &PageRequest,
     ) -> Page<Arc<FederationRelationship>> {
         let state = self.read();
-        page_of(&state.federations, page)
+        let Page { items, next_token } = state.federations.page(page);
+        let items = items
+            .iter()
+            .map(|f| with_bundle(f, state.bundles.get(&f.trust_domain).map(|b| &**b)))
+            .collect();
+        Page { items, next_token }
     }
 
     /// Makes `tree` (generation `generation`) the live state; the caller holds the write
@@ -400,23 +413,6 @@ impl Store {
     }
 }
 
-fn page_of<V: Clone>(
-    map: &std::collections::BTreeMap<TrustDomain, V>,
-    page: &PageRequest,
-) -> Page<V> {
-    let after = page.token.as_deref().filter(|t| !t.is_empty());
-    let size = if page.size == 0 { usize::MAX } else { page.size };
-    let mut items: Vec<(&TrustDomain, &V)> = map
-        .iter()
-        .filter(|(k, _)| after.is_none_or(|a| k.as_str() > a))
-        .take(size.saturating_add(1))
-        .collect();
-    let more = items.len() > size;
-    items.truncate(size);
-    let next_token = if more { items.last().map(|(k, _)| k.as_str().to_owned()) } else { None };
-    Page { items: items.into_iter().map(|(_, v)| v.clone()).collect(), next_token }
-}
-
 /// Reads a whole generation tree into a fresh in-memory state.
 pub(crate) fn load_state(tree: &sled::Tree, td: &TrustDomain) -> Result<State, StoreError> {
     let mut state = State::new(td.clone());
@@ -455,12 +451,13 @@ pub(crate) fn load_state(tree: &sled::Tree, td: &TrustDomain) -> Result<State, S
                 state.tokens.insert(t.token.clone(), t);
             }
             Some(record::BUNDLE) => {
-                let b: Bundle = record::decode(&k, &v)?;
-                state.bundles.insert(b.trust_domain.clone(), Arc::new(b));
+                let (b, number): (Bundle, u64) = record::decode_numbered(&k, &v)?;
+                state.bundles.insert_numbered(b.trust_domain.clone(), Arc::new(b), number);
             }
             Some(record::FEDERATION) => {
-                let f: FederationRelationship = record::decode(&k, &v)?;
-                state.federations.insert(f.trust_domain.clone(), Arc::new(f));
+                let (f, number): (FederationRelationship, u64) =
+                    record::decode_numbered(&k, &v)?;
+                state.federations.insert_numbered(f.trust_domain.clone(), Arc::new(f), number);
             }
             _ if &*k == record::META_APPLIED => state.applied = record::read_u64(&k, &v)?,
             _ if &*k == record::META_REVISION => state.revision = record::read_u64(&k, &v)?,

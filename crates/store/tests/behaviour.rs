@@ -10,7 +10,8 @@ use ward_core::{
 };
 use ward_store::testdata::DataSet;
 use ward_store::{
-    AgentFilter, AuthorizedEntries, BundleDeleteMode, Command, ConsumedToken, EntryFilter,
+    AgentFilter, AuthorizedEntries, BundleDeleteMode, BundleMask, BundleUpdate, Command,
+    ConsumedToken, EntryFilter,
     EntryMask, EntryUpdate, ErrorClass, FederationMask, FederationUpdate, ItemError, Outcome,
     PageRequest, SelectorFilter, SnapshotChunk, Store, StoreConfig, StoreError,
 };
@@ -350,10 +351,14 @@ fn bundles_append_taint_revoke_and_delete_modes() {
         x509_authorities: vec![x(1), x(2)],
         jwt_authorities: vec![jwt.clone()],
     };
+    // As SPIRE's datastore: the first append creates the bundle as given (sequence 0), the
+    // second finds nothing new and changes nothing.
     store.propose_local(&append).unwrap();
+    let rev = store.revision();
     store.propose_local(&append).unwrap();
+    assert_eq!(store.revision(), rev);
     let b = store.bundle(&td).unwrap();
-    assert_eq!((b.x509_authorities.len(), b.sequence_number), (2, 1));
+    assert_eq!((b.x509_authorities.len(), b.sequence_number), (2, 0));
     let r = store
         .propose_local(&Command::RevokeX509Authority { trust_domain: td.clone(), der: vec![1; 4] })
         .unwrap();
@@ -373,7 +378,19 @@ fn bundles_append_taint_revoke_and_delete_modes() {
     let b = store.bundle(&td).unwrap();
     assert_eq!(b.x509_authorities, vec![x(2)]);
     assert!(b.jwt_authorities[0].tainted);
-    assert_eq!(b.sequence_number, 4);
+    assert_eq!(b.sequence_number, 3);
+
+    // Appending an authority the bundle holds tainted adds no untainted copy.
+    let r = store
+        .propose_local(&Command::AppendBundle {
+            trust_domain: td.clone(),
+            x509_authorities: vec![],
+            jwt_authorities: vec![jwt.clone()],
+        })
+        .unwrap();
+    let Outcome::Bundles(ref v) = r.outcome else { panic!("{:?}", r.outcome) };
+    assert_eq!(v[0].as_ref().unwrap().jwt_authorities.len(), 1);
+    assert_eq!(v[0].as_ref().unwrap().sequence_number, 3);
 
     let mut e = DataSet::workload_entry(0, 0);
     e.federates_with = vec![td.clone()];
@@ -521,7 +538,8 @@ fn prune_bundle_authorities_removes_the_listed_ones_and_never_empties_a_bundle()
     store.propose_local(&prune(vec![vec![2; 4], vec![3; 4]], vec![])).unwrap();
     let b = store.bundle(&td).unwrap();
     assert_eq!(b.x509_authorities, vec![x(4)]);
-    assert_eq!(b.sequence_number, seq + 4);
+    // The append and the prune bump once each; setting takes the sequence as given.
+    assert_eq!(b.sequence_number, seq + 3);
 
     // The result survives a reopen.
     drop(store);
@@ -594,15 +612,18 @@ fn taint_and_revoke_act_on_every_copy_of_an_authority() {
 }
 
 #[test]
-fn federation_bundles_never_lower_the_sequence_number() {
+fn bundles_are_stored_with_the_sequence_number_given() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let td = TrustDomain::new("fed.org").unwrap();
     let mut b = Bundle::new(td.clone());
     b.sequence_number = 5;
-    store.propose_local(&Command::SetBundles(vec![b])).unwrap();
+    store.propose_local(&Command::SetBundles(vec![b.clone()])).unwrap();
+    // Setting the same content again keeps the number, as SPIRE's datastore does.
+    store.propose_local(&Command::SetBundles(vec![b.clone()])).unwrap();
+    assert_eq!(store.bundle(&td).unwrap().sequence_number, 5);
 
-    // The relationship carries an older bundle (sequence 0): stored as 6, like SetBundles.
+    // The relationship carries a bundle with sequence 0: stored as given.
     let rel = FederationRelationship {
         trust_domain: td.clone(),
         bundle_endpoint_url: "https://fed.org/".into(),
@@ -611,19 +632,144 @@ fn federation_bundles_never_lower_the_sequence_number() {
     };
     let r =
         store.propose_local(&Command::CreateFederationRelationships(vec![rel.clone()])).unwrap();
-    let stored = FederationRelationship { trust_domain_bundle: None, ..rel.clone() };
-    assert_eq!(r.outcome, Outcome::Federations(vec![Ok(Arc::new(stored.clone()))]));
-    assert_eq!(store.bundle(&td).unwrap().sequence_number, 6);
+    // Created: reported with the bundle it was given.
+    assert_eq!(r.outcome, Outcome::Federations(vec![Ok(Arc::new(rel.clone()))]));
+    assert_eq!(store.bundle(&td).unwrap().sequence_number, 0);
 
-    let update = FederationUpdate { relationship: rel, mask: FederationMask::ALL };
-    store.propose_local(&Command::UpdateFederationRelationships(vec![update])).unwrap();
-    assert_eq!(store.bundle(&td).unwrap().sequence_number, 7);
-    assert_eq!(store.federation_relationship(&td).as_deref(), Some(&stored));
+    let mut newer = Bundle::new(td.clone());
+    newer.sequence_number = 9;
+    let update = FederationUpdate {
+        relationship: FederationRelationship {
+            trust_domain_bundle: Some(newer.clone()),
+            ..rel.clone()
+        },
+        mask: FederationMask::ALL,
+    };
+    let r = store.propose_local(&Command::UpdateFederationRelationships(vec![update])).unwrap();
+    let joined = FederationRelationship { trust_domain_bundle: Some(newer.clone()), ..rel.clone() };
+    assert_eq!(r.outcome, Outcome::Federations(vec![Ok(Arc::new(joined.clone()))]));
+    // Reads join the trust domain's bundle, as SPIRE's datastore does.
+    assert_eq!(store.federation_relationship(&td).as_deref(), Some(&joined));
 
     // Deleting the relationship keeps the bundle.
     store.propose_local(&Command::DeleteFederationRelationships(vec![td.clone()])).unwrap();
     assert_eq!(store.federation_relationship(&td), None);
-    assert_eq!(store.bundle(&td).unwrap().sequence_number, 7);
+    assert_eq!(store.bundle(&td).unwrap().sequence_number, 9);
+}
+
+#[test]
+fn create_and_update_bundles_check_existence_in_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let td = TrustDomain::new("fed.org").unwrap();
+    let mut b = Bundle::new(td.clone());
+    b.x509_authorities = vec![X509Authority::new(vec![1; 4])];
+    b.refresh_hint = 60;
+    b.sequence_number = 3;
+
+    // Two creates of one trust domain in one command: the second is refused.
+    let r = store.propose_local(&Command::CreateBundles(vec![b.clone(), b.clone()])).unwrap();
+    assert_eq!(
+        r.outcome,
+        Outcome::Bundles(vec![Ok(Arc::new(b.clone())), Err(ItemError::BundleExists(td.clone()))])
+    );
+    assert_eq!(ItemError::BundleExists(td.clone()).class(), ErrorClass::AlreadyExists);
+
+    // An update takes only the masked fields from the input, against the stored bundle.
+    let input = Bundle { refresh_hint: 5, sequence_number: 7, ..Bundle::new(td.clone()) };
+    let mask = BundleMask { refresh_hint: true, ..no_fields() };
+    let r = store
+        .propose_local(&Command::UpdateBundles(vec![
+            BundleUpdate { bundle: input.clone(), mask },
+            BundleUpdate {
+                bundle: Bundle::new(TrustDomain::new("none.org").unwrap()),
+                mask: BundleMask::ALL,
+            },
+        ]))
+        .unwrap();
+    let want = Bundle { refresh_hint: 5, ..b.clone() };
+    assert_eq!(
+        r.outcome,
+        Outcome::Bundles(vec![
+            Ok(Arc::new(want.clone())),
+            Err(ItemError::BundleNotFound(TrustDomain::new("none.org").unwrap()))
+        ])
+    );
+    let r = store
+        .propose_local(&Command::UpdateBundles(vec![BundleUpdate {
+            bundle: input.clone(),
+            mask: BundleMask::ALL,
+        }]))
+        .unwrap();
+    assert_eq!(r.outcome, Outcome::Bundles(vec![Ok(Arc::new(input.clone()))]));
+    assert_eq!(store.bundle(&td).as_deref(), Some(&input));
+}
+
+fn no_fields() -> BundleMask {
+    BundleMask {
+        x509_authorities: false,
+        jwt_authorities: false,
+        refresh_hint: false,
+        sequence_number: false,
+    }
+}
+
+#[test]
+fn bundles_and_relationships_list_in_creation_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let names = ["zeta.org", "alpha.org", "mid.org"];
+    for n in names {
+        let td = TrustDomain::new(n).unwrap();
+        store.propose_local(&Command::SetBundles(vec![Bundle::new(td.clone())])).unwrap();
+        let rel = FederationRelationship {
+            trust_domain: td,
+            bundle_endpoint_url: format!("https://{n}/"),
+            profile: BundleEndpointProfile::HttpsWeb,
+            trust_domain_bundle: None,
+        };
+        store.propose_local(&Command::CreateFederationRelationships(vec![rel])).unwrap();
+    }
+    // Replacing keeps the place; deleting and creating again goes last.
+    let zeta = TrustDomain::new("zeta.org").unwrap();
+    let alpha = TrustDomain::new("alpha.org").unwrap();
+    store.propose_local(&Command::SetBundles(vec![Bundle::new(zeta.clone())])).unwrap();
+    store
+        .propose_local(&Command::DeleteBundles {
+            trust_domains: vec![alpha.clone()],
+            mode: BundleDeleteMode::Restrict,
+        })
+        .unwrap();
+    store.propose_local(&Command::SetBundles(vec![Bundle::new(alpha.clone())])).unwrap();
+
+    let listed = |store: &Store| -> (Vec<String>, Vec<String>) {
+        let b = store.list_bundles(&PageRequest::all());
+        let f = store.list_federation_relationships(&PageRequest::all());
+        (
+            b.items.iter().map(|b| b.trust_domain.as_str().to_owned()).collect(),
+            f.items.iter().map(|f| f.trust_domain.as_str().to_owned()).collect(),
+        )
+    };
+    let want = (
+        vec!["zeta.org".to_owned(), "mid.org".into(), "alpha.org".into()],
+        names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>(),
+    );
+    assert_eq!(listed(&store), want);
+    // Pages follow the same order; tokens are creation numbers.
+    let p = store.list_bundles(&PageRequest::first(2));
+    assert_eq!(p.next_token.as_deref(), Some("3"));
+    let p = store.list_bundles(&PageRequest { token: p.next_token, size: 2 });
+    assert_eq!(p.items[0].trust_domain, alpha);
+
+    // The order survives a reopen and a snapshot round trip.
+    let snap = store.export_snapshot(64).unwrap();
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(listed(&store), want);
+    let dir2 = tempfile::tempdir().unwrap();
+    let other = open(dir2.path());
+    other.import_snapshot(snap.chunks).unwrap();
+    assert_eq!(listed(&other), want);
 }
 
 /// A change reaching more agents than `cache_invalidate_limit` drops the whole cache; at or

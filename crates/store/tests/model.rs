@@ -16,7 +16,7 @@ use ward_core::{
     X509Authority,
 };
 use ward_store::{
-    AgentAttestation, AgentFilter, BundleDeleteMode, Command, EntryFilter, EntryMask, EntryUpdate,
+    AgentAttestation, AgentFilter, BundleDeleteMode, BundleMask, BundleUpdate, Command, EntryFilter, EntryMask, EntryUpdate,
     FederatesWithFilter, FederationMask, FederationUpdate, ItemError, Outcome, SelectorFilter,
     Store, StoreConfig,
 };
@@ -119,7 +119,8 @@ fn arb_bundle(td: TrustDomain) -> impl Strategy<Value = Bundle> {
         prop::collection::vec(arb_x509(), 0..4),
         prop::collection::vec(arb_jwt(), 0..3),
         0i64..2,
-        0u64..4,
+        // u64::MAX: taint, revoke, append and prune must saturate, never wrap.
+        prop_oneof![4 => 0u64..4, 1 => Just(u64::MAX)],
     )
         .prop_map(move |(x509_authorities, jwt_authorities, hint, seq)| Bundle {
             trust_domain: td.clone(),
@@ -161,6 +162,15 @@ fn arb_federation() -> impl Strategy<Value = FederationRelationship> {
             trust_domain_bundle,
         })
     })
+}
+
+fn arb_bundle_mask() -> impl Strategy<Value = BundleMask> {
+    prop_oneof![
+        Just(BundleMask::ALL),
+        (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(|(x, j, h, s)| {
+            BundleMask { x509_authorities: x, jwt_authorities: j, refresh_hint: h, sequence_number: s }
+        }),
+    ]
 }
 
 fn arb_federation_mask() -> impl Strategy<Value = FederationMask> {
@@ -273,6 +283,12 @@ fn arb_command() -> impl Strategy<Value = Command> {
             serial: renewed_serial(s),
         }),
         2 => prop::collection::vec(arb_any_bundle(), 0..3).prop_map(Command::SetBundles),
+        2 => prop::collection::vec(arb_any_bundle(), 1..3).prop_map(Command::CreateBundles),
+        2 => prop::collection::vec((arb_any_bundle(), arb_bundle_mask()), 1..3).prop_map(|v| {
+            Command::UpdateBundles(
+                v.into_iter().map(|(bundle, mask)| BundleUpdate { bundle, mask }).collect(),
+            )
+        }),
         2 => (
             0..TDS.len(),
             prop::collection::vec(arb_x509(), 0..3),
@@ -428,7 +444,7 @@ fn arb_agent_filter() -> impl Strategy<Value = AgentFilter> {
 }
 
 /// Every [`Command`] variant, by name: the generator must produce each of them.
-const VARIANTS: usize = 24;
+const VARIANTS: usize = 26;
 
 fn variant(cmd: &Command) -> usize {
     match cmd {
@@ -456,6 +472,8 @@ fn variant(cmd: &Command) -> usize {
         Command::PruneEntries { .. } => 21,
         Command::PruneJoinTokens { .. } => 22,
         Command::PruneAgents { .. } => 23,
+        Command::CreateBundles(_) => 24,
+        Command::UpdateBundles(_) => 25,
     }
 }
 
@@ -551,6 +569,8 @@ fn generator_reaches_every_command_and_result() {
         (18, &["ok", "FederationExists", "Invalid"]),
         (19, &["ok", "FederationNotFound", "Invalid"]),
         (20, &["ok", "FederationNotFound"]),
+        (24, &["ok", "BundleExists"]),
+        (25, &["ok", "BundleNotFound"]),
     ];
     for (v, labels) in want {
         for l in *labels {

@@ -1,6 +1,6 @@
 //! `spire.api.types.Bundle` <-> core [`Bundle`], with `BundleMask` handling.
 
-use ward_core::{Bundle, JwtAuthority, X509Authority};
+use ward_core::{AuthorityError, Bundle, JwtAuthority, X509Authority};
 
 use super::error::ConvertError;
 use super::spiffe_id::trust_domain_from_proto;
@@ -37,63 +37,47 @@ pub fn bundle_to_proto(bundle: &Bundle, mask: Option<&types::BundleMask>) -> typ
     }
 }
 
-/// Parses a wire bundle (federated bundle create/set, federation relationship bundles).
-///
-/// Certificates and keys are checked for presence here; parsing their DER is left to the
-/// caller that owns X.509 handling.
+/// Reads a bundle the server sent (GetBundle, ListFederatedBundles) as it is, taint flags
+/// included; only the trust domain is checked.
 ///
 /// # Errors
-/// [`ConvertError::InvalidTrustDomain`], [`ConvertError::EmptyX509Authority`],
-/// [`ConvertError::EmptyJwtPublicKey`] or [`ConvertError::MissingJwtKeyId`].
+/// [`ConvertError::InvalidTrustDomain`].
 pub fn bundle_from_proto(proto: &types::Bundle) -> Result<Bundle, ConvertError> {
     Ok(Bundle {
         trust_domain: trust_domain_from_proto(&proto.trust_domain)?,
-        x509_authorities: proto
-            .x509_authorities
-            .iter()
-            .map(x509_authority_from_proto)
-            .collect::<Result<_, _>>()?,
-        jwt_authorities: proto
-            .jwt_authorities
-            .iter()
-            .map(jwt_authority_from_proto)
-            .collect::<Result<_, _>>()?,
+        x509_authorities: proto.x509_authorities.iter().map(x509_authority_from_proto).collect(),
+        jwt_authorities: proto.jwt_authorities.iter().map(jwt_authority_from_proto).collect(),
         refresh_hint: proto.refresh_hint,
         sequence_number: proto.sequence_number,
     })
 }
 
-/// Applies a BatchUpdateFederatedBundle item: the authorities and numbers the input mask
-/// selects (all when `None`) come from `proto`, the rest stay; the trust domain never changes.
+/// Parses a bundle a caller supplies (federated bundle create, update and set; federation
+/// relationship bundles) as SPIRE's `ProtoToBundle` does: the trust domain, then every X.509
+/// authority (each must be a certificate), then every JWT authority (each must be a PKIX
+/// public key with a key ID). Taint flags are dropped: only LocalAuthority taints.
 ///
 /// # Errors
-/// As [`bundle_from_proto`] for the selected fields.
-pub fn apply_bundle_update(
-    existing: &Bundle,
-    proto: &types::Bundle,
-    input_mask: Option<&types::BundleMask>,
-) -> Result<Bundle, ConvertError> {
-    let all = bundle_mask_all();
-    let m = input_mask.unwrap_or(&all);
-    let mut out = existing.clone();
-    if m.x509_authorities {
-        out.x509_authorities = proto
+/// [`ConvertError::InvalidTrustDomain`], [`ConvertError::X509Authority`] or
+/// [`ConvertError::JwtAuthority`].
+pub fn bundle_from_caller(proto: &types::Bundle) -> Result<Bundle, ConvertError> {
+    Ok(Bundle {
+        trust_domain: trust_domain_from_proto(&proto.trust_domain)?,
+        x509_authorities: proto
             .x509_authorities
             .iter()
-            .map(x509_authority_from_proto)
-            .collect::<Result<_, _>>()?;
-    }
-    if m.jwt_authorities {
-        out.jwt_authorities =
-            proto.jwt_authorities.iter().map(jwt_authority_from_proto).collect::<Result<_, _>>()?;
-    }
-    if m.refresh_hint {
-        out.refresh_hint = proto.refresh_hint;
-    }
-    if m.sequence_number {
-        out.sequence_number = proto.sequence_number;
-    }
-    Ok(out)
+            .map(x509_authority_from_caller)
+            .collect::<Result<_, _>>()
+            .map_err(ConvertError::X509Authority)?,
+        jwt_authorities: proto
+            .jwt_authorities
+            .iter()
+            .map(jwt_authority_from_caller)
+            .collect::<Result<_, _>>()
+            .map_err(ConvertError::JwtAuthority)?,
+        refresh_hint: proto.refresh_hint,
+        sequence_number: proto.sequence_number,
+    })
 }
 
 /// Renders an X.509 authority.
@@ -101,17 +85,20 @@ pub fn x509_authority_to_proto(a: &X509Authority) -> types::X509Certificate {
     types::X509Certificate { asn1: a.der.clone(), tainted: a.tainted }
 }
 
-/// Parses an X.509 authority.
+/// Reads an X.509 authority the server sent, taint flag included.
+pub fn x509_authority_from_proto(c: &types::X509Certificate) -> X509Authority {
+    X509Authority { der: c.asn1.clone(), tainted: c.tainted }
+}
+
+/// Parses an X.509 authority a caller supplies (AppendBundle, federated bundles): it must
+/// be a certificate; its taint flag is dropped.
 ///
 /// # Errors
-/// [`ConvertError::EmptyX509Authority`] when no certificate bytes are present.
-pub fn x509_authority_from_proto(
+/// [`AuthorityError::MalformedCertificate`].
+pub fn x509_authority_from_caller(
     c: &types::X509Certificate,
-) -> Result<X509Authority, ConvertError> {
-    if c.asn1.is_empty() {
-        return Err(ConvertError::EmptyX509Authority);
-    }
-    Ok(X509Authority { der: c.asn1.clone(), tainted: c.tainted })
+) -> Result<X509Authority, AuthorityError> {
+    X509Authority::from_caller(c.asn1.clone())
 }
 
 /// Renders a JWT authority.
@@ -124,24 +111,24 @@ pub fn jwt_authority_to_proto(a: &JwtAuthority) -> types::JwtKey {
     }
 }
 
-/// Parses a JWT authority (AppendBundle, PublishJWTAuthority, federated bundles).
-///
-/// # Errors
-/// [`ConvertError::EmptyJwtPublicKey`] or [`ConvertError::MissingJwtKeyId`] (agents reject a
-/// bundle holding a key without id).
-pub fn jwt_authority_from_proto(k: &types::JwtKey) -> Result<JwtAuthority, ConvertError> {
-    if k.public_key.is_empty() {
-        return Err(ConvertError::EmptyJwtPublicKey);
-    }
-    if k.key_id.is_empty() {
-        return Err(ConvertError::MissingJwtKeyId);
-    }
-    Ok(JwtAuthority {
+/// Reads a JWT authority the server sent, taint flag included.
+pub fn jwt_authority_from_proto(k: &types::JwtKey) -> JwtAuthority {
+    JwtAuthority {
         public_key_der: k.public_key.clone(),
         key_id: k.key_id.clone(),
         expires_at: k.expires_at,
         tainted: k.tainted,
-    })
+    }
+}
+
+/// Parses a JWT authority a caller supplies (AppendBundle, PublishJWTAuthority, federated
+/// bundles): a PKIX public key, then a key ID (agents reject a bundle holding a key without
+/// one); its taint flag is dropped.
+///
+/// # Errors
+/// As [`JwtAuthority::from_caller`].
+pub fn jwt_authority_from_caller(k: &types::JwtKey) -> Result<JwtAuthority, AuthorityError> {
+    JwtAuthority::from_caller(k.public_key.clone(), k.key_id.clone(), k.expires_at)
 }
 
 #[cfg(test)]
@@ -191,44 +178,27 @@ mod tests {
     }
 
     #[test]
-    fn rejects_bad_authorities() {
-        let mut wire = bundle_to_proto(&bundle(), None);
-        wire.jwt_authorities[0].key_id.clear();
-        let err = bundle_from_proto(&wire).unwrap_err();
-        assert_eq!(err, ConvertError::MissingJwtKeyId);
-        assert_eq!(err.to_string(), "unable to parse JWT authority: missing key ID");
+    fn caller_bundles_must_parse_in_spire_order() {
+        // The X.509 authorities are checked before the JWT authorities.
+        let wire = bundle_to_proto(&bundle(), None);
+        let err = bundle_from_caller(&wire).unwrap_err();
+        assert_eq!(err, ConvertError::X509Authority(AuthorityError::MalformedCertificate));
+        assert_eq!(err.to_string(), "unable to parse X.509 authority: x509: malformed certificate");
 
         let mut wire = bundle_to_proto(&bundle(), None);
-        wire.jwt_authorities[0].public_key.clear();
-        assert_eq!(bundle_from_proto(&wire).unwrap_err(), ConvertError::EmptyJwtPublicKey);
-
-        let mut wire = bundle_to_proto(&bundle(), None);
-        wire.x509_authorities[0].asn1.clear();
-        assert_eq!(bundle_from_proto(&wire).unwrap_err(), ConvertError::EmptyX509Authority);
+        wire.x509_authorities.clear();
+        let err = bundle_from_caller(&wire).unwrap_err();
+        assert!(matches!(err, ConvertError::JwtAuthority(AuthorityError::MalformedPublicKey(_))));
+        assert!(err.to_string().starts_with("unable to parse JWT authority: x509: "), "{err}");
 
         let mut wire = bundle_to_proto(&bundle(), None);
         wire.trust_domain = "EXAMPLE".into();
         assert_eq!(
-            bundle_from_proto(&wire).unwrap_err(),
+            bundle_from_caller(&wire).unwrap_err(),
             ConvertError::InvalidTrustDomain(SpiffeIdError::BadTrustDomainChar)
         );
-    }
 
-    #[test]
-    fn update_applies_only_masked_fields() {
-        let patch = types::Bundle {
-            trust_domain: "ignored.org".into(),
-            refresh_hint: 60,
-            ..Default::default()
-        };
-        let mask = types::BundleMask { refresh_hint: true, ..Default::default() };
-        let updated = apply_bundle_update(&bundle(), &patch, Some(&mask)).unwrap();
-        let mut want = bundle();
-        want.refresh_hint = 60;
-        assert_eq!(updated, want);
-
-        let cleared = apply_bundle_update(&bundle(), &patch, None).unwrap();
-        assert!(cleared.x509_authorities.is_empty() && cleared.jwt_authorities.is_empty());
-        assert_eq!(cleared.trust_domain.as_str(), "example.org");
+        let empty = types::Bundle { trust_domain: "example.org".into(), ..Default::default() };
+        assert_eq!(bundle_from_caller(&empty).unwrap(), Bundle::new(bundle().trust_domain));
     }
 }

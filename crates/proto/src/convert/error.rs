@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use ward_core::SpiffeIdError;
+use ward_core::{AuthorityError, SpiffeIdError};
 use ward_core::entry::EntryIdError;
 
 /// Which SPIFFE ID of a message failed to parse; decides the error text's prefix.
@@ -62,21 +62,18 @@ pub enum ConvertError {
     /// A match behavior number outside the enum.
     #[error("unknown match behavior {0}")]
     UnknownMatchBehavior(i32),
-    /// An X.509 authority without certificate bytes.
-    #[error("unable to parse X.509 authority: empty certificate")]
-    EmptyX509Authority,
-    /// A JWT authority without public key bytes.
-    #[error("unable to parse JWT authority: empty public key")]
-    EmptyJwtPublicKey,
-    /// A JWT authority without key id.
-    #[error("unable to parse JWT authority: missing key ID")]
-    MissingJwtKeyId,
+    /// A caller's X.509 authority does not parse.
+    #[error("unable to parse X.509 authority: {0}")]
+    X509Authority(#[source] AuthorityError),
+    /// A caller's JWT authority does not parse or has no key ID.
+    #[error("unable to parse JWT authority: {0}")]
+    JwtAuthority(#[source] AuthorityError),
     /// A federation relationship's trust domain is malformed.
     #[error("failed to parse trust domain: {0}")]
     FederationTrustDomain(#[source] SpiffeIdError),
     /// The bundle endpoint URL cannot be parsed.
     #[error("failed to parse bundle endpoint URL: {0}")]
-    MalformedBundleEndpointUrl(&'static str),
+    MalformedBundleEndpointUrl(String),
     /// The bundle endpoint URL is not `https`.
     #[error("bundle endpoint URL must use the https scheme")]
     BundleEndpointUrlNotHttps,

@@ -2,7 +2,7 @@
 
 use ward_core::{BundleEndpointProfile, FederationRelationship, SpiffeId, TrustDomain};
 
-use super::bundle::{bundle_from_proto, bundle_to_proto};
+use super::bundle::{bundle_from_caller, bundle_to_proto};
 use super::error::ConvertError;
 use crate::spire::api::types;
 use crate::spire::api::types::federation_relationship::BundleEndpointProfile as WireProfile;
@@ -60,34 +60,6 @@ pub fn federation_relationship_from_proto(
     })
 }
 
-/// Applies a BatchUpdateFederationRelationship item: fields the input mask selects (all when
-/// `None`) come from `proto`, the rest stay. An absent starting bundle leaves the stored one.
-///
-/// # Errors
-/// As [`federation_relationship_from_proto`] for the selected fields.
-pub fn apply_federation_update(
-    existing: &FederationRelationship,
-    proto: &types::FederationRelationship,
-    input_mask: Option<&types::FederationRelationshipMask>,
-) -> Result<FederationRelationship, ConvertError> {
-    let all = mask_all();
-    let m = input_mask.unwrap_or(&all);
-    let mut out = existing.clone();
-    if m.bundle_endpoint_url {
-        check_bundle_endpoint_url(&proto.bundle_endpoint_url)?;
-        out.bundle_endpoint_url = proto.bundle_endpoint_url.clone();
-    }
-    if m.bundle_endpoint_profile {
-        out.profile = profile_from_proto(proto.bundle_endpoint_profile.as_ref())?;
-    }
-    if m.trust_domain_bundle
-        && let Some(bundle) = starting_bundle(proto, &existing.trust_domain)?
-    {
-        out.trust_domain_bundle = Some(bundle);
-    }
-    Ok(out)
-}
-
 fn profile_to_proto(p: &BundleEndpointProfile) -> WireProfile {
     match p {
         BundleEndpointProfile::HttpsWeb => WireProfile::HttpsWeb(types::HttpsWebProfile {}),
@@ -118,7 +90,7 @@ fn starting_bundle(
         return Ok(None);
     };
     let bundle =
-        bundle_from_proto(wire).map_err(|e| ConvertError::FederationBundle(Box::new(e)))?;
+        bundle_from_caller(wire).map_err(|e| ConvertError::FederationBundle(Box::new(e)))?;
     if &bundle.trust_domain != trust_domain {
         return Err(ConvertError::FederationBundleMismatch {
             bundle: wire.trust_domain.clone(),
@@ -128,24 +100,44 @@ fn starting_bundle(
     Ok(Some(bundle))
 }
 
-/// The URL checks SPIRE applies: `https` scheme, a host, no user info.
-fn check_bundle_endpoint_url(url: &str) -> Result<(), ConvertError> {
-    if url.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-        return Err(ConvertError::MalformedBundleEndpointUrl("invalid character in URL"));
+/// The URL checks SPIRE applies, in its order: the URL parses, its scheme is `https`, it
+/// names a host, and it carries no user info.
+///
+/// SPIRE reads the URL with Go's RFC 3986 parser; the `url` crate follows the WHATWG URL
+/// standard, which repairs some input Go refuses and refuses some input Go reads as a
+/// relative reference. So the `url` crate decides whether the URL is well formed, and the
+/// host and user info are judged on the authority as written, as Go sees them.
+fn check_bundle_endpoint_url(raw: &str) -> Result<(), ConvertError> {
+    let malformed = |why: &dyn std::fmt::Display| {
+        ConvertError::MalformedBundleEndpointUrl(format!("parse {raw:?}: {why}"))
+    };
+    // The WHATWG parser silently drops tabs and newlines; Go refuses every control byte.
+    if raw.bytes().any(|b| b.is_ascii_control()) {
+        return Err(malformed(&"net/url: invalid control character in URL"));
     }
-    let Some((scheme, rest)) = url.split_once("://") else {
+    if raw.starts_with(':') {
+        return Err(malformed(&"missing protocol scheme"));
+    }
+    match url::Url::parse(raw) {
+        // Go reads these as a relative reference or an empty host: refused below.
+        Ok(_) | Err(url::ParseError::RelativeUrlWithoutBase | url::ParseError::EmptyHost) => {}
+        Err(e) => return Err(malformed(&e)),
+    }
+    let Some((scheme, rest)) = raw.split_once(':') else {
         return Err(ConvertError::BundleEndpointUrlNotHttps);
     };
     if !scheme.eq_ignore_ascii_case("https") {
         return Err(ConvertError::BundleEndpointUrlNotHttps);
     }
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let (userinfo, host_port) = match authority.rsplit_once('@') {
+    let Some(rest) = rest.strip_prefix("//") else {
+        return Err(ConvertError::BundleEndpointUrlNoHost);
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let (userinfo, host) = match authority.rsplit_once('@') {
         Some((u, h)) => (Some(u), h),
         None => (None, authority),
     };
-    if host_port.is_empty() {
+    if host.is_empty() {
         return Err(ConvertError::BundleEndpointUrlNoHost);
     }
     if userinfo.is_some() {
@@ -223,6 +215,37 @@ mod tests {
                 ConvertError::BundleEndpointUrlUserInfo,
                 "bundle endpoint URL must not contain user info",
             ),
+            ("", ConvertError::BundleEndpointUrlNotHttps, "bundle endpoint URL must use the https scheme"),
+            (
+                "not a url",
+                ConvertError::BundleEndpointUrlNotHttps,
+                "bundle endpoint URL must use the https scheme",
+            ),
+            ("https://", ConvertError::BundleEndpointUrlNoHost, "bundle endpoint URL must specify the host"),
+            (
+                "https:other.org",
+                ConvertError::BundleEndpointUrlNoHost,
+                "bundle endpoint URL must specify the host",
+            ),
+            (
+                "https://@other.org",
+                ConvertError::BundleEndpointUrlUserInfo,
+                "bundle endpoint URL must not contain user info",
+            ),
+            (
+                "https://a b.org/",
+                ConvertError::MalformedBundleEndpointUrl(
+                    "parse \"https://a b.org/\": invalid domain character".into(),
+                ),
+                "failed to parse bundle endpoint URL: parse \"https://a b.org/\": invalid domain character",
+            ),
+            (
+                "https://other.org/\tx",
+                ConvertError::MalformedBundleEndpointUrl(
+                    "parse \"https://other.org/\\tx\": net/url: invalid control character in URL".into(),
+                ),
+                "failed to parse bundle endpoint URL: parse \"https://other.org/\\tx\": net/url: invalid control character in URL",
+            ),
         ];
         for (url, want, text) in cases {
             let mut wire = federation_relationship_to_proto(&rel(), None);
@@ -230,6 +253,15 @@ mod tests {
             let err = federation_relationship_from_proto(&wire).unwrap_err();
             assert_eq!(err, want, "{url}");
             assert_eq!(err.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn accepts_urls_go_reads_as_https_with_a_host() {
+        for url in ["https://other.org", "HTTPS://other.org:8443/bundle?x=1#f", "https://10.0.0.1/"] {
+            let mut wire = federation_relationship_to_proto(&rel(), None);
+            wire.bundle_endpoint_url = url.into();
+            assert!(federation_relationship_from_proto(&wire).is_ok(), "{url}");
         }
     }
 
@@ -273,24 +305,6 @@ mod tests {
             err.to_string(),
             "trust domain bundle (\"third.org\") must match the trust domain of the federation \
              relationship (\"other.org\")"
-        );
-    }
-
-    #[test]
-    fn update_applies_only_masked_fields() {
-        let patch = types::FederationRelationship {
-            bundle_endpoint_url: "https://new.other.org/".into(),
-            ..Default::default()
-        };
-        let mask =
-            types::FederationRelationshipMask { bundle_endpoint_url: true, ..Default::default() };
-        let updated = apply_federation_update(&rel(), &patch, Some(&mask)).unwrap();
-        let mut want = rel();
-        want.bundle_endpoint_url = "https://new.other.org/".into();
-        assert_eq!(updated, want);
-        assert_eq!(
-            apply_federation_update(&rel(), &patch, None).unwrap_err(),
-            ConvertError::MissingBundleEndpointProfile
         );
     }
 }

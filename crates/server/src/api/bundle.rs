@@ -3,13 +3,14 @@
 use std::sync::Arc;
 
 use tonic::{Code, Request, Response, Status};
+use ward_core::TrustDomain;
 use ward_proto::convert::{
-    apply_bundle_update, batch_status, batch_status_ok, bundle_from_proto, bundle_to_proto,
-    jwt_authority_from_proto, trust_domain_from_proto, x509_authority_from_proto,
+    batch_status, batch_status_ok, bundle_from_caller, bundle_to_proto, jwt_authority_from_caller,
+    x509_authority_from_caller,
 };
 use ward_proto::spire::api::server::bundle::v1::{self as pb, bundle_server::Bundle};
 use ward_proto::spire::api::types;
-use ward_store::{BundleDeleteMode, Command, ItemError, Outcome, PageRequest};
+use ward_store::{BundleDeleteMode, BundleMask, BundleUpdate, Command, ItemError, Outcome};
 
 use super::{Batch, count_i32, item_code, page_request, propose, unimplemented};
 use crate::state::ServerState;
@@ -33,7 +34,7 @@ impl Bundle for BundleService {
         &self,
         _: Request<pb::CountBundlesRequest>,
     ) -> Result<Response<pb::CountBundlesResponse>, Status> {
-        let count = self.state.store.list_bundles(&PageRequest::all()).items.len();
+        let count = self.state.store.bundle_count();
         Ok(Response::new(pb::CountBundlesResponse { count: count_i32(count) }))
     }
 
@@ -58,26 +59,22 @@ impl Bundle for BundleService {
         if req.x509_authorities.is_empty() && req.jwt_authorities.is_empty() {
             return Err(Status::invalid_argument("no authorities to append"));
         }
-        let x509_authorities = req
-            .x509_authorities
-            .iter()
-            .map(x509_authority_from_proto)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| {
-                Status::invalid_argument(format!("failed to convert X.509 authority: {e}"))
-            })?;
-        for a in &x509_authorities {
-            x509_parser::parse_x509_certificate(&a.der).map_err(|e| {
-                Status::invalid_argument(format!("failed to convert X.509 authority: {e}"))
-            })?;
-        }
+        // SPIRE parses the JWT authorities first.
         let jwt_authorities = req
             .jwt_authorities
             .iter()
-            .map(jwt_authority_from_proto)
+            .map(jwt_authority_from_caller)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| {
                 Status::invalid_argument(format!("failed to convert JWT authority: {e}"))
+            })?;
+        let x509_authorities = req
+            .x509_authorities
+            .iter()
+            .map(x509_authority_from_caller)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                Status::invalid_argument(format!("failed to convert X.509 authority: {e}"))
             })?;
         let cmd = Command::AppendBundle {
             trust_domain: self.state.trust_domain.clone(),
@@ -109,6 +106,8 @@ impl Bundle for BundleService {
     ) -> Result<Response<pb::ListFederatedBundlesResponse>, Status> {
         let req = req.into_inner();
         let page = page_request(req.page_size, &req.page_token)?;
+        check_page_token(&req.page_token)
+            .map_err(|e| Status::internal(format!("failed to list bundles: {e}")))?;
         let result = self.state.store.list_bundles(&page);
         let bundles = result
             .items
@@ -127,7 +126,7 @@ impl Bundle for BundleService {
         req: Request<pb::GetFederatedBundleRequest>,
     ) -> Result<Response<types::Bundle>, Status> {
         let req = req.into_inner();
-        let td = trust_domain_from_proto(&req.trust_domain).map_err(|e| {
+        let td = TrustDomain::parse(&req.trust_domain).map_err(|e| {
             Status::invalid_argument(format!("trust domain argument is not valid: {e}"))
         })?;
         if td == self.state.trust_domain {
@@ -145,22 +144,19 @@ impl Bundle for BundleService {
         req: Request<pb::BatchCreateFederatedBundleRequest>,
     ) -> Result<Response<pb::BatchCreateFederatedBundleResponse>, Status> {
         let req = req.into_inner();
-        let items = req
-            .bundle
-            .iter()
-            .map(|b| {
-                let b = self.federated(b, "creating")?;
-                if self.state.store.bundle(&b.trust_domain).is_some() {
-                    return Err((Code::AlreadyExists, "bundle already exists".to_owned()));
-                }
-                Ok(b)
+        let items = req.bundle.iter().map(|b| self.federated(b, "creating")).collect();
+        let results = self
+            .run(items, Command::CreateBundles, req.output_mask.as_ref(), |e| match e {
+                ItemError::BundleExists(_) => (Code::AlreadyExists, "bundle already exists".into()),
+                e => (Code::Internal, format!("unable to create bundle: {e}")),
+            })
+            .await?
+            .into_iter()
+            .map(|(status, bundle)| pb::batch_create_federated_bundle_response::Result {
+                status,
+                bundle,
             })
             .collect();
-        let results = self
-            .set_bundles(items, req.output_mask.as_ref(), |status, bundle| {
-                pb::batch_create_federated_bundle_response::Result { status, bundle }
-            })
-            .await?;
         Ok(Response::new(pb::BatchCreateFederatedBundleResponse { results }))
     }
 
@@ -169,30 +165,24 @@ impl Bundle for BundleService {
         req: Request<pb::BatchUpdateFederatedBundleRequest>,
     ) -> Result<Response<pb::BatchUpdateFederatedBundleResponse>, Status> {
         let req = req.into_inner();
+        let mask = req.input_mask.as_ref().map_or(BundleMask::ALL, store_mask);
         let items = req
             .bundle
             .iter()
-            .map(|b| {
-                let td = trust_domain_from_proto(&b.trust_domain).map_err(convert_failed)?;
-                if td == self.state.trust_domain {
-                    return Err(own_td("updating"));
-                }
-                let existing = self
-                    .state
-                    .store
-                    .bundle(&td)
-                    .ok_or_else(|| (Code::NotFound, "bundle not found".to_owned()))?;
-                let merged = apply_bundle_update(&existing, b, req.input_mask.as_ref())
-                    .map_err(convert_failed)?;
-                check_x509(&merged)?;
-                Ok(merged)
-            })
+            .map(|b| self.federated(b, "updating").map(|bundle| BundleUpdate { bundle, mask }))
             .collect();
         let results = self
-            .set_bundles(items, req.output_mask.as_ref(), |status, bundle| {
-                pb::batch_update_federated_bundle_response::Result { status, bundle }
+            .run(items, Command::UpdateBundles, req.output_mask.as_ref(), |e| match e {
+                ItemError::BundleNotFound(_) => (Code::NotFound, "bundle not found".into()),
+                e => (Code::Internal, format!("failed to update bundle: {e}")),
             })
-            .await?;
+            .await?
+            .into_iter()
+            .map(|(status, bundle)| pb::batch_update_federated_bundle_response::Result {
+                status,
+                bundle,
+            })
+            .collect();
         Ok(Response::new(pb::BatchUpdateFederatedBundleResponse { results }))
     }
 
@@ -203,10 +193,16 @@ impl Bundle for BundleService {
         let req = req.into_inner();
         let items = req.bundle.iter().map(|b| self.federated(b, "setting")).collect();
         let results = self
-            .set_bundles(items, req.output_mask.as_ref(), |status, bundle| {
-                pb::batch_set_federated_bundle_response::Result { status, bundle }
+            .run(items, Command::SetBundles, req.output_mask.as_ref(), |e| {
+                (Code::Internal, format!("failed to set bundle: {e}"))
             })
-            .await?;
+            .await?
+            .into_iter()
+            .map(|(status, bundle)| pb::batch_set_federated_bundle_response::Result {
+                status,
+                bundle,
+            })
+            .collect();
         Ok(Response::new(pb::BatchSetFederatedBundleResponse { results }))
     }
 
@@ -221,52 +217,67 @@ impl Bundle for BundleService {
             Ok(Mode::Delete) => BundleDeleteMode::Delete,
             Ok(Mode::Dissociate) => BundleDeleteMode::Dissociate,
             Err(_) => {
-                return Err(Status::invalid_argument(format!("unknown delete mode {}", req.mode)));
+                return Err(Status::invalid_argument(format!(
+                    "failed to parse deletion mode: unhandled delete mode \"{}\"",
+                    req.mode
+                )));
             }
+        };
+        // Results echo each trust domain exactly as the caller sent it.
+        let result = |name: &str, status| pb::batch_delete_federated_bundle_response::Result {
+            status: Some(status),
+            trust_domain: name.to_owned(),
         };
         let mut batch: Batch<pb::batch_delete_federated_bundle_response::Result> = Batch::default();
         let mut valid = Vec::new();
         for name in &req.trust_domains {
-            let refused =
-                |code: Code, msg: String| pb::batch_delete_federated_bundle_response::Result {
-                    status: Some(batch_status(code, msg)),
-                    trust_domain: name.clone(),
-                };
-            match trust_domain_from_proto(name) {
-                Ok(td) if td == self.state.trust_domain => batch.refuse(refused(
-                    Code::InvalidArgument,
-                    "removing the bundle for the server's own trust domain is not allowed".into(),
+            match TrustDomain::parse(name) {
+                Ok(td) if td == self.state.trust_domain => batch.refuse(result(
+                    name,
+                    batch_status(
+                        Code::InvalidArgument,
+                        "removing the bundle for the server trust domain is not allowed",
+                    ),
                 )),
                 Ok(td) => {
                     batch.accept();
-                    valid.push(td);
+                    valid.push((td, name));
                 }
-                Err(e) => batch.refuse(refused(
-                    Code::InvalidArgument,
-                    format!("failed to parse trust domain: {e}"),
+                Err(e) => batch.refuse(result(
+                    name,
+                    batch_status(
+                        Code::InvalidArgument,
+                        format!("trust domain argument is not valid: {e}"),
+                    ),
                 )),
             }
         }
         if !valid.is_empty() {
-            let cmd = Command::DeleteBundles { trust_domains: valid.clone(), mode };
+            let trust_domains = valid.iter().map(|(td, _)| td.clone()).collect();
+            let cmd = Command::DeleteBundles { trust_domains, mode };
             let Outcome::Bundles(items) = propose(&self.state, cmd).await?.outcome else {
                 return Err(Status::internal("unexpected apply outcome"));
             };
-            batch.fill(items.into_iter().zip(valid).map(|(item, td)| {
+            batch.fill(items.into_iter().zip(valid).map(|(item, (_, name))| {
                 let status = match item {
                     Ok(_) => batch_status_ok(),
                     Err(ItemError::BundleNotFound(_)) => {
-                        batch_status(Code::NotFound, "no such bundle")
+                        batch_status(Code::NotFound, "bundle not found")
                     }
+                    // SPIRE's datastore text, under the service's prefix.
+                    Err(ItemError::BundleInUse(_, n)) => batch_status(
+                        Code::FailedPrecondition,
+                        format!(
+                            "failed to delete federated bundle: datastore-sql: cannot delete \
+                             bundle; federated with {n} registration entries"
+                        ),
+                    ),
                     Err(e) => batch_status(
                         item_code(&e),
                         format!("failed to delete federated bundle: {e}"),
                     ),
                 };
-                pb::batch_delete_federated_bundle_response::Result {
-                    status: Some(status),
-                    trust_domain: td.as_str().to_owned(),
-                }
+                result(name, status)
             }));
         }
         Ok(Response::new(pb::BatchDeleteFederatedBundleResponse { results: batch.finish() }))
@@ -275,62 +286,71 @@ impl Bundle for BundleService {
 
 type Refusal = (Code, String);
 
-fn convert_failed(e: impl std::fmt::Display) -> Refusal {
-    (Code::InvalidArgument, format!("failed to convert bundle: {e}"))
-}
-
-fn own_td(verb: &str) -> Refusal {
-    (
-        Code::InvalidArgument,
-        format!("{verb} a federated bundle for the server's own trust domain is not allowed"),
-    )
-}
-
-/// Every X.509 authority must be a parseable certificate.
-fn check_x509(b: &ward_core::Bundle) -> Result<(), Refusal> {
-    for a in &b.x509_authorities {
-        x509_parser::parse_x509_certificate(&a.der)
-            .map_err(|e| convert_failed(format!("unable to parse X.509 authority: {e}")))?;
+/// A store bundle mask from the wire one.
+fn store_mask(m: &types::BundleMask) -> BundleMask {
+    BundleMask {
+        x509_authorities: m.x509_authorities,
+        jwt_authorities: m.jwt_authorities,
+        refresh_hint: m.refresh_hint,
+        sequence_number: m.sequence_number,
     }
-    Ok(())
+}
+
+/// SPIRE's page tokens for bundles are row ids; anything else is refused, in its words.
+fn check_page_token(token: &str) -> Result<(), String> {
+    if token.is_empty() || token.parse::<u32>().is_ok() {
+        Ok(())
+    } else {
+        Err(format!("could not parse token '{token}'"))
+    }
 }
 
 impl BundleService {
-    /// A wire bundle for a federated (foreign) trust domain.
+    /// A wire bundle for a federated (foreign) trust domain, checked in SPIRE's order: the
+    /// trust domain, not the server's own, then the whole bundle.
     fn federated(&self, b: &types::Bundle, verb: &str) -> Result<ward_core::Bundle, Refusal> {
-        let bundle = bundle_from_proto(b).map_err(convert_failed)?;
-        if bundle.trust_domain == self.state.trust_domain {
-            return Err(own_td(verb));
+        let td = TrustDomain::parse(&b.trust_domain).map_err(|e| {
+            (Code::InvalidArgument, format!("trust domain argument is not valid: {e}"))
+        })?;
+        if td == self.state.trust_domain {
+            return Err((
+                Code::InvalidArgument,
+                format!(
+                    "{verb} a federated bundle for the server's own trust domain is not allowed"
+                ),
+            ));
         }
-        check_x509(&bundle)?;
-        Ok(bundle)
+        bundle_from_caller(b)
+            .map_err(|e| (Code::InvalidArgument, format!("failed to convert bundle: {e}")))
     }
 
-    /// Proposes the accepted bundles as one `SetBundles`; results in request order.
-    async fn set_bundles<R>(
+    /// Proposes the accepted items as one command; per item in request order, its status
+    /// and (when it succeeded) the bundle after the command under `mask`. `refused` gives
+    /// the code and text of an item the store refused.
+    async fn run<T>(
         &self,
-        items: Vec<Result<ward_core::Bundle, Refusal>>,
+        items: Vec<Result<T, Refusal>>,
+        command: impl FnOnce(Vec<T>) -> Command,
         mask: Option<&types::BundleMask>,
-        make: impl Fn(Option<types::Status>, Option<types::Bundle>) -> R,
-    ) -> Result<Vec<R>, Status> {
-        let mut batch: Batch<R> = Batch::default();
+        refused: impl Fn(ItemError) -> Refusal,
+    ) -> Result<Vec<(Option<types::Status>, Option<types::Bundle>)>, Status> {
+        let mut batch = Batch::default();
         let mut valid = Vec::new();
         for item in items {
-            let refused = |(code, msg)| make(Some(batch_status(code, msg)), None);
-            valid.extend(batch.take(item.map_err(refused)));
+            let item = item.map_err(|(code, msg)| (Some(batch_status(code, msg)), None));
+            valid.extend(batch.take(item));
         }
         if !valid.is_empty() {
-            let Outcome::Bundles(items) =
-                propose(&self.state, Command::SetBundles(valid)).await?.outcome
+            let Outcome::Bundles(items) = propose(&self.state, command(valid)).await?.outcome
             else {
                 return Err(Status::internal("unexpected apply outcome"));
             };
             batch.fill(items.into_iter().map(|item| match item {
-                Ok(b) => make(Some(batch_status_ok()), Some(bundle_to_proto(&b, mask))),
-                Err(e) => make(
-                    Some(batch_status(item_code(&e), format!("failed to set bundle: {e}"))),
-                    None,
-                ),
+                Ok(b) => (Some(batch_status_ok()), Some(bundle_to_proto(&b, mask))),
+                Err(e) => {
+                    let (code, msg) = refused(e);
+                    (Some(batch_status(code, msg)), None)
+                }
             }));
         }
         Ok(batch.finish())

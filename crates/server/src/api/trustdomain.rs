@@ -6,8 +6,8 @@ use std::sync::Arc;
 use tonic::{Code, Request, Response, Status};
 use ward_core::{FederationRelationship, TrustDomain};
 use ward_proto::convert::{
-    apply_federation_update, batch_status, batch_status_ok, federation_relationship_from_proto,
-    federation_relationship_to_proto, trust_domain_from_proto,
+    batch_status, batch_status_ok, federation_relationship_from_proto,
+    federation_relationship_to_proto,
 };
 use ward_proto::spire::api::server::trustdomain::v1::{self as pb, trust_domain_server};
 use ward_proto::spire::api::types;
@@ -55,8 +55,12 @@ impl TrustDomainService {
             Ok(rel) => {
                 make(Some(batch_status_ok()), Some(federation_relationship_to_proto(&rel, mask)))
             }
+            // SPIRE's datastore reports a missing relationship on update as a failed fetch.
             Err(ItemError::FederationNotFound(_)) => make(
-                Some(batch_status(Code::NotFound, "federation relationship does not exist")),
+                Some(batch_status(
+                    Code::Internal,
+                    format!("{what}: unable to fetch federation relationship: record not found"),
+                )),
                 None,
             ),
             Err(e) => make(Some(batch_status(item_code(&e), format!("{what}: {e}"))), None),
@@ -97,7 +101,7 @@ impl trust_domain_server::TrustDomain for TrustDomainService {
         req: Request<pb::GetFederationRelationshipRequest>,
     ) -> Result<Response<types::FederationRelationship>, Status> {
         let req = req.into_inner();
-        let td = trust_domain_from_proto(&req.trust_domain)
+        let td = TrustDomain::parse(&req.trust_domain)
             .map_err(|e| Status::invalid_argument(format!("failed to parse trust domain: {e}")))?;
         let rel = self
             .state
@@ -147,20 +151,12 @@ impl trust_domain_server::TrustDomain for TrustDomainService {
         let mut batch = Batch::default();
         let mut valid = Vec::new();
         for proto in &req.federation_relationships {
-            let merged = trust_domain_from_proto(&proto.trust_domain)
-                .map_err(|e| (Code::InvalidArgument, format!("failed to parse trust domain: {e}")))
-                .and_then(|td| {
-                    self.state.store.federation_relationship(&td).ok_or((
-                        Code::NotFound,
-                        "federation relationship does not exist".to_owned(),
-                    ))
-                })
-                .and_then(|existing| {
-                    apply_federation_update(&existing, proto, req.input_mask.as_ref())
-                        .map_err(conversion_refused)
-                });
+            // As SPIRE, the whole input must convert whatever the mask; the store merges
+            // the masked fields into the stored relationship when the command applies.
+            let update = federation_relationship_from_proto(proto)
+                .map_err(conversion_refused)
+                .map(|relationship| FederationUpdate { relationship, mask });
             let refused = |(code, msg)| make(Some(batch_status(code, msg)), None);
-            let update = merged.map(|relationship| FederationUpdate { relationship, mask });
             valid.extend(batch.take(update.map_err(refused)));
         }
         let cmd = (!valid.is_empty()).then_some(Command::UpdateFederationRelationships(valid));
@@ -185,7 +181,14 @@ impl trust_domain_server::TrustDomain for TrustDomainService {
         let mut batch: Batch<R> = Batch::default();
         let mut valid = Vec::new();
         for name in &names {
-            match trust_domain_from_proto(name) {
+            if name.is_empty() {
+                batch.refuse(R {
+                    status: Some(batch_status(Code::InvalidArgument, "missing trust domain")),
+                    trust_domain: name.clone(),
+                });
+                continue;
+            }
+            match TrustDomain::parse(name) {
                 Ok(td) => {
                     batch.accept();
                     valid.push(td);

@@ -24,6 +24,7 @@ use ward_core::{
 };
 
 use crate::index::{HashIndex, PassThrough, Slab, Slot, SlotSet, key_hash};
+use crate::ordered::Ordered;
 
 mod alias;
 mod groups;
@@ -149,8 +150,10 @@ pub(crate) struct State {
     /// Parent hashes whose frozen group is missing or stale.
     dirty: HashMap<u64, DirtyGroup>,
     pub(crate) tokens: BTreeMap<String, JoinToken>,
-    pub(crate) bundles: BTreeMap<TrustDomain, Arc<Bundle>>,
-    pub(crate) federations: BTreeMap<TrustDomain, Arc<FederationRelationship>>,
+    /// Bundles, listed in creation order.
+    pub(crate) bundles: Ordered<Bundle>,
+    /// Federation relationships (without their bundle), listed in creation order.
+    pub(crate) federations: Ordered<FederationRelationship>,
 }
 
 impl State {
@@ -179,8 +182,8 @@ impl State {
             ids: HashMap::default(),
             dirty: HashMap::new(),
             tokens: BTreeMap::new(),
-            bundles: BTreeMap::new(),
-            federations: BTreeMap::new(),
+            bundles: Ordered::default(),
+            federations: Ordered::default(),
         }
     }
 

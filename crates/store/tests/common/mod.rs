@@ -22,8 +22,12 @@ pub struct Model {
     pub agents: BTreeMap<AgentId, AttestedNode>,
     pub tokens: BTreeMap<String, JoinToken>,
     pub bundles: BTreeMap<TrustDomain, Bundle>,
+    /// Trust domains of `bundles` in creation order (how they are listed).
+    pub bundle_order: Vec<TrustDomain>,
     /// Stored without their `trust_domain_bundle` (that lives in `bundles`).
     pub federations: BTreeMap<TrustDomain, FederationRelationship>,
+    /// Trust domains of `federations` in creation order.
+    pub federation_order: Vec<TrustDomain>,
     pub revision: u64,
     /// Every join token value and trust domain a command named, so that absent records are
     /// checked too.
@@ -31,6 +35,8 @@ pub struct Model {
     pub seen_tds: BTreeSet<TrustDomain>,
     /// What the change feed must name for the last command that bumped the revision.
     pub last_change: ChangeSets,
+    /// Bundles the current command wrote, changed or not (the feed names them).
+    pub written_bundles: BTreeSet<TrustDomain>,
 }
 
 /// The records a change-feed record names, as sets.
@@ -77,11 +83,14 @@ impl Model {
             agents: BTreeMap::new(),
             tokens: BTreeMap::new(),
             bundles: BTreeMap::new(),
+            bundle_order: Vec::new(),
             federations: BTreeMap::new(),
+            federation_order: Vec::new(),
             revision: 0,
             seen_tokens: BTreeSet::new(),
             seen_tds: BTreeSet::new(),
             last_change: ChangeSets::default(),
+            written_bundles: BTreeSet::new(),
         }
     }
 
@@ -119,6 +128,7 @@ impl Model {
         self.remember(cmd);
         let before = self.fingerprint();
         let old = (self.entries.clone(), self.agents.clone(), self.bundles.clone());
+        self.written_bundles.clear();
         let out = self.apply_inner(cmd);
         if self.fingerprint() != before || self.mutated_anyway(cmd, &out) {
             self.revision += 1;
@@ -137,7 +147,10 @@ impl Model {
             self.last_change = ChangeSets {
                 entries: differing(&old.0, &self.entries),
                 agents,
-                bundles: differing(&old.2, &self.bundles),
+                bundles: differing(&old.2, &self.bundles)
+                    .union(&self.written_bundles)
+                    .cloned()
+                    .collect(),
             };
         }
         out
@@ -149,6 +162,9 @@ impl Model {
         match (cmd, out) {
             (Command::BanAgent(_) | Command::AttestAgent(_), Outcome::Agent(Ok(_))) => true,
             (Command::SetBundles(b), _) => !b.is_empty(),
+            (Command::CreateBundles(_) | Command::UpdateBundles(_), Outcome::Bundles(r)) => {
+                r.iter().any(Result::is_ok)
+            }
             (Command::UpdateEntries(_), Outcome::Entries(r)) => r.iter().any(Result::is_ok),
             (
                 Command::RenewAgent { .. } | Command::ActivateAgentSerial { .. },
@@ -178,7 +194,10 @@ impl Model {
                 self.seen_tokens.insert(token.clone());
                 vec![]
             }
-            Command::SetBundles(bs) => bs.iter().map(|b| b.trust_domain.clone()).collect(),
+            Command::SetBundles(bs) | Command::CreateBundles(bs) => {
+                bs.iter().map(|b| b.trust_domain.clone()).collect()
+            }
+            Command::UpdateBundles(us) => us.iter().map(|u| u.bundle.trust_domain.clone()).collect(),
             Command::DeleteBundles { trust_domains, .. }
             | Command::DeleteFederationRelationships(trust_domains) => trust_domains.clone(),
             Command::AppendBundle { trust_domain, .. }
@@ -198,22 +217,31 @@ impl Model {
         self.seen_tds.extend(tds);
     }
 
-    /// Stores a whole bundle; its sequence number never goes back.
+    /// Stores a whole bundle as given; a new one goes last in the listing order.
     fn set_bundle(&mut self, b: &Bundle) -> Bundle {
-        let mut b = b.clone();
-        if let Some(old) = self.bundles.get(&b.trust_domain) {
-            b.sequence_number = b.sequence_number.max(old.sequence_number + 1);
+        self.written_bundles.insert(b.trust_domain.clone());
+        if self.bundles.insert(b.trust_domain.clone(), b.clone()).is_none() {
+            self.bundle_order.push(b.trust_domain.clone());
         }
-        self.bundles.insert(b.trust_domain.clone(), b.clone());
-        b
+        b.clone()
     }
 
-    /// Checks a relationship and stores the bundle it carries; returns it without that
-    /// bundle.
-    fn federation_checked(
-        &mut self,
-        f: &FederationRelationship,
-    ) -> Result<FederationRelationship, ItemError> {
+    fn remove_bundle(&mut self, td: &TrustDomain) -> Option<Bundle> {
+        self.bundle_order.retain(|t| t != td);
+        self.bundles.remove(td)
+    }
+
+    /// A stored relationship as reads report it: with its trust domain's bundle.
+    pub fn joined(&self, f: &FederationRelationship) -> FederationRelationship {
+        FederationRelationship {
+            trust_domain_bundle: self.bundles.get(&f.trust_domain).cloned(),
+            ..f.clone()
+        }
+    }
+
+    /// Checks a relationship, stores the bundle it carries and the relationship without
+    /// it; returns the bundle it carried.
+    fn federation_checked(&mut self, f: &FederationRelationship) -> Result<Option<Bundle>, ItemError> {
         if f.bundle_endpoint_url.is_empty() {
             return Err(ItemError::Invalid("bundle endpoint URL is required".into()));
         }
@@ -228,13 +256,17 @@ impl Model {
             ));
         }
         let mut f = f.clone();
-        if let Some(b) = f.trust_domain_bundle.take() {
-            self.set_bundle(&b);
+        let given = f.trust_domain_bundle.take();
+        if let Some(b) = &given {
+            self.set_bundle(b);
         }
-        self.federations.insert(f.trust_domain.clone(), f.clone());
-        Ok(f)
+        if self.federations.insert(f.trust_domain.clone(), f.clone()).is_none() {
+            self.federation_order.push(f.trust_domain.clone());
+        }
+        Ok(given)
     }
 
+    /// Created: reported with the bundle it was given.
     fn create_federation(
         &mut self,
         f: &FederationRelationship,
@@ -242,9 +274,11 @@ impl Model {
         if self.federations.contains_key(&f.trust_domain) {
             return Err(ItemError::FederationExists(f.trust_domain.clone()));
         }
-        self.federation_checked(f).map(Arc::new)
+        let given = self.federation_checked(f)?;
+        Ok(Arc::new(FederationRelationship { trust_domain_bundle: given, ..f.clone() }))
     }
 
+    /// Updated: reported with the trust domain's bundle after the update.
     fn update_federation(
         &mut self,
         u: &FederationUpdate,
@@ -262,7 +296,9 @@ impl Model {
         if u.mask.trust_domain_bundle {
             f.trust_domain_bundle = u.relationship.trust_domain_bundle.clone();
         }
-        self.federation_checked(&f).map(Arc::new)
+        self.federation_checked(&f)?;
+        let stored = self.federations[td].clone();
+        Ok(Arc::new(self.joined(&stored)))
     }
 
     /// Taints every authority of `td`'s bundle that `pick` (X.509 or JWT list) selects.
@@ -282,7 +318,7 @@ impl Model {
         for f in flags {
             *f = true;
         }
-        b.sequence_number += 1;
+        b.sequence_number = b.sequence_number.saturating_add(1);
         self.bundles.insert(td.clone(), b.clone());
         Ok(Arc::new(b))
     }
@@ -305,7 +341,7 @@ impl Model {
             return Err(ItemError::AuthorityNotTainted);
         }
         items.retain(|a| !is(a));
-        b.sequence_number += 1;
+        b.sequence_number = b.sequence_number.saturating_add(1);
         self.bundles.insert(td.clone(), b.clone());
         Ok(Arc::new(b))
     }
@@ -437,6 +473,39 @@ impl Model {
             Command::SetBundles(bs) => {
                 Outcome::Bundles(bs.iter().map(|b| Ok(Arc::new(self.set_bundle(b)))).collect())
             }
+            Command::CreateBundles(bs) => Outcome::Bundles(
+                bs.iter()
+                    .map(|b| {
+                        if self.bundles.contains_key(&b.trust_domain) {
+                            return Err(ItemError::BundleExists(b.trust_domain.clone()));
+                        }
+                        Ok(Arc::new(self.set_bundle(b)))
+                    })
+                    .collect(),
+            ),
+            Command::UpdateBundles(us) => Outcome::Bundles(
+                us.iter()
+                    .map(|u| {
+                        let td = &u.bundle.trust_domain;
+                        let Some(mut b) = self.bundles.get(td).cloned() else {
+                            return Err(ItemError::BundleNotFound(td.clone()));
+                        };
+                        if u.mask.x509_authorities {
+                            b.x509_authorities = u.bundle.x509_authorities.clone();
+                        }
+                        if u.mask.jwt_authorities {
+                            b.jwt_authorities = u.bundle.jwt_authorities.clone();
+                        }
+                        if u.mask.refresh_hint {
+                            b.refresh_hint = u.bundle.refresh_hint;
+                        }
+                        if u.mask.sequence_number {
+                            b.sequence_number = u.bundle.sequence_number;
+                        }
+                        Ok(Arc::new(self.set_bundle(&b)))
+                    })
+                    .collect(),
+            ),
             Command::DeleteBundles { trust_domains, mode } => Outcome::Bundles(
                 trust_domains
                     .iter()
@@ -468,7 +537,7 @@ impl Model {
                                 }
                             }
                         }
-                        Ok(Arc::new(self.bundles.remove(td).unwrap()))
+                        Ok(Arc::new(self.remove_bundle(td).unwrap()))
                     })
                     .collect(),
             ),
@@ -521,30 +590,38 @@ impl Model {
                 })
             }
             Command::AppendBundle { trust_domain, x509_authorities, jwt_authorities } => {
-                let existed = self.bundles.contains_key(trust_domain);
-                let mut b = self
-                    .bundles
-                    .get(trust_domain)
-                    .cloned()
-                    .unwrap_or(Bundle::new(trust_domain.clone()));
+                // SPIRE: a missing bundle is created as given (sequence 0); otherwise what
+                // the bundle lacks is added (taint not compared) and the sequence goes up.
+                let Some(old) = self.bundles.get(trust_domain).cloned() else {
+                    let b = Bundle {
+                        x509_authorities: x509_authorities.clone(),
+                        jwt_authorities: jwt_authorities.clone(),
+                        ..Bundle::new(trust_domain.clone())
+                    };
+                    return Outcome::Bundles(vec![Ok(Arc::new(self.set_bundle(&b)))]);
+                };
+                let mut b = old.clone();
                 let mut added = false;
                 for x in x509_authorities {
-                    if b.x509_authorities.iter().all(|o| o.der != x.der) {
+                    if old.x509_authorities.iter().all(|o| o.der != x.der) {
                         b.x509_authorities.push(x.clone());
                         added = true;
                     }
                 }
                 for j in jwt_authorities {
-                    if b.jwt_authorities.iter().all(|o| o.key_id != j.key_id) {
+                    let same = |o: &ward_core::JwtAuthority| {
+                        o.public_key_der == j.public_key_der
+                            && o.key_id == j.key_id
+                            && o.expires_at == j.expires_at
+                    };
+                    if !old.jwt_authorities.iter().any(same) {
                         b.jwt_authorities.push(j.clone());
                         added = true;
                     }
                 }
                 if added {
-                    b.sequence_number += 1;
-                }
-                if added || !existed {
-                    self.bundles.insert(trust_domain.clone(), b.clone());
+                    b.sequence_number = b.sequence_number.saturating_add(1);
+                    self.set_bundle(&b);
                 }
                 Outcome::Bundles(vec![Ok(Arc::new(b))])
             }
@@ -610,7 +687,7 @@ impl Model {
                             let b = Bundle {
                                 x509_authorities: x509,
                                 jwt_authorities: jwt,
-                                sequence_number: b.sequence_number + 1,
+                                sequence_number: b.sequence_number.saturating_add(1),
                                 ..b
                             };
                             self.bundles.insert(trust_domain.clone(), b.clone());
@@ -628,6 +705,7 @@ impl Model {
             Command::DeleteFederationRelationships(tds) => Outcome::Federations(
                 tds.iter()
                     .map(|td| {
+                        self.federation_order.retain(|t| t != td);
                         self.federations
                             .remove(td)
                             .map(Arc::new)
@@ -784,8 +862,13 @@ pub fn assert_same_state(store: &Store, model: &Model, agents: &[AgentId]) {
     for t in &model.seen_tokens {
         assert_eq!(store.join_token(t), model.tokens.get(t).cloned(), "join token {t}");
     }
-    let want_bundles: Vec<Bundle> = model.bundles.values().cloned().collect();
-    let want_feds: Vec<FederationRelationship> = model.federations.values().cloned().collect();
+    let want_bundles: Vec<Bundle> =
+        model.bundle_order.iter().map(|td| model.bundles[td].clone()).collect();
+    let want_feds: Vec<FederationRelationship> = model
+        .federation_order
+        .iter()
+        .map(|td| model.joined(&model.federations[td]))
+        .collect();
     for size in [0, 1, 2] {
         let got: Vec<Bundle> = all_pages(|p| store.list_bundles(p), size)
             .into_iter()
@@ -803,7 +886,7 @@ pub fn assert_same_state(store: &Store, model: &Model, agents: &[AgentId]) {
         assert_eq!(store.bundle(td).as_deref(), model.bundles.get(td), "bundle {td}");
         assert_eq!(
             store.federation_relationship(td).as_deref(),
-            model.federations.get(td),
+            model.federations.get(td).map(|f| model.joined(f)).as_ref(),
             "federation relationship {td}"
         );
     }
