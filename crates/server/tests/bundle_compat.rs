@@ -135,11 +135,8 @@ async fn bundle_delete_echoes_the_caller_and_uses_spire_texts() {
         .await
         .unwrap()
         .into_inner();
-    let got: Vec<(String, (i32, String))> = resp
-        .results
-        .iter()
-        .map(|r| (r.trust_domain.clone(), status(r.status.as_ref())))
-        .collect();
+    let got: Vec<(String, (i32, String))> =
+        resp.results.iter().map(|r| (r.trust_domain.clone(), status(r.status.as_ref()))).collect();
     assert_eq!(
         got,
         vec![
@@ -186,6 +183,15 @@ async fn bundle_delete_echoes_the_caller_and_uses_spire_texts() {
         .into_inner();
     assert_eq!(resp.results[0].trust_domain, "spiffe://other.org");
     assert_eq!(status(resp.results[0].status.as_ref()), (0, "OK".into()));
+    // Dissociating keeps the entry's revision, as SPIRE's datastore does.
+    let entry_id = created.results[0].entry.as_ref().unwrap().id.clone();
+    let entry = entries
+        .get_entry(entrypb::GetEntryRequest { id: entry_id, output_mask: None })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(entry.federates_with.is_empty());
+    assert_eq!(entry.revision_number, 0);
     ts.server.shutdown().await;
 }
 
@@ -240,7 +246,10 @@ async fn federation_relationships_carry_their_bundle() {
         ],
     )
     .await;
-    assert_eq!(r[0].federation_relationship.as_ref().unwrap().trust_domain_bundle, Some(given.clone()));
+    assert_eq!(
+        r[0].federation_relationship.as_ref().unwrap().trust_domain_bundle,
+        Some(given.clone())
+    );
     assert_eq!(r[1].federation_relationship.as_ref().unwrap().trust_domain_bundle, None);
 
     // Show and list join the trust domain's bundle.
@@ -296,6 +305,48 @@ async fn federation_relationships_carry_their_bundle() {
     let updated = resp.results[0].federation_relationship.as_ref().unwrap();
     assert_eq!(updated.bundle_endpoint_url, "https://other.org/v2");
     assert_eq!(updated.trust_domain_bundle, Some(given));
+
+    // SPIRE's datastore words for a duplicate create and an update of nothing.
+    let r = create_relationships(&mut c, vec![web_relationship("other.org", None)]).await;
+    assert_eq!(
+        status(r[0].status.as_ref()),
+        (
+            Code::Internal as i32,
+            "failed to create federation relationship: datastore-sql: UNIQUE constraint failed: \
+             federated_trust_domains.trust_domain"
+                .into()
+        )
+    );
+    let resp = c
+        .batch_update_federation_relationship(tdpb::BatchUpdateFederationRelationshipRequest {
+            federation_relationships: vec![web_relationship("nope.org", None)],
+            input_mask: None,
+            output_mask: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        status(resp.results[0].status.as_ref()),
+        (
+            Code::Internal as i32,
+            "failed to update federation relationship: unable to fetch federation relationship: \
+             record not found"
+                .into()
+        )
+    );
+    let err = c
+        .get_federation_relationship(tdpb::GetFederationRelationshipRequest {
+            trust_domain: "Bad_TD!".into(),
+            output_mask: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.message(),
+        "failed to parse trust domain: trust domain characters are limited to lowercase \
+         letters, numbers, dots, dashes, and underscores"
+    );
     ts.server.shutdown().await;
 }
 
@@ -385,7 +436,10 @@ async fn caller_authorities_must_parse_and_never_carry_taint() {
     // AppendBundle: SPIRE's prefixes, JWT authorities first.
     let err = admin
         .append_bundle(bundlepb::AppendBundleRequest {
-            x509_authorities: vec![types::X509Certificate { asn1: b"junk".to_vec(), tainted: false }],
+            x509_authorities: vec![types::X509Certificate {
+                asn1: b"junk".to_vec(),
+                tainted: false,
+            }],
             jwt_authorities: vec![jwt_key("")],
             output_mask: None,
         })
@@ -397,7 +451,10 @@ async fn caller_authorities_must_parse_and_never_carry_taint() {
     );
     let err = admin
         .append_bundle(bundlepb::AppendBundleRequest {
-            x509_authorities: vec![types::X509Certificate { asn1: b"junk".to_vec(), tainted: false }],
+            x509_authorities: vec![types::X509Certificate {
+                asn1: b"junk".to_vec(),
+                tainted: false,
+            }],
             jwt_authorities: vec![],
             output_mask: None,
         })
@@ -464,15 +521,19 @@ async fn create_and_update_check_existence_when_applied() {
         .unwrap()
         .into_inner();
     let got: Vec<(i32, String)> = resp.results.iter().map(|r| status(r.status.as_ref())).collect();
-    assert_eq!(got, vec![(0, "OK".into()), (Code::AlreadyExists as i32, "bundle already exists".into())]);
+    assert_eq!(
+        got,
+        vec![(0, "OK".into()), (Code::AlreadyExists as i32, "bundle already exists".into())]
+    );
     assert_eq!(federated(&mut admin, "other.org").await, first);
 
     // Two updates with different masks in one request: both apply.
-    let update = |b: types::Bundle, mask: types::BundleMask| bundlepb::BatchUpdateFederatedBundleRequest {
-        bundle: vec![b],
-        input_mask: Some(mask),
-        output_mask: None,
-    };
+    let update =
+        |b: types::Bundle, mask: types::BundleMask| bundlepb::BatchUpdateFederatedBundleRequest {
+            bundle: vec![b],
+            input_mask: Some(mask),
+            output_mask: None,
+        };
     let hint = types::Bundle { refresh_hint: 60, ..bundle("other.org", ca_der("other.org")) };
     let seq = types::Bundle { sequence_number: 9, ..bundle("other.org", ca_der("other.org")) };
     let (mut c1, mut c2) = (admin.clone(), admin.clone());

@@ -214,7 +214,15 @@ async fn federation_relationships_crud() {
         .into_inner();
     let got = codes(&resp.results, |r| r.status.as_ref());
     assert_eq!(got[0].0, 0);
-    assert_eq!(got[1].0, Code::AlreadyExists as i32);
+    assert_eq!(
+        got[1],
+        (
+            Code::Internal as i32,
+            "failed to create federation relationship: datastore-sql: UNIQUE constraint failed: \
+             federated_trust_domains.trust_domain"
+                .into()
+        )
+    );
     assert_eq!(
         got[2],
         (

@@ -98,7 +98,8 @@ impl<'a> Txn<'a> {
     fn put_bundle(&mut self, b: Bundle) -> Result<Arc<Bundle>, StoreError> {
         let b = Arc::new(b);
         let number = self.state.bundles.insert(b.trust_domain.clone(), Arc::clone(&b));
-        self.batch.insert(record::bundle_key(&b.trust_domain), record::encode_numbered(&*b, number)?);
+        self.batch
+            .insert(record::bundle_key(&b.trust_domain), record::encode_numbered(&*b, number)?);
         self.change.bundles.push(b.trust_domain.clone());
         self.mutated = true;
         Ok(b)
@@ -531,8 +532,10 @@ impl<'a> Txn<'a> {
         // Compared with the bundle as it was, as SPIRE merges: two equal new items both go in.
         let new_x509: Vec<&X509Authority> =
             x509.iter().filter(|x| !old.x509_authorities.iter().any(|o| o.der == x.der)).collect();
-        let new_jwt: Vec<&JwtAuthority> =
-            jwt.iter().filter(|j| !old.jwt_authorities.iter().any(|o| same_jwt_key(o, j))).collect();
+        let new_jwt: Vec<&JwtAuthority> = jwt
+            .iter()
+            .filter(|j| !old.jwt_authorities.iter().any(|o| same_jwt_key(o, j)))
+            .collect();
         if new_x509.is_empty() && new_jwt.is_empty() {
             return Ok(Arc::clone(old));
         }
@@ -588,8 +591,8 @@ impl<'a> Txn<'a> {
             BundleDeleteMode::Dissociate => {
                 for e in &users {
                     let mut e = RegistrationEntry::clone(e);
+                    // SPIRE's datastore clears the association without a new revision.
                     e.federates_with.retain(|t| t != td);
-                    e.revision_number = e.revision_number.saturating_add(1);
                     self.put_entry(e)?;
                 }
             }

@@ -115,8 +115,8 @@ mod store;
 pub mod testdata;
 
 pub use command::{
-    AgentAttestation, Applied, BundleDeleteMode, BundleMask, BundleUpdate, Command, ConsumedToken, EntryMask, EntryUpdate,
-    ErrorClass, FederationMask, FederationUpdate, ItemError, Outcome,
+    AgentAttestation, Applied, BundleDeleteMode, BundleMask, BundleUpdate, Command, ConsumedToken,
+    EntryMask, EntryUpdate, ErrorClass, FederationMask, FederationUpdate, ItemError, Outcome,
 };
 pub use error::StoreError;
 pub use query::{AgentFilter, EntryFilter, FederatesWithFilter, Page, PageRequest, SelectorFilter};

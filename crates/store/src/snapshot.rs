@@ -264,7 +264,11 @@ impl Cut {
         if let Some(a) = self.agents.next() {
             put_record(out, &record::agent_key(&a.id), &*a)
         } else if let Some((number, b)) = self.bundles.next() {
-            put_raw(out, &record::bundle_key(&b.trust_domain), &record::encode_numbered(&*b, number)?)
+            put_raw(
+                out,
+                &record::bundle_key(&b.trust_domain),
+                &record::encode_numbered(&*b, number)?,
+            )
         } else if let Some((k, v)) = self.changes.next() {
             put_raw(out, &k, &v)
         } else if let Some(e) = self.entries.next() {

@@ -455,8 +455,7 @@ pub(crate) fn load_state(tree: &sled::Tree, td: &TrustDomain) -> Result<State, S
                 state.bundles.insert_numbered(b.trust_domain.clone(), Arc::new(b), number);
             }
             Some(record::FEDERATION) => {
-                let (f, number): (FederationRelationship, u64) =
-                    record::decode_numbered(&k, &v)?;
+                let (f, number): (FederationRelationship, u64) = record::decode_numbered(&k, &v)?;
                 state.federations.insert_numbered(f.trust_domain.clone(), Arc::new(f), number);
             }
             _ if &*k == record::META_APPLIED => state.applied = record::read_u64(&k, &v)?,

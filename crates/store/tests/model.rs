@@ -16,9 +16,9 @@ use ward_core::{
     X509Authority,
 };
 use ward_store::{
-    AgentAttestation, AgentFilter, BundleDeleteMode, BundleMask, BundleUpdate, Command, EntryFilter, EntryMask, EntryUpdate,
-    FederatesWithFilter, FederationMask, FederationUpdate, ItemError, Outcome, SelectorFilter,
-    Store, StoreConfig,
+    AgentAttestation, AgentFilter, BundleDeleteMode, BundleMask, BundleUpdate, Command,
+    EntryFilter, EntryMask, EntryUpdate, FederatesWithFilter, FederationMask, FederationUpdate,
+    ItemError, Outcome, SelectorFilter, Store, StoreConfig,
 };
 
 const TD: &str = "example.org";
@@ -168,7 +168,12 @@ fn arb_bundle_mask() -> impl Strategy<Value = BundleMask> {
     prop_oneof![
         Just(BundleMask::ALL),
         (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(|(x, j, h, s)| {
-            BundleMask { x509_authorities: x, jwt_authorities: j, refresh_hint: h, sequence_number: s }
+            BundleMask {
+                x509_authorities: x,
+                jwt_authorities: j,
+                refresh_hint: h,
+                sequence_number: s,
+            }
         }),
     ]
 }

@@ -2,8 +2,8 @@
 
 use std::fmt;
 
-use ward_core::{AuthorityError, SpiffeIdError};
 use ward_core::entry::EntryIdError;
+use ward_core::{AuthorityError, SpiffeIdError};
 
 /// Which SPIFFE ID of a message failed to parse; decides the error text's prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -215,13 +215,21 @@ mod tests {
                 ConvertError::BundleEndpointUrlUserInfo,
                 "bundle endpoint URL must not contain user info",
             ),
-            ("", ConvertError::BundleEndpointUrlNotHttps, "bundle endpoint URL must use the https scheme"),
+            (
+                "",
+                ConvertError::BundleEndpointUrlNotHttps,
+                "bundle endpoint URL must use the https scheme",
+            ),
             (
                 "not a url",
                 ConvertError::BundleEndpointUrlNotHttps,
                 "bundle endpoint URL must use the https scheme",
             ),
-            ("https://", ConvertError::BundleEndpointUrlNoHost, "bundle endpoint URL must specify the host"),
+            (
+                "https://",
+                ConvertError::BundleEndpointUrlNoHost,
+                "bundle endpoint URL must specify the host",
+            ),
             (
                 "https:other.org",
                 ConvertError::BundleEndpointUrlNoHost,
@@ -242,7 +250,8 @@ mod tests {
             (
                 "https://other.org/\tx",
                 ConvertError::MalformedBundleEndpointUrl(
-                    "parse \"https://other.org/\\tx\": net/url: invalid control character in URL".into(),
+                    "parse \"https://other.org/\\tx\": net/url: invalid control character in URL"
+                        .into(),
                 ),
                 "failed to parse bundle endpoint URL: parse \"https://other.org/\\tx\": net/url: invalid control character in URL",
             ),
@@ -258,7 +267,8 @@ mod tests {
 
     #[test]
     fn accepts_urls_go_reads_as_https_with_a_host() {
-        for url in ["https://other.org", "HTTPS://other.org:8443/bundle?x=1#f", "https://10.0.0.1/"] {
+        for url in ["https://other.org", "HTTPS://other.org:8443/bundle?x=1#f", "https://10.0.0.1/"]
+        {
             let mut wire = federation_relationship_to_proto(&rel(), None);
             wire.bundle_endpoint_url = url.into();
             assert!(federation_relationship_from_proto(&wire).is_ok(), "{url}");

@@ -22,14 +22,13 @@ mod svid;
 
 pub use agent::{agent_from_proto, agent_to_proto, attest_agent_params};
 pub use bundle::{
-    bundle_from_caller, bundle_from_proto, bundle_to_proto, jwt_authority_from_caller, jwt_authority_from_proto, jwt_authority_to_proto,
-    x509_authority_from_caller, x509_authority_from_proto, x509_authority_to_proto,
+    bundle_from_caller, bundle_from_proto, bundle_to_proto, jwt_authority_from_caller,
+    jwt_authority_from_proto, jwt_authority_to_proto, x509_authority_from_caller,
+    x509_authority_from_proto, x509_authority_to_proto,
 };
 pub use entry::{apply_entry_update, entry_from_proto, entry_revision_to_proto, entry_to_proto};
 pub use error::{ConvertError, IdField};
-pub use federation::{
-    federation_relationship_from_proto, federation_relationship_to_proto,
-};
+pub use federation::{federation_relationship_from_proto, federation_relationship_to_proto};
 pub use join_token::{join_token_from_proto, join_token_to_proto};
 pub use selector::{
     selector_from_proto, selector_match_from_proto, selector_match_to_proto, selector_to_proto,

@@ -63,6 +63,17 @@ impl TrustDomainService {
                 )),
                 None,
             ),
+            // SPIRE's datastore refuses a second relationship by its unique constraint.
+            Err(ItemError::FederationExists(_)) => make(
+                Some(batch_status(
+                    Code::Internal,
+                    format!(
+                        "{what}: datastore-sql: UNIQUE constraint failed: \
+                         federated_trust_domains.trust_domain"
+                    ),
+                )),
+                None,
+            ),
             Err(e) => make(Some(batch_status(item_code(&e), format!("{what}: {e}"))), None),
         }));
         Ok(batch.finish())

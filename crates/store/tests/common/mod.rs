@@ -197,7 +197,9 @@ impl Model {
             Command::SetBundles(bs) | Command::CreateBundles(bs) => {
                 bs.iter().map(|b| b.trust_domain.clone()).collect()
             }
-            Command::UpdateBundles(us) => us.iter().map(|u| u.bundle.trust_domain.clone()).collect(),
+            Command::UpdateBundles(us) => {
+                us.iter().map(|u| u.bundle.trust_domain.clone()).collect()
+            }
             Command::DeleteBundles { trust_domains, .. }
             | Command::DeleteFederationRelationships(trust_domains) => trust_domains.clone(),
             Command::AppendBundle { trust_domain, .. }
@@ -241,7 +243,10 @@ impl Model {
 
     /// Checks a relationship, stores the bundle it carries and the relationship without
     /// it; returns the bundle it carried.
-    fn federation_checked(&mut self, f: &FederationRelationship) -> Result<Option<Bundle>, ItemError> {
+    fn federation_checked(
+        &mut self,
+        f: &FederationRelationship,
+    ) -> Result<Option<Bundle>, ItemError> {
         if f.bundle_endpoint_url.is_empty() {
             return Err(ItemError::Invalid("bundle endpoint URL is required".into()));
         }
@@ -533,7 +538,6 @@ impl Model {
                                 for id in &users {
                                     let e = self.entries.get_mut(id).unwrap();
                                     e.federates_with.retain(|t| t != td);
-                                    e.revision_number += 1;
                                 }
                             }
                         }
@@ -864,11 +868,8 @@ pub fn assert_same_state(store: &Store, model: &Model, agents: &[AgentId]) {
     }
     let want_bundles: Vec<Bundle> =
         model.bundle_order.iter().map(|td| model.bundles[td].clone()).collect();
-    let want_feds: Vec<FederationRelationship> = model
-        .federation_order
-        .iter()
-        .map(|td| model.joined(&model.federations[td]))
-        .collect();
+    let want_feds: Vec<FederationRelationship> =
+        model.federation_order.iter().map(|td| model.joined(&model.federations[td])).collect();
     for size in [0, 1, 2] {
         let got: Vec<Bundle> = all_pages(|p| store.list_bundles(p), size)
             .into_iter()
