@@ -608,7 +608,7 @@ impl<'a> Txn<'a> {
     fn federation_bundle(
         &mut self,
         f: &FederationRelationship,
-    ) -> Result<ItemResult<(FederationRelationship, Option<Arc<Bundle>>)>, StoreError> {
+    ) -> Result<ItemResult<Checked>, StoreError> {
         if f.bundle_endpoint_url.is_empty() {
             return Ok(Err(ItemError::Invalid("bundle endpoint URL is required".into())));
         }
@@ -674,6 +674,10 @@ impl<'a> Txn<'a> {
         }
     }
 }
+
+/// A checked relationship as it is stored (without its bundle), and the bundle it carried,
+/// as stored.
+type Checked = (FederationRelationship, Option<Arc<Bundle>>);
 
 /// A relationship as reported: the stored one with `bundle` as its `trust_domain_bundle`.
 pub(crate) fn with_bundle(

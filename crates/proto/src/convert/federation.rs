@@ -243,9 +243,9 @@ mod tests {
             (
                 "https://a b.org/",
                 ConvertError::MalformedBundleEndpointUrl(
-                    "parse \"https://a b.org/\": invalid domain character".into(),
+                    "parse \"https://a b.org/\": invalid international domain name".into(),
                 ),
-                "failed to parse bundle endpoint URL: parse \"https://a b.org/\": invalid domain character",
+                "failed to parse bundle endpoint URL: parse \"https://a b.org/\": invalid international domain name",
             ),
             (
                 "https://other.org/\tx",
