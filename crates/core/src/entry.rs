@@ -4,11 +4,12 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::id_policy::{IdPolicyError, verify_member_id, verify_workload_id};
 use crate::selector::{Selector, SelectorSet};
 use crate::spiffe_id::{SpiffeId, TrustDomain};
 
-/// The id of a registration entry: client-chosen (at most 255 characters of a restricted
-/// set) or a UUIDv4 the server picks.
+/// The id of a registration entry: client-chosen (at most 255 of the characters
+/// `[-._0-9A-Za-z]`, as SPIRE's datastore allows) or a UUIDv4 the server picks.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct EntryId(String);
 
@@ -18,11 +19,11 @@ pub enum EntryIdError {
     /// The id is empty.
     #[error("entry id cannot be empty")]
     Empty,
-    /// The id is longer than 255 characters.
-    #[error("entry id too long")]
+    /// The id is longer than 255 bytes.
+    #[error("entry ID too long")]
     TooLong,
-    /// The id has a character outside the allowed set.
-    #[error("entry id contains invalid characters")]
+    /// The id has a character outside `[-._0-9A-Za-z]`.
+    #[error("entry ID contains invalid characters")]
     BadChar,
 }
 
@@ -30,8 +31,8 @@ impl EntryId {
     /// The longest entry id accepted.
     pub const MAX_LEN: usize = 255;
 
-    /// Checks and wraps an entry id. Allowed characters are printable ASCII other than
-    /// space, as SPIRE allows for user-chosen ids.
+    /// Checks and wraps an entry id: 1 to 255 of the characters `[-._0-9A-Za-z]` (SPIRE's
+    /// `validEntryIDChars`; a UUID is one).
     ///
     /// # Errors
     /// [`EntryIdError`] naming the broken rule.
@@ -42,7 +43,7 @@ impl EntryId {
         if id.len() > Self::MAX_LEN {
             return Err(EntryIdError::TooLong);
         }
-        if !id.bytes().all(|b| b.is_ascii_graphic()) {
+        if !id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')) {
             return Err(EntryIdError::BadChar);
         }
         Ok(Self(id.to_owned()))
@@ -97,45 +98,118 @@ pub struct RegistrationEntry {
     pub revision_number: i64,
     /// The SVID goes to SVIDStore plugins instead of the Workload API.
     pub store_svid: bool,
-    /// Free-form hint surfaced to workloads (at most 1024 characters).
+    /// Free-form hint surfaced to workloads (at most 1024 bytes).
     pub hint: String,
     /// Unix seconds when the server created the entry.
     pub created_at: i64,
 }
 
-/// Why a registration entry is not acceptable.
+/// Why a registration entry is not acceptable, with SPIRE's text for each rule.
+///
+/// SPIRE checks an entry twice: its API converts the request (the [`EntryCheck::Request`]
+/// rules), then its datastore validates the record (the [`EntryCheck::Record`] rules, whose
+/// texts start with "invalid registration entry"). The two answer with different prefixes,
+/// so each variant says which check it belongs to ([`EntryError::check`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EntryError {
-    /// The SPIFFE ID is outside the server's trust domain.
-    #[error("invalid spiffe ID: \"{0}\" is not a member of trust domain \"{1}\"")]
-    SpiffeIdNotMember(SpiffeId, TrustDomain),
-    /// The SPIFFE ID has an empty path.
-    #[error("invalid spiffe ID: path cannot be empty")]
-    SpiffeIdEmptyPath,
-    /// The SPIFFE ID is in the reserved `/spire` namespace.
-    #[error("invalid spiffe ID: \"{0}\" is reserved for SPIRE")]
-    SpiffeIdReserved(SpiffeId),
-    /// The parent ID is outside the server's trust domain.
-    #[error("invalid parent ID: \"{0}\" is not a member of trust domain \"{1}\"")]
-    ParentIdNotMember(SpiffeId, TrustDomain),
-    /// The parent ID has an empty path.
-    #[error("invalid parent ID: path cannot be empty")]
-    ParentIdEmptyPath,
-    /// No selectors.
-    #[error("selector list is empty")]
-    NoSelectors,
-    /// A TTL is negative.
-    #[error("{0} cannot be negative")]
-    NegativeTtl(&'static str),
+    /// The parent ID is not a member of the server's trust domain.
+    #[error("invalid parent ID: {0}")]
+    ParentId(#[source] IdPolicyError),
+    /// The SPIFFE ID is not a workload of the server's trust domain.
+    #[error("invalid spiffe ID: {0}")]
+    SpiffeId(#[source] IdPolicyError),
     /// A DNS name is malformed.
     #[error("invalid DNS name \"{0}\"")]
     BadDnsName(String),
-    /// The hint is longer than 1024 characters.
+    /// No selectors.
+    #[error("selector list is empty")]
+    NoSelectors,
+    /// The hint is longer than 1024 bytes.
     #[error("hint is too long, max length is 1024 characters")]
     HintTooLong,
-    /// A node (alias) entry federates with another trust domain.
-    #[error("node entries can not federate")]
-    NodeEntryFederates,
+    /// `store_svid` is set and the selectors have more than one type.
+    #[error(
+        "invalid registration entry: selector types must be the same when store SVID is enabled"
+    )]
+    StoreSvidSelectorTypes,
+    /// The entry id as sent breaks the id rules.
+    #[error("invalid registration entry: {0}")]
+    Id(#[source] EntryIdError),
+    /// `x509_svid_ttl` is negative.
+    #[error("invalid registration entry: X509SvidTtl is not set")]
+    NegativeX509SvidTtl,
+    /// `jwt_svid_ttl` is negative.
+    #[error("invalid registration entry: JwtSvidTtl is not set")]
+    NegativeJwtSvidTtl,
+}
+
+/// Which of SPIRE's two checks an [`EntryError`] belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryCheck {
+    /// The API's conversion of the request ("failed to convert entry").
+    Request,
+    /// The datastore's validation of the record ("failed to create entry" or "failed to
+    /// update entry", then "datastore-validation").
+    Record,
+}
+
+impl EntryError {
+    /// The check that finds this error.
+    pub fn check(&self) -> EntryCheck {
+        match self {
+            Self::StoreSvidSelectorTypes
+            | Self::Id(_)
+            | Self::NegativeX509SvidTtl
+            | Self::NegativeJwtSvidTtl => EntryCheck::Record,
+            _ => EntryCheck::Request,
+        }
+    }
+}
+
+/// SPIRE's rule for an entry's parent ID: a member of `td`.
+pub(crate) fn check_parent_id(id: &SpiffeId, td: &TrustDomain) -> Result<(), EntryError> {
+    verify_member_id(id, td).map_err(EntryError::ParentId)
+}
+
+/// SPIRE's rule for an entry's SPIFFE ID: a workload of `td`.
+pub(crate) fn check_spiffe_id(id: &SpiffeId, td: &TrustDomain) -> Result<(), EntryError> {
+    verify_workload_id(id, td).map_err(EntryError::SpiffeId)
+}
+
+pub(crate) fn check_dns_names(names: &[String]) -> Result<(), EntryError> {
+    match names.iter().find(|n| !is_valid_dns_name(n)) {
+        Some(bad) => Err(EntryError::BadDnsName(bad.clone())),
+        None => Ok(()),
+    }
+}
+
+pub(crate) fn check_selectors(selectors: &SelectorSet) -> Result<(), EntryError> {
+    if selectors.is_empty() {
+        return Err(EntryError::NoSelectors);
+    }
+    Ok(())
+}
+
+pub(crate) fn check_hint(hint: &str) -> Result<(), EntryError> {
+    // SPIRE counts bytes.
+    if hint.len() > RegistrationEntry::MAX_HINT_LEN {
+        return Err(EntryError::HintTooLong);
+    }
+    Ok(())
+}
+
+pub(crate) fn check_x509_svid_ttl(ttl: i32) -> Result<(), EntryError> {
+    if ttl < 0 {
+        return Err(EntryError::NegativeX509SvidTtl);
+    }
+    Ok(())
+}
+
+pub(crate) fn check_jwt_svid_ttl(ttl: i32) -> Result<(), EntryError> {
+    if ttl < 0 {
+        return Err(EntryError::NegativeJwtSvidTtl);
+    }
+    Ok(())
 }
 
 impl RegistrationEntry {
@@ -175,46 +249,46 @@ impl RegistrationEntry {
         self.parent_id.is_member_of(td) && self.parent_id.path() == "/spire/server"
     }
 
-    /// Checks the entry against SPIRE's rules for trust domain `td`.
+    /// Checks a new entry against SPIRE's rules for trust domain `td`, in SPIRE's order.
     ///
     /// # Errors
     /// The first [`EntryError`] found.
     pub fn validate(&self, td: &TrustDomain) -> Result<(), EntryError> {
-        if !self.parent_id.is_member_of(td) {
-            return Err(EntryError::ParentIdNotMember(self.parent_id.clone(), td.clone()));
-        }
-        if self.parent_id.path().is_empty() {
-            return Err(EntryError::ParentIdEmptyPath);
-        }
-        if !self.spiffe_id.is_member_of(td) {
-            return Err(EntryError::SpiffeIdNotMember(self.spiffe_id.clone(), td.clone()));
-        }
-        if self.spiffe_id.path().is_empty() {
-            return Err(EntryError::SpiffeIdEmptyPath);
-        }
-        let path = self.spiffe_id.path();
-        if path == "/spire" || path.starts_with("/spire/") {
-            return Err(EntryError::SpiffeIdReserved(self.spiffe_id.clone()));
-        }
-        if self.selectors.is_empty() {
-            return Err(EntryError::NoSelectors);
-        }
-        if self.x509_svid_ttl < 0 {
-            return Err(EntryError::NegativeTtl("x509SvidTtl"));
-        }
-        if self.jwt_svid_ttl < 0 {
-            return Err(EntryError::NegativeTtl("jwtSvidTtl"));
-        }
-        for name in &self.dns_names {
-            if !is_valid_dns_name(name) {
-                return Err(EntryError::BadDnsName(name.clone()));
-            }
-        }
-        if self.hint.chars().count() > Self::MAX_HINT_LEN {
-            return Err(EntryError::HintTooLong);
-        }
-        if self.is_node_alias(td) && !self.federates_with.is_empty() {
-            return Err(EntryError::NodeEntryFederates);
+        self.validate_with_id(td, Ok(()))
+    }
+
+    /// As [`RegistrationEntry::validate`], for an entry whose id as sent was `id` (the entry
+    /// holds a stand-in when that id is invalid): SPIRE reports a bad id after the selector
+    /// types rule and before the TTL rules.
+    ///
+    /// # Errors
+    /// The first [`EntryError`] found.
+    pub fn validate_with_id(
+        &self,
+        td: &TrustDomain,
+        id: Result<(), EntryIdError>,
+    ) -> Result<(), EntryError> {
+        check_parent_id(&self.parent_id, td)?;
+        check_spiffe_id(&self.spiffe_id, td)?;
+        check_dns_names(&self.dns_names)?;
+        check_selectors(&self.selectors)?;
+        check_hint(&self.hint)?;
+        self.check_store_svid()?;
+        id.map_err(EntryError::Id)?;
+        check_x509_svid_ttl(self.x509_svid_ttl)?;
+        check_jwt_svid_ttl(self.jwt_svid_ttl)
+    }
+
+    /// SPIRE's rule for entries whose SVIDs go to SVIDStore plugins: every selector has the
+    /// same type.
+    ///
+    /// # Errors
+    /// [`EntryError::StoreSvidSelectorTypes`].
+    pub fn check_store_svid(&self) -> Result<(), EntryError> {
+        let mut types = self.selectors.as_slice().iter().map(|s| &s.selector_type);
+        let first = types.next();
+        if self.store_svid && types.any(|t| Some(t) != first) {
+            return Err(EntryError::StoreSvidSelectorTypes);
         }
         Ok(())
     }
@@ -259,49 +333,150 @@ mod tests {
     }
 
     #[test]
-    fn entry_id_rules() {
+    fn entry_id_rules_are_spires() {
         assert_eq!(EntryId::new("").unwrap_err(), EntryIdError::Empty);
         assert_eq!(EntryId::new(&"a".repeat(256)).unwrap_err(), EntryIdError::TooLong);
-        assert_eq!(EntryId::new("a b").unwrap_err(), EntryIdError::BadChar);
-        assert_eq!(EntryId::new("abc-123").unwrap().as_str(), "abc-123");
+        assert_eq!(EntryId::new(&"a".repeat(255)).unwrap().as_str().len(), 255);
+        for bad in ["a b", "a/b", "a:b", "a%b", "a?b", "a#b", "é", "a+b"] {
+            assert_eq!(EntryId::new(bad).unwrap_err(), EntryIdError::BadChar, "{bad}");
+        }
+        let ok = "Az09-._";
+        assert_eq!(EntryId::new(ok).unwrap().as_str(), ok);
+        assert_eq!(EntryIdError::BadChar.to_string(), "entry ID contains invalid characters");
     }
 
     #[test]
-    fn validation_table() {
+    fn validation_table_with_spire_texts() {
         let td = TrustDomain::new("example.org").unwrap();
         assert_eq!(entry().validate(&td), Ok(()));
-        let other = SpiffeId::parse("spiffe://other.org/x").unwrap();
+        let id = |s: &str| SpiffeId::parse(s).unwrap();
         type Edit = Box<dyn Fn(&mut RegistrationEntry)>;
-        let cases: Vec<(Edit, EntryError)> = vec![
+        let cases: Vec<(Edit, EntryError, &str)> = vec![
             (
-                Box::new(|e| {
-                    e.spiffe_id = SpiffeId::parse("spiffe://example.org/spire/x").unwrap()
-                }),
-                EntryError::SpiffeIdReserved(
-                    SpiffeId::parse("spiffe://example.org/spire/x").unwrap(),
-                ),
+                Box::new(move |e| e.parent_id = id("spiffe://other.org/x")),
+                EntryError::ParentId(IdPolicyError::NotMember(
+                    id("spiffe://other.org/x"),
+                    td.clone(),
+                )),
+                "invalid parent ID: \"spiffe://other.org/x\" is not a member of trust domain \
+                 \"example.org\"",
             ),
             (
-                Box::new(|e| e.spiffe_id = SpiffeId::parse("spiffe://example.org").unwrap()),
-                EntryError::SpiffeIdEmptyPath,
+                Box::new(move |e| e.parent_id = id("spiffe://example.org")),
+                EntryError::ParentId(IdPolicyError::MemberPathEmpty(
+                    id("spiffe://example.org"),
+                    td.clone(),
+                )),
+                "invalid parent ID: \"spiffe://example.org\" is not a member of trust domain \
+                 \"example.org\"; path is empty",
             ),
             (
-                Box::new(|e| e.parent_id = SpiffeId::parse("spiffe://other.org/x").unwrap()),
-                EntryError::ParentIdNotMember(other.clone(), td.clone()),
+                Box::new(move |e| e.spiffe_id = id("spiffe://other.org/x")),
+                EntryError::SpiffeId(IdPolicyError::NotMember(
+                    id("spiffe://other.org/x"),
+                    td.clone(),
+                )),
+                "invalid spiffe ID: \"spiffe://other.org/x\" is not a member of trust domain \
+                 \"example.org\"",
             ),
-            (Box::new(|e| e.selectors = SelectorSet::default()), EntryError::NoSelectors),
-            (Box::new(|e| e.x509_svid_ttl = -1), EntryError::NegativeTtl("x509SvidTtl")),
+            (
+                Box::new(move |e| e.spiffe_id = id("spiffe://example.org")),
+                EntryError::SpiffeId(IdPolicyError::WorkloadPathEmpty(
+                    id("spiffe://example.org"),
+                    td.clone(),
+                )),
+                "invalid spiffe ID: \"spiffe://example.org\" is not a workload in trust domain \
+                 \"example.org\"; path is empty",
+            ),
+            (
+                Box::new(move |e| e.spiffe_id = id("spiffe://example.org/spire/x")),
+                EntryError::SpiffeId(IdPolicyError::WorkloadPathReserved(
+                    id("spiffe://example.org/spire/x"),
+                    td.clone(),
+                )),
+                "invalid spiffe ID: \"spiffe://example.org/spire/x\" is not a workload in trust \
+                 domain \"example.org\"; path is in the reserved namespace",
+            ),
+            (
+                Box::new(|e| e.selectors = SelectorSet::default()),
+                EntryError::NoSelectors,
+                "selector list is empty",
+            ),
+            (
+                Box::new(|e| e.x509_svid_ttl = -1),
+                EntryError::NegativeX509SvidTtl,
+                "invalid registration entry: X509SvidTtl is not set",
+            ),
+            (
+                Box::new(|e| e.jwt_svid_ttl = -1),
+                EntryError::NegativeJwtSvidTtl,
+                "invalid registration entry: JwtSvidTtl is not set",
+            ),
             (
                 Box::new(|e| e.dns_names = vec!["-bad".into()]),
                 EntryError::BadDnsName("-bad".into()),
+                "invalid DNS name \"-bad\"",
             ),
-            (Box::new(|e| e.hint = "h".repeat(1025)), EntryError::HintTooLong),
+            (
+                Box::new(|e| e.hint = "h".repeat(1025)),
+                EntryError::HintTooLong,
+                "hint is too long, max length is 1024 characters",
+            ),
+            (
+                // 600 characters but 1,200 bytes: SPIRE counts bytes.
+                Box::new(|e| e.hint = "é".repeat(600)),
+                EntryError::HintTooLong,
+                "hint is too long, max length is 1024 characters",
+            ),
+            (
+                Box::new(|e| {
+                    e.store_svid = true;
+                    e.selectors = SelectorSet::new(vec![
+                        Selector::parse("unix:uid:0").unwrap(),
+                        Selector::parse("k8s:ns:a").unwrap(),
+                    ]);
+                }),
+                EntryError::StoreSvidSelectorTypes,
+                "invalid registration entry: selector types must be the same when store SVID is \
+                 enabled",
+            ),
         ];
-        for (mutate, want) in cases {
+        for (mutate, want, text) in cases {
             let mut e = entry();
             mutate(&mut e);
-            assert_eq!(e.validate(&td), Err(want));
+            assert_eq!(e.validate(&td), Err(want.clone()));
+            assert_eq!(want.to_string(), text);
         }
+        // One selector type with store_svid is fine, as is `h` repeated 1024 times.
+        let mut e = entry();
+        e.store_svid = true;
+        e.selectors = SelectorSet::new(vec![
+            Selector::parse("unix:uid:0").unwrap(),
+            Selector::parse("unix:gid:0").unwrap(),
+        ]);
+        e.hint = "h".repeat(1024);
+        assert_eq!(e.validate(&td), Ok(()));
+    }
+
+    #[test]
+    fn checks_run_in_spire_order() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let mut e = entry();
+        e.x509_svid_ttl = -1;
+        e.store_svid = true;
+        e.selectors = SelectorSet::new(vec![
+            Selector::parse("unix:uid:0").unwrap(),
+            Selector::parse("k8s:ns:a").unwrap(),
+        ]);
+        let bad_id = Err(EntryIdError::BadChar);
+        assert_eq!(e.validate_with_id(&td, bad_id), Err(EntryError::StoreSvidSelectorTypes));
+        e.store_svid = false;
+        assert_eq!(e.validate_with_id(&td, bad_id), Err(EntryError::Id(EntryIdError::BadChar)));
+        assert_eq!(e.validate(&td), Err(EntryError::NegativeX509SvidTtl));
+        assert_eq!(EntryError::NegativeX509SvidTtl.check(), EntryCheck::Record);
+        e.hint = "h".repeat(1025);
+        assert_eq!(e.validate(&td), Err(EntryError::HintTooLong));
+        assert_eq!(EntryError::HintTooLong.check(), EntryCheck::Request);
     }
 
     #[test]

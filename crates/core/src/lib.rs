@@ -29,7 +29,9 @@
 pub mod bundle;
 pub mod clock;
 pub mod entry;
+pub mod entry_patch;
 pub mod federation;
+pub mod id_policy;
 pub mod join_token;
 pub mod jwk;
 pub mod jwtsvid;
@@ -47,7 +49,9 @@ pub use bundle::{
 };
 pub use clock::Clock;
 pub use entry::{EntryId, RegistrationEntry};
+pub use entry_patch::EntryPatch;
 pub use federation::{BundleEndpointProfile, FederationRelationship};
+pub use id_policy::IdPolicyError;
 pub use join_token::JoinToken;
 pub use jwk::{EcCurve, JwkError, JwkPublicKey};
 pub use jwtsvid::{JwsAlgorithm, JwtSvid, JwtSvidError, UnverifiedJwtSvid};

@@ -217,7 +217,7 @@ async fn update_and_delete_entries() {
     assert_eq!(e.revision_number, 1);
     assert_eq!(e.hint, "h");
     let st = resp.results[1].status.as_ref().unwrap();
-    assert_eq!((st.code, st.message.as_str()), (Code::NotFound as i32, "entry not found"));
+    assert_eq!((st.code, st.message.as_str()), (Code::NotFound as i32, "failed to update entry"));
 
     // Only the masked field changes.
     let resp = c

@@ -214,7 +214,8 @@ async fn malformed_attestation_and_admin_requests() {
     );
     assert_eq!(
         statuses[1].message,
-        "failed to convert entry: invalid spiffe ID: \"spiffe://example.org/spire/sneaky\" is reserved for SPIRE"
+        "failed to convert entry: invalid spiffe ID: \"spiffe://example.org/spire/sneaky\" is not a \
+         workload in trust domain \"example.org\"; path is in the reserved namespace"
     );
     assert_eq!(statuses[2].message, "failed to convert entry: selector list is empty");
     assert_eq!(snapshot(&ts), before_entries);

@@ -8,73 +8,17 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use ward_core::{
-    AgentId, AttestedNode, Bundle, EntryId, FederationRelationship, JoinToken, JwtAuthority,
-    RegistrationEntry, SelectorSet, TrustDomain, X509Authority,
+    AgentId, AttestedNode, Bundle, EntryId, EntryPatch, FederationRelationship, JoinToken,
+    JwtAuthority, RegistrationEntry, SelectorSet, TrustDomain, X509Authority,
 };
 
-/// Which fields of an entry an update replaces (SPIRE's `EntryMask`). A missing mask on the
-/// wire means [`EntryMask::ALL`].
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
-#[allow(clippy::struct_excessive_bools)]
-pub struct EntryMask {
-    /// Replace `spiffe_id`.
-    pub spiffe_id: bool,
-    /// Replace `parent_id`.
-    pub parent_id: bool,
-    /// Replace `selectors`.
-    pub selectors: bool,
-    /// Replace `x509_svid_ttl`.
-    pub x509_svid_ttl: bool,
-    /// Replace `jwt_svid_ttl`.
-    pub jwt_svid_ttl: bool,
-    /// Replace `federates_with`.
-    pub federates_with: bool,
-    /// Replace `admin`.
-    pub admin: bool,
-    /// Replace `downstream`.
-    pub downstream: bool,
-    /// Replace `expires_at`.
-    pub expires_at: bool,
-    /// Replace `dns_names`.
-    pub dns_names: bool,
-    /// Replace `store_svid`.
-    pub store_svid: bool,
-    /// Replace `hint`.
-    pub hint: bool,
-}
-
-impl EntryMask {
-    /// Every field.
-    pub const ALL: Self = Self {
-        spiffe_id: true,
-        parent_id: true,
-        selectors: true,
-        x509_svid_ttl: true,
-        jwt_svid_ttl: true,
-        federates_with: true,
-        admin: true,
-        downstream: true,
-        expires_at: true,
-        dns_names: true,
-        store_svid: true,
-        hint: true,
-    };
-}
-
-impl Default for EntryMask {
-    fn default() -> Self {
-        Self::ALL
-    }
-}
-
-/// One item of [`Command::UpdateEntries`]: the entry (found by `entry.id`) and the fields to
-/// take from it. `revision_number` and `created_at` of the input are ignored.
+/// One item of [`Command::UpdateEntries`]: the entry to change and the fields to replace.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct EntryUpdate {
-    /// The new values; `id` names the entry to change.
-    pub entry: RegistrationEntry,
-    /// The fields to replace.
-    pub mask: EntryMask,
+    /// The entry.
+    pub id: EntryId,
+    /// The new values of the fields to replace.
+    pub patch: EntryPatch,
 }
 
 /// What node attestation established about an agent (AttestAgent).
@@ -201,12 +145,16 @@ pub struct BundleUpdate {
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum Command {
     /// Create entries (BatchCreateEntry). Ids and `created_at` come from the proposer; the
-    /// stored `revision_number` starts at 0. Per item: [`ItemError::InvalidEntry`],
-    /// [`ItemError::EntryExists`] (SPIRE's uniqueness rule: same SPIFFE ID, parent ID and
-    /// selectors), [`ItemError::EntryIdTaken`], [`ItemError::FederatedBundleMissing`].
+    /// stored `revision_number` starts at 0. Per item, in SPIRE's order:
+    /// [`ItemError::InvalidEntry`], [`ItemError::EntryExists`] (SPIRE's uniqueness rule: same
+    /// SPIFFE ID, parent ID and selectors), [`ItemError::EntryIdTaken`],
+    /// [`ItemError::FederatedBundleMissing`].
     CreateEntries(Vec<RegistrationEntry>),
-    /// Update entries (BatchUpdateEntry); bumps `revision_number`. Per item: as create, plus
-    /// [`ItemError::EntryNotFound`].
+    /// Update entries (BatchUpdateEntry): the patch is applied to the stored entry, and
+    /// `revision_number` bumped. Per item, in SPIRE's order: [`ItemError::InvalidEntry`] (the
+    /// patched fields), [`ItemError::EntryNotFound`], [`ItemError::InvalidEntry`] (selector
+    /// types under `store_svid`), [`ItemError::FederatedBundleMissing`] (when the patch sets
+    /// `federates_with`). As in SPIRE, an update may make an entry similar to another.
     UpdateEntries(Vec<EntryUpdate>),
     /// Delete entries (BatchDeleteEntry). Per item: [`ItemError::EntryNotFound`].
     DeleteEntries(Vec<EntryId>),
@@ -366,26 +314,14 @@ pub enum Command {
     UpdateBundles(Vec<BundleUpdate>),
 }
 
-/// The gRPC status class an [`ItemError`] maps to.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum ErrorClass {
-    /// `ALREADY_EXISTS`.
-    AlreadyExists,
-    /// `NOT_FOUND`.
-    NotFound,
-    /// `INVALID_ARGUMENT`.
-    InvalidArgument,
-    /// `FAILED_PRECONDITION`.
-    FailedPrecondition,
-    /// `PERMISSION_DENIED`.
-    PermissionDenied,
-}
-
 /// Why one item of a command was refused. Nothing was changed for that item.
+///
+/// The texts describe the refusal for logs and tests; the server maps each variant to the
+/// gRPC code and message SPIRE gives for it.
 #[derive(Clone, PartialEq, Eq, Debug, thiserror::Error)]
 pub enum ItemError {
     /// An entry with the same SPIFFE ID, parent ID and selectors exists.
-    #[error("similar entry already exists")]
+    #[error("an entry with the same SPIFFE ID, parent ID and selectors exists")]
     EntryExists(Arc<RegistrationEntry>),
     /// An entry with this id exists.
     #[error("entry id {0} is already in use")]
@@ -397,7 +333,7 @@ pub enum ItemError {
     #[error("invalid entry: {0}")]
     InvalidEntry(ward_core::entry::EntryError),
     /// The entry federates with a trust domain that has no bundle.
-    #[error("unable to find federated bundle \"{0}\"")]
+    #[error("no bundle for federated trust domain {0}")]
     FederatedBundleMissing(TrustDomain),
     /// The join token exists already.
     #[error("join token already exists")]
@@ -438,31 +374,6 @@ pub enum ItemError {
     /// Some other field is unacceptable.
     #[error("invalid argument: {0}")]
     Invalid(String),
-}
-
-impl ItemError {
-    /// The gRPC status class this reason maps to.
-    pub fn class(&self) -> ErrorClass {
-        match self {
-            Self::EntryExists(_)
-            | Self::EntryIdTaken(_)
-            | Self::TokenExists
-            | Self::BundleExists(_)
-            | Self::FederationExists(_) => ErrorClass::AlreadyExists,
-            Self::EntryNotFound(_)
-            | Self::TokenNotFound
-            | Self::AgentNotFound(_)
-            | Self::BundleNotFound(_)
-            | Self::AuthorityNotFound(_)
-            | Self::FederationNotFound(_) => ErrorClass::NotFound,
-            Self::InvalidEntry(_)
-            | Self::FederatedBundleMissing(_)
-            | Self::SerialMismatch
-            | Self::Invalid(_) => ErrorClass::InvalidArgument,
-            Self::BundleInUse(..) | Self::AuthorityNotTainted => ErrorClass::FailedPrecondition,
-            Self::AgentBanned(_) => ErrorClass::PermissionDenied,
-        }
-    }
 }
 
 /// The result of consuming a join token.

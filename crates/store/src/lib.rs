@@ -116,7 +116,7 @@ pub mod testdata;
 
 pub use command::{
     AgentAttestation, Applied, BundleDeleteMode, BundleMask, BundleUpdate, Command, ConsumedToken,
-    EntryMask, EntryUpdate, ErrorClass, FederationMask, FederationUpdate, ItemError, Outcome,
+    EntryUpdate, FederationMask, FederationUpdate, ItemError, Outcome,
 };
 pub use error::StoreError;
 pub use query::{AgentFilter, EntryFilter, FederatesWithFilter, Page, PageRequest, SelectorFilter};

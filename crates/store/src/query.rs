@@ -40,7 +40,8 @@ impl FederatesWithFilter {
         let req_in_entry = || self.trust_domains.iter().all(|td| has(tds, td));
         match self.match_mode {
             SelectorMatch::Exact => entry_in_req() && req_in_entry(),
-            SelectorMatch::Subset => entry_in_req(),
+            // As in SPIRE, an entry that federates with nothing is in no subset.
+            SelectorMatch::Subset => !tds.is_empty() && entry_in_req(),
             SelectorMatch::Superset => req_in_entry(),
             SelectorMatch::Any => tds.iter().any(|td| has(&self.trust_domains, td)),
         }
@@ -137,4 +138,24 @@ pub struct Page<T> {
 /// An agent id as a page token.
 pub(crate) fn agent_token(id: &AgentId) -> String {
     id.0.as_str().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn federates_with_subset_needs_some_federation_as_in_spire() {
+        let td = |s: &str| TrustDomain::new(s).unwrap();
+        let f = |match_mode| FederatesWithFilter {
+            trust_domains: vec![td("a.org"), td("b.org")],
+            match_mode,
+        };
+        assert!(!f(SelectorMatch::Subset).matches(&[]));
+        assert!(f(SelectorMatch::Subset).matches(&[td("a.org")]));
+        assert!(!f(SelectorMatch::Subset).matches(&[td("a.org"), td("c.org")]));
+        assert!(!f(SelectorMatch::Any).matches(&[]));
+        assert!(f(SelectorMatch::Exact).matches(&[td("b.org"), td("a.org")]));
+        assert!(f(SelectorMatch::Superset).matches(&[td("a.org"), td("b.org"), td("c.org")]));
+    }
 }

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use common::{Model, assert_same_state};
 use ward_core::{
-    AgentId, EntryId, RegistrationEntry, Selector, SelectorSet, SpiffeId, TrustDomain,
+    AgentId, EntryId, EntryPatch, RegistrationEntry, Selector, SelectorSet, SpiffeId, TrustDomain,
 };
-use ward_store::{AgentAttestation, Command, EntryMask, EntryUpdate, Store, StoreConfig};
+use ward_store::{AgentAttestation, Command, EntryUpdate, Store, StoreConfig};
 
 const CHILD_ENV: &str = "WARD_STORE_CRASH_CHILD";
 const KILLS: usize = 24;
@@ -68,10 +68,11 @@ fn command(i: u64) -> Command {
     let r = mix(i);
     match r % 10 {
         0..=3 => Command::CreateEntries((0..4).map(|k| entry(mix(r ^ k))).collect()),
-        4 | 5 => Command::UpdateEntries(vec![EntryUpdate {
-            entry: entry(mix(r ^ 99)),
-            mask: EntryMask { parent_id: false, ..EntryMask::ALL },
-        }]),
+        4 | 5 => {
+            let e = entry(mix(r ^ 99));
+            let patch = EntryPatch { parent_id: None, ..EntryPatch::all_of(&e) };
+            Command::UpdateEntries(vec![EntryUpdate { id: e.id, patch }])
+        }
         6 => Command::DeleteEntries(vec![entry(mix(r ^ 7)).id]),
         7 | 8 => Command::AttestAgent(AgentAttestation {
             id: agent(r >> 16),

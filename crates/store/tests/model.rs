@@ -11,14 +11,14 @@ use common::{ChangeSets, Model, all_pages_agents, all_pages_entries, assert_same
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use ward_core::{
-    AgentId, Bundle, BundleEndpointProfile, EntryId, FederationRelationship, JoinToken,
+    AgentId, Bundle, BundleEndpointProfile, EntryId, EntryPatch, FederationRelationship, JoinToken,
     JwtAuthority, RegistrationEntry, Selector, SelectorMatch, SelectorSet, SpiffeId, TrustDomain,
     X509Authority,
 };
 use ward_store::{
     AgentAttestation, AgentFilter, BundleDeleteMode, BundleMask, BundleUpdate, Command,
-    EntryFilter, EntryMask, EntryUpdate, FederatesWithFilter, FederationMask, FederationUpdate,
-    ItemError, Outcome, SelectorFilter, Store, StoreConfig,
+    EntryFilter, EntryUpdate, FederatesWithFilter, FederationMask, FederationUpdate, ItemError,
+    Outcome, SelectorFilter, Store, StoreConfig,
 };
 
 const TD: &str = "example.org";
@@ -221,30 +221,39 @@ prop_compose! {
     }
 }
 
-fn arb_mask() -> impl Strategy<Value = EntryMask> {
+/// Which fields an update sets: every field (`None`), or the ones the flags pick.
+fn arb_fields() -> impl Strategy<Value = Option<[bool; 4]>> {
     prop_oneof![
-        Just(EntryMask::ALL),
-        (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(|(a, b, c, d)| {
-            EntryMask {
-                spiffe_id: a,
-                parent_id: b,
-                selectors: c,
-                federates_with: d,
-                hint: a,
-                downstream: b,
-                expires_at: c,
-                ..EntryMask::ALL
-            }
-        }),
+        Just(None),
+        (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>())
+            .prop_map(|(a, b, c, d)| Some([a, b, c, d])),
     ]
+}
+
+/// The patch that sets `fields` of `e`.
+fn patch_of(e: &RegistrationEntry, fields: Option<[bool; 4]>) -> EntryPatch {
+    let all = EntryPatch::all_of(e);
+    let Some([a, b, c, d]) = fields else { return all };
+    EntryPatch {
+        spiffe_id: all.spiffe_id.filter(|_| a),
+        parent_id: all.parent_id.filter(|_| b),
+        selectors: all.selectors.filter(|_| c),
+        federates_with: all.federates_with.filter(|_| d),
+        hint: all.hint.filter(|_| a),
+        downstream: all.downstream.filter(|_| b),
+        expires_at: all.expires_at.filter(|_| c),
+        ..all
+    }
 }
 
 fn arb_command() -> impl Strategy<Value = Command> {
     prop_oneof![
         6 => prop::collection::vec(arb_entry(), 1..4).prop_map(Command::CreateEntries),
-        3 => prop::collection::vec((arb_entry(), arb_mask()), 1..3).prop_map(|v| {
+        3 => prop::collection::vec((arb_entry(), arb_fields()), 1..3).prop_map(|v| {
             Command::UpdateEntries(
-                v.into_iter().map(|(entry, mask)| EntryUpdate { entry, mask }).collect(),
+                v.into_iter()
+                    .map(|(e, fields)| EntryUpdate { id: e.id.clone(), patch: patch_of(&e, fields) })
+                    .collect(),
             )
         }),
         2 => prop::collection::vec(0..10usize, 1..3)

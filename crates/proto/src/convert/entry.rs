@@ -1,6 +1,7 @@
-//! `spire.api.types.Entry` <-> [`RegistrationEntry`], with `EntryMask` handling.
+//! `spire.api.types.Entry` <-> [`RegistrationEntry`], and a wire entry with its input mask
+//! -> [`EntryPatch`].
 
-use ward_core::{EntryId, RegistrationEntry, TrustDomain};
+use ward_core::{EntryId, EntryPatch, RegistrationEntry, TrustDomain};
 
 use super::error::{ConvertError, IdField};
 use super::selector::{selectors_from_proto, selectors_to_proto};
@@ -8,29 +9,27 @@ use super::spiffe_id::{spiffe_id_from_proto, spiffe_id_to_proto};
 use crate::spire::api::server::entry::v1::EntryRevision;
 use crate::spire::api::types;
 
-/// Parses a wire entry as sent to BatchCreateEntry (every field is read).
+/// Parses a wire entry as sent to BatchCreateEntry (every field is read) under the id `id`.
 ///
-/// The entry id is taken from the message when non-empty, else from `assign_id` (the server
-/// picks a UUID). `revision_number` and `created_at` are copied as sent; the server decides
-/// their stored values. Policy checks that need the server's trust domain are
-/// [`RegistrationEntry::validate`]'s job.
+/// The caller decides the id: SPIRE checks the wire id only after the entry's other rules,
+/// so it is parsed apart (with [`EntryId::new`]). `revision_number` and `created_at` are
+/// copied as sent; the server decides their stored values. Policy checks that need the
+/// server's trust domain are [`RegistrationEntry::validate`]'s job.
+///
+/// Selectors become a set, so a selector given twice is kept once: callers that must refuse
+/// repeats check the wire entry with [`repeated_field`].
 ///
 /// # Errors
 /// The first [`ConvertError`], checked in SPIRE's order: parent ID, SPIFFE ID, federated
-/// trust domains, selectors (at least one), then the entry id.
+/// trust domains, selectors (at least one).
 pub fn entry_from_proto(
     proto: &types::Entry,
-    assign_id: impl FnOnce() -> EntryId,
+    id: EntryId,
 ) -> Result<RegistrationEntry, ConvertError> {
     let parent_id = spiffe_id_from_proto(proto.parent_id.as_ref(), IdField::ParentId)?;
     let spiffe_id = spiffe_id_from_proto(proto.spiffe_id.as_ref(), IdField::SpiffeId)?;
     let federates_with = federates_with_from_proto(&proto.federates_with)?;
     let selectors = required_selectors(&proto.selectors)?;
-    let id = if proto.id.is_empty() {
-        assign_id()
-    } else {
-        EntryId::new(&proto.id).map_err(ConvertError::InvalidEntryId)?
-    };
     Ok(RegistrationEntry {
         id,
         spiffe_id,
@@ -50,59 +49,74 @@ pub fn entry_from_proto(
     })
 }
 
-/// Applies a BatchUpdateEntry item to the stored entry: every field the input mask selects
-/// (all of them when `input_mask` is `None`) is taken from `proto`, the rest kept.
-///
-/// The id, `revision_number` and `created_at` are never taken from the request: the server
-/// owns them (it bumps the revision on every update).
+/// Parses a BatchUpdateEntry item into the patch it asks for: every field the input mask
+/// selects (all of them when `input_mask` is `None`) is read from `proto`, the rest left
+/// out. The id, `revision_number` and `created_at` are never part of it: the server owns
+/// them (it bumps the revision on every update).
 ///
 /// # Errors
-/// The first [`ConvertError`] among the selected fields, in SPIRE's order.
-pub fn apply_entry_update(
-    existing: &RegistrationEntry,
+/// The first [`ConvertError`] among the selected fields, in SPIRE's order: parent ID,
+/// SPIFFE ID, federated trust domains, selectors (at least one).
+pub fn entry_patch_from_proto(
     proto: &types::Entry,
     input_mask: Option<&types::EntryMask>,
-) -> Result<RegistrationEntry, ConvertError> {
+) -> Result<EntryPatch, ConvertError> {
     let all = entry_mask_all();
-    let mask = input_mask.unwrap_or(&all);
-    let mut out = existing.clone();
-    if mask.parent_id {
-        out.parent_id = spiffe_id_from_proto(proto.parent_id.as_ref(), IdField::ParentId)?;
+    let m = input_mask.unwrap_or(&all);
+    Ok(EntryPatch {
+        parent_id: m
+            .parent_id
+            .then(|| spiffe_id_from_proto(proto.parent_id.as_ref(), IdField::ParentId))
+            .transpose()?,
+        spiffe_id: m
+            .spiffe_id
+            .then(|| spiffe_id_from_proto(proto.spiffe_id.as_ref(), IdField::SpiffeId))
+            .transpose()?,
+        federates_with: m
+            .federates_with
+            .then(|| federates_with_from_proto(&proto.federates_with))
+            .transpose()?,
+        selectors: m.selectors.then(|| required_selectors(&proto.selectors)).transpose()?,
+        x509_svid_ttl: m.x509_svid_ttl.then_some(proto.x509_svid_ttl),
+        jwt_svid_ttl: m.jwt_svid_ttl.then_some(proto.jwt_svid_ttl),
+        admin: m.admin.then_some(proto.admin),
+        downstream: m.downstream.then_some(proto.downstream),
+        expires_at: m.expires_at.then_some(proto.expires_at),
+        dns_names: m.dns_names.then(|| proto.dns_names.clone()),
+        store_svid: m.store_svid.then_some(proto.store_svid),
+        hint: m.hint.then(|| proto.hint.clone()),
+    })
+}
+
+/// A list field of a wire entry that holds the same item twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RepeatedField {
+    /// A selector (same type and value) appears twice.
+    Selectors,
+    /// A DNS name appears twice.
+    DnsNames,
+}
+
+/// The first list field of `proto` that the input mask selects (all when `None`) and that
+/// holds an item twice, selectors before DNS names as SPIRE stores them. SPIRE's datastore
+/// refuses such an entry where a set would quietly drop the repeat.
+pub fn repeated_field(
+    proto: &types::Entry,
+    input_mask: Option<&types::EntryMask>,
+) -> Option<RepeatedField> {
+    fn repeats<T: Ord>(items: impl Iterator<Item = T>) -> bool {
+        let mut seen = std::collections::BTreeSet::new();
+        !items.into_iter().all(|i| seen.insert(i))
     }
-    if mask.spiffe_id {
-        out.spiffe_id = spiffe_id_from_proto(proto.spiffe_id.as_ref(), IdField::SpiffeId)?;
+    let selectors = input_mask.is_none_or(|m| m.selectors);
+    let dns_names = input_mask.is_none_or(|m| m.dns_names);
+    if selectors && repeats(proto.selectors.iter().map(|s| (&s.r#type, &s.value))) {
+        return Some(RepeatedField::Selectors);
     }
-    if mask.admin {
-        out.admin = proto.admin;
+    if dns_names && repeats(proto.dns_names.iter()) {
+        return Some(RepeatedField::DnsNames);
     }
-    if mask.dns_names {
-        out.dns_names = proto.dns_names.clone();
-    }
-    if mask.downstream {
-        out.downstream = proto.downstream;
-    }
-    if mask.expires_at {
-        out.expires_at = proto.expires_at;
-    }
-    if mask.federates_with {
-        out.federates_with = federates_with_from_proto(&proto.federates_with)?;
-    }
-    if mask.selectors {
-        out.selectors = required_selectors(&proto.selectors)?;
-    }
-    if mask.store_svid {
-        out.store_svid = proto.store_svid;
-    }
-    if mask.x509_svid_ttl {
-        out.x509_svid_ttl = proto.x509_svid_ttl;
-    }
-    if mask.jwt_svid_ttl {
-        out.jwt_svid_ttl = proto.jwt_svid_ttl;
-    }
-    if mask.hint {
-        out.hint = proto.hint.clone();
-    }
-    Ok(out)
+    None
 }
 
 /// Renders an entry, keeping only the fields `mask` selects (all when `None`); the id is
@@ -208,14 +222,14 @@ mod tests {
         }
     }
 
-    fn no_id() -> EntryId {
-        panic!("id should come from the message")
+    fn id() -> EntryId {
+        EntryId::new("entry-1").unwrap()
     }
 
     #[test]
     fn full_entry_round_trips_with_nil_mask() {
         let wire = full_wire_entry();
-        let entry = entry_from_proto(&wire, no_id).unwrap();
+        let entry = entry_from_proto(&wire, id()).unwrap();
         assert_eq!(entry.id.as_str(), "entry-1");
         assert_eq!(entry.spiffe_id.as_str(), "spiffe://example.org/web");
         assert_eq!(entry.federates_with[1].as_str(), "third.org");
@@ -229,11 +243,31 @@ mod tests {
     }
 
     #[test]
-    fn empty_id_is_assigned() {
+    fn id_comes_from_the_caller() {
         let mut wire = full_wire_entry();
-        wire.id.clear();
-        let entry = entry_from_proto(&wire, || EntryId::new("assigned").unwrap()).unwrap();
+        wire.id = "not/an/entry/id".into();
+        let entry = entry_from_proto(&wire, EntryId::new("assigned").unwrap()).unwrap();
         assert_eq!(entry.id.as_str(), "assigned");
+    }
+
+    #[test]
+    fn repeated_selectors_and_dns_names_are_found_where_masked() {
+        let mut wire = full_wire_entry();
+        assert_eq!(repeated_field(&wire, None), None);
+        wire.dns_names = vec!["a.example.org".into(), "a.example.org".into()];
+        assert_eq!(repeated_field(&wire, None), Some(RepeatedField::DnsNames));
+        wire.selectors.push(wire.selectors[0].clone());
+        assert_eq!(repeated_field(&wire, None), Some(RepeatedField::Selectors));
+        let only_dns = types::EntryMask { dns_names: true, ..Default::default() };
+        assert_eq!(repeated_field(&wire, Some(&only_dns)), Some(RepeatedField::DnsNames));
+        assert_eq!(repeated_field(&wire, Some(&types::EntryMask::default())), None);
+        // Same value under another type is not a repeat.
+        let mut wire = full_wire_entry();
+        wire.selectors = vec![
+            types::Selector { r#type: "unix".into(), value: "uid:1".into() },
+            types::Selector { r#type: "k8s".into(), value: "uid:1".into() },
+        ];
+        assert_eq!(repeated_field(&wire, None), None);
     }
 
     #[test]
@@ -241,40 +275,33 @@ mod tests {
         let mut wire = full_wire_entry();
         wire.parent_id = None;
         wire.spiffe_id = None;
-        let err = entry_from_proto(&wire, no_id).unwrap_err();
+        let err = entry_from_proto(&wire, id()).unwrap_err();
         assert_eq!(err, ConvertError::MissingId(IdField::ParentId));
         assert_eq!(err.to_string(), "invalid parent ID: request must specify SPIFFE ID");
 
         let mut wire = full_wire_entry();
         wire.spiffe_id = wire_id("example.org", "/a//b");
-        let err = entry_from_proto(&wire, no_id).unwrap_err();
+        let err = entry_from_proto(&wire, id()).unwrap_err();
         assert_eq!(err, ConvertError::InvalidId(IdField::SpiffeId, SpiffeIdError::EmptySegment));
         assert_eq!(err.to_string(), "invalid spiffe ID: path cannot contain empty segments");
 
         let mut wire = full_wire_entry();
         wire.federates_with = vec!["Bad".into()];
         assert_eq!(
-            entry_from_proto(&wire, no_id).unwrap_err(),
+            entry_from_proto(&wire, id()).unwrap_err(),
             ConvertError::InvalidFederatedTrustDomain(SpiffeIdError::BadTrustDomainChar)
         );
 
         let mut wire = full_wire_entry();
         wire.selectors.clear();
-        let err = entry_from_proto(&wire, no_id).unwrap_err();
+        let err = entry_from_proto(&wire, id()).unwrap_err();
         assert_eq!(err, ConvertError::NoSelectors);
         assert_eq!(err.to_string(), "selector list is empty");
-
-        let mut wire = full_wire_entry();
-        wire.id = "has space".into();
-        assert_eq!(
-            entry_from_proto(&wire, no_id).unwrap_err(),
-            ConvertError::InvalidEntryId(ward_core::entry::EntryIdError::BadChar)
-        );
     }
 
     #[test]
     fn output_mask_keeps_only_selected_fields_and_always_the_id() {
-        let entry = entry_from_proto(&full_wire_entry(), no_id).unwrap();
+        let entry = entry_from_proto(&full_wire_entry(), id()).unwrap();
         let mask = types::EntryMask {
             spiffe_id: true,
             selectors: true,
@@ -299,40 +326,49 @@ mod tests {
     }
 
     #[test]
-    fn update_applies_only_masked_fields() {
-        let existing = entry_from_proto(&full_wire_entry(), no_id).unwrap();
-        let patch = types::Entry {
+    fn patch_holds_only_masked_fields() {
+        let existing = entry_from_proto(&full_wire_entry(), id()).unwrap();
+        let wire = types::Entry {
             hint: "new".into(),
             x509_svid_ttl: 60,
             selectors: vec![types::Selector { r#type: "k8s".into(), value: "ns:a".into() }],
             ..Default::default()
         };
         let mask = types::EntryMask { hint: true, selectors: true, ..Default::default() };
-        let updated = apply_entry_update(&existing, &patch, Some(&mask)).unwrap();
-        assert_eq!(updated.hint, "new");
-        assert_eq!(updated.selectors, SelectorSet::new(vec!["k8s:ns:a".parse().unwrap()]));
+        let patch = entry_patch_from_proto(&wire, Some(&mask)).unwrap();
+        assert_eq!(
+            patch,
+            EntryPatch {
+                hint: Some("new".into()),
+                selectors: Some(SelectorSet::new(vec!["k8s:ns:a".parse().unwrap()])),
+                ..EntryPatch::default()
+            }
+        );
+        let mut updated = existing.clone();
+        updated.apply_patch(&patch);
         assert_eq!(updated.x509_svid_ttl, 3600, "unmasked field kept");
         assert_eq!(updated.spiffe_id, existing.spiffe_id);
 
-        // A nil mask means every field: the patch's missing parent ID is then an error.
+        // A nil mask means every field: the wire entry's missing parent ID is then an error.
         assert_eq!(
-            apply_entry_update(&existing, &patch, None).unwrap_err(),
+            entry_patch_from_proto(&wire, None).unwrap_err(),
             ConvertError::MissingId(IdField::ParentId)
         );
-        // Server-owned fields never come from the request.
+        // Every field, and never the server-owned ones.
         let mut full = full_wire_entry();
         full.revision_number = 99;
         full.created_at = 1;
-        full.id = "other".into();
-        let updated = apply_entry_update(&existing, &full, None).unwrap();
-        assert_eq!(updated.revision_number, 7);
-        assert_eq!(updated.created_at, 1_700_000_000);
-        assert_eq!(updated.id.as_str(), "entry-1");
+        let mut updated = existing.clone();
+        updated.apply_patch(&entry_patch_from_proto(&full, None).unwrap());
+        assert_eq!(updated, existing);
+        // An empty mask changes nothing.
+        let none = entry_patch_from_proto(&full, Some(&types::EntryMask::default())).unwrap();
+        assert_eq!(none, EntryPatch::default());
     }
 
     #[test]
     fn revision_record_carries_id_revision_and_creation() {
-        let entry = entry_from_proto(&full_wire_entry(), no_id).unwrap();
+        let entry = entry_from_proto(&full_wire_entry(), id()).unwrap();
         assert_eq!(
             entry_revision_to_proto(&entry),
             EntryRevision { id: "entry-1".into(), revision_number: 7, created_at: 1_700_000_000 }

@@ -2,7 +2,6 @@
 
 use std::fmt;
 
-use ward_core::entry::EntryIdError;
 use ward_core::{AuthorityError, SpiffeIdError};
 
 /// Which SPIFFE ID of a message failed to parse; decides the error text's prefix.
@@ -38,9 +37,6 @@ pub enum ConvertError {
     /// A SPIFFE ID's trust domain or path is malformed.
     #[error("invalid {0}: {1}")]
     InvalidId(IdField, #[source] SpiffeIdError),
-    /// The entry id breaks the entry id rules.
-    #[error("invalid entry ID: {0}")]
-    InvalidEntryId(#[source] EntryIdError),
     /// A `federates_with` name is not a trust domain.
     #[error("invalid federated trust domain: {0}")]
     InvalidFederatedTrustDomain(#[source] SpiffeIdError),

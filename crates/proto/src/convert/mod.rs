@@ -26,7 +26,10 @@ pub use bundle::{
     jwt_authority_from_proto, jwt_authority_to_proto, x509_authority_from_caller,
     x509_authority_from_proto, x509_authority_to_proto,
 };
-pub use entry::{apply_entry_update, entry_from_proto, entry_revision_to_proto, entry_to_proto};
+pub use entry::{
+    RepeatedField, entry_from_proto, entry_patch_from_proto, entry_revision_to_proto,
+    entry_to_proto, repeated_field,
+};
 pub use error::{ConvertError, IdField};
 pub use federation::{federation_relationship_from_proto, federation_relationship_to_proto};
 pub use join_token::{join_token_from_proto, join_token_to_proto};

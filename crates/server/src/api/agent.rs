@@ -15,7 +15,7 @@ use ward_proto::spire::api::types::permission_denied_details::Reason;
 use ward_store::{AgentAttestation, AgentFilter, Command, ItemError, Outcome};
 
 use super::{
-    count_i32, new_entry_id, page_request, propose, selector_filter, sign_error_status,
+    agent_selector_filter, count_i32, new_entry_id, page_request, propose, sign_error_status,
     unimplemented,
 };
 use crate::state::{ServerState, caller_of};
@@ -164,8 +164,8 @@ fn agent_id_arg(id: Option<&types::Spiffeid>) -> Result<AgentId, Status> {
 type AgentFilterArgs<'a> =
     (&'a String, Option<&'a types::SelectorMatch>, Option<bool>, Option<bool>, &'a String);
 
-/// ListAgents/CountAgents filter.
-fn agent_filter(f: Option<AgentFilterArgs<'_>>) -> Result<AgentFilter, Status> {
+/// ListAgents/CountAgents filter; `failed` prefixes SPIRE's datastore errors.
+fn agent_filter(f: Option<AgentFilterArgs<'_>>, failed: &str) -> Result<AgentFilter, Status> {
     let mut out = AgentFilter::default();
     let Some((att, sel, banned, reattest, expires_before)) = f else { return Ok(out) };
     if !expires_before.is_empty() {
@@ -175,7 +175,7 @@ fn agent_filter(f: Option<AgentFilterArgs<'_>>) -> Result<AgentFilter, Status> {
         out.expires_before = Some(t);
     }
     out.attestation_type = Some(att.clone()).filter(|a| !a.is_empty());
-    out.selectors = sel.map(selector_filter).transpose()?;
+    out.selectors = sel.map(|m| agent_selector_filter(m, failed)).transpose()?;
     out.banned = banned;
     out.can_reattest = reattest;
     Ok(out)
@@ -270,15 +270,18 @@ impl Agent for AgentService {
         req: Request<pb::CountAgentsRequest>,
     ) -> Result<Response<pb::CountAgentsResponse>, Status> {
         let f = req.into_inner().filter;
-        let filter = agent_filter(f.as_ref().map(|f| {
-            (
-                &f.by_attestation_type,
-                f.by_selector_match.as_ref(),
-                f.by_banned,
-                f.by_can_reattest,
-                &f.by_expires_before,
-            )
-        }))?;
+        let filter = agent_filter(
+            f.as_ref().map(|f| {
+                (
+                    &f.by_attestation_type,
+                    f.by_selector_match.as_ref(),
+                    f.by_banned,
+                    f.by_can_reattest,
+                    &f.by_expires_before,
+                )
+            }),
+            "failed to count agents",
+        )?;
         let count = self.state.store.count_agents(&filter);
         Ok(Response::new(pb::CountAgentsResponse { count: count_i32(count) }))
     }
@@ -288,16 +291,25 @@ impl Agent for AgentService {
         req: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         let req = req.into_inner();
-        let filter = agent_filter(req.filter.as_ref().map(|f| {
-            (
-                &f.by_attestation_type,
-                f.by_selector_match.as_ref(),
-                f.by_banned,
-                f.by_can_reattest,
-                &f.by_expires_before,
-            )
-        }))?;
-        let page = page_request(req.page_size, &req.page_token)?;
+        let filter = agent_filter(
+            req.filter.as_ref().map(|f| {
+                (
+                    &f.by_attestation_type,
+                    f.by_selector_match.as_ref(),
+                    f.by_banned,
+                    f.by_can_reattest,
+                    &f.by_expires_before,
+                )
+            }),
+            "failed to list agents",
+        )?;
+        // Page tokens are agent IDs.
+        let page = page_request(
+            req.page_size,
+            &req.page_token,
+            |t| SpiffeId::parse(t).is_ok(),
+            |why| Status::internal(format!("failed to list agents: {why}")),
+        )?;
         let result = self.state.store.list_agents(&filter, &page);
         Ok(Response::new(pb::ListAgentsResponse {
             agents: result

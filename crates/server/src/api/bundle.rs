@@ -105,9 +105,13 @@ impl Bundle for BundleService {
         req: Request<pb::ListFederatedBundlesRequest>,
     ) -> Result<Response<pb::ListFederatedBundlesResponse>, Status> {
         let req = req.into_inner();
-        let page = page_request(req.page_size, &req.page_token)?;
-        check_page_token(&req.page_token)
-            .map_err(|e| Status::internal(format!("failed to list bundles: {e}")))?;
+        // Page tokens are creation numbers.
+        let page = page_request(
+            req.page_size,
+            &req.page_token,
+            |t| t.parse::<u32>().is_ok(),
+            |why| Status::internal(format!("failed to list bundles: {why}")),
+        )?;
         let result = self.state.store.list_bundles(&page);
         let bundles = result
             .items
@@ -293,15 +297,6 @@ fn store_mask(m: &types::BundleMask) -> BundleMask {
         jwt_authorities: m.jwt_authorities,
         refresh_hint: m.refresh_hint,
         sequence_number: m.sequence_number,
-    }
-}
-
-/// SPIRE's page tokens for bundles are row ids; anything else is refused, in its words.
-fn check_page_token(token: &str) -> Result<(), String> {
-    if token.is_empty() || token.parse::<u32>().is_ok() {
-        Ok(())
-    } else {
-        Err(format!("could not parse token '{token}'"))
     }
 }
 

@@ -6,19 +6,19 @@ use std::sync::Arc;
 
 use futures::Stream;
 use tonic::{Code, Request, Response, Status, Streaming};
-use ward_core::{EntryId, RegistrationEntry};
+use ward_core::entry::{EntryCheck, EntryError};
+use ward_core::id_policy::{verify_member_id, verify_workload_id};
+use ward_core::{EntryId, RegistrationEntry, SpiffeId, TrustDomain};
 use ward_proto::convert::{
-    IdField, apply_entry_update, batch_status, batch_status_ok, entry_from_proto,
-    entry_revision_to_proto, entry_to_proto, selector_match_from_proto, spiffe_id_from_proto,
-    trust_domain_from_proto,
+    ConvertError, IdField, RepeatedField, batch_status, batch_status_ok, entry_from_proto,
+    entry_patch_from_proto, entry_revision_to_proto, entry_to_proto, repeated_field,
+    selector_match_from_proto, selectors_from_proto, spiffe_id_from_proto,
 };
 use ward_proto::spire::api::server::entry::v1::{self as pb, entry_server::Entry};
 use ward_proto::spire::api::types;
-use ward_store::{
-    Command, EntryFilter, EntryMask, EntryUpdate, FederatesWithFilter, ItemError, Outcome,
-};
+use ward_store::{Command, EntryFilter, EntryUpdate, FederatesWithFilter, ItemError, Outcome};
 
-use super::{Batch, count_i32, item_code, new_entry_id, page_request, propose, selector_filter};
+use super::{Batch, count_i32, go_quoted_rune, item_code, new_entry_id, page_request, propose};
 use crate::state::{ServerState, caller_of};
 
 /// SPIRE's fixed page size for SyncAuthorizedEntries.
@@ -47,75 +47,238 @@ impl EntryService {
     }
 }
 
-/// The per-item status SPIRE's BatchCreateEntry gives a refused item.
-fn create_item_status(e: &ItemError) -> types::Status {
+/// Which batch write an item status is for: SPIRE's texts name it.
+#[derive(Clone, Copy)]
+enum Write {
+    Create,
+    Update,
+}
+
+impl Write {
+    /// SPIRE's prefix for a refusal by its datastore.
+    fn failed(self) -> &'static str {
+        match self {
+            Self::Create => "failed to create entry",
+            Self::Update => "failed to update entry",
+        }
+    }
+}
+
+/// SPIRE's status for a wire entry that does not convert.
+fn convert_status(e: &ConvertError) -> types::Status {
+    batch_status(Code::InvalidArgument, format!("failed to convert entry: {e}"))
+}
+
+/// SPIRE's status for an entry that breaks a rule: its API's conversion or its datastore's
+/// validation, which answer with different prefixes.
+fn entry_error_status(e: &EntryError, write: Write) -> types::Status {
+    match e.check() {
+        EntryCheck::Request => {
+            batch_status(Code::InvalidArgument, format!("failed to convert entry: {e}"))
+        }
+        EntryCheck::Record => batch_status(
+            Code::InvalidArgument,
+            format!("{}: datastore-validation: {e}", write.failed()),
+        ),
+    }
+}
+
+/// SPIRE's status for a list field holding an item twice: its SQL datastore's unique index
+/// refuses the row.
+fn repeated_status(field: RepeatedField, write: Write) -> types::Status {
+    let index = match field {
+        RepeatedField::Selectors => {
+            "selectors.registered_entry_id, selectors.type, selectors.value"
+        }
+        RepeatedField::DnsNames => "dns_names.registered_entry_id, dns_names.value",
+    };
+    batch_status(
+        Code::AlreadyExists,
+        format!("{}: datastore-sql: UNIQUE constraint failed: {index}", write.failed()),
+    )
+}
+
+/// SPIRE's status for an item the store refused.
+fn item_status(e: &ItemError, write: Write) -> types::Status {
     match e {
         ItemError::EntryExists(_) => {
             batch_status(Code::AlreadyExists, "similar entry already exists")
         }
-        ItemError::InvalidEntry(inner) => {
-            batch_status(Code::InvalidArgument, format!("failed to convert entry: {inner}"))
-        }
-        ItemError::FederatedBundleMissing(td) => batch_status(
-            Code::InvalidArgument,
-            format!("failed to create entry: unable to find federated bundle \"{td}\""),
+        ItemError::EntryIdTaken(_) => batch_status(
+            Code::AlreadyExists,
+            format!(
+                "{}: datastore-sql: UNIQUE constraint failed: registered_entries.entry_id",
+                write.failed()
+            ),
         ),
-        other => batch_status(item_code(other), format!("failed to create entry: {other}")),
+        // SPIRE does not say which entry it did not find.
+        ItemError::EntryNotFound(_) => batch_status(Code::NotFound, write.failed()),
+        ItemError::InvalidEntry(inner) => entry_error_status(inner, write),
+        ItemError::FederatedBundleMissing(td) => batch_status(
+            Code::Internal,
+            format!("{}: unable to find federated bundle \"{}\"", write.failed(), td.id()),
+        ),
+        other => batch_status(item_code(other), format!("{}: {other}", write.failed())),
     }
 }
 
-macro_rules! entry_filter {
-    ($f:expr) => {{
-        let f = $f;
-        let mut out = EntryFilter::default();
-        if let Some(f) = f {
-            if let Some(id) = f.by_spiffe_id.as_ref() {
-                out.spiffe_id = Some(
-                    spiffe_id_from_proto(Some(id), IdField::SpiffeId)
-                        .map_err(|e| Status::invalid_argument(format!("malformed filter: {e}")))?,
-                );
-            }
-            if let Some(id) = f.by_parent_id.as_ref() {
-                out.parent_id = Some(
-                    spiffe_id_from_proto(Some(id), IdField::ParentId)
-                        .map_err(|e| Status::invalid_argument(format!("malformed filter: {e}")))?,
-                );
-            }
-            out.selectors = f.by_selectors.as_ref().map(selector_filter).transpose()?;
-            if let Some(fw) = f.by_federates_with.as_ref() {
-                let trust_domains = fw
-                    .trust_domains
-                    .iter()
-                    .map(|t| trust_domain_from_proto(t))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| Status::invalid_argument(format!("malformed filter: {e}")))?;
-                let match_mode = selector_match_from_proto(fw.r#match)
-                    .map_err(|e| Status::invalid_argument(format!("malformed filter: {e}")))?;
-                out.federates_with = Some(FederatesWithFilter { trust_domains, match_mode });
-            }
-            out.hint = f.by_hint.clone();
-            out.downstream_only = f.by_downstream == Some(true);
+/// Renders an entry the way SPIRE answers a create or update: its datastore reads the
+/// entry back with DNS names (and selectors) in index order. Reads keep the caller's order.
+fn written_entry_to_proto(e: &RegistrationEntry, mask: Option<&types::EntryMask>) -> types::Entry {
+    let mut out = entry_to_proto(e, mask);
+    out.dns_names.sort_unstable();
+    out
+}
+
+/// A wire entry to create, checked in SPIRE's order; the status when it is refused.
+fn new_entry(
+    proto: &types::Entry,
+    td: &TrustDomain,
+    now: i64,
+) -> Result<RegistrationEntry, types::Status> {
+    // SPIRE checks the id only after the entry's other rules: convert under a stand-in
+    // when the wire id is invalid, and report that after those rules.
+    let (id, id_check) = if proto.id.is_empty() {
+        (new_entry_id(), Ok(()))
+    } else {
+        match EntryId::new(&proto.id) {
+            Ok(id) => (id, Ok(())),
+            Err(e) => (new_entry_id(), Err(e)),
         }
-        out
-    }};
+    };
+    let mut e = entry_from_proto(proto, id).map_err(|err| convert_status(&err))?;
+    e.validate_with_id(td, id_check).map_err(|err| entry_error_status(&err, Write::Create))?;
+    if let Some(field) = repeated_field(proto, None) {
+        return Err(repeated_status(field, Write::Create));
+    }
+    e.created_at = now;
+    e.revision_number = 0;
+    Ok(e)
 }
 
-/// The store's field mask from the wire's (`revision_number`, `created_at` are server-owned).
-fn store_entry_mask(m: &types::EntryMask) -> EntryMask {
-    EntryMask {
-        spiffe_id: m.spiffe_id,
-        parent_id: m.parent_id,
-        selectors: m.selectors,
-        x509_svid_ttl: m.x509_svid_ttl,
-        jwt_svid_ttl: m.jwt_svid_ttl,
-        federates_with: m.federates_with,
-        admin: m.admin,
-        downstream: m.downstream,
-        expires_at: m.expires_at,
-        dns_names: m.dns_names,
-        store_svid: m.store_svid,
-        hint: m.hint,
+/// A wire entry and input mask to apply, checked in SPIRE's order; the status when it is
+/// refused.
+fn entry_update(
+    proto: &types::Entry,
+    input_mask: Option<&types::EntryMask>,
+    td: &TrustDomain,
+) -> Result<EntryUpdate, types::Status> {
+    let patch = entry_patch_from_proto(proto, input_mask).map_err(|err| convert_status(&err))?;
+    patch.validate(td).map_err(|err| entry_error_status(&err, Write::Update))?;
+    // An id that cannot be stored names no entry: SPIRE finds none.
+    let id = EntryId::new(&proto.id)
+        .map_err(|_| batch_status(Code::NotFound, Write::Update.failed()))?;
+    if let Some(field) = repeated_field(proto, input_mask) {
+        return Err(repeated_status(field, Write::Update));
     }
+    Ok(EntryUpdate { id, patch })
+}
+
+/// The fields ListEntries and CountEntries filters share (two prost types of one shape).
+struct WireFilter<'a> {
+    by_spiffe_id: Option<&'a types::Spiffeid>,
+    by_parent_id: Option<&'a types::Spiffeid>,
+    by_selectors: Option<&'a types::SelectorMatch>,
+    by_federates_with: Option<&'a types::FederatesWithMatch>,
+    by_hint: Option<&'a String>,
+    by_downstream: Option<bool>,
+}
+
+macro_rules! wire_filter {
+    ($f:expr) => {
+        $f.map(|f| WireFilter {
+            by_spiffe_id: f.by_spiffe_id.as_ref(),
+            by_parent_id: f.by_parent_id.as_ref(),
+            by_selectors: f.by_selectors.as_ref(),
+            by_federates_with: f.by_federates_with.as_ref(),
+            by_hint: f.by_hint.as_ref(),
+            by_downstream: f.by_downstream,
+        })
+    };
+}
+
+/// A filter SPIFFE ID that parses and follows `rule`, else `message: <why>`.
+fn filter_id<E: std::fmt::Display>(
+    id: &types::Spiffeid,
+    rule: impl FnOnce(&SpiffeId) -> Result<(), E>,
+    message: &str,
+) -> Result<SpiffeId, Status> {
+    let bad = |why: String| Status::invalid_argument(format!("{message}: {why}"));
+    let parsed = spiffe_id_from_proto(Some(id), IdField::Id).map_err(|e| match e {
+        ConvertError::InvalidId(_, why) => bad(why.to_string()),
+        other => bad(other.to_string()),
+    })?;
+    rule(&parsed).map_err(|e| bad(e.to_string()))?;
+    Ok(parsed)
+}
+
+/// The ListEntries / CountEntries filter, checked as SPIRE checks it. `failed` prefixes the
+/// errors SPIRE's datastore gives ("failed to list entries", "failed to count entries").
+fn entry_filter(
+    f: Option<WireFilter<'_>>,
+    td: &TrustDomain,
+    failed: &str,
+) -> Result<EntryFilter, Status> {
+    let mut out = EntryFilter::default();
+    let Some(f) = f else { return Ok(out) };
+    out.hint = f.by_hint.cloned();
+    if let Some(id) = f.by_parent_id {
+        out.parent_id =
+            Some(filter_id(id, |id| verify_member_id(id, td), "malformed parent ID filter")?);
+    }
+    if let Some(id) = f.by_spiffe_id {
+        out.spiffe_id =
+            Some(filter_id(id, |id| verify_workload_id(id, td), "malformed SPIFFE ID filter")?);
+    }
+    let selectors = match f.by_selectors {
+        Some(m) => {
+            let bad = |why: &dyn std::fmt::Display| {
+                Status::invalid_argument(format!("malformed selectors filter: {why}"))
+            };
+            let set = selectors_from_proto(&m.selectors).map_err(|e| bad(&e))?;
+            if set.is_empty() {
+                return Err(bad(&"empty selector set"));
+            }
+            Some((set, m.r#match))
+        }
+        None => None,
+    };
+    let federates_with = match f.by_federates_with {
+        Some(m) => {
+            let bad = |why: &dyn std::fmt::Display| {
+                Status::invalid_argument(format!("malformed federates with filter: {why}"))
+            };
+            let tds = m
+                .trust_domains
+                .iter()
+                .map(|t| TrustDomain::parse(t).map_err(|e| bad(&e)))
+                .collect::<Result<Vec<_>, _>>()?;
+            if tds.is_empty() {
+                return Err(bad(&"empty trust domain set"));
+            }
+            Some((tds, m.r#match))
+        }
+        None => None,
+    };
+    // SPIRE's datastore reads the match modes last, as Internal errors.
+    let mode = |n: i32, what: &str| {
+        selector_match_from_proto(n).map_err(|_| {
+            Status::internal(format!(
+                "{failed}: datastore-sql: unhandled {what} match behavior {}",
+                go_quoted_rune(n)
+            ))
+        })
+    };
+    if let Some((selectors, n)) = selectors {
+        let match_mode = mode(n, "selectors")?;
+        out.selectors = Some(ward_store::SelectorFilter { selectors, match_mode });
+    }
+    if let Some((trust_domains, n)) = federates_with {
+        let match_mode = mode(n, "federates with")?;
+        out.federates_with = Some(FederatesWithFilter { trust_domains, match_mode });
+    }
+    out.downstream_only = f.by_downstream == Some(true);
+    Ok(out)
 }
 
 type SyncStream =
@@ -128,7 +291,9 @@ impl Entry for EntryService {
         req: Request<pb::CountEntriesRequest>,
     ) -> Result<Response<pb::CountEntriesResponse>, Status> {
         let req = req.into_inner();
-        let filter = entry_filter!(req.filter.as_ref());
+        let td = &self.state.trust_domain;
+        let filter =
+            entry_filter(wire_filter!(req.filter.as_ref()), td, "failed to count entries")?;
         let count = self.state.store.count_entries(&filter);
         Ok(Response::new(pb::CountEntriesResponse { count: count_i32(count) }))
     }
@@ -138,8 +303,20 @@ impl Entry for EntryService {
         req: Request<pb::ListEntriesRequest>,
     ) -> Result<Response<pb::ListEntriesResponse>, Status> {
         let req = req.into_inner();
-        let filter = entry_filter!(req.filter.as_ref());
-        let page = page_request(req.page_size, &req.page_token)?;
+        let td = &self.state.trust_domain;
+        let filter = entry_filter(wire_filter!(req.filter.as_ref()), td, "failed to list entries")?;
+        // Page tokens are entry ids. SPIRE's SQL datastore wraps the refusal of a token.
+        let page = page_request(
+            req.page_size,
+            &req.page_token,
+            |t| EntryId::new(t).is_ok(),
+            |why| {
+                Status::internal(format!(
+                    "failed to list entries: datastore-sql: rpc error: code = InvalidArgument \
+                     desc = {why}"
+                ))
+            },
+        )?;
         let result = self.state.store.list_entries(&filter, &page);
         let mask = req.output_mask.as_ref();
         Ok(Response::new(pb::ListEntriesResponse {
@@ -170,30 +347,17 @@ impl Entry for EntryService {
         let mask = req.output_mask.as_ref();
         let now = self.state.clock.unix_seconds();
         let td = &self.state.trust_domain;
-        // Items that fail conversion keep their slot with a status; the rest are proposed.
+        // Items refused before the proposal keep their slot with a status; the rest are
+        // proposed, and apply decides them against the stored state.
         let mut batch: Batch<pb::batch_create_entry_response::Result> = Batch::default();
         let mut valid: Vec<RegistrationEntry> = Vec::new();
         for proto in &req.entries {
-            let converted = entry_from_proto(proto, new_entry_id)
-                .map_err(|e| e.to_string())
-                .and_then(|mut e| {
-                    e.validate(td).map_err(|err| err.to_string())?;
-                    e.created_at = now;
-                    e.revision_number = 0;
-                    Ok(e)
-                });
-            match converted {
-                Ok(e) => {
-                    batch.accept();
-                    valid.push(e);
-                }
-                Err(msg) => batch.refuse(pb::batch_create_entry_response::Result {
-                    status: Some(batch_status(
-                        Code::InvalidArgument,
-                        format!("failed to convert entry: {msg}"),
-                    )),
-                    entry: None,
-                }),
+            let refused = |status| pb::batch_create_entry_response::Result {
+                status: Some(status),
+                entry: None,
+            };
+            if let Some(e) = batch.take(new_entry(proto, td, now).map_err(refused)) {
+                valid.push(e);
             }
         }
         if !valid.is_empty() {
@@ -204,10 +368,10 @@ impl Entry for EntryService {
             batch.fill(items.into_iter().map(|item| match item {
                 Ok(e) => pb::batch_create_entry_response::Result {
                     status: Some(batch_status_ok()),
-                    entry: Some(entry_to_proto(&e, mask)),
+                    entry: Some(written_entry_to_proto(&e, mask)),
                 },
                 Err(err) => pb::batch_create_entry_response::Result {
-                    status: Some(create_item_status(&err)),
+                    status: Some(item_status(&err, Write::Create)),
                     entry: match &err {
                         ItemError::EntryExists(existing) => Some(entry_to_proto(existing, mask)),
                         _ => None,
@@ -224,34 +388,18 @@ impl Entry for EntryService {
     ) -> Result<Response<pb::BatchUpdateEntryResponse>, Status> {
         let req = req.into_inner();
         let out_mask = req.output_mask.as_ref();
-        let store_mask = req.input_mask.as_ref().map_or(EntryMask::ALL, store_entry_mask);
         let td = &self.state.trust_domain;
+        // Each item becomes a patch; apply merges it into the stored entry.
         let mut batch: Batch<pb::batch_update_entry_response::Result> = Batch::default();
         let mut valid = Vec::new();
         for proto in &req.entries {
-            let existing = EntryId::new(&proto.id).ok().and_then(|id| self.state.store.entry(&id));
-            let merged = match existing {
-                None if proto.id.is_empty() => Err((
-                    Code::InvalidArgument,
-                    "failed to convert entry: missing entry ID".to_owned(),
-                )),
-                None => Err((Code::NotFound, "entry not found".to_owned())),
-                Some(e) => apply_entry_update(&e, proto, req.input_mask.as_ref())
-                    .map_err(|err| err.to_string())
-                    .and_then(|m| m.validate(td).map(|()| m).map_err(|err| err.to_string()))
-                    .map_err(|msg| {
-                        (Code::InvalidArgument, format!("failed to convert entry: {msg}"))
-                    }),
+            let refused = |status| pb::batch_update_entry_response::Result {
+                status: Some(status),
+                entry: None,
             };
-            match merged {
-                Ok(entry) => {
-                    batch.accept();
-                    valid.push(EntryUpdate { entry, mask: store_mask });
-                }
-                Err((code, msg)) => batch.refuse(pb::batch_update_entry_response::Result {
-                    status: Some(batch_status(code, msg)),
-                    entry: None,
-                }),
+            let item = entry_update(proto, req.input_mask.as_ref(), td).map_err(refused);
+            if let Some(u) = batch.take(item) {
+                valid.push(u);
             }
         }
         if !valid.is_empty() {
@@ -262,17 +410,10 @@ impl Entry for EntryService {
             batch.fill(items.into_iter().map(|item| match item {
                 Ok(e) => pb::batch_update_entry_response::Result {
                     status: Some(batch_status_ok()),
-                    entry: Some(entry_to_proto(&e, out_mask)),
-                },
-                Err(ItemError::EntryNotFound(_)) => pb::batch_update_entry_response::Result {
-                    status: Some(batch_status(Code::NotFound, "entry not found")),
-                    entry: None,
+                    entry: Some(written_entry_to_proto(&e, out_mask)),
                 },
                 Err(err) => pb::batch_update_entry_response::Result {
-                    status: Some(batch_status(
-                        item_code(&err),
-                        format!("failed to update entry: {err}"),
-                    )),
+                    status: Some(item_status(&err, Write::Update)),
                     entry: None,
                 },
             }));
@@ -288,15 +429,21 @@ impl Entry for EntryService {
         let mut batch: Batch<pb::batch_delete_entry_response::Result> = Batch::default();
         let mut valid = Vec::new();
         for raw in &ids {
+            let refused = |code, message: &str| pb::batch_delete_entry_response::Result {
+                status: Some(batch_status(code, message)),
+                id: raw.clone(),
+            };
+            if raw.is_empty() {
+                batch.refuse(refused(Code::InvalidArgument, "missing entry ID"));
+                continue;
+            }
+            // An id that cannot be stored names no entry.
             match EntryId::new(raw) {
                 Ok(id) => {
                     batch.accept();
                     valid.push(id);
                 }
-                Err(_) => batch.refuse(pb::batch_delete_entry_response::Result {
-                    status: Some(batch_status(Code::InvalidArgument, "missing entry ID")),
-                    id: raw.clone(),
-                }),
+                Err(_) => batch.refuse(refused(Code::NotFound, "entry not found")),
             }
         }
         if !valid.is_empty() {

@@ -53,11 +53,51 @@ fn new_entry_id() -> ward_core::EntryId {
     ward_core::EntryId::new(&uuid::Uuid::new_v4().to_string()).expect("a UUID is a valid entry id")
 }
 
-/// A store page request from a wire `page_size` / `page_token`.
-fn page_request(size: i32, token: &str) -> Result<ward_store::PageRequest, Status> {
-    let size = usize::try_from(size)
-        .map_err(|_| Status::invalid_argument(format!("page size must not be negative: {size}")))?;
-    Ok(ward_store::PageRequest { token: Some(token.to_owned()).filter(|t| !t.is_empty()), size })
+/// A store page request from a wire `page_size` / `page_token`, read as SPIRE reads them.
+///
+/// A size of 0 or less asks for everything in one page, and the token is then ignored.
+/// Otherwise a non-empty token must be one this list could have handed out (`parses`, for
+/// the list's key), else the call fails with `refuse` of SPIRE's reason,
+/// "could not parse token '<token>'"; each list wraps that reason in its own way.
+fn page_request(
+    size: i32,
+    token: &str,
+    parses: impl FnOnce(&str) -> bool,
+    refuse: impl FnOnce(String) -> Status,
+) -> Result<ward_store::PageRequest, Status> {
+    let Ok(size @ 1..) = usize::try_from(size) else {
+        return Ok(ward_store::PageRequest::all());
+    };
+    if token.is_empty() {
+        return Ok(ward_store::PageRequest::first(size));
+    }
+    if !parses(token) {
+        return Err(refuse(format!("could not parse token '{token}'")));
+    }
+    Ok(ward_store::PageRequest { token: Some(token.to_owned()), size })
+}
+
+/// A number as Go's `%q` prints a rune, the way SPIRE's datastore names an unknown match
+/// behavior (`'\t'` for 9, `'A'` for 65); numbers that are no rune print as `'\u{fffd}'`
+/// does (the replacement character).
+fn go_quoted_rune(n: i32) -> String {
+    let c = u32::try_from(n).ok().and_then(char::from_u32).unwrap_or(char::REPLACEMENT_CHARACTER);
+    let body = match c {
+        '\u{7}' => "\\a".to_owned(),
+        '\u{8}' => "\\b".to_owned(),
+        '\u{c}' => "\\f".to_owned(),
+        '\n' => "\\n".to_owned(),
+        '\r' => "\\r".to_owned(),
+        '\t' => "\\t".to_owned(),
+        '\u{b}' => "\\v".to_owned(),
+        '\\' => "\\\\".to_owned(),
+        '\'' => "\\'".to_owned(),
+        c if c.is_ascii_control() => format!("\\x{:02x}", u32::from(c)),
+        c if c.is_control() && u32::from(c) <= 0xffff => format!("\\u{:04x}", u32::from(c)),
+        c if c.is_control() => format!("\\U{:08x}", u32::from(c)),
+        c => c.to_string(),
+    };
+    format!("'{body}'")
 }
 
 /// A count for the wire (saturating).
@@ -65,15 +105,24 @@ fn count_i32(n: usize) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
-/// A store selector filter from a wire `SelectorMatch`.
-fn selector_filter(
+/// The ListAgents / CountAgents selector filter, refused as SPIRE refuses it: a bad
+/// selector is the caller's, an empty set or an unknown match behavior its datastore's
+/// (`failed` is "failed to list agents" or "failed to count agents").
+fn agent_selector_filter(
     m: &ward_proto::spire::api::types::SelectorMatch,
+    failed: &str,
 ) -> Result<ward_store::SelectorFilter, Status> {
-    let bad = |e: ward_proto::convert::ConvertError| {
-        Status::invalid_argument(format!("malformed filter: {e}"))
-    };
-    let selectors = ward_proto::convert::selectors_from_proto(&m.selectors).map_err(bad)?;
-    let match_mode = ward_proto::convert::selector_match_from_proto(m.r#match).map_err(bad)?;
+    let selectors = ward_proto::convert::selectors_from_proto(&m.selectors)
+        .map_err(|e| Status::invalid_argument(format!("failed to parse selectors: {e}")))?;
+    if selectors.is_empty() {
+        return Err(Status::internal(format!("{failed}: cannot list by empty selectors set")));
+    }
+    let match_mode = ward_proto::convert::selector_match_from_proto(m.r#match).map_err(|_| {
+        Status::internal(format!(
+            "{failed}: datastore-sql: unhandled match behavior {}",
+            go_quoted_rune(m.r#match)
+        ))
+    })?;
     Ok(ward_store::SelectorFilter { selectors, match_mode })
 }
 
@@ -131,21 +180,62 @@ impl<R> Batch<R> {
     }
 }
 
-/// The gRPC code of a refused command item.
+/// The gRPC code of a refused command item, where a service has no more precise answer.
 fn item_code(e: &ward_store::ItemError) -> tonic::Code {
-    use ward_store::ErrorClass;
-    match e.class() {
-        ErrorClass::AlreadyExists => tonic::Code::AlreadyExists,
-        ErrorClass::NotFound => tonic::Code::NotFound,
-        ErrorClass::InvalidArgument => tonic::Code::InvalidArgument,
-        ErrorClass::FailedPrecondition => tonic::Code::FailedPrecondition,
-        ErrorClass::PermissionDenied => tonic::Code::PermissionDenied,
+    use ward_store::ItemError as E;
+    match e {
+        E::EntryExists(_)
+        | E::EntryIdTaken(_)
+        | E::TokenExists
+        | E::BundleExists(_)
+        | E::FederationExists(_) => tonic::Code::AlreadyExists,
+        E::EntryNotFound(_)
+        | E::TokenNotFound
+        | E::AgentNotFound(_)
+        | E::BundleNotFound(_)
+        | E::AuthorityNotFound(_)
+        | E::FederationNotFound(_) => tonic::Code::NotFound,
+        E::InvalidEntry(_) | E::SerialMismatch | E::Invalid(_) => tonic::Code::InvalidArgument,
+        E::FederatedBundleMissing(_) => tonic::Code::Internal,
+        E::BundleInUse(..) | E::AuthorityNotTainted => tonic::Code::FailedPrecondition,
+        E::AgentBanned(_) => tonic::Code::PermissionDenied,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runes_print_as_go_quotes_them() {
+        for (n, want) in [
+            (9, "'\\t'"),
+            (65, "'A'"),
+            (0, "'\\x00'"),
+            (39, "'\\''"),
+            (0x7f, "'\\x7f'"),
+            (0x85, "'\\u0085'"),
+            (0xe9, "'é'"),
+            (-1, "'\u{fffd}'"),
+            (0x11_0000, "'\u{fffd}'"),
+        ] {
+            assert_eq!(go_quoted_rune(n), want, "{n}");
+        }
+    }
+
+    #[test]
+    fn page_size_of_zero_or_less_ignores_the_token() {
+        let never = |_: &str| -> bool { panic!("token read") };
+        let refuse = |why: String| Status::internal(why);
+        for size in [0, -1, i32::MIN] {
+            let p = page_request(size, "zz/not a token", never, refuse).unwrap();
+            assert_eq!(p, ward_store::PageRequest::all());
+        }
+        let st = page_request(2, "bad", |_| false, refuse).unwrap_err();
+        assert_eq!(st.message(), "could not parse token 'bad'");
+        let p = page_request(2, "good", |_| true, refuse).unwrap();
+        assert_eq!(p, ward_store::PageRequest { token: Some("good".into()), size: 2 });
+    }
 
     #[test]
     fn sign_errors_map_to_caller_or_server_codes() {

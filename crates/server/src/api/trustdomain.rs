@@ -95,7 +95,13 @@ impl trust_domain_server::TrustDomain for TrustDomainService {
         req: Request<pb::ListFederationRelationshipsRequest>,
     ) -> Result<Response<pb::ListFederationRelationshipsResponse>, Status> {
         let req = req.into_inner();
-        let page = page_request(req.page_size, &req.page_token)?;
+        // Page tokens are creation numbers.
+        let page = page_request(
+            req.page_size,
+            &req.page_token,
+            |t| t.parse::<u32>().is_ok(),
+            |why| Status::internal(format!("failed to list federation relationships: {why}")),
+        )?;
         let result = self.state.store.list_federation_relationships(&page);
         Ok(Response::new(pb::ListFederationRelationshipsResponse {
             federation_relationships: result

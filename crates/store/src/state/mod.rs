@@ -341,14 +341,11 @@ impl State {
             .filter(move |e| e.federates_with.contains(td))
     }
 
-    /// An entry with the same SPIFFE ID, parent and selectors as `e`, other than `e` itself.
+    /// An entry with the same SPIFFE ID, parent and selectors as `e` (whatever its id).
     pub(crate) fn similar_entry(&self, e: &RegistrationEntry) -> Option<&Arc<RegistrationEntry>> {
         let set = self.by_spiffe.get(key_hash(e.spiffe_id.as_str()))?;
         set.iter().filter_map(|s| self.entry_at(s)).find(|o| {
-            o.id != e.id
-                && o.spiffe_id == e.spiffe_id
-                && o.parent_id == e.parent_id
-                && o.selectors == e.selectors
+            o.spiffe_id == e.spiffe_id && o.parent_id == e.parent_id && o.selectors == e.selectors
         })
     }
 

@@ -94,17 +94,8 @@ impl Model {
         }
     }
 
-    fn check(&self, e: &RegistrationEntry) -> Result<(), ItemError> {
-        e.validate(&self.td).map_err(ItemError::InvalidEntry)?;
-        if let Some(o) = self.entries.values().find(|o| {
-            o.id != e.id
-                && o.spiffe_id == e.spiffe_id
-                && o.parent_id == e.parent_id
-                && o.selectors == e.selectors
-        }) {
-            return Err(ItemError::EntryExists(Arc::new(o.clone())));
-        }
-        for td in &e.federates_with {
+    fn federated_bundles(&self, tds: &[TrustDomain]) -> Result<(), ItemError> {
+        for td in tds {
             if !self.bundles.contains_key(td) {
                 return Err(ItemError::FederatedBundleMissing(td.clone()));
             }
@@ -113,10 +104,16 @@ impl Model {
     }
 
     fn create(&mut self, e: &RegistrationEntry) -> Result<Arc<RegistrationEntry>, ItemError> {
+        e.validate(&self.td).map_err(ItemError::InvalidEntry)?;
+        if let Some(o) = self.entries.values().find(|o| {
+            o.spiffe_id == e.spiffe_id && o.parent_id == e.parent_id && o.selectors == e.selectors
+        }) {
+            return Err(ItemError::EntryExists(Arc::new(o.clone())));
+        }
         if self.entries.contains_key(&e.id) {
             return Err(ItemError::EntryIdTaken(e.id.clone()));
         }
-        self.check(e)?;
+        self.federated_bundles(&e.federates_with)?;
         let mut e = e.clone();
         e.revision_number = 0;
         self.entries.insert(e.id.clone(), e.clone());
@@ -360,48 +357,16 @@ impl Model {
                 items
                     .iter()
                     .map(|u| {
-                        let Some(old) = self.entries.get(&u.entry.id).cloned() else {
-                            return Err(ItemError::EntryNotFound(u.entry.id.clone()));
+                        u.patch.validate(&self.td).map_err(ItemError::InvalidEntry)?;
+                        let Some(old) = self.entries.get(&u.id).cloned() else {
+                            return Err(ItemError::EntryNotFound(u.id.clone()));
                         };
-                        let (m, s) = (&u.mask, &u.entry);
                         let mut e = old.clone();
-                        if m.spiffe_id {
-                            e.spiffe_id = s.spiffe_id.clone();
+                        e.apply_patch(&u.patch);
+                        e.check_store_svid().map_err(ItemError::InvalidEntry)?;
+                        if let Some(tds) = &u.patch.federates_with {
+                            self.federated_bundles(tds)?;
                         }
-                        if m.parent_id {
-                            e.parent_id = s.parent_id.clone();
-                        }
-                        if m.selectors {
-                            e.selectors = s.selectors.clone();
-                        }
-                        if m.x509_svid_ttl {
-                            e.x509_svid_ttl = s.x509_svid_ttl;
-                        }
-                        if m.jwt_svid_ttl {
-                            e.jwt_svid_ttl = s.jwt_svid_ttl;
-                        }
-                        if m.federates_with {
-                            e.federates_with = s.federates_with.clone();
-                        }
-                        if m.admin {
-                            e.admin = s.admin;
-                        }
-                        if m.downstream {
-                            e.downstream = s.downstream;
-                        }
-                        if m.expires_at {
-                            e.expires_at = s.expires_at;
-                        }
-                        if m.dns_names {
-                            e.dns_names = s.dns_names.clone();
-                        }
-                        if m.store_svid {
-                            e.store_svid = s.store_svid;
-                        }
-                        if m.hint {
-                            e.hint = s.hint.clone();
-                        }
-                        self.check(&e)?;
                         e.revision_number = old.revision_number + 1;
                         self.entries.insert(e.id.clone(), e.clone());
                         Ok(Arc::new(e))
@@ -760,10 +725,12 @@ impl Model {
         }) {
             return false;
         }
-        if f.federates_with
-            .as_ref()
-            .is_some_and(|ff| !set_match(&e.federates_with, &ff.trust_domains, ff.match_mode))
-        {
+        if f.federates_with.as_ref().is_some_and(|ff| {
+            // SPIRE: an entry that federates with nothing is in no subset.
+            let empty_subset =
+                ff.match_mode == SelectorMatch::Subset && e.federates_with.is_empty();
+            empty_subset || !set_match(&e.federates_with, &ff.trust_domains, ff.match_mode)
+        }) {
             return false;
         }
         if f.hint.as_ref().is_some_and(|h| h != &e.hint) {
