@@ -1,8 +1,9 @@
 //! PKCS#10 certificate signing requests and public keys offered for certification.
 //!
-//! A CSR only ever contributes its public key: its signature is checked (proof that the
-//! requester holds the private key) and everything else in it — subject, requested SANs,
-//! extensions — is ignored. Identity comes from the registration entry.
+//! For agents and workloads a CSR only ever contributes its public key: its signature is
+//! checked (proof that the requester holds the private key) and everything else in it is
+//! ignored; identity comes from the registration entry. MintX509SVID is the exception: there
+//! the admin caller's CSR names the SPIFFE ID, DNS names and subject ([`read_csr`]).
 
 use std::borrow::Cow;
 
@@ -137,11 +138,161 @@ fn verification_alg(
 /// [`CsrError::UnsupportedSignatureAlgorithm`] for signature algorithms it does not check,
 /// [`CsrError::BadSignature`] when the signature does not verify.
 pub fn verify_csr(csr_der: &[u8]) -> Result<CheckedPublicKey<'_>, CsrError> {
+    let csr = parse_csr(csr_der)?;
+    verify_parsed(&csr)
+}
+
+/// What a verified CSR asks for: its key, the SANs it requests and its subject.
+#[derive(Debug, Clone)]
+pub struct CsrRequest<'a> {
+    /// The checked public key.
+    pub key: CheckedPublicKey<'a>,
+    /// URI SANs of the subjectAltName extension request, in order.
+    pub uris: Vec<String>,
+    /// DNS SANs of the subjectAltName extension request, in order.
+    pub dns_names: Vec<String>,
+    /// The subject, read as SPIRE reads it.
+    pub subject: CsrSubject,
+}
+
+/// Parses a DER PKCS#10 CSR, verifies its self-signature and returns what it asks for.
+///
+/// # Errors
+/// The errors of [`verify_csr`]; [`CsrError::MalformedDer`] also for a malformed extension
+/// request.
+pub fn read_csr(csr_der: &[u8]) -> Result<CsrRequest<'_>, CsrError> {
+    use x509_parser::extensions::{GeneralName, ParsedExtension};
+    let csr = parse_csr(csr_der)?;
+    let key = verify_parsed(&csr)?;
+    let mut uris = Vec::new();
+    let mut dns_names = Vec::new();
+    for ext in csr.requested_extensions().into_iter().flatten() {
+        match ext {
+            ParsedExtension::SubjectAlternativeName(san) => {
+                for name in &san.general_names {
+                    match name {
+                        GeneralName::URI(u) => uris.push((*u).to_owned()),
+                        GeneralName::DNSName(d) => dns_names.push((*d).to_owned()),
+                        _ => {}
+                    }
+                }
+            }
+            ParsedExtension::ParseError { .. } => return Err(CsrError::MalformedDer),
+            _ => {}
+        }
+    }
+    let subject = CsrSubject::from_name(&csr.certification_request_info.subject);
+    Ok(CsrRequest { key, uris, dns_names, subject })
+}
+
+/// A CSR subject as SPIRE (Go's `pkix.Name`) reads it: the string values of the attributes
+/// it knows (country, province, locality, street address, postal code, organization,
+/// organizational unit, common name, serial number). Other attributes only count towards
+/// [`CsrSubject::is_empty`]; they are not carried into a certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CsrSubject {
+    /// `C` values.
+    pub country: Vec<String>,
+    /// `ST` values.
+    pub province: Vec<String>,
+    /// `L` values.
+    pub locality: Vec<String>,
+    /// `street` values.
+    pub street_address: Vec<String>,
+    /// `postalCode` values.
+    pub postal_code: Vec<String>,
+    /// `O` values.
+    pub organization: Vec<String>,
+    /// `OU` values.
+    pub organizational_unit: Vec<String>,
+    /// The last `CN` value (empty when none).
+    pub common_name: String,
+    /// The last `serialNumber` value (empty when none).
+    pub serial_number: String,
+    /// Attributes outside the list above.
+    pub other_attributes: usize,
+}
+
+impl CsrSubject {
+    fn from_name(name: &x509_parser::x509::X509Name<'_>) -> Self {
+        let mut s = Self::default();
+        for atv in name.iter_attributes() {
+            let oid = atv.attr_type().as_bytes();
+            let known = match oid {
+                [0x55, 0x04, n] => *n,
+                _ => 0,
+            };
+            let Some(value) = attribute_string(atv.attr_value()) else {
+                if !matches!(known, 3 | 5..=11 | 17) {
+                    s.other_attributes += 1;
+                }
+                continue;
+            };
+            match known {
+                3 => s.common_name = value,
+                5 => s.serial_number = value,
+                6 => s.country.push(value),
+                7 => s.locality.push(value),
+                8 => s.province.push(value),
+                9 => s.street_address.push(value),
+                10 => s.organization.push(value),
+                11 => s.organizational_unit.push(value),
+                17 => s.postal_code.push(value),
+                _ => s.other_attributes += 1,
+            }
+        }
+        s
+    }
+
+    /// Whether the subject says nothing (then SPIRE uses its default subject).
+    pub fn is_empty(&self) -> bool {
+        self.other_attributes == 0
+            && self.common_name.is_empty()
+            && self.serial_number.is_empty()
+            && [
+                &self.country,
+                &self.province,
+                &self.locality,
+                &self.street_address,
+                &self.postal_code,
+                &self.organization,
+                &self.organizational_unit,
+            ]
+            .iter()
+            .all(|v| v.is_empty())
+    }
+}
+
+/// The text of an attribute value of one of the string types Go decodes (UTF8String,
+/// PrintableString, IA5String, T61String, NumericString, BMPString); `None` otherwise.
+fn attribute_string(value: &x509_parser::der_parser::asn1_rs::Any<'_>) -> Option<String> {
+    use x509_parser::der_parser::asn1_rs::Tag;
+    let data = value.data;
+    match value.tag() {
+        Tag::Utf8String
+        | Tag::PrintableString
+        | Tag::Ia5String
+        | Tag::T61String
+        | Tag::NumericString => std::str::from_utf8(data).ok().map(str::to_owned),
+        Tag::BmpString => {
+            let units: Vec<u16> =
+                data.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
+            String::from_utf16(&units).ok()
+        }
+        _ => None,
+    }
+}
+
+fn parse_csr(csr_der: &[u8]) -> Result<X509CertificationRequest<'_>, CsrError> {
     let (rest, csr) =
         X509CertificationRequest::from_der(csr_der).map_err(|_| CsrError::MalformedDer)?;
     if !rest.is_empty() {
         return Err(CsrError::TrailingData);
     }
+    Ok(csr)
+}
+
+fn verify_parsed<'a>(csr: &X509CertificationRequest<'a>) -> Result<CheckedPublicKey<'a>, CsrError> {
     let info = &csr.certification_request_info;
     let kind = check_spki(&info.subject_pki)?;
     let sig_oid = &csr.signature_algorithm.algorithm;

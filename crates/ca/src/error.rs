@@ -109,9 +109,21 @@ pub enum SignError {
         /// The CA's trust domain.
         trust_domain: String,
     },
-    /// A DNS name is empty or not printable ASCII.
-    #[error("invalid DNS name {0:?}")]
-    InvalidDnsName(String),
+    /// A DNS name breaks SPIRE's rules ([`ward_core::dns_name`]).
+    #[error("invalid DNS name {name:?}: {reason}")]
+    InvalidDnsName {
+        /// The refused name.
+        name: String,
+        /// The rule it breaks.
+        #[source]
+        reason: ward_core::dns_name::DnsNameError,
+    },
+    /// The server's own SPIFFE ID, asked of a signing path other than the server's.
+    #[error("{0} is the server's own ID; only the server's SVID may carry it")]
+    ServerIdReserved(String),
+    /// [`crate::X509Ca::sign_server_x509_svid`] was asked for another ID.
+    #[error("{0} is not the server's ID")]
+    NotServerId(String),
     /// The CA certificate has expired (or expires this very second).
     #[error("CA expired at unix time {not_after}")]
     CaExpired {

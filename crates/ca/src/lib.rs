@@ -76,7 +76,10 @@ pub mod keymanager;
 pub mod rotation;
 pub mod x509;
 
-pub use csr::{CheckedPublicKey, PublicKeyKind, build_csr, check_public_key, verify_csr};
+pub use csr::{
+    CheckedPublicKey, CsrRequest, CsrSubject, PublicKeyKind, build_csr, check_public_key, read_csr,
+    verify_csr,
+};
 pub use error::{CaError, CsrError, KeyError, PublicKeyError, SignError};
 pub use jwt::{JwtSigner, SignedJwt, new_key_id};
 pub use key::{KeyType, PrivateKey, Signer};

@@ -16,13 +16,18 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::FromDer;
 
-use crate::csr::{CheckedPublicKey, check_public_key, verify_csr};
+use crate::csr::{CheckedPublicKey, CsrRequest, CsrSubject, check_public_key, verify_csr};
 use crate::der;
 use crate::error::{CaError, SignError};
 use crate::key::{PrivateKey, Signer};
 
 const OID_COUNTRY: &[u8] = &[0x55, 0x04, 0x06];
+const OID_PROVINCE: &[u8] = &[0x55, 0x04, 0x08];
+const OID_LOCALITY: &[u8] = &[0x55, 0x04, 0x07];
+const OID_STREET_ADDRESS: &[u8] = &[0x55, 0x04, 0x09];
+const OID_POSTAL_CODE: &[u8] = &[0x55, 0x04, 0x11];
 const OID_ORGANIZATION: &[u8] = &[0x55, 0x04, 0x0a];
+const OID_ORGANIZATIONAL_UNIT: &[u8] = &[0x55, 0x04, 0x0b];
 const OID_COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
 const OID_SERIAL_NUMBER: &[u8] = &[0x55, 0x04, 0x05];
 const OID_KEY_USAGE: &[u8] = &[0x55, 0x1d, 0x0f];
@@ -37,6 +42,9 @@ const OID_CLIENT_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02]
 const VERSION_V3: &[u8] = &[0xa0, 0x03, 0x02, 0x01, 0x02];
 /// How far NotBefore is backdated, as SPIRE does, to absorb clock skew.
 pub const BACKDATE_SECS: i64 = 10;
+/// The path of the server's own SPIFFE ID, which only [`X509Ca::sign_server_x509_svid`]
+/// signs.
+pub const SERVER_ID_PATH: &str = "/spire/server";
 
 /// What an X509-SVID says, taken from the registration entry (never from the CSR).
 #[derive(Debug, Clone, Copy)]
@@ -75,13 +83,53 @@ fn is_printable(s: &str) -> bool {
 
 /// Appends `SET { SEQUENCE { type, value } }`.
 fn rdn(out: &mut Vec<u8>, oid: &[u8], value: &str) {
+    der::nested(out, der::SET, |o| attribute(o, oid, value));
+}
+
+/// Appends `SEQUENCE { type, value }`, the value a PrintableString when it can be one.
+fn attribute(out: &mut Vec<u8>, oid: &[u8], value: &str) {
     let tag = if is_printable(value) { der::PRINTABLE_STRING } else { der::UTF8_STRING };
-    der::nested(out, der::SET, |o| {
-        der::nested(o, der::SEQUENCE, |o| {
-            der::tlv(o, der::OID, oid);
-            der::tlv(o, tag, value.as_bytes());
-        })
+    der::nested(out, der::SEQUENCE, |o| {
+        der::tlv(o, der::OID, oid);
+        der::tlv(o, tag, value.as_bytes());
     });
+}
+
+/// Appends one RDN holding every value of one attribute type (nothing for no values), its
+/// members in DER SET OF order. This is how Go writes a `pkix.Name`.
+fn rdn_set<S: AsRef<str>>(out: &mut Vec<u8>, oid: &[u8], values: &[S]) {
+    if values.is_empty() {
+        return;
+    }
+    let mut members: Vec<Vec<u8>> = values
+        .iter()
+        .map(|v| {
+            let mut m = Vec::new();
+            attribute(&mut m, oid, v.as_ref());
+            m
+        })
+        .collect();
+    members.sort();
+    der::nested(out, der::SET, |o| members.iter().for_each(|m| o.extend_from_slice(m)));
+}
+
+/// Appends the RDNs of a leaf subject taken from a CSR, in the order and grouping Go's
+/// `pkix.Name` gives them; the first DNS name, if any, replaces the common name.
+fn csr_subject_rdns(out: &mut Vec<u8>, subject: &CsrSubject, dns_names: &[String]) {
+    rdn_set(out, OID_COUNTRY, &subject.country);
+    rdn_set(out, OID_PROVINCE, &subject.province);
+    rdn_set(out, OID_LOCALITY, &subject.locality);
+    rdn_set(out, OID_STREET_ADDRESS, &subject.street_address);
+    rdn_set(out, OID_POSTAL_CODE, &subject.postal_code);
+    rdn_set(out, OID_ORGANIZATION, &subject.organization);
+    rdn_set(out, OID_ORGANIZATIONAL_UNIT, &subject.organizational_unit);
+    let cn = dns_names.first().map_or(subject.common_name.as_str(), String::as_str);
+    if !cn.is_empty() {
+        rdn(out, OID_COMMON_NAME, cn);
+    }
+    if !subject.serial_number.is_empty() {
+        rdn(out, OID_SERIAL_NUMBER, &subject.serial_number);
+    }
 }
 
 /// Appends one Extension: `SEQUENCE { extnID, critical?, OCTET STRING { value } }`.
@@ -473,16 +521,33 @@ impl X509Ca {
         params: &SvidParams<'_>,
         now: SystemTime,
     ) -> Result<Vec<u8>, SignError> {
-        self.check_params(params)?;
+        self.check_params(params, false)?;
         let key = verify_csr(csr_der)?;
-        self.sign_checked(&key, params, now)
+        self.sign_checked(&key, params, None, now)
+    }
+
+    /// Signs an X509-SVID for a CSR read with [`crate::read_csr`] (MintX509SVID): the key
+    /// and, unless it is empty, the subject come from the CSR, with the first DNS name as the
+    /// common name. Returns the leaf, DER.
+    ///
+    /// # Errors
+    /// The errors of [`X509Ca::sign_x509_svid`] but for the key's.
+    pub fn sign_x509_svid_for_request(
+        &self,
+        csr: &CsrRequest<'_>,
+        params: &SvidParams<'_>,
+        now: SystemTime,
+    ) -> Result<Vec<u8>, SignError> {
+        self.check_params(params, false)?;
+        let subject = Some(&csr.subject).filter(|s| !s.is_empty());
+        self.sign_checked(&csr.key, params, subject, now)
     }
 
     /// Signs an X509-SVID for a bare SubjectPublicKeyInfo DER. Returns the leaf, DER.
     ///
     /// # Errors
     /// [`SignError::PublicKey`] for a refused key, [`SignError::IdTooLong`],
-    /// [`SignError::NotInTrustDomain`],
+    /// [`SignError::NotInTrustDomain`], [`SignError::ServerIdReserved`],
     /// [`SignError::InvalidDnsName`], [`SignError::ZeroTtl`], [`SignError::CaExpired`].
     pub fn sign_x509_svid(
         &self,
@@ -490,15 +555,37 @@ impl X509Ca {
         params: &SvidParams<'_>,
         now: SystemTime,
     ) -> Result<Vec<u8>, SignError> {
-        self.check_params(params)?;
+        self.check_params(params, false)?;
         let key = check_public_key(spki_der)?;
-        self.sign_checked(&key, params, now)
+        self.sign_checked(&key, params, None, now)
+    }
+
+    /// Signs the server's own X509-SVID (`spiffe://<td>/spire/server`) for a bare
+    /// SubjectPublicKeyInfo DER; the other signing methods refuse that ID, so that no API
+    /// can obtain a certificate agents would take for the server. Returns the leaf, DER.
+    ///
+    /// # Errors
+    /// [`SignError::NotServerId`] for any other ID, and the errors of
+    /// [`X509Ca::sign_x509_svid`].
+    pub fn sign_server_x509_svid(
+        &self,
+        spki_der: &[u8],
+        params: &SvidParams<'_>,
+        now: SystemTime,
+    ) -> Result<Vec<u8>, SignError> {
+        if params.spiffe_id.path() != SERVER_ID_PATH {
+            return Err(SignError::NotServerId(params.spiffe_id.to_string()));
+        }
+        self.check_params(params, true)?;
+        let key = check_public_key(spki_der)?;
+        self.sign_checked(&key, params, None, now)
     }
 
     fn sign_checked(
         &self,
         key: &CheckedPublicKey<'_>,
         params: &SvidParams<'_>,
+        subject: Option<&CsrSubject>,
         now: SystemTime,
     ) -> Result<Vec<u8>, SignError> {
         let now = unix(now);
@@ -518,10 +605,13 @@ impl X509Ca {
                 der::time(o, now - BACKDATE_SECS);
                 der::time(o, not_after);
             });
-            der::nested(o, der::SEQUENCE, |o| {
-                o.extend_from_slice(&self.leaf_subject_base);
-                if let Some(cn) = params.dns_names.first() {
-                    rdn(o, OID_COMMON_NAME, cn);
+            der::nested(o, der::SEQUENCE, |o| match subject {
+                Some(subject) => csr_subject_rdns(o, subject, params.dns_names),
+                None => {
+                    o.extend_from_slice(&self.leaf_subject_base);
+                    if let Some(cn) = params.dns_names.first() {
+                        rdn(o, OID_COMMON_NAME, cn);
+                    }
                 }
             });
             o.extend_from_slice(key.spki_der);
@@ -542,7 +632,7 @@ impl X509Ca {
         })
     }
 
-    fn check_params(&self, params: &SvidParams<'_>) -> Result<(), SignError> {
+    fn check_params(&self, params: &SvidParams<'_>, server_svid: bool) -> Result<(), SignError> {
         if let Some(td) = &self.trust_domain
             && !params.spiffe_id.is_member_of(td)
         {
@@ -550,6 +640,9 @@ impl X509Ca {
                 id: params.spiffe_id.to_string(),
                 trust_domain: td.to_string(),
             });
+        }
+        if !server_svid && params.spiffe_id.path() == SERVER_ID_PATH {
+            return Err(SignError::ServerIdReserved(params.spiffe_id.to_string()));
         }
         check_params(params)
     }
@@ -561,9 +654,8 @@ fn check_params(params: &SvidParams<'_>) -> Result<(), SignError> {
         return Err(SignError::IdTooLong { len, max: SpiffeId::MAX_SVID_LEN });
     }
     for dns in params.dns_names {
-        if dns.is_empty() || dns.len() > 253 || !dns.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(SignError::InvalidDnsName(dns.clone()));
-        }
+        ward_core::dns_name::validate_dns_name(dns)
+            .map_err(|reason| SignError::InvalidDnsName { name: dns.clone(), reason })?;
     }
     if params.ttl.as_secs() == 0 {
         return Err(SignError::ZeroTtl);

@@ -4,6 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::dns_name::{DnsNameError, validate_dns_name};
 use crate::id_policy::{IdPolicyError, verify_member_id, verify_workload_id};
 use crate::selector::{Selector, SelectorSet};
 use crate::spiffe_id::{SpiffeId, TrustDomain};
@@ -118,9 +119,9 @@ pub enum EntryError {
     /// The SPIFFE ID is not a workload of the server's trust domain.
     #[error("invalid spiffe ID: {0}")]
     SpiffeId(#[source] IdPolicyError),
-    /// A DNS name is malformed.
-    #[error("invalid DNS name \"{0}\"")]
-    BadDnsName(String),
+    /// A DNS name breaks SPIRE's rules ([`crate::dns_name`]).
+    #[error("invalid DNS name: {0}")]
+    BadDnsName(#[source] DnsNameError),
     /// No selectors.
     #[error("selector list is empty")]
     NoSelectors,
@@ -177,10 +178,7 @@ pub(crate) fn check_spiffe_id(id: &SpiffeId, td: &TrustDomain) -> Result<(), Ent
 }
 
 pub(crate) fn check_dns_names(names: &[String]) -> Result<(), EntryError> {
-    match names.iter().find(|n| !is_valid_dns_name(n)) {
-        Some(bad) => Err(EntryError::BadDnsName(bad.clone())),
-        None => Ok(()),
-    }
+    names.iter().try_for_each(|n| validate_dns_name(n).map_err(EntryError::BadDnsName))
 }
 
 pub(crate) fn check_selectors(selectors: &SelectorSet) -> Result<(), EntryError> {
@@ -299,23 +297,6 @@ impl RegistrationEntry {
     }
 }
 
-/// Whether `name` is a DNS name SPIRE accepts for an entry: labels of letters, digits and
-/// `-` (not at either end), at most 63 bytes each, 253 in all; a leading `*.` wildcard is
-/// allowed.
-pub fn is_valid_dns_name(name: &str) -> bool {
-    let name = name.strip_prefix("*.").unwrap_or(name);
-    if name.is_empty() || name.len() > 253 {
-        return false;
-    }
-    name.split('.').all(|label| {
-        !label.is_empty()
-            && label.len() <= 63
-            && !label.starts_with('-')
-            && !label.ends_with('-')
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -414,8 +395,8 @@ mod tests {
             ),
             (
                 Box::new(|e| e.dns_names = vec!["-bad".into()]),
-                EntryError::BadDnsName("-bad".into()),
-                "invalid DNS name \"-bad\"",
+                EntryError::BadDnsName(DnsNameError::InvalidLabel("-bad".into())),
+                "invalid DNS name: idna error\nidna: invalid label \"-bad\"",
             ),
             (
                 Box::new(|e| e.hint = "h".repeat(1025)),
@@ -477,14 +458,5 @@ mod tests {
         e.hint = "h".repeat(1025);
         assert_eq!(e.validate(&td), Err(EntryError::HintTooLong));
         assert_eq!(EntryError::HintTooLong.check(), EntryCheck::Request);
-    }
-
-    #[test]
-    fn dns_names() {
-        assert!(is_valid_dns_name("a.b-c.example"));
-        assert!(is_valid_dns_name("*.example.org"));
-        assert!(!is_valid_dns_name("a..b"));
-        assert!(!is_valid_dns_name(""));
-        assert!(!is_valid_dns_name(&"a".repeat(64)));
     }
 }

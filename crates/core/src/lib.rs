@@ -2,6 +2,7 @@
 //!
 //! This crate owns the vocabulary every other ward crate speaks:
 //! - [`TrustDomain`] and [`SpiffeId`] with the SPIFFE-ID standard's rules ([`spiffe_id`]);
+//! - DNS names for X509-SVIDs checked by SPIRE's rules ([`dns_name`]);
 //! - [`Selector`]s, [`SelectorSet`]s and SPIRE's four [`SelectorMatch`] modes ([`selector`]);
 //! - the registration entry, attested-node, join-token and federation models;
 //! - SPIFFE [`Bundle`]s and their codecs ([`bundle`]): the SPIFFE bundle JSON document
@@ -28,6 +29,7 @@
 
 pub mod bundle;
 pub mod clock;
+pub mod dns_name;
 pub mod entry;
 pub mod entry_patch;
 pub mod federation;
@@ -57,5 +59,5 @@ pub use jwk::{EcCurve, JwkError, JwkPublicKey};
 pub use jwtsvid::{JwsAlgorithm, JwtSvid, JwtSvidError, UnverifiedJwtSvid};
 pub use node::{AgentId, AttestedNode};
 pub use selector::{Selector, SelectorError, SelectorMatch, SelectorSet};
-pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
+pub use spiffe_id::{IdRoleError, SpiffeId, SpiffeIdError, TrustDomain};
 pub use x509svid::X509SvidError;

@@ -289,6 +289,92 @@ impl SpiffeId {
     pub fn is_trust_domain_id(&self) -> bool {
         self.path().is_empty()
     }
+
+    /// Whether the path is in the namespace SPIRE reserves for itself: `/spire` and
+    /// everything under `/spire/` (the server, agents).
+    pub fn is_reserved(&self) -> bool {
+        let path = self.path();
+        path == "/spire" || path.starts_with("/spire/")
+    }
+
+    /// Checks that this ID names something in `td`: a member of it with a non-empty path
+    /// (SPIRE's `VerifyTrustDomainMemberID`).
+    ///
+    /// # Errors
+    /// [`IdRoleError::NotMember`] or [`IdRoleError::MemberPathEmpty`].
+    pub fn check_member_of(&self, td: &TrustDomain) -> Result<(), IdRoleError> {
+        self.check_in(td)?;
+        if self.path().is_empty() {
+            return Err(IdRoleError::MemberPathEmpty(self.clone(), td.clone()));
+        }
+        Ok(())
+    }
+
+    /// Checks that this ID may be given to a workload of `td`: a member with a non-empty path
+    /// outside the reserved namespace (SPIRE's `VerifyTrustDomainWorkloadID`).
+    ///
+    /// # Errors
+    /// [`IdRoleError::NotMember`], [`IdRoleError::WorkloadPathEmpty`] or
+    /// [`IdRoleError::WorkloadPathReserved`].
+    pub fn check_workload_of(&self, td: &TrustDomain) -> Result<(), IdRoleError> {
+        self.check_in(td)?;
+        if self.path().is_empty() {
+            return Err(IdRoleError::WorkloadPathEmpty(self.clone(), td.clone()));
+        }
+        if self.is_reserved() {
+            return Err(IdRoleError::WorkloadPathReserved(self.clone(), td.clone()));
+        }
+        Ok(())
+    }
+
+    /// Checks that this ID names an agent of `td`: a member whose path is under
+    /// `/spire/agent/` (SPIRE's `VerifyTrustDomainAgentID`).
+    ///
+    /// # Errors
+    /// [`IdRoleError::NotMember`], [`IdRoleError::AgentPathEmpty`] or
+    /// [`IdRoleError::AgentPathNotAgent`].
+    pub fn check_agent_of(&self, td: &TrustDomain) -> Result<(), IdRoleError> {
+        self.check_in(td)?;
+        if self.path().is_empty() {
+            return Err(IdRoleError::AgentPathEmpty(self.clone(), td.clone()));
+        }
+        if !self.path().starts_with("/spire/agent/") {
+            return Err(IdRoleError::AgentPathNotAgent(self.clone(), td.clone()));
+        }
+        Ok(())
+    }
+
+    fn check_in(&self, td: &TrustDomain) -> Result<(), IdRoleError> {
+        if self.is_member_of(td) {
+            Ok(())
+        } else {
+            Err(IdRoleError::NotMember(self.clone(), td.clone()))
+        }
+    }
+}
+
+/// Why a SPIFFE ID cannot play a role (member, workload, agent) in a trust domain. The texts
+/// are SPIRE's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdRoleError {
+    /// The ID belongs to another trust domain.
+    #[error("\"{0}\" is not a member of trust domain \"{1}\"")]
+    NotMember(SpiffeId, TrustDomain),
+    /// The ID is the trust domain's own ID where a member is needed.
+    #[error("\"{0}\" is not a member of trust domain \"{1}\"; path is empty")]
+    MemberPathEmpty(SpiffeId, TrustDomain),
+    /// The ID is the trust domain's own ID where a workload is needed.
+    #[error("\"{0}\" is not a workload in trust domain \"{1}\"; path is empty")]
+    WorkloadPathEmpty(SpiffeId, TrustDomain),
+    /// The ID is in the reserved `/spire` namespace where a workload is needed.
+    #[error("\"{0}\" is not a workload in trust domain \"{1}\"; path is in the reserved namespace")]
+    WorkloadPathReserved(SpiffeId, TrustDomain),
+    /// The ID is the trust domain's own ID where an agent is needed.
+    #[error("\"{0}\" is not an agent in trust domain \"{1}\"; path is empty")]
+    AgentPathEmpty(SpiffeId, TrustDomain),
+    /// The ID is outside `/spire/agent/` where an agent is needed.
+    #[error("\"{0}\" is not an agent in trust domain \"{1}\"; path is not in the agent namespace")]
+    AgentPathNotAgent(SpiffeId, TrustDomain),
 }
 
 impl fmt::Display for SpiffeId {
@@ -422,6 +508,50 @@ mod tests {
         assert_eq!(json, "\"spiffe://example.org/a\"");
         assert_eq!(serde_json::from_str::<SpiffeId>(&json).unwrap(), id);
         assert!(serde_json::from_str::<SpiffeId>("\"spiffe://Bad\"").is_err());
+    }
+
+    #[test]
+    fn roles_in_a_trust_domain_with_spire_texts() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let id = |s: &str| SpiffeId::parse(s).unwrap();
+        let text = |r: Result<(), IdRoleError>| r.unwrap_err().to_string();
+        assert_eq!(id("spiffe://example.org/w").check_workload_of(&td), Ok(()));
+        assert_eq!(id("spiffe://example.org/spire/agent/x").check_agent_of(&td), Ok(()));
+        assert_eq!(id("spiffe://example.org/spire/server").check_member_of(&td), Ok(()));
+        assert_eq!(
+            text(id("spiffe://other.org/w").check_workload_of(&td)),
+            "\"spiffe://other.org/w\" is not a member of trust domain \"example.org\""
+        );
+        assert_eq!(
+            text(id("spiffe://example.org").check_member_of(&td)),
+            "\"spiffe://example.org\" is not a member of trust domain \"example.org\"; path is \
+             empty"
+        );
+        assert_eq!(
+            text(id("spiffe://example.org").check_workload_of(&td)),
+            "\"spiffe://example.org\" is not a workload in trust domain \"example.org\"; path is \
+             empty"
+        );
+        for reserved in ["spiffe://example.org/spire", "spiffe://example.org/spire/server"] {
+            assert_eq!(
+                text(id(reserved).check_workload_of(&td)),
+                format!(
+                    "\"{reserved}\" is not a workload in trust domain \"example.org\"; path is in \
+                     the reserved namespace"
+                )
+            );
+        }
+        assert!(!id("spiffe://example.org/spires").is_reserved());
+        assert_eq!(
+            text(id("spiffe://example.org").check_agent_of(&td)),
+            "\"spiffe://example.org\" is not an agent in trust domain \"example.org\"; path is \
+             empty"
+        );
+        assert_eq!(
+            text(id("spiffe://example.org/spire/agent").check_agent_of(&td)),
+            "\"spiffe://example.org/spire/agent\" is not an agent in trust domain \
+             \"example.org\"; path is not in the agent namespace"
+        );
     }
 
     mod props {

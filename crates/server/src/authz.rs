@@ -189,7 +189,7 @@ pub enum Decision {
 pub fn decide(full_method: &str, facts: &CallerFacts, now: i64) -> Decision {
     let denied = || {
         Decision::Deny(Denial {
-            message: format!("Authorization denied for method {full_method}"),
+            message: format!("authorization denied for method {full_method}"),
             reason: None,
         })
     };
@@ -323,7 +323,7 @@ mod tests {
         assert_eq!(
             decide(m, &facts, 0),
             Decision::Deny(Denial {
-                message: format!("Authorization denied for method {m}"),
+                message: format!("authorization denied for method {m}"),
                 reason: None
             })
         );

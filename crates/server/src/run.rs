@@ -108,7 +108,7 @@ fn sign_server_svid(state: &ServerState, now: SystemTime) -> anyhow::Result<Serv
         dns_names: &[],
         ttl: state.default_x509_svid_ttl,
     };
-    let leaf = ca.sign_x509_svid(key.public_key_der(), &params, now)?;
+    let leaf = ca.sign_server_x509_svid(key.public_key_der(), &params, now)?;
     let facts = tls::leaf_facts(&leaf).map_err(anyhow::Error::msg)?;
     let mut chain = vec![leaf];
     chain.extend(ca.svid_chain_tail().iter().cloned());

@@ -1,11 +1,10 @@
-//! ListAgents / CountAgents `by_expires_before` (what `spire-server agent purge` sends): agents
-//! attested at different times are told apart by SVID expiry; a malformed value is refused.
+//! ListAgents / CountAgents `by_expires_before` (what `spire-server agent list|count
+//! -expiresBefore` sends): agents attested at different times are told apart by SVID expiry.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod common;
 
 use common::{TestServer, new_agent};
-use tonic::Code;
 use ward_proto::spire::api::server::agent::v1 as agentpb;
 use ward_server::api::agent::format_expires_before;
 
@@ -73,12 +72,5 @@ async fn by_expires_before_selects_agents_whose_svid_expired_earlier() {
         .count;
     assert_eq!(count, 1);
 
-    let err = c.list_agents(list("yesterday")).await.unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(
-        err.message().starts_with("failed to parse expires before filter: "),
-        "{}",
-        err.message()
-    );
     ts.server.shutdown().await;
 }

@@ -129,7 +129,7 @@ fn expected(method: &str, c: Class) -> Decision {
         "NewJWTSVID",
     ];
     let name = method.rsplit('/').next().unwrap();
-    let denied = || deny(format!("Authorization denied for method {method}"), None);
+    let denied = || deny(format!("authorization denied for method {method}"), None);
     let agent_id = "spiffe://example.org/spire/agent/join_token/t";
     let agent_check = |c: Class| match c {
         Class::Unauthenticated => deny("caller does not have an X509-SVID".into(), None),
@@ -187,7 +187,7 @@ fn every_method_by_every_caller_class() {
     // A method SPIRE has no policy for is refused to everyone, local callers included.
     assert_eq!(
         decide(ward_server::authz::POST_STATUS, &facts(Class::Local), NOW),
-        deny(format!("Authorization denied for method {}", ward_server::authz::POST_STATUS), None)
+        deny(format!("authorization denied for method {}", ward_server::authz::POST_STATUS), None)
     );
 }
 
@@ -237,7 +237,7 @@ async fn caller_classes_over_real_sockets() {
     assert_eq!(err.code(), Code::PermissionDenied);
     assert_eq!(
         err.message(),
-        "Authorization denied for method /spire.api.server.entry.v1.Entry/ListEntries"
+        "authorization denied for method /spire.api.server.entry.v1.Entry/ListEntries"
     );
 
     // Attested agent: agent methods yes, admin methods no.
@@ -292,7 +292,7 @@ async fn caller_classes_over_real_sockets() {
     assert_eq!(err.code(), Code::PermissionDenied);
     assert_eq!(
         err.message(),
-        "Authorization denied for method /spire.api.server.agent.v1.Agent/RenewAgent"
+        "authorization denied for method /spire.api.server.agent.v1.Agent/RenewAgent"
     );
     let health = healthpb::health_client::HealthClient::new(local)
         .check(healthpb::HealthCheckRequest { service: String::new() })

@@ -172,7 +172,7 @@ async fn malformed_attestation_and_admin_requests() {
     // A malformed CSR with a valid token: SPIRE consumes the token first, then refuses.
     let err = attest(ts.addr(), &token, b"junk".to_vec()).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(err.message().starts_with("malformed CSR"), "{}", err.message());
+    assert!(err.message().starts_with("failed to parse CSR: "), "{}", err.message());
     assert_eq!(ts.server.state.store.agent_count(), 0, "no agent recorded");
 
     // Entries outside the trust domain or in the reserved namespace: per-item errors.

@@ -8,15 +8,15 @@ use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use ward_ca::SvidParams;
 use ward_core::{AgentId, JoinToken, RegistrationEntry, Selector, SelectorSet, SpiffeId};
-use ward_proto::convert::{IdField, agent_to_proto, spiffe_id_from_proto, x509_svid_to_proto};
+use ward_proto::convert::{IdField, agent_to_proto, x509_svid_to_proto};
 use ward_proto::spire::api::server::agent::v1::{self as pb, agent_server::Agent};
 use ward_proto::spire::api::types;
 use ward_proto::spire::api::types::permission_denied_details::Reason;
 use ward_store::{AgentAttestation, AgentFilter, Command, ItemError, Outcome};
 
 use super::{
-    agent_selector_filter, count_i32, new_entry_id, page_request, propose, sign_error_status,
-    unimplemented,
+    AGENT_CSR, agent_selector_filter, count_i32, id_for_role, new_entry_id, page_request, propose,
+    sign_error_status, unimplemented,
 };
 use crate::state::{ServerState, caller_of};
 use crate::tls::leaf_facts;
@@ -43,7 +43,7 @@ impl AgentService {
         let params = SvidParams { spiffe_id: id, dns_names: &[], ttl: self.state.agent_ttl };
         let leaf = ca
             .sign_x509_svid_from_csr(csr, &params, self.state.clock.now())
-            .map_err(|e| sign_error_status(&e, "failed to sign X509 SVID"))?;
+            .map_err(|e| sign_error_status(&e, AGENT_CSR, "failed to sign X509 SVID"))?;
         let facts = leaf_facts(&leaf).map_err(Status::internal)?;
         let mut chain = vec![leaf];
         chain.extend(ca.svid_chain_tail().iter().cloned());
@@ -154,25 +154,23 @@ fn join_token_agent_id(state: &ServerState, token: &str) -> Result<SpiffeId, Sta
         .map_err(|e| Status::invalid_argument(format!("failed to attest: invalid join token: {e}")))
 }
 
-/// The agent ID argument of Get/Delete/BanAgent: a member of the server's trust domain.
-fn agent_id_arg(id: Option<&types::Spiffeid>) -> Result<AgentId, Status> {
-    let id = spiffe_id_from_proto(id, IdField::AgentId)
-        .map_err(|e| Status::invalid_argument(format!("invalid agent ID: {e}")))?;
-    Ok(AgentId(id))
+/// The agent ID argument of Get/Delete/BanAgent: an agent of the server's trust domain
+/// (`/spire/agent/...`), else InvalidArgument "invalid agent ID: ..." as in SPIRE.
+fn agent_id_arg(state: &ServerState, id: Option<&types::Spiffeid>) -> Result<AgentId, Status> {
+    let td = &state.trust_domain;
+    id_for_role(id, IdField::AgentId, |id| id.check_agent_of(td)).map(AgentId)
 }
 
 type AgentFilterArgs<'a> =
     (&'a String, Option<&'a types::SelectorMatch>, Option<bool>, Option<bool>, &'a String);
 
-/// ListAgents/CountAgents filter; `failed` prefixes SPIRE's datastore errors.
+/// ListAgents/CountAgents filter; `failed` prefixes SPIRE's datastore errors. A
+/// `by_expires_before` value that does not parse is ignored, as SPIRE ignores it.
 fn agent_filter(f: Option<AgentFilterArgs<'_>>, failed: &str) -> Result<AgentFilter, Status> {
     let mut out = AgentFilter::default();
     let Some((att, sel, banned, reattest, expires_before)) = f else { return Ok(out) };
     if !expires_before.is_empty() {
-        let t = parse_expires_before(expires_before).map_err(|e| {
-            Status::invalid_argument(format!("failed to parse expires before filter: {e}"))
-        })?;
-        out.expires_before = Some(t);
+        out.expires_before = parse_expires_before(expires_before);
     }
     out.attestation_type = Some(att.clone()).filter(|a| !a.is_empty());
     out.selectors = sel.map(|m| agent_selector_filter(m, failed)).transpose()?;
@@ -181,80 +179,46 @@ fn agent_filter(f: Option<AgentFilterArgs<'_>>, failed: &str) -> Result<AgentFil
     Ok(out)
 }
 
-/// Parses the `by_expires_before` filter value, in the layout SPIRE's CLI sends (Go's
-/// `2006-01-02 15:04:05 -0700 -07`, e.g. `2026-01-01 00:00:00 +0000 +00`), into Unix
-/// seconds. The `±HHMM` offset is authoritative; the trailing `±HH` must agree with it.
-///
-/// # Errors
-/// A message saying which part is malformed.
-pub fn parse_expires_before(s: &str) -> Result<i64, String> {
-    let parts: Vec<&str> = s.split(' ').collect();
-    let [date, clock, offset, offset_hours] = parts.as_slice() else {
-        return Err(format!("{s:?} is not \"YYYY-MM-DD hh:mm:ss ±hhmm ±hh\""));
-    };
-    let num = |v: &str, what: &str| -> Result<u32, String> {
-        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(format!("bad {what} {v:?}"));
-        }
-        v.parse::<u32>().map_err(|_| format!("bad {what} {v:?}"))
-    };
-    let fields = |v: &str, sep: char, what: &str| -> Result<[u32; 3], String> {
-        let f: Vec<&str> = v.split(sep).collect();
-        let [a, b, c] = f.as_slice() else { return Err(format!("bad {what} {v:?}")) };
-        Ok([num(a, what)?, num(b, what)?, num(c, what)?])
-    };
-    let [year, month, day] = fields(date, '-', "date")?;
-    let [hour, minute, second] = fields(clock, ':', "time")?;
-    let month = u8::try_from(month)
-        .ok()
-        .and_then(|m| time::Month::try_from(m).ok())
-        .ok_or_else(|| format!("bad month in {date:?}"))?;
-    let date = i32::try_from(year)
-        .ok()
-        .and_then(|y| time::Date::from_calendar_date(y, month, u8::try_from(day).ok()?).ok())
-        .ok_or_else(|| format!("bad date {date:?}"))?;
-    let clock = time::Time::from_hms(
-        u8::try_from(hour).unwrap_or(u8::MAX),
-        u8::try_from(minute).unwrap_or(u8::MAX),
-        u8::try_from(second).unwrap_or(u8::MAX),
-    )
-    .map_err(|_| format!("bad time {clock:?}"))?;
-    let sign_and = |v: &str, len: usize| -> Result<(i32, u32), String> {
-        let (sign, digits) = match v.split_at_checked(1) {
-            Some(("+", d)) => (1, d),
-            Some(("-", d)) => (-1, d),
-            _ => return Err(format!("bad zone offset {v:?}")),
-        };
-        if digits.len() != len {
-            return Err(format!("bad zone offset {v:?}"));
-        }
-        Ok((sign, num(digits, "zone offset")?))
-    };
-    let (sign, hhmm) = sign_and(offset, 4)?;
-    let (sign_h, hh) = sign_and(offset_hours, 2)?;
-    if (sign_h, hh) != (sign, hhmm / 100) {
-        return Err(format!("zone offsets {offset:?} and {offset_hours:?} disagree"));
+/// The `by_expires_before` layout (Go's `2006-01-02 15:04:05 -0700 -07`) up to the second
+/// zone, with the fraction of a second Go's parser also takes.
+const EXPIRES_BEFORE_HEAD: &[time::format_description::BorrowedFormatItem<'static>] = time::macros::format_description!(
+    "[year]-[month]-[day] [hour padding:none]:[minute]:[second][optional [[first [.] [,]][subsecond]]] [offset_hour sign:mandatory][offset_minute]"
+);
+/// The trailing `-07` zone of the layout.
+const EXPIRES_BEFORE_ZONE: &[time::format_description::BorrowedFormatItem<'static>] =
+    time::macros::format_description!("[offset_hour sign:mandatory]");
+/// The whole layout, for formatting.
+const EXPIRES_BEFORE_LAYOUT: &[time::format_description::BorrowedFormatItem<'static>] = time::macros::format_description!(
+    "[year]-[month]-[day] [hour]:[minute]:[second] [offset_hour sign:mandatory][offset_minute] [offset_hour sign:mandatory]"
+);
+
+/// Reads a `by_expires_before` value as SPIRE does (Go's `time.Parse` with the layout
+/// `2006-01-02 15:04:05 -0700 -07`, e.g. `2026-01-01 00:00:00 +0000 +00`): the filter keeps
+/// agents whose SVID expires strictly before the instant, as Unix seconds. As in Go, the
+/// trailing whole-hour zone decides the offset. `None` (no filter) for a value that does not
+/// parse, and for Go's zero time, which SPIRE treats as no filter.
+pub fn parse_expires_before(s: &str) -> Option<i64> {
+    let (head, zone) = s.rsplit_once(' ')?;
+    let local = time::OffsetDateTime::parse(head, EXPIRES_BEFORE_HEAD).ok()?;
+    let zone = time::UtcOffset::parse(zone, EXPIRES_BEFORE_ZONE).ok()?;
+    let at = time::PrimitiveDateTime::new(local.date(), local.time()).assume_offset(zone);
+    // Go's zero time, 0001-01-01 00:00:00 UTC.
+    const GO_ZERO_UNIX: i64 = -62_135_596_800;
+    if at.unix_timestamp() == GO_ZERO_UNIX && at.nanosecond() == 0 {
+        return None;
     }
-    let offset_secs = i64::from(sign) * i64::from((hhmm / 100) * 3600 + (hhmm % 100) * 60);
-    let local = time::PrimitiveDateTime::new(date, clock).assume_utc().unix_timestamp();
-    Ok(local - offset_secs)
+    // `expires_at < t` for a t inside second n holds exactly for expiries up to n.
+    let secs = at.unix_timestamp();
+    Some(if at.nanosecond() > 0 { secs.saturating_add(1) } else { secs })
 }
 
 /// Formats Unix seconds `t` (UTC) in the `by_expires_before` layout, as SPIRE's
-/// `agent purge` does; [`parse_expires_before`] reads it back.
+/// `agent list -expiresBefore` expects it; [`parse_expires_before`] reads it back.
 pub fn format_expires_before(t: i64) -> String {
-    match time::OffsetDateTime::from_unix_timestamp(t) {
-        Ok(d) => format!(
-            "{:04}-{:02}-{:02} {:02}:{:02}:{:02} +0000 +00",
-            d.year(),
-            u8::from(d.month()),
-            d.day(),
-            d.hour(),
-            d.minute(),
-            d.second()
-        ),
-        Err(_) => String::new(),
-    }
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|d| d.format(EXPIRES_BEFORE_LAYOUT).ok())
+        .unwrap_or_default()
 }
 
 fn unexpected(o: &Outcome) -> Status {
@@ -326,7 +290,7 @@ impl Agent for AgentService {
         req: Request<pb::GetAgentRequest>,
     ) -> Result<Response<types::Agent>, Status> {
         let req = req.into_inner();
-        let id = agent_id_arg(req.id.as_ref())?;
+        let id = agent_id_arg(&self.state, req.id.as_ref())?;
         let node =
             self.state.store.agent(&id).ok_or_else(|| Status::not_found("agent not found"))?;
         Ok(Response::new(agent_to_proto(&node, req.output_mask.as_ref())))
@@ -336,12 +300,12 @@ impl Agent for AgentService {
         &self,
         req: Request<pb::DeleteAgentRequest>,
     ) -> Result<Response<()>, Status> {
-        let id = agent_id_arg(req.into_inner().id.as_ref())?;
+        let id = agent_id_arg(&self.state, req.into_inner().id.as_ref())?;
         self.agent_command(Command::DeleteAgent(id), "failed to remove agent").await
     }
 
     async fn ban_agent(&self, req: Request<pb::BanAgentRequest>) -> Result<Response<()>, Status> {
-        let id = agent_id_arg(req.into_inner().id.as_ref())?;
+        let id = agent_id_arg(&self.state, req.into_inner().id.as_ref())?;
         self.agent_command(Command::BanAgent(id), "failed to ban agent").await
     }
 
@@ -393,7 +357,7 @@ impl Agent for AgentService {
             .ok_or_else(|| Status::not_found("agent not found"))?;
         if node.can_reattest {
             return Err(ward_proto::convert::permission_denied(
-                "agent must reattest to renew its SVID",
+                "agent must reattest instead of renew",
                 Reason::AgentMustReattest,
             ));
         }
@@ -430,22 +394,21 @@ impl Agent for AgentService {
         if req.ttl < 1 {
             return Err(Status::invalid_argument("ttl is required, you must provide one"));
         }
+        // The ID the token's entry gives the agent is checked before anything is written.
+        let td = &self.state.trust_domain;
+        let agent_id = req
+            .agent_id
+            .as_ref()
+            .map(|id| id_for_role(Some(id), IdField::AgentId, |id| id.check_workload_of(td)))
+            .transpose()?;
         let token = if req.token.is_empty() { uuid::Uuid::new_v4().to_string() } else { req.token };
         let now = self.state.clock.unix_seconds();
         let expires_at = now.saturating_add(i64::from(req.ttl));
         let token_agent = join_token_agent_id(&self.state, &token)
             .map_err(|_| Status::invalid_argument("invalid join token"))?;
-        let entry = match req.agent_id {
+        let entry = match agent_id {
             None => None,
             Some(id) => {
-                let id = spiffe_id_from_proto(Some(&id), IdField::AgentId)
-                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
-                if !id.is_member_of(&self.state.trust_domain) {
-                    return Err(Status::invalid_argument(format!(
-                        "invalid agent ID: \"{id}\" is not a member of trust domain \"{}\"",
-                        self.state.trust_domain
-                    )));
-                }
                 let selector = Selector::new("spiffe_id", token_agent.as_str())
                     .map_err(|e| Status::internal(e.to_string()))?;
                 Some(RegistrationEntry {
@@ -466,10 +429,17 @@ impl Agent for AgentService {
         match propose(&self.state, cmd).await?.outcome {
             Outcome::JoinTokenCreated(Ok(_)) => {}
             Outcome::JoinTokenCreated(Err(ItemError::TokenExists)) => {
-                return Err(Status::already_exists("join token already exists"));
+                // SPIRE answers a reused token value with its datastore's unique-constraint
+                // failure; scripts see the same text here.
+                return Err(Status::internal(
+                    "failed to create token: datastore-sql: UNIQUE constraint failed: \
+                     join_tokens.token",
+                ));
             }
             Outcome::JoinTokenCreated(Err(e)) => {
-                return Err(Status::invalid_argument(format!("failed to create token: {e}")));
+                return Err(Status::internal(format!(
+                    "failed to create join token registration entry: {e}"
+                )));
             }
             other => return Err(unexpected(&other)),
         }
@@ -489,28 +459,34 @@ mod expires_before_tests {
     use super::*;
 
     #[test]
-    fn parses_spire_layout_with_offsets() {
-        assert_eq!(parse_expires_before("2026-01-01 00:00:00 +0000 +00"), Ok(1_767_225_600));
-        assert_eq!(parse_expires_before("2026-01-01 05:30:00 +0530 +05"), Ok(1_767_225_600));
-        assert_eq!(parse_expires_before("2025-12-31 19:00:00 -0500 -05"), Ok(1_767_225_600));
+    fn parses_spire_layout_as_go_does() {
+        assert_eq!(parse_expires_before("2026-01-01 00:00:00 +0000 +00"), Some(1_767_225_600));
+        // The trailing whole-hour zone decides, as in Go.
+        assert_eq!(parse_expires_before("2026-01-01 05:00:00 +0530 +05"), Some(1_767_225_600));
+        assert_eq!(parse_expires_before("2025-12-31 19:00:00 -0500 -05"), Some(1_767_225_600));
+        assert_eq!(parse_expires_before("2026-01-01 01:00:00 +0000 +01"), Some(1_767_225_600));
+        assert_eq!(parse_expires_before("2026-01-01 0:00:00 +0000 +00"), Some(1_767_225_600));
+        assert_eq!(parse_expires_before("2026-01-01 00:00:00.250 +0000 +00"), Some(1_767_225_601));
         assert_eq!(format_expires_before(1_767_225_600), "2026-01-01 00:00:00 +0000 +00");
         let t = 1_800_000_123;
-        assert_eq!(parse_expires_before(&format_expires_before(t)), Ok(t));
+        assert_eq!(parse_expires_before(&format_expires_before(t)), Some(t));
     }
 
     #[test]
-    fn refuses_malformed_values() {
-        for (bad, why) in [
-            ("2026-01-01T00:00:00Z", "is not"),
-            ("2026-13-01 00:00:00 +0000 +00", "bad month"),
-            ("2026-02-30 00:00:00 +0000 +00", "bad date"),
-            ("2026-01-01 24:00:00 +0000 +00", "bad time"),
-            ("2026-01-01 00:00:00 0000 +00", "bad zone offset"),
-            ("2026-01-01 00:00:00 +0100 +02", "disagree"),
-            ("2026-01-+1 00:00:00 +0000 +00", "bad date"),
+    fn malformed_values_and_the_zero_time_mean_no_filter() {
+        for bad in [
+            "yesterday",
+            "2026-01-01T00:00:00Z",
+            "2026-13-01 00:00:00 +0000 +00",
+            "2026-02-30 00:00:00 +0000 +00",
+            "2026-01-01 24:00:00 +0000 +00",
+            "2026-01-01 00:00:00 0000 +00",
+            "2026-01-01 00:00:00 +0000",
+            "2026-1-01 00:00:00 +0000 +00",
+            "2026-01-01 00:00:00 +0000 +00 ",
+            "0001-01-01 00:00:00 +0000 +00",
         ] {
-            let err = parse_expires_before(bad).unwrap_err();
-            assert!(err.contains(why), "{bad}: {err}");
+            assert_eq!(parse_expires_before(bad), None, "{bad}");
         }
     }
 }

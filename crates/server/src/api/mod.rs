@@ -22,23 +22,56 @@ async fn propose(state: &ServerState, cmd: Command) -> Result<Applied, Status> {
     })
 }
 
-/// The status SPIRE gives a signing failure: CSR problems and an ID outside the trust domain
-/// are the caller's (`InvalidArgument`), everything else is `Internal` prefixed with
-/// `context`. (The handlers check trust-domain membership before signing; the mapping
-/// covers the CA's own check all the same.)
-fn sign_error_status(e: &SignError, context: &str) -> Status {
+/// SPIRE's texts for a refused CSR, which differ between RPCs.
+#[derive(Debug, Clone, Copy)]
+struct CsrTexts {
+    /// The CSR does not parse (or carries a key ward does not certify).
+    malformed: &'static str,
+    /// The CSR's signature does not verify.
+    bad_signature: &'static str,
+}
+
+/// BatchNewX509SVID.
+const BATCH_CSR: CsrTexts =
+    CsrTexts { malformed: "malformed CSR", bad_signature: "invalid CSR signature" };
+/// MintX509SVID.
+const MINT_CSR: CsrTexts =
+    CsrTexts { malformed: "malformed CSR", bad_signature: "failed to verify CSR signature" };
+/// AttestAgent and RenewAgent. (SPIRE does not check an agent CSR's signature; ward does,
+/// and refuses a bad one as unparseable.)
+const AGENT_CSR: CsrTexts =
+    CsrTexts { malformed: "failed to parse CSR", bad_signature: "failed to parse CSR" };
+
+/// The `InvalidArgument` status of a refused CSR.
+fn csr_status(e: &CsrError, texts: CsrTexts) -> Status {
+    let prefix =
+        if matches!(e, CsrError::BadSignature) { texts.bad_signature } else { texts.malformed };
+    Status::invalid_argument(format!("{prefix}: {e}"))
+}
+
+/// The status SPIRE gives a signing failure: CSR problems are the caller's
+/// (`InvalidArgument`, with the RPC's `csr` texts); everything else, the CA's own checks
+/// included (the handlers validate before signing), is `Internal` prefixed with `context`.
+fn sign_error_status(e: &SignError, csr: CsrTexts, context: &str) -> Status {
     match e {
-        SignError::Csr(CsrError::BadSignature) => {
-            Status::invalid_argument(format!("invalid CSR signature: {e}"))
-        }
-        SignError::Csr(_) | SignError::PublicKey(_) => {
-            Status::invalid_argument(format!("malformed CSR: {e}"))
-        }
-        SignError::NotInTrustDomain { .. } => {
-            Status::invalid_argument(format!("invalid SPIFFE ID: {e}"))
-        }
+        SignError::Csr(c) => csr_status(c, csr),
+        SignError::PublicKey(_) => Status::invalid_argument(format!("{}: {e}", csr.malformed)),
         _ => Status::internal(format!("{context}: {e}")),
     }
+}
+
+/// A SPIFFE ID request field that must name something of a given role in the server's trust
+/// domain (`check`, one of the [`ward_core::SpiffeId`] `check_*_of` methods): a missing,
+/// malformed or misplaced ID is `InvalidArgument` "invalid <field>: ..." as in SPIRE.
+fn id_for_role(
+    id: Option<&ward_proto::spire::api::types::Spiffeid>,
+    field: ward_proto::convert::IdField,
+    check: impl FnOnce(&ward_core::SpiffeId) -> Result<(), ward_core::IdRoleError>,
+) -> Result<ward_core::SpiffeId, Status> {
+    let id = ward_proto::convert::spiffe_id_from_proto(id, field)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    check(&id).map_err(|e| Status::invalid_argument(format!("invalid {field}: {e}")))?;
+    Ok(id)
 }
 
 /// `Unimplemented` for a method of a registered service that this server does not serve.
@@ -243,15 +276,28 @@ mod tests {
             id: "spiffe://other.org/w".into(),
             trust_domain: "example.org".into(),
         };
-        let st = sign_error_status(&foreign, "failed to sign X509-SVID");
-        assert_eq!(st.code(), tonic::Code::InvalidArgument);
+        let st = sign_error_status(&foreign, BATCH_CSR, "failed to sign X509-SVID");
+        assert_eq!(st.code(), tonic::Code::Internal);
         assert_eq!(
             st.message(),
-            "invalid SPIFFE ID: spiffe://other.org/w is not a member of trust domain example.org"
+            "failed to sign X509-SVID: spiffe://other.org/w is not a member of trust domain \
+             example.org"
         );
         let expired = SignError::CaExpired { not_after: 5 };
-        let st = sign_error_status(&expired, "failed to sign X509-SVID");
+        let st = sign_error_status(&expired, BATCH_CSR, "failed to sign X509-SVID");
         assert_eq!(st.code(), tonic::Code::Internal);
         assert_eq!(st.message(), "failed to sign X509-SVID: CA expired at unix time 5");
+        let bad_sig = SignError::Csr(CsrError::BadSignature);
+        for (texts, prefix) in [
+            (BATCH_CSR, "invalid CSR signature"),
+            (MINT_CSR, "failed to verify CSR signature"),
+            (AGENT_CSR, "failed to parse CSR"),
+        ] {
+            let st = sign_error_status(&bad_sig, texts, "unused");
+            assert_eq!(st.code(), tonic::Code::InvalidArgument);
+            assert_eq!(st.message(), format!("{prefix}: CSR signature does not verify"));
+        }
+        let st = sign_error_status(&SignError::Csr(CsrError::MalformedDer), MINT_CSR, "unused");
+        assert_eq!(st.message(), "malformed CSR: malformed CSR DER");
     }
 }

@@ -7,14 +7,14 @@ use std::time::Duration;
 use tonic::{Code, Request, Response, Status};
 use ward_ca::SvidParams;
 use ward_core::RegistrationEntry;
+use ward_core::dns_name::{check_wildcard_overlap, validate_dns_name};
 use ward_proto::convert::{
-    IdField, batch_status, batch_status_ok, jwt_svid_to_proto, spiffe_id_from_proto,
-    x509_svid_to_proto,
+    IdField, batch_status, batch_status_ok, jwt_svid_to_proto, x509_svid_to_proto,
 };
 use ward_proto::spire::api::server::svid::v1::{self as pb, svid_server::Svid};
 use ward_proto::spire::api::types;
 
-use super::{sign_error_status, unimplemented};
+use super::{BATCH_CSR, MINT_CSR, id_for_role, sign_error_status, unimplemented};
 use crate::state::{Caller, ServerState, caller_of};
 
 /// The SVID service.
@@ -50,19 +50,30 @@ impl SvidService {
         Ok(entries.iter().map(|e| (e.id.as_str().to_owned(), e.clone())).collect())
     }
 
+    /// Signs a JWT-SVID for `id` as SPIRE's `mintJWTSVID` does: at least one audience must be
+    /// asked for, and empty audience strings are dropped (none left is a signing failure).
     fn sign_jwt(
         &self,
         id: &ward_core::SpiffeId,
         audience: &[String],
         ttl: Duration,
     ) -> Result<ward_ca::SignedJwt, Status> {
+        if audience.is_empty() {
+            return Err(Status::invalid_argument("at least one audience is required"));
+        }
+        let audience: Vec<String> = audience.iter().filter(|a| !a.is_empty()).cloned().collect();
+        if audience.is_empty() {
+            return Err(Status::internal(
+                "failed to sign JWT-SVID: invalid JWT-SVID audience: cannot be empty",
+            ));
+        }
         let signer = self
             .state
             .ca
             .jwt_signer_now()
             .map_err(|e| Status::internal(format!("failed to sign JWT-SVID: {e}")))?;
         signer
-            .sign(id, audience, self.state.clock.now(), ttl)
+            .sign(id, &audience, self.state.clock.now(), ttl)
             .map_err(|e| Status::internal(format!("failed to sign JWT-SVID: {e}")))
     }
 
@@ -109,7 +120,7 @@ impl SvidService {
         let params = SvidParams { spiffe_id: &entry.spiffe_id, dns_names: &entry.dns_names, ttl };
         let now = self.state.clock.now();
         let sign_failed = |e: ward_ca::SignError| {
-            let st = sign_error_status(&e, "failed to sign X509-SVID");
+            let st = sign_error_status(&e, BATCH_CSR, "failed to sign X509-SVID");
             batch_status(st.code(), st.message())
         };
         let leaf = ca.sign_x509_svid_from_csr(&p.csr, &params, now).map_err(sign_failed)?;
@@ -129,31 +140,36 @@ fn ttl_or(secs: i32, default: Duration) -> Duration {
     }
 }
 
-/// The SPIFFE ID (exactly one URI SAN) and DNS names a CSR asks for (MintX509SVID).
-fn csr_identity(csr: &[u8]) -> Result<(ward_core::SpiffeId, Vec<String>), Status> {
-    use x509_parser::extensions::{GeneralName, ParsedExtension};
-    use x509_parser::prelude::FromDer;
-    let (_, req) = x509_parser::certification_request::X509CertificationRequest::from_der(csr)
-        .map_err(|e| Status::invalid_argument(format!("malformed CSR: {e}")))?;
-    let mut uris = Vec::new();
-    let mut dns = Vec::new();
-    for ext in req.requested_extensions().into_iter().flatten() {
-        if let ParsedExtension::SubjectAlternativeName(san) = ext {
-            for name in &san.general_names {
-                match name {
-                    GeneralName::URI(u) => uris.push((*u).to_owned()),
-                    GeneralName::DNSName(d) => dns.push((*d).to_owned()),
-                    _ => {}
-                }
-            }
-        }
-    }
-    let [uri] = uris.as_slice() else {
-        return Err(Status::invalid_argument("CSR must have exactly one URI SAN"));
+/// The SPIFFE ID a MintX509SVID CSR asks for: exactly one URI SAN, a workload ID of `td`.
+fn minted_id(
+    csr: &ward_ca::CsrRequest<'_>,
+    td: &ward_core::TrustDomain,
+) -> Result<ward_core::SpiffeId, Status> {
+    let uri = match csr.uris.as_slice() {
+        [] => return Err(Status::invalid_argument("CSR URI SAN is required")),
+        [uri] => uri,
+        _ => return Err(Status::invalid_argument("only one URI SAN is expected")),
     };
-    let id = ward_core::SpiffeId::parse(uri)
-        .map_err(|e| Status::invalid_argument(format!("CSR URI SAN is invalid: {e}")))?;
-    Ok((id, dns))
+    let invalid = |e: &dyn std::fmt::Display| {
+        Status::invalid_argument(format!("CSR URI SAN is invalid: {e}"))
+    };
+    let id = ward_core::SpiffeId::parse(uri).map_err(|e| invalid(&e))?;
+    id.check_workload_of(td).map_err(|e| invalid(&e))?;
+    Ok(id)
+}
+
+/// The DNS names of a MintX509SVID CSR, each valid and none covered by a wildcard of the
+/// others.
+fn check_minted_dns_names(names: &[String]) -> Result<(), Status> {
+    for name in names {
+        validate_dns_name(name)
+            .map_err(|e| Status::invalid_argument(format!("CSR DNS name is invalid: {e}")))?;
+    }
+    check_wildcard_overlap(names).map_err(|e| {
+        Status::invalid_argument(format!(
+            "CSR DNS name contains a wildcard that covers another non-wildcard name: {e}"
+        ))
+    })
 }
 
 #[tonic::async_trait]
@@ -166,24 +182,21 @@ impl Svid for SvidService {
         if req.csr.is_empty() {
             return Err(Status::invalid_argument("missing CSR"));
         }
-        if req.ttl < 0 {
-            return Err(Status::invalid_argument("ttl cannot be negative"));
-        }
-        let (id, dns_names) = csr_identity(&req.csr)?;
-        if !id.is_member_of(&self.state.trust_domain) {
-            return Err(Status::invalid_argument(format!(
-                "invalid SPIFFE ID in CSR: \"{id}\" is not a member of trust domain \"{}\"",
-                self.state.trust_domain
-            )));
-        }
+        let csr = ward_ca::read_csr(&req.csr).map_err(|e| super::csr_status(&e, MINT_CSR))?;
+        let id = minted_id(&csr, &self.state.trust_domain)?;
+        check_minted_dns_names(&csr.dns_names)?;
+        // A TTL of zero or less means the server default, as in SPIRE.
         let ttl = ttl_or(req.ttl, self.state.default_x509_svid_ttl);
-        let ca = self.state.ca.x509_ca().map_err(|e| Status::internal(e.to_string()))?;
-        let params = SvidParams { spiffe_id: &id, dns_names: &dns_names, ttl };
+        let failed =
+            |e: &dyn std::fmt::Display| Status::internal(format!("failed to sign X509-SVID: {e}"));
+        let ca = self.state.ca.x509_ca().map_err(|e| failed(&e))?;
+        let params = SvidParams { spiffe_id: &id, dns_names: &csr.dns_names, ttl };
+        let now = self.state.clock.now();
         let leaf = ca
-            .sign_x509_svid_from_csr(&req.csr, &params, self.state.clock.now())
-            .map_err(|e| sign_error_status(&e, "failed to sign X509-SVID"))?;
-        let expires_at =
-            crate::tls::leaf_facts(&leaf).map(|f| f.not_after).map_err(Status::internal)?;
+            .sign_x509_svid_for_request(&csr, &params, now)
+            .map_err(|e| sign_error_status(&e, MINT_CSR, "failed to sign X509-SVID"))?;
+        // Same `now` and TTL as the signing call, so this is the leaf's NotAfter.
+        let expires_at = ca.svid_not_after(now, ttl).map_err(|e| failed(&e))?;
         let mut chain = vec![leaf];
         chain.extend(ca.svid_chain_tail().iter().cloned());
         Ok(Response::new(pb::MintX509svidResponse {
@@ -196,22 +209,11 @@ impl Svid for SvidService {
         req: Request<pb::MintJwtsvidRequest>,
     ) -> Result<Response<pb::MintJwtsvidResponse>, Status> {
         let req = req.into_inner();
-        let id = spiffe_id_from_proto(req.id.as_ref(), IdField::SpiffeId)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        if !id.is_member_of(&self.state.trust_domain) {
-            return Err(Status::invalid_argument(format!(
-                "invalid SPIFFE ID: \"{id}\" is not a member of trust domain \"{}\"",
-                self.state.trust_domain
-            )));
-        }
-        if req.audience.is_empty() {
-            return Err(Status::invalid_argument("at least one audience is required"));
-        }
-        if req.ttl < 0 {
-            return Err(Status::invalid_argument("ttl cannot be negative"));
-        }
-        let jwt =
-            self.sign_jwt(&id, &req.audience, ttl_or(req.ttl, self.state.default_jwt_svid_ttl))?;
+        let td = &self.state.trust_domain;
+        let id = id_for_role(req.id.as_ref(), IdField::Id, |id| id.check_workload_of(td))?;
+        // A TTL of zero or less means the server default, as in SPIRE.
+        let ttl = ttl_or(req.ttl, self.state.default_jwt_svid_ttl);
+        let jwt = self.sign_jwt(&id, &req.audience, ttl)?;
         Ok(Response::new(pb::MintJwtsvidResponse {
             svid: Some(jwt_svid_to_proto(jwt.token, &id, jwt.issued_at, jwt.expires_at, "")),
         }))
@@ -223,6 +225,9 @@ impl Svid for SvidService {
     ) -> Result<Response<pb::BatchNewX509svidResponse>, Status> {
         let caller = caller_of(&req)?;
         let params = req.into_inner().params;
+        if params.is_empty() {
+            return Err(Status::invalid_argument("missing parameters"));
+        }
         self.limit(&caller, params.len()).await?;
         let entries = self.authorized_map(&caller)?;
         // Signing is CPU work (a CSR check and a signature each): keep it off the I/O threads.
@@ -244,12 +249,7 @@ impl Svid for SvidService {
         let caller = caller_of(&req)?;
         self.limit(&caller, 1).await?;
         let req = req.into_inner();
-        if req.audience.is_empty() {
-            return Err(Status::invalid_argument("at least one audience is required"));
-        }
-        if req.entry_id.is_empty() {
-            return Err(Status::invalid_argument("missing entry ID"));
-        }
+        // The entry first (an empty id is simply not found), then the audience.
         let entries = self.authorized_map(&caller)?;
         let Some(entry) = entries.get(&req.entry_id) else {
             return Err(Status::not_found("entry not found or not authorized"));
