@@ -48,8 +48,45 @@ fn main() -> io::Result<()> {
     }
     let includes = [proto_root, wkt_include];
 
+    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").unwrap_or_default());
+    let descriptor_path = out_dir.join("descriptors.bin");
+    config.file_descriptor_set_path(&descriptor_path);
+
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .compile_with_config(config, &files, &includes)
+        .compile_with_config(config, &files, &includes)?;
+
+    // JSON (serde) for the messages the admin CLI prints with `-output json`, named and shaped
+    // as protobuf's canonical JSON mapping with proto field names and every field emitted.
+    let descriptors = std::fs::read(&descriptor_path)?;
+    pbjson_build::Builder::new()
+        .register_descriptors(&descriptors)?
+        .preserve_proto_field_names()
+        .emit_fields()
+        .build(JSON_MESSAGES)
 }
+
+/// Message paths (and the messages nested in them) that get serde `Serialize`/`Deserialize`.
+/// Requests carrying `google.protobuf` wrappers are left out: prost's well-known types have no
+/// serde support, and the CLI only prints responses.
+const JSON_MESSAGES: &[&str] = &[
+    ".spire.api.types",
+    ".spire.api.server.agent.v1.CountAgentsResponse",
+    ".spire.api.server.agent.v1.ListAgentsResponse",
+    ".spire.api.server.bundle.v1.CountBundlesResponse",
+    ".spire.api.server.bundle.v1.ListFederatedBundlesResponse",
+    ".spire.api.server.bundle.v1.BatchSetFederatedBundleResponse",
+    ".spire.api.server.bundle.v1.BatchDeleteFederatedBundleResponse",
+    ".spire.api.server.entry.v1.CountEntriesResponse",
+    ".spire.api.server.entry.v1.ListEntriesResponse",
+    ".spire.api.server.entry.v1.BatchCreateEntryResponse",
+    ".spire.api.server.entry.v1.BatchUpdateEntryResponse",
+    ".spire.api.server.entry.v1.BatchDeleteEntryResponse",
+    ".spire.api.server.svid.v1.MintJWTSVIDResponse",
+    ".spire.api.server.trustdomain.v1.ListFederationRelationshipsResponse",
+    ".spire.api.server.trustdomain.v1.BatchCreateFederationRelationshipResponse",
+    ".spire.api.server.trustdomain.v1.BatchUpdateFederationRelationshipResponse",
+    ".spire.api.server.trustdomain.v1.BatchDeleteFederationRelationshipResponse",
+    ".spire.api.server.localauthority.v1",
+];

@@ -17,6 +17,9 @@
 //! - [`grpc::health::v1`]: the standard health service
 //! - [`google::rpc`]: the rich error `Status` used to carry typed error details
 //!
+//! The messages the admin CLI prints also implement serde's `Serialize` (and `Deserialize`) in
+//! protobuf's canonical JSON mapping, with proto field names (`pbjson`).
+//!
 //! It does no I/O and holds no policy: authorization, storage and signing live in the crates
 //! that call it.
 
@@ -51,6 +54,7 @@ pub mod spire {
         #[allow(missing_docs, clippy::all)]
         pub mod types {
             include!(concat!(env!("OUT_DIR"), "/spire.api.types.rs"));
+            include!(concat!(env!("OUT_DIR"), "/spire.api.types.serde.rs"));
         }
 
         /// `spire.api.server.*`: the server's services.
@@ -61,6 +65,7 @@ pub mod spire {
                 #[allow(missing_docs, clippy::all)]
                 pub mod v1 {
                     include!(concat!(env!("OUT_DIR"), "/spire.api.server.agent.v1.rs"));
+                    include!(concat!(env!("OUT_DIR"), "/spire.api.server.agent.v1.serde.rs"));
                 }
             }
             /// `spire.api.server.bundle.*`.
@@ -69,6 +74,7 @@ pub mod spire {
                 #[allow(missing_docs, clippy::all)]
                 pub mod v1 {
                     include!(concat!(env!("OUT_DIR"), "/spire.api.server.bundle.v1.rs"));
+                    include!(concat!(env!("OUT_DIR"), "/spire.api.server.bundle.v1.serde.rs"));
                 }
             }
             /// `spire.api.server.debug.*`.
@@ -85,6 +91,7 @@ pub mod spire {
                 #[allow(missing_docs, clippy::all)]
                 pub mod v1 {
                     include!(concat!(env!("OUT_DIR"), "/spire.api.server.entry.v1.rs"));
+                    include!(concat!(env!("OUT_DIR"), "/spire.api.server.entry.v1.serde.rs"));
                 }
             }
             /// `spire.api.server.localauthority.*`.
@@ -93,6 +100,10 @@ pub mod spire {
                 #[allow(missing_docs, clippy::all)]
                 pub mod v1 {
                     include!(concat!(env!("OUT_DIR"), "/spire.api.server.localauthority.v1.rs"));
+                    include!(concat!(
+                        env!("OUT_DIR"),
+                        "/spire.api.server.localauthority.v1.serde.rs"
+                    ));
                 }
             }
             /// `spire.api.server.logger.*`.
@@ -109,6 +120,7 @@ pub mod spire {
                 #[allow(missing_docs, clippy::all)]
                 pub mod v1 {
                     include!(concat!(env!("OUT_DIR"), "/spire.api.server.svid.v1.rs"));
+                    include!(concat!(env!("OUT_DIR"), "/spire.api.server.svid.v1.serde.rs"));
                 }
             }
             /// `spire.api.server.trustdomain.*`.
@@ -117,6 +129,7 @@ pub mod spire {
                 #[allow(missing_docs, clippy::all)]
                 pub mod v1 {
                     include!(concat!(env!("OUT_DIR"), "/spire.api.server.trustdomain.v1.rs"));
+                    include!(concat!(env!("OUT_DIR"), "/spire.api.server.trustdomain.v1.serde.rs"));
                 }
             }
         }
