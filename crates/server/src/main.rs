@@ -1,5 +1,7 @@
-//! `ward-server`: runs the server (`run`) or administers a running one over its admin socket
-//! (`token generate`, `entry create`, `bundle show`, `healthcheck`).
+//! `ward-server`: runs the server (`run`), copies state from a SPIRE server (`migrate`), or
+//! administers a running server over its admin socket with every command `spire-server` has
+//! for that (`entry`, `agent`, `bundle`, `federation`, `token`, `x509`, `jwt`,
+//! `localauthority`, `upstreamauthority`, `logger`, `healthcheck`; see [`ward_server::cli`]).
 //!
 //! Flags follow SPIRE's CLI, including Go-style single-dash long flags (`-spiffeID x`).
 
@@ -14,6 +16,7 @@ use ward_server::{cli, migrate};
 
 #[derive(Parser, Debug)]
 #[command(name = "ward-server", version, about = "SPIRE-compatible SPIFFE server")]
+#[command(args_override_self = true)]
 struct Args {
     #[command(subcommand)]
     cmd: Cmd,
@@ -49,21 +52,6 @@ enum Cmd {
         #[arg(long = "logLevel")]
         log_level: Option<String>,
     },
-    /// Join tokens.
-    Token {
-        #[command(subcommand)]
-        cmd: TokenCmd,
-    },
-    /// Registration entries.
-    Entry {
-        #[command(subcommand)]
-        cmd: EntryCmd,
-    },
-    /// The trust bundle.
-    Bundle {
-        #[command(subcommand)]
-        cmd: BundleCmd,
-    },
     /// Copies registration entries (ids kept), federation relationships and federated bundles
     /// from a running SPIRE server into ward; running it again changes nothing.
     Migrate {
@@ -74,133 +62,100 @@ enum Cmd {
         #[arg(long = "socketPath", default_value_os_t = cli::default_socket())]
         socket_path: PathBuf,
     },
-    /// Checks that the server is up and serving.
-    Healthcheck {
-        /// Path of the admin socket.
-        #[arg(long = "socketPath", default_value_os_t = cli::default_socket())]
-        socket_path: PathBuf,
-        /// Accepted for compatibility; the check is the same.
-        #[arg(long = "shallow")]
-        shallow: bool,
-        /// Accepted for compatibility.
-        #[arg(long = "verbose")]
-        verbose: bool,
-    },
+    #[command(flatten)]
+    Admin(cli::AdminCmd),
 }
 
-#[derive(Subcommand, Debug)]
-enum TokenCmd {
-    /// Generates a join token.
-    Generate {
-        /// Token lifetime in seconds.
-        #[arg(long = "ttl", default_value_t = 600, allow_negative_numbers = true)]
-        ttl: i32,
-        /// Additional SPIFFE ID to assign the token owner.
-        #[arg(long = "spiffeID")]
-        spiffe_id: Option<String>,
-        /// Path of the admin socket.
-        #[arg(long = "socketPath", default_value_os_t = cli::default_socket())]
-        socket_path: PathBuf,
-    },
+/// Rewrites Go-style arguments for clap, parsing them the way Go's `flag` package does: a flag
+/// is `-name` or `--name` (optionally `=value`), and a flag that takes a value consumes the
+/// next argument whatever it looks like (`-dns -lead.example.org`, `-ttl -1m`).
+///
+/// # Errors
+/// Go's text for a flag the command does not have: `flag provided but not defined: -x`.
+fn normalize_args(cmd: &clap::Command, args: Vec<String>) -> Result<Vec<String>, String> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut args = args.into_iter();
+    out.extend(args.next());
+    let mut current = cmd;
+    let mut in_flags = false;
+    let mut value_next = false;
+    for a in args {
+        if value_next {
+            // `--name=value` keeps clap from reading a value such as `-1m` as a flag.
+            value_next = false;
+            if let Some(last) = out.last_mut() {
+                last.push('=');
+                last.push_str(&a);
+            }
+            continue;
+        }
+        if !in_flags && let Some(sub) = current.find_subcommand(&a) {
+            current = sub;
+            out.push(a);
+            continue;
+        }
+        let flag = a.strip_prefix("--").or_else(|| a.strip_prefix('-'));
+        match flag {
+            Some(body) if !body.is_empty() && !body.starts_with('-') => {
+                in_flags = true;
+                let (name, has_value) = match body.split_once('=') {
+                    Some((name, _)) => (name, true),
+                    None => (body, false),
+                };
+                if matches!(name, "h" | "help") {
+                    out.push("--help".into());
+                    continue;
+                }
+                let Some(arg) = current.get_arguments().find(|x| x.get_long() == Some(name)) else {
+                    return Err(format!("flag provided but not defined: -{name}"));
+                };
+                out.push(format!("--{body}"));
+                value_next = !has_value && arg.get_action().takes_values();
+            }
+            _ => out.push(a),
+        }
+    }
+    Ok(out)
 }
 
-#[derive(Subcommand, Debug)]
-enum EntryCmd {
-    /// Creates a registration entry.
-    Create {
-        /// Entry id (generated when absent).
-        #[arg(long = "entryID")]
-        entry_id: Option<String>,
-        /// The SPIFFE ID of the entry.
-        #[arg(long = "spiffeID")]
-        spiffe_id: Option<String>,
-        /// The parent SPIFFE ID.
-        #[arg(long = "parentID")]
-        parent_id: Option<String>,
-        /// Makes a node entry (parent is the server).
-        #[arg(long = "node")]
-        node: bool,
-        /// A `type:value` selector; repeatable.
-        #[arg(long = "selector")]
-        selector: Vec<String>,
-        /// X509-SVID TTL in seconds (0 = server default).
-        #[arg(long = "x509SVIDTTL", default_value_t = 0, allow_negative_numbers = true)]
-        x509_svid_ttl: i32,
-        /// JWT-SVID TTL in seconds (0 = server default).
-        #[arg(long = "jwtSVIDTTL", default_value_t = 0, allow_negative_numbers = true)]
-        jwt_svid_ttl: i32,
-        /// Trust domain to federate with; repeatable.
-        #[arg(long = "federatesWith")]
-        federates_with: Vec<String>,
-        /// DNS name; repeatable.
-        #[arg(long = "dns")]
-        dns: Vec<String>,
-        /// Admin entry.
-        #[arg(long = "admin")]
-        admin: bool,
-        /// Downstream entry.
-        #[arg(long = "downstream")]
-        downstream: bool,
-        /// Expiry, Unix seconds.
-        #[arg(long = "entryExpiry", default_value_t = 0)]
-        entry_expiry: i64,
-        /// SVID goes to SVIDStore plugins.
-        #[arg(long = "storeSVID")]
-        store_svid: bool,
-        /// Hint for workloads.
-        #[arg(long = "hint", default_value = "")]
-        hint: String,
-        /// Path of the admin socket.
-        #[arg(long = "socketPath", default_value_os_t = cli::default_socket())]
-        socket_path: PathBuf,
-    },
-    /// Shows registration entries.
-    Show {
-        /// Show only this entry.
-        #[arg(long = "entryID")]
-        entry_id: Option<String>,
-        /// Only entries with this SPIFFE ID.
-        #[arg(long = "spiffeID")]
-        spiffe_id: Option<String>,
-        /// Only entries with this parent ID.
-        #[arg(long = "parentID")]
-        parent_id: Option<String>,
-        /// Only entries having this `type:value` selector; repeatable.
-        #[arg(long = "selector")]
-        selector: Vec<String>,
-        /// Path of the admin socket.
-        #[arg(long = "socketPath", default_value_os_t = cli::default_socket())]
-        socket_path: PathBuf,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-enum BundleCmd {
-    /// Prints the server's own bundle.
-    Show {
-        /// `pem` or `spiffe`.
-        #[arg(long = "format", default_value = "pem")]
-        format: String,
-        /// Path of the admin socket.
-        #[arg(long = "socketPath", default_value_os_t = cli::default_socket())]
-        socket_path: PathBuf,
-    },
-}
-
-/// Go's flag package accepts `-name`; clap wants `--name`. Single-dash words longer than one
-/// letter become double-dash; values that look like numbers are left alone.
-fn normalize_args(args: impl Iterator<Item = String>) -> Vec<String> {
-    args.enumerate()
-        .map(|(i, a)| {
-            let single = a.starts_with('-') && !a.starts_with("--");
-            let word = a.chars().nth(1).is_some_and(|c| c.is_ascii_alphabetic()) && a.len() > 2;
-            if i > 0 && single && word { format!("-{a}") } else { a }
-        })
-        .collect()
+/// A clap error in the words Go's `flag` package uses, where they differ.
+fn flag_error_text(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(e.kind(), ErrorKind::ValueValidation | ErrorKind::InvalidValue) {
+        return None;
+    }
+    let text = |kind| match e.get(kind) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let arg = text(ContextKind::InvalidArg)?;
+    let value = text(ContextKind::InvalidValue)?;
+    let name = arg.trim_start_matches('-').split([' ', '=']).next().unwrap_or_default().to_owned();
+    let reason = match (name.as_str(), std::error::Error::source(e)) {
+        ("output", Some(source)) => source.to_string(),
+        _ => "parse error".to_owned(),
+    };
+    Some(format!("invalid value {} for flag -{name}: {reason}", cli::go_quote(&value)))
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse_from(normalize_args(std::env::args()));
+    let command = <Args as clap::CommandFactory>::command();
+    let argv = match normalize_args(&command, std::env::args().collect()) {
+        Ok(argv) => argv,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let args = match <Args as clap::FromArgMatches>::from_arg_matches(&match command
+        .try_get_matches_from(argv)
+    {
+        Ok(m) => m,
+        Err(e) => return flag_failure(&e),
+    }) {
+        Ok(args) => args,
+        Err(e) => return flag_failure(&e),
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -208,19 +163,26 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(dispatch(args.cmd)) {
-        Ok(out) => {
-            let _ = std::io::stdout().write_all(out.as_bytes());
-            ExitCode::SUCCESS
+    rt.block_on(dispatch(args.cmd))
+}
+
+/// Prints a flag error; help and version are not failures, every other flag error exits 1, as
+/// SPIRE's CLI does.
+fn flag_failure(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match flag_error_text(e) {
+        Some(text) => eprintln!("{text}"),
+        None => {
+            let _ = e.print();
         }
-        Err(e) => {
-            eprintln!("Error: {e:#}");
-            ExitCode::FAILURE
-        }
+    }
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
     }
 }
 
-async fn dispatch(cmd: Cmd) -> anyhow::Result<String> {
+async fn dispatch(cmd: Cmd) -> ExitCode {
     match cmd {
         Cmd::Run {
             config,
@@ -241,76 +203,45 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<String> {
                 log_level,
                 expand_env,
             };
-            let loaded =
-                Config::read(config.as_deref(), &overrides, &|name| std::env::var(name).ok())?;
-            ward_server::logging::init(&loaded.config)?;
-            for note in &loaded.notes {
-                tracing::warn!(format = loaded.format.name(), "{note}");
-            }
-            ward_server::run::run_until_signal(loaded.config).await?;
-            Ok(String::new())
-        }
-        Cmd::Token { cmd: TokenCmd::Generate { ttl, spiffe_id, socket_path } } => {
-            cli::token_generate(&socket_path, ttl, spiffe_id.as_deref()).await
-        }
-        Cmd::Entry {
-            cmd:
-                EntryCmd::Create {
-                    entry_id,
-                    spiffe_id,
-                    parent_id,
-                    node,
-                    selector,
-                    x509_svid_ttl,
-                    jwt_svid_ttl,
-                    federates_with,
-                    dns,
-                    admin,
-                    downstream,
-                    entry_expiry,
-                    store_svid,
-                    hint,
-                    socket_path,
-                },
-        } => {
-            let o = cli::EntryCreate {
-                entry_id,
-                spiffe_id: spiffe_id.unwrap_or_default(),
-                parent_id,
-                node,
-                selectors: selector,
-                x509_svid_ttl,
-                jwt_svid_ttl,
-                federates_with,
-                dns_names: dns,
-                admin,
-                downstream,
-                expires_at: entry_expiry,
-                store_svid,
-                hint,
-            };
-            cli::entry_create(&socket_path, &o).await
-        }
-        Cmd::Entry {
-            cmd: EntryCmd::Show { entry_id, spiffe_id, parent_id, selector, socket_path },
-        } => {
-            let o = cli::EntryShow { entry_id, spiffe_id, parent_id, selectors: selector };
-            cli::entry_show(&socket_path, &o).await
-        }
-        Cmd::Bundle { cmd: BundleCmd::Show { format, socket_path } } => {
-            cli::bundle_show(&socket_path, &format).await
+            finish(run(config, overrides).await)
         }
         Cmd::Migrate { from_socket, socket_path } => {
             let opts = migrate::MigrateOptions { from_socket, to_socket: socket_path };
-            let summary = migrate::migrate(&opts).await?;
-            let _ = std::io::stdout().write_all(summary.render().as_bytes());
-            match summary.failed() {
-                0 => Ok(String::new()),
-                n => anyhow::bail!("{n} item(s) could not be copied"),
-            }
+            finish(run_migrate(opts).await)
         }
-        Cmd::Healthcheck { socket_path, shallow: _, verbose: _ } => {
-            cli::healthcheck(&socket_path).await
+        Cmd::Admin(cmd) => {
+            let out = cli::run(cmd).await;
+            let _ = std::io::stdout().write_all(out.stdout.as_bytes());
+            let _ = std::io::stderr().write_all(out.stderr.as_bytes());
+            ExitCode::from(out.code)
+        }
+    }
+}
+
+async fn run(config: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<()> {
+    let loaded = Config::read(config.as_deref(), &overrides, &|name| std::env::var(name).ok())?;
+    ward_server::logging::init(&loaded.config)?;
+    for note in &loaded.notes {
+        tracing::warn!(format = loaded.format.name(), "{note}");
+    }
+    ward_server::run::run_until_signal(loaded.config).await
+}
+
+async fn run_migrate(opts: migrate::MigrateOptions) -> anyhow::Result<()> {
+    let summary = migrate::migrate(&opts).await?;
+    let _ = std::io::stdout().write_all(summary.render().as_bytes());
+    match summary.failed() {
+        0 => Ok(()),
+        n => anyhow::bail!("{n} item(s) could not be copied"),
+    }
+}
+
+fn finish(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -318,27 +249,103 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
+
+    fn normalize(argv: &[&str]) -> Result<Vec<String>, String> {
+        normalize_args(&Args::command(), argv.iter().map(|a| (*a).to_owned()).collect())
+    }
+
+    fn parse(argv: &[&str]) -> Result<Args, String> {
+        let argv = normalize(argv)?;
+        Args::try_parse_from(argv).map_err(|e| flag_error_text(&e).unwrap_or(e.to_string()))
+    }
 
     #[test]
     fn go_style_flags() {
-        let argv =
-            ["ward-server", "entry", "create", "-spiffeID", "spiffe://x/y", "-node", "--dns", "a"]
-                .map(String::from);
-        let got = normalize_args(argv.into_iter());
+        let got = normalize(&[
+            "ward-server",
+            "entry",
+            "create",
+            "-spiffeID",
+            "spiffe://x/y",
+            "-node",
+            "--dns",
+            "a",
+        ])
+        .unwrap();
         assert_eq!(
             got,
-            [
-                "ward-server",
-                "entry",
-                "create",
-                "--spiffeID",
-                "spiffe://x/y",
-                "--node",
-                "--dns",
-                "a"
-            ]
+            ["ward-server", "entry", "create", "--spiffeID=spiffe://x/y", "--node", "--dns=a"]
         );
-        let argv = ["ward-server", "token", "generate", "-ttl", "-1"].map(String::from);
-        assert_eq!(normalize_args(argv.into_iter())[4], "-1");
+        let got = normalize(&["ward-server", "token", "generate", "-ttl", "-1"]).unwrap();
+        assert_eq!(got[3], "--ttl=-1");
+        let got = normalize(&["ward-server", "entry", "show", "-entryID=x"]).unwrap();
+        assert_eq!(got[3], "--entryID=x");
+    }
+
+    #[test]
+    fn a_value_that_looks_like_a_flag_is_a_value() {
+        let got =
+            normalize(&["ward-server", "entry", "create", "-dns", "-lead.example.org"]).unwrap();
+        assert_eq!(got[3], "--dns=-lead.example.org");
+    }
+
+    #[test]
+    fn unknown_flags_read_as_go_reports_them() {
+        assert_eq!(
+            normalize(&["ward-server", "entry", "show", "-nope"]).unwrap_err(),
+            "flag provided but not defined: -nope"
+        );
+    }
+
+    #[test]
+    fn admin_flags_take_spire_defaults() {
+        let Ok(Args {
+            cmd: Cmd::Admin(cli::AdminCmd::Entry { cmd: cli::entry::EntryCmd::Show(s) }),
+        }) = parse(&["ward-server", "entry", "show", "-output", "json"])
+        else {
+            panic!("entry show did not parse");
+        };
+        assert_eq!(s.common.output, cli::Format::Json);
+        assert_eq!(s.common.socket_path, cli::default_socket());
+        assert_eq!(s.match_selectors_on, "superset");
+        assert!(!s.downstream);
+    }
+
+    #[test]
+    fn repeated_flags_keep_the_last_value_as_go_does() {
+        let Ok(Args {
+            cmd: Cmd::Admin(cli::AdminCmd::Agent { cmd: cli::agent::AgentCmd::Show(a) }),
+        }) = parse(&["ward-server", "agent", "show", "-spiffeID", "a", "-spiffeID", "b"])
+        else {
+            panic!("agent show did not parse");
+        };
+        assert_eq!(a.spiffe_id, "b");
+    }
+
+    #[test]
+    fn bad_values_read_as_go_reports_them() {
+        assert_eq!(
+            parse(&["ward-server", "bundle", "count", "-output", "yaml"]).err().unwrap(),
+            "invalid value \"yaml\" for flag -output: bad formatter flag: unknown format option: \"yaml\""
+        );
+        assert_eq!(
+            parse(&["ward-server", "token", "generate", "-ttl", "ten"]).err().unwrap(),
+            "invalid value \"ten\" for flag -ttl: parse error"
+        );
+        assert_eq!(
+            parse(&["ward-server", "x509", "mint", "-ttl", "soon"]).err().unwrap(),
+            "invalid value \"soon\" for flag -ttl: parse error"
+        );
+    }
+
+    #[test]
+    fn negative_durations_are_values() {
+        let Ok(Args { cmd: Cmd::Admin(cli::AdminCmd::X509 { cmd: cli::svid::X509Cmd::Mint(m) }) }) =
+            parse(&["ward-server", "x509", "mint", "-spiffeID", "spiffe://a/b", "-ttl", "-1m"])
+        else {
+            panic!("x509 mint did not parse");
+        };
+        assert_eq!(m.ttl, -60_000_000_000);
     }
 }

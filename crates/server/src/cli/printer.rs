@@ -1,0 +1,217 @@
+//! How the admin CLI prints: SPIRE's `-output pretty|json` choice, protobuf JSON as SPIRE's
+//! CLI writes it, and the time formats its human output uses.
+//!
+//! JSON output is what SPIRE's CLI prints: protobuf's canonical JSON mapping with proto field
+//! names and every field present (64-bit integers as strings, bytes as base64, enums by name),
+//! unset messages left out, then re-encoded the way Go's `encoding/json` does: one line, keys
+//! sorted, `<`, `>` and `&` escaped.
+
+use serde::Serialize;
+use serde_json::Value;
+use time::OffsetDateTime;
+use time::macros::format_description;
+
+/// The output format of a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// SPIRE's human-readable text (the default).
+    Pretty,
+    /// One JSON document.
+    Json,
+}
+
+/// Parses `-output`: `json`, `pretty` or `prettyprint`, in any case.
+///
+/// # Errors
+/// SPIRE's text: `bad formatter flag: unknown format option: "<s>"`.
+pub fn parse_format(s: &str) -> Result<Format, String> {
+    match s.to_lowercase().as_str() {
+        "json" => Ok(Format::Json),
+        "pretty" | "prettyprint" => Ok(Format::Pretty),
+        _ => Err(format!("bad formatter flag: unknown format option: {}", super::go_quote(s))),
+    }
+}
+
+/// `msg` as SPIRE's CLI prints a protobuf message with `-output json`, newline included.
+///
+/// # Errors
+/// When `msg` cannot be serialised.
+pub fn proto_json<T: Serialize>(msg: &T) -> Result<String, serde_json::Error> {
+    let mut value = serde_json::to_value(msg)?;
+    drop_nulls(&mut value);
+    Ok(go_json(&value))
+}
+
+/// `value` as Go's `encoding/json` prints a plain struct (no null removal), newline included.
+pub fn struct_json(value: &Value) -> String {
+    go_json(value)
+}
+
+/// Removes null members and null array items, recursively (SPIRE's CLI does this after
+/// marshalling, so unset message fields are absent).
+fn drop_nulls(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.retain(|_, v| !v.is_null());
+            map.values_mut().for_each(drop_nulls);
+        }
+        Value::Array(items) => {
+            items.retain(|v| !v.is_null());
+            items.iter_mut().for_each(drop_nulls);
+        }
+        _ => {}
+    }
+}
+
+/// Compact JSON with sorted keys and Go's HTML-safe escapes, plus a newline.
+fn go_json(value: &Value) -> String {
+    let mut out = String::new();
+    write_sorted(value, &mut out);
+    out.push('\n');
+    out
+}
+
+fn write_sorted(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_string(key, out);
+                out.push(':');
+                if let Some(v) = map.get(key) {
+                    write_sorted(v, out);
+                }
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_sorted(item, out);
+            }
+            out.push(']');
+        }
+        Value::String(s) => write_string(s, out),
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+fn write_string(s: &str, out: &mut String) {
+    let encoded = Value::String(s.to_owned()).to_string();
+    for c in encoded.chars() {
+        match c {
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Unix seconds as Go prints a `time.Time` in UTC: `2006-01-02 15:04:05 +0000 UTC`.
+pub fn go_time_utc(unix: i64) -> String {
+    let fmt = format_description!("[year]-[month]-[day] [hour]:[minute]:[second] +0000 UTC");
+    OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(fmt).ok())
+        .unwrap_or_else(|| unix.to_string())
+}
+
+/// Unix seconds as RFC 3339 in UTC (`2006-01-02T15:04:05Z`).
+pub fn rfc3339_utc(unix: i64) -> String {
+    let fmt = format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(fmt).ok())
+        .unwrap_or_else(|| unix.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ward_proto::spire::api::server::agent::v1::CountAgentsResponse;
+    use ward_proto::spire::api::server::trustdomain::v1::ListFederationRelationshipsResponse;
+    use ward_proto::spire::api::types;
+
+    #[test]
+    fn output_flag_values() {
+        assert_eq!(parse_format("json"), Ok(Format::Json));
+        assert_eq!(parse_format("JSON"), Ok(Format::Json));
+        assert_eq!(parse_format("prettyprint"), Ok(Format::Pretty));
+        assert_eq!(
+            parse_format("yaml"),
+            Err("bad formatter flag: unknown format option: \"yaml\"".to_owned())
+        );
+    }
+
+    #[test]
+    fn json_uses_proto_names_and_emits_defaults() {
+        let agent = types::Agent {
+            id: Some(types::Spiffeid { trust_domain: "example.org".into(), path: "/a".into() }),
+            attestation_type: "join_token".into(),
+            x509svid_serial_number: "7".into(),
+            x509svid_expires_at: 1_700_000_000,
+            selectors: vec![],
+            banned: false,
+            can_reattest: false,
+        };
+        assert_eq!(
+            proto_json(&agent).unwrap(),
+            "{\"attestation_type\":\"join_token\",\"banned\":false,\"can_reattest\":false,\
+             \"id\":{\"path\":\"/a\",\"trust_domain\":\"example.org\"},\"selectors\":[],\
+             \"x509svid_expires_at\":\"1700000000\",\"x509svid_serial_number\":\"7\"}\n"
+        );
+        assert_eq!(proto_json(&CountAgentsResponse { count: 0 }).unwrap(), "{\"count\":0}\n");
+    }
+
+    #[test]
+    fn json_drops_unset_messages_and_keeps_the_set_oneof() {
+        let fr = types::FederationRelationship {
+            trust_domain: "a.org".into(),
+            bundle_endpoint_url: "https://a.org/b?x=1&y=<2>".into(),
+            bundle_endpoint_profile: Some(
+                types::federation_relationship::BundleEndpointProfile::HttpsWeb(
+                    types::HttpsWebProfile {},
+                ),
+            ),
+            trust_domain_bundle: None,
+        };
+        let list = ListFederationRelationshipsResponse {
+            federation_relationships: vec![fr],
+            next_page_token: String::new(),
+        };
+        assert_eq!(
+            proto_json(&list).unwrap(),
+            "{\"federation_relationships\":[{\"bundle_endpoint_url\":\
+             \"https://a.org/b?x=1\\u0026y=\\u003c2\\u003e\",\"https_web\":{},\
+             \"trust_domain\":\"a.org\"}],\"next_page_token\":\"\"}\n"
+        );
+    }
+
+    #[test]
+    fn json_bytes_are_base64_and_enums_named() {
+        let logger = types::Logger { current_level: 4, launch_level: 6 };
+        assert_eq!(
+            proto_json(&logger).unwrap(),
+            "{\"current_level\":\"WARN\",\"launch_level\":\"DEBUG\"}\n"
+        );
+        let cert = types::X509Certificate { asn1: vec![1, 2, 3], tainted: true };
+        assert_eq!(proto_json(&cert).unwrap(), "{\"asn1\":\"AQID\",\"tainted\":true}\n");
+    }
+
+    #[test]
+    fn times_print_as_go_does() {
+        assert_eq!(go_time_utc(4_102_444_800), "2100-01-01 00:00:00 +0000 UTC");
+        assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00Z");
+    }
+}
