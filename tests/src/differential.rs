@@ -22,6 +22,7 @@ use crate::command::CommandOutput;
 use crate::normalize::Normalizer;
 use crate::server::ServerProcess;
 use crate::spire::AgentProcess;
+use crate::wait::{Step, poll_until};
 
 /// One server under comparison and what the script learned about it.
 #[derive(Debug)]
@@ -409,6 +410,68 @@ impl Differential {
             }
         }
         verdict
+    }
+
+    /// Waits until each side's CLI `healthcheck` passes against its server (failing early if
+    /// a server exits).
+    ///
+    /// # Errors
+    /// When a server exits or the deadline passes.
+    pub fn wait_healthy(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        for side in &mut self.sides {
+            let label = side.label;
+            poll_until(&format!("{label} server to become healthy"), timeout, || {
+                side.server.daemon.ensure_running()?;
+                let probe = side.cli.raw(&["healthcheck"], &[])?;
+                Ok(if probe.status.success() {
+                    Step::Done(())
+                } else {
+                    Step::Retry(probe.describe())
+                })
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Ends a suite: writes the log (`WARD_DIFF_LOG=<file>`) and the Markdown report
+    /// (`WARD_DIFF_REPORT=<file>`) when asked, prints the slowest rows and a summary, and
+    /// panics listing every row that differs and is not in `known` (with
+    /// `WARD_DIFF_STRICT=1`, also every known row that matches now). `what` names the two
+    /// sides in the failure message.
+    ///
+    /// # Panics
+    /// As described: this is the suite's assertion.
+    pub fn assert_known(&self, known: &[Known], what: &str) {
+        #[allow(clippy::expect_used)]
+        if let Some(path) = std::env::var_os("WARD_DIFF_LOG") {
+            std::fs::write(&path, self.log()).expect("writing WARD_DIFF_LOG");
+        }
+        #[allow(clippy::expect_used)]
+        if let Some(path) = std::env::var_os("WARD_DIFF_REPORT") {
+            std::fs::write(&path, self.differences_markdown(known))
+                .expect("writing WARD_DIFF_REPORT");
+        }
+        eprintln!("slowest rows: {:?}", self.slowest(8));
+        let strict = std::env::var_os("WARD_DIFF_STRICT").is_some_and(|v| v != "0");
+        let verdict = self.verdict(known, strict);
+        eprintln!(
+            "{} rows: {} match, {} differ as known, {} known rows match now{}",
+            self.results().len(),
+            verdict.matching,
+            verdict.known,
+            verdict.removable.len(),
+            if verdict.removable.is_empty() {
+                String::new()
+            } else {
+                format!(" (remove from KNOWN: {})", verdict.removable.join(", "))
+            }
+        );
+        assert!(
+            verdict.problems.is_empty(),
+            "{} rows differ between {what} and are not known differences:\n\n{}",
+            verdict.problems.len(),
+            verdict.problems.join("\n")
+        );
     }
 
     /// Every row with its outcome (or both outcomes where they differ), for reading a run.

@@ -14,6 +14,7 @@ pub mod command;
 pub mod daemon;
 pub mod differential;
 pub mod normalize;
+pub mod script;
 pub mod server;
 pub mod spire;
 pub mod wait;

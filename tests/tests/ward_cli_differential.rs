@@ -1,0 +1,68 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+//! `ward-server`'s own admin CLI against the unmodified `spire-server` v1.13.3 CLI: the same
+//! script as the SPIRE differential suite (`ward_tests::script`), every row run once through
+//! `spire-server <command>` and once through `ward-server <command>`, both against
+//! `ward-server` with the same configuration. The servers are the same build, so every
+//! difference left is the CLI's: flag handling, the human output, `-output json`, error texts
+//! and exit codes. A row that differs fails the test unless it is in [`KNOWN`] with its reason.
+//!
+//! Each CLI drives its own server (two processes of the same binary and configuration): most
+//! rows change state (`entry create -entryID e-basic` succeeds once), so two CLIs sharing one
+//! server would each meet the state the other left and differ for that reason alone.
+//!
+//! - `WARD_DIFF_REPORT=<file>` writes every differing row (known or not) as Markdown.
+//! - `WARD_DIFF_LOG=<file>` writes every row with its outcome.
+//! - `WARD_DIFF_STRICT=1` also fails on known rows that match now (to prune the list).
+
+use std::path::Path;
+use std::time::Duration;
+
+use ward_tests::differential::{Differential, Known, Side, deliberate};
+use ward_tests::script::{TD, script};
+use ward_tests::server::ServerOptions;
+use ward_tests::spire::SpireBins;
+use ward_tests::ward::{start_ward_server, ward_server_bin};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Rows where `ward-server`'s CLI prints something other than `spire-server`'s, each with why.
+#[rustfmt::skip]
+const KNOWN: &[Known] = &[
+    deliberate(
+        "a SPIFFE bundle document whose JWT key does not parse is refused with the reason ward's \
+         bundle decoder gives (\"key 0: key parameters\"); go-jose's own wording (\"invalid EC \
+         public key, wrong length for x\") is not reproduced",
+        &["bundle set: bad jwt key"],
+    ),
+];
+
+#[test]
+fn ward_cli_differential() {
+    let tmp = tempfile::Builder::new().prefix("ward-cli-diff").tempdir().unwrap();
+    let mut d = match start(tmp.path()) {
+        Ok(d) => d,
+        Err(e) => panic!("could not start the servers: {e:#}"),
+    };
+    if let Err(e) = script(&mut d) {
+        panic!("the script could not run: {e:#}");
+    }
+    d.assert_known(KNOWN, "the spire-server CLI and ward-server's CLI");
+}
+
+/// Starts one `ward-server` per CLI (same configuration, own directory, socket and port) and
+/// waits until each CLI's healthcheck passes against its server.
+fn start(root: &Path) -> anyhow::Result<Differential> {
+    let bins = SpireBins::locate()?;
+    let ward_bin = ward_server_bin()?;
+    let options = ServerOptions::new(TD);
+    let spire_cli_root = root.join("spire-cli");
+    let ward_cli_root = root.join("ward-cli");
+    let for_spire_cli = start_ward_server(&ward_bin, &spire_cli_root.join("server"), &options)?;
+    let for_ward_cli = start_ward_server(&ward_bin, &ward_cli_root.join("server"), &options)?;
+    let mut d = Differential::new(
+        Side::new("spire-server CLI", for_spire_cli, &bins.server, &spire_cli_root),
+        Side::new("ward-server CLI", for_ward_cli, &ward_bin, &ward_cli_root),
+    );
+    d.wait_healthy(READY_TIMEOUT)?;
+    Ok(d)
+}
