@@ -106,6 +106,10 @@ fn normalize_args(cmd: &clap::Command, args: Vec<String>) -> Result<Vec<String>,
                     out.push("--help".into());
                     continue;
                 }
+                if name == "version" && std::ptr::eq(current, cmd) {
+                    out.push("--version".into());
+                    continue;
+                }
                 let Some(arg) = current.get_arguments().find(|x| x.get_long() == Some(name)) else {
                     return Err(format!("flag provided but not defined: -{name}"));
                 };
@@ -288,6 +292,16 @@ mod tests {
         let got =
             normalize(&["ward-server", "entry", "create", "-dns", "-lead.example.org"]).unwrap();
         assert_eq!(got[3], "--dns=-lead.example.org");
+    }
+
+    #[test]
+    fn help_and_version_pass_through() {
+        assert_eq!(normalize(&["ward-server", "-version"]).unwrap()[1], "--version");
+        assert_eq!(normalize(&["ward-server", "entry", "show", "-h"]).unwrap()[3], "--help");
+        assert_eq!(
+            normalize(&["ward-server", "entry", "show", "-version"]).unwrap_err(),
+            "flag provided but not defined: -version"
+        );
     }
 
     #[test]
