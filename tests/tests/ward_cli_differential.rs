@@ -17,7 +17,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use ward_tests::differential::{Differential, Known, Side, deliberate};
+use ward_tests::differential::{Differential, Known, Row, Side, deliberate};
 use ward_tests::script::{TD, script};
 use ward_tests::server::ServerOptions;
 use ward_tests::spire::SpireBins;
@@ -34,6 +34,15 @@ const KNOWN: &[Known] = &[
          public key, wrong length for x\") is not reproduced",
         &["bundle set: bad jwt key"],
     ),
+    deliberate(
+        "a flag error is one line; Go's flag package follows it with the command's usage (flag \
+         list and help texts), which ward's CLI words in its own way",
+        &[
+            "flags: not defined", "flags: bad -output value", "flags: bad integer",
+            "flags: bad duration", "flags: -output twice, different values",
+            "flags: healthcheck has no -output",
+        ],
+    ),
 ];
 
 #[test]
@@ -43,7 +52,7 @@ fn ward_cli_differential() {
         Ok(d) => d,
         Err(e) => panic!("could not start the servers: {e:#}"),
     };
-    if let Err(e) = script(&mut d) {
+    if let Err(e) = script(&mut d).and_then(|()| flag_edges(&mut d)) {
         panic!("the script could not run: {e:#}");
     }
     d.assert_known(KNOWN, "the spire-server CLI and ward-server's CLI");
@@ -65,4 +74,38 @@ fn start(root: &Path) -> anyhow::Result<Differential> {
     );
     d.wait_healthy(READY_TIMEOUT)?;
     Ok(d)
+}
+
+/// Rows about reading the command line rather than about a server's answer: flag spellings
+/// Go's flag package accepts, flag errors, values, and an unreachable socket.
+// The rows read best with each command's words wrapped together, as typed.
+#[rustfmt::skip]
+fn flag_edges(d: &mut Differential) -> anyhow::Result<()> {
+    let rows: &[(&str, &[&str])] = &[
+        ("flags: double dash", &["entry", "count", "--output", "json"]),
+        ("flags: name=value", &["entry", "count", "-output=json"]),
+        ("flags: -output in upper case", &["entry", "count", "-output", "JSON"]),
+        ("flags: -output prettyprint", &["bundle", "count", "-output", "prettyprint"]),
+        ("flags: -output twice, same value", &["bundle", "count", "-output", "json", "-output", "json"]),
+        ("flags: -output twice, different values", &["bundle", "count", "-output", "json", "-output", "pretty"]),
+        ("flags: a flag given twice keeps the last", &["entry", "show", "-entryID", "nope", "-entryID", "e-full"]),
+        ("flags: value that starts with a dash", &["entry", "show", "-hint", "-x"]),
+        ("flags: not defined", &["entry", "show", "-bogus"]),
+        ("flags: bad -output value", &["bundle", "count", "-output", "yaml"]),
+        ("flags: bad integer", &["token", "generate", "-ttl", "ten"]),
+        ("flags: bad duration", &["x509", "mint", "-spiffeID", "spiffe://example.org/w", "-ttl", "soon"]),
+        ("flags: ttl above int32", &["token", "generate", "-ttl", "2147483648"]),
+        ("flags: unreachable socket", &["bundle", "count", "-socketPath", "{root}/no.sock"]),
+        ("flags: empty socket path means the default", &["entry", "count", "-socketPath", ""]),
+        ("flags: healthcheck has no -output", &["healthcheck", "-output", "json"]),
+        ("flags: entry show -downstream", &["entry", "show", "-downstream", "-output", "json"]),
+        ("flags: bundle show -format in upper case", &["bundle", "show", "-format", "PEM"]),
+        ("flags: federation create from a file and flags", &["federation", "create", "-data", "{root}/files/federation.json", "-trustDomain", "x.org"]),
+        ("flags: entry create from a missing file", &["entry", "create", "-data", "{root}/files/nope.json"]),
+        ("flags: entry delete from a malformed file", &["entry", "delete", "-file", "{root}/files/entries-bad.json"]),
+    ];
+    for (name, argv) in rows {
+        d.run(Row::new(name, argv))?;
+    }
+    Ok(())
 }

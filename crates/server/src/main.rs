@@ -79,7 +79,12 @@ fn normalize_args(cmd: &clap::Command, args: Vec<String>) -> Result<Vec<String>,
     let mut current = cmd;
     let mut in_flags = false;
     let mut value_next = false;
+    // The format a first `-output` set: Go's flag refuses a second, different spelling.
+    let mut output: Option<&'static str> = None;
     for a in args {
+        if value_next && out.last().is_some_and(|l| l == "--output") {
+            check_output_again(&mut output, &a)?;
+        }
         if value_next {
             // `--name=value` keeps clap from reading a value such as `-1m` as a flag.
             value_next = false;
@@ -113,6 +118,9 @@ fn normalize_args(cmd: &clap::Command, args: Vec<String>) -> Result<Vec<String>,
                 let Some(arg) = current.get_arguments().find(|x| x.get_long() == Some(name)) else {
                     return Err(format!("flag provided but not defined: -{name}"));
                 };
+                if let Some(("output", value)) = body.split_once('=') {
+                    check_output_again(&mut output, value)?;
+                }
                 out.push(format!("--{body}"));
                 value_next = !has_value && arg.get_action().takes_values();
             }
@@ -120,6 +128,31 @@ fn normalize_args(cmd: &clap::Command, args: Vec<String>) -> Result<Vec<String>,
         }
     }
     Ok(out)
+}
+
+/// Records an `-output` value; a second one must be spelled as the canonical name of the
+/// first (`json` or `pretty`), as SPIRE's output flag requires.
+///
+/// # Errors
+/// `invalid value "<v>" for flag -output: the output format has already been set to "<f>"`.
+fn check_output_again(first: &mut Option<&'static str>, value: &str) -> Result<(), String> {
+    match *first {
+        Some(name) if name != value => Err(format!(
+            "invalid value {} for flag -output: the output format has already been set to {}",
+            cli::go_quote(value),
+            cli::go_quote(name)
+        )),
+        Some(_) => Ok(()),
+        None => {
+            *first = match cli::printer::parse_format(value) {
+                Ok(cli::Format::Json) => Some("json"),
+                Ok(cli::Format::Pretty) => Some("pretty"),
+                // The bad value is reported by the parser itself.
+                Err(_) => None,
+            };
+            Ok(())
+        }
+    }
 }
 
 /// A clap error in the words Go's `flag` package uses, where they differ.
@@ -302,6 +335,33 @@ mod tests {
             normalize(&["ward-server", "entry", "show", "-version"]).unwrap_err(),
             "flag provided but not defined: -version"
         );
+    }
+
+    #[test]
+    fn output_set_twice_must_name_the_same_format() {
+        assert!(normalize(&["w", "bundle", "count", "-output", "json", "-output", "json"]).is_ok());
+        assert_eq!(
+            normalize(&["w", "bundle", "count", "-output", "JSON", "-output=JSON"]).unwrap_err(),
+            "invalid value \"JSON\" for flag -output: the output format has already been set to \
+             \"json\""
+        );
+        assert_eq!(
+            normalize(&["w", "bundle", "count", "-output", "json", "-output", "pretty"])
+                .unwrap_err(),
+            "invalid value \"pretty\" for flag -output: the output format has already been set \
+             to \"json\""
+        );
+    }
+
+    #[test]
+    fn empty_socket_path_is_accepted() {
+        let Ok(Args {
+            cmd: Cmd::Admin(cli::AdminCmd::Entry { cmd: cli::entry::EntryCmd::Count(c) }),
+        }) = parse(&["ward-server", "entry", "count", "-socketPath", ""])
+        else {
+            panic!("entry count did not parse");
+        };
+        assert_eq!(c.common.socket_path, std::path::PathBuf::new());
     }
 
     #[test]

@@ -178,7 +178,7 @@ async fn token_entry_bundle_and_health_commands() {
     assert_eq!(
         err,
         "Error: rpc error: code = Unavailable desc = connection error: desc = \"transport: Error \
-         while dialing: dial unix /nonexistent/api.sock: connect: no such file or directory\"\n"
+         while dialing: dial unix ///nonexistent/api.sock: connect: no such file or directory\"\n"
     );
     ts.server.shutdown().await;
 }

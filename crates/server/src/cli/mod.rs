@@ -122,12 +122,20 @@ impl Ctx {
 /// Flags every server-talking command has: `-socketPath` and `-output`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Common {
-    /// Path to the server's admin API socket.
-    #[arg(long = "socketPath", default_value = crate::config::DEFAULT_SOCKET_PATH)]
+    /// Path to the server's admin API socket (empty: the default).
+    #[arg(long = "socketPath", default_value = crate::config::DEFAULT_SOCKET_PATH, value_parser = any_path)]
     pub socket_path: PathBuf,
     /// Desired output format (pretty, json); default: pretty.
     #[arg(long = "output", default_value = "pretty", value_parser = printer::parse_format)]
     pub output: Format,
+}
+
+/// Any text as a path, the empty one included (`-socketPath ""` means the default).
+///
+/// # Errors
+/// Never; the signature is clap's.
+pub fn any_path(s: &str) -> Result<PathBuf, std::convert::Infallible> {
+    Ok(PathBuf::from(s))
 }
 
 /// A connection to the admin socket, made on first use as SPIRE's CLI does, remembering why
@@ -157,9 +165,15 @@ impl Admin {
                 match tokio::net::UnixStream::connect(&path).await {
                     Ok(stream) => Ok(TokioIo::new(stream)),
                     Err(e) => {
+                        // Go's client dials `unix:<path>` as a URL, so an absolute path
+                        // shows with two more slashes.
+                        let shown = if path.is_absolute() {
+                            format!("//{}", path.display())
+                        } else {
+                            path.display().to_string()
+                        };
                         let text = format!(
-                            "transport: Error while dialing: dial unix {}: connect: {}",
-                            path.display(),
+                            "transport: Error while dialing: dial unix {shown}: connect: {}",
                             os_error_text(&e)
                         );
                         if let Ok(mut s) = slot.lock() {

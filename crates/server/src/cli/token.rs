@@ -33,7 +33,7 @@ pub struct Generate {
 #[derive(clap::Args, Debug)]
 pub struct Healthcheck {
     /// Path to the server's admin API socket.
-    #[arg(long = "socketPath", default_value = crate::config::DEFAULT_SOCKET_PATH)]
+    #[arg(long = "socketPath", default_value = crate::config::DEFAULT_SOCKET_PATH, value_parser = super::any_path)]
     pub socket_path: PathBuf,
     /// Performs a less stringent health check (the same check here).
     #[arg(long = "shallow")]
