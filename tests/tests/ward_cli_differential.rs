@@ -29,12 +29,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 #[rustfmt::skip]
 const KNOWN: &[Known] = &[
     deliberate(
-        "a SPIFFE bundle document whose JWT key does not parse is refused with the reason ward's \
-         bundle decoder gives (\"key 0: key parameters\"); go-jose's own wording (\"invalid EC \
-         public key, wrong length for x\") is not reproduced",
-        &["bundle set: bad jwt key"],
-    ),
-    deliberate(
         "a flag error is one line; Go's flag package follows it with the command's usage (flag \
          list and help texts), which ward's CLI words in its own way",
         &[

@@ -286,10 +286,49 @@ pub fn parse_bundle(data: &[u8], format: &str, id: &str) -> Result<types::Bundle
         });
     }
     let td = ward_core::TrustDomain::parse(id).map_err(|e| cli_err!("{e}"))?;
+    if let Some(reason) = ec_key_problem(data) {
+        return Err(cli_err!(
+            "unable to parse to spiffe bundle: spiffebundle: unable to parse JWKS: {reason}"
+        ));
+    }
     let core = ward_core::bundle::Bundle::from_spiffe_json(td, data).map_err(|e| {
         cli_err!("unable to parse to spiffe bundle: spiffebundle: unable to parse JWKS: {e}")
     })?;
     Ok(ward_proto::convert::bundle_to_proto(&core, None))
+}
+
+/// The first EC key of a JWKS whose coordinates do not fit its curve, in the words of the
+/// JOSE library SPIRE's CLI uses (ward's own decoder names the key instead).
+fn ec_key_problem(data: &[u8]) -> Option<String> {
+    use base64::Engine;
+    let doc: serde_json::Value = serde_json::from_slice(data).ok()?;
+    for key in doc.get("keys")?.as_array()? {
+        if key.get("kty").and_then(|k| k.as_str()) != Some("EC") {
+            continue;
+        }
+        let crv = key.get("crv").and_then(|c| c.as_str()).unwrap_or_default();
+        let size = match crv {
+            "P-256" => 32,
+            "P-384" => 48,
+            "P-521" => 66,
+            other => return Some(format!("go-jose/go-jose: unsupported elliptic curve '{other}'")),
+        };
+        let coordinate = |name: &str| {
+            let text = key.get(name)?.as_str()?;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')).ok()
+        };
+        let (Some(x), Some(y)) = (coordinate("x"), coordinate("y")) else {
+            return Some("go-jose/go-jose: invalid EC key, missing x/y values".to_owned());
+        };
+        for (name, value) in [("x", x), ("y", y)] {
+            if value.len() != size {
+                return Some(format!(
+                    "go-jose/go-jose: invalid EC public key, wrong length for {name}"
+                ));
+            }
+        }
+    }
+    None
 }
 
 async fn set(ctx: &mut Ctx, admin: &Admin, a: &Set) -> CliResult {
@@ -398,6 +437,23 @@ async fn count(ctx: &mut Ctx, admin: &Admin) -> CliResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ec_keys_of_the_wrong_size_read_as_go_jose_words_them() {
+        let doc = br#"{"keys":[{"use":"jwt-svid","kty":"EC","kid":"k","crv":"P-256","x":"AAAA","y":"AAAA"}]}"#;
+        assert_eq!(
+            parse_bundle(doc, "spiffe", "spiffe://a.org").unwrap_err().to_string(),
+            "unable to parse to spiffe bundle: spiffebundle: unable to parse JWKS: \
+             go-jose/go-jose: invalid EC public key, wrong length for x"
+        );
+        let doc = br#"{"keys":[{"use":"jwt-svid","kty":"EC","kid":"k","crv":"P-999"}]}"#;
+        assert!(
+            parse_bundle(doc, "spiffe", "spiffe://a.org")
+                .unwrap_err()
+                .to_string()
+                .ends_with("unsupported elliptic curve 'P-999'")
+        );
+    }
 
     #[test]
     fn bundle_formats() {
