@@ -124,6 +124,9 @@ fn normalize_args(cmd: &clap::Command, args: Vec<String>) -> Result<Vec<String>,
                 out.push(format!("--{body}"));
                 value_next = !has_value && arg.get_action().takes_values();
             }
+            // Go's flag parsing ends at `--` or at the first argument that is not a flag; the
+            // command ignores what follows.
+            _ if a == "--" || current.get_subcommands().next().is_none() => break,
             _ => out.push(a),
         }
     }
@@ -325,6 +328,16 @@ mod tests {
         let got =
             normalize(&["ward-server", "entry", "create", "-dns", "-lead.example.org"]).unwrap();
         assert_eq!(got[3], "--dns=-lead.example.org");
+    }
+
+    #[test]
+    fn flags_end_at_the_first_argument_that_is_not_one() {
+        let got = normalize(&["w", "entry", "show", "-entryID", "e", "extra", "-bogus"]).unwrap();
+        assert_eq!(got, ["w", "entry", "show", "--entryID=e"]);
+        let got = normalize(&["w", "entry", "show", "--", "-bogus"]).unwrap();
+        assert_eq!(got, ["w", "entry", "show"]);
+        // Before the command is complete, an unknown word is still clap's to report.
+        assert_eq!(normalize(&["w", "entri", "show"]).unwrap(), ["w", "entri", "show"]);
     }
 
     #[test]
