@@ -83,9 +83,29 @@ pub fn policy(full_method: &str) -> Option<Policy> {
         "/grpc.health.v1.Health/Check" => Local,
         "/grpc.health.v1.Health/List" => Local,
         "/grpc.health.v1.Health/Watch" => Local,
-        m if m.starts_with("/spire.api.server.trustdomain.v1.TrustDomain/") => LocalOrAdmin,
-        m if m.starts_with("/spire.api.server.localauthority.v1.LocalAuthority/") => LocalOrAdmin,
-        m if m.starts_with("/spire.api.server.logger.v1.Logger/") => Local,
+        "/spire.api.server.logger.v1.Logger/GetLogger" => Local,
+        "/spire.api.server.logger.v1.Logger/SetLogLevel" => Local,
+        "/spire.api.server.logger.v1.Logger/ResetLogLevel" => Local,
+        "/spire.api.server.trustdomain.v1.TrustDomain/ListFederationRelationships"
+        | "/spire.api.server.trustdomain.v1.TrustDomain/GetFederationRelationship"
+        | "/spire.api.server.trustdomain.v1.TrustDomain/BatchCreateFederationRelationship"
+        | "/spire.api.server.trustdomain.v1.TrustDomain/BatchUpdateFederationRelationship"
+        | "/spire.api.server.trustdomain.v1.TrustDomain/BatchDeleteFederationRelationship"
+        | "/spire.api.server.trustdomain.v1.TrustDomain/RefreshBundle" => LocalOrAdmin,
+        "/spire.api.server.localauthority.v1.LocalAuthority/GetJWTAuthorityState"
+        | "/spire.api.server.localauthority.v1.LocalAuthority/PrepareJWTAuthority"
+        | "/spire.api.server.localauthority.v1.LocalAuthority/ActivateJWTAuthority"
+        | "/spire.api.server.localauthority.v1.LocalAuthority/TaintJWTAuthority"
+        | "/spire.api.server.localauthority.v1.LocalAuthority/RevokeJWTAuthority"
+        | "/spire.api.server.localauthority.v1.LocalAuthority/GetX509AuthorityState"
+        | "/spire.api.server.localauthority.v1.LocalAuthority/PrepareX509Authority"
+        | "/spire.api.server.localauthority.v1.LocalAuthority/ActivateX509Authority"
+        | "/spire.api.server.localauthority.v1.LocalAuthority/TaintX509Authority"
+        | "/spire.api.server.localauthority.v1.LocalAuthority/TaintX509UpstreamAuthority"
+        | "/spire.api.server.localauthority.v1.LocalAuthority/RevokeX509Authority"
+        | "/spire.api.server.localauthority.v1.LocalAuthority/RevokeX509UpstreamAuthority" => {
+            LocalOrAdmin
+        }
         _ => return None,
     };
     Some(p)

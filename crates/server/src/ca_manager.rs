@@ -128,6 +128,9 @@ pub struct CaManager {
     slots: Mutex<Slots>,
     active_x509: RwLock<Option<Arc<X509Ca>>>,
     active_jwt: RwLock<Option<Arc<JwtSigner>>>,
+    /// Serializes the schedule and operator actions (prepare, activate, taint, revoke), so a
+    /// check made under it still holds when the action runs.
+    ops: tokio::sync::Mutex<()>,
 }
 
 impl CaManager {
@@ -144,6 +147,7 @@ impl CaManager {
             slots: Mutex::new(Slots::default()),
             active_x509: RwLock::new(None),
             active_jwt: RwLock::new(None),
+            ops: tokio::sync::Mutex::new(()),
         };
         me.load_journal()?;
         Ok(me)
@@ -196,7 +200,11 @@ impl CaManager {
             if j.role == SlotRole::Current {
                 self.set_active_jwt(signer.clone());
             }
-            slots.jwt.insert(slot, signer);
+            // The journal lists current and next before old ones. An old authority whose
+            // slot was reused holds the new key, not its own: it must not take the slot.
+            if j.role != SlotRole::Old || !slots.jwt.contains_key(&slot) {
+                slots.jwt.insert(slot, signer);
+            }
         }
         Ok(())
     }
@@ -376,70 +384,17 @@ impl CaManager {
     /// # Errors
     /// [`CaManagerError`] when a key, certificate, journal write or proposal fails.
     pub async fn tick(&self, now: SystemTime) -> Result<bool, CaManagerError> {
+        let _ops = self.ops.lock().await;
         let actions = ward_ca::rotation::plan(now, &self.lock_slots().rotation);
         let mut x509_changed = false;
         for action in actions {
             match action {
-                RotationAction::Prepare { kind: AuthorityKind::X509, slot } => {
-                    let key = self
-                        .keys
-                        .generate_key(AuthorityKind::X509.key_id(slot), self.settings.key_type)?;
-                    let ca = X509Ca::self_signed(
-                        key,
-                        &self.settings.trust_domain,
-                        self.settings.ca_ttl,
-                        now,
-                    )?;
-                    let authority = X509Authority::new(ca.trust_anchor_der().to_vec());
-                    self.publish(vec![authority], Vec::new()).await?;
-                    let mut slots = self.lock_slots();
-                    slots.rotation.x509.set_next(x509_info(slot, &ca));
-                    slots.x509.insert(slot, Arc::new(ca));
-                    self.save_journal(&slots)?;
-                    tracing::info!(slot = ?slot, "prepared X.509 authority");
-                }
-                RotationAction::Prepare { kind: AuthorityKind::Jwt, slot } => {
-                    let key = self
-                        .keys
-                        .generate_key(AuthorityKind::Jwt.key_id(slot), self.settings.key_type)?;
-                    let kid = ward_ca::new_key_id()?;
-                    let nb = unix_seconds(now);
-                    let ttl = i64::try_from(self.settings.ca_ttl.as_secs()).unwrap_or(i64::MAX / 4);
-                    let na = nb.saturating_add(ttl);
-                    let signer = self.jwt_signer(key, kid.clone(), na)?;
-                    self.publish(Vec::new(), vec![signer.authority()]).await?;
-                    let mut slots = self.lock_slots();
-                    slots.rotation.jwt.set_next(AuthorityInfo {
-                        slot,
-                        id: kid,
-                        not_before: nb,
-                        not_after: na,
-                    });
-                    slots.jwt.insert(slot, Arc::new(signer));
-                    self.save_journal(&slots)?;
-                    tracing::info!(slot = ?slot, "prepared JWT authority");
+                RotationAction::Prepare { kind, slot } => {
+                    self.prepare_in(kind, slot, now).await?;
                 }
                 RotationAction::Activate { kind } => {
-                    let mut slots = self.lock_slots();
-                    slots.rotation.slots_mut(kind).activate();
-                    let current = slots.rotation.slots(kind).current.clone();
-                    if let Some(cur) = current {
-                        match kind {
-                            AuthorityKind::X509 => {
-                                if let Some(ca) = slots.x509.get(&cur.slot) {
-                                    self.set_active_x509(ca.clone());
-                                    x509_changed = true;
-                                }
-                            }
-                            AuthorityKind::Jwt => {
-                                if let Some(s) = slots.jwt.get(&cur.slot) {
-                                    self.set_active_jwt(s.clone());
-                                }
-                            }
-                        }
-                        tracing::info!(kind = ?kind, id = %cur.id, "activated authority");
-                    }
-                    self.save_journal(&slots)?;
+                    let changed = self.activate_next(kind)?;
+                    x509_changed |= changed && kind == AuthorityKind::X509;
                 }
                 RotationAction::Prune { kind, id } => {
                     let mut slots = self.lock_slots();
@@ -450,6 +405,251 @@ impl CaManager {
         }
         Ok(x509_changed)
     }
+
+    /// Takes the operator lock: the schedule waits until the returned [`CaOps`] is dropped.
+    pub async fn operations(&self) -> CaOps<'_> {
+        CaOps { ca: self, _guard: self.ops.lock().await }
+    }
+
+    /// Generates a key in `slot`, builds the authority, publishes its public part and records
+    /// it as the prepared (next) authority.
+    async fn prepare_in(
+        &self,
+        kind: AuthorityKind,
+        slot: SlotId,
+        now: SystemTime,
+    ) -> Result<(), CaManagerError> {
+        let key = self.keys.generate_key(kind.key_id(slot), self.settings.key_type)?;
+        match kind {
+            AuthorityKind::X509 => {
+                let ca = X509Ca::self_signed(
+                    key,
+                    &self.settings.trust_domain,
+                    self.settings.ca_ttl,
+                    now,
+                )?;
+                let authority = X509Authority::new(ca.trust_anchor_der().to_vec());
+                self.publish(vec![authority], Vec::new()).await?;
+                let mut slots = self.lock_slots();
+                slots.rotation.x509.set_next(x509_info(slot, &ca));
+                slots.x509.insert(slot, Arc::new(ca));
+                self.save_journal(&slots)?;
+            }
+            AuthorityKind::Jwt => {
+                let kid = ward_ca::new_key_id()?;
+                let nb = unix_seconds(now);
+                let ttl = i64::try_from(self.settings.ca_ttl.as_secs()).unwrap_or(i64::MAX / 4);
+                let na = nb.saturating_add(ttl);
+                let signer = self.jwt_signer(key, kid.clone(), na)?;
+                self.publish(Vec::new(), vec![signer.authority()]).await?;
+                let mut slots = self.lock_slots();
+                slots.rotation.jwt.set_next(AuthorityInfo {
+                    slot,
+                    id: kid,
+                    not_before: nb,
+                    not_after: na,
+                });
+                slots.jwt.insert(slot, Arc::new(signer));
+                self.save_journal(&slots)?;
+            }
+        }
+        tracing::info!(kind = ?kind, slot = ?slot, "prepared authority");
+        Ok(())
+    }
+
+    /// Makes the prepared authority of `kind` the active one (the active one becomes old).
+    /// Returns whether the signing authority changed.
+    fn activate_next(&self, kind: AuthorityKind) -> Result<bool, CaManagerError> {
+        let mut slots = self.lock_slots();
+        slots.rotation.slots_mut(kind).activate();
+        let current = slots.rotation.slots(kind).current.clone();
+        let mut changed = false;
+        if let Some(cur) = current {
+            match kind {
+                AuthorityKind::X509 => {
+                    if let Some(ca) = slots.x509.get(&cur.slot) {
+                        changed = !self.x509_ca().is_ok_and(|a| a.authority_id() == cur.id);
+                        self.set_active_x509(ca.clone());
+                    }
+                }
+                AuthorityKind::Jwt => {
+                    if let Some(s) = slots.jwt.get(&cur.slot) {
+                        changed = !self.jwt_signer_now().is_ok_and(|a| a.key_id() == cur.id);
+                        self.set_active_jwt(s.clone());
+                    }
+                }
+            }
+            tracing::info!(kind = ?kind, id = %cur.id, "activated authority");
+        }
+        self.save_journal(&slots)?;
+        Ok(changed)
+    }
+
+    /// The authorities of `kind` as SPIRE's two slots show them.
+    fn authority_slots(&self, kind: AuthorityKind) -> AuthoritySlots {
+        let slots = self.lock_slots();
+        let st = slots.rotation.slots(kind);
+        let view = |info: &AuthorityInfo| {
+            let upstream_id = match kind {
+                AuthorityKind::X509 => slots
+                    .x509
+                    .get(&info.slot)
+                    .filter(|ca| ca.authority_id() == info.id)
+                    .and_then(|ca| upstream_authority_id(ca))
+                    .unwrap_or_default(),
+                AuthorityKind::Jwt => String::new(),
+            };
+            AuthorityState { id: info.id.clone(), expires_at: info.not_after, upstream_id }
+        };
+        let next = match (&st.next, st.old.last()) {
+            (Some(prepared), _) => Some((view(prepared), NextStatus::Prepared)),
+            (None, Some(old)) => Some((view(old), NextStatus::Old)),
+            (None, None) => None,
+        };
+        AuthoritySlots { active: st.current.as_ref().map(view), next }
+    }
+}
+
+/// One authority as the LocalAuthority API reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorityState {
+    /// SKI hex of an X.509 authority, key ID of a JWT authority.
+    pub id: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+    /// SKI hex of the upstream authority that signed an X.509 authority; empty otherwise.
+    pub upstream_id: String,
+}
+
+/// What the slot beside the active one holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextStatus {
+    /// A prepared authority, published but not signing yet.
+    Prepared,
+    /// The authority that was active before the current one.
+    Old,
+}
+
+impl NextStatus {
+    /// The status name SPIRE's journal uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Prepared => "PREPARED",
+            Self::Old => "OLD",
+        }
+    }
+}
+
+/// The authorities of one kind as SPIRE's two slots present them: the active one, and the
+/// other slot holding either a prepared authority or the previously active (old) one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthoritySlots {
+    /// The authority that signs now; `None` before the first rotation step.
+    pub active: Option<AuthorityState>,
+    /// The other slot, when it holds an authority.
+    pub next: Option<(AuthorityState, NextStatus)>,
+}
+
+impl AuthoritySlots {
+    /// The other slot's authority ID (empty when the slot is empty).
+    pub fn next_id(&self) -> &str {
+        self.next.as_ref().map_or("", |(s, _)| s.id.as_str())
+    }
+
+    /// The active authority's ID (empty before the first rotation step).
+    pub fn active_id(&self) -> &str {
+        self.active.as_ref().map_or("", |s| s.id.as_str())
+    }
+}
+
+/// Operator access to the CA manager while the schedule waits (see
+/// [`CaManager::operations`]).
+#[derive(Debug)]
+pub struct CaOps<'a> {
+    ca: &'a CaManager,
+    _guard: tokio::sync::MutexGuard<'a, ()>,
+}
+
+impl CaOps<'_> {
+    /// The authorities of `kind`.
+    pub fn slots(&self, kind: AuthorityKind) -> AuthoritySlots {
+        self.ca.authority_slots(kind)
+    }
+
+    /// Whether the active X.509 authority is signed by an upstream authority.
+    pub fn is_upstream(&self) -> bool {
+        self.ca.x509_ca().is_ok_and(|ca| !ca.upstream_chain().is_empty())
+    }
+
+    /// Prepares a new authority of `kind` in the slot beside the active one (replacing what
+    /// it held: a prepared or an old authority) and publishes it. Returns it.
+    ///
+    /// # Errors
+    /// [`CaManagerError::NoAuthority`] without an active authority; key, certificate, journal
+    /// and proposal errors.
+    pub async fn prepare(
+        &self,
+        kind: AuthorityKind,
+        now: SystemTime,
+    ) -> Result<AuthorityState, CaManagerError> {
+        let slot = {
+            let slots = self.ca.lock_slots();
+            let st = slots.rotation.slots(kind);
+            let current =
+                st.current.as_ref().ok_or(CaManagerError::NoAuthority(kind_name(kind)))?;
+            st.next.as_ref().map_or(current.slot.other(), |n| n.slot)
+        };
+        self.ca.prepare_in(kind, slot, now).await?;
+        match self.slots(kind).next {
+            Some((state, NextStatus::Prepared)) => Ok(state),
+            _ => Err(CaManagerError::NoAuthority(kind_name(kind))),
+        }
+    }
+
+    /// Makes the prepared authority of `kind` the active one; the formerly active one becomes
+    /// old. Returns the new active authority.
+    ///
+    /// # Errors
+    /// [`CaManagerError::NoAuthority`] when nothing is active afterwards; journal errors.
+    pub fn activate(&self, kind: AuthorityKind) -> Result<AuthorityState, CaManagerError> {
+        self.ca.activate_next(kind)?;
+        self.slots(kind).active.ok_or(CaManagerError::NoAuthority(kind_name(kind)))
+    }
+}
+
+fn kind_name(kind: AuthorityKind) -> &'static str {
+    match kind {
+        AuthorityKind::X509 => "X.509",
+        AuthorityKind::Jwt => "JWT",
+    }
+}
+
+/// SKI hex of the upstream certificate that signed `ca` (its authority key identifier), or
+/// `None` for a self-signed CA.
+fn upstream_authority_id(ca: &X509Ca) -> Option<String> {
+    use x509_parser::extensions::ParsedExtension;
+    use x509_parser::prelude::FromDer;
+    if ca.upstream_chain().is_empty() {
+        return None;
+    }
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(ca.cert_der()).ok()?;
+    cert.extensions().iter().find_map(|ext| match ext.parsed_extension() {
+        ParsedExtension::AuthorityKeyIdentifier(aki) => {
+            aki.key_identifier.as_ref().map(|k| hex::encode(k.0))
+        }
+        _ => None,
+    })
+}
+
+/// SKI hex of a certificate (its subject key identifier extension), if it has one.
+pub fn subject_key_id_hex(der: &[u8]) -> Option<String> {
+    use x509_parser::extensions::ParsedExtension;
+    use x509_parser::prelude::FromDer;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    cert.extensions().iter().find_map(|ext| match ext.parsed_extension() {
+        ParsedExtension::SubjectKeyIdentifier(k) => Some(hex::encode(k.0)),
+        _ => None,
+    })
 }
 
 /// The command that removes `bundle`'s authorities that expired before `expired_before`

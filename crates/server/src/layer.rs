@@ -32,6 +32,7 @@ pub const TCP_SERVICES: &[&str] = &[
     "spire.api.server.entry.v1.Entry",
     "spire.api.server.svid.v1.SVID",
     "spire.api.server.trustdomain.v1.TrustDomain",
+    "spire.api.server.localauthority.v1.LocalAuthority",
 ];
 
 /// The services on the admin socket.
@@ -41,6 +42,9 @@ pub const UDS_SERVICES: &[&str] = &[
     "spire.api.server.entry.v1.Entry",
     "spire.api.server.svid.v1.SVID",
     "spire.api.server.trustdomain.v1.TrustDomain",
+    "spire.api.server.localauthority.v1.LocalAuthority",
+    "spire.api.server.logger.v1.Logger",
+    "spire.api.server.debug.v1.Debug",
     "grpc.health.v1.Health",
 ];
 

@@ -24,7 +24,10 @@
 //!   DeleteFederatedBundle;
 //! - `TrustDomain`: List/GetFederationRelationship, BatchCreate/Update/Delete (stored only;
 //!   RefreshBundle, which would fetch from the bundle endpoint, is `Unimplemented`);
-//! - on the admin socket only: `grpc.health.v1.Health/Check`.
+//! - `LocalAuthority`: state, prepare, activate, taint and revoke of this server's X.509 and
+//!   JWT authorities; the upstream variants answer as SPIRE does without an upstream;
+//! - on the admin socket only: `grpc.health.v1.Health/Check`, `Logger` (the live log level,
+//!   [`logging`]) and `Debug/GetInfo`.
 //!
 //! Other methods of these services answer `Unimplemented` (PostStatus is refused by policy
 //! first, as in SPIRE); services that are not served answer `Unimplemented`.

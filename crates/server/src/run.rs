@@ -17,18 +17,23 @@ use ward_core::{Clock, SpiffeId};
 use ward_proto::grpc::health::v1::health_server::HealthServer;
 use ward_proto::spire::api::server::agent::v1::agent_server::AgentServer;
 use ward_proto::spire::api::server::bundle::v1::bundle_server::BundleServer;
+use ward_proto::spire::api::server::debug::v1::debug_server::DebugServer;
 use ward_proto::spire::api::server::entry::v1::entry_server::EntryServer;
+use ward_proto::spire::api::server::localauthority::v1::local_authority_server::LocalAuthorityServer;
+use ward_proto::spire::api::server::logger::v1::logger_server::LoggerServer;
 use ward_proto::spire::api::server::svid::v1::svid_server::SvidServer;
 use ward_proto::spire::api::server::trustdomain::v1::trust_domain_server::TrustDomainServer;
 use ward_store::{Command, Outcome, Store, StoreConfig};
 
 use crate::api::{
-    agent::AgentService, bundle::BundleService, entry::EntryService, health::HealthService,
+    agent::AgentService, bundle::BundleService, debug::DebugService, entry::EntryService,
+    health::HealthService, localauthority::LocalAuthorityService, logger::LoggerService,
     svid::SvidService, trustdomain::TrustDomainService,
 };
 use crate::ca_manager::{AUTHORITY_PRUNE_INTERVAL, CaManager, CaSettings, ROTATION_CHECK_INTERVAL};
 use crate::config::{self, Config};
 use crate::layer::{AuthLayer, TCP_SERVICES, UDS_SERVICES};
+use crate::logging::LogControl;
 use crate::proposer::{LocalProposer, Proposer};
 use crate::ratelimit::RateLimits;
 use crate::state::{ServerState, SystemClock};
@@ -98,6 +103,27 @@ struct ServerSvid {
     not_before: i64,
     not_after: i64,
     ca_id: String,
+    /// The root the chain ends at (in the bundle).
+    anchor: Vec<u8>,
+}
+
+impl ServerSvid {
+    /// The chain, leaf first, ending with its root.
+    fn full_chain(&self) -> Vec<Vec<u8>> {
+        let mut chain = self.chain.clone();
+        if chain.last() != Some(&self.anchor) {
+            chain.push(self.anchor.clone());
+        }
+        chain
+    }
+
+    /// Whether the bundle marks an authority this SVID chains to as tainted.
+    fn tainted_in(&self, bundle: &ward_core::Bundle) -> bool {
+        bundle
+            .x509_authorities
+            .iter()
+            .any(|a| a.tainted && (a.der == self.anchor || self.chain.contains(&a.der)))
+    }
 }
 
 fn sign_server_svid(state: &ServerState, now: SystemTime) -> anyhow::Result<ServerSvid> {
@@ -113,7 +139,16 @@ fn sign_server_svid(state: &ServerState, now: SystemTime) -> anyhow::Result<Serv
     let mut chain = vec![leaf];
     chain.extend(ca.svid_chain_tail().iter().cloned());
     let not_before = ward_core::clock::unix_seconds(now) - ward_ca::x509::BACKDATE_SECS;
-    Ok(ServerSvid { chain, key, not_before, not_after: facts.not_after, ca_id: ca.authority_id() })
+    let svid = ServerSvid {
+        chain,
+        key,
+        not_before,
+        not_after: facts.not_after,
+        ca_id: ca.authority_id(),
+        anchor: ca.trust_anchor_der().to_vec(),
+    };
+    state.set_server_svid_chain(svid.full_chain());
+    Ok(svid)
 }
 
 fn certified(svid: &ServerSvid) -> anyhow::Result<rustls::sign::CertifiedKey> {
@@ -228,6 +263,10 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<Runni
         default_x509_svid_ttl: cfg.default_x509_svid_ttl,
         default_jwt_svid_ttl: cfg.default_jwt_svid_ttl,
         agent_ttl: cfg.agent_ttl,
+        started_at: clock.now(),
+        log: crate::logging::installed()
+            .unwrap_or_else(|| Arc::new(LogControl::detached(&cfg.log_level))),
+        server_svid: std::sync::RwLock::new(Vec::new()),
     });
 
     let svid = sign_server_svid(&state, clock.now())?;
@@ -263,7 +302,8 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<Runni
         .add_service(BundleServer::new(BundleService::new(state.clone())))
         .add_service(EntryServer::new(EntryService::new(state.clone())))
         .add_service(SvidServer::new(SvidService::new(state.clone())))
-        .add_service(TrustDomainServer::new(TrustDomainService::new(state.clone())));
+        .add_service(TrustDomainServer::new(TrustDomainService::new(state.clone())))
+        .add_service(LocalAuthorityServer::new(LocalAuthorityService::new(state.clone())));
     let signal = stopped(stop_rx.clone());
     tasks.push(tokio::spawn(async move {
         if let Err(e) = tcp_router.serve_with_incoming_shutdown(incoming, signal).await {
@@ -281,6 +321,9 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<Runni
         .add_service(EntryServer::new(EntryService::new(state.clone())))
         .add_service(SvidServer::new(SvidService::new(state.clone())))
         .add_service(TrustDomainServer::new(TrustDomainService::new(state.clone())))
+        .add_service(LocalAuthorityServer::new(LocalAuthorityService::new(state.clone())))
+        .add_service(LoggerServer::new(LoggerService::new(state.log.clone())))
+        .add_service(DebugServer::new(DebugService::new(state.clone())))
         .add_service(HealthServer::new(HealthService::new(state.clone())));
     let signal = stopped(stop_rx.clone());
     tasks.push(tokio::spawn(async move {
@@ -363,7 +406,14 @@ async fn rotation_loop(
         let half = svid.not_before + (svid.not_after - svid.not_before) / 2;
         let ca_changed =
             state.ca.x509_ca().map(|c| c.authority_id() != svid.ca_id).unwrap_or(false);
-        if now_s >= half || ca_changed {
+        // As SPIRE: an SVID signed by a tainted authority is replaced at once.
+        let tainted = state.store.bundle(&state.trust_domain).is_some_and(|b| svid.tainted_in(&b));
+        if tainted {
+            tracing::info!(
+                "Server SVID signed using a tainted authority, forcing rotation of the Server SVID"
+            );
+        }
+        if now_s >= half || ca_changed || tainted {
             match sign_server_svid(&state, now).and_then(|s| Ok((certified(&s)?, s))) {
                 Ok((key, s)) => {
                     cert.set(key);
@@ -391,4 +441,32 @@ pub async fn run_until_signal(cfg: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     server.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ward_core::{Bundle, TrustDomain, X509Authority};
+
+    #[test]
+    fn server_svid_is_tainted_when_its_root_or_chain_is() {
+        let svid = ServerSvid {
+            chain: vec![vec![1], vec![2]],
+            key: PrivateKey::generate(KeyType::EcP256).unwrap(),
+            not_before: 0,
+            not_after: 10,
+            ca_id: String::new(),
+            anchor: vec![3],
+        };
+        assert_eq!(svid.full_chain(), vec![vec![1], vec![2], vec![3]]);
+        let mut b = Bundle::new(TrustDomain::new("example.org").unwrap());
+        b.x509_authorities = vec![X509Authority::new(vec![3]), X509Authority::new(vec![9])];
+        assert!(!svid.tainted_in(&b));
+        b.x509_authorities[1].tainted = true;
+        assert!(!svid.tainted_in(&b), "another authority's taint");
+        b.x509_authorities[0].tainted = true;
+        assert!(svid.tainted_in(&b));
+        b.x509_authorities = vec![X509Authority { der: vec![2], tainted: true }];
+        assert!(svid.tainted_in(&b), "an intermediate of the chain");
+    }
 }

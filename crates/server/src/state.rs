@@ -1,7 +1,7 @@
 //! Shared server state handed to every service, and the caller facts each request carries.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use tonic::Status;
@@ -10,6 +10,7 @@ use ward_store::Store;
 
 use crate::authz::{Authorized, Denial, DenyReason, PresentedSvid};
 use crate::ca_manager::CaManager;
+use crate::logging::LogControl;
 use crate::proposer::Proposer;
 use crate::ratelimit::RateLimits;
 
@@ -45,6 +46,27 @@ pub struct ServerState {
     pub default_jwt_svid_ttl: Duration,
     /// Agent X509-SVID lifetime.
     pub agent_ttl: Duration,
+    /// When the server started (by `clock`), for uptime.
+    pub started_at: SystemTime,
+    /// The live log level.
+    pub log: Arc<LogControl>,
+    /// The server's own X509-SVID chain, leaf first, up to and including its root.
+    pub server_svid: RwLock<Vec<Vec<u8>>>,
+}
+
+impl ServerState {
+    /// The server's own X509-SVID chain, leaf first, ending with the root it chains to.
+    pub fn server_svid_chain(&self) -> Vec<Vec<u8>> {
+        self.server_svid.read().map(|g| g.clone()).unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Records a new server X509-SVID chain (leaf first, ending with its root).
+    pub fn set_server_svid_chain(&self, chain: Vec<Vec<u8>>) {
+        match self.server_svid.write() {
+            Ok(mut g) => *g = chain,
+            Err(p) => *p.into_inner() = chain,
+        }
+    }
 }
 
 impl std::fmt::Debug for ServerState {

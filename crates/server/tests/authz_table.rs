@@ -17,7 +17,7 @@ use ward_proto::spire::api::server::svid::v1 as svidpb;
 use ward_proto::spire::api::types;
 use ward_proto::spire::api::types::permission_denied_details::Reason;
 use ward_server::authz::{
-    Authorized, CallerFacts, Decision, Denial, DenyReason, PresentedSvid, decide,
+    Authorized, CallerFacts, Decision, Denial, DenyReason, Policy, PresentedSvid, decide, policy,
 };
 use ward_store::Command;
 
@@ -37,6 +37,10 @@ const METHODS: &[&str] = &[
     "/spire.api.server.bundle.v1.Bundle/GetFederatedBundle",
     "/spire.api.server.bundle.v1.Bundle/ListFederatedBundles",
     "/grpc.health.v1.Health/Check",
+    "/spire.api.server.localauthority.v1.LocalAuthority/TaintX509Authority",
+    "/spire.api.server.localauthority.v1.LocalAuthority/RevokeX509UpstreamAuthority",
+    "/spire.api.server.logger.v1.Logger/SetLogLevel",
+    "/spire.api.server.debug.v1.Debug/GetInfo",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,7 +160,7 @@ fn expected(method: &str, c: Class) -> Decision {
     if agent_only.contains(&name) {
         return if c == Class::Local { denied() } else { agent_check(c) };
     }
-    if name == "Check" {
+    if ["Check", "SetLogLevel", "GetInfo"].contains(&name) {
         return if c == Class::Local { Decision::Allow(Authorized::Local) } else { denied() };
     }
     if name == "GetFederatedBundle" {
@@ -166,7 +170,8 @@ fn expected(method: &str, c: Class) -> Decision {
             other => agent_check(other),
         };
     }
-    // Admin or local: CreateJoinToken, BatchCreateEntry, ListEntries, ListFederatedBundles.
+    // Admin or local: CreateJoinToken, BatchCreateEntry, ListEntries, ListFederatedBundles,
+    // the LocalAuthority methods.
     match c {
         Class::Local => Decision::Allow(Authorized::Local),
         Class::Admin => Decision::Allow(Authorized::Admin),
@@ -399,4 +404,147 @@ async fn client_certificates_outside_the_bundle_or_expired_are_refused() {
     let ch = tls_channel(ts.addr(), &roots, Some(ident)).await;
     assert_eq!(get_authorized(ch).await.unwrap(), 0);
     ts.server.shutdown().await;
+}
+
+/// Who SPIRE's `policy_data.json` (v1.13.3) lets call each method, transcribed line by line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Allow {
+    Any,
+    Local,
+    Admin,
+    Agent,
+    Downstream,
+}
+
+const SPIRE_POLICY: &[(&str, &[Allow])] = {
+    use Allow::*;
+    &[
+        ("/spire.api.server.svid.v1.SVID/MintX509SVID", &[Local, Admin]),
+        ("/spire.api.server.svid.v1.SVID/MintJWTSVID", &[Local, Admin]),
+        ("/spire.api.server.svid.v1.SVID/BatchNewX509SVID", &[Agent]),
+        ("/spire.api.server.svid.v1.SVID/NewJWTSVID", &[Agent]),
+        ("/spire.api.server.svid.v1.SVID/NewDownstreamX509CA", &[Downstream]),
+        ("/spire.api.server.bundle.v1.Bundle/GetBundle", &[Any]),
+        ("/spire.api.server.bundle.v1.Bundle/AppendBundle", &[Local, Admin]),
+        ("/spire.api.server.bundle.v1.Bundle/PublishJWTAuthority", &[Downstream]),
+        ("/spire.api.server.bundle.v1.Bundle/CountBundles", &[Local, Admin]),
+        ("/spire.api.server.bundle.v1.Bundle/ListFederatedBundles", &[Local, Admin]),
+        ("/spire.api.server.bundle.v1.Bundle/GetFederatedBundle", &[Local, Admin, Agent]),
+        ("/spire.api.server.bundle.v1.Bundle/BatchCreateFederatedBundle", &[Local, Admin]),
+        ("/spire.api.server.bundle.v1.Bundle/BatchUpdateFederatedBundle", &[Local, Admin]),
+        ("/spire.api.server.bundle.v1.Bundle/BatchSetFederatedBundle", &[Local, Admin]),
+        ("/spire.api.server.bundle.v1.Bundle/BatchDeleteFederatedBundle", &[Local, Admin]),
+        ("/spire.api.server.debug.v1.Debug/GetInfo", &[Local]),
+        ("/spire.api.server.entry.v1.Entry/CountEntries", &[Local, Admin]),
+        ("/spire.api.server.entry.v1.Entry/ListEntries", &[Local, Admin]),
+        ("/spire.api.server.entry.v1.Entry/GetEntry", &[Local, Admin]),
+        ("/spire.api.server.entry.v1.Entry/BatchCreateEntry", &[Local, Admin]),
+        ("/spire.api.server.entry.v1.Entry/BatchUpdateEntry", &[Local, Admin]),
+        ("/spire.api.server.entry.v1.Entry/BatchDeleteEntry", &[Local, Admin]),
+        ("/spire.api.server.entry.v1.Entry/GetAuthorizedEntries", &[Agent]),
+        ("/spire.api.server.entry.v1.Entry/SyncAuthorizedEntries", &[Agent]),
+        ("/spire.api.server.logger.v1.Logger/GetLogger", &[Local]),
+        ("/spire.api.server.logger.v1.Logger/SetLogLevel", &[Local]),
+        ("/spire.api.server.logger.v1.Logger/ResetLogLevel", &[Local]),
+        ("/spire.api.server.agent.v1.Agent/CountAgents", &[Local, Admin]),
+        ("/spire.api.server.agent.v1.Agent/ListAgents", &[Local, Admin]),
+        ("/spire.api.server.agent.v1.Agent/GetAgent", &[Local, Admin]),
+        ("/spire.api.server.agent.v1.Agent/DeleteAgent", &[Local, Admin]),
+        ("/spire.api.server.agent.v1.Agent/BanAgent", &[Local, Admin]),
+        ("/spire.api.server.agent.v1.Agent/AttestAgent", &[Any]),
+        ("/spire.api.server.agent.v1.Agent/RenewAgent", &[Agent]),
+        ("/spire.api.server.agent.v1.Agent/CreateJoinToken", &[Local, Admin]),
+        ("/grpc.health.v1.Health/Check", &[Local]),
+        ("/grpc.health.v1.Health/List", &[Local]),
+        ("/grpc.health.v1.Health/Watch", &[Local]),
+        (
+            "/spire.api.server.trustdomain.v1.TrustDomain/ListFederationRelationships",
+            &[Local, Admin],
+        ),
+        ("/spire.api.server.trustdomain.v1.TrustDomain/GetFederationRelationship", &[Local, Admin]),
+        (
+            "/spire.api.server.trustdomain.v1.TrustDomain/BatchCreateFederationRelationship",
+            &[Local, Admin],
+        ),
+        (
+            "/spire.api.server.trustdomain.v1.TrustDomain/BatchUpdateFederationRelationship",
+            &[Local, Admin],
+        ),
+        (
+            "/spire.api.server.trustdomain.v1.TrustDomain/BatchDeleteFederationRelationship",
+            &[Local, Admin],
+        ),
+        ("/spire.api.server.trustdomain.v1.TrustDomain/RefreshBundle", &[Local, Admin]),
+        (
+            "/spire.api.server.localauthority.v1.LocalAuthority/GetJWTAuthorityState",
+            &[Local, Admin],
+        ),
+        ("/spire.api.server.localauthority.v1.LocalAuthority/PrepareJWTAuthority", &[Local, Admin]),
+        (
+            "/spire.api.server.localauthority.v1.LocalAuthority/ActivateJWTAuthority",
+            &[Local, Admin],
+        ),
+        ("/spire.api.server.localauthority.v1.LocalAuthority/TaintJWTAuthority", &[Local, Admin]),
+        ("/spire.api.server.localauthority.v1.LocalAuthority/RevokeJWTAuthority", &[Local, Admin]),
+        (
+            "/spire.api.server.localauthority.v1.LocalAuthority/GetX509AuthorityState",
+            &[Local, Admin],
+        ),
+        (
+            "/spire.api.server.localauthority.v1.LocalAuthority/PrepareX509Authority",
+            &[Local, Admin],
+        ),
+        (
+            "/spire.api.server.localauthority.v1.LocalAuthority/ActivateX509Authority",
+            &[Local, Admin],
+        ),
+        ("/spire.api.server.localauthority.v1.LocalAuthority/TaintX509Authority", &[Local, Admin]),
+        (
+            "/spire.api.server.localauthority.v1.LocalAuthority/TaintX509UpstreamAuthority",
+            &[Local, Admin],
+        ),
+        ("/spire.api.server.localauthority.v1.LocalAuthority/RevokeX509Authority", &[Local, Admin]),
+        (
+            "/spire.api.server.localauthority.v1.LocalAuthority/RevokeX509UpstreamAuthority",
+            &[Local, Admin],
+        ),
+    ]
+};
+
+fn allows(p: Policy) -> Vec<Allow> {
+    let mut v = Vec::new();
+    if p == Policy::Any {
+        v.push(Allow::Any);
+    }
+    if p.allows_local() {
+        v.push(Allow::Local);
+    }
+    if p.allows_admin() {
+        v.push(Allow::Admin);
+    }
+    if p.allows_agent() {
+        v.push(Allow::Agent);
+    }
+    if p == Policy::Downstream {
+        v.push(Allow::Downstream);
+    }
+    v
+}
+
+#[test]
+fn policy_is_spire_policy_data_method_for_method() {
+    for (method, expected) in SPIRE_POLICY {
+        let policy = policy(method).unwrap_or_else(|| panic!("no policy for {method}"));
+        assert_eq!(allows(policy), expected.to_vec(), "{method}");
+    }
+    // Methods SPIRE has no policy for have none here either (refused, or Unimplemented).
+    for method in [
+        ward_server::authz::POST_STATUS,
+        "/spire.api.server.localauthority.v1.LocalAuthority/Unknown",
+        "/spire.api.server.logger.v1.Logger/Unknown",
+        "/spire.api.server.trustdomain.v1.TrustDomain/Unknown",
+        "/spire.api.server.debug.v1.Debug/Unknown",
+    ] {
+        assert_eq!(policy(method), None, "{method}");
+    }
 }

@@ -76,3 +76,37 @@ async fn rotates_publishes_and_resumes() {
     assert_eq!(store.bundle(&td).unwrap().sequence_number, seq_prepared);
     assert!(!again.tick(t0 + Duration::from_secs(21 * HOUR + 60)).await.unwrap());
 }
+
+/// After a restart, a JWT authority prepared into the slot of an old one signs with its own
+/// key ID: the old authority's journal record must not take over the slot.
+#[tokio::test]
+async fn jwt_key_prepared_over_an_old_slot_keeps_its_key_id_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let td = TrustDomain::new("example.org").unwrap();
+    let store = Store::open(dir.path().join("store"), StoreConfig::new(td.clone())).unwrap();
+    let proposer: Arc<dyn Proposer> = Arc::new(LocalProposer::new(store.clone()));
+    let t0 = SystemTime::now();
+    let at = |h: u64| t0 + Duration::from_secs(h * HOUR);
+
+    let ca = CaManager::open(settings(dir.path()), proposer.clone()).unwrap();
+    ca.tick(t0).await.unwrap();
+    let k1 = ca.jwt_signer_now().unwrap().key_id().to_owned();
+    ca.tick(at(13)).await.unwrap(); // K2 prepared in the other slot
+    ca.tick(at(21)).await.unwrap(); // K2 active, K1 old
+    let k2 = ca.jwt_signer_now().unwrap().key_id().to_owned();
+    ca.tick(at(26)).await.unwrap(); // K3 prepared in K1's slot
+    let kids: Vec<String> =
+        store.bundle(&td).unwrap().jwt_authorities.iter().map(|k| k.key_id.clone()).collect();
+    assert_eq!(kids.len(), 3);
+    let k3 = kids.iter().find(|k| **k != k1 && **k != k2).unwrap().clone();
+
+    drop(ca);
+    let again = CaManager::open(settings(dir.path()), proposer).unwrap();
+    assert_eq!(again.jwt_signer_now().unwrap().key_id(), k2);
+    again.tick(at(34)).await.unwrap(); // K3 active
+    let signer = again.jwt_signer_now().unwrap();
+    assert_eq!(signer.key_id(), k3);
+    let published =
+        store.bundle(&td).unwrap().jwt_authorities.iter().find(|k| k.key_id == k3).unwrap().clone();
+    assert_eq!(signer.public_key_der(), published.public_key_der.as_slice());
+}

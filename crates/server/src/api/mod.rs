@@ -3,8 +3,11 @@
 
 pub mod agent;
 pub mod bundle;
+pub mod debug;
 pub mod entry;
 pub mod health;
+pub mod localauthority;
+pub mod logger;
 pub mod svid;
 pub mod trustdomain;
 
