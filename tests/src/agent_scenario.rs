@@ -258,7 +258,7 @@ pub fn wait_ready(server: &mut Daemon, native: &AdminCli) -> anyhow::Result<()> 
 
 /// The agent's own SVID chain (DER, leaf first) from `agent-data.json` in its data directory,
 /// where each certificate is stored as base64 of its PEM text.
-fn agent_svid_chain(data_dir: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
+pub fn agent_svid_chain(data_dir: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
     let path = data_dir.join("agent-data.json");
     let doc: Value = serde_json::from_slice(&std::fs::read(&path)?)
         .with_context(|| format!("{} is not JSON", path.display()))?;
@@ -382,7 +382,7 @@ fn show_bundles(native: &AdminCli, spire_cli: &AdminCli, root: &Path) -> anyhow:
 
 /// Step 5: every JWT-SVID verifies against the server's JWT keys, and the agent's JWT bundle
 /// carries those keys.
-fn check_jwt_svids(fetched: &FetchedJwt, spiffe_json: &str) -> anyhow::Result<()> {
+pub fn check_jwt_svids(fetched: &FetchedJwt, spiffe_json: &str) -> anyhow::Result<()> {
     let server_jwks = jwt_keys_of_spiffe_bundle(spiffe_json)?;
     ensure!(!server_jwks.is_empty(), "the server's bundle has no JWT key");
     let agent_jwks =
@@ -527,7 +527,7 @@ pub fn pem_certificates(text: &str) -> anyhow::Result<Vec<Vec<u8>>> {
 
 /// Reads `svid.N.pem` (N = 0, 1, …) written by `fetch x509 -write` and returns each leaf's
 /// single URI SAN with the file's path.
-fn read_written_svids(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
+pub fn read_written_svids(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
     let mut svids = Vec::new();
     for n in 0.. {
         let path = dir.join(format!("svid.{n}.pem"));
@@ -566,21 +566,26 @@ pub fn openssl_verify(ca_file: &Path, svid_pem: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One JWT-SVID printed by `spire-agent api fetch jwt -output json`.
 #[derive(Debug, Deserialize)]
-struct FetchedJwtSvid {
-    spiffe_id: String,
-    svid: String,
+pub struct FetchedJwtSvid {
+    /// Its SPIFFE ID.
+    pub spiffe_id: String,
+    /// The token.
+    pub svid: String,
 }
 
+/// What `spire-agent api fetch jwt -output json` printed.
 #[derive(Debug)]
-struct FetchedJwt {
-    svids: Vec<FetchedJwtSvid>,
+pub struct FetchedJwt {
+    /// The JWT-SVIDs.
+    pub svids: Vec<FetchedJwtSvid>,
     /// Trust domain ID → JWKS (decoded from the base64 the CLI prints).
-    bundles: std::collections::BTreeMap<String, Vec<Value>>,
+    pub bundles: std::collections::BTreeMap<String, Vec<Value>>,
 }
 
 /// Parses `spire-agent api fetch jwt -output json`: `[{"svids": [...]}, {"bundles": {td: base64 JWKS}}]`.
-fn parse_fetch_jwt(stdout: &str) -> anyhow::Result<FetchedJwt> {
+pub fn parse_fetch_jwt(stdout: &str) -> anyhow::Result<FetchedJwt> {
     let doc: Vec<Value> = serde_json::from_str(stdout)?;
     let mut svids = None;
     let mut bundles = std::collections::BTreeMap::new();

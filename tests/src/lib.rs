@@ -9,6 +9,7 @@
 //! is a real, unmodified binary listening on `127.0.0.1` or a Unix socket in a temp directory.
 
 pub mod agent_scenario;
+pub mod authority_scenario;
 pub mod cli;
 pub mod command;
 pub mod daemon;
