@@ -25,55 +25,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 #[rustfmt::skip]
 const KNOWN: &[Known] = &[
     open(
-        "LocalAuthority service: Get/Prepare/Activate/Taint/Revoke of X.509 and JWT authorities \
-         answer Unimplemented; the bundle does not follow a taint or revoke",
-        &[
-            "localauthority x509 show", "localauthority x509 show (json)",
-            "localauthority x509 activate: nothing prepared",
-            "localauthority x509 taint: active authority",
-            "localauthority x509 revoke: active authority", "localauthority x509 prepare",
-            "localauthority x509 show: after prepare", "localauthority x509 activate: unknown id",
-            "localauthority x509 activate: active instead of prepared",
-            "localauthority x509 taint: prepared authority", "localauthority x509 activate",
-            "localauthority x509 activate, again (json)", "localauthority x509 show: after activate",
-            "localauthority x509 revoke: old authority not tainted",
-            "localauthority x509 taint: unknown id", "localauthority x509 taint",
-            "localauthority x509 taint, again (json)", "localauthority x509 taint: again",
-            "localauthority x509 show: after taint", "bundle show: after x509 taint",
-            "bundle show: after x509 taint (json)", "bundle show -format spiffe: after x509 taint",
-            "localauthority x509 revoke: unknown id", "localauthority x509 revoke",
-            "localauthority x509 revoke, again (json)", "localauthority x509 show: after revoke",
-            "bundle show -format spiffe: after x509 revoke", "localauthority jwt show",
-            "localauthority jwt show (json)", "localauthority jwt activate: nothing prepared",
-            "localauthority jwt taint: active authority",
-            "localauthority jwt revoke: active authority", "localauthority jwt prepare",
-            "localauthority jwt show: after prepare", "localauthority jwt activate: unknown id",
-            "localauthority jwt activate: active instead of prepared",
-            "localauthority jwt taint: prepared authority", "localauthority jwt activate",
-            "localauthority jwt activate, again (json)", "localauthority jwt show: after activate",
-            "localauthority jwt revoke: old authority not tainted",
-            "localauthority jwt taint: unknown id", "localauthority jwt taint",
-            "localauthority jwt taint, again (json)", "localauthority jwt taint: again",
-            "localauthority jwt show: after taint", "bundle show: after jwt taint (json)",
-            "bundle show -format spiffe: after jwt taint", "localauthority jwt revoke: unknown id",
-            "localauthority jwt revoke", "localauthority jwt revoke, again (json)",
-            "localauthority jwt show: after revoke", "bundle show -format spiffe: after jwt revoke",
-        ],
-    ),
-    open(
-        "UpstreamAuthority taint/revoke answer Unimplemented; SPIRE says FailedPrecondition \
-         \"upstream authority is not configured\"",
-        &["upstreamauthority taint", "upstreamauthority revoke"],
-    ),
-    open(
-        "Logger service (GetLogger, SetLogLevel, ResetLogLevel) answers Unimplemented",
-        &[
-            "logger get", "logger get (json)", "logger set", "logger set, again (json)",
-            "logger get: after set", "logger set: upper case", "logger reset",
-            "logger reset, again (json)", "logger get: after reset",
-        ],
-    ),
-    open(
         "TrustDomain RefreshBundle answers Unimplemented (SPIRE: NotFound for an unknown \
          relationship, Internal with the fetch error otherwise)",
         &["federation refresh: unreachable endpoint", "federation refresh: unknown"],
@@ -87,6 +38,10 @@ const KNOWN: &[Known] = &[
             "bundle list -format spiffe: after set", "bundle list -id (json)",
             "bundle list -id -format spiffe", "bundle set: spiffe format, again (json)",
             "bundle list -id: spiffe-format bundle", "bundle list: after sets (json)",
+            "bundle show: after x509 taint (json)", "bundle show -format spiffe: after x509 taint",
+            "bundle show -format spiffe: after x509 revoke", "bundle show: after jwt taint (json)",
+            "bundle show -format spiffe: after jwt taint",
+            "bundle show -format spiffe: after jwt revoke",
         ],
     ),
     open(
