@@ -413,7 +413,7 @@ async fn admin_only_services_stay_off_the_agent_port() {
         (err.code(), err.message()),
         (
             Code::PermissionDenied,
-            "Authorization denied for method \
+            "authorization denied for method \
              /spire.api.server.localauthority.v1.LocalAuthority/GetX509AuthorityState"
         )
     );
