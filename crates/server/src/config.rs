@@ -138,6 +138,7 @@ struct FileConfig {
     ratelimit: Option<RateLimitConfig>,
     log_level: Option<String>,
     log_format: Option<LogFormat>,
+    federation: Option<crate::federation::config::FederationFile>,
 }
 
 /// Command-line values that override the file.
@@ -202,6 +203,8 @@ pub struct Config {
     pub log_level: String,
     /// Log format.
     pub log_format: LogFormat,
+    /// The bundle endpoint and the relationships set in the file (`[federation]`).
+    pub federation: crate::federation::config::FederationConfig,
 }
 
 impl Default for Config {
@@ -224,6 +227,7 @@ impl Default for Config {
             ratelimit: RateLimitConfig::default(),
             log_level: "info".to_owned(),
             log_format: LogFormat::Text,
+            federation: crate::federation::config::FederationConfig::default(),
         }
     }
 }
@@ -341,6 +345,7 @@ impl Config {
             ratelimit: file.ratelimit.unwrap_or_default(),
             log_level: log_level.to_lowercase(),
             log_format: file.log_format.unwrap_or(d.log_format),
+            federation: file.federation.unwrap_or_default().resolve()?,
         })
     }
 }

@@ -5,6 +5,7 @@
 //! [`tls`]) and on the admin Unix socket, per-method authorization ([`authz`], applied by
 //! [`layer`]) and per-IP rate limits ([`ratelimit`]), the write path (every write is a store
 //! `Command` proposed through a [`proposer::Proposer`]), the CA manager ([`ca_manager`]),
+//! SPIFFE federation (the bundle endpoint and the federated bundle manager, [`federation`]),
 //! start-up and shutdown ([`run`]) and the admin CLI ([`cli`]). For operators moving over from
 //! SPIRE it also reads SPIRE's own server configuration ([`spire_config`]) and copies
 //! registration entries, federation relationships and federated bundles out of a running SPIRE
@@ -22,8 +23,8 @@
 //! - `SVID`: BatchNewX509SVID, NewJWTSVID, MintX509SVID, MintJWTSVID;
 //! - `Bundle`: Get/Count/AppendBundle, List/GetFederatedBundle, BatchCreate/Update/Set/
 //!   DeleteFederatedBundle;
-//! - `TrustDomain`: List/GetFederationRelationship, BatchCreate/Update/Delete (stored only;
-//!   RefreshBundle, which would fetch from the bundle endpoint, is `Unimplemented`);
+//! - `TrustDomain`: List/GetFederationRelationship, BatchCreate/Update/Delete, and
+//!   RefreshBundle (fetches the federated bundle now, [`federation`]);
 //! - `LocalAuthority`: state, prepare, activate, taint and revoke of this server's X.509 and
 //!   JWT authorities; the upstream variants answer as SPIRE does without an upstream;
 //! - on the admin socket only: `grpc.health.v1.Health/Check`, `Logger` (the live log level,
@@ -42,6 +43,7 @@ pub mod authz;
 pub mod ca_manager;
 pub mod cli;
 pub mod config;
+pub mod federation;
 pub mod layer;
 pub mod logging;
 pub mod migrate;

@@ -32,6 +32,8 @@ use crate::api::{
 };
 use crate::ca_manager::{AUTHORITY_PRUNE_INTERVAL, CaManager, CaSettings, ROTATION_CHECK_INTERVAL};
 use crate::config::{self, Config};
+use crate::federation::Federation;
+use crate::federation::endpoint::{self, BundleSource};
 use crate::layer::{AuthLayer, TCP_SERVICES, UDS_SERVICES};
 use crate::logging::LogControl;
 use crate::proposer::{LocalProposer, Proposer};
@@ -56,6 +58,9 @@ pub struct RunningServer {
     pub tcp_addr: SocketAddr,
     /// The admin socket.
     pub socket_path: PathBuf,
+    /// The bundle endpoint's address, when one is served (the real port when the config
+    /// said 0).
+    pub bundle_endpoint_addr: Option<SocketAddr>,
     /// Shared state (store, CA, ...), for in-process inspection.
     pub state: Arc<ServerState>,
     stop: watch::Sender<bool>,
@@ -190,11 +195,19 @@ pub struct StartOptions {
     pub store: Option<(Store, Arc<dyn Proposer>)>,
     /// How often the server SVID (and, every 10 s, the CA schedule) is checked.
     pub svid_check_interval: Duration,
+    /// Roots (DER) trusted for `https_web` bundle endpoints besides the built-in Web PKI
+    /// roots.
+    pub federation_web_roots: Vec<Vec<u8>>,
 }
 
 impl Default for StartOptions {
     fn default() -> Self {
-        Self { clock: Arc::new(SystemClock), store: None, svid_check_interval: SVID_CHECK_INTERVAL }
+        Self {
+            clock: Arc::new(SystemClock),
+            store: None,
+            svid_check_interval: SVID_CHECK_INTERVAL,
+            federation_web_roots: Vec::new(),
+        }
     }
 }
 
@@ -203,6 +216,7 @@ impl std::fmt::Debug for StartOptions {
         f.debug_struct("StartOptions")
             .field("external_store", &self.store.is_some())
             .field("svid_check_interval", &self.svid_check_interval)
+            .field("federation_web_roots", &self.federation_web_roots.len())
             .finish()
     }
 }
@@ -250,6 +264,13 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<Runni
     ca.republish().await.context("publishing authorities")?;
     ca.tick(clock.now()).await.context("initial CA rotation step")?;
 
+    let federation = Arc::new(Federation::new(
+        store.clone(),
+        proposer.clone(),
+        clock.clone(),
+        cfg.federation.federates_with.clone(),
+        opts.federation_web_roots,
+    ));
     let server_id = SpiffeId::from_parts(&cfg.trust_domain, "/spire/server")
         .context("building the server SPIFFE ID")?;
     let state = Arc::new(ServerState {
@@ -267,6 +288,7 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<Runni
         log: crate::logging::installed()
             .unwrap_or_else(|| Arc::new(LogControl::detached(&cfg.log_level))),
         server_svid: std::sync::RwLock::new(Vec::new()),
+        federation: federation.clone(),
     });
 
     let svid = sign_server_svid(&state, clock.now())?;
@@ -283,7 +305,7 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<Runni
     // Background: CA rotation and the server SVID's half-life rotation.
     tasks.push(tokio::spawn(rotation_loop(
         state.clone(),
-        cert,
+        cert.clone(),
         svid,
         opts.svid_check_interval,
         stop_rx.clone(),
@@ -332,13 +354,42 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<Runni
         }
     }));
 
+    // The SPIFFE bundle endpoint (https_spiffe, with the server's SVID) and the manager
+    // fetching federated bundles.
+    let bundle_endpoint_addr = match &cfg.federation.bundle_endpoint {
+        None => None,
+        Some(e) => {
+            let listener = TcpListener::bind((e.address, e.port))
+                .await
+                .with_context(|| format!("binding bundle endpoint {}:{}", e.address, e.port))?;
+            let addr = listener.local_addr()?;
+            let source = Arc::new(BundleSource {
+                store: state.store.clone(),
+                trust_domain: cfg.trust_domain.clone(),
+                refresh_hint: e.refresh_hint,
+            });
+            let tls = Arc::new(endpoint::tls_config(cert.clone())?);
+            tasks.push(tokio::spawn(endpoint::serve(listener, tls, source, stop_rx.clone())));
+            tracing::info!(address = %addr, "serving bundle endpoint");
+            Some(addr)
+        }
+    };
+    tasks.push(tokio::spawn(federation.run(stop_rx.clone())));
+
     tracing::info!(
         trust_domain = %cfg.trust_domain,
         address = %tcp_addr,
         socket = %cfg.socket_path.display(),
         "server started"
     );
-    Ok(RunningServer { tcp_addr, socket_path: cfg.socket_path.clone(), state, stop, tasks })
+    Ok(RunningServer {
+        tcp_addr,
+        socket_path: cfg.socket_path.clone(),
+        bundle_endpoint_addr,
+        state,
+        stop,
+        tasks,
+    })
 }
 
 /// Deletes expired entries and join tokens (SPIRE prunes on a timer too).

@@ -52,6 +52,8 @@ pub struct ServerState {
     pub log: Arc<LogControl>,
     /// The server's own X509-SVID chain, leaf first, up to and including its root.
     pub server_svid: RwLock<Vec<Vec<u8>>>,
+    /// The federated bundle manager (RefreshBundle asks it).
+    pub federation: Arc<crate::federation::Federation>,
 }
 
 impl ServerState {

@@ -1,5 +1,5 @@
-//! `spire.api.server.trustdomain.v1.TrustDomain`: federation relationships (stored and
-//! listed; fetching foreign bundles from their endpoints is not done yet).
+//! `spire.api.server.trustdomain.v1.TrustDomain`: federation relationships, and
+//! RefreshBundle, which fetches a federated bundle now through [`crate::federation`].
 
 use std::sync::Arc;
 
@@ -13,7 +13,7 @@ use ward_proto::spire::api::server::trustdomain::v1::{self as pb, trust_domain_s
 use ward_proto::spire::api::types;
 use ward_store::{Command, FederationMask, FederationUpdate, ItemError, Outcome};
 
-use super::{Batch, item_code, page_request, propose, unimplemented};
+use super::{Batch, item_code, page_request, propose};
 use crate::state::ServerState;
 
 /// The TrustDomain service.
@@ -243,9 +243,19 @@ impl trust_domain_server::TrustDomain for TrustDomainService {
 
     async fn refresh_bundle(
         &self,
-        _: Request<pb::RefreshBundleRequest>,
+        req: Request<pb::RefreshBundleRequest>,
     ) -> Result<Response<()>, Status> {
-        Err(unimplemented("RefreshBundle"))
+        let name = req.into_inner().trust_domain;
+        let td = TrustDomain::parse(&name)
+            .map_err(|e| Status::invalid_argument(format!("failed to parse trust domain: {e}")))?;
+        match self.state.federation.refresh(&td).await {
+            Ok(true) => Ok(Response::new(())),
+            Ok(false) => Err(Status::not_found(format!(
+                "no relationship with trust domain {:?}",
+                td.as_str()
+            ))),
+            Err(e) => Err(Status::internal(format!("failed to refresh bundle: {e}"))),
+        }
     }
 }
 

@@ -63,6 +63,7 @@ impl TestServer {
             clock: clock.clone(),
             store: None,
             svid_check_interval: std::time::Duration::from_millis(100),
+            federation_web_roots: Vec::new(),
         };
         let server = ward_server::run::start_with(cfg, opts).await.unwrap();
         Self { server, clock, _dir: dir }
