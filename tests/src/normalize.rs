@@ -16,7 +16,9 @@
 //!   inputs the script chose and are kept.
 //!
 //! Output that parses as JSON is walked value by value and printed again with sorted keys,
-//! so whitespace and key order do not matter while array order still does.
+//! so whitespace and key order do not matter while array order still does, with one
+//! exception: in a JWK set (a `keys` array) the keys whose id was captured are ordered by their
+//! name, because go-spiffe prints a bundle's JWT keys from a map, in random order.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -116,7 +118,10 @@ impl Normalizer {
                 Some(v) if UNIX.is_match(&v.to_string()) => Value::String("<unix>".into()),
                 _ => Value::Number(n),
             },
-            Value::Array(items) => {
+            Value::Array(mut items) => {
+                if key == Some("keys") {
+                    items.sort_by_cached_key(|v| self.captured_key_id(v));
+                }
                 Value::Array(items.into_iter().map(|v| self.json_value(v, key, interner)).collect())
             }
             Value::Object(map) => Value::Object(
@@ -129,6 +134,13 @@ impl Normalizer {
             ),
             other => other,
         }
+    }
+
+    /// The captured name of a JWK's `kid`, if any (keys without one sort first, in the order
+    /// printed).
+    fn captured_key_id(&self, jwk: &Value) -> Option<String> {
+        let kid = jwk.get("kid")?.as_str()?;
+        Some(self.literals(kid)).filter(|named| named.starts_with('<'))
     }
 
     fn json_string(&self, s: &str, key: Option<&str>, interner: &mut Interner) -> String {
@@ -361,6 +373,28 @@ mod tests {
         assert_eq!(
             out,
             "{\n  \"count\": 3,\n  \"expires_at\": \"<unix>\",\n  \"value\": \"<uuid#1>\"\n}\n"
+        );
+    }
+
+    #[test]
+    fn captured_jwk_key_ids_order_a_key_set() {
+        let mut n = Normalizer::new();
+        n.literal("k-new", "jwt_prepared");
+        n.literal("k-old", "jwt_active");
+        let doc = |first: &str, second: &str| {
+            format!(
+                r#"{{"keys":[{{"use":"x509-svid","x":"1"}},{{"kid":"{first}","x":"{first}"}},{{"kid":"{second}","x":"{second}"}}]}}"#
+            )
+        };
+        let a = n.normalize(&doc("k-new", "k-old"));
+        assert_eq!(a, n.normalize(&doc("k-old", "k-new")));
+        let x509 = a.find("x509-svid").unwrap();
+        let (old, new) = (a.find("<jwt_active>").unwrap(), a.find("<jwt_prepared>").unwrap());
+        assert!(x509 < old && old < new, "{a}");
+        // Arrays under other keys keep their order.
+        assert_ne!(
+            n.normalize(r#"{"ids":["k-new","k-old"]}"#),
+            n.normalize(r#"{"ids":["k-old","k-new"]}"#)
         );
     }
 
