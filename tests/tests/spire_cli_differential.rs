@@ -25,11 +25,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 #[rustfmt::skip]
 const KNOWN: &[Known] = &[
     open(
-        "TrustDomain RefreshBundle answers Unimplemented (SPIRE: NotFound for an unknown \
-         relationship, Internal with the fetch error otherwise)",
-        &["federation refresh: unreachable endpoint", "federation refresh: unknown"],
-    ),
-    open(
         "bundle sequence numbers: the server's own bundle starts at 2 (SPIRE 1), every set of a \
          federated bundle bumps the sequence (SPIRE keeps the one given, 0 for PEM) and SPIRE \
          omits spiffe_sequence 0 from SPIFFE documents",
