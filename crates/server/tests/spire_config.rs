@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ward_core::BundleEndpointProfile;
 use ward_server::config::{
     Config, ConfigError, ConfigFormat, KeyType, Loaded, LogFormat, Overrides,
 };
@@ -84,8 +85,6 @@ fn production_hcl_is_refused_with_one_sentence_per_item() {
          socket and to SVIDs of registration entries marked admin",
         "server.jwt_key_type is not supported: ward signs JWT-SVIDs with keys of ca_key_type",
         "server.audit_log_enabled is not supported: ward writes no audit log",
-        "server.federation is not supported: ward serves no bundle endpoint and fetches no \
-         federated bundles; set them with `bundle set` or copy them with `ward-server migrate`",
         "plugin NodeAttestor \"k8s_psat\" is not supported: ward attests agents with join \
          tokens only (NodeAttestor \"join_token\")",
         "plugin KeyManager \"aws_kms\" is not supported: ward keeps CA keys on disk (only \
@@ -108,7 +107,7 @@ fn refusals_are_printed_one_per_line() {
     let err = read("server-unsupported.conf").unwrap_err();
     let text = err.to_string();
     assert!(text.starts_with("ward cannot run with the SPIRE configuration at"), "{text}");
-    assert_eq!(text.lines().filter(|l| l.starts_with("  - ")).count(), 11, "{text}");
+    assert_eq!(text.lines().filter(|l| l.starts_with("  - ")).count(), 10, "{text}");
 }
 
 #[test]
@@ -208,4 +207,101 @@ fn wards_own_toml_still_reads_and_expands() {
     assert_eq!(loaded.format, ConfigFormat::WardToml);
     assert_eq!(loaded.config.trust_domain.as_str(), "t.example");
     assert!(!loaded.config.ratelimit.signing);
+}
+
+#[test]
+fn federation_block_maps_onto_wards_bundle_endpoint_and_relationships() {
+    let c = read("server-federation.conf").unwrap().config;
+    let e = c.federation.bundle_endpoint.unwrap();
+    assert_eq!(e.address, "127.0.0.1".parse::<IpAddr>().unwrap());
+    assert_eq!(e.port, 8443);
+    assert_eq!(e.refresh_hint, Duration::from_secs(600));
+    let rels: Vec<_> = c
+        .federation
+        .federates_with
+        .iter()
+        .map(|(td, r)| (td.as_str().to_owned(), r.url.clone(), r.profile.clone()))
+        .collect();
+    assert_eq!(
+        rels,
+        [
+            ("domain1.test".into(), "https://1.2.3.4:8443".into(), BundleEndpointProfile::HttpsWeb),
+            (
+                "domain2.test".into(),
+                "https://5.6.7.8:8443".into(),
+                BundleEndpointProfile::HttpsSpiffe {
+                    endpoint_spiffe_id: ward_core::SpiffeId::parse(
+                        "spiffe://domain2.test/beserver"
+                    )
+                    .unwrap()
+                }
+            ),
+        ]
+    );
+    // The production file's endpoint has no profile: https_spiffe, SPIRE's default.
+    let unsupported = std::fs::read_to_string(fixture("server-unsupported.conf")).unwrap();
+    let start = unsupported.find("    federation {").unwrap();
+    let end = unsupported.find("    experimental {").unwrap();
+    let c = read_text(&format!(
+        "server {{\n trust_domain = \"example.org\"\n data_dir = \"/d\"\n{}}}\nplugins {{}}\n",
+        &unsupported[start..end]
+    ))
+    .unwrap()
+    .config;
+    assert_eq!(c.federation.bundle_endpoint.unwrap().port, 8443);
+    assert_eq!(c.federation.federates_with.len(), 1);
+}
+
+#[allow(clippy::unwrap_used)]
+fn read_text(text: &str) -> Result<Loaded, ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("server.conf");
+    std::fs::write(&path, text).unwrap();
+    Config::read(Some(&path), &Overrides::default(), &|_| None)
+}
+
+#[test]
+fn federation_settings_ward_cannot_honour_are_refused_in_spires_words() {
+    let conf = |federation: &str| {
+        format!(
+            "server {{\n trust_domain = \"example.org\"\n data_dir = \"/d\"\n federation {{\n{federation}\n}}\n}}\nplugins {{}}\n"
+        )
+    };
+    let cases = [
+        (
+            // SPIRE's docs example: an ACME certificate for the https_web profile.
+            "bundle_endpoint {\n address = \"0.0.0.0\"\n port = 8443\n profile \"https_web\" {\n acme {\n domain_name = \"example.org\"\n }\n }\n}",
+            "server.federation.bundle_endpoint.profile \"https_web\" is not supported: ward's \
+             bundle endpoint serves with the server's X509-SVID (profile \"https_spiffe\")",
+        ),
+        (
+            "federates_with \"d.test\" {\n bundle_endpoint_url = \"https://d.test\"\n}",
+            "federation configuration for trust domain \"d.test\": missing bundle endpoint \
+             configuration",
+        ),
+        (
+            "federates_with \"d.test\" {\n bundle_endpoint_url = \"https://d.test\"\n bundle_endpoint_profile \"https_x\" {}\n}",
+            "error parsing federation relationship for trust domain \"d.test\": no bundle \
+             endpoint profile defined; current supported profiles are \"https_spiffe\" and \
+             'https_web\"",
+        ),
+        (
+            "bundle_endpoint {\n port = 8443\n color = \"blue\"\n}",
+            "server.federation.bundle_endpoint.color is not a setting of SPIRE's server (SPIRE \
+             refuses it as unknown configuration)",
+        ),
+    ];
+    for (block, want) in cases {
+        let err = read_text(&conf(block)).unwrap_err();
+        assert_eq!(refusals(err), [want], "{block}");
+    }
+    // A bad endpoint SPIFFE ID passes the reader and is refused with the key's name.
+    let err = read_text(&conf(
+        "federates_with \"d.test\" {\n bundle_endpoint_url = \"https://d.test\"\n bundle_endpoint_profile \"https_spiffe\" {\n endpoint_spiffe_id = \"not an id\"\n }\n}",
+    ))
+    .unwrap_err();
+    assert!(
+        matches!(err, ConfigError::Invalid { key: "federation.federates_with", .. }),
+        "{err:?}"
+    );
 }

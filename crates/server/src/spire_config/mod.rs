@@ -12,6 +12,7 @@
 //! all of it ([`expand_env()`]).
 
 pub mod expand_env;
+mod federation;
 pub mod rules;
 pub mod tree;
 
@@ -140,6 +141,7 @@ impl Walk {
                     _ => self.refused.push(format!("{path} must be a block")),
                 },
                 Some(Rule::Plugins) => self.plugins(value),
+                Some(Rule::Federation) => self.federation(value),
                 // As in SPIRE, a zero value leaves the default (but `false` is a choice).
                 Some(Rule::Map { conv, .. })
                     if value.is_null() || (conv != Conv::Bool && is_unset(value)) => {}

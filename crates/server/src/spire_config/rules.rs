@@ -26,6 +26,9 @@ pub enum Rule {
     Block,
     /// The `plugins` section (see [`PLUGINS`]).
     Plugins,
+    /// The `server.federation` block: the bundle endpoint and the relationships keyed by
+    /// trust domain, mapped to ward's `[federation]` table.
+    Federation,
     /// Copied to ward's setting `to` (a dotted path in ward's TOML), converted with `conv`.
     Map {
         /// Ward's key.
@@ -40,7 +43,7 @@ pub enum Rule {
 }
 
 use Conv::{Bool, Duration, Int, Ip, Lower, Str};
-use Rule::{Block, Ignore, Map, Plugins, Refuse};
+use Rule::{Block, Federation, Ignore, Map, Plugins, Refuse};
 
 /// Every setting SPIRE v1.13's server reads, by dotted path. A path not listed here is not a
 /// SPIRE setting and is refused as unknown, as SPIRE refuses it.
@@ -93,13 +96,7 @@ pub const SETTINGS: &[(&str, Rule)] = &[
             "server.log_source_location is not supported: ward's log lines carry no source location",
         ),
     ),
-    (
-        "server.federation",
-        Refuse(
-            "server.federation is not supported: ward serves no bundle endpoint and fetches no \
-             federated bundles; set them with `bundle set` or copy them with `ward-server migrate`",
-        ),
-    ),
+    ("server.federation", Federation),
     (
         "server.prune_attested_nodes_expired_for",
         Refuse(
