@@ -256,3 +256,89 @@ async fn relationships_from_the_configuration_are_managed_without_being_stored()
         .into_inner();
     assert!(list.federation_relationships.is_empty(), "static relationships are not stored");
 }
+
+/// A Web PKI CA (DER) and a rustls server configuration for `127.0.0.1` signed by it.
+fn web_pki_server() -> (Vec<u8>, rustls::ServerConfig) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "web test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+    let cfg = rustls::ServerConfig::builder_with_provider(ward_server::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone()], key)
+        .unwrap();
+    (ca.der().to_vec(), cfg)
+}
+
+#[tokio::test]
+async fn https_web_endpoints_are_checked_against_web_pki_roots_plus_injected_ones() {
+    let a = server_with_endpoint("a.test").await;
+    let td = TrustDomain::new("a.test").unwrap();
+    let (ca, cfg) = web_pki_server();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let source = ward_server::federation::endpoint::BundleSource {
+        store: a.server.state.store.clone(),
+        trust_domain: td.clone(),
+        refresh_hint: std::time::Duration::from_secs(60),
+    };
+    let served = tokio::spawn(ward_server::federation::endpoint::serve(
+        listener,
+        std::sync::Arc::new(cfg),
+        std::sync::Arc::new(source),
+        stop_rx,
+    ));
+
+    let web = EndpointAuth::Web { extra_roots: vec![ca] };
+    let got = fetch_bundle(&td, &url, &web, a.clock.clone()).await.unwrap();
+    let stored = a.server.state.store.bundle(&td).unwrap();
+    assert_eq!(got.x509_authorities, stored.x509_authorities);
+    assert_eq!(got.refresh_hint, 60);
+
+    // The built-in roots alone do not know the test CA.
+    let bare = EndpointAuth::Web { extra_roots: Vec::new() };
+    let err = fetch_bundle(&td, &url, &bare, a.clock.clone()).await.unwrap_err();
+    assert_eq!(
+        err,
+        format!(
+            "failed to fetch bundle: Get {url:?}: tls: failed to verify certificate: x509: \
+             certificate signed by unknown authority"
+        )
+    );
+    stop.send(true).unwrap();
+    served.await.unwrap();
+}
+
+#[tokio::test]
+async fn the_manager_fetches_a_new_relationship_without_being_asked() {
+    let a = server_with_endpoint("a.test").await;
+    let b = TestServer::start_with(|c| c.trust_domain = TrustDomain::new("b.test").unwrap()).await;
+    let a_bundle = own_bundle(&a).await;
+    let seed = types::Bundle {
+        trust_domain: "a.test".into(),
+        x509_authorities: a_bundle.x509_authorities.clone(),
+        ..Default::default()
+    };
+    create(&b, spiffe_rel("a.test", &url(&a), "spiffe://a.test/spire/server", Some(seed))).await;
+    // The relationship set is re-read every 10 s; the first fetch follows at once.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let got = federated(&b, "a.test").await.unwrap();
+        if got.jwt_authorities.len() == a_bundle.jwt_authorities.len() && got.refresh_hint == 120 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no background fetch: {got:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

@@ -133,6 +133,11 @@ async fn fetch(
 fn handshake_error(e: &std::io::Error) -> String {
     match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
         Some(rustls::Error::General(why)) => why.clone(),
+        // Go's wording, which SPIRE passes on.
+        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)) => {
+            "tls: failed to verify certificate: x509: certificate signed by unknown authority"
+                .to_owned()
+        }
         Some(other) => format!("tls: {other}"),
         None => e.to_string(),
     }
