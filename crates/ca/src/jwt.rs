@@ -210,6 +210,7 @@ impl JwtSigner {
         self.signer.sign_into(token.as_bytes(), &mut sig)?;
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(&sig, &mut token);
+        crate::telemetry::jwt_svid_signed();
         Ok(SignedJwt { token, issued_at: iat, expires_at: exp })
     }
 }

@@ -74,6 +74,7 @@ pub mod jwt;
 pub mod key;
 pub mod keymanager;
 pub mod rotation;
+mod telemetry;
 pub mod x509;
 
 pub use csr::{

@@ -523,7 +523,7 @@ impl X509Ca {
     ) -> Result<Vec<u8>, SignError> {
         self.check_params(params, false)?;
         let key = verify_csr(csr_der)?;
-        self.sign_checked(&key, params, None, now)
+        self.sign_checked(&key, params, None, now).inspect(|_| crate::telemetry::x509_svid_signed())
     }
 
     /// Signs an X509-SVID for a CSR read with [`crate::read_csr`] (MintX509SVID): the key
@@ -541,6 +541,7 @@ impl X509Ca {
         self.check_params(params, false)?;
         let subject = Some(&csr.subject).filter(|s| !s.is_empty());
         self.sign_checked(&csr.key, params, subject, now)
+            .inspect(|_| crate::telemetry::x509_svid_signed())
     }
 
     /// Signs an X509-SVID for a bare SubjectPublicKeyInfo DER. Returns the leaf, DER.
@@ -557,7 +558,7 @@ impl X509Ca {
     ) -> Result<Vec<u8>, SignError> {
         self.check_params(params, false)?;
         let key = check_public_key(spki_der)?;
-        self.sign_checked(&key, params, None, now)
+        self.sign_checked(&key, params, None, now).inspect(|_| crate::telemetry::x509_svid_signed())
     }
 
     /// Signs the server's own X509-SVID (`spiffe://<td>/spire/server`) for a bare
@@ -578,7 +579,7 @@ impl X509Ca {
         }
         self.check_params(params, true)?;
         let key = check_public_key(spki_der)?;
-        self.sign_checked(&key, params, None, now)
+        self.sign_checked(&key, params, None, now).inspect(|_| crate::telemetry::x509_svid_signed())
     }
 
     fn sign_checked(

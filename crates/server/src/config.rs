@@ -15,6 +15,11 @@ use ward_core::TrustDomain;
 pub use crate::spire_config::ConfigFormat;
 use crate::spire_config::{self, SpireConfigError};
 
+mod observability;
+pub use observability::{
+    DEFAULT_METRIC_PREFIX, HealthChecksConfig, PrometheusConfig, TelemetryConfig,
+};
+
 /// SPIRE's default admin socket path; SPIRE's CLI uses it when given no `-socketPath`.
 pub const DEFAULT_SOCKET_PATH: &str = "/tmp/spire-server/private/api.sock";
 
@@ -139,6 +144,10 @@ struct FileConfig {
     log_level: Option<String>,
     log_format: Option<LogFormat>,
     federation: Option<crate::federation::config::FederationFile>,
+    // Observability (docs/config.md, "Telemetry, health checks, audit log").
+    telemetry: Option<TelemetryConfig>,
+    health_checks: Option<HealthChecksConfig>,
+    audit_log_enabled: Option<bool>,
 }
 
 /// Command-line values that override the file.
@@ -205,6 +214,12 @@ pub struct Config {
     pub log_format: LogFormat,
     /// The bundle endpoint and the relationships set in the file (`[federation]`).
     pub federation: crate::federation::config::FederationConfig,
+    /// Metrics (`[telemetry]`).
+    pub telemetry: TelemetryConfig,
+    /// The HTTP health-check listener (`[health_checks]`).
+    pub health_checks: HealthChecksConfig,
+    /// One `API accessed` log record per authorized call (SPIRE's `audit_log_enabled`).
+    pub audit_log_enabled: bool,
 }
 
 impl Default for Config {
@@ -228,6 +243,9 @@ impl Default for Config {
             log_level: "info".to_owned(),
             log_format: LogFormat::Text,
             federation: crate::federation::config::FederationConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            health_checks: HealthChecksConfig::default(),
+            audit_log_enabled: false,
         }
     }
 }
@@ -346,6 +364,9 @@ impl Config {
             log_level: log_level.to_lowercase(),
             log_format: file.log_format.unwrap_or(d.log_format),
             federation: file.federation.unwrap_or_default().resolve()?,
+            telemetry: file.telemetry.unwrap_or_default().validate()?,
+            health_checks: file.health_checks.unwrap_or_default().validate()?,
+            audit_log_enabled: file.audit_log_enabled.unwrap_or(d.audit_log_enabled),
         })
     }
 }
@@ -461,6 +482,46 @@ mod tests {
         assert!(matches!(err, ConfigError::Invalid { key: "ca_ttl", .. }));
         let err = Config::from_toml("ca_ttl = \"5x\"", &Overrides::default()).unwrap_err();
         assert!(matches!(err, ConfigError::Invalid { key: "ca_ttl", .. }));
+    }
+
+    #[test]
+    fn observability_defaults_and_values() {
+        let c = Config::from_toml("", &Overrides::default()).unwrap();
+        assert_eq!(c.telemetry.prometheus, None);
+        assert_eq!(c.telemetry.metric_prefix, "spire_server");
+        assert!(c.telemetry.enable_hostname_label);
+        assert!(!c.health_checks.listener_enabled);
+        assert_eq!(c.health_checks.bind_address, "localhost");
+        assert_eq!(c.health_checks.bind_port, 80);
+        assert_eq!(c.health_checks.live_path, "/live");
+        assert_eq!(c.health_checks.ready_path, "/ready");
+        assert!(!c.audit_log_enabled);
+        let text = r#"
+            audit_log_enabled = true
+            [telemetry.prometheus]
+            port = 9988
+            [health_checks]
+            listener_enabled = true
+            bind_port = 8080
+        "#;
+        let c = Config::from_toml(text, &Overrides::default()).unwrap();
+        assert!(c.audit_log_enabled);
+        let p = c.telemetry.prometheus.unwrap();
+        assert_eq!((p.host.as_str(), p.port), ("localhost", 9988));
+        assert!(c.health_checks.listener_enabled);
+        assert_eq!(c.health_checks.bind_port, 8080);
+        assert_eq!(c.health_checks.live_path, "/live");
+    }
+
+    #[test]
+    fn observability_bad_values_rejected() {
+        let o = Overrides::default();
+        let err = Config::from_toml("[health_checks]\nlive_path = \"live\"", &o).unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { key: "health_checks.live_path", .. }));
+        let err = Config::from_toml("[telemetry]\nmetric_prefix = \"a.b\"", &o).unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { key: "telemetry.metric_prefix", .. }));
+        let err = Config::from_toml("[telemetry.prometheus]\nhots = \"x\"", &o).unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }));
     }
 
     #[test]

@@ -37,13 +37,21 @@
 //! bundle; the [`layer::AuthLayer`] classifies the caller (local, unauthenticated, agent,
 //! admin), asks [`authz::decide`] and records a [`state::Caller`] in the request; the handler
 //! converts the request, reads the store or proposes a command, and converts the result back.
+//!
+//! Observability: [`telemetry`] (Prometheus metrics under SPIRE's names; its
+//! [`telemetry::MetricsLayer`] wraps the authorization layer), [`audit`] (SPIRE's audit log,
+//! inside the authorization layer), [`health_checks`] (SPIRE's `/live` and `/ready`
+//! listener), both HTTP endpoints served by [`http_listener`].
 
 pub mod api;
+pub mod audit;
 pub mod authz;
 pub mod ca_manager;
 pub mod cli;
 pub mod config;
 pub mod federation;
+pub mod health_checks;
+pub mod http_listener;
 pub mod layer;
 pub mod logging;
 pub mod migrate;
@@ -52,4 +60,5 @@ pub mod ratelimit;
 pub mod run;
 pub mod spire_config;
 pub mod state;
+pub mod telemetry;
 pub mod tls;

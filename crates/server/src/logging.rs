@@ -1,5 +1,6 @@
-//! Tracing set-up for the server process (stderr, text or JSON, level from the config) and
-//! the live level control behind the Logger API.
+//! Tracing set-up for the server process (stderr, text or JSON: flat objects with `time`,
+//! `level` and `msg` as SPIRE writes them; level from the config) and the live level control
+//! behind the Logger API.
 //!
 //! The filter sits behind a `tracing-subscriber` reload handle, so `logger set` and
 //! `logger reset` change what the running process logs. The level names are SPIRE's (logrus):
@@ -10,9 +11,14 @@ use std::io::IsTerminal;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::format::JsonFields;
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Registry, reload};
+use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
+
+mod json;
 
 use crate::config::{Config, LogFormat};
 
@@ -177,14 +183,11 @@ pub fn init(cfg: &Config) -> anyhow::Result<Arc<LogControl>> {
     let filter = EnvFilter::try_new(&launch_filter)?;
     let level = launch_level(&configured, &Some(filter.clone()));
     let (filter, handle) = reload::Layer::new(filter);
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    let registry = tracing_subscriber::registry().with(filter);
-    let res = match cfg.log_format {
-        LogFormat::Text => registry.with(fmt).try_init(),
-        LogFormat::Json => registry.with(fmt.json()).try_init(),
-    };
+    let ansi = std::io::stderr().is_terminal();
+    let res = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt_layer(cfg.log_format, ansi, std::io::stderr))
+        .try_init();
     res.map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))?;
     let control = Arc::new(LogControl {
         launch_level: level,
@@ -194,6 +197,35 @@ pub fn init(cfg: &Config) -> anyhow::Result<Arc<LogControl>> {
     });
     let _ = INSTALLED.set(control.clone());
     Ok(control)
+}
+
+/// The server's subscriber in `format`, filtered by `filter`, writing to `writer` (for
+/// tests and tools that capture the log; [`init`] installs the same formatting).
+pub fn subscriber<W>(
+    format: LogFormat,
+    filter: EnvFilter,
+    ansi: bool,
+    writer: W,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    Box::new(tracing_subscriber::registry().with(filter).with(fmt_layer(format, ansi, writer)))
+}
+
+/// The formatting layer: text (colours when `ansi`) or SPIRE's flat JSON objects.
+fn fmt_layer<S, W>(format: LogFormat, ansi: bool, writer: W) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let layer = tracing_subscriber::fmt::layer().with_writer(writer);
+    match format {
+        LogFormat::Text => Box::new(layer.with_ansi(ansi)),
+        LogFormat::Json => Box::new(
+            layer.with_ansi(false).fmt_fields(JsonFields::new()).event_format(json::SpireJson),
+        ),
+    }
 }
 
 /// Dependencies that are chatty below `info`; a bare `debug`/`trace` level keeps them at

@@ -30,6 +30,7 @@ use crate::api::{
     health::HealthService, localauthority::LocalAuthorityService, logger::LoggerService,
     svid::SvidService, trustdomain::TrustDomainService,
 };
+use crate::audit::AuditLayer;
 use crate::ca_manager::{AUTHORITY_PRUNE_INTERVAL, CaManager, CaSettings, ROTATION_CHECK_INTERVAL};
 use crate::config::{self, Config};
 use crate::federation::Federation;
@@ -39,6 +40,7 @@ use crate::logging::LogControl;
 use crate::proposer::{LocalProposer, Proposer};
 use crate::ratelimit::RateLimits;
 use crate::state::{ServerState, SystemClock};
+use crate::telemetry::MetricsLayer;
 use crate::tls::{self, AuthoritySource, RotatingServerCert, SpiffeClientVerifier};
 
 /// How often the server's own SVID is checked for rotation (SPIRE: 5 s).
@@ -63,6 +65,10 @@ pub struct RunningServer {
     pub bundle_endpoint_addr: Option<SocketAddr>,
     /// Shared state (store, CA, ...), for in-process inspection.
     pub state: Arc<ServerState>,
+    /// The Prometheus endpoint, when `[telemetry.prometheus]` is set.
+    pub metrics_addr: Option<SocketAddr>,
+    /// The health-check listener, when `health_checks.listener_enabled`.
+    pub health_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -317,9 +323,12 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<Runni
         .with_context(|| format!("binding {}:{}", cfg.bind_address, cfg.bind_port))?;
     let tcp_addr = tcp.local_addr()?;
     let incoming = tls::incoming(tcp, tls_config);
+    let metrics_on = cfg.telemetry.prometheus.is_some();
     let tcp_router = Server::builder()
         .max_connection_age(MAX_CONNECTION_AGE)
+        .layer(MetricsLayer::new(metrics_on, TCP_SERVICES))
         .layer(AuthLayer::new(state.clone(), TCP_SERVICES))
+        .layer(AuditLayer::new(cfg.audit_log_enabled))
         .add_service(AgentServer::new(AgentService::new(state.clone())))
         .add_service(BundleServer::new(BundleService::new(state.clone())))
         .add_service(EntryServer::new(EntryService::new(state.clone())))
@@ -337,7 +346,9 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<Runni
     let uds = prepare_socket(&cfg.socket_path)?;
     let uds_incoming = tokio_stream::wrappers::UnixListenerStream::new(uds);
     let uds_router = Server::builder()
+        .layer(MetricsLayer::new(metrics_on, UDS_SERVICES))
         .layer(AuthLayer::new(state.clone(), UDS_SERVICES))
+        .layer(AuditLayer::new(cfg.audit_log_enabled))
         .add_service(AgentServer::new(AgentService::new(state.clone())))
         .add_service(BundleServer::new(BundleService::new(state.clone())))
         .add_service(EntryServer::new(EntryService::new(state.clone())))
@@ -375,6 +386,18 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<Runni
         }
     };
     tasks.push(tokio::spawn(federation.run(stop_rx.clone())));
+    // Operator endpoints: Prometheus metrics and health checks.
+    let metrics = crate::telemetry::serve(&cfg.telemetry, state.clone(), stop_rx.clone()).await?;
+    let health = crate::health_checks::serve(
+        &cfg.health_checks,
+        state.clone(),
+        tcp_addr,
+        cfg.socket_path.clone(),
+        stop_rx.clone(),
+    )
+    .await?;
+    let (metrics_addr, health_addr) = (metrics.as_ref().map(|m| m.0), health.as_ref().map(|h| h.0));
+    tasks.extend(metrics.map(|m| m.1).into_iter().chain(health.map(|h| h.1)));
 
     tracing::info!(
         trust_domain = %cfg.trust_domain,
@@ -387,6 +410,8 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<Runni
         socket_path: cfg.socket_path.clone(),
         bundle_endpoint_addr,
         state,
+        metrics_addr,
+        health_addr,
         stop,
         tasks,
     })

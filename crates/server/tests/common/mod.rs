@@ -205,3 +205,16 @@ pub async fn new_agent(ts: &TestServer) -> (Identity, String) {
     let ident = Identity { chain: svid.cert_chain, key_pkcs8: key.pkcs8_der().to_vec() };
     (ident, format!("spiffe://example.org/spire/agent/join_token/{token}"))
 }
+
+/// `GET path` over plain HTTP/1.1 to `addr`: the status code and the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (code, body.to_owned())
+}
