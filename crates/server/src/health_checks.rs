@@ -8,9 +8,11 @@
 //!   (`list_bundle_err`);
 //! - `server.ca` (live and ready): the active X.509 CA signs a throwaway X509-SVID for
 //!   `spiffe://<td>/for/health/check/only` (`sign_x509_svid_err`), as SPIRE's check does;
-//! - `server` (ready only): both gRPC listeners accept connections (`get_bundle_err`).
+//! - `server`: both gRPC listeners accept connections (`get_bundle_err`).
 //!
-//! Unlike SPIRE, which refreshes a cached state once a minute, every request checks afresh.
+//! As in SPIRE, liveness and readiness are the same checks. Unlike SPIRE, which refreshes a
+//! cached state once a minute, every request checks afresh, and there is no
+//! `server.ca.rotator` subsystem (rotation failures are logged, not counted).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -69,8 +71,8 @@ impl Checks {
         None
     }
 
-    /// `(healthy, details)` for the live (`ready == false`) or ready check.
-    async fn run(&self, ready: bool) -> (bool, Value) {
+    /// `(healthy, details)`.
+    async fn run(&self) -> (bool, Value) {
         let mut details = Map::new();
         let mut healthy = true;
         let mut add = |name: &str, key: &str, err: Option<String>| {
@@ -85,9 +87,7 @@ impl Checks {
         };
         add("catalog.datastore", "list_bundle_err", self.datastore());
         add("server.ca", "sign_x509_svid_err", self.ca());
-        if ready {
-            add("server", "get_bundle_err", self.listeners().await);
-        }
+        add("server", "get_bundle_err", self.listeners().await);
         (healthy, Value::Object(details))
     }
 }
@@ -123,19 +123,13 @@ pub async fn serve(
         listener,
         move |req| {
             let checks = checks.clone();
-            let which = match req.uri.path() {
-                p if p == live_path => Some(false),
-                p if p == ready_path => Some(true),
-                _ => None,
-            };
+            let known = req.uri.path() == live_path || req.uri.path() == ready_path;
             Box::pin(async move {
-                match which {
-                    Some(ready) => answer(checks.run(ready).await),
-                    None => (
-                        http::StatusCode::NOT_FOUND,
-                        "text/plain; charset=utf-8",
-                        "404 page not found\n".to_owned(),
-                    ),
+                if known {
+                    answer(checks.run().await)
+                } else {
+                    let body = "404 page not found\n".to_owned();
+                    (http::StatusCode::NOT_FOUND, "text/plain; charset=utf-8", body)
                 }
             })
         },

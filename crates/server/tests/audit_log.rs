@@ -86,6 +86,10 @@ async fn audit_log_records_each_call_and_batch_item() {
     assert_eq!(ok["status"], "success");
     assert_eq!(ok["service"], "entry.v1.Entry");
     assert_eq!(ok["subsystem_name"], "api");
+    assert_eq!(
+        (&ok["authorized_as"], &ok["authorized_via"]),
+        (&Json::from("local"), &Json::from("transport"))
+    );
     assert_eq!(ok["spiffe_id"], "spiffe://example.org/audited");
     assert_eq!(ok["parent_id"], "spiffe://example.org/agent");
     assert_eq!(ok["selectors"], "unix:uid:7");
@@ -134,6 +138,8 @@ async fn audit_log_records_each_call_and_batch_item() {
     let addr = recs[0]["caller_addr"].as_str().unwrap();
     assert!(addr.starts_with("127.0.0.1:"), "{addr}");
     assert!(!recs[0].contains_key("caller_uid") && !recs[0].contains_key("caller_id"));
+    assert_eq!(recs[0]["authorized_as"], "nobody");
+    assert_eq!(recs[0]["trust_domain_id"], "example.org");
     let mut agent = agentpb::agent_client::AgentClient::new(channel);
     agent.count_agents(agentpb::CountAgentsRequest::default()).await.unwrap_err();
     assert!(audit_records("CountAgents").is_empty());

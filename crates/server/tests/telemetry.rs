@@ -44,7 +44,8 @@ fn with_prometheus(cfg: &mut Config) {
 
 /// The host label SPIRE puts on every metric: this machine's host name.
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_owned()
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    ward_server::telemetry::names::sanitize_label(name.trim())
 }
 
 #[tokio::test]
@@ -85,12 +86,12 @@ async fn metrics_use_spire_names_and_count_calls_by_status() {
         other => panic!("{elapsed} is not a summary: {other:?}"),
     }
     assert_eq!(number(sample(&before, &format!("{elapsed}_count"), &[("status", "OK")])), 3.0);
-    let started = sample(&before, "spire_server_started", &[("trust_domain_id", "example.org")]);
+    let started = sample(&before, "spire_server_started", &[("trust_domain_id", "example_org")]);
     assert_eq!(number(started), 1.0);
 
     tracing::info!("CA expiry gauges match the active authorities");
     let ca = ts.server.state.ca.x509_ca().unwrap();
-    let td = [("trust_domain_id", "example.org")];
+    let td = [("trust_domain_id", "example_org")];
     let exp = number(sample(&before, "spire_server_manager_x509_ca_rotate_expiration", &td));
     assert_eq!(exp, ca.not_after_unix() as f64);
     let ttl = number(sample(&before, "spire_server_manager_x509_ca_rotate_ttl", &td));

@@ -76,9 +76,13 @@ pub fn per_item(method: &str) -> bool {
 }
 
 /// The plan for `service`/`method` given the request message bytes (without the gRPC
-/// frame header). A message that does not decode gets a plan without request fields: the
-/// handler refuses it.
-pub fn plan(service: &str, method: &str, msg: &[u8]) -> Plan {
+/// frame header) on the server of `trust_domain`. A message that does not decode gets a plan
+/// without request fields: the handler refuses it.
+pub fn plan(service: &str, method: &str, msg: &[u8], trust_domain: &str) -> Plan {
+    if (service, method) == ("bundle.v1.Bundle", "GetBundle") {
+        let td = Some(trust_domain.to_owned());
+        return Plan::Call(Common { trust_domain_id: td, ..Common::default() });
+    }
     plan_decoded(service, method, msg).unwrap_or_else(|| {
         if per_item(method) { Plan::Entries(Vec::new()) } else { Plan::Call(Common::default()) }
     })
@@ -309,7 +313,8 @@ mod tests {
             }],
             output_mask: None,
         };
-        let Plan::Entries(items) = plan("entry.v1.Entry", "BatchCreateEntry", &req.encode_to_vec())
+        let Plan::Entries(items) =
+            plan("entry.v1.Entry", "BatchCreateEntry", &req.encode_to_vec(), "td")
         else {
             panic!("not per item");
         };
@@ -328,7 +333,8 @@ mod tests {
             input_mask: Some(types::EntryMask { hint: true, ..Default::default() }),
             output_mask: None,
         };
-        let Plan::Entries(items) = plan("entry.v1.Entry", "BatchUpdateEntry", &req.encode_to_vec())
+        let Plan::Entries(items) =
+            plan("entry.v1.Entry", "BatchUpdateEntry", &req.encode_to_vec(), "td")
         else {
             panic!("not per item");
         };
@@ -350,7 +356,8 @@ mod tests {
             }),
             ..Default::default()
         };
-        let Plan::Filtered(f) = plan("agent.v1.Agent", "ListAgents", &req.encode_to_vec()) else {
+        let Plan::Filtered(f) = plan("agent.v1.Agent", "ListAgents", &req.encode_to_vec(), "td")
+        else {
             panic!("not filtered");
         };
         assert_eq!(f.node_attestor_type.as_deref(), Some("join_token"));
@@ -359,9 +366,12 @@ mod tests {
             id: Some(types::Spiffeid { trust_domain: "example.org".into(), path: "/a".into() }),
             output_mask: None,
         };
-        let got = plan("agent.v1.Agent", "GetAgent", &req.encode_to_vec());
+        let got = plan("agent.v1.Agent", "GetAgent", &req.encode_to_vec(), "td");
         let want = Common { spiffe_id: Some("spiffe://example.org/a".into()), ..Common::default() };
         assert_eq!(got, Plan::Call(want));
-        assert_eq!(plan("entry.v1.Entry", "GetEntry", &[0xff]), Plan::Call(Common::default()));
+        assert_eq!(
+            plan("entry.v1.Entry", "GetEntry", &[0xff], "td"),
+            Plan::Call(Common::default())
+        );
     }
 }

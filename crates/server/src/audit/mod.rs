@@ -26,9 +26,11 @@ use tonic::Status;
 use tonic::body::Body;
 use tonic::transport::server::UdsConnectInfo;
 use tower::{Layer, Service};
+use ward_core::TrustDomain;
 use ward_proto::spire::api::server::entry::v1 as entrypb;
 use ward_proto::spire::api::types;
 
+use crate::authz::Authorized;
 use crate::state::Caller;
 use crate::telemetry::names::RpcNames;
 use crate::telemetry::on_complete;
@@ -45,6 +47,19 @@ struct Base {
     caller_uid: Option<u32>,
     caller_gid: Option<u32>,
     caller_path: Option<String>,
+    authorized_as: &'static str,
+    authorized_via: &'static str,
+}
+
+/// `authorized_as` and `authorized_via` as SPIRE's authorization logs them.
+fn authorized_fields(a: &Authorized) -> (&'static str, &'static str) {
+    match a {
+        Authorized::Anyone => ("nobody", ""),
+        Authorized::Local => ("local", "transport"),
+        Authorized::Admin => ("admin", "entries"),
+        Authorized::Downstream => ("downstream", "entries"),
+        Authorized::Agent { .. } => ("agent", "datastore"),
+    }
 }
 
 impl Base {
@@ -63,6 +78,8 @@ impl Base {
             caller_uid: cred.map(|c| c.uid()),
             caller_gid: cred.map(|c| c.gid()),
             caller_path,
+            authorized_as: authorized_fields(&caller.authorized).0,
+            authorized_via: authorized_fields(&caller.authorized).1,
         }
     }
 }
@@ -101,6 +118,8 @@ macro_rules! audit_record {
             caller_uid = b.caller_uid,
             caller_gid = b.caller_gid,
             caller_path = b.caller_path.as_deref(),
+            authorized_as = b.authorized_as,
+            authorized_via = b.authorized_via,
             status = o.status,
             status_code = o.code,
             status_message = o.message,
@@ -213,15 +232,17 @@ fn is_stream(method: &str) -> bool {
 }
 
 /// Adds the audit log to a gRPC router (inside the authorization layer).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct AuditLayer {
     enabled: bool,
+    trust_domain: Arc<str>,
 }
 
 impl AuditLayer {
-    /// A layer that logs when `enabled` and passes calls through untouched otherwise.
-    pub fn new(enabled: bool) -> Self {
-        Self { enabled }
+    /// A layer for the server of `trust_domain` that logs when `enabled` and passes calls
+    /// through untouched otherwise.
+    pub fn new(enabled: bool, trust_domain: &TrustDomain) -> Self {
+        Self { enabled, trust_domain: trust_domain.as_str().into() }
     }
 }
 
@@ -229,7 +250,7 @@ impl<S> Layer<S> for AuditLayer {
     type Service = AuditService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AuditService { inner, enabled: self.enabled }
+        AuditService { inner, enabled: self.enabled, trust_domain: self.trust_domain.clone() }
     }
 }
 
@@ -238,6 +259,7 @@ impl<S> Layer<S> for AuditLayer {
 pub struct AuditService<S> {
     inner: S,
     enabled: bool,
+    trust_domain: Arc<str>,
 }
 
 impl<S> Service<http::Request<Body>> for AuditService<S>
@@ -268,6 +290,7 @@ where
             (req, Some(tapped))
         };
         let keep = fields::per_item(&base.method);
+        let td = self.trust_domain.clone();
         let fut = self.inner.call(req);
         Box::pin(async move {
             let resp = fut.await?;
@@ -276,7 +299,7 @@ where
                     Some(t) => {
                         let bytes = tap::taken(t);
                         let msg = tap::unframe(&bytes).unwrap_or_default();
-                        fields::plan(&base.service, &base.method, msg)
+                        fields::plan(&base.service, &base.method, msg, &td)
                     }
                     None => Plan::Call(Common::default()),
                 };

@@ -2,7 +2,8 @@
 //!
 //! SPIRE emits go-metrics keys (`rpc.entry.v1.entry.list_entries`) that its Prometheus sink
 //! flattens with `_` after the service prefix (`spire_server_rpc_entry_v1_entry_list_entries`),
-//! with a `host` label on every metric by default. ward records the same keys through the
+//! with a `host` label on every metric by default and label values sanitized (`example.org`
+//! is `example_org`). ward records the same keys through the
 //! `metrics` facade; the recorder installed here adds the prefix and the global labels and
 //! renders them the same way (call timings as summaries with SPIRE's 0.5/0.9/0.99 quantiles).
 //!
@@ -35,6 +36,7 @@ pub use rpc::{MetricsLayer, MetricsService};
 
 use crate::config::TelemetryConfig;
 use crate::state::ServerState;
+use names::sanitize_label;
 
 /// The quantiles SPIRE's Prometheus sink reports for timings.
 const QUANTILES: &[f64] = &[0.5, 0.9, 0.99];
@@ -55,10 +57,10 @@ pub fn install(cfg: &TelemetryConfig, td: &TrustDomain) -> anyhow::Result<Promet
     let mut builder = PrometheusBuilder::new().set_quantiles(QUANTILES)?;
     if cfg.enable_hostname_label {
         let host = gethostname::gethostname().to_string_lossy().into_owned();
-        builder = builder.add_global_label("host", host);
+        builder = builder.add_global_label("host", sanitize_label(&host));
     }
     if cfg.enable_trust_domain_label {
-        builder = builder.add_global_label("trust_domain_id", td.as_str());
+        builder = builder.add_global_label("trust_domain_id", sanitize_label(td.as_str()));
     }
     let recorder = builder.build_recorder();
     let handle = recorder.handle();
@@ -86,9 +88,9 @@ impl std::fmt::Debug for Exposition {
 impl Exposition {
     /// An exposition for the server whose state is `state`, started now.
     pub fn new(handle: PrometheusHandle, state: Arc<ServerState>) -> Self {
-        let td = state.trust_domain.as_str().to_owned();
-        metrics::gauge!("started", "version" => env!("CARGO_PKG_VERSION"), "trust_domain_id" => td)
-            .set(1.0);
+        let td = sanitize_label(state.trust_domain.as_str());
+        let version = sanitize_label(env!("CARGO_PKG_VERSION"));
+        metrics::gauge!("started", "version" => version, "trust_domain_id" => td).set(1.0);
         Self { handle, state, started: Instant::now() }
     }
 
@@ -100,7 +102,7 @@ impl Exposition {
 
     fn refresh_gauges(&self) {
         let s = &self.state;
-        let td = s.trust_domain.as_str().to_owned();
+        let td = sanitize_label(s.trust_domain.as_str());
         let now = ward_core::clock::unix_seconds(s.clock.now());
         metrics::gauge!("uptime_in_ms").set(self.started.elapsed().as_secs_f64() * 1000.0);
         if let Ok(ca) = s.ca.x509_ca() {

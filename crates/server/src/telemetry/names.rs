@@ -61,6 +61,25 @@ fn snake_case(s: &str) -> String {
     out
 }
 
+/// A label value as SPIRE sanitizes it: every run of characters other than ASCII letters,
+/// digits and `_`, with one `_` right after it, becomes a single `_` (`example.org` is
+/// `example_org`).
+pub fn sanitize_label(value: &str) -> String {
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut out = String::with_capacity(value.len());
+    let mut chars = value.chars().peekable();
+    while let Some(c) = chars.next() {
+        if word(c) {
+            out.push(c);
+            continue;
+        }
+        while chars.next_if(|&n| !word(n)).is_some() {}
+        chars.next_if_eq(&'_');
+        out.push('_');
+    }
+    out
+}
+
 /// The name Go's gRPC gives a status code (`OK`, `Canceled`, `InvalidArgument`, ...).
 pub fn code_name(code: tonic::Code) -> &'static str {
     use tonic::Code;
@@ -139,6 +158,21 @@ mod tests {
             ("ONETwoTHREE", "one_two_three"),
         ] {
             assert_eq!(snake_case(input), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn label_values_sanitized_as_spire_does() {
+        for (input, want) in [
+            ("example.org", "example_org"),
+            ("1.13.3-dev-unk", "1_13_3_dev_unk"),
+            ("a._b", "a_b"),
+            ("a_.b", "a__b"),
+            ("ip-10-0-0-1", "ip_10_0_0_1"),
+            ("plain_name", "plain_name"),
+            ("é", "_"),
+        ] {
+            assert_eq!(sanitize_label(input), want, "{input}");
         }
     }
 
