@@ -29,8 +29,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 #[rustfmt::skip]
 const KNOWN: &[Known] = &[
     deliberate(
-        "a flag error is one line; Go's flag package follows it with the command's usage (flag \
-         list and help texts), which ward's CLI words in its own way",
+        "after a flag error (unknown flag, bad value, -output set twice) spire-server prints \
+         the command's usage from Go's flag package (every flag with SPIRE's help text) below \
+         the error line; ward-server prints the same error line and exit code 1 only, as its \
+         help texts are its own (shown by -h) rather than a copy of SPIRE's",
         &[
             "flags: not defined", "flags: bad -output value", "flags: bad integer",
             "flags: bad duration", "flags: -output twice, different values",
