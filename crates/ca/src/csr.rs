@@ -18,9 +18,9 @@ use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
 use x509_parser::x509::SubjectPublicKeyInfo;
 
-use crate::der;
 use crate::error::{CsrError, KeyError, PublicKeyError};
 use crate::key::PrivateKey;
+use ward_core::der;
 
 /// The kind of a public key accepted for certification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -21,6 +21,10 @@ pub enum KeyError {
     /// A key id would not make a safe file name.
     #[error("invalid key id {0:?}: use 1-128 of A-Z a-z 0-9 . _ - (not starting with '.')")]
     InvalidKeyId(String),
+    /// The key directory or a key file is open to group members or other users (or the
+    /// directory could not be created).
+    #[error("key storage: {0}")]
+    Permissions(#[from] crate::files::PrivatePathError),
     /// A key file could not be read or written.
     #[error("key file {path}: {source}")]
     Io {

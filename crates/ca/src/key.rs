@@ -230,17 +230,14 @@ impl PrivateKey {
     }
 
     /// The private key as a PKCS#8 `PRIVATE KEY` PEM block, in a zeroizing buffer.
+    ///
+    /// Written by the `pem` crate (64 columns, `\n` line ends); the copy of the key handed
+    /// to it is zeroized afterwards, its own scratch base64 string is not.
     pub fn to_pkcs8_pem(&self) -> Zeroizing<String> {
-        use base64::Engine as _;
-        let b64 = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&*self.pkcs8));
-        let mut out = Zeroizing::new(String::with_capacity(b64.len() + b64.len() / 64 + 64));
-        out.push_str("-----BEGIN PRIVATE KEY-----\n");
-        for line in b64.as_bytes().chunks(64) {
-            // Base64 output is ASCII, so every chunk is valid UTF-8.
-            out.push_str(std::str::from_utf8(line).unwrap_or_default());
-            out.push('\n');
-        }
-        out.push_str("-----END PRIVATE KEY-----\n");
+        let block = pem::Pem::new("PRIVATE KEY", self.pkcs8.to_vec());
+        let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+        let out = Zeroizing::new(pem::encode_config(&block, config));
+        drop(Zeroizing::new(block.into_contents()));
         out
     }
 

@@ -5,16 +5,19 @@
 //! [`DiskKeyManager`] (one file per key in a data directory, mode 0600, replaced atomically).
 
 use std::collections::HashMap;
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
-use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use zeroize::Zeroizing;
 
 use crate::error::KeyError;
+use crate::files::{check_private_file, ensure_private_dir, write_atomically};
 use crate::key::{KeyType, PrivateKey};
+
+/// The largest key file read (an RSA-4096 PKCS#8 PEM is about 3.3 KiB).
+const MAX_KEY_FILE_LEN: usize = 1 << 20;
 
 /// Stores private keys by id (such as `x509-CA-A` or `JWT-Signer-B`).
 pub trait KeyManager: Send + Sync {
@@ -90,8 +93,9 @@ pub enum KeyFileFormat {
 
 /// Keeps each key in `<dir>/<id>.key`, PKCS#8 PEM or DER, mode 0600.
 ///
-/// Writes go to a temporary file in the same directory that is synced and then renamed over
-/// the target, so a crash leaves either the old key or the new one, never half a key.
+/// Writes go through [`crate::files::write_atomically`], so a crash leaves either the old key
+/// or the new one, never half a key. The directory must be writable by its owner only and
+/// each key file readable by its owner only: anything wider is refused rather than used.
 #[derive(Debug)]
 pub struct DiskKeyManager {
     dir: PathBuf,
@@ -100,18 +104,14 @@ pub struct DiskKeyManager {
 }
 
 impl DiskKeyManager {
-    /// A manager over `dir`, created (mode 0700) if missing.
+    /// A manager over `dir`, created (mode 0700, parents too) if missing.
     ///
     /// # Errors
-    /// [`KeyError::Io`] if the directory cannot be created.
+    /// [`KeyError::Permissions`] if the directory cannot be created, is not a directory, or
+    /// group members or other users can write to it.
     pub fn new(dir: impl Into<PathBuf>, format: KeyFileFormat) -> Result<Self, KeyError> {
         let dir = dir.into();
-        if !dir.exists() {
-            fs::create_dir_all(&dir)
-                .map_err(|source| KeyError::Io { path: dir.clone(), source })?;
-            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
-                .map_err(|source| KeyError::Io { path: dir.clone(), source })?;
-        }
+        ensure_private_dir(&dir)?;
         Ok(Self { dir, format, write_lock: Mutex::new(()) })
     }
 
@@ -128,26 +128,6 @@ impl DiskKeyManager {
         check_id(id)?;
         Ok(self.dir.join(format!("{id}.key")))
     }
-
-    fn write_atomically(&self, path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
-        let io = |source| KeyError::Io { path: path.to_owned(), source };
-        let mut nonce = [0u8; 8];
-        SystemRandom::new().fill(&mut nonce).map_err(|_| KeyError::Crypto("random"))?;
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("key");
-        let tmp = self.dir.join(format!(".{name}.tmp-{}", hex::encode(nonce)));
-        let result = (|| {
-            let mut file =
-                OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-            file.write_all(bytes)?;
-            file.sync_all()?;
-            fs::rename(&tmp, path)?;
-            fs::File::open(&self.dir)?.sync_all()
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result.map_err(io)
-    }
 }
 
 impl KeyManager for DiskKeyManager {
@@ -155,29 +135,41 @@ impl KeyManager for DiskKeyManager {
         let path = self.key_path(id)?;
         let key = PrivateKey::generate(key_type)?;
         let _guard = self.write_lock.lock().unwrap_or_else(PoisonError::into_inner);
-        match self.format {
-            KeyFileFormat::Pem => self.write_atomically(&path, key.to_pkcs8_pem().as_bytes())?,
-            KeyFileFormat::Der => self.write_atomically(&path, key.pkcs8_der())?,
-        }
+        let written = match self.format {
+            KeyFileFormat::Pem => write_atomically(&path, key.to_pkcs8_pem().as_bytes()),
+            KeyFileFormat::Der => write_atomically(&path, key.pkcs8_der()),
+        };
+        written.map_err(|source| KeyError::Io { path, source })?;
         Ok(key)
     }
 
     fn get_key(&self, id: &str) -> Result<Option<PrivateKey>, KeyError> {
         let path = self.key_path(id)?;
-        match fs::read(&path) {
-            Ok(bytes) => {
-                let bytes = zeroize::Zeroizing::new(bytes);
-                PrivateKey::from_pem_or_der(&bytes).map(Some)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(KeyError::Io { path, source }),
-        }
+        let mut file = match fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(KeyError::Io { path, source }),
+        };
+        let io = |source| KeyError::Io { path: path.clone(), source };
+        let meta = file.metadata().map_err(io)?;
+        check_private_file(&path, &meta)?;
+        // Sized up front so the key bytes are never copied into a growing, unzeroized buffer.
+        let len = usize::try_from(meta.len())
+            .ok()
+            .filter(|&n| n <= MAX_KEY_FILE_LEN)
+            .ok_or(KeyError::Malformed("key file larger than 1 MiB"))?;
+        let mut bytes = Zeroizing::new(vec![0u8; len]);
+        file.read_exact(&mut bytes).map_err(io)?;
+        PrivateKey::from_pem_or_der(&bytes).map(Some)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    use crate::files::PrivatePathError;
 
     fn exercise(km: &dyn KeyManager) {
         assert!(km.get_key("x509-CA-A").unwrap().is_none());
@@ -242,7 +234,40 @@ mod tests {
     fn disk_manager_reports_corrupt_file() {
         let tmp = tempfile::tempdir().unwrap();
         let km = DiskKeyManager::new(tmp.path(), KeyFileFormat::Pem).unwrap();
-        fs::write(km.key_path("x509-CA-B").unwrap(), b"garbage").unwrap();
+        let path = km.key_path("x509-CA-B").unwrap();
+        fs::write(&path, b"garbage").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
         assert!(matches!(km.get_key("x509-CA-B"), Err(KeyError::Malformed(_))));
+    }
+
+    #[test]
+    fn disk_manager_refuses_a_key_directory_others_can_write() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        let err = DiskKeyManager::new(tmp.path(), KeyFileFormat::Pem).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                KeyError::Permissions(PrivatePathError::WritableByOthers { mode: 0o777, .. })
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn disk_manager_refuses_key_files_others_can_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let km = DiskKeyManager::new(tmp.path(), KeyFileFormat::Pem).unwrap();
+        km.generate_key("x509-CA-A", KeyType::EcP256).unwrap();
+        let path = km.key_path("x509-CA-A").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = km.get_key("x509-CA-A").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                KeyError::Permissions(PrivatePathError::FileAccessibleByOthers { mode: 0o644, .. })
+            ),
+            "{err}"
+        );
     }
 }

@@ -10,7 +10,9 @@
 //! - X509-SVID signing from a PKCS#10 CSR (signature checked, only the key used) or from a
 //!   bare SubjectPublicKeyInfo, in SPIRE's certificate profile;
 //! - JWT-SVID signing ([`JwtSigner`]);
-//! - the rotation schedule ([`rotation::plan`]) as a pure function of time and state.
+//! - the rotation schedule ([`rotation::plan`]) as a pure function of time and state;
+//! - owner-only directories and the atomic, synced file write that key files and the
+//!   server's CA journal use ([`files`]).
 //!
 //! It does not store certificates, publish bundles, run timers or talk to the network: the
 //! server's CA manager does that, executing the [`RotationAction`]s this crate plans. Its
@@ -68,8 +70,8 @@
 //! ```
 
 pub mod csr;
-mod der;
 pub mod error;
+pub mod files;
 pub mod jwt;
 pub mod key;
 pub mod keymanager;

@@ -17,9 +17,9 @@ use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::FromDer;
 
 use crate::csr::{CheckedPublicKey, CsrRequest, CsrSubject, check_public_key, verify_csr};
-use crate::der;
 use crate::error::{CaError, SignError};
 use crate::key::{PrivateKey, Signer};
+use ward_core::der;
 
 const OID_COUNTRY: &[u8] = &[0x55, 0x04, 0x06];
 const OID_PROVINCE: &[u8] = &[0x55, 0x04, 0x08];

@@ -12,6 +12,8 @@ use serde_json::{Map, Value};
 use x509_parser::prelude::FromDer;
 use x509_parser::x509::SubjectPublicKeyInfo;
 
+use crate::der;
+
 /// DER content bytes of the `id-ecPublicKey` OID (1.2.840.10045.2.1).
 const OID_EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
 /// DER content bytes of the `rsaEncryption` OID (1.2.840.113549.1.1.1).
@@ -23,11 +25,12 @@ const OID_P384: &[u8] = &[0x2b, 0x81, 0x04, 0x00, 0x22];
 /// DER content bytes of the P-521 curve OID (1.3.132.0.35).
 const OID_P521: &[u8] = &[0x2b, 0x81, 0x04, 0x00, 0x23];
 
-const TAG_INTEGER: u8 = 0x02;
-const TAG_BIT_STRING: u8 = 0x03;
-const TAG_NULL: u8 = 0x05;
-const TAG_OID: u8 = 0x06;
-const TAG_SEQUENCE: u8 = 0x30;
+const TAG_INTEGER: u8 = der::INTEGER;
+const TAG_SEQUENCE: u8 = der::SEQUENCE;
+#[cfg(test)]
+const TAG_BIT_STRING: u8 = der::BIT_STRING;
+#[cfg(test)]
+const TAG_OID: u8 = der::OID;
 
 /// Why a key cannot be converted between JWK and PKIX DER.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -198,18 +201,21 @@ impl JwkPublicKey {
 
     /// The key as PKIX `SubjectPublicKeyInfo` DER.
     pub fn to_spki_der(&self) -> Vec<u8> {
-        let (algorithm, key_bits) = match self {
-            Self::Ec { curve, .. } => {
-                let algorithm = [tlv(TAG_OID, OID_EC_PUBLIC_KEY), tlv(TAG_OID, curve.oid())];
-                (tlv(TAG_SEQUENCE, &algorithm.concat()), self.raw_public_key())
-            }
-            Self::Rsa { .. } => {
-                let algorithm = [tlv(TAG_OID, OID_RSA_ENCRYPTION), tlv(TAG_NULL, &[])];
-                (tlv(TAG_SEQUENCE, &algorithm.concat()), self.raw_public_key())
-            }
-        };
-        let bit_string = tlv(TAG_BIT_STRING, &[&[0u8][..], &key_bits].concat());
-        tlv(TAG_SEQUENCE, &[algorithm, bit_string].concat())
+        let mut out = Vec::new();
+        der::nested(&mut out, der::SEQUENCE, |o| {
+            der::nested(o, der::SEQUENCE, |o| match self {
+                Self::Ec { curve, .. } => {
+                    der::tlv(o, der::OID, OID_EC_PUBLIC_KEY);
+                    der::tlv(o, der::OID, curve.oid());
+                }
+                Self::Rsa { .. } => {
+                    der::tlv(o, der::OID, OID_RSA_ENCRYPTION);
+                    der::tlv(o, der::NULL, &[]);
+                }
+            });
+            der::bit_string(o, &self.raw_public_key());
+        });
+        out
     }
 
     /// The key in the form signature verifiers take: the uncompressed point for EC, the
@@ -218,8 +224,12 @@ impl JwkPublicKey {
         match self {
             Self::Ec { x, y, .. } => [&[0x04u8][..], x, y].concat(),
             Self::Rsa { n, e } => {
-                let ints = [tlv(TAG_INTEGER, &der_uint(n)), tlv(TAG_INTEGER, &der_uint(e))];
-                tlv(TAG_SEQUENCE, &ints.concat())
+                let mut out = Vec::new();
+                der::nested(&mut out, der::SEQUENCE, |o| {
+                    der::uint(o, n);
+                    der::uint(o, e);
+                });
+                out
             }
         }
     }
@@ -296,33 +306,6 @@ fn b64_member(obj: &Map<String, Value>, name: &'static str) -> Result<Vec<u8>, J
 fn strip_leading_zeros(b: &[u8]) -> &[u8] {
     let start = b.iter().position(|&x| x != 0).unwrap_or(b.len());
     &b[start..]
-}
-
-/// A DER INTEGER body for a non-negative big-endian number.
-fn der_uint(b: &[u8]) -> Vec<u8> {
-    let b = strip_leading_zeros(b);
-    match b.first() {
-        None => vec![0],
-        Some(&first) if first & 0x80 != 0 => [&[0u8][..], b].concat(),
-        Some(_) => b.to_vec(),
-    }
-}
-
-/// Encodes one DER tag-length-value.
-fn tlv(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + 6);
-    out.push(tag);
-    let len = body.len();
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes = len.to_be_bytes();
-        let used = strip_leading_zeros(&bytes);
-        out.push(0x80 | used.len() as u8);
-        out.extend_from_slice(used);
-    }
-    out.extend_from_slice(body);
-    out
 }
 
 /// Reads PKCS#1 `RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }`.
@@ -414,6 +397,13 @@ mod tests {
         key.write_jwk_members(&mut obj);
         assert_eq!(obj["e"], "AQAB");
         assert_eq!(JwkPublicKey::from_jwk_members(&obj).unwrap(), key);
+    }
+
+    /// One DER TLV, through the shared writer.
+    fn tlv(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        der::tlv(&mut out, tag, body);
+        out
     }
 
     #[test]

@@ -9,8 +9,11 @@
 //!   ([`Bundle::from_spiffe_json`], [`Bundle::to_spiffe_json`]), the plain JWKS of JWT
 //!   authorities ([`Bundle::to_jwks_json`], [`bundle::json::jwt_authorities_from_jwks`]) and
 //!   PEM ([`Bundle::from_pem`], [`Bundle::x509_authorities_to_pem`]);
-//! - public keys as JWKs and as PKIX DER, and the conversion between them ([`jwk`]);
-//! - X509-SVID chain verification ([`x509svid::verify`]) and JWT-SVID validation
+//! - public keys as JWKs and as PKIX DER, and the conversion between them ([`jwk`]), written
+//!   with the workspace's one DER writer ([`der`]);
+//! - join tokens and the SHA-256 form the store keeps ([`JoinTokenHash`]);
+//! - X509-SVID chain verification ([`x509svid::verify`]: SPIFFE's leaf rules, with path
+//!   building and RFC 5280 path validation by `rustls-webpki`) and JWT-SVID validation
 //!   ([`jwtsvid::validate`], or [`UnverifiedJwtSvid`] to pick the bundle by subject first).
 //!
 //! It deliberately does no I/O: no sockets, no files, no clock reads. Time is an argument,
@@ -29,6 +32,7 @@
 
 pub mod bundle;
 pub mod clock;
+pub mod der;
 pub mod dns_name;
 pub mod entry;
 pub mod entry_patch;
@@ -54,7 +58,7 @@ pub use entry::{EntryId, RegistrationEntry};
 pub use entry_patch::EntryPatch;
 pub use federation::{BundleEndpointProfile, FederationRelationship};
 pub use id_policy::IdPolicyError;
-pub use join_token::JoinToken;
+pub use join_token::{JoinToken, JoinTokenHash, StoredJoinToken};
 pub use jwk::{EcCurve, JwkError, JwkPublicKey};
 pub use jwtsvid::{JwsAlgorithm, JwtSvid, JwtSvidError, UnverifiedJwtSvid};
 pub use node::{AgentId, AttestedNode};

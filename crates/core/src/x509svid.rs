@@ -7,18 +7,24 @@
 //! 1. the leaf has exactly one URI SAN and it is a SPIFFE ID;
 //! 2. the leaf is not a CA, its key usage is present, has `digitalSignature` and has neither
 //!    `keyCertSign` nor `cRLSign`;
-//! 3. a path exists from the leaf through presented intermediates to an authority, matching
-//!    issuer to subject names and verifying every signature (SHA-1 is refused);
-//! 4. on that path every intermediate is a CA, path length constraints hold, and every
-//!    certificate, the authority included, is valid at `now` (bounds inclusive).
+//! 3. a path exists from the leaf through presented intermediates to an authority that is
+//!    valid at `now`. Path building and RFC 5280 path validation are `rustls-webpki`'s
+//!    (`EndEntityCert::verify_for_usage`): it backtracks over every candidate issuer,
+//!    verifies each signature (SHA-1 is refused), requires intermediates to be CAs within
+//!    their path length constraints and valid at `now` (bounds inclusive), enforces name
+//!    constraints, and refuses unknown critical extensions. ward adds the path length
+//!    constraint of the authority itself, which Go's verifier also applies.
 //!
 //! Like Go's verifier, key usage on CA certificates is not consulted and authorities need not
-//! carry basic constraints: the bundle is trusted as configured.
+//! carry basic constraints: the bundle is trusted as configured. Authorities outside their
+//! validity window are left out before the path is built, so an expired authority that shares
+//! its name and key with a current one never hides it.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use rustls_pki_types::{CertificateDer, SignatureVerificationAlgorithm, TrustAnchor, UnixTime};
+use webpki::{EndEntityCert, ExtendedKeyUsageValidator, KeyPurposeIdIter, KeyUsage};
 use x509_parser::certificate::X509Certificate;
-use x509_parser::error::X509Error;
 use x509_parser::extensions::GeneralName;
 
 use crate::bundle::{Bundle, parse_certificate};
@@ -28,22 +34,41 @@ use crate::spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
 /// The most certificates (leaf included) a presented chain may have.
 pub const MAX_CHAIN_LEN: usize = 16;
 
-/// Signature algorithms ward accepts on certificates (DER content bytes of their OIDs):
-/// RSA PKCS#1 v1.5 with SHA-256/384/512, RSASSA-PSS, ECDSA with SHA-256/384, Ed25519.
-const ACCEPTED_SIGNATURE_OIDS: &[&[u8]] = &[
-    &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b],
-    &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c],
-    &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d],
-    &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0a],
-    &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02],
-    &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03],
-    &[0x2b, 0x65, 0x70],
+/// Signature algorithms ward accepts on certificates: ECDSA P-256/P-384 with SHA-256/384,
+/// RSA PKCS#1 v1.5 and RSASSA-PSS with SHA-256/384/512 (2048 to 8192 bits), Ed25519.
+static ALGORITHMS: &[&dyn SignatureVerificationAlgorithm] = &[
+    webpki::aws_lc_rs::ECDSA_P256_SHA256,
+    webpki::aws_lc_rs::ECDSA_P256_SHA384,
+    webpki::aws_lc_rs::ECDSA_P384_SHA256,
+    webpki::aws_lc_rs::ECDSA_P384_SHA384,
+    webpki::aws_lc_rs::RSA_PKCS1_2048_8192_SHA256,
+    webpki::aws_lc_rs::RSA_PKCS1_2048_8192_SHA384,
+    webpki::aws_lc_rs::RSA_PKCS1_2048_8192_SHA512,
+    webpki::aws_lc_rs::RSA_PSS_2048_8192_SHA256_LEGACY_KEY,
+    webpki::aws_lc_rs::RSA_PSS_2048_8192_SHA384_LEGACY_KEY,
+    webpki::aws_lc_rs::RSA_PSS_2048_8192_SHA512_LEGACY_KEY,
+    webpki::aws_lc_rs::ED25519,
 ];
+
+/// What the leaf must be usable for (its extended key usage, when it has one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SvidUsage {
+    /// Any purpose, as go-spiffe's `x509svid.Verify` (`ExtKeyUsageAny`).
+    Any,
+    /// TLS client authentication: an extended key usage, when present, must include
+    /// `id-kp-clientAuth`.
+    ClientAuth,
+    /// TLS server authentication: an extended key usage, when present, must include
+    /// `id-kp-serverAuth`.
+    ServerAuth,
+}
 
 /// Why a chain is not a valid X509-SVID.
 ///
-/// `index` is a position in the presented chain (0 is the leaf) or, for `Authority*`
-/// variants, in the authorities.
+/// `index` is a position in the presented chain (0 is the leaf) or, for
+/// [`X509SvidError::InvalidAuthority`], in the authorities. Path failures do not say which
+/// certificate failed: the path builder tries every candidate and reports the most relevant
+/// failure.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum X509SvidError {
     /// No certificate was presented.
@@ -61,7 +86,7 @@ pub enum X509SvidError {
         /// Position in the chain.
         index: usize,
     },
-    /// An authority is not one DER certificate.
+    /// An authority is not one DER certificate usable as a trust anchor.
     #[error("authority {index} is not a der certificate")]
     InvalidAuthority {
         /// Position in the authorities.
@@ -105,69 +130,47 @@ pub enum X509SvidError {
     /// The leaf's key usage lacks `digitalSignature`.
     #[error("leaf certificate lacks digitalSignature key usage")]
     LeafMissingDigitalSignature,
-    /// No presented intermediate or authority has the certificate's issuer name.
-    #[error("certificate {index} is not signed by a known authority")]
-    UnknownAuthority {
-        /// Position in the chain of the certificate whose issuer is missing.
-        index: usize,
-    },
-    /// A certificate names a known issuer but the signature does not verify with its key.
-    #[error("certificate {index} has a bad signature")]
-    BadSignature {
-        /// Position in the chain.
-        index: usize,
-    },
+    /// Every authority is outside its validity window at the time of the check.
+    #[error("no authority is valid at this time")]
+    NoCurrentAuthority,
+    /// No path leads from the leaf to a current authority.
+    #[error("certificate signed by unknown authority")]
+    UnknownAuthority,
+    /// A signature on the path does not verify with its issuer's key.
+    #[error("certificate has a bad signature")]
+    BadSignature,
     /// A certificate is signed with an algorithm ward does not accept (SHA-1, P-521, ...).
-    #[error("certificate {index} uses an unsupported signature algorithm")]
-    UnsupportedSignatureAlgorithm {
-        /// Position in the chain.
-        index: usize,
-    },
-    /// An intermediate on the path is not a CA.
-    #[error("intermediate certificate {index} is not a ca")]
-    IntermediateNotCa {
-        /// Position in the chain.
-        index: usize,
-    },
-    /// An intermediate's path length constraint is exceeded.
-    #[error("intermediate certificate {index} path length constraint exceeded")]
-    PathLenExceeded {
-        /// Position in the chain.
-        index: usize,
-    },
-    /// The authority's path length constraint is exceeded.
-    #[error("authority {index} path length constraint exceeded")]
-    AuthorityPathLenExceeded {
-        /// Position in the authorities.
-        index: usize,
-    },
+    #[error("certificate uses an unsupported signature algorithm")]
+    UnsupportedSignatureAlgorithm,
+    /// A presented intermediate on the path is not a CA.
+    #[error("intermediate certificate is not a ca")]
+    IntermediateNotCa,
+    /// A path length constraint (of an intermediate or the authority) is exceeded.
+    #[error("path length constraint exceeded")]
+    PathLenExceeded,
     /// A certificate on the path is not valid yet.
-    #[error("certificate {index} is not valid yet")]
-    NotYetValid {
-        /// Position in the chain.
-        index: usize,
-    },
+    #[error("certificate is not valid yet")]
+    NotYetValid,
     /// A certificate on the path has expired.
-    #[error("certificate {index} has expired")]
-    Expired {
-        /// Position in the chain.
-        index: usize,
-    },
-    /// The authority that anchors the path is not valid yet.
-    #[error("authority {index} is not valid yet")]
-    AuthorityNotYetValid {
-        /// Position in the authorities.
-        index: usize,
-    },
-    /// The authority that anchors the path has expired.
-    #[error("authority {index} has expired")]
-    AuthorityExpired {
-        /// Position in the authorities.
-        index: usize,
-    },
+    #[error("certificate has expired")]
+    Expired,
+    /// A certificate on the path has a critical extension ward does not understand.
+    #[error("certificate has an unsupported critical extension")]
+    UnsupportedCriticalExtension,
+    /// A name on the path is outside an issuer's name constraints.
+    #[error("certificate violates a name constraint")]
+    NameConstraintViolation,
+    /// The leaf's extended key usage does not allow the required purpose.
+    #[error("leaf certificate extended key usage does not allow this use")]
+    ExtendedKeyUsage,
+    /// The path is refused for another RFC 5280 reason (malformed DER on the path, a bad
+    /// validity encoding, too many candidate paths, ...).
+    #[error("certificate path is invalid")]
+    InvalidPath,
 }
 
-/// Verifies an X509-SVID chain against `authorities` at `now`; returns the leaf's SPIFFE ID.
+/// Verifies an X509-SVID chain against `authorities` at `now` for any purpose; returns the
+/// leaf's SPIFFE ID.
 ///
 /// `chain` is DER certificates, leaf first. `authorities` is DER CA certificates, normally
 /// [`Bundle::x509_authorities`] of the leaf's trust domain.
@@ -175,6 +178,19 @@ pub enum X509SvidError {
 /// # Errors
 /// [`X509SvidError`] naming the first rule broken, in the order the module docs list.
 pub fn verify<C: AsRef<[u8]>, A: AsRef<[u8]>>(
+    chain: &[C],
+    authorities: &[A],
+    now: SystemTime,
+) -> Result<SpiffeId, X509SvidError> {
+    verify_for(SvidUsage::Any, chain, authorities, now)
+}
+
+/// [`verify`] for a given [`SvidUsage`].
+///
+/// # Errors
+/// As [`verify`], plus [`X509SvidError::ExtendedKeyUsage`].
+pub fn verify_for<C: AsRef<[u8]>, A: AsRef<[u8]>>(
+    usage: SvidUsage,
     chain: &[C],
     authorities: &[A],
     now: SystemTime,
@@ -202,8 +218,7 @@ pub fn verify<C: AsRef<[u8]>, A: AsRef<[u8]>>(
     let (leaf, _) = certs.split_first().ok_or(X509SvidError::EmptyChain)?;
     let id = leaf_spiffe_id(leaf)?;
     check_leaf_usage(leaf)?;
-    let path = build_path(&certs, &roots)?;
-    check_path(&certs, &roots, &path, unix_seconds(now))?;
+    check_path(usage, chain, authorities, &roots, now)?;
     Ok(id)
 }
 
@@ -217,7 +232,20 @@ pub fn verify_with_bundle<C: AsRef<[u8]>>(
     bundle: &Bundle,
     now: SystemTime,
 ) -> Result<SpiffeId, X509SvidError> {
-    let id = verify(chain, &bundle.x509_authorities, now)?;
+    verify_with_bundle_for(SvidUsage::Any, chain, bundle, now)
+}
+
+/// [`verify_with_bundle`] for a given [`SvidUsage`].
+///
+/// # Errors
+/// As [`verify_with_bundle`], plus [`X509SvidError::ExtendedKeyUsage`].
+pub fn verify_with_bundle_for<C: AsRef<[u8]>>(
+    usage: SvidUsage,
+    chain: &[C],
+    bundle: &Bundle,
+    now: SystemTime,
+) -> Result<SpiffeId, X509SvidError> {
+    let id = verify_for(usage, chain, &bundle.x509_authorities, now)?;
     if !id.is_member_of(&bundle.trust_domain) {
         return Err(X509SvidError::TrustDomainMismatch {
             expected: bundle.trust_domain.clone(),
@@ -262,138 +290,117 @@ fn check_leaf_usage(leaf: &X509Certificate<'_>) -> Result<(), X509SvidError> {
     Ok(())
 }
 
-/// A certificate on a verified path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Link {
-    /// A presented certificate, by chain position.
-    Chain(usize),
-    /// An authority, by position.
-    Authority(usize),
-}
+/// Accepts any extended key usage (a malformed extension is still refused).
+struct AnyUsage;
 
-/// Outcome of trying one candidate issuer.
-enum Candidate {
-    Signed,
-    BadSignature,
-    Unsupported,
-}
-
-fn try_issuer(subject: &X509Certificate<'_>, issuer: &X509Certificate<'_>) -> Option<Candidate> {
-    if subject.issuer().as_raw() != issuer.subject().as_raw() {
-        return None;
-    }
-    let alg = subject.signature_algorithm.algorithm.as_bytes();
-    if !ACCEPTED_SIGNATURE_OIDS.contains(&alg) {
-        return Some(Candidate::Unsupported);
-    }
-    Some(match subject.verify_signature(Some(issuer.public_key())) {
-        Ok(()) => Candidate::Signed,
-        Err(X509Error::SignatureUnsupportedAlgorithm) => Candidate::Unsupported,
-        Err(_) => Candidate::BadSignature,
-    })
-}
-
-/// Walks from the leaf to an authority; every step is a verified signature. Greedy: the
-/// first candidate whose name matches and signature verifies is taken, authorities first.
-fn build_path(
-    certs: &[X509Certificate<'_>],
-    roots: &[X509Certificate<'_>],
-) -> Result<Vec<Link>, X509SvidError> {
-    let mut path = vec![Link::Chain(0)];
-    let mut used = vec![false; certs.len()];
-    used[0] = true;
-    let mut current = 0;
-    // Each round either ends or uses one more presented certificate, so this is bounded.
-    for _ in 0..certs.len() {
-        let subject = &certs[current];
-        let mut failure = None;
-        let candidates = roots.iter().enumerate().map(|(i, c)| (Link::Authority(i), c)).chain(
-            certs.iter().enumerate().filter(|(i, _)| !used[*i]).map(|(i, c)| (Link::Chain(i), c)),
-        );
-        let mut next = None;
-        for (link, issuer) in candidates {
-            match try_issuer(subject, issuer) {
-                None => {}
-                Some(Candidate::Signed) => {
-                    next = Some(link);
-                    break;
-                }
-                Some(Candidate::BadSignature) => {
-                    failure.get_or_insert(X509SvidError::BadSignature { index: current });
-                }
-                Some(Candidate::Unsupported) => {
-                    failure.get_or_insert(X509SvidError::UnsupportedSignatureAlgorithm {
-                        index: current,
-                    });
-                }
-            }
+impl ExtendedKeyUsageValidator for AnyUsage {
+    fn validate(&self, iter: KeyPurposeIdIter<'_, '_>) -> Result<(), webpki::Error> {
+        for purpose in iter {
+            purpose?;
         }
-        match next {
-            Some(link @ Link::Authority(_)) => {
-                path.push(link);
-                return Ok(path);
-            }
-            Some(link @ Link::Chain(i)) => {
-                path.push(link);
-                used[i] = true;
-                current = i;
-            }
-            None => {
-                return Err(failure.unwrap_or(X509SvidError::UnknownAuthority { index: current }));
-            }
-        }
+        Ok(())
     }
-    Err(X509SvidError::UnknownAuthority { index: current })
 }
 
-fn check_path(
-    certs: &[X509Certificate<'_>],
+/// Builds and validates the path with webpki from the authorities current at `now`.
+fn check_path<C: AsRef<[u8]>, A: AsRef<[u8]>>(
+    usage: SvidUsage,
+    chain: &[C],
+    authorities: &[A],
     roots: &[X509Certificate<'_>],
-    path: &[Link],
-    now: i64,
+    now: SystemTime,
 ) -> Result<(), X509SvidError> {
-    for (depth, link) in path.iter().enumerate() {
-        let (cert, index) = match *link {
-            Link::Chain(i) => (&certs[i], i),
-            Link::Authority(i) => (&roots[i], i),
-        };
-        // Intermediate CAs below this certificate on the path (the leaf does not count).
-        let cas_below = depth.saturating_sub(1);
-        let is_authority = matches!(link, Link::Authority(_));
-        if depth > 0 {
-            let bc = cert
-                .basic_constraints()
-                .map_err(|_| X509SvidError::MalformedExtension { index })
-                .or_else(|e| if is_authority { Ok(None) } else { Err(e) })?;
-            if !is_authority && !bc.as_ref().is_some_and(|bc| bc.value.ca) {
-                return Err(X509SvidError::IntermediateNotCa { index });
-            }
-            let limit = bc.and_then(|bc| bc.value.path_len_constraint);
-            if limit.is_some_and(|limit| cas_below > limit as usize) {
-                return Err(if is_authority {
-                    X509SvidError::AuthorityPathLenExceeded { index }
-                } else {
-                    X509SvidError::PathLenExceeded { index }
-                });
-            }
-        }
-        let validity = cert.validity();
-        if now < validity.not_before.timestamp() {
-            return Err(if is_authority {
-                X509SvidError::AuthorityNotYetValid { index }
-            } else {
-                X509SvidError::NotYetValid { index }
-            });
-        }
-        if now > validity.not_after.timestamp() {
-            return Err(if is_authority {
-                X509SvidError::AuthorityExpired { index }
-            } else {
-                X509SvidError::Expired { index }
-            });
-        }
+    let now_s = unix_seconds(now);
+    let current: Vec<usize> = (0..roots.len())
+        .filter(|&i| {
+            let v = roots[i].validity();
+            v.not_before.timestamp() <= now_s && now_s <= v.not_after.timestamp()
+        })
+        .collect();
+    if current.is_empty() && !roots.is_empty() {
+        return Err(X509SvidError::NoCurrentAuthority);
     }
-    Ok(())
+    let anchor_ders: Vec<CertificateDer<'_>> =
+        current.iter().map(|&i| CertificateDer::from(authorities[i].as_ref())).collect();
+    let anchors = anchor_ders
+        .iter()
+        .zip(&current)
+        .map(|(der, &index)| {
+            webpki::anchor_from_trusted_cert(der)
+                .map_err(|_| X509SvidError::InvalidAuthority { index })
+        })
+        .collect::<Result<Vec<TrustAnchor<'_>>, _>>()?;
+    let chain_ders: Vec<CertificateDer<'_>> =
+        chain.iter().map(|c| CertificateDer::from(c.as_ref())).collect();
+    let (leaf_der, intermediates) = chain_ders.split_first().ok_or(X509SvidError::EmptyChain)?;
+    let leaf = EndEntityCert::try_from(leaf_der).map_err(|e| path_error(&e))?;
+    let time = UnixTime::since_unix_epoch(now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO));
+    // webpki keeps no constraints of a trust anchor but its name constraints; the authority's
+    // own path length constraint is checked here, which sends webpki on to other paths.
+    let authority_path_len = |path: &webpki::VerifiedPath<'_>| -> Result<(), webpki::Error> {
+        let below = path.intermediate_certificates().count();
+        let Some(slot) = anchors.iter().position(|a| a == path.anchor()) else {
+            return Ok(());
+        };
+        let limit = current
+            .get(slot)
+            .and_then(|&i| roots[i].basic_constraints().ok().flatten())
+            .and_then(|bc| bc.value.path_len_constraint);
+        match limit {
+            Some(limit) if below > limit as usize => Err(webpki::Error::PathLenConstraintViolated),
+            _ => Ok(()),
+        }
+    };
+    let result = match usage {
+        SvidUsage::Any => leaf.verify_for_usage(
+            ALGORITHMS,
+            &anchors,
+            intermediates,
+            time,
+            AnyUsage,
+            None,
+            Some(&authority_path_len),
+        ),
+        SvidUsage::ClientAuth => leaf.verify_for_usage(
+            ALGORITHMS,
+            &anchors,
+            intermediates,
+            time,
+            KeyUsage::client_auth(),
+            None,
+            Some(&authority_path_len),
+        ),
+        SvidUsage::ServerAuth => leaf.verify_for_usage(
+            ALGORITHMS,
+            &anchors,
+            intermediates,
+            time,
+            KeyUsage::server_auth(),
+            None,
+            Some(&authority_path_len),
+        ),
+    };
+    result.map(|_| ()).map_err(|e| path_error(&e))
+}
+
+fn path_error(e: &webpki::Error) -> X509SvidError {
+    use webpki::Error as W;
+    match e {
+        W::UnknownIssuer => X509SvidError::UnknownAuthority,
+        W::InvalidSignatureForPublicKey => X509SvidError::BadSignature,
+        W::UnsupportedSignatureAlgorithmContext(_)
+        | W::UnsupportedSignatureAlgorithmForPublicKeyContext(_)
+        | W::SignatureAlgorithmMismatch => X509SvidError::UnsupportedSignatureAlgorithm,
+        W::EndEntityUsedAsCa => X509SvidError::IntermediateNotCa,
+        W::CaUsedAsEndEntity => X509SvidError::LeafIsCa,
+        W::PathLenConstraintViolated => X509SvidError::PathLenExceeded,
+        W::CertNotValidYet { .. } => X509SvidError::NotYetValid,
+        W::CertExpired { .. } => X509SvidError::Expired,
+        W::UnsupportedCriticalExtension => X509SvidError::UnsupportedCriticalExtension,
+        W::NameConstraintViolation => X509SvidError::NameConstraintViolation,
+        W::RequiredEkuNotFoundContext(_) | W::EmptyEkuExtension => X509SvidError::ExtendedKeyUsage,
+        _ => X509SvidError::InvalidPath,
+    }
 }
 
 #[cfg(test)]
@@ -467,14 +474,25 @@ mod tests {
         let p = pki();
         let chain = [&p.leaf, &p.intermediate];
         assert_eq!(verify(&chain, &[&p.root], at(unix(NOT_AFTER))), Ok(id()));
-        assert_eq!(
-            verify(&chain, &[&p.root], at(unix(NOT_AFTER) + 1)),
-            Err(E::Expired { index: 0 })
-        );
         assert_eq!(verify(&chain, &[&p.root], at(unix((2024, 1, 1)))), Ok(id()));
+        // Past either end the authority (same window) is no longer current.
+        for t in [unix(NOT_AFTER) + 1, unix((2024, 1, 1)) - 1] {
+            assert_eq!(verify(&chain, &[&p.root], at(t)), Err(E::NoCurrentAuthority));
+        }
+        // With an authority that outlives them, the leaf's own bounds decide.
+        let (wide_root, wide_issuer) = {
+            let mut params = ca_params("wide");
+            params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2090, 1, 1);
+            let key = key(&rcgen::PKCS_ECDSA_P256_SHA256);
+            (params.self_signed(&key).unwrap().der().to_vec(), rcgen::Issuer::new(params, key))
+        };
+        let (leaf, _) = issue(leaf_params(ID), &wide_issuer);
+        assert_eq!(verify(&[&leaf], &[&wide_root], at(unix(NOT_AFTER))), Ok(id()));
+        assert_eq!(verify(&[&leaf], &[&wide_root], at(unix(NOT_AFTER) + 1)), Err(E::Expired));
         assert_eq!(
-            verify(&chain, &[&p.root], at(unix((2024, 1, 1)) - 1)),
-            Err(E::NotYetValid { index: 0 })
+            verify(&[&leaf], &[&wide_root], at(unix((2024, 1, 1)) - 1)),
+            Err(E::NotYetValid)
         );
     }
 
@@ -492,6 +510,60 @@ mod tests {
                 found: TrustDomain::new("example.org").unwrap(),
             })
         );
+    }
+
+    #[test]
+    fn an_expired_authority_with_the_same_name_and_key_does_not_hide_a_current_one() {
+        let root_key = key(&rcgen::PKCS_ECDSA_P256_SHA256);
+        let mut old = ca_params("root");
+        old.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        old.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        let old_der = old.self_signed(&root_key).unwrap().der().to_vec();
+        let current = ca_params("root");
+        let current_der = current.self_signed(&root_key).unwrap().der().to_vec();
+        let (leaf, _) = issue(leaf_params(ID), &rcgen::Issuer::new(current, root_key));
+        assert_eq!(verify(&[&leaf], &[&old_der, &current_der], now()), Ok(id()));
+        assert_eq!(verify(&[&leaf], &[&old_der], now()), Err(E::NoCurrentAuthority));
+    }
+
+    #[test]
+    fn refuses_unknown_critical_extensions_on_the_path() {
+        let unknown = || {
+            let mut ext = rcgen::CustomExtension::from_oid_content(
+                &[1, 3, 6, 1, 4, 1, 99999, 1],
+                vec![0x05, 0x00],
+            );
+            ext.set_criticality(true);
+            ext
+        };
+        let (leaf, root_der) = leaf_with(|p| p.custom_extensions.push(unknown()));
+        assert_eq!(verify(&[&leaf], &[&root_der], now()), Err(E::UnsupportedCriticalExtension));
+
+        let (root_der, root_issuer) = root("root", &rcgen::PKCS_ECDSA_P256_SHA256);
+        let mut int = ca_params("intermediate");
+        int.custom_extensions.push(unknown());
+        let (int, int_issuer) = issue(int, &root_issuer);
+        let (leaf, _) = issue(leaf_params(ID), &int_issuer);
+        assert_eq!(
+            verify(&[&leaf, &int], &[&root_der], now()),
+            Err(E::UnsupportedCriticalExtension)
+        );
+    }
+
+    #[test]
+    fn client_auth_usage_needs_client_auth_when_the_leaf_names_purposes() {
+        use rcgen::ExtendedKeyUsagePurpose as Eku;
+        let (server_only, root_der) = leaf_with(|p| p.extended_key_usages = vec![Eku::ServerAuth]);
+        assert_eq!(verify(&[&server_only], &[&root_der], now()), Ok(id()));
+        assert_eq!(
+            verify_for(SvidUsage::ClientAuth, &[&server_only], &[&root_der], now()),
+            Err(E::ExtendedKeyUsage)
+        );
+        let (both, root_der) =
+            leaf_with(|p| p.extended_key_usages = vec![Eku::ServerAuth, Eku::ClientAuth]);
+        assert_eq!(verify_for(SvidUsage::ClientAuth, &[&both], &[&root_der], now()), Ok(id()));
+        let (none, root_der) = leaf_with(|_| {});
+        assert_eq!(verify_for(SvidUsage::ClientAuth, &[&none], &[&root_der], now()), Ok(id()));
     }
 
     /// One chain per rule, each breaking only that rule.
@@ -586,12 +658,12 @@ mod tests {
         single(
             "leaf not yet valid",
             Box::new(|p| p.not_before = rcgen::date_time_ymd(2030, 1, 1)),
-            E::NotYetValid { index: 0 },
+            E::NotYetValid,
         );
         single(
             "leaf expired",
             Box::new(|p| p.not_after = rcgen::date_time_ymd(2025, 1, 1)),
-            E::Expired { index: 0 },
+            E::Expired,
         );
 
         let (other_root, _) = root("other", &rcgen::PKCS_ECDSA_P256_SHA256);
@@ -599,27 +671,27 @@ mod tests {
             "unknown root",
             vec![p.leaf.clone(), p.intermediate.clone()],
             vec![other_root],
-            E::UnknownAuthority { index: 1 },
+            E::UnknownAuthority,
         ));
         cases.push((
             "missing intermediate",
             vec![p.leaf.clone()],
             vec![p.root.clone()],
-            E::UnknownAuthority { index: 0 },
+            E::UnknownAuthority,
         ));
         let (same_name_root, _) = root("root", &rcgen::PKCS_ECDSA_P256_SHA256);
         cases.push((
             "same name, other key",
             vec![p.leaf.clone(), p.intermediate.clone()],
             vec![same_name_root],
-            E::BadSignature { index: 1 },
+            E::BadSignature,
         ));
         let (p521_root, p521_issuer) = root("root", &rcgen::PKCS_ECDSA_P521_SHA512);
         cases.push((
             "p-521 signature",
             vec![issue(leaf_params(ID), &p521_issuer).0],
             vec![p521_root],
-            E::UnsupportedSignatureAlgorithm { index: 0 },
+            E::UnsupportedSignatureAlgorithm,
         ));
 
         let (root_der, root_issuer) = root("root", &rcgen::PKCS_ECDSA_P256_SHA256);
@@ -630,7 +702,7 @@ mod tests {
             "intermediate not ca",
             vec![issue(leaf_params(ID), &int_issuer).0, int],
             vec![root_der.clone()],
-            E::IntermediateNotCa { index: 1 },
+            E::IntermediateNotCa,
         ));
         let mut no_bc = ca_params("intermediate");
         no_bc.is_ca = IsCa::NoCa;
@@ -639,7 +711,7 @@ mod tests {
             "intermediate without basic constraints",
             vec![issue(leaf_params(ID), &int_issuer).0, int],
             vec![root_der.clone()],
-            E::IntermediateNotCa { index: 1 },
+            E::IntermediateNotCa,
         ));
         let mut expired = ca_params("intermediate");
         expired.not_after = rcgen::date_time_ymd(2025, 1, 1);
@@ -648,7 +720,7 @@ mod tests {
             "intermediate expired",
             vec![issue(leaf_params(ID), &int_issuer).0, int],
             vec![root_der.clone()],
-            E::Expired { index: 1 },
+            E::Expired,
         ));
         let mut pathlen0 = ca_params("int1");
         pathlen0.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -658,7 +730,7 @@ mod tests {
             "intermediate path length",
             vec![issue(leaf_params(ID), &int2_issuer).0, int2, int1],
             vec![root_der],
-            E::PathLenExceeded { index: 2 },
+            E::PathLenExceeded,
         ));
 
         let mut constrained_root = ca_params("root");
@@ -671,12 +743,11 @@ mod tests {
             "authority path length",
             vec![issue(leaf_params(ID), &int_issuer).0, int],
             vec![root_der],
-            E::AuthorityPathLenExceeded { index: 0 },
+            E::PathLenExceeded,
         ));
-        for (window, want) in [
-            ((2030, 1, 1), E::AuthorityNotYetValid { index: 0 }),
-            ((2019, 1, 1), E::AuthorityExpired { index: 0 }),
-        ] {
+        for (window, want) in
+            [((2030, 1, 1), E::NoCurrentAuthority), ((2019, 1, 1), E::NoCurrentAuthority)]
+        {
             let mut params = ca_params("root");
             if window.0 > 2025 {
                 params.not_before = rcgen::date_time_ymd(window.0, window.1, window.2);

@@ -238,11 +238,9 @@ impl CaManager {
             });
         }
         let bytes = serde_json::to_vec_pretty(&journal).map_err(|e| self.journal_err(e))?;
-        let path = self.journal_path();
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, bytes).map_err(|e| self.journal_err(e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| self.journal_err(e))?;
-        Ok(())
+        // Synced and renamed: a crash never leaves an empty or partial journal behind.
+        ward_ca::files::write_atomically(&self.journal_path(), &bytes)
+            .map_err(|e| self.journal_err(e))
     }
 
     fn lock_slots(&self) -> std::sync::MutexGuard<'_, Slots> {

@@ -379,8 +379,10 @@ fn opt_duration(key: &'static str, v: Option<&str>) -> Result<Option<Duration>, 
     v.map(|s| parse_duration(s).map_err(|reason| ConfigError::Invalid { key, reason })).transpose()
 }
 
-/// Parses a Go-style duration: one or more `<integer><unit>` groups with units `h`, `m`,
-/// `s`, `ms` (`"24h"`, `"1h30m"`, `"90s"`). A bare integer is seconds.
+/// Parses a duration as SPIRE's configuration does (Go's `time.ParseDuration`, through the
+/// `go-parse-duration` crate): one or more `<decimal><unit>` groups with units `ns`, `us`,
+/// `µs`, `ms`, `s`, `m`, `h` (`"24h"`, `"1h30m"`, `"1.5h"`, `"90s"`). As a ward extension a
+/// bare integer is seconds. Negative durations are refused.
 ///
 /// # Errors
 /// A message naming the problem.
@@ -392,30 +394,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if let Ok(secs) = s.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
     }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return Err(format!("bad duration {s:?}: expected a number"));
-        }
-        let (num, tail) = rest.split_at(digits);
-        let n: u64 = num.parse().map_err(|_| format!("bad duration {s:?}: number too large"))?;
-        let unit_len = tail.bytes().take_while(u8::is_ascii_alphabetic).count();
-        let (unit, tail) = tail.split_at(unit_len);
-        let part = match unit {
-            "h" => n.checked_mul(3600).map(Duration::from_secs),
-            "m" => n.checked_mul(60).map(Duration::from_secs),
-            "s" => Some(Duration::from_secs(n)),
-            "ms" => Some(Duration::from_millis(n)),
-            "" => return Err(format!("bad duration {s:?}: missing unit")),
-            other => return Err(format!("bad duration {s:?}: unknown unit {other:?}")),
-        }
-        .ok_or_else(|| format!("bad duration {s:?}: too large"))?;
-        total = total.checked_add(part).ok_or_else(|| format!("bad duration {s:?}: too large"))?;
-        rest = tail;
+    let nanos = go_parse_duration::parse_duration(s)
+        .map_err(|e| format!("bad duration {s:?}: {}", go_duration_error(&e)))?;
+    let nanos = u64::try_from(nanos).map_err(|_| format!("bad duration {s:?}: negative"))?;
+    Ok(Duration::from_nanos(nanos))
+}
+
+fn go_duration_error(e: &go_parse_duration::Error) -> String {
+    match e {
+        go_parse_duration::Error::ParseError(m) => m.clone(),
     }
-    Ok(total)
 }
 
 #[cfg(test)]
@@ -532,5 +520,26 @@ mod tests {
         assert!(parse_duration("h").is_err());
         assert!(parse_duration("10").is_ok());
         assert!(parse_duration("10d").is_err());
+    }
+
+    #[test]
+    fn durations_as_go_parses_them() {
+        for (text, want) in [
+            ("1.5h", Duration::from_secs(5400)),
+            ("90m", Duration::from_secs(5400)),
+            ("1h30m", Duration::from_secs(5400)),
+            (".5m", Duration::from_secs(30)),
+            ("1m0.5s", Duration::from_millis(60_500)),
+            ("300us", Duration::from_micros(300)),
+            ("2h45m10.25s", Duration::from_millis(9_910_250)),
+        ] {
+            assert_eq!(parse_duration(text), Ok(want), "{text}");
+        }
+        for bad in ["-1h", "1.h5", "5x", "1hh", "h1", "1 h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        let c =
+            Config::from_toml("default_x509_svid_ttl = \"1.5h\"", &Overrides::default()).unwrap();
+        assert_eq!(c.default_x509_svid_ttl, Duration::from_secs(5400));
     }
 }

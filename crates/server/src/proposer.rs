@@ -89,7 +89,7 @@ mod tests {
         let p = LocalProposer::new(store.clone());
         for (i, tok) in ["a", "b"].into_iter().enumerate() {
             let cmd = Command::CreateJoinToken {
-                token: JoinToken { token: tok.into(), expires_at: 100 },
+                token: JoinToken { token: tok.into(), expires_at: 100 }.to_stored(),
                 entry: None,
             };
             let applied = p.propose(cmd).await.unwrap();

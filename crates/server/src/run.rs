@@ -69,6 +69,8 @@ pub struct RunningServer {
     pub metrics_addr: Option<SocketAddr>,
     /// The health-check listener, when `health_checks.listener_enabled`.
     pub health_addr: Option<SocketAddr>,
+    /// The TCP listener's TLS handshake counters.
+    pub handshakes: Arc<tls::HandshakeStats>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -241,8 +243,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningServer> {
 /// As [`start`].
 pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<RunningServer> {
     let clock = opts.clock;
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
+    // The store and the CA keys live here: created owner-only, refused when others can write.
+    ward_ca::files::ensure_private_dir(&cfg.data_dir).context("data directory")?;
     let (store, proposer) = match opts.store {
         Some(parts) => parts,
         None => {
@@ -322,7 +324,9 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<Runni
         .await
         .with_context(|| format!("binding {}:{}", cfg.bind_address, cfg.bind_port))?;
     let tcp_addr = tcp.local_addr()?;
-    let incoming = tls::incoming(tcp, tls_config);
+    let handshakes = Arc::new(tls::HandshakeStats::default());
+    let incoming =
+        tls::incoming(tcp, tls_config, tls::HandshakeLimits::default(), handshakes.clone());
     let metrics_on = cfg.telemetry.prometheus.is_some();
     let tcp_router = Server::builder()
         .max_connection_age(MAX_CONNECTION_AGE)
@@ -412,6 +416,7 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<Runni
         state,
         metrics_addr,
         health_addr,
+        handshakes,
         stop,
         tasks,
     })

@@ -80,7 +80,8 @@ pub trait AuthoritySource: Send + Sync + std::fmt::Debug {
 
 /// Verifies client certificates, when presented, SPIFFE-style with ward-core's X509-SVID
 /// validation: exactly one URI SAN, a member of the server's trust domain, a leaf (not a
-/// CA) chaining to a current X.509 authority of the bundle, valid now.
+/// CA) usable for TLS client authentication, chaining to a current X.509 authority of the
+/// bundle, valid now. The path itself is built and validated by `rustls-webpki`.
 #[derive(Debug)]
 pub struct SpiffeClientVerifier {
     td: TrustDomain,
@@ -124,7 +125,13 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         chain.push(end_entity.as_ref());
         chain.extend(intermediates.iter().map(|c| c.as_ref()));
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs());
-        let id = ward_core::x509svid::verify_with_bundle(&chain, &bundle, now).map_err(refused)?;
+        let id = ward_core::x509svid::verify_with_bundle_for(
+            ward_core::x509svid::SvidUsage::ClientAuth,
+            &chain,
+            &bundle,
+            now,
+        )
+        .map_err(refused)?;
         if !id.is_member_of(&self.td) {
             return Err(refused(format!("unexpected trust domain in client ID {id}")));
         }
@@ -444,17 +451,85 @@ impl AsyncWrite for TlsConn {
     }
 }
 
-/// Accepts TCP connections and completes TLS handshakes concurrently, yielding finished
+/// Limits on the TLS listener's handshakes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandshakeLimits {
+    /// Handshakes in progress at once; further connections wait in the kernel's accept
+    /// queue until one finishes (default [`MAX_CONCURRENT_HANDSHAKES`]).
+    pub max_concurrent: usize,
+    /// Longest a handshake may take before the connection is dropped (default 10 s).
+    pub timeout: Duration,
+}
+
+/// Default bound on concurrent TLS handshakes. A handshake costs a signature and a chain
+/// verification (well under a millisecond of CPU each), so this is far more than two cores
+/// can finish at once, while still capping the tasks and memory a flood of slow or silent
+/// clients can pin.
+pub const MAX_CONCURRENT_HANDSHAKES: usize = 256;
+
+impl Default for HandshakeLimits {
+    fn default() -> Self {
+        Self { max_concurrent: MAX_CONCURRENT_HANDSHAKES, timeout: HANDSHAKE_TIMEOUT }
+    }
+}
+
+/// Live counters of the listener's handshakes.
+#[derive(Debug, Default)]
+pub struct HandshakeStats {
+    in_flight: std::sync::atomic::AtomicUsize,
+    peak: std::sync::atomic::AtomicUsize,
+}
+
+impl HandshakeStats {
+    /// Handshakes in progress now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The most handshakes that were ever in progress at once.
+    pub fn peak(&self) -> usize {
+        self.peak.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn enter(self: &Arc<Self>) -> InFlight {
+        let now = self.in_flight.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+        InFlight(self.clone())
+    }
+}
+
+/// One handshake counted in [`HandshakeStats::in_flight`] while it lives.
+struct InFlight(Arc<HandshakeStats>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Accepts TCP connections and completes TLS handshakes concurrently, at most
+/// `limits.max_concurrent` at a time (the mini-redis pattern: a permit is taken before a
+/// connection is accepted and returned when its handshake ends), yielding finished
 /// connections. Failed handshakes are logged and dropped; the loop ends when the receiver
 /// is dropped.
 pub fn incoming(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
+    limits: HandshakeLimits,
+    stats: Arc<HandshakeStats>,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, std::io::Error>> {
     let (tx, rx) = mpsc::channel(64);
     let acceptor = TlsAcceptor::from(config);
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent.max(1)));
     tokio::spawn(async move {
         loop {
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+                () = tx.closed() => break,
+            };
             let (tcp, addr) = tokio::select! {
                 r = listener.accept() => match r {
                     Ok(v) => v,
@@ -469,8 +544,12 @@ pub fn incoming(
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
+            let in_flight = stats.enter();
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                let handshake = tokio::time::timeout(limits.timeout, acceptor.accept(tcp)).await;
+                drop(in_flight);
+                drop(permit);
+                match handshake {
                     Ok(Ok(stream)) => {
                         let _ = tx.send(Ok(TlsConn::new(stream))).await;
                     }

@@ -78,14 +78,15 @@ async fn batch_new_x509_svid_per_item_statuses_in_order() {
     assert!(resp.results[..6].iter().all(|r| r.svid.is_none()));
     assert!(resp.results[6].svid.is_some());
 
-    // More than 500 CSRs in one call is refused outright.
+    // More than 500 CSRs in one call: with the signing limit off (this harness) SPIRE's
+    // DisabledLimit refuses nothing; tests/ratelimit.rs covers the refusal with it on.
     let many: Vec<_> = (0..501).map(|_| param(&mine, good_csr.clone())).collect();
-    let err = client
+    let resp = client
         .batch_new_x509svid(svidpb::BatchNewX509svidRequest { params: many })
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::ResourceExhausted);
-    assert_eq!(err.message(), "rate (501) exceeds burst size (500)");
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.results.len(), 501);
 
     // JWT-SVID: audience required, entry must be authorized.
     let err = client

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use ward_core::{
-    AgentId, AttestedNode, Bundle, EntryId, FederationRelationship, JoinToken, JwtAuthority,
-    RegistrationEntry, TrustDomain, X509Authority,
+    AgentId, AttestedNode, Bundle, EntryId, FederationRelationship, JoinTokenHash, JwtAuthority,
+    RegistrationEntry, StoredJoinToken, TrustDomain, X509Authority,
 };
 
 use crate::command::{
@@ -113,16 +113,16 @@ impl<'a> Txn<'a> {
         Some(old)
     }
 
-    fn put_token(&mut self, t: JoinToken) -> Result<(), StoreError> {
-        self.batch.insert(record::key(record::TOKEN, &t.token), record::encode(&t)?);
-        self.state.tokens.insert(t.token.clone(), t);
+    fn put_token(&mut self, t: StoredJoinToken) -> Result<(), StoreError> {
+        self.batch.insert(record::token_key(&t.hash), record::encode(&t)?);
+        self.state.tokens.insert(t.hash, t);
         self.mutated = true;
         Ok(())
     }
 
-    fn remove_token(&mut self, token: &str) -> Option<JoinToken> {
-        let old = self.state.tokens.remove(token)?;
-        self.batch.remove(record::key(record::TOKEN, token));
+    fn remove_token(&mut self, hash: &JoinTokenHash) -> Option<StoredJoinToken> {
+        let old = self.state.tokens.remove(hash)?;
+        self.batch.remove(record::token_key(hash));
         self.mutated = true;
         Some(old)
     }
@@ -175,8 +175,8 @@ impl<'a> Txn<'a> {
             Command::CreateJoinToken { token, entry } => {
                 Outcome::JoinTokenCreated(self.create_token(token, entry.as_ref())?)
             }
-            Command::ConsumeJoinToken { token, now } => {
-                Outcome::JoinTokenConsumed(match self.remove_token(token) {
+            Command::ConsumeJoinToken { hash, now } => {
+                Outcome::JoinTokenConsumed(match self.remove_token(hash) {
                     Some(t) => {
                         Ok(ConsumedToken { expires_at: t.expires_at, expired: t.expires_at < *now })
                     }
@@ -341,12 +341,12 @@ impl<'a> Txn<'a> {
                 Outcome::Pruned(doomed.len())
             }
             Command::PruneJoinTokens { expires_before } => {
-                let doomed: Vec<String> = self
+                let doomed: Vec<JoinTokenHash> = self
                     .state
                     .tokens
                     .values()
                     .filter(|t| t.expires_at < *expires_before)
-                    .map(|t| t.token.clone())
+                    .map(|t| t.hash)
                     .collect();
                 for t in &doomed {
                     self.remove_token(t);
@@ -417,13 +417,10 @@ impl<'a> Txn<'a> {
 
     fn create_token(
         &mut self,
-        token: &JoinToken,
+        token: &StoredJoinToken,
         entry: Option<&RegistrationEntry>,
     ) -> Result<ItemResult<Option<Arc<RegistrationEntry>>>, StoreError> {
-        if token.token.is_empty() {
-            return Ok(Err(ItemError::Invalid("token value is required".into())));
-        }
-        if self.state.tokens.contains_key(&token.token) {
+        if self.state.tokens.contains_key(&token.hash) {
             return Ok(Err(ItemError::TokenExists));
         }
         let entry = match entry.map(|e| self.check_create(e)).transpose() {

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use ward_core::{
-    AgentId, AttestedNode, Bundle, EntryId, EntryPatch, FederationRelationship, JoinToken,
-    JwtAuthority, RegistrationEntry, SelectorSet, TrustDomain, X509Authority,
+    AgentId, AttestedNode, Bundle, EntryId, EntryPatch, FederationRelationship, JoinTokenHash,
+    JwtAuthority, RegistrationEntry, SelectorSet, StoredJoinToken, TrustDomain, X509Authority,
 };
 
 /// One item of [`Command::UpdateEntries`]: the entry to change and the fields to replace.
@@ -159,17 +159,18 @@ pub enum Command {
     /// Delete entries (BatchDeleteEntry). Per item: [`ItemError::EntryNotFound`].
     DeleteEntries(Vec<EntryId>),
     /// Create a join token, and with it the entry SPIRE creates when `agent_id` is given.
+    /// Only the token's hash is proposed and kept; the value never enters the log.
     CreateJoinToken {
-        /// The token and its expiry.
-        token: JoinToken,
+        /// The token's hash and its expiry.
+        token: StoredJoinToken,
         /// The entry that maps the join-token agent to the requested agent ID, if any.
         entry: Option<RegistrationEntry>,
     },
     /// Consume a join token: it is deleted even when it has expired, and the result reports
     /// whether it had expired at `now`.
     ConsumeJoinToken {
-        /// The token value.
-        token: String,
+        /// The hash of the token value the agent presented.
+        hash: JoinTokenHash,
         /// The proposer's clock, Unix seconds.
         now: i64,
     },

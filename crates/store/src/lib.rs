@@ -24,7 +24,7 @@
 //! |---|---|
 //! | `e` + entry id | `RegistrationEntry` |
 //! | `a` + agent SPIFFE ID | `AttestedNode` |
-//! | `t` + token | `JoinToken` |
+//! | `t` + hex SHA-256 of the token value | `StoredJoinToken` |
 //! | `b` + trust domain name | `Bundle` and its creation number (bundles list in creation order) |
 //! | `f` + trust domain name | `FederationRelationship` (without its bundle, which is under `b`) and its creation number |
 //! | `c` + revision (u64 BE) | [`Change`]: ids changed by that revision; the last [`CHANGE_FEED_RETAIN`] are kept |

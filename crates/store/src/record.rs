@@ -2,7 +2,7 @@
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use ward_core::{AgentId, EntryId, TrustDomain};
+use ward_core::{AgentId, EntryId, JoinTokenHash, TrustDomain};
 
 use crate::error::StoreError;
 
@@ -10,7 +10,7 @@ use crate::error::StoreError;
 pub(crate) const ENTRY: u8 = b'e';
 /// Key prefix of attested nodes: `a` + agent SPIFFE ID.
 pub(crate) const AGENT: u8 = b'a';
-/// Key prefix of join tokens: `t` + token.
+/// Key prefix of join tokens: `t` + hex SHA-256 of the token value.
 pub(crate) const TOKEN: u8 = b't';
 /// Key prefix of bundles: `b` + trust domain name.
 pub(crate) const BUNDLE: u8 = b'b';
@@ -49,6 +49,10 @@ pub(crate) fn entry_key(id: &EntryId) -> Vec<u8> {
 
 pub(crate) fn agent_key(id: &AgentId) -> Vec<u8> {
     key(AGENT, id.0.as_str())
+}
+
+pub(crate) fn token_key(hash: &JoinTokenHash) -> Vec<u8> {
+    key(TOKEN, &hash.to_hex())
 }
 
 pub(crate) fn bundle_key(td: &TrustDomain) -> Vec<u8> {

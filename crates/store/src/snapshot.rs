@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use ward_core::{AttestedNode, Bundle, FederationRelationship, JoinToken, RegistrationEntry};
+use ward_core::{AttestedNode, Bundle, FederationRelationship, RegistrationEntry, StoredJoinToken};
 
 use crate::error::{EngineResult, StoreError};
 use crate::ordered::Ordered;
@@ -245,7 +245,7 @@ struct Cut {
     entries: std::vec::IntoIter<Arc<RegistrationEntry>>,
     federations: std::vec::IntoIter<(u64, Arc<FederationRelationship>)>,
     meta: std::vec::IntoIter<(sled::IVec, sled::IVec)>,
-    tokens: std::vec::IntoIter<JoinToken>,
+    tokens: std::vec::IntoIter<StoredJoinToken>,
 }
 
 impl Cut {
@@ -279,7 +279,7 @@ impl Cut {
         } else if let Some((k, v)) = self.meta.next() {
             put_raw(out, &k, &v)
         } else if let Some(t) = self.tokens.next() {
-            put_record(out, &record::key(record::TOKEN, &t.token), &t)
+            put_record(out, &record::token_key(&t.hash), &t)
         } else {
             Ok(false)
         }
@@ -562,7 +562,8 @@ mod tests {
         let td = ward_core::TrustDomain::new("fed.example").unwrap();
         let cmds = [
             Command::CreateJoinToken {
-                token: JoinToken { token: "tok".into(), expires_at: 2_000_000_000 },
+                token: ward_core::JoinToken { token: "tok".into(), expires_at: 2_000_000_000 }
+                    .to_stored(),
                 entry: None,
             },
             Command::SetBundles(vec![Bundle {

@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use ward_core::{
-    AgentId, AttestedNode, Bundle, EntryId, FederationRelationship, JoinToken, RegistrationEntry,
-    TrustDomain,
+    AgentId, AttestedNode, Bundle, EntryId, FederationRelationship, JoinTokenHash,
+    RegistrationEntry, StoredJoinToken, TrustDomain,
 };
 
 use crate::apply::{Txn, with_bundle};
@@ -321,9 +321,14 @@ impl Store {
 
     // ----- tokens, bundles, federation -----
 
-    /// The join token with this value.
-    pub fn join_token(&self, token: &str) -> Option<JoinToken> {
-        self.read().tokens.get(token).cloned()
+    /// The stored join token with this value (found by its hash).
+    pub fn join_token(&self, token: &str) -> Option<StoredJoinToken> {
+        self.join_token_by_hash(&JoinTokenHash::of(token))
+    }
+
+    /// The stored join token with this hash.
+    pub fn join_token_by_hash(&self, hash: &JoinTokenHash) -> Option<StoredJoinToken> {
+        self.read().tokens.get(hash).cloned()
     }
 
     /// The bundle of `td`.
@@ -447,8 +452,8 @@ pub(crate) fn load_state(tree: &sled::Tree, td: &TrustDomain) -> Result<State, S
                 state.put_agent(Arc::new(a));
             }
             Some(record::TOKEN) => {
-                let t: JoinToken = record::decode(&k, &v)?;
-                state.tokens.insert(t.token.clone(), t);
+                let t: StoredJoinToken = record::decode(&k, &v)?;
+                state.tokens.insert(t.hash, t);
             }
             Some(record::BUNDLE) => {
                 let (b, number): (Bundle, u64) = record::decode_numbered(&k, &v)?;

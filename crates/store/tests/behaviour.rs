@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use ward_core::{
     AgentId, Bundle, BundleEndpointProfile, EntryId, EntryPatch, FederationRelationship, JoinToken,
-    JwtAuthority, SelectorMatch, SelectorSet, TrustDomain, X509Authority,
+    JoinTokenHash, JwtAuthority, SelectorMatch, SelectorSet, TrustDomain, X509Authority,
 };
 use ward_store::testdata::DataSet;
 use ward_store::{
@@ -268,11 +268,52 @@ fn batch_items_fail_independently_with_typed_reasons() {
     );
 }
 
+/// Every byte of every file under `dir`.
+fn all_bytes(dir: &std::path::Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(all_bytes(&path));
+        } else {
+            out.extend(std::fs::read(&path).unwrap());
+        }
+    }
+    out
+}
+
+#[test]
+fn join_tokens_are_kept_only_as_hashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let secret = "7f3c-join-token-value-that-must-not-be-stored";
+    let token = JoinToken { token: secret.into(), expires_at: 2_000_000_000 };
+    store
+        .propose_local(&Command::CreateJoinToken { token: token.to_stored(), entry: None })
+        .unwrap();
+    assert_eq!(store.join_token(secret), Some(token.to_stored()));
+    assert_eq!(store.join_token_by_hash(&JoinTokenHash::of(secret)), Some(token.to_stored()));
+    store.flush().unwrap();
+    let found = |hay: &[u8]| hay.windows(secret.len()).any(|w| w == secret.as_bytes());
+    assert!(!found(&all_bytes(dir.path())), "the token value is on disk");
+    let mut snapshot = Vec::new();
+    for chunk in store.export_snapshot_stream(64 * 1024).unwrap() {
+        snapshot.extend(chunk.unwrap().to_bytes());
+    }
+    assert!(!found(&snapshot), "the token value is in a snapshot");
+    // The command that carries it prints no secret either.
+    let consume = Command::ConsumeJoinToken { hash: JoinTokenHash::of(secret), now: 1 };
+    let create = Command::CreateJoinToken { token: token.to_stored(), entry: None };
+    for text in [format!("{consume:?}"), format!("{create:?}")] {
+        assert!(!text.contains(&JoinTokenHash::of(secret).to_hex()[..12]), "{text}");
+    }
+}
+
 #[test]
 fn join_token_is_consumed_even_when_expired() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let tok = |t: &str| JoinToken { token: t.into(), expires_at: 100 };
+    let tok = |t: &str| JoinToken { token: t.into(), expires_at: 100 }.to_stored();
     let mut entry = DataSet::workload_entry(0, 0);
     entry.parent_id = DataSet::trust_domain().spiffe_id("/spire/agent/join_token/t1").unwrap();
     let r = store
@@ -282,19 +323,22 @@ fn join_token_is_consumed_even_when_expired() {
     let r =
         store.propose_local(&Command::CreateJoinToken { token: tok("t1"), entry: None }).unwrap();
     assert_eq!(r.outcome, Outcome::JoinTokenCreated(Err(ItemError::TokenExists)));
-    let r =
-        store.propose_local(&Command::ConsumeJoinToken { token: "t1".into(), now: 150 }).unwrap();
+    let r = store
+        .propose_local(&Command::ConsumeJoinToken { hash: JoinTokenHash::of("t1"), now: 150 })
+        .unwrap();
     assert_eq!(
         r.outcome,
         Outcome::JoinTokenConsumed(Ok(ConsumedToken { expires_at: 100, expired: true }))
     );
     assert_eq!(store.join_token("t1"), None);
-    let r =
-        store.propose_local(&Command::ConsumeJoinToken { token: "t1".into(), now: 50 }).unwrap();
+    let r = store
+        .propose_local(&Command::ConsumeJoinToken { hash: JoinTokenHash::of("t1"), now: 50 })
+        .unwrap();
     assert_eq!(r.outcome, Outcome::JoinTokenConsumed(Err(ItemError::TokenNotFound)));
     store.propose_local(&Command::CreateJoinToken { token: tok("t2"), entry: None }).unwrap();
-    let r =
-        store.propose_local(&Command::ConsumeJoinToken { token: "t2".into(), now: 50 }).unwrap();
+    let r = store
+        .propose_local(&Command::ConsumeJoinToken { hash: JoinTokenHash::of("t2"), now: 50 })
+        .unwrap();
     assert_eq!(
         r.outcome,
         Outcome::JoinTokenConsumed(Ok(ConsumedToken { expires_at: 100, expired: false }))

@@ -12,8 +12,8 @@ use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use ward_core::{
     AgentId, Bundle, BundleEndpointProfile, EntryId, EntryPatch, FederationRelationship, JoinToken,
-    JwtAuthority, RegistrationEntry, Selector, SelectorMatch, SelectorSet, SpiffeId, TrustDomain,
-    X509Authority,
+    JoinTokenHash, JwtAuthority, RegistrationEntry, Selector, SelectorMatch, SelectorSet, SpiffeId,
+    TrustDomain, X509Authority,
 };
 use ward_store::{
     AgentAttestation, AgentFilter, BundleDeleteMode, BundleMask, BundleUpdate, Command,
@@ -279,12 +279,12 @@ fn arb_command() -> impl Strategy<Value = Command> {
         }),
         1 => (0..3usize, prop::option::of(arb_entry())).prop_map(|(t, entry)| {
             Command::CreateJoinToken {
-                token: JoinToken { token: format!("tok{t}"), expires_at: 150 },
+                token: JoinToken { token: format!("tok{t}"), expires_at: 150 }.to_stored(),
                 entry,
             }
         }),
         1 => (0..3usize, 0i64..300).prop_map(|(t, now)| Command::ConsumeJoinToken {
-            token: format!("tok{t}"),
+            hash: JoinTokenHash::of(&format!("tok{t}")),
             now,
         }),
         2 => (0..AGENTS + 1, 0..4usize, 0i64..4).prop_map(|(a, s, exp)| Command::RenewAgent {

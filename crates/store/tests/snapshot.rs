@@ -33,7 +33,7 @@ fn loaded() -> (tempfile::TempDir, Store) {
     let store = open(dir.path());
     DataSet::SMALL.load(&store).unwrap();
     for t in &TOKENS[..2] {
-        let token = JoinToken { token: (*t).into(), expires_at: 2_000_000_000 };
+        let token = JoinToken { token: (*t).into(), expires_at: 2_000_000_000 }.to_stored();
         store.propose_local(&Command::CreateJoinToken { token, entry: None }).unwrap();
     }
     store
@@ -188,7 +188,7 @@ fn writes_during_an_export_do_not_block_and_stay_out_of_it() {
         let mut again = DataSet::agent(5);
         again.serial = "999999".into();
         s.propose_local(&Command::AttestAgent(again)).unwrap();
-        let token = JoinToken { token: TOKENS[2].into(), expires_at: 2_000_000_000 };
+        let token = JoinToken { token: TOKENS[2].into(), expires_at: 2_000_000_000 }.to_stored();
         s.propose_local(&Command::CreateJoinToken { token, entry: None }).unwrap()
     });
     assert_eq!(applied.index, at_cut.applied + 4);

@@ -1,31 +1,31 @@
-//! X.509 authorities as PEM (`-----BEGIN CERTIFICATE-----` blocks, RFC 7468).
+//! X.509 authorities as PEM (`-----BEGIN CERTIFICATE-----` blocks, RFC 7468), through the
+//! `pem` crate.
 //!
 //! This is the `spire-server bundle show` default format and the agent's `trust_bundle_path`
-//! format. The reader is strict: only `CERTIFICATE` blocks, only blank lines between them,
-//! standard base64 bodies, and each body one complete DER certificate. Lines may end in
-//! `\n` or `\r\n`.
+//! format. Reading follows Go's `pem.Decode` as SPIRE uses it: text before, between and after
+//! blocks is skipped (so a CA bundle with `# Issuer:` comment lines, as Mozilla's is, reads
+//! fine), every block must be a `CERTIFICATE` and each body one complete DER certificate.
+//! Lines may end in `\n` or `\r\n`. Writing uses `\n` and 64 base64 characters a line.
 
 use super::{Bundle, X509Authority, parse_certificate};
 use crate::spiffe_id::TrustDomain;
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 
 const CERTIFICATE_LABEL: &str = "CERTIFICATE";
-const LINE_WIDTH: usize = 64;
 
 /// Why text is not a sequence of PEM certificates.
 ///
-/// `line` numbers start at 1; `block` is the 0-based position of the PEM block.
+/// `block` is the 0-based position of the PEM block.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PemError {
     /// The text holds no PEM block at all.
     #[error("no certificates found")]
     NoCertificates,
-    /// A non-blank line stands outside any block (including a stray END line).
-    #[error("unexpected text outside a pem block at line {line}")]
-    UnexpectedText {
-        /// The offending line.
-        line: usize,
+    /// A block is not well formed: an END line naming another label, a body that is not
+    /// base64, or a BEGIN line inside a block.
+    #[error("malformed pem block: {reason}")]
+    Malformed {
+        /// What the PEM reader found wrong.
+        reason: String,
     },
     /// A block is labelled other than `CERTIFICATE`.
     #[error("pem block {block} has type {label:?}, expected CERTIFICATE")]
@@ -34,24 +34,6 @@ pub enum PemError {
         block: usize,
         /// Its label.
         label: String,
-    },
-    /// A block has no END line before the text ends or the next BEGIN line.
-    #[error("pem block {block} has no end line")]
-    UnterminatedBlock {
-        /// The block.
-        block: usize,
-    },
-    /// A block's END line names a different label.
-    #[error("pem block {block} ends with a different label")]
-    MismatchedEnd {
-        /// The block.
-        block: usize,
-    },
-    /// A block's body is not standard base64.
-    #[error("pem block {block} body is not base64")]
-    InvalidBase64 {
-        /// The block.
-        block: usize,
     },
     /// A block's body is not one DER certificate.
     #[error("pem block {block} is not a der certificate")]
@@ -63,18 +45,14 @@ pub enum PemError {
 
 /// Writes DER certificates as consecutive `CERTIFICATE` blocks, 64 base64 characters a line.
 pub fn encode_certificates<C: AsRef<[u8]>>(ders: &[C]) -> String {
-    let mut out = String::new();
-    for der in ders {
-        out.push_str("-----BEGIN CERTIFICATE-----\n");
-        let b64 = STANDARD.encode(der.as_ref());
-        // Base64 output is ASCII, so every chunk boundary is a char boundary.
-        for chunk in b64.as_bytes().chunks(LINE_WIDTH) {
-            out.push_str(&String::from_utf8_lossy(chunk));
-            out.push('\n');
-        }
-        out.push_str("-----END CERTIFICATE-----\n");
-    }
-    out
+    // Blocks follow each other directly, as Go's pem.Encode writes them (the crate's
+    // encode_many would put a blank line between them).
+    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    ders.iter()
+        .map(|der| {
+            pem::encode_config(&pem::Pem::new(CERTIFICATE_LABEL, der.as_ref().to_vec()), config)
+        })
+        .collect()
 }
 
 /// Reads every certificate from PEM text, in order.
@@ -82,57 +60,26 @@ pub fn encode_certificates<C: AsRef<[u8]>>(ders: &[C]) -> String {
 /// # Errors
 /// [`PemError`] naming the first problem found; text with no block is
 /// [`PemError::NoCertificates`].
-pub fn decode_certificates(pem: &str) -> Result<Vec<Vec<u8>>, PemError> {
-    let mut certs = Vec::new();
-    // The open block: its index, label and body so far.
-    let mut open: Option<(String, String)> = None;
-    for (line_index, raw_line) in pem.split('\n').enumerate() {
-        let line = raw_line.trim_end_matches('\r').trim();
-        let block = certs.len();
-        match &mut open {
-            None => {
-                if line.is_empty() {
-                    continue;
-                }
-                let label = line
-                    .strip_prefix("-----BEGIN ")
-                    .and_then(|l| l.strip_suffix("-----"))
-                    .ok_or(PemError::UnexpectedText { line: line_index + 1 })?;
-                if label != CERTIFICATE_LABEL {
-                    return Err(PemError::UnexpectedBlockType { block, label: label.to_owned() });
-                }
-                open = Some((label.to_owned(), String::new()));
-            }
-            Some((label, body)) => {
-                if let Some(end) = line.strip_prefix("-----END ") {
-                    if end.strip_suffix("-----") != Some(label.as_str()) {
-                        return Err(PemError::MismatchedEnd { block });
-                    }
-                    certs.push(decode_body(block, body)?);
-                    open = None;
-                } else if line.starts_with("-----BEGIN ") {
-                    return Err(PemError::UnterminatedBlock { block });
-                } else {
-                    body.push_str(line);
-                }
-            }
-        }
-    }
-    if open.is_some() {
-        return Err(PemError::UnterminatedBlock { block: certs.len() });
-    }
-    if certs.is_empty() {
+pub fn decode_certificates(text: &str) -> Result<Vec<Vec<u8>>, PemError> {
+    let blocks =
+        pem::parse_many(text).map_err(|e| PemError::Malformed { reason: e.to_string() })?;
+    if blocks.is_empty() {
         return Err(PemError::NoCertificates);
     }
-    Ok(certs)
-}
-
-fn decode_body(block: usize, body: &str) -> Result<Vec<u8>, PemError> {
-    let der = STANDARD.decode(body).map_err(|_| PemError::InvalidBase64 { block })?;
-    match parse_certificate(&der) {
-        Some(_) => Ok(der),
-        None => Err(PemError::InvalidCertificate { block }),
-    }
+    blocks
+        .into_iter()
+        .enumerate()
+        .map(|(block, b)| {
+            if b.tag() != CERTIFICATE_LABEL {
+                return Err(PemError::UnexpectedBlockType { block, label: b.tag().to_owned() });
+            }
+            let der = b.into_contents();
+            match parse_certificate(&der) {
+                Some(_) => Ok(der),
+                None => Err(PemError::InvalidCertificate { block }),
+            }
+        })
+        .collect()
 }
 
 impl Bundle {
@@ -185,48 +132,43 @@ mod tests {
     }
 
     #[test]
+    fn skips_text_between_blocks_like_go() {
+        // A Mozilla-style CA bundle: comment lines before each certificate.
+        let mut text = String::from("##\n## Bundle of CA Root Certificates\n##\n\n");
+        for (i, der) in ca_pool().iter().enumerate() {
+            text.push_str(&format!("# Issuer: CN=pool ca {i}\n# Label: \"pool ca {i}\"\n"));
+            text.push_str(&encode_certificates(&[der]));
+            text.push('\n');
+        }
+        text.push_str("trailing words\n");
+        assert_eq!(decode_certificates(&text).unwrap(), ca_pool());
+        // `openssl x509 -text` style output before the block reads too.
+        let with_text =
+            format!("subject=CN=x\nissuer=CN=x\n{}", encode_certificates(&ca_pool()[..1]));
+        assert_eq!(decode_certificates(&with_text).unwrap(), &ca_pool()[..1]);
+    }
+
+    #[test]
     fn rejection_table() {
         let one = encode_certificates(&ca_pool()[..1]);
         let body = one.lines().nth(1).unwrap().to_owned();
         let mut trailing = ca_pool()[0].clone();
         trailing.push(0);
+        let malformed = |s: &str| matches!(decode_certificates(s), Err(E::Malformed { .. }));
         let cases: Vec<(String, PemError)> = vec![
             ("".into(), E::NoCertificates),
             ("\n \r\n".into(), E::NoCertificates),
-            ("hello".into(), E::UnexpectedText { line: 1 }),
-            (format!("{one}garbage\n"), E::UnexpectedText { line: one.lines().count() + 1 }),
-            (format!("subject=CN=x\n{one}"), E::UnexpectedText { line: 1 }),
-            ("-----END CERTIFICATE-----\n".into(), E::UnexpectedText { line: 1 }),
-            ("-----BEGIN CERTIFICATE\n".into(), E::UnexpectedText { line: 1 }),
+            ("hello".into(), E::NoCertificates),
+            ("-----END CERTIFICATE-----\n".into(), E::NoCertificates),
+            ("-----BEGIN CERTIFICATE\n".into(), E::NoCertificates),
+            (format!("-----BEGIN CERTIFICATE-----\n{body}\n"), E::NoCertificates),
             (
                 "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".into(),
                 E::UnexpectedBlockType { block: 0, label: "PRIVATE KEY".into() },
             ),
             (
-                format!("{one}-----BEGIN X509 CRL-----\n"),
+                format!("{one}-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n"),
                 E::UnexpectedBlockType { block: 1, label: "X509 CRL".into() },
-            ),
-            (format!("-----BEGIN CERTIFICATE-----\n{body}\n"), E::UnterminatedBlock { block: 0 }),
-            (
-                format!("-----BEGIN CERTIFICATE-----\n{body}\n{one}"),
-                E::UnterminatedBlock { block: 0 },
-            ),
-            (
-                format!("-----BEGIN CERTIFICATE-----\n{body}\n-----END X509 CRL-----\n"),
-                E::MismatchedEnd { block: 0 },
-            ),
-            (
-                "-----BEGIN CERTIFICATE-----\nA*AA\n-----END CERTIFICATE-----\n".into(),
-                E::InvalidBase64 { block: 0 },
-            ),
-            (
-                "-----BEGIN CERTIFICATE-----\nProc-Type: 4,ENCRYPTED\n-----END CERTIFICATE-----\n"
-                    .into(),
-                E::InvalidBase64 { block: 0 },
-            ),
-            (
-                "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n".into(),
-                E::InvalidCertificate { block: 0 },
             ),
             (
                 format!("{one}-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"),
@@ -237,7 +179,14 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(decode_certificates(&input).unwrap_err(), want, "input {input:?}");
         }
-        assert_eq!(Bundle::from_pem(td(), "x").unwrap_err(), E::UnexpectedText { line: 1 });
+        for bad in [
+            format!("-----BEGIN CERTIFICATE-----\n{body}\n-----END X509 CRL-----\n"),
+            "-----BEGIN CERTIFICATE-----\nA*AA\n-----END CERTIFICATE-----\n".into(),
+            format!("-----BEGIN CERTIFICATE-----\n{body}\n{one}"),
+        ] {
+            assert!(malformed(&bad), "input {bad:?}: {:?}", decode_certificates(&bad));
+        }
+        assert_eq!(Bundle::from_pem(td(), "x").unwrap_err(), E::NoCertificates);
     }
 
     mod props {

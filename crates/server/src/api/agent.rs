@@ -7,7 +7,9 @@ use std::sync::Arc;
 use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use ward_ca::SvidParams;
-use ward_core::{AgentId, JoinToken, RegistrationEntry, Selector, SelectorSet, SpiffeId};
+use ward_core::{
+    AgentId, JoinToken, JoinTokenHash, RegistrationEntry, Selector, SelectorSet, SpiffeId,
+};
 use ward_proto::convert::{IdField, agent_to_proto, x509_svid_to_proto};
 use ward_proto::spire::api::server::agent::v1::{self as pb, agent_server::Agent};
 use ward_proto::spire::api::types;
@@ -18,6 +20,7 @@ use super::{
     AGENT_CSR, agent_selector_filter, count_i32, id_for_role, new_entry_id, page_request, propose,
     sign_error_status, unimplemented,
 };
+use crate::ratelimit::{Limited, grpc_deadline};
 use crate::state::{ServerState, caller_of};
 use crate::tls::leaf_facts;
 
@@ -97,8 +100,11 @@ impl AgentService {
         let token = String::from_utf8(data.payload)
             .map_err(|_| Status::invalid_argument("failed to attest: join token is not UTF-8"))?;
         let now = self.state.clock.unix_seconds();
-        let applied =
-            propose(&self.state, Command::ConsumeJoinToken { token: token.clone(), now }).await?;
+        let applied = propose(
+            &self.state,
+            Command::ConsumeJoinToken { hash: JoinTokenHash::of(&token), now },
+        )
+        .await?;
         match applied.outcome {
             Outcome::JoinTokenConsumed(Ok(c)) if c.expired => {
                 return Err(Status::invalid_argument("join token expired"));
@@ -221,8 +227,11 @@ pub fn format_expires_before(t: i64) -> String {
         .unwrap_or_default()
 }
 
-fn unexpected(o: &Outcome) -> Status {
-    Status::internal(format!("unexpected apply outcome {o:?}"))
+/// An outcome that does not belong to the command proposed: a bug. Neither the status nor the
+/// log carries the outcome itself, which may hold request data.
+fn unexpected(_: &Outcome) -> Status {
+    tracing::error!("unexpected apply outcome");
+    Status::internal("unexpected apply outcome")
 }
 
 type AttestStream = Pin<Box<dyn Stream<Item = Result<pb::AttestAgentResponse, Status>> + Send>>;
@@ -316,14 +325,9 @@ impl Agent for AgentService {
         req: Request<Streaming<pb::AttestAgentRequest>>,
     ) -> Result<Response<Self::AttestAgentStream>, Status> {
         let caller = caller_of(&req)?;
-        if let Some(ip) = caller.rate_limit_ip() {
-            self.state
-                .limits
-                .attest
-                .acquire(ip, 1)
-                .await
-                .map_err(|e| Status::resource_exhausted(e.to_string()))?;
-        }
+        let deadline = grpc_deadline(req.metadata());
+        let ip = caller.rate_limit_ip();
+        self.state.limits.admit(Limited::AttestAgent, ip, 1, deadline).await?;
         let mut stream = req.into_inner();
         let first = match stream.message().await? {
             Some(m) => m,
@@ -342,14 +346,9 @@ impl Agent for AgentService {
         let Some(agent_id) = caller.agent_id() else {
             return Err(Status::permission_denied("caller is not an agent"));
         };
-        if let Some(ip) = caller.rate_limit_ip() {
-            self.state
-                .limits
-                .sign
-                .acquire(ip, 1)
-                .await
-                .map_err(|e| Status::resource_exhausted(e.to_string()))?;
-        }
+        let deadline = grpc_deadline(req.metadata());
+        let ip = caller.rate_limit_ip();
+        self.state.limits.admit(Limited::RenewAgent, ip, 1, deadline).await?;
         let node = self
             .state
             .store
@@ -423,7 +422,7 @@ impl Agent for AgentService {
             }
         };
         let cmd = Command::CreateJoinToken {
-            token: JoinToken { token: token.clone(), expires_at },
+            token: JoinToken { token: token.clone(), expires_at }.to_stored(),
             entry,
         };
         match propose(&self.state, cmd).await?.outcome {
@@ -488,5 +487,18 @@ mod expires_before_tests {
         ] {
             assert_eq!(parse_expires_before(bad), None, "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod unexpected_outcome_tests {
+    use super::*;
+
+    #[test]
+    fn status_carries_no_outcome_data() {
+        let consumed = ward_store::ConsumedToken { expires_at: 1_234_567, expired: false };
+        let status = unexpected(&Outcome::JoinTokenConsumed(Ok(consumed)));
+        assert_eq!(status.code(), tonic::Code::Internal);
+        assert_eq!(status.message(), "unexpected apply outcome");
     }
 }

@@ -15,6 +15,7 @@ use ward_proto::spire::api::server::svid::v1::{self as pb, svid_server::Svid};
 use ward_proto::spire::api::types;
 
 use super::{BATCH_CSR, MINT_CSR, id_for_role, sign_error_status, unimplemented};
+use crate::ratelimit::{Limited, grpc_deadline};
 use crate::state::{Caller, ServerState, caller_of};
 
 /// The SVID service.
@@ -27,17 +28,6 @@ impl SvidService {
     /// A service over `state`.
     pub fn new(state: Arc<ServerState>) -> Self {
         Self { state }
-    }
-
-    async fn limit(&self, caller: &Caller, n: usize) -> Result<(), Status> {
-        let Some(ip) = caller.rate_limit_ip() else { return Ok(()) };
-        let n = u32::try_from(n).unwrap_or(u32::MAX);
-        self.state
-            .limits
-            .sign
-            .acquire(ip, n)
-            .await
-            .map_err(|e| Status::resource_exhausted(e.to_string()))
     }
 
     fn authorized_map(
@@ -224,11 +214,13 @@ impl Svid for SvidService {
         req: Request<pb::BatchNewX509svidRequest>,
     ) -> Result<Response<pb::BatchNewX509svidResponse>, Status> {
         let caller = caller_of(&req)?;
+        let deadline = grpc_deadline(req.metadata());
         let params = req.into_inner().params;
         if params.is_empty() {
             return Err(Status::invalid_argument("missing parameters"));
         }
-        self.limit(&caller, params.len()).await?;
+        let ip = caller.rate_limit_ip();
+        self.state.limits.admit(Limited::BatchNewX509Svid, ip, params.len(), deadline).await?;
         let entries = self.authorized_map(&caller)?;
         // Signing is CPU work (a CSR check and a signature each): keep it off the I/O threads.
         let this = self.clone();
@@ -247,7 +239,9 @@ impl Svid for SvidService {
         req: Request<pb::NewJwtsvidRequest>,
     ) -> Result<Response<pb::NewJwtsvidResponse>, Status> {
         let caller = caller_of(&req)?;
-        self.limit(&caller, 1).await?;
+        let deadline = grpc_deadline(req.metadata());
+        let ip = caller.rate_limit_ip();
+        self.state.limits.admit(Limited::NewJwtSvid, ip, 1, deadline).await?;
         let req = req.into_inner();
         // The entry first (an empty id is simply not found), then the audience.
         let entries = self.authorized_map(&caller)?;

@@ -19,8 +19,8 @@ use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
 use ward_core::{
-    AgentId, AttestedNode, Bundle, EntryId, FederationRelationship, JoinToken, RegistrationEntry,
-    SpiffeId, TrustDomain,
+    AgentId, AttestedNode, Bundle, EntryId, FederationRelationship, JoinTokenHash,
+    RegistrationEntry, SpiffeId, StoredJoinToken, TrustDomain,
 };
 
 use crate::index::{HashIndex, PassThrough, Slab, Slot, SlotSet, key_hash};
@@ -149,7 +149,7 @@ pub(crate) struct State {
     ids: HashMap<u64, ByIdHash, BuildHasherDefault<PassThrough>>,
     /// Parent hashes whose frozen group is missing or stale.
     dirty: HashMap<u64, DirtyGroup>,
-    pub(crate) tokens: BTreeMap<String, JoinToken>,
+    pub(crate) tokens: BTreeMap<JoinTokenHash, StoredJoinToken>,
     /// Bundles, listed in creation order.
     pub(crate) bundles: Ordered<Bundle>,
     /// Federation relationships (without their bundle), listed in creation order.

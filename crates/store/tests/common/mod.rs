@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use ward_core::{
-    AgentId, AttestedNode, Bundle, EntryId, FederationRelationship, JoinToken, RegistrationEntry,
-    SelectorMatch, SpiffeId, TrustDomain,
+    AgentId, AttestedNode, Bundle, EntryId, FederationRelationship, JoinTokenHash,
+    RegistrationEntry, SelectorMatch, SpiffeId, StoredJoinToken, TrustDomain,
 };
 use ward_store::{
     AgentAttestation, AgentFilter, BundleDeleteMode, Command, ConsumedToken, EntryFilter,
@@ -20,7 +20,7 @@ pub struct Model {
     pub server: SpiffeId,
     pub entries: BTreeMap<EntryId, RegistrationEntry>,
     pub agents: BTreeMap<AgentId, AttestedNode>,
-    pub tokens: BTreeMap<String, JoinToken>,
+    pub tokens: BTreeMap<JoinTokenHash, StoredJoinToken>,
     pub bundles: BTreeMap<TrustDomain, Bundle>,
     /// Trust domains of `bundles` in creation order (how they are listed).
     pub bundle_order: Vec<TrustDomain>,
@@ -31,7 +31,7 @@ pub struct Model {
     pub revision: u64,
     /// Every join token value and trust domain a command named, so that absent records are
     /// checked too.
-    pub seen_tokens: BTreeSet<String>,
+    pub seen_tokens: BTreeSet<JoinTokenHash>,
     pub seen_tds: BTreeSet<TrustDomain>,
     /// What the change feed must name for the last command that bumped the revision.
     pub last_change: ChangeSets,
@@ -184,11 +184,11 @@ impl Model {
     fn remember(&mut self, cmd: &Command) {
         let tds: Vec<TrustDomain> = match cmd {
             Command::CreateJoinToken { token, .. } => {
-                self.seen_tokens.insert(token.token.clone());
+                self.seen_tokens.insert(token.hash);
                 vec![]
             }
-            Command::ConsumeJoinToken { token, .. } => {
-                self.seen_tokens.insert(token.clone());
+            Command::ConsumeJoinToken { hash, .. } => {
+                self.seen_tokens.insert(*hash);
                 vec![]
             }
             Command::SetBundles(bs) | Command::CreateBundles(bs) => {
@@ -384,22 +384,19 @@ impl Model {
                     .collect(),
             ),
             Command::CreateJoinToken { token, entry } => Outcome::JoinTokenCreated((|| {
-                if token.token.is_empty() {
-                    return Err(ItemError::Invalid("token value is required".into()));
-                }
-                if self.tokens.contains_key(&token.token) {
+                if self.tokens.contains_key(&token.hash) {
                     return Err(ItemError::TokenExists);
                 }
                 let created = match entry {
                     Some(e) => Some(self.create(e)?),
                     None => None,
                 };
-                self.tokens.insert(token.token.clone(), token.clone());
+                self.tokens.insert(token.hash, token.clone());
                 Ok(created)
             })(
             )),
-            Command::ConsumeJoinToken { token, now } => {
-                Outcome::JoinTokenConsumed(match self.tokens.remove(token) {
+            Command::ConsumeJoinToken { hash, now } => {
+                Outcome::JoinTokenConsumed(match self.tokens.remove(hash) {
                     Some(t) => {
                         Ok(ConsumedToken { expires_at: t.expires_at, expired: t.expires_at < *now })
                     }
@@ -828,10 +825,10 @@ pub fn assert_same_state(store: &Store, model: &Model, agents: &[AgentId]) {
         assert_eq!(store.agent(a).as_deref(), model.agents.get(a), "agent {a}");
     }
     for (t, tok) in &model.tokens {
-        assert_eq!(store.join_token(t).as_ref(), Some(tok));
+        assert_eq!(store.join_token_by_hash(t).as_ref(), Some(tok));
     }
     for t in &model.seen_tokens {
-        assert_eq!(store.join_token(t), model.tokens.get(t).cloned(), "join token {t}");
+        assert_eq!(store.join_token_by_hash(t), model.tokens.get(t).cloned(), "join token {t:?}");
     }
     let want_bundles: Vec<Bundle> =
         model.bundle_order.iter().map(|td| model.bundles[td].clone()).collect();

@@ -1,32 +1,35 @@
-//! A minimal DER writer for the few structures the CA emits (certificates and CSRs).
+//! The one DER writer in ward: the few structures the CA emits (certificates, CSRs) and the
+//! public-key encodings of [`crate::jwk`] are all written with it.
 //!
 //! Nested values are written in place: the tag goes out, the content is written after it,
 //! and the length is inserted once the content size is known. Certificates are well under a
 //! few kilobytes, so the single shift this costs is negligible.
 
 /// Tag of a SEQUENCE.
-pub(crate) const SEQUENCE: u8 = 0x30;
+pub const SEQUENCE: u8 = 0x30;
 /// Tag of a SET.
-pub(crate) const SET: u8 = 0x31;
+pub const SET: u8 = 0x31;
 /// Tag of an INTEGER.
-pub(crate) const INTEGER: u8 = 0x02;
+pub const INTEGER: u8 = 0x02;
 /// Tag of a BIT STRING.
-pub(crate) const BIT_STRING: u8 = 0x03;
+pub const BIT_STRING: u8 = 0x03;
 /// Tag of an OCTET STRING.
-pub(crate) const OCTET_STRING: u8 = 0x04;
+pub const OCTET_STRING: u8 = 0x04;
+/// Tag of a NULL.
+pub const NULL: u8 = 0x05;
 /// Tag of an OBJECT IDENTIFIER.
-pub(crate) const OID: u8 = 0x06;
+pub const OID: u8 = 0x06;
 /// Tag of a UTF8String.
-pub(crate) const UTF8_STRING: u8 = 0x0c;
+pub const UTF8_STRING: u8 = 0x0c;
 /// Tag of a PrintableString.
-pub(crate) const PRINTABLE_STRING: u8 = 0x13;
+pub const PRINTABLE_STRING: u8 = 0x13;
 /// Tag of a UTCTime.
-pub(crate) const UTC_TIME: u8 = 0x17;
+pub const UTC_TIME: u8 = 0x17;
 /// Tag of a GeneralizedTime.
-pub(crate) const GENERALIZED_TIME: u8 = 0x18;
+pub const GENERALIZED_TIME: u8 = 0x18;
 
 /// Appends a DER length.
-pub(crate) fn write_len(out: &mut Vec<u8>, len: usize) {
+pub fn write_len(out: &mut Vec<u8>, len: usize) {
     let mut buf = [0u8; 9];
     let n = encode_len(len, &mut buf);
     out.extend_from_slice(&buf[..n]);
@@ -46,14 +49,14 @@ fn encode_len(len: usize, buf: &mut [u8; 9]) -> usize {
 }
 
 /// Appends a complete TLV with primitive content.
-pub(crate) fn tlv(out: &mut Vec<u8>, tag: u8, content: &[u8]) {
+pub fn tlv(out: &mut Vec<u8>, tag: u8, content: &[u8]) {
     out.push(tag);
     write_len(out, content.len());
     out.extend_from_slice(content);
 }
 
 /// Appends a constructed value whose content `f` writes.
-pub(crate) fn nested<R>(out: &mut Vec<u8>, tag: u8, f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+pub fn nested<R>(out: &mut Vec<u8>, tag: u8, f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
     out.push(tag);
     let start = out.len();
     let r = f(out);
@@ -65,7 +68,7 @@ pub(crate) fn nested<R>(out: &mut Vec<u8>, tag: u8, f: impl FnOnce(&mut Vec<u8>)
 }
 
 /// Appends a non-negative INTEGER from big-endian magnitude bytes, minimally encoded.
-pub(crate) fn uint(out: &mut Vec<u8>, magnitude: &[u8]) {
+pub fn uint(out: &mut Vec<u8>, magnitude: &[u8]) {
     let skip = magnitude.iter().take_while(|b| **b == 0).count();
     let m = &magnitude[skip..];
     out.push(INTEGER);
@@ -86,7 +89,7 @@ pub(crate) fn uint(out: &mut Vec<u8>, magnitude: &[u8]) {
 }
 
 /// Appends a BIT STRING with no unused bits.
-pub(crate) fn bit_string(out: &mut Vec<u8>, bytes: &[u8]) {
+pub fn bit_string(out: &mut Vec<u8>, bytes: &[u8]) {
     out.push(BIT_STRING);
     write_len(out, bytes.len() + 1);
     out.push(0);
@@ -100,7 +103,7 @@ fn push2(out: &mut Vec<u8>, v: u32) {
 
 /// Appends an X.509 Time for `unix` seconds: UTCTime for 1950-2049, GeneralizedTime
 /// otherwise (RFC 5280 §4.1.2.5). Times outside year 0..=9999 are clamped into it.
-pub(crate) fn time(out: &mut Vec<u8>, unix: i64) {
+pub fn time(out: &mut Vec<u8>, unix: i64) {
     // 9999-12-31T23:59:59Z and 0000-01-01T00:00:00Z.
     let unix = unix.clamp(-62_167_219_200, 253_402_300_799);
     let days = unix.div_euclid(86_400);
