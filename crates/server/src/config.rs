@@ -46,12 +46,15 @@ pub enum ConfigError {
     },
     /// A SPIRE configuration file that does not parse, or that sets what ward refuses (every
     /// refused setting and plugin is listed, one sentence each).
-    #[error("{}", spire_message(path, source))]
+    ///
+    /// The message already holds every sentence, so the SPIRE error is not chained as a
+    /// source (a chain printer would repeat them).
+    #[error("{}", spire_message(path, problem))]
     Spire {
         /// The file.
         path: PathBuf,
         /// What is wrong.
-        source: SpireConfigError,
+        problem: SpireConfigError,
     },
     /// A value is out of its domain.
     #[error("invalid value for {key}: {reason}")]
@@ -289,7 +292,7 @@ impl Config {
             ConfigFormat::WardToml => (parse_file(&text).map_err(parse_err)?, Vec::new()),
             ConfigFormat::SpireHcl | ConfigFormat::SpireJson => {
                 let spire_err =
-                    |source: SpireConfigError| ConfigError::Spire { path: p.to_owned(), source };
+                    |problem: SpireConfigError| ConfigError::Spire { path: p.to_owned(), problem };
                 let t = spire_config::translate(&text, format).map_err(spire_err)?;
                 let file =
                     FileConfig::deserialize(toml::Value::Table(t.table)).map_err(parse_err)?;

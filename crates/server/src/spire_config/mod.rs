@@ -127,7 +127,7 @@ struct Walk {
 }
 
 fn rule(path: &str) -> Option<Rule> {
-    SETTINGS.iter().find(|(p, _)| *p == path).map(|(_, r)| *r)
+    SETTINGS.iter().find(|(p, _)| p.eq_ignore_ascii_case(path)).map(|(_, r)| *r)
 }
 
 impl Walk {
@@ -137,6 +137,14 @@ impl Walk {
             match rule(&path) {
                 Some(Rule::Block) => match value {
                     Value::Object(inner) => self.object(inner, &path),
+                    v if is_unset(v) => {}
+                    _ => self.refused.push(format!("{path} must be a block")),
+                },
+                Some(Rule::Section(to)) => match value {
+                    Value::Object(inner) => {
+                        set(&mut self.table, to, toml::Value::Table(toml::Table::new()));
+                        self.object(inner, &path);
+                    }
                     v if is_unset(v) => {}
                     _ => self.refused.push(format!("{path} must be a block")),
                 },

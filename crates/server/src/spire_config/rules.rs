@@ -24,6 +24,9 @@ pub enum Conv {
 pub enum Rule {
     /// A block whose keys have rules of their own.
     Block,
+    /// A block whose keys have rules of their own and whose presence, even empty, turns on
+    /// ward's table `.0` (SPIRE's `telemetry { Prometheus {} }` enables Prometheus).
+    Section(&'static str),
     /// The `plugins` section (see [`PLUGINS`]).
     Plugins,
     /// The `server.federation` block: the bundle endpoint and the relationships keyed by
@@ -43,10 +46,11 @@ pub enum Rule {
 }
 
 use Conv::{Bool, Duration, Int, Ip, Lower, Str};
-use Rule::{Block, Federation, Ignore, Map, Plugins, Refuse};
+use Rule::{Block, Federation, Ignore, Map, Plugins, Refuse, Section};
 
 /// Every setting SPIRE v1.13's server reads, by dotted path. A path not listed here is not a
-/// SPIRE setting and is refused as unknown, as SPIRE refuses it.
+/// SPIRE setting and is refused as unknown, as SPIRE refuses it. Keys match without regard to
+/// case, as SPIRE's HCL decoder matches them (`Prometheus` and `prometheus` are one key).
 pub const SETTINGS: &[(&str, Rule)] = &[
     ("server", Block),
     ("server.trust_domain", Map { to: "trust_domain", conv: Str }),
@@ -79,10 +83,7 @@ pub const SETTINGS: &[(&str, Rule)] = &[
              socket and to SVIDs of registration entries marked admin",
         ),
     ),
-    (
-        "server.audit_log_enabled",
-        Refuse("server.audit_log_enabled is not supported: ward writes no audit log"),
-    ),
+    ("server.audit_log_enabled", Map { to: "audit_log_enabled", conv: Bool }),
     (
         "server.jwt_key_type",
         Refuse(
@@ -188,13 +189,53 @@ pub const SETTINGS: &[(&str, Rule)] = &[
         ),
     ),
     ("plugins", Plugins),
-    ("telemetry", Refuse("telemetry is not supported: ward exports no metrics yet")),
+    // pkg/common/telemetry/config.go (FileConfig)
+    ("telemetry", Block),
+    ("telemetry.Prometheus", Section("telemetry.prometheus")),
+    ("telemetry.Prometheus.host", Map { to: "telemetry.prometheus.host", conv: Str }),
+    ("telemetry.Prometheus.port", Map { to: "telemetry.prometheus.port", conv: Int }),
+    ("telemetry.MetricPrefix", Map { to: "telemetry.metric_prefix", conv: Str }),
+    ("telemetry.EnableHostnameLabel", Map { to: "telemetry.enable_hostname_label", conv: Bool }),
     (
-        "health_checks",
-        Refuse(
-            "health_checks is not supported: ward has no HTTP health listener yet; use `ward-server healthcheck`",
-        ),
+        "telemetry.EnableTrustDomainLabel",
+        Map { to: "telemetry.enable_trust_domain_label", conv: Bool },
     ),
+    (
+        "telemetry.DogStatsd",
+        Refuse("telemetry.DogStatsd is not supported: ward exports metrics to Prometheus only"),
+    ),
+    (
+        "telemetry.Statsd",
+        Refuse("telemetry.Statsd is not supported: ward exports metrics to Prometheus only"),
+    ),
+    (
+        "telemetry.M3",
+        Refuse("telemetry.M3 is not supported: ward exports metrics to Prometheus only"),
+    ),
+    ("telemetry.InMem", Ignore("telemetry.InMem is ignored: ward keeps no in-memory metrics sink")),
+    (
+        "telemetry.AllowedPrefixes",
+        Refuse("telemetry.AllowedPrefixes is not supported: ward exports every metric it has"),
+    ),
+    (
+        "telemetry.BlockedPrefixes",
+        Refuse("telemetry.BlockedPrefixes is not supported: ward exports every metric it has"),
+    ),
+    (
+        "telemetry.AllowedLabels",
+        Refuse("telemetry.AllowedLabels is not supported: ward exports every label it has"),
+    ),
+    (
+        "telemetry.BlockedLabels",
+        Refuse("telemetry.BlockedLabels is not supported: ward exports every label it has"),
+    ),
+    // pkg/common/health/config.go (Config)
+    ("health_checks", Block),
+    ("health_checks.listener_enabled", Map { to: "health_checks.listener_enabled", conv: Bool }),
+    ("health_checks.bind_address", Map { to: "health_checks.bind_address", conv: Str }),
+    ("health_checks.bind_port", Map { to: "health_checks.bind_port", conv: Int }),
+    ("health_checks.live_path", Map { to: "health_checks.live_path", conv: Str }),
+    ("health_checks.ready_path", Map { to: "health_checks.ready_path", conv: Str }),
 ];
 
 /// What ward does with one plugin.

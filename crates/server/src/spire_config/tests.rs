@@ -125,9 +125,7 @@ plugins {
     Gadget "x" {}
 }
 telemetry {
-    Prometheus {
-        port = 9988
-    }
+    DogStatsd = [{ address = "localhost:8125" }]
 }
 "#;
     let got = refused(text, ConfigFormat::SpireHcl);
@@ -200,6 +198,9 @@ fn every_mapped_key_is_a_key_of_wards_toml() {
                 Conv::Str | Conv::Lower => toml::Value::String(match *to {
                     "ca_key_type" => "ec-p256".into(),
                     "log_format" => "text".into(),
+                    "telemetry.metric_prefix" => "spire_server".into(),
+                    "health_checks.live_path" => "/l".into(),
+                    "health_checks.ready_path" => "/r".into(),
                     _ => "example.org".into(),
                 }),
             };
@@ -208,4 +209,80 @@ fn every_mapped_key_is_a_key_of_wards_toml() {
     }
     let text = toml::to_string(&table).unwrap();
     crate::config::Config::from_toml(&text, &crate::config::Overrides::default()).unwrap();
+}
+
+#[test]
+fn telemetry_health_checks_and_audit_log_map_onto_wards_tables() {
+    let text = MINIMAL_HCL
+        .replace("data_dir = \"/var/lib/spire\"", "data_dir = \"/d\"\naudit_log_enabled = true")
+        + r#"
+telemetry {
+    Prometheus {
+        host = "127.0.0.1"
+        port = 9988
+    }
+    MetricPrefix = "spire"
+    EnableHostnameLabel = false
+    InMem {}
+}
+health_checks {
+    listener_enabled = true
+    bind_address = "127.0.0.1"
+    bind_port = "8080"
+    live_path = "/alive"
+    ready_path = "/ready"
+}
+"#;
+    let t = translate(&text, ConfigFormat::SpireHcl).unwrap();
+    let expected: toml::Table = toml::from_str(
+        r#"
+        data_dir = "/d"
+        trust_domain = "example.org"
+        audit_log_enabled = true
+        [telemetry]
+        metric_prefix = "spire"
+        enable_hostname_label = false
+        [telemetry.prometheus]
+        host = "127.0.0.1"
+        port = 9988
+        [health_checks]
+        listener_enabled = true
+        bind_address = "127.0.0.1"
+        bind_port = 8080
+        live_path = "/alive"
+        ready_path = "/ready"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(t.table, expected);
+    let c = crate::config::Config::from_toml(
+        &toml::to_string(&t.table).unwrap(),
+        &crate::config::Overrides::default(),
+    )
+    .unwrap();
+    assert!(c.audit_log_enabled);
+    assert_eq!(c.telemetry.prometheus.as_ref().map(|p| p.port), Some(9988));
+    assert_eq!(c.health_checks.live_path, "/alive");
+}
+
+#[test]
+fn an_empty_prometheus_block_turns_metrics_on_and_keys_ignore_case() {
+    // SPIRE's HCL decoder matches keys without regard to case.
+    let text =
+        format!("{MINIMAL_HCL}\ntelemetry {{\n    prometheus {{}}\n    metricprefix = \"w\"\n}}\n");
+    let t = translate(&text, ConfigFormat::SpireHcl).unwrap();
+    assert_eq!(t.table["telemetry"]["prometheus"], toml::Value::Table(toml::Table::new()));
+    assert_eq!(t.table["telemetry"]["metric_prefix"], toml::Value::String("w".into()));
+    let c = crate::config::Config::from_toml(
+        &toml::to_string(&t.table).unwrap(),
+        &crate::config::Overrides::default(),
+    )
+    .unwrap();
+    assert!(c.telemetry.prometheus.is_some());
+    // A sink ward does not have is refused, by its own name.
+    let text = format!("{MINIMAL_HCL}\ntelemetry {{\n    Statsd = [{{ address = \"x:1\" }}]\n}}\n");
+    assert_eq!(
+        refused(&text, ConfigFormat::SpireHcl),
+        ["telemetry.Statsd is not supported: ward exports metrics to Prometheus only"]
+    );
 }
