@@ -2,7 +2,7 @@
 //! the two listeners (TLS on TCP for agents, plaintext gRPC on the admin Unix socket).
 
 use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -178,12 +178,23 @@ fn prepare_socket(path: &Path) -> anyhow::Result<UnixListener> {
             .create(dir)
             .with_context(|| format!("creating socket directory {}", dir.display()))?;
     }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
+    // A stale socket (from a server that stopped without cleaning up) is replaced; anything
+    // else at the path is left alone: a file that is not a socket, or a socket another
+    // process still accepts on (two servers on one admin socket would split the writes).
+    match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(e).with_context(|| format!("removing stale socket {}", path.display()));
-        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        Ok(m) if !m.file_type().is_socket() => anyhow::bail!(
+            "socket_path {} exists and is not a Unix socket; refusing to replace it",
+            path.display()
+        ),
+        Ok(_) if std::os::unix::net::UnixStream::connect(path).is_ok() => anyhow::bail!(
+            "another process is serving the admin socket {}; stop it or choose another \
+             socket_path",
+            path.display()
+        ),
+        Ok(_) => std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?,
     }
     let listener = UnixListener::bind(path)
         .with_context(|| format!("binding admin socket {}", path.display()))?;

@@ -46,3 +46,42 @@ async fn start_refuses_a_data_dir_others_can_write() {
     // Nothing was created inside the refused directory.
     assert_eq!(std::fs::read_dir(&data).unwrap().count(), 0);
 }
+
+fn config_with_socket(dir: &Path, socket: &Path) -> Config {
+    let text = format!(
+        "bind_address = \"127.0.0.1\"\nbind_port = 0\nsocket_path = \"{}\"\ndata_dir = \"{}\"\n",
+        socket.display(),
+        dir.join("data").display()
+    );
+    Config::from_toml(&text, &Overrides::default()).unwrap()
+}
+
+#[tokio::test]
+async fn start_leaves_a_file_that_is_not_a_socket_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("precious.txt");
+    std::fs::write(&socket, "keep me").unwrap();
+    let err = ward_server::run::start(config_with_socket(dir.path(), &socket)).await.unwrap_err();
+    let text = format!("{err:#}");
+    assert!(text.contains("exists and is not a Unix socket"), "{text}");
+    assert_eq!(std::fs::read_to_string(&socket).unwrap(), "keep me");
+}
+
+#[tokio::test]
+async fn start_refuses_an_admin_socket_another_server_serves() {
+    let ts = TestServer::start().await;
+    let other = tempfile::tempdir().unwrap();
+    let cfg = config_with_socket(other.path(), &ts.server.socket_path);
+    let err = ward_server::run::start(cfg).await.unwrap_err();
+    let text = format!("{err:#}");
+    assert!(text.contains("another process is serving the admin socket"), "{text}");
+    // The first server still answers on its socket.
+    assert!(std::os::unix::net::UnixStream::connect(&ts.server.socket_path).is_ok());
+    ts.server.shutdown().await;
+    // A stale socket left behind is replaced.
+    let stale = other.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    let s = ward_server::run::start(config_with_socket(other.path(), &stale)).await.unwrap();
+    assert!(std::os::unix::net::UnixStream::connect(&stale).is_ok());
+    s.shutdown().await;
+}
