@@ -108,6 +108,7 @@ mod error;
 mod index;
 mod ordered;
 pub mod query;
+mod raftlog;
 mod record;
 pub mod snapshot;
 mod state;
@@ -120,6 +121,7 @@ pub use command::{
 };
 pub use error::StoreError;
 pub use query::{AgentFilter, EntryFilter, FederatesWithFilter, Page, PageRequest, SelectorFilter};
+pub use raftlog::{RaftLog, RaftRecord};
 pub use record::Change;
 pub use snapshot::{DEFAULT_CHUNK_BYTES, Snapshot, SnapshotChunk, SnapshotExport, SnapshotInfo};
 pub use state::AuthorizedEntries;

@@ -1,0 +1,402 @@
+//! [`LogStore`]: where a replica keeps its raft log, hard state, membership and snapshot
+//! metadata, with two implementations: [`MemLogStore`] (tests) and [`SledLogStore`] (over
+//! the store's [`ward_store::RaftLog`], sharing its database and its flush).
+//!
+//! Semantics every implementation follows (checked by one suite run against each):
+//! - the log holds entries `first_index()..=last_index()`; `first_index()` is the
+//!   compacted point + 1 (1 for a new log) and `last_index()` is the compacted point when
+//!   no entry is held;
+//! - [`LogStore::append`] replaces every entry from the first appended index on;
+//! - [`LogStore::term`] answers for the compacted point too (its term is kept);
+//! - [`LogStore::compact`] removes entries up to an index and keeps its term;
+//! - [`LogStore::install_snapshot`] drops the whole log and sets the compacted point, the
+//!   membership and the snapshot metadata from the snapshot;
+//! - nothing is durable until [`LogStore::flush`] returns.
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, SnapshotMetadata};
+use ward_store::{RaftLog, RaftRecord, StoreError};
+
+/// Why a log-store operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogStoreError {
+    /// The index is at or before the compacted point.
+    #[error("log index {0} is compacted")]
+    Compacted(u64),
+    /// The index is after the last entry.
+    #[error("log index {0} is not in the log yet")]
+    Unavailable(u64),
+    /// A stored record could not be decoded.
+    #[error("corrupt raft log record: {0}")]
+    Corrupt(String),
+    /// The underlying store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Persistence of the raft log and its metadata. Reads take `&self` (raft's `Storage`
+/// reads through a shared reference); writes take `&mut self` and are made only by the
+/// driver that owns the replica.
+pub trait LogStore: Send + 'static {
+    /// Appends `entries` (consecutive indexes), replacing any held entry at or after the
+    /// first one's index. Appending at an index at or before the compacted point is
+    /// refused with [`LogStoreError::Compacted`].
+    fn append(&mut self, entries: &[Entry]) -> Result<(), LogStoreError>;
+    /// Entries `lo..hi`, stopping once their encoded size exceeds `max_bytes` (at least one
+    /// entry when any is in range).
+    fn entries(
+        &self,
+        lo: u64,
+        hi: u64,
+        max_bytes: Option<u64>,
+    ) -> Result<Vec<Entry>, LogStoreError>;
+    /// The term of the entry at `index`, or of the compacted point.
+    fn term(&self, index: u64) -> Result<u64, LogStoreError>;
+    /// The first index that [`LogStore::entries`] can return.
+    fn first_index(&self) -> u64;
+    /// The index of the last entry (the compacted point when none is held).
+    fn last_index(&self) -> u64;
+    /// The persisted hard state (default when none was stored).
+    fn hard_state(&self) -> Result<HardState, LogStoreError>;
+    /// Stores the hard state.
+    fn set_hard_state(&mut self, hs: &HardState) -> Result<(), LogStoreError>;
+    /// The membership as of the last applied change or installed snapshot.
+    fn conf_state(&self) -> Result<ConfState, LogStoreError>;
+    /// Stores the membership.
+    fn set_conf_state(&mut self, cs: &ConfState) -> Result<(), LogStoreError>;
+    /// Removes entries up to and including `upto`, keeping its term as the compacted point.
+    /// `upto` must be in the log (or be the compacted point, a no-op).
+    fn compact(&mut self, upto: u64) -> Result<(), LogStoreError>;
+    /// The metadata of the last snapshot installed or taken (index, term, membership).
+    fn snapshot_meta(&self) -> Result<SnapshotMetadata, LogStoreError>;
+    /// Records `meta` as the latest snapshot without touching the log (a snapshot taken
+    /// locally, to be offered to followers).
+    fn set_snapshot_meta(&mut self, meta: &SnapshotMetadata) -> Result<(), LogStoreError>;
+    /// Drops the whole log and makes `meta`'s index and term the compacted point and its
+    /// membership the current one.
+    fn install_snapshot(&mut self, meta: &SnapshotMetadata) -> Result<(), LogStoreError>;
+    /// Makes everything written so far durable.
+    fn flush(&mut self) -> Result<(), LogStoreError>;
+    /// Number of entries held and their size in bytes (what compaction is decided on).
+    fn size(&self) -> (u64, u64);
+}
+
+fn decode<M: protobuf::Message>(bytes: &[u8], what: &str) -> Result<M, LogStoreError> {
+    M::parse_from_bytes(bytes).map_err(|e| LogStoreError::Corrupt(format!("{what}: {e}")))
+}
+
+fn encode<M: protobuf::Message>(m: &M) -> Result<Vec<u8>, LogStoreError> {
+    m.write_to_bytes().map_err(|e| LogStoreError::Corrupt(format!("encode: {e}")))
+}
+
+/// Cuts `entries` after the first entry whose running encoded size passes `max_bytes`.
+fn limit_size(entries: &mut Vec<Entry>, max_bytes: Option<u64>) {
+    let Some(max) = max_bytes else { return };
+    let mut size = 0u64;
+    let keep = entries
+        .iter()
+        .take_while(|e| {
+            size = size.saturating_add(u64::from(e.compute_size()));
+            size <= max
+        })
+        .count()
+        .max(1);
+    entries.truncate(keep);
+}
+
+/// Refuses an append that starts inside the compacted prefix or leaves a gap.
+fn check_append(first: u64, compacted: u64, last: u64) -> Result<(), LogStoreError> {
+    if first <= compacted {
+        return Err(LogStoreError::Compacted(first));
+    }
+    if first > last + 1 {
+        return Err(LogStoreError::Unavailable(first));
+    }
+    Ok(())
+}
+
+/// Refuses a read of `lo..hi` outside `compacted + 1 ..= last`.
+fn check_range(lo: u64, hi: u64, compacted: u64, last: u64) -> Result<(), LogStoreError> {
+    if lo <= compacted {
+        return Err(LogStoreError::Compacted(lo));
+    }
+    if hi > last + 1 {
+        return Err(LogStoreError::Unavailable(hi));
+    }
+    Ok(())
+}
+
+/// The term at `index`: the compacted point's own, or `held`'s answer for an index in the
+/// log.
+fn term_at(
+    index: u64,
+    compacted: (u64, u64),
+    last: u64,
+    held: impl FnOnce() -> Result<Option<u64>, LogStoreError>,
+) -> Result<u64, LogStoreError> {
+    if index == compacted.0 {
+        return Ok(compacted.1);
+    }
+    if index < compacted.0 {
+        return Err(LogStoreError::Compacted(index));
+    }
+    if index > last {
+        return Err(LogStoreError::Unavailable(index));
+    }
+    held()?.ok_or(LogStoreError::Unavailable(index))
+}
+
+/// A log store in memory, for tests and for the in-memory cluster.
+#[derive(Debug, Default, Clone)]
+pub struct MemLogStore {
+    hard_state: HardState,
+    conf_state: ConfState,
+    snapshot: SnapshotMetadata,
+    /// The compacted point (index, term).
+    compacted: (u64, u64),
+    entries: Vec<Entry>,
+}
+
+impl MemLogStore {
+    /// An empty log.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn offset(&self, index: u64) -> Option<usize> {
+        let first = self.compacted.0 + 1;
+        if index < first || index > self.last_index() {
+            return None;
+        }
+        usize::try_from(index - first).ok()
+    }
+}
+
+impl LogStore for MemLogStore {
+    fn append(&mut self, entries: &[Entry]) -> Result<(), LogStoreError> {
+        let Some(first) = entries.first() else { return Ok(()) };
+        check_append(first.index, self.compacted.0, self.last_index())?;
+        let keep = usize::try_from(first.index - self.compacted.0 - 1).unwrap_or(usize::MAX);
+        self.entries.truncate(keep);
+        self.entries.extend_from_slice(entries);
+        Ok(())
+    }
+
+    fn entries(
+        &self,
+        lo: u64,
+        hi: u64,
+        max_bytes: Option<u64>,
+    ) -> Result<Vec<Entry>, LogStoreError> {
+        check_range(lo, hi, self.compacted.0, self.last_index())?;
+        if lo >= hi {
+            return Ok(Vec::new());
+        }
+        let (Some(a), Some(b)) = (self.offset(lo), self.offset(hi - 1)) else {
+            return Err(LogStoreError::Unavailable(lo));
+        };
+        let mut out = self.entries[a..=b].to_vec();
+        limit_size(&mut out, max_bytes);
+        Ok(out)
+    }
+
+    fn term(&self, index: u64) -> Result<u64, LogStoreError> {
+        term_at(index, self.compacted, self.last_index(), || {
+            Ok(self.offset(index).and_then(|i| self.entries.get(i)).map(|e| e.term))
+        })
+    }
+
+    fn first_index(&self) -> u64 {
+        self.compacted.0 + 1
+    }
+
+    fn last_index(&self) -> u64 {
+        self.compacted.0 + self.entries.len() as u64
+    }
+
+    fn hard_state(&self) -> Result<HardState, LogStoreError> {
+        Ok(self.hard_state.clone())
+    }
+
+    fn set_hard_state(&mut self, hs: &HardState) -> Result<(), LogStoreError> {
+        self.hard_state = hs.clone();
+        Ok(())
+    }
+
+    fn conf_state(&self) -> Result<ConfState, LogStoreError> {
+        Ok(self.conf_state.clone())
+    }
+
+    fn set_conf_state(&mut self, cs: &ConfState) -> Result<(), LogStoreError> {
+        self.conf_state = cs.clone();
+        Ok(())
+    }
+
+    fn compact(&mut self, upto: u64) -> Result<(), LogStoreError> {
+        if upto <= self.compacted.0 {
+            return Ok(());
+        }
+        let term = self.term(upto)?;
+        let n = usize::try_from(upto - self.compacted.0).unwrap_or(usize::MAX);
+        self.entries.drain(..n.min(self.entries.len()));
+        self.compacted = (upto, term);
+        Ok(())
+    }
+
+    fn snapshot_meta(&self) -> Result<SnapshotMetadata, LogStoreError> {
+        Ok(self.snapshot.clone())
+    }
+
+    fn set_snapshot_meta(&mut self, meta: &SnapshotMetadata) -> Result<(), LogStoreError> {
+        self.snapshot = meta.clone();
+        Ok(())
+    }
+
+    fn install_snapshot(&mut self, meta: &SnapshotMetadata) -> Result<(), LogStoreError> {
+        self.entries.clear();
+        self.compacted = (meta.index, meta.term);
+        self.conf_state = meta.get_conf_state().clone();
+        self.snapshot = meta.clone();
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), LogStoreError> {
+        Ok(())
+    }
+
+    fn size(&self) -> (u64, u64) {
+        let bytes = self.entries.iter().map(|e| u64::from(e.compute_size())).sum();
+        (self.entries.len() as u64, bytes)
+    }
+}
+
+/// The log store over [`ward_store::RaftLog`]: entries as raft-encoded bytes keyed by
+/// index in the store's database; [`LogStore::flush`] is the database flush, so it also
+/// makes the applied state durable.
+#[derive(Debug)]
+pub struct SledLogStore {
+    log: RaftLog,
+    /// Cached compacted point, first and last index (the log is only written here).
+    compacted: (u64, u64),
+    last: u64,
+    /// Entries and bytes held: counted at open and on compaction, grown by appends (an
+    /// overwritten suffix is counted again until the next compaction recounts).
+    held: (u64, u64),
+}
+
+impl SledLogStore {
+    /// Opens the log kept in `store`'s database.
+    ///
+    /// # Errors
+    /// [`LogStoreError::Store`] if the store cannot be read.
+    pub fn open(store: &ward_store::Store) -> Result<Self, LogStoreError> {
+        let log = store.raft_log()?;
+        let compacted = log.compacted()?;
+        let last = log.last_index()?.unwrap_or(compacted.0).max(compacted.0);
+        let held = log.size();
+        Ok(Self { log, compacted, last, held })
+    }
+}
+
+impl LogStore for SledLogStore {
+    fn append(&mut self, entries: &[Entry]) -> Result<(), LogStoreError> {
+        let Some(first) = entries.first() else { return Ok(()) };
+        check_append(first.index, self.compacted.0, self.last)?;
+        let records = entries
+            .iter()
+            .map(|e| Ok(RaftRecord { index: e.index, term: e.term, bytes: encode(e)? }))
+            .collect::<Result<Vec<_>, LogStoreError>>()?;
+        self.log.append(&records)?;
+        self.last = entries.last().map_or(self.last, |e| e.index);
+        let bytes: u64 = records.iter().map(|r| r.bytes.len() as u64 + 8).sum();
+        self.held = (self.held.0 + records.len() as u64, self.held.1.saturating_add(bytes));
+        Ok(())
+    }
+
+    fn entries(
+        &self,
+        lo: u64,
+        hi: u64,
+        max_bytes: Option<u64>,
+    ) -> Result<Vec<Entry>, LogStoreError> {
+        check_range(lo, hi, self.compacted.0, self.last)?;
+        let records = self.log.entries(lo, hi, max_bytes)?;
+        if records.len() as u64 != hi.saturating_sub(lo) && max_bytes.is_none() {
+            return Err(LogStoreError::Corrupt(format!("gap in the log between {lo} and {hi}")));
+        }
+        records.iter().map(|r| decode::<Entry>(&r.bytes, "entry")).collect()
+    }
+
+    fn term(&self, index: u64) -> Result<u64, LogStoreError> {
+        term_at(index, self.compacted, self.last, || Ok(self.log.term(index)?))
+    }
+
+    fn first_index(&self) -> u64 {
+        self.compacted.0 + 1
+    }
+
+    fn last_index(&self) -> u64 {
+        self.last
+    }
+
+    fn hard_state(&self) -> Result<HardState, LogStoreError> {
+        match self.log.hard_state()? {
+            Some(b) => decode(&b, "hard state"),
+            None => Ok(HardState::default()),
+        }
+    }
+
+    fn set_hard_state(&mut self, hs: &HardState) -> Result<(), LogStoreError> {
+        Ok(self.log.set_hard_state(&encode(hs)?)?)
+    }
+
+    fn conf_state(&self) -> Result<ConfState, LogStoreError> {
+        match self.log.conf_state()? {
+            Some(b) => decode(&b, "conf state"),
+            None => Ok(ConfState::default()),
+        }
+    }
+
+    fn set_conf_state(&mut self, cs: &ConfState) -> Result<(), LogStoreError> {
+        Ok(self.log.set_conf_state(&encode(cs)?)?)
+    }
+
+    fn compact(&mut self, upto: u64) -> Result<(), LogStoreError> {
+        if upto <= self.compacted.0 {
+            return Ok(());
+        }
+        let term = self.term(upto)?;
+        self.log.compact(upto, term)?;
+        self.compacted = (upto, term);
+        self.held = self.log.size();
+        Ok(())
+    }
+
+    fn snapshot_meta(&self) -> Result<SnapshotMetadata, LogStoreError> {
+        match self.log.snapshot_meta()? {
+            Some(b) => decode(&b, "snapshot metadata"),
+            None => Ok(SnapshotMetadata::default()),
+        }
+    }
+
+    fn set_snapshot_meta(&mut self, meta: &SnapshotMetadata) -> Result<(), LogStoreError> {
+        Ok(self.log.set_snapshot_meta(&encode(meta)?)?)
+    }
+
+    fn install_snapshot(&mut self, meta: &SnapshotMetadata) -> Result<(), LogStoreError> {
+        self.log.reset_to_snapshot(meta.index, meta.term, &encode(meta)?)?;
+        self.log.set_conf_state(&encode(meta.get_conf_state())?)?;
+        self.compacted = (meta.index, meta.term);
+        self.last = meta.index;
+        self.held = (0, 0);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), LogStoreError> {
+        Ok(self.log.flush()?)
+    }
+
+    fn size(&self) -> (u64, u64) {
+        self.held
+    }
+}

@@ -1,0 +1,215 @@
+//! Runs N replicas in one process: real drivers with real sled stores in temporary
+//! directories, wired through the in-memory network.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::time::{Duration, Instant};
+
+use ward_cluster::mem_network::MemNetwork;
+use ward_cluster::{
+    ClusterConfig, ClusterHandle, MembershipChange, NodeId, ProposeError, Replica, SledLogStore,
+};
+use ward_core::{JoinToken, TrustDomain};
+use ward_store::{Applied, Command, Store, StoreConfig};
+
+/// How long any awaited condition may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A running replica.
+pub struct Node {
+    pub store: Store,
+    pub handle: ClusterHandle,
+}
+
+/// A cluster of replicas on the in-memory network.
+pub struct Harness {
+    pub net: MemNetwork,
+    pub nodes: BTreeMap<NodeId, Node>,
+    dirs: BTreeMap<NodeId, tempfile::TempDir>,
+    pub compact_log_bytes: u64,
+}
+
+pub fn trust_domain() -> TrustDomain {
+    TrustDomain::new("example.org").unwrap()
+}
+
+/// A command whose effect is easy to observe: a join token named `name`.
+pub fn token(name: &str) -> Command {
+    Command::CreateJoinToken {
+        token: JoinToken { token: name.into(), expires_at: 4_000_000_000 }.to_stored(),
+        entry: None,
+    }
+}
+
+pub fn config(id: NodeId) -> ClusterConfig {
+    let mut c = ClusterConfig::new(id);
+    c.tick_interval = Duration::from_millis(20);
+    c.election_tick = 10;
+    c.heartbeat_tick = 2;
+    c
+}
+
+/// Polls `cond` until it holds, failing the test after [`WAIT`].
+pub async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Retries `f` until it succeeds, failing the test after [`WAIT`].
+pub async fn retry<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ProposeError>>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "timed out on {what}: last error {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// A deterministic hash of the replica's whole state: every snapshot chunk but the
+/// trailer.
+pub fn state_hash(store: &Store) -> u64 {
+    let snap = store.export_snapshot(64 << 10).unwrap();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for c in snap.chunks.iter().filter(|c| !c.last) {
+        c.payload.hash(&mut h);
+    }
+    h.finish()
+}
+
+impl Harness {
+    pub fn new() -> Self {
+        Self {
+            net: MemNetwork::new(tokio::runtime::Handle::current()),
+            nodes: BTreeMap::new(),
+            dirs: BTreeMap::new(),
+            compact_log_bytes: 64 << 20,
+        }
+    }
+
+    /// Starts replica `id` on its directory (made on first use).
+    pub fn start(&mut self, id: NodeId, bootstrap: bool) {
+        let dir = self.dirs.entry(id).or_insert_with(|| tempfile::tempdir().unwrap());
+        let store = Store::open(dir.path(), StoreConfig::new(trust_domain())).unwrap();
+        let log = SledLogStore::open(&store).unwrap();
+        let mut cfg = config(id);
+        cfg.bootstrap = bootstrap;
+        cfg.compact_log_bytes = self.compact_log_bytes;
+        let handle = ward_cluster::start(Replica {
+            config: cfg,
+            store: store.clone(),
+            log,
+            transport: Some(self.net.transport(id)),
+            snapshots: Some(self.net.snapshot_source(id)),
+            runtime: tokio::runtime::Handle::current(),
+        })
+        .unwrap();
+        self.net.register(id, handle.clone(), store.clone());
+        self.nodes.insert(id, Node { store, handle });
+    }
+
+    /// Stops replica `id` and waits until its store is closed.
+    pub async fn stop(&mut self, id: NodeId) {
+        self.net.unregister(id);
+        if let Some(node) = self.nodes.remove(&id) {
+            node.handle.shutdown();
+            assert_eq!(node.handle.stopped().await, Ok(()));
+        }
+    }
+
+    /// Stops replica `id` and deletes its data directory.
+    pub async fn wipe(&mut self, id: NodeId) {
+        self.stop(id).await;
+        self.dirs.remove(&id);
+    }
+
+    /// Bootstraps replica 1 and adds `2..=n` as voters.
+    pub async fn cluster(n: u64) -> Self {
+        let mut h = Self::new();
+        h.start(1, true);
+        h.wait_leader().await;
+        for id in 2..=n {
+            h.start(id, false);
+            h.add_voter(id).await;
+        }
+        h
+    }
+
+    pub async fn add_voter(&self, id: NodeId) {
+        let leader = self.wait_leader().await;
+        let handle = self.nodes[&leader].handle.clone();
+        retry("adding a voter", || {
+            let handle = handle.clone();
+            async move { handle.change_membership(MembershipChange::AddVoter(id)).await }
+        })
+        .await;
+    }
+
+    /// Waits until every running replica agrees on one leader that is running, and
+    /// returns it.
+    pub async fn wait_leader(&self) -> NodeId {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let leaders: Vec<Option<NodeId>> =
+                self.nodes.values().map(|n| n.handle.leader()).collect();
+            if let Some(Some(l)) = leaders.first()
+                && leaders.iter().all(|x| *x == Some(*l))
+                && self.nodes.contains_key(l)
+            {
+                return *l;
+            }
+            assert!(Instant::now() < deadline, "no agreed leader: {leaders:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Proposes through replica `via`, retrying while there is no leader.
+    pub async fn propose(&self, via: NodeId, cmd: Command) -> Applied {
+        let handle = self.nodes[&via].handle.clone();
+        retry("a proposal", || {
+            let handle = handle.clone();
+            let cmd = cmd.clone();
+            async move { handle.propose(cmd).await }
+        })
+        .await
+    }
+
+    /// Waits until every running replica has applied at least `index`.
+    pub async fn wait_applied(&self, index: u64) {
+        for (id, n) in &self.nodes {
+            wait_for(&format!("replica {id} to apply {index}"), || n.store.last_applied() >= index)
+                .await;
+        }
+    }
+
+    /// Waits until all running replicas have applied the same index and asserts that
+    /// their states hash equal.
+    pub async fn assert_converged(&self) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let applied: Vec<u64> = self.nodes.values().map(|n| n.store.last_applied()).collect();
+            let commit = self.nodes.values().map(|n| n.handle.commit()).max().unwrap_or(0);
+            if applied.iter().all(|a| *a == applied[0] && *a >= commit) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "replicas did not converge: applied {applied:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let hashes: Vec<(NodeId, u64)> =
+            self.nodes.iter().map(|(id, n)| (*id, state_hash(&n.store))).collect();
+        assert!(hashes.iter().all(|(_, h)| *h == hashes[0].1), "state hashes differ: {hashes:?}");
+    }
+}

@@ -1,0 +1,174 @@
+//! A one-member cluster: the path `ward-server run` takes without a cluster config.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::sync::{Arc, Barrier, Mutex};
+
+use ward_cluster::{
+    ClusterConfig, LogStore, LogStoreError, MemLogStore, ProposeError, Replica, SledLogStore,
+};
+use ward_store::{Outcome, Store, StoreConfig};
+
+mod harness;
+use harness::{token, trust_domain};
+
+fn one_member(store: &Store, log: impl LogStore) -> ward_cluster::ClusterHandle {
+    let mut config = ClusterConfig::new(1);
+    config.bootstrap = true;
+    ward_cluster::start(Replica {
+        config,
+        store: store.clone(),
+        log,
+        transport: None,
+        snapshots: None,
+        runtime: tokio::runtime::Handle::current(),
+    })
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_member_applies_proposals_and_restarts_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut last = 0;
+    for round in 0..2 {
+        let store = Store::open(dir.path(), StoreConfig::new(trust_domain())).unwrap();
+        let handle = one_member(&store, SledLogStore::open(&store).unwrap());
+        for i in 0..3 {
+            let applied = handle.propose(token(&format!("t{round}-{i}"))).await.unwrap();
+            assert_eq!(applied.outcome, Outcome::JoinTokenCreated(Ok(None)));
+            assert!(applied.index > last, "indexes grow: {} after {last}", applied.index);
+            last = applied.index;
+        }
+        assert!(store.join_token(&format!("t{round}-2")).is_some());
+        handle.shutdown();
+        assert_eq!(handle.stopped().await, Ok(()));
+        assert_eq!(handle.propose(token("late")).await, Err(ProposeError::ShuttingDown));
+    }
+    let store = Store::open(dir.path(), StoreConfig::new(trust_domain())).unwrap();
+    assert!(store.join_token("t0-0").is_some() && store.join_token("t1-2").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn existing_single_server_state_becomes_a_one_member_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreConfig::new(trust_domain())).unwrap();
+    // Written the way the single-server proposer writes: no raft log at all.
+    for i in 1..=5 {
+        store.apply(i, &token(&format!("old-{i}"))).unwrap();
+    }
+    let handle = one_member(&store, SledLogStore::open(&store).unwrap());
+    let applied = handle.propose(token("new")).await.unwrap();
+    assert!(applied.index > 5, "continues after the existing state, got {}", applied.index);
+    assert!(store.join_token("old-5").is_some() && store.join_token("new").is_some());
+}
+
+/// A log store whose first flush waits until the test lets it go, so proposals pile up in
+/// the driver's queue meanwhile; counts flushes.
+struct GatedLog {
+    inner: MemLogStore,
+    gate: Arc<Barrier>,
+    gated: bool,
+    flushes: Arc<Mutex<u64>>,
+}
+
+impl LogStore for GatedLog {
+    fn append(&mut self, e: &[raft_entry::Entry]) -> Result<(), LogStoreError> {
+        self.inner.append(e)
+    }
+    fn entries(
+        &self,
+        lo: u64,
+        hi: u64,
+        m: Option<u64>,
+    ) -> Result<Vec<raft_entry::Entry>, LogStoreError> {
+        self.inner.entries(lo, hi, m)
+    }
+    fn term(&self, i: u64) -> Result<u64, LogStoreError> {
+        self.inner.term(i)
+    }
+    fn first_index(&self) -> u64 {
+        self.inner.first_index()
+    }
+    fn last_index(&self) -> u64 {
+        self.inner.last_index()
+    }
+    fn hard_state(&self) -> Result<raft_entry::HardState, LogStoreError> {
+        self.inner.hard_state()
+    }
+    fn set_hard_state(&mut self, hs: &raft_entry::HardState) -> Result<(), LogStoreError> {
+        self.inner.set_hard_state(hs)
+    }
+    fn conf_state(&self) -> Result<raft_entry::ConfState, LogStoreError> {
+        self.inner.conf_state()
+    }
+    fn set_conf_state(&mut self, cs: &raft_entry::ConfState) -> Result<(), LogStoreError> {
+        self.inner.set_conf_state(cs)
+    }
+    fn compact(&mut self, upto: u64) -> Result<(), LogStoreError> {
+        self.inner.compact(upto)
+    }
+    fn snapshot_meta(&self) -> Result<raft_entry::SnapshotMetadata, LogStoreError> {
+        self.inner.snapshot_meta()
+    }
+    fn set_snapshot_meta(&mut self, m: &raft_entry::SnapshotMetadata) -> Result<(), LogStoreError> {
+        self.inner.set_snapshot_meta(m)
+    }
+    fn install_snapshot(&mut self, m: &raft_entry::SnapshotMetadata) -> Result<(), LogStoreError> {
+        self.inner.install_snapshot(m)
+    }
+    fn flush(&mut self) -> Result<(), LogStoreError> {
+        *self.flushes.lock().unwrap() += 1;
+        if self.gated && self.inner.last_index() > 1 {
+            self.gated = false;
+            self.gate.wait();
+            self.gate.wait();
+        }
+        Ok(())
+    }
+    fn size(&self) -> (u64, u64) {
+        self.inner.size()
+    }
+}
+
+use raft::eraftpb as raft_entry;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proposals_that_arrive_together_share_one_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreConfig::new(trust_domain())).unwrap();
+    let gate = Arc::new(Barrier::new(2));
+    let flushes = Arc::new(Mutex::new(0));
+    let log = GatedLog {
+        inner: MemLogStore::new(),
+        gate: gate.clone(),
+        gated: true,
+        flushes: flushes.clone(),
+    };
+    let handle = one_member(&store, log);
+    // Wait for the leader's own first entry, then hold the driver inside the flush of the
+    // first proposal while 99 more queue up.
+    harness::wait_for("leadership", || handle.leader() == Some(1) && handle.applied() >= 1).await;
+    let first = tokio::spawn({
+        let h = handle.clone();
+        async move { h.propose(token("first")).await }
+    });
+    let g = gate.clone();
+    tokio::task::spawn_blocking(move || g.wait()).await.unwrap();
+    let before = *flushes.lock().unwrap();
+    let mut rest = Vec::new();
+    for i in 0..99 {
+        let h = handle.clone();
+        rest.push(tokio::spawn(async move { h.propose(token(&format!("t{i}"))).await }));
+    }
+    // Every proposal is in the driver's queue before it may go on.
+    harness::wait_for("the queue to fill", || handle.queued() >= 99).await;
+    let g = gate.clone();
+    tokio::task::spawn_blocking(move || g.wait()).await.unwrap();
+    first.await.unwrap().unwrap();
+    for r in rest {
+        r.await.unwrap().unwrap();
+    }
+    let after = *flushes.lock().unwrap();
+    assert!(after - before <= 3, "99 queued proposals took {} flushes", after - before);
+    assert!(store.join_token("t98").is_some());
+}
