@@ -11,7 +11,10 @@ use crate::spiffe_id::{SpiffeId, TrustDomain};
 
 /// The id of a registration entry: client-chosen (at most 255 of the characters
 /// `[-._0-9A-Za-z]`, as SPIRE's datastore allows) or a UUIDv4 the server picks.
+///
+/// Decoding checks the same rules as [`EntryId::new`] (the store builds keys from ids).
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String")]
 pub struct EntryId(String);
 
 /// Why a string is not an entry id.
@@ -53,6 +56,13 @@ impl EntryId {
     /// The id as a string.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl TryFrom<String> for EntryId {
+    type Error = EntryIdError;
+    fn try_from(id: String) -> Result<Self, EntryIdError> {
+        Self::new(&id)
     }
 }
 
@@ -311,6 +321,22 @@ mod tests {
                 SelectorSet::new(vec![Selector::parse("unix:uid:0").unwrap()]),
             )
         }
+    }
+
+    #[test]
+    fn decoding_checks_the_entry_id_rules() {
+        let long = "a".repeat(256);
+        for (raw, want) in [
+            ("", EntryIdError::Empty),
+            ("a/b", EntryIdError::BadChar),
+            (&long, EntryIdError::TooLong),
+        ] {
+            let err = serde_json::from_value::<EntryId>(serde_json::json!(raw)).unwrap_err();
+            assert_eq!(err.to_string(), want.to_string(), "{raw}");
+        }
+        let id = EntryId::new("e-1.x_y").unwrap();
+        let back: EntryId = serde_json::from_str(&serde_json::to_string(&id).unwrap()).unwrap();
+        assert_eq!(back, id);
     }
 
     #[test]

@@ -8,6 +8,10 @@ use crate::selector::SelectorSet;
 use crate::spiffe_id::SpiffeId;
 
 /// The SPIFFE ID of an agent (`spiffe://<td>/spire/agent/<attestor>/...`).
+///
+/// Decoding goes through [`SpiffeId`]'s own checked decoding, so a decoded agent id is a
+/// valid SPIFFE ID. Its path is not checked here: the agent attestation and the store's
+/// callers decide which IDs name agents.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct AgentId(pub SpiffeId);
 
@@ -58,5 +62,22 @@ impl AttestedNode {
     /// Whether the agent is banned (both serials cleared).
     pub fn is_banned(&self) -> bool {
         self.serial.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoding_an_agent_id_checks_its_spiffe_id() {
+        for bad in ["spiffe://Example.org/spire/agent/x", "spiffe://example.org/a//b", ""] {
+            let err = serde_json::from_value::<AgentId>(serde_json::json!(bad)).unwrap_err();
+            let want = SpiffeId::parse(bad).unwrap_err().to_string();
+            assert_eq!(err.to_string(), want, "{bad}");
+        }
+        let id = AgentId(SpiffeId::parse("spiffe://example.org/spire/agent/x").unwrap());
+        let back: AgentId = serde_json::from_str(&serde_json::to_string(&id).unwrap()).unwrap();
+        assert_eq!(back, id);
     }
 }

@@ -24,7 +24,11 @@ pub enum SelectorError {
 
 /// One selector: a `type` (the attestor plugin name, such as `unix` or `k8s`) and a value,
 /// which may itself contain `:` (`k8s:ns:prod`).
+///
+/// Decoding checks the same rules as [`Selector::new`], so a stored record or a log entry
+/// cannot hold a selector that parsing would refuse.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "SelectorFields")]
 pub struct Selector {
     /// The selector type: the attestor's name.
     pub selector_type: String,
@@ -62,6 +66,20 @@ impl Selector {
     }
 }
 
+/// A selector's fields as encoded, before [`Selector::new`] checks them.
+#[derive(Deserialize)]
+struct SelectorFields {
+    selector_type: String,
+    value: String,
+}
+
+impl TryFrom<SelectorFields> for Selector {
+    type Error = SelectorError;
+    fn try_from(f: SelectorFields) -> Result<Self, SelectorError> {
+        Self::new(&f.selector_type, &f.value)
+    }
+}
+
 impl fmt::Display for Selector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.selector_type, self.value)
@@ -82,7 +100,13 @@ impl FromStr for Selector {
 }
 
 /// A sorted set of selectors without duplicates.
+///
+/// [`SelectorSet::contains`] and the subset tests binary-search, so the order is an
+/// invariant: decoding goes through [`SelectorSet::new`] and sorts and deduplicates
+/// whatever list it reads (a record written by another version, a hand-made snapshot, a
+/// log entry from a peer), so a decoded set answers exactly as a built one.
 #[derive(Clone, Default, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(from = "Vec<Selector>")]
 pub struct SelectorSet(Vec<Selector>);
 
 impl SelectorSet {
@@ -188,6 +212,37 @@ mod tests {
             assert_eq!(Selector::parse(input).unwrap_err(), *want, "input {input:?}");
         }
         assert_eq!(Selector::new("a:b", "c").unwrap_err(), SelectorError::TypeHasColon);
+    }
+
+    #[test]
+    fn decoded_set_is_sorted_and_deduplicated() {
+        let json = r#"[{"selector_type":"b","value":"1"},{"selector_type":"a","value":"1"},
+            {"selector_type":"b","value":"1"}]"#;
+        let s: SelectorSet = serde_json::from_str(json).unwrap();
+        assert_eq!(s, set(&["a:1", "b:1"]));
+        assert!(s.contains(&Selector::parse("a:1").unwrap()), "binary search finds a:1");
+        assert!(set(&["a:1"]).is_subset_of(&s));
+        // The encoding is unchanged: a built set round-trips to itself.
+        let built = set(&["z:9", "a:1"]);
+        let back: SelectorSet =
+            serde_json::from_str(&serde_json::to_string(&built).unwrap()).unwrap();
+        assert_eq!(back, built);
+    }
+
+    #[test]
+    fn decoding_refuses_a_selector_that_parsing_refuses() {
+        for (ty, value, want) in [
+            ("", "1", SelectorError::EmptyType),
+            ("a:b", "1", SelectorError::TypeHasColon),
+            ("unix", "", SelectorError::EmptyValue),
+        ] {
+            let json = serde_json::json!({ "selector_type": ty, "value": value });
+            let err = serde_json::from_value::<Selector>(json).unwrap_err();
+            assert_eq!(err.to_string(), want.to_string(), "{ty}:{value}");
+        }
+        let ok: Selector =
+            serde_json::from_str(r#"{"selector_type":"k8s","value":"ns:x"}"#).unwrap();
+        assert_eq!(ok, Selector::parse("k8s:ns:x").unwrap());
     }
 
     #[test]
