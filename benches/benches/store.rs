@@ -161,7 +161,7 @@ fn apply(c: &mut Criterion) {
                 n += 1;
                 Command::CreateEntries(vec![new_entry(n)])
             },
-            |cmd| store.propose_local(&cmd).unwrap(),
+            |cmd| store.apply(store.last_applied() + 1, &cmd).unwrap(),
             BatchSize::SmallInput,
         );
     });
@@ -177,7 +177,7 @@ fn apply(c: &mut Criterion) {
                     .collect();
                 Command::CreateEntries(items)
             },
-            |cmd| store.propose_local(&cmd).unwrap(),
+            |cmd| store.apply(store.last_applied() + 1, &cmd).unwrap(),
             BatchSize::SmallInput,
         );
     });

@@ -37,11 +37,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut a = DataSet::agent(i);
         a.selectors =
             SelectorSet::new(vec![cluster.clone(), Selector::parse(&format!("k8s:node:{i}"))?]);
-        store.propose_local(&Command::AttestAgent(a))?;
+        store.apply(store.last_applied() + 1, &Command::AttestAgent(a))?;
     }
     let mut alias = DataSet::alias_entry(0);
     alias.selectors = SelectorSet::new(vec![cluster]);
-    store.propose_local(&Command::CreateEntries(vec![alias.clone()]))?;
+    store.apply(store.last_applied() + 1, &Command::CreateEntries(vec![alias.clone()]))?;
     eprintln!("cache filled for {n} agents in {:.2?}", serve_all(&store, n));
     for round in 0..3 {
         let t = Instant::now();
@@ -50,7 +50,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             e.id = EntryId::new(&format!("fanout-{round}-{k}"))?;
             e.spiffe_id = DataSet::trust_domain().spiffe_id(&format!("/fanout/{round}/{k}"))?;
             e.parent_id = alias.spiffe_id.clone();
-            store.propose_local(&Command::CreateEntries(vec![e]))?;
+            store.apply(store.last_applied() + 1, &Command::CreateEntries(vec![e]))?;
         }
         let per = t.elapsed() / 20;
         let refill = serve_all(&store, n);

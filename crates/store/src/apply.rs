@@ -52,9 +52,11 @@ impl<'a> Txn<'a> {
         if let Some(old) = self.state.entry(&e.id).filter(|_| self.track).cloned() {
             self.state.agents_affected_by(&old, &mut self.touched);
         }
-        self.batch.insert(record::entry_key(&e.id), bytes);
         let e = Arc::new(e);
-        self.state.put_entry(Arc::clone(&e));
+        if !self.state.put_entry(Arc::clone(&e)) {
+            return Err(StoreError::Capacity);
+        }
+        self.batch.insert(record::entry_key(&e.id), bytes);
         if self.track {
             self.state.agents_affected_by(&e, &mut self.touched);
         }
@@ -75,12 +77,15 @@ impl<'a> Txn<'a> {
     }
 
     fn put_agent(&mut self, a: AttestedNode) -> Result<Arc<AttestedNode>, StoreError> {
-        self.batch.insert(record::agent_key(&a.id), record::encode(&a)?);
+        let bytes = record::encode(&a)?;
+        let a = Arc::new(a);
+        if !self.state.put_agent(Arc::clone(&a)) {
+            return Err(StoreError::Capacity);
+        }
+        self.batch.insert(record::agent_key(&a.id), bytes);
         self.touched.insert(&a.id);
         self.change.agents.push(a.id.clone());
         self.mutated = true;
-        let a = Arc::new(a);
-        self.state.put_agent(Arc::clone(&a));
         Ok(a)
     }
 
@@ -391,6 +396,9 @@ impl<'a> Txn<'a> {
         if self.state.entry(&e.id).is_some() {
             return Err(ItemError::EntryIdTaken(e.id.clone()));
         }
+        if !self.state.has_room_for_entry() {
+            return Err(ItemError::Invalid(StoreError::Capacity.to_string()));
+        }
         self.check_federated_bundles(&e.federates_with)?;
         let mut e = e.clone();
         e.revision_number = 0;
@@ -451,6 +459,9 @@ impl<'a> Txn<'a> {
         }
         if att.serial.is_empty() {
             return Ok(Err(ItemError::Invalid("serial is required".into())));
+        }
+        if self.state.agent(&att.id).is_none() && !self.state.has_room_for_agent() {
+            return Ok(Err(ItemError::Invalid(StoreError::Capacity.to_string())));
         }
         let node = AttestedNode {
             id: att.id.clone(),
@@ -529,8 +540,9 @@ impl<'a> Txn<'a> {
         let empties = |now: usize, before: usize| now == 0 && before > 0;
         let halted = empties(b.x509_authorities.len(), old.x509_authorities.len())
             || empties(b.jwt_authorities.len(), old.jwt_authorities.len());
-        let removed = b.x509_authorities.len() + b.jwt_authorities.len()
-            != old.x509_authorities.len() + old.jwt_authorities.len();
+        // `retain` only removes, so a list changed exactly when its length did.
+        let removed = b.x509_authorities.len() != old.x509_authorities.len()
+            || b.jwt_authorities.len() != old.jwt_authorities.len();
         if halted || !removed {
             return Ok(Ok(Arc::clone(old)));
         }
@@ -546,7 +558,12 @@ impl<'a> Txn<'a> {
         if !self.state.bundles.contains_key(td) {
             return Ok(Err(ItemError::BundleNotFound(td.clone())));
         }
-        let users: Vec<Arc<RegistrationEntry>> = self.state.federating_with(td).cloned().collect();
+        // By id: the index yields slot order, which depends on history (a replica that
+        // installed a snapshot numbers slots differently), and the change feed records these
+        // ids in this order.
+        let mut users: Vec<Arc<RegistrationEntry>> =
+            self.state.federating_with(td).cloned().collect();
+        users.sort_by(|a, b| a.id.cmp(&b.id));
         match mode {
             BundleDeleteMode::Restrict if !users.is_empty() => {
                 return Ok(Err(ItemError::BundleInUse(td.clone(), users.len())));

@@ -32,6 +32,9 @@ pub enum StoreError {
     /// A previous write failed half-way; the in-memory image may differ from disk. Reopen.
     #[error("store is poisoned by an earlier write failure; reopen it")]
     Poisoned,
+    /// The in-memory image has no slot left for another entry or agent (2^32 of each).
+    #[error("the in-memory image holds as many entries or agents as it can address")]
+    Capacity,
     /// A snapshot chunk is damaged or out of order.
     #[error("bad snapshot: {0}")]
     BadSnapshot(String),

@@ -26,15 +26,26 @@ impl<T> Default for Slab<T> {
 }
 
 impl<T> Slab<T> {
-    pub(crate) fn insert(&mut self, item: T) -> Slot {
-        self.len += 1;
-        if let Some(slot) = self.free.pop() {
-            self.items[slot as usize] = Some(item);
-            slot
-        } else {
-            self.items.push(Some(item));
-            (self.items.len() - 1) as Slot
+    /// Stores `item` in a free slot, or in a new one; `None` (and `item` dropped) when every
+    /// `u32` slot is in use. Callers check [`Slab::has_room`] before they change anything.
+    pub(crate) fn insert(&mut self, item: T) -> Option<Slot> {
+        // Free slots always index `items`.
+        if let Some(slot) = self.free.pop()
+            && let Some(place) = self.items.get_mut(slot as usize)
+        {
+            *place = Some(item);
+            self.len = self.len.saturating_add(1);
+            return Some(slot);
         }
+        let slot = Slot::try_from(self.items.len()).ok()?;
+        self.items.push(Some(item));
+        self.len = self.len.saturating_add(1);
+        Some(slot)
+    }
+
+    /// Whether [`Slab::insert`] has a slot to give.
+    pub(crate) fn has_room(&self) -> bool {
+        !self.free.is_empty() || Slot::try_from(self.items.len()).is_ok()
     }
 
     pub(crate) fn get(&self, slot: Slot) -> Option<&T> {
@@ -55,7 +66,7 @@ impl<T> Slab<T> {
         let taken = self.items.get_mut(slot as usize).and_then(Option::take);
         if taken.is_some() {
             self.free.push(slot);
-            self.len -= 1;
+            self.len = self.len.saturating_sub(1);
         }
         taken
     }
@@ -229,11 +240,11 @@ mod tests {
     #[test]
     fn slab_reuses_slots() {
         let mut s = Slab::default();
-        let a = s.insert("a");
-        let b = s.insert("b");
+        let a = s.insert("a").unwrap();
+        let b = s.insert("b").unwrap();
         assert_eq!(s.remove(a), Some("a"));
         assert_eq!(s.remove(a), None);
-        let c = s.insert("c");
+        let c = s.insert("c").unwrap();
         assert_eq!(c, a);
         assert_eq!(s.get(b), Some(&"b"));
         assert_eq!(s.len(), 2);

@@ -60,7 +60,7 @@ fn key(index: u64) -> [u8; 8] {
 
 fn read_u64_at(bytes: &[u8], at: usize, what: &str) -> Result<u64, StoreError> {
     bytes
-        .get(at..at + 8)
+        .get(at..at.saturating_add(8))
         .and_then(|b| <[u8; 8]>::try_from(b).ok())
         .map(u64::from_be_bytes)
         .ok_or_else(|| StoreError::Corrupt { key: what.into(), reason: "too short".into() })
@@ -99,7 +99,7 @@ impl RaftLog {
             batch.remove(k);
         }
         for r in records {
-            let mut v = Vec::with_capacity(8 + r.bytes.len());
+            let mut v = Vec::with_capacity(r.bytes.len().saturating_add(8));
             v.extend_from_slice(&r.term.to_be_bytes());
             v.extend_from_slice(&r.bytes);
             batch.insert(&key(r.index), v);
@@ -174,7 +174,7 @@ impl RaftLog {
         let mut bytes = 0u64;
         let mut n = 0u64;
         for (_, v) in self.log.iter().flatten() {
-            n += 1;
+            n = n.saturating_add(1);
             bytes = bytes.saturating_add(v.len() as u64);
         }
         (n, bytes)

@@ -37,7 +37,7 @@ pub(crate) enum Versioned<T> {
 }
 
 pub(crate) fn key(prefix: u8, rest: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + rest.len());
+    let mut k = Vec::with_capacity(rest.len().saturating_add(1));
     k.push(prefix);
     k.extend_from_slice(rest.as_bytes());
     k

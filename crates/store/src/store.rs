@@ -150,17 +150,6 @@ impl Store {
         self.apply_locked(&mut state, index, cmd)
     }
 
-    /// Applies `cmd` at the next log index on this single writer: the proposer seam until
-    /// the cluster layer replaces it with a Raft proposal.
-    ///
-    /// # Errors
-    /// As [`Store::apply`].
-    pub fn propose_local(&self, cmd: &Command) -> Result<Applied, StoreError> {
-        let mut state = self.write();
-        let index = state.applied + 1;
-        self.apply_locked(&mut state, index, cmd)
-    }
-
     fn apply_locked(
         &self,
         state: &mut State,
@@ -187,7 +176,7 @@ impl Store {
         state.applied = index;
         batch.insert(record::META_APPLIED, record::u64_value(index));
         if mutated {
-            state.revision += 1;
+            state.revision = state.revision.saturating_add(1);
             change.revision = state.revision;
             batch.insert(record::META_REVISION, record::u64_value(state.revision));
             batch.insert(record::META_ENTRIES, record::u64_value(state.entry_count() as u64));
@@ -445,11 +434,15 @@ pub(crate) fn load_state(tree: &sled::Tree, td: &TrustDomain) -> Result<State, S
             Some(record::ENTRY) => {
                 let e: RegistrationEntry = record::decode(&k, &v)?;
                 // Keys are unique in the tree, so every entry is new.
-                state.insert_new_entry(Arc::new(e));
+                if !state.insert_new_entry(Arc::new(e)) {
+                    return Err(StoreError::Capacity);
+                }
             }
             Some(record::AGENT) => {
                 let a: AttestedNode = record::decode(&k, &v)?;
-                state.put_agent(Arc::new(a));
+                if !state.put_agent(Arc::new(a)) {
+                    return Err(StoreError::Capacity);
+                }
             }
             Some(record::TOKEN) => {
                 let t: StoredJoinToken = record::decode(&k, &v)?;
@@ -482,7 +475,7 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Opens the sled database, waiting up to [`LOCK_WAIT`] for a just-closed handle to release
 /// its file lock.
 fn open_engine(path: &Path, config: &StoreConfig) -> Result<sled::Db, StoreError> {
-    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let deadline = std::time::Instant::now().checked_add(LOCK_WAIT);
     loop {
         let opened = sled::Config::new()
             .path(path)
@@ -492,7 +485,7 @@ fn open_engine(path: &Path, config: &StoreConfig) -> Result<sled::Db, StoreError
         match opened {
             Err(sled::Error::Io(e))
                 if e.to_string().starts_with("could not acquire lock")
-                    && std::time::Instant::now() < deadline =>
+                    && deadline.is_some_and(|d| std::time::Instant::now() < d) =>
             {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }

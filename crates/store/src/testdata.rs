@@ -6,6 +6,7 @@
 //! entries. [`DataSet::SMALL`] (`1k`, `n = 100`) and [`DataSet::LARGE`] (`1m`,
 //! `n = 100,000`, 1,006,000 entries) are the sizes the benches use. Everything is
 //! deterministic: the same scale always gives the same ids.
+#![expect(clippy::arithmetic_side_effects, reason = "fixed-size test data, not on the apply path")]
 
 use ward_core::{
     AgentId, EntryId, RegistrationEntry, Selector, SelectorSet, SpiffeId, TrustDomain,
@@ -181,13 +182,14 @@ impl DataSet {
         agents.chain(batches)
     }
 
-    /// Loads the set into `store` through [`Store::propose_local`] and flushes.
+    /// Loads the set into `store`, one [`Store::apply`] per command at the next log index,
+    /// and flushes.
     ///
     /// # Errors
     /// The first [`StoreError`] from applying.
     pub fn load(&self, store: &Store) -> Result<(), StoreError> {
         for cmd in self.commands(1000) {
-            store.propose_local(&cmd)?;
+            store.apply(store.last_applied().saturating_add(1), &cmd)?;
         }
         store.flush()
     }

@@ -119,7 +119,12 @@ fn damaged_or_incomplete_snapshot_leaves_state_untouched() {
     let snap = store.export_snapshot(16 * 1024).unwrap();
     let dir2 = tempfile::tempdir().unwrap();
     let other = open(dir2.path());
-    other.propose_local(&Command::CreateEntries(vec![DataSet::workload_entry(1, 1)])).unwrap();
+    other
+        .apply(
+            other.last_applied() + 1,
+            &Command::CreateEntries(vec![DataSet::workload_entry(1, 1)]),
+        )
+        .unwrap();
     let before = query_fingerprint(&other);
 
     let mut bytes = snap.chunks[1].to_bytes();
@@ -162,7 +167,7 @@ fn cache_is_invalidated_only_for_affected_agents() {
     let mut e = DataSet::workload_entry(7, 0);
     e.id = EntryId::new("extra-7").unwrap();
     e.spiffe_id = DataSet::trust_domain().spiffe_id("/extra/7").unwrap();
-    store.propose_local(&Command::CreateEntries(vec![e])).unwrap();
+    store.apply(store.last_applied() + 1, &Command::CreateEntries(vec![e])).unwrap();
     let second7 = store.authorized_entries(&a7);
     assert_eq!(second7.len(), 16);
     assert!(!AuthorizedEntries::ptr_eq(&first7, &second7));
@@ -175,7 +180,7 @@ fn cache_is_invalidated_only_for_affected_agents() {
     let mut e = DataSet::alias_child_entry(0, 0);
     e.id = EntryId::new("extra-alias").unwrap();
     e.spiffe_id = DataSet::trust_domain().spiffe_id("/extra/alias").unwrap();
-    store.propose_local(&Command::CreateEntries(vec![e])).unwrap();
+    store.apply(store.last_applied() + 1, &Command::CreateEntries(vec![e])).unwrap();
     assert_eq!(store.authorized_entries(&a7).len(), 17);
     assert_eq!(store.authorized_entries(&a8).len(), 16);
 
@@ -185,7 +190,7 @@ fn cache_is_invalidated_only_for_affected_agents() {
     nested.parent_id = DataSet::workload_entry(8, 3).spiffe_id;
     nested.spiffe_id = DataSet::trust_domain().spiffe_id("/nested/8").unwrap();
     let before7 = store.authorized_entries(&a7);
-    store.propose_local(&Command::CreateEntries(vec![nested])).unwrap();
+    store.apply(store.last_applied() + 1, &Command::CreateEntries(vec![nested])).unwrap();
     assert_eq!(store.authorized_entries(&a8).len(), 17);
     assert!(AuthorizedEntries::ptr_eq(&before7, &store.authorized_entries(&a7)));
 
@@ -193,16 +198,19 @@ fn cache_is_invalidated_only_for_affected_agents() {
     let mut att = DataSet::agent(50);
     att.id = a150.clone();
     assert_eq!(store.authorized_entries(&a150).len(), 0);
-    store.propose_local(&Command::AttestAgent(att)).unwrap();
+    store.apply(store.last_applied() + 1, &Command::AttestAgent(att)).unwrap();
     assert_eq!(store.authorized_entries(&a150).len(), 6);
     // Changing the alias's selectors moves membership for all members at once.
     let mut alias = DataSet::alias_entry(0);
     alias.selectors = SelectorSet::new(vec!["test:host:50".parse().unwrap()]);
     let r = store
-        .propose_local(&Command::UpdateEntries(vec![EntryUpdate {
-            id: alias.id.clone(),
-            patch: EntryPatch::all_of(&alias),
-        }]))
+        .apply(
+            store.last_applied() + 1,
+            &Command::UpdateEntries(vec![EntryUpdate {
+                id: alias.id.clone(),
+                patch: EntryPatch::all_of(&alias),
+            }]),
+        )
         .unwrap();
     let Outcome::Entries(items) = r.outcome else { panic!("{:?}", r.outcome) };
     assert_eq!(items[0].as_ref().unwrap().revision_number, 1);
@@ -238,7 +246,10 @@ fn batch_items_fail_independently_with_typed_reasons() {
     let mut same_id = existing.clone();
     same_id.spiffe_id = DataSet::trust_domain().spiffe_id("/same-id").unwrap();
     let r = store
-        .propose_local(&Command::CreateEntries(vec![dup, existing.clone(), bad, ok, fed, same_id]))
+        .apply(
+            store.last_applied() + 1,
+            &Command::CreateEntries(vec![dup, existing.clone(), bad, ok, fed, same_id]),
+        )
         .unwrap();
     let Outcome::Entries(items) = r.outcome else { panic!() };
     assert_eq!(items[0], Err(ItemError::EntryExists(Arc::new(existing.clone()))));
@@ -254,10 +265,13 @@ fn batch_items_fail_independently_with_typed_reasons() {
     );
     assert_eq!(store.entry_count(), 1007);
     let r = store
-        .propose_local(&Command::DeleteEntries(vec![
-            EntryId::new("fresh").unwrap(),
-            EntryId::new("nope").unwrap(),
-        ]))
+        .apply(
+            store.last_applied() + 1,
+            &Command::DeleteEntries(vec![
+                EntryId::new("fresh").unwrap(),
+                EntryId::new("nope").unwrap(),
+            ]),
+        )
         .unwrap();
     assert_eq!(
         r.outcome,
@@ -289,7 +303,10 @@ fn join_tokens_are_kept_only_as_hashes() {
     let secret = "7f3c-join-token-value-that-must-not-be-stored";
     let token = JoinToken { token: secret.into(), expires_at: 2_000_000_000 };
     store
-        .propose_local(&Command::CreateJoinToken { token: token.to_stored(), entry: None })
+        .apply(
+            store.last_applied() + 1,
+            &Command::CreateJoinToken { token: token.to_stored(), entry: None },
+        )
         .unwrap();
     assert_eq!(store.join_token(secret), Some(token.to_stored()));
     assert_eq!(store.join_token_by_hash(&JoinTokenHash::of(secret)), Some(token.to_stored()));
@@ -317,14 +334,24 @@ fn join_token_is_consumed_even_when_expired() {
     let mut entry = DataSet::workload_entry(0, 0);
     entry.parent_id = DataSet::trust_domain().spiffe_id("/spire/agent/join_token/t1").unwrap();
     let r = store
-        .propose_local(&Command::CreateJoinToken { token: tok("t1"), entry: Some(entry.clone()) })
+        .apply(
+            store.last_applied() + 1,
+            &Command::CreateJoinToken { token: tok("t1"), entry: Some(entry.clone()) },
+        )
         .unwrap();
     assert!(matches!(r.outcome, Outcome::JoinTokenCreated(Ok(Some(ref e))) if e.id == entry.id));
-    let r =
-        store.propose_local(&Command::CreateJoinToken { token: tok("t1"), entry: None }).unwrap();
+    let r = store
+        .apply(
+            store.last_applied() + 1,
+            &Command::CreateJoinToken { token: tok("t1"), entry: None },
+        )
+        .unwrap();
     assert_eq!(r.outcome, Outcome::JoinTokenCreated(Err(ItemError::TokenExists)));
     let r = store
-        .propose_local(&Command::ConsumeJoinToken { hash: JoinTokenHash::of("t1"), now: 150 })
+        .apply(
+            store.last_applied() + 1,
+            &Command::ConsumeJoinToken { hash: JoinTokenHash::of("t1"), now: 150 },
+        )
         .unwrap();
     assert_eq!(
         r.outcome,
@@ -332,12 +359,23 @@ fn join_token_is_consumed_even_when_expired() {
     );
     assert_eq!(store.join_token("t1"), None);
     let r = store
-        .propose_local(&Command::ConsumeJoinToken { hash: JoinTokenHash::of("t1"), now: 50 })
+        .apply(
+            store.last_applied() + 1,
+            &Command::ConsumeJoinToken { hash: JoinTokenHash::of("t1"), now: 50 },
+        )
         .unwrap();
     assert_eq!(r.outcome, Outcome::JoinTokenConsumed(Err(ItemError::TokenNotFound)));
-    store.propose_local(&Command::CreateJoinToken { token: tok("t2"), entry: None }).unwrap();
+    store
+        .apply(
+            store.last_applied() + 1,
+            &Command::CreateJoinToken { token: tok("t2"), entry: None },
+        )
+        .unwrap();
     let r = store
-        .propose_local(&Command::ConsumeJoinToken { hash: JoinTokenHash::of("t2"), now: 50 })
+        .apply(
+            store.last_applied() + 1,
+            &Command::ConsumeJoinToken { hash: JoinTokenHash::of("t2"), now: 50 },
+        )
         .unwrap();
     assert_eq!(
         r.outcome,
@@ -350,33 +388,40 @@ fn agent_serials_renew_activate_and_ban() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let id: AgentId = DataSet::agent_id(1);
-    store.propose_local(&Command::AttestAgent(DataSet::agent(1))).unwrap();
+    store.apply(store.last_applied() + 1, &Command::AttestAgent(DataSet::agent(1))).unwrap();
     store
-        .propose_local(&Command::RenewAgent {
-            id: id.clone(),
-            new_serial: "77".into(),
-            new_expires_at: 9000,
-        })
+        .apply(
+            store.last_applied() + 1,
+            &Command::RenewAgent { id: id.clone(), new_serial: "77".into(), new_expires_at: 9000 },
+        )
         .unwrap();
     let a = store.agent(&id).unwrap();
     assert_eq!((a.serial.as_str(), a.new_serial.as_str()), ("1001", "77"));
     let r = store
-        .propose_local(&Command::ActivateAgentSerial { id: id.clone(), serial: "78".into() })
+        .apply(
+            store.last_applied() + 1,
+            &Command::ActivateAgentSerial { id: id.clone(), serial: "78".into() },
+        )
         .unwrap();
     assert_eq!(r.outcome, Outcome::Agent(Err(ItemError::SerialMismatch)));
     store
-        .propose_local(&Command::ActivateAgentSerial { id: id.clone(), serial: "77".into() })
+        .apply(
+            store.last_applied() + 1,
+            &Command::ActivateAgentSerial { id: id.clone(), serial: "77".into() },
+        )
         .unwrap();
     let a = store.agent(&id).unwrap();
     assert_eq!((a.serial.as_str(), a.new_serial.as_str(), a.expires_at), ("77", "", 9000));
-    store.propose_local(&Command::BanAgent(id.clone())).unwrap();
+    store.apply(store.last_applied() + 1, &Command::BanAgent(id.clone())).unwrap();
     assert!(store.agent(&id).unwrap().is_banned());
     let banned = AgentFilter { banned: Some(true), ..Default::default() };
     assert_eq!(store.count_agents(&banned), 1);
-    let r = store.propose_local(&Command::AttestAgent(DataSet::agent(1))).unwrap();
+    let r =
+        store.apply(store.last_applied() + 1, &Command::AttestAgent(DataSet::agent(1))).unwrap();
     assert_eq!(r.outcome, Outcome::Agent(Err(ItemError::AgentBanned(id.clone()))));
-    store.propose_local(&Command::DeleteAgent(id.clone())).unwrap();
-    let r = store.propose_local(&Command::AttestAgent(DataSet::agent(1))).unwrap();
+    store.apply(store.last_applied() + 1, &Command::DeleteAgent(id.clone())).unwrap();
+    let r =
+        store.apply(store.last_applied() + 1, &Command::AttestAgent(DataSet::agent(1))).unwrap();
     assert!(matches!(r.outcome, Outcome::Agent(Ok(ref a)) if a.serial == "1001"));
 }
 
@@ -399,27 +444,36 @@ fn bundles_append_taint_revoke_and_delete_modes() {
     };
     // As SPIRE's datastore: the first append creates the bundle as given (sequence 0), the
     // second finds nothing new and changes nothing.
-    store.propose_local(&append).unwrap();
+    store.apply(store.last_applied() + 1, &append).unwrap();
     let rev = store.revision();
-    store.propose_local(&append).unwrap();
+    store.apply(store.last_applied() + 1, &append).unwrap();
     assert_eq!(store.revision(), rev);
     let b = store.bundle(&td).unwrap();
     assert_eq!((b.x509_authorities.len(), b.sequence_number), (2, 0));
     let r = store
-        .propose_local(&Command::RevokeX509Authority { trust_domain: td.clone(), der: vec![1; 4] })
+        .apply(
+            store.last_applied() + 1,
+            &Command::RevokeX509Authority { trust_domain: td.clone(), der: vec![1; 4] },
+        )
         .unwrap();
     assert_eq!(r.outcome, Outcome::Bundles(vec![Err(ItemError::AuthorityNotTainted)]));
     store
-        .propose_local(&Command::TaintX509Authority { trust_domain: td.clone(), der: vec![1; 4] })
+        .apply(
+            store.last_applied() + 1,
+            &Command::TaintX509Authority { trust_domain: td.clone(), der: vec![1; 4] },
+        )
         .unwrap();
     store
-        .propose_local(&Command::RevokeX509Authority { trust_domain: td.clone(), der: vec![1; 4] })
+        .apply(
+            store.last_applied() + 1,
+            &Command::RevokeX509Authority { trust_domain: td.clone(), der: vec![1; 4] },
+        )
         .unwrap();
     store
-        .propose_local(&Command::TaintJwtAuthority {
-            trust_domain: td.clone(),
-            key_id: "k1".into(),
-        })
+        .apply(
+            store.last_applied() + 1,
+            &Command::TaintJwtAuthority { trust_domain: td.clone(), key_id: "k1".into() },
+        )
         .unwrap();
     let b = store.bundle(&td).unwrap();
     assert_eq!(b.x509_authorities, vec![x(2)]);
@@ -428,11 +482,14 @@ fn bundles_append_taint_revoke_and_delete_modes() {
 
     // Appending an authority the bundle holds tainted adds no untainted copy.
     let r = store
-        .propose_local(&Command::AppendBundle {
-            trust_domain: td.clone(),
-            x509_authorities: vec![],
-            jwt_authorities: vec![jwt.clone()],
-        })
+        .apply(
+            store.last_applied() + 1,
+            &Command::AppendBundle {
+                trust_domain: td.clone(),
+                x509_authorities: vec![],
+                jwt_authorities: vec![jwt.clone()],
+            },
+        )
         .unwrap();
     let Outcome::Bundles(ref v) = r.outcome else { panic!("{:?}", r.outcome) };
     assert_eq!(v[0].as_ref().unwrap().jwt_authorities.len(), 1);
@@ -440,17 +497,19 @@ fn bundles_append_taint_revoke_and_delete_modes() {
 
     let mut e = DataSet::workload_entry(0, 0);
     e.federates_with = vec![td.clone()];
-    store.propose_local(&Command::CreateEntries(vec![e.clone()])).unwrap();
+    store.apply(store.last_applied() + 1, &Command::CreateEntries(vec![e.clone()])).unwrap();
     let del = |mode| Command::DeleteBundles { trust_domains: vec![td.clone()], mode };
-    let r = store.propose_local(&del(BundleDeleteMode::Restrict)).unwrap();
+    let r = store.apply(store.last_applied() + 1, &del(BundleDeleteMode::Restrict)).unwrap();
     assert_eq!(r.outcome, Outcome::Bundles(vec![Err(ItemError::BundleInUse(td.clone(), 1))]));
-    store.propose_local(&del(BundleDeleteMode::Dissociate)).unwrap();
+    store.apply(store.last_applied() + 1, &del(BundleDeleteMode::Dissociate)).unwrap();
     let after = store.entry(&e.id).unwrap();
     assert!(after.federates_with.is_empty());
     // As SPIRE: dissociating keeps the entry's revision.
     assert_eq!(after.revision_number, 0);
     assert_eq!(store.bundle(&td), None);
-    store.propose_local(&Command::SetBundles(vec![Bundle::new(td.clone())])).unwrap();
+    store
+        .apply(store.last_applied() + 1, &Command::SetBundles(vec![Bundle::new(td.clone())]))
+        .unwrap();
 }
 
 #[test]
@@ -495,11 +554,13 @@ fn page_tokens_stay_valid_across_writes() {
     let token = first.next_token.clone().unwrap();
     assert_eq!(token, first.items[3].id.as_str());
     // Delete the entry the token names and add one that sorts before it.
-    store.propose_local(&Command::DeleteEntries(vec![first.items[3].id.clone()])).unwrap();
+    store
+        .apply(store.last_applied() + 1, &Command::DeleteEntries(vec![first.items[3].id.clone()]))
+        .unwrap();
     let mut early = DataSet::workload_entry(5, 0);
     early.id = EntryId::new("00000000-early").unwrap();
     early.spiffe_id = DataSet::trust_domain().spiffe_id("/early").unwrap();
-    store.propose_local(&Command::CreateEntries(vec![early])).unwrap();
+    store.apply(store.last_applied() + 1, &Command::CreateEntries(vec![early])).unwrap();
     let rest = store.list_entries(&filter, &PageRequest { token: Some(token.clone()), size: 100 });
     assert_eq!(rest.next_token, None);
     let mut want: Vec<EntryId> = (0..10)
@@ -535,28 +596,31 @@ fn prune_bundle_authorities_removes_the_listed_ones_and_never_empties_a_bundle()
         jwt_key_ids: kids.into_iter().map(String::from).collect(),
     };
 
-    let r = store.propose_local(&prune(vec![vec![1; 4]], vec![])).unwrap();
+    let r = store.apply(store.last_applied() + 1, &prune(vec![vec![1; 4]], vec![])).unwrap();
     assert_eq!(r.outcome, Outcome::Bundles(vec![Err(ItemError::BundleNotFound(td.clone()))]));
 
     store
-        .propose_local(&Command::AppendBundle {
-            trust_domain: td.clone(),
-            x509_authorities: vec![x(1), x(2), x(3)],
-            jwt_authorities: vec![jwt("a"), jwt("b")],
-        })
+        .apply(
+            store.last_applied() + 1,
+            &Command::AppendBundle {
+                trust_domain: td.clone(),
+                x509_authorities: vec![x(1), x(2), x(3)],
+                jwt_authorities: vec![jwt("a"), jwt("b")],
+            },
+        )
         .unwrap();
     let seq = store.bundle(&td).unwrap().sequence_number;
 
     // Nothing listed is present: no change, no sequence bump, no revision bump.
     let rev = store.revision();
-    let r = store.propose_local(&prune(vec![vec![9; 4]], vec!["zz"])).unwrap();
+    let r = store.apply(store.last_applied() + 1, &prune(vec![vec![9; 4]], vec!["zz"])).unwrap();
     assert_eq!(r.revision, rev);
     let Outcome::Bundles(ref v) = r.outcome else { panic!("{:?}", r.outcome) };
     assert_eq!(v[0].as_ref().unwrap().sequence_number, seq);
     assert_eq!(store.bundle(&td).unwrap().sequence_number, seq);
 
     // Exactly the listed ones leave; one bump.
-    store.propose_local(&prune(vec![vec![1; 4], vec![9; 4]], vec!["a"])).unwrap();
+    store.apply(store.last_applied() + 1, &prune(vec![vec![1; 4], vec![9; 4]], vec!["a"])).unwrap();
     let b = store.bundle(&td).unwrap();
     assert_eq!(b.x509_authorities, vec![x(2), x(3)]);
     assert_eq!(b.jwt_authorities, vec![jwt("b")]);
@@ -566,7 +630,7 @@ fn prune_bundle_authorities_removes_the_listed_ones_and_never_empties_a_bundle()
     // leaves, not even the other listed kind (SPIRE's "would prune all ...").
     let rev = store.revision();
     for (ders, kids) in [(vec![vec![2; 4], vec![3; 4]], vec![]), (vec![vec![2; 4]], vec!["b"])] {
-        let r = store.propose_local(&prune(ders, kids)).unwrap();
+        let r = store.apply(store.last_applied() + 1, &prune(ders, kids)).unwrap();
         assert_eq!(r.revision, rev, "halted prune changes nothing");
         let b = store.bundle(&td).unwrap();
         assert_eq!(b.x509_authorities, vec![x(2), x(3)]);
@@ -576,16 +640,19 @@ fn prune_bundle_authorities_removes_the_listed_ones_and_never_empties_a_bundle()
 
     // Every copy of a listed authority leaves.
     store
-        .propose_local(&Command::AppendBundle {
-            trust_domain: td.clone(),
-            x509_authorities: vec![x(4)],
-            jwt_authorities: vec![],
-        })
+        .apply(
+            store.last_applied() + 1,
+            &Command::AppendBundle {
+                trust_domain: td.clone(),
+                x509_authorities: vec![x(4)],
+                jwt_authorities: vec![],
+            },
+        )
         .unwrap();
     let mut b = Bundle::clone(&store.bundle(&td).unwrap());
     b.x509_authorities.push(x(2));
-    store.propose_local(&Command::SetBundles(vec![b])).unwrap();
-    store.propose_local(&prune(vec![vec![2; 4], vec![3; 4]], vec![])).unwrap();
+    store.apply(store.last_applied() + 1, &Command::SetBundles(vec![b])).unwrap();
+    store.apply(store.last_applied() + 1, &prune(vec![vec![2; 4], vec![3; 4]], vec![])).unwrap();
     let b = store.bundle(&td).unwrap();
     assert_eq!(b.x509_authorities, vec![x(4)]);
     // The append and the prune bump once each; setting takes the sequence as given.
@@ -613,43 +680,46 @@ fn taint_and_revoke_act_on_every_copy_of_an_authority() {
     let mut b = Bundle::new(td.clone());
     b.x509_authorities = vec![x(1), x(2), x(1)];
     b.jwt_authorities = vec![jwt(1), jwt(2)];
-    store.propose_local(&Command::SetBundles(vec![b])).unwrap();
+    store.apply(store.last_applied() + 1, &Command::SetBundles(vec![b])).unwrap();
 
     let taint_x = Command::TaintX509Authority { trust_domain: td.clone(), der: vec![1; 4] };
-    store.propose_local(&taint_x).unwrap();
+    store.apply(store.last_applied() + 1, &taint_x).unwrap();
     let tainted: Vec<bool> =
         store.bundle(&td).unwrap().x509_authorities.iter().map(|a| a.tainted).collect();
     assert_eq!(tainted, vec![true, false, true]);
-    let r = store.propose_local(&taint_x).unwrap();
+    let r = store.apply(store.last_applied() + 1, &taint_x).unwrap();
     assert_eq!(
         r.outcome,
         Outcome::Bundles(vec![Err(ItemError::Invalid("authority is already tainted".into()))])
     );
     let r = store
-        .propose_local(&Command::RevokeX509Authority { trust_domain: td.clone(), der: vec![1; 4] })
+        .apply(
+            store.last_applied() + 1,
+            &Command::RevokeX509Authority { trust_domain: td.clone(), der: vec![1; 4] },
+        )
         .unwrap();
     let Outcome::Bundles(ref v) = r.outcome else { panic!("{:?}", r.outcome) };
     assert_eq!(v[0].as_ref().unwrap().x509_authorities, vec![x(2)], "no copy stays trusted");
 
     let r = store
-        .propose_local(&Command::RevokeJwtAuthority {
-            trust_domain: td.clone(),
-            key_id: "k1".into(),
-        })
+        .apply(
+            store.last_applied() + 1,
+            &Command::RevokeJwtAuthority { trust_domain: td.clone(), key_id: "k1".into() },
+        )
         .unwrap();
     assert_eq!(r.outcome, Outcome::Bundles(vec![Err(ItemError::AuthorityNotTainted)]));
     store
-        .propose_local(&Command::TaintJwtAuthority {
-            trust_domain: td.clone(),
-            key_id: "k1".into(),
-        })
+        .apply(
+            store.last_applied() + 1,
+            &Command::TaintJwtAuthority { trust_domain: td.clone(), key_id: "k1".into() },
+        )
         .unwrap();
     assert!(store.bundle(&td).unwrap().jwt_authorities.iter().all(|a| a.tainted));
     store
-        .propose_local(&Command::RevokeJwtAuthority {
-            trust_domain: td.clone(),
-            key_id: "k1".into(),
-        })
+        .apply(
+            store.last_applied() + 1,
+            &Command::RevokeJwtAuthority { trust_domain: td.clone(), key_id: "k1".into() },
+        )
         .unwrap();
     let b = store.bundle(&td).unwrap();
     assert!(b.jwt_authorities.is_empty());
@@ -668,9 +738,9 @@ fn bundles_are_stored_with_the_sequence_number_given() {
     let td = TrustDomain::new("fed.org").unwrap();
     let mut b = Bundle::new(td.clone());
     b.sequence_number = 5;
-    store.propose_local(&Command::SetBundles(vec![b.clone()])).unwrap();
+    store.apply(store.last_applied() + 1, &Command::SetBundles(vec![b.clone()])).unwrap();
     // Setting the same content again keeps the number, as SPIRE's datastore does.
-    store.propose_local(&Command::SetBundles(vec![b.clone()])).unwrap();
+    store.apply(store.last_applied() + 1, &Command::SetBundles(vec![b.clone()])).unwrap();
     assert_eq!(store.bundle(&td).unwrap().sequence_number, 5);
 
     // The relationship carries a bundle with sequence 0: stored as given.
@@ -680,8 +750,9 @@ fn bundles_are_stored_with_the_sequence_number_given() {
         profile: BundleEndpointProfile::HttpsWeb,
         trust_domain_bundle: Some(Bundle::new(td.clone())),
     };
-    let r =
-        store.propose_local(&Command::CreateFederationRelationships(vec![rel.clone()])).unwrap();
+    let r = store
+        .apply(store.last_applied() + 1, &Command::CreateFederationRelationships(vec![rel.clone()]))
+        .unwrap();
     // Created: reported with the bundle it was given.
     assert_eq!(r.outcome, Outcome::Federations(vec![Ok(Arc::new(rel.clone()))]));
     assert_eq!(store.bundle(&td).unwrap().sequence_number, 0);
@@ -695,14 +766,18 @@ fn bundles_are_stored_with_the_sequence_number_given() {
         },
         mask: FederationMask::ALL,
     };
-    let r = store.propose_local(&Command::UpdateFederationRelationships(vec![update])).unwrap();
+    let r = store
+        .apply(store.last_applied() + 1, &Command::UpdateFederationRelationships(vec![update]))
+        .unwrap();
     let joined = FederationRelationship { trust_domain_bundle: Some(newer.clone()), ..rel.clone() };
     assert_eq!(r.outcome, Outcome::Federations(vec![Ok(Arc::new(joined.clone()))]));
     // Reads join the trust domain's bundle, as SPIRE's datastore does.
     assert_eq!(store.federation_relationship(&td).as_deref(), Some(&joined));
 
     // Deleting the relationship keeps the bundle.
-    store.propose_local(&Command::DeleteFederationRelationships(vec![td.clone()])).unwrap();
+    store
+        .apply(store.last_applied() + 1, &Command::DeleteFederationRelationships(vec![td.clone()]))
+        .unwrap();
     assert_eq!(store.federation_relationship(&td), None);
     assert_eq!(store.bundle(&td).unwrap().sequence_number, 9);
 }
@@ -718,7 +793,9 @@ fn create_and_update_bundles_check_existence_in_apply() {
     b.sequence_number = 3;
 
     // Two creates of one trust domain in one command: the second is refused.
-    let r = store.propose_local(&Command::CreateBundles(vec![b.clone(), b.clone()])).unwrap();
+    let r = store
+        .apply(store.last_applied() + 1, &Command::CreateBundles(vec![b.clone(), b.clone()]))
+        .unwrap();
     assert_eq!(
         r.outcome,
         Outcome::Bundles(vec![Ok(Arc::new(b.clone())), Err(ItemError::BundleExists(td.clone()))])
@@ -728,13 +805,16 @@ fn create_and_update_bundles_check_existence_in_apply() {
     let input = Bundle { refresh_hint: 5, sequence_number: 7, ..Bundle::new(td.clone()) };
     let mask = BundleMask { refresh_hint: true, ..no_fields() };
     let r = store
-        .propose_local(&Command::UpdateBundles(vec![
-            BundleUpdate { bundle: input.clone(), mask },
-            BundleUpdate {
-                bundle: Bundle::new(TrustDomain::new("none.org").unwrap()),
-                mask: BundleMask::ALL,
-            },
-        ]))
+        .apply(
+            store.last_applied() + 1,
+            &Command::UpdateBundles(vec![
+                BundleUpdate { bundle: input.clone(), mask },
+                BundleUpdate {
+                    bundle: Bundle::new(TrustDomain::new("none.org").unwrap()),
+                    mask: BundleMask::ALL,
+                },
+            ]),
+        )
         .unwrap();
     let want = Bundle { refresh_hint: 5, ..b.clone() };
     assert_eq!(
@@ -745,10 +825,13 @@ fn create_and_update_bundles_check_existence_in_apply() {
         ])
     );
     let r = store
-        .propose_local(&Command::UpdateBundles(vec![BundleUpdate {
-            bundle: input.clone(),
-            mask: BundleMask::ALL,
-        }]))
+        .apply(
+            store.last_applied() + 1,
+            &Command::UpdateBundles(vec![BundleUpdate {
+                bundle: input.clone(),
+                mask: BundleMask::ALL,
+            }]),
+        )
         .unwrap();
     assert_eq!(r.outcome, Outcome::Bundles(vec![Ok(Arc::new(input.clone()))]));
     assert_eq!(store.bundle(&td).as_deref(), Some(&input));
@@ -770,26 +853,37 @@ fn bundles_and_relationships_list_in_creation_order() {
     let names = ["zeta.org", "alpha.org", "mid.org"];
     for n in names {
         let td = TrustDomain::new(n).unwrap();
-        store.propose_local(&Command::SetBundles(vec![Bundle::new(td.clone())])).unwrap();
+        store
+            .apply(store.last_applied() + 1, &Command::SetBundles(vec![Bundle::new(td.clone())]))
+            .unwrap();
         let rel = FederationRelationship {
             trust_domain: td,
             bundle_endpoint_url: format!("https://{n}/"),
             profile: BundleEndpointProfile::HttpsWeb,
             trust_domain_bundle: None,
         };
-        store.propose_local(&Command::CreateFederationRelationships(vec![rel])).unwrap();
+        store
+            .apply(store.last_applied() + 1, &Command::CreateFederationRelationships(vec![rel]))
+            .unwrap();
     }
     // Replacing keeps the place; deleting and creating again goes last.
     let zeta = TrustDomain::new("zeta.org").unwrap();
     let alpha = TrustDomain::new("alpha.org").unwrap();
-    store.propose_local(&Command::SetBundles(vec![Bundle::new(zeta.clone())])).unwrap();
     store
-        .propose_local(&Command::DeleteBundles {
-            trust_domains: vec![alpha.clone()],
-            mode: BundleDeleteMode::Restrict,
-        })
+        .apply(store.last_applied() + 1, &Command::SetBundles(vec![Bundle::new(zeta.clone())]))
         .unwrap();
-    store.propose_local(&Command::SetBundles(vec![Bundle::new(alpha.clone())])).unwrap();
+    store
+        .apply(
+            store.last_applied() + 1,
+            &Command::DeleteBundles {
+                trust_domains: vec![alpha.clone()],
+                mode: BundleDeleteMode::Restrict,
+            },
+        )
+        .unwrap();
+    store
+        .apply(store.last_applied() + 1, &Command::SetBundles(vec![Bundle::new(alpha.clone())]))
+        .unwrap();
 
     let listed = |store: &Store| -> (Vec<String>, Vec<String>) {
         let b = store.list_bundles(&PageRequest::all());
@@ -834,10 +928,10 @@ fn wide_alias_changes_drop_the_whole_cache_above_the_limit() {
         DataSet::SMALL.load(&store).unwrap();
         // An agent outside alias 0's 100 members, with one entry of its own.
         let outsider = DataSet::agent_id(500);
-        store.propose_local(&Command::AttestAgent(DataSet::agent(500))).unwrap();
+        store.apply(store.last_applied() + 1, &Command::AttestAgent(DataSet::agent(500))).unwrap();
         let mut own = DataSet::workload_entry(500, 0);
         own.id = EntryId::new("outsider-own").unwrap();
-        store.propose_local(&Command::CreateEntries(vec![own])).unwrap();
+        store.apply(store.last_applied() + 1, &Command::CreateEntries(vec![own])).unwrap();
         let before = store.authorized_entries(&outsider);
         assert_eq!(before.len(), 1);
         let members: Vec<AuthorizedEntries> =
@@ -846,7 +940,7 @@ fn wide_alias_changes_drop_the_whole_cache_above_the_limit() {
         let mut child = DataSet::alias_child_entry(0, 0);
         child.id = EntryId::new("wide-child").unwrap();
         child.spiffe_id = DataSet::trust_domain().spiffe_id("/wide/child").unwrap();
-        store.propose_local(&Command::CreateEntries(vec![child])).unwrap();
+        store.apply(store.last_applied() + 1, &Command::CreateEntries(vec![child])).unwrap();
 
         for (i, old) in members.iter().enumerate() {
             let now = store.authorized_entries(&DataSet::agent_id(i));

@@ -7,13 +7,13 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use ward_core::{
-    AttestedNode, Bundle, BundleEndpointProfile, FederationRelationship, JoinToken, JwtAuthority,
-    RegistrationEntry, TrustDomain, X509Authority,
+    AttestedNode, Bundle, BundleEndpointProfile, EntryId, FederationRelationship, JoinToken,
+    JwtAuthority, RegistrationEntry, TrustDomain, X509Authority,
 };
 use ward_store::testdata::DataSet;
 use ward_store::{
-    AgentFilter, Change, Command, EntryFilter, PageRequest, SnapshotChunk, SnapshotInfo, Store,
-    StoreConfig, StoreError,
+    AgentFilter, BundleDeleteMode, Change, Command, EntryFilter, PageRequest, SnapshotChunk,
+    SnapshotInfo, Store, StoreConfig, StoreError,
 };
 
 fn open(dir: &std::path::Path) -> Store {
@@ -34,19 +34,24 @@ fn loaded() -> (tempfile::TempDir, Store) {
     DataSet::SMALL.load(&store).unwrap();
     for t in &TOKENS[..2] {
         let token = JoinToken { token: (*t).into(), expires_at: 2_000_000_000 }.to_stored();
-        store.propose_local(&Command::CreateJoinToken { token, entry: None }).unwrap();
+        store
+            .apply(store.last_applied() + 1, &Command::CreateJoinToken { token, entry: None })
+            .unwrap();
     }
     store
-        .propose_local(&Command::AppendBundle {
-            trust_domain: DataSet::trust_domain(),
-            x509_authorities: vec![X509Authority::new(vec![1, 2, 3])],
-            jwt_authorities: vec![JwtAuthority {
-                public_key_der: vec![4, 5, 6],
-                key_id: "kid-1".into(),
-                expires_at: 1_900_000_000,
-                tainted: false,
-            }],
-        })
+        .apply(
+            store.last_applied() + 1,
+            &Command::AppendBundle {
+                trust_domain: DataSet::trust_domain(),
+                x509_authorities: vec![X509Authority::new(vec![1, 2, 3])],
+                jwt_authorities: vec![JwtAuthority {
+                    public_key_der: vec![4, 5, 6],
+                    key_id: "kid-1".into(),
+                    expires_at: 1_900_000_000,
+                    tainted: false,
+                }],
+            },
+        )
         .unwrap();
     let rel = FederationRelationship {
         trust_domain: fed_td(),
@@ -54,7 +59,9 @@ fn loaded() -> (tempfile::TempDir, Store) {
         profile: BundleEndpointProfile::HttpsWeb,
         trust_domain_bundle: Some(Bundle::new(fed_td())),
     };
-    store.propose_local(&Command::CreateFederationRelationships(vec![rel])).unwrap();
+    store
+        .apply(store.last_applied() + 1, &Command::CreateFederationRelationships(vec![rel]))
+        .unwrap();
     store.flush().unwrap();
     (dir, store)
 }
@@ -183,13 +190,13 @@ fn writes_during_an_export_do_not_block_and_stay_out_of_it() {
     let late = late_entry.clone();
     let gone = deleted.clone();
     let applied = finishes(move || {
-        s.propose_local(&Command::CreateEntries(vec![late])).unwrap();
-        s.propose_local(&Command::DeleteEntries(vec![gone])).unwrap();
+        s.apply(s.last_applied() + 1, &Command::CreateEntries(vec![late])).unwrap();
+        s.apply(s.last_applied() + 1, &Command::DeleteEntries(vec![gone])).unwrap();
         let mut again = DataSet::agent(5);
         again.serial = "999999".into();
-        s.propose_local(&Command::AttestAgent(again)).unwrap();
+        s.apply(s.last_applied() + 1, &Command::AttestAgent(again)).unwrap();
         let token = JoinToken { token: TOKENS[2].into(), expires_at: 2_000_000_000 }.to_stored();
-        s.propose_local(&Command::CreateJoinToken { token, entry: None }).unwrap()
+        s.apply(s.last_applied() + 1, &Command::CreateJoinToken { token, entry: None }).unwrap()
     });
     assert_eq!(applied.index, at_cut.applied + 4);
     assert!(store.entry(&late_entry.id).is_some());
@@ -230,8 +237,13 @@ fn importing_over_the_source_during_an_export_leaves_the_stream_intact() {
 fn target() -> (tempfile::TempDir, Store, View) {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    store.propose_local(&Command::CreateEntries(vec![DataSet::workload_entry(7, 7)])).unwrap();
-    store.propose_local(&Command::AttestAgent(DataSet::agent(7))).unwrap();
+    store
+        .apply(
+            store.last_applied() + 1,
+            &Command::CreateEntries(vec![DataSet::workload_entry(7, 7)]),
+        )
+        .unwrap();
+    store.apply(store.last_applied() + 1, &Command::AttestAgent(DataSet::agent(7))).unwrap();
     let v = view(&store);
     (dir, store, v)
 }
@@ -314,7 +326,7 @@ fn exports_taken_while_a_writer_runs_match_their_applied_index() {
                 }
                 let mut a = DataSet::agent(k % 100);
                 a.serial = format!("w{k}");
-                store.propose_local(&Command::AttestAgent(a)).unwrap();
+                store.apply(store.last_applied() + 1, &Command::AttestAgent(a)).unwrap();
             }
         })
     };
@@ -350,4 +362,43 @@ fn exports_taken_while_a_writer_runs_match_their_applied_index() {
     writer.join().unwrap();
     assert!(seen[0] > base, "the writer ran before the first cut: {seen:?}");
     assert!(seen.windows(2).all(|w| w[0] <= w[1]), "cuts move forward: {seen:?}");
+}
+
+/// Review §1.6: the ids a bundle delete records in the change feed follow entry ids, not
+/// the history-dependent slots of the index, so a replica that installed a snapshot and one
+/// that replayed the log export the same bytes after the same delete.
+#[test]
+fn bundle_delete_feed_is_the_same_after_replay_and_after_import() {
+    for mode in [BundleDeleteMode::Delete, BundleDeleteMode::Dissociate] {
+        let dir = tempfile::tempdir().unwrap();
+        let replayed = open(dir.path());
+        let next = |s: &Store, cmd: Command| s.apply(s.last_applied() + 1, &cmd).unwrap();
+        next(&replayed, Command::SetBundles(vec![Bundle::new(fed_td())]));
+        // Created in reverse id order, so the replayed store's slots run against the ids;
+        // an import numbers slots in id order.
+        for (i, id) in ["z-user", "m-user", "a-user"].into_iter().enumerate() {
+            let e = RegistrationEntry {
+                id: EntryId::new(id).unwrap(),
+                federates_with: vec![fed_td()],
+                ..DataSet::workload_entry(i, i)
+            };
+            next(&replayed, Command::CreateEntries(vec![e]));
+        }
+        let dir2 = tempfile::tempdir().unwrap();
+        let imported = open(dir2.path());
+        imported.import_snapshot(replayed.export_snapshot(4096).unwrap().chunks).unwrap();
+
+        let delete = Command::DeleteBundles { trust_domains: vec![fed_td()], mode };
+        for s in [&replayed, &imported] {
+            next(s, delete.clone());
+        }
+        let feed = replayed.changes_since(replayed.revision() - 1, 1).unwrap();
+        let ids: Vec<&str> = feed[0].entries.iter().map(EntryId::as_str).collect();
+        assert_eq!(ids, ["a-user", "m-user", "z-user"], "{mode:?}");
+        assert_eq!(
+            replayed.export_snapshot(4096).unwrap().chunks,
+            imported.export_snapshot(4096).unwrap().chunks,
+            "{mode:?}"
+        );
+    }
 }

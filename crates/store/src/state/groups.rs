@@ -101,7 +101,10 @@ impl ChildGroup {
             return None;
         }
         let first = chunks.remove(0);
-        let len = first.children.len() + chunks.iter().map(|c| c.children.len()).sum::<usize>();
+        let len = chunks
+            .iter()
+            .map(|c| c.children.len())
+            .fold(first.children.len(), usize::saturating_add);
         let descend = !first.marks.is_empty() || chunks.iter().any(|c| !c.marks.is_empty());
         Some(Self { parent, len, descend, first, rest: chunks.into_boxed_slice() })
     }
@@ -166,7 +169,9 @@ impl InlineId {
         match u8::try_from(s.len()) {
             Ok(len) if s.len() <= INLINE_ID => {
                 let mut bytes = [0u8; INLINE_ID];
-                bytes[..s.len()].copy_from_slice(s.as_bytes());
+                for (to, from) in bytes.iter_mut().zip(s.bytes()) {
+                    *to = from;
+                }
                 Self::Short { len, bytes }
             }
             _ => Self::Long(s.into()),
@@ -276,7 +281,7 @@ impl State {
         if let Some(g) = current
             && !touched.full
             && touched.ids.len().saturating_mul(8) <= g.len
-            && g.rest.len() <= 2 * g.len.div_ceil(CHUNK)
+            && g.rest.len() <= g.len.div_ceil(CHUNK).saturating_mul(2)
             && let Some(patched) = self.patch_group(hash, g, &touched.ids)
         {
             return patched;

@@ -81,8 +81,9 @@ struct Slotted {
 /// ordering by `s` whenever the prefixes differ.
 fn prefix_key(s: &str) -> u64 {
     let mut b = [0u8; 8];
-    let n = s.len().min(8);
-    b[..n].copy_from_slice(&s.as_bytes()[..n]);
+    for (to, from) in b.iter_mut().zip(s.bytes()) {
+        *to = from;
+    }
     u64::from_be_bytes(b)
 }
 
@@ -191,8 +192,9 @@ impl State {
         e.parent_id == self.server_id
     }
 
-    /// Inserts or replaces an entry, keeping every index in step.
-    pub(crate) fn put_entry(&mut self, e: Arc<RegistrationEntry>) {
+    /// Inserts or replaces an entry, keeping every index in step. False, with nothing
+    /// changed, for a new entry when every slot is in use (see [`State::has_room_for_entry`]).
+    pub(crate) fn put_entry(&mut self, e: Arc<RegistrationEntry>) -> bool {
         if let Some(slot) = self.entry_ids.remove(e.id.as_str()) {
             if let Some(old) = self.entry_at(slot).cloned() {
                 self.unindex_entry(slot, &old);
@@ -200,16 +202,31 @@ impl State {
             self.index_entry(slot, &e);
             self.entries.replace(slot, Slotted::new(Arc::clone(&e)));
             self.entry_ids.insert(ById(e), slot);
+            true
         } else {
-            self.insert_new_entry(e);
+            self.insert_new_entry(e)
         }
     }
 
-    /// Inserts an entry whose id is not stored yet (bulk load).
-    pub(crate) fn insert_new_entry(&mut self, e: Arc<RegistrationEntry>) {
-        let slot = self.entries.insert(Slotted::new(Arc::clone(&e)));
+    /// Inserts an entry whose id is not stored yet (bulk load). False, with nothing changed,
+    /// when every slot is in use.
+    pub(crate) fn insert_new_entry(&mut self, e: Arc<RegistrationEntry>) -> bool {
+        let Some(slot) = self.entries.insert(Slotted::new(Arc::clone(&e))) else {
+            return false;
+        };
         self.index_entry(slot, &e);
         self.entry_ids.insert(ById(e), slot);
+        true
+    }
+
+    /// Whether a new entry has a slot (there are 2^32).
+    pub(crate) fn has_room_for_entry(&self) -> bool {
+        self.entries.has_room()
+    }
+
+    /// Whether a new agent has a slot (there are 2^32).
+    pub(crate) fn has_room_for_agent(&self) -> bool {
+        self.agents.has_room()
     }
 
     /// Makes room for `entries` entries before a bulk load.
@@ -256,7 +273,11 @@ impl State {
             } else {
                 self.current_group(spiffe_hash, e.spiffe_id.as_str())
             };
-            let cell = self.alias_cells.insert(AliasCell { slot, spiffe_hash, group });
+            // Never `None`: the alias slab grows only when all its cells are live, one per
+            // live alias entry, so it holds fewer cells than the entry slab has slots.
+            let Some(cell) = self.alias_cells.insert(AliasCell { slot, spiffe_hash, group }) else {
+                return;
+            };
             self.alias_cell_of.insert(slot, cell);
             self.alias_cells_by_hash.insert(spiffe_hash, cell);
             for agent in self.agent_slots_matching(&e.selectors) {
@@ -349,7 +370,9 @@ impl State {
         })
     }
 
-    pub(crate) fn put_agent(&mut self, a: Arc<AttestedNode>) {
+    /// Inserts or replaces an agent. False, with nothing changed, for a new agent when every
+    /// slot is in use (see [`State::has_room_for_agent`]).
+    pub(crate) fn put_agent(&mut self, a: Arc<AttestedNode>) -> bool {
         let aliases = AliasSlots::from_vec(self.alias_cells_of(&a.selectors));
         if let Some(&slot) = self.agent_ids.get(&a.id) {
             if let Some(old) = self.agents.get(slot).map(|c| Arc::clone(&c.node)) {
@@ -363,7 +386,9 @@ impl State {
             self.agents.replace(slot, AgentCell { node: a, aliases });
             self.copy_aliases_to_record(slot);
         } else {
-            let slot = self.agents.insert(AgentCell { node: Arc::clone(&a), aliases });
+            let Some(slot) = self.agents.insert(AgentCell { node: Arc::clone(&a), aliases }) else {
+                return false;
+            };
             for s in a.selectors.as_slice() {
                 self.agent_by_selector.insert(key_hash(s), slot);
             }
@@ -383,6 +408,7 @@ impl State {
             self.agent_ids.insert(a.id.clone(), slot);
             self.copy_aliases_to_record(slot);
         }
+        true
     }
 
     pub(crate) fn remove_agent(&mut self, id: &AgentId) -> Option<Arc<AttestedNode>> {
