@@ -35,9 +35,35 @@ pub enum StoreError {
     /// The in-memory image has no slot left for another entry or agent (2^32 of each).
     #[error("the in-memory image holds as many entries or agents as it can address")]
     Capacity,
-    /// A snapshot chunk is damaged or out of order.
+    /// A snapshot chunk is damaged or out of order, or the snapshot does not fit this store.
     #[error("bad snapshot: {0}")]
     BadSnapshot(String),
+    /// A log entry is in a format this release cannot read. Fatal for a replica: it must be
+    /// upgraded before it can apply the rest of the log.
+    #[error("log entry format {0} is not known to this release")]
+    UnknownLogFormat(u32),
+    /// Bytes in the log are not a log entry.
+    #[error("malformed log entry: {0}")]
+    BadLogEntry(String),
+    /// A committed batch skips log indexes or goes backwards.
+    #[error("log index {index} does not follow the last applied index {applied}")]
+    IndexGap {
+        /// The index given.
+        index: u64,
+        /// The last applied index (or the previous index in the batch).
+        applied: u64,
+    },
+    /// The store on disk belongs to another trust domain than the one configured.
+    #[error(
+        "the store belongs to trust domain {stored}, not the configured {configured}; \
+         point the server at its own data directory"
+    )]
+    TrustDomainMismatch {
+        /// The trust domain recorded in the store.
+        stored: String,
+        /// The trust domain in the configuration.
+        configured: String,
+    },
 }
 
 /// Turns a storage-engine result into a store result; kept inside the crate so no sled

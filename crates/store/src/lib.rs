@@ -28,7 +28,11 @@
 //! | `b` + trust domain name | `Bundle` and its creation number (bundles list in creation order) |
 //! | `f` + trust domain name | `FederationRelationship` (without its bundle, which is under `b`) and its creation number |
 //! | `c` + revision (u64 BE) | [`Change`]: ids changed by that revision; the last [`CHANGE_FEED_RETAIN`] are kept |
+//! | `r` + log index (u64 BE) | request id (u128 BE) of the entry applied at that index; the last [`REQUEST_ID_RETAIN`] are kept |
 //! | `m/applied` | last applied log index (u64 BE) |
+//! | `m/applied_term` | Raft term of the last applied log entry (u64 BE) |
+//! | `m/conf_state` | cluster membership after the last membership change (the consensus layer's bytes) |
+//! | `m/trust_domain` | the trust domain the store belongs to, recorded when it is created; opening with another one is refused |
 //! | `m/revision` | global revision (u64 BE) |
 //! | `m/entries` | number of entries (u64 BE), to size indexes on open |
 //! | `m/format` | layout format (u64 BE), currently 1 |
@@ -37,6 +41,17 @@
 //! a `c` record in one atomic batch, so after a crash the store reopens at exactly some
 //! applied index with exactly that index's state. [`Store::flush`] makes everything applied
 //! so far durable.
+//!
+//! # The replicated apply
+//!
+//! The consensus layer hands committed log entries to [`Store::apply_committed`]: each
+//! proposal is a [`LogEntry`] (a versioned envelope around a [`Command`] with a request id;
+//! [`log_entry`] states the format rules), and a whole run of entries is applied under one
+//! write lock into one sled batch, together with `m/applied`, `m/applied_term` and, after a
+//! membership change, `m/conf_state`. Entries at or below the applied index are skipped, so
+//! replay after a restart is safe, and an entry whose request id was applied recently
+//! changes nothing (a retried proposal applies once). [`Store::durable_applied`] says how
+//! far the applied state is on disk, which bounds log compaction.
 //!
 //! # Snapshots
 //!
@@ -117,10 +132,12 @@ mod apply;
 pub mod command;
 mod error;
 mod index;
+pub mod log_entry;
 mod ordered;
 pub mod query;
 mod raftlog;
 mod record;
+mod request_ids;
 pub mod snapshot;
 mod state;
 mod store;
@@ -131,9 +148,11 @@ pub use command::{
     EntryUpdate, FederationMask, FederationUpdate, ItemError, Outcome,
 };
 pub use error::StoreError;
+pub use log_entry::LogEntry;
 pub use query::{AgentFilter, EntryFilter, FederatesWithFilter, Page, PageRequest, SelectorFilter};
 pub use raftlog::{RaftLog, RaftRecord};
 pub use record::Change;
+pub use request_ids::REQUEST_ID_RETAIN;
 pub use snapshot::{DEFAULT_CHUNK_BYTES, Snapshot, SnapshotChunk, SnapshotExport, SnapshotInfo};
 pub use state::AuthorizedEntries;
-pub use store::{CHANGE_FEED_RETAIN, Store, StoreConfig};
+pub use store::{AppliedEntry, CHANGE_FEED_RETAIN, Committed, Duplicate, Store, StoreConfig};

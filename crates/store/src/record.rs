@@ -18,8 +18,18 @@ pub(crate) const BUNDLE: u8 = b'b';
 pub(crate) const FEDERATION: u8 = b'f';
 /// Key prefix of the change feed: `c` + revision (u64 big-endian).
 pub(crate) const CHANGE: u8 = b'c';
+/// Key prefix of the request-id table: `r` + log index (u64 big-endian) → request id (u128
+/// big-endian).
+pub(crate) const REQUEST: u8 = b'r';
 /// Key of the last applied log index (u64 big-endian).
 pub(crate) const META_APPLIED: &[u8] = b"m/applied";
+/// Key of the Raft term of the last applied log entry (u64 big-endian).
+pub(crate) const META_APPLIED_TERM: &[u8] = b"m/applied_term";
+/// Key of the cluster membership after the last applied membership change (opaque bytes:
+/// the consensus layer's encoding).
+pub(crate) const META_CONF_STATE: &[u8] = b"m/conf_state";
+/// Key of the trust domain the store belongs to (its name), recorded when it is created.
+pub(crate) const META_TRUST_DOMAIN: &[u8] = b"m/trust_domain";
 /// Key of the global revision (u64 big-endian).
 pub(crate) const META_REVISION: &[u8] = b"m/revision";
 /// Key of the number of entries (u64 BE), so open can size its indexes.
@@ -68,6 +78,26 @@ pub(crate) fn change_key(revision: u64) -> Vec<u8> {
     k.push(CHANGE);
     k.extend_from_slice(&revision.to_be_bytes());
     k
+}
+
+pub(crate) fn request_key(index: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(REQUEST);
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// The log index of a request-id key and the id in its value.
+pub(crate) fn read_request(key: &[u8], value: &[u8]) -> Result<(u64, u128), StoreError> {
+    let index: Option<[u8; 8]> = key.strip_prefix(&[REQUEST]).and_then(|k| k.try_into().ok());
+    let id: Option<[u8; 16]> = value.try_into().ok();
+    match (index, id) {
+        (Some(index), Some(id)) => Ok((u64::from_be_bytes(index), u128::from_be_bytes(id))),
+        _ => Err(StoreError::Corrupt {
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason: "not a request-id record".into(),
+        }),
+    }
 }
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {

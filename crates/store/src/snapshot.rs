@@ -132,7 +132,7 @@ pub const DEFAULT_CHUNK_BYTES: usize = 1 << 20;
 /// are read under it. Commands applied afterwards, and an import that replaces the whole
 /// state, do not change what the stream yields.
 ///
-/// Records are grouped by kind in key-prefix order (`a`, `b`, `c`, `e`, `f`, `m/`, `t`);
+/// Records are grouped by kind in key-prefix order (`a`, `b`, `c`, `e`, `f`, `m/`, `r`, `t`);
 /// within a kind they follow the image's order, which need not be byte order of the keys.
 /// Image records are encoded as apply stores them, so the stream holds exactly the live
 /// tree's records.
@@ -250,6 +250,7 @@ struct Cut {
     entries: std::vec::IntoIter<Arc<RegistrationEntry>>,
     federations: std::vec::IntoIter<(u64, Arc<FederationRelationship>)>,
     meta: std::vec::IntoIter<(sled::IVec, sled::IVec)>,
+    requests: std::vec::IntoIter<(u64, u128)>,
     tokens: std::vec::IntoIter<StoredJoinToken>,
 }
 
@@ -261,6 +262,7 @@ impl Cut {
             + self.entries.len()
             + self.federations.len()
             + self.meta.len()
+            + self.requests.len()
             + self.tokens.len()
     }
 
@@ -283,6 +285,8 @@ impl Cut {
             put_raw(out, &record::federation_key(&f.trust_domain), &value)
         } else if let Some((k, v)) = self.meta.next() {
             put_raw(out, &k, &v)
+        } else if let Some((index, id)) = self.requests.next() {
+            put_raw(out, &record::request_key(index), &id.to_be_bytes())
         } else if let Some(t) = self.tokens.next() {
             put_record(out, &record::token_key(&t.hash), &t)
         } else {
@@ -409,6 +413,7 @@ impl Store {
             entries: state.all_entries().cloned().collect::<Vec<_>>().into_iter(),
             federations: numbered(&state.federations),
             meta: meta.into_iter(),
+            requests: state.request_ids.iter().collect::<Vec<_>>().into_iter(),
             tokens: state.tokens.values().cloned().collect::<Vec<_>>().into_iter(),
         };
         let info = SnapshotInfo {

@@ -1,7 +1,7 @@
 //! [`Store`]: opening, applying commands, queries and the authorized-entries cache.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use ward_core::{
@@ -12,9 +12,10 @@ use ward_core::{
 use crate::apply::{Txn, with_bundle};
 use crate::command::{Applied, Command};
 use crate::error::{EngineResult, StoreError};
+use crate::log_entry::LogEntry;
 use crate::query::{AgentFilter, EntryFilter, Page, PageRequest};
 use crate::record::{self, Change};
-use crate::state::{AuthorizedEntries, State};
+use crate::state::{AuthorizedEntries, InvalidationSet, State};
 
 /// Name of the tree holding which generation tree is live.
 const META_TREE: &str = "ward-meta";
@@ -58,6 +59,78 @@ impl StoreConfig {
     }
 }
 
+/// One committed entry of the replicated log, as the consensus layer hands it to
+/// [`Store::apply_committed`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Committed<'a> {
+    /// A proposal: the bytes of a [`LogEntry`].
+    Entry {
+        /// Log index.
+        index: u64,
+        /// Term of the entry.
+        term: u64,
+        /// [`LogEntry::encode`] output.
+        data: &'a [u8],
+    },
+    /// An entry without a command (a new leader's no-op).
+    Empty {
+        /// Log index.
+        index: u64,
+        /// Term of the entry.
+        term: u64,
+    },
+    /// A membership change, with the membership it results in.
+    Membership {
+        /// Log index.
+        index: u64,
+        /// Term of the entry.
+        term: u64,
+        /// The consensus layer's encoding of the membership after the change; stored as
+        /// given and returned by [`Store::conf_state`].
+        conf_state: &'a [u8],
+    },
+}
+
+impl Committed<'_> {
+    /// The entry's log index.
+    pub fn index(&self) -> u64 {
+        match *self {
+            Self::Entry { index, .. }
+            | Self::Empty { index, .. }
+            | Self::Membership { index, .. } => index,
+        }
+    }
+
+    /// The entry's term.
+    pub fn term(&self) -> u64 {
+        match *self {
+            Self::Entry { term, .. } | Self::Empty { term, .. } | Self::Membership { term, .. } => {
+                term
+            }
+        }
+    }
+}
+
+/// A log entry whose request id was applied already: it changed nothing. The proposer that
+/// waited for the request was answered by the first one.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Duplicate {
+    /// The log index at which the request was applied.
+    pub first_index: u64,
+}
+
+/// What [`Store::apply_committed`] reports for one [`Committed::Entry`].
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct AppliedEntry {
+    /// The entry's log index.
+    pub index: u64,
+    /// The entry's request id (0 when it had none).
+    pub request_id: u128,
+    /// The command's result, or [`Duplicate`] when the request was applied before (then
+    /// nothing changed but the applied index).
+    pub result: Result<Applied, Duplicate>,
+}
+
 pub(crate) struct Inner {
     pub(crate) db: sled::Db,
     meta: sled::Tree,
@@ -69,6 +142,10 @@ pub(crate) struct Inner {
     /// state read lock, read under the write lock.
     cache_used: AtomicBool,
     poisoned: AtomicBool,
+    /// The applied index known to be on disk: raised by [`Store::flush`] and imports.
+    durable: AtomicU64,
+    /// Number of sled batches written by apply, for tests of the one-batch rule.
+    pub(crate) batches: AtomicU64,
     config: StoreConfig,
 }
 
@@ -105,6 +182,7 @@ impl Store {
         // A crash during an import can leave a half-written staging tree behind.
         db.drop_tree(tree_name(generation ^ 1)).engine()?;
         let state = load_state(&data, &config.trust_domain)?;
+        let durable = AtomicU64::new(state.applied);
         let cache = moka::sync::Cache::builder().max_capacity(config.cache_agents).build();
         Ok(Self {
             inner: Arc::new(Inner {
@@ -116,6 +194,8 @@ impl Store {
                 cache,
                 cache_used: AtomicBool::new(false),
                 poisoned: AtomicBool::new(false),
+                durable,
+                batches: AtomicU64::new(0),
                 config,
             }),
         })
@@ -156,14 +236,41 @@ impl Store {
         index: u64,
         cmd: &Command,
     ) -> Result<Applied, StoreError> {
-        if self.inner.poisoned.load(Ordering::Acquire) {
-            return Err(StoreError::Poisoned);
-        }
+        self.check_poisoned()?;
         if index <= state.applied {
             return Err(StoreError::StaleIndex { index, applied: state.applied });
         }
+        let mut batch = sled::Batch::default();
+        let mut touched = Vec::new();
+        let applied = self.run_command(state, &mut batch, &mut touched, index, cmd)?;
+        self.write_batch(batch)?;
+        self.invalidate(&touched);
+        Ok(applied)
+    }
+
+    fn check_poisoned(&self) -> Result<(), StoreError> {
+        if self.inner.poisoned.load(Ordering::Acquire) {
+            return Err(StoreError::Poisoned);
+        }
+        Ok(())
+    }
+
+    /// Runs `cmd` as log entry `index` against the in-memory state, adding its writes
+    /// (records, `m/applied`, revision and change feed) to `batch` and the agents whose
+    /// cached results it changes to `touched`.
+    fn run_command(
+        &self,
+        state: &mut State,
+        batch: &mut sled::Batch,
+        touched: &mut Vec<InvalidationSet>,
+        index: u64,
+        cmd: &Command,
+    ) -> Result<Applied, StoreError> {
+        // Only readers set it, under the read lock, so it cannot change while this holds
+        // the write lock.
         let track = self.inner.cache_used.load(Ordering::Acquire);
         let mut txn = Txn::new(state, track, self.inner.config.cache_invalidate_limit);
+        txn.batch = std::mem::take(batch);
         let outcome = match txn.run(cmd) {
             Ok(o) => o,
             Err(e) => {
@@ -171,7 +278,11 @@ impl Store {
                 return Err(e);
             }
         };
-        let Txn { mut batch, mut change, mutated, touched, .. } = txn;
+        let Txn { batch: written, mut change, mutated, touched: reached, .. } = txn;
+        *batch = written;
+        if track {
+            touched.push(reached);
+        }
         state.refreeze_dirty_groups();
         state.applied = index;
         batch.insert(record::META_APPLIED, record::u64_value(index));
@@ -185,20 +296,115 @@ impl Store {
                 batch.remove(record::change_key(old));
             }
         }
+        Ok(Applied { index, revision: state.revision, outcome })
+    }
+
+    /// Writes one apply batch atomically; a failure poisons the store.
+    fn write_batch(&self, batch: sled::Batch) -> Result<(), StoreError> {
+        self.inner.batches.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = self.data_tree().apply_batch(batch).engine() {
             self.inner.poisoned.store(true, Ordering::Release);
             return Err(e);
         }
-        if track {
-            if touched.is_all() {
+        Ok(())
+    }
+
+    /// Drops the cached results of the agents in `touched`; called under the write lock.
+    fn invalidate(&self, touched: &[InvalidationSet]) {
+        for set in touched {
+            if set.is_all() {
                 self.inner.cache.invalidate_all();
-            } else {
-                for agent in touched.agents() {
-                    self.inner.cache.invalidate(agent);
-                }
+                return;
             }
         }
-        Ok(Applied { index, revision: state.revision, outcome })
+        for agent in touched.iter().flat_map(InvalidationSet::agents) {
+            self.inner.cache.invalidate(agent);
+        }
+    }
+
+    /// Applies a run of committed log entries, in order: the replicated apply.
+    ///
+    /// Everything happens under one write lock and lands in one sled batch: the commands'
+    /// records, `m/applied` (the last entry's index), `m/applied_term` (its term), the
+    /// request-id table and, for a [`Committed::Membership`], `m/conf_state`. Entries at or
+    /// below the last applied index are skipped, so replaying a log after a restart is
+    /// safe. A [`Committed::Entry`] whose request id (non-zero) is in the table of the last
+    /// [`crate::REQUEST_ID_RETAIN`] applied ids changes nothing but the applied index and
+    /// reports [`Duplicate`]. [`Committed::Empty`] and [`Committed::Membership`] only advance
+    /// the applied index and term (and the membership).
+    ///
+    /// Returns one [`AppliedEntry`] per [`Committed::Entry`] applied (skipped replays give
+    /// none), in log order.
+    ///
+    /// # Errors
+    /// Every error is fatal for a replica: stop, and recover by reopening and replaying.
+    /// Entries are decoded and their indexes checked before anything changes, so
+    /// [`StoreError::UnknownLogFormat`], [`StoreError::BadLogEntry`] and
+    /// [`StoreError::IndexGap`] (an index that is not the next one) leave the store as it
+    /// was. [`StoreError::Engine`] or an apply failure leaves it [`StoreError::Poisoned`].
+    pub fn apply_committed(
+        &self,
+        batch: &[Committed<'_>],
+    ) -> Result<Vec<AppliedEntry>, StoreError> {
+        let mut state = self.write();
+        self.check_poisoned()?;
+        let mut next = state.applied;
+        let mut work = Vec::with_capacity(batch.len());
+        for committed in batch.iter().filter(|c| c.index() > state.applied) {
+            let index = committed.index();
+            if Some(index) != next.checked_add(1) {
+                return Err(StoreError::IndexGap { index, applied: next });
+            }
+            next = index;
+            let entry = match committed {
+                Committed::Entry { data, .. } => Some(LogEntry::decode(data)?),
+                Committed::Empty { .. } | Committed::Membership { .. } => None,
+            };
+            work.push((committed, entry));
+        }
+        if work.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sled_batch = sled::Batch::default();
+        let mut touched = Vec::new();
+        let mut out = Vec::new();
+        for (committed, entry) in work {
+            let (index, term) = (committed.index(), committed.term());
+            if let Some(entry) = entry {
+                let id = entry.request_id;
+                let first = if id == 0 { None } else { state.request_ids.first_index(id) };
+                let result = match first {
+                    Some(first_index) => Err(Duplicate { first_index }),
+                    None => {
+                        let applied = self.run_command(
+                            &mut state,
+                            &mut sled_batch,
+                            &mut touched,
+                            index,
+                            &entry.command,
+                        )?;
+                        if id != 0 {
+                            sled_batch.insert(record::request_key(index), &id.to_be_bytes());
+                            if let Some(evicted) = state.request_ids.record(index, id) {
+                                sled_batch.remove(record::request_key(evicted));
+                            }
+                        }
+                        Ok(applied)
+                    }
+                };
+                out.push(AppliedEntry { index, request_id: id, result });
+            } else if let Committed::Membership { conf_state, .. } = committed {
+                sled_batch.insert(record::META_CONF_STATE, *conf_state);
+                state.conf_state = Some(conf_state.to_vec());
+            }
+            state.applied = index;
+            state.applied_term = term;
+        }
+        sled_batch.insert(record::META_APPLIED, record::u64_value(state.applied));
+        sled_batch.insert(record::META_APPLIED_TERM, record::u64_value(state.applied_term));
+        self.write_batch(sled_batch)?;
+        self.invalidate(&touched);
+        Ok(out)
     }
 
     /// Makes every applied command durable (fsync).
@@ -206,8 +412,31 @@ impl Store {
     /// # Errors
     /// [`StoreError::Engine`] on I/O failure.
     pub fn flush(&self) -> Result<(), StoreError> {
+        // Everything applied before the flush starts is on disk once it returns.
+        let applied = self.last_applied();
         self.inner.db.flush().engine()?;
+        self.inner.durable.fetch_max(applied, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// The applied index known to be on disk: what [`Store::flush`] (or opening, or an
+    /// import) last made durable. With `flush_every_ms` set, [`Store::last_applied`] runs
+    /// ahead of it; log compaction must never pass it, since a crash reopens the store at
+    /// an applied index at least this high but possibly no higher.
+    pub fn durable_applied(&self) -> u64 {
+        self.inner.durable.load(Ordering::Acquire)
+    }
+
+    /// The Raft term of the last applied log entry (0 when nothing was applied through
+    /// [`Store::apply_committed`]).
+    pub fn applied_term(&self) -> u64 {
+        self.read().applied_term
+    }
+
+    /// The membership recorded by the last applied [`Committed::Membership`] (the consensus
+    /// layer's bytes), if any.
+    pub fn conf_state(&self) -> Option<Vec<u8>> {
+        self.read().conf_state.clone()
     }
 
     /// The last applied log index (0 for an empty store).
@@ -408,6 +637,9 @@ impl Store {
 }
 
 /// Reads a whole generation tree into a fresh in-memory state.
+///
+/// A tree without a layout format or trust domain gets them recorded (a new store, or one
+/// written before they were kept); a tree recorded for another trust domain is refused.
 pub(crate) fn load_state(tree: &sled::Tree, td: &TrustDomain) -> Result<State, StoreError> {
     let mut state = State::new(td.clone());
     if let Some(v) = tree.get(record::META_FORMAT).engine()? {
@@ -418,16 +650,29 @@ pub(crate) fn load_state(tree: &sled::Tree, td: &TrustDomain) -> Result<State, S
     } else {
         tree.insert(record::META_FORMAT, record::u64_value(record::FORMAT)).engine()?;
     }
+    check_trust_domain(tree, td)?;
     if let Some(v) = tree.get(record::META_ENTRIES).engine()? {
         let n = record::read_u64(record::META_ENTRIES, &v)?;
         state.reserve_entries(usize::try_from(n).unwrap_or(0));
     }
-    let records = [record::ENTRY, record::AGENT, record::TOKEN, record::BUNDLE, record::FEDERATION]
-        .into_iter()
-        .flat_map(|p| tree.scan_prefix([p]));
-    let meta = [record::META_APPLIED, record::META_REVISION]
-        .into_iter()
-        .filter_map(|k| tree.get(k).map(|v| v.map(|v| (sled::IVec::from(k), v))).transpose());
+    let records = [
+        record::ENTRY,
+        record::AGENT,
+        record::TOKEN,
+        record::BUNDLE,
+        record::FEDERATION,
+        record::REQUEST,
+    ]
+    .into_iter()
+    .flat_map(|p| tree.scan_prefix([p]));
+    let meta = [
+        record::META_APPLIED,
+        record::META_REVISION,
+        record::META_APPLIED_TERM,
+        record::META_CONF_STATE,
+    ]
+    .into_iter()
+    .filter_map(|k| tree.get(k).map(|v| v.map(|v| (sled::IVec::from(k), v))).transpose());
     for kv in records.chain(meta) {
         let (k, v) = kv.engine()?;
         match k.first().copied() {
@@ -456,13 +701,38 @@ pub(crate) fn load_state(tree: &sled::Tree, td: &TrustDomain) -> Result<State, S
                 let (f, number): (FederationRelationship, u64) = record::decode_numbered(&k, &v)?;
                 state.federations.insert_numbered(f.trust_domain.clone(), Arc::new(f), number);
             }
+            Some(record::REQUEST) => {
+                // Keys are in index order, as the table keeps them.
+                let (index, id) = record::read_request(&k, &v)?;
+                state.request_ids.record(index, id);
+            }
             _ if &*k == record::META_APPLIED => state.applied = record::read_u64(&k, &v)?,
             _ if &*k == record::META_REVISION => state.revision = record::read_u64(&k, &v)?,
+            _ if &*k == record::META_APPLIED_TERM => {
+                state.applied_term = record::read_u64(&k, &v)?;
+            }
+            _ if &*k == record::META_CONF_STATE => state.conf_state = Some(v.to_vec()),
             _ => {}
         }
     }
     state.refreeze_dirty_groups();
     Ok(state)
+}
+
+/// Refuses a tree recorded for another trust domain than `td`; records `td` in one that
+/// has none.
+fn check_trust_domain(tree: &sled::Tree, td: &TrustDomain) -> Result<(), StoreError> {
+    match tree.get(record::META_TRUST_DOMAIN).engine()? {
+        Some(v) if *v == *td.as_str().as_bytes() => Ok(()),
+        Some(v) => Err(StoreError::TrustDomainMismatch {
+            stored: String::from_utf8_lossy(&v).into_owned(),
+            configured: td.as_str().to_owned(),
+        }),
+        None => {
+            tree.insert(record::META_TRUST_DOMAIN, td.as_str().as_bytes()).engine()?;
+            Ok(())
+        }
+    }
 }
 
 /// How long [`Store::open`] waits for the engine's file lock to be released.
@@ -491,5 +761,29 @@ fn open_engine(path: &Path, config: &StoreConfig) -> Result<sled::Db, StoreError
             }
             other => return other.engine(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testdata::DataSet;
+
+    #[test]
+    fn a_committed_run_is_written_in_one_engine_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreConfig::new(DataSet::trust_domain())).unwrap();
+        let data: Vec<Vec<u8>> = (1..=100u128)
+            .map(|i| LogEntry::new(i, Command::PruneJoinTokens { expires_before: 0 }).encode())
+            .collect();
+        let mut batch: Vec<Committed<'_>> = (1..=100u64)
+            .zip(&data)
+            .map(|(index, data)| Committed::Entry { index, term: 1, data })
+            .collect();
+        batch.push(Committed::Empty { index: 101, term: 2 });
+        let before = store.inner.batches.load(Ordering::Relaxed);
+        assert_eq!(store.apply_committed(&batch).unwrap().len(), 100);
+        assert_eq!(store.inner.batches.load(Ordering::Relaxed) - before, 1);
+        assert_eq!((store.last_applied(), store.applied_term()), (101, 2));
     }
 }

@@ -25,6 +25,7 @@ use ward_core::{
 
 use crate::index::{HashIndex, PassThrough, Slab, Slot, SlotSet, key_hash};
 use crate::ordered::Ordered;
+use crate::request_ids::RequestIds;
 
 mod alias;
 mod groups;
@@ -155,6 +156,12 @@ pub(crate) struct State {
     pub(crate) bundles: Ordered<Bundle>,
     /// Federation relationships (without their bundle), listed in creation order.
     pub(crate) federations: Ordered<FederationRelationship>,
+    /// The Raft term of the last applied log entry (0 when applied outside Raft).
+    pub(crate) applied_term: u64,
+    /// The membership after the last applied membership change (opaque bytes).
+    pub(crate) conf_state: Option<Vec<u8>>,
+    /// Recently applied request ids.
+    pub(crate) request_ids: RequestIds,
 }
 
 impl State {
@@ -185,6 +192,9 @@ impl State {
             tokens: BTreeMap::new(),
             bundles: Ordered::default(),
             federations: Ordered::default(),
+            applied_term: 0,
+            conf_state: None,
+            request_ids: RequestIds::default(),
         }
     }
 
