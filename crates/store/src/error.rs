@@ -38,6 +38,15 @@ pub enum StoreError {
     /// A snapshot chunk is damaged or out of order, or the snapshot does not fit this store.
     #[error("bad snapshot: {0}")]
     BadSnapshot(String),
+    /// The snapshot is not newer than the store's state: importing it would go back (or
+    /// bring nothing). The store keeps its state.
+    #[error("the snapshot at applied index {snapshot} is not newer than this store's {applied}")]
+    SnapshotNotNewer {
+        /// The snapshot's applied index.
+        snapshot: u64,
+        /// The store's applied index.
+        applied: u64,
+    },
     /// A log entry is in a format this release cannot read. Fatal for a replica: it must be
     /// upgraded before it can apply the rest of the log.
     #[error("log entry format {0} is not known to this release")]

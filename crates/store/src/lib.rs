@@ -58,8 +58,8 @@
 //! [`Store::export_snapshot_stream`] returns a [`SnapshotExport`]: an iterator of
 //! [`SnapshotChunk`]s holding the live tree's records, grouped by kind in key-prefix order,
 //! framed and cut into chunks of a chosen payload size, each with its own CRC-32, then a
-//! trailer with the applied index, revision, record count and a CRC-32 over all data
-//! payloads ([`snapshot`] has the wire format). The export first takes a consistent cut
+//! trailer with the applied index and term, revision, record count, trust domain,
+//! membership and a CRC-32 over all data payloads ([`snapshot`] has the wire format). The export first takes a consistent cut
 //! under the state read lock — a reference-counted handle on every record of the in-memory
 //! image (8 bytes each) and the raw change feed, most of which is read before the lock
 //! because feed records never change — then releases it; chunks are serialized, exactly as
@@ -70,10 +70,15 @@
 //!
 //! [`Store::import_snapshot`] (or [`Store::import_snapshot_stream`], for a fallible source)
 //! writes the records into the other generation tree, checks every chunk's CRC and
-//! sequence, the trailer's record count and stream CRC, flushes, and only then makes that
-//! tree live, rebuilds the in-memory image and drops the old tree. Any damaged, missing,
-//! reordered or truncated chunk fails with [`StoreError::BadSnapshot`] and leaves the
-//! current state, in memory and on disk, as it was.
+//! sequence, the trailer's record count and stream CRC, that the trailer agrees with the
+//! records (applied index, term, membership, trust domain), that the snapshot is of this
+//! store's trust domain and newer than its state, flushes, and builds the new in-memory
+//! image; all of that without the state lock, so readers, TLS handshakes and writers keep
+//! being served during the transfer. Only then does it take the write lock to make that tree
+//! live and swap the image, and it drops the old tree. Any damaged, missing, reordered or
+//! truncated chunk, or a snapshot that does not fit, fails with [`StoreError::BadSnapshot`]
+//! (or [`StoreError::SnapshotNotNewer`]) and leaves the current state, in memory and on
+//! disk, as it was.
 //!
 //! # In-memory image and indexes
 //!

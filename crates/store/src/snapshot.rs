@@ -3,15 +3,20 @@
 //! A snapshot is the live generation tree's records (keys and versioned values as stored),
 //! grouped by kind in key-prefix order, framed as `u32 key length, key, u32 value length, value` (lengths
 //! little-endian) and cut into chunks. Each chunk carries a CRC-32 over its sequence number,
-//! its `last` flag and its payload. The last chunk's payload is a trailer: applied index,
-//! revision, record count (u64 LE each) and a CRC-32 over all data payloads in order.
+//! its `last` flag and its payload. The last chunk's payload is a trailer (see
+//! [`SnapshotInfo`]): a layout byte (2), then applied index, applied term, revision and record
+//! count (u64 LE each), the trust domain (u32 LE length, name), the membership (one byte 0 or
+//! 1, then when 1 a u32 LE length and the bytes) and a CRC-32 (LE) over all data payloads in
+//! order.
 //!
 //! Export is a stream ([`SnapshotExport`]): a consistent cut of the records (handles on the
 //! in-memory image plus the raw change feed) is taken under the state read lock, then chunks are serialized lazily as the consumer pulls them,
 //! so writers wait only for the cut and at most one chunk's payload is held as bytes.
 //!
-//! Import writes into the other generation tree, verifies everything, flushes, and only
-//! then flips the live generation, so a crash or a bad chunk leaves the old state intact.
+//! Import writes into the other generation tree, verifies everything, flushes, builds the
+//! new in-memory image, and only then flips the live generation, so a crash or a bad chunk
+//! leaves the old state intact. All of that runs without the state lock: readers and writers
+//! keep being served during the transfer and the rebuild, and wait only for the swap.
 #![expect(
     clippy::arithmetic_side_effects,
     clippy::indexing_slicing,
@@ -20,12 +25,15 @@
 
 use std::sync::Arc;
 
-use ward_core::{AttestedNode, Bundle, FederationRelationship, RegistrationEntry, StoredJoinToken};
+use ward_core::{
+    AttestedNode, Bundle, FederationRelationship, RegistrationEntry, StoredJoinToken, TrustDomain,
+};
 
 use crate::error::{EngineResult, StoreError};
 use crate::ordered::Ordered;
 use crate::record;
-use crate::store::{CHANGE_FEED_RETAIN, Store};
+use crate::state::State;
+use crate::store::{CHANGE_FEED_RETAIN, Store, load_state};
 
 /// One piece of a snapshot.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -96,14 +104,21 @@ fn chunk_crc(seq: u32, last: bool, payload: &[u8]) -> u32 {
 }
 
 /// What a snapshot holds, from its trailer.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub struct SnapshotInfo {
     /// The last applied log index it reflects.
     pub applied: u64,
+    /// The Raft term of that entry (0 when it was applied outside Raft).
+    pub term: u64,
     /// The global revision it reflects.
     pub revision: u64,
     /// Number of records.
     pub records: u64,
+    /// The cluster membership it reflects (the consensus layer's bytes), if one was applied.
+    pub conf_state: Option<Vec<u8>>,
+    /// The trust domain of the store it was taken from; only a store of the same trust
+    /// domain imports it.
+    pub trust_domain: TrustDomain,
 }
 
 /// An exported snapshot held whole in memory: its info and its chunks in order.
@@ -172,7 +187,7 @@ impl SnapshotExport {
     /// What the snapshot holds: the applied index, revision and record count of the cut.
     /// The trailer carries the same values.
     pub fn info(&self) -> SnapshotInfo {
-        self.info
+        self.info.clone()
     }
 
     /// Reads the rest of the stream into memory.
@@ -180,7 +195,7 @@ impl SnapshotExport {
     /// # Errors
     /// The first error the stream yields.
     pub fn into_snapshot(self) -> Result<Snapshot, StoreError> {
-        let info = self.info;
+        let info = self.info.clone();
         let chunks = self.collect::<Result<Vec<_>, _>>()?;
         Ok(Snapshot { info, chunks })
     }
@@ -195,13 +210,9 @@ impl SnapshotExport {
         Ok(Some(self.take_seq(false, payload)))
     }
 
-    fn trailer(&mut self) -> SnapshotChunk {
-        let mut trailer = Vec::with_capacity(TRAILER_BYTES);
-        trailer.extend_from_slice(&self.info.applied.to_le_bytes());
-        trailer.extend_from_slice(&self.info.revision.to_le_bytes());
-        trailer.extend_from_slice(&self.info.records.to_le_bytes());
-        trailer.extend_from_slice(&self.digest.clone().finalize().to_le_bytes());
-        self.take_seq(true, trailer)
+    fn trailer(&mut self) -> Result<SnapshotChunk, StoreError> {
+        let trailer = encode_trailer(&self.info, self.digest.clone().finalize())?;
+        Ok(self.take_seq(true, trailer))
     }
 
     fn take_seq(&mut self, last: bool, payload: Vec<u8>) -> SnapshotChunk {
@@ -222,7 +233,7 @@ impl Iterator for SnapshotExport {
             Ok(Some(chunk)) => Some(Ok(chunk)),
             Ok(None) => {
                 self.done = true;
-                Some(Ok(self.trailer()))
+                Some(self.trailer())
             }
             Err(e) => {
                 self.done = true;
@@ -336,8 +347,26 @@ fn change_revision(key: &[u8]) -> Option<u64> {
 /// before taking the lock.
 const CATCH_UP_PASSES: usize = 3;
 
-/// Size of the trailer payload: applied, revision, records (u64 each) and the CRC (u32).
-const TRAILER_BYTES: usize = 28;
+/// The layout byte that opens a trailer.
+const TRAILER_LAYOUT: u8 = 2;
+
+/// The trailer payload of a stream with `info` whose data payloads have CRC `digest`.
+fn encode_trailer(info: &SnapshotInfo, digest: u32) -> Result<Vec<u8>, StoreError> {
+    let mut out = vec![TRAILER_LAYOUT];
+    for v in [info.applied, info.term, info.revision, info.records] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    put_framed(&mut out, info.trust_domain.as_str().as_bytes())?;
+    match &info.conf_state {
+        None => out.push(0),
+        Some(bytes) => {
+            out.push(1);
+            put_framed(&mut out, bytes)?;
+        }
+    }
+    out.extend_from_slice(&digest.to_le_bytes());
+    Ok(out)
+}
 
 fn put_framed(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), StoreError> {
     let len = u32::try_from(bytes.len())
@@ -418,8 +447,11 @@ impl Store {
         };
         let info = SnapshotInfo {
             applied: state.applied,
+            term: state.applied_term,
             revision: state.revision,
             records: cut.len() as u64,
+            conf_state: state.conf_state.clone(),
+            trust_domain: state.trust_domain.clone(),
         };
         drop(state);
         Ok(SnapshotExport {
@@ -444,10 +476,18 @@ impl Store {
 
     /// Replaces the whole state with a snapshot's. On any error the current state stays.
     ///
+    /// The snapshot must be of this store's trust domain and newer than its state (a higher
+    /// applied index), and its trailer must agree with the records it carries (applied
+    /// index, term, membership, trust domain). The transfer, the checks and the rebuild of
+    /// the in-memory image run without the state lock; readers and writers wait only for the
+    /// final swap. Imports run one at a time.
+    ///
     /// # Errors
-    /// [`StoreError::BadSnapshot`] for a damaged, reordered or incomplete stream;
-    /// [`StoreError::Corrupt`] if a record inside cannot be decoded; [`StoreError::Engine`]
-    /// on I/O failure.
+    /// [`StoreError::BadSnapshot`] for a damaged, reordered or incomplete stream, or one that
+    /// does not fit this store (another trust domain, a trailer that disagrees with the
+    /// records); [`StoreError::SnapshotNotNewer`] when the store has applied as far or
+    /// further; [`StoreError::Corrupt`] if a record inside cannot be decoded;
+    /// [`StoreError::Engine`] on I/O failure.
     pub fn import_snapshot(
         &self,
         chunks: impl IntoIterator<Item = SnapshotChunk>,
@@ -465,78 +505,183 @@ impl Store {
         &self,
         chunks: impl IntoIterator<Item = Result<SnapshotChunk, StoreError>>,
     ) -> Result<SnapshotInfo, StoreError> {
-        let mut guard = self.write_lock();
+        let _one_import =
+            self.inner.importing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let (staging, generation) = self.staging_tree()?;
-        let result = (|| {
-            let mut digest = crc32fast::Hasher::new();
-            let mut records = 0u64;
-            for (expected, chunk) in (0u32..).zip(chunks) {
-                let chunk = chunk?;
-                chunk.verify()?;
-                if chunk.seq != expected {
-                    return Err(StoreError::BadSnapshot(format!(
-                        "chunk {} arrived where {expected} was expected",
-                        chunk.seq
-                    )));
-                }
-                if chunk.last {
-                    let info = parse_trailer(&chunk.payload, digest.clone().finalize(), records)?;
-                    staging.flush().engine()?;
-                    return Ok(info);
-                }
-                digest.update(&chunk.payload);
-                let mut batch = sled::Batch::default();
-                let mut buf = chunk.payload.as_slice();
-                while !buf.is_empty() {
-                    let k = take_framed(&mut buf)?;
-                    let v = take_framed(&mut buf)?;
-                    batch.insert(k, v);
-                    records += 1;
-                }
-                staging.apply_batch(batch).engine()?;
-            }
-            Err(StoreError::BadSnapshot("stream ended without its trailer".into()))
-        })();
-        let info = match result {
-            Ok(info) => info,
+        let (info, state) = match self.stage(&staging, chunks) {
+            Ok(staged) => staged,
             Err(e) => {
                 drop(staging);
                 self.drop_generation(generation)?;
                 return Err(e);
             }
         };
-        let old_generation = generation ^ 1;
-        if let Err(e) = self.replace_state(&mut guard, staging, generation) {
+        let mut guard = self.write_lock();
+        // Applies may have run during the transfer.
+        let swapped = if info.applied > guard.applied {
+            self.replace_state(&mut guard, state, staging, generation)
+        } else {
+            Err(not_newer(info.applied, guard.applied))
+        };
+        drop(guard);
+        if let Err(e) = swapped {
             self.drop_generation(generation)?;
             return Err(e);
         }
-        drop(guard);
-        self.drop_generation(old_generation)?;
+        self.drop_generation(generation ^ 1)?;
         Ok(info)
+    }
+
+    /// Writes the stream into `staging`, checks it, flushes it and builds its in-memory
+    /// image; holds no state lock.
+    fn stage(
+        &self,
+        staging: &sled::Tree,
+        chunks: impl IntoIterator<Item = Result<SnapshotChunk, StoreError>>,
+    ) -> Result<(SnapshotInfo, State), StoreError> {
+        let mut digest = crc32fast::Hasher::new();
+        let mut records = 0u64;
+        let mut meta = StagedMeta::default();
+        for (expected, chunk) in (0u32..).zip(chunks) {
+            let chunk = chunk?;
+            chunk.verify()?;
+            if chunk.seq != expected {
+                return Err(StoreError::BadSnapshot(format!(
+                    "chunk {} arrived where {expected} was expected",
+                    chunk.seq
+                )));
+            }
+            if chunk.last {
+                let info = parse_trailer(&chunk.payload, digest.clone().finalize(), records)?;
+                self.check_fits(&info, &meta)?;
+                staging.flush().engine()?;
+                let state = load_state(staging, self.trust_domain())?;
+                return Ok((info, state));
+            }
+            digest.update(&chunk.payload);
+            let mut batch = sled::Batch::default();
+            let mut buf = chunk.payload.as_slice();
+            while !buf.is_empty() {
+                let k = take_framed(&mut buf)?;
+                let v = take_framed(&mut buf)?;
+                meta.note(k, v);
+                batch.insert(k, v);
+                records += 1;
+            }
+            staging.apply_batch(batch).engine()?;
+        }
+        Err(StoreError::BadSnapshot("stream ended without its trailer".into()))
+    }
+
+    /// Refuses a snapshot of another trust domain, one not newer than this store, or one
+    /// whose trailer disagrees with its records.
+    fn check_fits(&self, info: &SnapshotInfo, meta: &StagedMeta) -> Result<(), StoreError> {
+        let td = self.trust_domain();
+        if info.trust_domain != *td {
+            return Err(StoreError::BadSnapshot(format!(
+                "the snapshot belongs to trust domain {}, not {td}",
+                info.trust_domain
+            )));
+        }
+        let applied = self.last_applied();
+        if info.applied <= applied {
+            return Err(not_newer(info.applied, applied));
+        }
+        let disagree = |what: &str| {
+            StoreError::BadSnapshot(format!("the trailer and the records disagree on {what}"))
+        };
+        if meta.applied != Some(info.applied) {
+            return Err(disagree("the applied index"));
+        }
+        if meta.term.unwrap_or(0) != info.term {
+            return Err(disagree("the applied term"));
+        }
+        if meta.conf_state != info.conf_state {
+            return Err(disagree("the membership"));
+        }
+        if meta.trust_domain.as_deref() != Some(td.as_str().as_bytes()) {
+            return Err(disagree("the trust domain"));
+        }
+        Ok(())
+    }
+}
+
+fn not_newer(snapshot: u64, applied: u64) -> StoreError {
+    StoreError::SnapshotNotNewer { snapshot, applied }
+}
+
+/// The meta records seen in a snapshot's data, to check its trailer against.
+#[derive(Default)]
+struct StagedMeta {
+    applied: Option<u64>,
+    term: Option<u64>,
+    conf_state: Option<Vec<u8>>,
+    trust_domain: Option<Vec<u8>>,
+}
+
+impl StagedMeta {
+    fn note(&mut self, key: &[u8], value: &[u8]) {
+        let as_u64 = || value.try_into().ok().map(u64::from_be_bytes);
+        if key == record::META_APPLIED {
+            self.applied = as_u64();
+        } else if key == record::META_APPLIED_TERM {
+            self.term = as_u64();
+        } else if key == record::META_CONF_STATE {
+            self.conf_state = Some(value.to_vec());
+        } else if key == record::META_TRUST_DOMAIN {
+            self.trust_domain = Some(value.to_vec());
+        }
     }
 }
 
 fn parse_trailer(payload: &[u8], digest: u32, records: u64) -> Result<SnapshotInfo, StoreError> {
-    let arr: &[u8; TRAILER_BYTES] = payload
-        .try_into()
-        .map_err(|_| StoreError::BadSnapshot(format!("trailer has {} bytes", payload.len())))?;
-    let u = |i: usize| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&arr[i..i + 8]);
-        u64::from_le_bytes(b)
+    let bad = |what: &str| StoreError::BadSnapshot(format!("bad trailer: {what}"));
+    let mut buf = payload;
+    let mut take = |n: usize| -> Result<&[u8], StoreError> {
+        if buf.len() < n {
+            return Err(bad("too short"));
+        }
+        let (head, tail) = buf.split_at(n);
+        buf = tail;
+        Ok(head)
     };
-    let info = SnapshotInfo { applied: u(0), revision: u(8), records: u(16) };
-    let want = u32::from_le_bytes([arr[24], arr[25], arr[26], arr[27]]);
-    if want != digest {
+    if take(1)? != [TRAILER_LAYOUT] {
+        return Err(bad("unknown layout"));
+    }
+    let mut u64s = [0u64; 4];
+    for v in &mut u64s {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(take(8)?);
+        *v = u64::from_le_bytes(b);
+    }
+    let [applied, term, revision, trailer_records] = u64s;
+    let mut rest = buf;
+    let name = take_framed(&mut rest).map_err(|_| bad("too short"))?;
+    let trust_domain = std::str::from_utf8(name)
+        .ok()
+        .and_then(|n| TrustDomain::new(n).ok())
+        .ok_or_else(|| bad("invalid trust domain"))?;
+    let conf_state = match rest.split_first() {
+        Some((0, tail)) => {
+            rest = tail;
+            None
+        }
+        Some((1, tail)) => {
+            rest = tail;
+            Some(take_framed(&mut rest).map_err(|_| bad("too short"))?.to_vec())
+        }
+        _ => return Err(bad("invalid membership flag")),
+    };
+    let want: [u8; 4] = rest.try_into().map_err(|_| bad("wrong length"))?;
+    if u32::from_le_bytes(want) != digest {
         return Err(StoreError::BadSnapshot("whole-stream checksum mismatch".into()));
     }
-    if info.records != records {
+    if trailer_records != records {
         return Err(StoreError::BadSnapshot(format!(
-            "trailer says {} records, stream had {records}",
-            info.records
+            "trailer says {trailer_records} records, stream had {records}"
         )));
     }
-    Ok(info)
+    Ok(SnapshotInfo { applied, term, revision, records: trailer_records, conf_state, trust_domain })
 }
 
 #[cfg(test)]
@@ -607,6 +752,67 @@ mod tests {
             assert!(raw.keys().any(|k| k[0] == prefix), "the data has {}", prefix as char);
         }
         assert_eq!(got, raw);
+    }
+
+    /// `chunks` with the trailer rewritten by `edit` (its checksums recomputed).
+    fn with_trailer(
+        chunks: &[SnapshotChunk],
+        edit: impl FnOnce(&mut SnapshotInfo),
+    ) -> Vec<SnapshotChunk> {
+        let mut out = chunks.to_vec();
+        let trailer = out.pop().unwrap();
+        let digest =
+            u32::from_le_bytes(trailer.payload[trailer.payload.len() - 4..].try_into().unwrap());
+        let records = out.iter().map(|c| records(std::slice::from_ref(c)).len() as u64).sum();
+        let mut info = parse_trailer(&trailer.payload, digest, records).unwrap();
+        edit(&mut info);
+        out.push(SnapshotChunk::new(trailer.seq, true, encode_trailer(&info, digest).unwrap()));
+        out
+    }
+
+    #[test]
+    fn a_trailer_that_disagrees_with_the_records_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreConfig::new(DataSet::trust_domain())).unwrap();
+        store
+            .apply_committed(&[
+                crate::Committed::Membership { index: 1, term: 2, conf_state: b"one" },
+                crate::Committed::Empty { index: 2, term: 3 },
+            ])
+            .unwrap();
+        DataSet::SMALL.load(&store).unwrap();
+        let chunks = store.export_snapshot(4096).unwrap().chunks;
+        let target_dir = tempfile::tempdir().unwrap();
+        let target =
+            Store::open(target_dir.path(), StoreConfig::new(DataSet::trust_domain())).unwrap();
+        type Edit = fn(&mut SnapshotInfo);
+        let cases: [(Edit, &str); 4] = [
+            (|i| i.applied += 1, "the trailer and the records disagree on the applied index"),
+            (|i| i.term = 9, "the trailer and the records disagree on the applied term"),
+            (|i| i.conf_state = None, "the trailer and the records disagree on the membership"),
+            (
+                |i| i.trust_domain = ward_core::TrustDomain::new("other.org").unwrap(),
+                "the snapshot belongs to trust domain other.org, not example.org",
+            ),
+        ];
+        for (edit, want) in cases {
+            let err = target.import_snapshot(with_trailer(&chunks, edit)).unwrap_err();
+            assert_eq!(err, StoreError::BadSnapshot(want.into()));
+            assert_eq!((target.last_applied(), target.entry_count()), (0, 0));
+        }
+        let mut unknown = chunks.clone();
+        let trailer = unknown.pop().unwrap();
+        let mut payload = trailer.payload;
+        payload[0] = 1;
+        unknown.push(SnapshotChunk::new(trailer.seq, true, payload));
+        assert_eq!(
+            target.import_snapshot(unknown).unwrap_err(),
+            StoreError::BadSnapshot("bad trailer: unknown layout".into())
+        );
+        // The unedited stream imports.
+        let info = target.import_snapshot(chunks).unwrap();
+        assert_eq!((info.applied, info.term), (store.last_applied(), 3));
+        assert_eq!(target.conf_state().as_deref(), Some(&b"one"[..]));
     }
 
     #[test]

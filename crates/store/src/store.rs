@@ -142,6 +142,8 @@ pub(crate) struct Inner {
     /// state read lock, read under the write lock.
     cache_used: AtomicBool,
     poisoned: AtomicBool,
+    /// Serializes snapshot imports (the state lock is not held while one is staged).
+    pub(crate) importing: Mutex<()>,
     /// The applied index known to be on disk: raised by [`Store::flush`] and imports.
     durable: AtomicU64,
     /// Number of sled batches written by apply, for tests of the one-batch rule.
@@ -195,6 +197,7 @@ impl Store {
                 cache_used: AtomicBool::new(false),
                 poisoned: AtomicBool::new(false),
                 durable,
+                importing: Mutex::new(()),
                 batches: AtomicU64::new(0),
                 config,
             }),
@@ -588,18 +591,18 @@ impl Store {
         Page { items, next_token }
     }
 
-    /// Makes `tree` (generation `generation`) the live state; the caller holds the write
-    /// lock as `guard`.
+    /// Makes `tree` (generation `generation`, already flushed) and its image `state` the
+    /// live state; the caller holds the write lock as `guard`.
     pub(crate) fn replace_state(
         &self,
         guard: &mut State,
+        state: State,
         tree: sled::Tree,
         generation: u8,
     ) -> Result<(), StoreError> {
-        let state = load_state(&tree, &self.inner.config.trust_domain)?;
-        tree.flush().engine()?;
         self.inner.meta.insert(ACTIVE_KEY, vec![generation]).engine()?;
         self.inner.db.flush().engine()?;
+        self.inner.durable.fetch_max(state.applied, Ordering::AcqRel);
         *guard = state;
         *self.inner.data.write().unwrap_or_else(std::sync::PoisonError::into_inner) = tree;
         *self.inner.generation.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =

@@ -12,8 +12,8 @@ use ward_core::{
 };
 use ward_store::testdata::DataSet;
 use ward_store::{
-    AgentFilter, BundleDeleteMode, Change, Command, EntryFilter, PageRequest, SnapshotChunk,
-    SnapshotInfo, Store, StoreConfig, StoreError,
+    AgentFilter, BundleDeleteMode, Change, Command, Committed, EntryFilter, PageRequest,
+    SnapshotChunk, SnapshotInfo, Store, StoreConfig, StoreError,
 };
 
 fn open(dir: &std::path::Path) -> Store {
@@ -142,10 +142,22 @@ fn stream_and_collected_export_yield_the_same_chunks() {
     assert_eq!(streamed, whole.chunks);
     let trailer = streamed.last().unwrap();
     assert!(trailer.last);
-    // The trailer: applied, revision, records (u64 LE), then the stream CRC.
-    assert_eq!(trailer.payload.len(), 28);
-    let u = |i: usize| u64::from_le_bytes(trailer.payload[i..i + 8].try_into().unwrap());
-    assert_eq!(SnapshotInfo { applied: u(0), revision: u(8), records: u(16) }, whole.info);
+    // The trailer: layout 2; applied, term, revision, records (u64 LE); the trust domain;
+    // no membership; the stream CRC.
+    let u = |i: usize| u64::from_le_bytes(trailer.payload[1 + i..9 + i].try_into().unwrap());
+    let name = DataSet::trust_domain().as_str().len();
+    assert_eq!(trailer.payload[0], 2);
+    assert_eq!(trailer.payload.len(), 1 + 32 + 4 + name + 1 + 4);
+    assert_eq!(trailer.payload[1 + 32 + 4 + name], 0, "no membership");
+    let info = SnapshotInfo {
+        applied: u(0),
+        term: u(8),
+        revision: u(16),
+        records: u(24),
+        conf_state: None,
+        trust_domain: DataSet::trust_domain(),
+    };
+    assert_eq!(info, whole.info);
     assert_eq!(whole.info.applied, store.last_applied());
 }
 
@@ -219,9 +231,12 @@ fn importing_over_the_source_during_an_export_leaves_the_stream_intact() {
     let at_cut = view(&store);
     let export = store.export_snapshot_stream(8 * 1024).unwrap();
 
-    // Replace the source's whole state with an empty store's.
+    // Replace the source's whole state with an empty store's (newer: it applied more no-ops).
     let empty_dir = tempfile::tempdir().unwrap();
     let empty = open(empty_dir.path());
+    let noops: Vec<Committed<'_>> =
+        (1..=store.last_applied() + 1).map(|index| Committed::Empty { index, term: 1 }).collect();
+    empty.apply_committed(&noops).unwrap();
     let s = store.clone();
     let blank = empty.export_snapshot(0).unwrap();
     finishes(move || s.import_snapshot(blank.chunks).unwrap());
@@ -401,4 +416,136 @@ fn bundle_delete_feed_is_the_same_after_replay_and_after_import() {
             "{mode:?}"
         );
     }
+}
+
+#[test]
+fn a_snapshot_of_another_trust_domain_or_not_newer_is_refused() {
+    let (_dir, store) = loaded();
+    let chunks = store.export_snapshot(8 * 1024).unwrap().chunks;
+
+    let foreign_dir = tempfile::tempdir().unwrap();
+    let foreign = Store::open(foreign_dir.path(), StoreConfig::new(fed_td())).unwrap();
+    let before = view(&foreign);
+    assert_eq!(
+        foreign.import_snapshot(chunks.clone()).unwrap_err(),
+        bad("the snapshot belongs to trust domain example.org, not fed.example")
+    );
+    assert_eq!(view(&foreign), before);
+
+    // A store that is ahead of the snapshot keeps its state.
+    let (_tdir, ahead, _) = target();
+    let noops: Vec<Committed<'_>> =
+        (3..=store.last_applied() + 5).map(|index| Committed::Empty { index, term: 1 }).collect();
+    ahead.apply_committed(&noops).unwrap();
+    let before = view(&ahead);
+    assert_eq!(
+        ahead.import_snapshot(chunks.clone()).unwrap_err(),
+        StoreError::SnapshotNotNewer {
+            snapshot: store.last_applied(),
+            applied: store.last_applied() + 5
+        }
+    );
+    assert_eq!(view(&ahead), before);
+    // So is a store at the same index: the snapshot brings nothing.
+    let at = store.last_applied();
+    assert_eq!(
+        store.import_snapshot(chunks).unwrap_err(),
+        StoreError::SnapshotNotNewer { snapshot: at, applied: at }
+    );
+}
+
+#[test]
+fn a_store_of_another_trust_domain_refuses_to_open() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    let err = Store::open(dir.path(), StoreConfig::new(fed_td())).unwrap_err();
+    assert_eq!(
+        err,
+        StoreError::TrustDomainMismatch {
+            stored: "example.org".into(),
+            configured: "fed.example".into(),
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        "the store belongs to trust domain example.org, not the configured fed.example; point \
+         the server at its own data directory"
+    );
+    // The right trust domain still opens it.
+    drop(err);
+    open(dir.path());
+}
+
+#[test]
+fn raft_metadata_travels_in_the_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store
+        .apply_committed(&[
+            Committed::Empty { index: 1, term: 2 },
+            Committed::Membership { index: 2, term: 2, conf_state: b"voters 1 2 3" },
+            Committed::Empty { index: 3, term: 5 },
+        ])
+        .unwrap();
+    let snap = store.export_snapshot(0).unwrap();
+    assert_eq!((snap.info.applied, snap.info.term), (3, 5));
+    assert_eq!(snap.info.conf_state.as_deref(), Some(&b"voters 1 2 3"[..]));
+    let dir2 = tempfile::tempdir().unwrap();
+    let other = open(dir2.path());
+    other.import_snapshot(snap.chunks).unwrap();
+    assert_eq!((other.last_applied(), other.applied_term()), (3, 5));
+    assert_eq!(other.conf_state().as_deref(), Some(&b"voters 1 2 3"[..]));
+    assert_eq!(other.durable_applied(), 3, "an import is durable");
+}
+
+#[test]
+fn readers_keep_being_served_while_a_large_import_is_transferred() {
+    let (_dir, store) = loaded();
+    let want = view(&store);
+    let chunks = store.export_snapshot(2 * 1024).unwrap().chunks;
+    assert!(chunks.len() > 50, "a long transfer: {} chunks", chunks.len());
+    let (_tdir, other, _) = target();
+
+    let reads = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (other, reads, done) = (other.clone(), Arc::clone(&reads), Arc::clone(&done));
+        std::thread::spawn(move || {
+            for _ in 0..50_000_000u64 {
+                if done.load(std::sync::atomic::Ordering::Acquire) {
+                    break;
+                }
+                std::hint::black_box(other.entry_count());
+                std::hint::black_box(other.authorized_entries(&DataSet::agent_id(7)));
+                reads.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            }
+        })
+    };
+    // Before each chunk after the first, the source waits until the reader has finished a
+    // read since the previous chunk: if the import held the state lock, it would not. One
+    // deadline for the whole transfer; once it has passed, the source stops waiting.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut served = 0usize;
+    let mut last = reads.load(std::sync::atomic::Ordering::Acquire);
+    let n = chunks.len();
+    let source = chunks.into_iter().enumerate().map(|(i, chunk)| {
+        if i > 0 {
+            while reads.load(std::sync::atomic::Ordering::Acquire) == last
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::yield_now();
+            }
+            let now = reads.load(std::sync::atomic::Ordering::Acquire);
+            if now > last {
+                served += 1;
+            }
+            last = now;
+        }
+        chunk
+    });
+    other.import_snapshot(source).unwrap();
+    done.store(true, std::sync::atomic::Ordering::Release);
+    reader.join().unwrap();
+    assert_eq!(served, n - 1, "the reader was served between every two chunks");
+    assert_eq!(view(&other), want);
 }
