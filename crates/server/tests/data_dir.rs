@@ -85,3 +85,24 @@ async fn start_refuses_an_admin_socket_another_server_serves() {
     assert!(std::os::unix::net::UnixStream::connect(&stale).is_ok());
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn start_refuses_a_store_of_another_trust_domain() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let other = ward_core::TrustDomain::new("other.org").unwrap();
+    drop(ward_store::Store::open(data.join("store"), ward_store::StoreConfig::new(other)).unwrap());
+    let socket = dir.path().join("api.sock");
+    let err = ward_server::run::start(config_with_socket(dir.path(), &socket)).await.unwrap_err();
+    let text = format!("{err:#}");
+    assert!(
+        text.contains(
+            "the store belongs to trust domain other.org, not the configured example.org; point \
+             the server at its own data directory"
+        ),
+        "{text}"
+    );
+    assert!(!socket.exists(), "nothing was served");
+}
