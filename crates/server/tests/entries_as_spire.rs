@@ -490,22 +490,38 @@ async fn page_size_and_tokens_as_spire_for_every_list() {
         .into_inner();
     assert_eq!((first.entries.len(), rest.entries.len()), (2, 1));
 
-    let st = c
+    // Tokens are row numbers, as SPIRE's: anything else, entry-id shaped or not, is refused.
+    for token in ["a/b", "garbage", "abc", "-1", "+1", "4294967296", "p1"] {
+        let st = c
+            .list_entries(entrypb::ListEntriesRequest {
+                page_size: 1,
+                page_token: token.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (st.code(), st.message().to_owned()),
+            (
+                Code::Internal,
+                format!(
+                    "failed to list entries: datastore-sql: rpc error: code = InvalidArgument \
+                     desc = could not parse token '{token}'"
+                )
+            )
+        );
+    }
+    // A number past the last entry is a valid token: an empty last page.
+    let past = c
         .list_entries(entrypb::ListEntriesRequest {
             page_size: 1,
-            page_token: "a/b".into(),
+            page_token: "4294967295".into(),
             ..Default::default()
         })
         .await
-        .unwrap_err();
-    assert_eq!(
-        (st.code(), st.message()),
-        (
-            Code::Internal,
-            "failed to list entries: datastore-sql: rpc error: code = InvalidArgument desc = \
-             could not parse token 'a/b'"
-        )
-    );
+        .unwrap()
+        .into_inner();
+    assert_eq!((past.entries.len(), past.next_page_token.as_str()), (0, ""));
 
     let mut agents = agentpb::agent_client::AgentClient::new(ch.clone());
     let ok = agents
@@ -744,5 +760,40 @@ async fn agent_selector_filters_are_refused_as_spire_refuses_them() {
         let text = text.replace("failed to list agents", "failed to count agents");
         assert_eq!((st.code(), st.message()), (code, text.as_str()));
     }
+    ts.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn entries_list_in_creation_order_with_row_number_tokens_as_spire() {
+    let ts = TestServer::start().await;
+    let mut c = EntryClient::new(ts.admin().await);
+    // SPIRE lists by row id: creation order, whatever the entry ids.
+    let names = ["zz", "aa", "mm"];
+    for name in names {
+        let e = types::Entry { id: name.into(), ..entry(&format!("/{name}")) };
+        assert_eq!(create(&mut c, vec![e]).await, vec![(Code::Ok, "OK".to_owned())]);
+    }
+    let all = c.list_entries(entrypb::ListEntriesRequest::default()).await.unwrap().into_inner();
+    assert_eq!(all.entries.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), names);
+    let (mut got, mut tokens, mut token) = (Vec::new(), Vec::new(), String::new());
+    loop {
+        let page = c
+            .list_entries(entrypb::ListEntriesRequest {
+                page_size: 1,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        got.extend(page.entries.iter().map(|e| e.id.clone()));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+        tokens.push(token.clone());
+    }
+    assert_eq!(got, names);
+    assert_eq!(tokens, ["1", "2", "3"]);
     ts.server.shutdown().await;
 }

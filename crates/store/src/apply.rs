@@ -47,16 +47,24 @@ impl<'a> Txn<'a> {
 
     // ----- primitive writes: memory, batch, change feed, invalidation -----
 
+    /// Stores an entry, creating or replacing it. A new entry gets the next creation number
+    /// (kept under `m/entry-number`, so a number is never given twice); a replaced one keeps
+    /// its own.
     fn put_entry(&mut self, e: RegistrationEntry) -> Result<Arc<RegistrationEntry>, StoreError> {
-        let bytes = record::encode(&e)?;
+        let known = self.state.entry_number(&e.id);
+        let number = known.unwrap_or_else(|| self.state.last_entry_number.saturating_add(1));
+        let bytes = record::encode_numbered(&e, number)?;
         if let Some(old) = self.state.entry(&e.id).filter(|_| self.track).cloned() {
             self.state.agents_affected_by(&old, &mut self.touched);
         }
         let e = Arc::new(e);
-        if !self.state.put_entry(Arc::clone(&e)) {
+        if self.state.put_entry(Arc::clone(&e)).is_none() {
             return Err(StoreError::Capacity);
         }
         self.batch.insert(record::entry_key(&e.id), bytes);
+        if known.is_none() {
+            self.batch.insert(record::META_ENTRY_NUMBER, record::u64_value(number));
+        }
         if self.track {
             self.state.agents_affected_by(&e, &mut self.touched);
         }

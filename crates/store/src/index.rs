@@ -80,47 +80,51 @@ impl<T> Slab<T> {
     }
 }
 
-/// The slots under one hash: a single slot needs no allocation.
+/// The slots under one hash, ordered by an order key `K` and then by slot: a single slot
+/// needs no allocation. Indexes that need no order use `K = ()`, which costs nothing; the
+/// entry indexes use the entry's creation number, so a page of a list walks a set from
+/// where the previous page stopped instead of sorting the whole set.
 #[derive(Debug)]
-pub(crate) enum SlotSet {
-    One(Slot),
-    // Boxed so a single-slot key costs 16 bytes in the table instead of 32.
+pub(crate) enum SlotSet<K = ()> {
+    One(K, Slot),
+    // Boxed so a single-slot key stays small in the table.
     #[allow(clippy::box_collection)]
-    Many(Box<BTreeSet<Slot>>),
+    Many(Box<BTreeSet<(K, Slot)>>),
 }
 
-impl SlotSet {
+impl<K: Ord + Copy> SlotSet<K> {
     pub(crate) fn len(&self) -> usize {
         match self {
-            Self::One(_) => 1,
+            Self::One(..) => 1,
             Self::Many(s) => s.len(),
         }
     }
 
-    /// Adds `slot`.
-    pub(crate) fn insert(&mut self, slot: Slot) {
+    /// Adds `slot` under order key `key`.
+    pub(crate) fn insert(&mut self, key: K, slot: Slot) {
         match self {
-            Self::One(existing) => {
-                if *existing != slot {
-                    let set: BTreeSet<Slot> = [*existing, slot].into_iter().collect();
+            Self::One(k, existing) => {
+                if (*k, *existing) != (key, slot) {
+                    let set: BTreeSet<(K, Slot)> = [(*k, *existing), (key, slot)].into();
                     *self = Self::Many(Box::new(set));
                 }
             }
             Self::Many(set) => {
-                set.insert(slot);
+                set.insert((key, slot));
             }
         }
     }
 
-    /// Removes `slot`; true when nothing is left and the caller must drop the set.
-    pub(crate) fn remove(&mut self, slot: Slot) -> bool {
+    /// Removes `slot` (held under `key`); true when nothing is left and the caller must
+    /// drop the set.
+    pub(crate) fn remove(&mut self, key: K, slot: Slot) -> bool {
         match self {
-            Self::One(existing) => *existing == slot,
+            Self::One(k, existing) => (*k, *existing) == (key, slot),
             Self::Many(many) => {
-                many.remove(&slot);
+                many.remove(&(key, slot));
                 if many.len() == 1 {
-                    if let Some(&only) = many.iter().next() {
-                        *self = Self::One(only);
+                    if let Some(&(k, only)) = many.iter().next() {
+                        *self = Self::One(k, only);
                     }
                     false
                 } else {
@@ -130,23 +134,40 @@ impl SlotSet {
         }
     }
 
-    pub(crate) fn iter(&self) -> SlotSetIter<'_> {
+    /// The slots, in order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = Slot> + '_ {
+        self.keyed().map(|(_, s)| s)
+    }
+
+    /// The slots with their order keys, in order.
+    pub(crate) fn keyed(&self) -> SlotSetIter<'_, K> {
         match self {
-            Self::One(s) => SlotSetIter::One(Some(*s)),
-            Self::Many(set) => SlotSetIter::Many(set.iter()),
+            Self::One(k, s) => SlotSetIter::One(Some((*k, *s))),
+            Self::Many(set) => SlotSetIter::Many(set.range(..)),
+        }
+    }
+
+    /// The slots whose order key is above `after`, in order.
+    pub(crate) fn keyed_after(&self, after: K) -> SlotSetIter<'_, K> {
+        match self {
+            Self::One(k, s) => SlotSetIter::One(Some((*k, *s)).filter(|_| *k > after)),
+            Self::Many(set) => SlotSetIter::Many(set.range((
+                std::ops::Bound::Excluded((after, Slot::MAX)),
+                std::ops::Bound::Unbounded,
+            ))),
         }
     }
 }
 
-/// Iterator over an [`SlotSet`].
-pub(crate) enum SlotSetIter<'a> {
-    One(Option<Slot>),
-    Many(std::collections::btree_set::Iter<'a, Slot>),
+/// Iterator over a [`SlotSet`]: slots with their order keys.
+pub(crate) enum SlotSetIter<'a, K> {
+    One(Option<(K, Slot)>),
+    Many(std::collections::btree_set::Range<'a, (K, Slot)>),
 }
 
-impl Iterator for SlotSetIter<'_> {
-    type Item = Slot;
-    fn next(&mut self) -> Option<Slot> {
+impl<K: Copy> Iterator for SlotSetIter<'_, K> {
+    type Item = (K, Slot);
+    fn next(&mut self) -> Option<(K, Slot)> {
         match self {
             Self::One(s) => s.take(),
             Self::Many(it) => it.next().copied(),
@@ -197,25 +218,33 @@ pub(crate) fn key_hash<K: Hash + ?Sized>(key: &K) -> u64 {
     h.finish()
 }
 
-/// A multimap from a key's hash to slots.
-#[derive(Debug, Default)]
-pub(crate) struct HashIndex {
-    map: HashMap<u64, SlotSet, BuildHasherDefault<PassThrough>>,
+/// A multimap from a key's hash to slots, each set ordered by `K` (see [`SlotSet`]).
+#[derive(Debug)]
+pub(crate) struct HashIndex<K = ()> {
+    map: HashMap<u64, SlotSet<K>, BuildHasherDefault<PassThrough>>,
 }
 
-impl HashIndex {
-    pub(crate) fn insert(&mut self, hash: u64, slot: Slot) {
+impl<K> Default for HashIndex<K> {
+    fn default() -> Self {
+        Self { map: HashMap::default() }
+    }
+}
+
+impl<K: Ord + Copy> HashIndex<K> {
+    /// Adds `slot` under `hash`, ordered by `key`.
+    pub(crate) fn insert_keyed(&mut self, hash: u64, key: K, slot: Slot) {
         match self.map.get_mut(&hash) {
             None => {
-                self.map.insert(hash, SlotSet::One(slot));
+                self.map.insert(hash, SlotSet::One(key, slot));
             }
-            Some(set) => set.insert(slot),
+            Some(set) => set.insert(key, slot),
         }
     }
 
-    pub(crate) fn remove(&mut self, hash: u64, slot: Slot) {
+    /// Removes `slot` (added under `key`) from `hash`.
+    pub(crate) fn remove_keyed(&mut self, hash: u64, key: K, slot: Slot) {
         let Some(set) = self.map.get_mut(&hash) else { return };
-        if set.remove(slot) {
+        if set.remove(key, slot) {
             self.map.remove(&hash);
         }
     }
@@ -224,12 +253,24 @@ impl HashIndex {
         self.map.reserve(additional);
     }
 
-    pub(crate) fn get(&self, hash: u64) -> Option<&SlotSet> {
+    pub(crate) fn get(&self, hash: u64) -> Option<&SlotSet<K>> {
         self.map.get(&hash)
     }
 
     pub(crate) fn count(&self, hash: u64) -> usize {
         self.map.get(&hash).map_or(0, SlotSet::len)
+    }
+}
+
+impl HashIndex {
+    /// Adds `slot` under `hash`.
+    pub(crate) fn insert(&mut self, hash: u64, slot: Slot) {
+        self.insert_keyed(hash, (), slot);
+    }
+
+    /// Removes `slot` from `hash`.
+    pub(crate) fn remove(&mut self, hash: u64, slot: Slot) {
+        self.remove_keyed(hash, (), slot);
     }
 }
 
@@ -259,10 +300,28 @@ mod tests {
         i.insert(7, 2);
         assert_eq!(i.get(7).unwrap().iter().collect::<Vec<_>>(), vec![1, 2]);
         i.remove(7, 1);
-        assert!(matches!(i.get(7), Some(SlotSet::One(2))));
+        assert!(matches!(i.get(7), Some(SlotSet::One((), 2))));
         i.remove(7, 2);
         assert_eq!(i.count(7), 0);
         assert_eq!(key_hash("abc"), key_hash("abc"));
         assert_ne!(key_hash("abc"), key_hash("abd"));
+    }
+
+    #[test]
+    fn keyed_sets_iterate_by_key_and_resume_after_one() {
+        let mut i: HashIndex<u64> = HashIndex::default();
+        // Slot order disagrees with key order on purpose.
+        i.insert_keyed(7, 30, 1);
+        assert_eq!(i.get(7).unwrap().keyed_after(30).count(), 0);
+        assert_eq!(i.get(7).unwrap().keyed_after(29).collect::<Vec<_>>(), [(30, 1)]);
+        i.insert_keyed(7, 10, 5);
+        i.insert_keyed(7, 20, 3);
+        let set = i.get(7).unwrap();
+        assert_eq!(set.iter().collect::<Vec<_>>(), [5, 3, 1]);
+        assert_eq!(set.keyed_after(10).collect::<Vec<_>>(), [(20, 3), (30, 1)]);
+        assert_eq!(set.keyed_after(0).count(), 3);
+        i.remove_keyed(7, 10, 5);
+        i.remove_keyed(7, 30, 1);
+        assert!(matches!(i.get(7), Some(SlotSet::One(20, 3))));
     }
 }

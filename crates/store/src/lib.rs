@@ -22,7 +22,7 @@
 //!
 //! | key | value |
 //! |---|---|
-//! | `e` + entry id | `RegistrationEntry` |
+//! | `e` + entry id | `RegistrationEntry` and its creation number (entries list in creation order) |
 //! | `a` + agent SPIFFE ID | `AttestedNode` |
 //! | `t` + hex SHA-256 of the token value | `StoredJoinToken` |
 //! | `b` + trust domain name | `Bundle` and its creation number (bundles list in creation order) |
@@ -35,6 +35,7 @@
 //! | `m/trust_domain` | the trust domain the store belongs to, recorded when it is created; opening with another one is refused |
 //! | `m/revision` | global revision (u64 BE) |
 //! | `m/entries` | number of entries (u64 BE), to size indexes on open |
+//! | `m/entry-number` | the highest creation number given to an entry (u64 BE) |
 //! | `m/format` | layout format (u64 BE), currently 1 |
 //!
 //! Every command writes its records, `m/applied` and (if anything changed) `m/revision` and
@@ -83,9 +84,14 @@
 //! # In-memory image and indexes
 //!
 //! Opening reads the live tree into memory: entries in a slab addressed by `u32` slots (each
-//! slot also holds the hash of the entry's SPIFFE ID and the first bytes of its id) with an
-//! ordered id → slot map (for stable page tokens), and hash indexes from the 64-bit hash of
-//! a parent ID, SPIFFE ID, selector or federated trust domain to slots; node-alias entries
+//! slot also holds the hash of the entry's SPIFFE ID, the first bytes of its id and its
+//! creation number) with an ordered id → slot map, a creation-order set (ListEntries lists
+//! in creation order, as SPIRE lists by row id, and its page token is the creation number
+//! of a page's last entry), and hash indexes from the 64-bit hash of a parent ID, SPIFFE
+//! ID, selector or federated trust domain to slots, each set ordered by creation number so
+//! a filtered page resumes where the last one stopped (entries stored before numbers were
+//! kept load with number 0 and list first; a page token cannot point between them, so a
+//! paged walk lists them in its first page or skips those past it); node-alias entries
 //! also by selector; agents by id (ordered, and hashed) and by node selector; tokens in an
 //! ordered map; bundles and federation relationships by trust domain and by creation number
 //! (SPIRE lists them in the order they were created). Hash indexes only narrow the

@@ -125,13 +125,16 @@ impl PageRequest {
     }
 }
 
-/// One page of results, ordered by id. Tokens are the last id returned, so they stay valid
-/// across writes: a page resumes after that id whatever changed meanwhile.
+/// One page of results. Tokens name the last item returned (an agent's id, or the creation
+/// number of an entry, bundle or federation relationship), so they stay valid across
+/// writes: a page resumes after that item whatever changed meanwhile.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Page<T> {
     /// The items.
     pub items: Vec<T>,
-    /// The token for the next page; `None` when this page is the last.
+    /// The token for the next page; `None` when this page is the last. (ListEntries, as
+    /// SPIRE's, hands out a token with every page that holds entries: its last page is
+    /// the empty one.)
     pub next_token: Option<String>,
 }
 

@@ -34,6 +34,8 @@ pub(crate) const META_TRUST_DOMAIN: &[u8] = b"m/trust_domain";
 pub(crate) const META_REVISION: &[u8] = b"m/revision";
 /// Key of the number of entries (u64 BE), so open can size its indexes.
 pub(crate) const META_ENTRIES: &[u8] = b"m/entries";
+/// Key of the highest creation number given to an entry (u64 BE).
+pub(crate) const META_ENTRY_NUMBER: &[u8] = b"m/entry-number";
 /// Key of the layout format version.
 pub(crate) const META_FORMAT: &[u8] = b"m/format";
 /// The layout format this code writes.
@@ -114,7 +116,7 @@ pub(crate) fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T,
     }
 }
 
-/// A record listed in creation order (bundles, federation relationships). Variant 0 has the
+/// A record listed in creation order (entries, bundles, federation relationships). Variant 0 has the
 /// bytes of [`Versioned::V1`], so records written before creation numbers were kept still
 /// read (with number 0).
 #[derive(Serialize, Deserialize)]

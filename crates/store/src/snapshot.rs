@@ -258,7 +258,7 @@ struct Cut {
     agents: std::vec::IntoIter<Arc<AttestedNode>>,
     bundles: std::vec::IntoIter<(u64, Arc<Bundle>)>,
     changes: std::vec::IntoIter<(sled::IVec, sled::IVec)>,
-    entries: std::vec::IntoIter<Arc<RegistrationEntry>>,
+    entries: std::vec::IntoIter<(u64, Arc<RegistrationEntry>)>,
     federations: std::vec::IntoIter<(u64, Arc<FederationRelationship>)>,
     meta: std::vec::IntoIter<(sled::IVec, sled::IVec)>,
     requests: std::vec::IntoIter<(u64, u128)>,
@@ -289,8 +289,8 @@ impl Cut {
             )
         } else if let Some((k, v)) = self.changes.next() {
             put_raw(out, &k, &v)
-        } else if let Some(e) = self.entries.next() {
-            put_record(out, &record::entry_key(&e.id), &*e)
+        } else if let Some((number, e)) = self.entries.next() {
+            put_raw(out, &record::entry_key(&e.id), &record::encode_numbered(&*e, number)?)
         } else if let Some((number, f)) = self.federations.next() {
             let value = record::encode_numbered(&*f, number)?;
             put_raw(out, &record::federation_key(&f.trust_domain), &value)
@@ -439,7 +439,11 @@ impl Store {
             agents: state.all_agents().cloned().collect::<Vec<_>>().into_iter(),
             bundles: numbered(&state.bundles),
             changes: changes.into_iter(),
-            entries: state.all_entries().cloned().collect::<Vec<_>>().into_iter(),
+            entries: state
+                .numbered_entries()
+                .map(|(n, e)| (n, Arc::clone(e)))
+                .collect::<Vec<_>>()
+                .into_iter(),
             federations: numbered(&state.federations),
             meta: meta.into_iter(),
             requests: state.request_ids.iter().collect::<Vec<_>>().into_iter(),

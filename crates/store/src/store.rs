@@ -464,7 +464,8 @@ impl Store {
         self.read().entry_count()
     }
 
-    /// ListEntries: entries passing `filter`, ordered by id, one page.
+    /// ListEntries: entries passing `filter`, in creation order (as SPIRE lists them by row
+    /// id), one page. The token is the creation number of the page's last entry.
     pub fn list_entries(
         &self,
         filter: &EntryFilter,
@@ -673,6 +674,7 @@ pub(crate) fn load_state(tree: &sled::Tree, td: &TrustDomain) -> Result<State, S
         record::META_REVISION,
         record::META_APPLIED_TERM,
         record::META_CONF_STATE,
+        record::META_ENTRY_NUMBER,
     ]
     .into_iter()
     .filter_map(|k| tree.get(k).map(|v| v.map(|v| (sled::IVec::from(k), v))).transpose());
@@ -680,9 +682,9 @@ pub(crate) fn load_state(tree: &sled::Tree, td: &TrustDomain) -> Result<State, S
         let (k, v) = kv.engine()?;
         match k.first().copied() {
             Some(record::ENTRY) => {
-                let e: RegistrationEntry = record::decode(&k, &v)?;
+                let (e, number): (RegistrationEntry, u64) = record::decode_numbered(&k, &v)?;
                 // Keys are unique in the tree, so every entry is new.
-                if !state.insert_new_entry(Arc::new(e)) {
+                if !state.insert_new_entry(Arc::new(e), number) {
                     return Err(StoreError::Capacity);
                 }
             }
@@ -715,6 +717,10 @@ pub(crate) fn load_state(tree: &sled::Tree, td: &TrustDomain) -> Result<State, S
                 state.applied_term = record::read_u64(&k, &v)?;
             }
             _ if &*k == record::META_CONF_STATE => state.conf_state = Some(v.to_vec()),
+            _ if &*k == record::META_ENTRY_NUMBER => {
+                let n = record::read_u64(&k, &v)?;
+                state.last_entry_number = state.last_entry_number.max(n);
+            }
             _ => {}
         }
     }

@@ -549,33 +549,37 @@ fn revisions_change_feed_and_stale_indices() {
 fn page_tokens_stay_valid_across_writes() {
     let (_dir, store) = loaded();
     let filter = EntryFilter { parent_id: Some(DataSet::agent_id(5).0), ..Default::default() };
+    let before = store.list_entries(&filter, &PageRequest::all()).items;
     let first = store.list_entries(&filter, &PageRequest::first(4));
-    assert_eq!(first.items.len(), 4);
+    assert_eq!(ids(&first.items), ids(&before[..4]));
+    // The token is a creation number, as SPIRE's is a row id.
     let token = first.next_token.clone().unwrap();
-    assert_eq!(token, first.items[3].id.as_str());
-    // Delete the entry the token names and add one that sorts before it.
+    assert!(token.parse::<u32>().is_ok(), "{token}");
+    // Delete the entry the token names and add one whose id sorts first: it was created
+    // last, so it lists last.
     store
         .apply(store.last_applied() + 1, &Command::DeleteEntries(vec![first.items[3].id.clone()]))
         .unwrap();
     let mut early = DataSet::workload_entry(5, 0);
     early.id = EntryId::new("00000000-early").unwrap();
     early.spiffe_id = DataSet::trust_domain().spiffe_id("/early").unwrap();
-    store.apply(store.last_applied() + 1, &Command::CreateEntries(vec![early])).unwrap();
+    store.apply(store.last_applied() + 1, &Command::CreateEntries(vec![early.clone()])).unwrap();
     let rest = store.list_entries(&filter, &PageRequest { token: Some(token.clone()), size: 100 });
-    assert_eq!(rest.next_token, None);
-    let mut want: Vec<EntryId> = (0..10)
-        .map(|k| DataSet::workload_entry(5, k).id)
-        .filter(|id| id.as_str() > token.as_str())
-        .collect();
-    want.sort();
+    // As SPIRE's, a page with entries carries the token of its last one; the walk ends on
+    // an empty page.
+    let last = rest.next_token.clone().unwrap();
+    let end = store.list_entries(&filter, &PageRequest { token: Some(last), size: 100 });
+    assert_eq!((end.items.len(), end.next_token), (0, None));
+    let mut want = ids(&before[4..]);
+    want.push(early.id.clone());
     assert_eq!(ids(&rest.items), want);
-    // The same holds for the unfiltered walk.
+    // The same holds for the unfiltered walk: nothing of the first page comes again.
     let all = store.list_entries(
         &EntryFilter::default(),
         &PageRequest { token: Some(token.clone()), size: 3 },
     );
-    assert!(all.items.iter().all(|e| e.id.as_str() > token.as_str()));
     assert_eq!(all.items.len(), 3);
+    assert!(all.items.iter().all(|e| !before[..4].iter().any(|b| b.id == e.id)));
 }
 
 #[test]
@@ -951,4 +955,134 @@ fn wide_alias_changes_drop_the_whole_cache_above_the_limit() {
         assert_eq!(after.len(), 1);
         assert_eq!(!AuthorizedEntries::ptr_eq(&before, &after), drops_all, "limit {limit}");
     }
+}
+
+/// Applies `cmd` at the next log index.
+fn propose(store: &Store, cmd: &Command) -> Result<ward_store::Applied, StoreError> {
+    store.apply(store.last_applied() + 1, cmd)
+}
+
+/// Entries named so that id order and creation order disagree, under one parent, each with
+/// selectors `unix:uid:<n % 3>`.
+fn created_out_of_id_order(store: &Store) -> Vec<EntryId> {
+    let parent = DataSet::agent_id(0).0;
+    let names = ["m", "c", "x", "a", "q", "b", "z"];
+    let mut created = Vec::new();
+    for (n, name) in names.iter().enumerate() {
+        let mut e = DataSet::workload_entry(0, 0);
+        e.id = EntryId::new(name).unwrap();
+        e.spiffe_id = DataSet::trust_domain().spiffe_id(&format!("/ordered/{name}")).unwrap();
+        e.parent_id = parent.clone();
+        e.selectors = SelectorSet::new(vec![
+            ward_core::Selector::parse(&format!("unix:uid:{}", n % 3)).unwrap(),
+        ]);
+        propose(store, &Command::CreateEntries(vec![e])).unwrap();
+        created.push(EntryId::new(name).unwrap());
+    }
+    created
+}
+
+/// Every page of `filter` with pages of `size`, and the tokens handed out.
+fn walk(store: &Store, filter: &EntryFilter, size: usize) -> (Vec<EntryId>, Vec<String>) {
+    let (mut got, mut tokens, mut token) = (Vec::new(), Vec::new(), None);
+    loop {
+        let page = store.list_entries(filter, &PageRequest { token: token.clone(), size });
+        got.extend(ids(&page.items));
+        match page.next_token {
+            Some(t) => {
+                tokens.push(t.clone());
+                token = Some(t);
+            }
+            None => return (got, tokens),
+        }
+    }
+}
+
+#[test]
+fn entries_list_in_creation_order_with_number_tokens_under_every_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let created = created_out_of_id_order(&store);
+    let sel = |v: &[&str], match_mode| EntryFilter {
+        selectors: Some(SelectorFilter {
+            selectors: SelectorSet::new(
+                v.iter().map(|s| ward_core::Selector::parse(s).unwrap()).collect(),
+            ),
+            match_mode,
+        }),
+        ..Default::default()
+    };
+    let every = |keep: &dyn Fn(usize) -> bool| -> Vec<EntryId> {
+        created.iter().enumerate().filter(|(n, _)| keep(*n)).map(|(_, id)| id.clone()).collect()
+    };
+    let cases: Vec<(&str, EntryFilter, Vec<EntryId>)> = vec![
+        ("no filter", EntryFilter::default(), every(&|_| true)),
+        (
+            "parent",
+            EntryFilter { parent_id: Some(DataSet::agent_id(0).0), ..Default::default() },
+            every(&|_| true),
+        ),
+        // The union of two selectors' sets, merged in creation order.
+        (
+            "any of two",
+            sel(&["unix:uid:0", "unix:uid:2"], SelectorMatch::Any),
+            every(&|n| n % 3 != 1),
+        ),
+        ("superset", sel(&["unix:uid:1"], SelectorMatch::Superset), every(&|n| n % 3 == 1)),
+    ];
+    for (name, filter, want) in cases {
+        for size in [0, 1, 2, 3] {
+            let (got, tokens) = walk(&store, &filter, size);
+            assert_eq!(got, want, "{name}, pages of {size}");
+            // Tokens are the creation numbers (1 for the first entry) of each page's last.
+            for t in &tokens {
+                let n: usize = t.parse().unwrap();
+                assert!(want.contains(&created[n - 1]), "{name}: token {t}");
+            }
+        }
+    }
+}
+
+#[test]
+fn entry_creation_numbers_survive_reopen_and_snapshots_and_are_never_given_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut created = created_out_of_id_order(&store);
+    // An update keeps the entry's place.
+    let patch = EntryPatch { hint: Some("moved?".into()), ..Default::default() };
+    let update = EntryUpdate { id: created[0].clone(), patch };
+    propose(&store, &Command::UpdateEntries(vec![update])).unwrap();
+    // Deleting the newest entry (number 7) does not free its number.
+    let newest = created.pop().unwrap();
+    propose(&store, &Command::DeleteEntries(vec![newest])).unwrap();
+    let numbered = |store: &Store, what: &str| {
+        let (got, tokens) = walk(store, &EntryFilter::default(), 1);
+        assert_eq!(got, created, "{what}");
+        assert_eq!(tokens, ["1", "2", "3", "4", "5", "6"], "{what}");
+    };
+    numbered(&store, "before reopen");
+    store.flush().unwrap();
+    let snap = store.export_snapshot(0).unwrap();
+    drop(store);
+
+    // A new entry lists after token 7: it got number 8, not the deleted newest's 7.
+    let gets_a_new_number = |store: &Store, what: &str| {
+        let mut e = DataSet::workload_entry(1, 0);
+        e.id = EntryId::new("0-late").unwrap();
+        propose(store, &Command::CreateEntries(vec![e])).unwrap();
+        let after_7 = store.list_entries(
+            &EntryFilter::default(),
+            &PageRequest { token: Some("7".into()), size: 10 },
+        );
+        assert_eq!(ids(&after_7.items), [EntryId::new("0-late").unwrap()], "{what}");
+    };
+    let store = open(dir.path());
+    numbered(&store, "after reopen");
+    gets_a_new_number(&store, "after reopen");
+
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = open(other_dir.path());
+    other.import_snapshot(snap.chunks).unwrap();
+    numbered(&other, "after a snapshot import");
+    gets_a_new_number(&other, "after a snapshot import");
 }

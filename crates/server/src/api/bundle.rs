@@ -12,7 +12,7 @@ use ward_proto::spire::api::server::bundle::v1::{self as pb, bundle_server::Bund
 use ward_proto::spire::api::types;
 use ward_store::{BundleDeleteMode, BundleMask, BundleUpdate, Command, ItemError, Outcome};
 
-use super::{Batch, count_i32, item_code, page_request, propose, unimplemented};
+use super::{Batch, count_i32, item_code, page_request, propose, row_id_token, unimplemented};
 use crate::state::ServerState;
 
 /// The Bundle service.
@@ -106,12 +106,9 @@ impl Bundle for BundleService {
     ) -> Result<Response<pb::ListFederatedBundlesResponse>, Status> {
         let req = req.into_inner();
         // Page tokens are creation numbers.
-        let page = page_request(
-            req.page_size,
-            &req.page_token,
-            |t| t.parse::<u32>().is_ok(),
-            |why| Status::internal(format!("failed to list bundles: {why}")),
-        )?;
+        let page = page_request(req.page_size, &req.page_token, row_id_token, |why| {
+            Status::internal(format!("failed to list bundles: {why}"))
+        })?;
         let result = self.state.store.list_bundles(&page);
         let bundles = result
             .items

@@ -18,7 +18,9 @@ use ward_proto::spire::api::server::entry::v1::{self as pb, entry_server::Entry}
 use ward_proto::spire::api::types;
 use ward_store::{Command, EntryFilter, EntryUpdate, FederatesWithFilter, ItemError, Outcome};
 
-use super::{Batch, count_i32, go_quoted_rune, item_code, new_entry_id, page_request, propose};
+use super::{
+    Batch, count_i32, go_quoted_rune, item_code, new_entry_id, page_request, propose, row_id_token,
+};
 use crate::state::{ServerState, caller_of};
 
 /// SPIRE's fixed page size for SyncAuthorizedEntries.
@@ -305,18 +307,14 @@ impl Entry for EntryService {
         let req = req.into_inner();
         let td = &self.state.trust_domain;
         let filter = entry_filter(wire_filter!(req.filter.as_ref()), td, "failed to list entries")?;
-        // Page tokens are entry ids. SPIRE's SQL datastore wraps the refusal of a token.
-        let page = page_request(
-            req.page_size,
-            &req.page_token,
-            |t| EntryId::new(t).is_ok(),
-            |why| {
-                Status::internal(format!(
-                    "failed to list entries: datastore-sql: rpc error: code = InvalidArgument \
+        // Page tokens are creation numbers, as SPIRE's are row ids. SPIRE's SQL datastore
+        // wraps the refusal of a token.
+        let page = page_request(req.page_size, &req.page_token, row_id_token, |why| {
+            Status::internal(format!(
+                "failed to list entries: datastore-sql: rpc error: code = InvalidArgument \
                      desc = {why}"
-                ))
-            },
-        )?;
+            ))
+        })?;
         let result = self.state.store.list_entries(&filter, &page);
         let mask = req.output_mask.as_ref();
         Ok(Response::new(pb::ListEntriesResponse {

@@ -113,6 +113,13 @@ fn page_request(
     Ok(ward_store::PageRequest { token: Some(token.to_owned()), size })
 }
 
+/// Whether `token` is a page token of a list SPIRE pages by row id (entries, bundles,
+/// federation relationships): a decimal number that fits in 32 bits, with no sign, as Go's
+/// `strconv.ParseUint(token, 10, 32)` reads it.
+fn row_id_token(token: &str) -> bool {
+    token.bytes().all(|b| b.is_ascii_digit()) && token.parse::<u32>().is_ok()
+}
+
 /// A number as Go's `%q` prints a rune, the way SPIRE's datastore names an unknown match
 /// behavior (`'\t'` for 9, `'A'` for 65); numbers that are no rune print as `'\u{fffd}'`
 /// does (the replacement character).
@@ -256,6 +263,16 @@ mod tests {
             (0x11_0000, "'\u{fffd}'"),
         ] {
             assert_eq!(go_quoted_rune(n), want, "{n}");
+        }
+    }
+
+    #[test]
+    fn row_id_tokens_are_unsigned_32_bit_decimals_as_go_parses_them() {
+        for good in ["0", "1", "007", "4294967295"] {
+            assert!(row_id_token(good), "{good}");
+        }
+        for bad in ["", "garbage", "-1", "+1", "abc", " 1", "1 ", "4294967296", "1_000", "0x1"] {
+            assert!(!row_id_token(bad), "{bad}");
         }
     }
 

@@ -13,7 +13,7 @@ use ward_proto::spire::api::server::trustdomain::v1::{self as pb, trust_domain_s
 use ward_proto::spire::api::types;
 use ward_store::{Command, FederationMask, FederationUpdate, ItemError, Outcome};
 
-use super::{Batch, item_code, page_request, propose};
+use super::{Batch, item_code, page_request, propose, row_id_token};
 use crate::state::ServerState;
 
 /// The TrustDomain service.
@@ -96,12 +96,9 @@ impl trust_domain_server::TrustDomain for TrustDomainService {
     ) -> Result<Response<pb::ListFederationRelationshipsResponse>, Status> {
         let req = req.into_inner();
         // Page tokens are creation numbers.
-        let page = page_request(
-            req.page_size,
-            &req.page_token,
-            |t| t.parse::<u32>().is_ok(),
-            |why| Status::internal(format!("failed to list federation relationships: {why}")),
-        )?;
+        let page = page_request(req.page_size, &req.page_token, row_id_token, |why| {
+            Status::internal(format!("failed to list federation relationships: {why}"))
+        })?;
         let result = self.state.store.list_federation_relationships(&page);
         Ok(Response::new(pb::ListFederationRelationshipsResponse {
             federation_relationships: result

@@ -191,7 +191,7 @@ mod tests {
         let stranger = entry("zz", "spiffe://example.org/w5", "spiffe://example.org/other");
         s.put_entry(Arc::clone(&stranger));
         let slot = *s.entry_ids.get("zz").unwrap();
-        s.by_parent.insert(h, slot);
+        s.by_parent.insert_keyed(h, s.entries.get(slot).unwrap().number, slot);
         s.collided_parents.insert(h);
         s.touch_all(h);
         check(&mut s, &agent, &["c3"], "collided alias hash");

@@ -14,7 +14,7 @@
 //! - [`invalidate`]: the reverse walk that finds the agents a change reaches;
 //! - [`query`]: SPIRE's list and count queries with their filters and pages.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
@@ -70,12 +70,14 @@ impl std::borrow::Borrow<str> for ById {
 }
 
 /// An entry in its slot, with the hash of its SPIFFE ID and the first bytes of its id next
-/// to it, so the authorized-entries walk and its sort rarely touch the entry's strings.
+/// to it, so the authorized-entries walk and its sort rarely touch the entry's strings, and
+/// its creation number (the order ListEntries lists in).
 #[derive(Debug)]
 struct Slotted {
     entry: Arc<RegistrationEntry>,
     spiffe_hash: u64,
     id_prefix: u64,
+    number: u64,
 }
 
 /// The first 8 bytes of `s`, big-endian and zero-padded: ordering by it agrees with
@@ -89,10 +91,10 @@ fn prefix_key(s: &str) -> u64 {
 }
 
 impl Slotted {
-    fn new(entry: Arc<RegistrationEntry>) -> Self {
+    fn new(entry: Arc<RegistrationEntry>, number: u64) -> Self {
         let spiffe_hash = key_hash(entry.spiffe_id.as_str());
         let id_prefix = prefix_key(entry.id.as_str());
-        Self { entry, spiffe_hash, id_prefix }
+        Self { entry, spiffe_hash, id_prefix, number }
     }
 }
 
@@ -127,10 +129,15 @@ pub(crate) struct State {
     pub(crate) revision: u64,
     entries: Slab<Slotted>,
     entry_ids: BTreeMap<ById, Slot>,
-    by_parent: HashIndex,
-    by_spiffe: HashIndex,
-    by_selector: HashIndex,
-    by_federates: HashIndex,
+    /// Entries by creation number (then slot, for entries loaded without one).
+    entry_order: BTreeSet<(u64, Slot)>,
+    /// The highest creation number ever given to an entry; the next entry gets one more.
+    pub(crate) last_entry_number: u64,
+    // The entry indexes order each set by creation number, so list pages resume in place.
+    by_parent: HashIndex<u64>,
+    by_spiffe: HashIndex<u64>,
+    by_selector: HashIndex<u64>,
+    by_federates: HashIndex<u64>,
     /// Node-alias entries by each of their selectors.
     alias_by_selector: HashIndex,
     /// The node-alias entries; agents' alias lists hold indexes into it.
@@ -175,6 +182,8 @@ impl State {
             revision: 0,
             entries: Slab::default(),
             entry_ids: BTreeMap::new(),
+            entry_order: BTreeSet::new(),
+            last_entry_number: 0,
             by_parent: HashIndex::default(),
             by_spiffe: HashIndex::default(),
             by_selector: HashIndex::default(),
@@ -202,29 +211,36 @@ impl State {
         e.parent_id == self.server_id
     }
 
-    /// Inserts or replaces an entry, keeping every index in step. False, with nothing
-    /// changed, for a new entry when every slot is in use (see [`State::has_room_for_entry`]).
-    pub(crate) fn put_entry(&mut self, e: Arc<RegistrationEntry>) -> bool {
+    /// Inserts or replaces an entry, keeping every index in step. A replaced entry keeps
+    /// its creation number; a new one gets the next (see [`State::entry_number`]). Returns
+    /// the entry's number; `None`, with nothing changed, for a new entry when every slot is
+    /// in use (see [`State::has_room_for_entry`]).
+    pub(crate) fn put_entry(&mut self, e: Arc<RegistrationEntry>) -> Option<u64> {
         if let Some(slot) = self.entry_ids.remove(e.id.as_str()) {
+            let number = self.entries.get(slot).map_or(0, |s| s.number);
             if let Some(old) = self.entry_at(slot).cloned() {
-                self.unindex_entry(slot, &old);
+                self.unindex_entry(slot, &old, number);
             }
-            self.index_entry(slot, &e);
-            self.entries.replace(slot, Slotted::new(Arc::clone(&e)));
+            self.index_entry(slot, &e, number);
+            self.entries.replace(slot, Slotted::new(Arc::clone(&e), number));
             self.entry_ids.insert(ById(e), slot);
-            true
+            Some(number)
         } else {
-            self.insert_new_entry(e)
+            let number = self.last_entry_number.saturating_add(1);
+            self.insert_new_entry(e, number).then_some(number)
         }
     }
 
-    /// Inserts an entry whose id is not stored yet (bulk load). False, with nothing changed,
-    /// when every slot is in use.
-    pub(crate) fn insert_new_entry(&mut self, e: Arc<RegistrationEntry>) -> bool {
-        let Some(slot) = self.entries.insert(Slotted::new(Arc::clone(&e))) else {
+    /// Inserts an entry whose id is not stored yet with creation number `number` (bulk
+    /// load; entries stored before numbers were kept load with 0). False, with nothing
+    /// changed, when every slot is in use.
+    pub(crate) fn insert_new_entry(&mut self, e: Arc<RegistrationEntry>, number: u64) -> bool {
+        let Some(slot) = self.entries.insert(Slotted::new(Arc::clone(&e), number)) else {
             return false;
         };
-        self.index_entry(slot, &e);
+        self.index_entry(slot, &e, number);
+        self.entry_order.insert((number, slot));
+        self.last_entry_number = self.last_entry_number.max(number);
         self.entry_ids.insert(ById(e), slot);
         true
     }
@@ -239,6 +255,14 @@ impl State {
         self.agents.has_room()
     }
 
+    /// The creation number of the entry with this id: one more than the highest number
+    /// any entry was given before it, so entries list in the order they were created, as
+    /// SPIRE lists them by row id. Updates keep it.
+    pub(crate) fn entry_number(&self, id: &EntryId) -> Option<u64> {
+        let slot = *self.entry_ids.get(id.as_str())?;
+        self.entries.get(slot).map(|s| s.number)
+    }
+
     /// Makes room for `entries` entries before a bulk load.
     pub(crate) fn reserve_entries(&mut self, entries: usize) {
         self.entries.reserve(entries);
@@ -247,12 +271,13 @@ impl State {
 
     pub(crate) fn remove_entry(&mut self, id: &EntryId) -> Option<Arc<RegistrationEntry>> {
         let slot = self.entry_ids.remove(id.as_str())?;
-        let old = self.entries.remove(slot)?.entry;
-        self.unindex_entry(slot, &old);
+        let Slotted { entry: old, number, .. } = self.entries.remove(slot)?;
+        self.unindex_entry(slot, &old, number);
+        self.entry_order.remove(&(number, slot));
         Some(old)
     }
 
-    fn index_entry(&mut self, slot: Slot, e: &RegistrationEntry) {
+    fn index_entry(&mut self, slot: Slot, e: &RegistrationEntry, number: u64) {
         let parent_hash = key_hash(e.parent_id.as_str());
         // Keep the invariant the walk relies on: a parent hash not marked as collided holds
         // entries of one parent ID only.
@@ -261,17 +286,17 @@ impl State {
             self.collided_parents.insert(parent_hash);
         }
         let first_child = self.by_parent.get(parent_hash).is_none();
-        self.by_parent.insert(parent_hash, slot);
+        self.by_parent.insert_keyed(parent_hash, number, slot);
         self.touch(parent_hash, &e.id);
         if first_child {
             self.mark_parents_of(parent_hash);
         }
-        self.by_spiffe.insert(key_hash(e.spiffe_id.as_str()), slot);
+        self.by_spiffe.insert_keyed(key_hash(e.spiffe_id.as_str()), number, slot);
         for s in e.selectors.as_slice() {
-            self.by_selector.insert(key_hash(s), slot);
+            self.by_selector.insert_keyed(key_hash(s), number, slot);
         }
         for td in &e.federates_with {
-            self.by_federates.insert(key_hash(td.as_str()), slot);
+            self.by_federates.insert_keyed(key_hash(td.as_str()), number, slot);
         }
         if self.is_alias(e) {
             for s in e.selectors.as_slice() {
@@ -303,19 +328,19 @@ impl State {
         }
     }
 
-    fn unindex_entry(&mut self, slot: Slot, e: &RegistrationEntry) {
+    fn unindex_entry(&mut self, slot: Slot, e: &RegistrationEntry, number: u64) {
         let parent_hash = key_hash(e.parent_id.as_str());
-        self.by_parent.remove(parent_hash, slot);
+        self.by_parent.remove_keyed(parent_hash, number, slot);
         self.touch(parent_hash, &e.id);
         if self.by_parent.get(parent_hash).is_none() {
             self.mark_parents_of(parent_hash);
         }
-        self.by_spiffe.remove(key_hash(e.spiffe_id.as_str()), slot);
+        self.by_spiffe.remove_keyed(key_hash(e.spiffe_id.as_str()), number, slot);
         for s in e.selectors.as_slice() {
-            self.by_selector.remove(key_hash(s), slot);
+            self.by_selector.remove_keyed(key_hash(s), number, slot);
         }
         for td in &e.federates_with {
-            self.by_federates.remove(key_hash(td.as_str()), slot);
+            self.by_federates.remove_keyed(key_hash(td.as_str()), number, slot);
         }
         if self.is_alias(e) {
             for s in e.selectors.as_slice() {
@@ -349,7 +374,7 @@ impl State {
 
     fn slots<'a>(
         &'a self,
-        index: &'a HashIndex,
+        index: &'a HashIndex<u64>,
         hash: u64,
     ) -> impl Iterator<Item = &'a Arc<RegistrationEntry>> + 'a {
         index.get(hash).into_iter().flat_map(|set| set.iter()).filter_map(|s| self.entry_at(s))
@@ -412,8 +437,8 @@ impl State {
             let r = self.ids.entry(hash).or_default();
             r.collided |= collided;
             match &mut r.agents {
-                Some(set) => set.insert(slot),
-                None => r.agents = Some(SlotSet::One(slot)),
+                Some(set) => set.insert((), slot),
+                None => r.agents = Some(SlotSet::One((), slot)),
             }
             self.agent_ids.insert(a.id.clone(), slot);
             self.copy_aliases_to_record(slot);
@@ -425,7 +450,7 @@ impl State {
         let slot = self.agent_ids.remove(id)?;
         let hash = key_hash(id.0.as_str());
         if let Some(r) = self.ids.get_mut(&hash)
-            && r.agents.as_mut().is_some_and(|set| set.remove(slot))
+            && r.agents.as_mut().is_some_and(|set| set.remove((), slot))
         {
             r.agents = None;
             if r.group.is_none() {
@@ -458,6 +483,11 @@ impl State {
 
     pub(crate) fn all_entries(&self) -> impl Iterator<Item = &Arc<RegistrationEntry>> {
         self.entry_ids.keys().map(|k| &k.0)
+    }
+
+    /// Every entry with its creation number, in creation order.
+    pub(crate) fn numbered_entries(&self) -> impl Iterator<Item = (u64, &Arc<RegistrationEntry>)> {
+        self.entry_order.iter().filter_map(|&(n, s)| self.entry_at(s).map(|e| (n, e)))
     }
 }
 

@@ -251,7 +251,7 @@ mod tests {
             s.put_entry(Arc::clone(second));
             let slot_b = *s.entry_ids.get("b").unwrap();
             let hp = key_hash(p);
-            s.by_parent.insert(hp, slot_b);
+            s.by_parent.insert_keyed(hp, s.entries.get(slot_b).unwrap().number, slot_b);
             s.collided_parents.insert(hp);
             let agent = AgentId(SpiffeId::parse(p).unwrap());
             let got = s.authorized_entries(&agent);

@@ -19,6 +19,9 @@ pub struct Model {
     pub td: TrustDomain,
     pub server: SpiffeId,
     pub entries: BTreeMap<EntryId, RegistrationEntry>,
+    /// Creation number of every entry ever created (entries list in this order).
+    pub entry_numbers: BTreeMap<EntryId, u64>,
+    pub last_entry_number: u64,
     pub agents: BTreeMap<AgentId, AttestedNode>,
     pub tokens: BTreeMap<JoinTokenHash, StoredJoinToken>,
     pub bundles: BTreeMap<TrustDomain, Bundle>,
@@ -84,6 +87,8 @@ impl Model {
             tokens: BTreeMap::new(),
             bundles: BTreeMap::new(),
             bundle_order: Vec::new(),
+            entry_numbers: BTreeMap::new(),
+            last_entry_number: 0,
             federations: BTreeMap::new(),
             federation_order: Vec::new(),
             revision: 0,
@@ -116,6 +121,8 @@ impl Model {
         self.federated_bundles(&e.federates_with)?;
         let mut e = e.clone();
         e.revision_number = 0;
+        self.last_entry_number += 1;
+        self.entry_numbers.insert(e.id.clone(), self.last_entry_number);
         self.entries.insert(e.id.clone(), e.clone());
         Ok(Arc::new(e))
     }
@@ -737,7 +744,14 @@ impl Model {
     }
 
     pub fn list_entries(&self, f: &EntryFilter) -> Vec<RegistrationEntry> {
-        self.entries.values().filter(|e| self.entry_matches(f, e)).cloned().collect()
+        self.entries_in_order().into_iter().filter(|e| self.entry_matches(f, e)).cloned().collect()
+    }
+
+    /// The entries in creation order, as ListEntries lists them.
+    pub fn entries_in_order(&self) -> Vec<&RegistrationEntry> {
+        let mut all: Vec<&RegistrationEntry> = self.entries.values().collect();
+        all.sort_by_key(|e| self.entry_numbers[&e.id]);
+        all
     }
 
     pub fn list_agents(&self, f: &AgentFilter) -> Vec<AttestedNode> {
@@ -757,20 +771,31 @@ impl Model {
     }
 }
 
-/// Every page of a ListEntries walk, concatenated; checks page sizes and tokens.
+/// Every page of a ListEntries walk, concatenated; checks page sizes and tokens: as
+/// SPIRE's, every page with entries has a token, only the first empty page ends the walk,
+/// and only the last page with entries may be short.
 pub fn all_pages_entries(store: &Store, f: &EntryFilter, size: usize) -> Vec<RegistrationEntry> {
     let mut out = Vec::new();
     let mut token = None;
+    let mut short = false;
     for _ in 0..10_000 {
         let page = store.list_entries(f, &PageRequest { token: token.clone(), size });
         assert!(size == 0 || page.items.len() <= size);
         out.extend(page.items.iter().map(|e| RegistrationEntry::clone(e)));
         match page.next_token {
             Some(t) => {
-                assert_eq!(page.items.len(), size, "a non-final page is full");
+                assert!(
+                    size > 0 && !page.items.is_empty(),
+                    "a token only on a paged, non-empty page"
+                );
+                assert!(!short, "a short page is the last with entries");
+                short = page.items.len() < size;
                 token = Some(t);
             }
-            None => return out,
+            None => {
+                assert!(size == 0 || page.items.is_empty(), "a paged walk ends on an empty page");
+                return out;
+            }
         }
     }
     panic!("paging did not end");
@@ -816,7 +841,7 @@ pub fn all_pages<T>(fetch: impl Fn(&PageRequest) -> Page<T>, size: usize) -> Vec
 /// model's.
 pub fn assert_same_state(store: &Store, model: &Model, agents: &[AgentId]) {
     let all = all_pages_entries(store, &EntryFilter::default(), 0);
-    let want: Vec<RegistrationEntry> = model.entries.values().cloned().collect();
+    let want: Vec<RegistrationEntry> = model.entries_in_order().into_iter().cloned().collect();
     assert_eq!(all, want, "entries");
     let agents_all = all_pages_agents(store, &AgentFilter::default(), 0);
     let want_agents: Vec<AttestedNode> = model.agents.values().cloned().collect();
