@@ -64,6 +64,9 @@ fn start(root: &Path) -> anyhow::Result<Differential> {
     let ward_cli_root = root.join("ward-cli");
     let for_spire_cli = start_ward_server(&ward_bin, &spire_cli_root.join("server"), &options)?;
     let for_ward_cli = start_ward_server(&ward_bin, &ward_cli_root.join("server"), &options)?;
+    for root in [&spire_cli_root, &ward_cli_root] {
+        closing_socket(&root.join("closing.sock"))?;
+    }
     let mut d = Differential::new(
         Side::new("spire-server CLI", for_spire_cli, &bins.server, &spire_cli_root),
         Side::new("ward-server CLI", for_ward_cli, &ward_bin, &ward_cli_root),
@@ -72,8 +75,26 @@ fn start(root: &Path) -> anyhow::Result<Differential> {
     Ok(d)
 }
 
+/// Serves `path` as a socket that accepts each connection and closes its side at once,
+/// reading what the client sends until the client goes away (so the client reads end of
+/// stream before any answer, never a reset).
+fn closing_socket(path: &Path) -> anyhow::Result<()> {
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let _ = conn.shutdown(std::net::Shutdown::Write);
+                let _ = std::io::copy(&mut conn, &mut std::io::sink());
+            });
+        }
+    });
+    Ok(())
+}
+
 /// Rows about reading the command line rather than about a server's answer: flag spellings
-/// Go's flag package accepts, flag errors, values, and an unreachable socket.
+/// Go's flag package accepts, flag errors, values, and sockets that cannot be reached or
+/// close without answering.
 // The rows read best with each command's words wrapped together, as typed.
 #[rustfmt::skip]
 fn flag_edges(d: &mut Differential) -> anyhow::Result<()> {
@@ -92,6 +113,9 @@ fn flag_edges(d: &mut Differential) -> anyhow::Result<()> {
         ("flags: bad duration", &["x509", "mint", "-spiffeID", "spiffe://example.org/w", "-ttl", "soon"]),
         ("flags: ttl above int32", &["token", "generate", "-ttl", "2147483648"]),
         ("flags: unreachable socket", &["bundle", "count", "-socketPath", "{root}/no.sock"]),
+        ("flags: socket that is a plain file", &["entry", "count", "-socketPath", "{root}/files/entries-bad.json"]),
+        ("flags: socket that closes at once", &["entry", "count", "-socketPath", "{root}/closing.sock"]),
+        ("flags: socket that closes at once, entry show", &["entry", "show", "-socketPath", "{root}/closing.sock"]),
         ("flags: empty socket path means the default", &["entry", "count", "-socketPath", ""]),
         ("flags: healthcheck has no -output", &["healthcheck", "-output", "json"]),
         ("flags: entry show -downstream", &["entry", "show", "-downstream", "-output", "json"]),

@@ -150,6 +150,68 @@ fn an_unreachable_socket_is_a_go_grpc_connection_error() {
     assert!(stderr.ends_with("absent.sock: connect: no such file or directory\"\n"), "{stderr}");
 }
 
+/// A socket that accepts connections and closes its side at once, reading what the client
+/// sends until the client goes away (so the client reads end of stream, never a reset).
+fn closing_socket(path: &std::path::Path) {
+    let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let _ = conn.shutdown(std::net::Shutdown::Write);
+                let _ = std::io::copy(&mut conn, &mut std::io::sink());
+            });
+        }
+    });
+}
+
+#[test]
+fn a_socket_that_closes_or_refuses_is_unavailable_as_in_go_grpc() {
+    let dir = tempfile::tempdir().unwrap();
+    let closing = dir.path().join("closing.sock");
+    closing_socket(&closing);
+    let not_a_socket = dir.path().join("plain-file");
+    std::fs::write(&not_a_socket, b"").unwrap();
+    let go_path = |p: &std::path::Path| format!("//{}", p.display());
+    let cases = [
+        // spire-server v1.13.3 prints exactly these lines for the same sockets.
+        (
+            &closing,
+            "entry count",
+            "Error: rpc error: code = Unavailable desc = connection error: desc = \"error \
+             reading server preface: EOF\"\n"
+                .to_owned(),
+        ),
+        (
+            &closing,
+            "entry show",
+            "Error: error fetching entries: rpc error: code = Unavailable desc = connection \
+             error: desc = \"error reading server preface: EOF\"\n"
+                .to_owned(),
+        ),
+        (
+            &not_a_socket,
+            "bundle show",
+            format!(
+                "Error: rpc error: code = Unavailable desc = connection error: desc = \
+                 \"transport: Error while dialing: dial unix {}: connect: connection refused\"\n",
+                go_path(&not_a_socket)
+            ),
+        ),
+    ];
+    for (socket, command, want) in cases {
+        let out = Command::new(BIN)
+            .args(command.split(' '))
+            .arg("-socketPath")
+            .arg(socket)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!((out.status.code(), stderr.as_str()), (Some(1), want.as_str()), "{command}");
+        assert!(out.stdout.is_empty(), "{command}");
+    }
+}
+
 #[test]
 fn help_is_not_a_failure() {
     let out = Command::new(BIN).args(["entry", "show", "-h"]).output().unwrap();

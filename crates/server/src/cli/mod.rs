@@ -9,7 +9,7 @@
 //! `Error: <reason>` on stderr, as SPIRE's CLI does).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Subcommand;
@@ -25,6 +25,7 @@ pub mod logger;
 pub mod printer;
 pub mod svid;
 pub mod token;
+mod watched;
 
 pub use printer::Format;
 
@@ -139,11 +140,11 @@ pub fn any_path(s: &str) -> Result<PathBuf, std::convert::Infallible> {
 }
 
 /// A connection to the admin socket, made on first use as SPIRE's CLI does, remembering why
-/// a connection attempt failed so that the error reads like SPIRE's.
+/// a connection attempt or the connection failed so that the error reads like SPIRE's.
 #[derive(Debug, Clone)]
 pub struct Admin {
     channel: Channel,
-    dial_error: Arc<Mutex<Option<String>>>,
+    failure: watched::FailureSlot,
 }
 
 impl Admin {
@@ -154,8 +155,8 @@ impl Admin {
     pub fn new(socket: &Path) -> Result<Self, CliError> {
         // An empty -socketPath means the default, as in SPIRE.
         let path = if socket.as_os_str().is_empty() { default_socket() } else { socket.to_owned() };
-        let dial_error: Arc<Mutex<Option<String>>> = Arc::default();
-        let slot = dial_error.clone();
+        let failure: watched::FailureSlot = Arc::default();
+        let slot = failure.clone();
         // The URI is required by the API but unused: every connection goes to the socket.
         let endpoint = Endpoint::try_from("http://localhost").map_err(|e| cli_err!("{e}"))?;
         let channel = endpoint.connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
@@ -163,7 +164,9 @@ impl Admin {
             let slot = slot.clone();
             async move {
                 match tokio::net::UnixStream::connect(&path).await {
-                    Ok(stream) => Ok(TokioIo::new(stream)),
+                    Ok(stream) => {
+                        Ok(TokioIo::new(watched::WatchedStream::new(stream, &path, slot)))
+                    }
                     Err(e) => {
                         // Go's client dials `unix:<path>` as a URL, so an absolute path
                         // shows with two more slashes.
@@ -176,15 +179,13 @@ impl Admin {
                             "transport: Error while dialing: dial unix {shown}: connect: {}",
                             os_error_text(&e)
                         );
-                        if let Ok(mut s) = slot.lock() {
-                            *s = Some(text);
-                        }
+                        watched::note(&slot, text);
                         Err(e)
                     }
                 }
             }
         }));
-        Ok(Self { channel, dial_error })
+        Ok(Self { channel, failure })
     }
 
     /// The channel, for generated clients.
@@ -192,11 +193,18 @@ impl Admin {
         self.channel.clone()
     }
 
-    /// `status` as Go's gRPC prints it: `rpc error: code = <Code> desc = <message>`.
+    /// `status` as Go's gRPC prints it: `rpc error: code = <Code> desc = <message>`. A call
+    /// that failed because the socket could not be dialled, or the connection ended or
+    /// broke, is `Unavailable` with the transport's reason, as in Go (tonic reports the
+    /// latter as `Unknown` or `Canceled`).
     pub fn status(&self, status: &tonic::Status) -> String {
-        let dial = self.dial_error.lock().ok().and_then(|s| s.clone());
-        match dial {
-            Some(text) if status.code() == tonic::Code::Unavailable => format!(
+        let failure = self.failure.lock().ok().and_then(|s| s.clone());
+        let transport = matches!(
+            status.code(),
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+        );
+        match failure {
+            Some(text) if transport => format!(
                 "rpc error: code = Unavailable desc = connection error: desc = {}",
                 go_quote(&text)
             ),
