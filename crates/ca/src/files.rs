@@ -24,14 +24,14 @@ pub enum PrivatePathError {
         /// The path.
         path: std::path::PathBuf,
     },
-    /// Group members or other users can write to the directory.
+    /// Group members or other users can write to the directory (or file).
     #[error(
         "{} is writable by group or other users (mode {mode:04o}); remove that access, for \
          example with chmod go-w, and start again",
         path.display()
     )]
     WritableByOthers {
-        /// The directory.
+        /// The directory or file.
         path: std::path::PathBuf,
         /// Its permission bits.
         mode: u32,
@@ -95,6 +95,26 @@ pub fn check_private_file(path: &Path, meta: &fs::Metadata) -> Result<(), Privat
         return Err(PrivatePathError::FileAccessibleByOthers { path: path.to_owned(), mode });
     }
     Ok(())
+}
+
+/// Refuses a file that group members or other users can write to (they could replace what
+/// it holds). A missing file is fine.
+///
+/// # Errors
+/// [`PrivatePathError::WritableByOthers`] with the file's mode, or
+/// [`PrivatePathError::Io`] when it cannot be inspected.
+pub fn check_not_writable_by_others(path: &Path) -> Result<(), PrivatePathError> {
+    match fs::metadata(path) {
+        Ok(meta) => {
+            let mode = meta.permissions().mode() & 0o7777;
+            if mode & GROUP_OR_OTHER_WRITE != 0 {
+                return Err(PrivatePathError::WritableByOthers { path: path.to_owned(), mode });
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(PrivatePathError::Io { path: path.to_owned(), source }),
+    }
 }
 
 /// Replaces `path` with `bytes` atomically and durably; the file ends up with mode 0600.

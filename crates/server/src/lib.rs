@@ -49,6 +49,7 @@ pub mod authz;
 pub mod ca_manager;
 pub mod cli;
 pub mod config;
+pub mod data_dir;
 pub mod federation;
 pub mod health_checks;
 pub mod http_listener;

@@ -73,6 +73,8 @@ pub struct RunningServer {
     pub handshakes: Arc<tls::HandshakeStats>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Released (by being dropped) when the server is shut down.
+    _data_dir_lock: crate::data_dir::DataDirLock,
 }
 
 impl RunningServer {
@@ -254,8 +256,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningServer> {
 /// As [`start`].
 pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<RunningServer> {
     let clock = opts.clock;
-    // The store and the CA keys live here: created owner-only, refused when others can write.
-    ward_ca::files::ensure_private_dir(&cfg.data_dir).context("data directory")?;
+    // The store and the CA keys live here: created owner-only, refused when others can write
+    // or when another server process uses it.
+    let data_dir_lock = crate::data_dir::prepare(&cfg.data_dir, opts.store.is_none())?;
     let (store, proposer) = match opts.store {
         Some(parts) => parts,
         None => {
@@ -430,6 +433,7 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<Runni
         handshakes,
         stop,
         tasks,
+        _data_dir_lock: data_dir_lock,
     })
 }
 

@@ -106,3 +106,80 @@ async fn start_refuses_a_store_of_another_trust_domain() {
     );
     assert!(!socket.exists(), "nothing was served");
 }
+
+#[tokio::test]
+async fn start_checks_again_what_it_created_in_the_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("api.sock");
+    let data = dir.path().join("data");
+    let s = ward_server::run::start(config_with_socket(dir.path(), &socket)).await.unwrap();
+    assert_eq!(mode(&data.join("store")), 0o700);
+    s.shutdown().await;
+    let key = std::fs::read_dir(data.join("ca/keys")).unwrap().next().unwrap().unwrap().path();
+    // Each path ward created, made writable by others, is refused by name; put back, the
+    // next one is tried.
+    for (path, bad, good) in [
+        (data.join("ca"), 0o770, 0o700),
+        (data.join("ca/keys"), 0o777, 0o700),
+        (data.join("store"), 0o702, 0o700),
+        (data.join("ca/journal.json"), 0o666, 0o600),
+        (key, 0o620, 0o600),
+    ] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(bad)).unwrap();
+        let err =
+            ward_server::run::start(config_with_socket(dir.path(), &socket)).await.unwrap_err();
+        let text = format!("{err:#}");
+        let want =
+            format!("{} is writable by group or other users (mode {bad:04o})", path.display());
+        assert!(text.contains(&want), "{text}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(good)).unwrap();
+    }
+    let s = ward_server::run::start(config_with_socket(dir.path(), &socket)).await.unwrap();
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_second_server_on_the_same_data_dir_is_refused_in_one_sentence() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let first = ward_server::run::start(config_with_socket(dir.path(), &dir.path().join("a.sock")))
+        .await
+        .unwrap();
+    let want = format!(
+        "data dir {} is in use by another ward-server process (pid {})",
+        data.display(),
+        std::process::id()
+    );
+    let err = ward_server::run::start(config_with_socket(dir.path(), &dir.path().join("b.sock")))
+        .await
+        .unwrap_err();
+    assert_eq!(format!("{err:#}"), want);
+
+    // The binary says the same and exits 1.
+    let conf = dir.path().join("server.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "bind_address = \"127.0.0.1\"\nbind_port = 0\nsocket_path = \"{}\"\n\
+             data_dir = \"{}\"\n",
+            dir.path().join("c.sock").display(),
+            data.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ward-server"))
+        .args(["run", "-config"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.ends_with(&format!("Error: {want}\n")), "{stderr}");
+
+    // Once the first server stops, the directory is free again.
+    first.shutdown().await;
+    let again = ward_server::run::start(config_with_socket(dir.path(), &dir.path().join("b.sock")))
+        .await
+        .unwrap();
+    again.shutdown().await;
+}
