@@ -95,6 +95,19 @@ pub(super) fn entries(d: &mut Differential) -> anyhow::Result<()> {
         ],
     )?;
     row(d, "entry create: data file", &["entry", "create", "-data", "{root}/files/entries.json"])?;
+    // Expiry dates past 2090 print as given; Go prints years past 9999 in full.
+    for (name, expiry) in [("far", "99999999999"), ("farther", "999999999999")] {
+        row(
+            d,
+            &format!("entry create: {name}-future expiry"),
+            &[
+                "entry", "create", "-entryID", &format!("e-{name}"), "-parentID", PARENT,
+                "-spiffeID", &format!("spiffe://example.org/{name}"), "-selector",
+                "unix:uid:1090", "-entryExpiry", expiry,
+            ],
+        )?;
+        both(d, &format!("entry show: {name}-future expiry"), &["entry", "show", "-entryID", &format!("e-{name}")])?;
+    }
 
     // Bad creates.
     let bad_creates: &[(&str, &[&str])] = &[

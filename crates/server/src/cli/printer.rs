@@ -118,13 +118,41 @@ fn write_string(s: &str, out: &mut String) {
     }
 }
 
-/// Unix seconds as Go prints a `time.Time` in UTC: `2006-01-02 15:04:05 +0000 UTC`.
+/// Unix seconds as Go prints a `time.Time` in UTC: `2006-01-02 15:04:05 +0000 UTC`, for every
+/// value (a far-future entry expiry, say year 33658, prints as a date too, as in Go).
 pub fn go_time_utc(unix: i64) -> String {
     let fmt = format_description!("[year]-[month]-[day] [hour]:[minute]:[second] +0000 UTC");
     OffsetDateTime::from_unix_timestamp(unix)
         .ok()
         .and_then(|t| t.format(fmt).ok())
-        .unwrap_or_else(|| unix.to_string())
+        .unwrap_or_else(|| go_time_utc_any_year(unix))
+}
+
+/// [`go_time_utc`] for the years the `time` crate does not hold (beyond ±9999): the
+/// proleptic Gregorian date worked out from the day count (the inverse of the days-from-civil
+/// formula), the year printed as Go prints it (at least four digits, sign first).
+fn go_time_utc_any_year(unix: i64) -> String {
+    let secs = i128::from(unix);
+    let (days, second_of_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Days counted from 0000-03-01, in 400-year eras of 146,097 days.
+    let from_march_0 = days + 719_468;
+    let era = from_march_0.div_euclid(146_097);
+    let day_of_era = from_march_0.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
+    let month = if month_from_march < 10 { month_from_march + 3 } else { month_from_march - 9 };
+    let year = era * 400 + year_of_era + i128::from(month <= 2);
+    let sign = if year < 0 { "-" } else { "" };
+    format!(
+        "{sign}{:04}-{month:02}-{day:02} {:02}:{:02}:{:02} +0000 UTC",
+        year.abs(),
+        second_of_day / 3_600,
+        second_of_day % 3_600 / 60,
+        second_of_day % 60
+    )
 }
 
 /// Unix seconds as RFC 3339 in UTC (`2006-01-02T15:04:05Z`).
@@ -212,6 +240,21 @@ mod tests {
     #[test]
     fn times_print_as_go_does() {
         assert_eq!(go_time_utc(4_102_444_800), "2100-01-01 00:00:00 +0000 UTC");
+        // What Go's time.Unix(s, 0).UTC().String() prints for each.
+        for (unix, go) in [
+            (99_999_999_999, "5138-11-16 09:46:39 +0000 UTC"),
+            (253_402_300_799, "9999-12-31 23:59:59 +0000 UTC"),
+            (253_402_300_800, "10000-01-01 00:00:00 +0000 UTC"),
+            (999_999_999_999, "33658-09-27 01:46:39 +0000 UTC"),
+            (i64::MAX, "292277026596-12-04 15:30:07 +0000 UTC"),
+            (-1, "1969-12-31 23:59:59 +0000 UTC"),
+        ] {
+            assert_eq!(go_time_utc(unix), go, "{unix}");
+        }
+        // The arithmetic agrees with the `time` crate where both work.
+        for unix in [-62_135_596_800, -1, 0, 951_782_400, 4_102_444_800, 253_402_300_799] {
+            assert_eq!(go_time_utc_any_year(unix), go_time_utc(unix), "{unix}");
+        }
         assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00Z");
     }
 }
