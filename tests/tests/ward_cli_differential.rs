@@ -39,6 +39,17 @@ const KNOWN: &[Known] = &[
             "flags: healthcheck has no -output",
         ],
     ),
+    deliberate(
+        "a data file that is not valid JSON, or holds a value of the wrong type, is refused \
+         with the JSON reader's own reason after `Error: `, as spire-server does; the reason's \
+         words are Go encoding/json's there (`invalid character 'e' looking for beginning of \
+         value`, Go type names) and serde_json's here (`expected value at line 1 column 1`), \
+         which cannot be reproduced in general. A truncated file reads the same on both",
+        &[
+            "entry create: data file that is not JSON",
+            "entry create: data file with a value of the wrong type",
+        ],
+    ),
 ];
 
 #[test]

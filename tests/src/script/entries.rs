@@ -321,6 +321,16 @@ pub(super) fn entries(d: &mut Differential) -> anyhow::Result<()> {
         "entry create: malformed data file",
         &["entry", "create", "-data", "{root}/files/entries-bad.json"],
     )?;
+    row(
+        d,
+        "entry create: data file that is not JSON",
+        &["entry", "create", "-data", "{root}/files/entries-not-json.json"],
+    )?;
+    row(
+        d,
+        "entry create: data file with a value of the wrong type",
+        &["entry", "create", "-data", "{root}/files/entries-wrong-type.json"],
+    )?;
     drop_entries(d, r"^/x[0-9]+$")?;
 
     // Reads.

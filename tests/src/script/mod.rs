@@ -166,6 +166,8 @@ fn fixtures(d: &mut Differential) -> anyhow::Result<()> {
         .as_bytes(),
     )?;
     d.write_file("files/entries-bad.json", b"{\"entries\": [")?;
+    d.write_file("files/entries-not-json.json", b"entries: none")?;
+    d.write_file("files/entries-wrong-type.json", br#"{"entries": [{"spiffe_id": 5}]}"#)?;
     d.write_file("files/delete.json", br#"{"ids": ["e-batch-3", "e-missing"]}"#)?;
     d.write_file(
         "files/federation.json",
