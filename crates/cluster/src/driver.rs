@@ -137,10 +137,12 @@ pub struct ClusterStatus {
     pub commit: u64,
     /// Highest index applied to the store.
     pub applied: u64,
-    /// First and last index held in the log.
+    /// First index held in the log.
     pub first_index: u64,
     /// Last index held in the log.
     pub last_index: u64,
+    /// Term of the last entry in the log.
+    pub last_term: u64,
     /// Voters.
     pub voters: Vec<NodeId>,
     /// Learners.
@@ -186,6 +188,25 @@ struct Shared {
     commit: AtomicU64,
     /// Requests sent to the driver and not yet taken by it.
     queued: AtomicU64,
+    /// Nanoseconds spent persisting (append, hard state, flush), applying, and the number
+    /// of ready cycles and flushes.
+    persist_ns: AtomicU64,
+    apply_ns: AtomicU64,
+    readies: AtomicU64,
+    flushes: AtomicU64,
+}
+
+/// Where the driver's time went since it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DriverTimings {
+    /// Time appending entries, storing the hard state and flushing.
+    pub persist: Duration,
+    /// Time applying committed entries to the store.
+    pub apply: Duration,
+    /// Ready cycles handled.
+    pub readies: u64,
+    /// Flushes of the log.
+    pub flushes: u64,
 }
 
 /// A handle on a running replica. Cheap to clone.
@@ -341,6 +362,17 @@ impl ClusterHandle {
         self.shared.commit.load(Ordering::Acquire)
     }
 
+    /// Where the driver's time went: persisting the log versus applying to the store.
+    pub fn timings(&self) -> DriverTimings {
+        let s = &self.shared;
+        DriverTimings {
+            persist: Duration::from_nanos(s.persist_ns.load(Ordering::Relaxed)),
+            apply: Duration::from_nanos(s.apply_ns.load(Ordering::Relaxed)),
+            readies: s.readies.load(Ordering::Relaxed),
+            flushes: s.flushes.load(Ordering::Relaxed),
+        }
+    }
+
     /// Stops the driver; pending proposals get [`ProposeError::ShuttingDown`].
     pub fn shutdown(&self) {
         self.enqueue(Request::Shutdown);
@@ -408,6 +440,9 @@ pub fn start<L: LogStore>(replica: Replica<L>) -> Result<ClusterHandle, StartErr
     let mut hs = log.hard_state()?;
     let fresh = log.last_index() == 0 && hs.term == 0 && log.conf_state()?.voters.is_empty();
     if fresh && config.bootstrap {
+        // The log starts right after the store's state, with one committed entry that
+        // makes this replica the only voter: replicas added later learn the first
+        // membership from the log (or from a snapshot) like every later change.
         let mut meta = raft::eraftpb::SnapshotMetadata {
             index: store_applied,
             term: u64::from(store_applied > 0),
@@ -415,13 +450,26 @@ pub fn start<L: LogStore>(replica: Replica<L>) -> Result<ClusterHandle, StartErr
         };
         meta.mut_conf_state().voters = vec![id];
         log.install_snapshot(&meta)?;
-        if store_applied > 0 {
-            hs.term = 1;
-            hs.commit = store_applied;
-            log.set_hard_state(&hs)?;
-        }
+        let first = Entry {
+            entry_type: EntryType::EntryConfChangeV2,
+            index: store_applied + 1,
+            term: 1,
+            data: membership_change(MembershipChange::AddVoter(id))
+                .write_to_bytes()
+                .map_err(|e| StartError::Raft(e.to_string()))?
+                .into(),
+            ..Default::default()
+        };
+        log.append(&[first])?;
+        hs.term = 1;
+        hs.commit = store_applied + 1;
+        log.set_hard_state(&hs)?;
         log.flush()?;
-        tracing::info!(node_id = id, index = store_applied, "bootstrapped a one-member cluster");
+        tracing::info!(
+            node_id = id,
+            index = store_applied + 1,
+            "bootstrapped a one-member cluster"
+        );
     } else if store_applied < log.first_index().saturating_sub(1)
         || store_applied > log.last_index()
     {
@@ -476,7 +524,7 @@ pub fn start<L: LogStore>(replica: Replica<L>) -> Result<ClusterHandle, StartErr
         stopped: stop_rx,
         propose_timeout: config.propose_timeout,
     };
-    let mut driver = Driver {
+    let driver = Driver {
         raw,
         store,
         config,
@@ -495,12 +543,36 @@ pub fn start<L: LogStore>(replica: Replica<L>) -> Result<ClusterHandle, StartErr
     std::thread::Builder::new()
         .name(format!("raft-{id}"))
         .spawn(move || {
+            let mut driver = driver;
             let result = driver.run(rx);
             driver.finish(&result);
+            // The store and log close before anyone is told the replica stopped.
+            drop(driver);
             let _ = stop_tx.send(Some(result));
         })
         .map_err(|e| StartError::Thread(e.to_string()))?;
     Ok(handle)
+}
+
+fn add_elapsed(counter: &AtomicU64, since: Instant) {
+    let ns = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    counter.fetch_add(ns, Ordering::Relaxed);
+}
+
+/// raft's form of a membership change.
+fn membership_change(change: MembershipChange) -> ConfChangeV2 {
+    use raft::eraftpb::{ConfChangeSingle, ConfChangeType};
+    let (kind, node) = match change {
+        MembershipChange::AddLearner(n) => (ConfChangeType::AddLearnerNode, n),
+        MembershipChange::AddVoter(n) => (ConfChangeType::AddNode, n),
+        MembershipChange::Remove(n) => (ConfChangeType::RemoveNode, n),
+    };
+    let mut single = ConfChangeSingle::default();
+    single.set_change_type(kind);
+    single.node_id = node;
+    let mut cc = ConfChangeV2::default();
+    cc.mut_changes().push(single);
+    cc
 }
 
 /// Why the loop stopped on an error.
@@ -579,9 +651,24 @@ impl<L: LogStore> Driver<L> {
                 self.try_propose(request_id, &mut w);
                 self.waiters.insert(request_id, w);
             }
-            Request::Raft(msg) => {
-                if msg.get_msg_type() == MessageType::MsgSnapshot {
-                    self.snapshot_from = Some(msg.from);
+            Request::Raft(mut msg) => {
+                match msg.get_msg_type() {
+                    MessageType::MsgSnapshot => self.snapshot_from = Some(msg.from),
+                    // A leader that still counts entries this replica lost (its data was
+                    // wiped) announces a commit beyond this log; commit only what is here,
+                    // answer, and let the leader find the real match.
+                    MessageType::MsgHeartbeat
+                        if msg.commit > self.raw.raft.raft_log.last_index() =>
+                    {
+                        tracing::warn!(
+                            node_id = self.config.node_id,
+                            commit = msg.commit,
+                            last_index = self.raw.raft.raft_log.last_index(),
+                            "leader's commit is past this log; was this replica's data lost?"
+                        );
+                        msg.commit = self.raw.raft.raft_log.last_index();
+                    }
+                    _ => {}
                 }
                 // A message from an unknown term or a stale peer is refused by raft itself;
                 // that is routine, not an error of this replica.
@@ -630,17 +717,7 @@ impl<L: LogStore> Driver<L> {
         deadline: Instant,
         reply: IndexReply,
     ) {
-        use raft::eraftpb::{ConfChangeSingle, ConfChangeType};
-        let (kind, node) = match change {
-            MembershipChange::AddLearner(n) => (ConfChangeType::AddLearnerNode, n),
-            MembershipChange::AddVoter(n) => (ConfChangeType::AddNode, n),
-            MembershipChange::Remove(n) => (ConfChangeType::RemoveNode, n),
-        };
-        let mut single = ConfChangeSingle::default();
-        single.set_change_type(kind);
-        single.node_id = node;
-        let mut cc = ConfChangeV2::default();
-        cc.mut_changes().push(single);
+        let cc = membership_change(change);
         let request_id = uuid::Uuid::new_v4().as_u128();
         match self.raw.propose_conf_change(request_id.to_be_bytes().to_vec(), cc) {
             Ok(()) => {
@@ -739,6 +816,8 @@ impl<L: LogStore> Driver<L> {
             let snap = rd.snapshot().clone();
             self.install_snapshot(&snap)?;
         }
+        self.shared.readies.fetch_add(1, Ordering::Relaxed);
+        let persist_start = Instant::now();
         let mut dirty = false;
         if !rd.entries().is_empty() {
             self.raw.mut_store().log.append(rd.entries())?;
@@ -750,7 +829,9 @@ impl<L: LogStore> Driver<L> {
         }
         if dirty || rd.must_sync() {
             self.raw.mut_store().log.flush()?;
+            self.shared.flushes.fetch_add(1, Ordering::Relaxed);
         }
+        add_elapsed(&self.shared.persist_ns, persist_start);
         self.send(rd.take_messages());
         self.send(rd.take_persisted_messages());
         self.apply(rd.take_committed_entries())?;
@@ -826,7 +907,9 @@ impl<L: LogStore> Driver<L> {
                 EntryType::EntryNormal => {}
             }
         }
+        let apply_start = Instant::now();
         let done = apply::apply_committed(&self.store, &items)?;
+        add_elapsed(&self.shared.apply_ns, apply_start);
         if let Some(last) = entries.last() {
             self.raw.mut_store().applied = (last.index, last.term);
         }
@@ -986,6 +1069,7 @@ impl<L: LogStore> Driver<L> {
             applied: self.raw.store().applied.0,
             first_index: self.raw.store().first_index().unwrap_or(0),
             last_index: raft.raft_log.last_index(),
+            last_term: raft.raft_log.last_term(),
             voters: cs.voters.clone(),
             learners: cs.learners.clone(),
             progress,

@@ -33,8 +33,8 @@ pub mod storage;
 pub mod transport;
 
 pub use driver::{
-    ClusterConfig, ClusterHandle, ClusterStatus, MembershipChange, PeerProgress, Replica, Role,
-    StartError, start,
+    ClusterConfig, ClusterHandle, ClusterStatus, DriverTimings, MembershipChange, PeerProgress,
+    Replica, Role, StartError, start,
 };
 pub use error::{InboundError, ProposeError};
 pub use log_store::{LogStore, LogStoreError, MemLogStore, SledLogStore};

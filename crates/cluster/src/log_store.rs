@@ -400,3 +400,155 @@ impl LogStore for SledLogStore {
         self.held
     }
 }
+
+/// One suite, run against every implementation: the same assertions for each.
+#[cfg(test)]
+mod suite {
+    use super::*;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry { index, term, data: vec![index as u8; 10].into(), ..Default::default() }
+    }
+
+    fn indexes(es: &[Entry]) -> Vec<(u64, u64)> {
+        es.iter().map(|e| (e.index, e.term)).collect()
+    }
+
+    fn new_log_is_empty_at_one(log: &mut dyn LogStore) {
+        assert_eq!(log.first_index(), 1);
+        assert_eq!(log.last_index(), 0);
+        assert_eq!(log.term(0), Ok(0));
+        assert_eq!(log.term(1), Err(LogStoreError::Unavailable(1)));
+        assert_eq!(log.hard_state().unwrap(), HardState::default());
+        assert_eq!(log.conf_state().unwrap(), ConfState::default());
+        assert_eq!(log.size(), (0, 0));
+    }
+
+    fn append_replaces_the_suffix(log: &mut dyn LogStore) {
+        log.append(&(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>()).unwrap();
+        assert_eq!(log.last_index(), 5);
+        log.append(&[entry(3, 2), entry(4, 2)]).unwrap();
+        assert_eq!(log.last_index(), 4);
+        assert_eq!(
+            indexes(&log.entries(1, 5, None).unwrap()),
+            vec![(1, 1), (2, 1), (3, 2), (4, 2)]
+        );
+        assert_eq!(log.term(5), Err(LogStoreError::Unavailable(5)));
+        assert_eq!(log.append(&[entry(9, 2)]), Err(LogStoreError::Unavailable(9)));
+    }
+
+    fn entries_respect_bounds_and_size(log: &mut dyn LogStore) {
+        log.append(&(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>()).unwrap();
+        assert_eq!(log.entries(2, 7, None), Err(LogStoreError::Unavailable(7)));
+        assert_eq!(indexes(&log.entries(2, 4, None).unwrap()), vec![(2, 1), (3, 1)]);
+        // A limit below one entry still returns one entry.
+        assert_eq!(log.entries(1, 6, Some(1)).unwrap().len(), 1);
+        let one = u64::from(entry(1, 1).compute_size());
+        let two = log.entries(1, 6, Some(2 * one + 2 * 8)).unwrap().len();
+        assert!((2..=3).contains(&two), "about two entries fit, got {two}");
+        assert!(log.entries(3, 3, None).unwrap().is_empty());
+    }
+
+    fn compaction_keeps_the_term_of_its_point(log: &mut dyn LogStore) {
+        log.append(&(1..=6).map(|i| entry(i, i / 3 + 1)).collect::<Vec<_>>()).unwrap();
+        log.compact(3).unwrap();
+        assert_eq!(log.first_index(), 4);
+        assert_eq!(log.last_index(), 6);
+        assert_eq!(log.term(3), Ok(2));
+        assert_eq!(log.term(2), Err(LogStoreError::Compacted(2)));
+        assert_eq!(log.entries(3, 5, None), Err(LogStoreError::Compacted(3)));
+        assert_eq!(log.append(&[entry(3, 9)]), Err(LogStoreError::Compacted(3)));
+        assert_eq!(log.size().0, 3);
+        // Compacting to an earlier point changes nothing.
+        log.compact(2).unwrap();
+        assert_eq!(log.first_index(), 4);
+        // The whole log can be compacted; the next append continues after it.
+        log.compact(6).unwrap();
+        assert_eq!((log.first_index(), log.last_index()), (7, 6));
+        log.append(&[entry(7, 3)]).unwrap();
+        assert_eq!(log.term(7), Ok(3));
+    }
+
+    fn snapshot_install_resets_the_log(log: &mut dyn LogStore) {
+        log.append(&(1..=4).map(|i| entry(i, 1)).collect::<Vec<_>>()).unwrap();
+        let mut meta = SnapshotMetadata { index: 10, term: 3, ..Default::default() };
+        meta.mut_conf_state().voters = vec![1, 2, 3];
+        log.install_snapshot(&meta).unwrap();
+        assert_eq!((log.first_index(), log.last_index()), (11, 10));
+        assert_eq!(log.term(10), Ok(3));
+        assert_eq!(log.conf_state().unwrap().voters, vec![1, 2, 3]);
+        assert_eq!(log.snapshot_meta().unwrap(), meta);
+        assert_eq!(log.size(), (0, 0));
+        log.append(&[entry(11, 3)]).unwrap();
+        assert_eq!(indexes(&log.entries(11, 12, None).unwrap()), vec![(11, 3)]);
+    }
+
+    fn metadata_round_trips(log: &mut dyn LogStore) {
+        let hs = HardState { term: 4, vote: 2, commit: 7, ..Default::default() };
+        log.set_hard_state(&hs).unwrap();
+        let cs = ConfState { voters: vec![1, 3], learners: vec![4], ..Default::default() };
+        log.set_conf_state(&cs).unwrap();
+        let meta = SnapshotMetadata { index: 2, term: 1, ..Default::default() };
+        log.set_snapshot_meta(&meta).unwrap();
+        log.flush().unwrap();
+        assert_eq!(log.hard_state().unwrap(), hs);
+        assert_eq!(log.conf_state().unwrap(), cs);
+        assert_eq!(log.snapshot_meta().unwrap(), meta);
+        // Recording a snapshot does not touch the log.
+        assert_eq!(log.first_index(), 1);
+    }
+
+    type Case = fn(&mut dyn LogStore);
+    const CASES: [(&str, Case); 6] = [
+        ("new_log_is_empty_at_one", new_log_is_empty_at_one),
+        ("append_replaces_the_suffix", append_replaces_the_suffix),
+        ("entries_respect_bounds_and_size", entries_respect_bounds_and_size),
+        ("compaction_keeps_the_term_of_its_point", compaction_keeps_the_term_of_its_point),
+        ("snapshot_install_resets_the_log", snapshot_install_resets_the_log),
+        ("metadata_round_trips", metadata_round_trips),
+    ];
+
+    #[test]
+    fn memory_log_store_passes_the_suite() {
+        for (name, case) in CASES {
+            eprintln!("memory: {name}");
+            case(&mut MemLogStore::new());
+        }
+    }
+
+    #[test]
+    fn sled_log_store_passes_the_suite() {
+        let td = ward_core::TrustDomain::new("example.org").unwrap();
+        for (name, case) in CASES {
+            eprintln!("sled: {name}");
+            let dir = tempfile::tempdir().unwrap();
+            let store =
+                ward_store::Store::open(dir.path(), ward_store::StoreConfig::new(td.clone()))
+                    .unwrap();
+            case(&mut SledLogStore::open(&store).unwrap());
+        }
+    }
+
+    #[test]
+    fn sled_log_store_reopens_with_what_was_flushed() {
+        let td = ward_core::TrustDomain::new("example.org").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store =
+                ward_store::Store::open(dir.path(), ward_store::StoreConfig::new(td.clone()))
+                    .unwrap();
+            let mut log = SledLogStore::open(&store).unwrap();
+            log.append(&(1..=6).map(|i| entry(i, 2)).collect::<Vec<_>>()).unwrap();
+            log.compact(2).unwrap();
+            log.set_hard_state(&HardState { term: 2, vote: 1, commit: 5, ..Default::default() })
+                .unwrap();
+            log.flush().unwrap();
+        }
+        let store = ward_store::Store::open(dir.path(), ward_store::StoreConfig::new(td)).unwrap();
+        let log = SledLogStore::open(&store).unwrap();
+        assert_eq!((log.first_index(), log.last_index()), (3, 6));
+        assert_eq!(log.term(2), Ok(2));
+        assert_eq!(log.hard_state().unwrap().commit, 5);
+        assert_eq!(log.size().0, 4);
+    }
+}

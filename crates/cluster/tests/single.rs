@@ -118,7 +118,7 @@ impl LogStore for GatedLog {
     }
     fn flush(&mut self) -> Result<(), LogStoreError> {
         *self.flushes.lock().unwrap() += 1;
-        if self.gated && self.inner.last_index() > 1 {
+        if self.gated && self.inner.last_index() > 2 {
             self.gated = false;
             self.gate.wait();
             self.gate.wait();
@@ -147,7 +147,7 @@ async fn proposals_that_arrive_together_share_one_flush() {
     let handle = one_member(&store, log);
     // Wait for the leader's own first entry, then hold the driver inside the flush of the
     // first proposal while 99 more queue up.
-    harness::wait_for("leadership", || handle.leader() == Some(1) && handle.applied() >= 1).await;
+    harness::wait_for("leadership", || handle.leader() == Some(1) && handle.applied() >= 2).await;
     let first = tokio::spawn({
         let h = handle.clone();
         async move { h.propose(token("first")).await }

@@ -1,11 +1,12 @@
 //! The write path: every change to replicated state is a [`Command`] handed to a
 //! [`Proposer`], which orders it in the log and applies it.
 //!
-//! Handlers never call `Store::apply` themselves. A one-member deployment uses
-//! [`LocalProposer`]: it assigns the next log index and applies the command on a blocking
-//! thread, one command at a time. The Raft cluster provides another implementation of the
-//! same trait (propose, wait for commit and local apply), so no handler changes when it
-//! plugs in.
+//! Handlers never call `Store::apply` themselves. A server runs [`ClusterProposer`]: the
+//! command goes into the replica's Raft log (forwarded to the leader when this replica
+//! follows), and the proposal resolves once it is committed and applied on this replica.
+//! A server without cluster configuration is a one-member cluster on the same path.
+//! [`LocalProposer`] (the next index, applied on a blocking thread, one command at a time)
+//! remains for tests that need a store without a replica.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,6 +23,51 @@ pub enum ProposeError {
     /// The apply task stopped before answering (runtime shutting down).
     #[error("apply task stopped")]
     Stopped,
+    /// This replica knows no leader to order the write (an election is under way or the
+    /// replica is cut off from a majority).
+    #[error("no leader is available to accept the write")]
+    NotLeader {
+        /// The leader this replica last heard of, if any.
+        leader_hint: Option<u64>,
+    },
+    /// The write was not applied here before its deadline; it may still be applied.
+    #[error("the write was not confirmed in time; it may or may not have been applied")]
+    Timeout,
+    /// The replica is shutting down.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// The replica stopped on an error it cannot recover from; it must be restarted.
+    #[error("replica stopped: {0}")]
+    Fatal(String),
+}
+
+impl From<ward_cluster::ProposeError> for ProposeError {
+    fn from(e: ward_cluster::ProposeError) -> Self {
+        match e {
+            ward_cluster::ProposeError::NotLeader { leader_hint } => {
+                Self::NotLeader { leader_hint }
+            }
+            ward_cluster::ProposeError::Timeout => Self::Timeout,
+            ward_cluster::ProposeError::ShuttingDown => Self::ShuttingDown,
+            ward_cluster::ProposeError::Fatal(reason) => Self::Fatal(reason),
+        }
+    }
+}
+
+impl ProposeError {
+    /// The gRPC status a client sees: `Unavailable` (which SPIRE's clients retry) while
+    /// there is no leader, the write's outcome is unknown, or the server is stopping;
+    /// `Internal` when the replica itself failed.
+    pub fn to_status(&self) -> tonic::Status {
+        match self {
+            Self::NotLeader { .. } | Self::Timeout | Self::ShuttingDown => {
+                tonic::Status::unavailable(format!("failed to write: {self}"))
+            }
+            Self::Store(_) | Self::Stopped | Self::Fatal(_) => {
+                tonic::Status::internal(format!("failed to write: {self}"))
+            }
+        }
+    }
 }
 
 /// A boxed, sendable future, as the trait returns.
@@ -35,7 +81,28 @@ pub trait Proposer: Send + Sync + std::fmt::Debug {
     fn propose(&self, cmd: Command) -> ProposeFuture;
 }
 
-/// The single-node proposer: the next index is `last applied + 1`, assigned and applied
+/// The proposer of a replica: the command is proposed to its Raft cluster under a fresh
+/// request id and the call resolves with this replica's apply result.
+#[derive(Debug, Clone)]
+pub struct ClusterProposer {
+    handle: ward_cluster::ClusterHandle,
+}
+
+impl ClusterProposer {
+    /// A proposer writing through the replica behind `handle`.
+    pub fn new(handle: ward_cluster::ClusterHandle) -> Self {
+        Self { handle }
+    }
+}
+
+impl Proposer for ClusterProposer {
+    fn propose(&self, cmd: Command) -> ProposeFuture {
+        let handle = self.handle.clone();
+        Box::pin(async move { handle.propose(cmd).await.map_err(ProposeError::from) })
+    }
+}
+
+/// The single-node proposer without a log: the next index is `last applied + 1`, assigned and applied
 /// under one lock on a blocking thread; the store is flushed before the result is returned,
 /// so an acknowledged write survives a crash.
 #[derive(Debug, Clone)]

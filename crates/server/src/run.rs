@@ -37,7 +37,7 @@ use crate::federation::Federation;
 use crate::federation::endpoint::{self, BundleSource};
 use crate::layer::{AuthLayer, TCP_SERVICES, UDS_SERVICES};
 use crate::logging::LogControl;
-use crate::proposer::{LocalProposer, Proposer};
+use crate::proposer::{ClusterProposer, Proposer};
 use crate::ratelimit::RateLimits;
 use crate::state::{ServerState, SystemClock};
 use crate::telemetry::MetricsLayer;
@@ -71,6 +71,8 @@ pub struct RunningServer {
     pub health_addr: Option<SocketAddr>,
     /// The TCP listener's TLS handshake counters.
     pub handshakes: Arc<tls::HandshakeStats>,
+    /// The replica's driver, when this server runs its own (not with an external store).
+    pub cluster: Option<ward_cluster::ClusterHandle>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     /// Released (by being dropped) when the server is shut down.
@@ -78,6 +80,18 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
+    /// Resolves with the reason when the replica's driver stops on a fatal error (never,
+    /// without a replica or while it runs).
+    pub async fn replica_failed(&self) -> String {
+        match &self.cluster {
+            Some(handle) => match handle.stopped().await {
+                Err(reason) => reason,
+                Ok(()) => std::future::pending().await,
+            },
+            None => std::future::pending().await,
+        }
+    }
+
     /// Stops the listeners and background tasks and waits for them.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
@@ -86,6 +100,10 @@ impl RunningServer {
             if tokio::time::timeout(SHUTDOWN_GRACE, &mut t).await.is_err() {
                 t.abort();
             }
+        }
+        if let Some(handle) = &self.cluster {
+            handle.shutdown();
+            let _ = handle.stopped().await;
         }
         let _ = self.state.store.flush();
         let _ = std::fs::remove_file(&self.socket_path);
@@ -207,8 +225,8 @@ fn prepare_socket(path: &Path) -> anyhow::Result<UnixListener> {
 
 /// What a server is built from besides its configuration. The defaults are a production
 /// single-node server: the wall clock, a store opened in `<data_dir>/store` and a
-/// [`LocalProposer`] over it. A Raft deployment passes its replica's store and its own
-/// proposer; no handler changes.
+/// one-member Raft cluster over it (its log in the same database) proposing through a
+/// [`ClusterProposer`]. Tests may pass a store and another proposer; no handler changes.
 pub struct StartOptions {
     /// Time source.
     pub clock: Arc<dyn Clock>,
@@ -259,8 +277,8 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<Runni
     // The store and the CA keys live here: created owner-only, refused when others can write
     // or when another server process uses it.
     let data_dir_lock = crate::data_dir::prepare(&cfg.data_dir, opts.store.is_none())?;
-    let (store, proposer) = match opts.store {
-        Some(parts) => parts,
+    let (store, proposer, cluster) = match opts.store {
+        Some((store, proposer)) => (store, proposer, None),
         None => {
             let store_dir = cfg.data_dir.join("store");
             let td = cfg.trust_domain.clone();
@@ -269,8 +287,9 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<Runni
                     .await
                     .context("store open task")?
                     .context("opening the store")?;
-            let proposer: Arc<dyn Proposer> = Arc::new(LocalProposer::new(store.clone()));
-            (store, proposer)
+            let handle = start_one_member(store.clone()).await?;
+            let proposer: Arc<dyn Proposer> = Arc::new(ClusterProposer::new(handle.clone()));
+            (store, proposer, Some(handle))
         }
     };
     let ca = Arc::new(CaManager::open(
@@ -424,6 +443,7 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<Runni
         "server started"
     );
     Ok(RunningServer {
+        cluster,
         tcp_addr,
         socket_path: cfg.socket_path.clone(),
         bundle_endpoint_addr,
@@ -435,6 +455,30 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<Runni
         tasks,
         _data_dir_lock: data_dir_lock,
     })
+}
+
+/// Starts the one-member cluster a server without cluster configuration runs: replica 1,
+/// its raft log in the store's database, no transport. An existing single-server store
+/// becomes the cluster's starting state.
+async fn start_one_member(store: Store) -> anyhow::Result<ward_cluster::ClusterHandle> {
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<ward_cluster::ClusterHandle> {
+        let log = ward_cluster::SledLogStore::open(&store).context("opening the raft log")?;
+        let mut config = ward_cluster::ClusterConfig::new(1);
+        config.bootstrap = true;
+        let handle = ward_cluster::start(ward_cluster::Replica {
+            config,
+            store,
+            log,
+            transport: None,
+            snapshots: None,
+            runtime,
+        })
+        .context("starting the raft replica")?;
+        Ok(handle)
+    })
+    .await
+    .context("replica start task")?
 }
 
 /// Deletes expired entries and join tokens (SPIRE prunes on a timer too).
@@ -530,13 +574,18 @@ pub async fn run_until_signal(cfg: Config) -> anyhow::Result<()> {
     let server = start(cfg).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let failed = tokio::select! {
+        _ = tokio::signal::ctrl_c() => None,
+        _ = term.recv() => None,
+        reason = server.replica_failed() => Some(reason),
+    };
     tracing::info!("shutting down");
     server.shutdown().await;
-    Ok(())
+    match failed {
+        // The driver already logged the error; a restart replays the log.
+        Some(reason) => anyhow::bail!("the raft replica stopped: {reason}"),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

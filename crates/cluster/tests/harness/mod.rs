@@ -90,8 +90,20 @@ pub fn state_hash(store: &Store) -> u64 {
     h.finish()
 }
 
+/// Sends this test's tracing output to the test's captured output (shown on failure).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,raft=info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
 impl Harness {
     pub fn new() -> Self {
+        init_tracing();
         Self {
             net: MemNetwork::new(tokio::runtime::Handle::current()),
             nodes: BTreeMap::new(),
@@ -148,14 +160,29 @@ impl Harness {
         h
     }
 
+    /// Adds `id` as a voter through whichever replica leads at the time.
     pub async fn add_voter(&self, id: NodeId) {
-        let leader = self.wait_leader().await;
-        let handle = self.nodes[&leader].handle.clone();
         retry("adding a voter", || {
-            let handle = handle.clone();
-            async move { handle.change_membership(MembershipChange::AddVoter(id)).await }
+            let handle = self.self_leader().map(|l| self.nodes[&l].handle.clone());
+            async move {
+                match handle {
+                    Some(h) => h.change_membership(MembershipChange::AddVoter(id)).await,
+                    None => Err(ProposeError::NotLeader { leader_hint: None }),
+                }
+            }
         })
         .await;
+        wait_for("the new voter to know the leader", || self.nodes[&id].handle.leader().is_some())
+            .await;
+    }
+
+    /// A running replica that considers itself leader (the one with the highest term).
+    pub fn self_leader(&self) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|(id, n)| n.handle.leader() == Some(**id))
+            .max_by_key(|(_, n)| n.handle.term())
+            .map(|(id, _)| *id)
     }
 
     /// Waits until every running replica agrees on one leader that is running, and

@@ -17,11 +17,13 @@ use ward_store::{Applied, Command};
 
 use crate::state::ServerState;
 
-/// Proposes `cmd`; a failed proposal is `Internal` (the store is unusable, not the request).
+/// Proposes `cmd`; a failed proposal is `Unavailable` while the cluster cannot take writes
+/// (clients retry) and `Internal` when the replica failed (see
+/// [`crate::proposer::ProposeError::to_status`]).
 async fn propose(state: &ServerState, cmd: Command) -> Result<Applied, Status> {
     state.proposer.propose(cmd).await.map_err(|e| {
         tracing::error!(error = %e, "proposal failed");
-        Status::internal(format!("failed to write: {e}"))
+        e.to_status()
     })
 }
 

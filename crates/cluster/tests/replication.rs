@@ -1,0 +1,162 @@
+//! Several replicas with real sled stores on the in-memory network: election,
+//! replication through any replica, failover, partitions, snapshots and rejoining.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::time::Duration;
+
+use ward_cluster::ProposeError;
+
+mod harness;
+use harness::{Harness, token};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_elect_and_writes_through_any_replica_apply_on_all() {
+    tracing::info!("three replicas: bootstrap one, add two voters");
+    let h = Harness::cluster(3).await;
+    let leader = h.wait_leader().await;
+    let status = h.nodes[&leader].handle.status().await.unwrap();
+    assert_eq!(status.voters, vec![1, 2, 3]);
+
+    tracing::info!("a write through each replica, followers forward to the leader");
+    for via in [1, 2, 3] {
+        let applied = h.propose(via, token(&format!("via-{via}"))).await;
+        // The proposer's own replica answered only after applying it there.
+        assert!(h.nodes[&via].store.join_token(&format!("via-{via}")).is_some());
+        h.wait_applied(applied.index).await;
+    }
+    for n in h.nodes.values() {
+        for via in [1, 2, 3] {
+            assert!(n.store.join_token(&format!("via-{via}")).is_some());
+        }
+    }
+    h.assert_converged().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_index_on_a_follower_sees_a_write_made_through_the_leader() {
+    let h = Harness::cluster(3).await;
+    let leader = h.wait_leader().await;
+    let follower = *h.nodes.keys().find(|id| **id != leader).unwrap();
+    // Slow the follower down so it cannot have applied the write by chance.
+    h.net.delay(follower, Duration::from_millis(200));
+    let applied = h.propose(leader, token("fresh")).await;
+    let index = h.nodes[&follower].handle.read_index().await.unwrap();
+    assert!(index >= applied.index, "read index {index} before the write at {}", applied.index);
+    assert!(h.nodes[&follower].store.join_token("fresh").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_stop_elects_a_new_leader_and_writes_resume() {
+    let mut h = Harness::cluster(3).await;
+    h.propose(1, token("before")).await;
+    let old = h.wait_leader().await;
+    tracing::info!(old, "stopping the leader");
+    h.stop(old).await;
+    let new = h.wait_leader().await;
+    assert_ne!(new, old);
+    let survivor = *h.nodes.keys().next().unwrap();
+    let applied = h.propose(survivor, token("after")).await;
+    h.wait_applied(applied.index).await;
+
+    tracing::info!("the old leader restarts and catches up");
+    h.start(old, false);
+    h.wait_applied(applied.index).await;
+    assert!(h.nodes[&old].store.join_token("after").is_some());
+    h.assert_converged().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_follower_catches_up_after_heal() {
+    let h = Harness::cluster(3).await;
+    let leader = h.wait_leader().await;
+    let follower = *h.nodes.keys().find(|id| **id != leader).unwrap();
+    h.net.isolate(follower);
+    tracing::info!(follower, "writes while a follower is cut off");
+    let mut last = 0;
+    for i in 0..20 {
+        last = h.propose(leader, token(&format!("p{i}"))).await.index;
+    }
+    assert!(h.nodes[&follower].store.join_token("p19").is_none());
+    // A proposal on the cut-off replica has nowhere to go.
+    let err = h.nodes[&follower]
+        .handle
+        .propose_until(token("lost"), std::time::Instant::now() + Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProposeError::NotLeader { .. } | ProposeError::Timeout), "{err:?}");
+    h.net.heal();
+    h.wait_applied(last).await;
+    assert!(h.nodes[&follower].store.join_token("p19").is_some());
+    h.assert_converged().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_data_was_wiped_rejoins() {
+    let mut h = Harness::cluster(3).await;
+    for i in 0..10 {
+        h.propose(1, token(&format!("w{i}"))).await;
+    }
+    let leader = h.wait_leader().await;
+    let victim = *h.nodes.keys().find(|id| **id != leader).unwrap();
+    h.wipe(victim).await;
+    let applied = h.propose(leader, token("while-wiped")).await;
+    h.start(victim, false);
+    h.wait_applied(applied.index).await;
+    assert!(h.nodes[&victim].store.join_token("w0").is_some());
+    assert!(h.nodes[&victim].store.join_token("while-wiped").is_some());
+    h.assert_converged().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_the_store_cannot_apply_stops_the_replica_and_fails_its_waiters() {
+    use protobuf::Message as _;
+    use raft::eraftpb::{Entry, Message, MessageType};
+
+    let h = Harness::cluster(2).await;
+    let leader = h.wait_leader().await;
+    let victim = if leader == 1 { 2 } else { 1 };
+    h.propose(leader, token("before")).await;
+    h.assert_converged().await;
+    h.net.isolate(victim);
+    let handle = h.nodes[&victim].handle.clone();
+    let waiting = tokio::spawn({
+        let handle = handle.clone();
+        async move {
+            handle
+                .propose_until(token("stuck"), std::time::Instant::now() + Duration::from_secs(60))
+                .await
+        }
+    });
+    harness::wait_for("the proposal to reach the driver", || handle.queued() == 0).await;
+
+    tracing::info!("the leader's id sends an entry whose bytes are no command");
+    let status = handle.status().await.unwrap();
+    let applied_before = h.nodes[&victim].store.last_applied();
+    let entry = Entry {
+        index: status.last_index + 1,
+        term: status.term,
+        data: b"not a log entry".to_vec().into(),
+        ..Default::default()
+    };
+    let mut msg = Message {
+        from: leader,
+        to: victim,
+        term: status.term,
+        log_term: status.last_term,
+        index: status.last_index,
+        commit: status.last_index + 1,
+        ..Default::default()
+    };
+    msg.set_msg_type(MessageType::MsgAppend);
+    msg.mut_entries().push(entry);
+    handle.receive(leader, &msg.write_to_bytes().unwrap()).unwrap();
+
+    let reason = handle.stopped().await.unwrap_err();
+    assert!(reason.contains("store"), "{reason}");
+    assert!(matches!(waiting.await.unwrap(), Err(ProposeError::Fatal(_))));
+    assert!(matches!(handle.propose(token("after")).await, Err(ProposeError::Fatal(_))));
+    // Nothing of the bad entry reached the state.
+    assert!(h.nodes[&victim].store.join_token("before").is_some());
+    assert_eq!(h.nodes[&victim].store.last_applied(), applied_before);
+}
