@@ -31,9 +31,9 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType, Snapshot};
 use raft::{RawNode, StateRole, Storage as _};
 use tokio::sync::{oneshot, watch};
-use ward_store::{Applied, Command, Store, StoreError};
+use ward_store::{Applied, Command, Committed, Store, StoreError};
 
-use crate::apply::{self, Item};
+use crate::apply;
 use crate::error::{InboundError, ProposeError};
 use crate::log_store::{LogStore, LogStoreError};
 use crate::storage::RaftStorage;
@@ -269,8 +269,7 @@ impl ClusterHandle {
         deadline: Instant,
     ) -> Result<Applied, ProposeError> {
         let request_id = uuid::Uuid::new_v4().as_u128();
-        let data = apply::encode_entry(request_id, &cmd)
-            .map_err(|e| ProposeError::Fatal(e.to_string()))?;
+        let data = apply::encode_entry(request_id, cmd);
         let (reply, rx) = oneshot::channel();
         self.send(Request::Propose { request_id, data, deadline, reply })?;
         rx.await.unwrap_or_else(|_| Err(self.stop_error()))
@@ -586,6 +585,8 @@ enum Fatal {
     Raft(#[from] raft::Error),
     #[error("snapshot: {0}")]
     Snapshot(String),
+    #[error("log entry: {0}")]
+    Entry(String),
 }
 
 struct Driver<L: LogStore> {
@@ -770,10 +771,14 @@ impl<L: LogStore> Driver<L> {
             }
         }
         if leader.is_some() {
+            // Not in any log yet (raft dropped it for want of a leader), or handed to raft
+            // long enough ago that it was probably lost with a leader change: propose it
+            // again under the same request id; the store applies a request id once.
+            let again = self.config.repropose_after;
             let retry: Vec<u128> = self
                 .waiters
                 .iter()
-                .filter(|(_, w)| w.proposed_at.is_none())
+                .filter(|(_, w)| w.proposed_at.is_none_or(|t| now.duration_since(t) >= again))
                 .map(|(id, _)| *id)
                 .collect();
             for id in retry {
@@ -878,45 +883,56 @@ impl<L: LogStore> Driver<L> {
         if entries.is_empty() {
             return Ok(());
         }
-        let mut items = Vec::with_capacity(entries.len());
+        // Membership changes take effect in raft first (they decide who votes); the store
+        // records each with the membership it results in, in the same batch as the
+        // commands around it.
+        let mut memberships: Vec<Option<Vec<u8>>> = Vec::with_capacity(entries.len());
         for e in &entries {
-            items.push(match e.get_entry_type() {
-                EntryType::EntryNormal if e.data.is_empty() => Item::Empty { index: e.index },
-                EntryType::EntryNormal => Item::Entry { index: e.index, data: &e.data },
-                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    Item::Membership { index: e.index }
-                }
-            });
-        }
-        // Membership first in raft (it decides who votes), then the state machine, in one
-        // pass over the entries in order.
-        for e in &entries {
-            match e.get_entry_type() {
+            let cs = match e.get_entry_type() {
                 EntryType::EntryConfChangeV2 => {
                     let cc = ConfChangeV2::parse_from_bytes(&e.data)
-                        .map_err(|err| Fatal::Snapshot(format!("bad conf change: {err}")))?;
-                    let cs = self.raw.apply_conf_change(&cc)?;
-                    self.conf_changed(cs, &e.context, e.index)?;
+                        .map_err(|err| Fatal::Entry(format!("bad membership change: {err}")))?;
+                    Some(self.raw.apply_conf_change(&cc)?)
                 }
                 EntryType::EntryConfChange => {
                     let cc = raft::eraftpb::ConfChange::parse_from_bytes(&e.data)
-                        .map_err(|err| Fatal::Snapshot(format!("bad conf change: {err}")))?;
-                    let cs = self.raw.apply_conf_change(&cc)?;
-                    self.conf_changed(cs, &e.context, e.index)?;
+                        .map_err(|err| Fatal::Entry(format!("bad membership change: {err}")))?;
+                    Some(self.raw.apply_conf_change(&cc)?)
                 }
-                EntryType::EntryNormal => {}
-            }
+                EntryType::EntryNormal => None,
+            };
+            memberships.push(match cs {
+                Some(cs) => {
+                    let bytes = cs.write_to_bytes().map_err(|err| Fatal::Entry(err.to_string()))?;
+                    self.conf_changed(cs, &e.context, e.index)?;
+                    Some(bytes)
+                }
+                None => None,
+            });
         }
+        let items: Vec<Committed<'_>> = entries
+            .iter()
+            .zip(&memberships)
+            .map(|(e, cs)| match cs {
+                Some(conf_state) => {
+                    Committed::Membership { index: e.index, term: e.term, conf_state }
+                }
+                None if e.data.is_empty() => Committed::Empty { index: e.index, term: e.term },
+                None => Committed::Entry { index: e.index, term: e.term, data: &e.data },
+            })
+            .collect();
         let apply_start = Instant::now();
-        let done = apply::apply_committed(&self.store, &items)?;
+        let done = self.store.apply_committed(&items)?;
         add_elapsed(&self.shared.apply_ns, apply_start);
         if let Some(last) = entries.last() {
             self.raw.mut_store().applied = (last.index, last.term);
         }
         for d in done {
-            if let Some(w) = self.waiters.remove(&d.request_id) {
-                let result = d.result.ok_or(ProposeError::Timeout);
-                let _ = w.reply.send(result);
+            // A duplicate's proposer was answered by the entry that applied it first.
+            if let Ok(applied) = d.result
+                && let Some(w) = self.waiters.remove(&d.request_id)
+            {
+                let _ = w.reply.send(Ok(applied));
             }
         }
         Ok(())

@@ -160,3 +160,50 @@ async fn an_entry_the_store_cannot_apply_stops_the_replica_and_fails_its_waiters
     assert!(h.nodes[&victim].store.join_token("before").is_some());
     assert_eq!(h.nodes[&victim].store.last_applied(), applied_before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_replica_catches_up_from_a_snapshot() {
+    let mut h = Harness::new();
+    // A tiny threshold so the log is compacted and only a snapshot can bring a newcomer
+    // up to date.
+    h.compact_log_bytes = 2048;
+    h.start(1, true);
+    h.wait_leader().await;
+    let mut last = 0;
+    for i in 0..60 {
+        last = h.propose(1, token(&format!("s{i}"))).await.index;
+    }
+    let status = h.nodes[&1].handle.status().await.unwrap();
+    assert!(status.first_index > 1, "the log was compacted: {status:?}");
+    h.start(2, false);
+    h.add_voter(2).await;
+    h.wait_applied(last).await;
+    let status = h.nodes[&2].handle.status().await.unwrap();
+    assert!(status.snapshot_index > 0, "replica 2 installed a snapshot: {status:?}");
+    assert!(h.nodes[&2].store.join_token("s0").is_some());
+    let applied = h.propose(2, token("after-join")).await;
+    h.wait_applied(applied.index).await;
+    h.assert_converged().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_proposal_lost_on_the_way_is_proposed_again_and_answered() {
+    let h = Harness::cluster(3).await;
+    let leader = h.wait_leader().await;
+    let follower = *h.nodes.keys().find(|id| **id != leader).unwrap();
+    // The follower still hears the leader, but what it forwards is lost.
+    h.net.cut(follower, leader);
+    let handle = h.nodes[&follower].handle.clone();
+    let pending = handle.propose(token("retried"));
+    tokio::pin!(pending);
+    assert!(futures::poll!(&mut pending).is_pending());
+    // The driver took the proposal and finished the cycle that forwarded it (into the cut).
+    harness::wait_for("the driver to take the proposal", || handle.queued() == 0).await;
+    let seen = handle.timings().readies;
+    harness::wait_for("the forwarding cycle to end", || handle.timings().readies >= seen + 2).await;
+    h.net.heal();
+    let applied = pending.await.unwrap();
+    assert_eq!(applied.outcome, ward_store::Outcome::JoinTokenCreated(Ok(None)));
+    h.wait_applied(applied.index).await;
+    h.assert_converged().await;
+}
