@@ -260,6 +260,11 @@ impl<K: Ord + Copy> HashIndex<K> {
     pub(crate) fn count(&self, hash: u64) -> usize {
         self.map.get(&hash).map_or(0, SlotSet::len)
     }
+
+    /// The hashes that have at least one slot, in no particular order.
+    pub(crate) fn hashes(&self) -> impl Iterator<Item = u64> + '_ {
+        self.map.keys().copied()
+    }
 }
 
 impl HashIndex {

@@ -659,16 +659,14 @@ pub(crate) fn load_state(tree: &sled::Tree, td: &TrustDomain) -> Result<State, S
         let n = record::read_u64(record::META_ENTRIES, &v)?;
         state.reserve_entries(usize::try_from(n).unwrap_or(0));
     }
-    let records = [
-        record::ENTRY,
-        record::AGENT,
-        record::TOKEN,
-        record::BUNDLE,
-        record::FEDERATION,
-        record::REQUEST,
-    ]
-    .into_iter()
-    .flat_map(|p| tree.scan_prefix([p]));
+    state.begin_bulk_load();
+    let loaded = load_entries(tree, &mut state);
+    state.end_bulk_load();
+    loaded?;
+    let records =
+        [record::AGENT, record::TOKEN, record::BUNDLE, record::FEDERATION, record::REQUEST]
+            .into_iter()
+            .flat_map(|p| tree.scan_prefix([p]));
     let meta = [
         record::META_APPLIED,
         record::META_REVISION,
@@ -681,13 +679,6 @@ pub(crate) fn load_state(tree: &sled::Tree, td: &TrustDomain) -> Result<State, S
     for kv in records.chain(meta) {
         let (k, v) = kv.engine()?;
         match k.first().copied() {
-            Some(record::ENTRY) => {
-                let (e, number): (RegistrationEntry, u64) = record::decode_numbered(&k, &v)?;
-                // Keys are unique in the tree, so every entry is new.
-                if !state.insert_new_entry(Arc::new(e), number) {
-                    return Err(StoreError::Capacity);
-                }
-            }
             Some(record::AGENT) => {
                 let a: AttestedNode = record::decode(&k, &v)?;
                 if !state.put_agent(Arc::new(a)) {
@@ -742,6 +733,55 @@ fn check_trust_domain(tree: &sled::Tree, td: &TrustDomain) -> Result<(), StoreEr
             Ok(())
         }
     }
+}
+
+/// Entries per message from the decoding thread to the indexing one in [`load_entries`].
+const LOAD_BATCH: usize = 2048;
+
+/// Loads every entry record into `state`, decoding on a second thread while this one
+/// indexes: decoding (reading the engine's pages, checking every SPIFFE ID, selector and
+/// entry ID) and indexing each cost about half of opening a large store, so two cores open
+/// it in about half the time, and a core shared with other work still gives this process
+/// two runnable threads' share of it. Record order (entry id order) is kept.
+///
+/// # Errors
+/// The first decoding error, else [`StoreError::Capacity`] when the image is full.
+fn load_entries(tree: &sled::Tree, state: &mut State) -> Result<(), StoreError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(Arc<RegistrationEntry>, u64)>>(8);
+    std::thread::scope(|scope| {
+        let decoder = scope.spawn(move || -> Result<(), StoreError> {
+            let mut batch = Vec::with_capacity(LOAD_BATCH);
+            for kv in tree.scan_prefix([record::ENTRY]) {
+                let (k, v) = kv.engine()?;
+                let (e, number): (RegistrationEntry, u64) = record::decode_numbered(&k, &v)?;
+                batch.push((Arc::new(e), number));
+                if batch.len() == LOAD_BATCH {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(LOAD_BATCH));
+                    if tx.send(full).is_err() {
+                        // The indexer stopped (image full) and reports why.
+                        return Ok(());
+                    }
+                }
+            }
+            // A closed channel means the indexer stopped; it reports why.
+            let _ = tx.send(batch);
+            Ok(())
+        });
+        let mut indexed = Ok(());
+        'batches: for batch in rx {
+            for (e, number) in batch {
+                // Keys are unique in the tree, so every entry is new.
+                if !state.insert_new_entry(e, number) {
+                    indexed = Err(StoreError::Capacity);
+                    break 'batches;
+                }
+            }
+        }
+        let decoded = decoder
+            .join()
+            .unwrap_or_else(|_| Err(StoreError::Engine("entry decoding thread panicked".into())));
+        decoded.and(indexed)
+    })
 }
 
 /// How long [`Store::open`] waits for the engine's file lock to be released.

@@ -221,6 +221,16 @@ impl State {
         }
     }
 
+    /// Notes that the groups of `hashes` must be rebuilt whole from the parent index.
+    pub(super) fn mark_full(&mut self, hashes: Vec<u64>) {
+        self.dirty.reserve(hashes.len());
+        for hash in hashes {
+            let t = self.dirty.entry(hash).or_default();
+            t.full = true;
+            t.ids = Vec::new();
+        }
+    }
+
     /// Notes that the group of `hash` must be rebuilt from the parent index.
     #[cfg(test)]
     pub(super) fn touch_all(&mut self, hash: u64) {

@@ -169,6 +169,9 @@ pub(crate) struct State {
     pub(crate) conf_state: Option<Vec<u8>>,
     /// Recently applied request ids.
     pub(crate) request_ids: RequestIds,
+    /// Set while a store is loaded from disk: indexing an entry then skips noting its
+    /// parent's group as changed, and [`State::end_bulk_load`] marks every group at once.
+    bulk_loading: bool,
 }
 
 impl State {
@@ -204,6 +207,7 @@ impl State {
             applied_term: 0,
             conf_state: None,
             request_ids: RequestIds::default(),
+            bulk_loading: false,
         }
     }
 
@@ -269,6 +273,21 @@ impl State {
         self.by_spiffe.reserve(entries);
     }
 
+    /// Starts loading entries from disk: see [`State::end_bulk_load`].
+    pub(crate) fn begin_bulk_load(&mut self) {
+        self.bulk_loading = true;
+    }
+
+    /// Ends a bulk load: every parent with children gets its group rebuilt whole by the
+    /// next [`State::refreeze_dirty_groups`], which is what noting each child one by one
+    /// would have asked for (no group is frozen while loading), at one map insert per
+    /// parent instead of two lookups per entry.
+    pub(crate) fn end_bulk_load(&mut self) {
+        self.bulk_loading = false;
+        let parents: Vec<u64> = self.by_parent.hashes().collect();
+        self.mark_full(parents);
+    }
+
     pub(crate) fn remove_entry(&mut self, id: &EntryId) -> Option<Arc<RegistrationEntry>> {
         let slot = self.entry_ids.remove(id.as_str())?;
         let Slotted { entry: old, number, .. } = self.entries.remove(slot)?;
@@ -285,11 +304,14 @@ impl State {
         if other.and_then(|s| self.entry_at(s)).is_some_and(|o| o.parent_id != e.parent_id) {
             self.collided_parents.insert(parent_hash);
         }
-        let first_child = self.by_parent.get(parent_hash).is_none();
+        let first_child = other.is_none() && self.by_parent.get(parent_hash).is_none();
         self.by_parent.insert_keyed(parent_hash, number, slot);
-        self.touch(parent_hash, &e.id);
-        if first_child {
-            self.mark_parents_of(parent_hash);
+        // A bulk load marks every parent's group once at its end (`end_bulk_load`).
+        if !self.bulk_loading {
+            self.touch(parent_hash, &e.id);
+            if first_child {
+                self.mark_parents_of(parent_hash);
+            }
         }
         self.by_spiffe.insert_keyed(key_hash(e.spiffe_id.as_str()), number, slot);
         for s in e.selectors.as_slice() {
