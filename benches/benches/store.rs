@@ -6,6 +6,10 @@
 //! (building the 1M set takes about a minute). Footprint figures (RSS, size on disk) are
 //! printed to stderr when a set is opened.
 
+/// The allocator ward-server runs with, so store timings here are the server's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
