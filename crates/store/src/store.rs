@@ -740,9 +740,9 @@ const LOAD_BATCH: usize = 2048;
 
 /// Loads every entry record into `state`, decoding on a second thread while this one
 /// indexes: decoding (reading the engine's pages, checking every SPIFFE ID, selector and
-/// entry ID) and indexing each cost about half of opening a large store, so two cores open
-/// it in about half the time, and a core shared with other work still gives this process
-/// two runnable threads' share of it. Record order (entry id order) is kept.
+/// entry ID) and indexing are each a large share of opening a big store, so they overlap on
+/// two cores, and on a machine busy with other work this process gets two runnable
+/// threads' share of it. Record order (entry id order) is kept.
 ///
 /// # Errors
 /// The first decoding error, else [`StoreError::Capacity`] when the image is full.
