@@ -210,7 +210,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(dispatch(args.cmd))
+    let code = rt.block_on(dispatch(args.cmd));
+    // Tasks still running (after a store failure the server does not wait for them) are
+    // cancelled; a blocking call that does not return in time is left behind.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    code
 }
 
 /// Prints a flag error; help and version are not failures, every other flag error exits 1, as
@@ -250,7 +254,14 @@ async fn dispatch(cmd: Cmd) -> ExitCode {
                 log_level,
                 expand_env,
             };
-            finish(run(config, overrides).await)
+            let result = run(config, overrides).await;
+            match ward_server::run::exit_code(&result) {
+                // Already logged; exit at once so a supervisor restarts the server.
+                ward_server::run::EXIT_STORE_FAILED => {
+                    ExitCode::from(ward_server::run::EXIT_STORE_FAILED)
+                }
+                _ => finish(result),
+            }
         }
         Cmd::Migrate { from_socket, socket_path } => {
             let opts = migrate::MigrateOptions { from_socket, to_socket: socket_path };

@@ -12,6 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::watch;
 use ward_store::{Applied, Command, Store, StoreError};
 
 /// Why a proposal did not produce a result.
@@ -66,6 +67,16 @@ impl ProposeError {
             Self::Store(_) | Self::Stopped | Self::Fatal(_) => {
                 tonic::Status::internal(format!("failed to write: {self}"))
             }
+        }
+    }
+
+    /// Whether this replica can no longer apply writes: the store failed (its in-memory
+    /// image was put back to what is on disk and it refuses further applies), so the server
+    /// must stop and a restart replays the log. Other errors fail one proposal only.
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            Self::Store(_) | Self::Fatal(_) => true,
+            Self::Stopped | Self::NotLeader { .. } | Self::Timeout | Self::ShuttingDown => false,
         }
     }
 }
@@ -136,8 +147,51 @@ impl Proposer for LocalProposer {
                 Ok(applied)
             })
             .await
-            .map_err(|_| ProposeError::Stopped)?
+            .map_err(|e| match e.try_into_panic() {
+                // The apply panicked: if it held the state lock, the store is poisoned.
+                Ok(_) => ProposeError::Store(StoreError::Poisoned),
+                Err(_) => ProposeError::Stopped,
+            })?
             .map_err(ProposeError::from)
+        })
+    }
+}
+
+/// Watches the results of every proposal for a fatal error ([`ProposeError::is_fatal`]).
+/// The first one is recorded so that the server stops, instead of serving on from a replica
+/// that can no longer apply writes ([`crate::run::RunningServer::failed`]).
+#[derive(Debug)]
+pub struct FailStop {
+    inner: Arc<dyn Proposer>,
+    failed: watch::Sender<Option<String>>,
+}
+
+impl FailStop {
+    /// Wraps `inner`; the receiver holds the first fatal error's text once there is one.
+    pub fn new(inner: Arc<dyn Proposer>) -> (Arc<Self>, watch::Receiver<Option<String>>) {
+        let (failed, rx) = watch::channel(None);
+        (Arc::new(Self { inner, failed }), rx)
+    }
+}
+
+impl Proposer for FailStop {
+    fn propose(&self, cmd: Command) -> ProposeFuture {
+        let proposed = self.inner.propose(cmd);
+        let failed = self.failed.clone();
+        Box::pin(async move {
+            let result = proposed.await;
+            if let Err(e) = &result
+                && e.is_fatal()
+            {
+                failed.send_if_modified(|first| {
+                    let new = first.is_none();
+                    if new {
+                        *first = Some(e.to_string());
+                    }
+                    new
+                });
+            }
+            result
         })
     }
 }

@@ -37,7 +37,7 @@ use crate::federation::Federation;
 use crate::federation::endpoint::{self, BundleSource};
 use crate::layer::{AuthLayer, TCP_SERVICES, UDS_SERVICES};
 use crate::logging::LogControl;
-use crate::proposer::{ClusterProposer, Proposer};
+use crate::proposer::{ClusterProposer, FailStop, Proposer};
 use crate::ratelimit::RateLimits;
 use crate::state::{ServerState, SystemClock};
 use crate::telemetry::MetricsLayer;
@@ -51,6 +51,24 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const PRUNE_INTERVAL: Duration = Duration::from_secs(300);
 /// gRPC MaxConnectionAge on the TCP listener, as SPIRE sets it.
 const MAX_CONNECTION_AGE: Duration = Duration::from_secs(180);
+/// The exit code of a server that stopped because its store could not apply a write
+/// (`EX_SOFTWARE`): a supervisor restarts it and the store replays its log.
+pub const EXIT_STORE_FAILED: u8 = 70;
+
+/// The server stopped because a write could not be applied ([`EXIT_STORE_FAILED`]).
+#[derive(Debug, thiserror::Error)]
+#[error("stopped: the store could not apply a write ({0})")]
+pub struct StoreFailed(pub String);
+
+/// The process exit code for the outcome of [`run_until_signal`]: 0, [`EXIT_STORE_FAILED`]
+/// when the store failed, 1 for any other error.
+pub fn exit_code(result: &anyhow::Result<()>) -> u8 {
+    match result {
+        Ok(()) => 0,
+        Err(e) if e.is::<StoreFailed>() => EXIT_STORE_FAILED,
+        Err(_) => 1,
+    }
+}
 
 /// A started server. Dropping it without [`RunningServer::shutdown`] leaves the tasks running
 /// until the runtime ends.
@@ -77,17 +95,34 @@ pub struct RunningServer {
     tasks: Vec<JoinHandle<()>>,
     /// Released (by being dropped) when the server is shut down.
     _data_dir_lock: crate::data_dir::DataDirLock,
+    failed: watch::Receiver<Option<String>>,
 }
 
 impl RunningServer {
-    /// Resolves with the reason when the replica's driver stops on a fatal error (never,
-    /// without a replica or while it runs).
-    pub async fn replica_failed(&self) -> String {
-        match &self.cluster {
-            Some(handle) => match handle.stopped().await {
-                Err(reason) => reason,
-                Ok(()) => std::future::pending().await,
-            },
+    /// Resolves with the reason once this replica can no longer apply writes: its raft
+    /// driver stopped on a fatal error, or a proposal failed fatally in the store (see
+    /// [`crate::proposer::FailStop`]); pending otherwise.
+    pub async fn failed(&self) -> String {
+        let mut rx = self.failed.clone();
+        let from_writes = async move {
+            match rx.wait_for(Option::is_some).await {
+                Ok(reason) => reason.clone(),
+                Err(_) => None,
+            }
+        };
+        let from_driver = async {
+            match &self.cluster {
+                Some(handle) => handle.stopped().await.err(),
+                None => None,
+            }
+        };
+        let reason = tokio::select! {
+            Some(reason) = from_writes => Some(reason),
+            Some(reason) = from_driver => Some(reason),
+            else => None,
+        };
+        match reason {
+            Some(reason) => reason,
             None => std::future::pending().await,
         }
     }
@@ -292,6 +327,8 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<Runni
             (store, proposer, Some(handle))
         }
     };
+    let (proposer, failed) = FailStop::new(proposer);
+    let proposer: Arc<dyn Proposer> = proposer;
     let ca = Arc::new(CaManager::open(
         CaSettings {
             trust_domain: cfg.trust_domain.clone(),
@@ -454,6 +491,7 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<Runni
         stop,
         tasks,
         _data_dir_lock: data_dir_lock,
+        failed,
     })
 }
 
@@ -569,23 +607,48 @@ async fn rotation_loop(
 /// Runs until SIGINT or SIGTERM, then shuts down cleanly.
 ///
 /// # Errors
-/// When start-up fails.
+/// When start-up fails, or [`StoreFailed`] when a write could not be applied (see
+/// [`serve_until`]).
 pub async fn run_until_signal(cfg: Config) -> anyhow::Result<()> {
     let server = start(cfg).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    let failed = tokio::select! {
-        _ = tokio::signal::ctrl_c() => None,
-        _ = term.recv() => None,
-        reason = server.replica_failed() => Some(reason),
-    };
+    serve_until(server, async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    })
+    .await
+}
+
+/// Serves until `stop` resolves, then shuts down cleanly; or until a write fails fatally:
+/// then it logs that once and returns [`StoreFailed`] at once, without the graceful
+/// shutdown (nothing more is served or flushed from a store that cannot apply writes; the
+/// caller exits with [`EXIT_STORE_FAILED`] and a restart replays the log).
+///
+/// # Errors
+/// [`StoreFailed`].
+pub async fn serve_until(
+    server: RunningServer,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    tokio::select! {
+        () = stop => {}
+        reason = server.failed() => {
+            tracing::error!(
+                error = %reason,
+                "a write could not be applied; stopping so that a restart replays the log"
+            );
+            for t in &server.tasks {
+                t.abort();
+            }
+            return Err(StoreFailed(reason).into());
+        }
+    }
     tracing::info!("shutting down");
     server.shutdown().await;
-    match failed {
-        // The driver already logged the error; a restart replays the log.
-        Some(reason) => anyhow::bail!("the raft replica stopped: {reason}"),
-        None => Ok(()),
-    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -18,6 +18,10 @@ use crate::record::{self, Change};
 use crate::state::{InvalidationSet, State};
 
 /// One command's work in progress.
+///
+/// Memory changes as the command runs (later items see earlier ones), so every change to a
+/// record is logged in `undo` with the record as it was; when the command cannot be made
+/// durable, [`roll_back`] puts the image back.
 pub(crate) struct Txn<'a> {
     pub(crate) state: &'a mut State,
     pub(crate) batch: sled::Batch,
@@ -27,6 +31,67 @@ pub(crate) struct Txn<'a> {
     /// cached, e.g. during a bulk load).
     track: bool,
     pub(crate) touched: InvalidationSet,
+    /// The records changed so far, as they were before, oldest change first.
+    pub(crate) undo: Vec<Undo>,
+}
+
+/// A record as it was before a command changed it (`None`: it did not exist).
+pub(crate) enum Undo {
+    /// With the entry's creation number.
+    Entry(EntryId, Option<(u64, Arc<RegistrationEntry>)>),
+    Agent(AgentId, Option<Arc<AttestedNode>>),
+    Token(JoinTokenHash, Option<StoredJoinToken>),
+    /// With the bundle's creation number.
+    Bundle(TrustDomain, Option<(u64, Arc<Bundle>)>),
+    /// With the relationship's creation number.
+    Federation(TrustDomain, Option<(u64, Arc<FederationRelationship>)>),
+    /// A request id remembered at `index`, and the one that evicted.
+    RequestId {
+        index: u64,
+        id: u128,
+        evicted: Option<(u64, u128)>,
+    },
+}
+
+/// Puts back every record in `undo`, newest change first, so the image is again what it was
+/// before the command (slots may differ; nothing answers by slot order).
+pub(crate) fn roll_back(state: &mut State, undo: Vec<Undo>) {
+    for u in undo.into_iter().rev() {
+        // A restored record takes the slot its removal freed, so these never fail.
+        match u {
+            Undo::Entry(id, Some((number, e))) => {
+                state.remove_entry(&id);
+                state.insert_new_entry(e, number);
+            }
+            Undo::Entry(id, None) => {
+                state.remove_entry(&id);
+            }
+            Undo::Agent(_, Some(a)) => {
+                state.put_agent(a);
+            }
+            Undo::Agent(id, None) => {
+                state.remove_agent(&id);
+            }
+            Undo::Token(hash, Some(t)) => {
+                state.tokens.insert(hash, t);
+            }
+            Undo::Token(hash, None) => {
+                state.tokens.remove(&hash);
+            }
+            Undo::Bundle(td, Some((number, b))) => state.bundles.insert_numbered(td, b, number),
+            Undo::Bundle(td, None) => {
+                state.bundles.remove(&td);
+            }
+            Undo::Federation(td, Some((number, f))) => {
+                state.federations.insert_numbered(td, f, number);
+            }
+            Undo::Federation(td, None) => {
+                state.federations.remove(&td);
+            }
+            Undo::RequestId { index, id, evicted } => state.request_ids.forget(index, id, evicted),
+        }
+    }
+    state.refreeze_dirty_groups();
 }
 
 type ItemResult<T> = Result<T, ItemError>;
@@ -42,10 +107,11 @@ impl<'a> Txn<'a> {
             mutated: false,
             track,
             touched: InvalidationSet::new(limit),
+            undo: Vec::new(),
         }
     }
 
-    // ----- primitive writes: memory, batch, change feed, invalidation -----
+    // ----- primitive writes: memory (with its undo), batch, change feed, invalidation -----
 
     /// Stores an entry, creating or replacing it. A new entry gets the next creation number
     /// (kept under `m/entry-number`, so a number is never given twice); a replaced one keeps
@@ -53,15 +119,17 @@ impl<'a> Txn<'a> {
     fn put_entry(&mut self, e: RegistrationEntry) -> Result<Arc<RegistrationEntry>, StoreError> {
         let known = self.state.entry_number(&e.id);
         let number = known.unwrap_or_else(|| self.state.last_entry_number.saturating_add(1));
-        let bytes = record::encode_numbered(&e, number)?;
-        if let Some(old) = self.state.entry(&e.id).filter(|_| self.track).cloned() {
-            self.state.agents_affected_by(&old, &mut self.touched);
+        let old = self.state.entry(&e.id).cloned();
+        if let Some(old) = old.as_ref().filter(|_| self.track) {
+            self.state.agents_affected_by(old, &mut self.touched);
         }
         let e = Arc::new(e);
         if self.state.put_entry(Arc::clone(&e)).is_none() {
             return Err(StoreError::Capacity);
         }
-        self.batch.insert(record::entry_key(&e.id), bytes);
+        self.undo.push(Undo::Entry(e.id.clone(), known.zip(old)));
+        fault::point()?;
+        self.batch.insert(record::entry_key(&e.id), record::encode_numbered(&*e, number)?);
         if known.is_none() {
             self.batch.insert(record::META_ENTRY_NUMBER, record::u64_value(number));
         }
@@ -77,7 +145,9 @@ impl<'a> Txn<'a> {
         if let Some(old) = self.state.entry(id).filter(|_| self.track).cloned() {
             self.state.agents_affected_by(&old, &mut self.touched);
         }
+        let number = self.state.entry_number(id);
         let old = self.state.remove_entry(id)?;
+        self.undo.push(Undo::Entry(id.clone(), number.zip(Some(Arc::clone(&old)))));
         self.batch.remove(record::entry_key(id));
         self.change.entries.push(id.clone());
         self.mutated = true;
@@ -85,12 +155,14 @@ impl<'a> Txn<'a> {
     }
 
     fn put_agent(&mut self, a: AttestedNode) -> Result<Arc<AttestedNode>, StoreError> {
-        let bytes = record::encode(&a)?;
+        let old = self.state.agent(&a.id).cloned();
         let a = Arc::new(a);
         if !self.state.put_agent(Arc::clone(&a)) {
             return Err(StoreError::Capacity);
         }
-        self.batch.insert(record::agent_key(&a.id), bytes);
+        self.undo.push(Undo::Agent(a.id.clone(), old));
+        fault::point()?;
+        self.batch.insert(record::agent_key(&a.id), record::encode(&*a)?);
         self.touched.insert(&a.id);
         self.change.agents.push(a.id.clone());
         self.mutated = true;
@@ -99,6 +171,7 @@ impl<'a> Txn<'a> {
 
     fn remove_agent(&mut self, id: &AgentId) -> Option<Arc<AttestedNode>> {
         let old = self.state.remove_agent(id)?;
+        self.undo.push(Undo::Agent(id.clone(), Some(Arc::clone(&old))));
         self.batch.remove(record::agent_key(id));
         self.touched.insert(id);
         self.change.agents.push(id.clone());
@@ -109,17 +182,22 @@ impl<'a> Txn<'a> {
     /// Stores a bundle as given, creating or replacing it (a replaced bundle keeps its place
     /// in the creation order).
     fn put_bundle(&mut self, b: Bundle) -> Result<Arc<Bundle>, StoreError> {
+        let td = b.trust_domain.clone();
+        let old = numbered(self.state.bundles.number_of(&td), self.state.bundles.get(&td));
         let b = Arc::new(b);
-        let number = self.state.bundles.insert(b.trust_domain.clone(), Arc::clone(&b));
-        self.batch
-            .insert(record::bundle_key(&b.trust_domain), record::encode_numbered(&*b, number)?);
-        self.change.bundles.push(b.trust_domain.clone());
+        let number = self.state.bundles.insert(td.clone(), Arc::clone(&b));
+        self.undo.push(Undo::Bundle(td.clone(), old));
+        fault::point()?;
+        self.batch.insert(record::bundle_key(&td), record::encode_numbered(&*b, number)?);
+        self.change.bundles.push(td);
         self.mutated = true;
         Ok(b)
     }
 
     fn remove_bundle(&mut self, td: &TrustDomain) -> Option<Arc<Bundle>> {
+        let number = self.state.bundles.number_of(td);
         let old = self.state.bundles.remove(td)?;
+        self.undo.push(Undo::Bundle(td.clone(), numbered(number, Some(&old))));
         self.batch.remove(record::bundle_key(td));
         self.change.bundles.push(td.clone());
         self.mutated = true;
@@ -127,14 +205,18 @@ impl<'a> Txn<'a> {
     }
 
     fn put_token(&mut self, t: StoredJoinToken) -> Result<(), StoreError> {
-        self.batch.insert(record::token_key(&t.hash), record::encode(&t)?);
-        self.state.tokens.insert(t.hash, t);
+        let bytes = record::encode(&t)?;
+        let old = self.state.tokens.insert(t.hash, t.clone());
+        self.undo.push(Undo::Token(t.hash, old));
+        fault::point()?;
+        self.batch.insert(record::token_key(&t.hash), bytes);
         self.mutated = true;
         Ok(())
     }
 
     fn remove_token(&mut self, hash: &JoinTokenHash) -> Option<StoredJoinToken> {
         let old = self.state.tokens.remove(hash)?;
+        self.undo.push(Undo::Token(*hash, Some(old.clone())));
         self.batch.remove(record::token_key(hash));
         self.mutated = true;
         Some(old)
@@ -144,12 +226,24 @@ impl<'a> Txn<'a> {
         &mut self,
         f: FederationRelationship,
     ) -> Result<Arc<FederationRelationship>, StoreError> {
+        let td = f.trust_domain.clone();
+        let old = numbered(self.state.federations.number_of(&td), self.state.federations.get(&td));
         let f = Arc::new(f);
-        let number = self.state.federations.insert(f.trust_domain.clone(), Arc::clone(&f));
-        self.batch
-            .insert(record::federation_key(&f.trust_domain), record::encode_numbered(&*f, number)?);
+        let number = self.state.federations.insert(td.clone(), Arc::clone(&f));
+        self.undo.push(Undo::Federation(td.clone(), old));
+        fault::point()?;
+        self.batch.insert(record::federation_key(&td), record::encode_numbered(&*f, number)?);
         self.mutated = true;
         Ok(f)
+    }
+
+    fn remove_federation(&mut self, td: &TrustDomain) -> Option<Arc<FederationRelationship>> {
+        let number = self.state.federations.number_of(td);
+        let old = self.state.federations.remove(td)?;
+        self.undo.push(Undo::Federation(td.clone(), numbered(number, Some(&old))));
+        self.batch.remove(record::federation_key(td));
+        self.mutated = true;
+        Some(old)
     }
 
     // ----- commands -----
@@ -330,14 +424,10 @@ impl<'a> Txn<'a> {
             Command::DeleteFederationRelationships(tds) => {
                 let mut out = Vec::with_capacity(tds.len());
                 for td in tds {
-                    out.push(match self.state.federations.remove(td) {
-                        Some(old) => {
-                            self.batch.remove(record::federation_key(td));
-                            self.mutated = true;
-                            Ok(old)
-                        }
-                        None => Err(ItemError::FederationNotFound(td.clone())),
-                    });
+                    out.push(
+                        self.remove_federation(td)
+                            .ok_or_else(|| ItemError::FederationNotFound(td.clone())),
+                    );
                 }
                 Outcome::Federations(out)
             }
@@ -669,6 +759,11 @@ impl<'a> Txn<'a> {
     }
 }
 
+/// A record with its creation number, when it exists.
+fn numbered<V>(number: Option<u64>, value: Option<&Arc<V>>) -> Option<(u64, Arc<V>)> {
+    number.zip(value.cloned())
+}
+
 /// A checked relationship as it is stored (without its bundle), and the bundle it carried,
 /// as stored.
 type Checked = (FederationRelationship, Option<Arc<Bundle>>);
@@ -725,4 +820,84 @@ fn revoke<T>(
     }
     list.retain(|a| !is(a));
     Ok(())
+}
+
+/// Test-only faults in apply: the store's unit tests make the `n`-th record write of the
+/// next command fail after it changed memory, or make it panic there, to check that a
+/// failed apply leaves nothing behind and that a panicked one is never read through.
+#[cfg(test)]
+pub(crate) mod fault {
+    use std::cell::Cell;
+
+    use crate::error::StoreError;
+
+    /// What the armed fault does.
+    #[derive(Clone, Copy, Debug)]
+    pub(crate) enum Kind {
+        /// Fail with [`StoreError::Encode`].
+        Fail,
+        /// Panic.
+        Panic,
+        /// Fail writing the batch (checked in the store, not here).
+        Batch,
+    }
+
+    thread_local! {
+        static ARMED: Cell<Option<(usize, Kind)>> = const { Cell::new(None) };
+    }
+
+    /// Arms a fault at the `n`-th record write (from 1) on this thread.
+    pub(crate) fn arm(n: usize, kind: Kind) {
+        ARMED.with(|a| a.set(Some((n, kind))));
+    }
+
+    /// Disarms any fault on this thread.
+    pub(crate) fn disarm() {
+        ARMED.with(|a| a.set(None));
+    }
+
+    /// Counts one record write and fires the armed fault when its turn comes.
+    pub(crate) fn point() -> Result<(), StoreError> {
+        match ARMED.with(Cell::get) {
+            Some((n, kind @ (Kind::Fail | Kind::Panic))) if n <= 1 => {
+                disarm();
+                match kind {
+                    Kind::Panic => panic!("injected panic in apply"),
+                    _ => Err(StoreError::Encode("injected fault".into())),
+                }
+            }
+            Some((n, kind)) if !matches!(kind, Kind::Batch) => {
+                ARMED.with(|a| a.set(Some((n.saturating_sub(1), kind))));
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether the batch write is to fail (disarms it).
+    pub(crate) fn batch() -> bool {
+        let armed = matches!(ARMED.with(Cell::get), Some((_, Kind::Batch)));
+        if armed {
+            disarm();
+        }
+        armed
+    }
+}
+
+/// Outside tests no fault is ever armed.
+#[cfg(not(test))]
+pub(crate) mod fault {
+    use crate::error::StoreError;
+
+    /// Never fails.
+    #[inline]
+    pub(crate) fn point() -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Never fails.
+    #[inline]
+    pub(crate) fn batch() -> bool {
+        false
+    }
 }

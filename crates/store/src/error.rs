@@ -29,7 +29,8 @@ pub enum StoreError {
         /// The last applied index.
         applied: u64,
     },
-    /// A previous write failed half-way; the in-memory image may differ from disk. Reopen.
+    /// An earlier apply failed: its changes were undone in memory, so reads answer from the
+    /// state on disk, but no further command is applied until the store is reopened.
     #[error("store is poisoned by an earlier write failure; reopen it")]
     Poisoned,
     /// The in-memory image has no slot left for another entry or agent (2^32 of each).

@@ -140,6 +140,8 @@
 )]
 
 mod apply;
+#[cfg(test)]
+mod apply_failure_tests;
 pub mod command;
 mod error;
 mod index;

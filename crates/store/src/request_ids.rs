@@ -40,6 +40,26 @@ impl RequestIds {
         Some(old_index)
     }
 
+    /// The oldest remembered id with its index: the one [`RequestIds::record`] evicts next.
+    pub(crate) fn oldest(&self) -> Option<(u64, u128)> {
+        self.by_index.front().copied()
+    }
+
+    /// Takes back the last [`RequestIds::record`] (of `id` at `index`), remembering again
+    /// the entry it evicted, for an apply that failed.
+    pub(crate) fn forget(&mut self, index: u64, id: u128, evicted: Option<(u64, u128)>) {
+        if self.by_index.back() == Some(&(index, id)) {
+            self.by_index.pop_back();
+            if self.by_id.get(&id) == Some(&index) {
+                self.by_id.remove(&id);
+            }
+        }
+        if let Some((old_index, old_id)) = evicted {
+            self.by_index.push_front((old_index, old_id));
+            self.by_id.entry(old_id).or_insert(old_index);
+        }
+    }
+
     /// The remembered ids with their indexes, oldest first.
     pub(crate) fn iter(&self) -> impl ExactSizeIterator<Item = (u64, u128)> + '_ {
         self.by_index.iter().copied()

@@ -1,4 +1,25 @@
 //! [`Store`]: opening, applying commands, queries and the authorized-entries cache.
+//!
+//! # A failed apply
+//!
+//! Applying a command changes the in-memory image as it goes (later items of a command see
+//! the earlier ones) and collects the sled batch beside it; the batch, with the new applied
+//! index, is written last. If anything fails before that write lands (encoding a record, the
+//! write itself), every record the command changed is put back from an undo log kept as it
+//! ran, and the applied index and revision are restored, all under the same write lock. So
+//! readers never see the half-applied image, and afterwards they see exactly the last
+//! state written to sled. The store then refuses every further apply
+//! ([`StoreError::Poisoned`]) until it is reopened: the failure is fatal for the replica,
+//! which stops and, on restart, replays the log from the applied index on disk.
+//!
+//! Undoing costs a few reference-count bumps per changed record; the alternative, staging
+//! every change beside the image and applying it after the write, would make each command's
+//! later items look through the stage. Rebuilding the image from disk would cost a full load.
+//!
+//! Apply is written never to panic (the crate denies arithmetic that can overflow, indexing
+//! and unwraps). If it panicked anyway, the half-changed image could not be undone; the state
+//! lock is then poisoned and every later read or write panics in turn instead of reading
+//! through it, until the process restarts.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -9,7 +30,7 @@ use ward_core::{
     RegistrationEntry, StoredJoinToken, TrustDomain,
 };
 
-use crate::apply::{Txn, with_bundle};
+use crate::apply::{Txn, Undo, roll_back, with_bundle};
 use crate::command::{Applied, Command};
 use crate::error::{EngineResult, StoreError};
 use crate::log_entry::LogEntry;
@@ -204,12 +225,14 @@ impl Store {
         })
     }
 
+    /// The state, for reading. Panics when the lock is poisoned: see [`poisoned_lock`].
     pub(crate) fn read(&self) -> RwLockReadGuard<'_, State> {
-        self.inner.state.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner.state.read().unwrap_or_else(|_| poisoned_lock())
     }
 
+    /// The state, for writing. Panics when the lock is poisoned: see [`poisoned_lock`].
     fn write(&self) -> RwLockWriteGuard<'_, State> {
-        self.inner.state.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner.state.write().unwrap_or_else(|_| poisoned_lock())
     }
 
     pub(crate) fn data_tree(&self) -> sled::Tree {
@@ -243,12 +266,20 @@ impl Store {
         if index <= state.applied {
             return Err(StoreError::StaleIndex { index, applied: state.applied });
         }
+        let before = MetaBefore::of(state);
         let mut batch = sled::Batch::default();
         let mut touched = Vec::new();
-        let applied = self.run_command(state, &mut batch, &mut touched, index, cmd)?;
-        self.write_batch(batch)?;
-        self.invalidate(&touched);
-        Ok(applied)
+        let mut undo = Vec::new();
+        let applied = self
+            .run_command(state, &mut batch, &mut touched, &mut undo, index, cmd)
+            .and_then(|applied| self.write_batch(batch).map(|()| applied));
+        match applied {
+            Ok(applied) => {
+                self.invalidate(&touched);
+                Ok(applied)
+            }
+            Err(e) => Err(self.fail_apply(state, before, undo, e)),
+        }
     }
 
     fn check_poisoned(&self) -> Result<(), StoreError> {
@@ -259,13 +290,15 @@ impl Store {
     }
 
     /// Runs `cmd` as log entry `index` against the in-memory state, adding its writes
-    /// (records, `m/applied`, revision and change feed) to `batch` and the agents whose
-    /// cached results it changes to `touched`.
+    /// (records, `m/applied`, revision and change feed) to `batch`, the agents whose cached
+    /// results it changes to `touched`, and how to take back its memory changes to `undo`
+    /// (also when it fails: the caller then rolls back).
     fn run_command(
         &self,
         state: &mut State,
         batch: &mut sled::Batch,
         touched: &mut Vec<InvalidationSet>,
+        undo: &mut Vec<Undo>,
         index: u64,
         cmd: &Command,
     ) -> Result<Applied, StoreError> {
@@ -274,15 +307,11 @@ impl Store {
         let track = self.inner.cache_used.load(Ordering::Acquire);
         let mut txn = Txn::new(state, track, self.inner.config.cache_invalidate_limit);
         txn.batch = std::mem::take(batch);
-        let outcome = match txn.run(cmd) {
-            Ok(o) => o,
-            Err(e) => {
-                self.inner.poisoned.store(true, Ordering::Release);
-                return Err(e);
-            }
-        };
-        let Txn { batch: written, mut change, mutated, touched: reached, .. } = txn;
+        let run = txn.run(cmd);
+        let Txn { batch: written, mut change, mutated, touched: reached, undo: changed, .. } = txn;
         *batch = written;
+        undo.extend(changed);
+        let outcome = run?;
         if track {
             touched.push(reached);
         }
@@ -302,14 +331,13 @@ impl Store {
         Ok(Applied { index, revision: state.revision, outcome })
     }
 
-    /// Writes one apply batch atomically; a failure poisons the store.
+    /// Writes one apply batch atomically.
     fn write_batch(&self, batch: sled::Batch) -> Result<(), StoreError> {
         self.inner.batches.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = self.data_tree().apply_batch(batch).engine() {
-            self.inner.poisoned.store(true, Ordering::Release);
-            return Err(e);
+        if crate::apply::fault::batch() {
+            return Err(StoreError::Engine("injected batch failure".into()));
         }
-        Ok(())
+        self.data_tree().apply_batch(batch).engine()
     }
 
     /// Drops the cached results of the agents in `touched`; called under the write lock.
@@ -368,8 +396,10 @@ impl Store {
         if work.is_empty() {
             return Ok(Vec::new());
         }
+        let before = MetaBefore::of(&state);
         let mut sled_batch = sled::Batch::default();
         let mut touched = Vec::new();
+        let mut undo = Vec::new();
         let mut out = Vec::new();
         for (committed, entry) in work {
             let (index, term) = (committed.index(), committed.term());
@@ -379,18 +409,25 @@ impl Store {
                 let result = match first {
                     Some(first_index) => Err(Duplicate { first_index }),
                     None => {
-                        let applied = self.run_command(
+                        let applied = match self.run_command(
                             &mut state,
                             &mut sled_batch,
                             &mut touched,
+                            &mut undo,
                             index,
                             &entry.command,
-                        )?;
+                        ) {
+                            Ok(applied) => applied,
+                            Err(e) => return Err(self.fail_apply(&mut state, before, undo, e)),
+                        };
                         if id != 0 {
                             sled_batch.insert(record::request_key(index), &id.to_be_bytes());
-                            if let Some(evicted) = state.request_ids.record(index, id) {
+                            let oldest = state.request_ids.oldest();
+                            let evicted = state.request_ids.record(index, id);
+                            if let Some(evicted) = evicted {
                                 sled_batch.remove(record::request_key(evicted));
                             }
+                            undo.push(Undo::RequestId { index, id, evicted: evicted.and(oldest) });
                         }
                         Ok(applied)
                     }
@@ -405,9 +442,28 @@ impl Store {
         }
         sled_batch.insert(record::META_APPLIED, record::u64_value(state.applied));
         sled_batch.insert(record::META_APPLIED_TERM, record::u64_value(state.applied_term));
-        self.write_batch(sled_batch)?;
+        if let Err(e) = self.write_batch(sled_batch) {
+            return Err(self.fail_apply(&mut state, before, undo, e));
+        }
         self.invalidate(&touched);
         Ok(out)
+    }
+
+    /// Commands could not be applied: puts the in-memory image back as it was before them
+    /// (so reads keep answering from exactly the state on disk) and refuses every later
+    /// apply until the store is reopened, which replays the log from the last applied index
+    /// on disk. Returns `e`.
+    fn fail_apply(
+        &self,
+        state: &mut State,
+        before: MetaBefore,
+        undo: Vec<Undo>,
+        e: StoreError,
+    ) -> StoreError {
+        roll_back(state, undo);
+        before.restore(state);
+        self.inner.poisoned.store(true, Ordering::Release);
+        e
     }
 
     /// Makes every applied command durable (fsync).
@@ -638,6 +694,50 @@ impl Store {
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         self.inner.db.size_on_disk().engine()
     }
+}
+
+/// The state's own fields that applying changes, as they were before, so a failed apply can
+/// put them back (the records go back through the undo log).
+struct MetaBefore {
+    applied: u64,
+    applied_term: u64,
+    revision: u64,
+    conf_state: Option<Vec<u8>>,
+    last_entry_number: u64,
+}
+
+impl MetaBefore {
+    fn of(state: &State) -> Self {
+        Self {
+            applied: state.applied,
+            applied_term: state.applied_term,
+            revision: state.revision,
+            conf_state: state.conf_state.clone(),
+            last_entry_number: state.last_entry_number,
+        }
+    }
+
+    fn restore(self, state: &mut State) {
+        state.applied = self.applied;
+        state.applied_term = self.applied_term;
+        state.revision = self.revision;
+        state.conf_state = self.conf_state;
+        state.last_entry_number = self.last_entry_number;
+    }
+}
+
+/// A writer panicked while it held the state lock, half-way through changing the image: no
+/// read or write may go through it. Apply is written never to panic (lints deny what could),
+/// so this is a bug; the replica stops answering from this store (each caller panics in
+/// turn), and a restart rebuilds the image from disk, where the half-applied command never
+/// reached.
+#[cold]
+#[expect(clippy::panic, reason = "fail-stop: a poisoned image must never be read through")]
+fn poisoned_lock() -> ! {
+    panic!(
+        "the store's state lock is poisoned: an apply panicked half-way, so the in-memory image \
+         cannot be trusted; restart to rebuild it from disk"
+    )
 }
 
 /// Reads a whole generation tree into a fresh in-memory state.

@@ -19,10 +19,13 @@ use crate::state::ServerState;
 
 /// Proposes `cmd`; a failed proposal is `Unavailable` while the cluster cannot take writes
 /// (clients retry) and `Internal` when the replica failed (see
-/// [`crate::proposer::ProposeError::to_status`]).
+/// [`crate::proposer::ProposeError::to_status`]). A fatal failure is logged once, where the
+/// server stops for it.
 async fn propose(state: &ServerState, cmd: Command) -> Result<Applied, Status> {
     state.proposer.propose(cmd).await.map_err(|e| {
-        tracing::error!(error = %e, "proposal failed");
+        if !e.is_fatal() {
+            tracing::error!(error = %e, "proposal failed");
+        }
         e.to_status()
     })
 }
