@@ -31,6 +31,8 @@ const PROTOS: &[&str] = &[
     "spire/api/server/logger/v1/logger.proto",
     "spire/api/server/svid/v1/svid.proto",
     "spire/api/server/trustdomain/v1/trustdomain.proto",
+    "ward/cluster/v1/admin.proto",
+    "ward/cluster/v1/peer.proto",
 ];
 
 fn main() -> io::Result<()> {
@@ -89,4 +91,8 @@ const JSON_MESSAGES: &[&str] = &[
     ".spire.api.server.trustdomain.v1.BatchUpdateFederationRelationshipResponse",
     ".spire.api.server.trustdomain.v1.BatchDeleteFederationRelationshipResponse",
     ".spire.api.server.localauthority.v1",
+    ".ward.cluster.v1.StatusResponse",
+    ".ward.cluster.v1.MemberStatus",
+    ".ward.cluster.v1.SnapshotStatus",
+    ".ward.cluster.v1.AddMemberResponse",
 ];

@@ -16,6 +16,8 @@
 //!   with a generated `*_server` module (trait + tonic service) and `*_client` module
 //! - [`grpc::health::v1`]: the standard health service
 //! - [`google::rpc`]: the rich error `Status` used to carry typed error details
+//! - [`ward::cluster::v1`]: ward's own replica-to-replica `Peer` service and the `Cluster`
+//!   administration service (not part of SPIRE's API)
 //!
 //! The messages the admin CLI prints also implement serde's `Serialize` (and `Deserialize`) in
 //! protobuf's canonical JSON mapping, with proto field names (`pbjson`).
@@ -132,6 +134,20 @@ pub mod spire {
                     include!(concat!(env!("OUT_DIR"), "/spire.api.server.trustdomain.v1.serde.rs"));
                 }
             }
+        }
+    }
+}
+
+/// `ward.*` packages: ward's own services, beside SPIRE's.
+pub mod ward {
+    /// `ward.cluster.*`.
+    pub mod cluster {
+        /// The replica-to-replica `Peer` service (raft messages, snapshots, joining) and the
+        /// `Cluster` administration service of the admin socket.
+        #[allow(missing_docs, clippy::all)]
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/ward.cluster.v1.rs"));
+            include!(concat!(env!("OUT_DIR"), "/ward.cluster.v1.serde.rs"));
         }
     }
 }
