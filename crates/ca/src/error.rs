@@ -122,8 +122,9 @@ pub enum SignError {
         #[source]
         reason: ward_core::dns_name::DnsNameError,
     },
-    /// The server's own SPIFFE ID, asked of a signing path other than the server's.
-    #[error("{0} is the server's own ID; only the server's SVID may carry it")]
+    /// The server's own SPIFFE ID, or one below it (a replica's), asked of a signing path
+    /// other than the server's.
+    #[error("{0} is in the server's own namespace; only the server's SVIDs may carry it")]
     ServerIdReserved(String),
     /// [`crate::X509Ca::sign_server_x509_svid`] was asked for another ID.
     #[error("{0} is not the server's ID")]

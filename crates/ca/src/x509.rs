@@ -43,8 +43,13 @@ const VERSION_V3: &[u8] = &[0xa0, 0x03, 0x02, 0x01, 0x02];
 /// How far NotBefore is backdated, as SPIRE does, to absorb clock skew.
 pub const BACKDATE_SECS: i64 = 10;
 /// The path of the server's own SPIFFE ID, which only [`X509Ca::sign_server_x509_svid`]
-/// signs.
+/// signs (as it alone signs the IDs below it, such as a replica's peer ID).
 pub const SERVER_ID_PATH: &str = "/spire/server";
+
+/// Whether `path` is the server's own ID or lies below it (`/spire/server/...`).
+fn in_server_namespace(path: &str) -> bool {
+    path.strip_prefix(SERVER_ID_PATH).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
 
 /// What an X509-SVID says, taken from the registration entry (never from the CSR).
 #[derive(Debug, Clone, Copy)]
@@ -561,9 +566,12 @@ impl X509Ca {
         self.sign_checked(&key, params, None, now).inspect(|_| crate::telemetry::x509_svid_signed())
     }
 
-    /// Signs the server's own X509-SVID (`spiffe://<td>/spire/server`) for a bare
-    /// SubjectPublicKeyInfo DER; the other signing methods refuse that ID, so that no API
-    /// can obtain a certificate agents would take for the server. Returns the leaf, DER.
+    /// Signs the server's own X509-SVID (`spiffe://<td>/spire/server`), or a replica's peer
+    /// certificate (`spiffe://<td>/spire/server/replica/<node-id>`, see
+    /// [`ward_core::replica_id`]), for a bare SubjectPublicKeyInfo DER. The other signing
+    /// methods refuse the server's ID and every ID below it, so that no API can obtain a
+    /// certificate agents would take for the server or replicas would take for a replica.
+    /// Returns the leaf, DER.
     ///
     /// # Errors
     /// [`SignError::NotServerId`] for any other ID, and the errors of
@@ -574,7 +582,9 @@ impl X509Ca {
         params: &SvidParams<'_>,
         now: SystemTime,
     ) -> Result<Vec<u8>, SignError> {
-        if params.spiffe_id.path() != SERVER_ID_PATH {
+        let td = params.spiffe_id.trust_domain();
+        let replica = ward_core::replica_id::replica_node_id(params.spiffe_id, &td).is_some();
+        if params.spiffe_id.path() != SERVER_ID_PATH && !replica {
             return Err(SignError::NotServerId(params.spiffe_id.to_string()));
         }
         self.check_params(params, true)?;
@@ -642,7 +652,7 @@ impl X509Ca {
                 trust_domain: td.to_string(),
             });
         }
-        if !server_svid && params.spiffe_id.path() == SERVER_ID_PATH {
+        if !server_svid && in_server_namespace(params.spiffe_id.path()) {
             return Err(SignError::ServerIdReserved(params.spiffe_id.to_string()));
         }
         check_params(params)

@@ -299,12 +299,48 @@ fn only_the_server_path_signs_the_server_id() {
     let leaf = ca.sign_server_x509_svid(key.public_key_der(), &params, now).unwrap();
     assert_eq!(exts(&X509Certificate::from_der(&leaf).unwrap().1).uris, [server.as_str()]);
 
-    let other = SpiffeId::parse("spiffe://example.org/spire/agent/x").unwrap();
-    let params = SvidParams { spiffe_id: &other, dns_names: &[], ttl: Duration::from_secs(60) };
-    assert_eq!(
-        ca.sign_server_x509_svid(key.public_key_der(), &params, now).unwrap_err(),
-        SignError::NotServerId(other.to_string())
-    );
+    for other in [
+        "spiffe://example.org/spire/agent/x",
+        "spiffe://example.org/spire/server/x",
+        "spiffe://example.org/spire/server/replica/0",
+    ] {
+        let other = SpiffeId::parse(other).unwrap();
+        let params = SvidParams { spiffe_id: &other, dns_names: &[], ttl: Duration::from_secs(60) };
+        assert_eq!(
+            ca.sign_server_x509_svid(key.public_key_der(), &params, now).unwrap_err(),
+            SignError::NotServerId(other.to_string())
+        );
+    }
+}
+
+#[test]
+fn only_the_server_path_signs_replica_ids() {
+    let now = SystemTime::now();
+    let ca = X509Ca::self_signed(PrivateKey::generate(KeyType::EcP256).unwrap(), &td(), DAY, now)
+        .unwrap();
+    let key = PrivateKey::generate(KeyType::EcP256).unwrap();
+    let csr = build_csr(&key).unwrap();
+    for reserved in [
+        "spiffe://example.org/spire/server/replica/2",
+        "spiffe://example.org/spire/server/anything",
+    ] {
+        let id = SpiffeId::parse(reserved).unwrap();
+        let params = SvidParams { spiffe_id: &id, dns_names: &[], ttl: Duration::from_secs(60) };
+        let refused = SignError::ServerIdReserved(reserved.into());
+        assert_eq!(ca.sign_x509_svid_from_csr(&csr, &params, now).unwrap_err(), refused);
+        assert_eq!(ca.sign_x509_svid(key.public_key_der(), &params, now).unwrap_err(), refused);
+        let request = read_csr(&csr).unwrap();
+        assert_eq!(ca.sign_x509_svid_for_request(&request, &params, now).unwrap_err(), refused);
+    }
+    // A workload whose path merely starts with the same letters is not in the namespace.
+    let near = SpiffeId::parse("spiffe://example.org/spire/serverless").unwrap();
+    let params = SvidParams { spiffe_id: &near, dns_names: &[], ttl: Duration::from_secs(60) };
+    assert!(ca.sign_x509_svid(key.public_key_der(), &params, now).is_ok());
+
+    let replica = SpiffeId::parse("spiffe://example.org/spire/server/replica/2").unwrap();
+    let params = SvidParams { spiffe_id: &replica, dns_names: &[], ttl: Duration::from_secs(60) };
+    let leaf = ca.sign_server_x509_svid(key.public_key_der(), &params, now).unwrap();
+    assert_eq!(exts(&X509Certificate::from_der(&leaf).unwrap().1).uris, [replica.as_str()]);
 }
 
 #[test]

@@ -12,6 +12,7 @@
 //! - public keys as JWKs and as PKIX DER, and the conversion between them ([`jwk`]), written
 //!   with the workspace's one DER writer ([`der`]);
 //! - join tokens and the SHA-256 form the store keeps ([`JoinTokenHash`]);
+//! - the IDs of a cluster's server replicas ([`replica_id`]);
 //! - X509-SVID chain verification ([`x509svid::verify`]: SPIFFE's leaf rules, with path
 //!   building and RFC 5280 path validation by `rustls-webpki`) and JWT-SVID validation
 //!   ([`jwtsvid::validate`], or [`UnverifiedJwtSvid`] to pick the bundle by subject first).
@@ -42,6 +43,7 @@ pub mod join_token;
 pub mod jwk;
 pub mod jwtsvid;
 pub mod node;
+pub mod replica_id;
 pub mod selector;
 pub mod spiffe_id;
 pub mod x509svid;
