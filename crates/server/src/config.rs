@@ -15,7 +15,11 @@ use ward_core::TrustDomain;
 pub use crate::spire_config::ConfigFormat;
 use crate::spire_config::{self, SpireConfigError};
 
+mod cluster;
 mod observability;
+pub use cluster::{
+    ClusterConfig, ClusterFile, ClusterOverrides, ClusterStart, DEFAULT_PEER_PORT, NodeIdSetting,
+};
 pub use observability::{
     DEFAULT_METRIC_PREFIX, HealthChecksConfig, PrometheusConfig, TelemetryConfig,
 };
@@ -151,6 +155,7 @@ struct FileConfig {
     telemetry: Option<TelemetryConfig>,
     health_checks: Option<HealthChecksConfig>,
     audit_log_enabled: Option<bool>,
+    cluster: Option<ClusterFile>,
 }
 
 /// Command-line values that override the file.
@@ -171,6 +176,8 @@ pub struct Overrides {
     /// `-expandEnv`: replace `$NAME` and `${NAME}` in the file with environment variables
     /// before parsing it, as SPIRE does (see [`spire_config::expand_env()`]).
     pub expand_env: bool,
+    /// The `[cluster]` flags.
+    pub cluster: ClusterOverrides,
 }
 
 /// A configuration as [`Config::read`] loaded it.
@@ -223,6 +230,9 @@ pub struct Config {
     pub health_checks: HealthChecksConfig,
     /// One `API accessed` log record per authorized call (SPIRE's `audit_log_enabled`).
     pub audit_log_enabled: bool,
+    /// The replica's place in a cluster (`[cluster]`); `None` runs a one-member cluster
+    /// without a peer listener.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for Config {
@@ -249,6 +259,7 @@ impl Default for Config {
             telemetry: TelemetryConfig::default(),
             health_checks: HealthChecksConfig::default(),
             audit_log_enabled: false,
+            cluster: None,
         }
     }
 }
@@ -275,7 +286,7 @@ impl Config {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Loaded, ConfigError> {
         let Some(p) = path else {
-            let config = Self::resolve(FileConfig::default(), overrides)?;
+            let config = Self::resolve(FileConfig::default(), overrides, env)?;
             return Ok(Loaded { config, format: ConfigFormat::WardToml, notes: Vec::new() });
         };
         let mut text = std::fs::read_to_string(p)
@@ -310,7 +321,7 @@ impl Config {
                 (file, t.notes)
             }
         };
-        let config = Self::resolve(file, overrides)?;
+        let config = Self::resolve(file, overrides, env)?;
         Ok(Loaded { config, format, notes })
     }
 
@@ -323,10 +334,14 @@ impl Config {
             path: PathBuf::from("<string>"),
             source: Box::new(source),
         })?;
-        Self::resolve(file, overrides)
+        Self::resolve(file, overrides, &|_| None)
     }
 
-    fn resolve(file: FileConfig, o: &Overrides) -> Result<Self, ConfigError> {
+    fn resolve(
+        file: FileConfig,
+        o: &Overrides,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let d = Self::default();
         let td_name = o.trust_domain.clone().or(file.trust_domain);
         let trust_domain = match td_name {
@@ -370,6 +385,7 @@ impl Config {
             telemetry: file.telemetry.unwrap_or_default().validate()?,
             health_checks: file.health_checks.unwrap_or_default().validate()?,
             audit_log_enabled: file.audit_log_enabled.unwrap_or(d.audit_log_enabled),
+            cluster: ClusterFile::resolve(file.cluster, &o.cluster, env)?,
         })
     }
 }

@@ -51,6 +51,8 @@ enum Cmd {
         /// Log level (error, warn, info, debug, trace).
         #[arg(long = "logLevel")]
         log_level: Option<String>,
+        #[command(flatten)]
+        cluster: ClusterFlags,
     },
     /// Copies registration entries (ids kept), federation relationships and federated bundles
     /// from a running SPIRE server into ward; running it again changes nothing.
@@ -64,6 +66,62 @@ enum Cmd {
     },
     #[command(flatten)]
     Admin(cli::AdminCmd),
+}
+
+/// The `[cluster]` settings as flags of `run` (each overrides its key; see docs/config.md).
+#[derive(clap::Args, Debug, Default)]
+struct ClusterFlags {
+    /// This replica's node id (1 and up), or `ordinal` to take it from a StatefulSet pod name.
+    #[arg(long = "nodeId")]
+    node_id: Option<String>,
+    /// host:port the peer listener binds.
+    #[arg(long = "peerAddress")]
+    peer_address: Option<std::net::SocketAddr>,
+    /// host:port the other replicas reach this one at.
+    #[arg(long = "advertiseAddress")]
+    advertise_address: Option<String>,
+    /// Start a new cluster when the data directory holds none yet.
+    #[arg(long = "bootstrap")]
+    bootstrap: bool,
+    /// A member's peer address to join the cluster through.
+    #[arg(long = "joinAddress")]
+    join_address: Option<String>,
+    /// File holding the join credential `ward-server cluster add` printed.
+    #[arg(long = "joinCredentialFile")]
+    join_credential_file: Option<PathBuf>,
+    /// Ticks without a leader before a follower campaigns.
+    #[arg(long = "electionTick")]
+    election_tick: Option<usize>,
+    /// Ticks between a leader's heartbeats.
+    #[arg(long = "heartbeatTick")]
+    heartbeat_tick: Option<usize>,
+    /// Time between raft ticks (e.g. 100ms).
+    #[arg(long = "tickInterval")]
+    tick_interval: Option<String>,
+    /// Log bytes after which the log is compacted behind a snapshot.
+    #[arg(long = "snapshotThreshold")]
+    snapshot_threshold: Option<u64>,
+    /// The StatefulSet's headless service name (with `-nodeId ordinal`).
+    #[arg(long = "peerService")]
+    peer_service: Option<String>,
+}
+
+impl ClusterFlags {
+    fn into_overrides(self) -> ward_server::config::ClusterOverrides {
+        ward_server::config::ClusterOverrides {
+            node_id: self.node_id,
+            peer_address: self.peer_address,
+            advertise_address: self.advertise_address,
+            bootstrap: self.bootstrap.then_some(true),
+            join_address: self.join_address,
+            join_credential_file: self.join_credential_file,
+            election_tick: self.election_tick,
+            heartbeat_tick: self.heartbeat_tick,
+            tick_interval: self.tick_interval,
+            snapshot_threshold: self.snapshot_threshold,
+            peer_service: self.peer_service,
+        }
+    }
 }
 
 /// Rewrites Go-style arguments for clap, parsing them the way Go's `flag` package does: a flag
@@ -244,6 +302,7 @@ async fn dispatch(cmd: Cmd) -> ExitCode {
             socket_path,
             data_dir,
             log_level,
+            cluster,
         } => {
             let overrides = Overrides {
                 trust_domain,
@@ -253,6 +312,7 @@ async fn dispatch(cmd: Cmd) -> ExitCode {
                 data_dir,
                 log_level,
                 expand_env,
+                cluster: cluster.into_overrides(),
             };
             let result = run(config, overrides).await;
             match ward_server::run::exit_code(&result) {
@@ -442,6 +502,29 @@ mod tests {
             parse(&["ward-server", "x509", "mint", "-ttl", "soon"]).err().unwrap(),
             "invalid value \"soon\" for flag -ttl: parse error"
         );
+    }
+
+    #[test]
+    fn cluster_flags_override_the_table() {
+        let Ok(Args { cmd: Cmd::Run { cluster, .. } }) = parse(&[
+            "ward-server",
+            "run",
+            "-nodeId",
+            "3",
+            "-peerAddress",
+            "127.0.0.3:8082",
+            "-bootstrap",
+            "-tickInterval",
+            "50ms",
+        ]) else {
+            panic!("run did not parse");
+        };
+        let o = cluster.into_overrides();
+        assert_eq!(o.node_id.as_deref(), Some("3"));
+        assert_eq!(o.peer_address, Some("127.0.0.3:8082".parse().unwrap()));
+        assert_eq!(o.bootstrap, Some(true));
+        assert_eq!(o.tick_interval.as_deref(), Some("50ms"));
+        assert_eq!(o.join_address, None);
     }
 
     #[test]
