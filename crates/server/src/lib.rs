@@ -38,6 +38,9 @@
 //! admin), asks [`authz::decide`] and records a [`state::Caller`] in the request; the handler
 //! converts the request, reads the store or proposes a command, and converts the result back.
 //!
+//! A replica of a cluster also serves its peers ([`peer`]): the `ward.cluster.v1.Peer`
+//! service on a listener of its own, with mutual TLS between replica certificates.
+//!
 //! Observability: [`telemetry`] (Prometheus metrics under SPIRE's names; its
 //! [`telemetry::MetricsLayer`] wraps the authorization layer), [`audit`] (SPIRE's audit log,
 //! inside the authorization layer), [`health_checks`] (SPIRE's `/live` and `/ready`
@@ -56,6 +59,7 @@ pub mod http_listener;
 pub mod layer;
 pub mod logging;
 pub mod migrate;
+pub mod peer;
 pub mod proposer;
 pub mod ratelimit;
 pub mod run;

@@ -82,17 +82,30 @@ pub trait AuthoritySource: Send + Sync + std::fmt::Debug {
 /// validation: exactly one URI SAN, a member of the server's trust domain, a leaf (not a
 /// CA) usable for TLS client authentication, chaining to a current X.509 authority of the
 /// bundle, valid now. The path itself is built and validated by `rustls-webpki`.
+///
+/// The peer listener of a cluster uses [`SpiffeClientVerifier::replicas`]: a presented
+/// certificate must then also name a replica of the trust domain
+/// (`spiffe://<td>/spire/server/replica/<node-id>`). A client without one completes the
+/// handshake (a joining replica has no certificate the cluster trusts yet) and reaches only
+/// the peer methods that need none.
 #[derive(Debug)]
 pub struct SpiffeClientVerifier {
     td: TrustDomain,
     source: Arc<dyn AuthoritySource>,
     provider: Arc<CryptoProvider>,
+    replicas_only: bool,
 }
 
 impl SpiffeClientVerifier {
     /// A verifier for members of `td` trusting whatever `source` currently holds.
     pub fn new(td: TrustDomain, source: Arc<dyn AuthoritySource>) -> Self {
-        Self { td, source, provider: provider() }
+        Self { td, source, provider: provider(), replicas_only: false }
+    }
+
+    /// A verifier that accepts only certificates naming a replica of `td` and chaining to
+    /// what `source` currently holds.
+    pub fn replicas(td: TrustDomain, source: Arc<dyn AuthoritySource>) -> Self {
+        Self { td, source, provider: provider(), replicas_only: true }
     }
 }
 
@@ -134,6 +147,9 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         .map_err(refused)?;
         if !id.is_member_of(&self.td) {
             return Err(refused(format!("unexpected trust domain in client ID {id}")));
+        }
+        if self.replicas_only && ward_core::replica_id::replica_node_id(&id, &self.td).is_none() {
+            return Err(refused(format!("client ID {id} is not a replica")));
         }
         Ok(ClientCertVerified::assertion())
     }
@@ -215,7 +231,7 @@ impl ResolvesServerCert for RotatingServerCert {
 /// [`TlsError::Rustls`] if rustls rejects the protocol set.
 pub fn server_config(
     verifier: Arc<SpiffeClientVerifier>,
-    cert: Arc<RotatingServerCert>,
+    cert: Arc<dyn ResolvesServerCert>,
 ) -> Result<rustls::ServerConfig, TlsError> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?

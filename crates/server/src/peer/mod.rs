@@ -1,0 +1,143 @@
+//! The replica-to-replica side of a cluster: peer identity, the peer listener and how one
+//! replica connects to another.
+//!
+//! - [`identity`]: the replica's peer certificate (`spiffe://<td>/spire/server/replica/<id>`),
+//!   signed by its own X.509 authority and presented on both ends of every peer connection.
+//! - [`service`]: the `ward.cluster.v1.Peer` service; raft messages are checked against the
+//!   connection's certificate before raft sees a byte of them.
+//!
+//! Both ends check each other: the listener accepts only certificates that chain to the trust
+//! domain's current bundle and name a replica ([`crate::tls::SpiffeClientVerifier::replicas`]);
+//! a connecting replica accepts only the certificate of the replica it dialled, chaining to
+//! the same bundle ([`client_config`]).
+
+pub mod identity;
+pub mod service;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::{Channel, Endpoint, Server};
+use ward_core::TrustDomain;
+use ward_proto::ward::cluster::v1::peer_server::PeerServer;
+
+use crate::tls::{self, AuthoritySource, SpiffeClientVerifier, SpiffeServerVerifier, TlsError};
+
+pub use identity::{PeerCert, PeerIdentity, PeerIdentityError};
+pub use service::{PeerBackend, PeerService, RaftInbound};
+
+/// Longest a peer connection attempt (TCP and TLS) may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The peer listener's TLS: the replica's own peer certificate, and client certificates
+/// accepted only when they chain to `source`'s bundle and name a replica of `td`.
+///
+/// # Errors
+/// [`TlsError`] when rustls refuses the configuration.
+pub fn listener_config(
+    td: TrustDomain,
+    identity: Arc<PeerIdentity>,
+    source: Arc<dyn AuthoritySource>,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let verifier = Arc::new(SpiffeClientVerifier::replicas(td, source));
+    tls::server_config(verifier, identity)
+}
+
+/// Serves `service` on `listener` with `config` until `stop` is raised.
+pub async fn serve(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    service: PeerService,
+    stop: watch::Receiver<bool>,
+) {
+    let incoming = tls::incoming(
+        listener,
+        config,
+        tls::HandshakeLimits::default(),
+        Arc::new(tls::HandshakeStats::default()),
+    );
+    let mut stop = stop;
+    let signal = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    if let Err(e) = Server::builder()
+        .add_service(PeerServer::new(service))
+        .serve_with_incoming_shutdown(incoming, signal)
+        .await
+    {
+        tracing::error!(error = %e, "peer listener failed");
+    }
+}
+
+/// TLS for dialling replica `to`: the server must present `to`'s replica certificate chaining
+/// to one of `roots` (the bundle's X.509 authorities, DER); this replica presents its own
+/// peer certificate when `identity` is given (a joining replica has none the cluster trusts).
+///
+/// # Errors
+/// [`TlsError`] when a root is unusable or rustls refuses the configuration.
+pub fn client_config(
+    td: &TrustDomain,
+    to: u64,
+    roots: &[Vec<u8>],
+    identity: Option<Arc<PeerIdentity>>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let expected = ward_core::replica_id::replica_id(td, to)
+        .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
+    let verifier = Arc::new(SpiffeServerVerifier::new(expected, Some(roots))?);
+    client_config_with(verifier, identity)
+}
+
+/// TLS with an explicit server verifier (see [`client_config`]).
+///
+/// # Errors
+/// [`TlsError`] when rustls refuses the configuration.
+pub fn client_config_with(
+    verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
+    identity: Option<Arc<PeerIdentity>>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let builder = rustls::ClientConfig::builder_with_provider(tls::provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let mut cfg = match identity {
+        Some(id) => builder.with_client_cert_resolver(id),
+        None => builder.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(cfg)
+}
+
+/// A gRPC channel to the peer listener at `address` (`host:port`, resolved at each
+/// connection) over TLS with `config`. Connects lazily; the first call dials.
+///
+/// # Errors
+/// A transport error when the endpoint cannot be built.
+pub fn channel(
+    address: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<Channel, tonic::transport::Error> {
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let target = address.to_owned();
+    Ok(Endpoint::from_shared(format!("http://{address}"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
+            let connector = connector.clone();
+            let target = target.clone();
+            async move {
+                let dial = async {
+                    let tcp = tokio::net::TcpStream::connect(target.as_str()).await?;
+                    let _ = tcp.set_nodelay(true);
+                    // Verification ignores the name (the certificate carries only a URI).
+                    let name = rustls::pki_types::ServerName::try_from("localhost")
+                        .map_err(std::io::Error::other)?;
+                    connector.connect(name, tcp).await
+                };
+                let tls = tokio::time::timeout(CONNECT_TIMEOUT, dial)
+                    .await
+                    .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        })))
+}
