@@ -46,6 +46,7 @@ pub const UDS_SERVICES: &[&str] = &[
     "spire.api.server.logger.v1.Logger",
     "spire.api.server.debug.v1.Debug",
     "grpc.health.v1.Health",
+    "ward.cluster.v1.Cluster",
 ];
 
 impl AuthLayer {

@@ -23,6 +23,7 @@ use ward_proto::spire::api::server::localauthority::v1::local_authority_server::
 use ward_proto::spire::api::server::logger::v1::logger_server::LoggerServer;
 use ward_proto::spire::api::server::svid::v1::svid_server::SvidServer;
 use ward_proto::spire::api::server::trustdomain::v1::trust_domain_server::TrustDomainServer;
+use ward_proto::ward::cluster::v1::cluster_server::ClusterServer;
 use ward_store::{Command, Outcome, Store, StoreConfig};
 
 use crate::api::{
@@ -37,6 +38,8 @@ use crate::federation::Federation;
 use crate::federation::endpoint::{self, BundleSource};
 use crate::layer::{AuthLayer, TCP_SERVICES, UDS_SERVICES};
 use crate::logging::LogControl;
+use crate::peer::admin::ClusterAdmin;
+use crate::peer::replica::ClusterStartup;
 use crate::proposer::{ClusterProposer, FailStop, Proposer};
 use crate::ratelimit::RateLimits;
 use crate::state::{ServerState, SystemClock};
@@ -89,6 +92,8 @@ pub struct RunningServer {
     pub health_addr: Option<SocketAddr>,
     /// The TCP listener's TLS handshake counters.
     pub handshakes: Arc<tls::HandshakeStats>,
+    /// The peer listener's address, when the server is a replica of a multi-member cluster.
+    pub peer_addr: Option<SocketAddr>,
     /// The replica's driver, when this server runs its own (not with an external store).
     pub cluster: Option<ward_cluster::ClusterHandle>,
     stop: watch::Sender<bool>,
@@ -312,6 +317,7 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<Runni
     // The store and the CA keys live here: created owner-only, refused when others can write
     // or when another server process uses it.
     let data_dir_lock = crate::data_dir::prepare(&cfg.data_dir, opts.store.is_none())?;
+    let mut replica: Option<ClusterStartup> = None;
     let (store, proposer, cluster) = match opts.store {
         Some((store, proposer)) => (store, proposer, None),
         None => {
@@ -322,13 +328,33 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<Runni
                     .await
                     .context("store open task")?
                     .context("opening the store")?;
-            let handle = start_one_member(store.clone()).await?;
-            let proposer: Arc<dyn Proposer> = Arc::new(ClusterProposer::new(handle.clone()));
-            (store, proposer, Some(handle))
+            match &cfg.cluster {
+                Some(settings) => {
+                    let c = ClusterStartup::begin(
+                        settings,
+                        &cfg.data_dir,
+                        &cfg.trust_domain,
+                        store.clone(),
+                    )?;
+                    let proposer = c.proposer.clone();
+                    let handle = c.handle.clone();
+                    replica = Some(c);
+                    (store, proposer, Some(handle))
+                }
+                None => {
+                    let handle = start_one_member(store.clone()).await?;
+                    let proposer: Arc<dyn Proposer> =
+                        Arc::new(ClusterProposer::new(handle.clone()));
+                    (store, proposer, Some(handle))
+                }
+            }
         }
     };
+    let ca_proposer = replica.as_ref().map_or(proposer.clone(), ClusterStartup::ca_proposer);
     let (proposer, failed) = FailStop::new(proposer);
     let proposer: Arc<dyn Proposer> = proposer;
+    let (stop, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
     let ca = Arc::new(CaManager::open(
         CaSettings {
             trust_domain: cfg.trust_domain.clone(),
@@ -337,10 +363,18 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<Runni
             jwt_issuer: cfg.jwt_issuer.clone(),
             dir: cfg.data_dir.join("ca"),
         },
-        proposer.clone(),
+        ca_proposer,
     )?);
     ca.republish().await.context("publishing authorities")?;
     ca.tick(clock.now()).await.context("initial CA rotation step")?;
+    let mut peer_addr = None;
+    if let Some(c) = &replica {
+        let (addr, peer_tasks) =
+            c.listen(&store, ca.clone(), clock.clone(), stop_rx.clone()).await?;
+        peer_addr = Some(addr);
+        tasks.extend(peer_tasks);
+        c.join_if_needed(&ca, clock.clone()).await?;
+    }
 
     let federation = Arc::new(Federation::new(
         store.clone(),
@@ -376,9 +410,6 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<Runni
         Arc::new(StoreAuthorities(state.clone())),
     ));
     let tls_config = Arc::new(tls::server_config(verifier, cert.clone())?);
-
-    let (stop, stop_rx) = watch::channel(false);
-    let mut tasks = Vec::new();
 
     // Background: CA rotation and the server SVID's half-life rotation.
     tasks.push(tokio::spawn(rotation_loop(
@@ -431,7 +462,17 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<Runni
         .add_service(LocalAuthorityServer::new(LocalAuthorityService::new(state.clone())))
         .add_service(LoggerServer::new(LoggerService::new(state.log.clone())))
         .add_service(DebugServer::new(DebugService::new(state.clone())))
-        .add_service(HealthServer::new(HealthService::new(state.clone())));
+        .add_service(HealthServer::new(HealthService::new(state.clone())))
+        .add_optional_service(replica.as_ref().map(|c| {
+            ClusterServer::new(ClusterAdmin {
+                handle: c.handle.clone(),
+                store: state.store.clone(),
+                td: cfg.trust_domain.clone(),
+                proposer: state.proposer.clone(),
+                addresses: c.addresses.clone(),
+                clock: clock.clone(),
+            })
+        }));
     let signal = stopped(stop_rx.clone());
     tasks.push(tokio::spawn(async move {
         if let Err(e) = uds_router.serve_with_incoming_shutdown(uds_incoming, signal).await {
@@ -488,6 +529,7 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<Runni
         metrics_addr,
         health_addr,
         handshakes,
+        peer_addr,
         stop,
         tasks,
         _data_dir_lock: data_dir_lock,

@@ -57,6 +57,10 @@ impl RaftInbound for Recorder {
     fn learn_address(&self, from: u64, address: &str) {
         self.addresses.lock().unwrap().push((from, address.to_owned()));
     }
+
+    fn learn_member(&self, node: u64, address: &str) {
+        self.addresses.lock().unwrap().push((node, address.to_owned()));
+    }
 }
 
 struct Authorities(Vec<Vec<u8>>);
@@ -141,7 +145,7 @@ async fn send(
     client: &mut PeerClient<tonic::transport::Channel>,
     messages: Vec<Vec<u8>>,
 ) -> Result<(), Status> {
-    let batch = RaftBatch { messages, from_address: "127.0.0.2:8082".into() };
+    let batch = RaftBatch { messages, from_address: "127.0.0.2:8082".into(), members: Vec::new() };
     client.raft(Request::new(futures::stream::iter(vec![batch]))).await.map(|_| ())
 }
 

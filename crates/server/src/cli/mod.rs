@@ -19,6 +19,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 pub mod agent;
 pub mod authority;
 pub mod bundle;
+pub mod cluster;
 pub mod entry;
 pub mod federation;
 pub mod logger;
@@ -347,6 +348,12 @@ pub enum AdminCmd {
     },
     /// Determines server health status.
     Healthcheck(token::Healthcheck),
+    /// The Raft cluster of server replicas (ward's own; SPIRE has no such command).
+    Cluster {
+        #[command(subcommand)]
+        /// The cluster command.
+        cmd: cluster::ClusterCmd,
+    },
 }
 
 /// Runs one admin command to completion.
@@ -363,6 +370,7 @@ pub async fn run(cmd: AdminCmd) -> Output {
         AdminCmd::Upstreamauthority { cmd } => authority::run_upstream(cmd).await,
         AdminCmd::Logger { cmd } => logger::run(cmd).await,
         AdminCmd::Healthcheck(args) => token::healthcheck(args).await,
+        AdminCmd::Cluster { cmd } => cluster::run(cmd).await,
     }
 }
 

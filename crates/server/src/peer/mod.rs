@@ -5,14 +5,23 @@
 //!   signed by its own X.509 authority and presented on both ends of every peer connection.
 //! - [`service`]: the `ward.cluster.v1.Peer` service; raft messages are checked against the
 //!   connection's certificate before raft sees a byte of them.
+//! - [`transport`]: raft messages out (one stream per peer, batched, bounded, reconnecting
+//!   with backoff and jitter) and snapshots in, for the `ward-cluster` driver.
+//! - [`credential`]: one-time join credentials; [`replica`]: starting a replica, its peer
+//!   back end (snapshots, joins) and the joining side; [`admin`]: the admin socket's
+//!   `ward.cluster.v1.Cluster` service.
 //!
 //! Both ends check each other: the listener accepts only certificates that chain to the trust
 //! domain's current bundle and name a replica ([`crate::tls::SpiffeClientVerifier::replicas`]);
 //! a connecting replica accepts only the certificate of the replica it dialled, chaining to
 //! the same bundle ([`client_config`]).
 
+pub mod admin;
+pub mod credential;
 pub mod identity;
+pub mod replica;
 pub mod service;
+pub mod transport;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -33,6 +33,9 @@ pub trait RaftInbound: Send + Sync + 'static {
 
     /// Records the peer address replica `from` says it is reached at.
     fn learn_address(&self, from: u64, address: &str);
+
+    /// Records another replica's address as a peer reported it, unless one is known.
+    fn learn_member(&self, node: u64, address: &str);
 }
 
 /// A stream of snapshot chunks.
@@ -116,6 +119,11 @@ impl Peer for PeerService {
         while let Some(batch) = stream.message().await? {
             if !batch.from_address.is_empty() {
                 self.inbound.learn_address(from, &batch.from_address);
+            }
+            for m in &batch.members {
+                if m.node_id != from && m.node_id != self.node_id && !m.address.is_empty() {
+                    self.inbound.learn_member(m.node_id, &m.address);
+                }
             }
             for bytes in &batch.messages {
                 if let Err(status) = self.check(from, bytes) {
