@@ -365,14 +365,26 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<Runni
         },
         ca_proposer,
     )?);
-    ca.republish().await.context("publishing authorities")?;
-    ca.tick(clock.now()).await.context("initial CA rotation step")?;
+    // A restarting replica serves its peers before anything it proposes can commit: its CA
+    // already has an authority to sign its peer certificate, and the leader must reach it.
     let mut peer_addr = None;
-    if let Some(c) = &replica {
+    if let Some(c) = &replica
+        && ca.x509_ca().is_ok()
+    {
         let (addr, peer_tasks) =
             c.listen(&store, ca.clone(), clock.clone(), stop_rx.clone()).await?;
         peer_addr = Some(addr);
         tasks.extend(peer_tasks);
+    }
+    ca.republish().await.context("publishing authorities")?;
+    ca.tick(clock.now()).await.context("initial CA rotation step")?;
+    if let Some(c) = &replica {
+        if peer_addr.is_none() {
+            let (addr, peer_tasks) =
+                c.listen(&store, ca.clone(), clock.clone(), stop_rx.clone()).await?;
+            peer_addr = Some(addr);
+            tasks.extend(peer_tasks);
+        }
         c.join_if_needed(&ca, clock.clone()).await?;
     }
 
@@ -471,6 +483,7 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<Runni
                 proposer: state.proposer.clone(),
                 addresses: c.addresses.clone(),
                 clock: clock.clone(),
+                membership: c.membership.clone(),
             })
         }));
     let signal = stopped(stop_rx.clone());

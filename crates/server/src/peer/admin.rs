@@ -25,6 +25,45 @@ const TRANSFER_WAIT: Duration = Duration::from_secs(10);
 /// (for promotion of learners and for the quorum check of a removal).
 pub const CAUGHT_UP_LAG: u64 = 64;
 
+/// Serializes this replica's membership changes: raft takes one at a time and drops a second
+/// proposed while the first is pending, so joins, promotions and removals queue here.
+pub type MembershipLock = Arc<tokio::sync::Mutex<()>>;
+
+fn reflected(s: &ClusterStatus, change: MembershipChange) -> bool {
+    match change {
+        MembershipChange::AddLearner(n) => s.learners.contains(&n) || s.voters.contains(&n),
+        MembershipChange::AddVoter(n) => s.voters.contains(&n),
+        MembershipChange::Remove(n) => !s.learners.contains(&n) && !s.voters.contains(&n),
+    }
+}
+
+/// Makes `change` under `lock` and returns once this replica's membership shows it
+/// (proposing it again if raft dropped it), or with the reason it did not happen.
+///
+/// # Errors
+/// A sentence when the proposal fails or the change never shows.
+pub async fn change_membership(
+    handle: &ClusterHandle,
+    lock: &MembershipLock,
+    change: MembershipChange,
+) -> Result<(), String> {
+    let _one = lock.lock().await;
+    for _ in 0..5 {
+        if handle.status().await.is_ok_and(|s| reflected(&s, change)) {
+            return Ok(());
+        }
+        handle.change_membership(change).await.map_err(|e| e.to_string())?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while tokio::time::Instant::now() < deadline {
+            if handle.status().await.is_ok_and(|s| reflected(&s, change)) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Err(format!("the membership change {change:?} did not take effect"))
+}
+
 /// The Cluster admin service of one replica.
 pub struct ClusterAdmin {
     /// The replica's driver.
@@ -39,6 +78,8 @@ pub struct ClusterAdmin {
     pub addresses: Arc<AddressBook>,
     /// Time.
     pub clock: Arc<dyn Clock>,
+    /// Serializes membership changes.
+    pub membership: MembershipLock,
 }
 
 impl std::fmt::Debug for ClusterAdmin {
@@ -207,7 +248,9 @@ impl Cluster for ClusterAdmin {
         let node = request.into_inner().node_id;
         let s = self.leader_status().await?;
         check_removal(&s, node).map_err(Status::failed_precondition)?;
-        self.handle.change_membership(MembershipChange::Remove(node)).await.map_err(unavailable)?;
+        change_membership(&self.handle, &self.membership, MembershipChange::Remove(node))
+            .await
+            .map_err(Status::unavailable)?;
         self.addresses.forget(node);
         tracing::info!(node_id = node, "removed a replica");
         Ok(Response::new(RemoveMemberResponse {}))
@@ -240,7 +283,11 @@ impl Cluster for ClusterAdmin {
 }
 
 /// Promotes caught-up learners to voters while this replica leads; runs until `stop`.
-pub async fn promote_learners(handle: ClusterHandle, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn promote_learners(
+    handle: ClusterHandle,
+    membership: MembershipLock,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -257,7 +304,8 @@ pub async fn promote_learners(handle: ClusterHandle, mut stop: tokio::sync::watc
                     && s.last_index.saturating_sub(p.matched) <= CAUGHT_UP_LAG
             });
             if caught_up {
-                match handle.change_membership(MembershipChange::AddVoter(*learner)).await {
+                let change = MembershipChange::AddVoter(*learner);
+                match change_membership(&handle, &membership, change).await {
                     Ok(_) => tracing::info!(node_id = learner, "promoted a caught-up learner"),
                     Err(e) => tracing::warn!(node_id = learner, error = %e, "promotion failed"),
                 }

@@ -2,9 +2,11 @@
 //! presents to join.
 //!
 //! A credential names the node id and peer address it was made for, carries a random secret,
-//! and pins the trust domain's X.509 authorities as they were when it was made (the
-//! discovery hash, as kubeadm pins its CA): the joining replica refuses a server whose
-//! authorities hash differently, so the secret never goes to an impostor. The store keeps
+//! and pins the trust domain's X.509 authorities as they were when it was made (a SHA-256 of
+//! each, as kubeadm pins its CA): the joining replica trusts the server only when its
+//! certificate chains to one of the pinned authorities, so the secret never goes to an
+//! impostor. Authorities added later (other replicas joining, rotations) do not invalidate
+//! the credential as long as the server it reaches still chains to a pinned one. The store keeps
 //! only a hash of (node id, address, secret) with the credential's expiry, through the same
 //! commands as join tokens (`CreateJoinToken`, `ConsumeJoinToken`, consumed inside apply),
 //! under a domain-separated input so that an agent join token is never a replica credential
@@ -27,8 +29,8 @@ pub struct JoinCredential {
     pub address: String,
     /// The secret (hex of 32 random bytes).
     pub secret: String,
-    /// [`discovery_hash`] of the trust domain's X.509 authorities when it was made.
-    pub authorities_sha256: String,
+    /// [`authority_hash`] of each of the trust domain's X.509 authorities when it was made.
+    pub authorities_sha256: Vec<String>,
 }
 
 impl std::fmt::Debug for JoinCredential {
@@ -58,7 +60,7 @@ impl JoinCredential {
             node_id,
             address: address.to_owned(),
             secret: hex::encode(secret),
-            authorities_sha256: discovery_hash(authorities),
+            authorities_sha256: authorities.iter().map(|a| authority_hash(a)).collect(),
         })
     }
 
@@ -93,19 +95,16 @@ impl JoinCredential {
     }
 }
 
-/// SHA-256 (hex) over the trust domain's X.509 authorities (DER), sorted, each preceded by
-/// its length as four big-endian bytes: the same set hashes the same in any order.
-pub fn discovery_hash(authorities: &[Vec<u8>]) -> String {
-    let mut sorted: Vec<&Vec<u8>> = authorities.iter().collect();
-    sorted.sort();
-    sorted.dedup();
-    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    for der in sorted {
-        let len = u32::try_from(der.len()).unwrap_or(u32::MAX);
-        ctx.update(&len.to_be_bytes());
-        ctx.update(der);
+/// SHA-256 (hex) of one X.509 authority's DER.
+pub fn authority_hash(der: &[u8]) -> String {
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref())
+}
+
+impl JoinCredential {
+    /// The authorities among `found` that the credential pins.
+    pub fn pinned<'a>(&self, found: &'a [Vec<u8>]) -> Vec<&'a Vec<u8>> {
+        found.iter().filter(|a| self.authorities_sha256.contains(&authority_hash(a))).collect()
     }
-    hex::encode(ctx.finish().as_ref())
 }
 
 #[cfg(test)]
@@ -136,12 +135,10 @@ mod tests {
     }
 
     #[test]
-    fn the_discovery_hash_is_of_the_set() {
-        let (a, b) = (vec![1u8, 2, 3], vec![4u8]);
-        assert_eq!(
-            discovery_hash(&[a.clone(), b.clone()]),
-            discovery_hash(&[b.clone(), a.clone()])
-        );
-        assert_ne!(discovery_hash(&[a.clone()]), discovery_hash(&[a, b]));
+    fn only_the_authorities_of_when_it_was_made_are_pinned() {
+        let (a, b, c) = (vec![1u8, 2, 3], vec![4u8], vec![5u8]);
+        let cred = JoinCredential::generate(2, "h:1", &[a.clone(), b.clone()]).unwrap();
+        assert_eq!(cred.pinned(&[c.clone(), b.clone(), a.clone()]), vec![&b, &a]);
+        assert!(cred.pinned(&[c]).is_empty());
     }
 }

@@ -12,7 +12,7 @@ use ward_proto::ward::cluster::v1::{
 };
 use ward_store::{Applied, Command, Outcome, Store};
 
-use super::credential::{JoinCredential, discovery_hash};
+use super::credential::JoinCredential;
 use super::service::{ChunkStream, PeerBackend};
 use super::transport::AddressBook;
 use crate::proposer::{ProposeFuture, Proposer};
@@ -125,6 +125,8 @@ pub struct ClusterBackend {
     pub addresses: Arc<AddressBook>,
     /// Time, for credential expiry.
     pub clock: Arc<dyn Clock>,
+    /// Serializes membership changes.
+    pub membership: super::admin::MembershipLock,
 }
 
 impl std::fmt::Debug for ClusterBackend {
@@ -218,10 +220,10 @@ impl ClusterBackend {
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         self.addresses.learn(node, &credential.address);
-        self.handle
-            .change_membership(MembershipChange::AddLearner(node))
+        let change = MembershipChange::AddLearner(node);
+        super::admin::change_membership(&self.handle, &self.membership, change)
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(Status::unavailable)?;
         tracing::info!(node_id = node, address = %credential.address, "replica joined as a learner");
         let members = self
             .addresses
@@ -385,15 +387,16 @@ pub async fn join(
         .map_err(|s| format!("reaching {address}: {}", s.message()))?
         .into_inner()
         .x509_authorities;
-    if discovery_hash(&found) != credential.authorities_sha256 {
+    let pinned = credential.pinned(&found);
+    if pinned.is_empty() {
         return Err(format!(
-            "the server at {address} does not hold the trust bundle the credential was made \
-             for (another cluster, or its authorities changed since); make a new credential"
+            "the server at {address} holds none of the authorities the credential was made \
+             with (another cluster, or they all rotated since); make a new credential"
         ));
     }
     let chain = recorder.chain.lock().map(|c| c.clone()).unwrap_or_default();
     let mut bundle = Bundle::new(td.clone());
-    bundle.x509_authorities = found.iter().map(|d| X509Authority::new(d.clone())).collect();
+    bundle.x509_authorities = pinned.iter().map(|d| X509Authority::new((*d).clone())).collect();
     let id = ward_core::x509svid::verify_with_bundle_for(
         ward_core::x509svid::SvidUsage::ServerAuth,
         &chain,
@@ -444,6 +447,8 @@ pub struct ClusterStartup {
     pub proposer: Arc<dyn Proposer>,
     /// While joining: the CA manager's proposer, holding its publications for the join.
     pub holding: Option<Arc<HoldingProposer>>,
+    /// Serializes membership changes (joins, promotions, removals).
+    pub membership: super::admin::MembershipLock,
 }
 
 impl std::fmt::Debug for ClusterStartup {
@@ -524,6 +529,7 @@ impl ClusterStartup {
             authorities,
             proposer,
             holding,
+            membership: Arc::default(),
         })
     }
 
@@ -564,6 +570,7 @@ impl ClusterStartup {
             proposer: self.proposer.clone(),
             addresses: self.addresses.clone(),
             clock: clock.clone(),
+            membership: self.membership.clone(),
         };
         let inbound =
             super::transport::DriverInbound::new(self.handle.clone(), self.addresses.clone());
@@ -588,7 +595,11 @@ impl ClusterStartup {
                 }
             }
         }));
-        tasks.push(tokio::spawn(super::admin::promote_learners(self.handle.clone(), stop)));
+        tasks.push(tokio::spawn(super::admin::promote_learners(
+            self.handle.clone(),
+            self.membership.clone(),
+            stop,
+        )));
         tracing::info!(address = %addr, "serving peers");
         Ok((addr, tasks))
     }
