@@ -18,6 +18,9 @@ use super::transport::AddressBook;
 use crate::proposer::{ProposeFuture, Proposer};
 use crate::tls::AuthoritySource;
 
+/// How a follower's refusal of a join names the leader's peer address.
+const LEADER_IS_AT: &str = "the leader is at ";
+
 /// How long a new member's credential is good for unless `cluster add -ttl` says otherwise.
 pub const DEFAULT_CREDENTIAL_TTL: Duration = Duration::from_secs(3600);
 
@@ -174,7 +177,7 @@ impl ClusterBackend {
             let hint = status
                 .leader_id
                 .and_then(|l| self.addresses.get(l))
-                .map(|a| format!("; the leader is at {a}"))
+                .map(|a| format!("; {LEADER_IS_AT}{a}"))
                 .unwrap_or_default();
             return Err(Status::failed_precondition(format!("not the leader{hint}")));
         }
@@ -632,11 +635,20 @@ impl ClusterStartup {
         }
         let (x509, jwt) = holding.held();
         let td = self.identity.trust_domain().clone();
+        let mut address = address.clone();
         let mut wait = Duration::from_millis(200);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         let (found, response) = loop {
-            match join(&td, address, &cred, &x509, &jwt, clock.now()).await {
+            match join(&td, &address, &cred, &x509, &jwt, clock.now()).await {
                 Ok(r) => break r,
+                // A follower names the leader: ask there.
+                Err(e) if e.contains(LEADER_IS_AT) => {
+                    if let Some((_, at)) = e.split_once(LEADER_IS_AT) {
+                        tracing::info!(leader = at, "joining through the leader");
+                        address = at.trim().to_owned();
+                    }
+                    tokio::time::sleep(wait).await;
+                }
                 Err(e) if e.starts_with("join refused") && !e.contains("not the leader") => {
                     anyhow::bail!("{e}")
                 }
