@@ -405,6 +405,28 @@ mod tests {
     }
 
     #[test]
+    fn the_local_deployment_configs_parse() {
+        let files = [
+            include_str!("../../../../deploy/local/replica1.toml"),
+            include_str!("../../../../deploy/local/replica2.toml"),
+            include_str!("../../../../deploy/local/replica3.toml"),
+        ];
+        for (i, text) in files.into_iter().enumerate() {
+            let node = u64::try_from(i).unwrap() + 1;
+            let c = crate::config::Config::from_toml(text, &crate::config::Overrides::default())
+                .unwrap();
+            let cluster = c.cluster.unwrap();
+            assert_eq!(cluster.node_id, node);
+            assert_eq!(cluster.advertise_address, format!("127.0.0.{node}:8082"));
+            match (node, cluster.start) {
+                (1, ClusterStart::Bootstrap) => {}
+                (_, ClusterStart::Join { address, .. }) => assert_eq!(address, "127.0.0.1:8082"),
+                (n, other) => panic!("replica {n}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn refusals_name_the_key() {
         let cases: &[(&str, &dyn Fn(&str) -> Option<String>, &str)] = &[
             ("node_id = 0", &no_env, "cluster.node_id"),
