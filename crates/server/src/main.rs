@@ -108,8 +108,12 @@ struct ClusterFlags {
 
 impl ClusterFlags {
     fn into_overrides(self) -> ward_server::config::ClusterOverrides {
+        use ward_server::config::NodeIdSetting;
         ward_server::config::ClusterOverrides {
-            node_id: self.node_id,
+            node_id: self.node_id.map(|t| match t.parse::<u64>() {
+                Ok(n) => NodeIdSetting::Number(n),
+                Err(_) => NodeIdSetting::Word(t),
+            }),
             peer_address: self.peer_address,
             advertise_address: self.advertise_address,
             bootstrap: self.bootstrap.then_some(true),
@@ -520,7 +524,7 @@ mod tests {
             panic!("run did not parse");
         };
         let o = cluster.into_overrides();
-        assert_eq!(o.node_id.as_deref(), Some("3"));
+        assert_eq!(o.node_id, Some(ward_server::config::NodeIdSetting::Number(3)));
         assert_eq!(o.peer_address, Some("127.0.0.3:8082".parse().unwrap()));
         assert_eq!(o.bootstrap, Some(true));
         assert_eq!(o.tick_interval.as_deref(), Some("50ms"));

@@ -60,47 +60,25 @@ pub struct ClusterFile {
     pub peer_service: Option<String>,
 }
 
-/// Command-line values that override the `[cluster]` table.
-#[derive(Debug, Clone, Default)]
-pub struct ClusterOverrides {
-    /// `-nodeId` (a number or `ordinal`).
-    pub node_id: Option<String>,
-    /// `-peerAddress`.
-    pub peer_address: Option<SocketAddr>,
-    /// `-advertiseAddress`.
-    pub advertise_address: Option<String>,
-    /// `-bootstrap`.
-    pub bootstrap: Option<bool>,
-    /// `-joinAddress`.
-    pub join_address: Option<String>,
-    /// `-joinCredentialFile`.
-    pub join_credential_file: Option<PathBuf>,
-    /// `-electionTick`.
-    pub election_tick: Option<usize>,
-    /// `-heartbeatTick`.
-    pub heartbeat_tick: Option<usize>,
-    /// `-tickInterval`.
-    pub tick_interval: Option<String>,
-    /// `-snapshotThreshold`.
-    pub snapshot_threshold: Option<u64>,
-    /// `-peerService`.
-    pub peer_service: Option<String>,
-}
+/// Command-line values that override the `[cluster]` table: the same keys, as flags.
+pub type ClusterOverrides = ClusterFile;
 
-impl ClusterOverrides {
-    /// Whether any cluster flag was given.
-    pub fn any(&self) -> bool {
-        self.node_id.is_some()
-            || self.peer_address.is_some()
-            || self.advertise_address.is_some()
-            || self.bootstrap.is_some()
-            || self.join_address.is_some()
-            || self.join_credential_file.is_some()
-            || self.election_tick.is_some()
-            || self.heartbeat_tick.is_some()
-            || self.tick_interval.is_some()
-            || self.snapshot_threshold.is_some()
-            || self.peer_service.is_some()
+impl ClusterFile {
+    /// Each key of `self` that is set, else `under`'s.
+    pub fn over(self, under: Self) -> Self {
+        Self {
+            node_id: self.node_id.or(under.node_id),
+            peer_address: self.peer_address.or(under.peer_address),
+            advertise_address: self.advertise_address.or(under.advertise_address),
+            bootstrap: self.bootstrap.or(under.bootstrap),
+            join_address: self.join_address.or(under.join_address),
+            join_credential_file: self.join_credential_file.or(under.join_credential_file),
+            election_tick: self.election_tick.or(under.election_tick),
+            heartbeat_tick: self.heartbeat_tick.or(under.heartbeat_tick),
+            tick_interval: self.tick_interval.or(under.tick_interval),
+            snapshot_threshold: self.snapshot_threshold.or(under.snapshot_threshold),
+            peer_service: self.peer_service.or(under.peer_service),
+        }
     }
 }
 
@@ -171,22 +149,14 @@ impl ClusterFile {
         o: &ClusterOverrides,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Option<ClusterConfig>, ConfigError> {
-        if file.is_none() && !o.any() {
+        if file.is_none() && *o == ClusterFile::default() {
             return Ok(None);
         }
-        let f = file.unwrap_or_default();
-        let node_setting = match &o.node_id {
-            Some(text) => Some(match text.parse::<u64>() {
-                Ok(n) => NodeIdSetting::Number(n),
-                Err(_) => NodeIdSetting::Word(text.clone()),
-            }),
-            None => f.node_id.clone(),
-        };
-        let peer_service = o.peer_service.clone().or(f.peer_service.clone());
-        let peer_address = o
-            .peer_address
-            .or(f.peer_address)
-            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], DEFAULT_PEER_PORT)));
+        let f = o.clone().over(file.unwrap_or_default());
+        let node_setting = f.node_id.clone();
+        let peer_service = f.peer_service.clone();
+        let peer_address =
+            f.peer_address.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], DEFAULT_PEER_PORT)));
         // With an ordinal: the pod's own name gives the node id, the StatefulSet's name and
         // the headless service give every replica's address.
         let mut ordinal_join = None;
@@ -230,7 +200,7 @@ impl ClusterFile {
                 ));
             }
         };
-        let advertise_address = match o.advertise_address.clone().or(f.advertise_address.clone()) {
+        let advertise_address = match f.advertise_address.clone() {
             Some(a) => a,
             None => match advertise_default {
                 Some(a) => a,
@@ -246,9 +216,9 @@ impl ClusterFile {
                 None => peer_address.to_string(),
             },
         };
-        let bootstrap = o.bootstrap.or(f.bootstrap);
-        let join_address = o.join_address.clone().or(f.join_address.clone()).or(ordinal_join);
-        let credential = o.join_credential_file.clone().or(f.join_credential_file.clone());
+        let bootstrap = f.bootstrap;
+        let join_address = f.join_address.clone().or(ordinal_join);
+        let credential = f.join_credential_file.clone();
         let start = match (bootstrap, join_address) {
             (Some(true), Some(_)) => {
                 return Err(invalid(
@@ -271,8 +241,8 @@ impl ClusterFile {
             // Unset: the first replica of a new cluster bootstraps.
             (None, None) => ClusterStart::Bootstrap,
         };
-        let election_tick = o.election_tick.or(f.election_tick).unwrap_or(10);
-        let heartbeat_tick = o.heartbeat_tick.or(f.heartbeat_tick).unwrap_or(2);
+        let election_tick = f.election_tick.unwrap_or(10);
+        let heartbeat_tick = f.heartbeat_tick.unwrap_or(2);
         if heartbeat_tick == 0 {
             return Err(invalid("cluster.heartbeat_tick", "must be at least 1"));
         }
@@ -282,13 +252,13 @@ impl ClusterFile {
                 format!("must be greater than heartbeat_tick ({heartbeat_tick})"),
             ));
         }
-        let tick_text = o.tick_interval.clone().or(f.tick_interval.clone());
+        let tick_text = f.tick_interval.clone();
         let tick_interval = opt_duration("cluster.tick_interval", tick_text.as_deref())?
             .unwrap_or(Duration::from_millis(100));
         if tick_interval.is_zero() {
             return Err(invalid("cluster.tick_interval", "must be positive"));
         }
-        let snapshot_threshold = o.snapshot_threshold.or(f.snapshot_threshold).unwrap_or(64 << 20);
+        let snapshot_threshold = f.snapshot_threshold.unwrap_or(64 << 20);
         if snapshot_threshold == 0 {
             return Err(invalid("cluster.snapshot_threshold", "must be positive"));
         }
@@ -355,7 +325,7 @@ mod tests {
         assert_eq!(c.tick_interval, Duration::from_millis(50));
         assert_eq!(c.snapshot_threshold, 1 << 20);
         let o = ClusterOverrides {
-            node_id: Some("5".into()),
+            node_id: Some(NodeIdSetting::Number(5)),
             advertise_address: Some("ward-5.example:8082".into()),
             ..ClusterOverrides::default()
         };
@@ -428,7 +398,8 @@ mod tests {
 
     #[test]
     fn refusals_name_the_key() {
-        let cases: &[(&str, &dyn Fn(&str) -> Option<String>, &str)] = &[
+        type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+        let cases: &[(&str, Env<'_>, &str)] = &[
             ("node_id = 0", &no_env, "cluster.node_id"),
             ("node_id = \"first\"", &no_env, "cluster.node_id"),
             ("node_id = \"ordinal\"\npeer_service = \"s\"", &no_env, "cluster.node_id"),
