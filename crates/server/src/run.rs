@@ -484,6 +484,7 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<Runni
                 addresses: c.addresses.clone(),
                 clock: clock.clone(),
                 membership: c.membership.clone(),
+                digests: Default::default(),
             })
         }));
     let signal = stopped(stop_rx.clone());

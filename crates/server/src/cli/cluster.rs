@@ -93,6 +93,10 @@ async fn status(ctx: &mut Ctx, admin: &Admin) -> CliResult {
         ctx.print(&format!("Term: {}\nCommit: {}\nApplied: {}\n", s.term, s.commit, s.applied));
         let snap = s.last_snapshot.as_ref().map_or(0, |x| x.index);
         ctx.print(&format!("Last snapshot: {snap}\n"));
+        ctx.print(&format!(
+            "Applied index: {}\nState digest: {}\n",
+            s.applied_index, s.state_digest
+        ));
         ctx.print(&format!("Members: {}\n", s.members.len()));
         for m in &s.members {
             let leader = if m.leader { " leader" } else { "" };

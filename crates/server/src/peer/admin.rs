@@ -80,6 +80,44 @@ pub struct ClusterAdmin {
     pub clock: Arc<dyn Clock>,
     /// Serializes membership changes.
     pub membership: MembershipLock,
+    /// The last state digest computed, reused while the state has not changed.
+    pub digests: DigestCache,
+}
+
+/// The last state digest a replica computed: `(applied index, revision, hex digest)`.
+pub type DigestCache = Arc<std::sync::Mutex<Option<(u64, u64, String)>>>;
+
+/// The applied index of `store` and the lowercase hex SHA-256 of its snapshot stream at that
+/// index: every chunk in its transport encoding ([`ward_store::SnapshotChunk::to_bytes`]),
+/// data chunks then the trailer, with [`ward_store::DEFAULT_CHUNK_BYTES`] payloads. The
+/// stream is a function of the applied state, so two replicas at the same applied index
+/// give the same digest exactly when they hold the same state. `cache` skips the hashing
+/// while neither the applied index nor the revision has moved.
+///
+/// # Errors
+/// The store's error if the export fails.
+pub fn state_digest(
+    store: &Store,
+    cache: &DigestCache,
+) -> Result<(u64, String), ward_store::StoreError> {
+    let export = store.export_snapshot_stream(ward_store::DEFAULT_CHUNK_BYTES)?;
+    let info = export.info();
+    if let Ok(guard) = cache.lock()
+        && let Some((applied, revision, digest)) = guard.as_ref()
+        && *applied == info.applied
+        && *revision == info.revision
+    {
+        return Ok((info.applied, digest.clone()));
+    }
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for chunk in export {
+        ctx.update(&chunk?.to_bytes());
+    }
+    let digest = hex::encode(ctx.finish().as_ref());
+    if let Ok(mut guard) = cache.lock() {
+        *guard = Some((info.applied, info.revision, digest.clone()));
+    }
+    Ok((info.applied, digest))
 }
 
 impl std::fmt::Debug for ClusterAdmin {
@@ -92,8 +130,13 @@ fn unavailable(e: impl std::fmt::Display) -> Status {
     Status::unavailable(e.to_string())
 }
 
-/// The status message for `s`, with peer addresses from `addresses`.
-pub fn status_message(s: &ClusterStatus, addresses: &AddressBook) -> StatusResponse {
+/// The status message for `s`, with peer addresses from `addresses` and the store's
+/// `(applied index, state digest)` from [`state_digest`].
+pub fn status_message(
+    s: &ClusterStatus,
+    addresses: &AddressBook,
+    (applied_index, state_digest): (u64, String),
+) -> StatusResponse {
     let last = s.last_index;
     let mut members: Vec<MemberStatus> = s
         .voters
@@ -126,6 +169,8 @@ pub fn status_message(s: &ClusterStatus, addresses: &AddressBook) -> StatusRespo
         applied: s.applied,
         members,
         last_snapshot: Some(SnapshotStatus { index: s.snapshot_index, term: 0 }),
+        applied_index,
+        state_digest,
     }
 }
 
@@ -193,14 +238,21 @@ impl Cluster for ClusterAdmin {
         _request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
         let s = self.handle.status().await.map_err(unavailable)?;
+        let (store, cache) = (self.store.clone(), self.digests.clone());
+        let digest = tokio::task::spawn_blocking(move || state_digest(&store, &cache))
+            .await
+            .map_err(|e| Status::internal(format!("computing the state digest: {e}")))?
+            .map_err(|e| Status::internal(format!("computing the state digest: {e}")))?;
         tracing::debug!(
             node_id = s.node_id,
             term = s.term,
             commit = s.commit,
             applied = s.applied,
+            applied_index = digest.0,
+            state_digest = %digest.1,
             "cluster status"
         );
-        Ok(Response::new(status_message(&s, &self.addresses)))
+        Ok(Response::new(status_message(&s, &self.addresses, digest)))
     }
 
     async fn add_member(
@@ -311,5 +363,62 @@ pub async fn promote_learners(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ward_core::JoinToken;
+    use ward_store::{Command, StoreConfig};
+
+    fn token(name: &str) -> Command {
+        Command::CreateJoinToken {
+            token: JoinToken { token: name.into(), expires_at: 100 }.to_stored(),
+            entry: None,
+        }
+    }
+
+    /// A store in `dir` that applied one join token per name, in order.
+    fn store_with(dir: &std::path::Path, names: &[&str]) -> Store {
+        let td = TrustDomain::new("example.org").unwrap();
+        let store = Store::open(dir, StoreConfig::new(td)).unwrap();
+        for (i, name) in names.iter().enumerate() {
+            store.apply(i as u64 + 1, &token(name)).unwrap();
+        }
+        store
+    }
+
+    #[test]
+    fn state_digest_is_equal_for_equal_states_and_differs_otherwise() {
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let a = store_with(dirs[0].path(), &["one", "two"]);
+        let b = store_with(dirs[1].path(), &["one", "two"]);
+        let c = store_with(dirs[2].path(), &["one", "three"]);
+        let (da, db, dc) = (
+            state_digest(&a, &DigestCache::default()).unwrap(),
+            state_digest(&b, &DigestCache::default()).unwrap(),
+            state_digest(&c, &DigestCache::default()).unwrap(),
+        );
+        assert_eq!(da.0, 2);
+        assert_eq!(da.1.len(), 64, "hex SHA-256: {}", da.1);
+        assert!(da.1.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert_eq!(da, db, "same commands, same state");
+        assert_eq!(dc.0, 2);
+        assert_ne!(da.1, dc.1, "a different token, a different state");
+    }
+
+    #[test]
+    fn state_digest_follows_a_new_apply_through_its_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with(dir.path(), &["one"]);
+        let cache = DigestCache::default();
+        let first = state_digest(&store, &cache).unwrap();
+        assert_eq!(state_digest(&store, &cache).unwrap(), first, "unchanged state");
+        store.apply(2, &token("two")).unwrap();
+        let second = state_digest(&store, &cache).unwrap();
+        assert_eq!(second.0, 2);
+        assert_ne!(second.1, first.1);
+        assert_eq!(second, state_digest(&store, &DigestCache::default()).unwrap());
     }
 }
