@@ -311,14 +311,9 @@ impl Replica {
         v["count"].as_u64().context("count")
     }
 
-    /// Creates entry number `n` (`spiffe://example.org/workload/<n>`, selector
-    /// `unix:uid:<n>`); its id.
+    /// Creates entry number `n` (see [`create_entry`]); its id.
     pub fn create_entry(&self, n: u64) -> anyhow::Result<String> {
-        self.cli.entry_create(
-            &format!("spiffe://{TRUST_DOMAIN}/parent"),
-            &format!("spiffe://{TRUST_DOMAIN}/workload/{n}"),
-            &format!("unix:uid:{n}"),
-        )
+        create_entry(&self.cli, n)
     }
 
     /// The SPIFFE IDs of every entry it holds, as listed (duplicates kept).
@@ -356,6 +351,21 @@ impl Replica {
     }
 }
 
+/// Creates entry number `n` through `cli`: `spiffe://example.org/workload/<n>` under
+/// `spiffe://example.org/parent`, selector `unix:uid:<n>`; its id.
+pub fn create_entry(cli: &AdminCli, n: u64) -> anyhow::Result<String> {
+    cli.entry_create(
+        &format!("spiffe://{TRUST_DOMAIN}/parent"),
+        &format!("spiffe://{TRUST_DOMAIN}/workload/{n}"),
+        &format!("unix:uid:{n}"),
+    )
+}
+
+/// The number `n` of an entry made by [`create_entry`], from its SPIFFE ID.
+pub fn entry_number(spiffe_id: &str) -> Option<u64> {
+    spiffe_id.strip_prefix(&format!("spiffe://{TRUST_DOMAIN}/workload/"))?.parse().ok()
+}
+
 /// A replica's store position and state digest, from `cluster status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateDigest {
@@ -389,12 +399,18 @@ impl Cluster {
     /// `n` replicas on `127.0.0.1..=n`: node 1 bootstraps, the others join with credentials,
     /// each with `extra` in its `[cluster]` table; returns once all `n` are voters.
     pub fn start_loopback(n: u64, extra: &str) -> anyhow::Result<Self> {
+        let mut c = Self::loopback(n)?;
+        c.form(extra)?;
+        Ok(c)
+    }
+
+    /// `n` unstarted replicas on `127.0.0.1..=n` (set them up, then [`Cluster::form`]).
+    pub fn loopback(n: u64) -> anyhow::Result<Self> {
         let mut c = Self::empty()?;
         for node in 1..=n {
             let r = Replica::loopback(&c.bin, c.root(), node)?;
             c.replicas.push(r);
         }
-        c.form(extra)?;
         Ok(c)
     }
 
