@@ -10,8 +10,11 @@
 //!   metadata), [`MemLogStore`], and [`SledLogStore`] over the store's
 //!   [`ward_store::RaftLog`] (sled stays inside ward-store).
 //! - [`storage`]: raft-rs's `Storage` over any [`LogStore`].
+//! - [`config`]: a replica's settings.
+//! - [`handle`]: [`ClusterHandle`], what the rest of the process calls, and the status and
+//!   timing figures it reads.
 //! - [`driver`]: the ready loop, proposals and their waiters, read index, membership,
-//!   snapshot install and log compaction.
+//!   snapshot install and log compaction (on the driver's own thread).
 //! - [`transport`]: the seams to the network, [`Transport`] (raft messages out) and
 //!   [`SnapshotSource`] (pull a snapshot's chunks from a replica); inbound messages enter
 //!   through [`ClusterHandle::receive`].
@@ -23,8 +26,10 @@
 //! as raft's encoding (opaque bytes), snapshots as a [`SnapshotDescriptor`].
 
 mod apply;
+pub mod config;
 pub mod driver;
 mod error;
+pub mod handle;
 pub mod log_store;
 mod logger;
 pub mod mem_network;
@@ -32,11 +37,12 @@ pub mod snapshot;
 pub mod storage;
 pub mod transport;
 
-pub use driver::{
-    ClusterConfig, ClusterHandle, ClusterStatus, DriverTimings, MembershipChange, PeerProgress,
-    Replica, Role, StartError, start,
-};
+pub use config::{ClusterConfig, StartError};
+pub use driver::{Replica, start};
 pub use error::{InboundError, ProposeError};
+pub use handle::{
+    ClusterHandle, ClusterStatus, DriverTimings, MembershipChange, PeerProgress, Role,
+};
 pub use log_store::{LogStore, LogStoreError, MemLogStore, SledLogStore};
 pub use transport::{
     ChunkStream, ChunkStreamFuture, NodeId, SnapshotDescriptor, SnapshotError, SnapshotSource,

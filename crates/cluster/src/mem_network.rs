@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use ward_store::Store;
 
-use crate::driver::ClusterHandle;
+use crate::handle::ClusterHandle;
 use crate::snapshot::export_for;
 use crate::transport::{
     ChunkStreamFuture, NodeId, SnapshotDescriptor, SnapshotError, SnapshotSource, Transport,
@@ -20,6 +20,8 @@ struct Net {
     nodes: HashMap<NodeId, (ClusterHandle, Store)>,
     /// Directed links that drop everything.
     cut: HashSet<(NodeId, NodeId)>,
+    /// Replicas whose snapshot pulls fail (their raft messages still flow).
+    no_snapshots: HashSet<NodeId>,
     /// Extra latency of every message from or to a replica.
     delay: HashMap<NodeId, Duration>,
     /// Messages delivered and dropped, for assertions.
@@ -85,10 +87,16 @@ impl MemNetwork {
         self.lock().cut.insert((from, to));
     }
 
-    /// Restores every link and removes every delay.
+    /// Makes every snapshot pull by replica `me` fail, while its raft messages still flow.
+    pub fn refuse_snapshots(&self, me: NodeId) {
+        self.lock().no_snapshots.insert(me);
+    }
+
+    /// Restores every link and snapshot pull and removes every delay.
     pub fn heal(&self) {
         let mut net = self.lock();
         net.cut.clear();
+        net.no_snapshots.clear();
         net.delay.clear();
     }
 
@@ -161,7 +169,10 @@ impl SnapshotSource for MemSnapshots {
     fn fetch(&self, from: NodeId, descriptor: SnapshotDescriptor) -> ChunkStreamFuture {
         let store = {
             let net = self.network.lock();
-            if net.cut.contains(&(self.me, from)) || net.cut.contains(&(from, self.me)) {
+            if net.cut.contains(&(self.me, from))
+                || net.cut.contains(&(from, self.me))
+                || net.no_snapshots.contains(&self.me)
+            {
                 None
             } else {
                 net.nodes.get(&from).map(|(_, s)| s.clone())

@@ -161,11 +161,11 @@ async fn an_entry_the_store_cannot_apply_stops_the_replica_and_fails_its_waiters
     assert_eq!(h.nodes[&victim].store.last_applied(), applied_before);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_replica_catches_up_from_a_snapshot() {
+/// Replica 1 alone, with 60 tokens `s0..s59` written and a log so small a threshold that it
+/// was compacted: only a snapshot can bring a newcomer up to date. Returns the harness and
+/// the last index written.
+async fn one_replica_with_a_compacted_log() -> (Harness, u64) {
     let mut h = Harness::new();
-    // A tiny threshold so the log is compacted and only a snapshot can bring a newcomer
-    // up to date.
     h.compact_log_bytes = 2048;
     h.start(1, true);
     h.wait_leader().await;
@@ -175,6 +175,12 @@ async fn a_new_replica_catches_up_from_a_snapshot() {
     }
     let status = h.nodes[&1].handle.status().await.unwrap();
     assert!(status.first_index > 1, "the log was compacted: {status:?}");
+    (h, last)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_replica_catches_up_from_a_snapshot() {
+    let (mut h, last) = one_replica_with_a_compacted_log().await;
     h.start(2, false);
     h.add_voter(2).await;
     h.wait_applied(last).await;
@@ -182,6 +188,37 @@ async fn a_new_replica_catches_up_from_a_snapshot() {
     assert!(status.snapshot_index > 0, "replica 2 installed a snapshot: {status:?}");
     assert!(h.nodes[&2].store.join_token("s0").is_some());
     let applied = h.propose(2, token("after-join")).await;
+    h.wait_applied(applied.index).await;
+    h.assert_converged().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_snapshot_pull_failed_gets_a_new_snapshot_after_restarting() {
+    let (mut h, last) = one_replica_with_a_compacted_log().await;
+
+    tracing::info!("replica 2 talks raft with the leader but its snapshot pulls fail");
+    h.snapshot_pull_timeout = Duration::from_millis(500);
+    h.net.refuse_snapshots(2);
+    h.start(2, false);
+    let leader = h.nodes[&1].handle.clone();
+    harness::retry("adding a learner", || {
+        let leader = leader.clone();
+        async move { leader.change_membership(ward_cluster::MembershipChange::AddLearner(2)).await }
+    })
+    .await;
+    let reason = h.nodes[&2].handle.stopped().await.unwrap_err();
+    assert!(reason.contains("snapshot"), "{reason}");
+    assert!(h.nodes[&2].store.join_token("s0").is_none());
+
+    tracing::info!("healed and restarted on the same data, it is sent a snapshot again");
+    h.net.heal();
+    h.net.unregister(2);
+    h.nodes.remove(&2);
+    h.start(2, false);
+    h.wait_applied(last).await;
+    assert!(h.nodes[&2].store.join_token("s0").is_some());
+    assert!(h.nodes[&2].handle.status().await.unwrap().snapshot_index > 0);
+    let applied = h.propose(1, token("after")).await;
     h.wait_applied(applied.index).await;
     h.assert_converged().await;
 }

@@ -30,6 +30,7 @@ pub struct Harness {
     pub nodes: BTreeMap<NodeId, Node>,
     dirs: BTreeMap<NodeId, tempfile::TempDir>,
     pub compact_log_bytes: u64,
+    pub snapshot_pull_timeout: Duration,
 }
 
 pub fn trust_domain() -> TrustDomain {
@@ -109,6 +110,7 @@ impl Harness {
             nodes: BTreeMap::new(),
             dirs: BTreeMap::new(),
             compact_log_bytes: 64 << 20,
+            snapshot_pull_timeout: Duration::from_secs(60),
         }
     }
 
@@ -120,6 +122,7 @@ impl Harness {
         let mut cfg = config(id);
         cfg.bootstrap = bootstrap;
         cfg.compact_log_bytes = self.compact_log_bytes;
+        cfg.snapshot_pull_timeout = self.snapshot_pull_timeout;
         let handle = ward_cluster::start(Replica {
             config: cfg,
             store: store.clone(),

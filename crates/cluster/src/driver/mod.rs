@@ -24,373 +24,26 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType, Snapshot};
+use raft::eraftpb::{ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType};
 use raft::{RawNode, StateRole, Storage as _};
 use tokio::sync::{oneshot, watch};
-use ward_store::{Applied, Command, Committed, Store, StoreError};
+use ward_store::{Committed, Store, StoreError};
 
-use crate::apply;
-use crate::error::{InboundError, ProposeError};
+use crate::config::{ClusterConfig, StartError};
+use crate::error::ProposeError;
+use crate::handle::{
+    ClusterHandle, ClusterStatus, IndexReply, MembershipChange, PeerProgress, Reply, Request, Role,
+    Shared,
+};
 use crate::log_store::{LogStore, LogStoreError};
 use crate::storage::RaftStorage;
-use crate::transport::{NodeId, SnapshotDescriptor, SnapshotSource, Transport};
+use crate::transport::{NodeId, SnapshotSource, Transport};
 
-/// Settings of one replica's driver.
-#[derive(Debug, Clone)]
-pub struct ClusterConfig {
-    /// This replica's id (not 0).
-    pub node_id: NodeId,
-    /// Time between raft ticks. Default 100 ms.
-    pub tick_interval: Duration,
-    /// Ticks without a leader's word before a follower campaigns. Default 10.
-    pub election_tick: usize,
-    /// Ticks between a leader's heartbeats. Default 2.
-    pub heartbeat_tick: usize,
-    /// When the log is empty, start a new one-member cluster with this replica as its
-    /// only voter (otherwise wait to be added by an existing cluster).
-    pub bootstrap: bool,
-    /// How long a proposal may wait to be applied here. Default 10 s.
-    pub propose_timeout: Duration,
-    /// How long a proposal that is not yet in the log waits before it is proposed again
-    /// with the same request id. Default 1 s.
-    pub repropose_after: Duration,
-    /// Compact the log once the entries it holds exceed this many bytes. Default 64 MiB.
-    pub compact_log_bytes: u64,
-    /// Largest append message in bytes. Default 1 MiB.
-    pub max_size_per_msg: u64,
-    /// Appends in flight per follower. Default 256.
-    pub max_inflight_msgs: usize,
-}
-
-impl ClusterConfig {
-    /// Defaults for replica `node_id`.
-    pub fn new(node_id: NodeId) -> Self {
-        Self {
-            node_id,
-            tick_interval: Duration::from_millis(100),
-            election_tick: 10,
-            heartbeat_tick: 2,
-            bootstrap: false,
-            propose_timeout: Duration::from_secs(10),
-            repropose_after: Duration::from_secs(1),
-            compact_log_bytes: 64 << 20,
-            max_size_per_msg: 1 << 20,
-            max_inflight_msgs: 256,
-        }
-    }
-}
-
-/// Why a replica could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// The log store could not be read or initialised.
-    #[error(transparent)]
-    Log(#[from] LogStoreError),
-    /// raft refused the configuration or the stored state.
-    #[error("raft: {0}")]
-    Raft(String),
-    /// The driver thread could not be spawned.
-    #[error("spawning the driver thread: {0}")]
-    Thread(String),
-}
-
-/// The role of this replica as last seen by the driver.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Follows a leader (or waits for one).
-    Follower,
-    /// Asks for votes.
-    Candidate,
-    /// Pre-vote phase.
-    PreCandidate,
-    /// Orders proposals.
-    Leader,
-}
-
-/// A follower's replication progress as the leader tracks it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerProgress {
-    /// The peer.
-    pub node_id: NodeId,
-    /// Highest index known to be replicated there.
-    pub matched: u64,
-    /// Whether it is a learner.
-    pub learner: bool,
-}
-
-/// A snapshot of the replica's raft state.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClusterStatus {
-    /// This replica.
-    pub node_id: NodeId,
-    /// Its role.
-    pub role: Role,
-    /// The current term.
-    pub term: u64,
-    /// The leader it knows of.
-    pub leader_id: Option<NodeId>,
-    /// Highest committed index.
-    pub commit: u64,
-    /// Highest index applied to the store.
-    pub applied: u64,
-    /// First index held in the log.
-    pub first_index: u64,
-    /// Last index held in the log.
-    pub last_index: u64,
-    /// Term of the last entry in the log.
-    pub last_term: u64,
-    /// Voters.
-    pub voters: Vec<NodeId>,
-    /// Learners.
-    pub learners: Vec<NodeId>,
-    /// Per-peer progress (only on the leader).
-    pub progress: Vec<PeerProgress>,
-    /// Index of the last snapshot taken or installed.
-    pub snapshot_index: u64,
-}
-
-/// A membership change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MembershipChange {
-    /// Add a replica as a learner (receives the log, does not vote).
-    AddLearner(NodeId),
-    /// Make a replica a voter (or add it as one).
-    AddVoter(NodeId),
-    /// Remove a replica.
-    Remove(NodeId),
-}
-
-enum Request {
-    Propose { request_id: u128, data: Vec<u8>, deadline: Instant, reply: Reply },
-    Raft(Box<Message>),
-    ReadIndex { deadline: Instant, reply: oneshot::Sender<Result<u64, ProposeError>> },
-    Unreachable(NodeId),
-    Status(oneshot::Sender<ClusterStatus>),
-    ChangeMembership { change: MembershipChange, deadline: Instant, reply: IndexReply },
-    TransferLeader(NodeId),
-    Campaign,
-    Shutdown,
-}
-
-type Reply = oneshot::Sender<Result<Applied, ProposeError>>;
-type IndexReply = oneshot::Sender<Result<u64, ProposeError>>;
-
-/// Shared figures readable without a round trip to the driver.
-#[derive(Debug, Default)]
-struct Shared {
-    leader: AtomicU64,
-    term: AtomicU64,
-    applied: AtomicU64,
-    commit: AtomicU64,
-    /// Requests sent to the driver and not yet taken by it.
-    queued: AtomicU64,
-    /// Nanoseconds spent persisting (append, hard state, flush), applying, and the number
-    /// of ready cycles and flushes.
-    persist_ns: AtomicU64,
-    apply_ns: AtomicU64,
-    readies: AtomicU64,
-    flushes: AtomicU64,
-}
-
-/// Where the driver's time went since it started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct DriverTimings {
-    /// Time appending entries, storing the hard state and flushing.
-    pub persist: Duration,
-    /// Time applying committed entries to the store.
-    pub apply: Duration,
-    /// Ready cycles handled.
-    pub readies: u64,
-    /// Flushes of the log.
-    pub flushes: u64,
-}
-
-/// A handle on a running replica. Cheap to clone.
-#[derive(Clone)]
-pub struct ClusterHandle {
-    node_id: NodeId,
-    tx: mpsc::Sender<Request>,
-    shared: Arc<Shared>,
-    stopped: watch::Receiver<Option<Result<(), String>>>,
-    propose_timeout: Duration,
-}
-
-impl std::fmt::Debug for ClusterHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClusterHandle").field("node_id", &self.node_id).finish()
-    }
-}
-
-impl ClusterHandle {
-    /// This replica's id.
-    pub fn node_id(&self) -> NodeId {
-        self.node_id
-    }
-
-    fn stop_error(&self) -> ProposeError {
-        match &*self.stopped.borrow() {
-            Some(Err(reason)) => ProposeError::Fatal(reason.clone()),
-            _ => ProposeError::ShuttingDown,
-        }
-    }
-
-    fn enqueue(&self, req: Request) -> bool {
-        self.shared.queued.fetch_add(1, Ordering::AcqRel);
-        if self.tx.send(req).is_err() {
-            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
-            return false;
-        }
-        true
-    }
-
-    fn send(&self, req: Request) -> Result<(), ProposeError> {
-        if self.enqueue(req) { Ok(()) } else { Err(self.stop_error()) }
-    }
-
-    /// Requests (proposals, messages, reads) queued for the driver and not yet taken.
-    pub fn queued(&self) -> u64 {
-        self.shared.queued.load(Ordering::Acquire)
-    }
-
-    /// Proposes `cmd` under a fresh request id and resolves with its apply result on this
-    /// replica, within the configured proposal timeout.
-    pub async fn propose(&self, cmd: Command) -> Result<Applied, ProposeError> {
-        self.propose_until(cmd, Instant::now() + self.propose_timeout).await
-    }
-
-    /// [`ClusterHandle::propose`] with an explicit deadline.
-    pub async fn propose_until(
-        &self,
-        cmd: Command,
-        deadline: Instant,
-    ) -> Result<Applied, ProposeError> {
-        let request_id = uuid::Uuid::new_v4().as_u128();
-        let data = apply::encode_entry(request_id, cmd);
-        let (reply, rx) = oneshot::channel();
-        self.send(Request::Propose { request_id, data, deadline, reply })?;
-        rx.await.unwrap_or_else(|_| Err(self.stop_error()))
-    }
-
-    /// A read index: resolves with an index at or after every write acknowledged anywhere
-    /// before the call, once this replica has applied up to it. A read made after this
-    /// resolves sees those writes.
-    pub async fn read_index(&self) -> Result<u64, ProposeError> {
-        let (reply, rx) = oneshot::channel();
-        let deadline = Instant::now() + self.propose_timeout;
-        self.send(Request::ReadIndex { deadline, reply })?;
-        rx.await.unwrap_or_else(|_| Err(self.stop_error()))
-    }
-
-    /// Hands the driver a raft message (raft's encoding) that arrived from replica
-    /// `authenticated`, as the transport proved it. The message is decoded here and
-    /// refused unless its sender is that replica and its recipient is this one.
-    ///
-    /// # Errors
-    /// [`InboundError`] naming why it was refused.
-    pub fn receive(&self, authenticated: NodeId, bytes: &[u8]) -> Result<(), InboundError> {
-        let msg =
-            Message::parse_from_bytes(bytes).map_err(|e| InboundError::Malformed(e.to_string()))?;
-        if msg.from != authenticated {
-            return Err(InboundError::WrongSender { claimed: msg.from, authenticated });
-        }
-        if msg.to != self.node_id {
-            return Err(InboundError::WrongRecipient { to: msg.to, me: self.node_id });
-        }
-        if self.enqueue(Request::Raft(Box::new(msg))) {
-            Ok(())
-        } else {
-            Err(InboundError::ShuttingDown)
-        }
-    }
-
-    /// Tells raft that messages to `peer` could not be delivered (it slows down replication
-    /// to that peer until it answers again).
-    pub fn report_unreachable(&self, peer: NodeId) {
-        self.enqueue(Request::Unreachable(peer));
-    }
-
-    /// The replica's current raft state.
-    pub async fn status(&self) -> Result<ClusterStatus, ProposeError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Request::Status(reply))?;
-        rx.await.map_err(|_| self.stop_error())
-    }
-
-    /// Proposes a membership change and resolves once it is applied here.
-    pub async fn change_membership(&self, change: MembershipChange) -> Result<u64, ProposeError> {
-        let (reply, rx) = oneshot::channel();
-        let deadline = Instant::now() + self.propose_timeout;
-        self.send(Request::ChangeMembership { change, deadline, reply })?;
-        rx.await.unwrap_or_else(|_| Err(self.stop_error()))
-    }
-
-    /// Asks the leader to hand leadership to `to` (a caught-up voter).
-    pub fn transfer_leader(&self, to: NodeId) -> Result<(), ProposeError> {
-        self.send(Request::TransferLeader(to))
-    }
-
-    /// Starts an election on this replica now (tests and operator tooling).
-    pub fn campaign(&self) -> Result<(), ProposeError> {
-        self.send(Request::Campaign)
-    }
-
-    /// The leader this replica knows of.
-    pub fn leader(&self) -> Option<NodeId> {
-        match self.shared.leader.load(Ordering::Acquire) {
-            0 => None,
-            id => Some(id),
-        }
-    }
-
-    /// The current term as last seen.
-    pub fn term(&self) -> u64 {
-        self.shared.term.load(Ordering::Acquire)
-    }
-
-    /// Highest index applied to the store.
-    pub fn applied(&self) -> u64 {
-        self.shared.applied.load(Ordering::Acquire)
-    }
-
-    /// Highest committed index known here.
-    pub fn commit(&self) -> u64 {
-        self.shared.commit.load(Ordering::Acquire)
-    }
-
-    /// Where the driver's time went: persisting the log versus applying to the store.
-    pub fn timings(&self) -> DriverTimings {
-        let s = &self.shared;
-        DriverTimings {
-            persist: Duration::from_nanos(s.persist_ns.load(Ordering::Relaxed)),
-            apply: Duration::from_nanos(s.apply_ns.load(Ordering::Relaxed)),
-            readies: s.readies.load(Ordering::Relaxed),
-            flushes: s.flushes.load(Ordering::Relaxed),
-        }
-    }
-
-    /// Stops the driver; pending proposals get [`ProposeError::ShuttingDown`].
-    pub fn shutdown(&self) {
-        self.enqueue(Request::Shutdown);
-    }
-
-    /// Resolves when the driver has stopped: `Ok` after a shutdown, `Err(reason)` after a
-    /// fatal error.
-    pub async fn stopped(&self) -> Result<(), String> {
-        let mut rx = self.stopped.clone();
-        loop {
-            if let Some(result) = rx.borrow_and_update().clone() {
-                return result;
-            }
-            if rx.changed().await.is_err() {
-                return Err("driver vanished".into());
-            }
-        }
-    }
-}
+mod snapshots;
 
 /// The pieces a replica runs with.
 pub struct Replica<L> {
@@ -536,6 +189,7 @@ pub fn start<L: LogStore>(replica: Replica<L>) -> Result<ClusterHandle, StartErr
         next_read: 1,
         membership: HashMap::new(),
         snapshot_from: None,
+        snapshots_sent: Vec::new(),
         last_leader: None,
     };
     driver.publish();
@@ -604,6 +258,8 @@ struct Driver<L: LogStore> {
     membership: HashMap<u128, (Instant, IndexReply)>,
     /// The replica that sent the snapshot raft is about to hand us.
     snapshot_from: Option<NodeId>,
+    /// Followers sent a snapshot message in this cycle (reported after `advance`).
+    snapshots_sent: Vec<NodeId>,
     last_leader: Option<NodeId>,
 }
 
@@ -796,10 +452,13 @@ impl<L: LogStore> Driver<L> {
         }
     }
 
-    fn send(&self, msgs: Vec<Message>) {
+    fn send(&mut self, msgs: Vec<Message>) {
         let Some(transport) = &self.transport else { return };
         let mut by_peer: HashMap<NodeId, Vec<Bytes>> = HashMap::new();
         for m in msgs {
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                self.snapshots_sent.push(m.to);
+            }
             match m.write_to_bytes() {
                 Ok(b) => by_peer.entry(m.to).or_default().push(Bytes::from(b)),
                 Err(e) => {
@@ -852,9 +511,27 @@ impl<L: LogStore> Driver<L> {
         self.send(light.take_messages());
         self.apply(light.take_committed_entries())?;
         self.raw.advance_apply();
+        self.report_snapshots();
         self.resolve_reads();
         self.maybe_compact()?;
         Ok(())
+    }
+
+    /// A snapshot message carries only a descriptor: the follower pulls the state itself,
+    /// and this replica cannot see that transfer end. So the leader counts the message as
+    /// delivered and goes back to probing the follower right away: a follower that
+    /// installed the state answers the probe and replication resumes from there; one whose
+    /// pull failed (it stops, and restarts with its old log) refuses it and is sent a new
+    /// snapshot. Without this, raft would keep that follower paused for good.
+    fn report_snapshots(&mut self) {
+        for to in std::mem::take(&mut self.snapshots_sent) {
+            tracing::info!(
+                node_id = self.config.node_id,
+                to,
+                "snapshot sent; probing the follower"
+            );
+            self.raw.report_snapshot(to, raft::SnapshotStatus::Finish);
+        }
     }
 
     fn on_read_state(&mut self, ctx: &[u8], index: u64) {
@@ -951,107 +628,6 @@ impl<L: LogStore> Driver<L> {
     }
 
     /// Pulls the state a snapshot message names and installs it, then resets the log.
-    fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), Fatal> {
-        let meta = snap.get_metadata().clone();
-        let descriptor =
-            SnapshotDescriptor::decode(&snap.data).map_err(|e| Fatal::Snapshot(e.to_string()))?;
-        tracing::info!(
-            node_id = self.config.node_id,
-            index = meta.index,
-            term = meta.term,
-            "installing a snapshot"
-        );
-        if self.store.last_applied() < meta.index {
-            self.pull_snapshot(&descriptor, &meta)?;
-        }
-        self.raw.mut_store().log.install_snapshot(&meta)?;
-        self.raw.mut_store().log.flush()?;
-        self.raw.mut_store().applied = (meta.index, meta.term);
-        self.raw.mut_store().applied_conf = meta.get_conf_state().clone();
-        Ok(())
-    }
-
-    fn pull_snapshot(
-        &mut self,
-        descriptor: &SnapshotDescriptor,
-        meta: &raft::eraftpb::SnapshotMetadata,
-    ) -> Result<(), Fatal> {
-        let Some(source) = self.snapshots.clone() else {
-            return Err(Fatal::Snapshot("no snapshot source configured".into()));
-        };
-        // Any replica that has applied that far can serve it: the sender first, then
-        // the other members.
-        let mut candidates: Vec<NodeId> = self.snapshot_from.into_iter().collect();
-        let cs = meta.get_conf_state();
-        for id in cs.voters.iter().chain(cs.learners.iter()) {
-            if *id != self.config.node_id && !candidates.contains(id) {
-                candidates.push(*id);
-            }
-        }
-        let deadline = Instant::now() + SNAPSHOT_PULL_DEADLINE;
-        let mut last_error = String::from("no replica to pull from");
-        let mut attempt = 0u32;
-        while Instant::now() < deadline {
-            for from in &candidates {
-                let fut = source.fetch(*from, *descriptor);
-                let runtime = self.runtime.clone();
-                let result = runtime.block_on(fut);
-                let mut stream = match result {
-                    Ok(s) => s,
-                    Err(e) => {
-                        last_error = e.to_string();
-                        continue;
-                    }
-                };
-                let chunks = std::iter::from_fn(|| {
-                    runtime
-                        .block_on(futures::StreamExt::next(&mut stream))
-                        .map(|r| r.map_err(|e| StoreError::BadSnapshot(e.to_string())))
-                });
-                match self.store.import_snapshot_stream(chunks) {
-                    Ok(info) => {
-                        tracing::info!(
-                            node_id = self.config.node_id,
-                            from,
-                            index = info.applied,
-                            "snapshot imported"
-                        );
-                        return Ok(());
-                    }
-                    Err(e) => last_error = e.to_string(),
-                }
-            }
-            attempt += 1;
-            tracing::warn!(node_id = self.config.node_id, error = %last_error, attempt, "snapshot pull failed; retrying");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        Err(Fatal::Snapshot(last_error))
-    }
-
-    /// Compacts the log once it holds more than the configured bytes, up to what the store
-    /// has made durable (a restart replays the rest from the log).
-    fn maybe_compact(&mut self) -> Result<(), Fatal> {
-        let (_, bytes) = self.raw.store().log.size();
-        if bytes <= self.config.compact_log_bytes {
-            return Ok(());
-        }
-        let applied = self.raw.store().applied.0;
-        self.store.flush()?;
-        // Everything applied before the flush is durable now.
-        let upto = applied.min(self.raw.raft.raft_log.committed);
-        if upto < self.raw.store().log.first_index() {
-            return Ok(());
-        }
-        let term = self.raw.store().log.term(upto)?;
-        let mut meta = raft::eraftpb::SnapshotMetadata { index: upto, term, ..Default::default() };
-        meta.set_conf_state(self.raw.store().applied_conf.clone());
-        let log = &mut self.raw.mut_store().log;
-        log.set_snapshot_meta(&meta)?;
-        log.compact(upto)?;
-        tracing::info!(node_id = self.config.node_id, index = upto, "raft log compacted");
-        Ok(())
-    }
-
     fn status(&self) -> ClusterStatus {
         let raft = &self.raw.raft;
         let role = match raft.state {
@@ -1121,7 +697,3 @@ impl<L: LogStore> Driver<L> {
         }
     }
 }
-
-/// How long a follower keeps trying to pull a snapshot before it gives up (fatal: a
-/// restart asks for it again).
-const SNAPSHOT_PULL_DEADLINE: Duration = Duration::from_secs(60);

@@ -1,0 +1,70 @@
+//! A replica's settings ([`ClusterConfig`]) and why it could not start ([`StartError`]).
+
+use std::time::Duration;
+
+use crate::log_store::LogStoreError;
+use crate::transport::NodeId;
+
+/// Settings of one replica's driver.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// This replica's id (not 0).
+    pub node_id: NodeId,
+    /// Time between raft ticks. Default 100 ms.
+    pub tick_interval: Duration,
+    /// Ticks without a leader's word before a follower campaigns. Default 10.
+    pub election_tick: usize,
+    /// Ticks between a leader's heartbeats. Default 2.
+    pub heartbeat_tick: usize,
+    /// When the log is empty, start a new one-member cluster with this replica as its
+    /// only voter (otherwise wait to be added by an existing cluster).
+    pub bootstrap: bool,
+    /// How long a proposal may wait to be applied here. Default 10 s.
+    pub propose_timeout: Duration,
+    /// How long a proposal that is not yet in the log waits before it is proposed again
+    /// with the same request id. Default 1 s.
+    pub repropose_after: Duration,
+    /// Compact the log once the entries it holds exceed this many bytes. Default 64 MiB.
+    pub compact_log_bytes: u64,
+    /// Largest append message in bytes. Default 1 MiB.
+    pub max_size_per_msg: u64,
+    /// Appends in flight per follower. Default 256.
+    pub max_inflight_msgs: usize,
+    /// How long a follower keeps trying to pull a snapshot's state from the other replicas
+    /// before it stops on a fatal error (a restart asks the leader for a snapshot again).
+    /// Default 60 s.
+    pub snapshot_pull_timeout: Duration,
+}
+
+impl ClusterConfig {
+    /// Defaults for replica `node_id`.
+    pub fn new(node_id: NodeId) -> Self {
+        Self {
+            node_id,
+            tick_interval: Duration::from_millis(100),
+            election_tick: 10,
+            heartbeat_tick: 2,
+            bootstrap: false,
+            propose_timeout: Duration::from_secs(10),
+            repropose_after: Duration::from_secs(1),
+            compact_log_bytes: 64 << 20,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            snapshot_pull_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Why a replica could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The log store could not be read or initialised.
+    #[error(transparent)]
+    Log(#[from] LogStoreError),
+    /// raft refused the configuration or the stored state.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// The driver thread could not be spawned.
+    #[error("spawning the driver thread: {0}")]
+    Thread(String),
+}
