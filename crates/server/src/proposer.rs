@@ -90,6 +90,14 @@ pub trait Proposer: Send + Sync + std::fmt::Debug {
     /// Proposes `cmd` and resolves once it is applied locally, with the apply result
     /// (including the log index it was applied at).
     fn propose(&self, cmd: Command) -> ProposeFuture;
+
+    /// Whether this replica leads its cluster now. Periodic clean-up (pruning expired
+    /// entries, join tokens and authorities) is proposed only by the leader, so one clock
+    /// decides what has expired and the log does not carry one prune per replica. A proposer
+    /// without a cluster always leads.
+    fn is_leader(&self) -> bool {
+        true
+    }
 }
 
 /// The proposer of a replica: the command is proposed to its Raft cluster under a fresh
@@ -110,6 +118,10 @@ impl Proposer for ClusterProposer {
     fn propose(&self, cmd: Command) -> ProposeFuture {
         let handle = self.handle.clone();
         Box::pin(async move { handle.propose(cmd).await.map_err(ProposeError::from) })
+    }
+
+    fn is_leader(&self) -> bool {
+        self.handle.leader() == Some(self.handle.node_id())
     }
 }
 
@@ -194,6 +206,10 @@ impl Proposer for FailStop {
             result
         })
     }
+
+    fn is_leader(&self) -> bool {
+        self.inner.is_leader()
+    }
 }
 
 #[cfg(test)]
@@ -219,5 +235,45 @@ mod tests {
         }
         assert_eq!(store.last_applied(), 2);
         assert!(store.join_token("b").is_some());
+    }
+
+    #[tokio::test]
+    async fn only_a_replica_that_leads_counts_as_leader() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let start = |dir: &std::path::Path, node_id: u64, bootstrap: bool| {
+            let store = Store::open(dir, StoreConfig::new(td.clone())).unwrap();
+            let mut config = ward_cluster::ClusterConfig::new(node_id);
+            config.bootstrap = bootstrap;
+            config.tick_interval = std::time::Duration::from_millis(10);
+            let handle = ward_cluster::start(ward_cluster::Replica {
+                config,
+                log: ward_cluster::SledLogStore::open(&store).unwrap(),
+                store,
+                transport: None,
+                snapshots: None,
+                runtime: tokio::runtime::Handle::current(),
+            })
+            .unwrap();
+            ClusterProposer::new(handle)
+        };
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let alone = start(a.path(), 1, true);
+        // A replica waiting to be added to a cluster knows no leader.
+        let waiting = start(b.path(), 2, false);
+        let (wrapped, _) = FailStop::new(Arc::new(alone.clone()));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !alone.is_leader() {
+            assert!(std::time::Instant::now() < deadline, "a one-member cluster elects itself");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(wrapped.is_leader());
+        assert!(!waiting.is_leader());
+        assert!(
+            LocalProposer::new(
+                Store::open(tempfile::tempdir().unwrap().path(), StoreConfig::new(td.clone()))
+                    .unwrap()
+            )
+            .is_leader()
+        );
     }
 }

@@ -624,13 +624,15 @@ async fn rotation_loop(
             }
         }
         let now_s = ward_core::clock::unix_seconds(now);
-        if last_prune.elapsed() >= PRUNE_INTERVAL {
+        // Clean-up is the leader's: one clock decides what expired (see Proposer::is_leader).
+        let leads = state.proposer.is_leader();
+        if leads && last_prune.elapsed() >= PRUNE_INTERVAL {
             last_prune = tokio::time::Instant::now();
             prune(&state, now_s).await;
         }
         let due = last_authority_prune
             .is_none_or(|t| now.duration_since(t).is_ok_and(|d| d >= AUTHORITY_PRUNE_INTERVAL));
-        if due {
+        if leads && due {
             last_authority_prune = Some(now);
             let bundle = state.store.bundle(&state.trust_domain);
             if let Err(e) = state.ca.prune_expired(bundle.as_deref(), now).await {

@@ -68,6 +68,10 @@ impl Proposer for HoldingProposer {
         }
         self.inner.propose(cmd)
     }
+
+    fn is_leader(&self) -> bool {
+        self.inner.is_leader()
+    }
 }
 
 /// The X.509 authorities a replica trusts for peers: the store's bundle, or before the
