@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 //! ward-store hot paths: authorized entries (cached and not) at 1k and 1M entries, entry
-//! creation, and opening a 1M-entry store.
+//! creation, opening a 1M-entry store, and restarting one (open plus log replay).
 //!
 //! The data sets are built once under `<target>/ward-bench-data/` and reused by later runs
 //! (building the 1M set takes about a minute). Footprint figures (RSS, size on disk) are
@@ -17,7 +17,11 @@ use std::time::{Duration, Instant};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use ward_core::{EntryId, RegistrationEntry};
 use ward_store::testdata::DataSet;
-use ward_store::{Command, Store, StoreConfig};
+use ward_store::{Command, Committed, Store, StoreConfig};
+
+/// Committed log entries replayed by `store/restart_1m` (half create an entry, half delete
+/// it again, so the set stays as it is).
+const RESTART_REPLAY: usize = 1000;
 
 fn data_dir(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -86,6 +90,31 @@ fn authorized(c: &mut Criterion) {
                 let store = Store::open(&dir, config()).unwrap();
                 assert_eq!(store.authorized_entries_uncached(&agent).len(), 15);
                 total += t.elapsed();
+                drop(store);
+            }
+            total
+        });
+    });
+    // A restart as a replica does it: open, replay the committed log entries after the
+    // applied index, answer an agent.
+    g.bench_function("restart_1m", |b| {
+        let dir = data_dir("1m");
+        let agent = DataSet::agent_id(0);
+        let log = DataSet::LARGE.replay_log(RESTART_REPLAY);
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let t = Instant::now();
+                let store = Store::open(&dir, config()).unwrap();
+                let applied = store.last_applied();
+                let committed: Vec<Committed<'_>> = (applied + 1..)
+                    .zip(&log)
+                    .map(|(index, data)| Committed::Entry { index, term: 1, data })
+                    .collect();
+                assert_eq!(store.apply_committed(&committed).unwrap().len(), log.len());
+                assert_eq!(store.authorized_entries_uncached(&agent).len(), 15);
+                total += t.elapsed();
+                store.flush().unwrap();
                 drop(store);
             }
             total

@@ -42,6 +42,12 @@ impl Selector {
     /// # Errors
     /// [`SelectorError`] when the type is empty or has `:`, or the value is empty.
     pub fn new(selector_type: &str, value: &str) -> Result<Self, SelectorError> {
+        Self::check(selector_type, value)?;
+        Ok(Self { selector_type: selector_type.to_owned(), value: value.to_owned() })
+    }
+
+    /// The rules of [`Selector::new`].
+    fn check(selector_type: &str, value: &str) -> Result<(), SelectorError> {
         if selector_type.is_empty() {
             return Err(SelectorError::EmptyType);
         }
@@ -51,7 +57,7 @@ impl Selector {
         if value.is_empty() {
             return Err(SelectorError::EmptyValue);
         }
-        Ok(Self { selector_type: selector_type.to_owned(), value: value.to_owned() })
+        Ok(())
     }
 
     /// Parses `type:value`; everything after the first `:` is the value.
@@ -76,7 +82,9 @@ struct SelectorFields {
 impl TryFrom<SelectorFields> for Selector {
     type Error = SelectorError;
     fn try_from(f: SelectorFields) -> Result<Self, SelectorError> {
-        Self::new(&f.selector_type, &f.value)
+        // Keeps the decoded strings: no second copy.
+        Self::check(&f.selector_type, &f.value)?;
+        Ok(Self { selector_type: f.selector_type, value: f.value })
     }
 }
 

@@ -228,6 +228,22 @@ impl SpiffeId {
     /// # Errors
     /// [`SpiffeIdError`] naming the first broken rule.
     pub fn parse(s: &str) -> Result<Self, SpiffeIdError> {
+        let td_end = Self::check(s)?;
+        Ok(Self { id: s.to_owned(), td_end })
+    }
+
+    /// [`SpiffeId::parse`] keeping `s` as the ID's storage (decoding a record needs no
+    /// second copy).
+    ///
+    /// # Errors
+    /// [`SpiffeIdError`] naming the first broken rule.
+    pub fn parse_owned(s: String) -> Result<Self, SpiffeIdError> {
+        let td_end = Self::check(&s)?;
+        Ok(Self { id: s, td_end })
+    }
+
+    /// Checks `s` as [`SpiffeId::parse`] does; the byte offset where its trust domain ends.
+    fn check(s: &str) -> Result<usize, SpiffeIdError> {
         if s.is_empty() {
             return Err(SpiffeIdError::Empty);
         }
@@ -245,7 +261,7 @@ impl SpiffeId {
             }
         }
         validate_path(path)?;
-        Ok(Self { id: s.to_owned(), td_end: SCHEME_PREFIX.len() + td_len })
+        Ok(SCHEME_PREFIX.len() + td_len)
     }
 
     /// Builds `spiffe://<td><path>`; `path` is empty or starts with `/`.
@@ -410,8 +426,7 @@ impl Serialize for SpiffeId {
 
 impl<'de> Deserialize<'de> for SpiffeId {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Self::parse(&s).map_err(serde::de::Error::custom)
+        Self::parse_owned(String::deserialize(d)?).map_err(serde::de::Error::custom)
     }
 }
 

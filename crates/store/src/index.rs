@@ -218,6 +218,11 @@ pub(crate) fn key_hash<K: Hash + ?Sized>(key: &K) -> u64 {
     h.finish()
 }
 
+/// One hash of a [`HashIndex::dump`]: the hash, whether its set is a single slot, and the
+/// set.
+#[cfg(test)]
+pub(crate) type Dumped<K> = (u64, bool, Vec<(K, Slot)>);
+
 /// A multimap from a key's hash to slots, each set ordered by `K` (see [`SlotSet`]).
 #[derive(Debug)]
 pub(crate) struct HashIndex<K = ()> {
@@ -249,8 +254,36 @@ impl<K: Ord + Copy> HashIndex<K> {
         }
     }
 
-    pub(crate) fn reserve(&mut self, additional: usize) {
-        self.map.reserve(additional);
+    /// Adds `items`, `(hash, key, slot)` sorted and without repeats, as one
+    /// [`HashIndex::insert_keyed`] each would, building each new hash's set at once.
+    pub(crate) fn extend_sorted(&mut self, items: &[(u64, K, Slot)]) {
+        let runs = items.chunk_by(|a, b| a.0 == b.0);
+        self.map.reserve(runs.clone().count());
+        for run in runs {
+            let Some(&(hash, key, slot)) = run.first() else { continue };
+            if let Some(set) = self.map.get_mut(&hash) {
+                for &(_, key, slot) in run {
+                    set.insert(key, slot);
+                }
+            } else if run.len() == 1 {
+                self.map.insert(hash, SlotSet::One(key, slot));
+            } else {
+                let set: BTreeSet<(K, Slot)> = run.iter().map(|&(_, k, s)| (k, s)).collect();
+                self.map.insert(hash, SlotSet::Many(Box::new(set)));
+            }
+        }
+    }
+
+    /// Every hash with its slots and their order keys, sorted: for comparing indexes.
+    #[cfg(test)]
+    pub(crate) fn dump(&self) -> Vec<Dumped<K>> {
+        let mut out: Vec<_> = self
+            .map
+            .iter()
+            .map(|(&h, set)| (h, matches!(set, SlotSet::One(..)), set.keyed().collect()))
+            .collect();
+        out.sort_unstable_by_key(|(h, _, _)| *h);
+        out
     }
 
     pub(crate) fn get(&self, hash: u64) -> Option<&SlotSet<K>> {

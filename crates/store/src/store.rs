@@ -755,11 +755,11 @@ pub(crate) fn load_state(tree: &sled::Tree, td: &TrustDomain) -> Result<State, S
         tree.insert(record::META_FORMAT, record::u64_value(record::FORMAT)).engine()?;
     }
     check_trust_domain(tree, td)?;
-    if let Some(v) = tree.get(record::META_ENTRIES).engine()? {
-        let n = record::read_u64(record::META_ENTRIES, &v)?;
-        state.reserve_entries(usize::try_from(n).unwrap_or(0));
-    }
-    state.begin_bulk_load();
+    let entries = match tree.get(record::META_ENTRIES).engine()? {
+        Some(v) => record::read_u64(record::META_ENTRIES, &v)?,
+        None => 0,
+    };
+    state.begin_bulk_load(usize::try_from(entries).unwrap_or(0));
     let loaded = load_entries(tree, &mut state);
     state.end_bulk_load();
     loaded?;
@@ -835,40 +835,36 @@ fn check_trust_domain(tree: &sled::Tree, td: &TrustDomain) -> Result<(), StoreEr
     }
 }
 
-/// Entries per message from the decoding thread to the indexing one in [`load_entries`].
+/// Entries per message from a decoding thread to the indexing one in [`load_entries`].
 const LOAD_BATCH: usize = 2048;
 
-/// Loads every entry record into `state`, decoding on a second thread while this one
-/// indexes: decoding (reading the engine's pages, checking every SPIFFE ID, selector and
-/// entry ID) and indexing are each a large share of opening a big store, so they overlap on
-/// two cores, and on a machine busy with other work this process gets two runnable
-/// threads' share of it. Record order (entry id order) is kept.
+/// A range of engine keys.
+type KeyRange = std::ops::Range<Vec<u8>>;
+
+/// A batch of decoded entries with their creation numbers.
+type Decoded = Vec<(Arc<RegistrationEntry>, u64)>;
+
+/// Loads every entry record into `state`. Two threads read and decode (reading the
+/// engine's pages, checking every SPIFFE ID, selector and entry ID) the two halves of the
+/// entry key range while this one indexes: decoding is the larger share of opening a big
+/// store, so it runs on both cores, and on a machine busy with other work this process gets
+/// three runnable threads' share of it. Entries are indexed in key (entry id) order
+/// whatever the threads' timing, so slots come out the same on every open: the first
+/// half's batches as they come, the second half's (kept meanwhile) after them.
 ///
 /// # Errors
 /// The first decoding error, else [`StoreError::Capacity`] when the image is full.
 fn load_entries(tree: &sled::Tree, state: &mut State) -> Result<(), StoreError> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(Arc<RegistrationEntry>, u64)>>(8);
+    let (low, high) = entry_halves(tree)?;
+    let (tx_low, rx_low) = std::sync::mpsc::sync_channel::<Decoded>(8);
+    // Unbounded: its batches wait until the first half is indexed.
+    let (tx_high, rx_high) = std::sync::mpsc::channel::<Decoded>();
     std::thread::scope(|scope| {
-        let decoder = scope.spawn(move || -> Result<(), StoreError> {
-            let mut batch = Vec::with_capacity(LOAD_BATCH);
-            for kv in tree.scan_prefix([record::ENTRY]) {
-                let (k, v) = kv.engine()?;
-                let (e, number): (RegistrationEntry, u64) = record::decode_numbered(&k, &v)?;
-                batch.push((Arc::new(e), number));
-                if batch.len() == LOAD_BATCH {
-                    let full = std::mem::replace(&mut batch, Vec::with_capacity(LOAD_BATCH));
-                    if tx.send(full).is_err() {
-                        // The indexer stopped (image full) and reports why.
-                        return Ok(());
-                    }
-                }
-            }
-            // A closed channel means the indexer stopped; it reports why.
-            let _ = tx.send(batch);
-            Ok(())
-        });
+        let first = scope.spawn(move || decode_range(tree.range(low), |b| tx_low.send(b).is_ok()));
+        let second =
+            scope.spawn(move || decode_range(tree.range(high), |b| tx_high.send(b).is_ok()));
         let mut indexed = Ok(());
-        'batches: for batch in rx {
+        'batches: for batch in rx_low.iter().chain(rx_high.iter()) {
             for (e, number) in batch {
                 // Keys are unique in the tree, so every entry is new.
                 if !state.insert_new_entry(e, number) {
@@ -877,11 +873,65 @@ fn load_entries(tree: &sled::Tree, state: &mut State) -> Result<(), StoreError> 
                 }
             }
         }
-        let decoded = decoder
-            .join()
-            .unwrap_or_else(|_| Err(StoreError::Engine("entry decoding thread panicked".into())));
-        decoded.and(indexed)
+        // Stops the decoders if the indexer stopped early: their sends fail.
+        drop((rx_low, rx_high));
+        let joined = |h: std::thread::ScopedJoinHandle<'_, Result<(), StoreError>>| {
+            h.join().unwrap_or_else(|_| {
+                Err(StoreError::Engine("entry decoding thread panicked".into()))
+            })
+        };
+        let (first, second) = (joined(first), joined(second));
+        first.and(second).and(indexed)
     })
+}
+
+/// Reads and decodes the entry records of one key range, handing them to `send` in batches
+/// of [`LOAD_BATCH`]; stops early (with `Ok`) when `send` says the receiver is gone.
+fn decode_range(
+    range: sled::Iter,
+    mut send: impl FnMut(Decoded) -> bool,
+) -> Result<(), StoreError> {
+    let mut batch = Vec::with_capacity(LOAD_BATCH);
+    for kv in range {
+        let (k, v) = kv.engine()?;
+        let (e, number): (RegistrationEntry, u64) = record::decode_numbered(&k, &v)?;
+        batch.push((Arc::new(e), number));
+        if batch.len() == LOAD_BATCH {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(LOAD_BATCH));
+            if !send(full) {
+                return Ok(());
+            }
+        }
+    }
+    send(batch);
+    Ok(())
+}
+
+/// The entry key range cut in two at the midpoint of its first and last keys (compared as
+/// numbers over their first 8 bytes after the prefix): even halves for random ids such as
+/// UUIDs, and always two ranges that together cover every entry key exactly once.
+fn entry_halves(tree: &sled::Tree) -> Result<(KeyRange, KeyRange), StoreError> {
+    let start = vec![record::ENTRY];
+    let end = vec![record::ENTRY.saturating_add(1)];
+    let first = tree.range(start.clone()..end.clone()).next().transpose().engine()?;
+    let last = tree.range(start.clone()..end.clone()).next_back().transpose().engine()?;
+    let number = |k: &[u8]| {
+        let mut b = [0u8; 8];
+        for (to, from) in b.iter_mut().zip(k.iter().skip(1)) {
+            *to = *from;
+        }
+        u64::from_be_bytes(b)
+    };
+    let mid = match (first, last) {
+        (Some((a, _)), Some((b, _))) => {
+            let (a, b) = (number(&a), number(&b));
+            a.saturating_add(b.saturating_sub(a) / 2)
+        }
+        _ => 0,
+    };
+    let mut cut = start.clone();
+    cut.extend_from_slice(&mid.to_be_bytes());
+    Ok((start..cut.clone(), cut..end))
 }
 
 /// How long [`Store::open`] waits for the engine's file lock to be released.

@@ -14,6 +14,7 @@ use ward_core::{
 
 use crate::command::{AgentAttestation, Command};
 use crate::error::StoreError;
+use crate::log_entry::LogEntry;
 use std::path::Path;
 
 use crate::store::{Store, StoreConfig};
@@ -212,6 +213,29 @@ impl DataSet {
         self.load(&store)?;
         std::fs::write(&marker, b"").map_err(|e| StoreError::Engine(e.to_string()))?;
         Ok(store)
+    }
+
+    /// `count` encoded log entries ([`LogEntry::encode`], without request ids) to replay
+    /// after a restart: each pair creates one entry under agent `k` and deletes it again,
+    /// so replaying them leaves the set's contents as they were (only the applied index
+    /// and revision move). Entry ids are the same on every call.
+    pub fn replay_log(&self, count: usize) -> Vec<Vec<u8>> {
+        (0..count)
+            .map(|j| {
+                let pair = j / 2;
+                let agent = pair % self.n.max(1);
+                let entry_id = Self::entry_id(4, pair as u64, 0);
+                let cmd = if j % 2 == 0 {
+                    let mut e = Self::workload_entry(agent, 0);
+                    e.id = entry_id;
+                    e.spiffe_id = id(&format!("/replay/{pair}"));
+                    Command::CreateEntries(vec![e])
+                } else {
+                    Command::DeleteEntries(vec![entry_id])
+                };
+                LogEntry::new(0, cmd).encode()
+            })
+            .collect()
     }
 
     /// `count` distinct agents picked pseudo-randomly (fixed seed), in shuffled order.

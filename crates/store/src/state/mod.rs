@@ -28,6 +28,7 @@ use crate::ordered::Ordered;
 use crate::request_ids::RequestIds;
 
 mod alias;
+mod bulk;
 mod groups;
 mod invalidate;
 mod query;
@@ -169,9 +170,9 @@ pub(crate) struct State {
     pub(crate) conf_state: Option<Vec<u8>>,
     /// Recently applied request ids.
     pub(crate) request_ids: RequestIds,
-    /// Set while a store is loaded from disk: indexing an entry then skips noting its
-    /// parent's group as changed, and [`State::end_bulk_load`] marks every group at once.
-    bulk_loading: bool,
+    /// Set while a store is loaded from disk: entries' index keys wait here until
+    /// [`State::end_bulk_load`] builds the indexes from them at once.
+    bulk: Option<Box<bulk::Bulk>>,
 }
 
 impl State {
@@ -207,7 +208,7 @@ impl State {
             applied_term: 0,
             conf_state: None,
             request_ids: RequestIds::default(),
-            bulk_loading: false,
+            bulk: None,
         }
     }
 
@@ -239,6 +240,11 @@ impl State {
     /// load; entries stored before numbers were kept load with 0). False, with nothing
     /// changed, when every slot is in use.
     pub(crate) fn insert_new_entry(&mut self, e: Arc<RegistrationEntry>, number: u64) -> bool {
+        if let Some(mut bulk) = self.bulk.take() {
+            let inserted = self.bulk_insert(&mut bulk, e, number);
+            self.bulk = Some(bulk);
+            return inserted;
+        }
         let Some(slot) = self.entries.insert(Slotted::new(Arc::clone(&e), number)) else {
             return false;
         };
@@ -267,27 +273,6 @@ impl State {
         self.entries.get(slot).map(|s| s.number)
     }
 
-    /// Makes room for `entries` entries before a bulk load.
-    pub(crate) fn reserve_entries(&mut self, entries: usize) {
-        self.entries.reserve(entries);
-        self.by_spiffe.reserve(entries);
-    }
-
-    /// Starts loading entries from disk: see [`State::end_bulk_load`].
-    pub(crate) fn begin_bulk_load(&mut self) {
-        self.bulk_loading = true;
-    }
-
-    /// Ends a bulk load: every parent with children gets its group rebuilt whole by the
-    /// next [`State::refreeze_dirty_groups`], which is what noting each child one by one
-    /// would have asked for (no group is frozen while loading), at one map insert per
-    /// parent instead of two lookups per entry.
-    pub(crate) fn end_bulk_load(&mut self) {
-        self.bulk_loading = false;
-        let parents: Vec<u64> = self.by_parent.hashes().collect();
-        self.mark_full(parents);
-    }
-
     pub(crate) fn remove_entry(&mut self, id: &EntryId) -> Option<Arc<RegistrationEntry>> {
         let slot = self.entry_ids.remove(id.as_str())?;
         let Slotted { entry: old, number, .. } = self.entries.remove(slot)?;
@@ -306,12 +291,9 @@ impl State {
         }
         let first_child = other.is_none() && self.by_parent.get(parent_hash).is_none();
         self.by_parent.insert_keyed(parent_hash, number, slot);
-        // A bulk load marks every parent's group once at its end (`end_bulk_load`).
-        if !self.bulk_loading {
-            self.touch(parent_hash, &e.id);
-            if first_child {
-                self.mark_parents_of(parent_hash);
-            }
+        self.touch(parent_hash, &e.id);
+        if first_child {
+            self.mark_parents_of(parent_hash);
         }
         self.by_spiffe.insert_keyed(key_hash(e.spiffe_id.as_str()), number, slot);
         for s in e.selectors.as_slice() {
@@ -321,32 +303,38 @@ impl State {
             self.by_federates.insert_keyed(key_hash(td.as_str()), number, slot);
         }
         if self.is_alias(e) {
-            for s in e.selectors.as_slice() {
-                self.alias_by_selector.insert(key_hash(s), slot);
+            self.index_alias(slot, e);
+        }
+    }
+
+    /// Enters the node-alias entry `e` in `slot` in the alias tables and the alias lists of
+    /// the agents it matches.
+    fn index_alias(&mut self, slot: Slot, e: &RegistrationEntry) {
+        for s in e.selectors.as_slice() {
+            self.alias_by_selector.insert(key_hash(s), slot);
+        }
+        let spiffe_hash = key_hash(e.spiffe_id.as_str());
+        let group = if self.dirty.contains_key(&spiffe_hash) {
+            None
+        } else {
+            self.current_group(spiffe_hash, e.spiffe_id.as_str())
+        };
+        // Never `None`: the alias slab grows only when all its cells are live, one per
+        // live alias entry, so it holds fewer cells than the entry slab has slots.
+        let Some(cell) = self.alias_cells.insert(AliasCell { slot, spiffe_hash, group }) else {
+            return;
+        };
+        self.alias_cell_of.insert(slot, cell);
+        self.alias_cells_by_hash.insert(spiffe_hash, cell);
+        for agent in self.agent_slots_matching(&e.selectors) {
+            if let Some(a) = self.agents.get_mut(agent) {
+                a.aliases.update(|v| {
+                    if !v.contains(&cell) {
+                        v.push(cell);
+                    }
+                });
             }
-            let spiffe_hash = key_hash(e.spiffe_id.as_str());
-            let group = if self.dirty.contains_key(&spiffe_hash) {
-                None
-            } else {
-                self.current_group(spiffe_hash, e.spiffe_id.as_str())
-            };
-            // Never `None`: the alias slab grows only when all its cells are live, one per
-            // live alias entry, so it holds fewer cells than the entry slab has slots.
-            let Some(cell) = self.alias_cells.insert(AliasCell { slot, spiffe_hash, group }) else {
-                return;
-            };
-            self.alias_cell_of.insert(slot, cell);
-            self.alias_cells_by_hash.insert(spiffe_hash, cell);
-            for agent in self.agent_slots_matching(&e.selectors) {
-                if let Some(a) = self.agents.get_mut(agent) {
-                    a.aliases.update(|v| {
-                        if !v.contains(&cell) {
-                            v.push(cell);
-                        }
-                    });
-                }
-                self.copy_aliases_to_record(agent);
-            }
+            self.copy_aliases_to_record(agent);
         }
     }
 
