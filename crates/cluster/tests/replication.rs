@@ -244,3 +244,32 @@ async fn a_forwarded_proposal_lost_on_the_way_is_proposed_again_and_answered() {
     h.wait_applied(applied.index).await;
     h.assert_converged().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_index_alone_is_not_flushed() {
+    // Writes one at a time: each replica must make each new entry durable (one flush), but
+    // learning that it committed (an append or heartbeat carrying only the commit index, or
+    // the leader counting acknowledgements) needs no flush of its own.
+    const WRITES: u64 = 20;
+    let h = Harness::cluster(3).await;
+    let leader = h.wait_leader().await;
+    let applied = h.propose(leader, token("settle")).await;
+    h.wait_applied(applied.index).await;
+    let before: Vec<(u64, u64)> =
+        h.nodes.iter().map(|(id, n)| (*id, n.handle.timings().flushes)).collect();
+    for i in 0..WRITES {
+        let applied = h.propose(leader, token(&format!("one-{i}"))).await;
+        h.wait_applied(applied.index).await;
+    }
+    for (id, flushes_before) in before {
+        let flushes = h.nodes[&id].handle.timings().flushes - flushes_before;
+        // One per write; the margin covers an election on a loaded machine. Flushing the
+        // commit index as well took two per write on every replica.
+        assert!(
+            flushes < WRITES + WRITES / 2,
+            "replica {id} (leader {leader}) flushed {flushes} times for {WRITES} writes"
+        );
+        assert!(flushes >= WRITES, "replica {id} flushed {flushes} times for {WRITES} new entries");
+    }
+    h.assert_converged().await;
+}

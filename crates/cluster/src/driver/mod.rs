@@ -482,16 +482,19 @@ impl<L: LogStore> Driver<L> {
         }
         self.shared.readies.fetch_add(1, Ordering::Relaxed);
         let persist_start = Instant::now();
-        let mut dirty = false;
         if !rd.entries().is_empty() {
             self.raw.mut_store().log.append(rd.entries())?;
-            dirty = true;
         }
         if let Some(hs) = rd.hs() {
             self.raw.mut_store().log.set_hard_state(hs)?;
-            dirty = true;
         }
-        if dirty || rd.must_sync() {
+        // Only new entries, a new term or a vote must be durable before the ready's messages
+        // leave. A hard state whose commit alone moved (a follower learning the commit from
+        // an append or a heartbeat, a leader counting acknowledgements) is written without a
+        // flush, as the light ready's commit is: raft learns the commit again after a
+        // restart, and the next flush of the shared database carries it anyway. Flushing it
+        // doubled the fsyncs of every replica when writes come one at a time.
+        if rd.must_sync() {
             self.raw.mut_store().log.flush()?;
             self.shared.flushes.fetch_add(1, Ordering::Relaxed);
         }
