@@ -20,14 +20,14 @@
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail, ensure};
 use tonic::transport::Channel;
-use ward_benches::CaFixture;
+use ward_benches::{CaFixture, process};
 use ward_ca::{KeyType, PrivateKey, SvidParams, build_csr};
 use ward_proto::convert::attest_agent_params;
 use ward_proto::spire::api::server::agent::v1 as agentpb;
@@ -102,11 +102,7 @@ fn run() -> anyhow::Result<()> {
 fn server_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     let path = match explicit {
         Some(p) => p.to_owned(),
-        None => {
-            let exe = std::env::current_exe()?;
-            let profile_dir = exe.parent().and_then(Path::parent).context("bench binary path")?;
-            profile_dir.join("ward-server")
-        }
+        None => process::profile_binary("ward-server").context("bench binary path")?,
     };
     ensure!(
         path.is_file(),
@@ -119,10 +115,9 @@ fn server_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
 
 /// A `ward-server run` child process, killed on drop.
 struct ServerProcess {
-    child: Child,
+    process: process::Spawned,
     addr: SocketAddr,
     socket: PathBuf,
-    log: PathBuf,
 }
 
 impl ServerProcess {
@@ -141,59 +136,26 @@ impl ServerProcess {
                 dir.join("data").display()
             ),
         )?;
-        let log = dir.join("server.log");
-        let out = std::fs::File::create(&log)?;
-        let child = Command::new(bin)
-            .arg("run")
-            .arg("-config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        Ok(Self { child, addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)), socket, log })
+        let process = process::Spawned::start(
+            Command::new(bin).arg("run").arg("-config").arg(&config),
+            dir.join("server.log"),
+        )
+        .with_context(|| format!("starting {}", bin.display()))?;
+        Ok(Self { process, addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)), socket })
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.id()
     }
 
     fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        self.process.tail(20)
     }
 }
 
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// CPU seconds (utime + stime) a process has used, from `/proc/<pid>/stat`.
+/// CPU seconds (utime + stime) a process has used.
 fn process_cpu_secs(pid: u32, ticks_per_sec: f64) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
-    let rest = stat.rsplit_once(')').context("malformed /proc stat")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    ensure!(f.len() > 12, "short /proc stat");
-    let utime: u64 = f[11].parse()?;
-    let stime: u64 = f[12].parse()?;
-    Ok((utime + stime) as f64 / ticks_per_sec)
-}
-
-/// `getconf CLK_TCK`, or 100 (Linux's USER_HZ everywhere) when getconf is missing.
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
+    process::cpu_secs(pid, ticks_per_sec).context("reading /proc/<pid>/stat")
 }
 
 /// Nanoseconds the calling thread has run on a CPU (`/proc/thread-self/schedstat`).
@@ -279,7 +241,7 @@ async fn drive(server: &ServerProcess, o: &Opts) -> anyhow::Result<Load> {
         clients.push(c);
     }
 
-    let ticks = clock_ticks();
+    let ticks = process::clock_ticks();
     let pid = server.pid();
     let next = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + Duration::from_secs(o.secs);

@@ -61,3 +61,87 @@ impl Default for CaFixture {
         Self::new()
     }
 }
+
+/// Facts about processes that the process-driving benches read from `/proc`.
+pub mod process {
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+
+    /// A child process whose output goes to a log file; killed (SIGKILL) and reaped when
+    /// dropped, also when a bench fails half-way.
+    #[derive(Debug)]
+    pub struct Spawned {
+        child: Child,
+        log: PathBuf,
+    }
+
+    impl Spawned {
+        /// Starts `cmd` with stdin closed and stdout and stderr into `log`.
+        ///
+        /// # Errors
+        /// If the log cannot be created or the program cannot be started.
+        pub fn start(cmd: &mut Command, log: PathBuf) -> std::io::Result<Self> {
+            let out = std::fs::File::create(&log)?;
+            let child = cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out).spawn()?;
+            Ok(Self { child, log })
+        }
+
+        /// The process id.
+        pub fn id(&self) -> u32 {
+            self.child.id()
+        }
+
+        /// The last `lines` lines of its log.
+        pub fn tail(&self, lines: usize) -> String {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            all.get(all.len().saturating_sub(lines)..).unwrap_or_default().join("\n")
+        }
+    }
+
+    impl Drop for Spawned {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// CPU seconds (utime + stime) process `pid` has used, from `/proc/<pid>/stat`, with
+    /// `ticks_per_sec` from [`clock_ticks`]; `None` if the process is gone or the file is
+    /// malformed.
+    pub fn cpu_secs(pid: u32, ticks_per_sec: f64) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+        let rest = stat.rsplit_once(')')?.1;
+        let mut f = rest.split_whitespace().skip(11);
+        let utime: u64 = f.next()?.parse().ok()?;
+        let stime: u64 = f.next()?.parse().ok()?;
+        #[expect(clippy::cast_precision_loss, reason = "tick counts stay far below 2^52")]
+        Some((utime + stime) as f64 / ticks_per_sec)
+    }
+
+    /// `getconf CLK_TCK`, or 100 (Linux's USER_HZ everywhere) when getconf is missing.
+    pub fn clock_ticks() -> f64 {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    }
+
+    /// The 1-minute load average from `/proc/loadavg`.
+    pub fn load_average() -> Option<f64> {
+        std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+    }
+
+    /// `name` in the profile directory of the running bench binary
+    /// (`<target>/release/deps/<bench>` → `<target>/release/<name>`), where
+    /// `cargo build --release` with the same `CARGO_TARGET_DIR` puts it.
+    pub fn profile_binary(name: &str) -> Option<PathBuf> {
+        let exe = std::env::current_exe().ok()?;
+        let profile_dir = exe.parent().and_then(Path::parent)?;
+        Some(profile_dir.join(name))
+    }
+}
