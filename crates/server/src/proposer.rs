@@ -60,13 +60,24 @@ impl ProposeError {
     /// there is no leader, the write's outcome is unknown, or the server is stopping;
     /// `Internal` when the replica itself failed.
     pub fn to_status(&self) -> tonic::Status {
+        self.status_of("write")
+    }
+
+    /// The gRPC status of a read that could not be confirmed current (see
+    /// [`Proposer::read_barrier`]): `Unavailable` while there is no leader to confirm it or
+    /// the confirmation timed out, `Internal` when the replica itself failed.
+    pub fn to_read_status(&self) -> tonic::Status {
+        self.status_of("read")
+    }
+
+    /// `failed to <verb>: <self>` with the code of [`ProposeError::to_status`].
+    fn status_of(&self, verb: &str) -> tonic::Status {
+        let message = format!("failed to {verb}: {self}");
         match self {
             Self::NotLeader { .. } | Self::Timeout | Self::ShuttingDown => {
-                tonic::Status::unavailable(format!("failed to write: {self}"))
+                tonic::Status::unavailable(message)
             }
-            Self::Store(_) | Self::Stopped | Self::Fatal(_) => {
-                tonic::Status::internal(format!("failed to write: {self}"))
-            }
+            Self::Store(_) | Self::Stopped | Self::Fatal(_) => tonic::Status::internal(message),
         }
     }
 
@@ -84,6 +95,9 @@ impl ProposeError {
 /// A boxed, sendable future, as the trait returns.
 pub type ProposeFuture = Pin<Box<dyn Future<Output = Result<Applied, ProposeError>> + Send>>;
 
+/// A boxed, sendable future of a read barrier.
+pub type ReadFuture = Pin<Box<dyn Future<Output = Result<(), ProposeError>> + Send>>;
+
 /// Orders and applies commands. Implementations must apply commands in log order, exactly
 /// once, and resolve with the result of this command's apply on this replica.
 pub trait Proposer: Send + Sync + std::fmt::Debug {
@@ -98,6 +112,12 @@ pub trait Proposer: Send + Sync + std::fmt::Debug {
     fn is_leader(&self) -> bool {
         true
     }
+
+    /// Resolves once this replica has applied every write acknowledged anywhere before the
+    /// call, so a read of the local store made afterwards sees them (linearizable reads).
+    /// A replica that cannot confirm that (no leader, cut off from a majority) fails
+    /// instead of answering from a state that may be stale.
+    fn read_barrier(&self) -> ReadFuture;
 }
 
 /// The proposer of a replica: the command is proposed to its Raft cluster under a fresh
@@ -122,6 +142,13 @@ impl Proposer for ClusterProposer {
 
     fn is_leader(&self) -> bool {
         self.handle.leader() == Some(self.handle.node_id())
+    }
+
+    fn read_barrier(&self) -> ReadFuture {
+        let handle = self.handle.clone();
+        // Raft's read index: the leader confirms its leadership with a quorum and names its
+        // commit index; this replica resolves once it has applied up to there.
+        Box::pin(async move { handle.read_index().await.map(|_| ()).map_err(ProposeError::from) })
     }
 }
 
@@ -167,6 +194,12 @@ impl Proposer for LocalProposer {
             .map_err(ProposeError::from)
         })
     }
+
+    fn read_barrier(&self) -> ReadFuture {
+        // One node and no log: a write is applied before it is acknowledged, so the local
+        // store already holds every acknowledged write.
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Watches the results of every proposal for a fatal error ([`ProposeError::is_fatal`]).
@@ -186,6 +219,17 @@ impl FailStop {
     }
 }
 
+/// Records the first fatal error (later ones change nothing).
+fn trip(failed: &watch::Sender<Option<String>>, e: &ProposeError) {
+    failed.send_if_modified(|first| {
+        let new = first.is_none();
+        if new {
+            *first = Some(e.to_string());
+        }
+        new
+    });
+}
+
 impl Proposer for FailStop {
     fn propose(&self, cmd: Command) -> ProposeFuture {
         let proposed = self.inner.propose(cmd);
@@ -195,13 +239,21 @@ impl Proposer for FailStop {
             if let Err(e) = &result
                 && e.is_fatal()
             {
-                failed.send_if_modified(|first| {
-                    let new = first.is_none();
-                    if new {
-                        *first = Some(e.to_string());
-                    }
-                    new
-                });
+                trip(&failed, e);
+            }
+            result
+        })
+    }
+
+    fn read_barrier(&self) -> ReadFuture {
+        let barrier = self.inner.read_barrier();
+        let failed = self.failed.clone();
+        Box::pin(async move {
+            let result = barrier.await;
+            if let Err(e) = &result
+                && e.is_fatal()
+            {
+                trip(&failed, e);
             }
             result
         })

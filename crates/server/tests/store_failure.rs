@@ -16,7 +16,7 @@ use std::time::Duration;
 use ward_proto::spire::api::server::entry::v1 as entrypb;
 use ward_proto::spire::api::types;
 use ward_server::config::{Config, Overrides};
-use ward_server::proposer::{LocalProposer, ProposeError, ProposeFuture, Proposer};
+use ward_server::proposer::{LocalProposer, ProposeError, ProposeFuture, Proposer, ReadFuture};
 use ward_server::run::{EXIT_STORE_FAILED, StoreFailed, exit_code, serve_until};
 use ward_store::{Command, Store, StoreConfig, StoreError};
 
@@ -35,6 +35,10 @@ impl Proposer for Breakable {
             return Box::pin(async move { Err(ProposeError::Store(e)) });
         }
         self.inner.propose(cmd)
+    }
+
+    fn read_barrier(&self) -> ReadFuture {
+        self.inner.read_barrier()
     }
 }
 

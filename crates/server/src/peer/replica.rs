@@ -15,7 +15,7 @@ use ward_store::{Applied, Command, Outcome, Store};
 use super::credential::JoinCredential;
 use super::service::{ChunkStream, PeerBackend};
 use super::transport::AddressBook;
-use crate::proposer::{ProposeFuture, Proposer};
+use crate::proposer::{ProposeFuture, Proposer, ReadFuture};
 use crate::tls::AuthoritySource;
 
 /// How a follower's refusal of a join names the leader's peer address.
@@ -71,6 +71,10 @@ impl Proposer for HoldingProposer {
 
     fn is_leader(&self) -> bool {
         self.inner.is_leader()
+    }
+
+    fn read_barrier(&self) -> ReadFuture {
+        self.inner.read_barrier()
     }
 }
 
