@@ -15,9 +15,12 @@ pub mod cluster;
 pub mod command;
 pub mod daemon;
 pub mod differential;
+pub mod netns;
 pub mod normalize;
+pub mod porcupine;
 pub mod script;
 pub mod server;
+pub mod slow_disk;
 pub mod spire;
 pub mod wait;
 pub mod ward;
@@ -32,6 +35,13 @@ use std::path::Path;
 pub fn free_port() -> anyhow::Result<u16> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
     Ok(listener.local_addr()?.port())
+}
+
+/// A number unique within this process, for names of system objects (namespaces, cgroups)
+/// that tests running in parallel must not share.
+pub fn next_tag() -> u32 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Renders `value` as a double-quoted string literal valid in both HCL and TOML.
