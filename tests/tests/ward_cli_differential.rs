@@ -76,7 +76,7 @@ fn start(root: &Path) -> anyhow::Result<Differential> {
     let for_spire_cli = start_ward_server(&ward_bin, &spire_cli_root.join("server"), &options)?;
     let for_ward_cli = start_ward_server(&ward_bin, &ward_cli_root.join("server"), &options)?;
     for root in [&spire_cli_root, &ward_cli_root] {
-        closing_socket(&root.join("closing.sock"))?;
+        ward_testkit::serve_closing_unix_socket(&root.join("closing.sock"))?;
     }
     let mut d = Differential::new(
         Side::new("spire-server CLI", for_spire_cli, &bins.server, &spire_cli_root),
@@ -84,23 +84,6 @@ fn start(root: &Path) -> anyhow::Result<Differential> {
     );
     d.wait_healthy(READY_TIMEOUT)?;
     Ok(d)
-}
-
-/// Serves `path` as a socket that accepts each connection and closes its side at once,
-/// reading what the client sends until the client goes away (so the client reads end of
-/// stream before any answer, never a reset).
-fn closing_socket(path: &Path) -> anyhow::Result<()> {
-    let listener = std::os::unix::net::UnixListener::bind(path)?;
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { return };
-            std::thread::spawn(move || {
-                let _ = conn.shutdown(std::net::Shutdown::Write);
-                let _ = std::io::copy(&mut conn, &mut std::io::sink());
-            });
-        }
-    });
-    Ok(())
 }
 
 /// Rows about reading the command line rather than about a server's answer: flag spellings

@@ -150,26 +150,11 @@ fn an_unreachable_socket_is_a_go_grpc_connection_error() {
     assert!(stderr.ends_with("absent.sock: connect: no such file or directory\"\n"), "{stderr}");
 }
 
-/// A socket that accepts connections and closes its side at once, reading what the client
-/// sends until the client goes away (so the client reads end of stream, never a reset).
-fn closing_socket(path: &std::path::Path) {
-    let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { return };
-            std::thread::spawn(move || {
-                let _ = conn.shutdown(std::net::Shutdown::Write);
-                let _ = std::io::copy(&mut conn, &mut std::io::sink());
-            });
-        }
-    });
-}
-
 #[test]
 fn a_socket_that_closes_or_refuses_is_unavailable_as_in_go_grpc() {
     let dir = tempfile::tempdir().unwrap();
     let closing = dir.path().join("closing.sock");
-    closing_socket(&closing);
+    ward_testkit::serve_closing_unix_socket(&closing).unwrap();
     let not_a_socket = dir.path().join("plain-file");
     std::fs::write(&not_a_socket, b"").unwrap();
     let go_path = |p: &std::path::Path| format!("//{}", p.display());

@@ -2,12 +2,34 @@
 //!
 //! This crate is a dev-dependency of the other ward crates and is never shipped. It owns the
 //! [`ManualClock`], a [`Clock`] whose time tests set and advance by hand so expiry and
-//! rotation can be exercised without sleeping. It does no I/O of its own.
+//! rotation can be exercised without sleeping, and [`serve_closing_unix_socket`], a Unix
+//! socket that hangs up on every client (what a dying server looks like to a CLI).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use ward_core::Clock;
+
+/// Serves `path` as a Unix socket that accepts each connection and closes its side at once,
+/// reading what the client sends until the client goes away, so the client reads end of
+/// stream before any answer (never a reset). Runs on background threads for the rest of
+/// the process.
+///
+/// # Errors
+/// When the socket cannot be bound.
+pub fn serve_closing_unix_socket(path: &std::path::Path) -> std::io::Result<()> {
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let _ = conn.shutdown(std::net::Shutdown::Write);
+                let _ = std::io::copy(&mut conn, &mut std::io::sink());
+            });
+        }
+    });
+    Ok(())
+}
 
 /// A thread-safe clock that only moves when told to.
 ///
