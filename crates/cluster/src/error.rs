@@ -21,6 +21,14 @@ pub enum ProposeError {
     /// log write); restarting replays the log.
     #[error("replica stopped: {0}")]
     Fatal(String),
+    /// The proposal was applied (first at log index `index`), but this replica did not see
+    /// its result: it received that part of the log inside a snapshot, and a copy proposed
+    /// again under the same request id was applied as a duplicate (nothing changed twice).
+    #[error("applied at log index {index}; its result was not observed on this replica")]
+    AppliedUnobserved {
+        /// Where the proposal was first applied.
+        index: u64,
+    },
 }
 
 /// Why an inbound raft message was refused.

@@ -224,6 +224,48 @@ async fn a_replica_whose_snapshot_pull_failed_gets_a_new_snapshot_after_restarti
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proposal_that_reaches_its_replica_only_inside_a_snapshot_is_answered_as_applied() {
+    let mut h = Harness::new();
+    h.compact_log_bytes = 2048;
+    h.start(1, true);
+    h.wait_leader().await;
+    h.start(2, false);
+    h.add_voter(2).await;
+    h.start(3, false);
+    h.add_voter(3).await;
+    let leader = h.wait_leader().await;
+    let follower = *h.nodes.keys().find(|id| **id != leader).unwrap();
+
+    tracing::info!("the follower forwards a proposal but hears nothing back from the leader");
+    h.net.cut(leader, follower);
+    let handle = h.nodes[&follower].handle.clone();
+    let pending = tokio::spawn(async move {
+        handle
+            .propose_until(token("seen-late"), std::time::Instant::now() + Duration::from_secs(60))
+            .await
+    });
+    let leader_store = h.nodes[&leader].store.clone();
+    harness::wait_for("the leader to apply the forwarded proposal", || {
+        leader_store.join_token("seen-late").is_some()
+    })
+    .await;
+    tracing::info!("the leader compacts past it, so the follower can only get it in a snapshot");
+    let mut last = 0;
+    for i in 0..60 {
+        last = h.propose(leader, token(&format!("c{i}"))).await.index;
+    }
+    h.net.heal();
+    let answer = pending.await.unwrap();
+    assert!(
+        matches!(answer, Err(ProposeError::AppliedUnobserved { .. })),
+        "the proposer learns that its write took effect: {answer:?}"
+    );
+    h.wait_applied(last).await;
+    assert!(h.nodes[&follower].store.join_token("seen-late").is_some());
+    h.assert_converged().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forwarded_proposal_lost_on_the_way_is_proposed_again_and_answered() {
     let h = Harness::cluster(3).await;
     let leader = h.wait_leader().await;

@@ -330,8 +330,11 @@ impl CaManager {
             x509_authorities,
             jwt_authorities,
         };
-        self.proposer.propose(cmd).await?;
-        Ok(())
+        match self.proposer.propose(cmd).await {
+            // Appending authorities has no result to read: applied is all that matters.
+            Ok(_) | Err(crate::proposer::ProposeError::AppliedUnobserved { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Removes from the own bundle `bundle` the authorities that expired more than

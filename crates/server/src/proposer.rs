@@ -40,6 +40,15 @@ pub enum ProposeError {
     /// The replica stopped on an error it cannot recover from; it must be restarted.
     #[error("replica stopped: {0}")]
     Fatal(String),
+    /// The write was applied (first at log index `index`) but this replica did not see its
+    /// result (it caught up through a snapshot); read the state back to learn it.
+    #[error(
+        "the write was applied at log index {index} but its result was not observed on this server; read it back"
+    )]
+    AppliedUnobserved {
+        /// Where the write was first applied.
+        index: u64,
+    },
 }
 
 impl From<ward_cluster::ProposeError> for ProposeError {
@@ -51,6 +60,9 @@ impl From<ward_cluster::ProposeError> for ProposeError {
             ward_cluster::ProposeError::Timeout => Self::Timeout,
             ward_cluster::ProposeError::ShuttingDown => Self::ShuttingDown,
             ward_cluster::ProposeError::Fatal(reason) => Self::Fatal(reason),
+            ward_cluster::ProposeError::AppliedUnobserved { index } => {
+                Self::AppliedUnobserved { index }
+            }
         }
     }
 }
@@ -58,6 +70,7 @@ impl From<ward_cluster::ProposeError> for ProposeError {
 impl ProposeError {
     /// The gRPC status a client sees: `Unavailable` (which SPIRE's clients retry) while
     /// there is no leader, the write's outcome is unknown, or the server is stopping;
+    /// `Aborted` when the write was applied but its result was not observed here;
     /// `Internal` when the replica itself failed.
     pub fn to_status(&self) -> tonic::Status {
         self.status_of("write")
@@ -78,6 +91,8 @@ impl ProposeError {
                 tonic::Status::unavailable(message)
             }
             Self::Store(_) | Self::Stopped | Self::Fatal(_) => tonic::Status::internal(message),
+            // Not Unavailable: a blind retry would apply the write a second time.
+            Self::AppliedUnobserved { .. } => tonic::Status::aborted(message),
         }
     }
 
@@ -87,7 +102,11 @@ impl ProposeError {
     pub fn is_fatal(&self) -> bool {
         match self {
             Self::Store(_) | Self::Fatal(_) => true,
-            Self::Stopped | Self::NotLeader { .. } | Self::Timeout | Self::ShuttingDown => false,
+            Self::Stopped
+            | Self::NotLeader { .. }
+            | Self::Timeout
+            | Self::ShuttingDown
+            | Self::AppliedUnobserved { .. } => false,
         }
     }
 }

@@ -608,12 +608,12 @@ impl<L: LogStore> Driver<L> {
             self.raw.mut_store().applied = (last.index, last.term);
         }
         for d in done {
-            // A duplicate's proposer was answered by the entry that applied it first.
-            if let Ok(applied) = d.result
-                && let Some(w) = self.waiters.remove(&d.request_id)
-            {
-                let _ = w.reply.send(Ok(applied));
-            }
+            let Some(w) = self.waiters.remove(&d.request_id) else { continue };
+            // A waiter still here for a duplicate missed its first apply: that entry reached
+            // this replica inside a snapshot. It did take effect, once; its result is lost.
+            let answer =
+                d.result.map_err(|dup| ProposeError::AppliedUnobserved { index: dup.first_index });
+            let _ = w.reply.send(answer);
         }
         Ok(())
     }
