@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 use crate::cli::AdminCli;
+use crate::command::behind;
 use crate::daemon::Daemon;
 use crate::wait::{Step, poll_until};
 use crate::ward::ward_server_bin;
@@ -74,6 +75,9 @@ pub struct Replica {
     /// Lines of its `[cluster]` table beyond node id, peer address and tick interval
     /// (`bootstrap`, `join_address`, `snapshot_threshold`…); used at the next start.
     pub cluster_extra: String,
+    /// Top-level configuration lines beyond those [`Replica::config`] always writes (e.g.
+    /// `agent_ttl = "20s"`); used at the next start.
+    pub server_extra: String,
     /// The admin CLI on its socket.
     pub cli: AdminCli,
     bin: PathBuf,
@@ -91,6 +95,7 @@ impl Replica {
             dir,
             placement,
             cluster_extra: String::new(),
+            server_extra: String::new(),
             cli,
             bin: bin.to_owned(),
             tick_interval: "50ms".to_owned(),
@@ -123,13 +128,14 @@ impl Replica {
         let p = &self.placement;
         format!(
             "trust_domain = {td}\nbind_address = {ip}\nbind_port = {port}\nsocket_path = {sock}\n\
-             data_dir = {data}\nlog_level = \"info\"\n\n[cluster]\nnode_id = {node}\n\
+             data_dir = {data}\nlog_level = \"info\"\n{server_extra}\n[cluster]\nnode_id = {node}\n\
              peer_address = {peer}\ntick_interval = {tick}\n{extra}",
             td = quoted(TRUST_DOMAIN),
             ip = quoted(&p.ip),
             port = p.port,
             sock = quoted_path(&self.dir.join("api.sock")),
             data = quoted_path(&self.data_dir()),
+            server_extra = self.server_extra,
             node = self.node,
             peer = quoted(&self.peer()),
             tick = quoted(&self.tick_interval),
@@ -166,14 +172,7 @@ impl Replica {
         if self.daemon.is_some() {
             bail!("replica {} is already started", self.node);
         }
-        let mut program = match self.placement.launcher.split_first() {
-            Some((first, rest)) => {
-                let mut c = Command::new(first);
-                c.args(rest).arg(&self.bin);
-                c
-            }
-            None => Command::new(&self.bin),
-        };
+        let mut program = behind(&self.placement.launcher, &self.bin);
         program.env("NO_COLOR", "1");
         let name = format!("ward-server-{}", self.node);
         let config = self.config();

@@ -41,6 +41,19 @@ impl CommandOutput {
     }
 }
 
+/// A command that runs `program` behind `launcher`: the launcher's words first (e.g.
+/// `ip netns exec <ns>`), then `program`; just `program` when `launcher` is empty.
+pub fn behind(launcher: &[String], program: &std::path::Path) -> Command {
+    match launcher.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
 /// Renders a command line for messages.
 pub fn command_line(cmd: &Command) -> String {
     let mut line = cmd.get_program().to_string_lossy().into_owned();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::command::run;
+use crate::command::{behind, run};
 use crate::daemon::Daemon;
 use crate::server::{ServerOptions, ServerProcess};
 use crate::{free_port, quoted, quoted_path};
@@ -127,7 +127,10 @@ plugins {{
 pub struct SpireAgentConfig {
     /// Trust domain name.
     pub trust_domain: String,
-    /// The server's TCP port on `127.0.0.1`.
+    /// The server's address: an IP address or a DNS name (the agent dials every address the
+    /// name resolves to).
+    pub server_address: String,
+    /// The server's TCP port.
     pub server_port: u16,
     /// Workload API Unix socket.
     pub socket_path: PathBuf,
@@ -144,7 +147,7 @@ impl SpireAgentConfig {
             r#"agent {{
     data_dir = {data}
     log_level = "DEBUG"
-    server_address = "127.0.0.1"
+    server_address = {address}
     server_port = "{port}"
     socket_path = {socket}
     trust_domain = {td}
@@ -164,6 +167,7 @@ plugins {{
 }}
 "#,
             data = quoted_path(&self.data_dir),
+            address = quoted(&self.server_address),
             port = self.server_port,
             socket = quoted_path(&self.socket_path),
             td = quoted(&self.trust_domain),
@@ -220,19 +224,37 @@ pub fn start_spire_agent(
 ) -> anyhow::Result<AgentProcess> {
     let config = SpireAgentConfig {
         trust_domain: trust_domain.to_owned(),
+        server_address: "127.0.0.1".to_owned(),
         server_port,
         socket_path: dir.join("workload.sock"),
         data_dir: dir.join("data"),
         trust_bundle_path: trust_bundle_path.to_owned(),
     };
+    start_spire_agent_with(bins, &[], dir, &config, join_token)
+}
+
+/// Starts `spire-agent run -joinToken <token>` with `config` (written to `dir/agent.conf`; its
+/// log goes to `dir/spire-agent.log`), behind `launcher` (words run before the binary, e.g.
+/// `ip netns exec <ns>`; empty: run it directly).
+pub fn start_spire_agent_with(
+    bins: &SpireBins,
+    launcher: &[String],
+    dir: &Path,
+    config: &SpireAgentConfig,
+    join_token: &str,
+) -> anyhow::Result<AgentProcess> {
     let daemon = Daemon::run_with_config(
         "spire-agent",
-        Command::new(&bins.agent),
+        behind(launcher, &bins.agent),
         dir,
         "-config",
         "agent.conf",
         &config.render(),
         &["-joinToken", join_token],
     )?;
-    Ok(AgentProcess { daemon, socket_path: config.socket_path, data_dir: config.data_dir })
+    Ok(AgentProcess {
+        daemon,
+        socket_path: config.socket_path.clone(),
+        data_dir: config.data_dir.clone(),
+    })
 }

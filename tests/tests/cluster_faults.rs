@@ -74,7 +74,7 @@ fn placement(lab: &NetLab, node: u64) -> Placement {
         ip: NetLab::address(node),
         port: 8081,
         peer_port: PEER_PORT,
-        launcher: ["ip", "netns", "exec", lab.namespace(node).unwrap()].map(str::to_owned).to_vec(),
+        launcher: lab.launcher(node).unwrap(),
     }
 }
 
