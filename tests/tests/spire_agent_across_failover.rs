@@ -16,6 +16,9 @@
 //!    the renewed SVID chains to the bundle;
 //! 5. the agent then holds connections to both survivors.
 //!
+//! A second test starts the agent while the replica listed first for the name is dead: the
+//! agent attests with the others and holds connections to both.
+//!
 //! Needs root (network namespaces) and the SPIRE binaries (`WARD_SPIRE_BIN`, set by
 //! `tests/run`).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -111,78 +114,114 @@ impl Lab {
     fn replica_mut(&mut self, node: u64) -> &mut Replica {
         self.cluster.replica_mut(node).unwrap()
     }
+
+    /// Through replica `via`: a join token and an entry for [`OLD_ID`] under the agent's ID,
+    /// then `spire-agent` started in its namespace from the bundle `via` shows.
+    fn start_agent(&mut self, bins: &SpireBins, via: u64) -> Agent {
+        let cli = self.cluster.replica(via).unwrap().cli.clone();
+        let token = cli.token_generate(Some(600)).unwrap();
+        let agent_id = format!("spiffe://{TD}/spire/agent/join_token/{token}");
+        let selector = format!("unix:uid:{}", current_uid().unwrap());
+        cli.entry_create(&agent_id, OLD_ID, &selector).unwrap();
+
+        // Every replica's X.509 authority is in the bundle the agent starts from: whichever
+        // replica it reaches presents a certificate signed by its own authority.
+        let bundle_pem = cli.bundle_show_pem().unwrap();
+        let authorities = pem_certificates(&bundle_pem).unwrap();
+        assert!(
+            authorities.len() >= usize::try_from(REPLICAS).unwrap(),
+            "the bundle holds {} X.509 authorities for {REPLICAS} replicas",
+            authorities.len()
+        );
+        let root = self.cluster.root().to_owned();
+        let bundle_path = root.join("bundle.pem");
+        std::fs::write(&bundle_path, &bundle_pem).unwrap();
+
+        let agent_dir = root.join("agent");
+        let config = SpireAgentConfig {
+            trust_domain: TD.to_owned(),
+            server_address: SERVER_NAME.to_owned(),
+            server_port: AGENT_API_PORT,
+            socket_path: agent_dir.join("workload.sock"),
+            data_dir: agent_dir.join("data"),
+            trust_bundle_path: bundle_path,
+        };
+        let launcher = self.net.launcher(self.agent_member).unwrap();
+        let agent = start_spire_agent_with(bins, &launcher, &agent_dir, &config, &token).unwrap();
+        let handle = Agent {
+            cli: AgentCli::new(&bins.agent, &agent.socket_path),
+            data_dir: agent.data_dir.clone(),
+            svid_dir: root.join("svids"),
+            id: agent_id,
+            selector,
+            authorities,
+        };
+        self.agent = Some(agent);
+        handle
+    }
+
+    /// Waits until the agent serves X509-SVIDs for exactly `ids` (failing at once if the
+    /// agent or replica `server` exits).
+    fn wait_svids(&mut self, agent: &Agent, server: u64, ids: &[&str]) {
+        let expected: BTreeSet<String> = ids.iter().map(|id| (*id).to_owned()).collect();
+        let Self { agent: process, cluster, .. } = self;
+        let process = &mut process.as_mut().unwrap().daemon;
+        let server = cluster.replica_mut(server).unwrap().daemon_mut().unwrap();
+        wait_for_x509_svids(process, server, &agent.cli, &agent.svid_dir, &expected).unwrap();
+    }
+
+    /// Waits until the agent holds connections to exactly the replicas `nodes`.
+    fn wait_connected(&self, nodes: &BTreeSet<u64>) {
+        poll_until(&format!("the agent to be connected to replicas {nodes:?}"), SETTLE, || {
+            let seen = self.agent_connections();
+            Ok(if &seen == nodes { Step::Done(()) } else { Step::Retry(format!("{seen:?}")) })
+        })
+        .unwrap();
+    }
+}
+
+/// What the test knows about the running agent.
+struct Agent {
+    cli: AgentCli,
+    data_dir: PathBuf,
+    svid_dir: PathBuf,
+    /// Its SPIFFE ID (join token).
+    id: String,
+    /// `unix:uid:<the test's uid>`.
+    selector: String,
+    /// The X.509 authorities of the bundle it started from.
+    authorities: Vec<Vec<u8>>,
 }
 
 fn phase(began: Instant, what: &str) {
     eprintln!("[{:>6.1?}] {what}", began.elapsed());
 }
 
+/// The SPIRE binaries and a formed lab whose replicas agree on their state.
+fn formed(began: Instant) -> (SpireBins, Lab) {
+    let bins = SpireBins::locate().unwrap();
+    let lab = Lab::form();
+    lab.cluster.wait_converged().unwrap();
+    phase(began, "three replicas formed a cluster");
+    (bins, lab)
+}
+
 #[test]
 fn spire_agent_keeps_serving_while_its_replica_is_killed() {
     let began = Instant::now();
-    let bins = SpireBins::locate().unwrap();
-    let mut lab = Lab::form();
-    phase(began, "three replicas formed a cluster");
-    lab.cluster.wait_converged().unwrap();
-
-    // Registration on the leader: a join token and one entry under the agent's ID.
+    let (bins, mut lab) = formed(began);
     let leader = lab.cluster.leader().unwrap();
-    let cli = lab.cluster.replica(leader).unwrap().cli.clone();
-    let token = cli.token_generate(Some(600)).unwrap();
-    let agent_id = format!("spiffe://{TD}/spire/agent/join_token/{token}");
-    let selector = format!("unix:uid:{}", current_uid().unwrap());
-    cli.entry_create(&agent_id, OLD_ID, &selector).unwrap();
-
-    // Every replica's X.509 authority is in the bundle the agent starts from: whichever
-    // replica it reaches presents a certificate signed by its own authority.
-    let bundle_pem = cli.bundle_show_pem().unwrap();
-    let authorities = pem_certificates(&bundle_pem).unwrap();
-    assert!(
-        authorities.len() >= usize::try_from(REPLICAS).unwrap(),
-        "the bundle holds {} X.509 authorities for {REPLICAS} replicas",
-        authorities.len()
-    );
-    let root = lab.cluster.root().to_owned();
-    let bundle_path = root.join("bundle.pem");
-    std::fs::write(&bundle_path, &bundle_pem).unwrap();
-
-    let agent_dir = root.join("agent");
-    let config = SpireAgentConfig {
-        trust_domain: TD.to_owned(),
-        server_address: SERVER_NAME.to_owned(),
-        server_port: AGENT_API_PORT,
-        socket_path: agent_dir.join("workload.sock"),
-        data_dir: agent_dir.join("data"),
-        trust_bundle_path: bundle_path,
-    };
-    let launcher = lab.net.launcher(lab.agent_member).unwrap();
-    let agent = start_spire_agent_with(&bins, &launcher, &agent_dir, &config, &token).unwrap();
-    let agent_cli = AgentCli::new(&bins.agent, &agent.socket_path);
-    let agent_data = agent.data_dir.clone();
-    lab.agent = Some(agent);
+    let agent = lab.start_agent(&bins, leader);
     phase(began, "spire-agent started in its namespace");
-
-    let svid_dir: PathBuf = root.join("svids");
-    let old: BTreeSet<String> = [OLD_ID.to_owned()].into();
-    {
-        let Lab { agent, cluster, .. } = &mut lab;
-        let agent = &mut agent.as_mut().unwrap().daemon;
-        let server = cluster.replica_mut(leader).unwrap().daemon_mut().unwrap();
-        wait_for_x509_svids(agent, server, &agent_cli, &svid_dir, &old).unwrap();
-    }
+    lab.wait_svids(&agent, leader, &[OLD_ID]);
     phase(began, "the agent serves the first entry's X509-SVID");
 
     // The name resolves to every replica, and round_robin connects to each address.
     let all: BTreeSet<u64> = (1..=REPLICAS).collect();
-    let connected = poll_until("the agent to connect to every replica", SETTLE, || {
-        let seen = lab.agent_connections();
-        Ok(if seen == all { Step::Done(seen) } else { Step::Retry(format!("{seen:?}")) })
-    })
-    .unwrap();
-    phase(began, &format!("the agent is connected to replicas {connected:?}"));
+    lab.wait_connected(&all);
+    phase(began, &format!("the agent is connected to replicas {all:?}"));
 
     // Kill the leader: a replica the agent is connected to, and the one every write needs.
-    assert!(connected.contains(&leader));
     lab.replica_mut(leader).kill().unwrap();
     phase(began, &format!("killed replica {leader} (the leader) with SIGKILL"));
     let survivors: BTreeSet<u64> = all.iter().copied().filter(|&n| n != leader).collect();
@@ -193,22 +232,17 @@ fn spire_agent_keeps_serving_while_its_replica_is_killed() {
     // A new entry, made through a survivor after the kill, reaches the agent; the old one
     // stays served.
     let survivor = *survivors.iter().next().unwrap();
-    let agent_svid_at_kill = agent_svid_chain(&agent_data).unwrap();
-    lab.cluster.replica(survivor).unwrap().cli.entry_create(&agent_id, NEW_ID, &selector).unwrap();
-    let both: BTreeSet<String> = [OLD_ID.to_owned(), NEW_ID.to_owned()].into();
-    {
-        let Lab { agent, cluster, .. } = &mut lab;
-        let agent = &mut agent.as_mut().unwrap().daemon;
-        let server = cluster.replica_mut(survivor).unwrap().daemon_mut().unwrap();
-        wait_for_x509_svids(agent, server, &agent_cli, &svid_dir, &both).unwrap();
-    }
+    let agent_svid_at_kill = agent_svid_chain(&agent.data_dir).unwrap();
+    let cli = &lab.cluster.replica(survivor).unwrap().cli;
+    cli.entry_create(&agent.id, NEW_ID, &agent.selector).unwrap();
+    lab.wait_svids(&agent, survivor, &[OLD_ID, NEW_ID]);
     phase(began, "the agent serves the old entry's and the new entry's X509-SVIDs");
 
     // The agent renews its own SVID against the survivors, and the new one chains to the
     // bundle it started from.
     let renewed = poll_until("the agent to renew its SVID after the kill", SETTLE, || {
         lab.agent.as_mut().unwrap().daemon.ensure_running()?;
-        let now = agent_svid_chain(&agent_data)?;
+        let now = agent_svid_chain(&agent.data_dir)?;
         Ok(if now.first() == agent_svid_at_kill.first() {
             Step::Retry("agent SVID unchanged".into())
         } else {
@@ -216,17 +250,29 @@ fn spire_agent_keeps_serving_while_its_replica_is_killed() {
         })
     })
     .unwrap();
-    let renewed_id = x509svid::verify(&renewed, &authorities, SystemTime::now()).unwrap();
-    assert_eq!(renewed_id.as_str(), agent_id);
+    let renewed_id = x509svid::verify(&renewed, &agent.authorities, SystemTime::now()).unwrap();
+    assert_eq!(renewed_id.as_str(), agent.id);
     phase(began, "the agent renewed its SVID after the kill");
 
     // Rotating its SVID closed the agent's connections; its next calls reconnect to both
     // survivors (and to nothing else).
-    poll_until("the agent to reconnect to the survivors", SETTLE, || {
-        let seen = lab.agent_connections();
-        Ok(if seen == survivors { Step::Done(()) } else { Step::Retry(format!("{seen:?}")) })
-    })
-    .unwrap();
-    phase(began, &format!("the agent is connected to replicas {survivors:?}"));
-    phase(began, "done");
+    lab.wait_connected(&survivors);
+    phase(began, &format!("the agent is connected to replicas {survivors:?}; done"));
+}
+
+/// The agent starts while the replica whose address comes first for its server name is dead:
+/// it attests with, and gets SVIDs from, the others.
+#[test]
+fn spire_agent_starts_while_the_first_address_is_down() {
+    let began = Instant::now();
+    let (bins, mut lab) = formed(began);
+    // Replica 1's address is the first line for the name in the agent's hosts file.
+    lab.replica_mut(1).kill().unwrap();
+    let leader = lab.cluster.leader().unwrap();
+    phase(began, &format!("killed replica 1; replica {leader} leads"));
+    let agent = lab.start_agent(&bins, leader);
+    lab.wait_svids(&agent, leader, &[OLD_ID]);
+    phase(began, "the agent attested and serves the entry's X509-SVID");
+    lab.wait_connected(&[2, 3].into());
+    phase(began, "the agent is connected to replicas 2 and 3; done");
 }
