@@ -360,6 +360,45 @@ pub fn create_entry(cli: &AdminCli, n: u64) -> anyhow::Result<String> {
     )
 }
 
+/// Creates entries `numbers` (each as [`create_entry`] makes it) in one `BatchCreateEntry`
+/// call (`entry create -data <file>`, the file written in `dir`): one command in the log for
+/// the whole batch. Succeeds when every item was created or already exists (a retry of a
+/// batch that went through, or partly through, is refused item by item as a duplicate).
+pub fn create_entries(
+    cli: &AdminCli,
+    numbers: std::ops::Range<u64>,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    let entries: Vec<serde_json::Value> = numbers
+        .clone()
+        .map(|n| {
+            serde_json::json!({
+                "parent_id": format!("spiffe://{TRUST_DOMAIN}/parent"),
+                "spiffe_id": format!("spiffe://{TRUST_DOMAIN}/workload/{n}"),
+                "selectors": [{ "type": "unix", "value": format!("uid:{n}") }],
+            })
+        })
+        .collect();
+    let file = dir.join(format!("entries-{}-{}.json", numbers.start, numbers.end));
+    std::fs::write(&file, serde_json::json!({ "entries": entries }).to_string())?;
+    let path = file.to_str().context("a non-UTF-8 temporary path")?;
+    let v = cli.json(&["entry", "create"], &["-data", path]);
+    let _ = std::fs::remove_file(&file);
+    let v = v?;
+    let results = v["results"].as_array().context("no results")?;
+    if results.len() != entries.len() {
+        bail!("{} results for {} entries", results.len(), entries.len());
+    }
+    for r in results {
+        // gRPC codes: 0 OK (proto JSON may leave it out), 6 AlreadyExists.
+        let code = r["status"]["code"].as_i64().unwrap_or(0);
+        if code != 0 && code != 6 {
+            bail!("an entry was refused: {}", r["status"]);
+        }
+    }
+    Ok(())
+}
+
 /// The number `n` of an entry made by [`create_entry`], from its SPIFFE ID.
 pub fn entry_number(spiffe_id: &str) -> Option<u64> {
     spiffe_id.strip_prefix(&format!("spiffe://{TRUST_DOMAIN}/workload/"))?.parse().ok()
