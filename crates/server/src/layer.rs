@@ -135,6 +135,14 @@ where
                         return Ok(st.into_http());
                     }
                 }
+                if reads_current_state(&method, local, &authorized) {
+                    // A read index: this replica has applied every write acknowledged before
+                    // the call, or the call fails rather than answer from a stale copy.
+                    if let Err(e) = state.proposer.read_barrier().await {
+                        tracing::warn!(error = %e, "read not confirmed current");
+                        return Ok(e.to_read_status().into_http());
+                    }
+                }
                 req.extensions_mut().insert(Caller {
                     local,
                     addr: peer.as_ref().and_then(|p| p.remote_addr),
@@ -147,6 +155,32 @@ where
             .await
         })
     }
+}
+
+/// The reads of replicated state an operator makes: after a write acknowledged on any
+/// replica, these must see it.
+const CURRENT_READS: &[&str] = &[
+    "/spire.api.server.entry.v1.Entry/CountEntries",
+    "/spire.api.server.entry.v1.Entry/ListEntries",
+    "/spire.api.server.entry.v1.Entry/GetEntry",
+    "/spire.api.server.agent.v1.Agent/CountAgents",
+    "/spire.api.server.agent.v1.Agent/ListAgents",
+    "/spire.api.server.agent.v1.Agent/GetAgent",
+    "/spire.api.server.bundle.v1.Bundle/GetBundle",
+    "/spire.api.server.bundle.v1.Bundle/CountBundles",
+    "/spire.api.server.bundle.v1.Bundle/ListFederatedBundles",
+    "/spire.api.server.bundle.v1.Bundle/GetFederatedBundle",
+    "/spire.api.server.trustdomain.v1.TrustDomain/ListFederationRelationships",
+    "/spire.api.server.trustdomain.v1.TrustDomain/GetFederationRelationship",
+];
+
+/// Whether a call first waits for a read index ([`crate::proposer::Proposer::read_barrier`]):
+/// an operator's read of replicated state (on the admin socket, or by an admin workload).
+/// Agents and anonymous callers (their bundle, authorized entries, SVID signing) read the
+/// replica's own copy, so every replica keeps serving them without a round trip to the
+/// leader.
+fn reads_current_state(method: &str, local: bool, authorized: &Authorized) -> bool {
+    (local || matches!(authorized, Authorized::Admin)) && CURRENT_READS.contains(&method)
 }
 
 /// Looks up only what the method's policy can use.

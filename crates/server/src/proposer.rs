@@ -73,19 +73,24 @@ impl ProposeError {
     /// `Aborted` when the write was applied but its result was not observed here;
     /// `Internal` when the replica itself failed.
     pub fn to_status(&self) -> tonic::Status {
-        self.status_of("write")
+        self.with_code(format!("failed to write: {self}"))
     }
 
     /// The gRPC status of a read that could not be confirmed current (see
-    /// [`Proposer::read_barrier`]): `Unavailable` while there is no leader to confirm it or
-    /// the confirmation timed out, `Internal` when the replica itself failed.
+    /// [`Proposer::read_barrier`]), with the code of [`ProposeError::to_status`]:
+    /// `Unavailable` while no leader is known or the leader did not confirm in time,
+    /// `Internal` when the replica itself failed.
     pub fn to_read_status(&self) -> tonic::Status {
-        self.status_of("read")
+        let why = match self {
+            Self::NotLeader { .. } => "no leader is known".to_owned(),
+            Self::Timeout => "the leader did not confirm it in time".to_owned(),
+            other => other.to_string(),
+        };
+        self.with_code(format!("cannot confirm this replica is up to date: {why}"))
     }
 
-    /// `failed to <verb>: <self>` with the code of [`ProposeError::to_status`].
-    fn status_of(&self, verb: &str) -> tonic::Status {
-        let message = format!("failed to {verb}: {self}");
+    /// `message` under this error's gRPC code.
+    fn with_code(&self, message: String) -> tonic::Status {
         match self {
             Self::NotLeader { .. } | Self::Timeout | Self::ShuttingDown => {
                 tonic::Status::unavailable(message)

@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use ward_proto::spire::api::server::entry::v1 as entrypb;
 use ward_proto::spire::api::types;
-use ward_server::config::{Config, Overrides};
 use ward_server::proposer::{LocalProposer, ProposeError, ProposeFuture, Proposer, ReadFuture};
 use ward_server::run::{EXIT_STORE_FAILED, StoreFailed, exit_code, serve_until};
 use ward_store::{Command, Store, StoreConfig, StoreError};
@@ -45,12 +44,7 @@ impl Proposer for Breakable {
 #[tokio::test]
 async fn a_store_failure_stops_the_server_with_exit_code_70() {
     let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "bind_address = \"127.0.0.1\"\nbind_port = 0\nsocket_path = \"{}\"\ndata_dir = \"{}\"\n",
-        dir.path().join("admin/api.sock").display(),
-        dir.path().join("data").display()
-    );
-    let cfg = Config::from_toml(&text, &Overrides::default()).unwrap();
+    let cfg = common::config_in(dir.path(), "");
     let store =
         Store::open(dir.path().join("store"), StoreConfig::new(cfg.trust_domain.clone())).unwrap();
     let broken = Arc::new(AtomicBool::new(false));

@@ -38,6 +38,17 @@ impl Clock for ManualClock {
     }
 }
 
+/// A configuration listening on 127.0.0.1 (any port), with its admin socket and data
+/// directory under `dir`, followed by the TOML lines of `extra`.
+pub fn config_in(dir: &std::path::Path, extra: &str) -> Config {
+    let text = format!(
+        "bind_address = \"127.0.0.1\"\nbind_port = 0\nsocket_path = \"{}\"\ndata_dir = \"{}\"\n{extra}",
+        dir.join("admin/api.sock").display(),
+        dir.join("data").display()
+    );
+    Config::from_toml(&text, &Overrides::default()).unwrap()
+}
+
 pub struct TestServer {
     pub server: RunningServer,
     pub clock: Arc<ManualClock>,
@@ -51,12 +62,7 @@ impl TestServer {
 
     pub async fn start_with(edit: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let text = format!(
-            "bind_address = \"127.0.0.1\"\nbind_port = 0\nsocket_path = \"{}\"\ndata_dir = \"{}\"\n[ratelimit]\nattestation = false\nsigning = false\n",
-            dir.path().join("admin/api.sock").display(),
-            dir.path().join("data").display()
-        );
-        let mut cfg = Config::from_toml(&text, &Overrides::default()).unwrap();
+        let mut cfg = config_in(dir.path(), "[ratelimit]\nattestation = false\nsigning = false\n");
         edit(&mut cfg);
         let clock = Arc::new(ManualClock::default());
         let opts = ward_server::run::StartOptions {
