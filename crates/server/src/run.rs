@@ -476,16 +476,13 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<Runni
         .add_service(DebugServer::new(DebugService::new(state.clone())))
         .add_service(HealthServer::new(HealthService::new(state.clone())))
         .add_optional_service(replica.as_ref().map(|c| {
-            ClusterServer::new(ClusterAdmin {
-                handle: c.handle.clone(),
-                store: state.store.clone(),
-                td: cfg.trust_domain.clone(),
-                proposer: state.proposer.clone(),
-                addresses: c.addresses.clone(),
-                clock: clock.clone(),
-                membership: c.membership.clone(),
-                digests: Default::default(),
-            })
+            let ctx = c.context(
+                &state.store,
+                cfg.trust_domain.clone(),
+                state.proposer.clone(),
+                clock.clone(),
+            );
+            ClusterServer::new(ClusterAdmin { ctx, digests: Default::default() })
         }));
     let signal = stopped(stop_rx.clone());
     tasks.push(tokio::spawn(async move {

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 use ward_cluster::{ClusterHandle, ClusterStatus, MembershipChange, Role};
-use ward_core::{Clock, TrustDomain};
 use ward_proto::ward::cluster::v1::cluster_server::Cluster;
 use ward_proto::ward::cluster::v1::{
     AddMemberRequest, AddMemberResponse, MemberStatus, RemoveMemberRequest, RemoveMemberResponse,
@@ -16,7 +15,6 @@ use ward_store::Store;
 
 use super::replica::{DEFAULT_CREDENTIAL_TTL, make_credential};
 use super::transport::AddressBook;
-use crate::proposer::Proposer;
 
 /// How long `transfer-leader` waits for the new leader.
 const TRANSFER_WAIT: Duration = Duration::from_secs(10);
@@ -66,20 +64,8 @@ pub async fn change_membership(
 
 /// The Cluster admin service of one replica.
 pub struct ClusterAdmin {
-    /// The replica's driver.
-    pub handle: ClusterHandle,
-    /// Its store.
-    pub store: Store,
-    /// The trust domain.
-    pub td: TrustDomain,
-    /// Writes.
-    pub proposer: Arc<dyn Proposer>,
-    /// Peer addresses.
-    pub addresses: Arc<AddressBook>,
-    /// Time.
-    pub clock: Arc<dyn Clock>,
-    /// Serializes membership changes.
-    pub membership: MembershipLock,
+    /// The replica (its proposer is the server's, so a fatal write stops the server).
+    pub ctx: super::ReplicaContext,
     /// The last state digest computed, reused while the state has not changed.
     pub digests: DigestCache,
 }
@@ -122,7 +108,7 @@ pub fn state_digest(
 
 impl std::fmt::Debug for ClusterAdmin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClusterAdmin").field("node_id", &self.handle.node_id()).finish()
+        f.debug_struct("ClusterAdmin").field("node_id", &self.ctx.handle.node_id()).finish()
     }
 }
 
@@ -213,12 +199,12 @@ pub fn check_removal(s: &ClusterStatus, node: u64) -> Result<(), String> {
 
 impl ClusterAdmin {
     async fn leader_status(&self) -> Result<ClusterStatus, Status> {
-        let s = self.handle.status().await.map_err(unavailable)?;
+        let s = self.ctx.handle.status().await.map_err(unavailable)?;
         if s.role != Role::Leader {
             let hint = match s.leader_id {
                 Some(l) => format!(
                     "; the leader is replica {l}{}",
-                    self.addresses.get(l).map(|a| format!(" at {a}")).unwrap_or_default()
+                    self.ctx.addresses.get(l).map(|a| format!(" at {a}")).unwrap_or_default()
                 ),
                 None => "; no leader is known".to_owned(),
             };
@@ -237,8 +223,8 @@ impl Cluster for ClusterAdmin {
         &self,
         _request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        let s = self.handle.status().await.map_err(unavailable)?;
-        let (store, cache) = (self.store.clone(), self.digests.clone());
+        let s = self.ctx.handle.status().await.map_err(unavailable)?;
+        let (store, cache) = (self.ctx.store.clone(), self.digests.clone());
         let digest = tokio::task::spawn_blocking(move || state_digest(&store, &cache))
             .await
             .map_err(|e| Status::internal(format!("computing the state digest: {e}")))?
@@ -252,7 +238,7 @@ impl Cluster for ClusterAdmin {
             state_digest = %digest.1,
             "cluster status"
         );
-        Ok(Response::new(status_message(&s, &self.addresses, digest)))
+        Ok(Response::new(status_message(&s, &self.ctx.addresses, digest)))
     }
 
     async fn add_member(
@@ -266,7 +252,7 @@ impl Cluster for ClusterAdmin {
         if req.address.is_empty() || !req.address.contains(':') {
             return Err(Status::invalid_argument("the address must be host:port"));
         }
-        let s = self.handle.status().await.map_err(unavailable)?;
+        let s = self.ctx.handle.status().await.map_err(unavailable)?;
         if s.voters.contains(&req.node_id) || s.learners.contains(&req.node_id) {
             return Err(Status::already_exists(format!(
                 "replica {} is already a member",
@@ -279,13 +265,13 @@ impl Cluster for ClusterAdmin {
             Err(_) => return Err(Status::invalid_argument("the ttl must not be negative")),
         };
         let (credential, expires_at) = make_credential(
-            &self.store,
-            &self.td,
-            self.proposer.as_ref(),
+            &self.ctx.store,
+            &self.ctx.td,
+            self.ctx.proposer.as_ref(),
             req.node_id,
             &req.address,
             ttl,
-            self.clock.now(),
+            self.ctx.clock.now(),
         )
         .await
         .map_err(Status::unavailable)?;
@@ -300,10 +286,10 @@ impl Cluster for ClusterAdmin {
         let node = request.into_inner().node_id;
         let s = self.leader_status().await?;
         check_removal(&s, node).map_err(Status::failed_precondition)?;
-        change_membership(&self.handle, &self.membership, MembershipChange::Remove(node))
+        change_membership(&self.ctx.handle, &self.ctx.membership, MembershipChange::Remove(node))
             .await
             .map_err(Status::unavailable)?;
-        self.addresses.forget(node);
+        self.ctx.addresses.forget(node);
         tracing::info!(node_id = node, "removed a replica");
         Ok(Response::new(RemoveMemberResponse {}))
     }
@@ -317,10 +303,10 @@ impl Cluster for ClusterAdmin {
         if !s.voters.contains(&to) {
             return Err(Status::failed_precondition(format!("replica {to} is not a voter")));
         }
-        self.handle.transfer_leader(to).map_err(unavailable)?;
+        self.ctx.handle.transfer_leader(to).map_err(unavailable)?;
         let deadline = tokio::time::Instant::now() + TRANSFER_WAIT;
         loop {
-            if self.handle.leader() == Some(to) {
+            if self.ctx.handle.leader() == Some(to) {
                 return Ok(Response::new(TransferLeaderResponse { leader_id: to }));
             }
             if tokio::time::Instant::now() >= deadline {
@@ -369,7 +355,7 @@ pub async fn promote_learners(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ward_core::JoinToken;
+    use ward_core::{JoinToken, TrustDomain};
     use ward_store::{Command, StoreConfig};
 
     fn token(name: &str) -> Command {

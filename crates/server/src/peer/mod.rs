@@ -37,6 +37,32 @@ use crate::tls::{self, AuthoritySource, SpiffeClientVerifier, SpiffeServerVerifi
 pub use identity::{PeerCert, PeerIdentity, PeerIdentityError};
 pub use service::{PeerBackend, PeerService, RaftInbound};
 
+/// What a replica's cluster services share: the admin socket's `Cluster` service
+/// ([`admin::ClusterAdmin`]) and the peer listener's back end ([`replica::ClusterBackend`]).
+#[derive(Clone)]
+pub struct ReplicaContext {
+    /// The replica's driver.
+    pub handle: ward_cluster::ClusterHandle,
+    /// Its store.
+    pub store: ward_store::Store,
+    /// The trust domain.
+    pub td: TrustDomain,
+    /// Writes.
+    pub proposer: Arc<dyn crate::proposer::Proposer>,
+    /// Known peer addresses.
+    pub addresses: Arc<transport::AddressBook>,
+    /// Time (credential expiry).
+    pub clock: Arc<dyn ward_core::Clock>,
+    /// Serializes membership changes.
+    pub membership: admin::MembershipLock,
+}
+
+impl std::fmt::Debug for ReplicaContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicaContext").field("node_id", &self.handle.node_id()).finish()
+    }
+}
+
 /// Longest a peer connection attempt (TCP and TLS) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -124,25 +124,13 @@ impl AuthoritySource for PeerAuthorities {
 
 /// What a replica's peer listener serves besides raft messages.
 pub struct ClusterBackend {
-    /// The replica's store.
-    pub store: Store,
-    /// The trust domain.
-    pub td: TrustDomain,
-    /// The replica's driver.
-    pub handle: ClusterHandle,
-    /// Writes.
-    pub proposer: Arc<dyn Proposer>,
-    /// Known peer addresses.
-    pub addresses: Arc<AddressBook>,
-    /// Time, for credential expiry.
-    pub clock: Arc<dyn Clock>,
-    /// Serializes membership changes.
-    pub membership: super::admin::MembershipLock,
+    /// The replica (its proposer writes through raft directly).
+    pub ctx: super::ReplicaContext,
 }
 
 impl std::fmt::Debug for ClusterBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClusterBackend").field("node_id", &self.handle.node_id()).finish()
+        f.debug_struct("ClusterBackend").field("node_id", &self.ctx.handle.node_id()).finish()
     }
 }
 
@@ -180,17 +168,18 @@ impl ClusterBackend {
         let credential = JoinCredential::parse(&req.credential)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let node = credential.node_id;
-        let status = self.handle.status().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let status =
+            self.ctx.handle.status().await.map_err(|e| Status::unavailable(e.to_string()))?;
         if status.leader_id != Some(status.node_id) {
             let hint = status
                 .leader_id
-                .and_then(|l| self.addresses.get(l))
+                .and_then(|l| self.ctx.addresses.get(l))
                 .map(|a| format!("; {LEADER_IS_AT}{a}"))
                 .unwrap_or_default();
             return Err(Status::failed_precondition(format!("not the leader{hint}")));
         }
-        let x509 =
-            parse_authorities(&self.td, &req.x509_authorities).map_err(Status::invalid_argument)?;
+        let x509 = parse_authorities(&self.ctx.td, &req.x509_authorities)
+            .map_err(Status::invalid_argument)?;
         if x509.is_empty() {
             return Err(Status::invalid_argument("the joining replica sent no X.509 authority"));
         }
@@ -204,8 +193,9 @@ impl ClusterBackend {
                 tainted: false,
             })
             .collect();
-        let now = ward_core::clock::unix_seconds(self.clock.now());
+        let now = ward_core::clock::unix_seconds(self.ctx.clock.now());
         let consumed = self
+            .ctx
             .proposer
             .propose(Command::ConsumeJoinToken { hash: credential.stored_hash(), now })
             .await
@@ -222,21 +212,23 @@ impl ClusterBackend {
         if status.voters.contains(&node) || status.learners.contains(&node) {
             return Err(Status::already_exists(format!("replica {node} is already a member")));
         }
-        self.proposer
+        self.ctx
+            .proposer
             .propose(Command::AppendBundle {
-                trust_domain: self.td.clone(),
+                trust_domain: self.ctx.td.clone(),
                 x509_authorities: x509,
                 jwt_authorities: jwt,
             })
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
-        self.addresses.learn(node, &credential.address);
+        self.ctx.addresses.learn(node, &credential.address);
         let change = MembershipChange::AddLearner(node);
-        super::admin::change_membership(&self.handle, &self.membership, change)
+        super::admin::change_membership(&self.ctx.handle, &self.ctx.membership, change)
             .await
             .map_err(Status::unavailable)?;
         tracing::info!(node_id = node, address = %credential.address, "replica joined as a learner");
         let members = self
+            .ctx
             .addresses
             .all()
             .into_iter()
@@ -251,7 +243,7 @@ impl PeerBackend for ClusterBackend {
     async fn snapshot(&self, to: u64, descriptor: Vec<u8>) -> Result<ChunkStream, tonic::Status> {
         let descriptor = SnapshotDescriptor::decode(&descriptor)
             .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
-        let store = self.store.clone();
+        let store = self.ctx.store.clone();
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<SnapshotChunk, tonic::Status>>(4);
         tokio::task::spawn_blocking(move || {
             let export = match ward_cluster::snapshot::export_for(&store, &descriptor) {
@@ -275,8 +267,9 @@ impl PeerBackend for ClusterBackend {
     }
 
     fn x509_authorities(&self) -> Vec<Vec<u8>> {
-        self.store
-            .bundle(&self.td)
+        self.ctx
+            .store
+            .bundle(&self.ctx.td)
             .map(|b| b.x509_authorities.iter().map(|a| a.der.clone()).collect())
             .unwrap_or_default()
     }
@@ -544,6 +537,25 @@ impl ClusterStartup {
         })
     }
 
+    /// What the replica's cluster services share, writing through `proposer`.
+    pub fn context(
+        &self,
+        store: &Store,
+        td: TrustDomain,
+        proposer: Arc<dyn Proposer>,
+        clock: Arc<dyn Clock>,
+    ) -> super::ReplicaContext {
+        super::ReplicaContext {
+            handle: self.handle.clone(),
+            store: store.clone(),
+            td,
+            proposer,
+            addresses: self.addresses.clone(),
+            clock,
+            membership: self.membership.clone(),
+        }
+    }
+
     /// The proposer the CA manager uses (holding publications while joining).
     pub fn ca_proposer(&self) -> Arc<dyn Proposer> {
         match &self.holding {
@@ -575,13 +587,7 @@ impl ClusterStartup {
             .with_context(|| format!("binding the peer listener {}", self.settings.peer_address))?;
         let addr = listener.local_addr()?;
         let backend = ClusterBackend {
-            store: store.clone(),
-            td: td.clone(),
-            handle: self.handle.clone(),
-            proposer: self.proposer.clone(),
-            addresses: self.addresses.clone(),
-            clock: clock.clone(),
-            membership: self.membership.clone(),
+            ctx: self.context(store, td.clone(), self.proposer.clone(), clock.clone()),
         };
         let inbound =
             super::transport::DriverInbound::new(self.handle.clone(), self.addresses.clone());
