@@ -3,7 +3,7 @@
 //! others with one-time credentials made by a member, as an operator would.
 //!
 //! Replicas listen on `127.0.0.<node>` by default, or on any address a launcher reaches
-//! (e.g. `ip netns exec <ns>` for a replica inside a network namespace). The admin socket is
+//! (e.g. `ip netns exec <ns>` for a replica inside a network namespace of a [`NetLab`]). The admin socket is
 //! a Unix socket in the replica's directory, so the CLI reaches every replica from the test
 //! process whatever network the replica is in.
 
@@ -16,6 +16,7 @@ use anyhow::{Context, bail};
 use crate::cli::AdminCli;
 use crate::command::behind;
 use crate::daemon::Daemon;
+use crate::netns::NetLab;
 use crate::wait::{Step, poll_until};
 use crate::ward::ward_server_bin;
 use crate::{quoted, quoted_path};
@@ -35,6 +36,12 @@ pub fn free_port_on(ip: &str) -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind((ip, 0)).with_context(|| format!("binding {ip}:0"))?;
     Ok(l.local_addr()?.port())
 }
+
+/// The agent API port of a replica placed in a [`NetLab`] namespace ([`Placement::in_lab`]).
+pub const LAB_API_PORT: u16 = 8081;
+
+/// The peer port of a replica placed in a [`NetLab`] namespace.
+pub const LAB_PEER_PORT: u16 = 8082;
 
 /// Where a replica listens and how its process is started.
 #[derive(Debug, Clone)]
@@ -59,6 +66,18 @@ impl Placement {
             peer_port: free_port_on(&ip)?,
             ip,
             launcher: Vec::new(),
+        })
+    }
+
+    /// Inside replica `node`'s namespace of `lab`: its end of the lab's bridge,
+    /// [`LAB_API_PORT`] and [`LAB_PEER_PORT`] (the namespace's ports are its own), started
+    /// through `ip netns exec`.
+    pub fn in_lab(lab: &NetLab, node: u64) -> anyhow::Result<Self> {
+        Ok(Self {
+            ip: NetLab::address(node),
+            port: LAB_API_PORT,
+            peer_port: LAB_PEER_PORT,
+            launcher: lab.launcher(node)?,
         })
     }
 }
@@ -447,6 +466,23 @@ impl Cluster {
         let mut c = Self::empty()?;
         for node in 1..=n {
             let r = Replica::loopback(&c.bin, c.root(), node)?;
+            c.replicas.push(r);
+        }
+        Ok(c)
+    }
+
+    /// `n` unstarted replicas `1..=n`, each in its own namespace of `lab`
+    /// ([`Placement::in_lab`]; set them up, then [`Cluster::form`]).
+    pub fn in_lab(lab: &NetLab, n: u64) -> anyhow::Result<Self> {
+        let mut c = Self::empty()?;
+        for node in 1..=n {
+            let r = Replica::new(
+                &c.bin,
+                c.root(),
+                &format!("replica{node}"),
+                node,
+                Placement::in_lab(lab, node)?,
+            );
             c.replicas.push(r);
         }
         Ok(c)

@@ -24,7 +24,7 @@ use ward_proto::spire::api::server::entry::v1 as entrypb;
 use ward_proto::spire::api::server::entry::v1::entry_client::EntryClient;
 use ward_proto::spire::api::types;
 use ward_server::cli::admin_channel;
-use ward_tests::cluster::{self as harness, Placement, Replica, SETTLE, TRUST_DOMAIN as TD};
+use ward_tests::cluster::{self as harness, Replica, SETTLE, TRUST_DOMAIN as TD};
 use ward_tests::netns::NetLab;
 use ward_tests::porcupine::{self, Op, OpKind, Outcome, Verdict};
 use ward_tests::slow_disk::SlowDisk;
@@ -32,7 +32,6 @@ use ward_tests::wait::{Step, poll_until};
 
 const PREFIX: &str = "wflt";
 const REPLICAS: u64 = 3;
-const PEER_PORT: u16 = 8082;
 /// Entries the clients share: few enough that clients collide on them often.
 const KEYS: u64 = 12;
 const CLIENTS: usize = 4;
@@ -65,17 +64,6 @@ fn settings() -> Settings {
     let rounds = env_number("WARD_FAULT_ROUNDS").map_or(50, |n| u32::try_from(n).unwrap());
     let round = Duration::from_millis(env_number("WARD_FAULT_ROUND_MS").unwrap_or(2000));
     Settings { seed, rounds, round }
-}
-
-/// Replica `node`'s place: its namespace's end of the lab's bridge, started inside the
-/// namespace (the agent port and loopback are private to it).
-fn placement(lab: &NetLab, node: u64) -> Placement {
-    Placement {
-        ip: NetLab::address(node),
-        port: 8081,
-        peer_port: PEER_PORT,
-        launcher: lab.launcher(node).unwrap(),
-    }
 }
 
 /// The socket of a replica's admin API.
@@ -349,15 +337,10 @@ impl Lab {
     /// Three replicas in their own namespaces: replica 1 bootstraps, 2 and 3 join with
     /// credentials made on it; returns once all three are voters.
     fn form() -> Self {
-        let mut cluster = harness::Cluster::empty().unwrap();
         let lab = NetLab::new(PREFIX, REPLICAS).unwrap();
+        let mut cluster = harness::Cluster::in_lab(&lab, REPLICAS).unwrap();
         // Every data directory sits under the cluster's root, on the disk the cap names.
         let disk = SlowDisk::new(PREFIX, REPLICAS, cluster.root()).unwrap();
-        for node in 1..=REPLICAS {
-            let name = format!("replica{node}");
-            let r = Replica::new(&cluster.bin, cluster.root(), &name, node, placement(&lab, node));
-            cluster.replicas.push(r);
-        }
         cluster.form("").unwrap();
         let lab = Self { cluster, disk, lab };
         for node in 1..=REPLICAS {

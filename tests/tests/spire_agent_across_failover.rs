@@ -43,8 +43,7 @@ const PREFIX: &str = "wagf";
 const REPLICAS: u64 = 3;
 /// The name the agent's `/etc/hosts` gives every replica's address.
 const SERVER_NAME: &str = "ward-server.test";
-const AGENT_API_PORT: u16 = 8081;
-const PEER_PORT: u16 = 8082;
+const AGENT_API_PORT: u16 = ward_tests::cluster::LAB_API_PORT;
 /// Short, so the agent renews its own SVID (at half its life) soon after the kill.
 const AGENT_TTL: &str = "agent_ttl = \"20s\"\n";
 const OLD_ID: &str = "spiffe://example.org/before-failover";
@@ -72,12 +71,7 @@ impl Lab {
             addresses.iter().map(|a| (a.as_str(), SERVER_NAME)).collect();
         net.set_hosts(agent_member, &hosts).unwrap();
         for node in 1..=REPLICAS {
-            let placement = Placement {
-                ip: NetLab::address(node),
-                port: AGENT_API_PORT,
-                peer_port: PEER_PORT,
-                launcher: net.launcher(node).unwrap(),
-            };
+            let placement = Placement::in_lab(&net, node).unwrap();
             let name = format!("replica{node}");
             let mut r = Replica::new(&cluster.bin, cluster.root(), &name, node, placement);
             r.server_extra = AGENT_TTL.to_owned();
