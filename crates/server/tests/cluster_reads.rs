@@ -3,9 +3,9 @@
 //! replica still holds an agent, a federated bundle and a federation relationship that the
 //! majority has deleted since, and a JWT authority of its own bundle is missing. Every admin
 //! read of entries, agents, bundles and federation relationships answers `Unavailable`
-//! ("cannot confirm this replica is up to date") instead of that stale copy, while an
-//! anonymous caller (as an agent bootstrapping) still gets the bundle from the replica's own
-//! store. Once the link is back, the same reads answer with the majority's state.
+//! ("cannot confirm this replica is up to date") instead of that stale copy, while what
+//! agents read (the bundle to an anonymous caller, a federated bundle to an attested agent)
+//! is still served from the replica's own store. Once the link is back, the same reads answer with the majority's state.
 //!
 //! Three real replicas (drivers, sled stores) on the in-memory network; the one under test
 //! serves the real gRPC services on its admin socket and TCP listener.
@@ -249,6 +249,26 @@ async fn a_cut_off_replica_refuses_admin_reads_but_serves_agents_its_bundle() {
     )
     .await;
     wait_applied(&cut.store, index).await;
+    // A real agent, attested through the replica under test while it is connected.
+    let token = agentpb::agent_client::AgentClient::new(admin.clone())
+        .create_join_token(agentpb::CreateJoinTokenRequest { ttl: 600, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .value;
+    let (key, csr) = common::key_and_csr();
+    let svid = common::attest(server.tcp_addr, &token, csr).await.unwrap().svid.unwrap();
+    let agent_identity =
+        common::Identity { chain: svid.cert_chain, key_pkcs8: key.pkcs8_der().to_vec() };
+    let roots: Vec<Vec<u8>> = bundlepb::bundle_client::BundleClient::new(admin.clone())
+        .get_bundle(bundlepb::GetBundleRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .x509_authorities
+        .into_iter()
+        .map(|a| a.asn1)
+        .collect();
     let before: Vec<(&str, String)> = futures::future::join_all(
         admin_reads(&admin).into_iter().map(|(name, read)| async move { (name, read.await) }),
     )
@@ -310,13 +330,24 @@ async fn a_cut_off_replica_refuses_admin_reads_but_serves_agents_its_bundle() {
         }
     }
 
-    // An agent's view stays local: the bundle over TCP without a client certificate.
+    // What agents read stays local: the bundle to an anonymous caller (an agent before it
+    // attests), and a federated bundle to the attested agent, from the replica's own copy.
     let tcp = common::tls_channel(server.tcp_addr, &[], None).await;
     let local = bundlepb::bundle_client::BundleClient::new(tcp)
         .get_bundle(bundlepb::GetBundleRequest::default())
         .await
         .expect("the agent-facing bundle is served from the replica's own store")
         .into_inner();
+    let as_agent = common::tls_channel(server.tcp_addr, &roots, Some(agent_identity)).await;
+    let federated = bundlepb::bundle_client::BundleClient::new(as_agent)
+        .get_federated_bundle(bundlepb::GetFederatedBundleRequest {
+            trust_domain: FOREIGN.into(),
+            output_mask: None,
+        })
+        .await
+        .expect("an agent's federated bundle is served from the replica's own store")
+        .into_inner();
+    assert_eq!(federated.trust_domain, FOREIGN);
     assert!(local.jwt_authorities.iter().all(|a| a.key_id != MAJORITY_KEY));
 
     // Healed, the same reads answer with the majority's state.
@@ -337,8 +368,8 @@ async fn a_cut_off_replica_refuses_admin_reads_but_serves_agents_its_bundle() {
     };
     let want_after = |name: &str| -> Result<String, Code> {
         match name {
-            "CountAgents" => Ok("0 agents".into()),
-            "ListAgents" => Ok("0 agents listed".into()),
+            "CountAgents" => Ok("1 agents".into()),
+            "ListAgents" => Ok("1 agents listed".into()),
             "GetBundle" => Ok("majority key: true".into()),
             "CountBundles" => Ok("1 bundles".into()),
             "ListFederatedBundles" => Ok("0 federated bundles".into()),
@@ -352,7 +383,7 @@ async fn a_cut_off_replica_refuses_admin_reads_but_serves_agents_its_bundle() {
     }
     // And before the cut they showed what the majority then deleted.
     for (name, want) in [
-        ("CountAgents", "1 agents"),
+        ("CountAgents", "2 agents"),
         ("GetBundle", "majority key: false"),
         (
             "GetAgent",
