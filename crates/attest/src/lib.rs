@@ -1,0 +1,35 @@
+//! Workload attestation for ward's agent: which selectors describe the process calling the
+//! Workload API.
+//!
+//! The agent learns the caller's pid, uid and gid from the kernel (`SO_PEERCRED` on the
+//! Workload API socket), and asks each configured [`WorkloadAttestor`] for the selectors of
+//! that pid. Selectors are named and formed exactly as SPIRE v1.13.3's plugins of the same
+//! name form them, so registration entries written for SPIRE select the same workloads.
+//!
+//! Main types:
+//! - [`WorkloadAttestor`], the trait, and [`UnixAttestor`] ([`unix`]), the `unix` plugin with
+//!   SPIRE's [`UnixConfig`] keys and defaults;
+//! - [`CallerWatch`] and [`attest_caller`], which refuse selectors gathered for a caller that
+//!   exited or whose pid was reused while it was attested (SPIRE's peer-tracker checks);
+//! - [`ProcFs`], the proc file system the facts come from;
+//! - [`AttestError`], with SPIRE's message texts.
+//!
+//! A flow: `let watch = CallerWatch::open(&procfs, caller)?; let selectors =
+//! attestor.attest(caller.pid)?; watch.check()?;`, which [`attest_caller`] wraps.
+//!
+//! This crate does no networking of its own, keeps no state between calls, and depends on
+//! no store or cluster crate: the agent that uses it stays small. It reads the proc file
+//! system and the user and group databases, and so is Linux-only. What each selector needs
+//! from the operating system (capabilities) is in [`unix`] and `docs/agent-attestors.md`.
+
+mod caller_watch;
+mod error;
+mod procfs;
+pub mod unix;
+mod workload_attestor;
+
+pub use caller_watch::{Caller, CallerWatch, attest_caller};
+pub use error::AttestError;
+pub use procfs::{ProcFs, ProcStatus};
+pub use unix::{UnixAttestation, UnixAttestor, UnixConfig};
+pub use workload_attestor::WorkloadAttestor;
