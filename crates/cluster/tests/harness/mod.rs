@@ -136,6 +136,11 @@ impl Harness {
         self.nodes.insert(id, Node { store, handle });
     }
 
+    /// The data directory of replica `id` (made by its first start).
+    pub fn dir(&self, id: NodeId) -> &std::path::Path {
+        self.dirs[&id].path()
+    }
+
     /// Stops replica `id` and waits until its store is closed.
     pub async fn stop(&mut self, id: NodeId) {
         self.net.unregister(id);
