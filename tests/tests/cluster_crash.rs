@@ -38,6 +38,12 @@ const INITIAL_ENTRIES: u64 = 2000;
 /// Entries per `BatchCreateEntry` call.
 const BATCH: u64 = 250;
 
+/// Entries per call while the follower is down: one log entry past the threshold.
+const TOP_UP: u64 = 20;
+
+/// Log entries a leader may have sent beyond its commit index when a follower is killed.
+const IN_FLIGHT: u64 = 2;
+
 /// Entries per call during a burst (smaller, so many commands are applied in a row).
 const BURST_BATCH: u64 = 10;
 
@@ -160,19 +166,29 @@ fn a_follower_killed_while_receiving_a_snapshot_restarts_consistent_and_catches_
         let followers: Vec<u64> = c.running().map(|r| r.node).filter(|n| *n != leader).collect();
         let node = followers[rng.usize(..followers.len())];
 
-        // The follower stops; the others write past it and compact.
+        // The follower stops; the others write past it and compact past everything it may
+        // hold (the commit index, plus proposals that may have been in flight).
         c.replica_mut(node).unwrap().kill().unwrap();
-        let behind = status_u64(c.replica(leader).unwrap(), &["commit"]).unwrap();
-        write(&c, next..next + BATCH, &mut acked);
-        next += BATCH;
+        let behind = status_u64(c.replica(leader).unwrap(), &["commit"]).unwrap() + IN_FLIGHT;
+        for _ in 0..=IN_FLIGHT {
+            write(&c, next..next + TOP_UP, &mut acked);
+            next += TOP_UP;
+        }
+        let mut polls = 0;
         poll_until("the leader to compact past the stopped follower", SETTLE, || {
             let leader = c.replica(c.leader()?)?;
             let snap = status_u64(leader, &["last_snapshot", "index"])?;
-            Ok(if snap > behind {
-                Step::Done(())
-            } else {
-                Step::Retry(format!("last snapshot {snap}, follower at most {behind}"))
-            })
+            if snap > behind {
+                return Ok(Step::Done(()));
+            }
+            // Compaction follows the apply closely; after a second without it, the log
+            // needs more bytes.
+            polls += 1;
+            if polls % 4 == 0 {
+                write(&c, next..next + TOP_UP, &mut acked);
+                next += TOP_UP;
+            }
+            Ok(Step::Retry(format!("last snapshot {snap}, follower at most {behind}")))
         })
         .unwrap();
 
