@@ -9,6 +9,9 @@
 //! - [`log_store`]: the [`LogStore`] trait (raft log, hard state, membership, snapshot
 //!   metadata), [`MemLogStore`], and [`SledLogStore`] over the store's
 //!   [`ward_store::RaftLog`] (sled stays inside ward-store).
+//! - [`wal`]: [`WalLogStore`], the log as an append-only journal of segment files (what
+//!   `ward-server` runs with), and [`open_log`], which moves a log kept in the store's
+//!   database into it.
 //! - [`storage`]: raft-rs's `Storage` over any [`LogStore`].
 //! - [`config`]: a replica's settings.
 //! - [`handle`]: [`ClusterHandle`], what the rest of the process calls, and the status and
@@ -36,6 +39,7 @@ pub mod mem_network;
 pub mod snapshot;
 pub mod storage;
 pub mod transport;
+pub mod wal;
 
 pub use config::{ClusterConfig, StartError};
 pub use driver::{Replica, start};
@@ -48,3 +52,4 @@ pub use transport::{
     ChunkStream, ChunkStreamFuture, NodeId, SnapshotDescriptor, SnapshotError, SnapshotSource,
     Transport,
 };
+pub use wal::{WalLogStore, open_log};

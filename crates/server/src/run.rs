@@ -342,7 +342,8 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<Runni
                     (store, proposer, Some(handle))
                 }
                 None => {
-                    let handle = start_one_member(store.clone()).await?;
+                    let handle =
+                        start_one_member(store.clone(), cfg.data_dir.join(RAFT_LOG_DIR)).await?;
                     let proposer: Arc<dyn Proposer> =
                         Arc::new(ClusterProposer::new(handle.clone()));
                     (store, proposer, Some(handle))
@@ -548,13 +549,20 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<Runni
     })
 }
 
+/// Where a replica keeps its raft log, under the data directory (see
+/// [`ward_cluster::WalLogStore`]).
+pub const RAFT_LOG_DIR: &str = "raft-log";
+
 /// Starts the one-member cluster a server without cluster configuration runs: replica 1,
-/// its raft log in the store's database, no transport. An existing single-server store
-/// becomes the cluster's starting state.
-async fn start_one_member(store: Store) -> anyhow::Result<ward_cluster::ClusterHandle> {
+/// its raft log in `log_dir`, no transport. An existing single-server store becomes the
+/// cluster's starting state.
+async fn start_one_member(
+    store: Store,
+    log_dir: std::path::PathBuf,
+) -> anyhow::Result<ward_cluster::ClusterHandle> {
     let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || -> anyhow::Result<ward_cluster::ClusterHandle> {
-        let log = ward_cluster::SledLogStore::open(&store).context("opening the raft log")?;
+        let log = ward_cluster::open_log(&log_dir, &store).context("opening the raft log")?;
         let mut config = ward_cluster::ClusterConfig::new(1);
         config.bootstrap = true;
         let handle = ward_cluster::start(ward_cluster::Replica {

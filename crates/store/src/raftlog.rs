@@ -211,6 +211,17 @@ impl RaftLog {
         self.meta.apply_batch(batch).engine()
     }
 
+    /// Removes the whole log and its metadata (what moving the log elsewhere leaves
+    /// behind). Durable with the next flush.
+    ///
+    /// # Errors
+    /// [`StoreError::Engine`] on I/O failure.
+    pub fn clear(&self) -> Result<(), StoreError> {
+        let _w = self.lock();
+        self.log.clear().engine()?;
+        self.meta.clear().engine()
+    }
+
     /// The compacted point `(index, term)`; `(0, 0)` for a log never compacted.
     ///
     /// # Errors

@@ -51,7 +51,7 @@ pub struct Replica<L> {
     pub config: ClusterConfig,
     /// The state machine.
     pub store: Store,
-    /// The raft log (usually a [`crate::SledLogStore`] over `store`).
+    /// The raft log (`ward-server` runs a [`crate::WalLogStore`]).
     pub log: L,
     /// Where messages to other replicas go; `None` for a one-member cluster.
     pub transport: Option<Arc<dyn Transport>>,

@@ -491,11 +491,11 @@ impl ClusterStartup {
             addresses.clone(),
             runtime.clone(),
         );
-        let member = store
-            .raft_log()
-            .and_then(|l| l.conf_state())
-            .context("reading the raft log")?
-            .is_some();
+        let log = ward_cluster::open_log(&data_dir.join(crate::run::RAFT_LOG_DIR), &store)
+            .context("opening the raft log")?;
+        let membership =
+            ward_cluster::LogStore::conf_state(&log).context("reading the raft log")?;
+        let member = !membership.voters.is_empty() || !membership.learners.is_empty();
         let joining = !member && matches!(settings.start, crate::config::ClusterStart::Join { .. });
         let mut config = ward_cluster::ClusterConfig::new(settings.node_id);
         config.tick_interval = settings.tick_interval;
@@ -503,7 +503,6 @@ impl ClusterStartup {
         config.heartbeat_tick = settings.heartbeat_tick;
         config.bootstrap = settings.start == crate::config::ClusterStart::Bootstrap;
         config.compact_log_bytes = settings.snapshot_threshold;
-        let log = ward_cluster::SledLogStore::open(&store).context("opening the raft log")?;
         let handle = ward_cluster::start(ward_cluster::Replica {
             config,
             store: store.clone(),
