@@ -119,6 +119,37 @@ pub enum AttestError {
         /// The group of `/proc/<pid>` now.
         found: u32,
     },
+    /// No connection to the D-Bus bus of the service manager (`systemd` attestor).
+    #[error("failed to open dbus connection: {reason}")]
+    DbusConnect {
+        /// The D-Bus error.
+        reason: String,
+    },
+    /// The service manager named no unit for the pid: the process does not exist, or it is
+    /// not in a unit of this manager (`systemd` attestor).
+    #[error("failed to get unit by pid {pid}: {reason}")]
+    UnitByPid {
+        /// The process id asked for.
+        pid: u32,
+        /// The D-Bus error, e.g. `org.freedesktop.systemd1.NoSuchProcess: ...`.
+        reason: String,
+    },
+    /// A unit property could not be read (`systemd` attestor).
+    #[error("error getting value for {name}: {reason}")]
+    UnitProperty {
+        /// The property, `Id` or `FragmentPath`.
+        name: &'static str,
+        /// The D-Bus error.
+        reason: String,
+    },
+    /// A unit property was not a string (`systemd` attestor; SPIRE's text, capital and all).
+    #[error("Returned value for {name} was not a string: {value}")]
+    UnitPropertyNotString {
+        /// The property, `Id` or `FragmentPath`.
+        name: &'static str,
+        /// The value received, as D-Bus shows it.
+        value: String,
+    },
     /// A selector could not be formed (an empty value read from the system).
     #[error("invalid selector: {0}")]
     Selector(#[from] ward_core::SelectorError),

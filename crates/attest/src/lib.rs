@@ -8,7 +8,8 @@
 //!
 //! Main types:
 //! - [`WorkloadAttestor`], the trait, and [`UnixAttestor`] ([`unix`]), the `unix` plugin with
-//!   SPIRE's [`UnixConfig`] keys and defaults;
+//!   SPIRE's [`UnixConfig`] keys and defaults, and [`SystemdAttestor`] ([`systemd`]), the
+//!   `systemd` plugin (the unit of the process, over D-Bus);
 //! - [`CallerWatch`] and [`attest_caller`], which refuse selectors gathered for a caller that
 //!   exited or whose pid was reused while it was attested (SPIRE's peer-tracker checks);
 //! - [`ProcFs`], the proc file system the facts come from;
@@ -17,19 +18,22 @@
 //! A flow: `let watch = CallerWatch::open(&procfs, caller)?; let selectors =
 //! attestor.attest(caller.pid)?; watch.check()?;`, which [`attest_caller`] wraps.
 //!
-//! This crate does no networking of its own, keeps no state between calls, and depends on
-//! no store or cluster crate: the agent that uses it stays small. It reads the proc file
-//! system and the user and group databases, and so is Linux-only. What each selector needs
-//! from the operating system (capabilities) is in [`unix`] and `docs/agent-attestors.md`.
+//! This crate keeps no state between calls beyond the `systemd` attestor's D-Bus connection,
+//! makes no other network calls, and depends on no store or cluster crate: the agent that uses
+//! it stays small. It reads the proc file system and the user and group databases, and so is
+//! Linux-only. What each selector needs from the operating system (capabilities) is in
+//! [`unix`], [`systemd`] and `docs/agent-attestors.md`.
 
 mod caller_watch;
 mod error;
 mod procfs;
+pub mod systemd;
 pub mod unix;
 mod workload_attestor;
 
 pub use caller_watch::{Caller, CallerWatch, attest_caller};
 pub use error::AttestError;
 pub use procfs::{ProcFs, ProcStatus};
+pub use systemd::{SystemdAttestor, SystemdBus};
 pub use unix::{UnixAttestation, UnixAttestor, UnixConfig};
 pub use workload_attestor::WorkloadAttestor;

@@ -2,7 +2,9 @@
 //! can check which registration entries a workload will match and whether the agent's user
 //! and capabilities are enough for the selectors it needs.
 //!
-//! Usage: `ward-attest unix <pid> [--discover-workload-path] [--workload-size-limit <bytes>]`
+//! Usage:
+//! - `ward-attest unix <pid> [--discover-workload-path] [--workload-size-limit <bytes>]`
+//! - `ward-attest systemd <pid> [--bus-address <d-bus address>]` (default: the system bus)
 //!
 //! Prints one selector per line (`unix:uid:1000`); a selector left out for want of
 //! permission is reported on stderr as `warning: ...`; an attestation error as `error: ...`
@@ -10,24 +12,31 @@
 
 use std::process::ExitCode;
 
-use ward_attest::{ProcFs, UnixAttestor, UnixConfig};
+use ward_attest::{
+    AttestError, ProcFs, SystemdAttestor, SystemdBus, UnixAttestor, UnixConfig, WorkloadAttestor,
+};
+use ward_core::Selector;
 
-const USAGE: &str =
-    "usage: ward-attest unix <pid> [--discover-workload-path] [--workload-size-limit <bytes>]";
+const USAGE: &str = "usage: ward-attest unix <pid> [--discover-workload-path] \
+                     [--workload-size-limit <bytes>]\n       ward-attest systemd <pid> \
+                     [--bus-address <d-bus address>]";
+
+/// One attestation asked for on the command line.
+enum Request {
+    Unix(u32, UnixConfig),
+    Systemd(u32, SystemdBus),
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some((pid, config)) = parse_args(&args) else {
+    let Some(request) = parse_args(&args) else {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
     };
-    match UnixAttestor::new(config, ProcFs::default()).attest_detailed(pid) {
-        Ok(found) => {
-            for selector in &found.selectors {
+    match attest(request) {
+        Ok(selectors) => {
+            for selector in &selectors {
                 println!("{selector}");
-            }
-            if let Some(reason) = found.path_skipped {
-                eprintln!("warning: path and sha256 selectors left out: {reason}");
             }
             ExitCode::SUCCESS
         }
@@ -38,20 +47,48 @@ fn main() -> ExitCode {
     }
 }
 
-/// The pid and the unix attestor configuration, or `None` for a usage error.
-fn parse_args(args: &[String]) -> Option<(u32, UnixConfig)> {
-    let mut it = args.iter();
-    if it.next()? != "unix" {
-        return None;
-    }
-    let pid = it.next()?.parse().ok()?;
-    let mut config = UnixConfig::default();
-    while let Some(flag) = it.next() {
-        match flag.as_str() {
-            "--discover-workload-path" => config.discover_workload_path = true,
-            "--workload-size-limit" => config.workload_size_limit = it.next()?.parse().ok()?,
-            _ => return None,
+fn attest(request: Request) -> Result<Vec<Selector>, AttestError> {
+    match request {
+        Request::Unix(pid, config) => {
+            let found = UnixAttestor::new(config, ProcFs::default()).attest_detailed(pid)?;
+            if let Some(reason) = found.path_skipped {
+                eprintln!("warning: path and sha256 selectors left out: {reason}");
+            }
+            Ok(found.selectors)
         }
+        Request::Systemd(pid, bus) => SystemdAttestor::new(bus).attest(pid),
     }
-    Some((pid, config))
+}
+
+/// The request, or `None` for a usage error.
+fn parse_args(args: &[String]) -> Option<Request> {
+    let mut it = args.iter();
+    let plugin = it.next()?;
+    let pid = it.next()?.parse().ok()?;
+    match plugin.as_str() {
+        "unix" => {
+            let mut config = UnixConfig::default();
+            while let Some(flag) = it.next() {
+                match flag.as_str() {
+                    "--discover-workload-path" => config.discover_workload_path = true,
+                    "--workload-size-limit" => {
+                        config.workload_size_limit = it.next()?.parse().ok()?;
+                    }
+                    _ => return None,
+                }
+            }
+            Some(Request::Unix(pid, config))
+        }
+        "systemd" => {
+            let mut bus = SystemdBus::System;
+            while let Some(flag) = it.next() {
+                match flag.as_str() {
+                    "--bus-address" => bus = SystemdBus::Address(it.next()?.clone()),
+                    _ => return None,
+                }
+            }
+            Some(Request::Systemd(pid, bus))
+        }
+        _ => None,
+    }
 }
