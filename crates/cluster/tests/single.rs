@@ -172,3 +172,51 @@ async fn proposals_that_arrive_together_share_one_flush() {
     assert!(after - before <= 3, "99 queued proposals took {} flushes", after - before);
     assert!(store.join_token("t98").is_some());
 }
+
+/// A log whose entry at the store's applied index has another term than the one the store
+/// applied (an older leader's uncommitted tail, replaced by a snapshot the store imported
+/// just before a crash) is not trusted: the replica forgets it and waits for a snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_of_another_term_at_the_applied_index_is_forgotten_at_start() {
+    use raft::eraftpb::{ConfState, Entry, HardState};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreConfig::new(trust_domain())).unwrap();
+    let applied: Vec<ward_store::Committed<'_>> =
+        (1..=3).map(|index| ward_store::Committed::Empty { index, term: 2 }).collect();
+    store.apply_committed(&applied).unwrap();
+    let start = |log: MemLogStore| {
+        let mut config = ClusterConfig::new(1);
+        config.bootstrap = false;
+        ward_cluster::start(Replica {
+            config,
+            store: store.clone(),
+            log,
+            transport: None,
+            snapshots: None,
+            runtime: tokio::runtime::Handle::current(),
+        })
+        .unwrap()
+    };
+    let log_of_term = |term: u64| {
+        let mut log = MemLogStore::new();
+        let entries: Vec<Entry> =
+            (1..=5).map(|index| Entry { index, term, ..Default::default() }).collect();
+        log.append(&entries).unwrap();
+        log.set_hard_state(&HardState { term, vote: 1, commit: 3, ..Default::default() }).unwrap();
+        log.set_conf_state(&ConfState { voters: vec![1, 2, 3], ..Default::default() }).unwrap();
+        log
+    };
+
+    // The same term at the applied index: the log is kept.
+    let handle = start(log_of_term(2));
+    assert_eq!(handle.status().await.unwrap().last_index, 5);
+    handle.shutdown();
+    handle.stopped().await.unwrap();
+
+    // Another term there: forgotten (term and vote kept).
+    let handle = start(log_of_term(1));
+    let status = handle.status().await.unwrap();
+    assert_eq!((status.last_index, status.term), (0, 1), "{status:?}");
+    handle.shutdown();
+    handle.stopped().await.unwrap();
+}

@@ -124,10 +124,12 @@ pub fn start<L: LogStore>(replica: Replica<L>) -> Result<ClusterHandle, StartErr
         );
     } else if store_applied < log.first_index().saturating_sub(1)
         || store_applied > log.last_index()
+        || diverges_at(&log, store_applied, store.applied_term())
     {
         // The state does not match the log (a crash between a snapshot's import and the
-        // log's reset, or a wiped store): keep term and vote, forget the log, and let the
-        // leader send a snapshot.
+        // log's reset, a wiped store, or a log whose entry at the applied index is of
+        // another term than the one applied: an uncommitted tail the snapshot replaced):
+        // keep term and vote, forget the log, and let the leader send a snapshot.
         tracing::warn!(
             node_id = id,
             applied = store_applied,
@@ -205,6 +207,12 @@ pub fn start<L: LogStore>(replica: Replica<L>) -> Result<ClusterHandle, StartErr
         })
         .map_err(|e| StartError::Thread(e.to_string()))?;
     Ok(handle)
+}
+
+/// Whether the log holds, at the store's applied index, an entry of another term than the
+/// one the store applied there (the store's term is 0 when it does not know it).
+fn diverges_at<L: LogStore>(log: &L, applied: u64, applied_term: u64) -> bool {
+    applied > 0 && applied_term != 0 && log.term(applied).is_ok_and(|t| t != applied_term)
 }
 
 fn add_elapsed(counter: &AtomicU64, since: Instant) {
