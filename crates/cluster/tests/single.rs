@@ -220,3 +220,28 @@ async fn a_log_of_another_term_at_the_applied_index_is_forgotten_at_start() {
     handle.shutdown();
     handle.stopped().await.unwrap();
 }
+
+/// A membership change is on disk in the raft log once it is applied, with no later write
+/// to carry it: a restart takes the membership from the log and replays only what the
+/// store has not applied, so a change left in memory would come back as the old members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_applied_membership_change_is_durable_in_the_journal_without_a_later_write() {
+    use ward_cluster::{MembershipChange, WalLogStore};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store"), StoreConfig::new(trust_domain())).unwrap();
+    let log_dir = dir.path().join("raft-log");
+    let handle = one_member(&store, WalLogStore::open(&log_dir).unwrap());
+    handle.propose(token("first")).await.unwrap();
+    handle.change_membership(MembershipChange::AddLearner(2)).await.unwrap();
+    // What is on disk now, as a crash would leave it: the files, not the driver's memory.
+    let copy = tempfile::tempdir().unwrap();
+    for file in std::fs::read_dir(&log_dir).unwrap() {
+        let path = file.unwrap().path();
+        std::fs::copy(&path, copy.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let on_disk = WalLogStore::open(copy.path()).unwrap();
+    let members = on_disk.conf_state().unwrap();
+    assert_eq!((members.voters, members.learners), (vec![1], vec![2]));
+    handle.shutdown();
+    handle.stopped().await.unwrap();
+}

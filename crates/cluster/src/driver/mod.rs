@@ -360,7 +360,11 @@ impl<L: LogStore> Driver<L> {
                     tracing::warn!(node_id = self.config.node_id, error = %e, "campaign refused");
                 }
             }
-            Request::Shutdown => return Ok(true),
+            Request::Shutdown => {
+                // What was written without a flush (a commit index) is kept too.
+                self.raw.mut_store().log.flush()?;
+                return Ok(true);
+            }
         }
         Ok(false)
     }
@@ -628,7 +632,12 @@ impl<L: LogStore> Driver<L> {
 
     fn conf_changed(&mut self, cs: ConfState, ctx: &[u8], index: u64) -> Result<(), Fatal> {
         tracing::info!(node_id = self.config.node_id, index, voters = ?cs.voters, learners = ?cs.learners, "membership changed");
+        // Durable before the store applies the change: a restart takes the membership from
+        // the log and replays only entries past the store's applied index, so a change the
+        // store made durable first would be lost (a replica restarted with the old voters).
         self.raw.mut_store().log.set_conf_state(&cs)?;
+        self.raw.mut_store().log.flush()?;
+        self.shared.flushes.fetch_add(1, Ordering::Relaxed);
         self.raw.mut_store().applied_conf = cs;
         if let Ok(id) = <[u8; 16]>::try_from(ctx).map(u128::from_be_bytes)
             && let Some((_, reply)) = self.membership.remove(&id)
