@@ -114,11 +114,11 @@ impl WalLogStore {
         let mut mem = MemLogStore::new();
         let mut segments = Vec::new();
         let mut superseded_before = 0;
-        let mut gap_upto = 0;
+        let mut gap = Gap::default();
         for (i, seq) in seqs.iter().enumerate() {
             let path = dir.join(segment_name(*seq));
             let newest = i + 1 == seqs.len();
-            let replayed = replay(&path, &mut mem, newest, &mut gap_upto)?;
+            let replayed = replay(&path, &mut mem, newest, &mut gap)?;
             if replayed.installed {
                 superseded_before = *seq;
             }
@@ -126,10 +126,11 @@ impl WalLogStore {
         }
         let next = seqs.last().map_or(1, |s| s.saturating_add(1));
         let path = dir.join(segment_name(next));
-        if gap_upto > mem.first_index().saturating_sub(1) {
+        if gap.upto > gap.stated {
             return Err(LogStoreError::Corrupt(format!(
-                "{}: entries up to {gap_upto} are missing and were never compacted",
-                dir.display()
+                "{}: entries up to {} are missing and were never compacted",
+                dir.display(),
+                gap.upto
             )));
         }
         let file = new_segment(&path, dir)?;
@@ -388,13 +389,22 @@ struct Replayed {
     installed: bool,
 }
 
+/// What replay learns about entries missing before the first one held: the highest index
+/// missing, and the compacted point the records state (a gap the records do not cover is a
+/// segment lost, not one deleted after compaction).
+#[derive(Default)]
+struct Gap {
+    upto: u64,
+    stated: u64,
+}
+
 /// Replays one segment into `mem`. In the newest segment an incomplete or damaged tail is
 /// cut off; anywhere else it is corruption.
 fn replay(
     path: &Path,
     mem: &mut MemLogStore,
     newest: bool,
-    gap_upto: &mut u64,
+    gap: &mut Gap,
 ) -> Result<Replayed, LogStoreError> {
     let mut bytes = Vec::new();
     File::open(path)
@@ -428,7 +438,7 @@ fn replay(
                 if e.index > mem.last_index().saturating_add(1) {
                     // The segments before were deleted once compacted: a later record
                     // states the compacted point (checked once every segment is replayed).
-                    *gap_upto = (*gap_upto).max(e.index.saturating_sub(1));
+                    gap.upto = gap.upto.max(e.index.saturating_sub(1));
                     mem.set_compacted(e.index.saturating_sub(1), 0);
                 }
                 if e.index >= mem.first_index() {
@@ -444,9 +454,13 @@ fn replay(
                     return damaged(at, "short compaction record");
                 };
                 mem.set_compacted(index, term);
+                gap.stated = gap.stated.max(index);
             }
             INSTALL => {
-                mem.install_snapshot(&decode(payload, "snapshot metadata")?)?;
+                let meta: SnapshotMetadata = decode(payload, "snapshot metadata")?;
+                // Everything before is dropped, missing or not.
+                *gap = Gap { upto: 0, stated: meta.index };
+                mem.install_snapshot(&meta)?;
                 out.installed = true;
                 out.max_index = 0;
             }
@@ -654,6 +668,34 @@ mod tests {
         let again = WalLogStore::open(dir.path()).unwrap();
         assert_eq!((again.first_index(), again.last_index()), (total - 4, total + per));
         assert_eq!(again.entries(total - 4, total + per + 1, None).unwrap().len() as u64, per + 5);
+    }
+
+    #[test]
+    fn a_missing_segment_whose_entries_were_never_compacted_refuses_to_open() {
+        // Segments holding entries 1.. with nothing compacted: each one is still needed.
+        let fill = |dir: &Path| -> Vec<PathBuf> {
+            let mut log = WalLogStore::open(dir).unwrap();
+            let size = 64 << 10;
+            let total = SEGMENT_BYTES / size as u64 * 3;
+            for i in 1..=total {
+                log.append(&[entry(i, 1, size)]).unwrap();
+                log.flush().unwrap();
+            }
+            log.segment_files()
+        };
+        for (what, pick) in [("the oldest", 0), ("a middle", 1)] {
+            let dir = tempfile::tempdir().unwrap();
+            let files = fill(dir.path());
+            assert!(files.len() >= 4, "{files:?}");
+            fs::remove_file(&files[pick]).unwrap();
+            let err = WalLogStore::open(dir.path())
+                .map(|log| (log.first_index(), log.last_index()))
+                .expect_err(&format!("opened without {what} segment"));
+            assert!(
+                matches!(err, LogStoreError::Corrupt(ref m) if m.contains("never compacted")),
+                "{what}: {err}"
+            );
+        }
     }
 
     #[test]
