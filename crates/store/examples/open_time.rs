@@ -1,8 +1,10 @@
 //! Times opening an existing store until it answers an agent's authorized entries: wall
 //! time and the process's CPU time (all threads) per open.
 //!
-//! `cargo run --release -p ward-store --example open_time -- <dir> [runs] [replay]` (default
-//! 3 runs, no replay). With `replay` = N, each run also applies N committed log entries after
+//! `cargo run --release -p ward-store --example open_time -- <dir> [runs] [replay] [--no-image]`
+//! (default 3 runs, no replay). Each run ends with [`Store::close`], which writes the entry
+//! image the next run opens from; with `--no-image` it only flushes, so every run reads the
+//! engine (delete `<dir>/ward-entries.image` first). With `replay` = N, each run also applies N committed log entries after
 //! the applied index ([`DataSet::replay_log`]: creates and deletes, so the set stays as it
 //! is), as a replica's restart does, before the query.
 //! `<dir>` holds a data set from `ward_store::testdata` (the `footprint` example or the
@@ -33,9 +35,11 @@ fn main() -> Result<(), StoreError> {
     let dir = PathBuf::from(args.next().unwrap_or_else(|| "footprint-data".into()));
     let runs: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(3);
     let replay: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let close = args.next().as_deref() != Some("--no-image");
     let agent = DataSet::agent_id(0);
     let log = DataSet::LARGE.replay_log(replay);
     for run in 1..=runs {
+        let image = dir.join("ward-entries.image").exists();
         let (t, cpu) = (Instant::now(), cpu_time());
         let store = Store::open(&dir, StoreConfig::new(DataSet::trust_domain()))?;
         let committed: Vec<Committed<'_>> = (store.last_applied() + 1..)
@@ -46,11 +50,16 @@ fn main() -> Result<(), StoreError> {
         let found = store.authorized_entries_uncached(&agent).len();
         let (wall, cpu) = (t.elapsed(), cpu_time().saturating_sub(cpu));
         println!(
-            "run {run}: open + replay of {replay} {wall:.2?} wall, {cpu:.2?} CPU; {} entries, {} agents, agent 0 has {found}",
+            "run {run}: open{} + replay of {replay} {wall:.2?} wall, {cpu:.2?} CPU; {} entries, {} agents, agent 0 has {found}",
+            if image { " from the entry image" } else { "" },
             store.entry_count(),
             store.agent_count()
         );
-        store.flush()?;
+        if close {
+            store.close()?;
+        } else {
+            store.flush()?;
+        }
         drop(store);
     }
     Ok(())

@@ -81,6 +81,17 @@
 //! (or [`StoreError::SnapshotNotNewer`]) and leaves the current state, in memory and on
 //! disk, as it was.
 //!
+//! # The entry image
+//!
+//! [`Store::close`] (a clean shutdown) flushes and writes `ward-entries.image` beside
+//! sled's files: the live tree's entry records in key order in one checksummed file, with
+//! the generation, applied index and revision they are of. The next open reads the entries
+//! from it with one sequential read instead of walking sled's pages (at 1M entries it
+//! opens in about half the CPU time), if its CRC holds and it is of exactly the live
+//! tree's state; otherwise (missing, stale, damaged) it reads sled as before. Open deletes
+//! the file before it returns, so after a crash the next open reads sled. The `image`
+//! module has the format.
+//!
 //! # In-memory image and indexes
 //!
 //! Opening reads the live tree into memory: entries in a slab addressed by `u32` slots (each
@@ -144,6 +155,7 @@ mod apply;
 mod apply_failure_tests;
 pub mod command;
 mod error;
+mod image;
 mod index;
 pub mod log_entry;
 mod ordered;

@@ -368,7 +368,8 @@ fn encode_trailer(info: &SnapshotInfo, digest: u32) -> Result<Vec<u8>, StoreErro
     Ok(out)
 }
 
-fn put_framed(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), StoreError> {
+/// Appends `bytes` with its u32 LE length before it.
+pub(crate) fn put_framed(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), StoreError> {
     let len = u32::try_from(bytes.len())
         .map_err(|_| StoreError::Encode("record larger than 4 GiB".into()))?;
     out.extend_from_slice(&len.to_le_bytes());
@@ -559,7 +560,7 @@ impl Store {
                 let info = parse_trailer(&chunk.payload, digest.clone().finalize(), records)?;
                 self.check_fits(&info, &meta)?;
                 staging.flush().engine()?;
-                let state = load_state(staging, self.trust_domain())?;
+                let state = load_state(staging, self.trust_domain(), None)?;
                 return Ok((info, state));
             }
             digest.update(&chunk.payload);

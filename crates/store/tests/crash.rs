@@ -109,12 +109,58 @@ fn child(dir: &str) {
     }
 }
 
+/// Child mode with the entry image: continue the stream, closing the store (flush and
+/// image) every [`FLUSH_EVERY`] commands and reopening it every third close, until killed.
+/// Prints `image` for each open that read the image.
+fn image_child(dir: &str) {
+    let open = || {
+        let store = Store::open(dir, config()).unwrap();
+        if store.opened_from_image() {
+            println!("image");
+        }
+        store
+    };
+    let mut store = open();
+    let start = store.last_applied() + 1;
+    for i in start..start + 1_000_000 {
+        store.apply(i, &command(i)).unwrap();
+        if i % FLUSH_EVERY == 0 {
+            store.close().unwrap();
+            println!("durable {i}");
+            if i % (3 * FLUSH_EVERY) == 0 {
+                drop(store);
+                store = open();
+            }
+        }
+    }
+}
+
 #[test]
 fn sigkill_during_apply_recovers_exact_prefix() {
     if let Ok(dir) = std::env::var(CHILD_ENV) {
         child(&dir);
         return;
     }
+    kill_and_recover("sigkill_during_apply_recovers_exact_prefix");
+}
+
+#[test]
+fn sigkill_while_closing_and_reopening_with_the_entry_image_recovers_exact_prefix() {
+    if let Ok(dir) = std::env::var(CHILD_ENV) {
+        image_child(&dir);
+        return;
+    }
+    let (child_images, parent_images) = kill_and_recover(
+        "sigkill_while_closing_and_reopening_with_the_entry_image_recovers_exact_prefix",
+    );
+    assert!(child_images > 0, "no reopen read the image");
+    eprintln!("opens from the image: {child_images} in the child, {parent_images} after kills");
+}
+
+/// Runs test `name` as a child [`KILLS`] times, SIGKILLing it at random points; after each
+/// kill the store must reopen at or past the last durable index with exactly the model's
+/// state. Returns how many opens read the entry image: the child's and the parent's.
+fn kill_and_recover(name: &str) -> (usize, usize) {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
@@ -124,9 +170,10 @@ fn sigkill_during_apply_recovers_exact_prefix() {
     let mut last_durable = 0u64;
     let mut rng = 12345u64;
     let mut recovered = Vec::new();
+    let (mut child_images, mut parent_images) = (0, 0);
     for round in 0..KILLS {
         let mut proc = Process::new(&exe)
-            .args(["sigkill_during_apply_recovers_exact_prefix", "--exact", "--nocapture"])
+            .args([name, "--exact", "--nocapture"])
             .env(CHILD_ENV, dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -135,12 +182,16 @@ fn sigkill_during_apply_recovers_exact_prefix() {
         let stdout = proc.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         let reader = std::thread::spawn(move || {
+            let mut images = 0usize;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if let Some(n) = line.strip_prefix("durable ") {
                     let _ = tx.send(n.parse::<u64>().unwrap());
+                } else if line == "image" {
+                    images += 1;
                 }
             }
+            images
         });
         // Wait until the child is applying, then let it run a random while.
         let first = rx.recv_timeout(Duration::from_secs(20)).expect("child made progress");
@@ -149,12 +200,13 @@ fn sigkill_during_apply_recovers_exact_prefix() {
         std::thread::sleep(Duration::from_millis(5 + rng % 120));
         proc.kill().unwrap(); // SIGKILL
         proc.wait().unwrap();
-        reader.join().unwrap();
+        child_images += reader.join().unwrap();
         for n in rx.try_iter() {
             last_durable = last_durable.max(n);
         }
 
         let store = Store::open(dir.path(), config()).unwrap();
+        parent_images += usize::from(store.opened_from_image());
         let applied = store.last_applied();
         assert!(
             applied >= last_durable,
@@ -172,4 +224,5 @@ fn sigkill_during_apply_recovers_exact_prefix() {
     assert_eq!(recovered.len(), KILLS);
     assert!(recovered.last().copied().unwrap_or(0) > 0);
     eprintln!("recovered indices: {recovered:?} in {:.1?}", started.elapsed());
+    (child_images, parent_images)
 }

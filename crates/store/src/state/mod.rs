@@ -495,6 +495,13 @@ impl State {
         self.entry_ids.keys().map(|k| &k.0)
     }
 
+    /// Every entry with its creation number, in id order (the engine's key order).
+    pub(crate) fn numbered_entries_by_id(
+        &self,
+    ) -> impl Iterator<Item = (u64, &Arc<RegistrationEntry>)> {
+        self.entry_ids.values().filter_map(|&s| self.entries.get(s)).map(|s| (s.number, &s.entry))
+    }
+
     /// Every entry with its creation number, in creation order.
     pub(crate) fn numbered_entries(&self) -> impl Iterator<Item = (u64, &Arc<RegistrationEntry>)> {
         self.entry_order.iter().filter_map(|&(n, s)| self.entry_at(s).map(|e| (n, e)))
