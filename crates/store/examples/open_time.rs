@@ -55,8 +55,10 @@ fn main() -> Result<(), StoreError> {
             store.entry_count(),
             store.agent_count()
         );
+        let t = Instant::now();
         if close {
             store.close()?;
+            println!("run {run}: close (flush and entry image) {:.2?}", t.elapsed());
         } else {
             store.flush()?;
         }
