@@ -157,6 +157,10 @@ pub(super) struct DirtyGroup {
 /// further allocation.
 pub(super) const INLINE_ID: usize = 64;
 
+/// From this many dirty groups on, [`State::refreeze_dirty_groups`] builds them on two
+/// threads (a command dirties a few; opening a store dirties every parent's).
+const PARALLEL_REFREEZE: usize = 4096;
+
 /// An ID kept inline when at most [`INLINE_ID`] bytes long.
 #[derive(Clone, Debug)]
 pub(super) enum InlineId {
@@ -240,10 +244,34 @@ impl State {
     }
 
     /// Rebuilds the frozen groups of the parent hashes changed since the last call.
+    ///
+    /// Each group is built from the parent index, the entries and that hash's own current
+    /// group, none of which building another hash's group changes, so the groups are built
+    /// first (on two threads when there are many, as after opening a store) and then put in
+    /// place one by one in the dirty set's order: the same result as building each in turn.
     pub(crate) fn refreeze_dirty_groups(&mut self) {
-        let dirty = std::mem::take(&mut self.dirty);
-        for (hash, touched) in dirty {
-            match self.rebuild_group(hash, &touched) {
+        let dirty: Vec<(u64, DirtyGroup)> = std::mem::take(&mut self.dirty).into_iter().collect();
+        let this = &*self;
+        let build = |part: &[(u64, DirtyGroup)]| -> Vec<Option<ChildGroup>> {
+            part.iter().map(|(hash, touched)| this.rebuild_group(*hash, touched)).collect()
+        };
+        let built: Vec<Option<ChildGroup>> = if dirty.len() < PARALLEL_REFREEZE {
+            build(&dirty)
+        } else {
+            let (low, high) = dirty.split_at(dirty.len() / 2);
+            std::thread::scope(|scope| {
+                let second = scope.spawn(|| build(high));
+                let mut built = build(low);
+                // A panic in the other thread is passed on, as it would have been here.
+                match second.join() {
+                    Ok(rest) => built.extend(rest),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+                built
+            })
+        };
+        for ((hash, _), group) in dirty.into_iter().zip(built) {
+            match group {
                 Some(g) => {
                     let collided =
                         self.ids.get(&hash).and_then(|r| r.agents.as_ref()).is_some_and(|set| {
@@ -407,6 +435,30 @@ mod tests {
             }
             assert_eq!(g.descend, g.chunks().any(|c| !c.marks.is_empty()));
         }
+    }
+
+    #[test]
+    fn many_dirty_groups_built_on_two_threads_are_those_of_the_entries() {
+        let mut s = State::new(TrustDomain::new("example.org").unwrap());
+        let parents = PARALLEL_REFREEZE + 100;
+        let mut number = 0;
+        for p in 0..parents {
+            let parent = format!("spiffe://example.org/p/{p}");
+            for c in 0..2 {
+                // The first child of each parent is the next parent: groups carry marks.
+                let spiffe = match c {
+                    0 => format!("spiffe://example.org/p/{}", p + 1),
+                    _ => format!("spiffe://example.org/w/{p}"),
+                };
+                number += 1;
+                assert!(s.insert_new_entry(entry(&format!("e-{p}-{c}"), &spiffe, &parent), number));
+            }
+        }
+        assert!(s.dirty.len() >= PARALLEL_REFREEZE);
+        s.refreeze_dirty_groups();
+        assert!(s.dirty.is_empty());
+        assert_eq!(s.ids.values().filter(|r| r.group.is_some()).count(), parents);
+        check_groups(&s);
     }
 
     /// SPIRE's walk done naively from a parent → children map of every entry.
