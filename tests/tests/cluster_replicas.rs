@@ -88,3 +88,45 @@ fn three_replicas_fail_over_and_refuse_bad_joins_and_the_last_voters_removal() {
     assert!(after.applied_index > first.applied_index, "{after:?} after {first:?}");
     assert_ne!(after.state_digest, first.state_digest);
 }
+
+/// Every replica stopped, then started one at a time: the first one up has no majority and
+/// no leader for a while, yet it starts (its authorities are already in the bundle, so it
+/// has nothing to write), answers its admin socket, and the cluster forms again once the
+/// others are back.
+#[test]
+fn replicas_restarted_one_at_a_time_start_without_a_leader_and_form_again() {
+    let mut c = Cluster::start_loopback(3, "").unwrap();
+    c.replicas[0].create_entry(1).unwrap();
+    c.wait_entries(1).unwrap();
+    let before = c.wait_converged().unwrap();
+    for r in &mut c.replicas {
+        let status = r.terminate().unwrap();
+        assert!(status.success(), "replica {} on SIGTERM: {status}", r.node);
+    }
+
+    let t0 = std::time::Instant::now();
+    c.replicas[0].start().unwrap();
+    poll_until("replica 1 to answer alone", SETTLE, || {
+        let r = &mut c.replicas[0];
+        let daemon = r.daemon_mut().unwrap();
+        if let Err(e) = daemon.ensure_running() {
+            anyhow::bail!("replica 1 exited while alone: {e:#}\n{}", daemon.log());
+        }
+        Ok(match r.status() {
+            Ok(_) => Step::Done(()),
+            Err(e) => Step::Retry(format!("{e:#}")),
+        })
+    })
+    .unwrap();
+
+    eprintln!("replica 1 answered alone after {:?}", t0.elapsed());
+    for i in 1..3 {
+        c.replicas[i].start().unwrap();
+    }
+    c.replicas[0].wait_leader().unwrap();
+    eprintln!("a leader after {:?}", t0.elapsed());
+    c.replicas[1].create_entry(2).unwrap();
+    c.wait_entries(2).unwrap();
+    let after = c.wait_converged().unwrap();
+    assert!(after.applied_index > before.applied_index, "{before:?} then {after:?}");
+}

@@ -48,12 +48,19 @@ pub enum CaManagerError {
         /// What failed.
         reason: String,
     },
-    /// Publishing into the bundle failed.
+    /// Publishing into the bundle failed. (Not a `source`: the reason is in the message
+    /// once, not repeated by error chains.)
     #[error("publishing to the bundle: {0}")]
-    Propose(#[from] ProposeError),
+    Propose(ProposeError),
     /// There is no active authority (the manager has not run yet).
     #[error("no active {0} authority")]
     NoAuthority(&'static str),
+}
+
+impl From<ProposeError> for CaManagerError {
+    fn from(e: ProposeError) -> Self {
+        Self::Propose(e)
+    }
 }
 
 /// CA manager settings.
@@ -304,7 +311,44 @@ impl CaManager {
     /// # Errors
     /// [`CaManagerError::Propose`].
     pub async fn republish(&self) -> Result<(), CaManagerError> {
-        let (x509, jwt) = {
+        let (x509, jwt) = self.own_authorities();
+        if x509.is_empty() && jwt.is_empty() {
+            return Ok(());
+        }
+        self.publish(x509, jwt).await
+    }
+
+    /// [`CaManager::republish`], skipped when `bundle` (the trust domain's bundle as this
+    /// replica's store holds it) already has every authority of this replica: a replica
+    /// restarting with the keys it had published needs no write, so it starts (and serves
+    /// its peers) even while the cluster has no leader yet, as when every replica restarts
+    /// at once. Returns whether a write was made.
+    ///
+    /// # Errors
+    /// As [`CaManager::republish`].
+    pub async fn republish_missing(
+        &self,
+        bundle: Option<&ward_core::Bundle>,
+    ) -> Result<bool, CaManagerError> {
+        let (x509, jwt) = self.own_authorities();
+        let present = bundle.is_some_and(|b| {
+            x509.iter().all(|a| b.x509_authorities.iter().any(|h| h.der == a.der))
+                && jwt.iter().all(|a| {
+                    b.jwt_authorities
+                        .iter()
+                        .any(|h| h.key_id == a.key_id && h.public_key_der == a.public_key_der)
+                })
+        });
+        if present || (x509.is_empty() && jwt.is_empty()) {
+            return Ok(false);
+        }
+        self.publish(x509, jwt).await?;
+        Ok(true)
+    }
+
+    /// The X.509 and JWT authorities of this replica's slots.
+    fn own_authorities(&self) -> (Vec<X509Authority>, Vec<ward_core::JwtAuthority>) {
+        {
             let slots = self.lock_slots();
             let x: Vec<X509Authority> = slots
                 .x509
@@ -313,11 +357,7 @@ impl CaManager {
                 .collect();
             let j: Vec<_> = slots.jwt.values().map(|s| s.authority()).collect();
             (x, j)
-        };
-        if x509.is_empty() && jwt.is_empty() {
-            return Ok(());
         }
-        self.publish(x509, jwt).await
     }
 
     async fn publish(

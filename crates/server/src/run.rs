@@ -378,7 +378,8 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<Runni
         peer_addr = Some(addr);
         tasks.extend(peer_tasks);
     }
-    ca.republish().await.context("publishing authorities")?;
+    let bundle = store.bundle(&cfg.trust_domain);
+    ca.republish_missing(bundle.as_deref()).await.context("publishing authorities")?;
     ca.tick(clock.now()).await.context("initial CA rotation step")?;
     if let Some(c) = &replica {
         if peer_addr.is_none() {
