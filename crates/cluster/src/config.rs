@@ -64,6 +64,16 @@ pub enum StartError {
     /// raft refused the configuration or the stored state.
     #[error("raft: {0}")]
     Raft(String),
+    /// The store belongs to a cluster but the raft log is empty: the log was lost.
+    #[error(
+        "the raft log is empty but the store has applied a cluster's log up to index {applied}: \
+         this replica lost its raft log (term, vote and entries); remove it from the cluster and \
+         add it again with an empty data directory (docs/cluster.md, replacing a replica that lost its data)"
+    )]
+    LostLog {
+        /// The store's applied index.
+        applied: u64,
+    },
     /// The driver thread could not be spawned.
     #[error("spawning the driver thread: {0}")]
     Thread(String),

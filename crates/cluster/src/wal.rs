@@ -33,8 +33,9 @@
 //!
 //! Records are written in order and acknowledged only after `fdatasync`, so a crash can
 //! leave only an incomplete tail on the newest segment: replay stops at the first record
-//! that is short or fails its CRC there, and the file is cut at that point. The same in an
-//! older segment is corruption and refuses to open. Opening always starts a new segment
+//! that runs past the end of the file (or where only zeros follow), and the file is cut at
+//! that point. A complete record that fails its CRC, and anything short in an older
+//! segment, is damage and refuses to open. Opening always starts a new segment
 //! (with a checkpoint), so nothing is ever appended after a cut tail.
 
 use std::fs::{self, File, OpenOptions};
@@ -425,7 +426,7 @@ fn replay(
     let mut at = MAGIC.len();
     while at < bytes.len() {
         let Some((kind, payload, next)) = next_record(&bytes, at) else {
-            if newest {
+            if newest && torn_at(&bytes, at) {
                 tracing::warn!(path = %path.display(), at, "cutting an incomplete record off the raft log's tail");
                 cut(path, at)?;
                 return Ok(out);
@@ -469,6 +470,24 @@ fn replay(
         at = next;
     }
     Ok(out)
+}
+
+/// Whether the record that does not read at `at` is a write cut short by a crash rather
+/// than damage: its header or payload runs past the end of the file, or everything from it
+/// on is zeros (space the file system extended but never wrote). A complete record that
+/// fails its CRC over written bytes is damage: records are appended in order and the file
+/// system writes data before it extends the file's size, so a crash does not produce it,
+/// and cutting there would drop records that were synced and acknowledged.
+fn torn_at(bytes: &[u8], at: usize) -> bool {
+    let rest = bytes.get(at..).unwrap_or_default();
+    let runs_past_end = rest.len() < HEADER
+        || rest
+            .get(..4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(u32::from_le_bytes)
+            .and_then(|len| usize::try_from(len).ok())
+            .is_some_and(|len| len.saturating_add(HEADER) > rest.len());
+    runs_past_end || rest.iter().all(|b| *b == 0)
 }
 
 /// The record at `at`: kind, payload and where the next starts; `None` when it is short or
@@ -603,7 +622,7 @@ mod tests {
     }
 
     #[test]
-    fn a_flipped_byte_in_the_newest_segment_ends_the_log_there() {
+    fn a_flipped_byte_in_the_newest_segment_refuses_to_open() {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut log = WalLogStore::open(dir.path()).unwrap();
@@ -611,12 +630,27 @@ mod tests {
             log.flush().unwrap();
         }
         let path = newest(dir.path());
-        let mut bytes = fs::read(&path).unwrap();
-        let at = bytes.len() - 10;
-        bytes[at] ^= 0xff;
+        let clean = fs::read(&path).unwrap();
+        // In the last record, and in one with synced records after it: both are damage a
+        // crash cannot make, and cutting there would drop acknowledged entries.
+        for at in [clean.len() - 10, MAGIC.len() + HEADER + 30] {
+            let mut bytes = clean.clone();
+            bytes[at] ^= 0xff;
+            fs::write(&path, &bytes).unwrap();
+            let err = WalLogStore::open(dir.path()).unwrap_err();
+            assert!(matches!(err, LogStoreError::Corrupt(ref m) if m.contains("damaged")), "{err}");
+            assert_eq!(fs::read(&path).unwrap(), bytes, "nothing was cut");
+        }
+        // Zeros from a record on (space extended, never written) are a torn tail.
+        let mut bytes = clean.clone();
+        let mut last = MAGIC.len();
+        while let Some((_, _, next)) = next_record(&clean, last).filter(|r| r.2 < clean.len()) {
+            last = next;
+        }
+        bytes[last..].fill(0);
         fs::write(&path, &bytes).unwrap();
-        let log = WalLogStore::open(dir.path()).unwrap();
-        assert_eq!(log.last_index(), 4, "the damaged last record is dropped, no more");
+        let records_before = WalLogStore::open(dir.path()).unwrap().last_index();
+        assert!(records_before < 5, "the zeroed record is dropped: {records_before}");
     }
 
     #[test]

@@ -245,3 +245,37 @@ async fn an_applied_membership_change_is_durable_in_the_journal_without_a_later_
     handle.shutdown();
     handle.stopped().await.unwrap();
 }
+
+/// A replica whose store belongs to a cluster but whose raft log is gone (deleted, or a
+/// new disk for the log) refuses to start instead of bootstrapping a second cluster over
+/// the same state or voting without the vote it cast.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_of_a_cluster_with_its_raft_log_gone_refuses_to_start() {
+    use ward_cluster::WalLogStore;
+    let dir = tempfile::tempdir().unwrap();
+    let log_dir = dir.path().join("raft-log");
+    {
+        let store =
+            Store::open(dir.path().join("store"), StoreConfig::new(trust_domain())).unwrap();
+        let handle = one_member(&store, WalLogStore::open(&log_dir).unwrap());
+        handle.propose(token("first")).await.unwrap();
+        handle.shutdown();
+        handle.stopped().await.unwrap();
+        store.flush().unwrap();
+    }
+    std::fs::remove_dir_all(&log_dir).unwrap();
+    let store = Store::open(dir.path().join("store"), StoreConfig::new(trust_domain())).unwrap();
+    let mut config = ClusterConfig::new(1);
+    config.bootstrap = true;
+    let started = ward_cluster::start(Replica {
+        config,
+        store: store.clone(),
+        log: WalLogStore::open(&log_dir).unwrap(),
+        transport: None,
+        snapshots: None,
+        runtime: tokio::runtime::Handle::current(),
+    });
+    let Err(err) = started else { panic!("a replica that lost its raft log started") };
+    assert!(err.to_string().contains("this replica lost its raft log"), "{err}");
+    assert!(store.join_token("first").is_some(), "the state is kept as it was");
+}

@@ -91,6 +91,15 @@ pub fn start<L: LogStore>(replica: Replica<L>) -> Result<ClusterHandle, StartErr
     let store_applied = store.last_applied();
     let mut hs = log.hard_state()?;
     let fresh = log.last_index() == 0 && hs.term == 0 && log.conf_state()?.voters.is_empty();
+    let applied_members = store.conf_state().and_then(|b| ConfState::parse_from_bytes(&b).ok());
+    if fresh && applied_members.is_some_and(|cs| config.bootstrap || cs.voters.contains(&id)) {
+        // The store applied a membership that makes this replica a voter (or it would
+        // bootstrap), but its log, and with it its term and vote, is gone. Bootstrapping
+        // would start a second cluster over the same state, and voting without the vote it
+        // cast could elect two leaders in one term: refuse. (A learner that crashed while
+        // importing its first snapshot has an empty log too; it waits for a snapshot below.)
+        return Err(StartError::LostLog { applied: store_applied });
+    }
     if fresh && config.bootstrap {
         // The log starts right after the store's state, with one committed entry that
         // makes this replica the only voter: replicas added later learn the first
