@@ -56,6 +56,18 @@ fn three_replicas_fail_over_and_refuse_bad_joins_and_the_last_voters_removal() {
     let leader_peer = c.replica(c.leader().unwrap()).unwrap().peer();
     let log = failed_join(&c, 2, &leader_peer, &used);
     assert!(log.contains("join credential unknown or already used"), "{log}");
+    // A credential for another member's peer address, or one nobody can dial, is not made.
+    for (address, says) in [
+        (c.replicas[1].peer(), "is replica 2's peer address"),
+        ("127.0.0.6:99999".to_owned(), "a port from 1 to 65535"),
+    ] {
+        let out = c.replicas[0]
+            .cli
+            .raw(&["cluster", "add"], &["-nodeId", "6", "-address", &address])
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", out.describe());
+        assert!(out.stderr.contains(says), "{}", out.describe());
+    }
     let (expiring, expires_at) = c.replicas[0].add(5, "127.0.0.5:9", "1").unwrap();
     poll_until("the credential to expire", SETTLE, || {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();

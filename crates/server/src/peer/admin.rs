@@ -249,14 +249,20 @@ impl Cluster for ClusterAdmin {
         if req.node_id == 0 {
             return Err(Status::invalid_argument("node ids start at 1"));
         }
-        if req.address.is_empty() || !req.address.contains(':') {
-            return Err(Status::invalid_argument("the address must be host:port"));
-        }
+        check_peer_address(&req.address).map_err(Status::invalid_argument)?;
         let s = self.ctx.handle.status().await.map_err(unavailable)?;
         if s.voters.contains(&req.node_id) || s.learners.contains(&req.node_id) {
             return Err(Status::already_exists(format!(
                 "replica {} is already a member",
                 req.node_id
+            )));
+        }
+        let known = self.ctx.addresses.all();
+        let members = s.voters.iter().chain(&s.learners);
+        if let Some(other) = members.copied().find(|m| known.get(m) == Some(&req.address)) {
+            return Err(Status::already_exists(format!(
+                "address {} is replica {other}'s peer address",
+                req.address
             )));
         }
         let ttl = match u64::try_from(req.ttl) {
@@ -352,9 +358,37 @@ pub async fn promote_learners(
     }
 }
 
+/// Refuses a peer address no replica could listen on or be dialled at: it must be
+/// `host:port` with a host and a port from 1 to 65535 (an IPv6 host in brackets).
+fn check_peer_address(address: &str) -> Result<(), String> {
+    let usable = address
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0));
+    if usable {
+        Ok(())
+    } else {
+        Err(format!("the address must be host:port with a port from 1 to 65535, not {address:?}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_addresses_need_a_host_and_a_port_from_1_to_65535() {
+        for good in ["127.0.0.4:8082", "ward-1.ward.default.svc:8082", "[::1]:8082", "h:65535"] {
+            assert_eq!(check_peer_address(good), Ok(()), "{good}");
+        }
+        for bad in ["", "127.0.0.4", "127.0.0.4:", ":8082", "127.0.0.4:0", "127.0.0.4:99999", "h:x"]
+        {
+            let err = check_peer_address(bad).unwrap_err();
+            assert!(
+                err.starts_with("the address must be host:port with a port from 1 to 65535"),
+                "{bad}: {err}"
+            );
+        }
+    }
     use ward_core::{JoinToken, TrustDomain};
     use ward_store::{Command, StoreConfig};
 
