@@ -12,9 +12,14 @@ use ward_store::{Outcome, Store, StoreConfig};
 mod harness;
 use harness::{token, trust_domain};
 
-fn one_member(store: &Store, log: impl LogStore) -> ward_cluster::ClusterHandle {
+/// Starts replica 1 over `store` and `log`, with no transport.
+fn start_alone(
+    store: &Store,
+    log: impl LogStore,
+    bootstrap: bool,
+) -> Result<ward_cluster::ClusterHandle, ward_cluster::StartError> {
     let mut config = ClusterConfig::new(1);
-    config.bootstrap = true;
+    config.bootstrap = bootstrap;
     ward_cluster::start(Replica {
         config,
         store: store.clone(),
@@ -23,7 +28,10 @@ fn one_member(store: &Store, log: impl LogStore) -> ward_cluster::ClusterHandle 
         snapshots: None,
         runtime: tokio::runtime::Handle::current(),
     })
-    .unwrap()
+}
+
+fn one_member(store: &Store, log: impl LogStore) -> ward_cluster::ClusterHandle {
+    start_alone(store, log, true).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,19 +192,7 @@ async fn a_log_of_another_term_at_the_applied_index_is_forgotten_at_start() {
     let applied: Vec<ward_store::Committed<'_>> =
         (1..=3).map(|index| ward_store::Committed::Empty { index, term: 2 }).collect();
     store.apply_committed(&applied).unwrap();
-    let start = |log: MemLogStore| {
-        let mut config = ClusterConfig::new(1);
-        config.bootstrap = false;
-        ward_cluster::start(Replica {
-            config,
-            store: store.clone(),
-            log,
-            transport: None,
-            snapshots: None,
-            runtime: tokio::runtime::Handle::current(),
-        })
-        .unwrap()
-    };
+    let start = |log: MemLogStore| start_alone(&store, log, false).unwrap();
     let log_of_term = |term: u64| {
         let mut log = MemLogStore::new();
         let entries: Vec<Entry> =
@@ -265,16 +261,7 @@ async fn a_store_of_a_cluster_with_its_raft_log_gone_refuses_to_start() {
     }
     std::fs::remove_dir_all(&log_dir).unwrap();
     let store = Store::open(dir.path().join("store"), StoreConfig::new(trust_domain())).unwrap();
-    let mut config = ClusterConfig::new(1);
-    config.bootstrap = true;
-    let started = ward_cluster::start(Replica {
-        config,
-        store: store.clone(),
-        log: WalLogStore::open(&log_dir).unwrap(),
-        transport: None,
-        snapshots: None,
-        runtime: tokio::runtime::Handle::current(),
-    });
+    let started = start_alone(&store, WalLogStore::open(&log_dir).unwrap(), true);
     let Err(err) = started else { panic!("a replica that lost its raft log started") };
     assert!(err.to_string().contains("this replica lost its raft log"), "{err}");
     assert!(store.join_token("first").is_some(), "the state is kept as it was");
