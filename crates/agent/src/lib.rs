@@ -1,0 +1,17 @@
+//! ward's node agent.
+//!
+//! The agent attests its node to a server (ward-server or spire-server v1.13), keeps an
+//! X509-SVID for every registration entry authorized for the node, rotates them, and serves
+//! them to workloads over the SPIFFE Workload API and Envoy SDS on a Unix socket. It attests
+//! each calling workload with the attestors of `ward-attest`.
+//!
+//! Main pieces:
+//! - [`cache`]: what the agent holds for workloads ([`cache::CacheView`]: the trust domain's
+//!   bundle, federated bundles, and the X509-SVIDs of the entries it is authorized for),
+//!   published through a watch channel that the Workload API and SDS streams follow;
+//!   [`cache::JwtSvidSource`] mints JWT-SVIDs on demand.
+//!
+//! The agent never depends on the store, the cluster or sled: it is a client of the server's
+//! API only.
+
+pub mod cache;
