@@ -13,6 +13,13 @@
 //!
 //! JWT-SVIDs are not held ahead of time: the serving side asks a [`JwtSvidSource`] for one
 //! when a workload calls, and the source mints or returns a cached token.
+//!
+//! The agent may hold fewer X509-SVIDs than entries (an LRU bound, as SPIRE's
+//! `x509_svid_cache_max_size`): an entry without an SVID is listed in
+//! [`CacheView::pending`]. The serving side registers each caller it serves with
+//! [`Cache::register_workload`]; while the returned [`WorkloadInterest`] lives, the SVIDs of
+//! entries that caller matches are kept, and minted if missing (a caller matching a pending
+//! entry waits for a view in which it is no longer pending, [`CacheView::is_pending_for`]).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -73,6 +80,20 @@ pub struct CacheView {
     pub federated: BTreeMap<TrustDomain, Arc<Bundle>>,
     /// Entries with an SVID, in the order the agent keeps them (by entry id).
     pub identities: Vec<Arc<X509Identity>>,
+    /// Entries the agent is authorized for that have no SVID at the moment (not minted yet,
+    /// or evicted by the SVID cache bound), by entry id.
+    pub pending: Vec<Arc<PendingIdentity>>,
+}
+
+/// A registration entry the agent is authorized for but holds no X509-SVID for right now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingIdentity {
+    /// The registration entry's id.
+    pub entry_id: String,
+    /// The entry's SPIFFE ID.
+    pub spiffe_id: SpiffeId,
+    /// The entry's selectors.
+    pub selectors: SelectorSet,
 }
 
 impl CacheView {
@@ -83,7 +104,15 @@ impl CacheView {
             bundle: Arc::new(bundle),
             federated: BTreeMap::new(),
             identities: Vec::new(),
+            pending: Vec::new(),
         }
+    }
+
+    /// Whether a caller with `selectors` matches an entry whose SVID is not there yet: a
+    /// stream should then wait for a later view before answering (the agent mints SVIDs for
+    /// registered workloads, see [`Cache::register_workload`]).
+    pub fn is_pending_for(&self, selectors: &SelectorSet) -> bool {
+        self.pending.iter().any(|p| !p.selectors.is_empty() && p.selectors.is_subset_of(selectors))
     }
 
     /// The identities a caller with `selectors` gets: those whose entry's selectors are all
@@ -116,13 +145,52 @@ impl CacheView {
 #[derive(Debug)]
 pub struct Cache {
     tx: watch::Sender<Arc<CacheView>>,
+    workloads: Arc<watch::Sender<WorkloadSelectors>>,
+}
+
+/// The selector sets of the workloads being served right now, by registration number.
+pub type WorkloadSelectors = BTreeMap<u64, SelectorSet>;
+
+/// A workload being served (see [`Cache::register_workload`]); dropping it ends the
+/// registration.
+#[derive(Debug)]
+pub struct WorkloadInterest {
+    id: u64,
+    workloads: Arc<watch::Sender<WorkloadSelectors>>,
+}
+
+impl Drop for WorkloadInterest {
+    fn drop(&mut self) {
+        self.workloads.send_modify(|w| {
+            w.remove(&self.id);
+        });
+    }
 }
 
 impl Cache {
     /// A cache whose first view is `view`.
     pub fn new(view: CacheView) -> Self {
         let (tx, _) = watch::channel(Arc::new(view));
-        Self { tx }
+        let (workloads, _) = watch::channel(WorkloadSelectors::new());
+        Self { tx, workloads: Arc::new(workloads) }
+    }
+
+    /// Registers a workload with `selectors` as being served (a Workload API or SDS stream,
+    /// or a unary call in progress) until the returned value is dropped. The agent keeps the
+    /// X509-SVIDs of the entries it matches, and mints missing ones promptly.
+    pub fn register_workload(&self, selectors: SelectorSet) -> WorkloadInterest {
+        let mut id = 0;
+        self.workloads.send_modify(|w| {
+            id = w.last_key_value().map_or(0, |(k, _)| k.wrapping_add(1));
+            w.insert(id, selectors);
+        });
+        WorkloadInterest { id, workloads: Arc::clone(&self.workloads) }
+    }
+
+    /// A receiver of the registered workloads' selector sets (see
+    /// [`Cache::register_workload`]); it sees every registration and every drop.
+    pub fn workloads(&self) -> watch::Receiver<WorkloadSelectors> {
+        self.workloads.subscribe()
     }
 
     /// A receiver that sees the current view and every later one.
@@ -254,5 +322,34 @@ mod tests {
         let view = rx.borrow_and_update().clone();
         assert_eq!((view.revision, view.identities.len()), (1, 1));
         assert_eq!(cache.current().revision, 1);
+    }
+
+    #[test]
+    fn registered_workloads_are_listed_until_their_interest_is_dropped() {
+        let cache =
+            Cache::new(CacheView::new(Bundle::new(TrustDomain::new("example.org").unwrap())));
+        let rx = cache.workloads();
+        let a = cache.register_workload(set(&["unix:uid:1"]));
+        let b = cache.register_workload(set(&["unix:uid:2"]));
+        let listed = |rx: &watch::Receiver<WorkloadSelectors>| -> Vec<SelectorSet> {
+            rx.borrow().values().cloned().collect()
+        };
+        assert_eq!(listed(&rx), [set(&["unix:uid:1"]), set(&["unix:uid:2"])]);
+        drop(a);
+        assert_eq!(listed(&rx), [set(&["unix:uid:2"])]);
+        drop(b);
+        assert!(listed(&rx).is_empty());
+    }
+
+    #[test]
+    fn a_caller_matching_an_entry_without_an_svid_is_pending() {
+        let mut view = CacheView::new(Bundle::new(TrustDomain::new("example.org").unwrap()));
+        view.pending = vec![Arc::new(PendingIdentity {
+            entry_id: "p".into(),
+            spiffe_id: SpiffeId::parse("spiffe://example.org/p").unwrap(),
+            selectors: set(&["unix:uid:7"]),
+        })];
+        assert!(view.is_pending_for(&set(&["unix:uid:7", "unix:gid:1"])));
+        assert!(!view.is_pending_for(&set(&["unix:uid:8"])));
     }
 }
