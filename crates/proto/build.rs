@@ -48,7 +48,7 @@ fn main() -> io::Result<()> {
     for file in &files {
         println!("cargo:rerun-if-changed={}", file.display());
     }
-    let includes = [proto_root, wkt_include];
+    let includes = [proto_root.clone(), wkt_include.clone()];
 
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").unwrap_or_default());
     let descriptor_path = out_dir.join("descriptors.bin");
@@ -59,6 +59,8 @@ fn main() -> io::Result<()> {
         .build_server(true)
         .compile_with_config(config, &files, &includes)?;
 
+    compile_packageless(&proto_root, &wkt_include)?;
+
     // JSON (serde) for the messages the admin CLI prints with `-output json`, named and shaped
     // as protobuf's canonical JSON mapping with proto field names and every field emitted.
     let descriptors = std::fs::read(&descriptor_path)?;
@@ -67,6 +69,30 @@ fn main() -> io::Result<()> {
         .preserve_proto_field_names()
         .emit_fields()
         .build(JSON_MESSAGES)
+}
+
+/// Files without a `package` statement, relative to `proto/`: the SPIFFE Workload API's
+/// definition declares none. They are compiled apart from [`PROTOS`] because pbjson-build
+/// cannot read a descriptor set holding a file without a package; prost writes their code
+/// to `_.rs`.
+const PACKAGELESS_PROTOS: &[&str] = &["spiffe/workload/workload.proto"];
+
+fn compile_packageless(
+    proto_root: &std::path::Path,
+    wkt_include: &std::path::Path,
+) -> io::Result<()> {
+    let protoc = protoc_bin_vendored::protoc_bin_path().map_err(io::Error::other)?;
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(protoc);
+    let files: Vec<PathBuf> = PACKAGELESS_PROTOS.iter().map(|p| proto_root.join(p)).collect();
+    for file in &files {
+        println!("cargo:rerun-if-changed={}", file.display());
+    }
+    tonic_prost_build::configure().build_client(true).build_server(true).compile_with_config(
+        config,
+        &files,
+        &[proto_root.to_path_buf(), wkt_include.to_path_buf()],
+    )
 }
 
 /// Message paths (and the messages nested in them) that get serde `Serialize`/`Deserialize`.

@@ -14,6 +14,7 @@
 //!   [`spire::api::server::trustdomain::v1`], [`spire::api::server::localauthority::v1`],
 //!   [`spire::api::server::debug::v1`], [`spire::api::server::logger::v1`]: one service each,
 //!   with a generated `*_server` module (trait + tonic service) and `*_client` module
+//! - [`spiffe::workload`]: the SPIFFE Workload API the agent serves to workloads
 //! - [`grpc::health::v1`]: the standard health service
 //! - [`google::rpc`]: the rich error `Status` used to carry typed error details
 //! - [`ward::cluster::v1`]: ward's own replica-to-replica `Peer` service and the `Cluster`
@@ -45,6 +46,17 @@ pub mod grpc {
         pub mod v1 {
             include!(concat!(env!("OUT_DIR"), "/grpc.health.v1.rs"));
         }
+    }
+}
+
+/// The SPIFFE standards' definitions.
+pub mod spiffe {
+    /// The SPIFFE Workload API (`SpiffeWorkloadAPI`; the standard's definition has no proto
+    /// package, so method paths are `/SpiffeWorkloadAPI/<Method>`), with the generated
+    /// `spiffe_workload_api_server` and `spiffe_workload_api_client` modules.
+    #[allow(missing_docs, clippy::all)]
+    pub mod workload {
+        include!(concat!(env!("OUT_DIR"), "/_.rs"));
     }
 }
 
