@@ -10,8 +10,11 @@
 //!   bundle, federated bundles, and the X509-SVIDs of the entries it is authorized for),
 //!   published through a watch channel that the Workload API and SDS streams follow;
 //!   [`cache::JwtSvidSource`] mints JWT-SVIDs on demand.
+//! - [`workload`]: the SPIFFE Workload API on a Unix socket ([`workload::serve`]), which
+//!   attests each caller and serves it from the cache.
 //!
 //! The agent never depends on the store, the cluster or sled: it is a client of the server's
 //! API only.
 
 pub mod cache;
+pub mod workload;

@@ -1,0 +1,78 @@
+//! The SPIFFE Workload API on the agent's Unix socket.
+//!
+//! Workloads call the agent over gRPC on a Unix socket; there is no TLS and no client
+//! certificate. The caller is identified out of band: the kernel reports its pid, uid and gid
+//! (`SO_PEERCRED`) when it connects, and the configured workload attestors turn the pid into
+//! selectors on every call, as SPIRE's agent does. The caller gets the identities of the
+//! registration entries whose selectors are all among its own.
+//!
+//! Pieces:
+//! - [`WorkloadListener`]: the socket (in its own directory, with SPIRE's alternate names
+//!   beside it) and the accept loop that records each connection's caller
+//!   ([`PeerInfo`]); it serves any set of tonic services, so Envoy SDS shares the socket.
+//! - [`CallerAttestor`]: a request's selectors, from its connection's [`PeerInfo`] and the
+//!   attestors, with SPIRE's check that the caller did not exit while it was attested.
+//! - [`WorkloadApi`]: the `SpiffeWorkloadAPI` service over the [`Cache`] and a
+//!   [`JwtSvidSource`].
+//! - [`serve`]: all three together, as `ward-agent run` starts them.
+//!
+//! Behaviour and error texts follow SPIRE v1.13.3's agent (`pkg/agent/endpoints/`); the
+//! differences are listed in `docs/agent.md`.
+
+mod caller;
+mod jwt;
+mod listener;
+mod service;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tonic::service::Routes;
+use ward_attest::WorkloadAttestor;
+
+use crate::cache::{Cache, JwtSvidSource};
+
+pub use caller::{CallerAttestor, PeerInfo};
+pub use listener::{ALTERNATE_SOCKET_NAMES, ListenError, ListenerConfig, WorkloadListener};
+pub use service::{WorkloadApi, WorkloadApiConfig};
+
+/// The metadata key every Workload API call must carry with the single value `true`.
+pub const SECURITY_HEADER: &str = "workload.spiffe.io";
+
+/// Binds the Workload API socket described by `listener_config` and serves the Workload API
+/// on it until `shutdown` completes.
+///
+/// To serve more services on the same socket (Envoy SDS), bind a [`WorkloadListener`] and
+/// pass it [`Routes`] holding [`WorkloadApi::into_service`] and the others.
+///
+/// # Errors
+/// [`ServeError::Listen`] when the socket cannot be set up, [`ServeError::Transport`] when
+/// the gRPC server fails.
+pub async fn serve(
+    listener_config: &ListenerConfig,
+    cache: Arc<Cache>,
+    jwt_source: Arc<dyn JwtSvidSource>,
+    attestors: Vec<Box<dyn WorkloadAttestor>>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let listener = WorkloadListener::bind(listener_config)?;
+    let api = WorkloadApi::new(
+        cache,
+        jwt_source,
+        CallerAttestor::new(attestors),
+        WorkloadApiConfig::default(),
+    );
+    listener.serve(Routes::new(api.into_service()), shutdown).await?;
+    Ok(())
+}
+
+/// Why the Workload API stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The socket could not be set up.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    /// The gRPC server failed.
+    #[error("workload api server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
