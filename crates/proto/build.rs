@@ -8,6 +8,14 @@ use std::path::PathBuf;
 
 /// Files compiled, relative to `proto/`. Each one's imports are found through the include path.
 const PROTOS: &[&str] = &[
+    "envoy/config/core/v3/base.proto",
+    "envoy/config/core/v3/extension.proto",
+    "envoy/extensions/transport_sockets/tls/v3/common.proto",
+    "envoy/extensions/transport_sockets/tls/v3/secret.proto",
+    "envoy/extensions/transport_sockets/tls/v3/tls_spiffe_validator_config.proto",
+    "envoy/service/discovery/v3/discovery.proto",
+    "envoy/service/secret/v3/sds.proto",
+    "envoy/type/v3/semantic_version.proto",
     "google/rpc/status.proto",
     "grpc/health/v1/health.proto",
     "spire/api/types/agent.proto",

@@ -12,9 +12,12 @@
 //!   [`cache::JwtSvidSource`] mints JWT-SVIDs on demand.
 //! - [`workload`]: the SPIFFE Workload API on a Unix socket ([`workload::serve`]), which
 //!   attests each caller and serves it from the cache.
+//! - [`sds`]: Envoy's secret discovery service (SDS v3) over the cache, with SPIRE's resource
+//!   names and validation contexts, served on the Workload API socket.
 //!
 //! The agent never depends on the store, the cluster or sled: it is a client of the server's
 //! API only.
 
 pub mod cache;
+pub mod sds;
 pub mod workload;

@@ -16,6 +16,8 @@
 //!   with a generated `*_server` module (trait + tonic service) and `*_client` module
 //! - [`spiffe::workload`]: the SPIFFE Workload API the agent serves to workloads
 //! - [`grpc::health::v1`]: the standard health service
+//! - [`envoy`]: Envoy's SDS v3 service and the messages it carries (`DiscoveryRequest`,
+//!   `Secret`, `SPIFFECertValidatorConfig`), served by the agent
 //! - [`google::rpc`]: the rich error `Status` used to carry typed error details
 //! - [`ward::cluster::v1`]: ward's own replica-to-replica `Peer` service and the `Cluster`
 //!   administration service (not part of SPIRE's API)
@@ -27,6 +29,65 @@
 //! that call it.
 
 pub mod convert;
+
+/// `envoy.*` packages: the parts of Envoy's data-plane API that the agent's SDS serves.
+pub mod envoy {
+    /// `envoy.config.*`.
+    pub mod config {
+        /// `envoy.config.core.*`.
+        pub mod core {
+            /// `envoy.config.core.v3`: `Node`, `DataSource`, `TypedExtensionConfig`.
+            #[allow(missing_docs, clippy::all)]
+            pub mod v3 {
+                include!(concat!(env!("OUT_DIR"), "/envoy.config.core.v3.rs"));
+            }
+        }
+    }
+    /// `envoy.extensions.*`.
+    pub mod extensions {
+        /// `envoy.extensions.transport_sockets.*`.
+        pub mod transport_sockets {
+            /// `envoy.extensions.transport_sockets.tls.*`.
+            pub mod tls {
+                /// `envoy.extensions.transport_sockets.tls.v3`: `Secret` and what it holds.
+                #[allow(missing_docs, clippy::all)]
+                pub mod v3 {
+                    include!(concat!(
+                        env!("OUT_DIR"),
+                        "/envoy.extensions.transport_sockets.tls.v3.rs"
+                    ));
+                }
+            }
+        }
+    }
+    /// `envoy.service.*`.
+    pub mod service {
+        /// `envoy.service.discovery.*`.
+        pub mod discovery {
+            /// `envoy.service.discovery.v3`: xDS requests and responses.
+            #[allow(missing_docs, clippy::all)]
+            pub mod v3 {
+                include!(concat!(env!("OUT_DIR"), "/envoy.service.discovery.v3.rs"));
+            }
+        }
+        /// `envoy.service.secret.*`.
+        pub mod secret {
+            /// `envoy.service.secret.v3`: the secret discovery service (SDS).
+            #[allow(missing_docs, clippy::all)]
+            pub mod v3 {
+                include!(concat!(env!("OUT_DIR"), "/envoy.service.secret.v3.rs"));
+            }
+        }
+    }
+    /// `envoy.type.*`.
+    pub mod r#type {
+        /// `envoy.type.v3`.
+        #[allow(missing_docs, clippy::all)]
+        pub mod v3 {
+            include!(concat!(env!("OUT_DIR"), "/envoy.r#type.v3.rs"));
+        }
+    }
+}
 
 /// `google.*` packages.
 pub mod google {
