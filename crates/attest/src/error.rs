@@ -150,6 +150,9 @@ pub enum AttestError {
         /// The value received, as D-Bus shows it.
         value: String,
     },
+    /// The `k8s` attestor failed (its own texts, from SPIRE's `k8s` plugin).
+    #[error(transparent)]
+    K8s(#[from] crate::k8s::K8sError),
     /// A selector could not be formed (an empty value read from the system).
     #[error("invalid selector: {0}")]
     Selector(#[from] ward_core::SelectorError),

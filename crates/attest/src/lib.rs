@@ -9,7 +9,9 @@
 //! Main types:
 //! - [`WorkloadAttestor`], the trait, and [`UnixAttestor`] ([`unix`]), the `unix` plugin with
 //!   SPIRE's [`UnixConfig`] keys and defaults, and [`SystemdAttestor`] ([`systemd`]), the
-//!   `systemd` plugin (the unit of the process, over D-Bus);
+//!   `systemd` plugin (the unit of the process, over D-Bus), and [`K8sAttestor`] ([`k8s`]),
+//!   the `k8s` plugin (the pod and container of the process, from its cgroups and the
+//!   kubelet) with SPIRE's [`K8sConfig`] keys;
 //! - [`CallerWatch`] and [`attest_caller`], which refuse selectors gathered for a caller that
 //!   exited or whose pid was reused while it was attested (SPIRE's peer-tracker checks);
 //! - [`ProcFs`], the proc file system the facts come from;
@@ -18,14 +20,16 @@
 //! A flow: `let watch = CallerWatch::open(&procfs, caller)?; let selectors =
 //! attestor.attest(caller.pid)?; watch.check()?;`, which [`attest_caller`] wraps.
 //!
-//! This crate keeps no state between calls beyond the `systemd` attestor's D-Bus connection,
-//! makes no other network calls, and depends on no store or cluster crate: the agent that uses
+//! This crate keeps no state between calls beyond the `systemd` attestor's D-Bus connection
+//! and the `k8s` attestor's kubelet client and cached pod list, makes no other network calls
+//! than to D-Bus and the kubelet, and depends on no store or cluster crate: the agent that uses
 //! it stays small. It reads the proc file system and the user and group databases, and so is
 //! Linux-only. What each selector needs from the operating system (capabilities) is in
 //! [`unix`], [`systemd`] and `docs/agent-attestors.md`.
 
 mod caller_watch;
 mod error;
+pub mod k8s;
 mod procfs;
 pub mod systemd;
 pub mod unix;
@@ -33,6 +37,7 @@ mod workload_attestor;
 
 pub use caller_watch::{Caller, CallerWatch, attest_caller};
 pub use error::AttestError;
+pub use k8s::{K8sAttestor, K8sConfig};
 pub use procfs::{ProcFs, ProcStatus};
 pub use systemd::{SystemdAttestor, SystemdBus};
 pub use unix::{UnixAttestation, UnixAttestor, UnixConfig};

@@ -5,6 +5,9 @@
 //! Usage:
 //! - `ward-attest unix <pid> [--discover-workload-path] [--workload-size-limit <bytes>]`
 //! - `ward-attest systemd <pid> [--bus-address <d-bus address>]` (default: the system bus)
+//! - `ward-attest k8s <pid> [--config <file.toml>]`: the `k8s` plugin data in TOML (default:
+//!   an empty configuration, i.e. the kubelet's secure port with the pod's service account);
+//!   the node name comes from the environment as in the agent (`MY_NODE_NAME`)
 //!
 //! Prints one selector per line (`unix:uid:1000`); a selector left out for want of
 //! permission is reported on stderr as `warning: ...`; an attestation error as `error: ...`
@@ -13,18 +16,21 @@
 use std::process::ExitCode;
 
 use ward_attest::{
-    AttestError, ProcFs, SystemdAttestor, SystemdBus, UnixAttestor, UnixConfig, WorkloadAttestor,
+    AttestError, K8sAttestor, K8sConfig, ProcFs, SystemdAttestor, SystemdBus, UnixAttestor,
+    UnixConfig, WorkloadAttestor,
 };
 use ward_core::Selector;
 
 const USAGE: &str = "usage: ward-attest unix <pid> [--discover-workload-path] \
                      [--workload-size-limit <bytes>]\n       ward-attest systemd <pid> \
-                     [--bus-address <d-bus address>]";
+                     [--bus-address <d-bus address>]\n       ward-attest k8s <pid> \
+                     [--config <file.toml>]";
 
 /// One attestation asked for on the command line.
 enum Request {
     Unix(u32, UnixConfig),
     Systemd(u32, SystemdBus),
+    K8s(u32, Option<String>),
 }
 
 fn main() -> ExitCode {
@@ -57,7 +63,24 @@ fn attest(request: Request) -> Result<Vec<Selector>, AttestError> {
             Ok(found.selectors)
         }
         Request::Systemd(pid, bus) => SystemdAttestor::new(bus).attest(pid),
+        Request::K8s(pid, config_path) => {
+            let config = match config_path {
+                Some(path) => {
+                    let text =
+                        std::fs::read_to_string(&path).map_err(|e| config_error(&path, &e))?;
+                    toml::from_str::<K8sConfig>(&text).map_err(|e| config_error(&path, &e))?
+                }
+                None => K8sConfig::default(),
+            };
+            let settings = config.settings(|name| std::env::var(name).ok())?;
+            K8sAttestor::new(settings, ProcFs::default())?.attest(pid)
+        }
     }
+}
+
+/// A configuration file that cannot be read or decoded.
+fn config_error(path: &str, e: &dyn std::fmt::Display) -> AttestError {
+    AttestError::K8s(ward_attest::k8s::K8sError::Decode { reason: format!("{path}: {e}") })
 }
 
 /// The request, or `None` for a usage error.
@@ -88,6 +111,16 @@ fn parse_args(args: &[String]) -> Option<Request> {
                 }
             }
             Some(Request::Systemd(pid, bus))
+        }
+        "k8s" => {
+            let mut config = None;
+            while let Some(flag) = it.next() {
+                match flag.as_str() {
+                    "--config" => config = Some(it.next()?.clone()),
+                    _ => return None,
+                }
+            }
+            Some(Request::K8s(pid, config))
         }
         _ => None,
     }
