@@ -1,6 +1,8 @@
 //! The `k8s` attestor against a fake kubelet: a real HTTPS (or HTTP) server on 127.0.0.1
 //! serving a kubelet `/pods` list, with certificates made here by rcgen, and a proc file
-//! system in a temporary directory holding the cgroup files of the processes attested.
+//! system in a temporary directory holding the cgroup files of the processes attested. One
+//! test moves a real process into a cgroup named as containerd names a container's (needs
+//! root) and attests it through the kernel's own `/proc`.
 
 #![allow(clippy::unwrap_used, reason = "test helpers fail the test on any error")]
 
@@ -621,4 +623,88 @@ async fn the_attestor_is_used_and_dropped_inside_an_async_runtime() {
     assert!(strings(&selectors.unwrap()).contains("k8s:container-name:app"));
     drop(attestor);
     drop(kubelet);
+}
+
+/// A cgroup made for a test and a process moved into it; on drop the process is killed and
+/// reaped and the directories removed, deepest first.
+struct PodCgroup {
+    child: std::process::Child,
+    dirs: Vec<PathBuf>,
+}
+
+impl PodCgroup {
+    /// Makes `<hierarchy>/<relative>` in the first cgroup hierarchy that allows it (the
+    /// unified v2 one, mounted at `/sys/fs/cgroup/unified` on hybrid hosts or at
+    /// `/sys/fs/cgroup` itself; else the v1 `pids` one) and moves a new `sleep` into it.
+    fn start(relative: &str) -> Self {
+        let root = Path::new("/sys/fs/cgroup");
+        let child = std::process::Command::new("sleep").arg("300").spawn().unwrap();
+        let mut cgroup = Self { child, dirs: Vec::new() };
+        for hierarchy in [root.join("unified"), root.to_owned(), root.join("pids")] {
+            if !hierarchy.join("cgroup.procs").exists() {
+                continue;
+            }
+            let mut dir = hierarchy;
+            let made: Result<(), std::io::Error> = relative.split('/').try_for_each(|part| {
+                dir.push(part);
+                if !dir.exists() {
+                    std::fs::create_dir(&dir)?;
+                    cgroup.dirs.push(dir.clone());
+                }
+                Ok(())
+            });
+            let moved = made.and_then(|()| {
+                std::fs::write(dir.join("cgroup.procs"), cgroup.child.id().to_string())
+            });
+            if moved.is_ok() {
+                return cgroup;
+            }
+            cgroup.remove_dirs();
+        }
+        panic!("no cgroup hierarchy under /sys/fs/cgroup lets this test make a cgroup");
+    }
+
+    fn remove_dirs(&mut self) {
+        for dir in self.dirs.drain(..).rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+impl Drop for PodCgroup {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.remove_dirs();
+    }
+}
+
+#[test]
+fn a_real_process_in_a_pod_cgroup_is_attested_through_the_kernel_cgroup_file() {
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata("/proc/self").unwrap().uid(),
+        0,
+        "this test runs as root: it makes cgroups and moves a process into one"
+    );
+    let kubelet = FakeKubelet::start(None, None);
+    // The containerd layout with the systemd driver, under a top directory of this test.
+    let relative = format!(
+        "ward-k8sattest-{}/kubepods-burstable-pod{}.slice/cri-containerd-{APP_CID}.scope",
+        std::process::id(),
+        POD_UID.replace('-', "_")
+    );
+    let workload = PodCgroup::start(&relative);
+    let pid = workload.child.id();
+    let cgroup_file = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(cgroup_file.contains(&relative), "{cgroup_file}");
+
+    let config: K8sConfig =
+        toml::from_str(&format!("kubelet_read_only_port = {}", kubelet.addr.port())).unwrap();
+    let attestor = K8sAttestor::new(config.settings(|_| None).unwrap(), ProcFs::default()).unwrap();
+    let mut expected = set(POD_SELECTORS);
+    expected.extend(set(APP_SELECTORS));
+    assert_eq!(strings(&attestor.attest(pid).unwrap()), expected);
+    // This test's own process is in no pod.
+    assert_eq!(attestor.attest(std::process::id()).unwrap(), vec![]);
 }
