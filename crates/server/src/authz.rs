@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use ward_core::{AttestedNode, SpiffeId};
+use ward_core::AttestedNode;
 
 /// Which callers a method admits (SPIRE's `policy_data.json`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,16 +125,9 @@ pub fn is_unknown_method(full_method: &str) -> bool {
     policy(full_method).is_none() && full_method != POST_STATUS
 }
 
-/// The X509-SVID a TCP caller presented (already chain-verified at the TLS handshake).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PresentedSvid {
-    /// The leaf's SPIFFE ID.
-    pub id: SpiffeId,
-    /// The leaf's serial number, decimal.
-    pub serial: String,
-    /// The leaf's NotAfter, Unix seconds.
-    pub not_after: i64,
-}
+/// The X509-SVID a TCP caller presented (already chain-verified at the TLS handshake): its
+/// SPIFFE ID, decimal serial and NotAfter.
+pub use ward_spiffe_tls::LeafFacts as PresentedSvid;
 
 /// Everything [`decide`] needs to know about a caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -275,7 +268,7 @@ fn agent_check(facts: &CallerFacts, now: i64) -> Result<bool, Denial> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ward_core::{AgentId, SelectorSet};
+    use ward_core::{AgentId, SelectorSet, SpiffeId};
 
     fn agent_svid() -> PresentedSvid {
         PresentedSvid {

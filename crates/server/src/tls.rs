@@ -1,7 +1,7 @@
 //! The TCP listener's TLS: the server's own rotating X509-SVID, optional SPIFFE client
 //! authentication against the current bundle, and the per-connection peer facts handlers read.
-//! The agent side lives here too: [`SpiffeServerVerifier`], [`agent_client_config`] and
-//! [`agent_channel`] are how an agent checks and reaches the server.
+//! The agent side ([`SpiffeServerVerifier`], [`agent_client_config`], [`agent_channel`]) is
+//! in `ward-spiffe-tls`, shared with `ward-agent`, and re-exported here.
 //!
 //! tonic's built-in TLS checks DNS names, which SVIDs do not have, so the listener runs a
 //! tokio-rustls acceptor and hands tonic a stream type ([`TlsConn`]) that implements
@@ -26,51 +26,16 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
-use ward_core::{Bundle, SpiffeId, TrustDomain};
+use ward_core::{Bundle, TrustDomain};
 
 use crate::authz::PresentedSvid;
 
+pub use ward_spiffe_tls::{
+    SpiffeServerVerifier, TlsError, agent_channel, agent_client_config, leaf_facts, provider,
+};
+
 /// Longest a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Why TLS material could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    /// rustls refused the key or configuration.
-    #[error("tls configuration")]
-    Rustls(#[from] rustls::Error),
-}
-
-/// The crypto provider everything TLS in the server uses (aws-lc-rs).
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
-}
-
-/// Facts from a presented X.509 leaf: SPIFFE ID, decimal serial, NotAfter.
-///
-/// # Errors
-/// A message when the certificate is not parseable or does not carry exactly one SPIFFE URI SAN.
-pub fn leaf_facts(der: &[u8]) -> Result<PresentedSvid, String> {
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(der).map_err(|e| format!("bad certificate: {e}"))?;
-    let mut uris = Vec::new();
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for name in &san.value.general_names {
-            if let x509_parser::extensions::GeneralName::URI(u) = name {
-                uris.push(*u);
-            }
-        }
-    }
-    let [uri] = uris.as_slice() else {
-        return Err(format!("expected exactly one URI SAN, found {}", uris.len()));
-    };
-    let id = SpiffeId::parse(uri).map_err(|e| format!("bad SPIFFE ID in URI SAN: {e}"))?;
-    Ok(PresentedSvid {
-        id,
-        serial: cert.tbs_certificate.serial.to_string(),
-        not_after: cert.validity().not_after.timestamp(),
-    })
-}
 
 /// Where the verifier reads the current trust anchors from.
 pub trait AuthoritySource: Send + Sync + std::fmt::Debug {
@@ -239,156 +204,6 @@ pub fn server_config(
         .with_cert_resolver(cert);
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     Ok(cfg)
-}
-
-/// The agent side of the TCP listener's TLS: how an agent (or a test, or a bench) verifies
-/// the server and connects to it.
-///
-/// SPIRE agents do not check DNS names: they accept the server when its leaf carries exactly
-/// one URI SAN equal to the expected server ID (`spiffe://<td>/spire/server`) and chains to
-/// an X.509 authority of the bundle they hold. Before an agent has a bundle (first
-/// attestation with `insecure_bootstrap`) only the ID is checked.
-#[derive(Debug)]
-pub struct SpiffeServerVerifier {
-    expected_id: SpiffeId,
-    roots: Option<rustls::RootCertStore>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl SpiffeServerVerifier {
-    /// Accepts a server presenting `expected_id` that chains to one of `roots` (DER X.509
-    /// authorities); `None` is insecure bootstrap, which checks the ID only.
-    ///
-    /// # Errors
-    /// [`TlsError::Rustls`] when a root is not a usable CA certificate.
-    pub fn new(expected_id: SpiffeId, roots: Option<&[Vec<u8>]>) -> Result<Self, TlsError> {
-        let roots = match roots {
-            Some(ders) => {
-                let mut store = rustls::RootCertStore::empty();
-                for der in ders {
-                    store.add(CertificateDer::from(der.clone()))?;
-                }
-                Some(store)
-            }
-            None => None,
-        };
-        Ok(Self { expected_id, roots, provider: provider() })
-    }
-
-    /// A verifier for the server of `td` (`spiffe://<td>/spire/server`), as [`Self::new`].
-    ///
-    /// # Errors
-    /// As [`Self::new`].
-    pub fn for_trust_domain(td: &TrustDomain, roots: Option<&[Vec<u8>]>) -> Result<Self, TlsError> {
-        let id = SpiffeId::from_parts(td, "/spire/server").map_err(|e| {
-            TlsError::Rustls(rustls::Error::General(format!("server ID for {td}: {e}")))
-        })?;
-        Self::new(id, roots)
-    }
-}
-
-impl rustls::client::danger::ServerCertVerifier for SpiffeServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        let id = leaf_facts(end_entity).map_err(rustls::Error::General)?.id;
-        if id != self.expected_id {
-            return Err(rustls::Error::General(format!(
-                "server presented {id}, expected {}",
-                self.expected_id
-            )));
-        }
-        if let Some(roots) = &self.roots {
-            rustls::client::verify_server_cert_signed_by_trust_anchor(
-                &rustls::server::ParsedCertificate::try_from(end_entity)?,
-                roots,
-                intermediates,
-                now,
-                self.provider.signature_verification_algorithms.all,
-            )?;
-        }
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        msg: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algs = &self.provider.signature_verification_algorithms;
-        rustls::crypto::verify_tls12_signature(msg, cert, dss, algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        msg: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algs = &self.provider.signature_verification_algorithms;
-        rustls::crypto::verify_tls13_signature(msg, cert, dss, algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// An agent's client TLS configuration: TLS 1.2+, ALPN `h2`, the server checked by
-/// `verifier`, and `identity` (certificate chain leaf first, PKCS#8 key; both DER)
-/// presented when given.
-///
-/// # Errors
-/// [`TlsError::Rustls`] when rustls refuses the protocol set, the chain or the key.
-pub fn agent_client_config(
-    verifier: Arc<SpiffeServerVerifier>,
-    identity: Option<(Vec<Vec<u8>>, Vec<u8>)>,
-) -> Result<rustls::ClientConfig, TlsError> {
-    let builder = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier);
-    let mut cfg = match identity {
-        Some((chain, key)) => builder.with_client_auth_cert(
-            chain.into_iter().map(CertificateDer::from).collect(),
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)),
-        )?,
-        None => builder.with_no_client_auth(),
-    };
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(cfg)
-}
-
-/// A gRPC channel to the server at `addr` over TLS with `config` (see
-/// [`agent_client_config`]). The connection is made now; the channel reconnects with the
-/// same configuration when it drops.
-///
-/// # Errors
-/// The transport error when connecting or the handshake fails.
-pub async fn agent_channel(
-    addr: SocketAddr,
-    config: Arc<rustls::ClientConfig>,
-) -> Result<tonic::transport::Channel, tonic::transport::Error> {
-    let connector = tokio_rustls::TlsConnector::from(config);
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
-            let connector = connector.clone();
-            async move {
-                let tcp = TcpStream::connect(addr).await?;
-                // Verification ignores the name (SVIDs carry none); SNI just needs a value.
-                let name = rustls::pki_types::ServerName::try_from("localhost")
-                    .map_err(std::io::Error::other)?;
-                let tls = connector.connect(name, tcp).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
-            }
-        }))
-        .await
 }
 
 /// What a request learns about its TCP connection.
