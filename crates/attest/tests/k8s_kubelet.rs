@@ -708,3 +708,41 @@ fn a_real_process_in_a_pod_cgroup_is_attested_through_the_kernel_cgroup_file() {
     // This test's own process is in no pod.
     assert_eq!(attestor.attest(std::process::id()).unwrap(), vec![]);
 }
+
+#[test]
+fn the_token_is_read_again_after_the_reload_interval() {
+    let pki = pki(&["worker-1"], None);
+    let kubelet = FakeKubelet::start(Some(pki.server_config.clone()), None);
+    let host = Host::new();
+    host.process(4242, &app_cgroup());
+    // The pod list is cached for 1ms and the files for 1ms.
+    let attestor = host
+        .attestor(&secure_config(
+            &host,
+            &pki,
+            &kubelet,
+            "reload_interval = \"1ms\"\npoll_retry_interval = \"2ms\"",
+        ))
+        .unwrap();
+    attestor.attest(4242).unwrap();
+    host.write("token", "  rotated-token\n");
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    attestor.attest(4242).unwrap();
+    // A token file that cannot be read keeps the last good token (and logs a warning).
+    std::fs::remove_file(host.path("token")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    attestor.attest(4242).unwrap();
+    // An empty token sends no header.
+    host.write("token", "\n");
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    attestor.attest(4242).unwrap();
+    assert_eq!(
+        kubelet.auth_headers(),
+        vec![
+            Some(format!("Bearer {TOKEN}")),
+            Some("Bearer rotated-token".to_owned()),
+            Some("Bearer rotated-token".to_owned()),
+            None,
+        ]
+    );
+}

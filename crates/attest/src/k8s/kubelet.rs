@@ -179,7 +179,8 @@ fn load(settings: &KubeletSettings) -> Result<Target, K8sError> {
         KubeletAuth::Token(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|source| K8sError::LoadToken { path: path.clone(), source })?;
-            token = Some(text.trim().to_owned());
+            // An empty token file means no header, as in SPIRE.
+            token = Some(text.trim().to_owned()).filter(|t| !t.is_empty());
             builder.with_no_client_auth()
         }
         KubeletAuth::ClientCertificate { certificate, private_key } => {
