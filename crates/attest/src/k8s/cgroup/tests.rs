@@ -169,3 +169,35 @@ fn legacy_uids_have_any_punctuation_turned_into_dashes() {
     assert_eq!(canonical_pod_uid("7d0e0a3c_5b1f.4e2a-9c44_2f1b8e6d9a10"), UID);
     assert_eq!(canonical_pod_uid("7d0e0a3c+5b1f"), "7d0e0a3c+5b1f");
 }
+
+#[test]
+fn legacy_patterns_take_a_pod_uid_and_a_container_id_or_nothing() {
+    let cases: Vec<(String, Option<(&str, &str)>)> = vec![
+        (format!("/kubepods/pod{UID}/{CID}"), Some((UID, CID))),
+        (format!("/kubepods/kubepods/besteffort/pod{UID}/{CID}"), Some((UID, CID))),
+        (format!("/../../../burstable/pod{UID}/{CID}"), Some((UID, CID))),
+        (format!("/something/pod{UID}/{CID}"), Some((UID, CID))),
+        (format!("/pod{UID}/{CID}"), Some((UID, CID))),
+        (
+            format!("/kubepods-besteffort-pod{UID_UNDERSCORES}.slice:cri-containerd:{CID}"),
+            Some((UID, CID)),
+        ),
+        (
+            format!(
+                "/kubepods.slice/kubepods-besteffort-pod{UID_UNDERSCORES}.slice/crio-{CID}.scope"
+            ),
+            Some((UID, CID)),
+        ),
+        (format!("/../crio-{CID}.scope"), Some(("", CID))),
+        // A container with no pod, a pod with no container, a UID without dashes.
+        (format!("/{CID}"), None),
+        (format!("/kubepods/{CID}"), None),
+        (format!("/kubepods/pod{UID}"), None),
+        ("/kubepods/pod7d0e0a3c5b1f4e2a9c442f1b8e6d9a10".to_owned(), None),
+    ];
+    for (path, want) in cases {
+        let got = legacy_pod_and_container(&path);
+        let want = want.map(|(p, c)| (p.to_owned(), c.to_owned()));
+        assert_eq!(got, want, "{path}");
+    }
+}
