@@ -32,10 +32,13 @@ pub const DEFAULT_NODE_NAME_ENV: &str = "MY_NODE_NAME";
 pub struct K8sConfig {
     /// The kubelet's read-only HTTP port (usually 10255); excludes `kubelet_secure_port`.
     /// Unset or 0: the secure port is used.
+    #[serde(deserialize_with = "go_int")]
     pub kubelet_read_only_port: i64,
     /// The kubelet's HTTPS port (default 10250 when no read-only port is set).
+    #[serde(deserialize_with = "go_int")]
     pub kubelet_secure_port: i64,
     /// Tries at finding the container in the pod list (default 60; 0 or less: the default).
+    #[serde(deserialize_with = "go_int")]
     pub max_poll_attempts: i64,
     /// The wait between tries, a Go duration (default `"500ms"`). The pod list is cached for
     /// half of it.
@@ -73,6 +76,48 @@ pub struct K8sConfig {
     pub verbose_container_locator_logs: bool,
     /// SPIRE's experimental options; ward supports none of them.
     pub experimental: Option<Experimental>,
+}
+
+/// An integer as SPIRE's HCL decoder takes it: a number, or a string holding one in Go's
+/// literal syntax (`"10255"`, `"0x2817"`).
+fn go_int<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum IntOrString {
+        Int(i64),
+        String(String),
+    }
+    match IntOrString::deserialize(d)? {
+        IntOrString::Int(n) => Ok(n),
+        IntOrString::String(s) => parse_go_int(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not an integer"))),
+    }
+}
+
+/// Go's `strconv.ParseInt(s, 0, 64)`: an optional sign, then decimal, `0x` hex, `0o`/`0`
+/// octal or `0b` binary digits, with `_` between digits (Go is stricter about where).
+fn parse_go_int(s: &str) -> Option<i64> {
+    let (negative, unsigned) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
+    };
+    let lower = unsigned.to_ascii_lowercase();
+    let (radix, digits) = if let Some(d) = lower.strip_prefix("0x") {
+        (16, d.replace('_', ""))
+    } else if let Some(d) = lower.strip_prefix("0b") {
+        (2, d.replace('_', ""))
+    } else if let Some(d) = lower.strip_prefix("0o") {
+        (8, d.replace('_', ""))
+    } else if lower.len() > 1 && lower.starts_with('0') {
+        (8, lower.get(1..)?.replace('_', ""))
+    } else {
+        (10, lower.replace('_', ""))
+    };
+    if digits.is_empty() || digits.starts_with(['+', '-']) {
+        return None;
+    }
+    let magnitude = i64::from_str_radix(&digits, radix).ok()?;
+    Some(if negative { -magnitude } else { magnitude })
 }
 
 /// The `experimental` block of the plugin data.

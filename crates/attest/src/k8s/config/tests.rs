@@ -153,3 +153,22 @@ fn unknown_keys_are_refused() {
     // An empty experimental block is fine.
     assert_eq!(parse("[experimental]").settings(no_env).unwrap().max_poll_attempts, 60);
 }
+
+#[test]
+fn integer_keys_also_take_strings_as_spire_hcl_decoder_does() {
+    let settings = parse("kubelet_read_only_port = \"10255\"\nmax_poll_attempts = \"0x10\"")
+        .settings(no_env)
+        .unwrap();
+    assert_eq!(settings.kubelet, KubeletSettings::ReadOnly { port: 10255 });
+    assert_eq!(settings.max_poll_attempts, 16);
+    assert_eq!(parse_go_int("-12"), Some(-12));
+    assert_eq!(parse_go_int("010"), Some(8));
+    assert_eq!(parse_go_int("0b1_01"), Some(5));
+    assert_eq!(parse_go_int("0"), Some(0));
+    assert_eq!(parse_go_int("10_255"), Some(10255));
+    assert_eq!(parse_go_int("12x"), None);
+    assert_eq!(parse_go_int("0x"), None);
+    assert_eq!(parse_go_int("--1"), None);
+    let err = toml::from_str::<K8sConfig>("kubelet_secure_port = \"ten\"").unwrap_err();
+    assert!(err.to_string().contains("\"ten\" is not an integer"), "{err}");
+}
