@@ -229,6 +229,20 @@ impl Replica {
             .unwrap_or_default()
     }
 
+    /// Waits for the process to exit on its own (a refused start or join); its log.
+    pub fn wait_exited(&mut self) -> anyhow::Result<String> {
+        let node = self.node;
+        let daemon =
+            self.daemon.as_mut().with_context(|| format!("replica {node} is not started"))?;
+        poll_until(&format!("replica {node} to exit"), SETTLE, || {
+            Ok(match daemon.ensure_running() {
+                Ok(()) => Step::Retry("still running".into()),
+                Err(_) => Step::Done(()),
+            })
+        })?;
+        Ok(daemon.log())
+    }
+
     /// SIGKILL: no chance to flush or say goodbye.
     pub fn kill(&mut self) -> anyhow::Result<()> {
         let d =

@@ -13,15 +13,7 @@ fn failed_join(c: &Cluster, node: u64, join: &str, credential: &str) -> String {
     let mut r = Replica::new(&c.bin, c.root(), &format!("refused{node}"), node, placement);
     r.set_join(join, credential, "").unwrap();
     r.start().unwrap();
-    let daemon = r.daemon_mut().unwrap();
-    poll_until("the refused replica to exit", SETTLE, || {
-        Ok(match daemon.ensure_running() {
-            Ok(()) => Step::Retry("still running".into()),
-            Err(_) => Step::Done(()),
-        })
-    })
-    .unwrap();
-    daemon.log()
+    r.wait_exited().unwrap()
 }
 
 #[test]

@@ -49,7 +49,7 @@ pub use handle::{
 };
 pub use log_store::{LogStore, LogStoreError, MemLogStore, SledLogStore};
 pub use transport::{
-    ChunkStream, ChunkStreamFuture, NodeId, SnapshotDescriptor, SnapshotError, SnapshotSource,
-    Transport,
+    ChunkStream, ChunkStreamFuture, NODE_ID_ZERO, NodeId, SnapshotDescriptor, SnapshotError,
+    SnapshotSource, Transport, check_node_id,
 };
 pub use wal::{WalLogStore, open_log};

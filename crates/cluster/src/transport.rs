@@ -16,6 +16,19 @@ use ward_store::SnapshotChunk;
 /// A replica's id in the cluster (raft's node id; never 0).
 pub type NodeId = u64;
 
+/// Why node id 0 is refused, in every place a node id enters (configuration, flags, the
+/// `cluster` commands): raft uses 0 for "no node" (no leader, no vote), so a replica with
+/// that id could never be told apart from none.
+pub const NODE_ID_ZERO: &str = "node id 0 is reserved (raft's \"no node\"); node ids start at 1";
+
+/// `id` when it can name a replica.
+///
+/// # Errors
+/// [`NODE_ID_ZERO`] for 0.
+pub fn check_node_id(id: NodeId) -> Result<NodeId, &'static str> {
+    if id == 0 { Err(NODE_ID_ZERO) } else { Ok(id) }
+}
+
 /// Carries raft messages from this replica to the others.
 ///
 /// Implementations queue and batch per peer and must never block the caller: the driver

@@ -223,6 +223,20 @@ fn check_output_again(first: &mut Option<&'static str>, value: &str) -> Result<(
 /// A clap error in the words Go's `flag` package uses, where they differ.
 fn flag_error_text(e: &clap::Error) -> Option<String> {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() == ErrorKind::MissingRequiredArgument {
+        // clap names them `--name <NAME>`; the documentation and every other message spell
+        // a flag as Go does, `-name`.
+        let Some(ContextValue::Strings(args)) = e.get(ContextKind::InvalidArg) else {
+            return None;
+        };
+        let flags: Vec<String> = args
+            .iter()
+            .map(|a| {
+                format!("-{}", a.trim_start_matches('-').split([' ', '=']).next().unwrap_or(""))
+            })
+            .collect();
+        return Some(format!("Error: missing required flag: {}", flags.join(", ")));
+    }
     if !matches!(e.kind(), ErrorKind::ValueValidation | ErrorKind::InvalidValue) {
         return None;
     }
@@ -529,6 +543,26 @@ mod tests {
         assert_eq!(o.bootstrap, Some(true));
         assert_eq!(o.tick_interval.as_deref(), Some("50ms"));
         assert_eq!(o.join_address, None);
+    }
+
+    #[test]
+    fn missing_required_flags_are_named_as_documented() {
+        assert_eq!(
+            parse(&["ward-server", "migrate"]).err().unwrap(),
+            "Error: missing required flag: -from-socket"
+        );
+    }
+
+    #[test]
+    fn cluster_commands_parse_without_their_required_values() {
+        // The command itself says what is missing (`Error: a node id is required ...`).
+        for words in
+            [&["cluster", "remove"][..], &["cluster", "transfer-leader"], &["cluster", "add"]]
+        {
+            let argv: Vec<&str> =
+                std::iter::once("ward-server").chain(words.iter().copied()).collect();
+            assert!(parse(&argv).is_ok(), "{words:?}");
+        }
     }
 
     #[test]

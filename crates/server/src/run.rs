@@ -38,7 +38,7 @@ use crate::federation::Federation;
 use crate::federation::endpoint::{self, BundleSource};
 use crate::layer::{AuthLayer, TCP_SERVICES, UDS_SERVICES};
 use crate::logging::LogControl;
-use crate::peer::admin::ClusterAdmin;
+use crate::peer::admin::{ClusterAdmin, NoCluster};
 use crate::peer::replica::ClusterStartup;
 use crate::proposer::{ClusterProposer, FailStop, Proposer};
 use crate::ratelimit::RateLimits;
@@ -486,7 +486,8 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<Runni
                 clock.clone(),
             );
             ClusterServer::new(ClusterAdmin { ctx, digests: Default::default() })
-        }));
+        }))
+        .add_optional_service(replica.is_none().then(|| ClusterServer::new(NoCluster)));
     let signal = stopped(stop_rx.clone());
     tasks.push(tokio::spawn(async move {
         if let Err(e) = uds_router.serve_with_incoming_shutdown(uds_incoming, signal).await {

@@ -87,7 +87,8 @@ struct ReadWaiter {
 /// [`StartError`] if the stored state cannot be read or raft refuses it.
 pub fn start<L: LogStore>(replica: Replica<L>) -> Result<ClusterHandle, StartError> {
     let Replica { config, store, mut log, transport, snapshots, runtime } = replica;
-    let id = config.node_id;
+    let id = crate::transport::check_node_id(config.node_id)
+        .map_err(|e| StartError::Raft(e.to_owned()))?;
     let store_applied = store.last_applied();
     let mut hs = log.hard_state()?;
     let fresh = log.last_index() == 0 && hs.term == 0 && log.conf_state()?.voters.is_empty();

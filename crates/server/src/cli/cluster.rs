@@ -5,7 +5,7 @@ use clap::Subcommand;
 use ward_proto::ward::cluster::v1 as pb;
 use ward_proto::ward::cluster::v1::cluster_client::ClusterClient;
 
-use super::{Admin, CliResult, Common, Ctx, Output};
+use super::{Admin, CliError, CliResult, Common, Ctx, Output};
 use crate::cli_err;
 
 /// The cluster commands.
@@ -30,15 +30,17 @@ pub struct Status {
     pub common: Common,
 }
 
-/// Flags of `cluster add`.
+/// Flags of `cluster add`. Required values are checked by the command (as SPIRE's commands
+/// check theirs), so that a missing one reads `Error: ... (-nodeId <id>)` with the flag
+/// spelled as documented.
 #[derive(clap::Args, Debug)]
 pub struct Add {
-    /// The new replica's node id.
+    /// The new replica's node id (required).
     #[arg(long = "nodeId")]
-    pub node_id: u64,
-    /// The new replica's peer address (host:port), as the other replicas reach it.
+    pub node_id: Option<u64>,
+    /// The new replica's peer address (host:port), as the other replicas reach it (required).
     #[arg(long = "address")]
-    pub address: String,
+    pub address: Option<String>,
     /// Seconds the credential stays usable (0: one hour).
     #[arg(long = "ttl", default_value_t = 0)]
     pub ttl: i32,
@@ -50,9 +52,9 @@ pub struct Add {
 /// Flags of `cluster remove` and `cluster transfer-leader`.
 #[derive(clap::Args, Debug)]
 pub struct NodeArg {
-    /// The replica's node id.
+    /// The replica's node id (required).
     #[arg(long = "nodeId")]
-    pub node_id: u64,
+    pub node_id: Option<u64>,
     #[command(flatten)]
     /// Socket and output format.
     pub common: Common,
@@ -69,23 +71,44 @@ pub async fn run(cmd: ClusterCmd) -> Output {
         let r = match cmd {
             ClusterCmd::Status(_) => status(&mut ctx, &admin).await,
             ClusterCmd::Add(a) => add(&mut ctx, &admin, &a).await,
-            ClusterCmd::Remove(a) => remove(&mut ctx, &admin, a.node_id).await,
-            ClusterCmd::TransferLeader(a) => transfer(&mut ctx, &admin, a.node_id).await,
+            ClusterCmd::Remove(a) => remove(&mut ctx, &admin, &a).await,
+            ClusterCmd::TransferLeader(a) => transfer(&mut ctx, &admin, &a).await,
         };
         (ctx, r)
     })
     .await
 }
 
+/// The sentence for a missing `-nodeId`.
+pub const NODE_ID_REQUIRED: &str = "a node id is required (-nodeId <id>)";
+
+/// The sentence for a missing `-address` of `cluster add`.
+pub const ADDRESS_REQUIRED: &str = "an address is required (-address <host:port>)";
+
+fn node_id(value: Option<u64>) -> Result<u64, CliError> {
+    value.ok_or_else(|| cli_err!("{NODE_ID_REQUIRED}"))
+}
+
 fn client(admin: &Admin) -> ClusterClient<tonic::transport::Channel> {
     ClusterClient::new(admin.channel())
+}
+
+/// A refused call as Go's gRPC prints it. A server without the cluster service at all (a
+/// SPIRE server, or one too old to say why) refuses with `Unimplemented` and no reason; the
+/// reason is given here then.
+fn refused(admin: &Admin, status: &tonic::Status) -> CliError {
+    let text = admin.status(status);
+    if status.code() == tonic::Code::Unimplemented && status.message().is_empty() {
+        return cli_err!("the server has no cluster service (not a cluster member): {text}");
+    }
+    cli_err!("{text}")
 }
 
 async fn status(ctx: &mut Ctx, admin: &Admin) -> CliResult {
     let s = client(admin)
         .status(pb::StatusRequest {})
         .await
-        .map_err(|e| cli_err!("{}", admin.status(&e)))?
+        .map_err(|e| refused(admin, &e))?
         .into_inner();
     ctx.print_proto(&s, |ctx, s| {
         let leader = if s.leader_id == 0 { "none".to_owned() } else { s.leader_id.to_string() };
@@ -111,14 +134,12 @@ async fn status(ctx: &mut Ctx, admin: &Admin) -> CliResult {
 }
 
 async fn add(ctx: &mut Ctx, admin: &Admin, a: &Add) -> CliResult {
+    let node_id = node_id(a.node_id)?;
+    let address = a.address.clone().ok_or_else(|| cli_err!("{ADDRESS_REQUIRED}"))?;
     let r = client(admin)
-        .add_member(pb::AddMemberRequest {
-            node_id: a.node_id,
-            address: a.address.clone(),
-            ttl: a.ttl,
-        })
+        .add_member(pb::AddMemberRequest { node_id, address, ttl: a.ttl })
         .await
-        .map_err(|e| cli_err!("{}", admin.status(&e)))?
+        .map_err(|e| refused(admin, &e))?
         .into_inner();
     ctx.print_proto(&r, |ctx, r| {
         ctx.print(&format!("Join credential: {}\n", r.credential));
@@ -127,21 +148,28 @@ async fn add(ctx: &mut Ctx, admin: &Admin, a: &Add) -> CliResult {
     })
 }
 
-async fn remove(ctx: &mut Ctx, admin: &Admin, node_id: u64) -> CliResult {
-    client(admin)
+async fn remove(ctx: &mut Ctx, admin: &Admin, a: &NodeArg) -> CliResult {
+    let node_id = node_id(a.node_id)?;
+    let r = client(admin)
         .remove_member(pb::RemoveMemberRequest { node_id })
         .await
-        .map_err(|e| cli_err!("{}", admin.status(&e)))?;
-    ctx.print(&format!("Removed replica {node_id}\n"));
-    Ok(())
+        .map_err(|e| refused(admin, &e))?
+        .into_inner();
+    ctx.print_proto(&r, |ctx, _| {
+        ctx.print(&format!("Removed replica {node_id}\n"));
+        Ok(())
+    })
 }
 
-async fn transfer(ctx: &mut Ctx, admin: &Admin, node_id: u64) -> CliResult {
+async fn transfer(ctx: &mut Ctx, admin: &Admin, a: &NodeArg) -> CliResult {
+    let node_id = node_id(a.node_id)?;
     let r = client(admin)
         .transfer_leader(pb::TransferLeaderRequest { node_id })
         .await
-        .map_err(|e| cli_err!("{}", admin.status(&e)))?
+        .map_err(|e| refused(admin, &e))?
         .into_inner();
-    ctx.print(&format!("Leader: {}\n", r.leader_id));
-    Ok(())
+    ctx.print_proto(&r, |ctx, r| {
+        ctx.print(&format!("Leader: {}\n", r.leader_id));
+        Ok(())
+    })
 }

@@ -164,7 +164,7 @@ impl ClusterFile {
         let node_id = match node_setting {
             None => 1,
             Some(NodeIdSetting::Number(0)) => {
-                return Err(invalid("cluster.node_id", "node ids start at 1"));
+                return Err(invalid("cluster.node_id", ward_cluster::NODE_ID_ZERO));
             }
             Some(NodeIdSetting::Number(n)) => n,
             Some(NodeIdSetting::Word(w)) if w == "ordinal" => {

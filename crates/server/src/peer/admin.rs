@@ -112,6 +112,12 @@ impl std::fmt::Debug for ClusterAdmin {
     }
 }
 
+/// A node id from a request, checked before anything else: 0 is refused the same way by
+/// every command (and by the configuration), whatever the cluster looks like.
+fn node_id_arg(id: u64) -> Result<u64, Status> {
+    ward_cluster::check_node_id(id).map_err(Status::invalid_argument)
+}
+
 fn unavailable(e: impl std::fmt::Display) -> Status {
     Status::unavailable(e.to_string())
 }
@@ -246,9 +252,7 @@ impl Cluster for ClusterAdmin {
         request: Request<AddMemberRequest>,
     ) -> Result<Response<AddMemberResponse>, Status> {
         let req = request.into_inner();
-        if req.node_id == 0 {
-            return Err(Status::invalid_argument("node ids start at 1"));
-        }
+        node_id_arg(req.node_id)?;
         check_peer_address(&req.address).map_err(Status::invalid_argument)?;
         let s = self.ctx.handle.status().await.map_err(unavailable)?;
         if s.voters.contains(&req.node_id) || s.learners.contains(&req.node_id) {
@@ -289,7 +293,7 @@ impl Cluster for ClusterAdmin {
         &self,
         request: Request<RemoveMemberRequest>,
     ) -> Result<Response<RemoveMemberResponse>, Status> {
-        let node = request.into_inner().node_id;
+        let node = node_id_arg(request.into_inner().node_id)?;
         let s = self.leader_status().await?;
         check_removal(&s, node).map_err(Status::failed_precondition)?;
         change_membership(&self.ctx.handle, &self.ctx.membership, MembershipChange::Remove(node))
@@ -304,7 +308,7 @@ impl Cluster for ClusterAdmin {
         &self,
         request: Request<TransferLeaderRequest>,
     ) -> Result<Response<TransferLeaderResponse>, Status> {
-        let to = request.into_inner().node_id;
+        let to = node_id_arg(request.into_inner().node_id)?;
         let s = self.leader_status().await?;
         if !s.voters.contains(&to) {
             return Err(Status::failed_precondition(format!("replica {to} is not a voter")));
@@ -323,6 +327,48 @@ impl Cluster for ClusterAdmin {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+/// What every `cluster` call answers on a server that is not a replica of a cluster.
+pub const NOT_A_MEMBER: &str = "this server does not run as a cluster member (it was started \
+     without a [cluster] table or cluster flags), so it has no cluster to show or change";
+
+/// The `ward.cluster.v1.Cluster` service of a server started without a `[cluster]` table:
+/// every call is refused with `Unimplemented` and [`NOT_A_MEMBER`], rather than the router's
+/// empty refusal of an unknown service.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoCluster;
+
+fn not_a_member() -> Status {
+    Status::unimplemented(NOT_A_MEMBER)
+}
+
+#[tonic::async_trait]
+impl Cluster for NoCluster {
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        Err(not_a_member())
+    }
+
+    async fn add_member(
+        &self,
+        _: Request<AddMemberRequest>,
+    ) -> Result<Response<AddMemberResponse>, Status> {
+        Err(not_a_member())
+    }
+
+    async fn remove_member(
+        &self,
+        _: Request<RemoveMemberRequest>,
+    ) -> Result<Response<RemoveMemberResponse>, Status> {
+        Err(not_a_member())
+    }
+
+    async fn transfer_leader(
+        &self,
+        _: Request<TransferLeaderRequest>,
+    ) -> Result<Response<TransferLeaderResponse>, Status> {
+        Err(not_a_member())
     }
 }
 
