@@ -13,19 +13,17 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Code, Request, Status};
-use ward_agent::cache::{
-    Cache, CacheView, JwtSvidError, JwtSvidFuture, JwtSvidSource, JwtSvidToken, PendingIdentity,
-    X509Identity,
-};
+use ward_agent::cache::{Cache, CacheView, PendingIdentity, X509Identity};
 use ward_agent::workload::{
     CallerAttestor, ListenerConfig, WorkloadApi, WorkloadApiConfig, WorkloadListener,
 };
 use ward_attest::{ProcFs, UnixAttestor, UnixConfig, WorkloadAttestor};
-use ward_ca::{JwtSigner, KeyType, PrivateKey, SvidParams, X509Ca, new_key_id};
-use ward_core::{Bundle, Selector, SelectorSet, SpiffeId, TrustDomain, X509Authority};
+use ward_ca::{JwtSigner, KeyType, PrivateKey};
+use ward_core::{Bundle, Selector, SelectorSet, SpiffeId, X509Authority};
 use ward_proto::spiffe::workload as pb;
 use ward_proto::spiffe::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
-use zeroize::Zeroizing;
+use ward_testkit::TestAuthority;
+use ward_testkit::agent::{self, TestJwtSource};
 
 const TD: &str = "example.org";
 
@@ -38,93 +36,16 @@ fn uid_selector(uid: u32) -> SelectorSet {
     SelectorSet::new(vec![Selector::new("unix", &format!("uid:{uid}")).unwrap()])
 }
 
-/// A CA for the trust domain and a JWT signer, and the bundle holding both.
-struct Authority {
-    ca: X509Ca,
-    jwt: JwtSigner,
-}
-
-impl Authority {
-    fn new() -> Self {
-        let now = SystemTime::now();
-        let td = TrustDomain::new(TD).unwrap();
-        let ca = X509Ca::self_signed(
-            PrivateKey::generate(KeyType::EcP256).unwrap(),
-            &td,
-            Duration::from_secs(3600),
-            now,
-        )
-        .unwrap();
-        let jwt = JwtSigner::new(
-            PrivateKey::generate(KeyType::EcP256).unwrap(),
-            new_key_id().unwrap(),
-            ward_core::clock::unix_seconds(now) + 3600,
-        )
-        .unwrap();
-        Self { ca, jwt }
-    }
-
-    fn bundle(&self) -> Bundle {
-        let mut bundle = Bundle::new(TrustDomain::new(TD).unwrap());
-        bundle.x509_authorities = vec![X509Authority::new(self.ca.cert_der().to_vec())];
-        bundle.jwt_authorities = vec![self.jwt.authority()];
-        bundle
-    }
-
-    /// An entry for `path` selected by `selectors`, with a freshly signed SVID.
-    fn identity(&self, entry_id: &str, path: &str, selectors: SelectorSet) -> Arc<X509Identity> {
-        let key = PrivateKey::generate(KeyType::EcP256).unwrap();
-        let spiffe_id = SpiffeId::parse(&format!("spiffe://{TD}{path}")).unwrap();
-        let leaf = self
-            .ca
-            .sign_x509_svid(
-                key.public_key_der(),
-                &SvidParams {
-                    spiffe_id: &spiffe_id,
-                    dns_names: &[],
-                    ttl: Duration::from_secs(600),
-                },
-                SystemTime::now(),
-            )
-            .unwrap();
-        Arc::new(X509Identity {
-            entry_id: entry_id.into(),
-            spiffe_id,
-            selectors,
-            federates_with: Vec::new(),
-            hint: String::new(),
-            admin: false,
-            downstream: false,
-            chain: vec![leaf],
-            private_key: Arc::new(Zeroizing::new(key.pkcs8_der().to_vec())),
-            expires_at: SystemTime::now() + Duration::from_secs(600),
-        })
-    }
-}
-
-/// Mints JWT-SVIDs with the authority's JWT key, as the server would.
-struct Signer(Arc<Authority>);
-
-impl JwtSvidSource for Signer {
-    fn fetch_jwt_svid<'a>(
-        &'a self,
-        identity: &'a X509Identity,
-        audience: &'a [String],
-    ) -> JwtSvidFuture<'a> {
-        Box::pin(async move {
-            let signed = self
-                .0
-                .jwt
-                .sign(&identity.spiffe_id, audience, SystemTime::now(), Duration::from_secs(300))
-                .map_err(|e| JwtSvidError::Unavailable(e.to_string()))?;
-            Ok(JwtSvidToken {
-                spiffe_id: identity.spiffe_id.clone(),
-                token: signed.token,
-                hint: identity.hint.clone(),
-                expires_at: signed.expires_at,
-            })
-        })
-    }
+/// An identity for entry `entry_id` with SPIFFE ID `path` in the trust domain, selected by
+/// `selectors`, with an SVID freshly signed by `authority`.
+fn identity(
+    authority: &TestAuthority,
+    entry_id: &str,
+    path: &str,
+    selectors: SelectorSet,
+) -> Arc<X509Identity> {
+    let spiffe_id = SpiffeId::parse(&format!("spiffe://{TD}{path}")).unwrap();
+    agent::identity(authority, entry_id, spiffe_id, selectors)
 }
 
 /// An agent's Workload API on a socket in a temporary directory.
@@ -132,7 +53,7 @@ struct Agent {
     _dir: tempfile::TempDir,
     socket: PathBuf,
     cache: Arc<Cache>,
-    authority: Arc<Authority>,
+    authority: Arc<TestAuthority>,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
 }
@@ -141,13 +62,13 @@ impl Agent {
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("public").join("agent.sock");
-        let authority = Arc::new(Authority::new());
+        let authority = Arc::new(TestAuthority::new(TD));
         let cache = Arc::new(Cache::new(CacheView::new(authority.bundle())));
         let attestors: Vec<Box<dyn WorkloadAttestor>> =
             vec![Box::new(UnixAttestor::new(UnixConfig::default(), ProcFs::default()))];
         let api = WorkloadApi::new(
             Arc::clone(&cache),
-            Arc::new(Signer(Arc::clone(&authority))),
+            Arc::new(TestJwtSource(Arc::clone(&authority))),
             CallerAttestor::new(attestors),
             WorkloadApiConfig::default(),
         );
@@ -213,7 +134,7 @@ fn assert_status(status: &Status, code: Code, message: &str) {
 async fn x509_svid_stream_follows_rotation_entry_additions_and_removals() {
     let agent = Agent::start().await;
     let mine = uid_selector(my_uid());
-    let first = agent.authority.identity("a", "/web", mine.clone());
+    let first = identity(&agent.authority, "a", "/web", mine.clone());
     agent.cache.update(|v| v.identities = vec![Arc::clone(&first)]);
 
     let mut stream = agent
@@ -228,23 +149,23 @@ async fn x509_svid_stream_follows_rotation_entry_additions_and_removals() {
     let svid = &resp.svids[0];
     assert_eq!(svid.x509_svid, first.chain.concat());
     assert_eq!(svid.x509_svid_key, first.private_key.to_vec());
-    assert_eq!(svid.bundle, agent.authority.ca.cert_der());
+    assert_eq!(svid.bundle, agent.authority.ca_der());
     // The key really is the certificate's: the SVID's public key matches it.
     let key = PrivateKey::from_pkcs8_der(&svid.x509_svid_key).unwrap();
     let (_, cert) = x509_parser::parse_x509_certificate(&svid.x509_svid).unwrap();
     assert_eq!(cert.public_key().raw, key.public_key_der());
 
     // Rotation: same entry, new SVID.
-    let rotated = agent.authority.identity("a", "/web", mine.clone());
+    let rotated = identity(&agent.authority, "a", "/web", mine.clone());
     agent.cache.update(|v| v.identities = vec![Arc::clone(&rotated)]);
     let resp = stream.message().await.unwrap().unwrap();
     assert_eq!(resp.svids[0].x509_svid, rotated.chain.concat());
 
     // A view change that does not change this caller's answer sends nothing; the next one
     // that does (an entry added) is the next message.
-    let other = agent.authority.identity("z", "/other", uid_selector(my_uid() + 1));
+    let other = identity(&agent.authority, "z", "/other", uid_selector(my_uid() + 1));
     agent.cache.update(|v| v.identities.push(Arc::clone(&other)));
-    let added = agent.authority.identity("b", "/api", mine.clone());
+    let added = identity(&agent.authority, "b", "/api", mine.clone());
     agent.cache.update(|v| v.identities.insert(1, Arc::clone(&added)));
     let resp = stream.message().await.unwrap().unwrap();
     assert_eq!(svid_ids(&resp), ["spiffe://example.org/web", "spiffe://example.org/api"]);
@@ -265,7 +186,7 @@ async fn x509_svid_stream_follows_rotation_entry_additions_and_removals() {
 #[tokio::test]
 async fn a_caller_whose_selectors_match_nothing_gets_permission_denied_and_nothing_else() {
     let agent = Agent::start().await;
-    let not_mine = agent.authority.identity("a", "/web", uid_selector(my_uid() + 1));
+    let not_mine = identity(&agent.authority, "a", "/web", uid_selector(my_uid() + 1));
     agent.cache.update(|v| v.identities = vec![not_mine]);
     let mut client = agent.client().await;
 
@@ -289,7 +210,7 @@ async fn a_caller_whose_selectors_match_nothing_gets_permission_denied_and_nothi
 #[tokio::test]
 async fn calls_without_the_security_header_are_invalid_arguments() {
     let agent = Agent::start().await;
-    let mine = agent.authority.identity("a", "/web", uid_selector(my_uid()));
+    let mine = identity(&agent.authority, "a", "/web", uid_selector(my_uid()));
     agent.cache.update(|v| v.identities = vec![mine]);
     let mut client = agent.client().await;
     let wrong = |value: Option<&str>| {
@@ -333,8 +254,8 @@ async fn calls_without_the_security_header_are_invalid_arguments() {
 async fn jwt_svids_fetched_from_the_agent_validate_against_its_bundle() {
     let agent = Agent::start().await;
     let mine = uid_selector(my_uid());
-    let web = agent.authority.identity("a", "/web", mine.clone());
-    let api = agent.authority.identity("b", "/api", mine);
+    let web = identity(&agent.authority, "a", "/web", mine.clone());
+    let api = identity(&agent.authority, "b", "/api", mine);
     agent.cache.update(|v| v.identities = vec![web, api]);
     let mut client = agent.client().await;
 
@@ -447,7 +368,7 @@ async fn jwt_svids_fetched_from_the_agent_validate_against_its_bundle() {
 #[tokio::test]
 async fn jwt_and_x509_bundles_are_served_by_trust_domain_id() {
     let agent = Agent::start().await;
-    let mine = agent.authority.identity("a", "/web", uid_selector(my_uid()));
+    let mine = identity(&agent.authority, "a", "/web", uid_selector(my_uid()));
     agent.cache.update(|v| v.identities = vec![mine]);
     let mut client = agent.client().await;
 
@@ -460,25 +381,25 @@ async fn jwt_and_x509_bundles_are_served_by_trust_domain_id() {
         serde_json::from_slice(&resp.bundles["spiffe://example.org"]).unwrap();
     let key = &jwks["keys"][0];
     assert_eq!(jwks["keys"].as_array().unwrap().len(), 1);
-    assert_eq!(key["kid"], agent.authority.jwt.key_id());
+    assert_eq!(key["kid"], agent.authority.jwt().key_id());
     assert_eq!((key["kty"].as_str(), key["crv"].as_str()), (Some("EC"), Some("P-256")));
     assert!(key.get("use").is_none() && jwks.get("spiffe_sequence").is_none(), "{jwks}");
     let parsed =
         ward_core::bundle::json::jwt_authorities_from_jwks(&resp.bundles["spiffe://example.org"])
             .unwrap();
-    assert_eq!(parsed[0].public_key_der, agent.authority.jwt.public_key_der());
+    assert_eq!(parsed[0].public_key_der, agent.authority.jwt().public_key_der());
 
     let mut x509 =
         client.fetch_x509_bundles(req(pb::X509BundlesRequest {})).await.unwrap().into_inner();
     let resp = x509.message().await.unwrap().unwrap();
-    assert_eq!(resp.bundles["spiffe://example.org"], agent.authority.ca.cert_der());
+    assert_eq!(resp.bundles["spiffe://example.org"], agent.authority.ca_der());
 
     // A bundle change reaches both streams.
-    let extra = Authority::new();
+    let extra = TestAuthority::new(TD);
     agent.cache.update(|v| {
         let mut bundle = Bundle::clone(&v.bundle);
-        bundle.jwt_authorities.push(extra.jwt.authority());
-        bundle.x509_authorities.push(X509Authority::new(extra.ca.cert_der().to_vec()));
+        bundle.jwt_authorities.push(extra.jwt().authority());
+        bundle.x509_authorities.push(X509Authority::new(extra.ca_der().to_vec()));
         v.bundle = Arc::new(bundle);
     });
     let resp = jwt.message().await.unwrap().unwrap();
@@ -489,7 +410,7 @@ async fn jwt_and_x509_bundles_are_served_by_trust_domain_id() {
     let resp = x509.message().await.unwrap().unwrap();
     assert_eq!(
         resp.bundles["spiffe://example.org"],
-        [agent.authority.ca.cert_der(), extra.ca.cert_der()].concat()
+        [agent.authority.ca_der(), extra.ca_der()].concat()
     );
     drop((jwt, x509));
     agent.stop().await;
@@ -514,7 +435,7 @@ async fn a_stream_waits_for_a_pending_svid_and_keeps_the_caller_registered_while
     });
     // The caller is registered with its attested selectors while it waits.
     workloads.wait_for(|w| w.values().any(|s| mine.is_subset_of(s))).await.unwrap();
-    let minted = agent.authority.identity("a", "/web", mine.clone());
+    let minted = identity(&agent.authority, "a", "/web", mine.clone());
     agent.cache.update(|v| {
         v.pending.clear();
         v.identities = vec![minted];
@@ -560,7 +481,7 @@ async fn the_socket_gets_its_own_directory_mode_0777_and_the_alternate_names() {
 #[tokio::test]
 async fn clients_reach_the_api_through_an_alternate_name() {
     let agent = Agent::start().await;
-    let mine = agent.authority.identity("a", "/web", uid_selector(my_uid()));
+    let mine = identity(&agent.authority, "a", "/web", uid_selector(my_uid()));
     agent.cache.update(|v| v.identities = vec![mine]);
     let mut client = client_at(&agent.socket.with_file_name("spire-agent.sock")).await;
     let mut stream = client.fetch_x509svid(req(pb::X509svidRequest {})).await.unwrap().into_inner();

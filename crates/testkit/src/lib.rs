@@ -3,7 +3,18 @@
 //! This crate is a dev-dependency of the other ward crates and is never shipped. It owns the
 //! [`ManualClock`], a [`Clock`] whose time tests set and advance by hand so expiry and
 //! rotation can be exercised without sleeping, and [`serve_closing_unix_socket`], a Unix
-//! socket that hangs up on every client (what a dying server looks like to a CLI).
+//! socket that hangs up on every client (what a dying server looks like to a CLI), and
+//! [`TestAuthority`], a trust domain's real ward-ca CA and JWT key for signing test SVIDs
+//! (with feature `agent`, the `agent` module turns them into the agent cache's identities and
+//! a JWT-SVID source).
+
+#![allow(clippy::expect_used, reason = "test fixtures fail loudly")]
+
+#[cfg(feature = "agent")]
+pub mod agent;
+mod authority;
+
+pub use authority::{TestAuthority, TestSvid};
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};

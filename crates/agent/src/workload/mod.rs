@@ -49,13 +49,13 @@ pub const SECURITY_HEADER: &str = "workload.spiffe.io";
 /// [`ServeError::Listen`] when the socket cannot be set up, [`ServeError::Transport`] when
 /// the gRPC server fails.
 pub async fn serve(
-    listener_config: &ListenerConfig,
+    listener_config: ListenerConfig,
     cache: Arc<Cache>,
     jwt_source: Arc<dyn JwtSvidSource>,
     attestors: Vec<Box<dyn WorkloadAttestor>>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let listener = WorkloadListener::bind(listener_config)?;
+    let listener = WorkloadListener::bind(&listener_config)?;
     let api = WorkloadApi::new(
         cache,
         jwt_source,
