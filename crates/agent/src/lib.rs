@@ -12,6 +12,11 @@
 //!   [`cache::JwtSvidSource`] mints JWT-SVIDs on demand.
 //! - [`workload`]: the SPIFFE Workload API on a Unix socket ([`workload::serve`]), which
 //!   attests each caller and serves it from the cache.
+//! - [`sync`]: the agent's copy of its authorized entries (SyncAuthorizedEntries revision
+//!   deltas) and of its own and federated bundles; [`manager::Manager`] keeps them current and
+//!   one X509-SVID per entry (minted in batches, rotated at half-life, bounded like SPIRE's
+//!   `x509_svid_cache_max_size`), publishing into the cache; [`jwt::JwtSvids`] mints and caches
+//!   JWT-SVIDs.
 //! - [`sds`]: Envoy's secret discovery service (SDS v3) over the cache, with SPIRE's resource
 //!   names and validation contexts, served on the Workload API socket.
 //!
@@ -19,5 +24,10 @@
 //! API only.
 
 pub mod cache;
+pub mod error;
+pub mod jwt;
+pub mod manager;
 pub mod sds;
+pub mod svid;
+pub mod sync;
 pub mod workload;

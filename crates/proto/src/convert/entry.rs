@@ -156,7 +156,8 @@ pub fn entry_revision_to_proto(entry: &RegistrationEntry) -> EntryRevision {
     }
 }
 
-fn entry_mask_all() -> types::EntryMask {
+/// A mask selecting every entry field.
+pub fn entry_mask_all() -> types::EntryMask {
     types::EntryMask {
         spiffe_id: true,
         parent_id: true,

@@ -27,8 +27,8 @@ pub use bundle::{
     x509_authority_from_proto, x509_authority_to_proto,
 };
 pub use entry::{
-    RepeatedField, entry_from_proto, entry_patch_from_proto, entry_revision_to_proto,
-    entry_to_proto, repeated_field,
+    RepeatedField, entry_from_proto, entry_mask_all, entry_patch_from_proto,
+    entry_revision_to_proto, entry_to_proto, repeated_field,
 };
 pub use error::{ConvertError, IdField};
 pub use federation::{federation_relationship_from_proto, federation_relationship_to_proto};
