@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod command;
 pub mod daemon;
 pub mod differential;
+pub mod envoy_sds;
 pub mod netns;
 pub mod normalize;
 pub mod porcupine;

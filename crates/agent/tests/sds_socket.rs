@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use prost::Message;
@@ -25,9 +25,9 @@ use ward_agent::cache::{Cache, CacheView, PendingIdentity, X509Identity};
 use ward_agent::sds::{SECRET_TYPE_URL, SPIFFE_VALIDATOR_TYPE_URL, SdsConfig, SdsService};
 use ward_agent::workload::{CallerAttestor, ListenerConfig, WorkloadListener};
 use ward_attest::{ProcFs, UnixAttestor, UnixConfig, WorkloadAttestor};
-use ward_ca::{KeyType, PrivateKey, SvidParams, X509Ca, build_csr};
+use ward_ca::PrivateKey;
 use ward_core::bundle::pem::encode_certificates;
-use ward_core::{Bundle, Selector, SelectorSet, SpiffeId, TrustDomain, X509Authority};
+use ward_core::{Bundle, Selector, SelectorSet, SpiffeId, TrustDomain};
 use ward_proto::envoy::config::core::v3::data_source::Specifier;
 use ward_proto::envoy::extensions::transport_sockets::tls::v3::{
     Secret, SpiffeCertValidatorConfig, secret,
@@ -36,51 +36,27 @@ use ward_proto::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse,
 };
 use ward_proto::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
-use zeroize::Zeroizing;
+use ward_testkit::{TestAuthority, agent};
 
-/// A trust domain's CA from ward-ca.
+/// A trust domain's CA from ward-ca, and identities it signs.
 struct TestCa {
-    ca: X509Ca,
+    authority: TestAuthority,
     td: TrustDomain,
 }
 
 impl TestCa {
     fn new(td: &str) -> Self {
-        let td = TrustDomain::new(td).unwrap();
-        let key = PrivateKey::generate(KeyType::EcP256).unwrap();
-        let ca = X509Ca::self_signed(key, &td, Duration::from_secs(24 * 3600), SystemTime::now())
-            .unwrap();
-        Self { ca, td }
+        Self { authority: TestAuthority::new(td), td: TrustDomain::new(td).unwrap() }
     }
 
     fn bundle(&self) -> Bundle {
-        let mut bundle = Bundle::new(self.td.clone());
-        bundle.x509_authorities.push(X509Authority::new(self.ca.trust_anchor_der().to_vec()));
-        bundle
+        self.authority.bundle()
     }
 
     /// An identity for `path` with a fresh key, selected by `selectors`.
     fn identity(&self, entry_id: &str, path: &str, selectors: &SelectorSet) -> X509Identity {
-        let key = PrivateKey::generate(KeyType::EcP256).unwrap();
         let id = SpiffeId::from_parts(&self.td, path).unwrap();
-        let params = SvidParams { spiffe_id: &id, dns_names: &[], ttl: Duration::from_secs(3600) };
-        let now = SystemTime::now();
-        let leaf =
-            self.ca.sign_x509_svid_from_csr(&build_csr(&key).unwrap(), &params, now).unwrap();
-        let mut chain = vec![leaf];
-        chain.extend(self.ca.svid_chain_tail().iter().cloned());
-        X509Identity {
-            entry_id: entry_id.into(),
-            spiffe_id: id,
-            selectors: selectors.clone(),
-            federates_with: Vec::new(),
-            hint: String::new(),
-            admin: false,
-            downstream: false,
-            chain,
-            private_key: Arc::new(Zeroizing::new(key.pkcs8_der().to_vec())),
-            expires_at: now + Duration::from_secs(3600),
-        }
+        X509Identity::clone(&agent::identity(&self.authority, entry_id, id, selectors.clone()))
     }
 }
 
