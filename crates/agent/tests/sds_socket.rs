@@ -353,3 +353,38 @@ async fn a_stream_registers_its_caller_and_waits_for_a_pending_svid() {
         .is_ok();
     assert!(gone);
 }
+
+#[tokio::test]
+async fn the_workload_api_socket_also_serves_sds() {
+    let ca = TestCa::new("example.org");
+    let mine = my_uid_selector();
+    let authority = Arc::new(TestAuthority::new("example.org"));
+    let web = ca.identity("e1", "/web", &mine);
+    let cache = Arc::new(Cache::new(CacheView::new(ca.bundle())));
+    cache.update(|v| v.identities = vec![Arc::new(web.clone())]);
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("public").join("api.sock");
+    let unix: Box<dyn WorkloadAttestor> =
+        Box::new(UnixAttestor::new(UnixConfig::default(), ProcFs::default()));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(ward_agent::workload::serve(
+        ListenerConfig::new(&socket),
+        Arc::clone(&cache),
+        Arc::new(agent::TestJwtSource(authority)),
+        vec![unix],
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    // The socket exists once bound; connect when it does.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !socket.exists() {
+        assert!(tokio::time::Instant::now() < deadline, "socket not bound within 30 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut client = connect(&socket).await;
+    let resp = client.fetch_secrets(request(&["default"])).await.unwrap().into_inner();
+    assert_eq!(tls(&secrets(&resp)["default"]).0, encode_certificates(&web.chain));
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}

@@ -31,6 +31,7 @@ use tonic::service::Routes;
 use ward_attest::WorkloadAttestor;
 
 use crate::cache::{Cache, JwtSvidSource};
+use crate::sds::{SdsConfig, SdsService};
 
 pub use caller::{CallerAttestor, PeerInfo};
 pub use listener::{ALTERNATE_SOCKET_NAMES, ListenError, ListenerConfig, WorkloadListener};
@@ -40,9 +41,10 @@ pub use service::{WorkloadApi, WorkloadApiConfig};
 pub const SECURITY_HEADER: &str = "workload.spiffe.io";
 
 /// Binds the Workload API socket described by `listener_config` and serves the Workload API
-/// on it until `shutdown` completes.
+/// and Envoy SDS ([`crate::sds`], SPIRE's default resource names) on it until `shutdown`
+/// completes, as spire-agent serves both on its socket.
 ///
-/// To serve more services on the same socket (Envoy SDS), bind a [`WorkloadListener`] and
+/// To serve other services or settings on the same socket, bind a [`WorkloadListener`] and
 /// pass it [`Routes`] holding [`WorkloadApi::into_service`] and the others.
 ///
 /// # Errors
@@ -56,13 +58,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let listener = WorkloadListener::bind(&listener_config)?;
-    let api = WorkloadApi::new(
-        cache,
-        jwt_source,
-        CallerAttestor::new(attestors),
-        WorkloadApiConfig::default(),
-    );
-    listener.serve(Routes::new(api.into_service()), shutdown).await?;
+    let attestor = CallerAttestor::new(attestors);
+    let sds = SdsService::new(SdsConfig::default(), Arc::clone(&cache), attestor.clone());
+    let api = WorkloadApi::new(cache, jwt_source, attestor, WorkloadApiConfig::default());
+    let routes = Routes::new(api.into_service()).add_service(sds.into_server());
+    listener.serve(routes, shutdown).await?;
     Ok(())
 }
 
