@@ -1,7 +1,6 @@
-//! The entry image: the live tree's entry and agent records in one file, written at a clean
-//! close ([`crate::Store::close`]) and read by the next open instead of walking the engine's
-//! pages, which is about a third of opening a store of a million entries (and, for 100,000
-//! agents, another 1.4–2 s of walking).
+//! The entry image: the live tree's entry records in one file, written at a clean close
+//! ([`crate::Store::close`]) and read by the next open instead of walking the engine's
+//! pages, which is about a third of opening a store of a million entries.
 //!
 //! # Format
 //!
@@ -9,21 +8,17 @@
 //!
 //! | bytes | what |
 //! |---|---|
-//! | 8 | magic `wardimg2` |
+//! | 8 | magic `wardimg1` |
 //! | 1 | the live generation the records are of (0 or 1) |
 //! | 8 | applied index (u64 LE) |
 //! | 8 | revision (u64 LE) |
-//! | 8 | entry record count (u64 LE) |
-//! | 8 | byte offset, from the first record, of entry record `count / 2` (u64 LE) |
-//! | 8 | byte offset, from the first record, of the first agent record (u64 LE) |
-//! | 8 | agent record count (u64 LE) |
-//! | … | entry records in key order, then agent records: u32 LE key length, key, u32 LE value length, value |
+//! | 8 | record count (u64 LE) |
+//! | 8 | byte offset, from the first record, of record `count / 2` (u64 LE) |
+//! | … | records in key order: u32 LE key length, key, u32 LE value length, value |
 //! | 4 | CRC-32 (LE) of everything before it |
 //!
-//! Records are exactly the engine's entry records (`e` + id, the versioned value) and agent
-//! records (`a` + SPIFFE ID), encoded as apply writes them, so loading one decodes the same
-//! bytes a full load reads. An image of the first format (`wardimg1`, entries only) is not
-//! read: open reads the engine then, once.
+//! Records are exactly the engine's entry records (`e` + id, the versioned value), encoded
+//! as apply writes them, so loading one decodes the same bytes a full load reads.
 //!
 //! # When it is used
 //!
@@ -40,7 +35,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ward_core::{AttestedNode, RegistrationEntry};
+use ward_core::RegistrationEntry;
 
 use crate::error::StoreError;
 use crate::record;
@@ -51,10 +46,9 @@ pub(crate) const IMAGE_FILE: &str = "ward-entries.image";
 /// Name of the image while it is being written.
 const IMAGE_TMP: &str = "ward-entries.image.tmp";
 /// First bytes of an image.
-const MAGIC: &[u8; 8] = b"wardimg2";
-/// Header length: magic, generation, applied, revision, count, split offset, agents' offset,
-/// agent count.
-const HEADER: usize = 8 + 1 + 8 + 8 + 8 + 8 + 8 + 8;
+const MAGIC: &[u8; 8] = b"wardimg1";
+/// Header length: magic, generation, applied, revision, count, split offset.
+const HEADER: usize = 8 + 1 + 8 + 8 + 8 + 8;
 
 /// Which tree state an image is of.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -67,8 +61,8 @@ pub(crate) struct ImageOf {
     pub(crate) revision: u64,
 }
 
-/// Writes the image of `entries` (in id order, with their creation numbers) and `agents`
-/// for the tree state `of` into `dir`, atomically: a temporary file, synced, then renamed.
+/// Writes the image of `entries` (in id order, with their creation numbers) for the tree
+/// state `of` into `dir`, atomically: a temporary file, synced, then renamed.
 ///
 /// # Errors
 /// [`StoreError::Engine`] on I/O failure, [`StoreError::Encode`] if a record cannot be
@@ -78,10 +72,9 @@ pub(crate) fn write<'a>(
     of: ImageOf,
     count: usize,
     entries: impl Iterator<Item = (u64, &'a Arc<RegistrationEntry>)>,
-    agents: impl Iterator<Item = &'a Arc<AttestedNode>>,
 ) -> Result<(), StoreError> {
     let tmp = dir.join(IMAGE_TMP);
-    let written = write_file(&tmp, of, count, entries, agents);
+    let written = write_file(&tmp, of, count, entries);
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
         return written;
@@ -95,7 +88,6 @@ fn write_file<'a>(
     of: ImageOf,
     count: usize,
     entries: impl Iterator<Item = (u64, &'a Arc<RegistrationEntry>)>,
-    agents: impl Iterator<Item = &'a Arc<AttestedNode>>,
 ) -> Result<(), StoreError> {
     let mut body = Vec::new();
     let mut split = 0u64;
@@ -111,17 +103,10 @@ fn write_file<'a>(
     if written != count {
         return Err(StoreError::Encode(format!("image: {written} entries, expected {count}")));
     }
-    let agents_at = body.len() as u64;
-    let mut agent_count = 0u64;
-    for a in agents {
-        put_framed(&mut body, &record::agent_key(&a.id))?;
-        put_framed(&mut body, &record::encode(&**a)?)?;
-        agent_count = agent_count.saturating_add(1);
-    }
     let mut out = Vec::with_capacity(HEADER.saturating_add(body.len()).saturating_add(4));
     out.extend_from_slice(MAGIC);
     out.push(of.generation);
-    for v in [of.applied, of.revision, count as u64, split, agents_at, agent_count] {
+    for v in [of.applied, of.revision, count as u64, split] {
         out.extend_from_slice(&v.to_le_bytes());
     }
     out.extend_from_slice(&body);
@@ -147,8 +132,6 @@ pub(crate) struct Image {
     bytes: Vec<u8>,
     count: usize,
     split: usize,
-    agents_at: usize,
-    agent_count: usize,
 }
 
 /// The image in `dir` if it is intact and of exactly the tree state `of`; deletes the file
@@ -184,43 +167,28 @@ fn check(mut bytes: Vec<u8>, of: ImageOf) -> Option<Image> {
     let found =
         ImageOf { generation: *generation, applied: words.next()?, revision: words.next()? };
     let (count, split) = (words.next()?, words.next()?);
-    let (agents_at, agent_count) = (words.next()?, words.next()?);
     if magic != MAGIC || found != of {
         return None;
     }
     let count = usize::try_from(count).ok()?;
     let split = usize::try_from(split).ok()?;
-    let agents_at = usize::try_from(agents_at).ok()?;
-    let agent_count = usize::try_from(agent_count).ok()?;
-    if split > agents_at || agents_at > bytes.len().saturating_sub(HEADER) {
+    if split > bytes.len().saturating_sub(HEADER) {
         return None;
     }
-    Some(Image { bytes, count, split, agents_at, agent_count })
+    Some(Image { bytes, count, split })
 }
 
 impl Image {
-    /// Number of entry records.
+    /// Number of records.
     pub(crate) fn count(&self) -> usize {
         self.count
     }
 
-    /// Number of agent records.
-    pub(crate) fn agent_count(&self) -> usize {
-        self.agent_count
-    }
-
-    /// The entry records of the first half (`high` false) or the second half (`high` true).
+    /// The records of the first half (`high` false) or the second half (`high` true).
     pub(crate) fn records(&self, high: bool) -> Records<'_> {
         let body = self.bytes.get(HEADER..).unwrap_or_default();
-        let (entries, _) = body.split_at_checked(self.agents_at).unwrap_or((body, &[]));
-        let (low, rest) = entries.split_at_checked(self.split).unwrap_or((entries, &[]));
+        let (low, rest) = body.split_at_checked(self.split).unwrap_or((body, &[]));
         Records { rest: if high { rest } else { low } }
-    }
-
-    /// The agent records, in key order.
-    pub(crate) fn agents(&self) -> Records<'_> {
-        let body = self.bytes.get(HEADER..).unwrap_or_default();
-        Records { rest: body.get(self.agents_at..).unwrap_or_default() }
     }
 }
 
@@ -262,7 +230,7 @@ impl<'a> Iterator for Records<'a> {
 #[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing)] // small fixed numbers
 mod tests {
     use super::*;
-    use ward_core::{AttestedNode, EntryId, Selector, SelectorSet, SpiffeId};
+    use ward_core::{EntryId, Selector, SelectorSet, SpiffeId};
 
     fn entries(n: u64) -> Vec<(u64, Arc<RegistrationEntry>)> {
         (0..n)
@@ -278,63 +246,13 @@ mod tests {
             .collect()
     }
 
-    fn agents(n: u64) -> Vec<Arc<AttestedNode>> {
-        (0..n)
-            .map(|i| {
-                let id = format!("spiffe://example.org/spire/agent/x/{i}");
-                Arc::new(AttestedNode {
-                    id: ward_core::AgentId(SpiffeId::parse(&id).unwrap()),
-                    attestation_type: "x".into(),
-                    serial: i.to_string(),
-                    expires_at: 5,
-                    new_serial: String::new(),
-                    new_expires_at: 0,
-                    selectors: SelectorSet::new(vec![Selector::parse("x:y").unwrap()]),
-                    can_reattest: false,
-                })
-            })
-            .collect()
-    }
-
     const OF: ImageOf = ImageOf { generation: 1, applied: 42, revision: 7 };
 
     fn written(n: u64) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         let list = entries(n);
-        let agents = agents(2);
-        write(dir.path(), OF, list.len(), list.iter().map(|(n, e)| (*n, e)), agents.iter())
-            .unwrap();
+        write(dir.path(), OF, list.len(), list.iter().map(|(n, e)| (*n, e))).unwrap();
         dir
-    }
-
-    #[test]
-    fn an_image_holds_the_agents_after_the_entries() {
-        let dir = written(3);
-        let image = take(dir.path(), OF).unwrap().unwrap();
-        assert_eq!((image.count(), image.agent_count()), (3, 2));
-        assert_eq!(image.records(false).chain(image.records(true)).count(), 3);
-        let read: Vec<AttestedNode> = image
-            .agents()
-            .map(|r| {
-                let (k, v) = r.unwrap();
-                record::decode(k, v).unwrap()
-            })
-            .collect();
-        let want: Vec<AttestedNode> = agents(2).iter().map(|a| (**a).clone()).collect();
-        assert_eq!(read, want);
-    }
-
-    #[test]
-    fn an_image_of_the_first_format_is_not_read() {
-        let dir = written(3);
-        let path = dir.path().join(IMAGE_FILE);
-        let mut bytes = std::fs::read(&path).unwrap();
-        bytes[..8].copy_from_slice(b"wardimg1");
-        let end = bytes.len() - 4;
-        let crc = crc32fast::hash(&bytes[..end]);
-        bytes[end..].copy_from_slice(&crc.to_le_bytes());
-        std::fs::write(&path, &bytes).unwrap();
-        assert!(take(dir.path(), OF).unwrap().is_none());
     }
 
     #[test]

@@ -505,7 +505,7 @@ impl Store {
     }
 
     /// Makes every applied command durable and writes the entry image, so the next open
-    /// reads the entries and agents from one file instead of the engine's pages (about a third of
+    /// reads the entries from one file instead of the engine's pages (about a third of
     /// opening a large store). Call it at a clean shutdown, after the last command: any
     /// command applied afterwards makes the image stale, and open then ignores it (see the
     /// `image` module). Holds the state read lock while it runs: at 1M entries about a
@@ -521,13 +521,7 @@ impl Store {
         let generation =
             *self.inner.generation.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let of = ImageOf { generation, applied: state.applied, revision: state.revision };
-        image::write(
-            &self.inner.dir,
-            of,
-            state.entry_count(),
-            state.numbered_entries_by_id(),
-            state.all_agents(),
-        )
+        image::write(&self.inner.dir, of, state.entry_count(), state.numbered_entries_by_id())
     }
 
     /// Whether [`Store::open`] read the entries from the entry image that
@@ -839,27 +833,19 @@ pub(crate) fn load_state(
         }
     };
     let from_image = image.is_some();
-    let agents_loaded = match &image {
-        Some(image) => load_agents(&mut state, image).map(|()| true),
-        None => Ok(false),
-    };
     drop(image);
     state.end_bulk_load();
     loaded?;
-    let agents_loaded = agents_loaded?;
     if from_image && state.entry_count() != entries {
         return Err(StoreError::Corrupt {
             key: image::IMAGE_FILE.into(),
             reason: format!("{} entries read, {entries} recorded", state.entry_count()),
         });
     }
-    // The image holds the agents too; the engine's agent records are read only without it.
-    let prefixes: &[u8] = if agents_loaded {
-        &[record::TOKEN, record::BUNDLE, record::FEDERATION, record::REQUEST]
-    } else {
-        &[record::AGENT, record::TOKEN, record::BUNDLE, record::FEDERATION, record::REQUEST]
-    };
-    let records = prefixes.iter().flat_map(|p| tree.scan_prefix([*p]));
+    let records =
+        [record::AGENT, record::TOKEN, record::BUNDLE, record::FEDERATION, record::REQUEST]
+            .into_iter()
+            .flat_map(|p| tree.scan_prefix([p]));
     let meta = [
         record::META_APPLIED,
         record::META_REVISION,
@@ -910,32 +896,6 @@ pub(crate) fn load_state(
     }
     state.refreeze_dirty_groups();
     Ok(state)
-}
-
-/// Puts the agent records of `image` into `state`.
-fn load_agents(state: &mut State, image: &Image) -> Result<(), StoreError> {
-    let mut read = 0usize;
-    for kv in image.agents() {
-        let (k, v) = kv?;
-        if k.first() != Some(&record::AGENT) {
-            return Err(StoreError::Corrupt {
-                key: image::IMAGE_FILE.into(),
-                reason: "a record that is not an agent among the agents".into(),
-            });
-        }
-        let a: AttestedNode = record::decode(k, v)?;
-        if !state.put_agent(Arc::new(a)) {
-            return Err(StoreError::Capacity);
-        }
-        read = read.saturating_add(1);
-    }
-    if read != image.agent_count() {
-        return Err(StoreError::Corrupt {
-            key: image::IMAGE_FILE.into(),
-            reason: format!("{read} agents read, {} recorded", image.agent_count()),
-        });
-    }
-    Ok(())
 }
 
 /// Refuses a tree recorded for another trust domain than `td`; records `td` in one that
