@@ -276,6 +276,7 @@ async fn entry_lifecycle(kind: Kind) {
     tracing::info!("two entries appear with valid SVIDs");
     let mut short = entry(&a.agent_id, "/short", 1001);
     short.x509_svid_ttl = 20;
+    short.jwt_svid_ttl = 6;
     let ids = create(&a.admin, vec![entry(&a.agent_id, "/web", 1000), short]).await;
     let (web, short_id) = (ids[0].clone(), ids[1].clone());
     let (first_web, first_short) =
@@ -333,6 +334,27 @@ async fn entry_lifecycle(kind: Kind) {
         "{}",
         claims["aud"]
     );
+
+    tracing::info!("a JWT-SVID is served from the cache until half its lifetime has passed");
+    let first = jwt.fetch_jwt_svid(&rotated, &aud(&["x"])).await.unwrap();
+    let minted = jwt.minted();
+    assert_eq!(jwt.fetch_jwt_svid(&rotated, &aud(&["x"])).await.unwrap(), first);
+    assert_eq!(jwt.minted(), minted);
+    let claims = jwt_claims(&first.token);
+    let (iat, exp) = (claims["iat"].as_i64().unwrap(), claims["exp"].as_i64().unwrap());
+    assert_eq!(exp - iat, 6, "the entry's jwt_svid_ttl");
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let renewed = loop {
+        let t = jwt.fetch_jwt_svid(&rotated, &aud(&["x"])).await.unwrap();
+        if t.token != first.token {
+            break t;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the JWT-SVID was never renewed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(SystemClock.unix_seconds() >= iat + 3, "renewed before its half-life");
+    assert_eq!(jwt.minted(), minted + 1);
+    assert!(jwt_claims(&renewed.token)["iat"].as_i64().unwrap() >= iat + 3);
 
     tracing::info!("a deleted entry leaves the cache");
     delete(&a.admin, &web).await;
