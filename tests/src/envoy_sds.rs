@@ -144,8 +144,24 @@ pub fn fetch(
     mode: Mode,
     name_sets: &[&[&str]],
 ) -> anyhow::Result<Output> {
+    fetch_as(client, socket, mode, &[], name_sets)
+}
+
+/// Like [`fetch`], with `node_flags` describing the proxy's Node: `-envoy-version=1.17.0`
+/// (its `user_agent_build_version`), `-disable-spiffe-cert-validation=true` (that Node
+/// metadata key, as a string).
+///
+/// # Errors
+/// As [`fetch`].
+pub fn fetch_as(
+    client: &Path,
+    socket: &Path,
+    mode: Mode,
+    node_flags: &[&str],
+    name_sets: &[&[&str]],
+) -> anyhow::Result<Output> {
     let mut cmd = Command::new(client);
-    cmd.arg("-socket").arg(socket);
+    cmd.arg("-socket").arg(socket).args(node_flags);
     if mode == Mode::Fetch {
         cmd.arg("-fetch");
     }

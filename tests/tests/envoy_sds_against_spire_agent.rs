@@ -2,7 +2,8 @@
 //! an unmodified spire-agent v1.13.3 (attested to spire-server with a join token) and by
 //! ward-agent's SDS service serving the very SVIDs, keys and bundle that spire-agent served:
 //! every response must be identical but for the random nonce (names, order, kinds, PEM
-//! bytes, SPIFFE validator configuration, versions, error codes and texts).
+//! bytes, SPIFFE validator configuration, versions, error codes and texts), also for an
+//! Envoy 1.17 and for a proxy that turns the SPIFFE validator off in its Node metadata.
 
 #![allow(
     clippy::unwrap_used,
@@ -44,10 +45,19 @@ const STREAM: &[&[&str]] = &[
 ];
 const FETCH: &[&[&str]] = &[&[], &["default"], &[DB, WEB], &["ROOTCA", "ALL"]];
 
-fn run_script(client: &Path, socket: &Path) -> (Output, Output) {
-    let stream = envoy_sds::fetch(client, socket, Mode::Stream, STREAM).unwrap();
-    let fetch = envoy_sds::fetch(client, socket, Mode::Fetch, FETCH).unwrap();
-    (stream, fetch)
+/// Requests from an Envoy 1.17 (no SPIFFE validator: `trusted_ca`, and `ALL` refused), and
+/// from a proxy that turns the validator off in its Node metadata.
+const OLD_ENVOY: &[&str] = &["-envoy-version=1.17.0"];
+const VALIDATOR_OFF: &[&str] = &["-envoy-version=1.30.2", "-disable-spiffe-cert-validation=True"];
+const LEGACY: &[&[&str]] = &[&["ROOTCA"], &["spiffe://example.org", DB], &["ALL"]];
+
+fn run_script(client: &Path, socket: &Path) -> Vec<Output> {
+    vec![
+        envoy_sds::fetch(client, socket, Mode::Stream, STREAM).unwrap(),
+        envoy_sds::fetch(client, socket, Mode::Fetch, FETCH).unwrap(),
+        envoy_sds::fetch_as(client, socket, Mode::Stream, OLD_ENVOY, LEGACY).unwrap(),
+        envoy_sds::fetch_as(client, socket, Mode::Fetch, VALIDATOR_OFF, LEGACY).unwrap(),
+    ]
 }
 
 /// `out` with each nonce checked (8 hex characters, or empty for FetchSecrets) and blanked.
@@ -117,7 +127,7 @@ fn ward_sds_answers_as_spire_agent_does() {
         .unwrap();
 
     eprintln!("3. the script against spire-agent");
-    let (spire_stream, spire_fetch) = run_script(&client, &agent.socket_path);
+    let spire = run_script(&client, &agent.socket_path);
 
     eprintln!("4. ward's SDS over a cache holding what spire-agent served");
     let own = everything.secret(&format!("spiffe://{TRUST_DOMAIN}")).unwrap();
@@ -156,15 +166,20 @@ fn ward_sds_answers_as_spire_agent_does() {
         let sds = SdsService::new(SdsConfig::default(), cache, CallerAttestor::new(vec![unix]));
         tokio::spawn(listener.serve(Routes::new(sds.into_server()), std::future::pending()));
     });
-    let (ward_stream, ward_fetch) = run_script(&client, &socket);
+    let ward = run_script(&client, &socket);
 
     eprintln!("5. compare");
     // The script reaches every case it is meant to.
-    assert_eq!(spire_stream.responses.len(), 3, "{spire_stream:#?}");
-    assert_eq!(spire_stream.error_code, "InvalidArgument");
-    assert_eq!(spire_fetch.responses.len(), 3, "{spire_fetch:#?}");
-    assert_eq!(spire_fetch.error_code, "InvalidArgument");
-    for (ward, spire) in [(ward_stream, spire_stream), (ward_fetch, spire_fetch)] {
+    let reached: Vec<(usize, &str)> =
+        spire.iter().map(|o| (o.responses.len(), o.error_code.as_str())).collect();
+    assert_eq!(
+        reached,
+        [(3, "InvalidArgument"), (3, "InvalidArgument"), (2, "Internal"), (2, "Internal")],
+        "{spire:#?}"
+    );
+    assert_eq!(spire[2].error_message, r#"unable to use "SPIFFE validator" on Envoy below 1.17"#);
+    assert!(!spire[2].responses[0].secrets[0].trusted_ca_pem.is_empty());
+    for (ward, spire) in ward.into_iter().zip(spire) {
         let (ward, spire) = (without_nonces(ward), without_nonces(spire));
         let names = |o: &Output| -> Vec<Vec<String>> {
             o.responses.iter().map(|r| r.names().into_iter().map(String::from).collect()).collect()

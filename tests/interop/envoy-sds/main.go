@@ -21,9 +21,11 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
 )
 
 const secretTypeURL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
@@ -81,6 +83,8 @@ func main() {
 	socket := flag.String("socket", "", "path of the SDS Unix socket")
 	nodeID := flag.String("node-id", "envoy-sds-client", "the Node id sent with the first request")
 	fetch := flag.Bool("fetch", false, "use FetchSecrets (one request per -names) instead of a stream")
+	envoyVersion := flag.String("envoy-version", "", "MAJOR.MINOR.PATCH sent as the Node's user_agent_build_version")
+	disableValidator := flag.String("disable-spiffe-cert-validation", "", "Node metadata disable_spiffe_cert_validation (a string)")
 	var sets nameSets
 	flag.Var(&sets, "names", "comma-separated resource names of one request (repeatable)")
 	flag.Parse()
@@ -98,6 +102,21 @@ func main() {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	node := &corev3.Node{Id: *nodeID, Cluster: "interop"}
+	if *envoyVersion != "" {
+		var v typev3.SemanticVersion
+		if _, err := fmt.Sscanf(*envoyVersion, "%d.%d.%d", &v.MajorNumber, &v.MinorNumber, &v.Patch); err != nil {
+			fail("-envoy-version %q: %v", *envoyVersion, err)
+		}
+		node.UserAgentName = "envoy"
+		node.UserAgentVersionType = &corev3.Node_UserAgentBuildVersion{
+			UserAgentBuildVersion: &corev3.BuildVersion{Version: &v},
+		}
+	}
+	if *disableValidator != "" {
+		node.Metadata = &structpb.Struct{Fields: map[string]*structpb.Value{
+			"disable_spiffe_cert_validation": structpb.NewStringValue(*disableValidator),
+		}}
+	}
 
 	var out Output
 	if *fetch {
