@@ -5,6 +5,11 @@ use std::time::Duration;
 use crate::log_store::LogStoreError;
 use crate::transport::NodeId;
 
+/// How long a read index waits by default: long enough for an election at the default
+/// timing (an election timeout of 1 to 2 s, then a vote) and a round trip to the leader, short
+/// enough that a replica cut off from its leader refuses an operator's read within seconds.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Settings of one replica's driver.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -21,6 +26,9 @@ pub struct ClusterConfig {
     pub bootstrap: bool,
     /// How long a proposal may wait to be applied here. Default 10 s.
     pub propose_timeout: Duration,
+    /// How long a read index may wait for the leader's confirmation and this replica's apply
+    /// before the read is refused. Default [`DEFAULT_READ_TIMEOUT`].
+    pub read_timeout: Duration,
     /// How long a proposal that is not yet in the log waits before it is proposed again
     /// with the same request id. Default 1 s.
     pub repropose_after: Duration,
@@ -46,6 +54,7 @@ impl ClusterConfig {
             heartbeat_tick: 2,
             bootstrap: false,
             propose_timeout: Duration::from_secs(10),
+            read_timeout: DEFAULT_READ_TIMEOUT,
             repropose_after: Duration::from_secs(1),
             compact_log_bytes: 64 << 20,
             max_size_per_msg: 1 << 20,

@@ -135,6 +135,7 @@ pub struct ClusterHandle {
     pub(crate) shared: Arc<Shared>,
     pub(crate) stopped: watch::Receiver<Option<Result<(), String>>>,
     pub(crate) propose_timeout: Duration,
+    pub(crate) read_timeout: Duration,
 }
 
 impl std::fmt::Debug for ClusterHandle {
@@ -195,10 +196,11 @@ impl ClusterHandle {
 
     /// A read index: resolves with an index at or after every write acknowledged anywhere
     /// before the call, once this replica has applied up to it. A read made after this
-    /// resolves sees those writes.
+    /// resolves sees those writes. Gives up after the configured read timeout
+    /// ([`crate::ClusterConfig::read_timeout`]).
     pub async fn read_index(&self) -> Result<u64, ProposeError> {
         let (reply, rx) = oneshot::channel();
-        let deadline = Instant::now() + self.propose_timeout;
+        let deadline = Instant::now() + self.read_timeout;
         self.send(Request::ReadIndex { deadline, reply })?;
         rx.await.unwrap_or_else(|_| Err(self.stop_error()))
     }

@@ -15,6 +15,7 @@ use ward_core::AgentId;
 use ward_store::{Command, EntryFilter, PageRequest};
 
 use crate::authz::{self, Authorized, CallerFacts, Decision, Policy};
+use crate::current_read::CurrentRead;
 use crate::state::{Caller, ServerState, denial_status};
 use crate::tls::TlsPeer;
 
@@ -135,13 +136,13 @@ where
                         return Ok(st.into_http());
                     }
                 }
-                if reads_current_state(&method, local, &authorized) {
-                    // A read index: this replica has applied every write acknowledged before
-                    // the call, or the call fails rather than answer from a stale copy.
-                    if let Err(e) = state.proposer.read_barrier().await {
-                        tracing::warn!(error = %e, "read not confirmed current");
-                        return Ok(e.to_read_status().into_http());
-                    }
+                // A read index: the handler validates the request, then waits until this
+                // replica has applied every write acknowledged before the call, or fails
+                // rather than answer from a stale copy.
+                let current = reads_current_state(&method, local, &authorized)
+                    .then(|| CurrentRead::new(state.proposer.clone()));
+                if let Some(read) = &current {
+                    req.extensions_mut().insert(read.clone());
                 }
                 req.extensions_mut().insert(Caller {
                     local,
@@ -149,7 +150,17 @@ where
                     svid,
                     authorized,
                 });
-                inner.call(req).await.map(oversized_as_resource_exhausted)
+                let resp = inner.call(req).await.map(oversized_as_resource_exhausted)?;
+                Ok(match current {
+                    Some(read) if answered(&resp) && !read.was_confirmed() => {
+                        tracing::error!("a read of current state answered without its read index");
+                        tonic::Status::internal(
+                            "cannot confirm this replica is up to date: the read was not confirmed",
+                        )
+                        .into_http()
+                    }
+                    _ => resp,
+                })
             }
             .instrument(span)
             .await
@@ -208,6 +219,12 @@ fn gather(
         facts.node = state.store.agent(&AgentId(s.id)).map(|n| (*n).clone());
     }
     facts
+}
+
+/// Whether `resp` carries an answer: a refusal is a trailers-only response, whose status is
+/// in its headers; an answer's status comes after its body.
+fn answered(resp: &http::Response<Body>) -> bool {
+    resp.headers().get("grpc-status").is_none()
 }
 
 /// tonic refuses a request message over the 4 MiB limit with `OutOfRange`; gRPC-Go (and so

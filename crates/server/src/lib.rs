@@ -52,6 +52,7 @@ pub mod authz;
 pub mod ca_manager;
 pub mod cli;
 pub mod config;
+pub mod current_read;
 pub mod data_dir;
 pub mod federation;
 pub mod health_checks;

@@ -104,6 +104,9 @@ struct ClusterFlags {
     /// The StatefulSet's headless service name (with `-nodeId ordinal`).
     #[arg(long = "peerService")]
     peer_service: Option<String>,
+    /// Longest an operator's read waits for the leader's confirmation (e.g. 3s).
+    #[arg(long = "readTimeout")]
+    read_timeout: Option<String>,
 }
 
 impl ClusterFlags {
@@ -124,6 +127,7 @@ impl ClusterFlags {
             tick_interval: self.tick_interval,
             snapshot_threshold: self.snapshot_threshold,
             peer_service: self.peer_service,
+            read_timeout: self.read_timeout,
         }
     }
 }

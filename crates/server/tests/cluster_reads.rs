@@ -5,7 +5,10 @@
 //! read of entries, agents, bundles and federation relationships answers `Unavailable`
 //! ("cannot confirm this replica is up to date") instead of that stale copy, while what
 //! agents read (the bundle to an anonymous caller, a federated bundle to an attested agent)
-//! is still served from the replica's own store. Once the link is back, the same reads answer with the majority's state.
+//! is still served from the replica's own store. The refusal comes after the cluster's read
+//! timeout, however long writes may wait; a read with malformed input is refused with
+//! `InvalidArgument` without waiting at all. Once the link is back, the same reads answer
+//! with the majority's state.
 //!
 //! Three real replicas (drivers, sled stores) on the in-memory network; the one under test
 //! serves the real gRPC services on its admin socket and TCP listener.
@@ -56,8 +59,10 @@ fn start_node(net: &MemNetwork, id: NodeId, bootstrap: bool) -> Node {
     config.tick_interval = Duration::from_millis(20);
     config.election_tick = 10;
     config.heartbeat_tick = 2;
-    // A read the leader does not confirm fails after this long.
-    config.propose_timeout = Duration::from_secs(2);
+    // A read the leader does not confirm fails after `read_timeout`, however long a write may
+    // wait: far beyond the test's deadline, so that a read bounded by it fails the test.
+    config.propose_timeout = Duration::from_secs(600);
+    config.read_timeout = Duration::from_secs(1);
     let handle = ward_cluster::start(Replica {
         config,
         log: SledLogStore::open(&store).unwrap(),
@@ -191,8 +196,46 @@ fn admin_reads(channel: &tonic::transport::Channel) -> Vec<(&'static str, Read)>
                 Ok(format!("{} entries", r.into_inner().count))
             })
         }),
+        ("ListEntries", {
+            let mut c = entries();
+            Box::pin(async move {
+                let r = c.list_entries(entrypb::ListEntriesRequest::default()).await?;
+                Ok(format!("{} entries listed", r.into_inner().entries.len()))
+            })
+        }),
+        ("GetEntry", {
+            let mut c = entries();
+            Box::pin(async move {
+                let req =
+                    entrypb::GetEntryRequest { id: "no-such-entry".into(), output_mask: None };
+                match c.get_entry(req).await {
+                    Ok(r) => Ok(format!("entry {}", r.into_inner().id)),
+                    Err(s) if s.code() == Code::NotFound => Ok("no such entry".into()),
+                    Err(s) => Err(s),
+                }
+            })
+        }),
     ];
     reads
+}
+
+/// Reads with malformed input, each with what it was refused with.
+async fn bad_reads(channel: &tonic::transport::Channel) -> Vec<(&'static str, tonic::Status)> {
+    let mut entries = entrypb::entry_client::EntryClient::new(channel.clone());
+    let mut agents = agentpb::agent_client::AgentClient::new(channel.clone());
+    let mut bundles = bundlepb::bundle_client::BundleClient::new(channel.clone());
+    let mut feds = tdpb::trust_domain_client::TrustDomainClient::new(channel.clone());
+    let missing_id = entrypb::GetEntryRequest { id: String::new(), output_mask: None };
+    let no_agent = agentpb::GetAgentRequest { id: None, output_mask: None };
+    let bad_td = || "Not A Trust Domain!".to_owned();
+    let bundle = bundlepb::GetFederatedBundleRequest { trust_domain: bad_td(), output_mask: None };
+    let rel = tdpb::GetFederationRelationshipRequest { trust_domain: bad_td(), output_mask: None };
+    vec![
+        ("GetEntry", entries.get_entry(missing_id).await.unwrap_err()),
+        ("GetAgent", agents.get_agent(no_agent).await.unwrap_err()),
+        ("GetFederatedBundle", bundles.get_federated_bundle(bundle).await.unwrap_err()),
+        ("GetFederationRelationship", feds.get_federation_relationship(rel).await.unwrap_err()),
+    ]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -312,10 +355,14 @@ async fn a_cut_off_replica_refuses_admin_reads_but_serves_agents_its_bundle() {
     assert!(cut.store.agent(&agent).is_some(), "the cut-off replica still holds the agent");
     assert!(cut.store.last_applied() < index);
 
-    let answers = futures::future::join_all(
-        admin_reads(&admin).into_iter().map(|(name, read)| async move { (name, read.await) }),
+    let answers = tokio::time::timeout(
+        WAIT,
+        futures::future::join_all(
+            admin_reads(&admin).into_iter().map(|(name, read)| async move { (name, read.await) }),
+        ),
     )
-    .await;
+    .await
+    .expect("reads are refused after the read timeout, not the proposal timeout");
     for (name, answer) in answers {
         match answer {
             Ok(stale) => panic!("{name} answered from a stale copy while cut off: {stale}"),
@@ -328,6 +375,12 @@ async fn a_cut_off_replica_refuses_admin_reads_but_serves_agents_its_bundle() {
                 );
             }
         }
+    }
+
+    // Bad input is refused for what it is, before any wait for the leader.
+    for (name, refusal) in bad_reads(&admin).await {
+        assert_eq!(refusal.code(), Code::InvalidArgument, "{name}: {refusal:?}");
+        assert!(!refusal.message().starts_with("cannot confirm"), "{name}: {refusal:?}");
     }
 
     // What agents read stays local: the bundle to an anonymous caller (an agent before it
@@ -375,6 +428,8 @@ async fn a_cut_off_replica_refuses_admin_reads_but_serves_agents_its_bundle() {
             "ListFederatedBundles" => Ok("0 federated bundles".into()),
             "ListFederationRelationships" => Ok("0 relationships".into()),
             "CountEntries" => Ok("0 entries".into()),
+            "ListEntries" => Ok("0 entries listed".into()),
+            "GetEntry" => Ok("no such entry".into()),
             _ => Err(Code::NotFound),
         }
     };

@@ -187,6 +187,7 @@ pub fn start<L: LogStore>(replica: Replica<L>) -> Result<ClusterHandle, StartErr
         shared: shared.clone(),
         stopped: stop_rx,
         propose_timeout: config.propose_timeout,
+        read_timeout: config.read_timeout,
     };
     let driver = Driver {
         raw,

@@ -20,6 +20,7 @@ use super::{
     AGENT_CSR, agent_selector_filter, count_i32, id_for_role, new_entry_id, page_request, propose,
     sign_error_status, unimplemented,
 };
+use crate::current_read::{CurrentRead, confirm};
 use crate::ratelimit::{Limited, grpc_deadline};
 use crate::state::{ServerState, caller_of};
 use crate::tls::leaf_facts;
@@ -242,6 +243,7 @@ impl Agent for AgentService {
         &self,
         req: Request<pb::CountAgentsRequest>,
     ) -> Result<Response<pb::CountAgentsResponse>, Status> {
+        let current = CurrentRead::of(&req);
         let f = req.into_inner().filter;
         let filter = agent_filter(
             f.as_ref().map(|f| {
@@ -255,6 +257,7 @@ impl Agent for AgentService {
             }),
             "failed to count agents",
         )?;
+        confirm(current).await?;
         let count = self.state.store.count_agents(&filter);
         Ok(Response::new(pb::CountAgentsResponse { count: count_i32(count) }))
     }
@@ -263,6 +266,7 @@ impl Agent for AgentService {
         &self,
         req: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        let current = CurrentRead::of(&req);
         let req = req.into_inner();
         let filter = agent_filter(
             req.filter.as_ref().map(|f| {
@@ -283,6 +287,7 @@ impl Agent for AgentService {
             |t| SpiffeId::parse(t).is_ok(),
             |why| Status::internal(format!("failed to list agents: {why}")),
         )?;
+        confirm(current).await?;
         let result = self.state.store.list_agents(&filter, &page);
         Ok(Response::new(pb::ListAgentsResponse {
             agents: result
@@ -298,8 +303,10 @@ impl Agent for AgentService {
         &self,
         req: Request<pb::GetAgentRequest>,
     ) -> Result<Response<types::Agent>, Status> {
+        let current = CurrentRead::of(&req);
         let req = req.into_inner();
         let id = agent_id_arg(&self.state, req.id.as_ref())?;
+        confirm(current).await?;
         let node =
             self.state.store.agent(&id).ok_or_else(|| Status::not_found("agent not found"))?;
         Ok(Response::new(agent_to_proto(&node, req.output_mask.as_ref())))

@@ -13,6 +13,7 @@ use ward_proto::spire::api::types;
 use ward_store::{BundleDeleteMode, BundleMask, BundleUpdate, Command, ItemError, Outcome};
 
 use super::{Batch, count_i32, item_code, page_request, propose, row_id_token, unimplemented};
+use crate::current_read::{CurrentRead, confirm};
 use crate::state::ServerState;
 
 /// The Bundle service.
@@ -32,8 +33,9 @@ impl BundleService {
 impl Bundle for BundleService {
     async fn count_bundles(
         &self,
-        _: Request<pb::CountBundlesRequest>,
+        req: Request<pb::CountBundlesRequest>,
     ) -> Result<Response<pb::CountBundlesResponse>, Status> {
+        confirm(CurrentRead::of(&req)).await?;
         let count = self.state.store.bundle_count();
         Ok(Response::new(pb::CountBundlesResponse { count: count_i32(count) }))
     }
@@ -42,7 +44,9 @@ impl Bundle for BundleService {
         &self,
         req: Request<pb::GetBundleRequest>,
     ) -> Result<Response<types::Bundle>, Status> {
+        let current = CurrentRead::of(&req);
         let mask = req.into_inner().output_mask;
+        confirm(current).await?;
         let bundle = self
             .state
             .store
@@ -104,11 +108,13 @@ impl Bundle for BundleService {
         &self,
         req: Request<pb::ListFederatedBundlesRequest>,
     ) -> Result<Response<pb::ListFederatedBundlesResponse>, Status> {
+        let current = CurrentRead::of(&req);
         let req = req.into_inner();
         // Page tokens are creation numbers.
         let page = page_request(req.page_size, &req.page_token, row_id_token, |why| {
             Status::internal(format!("failed to list bundles: {why}"))
         })?;
+        confirm(current).await?;
         let result = self.state.store.list_bundles(&page);
         let bundles = result
             .items
@@ -126,6 +132,7 @@ impl Bundle for BundleService {
         &self,
         req: Request<pb::GetFederatedBundleRequest>,
     ) -> Result<Response<types::Bundle>, Status> {
+        let current = CurrentRead::of(&req);
         let req = req.into_inner();
         let td = TrustDomain::parse(&req.trust_domain).map_err(|e| {
             Status::invalid_argument(format!("trust domain argument is not valid: {e}"))
@@ -135,6 +142,7 @@ impl Bundle for BundleService {
                 "getting a federated bundle for the server's own trust domain is not allowed",
             ));
         }
+        confirm(current).await?;
         let bundle =
             self.state.store.bundle(&td).ok_or_else(|| Status::not_found("bundle not found"))?;
         Ok(Response::new(bundle_to_proto(&bundle, req.output_mask.as_ref())))

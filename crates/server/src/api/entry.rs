@@ -21,6 +21,7 @@ use ward_store::{Command, EntryFilter, EntryUpdate, FederatesWithFilter, ItemErr
 use super::{
     Batch, count_i32, go_quoted_rune, item_code, new_entry_id, page_request, propose, row_id_token,
 };
+use crate::current_read::{CurrentRead, confirm};
 use crate::state::{ServerState, caller_of};
 
 /// SPIRE's fixed page size for SyncAuthorizedEntries.
@@ -292,10 +293,12 @@ impl Entry for EntryService {
         &self,
         req: Request<pb::CountEntriesRequest>,
     ) -> Result<Response<pb::CountEntriesResponse>, Status> {
+        let current = CurrentRead::of(&req);
         let req = req.into_inner();
         let td = &self.state.trust_domain;
         let filter =
             entry_filter(wire_filter!(req.filter.as_ref()), td, "failed to count entries")?;
+        confirm(current).await?;
         let count = self.state.store.count_entries(&filter);
         Ok(Response::new(pb::CountEntriesResponse { count: count_i32(count) }))
     }
@@ -304,6 +307,7 @@ impl Entry for EntryService {
         &self,
         req: Request<pb::ListEntriesRequest>,
     ) -> Result<Response<pb::ListEntriesResponse>, Status> {
+        let current = CurrentRead::of(&req);
         let req = req.into_inner();
         let td = &self.state.trust_domain;
         let filter = entry_filter(wire_filter!(req.filter.as_ref()), td, "failed to list entries")?;
@@ -315,6 +319,7 @@ impl Entry for EntryService {
                      desc = {why}"
             ))
         })?;
+        confirm(current).await?;
         let result = self.state.store.list_entries(&filter, &page);
         let mask = req.output_mask.as_ref();
         Ok(Response::new(pb::ListEntriesResponse {
@@ -327,11 +332,13 @@ impl Entry for EntryService {
         &self,
         req: Request<pb::GetEntryRequest>,
     ) -> Result<Response<types::Entry>, Status> {
+        let current = CurrentRead::of(&req);
         let req = req.into_inner();
         if req.id.is_empty() {
             return Err(Status::invalid_argument("missing ID"));
         }
         let id = EntryId::new(&req.id).map_err(|_| Status::not_found("entry not found"))?;
+        confirm(current).await?;
         let entry =
             self.state.store.entry(&id).ok_or_else(|| Status::not_found("entry not found"))?;
         Ok(Response::new(entry_to_proto(&entry, req.output_mask.as_ref())))

@@ -14,6 +14,7 @@ use ward_proto::spire::api::types;
 use ward_store::{Command, FederationMask, FederationUpdate, ItemError, Outcome};
 
 use super::{Batch, item_code, page_request, propose, row_id_token};
+use crate::current_read::{CurrentRead, confirm};
 use crate::state::ServerState;
 
 /// The TrustDomain service.
@@ -94,11 +95,13 @@ impl trust_domain_server::TrustDomain for TrustDomainService {
         &self,
         req: Request<pb::ListFederationRelationshipsRequest>,
     ) -> Result<Response<pb::ListFederationRelationshipsResponse>, Status> {
+        let current = CurrentRead::of(&req);
         let req = req.into_inner();
         // Page tokens are creation numbers.
         let page = page_request(req.page_size, &req.page_token, row_id_token, |why| {
             Status::internal(format!("failed to list federation relationships: {why}"))
         })?;
+        confirm(current).await?;
         let result = self.state.store.list_federation_relationships(&page);
         Ok(Response::new(pb::ListFederationRelationshipsResponse {
             federation_relationships: result
@@ -114,9 +117,11 @@ impl trust_domain_server::TrustDomain for TrustDomainService {
         &self,
         req: Request<pb::GetFederationRelationshipRequest>,
     ) -> Result<Response<types::FederationRelationship>, Status> {
+        let current = CurrentRead::of(&req);
         let req = req.into_inner();
         let td = TrustDomain::parse(&req.trust_domain)
             .map_err(|e| Status::invalid_argument(format!("failed to parse trust domain: {e}")))?;
+        confirm(current).await?;
         let rel = self
             .state
             .store

@@ -58,6 +58,9 @@ pub struct ClusterFile {
     /// The StatefulSet's headless service (`ward-peers.ns.svc.cluster.local`), used with
     /// `node_id = "ordinal"`.
     pub peer_service: Option<String>,
+    /// Longest an operator's read waits for the leader to confirm this replica is up to date
+    /// (a duration: `"3s"`).
+    pub read_timeout: Option<String>,
 }
 
 /// Command-line values that override the `[cluster]` table: the same keys, as flags.
@@ -78,6 +81,7 @@ impl ClusterFile {
             tick_interval: self.tick_interval.or(under.tick_interval),
             snapshot_threshold: self.snapshot_threshold.or(under.snapshot_threshold),
             peer_service: self.peer_service.or(under.peer_service),
+            read_timeout: self.read_timeout.or(under.read_timeout),
         }
     }
 }
@@ -119,6 +123,9 @@ pub struct ClusterConfig {
     pub tick_interval: Duration,
     /// Log bytes before compaction (default 64 MiB).
     pub snapshot_threshold: u64,
+    /// Longest an operator's read waits for a read index (default
+    /// [`ward_cluster::DEFAULT_READ_TIMEOUT`]).
+    pub read_timeout: Duration,
 }
 
 /// The parts of a StatefulSet pod name: `<set>-<ordinal>`.
@@ -262,6 +269,11 @@ impl ClusterFile {
         if snapshot_threshold == 0 {
             return Err(invalid("cluster.snapshot_threshold", "must be positive"));
         }
+        let read_timeout = opt_duration("cluster.read_timeout", f.read_timeout.as_deref())?
+            .unwrap_or(ward_cluster::DEFAULT_READ_TIMEOUT);
+        if read_timeout.is_zero() {
+            return Err(invalid("cluster.read_timeout", "must be positive"));
+        }
         Ok(Some(ClusterConfig {
             node_id,
             peer_address,
@@ -271,6 +283,7 @@ impl ClusterFile {
             heartbeat_tick,
             tick_interval,
             snapshot_threshold,
+            read_timeout,
         }))
     }
 }
@@ -410,6 +423,8 @@ mod tests {
             ("heartbeat_tick = 0", &no_env, "cluster.heartbeat_tick"),
             ("tick_interval = \"0s\"", &no_env, "cluster.tick_interval"),
             ("snapshot_threshold = 0", &no_env, "cluster.snapshot_threshold"),
+            ("read_timeout = \"0s\"", &no_env, "cluster.read_timeout"),
+            ("read_timeout = \"soon\"", &no_env, "cluster.read_timeout"),
             ("peer_address = \"0.0.0.0:8082\"", &no_env, "cluster.advertise_address"),
         ];
         for (text, env, want) in cases {

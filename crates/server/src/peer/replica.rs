@@ -503,6 +503,7 @@ impl ClusterStartup {
         config.heartbeat_tick = settings.heartbeat_tick;
         config.bootstrap = settings.start == crate::config::ClusterStart::Bootstrap;
         config.compact_log_bytes = settings.snapshot_threshold;
+        config.read_timeout = settings.read_timeout;
         let handle = ward_cluster::start(ward_cluster::Replica {
             config,
             store: store.clone(),
