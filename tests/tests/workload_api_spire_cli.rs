@@ -1,6 +1,6 @@
 //! ward-agent's Workload API served to SPIRE v1.13.3's own client, `spire-agent api`
 //! (`fetch x509`, `fetch jwt`, `validate jwt`, and `watch`, which is go-spiffe v2's
-//! `WatchX509Context`), run as child processes under different uids: each is attested from
+//! `WatchX509Context`) and `spire-agent healthcheck`, run as child processes under different uids: each is attested from
 //! its own peer credentials by the real `unix` attestor.
 //!
 //! Runs as root (to start clients under other uids) and needs the SPIRE binaries
@@ -93,6 +93,12 @@ fn spire_agent_api_clients_get_what_their_uid_selects() {
         Ok(if via_link.exists() { Step::Done(()) } else { Step::Retry("no socket".into()) })
     })
     .unwrap();
+
+    // healthcheck: the health service on the same socket answers SERVING.
+    let mut cmd = Command::new(&agent);
+    cmd.arg("healthcheck").arg("-socketPath").arg(&via_link);
+    let out = run(&mut cmd, TIMEOUT).unwrap().success().unwrap();
+    assert_eq!(out.stdout.trim(), "Agent is healthy.");
 
     // fetch x509, as root: its own SVID written to files that openssl verifies.
     let out_dir = dir.path().join("out");

@@ -100,8 +100,12 @@ impl Agent {
 }
 
 async fn client_at(path: &Path) -> SpiffeWorkloadApiClient<Channel> {
+    SpiffeWorkloadApiClient::new(channel_at(path).await)
+}
+
+async fn channel_at(path: &Path) -> Channel {
     let path = path.to_owned();
-    let channel = Endpoint::try_from("http://localhost")
+    Endpoint::try_from("http://localhost")
         .unwrap()
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = path.clone();
@@ -111,8 +115,7 @@ async fn client_at(path: &Path) -> SpiffeWorkloadApiClient<Channel> {
             }
         }))
         .await
-        .unwrap();
-    SpiffeWorkloadApiClient::new(channel)
+        .unwrap()
 }
 
 /// A request carrying the security header.
@@ -488,4 +491,43 @@ async fn clients_reach_the_api_through_an_alternate_name() {
     assert_eq!(svid_ids(&stream.message().await.unwrap().unwrap()), ["spiffe://example.org/web"]);
     drop(stream);
     agent.stop().await;
+}
+
+#[tokio::test]
+async fn the_health_service_on_the_socket_reports_serving_when_the_api_answers() {
+    use ward_proto::grpc::health::v1::{self as health, health_client::HealthClient};
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("api.sock");
+    let authority = Arc::new(TestAuthority::new(TD));
+    let cache = Arc::new(Cache::new(CacheView::new(authority.bundle())));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(ward_agent::workload::serve(
+        ListenerConfig::new(&socket),
+        cache,
+        Arc::new(TestJwtSource(authority)),
+        vec![Box::new(UnixAttestor::new(UnixConfig::default(), ProcFs::default()))],
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    // The socket is ready once the alternate names exist (they are linked after the bind).
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !socket.with_file_name("socket").exists() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the socket within 30 s");
+    let mut client = HealthClient::new(channel_at(&socket).await);
+    // The agent's own call gets PermissionDenied here (no entry selects it): still serving.
+    let resp = client.check(health::HealthCheckRequest { service: String::new() }).await.unwrap();
+    assert_eq!(
+        resp.into_inner().status,
+        health::health_check_response::ServingStatus::Serving as i32
+    );
+    let status =
+        client.check(health::HealthCheckRequest { service: "x".into() }).await.unwrap_err();
+    assert_status(&status, Code::InvalidArgument, "per-service health is not supported");
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
 }

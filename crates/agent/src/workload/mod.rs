@@ -14,12 +14,15 @@
 //!   attestors, with SPIRE's check that the caller did not exit while it was attested.
 //! - [`WorkloadApi`]: the `SpiffeWorkloadAPI` service over the [`Cache`] and a
 //!   [`JwtSvidSource`].
-//! - [`serve`]: all three together, as `ward-agent run` starts them.
+//! - [`WorkloadHealth`]: `grpc.health.v1.Health` on the same socket, for
+//!   `spire-agent healthcheck` and `ward-agent healthcheck`.
+//! - [`serve`]: all of them together, as `ward-agent run` starts them.
 //!
 //! Behaviour and error texts follow SPIRE v1.13.3's agent (`pkg/agent/endpoints/`); the
 //! differences are listed in `docs/agent.md`.
 
 mod caller;
+mod health;
 mod jwt;
 mod listener;
 mod service;
@@ -34,18 +37,21 @@ use crate::cache::{Cache, JwtSvidSource};
 use crate::sds::{SdsConfig, SdsService};
 
 pub use caller::{CallerAttestor, PeerInfo};
+pub use health::WorkloadHealth;
 pub use listener::{ALTERNATE_SOCKET_NAMES, ListenError, ListenerConfig, WorkloadListener};
 pub use service::{WorkloadApi, WorkloadApiConfig};
 
 /// The metadata key every Workload API call must carry with the single value `true`.
 pub const SECURITY_HEADER: &str = "workload.spiffe.io";
 
-/// Binds the Workload API socket described by `listener_config` and serves the Workload API
-/// and Envoy SDS ([`crate::sds`], SPIRE's default resource names) on it until `shutdown`
-/// completes, as spire-agent serves both on its socket.
+/// Binds the Workload API socket described by `listener_config` and serves the Workload API,
+/// Envoy SDS ([`crate::sds`], SPIRE's default resource names) and the gRPC health service
+/// ([`WorkloadHealth`]) on it until `shutdown` completes, as spire-agent serves them all on
+/// its socket.
 ///
 /// To serve other services or settings on the same socket, bind a [`WorkloadListener`] and
-/// pass it [`Routes`] holding [`WorkloadApi::into_service`] and the others.
+/// pass it [`Routes`] holding [`WorkloadApi::into_service`], [`WorkloadHealth::into_service`]
+/// and the others.
 ///
 /// # Errors
 /// [`ServeError::Listen`] when the socket cannot be set up, [`ServeError::Transport`] when
@@ -61,7 +67,10 @@ pub async fn serve(
     let attestor = CallerAttestor::new(attestors);
     let sds = SdsService::new(SdsConfig::default(), Arc::clone(&cache), attestor.clone());
     let api = WorkloadApi::new(cache, jwt_source, attestor, WorkloadApiConfig::default());
-    let routes = Routes::new(api.into_service()).add_service(sds.into_server());
+    let health = WorkloadHealth::new(listener.socket_path());
+    let routes = Routes::new(api.into_service())
+        .add_service(sds.into_server())
+        .add_service(health.into_service());
     listener.serve(routes, shutdown).await?;
     Ok(())
 }

@@ -68,10 +68,16 @@ impl WorkloadApi {
         SpiffeWorkloadApiServer::new(self)
     }
 
-    /// Checks the header and attests the caller.
-    async fn caller<T>(&self, request: &Request<T>) -> Result<SelectorSet, Status> {
+    /// Checks the header and attests the caller. Also says whether the caller is the agent
+    /// itself (its health check), whose refusals are not logged, as in SPIRE.
+    async fn caller<T>(&self, request: &Request<T>) -> Result<(SelectorSet, bool), Status> {
         check_security_header(request)?;
-        self.attestor.attest(request).await
+        let selectors = self.attestor.attest(request).await?;
+        let own = request
+            .extensions()
+            .get::<super::PeerInfo>()
+            .is_some_and(|peer| peer.caller().pid == std::process::id());
+        Ok((selectors, own))
     }
 
     /// Registers the caller with the cache (kept while the returned interest lives, so
@@ -92,14 +98,15 @@ impl WorkloadApi {
     /// sent again.
     async fn follow<M>(
         &self,
-        selectors: SelectorSet,
+        (selectors, quiet): (SelectorSet, bool),
         compose: fn(&CacheView, &SelectorSet, &WorkloadApiConfig) -> Result<M, Status>,
     ) -> Result<Response<MessageStream<M>>, Status>
     where
         M: PartialEq + Clone + Send + 'static,
     {
         let (interest, mut rx) = self.ready_view(&selectors).await?;
-        let first = compose(&rx.borrow_and_update(), &selectors, &self.config)?;
+        let first = compose(&rx.borrow_and_update(), &selectors, &self.config)
+            .inspect_err(|status| log_refusal(status, &selectors, quiet))?;
         let config = Arc::clone(&self.config);
         let stream = async_stream::stream! {
             let _interest = interest;
@@ -121,6 +128,7 @@ impl WorkloadApi {
                         yield Ok(message);
                     }
                     Err(status) => {
+                        log_refusal(&status, &selectors, quiet);
                         yield Err(status);
                         break;
                     }
@@ -138,9 +146,20 @@ fn shutting_down() -> Status {
     Status::unavailable("agent is shutting down")
 }
 
-fn no_identity(selectors: &SelectorSet) -> Status {
-    error!(registered = false, selectors = ?selectors, "no identity issued");
+fn no_identity() -> Status {
     Status::permission_denied("no identity issued")
+}
+
+/// Logs why a stream was refused or ended, unless the caller is the agent itself.
+fn log_refusal(status: &Status, selectors: &SelectorSet, quiet: bool) {
+    if quiet {
+        return;
+    }
+    if status.code() == tonic::Code::PermissionDenied {
+        error!(registered = false, selectors = ?selectors, "no identity issued");
+    } else {
+        error!(error = %status.message(), "could not serve the caller");
+    }
 }
 
 /// SPIRE's rule: the metadata `workload.spiffe.io` with exactly one value, `true`.
@@ -184,7 +203,7 @@ fn x509_svid_response(
 ) -> Result<pb::X509svidResponse, Status> {
     let identities = served_identities(view, selectors);
     if identities.is_empty() {
-        return Err(no_identity(selectors));
+        return Err(no_identity());
     }
     let bundle = concatenated_x509(&view.bundle);
     let federated_bundles = view
@@ -214,7 +233,7 @@ fn visible_bundles(
 ) -> Result<Vec<Arc<Bundle>>, Status> {
     let identities = view.identities_for(selectors);
     if identities.is_empty() && !config.allow_unauthenticated_verifiers {
-        return Err(no_identity(selectors));
+        return Err(no_identity());
     }
     let mut bundles = vec![Arc::clone(&view.bundle)];
     bundles.extend(view.federated_bundles_for(&identities).into_values());
@@ -321,7 +340,8 @@ impl SpiffeWorkloadApi for WorkloadApi {
             });
         }
         if svids.is_empty() {
-            return Err(no_identity(&selectors));
+            error!(registered = false, selectors = ?selectors, "no identity issued");
+            return Err(no_identity());
         }
         Ok(Response::new(pb::JwtsvidResponse { svids }))
     }
