@@ -433,3 +433,64 @@ async fn delta_sync_fetches_only_changed_entries_and_the_svid_bound_holds() {
     let minted = run.counters.svids_minted.load(Ordering::Relaxed);
     assert_eq!((minted, evicted), (MAX as u64 + 1, 1));
 }
+
+/// When the server's X.509 authority is replaced and the old one tainted, SVIDs signed by the
+/// old one rotate at the next sync instead of at their half-life.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn svids_of_a_tainted_authority_rotate_onto_the_new_one() {
+    use ward_proto::spire::api::server::localauthority::v1 as lapb;
+    let a = attested(Kind::Ward).await;
+    let run = start_manager(&a, |_| {});
+    let id = create(&a.admin, vec![entry(&a.agent_id, "/tainted", 3000)]).await.remove(0);
+    let before = wait_view(&run.cache, "the SVID", |v| find(v, &id)).await;
+
+    tracing::info!("prepare and activate a new X.509 authority, then taint the old one");
+    let mut la = lapb::local_authority_client::LocalAuthorityClient::new(a.admin.clone());
+    let old = la
+        .get_x509_authority_state(lapb::GetX509AuthorityStateRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .active
+        .unwrap()
+        .authority_id;
+    let new = la
+        .prepare_x509_authority(lapb::PrepareX509AuthorityRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .prepared_authority
+        .unwrap()
+        .authority_id;
+    la.activate_x509_authority(lapb::ActivateX509AuthorityRequest { authority_id: new })
+        .await
+        .unwrap();
+    la.taint_x509_authority(lapb::TaintX509AuthorityRequest { authority_id: old }).await.unwrap();
+
+    let after = wait_view(&run.cache, "the SVID to leave the tainted authority", |v| {
+        let untainted: Vec<Vec<u8>> = v
+            .bundle
+            .x509_authorities
+            .iter()
+            .filter(|x| !x.tainted)
+            .map(|x| x.der.clone())
+            .collect();
+        find(v, &id).filter(|i| {
+            i.chain[0] != before.chain[0]
+                && ward_agent::manager::chained_to(&i.chain, &untainted, SystemTime::now())
+        })
+    })
+    .await;
+    let tainted: Vec<Vec<u8>> = run
+        .cache
+        .current()
+        .bundle
+        .x509_authorities
+        .iter()
+        .filter(|x| x.tainted)
+        .map(|x| x.der.clone())
+        .collect();
+    assert_eq!(tainted.len(), 1);
+    assert!(ward_agent::manager::chained_to(&before.chain, &tainted, SystemTime::now()));
+    assert!(!ward_agent::manager::chained_to(&after.chain, &tainted, SystemTime::now()));
+}

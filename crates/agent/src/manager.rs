@@ -103,6 +103,8 @@ pub struct Manager {
     /// Whether the last pass minted everything it tried to; when not, the manager waits for
     /// the next sync instead of waking for rotations (no tight retry loop).
     minted_all: bool,
+    /// Tainted X.509 authorities (DER) whose SVIDs were already sent to rotation.
+    tainted_seen: BTreeSet<Vec<u8>>,
     counters: Arc<ManagerCounters>,
 }
 
@@ -139,6 +141,7 @@ impl Manager {
             use_tick: 0,
             batch_limit: MAX_BATCH_SIZE,
             minted_all: true,
+            tainted_seen: BTreeSet::new(),
             counters: Arc::default(),
         }
     }
@@ -226,6 +229,7 @@ impl Manager {
         let bundles_changed = match bundles {
             Ok(b) => {
                 let changed = self.bundles.as_ref() != Some(&b);
+                self.rotate_tainted(&b);
                 self.bundles = Some(b);
                 changed
             }
@@ -235,6 +239,29 @@ impl Manager {
             }
         };
         self.update_svids(&channel, bundles_changed || !changes.is_empty()).await
+    }
+
+    /// Makes every SVID chained to an X.509 authority newly marked tainted in the trust
+    /// domain's bundle due for rotation now (SPIRE's agent does the same on a taint).
+    fn rotate_tainted(&mut self, bundles: &Bundles) {
+        let fresh: Vec<Vec<u8>> = bundles
+            .own
+            .x509_authorities
+            .iter()
+            .filter(|a| a.tainted && !self.tainted_seen.contains(&a.der))
+            .map(|a| a.der.clone())
+            .collect();
+        if fresh.is_empty() {
+            return;
+        }
+        let now = self.clock.now();
+        for (id, held) in &mut self.held {
+            if chained_to(&held.svid.chain, &fresh, now) {
+                tracing::info!(entry_id = %id, "X509-SVID signed by a tainted authority; rotating");
+                held.svid.rotate_at = now;
+            }
+        }
+        self.tainted_seen.extend(fresh);
     }
 
     /// Mints what is due without syncing entries first.
@@ -445,6 +472,11 @@ impl Manager {
     }
 }
 
+/// Whether `chain` (DER, leaf first) verifies up to one of `authorities` at `now`.
+pub fn chained_to(chain: &[Vec<u8>], authorities: &[Vec<u8>], now: SystemTime) -> bool {
+    ward_core::x509svid::verify(chain, authorities, now).is_ok()
+}
+
 /// Entry ids to mint, in order, each once.
 #[derive(Default)]
 struct DueList {
@@ -489,6 +521,18 @@ pub fn backoff(interval: Duration, max: Duration, failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_svid_is_chained_only_to_the_authority_that_signed_it() {
+        let a = ward_testkit::TestAuthority::new("example.org");
+        let b = ward_testkit::TestAuthority::new("example.org");
+        let id = ward_core::SpiffeId::parse("spiffe://example.org/w").unwrap();
+        let svid = a.x509_svid(&id);
+        let now = SystemTime::now();
+        assert!(chained_to(&svid.chain, &[a.ca_der().to_vec()], now));
+        assert!(!chained_to(&svid.chain, &[b.ca_der().to_vec()], now));
+        assert!(chained_to(&svid.chain, &[b.ca_der().to_vec(), a.ca_der().to_vec()], now));
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap_and_never_exceeds_it() {
