@@ -25,13 +25,29 @@ const BUILD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// The lookup runs once per test process.
 pub fn ward_server_bin() -> anyhow::Result<PathBuf> {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(|| locate_or_build().map_err(|e| format!("{e:#}")))
+    BIN.get_or_init(|| locate_or_build(WARD_SERVER_BIN_ENV, "ward-server", "ward-server"))
         .clone()
         .map_err(anyhow::Error::msg)
 }
 
-fn locate_or_build() -> anyhow::Result<PathBuf> {
-    if let Some(bin) = std::env::var_os(WARD_SERVER_BIN_ENV) {
+/// Environment variable that overrides where the `ward-agent` binary is.
+pub const WARD_AGENT_BIN_ENV: &str = "WARD_AGENT_BIN";
+
+/// Finds `ward-agent` as [`ward_server_bin`] finds `ward-server` (`$WARD_AGENT_BIN`, else a
+/// build of the current source).
+pub fn ward_agent_bin() -> anyhow::Result<PathBuf> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| locate_or_build(WARD_AGENT_BIN_ENV, "ward-agent", "ward-agent"))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn locate_or_build(env: &str, package: &str, bin: &str) -> Result<PathBuf, String> {
+    build_bin(env, package, bin).map_err(|e| format!("{e:#}"))
+}
+
+fn build_bin(env: &str, package: &str, bin_name: &str) -> anyhow::Result<PathBuf> {
+    if let Some(bin) = std::env::var_os(env) {
         return Ok(PathBuf::from(bin));
     }
     let exe = std::env::current_exe().context("locating the test binary")?;
@@ -50,13 +66,13 @@ fn locate_or_build() -> anyhow::Result<PathBuf> {
     };
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--locked", "-p", "ward-server", "--bin", "ward-server", "--profile"])
+    cmd.args(["build", "--locked", "-p", package, "--bin", bin_name, "--profile"])
         .arg(&profile)
         .arg("--target-dir")
         .arg(target_dir)
         .current_dir(env!("CARGO_MANIFEST_DIR"));
-    run(&mut cmd, BUILD_TIMEOUT)?.success().context("building ward-server")?;
-    let bin = profile_dir.join("ward-server");
+    run(&mut cmd, BUILD_TIMEOUT)?.success().with_context(|| format!("building {bin_name}"))?;
+    let bin = profile_dir.join(bin_name);
     if !bin.is_file() {
         bail!("cargo build succeeded but {} does not exist", bin.display());
     }

@@ -19,15 +19,33 @@
 //!   JWT-SVIDs.
 //! - [`sds`]: Envoy's secret discovery service (SDS v3) over the cache, with SPIRE's resource
 //!   names and validation contexts, served on the Workload API socket.
+//! - [`agent`]: the agent's life ([`agent::Agent`]): load the agent SVID from the
+//!   [`data_dir`] or attest ([`attestation`], with a bootstrap bundle from [`bootstrap`]),
+//!   renew it at half-life ([`renewal`]), follow bundle changes, serve the [`admin`] socket,
+//!   and run the [`agent::Component`]s that plug in (entry sync and the SVID manager, the
+//!   Workload API, SDS) with an [`agent::AgentHandle`].
+//! - [`server_client`]: the TLS connection to the server, checked as spire-agent checks it.
+//! - [`config`]: the settings and their defaults.
+//!
+//! Flow of `ward-agent run`: [`config::Settings`] → [`agent::Agent::start`] (load or attest)
+//! → [`agent::Agent::run`] with the components until a signal or a fatal error.
 //!
 //! The agent never depends on the store, the cluster or sled: it is a client of the server's
 //! API only.
 
+pub mod admin;
+pub mod agent;
+pub mod attestation;
+pub mod bootstrap;
 pub mod cache;
+pub mod config;
+pub mod data_dir;
 pub mod error;
 pub mod jwt;
 pub mod manager;
+pub mod renewal;
 pub mod sds;
+pub mod server_client;
 pub mod svid;
 pub mod sync;
 pub mod workload;

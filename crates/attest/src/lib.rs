@@ -15,7 +15,9 @@
 //! - [`CallerWatch`] and [`attest_caller`], which refuse selectors gathered for a caller that
 //!   exited or whose pid was reused while it was attested (SPIRE's peer-tracker checks);
 //! - [`ProcFs`], the proc file system the facts come from;
-//! - [`AttestError`], with SPIRE's message texts.
+//! - [`AttestError`], with SPIRE's message texts;
+//! - [`NodeAttestor`] ([`node_attestor`]), the agent side of node attestation (the evidence an
+//!   agent sends in `AttestAgent`), with [`node_attestor::join_token`].
 //!
 //! A flow: `let watch = CallerWatch::open(&procfs, caller)?; let selectors =
 //! attestor.attest(caller.pid)?; watch.check()?;`, which [`attest_caller`] wraps.
@@ -30,6 +32,7 @@
 mod caller_watch;
 mod error;
 pub mod k8s;
+pub mod node_attestor;
 mod procfs;
 pub mod systemd;
 pub mod unix;
@@ -38,6 +41,7 @@ mod workload_attestor;
 pub use caller_watch::{Caller, CallerWatch, attest_caller};
 pub use error::AttestError;
 pub use k8s::{K8sAttestor, K8sConfig};
+pub use node_attestor::{NodeAttestError, NodeAttestor};
 pub use procfs::{ProcFs, ProcStatus};
 pub use systemd::{SystemdAttestor, SystemdBus};
 pub use unix::{UnixAttestation, UnixAttestor, UnixConfig};

@@ -1,0 +1,509 @@
+//! The agent's configuration: ward's TOML file (`docs/agent-config.md`), then command-line
+//! flags, validated once into [`Settings`].
+//!
+//! Defaults follow spire-agent where a workload or operator would notice the difference (the
+//! Workload API socket path, the server port, the 5 s sync interval) and are written on each
+//! field. The checks on the bootstrap trust source and their messages are SPIRE's
+//! (`cmd/spire-agent/cli/run/run.go`), so an operator moving between the two sees the same
+//! sentences.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use ward_core::TrustDomain;
+
+/// Default TCP port of the server (SPIRE's).
+pub const DEFAULT_SERVER_PORT: u16 = 8081;
+/// Default Workload API socket: spire-agent's, so SPIFFE clients find it where they look.
+pub const DEFAULT_SOCKET_PATH: &str = "/tmp/spire-agent/public/api.sock";
+/// Default admin socket (health): a private directory beside the public one.
+pub const DEFAULT_ADMIN_SOCKET_PATH: &str = "/tmp/spire-agent/private/admin.sock";
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "./agent-data";
+/// Default time between entry syncs (SPIRE's).
+pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(5);
+/// Default bound on held X509-SVIDs and cached JWT-SVIDs (SPIRE's).
+pub const DEFAULT_SVID_CACHE_MAX_SIZE: usize = 1000;
+
+/// Why the configuration cannot be used: one sentence.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn err(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+/// `server_address`: one host name or IP address (a name may have several address records),
+/// or a list of them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum ServerAddressSetting {
+    /// One name or address.
+    One(String),
+    /// Several names or addresses, tried in turn.
+    Many(Vec<String>),
+}
+
+/// The agent's configuration file as written (every key optional; see
+/// `docs/agent-config.md` for each default).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// The server's host name or IP address, or a list of them.
+    pub server_address: Option<ServerAddressSetting>,
+    /// The server's TCP port (default 8081).
+    pub server_port: Option<u16>,
+    /// The trust domain the agent belongs to.
+    pub trust_domain: Option<String>,
+    /// A file with the bootstrap trust bundle.
+    pub trust_bundle_path: Option<PathBuf>,
+    /// An `https://` URL serving the bootstrap trust bundle.
+    pub trust_bundle_url: Option<String>,
+    /// `pem` (default) or `spiffe`: the format of the bootstrap trust bundle.
+    pub trust_bundle_format: Option<String>,
+    /// Trust the first server reached that presents the trust domain's server ID (default
+    /// false).
+    pub insecure_bootstrap: Option<bool>,
+    /// A join token for the first node attestation.
+    pub join_token: Option<String>,
+    /// A file holding the join token.
+    pub join_token_file: Option<PathBuf>,
+    /// Where the agent keeps its SVID, key and bundle (default `./agent-data`).
+    pub data_dir: Option<PathBuf>,
+    /// The Workload API socket (default `/tmp/spire-agent/public/api.sock`).
+    pub socket_path: Option<PathBuf>,
+    /// The admin socket (default `/tmp/spire-agent/private/admin.sock`).
+    pub admin_socket_path: Option<PathBuf>,
+    /// Time between entry syncs, as a Go duration (default `5s`).
+    pub sync_interval: Option<String>,
+    /// `error`, `warn`, `info` (default), `debug` or `trace`.
+    pub log_level: Option<String>,
+    /// `text` (default) or `json`.
+    pub log_format: Option<String>,
+    /// The most X509-SVIDs the agent holds (default 1000, SPIRE's).
+    pub x509_svid_cache_max_size: Option<usize>,
+    /// The most JWT-SVIDs the agent caches (default 1000, SPIRE's).
+    pub jwt_svid_cache_max_size: Option<usize>,
+}
+
+impl FileConfig {
+    /// Parses ward's TOML.
+    ///
+    /// # Errors
+    /// [`ConfigError`] with the TOML parser's message (unknown keys included).
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| err(format!("unable to decode configuration: {e}")))
+    }
+
+    /// Overlays `other`'s keys that are set onto `self` (flags over the file).
+    pub fn merge(&mut self, other: FileConfig) {
+        macro_rules! take {
+            ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
+        }
+        take!(
+            server_address,
+            server_port,
+            trust_domain,
+            trust_bundle_path,
+            trust_bundle_url,
+            trust_bundle_format,
+            insecure_bootstrap,
+            join_token,
+            join_token_file,
+            data_dir,
+            socket_path,
+            admin_socket_path,
+            sync_interval,
+            log_level,
+            log_format,
+            x509_svid_cache_max_size,
+            jwt_svid_cache_max_size
+        );
+    }
+}
+
+/// The format of a bootstrap trust bundle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BundleFormat {
+    /// PEM certificates.
+    Pem,
+    /// A SPIFFE bundle document (JWKS).
+    Spiffe,
+}
+
+/// Where the first bundle comes from, when the data directory holds none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootstrapTrust {
+    /// A file.
+    Path(PathBuf, BundleFormat),
+    /// An `https://` URL, fetched with the system's web PKI roots.
+    Url(String, BundleFormat),
+    /// No bundle: the server's ID is checked, its chain is not, and the bundle is taken from
+    /// its answer.
+    Insecure,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The validated settings the agent runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Server host names or addresses, tried in turn.
+    pub server_addresses: Vec<String>,
+    /// Server TCP port.
+    pub server_port: u16,
+    /// The agent's trust domain.
+    pub trust_domain: TrustDomain,
+    /// The bootstrap trust source.
+    pub bootstrap: BootstrapTrust,
+    /// The join token, if one is configured.
+    pub join_token: Option<String>,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// The Workload API socket.
+    pub socket_path: PathBuf,
+    /// The admin socket.
+    pub admin_socket_path: PathBuf,
+    /// Time between entry syncs.
+    pub sync_interval: Duration,
+    /// Log level name (`info`, ...).
+    pub log_level: String,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// The most X509-SVIDs the agent holds.
+    pub x509_svid_cache_max_size: usize,
+    /// The most JWT-SVIDs the agent caches.
+    pub jwt_svid_cache_max_size: usize,
+}
+
+/// Parses a Go duration (`5s`, `1m30s`, `250ms`).
+///
+/// # Errors
+/// [`ConfigError`] when the text is not a non-negative duration.
+pub fn parse_duration(text: &str) -> Result<Duration, ConfigError> {
+    let nanos = go_parse_duration::parse_duration(text)
+        .map_err(|_| err(format!("invalid duration {text:?}")))?;
+    u64::try_from(nanos)
+        .map(Duration::from_nanos)
+        .map_err(|_| err(format!("invalid duration {text:?}: it is negative")))
+}
+
+fn non_empty(s: Option<String>) -> Option<String> {
+    s.filter(|s| !s.is_empty())
+}
+
+fn non_empty_path(p: Option<PathBuf>) -> Option<PathBuf> {
+    p.filter(|p| !p.as_os_str().is_empty())
+}
+
+impl Settings {
+    /// Validates `file` (already merged with flags) into settings; `read_file` reads
+    /// `join_token_file` (a seam so tests need no files).
+    ///
+    /// # Errors
+    /// [`ConfigError`] with one sentence naming the first problem, in SPIRE's words where
+    /// SPIRE has the same check.
+    pub fn from_file_config(
+        file: FileConfig,
+        read_file: impl Fn(&Path) -> std::io::Result<String>,
+    ) -> Result<Self, ConfigError> {
+        let join_token = non_empty(file.join_token);
+        let join_token_file = non_empty_path(file.join_token_file);
+        let join_token = match (join_token, join_token_file) {
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    "only one of join_token or join_token_file can be specified, not both",
+                ));
+            }
+            (Some(t), None) => Some(t),
+            (None, Some(path)) => {
+                let text = read_file(&path).map_err(|e| {
+                    err(format!("unable to read join token file {:?}: {e}", path.display()))
+                })?;
+                let token = text.trim().to_owned();
+                if token.is_empty() {
+                    return Err(err("join token file is empty"));
+                }
+                Some(token)
+            }
+            (None, None) => None,
+        };
+        let server_addresses: Vec<String> = match file.server_address {
+            None => Vec::new(),
+            Some(ServerAddressSetting::One(a)) => vec![a],
+            Some(ServerAddressSetting::Many(list)) => list,
+        }
+        .into_iter()
+        .map(|a| a.trim().to_owned())
+        .filter(|a| !a.is_empty())
+        .collect();
+        if server_addresses.is_empty() {
+            return Err(err("server_address must be configured"));
+        }
+        let server_port = file.server_port.unwrap_or(DEFAULT_SERVER_PORT);
+        if server_port == 0 {
+            return Err(err("server_port must be configured"));
+        }
+        let td =
+            non_empty(file.trust_domain).ok_or_else(|| err("trust_domain must be configured"))?;
+        let trust_domain = TrustDomain::new(&td)
+            .map_err(|e| err(format!("trust_domain {td:?} is not valid: {e}")))?;
+
+        let path = non_empty_path(file.trust_bundle_path);
+        let url = non_empty(file.trust_bundle_url);
+        let insecure = file.insecure_bootstrap.unwrap_or(false);
+        if insecure {
+            match (&url, &path) {
+                (Some(_), Some(_)) => {
+                    return Err(err(
+                        "only one of insecure_bootstrap, trust_bundle_url, or trust_bundle_path \
+                         can be specified, not the three options",
+                    ));
+                }
+                (Some(_), None) => {
+                    return Err(err(
+                        "only one of insecure_bootstrap or trust_bundle_url can be specified, not \
+                         both",
+                    ));
+                }
+                (None, Some(_)) => {
+                    return Err(err(
+                        "only one of insecure_bootstrap or trust_bundle_path can be specified, \
+                         not both",
+                    ));
+                }
+                (None, None) => {}
+            }
+        } else if path.is_none() && url.is_none() {
+            return Err(err("trust_bundle_path or trust_bundle_url must be configured unless \
+                 insecure_bootstrap is set"));
+        }
+        if url.is_some() && path.is_some() {
+            return Err(err(
+                "only one of trust_bundle_url or trust_bundle_path can be specified, not both",
+            ));
+        }
+        let format = match non_empty(file.trust_bundle_format).as_deref() {
+            None | Some("pem") => BundleFormat::Pem,
+            Some("spiffe") => BundleFormat::Spiffe,
+            Some(_) => {
+                return Err(err(
+                    "invalid value for trust_bundle_format, expected \"pem\" or \"spiffe\"",
+                ));
+            }
+        };
+        let bootstrap = match (path, url) {
+            (Some(p), _) => BootstrapTrust::Path(p, format),
+            (None, Some(u)) => {
+                let parsed = url::Url::parse(&u)
+                    .map_err(|e| err(format!("unable to parse trust bundle URL: {e}")))?;
+                if parsed.scheme() != "https" {
+                    return Err(err("trust bundle URL must start with https://"));
+                }
+                BootstrapTrust::Url(u, format)
+            }
+            (None, None) => BootstrapTrust::Insecure,
+        };
+
+        let socket_path =
+            non_empty_path(file.socket_path).unwrap_or_else(|| DEFAULT_SOCKET_PATH.into());
+        let admin_socket_path = non_empty_path(file.admin_socket_path)
+            .unwrap_or_else(|| DEFAULT_ADMIN_SOCKET_PATH.into());
+        if let Some(dir) = socket_path.parent()
+            && !dir.as_os_str().is_empty()
+            && admin_socket_path.starts_with(dir)
+        {
+            return Err(err(
+                "admin socket cannot be in the same directory or a subdirectory as that \
+                 containing the Workload API socket",
+            ));
+        }
+        let sync_interval = match non_empty(file.sync_interval) {
+            None => DEFAULT_SYNC_INTERVAL,
+            Some(s) => parse_duration(&s)
+                .map_err(|e| err(format!("could not parse synchronization interval: {e}")))?,
+        };
+        if sync_interval.is_zero() {
+            return Err(err("sync_interval must be greater than zero"));
+        }
+        let log_level = non_empty(file.log_level).unwrap_or_else(|| "info".into()).to_lowercase();
+        if !["error", "warn", "warning", "info", "debug", "trace"].contains(&log_level.as_str()) {
+            return Err(err(format!(
+                "log_level {log_level:?} is not one of error, warn, info, debug, trace"
+            )));
+        }
+        let log_format = match non_empty(file.log_format).map(|f| f.to_lowercase()).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(err(format!("log_format {other:?} is not text or json")));
+            }
+        };
+        Ok(Self {
+            server_addresses,
+            server_port,
+            trust_domain,
+            bootstrap,
+            join_token,
+            data_dir: non_empty_path(file.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+            socket_path,
+            admin_socket_path,
+            sync_interval,
+            log_level,
+            log_format,
+            x509_svid_cache_max_size: file
+                .x509_svid_cache_max_size
+                .unwrap_or(DEFAULT_SVID_CACHE_MAX_SIZE),
+            jwt_svid_cache_max_size: file
+                .jwt_svid_cache_max_size
+                .unwrap_or(DEFAULT_SVID_CACHE_MAX_SIZE),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(toml: &str) -> Result<Settings, ConfigError> {
+        Settings::from_file_config(FileConfig::from_toml(toml)?, |_| Ok("tok-from-file\n".into()))
+    }
+
+    const BASE: &str = "server_address = \"ward.example\"\ntrust_domain = \"example.org\"\n";
+
+    #[test]
+    fn defaults_apply_to_a_minimal_file() {
+        let s = settings(&format!("{BASE}insecure_bootstrap = true\n")).unwrap();
+        assert_eq!(s.server_addresses, vec!["ward.example".to_owned()]);
+        assert_eq!(s.server_port, 8081);
+        assert_eq!(s.bootstrap, BootstrapTrust::Insecure);
+        assert_eq!(s.socket_path, PathBuf::from("/tmp/spire-agent/public/api.sock"));
+        assert_eq!(s.admin_socket_path, PathBuf::from("/tmp/spire-agent/private/admin.sock"));
+        assert_eq!(s.data_dir, PathBuf::from("./agent-data"));
+        assert_eq!(s.sync_interval, Duration::from_secs(5));
+        assert_eq!(s.log_level, "info");
+        assert_eq!(s.log_format, LogFormat::Text);
+        assert_eq!(s.join_token, None);
+        assert_eq!(s.x509_svid_cache_max_size, 1000);
+        assert_eq!(s.jwt_svid_cache_max_size, 1000);
+    }
+
+    #[test]
+    fn server_address_may_be_a_list() {
+        let s = settings(
+            "server_address = [\"10.0.0.1\", \"10.0.0.2\"]\ntrust_domain = \"example.org\"\n\
+             insecure_bootstrap = true\n",
+        )
+        .unwrap();
+        assert_eq!(s.server_addresses, vec!["10.0.0.1".to_owned(), "10.0.0.2".to_owned()]);
+    }
+
+    #[test]
+    fn bootstrap_sources_are_checked_as_spire_checks_them() {
+        let cases = [
+            (
+                "",
+                "trust_bundle_path or trust_bundle_url must be configured unless \
+                 insecure_bootstrap is set",
+            ),
+            (
+                "insecure_bootstrap = true\ntrust_bundle_path = \"/b.pem\"\n",
+                "only one of insecure_bootstrap or trust_bundle_path can be specified, not both",
+            ),
+            (
+                "trust_bundle_path = \"/b.pem\"\ntrust_bundle_url = \"https://x/b\"\n",
+                "only one of trust_bundle_url or trust_bundle_path can be specified, not both",
+            ),
+            ("trust_bundle_url = \"http://x/b\"\n", "trust bundle URL must start with https://"),
+            (
+                "trust_bundle_path = \"/b\"\ntrust_bundle_format = \"der\"\n",
+                "invalid value for trust_bundle_format, expected \"pem\" or \"spiffe\"",
+            ),
+        ];
+        for (extra, want) in cases {
+            assert_eq!(
+                settings(&format!("{BASE}{extra}")),
+                Err(ConfigError(want.into())),
+                "{extra}"
+            );
+        }
+        let s = settings(&format!(
+            "{BASE}trust_bundle_url = \"https://x/b\"\ntrust_bundle_format = \"spiffe\"\n"
+        ))
+        .unwrap();
+        assert_eq!(s.bootstrap, BootstrapTrust::Url("https://x/b".into(), BundleFormat::Spiffe));
+    }
+
+    #[test]
+    fn required_keys_are_named() {
+        assert_eq!(
+            settings("trust_domain = \"example.org\"\ninsecure_bootstrap = true\n"),
+            Err(ConfigError("server_address must be configured".into()))
+        );
+        assert_eq!(
+            settings("server_address = \"x\"\ninsecure_bootstrap = true\n"),
+            Err(ConfigError("trust_domain must be configured".into()))
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let e = settings(&format!("{BASE}insecure_bootstrap = true\nbogus = 1\n")).unwrap_err();
+        assert!(e.0.contains("unknown field `bogus`"), "{e}");
+    }
+
+    #[test]
+    fn join_token_comes_from_the_key_or_a_file_not_both() {
+        let s = settings(&format!(
+            "{BASE}insecure_bootstrap = true\njoin_token_file = \"/run/token\"\n"
+        ))
+        .unwrap();
+        assert_eq!(s.join_token.as_deref(), Some("tok-from-file"));
+        assert_eq!(
+            settings(&format!(
+                "{BASE}insecure_bootstrap = true\njoin_token = \"a\"\njoin_token_file = \"/t\"\n"
+            )),
+            Err(ConfigError(
+                "only one of join_token or join_token_file can be specified, not both".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn admin_socket_must_not_sit_beside_the_workload_socket() {
+        let e = settings(&format!(
+            "{BASE}insecure_bootstrap = true\nsocket_path = \"/run/ward/api.sock\"\n\
+             admin_socket_path = \"/run/ward/admin.sock\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.0.starts_with("admin socket cannot be in the same directory"), "{e}");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let mut file = FileConfig::from_toml(&format!("{BASE}server_port = 1\n")).unwrap();
+        file.merge(FileConfig { server_port: Some(2), ..FileConfig::default() });
+        assert_eq!(file.server_port, Some(2));
+        assert_eq!(file.trust_domain.as_deref(), Some("example.org"));
+    }
+
+    #[test]
+    fn sync_interval_is_a_go_duration() {
+        let s = settings(&format!("{BASE}insecure_bootstrap = true\nsync_interval = \"1m30s\"\n"))
+            .unwrap();
+        assert_eq!(s.sync_interval, Duration::from_secs(90));
+        assert!(
+            settings(&format!("{BASE}insecure_bootstrap = true\nsync_interval = \"soon\"\n"))
+                .is_err_and(|e| e.0.starts_with("could not parse synchronization interval"))
+        );
+    }
+}

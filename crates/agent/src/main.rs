@@ -1,0 +1,268 @@
+//! `ward-agent`: runs the node agent (`run`) or asks a running one whether it is healthy
+//! (`healthcheck`).
+//!
+//! Flags follow spire-agent's spelling (`-config`, `-joinToken`, ...); Go-style single-dash
+//! long flags are accepted as well as `--flag`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use ward_agent::agent::{Agent, Component, error_chain};
+use ward_agent::config::{FileConfig, LogFormat, ServerAddressSetting, Settings};
+use ward_attest::NodeAttestor;
+use ward_attest::node_attestor::join_token::JoinTokenAttestor;
+
+#[derive(Parser, Debug)]
+#[command(name = "ward-agent", version, about = "SPIFFE node agent (SPIRE-compatible)")]
+#[command(args_override_self = true)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Runs the agent.
+    Run(Box<RunFlags>),
+    /// Asks a running agent's admin socket whether it is healthy (exit 0) or not (exit 1).
+    Healthcheck {
+        /// The agent's admin socket.
+        #[arg(long = "socketPath", default_value = ward_agent::config::DEFAULT_ADMIN_SOCKET_PATH)]
+        socket_path: PathBuf,
+        /// A less stringent check (the same check here).
+        #[arg(long = "shallow")]
+        shallow: bool,
+        /// Print what is checked and why it failed.
+        #[arg(long = "verbose")]
+        verbose: bool,
+    },
+}
+
+/// Flags of `run`; each overrides the configuration file's key of the same meaning.
+#[derive(clap::Args, Debug)]
+struct RunFlags {
+    /// Path to the configuration file (ward's TOML; see docs/agent-config.md).
+    #[arg(long = "config")]
+    config: Option<PathBuf>,
+    /// The server's host name or IP address.
+    #[arg(long = "serverAddress")]
+    server_address: Option<String>,
+    /// The server's TCP port.
+    #[arg(long = "serverPort")]
+    server_port: Option<u16>,
+    /// The trust domain.
+    #[arg(long = "trustDomain")]
+    trust_domain: Option<String>,
+    /// Path to the bootstrap trust bundle.
+    #[arg(long = "trustBundle")]
+    trust_bundle: Option<PathBuf>,
+    /// URL of the bootstrap trust bundle (https).
+    #[arg(long = "trustBundleUrl")]
+    trust_bundle_url: Option<String>,
+    /// Format of the bootstrap trust bundle: pem or spiffe.
+    #[arg(long = "trustBundleFormat")]
+    trust_bundle_format: Option<String>,
+    /// Attest without a bootstrap bundle, checking only the server's SPIFFE ID.
+    #[arg(long = "insecureBootstrap")]
+    insecure_bootstrap: bool,
+    /// A join token for node attestation.
+    #[arg(long = "joinToken")]
+    join_token: Option<String>,
+    /// The data directory.
+    #[arg(long = "dataDir")]
+    data_dir: Option<PathBuf>,
+    /// The Workload API socket.
+    #[arg(long = "socketPath")]
+    socket_path: Option<PathBuf>,
+    /// The admin socket.
+    #[arg(long = "adminSocketPath")]
+    admin_socket_path: Option<PathBuf>,
+    /// Log level: error, warn, info, debug, trace.
+    #[arg(long = "logLevel")]
+    log_level: Option<String>,
+    /// Log format: text or json.
+    #[arg(long = "logFormat")]
+    log_format: Option<String>,
+}
+
+impl RunFlags {
+    fn into_file_config(self) -> FileConfig {
+        FileConfig {
+            server_address: self.server_address.map(ServerAddressSetting::One),
+            server_port: self.server_port,
+            trust_domain: self.trust_domain,
+            trust_bundle_path: self.trust_bundle,
+            trust_bundle_url: self.trust_bundle_url,
+            trust_bundle_format: self.trust_bundle_format,
+            insecure_bootstrap: self.insecure_bootstrap.then_some(true),
+            join_token: self.join_token,
+            data_dir: self.data_dir,
+            socket_path: self.socket_path,
+            admin_socket_path: self.admin_socket_path,
+            log_level: self.log_level,
+            log_format: self.log_format,
+            ..FileConfig::default()
+        }
+    }
+}
+
+/// Accepts Go-style `-flag` as `--flag` (clap reads a single dash as short flags).
+fn go_style(args: impl Iterator<Item = String>) -> Vec<String> {
+    args.map(|a| {
+        if a.len() > 2 && a.starts_with('-') && !a.starts_with("--") { format!("-{a}") } else { a }
+    })
+    .collect()
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse_from(go_style(std::env::args()));
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ward-agent: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match args.cmd {
+        Cmd::Run(flags) => runtime.block_on(run(*flags)),
+        Cmd::Healthcheck { socket_path, shallow: _, verbose } => {
+            runtime.block_on(healthcheck(socket_path, verbose))
+        }
+    }
+}
+
+fn load_settings(flags: RunFlags) -> Result<Settings, String> {
+    let mut file = match &flags.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                format!("unable to read configuration at {:?}: {e}", path.display())
+            })?;
+            FileConfig::from_toml(&text).map_err(|e| e.to_string())?
+        }
+        None => FileConfig::default(),
+    };
+    file.merge(flags.into_file_config());
+    Settings::from_file_config(file, |p| std::fs::read_to_string(p)).map_err(|e| e.to_string())
+}
+
+fn init_logging(settings: &Settings) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match settings.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// The parts that run beside the core, given the settings: entry sync and the SVID manager,
+/// the Workload API and SDS plug in here.
+fn components(_settings: &Settings) -> Vec<Box<dyn Component>> {
+    Vec::new()
+}
+
+async fn run(flags: RunFlags) -> ExitCode {
+    let settings = match load_settings(flags) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ward-agent: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(&settings);
+    let attestor: Option<Arc<dyn NodeAttestor>> = match settings.join_token.as_deref() {
+        Some(token) => match JoinTokenAttestor::new(token) {
+            Ok(a) => Some(Arc::new(a)),
+            Err(e) => {
+                eprintln!("ward-agent: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    let parts = components(&settings);
+    let agent = match Agent::start(settings, attestor).await {
+        Ok(a) => a,
+        Err(e) => {
+            let msg = error_chain(&e);
+            tracing::error!(error = %msg, "agent crashed");
+            eprintln!("ward-agent: {msg}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match agent.run(parts, shutdown_signal()).await {
+        Ok(()) => {
+            tracing::info!("agent stopped gracefully");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let msg = error_chain(&e);
+            tracing::error!(error = %msg, "agent crashed");
+            eprintln!("ward-agent: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        // Without signal handlers the agent runs until killed.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+async fn healthcheck(socket_path: PathBuf, verbose: bool) -> ExitCode {
+    use ward_proto::grpc::health::v1 as health;
+    if verbose {
+        println!("Checking agent health...");
+    }
+    let path = socket_path.clone();
+    let channel = tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await;
+    let resp = match channel {
+        Ok(ch) => health::health_client::HealthClient::new(ch)
+            .check(health::HealthCheckRequest { service: String::new() })
+            .await
+            .map_err(|s| s.message().to_owned()),
+        Err(e) => Err(error_chain(&e)),
+    };
+    match resp {
+        Ok(r)
+            if r.get_ref().status
+                == health::health_check_response::ServingStatus::Serving as i32 =>
+        {
+            println!("Agent is healthy.");
+            ExitCode::SUCCESS
+        }
+        Ok(r) => {
+            let status = health::health_check_response::ServingStatus::try_from(r.get_ref().status)
+                .map(|s| s.as_str_name().to_owned())
+                .unwrap_or_else(|_| r.get_ref().status.to_string());
+            eprintln!("Agent is unhealthy: agent returned status {status:?}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            if verbose {
+                eprintln!("Failed to check health: {e}");
+            }
+            eprintln!("Agent is unhealthy: unable to determine health");
+            ExitCode::FAILURE
+        }
+    }
+}
