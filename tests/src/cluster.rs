@@ -229,7 +229,8 @@ impl Replica {
             .unwrap_or_default()
     }
 
-    /// Waits for the process to exit on its own (a refused start or join); its log.
+    /// Waits for the process to exit on its own (a refused start or join, a removal); its
+    /// log. The replica counts as stopped afterwards (it may be started again).
     pub fn wait_exited(&mut self) -> anyhow::Result<String> {
         let node = self.node;
         let daemon =
@@ -240,7 +241,9 @@ impl Replica {
                 Err(_) => Step::Done(()),
             })
         })?;
-        Ok(daemon.log())
+        let log = daemon.log();
+        self.daemon = None;
+        Ok(log)
     }
 
     /// SIGKILL: no chance to flush or say goodbye.

@@ -691,16 +691,27 @@ pub async fn run_until_signal(cfg: Config) -> anyhow::Result<()> {
 /// Serves until `stop` resolves, then shuts down cleanly; or until a write fails fatally:
 /// then it logs that once and returns [`StoreFailed`] at once, without the graceful
 /// shutdown (nothing more is served or flushed from a store that cannot apply writes; the
-/// caller exits with [`EXIT_STORE_FAILED`] and a restart replays the log).
+/// caller exits with [`EXIT_STORE_FAILED`] and a restart replays the log). A replica that
+/// learns it was removed from its cluster shuts down cleanly and returns the reason.
 ///
 /// # Errors
-/// [`StoreFailed`].
+/// [`StoreFailed`]; the removal sentence of [`crate::peer::removal::removed_sentence`].
 pub async fn serve_until(
     server: RunningServer,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let cluster = server.cluster.clone();
+    let removed = async move {
+        match cluster {
+            Some(handle) => crate::peer::removal::removed(&handle).await,
+            None => std::future::pending().await,
+        }
+    };
+    let mut removal = None;
     tokio::select! {
         () = stop => {}
+        // Removed from its cluster: stop serving (as etcd stops a removed member), cleanly.
+        sentence = removed => removal = Some(sentence),
         reason = server.failed() => {
             tracing::error!(
                 error = %reason,
@@ -711,6 +722,11 @@ pub async fn serve_until(
             }
             return Err(StoreFailed(reason).into());
         }
+    }
+    if let Some(sentence) = removal {
+        tracing::error!("{sentence}");
+        server.shutdown().await;
+        anyhow::bail!("{sentence}");
     }
     tracing::info!("shutting down");
     server.shutdown().await;

@@ -19,6 +19,7 @@
 pub mod admin;
 pub mod credential;
 pub mod identity;
+pub mod removal;
 pub mod replica;
 pub mod service;
 pub mod transport;

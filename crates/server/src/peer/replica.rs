@@ -496,6 +496,12 @@ impl ClusterStartup {
         let membership =
             ward_cluster::LogStore::conf_state(&log).context("reading the raft log")?;
         let member = !membership.voters.is_empty() || !membership.learners.is_empty();
+        let me = settings.node_id;
+        if member && !membership.voters.contains(&me) && !membership.learners.contains(&me) {
+            // Its log applied its own removal: serving again would answer from a state that
+            // no longer follows the cluster.
+            anyhow::bail!("{}", super::removal::removed_sentence(me));
+        }
         let joining = !member && matches!(settings.start, crate::config::ClusterStart::Join { .. });
         let mut config = ward_cluster::ClusterConfig::new(settings.node_id);
         config.tick_interval = settings.tick_interval;
