@@ -157,6 +157,7 @@ pub mod command;
 mod error;
 mod image;
 mod index;
+mod load;
 pub mod log_entry;
 mod ordered;
 pub mod query;

@@ -30,10 +30,11 @@ use ward_core::{
 };
 
 use crate::error::{EngineResult, StoreError};
+use crate::load::load_state;
 use crate::ordered::Ordered;
 use crate::record;
 use crate::state::State;
-use crate::store::{CHANGE_FEED_RETAIN, Store, load_state};
+use crate::store::{CHANGE_FEED_RETAIN, Store};
 
 /// One piece of a snapshot.
 #[derive(Clone, PartialEq, Eq, Debug)]
