@@ -46,16 +46,35 @@ fn require_root() {
 
 /// Starts `cmd` and waits until the process runs `exe` (setpriv and unshare exec the
 /// workload in the same pid, so the pid is the workload's once the link points at it).
+///
+/// A launcher that exits before it runs `exe` is started again, a bounded number of times:
+/// a binary copied by one test can be briefly busy for another test's exec (ETXTBSY), while
+/// a process forked by a third test thread still holds the copy's write descriptor.
 fn start(cmd: &mut Command, exe: &Path) -> Proc {
-    let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).spawn().unwrap();
-    let proc = Proc(child);
-    let link = PathBuf::from(format!("/proc/{}/exe", proc.pid()));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::fs::read_link(&link).ok().as_deref() != Some(exe) {
-        assert!(Instant::now() < deadline, "{cmd:?} did not exec {}", exe.display());
-        std::thread::sleep(Duration::from_millis(5));
+    const ATTEMPTS: u32 = 10;
+    for attempt in 1..=ATTEMPTS {
+        let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).spawn().unwrap();
+        let mut proc = Proc(child);
+        let link = PathBuf::from(format!("/proc/{}/exe", proc.pid()));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if std::fs::read_link(&link).ok().as_deref() == Some(exe) {
+                return proc;
+            }
+            if let Some(status) = proc.0.try_wait().unwrap() {
+                assert!(
+                    attempt < ATTEMPTS,
+                    "{cmd:?} exited ({status}) before it ran {}",
+                    exe.display()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+                break;
+            }
+            assert!(Instant::now() < deadline, "{cmd:?} did not exec {}", exe.display());
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
-    proc
+    unreachable!("the last attempt returns or fails the test")
 }
 
 fn sleep_path() -> PathBuf {
