@@ -8,6 +8,7 @@
 //! It does not start anything on its own and holds no product logic: every process it starts
 //! is a real, unmodified binary listening on `127.0.0.1` or a Unix socket in a temp directory.
 
+pub mod agent;
 pub mod agent_scenario;
 pub mod authority_scenario;
 pub mod cli;

@@ -18,19 +18,17 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, ensure};
 use ward_core::{SpiffeId, x509svid};
+use ward_tests::agent::{AgentConfig, AgentDirs, start_ward_agent, wait_healthy};
 use ward_tests::agent_scenario::{pem_certificates, wait_ready};
 use ward_tests::cli::AdminCli;
 use ward_tests::command::run;
-use ward_tests::daemon::Daemon;
 use ward_tests::server::{ServerOptions, ServerProcess};
 use ward_tests::spire::{SpireBins, start_spire_server};
 use ward_tests::wait::{Step, poll_until};
 use ward_tests::ward::{start_ward_server, ward_agent_bin, ward_server_bin};
-use ward_tests::{quoted, quoted_path};
 
 const TD: &str = "example.org";
 const AGENT_TTL: Duration = Duration::from_secs(20);
-const READY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy)]
 enum Kind {
@@ -38,51 +36,15 @@ enum Kind {
     Spire,
 }
 
-struct AgentDirs {
-    dir: PathBuf,
-    data_dir: PathBuf,
-    admin_socket: PathBuf,
-}
-
 fn agent_config(dirs: &AgentDirs, port: u16, bundle: &Path, token: &str) -> String {
-    format!(
-        "server_address = \"127.0.0.1\"\nserver_port = {port}\ntrust_domain = {td}\n\
-         trust_bundle_path = {bundle}\njoin_token = {token}\ndata_dir = {data}\n\
-         socket_path = {socket}\nadmin_socket_path = {admin}\nlog_level = \"debug\"\n",
-        td = quoted(TD),
-        bundle = quoted_path(bundle),
-        token = quoted(token),
-        data = quoted_path(&dirs.data_dir),
-        socket = quoted_path(&dirs.dir.join("public/api.sock")),
-        admin = quoted_path(&dirs.admin_socket),
-    )
-}
-
-fn agent_dirs(root: &Path, name: &str) -> AgentDirs {
-    let dir = root.join(name);
-    AgentDirs { data_dir: dir.join("data"), admin_socket: dir.join("private/admin.sock"), dir }
-}
-
-fn start_agent(bin: &Path, dirs: &AgentDirs, config: &str) -> anyhow::Result<Daemon> {
-    let mut program = Command::new(bin);
-    program.env("NO_COLOR", "1");
-    Daemon::run_with_config("ward-agent", program, &dirs.dir, "-config", "agent.toml", config, &[])
-}
-
-fn healthcheck(bin: &Path, admin: &Path) -> anyhow::Result<ward_tests::command::CommandOutput> {
-    run(Command::new(bin).arg("healthcheck").arg("-socketPath").arg(admin), Duration::from_secs(30))
-}
-
-fn wait_healthy(bin: &Path, agent: &mut Daemon, admin: &Path) -> anyhow::Result<()> {
-    poll_until("ward-agent to report healthy", READY, || {
-        agent.ensure_running()?;
-        let out = healthcheck(bin, admin)?;
-        Ok(if out.status.success() && out.stdout.contains("Agent is healthy.") {
-            Step::Done(())
-        } else {
-            Step::Retry(out.describe())
-        })
-    })
+    AgentConfig {
+        trust_domain: TD.to_owned(),
+        server_port: port,
+        bundle_path: bundle.to_owned(),
+        join_token: token.to_owned(),
+        extra: String::new(),
+    }
+    .render(dirs)
 }
 
 /// The persisted agent SVID chain (DER, leaf first).
@@ -140,9 +102,9 @@ fn scenario(kind: Kind) -> anyhow::Result<()> {
     let agent_id = format!("spiffe://{TD}/spire/agent/join_token/{token}");
 
     eprintln!("[{kind:?}] 2. ward-agent attests with the join token");
-    let dirs = agent_dirs(root, "agent");
+    let dirs = AgentDirs::new(root, "agent");
     let config = agent_config(&dirs, server.port, &bundle_path, &token);
-    let mut agent = start_agent(&agent_bin, &dirs, &config)?;
+    let mut agent = start_ward_agent(&agent_bin, &dirs, &config)?;
     wait_healthy(&agent_bin, &mut agent, &dirs.admin_socket)?;
     ensure!(listed_agents(&spire_cli)? == vec![agent_id.clone()], "agent list after attestation");
     let first = persisted_svid(&dirs.data_dir)?;
@@ -180,7 +142,7 @@ fn scenario(kind: Kind) -> anyhow::Result<()> {
     agent.ensure_running()?;
 
     eprintln!("[{kind:?}] 6. a used join token is refused with a clear error");
-    let dirs2 = agent_dirs(root, "agent2");
+    let dirs2 = AgentDirs::new(root, "agent2");
     let config2 = agent_config(&dirs2, server.port, &bundle_path, &token);
     std::fs::create_dir_all(&dirs2.dir)?;
     std::fs::write(dirs2.dir.join("agent.toml"), &config2)?;

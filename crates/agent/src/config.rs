@@ -11,7 +11,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use ward_attest::UnixConfig;
+use ward_attest::k8s::{K8sConfig, K8sSettings};
 use ward_core::TrustDomain;
+
+use crate::sds::SdsConfig;
+use crate::workload::WorkloadApiConfig;
 
 /// Default TCP port of the server (SPIRE's).
 pub const DEFAULT_SERVER_PORT: u16 = 8081;
@@ -86,6 +91,47 @@ pub struct FileConfig {
     pub x509_svid_cache_max_size: Option<usize>,
     /// The most JWT-SVIDs the agent caches (default 1000, SPIRE's).
     pub jwt_svid_cache_max_size: Option<usize>,
+    /// Serve bundles to callers without an identity (default false, SPIRE's).
+    pub allow_unauthenticated_verifiers: Option<bool>,
+    /// Claims of foreign JWT-SVIDs that ValidateJWTSVID passes on (default none, SPIRE's).
+    pub allowed_foreign_jwt_claims: Option<Vec<String>>,
+    /// The workload attestors (`[workload_attestors.unix]`, `.k8s`, `.systemd`). Absent:
+    /// `unix` with its defaults.
+    pub workload_attestors: Option<WorkloadAttestorsConfig>,
+    /// Envoy SDS resource names (SPIRE's `sds` block).
+    pub sds: Option<SdsFileConfig>,
+}
+
+/// `[workload_attestors]`: each table present turns that attestor on, with its plugin data
+/// under SPIRE's keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadAttestorsConfig {
+    /// `unix`: `discover_workload_path`, `workload_size_limit`.
+    pub unix: Option<UnixConfig>,
+    /// `k8s`: the kubelet keys of SPIRE's `k8s` plugin (see docs/agent-attestors.md).
+    pub k8s: Option<K8sConfig>,
+    /// `systemd`: no keys.
+    pub systemd: Option<SystemdConfig>,
+}
+
+/// `[workload_attestors.systemd]`: SPIRE's plugin has no keys.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemdConfig {}
+
+/// `[sds]`, SPIRE's `sds` block: the resource names Envoy asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SdsFileConfig {
+    /// The caller's default identity (default `default`).
+    pub default_svid_name: Option<String>,
+    /// The own trust domain's bundle (default `ROOTCA`).
+    pub default_bundle_name: Option<String>,
+    /// Every bundle in one SPIFFE validator (default `ALL`).
+    pub default_all_bundles_name: Option<String>,
+    /// Plain `trusted_ca` validation contexts instead of the SPIFFE validator (default false).
+    pub disable_spiffe_cert_validation: Option<bool>,
 }
 
 impl FileConfig {
@@ -119,7 +165,11 @@ impl FileConfig {
             log_level,
             log_format,
             x509_svid_cache_max_size,
-            jwt_svid_cache_max_size
+            jwt_svid_cache_max_size,
+            allow_unauthenticated_verifiers,
+            allowed_foreign_jwt_claims,
+            workload_attestors,
+            sds
         );
     }
 }
@@ -183,6 +233,61 @@ pub struct Settings {
     pub x509_svid_cache_max_size: usize,
     /// The most JWT-SVIDs the agent caches.
     pub jwt_svid_cache_max_size: usize,
+    /// The workload attestors to run, in this order: unix, k8s, systemd.
+    pub workload_attestors: WorkloadAttestorSettings,
+    /// The Workload API's options.
+    pub workload_api: WorkloadApiConfig,
+    /// Envoy SDS's resource names.
+    pub sds: SdsConfig,
+}
+
+/// Which workload attestors run, with their validated settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadAttestorSettings {
+    /// `unix`, when configured (the default when no attestor is configured).
+    pub unix: Option<UnixConfig>,
+    /// `k8s`, when configured.
+    pub k8s: Option<K8sSettings>,
+    /// Whether `systemd` runs.
+    pub systemd: bool,
+}
+
+impl WorkloadAttestorSettings {
+    fn from_file(
+        file: Option<WorkloadAttestorsConfig>,
+        getenv: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let Some(file) = file else {
+            return Ok(Self { unix: Some(UnixConfig::default()), k8s: None, systemd: false });
+        };
+        let k8s = file
+            .k8s
+            .map(|k| k.settings(getenv))
+            .transpose()
+            .map_err(|e| err(format!("workload attestor \"k8s\": {e}")))?;
+        if file.unix.is_none() && k8s.is_none() && file.systemd.is_none() {
+            return Err(err(
+                "workload_attestors configures no attestor: add [workload_attestors.unix], \
+                 .k8s or .systemd, or remove the table to use unix",
+            ));
+        }
+        Ok(Self { unix: file.unix, k8s, systemd: file.systemd.is_some() })
+    }
+}
+
+fn sds_config(file: Option<SdsFileConfig>) -> SdsConfig {
+    let defaults = SdsConfig::default();
+    let Some(file) = file else { return defaults };
+    SdsConfig {
+        default_svid_name: non_empty(file.default_svid_name).unwrap_or(defaults.default_svid_name),
+        default_bundle_name: non_empty(file.default_bundle_name)
+            .unwrap_or(defaults.default_bundle_name),
+        default_all_bundles_name: non_empty(file.default_all_bundles_name)
+            .unwrap_or(defaults.default_all_bundles_name),
+        disable_spiffe_cert_validation: file
+            .disable_spiffe_cert_validation
+            .unwrap_or(defaults.disable_spiffe_cert_validation),
+    }
 }
 
 /// Parses a Go duration (`5s`, `1m30s`, `250ms`).
@@ -215,6 +320,19 @@ impl Settings {
     pub fn from_file_config(
         file: FileConfig,
         read_file: impl Fn(&Path) -> std::io::Result<String>,
+    ) -> Result<Self, ConfigError> {
+        Self::from_file_config_env(file, read_file, |k| std::env::var(k).ok())
+    }
+
+    /// [`Settings::from_file_config`] with the environment given (the `k8s` attestor reads
+    /// its node name from a variable).
+    ///
+    /// # Errors
+    /// As [`Settings::from_file_config`].
+    pub fn from_file_config_env(
+        file: FileConfig,
+        read_file: impl Fn(&Path) -> std::io::Result<String>,
+        getenv: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
         let join_token = non_empty(file.join_token);
         let join_token_file = non_empty_path(file.join_token_file);
@@ -335,6 +453,8 @@ impl Settings {
         if sync_interval.is_zero() {
             return Err(err("sync_interval must be greater than zero"));
         }
+        let workload_attestors =
+            WorkloadAttestorSettings::from_file(file.workload_attestors, getenv)?;
         let log_level = non_empty(file.log_level).unwrap_or_else(|| "info".into()).to_lowercase();
         if !["error", "warn", "warning", "info", "debug", "trace"].contains(&log_level.as_str()) {
             return Err(err(format!(
@@ -366,6 +486,18 @@ impl Settings {
             jwt_svid_cache_max_size: file
                 .jwt_svid_cache_max_size
                 .unwrap_or(DEFAULT_SVID_CACHE_MAX_SIZE),
+            workload_attestors,
+            workload_api: WorkloadApiConfig {
+                allow_unauthenticated_verifiers: file
+                    .allow_unauthenticated_verifiers
+                    .unwrap_or(false),
+                allowed_foreign_jwt_claims: file
+                    .allowed_foreign_jwt_claims
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
+            },
+            sds: sds_config(file.sds),
         })
     }
 }
@@ -505,5 +637,65 @@ mod tests {
             settings(&format!("{BASE}insecure_bootstrap = true\nsync_interval = \"soon\"\n"))
                 .is_err_and(|e| e.0.starts_with("could not parse synchronization interval"))
         );
+    }
+
+    #[test]
+    fn workload_attestors_default_to_unix_and_tables_choose_them() {
+        let base = format!("{BASE}insecure_bootstrap = true\n");
+        let s = settings(&base).unwrap();
+        assert_eq!(s.workload_attestors.unix, Some(UnixConfig::default()));
+        assert_eq!(
+            (s.workload_attestors.k8s.is_some(), s.workload_attestors.systemd),
+            (false, false)
+        );
+
+        let s = settings(&format!(
+            "{base}[workload_attestors.unix]\ndiscover_workload_path = true\n\
+             workload_size_limit = -1\n[workload_attestors.systemd]\n"
+        ))
+        .unwrap();
+        let unix = s.workload_attestors.unix.unwrap();
+        assert!(unix.discover_workload_path);
+        assert_eq!(unix.workload_size_limit, -1);
+        assert!(s.workload_attestors.systemd);
+
+        let s = settings(&format!("{base}[workload_attestors.systemd]\n")).unwrap();
+        assert_eq!(s.workload_attestors.unix, None, "only the attestors configured run");
+    }
+
+    #[test]
+    fn bad_workload_attestor_tables_are_refused_with_a_sentence() {
+        let base = format!("{BASE}insecure_bootstrap = true\n");
+        let empty = settings(&format!("{base}[workload_attestors]\n")).unwrap_err();
+        assert!(empty.0.starts_with("workload_attestors configures no attestor"), "{empty}");
+        let unknown = settings(&format!("{base}[workload_attestors.docker]\n")).unwrap_err();
+        assert!(unknown.0.contains("unknown field `docker`"), "{unknown}");
+        let both = settings(&format!(
+            "{base}[workload_attestors.k8s]\nkubelet_read_only_port = 10255\n\
+             kubelet_secure_port = 10250\n"
+        ))
+        .unwrap_err();
+        assert!(both.0.starts_with("workload attestor \"k8s\": "), "{both}");
+    }
+
+    #[test]
+    fn sds_names_and_workload_api_options_take_spires_keys() {
+        let base = format!("{BASE}insecure_bootstrap = true\n");
+        let s = settings(&base).unwrap();
+        assert_eq!(s.sds, SdsConfig::default());
+        assert_eq!(s.workload_api, WorkloadApiConfig::default());
+        let s = settings(&format!(
+            "{base}allow_unauthenticated_verifiers = true\nallowed_foreign_jwt_claims = [\"team\"]\n\
+             [sds]\ndefault_svid_name = \"mine\"\ndisable_spiffe_cert_validation = true\n"
+        ))
+        .unwrap();
+        assert!(s.workload_api.allow_unauthenticated_verifiers);
+        assert_eq!(
+            s.workload_api.allowed_foreign_jwt_claims.into_iter().collect::<Vec<_>>(),
+            ["team"]
+        );
+        assert_eq!(s.sds.default_svid_name, "mine");
+        assert_eq!(s.sds.default_bundle_name, "ROOTCA");
+        assert!(s.sds.disable_spiffe_cert_validation);
     }
 }

@@ -26,6 +26,8 @@
 //!   Workload API, SDS) with an [`agent::AgentHandle`].
 //! - [`server_client`]: the TLS connection to the server, checked as spire-agent checks it.
 //! - [`config`]: the settings and their defaults.
+//! - [`components`]: the parts `ward-agent run` starts from the settings (the SVID manager,
+//!   the Workload API socket with the configured workload attestors).
 //!
 //! Flow of `ward-agent run`: [`config::Settings`] → [`agent::Agent::start`] (load or attest)
 //! → [`agent::Agent::run`] with the components until a signal or a fatal error.
@@ -38,6 +40,7 @@ pub mod agent;
 pub mod attestation;
 pub mod bootstrap;
 pub mod cache;
+pub mod components;
 pub mod config;
 pub mod data_dir;
 pub mod error;

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use ward_agent::agent::{Agent, Component, error_chain};
+use ward_agent::agent::{Agent, error_chain};
 use ward_agent::config::{FileConfig, LogFormat, ServerAddressSetting, Settings};
 use ward_attest::NodeAttestor;
 use ward_attest::node_attestor::join_token::JoinTokenAttestor;
@@ -157,12 +157,6 @@ fn init_logging(settings: &Settings) {
     };
 }
 
-/// The parts that run beside the core, given the settings: entry sync and the SVID manager,
-/// the Workload API and SDS plug in here.
-fn components(_settings: &Settings) -> Vec<Box<dyn Component>> {
-    Vec::new()
-}
-
 async fn run(flags: RunFlags) -> ExitCode {
     let settings = match load_settings(flags) {
         Ok(s) => s,
@@ -182,7 +176,13 @@ async fn run(flags: RunFlags) -> ExitCode {
         },
         None => None,
     };
-    let parts = components(&settings);
+    let parts = match ward_agent::components::standard(&settings) {
+        Ok(parts) => parts,
+        Err(e) => {
+            eprintln!("ward-agent: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let agent = match Agent::start(settings, attestor).await {
         Ok(a) => a,
         Err(e) => {

@@ -8,10 +8,11 @@
 //! as spire-agent re-creates its connection after every rotation.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 use ward_core::TrustDomain;
 use ward_spiffe_tls::{SpiffeServerVerifier, agent_client_config, connect_tls};
@@ -145,7 +146,7 @@ pub fn client_config(
 pub struct ServerClient {
     target: Arc<ServerTarget>,
     trust_domain: TrustDomain,
-    channel: Arc<RwLock<Channel>>,
+    channel: Arc<watch::Sender<Channel>>,
 }
 
 impl ServerClient {
@@ -161,15 +162,18 @@ impl ServerClient {
     ) -> Result<Self, ConnectError> {
         let config = client_config(&trust_domain, Some(roots), Some(identity))?;
         let ch = channel(target.clone(), config, true).await?;
-        Ok(Self { target, trust_domain, channel: Arc::new(RwLock::new(ch)) })
+        Ok(Self { target, trust_domain, channel: Arc::new(watch::Sender::new(ch)) })
     }
 
     /// The channel to use for the next call (cheap to clone; after a rotation, a new one).
     pub fn channel(&self) -> Channel {
-        match self.channel.read() {
-            Ok(g) => g.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.channel.borrow().clone()
+    }
+
+    /// A receiver that always holds the channel to use (it changes when the agent SVID
+    /// rotates), for parts that make calls for as long as the agent runs.
+    pub fn channels(&self) -> watch::Receiver<Channel> {
+        self.channel.subscribe()
     }
 
     /// Where the server is.
@@ -188,10 +192,7 @@ impl ServerClient {
     ) -> Result<(), ConnectError> {
         let config = client_config(&self.trust_domain, Some(roots), Some(identity))?;
         let ch = channel(self.target.clone(), config, true).await?;
-        match self.channel.write() {
-            Ok(mut g) => *g = ch,
-            Err(poisoned) => *poisoned.into_inner() = ch,
-        }
+        self.channel.send_replace(ch);
         Ok(())
     }
 }

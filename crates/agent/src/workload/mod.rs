@@ -63,10 +63,44 @@ pub async fn serve(
     attestors: Vec<Box<dyn WorkloadAttestor>>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    let options = ServeOptions::new(listener_config);
+    serve_with(options, cache, jwt_source, attestors, shutdown).await
+}
+
+/// What [`serve_with`] serves on the socket and how.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The socket.
+    pub listener: ListenerConfig,
+    /// The Workload API's options.
+    pub api: WorkloadApiConfig,
+    /// SDS's resource names.
+    pub sds: SdsConfig,
+}
+
+impl ServeOptions {
+    /// The socket `listener` with SPIRE's default Workload API and SDS options.
+    pub fn new(listener: ListenerConfig) -> Self {
+        Self { listener, api: WorkloadApiConfig::default(), sds: SdsConfig::default() }
+    }
+}
+
+/// [`serve`] with the Workload API and SDS options given, as `ward-agent run` starts it.
+///
+/// # Errors
+/// As [`serve`].
+pub async fn serve_with(
+    options: ServeOptions,
+    cache: Arc<Cache>,
+    jwt_source: Arc<dyn JwtSvidSource>,
+    attestors: Vec<Box<dyn WorkloadAttestor>>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let ServeOptions { listener: listener_config, api: api_config, sds: sds_config } = options;
     let listener = WorkloadListener::bind(&listener_config)?;
     let attestor = CallerAttestor::new(attestors);
-    let sds = SdsService::new(SdsConfig::default(), Arc::clone(&cache), attestor.clone());
-    let api = WorkloadApi::new(cache, jwt_source, attestor, WorkloadApiConfig::default());
+    let sds = SdsService::new(sds_config, Arc::clone(&cache), attestor.clone());
+    let api = WorkloadApi::new(cache, jwt_source, attestor, api_config);
     let health = WorkloadHealth::new(listener.socket_path());
     let routes = Routes::new(api.into_service())
         .add_service(sds.into_server())
