@@ -7,130 +7,130 @@
 
 use serde_json::{Map, Value};
 
-use super::{Conv, Walk, convert, is_unset};
+use ward_spire_config::{Conv, Walk, convert, is_unset};
 
 const ENDPOINT: &str = "server.federation.bundle_endpoint";
 
-impl Walk {
-    /// Walks `server.federation`.
-    pub(super) fn federation(&mut self, value: &Value) {
-        let Value::Object(obj) = value else {
-            if !is_unset(value) {
-                self.refused.push("server.federation must be a block".into());
-            }
-            return;
-        };
-        let mut fed = toml::Table::new();
-        for (key, v) in obj {
-            match key.as_str() {
-                "bundle_endpoint" => {
-                    if let Some(t) = self.bundle_endpoint(v) {
-                        fed.insert(key.clone(), t.into());
-                    }
-                }
-                "federates_with" => {
-                    let t = self.federates_with(v);
-                    if !t.is_empty() {
-                        fed.insert(key.clone(), t.into());
-                    }
-                }
-                other => self.refused.push(unknown(&format!("server.federation.{other}"))),
-            }
+/// Walks `server.federation` (a [`ward_spire_config::Rule::Hook`]).
+pub(super) fn walk(w: &mut Walk<'_>, _path: &str, value: &Value) {
+    federation(w, value);
+}
+
+fn federation(w: &mut Walk<'_>, value: &Value) {
+    let Value::Object(obj) = value else {
+        if !is_unset(value) {
+            w.refused.push("server.federation must be a block".into());
         }
-        if !fed.is_empty() {
-            self.table.insert("federation".into(), fed.into());
+        return;
+    };
+    let mut fed = toml::Table::new();
+    for (key, v) in obj {
+        match key.as_str() {
+            "bundle_endpoint" => {
+                if let Some(t) = bundle_endpoint(w, v) {
+                    fed.insert(key.clone(), t.into());
+                }
+            }
+            "federates_with" => {
+                let t = federates_with(w, v);
+                if !t.is_empty() {
+                    fed.insert(key.clone(), t.into());
+                }
+            }
+            other => w.refused.push(unknown(&format!("server.federation.{other}"))),
         }
     }
+    if !fed.is_empty() {
+        w.table.insert("federation".into(), fed.into());
+    }
+}
 
-    /// The endpoint's table; `None` when the block is absent or not a block.
-    fn bundle_endpoint(&mut self, value: &Value) -> Option<toml::Table> {
-        let Value::Object(obj) = value else {
-            if !is_unset(value) {
-                self.refused.push(format!("{ENDPOINT} must be a block"));
-            }
-            return None;
-        };
-        let mut out = toml::Table::new();
-        for (key, v) in obj {
-            let conv = match key.as_str() {
-                "address" => Conv::Ip,
-                "port" => Conv::Int,
-                "refresh_hint" => Conv::Duration,
-                "profile" => {
-                    self.endpoint_profile(v);
-                    continue;
-                }
-                "acme" => {
-                    if !is_unset(v) {
-                        self.refused.push(https_web_refusal("acme"));
-                    }
-                    continue;
-                }
-                other => {
-                    self.refused.push(unknown(&format!("{ENDPOINT}.{other}")));
-                    continue;
-                }
-            };
-            if v.is_null() || is_unset(v) {
+/// The endpoint's table; `None` when the block is absent or not a block.
+fn bundle_endpoint(w: &mut Walk<'_>, value: &Value) -> Option<toml::Table> {
+    let Value::Object(obj) = value else {
+        if !is_unset(value) {
+            w.refused.push(format!("{ENDPOINT} must be a block"));
+        }
+        return None;
+    };
+    let mut out = toml::Table::new();
+    for (key, v) in obj {
+        let conv = match key.as_str() {
+            "address" => Conv::Ip,
+            "port" => Conv::Int,
+            "refresh_hint" => Conv::Duration,
+            "profile" => {
+                endpoint_profile(w, v);
                 continue;
             }
-            match convert(v, conv) {
-                Ok(t) => {
-                    out.insert(key.clone(), t);
+            "acme" => {
+                if !is_unset(v) {
+                    w.refused.push(https_web_refusal("acme"));
                 }
-                Err(why) => self.refused.push(format!("{ENDPOINT}.{key} {why}")),
+                continue;
             }
-        }
-        Some(out)
-    }
-
-    fn endpoint_profile(&mut self, value: &Value) {
-        let Value::Object(profiles) = value else {
-            self.refused.push(format!("{ENDPOINT}.profile must be a labelled block"));
-            return;
+            other => {
+                w.refused.push(unknown(&format!("{ENDPOINT}.{other}")));
+                continue;
+            }
         };
-        if profiles.len() != 1 {
-            self.refused.push(format!(
-                "{ENDPOINT}.profile: exactly one bundle endpoint profile is expected"
-            ));
-            return;
+        if v.is_null() || is_unset(v) {
+            continue;
         }
-        for (name, body) in profiles {
-            match name.as_str() {
-                // ward serves with its SVID, which is what this profile is.
-                "https_spiffe" if is_unset(body) => {}
-                "https_spiffe" => self
-                    .refused
-                    .push(format!("{ENDPOINT}.profile \"https_spiffe\" takes no settings")),
-                "https_web" => self.refused.push(https_web_refusal("profile \"https_web\"")),
-                other => self.refused.push(format!(
-                    "{ENDPOINT}.profile {other:?} is unknown; the profiles are \"https_spiffe\" \
+        match w.convert(v, conv) {
+            Ok(t) => {
+                out.insert(key.clone(), t);
+            }
+            Err(why) => w.refused.push(format!("{ENDPOINT}.{key} {why}")),
+        }
+    }
+    Some(out)
+}
+
+fn endpoint_profile(w: &mut Walk<'_>, value: &Value) {
+    let Value::Object(profiles) = value else {
+        w.refused.push(format!("{ENDPOINT}.profile must be a labelled block"));
+        return;
+    };
+    if profiles.len() != 1 {
+        w.refused
+            .push(format!("{ENDPOINT}.profile: exactly one bundle endpoint profile is expected"));
+        return;
+    }
+    for (name, body) in profiles {
+        match name.as_str() {
+            // ward serves with its SVID, which is what this profile is.
+            "https_spiffe" if is_unset(body) => {}
+            "https_spiffe" => {
+                w.refused.push(format!("{ENDPOINT}.profile \"https_spiffe\" takes no settings"))
+            }
+            "https_web" => w.refused.push(https_web_refusal("profile \"https_web\"")),
+            other => w.refused.push(format!(
+                "{ENDPOINT}.profile {other:?} is unknown; the profiles are \"https_spiffe\" \
                      and \"https_web\""
-                )),
-            }
+            )),
         }
     }
+}
 
-    /// The relationships by trust domain.
-    fn federates_with(&mut self, value: &Value) -> toml::Table {
-        let mut all = toml::Table::new();
-        let Value::Object(domains) = value else {
-            if !is_unset(value) {
-                self.refused
-                    .push("server.federation.federates_with must hold labelled blocks".into());
-            }
-            return all;
-        };
-        for (td, body) in domains {
-            match relationship(td, body) {
-                Ok(t) => {
-                    all.insert(td.clone(), t.into());
-                }
-                Err(why) => self.refused.push(why),
-            }
+/// The relationships by trust domain.
+fn federates_with(w: &mut Walk<'_>, value: &Value) -> toml::Table {
+    let mut all = toml::Table::new();
+    let Value::Object(domains) = value else {
+        if !is_unset(value) {
+            w.refused.push("server.federation.federates_with must hold labelled blocks".into());
         }
-        all
+        return all;
+    };
+    for (td, body) in domains {
+        match relationship(td, body) {
+            Ok(t) => {
+                all.insert(td.clone(), t.into());
+            }
+            Err(why) => w.refused.push(why),
+        }
     }
+    all
 }
 
 /// One `federates_with "<td>" { ... }` block as ward's table, or SPIRE's refusal.
@@ -187,7 +187,7 @@ fn relationship(td: &str, body: &Value) -> Result<toml::Table, String> {
     Ok(out)
 }
 
-fn unknown(path: &str) -> String {
+pub(super) fn unknown(path: &str) -> String {
     format!("{path} is not a setting of SPIRE's server (SPIRE refuses it as unknown configuration)")
 }
 

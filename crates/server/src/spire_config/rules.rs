@@ -2,51 +2,10 @@
 //! configuration. Supporting one more SPIRE key is one line here (a `Map` naming ward's TOML
 //! key); `docs/config.md` lists the same table for operators.
 
-/// How a SPIRE value becomes ward's (SPIRE's HCL v1 decoder is weakly typed, and so is this).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Conv {
-    /// A string; a number is taken as its text.
-    Str,
-    /// A string that SPIRE compares without case, lower-cased.
-    Lower,
-    /// An integer; a string of digits is taken too.
-    Int,
-    /// A boolean; `"true"`, `"false"`, `"1"`, `"0"`, `"t"`, `"f"` are taken too.
-    Bool,
-    /// A Go duration (`"1h30m"`), checked here so that every bad one is listed.
-    Duration,
-    /// An IP address (SPIRE also resolves host names; ward listens on an address).
-    Ip,
-}
-
-/// What ward does with one SPIRE setting (and everything below it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rule {
-    /// A block whose keys have rules of their own.
-    Block,
-    /// A block whose keys have rules of their own and whose presence, even empty, turns on
-    /// ward's table `.0` (SPIRE's `telemetry { Prometheus {} }` enables Prometheus).
-    Section(&'static str),
-    /// The `plugins` section (see [`PLUGINS`]).
-    Plugins,
-    /// The `server.federation` block: the bundle endpoint and the relationships keyed by
-    /// trust domain, mapped to ward's `[federation]` table.
-    Federation,
-    /// Copied to ward's setting `to` (a dotted path in ward's TOML), converted with `conv`.
-    Map {
-        /// Ward's key.
-        to: &'static str,
-        /// The conversion.
-        conv: Conv,
-    },
-    /// Accepted and ignored; the note is logged at start-up when the value is set.
-    Ignore(&'static str),
-    /// Refused with this sentence when set to anything but false, empty or zero.
-    Refuse(&'static str),
-}
+pub use ward_spire_config::{Conv, PluginRule, Rule};
 
 use Conv::{Bool, Duration, Int, Ip, Lower, Str};
-use Rule::{Block, Federation, Ignore, Map, Plugins, Refuse, Section};
+use Rule::{Block, Hook, Ignore, Map, Plugins, Refuse, Section};
 
 /// Every setting SPIRE v1.13's server reads, by dotted path. A path not listed here is not a
 /// SPIRE setting and is refused as unknown, as SPIRE refuses it. Keys match without regard to
@@ -97,7 +56,7 @@ pub const SETTINGS: &[(&str, Rule)] = &[
             "server.log_source_location is not supported: ward's log lines carry no source location",
         ),
     ),
-    ("server.federation", Federation),
+    ("server.federation", Hook(super::federation::walk)),
     (
         "server.prune_attested_nodes_expired_for",
         Refuse(
@@ -237,17 +196,6 @@ pub const SETTINGS: &[(&str, Rule)] = &[
     ("health_checks.live_path", Map { to: "health_checks.live_path", conv: Str }),
     ("health_checks.ready_path", Map { to: "health_checks.ready_path", conv: Str }),
 ];
-
-/// What ward does with one plugin.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PluginRule {
-    /// Ward has it built in.
-    Accept,
-    /// Accepted and ignored, with this note at start-up.
-    Ignore(&'static str),
-    /// Refused with this sentence.
-    Refuse(&'static str),
-}
 
 /// Plugins ward accepts, or refuses with a reason of their own, by type and name.
 pub const PLUGINS: &[(&str, &str, PluginRule)] = &[
