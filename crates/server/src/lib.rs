@@ -54,6 +54,7 @@ pub mod cli;
 pub mod config;
 pub mod current_read;
 pub mod data_dir;
+pub mod dev;
 pub mod federation;
 pub mod health_checks;
 pub mod http_listener;

@@ -54,6 +54,19 @@ enum Cmd {
         #[command(flatten)]
         cluster: ClusterFlags,
     },
+    /// Starts a one-node server and a ward-agent on embedded defaults, registers the current
+    /// user and prints the SVID it got and the Workload API socket. NOT for production.
+    Dev {
+        /// Keep state in this directory (default: a throw-away directory, deleted at exit).
+        #[arg(long = "dataDir")]
+        data_dir: Option<PathBuf>,
+        /// TCP port on 127.0.0.1 for agents (default 8081).
+        #[arg(long = "serverPort")]
+        server_port: Option<u16>,
+        /// The ward-agent binary (default: $WARD_AGENT_BIN, beside ward-server, or on PATH).
+        #[arg(long = "agentBin")]
+        agent_bin: Option<PathBuf>,
+    },
     /// Copies registration entries (ids kept), federation relationships and federated bundles
     /// from a running SPIRE server into ward; running it again changes nothing.
     Migrate {
@@ -344,6 +357,10 @@ async fn dispatch(cmd: Cmd) -> ExitCode {
                 }
                 _ => finish(result),
             }
+        }
+        Cmd::Dev { data_dir, server_port, agent_bin } => {
+            let opts = ward_server::dev::DevOptions { dir: data_dir, server_port, agent_bin };
+            finish(ward_server::dev::run(opts).await)
         }
         Cmd::Migrate { from_socket, socket_path } => {
             let opts = migrate::MigrateOptions { from_socket, to_socket: socket_path };
