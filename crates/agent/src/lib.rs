@@ -49,6 +49,7 @@ pub mod manager;
 pub mod renewal;
 pub mod sds;
 pub mod server_client;
+pub mod spire_config;
 pub mod svid;
 pub mod sync;
 pub mod workload;

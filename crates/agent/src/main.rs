@@ -11,6 +11,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use ward_agent::agent::{Agent, error_chain};
 use ward_agent::config::{FileConfig, LogFormat, ServerAddressSetting, Settings};
+use ward_agent::spire_config::{self, FileFormat};
 use ward_attest::NodeAttestor;
 use ward_attest::node_attestor::join_token::JoinTokenAttestor;
 
@@ -43,9 +44,13 @@ enum Cmd {
 /// Flags of `run`; each overrides the configuration file's key of the same meaning.
 #[derive(clap::Args, Debug)]
 struct RunFlags {
-    /// Path to the configuration file (ward's TOML; see docs/agent-config.md).
+    /// Path to the configuration file: ward's TOML, or a spire-agent configuration (HCL or
+    /// JSON; see docs/agent-config.md).
     #[arg(long = "config")]
     config: Option<PathBuf>,
+    /// Replace `$NAME` and `${NAME}` in the configuration file with environment variables.
+    #[arg(long = "expandEnv")]
+    expand_env: bool,
     /// The server's host name or IP address.
     #[arg(long = "serverAddress")]
     server_address: Option<String>,
@@ -133,18 +138,26 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_settings(flags: RunFlags) -> Result<Settings, String> {
-    let mut file = match &flags.config {
+/// The settings, and the notes on spire-agent settings read but ignored.
+fn load_settings(flags: RunFlags) -> Result<(Settings, Vec<String>), String> {
+    let (mut file, format, notes) = match &flags.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
+            let mut text = std::fs::read_to_string(path).map_err(|e| {
                 format!("unable to read configuration at {:?}: {e}", path.display())
             })?;
-            FileConfig::from_toml(&text).map_err(|e| e.to_string())?
+            if flags.expand_env {
+                text = spire_config::expand_env(&text, &|name| std::env::var(name).ok());
+            }
+            let loaded = spire_config::read(path, &text).map_err(|e| e.to_string())?;
+            (loaded.file, loaded.format, loaded.notes)
         }
-        None => FileConfig::default(),
+        None => (FileConfig::default(), FileFormat::WardToml, Vec::new()),
     };
     file.merge(flags.into_file_config());
-    Settings::from_file_config(file, |p| std::fs::read_to_string(p)).map_err(|e| e.to_string())
+    spire_config::check_merged(format, &file).map_err(|e| e.to_string())?;
+    let settings = Settings::from_file_config(file, |p| std::fs::read_to_string(p))
+        .map_err(|e| e.to_string())?;
+    Ok((settings, notes))
 }
 
 fn init_logging(settings: &Settings) {
@@ -158,7 +171,7 @@ fn init_logging(settings: &Settings) {
 }
 
 async fn run(flags: RunFlags) -> ExitCode {
-    let settings = match load_settings(flags) {
+    let (settings, notes) = match load_settings(flags) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("ward-agent: {e}");
@@ -166,6 +179,9 @@ async fn run(flags: RunFlags) -> ExitCode {
         }
     };
     init_logging(&settings);
+    for note in &notes {
+        tracing::warn!("{note}");
+    }
     let attestor: Option<Arc<dyn NodeAttestor>> = match settings.join_token.as_deref() {
         Some(token) => match JoinTokenAttestor::new(token) {
             Ok(a) => Some(Arc::new(a)),

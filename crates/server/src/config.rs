@@ -114,22 +114,7 @@ impl Default for RateLimitConfig {
 }
 
 fn spire_message(path: &Path, e: &SpireConfigError) -> String {
-    match e {
-        SpireConfigError::Decode(why) => {
-            format!("unable to decode configuration at {:?}: {why}", path.display().to_string())
-        }
-        SpireConfigError::Refused(sentences) => {
-            let mut msg = format!(
-                "ward cannot run with the SPIRE configuration at {:?}:",
-                path.display().to_string()
-            );
-            for s in sentences {
-                msg.push_str("\n  - ");
-                msg.push_str(s);
-            }
-            msg
-        }
-    }
+    e.describe(path, "ward")
 }
 
 /// The file as written: every key optional.

@@ -66,6 +66,26 @@ pub enum SpireConfigError {
     Refused(Vec<String>),
 }
 
+impl SpireConfigError {
+    /// The error as `program` reports it for the file at `path`: SPIRE's decode message, or
+    /// one line naming the file followed by one `  - ` line per refused setting or plugin.
+    pub fn describe(&self, path: &std::path::Path, program: &str) -> String {
+        let path = path.display().to_string();
+        match self {
+            Self::Decode(why) => format!("unable to decode configuration at {path:?}: {why}"),
+            Self::Refused(sentences) => {
+                let mut msg =
+                    format!("{program} cannot run with the SPIRE configuration at {path:?}:");
+                for s in sentences {
+                    msg.push_str("\n  - ");
+                    msg.push_str(s);
+                }
+                msg
+            }
+        }
+    }
+}
+
 /// Translates SPIRE configuration `text`, written in `format`, with `schema`.
 ///
 /// SPIRE's own checks for the two required sections come first (`<section> section must be
