@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
-//! ward-server + ward-agent + workload processes, end to end, real processes on 127.0.0.1 and
-//! a Unix socket; the workloads are SPIRE v1.13.3's own Workload API client (`spire-agent
-//! api …`, go-spiffe underneath) run under other uids:
+//! ward-agent + workload processes, end to end, against `ward-server` and against an
+//! unmodified `spire-server` v1.13.3 (the same steps, the same assertions), real processes on
+//! 127.0.0.1 and a Unix socket; the workloads are SPIRE v1.13.3's own Workload API client
+//! (`spire-agent api …`, go-spiffe v2 underneath) run under other uids:
 //! 1. the agent attests with a join token and serves the Workload API socket;
 //! 2. an entry by `unix:uid` and one by `unix:path` (the workload binary's path) each reach
 //!    exactly the workload they select: X509-SVIDs that chain to the server's bundle
@@ -25,7 +26,8 @@ use ward_tests::agent_scenario::{json_array, openssl_verify, read_written_svids,
 use ward_tests::cli::AdminCli;
 use ward_tests::daemon::Daemon;
 use ward_tests::server::ServerOptions;
-use ward_tests::spire::SpireBins;
+use ward_tests::server::ServerProcess;
+use ward_tests::spire::{SpireBins, start_spire_server};
 use ward_tests::wait::{Step, poll_until};
 use ward_tests::ward::{start_ward_server, ward_agent_bin, ward_server_bin};
 
@@ -34,8 +36,14 @@ const WAIT: Duration = Duration::from_secs(60);
 /// X509-SVID lifetime of the uid entry: it rotates at about half of it.
 const SHORT_TTL_SECS: u32 = 20;
 
-fn phase(step: &str) {
-    eprintln!("[ward-agent e2e] {step}");
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Ward,
+    Spire,
+}
+
+fn phase(kind: Kind, step: &str) {
+    eprintln!("[ward-agent e2e, {kind:?}] {step}");
 }
 
 /// Polls `client`'s `api fetch x509` until it prints exactly `want`.
@@ -74,7 +82,18 @@ fn wait_log(daemon: &Daemon, what: &str, done: impl Fn(&str) -> bool) -> anyhow:
 }
 
 #[test]
-fn workloads_get_rotate_and_lose_identities_through_a_real_agent() -> anyhow::Result<()> {
+fn workloads_get_rotate_and_lose_identities_through_ward_agent_and_ward_server()
+-> anyhow::Result<()> {
+    scenario(Kind::Ward)
+}
+
+#[test]
+fn workloads_get_rotate_and_lose_identities_through_ward_agent_and_spire_server()
+-> anyhow::Result<()> {
+    scenario(Kind::Spire)
+}
+
+fn scenario(kind: Kind) -> anyhow::Result<()> {
     ensure!(std::fs::metadata("/proc/self")?.uid() == 0, "runs as root");
     let tmp = tempfile::Builder::new().prefix("ward-e2e").tempdir()?;
     let root = tmp.path();
@@ -84,9 +103,17 @@ fn workloads_get_rotate_and_lose_identities_through_a_real_agent() -> anyhow::Re
     let server_bin = ward_server_bin()?;
     let agent_bin = ward_agent_bin()?;
 
-    phase("1. server, join token, agent");
-    let mut server = start_ward_server(&server_bin, &root.join("server"), &ServerOptions::new(TD))?;
-    let cli = AdminCli::new(&server_bin, &server.socket_path);
+    phase(kind, "1. server, join token, agent");
+    let options = ServerOptions::new(TD);
+    let (cli_bin, mut server): (std::path::PathBuf, ServerProcess) = match kind {
+        Kind::Ward => {
+            (server_bin.clone(), start_ward_server(&server_bin, &root.join("server"), &options)?)
+        }
+        Kind::Spire => {
+            (spire.server.clone(), start_spire_server(&spire, &root.join("server"), &options)?)
+        }
+    };
+    let cli = AdminCli::new(&cli_bin, &server.socket_path);
     wait_ready(&mut server.daemon, &cli)?;
     let token = cli.token_generate(Some(600))?;
     let bundle_path = root.join("bundle.pem");
@@ -105,7 +132,7 @@ fn workloads_get_rotate_and_lose_identities_through_a_real_agent() -> anyhow::Re
     let mut agent = start_ward_agent(&agent_bin, &dirs, &config.render(&dirs))?;
     wait_healthy(&agent_bin, &mut agent, &dirs.admin_socket)?;
 
-    phase("2. entries by uid and by path");
+    phase(kind, "2. entries by uid and by path");
     let client_bin = runnable_copy(&spire.agent, root, "spire-agent")?;
     let path_bin = runnable_copy(&spire.agent, root, "path-workload")?;
     let uid_id = format!("spiffe://{TD}/workload/uid-1000");
@@ -171,7 +198,7 @@ fn workloads_get_rotate_and_lose_identities_through_a_real_agent() -> anyhow::Re
         out.describe()
     );
 
-    phase("3. rotation pushed to a watching workload");
+    phase(kind, "3. rotation pushed to a watching workload");
     let watch =
         Daemon::spawn("api watch", uid_client.command(&["watch"]), &root.join("watch.log"))?;
     let received = |t: &str| t.matches("Received ").count();
@@ -179,13 +206,13 @@ fn workloads_get_rotate_and_lose_identities_through_a_real_agent() -> anyhow::Re
     let first = received(&watch.log());
     wait_log(&watch, "a rotated SVID", |t| received(t) > first)?;
 
-    phase("4. the entry deleted: the identity is taken away");
+    phase(kind, "4. the entry deleted: the identity is taken away");
     cli.ok(&["entry", "delete"], &["-entryID", &uid_entry])?;
     wait_log(&watch, "the identity taken away", |t| t.contains("no identity issued"))?;
     wait_for_denial(&uid_client)?;
     drop(watch);
 
-    phase("5. the agent restarts with its persisted identity");
+    phase(kind, "5. the agent restarts with its persisted identity");
     agent.restart(Duration::from_secs(10))?;
     wait_healthy(&agent_bin, &mut agent, &dirs.admin_socket)?;
     wait_for_ids(&path_client, std::slice::from_ref(&path_id))?;
