@@ -17,6 +17,7 @@ use tracing::{info, warn};
 use ward_attest::{Caller, ProcFs};
 
 use super::PeerInfo;
+use super::authority::AuthorityFix;
 
 /// The names SPIRE's Helm chart and the SPIFFE CSI driver look for in the socket's directory;
 /// each one that differs from the socket's own name is made a symbolic link to it.
@@ -199,7 +200,8 @@ fn link_alternate(link: &Path, target: &Path) -> Result<(), ListenError> {
 
 /// An accepted connection with its caller.
 struct PeerConn {
-    stream: UnixStream,
+    /// The socket, with every request's `:authority` made acceptable to the HTTP/2 server.
+    stream: AuthorityFix<UnixStream>,
     peer: PeerInfo,
 }
 
@@ -208,7 +210,7 @@ impl PeerConn {
         let cred = stream.peer_cred().map_err(|_| ward_attest::AttestError::NoCallerPid)?;
         let pid = cred.pid().and_then(|p| u32::try_from(p).ok()).unwrap_or(0);
         let caller = Caller { pid, uid: cred.uid(), gid: cred.gid() };
-        Ok(Self { stream, peer: PeerInfo::open(procfs, caller)? })
+        Ok(Self { stream: AuthorityFix::new(stream), peer: PeerInfo::open(procfs, caller)? })
     }
 }
 

@@ -21,6 +21,7 @@
 //! Behaviour and error texts follow SPIRE v1.13.3's agent (`pkg/agent/endpoints/`); the
 //! differences are listed in `docs/agent.md`.
 
+mod authority;
 mod caller;
 mod health;
 mod jwt;
