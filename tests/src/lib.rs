@@ -26,6 +26,7 @@ pub mod slow_disk;
 pub mod spire;
 pub mod wait;
 pub mod ward;
+pub mod workload_clients;
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
