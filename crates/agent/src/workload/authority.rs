@@ -38,6 +38,9 @@ const MAX_HEADER_BLOCK: usize = 256 * 1024;
 /// The largest frame payload written to the server: HTTP/2's initial
 /// SETTINGS_MAX_FRAME_SIZE, which the Workload API server keeps.
 const MAX_FRAME_PAYLOAD: usize = 16_384;
+/// The HPACK dynamic table size the Workload API server allows (HTTP/2's initial
+/// SETTINGS_HEADER_TABLE_SIZE, which it keeps): a client may not grow the table beyond it.
+const MAX_TABLE_SIZE: usize = 4096;
 /// What replaces an `:authority` that does not parse.
 const LOCALHOST: &[u8] = b"localhost";
 /// How much is read from the socket at a time.
@@ -149,6 +152,8 @@ fn malformed(what: &str) -> io::Error {
 
 impl Rewriter {
     fn new() -> Self {
+        let mut decoder = Decoder::new();
+        decoder.set_max_allowed_table_size(MAX_TABLE_SIZE);
         Self {
             input: Vec::new(),
             out: Vec::new(),
@@ -156,7 +161,7 @@ impl Rewriter {
             preface_left: PREFACE_LEN,
             passthrough: 0,
             block: None,
-            decoder: Decoder::new(),
+            decoder,
             encoder: Encoder::new(),
         }
     }
@@ -519,9 +524,11 @@ mod tests {
 
     #[test]
     fn refuses_what_the_server_would_refuse_without_panicking() {
-        let cases: [(&str, Vec<u8>); 5] = [
+        let cases: [(&str, Vec<u8>); 6] = [
             ("continuation alone", frame(CONTINUATION, END_HEADERS, 1, b"\x82")),
             ("garbage hpack", frame(HEADERS, END_HEADERS, 1, &[0xff; 16])),
+            // A dynamic table size update to 8192, over what the server allows.
+            ("table too large", frame(HEADERS, END_HEADERS, 1, &[0x3f, 0xe1, 0x3f, 0x82])),
             ("padding too long", frame(HEADERS, END_HEADERS | PADDED, 1, &[9, 0x82])),
             ("priority cut short", frame(HEADERS, END_HEADERS | PRIORITY, 1, &[0, 0])),
             (
