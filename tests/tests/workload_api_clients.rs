@@ -1,5 +1,6 @@
 //! Workload API clients nobody here wrote, against a real `ward-agent` attested to a real
-//! `ward-server` (join token; entries by `unix:uid` made with the server's CLI):
+//! `ward-server` (join token; entries by `unix:uid` made with the server's CLI), and for
+//! go-spiffe also to an unmodified `spire-server` v1.13.3:
 //! - go-spiffe v2: every Workload API call as one uid, and two workloads under different uids
 //!   on each side of an mTLS connection on 127.0.0.1 (`X509Source` with
 //!   `tlsconfig.MTLSServerConfig` / `MTLSClientConfig`), each authorizing the other's SPIFFE
@@ -30,6 +31,7 @@ use ward_tests::cli::AdminCli;
 use ward_tests::command::{CommandOutput, run};
 use ward_tests::daemon::Daemon;
 use ward_tests::server::{ServerOptions, ServerProcess};
+use ward_tests::spire::{SpireBins, start_spire_server};
 use ward_tests::wait::{Step, poll_until};
 use ward_tests::ward::{start_ward_server, ward_agent_bin, ward_server_bin};
 use ward_tests::workload_clients::{
@@ -51,7 +53,15 @@ fn spiffe_id(path: &str) -> SpiffeId {
     SpiffeId::parse(&format!("spiffe://{TD}/{path}")).unwrap()
 }
 
-/// A ward-server and a ward-agent attested to it with a join token, the agent serving the
+/// Which server the agent attests to.
+#[derive(Debug, Clone, Copy)]
+enum ServerKind {
+    Ward,
+    /// An unmodified spire-server v1.13.3.
+    Spire,
+}
+
+/// A server (ward-server or spire-server) and a ward-agent attested to it with a join token, the agent serving the
 /// Workload API on a Unix socket in a temporary directory, and one registration entry per
 /// `(path, uid)` (SPIFFE ID `spiffe://example.org/<path>`, selector `unix:uid:<uid>`, parent
 /// the agent).
@@ -67,7 +77,7 @@ struct Deployment {
 }
 
 impl Deployment {
-    fn start(entries: &[(&str, u32)]) -> Self {
+    fn start(server_kind: ServerKind, entries: &[(&str, u32)]) -> Self {
         assert_eq!(std::fs::metadata("/proc/self").unwrap().uid(), 0, "runs as root");
         let dir = tempfile::Builder::new().prefix("ward-clients").tempdir().unwrap();
         let root = dir.path();
@@ -76,9 +86,18 @@ impl Deployment {
         let server_bin = ward_server_bin().unwrap();
         let agent_bin = ward_agent_bin().unwrap();
 
-        let mut server =
-            start_ward_server(&server_bin, &root.join("server"), &ServerOptions::new(TD)).unwrap();
-        let cli = AdminCli::new(&server_bin, &server.socket_path);
+        let options = ServerOptions::new(TD);
+        let (cli_bin, server) = match server_kind {
+            ServerKind::Ward => {
+                (server_bin.clone(), start_ward_server(&server_bin, &root.join("server"), &options))
+            }
+            ServerKind::Spire => {
+                let spire = SpireBins::locate().unwrap();
+                (spire.server.clone(), start_spire_server(&spire, &root.join("server"), &options))
+            }
+        };
+        let mut server = server.unwrap();
+        let cli = AdminCli::new(&cli_bin, &server.socket_path);
         wait_ready(&mut server.daemon, &cli).unwrap();
         let token = cli.token_generate(Some(600)).unwrap();
         let bundle_path = root.join("bundle.pem");
@@ -195,11 +214,19 @@ struct Served {
 
 #[test]
 fn go_spiffe_workloads_authorize_each_other_over_mtls() {
-    let api = Deployment::start(&[
-        ("go-server", SERVER_UID),
-        ("go-client", CLIENT_UID),
-        ("root-workload", 0),
-    ]);
+    go_spiffe_scenario(ServerKind::Ward);
+}
+
+#[test]
+fn go_spiffe_through_ward_agent_attested_to_spire_server() {
+    go_spiffe_scenario(ServerKind::Spire);
+}
+
+fn go_spiffe_scenario(server_kind: ServerKind) {
+    let api = Deployment::start(
+        server_kind,
+        &[("go-server", SERVER_UID), ("go-client", CLIENT_UID), ("root-workload", 0)],
+    );
     let program = api.install(&workload_clients::go_spiffe().unwrap());
     let socket = api.address();
 
@@ -273,7 +300,10 @@ fn go_spiffe_workloads_authorize_each_other_over_mtls() {
 #[test]
 fn py_spiffe_gets_x509_and_jwt_svids_and_bundles() {
     // Two entries select root (the uid the script runs as): both SVIDs, in entry ID order.
-    let api = Deployment::start(&[("root-b", 0), ("root-a", 0), ("nobody", SERVER_UID)]);
+    let api = Deployment::start(
+        ServerKind::Ward,
+        &[("root-b", 0), ("root-a", 0), ("nobody", SERVER_UID)],
+    );
     let python = workload_clients::py_spiffe_python().unwrap();
     api.fetch_and_check(0, || {
         let mut cmd = Command::new(&python);
@@ -284,7 +314,10 @@ fn py_spiffe_gets_x509_and_jwt_svids_and_bundles() {
 
 #[test]
 fn rust_spiffe_gets_x509_and_jwt_svids_and_bundles() {
-    let api = Deployment::start(&[("root-b", 0), ("root-a", 0), ("nobody", SERVER_UID)]);
+    let api = Deployment::start(
+        ServerKind::Ward,
+        &[("root-b", 0), ("root-a", 0), ("nobody", SERVER_UID)],
+    );
     let runtime = tokio::runtime::Runtime::new().unwrap();
     // This test process is the workload (root).
     api.fetch_and_check(0, || runtime.block_on(rust_spiffe_fetch(&api.address())));
