@@ -28,6 +28,7 @@
 //! - [`config`]: the settings and their defaults.
 //! - [`components`]: the parts `ward-agent run` starts from the settings (the SVID manager,
 //!   the Workload API socket with the configured workload attestors).
+//! - [`cli`]: `ward-agent api …`, a Workload API client with spire-agent's `api` commands.
 //!
 //! Flow of `ward-agent run`: [`config::Settings`] → [`agent::Agent::start`] (load or attest)
 //! → [`agent::Agent::run`] with the components until a signal or a fatal error.
@@ -40,6 +41,7 @@ pub mod agent;
 pub mod attestation;
 pub mod bootstrap;
 pub mod cache;
+pub mod cli;
 pub mod components;
 pub mod config;
 pub mod data_dir;

@@ -1,5 +1,5 @@
-//! `ward-agent`: runs the node agent (`run`) or asks a running one whether it is healthy
-//! (`healthcheck`).
+//! `ward-agent`: runs the node agent (`run`), asks a running one whether it is healthy
+//! (`healthcheck`), or talks to a Workload API endpoint (`api`).
 //!
 //! Flags follow spire-agent's spelling (`-config`, `-joinToken`, ...); Go-style single-dash
 //! long flags are accepted as well as `--flag`.
@@ -39,6 +39,8 @@ enum Cmd {
         #[arg(long = "verbose")]
         verbose: bool,
     },
+    /// Talks to a Workload API endpoint (fetch x509|jwt|jwt-bundle, validate jwt, watch).
+    Api(ward_agent::cli::api::ApiArgs),
 }
 
 /// Flags of `run`; each overrides the configuration file's key of the same meaning.
@@ -122,7 +124,14 @@ fn go_style(args: impl Iterator<Item = String>) -> Vec<String> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse_from(go_style(std::env::args()));
+    let args = match Args::try_parse_from(go_style(std::env::args())) {
+        Ok(args) => args,
+        Err(e) => {
+            // A flag error exits 1, as spire-agent's commands do (help and version exit 0).
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(1) } else { ExitCode::SUCCESS };
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -135,6 +144,10 @@ fn main() -> ExitCode {
         Cmd::Healthcheck { socket_path, shallow: _, verbose } => {
             runtime.block_on(healthcheck(socket_path, verbose))
         }
+        Cmd::Api(api) => runtime.block_on(ward_agent::cli::api::run(
+            api,
+            std::env::var(ward_agent::cli::client::ENDPOINT_SOCKET_ENV).ok(),
+        )),
     }
 }
 
