@@ -122,13 +122,7 @@ fn opts() -> anyhow::Result<Opts> {
 }
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("cluster_writes bench failed: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    ward_benches::exit_code("cluster_writes", run())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

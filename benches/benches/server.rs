@@ -18,9 +18,9 @@
 //! first), `--conns K` (default 4), `--iters N` (CA baseline iterations, default 3000),
 //! `--server-bin PATH`.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -74,23 +74,18 @@ fn opts() -> anyhow::Result<Opts> {
 }
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("server bench failed: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    ward_benches::exit_code("server", run())
 }
 
 fn run() -> anyhow::Result<()> {
     let o = opts()?;
     let bin = server_binary(o.server_bin.as_deref())?;
     let dir = tempfile::tempdir()?;
-    let server = ServerProcess::start(&bin, dir.path())?;
+    let server = process::WardServer::start(&bin, dir.path())
+        .with_context(|| format!("starting {}", bin.display()))?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let load = rt.block_on(drive(&server, &o));
-    let load = load.with_context(|| format!("server log:\n{}", server.log_tail()))?;
+    let load = load.with_context(|| format!("server log:\n{}", server.process.tail(20)))?;
     drop(rt);
     let base = ca_baseline(o.iters)?;
     drop(server);
@@ -113,46 +108,6 @@ fn server_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// A `ward-server run` child process, killed on drop.
-struct ServerProcess {
-    process: process::Spawned,
-    addr: SocketAddr,
-    socket: PathBuf,
-}
-
-impl ServerProcess {
-    fn start(bin: &Path, dir: &Path) -> anyhow::Result<Self> {
-        // A free port: bind, read, release (the server binds it right after).
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port();
-        let socket = dir.join("admin/api.sock");
-        let config = dir.join("server.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "trust_domain = \"{TD}\"\nbind_address = \"127.0.0.1\"\nbind_port = {port}\n\
-                 socket_path = \"{}\"\ndata_dir = \"{}\"\nlog_level = \"warn\"\n\
-                 [ratelimit]\nattestation = false\nsigning = false\n",
-                socket.display(),
-                dir.join("data").display()
-            ),
-        )?;
-        let process = process::Spawned::start(
-            Command::new(bin).arg("run").arg("-config").arg(&config),
-            dir.join("server.log"),
-        )
-        .with_context(|| format!("starting {}", bin.display()))?;
-        Ok(Self { process, addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)), socket })
-    }
-
-    fn pid(&self) -> u32 {
-        self.process.id()
-    }
-
-    fn log_tail(&self) -> String {
-        self.process.tail(20)
-    }
-}
-
 /// CPU seconds (utime + stime) a process has used.
 fn process_cpu_secs(pid: u32, ticks_per_sec: f64) -> anyhow::Result<f64> {
     process::cpu_secs(pid, ticks_per_sec).context("reading /proc/<pid>/stat")
@@ -172,8 +127,8 @@ struct Load {
     client_cpu_s: f64,
 }
 
-async fn drive(server: &ServerProcess, o: &Opts) -> anyhow::Result<Load> {
-    let admin = wait_ready(&server.socket).await?;
+async fn drive(server: &process::WardServer, o: &Opts) -> anyhow::Result<Load> {
+    let admin = server.wait_ready(Duration::from_secs(10)).await?;
 
     // A join token and one workload entry per CSR slot, all under the agent it will name.
     let token = agentpb::agent_client::AgentClient::new(admin.clone())
@@ -242,7 +197,7 @@ async fn drive(server: &ServerProcess, o: &Opts) -> anyhow::Result<Load> {
     }
 
     let ticks = process::clock_ticks();
-    let pid = server.pid();
+    let pid = server.process.id();
     let next = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + Duration::from_secs(o.secs);
     let server_before = process_cpu_secs(pid, ticks)?;
@@ -290,25 +245,6 @@ fn check(resp: &svidpb::BatchNewX509svidResponse, expected: &[String]) -> anyhow
 
 fn spiffe_id(path: &str) -> types::Spiffeid {
     types::Spiffeid { trust_domain: TD.into(), path: path.into() }
-}
-
-/// Polls the admin socket until the server answers `GetBundle` (at most ~10 s).
-async fn wait_ready(socket: &Path) -> anyhow::Result<Channel> {
-    let mut last = anyhow!("not started");
-    for _ in 0..100 {
-        match ward_server::cli::admin_channel(socket).await {
-            Ok(ch) => match bundlepb::bundle_client::BundleClient::new(ch.clone())
-                .get_bundle(bundlepb::GetBundleRequest { output_mask: None })
-                .await
-            {
-                Ok(_) => return Ok(ch),
-                Err(e) => last = e.into(),
-            },
-            Err(e) => last = e,
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Err(last.context("server did not become ready"))
 }
 
 async fn attest(ch: Channel, token: &str, csr: Vec<u8>) -> anyhow::Result<Vec<Vec<u8>>> {

@@ -56,6 +56,21 @@ impl CaFixture {
     }
 }
 
+/// The exit code of a process-driving bench: success, or failure after printing
+/// `<bench> bench failed: <error with its causes>` to stderr.
+pub fn exit_code<E: std::fmt::Display>(
+    bench: &str,
+    result: Result<(), E>,
+) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{bench} bench failed: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 impl Default for CaFixture {
     fn default() -> Self {
         Self::new()
@@ -64,8 +79,79 @@ impl Default for CaFixture {
 
 /// Facts about processes that the process-driving benches read from `/proc`.
 pub mod process {
+    use std::net::{Ipv4Addr, SocketAddr, TcpListener};
     use std::path::{Path, PathBuf};
     use std::process::{Child, Command, Stdio};
+
+    /// A `ward-server run` child process for trust domain `example.org` on a free port of
+    /// 127.0.0.1, rate limits off, logging warnings to `dir/server.log`; killed on drop.
+    #[derive(Debug)]
+    pub struct WardServer {
+        /// The process.
+        pub process: Spawned,
+        /// Where agents reach it.
+        pub addr: SocketAddr,
+        /// Its admin socket.
+        pub socket: PathBuf,
+    }
+
+    impl WardServer {
+        /// Writes `dir/server.toml` (data in `dir/data`, admin socket `dir/admin/api.sock`)
+        /// and starts `bin run -config dir/server.toml`; does not wait for it to serve.
+        ///
+        /// # Errors
+        /// If the port, the config or the process cannot be had.
+        pub fn start(bin: &Path, dir: &Path) -> std::io::Result<Self> {
+            // A free port: bind, read, release (the server binds it right after).
+            let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port();
+            let socket = dir.join("admin/api.sock");
+            let config = dir.join("server.toml");
+            std::fs::write(
+                &config,
+                format!(
+                    "trust_domain = \"example.org\"\nbind_address = \"127.0.0.1\"\n\
+                     bind_port = {port}\nsocket_path = \"{}\"\ndata_dir = \"{}\"\n\
+                     log_level = \"warn\"\n[ratelimit]\nattestation = false\nsigning = false\n",
+                    socket.display(),
+                    dir.join("data").display()
+                ),
+            )?;
+            let process = Spawned::start(
+                Command::new(bin).arg("run").arg("-config").arg(&config),
+                dir.join("server.log"),
+            )?;
+            Ok(Self { process, addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)), socket })
+        }
+
+        /// The admin channel once the server answers `GetBundle` on it, polling every
+        /// 100 ms for at most `within`.
+        ///
+        /// # Errors
+        /// The last failure, with the log's tail, when it does not answer in time.
+        pub async fn wait_ready(
+            &self,
+            within: std::time::Duration,
+        ) -> anyhow::Result<tonic::transport::Channel> {
+            use ward_proto::spire::api::server::bundle::v1 as bundlepb;
+            let deadline = std::time::Instant::now() + within;
+            let mut last = anyhow::anyhow!("not started");
+            while std::time::Instant::now() < deadline {
+                match ward_server::cli::admin_channel(&self.socket).await {
+                    Ok(ch) => match bundlepb::bundle_client::BundleClient::new(ch.clone())
+                        .get_bundle(bundlepb::GetBundleRequest { output_mask: None })
+                        .await
+                    {
+                        Ok(_) => return Ok(ch),
+                        Err(e) => last = e.into(),
+                    },
+                    Err(e) => last = e,
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            let tail = self.process.tail(20);
+            Err(last.context(format!("ward-server did not become ready; log:\n{tail}")))
+        }
+    }
 
     /// A child process whose output goes to a log file; killed (SIGKILL) and reaped when
     /// dropped, also when a bench fails half-way.
@@ -89,6 +175,14 @@ pub mod process {
         /// The process id.
         pub fn id(&self) -> u32 {
             self.child.id()
+        }
+
+        /// Its exit status if it has exited, `None` while it runs.
+        ///
+        /// # Errors
+        /// If the status cannot be read.
+        pub fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+            self.child.try_wait()
         }
 
         /// The last `lines` lines of its log.
