@@ -9,8 +9,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::agent_scenario::wait_ready;
+use crate::cli::AdminCli;
 use crate::command::{CommandOutput, run};
 use crate::daemon::Daemon;
+use crate::server::{ServerOptions, ServerProcess};
 use crate::wait::{Step, poll_until};
 use crate::{quoted, quoted_path};
 
@@ -77,6 +80,55 @@ impl AgentConfig {
             admin = quoted_path(&dirs.admin_socket),
             extra = self.extra,
         )
+    }
+}
+
+/// A ready `ward-server` with a join token for one agent.
+#[derive(Debug)]
+pub struct ServerForAgent {
+    /// The server process.
+    pub server: ServerProcess,
+    /// Its admin CLI.
+    pub cli: AdminCli,
+    /// A join token (valid for ten minutes).
+    pub token: String,
+    /// The server's bundle in PEM, for the agent's `trust_bundle_path`.
+    pub bundle_path: PathBuf,
+    /// The SPIFFE ID the agent gets by attesting with the token: the parent ID of its
+    /// entries.
+    pub agent_id: String,
+}
+
+impl ServerForAgent {
+    /// Starts `server_bin` in `root/server` for trust domain `td`, waits until it is ready,
+    /// makes a join token and writes the bundle to `root/bundle.pem`.
+    ///
+    /// # Errors
+    /// When the server does not start or a CLI command fails.
+    pub fn start(server_bin: &Path, root: &Path, td: &str) -> anyhow::Result<Self> {
+        let mut server = crate::ward::start_ward_server(
+            server_bin,
+            &root.join("server"),
+            &ServerOptions::new(td),
+        )?;
+        let cli = AdminCli::new(server_bin, &server.socket_path);
+        wait_ready(&mut server.daemon, &cli)?;
+        let token = cli.token_generate(Some(600))?;
+        let bundle_path = root.join("bundle.pem");
+        std::fs::write(&bundle_path, cli.bundle_show_pem()?)?;
+        let agent_id = format!("spiffe://{td}/spire/agent/join_token/{token}");
+        Ok(Self { server, cli, token, bundle_path, agent_id })
+    }
+
+    /// An agent configuration for this server with `extra` TOML appended.
+    pub fn agent_config(&self, td: &str, extra: &str) -> AgentConfig {
+        AgentConfig {
+            trust_domain: td.to_owned(),
+            server_port: self.server.port,
+            bundle_path: self.bundle_path.clone(),
+            join_token: self.token.clone(),
+            extra: extra.to_owned(),
+        }
     }
 }
 
