@@ -13,6 +13,9 @@
 //! 5. a restarted agent keeps its identity without attesting again (the join token is
 //!    single-use) and serves again; the server lists one agent.
 //!
+//! The agent's HTTP health listener (SPIRE's `health_checks`) answers the probes of SPIRE's Helm
+//! chart: `200 {"agent":{}}` on `/live` and `/ready`, `404` elsewhere.
+//!
 //! Runs as root (clients under other uids; the agent reads their `/proc/<pid>/exe`).
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -74,6 +77,23 @@ fn wait_for_denial(client: &WorkloadClient) -> anyhow::Result<()> {
     })
 }
 
+/// `GET path` on 127.0.0.1:`port`: the status code and the body.
+fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(conn, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text)?;
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("no status in {text:?}"))?;
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    Ok((status, body))
+}
+
 fn wait_log(daemon: &Daemon, what: &str, done: impl Fn(&str) -> bool) -> anyhow::Result<()> {
     poll_until(what, WAIT, || {
         let text = daemon.log();
@@ -120,17 +140,25 @@ fn scenario(kind: Kind) -> anyhow::Result<()> {
     std::fs::write(&bundle_path, cli.bundle_show_pem()?)?;
     let agent_id = format!("spiffe://{TD}/spire/agent/join_token/{token}");
     let dirs = AgentDirs::new(root, "agent");
+    let health_port = ward_tests::free_port()?;
     let config = AgentConfig {
         trust_domain: TD.to_owned(),
         server_port: server.port,
         bundle_path: bundle_path.clone(),
         join_token: token,
-        extra: "sync_interval = \"1s\"\n\n[workload_attestors.unix]\n\
-                discover_workload_path = true\n"
-            .to_owned(),
+        extra: format!(
+            "sync_interval = \"1s\"\n\n[workload_attestors.unix]\n\
+             discover_workload_path = true\n\n[health_checks]\nlistener_enabled = true\n\
+             bind_address = \"127.0.0.1\"\nbind_port = {health_port}\n"
+        ),
     };
     let mut agent = start_ward_agent(&agent_bin, &dirs, &config.render(&dirs))?;
     wait_healthy(&agent_bin, &mut agent, &dirs.admin_socket)?;
+    for path in ["/live", "/ready"] {
+        let (status, body) = http_get(health_port, path)?;
+        ensure!(status == 200 && body.trim() == r#"{"agent":{}}"#, "{path}: {status} {body}");
+    }
+    ensure!(http_get(health_port, "/other")?.0 == 404, "an unknown path is 404");
 
     phase(kind, "2. entries by uid and by path");
     let client_bin = runnable_copy(&spire.agent, root, "spire-agent")?;

@@ -4,7 +4,8 @@
 //!   one X509-SVID per authorized entry, published into the cache;
 //! - [`WorkloadEndpoints`]: the Workload API, Envoy SDS and gRPC health on the Workload API
 //!   socket, attesting callers with the configured workload attestors, JWT-SVIDs minted by
-//!   [`JwtSvids`].
+//!   [`JwtSvids`];
+//! - the HTTP health listener ([`crate::health_checks`]) when `health_checks` enables it.
 //!
 //! When the server refuses the agent itself (`PermissionDenied` with details), [`SvidSync`]
 //! hands the status to [`AgentHandle::server_denied`]: the agent attests again in place (the
@@ -40,7 +41,12 @@ impl Clock for SystemClock {
 /// A sentence when a workload attestor cannot be set up (the `k8s` attestor's credentials).
 pub fn standard(settings: &Settings) -> Result<Vec<Box<dyn Component>>, String> {
     let attestors = workload_attestors(settings)?;
-    Ok(vec![Box::new(SvidSync), Box::new(WorkloadEndpoints { attestors })])
+    let mut parts: Vec<Box<dyn Component>> =
+        vec![Box::new(SvidSync), Box::new(WorkloadEndpoints { attestors })];
+    if let Some(health) = &settings.health_checks {
+        parts.push(Box::new(crate::health_checks::HealthListener::new(health.clone())));
+    }
+    Ok(parts)
 }
 
 /// The configured workload attestors, in the order unix, k8s, systemd (the order of their

@@ -100,6 +100,24 @@ pub struct FileConfig {
     pub workload_attestors: Option<WorkloadAttestorsConfig>,
     /// Envoy SDS resource names (SPIRE's `sds` block).
     pub sds: Option<SdsFileConfig>,
+    /// The HTTP health listener (SPIRE's `health_checks` block).
+    pub health_checks: Option<HealthChecksFileConfig>,
+}
+
+/// `[health_checks]`, SPIRE's `health_checks` block: plain-HTTP liveness and readiness.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthChecksFileConfig {
+    /// Serve the listener (default false).
+    pub listener_enabled: Option<bool>,
+    /// Host name or IP address to bind (default `localhost`).
+    pub bind_address: Option<String>,
+    /// TCP port (default 80).
+    pub bind_port: Option<u16>,
+    /// Liveness path (default `/live`).
+    pub live_path: Option<String>,
+    /// Readiness path (default `/ready`).
+    pub ready_path: Option<String>,
 }
 
 /// `[workload_attestors]`: each table present turns that attestor on, with its plugin data
@@ -169,7 +187,8 @@ impl FileConfig {
             allow_unauthenticated_verifiers,
             allowed_foreign_jwt_claims,
             workload_attestors,
-            sds
+            sds,
+            health_checks
         );
     }
 }
@@ -239,6 +258,31 @@ pub struct Settings {
     pub workload_api: WorkloadApiConfig,
     /// Envoy SDS's resource names.
     pub sds: SdsConfig,
+    /// The HTTP health listener, when enabled.
+    pub health_checks: Option<HealthChecks>,
+}
+
+/// The HTTP health listener's settings (SPIRE's defaults: `localhost:80`, `/live`, `/ready`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthChecks {
+    /// Host name or IP address to bind.
+    pub bind_address: String,
+    /// TCP port.
+    pub bind_port: u16,
+    /// Liveness path.
+    pub live_path: String,
+    /// Readiness path.
+    pub ready_path: String,
+}
+
+fn health_checks(file: Option<HealthChecksFileConfig>) -> Option<HealthChecks> {
+    let file = file.filter(|f| f.listener_enabled == Some(true))?;
+    Some(HealthChecks {
+        bind_address: non_empty(file.bind_address).unwrap_or_else(|| "localhost".into()),
+        bind_port: file.bind_port.unwrap_or(80),
+        live_path: non_empty(file.live_path).unwrap_or_else(|| "/live".into()),
+        ready_path: non_empty(file.ready_path).unwrap_or_else(|| "/ready".into()),
+    })
 }
 
 /// Which workload attestors run, with their validated settings.
@@ -498,6 +542,7 @@ impl Settings {
                     .collect(),
             },
             sds: sds_config(file.sds),
+            health_checks: health_checks(file.health_checks),
         })
     }
 }
@@ -697,5 +742,23 @@ mod tests {
         assert_eq!(s.sds.default_svid_name, "mine");
         assert_eq!(s.sds.default_bundle_name, "ROOTCA");
         assert!(s.sds.disable_spiffe_cert_validation);
+    }
+
+    #[test]
+    fn the_health_listener_is_off_unless_enabled_and_takes_spires_defaults() {
+        let base = format!("{BASE}insecure_bootstrap = true\n");
+        assert_eq!(settings(&base).unwrap().health_checks, None);
+        let off = settings(&format!("{base}[health_checks]\nbind_port = 9\n")).unwrap();
+        assert_eq!(off.health_checks, None);
+        let on = settings(&format!("{base}[health_checks]\nlistener_enabled = true\n")).unwrap();
+        assert_eq!(
+            on.health_checks,
+            Some(HealthChecks {
+                bind_address: "localhost".into(),
+                bind_port: 80,
+                live_path: "/live".into(),
+                ready_path: "/ready".into(),
+            })
+        );
     }
 }

@@ -46,6 +46,7 @@ pub mod components;
 pub mod config;
 pub mod data_dir;
 pub mod error;
+pub mod health_checks;
 pub mod jwt;
 pub mod manager;
 pub mod renewal;

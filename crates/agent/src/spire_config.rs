@@ -346,11 +346,11 @@ pub const SETTINGS: &[(&str, Rule)] = &[
     ("telemetry.BlockedLabels", Hook(metrics_setting)),
     // pkg/common/health/config.go
     ("health_checks", Block),
-    ("health_checks.listener_enabled", Hook(health_listener)),
-    ("health_checks.bind_address", Hook(health_setting)),
-    ("health_checks.bind_port", Hook(health_setting)),
-    ("health_checks.live_path", Hook(health_setting)),
-    ("health_checks.ready_path", Hook(health_setting)),
+    ("health_checks.listener_enabled", Map { to: "health_checks.listener_enabled", conv: Bool }),
+    ("health_checks.bind_address", Map { to: "health_checks.bind_address", conv: Str }),
+    ("health_checks.bind_port", Map { to: "health_checks.bind_port", conv: Int }),
+    ("health_checks.live_path", Map { to: "health_checks.live_path", conv: Str }),
+    ("health_checks.ready_path", Map { to: "health_checks.ready_path", conv: Str }),
 ];
 
 /// spire-agent plugins ward has built in, by type and name.
@@ -509,23 +509,6 @@ fn metrics_setting(w: &mut Walk<'_>, path: &str, value: &Value) {
         w.notes.push(format!("{path} is ignored: ward-agent exports no metrics"));
     }
 }
-
-/// `health_checks.listener_enabled`: spire-agent's HTTP health listener.
-fn health_listener(w: &mut Walk<'_>, path: &str, value: &Value) {
-    match convert(value, Bool) {
-        Ok(toml::Value::Boolean(false)) => {}
-        _ if value.is_null() => {}
-        Ok(_) => w.refused.push(
-            "health_checks.listener_enabled is not supported: ward-agent has no HTTP health \
-             listener; check it with `ward-agent healthcheck` on its admin socket"
-                .into(),
-        ),
-        Err(why) => w.refused.push(format!("{path} {why}")),
-    }
-}
-
-/// A setting of the HTTP health listener, which only matters when it is enabled.
-fn health_setting(_w: &mut Walk<'_>, _path: &str, _value: &Value) {}
 
 #[cfg(test)]
 mod tests;

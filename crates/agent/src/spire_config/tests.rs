@@ -72,20 +72,8 @@ fn the_quickstart_hcl_becomes_wards_settings() {
 }
 
 #[test]
-fn the_helm_chart_json_is_read_and_its_health_listener_refused() {
-    let e = read_fixture("helm-agent-join-token.json").unwrap_err();
-    assert_eq!(
-        refusals(&e),
-        vec![
-            "health_checks.listener_enabled is not supported: ward-agent has no HTTP health \
-             listener; check it with `ward-agent healthcheck` on its admin socket"
-        ]
-    );
-    assert!(e.0.starts_with("ward-agent cannot run with the SPIRE configuration at \""), "{e}");
-
-    // Without the listener, every other key of the rendering is taken.
+fn the_helm_chart_json_is_read_with_its_health_listener() {
     let (path, text) = fixture("helm-agent-join-token.json");
-    let text = text.replace("\"listener_enabled\": true", "\"listener_enabled\": false");
     let loaded = read(&path, &text).unwrap();
     assert_eq!(loaded.format, FileFormat::SpireJson);
     let f = &loaded.file;
@@ -106,6 +94,9 @@ fn the_helm_chart_json_is_read_and_its_health_listener_refused() {
     let s = settings(merged);
     assert_eq!(s.socket_path, Path::new("/tmp/spire-agent/public/spire-agent.sock"));
     assert_eq!(s.sds.default_bundle_name, "ROOTCA");
+    let health = s.health_checks.unwrap();
+    assert_eq!((health.bind_address.as_str(), health.bind_port), ("0.0.0.0", 9982));
+    assert_eq!((health.live_path.as_str(), health.ready_path.as_str()), ("/live", "/ready"));
 }
 
 #[test]
