@@ -39,6 +39,7 @@ const PROTOS: &[&str] = &[
     "spire/api/server/logger/v1/logger.proto",
     "spire/api/server/svid/v1/svid.proto",
     "spire/api/server/trustdomain/v1/trustdomain.proto",
+    "ward/agent/v1/watch.proto",
     "ward/cluster/v1/admin.proto",
     "ward/cluster/v1/peer.proto",
 ];

@@ -49,6 +49,7 @@ pub mod error;
 pub mod health_checks;
 pub mod jwt;
 pub mod manager;
+pub mod push;
 pub mod renewal;
 pub mod sds;
 pub mod server_client;

@@ -3,7 +3,10 @@
 //!
 //! One task owns all of the state ([`Manager::run`]); nothing is shared behind a lock. Every
 //! `sync_interval` (5 s by default) it syncs entries and bundles ([`crate::sync`]), then mints
-//! what is missing or due. Between syncs it wakes for the next SVID due for rotation and when
+//! what is missing or due. With push sync on ([`ManagerConfig::push`], the default) it also
+//! holds a ward server's watch stream ([`crate::push`]): it syncs at once when the server
+//! says something changed, and polls only every `push_sync_poll_interval` (30 s by default)
+//! while that stream is healthy; against spire-server it polls every `sync_interval`. Between syncs it wakes for the next SVID due for rotation and when
 //! the set of workloads being served changes ([`Cache::register_workload`]), so a new
 //! caller's SVID is minted at once rather than at the next sync. A failed sync is retried
 //! after an exponential backoff with jitter (capped at [`ManagerConfig::max_backoff`]).
@@ -30,6 +33,7 @@ use ward_core::{Clock, SelectorSet, TrustDomain};
 
 use crate::cache::{Cache, PendingIdentity, WorkloadSelectors, X509Identity};
 use crate::error::SyncError;
+use crate::push::{PushConfig, PushState, PushWatcher};
 use crate::svid::{MAX_BATCH_SIZE, MintResult, MintedSvid, mint_batch};
 use crate::sync::{AuthorizedEntry, Bundles, EntrySync, SyncCounters, fetch_bundles};
 
@@ -50,6 +54,8 @@ pub struct ManagerConfig {
     pub max_backoff: Duration,
     /// Key type of workload X509-SVIDs. Default EC P-256.
     pub key_type: KeyType,
+    /// Push sync against a ward server; `None` polls only. Default on.
+    pub push: Option<PushConfig>,
 }
 
 impl ManagerConfig {
@@ -61,6 +67,7 @@ impl ManagerConfig {
             x509_svid_cache_max_size: DEFAULT_X509_SVID_CACHE_MAX_SIZE,
             max_backoff: Duration::from_secs(60),
             key_type: KeyType::EcP256,
+            push: Some(PushConfig::default()),
         }
     }
 }
@@ -163,22 +170,39 @@ impl Manager {
     /// # Errors
     /// The [`SyncError`] whose [`SyncError::agent_refused`] is set.
     pub async fn run(mut self) -> Result<(), SyncError> {
+        let mut push = self.config.push.map(|config| {
+            let (watcher, state) = PushWatcher::new(config, self.channel.clone());
+            (AbortOnDrop(tokio::spawn(watcher.run())), state)
+        });
         let mut failures: u32 = 0;
-        let mut next_sync = tokio::time::Instant::now();
+        let mut sync_now = true;
+        let mut push_requests_seen = 0;
+        let mut last_sync = tokio::time::Instant::now();
+        let mut retry_at: Option<tokio::time::Instant> = None;
         loop {
             let now = tokio::time::Instant::now();
-            let outcome = if now >= next_sync {
+            let interval = self.poll_interval(push.as_ref().map(|(_, s)| *s.borrow()));
+            let due = sync_now || retry_at.map_or(now >= last_sync + interval, |at| now >= at);
+            let outcome = if due {
+                sync_now = false;
                 let outcome = self.sync().await;
-                next_sync = match &outcome {
+                match &outcome {
                     Ok(()) => {
                         failures = 0;
-                        now + self.config.sync_interval
+                        last_sync = now;
+                        retry_at = None;
                     }
                     Err(_) => {
                         failures = failures.saturating_add(1);
-                        now + backoff(self.config.sync_interval, self.config.max_backoff, failures)
+                        retry_at = Some(
+                            now + backoff(
+                                self.config.sync_interval,
+                                self.config.max_backoff,
+                                failures,
+                            ),
+                        );
                     }
-                };
+                }
                 outcome
             } else {
                 self.mint_due().await
@@ -190,6 +214,8 @@ impl Manager {
                 }
                 tracing::warn!(%error, failures, "sync with the server failed; retrying");
             }
+            let interval = self.poll_interval(push.as_ref().map(|(_, s)| *s.borrow()));
+            let next_sync = retry_at.unwrap_or(last_sync + interval);
             let rotation = if self.minted_all { self.next_rotation() } else { None };
             let wake = rotation.map_or(next_sync, |at| at.min(next_sync));
             tokio::select! {
@@ -200,7 +226,24 @@ impl Manager {
                         return Ok(());
                     }
                 }
+                requests = push_changed(push.as_mut().map(|(_, s)| s)) => {
+                    if requests != push_requests_seen {
+                        push_requests_seen = requests;
+                        sync_now = true;
+                    }
+                }
             }
+        }
+    }
+
+    /// The time between periodic syncs: `sync_interval`, or the slower push poll while the
+    /// push stream is healthy.
+    fn poll_interval(&self, push: Option<PushState>) -> Duration {
+        match (self.config.push, push) {
+            (Some(config), Some(state)) if state.healthy => {
+                config.poll_interval.max(self.config.sync_interval)
+            }
+            _ => self.config.sync_interval,
         }
     }
 
@@ -470,6 +513,26 @@ impl Manager {
             view.pending = pending;
         });
     }
+}
+
+/// Aborts the task when dropped (the push watcher dies with the manager).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Waits for a push state not yet seen (one published while the manager was busy counts)
+/// and returns its count of sync requests. Never resolves without push sync (or once the
+/// watcher is gone).
+async fn push_changed(state: Option<&mut watch::Receiver<PushState>>) -> u64 {
+    let Some(state) = state else { return std::future::pending().await };
+    if state.changed().await.is_err() {
+        return std::future::pending().await;
+    }
+    state.borrow_and_update().sync_requests
 }
 
 /// Whether `chain` (DER, leaf first) verifies up to one of `authorities` at `now`.

@@ -213,6 +213,15 @@ pub mod spire {
 
 /// `ward.*` packages: ward's own services, beside SPIRE's.
 pub mod ward {
+    /// `ward.agent.*`.
+    pub mod agent {
+        /// `AgentWatch`: the stream on which a ward server tells its agents that what they
+        /// receive changed.
+        #[allow(missing_docs, clippy::all)]
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/ward.agent.v1.rs"));
+        }
+    }
     /// `ward.cluster.*`.
     pub mod cluster {
         /// The replica-to-replica `Peer` service (raft messages, snapshots, joining) and the

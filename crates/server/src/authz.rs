@@ -72,6 +72,7 @@ pub fn policy(full_method: &str) -> Option<Policy> {
         "/spire.api.server.entry.v1.Entry/BatchDeleteEntry" => LocalOrAdmin,
         "/spire.api.server.entry.v1.Entry/GetAuthorizedEntries" => Agent,
         "/spire.api.server.entry.v1.Entry/SyncAuthorizedEntries" => Agent,
+        "/ward.agent.v1.AgentWatch/Watch" => Agent,
         "/spire.api.server.agent.v1.Agent/CountAgents" => LocalOrAdmin,
         "/spire.api.server.agent.v1.Agent/ListAgents" => LocalOrAdmin,
         "/spire.api.server.agent.v1.Agent/GetAgent" => LocalOrAdmin,

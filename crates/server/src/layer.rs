@@ -34,6 +34,7 @@ pub const TCP_SERVICES: &[&str] = &[
     "spire.api.server.svid.v1.SVID",
     "spire.api.server.trustdomain.v1.TrustDomain",
     "spire.api.server.localauthority.v1.LocalAuthority",
+    "ward.agent.v1.AgentWatch",
 ];
 
 /// The services on the admin socket.

@@ -19,6 +19,7 @@ use ward_proto::spire::api::server::agent::v1::agent_server::AgentServer;
 use ward_proto::spire::api::server::bundle::v1::bundle_server::BundleServer;
 use ward_proto::spire::api::server::debug::v1::debug_server::DebugServer;
 use ward_proto::spire::api::server::entry::v1::entry_server::EntryServer;
+use ward_proto::ward::agent::v1::agent_watch_server::AgentWatchServer;
 use ward_proto::spire::api::server::localauthority::v1::local_authority_server::LocalAuthorityServer;
 use ward_proto::spire::api::server::logger::v1::logger_server::LoggerServer;
 use ward_proto::spire::api::server::svid::v1::svid_server::SvidServer;
@@ -30,6 +31,7 @@ use crate::api::{
     agent::AgentService, bundle::BundleService, debug::DebugService, entry::EntryService,
     health::HealthService, localauthority::LocalAuthorityService, logger::LoggerService,
     svid::SvidService, trustdomain::TrustDomainService,
+    watch::{WatchLimits, WatchService},
 };
 use crate::audit::AuditLayer;
 use crate::ca_manager::{AUTHORITY_PRUNE_INTERVAL, CaManager, CaSettings, ROTATION_CHECK_INTERVAL};
@@ -454,7 +456,12 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<Runni
         .add_service(EntryServer::new(EntryService::new(state.clone())))
         .add_service(SvidServer::new(SvidService::new(state.clone())))
         .add_service(TrustDomainServer::new(TrustDomainService::new(state.clone())))
-        .add_service(LocalAuthorityServer::new(LocalAuthorityService::new(state.clone())));
+        .add_service(LocalAuthorityServer::new(LocalAuthorityService::new(state.clone())))
+        .add_service(AgentWatchServer::new(WatchService::new(
+            state.clone(),
+            WatchLimits::default(),
+            stop_rx.clone(),
+        )));
     let signal = stopped(stop_rx.clone());
     tasks.push(tokio::spawn(async move {
         if let Err(e) = tcp_router.serve_with_incoming_shutdown(incoming, signal).await {

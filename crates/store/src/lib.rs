@@ -164,6 +164,7 @@ pub mod query;
 mod raftlog;
 mod record;
 mod request_ids;
+mod revision_watch;
 pub mod snapshot;
 mod state;
 mod store;
@@ -179,6 +180,7 @@ pub use query::{AgentFilter, EntryFilter, FederatesWithFilter, Page, PageRequest
 pub use raftlog::{RaftLog, RaftRecord};
 pub use record::Change;
 pub use request_ids::REQUEST_ID_RETAIN;
+pub use revision_watch::RevisionWatch;
 pub use snapshot::{DEFAULT_CHUNK_BYTES, Snapshot, SnapshotChunk, SnapshotExport, SnapshotInfo};
 pub use state::AuthorizedEntries;
 pub use store::{AppliedEntry, CHANGE_FEED_RETAIN, Committed, Duplicate, Store, StoreConfig};

@@ -534,6 +534,7 @@ impl Store {
             self.drop_generation(generation)?;
             return Err(e);
         }
+        self.publish_revision();
         self.drop_generation(generation ^ 1)?;
         Ok(info)
     }

@@ -38,6 +38,7 @@ use crate::load::load_state;
 use crate::log_entry::LogEntry;
 use crate::query::{AgentFilter, EntryFilter, Page, PageRequest};
 use crate::record::{self, Change};
+use crate::revision_watch::{RevisionSender, RevisionWatch};
 use crate::state::{AuthorizedEntries, InvalidationSet, State};
 
 /// Name of the tree holding which generation tree is live.
@@ -176,6 +177,8 @@ pub(crate) struct Inner {
     /// Whether open read the entries from the entry image.
     from_image: bool,
     config: StoreConfig,
+    /// The revision as last published to [`Store::watch_revision`] readers.
+    revisions: RevisionSender,
 }
 
 /// ward's replicated state machine on sled. Cheap to clone; clones share one store.
@@ -231,6 +234,7 @@ impl Store {
             None => (load_state(&data, &config.trust_domain, None)?, false),
         };
         let durable = AtomicU64::new(state.applied);
+        let revisions = RevisionSender::new(state.revision);
         let cache = moka::sync::Cache::builder().max_capacity(config.cache_agents).build();
         Ok(Self {
             inner: Arc::new(Inner {
@@ -248,6 +252,7 @@ impl Store {
                 dir: path.as_ref().to_path_buf(),
                 from_image,
                 config,
+                revisions,
             }),
         })
     }
@@ -280,7 +285,11 @@ impl Store {
     /// [`StoreError::Poisoned`] and must be reopened.
     pub fn apply(&self, index: u64, cmd: &Command) -> Result<Applied, StoreError> {
         let mut state = self.write();
-        self.apply_locked(&mut state, index, cmd)
+        let applied = self.apply_locked(&mut state, index, cmd);
+        let revision = state.revision;
+        drop(state);
+        self.inner.revisions.publish(revision);
+        applied
     }
 
     fn apply_locked(
@@ -473,6 +482,9 @@ impl Store {
             return Err(self.fail_apply(&mut state, before, undo, e));
         }
         self.invalidate(&touched);
+        let revision = state.revision;
+        drop(state);
+        self.inner.revisions.publish(revision);
         Ok(out)
     }
 
@@ -559,6 +571,19 @@ impl Store {
     /// The global revision: bumped by every command that changed anything.
     pub fn revision(&self) -> u64 {
         self.read().revision
+    }
+
+    /// A watch on [`Store::revision`]: it wakes once a command that changed something was
+    /// applied here (or a snapshot installed), after the change is readable through every
+    /// query, and holds only the latest revision.
+    pub fn watch_revision(&self) -> RevisionWatch {
+        self.inner.revisions.subscribe()
+    }
+
+    /// Publishes the current revision to [`Store::watch_revision`] readers.
+    pub(crate) fn publish_revision(&self) {
+        let revision = self.read().revision;
+        self.inner.revisions.publish(revision);
     }
 
     // ----- entries -----

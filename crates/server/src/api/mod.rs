@@ -10,6 +10,7 @@ pub mod localauthority;
 pub mod logger;
 pub mod svid;
 pub mod trustdomain;
+pub mod watch;
 
 use tonic::Status;
 use ward_ca::{CsrError, SignError};
