@@ -20,6 +20,7 @@ pub mod envoy_sds;
 pub mod netns;
 pub mod normalize;
 pub mod porcupine;
+pub mod propagation;
 pub mod script;
 pub mod server;
 pub mod slow_disk;

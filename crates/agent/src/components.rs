@@ -23,6 +23,7 @@ use crate::config::Settings;
 use crate::error::SyncError;
 use crate::jwt::JwtSvids;
 use crate::manager::{Manager, ManagerConfig};
+use crate::push::PushConfig;
 use crate::workload::{ListenerConfig, ServeOptions, serve_with};
 
 /// The wall clock.
@@ -86,6 +87,10 @@ impl Component for SvidSync {
                 let settings = &agent.settings;
                 let mut config = ManagerConfig::new(settings.trust_domain.clone());
                 config.sync_interval = settings.sync_interval;
+                config.push = settings.push_sync.then(|| PushConfig {
+                    poll_interval: settings.push_sync_poll_interval,
+                    ..PushConfig::default()
+                });
                 config.x509_svid_cache_max_size = settings.x509_svid_cache_max_size;
                 let manager = Manager::new(
                     config,

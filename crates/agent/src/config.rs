@@ -83,6 +83,12 @@ pub struct FileConfig {
     pub admin_socket_path: Option<PathBuf>,
     /// Time between entry syncs, as a Go duration (default `5s`).
     pub sync_interval: Option<String>,
+    /// Hold a ward server's push stream and sync as soon as it reports a change (default
+    /// true; spire-server has no such stream and is polled either way).
+    pub push_sync: Option<bool>,
+    /// Time between entry syncs while the push stream is healthy, as a Go duration (default
+    /// `30s`; never shorter than `sync_interval`).
+    pub push_sync_poll_interval: Option<String>,
     /// `error`, `warn`, `info` (default), `debug` or `trace`.
     pub log_level: Option<String>,
     /// `text` (default) or `json`.
@@ -180,6 +186,8 @@ impl FileConfig {
             socket_path,
             admin_socket_path,
             sync_interval,
+            push_sync,
+            push_sync_poll_interval,
             log_level,
             log_format,
             x509_svid_cache_max_size,
@@ -244,6 +252,10 @@ pub struct Settings {
     pub admin_socket_path: PathBuf,
     /// Time between entry syncs.
     pub sync_interval: Duration,
+    /// Whether the agent holds a ward server's push stream.
+    pub push_sync: bool,
+    /// Time between entry syncs while the push stream is healthy.
+    pub push_sync_poll_interval: Duration,
     /// Log level name (`info`, ...).
     pub log_level: String,
     /// Log format.
@@ -497,6 +509,14 @@ impl Settings {
         if sync_interval.is_zero() {
             return Err(err("sync_interval must be greater than zero"));
         }
+        let push_sync_poll_interval = match non_empty(file.push_sync_poll_interval) {
+            None => crate::push::DEFAULT_POLL_INTERVAL,
+            Some(s) => parse_duration(&s)
+                .map_err(|e| err(format!("could not parse push_sync_poll_interval: {e}")))?,
+        };
+        if push_sync_poll_interval.is_zero() {
+            return Err(err("push_sync_poll_interval must be greater than zero"));
+        }
         let workload_attestors =
             WorkloadAttestorSettings::from_file(file.workload_attestors, getenv)?;
         let log_level = non_empty(file.log_level).unwrap_or_else(|| "info".into()).to_lowercase();
@@ -522,6 +542,8 @@ impl Settings {
             socket_path,
             admin_socket_path,
             sync_interval,
+            push_sync: file.push_sync.unwrap_or(true),
+            push_sync_poll_interval,
             log_level,
             log_format,
             x509_svid_cache_max_size: file
@@ -567,6 +589,8 @@ mod tests {
         assert_eq!(s.admin_socket_path, PathBuf::from("/tmp/spire-agent/private/admin.sock"));
         assert_eq!(s.data_dir, PathBuf::from("./agent-data"));
         assert_eq!(s.sync_interval, Duration::from_secs(5));
+        assert!(s.push_sync);
+        assert_eq!(s.push_sync_poll_interval, Duration::from_secs(30));
         assert_eq!(s.log_level, "info");
         assert_eq!(s.log_format, LogFormat::Text);
         assert_eq!(s.join_token, None);
@@ -671,6 +695,22 @@ mod tests {
         file.merge(FileConfig { server_port: Some(2), ..FileConfig::default() });
         assert_eq!(file.server_port, Some(2));
         assert_eq!(file.trust_domain.as_deref(), Some("example.org"));
+    }
+
+    #[test]
+    fn push_sync_can_be_turned_off_and_its_poll_interval_is_a_go_duration() {
+        let s = settings(&format!(
+            "{BASE}insecure_bootstrap = true\npush_sync = false\npush_sync_poll_interval = \"2m\"\n"
+        ))
+        .unwrap();
+        assert!(!s.push_sync);
+        assert_eq!(s.push_sync_poll_interval, Duration::from_secs(120));
+        assert!(
+            settings(&format!(
+                "{BASE}insecure_bootstrap = true\npush_sync_poll_interval = \"0s\"\n"
+            ))
+            .is_err_and(|e| e.0 == "push_sync_poll_interval must be greater than zero")
+        );
     }
 
     #[test]

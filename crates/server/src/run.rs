@@ -19,18 +19,24 @@ use ward_proto::spire::api::server::agent::v1::agent_server::AgentServer;
 use ward_proto::spire::api::server::bundle::v1::bundle_server::BundleServer;
 use ward_proto::spire::api::server::debug::v1::debug_server::DebugServer;
 use ward_proto::spire::api::server::entry::v1::entry_server::EntryServer;
-use ward_proto::ward::agent::v1::agent_watch_server::AgentWatchServer;
 use ward_proto::spire::api::server::localauthority::v1::local_authority_server::LocalAuthorityServer;
 use ward_proto::spire::api::server::logger::v1::logger_server::LoggerServer;
 use ward_proto::spire::api::server::svid::v1::svid_server::SvidServer;
 use ward_proto::spire::api::server::trustdomain::v1::trust_domain_server::TrustDomainServer;
+use ward_proto::ward::agent::v1::agent_watch_server::AgentWatchServer;
 use ward_proto::ward::cluster::v1::cluster_server::ClusterServer;
 use ward_store::{Command, Outcome, Store, StoreConfig};
 
 use crate::api::{
-    agent::AgentService, bundle::BundleService, debug::DebugService, entry::EntryService,
-    health::HealthService, localauthority::LocalAuthorityService, logger::LoggerService,
-    svid::SvidService, trustdomain::TrustDomainService,
+    agent::AgentService,
+    bundle::BundleService,
+    debug::DebugService,
+    entry::EntryService,
+    health::HealthService,
+    localauthority::LocalAuthorityService,
+    logger::LoggerService,
+    svid::SvidService,
+    trustdomain::TrustDomainService,
     watch::{WatchLimits, WatchService},
 };
 use crate::audit::AuditLayer;

@@ -129,7 +129,9 @@ impl AgentView {
         }
         self.entries.len() != other.entries.len()
             || self.entries.iter().zip(other.entries.iter()).any(|(a, b)| {
-                a.id != b.id || a.revision_number != b.revision_number || a.created_at != b.created_at
+                a.id != b.id
+                    || a.revision_number != b.revision_number
+                    || a.created_at != b.created_at
             })
     }
 
