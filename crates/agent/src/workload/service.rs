@@ -102,7 +102,7 @@ impl WorkloadApi {
         compose: fn(&CacheView, &SelectorSet, &WorkloadApiConfig) -> Result<M, Status>,
     ) -> Result<Response<MessageStream<M>>, Status>
     where
-        M: PartialEq + Clone + Send + 'static,
+        M: Fingerprint + Send + 'static,
     {
         let (interest, mut rx) = self.ready_view(&selectors).await?;
         let first = compose(&rx.borrow_and_update(), &selectors, &self.config)
@@ -110,7 +110,9 @@ impl WorkloadApi {
         let config = Arc::clone(&self.config);
         let stream = async_stream::stream! {
             let _interest = interest;
-            let mut last = first.clone();
+            // The stream remembers what it sent by fingerprint: 32 bytes instead of a copy of
+            // the message (about 1.3 KB per SVID).
+            let mut last = first.fingerprint();
             yield Ok(first);
             loop {
                 if rx.changed().await.is_err() {
@@ -122,10 +124,12 @@ impl WorkloadApi {
                     continue;
                 }
                 match compose(&view, &selectors, &config) {
-                    Ok(message) if message == last => {}
                     Ok(message) => {
-                        last = message.clone();
-                        yield Ok(message);
+                        let fingerprint = message.fingerprint();
+                        if fingerprint != last {
+                            last = fingerprint;
+                            yield Ok(message);
+                        }
                     }
                     Err(status) => {
                         log_refusal(&status, &selectors, quiet);
@@ -136,6 +140,89 @@ impl WorkloadApi {
             }
         };
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// A SHA-256 over a Workload API message's fields in a fixed order (each field length-prefixed,
+/// map entries by key), so two messages with equal fields have equal fingerprints whatever the
+/// order of their maps.
+pub trait Fingerprint {
+    /// The message's fingerprint.
+    fn fingerprint(&self) -> [u8; 32];
+}
+
+/// Feeds length-prefixed fields into a SHA-256.
+struct FingerprintBuilder(aws_lc_rs::digest::Context);
+
+impl FingerprintBuilder {
+    fn new() -> Self {
+        Self(aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256))
+    }
+
+    fn field(&mut self, bytes: &[u8]) -> &mut Self {
+        self.count(bytes.len());
+        self.0.update(bytes);
+        self
+    }
+
+    fn count(&mut self, n: usize) -> &mut Self {
+        self.0.update(&(n as u64).to_be_bytes());
+        self
+    }
+
+    fn list(&mut self, items: &[Vec<u8>]) -> &mut Self {
+        self.count(items.len());
+        for item in items {
+            self.field(item);
+        }
+        self
+    }
+
+    fn map(&mut self, map: &std::collections::HashMap<String, Vec<u8>>) -> &mut Self {
+        let sorted: BTreeMap<&String, &Vec<u8>> = map.iter().collect();
+        self.count(sorted.len());
+        for (key, value) in sorted {
+            self.field(key.as_bytes()).field(value);
+        }
+        self
+    }
+
+    fn finish(self) -> [u8; 32] {
+        let mut out = [0; 32];
+        out.copy_from_slice(self.0.finish().as_ref());
+        out
+    }
+}
+
+impl Fingerprint for pb::X509svidResponse {
+    fn fingerprint(&self) -> [u8; 32] {
+        let mut fp = FingerprintBuilder::new();
+        fp.count(self.svids.len());
+        for svid in &self.svids {
+            fp.field(svid.spiffe_id.as_bytes())
+                .field(&svid.x509_svid)
+                .field(&svid.x509_svid_key)
+                .field(&svid.bundle)
+                .field(svid.hint.as_bytes());
+        }
+        fp.list(&self.crl).map(&self.federated_bundles);
+        fp.finish()
+    }
+}
+
+impl Fingerprint for pb::X509BundlesResponse {
+    fn fingerprint(&self) -> [u8; 32] {
+        let mut fp = FingerprintBuilder::new();
+        fp.list(&self.crl).map(&self.bundles);
+        fp.finish()
+    }
+}
+
+impl Fingerprint for pb::JwtBundlesResponse {
+    fn fingerprint(&self) -> [u8; 32] {
+        let mut fp = FingerprintBuilder::new();
+        fp.map(&self.bundles);
+        fp.finish()
     }
 }
 
@@ -381,5 +468,85 @@ impl SpiffeWorkloadApi for WorkloadApi {
             spiffe_id: spiffe_id.as_str().to_owned(),
             claims: Some(claims),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn svid(id: &str, der: &[u8]) -> pb::X509svid {
+        pb::X509svid {
+            spiffe_id: id.to_owned(),
+            x509_svid: der.to_vec(),
+            x509_svid_key: b"key".to_vec(),
+            bundle: b"bundle".to_vec(),
+            hint: String::new(),
+        }
+    }
+
+    fn federated(keys: impl Iterator<Item = usize>) -> HashMap<String, Vec<u8>> {
+        keys.map(|i| (format!("spiffe://td{i}.example"), vec![u8::try_from(i).unwrap(); 3]))
+            .collect()
+    }
+
+    #[test]
+    fn equal_messages_have_equal_fingerprints_whatever_their_map_order() {
+        let a = pb::X509svidResponse {
+            svids: vec![svid("spiffe://example.org/a", b"der")],
+            crl: Vec::new(),
+            federated_bundles: federated(0..50),
+        };
+        let b = pb::X509svidResponse { federated_bundles: federated((0..50).rev()), ..a.clone() };
+        assert_eq!(a, b);
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        let bundles = pb::X509BundlesResponse { crl: Vec::new(), bundles: federated(0..50) };
+        let reversed =
+            pb::X509BundlesResponse { bundles: federated((0..50).rev()), ..bundles.clone() };
+        assert_eq!(bundles.fingerprint(), reversed.fingerprint());
+        let jwt = pb::JwtBundlesResponse { bundles: federated(0..50) };
+        assert_eq!(
+            jwt.fingerprint(),
+            pb::JwtBundlesResponse { bundles: federated((0..50).rev()) }.fingerprint()
+        );
+    }
+
+    #[test]
+    fn a_changed_field_changes_the_fingerprint() {
+        let base = pb::X509svidResponse {
+            svids: vec![svid("spiffe://example.org/a", b"der")],
+            crl: Vec::new(),
+            federated_bundles: federated(0..2),
+        };
+        let rotated = pb::X509svidResponse {
+            svids: vec![svid("spiffe://example.org/a", b"de2")],
+            ..base.clone()
+        };
+        let more = pb::X509svidResponse {
+            svids: vec![
+                svid("spiffe://example.org/a", b"der"),
+                svid("spiffe://example.org/b", b"der"),
+            ],
+            ..base.clone()
+        };
+        let bundle_gone =
+            pb::X509svidResponse { federated_bundles: federated(0..1), ..base.clone() };
+        let fingerprints = [&base, &rotated, &more, &bundle_gone].map(|m| m.fingerprint());
+        for (i, a) in fingerprints.iter().enumerate() {
+            for b in &fingerprints[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+
+    #[test]
+    fn field_boundaries_count() {
+        let a =
+            pb::JwtBundlesResponse { bundles: HashMap::from([("ab".to_owned(), b"c".to_vec())]) };
+        let b =
+            pb::JwtBundlesResponse { bundles: HashMap::from([("a".to_owned(), b"bc".to_vec())]) };
+        assert_ne!(a.fingerprint(), b.fingerprint());
     }
 }
