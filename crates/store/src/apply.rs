@@ -14,6 +14,7 @@ use crate::command::{
     ItemError, Outcome,
 };
 use crate::error::StoreError;
+use crate::feed::FeedTail;
 use crate::record::{self, Change};
 use crate::state::{InvalidationSet, State};
 
@@ -50,6 +51,13 @@ pub(crate) enum Undo {
         index: u64,
         id: u128,
         evicted: Option<(u64, u128)>,
+    },
+    /// The change feed's open run as it was before a new run opened.
+    FeedTail(FeedTail),
+    /// The change feed's open run before a change was added: its length and dirty flag.
+    FeedAppend {
+        len: usize,
+        dirty: bool,
     },
 }
 
@@ -89,6 +97,11 @@ pub(crate) fn roll_back(state: &mut State, undo: Vec<Undo>) {
                 state.federations.remove(&td);
             }
             Undo::RequestId { index, id, evicted } => state.request_ids.forget(index, id, evicted),
+            Undo::FeedTail(tail) => state.feed = tail,
+            Undo::FeedAppend { len, dirty } => {
+                state.feed.bytes.truncate(len);
+                state.feed.dirty = dirty;
+            }
         }
     }
     state.refreeze_dirty_groups();

@@ -243,3 +243,70 @@ fn a_failed_committed_run_is_undone_as_a_whole() {
         assert_eq!(store.applied_term(), 9);
     }
 }
+
+/// Committed entries `from..` with request ids `index + 1000`: tokens named by `names`
+/// (each a new revision), or no-ops (`None`: no revision, but a request id).
+fn committed(from: u64, names: &[Option<String>]) -> Vec<Vec<u8>> {
+    names
+        .iter()
+        .zip(from..)
+        .map(|(name, index)| {
+            let cmd = match name {
+                Some(n) => Command::CreateJoinToken {
+                    token: JoinToken { token: n.clone(), expires_at: 2_000_000_000 }.to_stored(),
+                    entry: None,
+                },
+                None => Command::PruneJoinTokens { expires_before: 0 },
+            };
+            crate::LogEntry::new(u128::from(index) + 1000, cmd).encode()
+        })
+        .collect()
+}
+
+fn apply_run(store: &Store, from: u64, data: &[Vec<u8>]) -> Result<(), StoreError> {
+    let run: Vec<crate::Committed<'_>> = data
+        .iter()
+        .zip(from..)
+        .map(|(data, index)| crate::Committed::Entry { index, term: 2, data })
+        .collect();
+    store.apply_committed(&run).map(|_| ())
+}
+
+#[test]
+fn a_failed_run_across_feed_and_request_id_run_boundaries_is_undone() {
+    let tokens = |r: std::ops::Range<u64>| r.map(|i| Some(format!("t{i}"))).collect::<Vec<_>>();
+    // Revisions 1..=28 at indexes 1..=28, then no-ops at 29..=58: the failing run of ten
+    // tokens (indexes 59..=68, revisions 29..=38) opens a feed run (at revision 32) and a
+    // request-id run (at index 64).
+    let setup = |store: &Store| {
+        apply_run(store, 1, &committed(1, &tokens(1..29))).unwrap();
+        apply_run(store, 29, &committed(29, &vec![None; 30])).unwrap();
+    };
+    let failing = committed(59, &tokens(59..69));
+    let twin_dir = tempfile::tempdir().unwrap();
+    let twin = open(twin_dir.path());
+    setup(&twin);
+    apply_run(&twin, 59, &failing).unwrap();
+    for kind in [Kind::Fail, Kind::Batch] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        setup(&store);
+        let before = store.export_snapshot(0).unwrap().chunks;
+        // The eighth token's write: after both runs opened.
+        fault::arm(if matches!(kind, Kind::Batch) { 1 } else { 8 }, kind);
+        let result = apply_run(&store, 59, &failing);
+        fault::disarm();
+        assert!(matches!(result, Err(StoreError::Encode(_) | StoreError::Engine(_))), "{kind:?}");
+        assert_eq!(store.export_snapshot(0).unwrap().chunks, before, "{kind:?}");
+        assert_eq!(store.changes_since(27, 100).unwrap().len(), 1, "{kind:?}");
+        drop(store);
+        store = open(dir.path());
+        assert_eq!(store.export_snapshot(0).unwrap().chunks, before, "{kind:?}: reopened");
+        apply_run(&store, 59, &failing).unwrap();
+        assert_eq!(
+            store.export_snapshot(0).unwrap().chunks,
+            twin.export_snapshot(0).unwrap().chunks,
+            "{kind:?}: applied again"
+        );
+    }
+}

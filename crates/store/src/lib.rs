@@ -27,8 +27,8 @@
 //! | `t` + hex SHA-256 of the token value | `StoredJoinToken` |
 //! | `b` + trust domain name | `Bundle` and its creation number (bundles list in creation order) |
 //! | `f` + trust domain name | `FederationRelationship` (without its bundle, which is under `b`) and its creation number |
-//! | `c` + revision (u64 BE) | [`Change`]: ids changed by that revision; the last [`CHANGE_FEED_RETAIN`] are kept |
-//! | `r` + log index (u64 BE) | request id (u128 BE) of the entry applied at that index; the last [`REQUEST_ID_RETAIN`] are kept |
+//! | `h` + run (u64 BE) | the change feed, one record per run of 32 revisions: each revision's [`Change`] (ids it changed); runs covering at least the last [`CHANGE_FEED_RETAIN`] revisions are kept |
+//! | `q` + run (u64 BE) | the request-id table, one record per run of 64 log indexes: index and request id of each entry applied there that carried one; runs holding the last [`REQUEST_ID_RETAIN`] ids are kept |
 //! | `m/applied` | last applied log index (u64 BE) |
 //! | `m/applied_term` | Raft term of the last applied log entry (u64 BE) |
 //! | `m/conf_state` | cluster membership after the last membership change (the consensus layer's bytes) |
@@ -36,12 +36,20 @@
 //! | `m/revision` | global revision (u64 BE) |
 //! | `m/entries` | number of entries (u64 BE), to size indexes on open |
 //! | `m/entry-number` | the highest creation number given to an entry (u64 BE) |
-//! | `m/format` | layout format (u64 BE), currently 1 |
+//! | `m/format` | layout format (u64 BE), currently 2 |
 //!
 //! Every command writes its records, `m/applied` and (if anything changed) `m/revision` and
-//! a `c` record in one atomic batch, so after a crash the store reopens at exactly some
-//! applied index with exactly that index's state. [`Store::flush`] makes everything applied
-//! so far durable.
+//! its change into the open feed run in one atomic batch, so after a crash the store
+//! reopens at exactly some applied index with exactly that index's state. [`Store::flush`]
+//! makes everything applied so far durable.
+//!
+//! The open runs of the change feed and of the request-id table are held in memory while
+//! they fill and written whole, once per apply that added to them, in the apply's batch; a
+//! run is removed whole when it falls out of retention. So an entry created costs about one
+//! engine record (the entry) plus a few per applied batch, where one record per revision
+//! and per request id (and the removal of the oldest of each) cost four more per entry.
+//! Layout format 1 kept those one record per revision (`c`) and per index (`r`); opening a
+//! format-1 tree (or installing a format-1 snapshot) migrates it to runs in one batch.
 //!
 //! # The replicated apply
 //!
@@ -62,8 +70,8 @@
 //! trailer with the applied index and term, revision, record count, trust domain,
 //! membership and a CRC-32 over all data payloads ([`snapshot`] has the wire format). The export first takes a consistent cut
 //! under the state read lock — a reference-counted handle on every record of the in-memory
-//! image (8 bytes each) and the raw change feed, most of which is read before the lock
-//! because feed records never change — then releases it; chunks are serialized, exactly as
+//! image (8 bytes each) and the raw change-feed runs, most of which are read before the
+//! lock because a run never changes once the next one opened — then releases it; chunks are serialized, exactly as
 //! apply stores the records, only as they are pulled. So writers wait for the cut alone
 //! (about 55 ms at 1M entries) and one chunk's payload is in memory at a time. Commands
 //! applied (or a snapshot imported) after the cut do not show in the stream.
@@ -155,6 +163,7 @@ mod apply;
 mod apply_failure_tests;
 pub mod command;
 mod error;
+mod feed;
 mod image;
 mod index;
 mod load;

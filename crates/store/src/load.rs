@@ -1,6 +1,7 @@
 //! Opening a store: reading a generation tree (or the entry image) into a fresh in-memory
 //! [`State`], with the entry records decoded on two threads while a third indexes them.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ward_core::{
@@ -8,8 +9,11 @@ use ward_core::{
 };
 
 use crate::error::{EngineResult, StoreError};
+use crate::feed::{self, FeedTail, RUN_LAYOUT};
 use crate::image::{self, Image};
 use crate::record;
+use crate::request_ids;
+use crate::snapshot::put_framed;
 use crate::state::State;
 
 /// Reads a whole generation tree into a fresh in-memory state.
@@ -24,13 +28,16 @@ pub(crate) fn load_state(
     image: Option<Image>,
 ) -> Result<State, StoreError> {
     let mut state = State::new(td.clone());
-    if let Some(v) = tree.get(record::META_FORMAT).engine()? {
-        let format = record::read_u64(record::META_FORMAT, &v)?;
-        if format > record::FORMAT {
-            return Err(StoreError::UnsupportedFormat(format));
-        }
-    } else {
-        tree.insert(record::META_FORMAT, record::u64_value(record::FORMAT)).engine()?;
+    let format = match tree.get(record::META_FORMAT).engine()? {
+        Some(v) => record::read_u64(record::META_FORMAT, &v)?,
+        // A new tree, or one written before the format was recorded (format 1).
+        None => 1,
+    };
+    if format > record::FORMAT {
+        return Err(StoreError::UnsupportedFormat(format));
+    }
+    if format < record::FORMAT {
+        migrate_runs(tree)?;
     }
     check_trust_domain(tree, td)?;
     let entries = match tree.get(record::META_ENTRIES).engine()? {
@@ -63,7 +70,7 @@ pub(crate) fn load_state(
         });
     }
     let records =
-        [record::AGENT, record::TOKEN, record::BUNDLE, record::FEDERATION, record::REQUEST]
+        [record::AGENT, record::TOKEN, record::BUNDLE, record::FEDERATION, record::REQUEST_RUN]
             .into_iter()
             .flat_map(|p| tree.scan_prefix([p]));
     let meta = [
@@ -96,10 +103,12 @@ pub(crate) fn load_state(
                 let (f, number): (FederationRelationship, u64) = record::decode_numbered(&k, &v)?;
                 state.federations.insert_numbered(f.trust_domain.clone(), Arc::new(f), number);
             }
-            Some(record::REQUEST) => {
-                // Keys are in index order, as the table keeps them.
-                let (index, id) = record::read_request(&k, &v)?;
-                state.request_ids.record(index, id);
+            Some(record::REQUEST_RUN) => {
+                // Runs come in index order, as the table keeps them; replaying evicts again
+                // the ids of the oldest run that were evicted before.
+                for (index, id) in request_ids::read_run(&k, &v)? {
+                    state.request_ids.record(index, id);
+                }
             }
             _ if &*k == record::META_APPLIED => state.applied = record::read_u64(&k, &v)?,
             _ if &*k == record::META_REVISION => state.revision = record::read_u64(&k, &v)?,
@@ -114,8 +123,47 @@ pub(crate) fn load_state(
             _ => {}
         }
     }
+    state.request_ids.mark_clean();
+    let run = feed::run_of(state.revision);
+    state.feed = FeedTail::stored(run, tree.get(record::feed_key(run)).engine()?.as_deref())?;
     state.refreeze_dirty_groups();
     Ok(state)
+}
+
+/// Moves a layout-format-1 tree to the current format: the change feed's records (one per
+/// revision, `c`) and the request-id table's (one per log index, `r`) become runs (`h`, `q`;
+/// see `crate::feed` and `crate::request_ids`), in one engine batch with the new
+/// `m/format`, so a crash leaves the tree in one format or the other. A feed record's value
+/// becomes its frame as is. Costs one pass over at most 100,000 + 65,536 small records, once.
+fn migrate_runs(tree: &sled::Tree) -> Result<(), StoreError> {
+    let mut batch = sled::Batch::default();
+    let mut feed_runs: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    for kv in tree.scan_prefix([record::CHANGE]) {
+        let (k, v) = kv.engine()?;
+        let revision = record::key_number(record::CHANGE, &k)
+            .ok_or_else(|| record::corrupt(&k, "not a change-feed key"))?;
+        let run = feed_runs.entry(feed::run_of(revision)).or_insert_with(|| vec![RUN_LAYOUT]);
+        put_framed(run, &v)?;
+        batch.remove(k);
+    }
+    let mut request_runs: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    for kv in tree.scan_prefix([record::REQUEST]) {
+        let (k, v) = kv.engine()?;
+        let (index, id) = record::read_request(&k, &v)?;
+        let run =
+            request_runs.entry(request_ids::run_of(index)).or_insert_with(|| vec![RUN_LAYOUT]);
+        run.extend_from_slice(&index.to_be_bytes());
+        run.extend_from_slice(&id.to_be_bytes());
+        batch.remove(k);
+    }
+    for (run, value) in feed_runs {
+        batch.insert(record::feed_key(run), value);
+    }
+    for (run, value) in request_runs {
+        batch.insert(record::request_run_key(run), value);
+    }
+    batch.insert(record::META_FORMAT, record::u64_value(record::FORMAT));
+    tree.apply_batch(batch).engine()
 }
 
 /// Refuses a tree recorded for another trust domain than `td`; records `td` in one that
@@ -240,4 +288,138 @@ fn entry_halves(tree: &sled::Tree) -> Result<(KeyRange, KeyRange), StoreError> {
     let mut cut = start.clone();
     cut.extend_from_slice(&mid.to_be_bytes());
     Ok((start..cut.clone(), cut..end))
+}
+
+#[cfg(test)]
+mod tests {
+    use ward_core::JoinToken;
+
+    use super::*;
+    use crate::testdata::DataSet;
+    use crate::{Command, Committed, LogEntry, Store, StoreConfig};
+
+    fn open(dir: &std::path::Path) -> Store {
+        Store::open(dir, StoreConfig::new(DataSet::trust_domain())).unwrap()
+    }
+
+    /// Applies indexes `from..from + n`, each a new join token with request id `index + 7`,
+    /// in committed runs of 9.
+    #[expect(clippy::arithmetic_side_effects, reason = "small indexes in tests")]
+    fn apply_tokens(store: &Store, from: u64, n: u64) {
+        let data: Vec<(u64, Vec<u8>)> = (from..from + n)
+            .map(|i| {
+                let token = JoinToken { token: format!("t{i}"), expires_at: 2_000_000_000 };
+                let cmd = Command::CreateJoinToken { token: token.to_stored(), entry: None };
+                (i, LogEntry::new(u128::from(i) + 7, cmd).encode())
+            })
+            .collect();
+        for run in data.chunks(9) {
+            let batch: Vec<Committed<'_>> = run
+                .iter()
+                .map(|(index, data)| Committed::Entry { index: *index, term: 1, data })
+                .collect();
+            store.apply_committed(&batch).unwrap();
+        }
+    }
+
+    /// Rewrites a current-format tree in layout format 1, as the releases before runs wrote
+    /// it: one `c` record per revision (the change's encoding), one `r` record per request
+    /// id, and `m/format` 1 (or none, as before the format was recorded).
+    fn to_format_1(tree: &sled::Tree, record_format: bool) {
+        let mut batch = sled::Batch::default();
+        for kv in tree.scan_prefix([record::FEED_RUN]) {
+            let (k, v) = kv.unwrap();
+            for frame in feed::frames(&k, &v) {
+                let frame = frame.unwrap();
+                let change: record::Change = record::decode(&k, frame).unwrap();
+                batch.insert(record::change_key(change.revision), frame);
+            }
+            batch.remove(k);
+        }
+        for kv in tree.scan_prefix([record::REQUEST_RUN]) {
+            let (k, v) = kv.unwrap();
+            for (index, id) in request_ids::read_run(&k, &v).unwrap() {
+                batch.insert(record::request_key(index), &id.to_be_bytes());
+            }
+            batch.remove(k);
+        }
+        if record_format {
+            batch.insert(record::META_FORMAT, record::u64_value(1));
+        } else {
+            batch.remove(record::META_FORMAT);
+        }
+        tree.apply_batch(batch).unwrap();
+    }
+
+    #[test]
+    fn a_format_1_store_opens_migrated_to_runs_with_the_same_feed_and_request_ids() {
+        let reference_dir = tempfile::tempdir().unwrap();
+        let reference = open(reference_dir.path());
+        apply_tokens(&reference, 1, 150);
+        for record_format in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = open(dir.path());
+            apply_tokens(&store, 1, 150);
+            let tree = store.data_tree();
+            to_format_1(&tree, record_format);
+            assert_eq!(tree.scan_prefix([record::CHANGE]).count(), 150);
+            assert_eq!(tree.scan_prefix([record::REQUEST]).count(), 150);
+            store.flush().unwrap();
+            drop((tree, store));
+
+            let store = open(dir.path());
+            let tree = store.data_tree();
+            let format = tree.get(record::META_FORMAT).unwrap().unwrap();
+            assert_eq!(record::read_u64(b"m/format", &format).unwrap(), record::FORMAT);
+            assert_eq!(tree.scan_prefix([record::CHANGE]).count(), 0, "no format-1 feed left");
+            assert_eq!(tree.scan_prefix([record::REQUEST]).count(), 0, "no format-1 ids left");
+            assert_eq!(
+                store.changes_since(0, usize::MAX).unwrap(),
+                reference.changes_since(0, usize::MAX).unwrap()
+            );
+            let stream = |s: &Store| s.export_snapshot(0).unwrap().chunks;
+            assert_eq!(stream(&store), stream(&reference), "the same state, byte for byte");
+            // Retries of ids applied before the migration are still duplicates; the stores
+            // go on alike.
+            let retry = LogEntry::new(64 + 7, Command::PruneJoinTokens { expires_before: 0 });
+            let data = retry.encode();
+            let out = store
+                .apply_committed(&[Committed::Entry { index: 151, term: 1, data: &data }])
+                .unwrap();
+            assert_eq!(out[0].result, Err(crate::Duplicate { first_index: 64 }));
+            apply_tokens(&store, 152, 40);
+            drop(tree);
+            let twin_dir = tempfile::tempdir().unwrap();
+            let twin = open(twin_dir.path());
+            twin.import_snapshot(stream(&reference)).unwrap();
+            twin.apply_committed(&[Committed::Entry { index: 151, term: 1, data: &data }]).unwrap();
+            apply_tokens(&twin, 152, 40);
+            assert_eq!(stream(&store), stream(&twin));
+        }
+    }
+
+    #[test]
+    fn a_format_1_snapshot_installs_migrated_to_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        apply_tokens(&store, 1, 70);
+        let want = store.export_snapshot(0).unwrap();
+        // A format-1 stream: the records of a format-1 tree, raw, and the same trailer.
+        to_format_1(&store.data_tree(), true);
+        let mut payload = Vec::new();
+        let mut records = 0u64;
+        for kv in store.data_tree().iter() {
+            let (k, v) = kv.unwrap();
+            put_framed(&mut payload, &k).unwrap();
+            put_framed(&mut payload, &v).unwrap();
+            records += 1;
+        }
+        let info = crate::SnapshotInfo { records, ..want.info.clone() };
+        let chunks = crate::snapshot::stream_of(vec![payload], &info).unwrap();
+        let target_dir = tempfile::tempdir().unwrap();
+        let target = open(target_dir.path());
+        target.import_snapshot(chunks).unwrap();
+        assert_eq!(target.export_snapshot(0).unwrap().chunks, want.chunks);
+        assert_eq!(target.changes_since(68, 5).unwrap().len(), 2);
+    }
 }

@@ -16,11 +16,18 @@ pub(crate) const TOKEN: u8 = b't';
 pub(crate) const BUNDLE: u8 = b'b';
 /// Key prefix of federation relationships: `f` + trust domain name.
 pub(crate) const FEDERATION: u8 = b'f';
-/// Key prefix of the change feed: `c` + revision (u64 big-endian).
+/// Key prefix of the change feed in layout format 1: `c` + revision (u64 big-endian), one
+/// record per revision. Only read to migrate a format-1 tree (see `crate::feed`).
 pub(crate) const CHANGE: u8 = b'c';
-/// Key prefix of the request-id table: `r` + log index (u64 big-endian) → request id (u128
-/// big-endian).
+/// Key prefix of the request-id table in layout format 1: `r` + log index (u64 big-endian) →
+/// request id (u128 big-endian). Only read to migrate a format-1 tree.
 pub(crate) const REQUEST: u8 = b'r';
+/// Key prefix of the change feed: `h` + run number (u64 big-endian), one record per run of
+/// [`crate::feed::FEED_RUN`] revisions.
+pub(crate) const FEED_RUN: u8 = b'h';
+/// Key prefix of the request-id table: `q` + run number (u64 big-endian), one record per run
+/// of [`crate::request_ids::REQUEST_RUN`] log indexes.
+pub(crate) const REQUEST_RUN: u8 = b'q';
 /// Key of the last applied log index (u64 big-endian).
 pub(crate) const META_APPLIED: &[u8] = b"m/applied";
 /// Key of the Raft term of the last applied log entry (u64 big-endian).
@@ -38,8 +45,10 @@ pub(crate) const META_ENTRIES: &[u8] = b"m/entries";
 pub(crate) const META_ENTRY_NUMBER: &[u8] = b"m/entry-number";
 /// Key of the layout format version.
 pub(crate) const META_FORMAT: &[u8] = b"m/format";
-/// The layout format this code writes.
-pub(crate) const FORMAT: u64 = 1;
+/// The layout format this code writes: 2 keeps the change feed and the request ids in runs
+/// (`h`, `q`); format 1 kept one record per revision (`c`) and per index (`r`), and opening
+/// a format-1 tree migrates it (see `crate::load`).
+pub(crate) const FORMAT: u64 = 2;
 
 /// A record with its format version, so later layouts can still read older values.
 #[derive(Serialize, Deserialize)]
@@ -75,18 +84,46 @@ pub(crate) fn federation_key(td: &TrustDomain) -> Vec<u8> {
     key(FEDERATION, td.as_str())
 }
 
+/// The key of the format-1 change-feed record of `revision` (tests write format-1 trees).
+#[cfg(test)]
 pub(crate) fn change_key(revision: u64) -> Vec<u8> {
+    numbered_key(CHANGE, revision)
+}
+
+/// The key of the format-1 request-id record of log index `index` (tests write format-1
+/// trees).
+#[cfg(test)]
+pub(crate) fn request_key(index: u64) -> Vec<u8> {
+    numbered_key(REQUEST, index)
+}
+
+/// The key of change-feed run `run`.
+pub(crate) fn feed_key(run: u64) -> Vec<u8> {
+    numbered_key(FEED_RUN, run)
+}
+
+/// The key of request-id run `run`.
+pub(crate) fn request_run_key(run: u64) -> Vec<u8> {
+    numbered_key(REQUEST_RUN, run)
+}
+
+/// `prefix` + `n` (u64 big-endian), so keys sort by number.
+fn numbered_key(prefix: u8, n: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(9);
-    k.push(CHANGE);
-    k.extend_from_slice(&revision.to_be_bytes());
+    k.push(prefix);
+    k.extend_from_slice(&n.to_be_bytes());
     k
 }
 
-pub(crate) fn request_key(index: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(9);
-    k.push(REQUEST);
-    k.extend_from_slice(&index.to_be_bytes());
-    k
+/// The number in a key made by [`numbered_key`] with `prefix`.
+pub(crate) fn key_number(prefix: u8, key: &[u8]) -> Option<u64> {
+    let rest: [u8; 8] = key.strip_prefix(&[prefix])?.try_into().ok()?;
+    Some(u64::from_be_bytes(rest))
+}
+
+/// A [`StoreError::Corrupt`] for the record under `key`.
+pub(crate) fn corrupt(key: &[u8], reason: impl Into<String>) -> StoreError {
+    StoreError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), reason: reason.into() }
 }
 
 /// The log index of a request-id key and the id in its value.

@@ -10,7 +10,7 @@
 //! order.
 //!
 //! Export is a stream ([`SnapshotExport`]): a consistent cut of the records (handles on the
-//! in-memory image plus the raw change feed) is taken under the state read lock, then chunks are serialized lazily as the consumer pulls them,
+//! in-memory image plus the raw change-feed runs) is taken under the state read lock, then chunks are serialized lazily as the consumer pulls them,
 //! so writers wait only for the cut and at most one chunk's payload is held as bytes.
 //!
 //! Import writes into the other generation tree, verifies everything, flushes, builds the
@@ -30,11 +30,12 @@ use ward_core::{
 };
 
 use crate::error::{EngineResult, StoreError};
+use crate::feed;
 use crate::load::load_state;
 use crate::ordered::Ordered;
 use crate::record;
 use crate::state::State;
-use crate::store::{CHANGE_FEED_RETAIN, Store};
+use crate::store::Store;
 
 /// One piece of a snapshot.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -142,27 +143,34 @@ pub const DEFAULT_CHUNK_BYTES: usize = 1 << 20;
 ///
 /// It is a consistent cut: [`Store::export_snapshot_stream`] takes, under the state read
 /// lock, a reference-counted handle on every record of the in-memory image (entries,
-/// agents, bundles, federation relationships; join tokens are copied) and the raw
-/// change-feed and meta records, then releases the lock. The change feed is mostly read
-/// before the lock: its records never change once written, so only those written since
-/// are read under it. Commands applied afterwards, and an import that replaces the whole
-/// state, do not change what the stream yields.
+/// agents, bundles, federation relationships; join tokens are copied), the request-id runs
+/// (encoded from the in-memory table) and the raw change-feed runs and meta records, then
+/// releases the lock. The change feed is mostly read before the lock: a run never changes
+/// once the next one opened, so only the runs opened since are read under it. Commands
+/// applied afterwards, and an import that replaces the whole state, do not change what the
+/// stream yields.
 ///
-/// Records are grouped by kind in key-prefix order (`a`, `b`, `c`, `e`, `f`, `m/`, `r`, `t`);
+/// Records are grouped by kind in key-prefix order (`a`, `b`, `e`, `f`, `h`, `m/`, `q`, `t`);
 /// within a kind they follow the image's order, which need not be byte order of the keys.
-/// Image records are encoded as apply stores them, so the stream holds exactly the live
-/// tree's records.
+/// Image records are encoded as apply stores them, so the stream holds the live tree's
+/// records, with one difference that keeps the stream a function of the state alone: the
+/// oldest change-feed run carries only the revisions the feed still answers for
+/// ([`crate::CHANGE_FEED_RETAIN`]), and the oldest request-id run only the ids still
+/// remembered ([`crate::REQUEST_ID_RETAIN`]), whatever older ones the stored run holds
+/// (which depends on when the replica's table moved to runs).
 ///
 /// # Memory
 /// The cut costs one pointer (8 bytes) per entry, agent, bundle and federation
-/// relationship, a copy of each join token, and, for each of the up to
-/// [`CHANGE_FEED_RETAIN`] change-feed records, two 40-byte engine handles plus the record's
+/// relationship, a copy of each join token, the request-id runs (24 bytes per id, up to
+/// [`crate::REQUEST_ID_RETAIN`]) and, for each change-feed run (one per 32 of the last
+/// [`crate::CHANGE_FEED_RETAIN`] revisions), two 40-byte engine handles plus the record's
 /// bytes. Records replaced or deleted after the cut stay alive until serialized. Each
 /// record is released as it is serialized, and only the chunk being built is held as bytes.
 /// At the 1M-entry data set (1.2M records, 246 MiB of stream) `examples/snapshot_stream.rs`
 /// measured +51 MiB RSS after the cut and +53 MiB at the peak of a full export, with the
-/// lock held about 55 ms; exporting the raw tree into a vector of chunks instead took
-/// +292 MiB and held writers off for the whole 2.5 s.
+/// lock held about 55 ms (one record per revision and per request id then); exporting the
+/// raw tree into a vector of chunks instead took +292 MiB and held writers off for the
+/// whole 2.5 s.
 ///
 /// After an item is `Err`, the stream ends.
 pub struct SnapshotExport {
@@ -252,8 +260,8 @@ impl Iterator for SnapshotExport {
 impl std::iter::FusedIterator for SnapshotExport {}
 
 /// The records of a snapshot, taken under the state read lock: handles on the in-memory
-/// image's records (serialized later, exactly as apply stores them) and the raw change-feed
-/// and meta records. Yielded by kind in key-prefix order.
+/// image's records (serialized later, exactly as apply stores them), the request-id runs,
+/// and the raw change-feed runs and meta records. Yielded by kind in key-prefix order.
 #[derive(Default)]
 struct Cut {
     agents: std::vec::IntoIter<Arc<AttestedNode>>,
@@ -262,7 +270,7 @@ struct Cut {
     entries: std::vec::IntoIter<(u64, Arc<RegistrationEntry>)>,
     federations: std::vec::IntoIter<(u64, Arc<FederationRelationship>)>,
     meta: std::vec::IntoIter<(sled::IVec, sled::IVec)>,
-    requests: std::vec::IntoIter<(u64, u128)>,
+    requests: std::vec::IntoIter<(u64, Vec<u8>)>,
     tokens: std::vec::IntoIter<StoredJoinToken>,
 }
 
@@ -288,17 +296,17 @@ impl Cut {
                 &record::bundle_key(&b.trust_domain),
                 &record::encode_numbered(&*b, number)?,
             )
-        } else if let Some((k, v)) = self.changes.next() {
-            put_raw(out, &k, &v)
         } else if let Some((number, e)) = self.entries.next() {
             put_raw(out, &record::entry_key(&e.id), &record::encode_numbered(&*e, number)?)
         } else if let Some((number, f)) = self.federations.next() {
             let value = record::encode_numbered(&*f, number)?;
             put_raw(out, &record::federation_key(&f.trust_domain), &value)
+        } else if let Some((k, v)) = self.changes.next() {
+            put_raw(out, &k, &v)
         } else if let Some((k, v)) = self.meta.next() {
             put_raw(out, &k, &v)
-        } else if let Some((index, id)) = self.requests.next() {
-            put_raw(out, &record::request_key(index), &id.to_be_bytes())
+        } else if let Some((run, value)) = self.requests.next() {
+            put_raw(out, &record::request_run_key(run), &value)
         } else if let Some(t) = self.tokens.next() {
             put_record(out, &record::token_key(&t.hash), &t)
         } else {
@@ -326,22 +334,21 @@ fn put_raw(out: &mut Vec<u8>, key: &[u8], value: &[u8]) -> Result<bool, StoreErr
     Ok(true)
 }
 
-/// The change-feed records of revisions `from..=to`, raw.
-fn read_changes(
+/// The change-feed run records of runs `from..to`, raw.
+fn read_runs(
     tree: &sled::Tree,
     from: u64,
     to: u64,
 ) -> Result<Vec<(sled::IVec, sled::IVec)>, StoreError> {
-    if from > to {
+    if from >= to {
         return Ok(Vec::new());
     }
-    tree.range(record::change_key(from)..=record::change_key(to)).collect::<Result<_, _>>().engine()
+    tree.range(record::feed_key(from)..record::feed_key(to)).collect::<Result<_, _>>().engine()
 }
 
-/// The revision of a change-feed key.
-fn change_revision(key: &[u8]) -> Option<u64> {
-    let rest: [u8; 8] = key.strip_prefix(&[record::CHANGE])?.try_into().ok()?;
-    Some(u64::from_be_bytes(rest))
+/// The run number of a change-feed run key.
+fn feed_run(key: &[u8]) -> Option<u64> {
+    record::key_number(record::FEED_RUN, key)
 }
 
 /// How many times the export re-reads change-feed records applied while it read the feed,
@@ -350,6 +357,24 @@ const CATCH_UP_PASSES: usize = 3;
 
 /// The layout byte that opens a trailer.
 const TRAILER_LAYOUT: u8 = 2;
+
+/// A stream of the given data payloads (framed records) and a trailer with `info`: how
+/// tests build snapshots of layouts this code no longer writes.
+#[cfg(test)]
+pub(crate) fn stream_of(
+    payloads: Vec<Vec<u8>>,
+    info: &SnapshotInfo,
+) -> Result<Vec<SnapshotChunk>, StoreError> {
+    let mut digest = crc32fast::Hasher::new();
+    let mut chunks = Vec::new();
+    for (seq, payload) in (0u32..).zip(payloads) {
+        digest.update(&payload);
+        chunks.push(SnapshotChunk::new(seq, false, payload));
+    }
+    let trailer = encode_trailer(info, digest.finalize())?;
+    chunks.push(SnapshotChunk::new(chunks.len() as u32, true, trailer));
+    Ok(chunks)
+}
 
 /// The trailer payload of a stream with `info` whose data payloads have CRC `digest`.
 fn encode_trailer(info: &SnapshotInfo, digest: u32) -> Result<Vec<u8>, StoreError> {
@@ -404,37 +429,48 @@ impl Store {
     /// [`StoreError::Engine`] if reading the tree fails.
     pub fn export_snapshot_stream(&self, chunk_bytes: usize) -> Result<SnapshotExport, StoreError> {
         let chunk_bytes = if chunk_bytes == 0 { DEFAULT_CHUNK_BYTES } else { chunk_bytes };
-        // Change-feed records never change once written (they are only pruned), so most of
-        // the feed is read before taking the lock.
+        // A change-feed run never changes once the next one opened (it is only removed), so
+        // most of the feed is read before taking the lock: the runs before the open one.
         let early_tree = self.data_tree();
-        let mut early_revision = self.revision();
-        let mut early = read_changes(&early_tree, 1, early_revision)?;
+        let mut early_run = feed::run_of(self.revision());
+        let mut early = read_runs(&early_tree, 0, early_run)?;
         // Catch up with what was applied meanwhile, so little is left for the locked part.
         for _ in 0..CATCH_UP_PASSES {
-            let now = self.revision();
-            if now <= early_revision {
+            let now = feed::run_of(self.revision());
+            if now <= early_run {
                 break;
             }
-            early.extend(read_changes(&early_tree, early_revision + 1, now)?);
-            early_revision = now;
+            early.extend(read_runs(&early_tree, early_run, now)?);
+            early_run = now;
         }
 
         let state = self.read();
         let tree = self.data_tree();
         let revision = state.revision;
-        let first_kept = revision.saturating_sub(CHANGE_FEED_RETAIN) + 1;
+        let first_kept = feed::first_kept(revision);
+        let (first_run, open_run) = (feed::run_of(first_kept), feed::run_of(revision));
         // An import in between replaced the tree and its history: read the feed again.
-        let same_history = std::ptr::eq(&*early_tree, &*tree) && early_revision <= revision;
+        let same_history = std::ptr::eq(&*early_tree, &*tree) && early_run <= open_run;
         let mut changes = if same_history {
             let mut feed: Vec<_> = early
                 .into_iter()
-                .filter(|(k, _)| change_revision(k).is_some_and(|r| r >= first_kept))
+                .filter(|(k, _)| feed_run(k).is_some_and(|r| r >= first_run))
                 .collect();
-            feed.extend(read_changes(&tree, early_revision + 1, revision)?);
+            feed.extend(read_runs(&tree, early_run.max(first_run), open_run + 1)?);
             feed
         } else {
-            read_changes(&tree, first_kept, revision)?
+            read_runs(&tree, first_run, open_run + 1)?
         };
+        // The oldest run travels from the first revision kept, whatever older ones it holds.
+        let partial = first_kept > first_run * feed::FEED_RUN;
+        if partial && changes.first().is_some_and(|(k, _)| feed_run(k) == Some(first_run)) {
+            match feed::from_revision(first_run, &changes[0].1, first_kept)? {
+                Some(kept) => changes[0].1 = kept.into(),
+                None => {
+                    changes.remove(0);
+                }
+            }
+        }
         changes.shrink_to_fit();
         let meta = tree.scan_prefix(b"m/").collect::<Result<Vec<_>, _>>().engine()?;
         let cut = Cut {
@@ -448,7 +484,7 @@ impl Store {
                 .into_iter(),
             federations: numbered(&state.federations),
             meta: meta.into_iter(),
-            requests: state.request_ids.iter().collect::<Vec<_>>().into_iter(),
+            requests: state.request_ids.runs().into_iter(),
             tokens: state.tokens.values().cloned().collect::<Vec<_>>().into_iter(),
         };
         let info = SnapshotInfo {
@@ -755,7 +791,7 @@ mod tests {
         let chunks: Vec<SnapshotChunk> = export.map(Result::unwrap).collect();
         let got = records(&chunks);
         assert_eq!(info.records, raw.len() as u64);
-        for prefix in [b'a', b'b', b'c', b'e', b'f', b'm', b't'] {
+        for prefix in [b'a', b'b', b'e', b'f', b'h', b'm', b't'] {
             assert!(raw.keys().any(|k| k[0] == prefix), "the data has {}", prefix as char);
         }
         assert_eq!(got, raw);
@@ -823,9 +859,9 @@ mod tests {
     }
 
     #[test]
-    fn change_revision_reads_only_change_keys() {
-        assert_eq!(change_revision(&record::change_key(42)), Some(42));
-        assert_eq!(change_revision(b"e0123456789"), None);
-        assert_eq!(change_revision(b"c123"), None);
+    fn feed_run_reads_only_feed_run_keys() {
+        assert_eq!(feed_run(&record::feed_key(42)), Some(42));
+        assert_eq!(feed_run(b"e0123456789"), None);
+        assert_eq!(feed_run(b"h123"), None);
     }
 }

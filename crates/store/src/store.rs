@@ -33,6 +33,7 @@ use ward_core::{
 use crate::apply::{Txn, Undo, roll_back, with_bundle};
 use crate::command::{Applied, Command};
 use crate::error::{EngineResult, StoreError};
+use crate::feed;
 use crate::image::{self, ImageOf};
 use crate::load::load_state;
 use crate::log_entry::LogEntry;
@@ -308,7 +309,10 @@ impl Store {
         let mut undo = Vec::new();
         let applied = self
             .run_command(state, &mut batch, &mut touched, &mut undo, index, cmd)
-            .and_then(|applied| self.write_batch(batch).map(|()| applied));
+            .and_then(|applied| {
+                state.feed.seal(&mut batch);
+                self.write_batch(batch).map(|()| applied)
+            });
         match applied {
             Ok(applied) => {
                 self.invalidate(&touched);
@@ -359,10 +363,7 @@ impl Store {
             change.revision = state.revision;
             batch.insert(record::META_REVISION, record::u64_value(state.revision));
             batch.insert(record::META_ENTRIES, record::u64_value(state.entry_count() as u64));
-            batch.insert(record::change_key(state.revision), record::encode(&change)?);
-            if let Some(old) = state.revision.checked_sub(CHANGE_FEED_RETAIN) {
-                batch.remove(record::change_key(old));
-            }
+            state.feed.push(&change, batch, undo)?;
         }
         Ok(Applied { index, revision: state.revision, outcome })
     }
@@ -457,13 +458,11 @@ impl Store {
                             Err(e) => return Err(self.fail_apply(&mut state, before, undo, e)),
                         };
                         if id != 0 {
-                            sled_batch.insert(record::request_key(index), &id.to_be_bytes());
-                            let oldest = state.request_ids.oldest();
-                            let evicted = state.request_ids.record(index, id);
-                            if let Some(evicted) = evicted {
-                                sled_batch.remove(record::request_key(evicted));
+                            let recorded = state.request_ids.record(index, id);
+                            if let Some(run) = recorded.dropped_run {
+                                sled_batch.remove(record::request_run_key(run));
                             }
-                            undo.push(Undo::RequestId { index, id, evicted: evicted.and(oldest) });
+                            undo.push(Undo::RequestId { index, id, evicted: recorded.evicted });
                         }
                         Ok(applied)
                     }
@@ -478,6 +477,8 @@ impl Store {
         }
         sled_batch.insert(record::META_APPLIED, record::u64_value(state.applied));
         sled_batch.insert(record::META_APPLIED_TERM, record::u64_value(state.applied_term));
+        state.request_ids.seal(&mut sled_batch);
+        state.feed.seal(&mut sled_batch);
         if let Err(e) = self.write_batch(sled_batch) {
             return Err(self.fail_apply(&mut state, before, undo, e));
         }
@@ -640,15 +641,27 @@ impl Store {
     /// # Errors
     /// [`StoreError::Engine`] or [`StoreError::Corrupt`] from reading the feed.
     pub fn changes_since(&self, after: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
+        // The runs kept hold more than the last CHANGE_FEED_RETAIN revisions; answer those.
+        let from = after.saturating_add(1).max(feed::first_kept(self.revision()));
         let tree = self.data_tree();
-        let start = record::change_key(after.saturating_add(1));
         let mut out = Vec::new();
-        for kv in tree.range(start..).take(limit) {
+        if limit == 0 {
+            return Ok(out);
+        }
+        for kv in tree.range(record::feed_key(feed::run_of(from))..) {
             let (k, v) = kv.engine()?;
-            if k.first() != Some(&record::CHANGE) {
+            if k.first() != Some(&record::FEED_RUN) {
                 break;
             }
-            out.push(record::decode(&k, &v)?);
+            for change in feed::changes(&k, &v) {
+                let change = change?;
+                if change.revision >= from {
+                    out.push(change);
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                }
+            }
         }
         Ok(out)
     }

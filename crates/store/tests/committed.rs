@@ -2,22 +2,14 @@
 //! The replicated apply: committed log entries applied in runs, replayed safely, and
 //! deduplicated by request id.
 
-use ward_core::{JoinToken, TrustDomain};
+mod common;
+
+use common::open_unflushed as open;
+use ward_core::JoinToken;
 use ward_store::{
     AppliedEntry, Command, Committed, ConsumedToken, Duplicate, LogEntry, Outcome,
-    REQUEST_ID_RETAIN, Store, StoreConfig, StoreError,
+    REQUEST_ID_RETAIN, Store, StoreError,
 };
-
-fn td() -> TrustDomain {
-    TrustDomain::new("example.org").unwrap()
-}
-
-/// A store that flushes only when asked.
-fn open(dir: &std::path::Path) -> Store {
-    let mut config = StoreConfig::new(td());
-    config.flush_every_ms = None;
-    Store::open(dir, config).unwrap()
-}
 
 fn create_token(value: &str) -> Command {
     Command::CreateJoinToken {

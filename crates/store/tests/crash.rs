@@ -14,7 +14,7 @@ use std::process::{Command as Process, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{Model, assert_same_state};
+use common::{ChangeSets, Model, assert_same_state};
 use ward_core::{
     AgentId, EntryId, EntryPatch, RegistrationEntry, Selector, SelectorSet, SpiffeId, TrustDomain,
 };
@@ -170,6 +170,7 @@ fn kill_and_recover(name: &str) -> (usize, usize) {
     let mut last_durable = 0u64;
     let mut rng = 12345u64;
     let mut recovered = Vec::new();
+    let mut feed: Vec<(u64, ChangeSets)> = Vec::new();
     let (mut child_images, mut parent_images) = (0, 0);
     for round in 0..KILLS {
         let mut proc = Process::new(&exe)
@@ -215,9 +216,22 @@ fn kill_and_recover(name: &str) -> (usize, usize) {
         assert!(applied >= model_index, "round {round}: recovery went backwards");
         while model_index < applied {
             model_index += 1;
+            let revision = model.revision;
             model.apply(&command(model_index));
+            if model.revision != revision {
+                feed.push((model.revision, model.last_change.clone()));
+            }
         }
         assert_same_state(&store, &model, &agents);
+        // The change feed holds one record per revision, none lost or repeated, whichever
+        // write of a run (one per apply) the kill came after.
+        let got: Vec<(u64, ChangeSets)> = store
+            .changes_since(0, usize::MAX)
+            .unwrap()
+            .iter()
+            .map(|c| (c.revision, ChangeSets::of(c)))
+            .collect();
+        assert_eq!(got, feed, "round {round}: change feed");
         recovered.push(applied);
         drop(store);
     }

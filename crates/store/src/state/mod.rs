@@ -23,6 +23,7 @@ use ward_core::{
     RegistrationEntry, SpiffeId, StoredJoinToken, TrustDomain,
 };
 
+use crate::feed::FeedTail;
 use crate::index::{HashIndex, PassThrough, Slab, Slot, SlotSet, key_hash};
 use crate::ordered::Ordered;
 use crate::request_ids::RequestIds;
@@ -170,6 +171,8 @@ pub(crate) struct State {
     pub(crate) conf_state: Option<Vec<u8>>,
     /// Recently applied request ids.
     pub(crate) request_ids: RequestIds,
+    /// The change feed's open run.
+    pub(crate) feed: FeedTail,
     /// Set while a store is loaded from disk: entries' index keys wait here until
     /// [`State::end_bulk_load`] builds the indexes from them at once.
     bulk: Option<Box<bulk::Bulk>>,
@@ -208,6 +211,7 @@ impl State {
             applied_term: 0,
             conf_state: None,
             request_ids: RequestIds::default(),
+            feed: FeedTail::new(0),
             bulk: None,
         }
     }

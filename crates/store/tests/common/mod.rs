@@ -1,5 +1,6 @@
 //! A brute-force model of the store: plain maps, linear scans, and the authorized-entries
-//! rule written as the spec states it. Shared by the property and crash tests.
+//! rule written as the spec states it. Shared by the property and crash tests, with a few
+//! helpers for opening stores.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -774,6 +775,13 @@ impl Model {
 /// Every page of a ListEntries walk, concatenated; checks page sizes and tokens: as
 /// SPIRE's, every page with entries has a token, only the first empty page ends the walk,
 /// and only the last page with entries may be short.
+/// Opens the store in `dir` for trust domain `example.org`, flushing only when asked.
+pub fn open_unflushed(dir: &std::path::Path) -> Store {
+    let mut config = ward_store::StoreConfig::new(TrustDomain::new("example.org").unwrap());
+    config.flush_every_ms = None;
+    Store::open(dir, config).unwrap()
+}
+
 pub fn all_pages_entries(store: &Store, f: &EntryFilter, size: usize) -> Vec<RegistrationEntry> {
     let mut out = Vec::new();
     let mut token = None;
