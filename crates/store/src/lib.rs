@@ -49,7 +49,13 @@
 //! engine record (the entry) plus a few per applied batch, where one record per revision
 //! and per request id (and the removal of the oldest of each) cost four more per entry.
 //! Layout format 1 kept those one record per revision (`c`) and per index (`r`); opening a
-//! format-1 tree (or installing a format-1 snapshot) migrates it to runs in one batch.
+//! format-1 tree (or installing a format-1 snapshot) migrates it to runs in one batch. A
+//! release that writes format 1 refuses a format-2 tree or snapshot
+//! ([`StoreError::UnsupportedFormat`]): during a rolling upgrade a snapshot taken by an
+//! upgraded replica installs only on upgraded ones, so, as for the log format
+//! ([`log_entry`]), finish upgrading every replica before an old one needs a snapshot. The
+//! answers (feed, request-id window) are the same in both formats, so old and new replicas
+//! apply the same log alike meanwhile.
 //!
 //! # The replicated apply
 //!
