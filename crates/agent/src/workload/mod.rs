@@ -27,6 +27,7 @@ mod health;
 mod jwt;
 mod listener;
 mod service;
+mod streams;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -41,6 +42,7 @@ pub use caller::{CallerAttestor, PeerInfo};
 pub use health::WorkloadHealth;
 pub use listener::{ALTERNATE_SOCKET_NAMES, ListenError, ListenerConfig, WorkloadListener};
 pub use service::{WorkloadApi, WorkloadApiConfig};
+pub use streams::WorkloadApiService;
 
 /// The metadata key every Workload API call must carry with the single value `true`.
 pub const SECURITY_HEADER: &str = "workload.spiffe.io";

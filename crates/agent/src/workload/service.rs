@@ -11,11 +11,9 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, error, instrument, warn};
 use ward_core::{Bundle, SelectorSet, SpiffeId, TrustDomain};
 use ward_proto::spiffe::workload as pb;
-use ward_proto::spiffe::workload::spiffe_workload_api_server::{
-    SpiffeWorkloadApi, SpiffeWorkloadApiServer,
-};
+use ward_proto::spiffe::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
 
-use super::{CallerAttestor, SECURITY_HEADER, jwt};
+use super::{CallerAttestor, SECURITY_HEADER, WorkloadApiService, jwt};
 use crate::cache::{Cache, CacheView, JwtSvidSource, WorkloadInterest, X509Identity};
 
 /// The Workload API's options, with SPIRE's names and defaults.
@@ -63,9 +61,10 @@ impl WorkloadApi {
         Self { cache, jwt_source, attestor, config: Arc::new(config) }
     }
 
-    /// The tonic service, to add to a [`tonic::service::Routes`].
-    pub fn into_service(self) -> SpiffeWorkloadApiServer<Self> {
-        SpiffeWorkloadApiServer::new(self)
+    /// The service to add to a [`tonic::service::Routes`] (its streams are answered as
+    /// [`WorkloadApiService`] describes).
+    pub fn into_service(self) -> WorkloadApiService {
+        WorkloadApiService::new(self)
     }
 
     /// Checks the header and attests the caller. Also says whether the caller is the agent
