@@ -48,6 +48,18 @@ pub fn py_spiffe_python() -> anyhow::Result<PathBuf> {
     cached_tool(PY_SPIFFE_PYTHON_ENV, "interop/python/setup.sh")
 }
 
+/// Environment variable naming a built java-spiffe workload jar.
+pub const JAVA_SPIFFE_JAR_ENV: &str = "WARD_JAVA_SPIFFE_JAR";
+
+/// The java-spiffe workload's jar (all dependencies in it): `$WARD_JAVA_SPIFFE_JAR`, or what
+/// `tests/interop/java/build.sh` builds.
+///
+/// # Errors
+/// When the build fails (no Maven or JDK, no Maven Central and nothing cached).
+pub fn java_spiffe_jar() -> anyhow::Result<PathBuf> {
+    cached_tool(JAVA_SPIFFE_JAR_ENV, "interop/java/build.sh")
+}
+
 /// The py-spiffe workload script.
 pub fn py_spiffe_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/python/fetch.py")
