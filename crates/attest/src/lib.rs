@@ -17,7 +17,9 @@
 //! - [`ProcFs`], the proc file system the facts come from;
 //! - [`AttestError`], with SPIRE's message texts;
 //! - [`NodeAttestor`] ([`node_attestor`]), the agent side of node attestation (the evidence an
-//!   agent sends in `AttestAgent`), with [`node_attestor::join_token`].
+//!   agent sends in `AttestAgent`), and [`ServerNodeAttestor`], the server side that verifies
+//!   it, one module per attestor: [`node_attestor::join_token`] and [`node_attestor::x509pop`]
+//!   (X.509 proof of possession, both sides).
 //!
 //! A flow: `let watch = CallerWatch::open(&procfs, caller)?; let selectors =
 //! attestor.attest(caller.pid)?; watch.check()?;`, which [`attest_caller`] wraps.
@@ -41,7 +43,10 @@ mod workload_attestor;
 pub use caller_watch::{Caller, CallerWatch, attest_caller};
 pub use error::AttestError;
 pub use k8s::{K8sAttestor, K8sConfig};
-pub use node_attestor::{NodeAttestError, NodeAttestor};
+pub use node_attestor::{
+    AttestedAgent, NodeAttestError, NodeAttestor, PendingChallenge, Refusal, RefusalCode,
+    ServerNodeAttestor, Verification,
+};
 pub use procfs::{ProcFs, ProcStatus};
 pub use systemd::{SystemdAttestor, SystemdBus};
 pub use unix::{UnixAttestation, UnixAttestor, UnixConfig};

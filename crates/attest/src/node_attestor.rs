@@ -1,14 +1,104 @@
-//! The agent side of node attestation: what a node attestor sends to the server in the
-//! `AttestAgent` stream.
+//! Node attestation: the evidence an agent sends in the `AttestAgent` stream, and the
+//! server's verification of it.
 //!
 //! The agent opens the stream with the attestor's type name and payload, and answers each
 //! challenge the server sends with [`NodeAttestor::answer`] until the server returns the
-//! agent's SVID. The exchange mirrors SPIRE v1.13.3's agent node attestors
-//! (`pkg/agent/plugin/nodeattestor`), so a ward agent attests to spire-server and a SPIRE
-//! agent's evidence is what ward's server verifies.
+//! agent's SVID. The server hands the payload to the [`ServerNodeAttestor`] of that type, which
+//! either attests the agent at once or returns a challenge and a [`PendingChallenge`] that
+//! checks the agent's answer. The exchange mirrors SPIRE v1.13.3's node attestors
+//! (`pkg/agent/plugin/nodeattestor`, `pkg/server/plugin/nodeattestor`), so a ward agent
+//! attests to spire-server and a SPIRE agent's evidence is what ward's server verifies.
 //!
-//! One module per attestor holds its agent side: [`join_token`] now; `x509pop`, `k8s_psat`
-//! and the cloud attestors plug in through the same trait.
+//! One module per attestor holds its payload type, its agent side and its server side:
+//! [`join_token`] (agent side only: the server checks tokens against its store) and
+//! [`x509pop`]; `sshpop`, `k8s_psat` and the cloud attestors follow the same shape.
+
+pub mod x509pop;
+
+use ward_core::SpiffeId;
+
+/// The gRPC code a refused attestation is answered with (the server maps it to its status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalCode {
+    /// The evidence is malformed.
+    InvalidArgument,
+    /// The evidence does not prove the node's identity.
+    PermissionDenied,
+    /// The attestor failed on evidence that was well formed.
+    Internal,
+}
+
+/// Why the server refuses an attestation: SPIRE's code and message (without the
+/// `nodeattestor(<name>): ` prefix, which the server adds as SPIRE's plugin layer does).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refusal {
+    /// The status code.
+    pub code: RefusalCode,
+    /// The message.
+    pub message: String,
+}
+
+impl Refusal {
+    /// A refusal with `code` and `message`.
+    pub fn new(code: RefusalCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
+
+/// What the server learns about an agent whose evidence it accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttestedAgent {
+    /// The agent's SPIFFE ID (`spiffe://<td>/spire/agent/<attestor>/...`).
+    pub agent_id: SpiffeId,
+    /// Selector values; their type is the attestor's name.
+    pub selector_values: Vec<String>,
+    /// Whether the agent attests again instead of renewing its SVID.
+    pub can_reattest: bool,
+}
+
+/// One step of the server's side of node attestation.
+pub enum Verification {
+    /// The evidence is accepted.
+    Attested(AttestedAgent),
+    /// The agent must answer `challenge`; `pending` checks the answer.
+    Challenge {
+        /// Sent to the agent as `AttestAgentResponse.challenge`.
+        challenge: Vec<u8>,
+        /// Checks the agent's `challenge_response`.
+        pending: Box<dyn PendingChallenge>,
+    },
+}
+
+impl std::fmt::Debug for Verification {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Attested(a) => f.debug_tuple("Attested").field(a).finish(),
+            Self::Challenge { .. } => f.debug_struct("Challenge").finish_non_exhaustive(),
+        }
+    }
+}
+
+/// A challenge the server sent and the state needed to check its answer.
+pub trait PendingChallenge: Send {
+    /// Checks the agent's answer.
+    ///
+    /// # Errors
+    /// [`Refusal`] with SPIRE's code and message.
+    fn respond(self: Box<Self>, response: &[u8]) -> Result<Verification, Refusal>;
+}
+
+/// The server side of one node attestation method.
+pub trait ServerNodeAttestor: Send + Sync + std::fmt::Debug {
+    /// The attestation type it verifies (`x509pop`, ...).
+    fn name(&self) -> &'static str;
+
+    /// Verifies the payload the agent opened the stream with, at Unix time `now`.
+    ///
+    /// # Errors
+    /// [`Refusal`] with SPIRE's code and message.
+    fn begin(&self, payload: &[u8], now: i64) -> Result<Verification, Refusal>;
+}
 
 /// Why a node attestor could not produce evidence or answer a challenge.
 #[derive(Debug, thiserror::Error)]
