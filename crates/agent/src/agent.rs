@@ -52,7 +52,10 @@ pub enum AgentError {
     #[error(transparent)]
     Connect(#[from] ConnectError),
     /// There is no persisted SVID and no node attestor is configured.
-    #[error("no agent SVID in the data directory and no node attestor configured (set join_token)")]
+    #[error(
+        "no agent SVID in the data directory and no node attestor configured (set join_token or \
+         [node_attestor.x509pop])"
+    )]
     NoAttestor,
     /// The agent SVID could not be renewed before it expired.
     #[error("current SVID has already expired and rotate agent SVID failed: {0}")]

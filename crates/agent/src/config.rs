@@ -108,6 +108,29 @@ pub struct FileConfig {
     pub sds: Option<SdsFileConfig>,
     /// The HTTP health listener (SPIRE's `health_checks` block).
     pub health_checks: Option<HealthChecksFileConfig>,
+    /// The node attestor used when no join token is given (`[node_attestor.x509pop]`).
+    pub node_attestor: Option<NodeAttestorFileConfig>,
+}
+
+/// `[node_attestor]`: the one node attestor of the agent (SPIRE's `NodeAttestor` plugin), used
+/// when no join token is given.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeAttestorFileConfig {
+    /// `x509pop`: a certificate and its key prove the node's identity.
+    pub x509pop: Option<X509popFileConfig>,
+}
+
+/// `[node_attestor.x509pop]`: SPIRE's agent `x509pop` plugin data.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct X509popFileConfig {
+    /// PEM private key of the certificate (required).
+    pub private_key_path: Option<PathBuf>,
+    /// PEM certificate, leaf first (required).
+    pub certificate_path: Option<PathBuf>,
+    /// PEM intermediate certificates sent after the certificate.
+    pub intermediates_path: Option<PathBuf>,
 }
 
 /// `[health_checks]`, SPIRE's `health_checks` block: plain-HTTP liveness and readiness.
@@ -196,7 +219,8 @@ impl FileConfig {
             allowed_foreign_jwt_claims,
             workload_attestors,
             sds,
-            health_checks
+            health_checks,
+            node_attestor
         );
     }
 }
@@ -244,6 +268,9 @@ pub struct Settings {
     pub bootstrap: BootstrapTrust,
     /// The join token, if one is configured.
     pub join_token: Option<String>,
+    /// The `x509pop` node attestor, if configured (a join token takes precedence, as in
+    /// SPIRE).
+    pub x509pop: Option<ward_attest::node_attestor::x509pop::X509popAgentConfig>,
     /// The data directory.
     pub data_dir: PathBuf,
     /// The Workload API socket.
@@ -519,6 +546,16 @@ impl Settings {
         }
         let workload_attestors =
             WorkloadAttestorSettings::from_file(file.workload_attestors, getenv)?;
+        let x509pop = match file.node_attestor.and_then(|n| n.x509pop) {
+            None => None,
+            Some(x) => Some(ward_attest::node_attestor::x509pop::X509popAgentConfig {
+                private_key_path: non_empty_path(x.private_key_path)
+                    .ok_or_else(|| err("private_key_path is required"))?,
+                certificate_path: non_empty_path(x.certificate_path)
+                    .ok_or_else(|| err("certificate_path is required"))?,
+                intermediates_path: non_empty_path(x.intermediates_path),
+            }),
+        };
         let log_level = non_empty(file.log_level).unwrap_or_else(|| "info".into()).to_lowercase();
         if !["error", "warn", "warning", "info", "debug", "trace"].contains(&log_level.as_str()) {
             return Err(err(format!(
@@ -565,6 +602,7 @@ impl Settings {
             },
             sds: sds_config(file.sds),
             health_checks: health_checks(file.health_checks),
+            x509pop,
         })
     }
 }
@@ -660,6 +698,28 @@ mod tests {
     fn unknown_keys_are_refused() {
         let e = settings(&format!("{BASE}insecure_bootstrap = true\nbogus = 1\n")).unwrap_err();
         assert!(e.0.contains("unknown field `bogus`"), "{e}");
+    }
+
+    #[test]
+    fn x509pop_needs_a_key_and_a_certificate() {
+        let s = settings(&format!(
+            "{BASE}insecure_bootstrap = true\n[node_attestor.x509pop]\n\
+             private_key_path = \"/k.pem\"\ncertificate_path = \"/c.pem\"\n"
+        ))
+        .unwrap();
+        let x = s.x509pop.unwrap();
+        assert_eq!((x.private_key_path, x.certificate_path), ("/k.pem".into(), "/c.pem".into()));
+        assert_eq!(x.intermediates_path, None);
+        for (toml, missing) in [
+            ("certificate_path = \"/c.pem\"\n", "private_key_path is required"),
+            ("private_key_path = \"/k.pem\"\n", "certificate_path is required"),
+        ] {
+            let e = settings(&format!(
+                "{BASE}insecure_bootstrap = true\n[node_attestor.x509pop]\n{toml}"
+            ))
+            .unwrap_err();
+            assert_eq!(e, err(missing));
+        }
     }
 
     #[test]

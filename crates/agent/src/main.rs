@@ -14,6 +14,7 @@ use ward_agent::config::{FileConfig, LogFormat, ServerAddressSetting, Settings};
 use ward_agent::spire_config::{self, FileFormat};
 use ward_attest::NodeAttestor;
 use ward_attest::node_attestor::join_token::JoinTokenAttestor;
+use ward_attest::node_attestor::x509pop::X509popAttestor;
 
 #[derive(Parser, Debug)]
 #[command(name = "ward-agent", version, about = "SPIFFE node agent (SPIRE-compatible)")]
@@ -183,6 +184,20 @@ fn init_logging(settings: &Settings) {
     };
 }
 
+/// The node attestor the agent attests with: a join token when one is given (as SPIRE, it
+/// takes precedence), else the configured `[node_attestor]`.
+fn node_attestor(
+    settings: &Settings,
+) -> Result<Option<Arc<dyn NodeAttestor>>, ward_attest::NodeAttestError> {
+    if let Some(token) = settings.join_token.as_deref() {
+        return Ok(Some(Arc::new(JoinTokenAttestor::new(token)?)));
+    }
+    match &settings.x509pop {
+        Some(config) => Ok(Some(Arc::new(X509popAttestor::new(config.clone())?))),
+        None => Ok(None),
+    }
+}
+
 async fn run(flags: RunFlags) -> ExitCode {
     let (settings, notes) = match load_settings(flags) {
         Ok(s) => s,
@@ -195,15 +210,12 @@ async fn run(flags: RunFlags) -> ExitCode {
     for note in &notes {
         tracing::warn!("{note}");
     }
-    let attestor: Option<Arc<dyn NodeAttestor>> = match settings.join_token.as_deref() {
-        Some(token) => match JoinTokenAttestor::new(token) {
-            Ok(a) => Some(Arc::new(a)),
-            Err(e) => {
-                eprintln!("ward-agent: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
-        None => None,
+    let attestor = match node_attestor(&settings) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("ward-agent: {e}");
+            return ExitCode::FAILURE;
+        }
     };
     let parts = match ward_agent::components::standard(&settings) {
         Ok(parts) => parts,

@@ -344,6 +344,19 @@ pub const SETTINGS: &[(&str, Rule)] = &[
     ("telemetry.BlockedPrefixes", Hook(metrics_setting)),
     ("telemetry.AllowedLabels", Hook(metrics_setting)),
     ("telemetry.BlockedLabels", Hook(metrics_setting)),
+    // pkg/agent/plugin/nodeattestor/x509pop (Config)
+    (
+        "plugins.NodeAttestor.x509pop.plugin_data.private_key_path",
+        Map { to: "node_attestor.x509pop.private_key_path", conv: Str },
+    ),
+    (
+        "plugins.NodeAttestor.x509pop.plugin_data.certificate_path",
+        Map { to: "node_attestor.x509pop.certificate_path", conv: Str },
+    ),
+    (
+        "plugins.NodeAttestor.x509pop.plugin_data.intermediates_path",
+        Map { to: "node_attestor.x509pop.intermediates_path", conv: Str },
+    ),
     // pkg/common/health/config.go
     ("health_checks", Block),
     ("health_checks.listener_enabled", Map { to: "health_checks.listener_enabled", conv: Bool }),
@@ -356,6 +369,7 @@ pub const SETTINGS: &[(&str, Rule)] = &[
 /// spire-agent plugins ward has built in, by type and name.
 pub const PLUGINS: &[(&str, &str, PluginRule)] = &[
     ("NodeAttestor", "join_token", PluginRule::Accept),
+    ("NodeAttestor", "x509pop", PluginRule::Table("node_attestor.x509pop")),
     (
         "KeyManager",
         "disk",
@@ -384,7 +398,8 @@ pub const PLUGIN_TYPES: &[(&str, &str)] = &[
     ("KeyManager", "ward-agent keeps its key in data_dir (\"disk\" and \"memory\" are accepted)"),
     (
         "NodeAttestor",
-        "ward-agent attests its node with a join token only (NodeAttestor \"join_token\")",
+        "ward-agent attests its node with a join token or x509pop (NodeAttestor \"join_token\", \
+         \"x509pop\")",
     ),
     ("SVIDStore", "ward-agent serves SVIDs over the Workload API and SDS only"),
     ("WorkloadAttestor", "ward-agent attests workloads with \"unix\", \"k8s\" and \"systemd\""),

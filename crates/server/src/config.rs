@@ -16,10 +16,12 @@ pub use crate::spire_config::ConfigFormat;
 use crate::spire_config::{self, SpireConfigError};
 
 mod cluster;
+mod node_attestors;
 mod observability;
 pub use cluster::{
     ClusterConfig, ClusterFile, ClusterOverrides, ClusterStart, DEFAULT_PEER_PORT, NodeIdSetting,
 };
+pub use node_attestors::{NodeAttestorsConfig, NodeAttestorsFile, X509popFile};
 pub use observability::{
     DEFAULT_METRIC_PREFIX, HealthChecksConfig, PrometheusConfig, TelemetryConfig,
 };
@@ -141,6 +143,7 @@ struct FileConfig {
     health_checks: Option<HealthChecksConfig>,
     audit_log_enabled: Option<bool>,
     cluster: Option<ClusterFile>,
+    node_attestors: Option<NodeAttestorsFile>,
 }
 
 /// Command-line values that override the file.
@@ -218,6 +221,8 @@ pub struct Config {
     /// The replica's place in a cluster (`[cluster]`); `None` runs a one-member cluster
     /// without a peer listener.
     pub cluster: Option<ClusterConfig>,
+    /// The node attestors besides join tokens (`[node_attestors]`).
+    pub node_attestors: NodeAttestorsConfig,
 }
 
 impl Default for Config {
@@ -245,6 +250,7 @@ impl Default for Config {
             health_checks: HealthChecksConfig::default(),
             audit_log_enabled: false,
             cluster: None,
+            node_attestors: NodeAttestorsConfig::default(),
         }
     }
 }
@@ -352,7 +358,6 @@ impl Config {
         }
         let log_level = o.log_level.clone().or(file.log_level).unwrap_or(d.log_level);
         Ok(Self {
-            trust_domain,
             bind_address: o.bind_address.or(file.bind_address).unwrap_or(d.bind_address),
             bind_port: o.bind_port.or(file.bind_port).unwrap_or(d.bind_port),
             socket_path: o.socket_path.clone().or(file.socket_path).unwrap_or(d.socket_path),
@@ -371,6 +376,8 @@ impl Config {
             health_checks: file.health_checks.unwrap_or_default().validate()?,
             audit_log_enabled: file.audit_log_enabled.unwrap_or(d.audit_log_enabled),
             cluster: ClusterFile::resolve(file.cluster, &o.cluster, env)?,
+            node_attestors: file.node_attestors.unwrap_or_default().resolve(&trust_domain)?,
+            trust_domain,
         })
     }
 }

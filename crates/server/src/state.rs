@@ -54,9 +54,16 @@ pub struct ServerState {
     pub server_svid: RwLock<Vec<Vec<u8>>>,
     /// The federated bundle manager (RefreshBundle asks it).
     pub federation: Arc<crate::federation::Federation>,
+    /// The node attestors besides join tokens, by attestation type.
+    pub node_attestors: Vec<Arc<dyn ward_attest::ServerNodeAttestor>>,
 }
 
 impl ServerState {
+    /// The node attestor for attestation type `name`.
+    pub fn node_attestor(&self, name: &str) -> Option<Arc<dyn ward_attest::ServerNodeAttestor>> {
+        self.node_attestors.iter().find(|a| a.name() == name).cloned()
+    }
+
     /// The server's own X509-SVID chain, leaf first, ending with the root it chains to.
     pub fn server_svid_chain(&self) -> Vec<Vec<u8>> {
         self.server_svid.read().map(|g| g.clone()).unwrap_or_else(|p| p.into_inner().clone())

@@ -117,8 +117,8 @@ fn everything_ward_agent_lacks_is_refused_one_sentence_each() {
             "agent.workload_x509_svid_key_type \"rsa-2048\" is not supported: ward-agent's \
              workload keys are EC P-256 (\"ec-p256\")",
             "x509_svid_cache_max_size should not be negative",
-            "plugin NodeAttestor \"x509pop\" is not supported: ward-agent attests its node with a \
-             join token only (NodeAttestor \"join_token\")",
+            "plugin NodeAttestor \"sshpop\" is not supported: ward-agent attests its node with a \
+             join token or x509pop (NodeAttestor \"join_token\", \"x509pop\")",
             "plugin SVIDStore \"aws_secretsmanager\" is not supported: ward-agent serves SVIDs \
              over the Workload API and SDS only",
             "plugin WorkloadAttestor \"docker\" is not supported: ward-agent attests workloads \
@@ -254,4 +254,39 @@ fn every_mapped_key_is_a_key_of_wards_toml() {
         }
     }
     FileConfig::from_toml(&toml::to_string(&table).unwrap()).unwrap();
+}
+
+#[test]
+fn the_x509pop_node_attestor_becomes_wards_table() {
+    let text = r#"
+agent {
+    data_dir = "/d"
+    server_address = "spire-server"
+    server_port = "8081"
+    trust_domain = "example.org"
+    insecure_bootstrap = true
+}
+plugins {
+    KeyManager "memory" {
+        plugin_data {}
+    }
+    NodeAttestor "x509pop" {
+        plugin_data {
+            private_key_path = "/opt/spire/agent.key.pem"
+            certificate_path = "/opt/spire/agent.crt.pem"
+            intermediates_path = "/opt/spire/intermediates.pem"
+        }
+    }
+    WorkloadAttestor "unix" {
+        plugin_data {}
+    }
+}
+"#;
+    let loaded = read(Path::new("agent.conf"), text).unwrap();
+    let s = settings(loaded.file);
+    let x = s.x509pop.unwrap();
+    assert_eq!(x.private_key_path, Path::new("/opt/spire/agent.key.pem"));
+    assert_eq!(x.certificate_path, Path::new("/opt/spire/agent.crt.pem"));
+    assert_eq!(x.intermediates_path.as_deref(), Some(Path::new("/opt/spire/intermediates.pem")));
+    assert_eq!(s.join_token, None);
 }

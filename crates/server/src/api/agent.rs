@@ -1,11 +1,14 @@
-//! `spire.api.server.agent.v1.Agent`: node attestation (join tokens), agent SVID renewal and
-//! join-token creation.
+//! `spire.api.server.agent.v1.Agent`: node attestation (join tokens, and the challenge-response
+//! attestors of `ward-attest` such as x509pop), agent SVID renewal and join-token creation.
 
 use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+use ward_attest::{Refusal, RefusalCode, ServerNodeAttestor, Verification};
 use ward_ca::SvidParams;
 use ward_core::{
     AgentId, JoinToken, JoinTokenHash, RegistrationEntry, Selector, SelectorSet, SpiffeId,
@@ -66,10 +69,10 @@ impl AgentService {
         }
     }
 
-    async fn attest(
-        &self,
+    /// Checks the first request of `AttestAgent` (SPIRE's `validateAttestAgentParams`).
+    fn attest_params(
         first: pb::AttestAgentRequest,
-    ) -> Result<pb::AttestAgentResponse, Status> {
+    ) -> Result<(types::AttestationData, Vec<u8>), Status> {
         use pb::attest_agent_request::Step;
         let params = match first.step {
             Some(Step::Params(p)) => p,
@@ -92,13 +95,15 @@ impl AgentService {
                 "malformed param: missing attestation data payload",
             ));
         }
-        if data.r#type != "join_token" {
-            return Err(Status::failed_precondition(format!(
-                "error getting node attestor: could not find node attestor type {:?}",
-                data.r#type
-            )));
-        }
-        let token = String::from_utf8(data.payload)
+        Ok((data, svid_params.csr))
+    }
+
+    async fn attest_join_token(
+        &self,
+        payload: Vec<u8>,
+        csr: &[u8],
+    ) -> Result<pb::AttestAgentResponse, Status> {
+        let token = String::from_utf8(payload)
             .map_err(|_| Status::invalid_argument("failed to attest: join token is not UTF-8"))?;
         let now = self.state.clock.unix_seconds();
         let applied = propose(
@@ -119,17 +124,96 @@ impl AgentService {
             other => return Err(unexpected(&other)),
         }
         let agent_id = join_token_agent_id(&self.state, &token)?;
+        self.complete_attestation(&agent_id, "join_token", SelectorSet::default(), false, csr).await
+    }
+
+    /// Runs a challenge-response attestor over the stream: each challenge goes out on `tx`,
+    /// each answer is read from `requests`, until the attestor accepts or refuses.
+    async fn attest_with(
+        &self,
+        attestor: Arc<dyn ServerNodeAttestor>,
+        payload: Vec<u8>,
+        csr: Vec<u8>,
+        requests: &mut Streaming<pb::AttestAgentRequest>,
+        tx: &mpsc::Sender<Result<pb::AttestAgentResponse, Status>>,
+    ) -> Result<pb::AttestAgentResponse, Status> {
+        use pb::attest_agent_request::Step;
+        let name = attestor.name();
+        let refused = |r: Refusal| refusal_status(name, r);
+        let now = self.state.clock.unix_seconds();
+        let mut step = attestor.begin(&payload, now).map_err(refused)?;
+        let attested = loop {
+            match step {
+                Verification::Attested(a) => break a,
+                Verification::Challenge { challenge, pending } => {
+                    let out = pb::AttestAgentResponse {
+                        step: Some(pb::attest_agent_response::Step::Challenge(challenge)),
+                    };
+                    if tx.send(Ok(out)).await.is_err() {
+                        return Err(Status::internal("failed to send challenge to agent"));
+                    }
+                    let answer = match requests.message().await {
+                        Ok(Some(m)) => match m.step {
+                            Some(Step::ChallengeResponse(r)) => r,
+                            _ => Vec::new(),
+                        },
+                        Ok(None) => {
+                            return Err(Status::internal(
+                                "failed to receive challenge from agent: EOF",
+                            ));
+                        }
+                        Err(e) => {
+                            return Err(Status::internal(format!(
+                                "failed to receive challenge from agent: {}",
+                                e.message()
+                            )));
+                        }
+                    };
+                    step = pending.respond(&answer).map_err(refused)?;
+                }
+            }
+        };
+        let selectors = attested
+            .selector_values
+            .iter()
+            .map(|v| Selector::new(name, v))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Status::internal(format!("invalid selector from node attestor: {e}")))?;
+        self.complete_attestation(
+            &attested.agent_id,
+            name,
+            SelectorSet::new(selectors),
+            attested.can_reattest,
+            &csr,
+        )
+        .await
+    }
+
+    /// What follows a successful attestation (SPIRE's `AttestAgent` after the attestor): a
+    /// banned agent is refused, the agent SVID is signed, and the attested node is stored with
+    /// its selectors, replacing what an earlier attestation stored.
+    async fn complete_attestation(
+        &self,
+        agent_id: &SpiffeId,
+        attestation_type: &str,
+        selectors: SelectorSet,
+        can_reattest: bool,
+        csr: &[u8],
+    ) -> Result<pb::AttestAgentResponse, Status> {
+        if agent_id.path() == "/spire/server" {
+            return Err(Status::internal("agent ID cannot collide with the server ID"));
+        }
         if self.state.store.agent(&AgentId(agent_id.clone())).is_some_and(|n| n.is_banned()) {
             return Err(Status::permission_denied("failed to attest: agent is banned"));
         }
-        let (chain, serial, expires_at) = self.sign_agent_svid(&agent_id, &svid_params.csr)?;
+        let (chain, serial, expires_at) = self.sign_agent_svid(agent_id, csr)?;
         let cmd = Command::AttestAgent(AgentAttestation {
             id: AgentId(agent_id.clone()),
-            attestation_type: "join_token".into(),
+            attestation_type: attestation_type.to_owned(),
             serial,
             expires_at,
-            selectors: SelectorSet::default(),
-            can_reattest: false,
+            selectors,
+            can_reattest,
         });
         match propose(&self.state, cmd).await?.outcome {
             Outcome::Agent(Ok(_)) => {}
@@ -141,15 +225,26 @@ impl AgentService {
             }
             other => return Err(unexpected(&other)),
         }
-        tracing::info!(agent_id = %agent_id, "agent attested");
+        tracing::info!(agent_id = %agent_id, node_attestor_type = attestation_type, "agent attested");
         Ok(pb::AttestAgentResponse {
             step: Some(pb::attest_agent_response::Step::Result(
                 pb::attest_agent_response::Result {
-                    svid: Some(x509_svid_to_proto(chain, &agent_id, expires_at, "")),
-                    reattestable: false,
+                    svid: Some(x509_svid_to_proto(chain, agent_id, expires_at, "")),
+                    reattestable: can_reattest,
                 },
             )),
         })
+    }
+}
+
+/// A node attestor's refusal as SPIRE's plugin layer reports it: the code, and the message
+/// prefixed with `nodeattestor(<name>): `.
+fn refusal_status(name: &str, r: Refusal) -> Status {
+    let message = format!("nodeattestor({name}): {}", r.message);
+    match r.code {
+        RefusalCode::InvalidArgument => Status::invalid_argument(message),
+        RefusalCode::PermissionDenied => Status::permission_denied(message),
+        RefusalCode::Internal => Status::internal(message),
     }
 }
 
@@ -340,8 +435,29 @@ impl Agent for AgentService {
             Some(m) => m,
             None => return Err(Status::invalid_argument("malformed param: missing params")),
         };
-        let resp = self.attest(first).await?;
-        let out: AttestStream = Box::pin(futures::stream::once(async move { Ok(resp) }));
+        let (data, csr) = Self::attest_params(first)?;
+        if data.r#type == "join_token" {
+            let resp = self.attest_join_token(data.payload, &csr).await?;
+            let out: AttestStream = Box::pin(futures::stream::once(async move { Ok(resp) }));
+            return Ok(Response::new(out));
+        }
+        let Some(attestor) = self.state.node_attestor(&data.r#type) else {
+            return Err(Status::failed_precondition(format!(
+                "error getting node attestor: could not find node attestor type {:?}",
+                data.r#type
+            )));
+        };
+        // The exchange runs beside the response stream: challenges go out as they are made.
+        let (tx, rx) = mpsc::channel(2);
+        let service = self.clone();
+        tokio::spawn(async move {
+            let result = service.attest_with(attestor, data.payload, csr, &mut stream, &tx).await;
+            if let Err(status) = &result {
+                tracing::debug!(code = ?status.code(), error = status.message(), "node attestation refused");
+            }
+            let _ = tx.send(result).await;
+        });
+        let out: AttestStream = Box::pin(ReceiverStream::new(rx));
         Ok(Response::new(out))
     }
 

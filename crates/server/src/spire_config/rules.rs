@@ -4,6 +4,8 @@
 
 pub use ward_spire_config::{Conv, PluginRule, Rule};
 
+use ward_spire_config::{Walk, convert, set};
+
 use Conv::{Bool, Duration, Int, Ip, Lower, Str};
 use Rule::{Block, Hook, Ignore, Map, Plugins, Refuse, Section};
 
@@ -148,6 +150,27 @@ pub const SETTINGS: &[(&str, Rule)] = &[
         ),
     ),
     ("plugins", Plugins),
+    // pkg/server/plugin/nodeattestor/x509pop (Config)
+    (
+        "plugins.NodeAttestor.x509pop.plugin_data.mode",
+        Map { to: "node_attestors.x509pop.mode", conv: Str },
+    ),
+    (
+        "plugins.NodeAttestor.x509pop.plugin_data.ca_bundle_path",
+        Map { to: "node_attestors.x509pop.ca_bundle_path", conv: Str },
+    ),
+    ("plugins.NodeAttestor.x509pop.plugin_data.ca_bundle_paths", Hook(ca_bundle_paths)),
+    (
+        "plugins.NodeAttestor.x509pop.plugin_data.agent_path_template",
+        Map { to: "node_attestors.x509pop.agent_path_template", conv: Str },
+    ),
+    (
+        "plugins.NodeAttestor.x509pop.plugin_data.spiffe_prefix",
+        Ignore(
+            "NodeAttestor \"x509pop\": spiffe_prefix is ignored: it applies to mode \"spiffe\" \
+             only, which ward does not have",
+        ),
+    ),
     // pkg/common/telemetry/config.go (FileConfig)
     ("telemetry", Block),
     ("telemetry.Prometheus", Section("telemetry.prometheus")),
@@ -225,6 +248,7 @@ pub const PLUGINS: &[(&str, &str, PluginRule)] = &[
         ),
     ),
     ("NodeAttestor", "join_token", PluginRule::Accept),
+    ("NodeAttestor", "x509pop", PluginRule::Table("node_attestors.x509pop")),
     (
         "UpstreamAuthority",
         "disk",
@@ -240,7 +264,29 @@ pub const PLUGIN_TYPES: &[(&str, &str)] = &[
     ("CredentialComposer", "ward does not customise the contents of SVIDs and CA certificates"),
     ("DataStore", "ward keeps its state in its own store (only \"sql\" is accepted, and ignored)"),
     ("KeyManager", "ward keeps CA keys on disk (only \"disk\" and \"memory\" are accepted)"),
-    ("NodeAttestor", "ward attests agents with join tokens only (NodeAttestor \"join_token\")"),
+    (
+        "NodeAttestor",
+        "ward attests agents with join tokens and x509pop only (NodeAttestor \"join_token\", \
+         \"x509pop\")",
+    ),
     ("Notifier", "ward has no notifiers"),
     ("UpstreamAuthority", "ward's CA is self-signed"),
 ];
+
+/// `ca_bundle_paths`: a list of file names.
+fn ca_bundle_paths(w: &mut Walk<'_>, path: &str, value: &serde_json::Value) {
+    let items = match value {
+        serde_json::Value::Null => return,
+        serde_json::Value::Array(items) => items,
+        other => {
+            w.refused.push(format!("{path} must be a list of strings, not {other}"));
+            return;
+        }
+    };
+    match items.iter().map(|v| convert(v, Str)).collect::<Result<Vec<_>, _>>() {
+        Ok(paths) => {
+            set(&mut w.table, "node_attestors.x509pop.ca_bundle_paths", toml::Value::Array(paths))
+        }
+        Err(why) => w.refused.push(format!("{path} {why}")),
+    }
+}

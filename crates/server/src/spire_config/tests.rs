@@ -146,10 +146,13 @@ telemetry {
         assert_eq!(got.iter().filter(|s| s.contains(w)).count(), 1, "{w} in {got:#?}");
     }
     assert!(got.iter().any(|s| {
-        s.ends_with("ward attests agents with join tokens only (NodeAttestor \"join_token\")")
+        s.ends_with(
+            "ward attests agents with join tokens and x509pop only (NodeAttestor \"join_token\", \
+             \"x509pop\")",
+        )
     }));
     // The disabled plugin is skipped, as SPIRE skips it.
-    assert!(!got.iter().any(|s| s.contains("x509pop")));
+    assert!(!got.iter().any(|s| s.contains("plugin NodeAttestor \"x509pop\"")));
 }
 
 #[test]
@@ -187,6 +190,12 @@ fn undecodable_text_is_a_decode_error() {
 fn every_mapped_key_is_a_key_of_wards_toml() {
     // Build a table holding every `Map` target and let ward's own reader (which refuses
     // unknown keys) take it: a typo in the table fails here.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    std::fs::write(&ca, params.self_signed(&key).unwrap().pem()).unwrap();
     let mut table = toml::Table::new();
     for (_, rule) in SETTINGS {
         if let Rule::Map { to, conv } = rule {
@@ -201,6 +210,8 @@ fn every_mapped_key_is_a_key_of_wards_toml() {
                     "telemetry.metric_prefix" => "spire_server".into(),
                     "health_checks.live_path" => "/l".into(),
                     "health_checks.ready_path" => "/r".into(),
+                    "node_attestors.x509pop.mode" => "external_pki".into(),
+                    "node_attestors.x509pop.ca_bundle_path" => ca.display().to_string(),
                     _ => "example.org".into(),
                 }),
             };
@@ -285,4 +296,31 @@ fn an_empty_prometheus_block_turns_metrics_on_and_keys_ignore_case() {
         refused(&text, ConfigFormat::SpireHcl),
         ["telemetry.Statsd is not supported: ward exports metrics to Prometheus only"]
     );
+}
+
+#[test]
+fn maps_the_x509pop_plugin_data() {
+    let text = r#"
+server {
+    trust_domain = "example.org"
+    data_dir = "/d"
+}
+plugins {
+    NodeAttestor "x509pop" {
+        plugin_data {
+            ca_bundle_paths = ["/ca/a.pem", "/ca/b.pem"]
+            agent_path_template = "/cn/{{ .Subject.CommonName }}"
+            spiffe_prefix = "/x/"
+        }
+    }
+}
+"#;
+    let t = translate(text, ConfigFormat::SpireHcl).unwrap();
+    let x = &t.table["node_attestors"]["x509pop"];
+    assert_eq!(
+        x["ca_bundle_paths"],
+        toml::Value::Array(vec!["/ca/a.pem".into(), "/ca/b.pem".into()])
+    );
+    assert_eq!(x["agent_path_template"].as_str(), Some("/cn/{{ .Subject.CommonName }}"));
+    assert!(t.notes.iter().any(|n| n.contains("spiffe_prefix is ignored")), "{:?}", t.notes);
 }
