@@ -21,6 +21,8 @@ mod observability;
 pub use cluster::{
     ClusterConfig, ClusterFile, ClusterOverrides, ClusterStart, DEFAULT_PEER_PORT, NodeIdSetting,
 };
+#[cfg(test)]
+pub(crate) use node_attestors::test_ca_pem;
 pub use node_attestors::{NodeAttestorsConfig, NodeAttestorsFile, X509popFile};
 pub use observability::{
     DEFAULT_METRIC_PREFIX, HealthChecksConfig, PrometheusConfig, TelemetryConfig,

@@ -100,6 +100,15 @@ impl NodeAttestorsFile {
     }
 }
 
+/// A self-signed CA certificate, PEM, for tests that need a readable `ca_bundle_path`.
+#[cfg(test)]
+pub(crate) fn test_ca_pem() -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.self_signed(&key).unwrap().pem()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,10 +129,7 @@ mod tests {
     fn x509pop_takes_ca_files_and_refuses_what_spire_refuses() {
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca.pem");
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::default();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        std::fs::write(&ca, params.self_signed(&key).unwrap().pem()).unwrap();
+        std::fs::write(&ca, test_ca_pem()).unwrap();
         let ca = ca.display().to_string();
 
         assert!(resolve("").unwrap().x509pop.is_none());

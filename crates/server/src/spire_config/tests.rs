@@ -192,10 +192,7 @@ fn every_mapped_key_is_a_key_of_wards_toml() {
     // unknown keys) take it: a typo in the table fails here.
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::default();
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    std::fs::write(&ca, params.self_signed(&key).unwrap().pem()).unwrap();
+    std::fs::write(&ca, crate::config::test_ca_pem()).unwrap();
     let mut table = toml::Table::new();
     for (_, rule) in SETTINGS {
         if let Rule::Map { to, conv } = rule {
