@@ -1,0 +1,642 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+//! x509pop node attestation both ways with SPIRE v1.13.3, real processes on 127.0.0.1, node
+//! certificates made here with rcgen:
+//! 1. an unmodified spire-agent with its x509pop plugin attests to ward-server and to
+//!    spire-server, and ward-agent with `[node_attestor.x509pop]` attests to spire-server, all
+//!    with the same certificate (an RSA key: Go's and ward's RSA-PSS signatures cross over): `spire-server agent show` prints the
+//!    same agent (SPIFFE ID, type, re-attestability, selectors) whichever agent attested to
+//!    whichever server (serial and expiry normalised);
+//! 2. bad evidence — a certificate of another CA, an expired certificate, a wrong and a
+//!    replayed challenge response, a truncated payload — is refused by ward-server with the
+//!    code and message spire-server gives for the same evidence; the agent list does not
+//!    change and the server keeps serving;
+//! 3. a node alias entry by `x509pop:ca:fingerprint:` groups a spire-agent and a ward-agent
+//!    with different certificates (RSA and ECDSA) on ward-server, and a workload entry under
+//!    the alias is served by both agents' Workload APIs;
+//! 4. with a 20 s agent SVID both agents attest to ward-server again (their node records get
+//!    new serials), as x509pop allows.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use ward_agent::server_client::ServerTarget;
+use ward_attest::NodeAttestor;
+use ward_attest::node_attestor::NodeAttestError;
+use ward_attest::node_attestor::x509pop::{X509popAgentConfig, X509popAttestor, fingerprint};
+use ward_core::TrustDomain;
+use ward_tests::agent::{AgentConfig, AgentDirs, spiffe_ids, start_ward_agent, wait_healthy};
+use ward_tests::agent_scenario::wait_ready;
+use ward_tests::cli::{AdminCli, AgentCli};
+use ward_tests::daemon::Daemon;
+use ward_tests::server::{ServerOptions, ServerProcess};
+use ward_tests::spire::{SpireAgentConfig, SpireBins, SpireServerConfig};
+use ward_tests::wait::{Step, poll_until};
+use ward_tests::ward::{WardServerConfig, ward_agent_bin, ward_server_bin};
+use ward_tests::{free_port, quoted_path};
+
+const TD: &str = "example.org";
+const ATTEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// ward-server's agent SVID lifetime: short, so that its agents attest again during the test.
+const AGENT_TTL: Duration = Duration::from_secs(20);
+const ALIAS_ID: &str = "spiffe://example.org/x509pop-nodes";
+const WORKLOAD_ID: &str = "spiffe://example.org/x509pop-workload";
+
+/// A CA that signs node certificates.
+struct Ca {
+    pem: String,
+    der: Vec<u8>,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+fn ca(cn: &str) -> Ca {
+    let mut p = CertificateParams::default();
+    p.distinguished_name = DistinguishedName::new();
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let key = KeyPair::generate().unwrap();
+    let cert = p.self_signed(&key).unwrap();
+    Ca { pem: cert.pem(), der: cert.der().to_vec(), issuer: Issuer::new(p, key) }
+}
+
+/// A node certificate and key on disk.
+struct Node {
+    cert: PathBuf,
+    key: PathBuf,
+    der: Vec<u8>,
+}
+
+impl Node {
+    fn config(&self) -> X509popAgentConfig {
+        X509popAgentConfig {
+            private_key_path: self.key.clone(),
+            certificate_path: self.cert.clone(),
+            intermediates_path: None,
+        }
+    }
+
+    fn attestor(&self) -> Arc<X509popAttestor> {
+        Arc::new(X509popAttestor::new(self.config()).unwrap())
+    }
+
+    /// `spiffe://example.org/spire/agent/x509pop/<sha1 of the certificate>`.
+    fn agent_id(&self) -> String {
+        format!("spiffe://{TD}/spire/agent/x509pop/{}", fingerprint(&self.der))
+    }
+}
+
+fn node(
+    dir: &Path,
+    name: &str,
+    ca: &Ca,
+    alg: &'static rcgen::SignatureAlgorithm,
+    edit: impl FnOnce(&mut CertificateParams),
+) -> Node {
+    let mut p = CertificateParams::default();
+    p.distinguished_name = DistinguishedName::new();
+    p.distinguished_name.push(DnType::CommonName, name);
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.subject_alt_names =
+        vec![SanType::URI(format!("x509pop://{TD}/datacenter/dc-{name}").try_into().unwrap())];
+    edit(&mut p);
+    let key = KeyPair::generate_for(alg).unwrap();
+    let cert = p.signed_by(&key, &ca.issuer).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    let (cert_path, key_path) =
+        (dir.join(format!("{name}.crt.pem")), dir.join(format!("{name}.key.pem")));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    Node { cert: cert_path, key: key_path, der: cert.der().to_vec() }
+}
+
+fn x509pop_server_block(ca_path: &Path) -> String {
+    format!(
+        "    NodeAttestor \"x509pop\" {{\n        plugin_data {{\n            ca_bundle_path = {}\n        }}\n    }}\n",
+        quoted_path(ca_path)
+    )
+}
+
+const JOIN_TOKEN_BLOCK: &str = "    NodeAttestor \"join_token\" {\n        plugin_data {}\n    }\n";
+
+fn start_spire_server_x509pop(
+    bins: &SpireBins,
+    dir: &Path,
+    ca_path: &Path,
+) -> anyhow::Result<ServerProcess> {
+    let config = SpireServerConfig {
+        options: ServerOptions::new(TD),
+        bind_port: free_port()?,
+        socket_path: dir.join("api.sock"),
+        data_dir: dir.join("data"),
+    };
+    let text = config.render();
+    ensure!(text.contains(JOIN_TOKEN_BLOCK), "unexpected spire-server config layout");
+    let text = text
+        .replace(JOIN_TOKEN_BLOCK, &format!("{JOIN_TOKEN_BLOCK}{}", x509pop_server_block(ca_path)));
+    let daemon = Daemon::run_with_config(
+        "spire-server",
+        Command::new(&bins.server),
+        dir,
+        "-config",
+        "server.conf",
+        &text,
+        &[],
+    )?;
+    Ok(ServerProcess { daemon, socket_path: config.socket_path, port: config.bind_port })
+}
+
+fn start_ward_server_x509pop(
+    bin: &Path,
+    dir: &Path,
+    ca_path: &Path,
+) -> anyhow::Result<ServerProcess> {
+    let config = WardServerConfig {
+        options: ServerOptions { agent_ttl: Some(AGENT_TTL), ..ServerOptions::new(TD) },
+        bind_port: free_port()?,
+        socket_path: dir.join("api.sock"),
+        data_dir: dir.join("data"),
+    };
+    let text = format!(
+        "{}\n[node_attestors.x509pop]\nca_bundle_path = {}\n",
+        config.render(),
+        quoted_path(ca_path)
+    );
+    let mut program = Command::new(bin);
+    program.env("NO_COLOR", "1").env("RUST_LOG", "debug,sled=info,h2=info,hyper=info,tower=info");
+    let daemon = Daemon::run_with_config(
+        "ward-server",
+        program,
+        dir,
+        "--config",
+        "server.toml",
+        &text,
+        &[],
+    )?;
+    Ok(ServerProcess { daemon, socket_path: config.socket_path, port: config.bind_port })
+}
+
+/// Starts spire-agent with its x509pop plugin (no join token).
+fn start_spire_agent_x509pop(
+    bins: &SpireBins,
+    dir: &Path,
+    port: u16,
+    bundle: &Path,
+    node: &Node,
+) -> anyhow::Result<(Daemon, PathBuf)> {
+    let config = SpireAgentConfig {
+        trust_domain: TD.to_owned(),
+        server_address: "127.0.0.1".to_owned(),
+        server_port: port,
+        socket_path: dir.join("workload.sock"),
+        data_dir: dir.join("data"),
+        trust_bundle_path: bundle.to_owned(),
+    };
+    let text = config.render();
+    ensure!(text.contains(JOIN_TOKEN_BLOCK), "unexpected spire-agent config layout");
+    let block = format!(
+        "    NodeAttestor \"x509pop\" {{\n        plugin_data {{\n            private_key_path = {}\n            certificate_path = {}\n        }}\n    }}\n",
+        quoted_path(&node.key),
+        quoted_path(&node.cert)
+    );
+    let text = text.replace(JOIN_TOKEN_BLOCK, &block);
+    let daemon = Daemon::run_with_config(
+        "spire-agent",
+        Command::new(&bins.agent),
+        dir,
+        "-config",
+        "agent.conf",
+        &text,
+        &[],
+    )?;
+    Ok((daemon, config.socket_path))
+}
+
+/// Starts ward-agent with `[node_attestor.x509pop]` (no join token).
+fn start_ward_agent_x509pop(
+    bin: &Path,
+    dirs: &AgentDirs,
+    port: u16,
+    bundle: &Path,
+    node: &Node,
+) -> anyhow::Result<Daemon> {
+    let config = AgentConfig {
+        trust_domain: TD.to_owned(),
+        server_port: port,
+        bundle_path: bundle.to_owned(),
+        join_token: String::new(),
+        extra: format!(
+            "\n[node_attestor.x509pop]\nprivate_key_path = {}\ncertificate_path = {}\n",
+            quoted_path(&node.key),
+            quoted_path(&node.cert)
+        ),
+    }
+    .render(dirs);
+    start_ward_agent(bin, dirs, &config)
+}
+
+/// `agent list -output json`, as (SPIFFE ID, serial) pairs, sorted.
+fn agents(cli: &AdminCli) -> anyhow::Result<Vec<(String, String)>> {
+    let doc = cli.json(&["agent", "list"], &[])?;
+    let mut out: Vec<(String, String)> = doc["agents"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|a| {
+            (
+                format!(
+                    "spiffe://{}{}",
+                    a["id"]["trust_domain"].as_str().unwrap_or(""),
+                    a["id"]["path"].as_str().unwrap_or("")
+                ),
+                a["x509svid_serial_number"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// Waits until `agent list` holds `id`.
+fn wait_attested(cli: &AdminCli, daemons: &mut [&mut Daemon], id: &str) -> anyhow::Result<()> {
+    poll_until(&format!("{id} to attest"), ATTEST_TIMEOUT, || {
+        for d in daemons.iter_mut() {
+            d.ensure_running()?;
+        }
+        let listed = agents(cli)?;
+        Ok(if listed.iter().any(|(a, _)| a == id) {
+            Step::Done(())
+        } else {
+            Step::Retry(format!("agents: {listed:?}"))
+        })
+    })
+}
+
+/// `spire-server agent show -spiffeID <id>` with the SVID serial and expiry blanked and the
+/// selectors sorted.
+fn agent_show(spire_cli: &AdminCli, id: &str) -> anyhow::Result<String> {
+    let out = spire_cli.ok(&["agent", "show"], &["-spiffeID", id])?.stdout;
+    let mut head = Vec::new();
+    let mut selectors = Vec::new();
+    for line in out.lines() {
+        let line = line.trim_end();
+        if line.starts_with("Selectors") || !selectors.is_empty() {
+            selectors.push(
+                line.trim_start_matches("Selectors")
+                    .trim_start_matches([' ', ':'])
+                    .trim()
+                    .to_owned(),
+            );
+        } else if line.starts_with("Expiration time") {
+            head.push("Expiration time : <expiry>".to_owned());
+        } else if line.starts_with("Serial number") {
+            head.push("Serial number : <serial>".to_owned());
+        } else {
+            head.push(line.to_owned());
+        }
+    }
+    selectors.retain(|s| !s.is_empty());
+    selectors.sort();
+    Ok(format!("{}\nSelectors:\n{}", head.join("\n"), selectors.join("\n")))
+}
+
+/// Attests in-process with ward-agent's attestation code; the refusal's code and message.
+async fn refusal(port: u16, attestor: Arc<dyn NodeAttestor>) -> (tonic::Code, String) {
+    let target = Arc::new(ServerTarget::new(vec!["127.0.0.1".into()], port));
+    let td = TrustDomain::new(TD).unwrap();
+    match ward_agent::attestation::attest(target, &td, None, attestor).await {
+        Ok(_) => (tonic::Code::Ok, "attested".into()),
+        Err(e) => match e.status() {
+            Some(s) => (s.code(), s.message().to_owned()),
+            None => (tonic::Code::Unknown, ward_agent::agent::error_chain(&e)),
+        },
+    }
+}
+
+/// An attestor that sends another's payload and answers with a function of its answer.
+struct Tampered {
+    inner: Arc<X509popAttestor>,
+    payload: fn(Vec<u8>) -> Vec<u8>,
+    answer: Box<dyn Fn(Vec<u8>) -> Vec<u8> + Send + Sync>,
+}
+
+impl std::fmt::Debug for Tampered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tampered")
+    }
+}
+
+impl NodeAttestor for Tampered {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn payload(&self) -> Result<Vec<u8>, NodeAttestError> {
+        Ok((self.payload)(self.inner.payload()?))
+    }
+    fn answer(&self, challenge: &[u8]) -> Result<Vec<u8>, NodeAttestError> {
+        Ok((self.answer)(self.inner.answer(challenge)?))
+    }
+}
+
+/// The answer with one bit of its signature flipped.
+fn flip_signature(answer: Vec<u8>) -> Vec<u8> {
+    let mut doc: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+    let r = doc["ecdsa_signature"]["r"].as_str().unwrap().to_owned();
+    let mut bytes = base64_decode(&r);
+    bytes[0] ^= 1;
+    doc["ecdsa_signature"]["r"] = base64_encode(&bytes).into();
+    serde_json::to_vec(&doc).unwrap()
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+}
+
+fn base64_encode(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// The bad-evidence cases, each as an attestor; the replay records its answer first.
+fn bad_evidence(
+    foreign: &Node,
+    expired: &Node,
+    good: &Node,
+    recorded: &Arc<Mutex<Option<Vec<u8>>>>,
+) -> Vec<(&'static str, Arc<dyn NodeAttestor>)> {
+    let replayed = recorded.clone();
+    vec![
+        ("certificate of another CA", foreign.attestor()),
+        ("expired certificate", expired.attestor()),
+        (
+            "wrong challenge response",
+            Arc::new(Tampered {
+                inner: good.attestor(),
+                payload: |p| p,
+                answer: Box::new(flip_signature),
+            }),
+        ),
+        (
+            "replayed challenge response",
+            Arc::new(Tampered {
+                inner: good.attestor(),
+                payload: |p| p,
+                answer: Box::new(move |_| replayed.lock().unwrap().clone().unwrap()),
+            }),
+        ),
+        (
+            "truncated payload",
+            Arc::new(Tampered {
+                inner: good.attestor(),
+                payload: |mut p| {
+                    p.truncate(p.len() / 2);
+                    p
+                },
+                answer: Box::new(|a| a),
+            }),
+        ),
+    ]
+}
+
+/// Go prints the validation time, which differs between two runs.
+fn without_current_time(message: &str) -> String {
+    regex::Regex::new(r"current time \S+ is")
+        .unwrap()
+        .replace(message, "current time <now> is")
+        .into_owned()
+}
+
+#[test]
+fn x509pop_attestation_interoperates_with_spire() {
+    let tmp = tempfile::Builder::new().prefix("ward-x5").tempdir().unwrap();
+    let root = tmp.path();
+    let spire = SpireBins::locate().unwrap();
+    let ward_bin = ward_server_bin().unwrap();
+    let agent_bin = ward_agent_bin().unwrap();
+    let mut procs = Procs::default();
+    if let Err(e) = scenario(root, &spire, &ward_bin, &agent_bin, &mut procs) {
+        // The daemons are dropped during the panic, which prints their logs.
+        panic!("x509pop scenario failed: {e:#}");
+    }
+}
+
+/// Every process the scenario starts; dropped (killed) when the test ends.
+#[derive(Default)]
+struct Procs {
+    agents: Vec<Daemon>,
+    spire_server: Option<ServerProcess>,
+    ward_server: Option<ServerProcess>,
+}
+
+fn scenario(
+    root: &Path,
+    spire: &SpireBins,
+    ward_bin: &Path,
+    agent_bin: &Path,
+    procs: &mut Procs,
+) -> anyhow::Result<()> {
+    eprintln!("0. a CA and node certificates; both servers trust the CA");
+    let certs = root.join("certs");
+    let node_ca = ca("x509pop node CA");
+    std::fs::create_dir_all(&certs)?;
+    let ca_path = certs.join("ca.pem");
+    std::fs::write(&ca_path, &node_ca.pem)?;
+    let a = node(&certs, "node-a", &node_ca, &rcgen::PKCS_RSA_SHA256, |_| {});
+    let b = node(&certs, "node-b", &node_ca, &rcgen::PKCS_ECDSA_P256_SHA256, |_| {});
+    // Attests in-process only, so the running agents' own node records stay as they are.
+    let c = node(&certs, "node-c", &node_ca, &rcgen::PKCS_ECDSA_P256_SHA256, |_| {});
+    let other_ca = ca("another CA");
+    let foreign = node(&certs, "node-foreign", &other_ca, &rcgen::PKCS_ECDSA_P256_SHA256, |_| {});
+    let expired = node(&certs, "node-expired", &node_ca, &rcgen::PKCS_ECDSA_P256_SHA256, |p| {
+        p.not_before = rcgen::date_time_ymd(2024, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2024, 1, 2);
+    });
+
+    let spire_server = procs.spire_server.insert(start_spire_server_x509pop(
+        spire,
+        &root.join("spire-server"),
+        &ca_path,
+    )?);
+    let ward_server = procs.ward_server.insert(start_ward_server_x509pop(
+        ward_bin,
+        &root.join("ward-server"),
+        &ca_path,
+    )?);
+    let spire_on_spire = AdminCli::new(&spire.server, &spire_server.socket_path);
+    let spire_on_ward = AdminCli::new(&spire.server, &ward_server.socket_path);
+    let ward_cli = AdminCli::new(ward_bin, &ward_server.socket_path);
+    wait_ready(&mut spire_server.daemon, &spire_on_spire)?;
+    wait_ready(&mut ward_server.daemon, &ward_cli)?;
+    let spire_bundle = root.join("spire-bundle.pem");
+    std::fs::write(&spire_bundle, spire_on_spire.bundle_show_pem()?)?;
+    let ward_bundle = root.join("ward-bundle.pem");
+    std::fs::write(&ward_bundle, ward_cli.bundle_show_pem()?)?;
+
+    eprintln!("1. the same certificate through each agent to each server");
+    let id_a = a.agent_id();
+    // spire-agent -> spire-server: the reference.
+    let (mut agent, _) = start_spire_agent_x509pop(
+        spire,
+        &root.join("sa-ss"),
+        spire_server.port,
+        &spire_bundle,
+        &a,
+    )?;
+    wait_attested(&spire_on_spire, &mut [&mut agent, &mut spire_server.daemon], &id_a)?;
+    let reference = agent_show(&spire_on_spire, &id_a)?;
+    agent.terminate(Duration::from_secs(10))?;
+    eprintln!("{reference}");
+    for line in ["Attestation type  : x509pop", "Can re-attest     : true"] {
+        ensure!(reference.contains(line), "spire-server's agent show lacks {line:?}:\n{reference}");
+    }
+    for want in [
+        "x509pop:subject:cn:node-a".to_owned(),
+        format!("x509pop:ca:fingerprint:{}", fingerprint(&node_ca.der)),
+        "x509pop:san:datacenter:dc-node-a".to_owned(),
+    ] {
+        ensure!(reference.contains(&want), "spire-server's agent lacks {want}:\n{reference}");
+    }
+    // ward-agent -> spire-server.
+    let dirs = AgentDirs::new(root, "wa-ss");
+    let mut agent =
+        start_ward_agent_x509pop(agent_bin, &dirs, spire_server.port, &spire_bundle, &a)?;
+    wait_healthy(agent_bin, &mut agent, &dirs.admin_socket)?;
+    let by_ward_agent = agent_show(&spire_on_spire, &id_a)?;
+    agent.terminate(Duration::from_secs(10))?;
+    ensure!(
+        by_ward_agent == reference,
+        "ward-agent -> spire-server:\n{by_ward_agent}\nspire-agent -> spire-server:\n{reference}"
+    );
+    // spire-agent -> ward-server.
+    let (mut agent, _) =
+        start_spire_agent_x509pop(spire, &root.join("sa-ws"), ward_server.port, &ward_bundle, &a)?;
+    wait_attested(&spire_on_ward, &mut [&mut agent, &mut ward_server.daemon], &id_a)?;
+    let on_ward = agent_show(&spire_on_ward, &id_a)?;
+    ensure!(
+        on_ward == reference,
+        "spire-agent -> ward-server:\n{on_ward}\nspire-agent -> spire-server:\n{reference}"
+    );
+    procs.agents.push(agent);
+
+    eprintln!("2. bad evidence gets spire-server's code and message from ward-server");
+    let rt = tokio::runtime::Runtime::new()?;
+    let recorded = Arc::new(Mutex::new(None));
+    // A good attestation on each server, recording the answer a replay sends again.
+    for port in [spire_server.port, ward_server.port] {
+        let rec = recorded.clone();
+        let recorder = Arc::new(Tampered {
+            inner: c.attestor(),
+            payload: |p| p,
+            answer: Box::new(move |ans| {
+                *rec.lock().unwrap() = Some(ans.clone());
+                ans
+            }),
+        });
+        let (code, message) = rt.block_on(refusal(port, recorder));
+        ensure!(code == tonic::Code::Ok, "a good attestation failed: {code:?} {message}");
+    }
+    // Nothing the bad evidence could name changes: the agents listed, and node-c's record
+    // (the running agents re-attest on their own schedule).
+    let stored = |cli: &AdminCli| -> anyhow::Result<(Vec<String>, Option<String>)> {
+        let listed = agents(cli)?;
+        let c_serial = listed.iter().find(|(id, _)| *id == c.agent_id()).map(|(_, s)| s.clone());
+        Ok((listed.into_iter().map(|(id, _)| id).collect(), c_serial))
+    };
+    let before_spire = stored(&spire_on_spire)?;
+    let before_ward = stored(&spire_on_ward)?;
+    ensure!(before_ward.1.is_some(), "node-c is not attested to ward-server");
+    for (what, attestor) in bad_evidence(&foreign, &expired, &c, &recorded) {
+        let spire_says = rt.block_on(refusal(spire_server.port, attestor.clone()));
+        let ward_says = rt.block_on(refusal(ward_server.port, attestor));
+        eprintln!("   {what}: spire-server {spire_says:?}, ward-server {ward_says:?}");
+        ensure!(spire_says.0 != tonic::Code::Ok, "spire-server accepted the {what}");
+        ensure!(
+            (ward_says.0, without_current_time(&ward_says.1))
+                == (spire_says.0, without_current_time(&spire_says.1)),
+            "{what}: ward-server said {ward_says:?}, spire-server {spire_says:?}"
+        );
+    }
+    ensure!(stored(&spire_on_spire)? == before_spire, "spire-server's agent list changed");
+    ensure!(stored(&spire_on_ward)? == before_ward, "ward-server's agent list changed");
+    ward_cli.healthcheck().context("ward-server after the bad evidence")?;
+    spire_on_ward.healthcheck().context("ward-server after the bad evidence (spire-server CLI)")?;
+
+    eprintln!("3. a node alias by CA fingerprint groups two agents on ward-server");
+    let uid = std::fs::metadata(root)?.uid();
+    spire_on_ward.ok(
+        &["entry", "create"],
+        &[
+            "-node",
+            "-spiffeID",
+            ALIAS_ID,
+            "-selector",
+            &format!("x509pop:ca:fingerprint:{}", fingerprint(&node_ca.der)),
+        ],
+    )?;
+    spire_on_ward.ok(
+        &["entry", "create"],
+        &["-parentID", ALIAS_ID, "-spiffeID", WORKLOAD_ID, "-selector", &format!("unix:uid:{uid}")],
+    )?;
+    let dirs_b = AgentDirs::new(root, "wa-ws");
+    let mut agent_b =
+        start_ward_agent_x509pop(agent_bin, &dirs_b, ward_server.port, &ward_bundle, &b)?;
+    wait_healthy(agent_bin, &mut agent_b, &dirs_b.admin_socket)?;
+    let listed: Vec<String> = agents(&spire_on_ward)?.into_iter().map(|(id, _)| id).collect();
+    let mut want = vec![id_a.clone(), b.agent_id(), c.agent_id()];
+    want.sort();
+    ensure!(listed == want, "agents {listed:?}, expected {want:?}");
+    let show_b = agent_show(&spire_on_ward, &b.agent_id())?;
+    ensure!(show_b.contains("x509pop:subject:cn:node-b"), "{show_b}");
+    procs.agents.push(agent_b);
+    let spire_agent_socket = root.join("sa-ws").join("workload.sock");
+    for (who, socket) in
+        [("spire-agent", spire_agent_socket), ("ward-agent", dirs_b.socket.clone())]
+    {
+        let cli = AgentCli::new(&spire.agent, &socket);
+        let svid_dir = root.join(format!("svids-{who}"));
+        std::fs::create_dir_all(&svid_dir)?;
+        poll_until(&format!("{who} to serve the alias's workload"), ATTEST_TIMEOUT, || {
+            for d in procs.agents.iter_mut() {
+                d.ensure_running()?;
+            }
+            let out = cli.fetch_x509(&svid_dir)?;
+            let ids = spiffe_ids(&out.stdout);
+            Ok(if ids == [WORKLOAD_ID.to_owned()] {
+                Step::Done(())
+            } else {
+                Step::Retry(out.describe())
+            })
+        })?;
+    }
+
+    // ward-server refuses RenewAgent from an agent that can attest again, so a new serial
+    // means a new attestation.
+    eprintln!("4. both agents attest again (x509pop allows it) when their SVIDs age");
+    let serials = agents(&spire_on_ward)?;
+    for id in [id_a.clone(), b.agent_id()] {
+        let first = serials.iter().find(|(a, _)| *a == id).map(|(_, s)| s.clone());
+        poll_until(&format!("{id} to attest again"), ATTEST_TIMEOUT, || {
+            for d in procs.agents.iter_mut() {
+                d.ensure_running()?;
+            }
+            let now = agents(&spire_on_ward)?;
+            let serial = now.iter().find(|(a, _)| *a == id).map(|(_, s)| s.clone());
+            Ok(if serial.is_some() && serial != first {
+                Step::Done(())
+            } else {
+                Step::Retry(format!("serial {serial:?}"))
+            })
+        })?;
+    }
+    drop(rt);
+    Ok(())
+}
