@@ -6,7 +6,7 @@
 //! 1. both attest with their join token (`-joinToken`) and the server lists both agents;
 //! 2. both serve their Workload API socket: SPIRE's own client gets the X509-SVID of the entry
 //!    registered under each agent;
-//! 3. a file using what ward-agent lacks (a log file, the x509pop node attestor, a misspelt
+//! 3. a file using what ward-agent lacks (a log file, the sshpop node attestor, a misspelt
 //!    key) stops ward-agent at once with status 1 and one sentence per item, before it creates
 //!    its socket or data directory; spire-agent refuses the misspelt key too;
 //! 4. ward-agent does not take over spire-agent's data directory: it stops on spire-agent's
@@ -179,7 +179,7 @@ fn spire_agent_and_ward_agent_run_on_the_same_hcl_file() -> anyhow::Result<()> {
             "agent {\n",
             "agent {\n    log_file = \"/tmp/never-written.log\"\n    bogus_key = true\n",
         )
-        .replace("NodeAttestor \"join_token\"", "NodeAttestor \"x509pop\"");
+        .replace("NodeAttestor \"join_token\"", "NodeAttestor \"sshpop\"");
     let bad_config = root.join("bad.conf");
     std::fs::write(&bad_config, bad)?;
     let bad_dir = root.join("bad");
@@ -203,8 +203,8 @@ fn spire_agent_and_ward_agent_run_on_the_same_hcl_file() -> anyhow::Result<()> {
         vec![
             "agent.bogus_key is not a setting of spire-agent".to_owned(),
             "agent.log_file is not supported: ward-agent logs to stderr".to_owned(),
-            "plugin NodeAttestor \"x509pop\" is not supported: ward-agent attests its node with \
-             a join token only (NodeAttestor \"join_token\")"
+            "plugin NodeAttestor \"sshpop\" is not supported: ward-agent attests its node with \
+             a join token or x509pop (NodeAttestor \"join_token\", \"x509pop\")"
                 .to_owned(),
         ],
         "{}",
