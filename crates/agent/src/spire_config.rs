@@ -357,13 +357,6 @@ pub const SETTINGS: &[(&str, Rule)] = &[
         "plugins.NodeAttestor.x509pop.plugin_data.intermediates_path",
         Map { to: "node_attestor.x509pop.intermediates_path", conv: Str },
     ),
-    // pkg/common/health/config.go
-    ("health_checks", Block),
-    ("health_checks.listener_enabled", Map { to: "health_checks.listener_enabled", conv: Bool }),
-    ("health_checks.bind_address", Map { to: "health_checks.bind_address", conv: Str }),
-    ("health_checks.bind_port", Map { to: "health_checks.bind_port", conv: Int }),
-    ("health_checks.live_path", Map { to: "health_checks.live_path", conv: Str }),
-    ("health_checks.ready_path", Map { to: "health_checks.ready_path", conv: Str }),
 ];
 
 /// spire-agent plugins ward has built in, by type and name.

@@ -29,6 +29,7 @@
 //! that call it.
 
 pub mod convert;
+pub mod go;
 
 /// `envoy.*` packages: the parts of Envoy's data-plane API that the agent's SDS serves.
 pub mod envoy {

@@ -81,8 +81,8 @@ pub enum Constraint {
 pub struct Schema {
     /// The section SPIRE requires beside `plugins` (`server`, `agent`).
     pub section: &'static str,
-    /// Every setting SPIRE reads, by dotted path. A path not listed here is not a SPIRE
-    /// setting and is refused with [`Schema::unknown`]. Keys match without regard to case, as
+    /// Every setting SPIRE reads, by dotted path, beside [`COMMON_SETTINGS`]. A path listed in
+    /// neither is not a SPIRE setting and is refused with [`Schema::unknown`]. Keys match without regard to case, as
     /// SPIRE's HCL decoder matches them (`Prometheus` and `prometheus` are one key).
     pub settings: &'static [(&'static str, Rule)],
     /// Plugins ward accepts, or refuses with a reason of their own, by type and name.
@@ -100,8 +100,26 @@ pub struct Schema {
 }
 
 impl Schema {
-    /// The rule of the setting at dotted `path`.
+    /// The rule of the setting at dotted `path`: the binary's own, else the common one.
     pub fn rule(&self, path: &str) -> Option<Rule> {
-        self.settings.iter().find(|(p, _)| p.eq_ignore_ascii_case(path)).map(|(_, r)| *r)
+        self.settings
+            .iter()
+            .chain(COMMON_SETTINGS)
+            .find(|(p, _)| p.eq_ignore_ascii_case(path))
+            .map(|(_, r)| *r)
     }
 }
+
+/// Settings spire-server and spire-agent read alike, mapped to the same keys of ward-server's
+/// and ward-agent's TOML: the `health_checks` block (SPIRE's `pkg/common/health/config.go`).
+pub const COMMON_SETTINGS: &[(&str, Rule)] = &[
+    ("health_checks", Rule::Block),
+    (
+        "health_checks.listener_enabled",
+        Rule::Map { to: "health_checks.listener_enabled", conv: Conv::Bool },
+    ),
+    ("health_checks.bind_address", Rule::Map { to: "health_checks.bind_address", conv: Conv::Str }),
+    ("health_checks.bind_port", Rule::Map { to: "health_checks.bind_port", conv: Conv::Int }),
+    ("health_checks.live_path", Rule::Map { to: "health_checks.live_path", conv: Conv::Str }),
+    ("health_checks.ready_path", Rule::Map { to: "health_checks.ready_path", conv: Conv::Str }),
+];

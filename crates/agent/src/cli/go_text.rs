@@ -62,29 +62,7 @@ fn decimal(value: u128, scale: u32) -> String {
     format!("{whole}.{}", digits.trim_end_matches('0'))
 }
 
-/// A gRPC status code's name as grpc-go spells it (`Canceled` with one `l`).
-pub fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code;
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "Canceled",
-        Code::Unknown => "Unknown",
-        Code::InvalidArgument => "InvalidArgument",
-        Code::DeadlineExceeded => "DeadlineExceeded",
-        Code::NotFound => "NotFound",
-        Code::AlreadyExists => "AlreadyExists",
-        Code::PermissionDenied => "PermissionDenied",
-        Code::ResourceExhausted => "ResourceExhausted",
-        Code::FailedPrecondition => "FailedPrecondition",
-        Code::Aborted => "Aborted",
-        Code::OutOfRange => "OutOfRange",
-        Code::Unimplemented => "Unimplemented",
-        Code::Internal => "Internal",
-        Code::Unavailable => "Unavailable",
-        Code::DataLoss => "DataLoss",
-        Code::Unauthenticated => "Unauthenticated",
-    }
-}
+pub use ward_proto::go::code_name;
 
 /// A status error as grpc-go's `error.Error()` writes it.
 pub fn status_error(code: tonic::Code, message: &str) -> String {

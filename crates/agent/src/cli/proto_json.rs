@@ -85,40 +85,12 @@ fn value(v: &prost_types::Value) -> Value {
 }
 
 /// One or more documents as spire-agent writes them: one line, a newline at the end; two or
-/// more documents as an array.
+/// more documents as an array; nulls dropped, keys sorted, Go's HTML-safe escapes
+/// ([`ward_proto::go::encoding_json`]).
 pub fn print(mut docs: Vec<Value>) -> String {
     let mut doc = if docs.len() == 1 { docs.remove(0) } else { Value::Array(docs) };
-    drop_nulls(&mut doc);
-    doc.sort_all_objects();
-    let mut out = String::new();
-    for c in doc.to_string().chars() {
-        match c {
-            '<' => out.push_str("\\u003c"),
-            '>' => out.push_str("\\u003e"),
-            '&' => out.push_str("\\u0026"),
-            '\u{2028}' => out.push_str("\\u2028"),
-            '\u{2029}' => out.push_str("\\u2029"),
-            c => out.push(c),
-        }
-    }
-    out.push('\n');
-    out
-}
-
-/// Drops null object members and null array elements at every depth, as spire-agent's printer
-/// does before writing.
-fn drop_nulls(v: &mut Value) {
-    match v {
-        Value::Object(map) => {
-            map.retain(|_, v| !v.is_null());
-            map.values_mut().for_each(drop_nulls);
-        }
-        Value::Array(items) => {
-            items.retain(|v| !v.is_null());
-            items.iter_mut().for_each(drop_nulls);
-        }
-        _ => {}
-    }
+    ward_proto::go::drop_nulls(&mut doc);
+    ward_proto::go::encoding_json(&doc)
 }
 
 #[cfg(test)]

@@ -38,84 +38,13 @@ pub fn parse_format(s: &str) -> Result<Format, String> {
 /// When `msg` cannot be serialised.
 pub fn proto_json<T: Serialize>(msg: &T) -> Result<String, serde_json::Error> {
     let mut value = serde_json::to_value(msg)?;
-    drop_nulls(&mut value);
-    Ok(go_json(&value))
+    ward_proto::go::drop_nulls(&mut value);
+    Ok(ward_proto::go::encoding_json(&value))
 }
 
 /// `value` as Go's `encoding/json` prints a plain struct (no null removal), newline included.
 pub fn struct_json(value: &Value) -> String {
-    go_json(value)
-}
-
-/// Removes null members and null array items, recursively (SPIRE's CLI does this after
-/// marshalling, so unset message fields are absent).
-fn drop_nulls(value: &mut Value) {
-    match value {
-        Value::Object(map) => {
-            map.retain(|_, v| !v.is_null());
-            map.values_mut().for_each(drop_nulls);
-        }
-        Value::Array(items) => {
-            items.retain(|v| !v.is_null());
-            items.iter_mut().for_each(drop_nulls);
-        }
-        _ => {}
-    }
-}
-
-/// Compact JSON with sorted keys and Go's HTML-safe escapes, plus a newline.
-fn go_json(value: &Value) -> String {
-    let mut out = String::new();
-    write_sorted(value, &mut out);
-    out.push('\n');
-    out
-}
-
-fn write_sorted(value: &Value, out: &mut String) {
-    match value {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, key) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_string(key, out);
-                out.push(':');
-                if let Some(v) = map.get(key) {
-                    write_sorted(v, out);
-                }
-            }
-            out.push('}');
-        }
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_sorted(item, out);
-            }
-            out.push(']');
-        }
-        Value::String(s) => write_string(s, out),
-        other => out.push_str(&other.to_string()),
-    }
-}
-
-fn write_string(s: &str, out: &mut String) {
-    let encoded = Value::String(s.to_owned()).to_string();
-    for c in encoded.chars() {
-        match c {
-            '<' => out.push_str("\\u003c"),
-            '>' => out.push_str("\\u003e"),
-            '&' => out.push_str("\\u0026"),
-            '\u{2028}' => out.push_str("\\u2028"),
-            '\u{2029}' => out.push_str("\\u2029"),
-            c => out.push(c),
-        }
-    }
+    ward_proto::go::encoding_json(value)
 }
 
 /// Unix seconds as Go prints a `time.Time` in UTC: `2006-01-02 15:04:05 +0000 UTC`, for every

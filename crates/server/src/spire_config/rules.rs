@@ -211,13 +211,6 @@ pub const SETTINGS: &[(&str, Rule)] = &[
         "telemetry.BlockedLabels",
         Refuse("telemetry.BlockedLabels is not supported: ward exports every label it has"),
     ),
-    // pkg/common/health/config.go (Config)
-    ("health_checks", Block),
-    ("health_checks.listener_enabled", Map { to: "health_checks.listener_enabled", conv: Bool }),
-    ("health_checks.bind_address", Map { to: "health_checks.bind_address", conv: Str }),
-    ("health_checks.bind_port", Map { to: "health_checks.bind_port", conv: Int }),
-    ("health_checks.live_path", Map { to: "health_checks.live_path", conv: Str }),
-    ("health_checks.ready_path", Map { to: "health_checks.ready_path", conv: Str }),
 ];
 
 /// Plugins ward accepts, or refuses with a reason of their own, by type and name.

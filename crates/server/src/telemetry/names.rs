@@ -80,29 +80,7 @@ pub fn sanitize_label(value: &str) -> String {
     out
 }
 
-/// The name Go's gRPC gives a status code (`OK`, `Canceled`, `InvalidArgument`, ...).
-pub fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code;
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "Canceled",
-        Code::Unknown => "Unknown",
-        Code::InvalidArgument => "InvalidArgument",
-        Code::DeadlineExceeded => "DeadlineExceeded",
-        Code::NotFound => "NotFound",
-        Code::AlreadyExists => "AlreadyExists",
-        Code::PermissionDenied => "PermissionDenied",
-        Code::ResourceExhausted => "ResourceExhausted",
-        Code::FailedPrecondition => "FailedPrecondition",
-        Code::Aborted => "Aborted",
-        Code::OutOfRange => "OutOfRange",
-        Code::Unimplemented => "Unimplemented",
-        Code::Internal => "Internal",
-        Code::Unavailable => "Unavailable",
-        Code::DataLoss => "DataLoss",
-        Code::Unauthenticated => "Unauthenticated",
-    }
-}
+pub use ward_proto::go::code_name;
 
 #[cfg(test)]
 mod tests {
@@ -174,12 +152,5 @@ mod tests {
         ] {
             assert_eq!(sanitize_label(input), want, "{input}");
         }
-    }
-
-    #[test]
-    fn code_names_are_go_spellings() {
-        assert_eq!(code_name(tonic::Code::Ok), "OK");
-        assert_eq!(code_name(tonic::Code::Cancelled), "Canceled");
-        assert_eq!(code_name(tonic::Code::PermissionDenied), "PermissionDenied");
     }
 }
