@@ -120,7 +120,9 @@ async fn an_entry_the_store_cannot_apply_stops_the_replica_and_fails_its_waiters
     h.assert_converged().await;
     h.net.isolate(victim);
     let handle = h.nodes[&victim].handle.clone();
-    let waiting = tokio::spawn({
+    // Polled once here, so the proposal is queued before the wait below looks at the queue
+    // (a spawned task might not have run yet, and an empty queue would prove nothing).
+    let mut proposal = Box::pin({
         let handle = handle.clone();
         async move {
             handle
@@ -128,6 +130,9 @@ async fn an_entry_the_store_cannot_apply_stops_the_replica_and_fails_its_waiters
                 .await
         }
     });
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(proposal.as_mut().poll(cx))).await;
+    assert!(first.is_pending(), "the proposal was answered at once: {first:?}");
+    let waiting = tokio::spawn(proposal);
     harness::wait_for("the proposal to reach the driver", || handle.queued() == 0).await;
 
     tracing::info!("the leader's id sends an entry whose bytes are no command");
@@ -154,7 +159,8 @@ async fn an_entry_the_store_cannot_apply_stops_the_replica_and_fails_its_waiters
 
     let reason = handle.stopped().await.unwrap_err();
     assert!(reason.contains("store"), "{reason}");
-    assert!(matches!(waiting.await.unwrap(), Err(ProposeError::Fatal(_))));
+    let answer = waiting.await.unwrap();
+    assert!(matches!(answer, Err(ProposeError::Fatal(_))), "{answer:?}");
     assert!(matches!(handle.propose(token("after")).await, Err(ProposeError::Fatal(_))));
     // Nothing of the bad entry reached the state.
     assert!(h.nodes[&victim].store.join_token("before").is_some());
