@@ -39,9 +39,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail, ensure};
 use hdrhistogram::Histogram;
-use hyper_util::rt::TokioIo;
 use tonic::Request;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 use ward_benches::process;
 use ward_proto::spiffe::workload as pb;
 use ward_proto::spiffe::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
@@ -415,18 +414,12 @@ impl AgentProcess {
     }
 }
 
-/// A gRPC channel over a new connection to the Unix socket `path`.
+/// A gRPC channel over a new connection to the Unix socket `path`
+/// ([`ward_tests::propagation::unix_channel`]), given at most [`CALL`].
 async fn unix_channel(path: &Path) -> anyhow::Result<Channel> {
-    let path = path.to_owned();
-    let endpoint = Endpoint::try_from("http://localhost")?;
-    let connect = endpoint.connect_with_connector(tower::service_fn(move |_: Uri| {
-        let path = path.clone();
-        async move {
-            let stream = tokio::net::UnixStream::connect(&path).await?;
-            Ok::<_, std::io::Error>(TokioIo::new(stream))
-        }
-    }));
-    Ok(tokio::time::timeout(CALL, connect).await.context("connecting timed out")??)
+    tokio::time::timeout(CALL, ward_tests::propagation::unix_channel(path))
+        .await
+        .context("connecting timed out")?
 }
 
 type Stream = tonic::Streaming<pb::X509svidResponse>;
