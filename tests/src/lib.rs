@@ -18,6 +18,7 @@ pub mod daemon;
 pub mod differential;
 pub mod envoy_sds;
 pub mod netns;
+pub mod node_attestation;
 pub mod normalize;
 pub mod porcupine;
 pub mod propagation;

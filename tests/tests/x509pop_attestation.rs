@@ -18,7 +18,6 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,23 +26,24 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
 };
-use ward_agent::server_client::ServerTarget;
 use ward_attest::NodeAttestor;
-use ward_attest::node_attestor::NodeAttestError;
 use ward_attest::node_attestor::x509pop::{X509popAgentConfig, X509popAttestor, fingerprint};
-use ward_core::TrustDomain;
-use ward_tests::agent::{AgentConfig, AgentDirs, spiffe_ids, start_ward_agent, wait_healthy};
+use ward_tests::agent::{AgentDirs, spiffe_ids, wait_healthy};
 use ward_tests::agent_scenario::wait_ready;
 use ward_tests::cli::{AdminCli, AgentCli};
 use ward_tests::daemon::Daemon;
+use ward_tests::node_attestation::{
+    ATTEST_TIMEOUT, Tampered, agent_show, agents, plugin_block, refusal,
+    start_spire_agent_with_attestor, start_spire_server_with_attestor,
+    start_ward_agent_with_attestor, start_ward_server_with_attestor, truncated, wait_attested,
+};
+use ward_tests::quoted_path;
 use ward_tests::server::{ServerOptions, ServerProcess};
-use ward_tests::spire::{SpireAgentConfig, SpireBins, SpireServerConfig};
+use ward_tests::spire::SpireBins;
 use ward_tests::wait::{Step, poll_until};
-use ward_tests::ward::{WardServerConfig, ward_agent_bin, ward_server_bin};
-use ward_tests::{free_port, quoted_path};
+use ward_tests::ward::{ward_agent_bin, ward_server_bin};
 
 const TD: &str = "example.org";
-const ATTEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// ward-server's agent SVID lifetime: short, so that its agents attest again during the test.
 const AGENT_TTL: Duration = Duration::from_secs(20);
 const ALIAS_ID: &str = "spiffe://example.org/x509pop-nodes";
@@ -118,39 +118,21 @@ fn node(
 }
 
 fn x509pop_server_block(ca_path: &Path) -> String {
-    format!(
-        "    NodeAttestor \"x509pop\" {{\n        plugin_data {{\n            ca_bundle_path = {}\n        }}\n    }}\n",
-        quoted_path(ca_path)
-    )
+    plugin_block("x509pop", &[("ca_bundle_path", quoted_path(ca_path))])
 }
-
-const JOIN_TOKEN_BLOCK: &str = "    NodeAttestor \"join_token\" {\n        plugin_data {}\n    }\n";
 
 fn start_spire_server_x509pop(
     bins: &SpireBins,
     dir: &Path,
     ca_path: &Path,
 ) -> anyhow::Result<ServerProcess> {
-    let config = SpireServerConfig {
-        options: ServerOptions::new(TD),
-        bind_port: free_port()?,
-        socket_path: dir.join("api.sock"),
-        data_dir: dir.join("data"),
-    };
-    let text = config.render();
-    ensure!(text.contains(JOIN_TOKEN_BLOCK), "unexpected spire-server config layout");
-    let text = text
-        .replace(JOIN_TOKEN_BLOCK, &format!("{JOIN_TOKEN_BLOCK}{}", x509pop_server_block(ca_path)));
-    let daemon = Daemon::run_with_config(
-        "spire-server",
-        Command::new(&bins.server),
-        dir,
-        "-config",
-        "server.conf",
-        &text,
+    start_spire_server_with_attestor(
+        &bins.server,
         &[],
-    )?;
-    Ok(ServerProcess { daemon, socket_path: config.socket_path, port: config.bind_port })
+        dir,
+        &ServerOptions::new(TD),
+        &x509pop_server_block(ca_path),
+    )
 }
 
 fn start_ward_server_x509pop(
@@ -158,29 +140,13 @@ fn start_ward_server_x509pop(
     dir: &Path,
     ca_path: &Path,
 ) -> anyhow::Result<ServerProcess> {
-    let config = WardServerConfig {
-        options: ServerOptions { agent_ttl: Some(AGENT_TTL), ..ServerOptions::new(TD) },
-        bind_port: free_port()?,
-        socket_path: dir.join("api.sock"),
-        data_dir: dir.join("data"),
-    };
-    let text = format!(
-        "{}\n[node_attestors.x509pop]\nca_bundle_path = {}\n",
-        config.render(),
-        quoted_path(ca_path)
-    );
-    let mut program = Command::new(bin);
-    program.env("NO_COLOR", "1").env("RUST_LOG", "debug,sled=info,h2=info,hyper=info,tower=info");
-    let daemon = Daemon::run_with_config(
-        "ward-server",
-        program,
-        dir,
-        "--config",
-        "server.toml",
-        &text,
+    start_ward_server_with_attestor(
+        bin,
         &[],
-    )?;
-    Ok(ServerProcess { daemon, socket_path: config.socket_path, port: config.bind_port })
+        dir,
+        &ServerOptions { agent_ttl: Some(AGENT_TTL), ..ServerOptions::new(TD) },
+        &format!("[node_attestors.x509pop]\nca_bundle_path = {}", quoted_path(ca_path)),
+    )
 }
 
 /// Starts spire-agent with its x509pop plugin (no join token).
@@ -191,32 +157,14 @@ fn start_spire_agent_x509pop(
     bundle: &Path,
     node: &Node,
 ) -> anyhow::Result<(Daemon, PathBuf)> {
-    let config = SpireAgentConfig {
-        trust_domain: TD.to_owned(),
-        server_address: "127.0.0.1".to_owned(),
-        server_port: port,
-        socket_path: dir.join("workload.sock"),
-        data_dir: dir.join("data"),
-        trust_bundle_path: bundle.to_owned(),
-    };
-    let text = config.render();
-    ensure!(text.contains(JOIN_TOKEN_BLOCK), "unexpected spire-agent config layout");
-    let block = format!(
-        "    NodeAttestor \"x509pop\" {{\n        plugin_data {{\n            private_key_path = {}\n            certificate_path = {}\n        }}\n    }}\n",
-        quoted_path(&node.key),
-        quoted_path(&node.cert)
+    let block = plugin_block(
+        "x509pop",
+        &[
+            ("private_key_path", quoted_path(&node.key)),
+            ("certificate_path", quoted_path(&node.cert)),
+        ],
     );
-    let text = text.replace(JOIN_TOKEN_BLOCK, &block);
-    let daemon = Daemon::run_with_config(
-        "spire-agent",
-        Command::new(&bins.agent),
-        dir,
-        "-config",
-        "agent.conf",
-        &text,
-        &[],
-    )?;
-    Ok((daemon, config.socket_path))
+    start_spire_agent_with_attestor(&bins.agent, &[], dir, TD, port, bundle, &block)
 }
 
 /// Starts ward-agent with `[node_attestor.x509pop]` (no join token).
@@ -227,123 +175,12 @@ fn start_ward_agent_x509pop(
     bundle: &Path,
     node: &Node,
 ) -> anyhow::Result<Daemon> {
-    let config = AgentConfig {
-        trust_domain: TD.to_owned(),
-        server_port: port,
-        bundle_path: bundle.to_owned(),
-        join_token: String::new(),
-        extra: format!(
-            "\n[node_attestor.x509pop]\nprivate_key_path = {}\ncertificate_path = {}\n",
-            quoted_path(&node.key),
-            quoted_path(&node.cert)
-        ),
-    }
-    .render(dirs);
-    start_ward_agent(bin, dirs, &config)
-}
-
-/// `agent list -output json`, as (SPIFFE ID, serial) pairs, sorted.
-fn agents(cli: &AdminCli) -> anyhow::Result<Vec<(String, String)>> {
-    let doc = cli.json(&["agent", "list"], &[])?;
-    let mut out: Vec<(String, String)> = doc["agents"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|a| {
-            (
-                format!(
-                    "spiffe://{}{}",
-                    a["id"]["trust_domain"].as_str().unwrap_or(""),
-                    a["id"]["path"].as_str().unwrap_or("")
-                ),
-                a["x509svid_serial_number"].as_str().unwrap_or("").to_owned(),
-            )
-        })
-        .collect();
-    out.sort();
-    Ok(out)
-}
-
-/// Waits until `agent list` holds `id`.
-fn wait_attested(cli: &AdminCli, daemons: &mut [&mut Daemon], id: &str) -> anyhow::Result<()> {
-    poll_until(&format!("{id} to attest"), ATTEST_TIMEOUT, || {
-        for d in daemons.iter_mut() {
-            d.ensure_running()?;
-        }
-        let listed = agents(cli)?;
-        Ok(if listed.iter().any(|(a, _)| a == id) {
-            Step::Done(())
-        } else {
-            Step::Retry(format!("agents: {listed:?}"))
-        })
-    })
-}
-
-/// `spire-server agent show -spiffeID <id>` with the SVID serial and expiry blanked and the
-/// selectors sorted.
-fn agent_show(spire_cli: &AdminCli, id: &str) -> anyhow::Result<String> {
-    let out = spire_cli.ok(&["agent", "show"], &["-spiffeID", id])?.stdout;
-    let mut head = Vec::new();
-    let mut selectors = Vec::new();
-    for line in out.lines() {
-        let line = line.trim_end();
-        if line.starts_with("Selectors") || !selectors.is_empty() {
-            selectors.push(
-                line.trim_start_matches("Selectors")
-                    .trim_start_matches([' ', ':'])
-                    .trim()
-                    .to_owned(),
-            );
-        } else if line.starts_with("Expiration time") {
-            head.push("Expiration time : <expiry>".to_owned());
-        } else if line.starts_with("Serial number") {
-            head.push("Serial number : <serial>".to_owned());
-        } else {
-            head.push(line.to_owned());
-        }
-    }
-    selectors.retain(|s| !s.is_empty());
-    selectors.sort();
-    Ok(format!("{}\nSelectors:\n{}", head.join("\n"), selectors.join("\n")))
-}
-
-/// Attests in-process with ward-agent's attestation code; the refusal's code and message.
-async fn refusal(port: u16, attestor: Arc<dyn NodeAttestor>) -> (tonic::Code, String) {
-    let target = Arc::new(ServerTarget::new(vec!["127.0.0.1".into()], port));
-    let td = TrustDomain::new(TD).unwrap();
-    match ward_agent::attestation::attest(target, &td, None, attestor).await {
-        Ok(_) => (tonic::Code::Ok, "attested".into()),
-        Err(e) => match e.status() {
-            Some(s) => (s.code(), s.message().to_owned()),
-            None => (tonic::Code::Unknown, ward_agent::agent::error_chain(&e)),
-        },
-    }
-}
-
-/// An attestor that sends another's payload and answers with a function of its answer.
-struct Tampered {
-    inner: Arc<X509popAttestor>,
-    payload: fn(Vec<u8>) -> Vec<u8>,
-    answer: Box<dyn Fn(Vec<u8>) -> Vec<u8> + Send + Sync>,
-}
-
-impl std::fmt::Debug for Tampered {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Tampered")
-    }
-}
-
-impl NodeAttestor for Tampered {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-    fn payload(&self) -> Result<Vec<u8>, NodeAttestError> {
-        Ok((self.payload)(self.inner.payload()?))
-    }
-    fn answer(&self, challenge: &[u8]) -> Result<Vec<u8>, NodeAttestError> {
-        Ok((self.answer)(self.inner.answer(challenge)?))
-    }
+    let toml = format!(
+        "[node_attestor.x509pop]\nprivate_key_path = {}\ncertificate_path = {}",
+        quoted_path(&node.key),
+        quoted_path(&node.cert)
+    );
+    start_ward_agent_with_attestor(bin, &[], dirs, TD, port, bundle, &toml)
 }
 
 /// The answer with one bit of its signature flipped.
@@ -377,33 +214,15 @@ fn bad_evidence(
     vec![
         ("certificate of another CA", foreign.attestor()),
         ("expired certificate", expired.attestor()),
-        (
-            "wrong challenge response",
-            Arc::new(Tampered {
-                inner: good.attestor(),
-                payload: |p| p,
-                answer: Box::new(flip_signature),
-            }),
-        ),
+        ("wrong challenge response", Tampered::answer(good.attestor(), Box::new(flip_signature))),
         (
             "replayed challenge response",
-            Arc::new(Tampered {
-                inner: good.attestor(),
-                payload: |p| p,
-                answer: Box::new(move |_| replayed.lock().unwrap().clone().unwrap()),
-            }),
+            Tampered::answer(
+                good.attestor(),
+                Box::new(move |_| replayed.lock().unwrap().clone().unwrap()),
+            ),
         ),
-        (
-            "truncated payload",
-            Arc::new(Tampered {
-                inner: good.attestor(),
-                payload: |mut p| {
-                    p.truncate(p.len() / 2);
-                    p
-                },
-                answer: Box::new(|a| a),
-            }),
-        ),
+        ("truncated payload", Tampered::payload(good.attestor(), Box::new(truncated))),
     ]
 }
 
@@ -533,15 +352,14 @@ fn scenario(
     // A good attestation on each server, recording the answer a replay sends again.
     for port in [spire_server.port, ward_server.port] {
         let rec = recorded.clone();
-        let recorder = Arc::new(Tampered {
-            inner: c.attestor(),
-            payload: |p| p,
-            answer: Box::new(move |ans| {
+        let recorder = Tampered::answer(
+            c.attestor(),
+            Box::new(move |ans| {
                 *rec.lock().unwrap() = Some(ans.clone());
                 ans
             }),
-        });
-        let (code, message) = rt.block_on(refusal(port, recorder));
+        );
+        let (code, message) = rt.block_on(refusal(port, TD, recorder));
         ensure!(code == tonic::Code::Ok, "a good attestation failed: {code:?} {message}");
     }
     // Nothing the bad evidence could name changes: the agents listed, and node-c's record
@@ -555,8 +373,8 @@ fn scenario(
     let before_ward = stored(&spire_on_ward)?;
     ensure!(before_ward.1.is_some(), "node-c is not attested to ward-server");
     for (what, attestor) in bad_evidence(&foreign, &expired, &c, &recorded) {
-        let spire_says = rt.block_on(refusal(spire_server.port, attestor.clone()));
-        let ward_says = rt.block_on(refusal(ward_server.port, attestor));
+        let spire_says = rt.block_on(refusal(spire_server.port, TD, attestor.clone()));
+        let ward_says = rt.block_on(refusal(ward_server.port, TD, attestor));
         eprintln!("   {what}: spire-server {spire_says:?}, ward-server {ward_says:?}");
         ensure!(spire_says.0 != tonic::Code::Ok, "spire-server accepted the {what}");
         ensure!(
