@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use crate::command::{behind, run};
 use crate::daemon::Daemon;
 use crate::server::{ServerOptions, ServerProcess};
-use crate::{free_port, quoted, quoted_path};
+use crate::{quoted, quoted_path};
 
 /// Environment variable naming the directory that holds `spire-server` and `spire-agent`
 /// (`tests/run` sets it to the output of `tests/interop/spire/build.sh`).
@@ -183,22 +183,7 @@ pub fn start_spire_server(
     dir: &Path,
     options: &ServerOptions,
 ) -> anyhow::Result<ServerProcess> {
-    let config = SpireServerConfig {
-        options: options.clone(),
-        bind_port: free_port()?,
-        socket_path: dir.join("api.sock"),
-        data_dir: dir.join("data"),
-    };
-    let daemon = Daemon::run_with_config(
-        "spire-server",
-        Command::new(&bins.server),
-        dir,
-        "-config",
-        "server.conf",
-        &config.render(),
-        &[],
-    )?;
-    Ok(ServerProcess { daemon, socket_path: config.socket_path, port: config.bind_port })
+    crate::node_attestation::start_spire_server_with_attestor(&bins.server, &[], dir, options, "")
 }
 
 /// A running `spire-agent`.

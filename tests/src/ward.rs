@@ -8,9 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 use crate::command::run;
-use crate::daemon::Daemon;
 use crate::server::{ServerOptions, ServerProcess};
-use crate::{free_port, quoted, quoted_path};
+use crate::{quoted, quoted_path};
 
 /// Environment variable that overrides where the `ward-server` binary is.
 pub const WARD_SERVER_BIN_ENV: &str = "WARD_SERVER_BIN";
@@ -114,26 +113,5 @@ pub fn start_ward_server(
     dir: &Path,
     options: &ServerOptions,
 ) -> anyhow::Result<ServerProcess> {
-    let config = WardServerConfig {
-        options: options.clone(),
-        bind_port: free_port()?,
-        socket_path: dir.join("api.sock"),
-        data_dir: dir.join("data"),
-    };
-    let mut program = Command::new(bin);
-    // Plain-text logs, and debug detail for ward without the store engine's internals.
-    program.env("NO_COLOR", "1");
-    if std::env::var_os("RUST_LOG").is_none() {
-        program.env("RUST_LOG", "debug,sled=info,h2=info,hyper=info,tower=info");
-    }
-    let daemon = Daemon::run_with_config(
-        "ward-server",
-        program,
-        dir,
-        "--config",
-        "server.toml",
-        &config.render(),
-        &[],
-    )?;
-    Ok(ServerProcess { daemon, socket_path: config.socket_path, port: config.bind_port })
+    crate::node_attestation::start_ward_server_with_attestor(bin, &[], dir, options, "")
 }

@@ -22,6 +22,7 @@ use ward_tests::agent::{AgentConfig, AgentDirs, start_ward_agent, wait_healthy};
 use ward_tests::agent_scenario::{pem_certificates, wait_ready};
 use ward_tests::cli::AdminCli;
 use ward_tests::command::run;
+use ward_tests::node_attestation::agent_ids;
 use ward_tests::server::{ServerOptions, ServerProcess};
 use ward_tests::spire::{SpireBins, start_spire_server};
 use ward_tests::wait::{Step, poll_until};
@@ -58,22 +59,6 @@ fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
 }
 
-/// The SPIFFE IDs in `agent list -output json`.
-fn listed_agents(cli: &AdminCli) -> anyhow::Result<Vec<String>> {
-    let doc = cli.json(&["agent", "list"], &[])?;
-    let agents = doc["agents"].as_array().cloned().unwrap_or_default();
-    Ok(agents
-        .iter()
-        .map(|a| {
-            format!(
-                "spiffe://{}{}",
-                a["id"]["trust_domain"].as_str().unwrap_or(""),
-                a["id"]["path"].as_str().unwrap_or("")
-            )
-        })
-        .collect())
-}
-
 fn scenario(kind: Kind) -> anyhow::Result<()> {
     let tmp = tempfile::Builder::new().prefix("ward-ag").tempdir()?;
     let root = tmp.path();
@@ -106,7 +91,7 @@ fn scenario(kind: Kind) -> anyhow::Result<()> {
     let config = agent_config(&dirs, server.port, &bundle_path, &token);
     let mut agent = start_ward_agent(&agent_bin, &dirs, &config)?;
     wait_healthy(&agent_bin, &mut agent, &dirs.admin_socket)?;
-    ensure!(listed_agents(&spire_cli)? == vec![agent_id.clone()], "agent list after attestation");
+    ensure!(agent_ids(&spire_cli)? == vec![agent_id.clone()], "agent list after attestation");
     let first = persisted_svid(&dirs.data_dir)?;
     let id = x509svid::verify(&first, &bundle_ders, SystemTime::now())
         .context("persisted agent SVID against the bundle")?;
@@ -138,7 +123,7 @@ fn scenario(kind: Kind) -> anyhow::Result<()> {
         log.matches("node attestation was successful").count() == 1,
         "the agent attested more than once"
     );
-    ensure!(listed_agents(&spire_cli)? == vec![agent_id.clone()], "agent list after restart");
+    ensure!(agent_ids(&spire_cli)? == vec![agent_id.clone()], "agent list after restart");
     agent.ensure_running()?;
 
     eprintln!("[{kind:?}] 6. a used join token is refused with a clear error");
@@ -156,7 +141,7 @@ fn scenario(kind: Kind) -> anyhow::Result<()> {
         "second agent: {}",
         out.describe()
     );
-    ensure!(listed_agents(&spire_cli)? == vec![agent_id], "agent list after the refused token");
+    ensure!(agent_ids(&spire_cli)? == vec![agent_id], "agent list after the refused token");
 
     agent.terminate(Duration::from_secs(15))?;
     Ok(())

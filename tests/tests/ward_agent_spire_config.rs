@@ -23,6 +23,7 @@ use ward_tests::agent_scenario::wait_ready;
 use ward_tests::cli::AdminCli;
 use ward_tests::command::{CommandOutput, run};
 use ward_tests::daemon::Daemon;
+use ward_tests::node_attestation;
 use ward_tests::server::ServerOptions;
 use ward_tests::spire::{SpireAgentConfig, SpireBins};
 use ward_tests::wait::{Step, poll_until};
@@ -56,24 +57,6 @@ fn wait_for_ids(client: &WorkloadClient, agent: &mut Daemon, want: &str) -> anyh
             Step::Retry(out.describe())
         })
     })
-}
-
-/// The SPIFFE IDs in `agent list -output json`.
-fn listed_agents(cli: &AdminCli) -> anyhow::Result<Vec<String>> {
-    let doc = cli.json(&["agent", "list"], &[])?;
-    let agents = doc["agents"].as_array().cloned().unwrap_or_default();
-    let mut ids: Vec<String> = agents
-        .iter()
-        .map(|a| {
-            format!(
-                "spiffe://{}{}",
-                a["id"]["trust_domain"].as_str().unwrap_or(""),
-                a["id"]["path"].as_str().unwrap_or("")
-            )
-        })
-        .collect();
-    ids.sort();
-    Ok(ids)
 }
 
 /// The lines of a refusal after its first, without their `  - ` marks.
@@ -163,7 +146,7 @@ fn spire_agent_and_ward_agent_run_on_the_same_hcl_file() -> anyhow::Result<()> {
     }
     let mut want = agent_ids.clone();
     want.sort();
-    ensure!(listed_agents(&cli)? == want, "the server lists both agents: {want:?}");
+    ensure!(node_attestation::agent_ids(&cli)? == want, "the server lists both agents: {want:?}");
     // ward-agent took its settings from the file: the bootstrap bundle, the data directory.
     ensure!(ward_dir.join("data/agent-data.json").is_file(), "ward-agent's data_dir from the file");
     let log = ward_agent.log();

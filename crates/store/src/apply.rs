@@ -304,6 +304,13 @@ impl<'a> Txn<'a> {
                 })
             }
             Command::AttestAgent(att) => Outcome::Agent(self.attest(att)?),
+            Command::AttestAgentFirstUse(att) => {
+                Outcome::Agent(if self.state.agent(&att.id).is_some() {
+                    Err(ItemError::AgentAttestedBefore(att.id.clone()))
+                } else {
+                    self.attest(att)?
+                })
+            }
             Command::RenewAgent { id, new_serial, new_expires_at } => {
                 Outcome::Agent(match self.live_agent(id) {
                     Err(e) => Err(e),

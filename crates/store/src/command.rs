@@ -313,6 +313,13 @@ pub enum Command {
     /// the others stay (a masked-in sequence number is taken as given). Per item:
     /// [`ItemError::BundleNotFound`].
     UpdateBundles(Vec<BundleUpdate>),
+    /// Record the first attestation of an agent by a trust-on-first-use node attestor
+    /// (`aws_iid`, `gcp_iit`, `azure_msi`; SPIRE's attestors that cannot re-attest): as
+    /// [`Command::AttestAgent`], but refused with [`ItemError::AgentAttestedBefore`] when a
+    /// record for the agent ID exists (banned or not), so the same evidence attests one agent
+    /// until that agent is evicted. Added after log format 1: it travels in format 2
+    /// (see [`crate::LogEntry`]).
+    AttestAgentFirstUse(AgentAttestation),
 }
 
 /// Why one item of a command was refused. Nothing was changed for that item.
@@ -348,6 +355,9 @@ pub enum ItemError {
     /// The agent is banned.
     #[error("agent {0} is banned")]
     AgentBanned(AgentId),
+    /// A trust-on-first-use attestation named an agent that has a record already.
+    #[error("agent {0} was attested before")]
+    AgentAttestedBefore(AgentId),
     /// The presented serial is not the pending one.
     #[error("serial is not the agent's pending serial")]
     SerialMismatch,

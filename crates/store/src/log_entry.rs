@@ -9,15 +9,21 @@
 //! | `request_id` | 2 | `bytes` (16, big-endian) | the proposer's id of this request |
 //! | `command` | 3 | `bytes` | the encoded [`Command`] |
 //!
-//! Format 1 ([`LogEntry::FORMAT`]) is the `postcard` encoding of today's [`Command`] (its
-//! variants by declaration index, struct fields by position, including the ward-core types
-//! inside). **Format 1 is frozen**: once written, its bytes must decode to the same command on
-//! every later release. A change to the shape of `Command` or of any type it carries (a new
-//! or reordered variant, an added field) gets a new format number; the new code writes the
-//! new format and keeps a decoder for every older one, so replicas of two adjacent versions
-//! can run together during a rolling upgrade. The golden-bytes fixtures in
-//! `tests/data/log_entry_format1.hex` (one per variant) fail the test suite when an encoding
-//! changes.
+//! Format 1 is the `postcard` encoding of [`Command`] as it stood when the format was frozen
+//! (its variants by declaration index, struct fields by position, including the ward-core
+//! types inside). **Format 1 is frozen**: once written, its bytes must decode to the same
+//! command on every later release. A change to the shape of a `Command` variant or of any
+//! type it carries (a reordered variant, an added field) needs a new format number and a
+//! decoder for every older one.
+//!
+//! Format 2 ([`LogEntry::FORMAT`]) is format 1 plus the variants appended after it
+//! ([`Command::AttestAgentFirstUse`]). postcard numbers variants by position, so appending
+//! one leaves every older variant's bytes as they were: a command that format 1 can express
+//! is still written as format 1 ([`LogEntry::format_of`]), and only the new variants are
+//! written as format 2. Replicas of two adjacent versions therefore keep running together
+//! during a rolling upgrade until the first command that only the newer one knows is
+//! proposed. The golden-bytes fixtures in `tests/data/log_entry_format1.hex` (one per
+//! variant, each in its own format) fail the test suite when an encoding changes.
 //!
 //! A replica refuses an entry whose format it does not know ([`StoreError::UnknownLogFormat`]):
 //! applying it would diverge from the replicas that do, so the refusal is fatal and the
@@ -59,19 +65,32 @@ struct Envelope {
     command: Vec<u8>,
 }
 
-impl LogEntry {
-    /// The format this release writes: `postcard` of [`Command`].
-    pub const FORMAT: u16 = 1;
+/// How many leading variants of [`Command`] format 1 has.
+const FORMAT_1_VARIANTS: u32 = 26;
 
-    /// An entry in the current format.
+impl LogEntry {
+    /// The newest format this release reads and writes: `postcard` of [`Command`] with every
+    /// variant.
+    pub const FORMAT: u16 = 2;
+
+    /// An entry in the oldest format that can express `command`.
     pub fn new(request_id: u128, command: Command) -> Self {
-        Self { format: Self::FORMAT, request_id, command }
+        Self { format: Self::format_of(&command), request_id, command }
+    }
+
+    /// The oldest format that can express `command`: 2 for the variants added after format
+    /// 1 was frozen, else 1.
+    pub fn format_of(command: &Command) -> u16 {
+        match command {
+            Command::AttestAgentFirstUse(_) => 2,
+            _ => 1,
+        }
     }
 
     /// The entry's bytes, as they go into the log.
     ///
-    /// The command is always written in [`LogEntry::FORMAT`], whatever `format` says: this
-    /// release has no encoder for any other.
+    /// The command is written in [`LogEntry::format_of`] its command, whatever `format`
+    /// says.
     #[expect(
         clippy::expect_used,
         reason = "postcard into a Vec fails only for a type serde cannot describe (a sequence \
@@ -80,7 +99,7 @@ impl LogEntry {
     pub fn encode(&self) -> Vec<u8> {
         let command = postcard::to_stdvec(&self.command).expect("every Command encodes");
         Envelope {
-            format: u32::from(Self::FORMAT),
+            format: u32::from(Self::format_of(&self.command)),
             request_id: self.request_id.to_be_bytes().to_vec(),
             command,
         }
@@ -95,8 +114,18 @@ impl LogEntry {
     /// a request id that is not 16 bytes, or a command that does not decode exactly).
     pub fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
         let env = Envelope::decode(bytes).map_err(|e| StoreError::BadLogEntry(e.to_string()))?;
-        if env.format != u32::from(Self::FORMAT) {
-            return Err(StoreError::UnknownLogFormat(env.format));
+        let format = match env.format {
+            1 => 1,
+            2 => 2,
+            other => return Err(StoreError::UnknownLogFormat(other)),
+        };
+        // postcard writes the variant index first, as a varint.
+        if let (1, Ok((variant, _))) = (format, postcard::take_from_bytes::<u32>(&env.command))
+            && variant >= FORMAT_1_VARIANTS
+        {
+            return Err(StoreError::BadLogEntry(format!(
+                "a format-1 entry holds command variant {variant}, added in a later format"
+            )));
         }
         let request_id: [u8; 16] = env.request_id.as_slice().try_into().map_err(|_| {
             StoreError::BadLogEntry(format!(
@@ -114,7 +143,7 @@ impl LogEntry {
             }
             Err(e) => return Err(StoreError::BadLogEntry(format!("command: {e}"))),
         };
-        Ok(Self { format: Self::FORMAT, request_id: u128::from_be_bytes(request_id), command })
+        Ok(Self { format, request_id: u128::from_be_bytes(request_id), command })
     }
 }
 
@@ -138,11 +167,42 @@ mod tests {
     #[test]
     fn refuses_a_format_it_does_not_know() {
         let mut env = Envelope::decode(entry().encode().as_slice()).unwrap();
-        for format in [0, 2, u32::MAX] {
+        for format in [0, 3, u32::MAX] {
             env.format = format;
             let err = LogEntry::decode(&env.encode_to_vec()).unwrap_err();
             assert_eq!(err, StoreError::UnknownLogFormat(format));
         }
+    }
+
+    #[test]
+    fn only_commands_added_after_format_1_are_written_as_format_2() {
+        let old = entry();
+        assert_eq!(old.format, 1);
+        assert_eq!(Envelope::decode(old.encode().as_slice()).unwrap().format, 1);
+        let att = crate::AgentAttestation {
+            id: ward_core::AgentId(
+                ward_core::SpiffeId::parse("spiffe://example.org/spire/agent/aws_iid/1/r/i")
+                    .unwrap(),
+            ),
+            attestation_type: "aws_iid".into(),
+            serial: "1".into(),
+            expires_at: 5,
+            selectors: ward_core::SelectorSet::default(),
+            can_reattest: false,
+        };
+        let new = LogEntry::new(7, Command::AttestAgentFirstUse(att));
+        assert_eq!(new.format, 2);
+        let mut env = Envelope::decode(new.encode().as_slice()).unwrap();
+        assert_eq!(env.format, 2);
+        assert_eq!(LogEntry::decode(&env.encode_to_vec()).unwrap(), new);
+        // The same bytes claimed as format 1: a replica must not take them.
+        env.format = 1;
+        assert_eq!(
+            LogEntry::decode(&env.encode_to_vec()).unwrap_err(),
+            StoreError::BadLogEntry(
+                "a format-1 entry holds command variant 26, added in a later format".into()
+            )
+        );
     }
 
     #[test]

@@ -236,6 +236,18 @@ fn arb_command() -> impl Strategy<Value = Command> {
                     can_reattest,
                 })
             }),
+        (arb_agent(), arb_string(), arb_string(), arb_i64(), arb_selectors()).prop_map(
+            |(id, attestation_type, serial, expires_at, selectors)| {
+                Command::AttestAgentFirstUse(AgentAttestation {
+                    id,
+                    attestation_type,
+                    serial,
+                    expires_at,
+                    selectors,
+                    can_reattest: false,
+                })
+            }
+        ),
         (arb_agent(), arb_string(), arb_i64()).prop_map(|(id, new_serial, new_expires_at)| {
             Command::RenewAgent { id, new_serial, new_expires_at }
         }),

@@ -426,6 +426,34 @@ fn agent_serials_renew_activate_and_ban() {
 }
 
 #[test]
+fn a_first_use_attestation_is_refused_while_the_agent_has_a_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let att = DataSet::agent(3);
+    let id = att.id.clone();
+    let once = |store: &Store| {
+        store
+            .apply(store.last_applied() + 1, &Command::AttestAgentFirstUse(att.clone()))
+            .unwrap()
+            .outcome
+    };
+    assert!(matches!(once(&store), Outcome::Agent(Ok(ref a)) if a.id == id));
+    // The same evidence again: refused, and the record is the first one.
+    let before = store.agent(&id).unwrap();
+    assert_eq!(once(&store), Outcome::Agent(Err(ItemError::AgentAttestedBefore(id.clone()))));
+    assert_eq!(store.agent(&id).unwrap(), before);
+    // Banned: still "attested before", as SPIRE's plugin answers before the ban check.
+    store.apply(store.last_applied() + 1, &Command::BanAgent(id.clone())).unwrap();
+    assert_eq!(once(&store), Outcome::Agent(Err(ItemError::AgentAttestedBefore(id.clone()))));
+    // Evicted: the evidence attests again.
+    store.apply(store.last_applied() + 1, &Command::DeleteAgent(id.clone())).unwrap();
+    assert!(matches!(once(&store), Outcome::Agent(Ok(_))));
+    // An ordinary attestation of the same ID is not limited.
+    let r = store.apply(store.last_applied() + 1, &Command::AttestAgent(att.clone())).unwrap();
+    assert!(matches!(r.outcome, Outcome::Agent(Ok(_))));
+}
+
+#[test]
 fn bundles_append_taint_revoke_and_delete_modes() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());

@@ -51,11 +51,12 @@ fn variant(cmd: &Command) -> &'static str {
         Command::PruneAgents { .. } => "PruneAgents",
         Command::CreateBundles(_) => "CreateBundles",
         Command::UpdateBundles(_) => "UpdateBundles",
+        Command::AttestAgentFirstUse(_) => "AttestAgentFirstUse",
     }
 }
 
 /// Number of `Command` variants (the arms of [`variant`]).
-const VARIANTS: usize = 26;
+const VARIANTS: usize = 27;
 
 fn td() -> TrustDomain {
     TrustDomain::new("example.org").unwrap()
@@ -208,6 +209,14 @@ fn samples() -> Vec<Command> {
                 sequence_number: false,
             },
         }]),
+        Command::AttestAgentFirstUse(AgentAttestation {
+            id: agent(),
+            attestation_type: "aws_iid".into(),
+            serial: "1234567890".into(),
+            expires_at: 1_700_003_600,
+            selectors: selectors(),
+            can_reattest: false,
+        }),
     ]
 }
 
@@ -261,16 +270,16 @@ fn format_1_encodings_never_change() {
         );
         let decoded = LogEntry::decode(&hex::decode(want).unwrap()).unwrap();
         assert_eq!(decoded, entry, "the fixture of {name} decodes to its sample");
-        assert_eq!(decoded.format, LogEntry::FORMAT);
+        assert_eq!(decoded.format, LogEntry::format_of(&entry.command));
     }
 }
 
 #[test]
 fn an_entry_of_a_later_format_is_refused() {
-    // The envelope of the PruneEntries fixture with format 2 (field 1 = 0x08 0x02).
+    // The envelope of the PruneEntries fixture with format 3 (field 1 = 0x08 0x03).
     let bytes = hex::decode(fixtures()["PruneEntries"]).unwrap();
     assert_eq!(&bytes[..2], &[0x08, 0x01], "format is the first field");
     let mut later = bytes.clone();
-    later[1] = 2;
-    assert_eq!(LogEntry::decode(&later).unwrap_err(), StoreError::UnknownLogFormat(2));
+    later[1] = 3;
+    assert_eq!(LogEntry::decode(&later).unwrap_err(), StoreError::UnknownLogFormat(3));
 }

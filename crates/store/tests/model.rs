@@ -357,6 +357,16 @@ fn arb_command() -> impl Strategy<Value = Command> {
             expires_before: t,
             include_non_reattestable: inc,
         }),
+        1 => (0..AGENTS + 1, 0u8..32).prop_map(|(a, sel)| {
+            Command::AttestAgentFirstUse(AgentAttestation {
+                id: agent(a),
+                attestation_type: "tofu".into(),
+                serial: format!("t{a}{sel}"),
+                expires_at: 100,
+                selectors: selectors(sel & 0b11100),
+                can_reattest: false,
+            })
+        }),
     ]
 }
 
@@ -458,7 +468,7 @@ fn arb_agent_filter() -> impl Strategy<Value = AgentFilter> {
 }
 
 /// Every [`Command`] variant, by name: the generator must produce each of them.
-const VARIANTS: usize = 26;
+const VARIANTS: usize = 27;
 
 fn variant(cmd: &Command) -> usize {
     match cmd {
@@ -488,6 +498,7 @@ fn variant(cmd: &Command) -> usize {
         Command::PruneAgents { .. } => 23,
         Command::CreateBundles(_) => 24,
         Command::UpdateBundles(_) => 25,
+        Command::AttestAgentFirstUse(_) => 26,
     }
 }
 
@@ -542,7 +553,7 @@ fn generator_reaches_every_command_and_result() {
     let strategy = prop::collection::vec(arb_step(), 40);
     let mut seen: BTreeSet<(usize, String)> = BTreeSet::new();
     let (mut halted, mut pruned) = (0, 0);
-    for _ in 0..150 {
+    for _ in 0..300 {
         let steps = strategy.new_tree(&mut runner).unwrap().current();
         let mut model = Model::new(td());
         for step in &steps {
@@ -585,6 +596,7 @@ fn generator_reaches_every_command_and_result() {
         (20, &["ok", "FederationNotFound"]),
         (24, &["ok", "BundleExists"]),
         (25, &["ok", "BundleNotFound"]),
+        (26, &["ok", "AgentAttestedBefore"]),
     ];
     for (v, labels) in want {
         for l in *labels {

@@ -124,7 +124,8 @@ impl AgentService {
             other => return Err(unexpected(&other)),
         }
         let agent_id = join_token_agent_id(&self.state, &token)?;
-        self.complete_attestation(&agent_id, "join_token", SelectorSet::default(), false, csr).await
+        let how = Attestation { can_reattest: false, first_use: false };
+        self.complete_attestation(&agent_id, "join_token", SelectorSet::default(), how, csr).await
     }
 
     /// Runs a challenge-response attestor over the stream: each challenge goes out on `tx`,
@@ -179,11 +180,19 @@ impl AgentService {
             .map(|v| Selector::new(name, v))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Status::internal(format!("invalid selector from node attestor: {e}")))?;
+        // An attestor that cannot re-attest trusts on first use (SPIRE's plugin layer): its
+        // evidence attests an agent ID once, until that agent is evicted. This check only
+        // saves signing an SVID for nothing; the store's apply decides
+        // (`AttestAgentFirstUse`), so two concurrent attestations cannot both succeed.
+        let first_use = !attested.can_reattest;
+        if first_use && self.state.store.agent(&AgentId(attested.agent_id.clone())).is_some() {
+            return Err(refused(attested_before()));
+        }
         self.complete_attestation(
             &attested.agent_id,
             name,
             SelectorSet::new(selectors),
-            attested.can_reattest,
+            Attestation { can_reattest: attested.can_reattest, first_use },
             &csr,
         )
         .await
@@ -197,9 +206,10 @@ impl AgentService {
         agent_id: &SpiffeId,
         attestation_type: &str,
         selectors: SelectorSet,
-        can_reattest: bool,
+        how: Attestation,
         csr: &[u8],
     ) -> Result<pb::AttestAgentResponse, Status> {
+        let Attestation { can_reattest, first_use } = how;
         if agent_id.path() == "/spire/server" {
             return Err(Status::internal("agent ID cannot collide with the server ID"));
         }
@@ -207,16 +217,21 @@ impl AgentService {
             return Err(Status::permission_denied("failed to attest: agent is banned"));
         }
         let (chain, serial, expires_at) = self.sign_agent_svid(agent_id, csr)?;
-        let cmd = Command::AttestAgent(AgentAttestation {
+        let att = AgentAttestation {
             id: AgentId(agent_id.clone()),
             attestation_type: attestation_type.to_owned(),
             serial,
             expires_at,
             selectors,
             can_reattest,
-        });
+        };
+        let cmd =
+            if first_use { Command::AttestAgentFirstUse(att) } else { Command::AttestAgent(att) };
         match propose(&self.state, cmd).await?.outcome {
             Outcome::Agent(Ok(_)) => {}
+            Outcome::Agent(Err(ItemError::AgentAttestedBefore(_))) => {
+                return Err(refusal_status(attestation_type, attested_before()));
+            }
             Outcome::Agent(Err(ItemError::AgentBanned(_))) => {
                 return Err(Status::permission_denied("failed to attest: agent is banned"));
             }
@@ -235,6 +250,24 @@ impl AgentService {
             )),
         })
     }
+}
+
+/// How an agent attested: what `complete_attestation` records besides its identity.
+#[derive(Debug, Clone, Copy)]
+struct Attestation {
+    /// The agent re-attests instead of renewing its SVID.
+    can_reattest: bool,
+    /// The attestor trusts on first use: refuse when the agent ID has a record.
+    first_use: bool,
+}
+
+/// SPIRE's refusal of trust-on-first-use evidence that attested an agent before
+/// (`pkg/server/plugin/nodeattestor/base`).
+fn attested_before() -> Refusal {
+    Refusal::new(
+        RefusalCode::PermissionDenied,
+        "attestation data has already been used to attest an agent",
+    )
 }
 
 /// A node attestor's refusal as SPIRE's plugin layer reports it: the code, and the message

@@ -247,7 +247,7 @@ fn item_code(e: &ward_store::ItemError) -> tonic::Code {
         E::InvalidEntry(_) | E::SerialMismatch | E::Invalid(_) => tonic::Code::InvalidArgument,
         E::FederatedBundleMissing(_) => tonic::Code::Internal,
         E::BundleInUse(..) | E::AuthorityNotTainted => tonic::Code::FailedPrecondition,
-        E::AgentBanned(_) => tonic::Code::PermissionDenied,
+        E::AgentBanned(_) | E::AgentAttestedBefore(_) => tonic::Code::PermissionDenied,
     }
 }
 

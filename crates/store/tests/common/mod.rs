@@ -141,6 +141,7 @@ impl Model {
             // A successful agent command rewrites the record even when it stays equal.
             if let (
                 Command::AttestAgent(AgentAttestation { id, .. })
+                | Command::AttestAgentFirstUse(AgentAttestation { id, .. })
                 | Command::BanAgent(id)
                 | Command::RenewAgent { id, .. }
                 | Command::ActivateAgentSerial { id, .. },
@@ -165,7 +166,10 @@ impl Model {
     /// re-banning a banned agent rewrites its record).
     fn mutated_anyway(&self, cmd: &Command, out: &Outcome) -> bool {
         match (cmd, out) {
-            (Command::BanAgent(_) | Command::AttestAgent(_), Outcome::Agent(Ok(_))) => true,
+            (
+                Command::BanAgent(_) | Command::AttestAgent(_) | Command::AttestAgentFirstUse(_),
+                Outcome::Agent(Ok(_)),
+            ) => true,
             (Command::SetBundles(b), _) => !b.is_empty(),
             (Command::CreateBundles(_) | Command::UpdateBundles(_), Outcome::Bundles(r)) => {
                 r.iter().any(Result::is_ok)
@@ -411,7 +415,10 @@ impl Model {
                     None => Err(ItemError::TokenNotFound),
                 })
             }
-            Command::AttestAgent(a) => Outcome::Agent((|| {
+            Command::AttestAgentFirstUse(a) if self.agents.contains_key(&a.id) => {
+                Outcome::Agent(Err(ItemError::AgentAttestedBefore(a.id.clone())))
+            }
+            Command::AttestAgent(a) | Command::AttestAgentFirstUse(a) => Outcome::Agent((|| {
                 if self.agents.get(&a.id).is_some_and(|n| n.serial.is_empty()) {
                     return Err(ItemError::AgentBanned(a.id.clone()));
                 }
@@ -430,7 +437,8 @@ impl Model {
                 };
                 self.agents.insert(a.id.clone(), n.clone());
                 Ok(Arc::new(n))
-            })()),
+            })(
+            )),
             Command::BanAgent(id) => Outcome::Agent(match self.agents.get_mut(id) {
                 None => Err(ItemError::AgentNotFound(id.clone())),
                 Some(n) => {
