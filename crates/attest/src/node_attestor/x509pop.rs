@@ -41,6 +41,7 @@ use ward_core::TrustDomain;
 use webpki::{EndEntityCert, ExtendedKeyUsageValidator, KeyPurposeIdIter};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
+use super::field_template::Segment;
 use super::{
     AttestedAgent, NodeAttestError, NodeAttestor, PendingChallenge, Refusal, RefusalCode,
     ServerNodeAttestor, Verification,
@@ -151,7 +152,7 @@ pub struct Response {
 
 /// A JSON decoding error in Go's words where they are known (a truncated document is
 /// `unexpected end of JSON input`).
-fn go_json_error(e: &serde_json::Error) -> String {
+pub(super) fn go_json_error(e: &serde_json::Error) -> String {
     match e.classify() {
         serde_json::error::Category::Eof => "unexpected end of JSON input".to_owned(),
         _ => {
@@ -444,25 +445,15 @@ impl AgentPathTemplate {
     /// A sentence naming the action ward does not render, or SPIRE's text for a template that
     /// does not parse.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let unparsable = || format!("failed to parse agent svid template: {text:?}");
-        let mut pieces = Vec::new();
-        let mut rest = text;
-        while let Some(open) = rest.find("{{") {
-            if open > 0 {
-                pieces.push(Piece::Text(rest[..open].to_owned()));
-            }
-            let after = &rest[open + 2..];
-            let close = after.find("}}").ok_or_else(unparsable)?;
-            let action = after[..close].trim();
-            pieces.push(Piece::Field(Self::field(action)?));
-            rest = &after[close + 2..];
-        }
-        if rest.contains("}}") {
-            return Err(unparsable());
-        }
-        if !rest.is_empty() {
-            pieces.push(Piece::Text(rest.to_owned()));
-        }
+        let segments = super::field_template::split_template(text)
+            .ok_or_else(|| format!("failed to parse agent svid template: {text:?}"))?;
+        let pieces = segments
+            .into_iter()
+            .map(|segment| match segment {
+                Segment::Text(t) => Ok(Piece::Text(t.to_owned())),
+                Segment::Action(action) => Self::field(action).map(Piece::Field),
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Self { pieces })
     }
 

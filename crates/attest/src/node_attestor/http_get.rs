@@ -1,0 +1,192 @@
+//! A small blocking HTTP/1.1 `GET` client for the cloud attestors: the agent asks its cloud's
+//! metadata service for evidence, the server fetches the keys that sign it.
+//!
+//! Attestors are called on blocking threads, so the client owns a one-worker tokio runtime and
+//! waits for each request on a channel: it never blocks inside, nor starts a runtime within, an
+//! async caller's runtime. HTTPS is verified against the PEM file named by `SSL_CERT_FILE` when
+//! that variable is set (as Go's `crypto/x509` reads it on Linux), else against the Mozilla
+//! roots of `webpki-roots`.
+
+use std::sync::mpsc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+/// How long one request may take, connection and TLS handshake included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// The largest body read (identity tokens and key sets are a few KiB).
+const MAX_BODY: usize = 4 * 1024 * 1024;
+
+/// A response: its status, headers and body.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    /// The status code.
+    pub status: u16,
+    /// The headers.
+    pub headers: http::HeaderMap,
+    /// The body.
+    pub body: Bytes,
+}
+
+/// A blocking `GET` client.
+pub struct HttpGetter {
+    /// Always `Some` until dropped (see the `Drop` impl).
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl std::fmt::Debug for HttpGetter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpGetter").finish_non_exhaustive()
+    }
+}
+
+impl HttpGetter {
+    /// A client with its own runtime thread named `name`.
+    ///
+    /// # Errors
+    /// When the runtime cannot start.
+    pub fn new(name: &str) -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(name)
+            .enable_all()
+            .build()?;
+        Ok(Self { runtime: Some(runtime) })
+    }
+
+    /// `GET url` with `headers`: the response whatever its status.
+    ///
+    /// # Errors
+    /// A sentence (in the manner of Go's `net/http` client errors) when the URL is not
+    /// `http`/`https`, the server cannot be reached, TLS fails, or no answer comes in time.
+    pub fn get(&self, url: &str, headers: &[(&str, &str)]) -> Result<HttpResponse, String> {
+        let parsed = url::Url::parse(url).map_err(|e| format!("parse {url:?}: {e}"))?;
+        let headers: Vec<(String, String)> =
+            headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let Some(runtime) = &self.runtime else {
+            return Err("the HTTP client is closed".to_owned());
+        };
+        let (tx, rx) = mpsc::sync_channel(1);
+        let shown = url.to_owned();
+        runtime.spawn(async move {
+            let result = match tokio::time::timeout(REQUEST_TIMEOUT, get(parsed, headers)).await {
+                Ok(r) => r,
+                Err(_) => Err(format!("no answer within {REQUEST_TIMEOUT:?}")),
+            };
+            // The receiver only goes away if the caller's thread died.
+            let _ = tx.send(result);
+        });
+        rx.recv()
+            .unwrap_or_else(|_| Err("the HTTP client runtime stopped".to_owned()))
+            .map_err(|e| format!("Get {shown:?}: {e}"))
+    }
+}
+
+impl Drop for HttpGetter {
+    /// Stops the runtime without waiting for it: dropping a runtime the ordinary way blocks,
+    /// which panics when the attestor is dropped inside an async task.
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// The TLS client configuration, built once: roots from `SSL_CERT_FILE` or `webpki-roots`.
+fn tls_config() -> Result<Arc<ClientConfig>, String> {
+    static CONFIG: OnceLock<Result<Arc<ClientConfig>, String>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let mut roots = RootCertStore::empty();
+            match std::env::var_os("SSL_CERT_FILE") {
+                Some(path) => {
+                    let pem = std::fs::read(&path).map_err(|e| {
+                        format!("reading SSL_CERT_FILE {}: {e}", path.to_string_lossy())
+                    })?;
+                    for cert in CertificateDer::pem_slice_iter(&pem) {
+                        let cert = cert.map_err(|e| format!("SSL_CERT_FILE: {e}"))?;
+                        roots.add(cert).map_err(|e| format!("SSL_CERT_FILE: {e}"))?;
+                    }
+                }
+                None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+            }
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let config = ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            Ok(Arc::new(config))
+        })
+        .clone()
+}
+
+async fn get(url: url::Url, headers: Vec<(String, String)>) -> Result<HttpResponse, String> {
+    let tls = match url.scheme() {
+        "http" => false,
+        "https" => true,
+        other => return Err(format!("unsupported protocol scheme {other:?}")),
+    };
+    let host = url.host_str().ok_or("no host in request URL")?.to_owned();
+    let port = url.port_or_known_default().unwrap_or(if tls { 443 } else { 80 });
+    let bare = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let tcp = TcpStream::connect((bare.as_str(), port)).await.map_err(|e| format!("dial: {e}"))?;
+    let authority = match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.clone(),
+    };
+    let mut target = url.path().to_owned();
+    if let Some(q) = url.query() {
+        target.push('?');
+        target.push_str(q);
+    }
+    if tls {
+        let server_name = ServerName::try_from(bare).map_err(|e| e.to_string())?;
+        let stream = tokio_rustls::TlsConnector::from(tls_config()?)
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| format!("tls: {e}"))?;
+        request(stream, &authority, &target, &headers).await
+    } else {
+        request(tcp, &authority, &target, &headers).await
+    }
+}
+
+async fn request<S>(
+    io: S,
+    authority: &str,
+    target: &str,
+    headers: &[(String, String)],
+) -> Result<HttpResponse, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        // Ends when the response is read and the sender dropped; errors reach the sender.
+        let _ = connection.await;
+    });
+    let mut builder = http::Request::get(target).header(http::header::HOST, authority);
+    for (k, v) in headers {
+        builder = builder.header(k.as_str(), v.as_str());
+    }
+    let req = builder.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
+    let response = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = Limited::new(response.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .map_err(|e| e.to_string())?;
+    Ok(HttpResponse { status, headers, body })
+}
