@@ -424,12 +424,7 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<Runni
             .unwrap_or_else(|| Arc::new(LogControl::detached(&cfg.log_level))),
         server_svid: std::sync::RwLock::new(Vec::new()),
         federation: federation.clone(),
-        node_attestors: cfg
-            .node_attestors
-            .x509pop
-            .iter()
-            .map(|v| v.clone() as Arc<dyn ward_attest::ServerNodeAttestor>)
-            .collect(),
+        node_attestors: cfg.node_attestors.all(),
     });
 
     let svid = sign_server_svid(&state, clock.now())?;

@@ -142,7 +142,12 @@ impl AgentService {
         let name = attestor.name();
         let refused = |r: Refusal| refusal_status(name, r);
         let now = self.state.clock.unix_seconds();
-        let mut step = attestor.begin(&payload, now).map_err(refused)?;
+        // An attestor may fetch keys over the network (gcp_iit): off the async workers.
+        let verifier = Arc::clone(&attestor);
+        let mut step = tokio::task::spawn_blocking(move || verifier.begin(&payload, now))
+            .await
+            .map_err(|e| Status::internal(format!("node attestor failed: {e}")))?
+            .map_err(refused)?;
         let attested = loop {
             match step {
                 Verification::Attested(a) => break a,

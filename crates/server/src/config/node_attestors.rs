@@ -1,10 +1,12 @@
 //! The `[node_attestors]` table: the attestors agents may use besides join tokens, with
 //! SPIRE's plugin settings (`NodeAttestor "x509pop" { plugin_data { ... } }` in SPIRE's file).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::Deserialize;
+use ward_attest::node_attestor::gcp_iit::{GOOGLE_CERTS_URL, GcpIitServerConfig, GcpIitVerifier};
 use ward_attest::node_attestor::x509pop::{
     X509popServerConfig, X509popVerifier, certificates_from_pem,
 };
@@ -18,6 +20,36 @@ use super::ConfigError;
 pub struct NodeAttestorsFile {
     /// `[node_attestors.x509pop]`.
     pub x509pop: Option<X509popFile>,
+    /// `[node_attestors.gcp_iit]`.
+    pub gcp_iit: Option<GcpIitFile>,
+}
+
+/// `[node_attestors.gcp_iit]`: SPIRE's server `gcp_iit` plugin data, and where ward fetches
+/// Google's certificates from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcpIitFile {
+    /// The projects whose instances may attest (required).
+    pub projectid_allow_list: Option<Vec<String>>,
+    /// The agent path template (default `/{{ .PluginName }}/{{ .ProjectID }}/{{ .InstanceID }}`).
+    pub agent_path_template: Option<String>,
+    /// Compute Engine API selectors: refused when true (ward does not call that API).
+    pub use_instance_metadata: Option<bool>,
+    /// Compute Engine API credentials (only used with `use_instance_metadata`).
+    pub service_account_file: Option<String>,
+    /// Label keys for selectors (only used with `use_instance_metadata`).
+    pub allowed_label_keys: Option<Vec<String>>,
+    /// Metadata keys for selectors (only used with `use_instance_metadata`).
+    pub allowed_metadata_keys: Option<Vec<String>>,
+    /// Metadata value size limit (only used with `use_instance_metadata`).
+    pub max_metadata_value_size: Option<i64>,
+    /// Where Google's signing certificates are fetched (default
+    /// `https://www.googleapis.com/oauth2/v1/certs`; empty: none, only
+    /// `extra_certificates_path`).
+    pub google_certs_url: Option<String>,
+    /// A JSON file of more signing certificates, in the form of Google's answer
+    /// (`{"<key ID>": "<PEM certificate>", ...}`).
+    pub extra_certificates_path: Option<PathBuf>,
 }
 
 /// `[node_attestors.x509pop]`: SPIRE's server `x509pop` plugin data.
@@ -39,9 +71,33 @@ pub struct X509popFile {
 pub struct NodeAttestorsConfig {
     /// `x509pop`, when configured.
     pub x509pop: Option<Arc<X509popVerifier>>,
+    /// `gcp_iit`, when configured.
+    pub gcp_iit: Option<Arc<GcpIitVerifier>>,
+}
+
+impl NodeAttestorsConfig {
+    /// Every configured attestor.
+    pub fn all(&self) -> Vec<Arc<dyn ward_attest::ServerNodeAttestor>> {
+        let mut all: Vec<Arc<dyn ward_attest::ServerNodeAttestor>> = Vec::new();
+        if let Some(x) = &self.x509pop {
+            all.push(x.clone());
+        }
+        if let Some(g) = &self.gcp_iit {
+            all.push(g.clone());
+        }
+        all
+    }
 }
 
 const X509POP: &str = "node_attestors.x509pop";
+const GCP_IIT: &str = "node_attestors.gcp_iit";
+
+fn attestor_error(key: &'static str, e: ward_attest::NodeAttestError) -> ConfigError {
+    match e {
+        ward_attest::NodeAttestError::Config { reason, .. } => ConfigError::Invalid { key, reason },
+        other => ConfigError::Invalid { key, reason: other.to_string() },
+    }
+}
 
 fn invalid(reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { key: X509POP, reason: reason.into() }
@@ -54,7 +110,65 @@ impl NodeAttestorsFile {
     /// # Errors
     /// [`ConfigError::Invalid`] naming the problem.
     pub fn resolve(self, td: &TrustDomain) -> Result<NodeAttestorsConfig, ConfigError> {
-        let Some(x) = self.x509pop else { return Ok(NodeAttestorsConfig::default()) };
+        let x509pop = match self.x509pop {
+            Some(x) => Some(x.resolve(td)?),
+            None => None,
+        };
+        let gcp_iit = match self.gcp_iit {
+            Some(g) => Some(g.resolve(td)?),
+            None => None,
+        };
+        Ok(NodeAttestorsConfig { x509pop, gcp_iit })
+    }
+}
+
+impl GcpIitFile {
+    fn resolve(self, td: &TrustDomain) -> Result<Arc<GcpIitVerifier>, ConfigError> {
+        let invalid = |reason: String| ConfigError::Invalid { key: GCP_IIT, reason };
+        if self.use_instance_metadata == Some(true) {
+            return Err(invalid(
+                "use_instance_metadata is not supported: ward does not call the Compute Engine \
+                 API, so the tag, sa, label and metadata selectors are not produced"
+                    .to_owned(),
+            ));
+        }
+        let mut extra_certificates = BTreeMap::new();
+        if let Some(path) = self.extra_certificates_path.filter(|p| !p.as_os_str().is_empty()) {
+            let shown = path.display().to_string();
+            let text = std::fs::read(&path)
+                .map_err(|e| invalid(format!("unable to read {shown:?}: {e}")))?;
+            let map: BTreeMap<String, String> = serde_json::from_slice(&text)
+                .map_err(|e| invalid(format!("unable to parse {shown:?}: {e}")))?;
+            for (kid, pem_text) in map {
+                let der = certificates_from_pem(pem_text.as_bytes())
+                    .ok()
+                    .and_then(|c| c.into_iter().next())
+                    .ok_or_else(|| {
+                        invalid(format!("{shown:?}: key {kid:?} is not a PEM certificate"))
+                    })?;
+                extra_certificates.insert(kid, der);
+            }
+        }
+        let certs_url = match self.google_certs_url {
+            None => Some(GOOGLE_CERTS_URL.to_owned()),
+            Some(u) if u.is_empty() => None,
+            Some(u) => Some(u),
+        };
+        let verifier = GcpIitVerifier::new(GcpIitServerConfig {
+            trust_domain: td.clone(),
+            project_id_allow_list: self.projectid_allow_list.unwrap_or_default(),
+            agent_path_template: self.agent_path_template.filter(|t| !t.is_empty()),
+            certs_url,
+            extra_certificates,
+        })
+        .map_err(|e| attestor_error(GCP_IIT, e))?;
+        Ok(Arc::new(verifier))
+    }
+}
+
+impl X509popFile {
+    fn resolve(self, td: &TrustDomain) -> Result<Arc<X509popVerifier>, ConfigError> {
+        let x = self;
         match x.mode.as_deref().unwrap_or("external_pki") {
             "" | "external_pki" => {}
             "spiffe" => {
@@ -92,11 +206,8 @@ impl NodeAttestorsFile {
             ca_certificates,
             agent_path_template: x.agent_path_template.filter(|t| !t.is_empty()),
         })
-        .map_err(|e| match e {
-            ward_attest::NodeAttestError::Config { reason, .. } => invalid(reason),
-            other => invalid(other.to_string()),
-        })?;
-        Ok(NodeAttestorsConfig { x509pop: Some(Arc::new(verifier)) })
+        .map_err(|e| attestor_error(X509POP, e))?;
+        Ok(Arc::new(verifier))
     }
 }
 
@@ -120,9 +231,34 @@ mod tests {
 
     fn reason(r: Result<NodeAttestorsConfig, ConfigError>) -> String {
         match r {
-            Err(ConfigError::Invalid { key: X509POP, reason }) => reason,
+            Err(ConfigError::Invalid { key: X509POP | GCP_IIT, reason }) => reason,
             other => panic!("expected a refusal, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn gcp_iit_needs_projects_and_refuses_instance_metadata() {
+        let ok = resolve("[gcp_iit]\nprojectid_allow_list = [\"p\"]\n").unwrap();
+        assert!(ok.gcp_iit.is_some() && ok.x509pop.is_none());
+        assert_eq!(ok.all().len(), 1);
+        assert_eq!(reason(resolve("[gcp_iit]\n")), "projectid_allow_list is required");
+        assert!(
+            reason(resolve(
+                "[gcp_iit]\nprojectid_allow_list = [\"p\"]\nuse_instance_metadata = true\n"
+            ))
+            .starts_with("use_instance_metadata is not supported")
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let extra = dir.path().join("certs.json");
+        std::fs::write(&extra, serde_json::json!({"k1": test_ca_pem()}).to_string()).unwrap();
+        let with_extra = format!(
+            "[gcp_iit]\nprojectid_allow_list = [\"p\"]\ngoogle_certs_url = \"\"\n\
+             extra_certificates_path = {:?}\n",
+            extra.display().to_string()
+        );
+        assert!(resolve(&with_extra).unwrap().gcp_iit.is_some());
+        std::fs::write(&extra, "{\"k1\": \"no\"}").unwrap();
+        assert!(reason(resolve(&with_extra)).contains("is not a PEM certificate"));
     }
 
     #[test]

@@ -171,6 +171,32 @@ pub const SETTINGS: &[(&str, Rule)] = &[
              only, which ward does not have",
         ),
     ),
+    // pkg/server/plugin/nodeattestor/gcpiit (IITAttestorConfig)
+    ("plugins.NodeAttestor.gcp_iit.plugin_data.projectid_allow_list", Hook(projectid_allow_list)),
+    (
+        "plugins.NodeAttestor.gcp_iit.plugin_data.agent_path_template",
+        Map { to: "node_attestors.gcp_iit.agent_path_template", conv: Str },
+    ),
+    (
+        "plugins.NodeAttestor.gcp_iit.plugin_data.use_instance_metadata",
+        Map { to: "node_attestors.gcp_iit.use_instance_metadata", conv: Bool },
+    ),
+    (
+        "plugins.NodeAttestor.gcp_iit.plugin_data.service_account_file",
+        Ignore(GCP_INSTANCE_METADATA_ONLY),
+    ),
+    (
+        "plugins.NodeAttestor.gcp_iit.plugin_data.allowed_label_keys",
+        Ignore(GCP_INSTANCE_METADATA_ONLY),
+    ),
+    (
+        "plugins.NodeAttestor.gcp_iit.plugin_data.allowed_metadata_keys",
+        Ignore(GCP_INSTANCE_METADATA_ONLY),
+    ),
+    (
+        "plugins.NodeAttestor.gcp_iit.plugin_data.max_metadata_value_size",
+        Ignore(GCP_INSTANCE_METADATA_ONLY),
+    ),
     // pkg/common/telemetry/config.go (FileConfig)
     ("telemetry", Block),
     ("telemetry.Prometheus", Section("telemetry.prometheus")),
@@ -242,6 +268,7 @@ pub const PLUGINS: &[(&str, &str, PluginRule)] = &[
     ),
     ("NodeAttestor", "join_token", PluginRule::Accept),
     ("NodeAttestor", "x509pop", PluginRule::Table("node_attestors.x509pop")),
+    ("NodeAttestor", "gcp_iit", PluginRule::Table("node_attestors.gcp_iit")),
     (
         "UpstreamAuthority",
         "disk",
@@ -259,15 +286,21 @@ pub const PLUGIN_TYPES: &[(&str, &str)] = &[
     ("KeyManager", "ward keeps CA keys on disk (only \"disk\" and \"memory\" are accepted)"),
     (
         "NodeAttestor",
-        "ward attests agents with join tokens and x509pop only (NodeAttestor \"join_token\", \
-         \"x509pop\")",
+        "ward attests agents with join tokens, x509pop and gcp_iit only (NodeAttestor \
+         \"join_token\", \"x509pop\", \"gcp_iit\")",
     ),
     ("Notifier", "ward has no notifiers"),
     ("UpstreamAuthority", "ward's CA is self-signed"),
 ];
 
-/// `ca_bundle_paths`: a list of file names.
-fn ca_bundle_paths(w: &mut Walk<'_>, path: &str, value: &serde_json::Value) {
+/// Why gcp_iit's Compute Engine API settings are ignored.
+const GCP_INSTANCE_METADATA_ONLY: &str = "NodeAttestor \"gcp_iit\": the Compute Engine API \
+     settings (service_account_file, allowed_label_keys, allowed_metadata_keys, \
+     max_metadata_value_size) are ignored: they apply to use_instance_metadata, which ward does \
+     not have";
+
+/// A list of strings at `path`, set as `to`.
+fn string_list(w: &mut Walk<'_>, path: &str, value: &serde_json::Value, to: &str) {
     let items = match value {
         serde_json::Value::Null => return,
         serde_json::Value::Array(items) => items,
@@ -277,9 +310,17 @@ fn ca_bundle_paths(w: &mut Walk<'_>, path: &str, value: &serde_json::Value) {
         }
     };
     match items.iter().map(|v| convert(v, Str)).collect::<Result<Vec<_>, _>>() {
-        Ok(paths) => {
-            set(&mut w.table, "node_attestors.x509pop.ca_bundle_paths", toml::Value::Array(paths))
-        }
+        Ok(list) => set(&mut w.table, to, toml::Value::Array(list)),
         Err(why) => w.refused.push(format!("{path} {why}")),
     }
+}
+
+/// `ca_bundle_paths`: a list of file names.
+fn ca_bundle_paths(w: &mut Walk<'_>, path: &str, value: &serde_json::Value) {
+    string_list(w, path, value, "node_attestors.x509pop.ca_bundle_paths");
+}
+
+/// `projectid_allow_list`: a list of project IDs.
+fn projectid_allow_list(w: &mut Walk<'_>, path: &str, value: &serde_json::Value) {
+    string_list(w, path, value, "node_attestors.gcp_iit.projectid_allow_list");
 }

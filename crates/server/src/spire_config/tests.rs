@@ -147,8 +147,8 @@ telemetry {
     }
     assert!(got.iter().any(|s| {
         s.ends_with(
-            "ward attests agents with join tokens and x509pop only (NodeAttestor \"join_token\", \
-             \"x509pop\")",
+            "ward attests agents with join tokens, x509pop and gcp_iit only (NodeAttestor \
+             \"join_token\", \"x509pop\", \"gcp_iit\")",
         )
     }));
     // The disabled plugin is skipped, as SPIRE skips it.
@@ -198,7 +198,10 @@ fn every_mapped_key_is_a_key_of_wards_toml() {
         if let Rule::Map { to, conv } = rule {
             let v = match conv {
                 Conv::Int => toml::Value::Integer(1),
-                Conv::Bool => toml::Value::Boolean(true),
+                // gcp_iit refuses instance metadata.
+                Conv::Bool => {
+                    toml::Value::Boolean(*to != "node_attestors.gcp_iit.use_instance_metadata")
+                }
                 Conv::Duration => toml::Value::String("1h".into()),
                 Conv::Ip => toml::Value::String("127.0.0.1".into()),
                 Conv::Str | Conv::Lower => toml::Value::String(match *to {
@@ -215,6 +218,12 @@ fn every_mapped_key_is_a_key_of_wards_toml() {
             set(&mut table, to, v);
         }
     }
+    // Set by a hook, and required.
+    set(
+        &mut table,
+        "node_attestors.gcp_iit.projectid_allow_list",
+        toml::Value::Array(vec!["project-123".into()]),
+    );
     let text = toml::to_string(&table).unwrap();
     crate::config::Config::from_toml(&text, &crate::config::Overrides::default()).unwrap();
 }
@@ -320,4 +329,33 @@ plugins {
     );
     assert_eq!(x["agent_path_template"].as_str(), Some("/cn/{{ .Subject.CommonName }}"));
     assert!(t.notes.iter().any(|n| n.contains("spiffe_prefix is ignored")), "{:?}", t.notes);
+}
+
+#[test]
+fn maps_the_gcp_iit_plugin_data() {
+    let text = r#"
+server {
+    trust_domain = "example.org"
+    data_dir = "/d"
+}
+plugins {
+    NodeAttestor "gcp_iit" {
+        plugin_data {
+            projectid_allow_list = ["project-123", "project-456"]
+            agent_path_template = "/{{ .Zone }}/{{ .InstanceID }}"
+            use_instance_metadata = false
+            allowed_label_keys = ["a"]
+        }
+    }
+}
+"#;
+    let t = translate(text, ConfigFormat::SpireHcl).unwrap();
+    let g = &t.table["node_attestors"]["gcp_iit"];
+    assert_eq!(
+        g["projectid_allow_list"],
+        toml::Value::Array(vec!["project-123".into(), "project-456".into()])
+    );
+    assert_eq!(g["agent_path_template"].as_str(), Some("/{{ .Zone }}/{{ .InstanceID }}"));
+    assert_eq!(g["use_instance_metadata"].as_bool(), Some(false));
+    assert!(t.notes.iter().any(|n| n.contains("Compute Engine API")), "{:?}", t.notes);
 }
