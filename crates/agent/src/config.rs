@@ -119,6 +119,18 @@ pub struct FileConfig {
 pub struct NodeAttestorFileConfig {
     /// `x509pop`: a certificate and its key prove the node's identity.
     pub x509pop: Option<X509popFileConfig>,
+    /// `gcp_iit`: a Compute Engine instance identity token proves the node's identity.
+    pub gcp_iit: Option<GcpIitFileConfig>,
+}
+
+/// `[node_attestor.gcp_iit]`: SPIRE's agent `gcp_iit` plugin data.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcpIitFileConfig {
+    /// The metadata server's host (default `metadata.google.internal`).
+    pub identity_token_host: Option<String>,
+    /// The service account whose token is asked for (default `default`).
+    pub service_account: Option<String>,
 }
 
 /// `[node_attestor.x509pop]`: SPIRE's agent `x509pop` plugin data.
@@ -271,6 +283,8 @@ pub struct Settings {
     /// The `x509pop` node attestor, if configured (a join token takes precedence, as in
     /// SPIRE).
     pub x509pop: Option<ward_attest::node_attestor::x509pop::X509popAgentConfig>,
+    /// The `gcp_iit` node attestor, if configured (a join token takes precedence).
+    pub gcp_iit: Option<ward_attest::node_attestor::gcp_iit::GcpIitAgentConfig>,
     /// The data directory.
     pub data_dir: PathBuf,
     /// The Workload API socket.
@@ -546,7 +560,20 @@ impl Settings {
         }
         let workload_attestors =
             WorkloadAttestorSettings::from_file(file.workload_attestors, getenv)?;
-        let x509pop = match file.node_attestor.and_then(|n| n.x509pop) {
+        let node_attestor = file.node_attestor.unwrap_or_default();
+        if node_attestor.x509pop.is_some() && node_attestor.gcp_iit.is_some() {
+            return Err(err("only one of [node_attestor.x509pop] and [node_attestor.gcp_iit] \
+                            can be configured: an agent attests with one node attestor"));
+        }
+        let gcp_iit = node_attestor.gcp_iit.map(|g| {
+            let defaults = ward_attest::node_attestor::gcp_iit::GcpIitAgentConfig::default();
+            ward_attest::node_attestor::gcp_iit::GcpIitAgentConfig {
+                identity_token_host: non_empty(g.identity_token_host)
+                    .unwrap_or(defaults.identity_token_host),
+                service_account: non_empty(g.service_account).unwrap_or(defaults.service_account),
+            }
+        });
+        let x509pop = match node_attestor.x509pop {
             None => None,
             Some(x) => Some(ward_attest::node_attestor::x509pop::X509popAgentConfig {
                 private_key_path: non_empty_path(x.private_key_path)
@@ -603,6 +630,7 @@ impl Settings {
             sds: sds_config(file.sds),
             health_checks: health_checks(file.health_checks),
             x509pop,
+            gcp_iit,
         })
     }
 }
@@ -698,6 +726,30 @@ mod tests {
     fn unknown_keys_are_refused() {
         let e = settings(&format!("{BASE}insecure_bootstrap = true\nbogus = 1\n")).unwrap_err();
         assert!(e.0.contains("unknown field `bogus`"), "{e}");
+    }
+
+    #[test]
+    fn gcp_iit_takes_spire_defaults() {
+        let s = settings(&format!("{BASE}insecure_bootstrap = true\n[node_attestor.gcp_iit]\n"))
+            .unwrap();
+        let g = s.gcp_iit.unwrap();
+        assert_eq!(g.identity_token_host, "metadata.google.internal");
+        assert_eq!(g.service_account, "default");
+        let s = settings(&format!(
+            "{BASE}insecure_bootstrap = true\n[node_attestor.gcp_iit]\n\
+             identity_token_host = \"127.0.0.1:8080\"\nservice_account = \"sa@x\"\n"
+        ))
+        .unwrap();
+        let g = s.gcp_iit.unwrap();
+        assert_eq!(
+            (g.identity_token_host.as_str(), g.service_account.as_str()),
+            ("127.0.0.1:8080", "sa@x")
+        );
+        let both = settings(&format!(
+            "{BASE}insecure_bootstrap = true\n[node_attestor.gcp_iit]\n[node_attestor.x509pop]\n\
+             private_key_path = \"/k.pem\"\ncertificate_path = \"/c.pem\"\n"
+        ));
+        assert!(both.unwrap_err().0.starts_with("only one of"));
     }
 
     #[test]

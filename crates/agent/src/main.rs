@@ -13,6 +13,7 @@ use ward_agent::agent::{Agent, error_chain};
 use ward_agent::config::{FileConfig, LogFormat, ServerAddressSetting, Settings};
 use ward_agent::spire_config::{self, FileFormat};
 use ward_attest::NodeAttestor;
+use ward_attest::node_attestor::gcp_iit::GcpIitAttestor;
 use ward_attest::node_attestor::join_token::JoinTokenAttestor;
 use ward_attest::node_attestor::x509pop::X509popAttestor;
 
@@ -191,6 +192,9 @@ fn node_attestor(
 ) -> Result<Option<Arc<dyn NodeAttestor>>, ward_attest::NodeAttestError> {
     if let Some(token) = settings.join_token.as_deref() {
         return Ok(Some(Arc::new(JoinTokenAttestor::new(token)?)));
+    }
+    if let Some(config) = &settings.gcp_iit {
+        return Ok(Some(Arc::new(GcpIitAttestor::new(config.clone())?)));
     }
     match &settings.x509pop {
         Some(config) => Ok(Some(Arc::new(X509popAttestor::new(config.clone())?))),

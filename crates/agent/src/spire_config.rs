@@ -357,12 +357,22 @@ pub const SETTINGS: &[(&str, Rule)] = &[
         "plugins.NodeAttestor.x509pop.plugin_data.intermediates_path",
         Map { to: "node_attestor.x509pop.intermediates_path", conv: Str },
     ),
+    // pkg/agent/plugin/nodeattestor/gcpiit (IITAttestorConfig)
+    (
+        "plugins.NodeAttestor.gcp_iit.plugin_data.identity_token_host",
+        Map { to: "node_attestor.gcp_iit.identity_token_host", conv: Str },
+    ),
+    (
+        "plugins.NodeAttestor.gcp_iit.plugin_data.service_account",
+        Map { to: "node_attestor.gcp_iit.service_account", conv: Str },
+    ),
 ];
 
 /// spire-agent plugins ward has built in, by type and name.
 pub const PLUGINS: &[(&str, &str, PluginRule)] = &[
     ("NodeAttestor", "join_token", PluginRule::Accept),
     ("NodeAttestor", "x509pop", PluginRule::Table("node_attestor.x509pop")),
+    ("NodeAttestor", "gcp_iit", PluginRule::Table("node_attestor.gcp_iit")),
     (
         "KeyManager",
         "disk",
@@ -391,8 +401,8 @@ pub const PLUGIN_TYPES: &[(&str, &str)] = &[
     ("KeyManager", "ward-agent keeps its key in data_dir (\"disk\" and \"memory\" are accepted)"),
     (
         "NodeAttestor",
-        "ward-agent attests its node with a join token or x509pop (NodeAttestor \"join_token\", \
-         \"x509pop\")",
+        "ward-agent attests its node with a join token, x509pop or gcp_iit (NodeAttestor \
+         \"join_token\", \"x509pop\", \"gcp_iit\")",
     ),
     ("SVIDStore", "ward-agent serves SVIDs over the Workload API and SDS only"),
     ("WorkloadAttestor", "ward-agent attests workloads with \"unix\", \"k8s\" and \"systemd\""),
