@@ -17,6 +17,7 @@ pub mod command;
 pub mod daemon;
 pub mod differential;
 pub mod envoy_sds;
+pub mod gcp;
 pub mod netns;
 pub mod node_attestation;
 pub mod normalize;
