@@ -85,7 +85,8 @@ fn production_hcl_is_refused_with_one_sentence_per_item() {
          socket and to SVIDs of registration entries marked admin",
         "server.jwt_key_type is not supported: ward signs JWT-SVIDs with keys of ca_key_type",
         "plugin NodeAttestor \"k8s_psat\" is not supported: ward attests agents with join \
-         tokens and x509pop only (NodeAttestor \"join_token\", \"x509pop\")",
+         tokens, x509pop and gcp_iit only (NodeAttestor \"join_token\", \"x509pop\", \
+         \"gcp_iit\")",
         "plugin KeyManager \"aws_kms\" is not supported: ward keeps CA keys on disk (only \
          \"disk\" and \"memory\" are accepted)",
         "plugin UpstreamAuthority \"disk\" is not supported: ward's CA is self-signed",
@@ -143,7 +144,8 @@ fn helm_chart_default_rendering_is_refused_item_by_item() {
         got_sorted,
         [
             "plugin NodeAttestor \"k8s_psat\" is not supported: ward attests agents with join \
-             tokens and x509pop only (NodeAttestor \"join_token\", \"x509pop\")",
+             tokens, x509pop and gcp_iit only (NodeAttestor \"join_token\", \"x509pop\", \
+             \"gcp_iit\")",
             "plugin Notifier \"k8sbundle\" is not supported: ward has no notifiers",
         ]
     );
