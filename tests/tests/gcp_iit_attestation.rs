@@ -8,9 +8,11 @@
 //!    and spire-agent → ward-server: `spire-server agent show` prints the same agent (SPIFFE
 //!    ID, type, no re-attestation, selectors) each time;
 //! 2. bad evidence — a forged signature, a key Google does not publish, a wrong audience, an
-//!    expired token, a project not in the allow list, a truncated token — is refused by
-//!    ward-server with the code and message spire-server gives for the same evidence; neither
-//!    agent list changes, and ward-server keeps serving.
+//!    expired token, a project not in the allow list, a truncated token, and the same token
+//!    again while its agent is attested (trust on first use) — is refused by ward-server with
+//!    the code and message spire-server gives for the same evidence; neither agent list
+//!    changes;
+//! 3. once ward-server has evicted the agent, the same token attests again.
 //!
 //! Needs root (network namespace, ports 80 and 443 in it) and SPIRE's binaries (built with Go).
 
@@ -226,6 +228,7 @@ fn scenario(
             .into_bytes(),
         ),
         ("truncated token", truncated(token.clone().into_bytes())),
+        ("second attestation (trust on first use)", token.clone().into_bytes()),
     ];
     let before = (agent_ids(&spire_on_spire)?, agent_ids(&spire_on_ward)?);
     for (what, payload) in cases {

@@ -13,9 +13,9 @@
 //! 3. The agent is attested at once as `spiffe://<td>/spire/agent` + the agent path template
 //!    (default `/{{ .PluginName }}/{{ .ProjectID }}/{{ .InstanceID }}`), with the selectors
 //!    `project-id:<id>`, `zone:<zone>` and `instance-name:<name>`. The agent may not attest
-//!    again (`can_reattest` false); SPIRE also refuses a second attestation of the same agent
-//!    ID until the agent is evicted (trust on first use), which belongs where the attestation
-//!    is stored and is not enforced yet.
+//!    again (`can_reattest` false): the server refuses a second attestation of the same agent
+//!    ID until the agent is evicted (trust on first use, decided where the attestation is
+//!    stored).
 //!
 //! Refusals carry SPIRE's codes and go-jose's messages for the failures of the token.
 //!
