@@ -11,8 +11,8 @@
 //!
 //! One module per attestor holds its payload type, its agent side and its server side:
 //! [`join_token`] (agent side only: the server checks tokens against its store) and
-//! [`x509pop`] and [`gcp_iit`]; `sshpop`, `k8s_psat` and the other cloud attestors follow the
-//! same shape.
+//! [`x509pop`], [`gcp_iit`] and [`tpm_devid`]; `sshpop`, `k8s_psat` and the other cloud
+//! attestors follow the same shape.
 
 pub mod field_template;
 pub mod gcp_iit;
@@ -20,6 +20,7 @@ pub mod http_get;
 pub mod jws;
 #[cfg(test)]
 mod test_http;
+pub mod tpm_devid;
 pub mod x509pop;
 
 use ward_core::SpiffeId;

@@ -152,7 +152,7 @@ pub struct Response {
 
 /// A JSON decoding error in Go's words where they are known (a truncated document is
 /// `unexpected end of JSON input`).
-pub(super) fn go_json_error(e: &serde_json::Error) -> String {
+pub(crate) fn go_json_error(e: &serde_json::Error) -> String {
     match e.classify() {
         serde_json::error::Category::Eof => "unexpected end of JSON input".to_owned(),
         _ => {
@@ -564,11 +564,37 @@ impl X509popVerifier {
 }
 
 /// Accepts any extended key usage, or none (Go's `ExtKeyUsageAny`, which SPIRE verifies with).
-struct AnyUsage;
+pub(crate) struct AnyUsage;
 
 impl ExtendedKeyUsageValidator for AnyUsage {
     fn validate(&self, _: KeyPurposeIdIter<'_, '_>) -> Result<(), webpki::Error> {
         Ok(())
+    }
+}
+
+/// The SHA-1 fingerprints of the CA certificates of a verified `path`: its intermediates, then
+/// its anchor (by the DER in `anchor_ders`, in the order of `anchors`).
+pub(crate) fn path_ca_fingerprints(
+    path: &webpki::VerifiedPath<'_>,
+    anchors: &[TrustAnchor<'_>],
+    anchor_ders: &[Vec<u8>],
+) -> Vec<String> {
+    let mut out: Vec<String> =
+        path.intermediate_certificates().map(|c| fingerprint(c.der().as_ref())).collect();
+    let anchor = anchors.iter().position(|a| std::ptr::eq(a, path.anchor()));
+    if let Some(der) = anchor.and_then(|i| anchor_ders.get(i)) {
+        out.push(fingerprint(der));
+    }
+    out
+}
+
+/// Appends a `ca:fingerprint:<SHA-1>` selector value for each of `fingerprints` not there yet.
+pub(crate) fn push_ca_fingerprints(selector_values: &mut Vec<String>, fingerprints: Vec<String>) {
+    for fp in fingerprints {
+        let value = format!("ca:fingerprint:{fp}");
+        if !selector_values.contains(&value) {
+            selector_values.push(value);
+        }
     }
 }
 
@@ -582,7 +608,7 @@ fn rfc3339(t: UnixTime) -> String {
 }
 
 /// A chain verification error in the words of Go's `crypto/x509`.
-fn go_verify_error(e: &webpki::Error) -> String {
+pub(crate) fn go_verify_error(e: &webpki::Error) -> String {
     match e {
         webpki::Error::UnknownIssuer => "x509: certificate signed by unknown authority".into(),
         webpki::Error::CertExpired { time, not_after } => format!(
@@ -742,12 +768,7 @@ impl ServerNodeAttestor for X509popVerifier {
                 None,
             )
             .map_err(|e| denied(go_verify_error(&e)))?;
-        let mut ca_fingerprints: Vec<String> =
-            path.intermediate_certificates().map(|c| fingerprint(c.der().as_ref())).collect();
-        let anchor = self.anchors.iter().position(|a| std::ptr::eq(a, path.anchor()));
-        if let Some(der) = anchor.and_then(|i| self.ca_certificates.get(i)) {
-            ca_fingerprints.push(fingerprint(der));
-        }
+        let ca_fingerprints = path_ca_fingerprints(&path, &self.anchors, &self.ca_certificates);
 
         let cannot_challenge =
             |why: &str| refuse(Internal, format!("unable to generate challenge: {why}"));
@@ -785,12 +806,7 @@ impl ServerNodeAttestor for X509popVerifier {
                 if !leaf.common_name.is_empty() {
                     selector_values.push(format!("subject:cn:{}", leaf.common_name));
                 }
-                for fp in ca_fingerprints {
-                    let value = format!("ca:fingerprint:{fp}");
-                    if !selector_values.contains(&value) {
-                        selector_values.push(value);
-                    }
-                }
+                push_ca_fingerprints(&mut selector_values, ca_fingerprints);
                 selector_values.push(format!("serialnumber:{}", leaf.serial_hex));
                 for (k, v) in &sans {
                     selector_values.push(format!("san:{k}:{v}"));
@@ -882,4 +898,4 @@ impl PendingChallenge for PendingProof {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -5,14 +5,15 @@ use rcgen::{
 
 use super::*;
 
-const NOW: i64 = 1_800_000_000;
+pub(crate) const NOW: i64 = 1_800_000_000;
 
-struct Ca {
-    der: Vec<u8>,
-    issuer: Issuer<'static, KeyPair>,
+/// A CA valid around [`NOW`] (shared with the other attestors' tests).
+pub(crate) struct Ca {
+    pub(crate) der: Vec<u8>,
+    pub(crate) issuer: Issuer<'static, KeyPair>,
 }
 
-fn ca(cn: &str) -> Ca {
+pub(crate) fn ca(cn: &str) -> Ca {
     let mut p = CertificateParams::default();
     p.distinguished_name = DistinguishedName::new();
     p.distinguished_name.push(DnType::CommonName, cn);
