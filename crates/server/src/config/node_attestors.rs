@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use ward_attest::node_attestor::gcp_iit::{GOOGLE_CERTS_URL, GcpIitServerConfig, GcpIitVerifier};
+use ward_attest::node_attestor::tpm_devid::{TpmDevidServerConfig, TpmDevidVerifier};
 use ward_attest::node_attestor::x509pop::{
     X509popServerConfig, X509popVerifier, certificates_from_pem,
 };
@@ -22,6 +23,8 @@ pub struct NodeAttestorsFile {
     pub x509pop: Option<X509popFile>,
     /// `[node_attestors.gcp_iit]`.
     pub gcp_iit: Option<GcpIitFile>,
+    /// `[node_attestors.tpm_devid]`.
+    pub tpm_devid: Option<TpmDevidFile>,
 }
 
 /// `[node_attestors.gcp_iit]`: SPIRE's server `gcp_iit` plugin data, and where ward fetches
@@ -52,6 +55,16 @@ pub struct GcpIitFile {
     pub extra_certificates_path: Option<PathBuf>,
 }
 
+/// `[node_attestors.tpm_devid]`: SPIRE's server `tpm_devid` plugin data.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TpmDevidFile {
+    /// A PEM file of the CA certificates DevID certificates chain to.
+    pub devid_ca_path: Option<PathBuf>,
+    /// A PEM file of the TPM manufacturers' CA certificates endorsement certificates chain to.
+    pub endorsement_ca_path: Option<PathBuf>,
+}
+
 /// `[node_attestors.x509pop]`: SPIRE's server `x509pop` plugin data.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -73,6 +86,8 @@ pub struct NodeAttestorsConfig {
     pub x509pop: Option<Arc<X509popVerifier>>,
     /// `gcp_iit`, when configured.
     pub gcp_iit: Option<Arc<GcpIitVerifier>>,
+    /// `tpm_devid`, when configured.
+    pub tpm_devid: Option<Arc<TpmDevidVerifier>>,
 }
 
 impl NodeAttestorsConfig {
@@ -85,12 +100,16 @@ impl NodeAttestorsConfig {
         if let Some(g) = &self.gcp_iit {
             all.push(g.clone());
         }
+        if let Some(t) = &self.tpm_devid {
+            all.push(t.clone());
+        }
         all
     }
 }
 
 const X509POP: &str = "node_attestors.x509pop";
 const GCP_IIT: &str = "node_attestors.gcp_iit";
+const TPM_DEVID: &str = "node_attestors.tpm_devid";
 
 fn attestor_error(key: &'static str, e: ward_attest::NodeAttestError) -> ConfigError {
     match e {
@@ -101,6 +120,33 @@ fn attestor_error(key: &'static str, e: ward_attest::NodeAttestError) -> ConfigE
 
 fn invalid(reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { key: X509POP, reason: reason.into() }
+}
+
+/// The certificates of a PEM bundle (SPIRE's `util.LoadCertPool`).
+fn load_bundle(path: &std::path::Path) -> Result<Vec<Vec<u8>>, String> {
+    std::fs::read(path).map_err(|e| e.to_string()).and_then(|text| certificates_from_pem(&text))
+}
+
+impl TpmDevidFile {
+    /// Reads both bundles, with SPIRE's sentences for what it refuses.
+    fn resolve(self, td: &TrustDomain) -> Result<Arc<TpmDevidVerifier>, ConfigError> {
+        let invalid = |reason: String| ConfigError::Invalid { key: TPM_DEVID, reason };
+        let devid = self.devid_ca_path.filter(|p| !p.as_os_str().is_empty());
+        let ek = self.endorsement_ca_path.filter(|p| !p.as_os_str().is_empty());
+        let devid = devid.ok_or_else(|| invalid("devid_ca_path is required".into()))?;
+        let ek = ek.ok_or_else(|| invalid("endorsement_ca_path is required".into()))?;
+        let devid_ca_certificates = load_bundle(&devid)
+            .map_err(|e| invalid(format!("unable to load DevID trust bundle: {e}")))?;
+        let endorsement_ca_certificates = load_bundle(&ek)
+            .map_err(|e| invalid(format!("unable to load endorsement trust bundle: {e}")))?;
+        TpmDevidVerifier::new(TpmDevidServerConfig {
+            trust_domain: td.clone(),
+            devid_ca_certificates,
+            endorsement_ca_certificates,
+        })
+        .map(Arc::new)
+        .map_err(|e| attestor_error(TPM_DEVID, e))
+    }
 }
 
 impl NodeAttestorsFile {
@@ -118,7 +164,11 @@ impl NodeAttestorsFile {
             Some(g) => Some(g.resolve(td)?),
             None => None,
         };
-        Ok(NodeAttestorsConfig { x509pop, gcp_iit })
+        let tpm_devid = match self.tpm_devid {
+            Some(t) => Some(t.resolve(td)?),
+            None => None,
+        };
+        Ok(NodeAttestorsConfig { x509pop, gcp_iit, tpm_devid })
     }
 }
 
@@ -297,5 +347,43 @@ mod tests {
             "[x509pop]\nca_bundle_path = {ca:?}\nagent_path_template = \"/{{{{ .Issuer }}}}\"\n"
         );
         assert!(reason(resolve(&bad)).contains("is not supported"));
+    }
+
+    #[test]
+    fn tpm_devid_takes_both_bundles_and_refuses_what_spire_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, test_ca_pem()).unwrap();
+        let ca = ca.display().to_string();
+        let tpm_reason = |toml: &str| match resolve(toml) {
+            Err(ConfigError::Invalid { key: TPM_DEVID, reason }) => reason,
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+
+        let ok = resolve(&format!(
+            "[tpm_devid]\ndevid_ca_path = {ca:?}\nendorsement_ca_path = {ca:?}\n"
+        ))
+        .unwrap();
+        assert!(ok.tpm_devid.is_some() && ok.x509pop.is_none());
+        assert_eq!(
+            tpm_reason(&format!("[tpm_devid]\nendorsement_ca_path = {ca:?}\n")),
+            "devid_ca_path is required"
+        );
+        assert_eq!(
+            tpm_reason(&format!("[tpm_devid]\ndevid_ca_path = {ca:?}\n")),
+            "endorsement_ca_path is required"
+        );
+        assert!(
+            tpm_reason(&format!(
+                "[tpm_devid]\ndevid_ca_path = \"/nonexistent\"\nendorsement_ca_path = {ca:?}\n"
+            ))
+            .starts_with("unable to load DevID trust bundle: ")
+        );
+        assert!(
+            tpm_reason(&format!(
+                "[tpm_devid]\ndevid_ca_path = {ca:?}\nendorsement_ca_path = \"/nonexistent\"\n"
+            ))
+            .starts_with("unable to load endorsement trust bundle: ")
+        );
     }
 }

@@ -197,6 +197,15 @@ pub const SETTINGS: &[(&str, Rule)] = &[
         "plugins.NodeAttestor.gcp_iit.plugin_data.max_metadata_value_size",
         Ignore(GCP_INSTANCE_METADATA_ONLY),
     ),
+    // pkg/server/plugin/nodeattestor/tpmdevid (Config)
+    (
+        "plugins.NodeAttestor.tpm_devid.plugin_data.devid_ca_path",
+        Map { to: "node_attestors.tpm_devid.devid_ca_path", conv: Str },
+    ),
+    (
+        "plugins.NodeAttestor.tpm_devid.plugin_data.endorsement_ca_path",
+        Map { to: "node_attestors.tpm_devid.endorsement_ca_path", conv: Str },
+    ),
     // pkg/common/telemetry/config.go (FileConfig)
     ("telemetry", Block),
     ("telemetry.Prometheus", Section("telemetry.prometheus")),
@@ -269,6 +278,7 @@ pub const PLUGINS: &[(&str, &str, PluginRule)] = &[
     ("NodeAttestor", "join_token", PluginRule::Accept),
     ("NodeAttestor", "x509pop", PluginRule::Table("node_attestors.x509pop")),
     ("NodeAttestor", "gcp_iit", PluginRule::Table("node_attestors.gcp_iit")),
+    ("NodeAttestor", "tpm_devid", PluginRule::Table("node_attestors.tpm_devid")),
     (
         "UpstreamAuthority",
         "disk",
@@ -286,8 +296,8 @@ pub const PLUGIN_TYPES: &[(&str, &str)] = &[
     ("KeyManager", "ward keeps CA keys on disk (only \"disk\" and \"memory\" are accepted)"),
     (
         "NodeAttestor",
-        "ward attests agents with join tokens, x509pop and gcp_iit only (NodeAttestor \
-         \"join_token\", \"x509pop\", \"gcp_iit\")",
+        "ward attests agents with join tokens, x509pop, gcp_iit and tpm_devid only \
+         (NodeAttestor \"join_token\", \"x509pop\", \"gcp_iit\", \"tpm_devid\")",
     ),
     ("Notifier", "ward has no notifiers"),
     ("UpstreamAuthority", "ward's CA is self-signed"),

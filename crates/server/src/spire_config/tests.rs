@@ -147,8 +147,8 @@ telemetry {
     }
     assert!(got.iter().any(|s| {
         s.ends_with(
-            "ward attests agents with join tokens, x509pop and gcp_iit only (NodeAttestor \
-             \"join_token\", \"x509pop\", \"gcp_iit\")",
+            "ward attests agents with join tokens, x509pop, gcp_iit and tpm_devid only \
+             (NodeAttestor \"join_token\", \"x509pop\", \"gcp_iit\", \"tpm_devid\")",
         )
     }));
     // The disabled plugin is skipped, as SPIRE skips it.
@@ -211,7 +211,9 @@ fn every_mapped_key_is_a_key_of_wards_toml() {
                     "health_checks.live_path" => "/l".into(),
                     "health_checks.ready_path" => "/r".into(),
                     "node_attestors.x509pop.mode" => "external_pki".into(),
-                    "node_attestors.x509pop.ca_bundle_path" => ca.display().to_string(),
+                    "node_attestors.x509pop.ca_bundle_path"
+                    | "node_attestors.tpm_devid.devid_ca_path"
+                    | "node_attestors.tpm_devid.endorsement_ca_path" => ca.display().to_string(),
                     _ => "example.org".into(),
                 }),
             };
@@ -358,4 +360,26 @@ plugins {
     assert_eq!(g["agent_path_template"].as_str(), Some("/{{ .Zone }}/{{ .InstanceID }}"));
     assert_eq!(g["use_instance_metadata"].as_bool(), Some(false));
     assert!(t.notes.iter().any(|n| n.contains("Compute Engine API")), "{:?}", t.notes);
+}
+
+#[test]
+fn maps_the_tpm_devid_plugin_data() {
+    let text = r#"
+server {
+    trust_domain = "example.org"
+    data_dir = "/d"
+}
+plugins {
+    NodeAttestor "tpm_devid" {
+        plugin_data {
+            devid_ca_path = "/ca/devid.pem"
+            endorsement_ca_path = "/ca/ek.pem"
+        }
+    }
+}
+"#;
+    let t = translate(text, ConfigFormat::SpireHcl).unwrap();
+    let x = &t.table["node_attestors"]["tpm_devid"];
+    assert_eq!(x["devid_ca_path"].as_str(), Some("/ca/devid.pem"));
+    assert_eq!(x["endorsement_ca_path"].as_str(), Some("/ca/ek.pem"));
 }
