@@ -53,8 +53,8 @@ pub enum AgentError {
     Connect(#[from] ConnectError),
     /// There is no persisted SVID and no node attestor is configured.
     #[error(
-        "no agent SVID in the data directory and no node attestor configured (set join_token or \
-         [node_attestor.x509pop])"
+        "no agent SVID in the data directory and no node attestor configured (set join_token, \
+         [node_attestor.x509pop], [node_attestor.gcp_iit] or [node_attestor.tpm_devid])"
     )]
     NoAttestor,
     /// The agent SVID could not be renewed before it expired.

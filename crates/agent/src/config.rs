@@ -121,6 +121,40 @@ pub struct NodeAttestorFileConfig {
     pub x509pop: Option<X509popFileConfig>,
     /// `gcp_iit`: a Compute Engine instance identity token proves the node's identity.
     pub gcp_iit: Option<GcpIitFileConfig>,
+    /// `tpm_devid`: a TPM-resident DevID key and its certificate prove the node's identity.
+    pub tpm_devid: Option<TpmDevidFileConfig>,
+}
+
+/// `[node_attestor.tpm_devid]`: SPIRE's agent `tpm_devid` plugin data.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TpmDevidFileConfig {
+    /// PEM DevID certificate, then its intermediates (required).
+    pub devid_cert_path: Option<PathBuf>,
+    /// The DevID key's private blob, `TPM2B_PRIVATE` contents (required).
+    pub devid_priv_path: Option<PathBuf>,
+    /// The DevID key's public blob, `TPMT_PUBLIC` (required).
+    pub devid_pub_path: Option<PathBuf>,
+    /// The DevID key's authorisation value (default empty).
+    pub devid_password: Option<String>,
+    /// The owner hierarchy's authorisation value (default empty).
+    pub owner_hierarchy_password: Option<String>,
+    /// The endorsement hierarchy's authorisation value (default empty).
+    pub endorsement_hierarchy_password: Option<String>,
+    /// The TPM device or emulator socket (default: the one `/dev/tpmrm<N>`, else `/dev/tpm<N>`).
+    pub tpm_device_path: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for TpmDevidFileConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The passwords are credentials: never print them.
+        f.debug_struct("TpmDevidFileConfig")
+            .field("devid_cert_path", &self.devid_cert_path)
+            .field("devid_priv_path", &self.devid_priv_path)
+            .field("devid_pub_path", &self.devid_pub_path)
+            .field("tpm_device_path", &self.tpm_device_path)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `[node_attestor.gcp_iit]`: SPIRE's agent `gcp_iit` plugin data.
@@ -285,6 +319,8 @@ pub struct Settings {
     pub x509pop: Option<ward_attest::node_attestor::x509pop::X509popAgentConfig>,
     /// The `gcp_iit` node attestor, if configured (a join token takes precedence).
     pub gcp_iit: Option<ward_attest::node_attestor::gcp_iit::GcpIitAgentConfig>,
+    /// The `tpm_devid` node attestor, if configured (a join token takes precedence).
+    pub tpm_devid: Option<ward_attest::node_attestor::tpm_devid::TpmDevidAgentConfig>,
     /// The data directory.
     pub data_dir: PathBuf,
     /// The Workload API socket.
@@ -565,6 +601,13 @@ impl Settings {
             return Err(err("only one of [node_attestor.x509pop] and [node_attestor.gcp_iit] \
                             can be configured: an agent attests with one node attestor"));
         }
+        if node_attestor.tpm_devid.is_some()
+            && (node_attestor.x509pop.is_some() || node_attestor.gcp_iit.is_some())
+        {
+            return Err(err("only one of [node_attestor.x509pop], [node_attestor.gcp_iit] and \
+                            [node_attestor.tpm_devid] can be configured: an agent attests with \
+                            one node attestor"));
+        }
         let gcp_iit = node_attestor.gcp_iit.map(|g| {
             let defaults = ward_attest::node_attestor::gcp_iit::GcpIitAgentConfig::default();
             ward_attest::node_attestor::gcp_iit::GcpIitAgentConfig {
@@ -573,6 +616,23 @@ impl Settings {
                 service_account: non_empty(g.service_account).unwrap_or(defaults.service_account),
             }
         });
+        let tpm_devid = match node_attestor.tpm_devid {
+            None => None,
+            Some(t) => Some(ward_attest::node_attestor::tpm_devid::TpmDevidAgentConfig {
+                devid_cert_path: non_empty_path(t.devid_cert_path)
+                    .ok_or_else(|| err("devid_cert_path is required"))?,
+                devid_priv_path: non_empty_path(t.devid_priv_path)
+                    .ok_or_else(|| err("devid_priv_path is required"))?,
+                devid_pub_path: non_empty_path(t.devid_pub_path)
+                    .ok_or_else(|| err("devid_pub_path is required"))?,
+                devid_password: t.devid_password.unwrap_or_default(),
+                owner_hierarchy_password: t.owner_hierarchy_password.unwrap_or_default(),
+                endorsement_hierarchy_password: t
+                    .endorsement_hierarchy_password
+                    .unwrap_or_default(),
+                tpm_device_path: non_empty_path(t.tpm_device_path),
+            }),
+        };
         let x509pop = match node_attestor.x509pop {
             None => None,
             Some(x) => Some(ward_attest::node_attestor::x509pop::X509popAgentConfig {
@@ -631,6 +691,7 @@ impl Settings {
             health_checks: health_checks(file.health_checks),
             x509pop,
             gcp_iit,
+            tpm_devid,
         })
     }
 }
@@ -768,6 +829,41 @@ mod tests {
         ] {
             let e = settings(&format!(
                 "{BASE}insecure_bootstrap = true\n[node_attestor.x509pop]\n{toml}"
+            ))
+            .unwrap_err();
+            assert_eq!(e, err(missing));
+        }
+    }
+
+    #[test]
+    fn tpm_devid_needs_the_devid_files() {
+        let s = settings(&format!(
+            "{BASE}insecure_bootstrap = true\n[node_attestor.tpm_devid]\n\
+             devid_cert_path = \"/c.pem\"\ndevid_priv_path = \"/k.priv\"\n\
+             devid_pub_path = \"/k.pub\"\ntpm_device_path = \"/dev/tpmrm0\"\n\
+             endorsement_hierarchy_password = \"secret\"\n"
+        ))
+        .unwrap();
+        let t = s.tpm_devid.unwrap();
+        assert_eq!(t.devid_cert_path, PathBuf::from("/c.pem"));
+        assert_eq!(t.tpm_device_path, Some("/dev/tpmrm0".into()));
+        assert_eq!(t.endorsement_hierarchy_password, "secret");
+        assert_eq!(t.owner_hierarchy_password, "");
+        assert!(!format!("{t:?}").contains("secret"));
+        let both = settings(&format!(
+            "{BASE}insecure_bootstrap = true\n[node_attestor.tpm_devid]\n\
+             devid_cert_path = \"/c\"\ndevid_priv_path = \"/k\"\ndevid_pub_path = \"/p\"\n\
+             [node_attestor.x509pop]\nprivate_key_path = \"/k.pem\"\ncertificate_path = \"/c.pem\"\n"
+        ))
+        .unwrap_err();
+        assert!(both.0.starts_with("only one of "), "{both}");
+        for (toml, missing) in [
+            ("devid_priv_path = \"/k\"\ndevid_pub_path = \"/p\"\n", "devid_cert_path is required"),
+            ("devid_cert_path = \"/c\"\ndevid_pub_path = \"/p\"\n", "devid_priv_path is required"),
+            ("devid_cert_path = \"/c\"\ndevid_priv_path = \"/k\"\n", "devid_pub_path is required"),
+        ] {
+            let e = settings(&format!(
+                "{BASE}insecure_bootstrap = true\n[node_attestor.tpm_devid]\n{toml}"
             ))
             .unwrap_err();
             assert_eq!(e, err(missing));

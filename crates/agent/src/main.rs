@@ -15,6 +15,7 @@ use ward_agent::spire_config::{self, FileFormat};
 use ward_attest::NodeAttestor;
 use ward_attest::node_attestor::gcp_iit::GcpIitAttestor;
 use ward_attest::node_attestor::join_token::JoinTokenAttestor;
+use ward_attest::node_attestor::tpm_devid::TpmDevidAttestor;
 use ward_attest::node_attestor::x509pop::X509popAttestor;
 
 #[derive(Parser, Debug)]
@@ -195,6 +196,9 @@ fn node_attestor(
     }
     if let Some(config) = &settings.gcp_iit {
         return Ok(Some(Arc::new(GcpIitAttestor::new(config.clone())?)));
+    }
+    if let Some(config) = &settings.tpm_devid {
+        return Ok(Some(Arc::new(TpmDevidAttestor::new(config.clone())?)));
     }
     match &settings.x509pop {
         Some(config) => Ok(Some(Arc::new(X509popAttestor::new(config.clone())?))),

@@ -366,6 +366,35 @@ pub const SETTINGS: &[(&str, Rule)] = &[
         "plugins.NodeAttestor.gcp_iit.plugin_data.service_account",
         Map { to: "node_attestor.gcp_iit.service_account", conv: Str },
     ),
+    // pkg/agent/plugin/nodeattestor/tpmdevid (Config)
+    (
+        "plugins.NodeAttestor.tpm_devid.plugin_data.devid_cert_path",
+        Map { to: "node_attestor.tpm_devid.devid_cert_path", conv: Str },
+    ),
+    (
+        "plugins.NodeAttestor.tpm_devid.plugin_data.devid_priv_path",
+        Map { to: "node_attestor.tpm_devid.devid_priv_path", conv: Str },
+    ),
+    (
+        "plugins.NodeAttestor.tpm_devid.plugin_data.devid_pub_path",
+        Map { to: "node_attestor.tpm_devid.devid_pub_path", conv: Str },
+    ),
+    (
+        "plugins.NodeAttestor.tpm_devid.plugin_data.devid_password",
+        Map { to: "node_attestor.tpm_devid.devid_password", conv: Str },
+    ),
+    (
+        "plugins.NodeAttestor.tpm_devid.plugin_data.owner_hierarchy_password",
+        Map { to: "node_attestor.tpm_devid.owner_hierarchy_password", conv: Str },
+    ),
+    (
+        "plugins.NodeAttestor.tpm_devid.plugin_data.endorsement_hierarchy_password",
+        Map { to: "node_attestor.tpm_devid.endorsement_hierarchy_password", conv: Str },
+    ),
+    (
+        "plugins.NodeAttestor.tpm_devid.plugin_data.tpm_device_path",
+        Map { to: "node_attestor.tpm_devid.tpm_device_path", conv: Str },
+    ),
 ];
 
 /// spire-agent plugins ward has built in, by type and name.
@@ -373,6 +402,7 @@ pub const PLUGINS: &[(&str, &str, PluginRule)] = &[
     ("NodeAttestor", "join_token", PluginRule::Accept),
     ("NodeAttestor", "x509pop", PluginRule::Table("node_attestor.x509pop")),
     ("NodeAttestor", "gcp_iit", PluginRule::Table("node_attestor.gcp_iit")),
+    ("NodeAttestor", "tpm_devid", PluginRule::Table("node_attestor.tpm_devid")),
     (
         "KeyManager",
         "disk",
@@ -401,8 +431,8 @@ pub const PLUGIN_TYPES: &[(&str, &str)] = &[
     ("KeyManager", "ward-agent keeps its key in data_dir (\"disk\" and \"memory\" are accepted)"),
     (
         "NodeAttestor",
-        "ward-agent attests its node with a join token, x509pop or gcp_iit (NodeAttestor \
-         \"join_token\", \"x509pop\", \"gcp_iit\")",
+        "ward-agent attests its node with a join token, x509pop, gcp_iit or tpm_devid \
+         (NodeAttestor \"join_token\", \"x509pop\", \"gcp_iit\", \"tpm_devid\")",
     ),
     ("SVIDStore", "ward-agent serves SVIDs over the Workload API and SDS only"),
     ("WorkloadAttestor", "ward-agent attests workloads with \"unix\", \"k8s\" and \"systemd\""),

@@ -117,9 +117,9 @@ fn everything_ward_agent_lacks_is_refused_one_sentence_each() {
             "agent.workload_x509_svid_key_type \"rsa-2048\" is not supported: ward-agent's \
              workload keys are EC P-256 (\"ec-p256\")",
             "x509_svid_cache_max_size should not be negative",
-            "plugin NodeAttestor \"sshpop\" is not supported: ward-agent attests its node with a \
-             join token, x509pop or gcp_iit (NodeAttestor \"join_token\", \"x509pop\", \
-             \"gcp_iit\")",
+            "plugin NodeAttestor \"sshpop\" is not supported: ward-agent attests its node with \
+             a join token, x509pop, gcp_iit or tpm_devid (NodeAttestor \"join_token\", \
+             \"x509pop\", \"gcp_iit\", \"tpm_devid\")",
             "plugin SVIDStore \"aws_secretsmanager\" is not supported: ward-agent serves SVIDs \
              over the Workload API and SDS only",
             "plugin WorkloadAttestor \"docker\" is not supported: ward-agent attests workloads \
