@@ -27,6 +27,7 @@ pub mod script;
 pub mod server;
 pub mod slow_disk;
 pub mod spire;
+pub mod swtpm;
 pub mod wait;
 pub mod ward;
 pub mod workload_clients;
