@@ -38,6 +38,7 @@ pub mod dns_name;
 pub mod entry;
 pub mod entry_patch;
 pub mod federation;
+pub mod go_json;
 pub mod id_policy;
 pub mod join_token;
 pub mod jwk;

@@ -91,19 +91,9 @@ fn write_sorted(value: &Value, out: &mut String) {
     }
 }
 
-/// A JSON string as serde_json escapes it, plus the escapes Go adds.
+/// A JSON string as Go writes it.
 fn write_string(s: &str, out: &mut String) {
-    let encoded = Value::String(s.to_owned()).to_string();
-    for c in encoded.chars() {
-        match c {
-            '<' => out.push_str("\\u003c"),
-            '>' => out.push_str("\\u003e"),
-            '&' => out.push_str("\\u0026"),
-            '\u{2028}' => out.push_str("\\u2028"),
-            '\u{2029}' => out.push_str("\\u2029"),
-            c => out.push(c),
-        }
-    }
+    ward_core::go_json::write_string(s, out);
 }
 
 #[cfg(test)]
