@@ -1,0 +1,844 @@
+//! `aws_iid`: the EC2 instance identity document (SPIRE v1.13.3 `pkg/common/plugin/aws`,
+//! `pkg/agent/plugin/nodeattestor/awsiid`, `pkg/server/plugin/nodeattestor/awsiid`).
+//!
+//! 1. The agent ([`AwsIidAttestor`]) reads from the instance metadata service (IMDS) the
+//!    instance identity document, its RSA-1024 signature and its RSA-2048 PKCS#7 signature
+//!    (`/latest/dynamic/instance-identity/{document,signature,rsa2048}`), asking for an IMDSv2
+//!    session token first as the AWS SDK does, and sends them as [`AttestationData`]:
+//!    `{"document": ..., "signature": ..., "rsa2048": ...}`, encoded as Go encodes it.
+//! 2. The server ([`AwsIidVerifier`]) verifies the PKCS#7 signature when there is one
+//!    (against the region's AWS RSA-2048 certificate; its content must be the document),
+//!    else the RSA-1024 PKCS#1 v1.5 signature of the document (the region's RSA-1024
+//!    certificate, or AWS's default one), and attests the agent at once as
+//!    `spiffe://<td>/spire/agent` + the agent path template (default
+//!    `/aws_iid/<account>/<region>/<instance-id>`), with the selectors `az:`, `image:id:`,
+//!    `instance:id:` and `region:` from the document. The agent may not attest again: a second
+//!    attestation of the same agent ID is refused until the agent is evicted (trust on first
+//!    use; the store enforces it).
+//!
+//! AWS's certificates are compiled in (`aws_iid/rsa2048.pem`, `aws_iid/rsa1024.pem`, as AWS
+//! publishes them); the configuration adds or replaces certificates per region.
+//!
+//! What ward does not do: SPIRE's server calls the EC2 API (DescribeInstances) for every
+//! attestation, for its tag, security group and IAM role selectors, its root-volume
+//! attach-time check and `.Tags` in agent path templates, and optionally the Organizations and
+//! EKS APIs; ward calls no AWS API, so it has none of those. The document must be verified by
+//! its PKCS#7 content check, which SPIRE v1.15.0 added (v1.13.3 does not compare them).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use aws_lc_rs::digest::{self, SHA1_FOR_LEGACY_USE_ONLY, SHA256};
+use aws_lc_rs::signature::{self, UnparsedPublicKey};
+use base64::Engine;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Deserializer};
+use ward_core::TrustDomain;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use super::field_template::{FieldTemplate, agent_id};
+use super::x509pop::go_json_error;
+use super::{
+    AttestedAgent, NodeAttestError, NodeAttestor, Refusal, RefusalCode, ServerNodeAttestor,
+    Verification,
+};
+
+/// The attestation type name.
+pub const NAME: &str = "aws_iid";
+
+/// Where the agent reads instance metadata unless `ec2_metadata_endpoint` says otherwise (the
+/// AWS SDK's IPv4 endpoint).
+pub const DEFAULT_METADATA_ENDPOINT: &str = "http://169.254.169.254";
+
+/// The agent path template SPIRE uses by default.
+pub const DEFAULT_AGENT_PATH_TEMPLATE: &str =
+    "/{{ .PluginName}}/{{ .AccountID }}/{{ .Region }}/{{ .InstanceID }}";
+
+/// AWS's partitions, the values SPIRE's `partition` takes.
+pub const PARTITIONS: [&str; 3] = ["aws", "aws-cn", "aws-us-gov"];
+
+/// The IMDS paths the agent reads, below `/latest/dynamic/`.
+const DOCUMENT_PATH: &str = "instance-identity/document";
+const SIGNATURE_PATH: &str = "instance-identity/signature";
+const RSA2048_PATH: &str = "instance-identity/rsa2048";
+
+/// The session token's lifetime the AWS SDK asks for (5 minutes), and its headers.
+const TOKEN_TTL_SECONDS: &str = "300";
+const TOKEN_TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
+const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
+
+/// How long one IMDS operation may take (the AWS SDK's default).
+const IMDS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The attestation payload (SPIRE's `IIDAttestationData`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct AttestationData {
+    /// The instance identity document, JSON as IMDS serves it.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub document: String,
+    /// Base64 RSA-1024 PKCS#1 v1.5 (SHA-256) signature of the document.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub signature: String,
+    /// Base64 PKCS#7 SignedData holding the document, signed with RSA-2048, without PEM armour.
+    #[serde(default, rename = "rsa2048", deserialize_with = "null_as_empty")]
+    pub signature_rsa2048: String,
+}
+
+fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
+}
+
+impl AttestationData {
+    /// The payload of a document and its two signatures.
+    pub fn new(document: &str, signature: &str, signature_rsa2048: &str) -> Self {
+        Self {
+            document: document.to_owned(),
+            signature: signature.to_owned(),
+            signature_rsa2048: signature_rsa2048.to_owned(),
+        }
+    }
+
+    /// The payload as spire-agent sends it: Go's `json.Marshal` of the struct (members in
+    /// declaration order, `<`, `>`, `&`, U+2028 and U+2029 escaped).
+    pub fn to_go_json(&self) -> Vec<u8> {
+        let mut out = String::from("{\"document\":");
+        ward_core::go_json::write_string(&self.document, &mut out);
+        out.push_str(",\"signature\":");
+        ward_core::go_json::write_string(&self.signature, &mut out);
+        out.push_str(",\"rsa2048\":");
+        ward_core::go_json::write_string(&self.signature_rsa2048, &mut out);
+        out.push('}');
+        out.into_bytes()
+    }
+}
+
+/// The fields of the instance identity document ward reads (the AWS SDK's
+/// `InstanceIdentityDocument`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceIdentityDocument {
+    /// The AWS account.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub account_id: String,
+    /// The region.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub region: String,
+    /// The instance ID.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub instance_id: String,
+    /// The availability zone.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub availability_zone: String,
+    /// The AMI.
+    #[serde(default, rename = "imageId", deserialize_with = "null_as_empty")]
+    pub image_id: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Agent side
+
+/// The agent's `aws_iid` settings (SPIRE's agent `plugin_data`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AwsIidAgentConfig {
+    /// `ec2_metadata_endpoint`: the IMDS base URL; only its scheme, host and port count (the
+    /// AWS SDK replaces the path). `None`: [`DEFAULT_METADATA_ENDPOINT`].
+    pub ec2_metadata_endpoint: Option<String>,
+}
+
+/// Where IMDS is: an `http` host and port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Endpoint {
+    /// `host[:port]` as the `Host` header names it.
+    authority: String,
+    /// Where to connect.
+    host: String,
+    port: u16,
+}
+
+impl Endpoint {
+    fn parse(text: &str) -> Result<Self, String> {
+        let url = url::Url::parse(text)
+            .map_err(|e| format!("invalid ec2_metadata_endpoint {text:?}: {e}"))?;
+        if url.scheme() != "http" {
+            return Err(format!(
+                "invalid ec2_metadata_endpoint {text:?}: ward reads instance metadata over http \
+                 only"
+            ));
+        }
+        let host = url
+            .host_str()
+            .ok_or_else(|| format!("invalid ec2_metadata_endpoint {text:?}: no host"))?;
+        let port = url.port().unwrap_or(80);
+        let authority = match url.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_owned(),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        Ok(Self { authority, host, port })
+    }
+}
+
+/// The agent side: reads the document and its signatures from IMDS for each attestation.
+#[derive(Debug)]
+pub struct AwsIidAttestor {
+    endpoint: Endpoint,
+}
+
+fn config_error(reason: impl Into<String>) -> NodeAttestError {
+    NodeAttestError::Config { attestor: NAME, reason: reason.into() }
+}
+
+impl AwsIidAttestor {
+    /// An attestor reading from the configured endpoint.
+    ///
+    /// # Errors
+    /// [`NodeAttestError::Config`] for an endpoint that is not an `http` URL with a host.
+    pub fn new(config: AwsIidAgentConfig) -> Result<Self, NodeAttestError> {
+        let text = config.ec2_metadata_endpoint.as_deref().unwrap_or(DEFAULT_METADATA_ENDPOINT);
+        let endpoint = Endpoint::parse(text).map_err(config_error)?;
+        Ok(Self { endpoint })
+    }
+
+    /// The document and signatures IMDS serves now.
+    ///
+    /// # Errors
+    /// [`NodeAttestError::Evidence`] naming the URL that failed.
+    pub fn fetch(&self) -> Result<AttestationData, NodeAttestError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| config_error(format!("starting an I/O runtime: {e}")))?;
+        runtime.block_on(self.fetch_async())
+    }
+
+    async fn fetch_async(&self) -> Result<AttestationData, NodeAttestError> {
+        let token = self.session_token().await?;
+        let document = self.dynamic_data(DOCUMENT_PATH, token.as_deref()).await?;
+        let signature = self.dynamic_data(SIGNATURE_PATH, token.as_deref()).await?;
+        let signature_rsa2048 = self.dynamic_data(RSA2048_PATH, token.as_deref()).await?;
+        Ok(AttestationData { document, signature, signature_rsa2048 })
+    }
+
+    fn evidence_error(&self, path: &str, why: String) -> NodeAttestError {
+        NodeAttestError::Evidence {
+            attestor: NAME,
+            path: format!("http://{}{path}", self.endpoint.authority).into(),
+            source: std::io::Error::other(why),
+        }
+    }
+
+    /// An IMDSv2 session token, or `None` to read without one (IMDSv1), as the AWS SDK
+    /// decides: a 400 answer is an error, any other failure falls back to no token.
+    async fn session_token(&self) -> Result<Option<String>, NodeAttestError> {
+        let path = "/latest/api/token";
+        match self.request(http::Method::PUT, path, &[(TOKEN_TTL_HEADER, TOKEN_TTL_SECONDS)]).await
+        {
+            Ok((status, headers, body)) if status.is_success() => {
+                let ttl_ok = headers
+                    .get(TOKEN_TTL_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.parse::<i64>().is_ok());
+                Ok(ttl_ok.then(|| String::from_utf8_lossy(&body).into_owned()))
+            }
+            Ok((status, _, _)) if status == http::StatusCode::BAD_REQUEST => {
+                Err(self
+                    .evidence_error(path, "request to EC2 IMDS failed: 400 Bad Request".to_owned()))
+            }
+            Ok(_) | Err(_) => Ok(None),
+        }
+    }
+
+    async fn dynamic_data(
+        &self,
+        item: &str,
+        token: Option<&str>,
+    ) -> Result<String, NodeAttestError> {
+        let path = format!("/latest/dynamic/{item}");
+        let headers: Vec<(&str, &str)> = token.map(|t| (TOKEN_HEADER, t)).into_iter().collect();
+        let (status, _, body) = self
+            .request(http::Method::GET, &path, &headers)
+            .await
+            .map_err(|e| self.evidence_error(&path, e))?;
+        if !status.is_success() {
+            return Err(self.evidence_error(&path, format!("request to EC2 IMDS failed: {status}")));
+        }
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// One HTTP/1.1 request on a new connection, within [`IMDS_TIMEOUT`].
+    async fn request(
+        &self,
+        method: http::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<(http::StatusCode, http::HeaderMap, Bytes), String> {
+        let exchange = async {
+            let stream =
+                tokio::net::TcpStream::connect((self.endpoint.host.as_str(), self.endpoint.port))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            let driver = tokio::spawn(connection);
+            let mut request = http::Request::builder()
+                .method(method)
+                .uri(path)
+                .header(http::header::HOST, &self.endpoint.authority);
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            let request = request.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
+            let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+            driver.abort();
+            Ok((parts.status, parts.headers, body))
+        };
+        tokio::time::timeout(IMDS_TIMEOUT, exchange)
+            .await
+            .map_err(|_| format!("no answer within {IMDS_TIMEOUT:?}"))?
+    }
+}
+
+impl NodeAttestor for AwsIidAttestor {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn payload(&self) -> Result<Vec<u8>, NodeAttestError> {
+        Ok(self.fetch()?.to_go_json())
+    }
+
+    fn answer(&self, _challenge: &[u8]) -> Result<Vec<u8>, NodeAttestError> {
+        Err(NodeAttestError::UnexpectedChallenge)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server side
+
+/// Which of the document's signatures a certificate verifies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyType {
+    /// The RSA-1024 PKCS#1 v1.5 signature (`signature`).
+    Rsa1024,
+    /// The RSA-2048 PKCS#7 signature (`rsa2048`).
+    Rsa2048,
+}
+
+/// What the server needs of one AWS certificate: its issuer and serial (a PKCS#7 signer
+/// names its certificate by them) and its RSA public key.
+#[derive(Debug, Clone)]
+struct SigningCert {
+    raw_issuer: Vec<u8>,
+    serial: Vec<u8>,
+    public_key: Vec<u8>,
+}
+
+const OID_RSA: &str = "1.2.840.113549.1.1.1";
+
+/// Big-endian bytes without leading zeros (two serials are equal as numbers).
+fn unsigned(b: &[u8]) -> &[u8] {
+    let start = b.iter().position(|&x| x != 0).unwrap_or(b.len());
+    &b[start..]
+}
+
+impl SigningCert {
+    fn parse(der: &[u8]) -> Result<Self, String> {
+        let (_, cert) = X509Certificate::from_der(der)
+            .map_err(|e| format!("x509: malformed certificate: {e}"))?;
+        let spki = cert.public_key();
+        if spki.algorithm.algorithm.to_id_string() != OID_RSA {
+            return Err("the certificate's key is not RSA".into());
+        }
+        Ok(Self {
+            raw_issuer: cert.tbs_certificate.issuer.as_raw().to_vec(),
+            serial: unsigned(cert.raw_serial()).to_vec(),
+            public_key: spki.subject_public_key.data.to_vec(),
+        })
+    }
+}
+
+/// The certificates of a file laid out as `aws_iid/rsa2048.pem`: `region: <name>` lines, each
+/// followed by its PEM certificate (`*`: every region not listed).
+fn compiled_in(text: &str) -> Result<BTreeMap<String, Vec<u8>>, String> {
+    let mut out = BTreeMap::new();
+    let mut region: Option<&str> = None;
+    let mut block = String::new();
+    for line in text.lines() {
+        if let Some(r) = line.strip_prefix("region: ") {
+            region = Some(r.trim());
+            block.clear();
+            continue;
+        }
+        if region.is_some() {
+            block.push_str(line);
+            block.push('\n');
+        }
+        if line.starts_with("-----END CERTIFICATE-----")
+            && let Some(r) = region.take()
+        {
+            let pem = pem::parse(&block).map_err(|e| format!("region {r}: {e}"))?;
+            out.insert(r.to_owned(), pem.into_contents());
+        }
+    }
+    Ok(out)
+}
+
+/// The server's `aws_iid` settings, files already read.
+#[derive(Debug, Clone)]
+pub struct AwsIidServerConfig {
+    /// The server's trust domain.
+    pub trust_domain: TrustDomain,
+    /// `agent_path_template`; `None` is [`DEFAULT_AGENT_PATH_TEMPLATE`].
+    pub agent_path_template: Option<String>,
+    /// Certificates (DER) by region and key type that add to or replace AWS's.
+    pub certificates: Vec<(KeyType, String, Vec<u8>)>,
+}
+
+/// The server side: verifies documents against AWS's certificates and attests once per
+/// instance.
+#[derive(Debug)]
+pub struct AwsIidVerifier {
+    trust_domain: TrustDomain,
+    template: FieldTemplate,
+    rsa1024: BTreeMap<String, SigningCert>,
+    rsa2048: BTreeMap<String, SigningCert>,
+}
+
+/// The template actions ward renders for `aws_iid` (SPIRE's `agentPathTemplateData` less
+/// `.Tags`, which needs the EC2 API).
+const TEMPLATE_FIELDS: [&str; 5] =
+    ["PluginName", "AccountID", "Region", "InstanceID", "TrustDomain"];
+
+impl AwsIidVerifier {
+    /// A verifier for `config`.
+    ///
+    /// # Errors
+    /// [`NodeAttestError::Config`] when a certificate is not an RSA certificate or the
+    /// template is refused.
+    pub fn new(config: AwsIidServerConfig) -> Result<Self, NodeAttestError> {
+        let template = FieldTemplate::parse(
+            config.agent_path_template.as_deref().unwrap_or(DEFAULT_AGENT_PATH_TEMPLATE),
+            &TEMPLATE_FIELDS,
+        )
+        .map_err(config_error)?;
+        let mut maps = [
+            (KeyType::Rsa1024, include_str!("aws_iid/rsa1024.pem"), BTreeMap::new()),
+            (KeyType::Rsa2048, include_str!("aws_iid/rsa2048.pem"), BTreeMap::new()),
+        ];
+        for (kind, text, map) in &mut maps {
+            for (region, der) in compiled_in(text).map_err(config_error)? {
+                let cert = SigningCert::parse(&der)
+                    .map_err(|e| config_error(format!("AWS certificate of {region}: {e}")))?;
+                map.insert(region, cert);
+            }
+            for (k, region, der) in &config.certificates {
+                if k == kind {
+                    let cert = SigningCert::parse(der).map_err(|e| {
+                        config_error(format!("certificate for region {region}: {e}"))
+                    })?;
+                    map.insert(region.clone(), cert);
+                }
+            }
+        }
+        let [(_, _, rsa1024), (_, _, rsa2048)] = maps;
+        Ok(Self { trust_domain: config.trust_domain, template, rsa1024, rsa2048 })
+    }
+
+    /// SPIRE's `getAWSCACertificate`: the region's RSA-1024 certificate or the default one;
+    /// the region's RSA-2048 certificate or an error.
+    fn certificate(&self, region: &str, kind: KeyType) -> Result<&SigningCert, String> {
+        match kind {
+            KeyType::Rsa1024 => self
+                .rsa1024
+                .get(region)
+                .or_else(|| self.rsa1024.get("*"))
+                .ok_or_else(|| format!("unsupported region {region:?}")),
+            KeyType::Rsa2048 => {
+                self.rsa2048.get(region).ok_or_else(|| format!("unsupported region {region:?}"))
+            }
+        }
+    }
+
+    /// SPIRE's `unmarshalAndValidateIdentityDocument`, with v1.15.0's check that the PKCS#7
+    /// content is the document.
+    fn verified_document(&self, payload: &[u8]) -> Result<InstanceIdentityDocument, Refusal> {
+        use RefusalCode::{Internal, InvalidArgument};
+        let data: AttestationData = serde_json::from_slice(payload).map_err(|e| {
+            refuse(
+                InvalidArgument,
+                format!("failed to unmarshal the attestation data: {}", go_json_error(&e)),
+            )
+        })?;
+        let doc: InstanceIdentityDocument = serde_json::from_str(&data.document).map_err(|e| {
+            refuse(InvalidArgument, format!("failed to unmarshal the IID: {}", go_json_error(&e)))
+        })?;
+        let (signature, kind) = if data.signature_rsa2048.is_empty() {
+            (&data.signature, KeyType::Rsa1024)
+        } else {
+            (&data.signature_rsa2048, KeyType::Rsa2048)
+        };
+        if signature.is_empty() {
+            return Err(refuse(
+                InvalidArgument,
+                "instance identity cryptographic signature is required",
+            ));
+        }
+        let cert = self.certificate(&doc.region, kind).map_err(|e| {
+            refuse(
+                Internal,
+                format!("failed to load the AWS CA certificate for region {:?}: {e}", doc.region),
+            )
+        })?;
+        match kind {
+            KeyType::Rsa1024 => verify_rsa1024(cert, &data.document, signature)
+                .map_err(|e| refuse(InvalidArgument, e))?,
+            KeyType::Rsa2048 => {
+                let content = verify_pkcs7(cert, signature)?;
+                if content != data.document.as_bytes() {
+                    return Err(refuse(
+                        InvalidArgument,
+                        "instance identity document does not match the verified PKCS7 content",
+                    ));
+                }
+            }
+        }
+        Ok(doc)
+    }
+}
+
+fn refuse(code: RefusalCode, message: impl Into<String>) -> Refusal {
+    Refusal::new(code, message)
+}
+
+/// Go's `base64.StdEncoding` as SPIRE decodes with it: padding required, `\r` and `\n`
+/// skipped, trailing bits not checked. Errors in Go's words, at the offset in `text`.
+fn go_base64(text: &str) -> Result<Vec<u8>, String> {
+    const ENGINE: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new()
+            .with_decode_padding_mode(DecodePaddingMode::RequireCanonical)
+            .with_decode_allow_trailing_bits(true),
+    );
+    let kept: Vec<usize> = text
+        .bytes()
+        .enumerate()
+        .filter(|(_, b)| *b != b'\r' && *b != b'\n')
+        .map(|(i, _)| i)
+        .collect();
+    let stripped: Vec<u8> = kept.iter().filter_map(|&i| text.as_bytes().get(i).copied()).collect();
+    ENGINE.decode(&stripped).map_err(|e| {
+        let at = match e {
+            base64::DecodeError::InvalidByte(at, _)
+            | base64::DecodeError::InvalidLastSymbol(at, _) => at,
+            base64::DecodeError::InvalidLength(at) => at,
+            base64::DecodeError::InvalidPadding => stripped.len(),
+        };
+        let at = kept.get(at).copied().unwrap_or(text.len());
+        format!("illegal base64 data at input byte {at}")
+    })
+}
+
+/// RSA PKCS#1 v1.5 with SHA-256 of `message` by `cert`'s key; Go's text when it fails.
+fn check_rsa_sha256(cert: &SigningCert, message: &[u8], sig: &[u8]) -> Result<(), String> {
+    UnparsedPublicKey::new(
+        &signature::RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY,
+        &cert.public_key,
+    )
+    .verify(message, sig)
+    .map_err(|_| "crypto/rsa: verification error".to_owned())
+}
+
+/// SPIRE's `verifyRSASignature`.
+fn verify_rsa1024(cert: &SigningCert, document: &str, signature: &str) -> Result<(), String> {
+    let sig =
+        go_base64(signature).map_err(|e| format!("failed to decode the IID signature: {e}"))?;
+    check_rsa_sha256(cert, document.as_bytes(), &sig)
+        .map_err(|e| format!("failed to verify the cryptographic signature: {e}"))
+}
+
+const OID_SIGNED_DATA: &str = "1.2.840.113549.1.7.2";
+const OID_MESSAGE_DIGEST: &str = "1.2.840.113549.1.9.4";
+const OID_SHA1: &str = "1.3.14.3.2.26";
+const OID_SHA256: &str = "2.16.840.1.101.3.4.2.1";
+const OID_SHA1_RSA: &str = "1.2.840.113549.1.1.5";
+const OID_SHA256_RSA: &str = "1.2.840.113549.1.1.11";
+
+/// SPIRE's `decodeAndParsePKCS7Signature` and `pkcs7.Verify` with `cert` as the only
+/// certificate: the SignedData's content, once every signer's signature holds.
+fn verify_pkcs7(cert: &SigningCert, signature: &str) -> Result<Vec<u8>, Refusal> {
+    use cms::content_info::ContentInfo;
+    use cms::signed_data::{SignedData, SignerIdentifier};
+    use der::{Decode, Encode};
+    let invalid = |m: String| refuse(RefusalCode::InvalidArgument, m);
+    // pem.Decode of the armoured text: spaces, tabs and line breaks are not base64.
+    let body: String =
+        signature.chars().filter(|c| !matches!(c, ' ' | '\t' | '\r' | '\n')).collect();
+    let der_bytes = go_base64(&body).map_err(|_| {
+        invalid("failed to decode the instance identity cryptographic signature".to_owned())
+    })?;
+    let parse_error = |e: String| {
+        invalid(format!("failed to parse the instance identity cryptographic signature: {e}"))
+    };
+    if der_bytes.is_empty() {
+        return Err(parse_error("pkcs7: input data is empty".to_owned()));
+    }
+    let der_bytes = ber_to_der(&der_bytes).map_err(parse_error)?;
+    let info = ContentInfo::from_der(&der_bytes).map_err(|e| parse_error(format!("asn1: {e}")))?;
+    if info.content_type.to_string() != OID_SIGNED_DATA {
+        return Err(parse_error("pkcs7: cannot parse data: unimplemented content type".to_owned()));
+    }
+    let signed: SignedData =
+        info.content.decode_as().map_err(|e| parse_error(format!("asn1: {e}")))?;
+    let content = match &signed.encap_content_info.econtent {
+        Some(any) => any.value().to_vec(),
+        None => Vec::new(),
+    };
+
+    let failed = |m: String| {
+        invalid(format!("failed verification of instance identity cryptographic signature: {m}"))
+    };
+    if signed.signer_infos.0.is_empty() {
+        return Err(failed("pkcs7: Message has no signers".to_owned()));
+    }
+    for signer in signed.signer_infos.0.iter() {
+        let digest_alg = match signer.digest_alg.oid.to_string().as_str() {
+            OID_SHA1 => &SHA1_FOR_LEGACY_USE_ONLY,
+            OID_SHA256 => &SHA256,
+            _ => {
+                return Err(failed(
+                    "pkcs7: cannot decrypt data: only RSA, DES, DES-EDE3, AES-256-CBC and \
+                     AES-128-GCM supported"
+                        .to_owned(),
+                ));
+            }
+        };
+        let signed_bytes = match &signer.signed_attrs {
+            Some(attrs) if !attrs.is_empty() => {
+                let wanted = attrs
+                    .iter()
+                    .find(|a| a.oid.to_string() == OID_MESSAGE_DIGEST)
+                    .and_then(|a| a.values.iter().next())
+                    .ok_or_else(|| failed("pkcs7: attribute type not in attributes".to_owned()))?;
+                let wanted = wanted
+                    .decode_as::<der::asn1::OctetString>()
+                    .map_err(|e| failed(format!("asn1: {e}")))?;
+                let computed = digest::digest(digest_alg, &content);
+                if wanted.as_bytes() != computed.as_ref() {
+                    return Err(failed(format!(
+                        "pkcs7: Message digest mismatch\n\tExpected: {}\n\tActual  : {}",
+                        hex::encode_upper(wanted.as_bytes()),
+                        hex::encode_upper(computed.as_ref())
+                    )));
+                }
+                attrs.to_der().map_err(|e| failed(format!("asn1: {e}")))?
+            }
+            _ => content.clone(),
+        };
+        let names_cert = match &signer.sid {
+            SignerIdentifier::IssuerAndSerialNumber(ias) => {
+                ias.issuer.to_der().is_ok_and(|issuer| issuer == cert.raw_issuer)
+                    && unsigned(ias.serial_number.as_bytes()) == cert.serial.as_slice()
+            }
+            SignerIdentifier::SubjectKeyIdentifier(_) => false,
+        };
+        if !names_cert {
+            return Err(failed("pkcs7: No certificate for signer".to_owned()));
+        }
+        let sha1 = std::ptr::eq(digest_alg, &SHA1_FOR_LEGACY_USE_ONLY);
+        match signer.signature_algorithm.oid.to_string().as_str() {
+            OID_SHA1_RSA => return Err(failed(insecure_sha1())),
+            OID_RSA if sha1 => return Err(failed(insecure_sha1())),
+            OID_RSA | OID_SHA256_RSA => {}
+            _ => {
+                return Err(failed(
+                    "x509: cannot verify signature: algorithm unimplemented".to_owned(),
+                ));
+            }
+        }
+        check_rsa_sha256(cert, &signed_bytes, signer.signature.as_bytes()).map_err(failed)?;
+    }
+    Ok(content)
+}
+
+fn insecure_sha1() -> String {
+    "x509: cannot verify signature: insecure algorithm SHA1-RSA".to_owned()
+}
+
+/// How deep BER may nest before [`ber_to_der`] gives up (AWS's signatures nest about 8 deep).
+const MAX_BER_DEPTH: usize = 32;
+
+/// BER to DER as the PKCS#7 parser SPIRE uses converts it first (`ber2der`): indefinite
+/// lengths become definite, and a constructed OCTET STRING becomes one primitive OCTET STRING
+/// holding its pieces. AWS's `rsa2048` signatures use indefinite lengths.
+///
+/// # Errors
+/// A sentence when the input is not one whole BER value.
+pub fn ber_to_der(input: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    let used = ber_value(input, 0, &mut out)?;
+    if used != input.len() {
+        return Err("asn1: syntax error: trailing data".into());
+    }
+    Ok(out)
+}
+
+const TRUNCATED: &str = "ber2der: BER tag length is more than available data";
+
+/// Converts the value at the start of `input` into `out`; the number of bytes it took.
+fn ber_value(input: &[u8], depth: usize, out: &mut Vec<u8>) -> Result<usize, String> {
+    if depth > MAX_BER_DEPTH {
+        return Err("ber2der: BER nests too deeply".into());
+    }
+    let first = *input.first().ok_or(TRUNCATED)?;
+    let mut at = 1;
+    if first & 0x1f == 0x1f {
+        loop {
+            let b = *input.get(at).ok_or(TRUNCATED)?;
+            at += 1;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+    }
+    let tag = input.get(..at).ok_or(TRUNCATED)?;
+    let constructed = first & 0x20 != 0;
+    let len_byte = *input.get(at).ok_or(TRUNCATED)?;
+    at += 1;
+    let length = match len_byte {
+        0x80 => None,
+        b if b < 0x80 => Some(usize::from(b)),
+        b => {
+            let n = usize::from(b & 0x7f);
+            if n > 4 {
+                return Err("ber2der: BER tag length too long".into());
+            }
+            let bytes = input.get(at..at + n).ok_or(TRUNCATED)?;
+            at += n;
+            Some(bytes.iter().fold(0usize, |acc, &b| (acc << 8) | usize::from(b)))
+        }
+    };
+    if !constructed {
+        let n = length.ok_or("ber2der: indefinite length on a primitive value")?;
+        let content = input.get(at..at.checked_add(n).ok_or(TRUNCATED)?).ok_or(TRUNCATED)?;
+        out.extend_from_slice(tag);
+        der_length(content.len(), out);
+        out.extend_from_slice(content);
+        return Ok(at + n);
+    }
+    // The children, converted, until the length is used or the end-of-contents octets.
+    let mut children = Vec::new();
+    let mut pieces: Vec<(usize, usize)> = Vec::new();
+    let end = match length {
+        Some(n) => Some(at.checked_add(n).ok_or(TRUNCATED)?),
+        None => None,
+    };
+    if end.is_some_and(|e| e > input.len()) {
+        return Err(TRUNCATED.into());
+    }
+    loop {
+        match end {
+            Some(e) if at >= e => break,
+            None if input.get(at..at + 2) == Some(&[0, 0]) => {
+                at += 2;
+                break;
+            }
+            _ => {}
+        }
+        let rest = match end {
+            Some(e) => input.get(at..e).ok_or(TRUNCATED)?,
+            None => input.get(at..).ok_or(TRUNCATED)?,
+        };
+        if rest.is_empty() {
+            return Err(TRUNCATED.into());
+        }
+        let start = children.len();
+        at += ber_value(rest, depth + 1, &mut children)?;
+        pieces.push((start, children.len()));
+    }
+    if first == 0x24 {
+        // A constructed OCTET STRING: its pieces' contents, in one primitive OCTET STRING.
+        let mut joined = Vec::new();
+        for (s, e) in pieces {
+            let piece = children.get(s..e).ok_or(TRUNCATED)?;
+            if piece.first() != Some(&0x04) {
+                return Err("ber2der: constructed OCTET STRING holds another type".into());
+            }
+            joined.extend_from_slice(der_content(piece).ok_or(TRUNCATED)?);
+        }
+        out.push(0x04);
+        der_length(joined.len(), out);
+        out.extend_from_slice(&joined);
+    } else {
+        out.extend_from_slice(tag);
+        der_length(children.len(), out);
+        out.extend_from_slice(&children);
+    }
+    Ok(at)
+}
+
+/// Appends a DER length.
+fn der_length(n: usize, out: &mut Vec<u8>) {
+    if n < 0x80 {
+        out.push(n as u8);
+        return;
+    }
+    let bytes = n.to_be_bytes();
+    let skip = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
+    out.push(0x80 | (bytes.len() - skip) as u8);
+    out.extend_from_slice(&bytes[skip..]);
+}
+
+/// The content of one DER value with a one-byte tag (as [`ber_value`] wrote it).
+fn der_content(value: &[u8]) -> Option<&[u8]> {
+    let len_byte = *value.get(1)?;
+    if len_byte < 0x80 {
+        return value.get(2..2 + usize::from(len_byte));
+    }
+    let n = usize::from(len_byte & 0x7f);
+    let len = value.get(2..2 + n)?.iter().fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
+    value.get(2 + n..2 + n + len)
+}
+
+impl ServerNodeAttestor for AwsIidVerifier {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn begin(&self, payload: &[u8], _now: i64) -> Result<Verification, Refusal> {
+        let doc = self.verified_document(payload)?;
+        // SPIRE leaves the template's TrustDomain unset: it renders empty.
+        let values = BTreeMap::from([
+            ("PluginName", NAME.to_owned()),
+            ("AccountID", doc.account_id.clone()),
+            ("Region", doc.region.clone()),
+            ("InstanceID", doc.instance_id.clone()),
+        ]);
+        let path = self.template.render(&values);
+        let agent_id = agent_id(&self.trust_domain, &path).map_err(|e| {
+            refuse(RefusalCode::Internal, format!("failed to create spiffe ID: {e}"))
+        })?;
+        let selector_values: BTreeSet<String> = [
+            format!("image:id:{}", doc.image_id),
+            format!("instance:id:{}", doc.instance_id),
+            format!("region:{}", doc.region),
+            format!("az:{}", doc.availability_zone),
+        ]
+        .into_iter()
+        .collect();
+        Ok(Verification::Attested(AttestedAgent {
+            agent_id,
+            selector_values: selector_values.into_iter().collect(),
+            can_reattest: false,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests;
