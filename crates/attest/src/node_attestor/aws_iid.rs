@@ -497,8 +497,11 @@ impl AwsIidVerifier {
             )
         })?;
         match kind {
-            KeyType::Rsa1024 => verify_rsa1024(cert, &data.document, signature)
-                .map_err(|e| refuse(InvalidArgument, e))?,
+            // SPIRE wraps verifyRSASignature's status error in another status, so its text
+            // reads as the inner status's string.
+            KeyType::Rsa1024 => verify_rsa1024(cert, &data.document, signature).map_err(|e| {
+                refuse(InvalidArgument, format!("rpc error: code = InvalidArgument desc = {e}"))
+            })?,
             KeyType::Rsa2048 => {
                 let content = verify_pkcs7(cert, signature)?;
                 if content != data.document.as_bytes() {

@@ -184,14 +184,18 @@ fn rsa1024_signature_is_used_without_pkcs7() {
         refusal(&v, &payload(DOCUMENT, &other.rsa1024(DOCUMENT), "")),
         (
             RefusalCode::InvalidArgument,
-            "failed to verify the cryptographic signature: crypto/rsa: verification error".into()
+            "rpc error: code = InvalidArgument desc = failed to verify the cryptographic signature: \
+             crypto/rsa: verification error"
+                .into()
         )
     );
     assert_eq!(
         refusal(&v, &payload(DOCUMENT, "c2ln!", "")),
         (
             RefusalCode::InvalidArgument,
-            "failed to decode the IID signature: illegal base64 data at input byte 4".into()
+            "rpc error: code = InvalidArgument desc = failed to decode the IID signature: illegal \
+             base64 data at input byte 4"
+                .into()
         )
     );
 }
