@@ -11,10 +11,11 @@
 //!
 //! One module per attestor holds its payload type, its agent side and its server side:
 //! [`join_token`] (agent side only: the server checks tokens against its store) and
-//! [`x509pop`], [`gcp_iit`], [`tpm_devid`] and [`aws_iid`]; `sshpop`, `k8s_psat` and the other
-//! cloud attestors follow the same shape.
+//! [`x509pop`], [`gcp_iit`], [`tpm_devid`], [`aws_iid`] and [`azure_msi`]; `sshpop`, `k8s_psat`
+//! and the other attestors follow the same shape.
 
 pub mod aws_iid;
+pub mod azure_msi;
 pub mod field_template;
 pub mod gcp_iit;
 pub mod http_get;

@@ -1,0 +1,386 @@
+//! `azure_msi`: Azure managed service identity tokens (SPIRE v1.13.3
+//! `pkg/common/plugin/azure`, `pkg/agent/plugin/nodeattestor/azuremsi`,
+//! `pkg/server/plugin/nodeattestor/azuremsi`).
+//!
+//! 1. The agent ([`AzureMsiAttestor`]) asks the instance metadata service for an access token
+//!    (`GET http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01&resource=<resource_id>`,
+//!    header `Metadata: true`) and sends `{"token": "<access token>"}`.
+//! 2. The server ([`AzureMsiVerifier`]) checks the token against the key set its OpenID
+//!    configuration names (issuer `https://login.microsoftonline.com/common/`, fetched again
+//!    every hour): a JWS with a `kid` of that set, RS/PS 256–512 or ES 256/384, claims `tid`
+//!    and `sub`, the tenant configured, and the audience the tenant's `resource_id` with five
+//!    minutes of leeway for `nbf`, `exp` and `iat`.
+//! 3. The agent is attested at once as `spiffe://<td>/spire/agent` + the agent path template
+//!    (default `/{{ .PluginName }}/{{ .TenantID }}/{{ .PrincipalID }}`); it may not attest
+//!    again until evicted (trust on first use, checked where the attestation is stored).
+//!
+//! What ward does not do: SPIRE's selectors (`subscription-id`, `vm-name`,
+//! `network-security-group`, `virtual-network`, `virtual-network-subnet`) come from the Azure
+//! Resource Manager API, which ward does not call, so ward's `azure_msi` agents carry no
+//! selectors, and a tenant's API credentials (`subscription_id`, `app_id`, `app_secret`) are
+//! refused with the configuration; the agent path template takes field actions only.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use ward_core::TrustDomain;
+
+use super::field_template::{FieldTemplate, agent_id};
+use super::http_get::HttpGetter;
+use super::jws::{CRYPTO_FAILURE, CompactJws, RegisteredClaims};
+use super::x509pop::go_json_error;
+use super::{
+    AttestedAgent, NodeAttestError, NodeAttestor, Refusal, RefusalCode, ServerNodeAttestor,
+    Verification,
+};
+
+/// The attestation type name.
+pub const NAME: &str = "azure_msi";
+/// The resource tokens are asked for by default (and the audience a tenant expects).
+pub const DEFAULT_RESOURCE_ID: &str = "https://management.azure.com/";
+/// The instance metadata service.
+pub const DEFAULT_METADATA_HOST: &str = "169.254.169.254";
+/// The OpenID issuer whose key set signs tokens.
+pub const AZURE_OIDC_ISSUER: &str = "https://login.microsoftonline.com/common/";
+/// SPIRE's default agent path template.
+pub const DEFAULT_AGENT_PATH_TEMPLATE: &str =
+    "/{{ .PluginName }}/{{ .TenantID }}/{{ .PrincipalID }}";
+
+/// The fields an agent path template may name.
+const TEMPLATE_FIELDS: &[&str] =
+    &["PluginName", "TenantID", "PrincipalID", "Issuer", "Subject", "ID"];
+/// The signature algorithms SPIRE accepts, in its order.
+const ALGORITHMS: &[&str] =
+    &["RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512"];
+/// SPIRE's leeway for the token's times, seconds.
+const LEEWAY: i64 = 300;
+/// How long a fetched key set is used.
+const KEY_SET_REFRESH: Duration = Duration::from_secs(3600);
+
+fn config_error(reason: impl Into<String>) -> NodeAttestError {
+    NodeAttestError::Config { attestor: NAME, reason: reason.into() }
+}
+
+/// The first KiB of a body, as SPIRE quotes it.
+fn start_of(body: &[u8]) -> String {
+    String::from_utf8_lossy(&body[..body.len().min(1024)]).into_owned()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Agent side
+
+/// What the agent asks for (SPIRE's agent `plugin_data`, and where the metadata service is).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AzureMsiAgentConfig {
+    /// `resource_id`: the resource the token is for.
+    pub resource_id: String,
+    /// The instance metadata service's host (ward's; SPIRE's is fixed).
+    pub metadata_host: String,
+}
+
+impl Default for AzureMsiAgentConfig {
+    fn default() -> Self {
+        Self {
+            resource_id: DEFAULT_RESOURCE_ID.to_owned(),
+            metadata_host: DEFAULT_METADATA_HOST.to_owned(),
+        }
+    }
+}
+
+impl AzureMsiAgentConfig {
+    /// The URL the token is asked for at.
+    pub fn token_url(&self) -> String {
+        let resource: String =
+            url::form_urlencoded::byte_serialize(self.resource_id.as_bytes()).collect();
+        format!(
+            "http://{}/metadata/identity/oauth2/token?api-version=2018-02-01&resource={resource}",
+            self.metadata_host
+        )
+    }
+}
+
+/// The payload: the access token.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct AttestationData {
+    /// The access token.
+    #[serde(default)]
+    pub token: String,
+}
+
+/// The agent side: asks the metadata service for a fresh token at each attestation.
+#[derive(Debug)]
+pub struct AzureMsiAttestor {
+    config: AzureMsiAgentConfig,
+    client: HttpGetter,
+}
+
+impl AzureMsiAttestor {
+    /// An attestor for `config` (empty values take the defaults).
+    ///
+    /// # Errors
+    /// [`NodeAttestError::Config`] when the HTTP client cannot start.
+    pub fn new(mut config: AzureMsiAgentConfig) -> Result<Self, NodeAttestError> {
+        if config.resource_id.is_empty() {
+            config.resource_id = DEFAULT_RESOURCE_ID.to_owned();
+        }
+        if config.metadata_host.is_empty() {
+            config.metadata_host = DEFAULT_METADATA_HOST.to_owned();
+        }
+        let client = HttpGetter::new("ward-azure-msi")
+            .map_err(|e| config_error(format!("unable to start the HTTP client: {e}")))?;
+        Ok(Self { config, client })
+    }
+
+    fn token(&self) -> Result<String, String> {
+        let response = self.client.get(&self.config.token_url(), &[("Metadata", "true")])?;
+        if response.status != 200 {
+            return Err(format!(
+                "unexpected status code {}: {}",
+                response.status,
+                start_of(&response.body)
+            ));
+        }
+        #[derive(Deserialize)]
+        struct TokenResponse {
+            #[serde(default)]
+            access_token: String,
+        }
+        let r: TokenResponse = serde_json::from_slice(&response.body)
+            .map_err(|e| format!("unable to decode response: {}", go_json_error(&e)))?;
+        if r.access_token.is_empty() {
+            return Err("response missing access token".into());
+        }
+        Ok(r.access_token)
+    }
+}
+
+impl NodeAttestor for AzureMsiAttestor {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn payload(&self) -> Result<Vec<u8>, NodeAttestError> {
+        let token =
+            self.token().map_err(|e| config_error(format!("unable to fetch token: {e}")))?;
+        serde_json::to_vec(&AttestationData { token })
+            .map_err(|e| config_error(format!("failed to marshal payload: {e}")))
+    }
+
+    fn answer(&self, _challenge: &[u8]) -> Result<Vec<u8>, NodeAttestError> {
+        Err(NodeAttestError::UnexpectedChallenge)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server side
+
+/// The server's `azure_msi` settings.
+#[derive(Debug, Clone)]
+pub struct AzureMsiServerConfig {
+    /// The server's trust domain.
+    pub trust_domain: TrustDomain,
+    /// `tenants`: the tenant IDs that may attest, each with the resource its tokens are for
+    /// (the audience).
+    pub tenants: BTreeMap<String, String>,
+    /// `agent_path_template`; `None` is [`DEFAULT_AGENT_PATH_TEMPLATE`].
+    pub agent_path_template: Option<String>,
+    /// The OpenID issuer whose configuration names the key set; `None`: only `extra_keys`.
+    pub oidc_issuer: Option<String>,
+    /// A JSON Web Key Set trusted besides the fetched one.
+    pub extra_keys: Option<jsonwebtoken::jwk::JwkSet>,
+}
+
+/// The fetched key set and when it was fetched.
+#[derive(Debug, Default)]
+struct Cache {
+    keys: Option<jsonwebtoken::jwk::JwkSet>,
+    fetched: Option<Instant>,
+}
+
+/// The server side.
+#[derive(Debug)]
+pub struct AzureMsiVerifier {
+    trust_domain: TrustDomain,
+    tenants: BTreeMap<String, String>,
+    template: FieldTemplate,
+    oidc_issuer: Option<String>,
+    extra: Vec<jsonwebtoken::jwk::Jwk>,
+    client: HttpGetter,
+    cache: Mutex<Cache>,
+}
+
+/// The claims ward reads.
+#[derive(Debug, Clone, Default, Deserialize)]
+struct MsiClaims {
+    #[serde(flatten)]
+    registered: RegisteredClaims,
+    #[serde(default)]
+    iss: String,
+    #[serde(default)]
+    sub: String,
+    #[serde(default)]
+    jti: String,
+    #[serde(default)]
+    tid: String,
+}
+
+impl AzureMsiVerifier {
+    /// A verifier for `config`.
+    ///
+    /// # Errors
+    /// [`NodeAttestError::Config`] with SPIRE's sentence when there is no tenant, or when the
+    /// template is refused.
+    pub fn new(config: AzureMsiServerConfig) -> Result<Self, NodeAttestError> {
+        if config.tenants.is_empty() {
+            return Err(config_error("configuration must have at least one tenant"));
+        }
+        let template = FieldTemplate::parse(
+            config.agent_path_template.as_deref().unwrap_or(DEFAULT_AGENT_PATH_TEMPLATE),
+            TEMPLATE_FIELDS,
+        )
+        .map_err(config_error)?;
+        let tenants = config
+            .tenants
+            .into_iter()
+            .map(|(t, r)| (t, if r.is_empty() { DEFAULT_RESOURCE_ID.to_owned() } else { r }))
+            .collect();
+        let client = HttpGetter::new("ward-azure-msi")
+            .map_err(|e| config_error(format!("unable to start the HTTP client: {e}")))?;
+        Ok(Self {
+            trust_domain: config.trust_domain,
+            tenants,
+            template,
+            oidc_issuer: config.oidc_issuer,
+            extra: config.extra_keys.map(|s| s.keys).unwrap_or_default(),
+            client,
+            cache: Mutex::new(Cache::default()),
+        })
+    }
+
+    /// `GET url`: the body of a 200 answer, else SPIRE's text.
+    fn fetch(&self, url: &str) -> Result<bytes::Bytes, String> {
+        let response = self.client.get(url, &[])?;
+        if response.status != 200 {
+            return Err(format!(
+                "unexpected status code {}: {}",
+                response.status,
+                start_of(&response.body)
+            ));
+        }
+        Ok(response.body)
+    }
+
+    /// Discovers and fetches the issuer's key set (SPIRE's `jwtutil.OIDCIssuer`).
+    fn download(&self, issuer: &str) -> Result<jsonwebtoken::jwk::JwkSet, String> {
+        let mut url = url::Url::parse(issuer).map_err(|e| e.to_string())?;
+        let path = format!("{}/.well-known/openid-configuration", url.path().trim_end_matches('/'));
+        url.set_path(&path);
+        #[derive(Deserialize)]
+        struct OpenIdConfiguration {
+            #[serde(default)]
+            jwks_uri: String,
+        }
+        let config: OpenIdConfiguration = serde_json::from_slice(&self.fetch(url.as_str())?)
+            .map_err(|e| format!("failed to decode configuration: {}", go_json_error(&e)))?;
+        if config.jwks_uri.is_empty() {
+            return Err("configuration missing JWKS URI".into());
+        }
+        serde_json::from_slice(&self.fetch(&config.jwks_uri)?)
+            .map_err(|e| format!("failed to decode key set: {}", go_json_error(&e)))
+    }
+
+    /// The keys named `kid`: the issuer's (fetched again after an hour; the old set is kept
+    /// when that fails, as SPIRE keeps it), then the extra ones.
+    fn keys(&self) -> Result<Vec<jsonwebtoken::jwk::Jwk>, String> {
+        let mut all = Vec::new();
+        if let Some(issuer) = &self.oidc_issuer {
+            let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if cache.fetched.is_none_or(|at| at.elapsed() >= KEY_SET_REFRESH) {
+                match self.download(issuer) {
+                    Ok(set) => *cache = Cache { keys: Some(set), fetched: Some(Instant::now()) },
+                    Err(e) if cache.keys.is_none() => return Err(e),
+                    Err(e) => tracing::warn!(error = %e, "unable to refresh key set"),
+                }
+            }
+            all.extend(cache.keys.iter().flat_map(|s| s.keys.iter().cloned()));
+        }
+        all.extend(self.extra.iter().cloned());
+        Ok(all)
+    }
+}
+
+impl ServerNodeAttestor for AzureMsiVerifier {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn begin(&self, payload: &[u8], now: i64) -> Result<Verification, Refusal> {
+        use RefusalCode::{Internal, InvalidArgument, PermissionDenied};
+        let data: AttestationData = serde_json::from_slice(payload).map_err(|e| {
+            Refusal::new(
+                InvalidArgument,
+                format!("failed to unmarshal data payload: {}", go_json_error(&e)),
+            )
+        })?;
+        if data.token.is_empty() {
+            return Err(Refusal::new(InvalidArgument, "missing token from attestation data"));
+        }
+        let keys = self
+            .keys()
+            .map_err(|e| Refusal::new(Internal, format!("unable to obtain JWKS: {e}")))?;
+        let jws = CompactJws::parse(data.token.as_bytes(), ALGORITHMS)
+            .map_err(|e| Refusal::new(InvalidArgument, format!("unable to parse token: {e}")))?;
+        if jws.kid.is_empty() {
+            return Err(Refusal::new(InvalidArgument, "token missing key id"));
+        }
+        let Some(key) = keys.iter().find(|k| k.common.key_id.as_deref() == Some(jws.kid.as_str()))
+        else {
+            return Err(Refusal::new(InvalidArgument, format!("key id {:?} not found", jws.kid)));
+        };
+        let unverified =
+            |why: &str| Refusal::new(InvalidArgument, format!("unable to verify token: {why}"));
+        let verified = jsonwebtoken::DecodingKey::from_jwk(key)
+            .is_ok_and(|decoding| jws.verifies_with(&decoding));
+        if !verified {
+            return Err(unverified(CRYPTO_FAILURE));
+        }
+        let claims: MsiClaims =
+            serde_json::from_slice(&jws.claims).map_err(|e| unverified(&go_json_error(&e)))?;
+        if claims.tid.is_empty() {
+            return Err(Refusal::new(Internal, "token missing tenant ID claim"));
+        }
+        if claims.sub.is_empty() {
+            return Err(Refusal::new(Internal, "token missing subject claim"));
+        }
+        let values = BTreeMap::from([
+            ("PluginName", NAME.to_owned()),
+            ("TenantID", claims.tid.clone()),
+            ("PrincipalID", claims.sub.clone()),
+            ("Issuer", claims.iss.clone()),
+            ("Subject", claims.sub.clone()),
+            ("ID", claims.jti.clone()),
+        ]);
+        let agent_id = agent_id(&self.trust_domain, &self.template.render(&values))
+            .map_err(|e| Refusal::new(Internal, format!("unable to make agent ID: {e}")))?;
+        let Some(resource) = self.tenants.get(&claims.tid) else {
+            return Err(Refusal::new(
+                PermissionDenied,
+                format!("tenant {:?} is not authorized", claims.tid),
+            ));
+        };
+        claims
+            .registered
+            .validate(resource, now, LEEWAY)
+            .map_err(|e| Refusal::new(Internal, format!("unable to validate token claims: {e}")))?;
+        Ok(Verification::Attested(AttestedAgent {
+            agent_id,
+            selector_values: Vec::new(),
+            can_reattest: false,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests;
