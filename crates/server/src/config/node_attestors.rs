@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::Deserialize;
+use ward_attest::node_attestor::azure_msi::{
+    AZURE_OIDC_ISSUER, AzureMsiServerConfig, AzureMsiVerifier,
+};
 use ward_attest::node_attestor::gcp_iit::{GOOGLE_CERTS_URL, GcpIitServerConfig, GcpIitVerifier};
 use ward_attest::node_attestor::tpm_devid::{TpmDevidServerConfig, TpmDevidVerifier};
 use ward_attest::node_attestor::x509pop::{
@@ -25,6 +28,38 @@ pub struct NodeAttestorsFile {
     pub gcp_iit: Option<GcpIitFile>,
     /// `[node_attestors.tpm_devid]`.
     pub tpm_devid: Option<TpmDevidFile>,
+    /// `[node_attestors.azure_msi]`.
+    pub azure_msi: Option<AzureMsiFile>,
+}
+
+/// `[node_attestors.azure_msi]`: SPIRE's server `azure_msi` plugin data, and where ward
+/// fetches the key set from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AzureMsiFile {
+    /// The tenants whose tokens may attest, by tenant ID (at least one).
+    pub tenants: Option<BTreeMap<String, AzureTenantFile>>,
+    /// The agent path template (default `/{{ .PluginName }}/{{ .TenantID }}/{{ .PrincipalID }}`).
+    pub agent_path_template: Option<String>,
+    /// The OpenID issuer whose configuration names the key set (default
+    /// `https://login.microsoftonline.com/common/`; empty: none, only `extra_jwks_path`).
+    pub oidc_issuer_url: Option<String>,
+    /// A JSON Web Key Set file trusted beside the fetched one.
+    pub extra_jwks_path: Option<PathBuf>,
+}
+
+/// `[node_attestors.azure_msi.tenants."<tenant ID>"]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AzureTenantFile {
+    /// The resource tokens are for: their audience (default `https://management.azure.com/`).
+    pub resource_id: Option<String>,
+    /// Azure Resource Manager credentials: refused (ward does not call that API).
+    pub subscription_id: Option<String>,
+    /// As `subscription_id`.
+    pub app_id: Option<String>,
+    /// As `subscription_id`.
+    pub app_secret: Option<String>,
 }
 
 /// `[node_attestors.gcp_iit]`: SPIRE's server `gcp_iit` plugin data, and where ward fetches
@@ -88,6 +123,8 @@ pub struct NodeAttestorsConfig {
     pub gcp_iit: Option<Arc<GcpIitVerifier>>,
     /// `tpm_devid`, when configured.
     pub tpm_devid: Option<Arc<TpmDevidVerifier>>,
+    /// `azure_msi`, when configured.
+    pub azure_msi: Option<Arc<AzureMsiVerifier>>,
 }
 
 impl NodeAttestorsConfig {
@@ -103,6 +140,9 @@ impl NodeAttestorsConfig {
         if let Some(t) = &self.tpm_devid {
             all.push(t.clone());
         }
+        if let Some(a) = &self.azure_msi {
+            all.push(a.clone());
+        }
         all
     }
 }
@@ -110,6 +150,7 @@ impl NodeAttestorsConfig {
 const X509POP: &str = "node_attestors.x509pop";
 const GCP_IIT: &str = "node_attestors.gcp_iit";
 const TPM_DEVID: &str = "node_attestors.tpm_devid";
+const AZURE_MSI: &str = "node_attestors.azure_msi";
 
 fn attestor_error(key: &'static str, e: ward_attest::NodeAttestError) -> ConfigError {
     match e {
@@ -168,7 +209,55 @@ impl NodeAttestorsFile {
             Some(t) => Some(t.resolve(td)?),
             None => None,
         };
-        Ok(NodeAttestorsConfig { x509pop, gcp_iit, tpm_devid })
+        let azure_msi = match self.azure_msi {
+            Some(a) => Some(a.resolve(td)?),
+            None => None,
+        };
+        Ok(NodeAttestorsConfig { x509pop, gcp_iit, tpm_devid, azure_msi })
+    }
+}
+
+impl AzureMsiFile {
+    fn resolve(self, td: &TrustDomain) -> Result<Arc<AzureMsiVerifier>, ConfigError> {
+        let invalid = |reason: String| ConfigError::Invalid { key: AZURE_MSI, reason };
+        let mut tenants = BTreeMap::new();
+        for (id, t) in self.tenants.unwrap_or_default() {
+            let set = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.is_empty());
+            if set(&t.subscription_id) || set(&t.app_id) || set(&t.app_secret) {
+                return Err(invalid(format!(
+                    "tenant {id:?}: subscription_id, app_id and app_secret are not supported: \
+                     ward does not call the Azure Resource Manager API, so azure_msi agents get \
+                     no selectors"
+                )));
+            }
+            tenants.insert(id, t.resource_id.unwrap_or_default());
+        }
+        let extra_keys = match self.extra_jwks_path.filter(|p| !p.as_os_str().is_empty()) {
+            None => None,
+            Some(path) => {
+                let shown = path.display().to_string();
+                let text = std::fs::read(&path)
+                    .map_err(|e| invalid(format!("unable to read {shown:?}: {e}")))?;
+                Some(
+                    serde_json::from_slice(&text)
+                        .map_err(|e| invalid(format!("unable to parse {shown:?}: {e}")))?,
+                )
+            }
+        };
+        let oidc_issuer = match self.oidc_issuer_url {
+            None => Some(AZURE_OIDC_ISSUER.to_owned()),
+            Some(u) if u.is_empty() => None,
+            Some(u) => Some(u),
+        };
+        let verifier = AzureMsiVerifier::new(AzureMsiServerConfig {
+            trust_domain: td.clone(),
+            tenants,
+            agent_path_template: self.agent_path_template.filter(|t| !t.is_empty()),
+            oidc_issuer,
+            extra_keys,
+        })
+        .map_err(|e| attestor_error(AZURE_MSI, e))?;
+        Ok(Arc::new(verifier))
     }
 }
 
@@ -281,9 +370,20 @@ mod tests {
 
     fn reason(r: Result<NodeAttestorsConfig, ConfigError>) -> String {
         match r {
-            Err(ConfigError::Invalid { key: X509POP | GCP_IIT, reason }) => reason,
+            Err(ConfigError::Invalid { key: X509POP | GCP_IIT | AZURE_MSI, reason }) => reason,
             other => panic!("expected a refusal, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn azure_msi_needs_a_tenant_and_refuses_api_credentials() {
+        let ok = resolve("[azure_msi.tenants.t1]\n[azure_msi.tenants.t2]\nresource_id = \"r\"\n")
+            .unwrap();
+        assert!(ok.azure_msi.is_some());
+        assert_eq!(reason(resolve("[azure_msi]\n")), "configuration must have at least one tenant");
+        assert!(reason(resolve("[azure_msi.tenants.t1]\napp_id = \"a\"\n")).starts_with(
+            "tenant \"t1\": subscription_id, app_id and app_secret are not supported"
+        ));
     }
 
     #[test]

@@ -206,6 +206,12 @@ pub const SETTINGS: &[(&str, Rule)] = &[
         "plugins.NodeAttestor.tpm_devid.plugin_data.endorsement_ca_path",
         Map { to: "node_attestors.tpm_devid.endorsement_ca_path", conv: Str },
     ),
+    // pkg/server/plugin/nodeattestor/azuremsi (MSIAttestorConfig, TenantConfig)
+    ("plugins.NodeAttestor.azure_msi.plugin_data.tenants", Hook(azure_tenants)),
+    (
+        "plugins.NodeAttestor.azure_msi.plugin_data.agent_path_template",
+        Map { to: "node_attestors.azure_msi.agent_path_template", conv: Str },
+    ),
     // pkg/common/telemetry/config.go (FileConfig)
     ("telemetry", Block),
     ("telemetry.Prometheus", Section("telemetry.prometheus")),
@@ -279,6 +285,7 @@ pub const PLUGINS: &[(&str, &str, PluginRule)] = &[
     ("NodeAttestor", "x509pop", PluginRule::Table("node_attestors.x509pop")),
     ("NodeAttestor", "gcp_iit", PluginRule::Table("node_attestors.gcp_iit")),
     ("NodeAttestor", "tpm_devid", PluginRule::Table("node_attestors.tpm_devid")),
+    ("NodeAttestor", "azure_msi", PluginRule::Table("node_attestors.azure_msi")),
     (
         "UpstreamAuthority",
         "disk",
@@ -296,8 +303,8 @@ pub const PLUGIN_TYPES: &[(&str, &str)] = &[
     ("KeyManager", "ward keeps CA keys on disk (only \"disk\" and \"memory\" are accepted)"),
     (
         "NodeAttestor",
-        "ward attests agents with join tokens, x509pop, gcp_iit and tpm_devid only \
-         (NodeAttestor \"join_token\", \"x509pop\", \"gcp_iit\", \"tpm_devid\")",
+        "ward attests agents with join tokens, x509pop, gcp_iit, tpm_devid and azure_msi only \
+         (NodeAttestor \"join_token\", \"x509pop\", \"gcp_iit\", \"tpm_devid\", \"azure_msi\")",
     ),
     ("Notifier", "ward has no notifiers"),
     ("UpstreamAuthority", "ward's CA is self-signed"),
@@ -333,4 +340,29 @@ fn ca_bundle_paths(w: &mut Walk<'_>, path: &str, value: &serde_json::Value) {
 /// `projectid_allow_list`: a list of project IDs.
 fn projectid_allow_list(w: &mut Walk<'_>, path: &str, value: &serde_json::Value) {
     string_list(w, path, value, "node_attestors.gcp_iit.projectid_allow_list");
+}
+
+/// `tenants`: a block of tenant blocks, each with string settings, copied as
+/// `node_attestors.azure_msi.tenants.<tenant ID>` (ward's reader refuses the ones it does
+/// not take).
+fn azure_tenants(w: &mut Walk<'_>, path: &str, value: &serde_json::Value) {
+    let serde_json::Value::Object(tenants) = value else {
+        if !value.is_null() {
+            w.refused.push(format!("{path} must be a block of tenant blocks"));
+        }
+        return;
+    };
+    for (id, body) in tenants {
+        let mut table = toml::Table::new();
+        for (key, v) in body.as_object().into_iter().flatten() {
+            match convert(v, Str) {
+                Ok(v) => {
+                    table.insert(key.clone(), v);
+                }
+                Err(why) => w.refused.push(format!("{path}.{id}.{key} {why}")),
+            }
+        }
+        let to = format!("node_attestors.azure_msi.tenants.{id}");
+        set(&mut w.table, &to, toml::Value::Table(table));
+    }
 }

@@ -147,8 +147,8 @@ telemetry {
     }
     assert!(got.iter().any(|s| {
         s.ends_with(
-            "ward attests agents with join tokens, x509pop, gcp_iit and tpm_devid only \
-             (NodeAttestor \"join_token\", \"x509pop\", \"gcp_iit\", \"tpm_devid\")",
+            "ward attests agents with join tokens, x509pop, gcp_iit, tpm_devid and azure_msi only \
+             (NodeAttestor \"join_token\", \"x509pop\", \"gcp_iit\", \"tpm_devid\", \"azure_msi\")",
         )
     }));
     // The disabled plugin is skipped, as SPIRE skips it.
@@ -226,6 +226,7 @@ fn every_mapped_key_is_a_key_of_wards_toml() {
         "node_attestors.gcp_iit.projectid_allow_list",
         toml::Value::Array(vec!["project-123".into()]),
     );
+    set(&mut table, "node_attestors.azure_msi.tenants.t1", toml::Value::Table(toml::Table::new()));
     let text = toml::to_string(&table).unwrap();
     crate::config::Config::from_toml(&text, &crate::config::Overrides::default()).unwrap();
 }
@@ -364,6 +365,7 @@ plugins {
 
 #[test]
 fn maps_the_tpm_devid_plugin_data() {
+fn maps_the_azure_msi_plugin_data() {
     let text = r#"
 server {
     trust_domain = "example.org"
@@ -374,6 +376,14 @@ plugins {
         plugin_data {
             devid_ca_path = "/ca/devid.pem"
             endorsement_ca_path = "/ca/ek.pem"
+    NodeAttestor "azure_msi" {
+        plugin_data {
+            tenants = {
+                "11111111-2222" = {
+                    resource_id = "https://example.org/app"
+                }
+                "33333333-4444" = {}
+            }
         }
     }
 }
@@ -382,4 +392,7 @@ plugins {
     let x = &t.table["node_attestors"]["tpm_devid"];
     assert_eq!(x["devid_ca_path"].as_str(), Some("/ca/devid.pem"));
     assert_eq!(x["endorsement_ca_path"].as_str(), Some("/ca/ek.pem"));
+    let a = &t.table["node_attestors"]["azure_msi"]["tenants"];
+    assert_eq!(a["11111111-2222"]["resource_id"].as_str(), Some("https://example.org/app"));
+    assert!(a["33333333-4444"].as_table().is_some_and(toml::Table::is_empty), "{a:?}");
 }
