@@ -123,6 +123,8 @@ pub struct NodeAttestorFileConfig {
     pub gcp_iit: Option<GcpIitFileConfig>,
     /// `tpm_devid`: a TPM-resident DevID key and its certificate prove the node's identity.
     pub tpm_devid: Option<TpmDevidFileConfig>,
+    /// `azure_msi`: an Azure managed identity access token proves the node's identity.
+    pub azure_msi: Option<AzureMsiFileConfig>,
 }
 
 /// `[node_attestor.tpm_devid]`: SPIRE's agent `tpm_devid` plugin data.
@@ -155,6 +157,14 @@ impl std::fmt::Debug for TpmDevidFileConfig {
             .field("tpm_device_path", &self.tpm_device_path)
             .finish_non_exhaustive()
     }
+}
+
+/// `[node_attestor.azure_msi]`: SPIRE's agent `azure_msi` plugin data.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AzureMsiFileConfig {
+    /// The resource the token is asked for (default `https://management.azure.com/`).
+    pub resource_id: Option<String>,
 }
 
 /// `[node_attestor.gcp_iit]`: SPIRE's agent `gcp_iit` plugin data.
@@ -321,6 +331,8 @@ pub struct Settings {
     pub gcp_iit: Option<ward_attest::node_attestor::gcp_iit::GcpIitAgentConfig>,
     /// The `tpm_devid` node attestor, if configured (a join token takes precedence).
     pub tpm_devid: Option<ward_attest::node_attestor::tpm_devid::TpmDevidAgentConfig>,
+    /// The `azure_msi` node attestor, if configured (a join token takes precedence).
+    pub azure_msi: Option<ward_attest::node_attestor::azure_msi::AzureMsiAgentConfig>,
     /// The data directory.
     pub data_dir: PathBuf,
     /// The Workload API socket.
@@ -597,17 +609,25 @@ impl Settings {
         let workload_attestors =
             WorkloadAttestorSettings::from_file(file.workload_attestors, getenv)?;
         let node_attestor = file.node_attestor.unwrap_or_default();
-        if node_attestor.x509pop.is_some() && node_attestor.gcp_iit.is_some() {
-            return Err(err("only one of [node_attestor.x509pop] and [node_attestor.gcp_iit] \
-                            can be configured: an agent attests with one node attestor"));
+        let configured = [
+            node_attestor.x509pop.is_some(),
+            node_attestor.gcp_iit.is_some(),
+            node_attestor.tpm_devid.is_some(),
+            node_attestor.azure_msi.is_some(),
+        ];
+        if configured.iter().filter(|c| **c).count() > 1 {
+            return Err(err("only one of [node_attestor.x509pop], [node_attestor.gcp_iit], \
+                            [node_attestor.tpm_devid] and [node_attestor.azure_msi] can be \
+                            configured: an agent attests with one node attestor"));
         }
-        if node_attestor.tpm_devid.is_some()
-            && (node_attestor.x509pop.is_some() || node_attestor.gcp_iit.is_some())
-        {
-            return Err(err("only one of [node_attestor.x509pop], [node_attestor.gcp_iit] and \
-                            [node_attestor.tpm_devid] can be configured: an agent attests with \
-                            one node attestor"));
-        }
+        let azure_msi = node_attestor.azure_msi.map(|a| {
+            ward_attest::node_attestor::azure_msi::AzureMsiAgentConfig {
+                resource_id: non_empty(a.resource_id).unwrap_or_else(|| {
+                    ward_attest::node_attestor::azure_msi::DEFAULT_RESOURCE_ID.to_owned()
+                }),
+                ..Default::default()
+            }
+        });
         let gcp_iit = node_attestor.gcp_iit.map(|g| {
             let defaults = ward_attest::node_attestor::gcp_iit::GcpIitAgentConfig::default();
             ward_attest::node_attestor::gcp_iit::GcpIitAgentConfig {
@@ -692,6 +712,7 @@ impl Settings {
             x509pop,
             gcp_iit,
             tpm_devid,
+            azure_msi,
         })
     }
 }
@@ -811,6 +832,9 @@ mod tests {
              private_key_path = \"/k.pem\"\ncertificate_path = \"/c.pem\"\n"
         ));
         assert!(both.unwrap_err().0.starts_with("only one of"));
+        let s = settings(&format!("{BASE}insecure_bootstrap = true\n[node_attestor.azure_msi]\n"))
+            .unwrap();
+        assert_eq!(s.azure_msi.unwrap().resource_id, "https://management.azure.com/");
     }
 
     #[test]

@@ -395,6 +395,11 @@ pub const SETTINGS: &[(&str, Rule)] = &[
         "plugins.NodeAttestor.tpm_devid.plugin_data.tpm_device_path",
         Map { to: "node_attestor.tpm_devid.tpm_device_path", conv: Str },
     ),
+    // pkg/agent/plugin/nodeattestor/azuremsi (MSIAttestorConfig)
+    (
+        "plugins.NodeAttestor.azure_msi.plugin_data.resource_id",
+        Map { to: "node_attestor.azure_msi.resource_id", conv: Str },
+    ),
 ];
 
 /// spire-agent plugins ward has built in, by type and name.
@@ -403,6 +408,7 @@ pub const PLUGINS: &[(&str, &str, PluginRule)] = &[
     ("NodeAttestor", "x509pop", PluginRule::Table("node_attestor.x509pop")),
     ("NodeAttestor", "gcp_iit", PluginRule::Table("node_attestor.gcp_iit")),
     ("NodeAttestor", "tpm_devid", PluginRule::Table("node_attestor.tpm_devid")),
+    ("NodeAttestor", "azure_msi", PluginRule::Table("node_attestor.azure_msi")),
     (
         "KeyManager",
         "disk",
@@ -431,8 +437,8 @@ pub const PLUGIN_TYPES: &[(&str, &str)] = &[
     ("KeyManager", "ward-agent keeps its key in data_dir (\"disk\" and \"memory\" are accepted)"),
     (
         "NodeAttestor",
-        "ward-agent attests its node with a join token, x509pop, gcp_iit or tpm_devid \
-         (NodeAttestor \"join_token\", \"x509pop\", \"gcp_iit\", \"tpm_devid\")",
+        "ward-agent attests its node with a join token, x509pop, gcp_iit, tpm_devid or azure_msi \
+         (NodeAttestor \"join_token\", \"x509pop\", \"gcp_iit\", \"tpm_devid\", \"azure_msi\")",
     ),
     ("SVIDStore", "ward-agent serves SVIDs over the Workload API and SDS only"),
     ("WorkloadAttestor", "ward-agent attests workloads with \"unix\", \"k8s\" and \"systemd\""),

@@ -118,8 +118,8 @@ fn everything_ward_agent_lacks_is_refused_one_sentence_each() {
              workload keys are EC P-256 (\"ec-p256\")",
             "x509_svid_cache_max_size should not be negative",
             "plugin NodeAttestor \"sshpop\" is not supported: ward-agent attests its node with \
-             a join token, x509pop, gcp_iit or tpm_devid (NodeAttestor \"join_token\", \
-             \"x509pop\", \"gcp_iit\", \"tpm_devid\")",
+             a join token, x509pop, gcp_iit, tpm_devid or azure_msi (NodeAttestor \"join_token\", \
+             \"x509pop\", \"gcp_iit\", \"tpm_devid\", \"azure_msi\")",
             "plugin SVIDStore \"aws_secretsmanager\" is not supported: ward-agent serves SVIDs \
              over the Workload API and SDS only",
             "plugin WorkloadAttestor \"docker\" is not supported: ward-agent attests workloads \
