@@ -123,10 +123,11 @@ pub type Head = String;
 /// An HTTP answer: status, extra headers, body.
 pub type Answer = (u16, Vec<(String, String)>, Vec<u8>);
 
-type Handler = Arc<dyn Fn(&Head) -> Answer + Send + Sync>;
+/// What a fake server answers a request with.
+pub type Handler = Arc<dyn Fn(&Head) -> Answer + Send + Sync>;
 
 /// A server answering each connection's one request with its handler, until dropped.
-struct FakeServer {
+pub struct FakeServer {
     stop: Arc<AtomicBool>,
 }
 
@@ -186,7 +187,12 @@ fn serve_one(
     }
 }
 
-fn serve(
+/// Serves each connection to `listener` (over TLS with `tls`) with `handler`, on threads of
+/// its own, until the result is dropped or [`SERVE_LIMIT`] has passed.
+///
+/// # Errors
+/// When the listener cannot be made non-blocking.
+pub fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     handler: Handler,
@@ -277,33 +283,9 @@ impl GcpLab {
     /// # Errors
     /// When `setns` fails or a server cannot listen.
     pub fn enter(&mut self) -> anyhow::Result<()> {
-        let path = format!("/var/run/netns/{}", self.lab.namespace(self.member)?);
-        let ns = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
-        rustix::thread::move_into_link_name_space(
-            std::os::fd::AsFd::as_fd(&ns),
-            Some(rustix::thread::LinkNameSpaceType::Network),
-        )
-        .context("setns")?;
-
+        enter_namespace(&self.lab, self.member)?;
         // www.googleapis.com: HTTPS with a certificate from the test CA.
-        let ca_key = KeyPair::generate()?;
-        let mut ca = CertificateParams::new(Vec::<String>::new())?;
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_cert = ca.self_signed(&ca_key)?;
-        std::fs::write(&self.ca_path, ca_cert.pem())?;
-        let issuer = Issuer::new(ca, ca_key);
-        let leaf_key = KeyPair::generate()?;
-        let leaf = CertificateParams::new(vec!["www.googleapis.com".to_owned()])?
-            .signed_by(&leaf_key, &issuer)?;
-        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
-        )?;
+        let tls = test_ca_tls(&self.ca_path, "www.googleapis.com")?;
         let certs = self.signer.certs_json().into_bytes();
         let count = Arc::clone(&self.cert_requests);
         let google: Handler = Arc::new(move |head| {
@@ -341,4 +323,43 @@ impl GcpLab {
     pub fn set_token(&self, token: &str) {
         *self.token.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = token.to_owned();
     }
+}
+
+/// Moves the calling thread into member `member`'s network namespace.
+///
+/// # Errors
+/// When the namespace cannot be opened or `setns` fails.
+pub fn enter_namespace(lab: &NetLab, member: u64) -> anyhow::Result<()> {
+    let path = format!("/var/run/netns/{}", lab.namespace(member)?);
+    let ns = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+    rustix::thread::move_into_link_name_space(
+        std::os::fd::AsFd::as_fd(&ns),
+        Some(rustix::thread::LinkNameSpaceType::Network),
+    )
+    .context("setns")
+}
+
+/// A new test CA (its certificate written to `ca_path`) and a TLS server configuration with a
+/// certificate it issued for `name`.
+///
+/// # Errors
+/// When a key or certificate cannot be made or written.
+pub fn test_ca_tls(ca_path: &Path, name: &str) -> anyhow::Result<rustls::ServerConfig> {
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key)?;
+    std::fs::write(ca_path, ca_cert.pem())?;
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf_key = KeyPair::generate()?;
+    let leaf = CertificateParams::new(vec![name.to_owned()])?.signed_by(&leaf_key, &issuer)?;
+    Ok(rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![leaf.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+    )?)
 }

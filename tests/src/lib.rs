@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod agent_scenario;
 pub mod authority_scenario;
+pub mod azure;
 pub mod cli;
 pub mod cluster;
 pub mod command;
