@@ -365,7 +365,6 @@ plugins {
 
 #[test]
 fn maps_the_tpm_devid_plugin_data() {
-fn maps_the_azure_msi_plugin_data() {
     let text = r#"
 server {
     trust_domain = "example.org"
@@ -376,6 +375,24 @@ plugins {
         plugin_data {
             devid_ca_path = "/ca/devid.pem"
             endorsement_ca_path = "/ca/ek.pem"
+        }
+    }
+}
+"#;
+    let t = translate(text, ConfigFormat::SpireHcl).unwrap();
+    let x = &t.table["node_attestors"]["tpm_devid"];
+    assert_eq!(x["devid_ca_path"].as_str(), Some("/ca/devid.pem"));
+    assert_eq!(x["endorsement_ca_path"].as_str(), Some("/ca/ek.pem"));
+}
+
+#[test]
+fn maps_the_azure_msi_plugin_data() {
+    let text = r#"
+server {
+    trust_domain = "example.org"
+    data_dir = "/d"
+}
+plugins {
     NodeAttestor "azure_msi" {
         plugin_data {
             tenants = {
@@ -389,9 +406,6 @@ plugins {
 }
 "#;
     let t = translate(text, ConfigFormat::SpireHcl).unwrap();
-    let x = &t.table["node_attestors"]["tpm_devid"];
-    assert_eq!(x["devid_ca_path"].as_str(), Some("/ca/devid.pem"));
-    assert_eq!(x["endorsement_ca_path"].as_str(), Some("/ca/ek.pem"));
     let a = &t.table["node_attestors"]["azure_msi"]["tenants"];
     assert_eq!(a["11111111-2222"]["resource_id"].as_str(), Some("https://example.org/app"));
     assert!(a["33333333-4444"].as_table().is_some_and(toml::Table::is_empty), "{a:?}");
