@@ -18,16 +18,17 @@
 //! - [`AttestError`], with SPIRE's message texts;
 //! - [`NodeAttestor`] ([`node_attestor`]), the agent side of node attestation (the evidence an
 //!   agent sends in `AttestAgent`), and [`ServerNodeAttestor`], the server side that verifies
-//!   it, one module per attestor: [`node_attestor::join_token`] and [`node_attestor::x509pop`]
-//!   (X.509 proof of possession, both sides).
+//!   it, one module per attestor: [`node_attestor::join_token`], [`node_attestor::x509pop`]
+//!   (X.509 proof of possession, both sides) and [`node_attestor::k8s_psat`] (Kubernetes
+//!   projected service-account tokens, both sides).
 //!
 //! A flow: `let watch = CallerWatch::open(&procfs, caller)?; let selectors =
 //! attestor.attest(caller.pid)?; watch.check()?;`, which [`attest_caller`] wraps.
 //!
 //! This crate keeps no state between calls beyond the `systemd` attestor's D-Bus connection
 //! and the `k8s` attestor's kubelet client and cached pod list, makes no other network calls
-//! than to D-Bus and the kubelet, and depends on no store or cluster crate: the agent that uses
-//! it stays small. It reads the proc file system and the user and group databases, and so is
+//! than to D-Bus, the kubelet and (`k8s_psat`'s server side) the Kubernetes API server, and
+//! depends on no store or cluster crate: the agent that uses it stays small. It reads the proc file system and the user and group databases, and so is
 //! Linux-only. What each selector needs from the operating system (capabilities) is in
 //! [`unix`], [`systemd`] and `docs/agent-attestors.md`.
 

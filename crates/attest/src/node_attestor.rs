@@ -11,7 +11,7 @@
 //!
 //! One module per attestor holds its payload type, its agent side and its server side:
 //! [`join_token`] (agent side only: the server checks tokens against its store) and
-//! [`x509pop`], [`gcp_iit`], [`tpm_devid`], [`aws_iid`] and [`azure_msi`]; `sshpop`, `k8s_psat`
+//! [`x509pop`], [`gcp_iit`], [`tpm_devid`], [`aws_iid`], [`azure_msi`] and [`k8s_psat`]; `sshpop`
 //! and the other attestors follow the same shape.
 
 pub mod aws_iid;
@@ -20,6 +20,7 @@ pub mod field_template;
 pub mod gcp_iit;
 pub mod http_get;
 pub mod jws;
+pub mod k8s_psat;
 #[cfg(test)]
 mod test_http;
 pub mod tpm_devid;
@@ -103,7 +104,8 @@ pub trait ServerNodeAttestor: Send + Sync + std::fmt::Debug {
     /// The attestation type it verifies (`x509pop`, ...).
     fn name(&self) -> &'static str;
 
-    /// Verifies the payload the agent opened the stream with, at Unix time `now`.
+    /// Verifies the payload the agent opened the stream with, at Unix time `now`. It may
+    /// block (asking an API server): the server calls it on a blocking thread.
     ///
     /// # Errors
     /// [`Refusal`] with SPIRE's code and message.

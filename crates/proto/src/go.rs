@@ -54,9 +54,16 @@ pub fn drop_nulls(value: &mut Value) {
 /// sorted (by bytes, as Go sorts map keys), HTML-safe escapes. Nulls are written as they are;
 /// call [`drop_nulls`] first to leave them out.
 pub fn encoding_json(value: &Value) -> String {
+    let mut out = marshal(value);
+    out.push('\n');
+    out
+}
+
+/// `value` as Go's `json.Marshal` returns it: [`encoding_json`] without the newline (a Go
+/// struct's members come out in declaration order, so name them in sorted order to match).
+pub fn marshal(value: &Value) -> String {
     let mut out = String::new();
     write_sorted(value, &mut out);
-    out.push('\n');
     out
 }
 
