@@ -108,7 +108,8 @@ pub struct FileConfig {
     pub sds: Option<SdsFileConfig>,
     /// The HTTP health listener (SPIRE's `health_checks` block).
     pub health_checks: Option<HealthChecksFileConfig>,
-    /// The node attestor used when no join token is given (`[node_attestor.x509pop]`).
+    /// The node attestor used when no join token is given (`[node_attestor.x509pop]` or
+    /// `[node_attestor.k8s_psat]`).
     pub node_attestor: Option<NodeAttestorFileConfig>,
 }
 
@@ -125,6 +126,18 @@ pub struct NodeAttestorFileConfig {
     pub tpm_devid: Option<TpmDevidFileConfig>,
     /// `azure_msi`: an Azure managed identity access token proves the node's identity.
     pub azure_msi: Option<AzureMsiFileConfig>,
+    /// `k8s_psat`: the pod's projected service-account token proves the node's identity.
+    pub k8s_psat: Option<K8sPsatFileConfig>,
+}
+
+/// `[node_attestor.k8s_psat]`: SPIRE's agent `k8s_psat` plugin data.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct K8sPsatFileConfig {
+    /// The cluster name, as the server's configuration names it (required).
+    pub cluster: Option<String>,
+    /// The projected token's file (default `/var/run/secrets/tokens/spire-agent`).
+    pub token_path: Option<PathBuf>,
 }
 
 /// `[node_attestor.tpm_devid]`: SPIRE's agent `tpm_devid` plugin data.
@@ -333,6 +346,8 @@ pub struct Settings {
     pub tpm_devid: Option<ward_attest::node_attestor::tpm_devid::TpmDevidAgentConfig>,
     /// The `azure_msi` node attestor, if configured (a join token takes precedence).
     pub azure_msi: Option<ward_attest::node_attestor::azure_msi::AzureMsiAgentConfig>,
+    /// The `k8s_psat` node attestor, if configured (a join token takes precedence).
+    pub k8s_psat: Option<ward_attest::node_attestor::k8s_psat::K8sPsatAgentConfig>,
     /// The data directory.
     pub data_dir: PathBuf,
     /// The Workload API socket.
@@ -614,11 +629,13 @@ impl Settings {
             node_attestor.gcp_iit.is_some(),
             node_attestor.tpm_devid.is_some(),
             node_attestor.azure_msi.is_some(),
+            node_attestor.k8s_psat.is_some(),
         ];
         if configured.iter().filter(|c| **c).count() > 1 {
             return Err(err("only one of [node_attestor.x509pop], [node_attestor.gcp_iit], \
-                            [node_attestor.tpm_devid] and [node_attestor.azure_msi] can be \
-                            configured: an agent attests with one node attestor"));
+                            [node_attestor.tpm_devid], [node_attestor.azure_msi] and \
+                            [node_attestor.k8s_psat] can be configured: an agent attests with \
+                            one node attestor"));
         }
         let azure_msi = node_attestor.azure_msi.map(|a| {
             ward_attest::node_attestor::azure_msi::AzureMsiAgentConfig {
@@ -651,6 +668,16 @@ impl Settings {
                     .endorsement_hierarchy_password
                     .unwrap_or_default(),
                 tpm_device_path: non_empty_path(t.tpm_device_path),
+            }),
+        };
+        let k8s_psat = match node_attestor.k8s_psat {
+            None => None,
+            Some(k) => Some(ward_attest::node_attestor::k8s_psat::K8sPsatAgentConfig {
+                cluster: non_empty(k.cluster)
+                    .ok_or_else(|| err("k8s_psat: missing required cluster block"))?,
+                token_path: non_empty_path(k.token_path).unwrap_or_else(|| {
+                    PathBuf::from(ward_attest::node_attestor::k8s_psat::DEFAULT_TOKEN_PATH)
+                }),
             }),
         };
         let x509pop = match node_attestor.x509pop {
@@ -713,6 +740,7 @@ impl Settings {
             gcp_iit,
             tpm_devid,
             azure_msi,
+            k8s_psat,
         })
     }
 }

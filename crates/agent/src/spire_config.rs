@@ -400,6 +400,15 @@ pub const SETTINGS: &[(&str, Rule)] = &[
         "plugins.NodeAttestor.azure_msi.plugin_data.resource_id",
         Map { to: "node_attestor.azure_msi.resource_id", conv: Str },
     ),
+    // pkg/agent/plugin/nodeattestor/k8spsat (AttestorConfig)
+    (
+        "plugins.NodeAttestor.k8s_psat.plugin_data.cluster",
+        Map { to: "node_attestor.k8s_psat.cluster", conv: Str },
+    ),
+    (
+        "plugins.NodeAttestor.k8s_psat.plugin_data.token_path",
+        Map { to: "node_attestor.k8s_psat.token_path", conv: Str },
+    ),
 ];
 
 /// spire-agent plugins ward has built in, by type and name.
@@ -409,6 +418,7 @@ pub const PLUGINS: &[(&str, &str, PluginRule)] = &[
     ("NodeAttestor", "gcp_iit", PluginRule::Table("node_attestor.gcp_iit")),
     ("NodeAttestor", "tpm_devid", PluginRule::Table("node_attestor.tpm_devid")),
     ("NodeAttestor", "azure_msi", PluginRule::Table("node_attestor.azure_msi")),
+    ("NodeAttestor", "k8s_psat", PluginRule::Table("node_attestor.k8s_psat")),
     (
         "KeyManager",
         "disk",
@@ -437,8 +447,9 @@ pub const PLUGIN_TYPES: &[(&str, &str)] = &[
     ("KeyManager", "ward-agent keeps its key in data_dir (\"disk\" and \"memory\" are accepted)"),
     (
         "NodeAttestor",
-        "ward-agent attests its node with a join token, x509pop, gcp_iit, tpm_devid or azure_msi \
-         (NodeAttestor \"join_token\", \"x509pop\", \"gcp_iit\", \"tpm_devid\", \"azure_msi\")",
+        "ward-agent attests its node with a join token, x509pop, gcp_iit, tpm_devid, azure_msi or \
+         k8s_psat (NodeAttestor \"join_token\", \"x509pop\", \"gcp_iit\", \"tpm_devid\", \
+         \"azure_msi\", \"k8s_psat\")",
     ),
     ("SVIDStore", "ward-agent serves SVIDs over the Workload API and SDS only"),
     ("WorkloadAttestor", "ward-agent attests workloads with \"unix\", \"k8s\" and \"systemd\""),

@@ -24,7 +24,8 @@ pub use cluster::{
 #[cfg(test)]
 pub(crate) use node_attestors::test_ca_pem;
 pub use node_attestors::{
-    AzureMsiFile, AzureTenantFile, GcpIitFile, NodeAttestorsConfig, NodeAttestorsFile, X509popFile,
+    AzureMsiFile, AzureTenantFile, GcpIitFile, K8sPsatClusterFile, K8sPsatFile,
+    NodeAttestorsConfig, NodeAttestorsFile, X509popFile,
 };
 pub use observability::{
     DEFAULT_METRIC_PREFIX, HealthChecksConfig, PrometheusConfig, TelemetryConfig,

@@ -84,9 +84,6 @@ fn production_hcl_is_refused_with_one_sentence_per_item() {
         "server.admin_ids is not supported: ward grants admin rights to callers on the admin \
          socket and to SVIDs of registration entries marked admin",
         "server.jwt_key_type is not supported: ward signs JWT-SVIDs with keys of ca_key_type",
-        "plugin NodeAttestor \"k8s_psat\" is not supported: ward attests agents with join \
-         tokens, x509pop, gcp_iit, tpm_devid and azure_msi only (NodeAttestor \"join_token\", \
-         \"x509pop\", \"gcp_iit\", \"tpm_devid\", \"azure_msi\")",
         "plugin KeyManager \"aws_kms\" is not supported: ward keeps CA keys on disk (only \
          \"disk\" and \"memory\" are accepted)",
         "plugin UpstreamAuthority \"disk\" is not supported: ward's CA is self-signed",
@@ -142,12 +139,7 @@ fn helm_chart_default_rendering_is_refused_item_by_item() {
     got_sorted.sort();
     assert_eq!(
         got_sorted,
-        [
-            "plugin NodeAttestor \"k8s_psat\" is not supported: ward attests agents with join \
-             tokens, x509pop, gcp_iit, tpm_devid and azure_msi only (NodeAttestor \"join_token\", \
-             \"x509pop\", \"gcp_iit\", \"tpm_devid\", \"azure_msi\")",
-            "plugin Notifier \"k8sbundle\" is not supported: ward has no notifiers",
-        ]
+        ["plugin Notifier \"k8sbundle\" is not supported: ward has no notifiers",]
     );
 }
 

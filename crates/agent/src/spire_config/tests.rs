@@ -118,8 +118,8 @@ fn everything_ward_agent_lacks_is_refused_one_sentence_each() {
              workload keys are EC P-256 (\"ec-p256\")",
             "x509_svid_cache_max_size should not be negative",
             "plugin NodeAttestor \"sshpop\" is not supported: ward-agent attests its node with \
-             a join token, x509pop, gcp_iit, tpm_devid or azure_msi (NodeAttestor \"join_token\", \
-             \"x509pop\", \"gcp_iit\", \"tpm_devid\", \"azure_msi\")",
+             a join token, x509pop, gcp_iit, tpm_devid, azure_msi or k8s_psat (NodeAttestor \
+             \"join_token\", \"x509pop\", \"gcp_iit\", \"tpm_devid\", \"azure_msi\", \"k8s_psat\")",
             "plugin SVIDStore \"aws_secretsmanager\" is not supported: ward-agent serves SVIDs \
              over the Workload API and SDS only",
             "plugin WorkloadAttestor \"docker\" is not supported: ward-agent attests workloads \
@@ -257,37 +257,63 @@ fn every_mapped_key_is_a_key_of_wards_toml() {
     FileConfig::from_toml(&toml::to_string(&table).unwrap()).unwrap();
 }
 
-#[test]
-fn the_x509pop_node_attestor_becomes_wards_table() {
-    let text = r#"
-agent {
+/// A spire-agent file whose plugins are a memory key manager, the unix workload attestor and
+/// `node_attestor` (an HCL block).
+fn agent_conf_with(node_attestor: &str) -> String {
+    format!(
+        r#"
+agent {{
     data_dir = "/d"
     server_address = "spire-server"
     server_port = "8081"
     trust_domain = "example.org"
     insecure_bootstrap = true
+}}
+plugins {{
+    KeyManager "memory" {{
+        plugin_data {{}}
+    }}
+{node_attestor}
+    WorkloadAttestor "unix" {{
+        plugin_data {{}}
+    }}
+}}
+"#
+    )
 }
-plugins {
-    KeyManager "memory" {
-        plugin_data {}
-    }
-    NodeAttestor "x509pop" {
+
+#[test]
+fn the_x509pop_node_attestor_becomes_wards_table() {
+    let text = agent_conf_with(
+        r#"    NodeAttestor "x509pop" {
         plugin_data {
             private_key_path = "/opt/spire/agent.key.pem"
             certificate_path = "/opt/spire/agent.crt.pem"
             intermediates_path = "/opt/spire/intermediates.pem"
         }
-    }
-    WorkloadAttestor "unix" {
-        plugin_data {}
-    }
-}
-"#;
-    let loaded = read(Path::new("agent.conf"), text).unwrap();
+    }"#,
+    );
+    let loaded = read(Path::new("agent.conf"), &text).unwrap();
     let s = settings(loaded.file);
     let x = s.x509pop.unwrap();
     assert_eq!(x.private_key_path, Path::new("/opt/spire/agent.key.pem"));
     assert_eq!(x.certificate_path, Path::new("/opt/spire/agent.crt.pem"));
     assert_eq!(x.intermediates_path.as_deref(), Some(Path::new("/opt/spire/intermediates.pem")));
     assert_eq!(s.join_token, None);
+}
+
+#[test]
+fn the_k8s_psat_node_attestor_becomes_wards_table() {
+    let block =
+        "    NodeAttestor \"k8s_psat\" {\n        plugin_data {\n            cluster = \"prod\"\n";
+    let text = agent_conf_with(&format!("{block}        }}\n    }}"));
+    let s = settings(read(Path::new("agent.conf"), &text).unwrap().file);
+    let k = s.k8s_psat.unwrap();
+    assert_eq!(k.cluster, "prod");
+    assert_eq!(k.token_path, Path::new("/var/run/secrets/tokens/spire-agent"));
+    let text = agent_conf_with(&format!(
+        "{block}            token_path = \"/t/agent\"\n        }}\n    }}"
+    ));
+    let s = settings(read(Path::new("agent.conf"), &text).unwrap().file);
+    assert_eq!(s.k8s_psat.unwrap().token_path, Path::new("/t/agent"));
 }

@@ -10,6 +10,9 @@ use ward_attest::node_attestor::azure_msi::{
     AZURE_OIDC_ISSUER, AzureMsiServerConfig, AzureMsiVerifier,
 };
 use ward_attest::node_attestor::gcp_iit::{GOOGLE_CERTS_URL, GcpIitServerConfig, GcpIitVerifier};
+use ward_attest::node_attestor::k8s_psat::{
+    Credentials, DEFAULT_AUDIENCE, K8sPsatClusterConfig, K8sPsatServerConfig, K8sPsatVerifier,
+};
 use ward_attest::node_attestor::tpm_devid::{TpmDevidServerConfig, TpmDevidVerifier};
 use ward_attest::node_attestor::x509pop::{
     X509popServerConfig, X509popVerifier, certificates_from_pem,
@@ -30,6 +33,8 @@ pub struct NodeAttestorsFile {
     pub tpm_devid: Option<TpmDevidFile>,
     /// `[node_attestors.azure_msi]`.
     pub azure_msi: Option<AzureMsiFile>,
+    /// `[node_attestors.k8s_psat]`.
+    pub k8s_psat: Option<K8sPsatFile>,
 }
 
 /// `[node_attestors.azure_msi]`: SPIRE's server `azure_msi` plugin data, and where ward
@@ -60,6 +65,34 @@ pub struct AzureTenantFile {
     pub app_id: Option<String>,
     /// As `subscription_id`.
     pub app_secret: Option<String>,
+}
+
+/// `[node_attestors.k8s_psat]`: SPIRE's server `k8s_psat` plugin data.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct K8sPsatFile {
+    /// `[node_attestors.k8s_psat.clusters.<name>]`, by cluster name.
+    #[serde(default)]
+    pub clusters: BTreeMap<String, K8sPsatClusterFile>,
+}
+
+/// One cluster of `[node_attestors.k8s_psat.clusters]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct K8sPsatClusterFile {
+    /// `<namespace>:<service account>` names whose tokens attest agents (at least one).
+    #[serde(default)]
+    pub service_account_allow_list: Vec<String>,
+    /// The audiences tokens are reviewed for (default `["spire-server"]`).
+    pub audience: Option<Vec<String>>,
+    /// A kubeconfig file; without it, the pod's in-cluster credentials.
+    pub kube_config_file: Option<PathBuf>,
+    /// Node label keys turned into `agent_node_label` selectors.
+    #[serde(default)]
+    pub allowed_node_label_keys: Vec<String>,
+    /// Pod label keys turned into `agent_pod_label` selectors.
+    #[serde(default)]
+    pub allowed_pod_label_keys: Vec<String>,
 }
 
 /// `[node_attestors.gcp_iit]`: SPIRE's server `gcp_iit` plugin data, and where ward fetches
@@ -125,6 +158,8 @@ pub struct NodeAttestorsConfig {
     pub tpm_devid: Option<Arc<TpmDevidVerifier>>,
     /// `azure_msi`, when configured.
     pub azure_msi: Option<Arc<AzureMsiVerifier>>,
+    /// `k8s_psat`, when configured.
+    pub k8s_psat: Option<Arc<K8sPsatVerifier>>,
 }
 
 impl NodeAttestorsConfig {
@@ -143,6 +178,9 @@ impl NodeAttestorsConfig {
         if let Some(a) = &self.azure_msi {
             all.push(a.clone());
         }
+        if let Some(v) = &self.k8s_psat {
+            all.push(v.clone());
+        }
         all
     }
 }
@@ -151,6 +189,7 @@ const X509POP: &str = "node_attestors.x509pop";
 const GCP_IIT: &str = "node_attestors.gcp_iit";
 const TPM_DEVID: &str = "node_attestors.tpm_devid";
 const AZURE_MSI: &str = "node_attestors.azure_msi";
+const K8S_PSAT: &str = "node_attestors.k8s_psat";
 
 fn attestor_error(key: &'static str, e: ward_attest::NodeAttestError) -> ConfigError {
     match e {
@@ -190,6 +229,31 @@ impl TpmDevidFile {
     }
 }
 
+impl K8sPsatFile {
+    fn resolve(self, td: &TrustDomain) -> Result<K8sPsatVerifier, ConfigError> {
+        let clusters = self
+            .clusters
+            .into_iter()
+            .map(|(name, c)| {
+                let credentials = match c.kube_config_file {
+                    Some(path) if !path.as_os_str().is_empty() => Credentials::KubeConfig(path),
+                    _ => Credentials::InCluster,
+                };
+                let cluster = K8sPsatClusterConfig {
+                    service_account_allow_list: c.service_account_allow_list,
+                    audience: c.audience.unwrap_or_else(|| vec![DEFAULT_AUDIENCE.to_owned()]),
+                    credentials,
+                    allowed_node_label_keys: c.allowed_node_label_keys,
+                    allowed_pod_label_keys: c.allowed_pod_label_keys,
+                };
+                (name, cluster)
+            })
+            .collect();
+        K8sPsatVerifier::new(K8sPsatServerConfig { trust_domain: td.clone(), clusters })
+            .map_err(|e| attestor_error(K8S_PSAT, e))
+    }
+}
+
 impl NodeAttestorsFile {
     /// Reads the CA files and builds each attestor, with SPIRE's sentences for what it
     /// refuses.
@@ -209,11 +273,15 @@ impl NodeAttestorsFile {
             Some(t) => Some(t.resolve(td)?),
             None => None,
         };
+        let k8s_psat = match self.k8s_psat {
+            Some(k) => Some(Arc::new(k.resolve(td)?)),
+            None => None,
+        };
         let azure_msi = match self.azure_msi {
             Some(a) => Some(a.resolve(td)?),
             None => None,
         };
-        Ok(NodeAttestorsConfig { x509pop, gcp_iit, tpm_devid, azure_msi })
+        Ok(NodeAttestorsConfig { x509pop, gcp_iit, tpm_devid, azure_msi, k8s_psat })
     }
 }
 
@@ -485,5 +553,27 @@ mod tests {
             ))
             .starts_with("unable to load endorsement trust bundle: ")
         );
+    }
+
+    #[test]
+    fn k8s_psat_takes_clusters_and_refuses_what_spire_refuses() {
+        assert!(resolve("").unwrap().k8s_psat.is_none());
+        let ok = resolve(
+            "[k8s_psat.clusters.prod]\nservice_account_allow_list = [\"spire:spire-agent\"]\n\
+             kube_config_file = \"/etc/kubeconfig\"\naudience = [\"a\", \"b\"]\n\
+             allowed_node_label_keys = [\"zone\"]\n[k8s_psat.clusters.\"in.cluster\"]\n\
+             service_account_allow_list = [\"x:y\"]\n",
+        )
+        .unwrap();
+        assert!(ok.k8s_psat.is_some());
+        assert_eq!(ok.all().len(), 1);
+        assert!(resolve("[k8s_psat]\n").unwrap().k8s_psat.is_some());
+        match resolve("[k8s_psat.clusters.prod]\naudience = []\n") {
+            Err(ConfigError::Invalid { key: K8S_PSAT, reason }) => assert_eq!(
+                reason,
+                "cluster \"prod\" configuration must have at least one service account allowed"
+            ),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
     }
 }

@@ -212,6 +212,8 @@ pub const SETTINGS: &[(&str, Rule)] = &[
         "plugins.NodeAttestor.azure_msi.plugin_data.agent_path_template",
         Map { to: "node_attestors.azure_msi.agent_path_template", conv: Str },
     ),
+    // pkg/server/plugin/nodeattestor/k8spsat (AttestorConfig, ClusterConfig)
+    ("plugins.NodeAttestor.k8s_psat.plugin_data.clusters", Hook(psat_clusters)),
     // pkg/common/telemetry/config.go (FileConfig)
     ("telemetry", Block),
     ("telemetry.Prometheus", Section("telemetry.prometheus")),
@@ -286,6 +288,7 @@ pub const PLUGINS: &[(&str, &str, PluginRule)] = &[
     ("NodeAttestor", "gcp_iit", PluginRule::Table("node_attestors.gcp_iit")),
     ("NodeAttestor", "tpm_devid", PluginRule::Table("node_attestors.tpm_devid")),
     ("NodeAttestor", "azure_msi", PluginRule::Table("node_attestors.azure_msi")),
+    ("NodeAttestor", "k8s_psat", PluginRule::Table("node_attestors.k8s_psat")),
     (
         "UpstreamAuthority",
         "disk",
@@ -303,8 +306,9 @@ pub const PLUGIN_TYPES: &[(&str, &str)] = &[
     ("KeyManager", "ward keeps CA keys on disk (only \"disk\" and \"memory\" are accepted)"),
     (
         "NodeAttestor",
-        "ward attests agents with join tokens, x509pop, gcp_iit, tpm_devid and azure_msi only \
-         (NodeAttestor \"join_token\", \"x509pop\", \"gcp_iit\", \"tpm_devid\", \"azure_msi\")",
+        "ward attests agents with join tokens, x509pop, gcp_iit, tpm_devid, azure_msi and k8s_psat \
+         only (NodeAttestor \"join_token\", \"x509pop\", \"gcp_iit\", \"tpm_devid\", \"azure_msi\", \
+         \"k8s_psat\")",
     ),
     ("Notifier", "ward has no notifiers"),
     ("UpstreamAuthority", "ward's CA is self-signed"),
@@ -365,4 +369,86 @@ fn azure_tenants(w: &mut Walk<'_>, path: &str, value: &serde_json::Value) {
         let to = format!("node_attestors.azure_msi.tenants.{id}");
         set(&mut w.table, &to, toml::Value::Table(table));
     }
+}
+
+/// The settings of one `k8s_psat` cluster: SPIRE's `ClusterConfig` keys and conversions.
+const PSAT_CLUSTER_KEYS: &[(&str, Conv, bool)] = &[
+    ("service_account_allow_list", Str, true),
+    ("audience", Str, true),
+    ("kube_config_file", Str, false),
+    ("allowed_node_label_keys", Str, true),
+    ("allowed_pod_label_keys", Str, true),
+];
+
+/// `clusters = { "<name>" = { ... } }`: one `[node_attestors.k8s_psat.clusters.<name>]` table
+/// per cluster (a name may hold dots, so the tables are built here and not by dotted path).
+fn psat_clusters(w: &mut Walk<'_>, path: &str, value: &serde_json::Value) {
+    use serde_json::Value;
+    // HCL blocks may arrive as a list of objects: their members are merged.
+    let objects: Vec<&serde_json::Map<String, Value>> = match value {
+        Value::Null => return,
+        Value::Object(o) => vec![o],
+        Value::Array(items) if items.iter().all(Value::is_object) => {
+            items.iter().filter_map(Value::as_object).collect()
+        }
+        _ => {
+            w.refused.push(format!("{path} must map cluster names to blocks"));
+            return;
+        }
+    };
+    let mut clusters = toml::Table::new();
+    for (name, cluster) in objects.into_iter().flatten() {
+        let settings: Vec<&serde_json::Map<String, Value>> = match cluster {
+            Value::Object(o) => vec![o],
+            Value::Array(items) if items.iter().all(Value::is_object) => {
+                items.iter().filter_map(Value::as_object).collect()
+            }
+            _ => {
+                w.refused.push(format!("{path}.{name} must be a block"));
+                continue;
+            }
+        };
+        let mut table = toml::Table::new();
+        for (key, v) in settings.into_iter().flatten() {
+            let Some((_, conv, list)) =
+                PSAT_CLUSTER_KEYS.iter().find(|(k, ..)| k.eq_ignore_ascii_case(key))
+            else {
+                w.refused.push(format!(
+                    "{path}.{name}.{key} is not a k8s_psat cluster setting (SPIRE reads {})",
+                    PSAT_CLUSTER_KEYS.iter().map(|(k, ..)| *k).collect::<Vec<_>>().join(", ")
+                ));
+                continue;
+            };
+            let ward_key = PSAT_CLUSTER_KEYS
+                .iter()
+                .map(|(k, ..)| *k)
+                .find(|k| k.eq_ignore_ascii_case(key))
+                .unwrap_or(key);
+            let converted = if *list {
+                match v {
+                    // `audience` set to nothing is kept: it means "no audience", not the default.
+                    Value::Null => continue,
+                    Value::Array(items) => items
+                        .iter()
+                        .map(|i| convert(i, *conv))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map(toml::Value::Array),
+                    other => Err(format!("must be a list of strings, not {other}")),
+                }
+            } else {
+                if v.is_null() {
+                    continue;
+                }
+                convert(v, *conv)
+            };
+            match converted {
+                Ok(c) => {
+                    table.insert(ward_key.to_owned(), c);
+                }
+                Err(why) => w.refused.push(format!("{path}.{name}.{key} {why}")),
+            }
+        }
+        clusters.insert(name.clone(), toml::Value::Table(table));
+    }
+    set(&mut w.table, "node_attestors.k8s_psat.clusters", toml::Value::Table(clusters));
 }

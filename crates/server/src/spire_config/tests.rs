@@ -108,8 +108,8 @@ server {
     trust_domian = "typo.org"
 }
 plugins {
-    NodeAttestor "k8s_psat" {
-        plugin_data { clusters = { "c1" = { service_account_allow_list = ["spire:spire-agent"] } } }
+    NodeAttestor "sshpop" {
+        plugin_data {}
     }
     NodeAttestor "tpm" {
         plugin_cmd = "/tpm/attestor"
@@ -131,7 +131,7 @@ telemetry {
     let got = refused(text, ConfigFormat::SpireHcl);
     let want = [
         "Gadget",
-        "NodeAttestor \"k8s_psat\"",
+        "NodeAttestor \"sshpop\"",
         "NodeAttestor \"tpm\"",
         "Notifier \"k8sbundle\"",
         "server.admin_ids",
@@ -147,8 +147,9 @@ telemetry {
     }
     assert!(got.iter().any(|s| {
         s.ends_with(
-            "ward attests agents with join tokens, x509pop, gcp_iit, tpm_devid and azure_msi only \
-             (NodeAttestor \"join_token\", \"x509pop\", \"gcp_iit\", \"tpm_devid\", \"azure_msi\")",
+            "ward attests agents with join tokens, x509pop, gcp_iit, tpm_devid, azure_msi and \
+             k8s_psat only (NodeAttestor \"join_token\", \"x509pop\", \"gcp_iit\", \"tpm_devid\", \
+             \"azure_msi\", \"k8s_psat\")",
         )
     }));
     // The disabled plugin is skipped, as SPIRE skips it.
@@ -409,4 +410,64 @@ plugins {
     let a = &t.table["node_attestors"]["azure_msi"]["tenants"];
     assert_eq!(a["11111111-2222"]["resource_id"].as_str(), Some("https://example.org/app"));
     assert!(a["33333333-4444"].as_table().is_some_and(toml::Table::is_empty), "{a:?}");
+}
+
+#[test]
+fn maps_the_k8s_psat_clusters() {
+    let text = r#"
+server {
+    trust_domain = "example.org"
+    data_dir = "/d"
+}
+plugins {
+    NodeAttestor "k8s_psat" {
+        plugin_data {
+            clusters = {
+                "prod.eu" = {
+                    service_account_allow_list = ["spire:spire-agent", "spire:other"]
+                    kube_config_file = "/etc/kubeconfig"
+                    audience = []
+                    allowed_node_label_keys = ["zone"]
+                }
+                "in-cluster" = {
+                    service_account_allow_list = ["spire:spire-agent"]
+                    allowed_pod_label_keys = ["app"]
+                    use_token_review_api_validation = true
+                }
+            }
+        }
+    }
+}
+"#;
+    let t = translate(text, ConfigFormat::SpireHcl);
+    let refused = match &t {
+        Err(e) => e.to_string(),
+        Ok(_) => String::new(),
+    };
+    assert!(
+        refused.contains(
+            "plugins.NodeAttestor.k8s_psat.plugin_data.clusters.in-cluster.\
+             use_token_review_api_validation is not a k8s_psat cluster setting"
+        ),
+        "{refused}"
+    );
+    let t = translate(
+        &text.replace("use_token_review_api_validation = true", ""),
+        ConfigFormat::SpireHcl,
+    )
+    .unwrap();
+    let clusters = &t.table["node_attestors"]["k8s_psat"]["clusters"];
+    let prod = &clusters["prod.eu"];
+    assert_eq!(
+        prod["service_account_allow_list"],
+        toml::Value::Array(vec!["spire:spire-agent".into(), "spire:other".into()])
+    );
+    assert_eq!(prod["kube_config_file"].as_str(), Some("/etc/kubeconfig"));
+    assert_eq!(prod["audience"], toml::Value::Array(vec![]));
+    assert_eq!(prod["allowed_node_label_keys"], toml::Value::Array(vec!["zone".into()]));
+    assert_eq!(
+        clusters["in-cluster"]["allowed_pod_label_keys"],
+        toml::Value::Array(vec!["app".into()])
+    );
+    assert!(clusters["in-cluster"].get("audience").is_none());
 }
