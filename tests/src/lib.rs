@@ -19,6 +19,7 @@ pub mod daemon;
 pub mod differential;
 pub mod envoy_sds;
 pub mod gcp;
+pub mod kubernetes;
 pub mod netns;
 pub mod node_attestation;
 pub mod normalize;

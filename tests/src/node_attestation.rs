@@ -7,6 +7,8 @@
 //! `ip netns exec <ns>`, or `env VAR=value`; empty: run it directly) so a suite can put a
 //! process where its fake metadata service or its `/etc/hosts` is.
 
+pub mod scenario;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;

@@ -16,7 +16,6 @@
 //! 4. with a 20 s agent SVID both agents attest to ward-server again (their node records get
 //!    new serials), as x509pop allows.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,14 +27,17 @@ use rcgen::{
 };
 use ward_attest::NodeAttestor;
 use ward_attest::node_attestor::x509pop::{X509popAgentConfig, X509popAttestor, fingerprint};
-use ward_tests::agent::{AgentDirs, spiffe_ids, wait_healthy};
-use ward_tests::agent_scenario::wait_ready;
-use ward_tests::cli::{AdminCli, AgentCli};
+use ward_tests::agent::{AgentDirs, wait_healthy};
+use ward_tests::cli::AdminCli;
 use ward_tests::daemon::Daemon;
+use ward_tests::node_attestation::scenario::{
+    Expected, attest_three_ways, compare_refusals, create_alias_and_workload, ready_pair,
+    wait_workload_served,
+};
 use ward_tests::node_attestation::{
     ATTEST_TIMEOUT, Tampered, agent_show, agents, plugin_block, refusal,
     start_spire_agent_with_attestor, start_spire_server_with_attestor,
-    start_ward_agent_with_attestor, start_ward_server_with_attestor, truncated, wait_attested,
+    start_ward_agent_with_attestor, start_ward_server_with_attestor, truncated,
 };
 use ward_tests::quoted_path;
 use ward_tests::server::{ServerOptions, ServerProcess};
@@ -290,60 +292,29 @@ fn scenario(
         &root.join("ward-server"),
         &ca_path,
     )?);
-    let spire_on_spire = AdminCli::new(&spire.server, &spire_server.socket_path);
-    let spire_on_ward = AdminCli::new(&spire.server, &ward_server.socket_path);
-    let ward_cli = AdminCli::new(ward_bin, &ward_server.socket_path);
-    wait_ready(&mut spire_server.daemon, &spire_on_spire)?;
-    wait_ready(&mut ward_server.daemon, &ward_cli)?;
-    let spire_bundle = root.join("spire-bundle.pem");
-    std::fs::write(&spire_bundle, spire_on_spire.bundle_show_pem()?)?;
-    let ward_bundle = root.join("ward-bundle.pem");
-    std::fs::write(&ward_bundle, ward_cli.bundle_show_pem()?)?;
+    let pair = ready_pair(spire, ward_bin, spire_server, ward_server, root)?;
 
     eprintln!("1. the same certificate through each agent to each server");
     let id_a = a.agent_id();
-    // spire-agent -> spire-server: the reference.
-    let (mut agent, _) = start_spire_agent_x509pop(
-        spire,
-        &root.join("sa-ss"),
-        spire_server.port,
-        &spire_bundle,
-        &a,
+    let expected = Expected {
+        id: &id_a,
+        attestation_type: "x509pop",
+        selectors: vec![
+            "x509pop:subject:cn:node-a".to_owned(),
+            format!("x509pop:ca:fingerprint:{}", fingerprint(&node_ca.der)),
+            "x509pop:san:datacenter:dc-node-a".to_owned(),
+        ],
+    };
+    let (_, agent) = attest_three_ways(
+        root,
+        agent_bin,
+        &pair,
+        spire_server,
+        ward_server,
+        &expected,
+        &|dir, port, bundle| start_spire_agent_x509pop(spire, dir, port, bundle, &a),
+        &|dirs, port, bundle| start_ward_agent_x509pop(agent_bin, dirs, port, bundle, &a),
     )?;
-    wait_attested(&spire_on_spire, &mut [&mut agent, &mut spire_server.daemon], &id_a)?;
-    let reference = agent_show(&spire_on_spire, &id_a)?;
-    agent.terminate(Duration::from_secs(10))?;
-    eprintln!("{reference}");
-    for line in ["Attestation type  : x509pop", "Can re-attest     : true"] {
-        ensure!(reference.contains(line), "spire-server's agent show lacks {line:?}:\n{reference}");
-    }
-    for want in [
-        "x509pop:subject:cn:node-a".to_owned(),
-        format!("x509pop:ca:fingerprint:{}", fingerprint(&node_ca.der)),
-        "x509pop:san:datacenter:dc-node-a".to_owned(),
-    ] {
-        ensure!(reference.contains(&want), "spire-server's agent lacks {want}:\n{reference}");
-    }
-    // ward-agent -> spire-server.
-    let dirs = AgentDirs::new(root, "wa-ss");
-    let mut agent =
-        start_ward_agent_x509pop(agent_bin, &dirs, spire_server.port, &spire_bundle, &a)?;
-    wait_healthy(agent_bin, &mut agent, &dirs.admin_socket)?;
-    let by_ward_agent = agent_show(&spire_on_spire, &id_a)?;
-    agent.terminate(Duration::from_secs(10))?;
-    ensure!(
-        by_ward_agent == reference,
-        "ward-agent -> spire-server:\n{by_ward_agent}\nspire-agent -> spire-server:\n{reference}"
-    );
-    // spire-agent -> ward-server.
-    let (mut agent, _) =
-        start_spire_agent_x509pop(spire, &root.join("sa-ws"), ward_server.port, &ward_bundle, &a)?;
-    wait_attested(&spire_on_ward, &mut [&mut agent, &mut ward_server.daemon], &id_a)?;
-    let on_ward = agent_show(&spire_on_ward, &id_a)?;
-    ensure!(
-        on_ward == reference,
-        "spire-agent -> ward-server:\n{on_ward}\nspire-agent -> spire-server:\n{reference}"
-    );
     procs.agents.push(agent);
 
     eprintln!("2. bad evidence gets spire-server's code and message from ward-server");
@@ -369,84 +340,65 @@ fn scenario(
         let c_serial = listed.iter().find(|(id, _)| *id == c.agent_id()).map(|(_, s)| s.clone());
         Ok((listed.into_iter().map(|(id, _)| id).collect(), c_serial))
     };
-    let before_spire = stored(&spire_on_spire)?;
-    let before_ward = stored(&spire_on_ward)?;
+    let before_spire = stored(&pair.spire_on_spire)?;
+    let before_ward = stored(&pair.spire_on_ward)?;
     ensure!(before_ward.1.is_some(), "node-c is not attested to ward-server");
-    for (what, attestor) in bad_evidence(&foreign, &expired, &c, &recorded) {
-        let spire_says = rt.block_on(refusal(spire_server.port, TD, attestor.clone()));
-        let ward_says = rt.block_on(refusal(ward_server.port, TD, attestor));
-        eprintln!("   {what}: spire-server {spire_says:?}, ward-server {ward_says:?}");
-        ensure!(spire_says.0 != tonic::Code::Ok, "spire-server accepted the {what}");
-        ensure!(
-            (ward_says.0, without_current_time(&ward_says.1))
-                == (spire_says.0, without_current_time(&spire_says.1)),
-            "{what}: ward-server said {ward_says:?}, spire-server {spire_says:?}"
-        );
-    }
-    ensure!(stored(&spire_on_spire)? == before_spire, "spire-server's agent list changed");
-    ensure!(stored(&spire_on_ward)? == before_ward, "ward-server's agent list changed");
-    ward_cli.healthcheck().context("ward-server after the bad evidence")?;
-    spire_on_ward.healthcheck().context("ward-server after the bad evidence (spire-server CLI)")?;
+    compare_refusals(
+        &rt,
+        TD,
+        spire_server.port,
+        ward_server.port,
+        bad_evidence(&foreign, &expired, &c, &recorded),
+        without_current_time,
+    )?;
+    ensure!(stored(&pair.spire_on_spire)? == before_spire, "spire-server's agent list changed");
+    ensure!(stored(&pair.spire_on_ward)? == before_ward, "ward-server's agent list changed");
+    pair.ward_cli.healthcheck().context("ward-server after the bad evidence")?;
+    pair.spire_on_ward
+        .healthcheck()
+        .context("ward-server after the bad evidence (spire-server CLI)")?;
 
     eprintln!("3. a node alias by CA fingerprint groups two agents on ward-server");
-    let uid = std::fs::metadata(root)?.uid();
-    spire_on_ward.ok(
-        &["entry", "create"],
-        &[
-            "-node",
-            "-spiffeID",
-            ALIAS_ID,
-            "-selector",
-            &format!("x509pop:ca:fingerprint:{}", fingerprint(&node_ca.der)),
-        ],
-    )?;
-    spire_on_ward.ok(
-        &["entry", "create"],
-        &["-parentID", ALIAS_ID, "-spiffeID", WORKLOAD_ID, "-selector", &format!("unix:uid:{uid}")],
+    create_alias_and_workload(
+        &pair.spire_on_ward,
+        root,
+        ALIAS_ID,
+        &format!("x509pop:ca:fingerprint:{}", fingerprint(&node_ca.der)),
+        WORKLOAD_ID,
     )?;
     let dirs_b = AgentDirs::new(root, "wa-ws");
     let mut agent_b =
-        start_ward_agent_x509pop(agent_bin, &dirs_b, ward_server.port, &ward_bundle, &b)?;
+        start_ward_agent_x509pop(agent_bin, &dirs_b, ward_server.port, &pair.ward_bundle, &b)?;
     wait_healthy(agent_bin, &mut agent_b, &dirs_b.admin_socket)?;
-    let listed: Vec<String> = agents(&spire_on_ward)?.into_iter().map(|(id, _)| id).collect();
+    let listed: Vec<String> = agents(&pair.spire_on_ward)?.into_iter().map(|(id, _)| id).collect();
     let mut want = vec![id_a.clone(), b.agent_id(), c.agent_id()];
     want.sort();
     ensure!(listed == want, "agents {listed:?}, expected {want:?}");
-    let show_b = agent_show(&spire_on_ward, &b.agent_id())?;
+    let show_b = agent_show(&pair.spire_on_ward, &b.agent_id())?;
     ensure!(show_b.contains("x509pop:subject:cn:node-b"), "{show_b}");
     procs.agents.push(agent_b);
-    let spire_agent_socket = root.join("sa-ws").join("workload.sock");
-    for (who, socket) in
-        [("spire-agent", spire_agent_socket), ("ward-agent", dirs_b.socket.clone())]
-    {
-        let cli = AgentCli::new(&spire.agent, &socket);
-        let svid_dir = root.join(format!("svids-{who}"));
-        std::fs::create_dir_all(&svid_dir)?;
-        poll_until(&format!("{who} to serve the alias's workload"), ATTEST_TIMEOUT, || {
-            for d in procs.agents.iter_mut() {
-                d.ensure_running()?;
-            }
-            let out = cli.fetch_x509(&svid_dir)?;
-            let ids = spiffe_ids(&out.stdout);
-            Ok(if ids == [WORKLOAD_ID.to_owned()] {
-                Step::Done(())
-            } else {
-                Step::Retry(out.describe())
-            })
-        })?;
-    }
+    wait_workload_served(
+        &spire.agent,
+        root,
+        &[
+            ("spire-agent", root.join("sa-ws").join("workload.sock")),
+            ("ward-agent", dirs_b.socket.clone()),
+        ],
+        &mut procs.agents,
+        WORKLOAD_ID,
+    )?;
 
     // ward-server refuses RenewAgent from an agent that can attest again, so a new serial
     // means a new attestation.
     eprintln!("4. both agents attest again (x509pop allows it) when their SVIDs age");
-    let serials = agents(&spire_on_ward)?;
+    let serials = agents(&pair.spire_on_ward)?;
     for id in [id_a.clone(), b.agent_id()] {
         let first = serials.iter().find(|(a, _)| *a == id).map(|(_, s)| s.clone());
         poll_until(&format!("{id} to attest again"), ATTEST_TIMEOUT, || {
             for d in procs.agents.iter_mut() {
                 d.ensure_running()?;
             }
-            let now = agents(&spire_on_ward)?;
+            let now = agents(&pair.spire_on_ward)?;
             let serial = now.iter().find(|(a, _)| *a == id).map(|(_, s)| s.clone());
             Ok(if serial.is_some() && serial != first {
                 Step::Done(())
