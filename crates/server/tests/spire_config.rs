@@ -101,7 +101,7 @@ fn refusals_are_printed_one_per_line() {
     let err = read("server-unsupported.conf").unwrap_err();
     let text = err.to_string();
     assert!(text.starts_with("ward cannot run with the SPIRE configuration at"), "{text}");
-    assert_eq!(text.lines().filter(|l| l.starts_with("  - ")).count(), 7, "{text}");
+    assert_eq!(text.lines().filter(|l| l.starts_with("  - ")).count(), 6, "{text}");
 }
 
 #[test]
