@@ -11,8 +11,8 @@
 //!
 //! One module per attestor holds its payload type, its agent side and its server side:
 //! [`join_token`] (agent side only: the server checks tokens against its store) and
-//! [`x509pop`], [`gcp_iit`], [`tpm_devid`], [`aws_iid`], [`azure_msi`] and [`k8s_psat`]; `sshpop`
-//! and the other attestors follow the same shape.
+//! [`x509pop`], [`sshpop`], [`gcp_iit`], [`tpm_devid`], [`aws_iid`], [`azure_msi`] and
+//! [`k8s_psat`]; the other attestors follow the same shape.
 
 pub mod aws_iid;
 pub mod azure_msi;
@@ -21,6 +21,7 @@ pub mod gcp_iit;
 pub mod http_get;
 pub mod jws;
 pub mod k8s_psat;
+pub mod sshpop;
 #[cfg(test)]
 mod test_http;
 pub mod tpm_devid;
