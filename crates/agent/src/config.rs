@@ -108,8 +108,8 @@ pub struct FileConfig {
     pub sds: Option<SdsFileConfig>,
     /// The HTTP health listener (SPIRE's `health_checks` block).
     pub health_checks: Option<HealthChecksFileConfig>,
-    /// The node attestor used when no join token is given (`[node_attestor.x509pop]` or
-    /// `[node_attestor.k8s_psat]`).
+    /// The node attestor used when no join token is given (`[node_attestor.x509pop]`,
+    /// `[node_attestor.k8s_psat]`, `[node_attestor.sshpop]` and the others).
     pub node_attestor: Option<NodeAttestorFileConfig>,
 }
 
@@ -128,6 +128,8 @@ pub struct NodeAttestorFileConfig {
     pub azure_msi: Option<AzureMsiFileConfig>,
     /// `k8s_psat`: the pod's projected service-account token proves the node's identity.
     pub k8s_psat: Option<K8sPsatFileConfig>,
+    /// `sshpop`: an SSH host certificate and the host key prove the node's identity.
+    pub sshpop: Option<SshpopFileConfig>,
 }
 
 /// `[node_attestor.k8s_psat]`: SPIRE's agent `k8s_psat` plugin data.
@@ -188,6 +190,16 @@ pub struct GcpIitFileConfig {
     pub identity_token_host: Option<String>,
     /// The service account whose token is asked for (default `default`).
     pub service_account: Option<String>,
+}
+
+/// `[node_attestor.sshpop]`: SPIRE's agent `sshpop` plugin data.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshpopFileConfig {
+    /// The host's private key, OpenSSH format (default `/etc/ssh/ssh_host_rsa_key`).
+    pub host_key_path: Option<PathBuf>,
+    /// The host certificate, OpenSSH format (default `/etc/ssh/ssh_host_rsa_key-cert.pub`).
+    pub host_cert_path: Option<PathBuf>,
 }
 
 /// `[node_attestor.x509pop]`: SPIRE's agent `x509pop` plugin data.
@@ -348,6 +360,8 @@ pub struct Settings {
     pub azure_msi: Option<ward_attest::node_attestor::azure_msi::AzureMsiAgentConfig>,
     /// The `k8s_psat` node attestor, if configured (a join token takes precedence).
     pub k8s_psat: Option<ward_attest::node_attestor::k8s_psat::K8sPsatAgentConfig>,
+    /// The `sshpop` node attestor, if configured.
+    pub sshpop: Option<ward_attest::node_attestor::sshpop::SshpopAgentConfig>,
     /// The data directory.
     pub data_dir: PathBuf,
     /// The Workload API socket.
@@ -630,12 +644,13 @@ impl Settings {
             node_attestor.tpm_devid.is_some(),
             node_attestor.azure_msi.is_some(),
             node_attestor.k8s_psat.is_some(),
+            node_attestor.sshpop.is_some(),
         ];
         if configured.iter().filter(|c| **c).count() > 1 {
             return Err(err("only one of [node_attestor.x509pop], [node_attestor.gcp_iit], \
-                            [node_attestor.tpm_devid], [node_attestor.azure_msi] and \
-                            [node_attestor.k8s_psat] can be configured: an agent attests with \
-                            one node attestor"));
+                            [node_attestor.tpm_devid], [node_attestor.azure_msi], \
+                            [node_attestor.k8s_psat] and [node_attestor.sshpop] can be \
+                            configured: an agent attests with one node attestor"));
         }
         let azure_msi = node_attestor.azure_msi.map(|a| {
             ward_attest::node_attestor::azure_msi::AzureMsiAgentConfig {
@@ -680,6 +695,13 @@ impl Settings {
                 }),
             }),
         };
+        let sshpop = node_attestor.sshpop.map(|x| {
+            let defaults = ward_attest::node_attestor::sshpop::SshpopAgentConfig::default();
+            ward_attest::node_attestor::sshpop::SshpopAgentConfig {
+                host_key_path: non_empty_path(x.host_key_path).unwrap_or(defaults.host_key_path),
+                host_cert_path: non_empty_path(x.host_cert_path).unwrap_or(defaults.host_cert_path),
+            }
+        });
         let x509pop = match node_attestor.x509pop {
             None => None,
             Some(x) => Some(ward_attest::node_attestor::x509pop::X509popAgentConfig {
@@ -741,6 +763,7 @@ impl Settings {
             tpm_devid,
             azure_msi,
             k8s_psat,
+            sshpop,
         })
     }
 }
@@ -920,6 +943,29 @@ mod tests {
             .unwrap_err();
             assert_eq!(e, err(missing));
         }
+    }
+
+    #[test]
+    fn sshpop_takes_spires_defaults_and_stands_alone() {
+        let s = settings(&format!("{BASE}insecure_bootstrap = true\n[node_attestor.sshpop]\n"))
+            .unwrap();
+        let x = s.sshpop.unwrap();
+        assert_eq!(x.host_key_path, PathBuf::from("/etc/ssh/ssh_host_rsa_key"));
+        assert_eq!(x.host_cert_path, PathBuf::from("/etc/ssh/ssh_host_rsa_key-cert.pub"));
+        let s = settings(&format!(
+            "{BASE}insecure_bootstrap = true\n[node_attestor.sshpop]\n\
+             host_key_path = \"/k\"\nhost_cert_path = \"/k-cert.pub\"\n"
+        ))
+        .unwrap();
+        let x = s.sshpop.unwrap();
+        assert_eq!((x.host_key_path, x.host_cert_path), ("/k".into(), "/k-cert.pub".into()));
+        let e = settings(&format!(
+            "{BASE}insecure_bootstrap = true\n[node_attestor.sshpop]\n\
+             [node_attestor.x509pop]\nprivate_key_path = \"/k.pem\"\ncertificate_path = \"/c\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.0.starts_with("only one of [node_attestor.x509pop]"), "{e}");
+        assert!(e.0.contains("[node_attestor.sshpop] can be configured"), "{e}");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use ward_attest::node_attestor::azure_msi::AzureMsiAttestor;
 use ward_attest::node_attestor::gcp_iit::GcpIitAttestor;
 use ward_attest::node_attestor::join_token::JoinTokenAttestor;
 use ward_attest::node_attestor::k8s_psat::K8sPsatAttestor;
+use ward_attest::node_attestor::sshpop::SshpopAttestor;
 use ward_attest::node_attestor::tpm_devid::TpmDevidAttestor;
 use ward_attest::node_attestor::x509pop::X509popAttestor;
 
@@ -207,6 +208,9 @@ fn node_attestor(
     }
     if let Some(config) = &settings.k8s_psat {
         return Ok(Some(Arc::new(K8sPsatAttestor::new(config.clone())?)));
+    }
+    if let Some(config) = &settings.sshpop {
+        return Ok(Some(Arc::new(SshpopAttestor::new(config.clone())?)));
     }
     match &settings.x509pop {
         Some(config) => Ok(Some(Arc::new(X509popAttestor::new(config.clone())?))),

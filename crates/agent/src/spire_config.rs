@@ -409,6 +409,15 @@ pub const SETTINGS: &[(&str, Rule)] = &[
         "plugins.NodeAttestor.k8s_psat.plugin_data.token_path",
         Map { to: "node_attestor.k8s_psat.token_path", conv: Str },
     ),
+    // pkg/common/plugin/sshpop/sshpop.go (ClientConfig)
+    (
+        "plugins.NodeAttestor.sshpop.plugin_data.host_key_path",
+        Map { to: "node_attestor.sshpop.host_key_path", conv: Str },
+    ),
+    (
+        "plugins.NodeAttestor.sshpop.plugin_data.host_cert_path",
+        Map { to: "node_attestor.sshpop.host_cert_path", conv: Str },
+    ),
 ];
 
 /// spire-agent plugins ward has built in, by type and name.
@@ -419,6 +428,7 @@ pub const PLUGINS: &[(&str, &str, PluginRule)] = &[
     ("NodeAttestor", "tpm_devid", PluginRule::Table("node_attestor.tpm_devid")),
     ("NodeAttestor", "azure_msi", PluginRule::Table("node_attestor.azure_msi")),
     ("NodeAttestor", "k8s_psat", PluginRule::Table("node_attestor.k8s_psat")),
+    ("NodeAttestor", "sshpop", PluginRule::Table("node_attestor.sshpop")),
     (
         "KeyManager",
         "disk",
@@ -447,9 +457,9 @@ pub const PLUGIN_TYPES: &[(&str, &str)] = &[
     ("KeyManager", "ward-agent keeps its key in data_dir (\"disk\" and \"memory\" are accepted)"),
     (
         "NodeAttestor",
-        "ward-agent attests its node with a join token, x509pop, gcp_iit, tpm_devid, azure_msi or \
-         k8s_psat (NodeAttestor \"join_token\", \"x509pop\", \"gcp_iit\", \"tpm_devid\", \
-         \"azure_msi\", \"k8s_psat\")",
+        "ward-agent attests its node with a join token, x509pop, gcp_iit, tpm_devid, azure_msi, \
+         k8s_psat or sshpop (NodeAttestor \"join_token\", \"x509pop\", \"gcp_iit\", \
+         \"tpm_devid\", \"azure_msi\", \"k8s_psat\", \"sshpop\")",
     ),
     ("SVIDStore", "ward-agent serves SVIDs over the Workload API and SDS only"),
     ("WorkloadAttestor", "ward-agent attests workloads with \"unix\", \"k8s\" and \"systemd\""),

@@ -25,7 +25,7 @@ pub use cluster::{
 pub(crate) use node_attestors::test_ca_pem;
 pub use node_attestors::{
     AzureMsiFile, AzureTenantFile, GcpIitFile, K8sPsatClusterFile, K8sPsatFile,
-    NodeAttestorsConfig, NodeAttestorsFile, X509popFile,
+    NodeAttestorsConfig, NodeAttestorsFile, SshpopFile, X509popFile,
 };
 pub use observability::{
     DEFAULT_METRIC_PREFIX, HealthChecksConfig, PrometheusConfig, TelemetryConfig,

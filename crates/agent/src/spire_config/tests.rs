@@ -117,9 +117,10 @@ fn everything_ward_agent_lacks_is_refused_one_sentence_each() {
             "agent.workload_x509_svid_key_type \"rsa-2048\" is not supported: ward-agent's \
              workload keys are EC P-256 (\"ec-p256\")",
             "x509_svid_cache_max_size should not be negative",
-            "plugin NodeAttestor \"sshpop\" is not supported: ward-agent attests its node with \
-             a join token, x509pop, gcp_iit, tpm_devid, azure_msi or k8s_psat (NodeAttestor \
-             \"join_token\", \"x509pop\", \"gcp_iit\", \"tpm_devid\", \"azure_msi\", \"k8s_psat\")",
+            "plugin NodeAttestor \"http_challenge\" is not supported: ward-agent attests its node \
+             with a join token, x509pop, gcp_iit, tpm_devid, azure_msi, k8s_psat or sshpop \
+             (NodeAttestor \"join_token\", \"x509pop\", \"gcp_iit\", \"tpm_devid\", \"azure_msi\", \
+             \"k8s_psat\", \"sshpop\")",
             "plugin SVIDStore \"aws_secretsmanager\" is not supported: ward-agent serves SVIDs \
              over the Workload API and SDS only",
             "plugin WorkloadAttestor \"docker\" is not supported: ward-agent attests workloads \
@@ -316,4 +317,42 @@ fn the_k8s_psat_node_attestor_becomes_wards_table() {
     ));
     let s = settings(read(Path::new("agent.conf"), &text).unwrap().file);
     assert_eq!(s.k8s_psat.unwrap().token_path, Path::new("/t/agent"));
+}
+
+#[test]
+fn the_sshpop_node_attestor_becomes_wards_table() {
+    let text = r#"
+agent {
+    data_dir = "/d"
+    server_address = "spire-server"
+    server_port = "8081"
+    trust_domain = "example.org"
+    insecure_bootstrap = true
+}
+plugins {
+    KeyManager "memory" {
+        plugin_data {}
+    }
+    NodeAttestor "sshpop" {
+        plugin_data {
+            host_key_path = "/etc/ssh/ssh_host_ed25519_key"
+        }
+    }
+    WorkloadAttestor "unix" {
+        plugin_data {}
+    }
+}
+"#;
+    let loaded = read(Path::new("agent.conf"), text).unwrap();
+    let s = settings(loaded.file);
+    let x = s.sshpop.unwrap();
+    assert_eq!(x.host_key_path, Path::new("/etc/ssh/ssh_host_ed25519_key"));
+    assert_eq!(x.host_cert_path, Path::new("/etc/ssh/ssh_host_rsa_key-cert.pub"));
+    assert!(s.x509pop.is_none());
+
+    // An empty plugin_data block takes SPIRE's defaults.
+    let empty = text.replace("host_key_path = \"/etc/ssh/ssh_host_ed25519_key\"", "");
+    let loaded = read(Path::new("agent.conf"), &empty).unwrap();
+    let x = settings(loaded.file).sshpop.unwrap();
+    assert_eq!(x.host_key_path, Path::new("/etc/ssh/ssh_host_rsa_key"));
 }

@@ -1,5 +1,6 @@
 //! The `[node_attestors]` table: the attestors agents may use besides join tokens, with
-//! SPIRE's plugin settings (`NodeAttestor "x509pop" { plugin_data { ... } }` in SPIRE's file).
+//! SPIRE's plugin settings (`NodeAttestor "x509pop" { plugin_data { ... } }` and
+//! `NodeAttestor "sshpop"` in SPIRE's file).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,6 +13,9 @@ use ward_attest::node_attestor::azure_msi::{
 use ward_attest::node_attestor::gcp_iit::{GOOGLE_CERTS_URL, GcpIitServerConfig, GcpIitVerifier};
 use ward_attest::node_attestor::k8s_psat::{
     Credentials, DEFAULT_AUDIENCE, K8sPsatClusterConfig, K8sPsatServerConfig, K8sPsatVerifier,
+};
+use ward_attest::node_attestor::sshpop::{
+    SshpopServerConfig, SshpopVerifier, cert_authorities_from_file,
 };
 use ward_attest::node_attestor::tpm_devid::{TpmDevidServerConfig, TpmDevidVerifier};
 use ward_attest::node_attestor::x509pop::{
@@ -35,6 +39,8 @@ pub struct NodeAttestorsFile {
     pub azure_msi: Option<AzureMsiFile>,
     /// `[node_attestors.k8s_psat]`.
     pub k8s_psat: Option<K8sPsatFile>,
+    /// `[node_attestors.sshpop]`.
+    pub sshpop: Option<SshpopFile>,
 }
 
 /// `[node_attestors.azure_msi]`: SPIRE's server `azure_msi` plugin data, and where ward
@@ -133,6 +139,20 @@ pub struct TpmDevidFile {
     pub endorsement_ca_path: Option<PathBuf>,
 }
 
+/// `[node_attestors.sshpop]`: SPIRE's server `sshpop` plugin data.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshpopFile {
+    /// Trusted CA public keys, `authorized_keys` lines.
+    pub cert_authorities: Option<Vec<String>>,
+    /// A file of trusted CA public keys, one `authorized_keys` line each.
+    pub cert_authorities_path: Option<PathBuf>,
+    /// The domain the certificate's first principal must be in (empty: any).
+    pub canonical_domain: Option<String>,
+    /// The agent path template (default `/{{ .PluginName}}/{{ .Fingerprint }}`).
+    pub agent_path_template: Option<String>,
+}
+
 /// `[node_attestors.x509pop]`: SPIRE's server `x509pop` plugin data.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -160,6 +180,8 @@ pub struct NodeAttestorsConfig {
     pub azure_msi: Option<Arc<AzureMsiVerifier>>,
     /// `k8s_psat`, when configured.
     pub k8s_psat: Option<Arc<K8sPsatVerifier>>,
+    /// `sshpop`, when configured.
+    pub sshpop: Option<Arc<SshpopVerifier>>,
 }
 
 impl NodeAttestorsConfig {
@@ -181,6 +203,9 @@ impl NodeAttestorsConfig {
         if let Some(v) = &self.k8s_psat {
             all.push(v.clone());
         }
+        if let Some(v) = &self.sshpop {
+            all.push(v.clone());
+        }
         all
     }
 }
@@ -197,6 +222,7 @@ fn attestor_error(key: &'static str, e: ward_attest::NodeAttestError) -> ConfigE
         other => ConfigError::Invalid { key, reason: other.to_string() },
     }
 }
+const SSHPOP: &str = "node_attestors.sshpop";
 
 fn invalid(reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { key: X509POP, reason: reason.into() }
@@ -254,6 +280,38 @@ impl K8sPsatFile {
     }
 }
 
+fn invalid_sshpop(reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: SSHPOP, reason: reason.into() }
+}
+
+/// The `sshpop` verifier for `file`, with SPIRE's sentences for what it refuses
+/// (`pkg/common/plugin/sshpop/sshpop.go`, `BuildServerConfig`).
+fn sshpop(file: SshpopFile, td: &TrustDomain) -> Result<SshpopVerifier, ConfigError> {
+    let path = file.cert_authorities_path.filter(|p| !p.as_os_str().is_empty());
+    if file.cert_authorities.is_none() && path.is_none() {
+        return Err(invalid_sshpop(
+            "missing required config value for \"cert_authorities\" or \"cert_authorities_path\"",
+        ));
+    }
+    let mut cert_authorities = file.cert_authorities.unwrap_or_default();
+    if let Some(path) = path {
+        let more = cert_authorities_from_file(&path).map_err(|e| {
+            invalid_sshpop(format!("failed to get cert authorities from file: {e}"))
+        })?;
+        cert_authorities.extend(more);
+    }
+    SshpopVerifier::new(SshpopServerConfig {
+        trust_domain: td.clone(),
+        cert_authorities,
+        canonical_domain: file.canonical_domain.unwrap_or_default(),
+        agent_path_template: file.agent_path_template.filter(|t| !t.is_empty()),
+    })
+    .map_err(|e| match e {
+        ward_attest::NodeAttestError::Config { reason, .. } => invalid_sshpop(reason),
+        other => invalid_sshpop(other.to_string()),
+    })
+}
+
 impl NodeAttestorsFile {
     /// Reads the CA files and builds each attestor, with SPIRE's sentences for what it
     /// refuses.
@@ -281,7 +339,11 @@ impl NodeAttestorsFile {
             Some(a) => Some(a.resolve(td)?),
             None => None,
         };
-        Ok(NodeAttestorsConfig { x509pop, gcp_iit, tpm_devid, azure_msi, k8s_psat })
+        let sshpop = match self.sshpop {
+            Some(f) => Some(Arc::new(sshpop(f, td)?)),
+            None => None,
+        };
+        Ok(NodeAttestorsConfig { x509pop, gcp_iit, tpm_devid, azure_msi, k8s_psat, sshpop })
     }
 }
 
@@ -575,5 +637,49 @@ mod tests {
             ),
             other => panic!("expected a refusal, got {other:?}"),
         }
+    }
+
+    const CA: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMgbJ2VhDGYTXeOemMd0hq/tbctUB2NMXyzwAV9xS9SV";
+
+    fn sshpop_reason(r: Result<NodeAttestorsConfig, ConfigError>) -> String {
+        match r {
+            Err(ConfigError::Invalid { key: SSHPOP, reason }) => reason,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn sshpop_takes_ca_keys_and_refuses_what_spire_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cas.pub");
+        std::fs::write(&file, format!("{CA}\n\n{CA} again\n")).unwrap();
+        let file = file.display().to_string();
+
+        let ok = resolve(&format!("[sshpop]\ncert_authorities = [{CA:?}]\n")).unwrap();
+        assert!(ok.sshpop.is_some() && ok.x509pop.is_none());
+        assert_eq!(ok.all().len(), 1);
+        assert!(resolve(&format!("[sshpop]\ncert_authorities_path = {file:?}\n")).is_ok());
+        assert_eq!(
+            sshpop_reason(resolve("[sshpop]\n")),
+            "missing required config value for \"cert_authorities\" or \"cert_authorities_path\""
+        );
+        assert_eq!(
+            sshpop_reason(resolve("[sshpop]\ncert_authorities = []\n")),
+            "failed to create cert checker: must provide at least one cert authority"
+        );
+        assert_eq!(
+            sshpop_reason(resolve("[sshpop]\ncert_authorities = [\"x\"]\n")),
+            "failed to create cert checker: failed to parse public key \"x\": ssh: no key found"
+        );
+        assert_eq!(
+            sshpop_reason(resolve("[sshpop]\ncert_authorities_path = \"/nonexistent/cas\"\n")),
+            "failed to get cert authorities from file: open /nonexistent/cas: no such file or \
+             directory"
+        );
+        let bad = format!(
+            "[sshpop]\ncert_authorities = [{CA:?}]\nagent_path_template = \"/{{{{ .Nope }}}}\"\n"
+        );
+        assert!(sshpop_reason(resolve(&bad)).contains("is not supported"));
     }
 }

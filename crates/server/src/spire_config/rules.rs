@@ -214,6 +214,20 @@ pub const SETTINGS: &[(&str, Rule)] = &[
     ),
     // pkg/server/plugin/nodeattestor/k8spsat (AttestorConfig, ClusterConfig)
     ("plugins.NodeAttestor.k8s_psat.plugin_data.clusters", Hook(psat_clusters)),
+    // pkg/common/plugin/sshpop/sshpop.go (ServerConfig)
+    ("plugins.NodeAttestor.sshpop.plugin_data.cert_authorities", Hook(cert_authorities)),
+    (
+        "plugins.NodeAttestor.sshpop.plugin_data.cert_authorities_path",
+        Map { to: "node_attestors.sshpop.cert_authorities_path", conv: Str },
+    ),
+    (
+        "plugins.NodeAttestor.sshpop.plugin_data.canonical_domain",
+        Map { to: "node_attestors.sshpop.canonical_domain", conv: Str },
+    ),
+    (
+        "plugins.NodeAttestor.sshpop.plugin_data.agent_path_template",
+        Map { to: "node_attestors.sshpop.agent_path_template", conv: Str },
+    ),
     // pkg/common/telemetry/config.go (FileConfig)
     ("telemetry", Block),
     ("telemetry.Prometheus", Section("telemetry.prometheus")),
@@ -289,6 +303,7 @@ pub const PLUGINS: &[(&str, &str, PluginRule)] = &[
     ("NodeAttestor", "tpm_devid", PluginRule::Table("node_attestors.tpm_devid")),
     ("NodeAttestor", "azure_msi", PluginRule::Table("node_attestors.azure_msi")),
     ("NodeAttestor", "k8s_psat", PluginRule::Table("node_attestors.k8s_psat")),
+    ("NodeAttestor", "sshpop", PluginRule::Table("node_attestors.sshpop")),
     (
         "UpstreamAuthority",
         "disk",
@@ -306,13 +321,18 @@ pub const PLUGIN_TYPES: &[(&str, &str)] = &[
     ("KeyManager", "ward keeps CA keys on disk (only \"disk\" and \"memory\" are accepted)"),
     (
         "NodeAttestor",
-        "ward attests agents with join tokens, x509pop, gcp_iit, tpm_devid, azure_msi and k8s_psat \
-         only (NodeAttestor \"join_token\", \"x509pop\", \"gcp_iit\", \"tpm_devid\", \"azure_msi\", \
-         \"k8s_psat\")",
+        "ward attests agents with join tokens, x509pop, gcp_iit, tpm_devid, azure_msi, k8s_psat \
+         and sshpop only (NodeAttestor \"join_token\", \"x509pop\", \"gcp_iit\", \"tpm_devid\", \
+         \"azure_msi\", \"k8s_psat\", \"sshpop\")",
     ),
     ("Notifier", "ward has no notifiers"),
     ("UpstreamAuthority", "ward's CA is self-signed"),
 ];
+
+/// `cert_authorities`: a list of `authorized_keys` lines.
+fn cert_authorities(w: &mut Walk<'_>, path: &str, value: &serde_json::Value) {
+    string_list(w, path, value, "node_attestors.sshpop.cert_authorities");
+}
 
 /// Why gcp_iit's Compute Engine API settings are ignored.
 const GCP_INSTANCE_METADATA_ONLY: &str = "NodeAttestor \"gcp_iit\": the Compute Engine API \

@@ -147,9 +147,9 @@ telemetry {
     }
     assert!(got.iter().any(|s| {
         s.ends_with(
-            "ward attests agents with join tokens, x509pop, gcp_iit, tpm_devid, azure_msi and \
-             k8s_psat only (NodeAttestor \"join_token\", \"x509pop\", \"gcp_iit\", \"tpm_devid\", \
-             \"azure_msi\", \"k8s_psat\")",
+            "ward attests agents with join tokens, x509pop, gcp_iit, tpm_devid, azure_msi, \
+             k8s_psat and sshpop only (NodeAttestor \"join_token\", \"x509pop\", \"gcp_iit\", \
+             \"tpm_devid\", \"azure_msi\", \"k8s_psat\", \"sshpop\")",
         )
     }));
     // The disabled plugin is skipped, as SPIRE skips it.
@@ -194,6 +194,12 @@ fn every_mapped_key_is_a_key_of_wards_toml() {
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, crate::config::test_ca_pem()).unwrap();
+    let ssh_cas = dir.path().join("ssh-cas.pub");
+    std::fs::write(
+        &ssh_cas,
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMgbJ2VhDGYTXeOemMd0hq/tbctUB2NMXyzwAV9xS9SV ca\n",
+    )
+    .unwrap();
     let mut table = toml::Table::new();
     for (_, rule) in SETTINGS {
         if let Rule::Map { to, conv } = rule {
@@ -215,6 +221,7 @@ fn every_mapped_key_is_a_key_of_wards_toml() {
                     "node_attestors.x509pop.ca_bundle_path"
                     | "node_attestors.tpm_devid.devid_ca_path"
                     | "node_attestors.tpm_devid.endorsement_ca_path" => ca.display().to_string(),
+                    "node_attestors.sshpop.cert_authorities_path" => ssh_cas.display().to_string(),
                     _ => "example.org".into(),
                 }),
             };
@@ -470,4 +477,37 @@ plugins {
         toml::Value::Array(vec!["app".into()])
     );
     assert!(clusters["in-cluster"].get("audience").is_none());
+}
+
+#[test]
+fn maps_the_sshpop_plugin_data() {
+    let text = r#"
+server {
+    trust_domain = "example.org"
+    data_dir = "/d"
+}
+plugins {
+    NodeAttestor "sshpop" {
+        plugin_data {
+            cert_authorities = ["ssh-ed25519 AAAA one", "ssh-ed25519 AAAA two"]
+            cert_authorities_path = "/ca/cas.pub"
+            canonical_domain = "example.org"
+            agent_path_template = "static/{{ index .ValidPrincipals 0 }}"
+        }
+    }
+}
+"#;
+    let t = translate(text, ConfigFormat::SpireHcl).unwrap();
+    let x = &t.table["node_attestors"]["sshpop"];
+    assert_eq!(
+        x["cert_authorities"],
+        toml::Value::Array(vec!["ssh-ed25519 AAAA one".into(), "ssh-ed25519 AAAA two".into()])
+    );
+    assert_eq!(x["cert_authorities_path"].as_str(), Some("/ca/cas.pub"));
+    assert_eq!(x["canonical_domain"].as_str(), Some("example.org"));
+    assert_eq!(x["agent_path_template"].as_str(), Some("static/{{ index .ValidPrincipals 0 }}"));
+    let bad = text.replace("[\"ssh-ed25519 AAAA one\", \"ssh-ed25519 AAAA two\"]", "3");
+    let got = refused(&bad, ConfigFormat::SpireHcl);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].contains("cert_authorities must be a list of strings"), "{got:?}");
 }
