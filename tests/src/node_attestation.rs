@@ -19,8 +19,8 @@ use ward_attest::NodeAttestor;
 use ward_attest::node_attestor::NodeAttestError;
 use ward_core::TrustDomain;
 
-use crate::agent::{AgentConfig, AgentDirs, start_ward_agent_with};
-use crate::cli::AdminCli;
+use crate::agent::{AgentConfig, AgentDirs, spiffe_ids, start_ward_agent_with};
+use crate::cli::{AdminCli, AgentCli};
 use crate::command::behind;
 use crate::daemon::Daemon;
 use crate::server::{ServerOptions, ServerProcess};
@@ -236,6 +236,63 @@ pub fn wait_attested(cli: &AdminCli, daemons: &mut [&mut Daemon], id: &str) -> a
             Step::Done(())
         } else {
             Step::Retry(format!("agents: {listed:?}"))
+        })
+    })
+}
+
+/// Waits up to [`ATTEST_TIMEOUT`] for each of `ids` to attest again: its X509-SVID serial in
+/// `agent list` differs from the one listed now (ward-server refuses RenewAgent from agents
+/// that can attest again, so a new serial means a new attestation). Fails early when one of
+/// `daemons` exits.
+///
+/// # Errors
+/// On timeout (with the last serial) or when a daemon died.
+pub fn wait_attested_again(
+    cli: &AdminCli,
+    daemons: &mut [Daemon],
+    ids: &[String],
+) -> anyhow::Result<()> {
+    let serials = agents(cli)?;
+    for id in ids {
+        let first = serials.iter().find(|(a, _)| a == id).map(|(_, s)| s.clone());
+        poll_until(&format!("{id} to attest again"), ATTEST_TIMEOUT, || {
+            for d in daemons.iter_mut() {
+                d.ensure_running()?;
+            }
+            let now = agents(cli)?;
+            let serial = now.iter().find(|(a, _)| a == id).map(|(_, s)| s.clone());
+            Ok(if serial.is_some() && serial != first {
+                Step::Done(())
+            } else {
+                Step::Retry(format!("serial {serial:?}"))
+            })
+        })?;
+    }
+    Ok(())
+}
+
+/// Waits up to [`ATTEST_TIMEOUT`] until the Workload API behind `cli` serves exactly the X509-SVID
+/// `id` (fetched into `svid_dir`), failing early when one of `daemons` exits.
+///
+/// # Errors
+/// On timeout (with the last answer) or when a daemon died.
+pub fn wait_served(
+    what: &str,
+    cli: &AgentCli,
+    svid_dir: &Path,
+    daemons: &mut [Daemon],
+    id: &str,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(svid_dir)?;
+    poll_until(what, ATTEST_TIMEOUT, || {
+        for d in daemons.iter_mut() {
+            d.ensure_running()?;
+        }
+        let out = cli.fetch_x509(svid_dir)?;
+        Ok(if spiffe_ids(&out.stdout) == [id.to_owned()] {
+            Step::Done(())
+        } else {
+            Step::Retry(out.describe())
         })
     })
 }

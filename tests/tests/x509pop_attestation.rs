@@ -35,14 +35,13 @@ use ward_tests::node_attestation::scenario::{
     wait_workload_served,
 };
 use ward_tests::node_attestation::{
-    ATTEST_TIMEOUT, Tampered, agent_show, agents, plugin_block, refusal,
-    start_spire_agent_with_attestor, start_spire_server_with_attestor,
-    start_ward_agent_with_attestor, start_ward_server_with_attestor, truncated,
+    Tampered, agent_show, agents, plugin_block, refusal, start_spire_agent_with_attestor,
+    start_spire_server_with_attestor, start_ward_agent_with_attestor,
+    start_ward_server_with_attestor, truncated, wait_attested_again,
 };
 use ward_tests::quoted_path;
 use ward_tests::server::{ServerOptions, ServerProcess};
 use ward_tests::spire::SpireBins;
-use ward_tests::wait::{Step, poll_until};
 use ward_tests::ward::{ward_agent_bin, ward_server_bin};
 
 const TD: &str = "example.org";
@@ -388,25 +387,8 @@ fn scenario(
         WORKLOAD_ID,
     )?;
 
-    // ward-server refuses RenewAgent from an agent that can attest again, so a new serial
-    // means a new attestation.
     eprintln!("4. both agents attest again (x509pop allows it) when their SVIDs age");
-    let serials = agents(&pair.spire_on_ward)?;
-    for id in [id_a.clone(), b.agent_id()] {
-        let first = serials.iter().find(|(a, _)| *a == id).map(|(_, s)| s.clone());
-        poll_until(&format!("{id} to attest again"), ATTEST_TIMEOUT, || {
-            for d in procs.agents.iter_mut() {
-                d.ensure_running()?;
-            }
-            let now = agents(&pair.spire_on_ward)?;
-            let serial = now.iter().find(|(a, _)| *a == id).map(|(_, s)| s.clone());
-            Ok(if serial.is_some() && serial != first {
-                Step::Done(())
-            } else {
-                Step::Retry(format!("serial {serial:?}"))
-            })
-        })?;
-    }
+    wait_attested_again(&pair.spire_on_ward, &mut procs.agents, &[id_a.clone(), b.agent_id()])?;
     drop(rt);
     Ok(())
 }

@@ -10,14 +10,13 @@ use std::time::Duration;
 use anyhow::ensure;
 use ward_attest::NodeAttestor;
 
-use super::{ATTEST_TIMEOUT, agent_show, refusal, wait_attested};
-use crate::agent::{AgentDirs, spiffe_ids, wait_healthy};
+use super::{agent_show, refusal, wait_attested, wait_served};
+use crate::agent::{AgentDirs, wait_healthy};
 use crate::agent_scenario::wait_ready;
 use crate::cli::{AdminCli, AgentCli};
 use crate::daemon::Daemon;
 use crate::server::ServerProcess;
 use crate::spire::SpireBins;
-use crate::wait::{Step, poll_until};
 
 /// The CLIs of both servers (the `spire-server` CLI on each, ward's own on ward-server) and
 /// their bundles on disk.
@@ -199,19 +198,8 @@ pub fn wait_workload_served(
     for (who, socket) in sockets {
         let cli = AgentCli::new(spire_agent, socket);
         let svid_dir = root.join(format!("svids-{who}"));
-        std::fs::create_dir_all(&svid_dir)?;
-        poll_until(&format!("{who} to serve the alias's workload"), ATTEST_TIMEOUT, || {
-            for d in agents.iter_mut() {
-                d.ensure_running()?;
-            }
-            let out = cli.fetch_x509(&svid_dir)?;
-            let ids = spiffe_ids(&out.stdout);
-            Ok(if ids == [workload_id.to_owned()] {
-                Step::Done(())
-            } else {
-                Step::Retry(out.describe())
-            })
-        })?;
+        let what = format!("{who} to serve the alias's workload");
+        wait_served(&what, &cli, &svid_dir, agents, workload_id)?;
     }
     Ok(())
 }
