@@ -6,7 +6,7 @@
 //! 1. both attest with their join token (`-joinToken`) and the server lists both agents;
 //! 2. both serve their Workload API socket: SPIRE's own client gets the X509-SVID of the entry
 //!    registered under each agent;
-//! 3. a file using what ward-agent lacks (a log file, the sshpop node attestor, a misspelt
+//! 3. a file using what ward-agent lacks (a log file, the http_challenge node attestor, a misspelt
 //!    key) stops ward-agent at once with status 1 and one sentence per item, before it creates
 //!    its socket or data directory; spire-agent refuses the misspelt key too;
 //! 4. ward-agent does not take over spire-agent's data directory: it stops on spire-agent's
@@ -162,7 +162,7 @@ fn spire_agent_and_ward_agent_run_on_the_same_hcl_file() -> anyhow::Result<()> {
             "agent {\n",
             "agent {\n    log_file = \"/tmp/never-written.log\"\n    bogus_key = true\n",
         )
-        .replace("NodeAttestor \"join_token\"", "NodeAttestor \"sshpop\"");
+        .replace("NodeAttestor \"join_token\"", "NodeAttestor \"http_challenge\"");
     let bad_config = root.join("bad.conf");
     std::fs::write(&bad_config, bad)?;
     let bad_dir = root.join("bad");
@@ -186,9 +186,10 @@ fn spire_agent_and_ward_agent_run_on_the_same_hcl_file() -> anyhow::Result<()> {
         vec![
             "agent.bogus_key is not a setting of spire-agent".to_owned(),
             "agent.log_file is not supported: ward-agent logs to stderr".to_owned(),
-            "plugin NodeAttestor \"sshpop\" is not supported: ward-agent attests its node with \
-             a join token, x509pop, gcp_iit, tpm_devid, azure_msi or k8s_psat (NodeAttestor \
-             \"join_token\", \"x509pop\", \"gcp_iit\", \"tpm_devid\", \"azure_msi\", \"k8s_psat\")"
+            "plugin NodeAttestor \"http_challenge\" is not supported: ward-agent attests its \
+             node with a join token, x509pop, gcp_iit, tpm_devid, azure_msi, k8s_psat or sshpop \
+             (NodeAttestor \"join_token\", \"x509pop\", \"gcp_iit\", \"tpm_devid\", \"azure_msi\", \
+             \"k8s_psat\", \"sshpop\")"
                 .to_owned(),
         ],
         "{}",

@@ -108,7 +108,7 @@ server {
     trust_domian = "typo.org"
 }
 plugins {
-    NodeAttestor "sshpop" {
+    NodeAttestor "http_challenge" {
         plugin_data {}
     }
     NodeAttestor "tpm" {
@@ -131,7 +131,7 @@ telemetry {
     let got = refused(text, ConfigFormat::SpireHcl);
     let want = [
         "Gadget",
-        "NodeAttestor \"sshpop\"",
+        "NodeAttestor \"http_challenge\"",
         "NodeAttestor \"tpm\"",
         "Notifier \"k8sbundle\"",
         "server.admin_ids",
