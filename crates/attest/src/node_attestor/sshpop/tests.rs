@@ -118,7 +118,7 @@ fn every_key_type_attests_with_the_certificate_fingerprint_and_no_selectors() {
     for (i, (ca_kind, host_kind)) in [
         ("ed25519", "ed25519"),
         ("ecdsa:256", "ecdsa:256"),
-        ("ecdsa:384", "ecdsa:521"),
+        ("ecdsa:521", "ecdsa:384"),
         ("rsa:2048", "rsa:3072"),
         ("ed25519", "ecdsa:384"),
     ]
