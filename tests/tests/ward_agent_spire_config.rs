@@ -187,9 +187,9 @@ fn spire_agent_and_ward_agent_run_on_the_same_hcl_file() -> anyhow::Result<()> {
             "agent.bogus_key is not a setting of spire-agent".to_owned(),
             "agent.log_file is not supported: ward-agent logs to stderr".to_owned(),
             "plugin NodeAttestor \"http_challenge\" is not supported: ward-agent attests its \
-             node with a join token, x509pop, gcp_iit, tpm_devid, azure_msi, k8s_psat or sshpop \
-             (NodeAttestor \"join_token\", \"x509pop\", \"gcp_iit\", \"tpm_devid\", \"azure_msi\", \
-             \"k8s_psat\", \"sshpop\")"
+             node with a join token, x509pop, gcp_iit, tpm_devid, azure_msi, k8s_psat, sshpop or \
+             aws_iid (NodeAttestor \"join_token\", \"x509pop\", \"gcp_iit\", \"tpm_devid\", \
+             \"azure_msi\", \"k8s_psat\", \"sshpop\", \"aws_iid\")"
                 .to_owned(),
         ],
         "{}",

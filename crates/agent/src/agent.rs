@@ -55,7 +55,8 @@ pub enum AgentError {
     #[error(
         "no agent SVID in the data directory and no node attestor configured (set join_token, \
          [node_attestor.x509pop], [node_attestor.gcp_iit], [node_attestor.tpm_devid], \
-         [node_attestor.azure_msi], [node_attestor.k8s_psat] or [node_attestor.sshpop])"
+         [node_attestor.azure_msi], [node_attestor.k8s_psat], [node_attestor.sshpop] or \
+         [node_attestor.aws_iid])"
     )]
     NoAttestor,
     /// The agent SVID could not be renewed before it expired.

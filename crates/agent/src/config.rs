@@ -130,6 +130,8 @@ pub struct NodeAttestorFileConfig {
     pub k8s_psat: Option<K8sPsatFileConfig>,
     /// `sshpop`: an SSH host certificate and the host key prove the node's identity.
     pub sshpop: Option<SshpopFileConfig>,
+    /// `aws_iid`: the EC2 instance identity document proves the node's identity.
+    pub aws_iid: Option<AwsIidFileConfig>,
 }
 
 /// `[node_attestor.k8s_psat]`: SPIRE's agent `k8s_psat` plugin data.
@@ -180,6 +182,15 @@ impl std::fmt::Debug for TpmDevidFileConfig {
 pub struct AzureMsiFileConfig {
     /// The resource the token is asked for (default `https://management.azure.com/`).
     pub resource_id: Option<String>,
+}
+
+/// `[node_attestor.aws_iid]`: SPIRE's agent `aws_iid` plugin data.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsIidFileConfig {
+    /// The instance metadata service's base URL (default `http://169.254.169.254`); only its
+    /// scheme, host and port are used.
+    pub ec2_metadata_endpoint: Option<String>,
 }
 
 /// `[node_attestor.gcp_iit]`: SPIRE's agent `gcp_iit` plugin data.
@@ -362,6 +373,8 @@ pub struct Settings {
     pub k8s_psat: Option<ward_attest::node_attestor::k8s_psat::K8sPsatAgentConfig>,
     /// The `sshpop` node attestor, if configured.
     pub sshpop: Option<ward_attest::node_attestor::sshpop::SshpopAgentConfig>,
+    /// The `aws_iid` node attestor, if configured (a join token takes precedence).
+    pub aws_iid: Option<ward_attest::node_attestor::aws_iid::AwsIidAgentConfig>,
     /// The data directory.
     pub data_dir: PathBuf,
     /// The Workload API socket.
@@ -645,12 +658,14 @@ impl Settings {
             node_attestor.azure_msi.is_some(),
             node_attestor.k8s_psat.is_some(),
             node_attestor.sshpop.is_some(),
+            node_attestor.aws_iid.is_some(),
         ];
         if configured.iter().filter(|c| **c).count() > 1 {
             return Err(err("only one of [node_attestor.x509pop], [node_attestor.gcp_iit], \
                             [node_attestor.tpm_devid], [node_attestor.azure_msi], \
-                            [node_attestor.k8s_psat] and [node_attestor.sshpop] can be \
-                            configured: an agent attests with one node attestor"));
+                            [node_attestor.k8s_psat], [node_attestor.sshpop] and \
+                            [node_attestor.aws_iid] can be configured: an agent attests with \
+                            one node attestor"));
         }
         let azure_msi = node_attestor.azure_msi.map(|a| {
             ward_attest::node_attestor::azure_msi::AzureMsiAgentConfig {
@@ -660,6 +675,10 @@ impl Settings {
                 ..Default::default()
             }
         });
+        let aws_iid =
+            node_attestor.aws_iid.map(|a| ward_attest::node_attestor::aws_iid::AwsIidAgentConfig {
+                ec2_metadata_endpoint: non_empty(a.ec2_metadata_endpoint),
+            });
         let gcp_iit = node_attestor.gcp_iit.map(|g| {
             let defaults = ward_attest::node_attestor::gcp_iit::GcpIitAgentConfig::default();
             ward_attest::node_attestor::gcp_iit::GcpIitAgentConfig {
@@ -764,6 +783,7 @@ impl Settings {
             azure_msi,
             k8s_psat,
             sshpop,
+            aws_iid,
         })
     }
 }
@@ -889,6 +909,24 @@ mod tests {
     }
 
     #[test]
+    fn aws_iid_takes_an_endpoint_and_excludes_other_attestors() {
+        let s = settings(&format!(
+            "{BASE}insecure_bootstrap = true\n[node_attestor.aws_iid]\n\
+             ec2_metadata_endpoint = \"http://127.0.0.1:9\"\n"
+        ))
+        .unwrap();
+        assert_eq!(s.aws_iid.unwrap().ec2_metadata_endpoint.as_deref(), Some("http://127.0.0.1:9"));
+        let s = settings(&format!("{BASE}insecure_bootstrap = true\n[node_attestor.aws_iid]\n"))
+            .unwrap();
+        assert_eq!(s.aws_iid.unwrap().ec2_metadata_endpoint, None);
+        let both = settings(&format!(
+            "{BASE}insecure_bootstrap = true\n[node_attestor.aws_iid]\n[node_attestor.gcp_iit]\n"
+        ))
+        .unwrap_err();
+        assert!(both.0.starts_with("only one of"), "{both}");
+    }
+
+    #[test]
     fn x509pop_needs_a_key_and_a_certificate() {
         let s = settings(&format!(
             "{BASE}insecure_bootstrap = true\n[node_attestor.x509pop]\n\
@@ -965,7 +1003,7 @@ mod tests {
         ))
         .unwrap_err();
         assert!(e.0.starts_with("only one of [node_attestor.x509pop]"), "{e}");
-        assert!(e.0.contains("[node_attestor.sshpop] can be configured"), "{e}");
+        assert!(e.0.contains("[node_attestor.sshpop]"), "{e}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use ward_agent::agent::{Agent, error_chain};
 use ward_agent::config::{FileConfig, LogFormat, ServerAddressSetting, Settings};
 use ward_agent::spire_config::{self, FileFormat};
 use ward_attest::NodeAttestor;
+use ward_attest::node_attestor::aws_iid::AwsIidAttestor;
 use ward_attest::node_attestor::azure_msi::AzureMsiAttestor;
 use ward_attest::node_attestor::gcp_iit::GcpIitAttestor;
 use ward_attest::node_attestor::join_token::JoinTokenAttestor;
@@ -211,6 +212,9 @@ fn node_attestor(
     }
     if let Some(config) = &settings.sshpop {
         return Ok(Some(Arc::new(SshpopAttestor::new(config.clone())?)));
+    }
+    if let Some(config) = &settings.aws_iid {
+        return Ok(Some(Arc::new(AwsIidAttestor::new(config.clone())?)));
     }
     match &settings.x509pop {
         Some(config) => Ok(Some(Arc::new(X509popAttestor::new(config.clone())?))),

@@ -418,6 +418,11 @@ pub const SETTINGS: &[(&str, Rule)] = &[
         "plugins.NodeAttestor.sshpop.plugin_data.host_cert_path",
         Map { to: "node_attestor.sshpop.host_cert_path", conv: Str },
     ),
+    // pkg/agent/plugin/nodeattestor/awsiid (IIDAttestorConfig)
+    (
+        "plugins.NodeAttestor.aws_iid.plugin_data.ec2_metadata_endpoint",
+        Map { to: "node_attestor.aws_iid.ec2_metadata_endpoint", conv: Str },
+    ),
 ];
 
 /// spire-agent plugins ward has built in, by type and name.
@@ -429,6 +434,7 @@ pub const PLUGINS: &[(&str, &str, PluginRule)] = &[
     ("NodeAttestor", "azure_msi", PluginRule::Table("node_attestor.azure_msi")),
     ("NodeAttestor", "k8s_psat", PluginRule::Table("node_attestor.k8s_psat")),
     ("NodeAttestor", "sshpop", PluginRule::Table("node_attestor.sshpop")),
+    ("NodeAttestor", "aws_iid", PluginRule::Table("node_attestor.aws_iid")),
     (
         "KeyManager",
         "disk",
@@ -458,8 +464,8 @@ pub const PLUGIN_TYPES: &[(&str, &str)] = &[
     (
         "NodeAttestor",
         "ward-agent attests its node with a join token, x509pop, gcp_iit, tpm_devid, azure_msi, \
-         k8s_psat or sshpop (NodeAttestor \"join_token\", \"x509pop\", \"gcp_iit\", \
-         \"tpm_devid\", \"azure_msi\", \"k8s_psat\", \"sshpop\")",
+         k8s_psat, sshpop or aws_iid (NodeAttestor \"join_token\", \"x509pop\", \"gcp_iit\", \
+         \"tpm_devid\", \"azure_msi\", \"k8s_psat\", \"sshpop\", \"aws_iid\")",
     ),
     ("SVIDStore", "ward-agent serves SVIDs over the Workload API and SDS only"),
     ("WorkloadAttestor", "ward-agent attests workloads with \"unix\", \"k8s\" and \"systemd\""),

@@ -24,7 +24,7 @@ pub use cluster::{
 #[cfg(test)]
 pub(crate) use node_attestors::test_ca_pem;
 pub use node_attestors::{
-    AzureMsiFile, AzureTenantFile, GcpIitFile, K8sPsatClusterFile, K8sPsatFile,
+    AwsIidFile, AzureMsiFile, AzureTenantFile, GcpIitFile, K8sPsatClusterFile, K8sPsatFile,
     NodeAttestorsConfig, NodeAttestorsFile, SshpopFile, X509popFile,
 };
 pub use observability::{

@@ -118,9 +118,9 @@ fn everything_ward_agent_lacks_is_refused_one_sentence_each() {
              workload keys are EC P-256 (\"ec-p256\")",
             "x509_svid_cache_max_size should not be negative",
             "plugin NodeAttestor \"http_challenge\" is not supported: ward-agent attests its node \
-             with a join token, x509pop, gcp_iit, tpm_devid, azure_msi, k8s_psat or sshpop \
-             (NodeAttestor \"join_token\", \"x509pop\", \"gcp_iit\", \"tpm_devid\", \"azure_msi\", \
-             \"k8s_psat\", \"sshpop\")",
+             with a join token, x509pop, gcp_iit, tpm_devid, azure_msi, k8s_psat, sshpop or \
+             aws_iid (NodeAttestor \"join_token\", \"x509pop\", \"gcp_iit\", \"tpm_devid\", \
+             \"azure_msi\", \"k8s_psat\", \"sshpop\", \"aws_iid\")",
             "plugin SVIDStore \"aws_secretsmanager\" is not supported: ward-agent serves SVIDs \
              over the Workload API and SDS only",
             "plugin WorkloadAttestor \"docker\" is not supported: ward-agent attests workloads \
@@ -355,4 +355,40 @@ plugins {
     let loaded = read(Path::new("agent.conf"), &empty).unwrap();
     let x = settings(loaded.file).sshpop.unwrap();
     assert_eq!(x.host_key_path, Path::new("/etc/ssh/ssh_host_rsa_key"));
+}
+
+#[test]
+fn the_aws_iid_node_attestor_becomes_wards_table() {
+    let block = |data: &str| {
+        format!(
+            r#"
+agent {{
+    data_dir = "/d"
+    server_address = "spire-server"
+    server_port = "8081"
+    trust_domain = "example.org"
+    insecure_bootstrap = true
+}}
+plugins {{
+    KeyManager "memory" {{
+        plugin_data {{}}
+    }}
+    NodeAttestor "aws_iid" {{
+        plugin_data {{{data}}}
+    }}
+    WorkloadAttestor "unix" {{
+        plugin_data {{}}
+    }}
+}}
+"#
+        )
+    };
+    let loaded = read(Path::new("agent.conf"), &block("")).unwrap();
+    let a = settings(loaded.file).aws_iid.unwrap();
+    assert_eq!(a.ec2_metadata_endpoint, None);
+    let text =
+        block("\n            ec2_metadata_endpoint = \"http://169.254.169.254/latest\"\n        ");
+    let loaded = read(Path::new("agent.conf"), &text).unwrap();
+    let a = settings(loaded.file).aws_iid.unwrap();
+    assert_eq!(a.ec2_metadata_endpoint.as_deref(), Some("http://169.254.169.254/latest"));
 }

@@ -7,6 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::Deserialize;
+use ward_attest::node_attestor::aws_iid::{
+    AwsIidServerConfig, AwsIidVerifier, KeyType, PARTITIONS,
+};
 use ward_attest::node_attestor::azure_msi::{
     AZURE_OIDC_ISSUER, AzureMsiServerConfig, AzureMsiVerifier,
 };
@@ -41,6 +44,8 @@ pub struct NodeAttestorsFile {
     pub k8s_psat: Option<K8sPsatFile>,
     /// `[node_attestors.sshpop]`.
     pub sshpop: Option<SshpopFile>,
+    /// `[node_attestors.aws_iid]`.
+    pub aws_iid: Option<AwsIidFile>,
 }
 
 /// `[node_attestors.azure_msi]`: SPIRE's server `azure_msi` plugin data, and where ward
@@ -99,6 +104,24 @@ pub struct K8sPsatClusterFile {
     /// Pod label keys turned into `agent_pod_label` selectors.
     #[serde(default)]
     pub allowed_pod_label_keys: Vec<String>,
+}
+
+/// `[node_attestors.aws_iid]`: SPIRE's server `aws_iid` plugin data that ward uses, and the
+/// certificates of test regions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsIidFile {
+    /// The agent path template (default
+    /// `/{{ .PluginName}}/{{ .AccountID }}/{{ .Region }}/{{ .InstanceID }}`).
+    pub agent_path_template: Option<String>,
+    /// The AWS partition (`aws`, the default, `aws-cn` or `aws-us-gov`); checked as SPIRE
+    /// checks it, otherwise unused (ward calls no AWS API).
+    pub partition: Option<String>,
+    /// PEM certificates verifying `rsa2048` PKCS#7 signatures, by region: they add to or
+    /// replace AWS's compiled-in certificates.
+    pub rsa2048_certificates: Option<BTreeMap<String, PathBuf>>,
+    /// PEM certificates verifying RSA-1024 `signature`s, by region (`*`: any other region).
+    pub rsa1024_certificates: Option<BTreeMap<String, PathBuf>>,
 }
 
 /// `[node_attestors.gcp_iit]`: SPIRE's server `gcp_iit` plugin data, and where ward fetches
@@ -182,6 +205,8 @@ pub struct NodeAttestorsConfig {
     pub k8s_psat: Option<Arc<K8sPsatVerifier>>,
     /// `sshpop`, when configured.
     pub sshpop: Option<Arc<SshpopVerifier>>,
+    /// `aws_iid`, when configured.
+    pub aws_iid: Option<Arc<AwsIidVerifier>>,
 }
 
 impl NodeAttestorsConfig {
@@ -206,6 +231,9 @@ impl NodeAttestorsConfig {
         if let Some(v) = &self.sshpop {
             all.push(v.clone());
         }
+        if let Some(a) = &self.aws_iid {
+            all.push(a.clone());
+        }
         all
     }
 }
@@ -215,6 +243,7 @@ const GCP_IIT: &str = "node_attestors.gcp_iit";
 const TPM_DEVID: &str = "node_attestors.tpm_devid";
 const AZURE_MSI: &str = "node_attestors.azure_msi";
 const K8S_PSAT: &str = "node_attestors.k8s_psat";
+const AWS_IID: &str = "node_attestors.aws_iid";
 
 fn attestor_error(key: &'static str, e: ward_attest::NodeAttestError) -> ConfigError {
     match e {
@@ -343,7 +372,19 @@ impl NodeAttestorsFile {
             Some(f) => Some(Arc::new(sshpop(f, td)?)),
             None => None,
         };
-        Ok(NodeAttestorsConfig { x509pop, gcp_iit, tpm_devid, azure_msi, k8s_psat, sshpop })
+        let aws_iid = match self.aws_iid {
+            Some(a) => Some(a.resolve(td)?),
+            None => None,
+        };
+        Ok(NodeAttestorsConfig {
+            x509pop,
+            gcp_iit,
+            tpm_devid,
+            azure_msi,
+            k8s_psat,
+            sshpop,
+            aws_iid,
+        })
     }
 }
 
@@ -387,6 +428,48 @@ impl AzureMsiFile {
             extra_keys,
         })
         .map_err(|e| attestor_error(AZURE_MSI, e))?;
+        Ok(Arc::new(verifier))
+    }
+}
+
+impl AwsIidFile {
+    fn resolve(self, td: &TrustDomain) -> Result<Arc<AwsIidVerifier>, ConfigError> {
+        let invalid = |reason: String| ConfigError::Invalid { key: AWS_IID, reason };
+        if let Some(p) = self.partition.as_deref().filter(|p| !p.is_empty())
+            && !PARTITIONS.contains(&p)
+        {
+            return Err(invalid(format!(
+                "invalid partition {p:?}, must be one of: [{}]",
+                PARTITIONS.join(" ")
+            )));
+        }
+        let mut certificates = Vec::new();
+        for (kind, map) in [
+            (KeyType::Rsa2048, self.rsa2048_certificates),
+            (KeyType::Rsa1024, self.rsa1024_certificates),
+        ] {
+            for (region, path) in map.unwrap_or_default() {
+                let der = std::fs::read(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|text| certificates_from_pem(&text))
+                    .and_then(|certs| {
+                        certs.into_iter().next().ok_or_else(|| "no certificate".to_owned())
+                    })
+                    .map_err(|e| {
+                        invalid(format!(
+                            "unable to load the certificate of region {region} {:?}: {e}",
+                            path.display()
+                        ))
+                    })?;
+                certificates.push((kind, region, der));
+            }
+        }
+        let verifier = AwsIidVerifier::new(AwsIidServerConfig {
+            trust_domain: td.clone(),
+            agent_path_template: self.agent_path_template.filter(|t| !t.is_empty()),
+            certificates,
+        })
+        .map_err(|e| attestor_error(AWS_IID, e))?;
         Ok(Arc::new(verifier))
     }
 }
@@ -500,7 +583,9 @@ mod tests {
 
     fn reason(r: Result<NodeAttestorsConfig, ConfigError>) -> String {
         match r {
-            Err(ConfigError::Invalid { key: X509POP | GCP_IIT | AZURE_MSI, reason }) => reason,
+            Err(ConfigError::Invalid { key: X509POP | GCP_IIT | AZURE_MSI | AWS_IID, reason }) => {
+                reason
+            }
             other => panic!("expected a refusal, got {other:?}"),
         }
     }
@@ -514,6 +599,39 @@ mod tests {
         assert!(reason(resolve("[azure_msi.tenants.t1]\napp_id = \"a\"\n")).starts_with(
             "tenant \"t1\": subscription_id, app_id and app_secret are not supported"
         ));
+    }
+
+    #[test]
+    fn aws_iid_takes_region_certificates_and_refuses_what_spire_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::default().self_signed(&key).unwrap();
+        let pem = dir.path().join("aws.pem");
+        std::fs::write(&pem, cert.pem()).unwrap();
+        let pem = pem.display().to_string();
+
+        let ok = resolve(&format!(
+            "[aws_iid]\npartition = \"aws-us-gov\"\n[aws_iid.rsa2048_certificates]\n\
+             test-region-1 = {pem:?}\n[aws_iid.rsa1024_certificates]\n\"*\" = {pem:?}\n"
+        ))
+        .unwrap();
+        assert_eq!(ok.all().len(), 1);
+        assert!(resolve("[aws_iid]\n").unwrap().aws_iid.is_some());
+        assert_eq!(
+            reason(resolve("[aws_iid]\npartition = \"mars\"\n")),
+            "invalid partition \"mars\", must be one of: [aws aws-cn aws-us-gov]"
+        );
+        assert!(
+            reason(resolve("[aws_iid.rsa2048_certificates]\nx-1 = \"/nonexistent.pem\"\n"))
+                .starts_with("unable to load the certificate of region x-1 \"/nonexistent.pem\"")
+        );
+        assert!(
+            reason(resolve("[aws_iid]\nagent_path_template = \"/{{ .Tags.name }}\"\n"))
+                .contains("is not supported")
+        );
+        let e =
+            toml::from_str::<NodeAttestorsFile>("[aws_iid]\naccess_key_id = \"x\"\n").unwrap_err();
+        assert!(e.to_string().contains("unknown field `access_key_id`"), "{e}");
     }
 
     #[test]

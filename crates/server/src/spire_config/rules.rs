@@ -228,6 +228,53 @@ pub const SETTINGS: &[(&str, Rule)] = &[
         "plugins.NodeAttestor.sshpop.plugin_data.agent_path_template",
         Map { to: "node_attestors.sshpop.agent_path_template", conv: Str },
     ),
+    // pkg/server/plugin/nodeattestor/awsiid (IIDAttestorConfig, SessionConfig)
+    (
+        "plugins.NodeAttestor.aws_iid.plugin_data.agent_path_template",
+        Map { to: "node_attestors.aws_iid.agent_path_template", conv: Str },
+    ),
+    (
+        "plugins.NodeAttestor.aws_iid.plugin_data.partition",
+        Map { to: "node_attestors.aws_iid.partition", conv: Str },
+    ),
+    (
+        "plugins.NodeAttestor.aws_iid.plugin_data.skip_block_device",
+        Ignore(
+            "NodeAttestor \"aws_iid\": skip_block_device is ignored: ward calls no AWS API, so \
+             it never compares the root volume's attach time with the network interface's",
+        ),
+    ),
+    (
+        "plugins.NodeAttestor.aws_iid.plugin_data.account_ids_for_local_validation",
+        Ignore(
+            "NodeAttestor \"aws_iid\": account_ids_for_local_validation is ignored: it only \
+             skips the root volume check, which ward does not do (ward calls no AWS API)",
+        ),
+    ),
+    (
+        "plugins.NodeAttestor.aws_iid.plugin_data.disable_instance_profile_selectors",
+        Ignore(
+            "NodeAttestor \"aws_iid\": disable_instance_profile_selectors is ignored: ward \
+             calls no AWS API, so it has no iamrole selectors",
+        ),
+    ),
+    ("plugins.NodeAttestor.aws_iid.plugin_data.access_key_id", Refuse(AWS_API_REFUSAL)),
+    ("plugins.NodeAttestor.aws_iid.plugin_data.secret_access_key", Refuse(AWS_API_REFUSAL)),
+    ("plugins.NodeAttestor.aws_iid.plugin_data.assume_role", Refuse(AWS_API_REFUSAL)),
+    (
+        "plugins.NodeAttestor.aws_iid.plugin_data.verify_organization",
+        Refuse(
+            "NodeAttestor \"aws_iid\": verify_organization is not supported: ward calls no AWS \
+             API (Organizations ListAccounts)",
+        ),
+    ),
+    (
+        "plugins.NodeAttestor.aws_iid.plugin_data.validate_eks_cluster_membership",
+        Refuse(
+            "NodeAttestor \"aws_iid\": validate_eks_cluster_membership is not supported: ward \
+             calls no AWS API (EKS, Auto Scaling)",
+        ),
+    ),
     // pkg/common/telemetry/config.go (FileConfig)
     ("telemetry", Block),
     ("telemetry.Prometheus", Section("telemetry.prometheus")),
@@ -304,6 +351,7 @@ pub const PLUGINS: &[(&str, &str, PluginRule)] = &[
     ("NodeAttestor", "azure_msi", PluginRule::Table("node_attestors.azure_msi")),
     ("NodeAttestor", "k8s_psat", PluginRule::Table("node_attestors.k8s_psat")),
     ("NodeAttestor", "sshpop", PluginRule::Table("node_attestors.sshpop")),
+    ("NodeAttestor", "aws_iid", PluginRule::Table("node_attestors.aws_iid")),
     (
         "UpstreamAuthority",
         "disk",
@@ -321,9 +369,9 @@ pub const PLUGIN_TYPES: &[(&str, &str)] = &[
     ("KeyManager", "ward keeps CA keys on disk (only \"disk\" and \"memory\" are accepted)"),
     (
         "NodeAttestor",
-        "ward attests agents with join tokens, x509pop, gcp_iit, tpm_devid, azure_msi, k8s_psat \
-         and sshpop only (NodeAttestor \"join_token\", \"x509pop\", \"gcp_iit\", \"tpm_devid\", \
-         \"azure_msi\", \"k8s_psat\", \"sshpop\")",
+        "ward attests agents with join tokens, x509pop, gcp_iit, tpm_devid, azure_msi, k8s_psat, \
+         sshpop and aws_iid only (NodeAttestor \"join_token\", \"x509pop\", \"gcp_iit\", \
+         \"tpm_devid\", \"azure_msi\", \"k8s_psat\", \"sshpop\", \"aws_iid\")",
     ),
     ("Notifier", "ward has no notifiers"),
     ("UpstreamAuthority", "ward's CA is self-signed"),
@@ -355,6 +403,11 @@ fn string_list(w: &mut Walk<'_>, path: &str, value: &serde_json::Value, to: &str
         Err(why) => w.refused.push(format!("{path} {why}")),
     }
 }
+
+/// Why the AWS credential settings of `aws_iid` are refused.
+const AWS_API_REFUSAL: &str = "NodeAttestor \"aws_iid\": AWS credentials (access_key_id, \
+     secret_access_key, assume_role) are not supported: ward calls no AWS API (DescribeInstances, \
+     IAM), so its aws_iid selectors come from the instance identity document alone";
 
 /// `ca_bundle_paths`: a list of file names.
 fn ca_bundle_paths(w: &mut Walk<'_>, path: &str, value: &serde_json::Value) {

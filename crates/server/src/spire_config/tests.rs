@@ -148,8 +148,9 @@ telemetry {
     assert!(got.iter().any(|s| {
         s.ends_with(
             "ward attests agents with join tokens, x509pop, gcp_iit, tpm_devid, azure_msi, \
-             k8s_psat and sshpop only (NodeAttestor \"join_token\", \"x509pop\", \"gcp_iit\", \
-             \"tpm_devid\", \"azure_msi\", \"k8s_psat\", \"sshpop\")",
+             k8s_psat, sshpop and aws_iid only (NodeAttestor \"join_token\", \"x509pop\", \
+             \"gcp_iit\", \"tpm_devid\", \"azure_msi\", \"k8s_psat\", \"sshpop\", \
+             \"aws_iid\")",
         )
     }));
     // The disabled plugin is skipped, as SPIRE skips it.
@@ -222,6 +223,7 @@ fn every_mapped_key_is_a_key_of_wards_toml() {
                     | "node_attestors.tpm_devid.devid_ca_path"
                     | "node_attestors.tpm_devid.endorsement_ca_path" => ca.display().to_string(),
                     "node_attestors.sshpop.cert_authorities_path" => ssh_cas.display().to_string(),
+                    "node_attestors.aws_iid.partition" => "aws".into(),
                     _ => "example.org".into(),
                 }),
             };
@@ -510,4 +512,39 @@ plugins {
     let got = refused(&bad, ConfigFormat::SpireHcl);
     assert_eq!(got.len(), 1, "{got:?}");
     assert!(got[0].contains("cert_authorities must be a list of strings"), "{got:?}");
+}
+
+#[test]
+fn maps_the_aws_iid_plugin_data_and_refuses_aws_api_settings() {
+    let text = r#"
+server {
+    trust_domain = "example.org"
+    data_dir = "/d"
+}
+plugins {
+    NodeAttestor "aws_iid" {
+        plugin_data {
+            agent_path_template = "/{{ .PluginName }}/{{ .InstanceID }}"
+            partition = "aws-cn"
+            skip_block_device = true
+        }
+    }
+}
+"#;
+    let t = translate(text, ConfigFormat::SpireHcl).unwrap();
+    let a = &t.table["node_attestors"]["aws_iid"];
+    assert_eq!(a["agent_path_template"].as_str(), Some("/{{ .PluginName }}/{{ .InstanceID }}"));
+    assert_eq!(a["partition"].as_str(), Some("aws-cn"));
+    assert!(t.notes.iter().any(|n| n.contains("skip_block_device is ignored")), "{:?}", t.notes);
+
+    let empty = text.replace("            agent_path_template", "            # ");
+    let t = translate(&empty, ConfigFormat::SpireHcl).unwrap();
+    assert!(t.table["node_attestors"]["aws_iid"].is_table());
+
+    let creds = text.replace("skip_block_device = true", "access_key_id = \"AKIA\"");
+    let got = match translate(&creds, ConfigFormat::SpireHcl) {
+        Err(e) => e.to_string(),
+        Ok(t) => panic!("accepted: {:?}", t.table),
+    };
+    assert!(got.contains("AWS credentials (access_key_id"), "{got}");
 }
