@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod agent_scenario;
 pub mod authority_scenario;
+pub mod aws_iid;
 pub mod azure;
 pub mod cli;
 pub mod cluster;
@@ -23,6 +24,7 @@ pub mod kubernetes;
 pub mod netns;
 pub mod node_attestation;
 pub mod normalize;
+pub mod payload_capture;
 pub mod porcupine;
 pub mod propagation;
 pub mod script;
