@@ -24,9 +24,9 @@ use crate::cli::{AdminCli, AgentCli};
 use crate::command::behind;
 use crate::daemon::Daemon;
 use crate::server::{ServerOptions, ServerProcess};
-use crate::spire::{SpireAgentConfig, SpireServerConfig};
+use crate::spire::{SpireAgentConfig, SpireBins, SpireServerConfig};
 use crate::wait::{Step, poll_until};
-use crate::ward::WardServerConfig;
+use crate::ward::{WardServerConfig, ward_agent_bin, ward_server_bin};
 use crate::{free_port, quoted};
 
 /// The join_token block of the rendered SPIRE configurations (server and agent).
@@ -35,6 +35,43 @@ pub const JOIN_TOKEN_BLOCK: &str =
 
 /// How long an agent may take to appear in `agent list`.
 pub const ATTEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Every process a node-attestor scenario starts; dropped (killed, their logs printed) when
+/// the test ends.
+#[derive(Default)]
+pub struct Procs {
+    /// Agents kept running.
+    pub agents: Vec<Daemon>,
+    /// spire-server.
+    pub spire_server: Option<ServerProcess>,
+    /// ward-server.
+    pub ward_server: Option<ServerProcess>,
+}
+
+/// What a node-attestor scenario gets: its temporary directory, SPIRE's binaries, ward-server's
+/// and ward-agent's binaries, and the processes it starts.
+pub type Scenario = fn(&Path, &SpireBins, &Path, &Path, &mut Procs) -> anyhow::Result<()>;
+
+/// Runs the `name` scenario in a new temporary directory `/tmp/ward-<short>…` (short: Unix
+/// socket paths under it must stay short), panicking with its error (the processes are
+/// dropped during the panic, which prints their logs).
+///
+/// # Panics
+/// When the binaries cannot be found or the scenario fails.
+pub fn run_scenario(name: &str, short: &str, scenario: Scenario) {
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!("ward-{short}"))
+        .tempdir()
+        .unwrap_or_else(|e| panic!("{name}: temporary directory: {e}"));
+    let bins = SpireBins::locate()
+        .and_then(|spire| Ok((spire, ward_server_bin()?, ward_agent_bin()?)))
+        .unwrap_or_else(|e| panic!("{name}: binaries: {e:#}"));
+    let (spire, ward_bin, agent_bin) = bins;
+    let mut procs = Procs::default();
+    if let Err(e) = scenario(tmp.path(), &spire, &ward_bin, &agent_bin, &mut procs) {
+        panic!("{name} scenario failed: {e:#}");
+    }
+}
 
 /// An HCL `NodeAttestor "<name>"` block with `plugin_data` lines `key = value`; each value
 /// is HCL as written (quote strings with [`quoted`], lists as `["a", "b"]`).

@@ -35,14 +35,14 @@ use ward_tests::node_attestation::scenario::{
     wait_workload_served,
 };
 use ward_tests::node_attestation::{
-    Tampered, agent_show, agents, plugin_block, refusal, start_spire_agent_with_attestor,
-    start_spire_server_with_attestor, start_ward_agent_with_attestor,
-    start_ward_server_with_attestor, truncated, wait_attested_again,
+    Procs, Tampered, agent_show, agents, plugin_block, refusal, run_scenario,
+    start_spire_agent_with_attestor, start_spire_server_with_attestor,
+    start_ward_agent_with_attestor, start_ward_server_with_attestor, truncated,
+    wait_attested_again,
 };
 use ward_tests::quoted_path;
 use ward_tests::server::{ServerOptions, ServerProcess};
 use ward_tests::spire::SpireBins;
-use ward_tests::ward::{ward_agent_bin, ward_server_bin};
 
 const TD: &str = "example.org";
 /// ward-server's agent SVID lifetime: short, so that its agents attest again during the test.
@@ -237,24 +237,7 @@ fn without_current_time(message: &str) -> String {
 
 #[test]
 fn x509pop_attestation_interoperates_with_spire() {
-    let tmp = tempfile::Builder::new().prefix("ward-x5").tempdir().unwrap();
-    let root = tmp.path();
-    let spire = SpireBins::locate().unwrap();
-    let ward_bin = ward_server_bin().unwrap();
-    let agent_bin = ward_agent_bin().unwrap();
-    let mut procs = Procs::default();
-    if let Err(e) = scenario(root, &spire, &ward_bin, &agent_bin, &mut procs) {
-        // The daemons are dropped during the panic, which prints their logs.
-        panic!("x509pop scenario failed: {e:#}");
-    }
-}
-
-/// Every process the scenario starts; dropped (killed) when the test ends.
-#[derive(Default)]
-struct Procs {
-    agents: Vec<Daemon>,
-    spire_server: Option<ServerProcess>,
-    ward_server: Option<ServerProcess>,
+    run_scenario("x509pop", "x5", scenario);
 }
 
 fn scenario(

@@ -1,0 +1,283 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+//! aws_iid node attestation with SPIRE v1.13.3, real processes on 127.0.0.1, instance identity
+//! documents signed here by a test "region" (RSA-2048 PKCS#7 and RSA-1024 signatures made with
+//! the `openssl` command line, as AWS makes them) and served by a fake IMDS on 127.0.0.1.
+//! Needs Go (to build SPIRE) and `openssl`.
+//!
+//! spire-server verifies documents only against AWS's certificates compiled into it (its test
+//! hook is not reachable from configuration), so it cannot accept a document signed here:
+//! ward-agent → spire-server is checked to fail exactly that way, and ward-agent's payload is
+//! compared byte for byte with spire-agent's instead.
+//! 1. spire-agent's aws_iid plugin and ward-agent's attestor read the same IMDS with the same
+//!    requests (token first) and produce the same payload bytes;
+//! 2. spire-agent with its own plugin attests to ward-server (which trusts the test region's
+//!    certificates); `spire-server agent show` prints the agent ID
+//!    `aws_iid/<account>/<region>/<instance>`, type aws_iid, not re-attestable, and the
+//!    document's selectors;
+//! 3. a second attestation of that instance is refused (trust on first use) until the agent is
+//!    evicted; then ward-agent attests with the same document and is shown the same way;
+//! 4. bad evidence — a forged PKCS#7 or RSA-1024 signature, a truncated payload, no signature,
+//!    an unknown region, a document that is not the one signed — is refused by ward-server with
+//!    the code and message spire-server gives for the same payload (where spire-server can
+//!    check it; otherwise with SPIRE's text from its source); nothing is stored and the server
+//!    keeps serving.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use ward_attest::NodeAttestor;
+use ward_attest::node_attestor::aws_iid::{AttestationData, AwsIidAgentConfig, AwsIidAttestor};
+use ward_tests::agent::{AgentDirs, wait_healthy};
+use ward_tests::aws_iid::{FakeImds, Identity, TestRegion, document};
+use ward_tests::node_attestation::scenario::{ServerPair, ready_pair};
+use ward_tests::node_attestation::{
+    Procs, Tampered, agent_ids, agent_show, plugin_block, refusal, run_scenario,
+    start_spire_agent_with_attestor, start_spire_server_with_attestor,
+    start_ward_agent_with_attestor, start_ward_server_with_attestor, truncated, wait_attested,
+};
+use ward_tests::payload_capture::capture_spire_agent_payload;
+use ward_tests::server::ServerOptions;
+use ward_tests::spire::SpireBins;
+use ward_tests::{quoted, quoted_path};
+
+const TD: &str = "example.org";
+const ACCOUNT: &str = "123456789012";
+/// The region the test keys sign for; ward-server is given its certificates.
+const TEST_REGION: &str = "us-test-1";
+/// A real region: both servers verify its documents against AWS's certificate.
+const AWS_REGION: &str = "us-west-2";
+const INSTANCE: &str = "i-0a1b2c3d4e5f60718";
+
+fn agent_id(region: &str, instance: &str) -> String {
+    format!("spiffe://{TD}/spire/agent/aws_iid/{ACCOUNT}/{region}/{instance}")
+}
+
+fn spire_agent_block(imds: &FakeImds) -> String {
+    plugin_block("aws_iid", &[("ec2_metadata_endpoint", quoted(&imds.endpoint()))])
+}
+
+fn ward_attestor(imds: &FakeImds) -> Arc<dyn NodeAttestor> {
+    Arc::new(
+        AwsIidAttestor::new(AwsIidAgentConfig { ec2_metadata_endpoint: Some(imds.endpoint()) })
+            .unwrap(),
+    )
+}
+
+/// An attestor sending `payload` as it is.
+fn sending(imds: &FakeImds, payload: Vec<u8>) -> Arc<dyn NodeAttestor> {
+    Tampered::payload(ward_attestor(imds), Box::new(move |_| payload.clone()))
+}
+
+fn payload(document: &str, signature: &str, rsa2048: &str) -> Vec<u8> {
+    AttestationData::new(document, signature, rsa2048).to_go_json()
+}
+
+#[test]
+fn aws_iid_attestation_interoperates_with_spire() {
+    run_scenario("aws_iid", "aws", scenario);
+}
+
+fn scenario(
+    root: &Path,
+    spire: &SpireBins,
+    ward_bin: &Path,
+    agent_bin: &Path,
+    procs: &mut Procs,
+) -> anyhow::Result<()> {
+    eprintln!("0. a test region's keys, a signed document served by a fake IMDS, both servers");
+    let region = TestRegion::new(&root.join("keys"), TEST_REGION)?;
+    let doc = document(ACCOUNT, TEST_REGION, INSTANCE);
+    let identity = Identity::signed(&region, doc.clone())?;
+    let imds = FakeImds::start(identity.clone())?;
+    let spire_server = procs.spire_server.insert(start_spire_server_with_attestor(
+        &spire.server,
+        &[],
+        &root.join("spire-server"),
+        &ServerOptions::new(TD),
+        &plugin_block("aws_iid", &[]),
+    )?);
+    let ward_toml = format!(
+        "[node_attestors.aws_iid]\n[node_attestors.aws_iid.rsa2048_certificates]\n{} = {}\n\
+         [node_attestors.aws_iid.rsa1024_certificates]\n{} = {}\n",
+        quoted(TEST_REGION),
+        quoted_path(&region.rsa2048_cert),
+        quoted(TEST_REGION),
+        quoted_path(&region.rsa1024_cert),
+    );
+    let ward_server = procs.ward_server.insert(start_ward_server_with_attestor(
+        ward_bin,
+        &[],
+        &root.join("ward-server"),
+        &ServerOptions::new(TD),
+        &ward_toml,
+    )?);
+    let ServerPair { spire_on_spire, spire_on_ward, ward_cli, ward_bundle, .. } =
+        ready_pair(spire, ward_bin, spire_server, ward_server, root)?;
+
+    eprintln!("1. spire-agent's and ward-agent's payloads and IMDS requests are the same");
+    let captured = capture_spire_agent_payload(
+        &spire.agent,
+        &[],
+        &root.join("capture"),
+        TD,
+        &spire_agent_block(&imds),
+    )?;
+    let spire_requests = imds.take_requests();
+    ensure!(captured.attestation_type == "aws_iid", "type {:?}", captured.attestation_type);
+    let ours = ward_attestor(&imds).payload()?;
+    let ward_requests = imds.take_requests();
+    ensure!(
+        ours == captured.payload,
+        "ward-agent's payload:\n{}\nspire-agent's:\n{}",
+        String::from_utf8_lossy(&ours),
+        String::from_utf8_lossy(&captured.payload)
+    );
+    ensure!(ours == payload(&identity.document, &identity.signature, &identity.rsa2048));
+    ensure!(ward_requests.len() == 4, "ward-agent's IMDS requests: {ward_requests:#?}");
+    ensure!(
+        spire_requests.get(..4) == Some(&ward_requests[..]),
+        "IMDS requests, spire-agent: {spire_requests:#?}\nward-agent: {ward_requests:#?}"
+    );
+    ensure!(
+        ward_requests[0].method == "PUT" && ward_requests[1..].iter().all(|r| r.with_token),
+        "IMDSv2 token not used: {ward_requests:#?}"
+    );
+
+    eprintln!("2. spire-agent attests to ward-server with its own plugin");
+    let id = agent_id(TEST_REGION, INSTANCE);
+    let (mut agent, _) = start_spire_agent_with_attestor(
+        &spire.agent,
+        &[],
+        &root.join("sa-ws"),
+        TD,
+        ward_server.port,
+        &ward_bundle,
+        &spire_agent_block(&imds),
+    )?;
+    wait_attested(&spire_on_ward, &mut [&mut agent, &mut ward_server.daemon], &id)?;
+    let by_spire_agent = agent_show(&spire_on_ward, &id)?;
+    eprintln!("{by_spire_agent}");
+    for line in [
+        "Attestation type  : aws_iid".to_owned(),
+        "Can re-attest     : false".to_owned(),
+        format!("aws_iid:az:{TEST_REGION}a"),
+        "aws_iid:image:id:ami-0123456789abcdef0".to_owned(),
+        format!("aws_iid:instance:id:{INSTANCE}"),
+        format!("aws_iid:region:{TEST_REGION}"),
+    ] {
+        ensure!(by_spire_agent.contains(&line), "agent show lacks {line:?}:\n{by_spire_agent}");
+    }
+    agent.terminate(Duration::from_secs(10))?;
+
+    eprintln!("3. trust on first use: a second attestation is refused until the agent is evicted");
+    let rt = tokio::runtime::Runtime::new()?;
+    let again = rt.block_on(refusal(ward_server.port, TD, ward_attestor(&imds)));
+    ensure!(
+        again
+            == (
+                tonic::Code::PermissionDenied,
+                "nodeattestor(aws_iid): attestation data has already been used to attest an agent"
+                    .to_owned()
+            ),
+        "second attestation: {again:?}"
+    );
+    spire_on_ward.ok(&["agent", "evict"], &["-spiffeID", &id])?;
+    let dirs = AgentDirs::new(root, "wa-ws");
+    let toml =
+        format!("[node_attestor.aws_iid]\nec2_metadata_endpoint = {}", quoted(&imds.endpoint()));
+    let mut agent = start_ward_agent_with_attestor(
+        agent_bin,
+        &[],
+        &dirs,
+        TD,
+        ward_server.port,
+        &ward_bundle,
+        &toml,
+    )?;
+    wait_healthy(agent_bin, &mut agent, &dirs.admin_socket)?;
+    let by_ward_agent = agent_show(&spire_on_ward, &id)?;
+    ensure!(
+        by_ward_agent == by_spire_agent,
+        "ward-agent -> ward-server:\n{by_ward_agent}\nspire-agent -> ward-server:\n{by_spire_agent}"
+    );
+    procs.agents.push(agent);
+
+    eprintln!("4. bad evidence gets spire-server's code and message from ward-server");
+    let aws_doc = document(ACCOUNT, AWS_REGION, INSTANCE);
+    let nowhere_doc = document(ACCOUNT, "xx-nowhere-1", INSTANCE);
+    let other_doc = document(ACCOUNT, TEST_REGION, "i-0ffffffffffffffff");
+    let good = payload(&doc, &identity.signature, &identity.rsa2048);
+    // (what, payload, whether spire-server can judge it the same way)
+    let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+        (
+            "PKCS#7 of a key that is not AWS's",
+            payload(&aws_doc, "", &region.sign_pkcs7(&aws_doc)?),
+            true,
+        ),
+        (
+            "RSA-1024 signature of a key that is not AWS's",
+            payload(&aws_doc, &region.sign_rsa1024(&aws_doc)?, ""),
+            true,
+        ),
+        ("truncated payload", truncated(good.clone()), true),
+        ("no signature", payload(&doc, "", ""), true),
+        (
+            "a region without a certificate",
+            payload(&nowhere_doc, "", &region.sign_pkcs7(&nowhere_doc)?),
+            true,
+        ),
+        (
+            "RSA-1024 signature of another document",
+            payload(&other_doc, &identity.signature, ""),
+            true,
+        ),
+        ("PKCS#7 of another document", payload(&other_doc, "", &identity.rsa2048), false),
+    ];
+    let before_spire = agent_ids(&spire_on_spire)?;
+    let before_ward = agent_ids(&spire_on_ward)?;
+    for (what, bytes, comparable) in cases {
+        let ward_says = rt.block_on(refusal(ward_server.port, TD, sending(&imds, bytes.clone())));
+        let spire_says = rt.block_on(refusal(spire_server.port, TD, sending(&imds, bytes)));
+        eprintln!("   {what}: ward-server {ward_says:?}, spire-server {spire_says:?}");
+        ensure!(ward_says.0 != tonic::Code::Ok, "ward-server accepted {what}");
+        if comparable {
+            ensure!(
+                ward_says == spire_says,
+                "{what}: ward-server {ward_says:?}, spire-server {spire_says:?}"
+            );
+        } else {
+            // SPIRE v1.15.0's check (v1.13.3 does not compare the document with the PKCS#7).
+            ensure!(
+                ward_says
+                    == (
+                        tonic::Code::InvalidArgument,
+                        "nodeattestor(aws_iid): instance identity document does not match the \
+                         verified PKCS7 content"
+                            .to_owned()
+                    ),
+                "{what}: {ward_says:?}"
+            );
+        }
+    }
+    ensure!(agent_ids(&spire_on_spire)? == before_spire, "spire-server's agent list changed");
+    ensure!(agent_ids(&spire_on_ward)? == before_ward, "ward-server's agent list changed");
+    ward_cli.healthcheck().context("ward-server after the bad evidence")?;
+
+    eprintln!("5. spire-server cannot verify a test document: ward-agent's evidence is refused");
+    let spire_says = rt.block_on(refusal(spire_server.port, TD, ward_attestor(&imds)));
+    ensure!(
+        spire_says
+            == (
+                tonic::Code::Internal,
+                format!(
+                    "nodeattestor(aws_iid): failed to load the AWS CA certificate for region \
+                     {TEST_REGION:?}: unsupported region {TEST_REGION:?}"
+                )
+            ),
+        "spire-server: {spire_says:?}"
+    );
+    drop(rt);
+    Ok(())
+}
