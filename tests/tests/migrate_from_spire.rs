@@ -381,9 +381,9 @@ fn ward_server_refuses_a_spire_config_it_cannot_honour() {
     let out = run(&mut cmd, CLI_TIMEOUT).unwrap();
     assert!(!out.status.success(), "{}", out.describe());
     let refusals: Vec<&str> = out.stderr.lines().filter(|l| l.starts_with("  - ")).collect();
-    assert_eq!(refusals.len(), 7, "{}", out.describe());
+    assert_eq!(refusals.len(), 6, "{}", out.describe());
     // Each sentence is printed once (not again, joined, after the last one).
-    assert_eq!(out.stderr.matches("is not supported").count(), 7, "{}", out.describe());
+    assert_eq!(out.stderr.matches("is not supported").count(), 6, "{}", out.describe());
     assert!(
         refusals
             .contains(&"  - plugin Notifier \"k8sbundle\" is not supported: ward has no notifiers"),
