@@ -1,5 +1,7 @@
-//! A small blocking HTTP/1.1 `GET` client for the cloud attestors: the agent asks its cloud's
-//! metadata service for evidence, the server fetches the keys that sign it.
+//! A small blocking HTTP/1.1 client for the cloud attestors: the agent asks its cloud's
+//! metadata service for evidence, the server fetches the keys that sign it and, where
+//! credentials are configured, asks the provider's API about the instance (`GET`, and `POST`
+//! for token exchanges and query APIs).
 //!
 //! Attestors are called on blocking threads, so the client owns a one-worker tokio runtime and
 //! waits for each request on a channel: it never blocks inside, nor starts a runtime within, an
@@ -12,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -36,7 +38,7 @@ pub struct HttpResponse {
     pub body: Bytes,
 }
 
-/// A blocking `GET` client.
+/// A blocking HTTP client (`GET` and `POST`).
 pub struct HttpGetter {
     /// Always `Some` until dropped (see the `Drop` impl).
     runtime: Option<tokio::runtime::Runtime>,
@@ -68,6 +70,32 @@ impl HttpGetter {
     /// A sentence (in the manner of Go's `net/http` client errors) when the URL is not
     /// `http`/`https`, the server cannot be reached, TLS fails, or no answer comes in time.
     pub fn get(&self, url: &str, headers: &[(&str, &str)]) -> Result<HttpResponse, String> {
+        self.send(http::Method::GET, url, headers, Bytes::new())
+    }
+
+    /// `POST url` with `headers` (the caller names the `Content-Type`) and `body`: the
+    /// response whatever its status. `Content-Length` is set from the body.
+    ///
+    /// # Errors
+    /// As [`HttpGetter::get`], with `Post` in place of `Get`.
+    pub fn post(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Result<HttpResponse, String> {
+        self.send(http::Method::POST, url, headers, body.into())
+    }
+
+    fn send(
+        &self,
+        method: http::Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<HttpResponse, String> {
+        // Go's client errors name the method as `Get` / `Post`.
+        let verb = if method == http::Method::POST { "Post" } else { "Get" };
         let parsed = url::Url::parse(url).map_err(|e| format!("parse {url:?}: {e}"))?;
         let headers: Vec<(String, String)> =
             headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
@@ -77,7 +105,8 @@ impl HttpGetter {
         let (tx, rx) = mpsc::sync_channel(1);
         let shown = url.to_owned();
         runtime.spawn(async move {
-            let result = match tokio::time::timeout(REQUEST_TIMEOUT, get(parsed, headers)).await {
+            let exchange = send(method, parsed, headers, body);
+            let result = match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
                 Ok(r) => r,
                 Err(_) => Err(format!("no answer within {REQUEST_TIMEOUT:?}")),
             };
@@ -86,7 +115,7 @@ impl HttpGetter {
         });
         rx.recv()
             .unwrap_or_else(|_| Err("the HTTP client runtime stopped".to_owned()))
-            .map_err(|e| format!("Get {shown:?}: {e}"))
+            .map_err(|e| format!("{verb} {shown:?}: {e}"))
     }
 }
 
@@ -129,7 +158,12 @@ fn tls_config() -> Result<Arc<ClientConfig>, String> {
         .clone()
 }
 
-async fn get(url: url::Url, headers: Vec<(String, String)>) -> Result<HttpResponse, String> {
+async fn send(
+    method: http::Method,
+    url: url::Url,
+    headers: Vec<(String, String)>,
+    body: Bytes,
+) -> Result<HttpResponse, String> {
     let tls = match url.scheme() {
         "http" => false,
         "https" => true,
@@ -154,17 +188,19 @@ async fn get(url: url::Url, headers: Vec<(String, String)>) -> Result<HttpRespon
             .connect(server_name, tcp)
             .await
             .map_err(|e| format!("tls: {e}"))?;
-        request(stream, &authority, &target, &headers).await
+        request(stream, method, &authority, &target, &headers, body).await
     } else {
-        request(tcp, &authority, &target, &headers).await
+        request(tcp, method, &authority, &target, &headers, body).await
     }
 }
 
 async fn request<S>(
     io: S,
+    method: http::Method,
     authority: &str,
     target: &str,
     headers: &[(String, String)],
+    body: Bytes,
 ) -> Result<HttpResponse, String>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -175,11 +211,17 @@ where
         // Ends when the response is read and the sender dropped; errors reach the sender.
         let _ = connection.await;
     });
-    let mut builder = http::Request::get(target).header(http::header::HOST, authority);
+    let mut builder = http::Request::builder()
+        .method(method.clone())
+        .uri(target)
+        .header(http::header::HOST, authority);
+    if method == http::Method::POST {
+        builder = builder.header(http::header::CONTENT_LENGTH, body.len());
+    }
     for (k, v) in headers {
         builder = builder.header(k.as_str(), v.as_str());
     }
-    let req = builder.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
+    let req = builder.body(Full::new(body)).map_err(|e| e.to_string())?;
     let response = sender.send_request(req).await.map_err(|e| e.to_string())?;
     let status = response.status().as_u16();
     let headers = response.headers().clone();
@@ -189,4 +231,33 @@ where
         .map(|b| b.to_bytes())
         .map_err(|e| e.to_string())?;
     Ok(HttpResponse { status, headers, body })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HttpGetter;
+    use crate::node_attestor::test_http::{http_answer, serve};
+
+    #[test]
+    fn a_post_sends_its_method_length_and_headers_and_returns_the_answer() {
+        let (addr, heads) = serve(vec![http_answer("200 OK", "", "{\"ok\":1}")]);
+        let client = HttpGetter::new("post-test").unwrap();
+        let url = format!("http://{addr}/token?x=1");
+        let answer = client
+            .post(&url, &[("content-type", "application/x-www-form-urlencoded")], "grant=abc")
+            .unwrap();
+        assert_eq!(answer.status, 200);
+        assert_eq!(&answer.body[..], b"{\"ok\":1}");
+        let head = heads.recv().unwrap().to_ascii_lowercase();
+        assert!(head.starts_with("post /token?x=1 http/1.1\r\n"), "{head}");
+        assert!(head.contains("content-length: 9\r\n"), "{head}");
+        assert!(head.contains("content-type: application/x-www-form-urlencoded\r\n"), "{head}");
+    }
+
+    #[test]
+    fn a_refused_post_names_the_method_as_go_does() {
+        let client = HttpGetter::new("post-test").unwrap();
+        let err = client.post("ftp://127.0.0.1/x", &[], "").unwrap_err();
+        assert_eq!(err, "Post \"ftp://127.0.0.1/x\": unsupported protocol scheme \"ftp\"");
+    }
 }
