@@ -45,4 +45,16 @@ impl SyncError {
             _ => None,
         }
     }
+
+    /// Whether the call failed because its connection went away rather than because the
+    /// server answered: `Cancelled` (the request was not sent: the server had just closed
+    /// the connection, as it does at its maximum connection age) or `Unavailable` (the
+    /// connection broke or could not be made).
+    pub fn connection_lost(&self) -> bool {
+        matches!(
+            self,
+            Self::Rpc { status, .. }
+                if matches!(status.code(), tonic::Code::Cancelled | tonic::Code::Unavailable)
+        )
+    }
 }

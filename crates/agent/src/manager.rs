@@ -192,15 +192,9 @@ impl Manager {
                         last_sync = now;
                         retry_at = None;
                     }
-                    Err(_) => {
+                    Err(error) => {
                         failures = failures.saturating_add(1);
-                        retry_at = Some(
-                            now + backoff(
-                                self.config.sync_interval,
-                                self.config.max_backoff,
-                                failures,
-                            ),
-                        );
+                        retry_at = Some(now + retry_delay(&self.config, failures, error));
                     }
                 }
                 outcome
@@ -212,7 +206,13 @@ impl Manager {
                     tracing::error!(%error, ?reason, "the server refused the agent");
                     return Err(error);
                 }
-                tracing::warn!(%error, failures, "sync with the server failed; retrying");
+                if failures == 1 && error.connection_lost() {
+                    // Most often the server closed an old connection (its maximum connection
+                    // age) as the call went out; the next call gets a new one.
+                    tracing::debug!(%error, "the connection to the server was lost; retrying now");
+                } else {
+                    tracing::warn!(%error, failures, "sync with the server failed; retrying");
+                }
             }
             let interval = self.poll_interval(push.as_ref().map(|(_, s)| *s.borrow()));
             let next_sync = retry_at.unwrap_or(last_sync + interval);
@@ -573,6 +573,16 @@ fn identity(entry: &AuthorizedEntry, svid: &MintedSvid) -> X509Identity {
     }
 }
 
+/// When to retry a failed sync: at once after a first failure that only lost the connection
+/// ([`SyncError::connection_lost`]), else after [`backoff`].
+fn retry_delay(config: &ManagerConfig, failures: u32, error: &SyncError) -> Duration {
+    if failures == 1 && error.connection_lost() {
+        Duration::ZERO
+    } else {
+        backoff(config.sync_interval, config.max_backoff, failures)
+    }
+}
+
 /// The wait after `failures` failed attempts in a row: `interval` doubled per failure up to
 /// `max`, then a random 0–20 % taken off so agents that failed together spread out.
 pub fn backoff(interval: Duration, max: Duration, failures: u32) -> Duration {
@@ -595,6 +605,26 @@ mod tests {
         assert!(chained_to(&svid.chain, &[a.ca_der().to_vec()], now));
         assert!(!chained_to(&svid.chain, &[b.ca_der().to_vec()], now));
         assert!(chained_to(&svid.chain, &[b.ca_der().to_vec(), a.ca_der().to_vec()], now));
+    }
+
+    #[test]
+    fn a_first_lost_connection_is_retried_at_once_and_anything_else_after_the_backoff() {
+        let config = ManagerConfig::new(TrustDomain::new("example.org").unwrap());
+        let lost = SyncError::rpc(
+            "SyncAuthorizedEntries",
+            tonic::Status::cancelled("operation was canceled"),
+        );
+        let broken =
+            SyncError::rpc("SyncAuthorizedEntries", tonic::Status::unavailable("connection reset"));
+        let refused = SyncError::rpc("SyncAuthorizedEntries", tonic::Status::internal("boom"));
+        assert_eq!(retry_delay(&config, 1, &lost), Duration::ZERO);
+        assert_eq!(retry_delay(&config, 1, &broken), Duration::ZERO);
+        // A second failure in a row is not a closed connection any more: back off.
+        assert!(retry_delay(&config, 2, &lost) >= Duration::from_secs(8));
+        assert!(retry_delay(&config, 1, &refused) >= Duration::from_secs(4));
+        let protocol = SyncError::protocol("SyncAuthorizedEntries", "bad answer");
+        assert!(!protocol.connection_lost());
+        assert!(retry_delay(&config, 1, &protocol) >= Duration::from_secs(4));
     }
 
     #[test]
