@@ -3,6 +3,7 @@
 use std::process::Command;
 
 use super::*;
+use serde_json::Value;
 
 const TD: &str = "example.org";
 
