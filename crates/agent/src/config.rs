@@ -15,6 +15,14 @@ use ward_attest::UnixConfig;
 use ward_attest::k8s::{K8sConfig, K8sSettings};
 use ward_core::TrustDomain;
 
+mod node_attestor;
+
+pub use node_attestor::{
+    AwsIidFileConfig, AzureMsiFileConfig, GcpIitFileConfig, K8sPsatFileConfig,
+    NodeAttestorFileConfig, NodeAttestorSettings, SshpopFileConfig, TpmDevidFileConfig,
+    X509popFileConfig,
+};
+
 use crate::sds::SdsConfig;
 use crate::workload::WorkloadApiConfig;
 
@@ -36,7 +44,7 @@ pub const DEFAULT_SVID_CACHE_MAX_SIZE: usize = 1000;
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
-fn err(msg: impl Into<String>) -> ConfigError {
+pub(crate) fn err(msg: impl Into<String>) -> ConfigError {
     ConfigError(msg.into())
 }
 
@@ -111,118 +119,6 @@ pub struct FileConfig {
     /// The node attestor used when no join token is given (`[node_attestor.x509pop]`,
     /// `[node_attestor.k8s_psat]`, `[node_attestor.sshpop]` and the others).
     pub node_attestor: Option<NodeAttestorFileConfig>,
-}
-
-/// `[node_attestor]`: the one node attestor of the agent (SPIRE's `NodeAttestor` plugin), used
-/// when no join token is given.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NodeAttestorFileConfig {
-    /// `x509pop`: a certificate and its key prove the node's identity.
-    pub x509pop: Option<X509popFileConfig>,
-    /// `gcp_iit`: a Compute Engine instance identity token proves the node's identity.
-    pub gcp_iit: Option<GcpIitFileConfig>,
-    /// `tpm_devid`: a TPM-resident DevID key and its certificate prove the node's identity.
-    pub tpm_devid: Option<TpmDevidFileConfig>,
-    /// `azure_msi`: an Azure managed identity access token proves the node's identity.
-    pub azure_msi: Option<AzureMsiFileConfig>,
-    /// `k8s_psat`: the pod's projected service-account token proves the node's identity.
-    pub k8s_psat: Option<K8sPsatFileConfig>,
-    /// `sshpop`: an SSH host certificate and the host key prove the node's identity.
-    pub sshpop: Option<SshpopFileConfig>,
-    /// `aws_iid`: the EC2 instance identity document proves the node's identity.
-    pub aws_iid: Option<AwsIidFileConfig>,
-}
-
-/// `[node_attestor.k8s_psat]`: SPIRE's agent `k8s_psat` plugin data.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct K8sPsatFileConfig {
-    /// The cluster name, as the server's configuration names it (required).
-    pub cluster: Option<String>,
-    /// The projected token's file (default `/var/run/secrets/tokens/spire-agent`).
-    pub token_path: Option<PathBuf>,
-}
-
-/// `[node_attestor.tpm_devid]`: SPIRE's agent `tpm_devid` plugin data.
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TpmDevidFileConfig {
-    /// PEM DevID certificate, then its intermediates (required).
-    pub devid_cert_path: Option<PathBuf>,
-    /// The DevID key's private blob, `TPM2B_PRIVATE` contents (required).
-    pub devid_priv_path: Option<PathBuf>,
-    /// The DevID key's public blob, `TPMT_PUBLIC` (required).
-    pub devid_pub_path: Option<PathBuf>,
-    /// The DevID key's authorisation value (default empty).
-    pub devid_password: Option<String>,
-    /// The owner hierarchy's authorisation value (default empty).
-    pub owner_hierarchy_password: Option<String>,
-    /// The endorsement hierarchy's authorisation value (default empty).
-    pub endorsement_hierarchy_password: Option<String>,
-    /// The TPM device or emulator socket (default: the one `/dev/tpmrm<N>`, else `/dev/tpm<N>`).
-    pub tpm_device_path: Option<PathBuf>,
-}
-
-impl std::fmt::Debug for TpmDevidFileConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The passwords are credentials: never print them.
-        f.debug_struct("TpmDevidFileConfig")
-            .field("devid_cert_path", &self.devid_cert_path)
-            .field("devid_priv_path", &self.devid_priv_path)
-            .field("devid_pub_path", &self.devid_pub_path)
-            .field("tpm_device_path", &self.tpm_device_path)
-            .finish_non_exhaustive()
-    }
-}
-
-/// `[node_attestor.azure_msi]`: SPIRE's agent `azure_msi` plugin data.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AzureMsiFileConfig {
-    /// The resource the token is asked for (default `https://management.azure.com/`).
-    pub resource_id: Option<String>,
-}
-
-/// `[node_attestor.aws_iid]`: SPIRE's agent `aws_iid` plugin data.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AwsIidFileConfig {
-    /// The instance metadata service's base URL (default `http://169.254.169.254`); only its
-    /// scheme, host and port are used.
-    pub ec2_metadata_endpoint: Option<String>,
-}
-
-/// `[node_attestor.gcp_iit]`: SPIRE's agent `gcp_iit` plugin data.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GcpIitFileConfig {
-    /// The metadata server's host (default `metadata.google.internal`).
-    pub identity_token_host: Option<String>,
-    /// The service account whose token is asked for (default `default`).
-    pub service_account: Option<String>,
-}
-
-/// `[node_attestor.sshpop]`: SPIRE's agent `sshpop` plugin data.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SshpopFileConfig {
-    /// The host's private key, OpenSSH format (default `/etc/ssh/ssh_host_rsa_key`).
-    pub host_key_path: Option<PathBuf>,
-    /// The host certificate, OpenSSH format (default `/etc/ssh/ssh_host_rsa_key-cert.pub`).
-    pub host_cert_path: Option<PathBuf>,
-}
-
-/// `[node_attestor.x509pop]`: SPIRE's agent `x509pop` plugin data.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct X509popFileConfig {
-    /// PEM private key of the certificate (required).
-    pub private_key_path: Option<PathBuf>,
-    /// PEM certificate, leaf first (required).
-    pub certificate_path: Option<PathBuf>,
-    /// PEM intermediate certificates sent after the certificate.
-    pub intermediates_path: Option<PathBuf>,
 }
 
 /// `[health_checks]`, SPIRE's `health_checks` block: plain-HTTP liveness and readiness.
@@ -360,21 +256,9 @@ pub struct Settings {
     pub bootstrap: BootstrapTrust,
     /// The join token, if one is configured.
     pub join_token: Option<String>,
-    /// The `x509pop` node attestor, if configured (a join token takes precedence, as in
-    /// SPIRE).
-    pub x509pop: Option<ward_attest::node_attestor::x509pop::X509popAgentConfig>,
-    /// The `gcp_iit` node attestor, if configured (a join token takes precedence).
-    pub gcp_iit: Option<ward_attest::node_attestor::gcp_iit::GcpIitAgentConfig>,
-    /// The `tpm_devid` node attestor, if configured (a join token takes precedence).
-    pub tpm_devid: Option<ward_attest::node_attestor::tpm_devid::TpmDevidAgentConfig>,
-    /// The `azure_msi` node attestor, if configured (a join token takes precedence).
-    pub azure_msi: Option<ward_attest::node_attestor::azure_msi::AzureMsiAgentConfig>,
-    /// The `k8s_psat` node attestor, if configured (a join token takes precedence).
-    pub k8s_psat: Option<ward_attest::node_attestor::k8s_psat::K8sPsatAgentConfig>,
-    /// The `sshpop` node attestor, if configured.
-    pub sshpop: Option<ward_attest::node_attestor::sshpop::SshpopAgentConfig>,
-    /// The `aws_iid` node attestor, if configured (a join token takes precedence).
-    pub aws_iid: Option<ward_attest::node_attestor::aws_iid::AwsIidAgentConfig>,
+    /// The node attestor of `[node_attestor]`, if one is configured (a join token takes
+    /// precedence, as in SPIRE).
+    pub node_attestor: Option<NodeAttestorSettings>,
     /// The data directory.
     pub data_dir: PathBuf,
     /// The Workload API socket.
@@ -489,11 +373,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, ConfigError> {
         .map_err(|_| err(format!("invalid duration {text:?}: it is negative")))
 }
 
-fn non_empty(s: Option<String>) -> Option<String> {
+pub(crate) fn non_empty(s: Option<String>) -> Option<String> {
     s.filter(|s| !s.is_empty())
 }
 
-fn non_empty_path(p: Option<PathBuf>) -> Option<PathBuf> {
+pub(crate) fn non_empty_path(p: Option<PathBuf>) -> Option<PathBuf> {
     p.filter(|p| !p.as_os_str().is_empty())
 }
 
@@ -650,87 +534,7 @@ impl Settings {
         }
         let workload_attestors =
             WorkloadAttestorSettings::from_file(file.workload_attestors, getenv)?;
-        let node_attestor = file.node_attestor.unwrap_or_default();
-        let configured = [
-            node_attestor.x509pop.is_some(),
-            node_attestor.gcp_iit.is_some(),
-            node_attestor.tpm_devid.is_some(),
-            node_attestor.azure_msi.is_some(),
-            node_attestor.k8s_psat.is_some(),
-            node_attestor.sshpop.is_some(),
-            node_attestor.aws_iid.is_some(),
-        ];
-        if configured.iter().filter(|c| **c).count() > 1 {
-            return Err(err("only one of [node_attestor.x509pop], [node_attestor.gcp_iit], \
-                            [node_attestor.tpm_devid], [node_attestor.azure_msi], \
-                            [node_attestor.k8s_psat], [node_attestor.sshpop] and \
-                            [node_attestor.aws_iid] can be configured: an agent attests with \
-                            one node attestor"));
-        }
-        let azure_msi = node_attestor.azure_msi.map(|a| {
-            ward_attest::node_attestor::azure_msi::AzureMsiAgentConfig {
-                resource_id: non_empty(a.resource_id).unwrap_or_else(|| {
-                    ward_attest::node_attestor::azure_msi::DEFAULT_RESOURCE_ID.to_owned()
-                }),
-                ..Default::default()
-            }
-        });
-        let aws_iid =
-            node_attestor.aws_iid.map(|a| ward_attest::node_attestor::aws_iid::AwsIidAgentConfig {
-                ec2_metadata_endpoint: non_empty(a.ec2_metadata_endpoint),
-            });
-        let gcp_iit = node_attestor.gcp_iit.map(|g| {
-            let defaults = ward_attest::node_attestor::gcp_iit::GcpIitAgentConfig::default();
-            ward_attest::node_attestor::gcp_iit::GcpIitAgentConfig {
-                identity_token_host: non_empty(g.identity_token_host)
-                    .unwrap_or(defaults.identity_token_host),
-                service_account: non_empty(g.service_account).unwrap_or(defaults.service_account),
-            }
-        });
-        let tpm_devid = match node_attestor.tpm_devid {
-            None => None,
-            Some(t) => Some(ward_attest::node_attestor::tpm_devid::TpmDevidAgentConfig {
-                devid_cert_path: non_empty_path(t.devid_cert_path)
-                    .ok_or_else(|| err("devid_cert_path is required"))?,
-                devid_priv_path: non_empty_path(t.devid_priv_path)
-                    .ok_or_else(|| err("devid_priv_path is required"))?,
-                devid_pub_path: non_empty_path(t.devid_pub_path)
-                    .ok_or_else(|| err("devid_pub_path is required"))?,
-                devid_password: t.devid_password.unwrap_or_default(),
-                owner_hierarchy_password: t.owner_hierarchy_password.unwrap_or_default(),
-                endorsement_hierarchy_password: t
-                    .endorsement_hierarchy_password
-                    .unwrap_or_default(),
-                tpm_device_path: non_empty_path(t.tpm_device_path),
-            }),
-        };
-        let k8s_psat = match node_attestor.k8s_psat {
-            None => None,
-            Some(k) => Some(ward_attest::node_attestor::k8s_psat::K8sPsatAgentConfig {
-                cluster: non_empty(k.cluster)
-                    .ok_or_else(|| err("k8s_psat: missing required cluster block"))?,
-                token_path: non_empty_path(k.token_path).unwrap_or_else(|| {
-                    PathBuf::from(ward_attest::node_attestor::k8s_psat::DEFAULT_TOKEN_PATH)
-                }),
-            }),
-        };
-        let sshpop = node_attestor.sshpop.map(|x| {
-            let defaults = ward_attest::node_attestor::sshpop::SshpopAgentConfig::default();
-            ward_attest::node_attestor::sshpop::SshpopAgentConfig {
-                host_key_path: non_empty_path(x.host_key_path).unwrap_or(defaults.host_key_path),
-                host_cert_path: non_empty_path(x.host_cert_path).unwrap_or(defaults.host_cert_path),
-            }
-        });
-        let x509pop = match node_attestor.x509pop {
-            None => None,
-            Some(x) => Some(ward_attest::node_attestor::x509pop::X509popAgentConfig {
-                private_key_path: non_empty_path(x.private_key_path)
-                    .ok_or_else(|| err("private_key_path is required"))?,
-                certificate_path: non_empty_path(x.certificate_path)
-                    .ok_or_else(|| err("certificate_path is required"))?,
-                intermediates_path: non_empty_path(x.intermediates_path),
-            }),
-        };
+        let node_attestor = NodeAttestorSettings::from_file(file.node_attestor)?;
         let log_level = non_empty(file.log_level).unwrap_or_else(|| "info".into()).to_lowercase();
         if !["error", "warn", "warning", "info", "debug", "trace"].contains(&log_level.as_str()) {
             return Err(err(format!(
@@ -777,16 +581,23 @@ impl Settings {
             },
             sds: sds_config(file.sds),
             health_checks: health_checks(file.health_checks),
-            x509pop,
-            gcp_iit,
-            tpm_devid,
-            azure_msi,
-            k8s_psat,
-            sshpop,
-            aws_iid,
+            node_attestor,
         })
     }
 }
+
+#[cfg(test)]
+/// The node attestor settings of `s`, which must be of `variant`.
+macro_rules! configured {
+    ($s:expr, $variant:ident) => {
+        match $s.node_attestor {
+            Some($crate::config::NodeAttestorSettings::$variant(c)) => c,
+            other => panic!("expected {}, got {other:?}", stringify!($variant)),
+        }
+    };
+}
+#[cfg(test)]
+pub(crate) use configured;
 
 #[cfg(test)]
 mod tests {
@@ -885,7 +696,7 @@ mod tests {
     fn gcp_iit_takes_spire_defaults() {
         let s = settings(&format!("{BASE}insecure_bootstrap = true\n[node_attestor.gcp_iit]\n"))
             .unwrap();
-        let g = s.gcp_iit.unwrap();
+        let g = configured!(s, GcpIit);
         assert_eq!(g.identity_token_host, "metadata.google.internal");
         assert_eq!(g.service_account, "default");
         let s = settings(&format!(
@@ -893,7 +704,7 @@ mod tests {
              identity_token_host = \"127.0.0.1:8080\"\nservice_account = \"sa@x\"\n"
         ))
         .unwrap();
-        let g = s.gcp_iit.unwrap();
+        let g = configured!(s, GcpIit);
         assert_eq!(
             (g.identity_token_host.as_str(), g.service_account.as_str()),
             ("127.0.0.1:8080", "sa@x")
@@ -905,7 +716,7 @@ mod tests {
         assert!(both.unwrap_err().0.starts_with("only one of"));
         let s = settings(&format!("{BASE}insecure_bootstrap = true\n[node_attestor.azure_msi]\n"))
             .unwrap();
-        assert_eq!(s.azure_msi.unwrap().resource_id, "https://management.azure.com/");
+        assert_eq!(configured!(s, AzureMsi).resource_id, "https://management.azure.com/");
     }
 
     #[test]
@@ -915,10 +726,13 @@ mod tests {
              ec2_metadata_endpoint = \"http://127.0.0.1:9\"\n"
         ))
         .unwrap();
-        assert_eq!(s.aws_iid.unwrap().ec2_metadata_endpoint.as_deref(), Some("http://127.0.0.1:9"));
+        assert_eq!(
+            configured!(s, AwsIid).ec2_metadata_endpoint.as_deref(),
+            Some("http://127.0.0.1:9")
+        );
         let s = settings(&format!("{BASE}insecure_bootstrap = true\n[node_attestor.aws_iid]\n"))
             .unwrap();
-        assert_eq!(s.aws_iid.unwrap().ec2_metadata_endpoint, None);
+        assert_eq!(configured!(s, AwsIid).ec2_metadata_endpoint, None);
         let both = settings(&format!(
             "{BASE}insecure_bootstrap = true\n[node_attestor.aws_iid]\n[node_attestor.gcp_iit]\n"
         ))
@@ -933,7 +747,7 @@ mod tests {
              private_key_path = \"/k.pem\"\ncertificate_path = \"/c.pem\"\n"
         ))
         .unwrap();
-        let x = s.x509pop.unwrap();
+        let x = configured!(s, X509pop);
         assert_eq!((x.private_key_path, x.certificate_path), ("/k.pem".into(), "/c.pem".into()));
         assert_eq!(x.intermediates_path, None);
         for (toml, missing) in [
@@ -957,7 +771,7 @@ mod tests {
              endorsement_hierarchy_password = \"secret\"\n"
         ))
         .unwrap();
-        let t = s.tpm_devid.unwrap();
+        let t = configured!(s, TpmDevid);
         assert_eq!(t.devid_cert_path, PathBuf::from("/c.pem"));
         assert_eq!(t.tpm_device_path, Some("/dev/tpmrm0".into()));
         assert_eq!(t.endorsement_hierarchy_password, "secret");
@@ -987,7 +801,7 @@ mod tests {
     fn sshpop_takes_spires_defaults_and_stands_alone() {
         let s = settings(&format!("{BASE}insecure_bootstrap = true\n[node_attestor.sshpop]\n"))
             .unwrap();
-        let x = s.sshpop.unwrap();
+        let x = configured!(s, Sshpop);
         assert_eq!(x.host_key_path, PathBuf::from("/etc/ssh/ssh_host_rsa_key"));
         assert_eq!(x.host_cert_path, PathBuf::from("/etc/ssh/ssh_host_rsa_key-cert.pub"));
         let s = settings(&format!(
@@ -995,7 +809,7 @@ mod tests {
              host_key_path = \"/k\"\nhost_cert_path = \"/k-cert.pub\"\n"
         ))
         .unwrap();
-        let x = s.sshpop.unwrap();
+        let x = configured!(s, Sshpop);
         assert_eq!((x.host_key_path, x.host_cert_path), ("/k".into(), "/k-cert.pub".into()));
         let e = settings(&format!(
             "{BASE}insecure_bootstrap = true\n[node_attestor.sshpop]\n\

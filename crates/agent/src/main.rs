@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use ward_agent::agent::{Agent, error_chain};
-use ward_agent::config::{FileConfig, LogFormat, ServerAddressSetting, Settings};
+use ward_agent::config::{
+    FileConfig, LogFormat, NodeAttestorSettings, ServerAddressSetting, Settings,
+};
 use ward_agent::spire_config::{self, FileFormat};
 use ward_attest::NodeAttestor;
 use ward_attest::node_attestor::aws_iid::AwsIidAttestor;
@@ -198,28 +200,19 @@ fn node_attestor(
     if let Some(token) = settings.join_token.as_deref() {
         return Ok(Some(Arc::new(JoinTokenAttestor::new(token)?)));
     }
-    if let Some(config) = &settings.gcp_iit {
-        return Ok(Some(Arc::new(GcpIitAttestor::new(config.clone())?)));
-    }
-    if let Some(config) = &settings.tpm_devid {
-        return Ok(Some(Arc::new(TpmDevidAttestor::new(config.clone())?)));
-    }
-    if let Some(config) = &settings.azure_msi {
-        return Ok(Some(Arc::new(AzureMsiAttestor::new(config.clone())?)));
-    }
-    if let Some(config) = &settings.k8s_psat {
-        return Ok(Some(Arc::new(K8sPsatAttestor::new(config.clone())?)));
-    }
-    if let Some(config) = &settings.sshpop {
-        return Ok(Some(Arc::new(SshpopAttestor::new(config.clone())?)));
-    }
-    if let Some(config) = &settings.aws_iid {
-        return Ok(Some(Arc::new(AwsIidAttestor::new(config.clone())?)));
-    }
-    match &settings.x509pop {
-        Some(config) => Ok(Some(Arc::new(X509popAttestor::new(config.clone())?))),
-        None => Ok(None),
-    }
+    let Some(configured) = &settings.node_attestor else {
+        return Ok(None);
+    };
+    let attestor: Arc<dyn NodeAttestor> = match configured.clone() {
+        NodeAttestorSettings::X509pop(config) => Arc::new(X509popAttestor::new(config)?),
+        NodeAttestorSettings::GcpIit(config) => Arc::new(GcpIitAttestor::new(config)?),
+        NodeAttestorSettings::TpmDevid(config) => Arc::new(TpmDevidAttestor::new(config)?),
+        NodeAttestorSettings::AzureMsi(config) => Arc::new(AzureMsiAttestor::new(config)?),
+        NodeAttestorSettings::K8sPsat(config) => Arc::new(K8sPsatAttestor::new(config)?),
+        NodeAttestorSettings::Sshpop(config) => Arc::new(SshpopAttestor::new(config)?),
+        NodeAttestorSettings::AwsIid(config) => Arc::new(AwsIidAttestor::new(config)?),
+    };
+    Ok(Some(attestor))
 }
 
 async fn run(flags: RunFlags) -> ExitCode {

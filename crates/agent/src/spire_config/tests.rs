@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use super::*;
-use crate::config::{BootstrapTrust, BundleFormat, ServerAddressSetting, Settings};
+use crate::config::{BootstrapTrust, BundleFormat, ServerAddressSetting, Settings, configured};
 
 fn fixture(name: &str) -> (PathBuf, String) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testdata/spire").join(name);
@@ -296,7 +296,7 @@ fn the_x509pop_node_attestor_becomes_wards_table() {
     );
     let loaded = read(Path::new("agent.conf"), &text).unwrap();
     let s = settings(loaded.file);
-    let x = s.x509pop.unwrap();
+    let x = configured!(s, X509pop);
     assert_eq!(x.private_key_path, Path::new("/opt/spire/agent.key.pem"));
     assert_eq!(x.certificate_path, Path::new("/opt/spire/agent.crt.pem"));
     assert_eq!(x.intermediates_path.as_deref(), Some(Path::new("/opt/spire/intermediates.pem")));
@@ -309,14 +309,14 @@ fn the_k8s_psat_node_attestor_becomes_wards_table() {
         "    NodeAttestor \"k8s_psat\" {\n        plugin_data {\n            cluster = \"prod\"\n";
     let text = agent_conf_with(&format!("{block}        }}\n    }}"));
     let s = settings(read(Path::new("agent.conf"), &text).unwrap().file);
-    let k = s.k8s_psat.unwrap();
+    let k = configured!(s, K8sPsat);
     assert_eq!(k.cluster, "prod");
     assert_eq!(k.token_path, Path::new("/var/run/secrets/tokens/spire-agent"));
     let text = agent_conf_with(&format!(
         "{block}            token_path = \"/t/agent\"\n        }}\n    }}"
     ));
     let s = settings(read(Path::new("agent.conf"), &text).unwrap().file);
-    assert_eq!(s.k8s_psat.unwrap().token_path, Path::new("/t/agent"));
+    assert_eq!(configured!(s, K8sPsat).token_path, Path::new("/t/agent"));
 }
 
 #[test]
@@ -345,15 +345,14 @@ plugins {
 "#;
     let loaded = read(Path::new("agent.conf"), text).unwrap();
     let s = settings(loaded.file);
-    let x = s.sshpop.unwrap();
+    let x = configured!(s, Sshpop);
     assert_eq!(x.host_key_path, Path::new("/etc/ssh/ssh_host_ed25519_key"));
     assert_eq!(x.host_cert_path, Path::new("/etc/ssh/ssh_host_rsa_key-cert.pub"));
-    assert!(s.x509pop.is_none());
 
     // An empty plugin_data block takes SPIRE's defaults.
     let empty = text.replace("host_key_path = \"/etc/ssh/ssh_host_ed25519_key\"", "");
     let loaded = read(Path::new("agent.conf"), &empty).unwrap();
-    let x = settings(loaded.file).sshpop.unwrap();
+    let x = configured!(settings(loaded.file), Sshpop);
     assert_eq!(x.host_key_path, Path::new("/etc/ssh/ssh_host_rsa_key"));
 }
 
@@ -384,11 +383,11 @@ plugins {{
         )
     };
     let loaded = read(Path::new("agent.conf"), &block("")).unwrap();
-    let a = settings(loaded.file).aws_iid.unwrap();
+    let a = configured!(settings(loaded.file), AwsIid);
     assert_eq!(a.ec2_metadata_endpoint, None);
     let text =
         block("\n            ec2_metadata_endpoint = \"http://169.254.169.254/latest\"\n        ");
     let loaded = read(Path::new("agent.conf"), &text).unwrap();
-    let a = settings(loaded.file).aws_iid.unwrap();
+    let a = configured!(settings(loaded.file), AwsIid);
     assert_eq!(a.ec2_metadata_endpoint.as_deref(), Some("http://169.254.169.254/latest"));
 }
