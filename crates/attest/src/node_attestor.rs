@@ -111,6 +111,19 @@ pub trait ServerNodeAttestor: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// [`Refusal`] with SPIRE's code and message.
     fn begin(&self, payload: &[u8], now: i64) -> Result<Verification, Refusal>;
+
+    /// Completes an accepted attestation once the server has checked that its agent ID may
+    /// attest (an attestor that trusts on first use refuses an agent attested before): SPIRE's
+    /// cloud attestors read selectors from their provider's API only then, at Unix time
+    /// `now`. It may block; the server calls it on a blocking thread. The default adds
+    /// nothing.
+    ///
+    /// # Errors
+    /// [`Refusal`] with SPIRE's code and message.
+    fn complete(&self, attested: AttestedAgent, now: i64) -> Result<AttestedAgent, Refusal> {
+        let _ = now;
+        Ok(attested)
+    }
 }
 
 /// Why a node attestor could not produce evidence or answer a challenge.

@@ -16,11 +16,13 @@
 //!    again (`can_reattest` false): the server refuses a second attestation of the same agent
 //!    ID until the agent is evicted (trust on first use, decided where the attestation is
 //!    stored).
+//! 4. With `use_instance_metadata`, once the agent ID is known not to be attested before, the
+//!    Compute Engine API is asked about the instance ([`compute`]) and its tags, service
+//!    accounts, allowed labels and allowed metadata items become selectors too.
 //!
 //! Refusals carry SPIRE's codes and go-jose's messages for the failures of the token.
 //!
-//! What ward does not do: `use_instance_metadata` (the Compute Engine API's `tag`, `sa`,
-//! `label` and `metadata` selectors); the agent path template takes field actions only (see
+//! What ward does not do: the agent path template takes field actions only (see
 //! [`FieldTemplate`]).
 
 use std::collections::BTreeMap;
@@ -35,6 +37,8 @@ use super::field_template::{FieldTemplate, agent_id};
 use super::http_get::HttpGetter;
 use super::jws::{CRYPTO_FAILURE, CompactJws, RegisteredClaims};
 use super::x509pop::go_json_error;
+use compute::{ComputeClient, Environment, InstanceMetadataConfig};
+
 use super::{
     AttestedAgent, NodeAttestError, NodeAttestor, Refusal, RefusalCode, ServerNodeAttestor,
     Verification,
@@ -189,6 +193,8 @@ pub struct GcpIitServerConfig {
     pub certs_url: Option<String>,
     /// Certificates trusted besides the fetched ones, DER by key ID.
     pub extra_certificates: BTreeMap<String, Vec<u8>>,
+    /// `use_instance_metadata` and its settings; `None`: the token's selectors only.
+    pub instance_metadata: Option<InstanceMetadataConfig>,
 }
 
 /// A signing key: the RSA public key (PKCS#1 DER) of a certificate, or why it has none.
@@ -244,6 +250,7 @@ pub struct GcpIitVerifier {
     extra: BTreeMap<String, SigningKey>,
     client: HttpGetter,
     cache: Mutex<Cache>,
+    instance_metadata: Option<(InstanceMetadataConfig, ComputeClient)>,
 }
 
 impl GcpIitVerifier {
@@ -272,7 +279,16 @@ impl GcpIitVerifier {
             .collect::<Result<_, _>>()?;
         let client = HttpGetter::new("ward-gcp-iit")
             .map_err(|e| config_error(format!("unable to start the HTTP client: {e}")))?;
+        let instance_metadata = match config.instance_metadata {
+            None => None,
+            Some(c) => Some((
+                c,
+                ComputeClient::new()
+                    .map_err(|e| config_error(format!("unable to start the HTTP client: {e}")))?,
+            )),
+        };
         Ok(Self {
+            instance_metadata,
             trust_domain: config.trust_domain,
             allow: config.project_id_allow_list,
             template,
@@ -420,7 +436,35 @@ impl ServerNodeAttestor for GcpIitVerifier {
             can_reattest: false,
         }))
     }
+
+    fn complete(&self, mut attested: AttestedAgent, now: i64) -> Result<AttestedAgent, Refusal> {
+        let Some((config, compute)) = &self.instance_metadata else {
+            return Ok(attested);
+        };
+        // `begin` wrote the token's project, zone and instance name as the first selectors.
+        let value = |prefix: &str| {
+            attested
+                .selector_values
+                .iter()
+                .find_map(|v| v.strip_prefix(prefix))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let (project, zone, name) = (value("project-id:"), value("zone:"), value("instance-name:"));
+        let instance = compute.instance(
+            config.service_account_file.as_deref(),
+            &Environment::from_process(),
+            &project,
+            &zone,
+            &name,
+            now,
+        )?;
+        attested.selector_values.extend(compute::instance_selectors(config, &instance)?);
+        Ok(attested)
+    }
 }
+
+pub mod compute;
 
 #[cfg(test)]
 mod tests;

@@ -52,7 +52,7 @@ use super::{
 };
 
 mod ssh;
-mod wire;
+pub(crate) mod wire;
 
 pub use ssh::SshCertificate;
 use ssh::{HOST_CERT, mpint, put_string, verify};

@@ -179,20 +179,27 @@ impl AgentService {
                 }
             }
         };
+        // An attestor that cannot re-attest trusts on first use (SPIRE's plugin layer): its
+        // evidence attests an agent ID once, until that agent is evicted. This check gives
+        // SPIRE's answer before a provider's API is asked (as SPIRE's attestors do) and saves
+        // signing an SVID for nothing; the store's apply decides (`AttestAgentFirstUse`), so
+        // two concurrent attestations cannot both succeed.
+        let first_use = !attested.can_reattest;
+        if first_use && self.state.store.agent(&AgentId(attested.agent_id.clone())).is_some() {
+            return Err(refused(attested_before()));
+        }
+        let verifier = Arc::clone(&attestor);
+        let now = self.state.clock.unix_seconds();
+        let attested = tokio::task::spawn_blocking(move || verifier.complete(attested, now))
+            .await
+            .map_err(|e| Status::internal(format!("node attestor failed: {e}")))?
+            .map_err(refused)?;
         let selectors = attested
             .selector_values
             .iter()
             .map(|v| Selector::new(name, v))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Status::internal(format!("invalid selector from node attestor: {e}")))?;
-        // An attestor that cannot re-attest trusts on first use (SPIRE's plugin layer): its
-        // evidence attests an agent ID once, until that agent is evicted. This check only
-        // saves signing an SVID for nothing; the store's apply decides
-        // (`AttestAgentFirstUse`), so two concurrent attestations cannot both succeed.
-        let first_use = !attested.can_reattest;
-        if first_use && self.state.store.agent(&AgentId(attested.agent_id.clone())).is_some() {
-            return Err(refused(attested_before()));
-        }
         self.complete_attestation(
             &attested.agent_id,
             name,

@@ -13,6 +13,7 @@ use ward_attest::node_attestor::aws_iid::{
 use ward_attest::node_attestor::azure_msi::{
     AZURE_OIDC_ISSUER, AzureMsiServerConfig, AzureMsiVerifier,
 };
+use ward_attest::node_attestor::gcp_iit::compute::InstanceMetadataConfig;
 use ward_attest::node_attestor::gcp_iit::{GOOGLE_CERTS_URL, GcpIitServerConfig, GcpIitVerifier};
 use ward_attest::node_attestor::k8s_psat::{
     Credentials, DEFAULT_AUDIENCE, K8sPsatClusterConfig, K8sPsatServerConfig, K8sPsatVerifier,
@@ -133,15 +134,20 @@ pub struct GcpIitFile {
     pub projectid_allow_list: Option<Vec<String>>,
     /// The agent path template (default `/{{ .PluginName }}/{{ .ProjectID }}/{{ .InstanceID }}`).
     pub agent_path_template: Option<String>,
-    /// Compute Engine API selectors: refused when true (ward does not call that API).
+    /// Ask the Compute Engine API about each attesting instance for the `tag`, `sa`, `label`
+    /// and `metadata` selectors (default false).
     pub use_instance_metadata: Option<bool>,
-    /// Compute Engine API credentials (only used with `use_instance_metadata`).
+    /// A Google credentials file for the Compute Engine API (empty or unset: Application
+    /// Default Credentials); only used with `use_instance_metadata`.
     pub service_account_file: Option<String>,
-    /// Label keys for selectors (only used with `use_instance_metadata`).
+    /// Label keys turned into `label:<key>:<value>` selectors (only used with
+    /// `use_instance_metadata`).
     pub allowed_label_keys: Option<Vec<String>>,
-    /// Metadata keys for selectors (only used with `use_instance_metadata`).
+    /// Metadata keys turned into `metadata:<key>:<value>` selectors (only used with
+    /// `use_instance_metadata`).
     pub allowed_metadata_keys: Option<Vec<String>>,
-    /// Metadata value size limit (only used with `use_instance_metadata`).
+    /// The longest allowed metadata value, bytes (0 or unset: 128); a longer one refuses the
+    /// attestation (only used with `use_instance_metadata`).
     pub max_metadata_value_size: Option<i64>,
     /// Where Google's signing certificates are fetched (default
     /// `https://www.googleapis.com/oauth2/v1/certs`; empty: none, only
@@ -477,13 +483,24 @@ impl AwsIidFile {
 impl GcpIitFile {
     fn resolve(self, td: &TrustDomain) -> Result<Arc<GcpIitVerifier>, ConfigError> {
         let invalid = |reason: String| ConfigError::Invalid { key: GCP_IIT, reason };
-        if self.use_instance_metadata == Some(true) {
-            return Err(invalid(
-                "use_instance_metadata is not supported: ward does not call the Compute Engine \
-                 API, so the tag, sa, label and metadata selectors are not produced"
-                    .to_owned(),
-            ));
-        }
+        let instance_metadata =
+            self.use_instance_metadata.unwrap_or(false).then(|| InstanceMetadataConfig {
+                service_account_file: self
+                    .service_account_file
+                    .filter(|f| !f.is_empty())
+                    .map(PathBuf::from),
+                allowed_label_keys: self
+                    .allowed_label_keys
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
+                allowed_metadata_keys: self
+                    .allowed_metadata_keys
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
+                max_metadata_value_size: self.max_metadata_value_size.unwrap_or(0),
+            });
         let mut extra_certificates = BTreeMap::new();
         if let Some(path) = self.extra_certificates_path.filter(|p| !p.as_os_str().is_empty()) {
             let shown = path.display().to_string();
@@ -512,6 +529,7 @@ impl GcpIitFile {
             agent_path_template: self.agent_path_template.filter(|t| !t.is_empty()),
             certs_url,
             extra_certificates,
+            instance_metadata,
         })
         .map_err(|e| attestor_error(GCP_IIT, e))?;
         Ok(Arc::new(verifier))
@@ -635,17 +653,18 @@ mod tests {
     }
 
     #[test]
-    fn gcp_iit_needs_projects_and_refuses_instance_metadata() {
+    fn gcp_iit_needs_projects_and_takes_instance_metadata() {
         let ok = resolve("[gcp_iit]\nprojectid_allow_list = [\"p\"]\n").unwrap();
         assert!(ok.gcp_iit.is_some() && ok.x509pop.is_none());
         assert_eq!(ok.all().len(), 1);
         assert_eq!(reason(resolve("[gcp_iit]\n")), "projectid_allow_list is required");
-        assert!(
-            reason(resolve(
-                "[gcp_iit]\nprojectid_allow_list = [\"p\"]\nuse_instance_metadata = true\n"
-            ))
-            .starts_with("use_instance_metadata is not supported")
+        // The credentials file is read at each attestation, as SPIRE reads it.
+        let api = resolve(
+            "[gcp_iit]\nprojectid_allow_list = [\"p\"]\nuse_instance_metadata = true\n\
+             service_account_file = \"/nonexistent.json\"\nallowed_label_keys = [\"a\"]\n\
+             allowed_metadata_keys = [\"m\"]\nmax_metadata_value_size = 64\n",
         );
+        assert!(api.unwrap().gcp_iit.is_some());
         let dir = tempfile::tempdir().unwrap();
         let extra = dir.path().join("certs.json");
         std::fs::write(&extra, serde_json::json!({"k1": test_ca_pem()}).to_string()).unwrap();

@@ -183,19 +183,13 @@ pub const SETTINGS: &[(&str, Rule)] = &[
     ),
     (
         "plugins.NodeAttestor.gcp_iit.plugin_data.service_account_file",
-        Ignore(GCP_INSTANCE_METADATA_ONLY),
+        Map { to: "node_attestors.gcp_iit.service_account_file", conv: Str },
     ),
-    (
-        "plugins.NodeAttestor.gcp_iit.plugin_data.allowed_label_keys",
-        Ignore(GCP_INSTANCE_METADATA_ONLY),
-    ),
-    (
-        "plugins.NodeAttestor.gcp_iit.plugin_data.allowed_metadata_keys",
-        Ignore(GCP_INSTANCE_METADATA_ONLY),
-    ),
+    ("plugins.NodeAttestor.gcp_iit.plugin_data.allowed_label_keys", Hook(allowed_label_keys)),
+    ("plugins.NodeAttestor.gcp_iit.plugin_data.allowed_metadata_keys", Hook(allowed_metadata_keys)),
     (
         "plugins.NodeAttestor.gcp_iit.plugin_data.max_metadata_value_size",
-        Ignore(GCP_INSTANCE_METADATA_ONLY),
+        Map { to: "node_attestors.gcp_iit.max_metadata_value_size", conv: Int },
     ),
     // pkg/server/plugin/nodeattestor/tpmdevid (Config)
     (
@@ -382,11 +376,15 @@ fn cert_authorities(w: &mut Walk<'_>, path: &str, value: &serde_json::Value) {
     string_list(w, path, value, "node_attestors.sshpop.cert_authorities");
 }
 
-/// Why gcp_iit's Compute Engine API settings are ignored.
-const GCP_INSTANCE_METADATA_ONLY: &str = "NodeAttestor \"gcp_iit\": the Compute Engine API \
-     settings (service_account_file, allowed_label_keys, allowed_metadata_keys, \
-     max_metadata_value_size) are ignored: they apply to use_instance_metadata, which ward does \
-     not have";
+/// gcp_iit's `allowed_label_keys`: a list of label keys.
+fn allowed_label_keys(w: &mut Walk<'_>, path: &str, value: &serde_json::Value) {
+    string_list(w, path, value, "node_attestors.gcp_iit.allowed_label_keys");
+}
+
+/// gcp_iit's `allowed_metadata_keys`: a list of metadata keys.
+fn allowed_metadata_keys(w: &mut Walk<'_>, path: &str, value: &serde_json::Value) {
+    string_list(w, path, value, "node_attestors.gcp_iit.allowed_metadata_keys");
+}
 
 /// A list of strings at `path`, set as `to`.
 fn string_list(w: &mut Walk<'_>, path: &str, value: &serde_json::Value, to: &str) {

@@ -206,10 +206,7 @@ fn every_mapped_key_is_a_key_of_wards_toml() {
         if let Rule::Map { to, conv } = rule {
             let v = match conv {
                 Conv::Int => toml::Value::Integer(1),
-                // gcp_iit refuses instance metadata.
-                Conv::Bool => {
-                    toml::Value::Boolean(*to != "node_attestors.gcp_iit.use_instance_metadata")
-                }
+                Conv::Bool => toml::Value::Boolean(true),
                 Conv::Duration => toml::Value::String("1h".into()),
                 Conv::Ip => toml::Value::String("127.0.0.1".into()),
                 Conv::Str | Conv::Lower => toml::Value::String(match *to {
@@ -356,8 +353,11 @@ plugins {
         plugin_data {
             projectid_allow_list = ["project-123", "project-456"]
             agent_path_template = "/{{ .Zone }}/{{ .InstanceID }}"
-            use_instance_metadata = false
-            allowed_label_keys = ["a"]
+            use_instance_metadata = true
+            service_account_file = "/etc/spire/sa.json"
+            allowed_label_keys = ["a", "b"]
+            allowed_metadata_keys = ["m"]
+            max_metadata_value_size = 256
         }
     }
 }
@@ -369,8 +369,12 @@ plugins {
         toml::Value::Array(vec!["project-123".into(), "project-456".into()])
     );
     assert_eq!(g["agent_path_template"].as_str(), Some("/{{ .Zone }}/{{ .InstanceID }}"));
-    assert_eq!(g["use_instance_metadata"].as_bool(), Some(false));
-    assert!(t.notes.iter().any(|n| n.contains("Compute Engine API")), "{:?}", t.notes);
+    assert_eq!(g["use_instance_metadata"].as_bool(), Some(true));
+    assert_eq!(g["service_account_file"].as_str(), Some("/etc/spire/sa.json"));
+    assert_eq!(g["allowed_label_keys"], toml::Value::Array(vec!["a".into(), "b".into()]));
+    assert_eq!(g["allowed_metadata_keys"], toml::Value::Array(vec!["m".into()]));
+    assert_eq!(g["max_metadata_value_size"].as_integer(), Some(256));
+    assert!(t.notes.is_empty(), "{:?}", t.notes);
 }
 
 #[test]

@@ -70,6 +70,7 @@ fn config(s: &Signer) -> GcpIitServerConfig {
         agent_path_template: None,
         certs_url: None,
         extra_certificates: BTreeMap::from([("k1".to_owned(), s.der.clone())]),
+        instance_metadata: None,
     }
 }
 

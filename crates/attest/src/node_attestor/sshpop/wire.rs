@@ -13,7 +13,7 @@ use crate::node_attestor::x509pop::{Base64Bytes, go_json_error};
 // Go's encoding/json, as far as these messages need it
 
 /// The JSON kind Go names in `cannot unmarshal <kind>` errors.
-fn go_kind(v: &Value) -> &'static str {
+pub(crate) fn go_kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "bool",
