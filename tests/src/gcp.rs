@@ -30,6 +30,10 @@ use crate::netns::NetLab;
 pub const GOOGLE_ADDRESS: &str = "127.0.0.2";
 /// Where `metadata.google.internal` is in the namespace.
 pub const METADATA_ADDRESS: &str = "127.0.0.3";
+/// Where `oauth2.googleapis.com` is in the namespace (see [`crate::gcp_api`]).
+pub const OAUTH2_ADDRESS: &str = "127.0.0.4";
+/// Where `compute.googleapis.com` is in the namespace (see [`crate::gcp_api`]).
+pub const COMPUTE_ADDRESS: &str = "127.0.0.5";
 /// The key ID of the test signing key.
 pub const KID: &str = "ward-test-key";
 /// The audience SPIRE's agent asks tokens for.
@@ -117,7 +121,8 @@ pub fn unix_now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0))
 }
 
-/// One request as the fake servers saw it: its request line and headers.
+/// One request as the fake servers saw it: its request line and headers (and its body after a
+/// blank line, when it has one).
 pub type Head = String;
 
 /// An HTTP answer: status, extra headers, body.
@@ -137,15 +142,29 @@ impl Drop for FakeServer {
     }
 }
 
+/// The request line and headers, then, when the request has a `Content-Length` body, a blank
+/// line and the body (as text).
 fn read_head(stream: &mut impl Read) -> std::io::Result<Head> {
     let mut reader = BufReader::new(stream);
     let mut head = String::new();
+    let mut length = 0usize;
     for _ in 0..100 {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 || line == "\r\n" {
             break;
         }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().unwrap_or(0).min(1 << 20);
+        }
         head.push_str(&line);
+    }
+    if length > 0 {
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body)?;
+        head.push_str("\r\n");
+        head.push_str(&String::from_utf8_lossy(&body));
     }
     Ok(head)
 }
@@ -233,6 +252,10 @@ pub struct GcpLab {
     pub cert_requests: Arc<AtomicUsize>,
     /// The last request the metadata server answered.
     pub last_metadata_request: Arc<Mutex<Head>>,
+    /// The fake Google servers' TLS configuration (a certificate of the test CA for
+    /// `www.googleapis.com`, `oauth2.googleapis.com` and `compute.googleapis.com`), once
+    /// [`GcpLab::enter`] has made it.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     servers: Vec<FakeServer>,
 }
 
@@ -250,6 +273,8 @@ impl GcpLab {
             &[
                 (GOOGLE_ADDRESS, "www.googleapis.com"),
                 (METADATA_ADDRESS, "metadata.google.internal"),
+                (OAUTH2_ADDRESS, "oauth2.googleapis.com"),
+                (COMPUTE_ADDRESS, "compute.googleapis.com"),
             ],
         )?;
         std::fs::create_dir_all(dir)?;
@@ -262,6 +287,7 @@ impl GcpLab {
             token: Arc::new(Mutex::new(String::new())),
             cert_requests: Arc::new(AtomicUsize::new(0)),
             last_metadata_request: Arc::new(Mutex::new(String::new())),
+            tls: None,
             servers: Vec::new(),
         })
     }
@@ -285,7 +311,11 @@ impl GcpLab {
     pub fn enter(&mut self) -> anyhow::Result<()> {
         enter_namespace(&self.lab, self.member)?;
         // www.googleapis.com: HTTPS with a certificate from the test CA.
-        let tls = test_ca_tls(&self.ca_path, "www.googleapis.com")?;
+        let tls = Arc::new(test_ca_tls_for(
+            &self.ca_path,
+            &["www.googleapis.com", "oauth2.googleapis.com", "compute.googleapis.com"],
+        )?);
+        self.tls = Some(Arc::clone(&tls));
         let certs = self.signer.certs_json().into_bytes();
         let count = Arc::clone(&self.cert_requests);
         let google: Handler = Arc::new(move |head| {
@@ -297,7 +327,7 @@ impl GcpLab {
             }
         });
         let listener = TcpListener::bind((GOOGLE_ADDRESS, 443)).context("binding :443")?;
-        self.servers.push(serve(listener, Some(Arc::new(tls)), google)?);
+        self.servers.push(serve(listener, Some(tls), google)?);
 
         // metadata.google.internal: plain HTTP, the token for the default service account.
         let token = Arc::clone(&self.token);
@@ -345,6 +375,14 @@ pub fn enter_namespace(lab: &NetLab, member: u64) -> anyhow::Result<()> {
 /// # Errors
 /// When a key or certificate cannot be made or written.
 pub fn test_ca_tls(ca_path: &Path, name: &str) -> anyhow::Result<rustls::ServerConfig> {
+    test_ca_tls_for(ca_path, &[name])
+}
+
+/// As [`test_ca_tls`], the certificate naming each of `names`.
+///
+/// # Errors
+/// When a key or certificate cannot be made or written.
+pub fn test_ca_tls_for(ca_path: &Path, names: &[&str]) -> anyhow::Result<rustls::ServerConfig> {
     let ca_key = KeyPair::generate()?;
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -352,7 +390,8 @@ pub fn test_ca_tls(ca_path: &Path, name: &str) -> anyhow::Result<rustls::ServerC
     std::fs::write(ca_path, ca_cert.pem())?;
     let issuer = Issuer::new(ca, ca_key);
     let leaf_key = KeyPair::generate()?;
-    let leaf = CertificateParams::new(vec![name.to_owned()])?.signed_by(&leaf_key, &issuer)?;
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let leaf = CertificateParams::new(names)?.signed_by(&leaf_key, &issuer)?;
     Ok(rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))

@@ -20,6 +20,7 @@ pub mod daemon;
 pub mod differential;
 pub mod envoy_sds;
 pub mod gcp;
+pub mod gcp_api;
 pub mod kubernetes;
 pub mod netns;
 pub mod node_attestation;

@@ -2,20 +2,29 @@
 //! gcp_iit node attestation both ways with SPIRE v1.13.3, inside a network namespace made
 //! here ([`ward_tests::gcp`]): `metadata.google.internal` hands out an identity token signed
 //! by a test key, and `www.googleapis.com` publishes that key's certificate over HTTPS from a
-//! test CA that spire-server and ward-server trust through `SSL_CERT_FILE`.
+//! test CA that spire-server and ward-server trust through `SSL_CERT_FILE`. Both servers run
+//! with `use_instance_metadata` and the same service-account key file: `oauth2.googleapis.com`
+//! exchanges the key's signed assertion for an access token, and `compute.googleapis.com`
+//! describes the instances ([`ward_tests::gcp_api`]).
 //! 1. the same token through each agent to each server: spire-agent → spire-server (the
 //!    reference), then, once spire-server has evicted that agent, ward-agent → spire-server,
 //!    and spire-agent → ward-server: `spire-server agent show` prints the same agent (SPIFFE
-//!    ID, type, no re-attestation, selectors) each time;
+//!    ID, type, no re-attestation, selectors: the token's, and the instance's tags, service
+//!    account, allowed label and allowed metadata items, not the others) each time; ward-server
+//!    asks the token endpoint and `instances.get` as spire-server does (same form fields,
+//!    assertion header and claims, request line, authorization and quota-project headers);
 //! 2. bad evidence — a forged signature, a key Google does not publish, a wrong audience, an
-//!    expired token, a project not in the allow list, a truncated token, and the same token
-//!    again while its agent is attested (trust on first use) — is refused by ward-server with
+//!    expired token, a project not in the allow list, a truncated token, the same token again
+//!    while its agent is attested (trust on first use, decided before the API is asked), an
+//!    instance the API does not know, an API error with details, an API error without a JSON
+//!    body, an allowed metadata value over the size limit, and the token endpoint refusing the
+//!    key — is refused by ward-server with
 //!    the code and message spire-server gives for the same evidence; neither agent list
-//!    changes;
-//! 3. once ward-server has evicted the agent, the same token attests again.
+//!    changes.
 //!
 //! Needs root (network namespace, ports 80 and 443 in it) and SPIRE's binaries (built with Go).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +36,13 @@ use ward_tests::agent::AgentDirs;
 use ward_tests::agent_scenario::wait_ready;
 use ward_tests::cli::AdminCli;
 use ward_tests::daemon::Daemon;
-use ward_tests::gcp::{GcpLab, KID, METADATA_ADDRESS, TokenSigner, identity_claims, unix_now};
+use ward_tests::gcp::{
+    Answer, GcpLab, KID, METADATA_ADDRESS, TokenSigner, identity_claims, unix_now,
+};
+use ward_tests::gcp_api::{
+    ACCESS_TOKEN, ComputeApi, QUOTA_PROJECT, SA_EMAIL, ServiceAccount, TOKEN_URI, form,
+    google_error, header, json_answer, jwt_parts, split_request,
+};
 use ward_tests::node_attestation::{
     Tampered, agent_ids, agent_show, hcl_list, plugin_block, refusal,
     start_spire_agent_with_attestor, start_spire_server_with_attestor,
@@ -41,6 +56,61 @@ const TD: &str = "example.org";
 const PROJECT: &str = "project-123";
 const INSTANCE: &str = "4815162342";
 const AGENT_ID: &str = "spiffe://example.org/spire/agent/gcp_iit/project-123/4815162342";
+const ZONE: &str = "us-west1-b";
+const INSTANCE_NAME: &str = "blog-server";
+
+/// What `instances.get` answers, by instance name: the attesting instance, and instances whose
+/// lookups fail.
+fn instances() -> BTreeMap<String, Answer> {
+    let blog_server = serde_json::json!({
+        "kind": "compute#instance",
+        "id": INSTANCE,
+        "name": INSTANCE_NAME,
+        "zone": format!("https://www.googleapis.com/compute/v1/projects/{PROJECT}/zones/{ZONE}"),
+        "status": "RUNNING",
+        "tags": {"items": ["http-server", "web"], "fingerprint": "42WmSpB8rSM="},
+        "serviceAccounts": [{
+            "email": "1234-compute@developer.gserviceaccount.com",
+            "scopes": ["https://www.googleapis.com/auth/cloud-platform"]
+        }],
+        // Only "env" is allowed.
+        "labels": {"env": "prod", "team": "payments"},
+        "metadata": {"kind": "compute#metadata", "items": [
+            {"key": "role", "value": "frontend"},
+            {"key": "empty"},
+            {"key": "startup-script", "value": "#!/bin/sh\necho not a selector"}
+        ]}
+    });
+    let mut bulky = blog_server.clone();
+    bulky["metadata"]["items"][0]["value"] = "x".repeat(200).into();
+    let denied = serde_json::json!({"error": {
+        "code": 403,
+        "message": "Request had insufficient authentication scopes.",
+        "errors": [{
+            "message": "Insufficient Permission",
+            "domain": "global",
+            "reason": "insufficientPermissions"
+        }],
+        "status": "PERMISSION_DENIED",
+        "details": [{
+            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": "ACCESS_TOKEN_SCOPE_INSUFFICIENT",
+            "domain": "googleapis.com",
+            "metadata": {"service": "compute.googleapis.com", "method": "compute.v1.InstancesService.Get"}
+        }]
+    }});
+    BTreeMap::from([
+        (INSTANCE_NAME.to_owned(), json_answer(&blog_server)),
+        ("bulky-server".to_owned(), json_answer(&bulky)),
+        ("denied-server".to_owned(), (403, Vec::new(), denied.to_string().into_bytes())),
+        ("flaky-server".to_owned(), (502, Vec::new(), b"<html>Bad Gateway</html>".to_vec())),
+        ("quota-server".to_owned(), google_error(429, "Rate Limit Exceeded", "rateLimitExceeded")),
+    ])
+}
+
+/// The `[node_attestors.gcp_iit]` / `plugin_data` settings for the Compute Engine API.
+const LABEL_KEYS: &[&str] = &["env"];
+const METADATA_KEYS: &[&str] = &["role", "empty"];
 
 #[test]
 fn gcp_iit_attestation_interoperates_with_spire() {
@@ -87,6 +157,71 @@ fn sending(payload: Vec<u8>) -> Arc<dyn NodeAttestor> {
     Tampered::payload(inner, Box::new(move |_| payload.clone()))
 }
 
+/// A token for another instance (another agent ID), looked up by `name`.
+fn on_instance(gcp: &GcpLab, id: &str, name: &str) -> Vec<u8> {
+    token_with(&gcp.signer, |c| {
+        c["google"]["compute_engine"]["instance_id"] = id.into();
+        c["google"]["compute_engine"]["instance_name"] = name.into();
+    })
+    .into_bytes()
+}
+
+/// spire-server's and ward-server's token and `instances.get` requests ask the same: the
+/// JWT-bearer grant with an assertion of the same header and claims (times aside: valid one
+/// hour), and the instance with the token and the key file's quota project.
+fn same_api_requests(spire: &(String, String), ward: &(String, String)) -> anyhow::Result<()> {
+    let assertion = |request: &str| -> anyhow::Result<_> {
+        let (head, body) = split_request(request);
+        let fields = form(body);
+        ensure!(head.starts_with("POST /token HTTP/1.1\r\n"), "token request: {head}");
+        ensure!(
+            header(head, "content-type") == Some("application/x-www-form-urlencoded"),
+            "token request: {head}"
+        );
+        let names: Vec<&String> = fields.keys().collect();
+        let (header, mut claims, _) = jwt_parts(&fields["assertion"])?;
+        let (iat, exp) = (claims["iat"].as_i64().unwrap_or(0), claims["exp"].as_i64().unwrap_or(0));
+        ensure!(exp - iat == 3600, "assertion valid {} s", exp - iat);
+        claims["iat"] = 0.into();
+        claims["exp"] = 0.into();
+        Ok((format!("{names:?} {}", fields["grant_type"]), header, claims))
+    };
+    let (spire_form, spire_header, spire_claims) = assertion(&spire.0)?;
+    eprintln!("   spire-server's assertion: {spire_header} {spire_claims}");
+    ensure!(spire_claims["iss"] == SA_EMAIL && spire_claims["aud"] == TOKEN_URI, "{spire_claims}");
+    ensure!(
+        assertion(&ward.0)? == (spire_form, spire_header, spire_claims),
+        "token requests differ:\nward-server: {}\nspire-server: {}",
+        ward.0,
+        spire.0
+    );
+    let get = |request: &str| {
+        let (head, _) = split_request(request);
+        (
+            head.lines().next().unwrap_or_default().to_owned(),
+            header(head, "authorization").map(str::to_owned),
+            header(head, "x-goog-user-project").map(str::to_owned),
+        )
+    };
+    let spire_get = get(&spire.1);
+    eprintln!("   spire-server's instances.get: {spire_get:?}");
+    ensure!(
+        spire_get
+            == (
+                format!(
+                    "GET /compute/v1/projects/{PROJECT}/zones/{ZONE}/instances/{INSTANCE_NAME}\
+                     ?alt=json&prettyPrint=false HTTP/1.1"
+                ),
+                Some(format!("Bearer {ACCESS_TOKEN}")),
+                Some(QUOTA_PROJECT.to_owned()),
+            ),
+        "spire-server asked {}",
+        spire.1
+    );
+    ensure!(get(&ward.1) == spire_get, "ward-server asked {}\nspire-server {}", ward.1, spire.1);
+    Ok(())
+}
+
 /// The token with one character of its signature changed.
 fn forged(token: &str) -> Vec<u8> {
     let mut bytes = token.as_bytes().to_vec();
@@ -105,23 +240,41 @@ fn scenario(
     rt: &tokio::runtime::Runtime,
     procs: &mut Procs,
 ) -> anyhow::Result<()> {
-    eprintln!("0. a token for {AGENT_ID}; both servers in the namespace");
+    eprintln!("0. a token for {AGENT_ID}; both servers in the namespace, with the API");
     let token = token_with(&gcp.signer, |_| {});
     gcp.set_token(&token);
+    let account = ServiceAccount::write(root, "service-account.json")?;
+    let api = ComputeApi::start(gcp, &account, PROJECT, ZONE, instances())?;
     let launcher = gcp.launcher()?;
+    let key_file = account.path.display().to_string();
     let spire_server = procs.spire_server.insert(start_spire_server_with_attestor(
         &spire.server,
         &launcher,
         &root.join("spire-server"),
         &ServerOptions::new(TD),
-        &plugin_block("gcp_iit", &[("projectid_allow_list", hcl_list(&[PROJECT]))]),
+        &plugin_block(
+            "gcp_iit",
+            &[
+                ("projectid_allow_list", hcl_list(&[PROJECT])),
+                ("use_instance_metadata", "true".to_owned()),
+                ("service_account_file", format!("{key_file:?}")),
+                ("allowed_label_keys", hcl_list(LABEL_KEYS)),
+                ("allowed_metadata_keys", hcl_list(METADATA_KEYS)),
+                ("max_metadata_value_size", "64".to_owned()),
+            ],
+        ),
     )?);
     let ward_server = procs.ward_server.insert(start_ward_server_with_attestor(
         ward_bin,
         &launcher,
         &root.join("ward-server"),
         &ServerOptions::new(TD),
-        &format!("[node_attestors.gcp_iit]\nprojectid_allow_list = [{PROJECT:?}]"),
+        &format!(
+            "[node_attestors.gcp_iit]\nprojectid_allow_list = [{PROJECT:?}]\n\
+             use_instance_metadata = true\nservice_account_file = {key_file:?}\n\
+             allowed_label_keys = {LABEL_KEYS:?}\nallowed_metadata_keys = {METADATA_KEYS:?}\n\
+             max_metadata_value_size = 64\n"
+        ),
     )?);
     let spire_on_spire = AdminCli::new(&spire.server, &spire_server.socket_path);
     let spire_on_ward = AdminCli::new(&spire.server, &ward_server.socket_path);
@@ -154,9 +307,19 @@ fn scenario(
         "gcp_iit:project-id:project-123",
         "gcp_iit:zone:us-west1-b",
         "gcp_iit:instance-name:blog-server",
+        "gcp_iit:tag:http-server",
+        "gcp_iit:tag:web",
+        "gcp_iit:sa:1234-compute@developer.gserviceaccount.com",
+        "gcp_iit:label:env:prod",
+        "gcp_iit:metadata:role:frontend",
+        "gcp_iit:metadata:empty:",
     ] {
         ensure!(reference.contains(want), "spire-server's agent show lacks {want:?}:\n{reference}");
     }
+    for unwanted in ["team", "startup-script"] {
+        ensure!(!reference.contains(unwanted), "{unwanted} is not allowed:\n{reference}");
+    }
+    let spire_requests = api.last_requests();
     spire_on_spire.ok(&["agent", "evict"], &["-spiffeID", AGENT_ID])?;
 
     // ward-agent -> spire-server, once the first agent is evicted.
@@ -198,6 +361,7 @@ fn scenario(
     let shown = agent_show(&spire_on_ward, AGENT_ID)?;
     ensure!(shown == reference, "spire-agent → ward-server:\n{shown}\nwant:\n{reference}");
     procs.agents.push(agent);
+    same_api_requests(&spire_requests, &api.last_requests())?;
     ensure!(
         gcp.cert_requests.load(std::sync::atomic::Ordering::SeqCst) >= 2,
         "both servers fetch the certificates from www.googleapis.com"
@@ -229,6 +393,11 @@ fn scenario(
         ),
         ("truncated token", truncated(token.clone().into_bytes())),
         ("second attestation (trust on first use)", token.clone().into_bytes()),
+        ("an instance the API does not know", on_instance(gcp, "1001", "gone-server")),
+        ("an API refusal with details", on_instance(gcp, "1002", "denied-server")),
+        ("an API error without JSON", on_instance(gcp, "1003", "flaky-server")),
+        ("an API error with one reason", on_instance(gcp, "1004", "quota-server")),
+        ("a metadata value over the limit", on_instance(gcp, "1005", "bulky-server")),
     ];
     let before = (agent_ids(&spire_on_spire)?, agent_ids(&spire_on_ward)?);
     for (what, payload) in cases {
@@ -241,6 +410,18 @@ fn scenario(
             "{what}: ward-server answered {from_ward:?}, spire-server {from_spire:?}"
         );
     }
+    // The token endpoint refusing the key.
+    api.refuse_tokens.store(true, std::sync::atomic::Ordering::SeqCst);
+    let payload = on_instance(gcp, "1006", INSTANCE_NAME);
+    let from_spire = rt.block_on(refusal(spire_server.port, TD, sending(payload.clone())));
+    let from_ward = rt.block_on(refusal(ward_server.port, TD, sending(payload)));
+    api.refuse_tokens.store(false, std::sync::atomic::Ordering::SeqCst);
+    eprintln!("  the token endpoint refusing the key: {from_spire:?}");
+    ensure!(from_spire.0 != tonic::Code::Ok, "spire-server attested without a token");
+    ensure!(
+        from_ward == from_spire,
+        "token refused: ward-server answered {from_ward:?}, spire-server {from_spire:?}"
+    );
     let after = (agent_ids(&spire_on_spire)?, agent_ids(&spire_on_ward)?);
     ensure!(after == before, "agents changed: {before:?} → {after:?}");
 
