@@ -19,6 +19,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
@@ -315,35 +316,51 @@ fn credentials_from_json(bytes: &[u8], env: &Environment) -> Result<Credentials,
 }
 
 /// Whether the server runs on Compute Engine, decided once per process as Go's `metadata.OnGCE`
-/// does: `GCE_METADATA_HOST` set, or the metadata server answering at `169.254.169.254` with
-/// `Metadata-Flavor: Google`, or `metadata.google.internal` resolving.
-fn on_gce(env: &Environment, client: &HttpGetter) -> bool {
+/// decides: `GCE_METADATA_HOST` set, else the first answer of two probes run side by side —
+/// the metadata server answering at `169.254.169.254` with `Metadata-Flavor: Google`, and
+/// `metadata.google.internal.` resolving — or, when the machine's DMI product name says
+/// Google, either probe succeeding within five more seconds.
+fn on_gce(env: &Environment) -> bool {
     static ON_GCE: OnceLock<bool> = OnceLock::new();
-    if env.metadata_host.is_some() {
-        return true;
+    env.metadata_host.is_some() || *ON_GCE.get_or_init(probe_gce)
+}
+
+fn probe_gce() -> bool {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let by_http = tx.clone();
+    std::thread::spawn(move || {
+        let answered = HttpGetter::new("ward-gce-probe").is_ok_and(|client| {
+            client
+                .get(&format!("http://{METADATA_IP}"), &[("Metadata-Flavor", "Google")])
+                .is_ok_and(|r| {
+                    r.headers.get("metadata-flavor").is_some_and(|v| v.as_bytes() == b"Google")
+                })
+        });
+        let _ = by_http.send(answered);
+    });
+    std::thread::spawn(move || {
+        use std::net::ToSocketAddrs;
+        let resolved = ("metadata.google.internal.", 80)
+            .to_socket_addrs()
+            .is_ok_and(|mut addrs| addrs.next().is_some());
+        let _ = tx.send(resolved);
+    });
+    let first = rx.recv_timeout(Duration::from_secs(20)).unwrap_or(false);
+    if first || !dmi_says_google() {
+        return first;
     }
-    *ON_GCE.get_or_init(|| {
-        let flavored = client
-            .get(&format!("http://{METADATA_IP}"), &[("Metadata-Flavor", "Google")])
-            .is_ok_and(|r| {
-                r.headers.get("metadata-flavor").is_some_and(|v| v.as_bytes() == b"Google")
-            });
-        flavored || {
-            use std::net::ToSocketAddrs;
-            ("metadata.google.internal.", 80)
-                .to_socket_addrs()
-                .is_ok_and(|mut a| a.next().is_some())
-        }
-    })
+    rx.recv_timeout(Duration::from_secs(5)).unwrap_or(false)
+}
+
+/// Whether `/sys/class/dmi/id/product_name` is `Google` or `Google Compute Engine`.
+fn dmi_says_google() -> bool {
+    let name = std::fs::read_to_string("/sys/class/dmi/id/product_name").unwrap_or_default();
+    matches!(name.trim(), "Google" | "Google Compute Engine")
 }
 
 /// Application Default Credentials: the configured file, `GOOGLE_APPLICATION_CREDENTIALS`,
 /// gcloud's well-known file, the metadata server.
-fn find_credentials(
-    file: Option<&Path>,
-    env: &Environment,
-    client: &HttpGetter,
-) -> Result<Credentials, String> {
+fn find_credentials(file: Option<&Path>, env: &Environment) -> Result<Credentials, String> {
     if let Some(file) = file {
         return credentials_from_file(file, env);
     }
@@ -356,7 +373,7 @@ fn find_credentials(
             return credentials_from_json(&bytes, env);
         }
     }
-    if on_gce(env, client) {
+    if on_gce(env) {
         let host = env.metadata_host.clone().unwrap_or_else(|| METADATA_IP.to_owned());
         return Ok(Credentials::Metadata { host });
     }
@@ -524,7 +541,7 @@ impl ComputeClient {
         let refused = |why: String| {
             Refusal::new(RefusalCode::Internal, format!("failed to fetch instance metadata: {why}"))
         };
-        let credentials = find_credentials(file, env, &self.client)
+        let credentials = find_credentials(file, env)
             .map_err(|e| refused(format!("failed to create compute service client: {e}")))?;
         let url = instance_url(env.universe(), project, zone, name);
         let failed = |why: String| refused(format!("failed to fetch instance metadata: {why}"));
