@@ -337,9 +337,14 @@ impl GcpLab {
             let flavored = head.to_ascii_lowercase().contains("\r\nmetadata-flavor: google\r\n");
             let path = "GET /computeMetadata/v1/instance/service-accounts/default/identity?\
                         audience=spire-gcp-node-attestor&format=full ";
+            // The default service account's access token, for servers that find their
+            // Compute Engine API credentials on the metadata server.
+            let access = "GET /computeMetadata/v1/instance/service-accounts/default/token?";
             if flavored && head.starts_with(path) {
                 let t = token.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
                 (200, Vec::new(), t.into_bytes())
+            } else if flavored && head.starts_with(access) {
+                crate::gcp_api::access_token_answer()
             } else {
                 (404, Vec::new(), b"not found".to_vec())
             }

@@ -143,6 +143,15 @@ pub fn json_answer(body: &serde_json::Value) -> Answer {
     (200, vec![json_type()], body.to_string().into_bytes())
 }
 
+/// A token endpoint's (or the metadata server's) answer handing out [`ACCESS_TOKEN`].
+pub fn access_token_answer() -> Answer {
+    json_answer(&serde_json::json!({
+        "access_token": ACCESS_TOKEN,
+        "expires_in": 3599,
+        "token_type": "Bearer"
+    }))
+}
+
 /// The fake token endpoint and Compute Engine API, until dropped.
 pub struct ComputeApi {
     /// Every request the token endpoint answered, in order (head, blank line, body).
@@ -187,11 +196,7 @@ impl ComputeApi {
                 && grant == Some("urn:ietf:params:oauth:grant-type:jwt-bearer")
                 && assertion_holds(assertion, &public)
             {
-                json_answer(&serde_json::json!({
-                    "access_token": ACCESS_TOKEN,
-                    "expires_in": 3599,
-                    "token_type": "Bearer"
-                }))
+                access_token_answer()
             } else {
                 let body =
                     r#"{"error":"invalid_grant","error_description":"Invalid JWT Signature."}"#;

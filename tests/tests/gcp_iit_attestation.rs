@@ -20,7 +20,13 @@
 //!    body, an allowed metadata value over the size limit, and the token endpoint refusing the
 //!    key — is refused by ward-server with
 //!    the code and message spire-server gives for the same evidence; neither agent list
-//!    changes.
+//!    changes;
+//! 3. without `service_account_file`, two more server pairs find Application Default
+//!    Credentials, one through `GOOGLE_APPLICATION_CREDENTIALS` (the same key file), one on the
+//!    metadata server (`GCE_METADATA_HOST`, its default service account's token): another
+//!    instance attests to both servers of each pair with the same `agent show`, both ask the
+//!    metadata server for the token with the same request, and an unknown instance is
+//!    refused alike.
 //!
 //! Needs root (network namespace, ports 80 and 443 in it) and SPIRE's binaries (built with Go).
 
@@ -136,6 +142,8 @@ struct Procs {
     agents: Vec<Daemon>,
     spire_server: Option<ServerProcess>,
     ward_server: Option<ServerProcess>,
+    /// Server pairs finding their API credentials by Application Default Credentials.
+    adc_servers: Vec<ServerProcess>,
 }
 
 /// A token with the claims edited by `edit`, signed by `signer`.
@@ -426,5 +434,111 @@ fn scenario(
     ensure!(after == before, "agents changed: {before:?} → {after:?}");
 
     ward_server.daemon.ensure_running()?;
+
+    eprintln!("3. without service_account_file: Application Default Credentials");
+    let home = root.join("empty-home");
+    std::fs::create_dir_all(&home)?;
+    let variants = [
+        ("adc-file", format!("GOOGLE_APPLICATION_CREDENTIALS={key_file}"), "2001"),
+        ("adc-metadata", format!("GCE_METADATA_HOST={METADATA_ADDRESS}"), "3001"),
+    ];
+    for (name, variable, id) in variants {
+        let mut launcher = launcher.clone();
+        launcher.extend([format!("HOME={}", home.display()), variable.clone()]);
+        eprintln!("  {variable}");
+        with_default_credentials(root, spire, ward_bin, gcp, rt, procs, name, &launcher, id)?;
+    }
+    Ok(())
+}
+
+/// A spire-server and a ward-server started by `launcher` (which sets where Application
+/// Default Credentials are found) with use_instance_metadata and no service_account_file:
+/// instance `id` attests to both with the same agent show, each server asks for its token where
+/// the other does, and an unknown instance is refused alike.
+#[allow(clippy::too_many_arguments)]
+fn with_default_credentials(
+    root: &Path,
+    spire: &SpireBins,
+    ward_bin: &Path,
+    gcp: &GcpLab,
+    rt: &tokio::runtime::Runtime,
+    procs: &mut Procs,
+    name: &str,
+    launcher: &[String],
+    id: &str,
+) -> anyhow::Result<()> {
+    let spire_server = start_spire_server_with_attestor(
+        &spire.server,
+        launcher,
+        &root.join(format!("spire-server-{name}")),
+        &ServerOptions::new(TD),
+        &plugin_block(
+            "gcp_iit",
+            &[
+                ("projectid_allow_list", hcl_list(&[PROJECT])),
+                ("use_instance_metadata", "true".to_owned()),
+                ("allowed_label_keys", hcl_list(LABEL_KEYS)),
+                ("allowed_metadata_keys", hcl_list(METADATA_KEYS)),
+            ],
+        ),
+    )?;
+    let ward_server = start_ward_server_with_attestor(
+        ward_bin,
+        launcher,
+        &root.join(format!("ward-server-{name}")),
+        &ServerOptions::new(TD),
+        &format!(
+            "[node_attestors.gcp_iit]\nprojectid_allow_list = [{PROJECT:?}]\n\
+             use_instance_metadata = true\nallowed_label_keys = {LABEL_KEYS:?}\n\
+             allowed_metadata_keys = {METADATA_KEYS:?}\n"
+        ),
+    )?;
+    let spire_cli = AdminCli::new(&spire.server, &spire_server.socket_path);
+    let spire_on_ward = AdminCli::new(&spire.server, &ward_server.socket_path);
+    let ward_cli = AdminCli::new(ward_bin, &ward_server.socket_path);
+    let (spire_port, ward_port) = (spire_server.port, ward_server.port);
+    // Kept in `procs` at once, so that their logs are shown if a step fails.
+    procs.adc_servers.extend([spire_server, ward_server]);
+    let n = procs.adc_servers.len();
+    let [spire_server, ward_server] = &mut procs.adc_servers[n - 2..] else {
+        anyhow::bail!("two servers were just started");
+    };
+    wait_ready(&mut spire_server.daemon, &spire_cli)?;
+    wait_ready(&mut ward_server.daemon, &ward_cli)?;
+
+    let payload = on_instance(gcp, id, INSTANCE_NAME);
+    let agent_id = format!("spiffe://{TD}/spire/agent/gcp_iit/{PROJECT}/{id}");
+    let by_spire = rt.block_on(refusal(spire_port, TD, sending(payload.clone())));
+    let spire_asked = gcp.last_metadata_request.lock().unwrap().clone();
+    let by_ward = rt.block_on(refusal(ward_port, TD, sending(payload)));
+    let ward_asked = gcp.last_metadata_request.lock().unwrap().clone();
+    ensure!(
+        by_spire.0 == tonic::Code::Ok && by_ward.0 == tonic::Code::Ok,
+        "spire-server: {by_spire:?}, ward-server: {by_ward:?}"
+    );
+    let shown = agent_show(&spire_cli, &agent_id)?;
+    ensure!(shown.contains("gcp_iit:tag:web"), "no instance selectors:\n{shown}");
+    let on_ward = agent_show(&spire_on_ward, &agent_id)?;
+    ensure!(on_ward == shown, "ward-server:\n{on_ward}\nspire-server:\n{shown}");
+    if name == "adc-metadata" {
+        let line = |head: &str| head.lines().next().unwrap_or_default().to_owned();
+        eprintln!("   spire-server asked the metadata server: {}", line(&spire_asked));
+        ensure!(
+            line(&spire_asked).starts_with(
+                "GET /computeMetadata/v1/instance/service-accounts/default/token?scopes="
+            ) && line(&ward_asked) == line(&spire_asked),
+            "metadata token requests: ward-server {ward_asked}\nspire-server {spire_asked}"
+        );
+    }
+
+    let payload = on_instance(gcp, &format!("{id}9"), "gone-server");
+    let from_spire = rt.block_on(refusal(spire_port, TD, sending(payload.clone())));
+    let from_ward = rt.block_on(refusal(ward_port, TD, sending(payload)));
+    eprintln!("   an instance the API does not know: {from_spire:?}");
+    ensure!(from_spire.0 != tonic::Code::Ok, "spire-server attested an unknown instance");
+    ensure!(
+        from_ward == from_spire,
+        "ward-server answered {from_ward:?}, spire-server {from_spire:?}"
+    );
     Ok(())
 }
