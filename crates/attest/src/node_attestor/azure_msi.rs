@@ -14,11 +14,17 @@
 //!    (default `/{{ .PluginName }}/{{ .TenantID }}/{{ .PrincipalID }}`); it may not attest
 //!    again until evicted (trust on first use, checked where the attestation is stored).
 //!
-//! What ward does not do: SPIRE's selectors (`subscription-id`, `vm-name`,
-//! `network-security-group`, `virtual-network`, `virtual-network-subnet`) come from the Azure
-//! Resource Manager API, which ward does not call, so ward's `azure_msi` agents carry no
-//! selectors, and a tenant's API credentials (`subscription_id`, `app_id`, `app_secret`) are
-//! refused with the configuration; the agent path template takes field actions only.
+//! 4. With a tenant's application credentials (`subscription_id`, `app_id`, `app_secret`) the
+//!    server asks Azure Resource Manager for the VM whose managed identity is the token's
+//!    subject, then for that VM and its network interfaces ([`resource_manager`]), and the
+//!    agent gets SPIRE's selectors: `subscription-id:<sub>`, `vm-name:<rg>:<vm>`,
+//!    `network-security-group:<rg>:<nsg>`, `virtual-network:<rg>:<vnet>` and
+//!    `virtual-network-subnet:<rg>:<vnet>:<subnet>`.
+//!
+//! What ward does not do: SPIRE's default Azure credential (environment variables, workload
+//! identity, managed identity, with the subscription from the server's own instance metadata)
+//! for tenants without application credentials: such a tenant is refused with the
+//! configuration. The agent path template takes field actions only.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -26,6 +32,11 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use ward_core::TrustDomain;
+
+pub mod resource_manager;
+
+use resource_manager::ResourceManager;
+pub use resource_manager::{AppCredentials, DEFAULT_LOGIN_URL, DEFAULT_RESOURCE_MANAGER_URL};
 
 use super::field_template::{FieldTemplate, agent_id};
 use super::http_get::HttpGetter;
@@ -182,14 +193,38 @@ pub struct AzureMsiServerConfig {
     /// The server's trust domain.
     pub trust_domain: TrustDomain,
     /// `tenants`: the tenant IDs that may attest, each with the resource its tokens are for
-    /// (the audience).
-    pub tenants: BTreeMap<String, String>,
+    /// (the audience) and the credentials selectors are looked up with.
+    pub tenants: BTreeMap<String, AzureTenant>,
     /// `agent_path_template`; `None` is [`DEFAULT_AGENT_PATH_TEMPLATE`].
     pub agent_path_template: Option<String>,
     /// The OpenID issuer whose configuration names the key set; `None`: only `extra_keys`.
     pub oidc_issuer: Option<String>,
     /// A JSON Web Key Set trusted besides the fetched one.
     pub extra_keys: Option<jsonwebtoken::jwk::JwkSet>,
+    /// Where tokens are asked for ([`DEFAULT_LOGIN_URL`]).
+    pub login_url: String,
+    /// Azure Resource Manager ([`DEFAULT_RESOURCE_MANAGER_URL`]).
+    pub resource_manager_url: String,
+}
+
+/// One tenant of [`AzureMsiServerConfig::tenants`] (SPIRE's `TenantConfig`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AzureTenant {
+    /// `resource_id`: the audience of its tokens; empty is [`DEFAULT_RESOURCE_ID`].
+    pub resource_id: String,
+    /// `subscription_id`: where its VMs are looked up.
+    pub subscription_id: String,
+    /// `app_id`: the application the server signs in as.
+    pub app_id: String,
+    /// `app_secret`: that application's client secret.
+    pub app_secret: String,
+}
+
+/// A tenant as the verifier keeps it.
+#[derive(Debug)]
+struct Tenant {
+    resource_id: String,
+    api: ResourceManager,
 }
 
 /// The fetched key set and when it was fetched.
@@ -203,7 +238,7 @@ struct Cache {
 #[derive(Debug)]
 pub struct AzureMsiVerifier {
     trust_domain: TrustDomain,
-    tenants: BTreeMap<String, String>,
+    tenants: BTreeMap<String, Tenant>,
     template: FieldTemplate,
     oidc_issuer: Option<String>,
     extra: Vec<jsonwebtoken::jwk::Jwk>,
@@ -241,11 +276,46 @@ impl AzureMsiVerifier {
             TEMPLATE_FIELDS,
         )
         .map_err(config_error)?;
-        let tenants = config
-            .tenants
-            .into_iter()
-            .map(|(t, r)| (t, if r.is_empty() { DEFAULT_RESOURCE_ID.to_owned() } else { r }))
-            .collect();
+        let login_url =
+            if config.login_url.is_empty() { DEFAULT_LOGIN_URL } else { config.login_url.as_str() };
+        let arm_url = if config.resource_manager_url.is_empty() {
+            DEFAULT_RESOURCE_MANAGER_URL
+        } else {
+            config.resource_manager_url.as_str()
+        };
+        let mut tenants = BTreeMap::new();
+        for (id, t) in config.tenants {
+            if t.subscription_id.is_empty() && t.app_id.is_empty() && t.app_secret.is_empty() {
+                return Err(config_error(format!(
+                    "no client credentials for tenant {id:?}: ward looks selectors up with the \
+                     tenant's subscription_id, app_id and app_secret only (SPIRE's default Azure \
+                     credential is not supported)"
+                )));
+            }
+            for (value, what) in [
+                (&t.subscription_id, "subscription id"),
+                (&t.app_id, "app id"),
+                (&t.app_secret, "app secret"),
+            ] {
+                if value.is_empty() {
+                    return Err(config_error(format!(
+                        "misconfigured tenant {id:?}: missing {what}"
+                    )));
+                }
+            }
+            let resource_id = if t.resource_id.is_empty() {
+                DEFAULT_RESOURCE_ID.to_owned()
+            } else {
+                t.resource_id
+            };
+            let credentials = AppCredentials {
+                subscription_id: t.subscription_id,
+                app_id: t.app_id,
+                app_secret: t.app_secret,
+            };
+            let api = ResourceManager::new(&id, credentials, login_url, arm_url);
+            tenants.insert(id, Tenant { resource_id, api });
+        }
         let client = HttpGetter::new("ward-azure-msi")
             .map_err(|e| config_error(format!("unable to start the HTTP client: {e}")))?;
         Ok(Self {
@@ -364,7 +434,7 @@ impl ServerNodeAttestor for AzureMsiVerifier {
         ]);
         let agent_id = agent_id(&self.trust_domain, &self.template.render(&values))
             .map_err(|e| Refusal::new(Internal, format!("unable to make agent ID: {e}")))?;
-        let Some(resource) = self.tenants.get(&claims.tid) else {
+        let Some(tenant) = self.tenants.get(&claims.tid) else {
             return Err(Refusal::new(
                 PermissionDenied,
                 format!("tenant {:?} is not authorized", claims.tid),
@@ -372,13 +442,11 @@ impl ServerNodeAttestor for AzureMsiVerifier {
         };
         claims
             .registered
-            .validate(resource, now, LEEWAY)
+            .validate(&tenant.resource_id, now, LEEWAY)
             .map_err(|e| Refusal::new(Internal, format!("unable to validate token claims: {e}")))?;
-        Ok(Verification::Attested(AttestedAgent {
-            agent_id,
-            selector_values: Vec::new(),
-            can_reattest: false,
-        }))
+        let selector_values = resource_manager::selectors(&self.client, &tenant.api, &claims.sub)
+            .map_err(|e| Refusal::new(Internal, e))?;
+        Ok(Verification::Attested(AttestedAgent { agent_id, selector_values, can_reattest: false }))
     }
 }
 

@@ -32,6 +32,9 @@ const MAX_BODY: usize = 4 * 1024 * 1024;
 pub struct HttpResponse {
     /// The status code.
     pub status: u16,
+    /// The status as Go's `Response.Status` reads: the code and the reason phrase the server
+    /// sent (`404 Not Found`).
+    pub status_text: String,
     /// The headers.
     pub headers: http::HeaderMap,
     /// The body.
@@ -224,13 +227,19 @@ where
     let req = builder.body(Full::new(body)).map_err(|e| e.to_string())?;
     let response = sender.send_request(req).await.map_err(|e| e.to_string())?;
     let status = response.status().as_u16();
+    let reason = match response.extensions().get::<hyper::ext::ReasonPhrase>() {
+        Some(r) => String::from_utf8_lossy(r.as_bytes()).into_owned(),
+        None => response.status().canonical_reason().unwrap_or_default().to_owned(),
+    };
+    let status_text =
+        if reason.is_empty() { status.to_string() } else { format!("{status} {reason}") };
     let headers = response.headers().clone();
     let body = Limited::new(response.into_body(), MAX_BODY)
         .collect()
         .await
         .map(|b| b.to_bytes())
         .map_err(|e| e.to_string())?;
-    Ok(HttpResponse { status, headers, body })
+    Ok(HttpResponse { status, status_text, headers, body })
 }
 
 #[cfg(test)]

@@ -11,7 +11,8 @@ use ward_attest::node_attestor::aws_iid::{
     AwsIidServerConfig, AwsIidVerifier, KeyType, PARTITIONS,
 };
 use ward_attest::node_attestor::azure_msi::{
-    AZURE_OIDC_ISSUER, AzureMsiServerConfig, AzureMsiVerifier,
+    AZURE_OIDC_ISSUER, AzureMsiServerConfig, AzureMsiVerifier, AzureTenant, DEFAULT_LOGIN_URL,
+    DEFAULT_RESOURCE_MANAGER_URL,
 };
 use ward_attest::node_attestor::gcp_iit::compute::InstanceMetadataConfig;
 use ward_attest::node_attestor::gcp_iit::{GOOGLE_CERTS_URL, GcpIitServerConfig, GcpIitVerifier};
@@ -71,11 +72,11 @@ pub struct AzureMsiFile {
 pub struct AzureTenantFile {
     /// The resource tokens are for: their audience (default `https://management.azure.com/`).
     pub resource_id: Option<String>,
-    /// Azure Resource Manager credentials: refused (ward does not call that API).
+    /// The subscription the tenant's VMs are looked up in (Azure Resource Manager).
     pub subscription_id: Option<String>,
-    /// As `subscription_id`.
+    /// The application (client) ID the server signs in as to look VMs up.
     pub app_id: Option<String>,
-    /// As `subscription_id`.
+    /// That application's client secret.
     pub app_secret: Option<String>,
 }
 
@@ -399,15 +400,13 @@ impl AzureMsiFile {
         let invalid = |reason: String| ConfigError::Invalid { key: AZURE_MSI, reason };
         let mut tenants = BTreeMap::new();
         for (id, t) in self.tenants.unwrap_or_default() {
-            let set = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.is_empty());
-            if set(&t.subscription_id) || set(&t.app_id) || set(&t.app_secret) {
-                return Err(invalid(format!(
-                    "tenant {id:?}: subscription_id, app_id and app_secret are not supported: \
-                     ward does not call the Azure Resource Manager API, so azure_msi agents get \
-                     no selectors"
-                )));
-            }
-            tenants.insert(id, t.resource_id.unwrap_or_default());
+            let tenant = AzureTenant {
+                resource_id: t.resource_id.unwrap_or_default(),
+                subscription_id: t.subscription_id.unwrap_or_default(),
+                app_id: t.app_id.unwrap_or_default(),
+                app_secret: t.app_secret.unwrap_or_default(),
+            };
+            tenants.insert(id, tenant);
         }
         let extra_keys = match self.extra_jwks_path.filter(|p| !p.as_os_str().is_empty()) {
             None => None,
@@ -432,6 +431,8 @@ impl AzureMsiFile {
             agent_path_template: self.agent_path_template.filter(|t| !t.is_empty()),
             oidc_issuer,
             extra_keys,
+            login_url: DEFAULT_LOGIN_URL.to_owned(),
+            resource_manager_url: DEFAULT_RESOURCE_MANAGER_URL.to_owned(),
         })
         .map_err(|e| attestor_error(AZURE_MSI, e))?;
         Ok(Arc::new(verifier))
@@ -609,14 +610,22 @@ mod tests {
     }
 
     #[test]
-    fn azure_msi_needs_a_tenant_and_refuses_api_credentials() {
-        let ok = resolve("[azure_msi.tenants.t1]\n[azure_msi.tenants.t2]\nresource_id = \"r\"\n")
-            .unwrap();
+    fn azure_msi_needs_tenants_with_application_credentials() {
+        let creds = "subscription_id = \"s\"\napp_id = \"a\"\napp_secret = \"x\"\n";
+        let ok = resolve(&format!(
+            "[azure_msi.tenants.t1]\n{creds}[azure_msi.tenants.t2]\nresource_id = \"r\"\n{creds}"
+        ))
+        .unwrap();
         assert!(ok.azure_msi.is_some());
         assert_eq!(reason(resolve("[azure_msi]\n")), "configuration must have at least one tenant");
-        assert!(reason(resolve("[azure_msi.tenants.t1]\napp_id = \"a\"\n")).starts_with(
-            "tenant \"t1\": subscription_id, app_id and app_secret are not supported"
-        ));
+        assert_eq!(
+            reason(resolve("[azure_msi.tenants.t1]\napp_id = \"a\"\napp_secret = \"x\"\n")),
+            "misconfigured tenant \"t1\": missing subscription id"
+        );
+        assert!(
+            reason(resolve("[azure_msi.tenants.t1]\n"))
+                .starts_with("no client credentials for tenant \"t1\": ward looks selectors up"),
+        );
     }
 
     #[test]

@@ -418,8 +418,8 @@ fn projectid_allow_list(w: &mut Walk<'_>, path: &str, value: &serde_json::Value)
 }
 
 /// `tenants`: a block of tenant blocks, each with string settings, copied as
-/// `node_attestors.azure_msi.tenants.<tenant ID>` (ward's reader refuses the ones it does
-/// not take).
+/// `node_attestors.azure_msi.tenants.<tenant ID>` (`resource_id`, `subscription_id`, `app_id`,
+/// `app_secret`; ward's reader refuses unknown keys).
 fn azure_tenants(w: &mut Walk<'_>, path: &str, value: &serde_json::Value) {
     let serde_json::Value::Object(tenants) = value else {
         if !value.is_null() {

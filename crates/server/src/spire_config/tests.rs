@@ -233,7 +233,11 @@ fn every_mapped_key_is_a_key_of_wards_toml() {
         "node_attestors.gcp_iit.projectid_allow_list",
         toml::Value::Array(vec!["project-123".into()]),
     );
-    set(&mut table, "node_attestors.azure_msi.tenants.t1", toml::Value::Table(toml::Table::new()));
+    let tenant: toml::Table = ["subscription_id", "app_id", "app_secret"]
+        .into_iter()
+        .map(|k| (k.to_owned(), toml::Value::from("x")))
+        .collect();
+    set(&mut table, "node_attestors.azure_msi.tenants.t1", toml::Value::Table(tenant));
     let text = toml::to_string(&table).unwrap();
     crate::config::Config::from_toml(&text, &crate::config::Overrides::default()).unwrap();
 }
@@ -414,6 +418,11 @@ plugins {
                     resource_id = "https://example.org/app"
                 }
                 "33333333-4444" = {}
+                "55555555-6666" = {
+                    subscription_id = "d5b40d61-272e-48da-beb9-05f295c42bd6"
+                    app_id = "app"
+                    app_secret = "secret"
+                }
             }
         }
     }
@@ -423,6 +432,10 @@ plugins {
     let a = &t.table["node_attestors"]["azure_msi"]["tenants"];
     assert_eq!(a["11111111-2222"]["resource_id"].as_str(), Some("https://example.org/app"));
     assert!(a["33333333-4444"].as_table().is_some_and(toml::Table::is_empty), "{a:?}");
+    let c = &a["55555555-6666"];
+    assert_eq!(c["subscription_id"].as_str(), Some("d5b40d61-272e-48da-beb9-05f295c42bd6"));
+    assert_eq!(c["app_id"].as_str(), Some("app"));
+    assert_eq!(c["app_secret"].as_str(), Some("secret"));
 }
 
 #[test]

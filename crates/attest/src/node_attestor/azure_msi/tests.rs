@@ -60,14 +60,52 @@ fn claims() -> serde_json::Value {
     })
 }
 
+/// Nothing listens there: the lookup fails once the token is accepted.
+const NOWHERE: &str = "http://127.0.0.1:9";
+const SUB: &str = "d5b40d61-272e-48da-beb9-05f295c42bd6";
+
+fn tenant() -> AzureTenant {
+    AzureTenant {
+        resource_id: String::new(),
+        subscription_id: SUB.into(),
+        app_id: "app-1".into(),
+        app_secret: "s3cret".into(),
+    }
+}
+
 fn config(i: &Issuer) -> AzureMsiServerConfig {
     AzureMsiServerConfig {
         trust_domain: TrustDomain::new("example.org").unwrap(),
-        tenants: BTreeMap::from([(TENANT.to_owned(), String::new())]),
+        tenants: BTreeMap::from([(TENANT.to_owned(), tenant())]),
         agent_path_template: None,
         oidc_issuer: None,
         extra_keys: Some(serde_json::from_str(&i.set()).unwrap()),
+        login_url: NOWHERE.into(),
+        resource_manager_url: NOWHERE.into(),
     }
+}
+
+/// The refusal of a token that passed every check, from a server that cannot reach Azure.
+fn unreachable() -> String {
+    format!(
+        "unable to get resource for principal \"{PRINCIPAL}\": rpc error: code = Internal desc = \
+         unable to list virtual machine by principal: ClientSecretCredential: Post \
+         \"{NOWHERE}/{TENANT}/oauth2/v2.0/token\": dial: "
+    )
+}
+
+fn accepted_claims(v: Result<Verification, Refusal>) {
+    let (code, message) = refusal(v);
+    assert_eq!(code, RefusalCode::Internal);
+    assert!(message.starts_with(&unreachable()), "{message}");
+}
+
+fn arm_id(group: &str, rest: &str) -> String {
+    format!("/subscriptions/{SUB}/resourceGroups/{group}/providers/{rest}")
+}
+
+fn json_answer(body: &serde_json::Value) -> String {
+    http_answer("200 OK", "Content-Type: application/json\r\n", &body.to_string())
 }
 
 fn refusal(v: Result<Verification, Refusal>) -> (RefusalCode, String) {
@@ -78,9 +116,37 @@ fn refusal(v: Result<Verification, Refusal>) -> (RefusalCode, String) {
 }
 
 #[test]
-fn a_valid_token_attests_with_spire_id_and_no_selectors() {
+fn a_valid_token_attests_with_the_selectors_resource_manager_gives() {
+    let vm = arm_id("frontend", "Microsoft.Compute/virtualMachines/blog");
+    let nic = arm_id("frontend", "Microsoft.Network/networkInterfaces/blog-nic");
+    let (addr, heads) = serve(vec![
+        json_answer(&serde_json::json!({
+            "token_type": "Bearer", "expires_in": 3599, "access_token": "arm-token"
+        })),
+        json_answer(&serde_json::json!({"value": [{"id": vm, "name": "blog"}]})),
+        json_answer(&serde_json::json!({"id": vm, "properties": {"networkProfile": {
+            "networkInterfaces": [{"id": nic}, {}]
+        }}})),
+        json_answer(&serde_json::json!({"id": nic, "properties": {
+            "networkSecurityGroup": {
+                "id": arm_id("frontend", "Microsoft.Network/networkSecurityGroups/webservers")
+            },
+            "ipConfigurations": [
+                {"properties": {"subnet": {
+                    "id": arm_id("net", "Microsoft.Network/virtualNetworks/vnet/subnets/default")
+                }}},
+                {"properties": {"subnet": {
+                    "id": arm_id("net", "Microsoft.Network/virtualNetworks/vnet/subnets/db")
+                }}},
+                {"properties": {}}
+            ]
+        }})),
+    ]);
     let i = issuer("k1");
-    let v = AzureMsiVerifier::new(config(&i)).unwrap();
+    let mut c = config(&i);
+    c.login_url = format!("http://{addr}");
+    c.resource_manager_url = format!("http://{addr}/");
+    let v = AzureMsiVerifier::new(c).unwrap();
     let Ok(Verification::Attested(a)) = v.begin(&i.payload(&claims()), NOW) else {
         panic!("not attested");
     };
@@ -88,8 +154,161 @@ fn a_valid_token_attests_with_spire_id_and_no_selectors() {
         a.agent_id.as_str(),
         format!("spiffe://example.org/spire/agent/azure_msi/{TENANT}/{PRINCIPAL}")
     );
-    assert!(a.selector_values.is_empty());
+    assert_eq!(
+        a.selector_values,
+        [
+            "network-security-group:frontend:webservers".to_owned(),
+            format!("subscription-id:{SUB}"),
+            "virtual-network-subnet:net:vnet:db".to_owned(),
+            "virtual-network-subnet:net:vnet:default".to_owned(),
+            "virtual-network:net:vnet".to_owned(),
+            "vm-name:frontend:blog".to_owned(),
+        ]
+    );
     assert!(!a.can_reattest);
+    let token = heads.recv().unwrap();
+    assert!(
+        token.starts_with(&format!("POST /{TENANT}/oauth2/v2.0/token HTTP/1.1\r\n")),
+        "{token}"
+    );
+    assert!(
+        token.contains("content-type: application/x-www-form-urlencoded; charset=utf-8\r\n"),
+        "{token}"
+    );
+    let list = heads.recv().unwrap();
+    assert!(
+        list.starts_with(&format!(
+            "GET /subscriptions/{SUB}/resources?%24filter=resourceType+eq+%27Microsoft.Compute%2F\
+             virtualMachines%27+and+identity%2FprincipalId+eq+%27{PRINCIPAL}%27&api-version=\
+             2021-04-01 HTTP/1.1\r\n"
+        )),
+        "{list}"
+    );
+    assert!(list.to_ascii_lowercase().contains("authorization: bearer arm-token\r\n"), "{list}");
+    let vm_get = heads.recv().unwrap();
+    assert!(
+        vm_get.starts_with(&format!("GET {vm}?api-version=2022-03-01 HTTP/1.1\r\n")),
+        "{vm_get}"
+    );
+    let nic_get = heads.recv().unwrap();
+    assert!(
+        nic_get.starts_with(&format!("GET {nic}?api-version=2022-01-01 HTTP/1.1\r\n")),
+        "{nic_get}"
+    );
+}
+
+/// The refusal `answers` (after a good token) lead to.
+fn lookup_refusal(answers: Vec<String>) -> (RefusalCode, String) {
+    let mut all = vec![json_answer(&serde_json::json!({"expires_in": 3599, "access_token": "t"}))];
+    all.extend(answers);
+    let (addr, _heads) = serve(all);
+    let i = issuer("k1");
+    let mut c = config(&i);
+    c.login_url = format!("http://{addr}");
+    c.resource_manager_url = format!("http://{addr}");
+    let v = AzureMsiVerifier::new(c).unwrap();
+    refusal(v.begin(&i.payload(&claims()), NOW))
+}
+
+#[test]
+fn lookup_failures_are_refused_with_spire_texts() {
+    use RefusalCode::Internal;
+    let principal = format!(
+        "unable to get resource for principal \"{PRINCIPAL}\": rpc error: code = Internal desc = "
+    );
+    assert_eq!(
+        lookup_refusal(vec![json_answer(&serde_json::json!({"value": []}))]),
+        (Internal, format!("{principal}principal \"{PRINCIPAL}\" not found"))
+    );
+    let vm = arm_id("rg", "Microsoft.Compute/virtualMachines/vm");
+    assert_eq!(
+        lookup_refusal(vec![json_answer(&serde_json::json!({"value": [{"id": vm}, {"id": vm}]}))]),
+        (Internal, format!("{principal}expected one result for principal \"{PRINCIPAL}\" at most"))
+    );
+    assert_eq!(
+        lookup_refusal(vec![json_answer(&serde_json::json!({"value": [{"name": "x"}]}))]),
+        (Internal, format!("{principal}virtual machine resource missing ID"))
+    );
+    assert_eq!(
+        lookup_refusal(vec![json_answer(&serde_json::json!({"value": [{"id": "/vm"}]}))]),
+        (Internal, "malformed virtual machine ID \"/vm\"".into())
+    );
+    let error = r#"{"error":{"code":"AuthorizationFailed","message":"no","details":[]}}"#;
+    let (code, message) = lookup_refusal(vec![http_answer("403 Forbidden", "", error)]);
+    assert_eq!(code, Internal);
+    assert_eq!(
+        message,
+        format!(
+            "{principal}unable to list virtual machine by principal: GET http://{}/subscriptions/{SUB}/resources\n\
+             {SEP}\nRESPONSE 403: 403 Forbidden\nERROR CODE: AuthorizationFailed\n{SEP}\n{{\n  \
+             \"error\": {{\n    \"code\": \"AuthorizationFailed\",\n    \"message\": \"no\",\n    \
+             \"details\": []\n  }}\n}}\n{SEP}\n",
+            message.split("GET http://").nth(1).unwrap().split('/').next().unwrap(),
+        )
+    );
+    let (_, message) = lookup_refusal(vec![
+        json_answer(&serde_json::json!({"value": [{"id": vm}]})),
+        http_answer("404 Not Found", "x-ms-error-code: ResourceNotFound\r\n", ""),
+    ]);
+    assert!(
+        message.starts_with(
+            "unable to get virtual machine \"rg:vm\": rpc error: code = Internal desc = unable to \
+             get virtual machine: GET http://"
+        ),
+        "{message}"
+    );
+    assert!(
+        message.ends_with(&format!(
+            "/virtualMachines/vm\n{SEP}\nRESPONSE 404: 404 Not Found\nERROR CODE: \
+             ResourceNotFound\n{SEP}\nResponse contained no body\n{SEP}\n"
+        )),
+        "{message}"
+    );
+    let (_, message) = lookup_refusal(vec![
+        json_answer(&serde_json::json!({"value": [{"id": vm}]})),
+        json_answer(&serde_json::json!({"properties": {"networkProfile": {
+            "networkInterfaces": [{"id": "/nic"}]
+        }}})),
+    ]);
+    assert_eq!(message, "malformed network interface ID \"/nic\"");
+}
+
+const SEP: &str =
+    "--------------------------------------------------------------------------------";
+
+#[test]
+fn a_refused_client_secret_is_reported_as_the_sdk_reports_it() {
+    let body = r#"{"error":"invalid_client","error_codes":[7000215]}"#;
+    let (addr, _heads) = serve(vec![http_answer("401 Unauthorized", "", body)]);
+    let i = issuer("k1");
+    let mut c = config(&i);
+    c.login_url = format!("http://{addr}");
+    let v = AzureMsiVerifier::new(c).unwrap();
+    assert_eq!(
+        refusal(v.begin(&i.payload(&claims()), NOW)),
+        (
+            RefusalCode::Internal,
+            format!(
+                "unable to get resource for principal \"{PRINCIPAL}\": rpc error: code = Internal \
+                 desc = unable to list virtual machine by principal: ClientSecretCredential \
+                 authentication failed. \nPOST http://{addr}/{TENANT}/oauth2/v2.0/token\n{SEP}\n\
+                 RESPONSE 401: 401 Unauthorized\n{SEP}\n{{\n  \"error\": \"invalid_client\",\n  \
+                 \"error_codes\": [\n    7000215\n  ]\n}}\n{SEP}\nTo troubleshoot, visit \
+                 https://aka.ms/azsdk/go/identity/troubleshoot#client-secret"
+            )
+        )
+    );
+}
+
+#[test]
+fn go_json_indent_reflows_as_go_does() {
+    use resource_manager::go_json_indent;
+    assert_eq!(
+        go_json_indent(b" {\"a\":[],\"b\":{},\"c\":[1, \"x,y\"]} \n").unwrap(),
+        "{\n  \"a\": [],\n  \"b\": {},\n  \"c\": [\n    1,\n    \"x,y\"\n  ]\n} \n"
+    );
+    assert_eq!(go_json_indent(b"not json"), None);
+    assert_eq!(resource_manager::query_escape("a b/'~*"), "a+b%2F%27~%2A");
 }
 
 #[test]
@@ -151,7 +370,7 @@ fn bad_tokens_are_refused_with_spire_codes_and_messages() {
     );
     // Five minutes of leeway.
     let good = i.payload(&claims());
-    assert!(v.begin(&good, NOW + 3600 + 300).is_ok());
+    accepted_claims(v.begin(&good, NOW + 3600 + 300));
     assert_eq!(
         refusal(v.begin(&good, NOW + 3600 + 301)).1,
         "unable to validate token claims: go-jose/go-jose/jwt: validation failed, token is \
@@ -174,9 +393,9 @@ fn the_key_set_is_discovered_from_the_issuer() {
     c.extra_keys = None;
     c.oidc_issuer = Some(format!("http://{oidc_addr}/common/"));
     let v = AzureMsiVerifier::new(c).unwrap();
-    assert!(v.begin(&i.payload(&claims()), NOW).is_ok());
+    accepted_claims(v.begin(&i.payload(&claims()), NOW));
     // Kept for an hour: no second fetch.
-    assert!(v.begin(&i.payload(&claims()), NOW).is_ok());
+    accepted_claims(v.begin(&i.payload(&claims()), NOW));
     assert!(
         oidc_heads.recv().unwrap().starts_with("GET /common/.well-known/openid-configuration ")
     );
@@ -227,5 +446,26 @@ fn configuration_is_refused_as_spire_refuses_it() {
     assert_eq!(
         AzureMsiVerifier::new(c).unwrap_err().to_string(),
         "azure_msi: configuration must have at least one tenant"
+    );
+    let refused = |edit: fn(&mut AzureTenant)| {
+        let mut c = config(&i);
+        edit(c.tenants.get_mut(TENANT).unwrap());
+        AzureMsiVerifier::new(c).unwrap_err().to_string()
+    };
+    assert_eq!(
+        refused(|t| t.app_id.clear()),
+        format!("azure_msi: misconfigured tenant \"{TENANT}\": missing app id")
+    );
+    assert_eq!(
+        refused(|t| t.subscription_id.clear()),
+        format!("azure_msi: misconfigured tenant \"{TENANT}\": missing subscription id")
+    );
+    assert_eq!(
+        refused(|t| t.app_secret.clear()),
+        format!("azure_msi: misconfigured tenant \"{TENANT}\": missing app secret")
+    );
+    assert!(
+        refused(|t| *t = AzureTenant::default())
+            .starts_with(&format!("azure_msi: no client credentials for tenant \"{TENANT}\"")),
     );
 }

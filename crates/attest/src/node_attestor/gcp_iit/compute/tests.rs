@@ -256,7 +256,8 @@ fn without_a_file_the_metadata_servers_token_is_asked_for() {
 fn answer(status: u16, content_type: &str, body: &str) -> Result<HttpResponse, String> {
     let mut headers = http::HeaderMap::new();
     headers.insert(http::header::CONTENT_TYPE, content_type.parse().unwrap());
-    Ok(HttpResponse { status, headers, body: body.to_owned().into() })
+    let status_text = status.to_string();
+    Ok(HttpResponse { status, status_text, headers, body: body.to_owned().into() })
 }
 
 #[test]
