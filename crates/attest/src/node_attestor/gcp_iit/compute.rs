@@ -14,7 +14,8 @@
 //!
 //! The instance is asked for at `https://compute.<universe>/compute/v1/projects/<project>/
 //! zones/<zone>/instances/<name>?alt=json&prettyPrint=false` (universe `googleapis.com`, or
-//! `GOOGLE_CLOUD_UNIVERSE_DOMAIN`). Failures carry the Go libraries' texts.
+//! `GOOGLE_CLOUD_UNIVERSE_DOMAIN`; `compute.mtls.googleapis.com` when
+//! `GOOGLE_API_USE_MTLS_ENDPOINT` is `always`). Failures carry the Go libraries' texts.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -184,6 +185,8 @@ pub struct Environment {
     pub universe_domain: Option<String>,
     /// `GOOGLE_CLOUD_QUOTA_PROJECT`.
     pub quota_project: Option<String>,
+    /// `GOOGLE_API_USE_MTLS_ENDPOINT` (or the older `GOOGLE_API_USE_MTLS`).
+    pub mtls_endpoint: Option<String>,
 }
 
 impl Environment {
@@ -196,11 +199,33 @@ impl Environment {
             metadata_host: var("GCE_METADATA_HOST"),
             universe_domain: var("GOOGLE_CLOUD_UNIVERSE_DOMAIN"),
             quota_project: var("GOOGLE_CLOUD_QUOTA_PROJECT"),
+            mtls_endpoint: var("GOOGLE_API_USE_MTLS_ENDPOINT")
+                .or_else(|| var("GOOGLE_API_USE_MTLS")),
         }
     }
 
     fn universe(&self) -> &str {
         self.universe_domain.as_deref().unwrap_or(DEFAULT_UNIVERSE_DOMAIN)
+    }
+
+    /// The Compute Engine API's base URL: `https://compute.<universe>/compute/v1/`, or its
+    /// mutual-TLS host when `GOOGLE_API_USE_MTLS_ENDPOINT` is `always` (which ward asks without
+    /// a client certificate, as the Go client does when none is configured).
+    ///
+    /// # Errors
+    /// The Go client's text for mutual TLS outside `googleapis.com`.
+    pub fn compute_endpoint(&self) -> Result<String, String> {
+        let always =
+            self.mtls_endpoint.as_deref().is_some_and(|m| m.eq_ignore_ascii_case("always"));
+        match (always, self.universe()) {
+            (true, DEFAULT_UNIVERSE_DOMAIN) => {
+                Ok("https://compute.mtls.googleapis.com/compute/v1/".to_owned())
+            }
+            (true, _) => {
+                Err("mTLS is not supported in any universe other than googleapis.com".to_owned())
+            }
+            (false, universe) => Ok(format!("https://compute.{universe}/compute/v1/")),
+        }
     }
 }
 
@@ -541,9 +566,12 @@ impl ComputeClient {
         let refused = |why: String| {
             Refusal::new(RefusalCode::Internal, format!("failed to fetch instance metadata: {why}"))
         };
+        let endpoint = env
+            .compute_endpoint()
+            .map_err(|e| refused(format!("failed to create compute service client: {e}")))?;
         let credentials = find_credentials(file, env)
             .map_err(|e| refused(format!("failed to create compute service client: {e}")))?;
-        let url = instance_url(env.universe(), project, zone, name);
+        let url = instance_url(&endpoint, project, zone, name);
         let failed = |why: String| refused(format!("failed to fetch instance metadata: {why}"));
         let in_get = |why: String| failed(format!("Get {url:?}: {why}"));
         let (token_type, token, quota_project) = match &credentials {
@@ -663,12 +691,11 @@ fn check_universe(client: &str, credentials: &str) -> Result<(), String> {
 const TEMPLATE_ESCAPE: &percent_encoding::AsciiSet =
     &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
 
-/// `instances.get`'s URL.
-pub fn instance_url(universe: &str, project: &str, zone: &str, name: &str) -> String {
+/// `instances.get`'s URL under the API's base URL (ending in `/`).
+pub fn instance_url(endpoint: &str, project: &str, zone: &str, name: &str) -> String {
     let e = |s: &str| percent_encoding::utf8_percent_encode(s, TEMPLATE_ESCAPE).to_string();
     format!(
-        "https://compute.{universe}/compute/v1/projects/{}/zones/{}/instances/{}\
-         ?alt=json&prettyPrint=false",
+        "{endpoint}projects/{}/zones/{}/instances/{}?alt=json&prettyPrint=false",
         e(project),
         e(zone),
         e(name)

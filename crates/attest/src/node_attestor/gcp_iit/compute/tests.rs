@@ -101,11 +101,41 @@ fn api_errors_read_as_googleapi_prints_them() {
 #[test]
 fn instances_get_escapes_its_path_as_a_uri_template_does() {
     assert_eq!(
-        instance_url("googleapis.com", "project-123", "us-west1-b", "a b/c"),
+        instance_url(
+            &Environment::default().compute_endpoint().unwrap(),
+            "project-123",
+            "us-west1-b",
+            "a b/c"
+        ),
         "https://compute.googleapis.com/compute/v1/projects/project-123/zones/us-west1-b/\
          instances/a%20b%2Fc?alt=json&prettyPrint=false"
     );
 }
+
+#[test]
+fn the_endpoint_follows_the_universe_and_the_mtls_setting_as_the_go_client_does() {
+    let env = |universe: Option<&str>, mtls: Option<&str>| Environment {
+        universe_domain: universe.map(str::to_owned),
+        mtls_endpoint: mtls.map(str::to_owned),
+        ..Environment::default()
+    };
+    assert_eq!(
+        env(Some("example.com"), Some("auto")).compute_endpoint().unwrap(),
+        "https://compute.example.com/compute/v1/"
+    );
+    assert_eq!(
+        env(None, Some("ALWAYS")).compute_endpoint().unwrap(),
+        "https://compute.mtls.googleapis.com/compute/v1/"
+    );
+    assert_eq!(env(None, Some("never")).compute_endpoint().unwrap(), ENDPOINT);
+    assert_eq!(
+        ask(None, &env(Some("example.com"), Some("always"))).message,
+        "failed to fetch instance metadata: failed to create compute service client: mTLS is \
+         not supported in any universe other than googleapis.com"
+    );
+}
+
+const ENDPOINT: &str = "https://compute.googleapis.com/compute/v1/";
 
 fn service_account(token_uri: &str) -> (ServiceAccountKey, Vec<u8>) {
     let key = KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
