@@ -19,7 +19,8 @@
 //!    with the code and message spire-server gives for the same evidence; neither agent list
 //!    changes;
 //! 3. the attested token again while its agent is attested on both servers: SPIRE's
-//!    trust-on-first-use refusal from both, and ward-server keeps serving.
+//!    trust-on-first-use refusal from both, before either asks Azure anything, and
+//!    ward-server keeps serving.
 //!
 //! Needs root (network namespace, ports 80 and 443 in it) and SPIRE's binaries (built with Go).
 
@@ -317,6 +318,7 @@ fn scenario(
     eprintln!("3. the token again while its agent is attested: trust on first use");
     let first = rt.block_on(refusal(spire_server.port, TD, sending(payload(&token))));
     ensure!(first.0 == tonic::Code::Ok, "spire-server did not attest the token: {first:?}");
+    azure.take_requests();
     let from_spire = rt.block_on(refusal(spire_server.port, TD, sending(payload(&token))));
     let from_ward = rt.block_on(refusal(ward_server.port, TD, sending(payload(&token))));
     let tofu = "nodeattestor(azure_msi): attestation data has already been used to attest an agent";
@@ -324,6 +326,9 @@ fn scenario(
         from_spire == (tonic::Code::PermissionDenied, tofu.to_owned()) && from_ward == from_spire,
         "second attestation: ward-server {from_ward:?}, spire-server {from_spire:?}"
     );
+    // Refused before Resource Manager is asked, by both.
+    let asked = azure.take_requests();
+    ensure!(asked.is_empty(), "Azure asked about an attested agent: {:#?}", shape(&asked));
     ensure!(agent_ids(&pair.spire_on_ward)? == after.1, "ward-server's agents changed");
     ward_server.daemon.ensure_running()?;
     Ok(())

@@ -15,7 +15,8 @@
 //!    again until evicted (trust on first use, checked where the attestation is stored).
 //!
 //! 4. With a tenant's application credentials (`subscription_id`, `app_id`, `app_secret`) the
-//!    server asks Azure Resource Manager for the VM whose managed identity is the token's
+//!    server, once it has checked that the agent ID may attest (`complete`), asks Azure Resource
+//!    Manager for the VM whose managed identity is the token's
 //!    subject, then for that VM and its network interfaces ([`resource_manager`]), and the
 //!    agent gets SPIRE's selectors: `subscription-id:<sub>`, `vm-name:<rg>:<vm>`,
 //!    `network-security-group:<rg>:<nsg>`, `virtual-network:<rg>:<vnet>` and
@@ -444,11 +445,47 @@ impl ServerNodeAttestor for AzureMsiVerifier {
             .registered
             .validate(&tenant.resource_id, now, LEEWAY)
             .map_err(|e| Refusal::new(Internal, format!("unable to validate token claims: {e}")))?;
-        let selector_values = resource_manager::selectors(&self.client, &tenant.api, &claims.sub)
-            .map_err(|e| Refusal::new(Internal, e))?;
+        // The lookup waits for `complete`, after the server's trust-on-first-use check; these
+        // two values say what to look up and are replaced there.
+        let selector_values = vec![
+            format!("{PENDING_TENANT}{}", claims.tid),
+            format!("{PENDING_PRINCIPAL}{}", claims.sub),
+        ];
         Ok(Verification::Attested(AttestedAgent { agent_id, selector_values, can_reattest: false }))
     }
+
+    /// SPIRE's selectors, read from Azure Resource Manager for the principal `begin` accepted
+    /// (only for an agent that may attest, as SPIRE resolves after its trust-on-first-use
+    /// check).
+    fn complete(&self, mut attested: AttestedAgent, _now: i64) -> Result<AttestedAgent, Refusal> {
+        let pending = |prefix: &str| {
+            attested.selector_values.iter().find_map(|v| v.strip_prefix(prefix)).map(str::to_owned)
+        };
+        let (Some(tenant_id), Some(principal)) =
+            (pending(PENDING_TENANT), pending(PENDING_PRINCIPAL))
+        else {
+            return Err(Refusal::new(
+                RefusalCode::Internal,
+                "attestation was not begun by azure_msi",
+            ));
+        };
+        let Some(tenant) = self.tenants.get(&tenant_id) else {
+            return Err(Refusal::new(
+                RefusalCode::PermissionDenied,
+                format!("tenant {tenant_id:?} is not authorized"),
+            ));
+        };
+        attested.selector_values =
+            resource_manager::selectors(&self.client, &tenant.api, &principal)
+                .map_err(|e| Refusal::new(RefusalCode::Internal, e))?;
+        Ok(attested)
+    }
 }
+
+/// The value `begin` passes the token's tenant to `complete` in.
+const PENDING_TENANT: &str = "\u{0}tenant:";
+/// The value `begin` passes the token's subject to `complete` in.
+const PENDING_PRINCIPAL: &str = "\u{0}principal:";
 
 #[cfg(test)]
 mod tests;

@@ -108,6 +108,32 @@ fn json_answer(body: &serde_json::Value) -> String {
     http_answer("200 OK", "Content-Type: application/json\r\n", &body.to_string())
 }
 
+/// `begin`, then `complete` when it attests (as the server runs them).
+fn run(v: &AzureMsiVerifier, payload: &[u8], now: i64) -> Result<Verification, Refusal> {
+    match v.begin(payload, now)? {
+        Verification::Attested(a) => v.complete(a, now).map(Verification::Attested),
+        other => Ok(other),
+    }
+}
+
+#[test]
+fn begin_checks_the_token_without_asking_azure() {
+    let i = issuer("k1");
+    // Nothing listens at NOWHERE: `begin` must not need it.
+    let v = AzureMsiVerifier::new(config(&i)).unwrap();
+    let Ok(Verification::Attested(a)) = v.begin(&i.payload(&claims()), NOW) else {
+        panic!("not attested");
+    };
+    assert_eq!(
+        a.agent_id.as_str(),
+        format!("spiffe://example.org/spire/agent/azure_msi/{TENANT}/{PRINCIPAL}")
+    );
+    assert!(!a.can_reattest);
+    let (code, message) = refusal(v.complete(a, NOW).map(Verification::Attested));
+    assert_eq!(code, RefusalCode::Internal);
+    assert!(message.starts_with(&unreachable()), "{message}");
+}
+
 fn refusal(v: Result<Verification, Refusal>) -> (RefusalCode, String) {
     match v {
         Err(r) => (r.code, r.message),
@@ -147,7 +173,7 @@ fn a_valid_token_attests_with_the_selectors_resource_manager_gives() {
     c.login_url = format!("http://{addr}");
     c.resource_manager_url = format!("http://{addr}/");
     let v = AzureMsiVerifier::new(c).unwrap();
-    let Ok(Verification::Attested(a)) = v.begin(&i.payload(&claims()), NOW) else {
+    let Ok(Verification::Attested(a)) = run(&v, &i.payload(&claims()), NOW) else {
         panic!("not attested");
     };
     assert_eq!(
@@ -207,7 +233,7 @@ fn lookup_refusal(answers: Vec<String>) -> (RefusalCode, String) {
     c.login_url = format!("http://{addr}");
     c.resource_manager_url = format!("http://{addr}");
     let v = AzureMsiVerifier::new(c).unwrap();
-    refusal(v.begin(&i.payload(&claims()), NOW))
+    refusal(run(&v, &i.payload(&claims()), NOW))
 }
 
 #[test]
@@ -285,7 +311,7 @@ fn a_refused_client_secret_is_reported_as_the_sdk_reports_it() {
     c.login_url = format!("http://{addr}");
     let v = AzureMsiVerifier::new(c).unwrap();
     assert_eq!(
-        refusal(v.begin(&i.payload(&claims()), NOW)),
+        refusal(run(&v, &i.payload(&claims()), NOW)),
         (
             RefusalCode::Internal,
             format!(
@@ -316,7 +342,7 @@ fn bad_tokens_are_refused_with_spire_codes_and_messages() {
     use RefusalCode::{Internal, InvalidArgument, PermissionDenied};
     let i = issuer("k1");
     let v = AzureMsiVerifier::new(config(&i)).unwrap();
-    let r = |payload: &[u8]| refusal(v.begin(payload, NOW));
+    let r = |payload: &[u8]| refusal(run(&v, payload, NOW));
     assert_eq!(
         r(b"{\"token\":\"\"}"),
         (InvalidArgument, "missing token from attestation data".into())
@@ -370,9 +396,9 @@ fn bad_tokens_are_refused_with_spire_codes_and_messages() {
     );
     // Five minutes of leeway.
     let good = i.payload(&claims());
-    accepted_claims(v.begin(&good, NOW + 3600 + 300));
+    accepted_claims(run(&v, &good, NOW + 3600 + 300));
     assert_eq!(
-        refusal(v.begin(&good, NOW + 3600 + 301)).1,
+        refusal(run(&v, &good, NOW + 3600 + 301)).1,
         "unable to validate token claims: go-jose/go-jose/jwt: validation failed, token is \
          expired (exp)"
     );
@@ -393,9 +419,9 @@ fn the_key_set_is_discovered_from_the_issuer() {
     c.extra_keys = None;
     c.oidc_issuer = Some(format!("http://{oidc_addr}/common/"));
     let v = AzureMsiVerifier::new(c).unwrap();
-    accepted_claims(v.begin(&i.payload(&claims()), NOW));
+    accepted_claims(run(&v, &i.payload(&claims()), NOW));
     // Kept for an hour: no second fetch.
-    accepted_claims(v.begin(&i.payload(&claims()), NOW));
+    accepted_claims(run(&v, &i.payload(&claims()), NOW));
     assert!(
         oidc_heads.recv().unwrap().starts_with("GET /common/.well-known/openid-configuration ")
     );
@@ -406,7 +432,7 @@ fn the_key_set_is_discovered_from_the_issuer() {
     c.oidc_issuer = Some(format!("http://{down}/common/"));
     let v = AzureMsiVerifier::new(c).unwrap();
     assert_eq!(
-        refusal(v.begin(&i.payload(&claims()), NOW)),
+        refusal(run(&v, &i.payload(&claims()), NOW)),
         (RefusalCode::Internal, "unable to obtain JWKS: unexpected status code 404: nope".into())
     );
 }
