@@ -299,6 +299,40 @@ fn lookup_failures_are_refused_with_spire_texts() {
     assert_eq!(message, "malformed network interface ID \"/nic\"");
 }
 
+#[test]
+fn the_resource_list_is_followed_through_its_next_links() {
+    let vm = arm_id("rg", "Microsoft.Compute/virtualMachines/vm");
+    let (second, second_heads) =
+        serve(vec![json_answer(&serde_json::json!({"value": [{"id": vm}]}))]);
+    let next = format!(
+        "http://{second}/subscriptions/{SUB}/resources?api-version=2021-04-01&%24skiptoken=a%20b;c"
+    );
+    let (addr, heads) = serve(vec![
+        json_answer(&serde_json::json!({"expires_in": 3599, "access_token": "t"})),
+        json_answer(&serde_json::json!({"value": [], "nextLink": next})),
+        json_answer(&serde_json::json!({"id": vm, "properties": {}})),
+    ]);
+    let i = issuer("k1");
+    let mut c = config(&i);
+    c.login_url = format!("http://{addr}");
+    c.resource_manager_url = format!("http://{addr}");
+    let v = AzureMsiVerifier::new(c).unwrap();
+    let Ok(Verification::Attested(a)) = run(&v, &i.payload(&claims()), NOW) else {
+        panic!("not attested");
+    };
+    assert_eq!(a.selector_values, [format!("subscription-id:{SUB}"), "vm-name:rg:vm".to_owned()]);
+    // The SDK decodes the link's query and encodes it again, keys sorted.
+    let page = second_heads.recv().unwrap();
+    assert!(
+        page.starts_with(&format!(
+            "GET /subscriptions/{SUB}/resources?%24skiptoken=a+b%3Bc&api-version=2021-04-01 HTTP/1.1\r\n"
+        )),
+        "{page}"
+    );
+    assert!(page.to_ascii_lowercase().contains("authorization: bearer t\r\n"), "{page}");
+    assert_eq!(heads.iter().take(3).count(), 3);
+}
+
 const SEP: &str =
     "--------------------------------------------------------------------------------";
 
