@@ -406,6 +406,13 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<Runni
         cfg.federation.federates_with.clone(),
         opts.federation_web_roots,
     ));
+    if cfg.node_attestors.aws_iid.as_ref().is_some_and(|a| !a.has_credentials()) {
+        tracing::warn!(
+            "node_attestors.aws_iid has no AWS credentials (access_key_id and secret_access_key, \
+             or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY): every aws_iid attestation will be \
+             refused, as spire-server refuses them when the AWS SDK finds no credentials"
+        );
+    }
     let server_id = SpiffeId::from_parts(&cfg.trust_domain, "/spire/server")
         .context("building the server SPIFFE ID")?;
     let state = Arc::new(ServerState {

@@ -9,21 +9,28 @@
 //! 2. The server ([`AwsIidVerifier`]) verifies the PKCS#7 signature when there is one
 //!    (against the region's AWS RSA-2048 certificate; its content must be the document),
 //!    else the RSA-1024 PKCS#1 v1.5 signature of the document (the region's RSA-1024
-//!    certificate, or AWS's default one), and attests the agent at once as
+//!    certificate, or AWS's default one). It then asks EC2 (`DescribeInstances`, see [`api`])
+//!    about the document's instance in its region, pending or running: unless
+//!    `skip_block_device` is set or the account is in `account_ids_for_local_validation`, the
+//!    root EBS volume must have been attached within 60 seconds of network interface 0 (a
+//!    root volume swapped in later is refused). The agent is attested at once as
 //!    `spiffe://<td>/spire/agent` + the agent path template (default
 //!    `/aws_iid/<account>/<region>/<instance-id>`), with the selectors `az:`, `image:id:`,
-//!    `instance:id:` and `region:` from the document. The agent may not attest again: a second
-//!    attestation of the same agent ID is refused until the agent is evicted (trust on first
-//!    use; the store enforces it).
+//!    `instance:id:` and `region:` from the document, `tag:<key>:<value>`, `sg:id:` and
+//!    `sg:name:` from the instance, and `iamrole:<role ARN>` for each role of its instance
+//!    profile (IAM `GetInstanceProfile`; not with `disable_instance_profile_selectors`). The
+//!    agent may not attest again: a second attestation of the same agent ID is refused until
+//!    the agent is evicted (trust on first use; the store enforces it).
 //!
 //! AWS's certificates are compiled in (`aws_iid/rsa2048.pem`, `aws_iid/rsa1024.pem`, as AWS
 //! publishes them); the configuration adds or replaces certificates per region.
 //!
-//! What ward does not do: SPIRE's server calls the EC2 API (DescribeInstances) for every
-//! attestation, for its tag, security group and IAM role selectors, its root-volume
-//! attach-time check and `.Tags` in agent path templates, and optionally the Organizations and
-//! EKS APIs; ward calls no AWS API, so it has none of those. The document must be verified by
-//! its PKCS#7 content check, which SPIRE v1.15.0 added (v1.13.3 does not compare them).
+//! What ward does differently: no `.Tags` in agent path templates, no `assume_role`, no
+//! Organizations or EKS checks (refused in the configuration); credentials only from the
+//! configuration or the environment (see [`api`]); the IAM call comes before the store's
+//! trust-on-first-use check (SPIRE makes it after), so a second attestation whose IAM call
+//! fails reports the IAM failure. The document must be verified by its PKCS#7 content check,
+//! which SPIRE v1.15.0 added (v1.13.3 does not compare them).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -39,12 +46,16 @@ use serde::{Deserialize, Deserializer};
 use ward_core::TrustDomain;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+pub use self::api::AwsApiSettings;
+use self::api::{AwsApi, Instance};
 use super::field_template::{FieldTemplate, agent_id};
 use super::x509pop::go_json_error;
 use super::{
     AttestedAgent, NodeAttestError, NodeAttestor, Refusal, RefusalCode, ServerNodeAttestor,
     Verification,
 };
+
+pub mod api;
 
 /// The attestation type name.
 pub const NAME: &str = "aws_iid";
@@ -399,6 +410,14 @@ pub struct AwsIidServerConfig {
     pub agent_path_template: Option<String>,
     /// Certificates (DER) by region and key type that add to or replace AWS's.
     pub certificates: Vec<(KeyType, String, Vec<u8>)>,
+    /// Credentials and endpoints of the AWS API calls.
+    pub api: AwsApiSettings,
+    /// `skip_block_device`: no root volume attach-time check.
+    pub skip_block_device: bool,
+    /// `disable_instance_profile_selectors`: no IAM call, no `iamrole:` selectors.
+    pub disable_instance_profile_selectors: bool,
+    /// `account_ids_for_local_validation`: accounts whose instances skip the root volume check.
+    pub account_ids_for_local_validation: Vec<String>,
 }
 
 /// The server side: verifies documents against AWS's certificates and attests once per
@@ -409,6 +428,10 @@ pub struct AwsIidVerifier {
     template: FieldTemplate,
     rsa1024: BTreeMap<String, SigningCert>,
     rsa2048: BTreeMap<String, SigningCert>,
+    api: AwsApi,
+    skip_block_device: bool,
+    disable_instance_profile_selectors: bool,
+    local_accounts: BTreeSet<String>,
 }
 
 /// The template actions ward renders for `aws_iid` (SPIRE's `agentPathTemplateData` less
@@ -448,7 +471,23 @@ impl AwsIidVerifier {
             }
         }
         let [(_, _, rsa1024), (_, _, rsa2048)] = maps;
-        Ok(Self { trust_domain: config.trust_domain, template, rsa1024, rsa2048 })
+        let api = AwsApi::new(config.api)
+            .map_err(|e| config_error(format!("starting the AWS API client: {e}")))?;
+        Ok(Self {
+            trust_domain: config.trust_domain,
+            template,
+            rsa1024,
+            rsa2048,
+            api,
+            skip_block_device: config.skip_block_device,
+            disable_instance_profile_selectors: config.disable_instance_profile_selectors,
+            local_accounts: config.account_ids_for_local_validation.into_iter().collect(),
+        })
+    }
+
+    /// Whether AWS credentials were found (without, every attestation is refused).
+    pub fn has_credentials(&self) -> bool {
+        self.api.has_credentials()
     }
 
     /// SPIRE's `getAWSCACertificate`: the region's RSA-1024 certificate or the default one;
@@ -815,7 +854,31 @@ impl ServerNodeAttestor for AwsIidVerifier {
     }
 
     fn begin(&self, payload: &[u8], _now: i64) -> Result<Verification, Refusal> {
+        use RefusalCode::Internal;
         let doc = self.verified_document(payload)?;
+        let reservations = self
+            .api
+            .describe_instances(&doc.region, &doc.instance_id)
+            .map_err(|e| refuse(Internal, format!("failed to describe instance: {e}")))?;
+        if !self.skip_block_device && !self.local_accounts.contains(&doc.account_id) {
+            let instance = reservations
+                .first()
+                .ok_or_else(|| {
+                    refuse(
+                        Internal,
+                        "failed to query AWS via describe-instances: returned no reservations",
+                    )
+                })?
+                .first()
+                .ok_or_else(|| {
+                    refuse(
+                        Internal,
+                        "failed to query AWS via describe-instances: returned no instances",
+                    )
+                })?;
+            check_block_device(instance)
+                .map_err(|e| refuse(Internal, format!("failed aws ec2 attestation: {e}")))?;
+        }
         // SPIRE leaves the template's TrustDomain unset: it renders empty.
         let values = BTreeMap::from([
             ("PluginName", NAME.to_owned()),
@@ -827,7 +890,7 @@ impl ServerNodeAttestor for AwsIidVerifier {
         let agent_id = agent_id(&self.trust_domain, &path).map_err(|e| {
             refuse(RefusalCode::Internal, format!("failed to create spiffe ID: {e}"))
         })?;
-        let selector_values: BTreeSet<String> = [
+        let mut selector_values: BTreeSet<String> = [
             format!("image:id:{}", doc.image_id),
             format!("instance:id:{}", doc.instance_id),
             format!("region:{}", doc.region),
@@ -835,12 +898,109 @@ impl ServerNodeAttestor for AwsIidVerifier {
         ]
         .into_iter()
         .collect();
+        for instance in reservations.iter().flatten() {
+            self.add_instance_selectors(&doc.region, instance, &mut selector_values)?;
+        }
         Ok(Verification::Attested(AttestedAgent {
             agent_id,
             selector_values: selector_values.into_iter().collect(),
             can_reattest: false,
         }))
     }
+}
+
+impl AwsIidVerifier {
+    /// SPIRE's `resolveSelectors` for one instance: `tag:`, `sg:id:`, `sg:name:`, and
+    /// `iamrole:` from its instance profile unless disabled.
+    fn add_instance_selectors(
+        &self,
+        region: &str,
+        instance: &Instance,
+        out: &mut BTreeSet<String>,
+    ) -> Result<(), Refusal> {
+        let or_empty = |v: &Option<String>| v.clone().unwrap_or_default();
+        for tag in &instance.tags {
+            out.insert(format!("tag:{}:{}", or_empty(&tag.key), or_empty(&tag.value)));
+        }
+        for sg in &instance.security_groups {
+            out.insert(format!("sg:id:{}", or_empty(&sg.group_id)));
+            out.insert(format!("sg:name:{}", or_empty(&sg.group_name)));
+        }
+        if self.disable_instance_profile_selectors {
+            return Ok(());
+        }
+        let Some(arn) = &instance.instance_profile_arn else { return Ok(()) };
+        let name = instance_profile_name(arn).map_err(|e| refuse(RefusalCode::Internal, e))?;
+        let roles = self.api.get_instance_profile(region, &name).map_err(|e| {
+            refuse(RefusalCode::Internal, format!("failed to get intance profile: {e}"))
+        })?;
+        for role in roles.into_iter().flatten() {
+            out.insert(format!("iamrole:{role}"));
+        }
+        Ok(())
+    }
+}
+
+/// How far apart (seconds) the root volume and the primary network interface may have been
+/// attached.
+const MAX_SECONDS_BETWEEN_DEVICE_ATTACHMENTS: i64 = 60;
+
+/// SPIRE's `checkBlockDevice`: the root EBS volume was attached with the primary network
+/// interface (within a minute), so it was not swapped in later. Where SPIRE dereferences a
+/// member AWS left out (and would fail), ward refuses with a sentence naming it.
+fn check_block_device(instance: &Instance) -> Result<(), String> {
+    let iface = instance
+        .network_interfaces
+        .iter()
+        .flatten()
+        .find(|a| a.device_index == Some(0))
+        .ok_or("the EC2 instance network interface with device index 0 is inaccessible")?;
+    if instance.root_device_type.as_deref() == Some("instance-store") {
+        return Ok(());
+    }
+    let root_name = instance.root_device_name.clone().unwrap_or_default();
+    let root = instance
+        .block_devices
+        .iter()
+        .find(|b| b.device_name.as_deref() == Some(root_name.as_str()))
+        .ok_or_else(|| {
+            format!("failed to locate the root device block mapping with name {root_name:?}")
+        })?;
+    let (Some(iface_time), Some(root_time)) = (iface.attach_time, root.attach_time) else {
+        return Err(
+            "the attach time of the root device's EBS volume or of network interface 0 is \
+             missing from DescribeInstances"
+                .to_owned(),
+        );
+    };
+    let disparity = iface_time.abs_diff(root_time);
+    if disparity > MAX_SECONDS_BETWEEN_DEVICE_ATTACHMENTS.unsigned_abs() {
+        return Err(format!(
+            "failed checking the disparity device attach times, root BlockDeviceMapping and \
+             NetworkInterface[0] attach times differ by {disparity} seconds"
+        ));
+    }
+    Ok(())
+}
+
+/// SPIRE's `instanceProfileNameFromArn`: the last path element after `instance-profile/`.
+fn instance_profile_name(arn: &str) -> Result<String, String> {
+    // Go's arn.Parse.
+    let Some(rest) = arn.strip_prefix("arn:") else {
+        return Err("failed to parse arn: invalid prefix".to_owned());
+    };
+    let sections: Vec<&str> = rest.splitn(5, ':').collect();
+    let [_, _, _, _, resource] = sections[..] else {
+        return Err("failed to parse arn: not enough sections".to_owned());
+    };
+    static PROFILE: std::sync::OnceLock<Option<regex::Regex>> = std::sync::OnceLock::new();
+    let re = PROFILE.get_or_init(|| regex::Regex::new("instance-profile[/:](.+)").ok());
+    let matched = re
+        .as_ref()
+        .and_then(|re| re.captures(resource))
+        .and_then(|c| c.get(1))
+        .ok_or("arn is not for an instance profile")?;
+    Ok(matched.as_str().rsplit('/').next().unwrap_or_default().to_owned())
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use ward_attest::node_attestor::aws_iid::{
-    AwsIidServerConfig, AwsIidVerifier, KeyType, PARTITIONS,
+    AwsApiSettings, AwsIidServerConfig, AwsIidVerifier, KeyType, PARTITIONS,
 };
 use ward_attest::node_attestor::azure_msi::{
     AZURE_OIDC_ISSUER, AzureMsiServerConfig, AzureMsiVerifier, AzureTenant, DEFAULT_LOGIN_URL,
@@ -117,13 +117,39 @@ pub struct AwsIidFile {
     /// `/{{ .PluginName}}/{{ .AccountID }}/{{ .Region }}/{{ .InstanceID }}`).
     pub agent_path_template: Option<String>,
     /// The AWS partition (`aws`, the default, `aws-cn` or `aws-us-gov`); checked as SPIRE
-    /// checks it, otherwise unused (ward calls no AWS API).
+    /// checks it, otherwise unused (SPIRE uses it only for `assume_role`).
     pub partition: Option<String>,
+    /// The AWS access key ID of the EC2 and IAM calls (default: `AWS_ACCESS_KEY_ID`).
+    pub access_key_id: Option<String>,
+    /// Its secret access key (default: `AWS_SECRET_ACCESS_KEY`).
+    pub secret_access_key: Option<String>,
+    /// Skip the root volume attach-time check.
+    pub skip_block_device: Option<bool>,
+    /// No IAM call and no `iamrole:` selectors.
+    pub disable_instance_profile_selectors: Option<bool>,
+    /// Accounts whose instances skip the root volume check.
+    pub account_ids_for_local_validation: Option<Vec<String>>,
+    /// Refused: ward does not assume roles.
+    pub assume_role: Option<String>,
+    /// Refused: ward does not call AWS Organizations.
+    pub verify_organization: Option<Present>,
+    /// Refused: ward does not call EKS and Auto Scaling.
+    pub validate_eks_cluster_membership: Option<Present>,
     /// PEM certificates verifying `rsa2048` PKCS#7 signatures, by region: they add to or
     /// replace AWS's compiled-in certificates.
     pub rsa2048_certificates: Option<BTreeMap<String, PathBuf>>,
     /// PEM certificates verifying RSA-1024 `signature`s, by region (`*`: any other region).
     pub rsa1024_certificates: Option<BTreeMap<String, PathBuf>>,
+}
+
+/// A setting of which ward reads only whether it is there (its value is not used).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Present;
+
+impl<'de> Deserialize<'de> for Present {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(d).map(|_| Present)
+    }
 }
 
 /// `[node_attestors.gcp_iit]`: SPIRE's server `gcp_iit` plugin data, and where ward fetches
@@ -450,6 +476,33 @@ impl AwsIidFile {
                 PARTITIONS.join(" ")
             )));
         }
+        if self.assume_role.as_deref().is_some_and(|r| !r.is_empty()) {
+            return Err(invalid(
+                "assume_role is not supported: ward calls EC2 and IAM with the configured or \
+                 environment credentials and does not assume roles (STS)"
+                    .to_owned(),
+            ));
+        }
+        if self.verify_organization.is_some() {
+            return Err(invalid(
+                "verify_organization is not supported: ward does not call AWS Organizations \
+                 (ListAccounts)"
+                    .to_owned(),
+            ));
+        }
+        if self.validate_eks_cluster_membership.is_some() {
+            return Err(invalid(
+                "validate_eks_cluster_membership is not supported: ward does not call EKS and \
+                 Auto Scaling"
+                    .to_owned(),
+            ));
+        }
+        let api = AwsApiSettings::resolve(
+            self.access_key_id.as_deref(),
+            self.secret_access_key.as_deref(),
+            |name| std::env::var(name).ok(),
+        )
+        .map_err(invalid)?;
         let mut certificates = Vec::new();
         for (kind, map) in [
             (KeyType::Rsa2048, self.rsa2048_certificates),
@@ -475,6 +528,14 @@ impl AwsIidFile {
             trust_domain: td.clone(),
             agent_path_template: self.agent_path_template.filter(|t| !t.is_empty()),
             certificates,
+            api,
+            skip_block_device: self.skip_block_device.unwrap_or(false),
+            disable_instance_profile_selectors: self
+                .disable_instance_profile_selectors
+                .unwrap_or(false),
+            account_ids_for_local_validation: self
+                .account_ids_for_local_validation
+                .unwrap_or_default(),
         })
         .map_err(|e| attestor_error(AWS_IID, e))?;
         Ok(Arc::new(verifier))
@@ -656,9 +717,33 @@ mod tests {
             reason(resolve("[aws_iid]\nagent_path_template = \"/{{ .Tags.name }}\"\n"))
                 .contains("is not supported")
         );
-        let e =
-            toml::from_str::<NodeAttestorsFile>("[aws_iid]\naccess_key_id = \"x\"\n").unwrap_err();
-        assert!(e.to_string().contains("unknown field `access_key_id`"), "{e}");
+        let ok = resolve(
+            "[aws_iid]\naccess_key_id = \"AK\"\nsecret_access_key = \"SK\"\n\
+             skip_block_device = true\ndisable_instance_profile_selectors = true\n\
+             account_ids_for_local_validation = [\"123456789012\"]\n",
+        )
+        .unwrap();
+        assert!(ok.aws_iid.is_some_and(|a| a.has_credentials()));
+        if std::env::var_os("AWS_SECRET_ACCESS_KEY").is_none() {
+            assert_eq!(
+                reason(resolve("[aws_iid]\naccess_key_id = \"AK\"\n")),
+                "configuration missing secret access key, but has access key id"
+            );
+        }
+        assert!(
+            reason(resolve("[aws_iid]\nassume_role = \"delegate\"\n"))
+                .starts_with("assume_role is not supported")
+        );
+        assert!(
+            reason(resolve("[aws_iid.verify_organization]\nmanagement_account_id = \"1\"\n"))
+                .starts_with("verify_organization is not supported")
+        );
+        assert!(
+            reason(resolve(
+                "[aws_iid.validate_eks_cluster_membership]\neks_cluster_names = [\"c\"]\n"
+            ))
+            .starts_with("validate_eks_cluster_membership is not supported")
+        );
     }
 
     #[test]

@@ -232,41 +232,44 @@ pub const SETTINGS: &[(&str, Rule)] = &[
         Map { to: "node_attestors.aws_iid.partition", conv: Str },
     ),
     (
-        "plugins.NodeAttestor.aws_iid.plugin_data.skip_block_device",
-        Ignore(
-            "NodeAttestor \"aws_iid\": skip_block_device is ignored: ward calls no AWS API, so \
-             it never compares the root volume's attach time with the network interface's",
-        ),
+        "plugins.NodeAttestor.aws_iid.plugin_data.access_key_id",
+        Map { to: "node_attestors.aws_iid.access_key_id", conv: Str },
     ),
     (
-        "plugins.NodeAttestor.aws_iid.plugin_data.account_ids_for_local_validation",
-        Ignore(
-            "NodeAttestor \"aws_iid\": account_ids_for_local_validation is ignored: it only \
-             skips the root volume check, which ward does not do (ward calls no AWS API)",
-        ),
+        "plugins.NodeAttestor.aws_iid.plugin_data.secret_access_key",
+        Map { to: "node_attestors.aws_iid.secret_access_key", conv: Str },
+    ),
+    (
+        "plugins.NodeAttestor.aws_iid.plugin_data.skip_block_device",
+        Map { to: "node_attestors.aws_iid.skip_block_device", conv: Bool },
     ),
     (
         "plugins.NodeAttestor.aws_iid.plugin_data.disable_instance_profile_selectors",
-        Ignore(
-            "NodeAttestor \"aws_iid\": disable_instance_profile_selectors is ignored: ward \
-             calls no AWS API, so it has no iamrole selectors",
+        Map { to: "node_attestors.aws_iid.disable_instance_profile_selectors", conv: Bool },
+    ),
+    (
+        "plugins.NodeAttestor.aws_iid.plugin_data.account_ids_for_local_validation",
+        Hook(account_ids_for_local_validation),
+    ),
+    (
+        "plugins.NodeAttestor.aws_iid.plugin_data.assume_role",
+        Refuse(
+            "NodeAttestor \"aws_iid\": assume_role is not supported: ward calls EC2 and IAM \
+             with the configured or environment credentials and does not assume roles (STS)",
         ),
     ),
-    ("plugins.NodeAttestor.aws_iid.plugin_data.access_key_id", Refuse(AWS_API_REFUSAL)),
-    ("plugins.NodeAttestor.aws_iid.plugin_data.secret_access_key", Refuse(AWS_API_REFUSAL)),
-    ("plugins.NodeAttestor.aws_iid.plugin_data.assume_role", Refuse(AWS_API_REFUSAL)),
     (
         "plugins.NodeAttestor.aws_iid.plugin_data.verify_organization",
         Refuse(
-            "NodeAttestor \"aws_iid\": verify_organization is not supported: ward calls no AWS \
-             API (Organizations ListAccounts)",
+            "NodeAttestor \"aws_iid\": verify_organization is not supported: ward does not call \
+             AWS Organizations (ListAccounts)",
         ),
     ),
     (
         "plugins.NodeAttestor.aws_iid.plugin_data.validate_eks_cluster_membership",
         Refuse(
             "NodeAttestor \"aws_iid\": validate_eks_cluster_membership is not supported: ward \
-             calls no AWS API (EKS, Auto Scaling)",
+             does not call EKS and Auto Scaling",
         ),
     ),
     // pkg/common/telemetry/config.go (FileConfig)
@@ -402,10 +405,10 @@ fn string_list(w: &mut Walk<'_>, path: &str, value: &serde_json::Value, to: &str
     }
 }
 
-/// Why the AWS credential settings of `aws_iid` are refused.
-const AWS_API_REFUSAL: &str = "NodeAttestor \"aws_iid\": AWS credentials (access_key_id, \
-     secret_access_key, assume_role) are not supported: ward calls no AWS API (DescribeInstances, \
-     IAM), so its aws_iid selectors come from the instance identity document alone";
+/// `account_ids_for_local_validation`: a list of AWS account IDs.
+fn account_ids_for_local_validation(w: &mut Walk<'_>, path: &str, value: &serde_json::Value) {
+    string_list(w, path, value, "node_attestors.aws_iid.account_ids_for_local_validation");
+}
 
 /// `ca_bundle_paths`: a list of file names.
 fn ca_bundle_paths(w: &mut Walk<'_>, path: &str, value: &serde_json::Value) {

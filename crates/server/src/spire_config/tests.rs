@@ -543,7 +543,11 @@ plugins {
         plugin_data {
             agent_path_template = "/{{ .PluginName }}/{{ .InstanceID }}"
             partition = "aws-cn"
+            access_key_id = "AKIA"
+            secret_access_key = "secret"
             skip_block_device = true
+            disable_instance_profile_selectors = true
+            account_ids_for_local_validation = ["123456789012"]
         }
     }
 }
@@ -552,16 +556,29 @@ plugins {
     let a = &t.table["node_attestors"]["aws_iid"];
     assert_eq!(a["agent_path_template"].as_str(), Some("/{{ .PluginName }}/{{ .InstanceID }}"));
     assert_eq!(a["partition"].as_str(), Some("aws-cn"));
-    assert!(t.notes.iter().any(|n| n.contains("skip_block_device is ignored")), "{:?}", t.notes);
+    assert_eq!(a["access_key_id"].as_str(), Some("AKIA"));
+    assert_eq!(a["secret_access_key"].as_str(), Some("secret"));
+    assert_eq!(a["skip_block_device"].as_bool(), Some(true));
+    assert_eq!(a["disable_instance_profile_selectors"].as_bool(), Some(true));
+    assert_eq!(a["account_ids_for_local_validation"][0].as_str(), Some("123456789012"));
 
     let empty = text.replace("            agent_path_template", "            # ");
     let t = translate(&empty, ConfigFormat::SpireHcl).unwrap();
     assert!(t.table["node_attestors"]["aws_iid"].is_table());
 
-    let creds = text.replace("skip_block_device = true", "access_key_id = \"AKIA\"");
-    let got = match translate(&creds, ConfigFormat::SpireHcl) {
-        Err(e) => e.to_string(),
-        Ok(t) => panic!("accepted: {:?}", t.table),
-    };
-    assert!(got.contains("AWS credentials (access_key_id"), "{got}");
+    for (setting, refusal) in [
+        ("assume_role = \"delegate\"", "assume_role is not supported"),
+        ("verify_organization = { management_account_id = \"1\" }", "verify_organization is not"),
+        (
+            "validate_eks_cluster_membership = { eks_cluster_names = [\"c\"] }",
+            "validate_eks_cluster_membership is not",
+        ),
+    ] {
+        let refused = text.replace("skip_block_device = true", setting);
+        let got = match translate(&refused, ConfigFormat::SpireHcl) {
+            Err(e) => e.to_string(),
+            Ok(t) => panic!("accepted: {:?}", t.table),
+        };
+        assert!(got.contains(refusal), "{got}");
+    }
 }

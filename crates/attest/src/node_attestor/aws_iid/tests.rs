@@ -12,6 +12,9 @@ use cms::signed_data::{
 use der::asn1::{Any, ObjectIdentifier, OctetString, SetOfVec};
 use der::{Decode, Encode};
 
+use super::api::tests::{
+    FakeAws, describe_instances_xml, instance_profile_xml, instance_xml, settings_for,
+};
 use super::*;
 
 const DOCUMENT: &str = "{\n  \"accountId\" : \"123456789012\",\n  \"architecture\" : \"x86_64\",\n  \
@@ -107,16 +110,38 @@ impl Signer {
     }
 }
 
-fn verifier(template: Option<&str>, certs: Vec<(KeyType, &str, &Signer)>) -> AwsIidVerifier {
-    AwsIidVerifier::new(AwsIidServerConfig {
+/// A fake EC2 describing the document's instance: root volume and interface 0 attached
+/// together, no tags, groups or instance profile.
+fn plain_ec2() -> FakeAws {
+    let xml = describe_instances_xml(&[instance_xml(
+        "2026-11-30T12:00:00.000Z",
+        "2026-11-30T12:00:00.000Z",
+        "",
+    )]);
+    FakeAws::start(move |_| (200, xml.clone()))
+}
+
+fn config(
+    template: Option<&str>,
+    certs: Vec<(KeyType, &str, &Signer)>,
+    api: &FakeAws,
+) -> AwsIidServerConfig {
+    AwsIidServerConfig {
         trust_domain: TrustDomain::new("example.org").unwrap(),
         agent_path_template: template.map(str::to_owned),
         certificates: certs
             .into_iter()
             .map(|(k, r, s)| (k, r.to_owned(), s.cert_der.clone()))
             .collect(),
-    })
-    .unwrap()
+        api: settings_for(&api.url),
+        skip_block_device: false,
+        disable_instance_profile_selectors: false,
+        account_ids_for_local_validation: Vec::new(),
+    }
+}
+
+fn verifier(template: Option<&str>, certs: Vec<(KeyType, &str, &Signer)>) -> AwsIidVerifier {
+    AwsIidVerifier::new(config(template, certs, &plain_ec2())).unwrap()
 }
 
 fn payload(document: &str, signature: &str, rsa2048: &str) -> Vec<u8> {
@@ -305,13 +330,223 @@ fn compiled_in_certificates_cover_aws_regions() {
 
 #[test]
 fn templates_with_tags_are_refused() {
-    let e = AwsIidVerifier::new(AwsIidServerConfig {
-        trust_domain: TrustDomain::new("example.org").unwrap(),
-        agent_path_template: Some("/{{ .Tags.name }}".into()),
-        certificates: vec![],
-    })
-    .unwrap_err();
+    let e =
+        AwsIidVerifier::new(config(Some("/{{ .Tags.name }}"), vec![], &plain_ec2())).unwrap_err();
     assert!(e.to_string().contains("{{ .Tags.name }} is not supported"), "{e}");
+}
+
+const PROFILE_ARN: &str = "arn:aws:iam::123456789012:instance-profile/path/to/blog-profile";
+
+/// A fake EC2 + IAM: DescribeInstances answers `instances`, GetInstanceProfile one role.
+fn ec2_and_iam(instances: Vec<String>) -> FakeAws {
+    let xml = describe_instances_xml(&instances);
+    FakeAws::start(move |r| match r.params().get("Action").map(String::as_str) {
+        Some("GetInstanceProfile") => {
+            (200, instance_profile_xml(&["arn:aws:iam::123456789012:role/Blog"]))
+        }
+        _ => (200, xml.clone()),
+    })
+}
+
+#[test]
+fn tags_security_groups_and_instance_profile_roles_become_selectors() {
+    let aws = signer("aws us-west-2");
+    let extra = format!(
+        "<groupSet><item><groupId>sg-01234567</groupId><groupName>blog</groupName></item>\
+         </groupSet><iamInstanceProfile><arn>{PROFILE_ARN}</arn></iamInstanceProfile>\
+         <tagSet><item><key>name</key><value>blog</value></item><item><key>env</key></item>\
+         </tagSet>"
+    );
+    let fake = ec2_and_iam(vec![instance_xml(
+        "2026-11-30T12:00:00.000Z",
+        "2026-11-30T12:01:00.000Z",
+        &extra,
+    )]);
+    let certs = vec![(KeyType::Rsa2048, "us-west-2", &aws)];
+    let v = AwsIidVerifier::new(config(None, certs.clone(), &fake)).unwrap();
+    let p = payload(DOCUMENT, "", &aws.pkcs7(DOCUMENT, |_| {}));
+    assert_eq!(
+        attested(&v, &p).selector_values,
+        [
+            "az:us-west-2b",
+            "iamrole:arn:aws:iam::123456789012:role/Blog",
+            "image:id:ami-5fb8c835",
+            "instance:id:i-0b22a22eec53b9321",
+            "region:us-west-2",
+            "sg:id:sg-01234567",
+            "sg:name:blog",
+            "tag:env:",
+            "tag:name:blog",
+        ]
+    );
+    let seen = fake.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].params()["InstanceId.1"], "i-0b22a22eec53b9321");
+    assert_eq!(seen[1].params()["InstanceProfileName"], "blog-profile");
+
+    let mut c = config(None, certs, &fake);
+    c.disable_instance_profile_selectors = true;
+    let v = AwsIidVerifier::new(c).unwrap();
+    let selectors = attested(&v, &p).selector_values;
+    assert!(!selectors.iter().any(|s| s.starts_with("iamrole:")), "{selectors:?}");
+    assert_eq!(fake.seen().len(), 3, "no IAM call when disabled");
+}
+
+#[test]
+fn a_root_volume_attached_later_is_refused_unless_skipped() {
+    use RefusalCode::Internal;
+    let aws = signer("aws us-west-2");
+    let certs = vec![(KeyType::Rsa2048, "us-west-2", &aws)];
+    let p = payload(DOCUMENT, "", &aws.pkcs7(DOCUMENT, |_| {}));
+    let late =
+        ec2_and_iam(vec![instance_xml("2026-11-30T12:05:00.000Z", "2026-11-30T12:00:00.000Z", "")]);
+    let v = AwsIidVerifier::new(config(None, certs.clone(), &late)).unwrap();
+    assert_eq!(
+        refusal(&v, &p),
+        (
+            Internal,
+            "failed aws ec2 attestation: failed checking the disparity device attach times, root \
+             BlockDeviceMapping and NetworkInterface[0] attach times differ by 300 seconds"
+                .into()
+        )
+    );
+    let mut c = config(None, certs.clone(), &late);
+    c.skip_block_device = true;
+    assert!(AwsIidVerifier::new(c).unwrap().begin(&p, 0).is_ok());
+    let mut c = config(None, certs.clone(), &late);
+    c.account_ids_for_local_validation = vec!["123456789012".into()];
+    assert!(AwsIidVerifier::new(c).unwrap().begin(&p, 0).is_ok());
+
+    let cases = [
+        (
+            "<DescribeInstancesResponse><reservationSet/></DescribeInstancesResponse>".to_owned(),
+            "failed to query AWS via describe-instances: returned no reservations",
+        ),
+        (
+            describe_instances_xml(&[]),
+            "failed to query AWS via describe-instances: returned no instances",
+        ),
+        (
+            describe_instances_xml(&["<rootDeviceName>/dev/sda1</rootDeviceName>".to_owned()]),
+            "failed aws ec2 attestation: the EC2 instance network interface with device index 0 \
+             is inaccessible",
+        ),
+        (
+            describe_instances_xml(&[instance_xml(
+                "2026-11-30T12:00:00Z",
+                "2026-11-30T12:00:00Z",
+                "",
+            )
+            .replace("<rootDeviceName>/dev/xvda", "<rootDeviceName>/dev/sda1")]),
+            "failed aws ec2 attestation: failed to locate the root device block mapping with name \
+             \"/dev/sda1\"",
+        ),
+    ];
+    for (xml, want) in cases {
+        let fake = FakeAws::start(move |_| (200, xml.clone()));
+        let v = AwsIidVerifier::new(config(None, certs.clone(), &fake)).unwrap();
+        assert_eq!(refusal(&v, &p), (Internal, want.to_owned()));
+    }
+    // An instance-store root is not checked.
+    let store = describe_instances_xml(&[instance_xml(
+        "2026-11-30T12:05:00.000Z",
+        "2026-11-30T12:00:00.000Z",
+        "",
+    )
+    .replace("<rootDeviceType>ebs", "<rootDeviceType>instance-store")]);
+    let fake = FakeAws::start(move |_| (200, store.clone()));
+    assert!(AwsIidVerifier::new(config(None, certs, &fake)).unwrap().begin(&p, 0).is_ok());
+}
+
+#[test]
+fn api_failures_are_refused_with_spire_texts() {
+    use RefusalCode::Internal;
+    let aws = signer("aws us-west-2");
+    let certs = vec![(KeyType::Rsa2048, "us-west-2", &aws)];
+    let p = payload(DOCUMENT, "", &aws.pkcs7(DOCUMENT, |_| {}));
+    let missing = FakeAws::start(|_| {
+        (
+            400,
+            "<Response><Errors><Error><Code>InvalidInstanceID.NotFound</Code><Message>The \
+             instance ID 'i-0b22a22eec53b9321' does not exist</Message></Error></Errors>\
+             <RequestID>req-1</RequestID></Response>"
+                .into(),
+        )
+    });
+    let v = AwsIidVerifier::new(config(None, certs.clone(), &missing)).unwrap();
+    assert_eq!(
+        refusal(&v, &p),
+        (
+            Internal,
+            "failed to describe instance: operation error EC2: DescribeInstances, https response \
+             error StatusCode: 400, RequestID: req-1, api error InvalidInstanceID.NotFound: The \
+             instance ID 'i-0b22a22eec53b9321' does not exist"
+                .into()
+        )
+    );
+
+    let profile = |arn: &str| {
+        let extra = format!("<iamInstanceProfile><arn>{arn}</arn></iamInstanceProfile>");
+        describe_instances_xml(&[instance_xml(
+            "2026-11-30T12:00:00Z",
+            "2026-11-30T12:00:00Z",
+            &extra,
+        )])
+    };
+    let no_iam = profile(PROFILE_ARN);
+    let fake = FakeAws::start(move |r| match r.params()["Action"].as_str() {
+        "GetInstanceProfile" => (
+            404,
+            "<ErrorResponse><Error><Code>NoSuchEntity</Code><Message>Instance Profile \
+             blog-profile cannot be found.</Message></Error><RequestId>req-2</RequestId>\
+             </ErrorResponse>"
+                .into(),
+        ),
+        _ => (200, no_iam.clone()),
+    });
+    let v = AwsIidVerifier::new(config(None, certs.clone(), &fake)).unwrap();
+    assert_eq!(
+        refusal(&v, &p),
+        (
+            Internal,
+            "failed to get intance profile: operation error IAM: GetInstanceProfile, https \
+             response error StatusCode: 404, RequestID: req-2, NoSuchEntity: Instance Profile \
+             blog-profile cannot be found."
+                .into()
+        )
+    );
+    for (arn, want) in [
+        ("instance-profile/x", "failed to parse arn: invalid prefix"),
+        ("arn:aws:iam::123", "failed to parse arn: not enough sections"),
+        ("arn:aws:iam::123:role/x", "arn is not for an instance profile"),
+    ] {
+        let xml = profile(arn);
+        let fake = FakeAws::start(move |_| (200, xml.clone()));
+        let v = AwsIidVerifier::new(config(None, certs.clone(), &fake)).unwrap();
+        assert_eq!(refusal(&v, &p), (Internal, want.to_owned()), "{arn}");
+    }
+
+    let mut c = config(None, certs, &plain_ec2());
+    c.api = AwsApiSettings::default();
+    let (code, message) = refusal(&AwsIidVerifier::new(c).unwrap(), &p);
+    assert_eq!(code, Internal);
+    assert!(
+        message.starts_with(
+            "failed to describe instance: operation error EC2: DescribeInstances, get identity: \
+             get credentials: "
+        ),
+        "{message}"
+    );
+}
+
+#[test]
+fn instance_profile_names_are_the_last_path_element() {
+    assert_eq!(instance_profile_name(PROFILE_ARN).unwrap(), "blog-profile");
+    assert_eq!(instance_profile_name("arn:aws:iam::1:instance-profile:p").unwrap(), "p");
+    assert_eq!(
+        instance_profile_name("arn:aws:iam::1:instance-profile/").unwrap_err(),
+        "arn is not for an instance profile"
+    );
 }
 
 #[test]
