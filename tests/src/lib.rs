@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod agent_scenario;
 pub mod authority_scenario;
+pub mod aws_api;
 pub mod aws_iid;
 pub mod azure;
 pub mod cli;

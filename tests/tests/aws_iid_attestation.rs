@@ -1,8 +1,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 //! aws_iid node attestation with SPIRE v1.13.3, real processes on 127.0.0.1, instance identity
 //! documents signed here by a test "region" (RSA-2048 PKCS#7 and RSA-1024 signatures made with
-//! the `openssl` command line, as AWS makes them) and served by a fake IMDS on 127.0.0.1.
-//! Needs Go (to build SPIRE) and `openssl`.
+//! the `openssl` command line, as AWS makes them) and served by a fake IMDS on 127.0.0.1, and
+//! a fake EC2 + IAM Query API on 127.0.0.1 (reached through `AWS_ENDPOINT_URL`) that checks
+//! each request's SigV4 signature. Needs Go (to build SPIRE) and `openssl`.
 //!
 //! spire-server verifies documents only against AWS's certificates compiled into it (its test
 //! hook is not reachable from configuration), so it cannot accept a document signed here:
@@ -12,15 +13,22 @@
 //!    requests (token first) and produce the same payload bytes;
 //! 2. spire-agent with its own plugin attests to ward-server (which trusts the test region's
 //!    certificates); `spire-server agent show` prints the agent ID
-//!    `aws_iid/<account>/<region>/<instance>`, type aws_iid, not re-attestable, and the
-//!    document's selectors;
+//!    `aws_iid/<account>/<region>/<instance>`, type aws_iid, not re-attestable, the
+//!    document's selectors and the instance's tag, security group and IAM role selectors from
+//!    the fake API, which saw one signed DescribeInstances and one signed GetInstanceProfile;
 //! 3. a second attestation of that instance is refused (trust on first use) until the agent is
 //!    evicted; then ward-agent attests with the same document and is shown the same way;
 //! 4. bad evidence — a forged PKCS#7 or RSA-1024 signature, a truncated payload, no signature,
 //!    an unknown region, a document that is not the one signed — is refused by ward-server with
 //!    the code and message spire-server gives for the same payload (where spire-server can
 //!    check it; otherwise with SPIRE's text from its source); nothing is stored and the server
-//!    keeps serving.
+//!    keeps serving;
+//! 5. what the AWS API answers — a root volume attached five minutes after the network
+//!    interface, an instance EC2 does not know, an instance profile IAM does not know — is
+//!    refused with SPIRE's code and message (from its source: spire-server cannot get that far
+//!    with a test document), nothing stored;
+//! 6. spire-server cannot verify a test document: ward-agent's evidence is refused the way
+//!    spire-server refuses documents of regions it has no certificate for.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -30,6 +38,7 @@ use anyhow::{Context, ensure};
 use ward_attest::NodeAttestor;
 use ward_attest::node_attestor::aws_iid::{AttestationData, AwsIidAgentConfig, AwsIidAttestor};
 use ward_tests::agent::{AgentDirs, wait_healthy};
+use ward_tests::aws_api::{ACCESS_KEY_ID, FakeAwsApi, FakeInstance, SECRET_ACCESS_KEY};
 use ward_tests::aws_iid::{FakeImds, Identity, TestRegion, document};
 use ward_tests::node_attestation::scenario::{ServerPair, ready_pair};
 use ward_tests::node_attestation::{
@@ -49,6 +58,14 @@ const TEST_REGION: &str = "us-test-1";
 /// A real region: both servers verify its documents against AWS's certificate.
 const AWS_REGION: &str = "us-west-2";
 const INSTANCE: &str = "i-0a1b2c3d4e5f60718";
+/// An instance whose root volume was attached five minutes after its network interface.
+const LATE_ROOT_INSTANCE: &str = "i-0a1b2c3d4e5f60719";
+/// An instance whose instance profile IAM does not know.
+const NO_PROFILE_INSTANCE: &str = "i-0a1b2c3d4e5f6071a";
+/// An instance EC2 does not know.
+const UNKNOWN_INSTANCE: &str = "i-0a1b2c3d4e5f6071b";
+const PROFILE_ARN: &str = "arn:aws:iam::123456789012:instance-profile/ward/blog-profile";
+const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/Blog";
 
 fn agent_id(region: &str, instance: &str) -> String {
     format!("spiffe://{TD}/spire/agent/aws_iid/{ACCOUNT}/{region}/{instance}")
@@ -91,6 +108,30 @@ fn scenario(
     let doc = document(ACCOUNT, TEST_REGION, INSTANCE);
     let identity = Identity::signed(&region, doc.clone())?;
     let imds = FakeImds::start(identity.clone())?;
+    let api = FakeAwsApi::start()?;
+    api.add_instance(
+        INSTANCE,
+        FakeInstance {
+            tags: vec![("name".into(), "blog".into()), ("team".into(), "id & access".into())],
+            security_groups: vec![("sg-01234567".into(), "blog".into())],
+            instance_profile_arn: Some(PROFILE_ARN.into()),
+            root_attached_after: 30,
+        },
+    );
+    api.add_profile("blog-profile", &[ROLE_ARN]);
+    api.add_instance(
+        LATE_ROOT_INSTANCE,
+        FakeInstance { root_attached_after: 300, ..FakeInstance::default() },
+    );
+    api.add_instance(
+        NO_PROFILE_INSTANCE,
+        FakeInstance {
+            instance_profile_arn: Some(
+                "arn:aws:iam::123456789012:instance-profile/gone-profile".into(),
+            ),
+            ..FakeInstance::default()
+        },
+    );
     let spire_server = procs.spire_server.insert(start_spire_server_with_attestor(
         &spire.server,
         &[],
@@ -99,16 +140,20 @@ fn scenario(
         &plugin_block("aws_iid", &[]),
     )?);
     let ward_toml = format!(
-        "[node_attestors.aws_iid]\n[node_attestors.aws_iid.rsa2048_certificates]\n{} = {}\n\
+        "[node_attestors.aws_iid]\naccess_key_id = {}\nsecret_access_key = {}\n\
+         [node_attestors.aws_iid.rsa2048_certificates]\n{} = {}\n\
          [node_attestors.aws_iid.rsa1024_certificates]\n{} = {}\n",
+        quoted(ACCESS_KEY_ID),
+        quoted(SECRET_ACCESS_KEY),
         quoted(TEST_REGION),
         quoted_path(&region.rsa2048_cert),
         quoted(TEST_REGION),
         quoted_path(&region.rsa1024_cert),
     );
+    let launcher = ["env".to_owned(), format!("AWS_ENDPOINT_URL={}", api.url())];
     let ward_server = procs.ward_server.insert(start_ward_server_with_attestor(
         ward_bin,
-        &[],
+        &launcher,
         &root.join("ward-server"),
         &ServerOptions::new(TD),
         &ward_toml,
@@ -166,10 +211,37 @@ fn scenario(
         "aws_iid:image:id:ami-0123456789abcdef0".to_owned(),
         format!("aws_iid:instance:id:{INSTANCE}"),
         format!("aws_iid:region:{TEST_REGION}"),
+        "aws_iid:tag:name:blog".to_owned(),
+        "aws_iid:tag:team:id & access".to_owned(),
+        "aws_iid:sg:id:sg-01234567".to_owned(),
+        "aws_iid:sg:name:blog".to_owned(),
+        format!("aws_iid:iamrole:{ROLE_ARN}"),
     ] {
         ensure!(by_spire_agent.contains(&line), "agent show lacks {line:?}:\n{by_spire_agent}");
     }
     agent.terminate(Duration::from_secs(10))?;
+    let requests = api.take_requests();
+    ensure!(requests.len() == 2, "AWS API requests: {requests:#?}");
+    let (ec2, iam) = (&requests[0], &requests[1]);
+    ensure!(requests.iter().all(|r| r.signature_ok), "a bad signature: {requests:#?}");
+    ensure!(
+        (ec2.service.as_str(), ec2.region.as_str(), ec2.method.as_str(), ec2.target.as_str())
+            == ("ec2", TEST_REGION, "POST", "/")
+            && ec2.body
+                == format!(
+                    "Action=DescribeInstances&Filter.1.Name=instance-state-name&\
+                     Filter.1.Value.1=pending&Filter.1.Value.2=running&InstanceId.1={INSTANCE}&\
+                     Version=2016-11-15"
+                )
+            && ec2.content_type == "application/x-www-form-urlencoded",
+        "DescribeInstances: {ec2:#?}"
+    );
+    ensure!(
+        (iam.service.as_str(), iam.region.as_str()) == ("iam", TEST_REGION)
+            && iam.body
+                == "Action=GetInstanceProfile&InstanceProfileName=blog-profile&Version=2010-05-08",
+        "GetInstanceProfile: {iam:#?}"
+    );
 
     eprintln!("3. trust on first use: a second attestation is refused until the agent is evicted");
     let rt = tokio::runtime::Runtime::new()?;
@@ -265,7 +337,62 @@ fn scenario(
     ensure!(agent_ids(&spire_on_ward)? == before_ward, "ward-server's agent list changed");
     ward_cli.healthcheck().context("ward-server after the bad evidence")?;
 
-    eprintln!("5. spire-server cannot verify a test document: ward-agent's evidence is refused");
+    eprintln!("5. what the AWS API answers is refused with SPIRE's code and message");
+    api.take_requests();
+    let signed = |instance: &str| -> anyhow::Result<Vec<u8>> {
+        let id = Identity::signed(&region, document(ACCOUNT, TEST_REGION, instance))?;
+        Ok(payload(&id.document, &id.signature, &id.rsa2048))
+    };
+    let before_ward = agent_ids(&spire_on_ward)?;
+    let late =
+        rt.block_on(refusal(ward_server.port, TD, sending(&imds, signed(LATE_ROOT_INSTANCE)?)));
+    ensure!(
+        late == (
+            tonic::Code::Internal,
+            "nodeattestor(aws_iid): failed aws ec2 attestation: failed checking the disparity \
+             device attach times, root BlockDeviceMapping and NetworkInterface[0] attach times \
+             differ by 300 seconds"
+                .to_owned()
+        ),
+        "a root volume attached late: {late:?}"
+    );
+    let unknown =
+        rt.block_on(refusal(ward_server.port, TD, sending(&imds, signed(UNKNOWN_INSTANCE)?)));
+    let no_profile =
+        rt.block_on(refusal(ward_server.port, TD, sending(&imds, signed(NO_PROFILE_INSTANCE)?)));
+    let requests = api.take_requests();
+    ensure!(requests.len() == 4, "AWS API requests: {requests:#?}");
+    ensure!(
+        unknown
+            == (
+                tonic::Code::Internal,
+                format!(
+                    "nodeattestor(aws_iid): failed to describe instance: operation error EC2: \
+                     DescribeInstances, https response error StatusCode: 400, RequestID: {}, api \
+                     error InvalidInstanceID.NotFound: The instance ID '{UNKNOWN_INSTANCE}' does \
+                     not exist",
+                    requests[1].request_id
+                )
+            ),
+        "an unknown instance: {unknown:?}"
+    );
+    ensure!(
+        no_profile
+            == (
+                tonic::Code::Internal,
+                format!(
+                    "nodeattestor(aws_iid): failed to get intance profile: operation error IAM: \
+                     GetInstanceProfile, https response error StatusCode: 404, RequestID: {}, \
+                     NoSuchEntity: Instance Profile gone-profile cannot be found.",
+                    requests[3].request_id
+                )
+            ),
+        "an unknown instance profile: {no_profile:?}"
+    );
+    ensure!(agent_ids(&spire_on_ward)? == before_ward, "ward-server's agent list changed");
+    ward_cli.healthcheck().context("ward-server after the AWS API refusals")?;
+
+    eprintln!("6. spire-server cannot verify a test document: ward-agent's evidence is refused");
     let spire_says = rt.block_on(refusal(spire_server.port, TD, ward_attestor(&imds)));
     ensure!(
         spire_says
