@@ -4,15 +4,66 @@
 //! documents for unknown instances and profiles. It checks every request's SigV4 signature
 //! against the test's secret key with its own implementation (not the server's signer), answers
 //! a bad one with AWS's `SignatureDoesNotMatch`, and records each request for comparison.
+//!
+//! `aws-sdk-probe` (`tests/interop/aws-sdk/`) makes the same calls with the AWS SDK for Go v2
+//! at the versions SPIRE v1.13.3 pins, configured as spire-server configures it, so the suite
+//! can compare its requests and error texts with ward-server's on the same fake. It is built
+//! once into a cache outside the repository by that directory's `build.sh`;
+//! `$WARD_AWS_SDK_PROBE_BIN` names a built one.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_lc_rs::{digest, hmac};
+
+use crate::command::{interop_tool, run};
+
+/// The variable naming a built `aws-sdk-probe`.
+pub const AWS_SDK_PROBE_BIN_ENV: &str = "WARD_AWS_SDK_PROBE_BIN";
+/// How long building the probe may take (the EC2 client is a large Go package).
+const BUILD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// How long one probe call may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The probe binary: `$WARD_AWS_SDK_PROBE_BIN`, or what `build.sh` builds. Needs Go (and the
+/// module proxy, or the modules in Go's cache) the first time.
+///
+/// # Errors
+/// When the build fails.
+pub fn aws_sdk_probe() -> anyhow::Result<PathBuf> {
+    interop_tool(AWS_SDK_PROBE_BIN_ENV, "interop/aws-sdk/build.sh", BUILD_TIMEOUT)
+}
+
+/// Runs `probe operation region id` against `api` with the test's keys: its line (`ok`, or
+/// `error: ` and the SDK's error text).
+///
+/// # Errors
+/// When the probe does not run or fails.
+pub fn run_probe(
+    probe: &Path,
+    api: &FakeAwsApi,
+    operation: &str,
+    region: &str,
+    id: &str,
+) -> anyhow::Result<String> {
+    let home = tempfile::tempdir()?;
+    let mut cmd = Command::new(probe);
+    cmd.args([operation, region, id])
+        .env_clear()
+        .env("HOME", home.path())
+        .env("AWS_ENDPOINT_URL", api.url())
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY)
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    let out = run(&mut cmd, PROBE_TIMEOUT)?.success()?;
+    Ok(out.stdout.trim().to_owned())
+}
 
 /// The access key ID the fake accepts.
 pub const ACCESS_KEY_ID: &str = "AKIDWARDTEST00000001";

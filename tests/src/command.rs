@@ -109,6 +109,30 @@ fn drain<R: Read + Send + 'static>(mut pipe: R) -> thread::JoinHandle<Vec<u8>> {
     })
 }
 
+/// A program an interop `build.sh` builds: the path in the variable `env` when it is set, else
+/// what `tests/<script>` prints after building it (or finding it in its cache).
+///
+/// # Errors
+/// When the script fails, takes longer than `timeout`, or prints no path.
+pub fn interop_tool(
+    env: &str,
+    script: &str,
+    timeout: Duration,
+) -> anyhow::Result<std::path::PathBuf> {
+    if let Some(bin) = std::env::var_os(env) {
+        return Ok(bin.into());
+    }
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
+    let out = run(&mut Command::new(&path), timeout)?
+        .success()
+        .with_context(|| format!("building with tests/{script}"))?;
+    let bin = out.stdout.trim();
+    if bin.is_empty() {
+        bail!("tests/{script} printed no path\n{}", out.describe());
+    }
+    Ok(bin.into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

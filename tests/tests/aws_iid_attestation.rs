@@ -28,7 +28,12 @@
 //!    refused with SPIRE's code and message (from its source: spire-server cannot get that far
 //!    with a test document), nothing stored;
 //! 6. spire-server cannot verify a test document: ward-agent's evidence is refused the way
-//!    spire-server refuses documents of regions it has no certificate for.
+//!    spire-server refuses documents of regions it has no certificate for;
+//! 7. so the AWS SDK for Go v2 at SPIRE's versions (`aws-sdk-probe`, configured as
+//!    spire-server configures it) makes the same calls to the same fake: its requests have the
+//!    same method, path, content type, signing service and region, and body as ward-server's,
+//!    ward-server signs a subset of the headers it signs, and the SDK's error texts for the
+//!    unknown instance and profile are the ones ward-server put in its refusals.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -38,7 +43,10 @@ use anyhow::{Context, ensure};
 use ward_attest::NodeAttestor;
 use ward_attest::node_attestor::aws_iid::{AttestationData, AwsIidAgentConfig, AwsIidAttestor};
 use ward_tests::agent::{AgentDirs, wait_healthy};
-use ward_tests::aws_api::{ACCESS_KEY_ID, FakeAwsApi, FakeInstance, SECRET_ACCESS_KEY};
+use ward_tests::aws_api::{
+    ACCESS_KEY_ID, AwsApiRequest, FakeAwsApi, FakeInstance, SECRET_ACCESS_KEY, aws_sdk_probe,
+    run_probe,
+};
 use ward_tests::aws_iid::{FakeImds, Identity, TestRegion, document};
 use ward_tests::node_attestation::scenario::{ServerPair, ready_pair};
 use ward_tests::node_attestation::{
@@ -222,6 +230,7 @@ fn scenario(
     agent.terminate(Duration::from_secs(10))?;
     let requests = api.take_requests();
     ensure!(requests.len() == 2, "AWS API requests: {requests:#?}");
+    let ward_calls = requests.clone();
     let (ec2, iam) = (&requests[0], &requests[1]);
     ensure!(requests.iter().all(|r| r.signature_ok), "a bad signature: {requests:#?}");
     ensure!(
@@ -406,5 +415,82 @@ fn scenario(
         "spire-server: {spire_says:?}"
     );
     drop(rt);
+
+    eprintln!("7. the AWS SDK for Go v2, as spire-server uses it, sends the same calls");
+    let probe = aws_sdk_probe()?;
+    api.take_requests();
+    let ok = run_probe(&probe, &api, "describe-instances", TEST_REGION, INSTANCE)?;
+    let ok_profile = run_probe(&probe, &api, "get-instance-profile", TEST_REGION, "blog-profile")?;
+    ensure!(
+        (ok.as_str(), ok_profile.as_str()) == ("ok", "ok"),
+        "the SDK's calls: {ok}, {ok_profile}"
+    );
+    let sdk_calls = api.take_requests();
+    ensure!(sdk_calls.len() == 2, "the SDK's requests: {sdk_calls:#?}");
+    for (sdk, ward) in sdk_calls.iter().zip(&ward_calls) {
+        eprintln!(
+            "   {}: signed headers, SDK {:?}, ward-server {:?}",
+            sdk.params.get("Action").map(String::as_str).unwrap_or_default(),
+            sdk.signed_headers,
+            ward.signed_headers
+        );
+        let shape = |r: &AwsApiRequest| {
+            (
+                r.method.clone(),
+                r.target.clone(),
+                r.content_type.clone(),
+                r.service.clone(),
+                r.region.clone(),
+                r.body.clone(),
+                r.signature_ok,
+            )
+        };
+        ensure!(
+            shape(sdk) == shape(ward),
+            "the SDK's request:\n{sdk:#?}\nward-server's:\n{ward:#?}"
+        );
+        ensure!(
+            ward.signed_headers.iter().all(|h| sdk.signed_headers.contains(h)),
+            "ward-server signs headers the SDK does not: {:?} vs {:?}",
+            ward.signed_headers,
+            sdk.signed_headers
+        );
+    }
+    // The SDK's error texts, which spire-server puts after "failed to describe instance: " and
+    // "failed to get intance profile: ".
+    let unknown_sdk = run_probe(&probe, &api, "describe-instances", TEST_REGION, UNKNOWN_INSTANCE)?;
+    let gone_sdk = run_probe(&probe, &api, "get-instance-profile", TEST_REGION, "gone-profile")?;
+    let ids: Vec<String> = api.take_requests().into_iter().map(|r| r.request_id).collect();
+    ensure!(ids.len() == 2, "the SDK's requests: {ids:?}");
+    let as_ward = |text: &str, id: &str, wrapped: &str| {
+        format!("nodeattestor(aws_iid): {wrapped}: {}", text.replace(id, "<id>"))
+    };
+    let unknown_ward = unknown.1.replace(&requests_id(&unknown.1), "<id>");
+    ensure!(
+        unknown_sdk.strip_prefix("error: ").map(|t| as_ward(
+            t,
+            &ids[0],
+            "failed to describe instance"
+        )) == Some(unknown_ward.clone()),
+        "unknown instance, SDK: {unknown_sdk}\nward-server: {unknown_ward}"
+    );
+    let gone_ward = no_profile.1.replace(&requests_id(&no_profile.1), "<id>");
+    ensure!(
+        gone_sdk.strip_prefix("error: ").map(|t| as_ward(
+            t,
+            &ids[1],
+            "failed to get intance profile"
+        )) == Some(gone_ward.clone()),
+        "unknown profile, SDK: {gone_sdk}\nward-server: {gone_ward}"
+    );
     Ok(())
+}
+
+/// The request ID a refusal text names (`RequestID: <id>,`).
+fn requests_id(text: &str) -> String {
+    text.split("RequestID: ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or_default()
+        .to_owned()
 }
