@@ -16,8 +16,9 @@
 //!    `aws_iid/<account>/<region>/<instance>`, type aws_iid, not re-attestable, the
 //!    document's selectors and the instance's tag, security group and IAM role selectors from
 //!    the fake API, which saw one signed DescribeInstances and one signed GetInstanceProfile;
-//! 3. a second attestation of that instance is refused (trust on first use) until the agent is
-//!    evicted; then ward-agent attests with the same document and is shown the same way;
+//! 3. a second attestation of that instance is refused (trust on first use), asking EC2 but not
+//!    IAM, as SPIRE does, until the agent is evicted; then ward-agent attests with the same
+//!    document and is shown the same way;
 //! 4. bad evidence — a forged PKCS#7 or RSA-1024 signature, a truncated payload, no signature,
 //!    an unknown region, a document that is not the one signed — is refused by ward-server with
 //!    the code and message spire-server gives for the same payload (where spire-server can
@@ -264,6 +265,13 @@ fn scenario(
             ),
         "second attestation: {again:?}"
     );
+    // As in SPIRE: DescribeInstances before the trust-on-first-use check, IAM only after it.
+    let calls: Vec<String> = api
+        .take_requests()
+        .into_iter()
+        .map(|r| r.params.get("Action").cloned().unwrap_or_default())
+        .collect();
+    ensure!(calls == ["DescribeInstances"], "AWS calls for the second attestation: {calls:?}");
     spire_on_ward.ok(&["agent", "evict"], &["-spiffeID", &id])?;
     let dirs = AgentDirs::new(root, "wa-ws");
     let toml =

@@ -27,10 +27,10 @@
 //!
 //! What ward does differently: no `.Tags` in agent path templates, no `assume_role`, no
 //! Organizations or EKS checks (refused in the configuration); credentials only from the
-//! configuration or the environment (see [`api`]); the IAM call comes before the store's
-//! trust-on-first-use check (SPIRE makes it after), so a second attestation whose IAM call
-//! fails reports the IAM failure. The document must be verified by its PKCS#7 content check,
-//! which SPIRE v1.15.0 added (v1.13.3 does not compare them).
+//! configuration or the environment (see [`api`]). As in SPIRE, DescribeInstances and the
+//! root volume check come before the server's trust-on-first-use check, and the IAM calls
+//! after it (in [`ServerNodeAttestor::complete`]). The document must be verified by its
+//! PKCS#7 content check, which SPIRE v1.15.0 added (v1.13.3 does not compare them).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -429,6 +429,8 @@ pub struct AwsIidVerifier {
     rsa1024: BTreeMap<String, SigningCert>,
     rsa2048: BTreeMap<String, SigningCert>,
     api: AwsApi,
+    /// By agent ID, what `begin` found for `complete`.
+    pending: std::sync::Mutex<BTreeMap<String, PendingProfiles>>,
     skip_block_device: bool,
     disable_instance_profile_selectors: bool,
     local_accounts: BTreeSet<String>,
@@ -479,6 +481,7 @@ impl AwsIidVerifier {
             rsa1024,
             rsa2048,
             api,
+            pending: std::sync::Mutex::new(BTreeMap::new()),
             skip_block_device: config.skip_block_device,
             disable_instance_profile_selectors: config.disable_instance_profile_selectors,
             local_accounts: config.account_ids_for_local_validation.into_iter().collect(),
@@ -899,45 +902,83 @@ impl ServerNodeAttestor for AwsIidVerifier {
         .into_iter()
         .collect();
         for instance in reservations.iter().flatten() {
-            self.add_instance_selectors(&doc.region, instance, &mut selector_values)?;
+            add_instance_selectors(instance, &mut selector_values);
         }
+        let profiles: Vec<String> = if self.disable_instance_profile_selectors {
+            Vec::new()
+        } else {
+            reservations.iter().flatten().filter_map(|i| i.instance_profile_arn.clone()).collect()
+        };
+        self.pending_profiles()
+            .insert(agent_id.to_string(), PendingProfiles { region: doc.region.clone(), profiles });
         Ok(Verification::Attested(AttestedAgent {
             agent_id,
             selector_values: selector_values.into_iter().collect(),
             can_reattest: false,
         }))
     }
+
+    fn complete(&self, mut attested: AttestedAgent, _now: i64) -> Result<AttestedAgent, Refusal> {
+        let key = attested.agent_id.to_string();
+        let roles = self.instance_profile_selectors(&key)?;
+        // Entries of attestations that did not get here (refused as attested before, or by
+        // IAM) stay until the same agent ID begins again: one per instance at most.
+        self.pending_profiles().remove(&key);
+        let mut all: BTreeSet<String> = attested.selector_values.into_iter().collect();
+        all.extend(roles);
+        attested.selector_values = all.into_iter().collect();
+        Ok(attested)
+    }
+}
+
+/// SPIRE's `resolveSelectors` for one instance, before its IAM part: `tag:`, `sg:id:` and
+/// `sg:name:`.
+fn add_instance_selectors(instance: &Instance, out: &mut BTreeSet<String>) {
+    let or_empty = |v: &Option<String>| v.clone().unwrap_or_default();
+    for tag in &instance.tags {
+        out.insert(format!("tag:{}:{}", or_empty(&tag.key), or_empty(&tag.value)));
+    }
+    for sg in &instance.security_groups {
+        out.insert(format!("sg:id:{}", or_empty(&sg.group_id)));
+        out.insert(format!("sg:name:{}", or_empty(&sg.group_name)));
+    }
+}
+
+/// What `begin` leaves for `complete`: the document's region and the instance profile ARNs
+/// DescribeInstances returned (none with `disable_instance_profile_selectors`).
+#[derive(Debug, Clone)]
+struct PendingProfiles {
+    region: String,
+    profiles: Vec<String>,
 }
 
 impl AwsIidVerifier {
-    /// SPIRE's `resolveSelectors` for one instance: `tag:`, `sg:id:`, `sg:name:`, and
-    /// `iamrole:` from its instance profile unless disabled.
-    fn add_instance_selectors(
-        &self,
-        region: &str,
-        instance: &Instance,
-        out: &mut BTreeSet<String>,
-    ) -> Result<(), Refusal> {
-        let or_empty = |v: &Option<String>| v.clone().unwrap_or_default();
-        for tag in &instance.tags {
-            out.insert(format!("tag:{}:{}", or_empty(&tag.key), or_empty(&tag.value)));
+    fn pending_profiles(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, PendingProfiles>> {
+        self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The `iamrole:` part of SPIRE's `resolveSelectors`, which SPIRE runs after its
+    /// trust-on-first-use check: IAM `GetInstanceProfile` of each instance profile
+    /// DescribeInstances named for this agent in `begin`.
+    fn instance_profile_selectors(&self, agent_id: &str) -> Result<Vec<String>, Refusal> {
+        let Some(pending) = self.pending_profiles().get(agent_id).cloned() else {
+            // Only when a concurrent attestation of the same agent completed first (and the
+            // store then refuses this one as attested before).
+            return Err(refuse(
+                RefusalCode::Internal,
+                "failed to get intance profile: the instance's DescribeInstances answer was \
+                 used by a concurrent attestation of the same agent; attest again",
+            ));
+        };
+        let mut out = Vec::new();
+        for arn in &pending.profiles {
+            let name = instance_profile_name(arn).map_err(|e| refuse(RefusalCode::Internal, e))?;
+            let roles = self.api.get_instance_profile(&pending.region, &name).map_err(|e| {
+                refuse(RefusalCode::Internal, format!("failed to get intance profile: {e}"))
+            })?;
+            out.extend(roles.into_iter().flatten().map(|role| format!("iamrole:{role}")));
         }
-        for sg in &instance.security_groups {
-            out.insert(format!("sg:id:{}", or_empty(&sg.group_id)));
-            out.insert(format!("sg:name:{}", or_empty(&sg.group_name)));
-        }
-        if self.disable_instance_profile_selectors {
-            return Ok(());
-        }
-        let Some(arn) = &instance.instance_profile_arn else { return Ok(()) };
-        let name = instance_profile_name(arn).map_err(|e| refuse(RefusalCode::Internal, e))?;
-        let roles = self.api.get_instance_profile(region, &name).map_err(|e| {
-            refuse(RefusalCode::Internal, format!("failed to get intance profile: {e}"))
-        })?;
-        for role in roles.into_iter().flatten() {
-            out.insert(format!("iamrole:{role}"));
-        }
-        Ok(())
+        Ok(out)
     }
 }
 

@@ -148,15 +148,20 @@ fn payload(document: &str, signature: &str, rsa2048: &str) -> Vec<u8> {
     AttestationData::new(document, signature, rsa2048).to_go_json()
 }
 
-fn attested(v: &AwsIidVerifier, payload: &[u8]) -> AttestedAgent {
-    match v.begin(payload, 0) {
-        Ok(Verification::Attested(a)) => a,
+/// `begin`, then `complete` as the server runs it after its trust-on-first-use check.
+fn attest(v: &AwsIidVerifier, payload: &[u8]) -> Result<AttestedAgent, Refusal> {
+    match v.begin(payload, 0)? {
+        Verification::Attested(a) => v.complete(a, 0),
         other => panic!("expected an attestation, got {other:?}"),
     }
 }
 
+fn attested(v: &AwsIidVerifier, payload: &[u8]) -> AttestedAgent {
+    attest(v, payload).unwrap_or_else(|r| panic!("expected an attestation, got {r:?}"))
+}
+
 fn refusal(v: &AwsIidVerifier, payload: &[u8]) -> (RefusalCode, String) {
-    match v.begin(payload, 0) {
+    match attest(v, payload) {
         Err(r) => (r.code, r.message),
         Ok(other) => panic!("expected a refusal, got {other:?}"),
     }
@@ -384,12 +389,21 @@ fn tags_security_groups_and_instance_profile_roles_become_selectors() {
     assert_eq!(seen[0].params()["InstanceId.1"], "i-0b22a22eec53b9321");
     assert_eq!(seen[1].params()["InstanceProfileName"], "blog-profile");
 
+    // IAM is asked in the complete step only (after the server's trust-on-first-use check).
+    let Ok(Verification::Attested(begun)) = v.begin(&p, 0) else { panic!("begin refused") };
+    assert!(!begun.selector_values.iter().any(|s| s.starts_with("iamrole:")));
+    assert_eq!(fake.seen().len(), 3);
+    let done = v.complete(begun, 0).unwrap();
+    assert!(done.selector_values.contains(&"iamrole:arn:aws:iam::123456789012:role/Blog".into()));
+    assert!(done.selector_values.is_sorted());
+    assert_eq!(fake.seen().len(), 4);
+
     let mut c = config(None, certs, &fake);
     c.disable_instance_profile_selectors = true;
     let v = AwsIidVerifier::new(c).unwrap();
     let selectors = attested(&v, &p).selector_values;
     assert!(!selectors.iter().any(|s| s.starts_with("iamrole:")), "{selectors:?}");
-    assert_eq!(fake.seen().len(), 3, "no IAM call when disabled");
+    assert_eq!(fake.seen().len(), 5, "no IAM call when disabled");
 }
 
 #[test]
@@ -412,10 +426,10 @@ fn a_root_volume_attached_later_is_refused_unless_skipped() {
     );
     let mut c = config(None, certs.clone(), &late);
     c.skip_block_device = true;
-    assert!(AwsIidVerifier::new(c).unwrap().begin(&p, 0).is_ok());
+    assert!(attest(&AwsIidVerifier::new(c).unwrap(), &p).is_ok());
     let mut c = config(None, certs.clone(), &late);
     c.account_ids_for_local_validation = vec!["123456789012".into()];
-    assert!(AwsIidVerifier::new(c).unwrap().begin(&p, 0).is_ok());
+    assert!(attest(&AwsIidVerifier::new(c).unwrap(), &p).is_ok());
 
     let cases = [
         (
@@ -455,7 +469,7 @@ fn a_root_volume_attached_later_is_refused_unless_skipped() {
     )
     .replace("<rootDeviceType>ebs", "<rootDeviceType>instance-store")]);
     let fake = FakeAws::start(move |_| (200, store.clone()));
-    assert!(AwsIidVerifier::new(config(None, certs, &fake)).unwrap().begin(&p, 0).is_ok());
+    assert!(attest(&AwsIidVerifier::new(config(None, certs, &fake)).unwrap(), &p).is_ok());
 }
 
 #[test]
