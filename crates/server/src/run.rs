@@ -409,8 +409,9 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<Runni
     if cfg.node_attestors.aws_iid.as_ref().is_some_and(|a| !a.has_credentials()) {
         tracing::warn!(
             "node_attestors.aws_iid has no AWS credentials (access_key_id and secret_access_key, \
-             or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY): every aws_iid attestation will be \
-             refused, as spire-server refuses them when the AWS SDK finds no credentials"
+             or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, and AWS_EC2_METADATA_DISABLED=true \
+             keeps the instance role out): every aws_iid attestation will be refused, as \
+             spire-server refuses them when the AWS SDK finds no credentials"
         );
     }
     let server_id = SpiffeId::from_parts(&cfg.trust_domain, "/spire/server")

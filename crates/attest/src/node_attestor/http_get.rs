@@ -45,6 +45,8 @@ pub struct HttpResponse {
 pub struct HttpGetter {
     /// Always `Some` until dropped (see the `Drop` impl).
     runtime: Option<tokio::runtime::Runtime>,
+    /// How long one request may take.
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for HttpGetter {
@@ -64,7 +66,18 @@ impl HttpGetter {
             .thread_name(name)
             .enable_all()
             .build()?;
-        Ok(Self { runtime: Some(runtime) })
+        Ok(Self { runtime: Some(runtime), timeout: REQUEST_TIMEOUT })
+    }
+
+    /// A client whose requests may take `timeout` each (connection and TLS included) instead
+    /// of 15 seconds.
+    ///
+    /// # Errors
+    /// When the runtime cannot start.
+    pub fn with_timeout(name: &str, timeout: Duration) -> std::io::Result<Self> {
+        let mut client = Self::new(name)?;
+        client.timeout = timeout;
+        Ok(client)
     }
 
     /// `GET url` with `headers`: the response whatever its status.
@@ -90,6 +103,20 @@ impl HttpGetter {
         self.send(http::Method::POST, url, headers, body.into())
     }
 
+    /// `PUT url` with `headers` and `body` (the AWS instance metadata service's session token
+    /// is asked for with a `PUT`): the response whatever its status.
+    ///
+    /// # Errors
+    /// As [`HttpGetter::get`], with `Put` in place of `Get`.
+    pub fn put(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Result<HttpResponse, String> {
+        self.send(http::Method::PUT, url, headers, body.into())
+    }
+
     fn send(
         &self,
         method: http::Method,
@@ -98,7 +125,11 @@ impl HttpGetter {
         body: Bytes,
     ) -> Result<HttpResponse, String> {
         // Go's client errors name the method as `Get` / `Post`.
-        let verb = if method == http::Method::POST { "Post" } else { "Get" };
+        let verb = match method {
+            http::Method::POST => "Post",
+            http::Method::PUT => "Put",
+            _ => "Get",
+        };
         let parsed = url::Url::parse(url).map_err(|e| format!("parse {url:?}: {e}"))?;
         let headers: Vec<(String, String)> =
             headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
@@ -107,11 +138,12 @@ impl HttpGetter {
         };
         let (tx, rx) = mpsc::sync_channel(1);
         let shown = url.to_owned();
+        let timeout = self.timeout;
         runtime.spawn(async move {
             let exchange = send(method, parsed, headers, body);
-            let result = match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+            let result = match tokio::time::timeout(timeout, exchange).await {
                 Ok(r) => r,
-                Err(_) => Err(format!("no answer within {REQUEST_TIMEOUT:?}")),
+                Err(_) => Err(format!("no answer within {timeout:?}")),
             };
             // The receiver only goes away if the caller's thread died.
             let _ = tx.send(result);
@@ -218,7 +250,7 @@ where
         .method(method.clone())
         .uri(target)
         .header(http::header::HOST, authority);
-    if method == http::Method::POST {
+    if method == http::Method::POST || method == http::Method::PUT {
         builder = builder.header(http::header::CONTENT_LENGTH, body.len());
     }
     for (k, v) in headers {

@@ -7,9 +7,12 @@
 //!
 //! Credentials: `access_key_id` / `secret_access_key`, each defaulting to `AWS_ACCESS_KEY_ID`
 //! / `AWS_SECRET_ACCESS_KEY` as SPIRE reads them; with both from the environment,
-//! `AWS_SESSION_TOKEN` too (as the SDK's environment provider does). Without any, every call
-//! fails as the SDK's does when its default chain finds nothing: ward does not read shared
-//! credential files, web identity tokens, container or instance-role credentials.
+//! `AWS_SESSION_TOKEN` too (as the SDK's environment provider does). Without either, the
+//! instance role's temporary credentials from the instance metadata service (IMDSv2 session
+//! token, else IMDSv1; `AWS_EC2_METADATA_SERVICE_ENDPOINT`, default `http://169.254.169.254`;
+//! not when `AWS_EC2_METADATA_DISABLED=true`), kept until five minutes before they expire, as
+//! the last member of the SDK's default chain provides them. ward does not read shared
+//! credential files, web identity tokens or container credentials.
 //!
 //! Endpoints: AWS's (`https://ec2.<region>.amazonaws.com`, `https://iam.amazonaws.com` signed
 //! for `us-east-1`, and their `aws-cn` / `aws-us-gov` forms), or the SDK's overrides
@@ -17,6 +20,7 @@
 //! `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true`); an overridden endpoint is signed for the
 //! instance's region, as the SDK's endpoint rules do.
 
+use std::sync::Mutex;
 use std::time::SystemTime;
 
 use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
@@ -33,6 +37,20 @@ pub const ACCESS_KEY_ID_VAR: &str = "AWS_ACCESS_KEY_ID";
 pub const SECRET_ACCESS_KEY_VAR: &str = "AWS_SECRET_ACCESS_KEY";
 /// See [`ACCESS_KEY_ID_VAR`].
 pub const SESSION_TOKEN_VAR: &str = "AWS_SESSION_TOKEN";
+
+/// The variable naming the instance metadata service's base URL (the SDK's).
+pub const METADATA_ENDPOINT_VAR: &str = "AWS_EC2_METADATA_SERVICE_ENDPOINT";
+/// The variable that, set to `true`, keeps the SDK (and ward) away from the metadata service.
+pub const METADATA_DISABLED_VAR: &str = "AWS_EC2_METADATA_DISABLED";
+/// The instance metadata service's base URL unless [`METADATA_ENDPOINT_VAR`] names another.
+pub const DEFAULT_METADATA_ENDPOINT: &str = "http://169.254.169.254";
+/// Instance-role credentials are asked for again this long before they expire (seconds).
+const ROLE_REFRESH_MARGIN: i64 = 300;
+/// The IMDSv2 session token's lifetime asked for, in seconds (the SDK's).
+const METADATA_TOKEN_TTL: &str = "21600";
+/// How long one request to the instance metadata service may take (ward's choice: off EC2
+/// the address does not answer, and an attestation should not wait long for that).
+const METADATA_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Static AWS credentials.
 #[derive(Clone, PartialEq, Eq)]
@@ -56,8 +74,11 @@ impl std::fmt::Debug for ApiCredentials {
 /// Where and as whom the server calls AWS.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AwsApiSettings {
-    /// `None`: no credentials were found; every call fails.
+    /// Static credentials; `None`: the instance role's, from [`AwsApiSettings::instance_role`].
     pub credentials: Option<ApiCredentials>,
+    /// The instance metadata service's base URL, when no static credentials are set and the
+    /// service is not disabled; with neither, every call fails.
+    pub instance_role: Option<String>,
     /// The EC2 endpoint URL replacing AWS's.
     pub ec2_endpoint: Option<String>,
     /// The IAM endpoint URL replacing AWS's.
@@ -107,7 +128,17 @@ impl AwsApiSettings {
             }
             env(&format!("AWS_ENDPOINT_URL_{service}")).or_else(|| env("AWS_ENDPOINT_URL"))
         };
-        Ok(Self { credentials, ec2_endpoint: endpoint("EC2"), iam_endpoint: endpoint("IAM") })
+        let metadata_disabled =
+            env(METADATA_DISABLED_VAR).is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let instance_role = (credentials.is_none() && !metadata_disabled).then(|| {
+            env(METADATA_ENDPOINT_VAR).unwrap_or_else(|| DEFAULT_METADATA_ENDPOINT.to_owned())
+        });
+        Ok(Self {
+            credentials,
+            instance_role,
+            ec2_endpoint: endpoint("EC2"),
+            iam_endpoint: endpoint("IAM"),
+        })
     }
 }
 
@@ -217,6 +248,10 @@ pub struct Instance {
 pub struct AwsApi {
     settings: AwsApiSettings,
     http: HttpGetter,
+    /// The instance metadata service's client (short timeout).
+    imds: HttpGetter,
+    /// The instance role's credentials and when they expire (Unix seconds).
+    role: Mutex<Option<(ApiCredentials, i64)>>,
 }
 
 impl AwsApi {
@@ -225,12 +260,52 @@ impl AwsApi {
     /// # Errors
     /// When its HTTP runtime cannot start.
     pub fn new(settings: AwsApiSettings) -> std::io::Result<Self> {
-        Ok(Self { settings, http: HttpGetter::new("aws-api")? })
+        Ok(Self {
+            settings,
+            http: HttpGetter::new("aws-api")?,
+            imds: HttpGetter::with_timeout("aws-imds", METADATA_TIMEOUT)?,
+            role: Mutex::new(None),
+        })
     }
 
-    /// Whether credentials were found.
+    /// Whether credentials were found: static ones, or the instance metadata service to ask.
     pub fn has_credentials(&self) -> bool {
-        self.settings.credentials.is_some()
+        self.settings.credentials.is_some() || self.settings.instance_role.is_some()
+    }
+
+    fn held_role(&self) -> std::sync::MutexGuard<'_, Option<(ApiCredentials, i64)>> {
+        self.role.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The credentials to sign with: the static ones, else the instance role's (asked for
+    /// when none are held or they expire within [`ROLE_REFRESH_MARGIN`]).
+    fn credentials(&self) -> Result<ApiCredentials, String> {
+        if let Some(c) = &self.settings.credentials {
+            return Ok(c.clone());
+        }
+        let Some(base) = &self.settings.instance_role else {
+            return Err("get identity: get credentials: failed to refresh cached credentials, no \
+                        AWS credentials: set access_key_id and secret_access_key, or \
+                        AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or let ward read the \
+                        instance role (AWS_EC2_METADATA_DISABLED is true)"
+                .to_owned());
+        };
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        if let Some((c, expires)) = self.held_role().as_ref()
+            && now < expires.saturating_sub(ROLE_REFRESH_MARGIN)
+        {
+            return Ok(c.clone());
+        }
+        // Not under the lock: a slow metadata service must not queue attestations behind one
+        // another (two may both ask; the later answer is kept).
+        let (c, expires) = instance_role_credentials(&self.imds, base).map_err(|e| {
+            format!(
+                "get identity: get credentials: failed to refresh cached credentials, no EC2 \
+                 IMDS role found, {e}"
+            )
+        })?;
+        *self.held_role() = Some((c.clone(), expires));
+        Ok(c)
     }
 
     /// `DescribeInstances` of `instance_id` in `region`, filtered to pending and running
@@ -303,15 +378,7 @@ impl AwsApi {
         params: &[(&str, &str)],
     ) -> Result<String, String> {
         let op_error = |e: String| format!("operation error {}: {action}, {e}", service.id());
-        let Some(credentials) = &self.settings.credentials else {
-            return Err(op_error(
-                "get identity: get credentials: failed to refresh cached credentials, no AWS \
-                 credentials: set access_key_id and secret_access_key, or AWS_ACCESS_KEY_ID and \
-                 AWS_SECRET_ACCESS_KEY (ward reads no shared credentials file nor instance \
-                 role)"
-                    .to_owned(),
-            ));
-        };
+        let credentials = &self.credentials().map_err(op_error)?;
         let (base, signing_region) = self.endpoint(service, region);
         let url = operation_url(&base).map_err(|e| op_error(format!("resolve endpoint: {e}")))?;
         let body = query_body(action, service.version(), params);
@@ -339,6 +406,88 @@ impl AwsApi {
         }
         Err(op_error(response_error(service, &answer, &text)))
     }
+}
+
+/// The instance role's credentials from the instance metadata service at `base`, and when
+/// they expire (Unix seconds): an IMDSv2 session token (IMDSv1 when the service answers the
+/// token request with anything but success or 400, as the SDK falls back), the role's name,
+/// then its credentials document (`Code`, `AccessKeyId`, `SecretAccessKey`, `Token`,
+/// `Expiration`).
+fn instance_role_credentials(
+    http: &HttpGetter,
+    base: &str,
+) -> Result<(ApiCredentials, i64), String> {
+    const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
+    const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
+    const ROLES: &str = "/latest/meta-data/iam/security-credentials/";
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Document {
+        #[serde(default)]
+        code: String,
+        #[serde(default)]
+        access_key_id: String,
+        #[serde(default)]
+        secret_access_key: String,
+        #[serde(default)]
+        token: String,
+        #[serde(default)]
+        expiration: String,
+    }
+    let base = base.trim_end_matches('/');
+    let token = match http.put(
+        &format!("{base}/latest/api/token"),
+        &[(TTL_HEADER, METADATA_TOKEN_TTL)],
+        "",
+    ) {
+        Ok(answer) if (200..300).contains(&answer.status) => {
+            Some(String::from_utf8_lossy(&answer.body).into_owned())
+        }
+        Ok(answer) if answer.status == 400 => {
+            return Err(format!("failed to get API token, {}", answer.status_text));
+        }
+        Ok(_) | Err(_) => None,
+    };
+    let headers: Vec<(&str, &str)> =
+        token.as_deref().map(|t| (TOKEN_HEADER, t)).into_iter().collect();
+    let get = |path: &str| -> Result<String, String> {
+        let answer = http.get(&format!("{base}{path}"), &headers)?;
+        if !(200..300).contains(&answer.status) {
+            return Err(format!(
+                "operation error ec2imds: GetMetadata, http response error StatusCode: {}, request to EC2 IMDS failed",
+                answer.status
+            ));
+        }
+        Ok(String::from_utf8_lossy(&answer.body).into_owned())
+    };
+    let roles = get(ROLES)?;
+    let role = roles
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .ok_or("no instance role is attached to the instance")?;
+    let text = get(&format!("{ROLES}{role}"))?;
+    let doc: Document = serde_json::from_str(&text)
+        .map_err(|e| format!("failed to decode EC2 IMDS role credentials, {e}"))?;
+    if doc.code != "Success" {
+        return Err(format!("error in credential response: {}", doc.code));
+    }
+    if doc.access_key_id.is_empty() || doc.secret_access_key.is_empty() {
+        return Err(
+            "the instance role's credentials lack AccessKeyId or SecretAccessKey".to_owned()
+        );
+    }
+    let expires = OffsetDateTime::parse(&doc.expiration, &Rfc3339)
+        .map_err(|e| {
+            format!("invalid Expiration {:?} in EC2 IMDS role credentials: {e}", doc.expiration)
+        })?
+        .unix_timestamp();
+    let credentials = ApiCredentials {
+        access_key_id: doc.access_key_id,
+        secret_access_key: Zeroizing::new(doc.secret_access_key),
+        session_token: (!doc.token.is_empty()).then(|| Zeroizing::new(doc.token)),
+    };
+    Ok((credentials, expires))
 }
 
 /// The URL the SDK posts to: the endpoint with its path joined with `/`.

@@ -145,6 +145,7 @@ pub(crate) fn credentials() -> ApiCredentials {
 pub(crate) fn settings_for(url: &str) -> AwsApiSettings {
     AwsApiSettings {
         credentials: Some(credentials()),
+        instance_role: None,
         ec2_endpoint: Some(url.to_owned()),
         iam_endpoint: Some(url.to_owned()),
     }
@@ -181,7 +182,19 @@ fn settings_take_keys_from_config_then_environment_as_spire_does() {
         AwsApiSettings::resolve(None, None, env(&[(SECRET_ACCESS_KEY_VAR, "x")])).unwrap_err(),
         "configuration missing access key id, but has secret access key"
     );
-    assert_eq!(AwsApiSettings::resolve(None, None, env(&[])).unwrap(), AwsApiSettings::default());
+    // No keys: the instance role, from the metadata service the SDK's variables name.
+    let s = AwsApiSettings::resolve(None, None, env(&[])).unwrap();
+    assert_eq!(s.instance_role.as_deref(), Some(DEFAULT_METADATA_ENDPOINT));
+    assert!(s.credentials.is_none());
+    let s = AwsApiSettings::resolve(None, None, env(&[(METADATA_ENDPOINT_VAR, "http://imds:81")]));
+    assert_eq!(s.unwrap().instance_role.as_deref(), Some("http://imds:81"));
+    assert_eq!(
+        AwsApiSettings::resolve(None, None, env(&[(METADATA_DISABLED_VAR, "true")])).unwrap(),
+        AwsApiSettings::default()
+    );
+    // Keys win over the metadata service.
+    let s = AwsApiSettings::resolve(Some("AK"), Some("SK"), env(&[])).unwrap();
+    assert!(s.instance_role.is_none());
 }
 
 #[test]
@@ -381,4 +394,119 @@ fn instance_profiles_list_their_roles_and_session_tokens_are_signed() {
         ),
         "{req:?}"
     );
+}
+
+/// A fake instance metadata service serving role `web`'s credentials, expiring `expires_in`
+/// seconds from now; `token_status` answers the IMDSv2 token request.
+fn fake_imds(expires_in: i64, token_status: u16) -> FakeAws {
+    FakeAws::start(move |r| {
+        let expiration = (OffsetDateTime::now_utc() + time::Duration::seconds(expires_in))
+            .format(&Rfc3339)
+            .unwrap();
+        match (r.method.as_str(), r.target.as_str()) {
+            ("PUT", "/latest/api/token") => (token_status, "imds-session".into()),
+            ("GET", "/latest/meta-data/iam/security-credentials/") => (200, "web\n".into()),
+            ("GET", "/latest/meta-data/iam/security-credentials/web") => (
+                200,
+                format!(
+                    "{{\"Code\":\"Success\",\"Type\":\"AWS-HMAC\",\"AccessKeyId\":\"ASIAROLE\",\
+                     \"SecretAccessKey\":\"role-secret\",\"Token\":\"role-token\",\
+                     \"Expiration\":\"{expiration}\"}}"
+                ),
+            ),
+            _ => (404, String::new()),
+        }
+    })
+}
+
+#[test]
+fn without_keys_the_instance_roles_credentials_sign_and_are_kept_until_near_expiry() {
+    let xml =
+        describe_instances_xml(&[instance_xml("2026-11-30T12:00:00Z", "2026-11-30T12:00:00Z", "")]);
+    let ec2 = FakeAws::start(move |_| (200, xml.clone()));
+    let imds = fake_imds(3600, 200);
+    let settings = AwsApiSettings {
+        credentials: None,
+        instance_role: Some(imds.url.clone()),
+        ec2_endpoint: Some(ec2.url.clone()),
+        iam_endpoint: Some(ec2.url.clone()),
+    };
+    let api = AwsApi::new(settings).unwrap();
+    assert!(api.has_credentials());
+    api.describe_instances("us-west-2", "i-1").unwrap();
+    api.describe_instances("us-west-2", "i-1").unwrap();
+    let calls = ec2.seen();
+    assert_eq!(calls.len(), 2);
+    for call in &calls {
+        assert!(call.headers["authorization"].contains("Credential=ASIAROLE/"), "{call:?}");
+        assert_eq!(call.headers["x-amz-security-token"], "role-token");
+    }
+    // One token, the role list and the role's credentials: kept for the second call.
+    let asked: Vec<(String, String)> =
+        imds.seen().into_iter().map(|r| (r.method.clone(), r.target.clone())).collect();
+    assert_eq!(
+        asked,
+        [
+            ("PUT".to_owned(), "/latest/api/token".to_owned()),
+            ("GET".to_owned(), "/latest/meta-data/iam/security-credentials/".to_owned()),
+            ("GET".to_owned(), "/latest/meta-data/iam/security-credentials/web".to_owned()),
+        ]
+    );
+    let seen = imds.seen();
+    assert_eq!(seen[0].headers["x-aws-ec2-metadata-token-ttl-seconds"], "21600");
+    assert_eq!(seen[1].headers["x-aws-ec2-metadata-token"], "imds-session");
+    assert_eq!(seen[2].headers["x-aws-ec2-metadata-token"], "imds-session");
+}
+
+#[test]
+fn instance_role_credentials_near_expiry_are_asked_again_and_imdsv1_is_the_fallback() {
+    let xml =
+        describe_instances_xml(&[instance_xml("2026-11-30T12:00:00Z", "2026-11-30T12:00:00Z", "")]);
+    let ec2 = FakeAws::start(move |_| (200, xml.clone()));
+    // Expiring within the refresh margin, and no IMDSv2 (403 to the token request).
+    let imds = fake_imds(60, 403);
+    let settings = AwsApiSettings {
+        credentials: None,
+        instance_role: Some(imds.url.clone()),
+        ec2_endpoint: Some(ec2.url.clone()),
+        iam_endpoint: None,
+    };
+    let api = AwsApi::new(settings).unwrap();
+    api.describe_instances("us-west-2", "i-1").unwrap();
+    api.describe_instances("us-west-2", "i-1").unwrap();
+    let gets: Vec<FakeRequest> =
+        imds.seen().into_iter().filter(|r| r.target.ends_with("/web")).collect();
+    assert_eq!(gets.len(), 2, "credentials expiring within five minutes are asked for again");
+    assert!(gets.iter().all(|r| !r.headers.contains_key("x-aws-ec2-metadata-token")));
+}
+
+#[test]
+fn a_metadata_service_without_a_role_refuses_with_the_sdks_chain_text() {
+    let imds = FakeAws::start(|r| match r.target.as_str() {
+        "/latest/api/token" => (200, "t".into()),
+        _ => (404, String::new()),
+    });
+    let settings = AwsApiSettings {
+        credentials: None,
+        instance_role: Some(imds.url.clone()),
+        ec2_endpoint: Some("http://127.0.0.1:1".into()),
+        iam_endpoint: None,
+    };
+    let api = AwsApi::new(settings).unwrap();
+    let err = api.describe_instances("us-west-2", "i-1").unwrap_err();
+    assert_eq!(
+        err,
+        "operation error EC2: DescribeInstances, get identity: get credentials: failed to refresh \
+         cached credentials, no EC2 IMDS role found, operation error ec2imds: GetMetadata, http \
+         response error StatusCode: 404, request to EC2 IMDS failed"
+    );
+    let bad_token = FakeAws::start(|_| (400, String::new()));
+    let settings = AwsApiSettings {
+        credentials: None,
+        instance_role: Some(bad_token.url.clone()),
+        ec2_endpoint: Some("http://127.0.0.1:1".into()),
+        iam_endpoint: None,
+    };
+    let err = AwsApi::new(settings).unwrap().describe_instances("us-west-2", "i-1").unwrap_err();
+    assert!(err.ends_with("no EC2 IMDS role found, failed to get API token, 400 X"), "{err}");
 }
