@@ -164,6 +164,35 @@ impl Drop for HttpGetter {
     }
 }
 
+/// Reads `path` when it is a regular file of at most `max` bytes: a FIFO, a device or a
+/// directory is refused before it is opened (opening a FIFO blocks until a writer comes; a
+/// device may never end), and so is a larger file.
+///
+/// # Errors
+/// The I/O error, or `InvalidInput` saying why the file is refused.
+pub fn read_regular_file(path: &std::path::Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path)?;
+    if meta.is_dir() {
+        return Err(std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory"));
+    }
+    if !meta.is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    if meta.len() > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("larger than {max} bytes"),
+        ));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?.take(max).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// The largest `SSL_CERT_FILE` read.
+const MAX_CERT_FILE: u64 = 16 * 1024 * 1024;
+
 /// The TLS client configuration, built once: roots from `SSL_CERT_FILE` or `webpki-roots`.
 fn tls_config() -> Result<Arc<ClientConfig>, String> {
     static CONFIG: OnceLock<Result<Arc<ClientConfig>, String>> = OnceLock::new();
@@ -172,7 +201,7 @@ fn tls_config() -> Result<Arc<ClientConfig>, String> {
             let mut roots = RootCertStore::empty();
             match std::env::var_os("SSL_CERT_FILE") {
                 Some(path) => {
-                    let pem = std::fs::read(&path).map_err(|e| {
+                    let pem = read_regular_file(path.as_ref(), MAX_CERT_FILE).map_err(|e| {
                         format!("reading SSL_CERT_FILE {}: {e}", path.to_string_lossy())
                     })?;
                     for cert in CertificateDer::pem_slice_iter(&pem) {
@@ -276,6 +305,8 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::HttpGetter;
     use crate::node_attestor::test_http::{http_answer, serve};
 
@@ -300,5 +331,25 @@ mod tests {
         let client = HttpGetter::new("post-test").unwrap();
         let err = client.post("ftp://127.0.0.1/x", &[], "").unwrap_err();
         assert_eq!(err, "Post \"ftp://127.0.0.1/x\": unsupported protocol scheme \"ftp\"");
+    }
+
+    #[test]
+    fn only_regular_files_within_the_bound_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("key.json");
+        std::fs::write(&file, b"{}").unwrap();
+        assert_eq!(super::read_regular_file(&file, 2).unwrap(), b"{}");
+        let err = super::read_regular_file(&file, 1).unwrap_err();
+        assert_eq!(err.to_string(), "larger than 1 bytes");
+        let err = super::read_regular_file(dir.path(), 10).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::IsADirectory);
+        // A FIFO is refused at once, not opened (opening it would wait for a writer).
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success());
+        let err = super::read_regular_file(&fifo, 10).unwrap_err();
+        assert_eq!(err.to_string(), "not a regular file");
+        let err = super::read_regular_file(Path::new("/dev/zero"), 10).unwrap_err();
+        assert_eq!(err.to_string(), "not a regular file");
     }
 }

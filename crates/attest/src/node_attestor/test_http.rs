@@ -6,8 +6,16 @@ use std::sync::mpsc;
 
 /// Serves `answers` in turn on 127.0.0.1, one connection each; sends each request's head.
 pub(crate) fn serve(answers: Vec<String>) -> (String, mpsc::Receiver<String>) {
+    serve_with(|_| answers)
+}
+
+/// As [`serve`], with the answers made knowing the server's address (`127.0.0.1:<port>`).
+pub(crate) fn serve_with(
+    answers: impl FnOnce(&str) -> Vec<String>,
+) -> (String, mpsc::Receiver<String>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
+    let answers = answers(&addr);
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for answer in answers {

@@ -144,7 +144,7 @@ impl AgentService {
         let now = self.state.clock.unix_seconds();
         // An attestor may fetch keys over the network (gcp_iit): off the async workers.
         let verifier = Arc::clone(&attestor);
-        let mut step = tokio::task::spawn_blocking(move || verifier.begin(&payload, now))
+        let mut step = attestor_call(move || verifier.begin(&payload, now))
             .await
             .map_err(|e| Status::internal(format!("node attestor failed: {e}")))?
             .map_err(refused)?;
@@ -190,7 +190,7 @@ impl AgentService {
         }
         let verifier = Arc::clone(&attestor);
         let now = self.state.clock.unix_seconds();
-        let attested = tokio::task::spawn_blocking(move || verifier.complete(attested, now))
+        let attested = attestor_call(move || verifier.complete(attested, now))
             .await
             .map_err(|e| Status::internal(format!("node attestor failed: {e}")))?
             .map_err(refused)?;
@@ -284,8 +284,38 @@ fn attested_before() -> Refusal {
 
 /// A node attestor's refusal as SPIRE's plugin layer reports it: the code, and the message
 /// prefixed with `nodeattestor(<name>): `.
+/// How many node-attestor calls (which may wait on a cloud provider for up to their HTTP
+/// timeouts) hold a blocking thread at once. The rest wait here without a thread, so a slow
+/// provider cannot take the blocking pool that SVID signing also uses.
+const MAX_ATTESTOR_CALLS: usize = 64;
+
+/// Runs `call` on a blocking thread once one of [`MAX_ATTESTOR_CALLS`] permits is free.
+async fn attestor_call<T: Send + 'static>(
+    call: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    static PERMITS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_ATTESTOR_CALLS);
+    // The semaphore is never closed, so acquiring only waits.
+    let permit = PERMITS.acquire().await.ok();
+    let result = tokio::task::spawn_blocking(call).await;
+    drop(permit);
+    result
+}
+
+/// The longest refusal message sent, in bytes: a provider's error body can be megabytes, and
+/// a gRPC client refuses trailers past 16 KiB (hyper's default), which would turn the refusal
+/// into a transport error with no text at all.
+const MAX_REFUSAL_MESSAGE: usize = 8 * 1024;
+
 fn refusal_status(name: &str, r: Refusal) -> Status {
-    let message = format!("nodeattestor({name}): {}", r.message);
+    let mut message = format!("nodeattestor({name}): {}", r.message);
+    if message.len() > MAX_REFUSAL_MESSAGE {
+        let mut cut = MAX_REFUSAL_MESSAGE;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str("… (cut)");
+    }
     match r.code {
         RefusalCode::InvalidArgument => Status::invalid_argument(message),
         RefusalCode::PermissionDenied => Status::permission_denied(message),
@@ -668,5 +698,57 @@ mod unexpected_outcome_tests {
         let status = unexpected(&Outcome::JoinTokenConsumed(Ok(consumed)));
         assert_eq!(status.code(), tonic::Code::Internal);
         assert_eq!(status.message(), "unexpected apply outcome");
+    }
+}
+
+#[cfg(test)]
+mod refusal_status_tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_refusal_is_cut_on_a_character_boundary_and_a_small_one_kept() {
+        let small =
+            refusal_status("aws_iid", Refusal::new(RefusalCode::Internal, "no such instance"));
+        assert_eq!(small.code(), tonic::Code::Internal);
+        assert_eq!(small.message(), "nodeattestor(aws_iid): no such instance");
+        // A provider's 4 MB error body, in multi-byte characters.
+        let huge = refusal_status(
+            "azure_msi",
+            Refusal { code: RefusalCode::PermissionDenied, message: "é".repeat(2 << 20) },
+        );
+        assert_eq!(huge.code(), tonic::Code::PermissionDenied);
+        assert!(huge.message().len() <= MAX_REFUSAL_MESSAGE + "… (cut)".len());
+        assert!(huge.message().starts_with("nodeattestor(azure_msi): éé"));
+        assert!(huge.message().ends_with("é… (cut)"));
+    }
+}
+
+#[cfg(test)]
+mod attestor_call_tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_more_than_the_bound_of_attestor_calls_hold_a_thread_at_once() {
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let calls: Vec<_> = (0..MAX_ATTESTOR_CALLS * 2)
+            .map(|_| {
+                let (running, most) = (Arc::clone(&running), Arc::clone(&most));
+                tokio::spawn(attestor_call(move || {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    std::thread::sleep(std::time::Duration::from_millis(30));
+                    running.fetch_sub(1, Ordering::SeqCst);
+                }))
+            })
+            .collect();
+        for call in calls {
+            call.await.unwrap().unwrap();
+        }
+        let most = most.load(Ordering::SeqCst);
+        assert!(most <= MAX_ATTESTOR_CALLS, "{most} calls ran at once");
+        assert!(most > 1, "calls ran one at a time");
     }
 }

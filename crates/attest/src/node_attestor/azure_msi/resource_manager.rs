@@ -43,6 +43,8 @@ const COMPUTE_API: &str = "2022-03-01";
 const NETWORK_API: &str = "2022-01-01";
 /// A token is asked for again this long before it expires.
 const TOKEN_MARGIN: Duration = Duration::from_secs(300);
+/// The longest token lifetime believed, in seconds (a day; Azure's are about an hour).
+const MAX_TOKEN_LIFETIME_SECS: u64 = 86_400;
 /// The most result pages followed.
 const MAX_PAGES: usize = 100;
 /// The SDK's section separator.
@@ -228,7 +230,7 @@ impl std::fmt::Debug for AppCredentials {
 }
 
 /// A token and when to stop using it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct CachedToken {
     token: String,
     until: Instant,
@@ -345,10 +347,14 @@ impl ResourceManager {
     /// A token for Resource Manager: the cached one, else a new one (`ClientSecretCredential`'s
     /// texts on failure).
     fn token(&self, client: &HttpGetter) -> Result<String, String> {
-        let mut cached = self.token.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(t) = cached.as_ref().filter(|t| Instant::now() < t.until) {
-            return Ok(t.token.clone());
+        let cached = |token: &Mutex<Option<CachedToken>>| {
+            token.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        };
+        if let Some(t) = cached(&self.token).filter(|t| Instant::now() < t.until) {
+            return Ok(t.token);
         }
+        // The request is made without the lock: a slow login endpoint must not queue every
+        // attestation of the tenant behind one another (two may both ask; the later is kept).
         const CRED: &str = "ClientSecretCredential";
         let url = format!("{}/{}/oauth2/v2.0/token", self.login_url, self.tenant);
         let form = encode_query(&[
@@ -400,8 +406,13 @@ impl ResourceManager {
             _ => None,
         }
         .unwrap_or(0);
-        let until = Instant::now() + Duration::from_secs(lifetime).saturating_sub(TOKEN_MARGIN);
-        *cached = Some(CachedToken { token: r.access_token.clone(), until });
+        // A lifetime beyond a day is read as a day: the clock cannot overflow, whatever the
+        // endpoint says.
+        let lifetime = Duration::from_secs(lifetime.min(MAX_TOKEN_LIFETIME_SECS));
+        let now = Instant::now();
+        let until = now.checked_add(lifetime.saturating_sub(TOKEN_MARGIN)).unwrap_or(now);
+        *self.token.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(CachedToken { token: r.access_token.clone(), until });
         Ok(r.access_token)
     }
 
@@ -453,8 +464,21 @@ impl ResourceManager {
                 })?
             };
             values.extend(page.value.unwrap_or_default());
+            if values.len() > 1 {
+                // The answer is the "more than one" refusal whatever the other pages hold.
+                break;
+            }
             match page.next_link.filter(|l| !l.is_empty()) {
-                Some(next) => url = reencode_query(&next),
+                // The token goes only to Resource Manager's own origin, never to a host (or a
+                // plain-HTTP URL) an answer names.
+                Some(next) if same_origin(&next, &self.arm_url) => url = reencode_query(&next),
+                Some(next) => {
+                    return Err(listing(format!(
+                        "the next page {} is not on Resource Manager's endpoint {}",
+                        q(&next),
+                        q(&self.arm_url)
+                    )));
+                }
                 None => break,
             }
         }
@@ -625,4 +649,12 @@ pub(crate) fn selectors(
         }
     }
     Ok(out.into_iter().collect())
+}
+
+/// Whether `url` has the scheme, host and port of `base`.
+fn same_origin(url: &str, base: &str) -> bool {
+    match (url::Url::parse(url), url::Url::parse(base)) {
+        (Ok(a), Ok(b)) => a.origin() == b.origin(),
+        _ => false,
+    }
 }

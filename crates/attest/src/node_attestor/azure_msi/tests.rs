@@ -4,7 +4,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use super::*;
-use crate::node_attestor::test_http::{http_answer, serve};
+use crate::node_attestor::test_http::{http_answer, serve, serve_with};
 
 const NOW: i64 = 1_800_000_000;
 const TENANT: &str = "11111111-2222-3333-4444-555555555555";
@@ -302,16 +302,17 @@ fn lookup_failures_are_refused_with_spire_texts() {
 #[test]
 fn the_resource_list_is_followed_through_its_next_links() {
     let vm = arm_id("rg", "Microsoft.Compute/virtualMachines/vm");
-    let (second, second_heads) =
-        serve(vec![json_answer(&serde_json::json!({"value": [{"id": vm}]}))]);
-    let next = format!(
-        "http://{second}/subscriptions/{SUB}/resources?api-version=2021-04-01&%24skiptoken=a%20b;c"
-    );
-    let (addr, heads) = serve(vec![
-        json_answer(&serde_json::json!({"expires_in": 3599, "access_token": "t"})),
-        json_answer(&serde_json::json!({"value": [], "nextLink": next})),
-        json_answer(&serde_json::json!({"id": vm, "properties": {}})),
-    ]);
+    let (addr, heads) = serve_with(|addr| {
+        let next = format!(
+            "http://{addr}/subscriptions/{SUB}/resources?api-version=2021-04-01&%24skiptoken=a%20b;c"
+        );
+        vec![
+            json_answer(&serde_json::json!({"expires_in": 3599, "access_token": "t"})),
+            json_answer(&serde_json::json!({"value": [], "nextLink": next})),
+            json_answer(&serde_json::json!({"value": [{"id": vm}]})),
+            json_answer(&serde_json::json!({"id": vm, "properties": {}})),
+        ]
+    });
     let i = issuer("k1");
     let mut c = config(&i);
     c.login_url = format!("http://{addr}");
@@ -322,7 +323,7 @@ fn the_resource_list_is_followed_through_its_next_links() {
     };
     assert_eq!(a.selector_values, [format!("subscription-id:{SUB}"), "vm-name:rg:vm".to_owned()]);
     // The SDK decodes the link's query and encodes it again, keys sorted.
-    let page = second_heads.recv().unwrap();
+    let page = heads.iter().nth(2).unwrap();
     assert!(
         page.starts_with(&format!(
             "GET /subscriptions/{SUB}/resources?%24skiptoken=a+b%3Bc&api-version=2021-04-01 HTTP/1.1\r\n"
@@ -330,7 +331,48 @@ fn the_resource_list_is_followed_through_its_next_links() {
         "{page}"
     );
     assert!(page.to_ascii_lowercase().contains("authorization: bearer t\r\n"), "{page}");
-    assert_eq!(heads.iter().take(3).count(), 3);
+}
+
+#[test]
+fn a_next_link_to_another_host_is_refused_and_never_sent_the_token() {
+    let (elsewhere, elsewhere_heads) = serve(vec![json_answer(&serde_json::json!({"value": []}))]);
+    let next = format!("http://{elsewhere}/subscriptions/{SUB}/resources?api-version=2021-04-01");
+    let (addr, _heads) = serve(vec![
+        json_answer(&serde_json::json!({"expires_in": 3599, "access_token": "t"})),
+        json_answer(&serde_json::json!({"value": [], "nextLink": next})),
+    ]);
+    let i = issuer("k1");
+    let mut c = config(&i);
+    c.login_url = format!("http://{addr}");
+    c.resource_manager_url = format!("http://{addr}");
+    let v = AzureMsiVerifier::new(c).unwrap();
+    let Err(refusal) = run(&v, &i.payload(&claims()), NOW) else { panic!("attested") };
+    assert!(refusal.message.contains("is not on Resource Manager's endpoint"), "{refusal:?}");
+    assert!(
+        elsewhere_heads.recv_timeout(std::time::Duration::from_millis(300)).is_err(),
+        "the other host was asked"
+    );
+}
+
+#[test]
+fn a_token_lifetime_beyond_any_clock_is_believed_for_a_day_only() {
+    let vm = arm_id("rg", "Microsoft.Compute/virtualMachines/vm");
+    for lifetime in [serde_json::json!(u64::MAX), serde_json::json!("18446744073709551615")] {
+        let (addr, _heads) = serve(vec![
+            json_answer(&serde_json::json!({"expires_in": lifetime, "access_token": "t"})),
+            json_answer(&serde_json::json!({"value": [{"id": vm}]})),
+            json_answer(&serde_json::json!({"id": vm, "properties": {}})),
+        ]);
+        let i = issuer("k1");
+        let mut c = config(&i);
+        c.login_url = format!("http://{addr}");
+        c.resource_manager_url = format!("http://{addr}");
+        let v = AzureMsiVerifier::new(c).unwrap();
+        assert!(
+            matches!(run(&v, &i.payload(&claims()), NOW), Ok(Verification::Attested(_))),
+            "expires_in {lifetime}"
+        );
+    }
 }
 
 const SEP: &str =

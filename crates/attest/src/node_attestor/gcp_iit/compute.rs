@@ -29,11 +29,14 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::super::http_get::{HttpGetter, HttpResponse};
+use super::super::http_get::{HttpGetter, HttpResponse, read_regular_file};
 use super::super::sshpop::wire::go_kind;
 use super::super::x509pop::go_json_error;
 use super::super::{Refusal, RefusalCode};
 
+/// The largest credentials file read (keys are a few KiB): a larger one, or one that is not a
+/// regular file (a FIFO would block the read for good), refuses the attestation.
+const MAX_CREDENTIALS_FILE: u64 = 1024 * 1024;
 /// SPIRE's default `max_metadata_value_size`.
 pub const DEFAULT_MAX_METADATA_VALUE_SIZE: i64 = 128;
 /// Where service-account keys without a `token_uri` exchange their assertion.
@@ -289,7 +292,8 @@ fn go_open_error(path: &Path, e: &std::io::Error) -> String {
 
 /// Reads a credentials file as `credentials.DetectDefault` does.
 fn credentials_from_file(path: &Path, env: &Environment) -> Result<Credentials, String> {
-    let bytes = std::fs::read(path).map_err(|e| go_open_error(path, &e))?;
+    let bytes =
+        read_regular_file(path, MAX_CREDENTIALS_FILE).map_err(|e| go_open_error(path, &e))?;
     credentials_from_json(&bytes, env)
 }
 
@@ -394,7 +398,7 @@ fn find_credentials(file: Option<&Path>, env: &Environment) -> Result<Credential
     }
     if let Some(home) = &env.home {
         let well_known = home.join(".config/gcloud/application_default_credentials.json");
-        if let Ok(bytes) = std::fs::read(&well_known) {
+        if let Ok(bytes) = read_regular_file(&well_known, MAX_CREDENTIALS_FILE) {
             return credentials_from_json(&bytes, env);
         }
     }
