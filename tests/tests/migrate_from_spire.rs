@@ -391,3 +391,31 @@ fn ward_server_refuses_a_spire_config_it_cannot_honour() {
         out.describe()
     );
 }
+
+#[test]
+fn ward_server_validate_judges_a_spire_config_as_run_does_without_starting() {
+    let bin = ward_server_bin().unwrap();
+    let testdata =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/server/tests/testdata/spire");
+    let mut cmd = Command::new(&bin);
+    cmd.arg("validate").arg("-config").arg(testdata.join("server-unsupported.conf"));
+    let out = run(&mut cmd, CLI_TIMEOUT).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", out.describe());
+    assert!(
+        out.stderr.starts_with("ward-server configuration file is invalid: "),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(out.stderr.matches("is not supported").count(), 6, "{}", out.describe());
+
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("server.toml");
+    std::fs::write(&conf, "trust_domain = \"example.org\"\n").unwrap();
+    let data_dir = dir.path().join("data");
+    let mut cmd = Command::new(&bin);
+    cmd.arg("validate").arg("-config").arg(&conf).arg("-dataDir").arg(&data_dir);
+    let out = run(&mut cmd, CLI_TIMEOUT).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", out.describe());
+    assert_eq!(out.stdout.trim(), "ward-server configuration file is valid.");
+    assert!(!data_dir.exists(), "validate created the data directory");
+}

@@ -25,35 +25,10 @@ struct Args {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Runs the server.
-    Run {
-        /// Path to the configuration file: ward's TOML, or SPIRE's server configuration (HCL or
-        /// JSON).
-        #[arg(long = "config")]
-        config: Option<PathBuf>,
-        /// Expand $VAR and ${VAR} in the configuration file from the environment first.
-        #[arg(long = "expandEnv")]
-        expand_env: bool,
-        /// Trust domain (overrides the file).
-        #[arg(long = "trustDomain")]
-        trust_domain: Option<String>,
-        /// IP address to listen on for agents.
-        #[arg(long = "bindAddress")]
-        bind_address: Option<IpAddr>,
-        /// TCP port to listen on for agents.
-        #[arg(long = "serverPort")]
-        server_port: Option<u16>,
-        /// Path of the admin socket.
-        #[arg(long = "socketPath")]
-        socket_path: Option<PathBuf>,
-        /// Directory for the store and keys.
-        #[arg(long = "dataDir")]
-        data_dir: Option<PathBuf>,
-        /// Log level (error, warn, info, debug, trace).
-        #[arg(long = "logLevel")]
-        log_level: Option<String>,
-        #[command(flatten)]
-        cluster: ClusterFlags,
-    },
+    Run(RunFlags),
+    /// Reads the configuration as `run` would (the same flags) and says whether the server
+    /// could start with it, without starting: SPIRE's `spire-server validate`.
+    Validate(RunFlags),
     /// Starts a one-node server and a ward-agent on embedded defaults, registers the current
     /// user and prints the SVID it got and the Workload API socket. NOT for production.
     Dev {
@@ -79,6 +54,38 @@ enum Cmd {
     },
     #[command(flatten)]
     Admin(cli::AdminCmd),
+}
+
+/// The flags of `run` and `validate`.
+#[derive(clap::Args, Debug)]
+struct RunFlags {
+    /// Path to the configuration file: ward's TOML, or SPIRE's server configuration (HCL or
+    /// JSON).
+    #[arg(long = "config")]
+    config: Option<PathBuf>,
+    /// Expand $VAR and ${VAR} in the configuration file from the environment first.
+    #[arg(long = "expandEnv")]
+    expand_env: bool,
+    /// Trust domain (overrides the file).
+    #[arg(long = "trustDomain")]
+    trust_domain: Option<String>,
+    /// IP address to listen on for agents.
+    #[arg(long = "bindAddress")]
+    bind_address: Option<IpAddr>,
+    /// TCP port to listen on for agents.
+    #[arg(long = "serverPort")]
+    server_port: Option<u16>,
+    /// Path of the admin socket.
+    #[arg(long = "socketPath")]
+    socket_path: Option<PathBuf>,
+    /// Directory for the store and keys.
+    #[arg(long = "dataDir")]
+    data_dir: Option<PathBuf>,
+    /// Log level (error, warn, info, debug, trace).
+    #[arg(long = "logLevel")]
+    log_level: Option<String>,
+    #[command(flatten)]
+    cluster: ClusterFlags,
 }
 
 /// The `[cluster]` settings as flags of `run` (each overrides its key; see docs/config.md).
@@ -328,27 +335,9 @@ fn flag_failure(e: &clap::Error) -> ExitCode {
 
 async fn dispatch(cmd: Cmd) -> ExitCode {
     match cmd {
-        Cmd::Run {
-            config,
-            expand_env,
-            trust_domain,
-            bind_address,
-            server_port,
-            socket_path,
-            data_dir,
-            log_level,
-            cluster,
-        } => {
-            let overrides = Overrides {
-                trust_domain,
-                bind_address,
-                bind_port: server_port,
-                socket_path,
-                data_dir,
-                log_level,
-                expand_env,
-                cluster: cluster.into_overrides(),
-            };
+        Cmd::Validate(flags) => validate(flags),
+        Cmd::Run(flags) => {
+            let (config, overrides) = flags.into_overrides();
             let result = run(config, overrides).await;
             match ward_server::run::exit_code(&result) {
                 // Already logged; exit at once so a supervisor restarts the server.
@@ -371,6 +360,41 @@ async fn dispatch(cmd: Cmd) -> ExitCode {
             let _ = std::io::stdout().write_all(out.stdout.as_bytes());
             let _ = std::io::stderr().write_all(out.stderr.as_bytes());
             ExitCode::from(out.code)
+        }
+    }
+}
+
+impl RunFlags {
+    /// The configuration file and what the flags override in it.
+    fn into_overrides(self) -> (Option<PathBuf>, Overrides) {
+        let overrides = Overrides {
+            trust_domain: self.trust_domain,
+            bind_address: self.bind_address,
+            bind_port: self.server_port,
+            socket_path: self.socket_path,
+            data_dir: self.data_dir,
+            log_level: self.log_level,
+            expand_env: self.expand_env,
+            cluster: self.cluster.into_overrides(),
+        };
+        (self.config, overrides)
+    }
+}
+
+/// `validate`: SPIRE's texts with ward's name; exit code 0 when valid, 1 when not.
+fn validate(flags: RunFlags) -> ExitCode {
+    let (config, overrides) = flags.into_overrides();
+    match Config::read(config.as_deref(), &overrides, &|name| std::env::var(name).ok()) {
+        Ok(loaded) => {
+            for note in &loaded.notes {
+                eprintln!("note: {note}");
+            }
+            println!("ward-server configuration file is valid.");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ward-server configuration file is invalid: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -545,7 +569,7 @@ mod tests {
 
     #[test]
     fn cluster_flags_override_the_table() {
-        let Ok(Args { cmd: Cmd::Run { cluster, .. } }) = parse(&[
+        let Ok(Args { cmd: Cmd::Run(RunFlags { cluster, .. }) }) = parse(&[
             "ward-server",
             "run",
             "-nodeId",

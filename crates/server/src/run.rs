@@ -406,6 +406,10 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<Runni
         cfg.federation.federates_with.clone(),
         opts.federation_web_roots,
     ));
+    let node_attestor_names: Vec<&str> = std::iter::once("join_token")
+        .chain(cfg.node_attestors.all().iter().map(|a| a.name()))
+        .collect();
+    tracing::info!(node_attestors = ?node_attestor_names, "node attestors enabled");
     if cfg.node_attestors.aws_iid.as_ref().is_some_and(|a| !a.has_credentials()) {
         tracing::warn!(
             "node_attestors.aws_iid has no AWS credentials (access_key_id and secret_access_key, \

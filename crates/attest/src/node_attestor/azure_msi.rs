@@ -367,15 +367,24 @@ impl AzureMsiVerifier {
     fn keys(&self) -> Result<Vec<jsonwebtoken::jwk::Jwk>, String> {
         let mut all = Vec::new();
         if let Some(issuer) = &self.oidc_issuer {
-            let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if cache.fetched.is_none_or(|at| at.elapsed() >= KEY_SET_REFRESH) {
+            let cache = || self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let (mut keys, stale) = {
+                let held = cache();
+                (held.keys.clone(), held.fetched.is_none_or(|at| at.elapsed() >= KEY_SET_REFRESH))
+            };
+            if stale {
+                // Fetched without the lock: a slow issuer must not queue attestations behind
+                // one another (two may both fetch; the later set is kept).
                 match self.download(issuer) {
-                    Ok(set) => *cache = Cache { keys: Some(set), fetched: Some(Instant::now()) },
-                    Err(e) if cache.keys.is_none() => return Err(e),
+                    Ok(set) => {
+                        keys = Some(set.clone());
+                        *cache() = Cache { keys: Some(set), fetched: Some(Instant::now()) };
+                    }
+                    Err(e) if keys.is_none() => return Err(e),
                     Err(e) => tracing::warn!(error = %e, "unable to refresh key set"),
                 }
             }
-            all.extend(cache.keys.iter().flat_map(|s| s.keys.iter().cloned()));
+            all.extend(keys.iter().flat_map(|s| s.keys.iter().cloned()));
         }
         all.extend(self.extra.iter().cloned());
         Ok(all)

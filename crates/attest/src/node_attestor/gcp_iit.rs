@@ -304,22 +304,27 @@ impl GcpIitVerifier {
     fn keys(&self) -> Result<BTreeMap<String, SigningKey>, String> {
         let mut all = self.extra.clone();
         if let Some(url) = &self.certs_url {
-            let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let fresh = cache.expires.is_some_and(|at| SystemTime::now() <= at);
+            let cache = || self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let (mut keys, fresh) = {
+                let held = cache();
+                (held.keys.clone(), held.expires.is_some_and(|at| SystemTime::now() <= at))
+            };
             if !fresh {
+                // Fetched without the lock: a slow endpoint must not queue attestations behind
+                // one another (two may both fetch; the later answer is kept).
                 let response = self.client.get(url, &[])?;
                 if response.status != 200 {
                     return Err(format!("unexpected status code: {}", response.status));
                 }
-                let keys = parse_certificates(&response.body)?;
+                keys = parse_certificates(&response.body)?;
                 let expires = response
                     .headers
                     .get(http::header::EXPIRES)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| httpdate::parse_http_date(v).ok());
-                *cache = Cache { keys, expires };
+                *cache() = Cache { keys: keys.clone(), expires };
             }
-            all.extend(cache.keys.iter().map(|(k, v)| (k.clone(), v.clone())));
+            all.extend(keys);
         }
         Ok(all)
     }
