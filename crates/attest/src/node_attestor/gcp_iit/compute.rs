@@ -84,21 +84,31 @@ pub struct Instance {
     #[serde(default)]
     pub tags: Option<Tags>,
     /// `serviceAccounts[].email`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub service_accounts: Vec<ServiceAccount>,
-    /// `labels`.
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
+    /// `labels` (a `null` value reads as empty, as Go decodes it into a string).
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub labels: BTreeMap<String, Option<String>>,
     /// `metadata.items`.
     #[serde(default)]
     pub metadata: Option<Metadata>,
+}
+
+/// A JSON `null` read as the type's empty value, as Go's `encoding/json` leaves a slice, map
+/// or string empty for `null`.
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 /// An instance's network tags.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Tags {
     /// The tags.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub items: Vec<String>,
 }
 
@@ -106,7 +116,7 @@ pub struct Tags {
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ServiceAccount {
     /// Its email.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub email: String,
 }
 
@@ -114,7 +124,7 @@ pub struct ServiceAccount {
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Metadata {
     /// The items.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub items: Vec<MetadataItem>,
 }
 
@@ -122,7 +132,7 @@ pub struct Metadata {
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct MetadataItem {
     /// The key.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub key: String,
     /// The value.
     #[serde(default)]
@@ -166,7 +176,7 @@ pub fn instance_selectors(
             .labels
             .iter()
             .filter(|(k, _)| config.allowed_label_keys.contains(*k))
-            .map(|(k, v)| format!("label:{k}:{v}")),
+            .map(|(k, v)| format!("label:{k}:{}", v.as_deref().unwrap_or_default())),
     );
     out.extend(metadata);
     Ok(out)

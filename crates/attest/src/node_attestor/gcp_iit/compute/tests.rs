@@ -53,6 +53,25 @@ fn the_instance_gives_tags_accounts_and_only_allowed_labels_and_metadata() {
 }
 
 #[test]
+fn nulls_read_as_go_reads_them_empty() {
+    let instance: Instance = serde_json::from_value(serde_json::json!({
+        "tags": {"items": null},
+        "serviceAccounts": [{"email": null}],
+        "labels": {"env": null},
+        "metadata": {"items": [{"key": null, "value": null}]}
+    }))
+    .unwrap();
+    let mut c = config();
+    c.allowed_metadata_keys.insert(String::new());
+    assert_eq!(instance_selectors(&c, &instance).unwrap(), ["sa:", "label:env:", "metadata::"]);
+    let instance: Instance = serde_json::from_value(serde_json::json!({
+        "tags": null, "serviceAccounts": null, "labels": null, "metadata": null
+    }))
+    .unwrap();
+    assert_eq!(instance_selectors(&config(), &instance).unwrap(), Vec::<String>::new());
+}
+
+#[test]
 fn an_allowed_metadata_value_over_the_limit_is_refused_as_spire_refuses_it() {
     let mut c = config();
     c.max_metadata_value_size = 4;
