@@ -366,9 +366,19 @@ impl AzureLab {
                 let t = lock(&token).clone();
                 let body = serde_json::json!({"access_token": t, "token_type": "Bearer"});
                 (200, Vec::new(), body.to_string().into_bytes())
+            } else if head.starts_with(
+                "GET /metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.core.windows.net%2F ",
+            ) {
+                // The server VM's managed identity, asked for Resource Manager.
+                let expires_on = (crate::gcp::unix_now() + 3599).to_string();
+                let body = serde_json::json!({
+                    "access_token": ARM_TOKEN, "expires_in": "3599", "expires_on": expires_on,
+                    "resource": "https://management.core.windows.net/", "token_type": "Bearer",
+                });
+                (200, Vec::new(), body.to_string().into_bytes())
             } else if head.starts_with("GET /metadata/instance?") {
                 let body = serde_json::json!({"compute": {
-                    "name": "vm-1", "subscriptionId": "sub-1", "resourceGroupName": "rg-1"
+                    "name": "vm-1", "subscriptionId": SUBSCRIPTION, "resourceGroupName": "rg-1"
                 }});
                 (200, Vec::new(), body.to_string().into_bytes())
             } else {

@@ -20,7 +20,10 @@
 //!    changes;
 //! 3. the attested token again while its agent is attested on both servers: SPIRE's
 //!    trust-on-first-use refusal from both, before either asks Azure anything, and
-//!    ward-server keeps serving.
+//!    ward-server keeps serving;
+//! 4. a second pair of servers whose tenant has no credentials: each takes its subscription
+//!    from the instance metadata service and a Resource Manager token from its managed
+//!    identity there, and spire-agent's attestation shows the same agent on both.
 //!
 //! Needs root (network namespace, ports 80 and 443 in it) and SPIRE's binaries (built with Go).
 
@@ -331,5 +334,60 @@ fn scenario(
     ensure!(asked.is_empty(), "Azure asked about an attested agent: {:#?}", shape(&asked));
     ensure!(agent_ids(&pair.spire_on_ward)? == after.1, "ward-server's agents changed");
     ward_server.daemon.ensure_running()?;
+
+    eprintln!("4. a tenant without credentials: each server's own managed identity");
+    let msi_root = root.join("msi");
+    std::fs::create_dir_all(&msi_root)?;
+    let mut msi_spire = start_spire_server_with_attestor(
+        &spire.server,
+        &launcher,
+        &msi_root.join("spire-server"),
+        &ServerOptions::new(TD),
+        &plugin_block("azure_msi", &[("tenants", format!("{{\n  {TENANT:?} = {{}}\n}}"))]),
+    )?;
+    let mut msi_ward = start_ward_server_with_attestor(
+        ward_bin,
+        &launcher,
+        &msi_root.join("ward-server"),
+        &ServerOptions::new(TD),
+        &format!("[node_attestors.azure_msi.tenants.{TENANT:?}]\n"),
+    )?;
+    let msi = ready_pair(spire, ward_bin, &mut msi_spire, &mut msi_ward, &msi_root)?;
+    let token = token_with(&azure.signer, |_| {});
+    azure.set_token(&token);
+    azure.take_requests();
+    let start = |dir: &str, port: u16, bundle: &Path| {
+        start_spire_agent_with_attestor(
+            &spire.agent,
+            &launcher,
+            &msi_root.join(dir),
+            TD,
+            port,
+            bundle,
+            &plugin_block("azure_msi", &[]),
+        )
+    };
+    let (mut agent, _) = start("sa-ss", msi_spire.port, &msi.spire_bundle)?;
+    wait_attested(&msi.spire_on_spire, &mut [&mut agent, &mut msi_spire.daemon], &id)?;
+    let from_spire = agent_show(&msi.spire_on_spire, &id)?;
+    agent.terminate(Duration::from_secs(10))?;
+    let (mut agent, _) = start("sa-ws", msi_ward.port, &msi.ward_bundle)?;
+    wait_attested(&msi.spire_on_ward, &mut [&mut agent, &mut msi_ward.daemon], &id)?;
+    let from_ward = agent_show(&msi.spire_on_ward, &id)?;
+    agent.terminate(Duration::from_secs(10))?;
+    ensure!(
+        from_spire == reference && from_ward == reference,
+        "managed identity: spire-server shows\n{from_spire}\nward-server shows\n{from_ward}\nwant:\n{reference}"
+    );
+    // Both looked the VM up in the subscription of their own instance metadata, with the
+    // managed identity's token (the fake Resource Manager accepts no other).
+    let arm: Vec<String> = shape(&azure.take_requests()).0;
+    ensure!(
+        arm.iter()
+            .filter(|r| r.contains(&format!("/subscriptions/{SUBSCRIPTION}/resources")))
+            .count()
+            == 2,
+        "Resource Manager was asked: {arm:#?}"
+    );
     Ok(())
 }

@@ -22,10 +22,11 @@
 //!    `network-security-group:<rg>:<nsg>`, `virtual-network:<rg>:<vnet>` and
 //!    `virtual-network-subnet:<rg>:<vnet>:<subnet>`.
 //!
-//! What ward does not do: SPIRE's default Azure credential (environment variables, workload
-//! identity, managed identity, with the subscription from the server's own instance metadata)
-//! for tenants without application credentials: such a tenant is refused with the
-//! configuration. The agent path template takes field actions only.
+//! A tenant without application credentials uses the server VM's managed identity, with the
+//! subscription of the server's own instance metadata (read at start), as SPIRE's default
+//! Azure credential does on a VM. What ward does not do: the rest of that default chain
+//! (environment variables, workload identity). The agent path template takes field actions
+//! only.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -206,6 +207,62 @@ pub struct AzureMsiServerConfig {
     pub login_url: String,
     /// Azure Resource Manager ([`DEFAULT_RESOURCE_MANAGER_URL`]).
     pub resource_manager_url: String,
+    /// The instance metadata service asked for the server VM's subscription and its managed
+    /// identity's tokens when a tenant has no application credentials (empty:
+    /// [`DEFAULT_METADATA_URL`]).
+    pub metadata_url: String,
+}
+
+/// The instance metadata service of an Azure VM.
+pub const DEFAULT_METADATA_URL: &str = "http://169.254.169.254";
+/// How long one request to the instance metadata service may take (ward's bound: off Azure
+/// the address does not answer).
+const METADATA_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The server VM's subscription, from its instance metadata, as SPIRE's
+/// `azure.FetchInstanceMetadata` reads it (and with its texts).
+fn own_subscription(metadata_url: &str) -> Result<String, String> {
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    struct Compute {
+        name: String,
+        #[serde(rename = "subscriptionId")]
+        subscription_id: String,
+        #[serde(rename = "resourceGroupName")]
+        resource_group_name: String,
+    }
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    struct InstanceMetadata {
+        compute: Compute,
+    }
+    let client = HttpGetter::with_timeout("ward-azure-imds", METADATA_TIMEOUT)
+        .map_err(|e| format!("unable to start the HTTP client: {e}"))?;
+    let url = format!(
+        "{}/metadata/instance?api-version=2017-08-01&format=json",
+        metadata_url.trim_end_matches('/')
+    );
+    let response = client.get(&url, &[("Metadata", "true")])?;
+    if response.status != 200 {
+        return Err(format!(
+            "unexpected status code {}: {}",
+            response.status,
+            String::from_utf8_lossy(&response.body).trim()
+        ));
+    }
+    let metadata: InstanceMetadata = serde_json::from_slice(&response.body)
+        .map_err(|e| format!("unable to decode response: {}", go_json_error(&e)))?;
+    let c = metadata.compute;
+    if c.name.is_empty() {
+        return Err("response missing instance name".into());
+    }
+    if c.subscription_id.is_empty() {
+        return Err("response missing instance subscription id".into());
+    }
+    if c.resource_group_name.is_empty() {
+        return Err("response missing instance resource group name".into());
+    }
+    Ok(c.subscription_id)
 }
 
 /// One tenant of [`AzureMsiServerConfig::tenants`] (SPIRE's `TenantConfig`).
@@ -284,14 +341,45 @@ impl AzureMsiVerifier {
         } else {
             config.resource_manager_url.as_str()
         };
+        let metadata_url = if config.metadata_url.is_empty() {
+            DEFAULT_METADATA_URL
+        } else {
+            config.metadata_url.as_str()
+        };
+        // Asked once, at start, as SPIRE asks it when it configures the plugin.
+        let mut own_subscription_id: Option<String> = None;
         let mut tenants = BTreeMap::new();
         for (id, t) in config.tenants {
             if t.subscription_id.is_empty() && t.app_id.is_empty() && t.app_secret.is_empty() {
-                return Err(config_error(format!(
-                    "no client credentials for tenant {id:?}: ward looks selectors up with the \
-                     tenant's subscription_id, app_id and app_secret only (SPIRE's default Azure \
-                     credential is not supported)"
-                )));
+                // The server VM's managed identity, in the subscription of the server VM.
+                let subscription_id = match &own_subscription_id {
+                    Some(s) => s.clone(),
+                    None => {
+                        let s = own_subscription(metadata_url).map_err(|e| {
+                            config_error(format!(
+                                "tenant {id:?} has no subscription_id, app_id and app_secret, so \
+                                 the server VM's managed identity is used, but its instance \
+                                 metadata could not be read: {e}"
+                            ))
+                        })?;
+                        own_subscription_id = Some(s.clone());
+                        s
+                    }
+                };
+                let resource_id = if t.resource_id.is_empty() {
+                    DEFAULT_RESOURCE_ID.to_owned()
+                } else {
+                    t.resource_id
+                };
+                let credentials = AppCredentials {
+                    subscription_id,
+                    app_id: String::new(),
+                    app_secret: String::new(),
+                    metadata_url: metadata_url.to_owned(),
+                };
+                let api = ResourceManager::new(&id, credentials, login_url, arm_url);
+                tenants.insert(id, Tenant { resource_id, api });
+                continue;
             }
             for (value, what) in [
                 (&t.subscription_id, "subscription id"),
@@ -313,6 +401,7 @@ impl AzureMsiVerifier {
                 subscription_id: t.subscription_id,
                 app_id: t.app_id,
                 app_secret: t.app_secret,
+                metadata_url: String::new(),
             };
             let api = ResourceManager::new(&id, credentials, login_url, arm_url);
             tenants.insert(id, Tenant { resource_id, api });

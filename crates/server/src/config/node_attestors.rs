@@ -459,6 +459,7 @@ impl AzureMsiFile {
             extra_keys,
             login_url: DEFAULT_LOGIN_URL.to_owned(),
             resource_manager_url: DEFAULT_RESOURCE_MANAGER_URL.to_owned(),
+            metadata_url: String::new(),
         })
         .map_err(|e| attestor_error(AZURE_MSI, e))?;
         Ok(Arc::new(verifier))
@@ -683,9 +684,15 @@ mod tests {
             reason(resolve("[azure_msi.tenants.t1]\napp_id = \"a\"\napp_secret = \"x\"\n")),
             "misconfigured tenant \"t1\": missing subscription id"
         );
+        // No credentials: the server VM's managed identity, whose instance metadata is not
+        // reachable here.
+        let managed = reason(resolve("[azure_msi.tenants.t1]\n"));
         assert!(
-            reason(resolve("[azure_msi.tenants.t1]\n"))
-                .starts_with("no client credentials for tenant \"t1\": ward looks selectors up"),
+            managed.starts_with(
+                "tenant \"t1\" has no subscription_id, app_id and app_secret, so the server VM's \
+                 managed identity is used, but its instance metadata could not be read: "
+            ),
+            "{managed}"
         );
     }
 

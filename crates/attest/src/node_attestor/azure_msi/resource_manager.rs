@@ -43,6 +43,9 @@ const COMPUTE_API: &str = "2022-03-01";
 const NETWORK_API: &str = "2022-01-01";
 /// A token is asked for again this long before it expires.
 const TOKEN_MARGIN: Duration = Duration::from_secs(300);
+/// The resource a managed identity's token is asked for (azidentity turns the scope
+/// `https://management.core.windows.net//.default` into it).
+const MANAGED_IDENTITY_RESOURCE: &str = "https://management.core.windows.net/";
 /// The longest token lifetime believed, in seconds (a day; Azure's are about an hour).
 const MAX_TOKEN_LIFETIME_SECS: u64 = 86_400;
 /// The most result pages followed.
@@ -209,15 +212,19 @@ fn body_error_code(body: &[u8]) -> Option<String> {
     re.captures(&text).and_then(|c| c.get(1)).map(|m| m.as_str().to_owned())
 }
 
-/// A tenant's application credentials.
+/// How the server signs in to Resource Manager for a tenant.
 #[derive(Clone, PartialEq, Eq)]
 pub struct AppCredentials {
-    /// `subscription_id`: the subscription searched for the VM.
+    /// `subscription_id`: the subscription searched for the VM (for a managed identity, the
+    /// server VM's own, from its instance metadata).
     pub subscription_id: String,
-    /// `app_id`: the application (client) ID.
+    /// `app_id`: the application (client) ID; empty: the server VM's managed identity.
     pub app_id: String,
     /// `app_secret`: the application's client secret.
     pub app_secret: String,
+    /// With an empty `app_id`: the instance metadata service whose managed-identity token
+    /// endpoint is asked (`http://169.254.169.254`).
+    pub metadata_url: String,
 }
 
 impl std::fmt::Debug for AppCredentials {
@@ -355,6 +362,9 @@ impl ResourceManager {
         }
         // The request is made without the lock: a slow login endpoint must not queue every
         // attestation of the tenant behind one another (two may both ask; the later is kept).
+        if self.credentials.app_id.is_empty() {
+            return self.managed_identity_token(client);
+        }
         const CRED: &str = "ClientSecretCredential";
         let url = format!("{}/{}/oauth2/v2.0/token", self.login_url, self.tenant);
         let form = encode_query(&[
@@ -388,6 +398,39 @@ impl ResourceManager {
                 response.status_text,
             ));
         }
+        self.keep_token(CRED, &response.body)
+    }
+
+    /// A Resource Manager token of the server VM's managed identity, from the instance
+    /// metadata service (azidentity's `ManagedIdentityCredential` on a VM: the scope's
+    /// resource, `Metadata: true`), kept as a client-secret token is.
+    fn managed_identity_token(&self, client: &HttpGetter) -> Result<String, String> {
+        const CRED: &str = "ManagedIdentityCredential";
+        let url = format!(
+            "{}/metadata/identity/oauth2/token?{}",
+            self.credentials.metadata_url.trim_end_matches('/'),
+            encode_query(&[
+                ("api-version".into(), "2018-02-01".into()),
+                ("resource".into(), MANAGED_IDENTITY_RESOURCE.into()),
+            ])
+        );
+        let response =
+            client.get(&url, &[("Metadata", "true")]).map_err(|e| format!("{CRED}: {e}"))?;
+        if response.status != 200 {
+            return Err(format!(
+                "{CRED} authentication failed. \n{}\n{SEPARATOR}\nRESPONSE {}: {}\n{SEPARATOR}\n{}\n{SEPARATOR}",
+                request_line("GET", &url),
+                response.status,
+                response.status_text,
+                shown_body(&response.body),
+            ));
+        }
+        self.keep_token(CRED, &response.body)
+    }
+
+    /// Reads a token answer (`access_token`, `expires_in` as a number or a string) and keeps
+    /// the token until [`TOKEN_MARGIN`] before it expires.
+    fn keep_token(&self, cred: &str, body: &[u8]) -> Result<String, String> {
         #[derive(Deserialize)]
         struct TokenResponse {
             #[serde(default)]
@@ -395,10 +438,10 @@ impl ResourceManager {
             #[serde(default)]
             expires_in: Option<serde_json::Value>,
         }
-        let r: TokenResponse = serde_json::from_slice(&response.body)
-            .map_err(|e| format!("{CRED}: {}", go_json_error(&e)))?;
+        let r: TokenResponse =
+            serde_json::from_slice(body).map_err(|e| format!("{cred}: {}", go_json_error(&e)))?;
         if r.access_token.is_empty() {
-            return Err(format!("{CRED}: response is missing access_token"));
+            return Err(format!("{cred}: response is missing access_token"));
         }
         let lifetime = match &r.expires_in {
             Some(serde_json::Value::Number(n)) => n.as_u64(),

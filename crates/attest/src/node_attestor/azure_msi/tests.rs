@@ -82,6 +82,7 @@ fn config(i: &Issuer) -> AzureMsiServerConfig {
         extra_keys: Some(serde_json::from_str(&i.set()).unwrap()),
         login_url: NOWHERE.into(),
         resource_manager_url: NOWHERE.into(),
+        metadata_url: NOWHERE.into(),
     }
 }
 
@@ -566,8 +567,52 @@ fn configuration_is_refused_as_spire_refuses_it() {
         refused(|t| t.app_secret.clear()),
         format!("azure_msi: misconfigured tenant \"{TENANT}\": missing app secret")
     );
+    assert!(refused(|t| *t = AzureTenant::default()).starts_with(&format!(
+        "azure_msi: tenant \"{TENANT}\" has no subscription_id, app_id and app_secret, so \
+             the server VM's managed identity is used, but its instance metadata could not be \
+             read: Get \"{NOWHERE}/metadata/instance?api-version=2017-08-01&format=json\": "
+    )),);
+}
+
+#[test]
+fn a_tenant_without_credentials_uses_the_vms_managed_identity_in_its_own_subscription() {
+    let vm = arm_id("rg", "Microsoft.Compute/virtualMachines/vm");
+    let (imds, imds_heads) = serve(vec![
+        json_answer(&serde_json::json!({"compute": {
+            "name": "server-vm", "subscriptionId": SUB, "resourceGroupName": "rg-s"
+        }})),
+        json_answer(&serde_json::json!({"access_token": "mi", "expires_in": "3599"})),
+    ]);
+    let (arm, arm_heads) = serve(vec![
+        json_answer(&serde_json::json!({"value": [{"id": vm}]})),
+        json_answer(&serde_json::json!({"id": vm, "properties": {}})),
+    ]);
+    let i = issuer("k1");
+    let mut c = config(&i);
+    c.tenants = BTreeMap::from([(TENANT.to_owned(), AzureTenant::default())]);
+    c.metadata_url = format!("http://{imds}");
+    c.resource_manager_url = format!("http://{arm}");
+    let v = AzureMsiVerifier::new(c).unwrap();
+    let Ok(Verification::Attested(a)) = run(&v, &i.payload(&claims()), NOW) else {
+        panic!("not attested");
+    };
+    assert_eq!(a.selector_values, [format!("subscription-id:{SUB}"), "vm-name:rg:vm".to_owned()]);
+    let instance = imds_heads.recv().unwrap();
     assert!(
-        refused(|t| *t = AzureTenant::default())
-            .starts_with(&format!("azure_msi: no client credentials for tenant \"{TENANT}\"")),
+        instance.starts_with("GET /metadata/instance?api-version=2017-08-01&format=json HTTP/1.1"),
+        "{instance}"
     );
+    let token = imds_heads.recv().unwrap();
+    assert!(
+        token.starts_with(
+            "GET /metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.core.windows.net%2F HTTP/1.1"
+        ),
+        "{token}"
+    );
+    for head in [&instance, &token] {
+        assert!(head.to_ascii_lowercase().contains("\r\nmetadata: true\r\n"), "{head}");
+    }
+    let list = arm_heads.recv().unwrap();
+    assert!(list.starts_with(&format!("GET /subscriptions/{SUB}/resources?")), "{list}");
+    assert!(list.to_ascii_lowercase().contains("authorization: bearer mi\r\n"), "{list}");
 }
