@@ -451,6 +451,13 @@ impl AzureMsiFile {
             Some(u) if u.is_empty() => None,
             Some(u) => Some(u),
         };
+        if oidc_issuer.is_none() && extra_keys.is_none() {
+            return Err(invalid(
+                "oidc_issuer_url is empty and extra_jwks_path is not set: no key could verify a \
+                 token"
+                    .to_owned(),
+            ));
+        }
         let verifier = AzureMsiVerifier::new(AzureMsiServerConfig {
             trust_domain: td.clone(),
             tenants,
@@ -586,6 +593,14 @@ impl GcpIitFile {
             Some(u) if u.is_empty() => None,
             Some(u) => Some(u),
         };
+        if certs_url.is_none() && extra_certificates.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: GCP_IIT,
+                reason: "google_certs_url is empty and extra_certificates_path names no \
+                         certificate: no key could verify a token"
+                    .to_owned(),
+            });
+        }
         let verifier = GcpIitVerifier::new(GcpIitServerConfig {
             trust_domain: td.clone(),
             project_id_allow_list: self.projectid_allow_list.unwrap_or_default(),
@@ -679,6 +694,9 @@ mod tests {
         ))
         .unwrap();
         assert!(ok.azure_msi.is_some());
+        let no_keys =
+            format!("[azure_msi]\noidc_issuer_url = \"\"\n[azure_msi.tenants.t1]\n{creds}");
+        assert!(reason(resolve(&no_keys)).contains("no key could verify a token"));
         assert_eq!(reason(resolve("[azure_msi]\n")), "configuration must have at least one tenant");
         assert_eq!(
             reason(resolve("[azure_msi.tenants.t1]\napp_id = \"a\"\napp_secret = \"x\"\n")),
@@ -775,6 +793,8 @@ mod tests {
             extra.display().to_string()
         );
         assert!(resolve(&with_extra).unwrap().gcp_iit.is_some());
+        let no_keys = "[gcp_iit]\nprojectid_allow_list = [\"p\"]\ngoogle_certs_url = \"\"\n";
+        assert!(reason(resolve(no_keys)).contains("no key could verify a token"));
         std::fs::write(&extra, "{\"k1\": \"no\"}").unwrap();
         assert!(reason(resolve(&with_extra)).contains("is not a PEM certificate"));
     }
