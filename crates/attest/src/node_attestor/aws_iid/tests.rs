@@ -1,5 +1,6 @@
+use aws_lc_rs::digest::{self, SHA256};
 use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::RsaKeyPair;
+use aws_lc_rs::signature::{self, RsaKeyPair};
 use cms::cert::IssuerAndSerialNumber;
 use cms::cert::x509::attr::Attribute;
 use cms::cert::x509::name::Name;
