@@ -86,6 +86,14 @@ fn config(i: &Issuer) -> AzureMsiServerConfig {
     }
 }
 
+/// A verifier of [`config`] whose login service and Resource Manager are both at `addr`.
+fn verifier_on(i: &Issuer, addr: &str) -> AzureMsiVerifier {
+    let mut c = config(i);
+    c.login_url = format!("http://{addr}");
+    c.resource_manager_url = format!("http://{addr}");
+    AzureMsiVerifier::new(c).unwrap()
+}
+
 /// The refusal of a token that passed every check, from a server that cannot reach Azure.
 fn unreachable() -> String {
     format!(
@@ -230,10 +238,7 @@ fn lookup_refusal(answers: Vec<String>) -> (RefusalCode, String) {
     all.extend(answers);
     let (addr, _heads) = serve(all);
     let i = issuer("k1");
-    let mut c = config(&i);
-    c.login_url = format!("http://{addr}");
-    c.resource_manager_url = format!("http://{addr}");
-    let v = AzureMsiVerifier::new(c).unwrap();
+    let v = verifier_on(&i, &addr);
     refusal(run(&v, &i.payload(&claims()), NOW))
 }
 
@@ -315,10 +320,7 @@ fn the_resource_list_is_followed_through_its_next_links() {
         ]
     });
     let i = issuer("k1");
-    let mut c = config(&i);
-    c.login_url = format!("http://{addr}");
-    c.resource_manager_url = format!("http://{addr}");
-    let v = AzureMsiVerifier::new(c).unwrap();
+    let v = verifier_on(&i, &addr);
     let Ok(Verification::Attested(a)) = run(&v, &i.payload(&claims()), NOW) else {
         panic!("not attested");
     };
@@ -343,10 +345,7 @@ fn a_next_link_to_another_host_is_refused_and_never_sent_the_token() {
         json_answer(&serde_json::json!({"value": [], "nextLink": next})),
     ]);
     let i = issuer("k1");
-    let mut c = config(&i);
-    c.login_url = format!("http://{addr}");
-    c.resource_manager_url = format!("http://{addr}");
-    let v = AzureMsiVerifier::new(c).unwrap();
+    let v = verifier_on(&i, &addr);
     let Err(refusal) = run(&v, &i.payload(&claims()), NOW) else { panic!("attested") };
     assert!(refusal.message.contains("is not on Resource Manager's endpoint"), "{refusal:?}");
     assert!(
@@ -365,10 +364,7 @@ fn a_token_lifetime_beyond_any_clock_is_believed_for_a_day_only() {
             json_answer(&serde_json::json!({"id": vm, "properties": {}})),
         ]);
         let i = issuer("k1");
-        let mut c = config(&i);
-        c.login_url = format!("http://{addr}");
-        c.resource_manager_url = format!("http://{addr}");
-        let v = AzureMsiVerifier::new(c).unwrap();
+        let v = verifier_on(&i, &addr);
         assert!(
             matches!(run(&v, &i.payload(&claims()), NOW), Ok(Verification::Attested(_))),
             "expires_in {lifetime}"
