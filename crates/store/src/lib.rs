@@ -184,6 +184,7 @@ pub mod snapshot;
 mod state;
 mod store;
 pub mod testdata;
+mod torn_snapshot;
 
 pub use command::{
     AgentAttestation, Applied, BundleDeleteMode, BundleMask, BundleUpdate, Command, ConsumedToken,

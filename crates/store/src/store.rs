@@ -839,9 +839,12 @@ fn poisoned_lock() -> ! {
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Opens the sled database, waiting up to [`LOCK_WAIT`] for a just-closed handle to release
-/// its file lock.
+/// its file lock. If sled finds the directory corrupt, torn snapshot files a killed process
+/// left are removed and the open is tried once more (see the `torn_snapshot` module); sled
+/// held the directory's lock while it read them, so no live handle was writing one.
 fn open_engine(path: &Path, config: &StoreConfig) -> Result<sled::Db, StoreError> {
     let deadline = std::time::Instant::now().checked_add(LOCK_WAIT);
+    let mut cleared = false;
     loop {
         let opened = sled::Config::new()
             .path(path)
@@ -854,6 +857,22 @@ fn open_engine(path: &Path, config: &StoreConfig) -> Result<sled::Db, StoreError
                     && deadline.is_some_and(|d| std::time::Instant::now() < d) =>
             {
                 std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(sled::Error::Corruption { .. }) if !cleared => {
+                cleared = true;
+                let removed = crate::torn_snapshot::remove_torn(path).map_err(|e| {
+                    StoreError::Engine(format!("cannot clear torn engine snapshot files: {e}"))
+                })?;
+                if removed.is_empty() {
+                    return opened.engine();
+                }
+                for file in removed {
+                    tracing::warn!(
+                        file = %file.display(),
+                        "removed a half-written engine snapshot left by a process killed while \
+                         writing it"
+                    );
+                }
             }
             other => return other.engine(),
         }
