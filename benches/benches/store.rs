@@ -14,7 +14,7 @@ use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use ward_core::{EntryId, RegistrationEntry};
 use ward_store::testdata::DataSet;
 use ward_store::{Command, Committed, Store, StoreConfig};
@@ -30,8 +30,18 @@ fn data_dir(name: &str) -> PathBuf {
     target.join("ward-bench-data").join(name)
 }
 
+/// No automatic entry images: each bench chooses whether its open reads one.
 fn config() -> StoreConfig {
-    StoreConfig::new(DataSet::trust_domain())
+    StoreConfig { checkpoint_every: None, ..StoreConfig::new(DataSet::trust_domain()) }
+}
+
+/// Removes the entry image of the store in `dir`, so its next open reads the engine.
+fn remove_image(dir: &std::path::Path) {
+    match std::fs::remove_file(dir.join("ward-entries.image")) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => panic!("removing the entry image: {e}"),
+    }
 }
 
 fn rss_kib() -> u64 {
@@ -73,6 +83,9 @@ fn open_set(set: DataSet, name: &str) -> Store {
 fn authorized(c: &mut Criterion) {
     let mut g = c.benchmark_group("store");
     g.sample_size(10);
+    // One open per sample: ten per bench (linear sampling would make 55), and at most
+    // 10,000 revisions for `restart_1m/from_checkpoint` to catch up on.
+    g.sampling_mode(SamplingMode::Flat);
     let mut built = false;
     g.bench_function("open_1m", |b| {
         // Make sure the set exists (built on the first run), then time reopening it until
@@ -86,8 +99,10 @@ fn authorized(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
+                remove_image(&dir);
                 let t = Instant::now();
                 let store = Store::open(&dir, config()).unwrap();
+                assert!(!store.opened_from_image());
                 assert_eq!(store.authorized_entries_uncached(&agent).len(), 15);
                 total += t.elapsed();
                 drop(store);
@@ -95,33 +110,54 @@ fn authorized(c: &mut Criterion) {
             total
         });
     });
-    // A restart as a replica does it: open, replay the committed log entries after the
-    // applied index, answer an agent.
-    g.bench_function("restart_1m", |b| {
-        let dir = data_dir("1m");
-        let agent = DataSet::agent_id(0);
-        let log = DataSet::LARGE.replay_log(RESTART_REPLAY);
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let t = Instant::now();
-                let store = Store::open(&dir, config()).unwrap();
-                let applied = store.last_applied();
-                let committed: Vec<Committed<'_>> = (applied + 1..)
-                    .zip(&log)
-                    .map(|(index, data)| Committed::Entry { index, term: 1, data })
-                    .collect();
-                assert_eq!(store.apply_committed(&committed).unwrap().len(), log.len());
-                assert_eq!(store.authorized_entries_uncached(&agent).len(), 15);
-                total += t.elapsed();
-                store.flush().unwrap();
-                drop(store);
-            }
-            total
-        });
+    // A restart as a replica does it after a crash with no entry image: open, replay the
+    // committed log entries after the applied index, answer an agent.
+    g.bench_function("restart_1m", |b| restart(b, false));
+    // The same after a crash when an entry image was written earlier (as ward-server does
+    // every `CHECKPOINT_EVERY` revisions): the open reads the image and catches up with
+    // the entries the change feed names after it (1,000 more log entries per iteration).
+    g.bench_function("restart_1m/from_checkpoint", |b| {
+        let store = Store::open(data_dir("1m"), config()).unwrap();
+        store.checkpoint().unwrap();
+        drop(store);
+        restart(b, true);
     });
     g.finish();
+    authorized_queries(c);
+}
 
+/// Criterion's loop for `store/restart_1m`: open the `1m` set (from its entry image when
+/// `from_image`, else from the engine), replay [`RESTART_REPLAY`] committed log entries,
+/// answer an agent; flush and drop without closing, as a crash leaves the store.
+fn restart(b: &mut criterion::Bencher<'_>, from_image: bool) {
+    let dir = data_dir("1m");
+    let agent = DataSet::agent_id(0);
+    let log = DataSet::LARGE.replay_log(RESTART_REPLAY);
+    b.iter_custom(|iters| {
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+            if !from_image {
+                remove_image(&dir);
+            }
+            let t = Instant::now();
+            let store = Store::open(&dir, config()).unwrap();
+            assert_eq!(store.opened_from_image(), from_image);
+            let applied = store.last_applied();
+            let committed: Vec<Committed<'_>> = (applied + 1..)
+                .zip(&log)
+                .map(|(index, data)| Committed::Entry { index, term: 1, data })
+                .collect();
+            assert_eq!(store.apply_committed(&committed).unwrap().len(), log.len());
+            assert_eq!(store.authorized_entries_uncached(&agent).len(), 15);
+            total += t.elapsed();
+            store.flush().unwrap();
+            drop(store);
+        }
+        total
+    });
+}
+
+fn authorized_queries(c: &mut Criterion) {
     let mut g = c.benchmark_group("store");
     for (set, name) in [(DataSet::SMALL, "1k"), (DataSet::LARGE, "1m")] {
         let mut store: Option<Store> = None;

@@ -97,14 +97,16 @@
 //!
 //! # The entry image
 //!
-//! [`Store::close`] (a clean shutdown) flushes and writes `ward-entries.image` beside
-//! sled's files: the live tree's entry records in key order in one checksummed file, with
-//! the generation, applied index and revision they are of. The next open reads the entries
-//! from it with one sequential read instead of walking sled's pages (at 1M entries it
-//! opens in about half the CPU time), if its CRC holds and it is of exactly the live
-//! tree's state; otherwise (missing, stale, damaged) it reads sled as before. Open deletes
-//! the file before it returns, so after a crash the next open reads sled. The `image`
-//! module has the format.
+//! [`Store::checkpoint`] flushes and writes `ward-entries.image` beside sled's files: the
+//! live tree's entry records in key order in one checksummed file, with the generation,
+//! applied index and revision they are of. The store writes one on a thread of its own
+//! every [`StoreConfig::checkpoint_every`] revisions (default [`CHECKPOINT_EVERY`]), and
+//! [`Store::close`] (a clean shutdown) writes one. An open reads the entries from it with
+//! one sequential read instead of walking sled's pages (at 1M entries, about half the CPU
+//! time), then reads again from sled the entries the change feed names after the image's
+//! revision, so a restart after a crash uses it too. It falls back to reading every entry
+//! from sled when the image is missing, damaged, of another generation, ahead of the tree,
+//! or further back than the feed reaches. The `image` module has the format and the rules.
 //!
 //! # In-memory image and indexes
 //!
@@ -199,4 +201,6 @@ pub use request_ids::REQUEST_ID_RETAIN;
 pub use revision_watch::RevisionWatch;
 pub use snapshot::{DEFAULT_CHUNK_BYTES, Snapshot, SnapshotChunk, SnapshotExport, SnapshotInfo};
 pub use state::AuthorizedEntries;
-pub use store::{AppliedEntry, CHANGE_FEED_RETAIN, Committed, Duplicate, Store, StoreConfig};
+pub use store::{
+    AppliedEntry, CHANGE_FEED_RETAIN, CHECKPOINT_EVERY, Committed, Duplicate, Store, StoreConfig,
+};

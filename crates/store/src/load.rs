@@ -40,13 +40,13 @@ pub(crate) fn load_state(
         migrate_runs(tree)?;
     }
     check_trust_domain(tree, td)?;
-    let entries = match tree.get(record::META_ENTRIES).engine()? {
-        Some(v) => record::read_u64(record::META_ENTRIES, &v)?,
-        None => 0,
+    let recorded = match tree.get(record::META_ENTRIES).engine()? {
+        Some(v) => Some(record::read_u64(record::META_ENTRIES, &v)?),
+        None => None,
     };
     let entries = match &image {
         Some(image) => image.count(),
-        None => usize::try_from(entries).unwrap_or(0),
+        None => recorded.and_then(|n| usize::try_from(n).ok()).unwrap_or(0),
     };
     state.begin_bulk_load(entries);
     let loaded = match &image {
@@ -59,15 +59,15 @@ pub(crate) fn load_state(
             })
         }
     };
-    let from_image = image.is_some();
+    let image_revision = image.as_ref().map(|i| i.of().revision);
     drop(image);
     state.end_bulk_load();
     loaded?;
-    if from_image && state.entry_count() != entries {
-        return Err(StoreError::Corrupt {
-            key: image::IMAGE_FILE.into(),
-            reason: format!("{} entries read, {entries} recorded", state.entry_count()),
-        });
+    if image_revision.is_some() && state.entry_count() != entries {
+        return Err(image_corrupt(format!(
+            "{} entries read, {entries} recorded",
+            state.entry_count()
+        )));
     }
     let records =
         [record::AGENT, record::TOKEN, record::BUNDLE, record::FEDERATION, record::REQUEST_RUN]
@@ -124,10 +124,75 @@ pub(crate) fn load_state(
         }
     }
     state.request_ids.mark_clean();
+    if let Some(since) = image_revision {
+        catch_up_entries(tree, &mut state, since)?;
+        let count = state.entry_count() as u64;
+        if recorded.is_some_and(|n| n != count) {
+            return Err(image_corrupt(format!(
+                "{count} entries after the changes since the image, {recorded:?} recorded"
+            )));
+        }
+    }
     let run = feed::run_of(state.revision);
     state.feed = FeedTail::stored(run, tree.get(record::feed_key(run)).engine()?.as_deref())?;
     state.refreeze_dirty_groups();
     Ok(state)
+}
+
+fn image_corrupt(reason: String) -> StoreError {
+    StoreError::Corrupt { key: image::IMAGE_FILE.into(), reason }
+}
+
+/// Brings entries loaded from an image of revision `since` up to the tree's revision
+/// (`state.revision`, already read): every entry the change feed names after `since` is
+/// read again from the tree, replaced if it is there and removed if not. The feed must
+/// hold every revision from `since + 1` to the tree's, one after the other; otherwise the
+/// image cannot be caught up and this fails (open then reads every entry from the tree).
+fn catch_up_entries(tree: &sled::Tree, state: &mut State, since: u64) -> Result<(), StoreError> {
+    let to = state.revision;
+    if since > to {
+        return Err(image_corrupt(format!("image of revision {since}, the tree is at {to}")));
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    let mut next = since.saturating_add(1);
+    if since < to {
+        for kv in tree.range(record::feed_key(feed::run_of(next))..) {
+            let (k, v) = kv.engine()?;
+            if k.first() != Some(&record::FEED_RUN) {
+                break;
+            }
+            for change in feed::changes(&k, &v) {
+                let change = change?;
+                if change.revision < next {
+                    continue;
+                }
+                if change.revision != next {
+                    return Err(image_corrupt(format!(
+                        "the change feed has revision {} where {next} was due",
+                        change.revision
+                    )));
+                }
+                ids.extend(change.entries);
+                next = next.saturating_add(1);
+            }
+        }
+    }
+    if next != to.saturating_add(1) {
+        return Err(image_corrupt(format!(
+            "the change feed ends before revision {to} (next {next}) after the image's {since}"
+        )));
+    }
+    for id in ids {
+        let key = record::entry_key(&id);
+        state.remove_entry(&id);
+        if let Some(v) = tree.get(&key).engine()? {
+            let (e, number): (RegistrationEntry, u64) = record::decode_numbered(&key, &v)?;
+            if !state.insert_new_entry(Arc::new(e), number) {
+                return Err(StoreError::Capacity);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Moves a layout-format-1 tree to the current format: the change feed's records (one per

@@ -558,6 +558,12 @@ impl Store {
                 return Err(e);
             }
         };
+        // No entry image may outlive the switch: one of the old state's history could be
+        // mistaken for one of the new state's after another switch back to this
+        // generation. Taken before the state lock, as a checkpoint takes them.
+        let _images =
+            self.inner.image_writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        crate::image::discard(&self.inner.dir)?;
         let mut guard = self.write_lock();
         // Applies may have run during the transfer.
         let swapped = if info.applied > guard.applied {

@@ -135,6 +135,27 @@ fn image_child(dir: &str) {
     }
 }
 
+/// Child mode with checkpoints: continue the stream, writing the entry image every
+/// [`CHECKPOINT_EVERY_TEST`] commands without closing, until killed. Prints `image` if its
+/// open read the image, and `durable <i>` after each checkpoint (which flushes).
+fn checkpoint_child(dir: &str) {
+    let store = Store::open(dir, config()).unwrap();
+    if store.opened_from_image() {
+        println!("image");
+    }
+    let start = store.last_applied() + 1;
+    for i in start..start + 1_000_000 {
+        store.apply(i, &command(i)).unwrap();
+        if i % CHECKPOINT_EVERY_TEST == 0 {
+            store.checkpoint().unwrap();
+            println!("durable {i}");
+        }
+    }
+}
+
+/// How often [`checkpoint_child`] writes the image, in commands.
+const CHECKPOINT_EVERY_TEST: u64 = 23;
+
 #[test]
 fn sigkill_during_apply_recovers_exact_prefix() {
     if let Ok(dir) = std::env::var(CHILD_ENV) {
@@ -154,6 +175,20 @@ fn sigkill_while_closing_and_reopening_with_the_entry_image_recovers_exact_prefi
         "sigkill_while_closing_and_reopening_with_the_entry_image_recovers_exact_prefix",
     );
     assert!(child_images > 0, "no reopen read the image");
+    eprintln!("opens from the image: {child_images} in the child, {parent_images} after kills");
+}
+
+#[test]
+fn sigkill_between_checkpoints_recovers_exact_prefix_from_the_image_and_the_feed() {
+    if let Ok(dir) = std::env::var(CHILD_ENV) {
+        checkpoint_child(&dir);
+        return;
+    }
+    let (child_images, parent_images) = kill_and_recover(
+        "sigkill_between_checkpoints_recovers_exact_prefix_from_the_image_and_the_feed",
+    );
+    // Every open after the first checkpoint reads the image and catches up from the feed.
+    assert!(parent_images + 2 >= KILLS, "only {parent_images} of {KILLS} opens read the image");
     eprintln!("opens from the image: {child_images} in the child, {parent_images} after kills");
 }
 
