@@ -183,7 +183,9 @@ fn check(mut bytes: Vec<u8>) -> Option<Image> {
     }
     let count = usize::try_from(count).ok()?;
     let split = usize::try_from(split).ok()?;
-    if split > bytes.len().saturating_sub(HEADER) {
+    let body = bytes.len().saturating_sub(HEADER);
+    // Every record takes at least its two 4-byte lengths.
+    if split > body || count > body / 8 {
         return None;
     }
     Some(Image { bytes, of, count, split })
@@ -304,6 +306,16 @@ mod tests {
             std::fs::write(&path, &bytes).unwrap();
             assert!(read(dir.path()).is_none(), "byte {at} changed");
         }
+        // A count more records than the body could hold, under a valid CRC.
+        let dir = written(3);
+        let path = dir.path().join(IMAGE_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[25..33].copy_from_slice(&(1u64 << 60).to_le_bytes());
+        let body_end = bytes.len() - 4;
+        let crc = crc32fast::hash(&bytes[..body_end]);
+        bytes[body_end..].copy_from_slice(&crc.to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(read(dir.path()).is_none(), "huge count");
         for cut in [0, 3, len / 2, len - 1] {
             let dir = written(3);
             let path = dir.path().join(IMAGE_FILE);

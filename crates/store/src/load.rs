@@ -48,7 +48,8 @@ pub(crate) fn load_state(
         Some(image) => image.count(),
         None => recorded.and_then(|n| usize::try_from(n).ok()).unwrap_or(0),
     };
-    state.begin_bulk_load(entries);
+    // A size hint only: a damaged count must not reserve more than a large store needs.
+    state.begin_bulk_load(entries.min(MAX_RESERVE));
     let loaded = match &image {
         Some(image) => load_entries(&mut state, |high| image.records(high)),
         None => {
@@ -68,6 +69,16 @@ pub(crate) fn load_state(
             "{} entries read, {entries} recorded",
             state.entry_count()
         )));
+    }
+    if state.distinct_entry_ids() != state.entry_count() {
+        return Err(StoreError::Corrupt {
+            key: if image_revision.is_some() { image::IMAGE_FILE } else { "entry records" }.into(),
+            reason: format!(
+                "{} entry records for {} distinct ids",
+                state.entry_count(),
+                state.distinct_entry_ids()
+            ),
+        });
     }
     let records =
         [record::AGENT, record::TOKEN, record::BUNDLE, record::FEDERATION, record::REQUEST_RUN]
@@ -139,6 +150,11 @@ pub(crate) fn load_state(
     Ok(state)
 }
 
+/// An image is caught up only while fewer than one entry in this many changed after it...
+const CATCH_UP_SHARE: usize = 8;
+/// ... or no more than this many (cheap whatever the store's size).
+const CATCH_UP_ALWAYS: usize = 4096;
+
 fn image_corrupt(reason: String) -> StoreError {
     StoreError::Corrupt { key: image::IMAGE_FILE.into(), reason }
 }
@@ -180,6 +196,15 @@ fn catch_up_entries(tree: &sled::Tree, state: &mut State, since: u64) -> Result<
     if next != to.saturating_add(1) {
         return Err(image_corrupt(format!(
             "the change feed ends before revision {to} (next {next}) after the image's {since}"
+        )));
+    }
+    // Each changed entry costs a random read and an index update one at a time, several
+    // times a bulk-loaded record: past this share reading every record is faster.
+    if ids.len() > CATCH_UP_ALWAYS && ids.len() > state.entry_count() / CATCH_UP_SHARE {
+        return Err(image_corrupt(format!(
+            "{} entries changed since the image, of {}: reading the tree instead",
+            ids.len(),
+            state.entry_count()
         )));
     }
     for id in ids {
@@ -246,6 +271,9 @@ fn check_trust_domain(tree: &sled::Tree, td: &TrustDomain) -> Result<(), StoreEr
         }
     }
 }
+
+/// The most entry slots an open reserves ahead (a hint; more are added as needed).
+const MAX_RESERVE: usize = 1 << 24;
 
 /// Entries per message from a decoding thread to the indexing one in [`load_entries`].
 const LOAD_BATCH: usize = 2048;
@@ -316,6 +344,9 @@ fn decode_range<K: AsRef<[u8]>, V: AsRef<[u8]>>(
         let (k, v) = kv?;
         let (e, number): (RegistrationEntry, u64) =
             record::decode_numbered(k.as_ref(), v.as_ref())?;
+        if k.as_ref().strip_prefix(&[record::ENTRY]) != Some(e.id.as_str().as_bytes()) {
+            return Err(record::corrupt(k.as_ref(), "the record holds another entry's id"));
+        }
         batch.push((Arc::new(e), number));
         if batch.len() == LOAD_BATCH {
             let full = std::mem::replace(&mut batch, Vec::with_capacity(LOAD_BATCH));

@@ -563,7 +563,11 @@ impl Store {
         // generation. Taken before the state lock, as a checkpoint takes them.
         let _images =
             self.inner.image_writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        crate::image::discard(&self.inner.dir)?;
+        if let Err(e) = crate::image::discard(&self.inner.dir) {
+            drop(staging);
+            self.drop_generation(generation)?;
+            return Err(e);
+        }
         let mut guard = self.write_lock();
         // Applies may have run during the transfer.
         let swapped = if info.applied > guard.applied {

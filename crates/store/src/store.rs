@@ -76,8 +76,8 @@ pub struct StoreConfig {
     /// revision is this many past the last image (or, with no image, past 0), so a restart
     /// after a crash also reads the entries from an image instead of the engine. Keep it
     /// well under [`CHANGE_FEED_RETAIN`]: an image the change feed no longer reaches back
-    /// to is of no use. `None` writes images only on [`Store::checkpoint`] and
-    /// [`Store::close`].
+    /// to is of no use. `None` (or 0) writes images only on [`Store::checkpoint`] and
+    /// [`Store::close`]. An attempt that fails is not repeated before this many more.
     pub checkpoint_every: Option<u64>,
 }
 
@@ -258,11 +258,14 @@ impl Store {
                 let revision = image.of().revision;
                 match load_state(&data, &config.trust_domain, Some(image)) {
                     Ok(state) => (state, Some(revision)),
-                    Err(e) => {
+                    // Other errors (another trust domain, a newer format) are the tree's:
+                    // reading it without the image fails the same way, and the image stays.
+                    Err(e @ StoreError::Corrupt { .. }) => {
                         tracing::warn!(error = %e, "the entry image could not be used; reading the entries from the engine");
                         image::discard(path.as_ref())?;
                         (load_state(&data, &config.trust_domain, None)?, None)
                     }
+                    Err(e) => return Err(e),
                 }
             }
             None => (load_state(&data, &config.trust_domain, None)?, None),
@@ -605,13 +608,16 @@ impl Store {
     /// [`StoreConfig::checkpoint_every`] revisions or more past the last image and none is
     /// running. Called after applies.
     fn checkpoint_if_due(&self, revision: u64) {
-        let Some(every) = self.inner.config.checkpoint_every else { return };
+        let Some(every) = self.inner.config.checkpoint_every.filter(|&n| n > 0) else { return };
         let base = self.inner.checkpoint_base.load(Ordering::Acquire);
         if revision.saturating_sub(base) < every
             || self.inner.checkpointing.swap(true, Ordering::AcqRel)
         {
             return;
         }
+        // Counted from this attempt even if it fails, so a failing disk is tried again
+        // `every` revisions later rather than after every apply.
+        self.inner.checkpoint_base.fetch_max(revision, Ordering::AcqRel);
         let store = self.clone();
         let started =
             std::thread::Builder::new().name("ward-store-checkpoint".into()).spawn(move || {
@@ -852,6 +858,9 @@ impl Store {
         self.inner.cache.invalidate_all();
         self.inner.cache_used.store(false, Ordering::Release);
         self.inner.poisoned.store(false, Ordering::Release);
+        // The image went with the old state: count revisions from 0 again, as after an
+        // open without an image.
+        self.inner.checkpoint_base.store(0, Ordering::Release);
         Ok(())
     }
 
@@ -1100,6 +1109,37 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         reopen(&dir, store, true);
+    }
+
+    #[test]
+    fn an_image_naming_one_entry_twice_is_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), config(None)).unwrap();
+        DataSet::SMALL.load(&store).unwrap();
+        let state = store.read();
+        let generation = *store.inner.generation.lock().unwrap();
+        let of = ImageOf { generation, applied: state.applied, revision: state.revision };
+        let mut entries: Vec<(u64, &Arc<RegistrationEntry>)> =
+            state.numbered_entries_by_id().collect();
+        entries[1] = entries[0];
+        image::write(dir.path(), of, entries.len(), entries.into_iter()).unwrap();
+        drop(state);
+        reopen(&dir, store, false);
+        assert!(!dir.path().join(image::IMAGE_FILE).exists());
+    }
+
+    #[test]
+    fn an_image_stays_when_the_open_is_refused_for_another_trust_domain() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), config(None)).unwrap();
+        DataSet::SMALL.load(&store).unwrap();
+        store.close().unwrap();
+        drop(store);
+        let other = StoreConfig::new(TrustDomain::new("other.test").unwrap());
+        let err = Store::open(dir.path(), other).unwrap_err();
+        assert!(matches!(err, StoreError::TrustDomainMismatch { .. }), "{err:?}");
+        assert!(dir.path().join(image::IMAGE_FILE).exists());
+        assert!(Store::open(dir.path(), config(None)).unwrap().opened_from_image());
     }
 
     #[test]

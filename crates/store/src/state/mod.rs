@@ -386,6 +386,12 @@ impl State {
         self.entries.len()
     }
 
+    /// Number of distinct entry ids; equal to [`State::entry_count`] unless a load was
+    /// given one id twice.
+    pub(crate) fn distinct_entry_ids(&self) -> usize {
+        self.entry_ids.len()
+    }
+
     fn slots<'a>(
         &'a self,
         index: &'a HashIndex<u64>,
