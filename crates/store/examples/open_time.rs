@@ -1,12 +1,20 @@
 //! Times opening an existing store until it answers an agent's authorized entries: wall
 //! time and the process's CPU time (all threads) per open.
 //!
-//! `cargo run --release -p ward-store --example open_time -- <dir> [runs] [replay] [--no-image]`
-//! (default 3 runs, no replay). Each run ends with [`Store::close`], which writes the entry
-//! image the next run opens from; with `--no-image` it only flushes, so every run reads the
-//! engine (delete `<dir>/ward-entries.image` first). With `replay` = N, each run also applies N committed log entries after
-//! the applied index ([`DataSet::replay_log`]: creates and deletes, so the set stays as it
-//! is), as a replica's restart does, before the query.
+//! `cargo run --release -p ward-store --example open_time -- <dir> [runs] [replay] [mode]`
+//! (default 3 runs, no replay). The mode says how each run ends and so what the next open
+//! finds:
+//! - none: [`Store::close`] (a clean shutdown), which writes the entry image of exactly the
+//!   state the next run opens;
+//! - `--crash`: only a flush, as a crash leaves the store; the entry image written before
+//!   the first run (by [`Store::checkpoint`], untimed, if there is none) stays, so every
+//!   open reads it and catches up with the entries changed since through the change feed;
+//! - `--no-image`: only a flush, and the image is deleted before each run, so every open
+//!   reads the engine.
+//!
+//! With `replay` = N, each run also applies N committed log entries after the applied
+//! index ([`DataSet::replay_log`]: creates and deletes, so the set stays as it is), as a
+//! replica's restart does, before the query. Automatic checkpoints are off.
 //! `<dir>` holds a data set from `ward_store::testdata` (the `footprint` example or the
 //! store bench builds one).
 
@@ -35,13 +43,38 @@ fn main() -> Result<(), StoreError> {
     let dir = PathBuf::from(args.next().unwrap_or_else(|| "footprint-data".into()));
     let runs: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(3);
     let replay: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-    let close = args.next().as_deref() != Some("--no-image");
+    let mode = args.next().unwrap_or_default();
+    let (close, keep_image) = match mode.as_str() {
+        "" => (true, true),
+        "--crash" => (false, true),
+        "--no-image" => (false, false),
+        other => {
+            eprintln!("unknown mode {other:?}: give --crash, --no-image or nothing");
+            std::process::exit(2);
+        }
+    };
+    let config =
+        || StoreConfig { checkpoint_every: None, ..StoreConfig::new(DataSet::trust_domain()) };
+    let image_path = dir.join("ward-entries.image");
+    if !close && keep_image && !image_path.exists() {
+        let store = Store::open(&dir, config())?;
+        store.checkpoint()?;
+        println!("wrote an entry image at revision {}", store.revision());
+    }
     let agent = DataSet::agent_id(0);
     let log = DataSet::LARGE.replay_log(replay);
     for run in 1..=runs {
-        let image = dir.join("ward-entries.image").exists();
+        if !keep_image {
+            match std::fs::remove_file(&image_path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(StoreError::Engine(e.to_string()));
+                }
+                _ => {}
+            }
+        }
         let (t, cpu) = (Instant::now(), cpu_time());
-        let store = Store::open(&dir, StoreConfig::new(DataSet::trust_domain()))?;
+        let store = Store::open(&dir, config())?;
+        let image = store.opened_from_image();
         let committed: Vec<Committed<'_>> = (store.last_applied() + 1..)
             .zip(&log)
             .map(|(index, data)| Committed::Entry { index, term: 1, data })
