@@ -4,7 +4,8 @@
 //! `cargo run --release -p ward-store --example open_time -- <dir> [runs] [replay] [mode]`
 //! (default 3 runs, no replay). The mode says how each run ends and so what the next open
 //! finds:
-//! - none: [`Store::close`] (a clean shutdown), which writes the entry image of exactly the
+//! - none: [`Store::close`] (a clean shutdown; timed, with the time the state lock was
+//!   held), which writes the entry image of exactly the
 //!   state the next run opens;
 //! - `--crash`: only a flush, as a crash leaves the store; the entry image written before
 //!   the first run (by [`Store::checkpoint`], untimed, if there is none) stays, so every
@@ -90,8 +91,13 @@ fn main() -> Result<(), StoreError> {
         );
         let t = Instant::now();
         if close {
-            store.close()?;
-            println!("run {run}: close (flush and entry image) {:.2?}", t.elapsed());
+            let c = store.checkpoint()?;
+            println!(
+                "run {run}: close (flush and entry image of {} entries) {:.2?}, state lock held {:.2?}",
+                c.entries,
+                t.elapsed(),
+                c.lock_held
+            );
         } else {
             store.flush()?;
         }

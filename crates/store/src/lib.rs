@@ -202,5 +202,6 @@ pub use revision_watch::RevisionWatch;
 pub use snapshot::{DEFAULT_CHUNK_BYTES, Snapshot, SnapshotChunk, SnapshotExport, SnapshotInfo};
 pub use state::AuthorizedEntries;
 pub use store::{
-    AppliedEntry, CHANGE_FEED_RETAIN, CHECKPOINT_EVERY, Committed, Duplicate, Store, StoreConfig,
+    AppliedEntry, CHANGE_FEED_RETAIN, CHECKPOINT_EVERY, Checkpoint, Committed, Duplicate, Store,
+    StoreConfig,
 };

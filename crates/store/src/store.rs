@@ -202,6 +202,17 @@ pub(crate) struct Inner {
     revisions: RevisionSender,
 }
 
+/// What a [`Store::checkpoint`] wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The revision the image is of.
+    pub revision: u64,
+    /// Number of entries in it.
+    pub entries: usize,
+    /// How long it held the state read lock (writers wait that long).
+    pub lock_held: std::time::Duration,
+}
+
 /// ward's replicated state machine on sled. Cheap to clone; clones share one store.
 #[derive(Clone)]
 pub struct Store {
@@ -569,7 +580,7 @@ impl Store {
     /// # Errors
     /// As [`Store::checkpoint`].
     pub fn close(&self) -> Result<(), StoreError> {
-        self.checkpoint()
+        self.checkpoint().map(|_| ())
     }
 
     /// Writes the entry image of the current state: takes the entries (a reference each)
@@ -585,9 +596,10 @@ impl Store {
     /// # Errors
     /// [`StoreError::Engine`] on I/O failure; the store stays usable and the next open
     /// uses the previous image, if any still fits, or reads the engine.
-    pub fn checkpoint(&self) -> Result<(), StoreError> {
+    pub fn checkpoint(&self) -> Result<Checkpoint, StoreError> {
         let _one =
             self.inner.image_writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let locked = std::time::Instant::now();
         let (of, entries) = {
             let state = self.read();
             let generation =
@@ -596,12 +608,13 @@ impl Store {
                 state.numbered_entries_by_id().map(|(n, e)| (n, Arc::clone(e))).collect();
             (ImageOf { generation, applied: state.applied, revision: state.revision }, entries)
         };
+        let lock_held = locked.elapsed();
         // Everything applied up to `of` (and maybe more) is on disk once this returns.
         self.inner.db.flush().engine()?;
         self.inner.durable.fetch_max(of.applied, Ordering::AcqRel);
         image::write(&self.inner.dir, of, entries.len(), entries.iter().map(|(n, e)| (*n, e)))?;
         self.inner.checkpoint_base.fetch_max(of.revision, Ordering::AcqRel);
-        Ok(())
+        Ok(Checkpoint { revision: of.revision, entries: entries.len(), lock_held })
     }
 
     /// Starts a [`Store::checkpoint`] on a thread of its own when the state is
@@ -623,8 +636,10 @@ impl Store {
             std::thread::Builder::new().name("ward-store-checkpoint".into()).spawn(move || {
                 let started = std::time::Instant::now();
                 match store.checkpoint() {
-                    Ok(()) => tracing::debug!(
-                        revision,
+                    Ok(c) => tracing::debug!(
+                        revision = c.revision,
+                        entries = c.entries,
+                        lock_held_ms = c.lock_held.as_millis() as u64,
                         elapsed_ms = started.elapsed().as_millis() as u64,
                         "wrote the entry image"
                     ),
