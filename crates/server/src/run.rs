@@ -332,11 +332,21 @@ pub async fn start_with(cfg: Config, opts: StartOptions) -> anyhow::Result<Runni
         None => {
             let store_dir = cfg.data_dir.join("store");
             let td = cfg.trust_domain.clone();
+            let started = std::time::Instant::now();
             let store =
                 tokio::task::spawn_blocking(move || Store::open(&store_dir, StoreConfig::new(td)))
                     .await
                     .context("store open task")?
                     .context("opening the store")?;
+            tracing::info!(
+                entries = store.entry_count(),
+                agents = store.agent_count(),
+                applied_index = store.last_applied(),
+                revision = store.revision(),
+                from_entry_image = store.opened_from_image(),
+                elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "store opened"
+            );
             match &cfg.cluster {
                 Some(settings) => {
                     let c = ClusterStartup::begin(
