@@ -2,7 +2,9 @@
 //! cluster of three `ward-server` processes on 127.0.0.x:
 //! - while it receives or installs a snapshot (it was stopped while the leader wrote and
 //!   compacted its log past it, so on restart it must be sent the store's state);
-//! - while it applies a burst of writes (four clients creating entries in batches).
+//! - while it applies a burst of writes (four clients creating entries in batches); each
+//!   follower was stopped cleanly once before, so its restarts read its entry image and
+//!   catch up through the change feed (at least one restart must say so in its log).
 //!
 //! Each round kills the follower after a delay drawn from a seeded generator; the seed and
 //! every delay are printed, and `WARD_CRASH_SEED=<seed>` replays them. After each kill the
@@ -101,6 +103,12 @@ fn status_u64(r: &Replica, field: &[&str]) -> anyhow::Result<u64> {
 /// The log of `r` from byte `from` on.
 fn log_since(r: &Replica, from: usize) -> String {
     r.log().get(from..).unwrap_or_default().to_owned()
+}
+
+/// Whether the "store opened" line in `log` says the open read the entry image.
+fn store_opened_from_image(log: &str) -> Option<bool> {
+    let line = log.lines().find(|l| l.contains("store opened"))?;
+    Some(line.contains("from_entry_image=true") || line.contains("\"from_entry_image\":true"))
 }
 
 /// After `r` restarted: every replica converges, `r` is still running, and `r` holds every
@@ -278,7 +286,17 @@ fn a_follower_killed_while_applying_a_burst_restarts_consistent_and_catches_up()
     let mut c = Cluster::loopback(3).unwrap();
     c.form(BURST_THRESHOLD).unwrap();
     let mut acked = BTreeSet::new();
-    let mut next = 0;
+    // A clean stop writes each follower's entry image; a start after a kill then reads it
+    // and catches up through the change feed (until a snapshot install removes it).
+    write(&c, 0..BATCH, &mut acked);
+    let mut next = BATCH;
+    let leader = c.leader().unwrap();
+    let followers: Vec<u64> = c.running().map(|r| r.node).filter(|n| *n != leader).collect();
+    for node in &followers {
+        c.replica_mut(*node).unwrap().restart().unwrap();
+        c.wait_converged().unwrap();
+    }
+    let mut from_image = 0;
     for round in 1..=rounds() {
         let leader = c.leader().unwrap();
         let followers: Vec<u64> = c.running().map(|r| r.node).filter(|n| *n != leader).collect();
@@ -334,14 +352,24 @@ fn a_follower_killed_while_applying_a_burst_restarts_consistent_and_catches_up()
         // The killed process is reaped, then started again from what it left on disk.
         let r = c.replica_mut(node).unwrap();
         r.kill().ok();
+        let log_from = r.log().len();
         r.start().unwrap();
         let digest = check_caught_up(&mut c, node, &acked);
+        let opened = store_opened_from_image(&log_since(c.replica(node).unwrap(), log_from));
+        from_image += usize::from(opened == Some(true));
         eprintln!(
             "round {round}: killed replica {node} {delay} ms into applying a burst (at applied \
-             index {applied_at_kill}); all at applied index {} with digest {}",
-            digest.applied_index, digest.state_digest
+             index {applied_at_kill}); restarted {}; all at applied index {} with digest {}",
+            match opened {
+                Some(true) => "from its entry image",
+                Some(false) => "reading the store",
+                None => "(no store-opened line)",
+            },
+            digest.applied_index,
+            digest.state_digest
         );
     }
+    assert!(from_image > 0, "no restart after a kill read an entry image");
     eprintln!(
         "apply burst: {} rounds, {} acknowledged entries, {:.1} s",
         rounds(),
