@@ -27,8 +27,9 @@
 //! revision is at or before the tree's; it then reads again from the tree every entry the
 //! change feed names after the image's revision (`crate::load`). If the feed does not hold
 //! every revision from there to the tree's (it keeps the last
-//! [`crate::CHANGE_FEED_RETAIN`]), or the caught-up count differs from the tree's, open
-//! reads every entry from the tree instead. An image that does not fit is deleted; one that
+//! [`crate::CHANGE_FEED_RETAIN`]), or more than 4,096 entries and more than a sixteenth of
+//! all changed since the image (a full read is cheaper then), or the caught-up count differs
+//! from the tree's, open reads every entry from the tree instead. An image that does not fit is deleted; one that
 //! does is kept, so a crash after the open finds it again. Installing a snapshot deletes it
 //! (under the lock writers of images hold), so an image never serves a tree of another
 //! history.
