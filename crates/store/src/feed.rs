@@ -20,7 +20,7 @@
 //! run, where format 1 wrote one record and removed another for every revision.
 
 use crate::apply::Undo;
-use crate::error::StoreError;
+use crate::error::{EngineResult, StoreError};
 use crate::record::{self, Change};
 use crate::snapshot::put_framed;
 use crate::store::CHANGE_FEED_RETAIN;
@@ -155,6 +155,22 @@ pub(crate) fn changes<'a>(
     value: &'a [u8],
 ) -> impl Iterator<Item = Result<Change, StoreError>> + 'a {
     frames(key, value).map(move |frame| record::decode(key, frame?))
+}
+
+/// Every change `tree`'s feed holds of revision `from` or later, oldest first; the first
+/// error ends it.
+pub(crate) fn stored_from(
+    tree: &sled::Tree,
+    from: u64,
+) -> impl Iterator<Item = Result<Change, StoreError>> + '_ {
+    tree.range(record::feed_key(run_of(from))..)
+        .take_while(|kv| kv.as_ref().map_or(true, |(k, _)| k.first() == Some(&record::FEED_RUN)))
+        .flat_map(|kv| match kv.engine() {
+            // A run holds at most FEED_RUN changes.
+            Ok((k, v)) => changes(&k, &v).collect::<Vec<_>>(),
+            Err(e) => vec![Err(e)],
+        })
+        .filter(move |c| c.as_ref().map_or(true, |c| c.revision >= from))
 }
 
 /// The run record `value` of run `run` with only the changes of revisions from `first` on

@@ -174,25 +174,16 @@ fn catch_up_entries(tree: &sled::Tree, state: &mut State, since: u64) -> Result<
     let mut ids = std::collections::BTreeSet::new();
     let mut next = since.saturating_add(1);
     if since < to {
-        for kv in tree.range(record::feed_key(feed::run_of(next))..) {
-            let (k, v) = kv.engine()?;
-            if k.first() != Some(&record::FEED_RUN) {
-                break;
+        for change in feed::stored_from(tree, next) {
+            let change = change?;
+            if change.revision != next {
+                return Err(image_corrupt(format!(
+                    "the change feed has revision {} where {next} was due",
+                    change.revision
+                )));
             }
-            for change in feed::changes(&k, &v) {
-                let change = change?;
-                if change.revision < next {
-                    continue;
-                }
-                if change.revision != next {
-                    return Err(image_corrupt(format!(
-                        "the change feed has revision {} where {next} was due",
-                        change.revision
-                    )));
-                }
-                ids.extend(change.entries);
-                next = next.saturating_add(1);
-            }
+            ids.extend(change.entries);
+            next = next.saturating_add(1);
         }
     }
     if next != to.saturating_add(1) {

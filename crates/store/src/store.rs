@@ -771,27 +771,7 @@ impl Store {
     pub fn changes_since(&self, after: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
         // The runs kept hold more than the last CHANGE_FEED_RETAIN revisions; answer those.
         let from = after.saturating_add(1).max(feed::first_kept(self.revision()));
-        let tree = self.data_tree();
-        let mut out = Vec::new();
-        if limit == 0 {
-            return Ok(out);
-        }
-        for kv in tree.range(record::feed_key(feed::run_of(from))..) {
-            let (k, v) = kv.engine()?;
-            if k.first() != Some(&record::FEED_RUN) {
-                break;
-            }
-            for change in feed::changes(&k, &v) {
-                let change = change?;
-                if change.revision >= from {
-                    out.push(change);
-                    if out.len() >= limit {
-                        return Ok(out);
-                    }
-                }
-            }
-        }
-        Ok(out)
+        feed::stored_from(&self.data_tree(), from).take(limit).collect()
     }
 
     // ----- agents -----
