@@ -169,6 +169,7 @@
 mod apply;
 #[cfg(test)]
 mod apply_failure_tests;
+mod checkpoint;
 pub mod command;
 mod error;
 mod feed;
@@ -188,6 +189,7 @@ mod store;
 pub mod testdata;
 mod torn_snapshot;
 
+pub use checkpoint::Checkpoint;
 pub use command::{
     AgentAttestation, Applied, BundleDeleteMode, BundleMask, BundleUpdate, Command, ConsumedToken,
     EntryUpdate, FederationMask, FederationUpdate, ItemError, Outcome,
@@ -202,6 +204,5 @@ pub use revision_watch::RevisionWatch;
 pub use snapshot::{DEFAULT_CHUNK_BYTES, Snapshot, SnapshotChunk, SnapshotExport, SnapshotInfo};
 pub use state::AuthorizedEntries;
 pub use store::{
-    AppliedEntry, CHANGE_FEED_RETAIN, CHECKPOINT_EVERY, Checkpoint, Committed, Duplicate, Store,
-    StoreConfig,
+    AppliedEntry, CHANGE_FEED_RETAIN, CHECKPOINT_EVERY, Committed, Duplicate, Store, StoreConfig,
 };
