@@ -88,11 +88,14 @@ fn unimplemented(method: &str) -> Status {
     Status::unimplemented(format!("method {method} not implemented"))
 }
 
-/// A fresh server-chosen entry id (a v4 UUID).
+/// A fresh server-chosen entry id: a version 7 UUID (RFC 9562 §5.7), in the same
+/// hyphenated form as SPIRE's version 4 ids, but ordered by creation time. The ids of new
+/// entries then sort after every earlier one, so their records land at the end of the
+/// store's key space instead of at random places in it (see `docs/spire-differences.md`).
 fn new_entry_id() -> ward_core::EntryId {
-    // A hyphenated v4 UUID is 36 printable ASCII characters: always a valid entry id.
+    // A hyphenated UUID is 36 printable ASCII characters: always a valid entry id.
     #[allow(clippy::expect_used)]
-    ward_core::EntryId::new(&uuid::Uuid::new_v4().to_string()).expect("a UUID is a valid entry id")
+    ward_core::EntryId::new(&uuid::Uuid::now_v7().to_string()).expect("a UUID is a valid entry id")
 }
 
 /// A store page request from a wire `page_size` / `page_token`, read as SPIRE reads them.
@@ -254,6 +257,18 @@ fn item_code(e: &ward_store::ItemError) -> tonic::Code {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_entry_ids_are_hyphenated_uuids_in_creation_order() {
+        let ids: Vec<String> = (0..2000).map(|_| new_entry_id().as_str().to_owned()).collect();
+        for id in &ids {
+            assert_eq!(id.len(), 36, "{id}");
+            let parsed = uuid::Uuid::parse_str(id).unwrap();
+            assert_eq!(parsed.get_version_num(), 7, "{id}");
+            assert_eq!(parsed.hyphenated().to_string(), *id, "lower-case hyphenated form");
+        }
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids sort in the order they were made");
+    }
 
     #[test]
     fn runes_print_as_go_quotes_them() {
