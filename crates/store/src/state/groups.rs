@@ -143,6 +143,20 @@ impl Patch {
         }
         &mut self.open
     }
+
+    /// A new chunk holding only `first`.
+    fn starting_with(first: Fresh) -> Self {
+        let low = Some((first.child.key, Arc::clone(&first.child.entry)));
+        Self { low, frozen: None, open: vec![first] }
+    }
+
+    /// The chunk's children: how many, and the last.
+    fn tail(&self) -> (usize, Option<&Child>) {
+        match &self.frozen {
+            Some(c) => (c.children.len(), c.children.last()),
+            None => (self.open.len(), self.open.last().map(|f| &f.child)),
+        }
+    }
 }
 
 /// Parent hashes whose frozen group is missing or stale, with the ids of the children that
@@ -357,6 +371,19 @@ impl State {
             if now.is_some_and(|s| !g.parent.is(s.entry.parent_id.as_str())) {
                 return None;
             }
+            // A child after every other one (server-chosen ids are made in time order, so
+            // most new children are) opens a new chunk once the last is full, instead of
+            // copying a last chunk that only grows.
+            if let Some(s) = now
+                && at.saturating_add(1) == work.len()
+                && let Some(last) = work.last()
+                && let (len, Some(child)) = last.tail()
+                && len >= CHUNK
+                && child.cmp_id(key, id.as_str()).is_lt()
+            {
+                work.push(Patch::starting_with(self.child(s)));
+                continue;
+            }
             let chunk = work.get_mut(at)?.open();
             let find = |c: &Fresh| c.child.cmp_id(key, id.as_str());
             if let Ok(pos) = chunk.binary_search_by(find) {
@@ -558,5 +585,43 @@ mod tests {
             .filter(|c| after.chunks().any(|d| Arc::ptr_eq(&c.children, &d.children)));
         assert_eq!(kept.count(), count - 1);
         check_groups(&s);
+    }
+
+    /// Children whose ids sort after every other (server-chosen ids come in time order) fill
+    /// a last chunk up to [`CHUNK`] and then open a new one, leaving earlier chunks shared,
+    /// and the groups stay exactly what the entries say.
+    #[test]
+    fn children_appended_in_id_order_open_new_chunks() {
+        let mut s = State::new(TrustDomain::new("example.org").unwrap());
+        let agent = "spiffe://example.org/spire/agent/a";
+        let hash = key_hash(agent);
+        // Ids share their first 8 bytes, as time-ordered UUIDs made close together do.
+        let id_of = |n: u64| format!("0193a5f2-{n:06}");
+        for n in 0..3 {
+            s.put_entry(entry(&id_of(n), &format!("spiffe://example.org/w/{n}"), agent));
+        }
+        s.refreeze_dirty_groups();
+        let mut n = 3;
+        while n < 700 {
+            let before = s.ids[&hash].group.clone().unwrap();
+            // One child at a time, and now and then two in one patch.
+            for _ in 0..1 + n % 2 {
+                s.put_entry(entry(&id_of(n), &format!("spiffe://example.org/w/{n}"), agent));
+                n += 1;
+            }
+            s.refreeze_dirty_groups();
+            let after = s.ids[&hash].group.clone().unwrap();
+            assert!(after.chunks().all(|c| c.children.len() <= CHUNK), "at {n}");
+            let shared = before
+                .chunks()
+                .filter(|c| after.chunks().any(|d| Arc::ptr_eq(&c.children, &d.children)))
+                .count();
+            if before.len >= 16 {
+                assert!(shared + 1 >= before.chunks().count(), "at {n}: only the last changes");
+            }
+        }
+        check_groups(&s);
+        let g = s.ids[&hash].group.clone().unwrap();
+        assert!(g.chunks().count() >= g.len / CHUNK, "{} chunks for {}", g.chunks().count(), g.len);
     }
 }
