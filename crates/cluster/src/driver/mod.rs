@@ -9,9 +9,11 @@
 //! commit), then handles one `Ready`:
 //! 1. a snapshot, if raft has one to install: the state is pulled from the replica that sent
 //!    it (a [`SnapshotSource`]) and imported into the store, then the log is reset to it;
-//! 2. new entries are appended and the hard state stored, then the database is flushed;
-//! 3. only then are the ready's messages sent (votes, appends and their answers never leave
-//!    before what they promise is durable);
+//! 2. a leader's appends to its followers are sent (they promise nothing about the
+//!    leader's own log, so its write overlaps theirs: raft thesis §10.2.1);
+//! 3. new entries are appended and the hard state stored, then the log is flushed; only
+//!    then are the messages raft holds back until then sent (votes, and a follower's
+//!    answers to appends, never leave before what they promise is durable);
 //! 4. committed entries go to the store; each proposal's waiter is answered with its own
 //!    apply result, by request id, on every replica that holds one;
 //! 5. `advance`, and the same for the light ready's commit, messages and entries.
@@ -504,6 +506,12 @@ impl<L: LogStore> Driver<L> {
             self.install_snapshot(&snap)?;
         }
         self.shared.readies.fetch_add(1, Ordering::Relaxed);
+        // A leader's appends leave before its own write of the same entries (raft thesis
+        // §10.2.1; raft-rs puts only such messages in `messages` on a leader, and everything
+        // that promises durability in `persisted_messages`): the followers' writes overlap
+        // the leader's, and an entry still commits only once a majority holds it durably,
+        // since the leader counts itself only after `advance` reports its write.
+        self.send(rd.take_messages());
         let persist_start = Instant::now();
         if !rd.entries().is_empty() {
             self.raw.mut_store().log.append(rd.entries())?;
@@ -522,7 +530,6 @@ impl<L: LogStore> Driver<L> {
             self.shared.flushes.fetch_add(1, Ordering::Relaxed);
         }
         add_elapsed(&self.shared.persist_ns, persist_start);
-        self.send(rd.take_messages());
         self.send(rd.take_persisted_messages());
         self.apply(rd.take_committed_entries())?;
         for rs in rd.take_read_states() {
