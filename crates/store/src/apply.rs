@@ -13,6 +13,7 @@ use crate::command::{
     AgentAttestation, BundleDeleteMode, Command, ConsumedToken, EntryUpdate, FederationUpdate,
     ItemError, Outcome,
 };
+use crate::batch::WriteBatch;
 use crate::error::StoreError;
 use crate::feed::FeedTail;
 use crate::record::{self, Change};
@@ -25,7 +26,7 @@ use crate::state::{InvalidationSet, State};
 /// durable, [`roll_back`] puts the image back.
 pub(crate) struct Txn<'a> {
     pub(crate) state: &'a mut State,
-    pub(crate) batch: sled::Batch,
+    pub(crate) batch: WriteBatch,
     pub(crate) change: Change,
     pub(crate) mutated: bool,
     /// Whether to compute the agents whose cached results change (false when nothing is
@@ -115,7 +116,7 @@ impl<'a> Txn<'a> {
     pub(crate) fn new(state: &'a mut State, track: bool, limit: usize) -> Self {
         Self {
             state,
-            batch: sled::Batch::default(),
+            batch: WriteBatch::default(),
             change: Change::default(),
             mutated: false,
             track,

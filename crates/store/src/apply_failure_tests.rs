@@ -19,8 +19,11 @@ use crate::{
     StoreError,
 };
 
+/// Each apply's writes go to the engine at once, so a fault in that write fails the apply
+/// it belongs to (`write_behind` below covers the writes that wait).
 fn open(dir: &Path) -> Store {
-    Store::open(dir, StoreConfig::new(DataSet::trust_domain())).unwrap()
+    let config = StoreConfig { write_behind_applies: 1, ..StoreConfig::new(DataSet::trust_domain()) };
+    Store::open(dir, config).unwrap()
 }
 
 fn next(store: &Store, cmd: &Command) -> Result<crate::Applied, StoreError> {

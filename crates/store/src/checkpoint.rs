@@ -61,6 +61,7 @@ impl Store {
         };
         let lock_held = locked.elapsed();
         // Everything applied up to `of` (and maybe more) is on disk once this returns.
+        self.write_waiting()?;
         self.inner.db.flush().engine()?;
         self.inner.durable.fetch_max(of.applied, Ordering::AcqRel);
         image::write(&self.inner.dir, of, entries.len(), entries.iter().map(|(n, e)| (*n, e)))?;

@@ -20,6 +20,7 @@
 //! run, where format 1 wrote one record and removed another for every revision.
 
 use crate::apply::Undo;
+use crate::batch::WriteBatch;
 use crate::error::{EngineResult, StoreError};
 use crate::record::{self, Change};
 use crate::snapshot::put_framed;
@@ -86,7 +87,7 @@ impl FeedTail {
     pub(crate) fn push(
         &mut self,
         change: &Change,
-        batch: &mut sled::Batch,
+        batch: &mut WriteBatch,
         undo: &mut Vec<Undo>,
     ) -> Result<(), StoreError> {
         let encoded = record::encode(change)?;
@@ -106,7 +107,7 @@ impl FeedTail {
     }
 
     /// Puts the open run's record in `batch` if frames were added since it was last put.
-    pub(crate) fn seal(&mut self, batch: &mut sled::Batch) {
+    pub(crate) fn seal(&mut self, batch: &mut WriteBatch) {
         if self.dirty {
             batch.insert(record::feed_key(self.run), self.bytes.clone());
             self.dirty = false;
@@ -216,7 +217,7 @@ mod tests {
     fn a_run_boundary_seals_the_full_run_and_drops_the_one_out_of_retention() {
         let mut tail = FeedTail::new(FEED_KEPT_RUNS + 1);
         let start = (FEED_KEPT_RUNS + 1) * FEED_RUN;
-        let mut batch = sled::Batch::default();
+        let mut batch = WriteBatch::default();
         let mut undo = Vec::new();
         for r in start..start + FEED_RUN + 1 {
             tail.push(&change(r), &mut batch, &mut undo).unwrap();
@@ -225,7 +226,7 @@ mod tests {
         let tree = sled::Config::new().temporary(true).open().unwrap().open_tree("t").unwrap();
         tree.insert(record::feed_key(0), vec![RUN_LAYOUT]).unwrap();
         tree.insert(record::feed_key(1), vec![RUN_LAYOUT]).unwrap();
-        tree.apply_batch(batch).unwrap();
+        tree.apply_batch(batch.into_sled()).unwrap();
         let full = tree.get(record::feed_key(FEED_KEPT_RUNS + 1)).unwrap().unwrap();
         let key = record::feed_key(FEED_KEPT_RUNS + 1);
         let revisions: Vec<u64> = changes(&key, &full).map(|c| c.unwrap().revision).collect();
@@ -241,7 +242,7 @@ mod tests {
     fn a_damaged_run_is_corrupt_not_a_panic() {
         let key = record::feed_key(3);
         let mut tail = FeedTail::new(0);
-        tail.push(&change(1), &mut sled::Batch::default(), &mut Vec::new()).unwrap();
+        tail.push(&change(1), &mut WriteBatch::default(), &mut Vec::new()).unwrap();
         for cut in 2..tail.bytes.len() {
             let got: Result<Vec<Change>, _> = changes(&key, &tail.bytes[..cut]).collect();
             assert!(matches!(got, Err(StoreError::Corrupt { .. })), "cut at {cut}");
@@ -255,7 +256,7 @@ mod tests {
     fn the_oldest_run_travels_from_the_first_kept_revision() {
         let mut tail = FeedTail::new(0);
         for r in 1..6 {
-            tail.push(&change(r), &mut sled::Batch::default(), &mut Vec::new()).unwrap();
+            tail.push(&change(r), &mut WriteBatch::default(), &mut Vec::new()).unwrap();
         }
         let kept = from_revision(0, &tail.bytes, 4).unwrap().unwrap();
         let key = record::feed_key(0);

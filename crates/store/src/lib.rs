@@ -167,8 +167,11 @@
 )]
 
 mod apply;
+mod batch;
 #[cfg(test)]
 mod apply_failure_tests;
+#[cfg(test)]
+mod write_behind_tests;
 mod checkpoint;
 pub mod command;
 mod error;

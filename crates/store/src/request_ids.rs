@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use crate::batch::WriteBatch;
 use crate::error::StoreError;
 use crate::feed::RUN_LAYOUT;
 use crate::record;
@@ -110,7 +111,7 @@ impl RequestIds {
     }
 
     /// Puts the record of every run added to since the last seal in `batch`.
-    pub(crate) fn seal(&mut self, batch: &mut sled::Batch) {
+    pub(crate) fn seal(&mut self, batch: &mut WriteBatch) {
         for run in std::mem::take(&mut self.dirty) {
             batch.insert(record::request_run_key(run), self.run_record(run));
         }
@@ -222,7 +223,7 @@ mod tests {
         for index in [REQUEST_RUN + 1, REQUEST_RUN + 5, 2 * REQUEST_RUN] {
             ids.record(index, u128::from(index) << 64);
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = WriteBatch::default();
         ids.seal(&mut batch);
         let runs = ids.runs();
         assert_eq!(runs.iter().map(|(r, _)| *r).collect::<Vec<_>>(), vec![1, 2]);

@@ -431,12 +431,14 @@ impl Store {
         let chunk_bytes = if chunk_bytes == 0 { DEFAULT_CHUNK_BYTES } else { chunk_bytes };
         // A change-feed run never changes once the next one opened (it is only removed), so
         // most of the feed is read before taking the lock: the runs before the open one.
+        // Runs are read from the engine once the writes waiting to go there (see the
+        // `batch` module) went: every run before the one open at that point is written.
         let early_tree = self.data_tree();
-        let mut early_run = feed::run_of(self.revision());
+        let mut early_run = feed::run_of(self.write_waiting()?);
         let mut early = read_runs(&early_tree, 0, early_run)?;
         // Catch up with what was applied meanwhile, so little is left for the locked part.
         for _ in 0..CATCH_UP_PASSES {
-            let now = feed::run_of(self.revision());
+            let now = feed::run_of(self.write_waiting()?);
             if now <= early_run {
                 break;
             }
@@ -461,6 +463,17 @@ impl Store {
         } else {
             read_runs(&tree, first_run, open_run + 1)?
         };
+        // Writes of the applies since (still waiting to go to the engine) as they will be.
+        let unwritten = &state.unwritten.batch;
+        #[cfg(test)]
+        if !unwritten.is_empty() {
+            self.inner.exports_overlaid.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        unwritten.overlay(
+            &mut changes,
+            &record::feed_key(first_run),
+            &record::feed_key(open_run.saturating_add(1)),
+        );
         // The oldest run travels from the first revision kept, whatever older ones it holds.
         let partial = first_kept > first_run * feed::FEED_RUN;
         if partial && changes.first().is_some_and(|(k, _)| feed_run(k) == Some(first_run)) {
@@ -472,7 +485,8 @@ impl Store {
             }
         }
         changes.shrink_to_fit();
-        let meta = tree.scan_prefix(b"m/").collect::<Result<Vec<_>, _>>().engine()?;
+        let mut meta = tree.scan_prefix(b"m/").collect::<Result<Vec<_>, _>>().engine()?;
+        unwritten.overlay(&mut meta, b"m/", b"m0");
         let cut = Cut {
             agents: state.all_agents().cloned().collect::<Vec<_>>().into_iter(),
             bundles: numbered(&state.bundles),

@@ -31,6 +31,7 @@ use ward_core::{
 };
 
 use crate::apply::{Txn, Undo, roll_back, with_bundle};
+use crate::batch::{WRITE_BEHIND_APPLIES, WriteBatch};
 use crate::command::{Applied, Command};
 use crate::error::{EngineResult, StoreError};
 use crate::feed;
@@ -72,6 +73,11 @@ pub struct StoreConfig {
     /// How often sled flushes on its own, in milliseconds; `None` flushes only on
     /// [`Store::flush`].
     pub flush_every_ms: Option<u64>,
+    /// How many [`Store::apply_committed`] calls may leave their writes waiting in memory
+    /// so that they go to the engine in one batch (default 64; 1
+    /// writes each call's at once). A crash loses the waiting ones from the engine, not
+    /// from the replicated log that replays them; see the `batch` module.
+    pub write_behind_applies: u32,
     /// Write the entry image ([`Store::checkpoint`]) on a thread of its own once the
     /// revision is this many past the last image (or, with no image, past 0), less a random
     /// share of up to a quarter drawn at each open (so replicas spread theirs), so a restart
@@ -93,6 +99,7 @@ impl StoreConfig {
             cache_invalidate_limit: 4096,
             engine_cache_bytes: 64 << 20,
             flush_every_ms: Some(500),
+            write_behind_applies: WRITE_BEHIND_APPLIES,
             checkpoint_every: Some(CHECKPOINT_EVERY),
         }
     }
@@ -187,6 +194,9 @@ pub(crate) struct Inner {
     pub(crate) durable: AtomicU64,
     /// Number of sled batches written by apply, for tests of the one-batch rule.
     pub(crate) batches: AtomicU64,
+    /// Snapshot exports that found applies' writes still waiting under the lock.
+    #[cfg(test)]
+    pub(crate) exports_overlaid: AtomicU64,
     /// The store's directory, where [`Store::checkpoint`] writes the entry image.
     pub(crate) dir: PathBuf,
     /// Whether open read the entries from the entry image.
@@ -204,6 +214,24 @@ pub(crate) struct Inner {
     pub(crate) config: StoreConfig,
     /// The revision as last published to [`Store::watch_revision`] readers.
     revisions: RevisionSender,
+}
+
+impl Drop for Inner {
+    /// Writes what applies left waiting (see the `batch` module), so a store dropped
+    /// without [`Store::close`] keeps every apply that returned, as before write-behind. Not
+    /// after a panic in an apply (the state lock is then poisoned): the engine stays at
+    /// the last write, a consistent state.
+    fn drop(&mut self) {
+        let Ok(state) = self.state.get_mut() else { return };
+        if state.unwritten.is_empty() {
+            return;
+        }
+        let waiting = state.unwritten.take().into_sled();
+        let tree = self.data.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Err(e) = tree.apply_batch(waiting) {
+            tracing::error!(error = %e, "writing the store's last applies at close");
+        }
+    }
 }
 
 /// ward's replicated state machine on sled. Cheap to clone; clones share one store.
@@ -290,6 +318,8 @@ impl Store {
                 durable,
                 importing: Mutex::new(()),
                 batches: AtomicU64::new(0),
+                #[cfg(test)]
+                exports_overlaid: AtomicU64::new(0),
                 dir: path.as_ref().to_path_buf(),
                 from_image: image_revision.is_some(),
                 image_writer: Mutex::new(()),
@@ -354,14 +384,17 @@ impl Store {
             return Err(StoreError::StaleIndex { index, applied: state.applied });
         }
         let before = MetaBefore::of(state);
-        let mut batch = sled::Batch::default();
+        let mut batch = WriteBatch::default();
         let mut touched = Vec::new();
         let mut undo = Vec::new();
         let applied = self
             .run_command(state, &mut batch, &mut touched, &mut undo, index, cmd)
             .and_then(|applied| {
                 state.feed.seal(&mut batch);
-                self.write_batch(batch).map(|()| applied)
+                // What earlier applies left waiting goes first, in the same batch.
+                let mut all = state.unwritten.take();
+                all.append(batch);
+                self.write_batch(all).map(|()| applied)
             });
         match applied {
             Ok(applied) => {
@@ -386,7 +419,7 @@ impl Store {
     fn run_command(
         &self,
         state: &mut State,
-        batch: &mut sled::Batch,
+        batch: &mut WriteBatch,
         touched: &mut Vec<InvalidationSet>,
         undo: &mut Vec<Undo>,
         index: u64,
@@ -418,13 +451,31 @@ impl Store {
         Ok(Applied { index, revision: state.revision, outcome })
     }
 
-    /// Writes one apply batch atomically.
-    fn write_batch(&self, batch: sled::Batch) -> Result<(), StoreError> {
+    /// Writes one engine batch atomically.
+    fn write_batch(&self, batch: WriteBatch) -> Result<(), StoreError> {
         self.inner.batches.fetch_add(1, Ordering::Relaxed);
         if crate::apply::fault::batch() {
             return Err(StoreError::Engine("injected batch failure".into()));
         }
-        self.data_tree().apply_batch(batch).engine()
+        self.data_tree().apply_batch(batch.into_sled()).engine()
+    }
+
+    /// Writes what applies left waiting (see [`crate::batch`]); returns the revision the
+    /// engine is at then. A failed write poisons the store, as a failed apply does.
+    pub(crate) fn write_waiting(&self) -> Result<u64, StoreError> {
+        let mut state = self.write();
+        self.write_waiting_locked(&mut state)?;
+        Ok(state.revision)
+    }
+
+    fn write_waiting_locked(&self, state: &mut State) -> Result<(), StoreError> {
+        if state.unwritten.is_empty() {
+            return Ok(());
+        }
+        let waiting = state.unwritten.take();
+        self.write_batch(waiting).inspect_err(|_| {
+            self.inner.poisoned.store(true, Ordering::Release);
+        })
     }
 
     /// Drops the cached results of the agents in `touched`; called under the write lock.
@@ -484,7 +535,8 @@ impl Store {
             return Ok(Vec::new());
         }
         let before = MetaBefore::of(&state);
-        let mut sled_batch = sled::Batch::default();
+        let mut sled_batch = WriteBatch::default();
+        let mut membership = false;
         let mut touched = Vec::new();
         let mut undo = Vec::new();
         let mut out = Vec::new();
@@ -519,6 +571,7 @@ impl Store {
                 };
                 out.push(AppliedEntry { index, request_id: id, result });
             } else if let Committed::Membership { conf_state, .. } = committed {
+                membership = true;
                 sled_batch.insert(record::META_CONF_STATE, *conf_state);
                 state.conf_state = Some(conf_state.to_vec());
             }
@@ -529,7 +582,11 @@ impl Store {
         sled_batch.insert(record::META_APPLIED_TERM, record::u64_value(state.applied_term));
         state.request_ids.seal(&mut sled_batch);
         state.feed.seal(&mut sled_batch);
-        if let Err(e) = self.write_batch(sled_batch) {
+        // The writes wait with those of earlier applies until enough have gathered (see
+        // `crate::batch`); a membership change goes to the engine at once.
+        let due =
+            state.unwritten.add(sled_batch, membership, self.inner.config.write_behind_applies);
+        if due && let Err(e) = self.write_waiting_locked(&mut state) {
             return Err(self.fail_apply(&mut state, before, undo, e));
         }
         self.invalidate(&touched);
@@ -564,6 +621,7 @@ impl Store {
     pub fn flush(&self) -> Result<(), StoreError> {
         // Everything applied before the flush starts is on disk once it returns.
         let applied = self.last_applied();
+        self.write_waiting()?;
         self.inner.db.flush().engine()?;
         self.inner.durable.fetch_max(applied, Ordering::AcqRel);
         Ok(())
@@ -673,7 +731,8 @@ impl Store {
     /// [`StoreError::Engine`] or [`StoreError::Corrupt`] from reading the feed.
     pub fn changes_since(&self, after: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
         // The runs kept hold more than the last CHANGE_FEED_RETAIN revisions; answer those.
-        let from = after.saturating_add(1).max(feed::first_kept(self.revision()));
+        let revision = self.write_waiting()?;
+        let from = after.saturating_add(1).max(feed::first_kept(revision));
         feed::stored_from(&self.data_tree(), from).take(limit).collect()
     }
 
@@ -902,7 +961,9 @@ mod tests {
     #[test]
     fn a_committed_run_is_written_in_one_engine_batch() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), StoreConfig::new(DataSet::trust_domain())).unwrap();
+        let config =
+            StoreConfig { write_behind_applies: 1, ..StoreConfig::new(DataSet::trust_domain()) };
+        let store = Store::open(dir.path(), config).unwrap();
         let data: Vec<Vec<u8>> = (1..=100u128)
             .map(|i| LogEntry::new(i, Command::PruneJoinTokens { expires_before: 0 }).encode())
             .collect();

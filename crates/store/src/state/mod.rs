@@ -173,6 +173,8 @@ pub(crate) struct State {
     pub(crate) request_ids: RequestIds,
     /// The change feed's open run.
     pub(crate) feed: FeedTail,
+    /// Applied writes not yet given to the engine (see [`crate::batch`]).
+    pub(crate) unwritten: crate::batch::WriteBehind,
     /// Set while a store is loaded from disk: entries' index keys wait here until
     /// [`State::end_bulk_load`] builds the indexes from them at once.
     bulk: Option<Box<bulk::Bulk>>,
@@ -212,6 +214,7 @@ impl State {
             conf_state: None,
             request_ids: RequestIds::default(),
             feed: FeedTail::new(0),
+            unwritten: crate::batch::WriteBehind::default(),
             bulk: None,
         }
     }

@@ -1,0 +1,149 @@
+//! The writes of replicated applies wait in memory and go to the engine together (see
+//! `crate::batch`): nothing a reader can see changes, a store dropped without a close keeps
+//! every apply, and the engine is always at the end of some apply.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use ward_core::JoinToken;
+
+use crate::apply::fault::{self, Kind};
+use crate::batch::WRITE_BEHIND_APPLIES;
+use crate::testdata::DataSet;
+use crate::{Command, Committed, LogEntry, Store, StoreConfig, StoreError};
+
+fn open(dir: &Path, write_behind_applies: u32) -> Store {
+    let config = StoreConfig { write_behind_applies, ..StoreConfig::new(DataSet::trust_domain()) };
+    Store::open(dir, config).unwrap()
+}
+
+/// Log entry `index`: a join token named after it (one revision each).
+fn token_entry(index: u64) -> Vec<u8> {
+    let token = JoinToken { token: format!("t{index}"), expires_at: 2_000_000_000 }.to_stored();
+    LogEntry::new(u128::from(index) + 7, Command::CreateJoinToken { token, entry: None }).encode()
+}
+
+/// Applies log entry `index` alone, as a replica does when writes come one at a time.
+fn apply_one(store: &Store, index: u64) {
+    let data = token_entry(index);
+    let run = [Committed::Entry { index, term: 1, data: &data }];
+    assert!(store.apply_committed(&run).unwrap()[0].result.is_ok());
+}
+
+fn batches(store: &Store) -> u64 {
+    store.inner.batches.load(Ordering::Relaxed)
+}
+
+fn chunks(store: &Store) -> Vec<crate::SnapshotChunk> {
+    store.export_snapshot(0).unwrap().chunks
+}
+
+#[test]
+fn applies_wait_until_enough_gathered_and_a_membership_change_goes_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), WRITE_BEHIND_APPLIES);
+    let start = batches(&store);
+    let limit = u64::from(WRITE_BEHIND_APPLIES);
+    for index in 1..limit {
+        apply_one(&store, index);
+    }
+    assert_eq!(batches(&store) - start, 0, "{} applies wait", limit - 1);
+    apply_one(&store, limit);
+    assert_eq!(batches(&store) - start, 1, "then all go in one batch");
+    apply_one(&store, limit + 1);
+    let conf_state = b"voters".to_vec();
+    let run = [Committed::Membership { index: limit + 2, term: 1, conf_state: &conf_state }];
+    store.apply_committed(&run).unwrap();
+    assert_eq!(batches(&store) - start, 2, "a membership change is written at once");
+    assert_eq!(store.durable_applied(), 0, "written is not flushed");
+    store.flush().unwrap();
+    assert_eq!(store.durable_applied(), limit + 2);
+}
+
+#[test]
+fn a_store_dropped_without_close_keeps_every_apply_and_reads_are_the_same() {
+    let (dir, reference_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let store = open(dir.path(), WRITE_BEHIND_APPLIES);
+    let reference = open(reference_dir.path(), 1);
+    // Across change-feed runs (32 revisions) and request-id runs.
+    for index in 1..=100 {
+        apply_one(&store, index);
+        apply_one(&reference, index);
+    }
+    assert_eq!(chunks(&store), chunks(&reference));
+    assert_eq!(
+        store.changes_since(40, usize::MAX).unwrap(),
+        reference.changes_since(40, usize::MAX).unwrap()
+    );
+    for index in 101..=110 {
+        apply_one(&store, index);
+        apply_one(&reference, index);
+    }
+    drop(store);
+    let store = open(dir.path(), WRITE_BEHIND_APPLIES);
+    assert_eq!(store.last_applied(), 110);
+    assert_eq!(chunks(&store), chunks(&reference), "reopened after a drop");
+}
+
+/// An export taken while applies run sees the writes still waiting exactly as the engine
+/// will hold them: each snapshot is byte for byte that of a store whose every apply was
+/// written at once, at the same applied index.
+#[test]
+fn snapshots_exported_during_applies_match_a_store_that_writes_each_apply() {
+    let (dir, reference_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let store = open(dir.path(), WRITE_BEHIND_APPLIES);
+    let reference = open(reference_dir.path(), 1);
+    let last = 2000;
+    let writer = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            for index in 1..=last {
+                apply_one(&store, index);
+                std::thread::sleep(std::time::Duration::from_micros(300));
+            }
+        })
+    };
+    let mut checked = 0;
+    while !writer.is_finished() || checked == 0 {
+        let snapshot = store.export_snapshot(0).unwrap();
+        let at = snapshot.info.applied;
+        while reference.last_applied() < at {
+            apply_one(&reference, reference.last_applied() + 1);
+        }
+        assert_eq!(snapshot.chunks, chunks(&reference), "snapshot at {at}");
+        checked += 1;
+    }
+    writer.join().unwrap();
+    let overlaid = store.inner.exports_overlaid.load(Ordering::Relaxed);
+    assert!(checked > 3 && overlaid > 0, "{checked} snapshots, {overlaid} with writes waiting");
+}
+
+#[test]
+fn a_failed_write_of_waiting_applies_poisons_and_the_engine_keeps_the_last_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), WRITE_BEHIND_APPLIES);
+    for index in 1..=10 {
+        apply_one(&store, index);
+    }
+    store.flush().unwrap();
+    for index in 11..=20 {
+        apply_one(&store, index);
+    }
+    fault::arm(1, Kind::Batch);
+    let flushed = store.flush();
+    fault::disarm();
+    assert!(matches!(flushed, Err(StoreError::Engine(_))), "{flushed:?}");
+    let run = [Committed::Empty { index: 21, term: 1 }];
+    assert_eq!(store.apply_committed(&run).unwrap_err(), StoreError::Poisoned);
+    drop(store);
+    // The ten waiting applies are gone from the engine (the replicated log replays them);
+    // the state is exactly the one after apply 10.
+    let store = open(dir.path(), WRITE_BEHIND_APPLIES);
+    assert_eq!(store.last_applied(), 10);
+    let reference_dir = tempfile::tempdir().unwrap();
+    let reference = open(reference_dir.path(), 1);
+    for index in 1..=10 {
+        apply_one(&reference, index);
+    }
+    assert_eq!(chunks(&store), chunks(&reference));
+}
