@@ -83,6 +83,18 @@ impl WriteBatch {
         batch
     }
 
+    /// The writes as one sled batch, keeping them (records are shared, not copied).
+    pub(crate) fn to_sled(&self) -> sled::Batch {
+        let mut batch = sled::Batch::default();
+        for (key, value) in &self.writes {
+            match value {
+                Some(value) => batch.insert(key.clone(), value.clone()),
+                None => batch.remove(key.clone()),
+            }
+        }
+        batch
+    }
+
     /// Lays the writes to keys in `lo..hi` over `records` (sorted by key, as the engine
     /// returns a range): later writes win, removals drop the record. `records` stays sorted.
     pub(crate) fn overlay(&self, records: &mut Vec<(IVec, IVec)>, lo: &[u8], hi: &[u8]) {
@@ -115,7 +127,27 @@ pub(crate) struct WriteBehind {
     applies: u32,
 }
 
+/// How much a [`WriteBehind`] held, to take back what was added after.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Mark {
+    writes: usize,
+    bytes: usize,
+    applies: u32,
+}
+
 impl WriteBehind {
+    /// What it holds now.
+    pub(crate) fn mark(&self) -> Mark {
+        Mark { writes: self.batch.writes.len(), bytes: self.batch.bytes, applies: self.applies }
+    }
+
+    /// Drops what was added since `mark`: the writes of an apply that failed.
+    pub(crate) fn rewind(&mut self, mark: Mark) {
+        self.batch.writes.truncate(mark.writes);
+        self.batch.bytes = mark.bytes;
+        self.applies = mark.applies;
+    }
+
     /// Adds one apply's writes; true when everything waiting should be written now: at
     /// `limit` applies, [`WRITE_BEHIND_WRITES`] record writes, [`WRITE_BEHIND_BYTES`]
     /// bytes, or when `urgent`.

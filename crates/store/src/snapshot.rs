@@ -434,11 +434,11 @@ impl Store {
         // Runs are read from the engine once the writes waiting to go there (see the
         // `batch` module) went: every run before the one open at that point is written.
         let early_tree = self.data_tree();
-        let mut early_run = feed::run_of(self.write_waiting()?);
+        let mut early_run = feed::run_of(self.written_revision()?);
         let mut early = read_runs(&early_tree, 0, early_run)?;
         // Catch up with what was applied meanwhile, so little is left for the locked part.
         for _ in 0..CATCH_UP_PASSES {
-            let now = feed::run_of(self.write_waiting()?);
+            let now = feed::run_of(self.written_revision()?);
             if now <= early_run {
                 break;
             }
@@ -518,6 +518,16 @@ impl Store {
             digest: crc32fast::Hasher::new(),
             done: false,
         })
+    }
+
+    /// The revision up to which the engine holds the change feed, once what waits is
+    /// written. A poisoned store writes nothing; it applies nothing either, so what still
+    /// waits stays as it is and the export's overlay covers it.
+    fn written_revision(&self) -> Result<u64, StoreError> {
+        match self.write_waiting() {
+            Err(StoreError::Poisoned) => Ok(self.revision()),
+            other => other,
+        }
     }
 
     /// Exports the whole state and collects every chunk in memory: the stream of

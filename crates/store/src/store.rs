@@ -384,6 +384,7 @@ impl Store {
             return Err(StoreError::StaleIndex { index, applied: state.applied });
         }
         let before = MetaBefore::of(state);
+        let mark = state.unwritten.mark();
         let mut batch = WriteBatch::default();
         let mut touched = Vec::new();
         let mut undo = Vec::new();
@@ -392,16 +393,18 @@ impl Store {
             .and_then(|applied| {
                 state.feed.seal(&mut batch);
                 // What earlier applies left waiting goes first, in the same batch.
-                let mut all = state.unwritten.take();
-                all.append(batch);
-                self.write_batch(all).map(|()| applied)
+                state.unwritten.add(batch, true, 1);
+                self.write_waiting_locked(state).map(|()| applied)
             });
         match applied {
             Ok(applied) => {
                 self.invalidate(&touched);
                 Ok(applied)
             }
-            Err(e) => Err(self.fail_apply(state, before, undo, e)),
+            Err(e) => {
+                state.unwritten.rewind(mark);
+                Err(self.fail_apply(state, before, undo, e))
+            }
         }
     }
 
@@ -451,31 +454,49 @@ impl Store {
         Ok(Applied { index, revision: state.revision, outcome })
     }
 
-    /// Writes one engine batch atomically.
-    fn write_batch(&self, batch: WriteBatch) -> Result<(), StoreError> {
-        self.inner.batches.fetch_add(1, Ordering::Relaxed);
-        if crate::apply::fault::batch() {
-            return Err(StoreError::Engine("injected batch failure".into()));
-        }
-        self.data_tree().apply_batch(batch.into_sled()).engine()
-    }
-
     /// Writes what applies left waiting (see [`crate::batch`]); returns the revision the
-    /// engine is at then. A failed write poisons the store, as a failed apply does.
+    /// engine is at then.
+    ///
+    /// # Errors
+    /// [`StoreError::Poisoned`] when something waits but an apply or a write failed
+    /// before (the engine is then behind the memory, and must not be taken as holding
+    /// it); [`StoreError::Engine`] if the write fails, which poisons the store and keeps
+    /// what waits in memory.
     pub(crate) fn write_waiting(&self) -> Result<u64, StoreError> {
+        {
+            let state = self.read();
+            if state.unwritten.is_empty() {
+                return Ok(state.revision);
+            }
+        }
         let mut state = self.write();
+        self.check_poisoned()?;
         self.write_waiting_locked(&mut state)?;
         Ok(state.revision)
     }
 
+    /// Writes what waits in one atomic engine batch. On failure the store is poisoned and
+    /// the writes stay waiting: the memory still holds their applies.
     fn write_waiting_locked(&self, state: &mut State) -> Result<(), StoreError> {
         if state.unwritten.is_empty() {
             return Ok(());
         }
-        let waiting = state.unwritten.take();
-        self.write_batch(waiting).inspect_err(|_| {
-            self.inner.poisoned.store(true, Ordering::Release);
-        })
+        self.inner.batches.fetch_add(1, Ordering::Relaxed);
+        let written = if crate::apply::fault::batch() {
+            Err(StoreError::Engine("injected batch failure".into()))
+        } else {
+            self.data_tree().apply_batch(state.unwritten.batch.to_sled()).engine()
+        };
+        match written {
+            Ok(()) => {
+                state.unwritten.take();
+                Ok(())
+            }
+            Err(e) => {
+                self.inner.poisoned.store(true, Ordering::Release);
+                Err(e)
+            }
+        }
     }
 
     /// Drops the cached results of the agents in `touched`; called under the write lock.
@@ -584,9 +605,12 @@ impl Store {
         state.feed.seal(&mut sled_batch);
         // The writes wait with those of earlier applies until enough have gathered (see
         // `crate::batch`); a membership change goes to the engine at once.
+        let mark = state.unwritten.mark();
         let due =
             state.unwritten.add(sled_batch, membership, self.inner.config.write_behind_applies);
         if due && let Err(e) = self.write_waiting_locked(&mut state) {
+            // The earlier applies' writes stay waiting; this call's go with its memory.
+            state.unwritten.rewind(mark);
             return Err(self.fail_apply(&mut state, before, undo, e));
         }
         self.invalidate(&touched);

@@ -118,9 +118,21 @@ fn snapshots_exported_during_applies_match_a_store_that_writes_each_apply() {
     assert!(checked > 3 && overlaid > 0, "{checked} snapshots, {overlaid} with writes waiting");
 }
 
+/// A store of the applies `1..=n`, each written at once.
+fn reference_of(dir: &Path, n: u64) -> Store {
+    let reference = open(dir, 1);
+    for index in 1..=n {
+        apply_one(&reference, index);
+    }
+    reference
+}
+
+/// A write of what waits that fails poisons the store but keeps the waiting writes: a
+/// flush then refuses (the engine does not hold the memory), an export still shows every
+/// apply, and the store writes them when dropped.
 #[test]
-fn a_failed_write_of_waiting_applies_poisons_and_the_engine_keeps_the_last_written() {
-    let dir = tempfile::tempdir().unwrap();
+fn a_failed_write_of_waiting_applies_poisons_and_keeps_them() {
+    let (dir, reference_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let store = open(dir.path(), WRITE_BEHIND_APPLIES);
     for index in 1..=10 {
         apply_one(&store, index);
@@ -133,17 +145,40 @@ fn a_failed_write_of_waiting_applies_poisons_and_the_engine_keeps_the_last_writt
     let flushed = store.flush();
     fault::disarm();
     assert!(matches!(flushed, Err(StoreError::Engine(_))), "{flushed:?}");
+    assert_eq!(store.flush().unwrap_err(), StoreError::Poisoned);
+    assert_eq!(store.durable_applied(), 10, "a refused flush promises nothing");
     let run = [Committed::Empty { index: 21, term: 1 }];
     assert_eq!(store.apply_committed(&run).unwrap_err(), StoreError::Poisoned);
+    let reference = reference_of(reference_dir.path(), 20);
+    assert_eq!(chunks(&store), chunks(&reference), "the export lays what waits over");
     drop(store);
-    // The ten waiting applies are gone from the engine (the replicated log replays them);
-    // the state is exactly the one after apply 10.
     let store = open(dir.path(), WRITE_BEHIND_APPLIES);
-    assert_eq!(store.last_applied(), 10);
-    let reference_dir = tempfile::tempdir().unwrap();
-    let reference = open(reference_dir.path(), 1);
-    for index in 1..=10 {
-        apply_one(&reference, index);
-    }
+    assert_eq!(store.last_applied(), 20);
     assert_eq!(chunks(&store), chunks(&reference));
+}
+
+/// The apply whose writes make the batch due, and whose write fails, is taken back alone:
+/// the applies before it stay, waiting, and reach the engine when the store is dropped.
+#[test]
+fn a_failed_due_write_takes_back_only_the_apply_that_made_it_due() {
+    let (dir, reference_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let store = open(dir.path(), WRITE_BEHIND_APPLIES);
+    let limit = u64::from(WRITE_BEHIND_APPLIES);
+    for index in 1..limit {
+        apply_one(&store, index);
+    }
+    let reference = reference_of(reference_dir.path(), limit - 1);
+    let data = token_entry(limit);
+    let run = [Committed::Entry { index: limit, term: 1, data: &data }];
+    fault::arm(1, Kind::Batch);
+    let result = store.apply_committed(&run);
+    fault::disarm();
+    assert!(matches!(result, Err(StoreError::Engine(_))), "{result:?}");
+    assert_eq!(store.last_applied(), limit - 1);
+    assert_eq!(chunks(&store), chunks(&reference));
+    drop(store);
+    let store = open(dir.path(), WRITE_BEHIND_APPLIES);
+    assert_eq!(store.last_applied(), limit - 1);
+    assert_eq!(chunks(&store), chunks(&reference), "reopened");
+    apply_one(&store, limit);
 }

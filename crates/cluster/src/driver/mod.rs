@@ -10,7 +10,8 @@
 //! 1. a snapshot, if raft has one to install: the state is pulled from the replica that sent
 //!    it (a [`SnapshotSource`]) and imported into the store, then the log is reset to it;
 //! 2. a leader's appends to its followers are sent (they promise nothing about the
-//!    leader's own log, so its write overlaps theirs: raft thesis §10.2.1);
+//!    leader's own log, so its write overlaps theirs: raft thesis §10.2.1), unless the
+//!    ready also changes the term or vote;
 //! 3. new entries are appended and the hard state stored, then the log is flushed; only
 //!    then are the messages raft holds back until then sent (votes, and a follower's
 //!    answers to appends, never leave before what they promise is durable);
@@ -510,8 +511,20 @@ impl<L: LogStore> Driver<L> {
         // §10.2.1; raft-rs puts only such messages in `messages` on a leader, and everything
         // that promises durability in `persisted_messages`): the followers' writes overlap
         // the leader's, and an entry still commits only once a majority holds it durably,
-        // since the leader counts itself only after `advance` reports its write.
-        self.send(rd.take_messages());
+        // since the leader counts itself only after `advance` reports its write. Not when
+        // this ready also changes the term or vote: a single voter that just elected itself
+        // would otherwise send entries of a term that a crash before the write could make
+        // it reuse for other entries at the same index.
+        let early = match rd.hs() {
+            None => true,
+            Some(hs) => {
+                let stored = self.raw.store().log.hard_state()?;
+                hs.term == stored.term && hs.vote == stored.vote
+            }
+        };
+        if early {
+            self.send(rd.take_messages());
+        }
         let persist_start = Instant::now();
         if !rd.entries().is_empty() {
             self.raw.mut_store().log.append(rd.entries())?;
@@ -530,6 +543,9 @@ impl<L: LogStore> Driver<L> {
             self.shared.flushes.fetch_add(1, Ordering::Relaxed);
         }
         add_elapsed(&self.shared.persist_ns, persist_start);
+        if !early {
+            self.send(rd.take_messages());
+        }
         self.send(rd.take_persisted_messages());
         self.apply(rd.take_committed_entries())?;
         for rs in rd.take_read_states() {
