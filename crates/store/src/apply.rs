@@ -9,11 +9,11 @@ use ward_core::{
     RegistrationEntry, StoredJoinToken, TrustDomain, X509Authority,
 };
 
+use crate::batch::WriteBatch;
 use crate::command::{
     AgentAttestation, BundleDeleteMode, Command, ConsumedToken, EntryUpdate, FederationUpdate,
     ItemError, Outcome,
 };
-use crate::batch::WriteBatch;
 use crate::error::StoreError;
 use crate::feed::FeedTail;
 use crate::record::{self, Change};

@@ -22,7 +22,8 @@ use crate::{
 /// Each apply's writes go to the engine at once, so a fault in that write fails the apply
 /// it belongs to (`write_behind` below covers the writes that wait).
 fn open(dir: &Path) -> Store {
-    let config = StoreConfig { write_behind_applies: 1, ..StoreConfig::new(DataSet::trust_domain()) };
+    let config =
+        StoreConfig { write_behind_applies: 1, ..StoreConfig::new(DataSet::trust_domain()) };
     Store::open(dir, config).unwrap()
 }
 

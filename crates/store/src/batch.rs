@@ -194,8 +194,7 @@ mod tests {
         b.remove("b");
         b.insert("f", "f1");
         b.remove("f");
-        let mut read: Vec<(IVec, IVec)> =
-            tree.range("b".."y").collect::<Result<_, _>>().unwrap();
+        let mut read: Vec<(IVec, IVec)> = tree.range("b".."y").collect::<Result<_, _>>().unwrap();
         b.overlay(&mut read, b"b", b"y");
         tree.apply_batch(b.into_sled()).unwrap();
         let after: Vec<(IVec, IVec)> = tree.range("b".."y").collect::<Result<_, _>>().unwrap();

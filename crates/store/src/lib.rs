@@ -167,11 +167,9 @@
 )]
 
 mod apply;
-mod batch;
 #[cfg(test)]
 mod apply_failure_tests;
-#[cfg(test)]
-mod write_behind_tests;
+mod batch;
 mod checkpoint;
 pub mod command;
 mod error;
@@ -191,6 +189,8 @@ mod state;
 mod store;
 pub mod testdata;
 mod torn_snapshot;
+#[cfg(test)]
+mod write_behind_tests;
 
 pub use checkpoint::Checkpoint;
 pub use command::{
