@@ -23,7 +23,7 @@ use crate::{
 /// it belongs to (`write_behind` below covers the writes that wait).
 fn open(dir: &Path) -> Store {
     let config =
-        StoreConfig { write_behind_applies: 1, ..StoreConfig::new(DataSet::trust_domain()) };
+        StoreConfig { write_behind_entries: 1, ..StoreConfig::new(DataSet::trust_domain()) };
     Store::open(dir, config).unwrap()
 }
 

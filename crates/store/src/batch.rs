@@ -8,7 +8,7 @@
 //!
 //! So [`Store::apply_committed`](crate::Store::apply_committed) leaves its writes in a
 //! [`WriteBehind`] kept in the state (under the state lock) and writes them all in one
-//! atomic batch once [`WRITE_BEHIND_APPLIES`] applies, [`WRITE_BEHIND_WRITES`] record
+//! atomic batch once [`WRITE_BEHIND_ENTRIES`] applied log entries, [`WRITE_BEHIND_WRITES`] record
 //! writes or [`WRITE_BEHIND_BYTES`] bytes are waiting, or a membership change is among
 //! them. The engine is then always at the end of
 //! some apply: a crash loses at most the applies still waiting, and the raft log, which
@@ -24,8 +24,10 @@
 
 use sled::IVec;
 
-/// Applies whose writes may wait in memory before they go to the engine together.
-pub(crate) const WRITE_BEHIND_APPLIES: u32 = 64;
+/// Applied log entries whose writes may wait in memory before they go to the engine
+/// together. Counted per entry, not per apply call: a restart replays the log's tail in one
+/// call, and a crash loses at most this many entries' writes from the engine.
+pub(crate) const WRITE_BEHIND_ENTRIES: u32 = 256;
 
 /// Record writes that may wait in memory: the batch that gathers them is written under the
 /// state lock, so this bounds how long one such write holds readers up. At 256 clients,
@@ -123,8 +125,8 @@ impl WriteBatch {
 #[derive(Debug, Default)]
 pub(crate) struct WriteBehind {
     pub(crate) batch: WriteBatch,
-    /// How many applies the batch holds.
-    applies: u32,
+    /// How many applied log entries the batch holds.
+    entries: u32,
 }
 
 /// How much a [`WriteBehind`] held, to take back what was added after.
@@ -132,37 +134,43 @@ pub(crate) struct WriteBehind {
 pub(crate) struct Mark {
     writes: usize,
     bytes: usize,
-    applies: u32,
+    entries: u32,
 }
 
 impl WriteBehind {
     /// What it holds now.
     pub(crate) fn mark(&self) -> Mark {
-        Mark { writes: self.batch.writes.len(), bytes: self.batch.bytes, applies: self.applies }
+        Mark { writes: self.batch.writes.len(), bytes: self.batch.bytes, entries: self.entries }
     }
 
     /// Drops what was added since `mark`: the writes of an apply that failed.
     pub(crate) fn rewind(&mut self, mark: Mark) {
         self.batch.writes.truncate(mark.writes);
         self.batch.bytes = mark.bytes;
-        self.applies = mark.applies;
+        self.entries = mark.entries;
     }
 
-    /// Adds one apply's writes; true when everything waiting should be written now: at
-    /// `limit` applies, [`WRITE_BEHIND_WRITES`] record writes, [`WRITE_BEHIND_BYTES`]
-    /// bytes, or when `urgent`.
-    pub(crate) fn add(&mut self, writes: WriteBatch, urgent: bool, limit: u32) -> bool {
+    /// Adds the writes of one apply of `entries` log entries; true when everything waiting
+    /// should be written now: at `limit` entries, [`WRITE_BEHIND_WRITES`] record writes,
+    /// [`WRITE_BEHIND_BYTES`] bytes, or when `urgent`.
+    pub(crate) fn add(
+        &mut self,
+        writes: WriteBatch,
+        entries: u32,
+        urgent: bool,
+        limit: u32,
+    ) -> bool {
         self.batch.append(writes);
-        self.applies = self.applies.saturating_add(1);
+        self.entries = self.entries.saturating_add(entries);
         urgent
-            || self.applies >= limit
+            || self.entries >= limit
             || self.batch.writes.len() >= WRITE_BEHIND_WRITES
             || self.batch.bytes >= WRITE_BEHIND_BYTES
     }
 
     /// Everything waiting, leaving nothing.
     pub(crate) fn take(&mut self) -> WriteBatch {
-        self.applies = 0;
+        self.entries = 0;
         std::mem::take(&mut self.batch)
     }
 
@@ -220,28 +228,32 @@ mod tests {
     }
 
     #[test]
-    fn the_batch_is_due_after_enough_applies_or_bytes_or_when_urgent() {
+    fn the_batch_is_due_after_enough_entries_writes_or_bytes_or_when_urgent() {
         let mut w = WriteBehind::default();
-        for i in 1..WRITE_BEHIND_APPLIES {
+        for i in 1..WRITE_BEHIND_ENTRIES {
             let mut b = WriteBatch::default();
             b.insert(format!("k{i}").into_bytes(), vec![0u8; 8]);
-            assert!(!w.add(b, false, WRITE_BEHIND_APPLIES), "apply {i}");
+            assert!(!w.add(b, 1, false, WRITE_BEHIND_ENTRIES), "apply {i}");
         }
-        assert!(w.add(WriteBatch::default(), false, WRITE_BEHIND_APPLIES));
-        assert_eq!(w.take().writes.len(), (WRITE_BEHIND_APPLIES - 1) as usize);
+        assert!(w.add(WriteBatch::default(), 1, false, WRITE_BEHIND_ENTRIES));
+        assert_eq!(w.take().writes.len(), (WRITE_BEHIND_ENTRIES - 1) as usize);
         assert!(w.is_empty());
-        assert!(w.add(WriteBatch::default(), true, WRITE_BEHIND_APPLIES));
+        assert!(w.add(WriteBatch::default(), 1, true, WRITE_BEHIND_ENTRIES));
         w.take();
-        assert!(w.add(WriteBatch::default(), false, 1), "a limit of 1 writes every apply");
+        assert!(w.add(WriteBatch::default(), 1, false, 1), "a limit of 1 writes every apply");
+        w.take();
+        assert!(w.add(WriteBatch::default(), WRITE_BEHIND_ENTRIES, false, WRITE_BEHIND_ENTRIES));
+        w.take();
+        assert!(!w.add(WriteBatch::default(), 2, false, WRITE_BEHIND_ENTRIES));
         w.take();
         let mut big = WriteBatch::default();
         big.insert("k", vec![0u8; WRITE_BEHIND_BYTES]);
-        assert!(w.add(big, false, WRITE_BEHIND_APPLIES));
+        assert!(w.add(big, 1, false, WRITE_BEHIND_ENTRIES));
         w.take();
         let mut many = WriteBatch::default();
         for i in 0..WRITE_BEHIND_WRITES {
             many.insert(i.to_be_bytes().to_vec(), "v");
         }
-        assert!(w.add(many, false, WRITE_BEHIND_APPLIES));
+        assert!(w.add(many, 1, false, WRITE_BEHIND_ENTRIES));
     }
 }

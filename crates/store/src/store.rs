@@ -31,7 +31,7 @@ use ward_core::{
 };
 
 use crate::apply::{Txn, Undo, roll_back, with_bundle};
-use crate::batch::{WRITE_BEHIND_APPLIES, WriteBatch};
+use crate::batch::{WRITE_BEHIND_ENTRIES, WriteBatch};
 use crate::command::{Applied, Command};
 use crate::error::{EngineResult, StoreError};
 use crate::feed;
@@ -73,11 +73,11 @@ pub struct StoreConfig {
     /// How often sled flushes on its own, in milliseconds; `None` flushes only on
     /// [`Store::flush`].
     pub flush_every_ms: Option<u64>,
-    /// How many [`Store::apply_committed`] calls may leave their writes waiting in memory
-    /// so that they go to the engine in one batch (default 64; 1
-    /// writes each call's at once). A crash loses the waiting ones from the engine, not
+    /// How many log entries applied by [`Store::apply_committed`] may leave their writes
+    /// waiting in memory so that they go to the engine in one batch (default 256; 1 writes
+    /// each call's at once). A crash loses the waiting ones from the engine, not
     /// from the replicated log that replays them; see the `batch` module.
-    pub write_behind_applies: u32,
+    pub write_behind_entries: u32,
     /// Write the entry image ([`Store::checkpoint`]) on a thread of its own once the
     /// revision is this many past the last image (or, with no image, past 0), less a random
     /// share of up to a quarter drawn at each open (so replicas spread theirs), so a restart
@@ -99,7 +99,7 @@ impl StoreConfig {
             cache_invalidate_limit: 4096,
             engine_cache_bytes: 64 << 20,
             flush_every_ms: Some(500),
-            write_behind_applies: WRITE_BEHIND_APPLIES,
+            write_behind_entries: WRITE_BEHIND_ENTRIES,
             checkpoint_every: Some(CHECKPOINT_EVERY),
         }
     }
@@ -393,7 +393,7 @@ impl Store {
             .and_then(|applied| {
                 state.feed.seal(&mut batch);
                 // What earlier applies left waiting goes first, in the same batch.
-                state.unwritten.add(batch, true, 1);
+                state.unwritten.add(batch, 1, true, 1);
                 self.write_waiting_locked(state).map(|()| applied)
             });
         match applied {
@@ -561,6 +561,7 @@ impl Store {
         let mut touched = Vec::new();
         let mut undo = Vec::new();
         let mut out = Vec::new();
+        let count = work.len();
         for (committed, entry) in work {
             let (index, term) = (committed.index(), committed.term());
             if let Some(entry) = entry {
@@ -606,8 +607,13 @@ impl Store {
         // The writes wait with those of earlier applies until enough have gathered (see
         // `crate::batch`); a membership change goes to the engine at once.
         let mark = state.unwritten.mark();
-        let due =
-            state.unwritten.add(sled_batch, membership, self.inner.config.write_behind_applies);
+        let count = u32::try_from(count).unwrap_or(u32::MAX);
+        let due = state.unwritten.add(
+            sled_batch,
+            count,
+            membership,
+            self.inner.config.write_behind_entries,
+        );
         if due && let Err(e) = self.write_waiting_locked(&mut state) {
             // The earlier applies' writes stay waiting; this call's go with its memory.
             state.unwritten.rewind(mark);
@@ -986,7 +992,7 @@ mod tests {
     fn a_committed_run_is_written_in_one_engine_batch() {
         let dir = tempfile::tempdir().unwrap();
         let config =
-            StoreConfig { write_behind_applies: 1, ..StoreConfig::new(DataSet::trust_domain()) };
+            StoreConfig { write_behind_entries: 1, ..StoreConfig::new(DataSet::trust_domain()) };
         let store = Store::open(dir.path(), config).unwrap();
         let data: Vec<Vec<u8>> = (1..=100u128)
             .map(|i| LogEntry::new(i, Command::PruneJoinTokens { expires_before: 0 }).encode())

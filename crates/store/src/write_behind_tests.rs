@@ -8,12 +8,12 @@ use std::sync::atomic::Ordering;
 use ward_core::JoinToken;
 
 use crate::apply::fault::{self, Kind};
-use crate::batch::WRITE_BEHIND_APPLIES;
+use crate::batch::WRITE_BEHIND_ENTRIES;
 use crate::testdata::DataSet;
 use crate::{Command, Committed, LogEntry, Store, StoreConfig, StoreError};
 
-fn open(dir: &Path, write_behind_applies: u32) -> Store {
-    let config = StoreConfig { write_behind_applies, ..StoreConfig::new(DataSet::trust_domain()) };
+fn open(dir: &Path, write_behind_entries: u32) -> Store {
+    let config = StoreConfig { write_behind_entries, ..StoreConfig::new(DataSet::trust_domain()) };
     Store::open(dir, config).unwrap()
 }
 
@@ -38,32 +38,62 @@ fn chunks(store: &Store) -> Vec<crate::SnapshotChunk> {
     store.export_snapshot(0).unwrap().chunks
 }
 
+fn apply_empty(store: &Store, index: u64) {
+    store.apply_committed(&[Committed::Empty { index, term: 1 }]).unwrap();
+}
+
 #[test]
 fn applies_wait_until_enough_gathered_and_a_membership_change_goes_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), WRITE_BEHIND_APPLIES);
+    let store = open(dir.path(), WRITE_BEHIND_ENTRIES);
     let start = batches(&store);
-    let limit = u64::from(WRITE_BEHIND_APPLIES);
+    let limit = u64::from(WRITE_BEHIND_ENTRIES);
+    // Empty entries write two records each: the entry count decides.
     for index in 1..limit {
+        apply_empty(&store, index);
+    }
+    assert_eq!(batches(&store) - start, 0, "{} entries wait", limit - 1);
+    apply_empty(&store, limit);
+    assert_eq!(batches(&store) - start, 1, "then all go in one batch");
+    // A token writes about seven records: the record-write bound comes first.
+    let mut index = limit;
+    while batches(&store) - start == 1 {
+        index += 1;
         apply_one(&store, index);
     }
-    assert_eq!(batches(&store) - start, 0, "{} applies wait", limit - 1);
-    apply_one(&store, limit);
-    assert_eq!(batches(&store) - start, 1, "then all go in one batch");
-    apply_one(&store, limit + 1);
+    let waited = index - limit;
+    assert!(waited > 64 && waited < limit, "{waited} tokens waited");
+    apply_one(&store, index + 1);
     let conf_state = b"voters".to_vec();
-    let run = [Committed::Membership { index: limit + 2, term: 1, conf_state: &conf_state }];
+    let run = [Committed::Membership { index: index + 2, term: 1, conf_state: &conf_state }];
     store.apply_committed(&run).unwrap();
-    assert_eq!(batches(&store) - start, 2, "a membership change is written at once");
+    assert_eq!(batches(&store) - start, 3, "a membership change is written at once");
     assert_eq!(store.durable_applied(), 0, "written is not flushed");
     store.flush().unwrap();
-    assert_eq!(store.durable_applied(), limit + 2);
+    assert_eq!(store.durable_applied(), index + 2);
+}
+
+/// The limit counts log entries, not calls: a restart replays the log's tail in one call,
+/// which then goes to the engine at once.
+#[test]
+fn one_call_of_as_many_entries_as_the_limit_is_written_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), WRITE_BEHIND_ENTRIES);
+    let start = batches(&store);
+    let limit = u64::from(WRITE_BEHIND_ENTRIES);
+    let data: Vec<Vec<u8>> = (1..=limit).map(token_entry).collect();
+    let run: Vec<Committed<'_>> = (1..=limit)
+        .zip(&data)
+        .map(|(index, data)| Committed::Entry { index, term: 1, data })
+        .collect();
+    store.apply_committed(&run).unwrap();
+    assert_eq!(batches(&store) - start, 1);
 }
 
 #[test]
 fn a_store_dropped_without_close_keeps_every_apply_and_reads_are_the_same() {
     let (dir, reference_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let store = open(dir.path(), WRITE_BEHIND_APPLIES);
+    let store = open(dir.path(), WRITE_BEHIND_ENTRIES);
     let reference = open(reference_dir.path(), 1);
     // Across change-feed runs (32 revisions) and request-id runs.
     for index in 1..=100 {
@@ -80,7 +110,7 @@ fn a_store_dropped_without_close_keeps_every_apply_and_reads_are_the_same() {
         apply_one(&reference, index);
     }
     drop(store);
-    let store = open(dir.path(), WRITE_BEHIND_APPLIES);
+    let store = open(dir.path(), WRITE_BEHIND_ENTRIES);
     assert_eq!(store.last_applied(), 110);
     assert_eq!(chunks(&store), chunks(&reference), "reopened after a drop");
 }
@@ -91,7 +121,7 @@ fn a_store_dropped_without_close_keeps_every_apply_and_reads_are_the_same() {
 #[test]
 fn snapshots_exported_during_applies_match_a_store_that_writes_each_apply() {
     let (dir, reference_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let store = open(dir.path(), WRITE_BEHIND_APPLIES);
+    let store = open(dir.path(), WRITE_BEHIND_ENTRIES);
     let reference = open(reference_dir.path(), 1);
     let last = 2000;
     let writer = {
@@ -133,7 +163,7 @@ fn reference_of(dir: &Path, n: u64) -> Store {
 #[test]
 fn a_failed_write_of_waiting_applies_poisons_and_keeps_them() {
     let (dir, reference_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let store = open(dir.path(), WRITE_BEHIND_APPLIES);
+    let store = open(dir.path(), WRITE_BEHIND_ENTRIES);
     for index in 1..=10 {
         apply_one(&store, index);
     }
@@ -152,7 +182,7 @@ fn a_failed_write_of_waiting_applies_poisons_and_keeps_them() {
     let reference = reference_of(reference_dir.path(), 20);
     assert_eq!(chunks(&store), chunks(&reference), "the export lays what waits over");
     drop(store);
-    let store = open(dir.path(), WRITE_BEHIND_APPLIES);
+    let store = open(dir.path(), WRITE_BEHIND_ENTRIES);
     assert_eq!(store.last_applied(), 20);
     assert_eq!(chunks(&store), chunks(&reference));
 }
@@ -162,12 +192,17 @@ fn a_failed_write_of_waiting_applies_poisons_and_keeps_them() {
 #[test]
 fn a_failed_due_write_takes_back_only_the_apply_that_made_it_due() {
     let (dir, reference_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let store = open(dir.path(), WRITE_BEHIND_APPLIES);
-    let limit = u64::from(WRITE_BEHIND_APPLIES);
+    let store = open(dir.path(), WRITE_BEHIND_ENTRIES);
+    let reference = open(reference_dir.path(), 1);
+    let limit = u64::from(WRITE_BEHIND_ENTRIES);
+    // A few tokens, then empty entries (two records each) up to one short of the limit:
+    // the next entry makes the batch due by the entry count.
     for index in 1..limit {
-        apply_one(&store, index);
+        for s in [&store, &reference] {
+            if index <= 10 { apply_one(s, index) } else { apply_empty(s, index) }
+        }
     }
-    let reference = reference_of(reference_dir.path(), limit - 1);
+    assert_eq!(batches(&store), 0, "nothing written yet");
     let data = token_entry(limit);
     let run = [Committed::Entry { index: limit, term: 1, data: &data }];
     fault::arm(1, Kind::Batch);
@@ -177,7 +212,7 @@ fn a_failed_due_write_takes_back_only_the_apply_that_made_it_due() {
     assert_eq!(store.last_applied(), limit - 1);
     assert_eq!(chunks(&store), chunks(&reference));
     drop(store);
-    let store = open(dir.path(), WRITE_BEHIND_APPLIES);
+    let store = open(dir.path(), WRITE_BEHIND_ENTRIES);
     assert_eq!(store.last_applied(), limit - 1);
     assert_eq!(chunks(&store), chunks(&reference), "reopened");
     apply_one(&store, limit);
