@@ -644,10 +644,13 @@ impl Store {
         e
     }
 
-    /// Makes every applied command durable (fsync).
+    /// Makes every applied command durable: writes what waits (see the `batch` module),
+    /// then has the engine fsync.
     ///
     /// # Errors
-    /// [`StoreError::Engine`] on I/O failure.
+    /// [`StoreError::Engine`] on I/O failure; [`StoreError::Poisoned`] when writes wait on a
+    /// poisoned store (the engine then lacks applies the memory holds, and the durable
+    /// index is not raised).
     pub fn flush(&self) -> Result<(), StoreError> {
         // Everything applied before the flush starts is on disk once it returns.
         let applied = self.last_applied();
@@ -757,8 +760,12 @@ impl Store {
     /// The change feed: changes with revision greater than `after`, oldest first, at most
     /// `limit`.
     ///
+    /// The writes of applies still waiting in memory (see the `batch` module) go to the
+    /// engine first.
+    ///
     /// # Errors
-    /// [`StoreError::Engine`] or [`StoreError::Corrupt`] from reading the feed.
+    /// [`StoreError::Engine`] or [`StoreError::Corrupt`] from writing what waits or reading
+    /// the feed; [`StoreError::Poisoned`] when writes wait on a poisoned store.
     pub fn changes_since(&self, after: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
         // The runs kept hold more than the last CHANGE_FEED_RETAIN revisions; answer those.
         let revision = self.write_waiting()?;
