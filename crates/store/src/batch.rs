@@ -22,7 +22,13 @@
 //! [`Store::apply`](crate::Store::apply) writes what waits with its own writes, and a
 //! store dropped without [`Store::close`](crate::Store::close) writes it as it goes.
 
+use std::sync::atomic::Ordering;
+
 use sled::IVec;
+
+use crate::error::{EngineResult, StoreError};
+use crate::state::State;
+use crate::store::Store;
 
 /// Applied log entries whose writes may wait in memory before they go to the engine
 /// together. Counted per entry, not per apply call: a restart replays the log's tail in one
@@ -176,6 +182,71 @@ impl WriteBehind {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.batch.is_empty()
+    }
+}
+
+impl Store {
+    /// Writes what applies left waiting (see [`crate::batch`]); returns the revision the
+    /// engine is at then.
+    ///
+    /// # Errors
+    /// [`StoreError::Poisoned`] when something waits but an apply or a write failed
+    /// before (the engine is then behind the memory, and must not be taken as holding
+    /// it); [`StoreError::Engine`] if the write fails, which poisons the store and keeps
+    /// what waits in memory.
+    pub(crate) fn write_waiting(&self) -> Result<u64, StoreError> {
+        {
+            let state = self.read();
+            if state.unwritten.is_empty() {
+                return Ok(state.revision);
+            }
+        }
+        let mut state = self.write();
+        self.check_poisoned()?;
+        self.write_waiting_locked(&mut state)?;
+        Ok(state.revision)
+    }
+
+    /// Writes what waits in one atomic engine batch. On failure the store is poisoned and
+    /// the writes stay waiting: the memory still holds their applies.
+    pub(crate) fn write_waiting_locked(&self, state: &mut State) -> Result<(), StoreError> {
+        if state.unwritten.is_empty() {
+            return Ok(());
+        }
+        self.inner.batches.fetch_add(1, Ordering::Relaxed);
+        let written = if crate::apply::fault::batch() {
+            Err(StoreError::Engine("injected batch failure".into()))
+        } else {
+            self.data_tree().apply_batch(state.unwritten.batch.to_sled()).engine()
+        };
+        match written {
+            Ok(()) => {
+                state.unwritten.take();
+                Ok(())
+            }
+            Err(e) => {
+                self.inner.poisoned.store(true, Ordering::Release);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for crate::store::Inner {
+    /// Writes what applies left waiting (see the `batch` module), so a store dropped
+    /// without [`Store::close`] keeps every apply that returned, as before write-behind. Not
+    /// after a panic in an apply (the state lock is then poisoned): the engine stays at
+    /// the last write, a consistent state.
+    fn drop(&mut self) {
+        let Ok(state) = self.state.get_mut() else { return };
+        if state.unwritten.is_empty() {
+            return;
+        }
+        let waiting = state.unwritten.take().into_sled();
+        let tree = self.data.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Err(e) = tree.apply_batch(waiting) {
+            tracing::error!(error = %e, "writing the store's last applies at close");
+        }
     }
 }
 

@@ -187,7 +187,7 @@ pub(crate) struct Inner {
     /// Whether anything was put in the cache since it was last emptied; written under the
     /// state read lock, read under the write lock.
     cache_used: AtomicBool,
-    poisoned: AtomicBool,
+    pub(crate) poisoned: AtomicBool,
     /// Serializes snapshot imports (the state lock is not held while one is staged).
     pub(crate) importing: Mutex<()>,
     /// The applied index known to be on disk: raised by [`Store::flush`] and imports.
@@ -214,24 +214,6 @@ pub(crate) struct Inner {
     pub(crate) config: StoreConfig,
     /// The revision as last published to [`Store::watch_revision`] readers.
     revisions: RevisionSender,
-}
-
-impl Drop for Inner {
-    /// Writes what applies left waiting (see the `batch` module), so a store dropped
-    /// without [`Store::close`] keeps every apply that returned, as before write-behind. Not
-    /// after a panic in an apply (the state lock is then poisoned): the engine stays at
-    /// the last write, a consistent state.
-    fn drop(&mut self) {
-        let Ok(state) = self.state.get_mut() else { return };
-        if state.unwritten.is_empty() {
-            return;
-        }
-        let waiting = state.unwritten.take().into_sled();
-        let tree = self.data.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Err(e) = tree.apply_batch(waiting) {
-            tracing::error!(error = %e, "writing the store's last applies at close");
-        }
-    }
 }
 
 /// ward's replicated state machine on sled. Cheap to clone; clones share one store.
@@ -341,7 +323,7 @@ impl Store {
     }
 
     /// The state, for writing. Panics when the lock is poisoned: see [`poisoned_lock`].
-    fn write(&self) -> RwLockWriteGuard<'_, State> {
+    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, State> {
         self.inner.state.write().unwrap_or_else(|_| poisoned_lock())
     }
 
@@ -408,7 +390,7 @@ impl Store {
         }
     }
 
-    fn check_poisoned(&self) -> Result<(), StoreError> {
+    pub(crate) fn check_poisoned(&self) -> Result<(), StoreError> {
         if self.inner.poisoned.load(Ordering::Acquire) {
             return Err(StoreError::Poisoned);
         }
@@ -452,51 +434,6 @@ impl Store {
             state.feed.push(&change, batch, undo)?;
         }
         Ok(Applied { index, revision: state.revision, outcome })
-    }
-
-    /// Writes what applies left waiting (see [`crate::batch`]); returns the revision the
-    /// engine is at then.
-    ///
-    /// # Errors
-    /// [`StoreError::Poisoned`] when something waits but an apply or a write failed
-    /// before (the engine is then behind the memory, and must not be taken as holding
-    /// it); [`StoreError::Engine`] if the write fails, which poisons the store and keeps
-    /// what waits in memory.
-    pub(crate) fn write_waiting(&self) -> Result<u64, StoreError> {
-        {
-            let state = self.read();
-            if state.unwritten.is_empty() {
-                return Ok(state.revision);
-            }
-        }
-        let mut state = self.write();
-        self.check_poisoned()?;
-        self.write_waiting_locked(&mut state)?;
-        Ok(state.revision)
-    }
-
-    /// Writes what waits in one atomic engine batch. On failure the store is poisoned and
-    /// the writes stay waiting: the memory still holds their applies.
-    fn write_waiting_locked(&self, state: &mut State) -> Result<(), StoreError> {
-        if state.unwritten.is_empty() {
-            return Ok(());
-        }
-        self.inner.batches.fetch_add(1, Ordering::Relaxed);
-        let written = if crate::apply::fault::batch() {
-            Err(StoreError::Engine("injected batch failure".into()))
-        } else {
-            self.data_tree().apply_batch(state.unwritten.batch.to_sled()).engine()
-        };
-        match written {
-            Ok(()) => {
-                state.unwritten.take();
-                Ok(())
-            }
-            Err(e) => {
-                self.inner.poisoned.store(true, Ordering::Release);
-                Err(e)
-            }
-        }
     }
 
     /// Drops the cached results of the agents in `touched`; called under the write lock.
