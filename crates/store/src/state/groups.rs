@@ -53,6 +53,21 @@ impl Chunk {
         Self { children: items.into_iter().map(|f| f.child).collect(), marks }
     }
 
+    /// This chunk's children followed by `later` (which sort after them), sharing the
+    /// entries.
+    fn extended(&self, later: Vec<Fresh>) -> Self {
+        let base = u32::try_from(self.children.len()).unwrap_or(u32::MAX);
+        let marks = self
+            .marks
+            .iter()
+            .copied()
+            .chain((base..).zip(&later).filter_map(|(i, f)| f.mark.map(|h| (i, h))))
+            .collect();
+        let children =
+            self.children.iter().cloned().chain(later.into_iter().map(|f| f.child)).collect();
+        Self { children, marks }
+    }
+
     /// The children back as working items, marks included.
     pub(super) fn thaw(&self) -> Vec<Fresh> {
         let mut marks = self.marks.iter().peekable();
@@ -119,42 +134,72 @@ impl ChildGroup {
 }
 
 /// A chunk of a group being patched: shared until a change opens it, and found by the
-/// id it started with (chunks cover disjoint, ordered id ranges).
-pub(super) struct Patch {
-    pub(super) low: Option<(u64, Arc<RegistrationEntry>)>,
-    pub(super) frozen: Option<Chunk>,
-    pub(super) open: Vec<Fresh>,
+/// id it started with (chunks cover disjoint, ordered id ranges). Children that sort after
+/// all of a shared chunk's are gathered beside it, so appending (as server-chosen ids in
+/// time order do) neither opens the chunk nor searches it.
+pub(super) struct Patch<'a> {
+    low: Option<(u64, &'a str)>,
+    frozen: Option<&'a Chunk>,
+    appended: Vec<Fresh>,
+    open: Vec<Fresh>,
 }
 
-impl Patch {
-    pub(super) fn new(chunk: &Chunk) -> Self {
-        let low = chunk.children.first().map(|c| (c.key, Arc::clone(&c.entry)));
-        Self { low, frozen: Some(chunk.clone()), open: Vec::new() }
+impl<'a> Patch<'a> {
+    pub(super) fn new(chunk: &'a Chunk) -> Self {
+        let low = chunk.children.first().map(|c| (c.key, c.entry.id.as_str()));
+        Self { low, frozen: Some(chunk), appended: Vec::new(), open: Vec::new() }
     }
 
     /// Whether the chunk starts at or before `(key, id)`.
     pub(super) fn starts_by(&self, key: u64, id: &str) -> bool {
-        self.low.as_ref().is_some_and(|(k, e)| (*k, e.id.as_str()) <= (key, id))
+        self.low.is_some_and(|low| low <= (key, id))
     }
 
+    /// The children as working items, for a change anywhere in the chunk.
     pub(super) fn open(&mut self) -> &mut Vec<Fresh> {
         if let Some(c) = self.frozen.take() {
             self.open = c.thaw();
+            self.open.append(&mut self.appended);
         }
         &mut self.open
     }
 
-    /// A new chunk holding only `first`.
-    fn starting_with(first: Fresh) -> Self {
-        let low = Some((first.child.key, Arc::clone(&first.child.entry)));
-        Self { low, frozen: None, open: vec![first] }
+    /// A new chunk holding only `first`, the child in `s`.
+    fn starting_with(s: &'a Slotted, first: Fresh) -> Self {
+        let low = Some((s.id_prefix, s.entry.id.as_str()));
+        Self { low, frozen: None, appended: Vec::new(), open: vec![first] }
+    }
+
+    /// Adds a child that sorts after every child of the chunk.
+    fn push(&mut self, last: Fresh) {
+        match self.frozen {
+            Some(_) => self.appended.push(last),
+            None => self.open.push(last),
+        }
     }
 
     /// The chunk's children: how many, and the last.
     fn tail(&self) -> (usize, Option<&Child>) {
-        match &self.frozen {
-            Some(c) => (c.children.len(), c.children.last()),
+        match self.frozen {
+            Some(c) => (
+                c.children.len().saturating_add(self.appended.len()),
+                self.appended.last().map(|f| &f.child).or(c.children.last()),
+            ),
             None => (self.open.len(), self.open.last().map(|f| &f.child)),
+        }
+    }
+
+    /// The patched chunk, cut in two or more when it grew past twice [`CHUNK`], or none
+    /// when it was emptied.
+    fn finish(self, chunks: &mut Vec<Chunk>) {
+        match self.frozen {
+            Some(c) if self.appended.is_empty() => chunks.push(c.clone()),
+            Some(c) => chunks.push(c.extended(self.appended)),
+            None if self.open.len() > 2 * CHUNK => {
+                chunks.extend(self.open.chunks(CHUNK).map(|c| Chunk::new(c.to_vec())));
+            }
+            None if !self.open.is_empty() => chunks.push(Chunk::new(self.open)),
+            None => {}
         }
     }
 }
@@ -372,16 +417,20 @@ impl State {
                 return None;
             }
             // A child after every other one (server-chosen ids are made in time order, so
-            // most new children are) opens a new chunk once the last is full, instead of
-            // copying a last chunk that only grows.
+            // most new children are) is added to the last chunk without opening it, or opens
+            // a new chunk once the last is full, instead of copying a last chunk that only
+            // grows.
             if let Some(s) = now
                 && at.saturating_add(1) == work.len()
-                && let Some(last) = work.last()
+                && let Some(last) = work.last_mut()
                 && let (len, Some(child)) = last.tail()
-                && len >= CHUNK
                 && child.cmp_id(key, id.as_str()).is_lt()
             {
-                work.push(Patch::starting_with(self.child(s)));
+                if len >= CHUNK {
+                    work.push(Patch::starting_with(s, self.child(s)));
+                } else {
+                    last.push(self.child(s));
+                }
                 continue;
             }
             let chunk = work.get_mut(at)?.open();
@@ -396,13 +445,7 @@ impl State {
         }
         let mut chunks = Vec::with_capacity(work.len());
         for w in work {
-            if let Some(c) = w.frozen {
-                chunks.push(c);
-            } else if w.open.len() > 2 * CHUNK {
-                chunks.extend(w.open.chunks(CHUNK).map(|c| Chunk::new(c.to_vec())));
-            } else if !w.open.is_empty() {
-                chunks.push(Chunk::new(w.open));
-            }
+            w.finish(&mut chunks);
         }
         Some(ChildGroup::from_chunks(g.parent.clone(), chunks))
     }
@@ -623,5 +666,42 @@ mod tests {
         check_groups(&s);
         let g = s.ids[&hash].group.clone().unwrap();
         assert!(g.chunks().count() >= g.len / CHUNK, "{} chunks for {}", g.chunks().count(), g.len);
+    }
+
+    /// In one patch, children appended to the last chunk without opening it, then changes
+    /// that open it (one of them re-touches an appended child, one removes an older child):
+    /// the group is still exactly what the entries say.
+    #[test]
+    fn appended_children_then_changes_in_the_same_chunk() {
+        let mut s = State::new(TrustDomain::new("example.org").unwrap());
+        let agent = "spiffe://example.org/spire/agent/a";
+        let hash = key_hash(agent);
+        let id_of = |n: u64| format!("0193a5f2-{n:06}");
+        let put = |s: &mut State, n: u64, under: &str| {
+            s.put_entry(entry(&id_of(n), &format!("spiffe://example.org/w/{n}"), under));
+        };
+        for n in 0..40 {
+            put(&mut s, n, agent);
+        }
+        s.refreeze_dirty_groups();
+        for round in 0..30u64 {
+            let first = 40 + round * 3;
+            // Appended without opening the last chunk...
+            put(&mut s, first, agent);
+            put(&mut s, first + 1, agent);
+            // ...then an appended child touched again opens it, an older child goes away,
+            // one more is appended to the opened chunk, and a child of the previous round
+            // moves under another workload.
+            put(&mut s, first + 1, agent);
+            s.remove_entry(&EntryId::new(&id_of(first - 2)).unwrap());
+            put(&mut s, first + 2, agent);
+            put(&mut s, first - 1, "spiffe://example.org/w/0");
+            s.refreeze_dirty_groups();
+            check_groups(&s);
+            let g = s.ids[&hash].group.clone().unwrap();
+            let ids: Vec<String> = g.children().map(|c| c.entry.id.as_str().to_owned()).collect();
+            assert!(ids.contains(&id_of(first)) && ids.contains(&id_of(first + 2)), "{round}");
+            assert!(!ids.contains(&id_of(first - 1)) && !ids.contains(&id_of(first - 2)));
+        }
     }
 }

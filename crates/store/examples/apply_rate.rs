@@ -1,0 +1,118 @@
+//! Times what a replica does per applied log entry: [`Store::apply_committed`] of entry
+//! creates as the `cluster_writes` bench makes them (one entry per log entry and request
+//! id, entries spread over `parents` parent IDs, ids made in time order as the server
+//! makes them), in calls of `per_call` log entries, as raft hands them over.
+//!
+//! `cargo run --release -p ward-store --example apply_rate -- [entries] [per_call] [parents]`
+//! (defaults 200,000, 32 and 1,000). Prints, per tenth of the run, the wall time and the
+//! process's CPU time (all threads, sled's included) per log entry. Automatic checkpoints
+//! are off; the store lives in a temporary directory.
+
+/// The allocator ward-server runs with, so the timings are the server's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use std::error::Error;
+use std::time::{Duration, Instant};
+
+use ward_core::{EntryId, RegistrationEntry, Selector, SelectorSet, TrustDomain};
+use ward_store::{Command, Committed, LogEntry, Store, StoreConfig};
+
+/// The process's user + system CPU time, from `/proc/self/stat` (clock ticks of 10 ms).
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let ticks: u64 =
+        rest.split_whitespace().skip(11).take(2).filter_map(|v| v.parse::<u64>().ok()).sum();
+    Duration::from_millis(ticks.saturating_mul(10))
+}
+
+/// A hyphenated id laid out as a version-7 UUID: `ms` in the first 48 bits, then `rand`.
+fn time_ordered_id(ms: u64, rand: u64) -> Result<EntryId, Box<dyn Error>> {
+    let id = format!(
+        "{:08x}-{:04x}-7{:03x}-{:04x}-{:012x}",
+        ms >> 16,
+        ms & 0xffff,
+        rand & 0xfff,
+        0x8000 | ((rand >> 12) & 0x3fff),
+        (rand >> 26) & 0xffff_ffff_ffff
+    );
+    Ok(EntryId::new(&id)?)
+}
+
+fn entry(
+    td: &TrustDomain,
+    n: u64,
+    parents: u64,
+    id: EntryId,
+) -> Result<RegistrationEntry, Box<dyn Error>> {
+    let selector = Selector::new("unix", &format!("uid:{n}"))?;
+    Ok(RegistrationEntry::new(
+        id,
+        td.spiffe_id(&format!("/bench/workload/{n}"))?,
+        td.spiffe_id(&format!("/bench/agent/{}", n % parents))?,
+        SelectorSet::new(vec![selector]),
+    ))
+}
+
+fn main() -> Result<(), Box<dyn Error>> {
+    let args: Vec<u64> = std::env::args().skip(1).map(|a| a.parse()).collect::<Result<_, _>>()?;
+    let arg = |i: usize, default: u64| args.get(i).copied().unwrap_or(default).max(1);
+    let (total, per_call, parents) = (arg(0, 200_000), arg(1, 32), arg(2, 1000));
+    let td = TrustDomain::new("example.org")?;
+    let dir = tempfile::tempdir()?;
+    let config = StoreConfig { checkpoint_every: None, ..StoreConfig::new(td.clone()) };
+    let store = Store::open(dir.path(), config)?;
+
+    let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+    let start_ms = 1_764_547_200_000_u64;
+    let tenth = (total / 10).max(1);
+    let (mut wall, mut cpu) = (Duration::ZERO, Duration::ZERO);
+    let (mut all_wall, mut all_cpu) = (Duration::ZERO, Duration::ZERO);
+    let mut n = 0u64;
+    println!("{total} entries, {per_call} log entries per call, {parents} parent IDs");
+    println!("{:>10} {:>14} {:>14}", "entries", "wall µs/entry", "CPU µs/entry");
+    while n < total {
+        let count = per_call.min(total - n);
+        let encoded: Vec<Vec<u8>> = (0..count)
+            .map(|i| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                // About ten thousand ids a second, as at the bench's highest rate.
+                let id = time_ordered_id(start_ms + (n + i) / 10, rng)?;
+                let cmd = Command::CreateEntries(vec![entry(&td, n + i, parents, id)?]);
+                Ok(LogEntry::new(u128::from(n + i + 1), cmd).encode())
+            })
+            .collect::<Result<_, Box<dyn Error>>>()?;
+        let first = store.last_applied() + 1;
+        let batch: Vec<Committed<'_>> = encoded
+            .iter()
+            .zip(first..)
+            .map(|(data, index)| Committed::Entry { index, term: 1, data })
+            .collect();
+        let (w0, c0) = (Instant::now(), process_cpu());
+        let applied = store.apply_committed(&batch)?;
+        let (w, c) = (w0.elapsed(), process_cpu().saturating_sub(c0));
+        if applied.iter().any(|a| a.result.is_err()) {
+            return Err("a create did not apply".into());
+        }
+        wall += w;
+        cpu += c;
+        let before = n;
+        n += count;
+        if n / tenth != before / tenth || n == total {
+            let done = n - (before / tenth) * tenth;
+            let per = |d: Duration| d.as_secs_f64() * 1e6 / done as f64;
+            println!("{n:>10} {:>14.2} {:>14.2}", per(wall), per(cpu));
+            all_wall += wall;
+            all_cpu += cpu;
+            wall = Duration::ZERO;
+            cpu = Duration::ZERO;
+        }
+    }
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / total as f64;
+    println!("{:>10} {:>14.2} {:>14.2}", "all", per(all_wall), per(all_cpu));
+    store.close()?;
+    Ok(())
+}
