@@ -143,10 +143,8 @@ impl<'a> Txn<'a> {
         }
         self.undo.push(Undo::Entry(e.id.clone(), known.zip(old)));
         fault::point()?;
+        // `m/entry-number` is written once per engine batch, with the other metadata.
         self.batch.insert(record::entry_key(&e.id), record::encode_numbered(&*e, number)?);
-        if known.is_none() {
-            self.batch.insert(record::META_ENTRY_NUMBER, record::u64_value(number));
-        }
         if self.track {
             self.state.agents_affected_by(&e, &mut self.touched);
         }

@@ -67,10 +67,6 @@ impl WriteBatch {
 
     /// Adds `later`'s writes after these.
     pub(crate) fn append(&mut self, later: Self) {
-        if self.writes.is_empty() {
-            *self = later;
-            return;
-        }
         self.bytes = self.bytes.saturating_add(later.bytes);
         self.writes.extend(later.writes);
     }
@@ -174,6 +170,14 @@ impl WriteBehind {
             || self.batch.bytes >= WRITE_BEHIND_BYTES
     }
 
+    /// Forgets what waits once it is written, keeping the buffer's room for the next
+    /// writes (growing it afresh each time costs page faults at high write rates).
+    pub(crate) fn clear(&mut self) {
+        self.entries = 0;
+        self.batch.writes.clear();
+        self.batch.bytes = 0;
+    }
+
     /// Everything waiting, leaving nothing.
     pub(crate) fn take(&mut self) -> WriteBatch {
         self.entries = 0;
@@ -221,7 +225,7 @@ impl Store {
         };
         match written {
             Ok(()) => {
-                state.unwritten.take();
+                state.unwritten.clear();
                 Ok(())
             }
             Err(e) => {

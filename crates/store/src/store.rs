@@ -373,6 +373,7 @@ impl Store {
         let applied = self
             .run_command(state, &mut batch, &mut touched, &mut undo, index, cmd)
             .and_then(|applied| {
+                before.write_changed(state, &mut batch);
                 state.feed.seal(&mut batch);
                 // What earlier applies left waiting goes first, in the same batch.
                 state.unwritten.add(batch, 1, true, 1);
@@ -425,12 +426,11 @@ impl Store {
         }
         state.refreeze_dirty_groups();
         state.applied = index;
-        batch.insert(record::META_APPLIED, record::u64_value(index));
+        // The metadata records (applied index, revision, counts) are written once per
+        // engine batch, by `MetaBefore::write_changed`, not once per command.
         if mutated {
             state.revision = state.revision.saturating_add(1);
             change.revision = state.revision;
-            batch.insert(record::META_REVISION, record::u64_value(state.revision));
-            batch.insert(record::META_ENTRIES, record::u64_value(state.entry_count() as u64));
             state.feed.push(&change, batch, undo)?;
         }
         Ok(Applied { index, revision: state.revision, outcome })
@@ -537,7 +537,7 @@ impl Store {
             state.applied = index;
             state.applied_term = term;
         }
-        sled_batch.insert(record::META_APPLIED, record::u64_value(state.applied));
+        before.write_changed(&state, &mut sled_batch);
         sled_batch.insert(record::META_APPLIED_TERM, record::u64_value(state.applied_term));
         state.request_ids.seal(&mut sled_batch);
         state.feed.seal(&mut sled_batch);
@@ -852,6 +852,19 @@ impl MetaBefore {
             revision: state.revision,
             conf_state: state.conf_state.clone(),
             last_entry_number: state.last_entry_number,
+        }
+    }
+
+    /// Puts in `batch` the metadata records of what changed since: `m/applied`, and after
+    /// a change `m/revision` and `m/entries`, and after a new entry `m/entry-number`.
+    fn write_changed(&self, state: &State, batch: &mut WriteBatch) {
+        batch.insert(record::META_APPLIED, record::u64_value(state.applied));
+        if state.revision != self.revision {
+            batch.insert(record::META_REVISION, record::u64_value(state.revision));
+            batch.insert(record::META_ENTRIES, record::u64_value(state.entry_count() as u64));
+        }
+        if state.last_entry_number != self.last_entry_number {
+            batch.insert(record::META_ENTRY_NUMBER, record::u64_value(state.last_entry_number));
         }
     }
 
