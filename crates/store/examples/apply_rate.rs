@@ -69,7 +69,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let tenth = (total / 10).max(1);
     let (mut wall, mut cpu) = (Duration::ZERO, Duration::ZERO);
     let (mut all_wall, mut all_cpu) = (Duration::ZERO, Duration::ZERO);
-    let mut n = 0u64;
+    let (mut n, mut since_print) = (0u64, 0u64);
     println!("{total} entries, {per_call} log entries per call, {parents} parent IDs");
     println!("{:>10} {:>14} {:>14}", "entries", "wall µs/entry", "CPU µs/entry");
     while n < total {
@@ -101,14 +101,15 @@ fn main() -> Result<(), Box<dyn Error>> {
         cpu += c;
         let before = n;
         n += count;
+        since_print += count;
         if n / tenth != before / tenth || n == total {
-            let done = n - (before / tenth) * tenth;
-            let per = |d: Duration| d.as_secs_f64() * 1e6 / done as f64;
+            let per = |d: Duration| d.as_secs_f64() * 1e6 / since_print as f64;
             println!("{n:>10} {:>14.2} {:>14.2}", per(wall), per(cpu));
             all_wall += wall;
             all_cpu += cpu;
             wall = Duration::ZERO;
             cpu = Duration::ZERO;
+            since_print = 0;
         }
     }
     let per = |d: Duration| d.as_secs_f64() * 1e6 / total as f64;

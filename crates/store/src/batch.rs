@@ -171,10 +171,13 @@ impl WriteBehind {
     }
 
     /// Forgets what waits once it is written, keeping the buffer's room for the next
-    /// writes (growing it afresh each time costs page faults at high write rates).
+    /// writes (growing it afresh each time costs page faults at high write rates), but not
+    /// more than a due batch needs: one apply call can hand over a whole log's tail after a
+    /// restart, and that room would otherwise stay taken for the life of the process.
     pub(crate) fn clear(&mut self) {
         self.entries = 0;
         self.batch.writes.clear();
+        self.batch.writes.shrink_to(WRITE_BEHIND_WRITES.saturating_mul(2));
         self.batch.bytes = 0;
     }
 
@@ -330,5 +333,25 @@ mod tests {
             many.insert(i.to_be_bytes().to_vec(), "v");
         }
         assert!(w.add(many, 1, false, WRITE_BEHIND_ENTRIES));
+    }
+
+    #[test]
+    fn a_written_buffer_keeps_its_room_up_to_twice_the_write_bound() {
+        let mut w = WriteBehind::default();
+        let fill = |w: &mut WriteBehind, n: usize| {
+            let mut b = WriteBatch::default();
+            for i in 0..n {
+                b.insert(i.to_be_bytes().to_vec(), "v");
+            }
+            w.add(b, 1, false, WRITE_BEHIND_ENTRIES);
+        };
+        fill(&mut w, WRITE_BEHIND_WRITES);
+        w.clear();
+        assert!(w.is_empty() && w.batch.bytes == 0 && w.mark().entries == 0);
+        assert!(w.batch.writes.capacity() >= WRITE_BEHIND_WRITES, "room kept");
+        // A whole log's tail in one call: the room it took is given back down to the cap.
+        fill(&mut w, 20 * WRITE_BEHIND_WRITES);
+        w.clear();
+        assert!(w.batch.writes.capacity() <= 2 * WRITE_BEHIND_WRITES);
     }
 }

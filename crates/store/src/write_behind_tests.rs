@@ -217,3 +217,167 @@ fn a_failed_due_write_takes_back_only_the_apply_that_made_it_due() {
     assert_eq!(chunks(&store), chunks(&reference), "reopened");
     apply_one(&store, limit);
 }
+
+/// A step of [`metadata_records_equal_the_state_after_any_batches`].
+#[derive(Debug, Clone)]
+enum Step {
+    /// Creates entry `k` under request id `r` (small, so some repeat: duplicates).
+    Create(u8, u8),
+    Delete(u8),
+    /// Creates entry `k` and deletes it in the same batch.
+    CreateDelete(u8),
+    Empty,
+    Membership,
+    Token(u8),
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    prop_oneof![
+        4 => (0u8..40, 0u8..6).prop_map(|(k, r)| Step::Create(k, r)),
+        2 => (0u8..40).prop_map(Step::Delete),
+        1 => (0u8..40).prop_map(Step::CreateDelete),
+        1 => Just(Step::Empty),
+        1 => Just(Step::Membership),
+        1 => (0u8..5).prop_map(Step::Token),
+    ]
+}
+
+fn numbered_entry(k: u8) -> ward_core::RegistrationEntry {
+    ward_core::RegistrationEntry {
+        id: ward_core::EntryId::new(&format!("e-{k}")).unwrap(),
+        ..DataSet::workload_entry(usize::from(k % 3), usize::from(k))
+    }
+}
+
+/// `m/applied`, `m/revision`, `m/entries` and `m/entry-number` as the engine holds them.
+fn metadata_records(store: &Store) -> (u64, u64, u64, u64) {
+    let tree = store.data_tree();
+    let get = |k: &[u8]| {
+        tree.get(k).unwrap().map_or(0, |v| u64::from_be_bytes(v.as_ref().try_into().unwrap()))
+    };
+    (
+        get(crate::record::META_APPLIED),
+        get(crate::record::META_REVISION),
+        get(crate::record::META_ENTRIES),
+        get(crate::record::META_ENTRY_NUMBER),
+    )
+}
+
+/// The same four figures from the in-memory image.
+fn metadata_of_state(store: &Store) -> (u64, u64, u64, u64) {
+    let s = store.read();
+    (s.applied, s.revision, s.entry_count() as u64, s.last_entry_number)
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+    /// The metadata records are written once per engine batch: after any run of batches
+    /// (creates with repeated request ids, deletes of missing entries, a create and delete
+    /// of one id in one batch, tokens, empty and membership entries), with any write-behind
+    /// bound, through a failed apply, a checkpoint, a close or a drop and a reopen, they
+    /// equal the in-memory image's figures.
+    #[allow(clippy::arithmetic_side_effects)] // small numbers in a test
+    #[test]
+    fn metadata_records_equal_the_state_after_any_batches(
+        batches in proptest::collection::vec(proptest::collection::vec(step(), 1..12), 1..25),
+        write_behind_entries in proptest::prop_oneof![
+            proptest::strategy::Just(1u32),
+            proptest::strategy::Just(3u32),
+            proptest::strategy::Just(256u32),
+        ],
+        fail_at in proptest::option::of(0usize..25),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let reopen = |dir: &Path| {
+            let config = StoreConfig {
+                write_behind_entries,
+                checkpoint_every: None,
+                ..StoreConfig::new(DataSet::trust_domain())
+            };
+            Store::open(dir, config).unwrap()
+        };
+        let mut store = reopen(dir.path());
+        let mut fresh_id = 1000u128;
+        let delete = |k: u8| {
+            Command::DeleteEntries(vec![ward_core::EntryId::new(&format!("e-{k}")).unwrap()])
+        };
+        for (b, steps) in batches.iter().enumerate() {
+            // (data, whether it is a command entry, an empty entry or a membership change)
+            let mut datas: Vec<(Vec<u8>, &Step)> = Vec::new();
+            for s in steps {
+                let encoded = match s {
+                    Step::Create(k, r) => {
+                        let cmd = Command::CreateEntries(vec![numbered_entry(*k)]);
+                        LogEntry::new(u128::from(*r), cmd).encode()
+                    }
+                    Step::Delete(k) => {
+                        fresh_id += 1;
+                        LogEntry::new(fresh_id, delete(*k)).encode()
+                    }
+                    Step::CreateDelete(k) => {
+                        let cmd = Command::CreateEntries(vec![numbered_entry(*k)]);
+                        datas.push((LogEntry::new(0, cmd).encode(), s));
+                        fresh_id += 1;
+                        LogEntry::new(fresh_id, delete(*k)).encode()
+                    }
+                    Step::Token(t) => {
+                        let token = JoinToken { token: format!("t{t}"), expires_at: 2_000_000_000 };
+                        let cmd = Command::CreateJoinToken { token: token.to_stored(), entry: None };
+                        LogEntry::new(0, cmd).encode()
+                    }
+                    Step::Empty | Step::Membership => Vec::new(),
+                };
+                datas.push((encoded, s));
+            }
+            let first = store.last_applied() + 1;
+            let run: Vec<Committed<'_>> = datas
+                .iter()
+                .zip(first..)
+                .map(|((data, s), index)| match s {
+                    Step::Empty => Committed::Empty { index, term: 1 },
+                    Step::Membership => Committed::Membership { index, term: 1, conf_state: b"conf" },
+                    _ => Committed::Entry { index, term: 1, data },
+                })
+                .collect();
+            if b == batches.len() / 2 {
+                store.checkpoint().unwrap();
+            }
+            let before = metadata_of_state(&store);
+            if fail_at == Some(b) {
+                store.flush().unwrap();
+                let on_disk = metadata_records(&store);
+                fault::arm(1, Kind::Fail);
+                let failed = store.apply_committed(&run).is_err();
+                fault::disarm();
+                if failed {
+                    proptest::prop_assert_eq!(metadata_of_state(&store), before);
+                    drop(store);
+                    store = reopen(dir.path());
+                    proptest::prop_assert_eq!(metadata_of_state(&store), before, "reopened");
+                    proptest::prop_assert_eq!(metadata_records(&store), on_disk);
+                    continue;
+                }
+            } else {
+                store.apply_committed(&run).unwrap();
+            }
+            let now = metadata_of_state(&store);
+            if write_behind_entries == 1 {
+                proptest::prop_assert_eq!(metadata_records(&store), now, "batch {}", b);
+            }
+            store.flush().unwrap();
+            proptest::prop_assert_eq!(metadata_records(&store), now, "batch {} flushed", b);
+        }
+        let now = metadata_of_state(&store);
+        let close = batches.len() % 2 == 1;
+        if close {
+            store.close().unwrap();
+        }
+        drop(store);
+        let store = reopen(dir.path());
+        if close {
+            proptest::prop_assert!(store.opened_from_image());
+        }
+        proptest::prop_assert_eq!(metadata_of_state(&store), now, "reopened");
+    }
+}

@@ -494,6 +494,8 @@ mod tests {
                 assert!(Arc::ptr_eq(&c.entry, s.entry(&c.entry.id).unwrap()), "stale entry");
             }
             for chunk in g.chunks() {
+                assert!(chunk.marks.windows(2).all(|w| w[0].0 < w[1].0), "marks in order");
+                assert!(chunk.marks.iter().all(|&(at, _)| (at as usize) < chunk.children.len()));
                 for (i, c) in chunk.children.iter().enumerate() {
                     let mark = chunk.marks.iter().find(|(at, _)| *at as usize == i);
                     let parents = parent_ids.contains(c.entry.spiffe_id.as_str());
@@ -702,6 +704,110 @@ mod tests {
             let ids: Vec<String> = g.children().map(|c| c.entry.id.as_str().to_owned()).collect();
             assert!(ids.contains(&id_of(first)) && ids.contains(&id_of(first + 2)), "{round}");
             assert!(!ids.contains(&id_of(first - 1)) && !ids.contains(&id_of(first - 2)));
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A new id after every other (time order), under `parent_of(under)`.
+        Append {
+            under: u8,
+        },
+        /// The id `back` places before the newest put again under `parent_of(under)`.
+        Put {
+            back: u16,
+            under: u8,
+        },
+        Remove {
+            back: u16,
+        },
+        /// An id between two older ones.
+        Middle {
+            at: u16,
+            under: u8,
+        },
+        Refreeze,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            6 => (0u8..8).prop_map(|under| Op::Append { under }),
+            2 => (0u16..300, 0u8..8).prop_map(|(back, under)| Op::Put { back, under }),
+            2 => (0u16..300).prop_map(|back| Op::Remove { back }),
+            1 => (0u16..2000, 0u8..8).prop_map(|(at, under)| Op::Middle { at, under }),
+            3 => Just(Op::Refreeze),
+        ]
+    }
+
+    /// Two agents, or a workload (so the workload's descent mark changes).
+    fn parent_of(under: u8, newest: u64) -> String {
+        match under {
+            0..=3 => "spiffe://example.org/spire/agent/a".into(),
+            4 => "spiffe://example.org/spire/agent/b".into(),
+            u => format!("spiffe://example.org/w/{}", newest.saturating_sub(u64::from(u) * 3)),
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+        /// Mostly appends in id order, mixed with moves, removals, ids between old ones and
+        /// refreezes at random points: every patched group is consistent and lists its
+        /// children exactly as a group built whole from the parent index does.
+        #[allow(clippy::arithmetic_side_effects)] // small numbers in a test
+        #[test]
+        fn patched_groups_with_appends_equal_groups_built_whole(
+            start in 0u64..200,
+            ops in proptest::collection::vec(op(), 1..400),
+        ) {
+            let mut s = State::new(TrustDomain::new("example.org").unwrap());
+            // Time-ordered ids sharing their first 8 bytes, and ids that fall between them.
+            let id_of = |n: u64| format!("0193a5f2-{n:06}0");
+            let mid_of = |n: u64| format!("0193a5f2-{n:06}5");
+            let put = |s: &mut State, id: &str, n: u64, under: &str| {
+                s.put_entry(entry(id, &format!("spiffe://example.org/w/{n}"), under));
+            };
+            let mut next = 0u64;
+            for _ in 0..start {
+                put(&mut s, &id_of(next), next, "spiffe://example.org/spire/agent/a");
+                next += 1;
+            }
+            s.refreeze_dirty_groups();
+            check_groups(&s);
+            for op in ops {
+                match op {
+                    Op::Append { under } => {
+                        put(&mut s, &id_of(next), next, &parent_of(under, next));
+                        next += 1;
+                    }
+                    Op::Put { back, under } => {
+                        let n = next.saturating_sub(1 + u64::from(back));
+                        put(&mut s, &id_of(n), n, &parent_of(under, next));
+                        next = next.max(n + 1);
+                    }
+                    Op::Remove { back } => {
+                        let n = next.saturating_sub(1 + u64::from(back));
+                        s.remove_entry(&EntryId::new(&id_of(n)).unwrap());
+                    }
+                    Op::Middle { at, under } => {
+                        let n = u64::from(at) % next.max(1);
+                        put(&mut s, &mid_of(n), n + 100_000, &parent_of(under, next));
+                    }
+                    Op::Refreeze => {
+                        s.refreeze_dirty_groups();
+                        check_groups(&s);
+                    }
+                }
+            }
+            s.refreeze_dirty_groups();
+            check_groups(&s);
+            for (hash, r) in &s.ids {
+                let Some(g) = &r.group else { continue };
+                let whole = s.build_group(*hash).unwrap();
+                let patched: Vec<&str> = g.children().map(|c| c.entry.id.as_str()).collect();
+                let built: Vec<&str> = whole.children().map(|c| c.entry.id.as_str()).collect();
+                proptest::prop_assert_eq!(patched, built);
+            }
         }
     }
 }
