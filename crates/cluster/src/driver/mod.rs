@@ -618,12 +618,12 @@ impl<L: LogStore> Driver<L> {
                 EntryType::EntryConfChangeV2 => {
                     let cc = ConfChangeV2::parse_from_bytes(&e.data)
                         .map_err(|err| Fatal::Entry(format!("bad membership change: {err}")))?;
-                    Some(self.raw.apply_conf_change(&cc)?)
+                    Some(canonical(self.raw.apply_conf_change(&cc)?))
                 }
                 EntryType::EntryConfChange => {
                     let cc = raft::eraftpb::ConfChange::parse_from_bytes(&e.data)
                         .map_err(|err| Fatal::Entry(format!("bad membership change: {err}")))?;
-                    Some(self.raw.apply_conf_change(&cc)?)
+                    Some(canonical(self.raw.apply_conf_change(&cc)?))
                 }
                 EntryType::EntryNormal => None,
             };
@@ -749,5 +749,42 @@ impl<L: LogStore> Driver<L> {
         for (_, (_, reply)) in self.membership.drain() {
             let _ = reply.send(Err(err.clone()));
         }
+    }
+}
+
+/// `cs` with its member lists sorted. raft-rs lists voters and learners in the order of
+/// its hash sets (unlike etcd's raft, it does not sort), and that order depends on how the
+/// process built them: a replica that re-applies a membership change after a restart can
+/// list `[2, 1, 3]` where the others list `[1, 2, 3]`. The store keeps the membership's
+/// bytes, which every replica must hold identically at the same applied index.
+fn canonical(mut cs: ConfState) -> ConfState {
+    cs.voters.sort_unstable();
+    cs.voters_outgoing.sort_unstable();
+    cs.learners.sort_unstable();
+    cs.learners_next.sort_unstable();
+    cs
+}
+
+#[cfg(test)]
+mod canonical_tests {
+    use super::*;
+
+    #[test]
+    fn a_membership_is_stored_the_same_whatever_order_raft_lists_it_in() {
+        let listed = |voters: &[u64], learners: &[u64], outgoing: &[u64], next: &[u64]| {
+            let cs = ConfState {
+                voters: voters.to_vec(),
+                learners: learners.to_vec(),
+                voters_outgoing: outgoing.to_vec(),
+                learners_next: next.to_vec(),
+                ..ConfState::default()
+            };
+            canonical(cs).write_to_bytes().unwrap()
+        };
+        let a = listed(&[1, 2, 3], &[4, 5], &[1, 2], &[6, 7]);
+        let b = listed(&[2, 1, 3], &[5, 4], &[2, 1], &[7, 6]);
+        assert_eq!(a, b);
+        let cs = ConfState::parse_from_bytes(&b).unwrap();
+        assert_eq!((cs.voters, cs.learners), (vec![1, 2, 3], vec![4, 5]));
     }
 }
