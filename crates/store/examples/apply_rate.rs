@@ -16,16 +16,8 @@ use std::error::Error;
 use std::time::{Duration, Instant};
 
 use ward_core::{EntryId, RegistrationEntry, Selector, SelectorSet, TrustDomain};
+use ward_store::testdata::process_cpu_time;
 use ward_store::{Command, Committed, LogEntry, Store, StoreConfig};
-
-/// The process's user + system CPU time, from `/proc/self/stat` (clock ticks of 10 ms).
-fn process_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let ticks: u64 =
-        rest.split_whitespace().skip(11).take(2).filter_map(|v| v.parse::<u64>().ok()).sum();
-    Duration::from_millis(ticks.saturating_mul(10))
-}
 
 /// A hyphenated id laid out as a version-7 UUID: `ms` in the first 48 bits, then `rand`.
 fn time_ordered_id(ms: u64, rand: u64) -> Result<EntryId, Box<dyn Error>> {
@@ -91,9 +83,9 @@ fn main() -> Result<(), Box<dyn Error>> {
             .zip(first..)
             .map(|(data, index)| Committed::Entry { index, term: 1, data })
             .collect();
-        let (w0, c0) = (Instant::now(), process_cpu());
+        let (w0, c0) = (Instant::now(), process_cpu_time());
         let applied = store.apply_committed(&batch)?;
-        let (w, c) = (w0.elapsed(), process_cpu().saturating_sub(c0));
+        let (w, c) = (w0.elapsed(), process_cpu_time().saturating_sub(c0));
         if applied.iter().any(|a| a.result.is_err()) {
             return Err("a create did not apply".into());
         }

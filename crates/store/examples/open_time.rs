@@ -24,20 +24,10 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use ward_store::testdata::DataSet;
+use ward_store::testdata::{DataSet, process_cpu_time};
 use ward_store::{Committed, Store, StoreConfig, StoreError};
-
-/// The process's user + system CPU time, from `/proc/self/stat` (clock ticks of 10 ms).
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start at state (field 3).
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let ticks: u64 =
-        rest.split_whitespace().skip(11).take(2).filter_map(|v| v.parse::<u64>().ok()).sum();
-    Duration::from_millis(ticks.saturating_mul(10))
-}
 
 fn main() -> Result<(), StoreError> {
     let mut args = std::env::args().skip(1);
@@ -75,7 +65,7 @@ fn main() -> Result<(), StoreError> {
                 _ => {}
             }
         }
-        let (t, cpu) = (Instant::now(), cpu_time());
+        let (t, cpu) = (Instant::now(), process_cpu_time());
         let store = Store::open(&dir, config())?;
         let image = store.opened_from_image();
         let committed: Vec<Committed<'_>> = (store.last_applied() + 1..)
@@ -84,7 +74,7 @@ fn main() -> Result<(), StoreError> {
             .collect();
         store.apply_committed(&committed)?;
         let found = store.authorized_entries_uncached(&agent).len();
-        let (wall, cpu) = (t.elapsed(), cpu_time().saturating_sub(cpu));
+        let (wall, cpu) = (t.elapsed(), process_cpu_time().saturating_sub(cpu));
         println!(
             "run {run}: open{} + replay of {replay} {wall:.2?} wall, {cpu:.2?} CPU; {} entries, {} agents, agent 0 has {found}",
             if image { " from the entry image" } else { "" },

@@ -251,3 +251,14 @@ impl DataSet {
         idx.into_iter().map(Self::agent_id).collect()
     }
 }
+
+/// The process's user + system CPU time, from `/proc/self/stat`, in clock ticks of 10 ms;
+/// zero where that file cannot be read. For the store's timing examples.
+pub fn process_cpu_time() -> std::time::Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at state (field 3).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let ticks: u64 =
+        rest.split_whitespace().skip(11).take(2).filter_map(|v| v.parse::<u64>().ok()).sum();
+    std::time::Duration::from_millis(ticks.saturating_mul(10))
+}
