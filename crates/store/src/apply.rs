@@ -143,8 +143,13 @@ impl<'a> Txn<'a> {
         }
         self.undo.push(Undo::Entry(e.id.clone(), known.zip(old)));
         fault::point()?;
-        // `m/entry-number` is written once per engine batch, with the other metadata.
-        self.batch.insert(record::entry_key(&e.id), record::encode_numbered(&*e, number)?);
+        // `m/entry-number` is written once per engine batch, with the other metadata, and
+        // a numbered entry's run when the batch is written (see `crate::entry_runs`).
+        if number == 0 {
+            self.batch.insert(record::entry_key(&e.id), record::encode_numbered(&*e, 0)?);
+        } else {
+            self.state.unwritten.entry_changed(number);
+        }
         if self.track {
             self.state.agents_affected_by(&e, &mut self.touched);
         }
@@ -160,7 +165,10 @@ impl<'a> Txn<'a> {
         let number = self.state.entry_number(id);
         let old = self.state.remove_entry(id)?;
         self.undo.push(Undo::Entry(id.clone(), number.zip(Some(Arc::clone(&old)))));
-        self.batch.remove(record::entry_key(id));
+        match number {
+            Some(number) if number > 0 => self.state.unwritten.entry_changed(number),
+            _ => self.batch.remove(record::entry_key(id)),
+        }
         self.change.entries.push(id.clone());
         self.mutated = true;
         Some(old)

@@ -22,9 +22,13 @@
 //! [`Store::apply`](crate::Store::apply) writes what waits with its own writes, and a
 //! store dropped without [`Store::close`](crate::Store::close) writes it as it goes.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 
 use sled::IVec;
+
+use crate::entry_runs;
+use crate::record;
 
 use crate::error::{EngineResult, StoreError};
 use crate::state::State;
@@ -76,6 +80,7 @@ impl WriteBatch {
     }
 
     /// The writes as one sled batch.
+    #[cfg(test)]
     pub(crate) fn into_sled(self) -> sled::Batch {
         let mut batch = sled::Batch::default();
         for (key, value) in self.writes {
@@ -123,10 +128,18 @@ impl WriteBatch {
     }
 }
 
-/// The writes of applies not yet given to the engine, oldest first.
+/// The writes of applies not yet given to the engine, oldest first, and the entry runs
+/// they changed.
+///
+/// An entry run's record is not kept here but made from the in-memory entries when the
+/// batch is written ([`waiting_batch`]): the memory is then at the batch's last apply (or,
+/// after a failed apply, back at the one before it, as the batch is), so the run is what the
+/// engine must hold, and entries created one after another cost one run write per batch.
 #[derive(Debug, Default)]
 pub(crate) struct WriteBehind {
     pub(crate) batch: WriteBatch,
+    /// Entry runs (see [`crate::entry_runs`]) whose record is to be written again.
+    entry_runs: BTreeSet<u64>,
     /// How many applied log entries the batch holds.
     entries: u32,
 }
@@ -145,7 +158,13 @@ impl WriteBehind {
         Mark { writes: self.batch.writes.len(), bytes: self.batch.bytes, entries: self.entries }
     }
 
-    /// Drops what was added since `mark`: the writes of an apply that failed.
+    /// Marks the run of the entry numbered `number` to be written.
+    pub(crate) fn entry_changed(&mut self, number: u64) {
+        self.entry_runs.insert(entry_runs::run_of(number));
+    }
+
+    /// Drops what was added since `mark`: the writes of an apply that failed. Entry runs
+    /// marked since stay marked: their records are made from the memory, rolled back too.
     pub(crate) fn rewind(&mut self, mark: Mark) {
         self.batch.writes.truncate(mark.writes);
         self.batch.bytes = mark.bytes;
@@ -166,7 +185,7 @@ impl WriteBehind {
         self.entries = self.entries.saturating_add(entries);
         urgent
             || self.entries >= limit
-            || self.batch.writes.len() >= WRITE_BEHIND_WRITES
+            || self.batch.writes.len().saturating_add(self.entry_runs.len()) >= WRITE_BEHIND_WRITES
             || self.batch.bytes >= WRITE_BEHIND_BYTES
     }
 
@@ -176,20 +195,42 @@ impl WriteBehind {
     /// restart, and that room would otherwise stay taken for the life of the process.
     pub(crate) fn clear(&mut self) {
         self.entries = 0;
+        self.entry_runs.clear();
         self.batch.writes.clear();
         self.batch.writes.shrink_to(WRITE_BEHIND_WRITES.saturating_mul(2));
         self.batch.bytes = 0;
     }
 
-    /// Everything waiting, leaving nothing.
-    pub(crate) fn take(&mut self) -> WriteBatch {
-        self.entries = 0;
-        std::mem::take(&mut self.batch)
+    pub(crate) fn is_empty(&self) -> bool {
+        self.batch.is_empty() && self.entry_runs.is_empty()
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.batch.is_empty()
+    /// The writes waiting, leaving nothing.
+    #[cfg(test)]
+    pub(crate) fn take(&mut self) -> WriteBatch {
+        self.entries = 0;
+        self.entry_runs.clear();
+        std::mem::take(&mut self.batch)
     }
+}
+
+/// What waits in `state` as one engine batch: its writes, then the record of each marked
+/// entry run made from the entries in memory (removed when the run has none left).
+///
+/// # Errors
+/// [`StoreError::Encode`] if an entry cannot be encoded.
+pub(crate) fn waiting_batch(state: &State) -> Result<sled::Batch, StoreError> {
+    let mut batch = state.unwritten.batch.to_sled();
+    for &run in &state.unwritten.entry_runs {
+        let (start, end) = entry_runs::numbers_of(run);
+        let mut entries = state.entries_numbered(start, end).peekable();
+        if entries.peek().is_none() {
+            batch.remove(record::entry_run_key(run));
+        } else {
+            batch.insert(record::entry_run_key(run), entry_runs::encode(entries)?);
+        }
+    }
+    Ok(batch)
 }
 
 impl Store {
@@ -224,7 +265,7 @@ impl Store {
         let written = if crate::apply::fault::batch() {
             Err(StoreError::Engine("injected batch failure".into()))
         } else {
-            self.data_tree().apply_batch(state.unwritten.batch.to_sled()).engine()
+            waiting_batch(state).and_then(|batch| self.data_tree().apply_batch(batch).engine())
         };
         match written {
             Ok(()) => {
@@ -249,10 +290,15 @@ impl Drop for crate::store::Inner {
         if state.unwritten.is_empty() {
             return;
         }
-        let waiting = state.unwritten.take().into_sled();
         let tree = self.data.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Err(e) = tree.apply_batch(waiting) {
-            tracing::error!(error = %e, "writing the store's last applies at close");
+        match waiting_batch(state) {
+            Ok(waiting) => {
+                if let Err(e) = tree.apply_batch(waiting) {
+                    tracing::error!(error = %e, "writing the store's last applies at close");
+                }
+                state.unwritten.clear();
+            }
+            Err(e) => tracing::error!(error = %e, "encoding the store's last applies at close"),
         }
     }
 }

@@ -172,6 +172,7 @@ mod apply_failure_tests;
 mod batch;
 mod checkpoint;
 pub mod command;
+mod entry_runs;
 mod error;
 mod feed;
 mod image;

@@ -8,6 +8,7 @@ use ward_core::{
     AttestedNode, Bundle, FederationRelationship, RegistrationEntry, StoredJoinToken, TrustDomain,
 };
 
+use crate::entry_runs;
 use crate::error::{EngineResult, StoreError};
 use crate::feed::{self, FeedTail, RUN_LAYOUT};
 use crate::image::{self, Image};
@@ -36,8 +37,11 @@ pub(crate) fn load_state(
     if format > record::FORMAT {
         return Err(StoreError::UnsupportedFormat(format));
     }
-    if format < record::FORMAT {
+    if format < 2 {
         migrate_runs(tree)?;
+    }
+    if format < 3 {
+        migrate_entry_runs(tree)?;
     }
     check_trust_domain(tree, td)?;
     let recorded = match tree.get(record::META_ENTRIES).engine()? {
@@ -53,10 +57,13 @@ pub(crate) fn load_state(
     let loaded = match &image {
         Some(image) => load_entries(&mut state, |high| image.records(high)),
         None => {
-            let (low, high) = entry_halves(tree)?;
+            // Entries stored alone (without a creation number) with the first half of the
+            // runs; they are few.
+            let (low, high) = run_halves(tree)?;
             load_entries(&mut state, |second| {
-                let range = if second { high.clone() } else { low.clone() };
-                tree.range(range).map(|kv| kv.engine())
+                let alone = if second { None } else { Some(tree.scan_prefix([record::ENTRY])) };
+                let runs = tree.range(if second { high.clone() } else { low.clone() });
+                alone.into_iter().flatten().chain(runs).map(|kv| kv.engine())
             })
         }
     };
@@ -166,6 +173,10 @@ fn image_corrupt(reason: String) -> StoreError {
 /// read again from the tree, replaced if it is there and removed if not. The feed must
 /// hold every revision from `since + 1` to the tree's, one after the other; otherwise the
 /// image cannot be caught up and this fails (open then reads every entry from the tree).
+///
+/// A changed entry is looked for in the run of the number it had in the image (an update
+/// keeps its number), in its own record when it had number 0, and, when the image did not
+/// hold it, in the runs after the image's highest number (a new entry gets a higher one).
 fn catch_up_entries(tree: &sled::Tree, state: &mut State, since: u64) -> Result<(), StoreError> {
     let to = state.revision;
     if since > to {
@@ -200,14 +211,42 @@ fn catch_up_entries(tree: &sled::Tree, state: &mut State, since: u64) -> Result<
             state.entry_count()
         )));
     }
-    for id in ids {
-        let key = record::entry_key(&id);
-        state.remove_entry(&id);
-        if let Some(v) = tree.get(&key).engine()? {
-            let (e, number): (RegistrationEntry, u64) = record::decode_numbered(&key, &v)?;
-            if !state.insert_new_entry(Arc::new(e), number) {
-                return Err(StoreError::Capacity);
+    let imaged_up_to = state.numbered_entries().next_back().map_or(0, |(n, _)| n);
+    let mut runs = std::collections::BTreeSet::new();
+    let mut found = Vec::new();
+    for id in &ids {
+        match state.entry_number(id) {
+            Some(0) => {
+                let key = record::entry_key(id);
+                if let Some(v) = tree.get(&key).engine()? {
+                    found.push(record::decode_numbered::<RegistrationEntry>(&key, &v)?);
+                }
             }
+            Some(number) => {
+                runs.insert(entry_runs::run_of(number));
+            }
+            None => {}
+        }
+        state.remove_entry(id);
+    }
+    let first_new = entry_runs::run_of(imaged_up_to.saturating_add(1));
+    let newer = record::entry_run_key(first_new);
+    let end = [record::ENTRY_RUN.saturating_add(1)];
+    let reads = runs
+        .into_iter()
+        .filter(|&run| run < first_new)
+        .filter_map(|run| {
+            let key = record::entry_run_key(run);
+            tree.get(&key).map(|v| v.map(|v| (sled::IVec::from(key), v))).transpose()
+        })
+        .chain(tree.range(newer..end.to_vec()));
+    for kv in reads {
+        let (k, v) = kv.engine()?;
+        found.extend(entry_runs::decode(&k, &v)?.into_iter().filter(|(e, _)| ids.contains(&e.id)));
+    }
+    for (e, number) in found {
+        if !state.insert_new_entry(Arc::new(e), number) {
+            return Err(StoreError::Capacity);
         }
     }
     Ok(())
@@ -245,8 +284,57 @@ fn migrate_runs(tree: &sled::Tree) -> Result<(), StoreError> {
     for (run, value) in request_runs {
         batch.insert(record::request_run_key(run), value);
     }
-    batch.insert(record::META_FORMAT, record::u64_value(record::FORMAT));
+    batch.insert(record::META_FORMAT, record::u64_value(2));
     tree.apply_batch(batch).engine()
+}
+
+/// Numbered entries migrated per engine batch by [`migrate_entry_runs`].
+const MIGRATE_BATCH: usize = 65_536;
+
+/// Moves a layout-format-2 tree to format 3: every entry record with a creation number
+/// (`e` + id) joins its run (`n`, see `crate::entry_runs`); entries without one stay. In
+/// batches of [`MIGRATE_BATCH`] entries, each of which removes its records and writes their
+/// runs merged with what the runs already hold, then `m/format` 3: a crash part-way leaves a
+/// format-2 tree some of whose entries are in runs already, and the next open goes on.
+fn migrate_entry_runs(tree: &sled::Tree) -> Result<(), StoreError> {
+    let mut records = tree.scan_prefix([record::ENTRY]);
+    loop {
+        let mut batch = sled::Batch::default();
+        let mut runs: BTreeMap<u64, Vec<(u64, Arc<RegistrationEntry>)>> = BTreeMap::new();
+        let mut moved = 0usize;
+        for kv in records.by_ref() {
+            let (k, v) = kv.engine()?;
+            let (e, number): (RegistrationEntry, u64) = record::decode_numbered(&k, &v)?;
+            if number == 0 {
+                continue;
+            }
+            runs.entry(entry_runs::run_of(number)).or_default().push((number, Arc::new(e)));
+            batch.remove(k);
+            moved = moved.saturating_add(1);
+            if moved == MIGRATE_BATCH {
+                break;
+            }
+        }
+        if moved == 0 {
+            break;
+        }
+        for (run, mut entries) in runs {
+            let key = record::entry_run_key(run);
+            if let Some(v) = tree.get(&key).engine()? {
+                entries.extend(
+                    entry_runs::decode(&key, &v)?.into_iter().map(|(e, n)| (n, Arc::new(e))),
+                );
+            }
+            entries.sort_by_key(|(n, _)| *n);
+            if entries.windows(2).any(|w| w.first().map(|a| a.0) == w.get(1).map(|b| b.0)) {
+                return Err(record::corrupt(&key, "two entries with one creation number"));
+            }
+            batch.insert(key, entry_runs::encode(entries.iter().map(|(n, e)| (*n, e)))?);
+        }
+        tree.apply_batch(batch).engine()?;
+    }
+    tree.insert(record::META_FORMAT, record::u64_value(3)).engine()?;
+    Ok(())
 }
 
 /// Refuses a tree recorded for another trust domain than `td`; records `td` in one that
@@ -335,13 +423,19 @@ fn decode_range<K: AsRef<[u8]>, V: AsRef<[u8]>>(
     let mut batch = Vec::with_capacity(LOAD_BATCH);
     for kv in range {
         let (k, v) = kv?;
-        let (e, number): (RegistrationEntry, u64) =
-            record::decode_numbered(k.as_ref(), v.as_ref())?;
-        if k.as_ref().strip_prefix(&[record::ENTRY]) != Some(e.id.as_str().as_bytes()) {
-            return Err(record::corrupt(k.as_ref(), "the record holds another entry's id"));
+        let (k, v) = (k.as_ref(), v.as_ref());
+        if k.first() == Some(&record::ENTRY_RUN) {
+            for (e, number) in entry_runs::decode(k, v)? {
+                batch.push((Arc::new(e), number));
+            }
+        } else {
+            let (e, number): (RegistrationEntry, u64) = record::decode_numbered(k, v)?;
+            if k.strip_prefix(&[record::ENTRY]) != Some(e.id.as_str().as_bytes()) {
+                return Err(record::corrupt(k, "the record holds another entry's id"));
+            }
+            batch.push((Arc::new(e), number));
         }
-        batch.push((Arc::new(e), number));
-        if batch.len() == LOAD_BATCH {
+        if batch.len() >= LOAD_BATCH {
             let full = std::mem::replace(&mut batch, Vec::with_capacity(LOAD_BATCH));
             if !send(full) {
                 return Ok(());
@@ -352,12 +446,11 @@ fn decode_range<K: AsRef<[u8]>, V: AsRef<[u8]>>(
     Ok(())
 }
 
-/// The entry key range cut in two at the midpoint of its first and last keys (compared as
-/// numbers over their first 8 bytes after the prefix): even halves for random ids such as
-/// UUIDs, and always two ranges that together cover every entry key exactly once.
-fn entry_halves(tree: &sled::Tree) -> Result<(KeyRange, KeyRange), StoreError> {
-    let start = vec![record::ENTRY];
-    let end = vec![record::ENTRY.saturating_add(1)];
+/// The entry-run key range cut in two at the midpoint of its first and last run numbers:
+/// always two ranges that together cover every run key exactly once.
+fn run_halves(tree: &sled::Tree) -> Result<(KeyRange, KeyRange), StoreError> {
+    let start = vec![record::ENTRY_RUN];
+    let end = vec![record::ENTRY_RUN.saturating_add(1)];
     let first = tree.range(start.clone()..end.clone()).next().transpose().engine()?;
     let last = tree.range(start.clone()..end.clone()).next_back().transpose().engine()?;
     let number = |k: &[u8]| {
@@ -489,6 +582,200 @@ mod tests {
         }
     }
 
+    /// Rewrites the entry runs of a current-format tree as layout format 2 wrote entries:
+    /// one `e` record per entry, and `m/format` 2. With `cut_short`, the entries with even
+    /// numbers stay in their runs, as a migration stopped between two of its batches leaves
+    /// some of them.
+    fn to_format_2(tree: &sled::Tree, cut_short: bool) {
+        let mut batch = sled::Batch::default();
+        for kv in tree.scan_prefix([record::ENTRY_RUN]) {
+            let (k, v) = kv.unwrap();
+            let mut kept = Vec::new();
+            for (e, number) in entry_runs::decode(&k, &v).unwrap() {
+                if cut_short && number % 2 == 0 {
+                    kept.push((number, Arc::new(e)));
+                } else {
+                    batch.insert(
+                        record::entry_key(&e.id),
+                        record::encode_numbered(&e, number).unwrap(),
+                    );
+                }
+            }
+            if kept.is_empty() {
+                batch.remove(k);
+            } else {
+                batch.insert(k, entry_runs::encode(kept.iter().map(|(n, e)| (*n, e))).unwrap());
+            }
+        }
+        batch.insert(record::META_FORMAT, record::u64_value(2));
+        tree.apply_batch(batch).unwrap();
+    }
+
+    /// Creates, updates and deletes entries of the small set after it is loaded.
+    #[expect(clippy::arithmetic_side_effects, reason = "small numbers in tests")]
+    fn change_entries(store: &Store) {
+        let next = |cmd: Command| store.apply(store.last_applied() + 1, &cmd).unwrap();
+        let mut changed = DataSet::workload_entry(3, 1);
+        changed.hint = "changed".into();
+        let patch = ward_core::EntryPatch::all_of(&changed);
+        next(Command::UpdateEntries(vec![crate::EntryUpdate { id: changed.id, patch }]));
+        next(Command::DeleteEntries(vec![DataSet::workload_entry(4, 2).id]));
+        let mut created = DataSet::workload_entry(5, 0);
+        created.id = DataSet::entry_id(9, 5, 0);
+        created.spiffe_id = DataSet::trust_domain().spiffe_id("/created").unwrap();
+        next(Command::CreateEntries(vec![created]));
+    }
+
+    #[test]
+    fn a_format_2_store_opens_migrated_to_entry_runs_with_the_same_entries() {
+        let stream = |s: &Store| s.export_snapshot(0).unwrap().chunks;
+        for cut_short in [false, true] {
+            let reference_dir = tempfile::tempdir().unwrap();
+            let reference = open(reference_dir.path());
+            DataSet::SMALL.load(&reference).unwrap();
+            change_entries(&reference);
+            let dir = tempfile::tempdir().unwrap();
+            let store = open(dir.path());
+            DataSet::SMALL.load(&store).unwrap();
+            change_entries(&store);
+            store.flush().unwrap();
+            let tree = store.data_tree();
+            to_format_2(&tree, cut_short);
+            let alone = tree.scan_prefix([record::ENTRY]).count();
+            assert!(alone > 500, "{alone} entries stored alone");
+            assert_eq!(tree.scan_prefix([record::ENTRY_RUN]).count() > 0, cut_short);
+            store.flush().unwrap();
+            drop((tree, store));
+
+            let store = open(dir.path());
+            let tree = store.data_tree();
+            let format = tree.get(record::META_FORMAT).unwrap().unwrap();
+            assert_eq!(record::read_u64(b"m/format", &format).unwrap(), 3);
+            assert_eq!(tree.scan_prefix([record::ENTRY]).count(), 0, "no entry left alone");
+            same_records(&stream(&store), &stream(&reference));
+            assert_eq!(stream(&store), stream(&reference), "the same state, byte for byte");
+            drop(tree);
+            // It goes on alike, and reads the same after another open.
+            change_entries_after_migration(&store);
+            change_entries_after_migration(&reference);
+            store.flush().unwrap();
+            drop(store);
+            let store = open(dir.path());
+            assert_eq!(stream(&store), stream(&reference));
+        }
+    }
+
+    /// Fails naming the keys whose records differ between two streams.
+    fn same_records(a: &[crate::SnapshotChunk], b: &[crate::SnapshotChunk]) {
+        let records = |chunks: &[crate::SnapshotChunk]| {
+            let mut out = BTreeMap::new();
+            for c in chunks.iter().filter(|c| !c.last) {
+                let mut buf = c.payload.as_slice();
+                while !buf.is_empty() {
+                    let k = crate::snapshot::take_framed(&mut buf).unwrap().to_vec();
+                    let v = crate::snapshot::take_framed(&mut buf).unwrap().to_vec();
+                    out.insert(k, v);
+                }
+            }
+            out
+        };
+        let (a, b) = (records(a), records(b));
+        let differ: Vec<String> = a
+            .keys()
+            .chain(b.keys())
+            .filter(|k| a.get(*k) != b.get(*k))
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect();
+        assert!(differ.is_empty(), "records differ: {differ:?}");
+    }
+
+    #[expect(clippy::arithmetic_side_effects, reason = "small numbers in tests")]
+    fn change_entries_after_migration(store: &Store) {
+        let next = |cmd: Command| store.apply(store.last_applied() + 1, &cmd).unwrap();
+        next(Command::DeleteEntries(vec![DataSet::workload_entry(3, 1).id]));
+        let mut created = DataSet::workload_entry(6, 0);
+        created.id = DataSet::entry_id(9, 6, store.revision());
+        created.spiffe_id = DataSet::trust_domain().spiffe_id("/created-after").unwrap();
+        next(Command::CreateEntries(vec![created.clone()]));
+        next(Command::DeleteEntries(vec![created.id]));
+    }
+
+    #[test]
+    fn entries_stored_without_a_number_stay_alone_and_change_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        DataSet::SMALL.load(&store).unwrap();
+        let tree = store.data_tree();
+        to_format_2(&tree, false);
+        // Two entries as records written before creation numbers were kept: the value alone.
+        let old = [DataSet::workload_entry(7, 0), DataSet::workload_entry(7, 1)];
+        for e in &old {
+            tree.insert(record::entry_key(&e.id), record::encode(e).unwrap()).unwrap();
+        }
+        store.flush().unwrap();
+        drop((tree, store));
+
+        let store = open(dir.path());
+        let tree = store.data_tree();
+        let alone: Vec<_> = tree.scan_prefix([record::ENTRY]).map(|kv| kv.unwrap().0).collect();
+        assert_eq!(alone.len(), 2, "entries without a number are not moved to a run");
+        assert_eq!(store.read().entry_number(&old[0].id), Some(0));
+        let mut changed = old[0].clone();
+        changed.hint = "changed".into();
+        let patch = ward_core::EntryPatch::all_of(&changed);
+        let cmd =
+            Command::UpdateEntries(vec![crate::EntryUpdate { id: changed.id.clone(), patch }]);
+        store.apply(store.last_applied() + 1, &cmd).unwrap();
+        store
+            .apply(store.last_applied() + 1, &Command::DeleteEntries(vec![old[1].id.clone()]))
+            .unwrap();
+        store.flush().unwrap();
+        let v = tree.get(record::entry_key(&old[0].id)).unwrap().unwrap();
+        let (stored, number): (RegistrationEntry, u64) = record::decode_numbered(b"e", &v).unwrap();
+        assert_eq!((stored.hint.as_str(), number), ("changed", 0));
+        assert!(tree.get(record::entry_key(&old[1].id)).unwrap().is_none());
+        let want = store.export_snapshot(0).unwrap().chunks;
+        drop((tree, store));
+        let store = open(dir.path());
+        assert_eq!(store.read().entry(&old[0].id).map(|e| e.hint.clone()), Some("changed".into()));
+        assert_eq!(store.export_snapshot(0).unwrap().chunks, want);
+        // A snapshot carries them alone too, and installs the same.
+        let target_dir = tempfile::tempdir().unwrap();
+        let target = open(target_dir.path());
+        target.import_snapshot(want.clone()).unwrap();
+        assert_eq!(target.export_snapshot(0).unwrap().chunks, want);
+    }
+
+    /// A stream of `store`'s engine records as they are (of an older layout when rewritten
+    /// so) with `info`'s trailer.
+    fn raw_stream(store: &Store, info: &crate::SnapshotInfo) -> Vec<crate::SnapshotChunk> {
+        let mut payload = Vec::new();
+        let mut records = 0u64;
+        for kv in store.data_tree().iter() {
+            let (k, v) = kv.unwrap();
+            put_framed(&mut payload, &k).unwrap();
+            put_framed(&mut payload, &v).unwrap();
+            records = records.saturating_add(1);
+        }
+        let info = crate::SnapshotInfo { records, ..info.clone() };
+        crate::snapshot::stream_of(vec![payload], &info).unwrap()
+    }
+
+    #[test]
+    fn a_format_2_snapshot_installs_migrated_to_entry_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        DataSet::SMALL.load(&store).unwrap();
+        change_entries(&store);
+        store.flush().unwrap();
+        let want = store.export_snapshot(0).unwrap();
+        to_format_2(&store.data_tree(), false);
+        let target_dir = tempfile::tempdir().unwrap();
+        let target = open(target_dir.path());
+        target.import_snapshot(raw_stream(&store, &want.info)).unwrap();
+        assert_eq!(target.export_snapshot(0).unwrap().chunks, want.chunks);
+    }
+
     #[test]
     fn a_format_1_snapshot_installs_migrated_to_runs() {
         let dir = tempfile::tempdir().unwrap();
@@ -497,19 +784,9 @@ mod tests {
         let want = store.export_snapshot(0).unwrap();
         // A format-1 stream: the records of a format-1 tree, raw, and the same trailer.
         to_format_1(&store.data_tree(), true);
-        let mut payload = Vec::new();
-        let mut records = 0u64;
-        for kv in store.data_tree().iter() {
-            let (k, v) = kv.unwrap();
-            put_framed(&mut payload, &k).unwrap();
-            put_framed(&mut payload, &v).unwrap();
-            records += 1;
-        }
-        let info = crate::SnapshotInfo { records, ..want.info.clone() };
-        let chunks = crate::snapshot::stream_of(vec![payload], &info).unwrap();
         let target_dir = tempfile::tempdir().unwrap();
         let target = open(target_dir.path());
-        target.import_snapshot(chunks).unwrap();
+        target.import_snapshot(raw_stream(&store, &want.info)).unwrap();
         assert_eq!(target.export_snapshot(0).unwrap().chunks, want.chunks);
         assert_eq!(target.changes_since(68, 5).unwrap().len(), 2);
     }

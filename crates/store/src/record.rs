@@ -6,8 +6,14 @@ use ward_core::{AgentId, EntryId, JoinTokenHash, TrustDomain};
 
 use crate::error::StoreError;
 
-/// Key prefix of registration entries: `e` + entry id.
+/// Key prefix of a registration entry stored alone: `e` + entry id. Layout format 2 kept
+/// every entry so; format 3 keeps only entries without a creation number so (see
+/// [`crate::entry_runs`]).
 pub(crate) const ENTRY: u8 = b'e';
+/// Key prefix of the registration entries in runs of consecutive creation numbers: `n` +
+/// run number (u64 big-endian), one record per run of [`crate::entry_runs::ENTRY_RUN`]
+/// numbers.
+pub(crate) const ENTRY_RUN: u8 = b'n';
 /// Key prefix of attested nodes: `a` + agent SPIFFE ID.
 pub(crate) const AGENT: u8 = b'a';
 /// Key prefix of join tokens: `t` + hex SHA-256 of the token value.
@@ -45,10 +51,11 @@ pub(crate) const META_ENTRIES: &[u8] = b"m/entries";
 pub(crate) const META_ENTRY_NUMBER: &[u8] = b"m/entry-number";
 /// Key of the layout format version.
 pub(crate) const META_FORMAT: &[u8] = b"m/format";
-/// The layout format this code writes: 2 keeps the change feed and the request ids in runs
-/// (`h`, `q`); format 1 kept one record per revision (`c`) and per index (`r`), and opening
-/// a format-1 tree migrates it (see `crate::load`).
-pub(crate) const FORMAT: u64 = 2;
+/// The layout format this code writes: 3 keeps numbered entries in runs (`n`); format 2 kept
+/// one record per entry (`e`), and format 1 also one record per revision (`c`) and per
+/// index (`r`) where format 2 keeps runs (`h`, `q`). Opening an older tree migrates it (see
+/// `crate::load`).
+pub(crate) const FORMAT: u64 = 3;
 
 /// A record with its format version, so later layouts can still read older values.
 #[derive(Serialize, Deserialize)]
@@ -100,6 +107,11 @@ pub(crate) fn request_key(index: u64) -> Vec<u8> {
 /// The key of change-feed run `run`.
 pub(crate) fn feed_key(run: u64) -> Vec<u8> {
     numbered_key(FEED_RUN, run)
+}
+
+/// The key of entry run `run`.
+pub(crate) fn entry_run_key(run: u64) -> Vec<u8> {
+    numbered_key(ENTRY_RUN, run)
 }
 
 /// The key of request-id run `run`.

@@ -29,6 +29,7 @@ use ward_core::{
     AttestedNode, Bundle, FederationRelationship, RegistrationEntry, StoredJoinToken, TrustDomain,
 };
 
+use crate::entry_runs;
 use crate::error::{EngineResult, StoreError};
 use crate::feed;
 use crate::load::load_state;
@@ -267,7 +268,12 @@ struct Cut {
     agents: std::vec::IntoIter<Arc<AttestedNode>>,
     bundles: std::vec::IntoIter<(u64, Arc<Bundle>)>,
     changes: std::vec::IntoIter<(sled::IVec, sled::IVec)>,
+    /// Entries without a creation number, each its own record.
+    entries_alone: std::vec::IntoIter<Arc<RegistrationEntry>>,
+    /// Numbered entries in number order, one record per run (see `crate::entry_runs`).
     entries: std::vec::IntoIter<(u64, Arc<RegistrationEntry>)>,
+    /// How many runs `entries` makes.
+    entry_runs: usize,
     federations: std::vec::IntoIter<(u64, Arc<FederationRelationship>)>,
     meta: std::vec::IntoIter<(sled::IVec, sled::IVec)>,
     requests: std::vec::IntoIter<(u64, Vec<u8>)>,
@@ -279,7 +285,8 @@ impl Cut {
         self.agents.len()
             + self.bundles.len()
             + self.changes.len()
-            + self.entries.len()
+            + self.entries_alone.len()
+            + self.entry_runs
             + self.federations.len()
             + self.meta.len()
             + self.requests.len()
@@ -296,8 +303,8 @@ impl Cut {
                 &record::bundle_key(&b.trust_domain),
                 &record::encode_numbered(&*b, number)?,
             )
-        } else if let Some((number, e)) = self.entries.next() {
-            put_raw(out, &record::entry_key(&e.id), &record::encode_numbered(&*e, number)?)
+        } else if let Some(e) = self.entries_alone.next() {
+            put_raw(out, &record::entry_key(&e.id), &record::encode_numbered(&*e, 0)?)
         } else if let Some((number, f)) = self.federations.next() {
             let value = record::encode_numbered(&*f, number)?;
             put_raw(out, &record::federation_key(&f.trust_domain), &value)
@@ -305,6 +312,18 @@ impl Cut {
             put_raw(out, &k, &v)
         } else if let Some((k, v)) = self.meta.next() {
             put_raw(out, &k, &v)
+        } else if let Some(&(first, _)) = self.entries.as_slice().first() {
+            let run = entry_runs::run_of(first);
+            let in_run = self
+                .entries
+                .as_slice()
+                .iter()
+                .take_while(|(n, _)| entry_runs::run_of(*n) == run)
+                .count();
+            let entries: Vec<_> = self.entries.by_ref().take(in_run).collect();
+            self.entry_runs = self.entry_runs.saturating_sub(1);
+            let value = entry_runs::encode(entries.iter().map(|(n, e)| (*n, e)))?;
+            put_raw(out, &record::entry_run_key(run), &value)
         } else if let Some((run, value)) = self.requests.next() {
             put_raw(out, &record::request_run_key(run), &value)
         } else if let Some(t) = self.tokens.next() {
@@ -403,7 +422,7 @@ pub(crate) fn put_framed(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), StoreErr
     Ok(())
 }
 
-fn take_framed<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8], StoreError> {
+pub(crate) fn take_framed<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8], StoreError> {
     let short = || StoreError::BadSnapshot("truncated record".into());
     if buf.len() < 4 {
         return Err(short());
@@ -487,15 +506,26 @@ impl Store {
         changes.shrink_to_fit();
         let mut meta = tree.scan_prefix(b"m/").collect::<Result<Vec<_>, _>>().engine()?;
         unwritten.overlay(&mut meta, b"m/", b"m0");
+        let numbered_entries: Vec<_> =
+            state.entries_numbered(1, u64::MAX).map(|(n, e)| (n, Arc::clone(e))).collect();
+        let entry_runs = numbered_entries
+            .iter()
+            .map(|(n, _)| entry_runs::run_of(*n))
+            .fold((0usize, None), |(count, last), run| {
+                (if last == Some(run) { count } else { count.saturating_add(1) }, Some(run))
+            })
+            .0;
         let cut = Cut {
             agents: state.all_agents().cloned().collect::<Vec<_>>().into_iter(),
             bundles: numbered(&state.bundles),
             changes: changes.into_iter(),
-            entries: state
-                .numbered_entries()
-                .map(|(n, e)| (n, Arc::clone(e)))
+            entries_alone: state
+                .entries_numbered(0, 1)
+                .map(|(_, e)| Arc::clone(e))
                 .collect::<Vec<_>>()
                 .into_iter(),
+            entries: numbered_entries.into_iter(),
+            entry_runs,
             federations: numbered(&state.federations),
             meta: meta.into_iter(),
             requests: state.request_ids.runs().into_iter(),
@@ -825,7 +855,7 @@ mod tests {
         let chunks: Vec<SnapshotChunk> = export.map(Result::unwrap).collect();
         let got = records(&chunks);
         assert_eq!(info.records, raw.len() as u64);
-        for prefix in [b'a', b'b', b'e', b'f', b'h', b'm', b't'] {
+        for prefix in [b'a', b'b', b'f', b'h', b'm', b'n', b't'] {
             assert!(raw.keys().any(|k| k[0] == prefix), "the data has {}", prefix as char);
         }
         assert_eq!(got, raw);

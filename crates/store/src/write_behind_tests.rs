@@ -224,6 +224,8 @@ enum Step {
     /// Creates entry `k` under request id `r` (small, so some repeat: duplicates).
     Create(u8, u8),
     Delete(u8),
+    /// Sets entry `k`'s X509-SVID TTL (its run is written again).
+    Update(u8, u16),
     /// Creates entry `k` and deletes it in the same batch.
     CreateDelete(u8),
     Empty,
@@ -236,6 +238,7 @@ fn step() -> impl proptest::strategy::Strategy<Value = Step> {
     prop_oneof![
         4 => (0u8..40, 0u8..6).prop_map(|(k, r)| Step::Create(k, r)),
         2 => (0u8..40).prop_map(Step::Delete),
+        2 => (0u8..40, 1u16..600).prop_map(|(k, ttl)| Step::Update(k, ttl)),
         1 => (0u8..40).prop_map(Step::CreateDelete),
         1 => Just(Step::Empty),
         1 => Just(Step::Membership),
@@ -270,13 +273,41 @@ fn metadata_of_state(store: &Store) -> (u64, u64, u64, u64) {
     (s.applied, s.revision, s.entry_count() as u64, s.last_entry_number)
 }
 
+/// The entries as the engine holds them (runs, and records of entries without a number),
+/// with their creation numbers, in number order.
+fn entry_records(store: &Store) -> Vec<(u64, ward_core::RegistrationEntry)> {
+    let tree = store.data_tree();
+    let mut out = Vec::new();
+    for kv in tree.scan_prefix([crate::record::ENTRY_RUN]) {
+        let (k, v) = kv.unwrap();
+        let run = crate::entry_runs::decode(&k, &v).unwrap();
+        assert!(!run.is_empty(), "an empty run is removed, not kept");
+        out.extend(run.into_iter().map(|(e, n)| (n, e)));
+    }
+    for kv in tree.scan_prefix([crate::record::ENTRY]) {
+        let (k, v) = kv.unwrap();
+        let (e, n) = crate::record::decode_numbered(&k, &v).unwrap();
+        out.push((n, e));
+    }
+    out.sort_by(|a, b| (a.0, a.1.id.as_str()).cmp(&(b.0, b.1.id.as_str())));
+    out
+}
+
+/// The entries of the in-memory image, as [`entry_records`] lists them.
+fn entries_of_state(store: &Store) -> Vec<(u64, ward_core::RegistrationEntry)> {
+    let s = store.read();
+    let mut out: Vec<_> = s.numbered_entries().map(|(n, e)| (n, (**e).clone())).collect();
+    out.sort_by(|a, b| (a.0, a.1.id.as_str()).cmp(&(b.0, b.1.id.as_str())));
+    out
+}
+
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
-    /// The metadata records are written once per engine batch: after any run of batches
-    /// (creates with repeated request ids, deletes of missing entries, a create and delete
-    /// of one id in one batch, tokens, empty and membership entries), with any write-behind
-    /// bound, through a failed apply, a checkpoint, a close or a drop and a reopen, they
-    /// equal the in-memory image's figures.
+    /// The metadata records and the entry runs are written once per engine batch: after
+    /// any run of batches (creates with repeated request ids, updates, deletes of missing
+    /// entries, a create and delete of one id in one batch, tokens, empty and membership
+    /// entries), with any write-behind bound, through a failed apply, a checkpoint, a close
+    /// or a drop and a reopen, they equal the in-memory image's figures and entries.
     #[allow(clippy::arithmetic_side_effects)] // small numbers in a test
     #[test]
     fn metadata_records_equal_the_state_after_any_batches(
@@ -315,6 +346,16 @@ proptest::proptest! {
                         fresh_id += 1;
                         LogEntry::new(fresh_id, delete(*k)).encode()
                     }
+                    Step::Update(k, ttl) => {
+                        fresh_id += 1;
+                        let patch = ward_core::EntryPatch {
+                            x509_svid_ttl: Some(i32::from(*ttl)),
+                            ..Default::default()
+                        };
+                        let id = ward_core::EntryId::new(&format!("e-{k}")).unwrap();
+                        let cmd = Command::UpdateEntries(vec![crate::command::EntryUpdate { id, patch }]);
+                        LogEntry::new(fresh_id, cmd).encode()
+                    }
                     Step::CreateDelete(k) => {
                         let cmd = Command::CreateEntries(vec![numbered_entry(*k)]);
                         datas.push((LogEntry::new(0, cmd).encode(), s));
@@ -344,9 +385,11 @@ proptest::proptest! {
                 store.checkpoint().unwrap();
             }
             let before = metadata_of_state(&store);
+            let entries_before = entries_of_state(&store);
             if fail_at == Some(b) {
                 store.flush().unwrap();
                 let on_disk = metadata_records(&store);
+                proptest::prop_assert_eq!(entry_records(&store), entries_before.clone());
                 fault::arm(1, Kind::Fail);
                 let failed = store.apply_committed(&run).is_err();
                 fault::disarm();
@@ -356,6 +399,8 @@ proptest::proptest! {
                     store = reopen(dir.path());
                     proptest::prop_assert_eq!(metadata_of_state(&store), before, "reopened");
                     proptest::prop_assert_eq!(metadata_records(&store), on_disk);
+                    proptest::prop_assert_eq!(entries_of_state(&store), entries_before.clone());
+                    proptest::prop_assert_eq!(entry_records(&store), entries_before);
                     continue;
                 }
             } else {
@@ -364,11 +409,14 @@ proptest::proptest! {
             let now = metadata_of_state(&store);
             if write_behind_entries == 1 {
                 proptest::prop_assert_eq!(metadata_records(&store), now, "batch {}", b);
+                proptest::prop_assert_eq!(entry_records(&store), entries_of_state(&store));
             }
             store.flush().unwrap();
             proptest::prop_assert_eq!(metadata_records(&store), now, "batch {} flushed", b);
+            proptest::prop_assert_eq!(entry_records(&store), entries_of_state(&store));
         }
         let now = metadata_of_state(&store);
+        let entries_now = entries_of_state(&store);
         let close = batches.len() % 2 == 1;
         if close {
             store.close().unwrap();
@@ -379,5 +427,7 @@ proptest::proptest! {
             proptest::prop_assert!(store.opened_from_image());
         }
         proptest::prop_assert_eq!(metadata_of_state(&store), now, "reopened");
+        proptest::prop_assert_eq!(entries_of_state(&store), entries_now.clone(), "reopened");
+        proptest::prop_assert_eq!(entry_records(&store), entries_now);
     }
 }

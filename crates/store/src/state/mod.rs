@@ -515,8 +515,21 @@ impl State {
         self.entry_ids.values().filter_map(|&s| self.entries.get(s)).map(|s| (s.number, &s.entry))
     }
 
+    /// The entries numbered `start..end`, with their numbers, in creation order.
+    pub(crate) fn entries_numbered(
+        &self,
+        start: u64,
+        end: u64,
+    ) -> impl Iterator<Item = (u64, &Arc<RegistrationEntry>)> {
+        self.entry_order
+            .range((start, Slot::MIN)..(end, Slot::MIN))
+            .filter_map(|&(n, s)| self.entry_at(s).map(|e| (n, e)))
+    }
+
     /// Every entry with its creation number, in creation order.
-    pub(crate) fn numbered_entries(&self) -> impl Iterator<Item = (u64, &Arc<RegistrationEntry>)> {
+    pub(crate) fn numbered_entries(
+        &self,
+    ) -> impl DoubleEndedIterator<Item = (u64, &Arc<RegistrationEntry>)> {
         self.entry_order.iter().filter_map(|&(n, s)| self.entry_at(s).map(|e| (n, e)))
     }
 }
