@@ -135,11 +135,16 @@ impl WriteBatch {
 /// batch is written ([`waiting_batch`]): the memory is then at the batch's last apply (or,
 /// after a failed apply, back at the one before it, as the batch is), so the run is what the
 /// engine must hold, and entries created one after another cost one run write per batch.
+/// Entries that did not change since the last write keep their bytes from the run as the
+/// engine holds it.
 #[derive(Debug, Default)]
 pub(crate) struct WriteBehind {
     pub(crate) batch: WriteBatch,
-    /// Entry runs (see [`crate::entry_runs`]) whose record is to be written again.
-    entry_runs: BTreeSet<u64>,
+    /// Creation numbers of the entries changed (created, updated or deleted) since the last
+    /// write: their runs (see [`crate::entry_runs`]) are to be written again.
+    changed_entries: BTreeSet<u64>,
+    /// How many runs `changed_entries` falls in.
+    changed_runs: usize,
     /// How many applied log entries the batch holds.
     entries: u32,
 }
@@ -158,9 +163,14 @@ impl WriteBehind {
         Mark { writes: self.batch.writes.len(), bytes: self.batch.bytes, entries: self.entries }
     }
 
-    /// Marks the run of the entry numbered `number` to be written.
+    /// Marks the entry numbered `number` as changed, and so its run to be written.
     pub(crate) fn entry_changed(&mut self, number: u64) {
-        self.entry_runs.insert(entry_runs::run_of(number));
+        let run = entry_runs::run_of(number);
+        let (start, end) = entry_runs::numbers_of(run);
+        let new_run = self.changed_entries.range(start..end).next().is_none();
+        if self.changed_entries.insert(number) && new_run {
+            self.changed_runs = self.changed_runs.saturating_add(1);
+        }
     }
 
     /// Drops what was added since `mark`: the writes of an apply that failed. Entry runs
@@ -185,7 +195,7 @@ impl WriteBehind {
         self.entries = self.entries.saturating_add(entries);
         urgent
             || self.entries >= limit
-            || self.batch.writes.len().saturating_add(self.entry_runs.len()) >= WRITE_BEHIND_WRITES
+            || self.batch.writes.len().saturating_add(self.changed_runs) >= WRITE_BEHIND_WRITES
             || self.batch.bytes >= WRITE_BEHIND_BYTES
     }
 
@@ -195,40 +205,52 @@ impl WriteBehind {
     /// restart, and that room would otherwise stay taken for the life of the process.
     pub(crate) fn clear(&mut self) {
         self.entries = 0;
-        self.entry_runs.clear();
+        self.changed_entries.clear();
+        self.changed_runs = 0;
         self.batch.writes.clear();
         self.batch.writes.shrink_to(WRITE_BEHIND_WRITES.saturating_mul(2));
         self.batch.bytes = 0;
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.batch.is_empty() && self.entry_runs.is_empty()
+        self.batch.is_empty() && self.changed_entries.is_empty()
     }
 
     /// The writes waiting, leaving nothing.
     #[cfg(test)]
     pub(crate) fn take(&mut self) -> WriteBatch {
         self.entries = 0;
-        self.entry_runs.clear();
+        self.changed_entries.clear();
+        self.changed_runs = 0;
         std::mem::take(&mut self.batch)
     }
 }
 
-/// What waits in `state` as one engine batch: its writes, then the record of each marked
-/// entry run made from the entries in memory (removed when the run has none left).
+/// What waits in `state` as one engine batch for `tree`: its writes, then the record of
+/// each entry run with a changed entry, made from the entries in memory (removed when the
+/// run has none left); unchanged entries keep their bytes from the run as `tree` holds it.
 ///
 /// # Errors
-/// [`StoreError::Encode`] if an entry cannot be encoded.
-pub(crate) fn waiting_batch(state: &State) -> Result<sled::Batch, StoreError> {
+/// [`StoreError::Encode`] if an entry cannot be encoded; [`StoreError::Engine`] if reading
+/// a run fails; [`StoreError::Corrupt`] if a stored run is damaged.
+pub(crate) fn waiting_batch(state: &State, tree: &sled::Tree) -> Result<sled::Batch, StoreError> {
     let mut batch = state.unwritten.batch.to_sled();
-    for &run in &state.unwritten.entry_runs {
+    let changed = &state.unwritten.changed_entries;
+    let mut next = changed.first().copied();
+    while let Some(number) = next {
+        let run = entry_runs::run_of(number);
         let (start, end) = entry_runs::numbers_of(run);
+        let key = record::entry_run_key(run);
         let mut entries = state.entries_numbered(start, end).peekable();
         if entries.peek().is_none() {
-            batch.remove(record::entry_run_key(run));
+            batch.remove(key);
         } else {
-            batch.insert(record::entry_run_key(run), entry_runs::encode(entries)?);
+            let stored = tree.get(&key).engine()?;
+            let stored = stored.as_ref().map(|v| (key.as_slice(), v.as_ref()));
+            let value = entry_runs::reencode(stored, entries, |n| changed.contains(&n))?;
+            batch.insert(key, value);
         }
+        next = changed.range(end..).next().copied().filter(|_| end > start);
     }
     Ok(batch)
 }
@@ -265,7 +287,8 @@ impl Store {
         let written = if crate::apply::fault::batch() {
             Err(StoreError::Engine("injected batch failure".into()))
         } else {
-            waiting_batch(state).and_then(|batch| self.data_tree().apply_batch(batch).engine())
+            let tree = self.data_tree();
+            waiting_batch(state, &tree).and_then(|batch| tree.apply_batch(batch).engine())
         };
         match written {
             Ok(()) => {
@@ -291,7 +314,7 @@ impl Drop for crate::store::Inner {
             return;
         }
         let tree = self.data.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
-        match waiting_batch(state) {
+        match waiting_batch(state, tree) {
             Ok(waiting) => {
                 if let Err(e) = tree.apply_batch(waiting) {
                     tracing::error!(error = %e, "writing the store's last applies at close");

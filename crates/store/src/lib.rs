@@ -22,7 +22,8 @@
 //!
 //! | key | value |
 //! |---|---|
-//! | `e` + entry id | `RegistrationEntry` and its creation number (entries list in creation order) |
+//! | `n` + run (u64 BE) | the registration entries numbered `8 × run` to `8 × run + 7` (creation numbers: entries list in creation order), each its number and its `RegistrationEntry`, in number order (see `entry_runs`); a run with no entry left has no record |
+//! | `e` + entry id | a `RegistrationEntry` stored before creation numbers were kept (number 0), alone |
 //! | `a` + agent SPIFFE ID | `AttestedNode` |
 //! | `t` + hex SHA-256 of the token value | `StoredJoinToken` |
 //! | `b` + trust domain name | `Bundle` and its creation number (bundles list in creation order) |
@@ -36,7 +37,7 @@
 //! | `m/revision` | global revision (u64 BE) |
 //! | `m/entries` | number of entries (u64 BE), to size indexes on open |
 //! | `m/entry-number` | the highest creation number given to an entry (u64 BE) |
-//! | `m/format` | layout format (u64 BE), currently 2 |
+//! | `m/format` | layout format (u64 BE), currently 3 |
 //!
 //! Every command writes its records, `m/applied` and (if anything changed) `m/revision` and
 //! its change into the open feed run in one atomic batch, so after a crash the store
@@ -56,6 +57,16 @@
 //! ([`log_entry`]), finish upgrading every replica before an old one needs a snapshot. The
 //! answers (feed, request-id window) are the same in both formats, so old and new replicas
 //! apply the same log alike meanwhile.
+//!
+//! Layout format 3 keeps numbered entries in runs of 8 creation numbers (`n`) where format
+//! 2 kept one record per entry (`e`). A run's record is made from the entries in memory when
+//! the write-behind batch (see the `batch` module) is written, so the entries created between two engine
+//! batches cost one record per run they fall in, not one each; an update or delete of an
+//! older entry rewrites its run (8 entries at most). Opening a format-2 tree, or installing
+//! a format-2 snapshot, moves its numbered entries into runs, 65,536 per engine batch merged
+//! with the runs already written, then records format 3: a crash part-way leaves a format-2
+//! tree that the next open finishes. The same upgrade rule holds: a release that writes
+//! format 2 refuses a format-3 tree or snapshot.
 //!
 //! # The replicated apply
 //!
