@@ -2,8 +2,8 @@
 //! [`Store::close`] does) and the automatic one every [`crate::StoreConfig::checkpoint_every`]
 //! revisions. The `image` module has the file format and the rules an open follows.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, PoisonError};
 
 use ward_core::RegistrationEntry;
 
@@ -70,9 +70,8 @@ impl Store {
     }
 
     /// Starts a [`Store::checkpoint`] on a thread of its own when the state is
-    /// [`StoreConfig::checkpoint_every`] revisions or more past the last image, the last
-    /// automatic one started [`StoreConfig::checkpoint_min_interval`] ago or more, and none
-    /// is running. Called after applies.
+    /// [`StoreConfig::checkpoint_every`] revisions or more past the last image and none is
+    /// running. Called after applies.
     pub(crate) fn checkpoint_if_due(&self, revision: u64) {
         let Some(every) = self.inner.config.checkpoint_every.filter(|&n| n > 0) else { return };
         let base = self.inner.checkpoint_base.load(Ordering::Acquire);
@@ -81,19 +80,10 @@ impl Store {
         // CPU each at 1M entries) do not all fall on the same cores at once.
         let share = self.inner.checkpoint_jitter.checked_rem((every / 4).max(1)).unwrap_or(0);
         let every = every.saturating_sub(share);
-        if revision.saturating_sub(base) < every {
-            return;
-        }
+        if revision.saturating_sub(base) < every
+            || self.inner.checkpointing.swap(true, Ordering::AcqRel)
         {
-            let mut started =
-                self.inner.checkpoint_started.lock().unwrap_or_else(PoisonError::into_inner);
-            let gap = self.inner.config.checkpoint_min_interval;
-            if started.is_some_and(|at| at.elapsed() < gap)
-                || self.inner.checkpointing.swap(true, Ordering::AcqRel)
-            {
-                return;
-            }
-            *started = Some(std::time::Instant::now());
+            return;
         }
         // Counted from this attempt even if it fails, so a failing disk is tried again
         // `every` revisions later rather than after every apply.
@@ -127,7 +117,6 @@ mod tests {
     use super::*;
     use crate::testdata::DataSet;
     use crate::{Command, StoreConfig, feed, record};
-    use std::time::Duration;
 
     fn config(checkpoint_every: Option<u64>) -> StoreConfig {
         StoreConfig { checkpoint_every, ..StoreConfig::new(DataSet::trust_domain()) }
@@ -238,38 +227,6 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         reopen(&dir, store, true);
-    }
-
-    #[test]
-    fn automatic_images_start_no_closer_than_the_least_interval() {
-        for (gap, second) in [(Duration::from_secs(3600), false), (Duration::ZERO, true)] {
-            let dir = tempfile::tempdir().unwrap();
-            let config = StoreConfig { checkpoint_min_interval: gap, ..config(Some(200)) };
-            let store = Store::open(dir.path(), config).unwrap();
-            DataSet::SMALL.load(&store).unwrap();
-            let base = |s: &Store| s.inner.checkpoint_base.load(Ordering::Acquire);
-            let idle = |s: &Store| {
-                let deadline = std::time::Instant::now() + Duration::from_secs(20);
-                while s.inner.checkpointing.load(Ordering::Acquire) {
-                    assert!(std::time::Instant::now() < deadline, "a checkpoint never ended");
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            };
-            let mut k = 0;
-            while base(&store) == 0 {
-                change_entries_after(&store, k);
-                k += 1;
-            }
-            idle(&store);
-            let first = base(&store);
-            // Past the revisions due again, twice over.
-            while store.revision() < first + 400 {
-                change_entries_after(&store, k);
-                k += 1;
-            }
-            idle(&store);
-            assert_eq!(base(&store) > first, second, "gap {gap:?}");
-        }
     }
 
     #[test]

@@ -55,9 +55,6 @@ pub const CHANGE_FEED_RETAIN: u64 = 100_000;
 /// feed always reaches back to the last image with room to spare.
 pub const CHECKPOINT_EVERY: u64 = 50_000;
 
-/// Default of [`StoreConfig::checkpoint_min_interval`].
-pub const CHECKPOINT_MIN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// Settings for [`Store::open`].
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
@@ -89,20 +86,12 @@ pub struct StoreConfig {
     /// to is of no use. `None` (or 0) writes images only on [`Store::checkpoint`] and
     /// [`Store::close`]. An attempt that fails is not repeated before this many more.
     pub checkpoint_every: Option<u64>,
-    /// The least time between the starts of two automatic entry images, whatever the
-    /// revisions. An image costs CPU in proportion to the entries (about 0.45 s at 1M
-    /// entries); under sustained writes (`cluster_writes` at 256 clients, about 14,000
-    /// writes/s) images every [`CHECKPOINT_EVERY`] revisions took 7 % of each replica's CPU.
-    /// A restart that finds no image it can use reads the entries from the engine instead
-    /// (seconds at 1M entries, see `docs/benchmarks.md`).
-    pub checkpoint_min_interval: std::time::Duration,
 }
 
 impl StoreConfig {
     /// Defaults for `trust_domain`: 100,000 cached agents, whole-cache invalidation above
     /// 4,096 affected agents, 64 MiB engine cache, flush every 500 ms, an entry image every
-    /// [`CHECKPOINT_EVERY`] revisions and no more often than every
-    /// [`CHECKPOINT_MIN_INTERVAL`].
+    /// [`CHECKPOINT_EVERY`] revisions.
     pub fn new(trust_domain: TrustDomain) -> Self {
         Self {
             trust_domain,
@@ -112,7 +101,6 @@ impl StoreConfig {
             flush_every_ms: Some(500),
             write_behind_entries: WRITE_BEHIND_ENTRIES,
             checkpoint_every: Some(CHECKPOINT_EVERY),
-            checkpoint_min_interval: CHECKPOINT_MIN_INTERVAL,
         }
     }
 }
@@ -223,8 +211,6 @@ pub(crate) struct Inner {
     /// A random number drawn at open: how much earlier than `checkpoint_every` this
     /// store's automatic checkpoints come (modulo a quarter of it).
     pub(crate) checkpoint_jitter: u64,
-    /// When the last automatic checkpoint started (`None` before the first).
-    pub(crate) checkpoint_started: Mutex<Option<std::time::Instant>>,
     pub(crate) config: StoreConfig,
     /// The revision as last published to [`Store::watch_revision`] readers.
     revisions: RevisionSender,
@@ -325,7 +311,6 @@ impl Store {
                     use std::hash::{BuildHasher, Hasher};
                     std::collections::hash_map::RandomState::new().build_hasher().finish()
                 },
-                checkpoint_started: Mutex::new(None),
                 config,
                 revisions,
             }),
