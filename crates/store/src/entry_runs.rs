@@ -37,10 +37,12 @@ pub(crate) fn run_of(number: u64) -> u64 {
     number / ENTRY_RUN
 }
 
-/// The creation numbers of run `run`: `start..end` (`end` saturates at `u64::MAX`).
+/// The creation numbers of run `run`: `start..end`. Run 0 starts at 1: number 0 marks an
+/// entry stored alone. `end` saturates at `u64::MAX`, which no entry gets (see
+/// `State::has_room_for_entry`).
 pub(crate) fn numbers_of(run: u64) -> (u64, u64) {
     let start = run.saturating_mul(ENTRY_RUN);
-    (start, start.saturating_add(ENTRY_RUN))
+    (start.max(1), start.saturating_add(ENTRY_RUN))
 }
 
 /// Appends the frame of entry `number` whose record is `bytes`.
@@ -115,10 +117,25 @@ pub(crate) fn decode(
     key: &[u8],
     value: &[u8],
 ) -> Result<Vec<(RegistrationEntry, u64)>, StoreError> {
+    decode_some(key, value, |_| true)
+}
+
+/// The entries of the run record `value` under `key` whose number `wanted` accepts, with
+/// their numbers; the others are checked for their place but not decoded.
+///
+/// # Errors
+/// As [`decode`].
+pub(crate) fn decode_some(
+    key: &[u8],
+    value: &[u8],
+    wanted: impl Fn(u64) -> bool,
+) -> Result<Vec<(RegistrationEntry, u64)>, StoreError> {
     let mut frames = Frames::of(key, value)?;
     let mut out = Vec::new();
     while let Some((number, bytes)) = frames.next()? {
-        out.push((record::decode(key, bytes)?, number));
+        if wanted(number) {
+            out.push((record::decode(key, bytes)?, number));
+        }
     }
     Ok(out)
 }

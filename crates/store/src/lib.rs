@@ -22,7 +22,7 @@
 //!
 //! | key | value |
 //! |---|---|
-//! | `n` + run (u64 BE) | the registration entries numbered `8 × run` to `8 × run + 7` (creation numbers: entries list in creation order), each its number and its `RegistrationEntry`, in number order (see `entry_runs`); a run with no entry left has no record |
+//! | `n` + run (u64 BE) | the registration entries numbered `8 × run` to `8 × run + 7` (run 0 from 1) (creation numbers: entries list in creation order), each its number and its `RegistrationEntry`, in number order (see `entry_runs`); a run with no entry left has no record |
 //! | `e` + entry id | a `RegistrationEntry` stored before creation numbers were kept (number 0), alone |
 //! | `a` + agent SPIFFE ID | `AttestedNode` |
 //! | `t` + hex SHA-256 of the token value | `StoredJoinToken` |
@@ -38,6 +38,7 @@
 //! | `m/entries` | number of entries (u64 BE), to size indexes on open |
 //! | `m/entry-number` | the highest creation number given to an entry (u64 BE) |
 //! | `m/format` | layout format (u64 BE), currently 3 |
+//! | `m/migrating-entries` | present while a format-2 tree's entries move into runs |
 //!
 //! Every command writes its records, `m/applied` and (if anything changed) `m/revision` and
 //! its change into the open feed run in one atomic batch, so after a crash the store
@@ -64,9 +65,11 @@
 //! batches cost one record per run they fall in, not one each; an update or delete of an
 //! older entry rewrites its run (8 entries at most). Opening a format-2 tree, or installing
 //! a format-2 snapshot, moves its numbered entries into runs, 65,536 per engine batch merged
-//! with the runs already written, then records format 3: a crash part-way leaves a format-2
-//! tree that the next open finishes. The same upgrade rule holds: a release that writes
-//! format 2 refuses a format-3 tree or snapshot.
+//! with the runs already written. The first batch records format 3 and
+//! `m/migrating-entries`, removed with the last: a crash part-way leaves a tree that a
+//! format-2 release refuses and the next open finishes. The same upgrade rule holds: a
+//! release that writes format 2 refuses a format-3 tree or snapshot. A format-3 tree with a
+//! numbered entry stored alone (`e`) is corrupt.
 //!
 //! # The replicated apply
 //!

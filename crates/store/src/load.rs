@@ -40,7 +40,7 @@ pub(crate) fn load_state(
     if format < 2 {
         migrate_runs(tree)?;
     }
-    if format < 3 {
+    if format < 3 || tree.contains_key(record::META_MIGRATING_ENTRIES).engine()? {
         migrate_entry_runs(tree)?;
     }
     check_trust_domain(tree, td)?;
@@ -55,12 +55,13 @@ pub(crate) fn load_state(
     // A size hint only: a damaged count must not reserve more than a large store needs.
     state.begin_bulk_load(entries.min(MAX_RESERVE));
     let loaded = match &image {
-        Some(image) => load_entries(&mut state, |high| image.records(high)),
+        // The image names every entry by id with its number; the tree only those without.
+        Some(image) => load_entries(&mut state, false, |high| image.records(high)),
         None => {
             // Entries stored alone (without a creation number) with the first half of the
             // runs; they are few.
             let (low, high) = run_halves(tree)?;
-            load_entries(&mut state, |second| {
+            load_entries(&mut state, true, |second| {
                 let alone = if second { None } else { Some(tree.scan_prefix([record::ENTRY])) };
                 let runs = tree.range(if second { high.clone() } else { low.clone() });
                 alone.into_iter().flatten().chain(runs).map(|kv| kv.engine())
@@ -212,7 +213,8 @@ fn catch_up_entries(tree: &sled::Tree, state: &mut State, since: u64) -> Result<
         )));
     }
     let imaged_up_to = state.numbered_entries().next_back().map_or(0, |(n, _)| n);
-    let mut runs = std::collections::BTreeSet::new();
+    // The numbers the image gave changed entries: in their runs only these are decoded.
+    let mut numbers = std::collections::BTreeSet::new();
     let mut found = Vec::new();
     for id in &ids {
         match state.entry_number(id) {
@@ -223,12 +225,14 @@ fn catch_up_entries(tree: &sled::Tree, state: &mut State, since: u64) -> Result<
                 }
             }
             Some(number) => {
-                runs.insert(entry_runs::run_of(number));
+                numbers.insert(number);
             }
             None => {}
         }
         state.remove_entry(id);
     }
+    let runs: std::collections::BTreeSet<u64> =
+        numbers.iter().map(|&n| entry_runs::run_of(n)).collect();
     let first_new = entry_runs::run_of(imaged_up_to.saturating_add(1));
     let newer = record::entry_run_key(first_new);
     let end = [record::ENTRY_RUN.saturating_add(1)];
@@ -242,7 +246,10 @@ fn catch_up_entries(tree: &sled::Tree, state: &mut State, since: u64) -> Result<
         .chain(tree.range(newer..end.to_vec()));
     for kv in reads {
         let (k, v) = kv.engine()?;
-        found.extend(entry_runs::decode(&k, &v)?.into_iter().filter(|(e, _)| ids.contains(&e.id)));
+        // A run from `first_new` on holds new entries after the image's: decode them all.
+        let wanted = |n: u64| numbers.contains(&n) || entry_runs::run_of(n) >= first_new;
+        let decoded = entry_runs::decode_some(&k, &v, wanted)?;
+        found.extend(decoded.into_iter().filter(|(e, _)| ids.contains(&e.id)));
     }
     for (e, number) in found {
         if !state.insert_new_entry(Arc::new(e), number) {
@@ -294,12 +301,17 @@ const MIGRATE_BATCH: usize = 65_536;
 /// Moves a layout-format-2 tree to format 3: every entry record with a creation number
 /// (`e` + id) joins its run (`n`, see `crate::entry_runs`); entries without one stay. In
 /// batches of [`MIGRATE_BATCH`] entries, each of which removes its records and writes their
-/// runs merged with what the runs already hold, then `m/format` 3: a crash part-way leaves a
-/// format-2 tree some of whose entries are in runs already, and the next open goes on.
+/// runs merged with what the runs already hold. The first batch records format 3 and
+/// `m/migrating-entries`, removed once the last is written: a crash part-way leaves a tree
+/// an older release refuses and the next open of this one finishes.
 fn migrate_entry_runs(tree: &sled::Tree) -> Result<(), StoreError> {
     let mut records = tree.scan_prefix([record::ENTRY]);
     loop {
         let mut batch = sled::Batch::default();
+        // With the first batch the tree says format 3, which a release that reads only
+        // format 2 refuses; the marker has the next open finish the move.
+        batch.insert(record::META_FORMAT, record::u64_value(3));
+        batch.insert(record::META_MIGRATING_ENTRIES, &[1u8][..]);
         let mut runs: BTreeMap<u64, Vec<(u64, Arc<RegistrationEntry>)>> = BTreeMap::new();
         let mut moved = 0usize;
         for kv in records.by_ref() {
@@ -333,8 +345,10 @@ fn migrate_entry_runs(tree: &sled::Tree) -> Result<(), StoreError> {
         }
         tree.apply_batch(batch).engine()?;
     }
-    tree.insert(record::META_FORMAT, record::u64_value(3)).engine()?;
-    Ok(())
+    let mut done = sled::Batch::default();
+    done.insert(record::META_FORMAT, record::u64_value(3));
+    done.remove(record::META_MIGRATING_ENTRIES);
+    tree.apply_batch(done).engine()
 }
 
 /// Refuses a tree recorded for another trust domain than `td`; records `td` in one that
@@ -378,6 +392,7 @@ type Decoded = Vec<(Arc<RegistrationEntry>, u64)>;
 /// The first decoding error, else [`StoreError::Capacity`] when the image is full.
 fn load_entries<I, K, V>(
     state: &mut State,
+    alone_unnumbered: bool,
     half: impl Fn(bool) -> I + Sync,
 ) -> Result<(), StoreError>
 where
@@ -390,8 +405,10 @@ where
     let (tx_high, rx_high) = std::sync::mpsc::channel::<Decoded>();
     let half = &half;
     std::thread::scope(|scope| {
-        let first = scope.spawn(move || decode_range(half(false), |b| tx_low.send(b).is_ok()));
-        let second = scope.spawn(move || decode_range(half(true), |b| tx_high.send(b).is_ok()));
+        let first = scope
+            .spawn(move || decode_range(half(false), alone_unnumbered, |b| tx_low.send(b).is_ok()));
+        let second = scope
+            .spawn(move || decode_range(half(true), alone_unnumbered, |b| tx_high.send(b).is_ok()));
         let mut indexed = Ok(());
         'batches: for batch in rx_low.iter().chain(rx_high.iter()) {
             for (e, number) in batch {
@@ -415,9 +432,12 @@ where
 }
 
 /// Reads and decodes the entry records of one key range, handing them to `send` in batches
-/// of [`LOAD_BATCH`]; stops early (with `Ok`) when `send` says the receiver is gone.
+/// of [`LOAD_BATCH`]; stops early (with `Ok`) when `send` says the receiver is gone. With
+/// `alone_unnumbered` (a tree's records), an entry stored alone with a creation number is
+/// corrupt.
 fn decode_range<K: AsRef<[u8]>, V: AsRef<[u8]>>(
     range: impl Iterator<Item = Result<(K, V), StoreError>>,
+    alone_unnumbered: bool,
     mut send: impl FnMut(Decoded) -> bool,
 ) -> Result<(), StoreError> {
     let mut batch = Vec::with_capacity(LOAD_BATCH);
@@ -432,6 +452,10 @@ fn decode_range<K: AsRef<[u8]>, V: AsRef<[u8]>>(
             let (e, number): (RegistrationEntry, u64) = record::decode_numbered(k, v)?;
             if k.strip_prefix(&[record::ENTRY]) != Some(e.id.as_str().as_bytes()) {
                 return Err(record::corrupt(k, "the record holds another entry's id"));
+            }
+            // A numbered entry belongs in its run: updates and deletes go there only.
+            if alone_unnumbered && number != 0 {
+                return Err(record::corrupt(k, "an entry with a creation number stored alone"));
             }
             batch.push((Arc::new(e), number));
         }
@@ -759,6 +783,136 @@ mod tests {
         }
         let info = crate::SnapshotInfo { records, ..info.clone() };
         crate::snapshot::stream_of(vec![payload], &info).unwrap()
+    }
+
+    /// A store of the small set with `n` of two more entries stored as records written
+    /// before creation numbers were kept, reopened without an image (so from its records).
+    fn store_with_unnumbered(dir: &std::path::Path, n: usize) -> (Store, [RegistrationEntry; 2]) {
+        let store = open(dir);
+        DataSet::SMALL.load(&store).unwrap();
+        let tree = store.data_tree();
+        to_format_2(&tree, false);
+        let old = [DataSet::workload_entry(7, 0), DataSet::workload_entry(7, 1)];
+        for e in &old[..n] {
+            tree.insert(record::entry_key(&e.id), record::encode(e).unwrap()).unwrap();
+        }
+        store.flush().unwrap();
+        drop((tree, store));
+        let _ = std::fs::remove_file(dir.join(image::IMAGE_FILE));
+        let store = open(dir);
+        assert!(!store.opened_from_image());
+        assert_eq!(store.read().entry_number(&old[0].id), Some(0));
+        (store, old)
+    }
+
+    /// Changes an entry of run 0 (numbers 1 to 7).
+    #[expect(clippy::arithmetic_side_effects, reason = "small numbers in tests")]
+    fn change_in_run_0(store: &Store) {
+        let mut changed = {
+            let s = store.read();
+            let (n, e) = s.entries_numbered(1, entry_runs::ENTRY_RUN).next().unwrap();
+            assert!(n >= 1);
+            (**e).clone()
+        };
+        changed.hint = "changed".into();
+        let patch = ward_core::EntryPatch::all_of(&changed);
+        let cmd = Command::UpdateEntries(vec![crate::EntryUpdate { id: changed.id, patch }]);
+        store.apply(store.last_applied() + 1, &cmd).unwrap();
+    }
+
+    /// Reopens `dir` from its records (the image removed).
+    fn reopen_from_records(dir: &std::path::Path, store: Store) -> Result<Store, StoreError> {
+        store.flush().unwrap();
+        drop(store);
+        let _ = std::fs::remove_file(dir.join(image::IMAGE_FILE));
+        Store::open(dir, StoreConfig::new(DataSet::trust_domain()))
+    }
+
+    #[test]
+    fn a_change_in_the_first_run_leaves_unnumbered_entries_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, old) = store_with_unnumbered(dir.path(), 2);
+        change_in_run_0(&store);
+        let count = store.entry_count();
+        let store = reopen_from_records(dir.path(), store).expect("the store reopens");
+        assert_eq!(store.entry_count(), count);
+        assert_eq!(store.read().entry_number(&old[1].id), Some(0));
+    }
+
+    #[test]
+    fn an_unnumbered_entry_deleted_stays_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, old) = store_with_unnumbered(dir.path(), 1);
+        change_in_run_0(&store);
+        let delete = Command::DeleteEntries(vec![old[0].id.clone()]);
+        store.apply(store.last_applied() + 1, &delete).unwrap();
+        let count = store.entry_count();
+        let store = reopen_from_records(dir.path(), store).unwrap();
+        assert!(store.entry(&old[0].id).is_none(), "a deleted entry came back");
+        assert_eq!(store.entry_count(), count);
+    }
+
+    #[test]
+    fn creation_numbers_stop_below_the_last_so_every_entry_has_a_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let tree = store.data_tree();
+        tree.insert(record::META_ENTRY_NUMBER, record::u64_value(u64::MAX - 2)).unwrap();
+        drop(tree);
+        let store = reopen_from_records(dir.path(), store).unwrap();
+        let create = |k: usize| Command::CreateEntries(vec![DataSet::workload_entry(1, k)]);
+        let first = store.apply(store.last_applied() + 1, &create(0)).unwrap();
+        assert!(matches!(&first.outcome, crate::Outcome::Entries(r) if r[0].is_ok()), "{first:?}");
+        assert_eq!(
+            store.read().entry_number(&DataSet::workload_entry(1, 0).id),
+            Some(u64::MAX - 1)
+        );
+        // The next would be numbered u64::MAX: refused as this item's error, nothing changed.
+        let second = store.apply(store.last_applied() + 1, &create(1)).unwrap();
+        assert!(
+            matches!(&second.outcome, crate::Outcome::Entries(r) if r[0].is_err()),
+            "{second:?}"
+        );
+        let want = store.export_snapshot(0).unwrap().chunks;
+        let store = reopen_from_records(dir.path(), store).unwrap();
+        assert!(store.entry(&DataSet::workload_entry(1, 0).id).is_some());
+        assert_eq!(store.export_snapshot(0).unwrap().chunks, want);
+    }
+
+    #[test]
+    fn a_numbered_entry_stored_alone_is_corrupt_in_format_3() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        DataSet::SMALL.load(&store).unwrap();
+        let e = DataSet::workload_entry(7, 0);
+        let tree = store.data_tree();
+        tree.insert(record::entry_key(&e.id), record::encode_numbered(&e, 5000).unwrap()).unwrap();
+        drop(tree);
+        let Err(err) = reopen_from_records(dir.path(), store) else { panic!("opened") };
+        assert!(err.to_string().contains("stored alone"), "{err}");
+    }
+
+    #[test]
+    fn a_move_into_runs_cut_short_is_finished_by_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        DataSet::SMALL.load(&store).unwrap();
+        change_entries(&store);
+        let want = store.export_snapshot(0).unwrap().chunks;
+        store.flush().unwrap();
+        // As the first batches of the move leave a tree: format 3 and the marker, some
+        // entries in runs, the others still alone.
+        let tree = store.data_tree();
+        to_format_2(&tree, true);
+        tree.insert(record::META_FORMAT, record::u64_value(3)).unwrap();
+        tree.insert(record::META_MIGRATING_ENTRIES, &[1u8][..]).unwrap();
+        assert!(tree.scan_prefix([record::ENTRY]).count() > 400);
+        drop(tree);
+        let store = reopen_from_records(dir.path(), store).unwrap();
+        let tree = store.data_tree();
+        assert_eq!(tree.scan_prefix([record::ENTRY]).count(), 0);
+        assert!(!tree.contains_key(record::META_MIGRATING_ENTRIES).unwrap());
+        assert_eq!(store.export_snapshot(0).unwrap().chunks, want);
     }
 
     #[test]

@@ -51,6 +51,9 @@ pub(crate) const META_ENTRIES: &[u8] = b"m/entries";
 pub(crate) const META_ENTRY_NUMBER: &[u8] = b"m/entry-number";
 /// Key of the layout format version.
 pub(crate) const META_FORMAT: &[u8] = b"m/format";
+/// Key present while a move of format-2 entry records into runs is under way (the tree
+/// already says format 3, so a release that reads only format 2 refuses it).
+pub(crate) const META_MIGRATING_ENTRIES: &[u8] = b"m/migrating-entries";
 /// The layout format this code writes: 3 keeps numbered entries in runs (`n`); format 2 kept
 /// one record per entry (`e`), and format 1 also one record per revision (`c`) and per
 /// index (`r`) where format 2 keeps runs (`h`, `q`). Opening an older tree migrates it (see

@@ -262,9 +262,10 @@ impl State {
         true
     }
 
-    /// Whether a new entry has a slot (there are 2^32).
+    /// Whether a new entry has a slot (there are 2^32) and a creation number: numbers stop
+    /// below `u64::MAX`, which no run of `crate::entry_runs` holds.
     pub(crate) fn has_room_for_entry(&self) -> bool {
-        self.entries.has_room()
+        self.entries.has_room() && self.last_entry_number < u64::MAX.saturating_sub(1)
     }
 
     /// Whether a new agent has a slot (there are 2^32).
