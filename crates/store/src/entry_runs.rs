@@ -71,7 +71,7 @@ pub(crate) fn encode<'a>(
 ///
 /// # Errors
 /// [`StoreError::Encode`] if an entry cannot be encoded; [`StoreError::Corrupt`] if
-/// `stored` is not a run record of `key`.
+/// `stored` (key, value) is not a valid run record.
 pub(crate) fn reencode<'a>(
     stored: Option<(&[u8], &[u8])>,
     entries: impl IntoIterator<Item = (u64, &'a Arc<RegistrationEntry>)>,

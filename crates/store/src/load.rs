@@ -727,19 +727,7 @@ mod tests {
     #[test]
     fn entries_stored_without_a_number_stay_alone_and_change_in_place() {
         let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path());
-        DataSet::SMALL.load(&store).unwrap();
-        let tree = store.data_tree();
-        to_format_2(&tree, false);
-        // Two entries as records written before creation numbers were kept: the value alone.
-        let old = [DataSet::workload_entry(7, 0), DataSet::workload_entry(7, 1)];
-        for e in &old {
-            tree.insert(record::entry_key(&e.id), record::encode(e).unwrap()).unwrap();
-        }
-        store.flush().unwrap();
-        drop((tree, store));
-
-        let store = open(dir.path());
+        let (store, old) = store_with_unnumbered(dir.path(), 2);
         let tree = store.data_tree();
         let alone: Vec<_> = tree.scan_prefix([record::ENTRY]).map(|kv| kv.unwrap().0).collect();
         assert_eq!(alone.len(), 2, "entries without a number are not moved to a run");
@@ -785,8 +773,9 @@ mod tests {
         crate::snapshot::stream_of(vec![payload], &info).unwrap()
     }
 
-    /// A store of the small set with `n` of two more entries stored as records written
-    /// before creation numbers were kept, reopened without an image (so from its records).
+    /// A format-2 store of the small set with `n` of two more entries stored as records
+    /// written before creation numbers were kept (the value alone), reopened without an
+    /// image (so from its records, migrated).
     fn store_with_unnumbered(dir: &std::path::Path, n: usize) -> (Store, [RegistrationEntry; 2]) {
         let store = open(dir);
         DataSet::SMALL.load(&store).unwrap();
@@ -796,10 +785,8 @@ mod tests {
         for e in &old[..n] {
             tree.insert(record::entry_key(&e.id), record::encode(e).unwrap()).unwrap();
         }
-        store.flush().unwrap();
-        drop((tree, store));
-        let _ = std::fs::remove_file(dir.join(image::IMAGE_FILE));
-        let store = open(dir);
+        drop(tree);
+        let store = reopen_from_records(dir, store).unwrap();
         assert!(!store.opened_from_image());
         assert_eq!(store.read().entry_number(&old[0].id), Some(0));
         (store, old)
