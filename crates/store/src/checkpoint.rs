@@ -2,8 +2,8 @@
 //! [`Store::close`] does) and the automatic one every [`crate::StoreConfig::checkpoint_every`]
 //! revisions. The `image` module has the file format and the rules an open follows.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
 
 use ward_core::RegistrationEntry;
 
@@ -18,8 +18,34 @@ pub struct Checkpoint {
     pub revision: u64,
     /// Number of entries in it.
     pub entries: usize,
-    /// How long it held the state read lock (writers wait that long).
+    /// The longest the state read lock was held at once while the entries were taken
+    /// (writers wait at most that long).
     pub lock_held: std::time::Duration,
+    /// Whether the image was put in place: `false` when a snapshot installed while it was
+    /// written made it one of another history, and it was dropped.
+    pub placed: bool,
+}
+
+/// Entries taken per hold of the state read lock while an image's entries are taken: a
+/// writer waits for at most this many (about a millisecond).
+const CUT_SLICE: usize = 8192;
+
+/// The entries an image is written from, and what it is of.
+struct Cut {
+    of: ImageOf,
+    /// The count of installed snapshots when the entries were taken.
+    installs: u64,
+    entries: Vec<(u64, Arc<RegistrationEntry>)>,
+    /// The longest hold of the state read lock.
+    lock_held: std::time::Duration,
+}
+
+/// Whether the thread writing an image runs at the caller's priority or below everything
+/// else on the machine.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Priority {
+    Caller,
+    Background,
 }
 
 impl Store {
@@ -34,39 +60,105 @@ impl Store {
         self.checkpoint().map(|_| ())
     }
 
-    /// Writes the entry image of the current state: takes the entries (a reference each)
-    /// under the state read lock, flushes the engine so the tree on disk is at or past that
-    /// state, then encodes, writes and syncs the image without any state lock, and renames
-    /// it into place. A later open reads the entries from the image and catches up with
-    /// the entries the change feed names after its revision (see the `image` module), so
-    /// the image serves any open until the feed no longer reaches back to it
-    /// ([`crate::CHANGE_FEED_RETAIN`] revisions), a crash's included. Writers wait for the state
-    /// lock only while the references are taken (15–100 ms measured at 1M entries); the rest
-    /// (about a second of CPU and 200 MiB of memory at 1M entries) runs beside them.
+    /// Writes the entry image of the current state, then puts it in place (renamed over
+    /// the previous one).
+    ///
+    /// The entries are taken (a reference each) in id order, [`CUT_SLICE`] at a time under
+    /// the state read lock, so writers wait about a millisecond at most, not for the whole
+    /// cut (15–100 ms at 1M entries). Applies that run between slices make the image
+    /// *fuzzy*: it is of the revision the first slice saw, and may also hold later states
+    /// of some entries. Entries numbered after the first slice are left out. Every entry
+    /// changed after that revision is named by the change feed, and a later open reads each
+    /// of those again from the tree (see the `image` module), so the opened state is the
+    /// tree's either way. The engine is then flushed, so the tree on disk is at or past
+    /// every state taken, and the image is encoded, written and synced without any state
+    /// lock (about a second of CPU and 200 MiB of memory at 1M entries).
+    ///
+    /// A snapshot installed meanwhile only waits for the cut; the image then written is of
+    /// the replaced history and is dropped instead of put in place
+    /// ([`Checkpoint::placed`] is `false`).
     ///
     /// # Errors
     /// [`StoreError::Engine`] on I/O failure; the store stays usable and the next open
     /// uses the previous image, if any still fits, or reads the engine.
     pub fn checkpoint(&self) -> Result<Checkpoint, StoreError> {
-        let _one =
-            self.inner.image_writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let locked = std::time::Instant::now();
-        let (of, entries) = {
+        self.write_image(Priority::Caller)
+    }
+
+    fn write_image(&self, priority: Priority) -> Result<Checkpoint, StoreError> {
+        // One image at a time: they share the temporary file.
+        let _one = self.inner.image_build.lock().unwrap_or_else(PoisonError::into_inner);
+        let cut = self.cut_entries(CUT_SLICE, &mut |_| {});
+        self.write_cut(cut, priority)
+    }
+
+    /// The entries for an image, with their creation numbers, in id order: `slice` at a
+    /// time under the state read lock, calling `between` with the last id taken after each
+    /// hold. The image is of the state the first slice saw.
+    fn cut_entries(&self, slice: usize, between: &mut dyn FnMut(&str)) -> Cut {
+        // Held across the cut (as an install holds it across its switch), so the cut sees
+        // one history.
+        let installs = self.inner.image_writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let generation = *self.inner.generation.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut entries: Vec<(u64, Arc<RegistrationEntry>)> = Vec::new();
+        let mut of = None;
+        let mut up_to = 0;
+        let mut longest = std::time::Duration::ZERO;
+        loop {
+            let locked = std::time::Instant::now();
             let state = self.read();
-            let generation =
-                *self.inner.generation.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let entries: Vec<(u64, Arc<RegistrationEntry>)> =
-                state.numbered_entries_by_id().map(|(n, e)| (n, Arc::clone(e))).collect();
-            (ImageOf { generation, applied: state.applied, revision: state.revision }, entries)
-        };
-        let lock_held = locked.elapsed();
-        // Everything applied up to `of` (and maybe more) is on disk once this returns.
+            let of = *of.get_or_insert_with(|| {
+                entries.reserve(state.entry_count());
+                up_to = state.last_entry_number;
+                ImageOf { generation, applied: state.applied, revision: state.revision }
+            });
+            let after = entries.last().map(|(_, e)| Arc::clone(e));
+            let before = entries.len();
+            entries.extend(
+                state
+                    .numbered_entries_after(after.as_ref().map(|e| e.id.as_str()), up_to, slice)
+                    .map(|(n, e)| (n, Arc::clone(e))),
+            );
+            drop(state);
+            longest = longest.max(locked.elapsed());
+            match entries.last() {
+                Some((_, last)) if entries.len().saturating_sub(before) == slice => {
+                    between(last.id.as_str());
+                }
+                _ => return Cut { of, installs: *installs, entries, lock_held: longest },
+            }
+        }
+    }
+
+    /// Flushes the engine past every state `cut` took, then writes its image (at the
+    /// lowest priority for [`Priority::Background`]) and puts it in place unless a
+    /// snapshot was installed since the cut.
+    fn write_cut(&self, cut: Cut, priority: Priority) -> Result<Checkpoint, StoreError> {
+        let Cut { of, installs, entries, lock_held } = cut;
+        // Everything applied up to the last slice (and maybe more) is on disk once this
+        // returns. At the caller's priority: applies wait for the writes this takes over.
         self.write_waiting()?;
         self.inner.db.flush().engine()?;
         self.inner.durable.fetch_max(of.applied, Ordering::AcqRel);
-        image::write(&self.inner.dir, of, entries.len(), entries.iter().map(|(n, e)| (*n, e)))?;
-        self.inner.checkpoint_base.fetch_max(of.revision, Ordering::AcqRel);
-        Ok(Checkpoint { revision: of.revision, entries: entries.len(), lock_held })
+        if priority == Priority::Background {
+            lower_priority();
+        }
+        let dir = &self.inner.dir;
+        image::write_unplaced(dir, of, entries.len(), entries.iter().map(|(n, e)| (*n, e)))?;
+        let placed = {
+            let now = self.inner.image_writer.lock().unwrap_or_else(PoisonError::into_inner);
+            if *now == installs {
+                image::place(dir)?;
+                true
+            } else {
+                image::discard_unplaced(dir);
+                false
+            }
+        };
+        if placed {
+            self.inner.checkpoint_base.fetch_max(of.revision, Ordering::AcqRel);
+        }
+        Ok(Checkpoint { revision: of.revision, entries: entries.len(), lock_held, placed })
     }
 
     /// Starts a [`Store::checkpoint`] on a thread of its own when the state is
@@ -92,11 +184,12 @@ impl Store {
         let started =
             std::thread::Builder::new().name("ward-store-checkpoint".into()).spawn(move || {
                 let started = std::time::Instant::now();
-                match store.checkpoint() {
+                match store.write_image(Priority::Background) {
                     Ok(c) => tracing::debug!(
                         revision = c.revision,
                         entries = c.entries,
                         lock_held_ms = c.lock_held.as_millis() as u64,
+                        placed = c.placed,
                         elapsed_ms = started.elapsed().as_millis() as u64,
                         "wrote the entry image"
                     ),
@@ -108,6 +201,17 @@ impl Store {
             tracing::warn!(error = %e, "could not start writing the entry image");
             self.inner.checkpointing.store(false, Ordering::Release);
         }
+    }
+}
+
+/// Lowers the calling thread to the lowest scheduling priority (nice 19), so an image
+/// written in the background takes only CPU time that applies, raft and the RPC handlers
+/// leave. Linux keeps nice values per thread (setpriority(2), NOTES); elsewhere this does
+/// nothing. It is not raised again: the thread ends with the image.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19) {
+        tracing::debug!(error = %e, "could not lower the priority of the entry image's thread");
     }
 }
 
@@ -177,6 +281,118 @@ mod tests {
         back.hint = format!("back {k}");
         next(store, Command::CreateEntries(vec![back]));
         assert_eq!(store.revision(), revision + 4);
+    }
+
+    /// A copy of workload entry (1, 0) with id `id` and a SPIFFE ID of its own.
+    fn entry_with_id(id: &str) -> RegistrationEntry {
+        let mut e = DataSet::workload_entry(1, 0);
+        e.id = ward_core::EntryId::new(id).unwrap();
+        e.spiffe_id = DataSet::trust_domain().spiffe_id(&format!("/fuzzy/{id}")).unwrap();
+        e
+    }
+
+    /// Applies run between the slices of an image's cut: entries created before the cut's
+    /// position (which it then misses) and after it (which it must leave out: they are
+    /// numbered after the first slice, and the open would not look for the missed one
+    /// otherwise), entries changed, deleted and put back on either side of it. The image
+    /// is of the first slice's revision and holds some later states; the open reads it and
+    /// catches up to exactly the tree's entries.
+    #[test]
+    fn an_image_cut_while_applies_run_opens_to_the_tree_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = small_set(&dir);
+        let count = store.read().entry_count();
+        let slice = 16;
+        assert!(count > slice * 8, "{count} entries");
+        let writer = store.clone();
+        let mut round = 0u64;
+        let mut saw = (false, false);
+        let cut = store.cut_entries(slice, &mut |cursor| {
+            // Sorts before every id the data set makes (hex digits follow its first `0`).
+            let below = format!("0-below-{round}");
+            let above = format!("{cursor}-above-{round}");
+            assert!(below.as_str() < cursor && above.as_str() > cursor);
+            next(&writer, Command::CreateEntries(vec![entry_with_id(&below)]));
+            next(&writer, Command::CreateEntries(vec![entry_with_id(&above)]));
+            change_entries_after(&writer, round);
+            // One entry of agent 2 deleted and one changed each round: some before the
+            // cursor, some after.
+            let gone = DataSet::workload_entry(2, round as usize % 10);
+            saw.0 |= gone.id.as_str() < cursor;
+            saw.1 |= gone.id.as_str() > cursor;
+            if writer.read().entry(&gone.id).is_some() {
+                next(&writer, Command::DeleteEntries(vec![gone.id]));
+            }
+            let mut changed = DataSet::workload_entry(3, round as usize % 10);
+            changed.hint = format!("round {round}");
+            let patch = ward_core::EntryPatch::all_of(&changed);
+            next(
+                &writer,
+                Command::UpdateEntries(vec![crate::EntryUpdate { id: changed.id, patch }]),
+            );
+            round += 1;
+        });
+        drop(writer);
+        assert!(round >= 4, "{round} rounds");
+        assert!(saw.0 && saw.1, "deletes fell on both sides of the cursor: {saw:?}");
+        let revision = cut.of.revision;
+        assert!(store.revision() > revision);
+        let c = store.write_cut(cut, Priority::Caller).unwrap();
+        assert!(c.placed);
+        assert_eq!(c.revision, revision);
+        // The reopened state is the tree's (checked by `reopen`), read from the image.
+        let store = reopen(&dir, store, true);
+        for r in 0..round {
+            let below = ward_core::EntryId::new(&format!("0-below-{r}")).unwrap();
+            assert!(store.read().entry(&below).is_some(), "round {r}'s entry before the cursor");
+        }
+    }
+
+    /// A snapshot installed after an image's entries were taken: the image, of the
+    /// replaced history, is dropped rather than put in place.
+    #[test]
+    fn an_image_cut_before_a_snapshot_install_is_not_put_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = small_set(&dir);
+        let cut = store.cut_entries(CUT_SLICE, &mut |_| {});
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = small_set(&other_dir);
+        change_entries_after(&other, 0);
+        store.import_snapshot(other.export_snapshot(1 << 16).unwrap().chunks).unwrap();
+        let c = store.write_cut(cut, Priority::Caller).unwrap();
+        assert!(!c.placed);
+        assert!(!dir.path().join(image::IMAGE_FILE).exists());
+        assert!(!dir.path().join("ward-entries.image.tmp").exists());
+        let store = reopen(&dir, store, false);
+        assert_eq!(entries_of(&store), entries_of(&other));
+        // The next image is of the installed history and is put in place.
+        assert!(store.checkpoint().unwrap().placed);
+        reopen(&dir, store, true);
+    }
+
+    /// The thread that writes a background image drops to nice 19; the process's other
+    /// threads keep theirs.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_background_image_thread_runs_at_the_lowest_priority() {
+        fn nice_of(tid: i32) -> i64 {
+            let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+            // Field 19, counted after the command name's closing parenthesis (field 2).
+            let after = &stat[stat.rfind(')').unwrap() + 2..];
+            after.split(' ').nth(16).unwrap().parse().unwrap()
+        }
+        let me = rustix::thread::gettid().as_raw_nonzero().get();
+        let before = nice_of(me);
+        let (tid, nice) = std::thread::spawn(|| {
+            lower_priority();
+            let tid = rustix::thread::gettid().as_raw_nonzero().get();
+            (tid, nice_of(tid))
+        })
+        .join()
+        .unwrap();
+        assert_ne!(tid, me);
+        assert_eq!(nice, 19);
+        assert_eq!(nice_of(me), before);
     }
 
     #[test]

@@ -73,12 +73,30 @@ pub(crate) struct ImageOf {
 }
 
 /// Writes the image of `entries` (in id order, with their creation numbers) for the tree
-/// state `of` into `dir`, atomically: a temporary file, synced, then renamed.
+/// state `of` into `dir`, atomically: [`write_unplaced`], then [`place`].
 ///
 /// # Errors
 /// [`StoreError::Engine`] on I/O failure, [`StoreError::Encode`] if a record cannot be
 /// encoded; no image is left then.
+#[cfg(test)]
 pub(crate) fn write<'a>(
+    dir: &Path,
+    of: ImageOf,
+    count: usize,
+    entries: impl Iterator<Item = (u64, &'a Arc<RegistrationEntry>)>,
+) -> Result<(), StoreError> {
+    write_unplaced(dir, of, count, entries)?;
+    place(dir)
+}
+
+/// Writes the image of `entries` (in id order, with their creation numbers) for the tree
+/// state `of` into a temporary file in `dir` and syncs it; [`place`] then puts it in place
+/// and [`discard_unplaced`] drops it instead.
+///
+/// # Errors
+/// [`StoreError::Engine`] on I/O failure, [`StoreError::Encode`] if a record cannot be
+/// encoded; no temporary file is left then.
+pub(crate) fn write_unplaced<'a>(
     dir: &Path,
     of: ImageOf,
     count: usize,
@@ -87,11 +105,23 @@ pub(crate) fn write<'a>(
     let tmp = dir.join(IMAGE_TMP);
     let written = write_file(&tmp, of, count, entries);
     if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-        return written;
+        discard_unplaced(dir);
     }
-    std::fs::rename(&tmp, dir.join(IMAGE_FILE)).map_err(io)?;
+    written
+}
+
+/// Renames the image [`write_unplaced`] wrote into place and syncs the directory.
+///
+/// # Errors
+/// [`StoreError::Engine`] on I/O failure; the image in place before, if any, stays then.
+pub(crate) fn place(dir: &Path) -> Result<(), StoreError> {
+    std::fs::rename(dir.join(IMAGE_TMP), dir.join(IMAGE_FILE)).map_err(io)?;
     sync_dir(dir)
+}
+
+/// Removes the image [`write_unplaced`] wrote, if any.
+pub(crate) fn discard_unplaced(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join(IMAGE_TMP));
 }
 
 fn write_file<'a>(

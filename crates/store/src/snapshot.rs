@@ -615,8 +615,9 @@ impl Store {
         // No entry image may outlive the switch: one of the old state's history could be
         // mistaken for one of the new state's after another switch back to this
         // generation. Taken before the state lock, as a checkpoint takes them.
-        let _images =
+        let mut installs =
             self.inner.image_writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *installs = installs.wrapping_add(1);
         if let Err(e) = crate::image::discard(&self.inner.dir) {
             drop(staging);
             self.drop_generation(generation)?;

@@ -201,8 +201,13 @@ pub(crate) struct Inner {
     pub(crate) dir: PathBuf,
     /// Whether open read the entries from the entry image.
     from_image: bool,
-    /// Held while an entry image is written ([`Store::checkpoint`]).
-    pub(crate) image_writer: Mutex<()>,
+    /// Held while an entry image is written ([`Store::checkpoint`]): one at a time.
+    pub(crate) image_build: Mutex<()>,
+    /// How many snapshots were installed. Held by a checkpoint while it takes the entries
+    /// and while it puts its image in place, and by an install from before it discards the
+    /// image until its switch is done, so an image of a replaced history is never put in
+    /// place.
+    pub(crate) image_writer: Mutex<u64>,
     /// Whether a background checkpoint is running.
     pub(crate) checkpointing: AtomicBool,
     /// The revision of the last entry image written or read (0 if none): the next automatic
@@ -304,7 +309,8 @@ impl Store {
                 exports_overlaid: AtomicU64::new(0),
                 dir: path.as_ref().to_path_buf(),
                 from_image: image_revision.is_some(),
-                image_writer: Mutex::new(()),
+                image_build: Mutex::new(()),
+                image_writer: Mutex::new(0),
                 checkpointing: AtomicBool::new(false),
                 checkpoint_base: AtomicU64::new(image_revision.unwrap_or(0)),
                 checkpoint_jitter: {

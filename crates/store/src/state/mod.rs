@@ -510,10 +510,29 @@ impl State {
     }
 
     /// Every entry with its creation number, in id order (the engine's key order).
+    #[cfg(test)]
     pub(crate) fn numbered_entries_by_id(
         &self,
     ) -> impl Iterator<Item = (u64, &Arc<RegistrationEntry>)> {
         self.entry_ids.values().filter_map(|&s| self.entries.get(s)).map(|s| (s.number, &s.entry))
+    }
+
+    /// Up to `max` entries numbered at most `up_to`, with their numbers, in id order from
+    /// the first id after `after` (from the first id when `None`).
+    pub(crate) fn numbered_entries_after(
+        &self,
+        after: Option<&str>,
+        up_to: u64,
+        max: usize,
+    ) -> impl Iterator<Item = (u64, &Arc<RegistrationEntry>)> {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.entry_ids
+            .range::<str, _>((from, Bound::Unbounded))
+            .filter_map(|(_, &s)| self.entries.get(s))
+            .filter(move |s| s.number <= up_to)
+            .take(max)
+            .map(|s| (s.number, &s.entry))
     }
 
     /// The entries numbered `start..end`, with their numbers, in creation order.
