@@ -4,7 +4,9 @@
 //!
 //! Index changes mark parent hashes dirty ([`DirtyGroup`]); [`State::refreeze_dirty_groups`]
 //! then patches the chunks the changed children fall in, or rebuilds a group whole when many
-//! changed or deletes left it fragmented.
+//! changed or deletes left it fragmented. Children after every other (as server-chosen ids,
+//! made in time order, mostly are) go in a new chunk merged with the small chunks at the
+//! tail like a binary counter, so full chunks are never copied by appends.
 
 use std::sync::Arc;
 
@@ -40,37 +42,68 @@ pub(super) struct Fresh {
 }
 
 /// Up to about [`CHUNK`] children of one parent, sorted by id, and the children that
-/// parent entries of their own as `(index, hash of its SPIFFE ID)`.
+/// parent entries of their own as `(index, hash of its SPIFFE ID)`. Both are shared, so
+/// cloning a chunk allocates nothing.
 #[derive(Clone, Debug)]
 pub(super) struct Chunk {
     pub(super) children: Arc<[Child]>,
-    pub(super) marks: Box<[(u32, u64)]>,
+    /// `None` when no child parents entries, as in most chunks: making or cloning such a
+    /// chunk then touches no second allocation.
+    marks: Option<Arc<[(u32, u64)]>>,
+}
+
+/// The marks of `items` placed after `base` children, as `(index, hash)`.
+fn marks_of(base: usize, items: &[Fresh]) -> impl Iterator<Item = (u32, u64)> + '_ {
+    let base = u32::try_from(base).unwrap_or(u32::MAX);
+    (base..).zip(items).filter_map(|(i, f)| f.mark.map(|h| (i, h)))
+}
+
+/// Shared marks, or none when empty.
+fn shared_marks(marks: Vec<(u32, u64)>) -> Option<Arc<[(u32, u64)]>> {
+    (!marks.is_empty()).then(|| marks.into())
 }
 
 impl Chunk {
     pub(super) fn new(items: Vec<Fresh>) -> Self {
-        let marks = (0u32..).zip(&items).filter_map(|(i, f)| f.mark.map(|h| (i, h))).collect();
+        let marks = shared_marks(marks_of(0, &items).collect());
         Self { children: items.into_iter().map(|f| f.child).collect(), marks }
     }
 
-    /// This chunk's children followed by `later` (which sort after them), sharing the
-    /// entries.
-    fn extended(&self, later: Vec<Fresh>) -> Self {
-        let base = u32::try_from(self.children.len()).unwrap_or(u32::MAX);
-        let marks = self
-            .marks
-            .iter()
-            .copied()
-            .chain((base..).zip(&later).filter_map(|(i, f)| f.mark.map(|h| (i, h))))
-            .collect();
-        let children =
-            self.children.iter().cloned().chain(later.into_iter().map(|f| f.child)).collect();
-        Self { children, marks }
+    /// The children of `parts` followed by `later` (which sort after them all) as one
+    /// chunk, sharing the entries.
+    fn joined(parts: &[Chunk], later: Vec<Fresh>) -> Self {
+        let len = parts.iter().map(Chunk::len).fold(later.len(), usize::saturating_add);
+        let mut children: Vec<Child> = Vec::with_capacity(len);
+        let mut marks = Vec::new();
+        for c in parts {
+            let base = u32::try_from(children.len()).unwrap_or(u32::MAX);
+            marks.extend(c.marks().iter().map(|&(i, h)| (i.saturating_add(base), h)));
+            children.extend(c.children.iter().cloned());
+        }
+        marks.extend(marks_of(children.len(), &later));
+        children.extend(later.into_iter().map(|f| f.child));
+        Self { children: children.into(), marks: shared_marks(marks) }
+    }
+
+    /// The children that parent entries of their own, as `(index, hash of its SPIFFE
+    /// ID)` in index order.
+    pub(super) fn marks(&self) -> &[(u32, u64)] {
+        self.marks.as_deref().unwrap_or_default()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.children.len()
+    }
+
+    /// Whether the chunk's first child sorts at or before `(key, id)`: the prefix is read
+    /// from the chunk itself, the entry's id only when prefixes tie.
+    fn starts_by(&self, key: u64, id: &str) -> bool {
+        self.children.first().is_some_and(|c| c.cmp_id(key, id).is_le())
     }
 
     /// The children back as working items, marks included.
     pub(super) fn thaw(&self) -> Vec<Fresh> {
-        let mut marks = self.marks.iter().peekable();
+        let mut marks = self.marks().iter().peekable();
         (0u32..)
             .zip(self.children.iter())
             .map(|(i, c)| {
@@ -78,6 +111,54 @@ impl Chunk {
                 Fresh { child: c.clone(), mark }
             })
             .collect()
+    }
+}
+
+/// The trailing chunks that appending `count` children merges with: from the returned
+/// index on. They merge while the chunk before is less than twice as large as the merged
+/// tail and the merge stays within [`CHUNK`], so the chunks after the last full one halve
+/// in size (a binary counter: single appends give sizes like 32, 16, 4, 1), each child is
+/// copied about log2([`CHUNK`]) times before it lands in a full chunk, and a full chunk is
+/// never copied by appends.
+fn merge_from(chunks: &[Chunk], count: usize) -> usize {
+    let mut len = count;
+    let mut from = chunks.len();
+    while let Some(prev) = from.checked_sub(1).and_then(|i| chunks.get(i))
+        && prev.len() < len.saturating_mul(2)
+        && prev.len().saturating_add(len) <= CHUNK
+    {
+        len = len.saturating_add(prev.len());
+        from = from.saturating_sub(1);
+    }
+    from
+}
+
+/// Adds `appended` (sorted, and sorting after every child in `chunks`) at the tail of
+/// `chunks`: full chunks first when there are [`CHUNK`] or more, the rest merged with the
+/// trailing chunks as [`merge_from`] says.
+fn push_appended(chunks: &mut Vec<Chunk>, mut appended: Vec<Fresh>) {
+    while appended.len() >= CHUNK {
+        let rest = appended.split_off(CHUNK);
+        chunks.push(Chunk::new(std::mem::replace(&mut appended, rest)));
+    }
+    if appended.is_empty() {
+        return;
+    }
+    let merged = chunks.split_off(merge_from(chunks, appended.len()));
+    chunks.push(if merged.is_empty() {
+        Chunk::new(appended)
+    } else {
+        Chunk::joined(&merged, appended)
+    });
+}
+
+/// The children of an opened chunk back in `chunks`: cut in [`CHUNK`]s when it grew past
+/// twice that, dropped when it was emptied.
+fn push_opened(chunks: &mut Vec<Chunk>, items: Vec<Fresh>) {
+    if items.len() > 2 * CHUNK {
+        chunks.extend(items.chunks(CHUNK).map(|c| Chunk::new(c.to_vec())));
+    } else if !items.is_empty() {
+        chunks.push(Chunk::new(items));
     }
 }
 
@@ -116,11 +197,8 @@ impl ChildGroup {
             return None;
         }
         let first = chunks.remove(0);
-        let len = chunks
-            .iter()
-            .map(|c| c.children.len())
-            .fold(first.children.len(), usize::saturating_add);
-        let descend = !first.marks.is_empty() || chunks.iter().any(|c| !c.marks.is_empty());
+        let len = chunks.iter().map(Chunk::len).fold(first.len(), usize::saturating_add);
+        let descend = first.marks.is_some() || chunks.iter().any(|c| c.marks.is_some());
         Some(Self { parent, len, descend, first, rest: chunks.into_boxed_slice() })
     }
 
@@ -131,76 +209,24 @@ impl ChildGroup {
     pub(super) fn children(&self) -> impl Iterator<Item = &Child> {
         self.chunks().flat_map(|c| c.children.iter())
     }
-}
 
-/// A chunk of a group being patched: shared until a change opens it, and found by the
-/// id it started with (chunks cover disjoint, ordered id ranges). Children that sort after
-/// all of a shared chunk's are gathered beside it, so appending (as server-chosen ids in
-/// time order do) neither opens the chunk nor searches it.
-pub(super) struct Patch<'a> {
-    low: Option<(u64, &'a str)>,
-    frozen: Option<&'a Chunk>,
-    appended: Vec<Fresh>,
-    open: Vec<Fresh>,
-}
-
-impl<'a> Patch<'a> {
-    pub(super) fn new(chunk: &'a Chunk) -> Self {
-        let low = chunk.children.first().map(|c| (c.key, c.entry.id.as_str()));
-        Self { low, frozen: Some(chunk), appended: Vec::new(), open: Vec::new() }
+    /// The index (in [`Self::chunks`] order) of the chunk whose id range holds `(key,
+    /// id)`: the last one starting at or before it, or the first.
+    fn chunk_at(&self, key: u64, id: &str) -> usize {
+        self.rest.partition_point(|c| c.starts_by(key, id))
     }
 
-    /// Whether the chunk starts at or before `(key, id)`.
-    pub(super) fn starts_by(&self, key: u64, id: &str) -> bool {
-        self.low.is_some_and(|low| low <= (key, id))
-    }
-
-    /// The children as working items, for a change anywhere in the chunk.
-    pub(super) fn open(&mut self) -> &mut Vec<Fresh> {
-        if let Some(c) = self.frozen.take() {
-            self.open = c.thaw();
-            self.open.append(&mut self.appended);
-        }
-        &mut self.open
-    }
-
-    /// A new chunk holding only `first`, the child in `s`.
-    fn starting_with(s: &'a Slotted, first: Fresh) -> Self {
-        let low = Some((s.id_prefix, s.entry.id.as_str()));
-        Self { low, frozen: None, appended: Vec::new(), open: vec![first] }
-    }
-
-    /// Adds a child that sorts after every child of the chunk.
-    fn push(&mut self, last: Fresh) {
-        match self.frozen {
-            Some(_) => self.appended.push(last),
-            None => self.open.push(last),
+    /// The chunk at `at` in [`Self::chunks`] order.
+    fn chunk(&self, at: usize) -> Option<&Chunk> {
+        match at.checked_sub(1) {
+            None => Some(&self.first),
+            Some(i) => self.rest.get(i),
         }
     }
 
-    /// The chunk's children: how many, and the last.
-    fn tail(&self) -> (usize, Option<&Child>) {
-        match self.frozen {
-            Some(c) => (
-                c.children.len().saturating_add(self.appended.len()),
-                self.appended.last().map(|f| &f.child).or(c.children.last()),
-            ),
-            None => (self.open.len(), self.open.last().map(|f| &f.child)),
-        }
-    }
-
-    /// The patched chunk, cut in two or more when it grew past twice [`CHUNK`], or none
-    /// when it was emptied.
-    fn finish(self, chunks: &mut Vec<Chunk>) {
-        match self.frozen {
-            Some(c) if self.appended.is_empty() => chunks.push(c.clone()),
-            Some(c) => chunks.push(c.extended(self.appended)),
-            None if self.open.len() > 2 * CHUNK => {
-                chunks.extend(self.open.chunks(CHUNK).map(|c| Chunk::new(c.to_vec())));
-            }
-            None if !self.open.is_empty() => chunks.push(Chunk::new(self.open)),
-            None => {}
-        }
+    /// The child sorting after every other.
+    fn last_child(&self) -> Option<&Child> {
+        self.rest.last().unwrap_or(&self.first).children.last()
     }
 }
 
@@ -219,6 +245,10 @@ pub(super) const INLINE_ID: usize = 64;
 /// From this many dirty groups on, [`State::refreeze_dirty_groups`] builds them on two
 /// threads (a command dirties a few; opening a store dirties every parent's).
 const PARALLEL_REFREEZE: usize = 4096;
+
+/// Small chunks that appends may leave at a group's tail: sizes halve, so at most
+/// log2([`CHUNK`]) + 1 of them.
+const TAIL_CHUNKS: usize = (CHUNK.ilog2() as usize).saturating_add(1);
 
 /// An ID kept inline when at most [`INLINE_ID`] bytes long.
 #[derive(Clone, Debug)]
@@ -374,11 +404,14 @@ impl State {
         }
         let current = self.ids.get(&hash).and_then(|r| r.group.as_ref());
         // Patch when few children changed and deletes have not left the group in many
-        // small chunks; a whole rebuild re-cuts it.
+        // small chunks; a whole rebuild re-cuts it. Appends leave up to `TAIL_CHUNKS` small
+        // chunks at the tail, their sizes halving (see `merge_from`): allowed on top of
+        // twice the packed count, so that a group that only grows (127 children appended
+        // one by one are in 7 chunks) is patched, not rebuilt whole on every change.
         if let Some(g) = current
             && !touched.full
             && touched.ids.len().saturating_mul(8) <= g.len
-            && g.rest.len() <= g.len.div_ceil(CHUNK).saturating_mul(2)
+            && g.rest.len() <= g.len.div_ceil(CHUNK).saturating_mul(2).saturating_add(TAIL_CHUNKS)
             && let Some(patched) = self.patch_group(hash, g, &touched.ids)
         {
             return patched;
@@ -396,18 +429,24 @@ impl State {
     }
 
     /// `g` with the children `ids` removed and, where they are still children of its
-    /// parent, put back as they are now. Only the chunks they fall in are copied. `None`
-    /// when it cannot be patched (a child now has another parent ID under the same hash).
+    /// parent, put back as they are now. Only the chunks they fall in are copied, and the
+    /// small chunks at the tail that children after every other are merged with (see
+    /// [`merge_from`]). `None` when it cannot be patched (a child now has another parent ID
+    /// under the same hash).
     pub(super) fn patch_group(
         &self,
         hash: u64,
         g: &ChildGroup,
         ids: &[EntryId],
     ) -> Option<Option<ChildGroup>> {
-        let mut work: Vec<Patch> = g.chunks().map(Patch::new).collect();
+        let last = g.last_child();
+        // The chunks a change falls in, by index, as working items; the rest stay shared.
+        let mut opened: Vec<(usize, Vec<Fresh>)> = Vec::new();
+        // Children after every child of `g`, in order: server-chosen ids are made in time
+        // order, so most new children are.
+        let mut appended: Vec<Fresh> = Vec::new();
         for id in ids {
             let key = prefix_key(id.as_str());
-            let at = work.partition_point(|w| w.starts_by(key, id.as_str())).saturating_sub(1);
             let now = self
                 .entry_ids
                 .get(id.as_str())
@@ -416,37 +455,44 @@ impl State {
             if now.is_some_and(|s| !g.parent.is(s.entry.parent_id.as_str())) {
                 return None;
             }
-            // A child after every other one (server-chosen ids are made in time order, so
-            // most new children are) is added to the last chunk without opening it, or opens
-            // a new chunk once the last is full, instead of copying a last chunk that only
-            // grows.
-            if let Some(s) = now
-                && at.saturating_add(1) == work.len()
-                && let Some(last) = work.last_mut()
-                && let (len, Some(child)) = last.tail()
-                && child.cmp_id(key, id.as_str()).is_lt()
-            {
-                if len >= CHUNK {
-                    work.push(Patch::starting_with(s, self.child(s)));
-                } else {
-                    last.push(self.child(s));
-                }
-                continue;
-            }
-            let chunk = work.get_mut(at)?.open();
             let find = |c: &Fresh| c.child.cmp_id(key, id.as_str());
-            if let Ok(pos) = chunk.binary_search_by(find) {
-                chunk.remove(pos);
+            let items = if last.is_none_or(|c| c.cmp_id(key, id.as_str()).is_lt()) {
+                if let Some(s) = now
+                    && appended.last().is_none_or(|f| find(f).is_lt())
+                {
+                    appended.push(self.child(s));
+                    continue;
+                }
+                &mut appended
+            } else {
+                let at = g.chunk_at(key, id.as_str());
+                let open = match opened.iter().position(|(i, _)| *i == at) {
+                    Some(open) => open,
+                    None => {
+                        opened.push((at, g.chunk(at)?.thaw()));
+                        opened.len().saturating_sub(1)
+                    }
+                };
+                &mut opened.get_mut(open)?.1
+            };
+            if let Ok(pos) = items.binary_search_by(find) {
+                items.remove(pos);
             }
             if let Some(s) = now {
-                let (Ok(pos) | Err(pos)) = chunk.binary_search_by(find);
-                chunk.insert(pos, self.child(s));
+                let (Ok(pos) | Err(pos)) = items.binary_search_by(find);
+                items.insert(pos, self.child(s));
             }
         }
-        let mut chunks = Vec::with_capacity(work.len());
-        for w in work {
-            w.finish(&mut chunks);
+        opened.sort_unstable_by_key(|(at, _)| *at);
+        let mut opened = opened.into_iter().peekable();
+        let mut chunks = Vec::with_capacity(g.rest.len().saturating_add(2));
+        for (at, chunk) in g.chunks().enumerate() {
+            match opened.next_if(|(i, _)| *i == at) {
+                Some((_, items)) => push_opened(&mut chunks, items),
+                None => chunks.push(chunk.clone()),
+            }
         }
+        push_appended(&mut chunks, appended);
         Some(ChildGroup::from_chunks(g.parent.clone(), chunks))
     }
 
@@ -494,10 +540,12 @@ mod tests {
                 assert!(Arc::ptr_eq(&c.entry, s.entry(&c.entry.id).unwrap()), "stale entry");
             }
             for chunk in g.chunks() {
-                assert!(chunk.marks.windows(2).all(|w| w[0].0 < w[1].0), "marks in order");
-                assert!(chunk.marks.iter().all(|&(at, _)| (at as usize) < chunk.children.len()));
+                assert!(chunk.marks.as_ref().is_none_or(|m| !m.is_empty()), "empty marks kept");
+                let marks = chunk.marks();
+                assert!(marks.windows(2).all(|w| w[0].0 < w[1].0), "marks in order");
+                assert!(marks.iter().all(|&(at, _)| (at as usize) < chunk.children.len()));
                 for (i, c) in chunk.children.iter().enumerate() {
-                    let mark = chunk.marks.iter().find(|(at, _)| *at as usize == i);
+                    let mark = marks.iter().find(|(at, _)| *at as usize == i);
                     let parents = parent_ids.contains(c.entry.spiffe_id.as_str());
                     assert_eq!(mark.is_some(), parents, "mark of {}", c.entry.id.as_str());
                     if let Some(&(_, h)) = mark {
@@ -505,7 +553,7 @@ mod tests {
                     }
                 }
             }
-            assert_eq!(g.descend, g.chunks().any(|c| !c.marks.is_empty()));
+            assert_eq!(g.descend, g.chunks().any(|c| !c.marks().is_empty()));
         }
     }
 
@@ -632,9 +680,10 @@ mod tests {
         check_groups(&s);
     }
 
-    /// Children whose ids sort after every other (server-chosen ids come in time order) fill
-    /// a last chunk up to [`CHUNK`] and then open a new one, leaving earlier chunks shared,
-    /// and the groups stay exactly what the entries say.
+    /// Children whose ids sort after every other (server-chosen ids come in time order) go
+    /// in a new chunk merged with the small chunks at the tail: every chunk but the last
+    /// is kept as it was, full chunks among them, and the groups (descent marks included)
+    /// stay exactly what the entries say.
     #[test]
     fn children_appended_in_id_order_open_new_chunks() {
         let mut s = State::new(TrustDomain::new("example.org").unwrap());
@@ -650,24 +699,138 @@ mod tests {
         while n < 700 {
             let before = s.ids[&hash].group.clone().unwrap();
             // One child at a time, and now and then two in one patch.
-            for _ in 0..1 + n % 2 {
+            let added = 1 + n % 2;
+            for _ in 0..added {
                 s.put_entry(entry(&id_of(n), &format!("spiffe://example.org/w/{n}"), agent));
+                // Every third child parents an entry of its own: marked as it is appended,
+                // and its mark carried along as the tail chunks merge.
+                if n % 3 == 0 {
+                    let under = format!("spiffe://example.org/w/{n}");
+                    s.put_entry(entry(&format!("x-{n}"), "spiffe://example.org/x", &under));
+                }
                 n += 1;
             }
             s.refreeze_dirty_groups();
+            if n % 50 < 2 {
+                check_groups(&s);
+            }
             let after = s.ids[&hash].group.clone().unwrap();
             assert!(after.chunks().all(|c| c.children.len() <= CHUNK), "at {n}");
-            let shared = before
-                .chunks()
-                .filter(|c| after.chunks().any(|d| Arc::ptr_eq(&c.children, &d.children)))
-                .count();
             if before.len >= 16 {
-                assert!(shared + 1 >= before.chunks().count(), "at {n}: only the last changes");
+                // Patched: the chunks of `after` but the last are the first ones of
+                // `before`, shared, and those include every full chunk of `before`.
+                let old: Vec<&Chunk> = before.chunks().collect();
+                let new: Vec<&Chunk> = after.chunks().collect();
+                let kept = new.len() - 1;
+                assert!(kept <= old.len(), "at {n}");
+                for (a, b) in old.iter().zip(&new[..kept]) {
+                    assert!(Arc::ptr_eq(&a.children, &b.children), "at {n}: a kept chunk copied");
+                }
+                assert!(old[kept..].iter().all(|c| c.len() < CHUNK), "at {n}: a full chunk copied");
+                assert_eq!(
+                    new[kept].len(),
+                    old[kept..].iter().map(|c| c.len()).sum::<usize>() + added as usize,
+                    "at {n}: the last chunk is the merged tail and the new children"
+                );
+                assert!(
+                    new.len() <= after.len / CHUNK + TAIL_CHUNKS,
+                    "at {n}: {} chunks",
+                    new.len()
+                );
             }
         }
         check_groups(&s);
         let g = s.ids[&hash].group.clone().unwrap();
         assert!(g.chunks().count() >= g.len / CHUNK, "{} chunks for {}", g.chunks().count(), g.len);
+    }
+
+    /// Appending 1,000 children one at a time, refreezing after each: a full chunk, once
+    /// made, is never copied again, the tail holds about log2([`CHUNK`]) small chunks, and
+    /// each child is copied about log2([`CHUNK`]) times in all, not about [`CHUNK`] / 2 as
+    /// when the last chunk was copied whole on every append.
+    #[test]
+    fn appended_children_are_copied_about_log2_chunk_times() {
+        let mut s = State::new(TrustDomain::new("example.org").unwrap());
+        let agent = "spiffe://example.org/spire/agent/a";
+        let hash = key_hash(agent);
+        let id_of = |n: u64| format!("0193a5f2-{n:06}");
+        let total = 1000;
+        let mut full: Vec<Arc<[Child]>> = Vec::new();
+        let mut copied = 0;
+        let mut before: Option<Arc<ChildGroup>> = None;
+        for n in 0..total {
+            s.put_entry(entry(&id_of(n), &format!("spiffe://example.org/w/{n}"), agent));
+            s.refreeze_dirty_groups();
+            let g = s.ids[&hash].group.clone().unwrap();
+            // Children in chunks this group does not share with the one before, but the
+            // new child: copies.
+            let made: usize = g
+                .chunks()
+                .filter(|c| {
+                    before
+                        .as_ref()
+                        .is_none_or(|b| b.chunks().all(|d| !Arc::ptr_eq(&c.children, &d.children)))
+                })
+                .map(Chunk::len)
+                .sum();
+            copied += made - 1;
+            for c in g.chunks().filter(|c| c.len() == CHUNK) {
+                if !full.iter().any(|f| Arc::ptr_eq(f, &c.children)) {
+                    full.push(Arc::clone(&c.children));
+                }
+            }
+            before = Some(g);
+        }
+        check_groups(&s);
+        let g = s.ids[&hash].group.clone().unwrap();
+        let len = usize::try_from(total).unwrap();
+        assert_eq!(g.len, len);
+        assert_eq!(full.len(), len / CHUNK);
+        for f in &full {
+            assert!(g.chunks().any(|c| Arc::ptr_eq(f, &c.children)), "a full chunk was copied");
+        }
+        let log2 = CHUNK.ilog2() as usize;
+        let count = g.chunks().count();
+        assert!(count <= len / CHUNK + log2 + 2, "{count} chunks for {len}");
+        // Copying the last chunk on every append made about len * CHUNK / 2 copies.
+        assert!(copied <= len * (log2 + 1), "{copied} copies for {len} children");
+    }
+
+    /// More than [`CHUNK`] children appended in one patch of a large group: they go in
+    /// full chunks of their own (and a small one merged with the tail), earlier full chunks
+    /// stay shared, and the group is what the entries say.
+    #[test]
+    fn many_children_appended_in_one_patch() {
+        let mut s = State::new(TrustDomain::new("example.org").unwrap());
+        let agent = "spiffe://example.org/spire/agent/a";
+        let hash = key_hash(agent);
+        let id_of = |n: u64| format!("0193a5f2-{n:06}");
+        let put = |s: &mut State, n: u64| {
+            s.put_entry(entry(&id_of(n), &format!("spiffe://example.org/w/{n}"), agent));
+        };
+        for n in 0..1200 {
+            put(&mut s, n);
+        }
+        s.refreeze_dirty_groups();
+        let mut next = 1200;
+        for round in 0..6 {
+            let before = s.ids[&hash].group.clone().unwrap();
+            // Between 1 and 146 children, and one from the middle removed.
+            for _ in 0..1 + round * 29 {
+                put(&mut s, next);
+                next += 1;
+            }
+            s.remove_entry(&EntryId::new(&id_of(round * 100 + 7)).unwrap());
+            s.refreeze_dirty_groups();
+            check_groups(&s);
+            let after = s.ids[&hash].group.clone().unwrap();
+            assert!(after.chunks().all(|c| c.len() <= CHUNK), "round {round}");
+            let opened = before
+                .chunks()
+                .filter(|c| after.chunks().all(|d| !Arc::ptr_eq(&c.children, &d.children)));
+            // The chunk of the removed child, and the small chunks at the tail.
+            assert!(opened.filter(|c| c.len() == CHUNK).count() <= 1, "round {round}");
+        }
     }
 
     /// In one patch, children appended to the last chunk without opening it, then changes

@@ -110,7 +110,7 @@ pub(super) fn push_descendants<'a>(g: &'a ChildGroup, stack: &mut Vec<(u64, &'a 
         return;
     }
     for chunk in g.chunks() {
-        for &(i, hash) in chunk.marks.iter() {
+        for &(i, hash) in chunk.marks() {
             if let Some(c) = chunk.children.get(i as usize) {
                 stack.push((hash, c.entry.spiffe_id.as_str()));
             }
