@@ -63,7 +63,7 @@ impl Store {
     /// Writes the entry image of the current state, then puts it in place (renamed over
     /// the previous one).
     ///
-    /// The entries are taken (a reference each) in id order, [`CUT_SLICE`] at a time under
+    /// The entries are taken (a reference each) in id order, 8,192 at a time under
     /// the state read lock, so writers wait about a millisecond at most, not for the whole
     /// cut (15–100 ms at 1M entries). Applies that run between slices make the image
     /// *fuzzy*: it is of the revision the first slice saw, and may also hold later states

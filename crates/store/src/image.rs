@@ -21,6 +21,14 @@
 //! Records are exactly the engine's entry records (`e` + id, the versioned value), encoded
 //! as apply writes them, so loading one decodes the same bytes a full load reads.
 //!
+//! An image may be *fuzzy*: [`crate::Store::checkpoint`] takes the entries in slices, with
+//! applies running between them, so the header's revision is the first slice's and some
+//! records hold a later state. No record has a creation number above the highest at that
+//! revision. Both keep the rules below sound: every entry changed after the header's
+//! revision is named by the change feed and read again from the tree, and an entry created
+//! after it has a number above every record's, so the catch-up reads it from the runs past
+//! the image's highest number.
+//!
 //! # When it is used
 //!
 //! Open uses the image when its CRC holds, its generation is the live tree's and its
