@@ -395,6 +395,84 @@ mod tests {
         assert_eq!(nice_of(me), before);
     }
 
+    /// The applied index in the header of the image in place, if any (read without
+    /// `image::read`, which would remove a checkpoint's temporary file under it).
+    fn placed_applied(dir: &std::path::Path) -> Option<u64> {
+        let bytes = std::fs::read(dir.join(image::IMAGE_FILE)).ok()?;
+        Some(u64::from_le_bytes(bytes[9..17].try_into().unwrap()))
+    }
+
+    /// Installs race checkpoints (and a background one) on other threads: nothing
+    /// deadlocks, after each install returns the image in place (if any) is of the
+    /// installed history or later, and the store reopens from it to the installed state.
+    #[test]
+    fn installs_racing_checkpoints_never_leave_an_image_of_a_replaced_history() {
+        let src_dir = tempfile::tempdir().unwrap();
+        let src = small_set(&src_dir);
+        let mut snapshots = Vec::new();
+        for k in 0..10 {
+            change_entries_after(&src, k);
+            snapshots.push(src.export_snapshot(1 << 14).unwrap());
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = small_set(&dir);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writers: Vec<_> = (0..2)
+            .map(|t| {
+                let (store, stop) = (store.clone(), std::sync::Arc::clone(&stop));
+                std::thread::spawn(move || {
+                    let mut placed = 0;
+                    while !stop.load(Ordering::Acquire) {
+                        let priority = if t == 0 { Priority::Caller } else { Priority::Background };
+                        let c = store.write_image(priority).unwrap();
+                        placed += usize::from(c.placed);
+                    }
+                    placed
+                })
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        for s in &snapshots {
+            store.import_snapshot(s.chunks.clone()).unwrap();
+            assert!(std::time::Instant::now() < deadline, "installs stalled");
+            if let Some(applied) = placed_applied(dir.path()) {
+                assert!(
+                    applied >= s.info.applied,
+                    "image of {applied}, installed {}",
+                    s.info.applied
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        stop.store(true, Ordering::Release);
+        let placed: usize = writers.into_iter().map(|w| w.join().unwrap()).sum();
+        assert!(placed > 0);
+        let last = snapshots.last().unwrap().info.applied;
+        assert!(placed_applied(dir.path()).is_none_or(|a| a >= last));
+        assert!(!dir.path().join("ward-entries.image.tmp").exists());
+        let from_image = dir.path().join(image::IMAGE_FILE).exists();
+        let store = reopen(&dir, store, from_image);
+        assert_eq!(entries_of(&store), entries_of(&src));
+    }
+
+    /// [`Store::close`] while a background image is being written: both finish, and the
+    /// image in place is the close's (of the last revision).
+    #[test]
+    fn close_while_a_background_image_runs_leaves_the_last_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = small_set(&dir);
+        let bg = {
+            let store = store.clone();
+            std::thread::spawn(move || store.write_image(Priority::Background).unwrap())
+        };
+        change_entries_after(&store, 0);
+        let revision = store.revision();
+        store.close().unwrap();
+        bg.join().unwrap();
+        let store = reopen(&dir, store, true);
+        assert_eq!(store.revision(), revision);
+    }
+
     #[test]
     fn an_open_reads_an_older_image_and_catches_up_through_the_change_feed() {
         let dir = tempfile::tempdir().unwrap();
@@ -486,5 +564,234 @@ mod tests {
         store.import_snapshot(snapshot.chunks).unwrap();
         assert!(!dir.path().join(image::IMAGE_FILE).exists());
         reopen(&dir, store, false);
+    }
+}
+
+/// Random interleavings of applies with the slices of an image's cut: the store reopened
+/// from the image must hold exactly what a reopen from the tree holds.
+#[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)] // small numbers in tests
+mod fuzzy_tests {
+    use super::*;
+    use crate::testdata::DataSet;
+    use crate::{Command, StoreConfig, record};
+    use proptest::prelude::*;
+
+    fn config() -> StoreConfig {
+        StoreConfig { checkpoint_every: None, ..StoreConfig::new(DataSet::trust_domain()) }
+    }
+
+    /// Ids of the pool: `p00` .. `p23`.
+    const POOL: u8 = 24;
+
+    fn pool_id(k: u8) -> String {
+        format!("p{:02}", k % POOL)
+    }
+
+    /// An entry with id `id`, parented by agent 1, or (when `nested`) by the pool entry
+    /// `p00`'s SPIFFE ID, so the authorized-entries walk descends.
+    fn entry(id: &str, hint: &str, nested: bool) -> RegistrationEntry {
+        let mut e = DataSet::workload_entry(1, 0);
+        e.id = ward_core::EntryId::new(id).unwrap();
+        e.spiffe_id = DataSet::trust_domain().spiffe_id(&format!("/fz/{id}")).unwrap();
+        if nested && id != "p00" {
+            e.parent_id = DataSet::trust_domain().spiffe_id("/fz/p00").unwrap();
+        }
+        e.hint = hint.to_owned();
+        e
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Create(u8, bool),
+        Update(u8),
+        Delete(u8),
+        /// Deleted and created again in two applies (a new creation number).
+        Recreate(u8, bool),
+        /// Deleted and created again in one command list (two items of two applies).
+        Both(u8),
+        /// On the id the cut last took: 0 update, 1 delete, 2 delete and create again.
+        AtCursor(u8),
+        /// An id right after the cut's position (the cursor with a suffix).
+        AfterCursor(u8),
+        DeleteAll,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..POOL, any::<bool>()).prop_map(|(k, n)| Op::Create(k, n)),
+            3 => (0..POOL).prop_map(Op::Update),
+            3 => (0..POOL).prop_map(Op::Delete),
+            3 => (0..POOL, any::<bool>()).prop_map(|(k, n)| Op::Recreate(k, n)),
+            1 => (0..POOL).prop_map(Op::Both),
+            3 => (0u8..3).prop_map(Op::AtCursor),
+            2 => (0u8..4).prop_map(Op::AfterCursor),
+            1 => Just(Op::DeleteAll),
+        ]
+    }
+
+    fn next(store: &Store, cmd: Command) {
+        store.apply(store.last_applied() + 1, &cmd).unwrap();
+    }
+
+    fn run(store: &Store, op: &Op, cursor: Option<&str>, tick: &mut u64) {
+        *tick += 1;
+        let hint = format!("t{tick}");
+        let exists = |id: &str| store.read().entry(&ward_core::EntryId::new(id).unwrap()).is_some();
+        let create = |id: &str, nested: bool| {
+            next(store, Command::CreateEntries(vec![entry(id, &hint, nested)]));
+        };
+        let delete = |id: &str| {
+            next(store, Command::DeleteEntries(vec![ward_core::EntryId::new(id).unwrap()]));
+        };
+        let update = |id: &str| {
+            let old = store.read().entry(&ward_core::EntryId::new(id).unwrap()).cloned();
+            if let Some(old) = old {
+                let mut changed = (*old).clone();
+                changed.hint = hint.clone();
+                let patch = ward_core::EntryPatch::all_of(&changed);
+                next(
+                    store,
+                    Command::UpdateEntries(vec![crate::EntryUpdate { id: changed.id, patch }]),
+                );
+            }
+        };
+        match op {
+            Op::Create(k, n) => create(&pool_id(*k), *n),
+            Op::Update(k) => update(&pool_id(*k)),
+            Op::Delete(k) => delete(&pool_id(*k)),
+            Op::Recreate(k, n) => {
+                let id = pool_id(*k);
+                delete(&id);
+                create(&id, *n);
+            }
+            Op::Both(k) => {
+                let id = pool_id(*k);
+                let eid = ward_core::EntryId::new(&id).unwrap();
+                next(store, Command::DeleteEntries(vec![eid]));
+                next(store, Command::CreateEntries(vec![entry(&id, &hint, false)]));
+            }
+            Op::AtCursor(what) => {
+                let Some(id) = cursor else { return };
+                match what {
+                    0 => update(id),
+                    1 => delete(id),
+                    _ => {
+                        delete(id);
+                        create(id, false);
+                    }
+                }
+            }
+            Op::AfterCursor(s) => {
+                let Some(c) = cursor else { return };
+                let id = format!("{c}{s}");
+                if exists(&id) { delete(&id) } else { create(&id, false) }
+            }
+            Op::DeleteAll => {
+                let ids: Vec<ward_core::EntryId> =
+                    store.read().numbered_entries_by_id().map(|(_, e)| e.id.clone()).collect();
+                if !ids.is_empty() {
+                    next(store, Command::DeleteEntries(ids));
+                }
+            }
+        }
+    }
+
+    /// Every entry with its number and one agent's authorized entries.
+    fn entries_of(store: &Store) -> (Vec<(u64, RegistrationEntry)>, Vec<String>) {
+        let numbered =
+            store.read().numbered_entries_by_id().map(|(n, e)| (n, (**e).clone())).collect();
+        let mut authorized: Vec<String> = store
+            .authorized_entries_uncached(&DataSet::agent_id(1))
+            .iter()
+            .map(|e| e.id.as_str().to_owned())
+            .collect();
+        authorized.sort();
+        (numbered, authorized)
+    }
+
+    /// A store in `dir` holding the pool ids `initial` (in runs) and `alone` (stored alone,
+    /// creation number 0, as written before numbers were kept).
+    fn set_up(dir: &std::path::Path, initial: &[u8], alone: &[u8]) -> Store {
+        let store = Store::open(dir, config()).unwrap();
+        let mut tick = 0;
+        for k in initial {
+            run(&store, &Op::Create(*k, k % 3 == 0), None, &mut tick);
+        }
+        let alone: Vec<u8> = alone
+            .iter()
+            .copied()
+            .filter(|k| {
+                store.read().entry(&ward_core::EntryId::new(&pool_id(*k)).unwrap()).is_none()
+            })
+            .collect();
+        if alone.is_empty() {
+            return store;
+        }
+        store.flush().unwrap();
+        let tree = store.data_tree();
+        let mut ids = std::collections::BTreeSet::new();
+        for k in &alone {
+            let e = entry(&pool_id(*k), "alone", false);
+            ids.insert(e.id.clone());
+            tree.insert(record::entry_key(&e.id), record::encode_numbered(&e, 0).unwrap()).unwrap();
+        }
+        let count = store.entry_count() as u64 + ids.len() as u64;
+        tree.insert(record::META_ENTRIES, record::u64_value(count)).unwrap();
+        tree.flush().unwrap();
+        drop(tree);
+        drop(store);
+        let _ = std::fs::remove_file(dir.join(image::IMAGE_FILE));
+        let store = Store::open(dir, config()).unwrap();
+        for id in &ids {
+            assert_eq!(store.read().entry_number(id), Some(0));
+        }
+        store
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+        #[test]
+        fn a_fuzzy_image_opens_to_the_tree_state(
+            initial in proptest::collection::vec(0..POOL, 0..20),
+            alone in proptest::collection::vec(0..POOL, 0..4),
+            slice in 1usize..5,
+            between in proptest::collection::vec(proptest::collection::vec(op(), 0..4), 0..10),
+            after_cut in proptest::collection::vec(op(), 0..3),
+            after_write in proptest::collection::vec(op(), 0..3),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let store = set_up(dir.path(), &initial, &alone);
+            let writer = store.clone();
+            let mut round = 0;
+            let mut tick = 0;
+            let cut = store.cut_entries(slice, &mut |cursor| {
+                for op in between.get(round).into_iter().flatten() {
+                    run(&writer, op, Some(cursor), &mut tick);
+                }
+                round += 1;
+            });
+            for op in &after_cut {
+                run(&store, op, None, &mut tick);
+            }
+            let c = store.write_cut(cut, Priority::Caller).unwrap();
+            prop_assert!(c.placed);
+            for op in &after_write {
+                run(&store, op, None, &mut tick);
+            }
+            drop(writer);
+            let want = entries_of(&store);
+            store.flush().unwrap();
+            drop(store);
+            let store = Store::open(dir.path(), config()).unwrap();
+            prop_assert!(store.opened_from_image(), "the image was not used");
+            prop_assert_eq!(&entries_of(&store), &want);
+            store.flush().unwrap();
+            drop(store);
+            std::fs::remove_file(dir.path().join(image::IMAGE_FILE)).unwrap();
+            let store = Store::open(dir.path(), config()).unwrap();
+            prop_assert!(!store.opened_from_image());
+            prop_assert_eq!(&entries_of(&store), &want);
+        }
     }
 }
