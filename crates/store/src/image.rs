@@ -121,9 +121,15 @@ pub(crate) fn write_unplaced<'a>(
 /// Renames the image [`write_unplaced`] wrote into place and syncs the directory.
 ///
 /// # Errors
-/// [`StoreError::Engine`] on I/O failure; the image in place before, if any, stays then.
+/// [`StoreError::Engine`] on I/O failure: when the rename failed, the image in place
+/// before (if any) stays and the temporary file is removed; when only the directory sync
+/// failed, the new image is in place but a crash may bring back the old one (both fit the
+/// tree: the tree on disk is past either).
 pub(crate) fn place(dir: &Path) -> Result<(), StoreError> {
-    std::fs::rename(dir.join(IMAGE_TMP), dir.join(IMAGE_FILE)).map_err(io)?;
+    if let Err(e) = std::fs::rename(dir.join(IMAGE_TMP), dir.join(IMAGE_FILE)) {
+        discard_unplaced(dir);
+        return Err(io(e));
+    }
     sync_dir(dir)
 }
 

@@ -203,10 +203,10 @@ pub(crate) struct Inner {
     from_image: bool,
     /// Held while an entry image is written ([`Store::checkpoint`]): one at a time.
     pub(crate) image_build: Mutex<()>,
-    /// How many snapshots were installed. Held by a checkpoint while it takes the entries
-    /// and while it puts its image in place, and by an install from before it discards the
-    /// image until its switch is done, so an image of a replaced history is never put in
-    /// place.
+    /// How many snapshot installs reached the switch (those then refused as not newer
+    /// included). Held by a checkpoint while it takes the entries and while it puts its
+    /// image in place, and by an install from before it discards the image until its switch
+    /// is done, so an image of a replaced history is never put in place.
     pub(crate) image_writer: Mutex<u64>,
     /// Whether a background checkpoint is running.
     pub(crate) checkpointing: AtomicBool,
