@@ -63,11 +63,11 @@ impl Store {
     /// Writes the entry image of the current state, then puts it in place (renamed over
     /// the previous one).
     ///
-    /// The entries are taken (a reference each) in id order, 8,192 at a time under
-    /// the state read lock, so writers wait about a millisecond at most (0.2–0.9 ms
-    /// measured at 1M entries), not for the whole cut (15–100 ms). Applies that run between slices make the image
-    /// *fuzzy*: it is of the revision the first slice saw, and may also hold later states
-    /// of some entries. Entries numbered after the first slice are left out. Every entry
+    /// The entries are taken (a reference each) in id order, 8,192 at a time under the
+    /// state read lock, so writers wait about a millisecond at most (0.2–0.9 ms measured at
+    /// 1M entries), not for the whole cut (15–100 ms). Applies that run between slices make
+    /// the image *fuzzy*: it is of the revision the first slice saw, and may also hold later
+    /// states of some entries. Entries numbered after the first slice are left out. Every entry
     /// changed after that revision is named by the change feed, and a later open reads each
     /// of those again from the tree (see the `image` module), so the opened state is the
     /// tree's either way. The engine is then flushed, so the tree on disk is at or past
