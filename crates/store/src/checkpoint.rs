@@ -246,17 +246,17 @@ mod tests {
     use crate::testdata::DataSet;
     use crate::{Command, StoreConfig, feed, record};
 
-    fn config(checkpoint_every: Option<u64>) -> StoreConfig {
+    pub(super) fn config(checkpoint_every: Option<u64>) -> StoreConfig {
         StoreConfig { checkpoint_every, ..StoreConfig::new(DataSet::trust_domain()) }
     }
 
-    fn next(store: &Store, cmd: Command) {
+    pub(super) fn next(store: &Store, cmd: Command) {
         store.apply(store.last_applied() + 1, &cmd).unwrap();
     }
 
     /// Every entry with its creation number, and one agent's authorized entries (which
     /// read the indexes).
-    fn entries_of(store: &Store) -> (Vec<(u64, RegistrationEntry)>, Vec<String>) {
+    pub(super) fn entries_of(store: &Store) -> (Vec<(u64, RegistrationEntry)>, Vec<String>) {
         let numbered =
             store.read().numbered_entries_by_id().map(|(n, e)| (n, (**e).clone())).collect();
         let mut authorized: Vec<String> = store
@@ -608,14 +608,11 @@ mod tests {
 #[cfg(test)]
 #[allow(clippy::arithmetic_side_effects)] // small numbers in tests
 mod fuzzy_tests {
+    use super::tests::{config, entries_of, next};
     use super::*;
     use crate::testdata::DataSet;
-    use crate::{Command, StoreConfig, record};
+    use crate::{Command, record};
     use proptest::prelude::*;
-
-    fn config() -> StoreConfig {
-        StoreConfig { checkpoint_every: None, ..StoreConfig::new(DataSet::trust_domain()) }
-    }
 
     /// Ids of the pool: `p00` .. `p23`.
     const POOL: u8 = 24;
@@ -664,10 +661,6 @@ mod fuzzy_tests {
             2 => (0u8..4).prop_map(Op::AfterCursor),
             1 => Just(Op::DeleteAll),
         ]
-    }
-
-    fn next(store: &Store, cmd: Command) {
-        store.apply(store.last_applied() + 1, &cmd).unwrap();
     }
 
     fn run(store: &Store, op: &Op, cursor: Option<&str>, tick: &mut u64) {
@@ -733,23 +726,10 @@ mod fuzzy_tests {
         }
     }
 
-    /// Every entry with its number and one agent's authorized entries.
-    fn entries_of(store: &Store) -> (Vec<(u64, RegistrationEntry)>, Vec<String>) {
-        let numbered =
-            store.read().numbered_entries_by_id().map(|(n, e)| (n, (**e).clone())).collect();
-        let mut authorized: Vec<String> = store
-            .authorized_entries_uncached(&DataSet::agent_id(1))
-            .iter()
-            .map(|e| e.id.as_str().to_owned())
-            .collect();
-        authorized.sort();
-        (numbered, authorized)
-    }
-
     /// A store in `dir` holding the pool ids `initial` (in runs) and `alone` (stored alone,
     /// creation number 0, as written before numbers were kept).
     fn set_up(dir: &std::path::Path, initial: &[u8], alone: &[u8]) -> Store {
-        let store = Store::open(dir, config()).unwrap();
+        let store = Store::open(dir, config(None)).unwrap();
         let mut tick = 0;
         for k in initial {
             run(&store, &Op::Create(*k, k % 3 == 0), None, &mut tick);
@@ -778,7 +758,7 @@ mod fuzzy_tests {
         drop(tree);
         drop(store);
         let _ = std::fs::remove_file(dir.join(image::IMAGE_FILE));
-        let store = Store::open(dir, config()).unwrap();
+        let store = Store::open(dir, config(None)).unwrap();
         for id in &ids {
             assert_eq!(store.read().entry_number(id), Some(0));
         }
@@ -819,13 +799,13 @@ mod fuzzy_tests {
             let want = entries_of(&store);
             store.flush().unwrap();
             drop(store);
-            let store = Store::open(dir.path(), config()).unwrap();
+            let store = Store::open(dir.path(), config(None)).unwrap();
             prop_assert!(store.opened_from_image(), "the image was not used");
             prop_assert_eq!(&entries_of(&store), &want);
             store.flush().unwrap();
             drop(store);
             std::fs::remove_file(dir.path().join(image::IMAGE_FILE)).unwrap();
-            let store = Store::open(dir.path(), config()).unwrap();
+            let store = Store::open(dir.path(), config(None)).unwrap();
             prop_assert!(!store.opened_from_image());
             prop_assert_eq!(&entries_of(&store), &want);
         }
