@@ -241,11 +241,18 @@ impl WalLogStore {
             .iter()
             .position(|s| s.seq >= self.superseded_before && s.max_index > compacted)
             .unwrap_or(newest);
+        // Unlinked here, freed a few MB at a time on a thread of its own: freeing them all
+        // in one journal commit held up the next `fdatasync` (see `ward_store::disk`).
+        let mut held = Vec::new();
         for s in self.segments.drain(..keep_from) {
-            if let Err(e) = fs::remove_file(&s.path) {
-                tracing::warn!(path = %s.path.display(), error = %e, "could not delete an old raft log segment");
+            match ward_store::disk::unlink_for_release(&s.path) {
+                Ok(file) => held.extend(file),
+                Err(e) => {
+                    tracing::warn!(path = %s.path.display(), error = %e, "could not delete an old raft log segment");
+                }
             }
         }
+        ward_store::disk::release_in_background(held);
     }
 }
 

@@ -172,17 +172,24 @@ impl Store {
         let placed = {
             let now = self.inner.image_writer.lock().unwrap_or_else(PoisonError::into_inner);
             if *now == installs {
-                image::place(dir)?;
-                true
+                Some(image::place(dir)?)
             } else {
                 image::discard_unplaced(dir);
-                false
+                None
             }
         };
-        if placed {
-            self.inner.checkpoint_base.fetch_max(of.revision, Ordering::AcqRel);
-        }
-        Ok(Checkpoint { revision: of.revision, entries: entries.len(), lock_held, placed })
+        let Some(replaced) = placed else {
+            return Ok(Checkpoint {
+                revision: of.revision,
+                entries: entries.len(),
+                lock_held,
+                placed: false,
+            });
+        };
+        // The image replaced is freed a few MB at a time (see `crate::disk`).
+        crate::disk::release_in_background(replaced.into_iter().collect());
+        self.inner.checkpoint_base.fetch_max(of.revision, Ordering::AcqRel);
+        Ok(Checkpoint { revision: of.revision, entries: entries.len(), lock_held, placed: true })
     }
 
     /// Starts a [`Store::checkpoint`] on a thread of its own when the state is

@@ -94,7 +94,7 @@ pub(crate) fn write<'a>(
     entries: impl Iterator<Item = (u64, &'a Arc<RegistrationEntry>)>,
 ) -> Result<(), StoreError> {
     write_unplaced(dir, of, count, entries)?;
-    place(dir)
+    place(dir).map(drop)
 }
 
 /// Writes the image of `entries` (in id order, with their creation numbers) for the tree
@@ -118,19 +118,23 @@ pub(crate) fn write_unplaced<'a>(
     written
 }
 
-/// Renames the image [`write_unplaced`] wrote into place and syncs the directory.
+/// Renames the image [`write_unplaced`] wrote into place and syncs the directory. The
+/// image it replaced, if any, is returned still open (its name is gone) for
+/// [`crate::disk::release`] to free gradually.
 ///
 /// # Errors
 /// [`StoreError::Engine`] on I/O failure: when the rename failed, the image in place
 /// before (if any) stays and the temporary file is removed; when only the directory sync
 /// failed, the new image is in place but a crash may bring back the old one (both fit the
 /// tree: the tree on disk is past either).
-pub(crate) fn place(dir: &Path) -> Result<(), StoreError> {
+pub(crate) fn place(dir: &Path) -> Result<Option<File>, StoreError> {
+    let replaced = std::fs::OpenOptions::new().write(true).open(dir.join(IMAGE_FILE)).ok();
     if let Err(e) = std::fs::rename(dir.join(IMAGE_TMP), dir.join(IMAGE_FILE)) {
         discard_unplaced(dir);
         return Err(io(e));
     }
-    sync_dir(dir)
+    sync_dir(dir)?;
+    Ok(replaced)
 }
 
 /// Removes the image [`write_unplaced`] wrote, if any.
@@ -148,7 +152,10 @@ fn write_file<'a>(
     // header goes in last, once the split offset is known: the image is never whole in
     // memory (at a million entries that was a few hundred MB grown by doubling, each
     // growth a copy into freshly zeroed pages, most of a checkpoint's CPU time).
-    let mut out = std::io::BufWriter::with_capacity(WRITE_BUFFER, File::create(path).map_err(io)?);
+    // Synced as it goes (see `crate::disk`): one sync of the whole file at the end held
+    // the raft log's `fdatasync` up for as long as the disk took to take it all.
+    let file = crate::disk::PacedWriter::new(File::create(path).map_err(io)?);
+    let mut out = std::io::BufWriter::with_capacity(WRITE_BUFFER, file);
     out.write_all(&[0u8; HEADER]).map_err(io)?;
     let mut body_crc = crc32fast::Hasher::new();
     let mut body_len = 0u64;
@@ -175,7 +182,7 @@ fn write_file<'a>(
     crc.update(&header);
     crc.combine(&body_crc);
     out.write_all(&crc.finalize().to_le_bytes()).map_err(io)?;
-    let mut file = out.into_inner().map_err(|e| io(e.into_error()))?;
+    let mut file = out.into_inner().map_err(|e| io(e.into_error()))?.into_file();
     file.seek(SeekFrom::Start(0)).map_err(io)?;
     file.write_all(&header).map_err(io)?;
     file.sync_all().map_err(io)

@@ -190,6 +190,7 @@ mod apply_failure_tests;
 mod batch;
 mod checkpoint;
 pub mod command;
+pub mod disk;
 mod entry_runs;
 mod error;
 mod feed;
