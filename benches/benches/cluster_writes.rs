@@ -32,7 +32,11 @@
 //! 10), `--max-writes N` (cap per closed-loop phase, default 1,000,000), `--only ward|etcd`,
 //! `--parents N` (parent IDs the ward entries are spread over, default 1,000; 1 puts every
 //! entry under one parent), `--server-bin PATH` (or `WARD_SERVER_BIN`; default `<target>/release/ward-server`),
-//! `--etcd-bin PATH` (or `ETCD_BIN`; default `/usr/bin/etcd`).
+//! `--etcd-bin PATH` (or `ETCD_BIN`; default `/usr/bin/etcd`), `--keep DIR` (put the data
+//! directories and logs in `DIR` and keep them, with `paced-ward.csv` and `paced-etcd.csv`:
+//! the phase's start as Unix milliseconds on the first line, then per write its scheduled
+//! offset in ms and its latency in µs). The replicas log at `warn`;
+//! `RUST_LOG`, which they inherit, overrides that.
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -71,6 +75,7 @@ struct Opts {
     only: Option<System>,
     server_bin: Option<PathBuf>,
     etcd_bin: PathBuf,
+    keep: Option<PathBuf>,
 }
 
 fn opts() -> anyhow::Result<Opts> {
@@ -85,6 +90,7 @@ fn opts() -> anyhow::Result<Opts> {
         only: None,
         server_bin: std::env::var_os("WARD_SERVER_BIN").map(PathBuf::from),
         etcd_bin: std::env::var_os("ETCD_BIN").map_or_else(|| "/usr/bin/etcd".into(), Into::into),
+        keep: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -112,6 +118,7 @@ fn opts() -> anyhow::Result<Opts> {
             }
             "--server-bin" => o.server_bin = Some(value("--server-bin")?.into()),
             "--etcd-bin" => o.etcd_bin = value("--etcd-bin")?.into(),
+            "--keep" => o.keep = Some(value("--keep")?.into()),
             // `cargo bench` passes `--bench`; anything else is a filter we do not use.
             _ => {}
         }
@@ -153,12 +160,19 @@ fn run() -> anyhow::Result<()> {
         ward_bin.display()
     );
     ensure!(o.etcd_bin.is_file(), "{} not found (--etcd-bin / ETCD_BIN)", o.etcd_bin.display());
-    let root = tempfile::tempdir()?;
+    let temporary = tempfile::tempdir()?;
+    let root = match &o.keep {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            dir.clone()
+        }
+        None => temporary.path().to_path_buf(),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let mut loads = vec![process::load_average()];
     let result = rt.block_on(async {
-        let ward = WardCluster::start(&ward_bin, &root.path().join("ward")).await?;
-        let etcd = EtcdCluster::start(&o.etcd_bin, &root.path().join("etcd")).await?;
+        let ward = WardCluster::start(&ward_bin, &root.join("ward")).await?;
+        let etcd = EtcdCluster::start(&o.etcd_bin, &root.join("etcd")).await?;
         let value_len = bench_entry(9_999_999, o.parents).encoded_len();
         let targets = [
             (
@@ -199,6 +213,11 @@ fn run() -> anyhow::Result<()> {
                 .with_context(|| format!("{} at {} writes/s", system.name(), o.rate))?;
             phase.server_cpu_s = cpu.finish();
             loads.push(process::load_average());
+            if o.keep.is_some() {
+                let csv = root.join(format!("paced-{}.csv", system.name()));
+                std::fs::write(&csv, &phase.timeline)
+                    .with_context(|| format!("writing {}", csv.display()))?;
+            }
             rows.push((*system, format!("{} writes/s", o.rate), phase));
         }
         drop(ward);
@@ -315,6 +334,8 @@ struct Phase {
     /// Paced phases: sends that left more than [`LATE`] after their scheduled time.
     late: Option<u64>,
     server_cpu_s: Option<f64>,
+    /// Paced phases: the start as Unix ms, then per write `offset ms,latency µs` lines.
+    timeline: String,
 }
 
 /// `clients` clients each writing one at a time until `dur` has passed or `max` writes are
@@ -351,7 +372,14 @@ async fn closed_loop(
         latency.add(t??)?;
     }
     let wall = start.elapsed();
-    Ok(Phase { writes: latency.len(), wall, latency, late: None, server_cpu_s: None })
+    Ok(Phase {
+        writes: latency.len(),
+        wall,
+        latency,
+        late: None,
+        server_cpu_s: None,
+        timeline: String::new(),
+    })
 }
 
 /// Open loop: one write every `1/rate` s for `dur`, each on its own task, latency from its
@@ -365,10 +393,16 @@ async fn paced(
     let total = rate.saturating_mul(dur.as_secs()).max(1);
     let interval = Duration::from_nanos(1_000_000_000 / rate);
     let latency = Arc::new(Mutex::new(histogram()));
+    let timeline = Arc::new(Mutex::new(Vec::with_capacity(usize::try_from(total).unwrap_or(0))));
     let inflight = Arc::new(tokio::sync::Semaphore::new(PACED_INFLIGHT));
     let mut late = 0u64;
     let mut tasks = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
     let start = Instant::now() + Duration::from_millis(10);
+    let start_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis()
+        .saturating_add(10);
     for i in 0..total {
         let scheduled = start + interval * u32::try_from(i).context("too many paced writes")?;
         tokio::time::sleep_until(scheduled.into()).await;
@@ -377,6 +411,8 @@ async fn paced(
             late += 1;
         }
         let (target, next, latency) = (target.clone(), next.clone(), latency.clone());
+        let timeline = timeline.clone();
+        let offset_ms = (scheduled - start).as_millis();
         tasks.push(tokio::spawn(async move {
             let n = next.fetch_add(1, Ordering::Relaxed);
             let client = usize::try_from(i).unwrap_or(0);
@@ -385,6 +421,10 @@ async fn paced(
                 .map_err(|_| anyhow!("no answer within {SETTLE:?}"))??;
             let us = micros(scheduled.elapsed());
             latency.lock().unwrap_or_else(std::sync::PoisonError::into_inner).record(us)?;
+            timeline
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push((offset_ms, us));
             drop(permit);
             anyhow::Ok(())
         }));
@@ -397,7 +437,19 @@ async fn paced(
         .map_err(|_| anyhow!("latency still shared"))?
         .into_inner()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    Ok(Phase { writes: latency.len(), wall, latency, late: Some(late), server_cpu_s: None })
+    let mut lines = timeline.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    lines.sort_unstable();
+    let timeline = std::iter::once(format!("{start_unix_ms}\n"))
+        .chain(lines.iter().map(|(at, us)| format!("{at},{us}\n")))
+        .collect();
+    Ok(Phase {
+        writes: latency.len(),
+        wall,
+        latency,
+        late: Some(late),
+        server_cpu_s: None,
+        timeline,
+    })
 }
 
 /// CPU time of a cluster's processes over one phase.

@@ -207,6 +207,7 @@ pub fn start<L: LogStore>(replica: Replica<L>) -> Result<ClusterHandle, StartErr
         snapshot_from: None,
         snapshots_sent: Vec::new(),
         last_leader: None,
+        compaction_flush: None,
     };
     driver.publish();
     std::thread::Builder::new()
@@ -283,6 +284,8 @@ struct Driver<L: LogStore> {
     /// Followers sent a snapshot message in this cycle (reported after `advance`).
     snapshots_sent: Vec<NodeId>,
     last_leader: Option<NodeId>,
+    /// The store's flush that lets the log be compacted further, while it runs.
+    compaction_flush: Option<std::thread::JoinHandle<Result<(), StoreError>>>,
 }
 
 /// How many queued requests one cycle takes at most before handling a ready.
@@ -733,6 +736,10 @@ impl<L: LogStore> Driver<L> {
 
     /// Answers everyone still waiting once the loop has stopped.
     fn finish(&mut self, result: &Result<(), String>) {
+        // The store closes after this: no flush of it is left running.
+        if let Err(e) = self.join_compaction_flush() {
+            tracing::warn!(node_id = self.config.node_id, error = %e, "the flush before a log compaction failed");
+        }
         let err = match result {
             Ok(()) => ProposeError::ShuttingDown,
             Err(reason) => {

@@ -89,26 +89,58 @@ impl<L: LogStore> Driver<L> {
     }
 
     /// Compacts the log once it holds more than the configured bytes, up to what the store
-    /// has made durable (a restart replays the rest from the log).
+    /// has made durable (a restart replays the rest from the log). The store's flush that
+    /// makes more of it durable runs on a thread of its own: on this one it held every
+    /// proposal and apply up for as long as the database took to sync.
     pub(super) fn maybe_compact(&mut self) -> Result<(), Fatal> {
         let (_, bytes) = self.raw.store().log.size();
         if bytes <= self.config.compact_log_bytes {
             return Ok(());
         }
-        let applied = self.raw.store().applied.0;
-        self.store.flush()?;
-        // Everything applied before the flush is durable now.
-        let upto = applied.min(self.raw.raft.raft_log.committed);
-        if upto < self.raw.store().log.first_index() {
-            return Ok(());
+        if self.compaction_flush.as_ref().is_some_and(std::thread::JoinHandle::is_finished) {
+            self.join_compaction_flush()?;
         }
-        let term = self.raw.store().log.term(upto)?;
-        let mut meta = SnapshotMetadata { index: upto, term, ..Default::default() };
-        meta.set_conf_state(self.raw.store().applied_conf.clone());
-        let log = &mut self.raw.mut_store().log;
-        log.set_snapshot_meta(&meta)?;
-        log.compact(upto)?;
-        tracing::info!(node_id = self.config.node_id, index = upto, "raft log compacted");
+        // Everything at or below the durable index is on disk; the log must keep the rest.
+        let upto = self
+            .store
+            .durable_applied()
+            .min(self.raw.store().applied.0)
+            .min(self.raw.raft.raft_log.committed);
+        if upto >= self.raw.store().log.first_index() {
+            let term = self.raw.store().log.term(upto)?;
+            let mut meta = SnapshotMetadata { index: upto, term, ..Default::default() };
+            meta.set_conf_state(self.raw.store().applied_conf.clone());
+            let log = &mut self.raw.mut_store().log;
+            log.set_snapshot_meta(&meta)?;
+            log.compact(upto)?;
+            tracing::info!(node_id = self.config.node_id, index = upto, "raft log compacted");
+            if self.raw.store().log.size().1 <= self.config.compact_log_bytes {
+                return Ok(());
+            }
+        }
+        if self.compaction_flush.is_none() {
+            let store = self.store.clone();
+            let flush = std::thread::Builder::new()
+                .name("ward-compact-flush".into())
+                .spawn(move || store.flush());
+            match flush {
+                Ok(h) => self.compaction_flush = Some(h),
+                // No thread to be had: flushed here, as before.
+                Err(_) => self.store.flush()?,
+            }
+        }
         Ok(())
+    }
+
+    /// Waits for the flush [`Driver::maybe_compact`] started, if any; its failure is the
+    /// replica's (as a flush on this thread was).
+    pub(super) fn join_compaction_flush(&mut self) -> Result<(), Fatal> {
+        match self.compaction_flush.take().map(std::thread::JoinHandle::join) {
+            None | Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(e))) => Err(e.into()),
+            Some(Err(_)) => {
+                Err(StoreError::Engine("the flush before a log compaction panicked".into()).into())
+            }
+        }
     }
 }
