@@ -35,7 +35,7 @@
 //! `--etcd-bin PATH` (or `ETCD_BIN`; default `/usr/bin/etcd`), `--keep DIR` (put the data
 //! directories and logs in `DIR` and keep them, with `paced-ward.csv` and `paced-etcd.csv`:
 //! the phase's start as Unix milliseconds on the first line, then per write its scheduled
-//! offset in ms and its latency in µs). The replicas log at `warn`;
+//! offset in ms and its latency in µs; `DIR` must be new or empty). The replicas log at `warn`;
 //! `RUST_LOG`, which they inherit, overrides that.
 
 use std::net::{Ipv4Addr, TcpListener};
@@ -163,6 +163,12 @@ fn run() -> anyhow::Result<()> {
     let temporary = tempfile::tempdir()?;
     let root = match &o.keep {
         Some(dir) => {
+            // Data directories left from another run would start replicas of another cluster.
+            ensure!(
+                std::fs::read_dir(dir).map_or(true, |mut d| d.next().is_none()),
+                "--keep {}: the directory must be new or empty",
+                dir.display()
+            );
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             dir.clone()
         }
