@@ -233,7 +233,9 @@ impl WalLogStore {
     /// they hold is compacted, or an install after them superseded them. Replaying the
     /// segments kept may start with a gap; the compacted point stated by a later record
     /// covers it (see `replay`). A deletion that does not reach the disk is harmless:
-    /// replaying that segment again is undone by the records after it.
+    /// replaying that segment again is undone by the records after it. The files are
+    /// shrunk (to free their blocks gradually) only after the directory is synced, so a
+    /// crash never finds a deleted segment cut short under its name.
     fn delete_obsolete(&mut self) {
         let compacted = self.mem.first_index().saturating_sub(1);
         let newest = self.segments.len().saturating_sub(1);
@@ -252,7 +254,7 @@ impl WalLogStore {
                 }
             }
         }
-        ward_store::disk::release_in_background(held);
+        ward_store::disk::release_in_background(&self.dir, held);
     }
 }
 

@@ -187,7 +187,7 @@ impl Store {
             });
         };
         // The image replaced is freed a few MB at a time (see `crate::disk`).
-        crate::disk::release_in_background(replaced.into_iter().collect());
+        crate::disk::release_in_background(dir, replaced.into_iter().collect());
         self.inner.checkpoint_base.fetch_max(of.revision, Ordering::AcqRel);
         Ok(Checkpoint { revision: of.revision, entries: entries.len(), lock_held, placed: true })
     }

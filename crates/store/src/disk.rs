@@ -21,6 +21,9 @@
 
 use std::fs::File;
 use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::Duration;
 
 /// Bytes a [`PacedWriter`] writes between syncs.
@@ -29,10 +32,15 @@ pub const SYNC_EVERY: usize = 1 << 20;
 pub const RELEASE_STEP: u64 = 4 << 20;
 /// Pause between two steps of [`release`].
 pub const RELEASE_PAUSE: Duration = Duration::from_millis(10);
+/// Batches [`release_in_background`] queues at most; past that a batch's files are closed
+/// at once (freed together), so a backlog never holds file descriptors without bound.
+pub const RELEASE_BACKLOG: usize = 64;
 
 /// A file writer that syncs the file's data (`fdatasync`) every [`SYNC_EVERY`] bytes, so
 /// the pages it dirties reach the disk in steps of that size rather than all at the final
-/// sync. Buffer it (it syncs on the bytes that reach the file, not on each call).
+/// sync. Buffer it (it syncs on the bytes that reach the file, not on each call). A sync
+/// that is due runs at the start of the next write, so a write that returns an error wrote
+/// nothing; the bytes after the last sync are left for the caller's final sync.
 #[derive(Debug)]
 pub struct PacedWriter {
     file: File,
@@ -66,13 +74,13 @@ impl PacedWriter {
 
 impl Write for PacedWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.file.write(buf)?;
-        self.unsynced = self.unsynced.saturating_add(n);
         if self.unsynced >= self.every {
             self.file.sync_data()?;
             self.unsynced = 0;
             self.syncs = self.syncs.saturating_add(1);
         }
+        let n = self.file.write(buf)?;
+        self.unsynced = self.unsynced.saturating_add(n);
         Ok(n)
     }
 
@@ -83,34 +91,68 @@ impl Write for PacedWriter {
 
 /// Frees the blocks of `file`, whose name is already gone (unlinked, or renamed over),
 /// [`RELEASE_STEP`] at a time with [`RELEASE_PAUSE`] between steps, then closes it. It
-/// must have been opened for writing. Blocks until done: about 0.25 s per 100 MB, so call
+/// must have been opened for writing. A file that another name still reaches (a hard link,
+/// as a backup made with `cp -al` holds) is only closed: shrinking it would empty that
+/// name's file too. Blocks until done: about 0.25 s per 100 MB, so call
 /// it off any latency-bound thread ([`release_in_background`]).
 ///
-/// On any error the file is closed at once (its remaining blocks freed together). A crash
-/// part-way leaves an orphaned inode, which the filesystem frees when it is next mounted.
+/// On any error the file is closed at once (its remaining blocks freed together). If the
+/// process dies part-way, the kernel closes the file and frees the rest at once; after a
+/// machine crash the filesystem frees the orphaned inode when it is next mounted. Either
+/// way nothing under a name is ever left part-truncated.
 pub fn release(file: File) {
     release_in_steps(file, RELEASE_STEP, RELEASE_PAUSE, |_| {});
 }
 
-/// [`release`] on a thread of its own (named `ward-release`) for each of `files`, one
-/// after another; when no thread can be started, the files are closed here at once.
-pub fn release_in_background(files: Vec<File>) {
+/// Files to free and the directory their names were in.
+type Batch = (PathBuf, Vec<File>);
+
+/// [`release`] of `files`, whose names were in `dir`, on one long-lived thread
+/// (`ward-release`) that frees what it is given one file after another. The thread first
+/// syncs `dir`, so that the unlinks are on disk before any shrink is: a crash must never
+/// find a name whose file was shrunk (a raft log segment cut short under its name is
+/// damage). When that sync fails, when [`RELEASE_BACKLOG`] batches already wait, or when no
+/// thread can be started, the files are closed at once instead (freed together, as an
+/// unlink alone does).
+pub fn release_in_background(dir: &Path, files: Vec<File>) {
     if files.is_empty() {
         return;
     }
-    let spawned = std::thread::Builder::new().name("ward-release".into()).spawn(move || {
-        for f in files {
-            release(f);
+    static RELEASER: OnceLock<Option<SyncSender<Batch>>> = OnceLock::new();
+    let releaser = RELEASER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(RELEASE_BACKLOG);
+        let started = std::thread::Builder::new().name("ward-release".into()).spawn(move || {
+            for (dir, files) in rx {
+                if File::open(&dir).and_then(|d| d.sync_all()).is_ok() {
+                    files.into_iter().for_each(release);
+                }
+            }
+        });
+        match started {
+            Ok(_) => Some(tx),
+            Err(e) => {
+                tracing::debug!(error = %e, "could not start the thread that frees deleted files gradually");
+                None
+            }
         }
     });
-    if let Err(e) = spawned {
-        tracing::debug!(error = %e, "could not start a thread to free deleted files gradually");
+    if let Some(tx) = releaser {
+        match tx.try_send((dir.to_path_buf(), files)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                tracing::debug!("deleted files freed at once: the release backlog is full");
+            }
+        }
     }
 }
 
 /// [`release`] with its step and pause given; `seen` gets the length after each step.
 pub(crate) fn release_in_steps(file: File, step: u64, pause: Duration, mut seen: impl FnMut(u64)) {
     let Ok(meta) = file.metadata() else { return };
+    #[cfg(unix)]
+    if std::os::unix::fs::MetadataExt::nlink(&meta) != 0 {
+        return;
+    }
     let step = step.max(1);
     let mut len = meta.len();
     while len > 0 {
@@ -157,8 +199,9 @@ mod tests {
         for _ in 0..30 {
             w.write_all(&chunk).unwrap();
         }
-        // A sync once 4,096 bytes are unsynced: after every fifth write of 1,000.
-        assert_eq!(w.syncs(), 6);
+        // A sync once 4,096 bytes are unsynced, before the next write: before the 6th,
+        // 11th, 16th, 21st and 26th writes of 1,000; the last 5,000 bytes are the caller's.
+        assert_eq!(w.syncs(), 5);
         w.into_file().sync_all().unwrap();
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(bytes.len(), 30_000);
@@ -177,6 +220,41 @@ mod tests {
         release_in_steps(held, 4096, Duration::ZERO, |len| lengths.push(len));
         assert_eq!(lengths, vec![5904, 1808, 0]);
         assert_eq!(probe.metadata().unwrap().len(), 0);
+    }
+
+    #[test]
+    fn a_file_another_name_still_reaches_is_closed_not_shrunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("segment");
+        let backup = dir.path().join("backup");
+        std::fs::write(&path, vec![7u8; 10_000]).unwrap();
+        std::fs::hard_link(&path, &backup).unwrap();
+        let held = unlink_for_release(&path).unwrap().expect("the file was there");
+        let mut lengths = Vec::new();
+        release_in_steps(held, 4096, Duration::ZERO, |len| lengths.push(len));
+        assert!(lengths.is_empty(), "no step was taken: {lengths:?}");
+        assert_eq!(std::fs::read(&backup).unwrap(), vec![7u8; 10_000]);
+    }
+
+    #[test]
+    fn a_background_release_frees_the_file_and_leaves_a_linked_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (gone, linked, backup) =
+            (dir.path().join("a"), dir.path().join("b"), dir.path().join("b-backup"));
+        std::fs::write(&gone, vec![1u8; 9 << 20]).unwrap();
+        std::fs::write(&linked, vec![2u8; 3000]).unwrap();
+        std::fs::hard_link(&linked, &backup).unwrap();
+        let a = unlink_for_release(&gone).unwrap().unwrap();
+        let probe = a.try_clone().unwrap();
+        let b = unlink_for_release(&linked).unwrap().unwrap();
+        // The linked file first: once the other is freed, the thread has been through both.
+        release_in_background(dir.path(), vec![b, a]);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while probe.metadata().unwrap().len() > 0 {
+            assert!(std::time::Instant::now() < deadline, "the release thread freed nothing");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(std::fs::read(&backup).unwrap(), vec![2u8; 3000]);
     }
 
     #[test]

@@ -214,7 +214,12 @@ pub fn start<L: LogStore>(replica: Replica<L>) -> Result<ClusterHandle, StartErr
         .name(format!("raft-{id}"))
         .spawn(move || {
             let mut driver = driver;
-            let result = driver.run(rx);
+            let mut result = driver.run(rx);
+            // The store closes after this: no flush of it is left running, and one that
+            // failed is the replica's failure.
+            if let Err(e) = driver.join_compaction_flush() {
+                result = result.and(Err(e.to_string()));
+            }
             driver.finish(&result);
             // The store and log close before anyone is told the replica stopped.
             drop(driver);
@@ -736,10 +741,6 @@ impl<L: LogStore> Driver<L> {
 
     /// Answers everyone still waiting once the loop has stopped.
     fn finish(&mut self, result: &Result<(), String>) {
-        // The store closes after this: no flush of it is left running.
-        if let Err(e) = self.join_compaction_flush() {
-            tracing::warn!(node_id = self.config.node_id, error = %e, "the flush before a log compaction failed");
-        }
         let err = match result {
             Ok(()) => ProposeError::ShuttingDown,
             Err(reason) => {

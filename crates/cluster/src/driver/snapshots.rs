@@ -93,12 +93,14 @@ impl<L: LogStore> Driver<L> {
     /// makes more of it durable runs on a thread of its own: on this one it held every
     /// proposal and apply up for as long as the database took to sync.
     pub(super) fn maybe_compact(&mut self) -> Result<(), Fatal> {
+        // A flush that failed stops the replica as soon as it is known, whatever the log's
+        // size is by then (an install may have emptied it).
+        if self.compaction_flush.as_ref().is_some_and(std::thread::JoinHandle::is_finished) {
+            self.join_compaction_flush()?;
+        }
         let (_, bytes) = self.raw.store().log.size();
         if bytes <= self.config.compact_log_bytes {
             return Ok(());
-        }
-        if self.compaction_flush.as_ref().is_some_and(std::thread::JoinHandle::is_finished) {
-            self.join_compaction_flush()?;
         }
         // Everything at or below the durable index is on disk; the log must keep the rest.
         let upto = self
@@ -108,6 +110,9 @@ impl<L: LogStore> Driver<L> {
             .min(self.raw.raft.raft_log.committed);
         if upto >= self.raw.store().log.first_index() {
             let term = self.raw.store().log.term(upto)?;
+            // The membership recorded is the applied one, which may be past `upto`'s; only
+            // the index and term are read back (raft's own membership is the log's
+            // membership record).
             let mut meta = SnapshotMetadata { index: upto, term, ..Default::default() };
             meta.set_conf_state(self.raw.store().applied_conf.clone());
             let log = &mut self.raw.mut_store().log;
