@@ -95,9 +95,13 @@ fn opts() -> anyhow::Result<Opts> {
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
+        let mut number = |name: &str| -> anyhow::Result<u64> {
+            let v = value(name)?;
+            v.parse().with_context(|| format!("{name}: a whole number, not {v:?}"))
+        };
         match a.as_str() {
-            "--secs" => o.secs = value("--secs")?.parse()?,
-            "--warmup" => o.warmup = value("--warmup")?.parse()?,
+            "--secs" => o.secs = number("--secs")?,
+            "--warmup" => o.warmup = number("--warmup")?,
             "--clients" => {
                 o.clients = value("--clients")?
                     .split(',')
@@ -105,10 +109,10 @@ fn opts() -> anyhow::Result<Opts> {
                     .collect::<Result<_, _>>()
                     .context("--clients: numbers separated by commas")?;
             }
-            "--rate" => o.rate = value("--rate")?.parse()?,
-            "--paced-secs" => o.paced_secs = value("--paced-secs")?.parse()?,
-            "--max-writes" => o.max_writes = value("--max-writes")?.parse()?,
-            "--parents" => o.parents = value("--parents")?.parse()?,
+            "--rate" => o.rate = number("--rate")?,
+            "--paced-secs" => o.paced_secs = number("--paced-secs")?,
+            "--max-writes" => o.max_writes = number("--max-writes")?,
+            "--parents" => o.parents = number("--parents")?,
             "--only" => {
                 o.only = Some(match value("--only")?.as_str() {
                     "ward" => System::Ward,
@@ -119,11 +123,18 @@ fn opts() -> anyhow::Result<Opts> {
             "--server-bin" => o.server_bin = Some(value("--server-bin")?.into()),
             "--etcd-bin" => o.etcd_bin = value("--etcd-bin")?.into(),
             "--keep" => o.keep = Some(value("--keep")?.into()),
-            // `cargo bench` passes `--bench`; anything else is a filter we do not use.
+            // `cargo bench` passes `--bench`, and a name filter when given one (not used).
+            "--bench" => {}
+            flag if flag.starts_with('-') => {
+                bail!("unknown flag {flag} (the flags are in the bench's docs)")
+            }
             _ => {}
         }
     }
-    ensure!(o.secs > 0 && o.rate > 0 && o.parents > 0, "--secs, --rate, --parents must be > 0");
+    ensure!(
+        o.secs > 0 && o.rate > 0 && o.parents > 0 && o.paced_secs > 0,
+        "--secs, --rate, --parents, --paced-secs must be > 0"
+    );
     ensure!(o.clients.iter().all(|c| *c > 0), "--clients must be > 0");
     Ok(o)
 }

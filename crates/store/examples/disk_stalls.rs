@@ -3,8 +3,9 @@
 //! [`ward_store::disk`].
 //!
 //! `cargo run --release -p ward-store --example disk_stalls -- [dir] [MiB] [rounds]`
-//! (default: a temporary directory, 256 MiB, 3 rounds). `dir` must be on the disk the data
-//! directory would use. Per case and round, a thread appends 300 bytes and syncs them once
+//! (default: a temporary directory, 256 MiB, 3 rounds). `dir` must be new or empty (the
+//! example writes and deletes its own files there) and on the disk the data directory
+//! would use. Per case and round, a thread appends 300 bytes and syncs them once
 //! a millisecond for the whole case; the case starts 300 ms into it. Printed per case: the
 //! syncs timed, their p99 and maximum, and how many took over 10 ms.
 //!
@@ -16,19 +17,50 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ward_store::disk;
 
-fn main() -> std::io::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let temporary = tempfile::tempdir()?;
-    let dir = args.next().map_or_else(|| temporary.path().to_path_buf(), PathBuf::from);
-    let mib: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(256);
-    let rounds: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(3);
-    std::fs::create_dir_all(&dir)?;
+const USAGE: &str =
+    "usage: disk_stalls [dir (new or empty)] [MiB, default 256] [rounds, default 3]";
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("disk_stalls: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a.starts_with('-')) || args.len() > 3 {
+        return Err(USAGE.into());
+    }
+    let number = |i: usize, default: usize, what: &str| match args.get(i) {
+        None => Ok(default),
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!("{what} must be a positive whole number, not {s:?}\n{USAGE}")),
+        },
+    };
+    let mib = number(1, 256, "MiB")?;
+    let rounds = number(2, 3, "rounds")?;
+    let temporary = tempfile::tempdir().map_err(|e| format!("a temporary directory: {e}"))?;
+    let dir = args.first().map_or_else(|| temporary.path().to_path_buf(), PathBuf::from);
+    if std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(format!("{} is not empty: give a new or empty directory", dir.display()));
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    measure(&dir, mib, rounds).map_err(|e| format!("in {}: {e}", dir.display()))
+}
+
+fn measure(dir: &Path, mib: usize, rounds: usize) -> std::io::Result<()> {
     println!(
         "disk_stalls: {mib} MiB beside a 300-byte append + fdatasync every ms, in {}",
         dir.display()
@@ -36,25 +68,24 @@ fn main() -> std::io::Result<()> {
     println!("{:<18} {:>6} {:>9} {:>9} {:>7}", "case", "syncs", "p99 ms", "max ms", ">10 ms");
     for _ in 0..rounds {
         let big = dir.join("big");
-        let _ = std::fs::remove_file(&big);
-        case(&dir, "write, one sync", || {
+        case(dir, "write, one sync", || {
             let mut out = std::io::BufWriter::with_capacity(1 << 20, File::create(&big)?);
             fill(&mut out, mib)?;
             out.into_inner().map_err(std::io::IntoInnerError::into_error)?.sync_all()
         })?;
         std::fs::remove_file(&big)?;
-        settle(&dir)?;
-        case(&dir, "write, paced", || {
+        settle(dir)?;
+        case(dir, "write, paced", || {
             let paced = disk::PacedWriter::new(File::create(&big)?);
             let mut out = std::io::BufWriter::with_capacity(1 << 20, paced);
             fill(&mut out, mib)?;
             out.into_inner().map_err(std::io::IntoInnerError::into_error)?.into_file().sync_all()
         })?;
-        settle(&dir)?;
-        case(&dir, "unlink", || std::fs::remove_file(&big))?;
+        settle(dir)?;
+        case(dir, "unlink", || std::fs::remove_file(&big))?;
         make(&big, mib)?;
-        settle(&dir)?;
-        case(&dir, "release", || {
+        settle(dir)?;
+        case(dir, "release", || {
             if let Some(f) = disk::unlink_for_release(&big)? {
                 disk::release(f);
             }
@@ -62,7 +93,7 @@ fn main() -> std::io::Result<()> {
         })?;
         make(&big, mib)?;
         std::fs::remove_file(&big)?;
-        settle(&dir)?;
+        settle(dir)?;
     }
     Ok(())
 }
