@@ -178,18 +178,16 @@ impl Store {
                 None
             }
         };
-        let Some(replaced) = placed else {
-            return Ok(Checkpoint {
-                revision: of.revision,
-                entries: entries.len(),
-                lock_held,
-                placed: false,
-            });
+        let placed = match placed {
+            Some(replaced) => {
+                // The image replaced is freed a few MB at a time (see `crate::disk`).
+                crate::disk::release_in_background(dir, replaced.into_iter().collect());
+                self.inner.checkpoint_base.fetch_max(of.revision, Ordering::AcqRel);
+                true
+            }
+            None => false,
         };
-        // The image replaced is freed a few MB at a time (see `crate::disk`).
-        crate::disk::release_in_background(dir, replaced.into_iter().collect());
-        self.inner.checkpoint_base.fetch_max(of.revision, Ordering::AcqRel);
-        Ok(Checkpoint { revision: of.revision, entries: entries.len(), lock_held, placed: true })
+        Ok(Checkpoint { revision: of.revision, entries: entries.len(), lock_held, placed })
     }
 
     /// Starts a [`Store::checkpoint`] on a thread of its own when the state is

@@ -16,8 +16,8 @@
 //!   RocksDB's `SstFileManager` rate-limits the deletion of table files for the same
 //!   reason).
 //!
-//! Measured with `cargo bench -p ward-benches --bench cluster_writes -- --only ward
-//! --clients 256 --paced-secs 10`: see `docs/benchmarks.md`.
+//! Measured with the `disk_stalls` example (`crates/store/examples/disk_stalls.rs`) and
+//! `cargo bench -p ward-benches --bench cluster_writes`: see `docs/benchmarks.md`.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -176,7 +176,7 @@ pub(crate) fn release_in_steps(file: File, step: u64, pause: Duration, mut seen:
 ///
 /// # Errors
 /// The unlink's error; the file is left in place then.
-pub fn unlink_for_release(path: &std::path::Path) -> io::Result<Option<File>> {
+pub fn unlink_for_release(path: &Path) -> io::Result<Option<File>> {
     let held = std::fs::OpenOptions::new().write(true).open(path).ok();
     match std::fs::remove_file(path) {
         Ok(()) => Ok(held),
