@@ -20,7 +20,12 @@
 //! one is answered), each system gets a warm-up and then a measured phase; then each gets an
 //! open-loop phase at a fixed rate (default 1,000 writes/s) whose latency is measured from
 //! each write's scheduled send time, so a stall counts in full, with the number of sends that
-//! left more than 1 ms late. Latencies go into `hdrhistogram`s. The server processes' CPU
+//! left more than 1 ms late. Beside each paced phase a disk probe appends 300 bytes and
+//! runs `fdatasync` every 10 ms in a file of its own on the data directories' disk; the
+//! report gives its latencies, and the paced p99 again over only the writes that were not in
+//! flight while a probe took over 10 ms, so a stall of the machine's disk (which every
+//! system that syncs before answering waits out) is told apart from the system's own.
+//! Latencies go into `hdrhistogram`s. The server processes' CPU
 //! time per write (utime + stime of all three members) and the machine's load average are
 //! reported per phase.
 //!
@@ -35,7 +40,8 @@
 //! `--etcd-bin PATH` (or `ETCD_BIN`; default `/usr/bin/etcd`), `--keep DIR` (put the data
 //! directories and logs in `DIR` and keep them, with `paced-ward.csv` and `paced-etcd.csv`:
 //! the phase's start as Unix milliseconds on the first line, then per write its scheduled
-//! offset in ms and its latency in µs; `DIR` must be new or empty). The replicas log at `warn`;
+//! offset in ms and its latency in µs; `disk-ward.csv` and `disk-etcd.csv` are the disk
+//! probe's, in the same form; `DIR` must be new or empty). The replicas log at `warn`;
 //! `RUST_LOG`, which they inherit, overrides that.
 
 use std::net::{Ipv4Addr, TcpListener};
@@ -63,6 +69,12 @@ const SETTLE: Duration = Duration::from_secs(60);
 const LATE: Duration = Duration::from_millis(1);
 /// Writes in flight at most during the paced phase (beyond that, sends wait and are late).
 const PACED_INFLIGHT: usize = 4096;
+/// The disk probe beside each paced phase: one append of [`PROBE_BYTES`] plus `fdatasync`
+/// this often, in a file of its own next to the data directories.
+const PROBE_EVERY: Duration = Duration::from_millis(10);
+const PROBE_BYTES: usize = 300;
+/// A probe slower than this is a disk stall in the report.
+const PROBE_STALL: Duration = Duration::from_millis(10);
 
 struct Opts {
     secs: u64,
@@ -225,16 +237,22 @@ fn run() -> anyhow::Result<()> {
         }
         for (system, target, pids) in &targets {
             let cpu = ServerCpu::start(pids);
-            let mut phase = paced(target, o.rate, Duration::from_secs(o.paced_secs), &next)
-                .await
-                .with_context(|| format!("{} at {} writes/s", system.name(), o.rate))?;
+            let probe = DiskProbe::start(&root.join(format!("disk-probe-{}", system.name())))?;
+            let phase = paced(target, o.rate, Duration::from_secs(o.paced_secs), &next).await;
+            let disk = probe.finish()?;
+            let mut phase =
+                phase.with_context(|| format!("{} at {} writes/s", system.name(), o.rate))?;
             phase.server_cpu_s = cpu.finish();
             loads.push(process::load_average());
             if o.keep.is_some() {
                 let csv = root.join(format!("paced-{}.csv", system.name()));
                 std::fs::write(&csv, &phase.timeline)
                     .with_context(|| format!("writing {}", csv.display()))?;
+                let csv = root.join(format!("disk-{}.csv", system.name()));
+                std::fs::write(&csv, &disk.timeline)
+                    .with_context(|| format!("writing {}", csv.display()))?;
             }
+            phase.disk = Some(disk);
             rows.push((*system, format!("{} writes/s", o.rate), phase));
         }
         drop(ward);
@@ -353,6 +371,99 @@ struct Phase {
     server_cpu_s: Option<f64>,
     /// Paced phases: the start as Unix ms, then per write `offset ms,latency µs` lines.
     timeline: String,
+    /// Paced phases: each write's scheduled send and latency (µs).
+    spans: Vec<(Instant, u64)>,
+    /// Paced phases: what the disk probe saw meanwhile.
+    disk: Option<Probed>,
+}
+
+/// Appends and syncs a small file of its own every [`PROBE_EVERY`] on a thread, while a
+/// paced phase runs, so that a stall of the machine's disk (which every system that syncs
+/// before it answers waits for) is told apart from one of the system measured.
+struct DiskProbe {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<anyhow::Result<Probed>>,
+}
+
+/// The disk probe's latencies (µs), and per probe `offset ms,latency µs` lines after the
+/// start as Unix ms.
+#[derive(Debug)]
+struct Probed {
+    latency: Histogram<u64>,
+    timeline: String,
+    /// Each probe slower than [`PROBE_STALL`]: when it started and how long it took.
+    stalls: Vec<(Instant, Duration)>,
+}
+
+impl Probed {
+    /// The latencies of the writes in `spans` that were not in flight during any of the
+    /// probe's stalls, and how many were.
+    fn outside_stalls(&self, spans: &[(Instant, u64)]) -> anyhow::Result<(Histogram<u64>, u64)> {
+        let mut clean = histogram();
+        let mut overlapped = 0;
+        for &(sent, us) in spans {
+            let answered = sent + Duration::from_micros(us);
+            if self.stalls.iter().any(|&(at, took)| sent < at + took && at < answered) {
+                overlapped += 1;
+            } else {
+                clean.record(us)?;
+            }
+        }
+        Ok((clean, overlapped))
+    }
+}
+
+impl DiskProbe {
+    fn start(path: &Path) -> anyhow::Result<Self> {
+        use std::io::Write as _;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(path)
+            .with_context(|| format!("creating the disk probe {}", path.display()))?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::Builder::new().name("disk-probe".into()).spawn(move || {
+            let mut latency = histogram();
+            let start = Instant::now();
+            let mut timeline = format!("{}\n", unix_ms());
+            let mut stalls = Vec::new();
+            let record = [b'p'; PROBE_BYTES];
+            let mut due = start;
+            while !stopped.load(Ordering::Relaxed) {
+                let t0 = Instant::now();
+                file.write_all(&record)?;
+                file.sync_data()?;
+                let took = t0.elapsed();
+                let us = micros(took);
+                latency.record(us)?;
+                if took > PROBE_STALL {
+                    stalls.push((t0, took));
+                }
+                let at = t0.duration_since(start).as_millis();
+                timeline.push_str(&format!("{at},{us}\n"));
+                // The next probe is due one interval after the last was due, or at once
+                // after a stall longer than that.
+                due = (due + PROBE_EVERY).max(Instant::now());
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            }
+            anyhow::Ok(Probed { latency, timeline, stalls })
+        })?;
+        Ok(Self { stop, thread })
+    }
+
+    fn finish(self) -> anyhow::Result<Probed> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().map_err(|_| anyhow!("the disk probe panicked"))?
+    }
+}
+
+fn unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis()
 }
 
 /// `clients` clients each writing one at a time until `dur` has passed or `max` writes are
@@ -396,6 +507,8 @@ async fn closed_loop(
         late: None,
         server_cpu_s: None,
         timeline: String::new(),
+        spans: Vec::new(),
+        disk: None,
     })
 }
 
@@ -415,11 +528,7 @@ async fn paced(
     let mut late = 0u64;
     let mut tasks = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
     let start = Instant::now() + Duration::from_millis(10);
-    let start_unix_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis()
-        .saturating_add(10);
+    let start_unix_ms = unix_ms().saturating_add(10);
     for i in 0..total {
         let scheduled = start + interval * u32::try_from(i).context("too many paced writes")?;
         tokio::time::sleep_until(scheduled.into()).await;
@@ -441,7 +550,7 @@ async fn paced(
             timeline
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push((offset_ms, us));
+                .push((offset_ms, us, scheduled));
             drop(permit);
             anyhow::Ok(())
         }));
@@ -456,8 +565,9 @@ async fn paced(
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut lines = timeline.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     lines.sort_unstable();
+    let spans = lines.iter().map(|&(_, us, sent)| (sent, us)).collect();
     let timeline = std::iter::once(format!("{start_unix_ms}\n"))
-        .chain(lines.iter().map(|(at, us)| format!("{at},{us}\n")))
+        .chain(lines.iter().map(|(at, us, _)| format!("{at},{us}\n")))
         .collect();
     Ok(Phase {
         writes: latency.len(),
@@ -466,6 +576,8 @@ async fn paced(
         late: Some(late),
         server_cpu_s: None,
         timeline,
+        spans,
+        disk: None,
     })
 }
 
@@ -701,6 +813,33 @@ fn report(o: &Opts, rows: &[(System, String, Phase)], value_len: usize, loads: &
             p.late.map_or_else(|| "-".to_owned(), |l| l.to_string()),
             cpu,
         );
+    }
+    for (system, _, p) in rows {
+        let Some(disk) = &p.disk else { continue };
+        let ms = |q: f64| disk.latency.value_at_quantile(q) as f64 / 1000.0;
+        let stalls = disk.latency.count_between(micros(PROBE_STALL) + 1, u64::MAX);
+        println!(
+            "  disk probe during {}'s paced phase ({PROBE_BYTES}-byte append + fdatasync every \
+             {} ms): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, {stalls} of {} over {} ms",
+            system.name(),
+            PROBE_EVERY.as_millis(),
+            ms(0.5),
+            ms(0.99),
+            disk.latency.max() as f64 / 1000.0,
+            disk.latency.len(),
+            PROBE_STALL.as_millis(),
+        );
+        match disk.outside_stalls(&p.spans) {
+            Ok((clean, overlapped)) => println!(
+                "    {} writes in flight during none of those stalls: p99 {:.2} ms, max {:.2} \
+                 ms ({overlapped} of {} writes left out)",
+                system.name(),
+                clean.value_at_quantile(0.99) as f64 / 1000.0,
+                clean.max() as f64 / 1000.0,
+                p.spans.len(),
+            ),
+            Err(e) => println!("    ({e})"),
+        }
     }
     for (load, pair) in ratio_pairs(rows) {
         println!("  ward/etcd throughput at {load}: {pair:.2}");
