@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
+use protobuf::Message as _;
+use raft::eraftpb::{Message, MessageType};
 use ward_store::Store;
 
 use crate::handle::ClusterHandle;
@@ -27,6 +29,8 @@ struct Net {
     /// Messages delivered and dropped, for assertions.
     delivered: u64,
     dropped: u64,
+    /// Per link and raft message type, the messages delivered and the log entries they held.
+    traffic: HashMap<(NodeId, NodeId, MessageType), (u64, u64)>,
 }
 
 /// The shared in-memory network. Cheap to clone.
@@ -111,6 +115,12 @@ impl MemNetwork {
         (net.delivered, net.dropped)
     }
 
+    /// The raft messages of type `kind` delivered from `from` to `to` so far, and the log
+    /// entries they held.
+    pub fn raft_traffic(&self, from: NodeId, to: NodeId, kind: MessageType) -> (u64, u64) {
+        self.lock().traffic.get(&(from, to, kind)).copied().unwrap_or_default()
+    }
+
     fn route(&self, from: NodeId, to: NodeId, messages: Vec<Bytes>) {
         let (target, sender, delay) = {
             let mut net = self.lock();
@@ -125,6 +135,13 @@ impl MemNetwork {
                 return;
             }
             net.delivered += messages.len() as u64;
+            for m in &messages {
+                if let Ok(m) = Message::parse_from_bytes(m) {
+                    let seen = net.traffic.entry((from, to, m.get_msg_type())).or_default();
+                    seen.0 += 1;
+                    seen.1 += m.entries.len() as u64;
+                }
+            }
             let delay = net.delay.get(&from).copied().unwrap_or_default()
                 + net.delay.get(&to).copied().unwrap_or_default();
             (net.nodes.get(&to).map(|(h, _)| h.clone()), sender, delay)

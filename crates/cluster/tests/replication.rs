@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use raft::eraftpb::MessageType;
 use ward_cluster::ProposeError;
 
 mod harness;
@@ -31,6 +32,44 @@ async fn three_replicas_elect_and_writes_through_any_replica_apply_on_all() {
         }
     }
     h.assert_converged().await;
+}
+
+/// Proposals that reach a replica together go to raft as one message: a follower forwards
+/// them to the leader in a few messages rather than one each, the leader appends them to
+/// each follower in fewer messages than entries, and every one is applied once everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proposals_that_arrive_together_travel_together() {
+    const N: u64 = 256;
+    let h = Harness::cluster(3).await;
+    let leader = h.wait_leader().await;
+    let via = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    let other = [1, 2, 3].into_iter().find(|id| *id != leader && *id != via).unwrap();
+    let forwards = h.net.raft_traffic(via, leader, MessageType::MsgPropose);
+    let appends = h.net.raft_traffic(leader, other, MessageType::MsgAppend);
+
+    let handle = h.nodes[&via].handle.clone();
+    let results =
+        futures::future::join_all((0..N).map(|i| handle.propose(token(&format!("together-{i}")))))
+            .await;
+    let last = results.into_iter().map(|r| r.expect("proposal").index).max().unwrap();
+    h.wait_applied(last).await;
+
+    let forwards = delta(h.net.raft_traffic(via, leader, MessageType::MsgPropose), forwards);
+    assert_eq!(forwards.1, N, "every proposal forwarded once: {forwards:?}");
+    assert!(forwards.0 <= N / 2, "{} forwarding messages for {N} proposals", forwards.0);
+    let appends = delta(h.net.raft_traffic(leader, other, MessageType::MsgAppend), appends);
+    assert!(appends.1 >= N, "the other follower got every entry: {appends:?}");
+    assert!(appends.0 <= N / 2, "{} append messages for {} entries", appends.0, appends.1);
+    for n in h.nodes.values() {
+        for i in 0..N {
+            assert!(n.store.join_token(&format!("together-{i}")).is_some(), "together-{i}");
+        }
+    }
+    h.assert_converged().await;
+}
+
+fn delta(now: (u64, u64), before: (u64, u64)) -> (u64, u64) {
+    (now.0 - before.0, now.1 - before.1)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -296,6 +296,23 @@ struct Driver<L: LogStore> {
 /// How many queued requests one cycle takes at most before handling a ready.
 const DRAIN_LIMIT: usize = 4096;
 
+/// Proposals gathered in one cycle, to be handed to raft together.
+#[derive(Default)]
+struct Proposals {
+    waiters: Vec<(u128, Waiter)>,
+    bytes: usize,
+}
+
+impl Proposals {
+    /// Adds one; `true` once they hold `limit` bytes or more (raft's most per append
+    /// message), so that a message forwarded to the leader stays about that size.
+    fn push(&mut self, request_id: u128, waiter: Waiter, limit: u64) -> bool {
+        self.bytes = self.bytes.saturating_add(waiter.data.len());
+        self.waiters.push((request_id, waiter));
+        u64::try_from(self.bytes).unwrap_or(u64::MAX) >= limit
+    }
+}
+
 impl<L: LogStore> Driver<L> {
     fn run(&mut self, rx: mpsc::Receiver<Request>) -> Result<(), String> {
         let tick = self.config.tick_interval;
@@ -309,13 +326,29 @@ impl<L: LogStore> Driver<L> {
             };
             let mut stop = false;
             let mut pending = first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok()));
+            // Proposals that arrive together go to raft as one message: one append to each
+            // follower (and one forward to the leader) instead of one per proposal.
+            let mut proposals = Proposals::default();
             for req in pending.by_ref().take(DRAIN_LIMIT) {
                 self.shared.queued.fetch_sub(1, Ordering::AcqRel);
-                if self.handle(req).map_err(|e| e.to_string())? {
-                    stop = true;
-                    break;
+                match req {
+                    Request::Propose { request_id, data, deadline, reply } => {
+                        let waiter = Waiter { deadline, reply, data, proposed_at: None };
+                        if proposals.push(request_id, waiter, self.config.max_size_per_msg) {
+                            self.propose_all(std::mem::take(&mut proposals));
+                        }
+                    }
+                    other => {
+                        // Kept in arrival order with the requests around them.
+                        self.propose_all(std::mem::take(&mut proposals));
+                        if self.handle(other).map_err(|e| e.to_string())? {
+                            stop = true;
+                            break;
+                        }
+                    }
                 }
             }
+            self.propose_all(proposals);
             if stop {
                 return Ok(());
             }
@@ -334,9 +367,9 @@ impl<L: LogStore> Driver<L> {
     fn handle(&mut self, req: Request) -> Result<bool, Fatal> {
         match req {
             Request::Propose { request_id, data, deadline, reply } => {
-                let mut w = Waiter { deadline, reply, data, proposed_at: None };
-                self.try_propose(request_id, &mut w);
-                self.waiters.insert(request_id, w);
+                let mut one = Proposals::default();
+                one.push(request_id, Waiter { deadline, reply, data, proposed_at: None }, 0);
+                self.propose_all(one);
             }
             Request::Raft(mut msg) => {
                 match msg.get_msg_type() {
@@ -389,6 +422,36 @@ impl<L: LogStore> Driver<L> {
             }
         }
         Ok(false)
+    }
+
+    /// Hands `proposals` to raft as one `MsgPropose` (raft appends them in order, or drops
+    /// them all when there is no leader to take them), and waits for each.
+    fn propose_all(&mut self, proposals: Proposals) {
+        let Proposals { waiters, .. } = proposals;
+        if waiters.is_empty() {
+            return;
+        }
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgPropose);
+        m.from = self.raw.raft.id;
+        let entries: Vec<Entry> = waiters
+            .iter()
+            .map(|(_, w)| Entry { data: w.data.clone().into(), ..Default::default() })
+            .collect();
+        m.set_entries(entries.into());
+        // What `RawNode::propose` does for one entry.
+        let proposed_at = match self.raw.raft.step(m) {
+            Ok(()) => Some(Instant::now()),
+            Err(raft::Error::ProposalDropped) => None,
+            Err(e) => {
+                tracing::warn!(node_id = self.config.node_id, error = %e, count = waiters.len(), "proposals refused");
+                None
+            }
+        };
+        for (request_id, mut w) in waiters {
+            w.proposed_at = proposed_at;
+            self.waiters.insert(request_id, w);
+        }
     }
 
     fn try_propose(&mut self, request_id: u128, w: &mut Waiter) {
