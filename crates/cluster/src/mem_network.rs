@@ -29,8 +29,19 @@ struct Net {
     /// Messages delivered and dropped, for assertions.
     delivered: u64,
     dropped: u64,
-    /// Per link and raft message type, the messages delivered and the log entries they held.
-    traffic: HashMap<(NodeId, NodeId, MessageType), (u64, u64)>,
+    /// Per link and raft message type, what was delivered.
+    traffic: HashMap<(NodeId, NodeId, MessageType), Traffic>,
+}
+
+/// The raft messages of one type delivered over one link.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Messages.
+    pub messages: u64,
+    /// Log entries they held.
+    pub entries: u64,
+    /// The most bytes of entry data one message held.
+    pub largest: usize,
 }
 
 /// The shared in-memory network. Cheap to clone.
@@ -115,9 +126,8 @@ impl MemNetwork {
         (net.delivered, net.dropped)
     }
 
-    /// The raft messages of type `kind` delivered from `from` to `to` so far, and the log
-    /// entries they held.
-    pub fn raft_traffic(&self, from: NodeId, to: NodeId, kind: MessageType) -> (u64, u64) {
+    /// The raft messages of type `kind` delivered from `from` to `to` so far.
+    pub fn raft_traffic(&self, from: NodeId, to: NodeId, kind: MessageType) -> Traffic {
         self.lock().traffic.get(&(from, to, kind)).copied().unwrap_or_default()
     }
 
@@ -138,8 +148,10 @@ impl MemNetwork {
             for m in &messages {
                 if let Ok(m) = Message::parse_from_bytes(m) {
                     let seen = net.traffic.entry((from, to, m.get_msg_type())).or_default();
-                    seen.0 += 1;
-                    seen.1 += m.entries.len() as u64;
+                    seen.messages += 1;
+                    seen.entries += m.entries.len() as u64;
+                    seen.largest =
+                        seen.largest.max(m.entries.iter().map(|e| e.data.len()).sum::<usize>());
                 }
             }
             let delay = net.delay.get(&from).copied().unwrap_or_default()

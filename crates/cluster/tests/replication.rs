@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use raft::eraftpb::MessageType;
 use ward_cluster::ProposeError;
+use ward_cluster::mem_network::Traffic;
 
 mod harness;
 use harness::{Harness, token};
@@ -41,35 +42,66 @@ async fn three_replicas_elect_and_writes_through_any_replica_apply_on_all() {
 async fn proposals_that_arrive_together_travel_together() {
     const N: u64 = 256;
     let h = Harness::cluster(3).await;
+    let (forwards, appends) = propose_together(&h, "together", N).await;
+    assert_eq!(forwards.entries, N, "every proposal forwarded once: {forwards:?}");
+    assert!(forwards.messages <= N / 2, "{forwards:?} for {N} proposals");
+    assert!(appends.entries >= N, "the other follower got every entry: {appends:?}");
+    assert!(appends.messages <= N / 2, "{appends:?} for {N} proposals");
+    h.assert_converged().await;
+}
+
+/// Proposals gathered together are cut where they would pass raft's `max_size_per_msg`, so a
+/// forwarded message is no larger than one of raft's own appends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proposals_gathered_together_are_cut_at_the_message_size() {
+    const N: u64 = 256;
+    const LIMIT: u64 = 1024;
+    let mut h = Harness::new();
+    h.max_size_per_msg = LIMIT;
+    h.start(1, true);
+    h.wait_leader().await;
+    for id in [2, 3] {
+        h.start(id, false);
+        h.add_voter(id).await;
+    }
+    let (forwards, _) = propose_together(&h, "cut", N).await;
+    assert_eq!(forwards.entries, N, "every proposal forwarded once: {forwards:?}");
+    // 256 proposals of about 60 bytes: gathered, but never past the limit.
+    assert!(forwards.largest as u64 <= LIMIT, "{forwards:?}");
+    assert!(forwards.largest as u64 > LIMIT / 2, "{forwards:?}");
+    assert!(forwards.messages >= 2, "{forwards:?}");
+    h.assert_converged().await;
+}
+
+/// Proposes `n` join tokens at once through a follower and waits until all are applied
+/// everywhere; returns the forwards from that follower to the leader and the appends from the
+/// leader to the other follower meanwhile.
+async fn propose_together(h: &Harness, prefix: &str, n: u64) -> (Traffic, Traffic) {
     let leader = h.wait_leader().await;
     let via = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
     let other = [1, 2, 3].into_iter().find(|id| *id != leader && *id != via).unwrap();
     let forwards = h.net.raft_traffic(via, leader, MessageType::MsgPropose);
     let appends = h.net.raft_traffic(leader, other, MessageType::MsgAppend);
-
     let handle = h.nodes[&via].handle.clone();
     let results =
-        futures::future::join_all((0..N).map(|i| handle.propose(token(&format!("together-{i}")))))
+        futures::future::join_all((0..n).map(|i| handle.propose(token(&format!("{prefix}-{i}")))))
             .await;
     let last = results.into_iter().map(|r| r.expect("proposal").index).max().unwrap();
     h.wait_applied(last).await;
-
-    let forwards = delta(h.net.raft_traffic(via, leader, MessageType::MsgPropose), forwards);
-    assert_eq!(forwards.1, N, "every proposal forwarded once: {forwards:?}");
-    assert!(forwards.0 <= N / 2, "{} forwarding messages for {N} proposals", forwards.0);
-    let appends = delta(h.net.raft_traffic(leader, other, MessageType::MsgAppend), appends);
-    assert!(appends.1 >= N, "the other follower got every entry: {appends:?}");
-    assert!(appends.0 <= N / 2, "{} append messages for {} entries", appends.0, appends.1);
-    for n in h.nodes.values() {
-        for i in 0..N {
-            assert!(n.store.join_token(&format!("together-{i}")).is_some(), "together-{i}");
+    for node in h.nodes.values() {
+        for i in 0..n {
+            assert!(node.store.join_token(&format!("{prefix}-{i}")).is_some(), "{prefix}-{i}");
         }
     }
-    h.assert_converged().await;
-}
-
-fn delta(now: (u64, u64), before: (u64, u64)) -> (u64, u64) {
-    (now.0 - before.0, now.1 - before.1)
+    let since = |now: Traffic, before: Traffic| Traffic {
+        messages: now.messages - before.messages,
+        entries: now.entries - before.entries,
+        largest: now.largest,
+    };
+    (
+        since(h.net.raft_traffic(via, leader, MessageType::MsgPropose), forwards),
+        since(h.net.raft_traffic(leader, other, MessageType::MsgAppend), appends),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

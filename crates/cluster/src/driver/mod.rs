@@ -304,12 +304,17 @@ struct Proposals {
 }
 
 impl Proposals {
-    /// Adds one; `true` once they hold `limit` bytes or more (raft's most per append
-    /// message), so that a message forwarded to the leader stays about that size.
-    fn push(&mut self, request_id: u128, waiter: Waiter, limit: u64) -> bool {
+    /// Whether adding `len` bytes would take these past `limit` (raft's most per append
+    /// message): they are proposed first then, so that a message forwarded to the leader
+    /// holds at most `limit` bytes of entries, or one entry alone, as raft's own appends.
+    fn would_pass(&self, len: usize, limit: u64) -> bool {
+        let after = u64::try_from(self.bytes.saturating_add(len)).unwrap_or(u64::MAX);
+        !self.waiters.is_empty() && after > limit
+    }
+
+    fn push(&mut self, request_id: u128, waiter: Waiter) {
         self.bytes = self.bytes.saturating_add(waiter.data.len());
         self.waiters.push((request_id, waiter));
-        u64::try_from(self.bytes).unwrap_or(u64::MAX) >= limit
     }
 }
 
@@ -333,10 +338,11 @@ impl<L: LogStore> Driver<L> {
                 self.shared.queued.fetch_sub(1, Ordering::AcqRel);
                 match req {
                     Request::Propose { request_id, data, deadline, reply } => {
-                        let waiter = Waiter { deadline, reply, data, proposed_at: None };
-                        if proposals.push(request_id, waiter, self.config.max_size_per_msg) {
+                        if proposals.would_pass(data.len(), self.config.max_size_per_msg) {
                             self.propose_all(std::mem::take(&mut proposals));
                         }
+                        proposals
+                            .push(request_id, Waiter { deadline, reply, data, proposed_at: None });
                     }
                     other => {
                         // Kept in arrival order with the requests around them.
@@ -368,7 +374,7 @@ impl<L: LogStore> Driver<L> {
         match req {
             Request::Propose { request_id, data, deadline, reply } => {
                 let mut one = Proposals::default();
-                one.push(request_id, Waiter { deadline, reply, data, proposed_at: None }, 0);
+                one.push(request_id, Waiter { deadline, reply, data, proposed_at: None });
                 self.propose_all(one);
             }
             Request::Raft(mut msg) => {

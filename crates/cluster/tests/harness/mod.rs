@@ -31,6 +31,8 @@ pub struct Harness {
     dirs: BTreeMap<NodeId, tempfile::TempDir>,
     pub compact_log_bytes: u64,
     pub snapshot_pull_timeout: Duration,
+    /// raft's `max_size_per_msg` for replicas started from now on.
+    pub max_size_per_msg: u64,
 }
 
 pub fn trust_domain() -> TrustDomain {
@@ -111,6 +113,7 @@ impl Harness {
             dirs: BTreeMap::new(),
             compact_log_bytes: 64 << 20,
             snapshot_pull_timeout: Duration::from_secs(60),
+            max_size_per_msg: config(0).max_size_per_msg,
         }
     }
 
@@ -123,6 +126,7 @@ impl Harness {
         cfg.bootstrap = bootstrap;
         cfg.compact_log_bytes = self.compact_log_bytes;
         cfg.snapshot_pull_timeout = self.snapshot_pull_timeout;
+        cfg.max_size_per_msg = self.max_size_per_msg;
         let handle = ward_cluster::start(Replica {
             config: cfg,
             store: store.clone(),
