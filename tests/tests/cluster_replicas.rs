@@ -4,7 +4,7 @@
 //! expired credentials and the removal of the last voter are refused.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use ward_tests::cluster::{Cluster, Placement, Replica, SETTLE};
+use ward_tests::cluster::{Cluster, Placement, Replica, SETTLE, TRUST_DOMAIN};
 use ward_tests::wait::{Step, poll_until};
 
 /// Starts a replica that must fail to join; returns its log.
@@ -133,4 +133,37 @@ fn replicas_restarted_one_at_a_time_start_without_a_leader_and_form_again() {
     c.wait_entries(2).unwrap();
     let after = c.wait_converged().unwrap();
     assert!(after.applied_index > before.applied_index, "{before:?} then {after:?}");
+}
+
+/// One admin write the API accepts (under tonic's 4 MiB request limit) can become a raft
+/// entry over 4 MiB (36,000 entries: a 2.7 MB request, about 4.7 MB in the log). raft sends
+/// at least one entry per append, so the followers' peer listener must take it: written
+/// through a follower, the forwarded proposal and the leader's append to the other follower
+/// both pass 4 MiB, and every replica applies it; a write after it goes through.
+#[test]
+fn a_write_whose_log_entry_passes_4_mib_is_applied_everywhere() {
+    const N: u64 = 36_000;
+    let c = Cluster::start_loopback(3, "").unwrap();
+    let leader = c.leader().unwrap();
+    let follower = c.running().find(|r| r.node != leader).unwrap();
+    let entries: Vec<serde_json::Value> = (0..N)
+        .map(|i| {
+            serde_json::json!({
+                "parent_id": format!("spiffe://{TRUST_DOMAIN}/parent"),
+                "spiffe_id": format!("spiffe://{TRUST_DOMAIN}/big/{i}"),
+                "selectors": [{ "type": "unix", "value": format!("uid:{i}") }],
+            })
+        })
+        .collect();
+    let file = c.root().join("big.json");
+    std::fs::write(&file, serde_json::json!({ "entries": entries }).to_string()).unwrap();
+    // The answer lists every entry created, which is over the CLI's own 4 MiB answer limit
+    // (as spire-server's CLI has); the replicas' state is what this checks.
+    let _ = follower
+        .cli
+        .raw(&["entry", "create"], &["-data", file.to_str().unwrap(), "-output", "json"])
+        .unwrap();
+    c.wait_entries(N).unwrap();
+    follower.create_entry(1).unwrap();
+    c.wait_entries(N + 1).unwrap();
 }
