@@ -106,7 +106,13 @@ fn opts() -> anyhow::Result<Opts> {
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
+        // cargo puts `--bench` after the bench's own arguments: a flag left without its
+        // value must not take that (or the next flag) as one.
+        let mut value = |name: &str| {
+            args.next()
+                .filter(|v| !v.starts_with("--"))
+                .with_context(|| format!("{name} needs a value"))
+        };
         let mut number = |name: &str| -> anyhow::Result<u64> {
             let v = value(name)?;
             v.parse().with_context(|| format!("{name}: a whole number, not {v:?}"))

@@ -43,10 +43,14 @@ async fn proposals_that_arrive_together_travel_together() {
     const N: u64 = 256;
     let h = Harness::cluster(3).await;
     let (forwards, appends) = propose_together(&h, "together", N).await;
-    assert_eq!(forwards.entries, N, "every proposal forwarded once: {forwards:?}");
-    assert!(forwards.messages <= N / 2, "{forwards:?} for {N} proposals");
+    // A proposal not applied within `repropose_after` (the test process stalled) is proposed
+    // again on its own: each such entry past N may bring one message of its own.
+    assert!(forwards.entries >= N, "every proposal forwarded: {forwards:?}");
+    let again = forwards.entries - N;
+    assert!(forwards.messages <= N / 2 + again, "{forwards:?} for {N} proposals");
     assert!(appends.entries >= N, "the other follower got every entry: {appends:?}");
-    assert!(appends.messages <= N / 2, "{appends:?} for {N} proposals");
+    let again = appends.entries - N;
+    assert!(appends.messages <= N / 2 + again, "{appends:?} for {N} proposals");
     h.assert_converged().await;
 }
 
@@ -65,7 +69,7 @@ async fn proposals_gathered_together_are_cut_at_the_message_size() {
         h.add_voter(id).await;
     }
     let (forwards, _) = propose_together(&h, "cut", N).await;
-    assert_eq!(forwards.entries, N, "every proposal forwarded once: {forwards:?}");
+    assert!(forwards.entries >= N, "every proposal forwarded: {forwards:?}");
     // 256 proposals of about 60 bytes: gathered, but never past the limit.
     assert!(forwards.largest as u64 <= LIMIT, "{forwards:?}");
     assert!(forwards.largest as u64 > LIMIT / 2, "{forwards:?}");
