@@ -158,7 +158,7 @@ fn a_write_whose_log_entry_passes_4_mib_is_applied_everywhere() {
     let file = c.root().join("big.json");
     std::fs::write(&file, serde_json::json!({ "entries": entries }).to_string()).unwrap();
     // The answer lists every entry created, which is over the CLI's own 4 MiB answer limit
-    // (as spire-server's CLI has); the replicas' state is what this checks.
+    // (tonic's default); the replicas' state is what this checks.
     let _ = follower
         .cli
         .raw(&["entry", "create"], &["-data", file.to_str().unwrap(), "-output", "json"])
