@@ -67,14 +67,14 @@ impl std::fmt::Debug for ReplicaContext {
 /// Longest a peer connection attempt (TCP and TLS) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The largest message the peer listener decodes (64 MiB). raft sends at least one log
+/// The largest message the peer listener decodes (16 MiB). raft sends at least one log
 /// entry per append whatever `max_size_per_msg` says, and one admin write the API accepts
 /// (tonic's 4 MiB request limit) can become an entry of about 1.7 times that; a batch of
 /// [`transport::BATCH_BYTES`] of messages also carries its own framing. With tonic's default
 /// of 4 MiB a follower refused such an append, and every later write waited behind it until
-/// an election discarded it. Only a peer that proved it is a replica of this cluster gets
-/// this far (mutual TLS comes first).
-pub const PEER_MESSAGE_LIMIT: usize = 64 << 20;
+/// an election discarded it. The limit is per service: `Discover` and `Join`, which a
+/// replica calls before it holds a replica certificate, are decoded up to it too.
+pub const PEER_MESSAGE_LIMIT: usize = 16 << 20;
 
 /// The peer listener's TLS: the replica's own peer certificate, and client certificates
 /// accepted only when they chain to `source`'s bundle and name a replica of `td`.
