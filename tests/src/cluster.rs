@@ -396,15 +396,9 @@ pub fn create_entry(cli: &AdminCli, n: u64) -> anyhow::Result<String> {
     )
 }
 
-/// Creates entries `numbers` (each as [`create_entry`] makes it) in one `BatchCreateEntry`
-/// call (`entry create -data <file>`, the file written in `dir`): one command in the log for
-/// the whole batch. Succeeds when every item was created or already exists (a retry of a
-/// batch that went through, or partly through, is refused item by item as a duplicate).
-pub fn create_entries(
-    cli: &AdminCli,
-    numbers: std::ops::Range<u64>,
-    dir: &Path,
-) -> anyhow::Result<()> {
+/// Writes the `entry create -data` file for entries `numbers` (each as [`create_entry`]
+/// makes it) in `dir`, and returns its path.
+pub fn entries_file(numbers: std::ops::Range<u64>, dir: &Path) -> anyhow::Result<PathBuf> {
     let entries: Vec<serde_json::Value> = numbers
         .clone()
         .map(|n| {
@@ -417,13 +411,27 @@ pub fn create_entries(
         .collect();
     let file = dir.join(format!("entries-{}-{}.json", numbers.start, numbers.end));
     std::fs::write(&file, serde_json::json!({ "entries": entries }).to_string())?;
+    Ok(file)
+}
+
+/// Creates entries `numbers` (each as [`create_entry`] makes it) in one `BatchCreateEntry`
+/// call (`entry create -data <file>`, the file written in `dir`): one command in the log for
+/// the whole batch. Succeeds when every item was created or already exists (a retry of a
+/// batch that went through, or partly through, is refused item by item as a duplicate).
+pub fn create_entries(
+    cli: &AdminCli,
+    numbers: std::ops::Range<u64>,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    let file = entries_file(numbers.clone(), dir)?;
     let path = file.to_str().context("a non-UTF-8 temporary path")?;
     let v = cli.json(&["entry", "create"], &["-data", path]);
     let _ = std::fs::remove_file(&file);
     let v = v?;
     let results = v["results"].as_array().context("no results")?;
-    if results.len() != entries.len() {
-        bail!("{} results for {} entries", results.len(), entries.len());
+    let count = numbers.end.saturating_sub(numbers.start);
+    if results.len() as u64 != count {
+        bail!("{} results for {count} entries", results.len());
     }
     for r in results {
         // gRPC codes: 0 OK (proto JSON may leave it out), 6 AlreadyExists.

@@ -4,7 +4,7 @@
 //! expired credentials and the removal of the last voter are refused.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use ward_tests::cluster::{Cluster, Placement, Replica, SETTLE, TRUST_DOMAIN};
+use ward_tests::cluster::{Cluster, Placement, Replica, SETTLE, entries_file};
 use ward_tests::wait::{Step, poll_until};
 
 /// Starts a replica that must fail to join; returns its log.
@@ -146,17 +146,8 @@ fn a_write_whose_log_entry_passes_4_mib_is_applied_everywhere() {
     let c = Cluster::start_loopback(3, "").unwrap();
     let leader = c.leader().unwrap();
     let follower = c.running().find(|r| r.node != leader).unwrap();
-    let entries: Vec<serde_json::Value> = (0..N)
-        .map(|i| {
-            serde_json::json!({
-                "parent_id": format!("spiffe://{TRUST_DOMAIN}/parent"),
-                "spiffe_id": format!("spiffe://{TRUST_DOMAIN}/big/{i}"),
-                "selectors": [{ "type": "unix", "value": format!("uid:{i}") }],
-            })
-        })
-        .collect();
-    let file = c.root().join("big.json");
-    std::fs::write(&file, serde_json::json!({ "entries": entries }).to_string()).unwrap();
+    // Numbered after the one entry written below, under the same parent.
+    let file = entries_file(2..N + 2, c.root()).unwrap();
     // The answer lists every entry created, which is over the CLI's own 4 MiB answer limit
     // (tonic's default); the replicas' state is what this checks.
     let _ = follower
