@@ -77,6 +77,43 @@ async fn proposals_gathered_together_are_cut_at_the_message_size() {
     h.assert_converged().await;
 }
 
+/// Proposals that are proposed again (their replica was cut off from the leader when they
+/// arrived) go to the leader together too once the link is back: one forward per round of
+/// retries, not one per proposal; each is applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proposals_proposed_again_travel_together() {
+    const N: u64 = 64;
+    let h = Harness::cluster(3).await;
+    let leader = h.wait_leader().await;
+    let via = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    let before = h.net.raft_traffic(via, leader, MessageType::MsgPropose);
+    h.net.isolate(via);
+    let handle = h.nodes[&via].handle.clone();
+    let pending = tokio::spawn(futures::future::join_all((0..N).map(move |i| {
+        let handle = handle.clone();
+        async move { handle.propose(token(&format!("again-{i}"))).await }
+    })));
+    // Past `repropose_after` (1 s): every one of them is due to be proposed again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let cut_off = h.net.raft_traffic(via, leader, MessageType::MsgPropose);
+    assert_eq!(cut_off.messages, before.messages, "nothing crossed while cut off");
+    h.net.heal();
+    let results = pending.await.unwrap();
+    let last = results.into_iter().map(|r| r.expect("proposal").index).max().unwrap();
+    h.wait_applied(last).await;
+    let after = h.net.raft_traffic(via, leader, MessageType::MsgPropose);
+    let (messages, entries) = (after.messages - before.messages, after.entries - before.entries);
+    assert!(entries >= N, "every proposal forwarded: {entries} entries in {messages} messages");
+    // One round of retries after the heal; a stalled test process may see one more.
+    assert!(messages <= 3, "{entries} entries in {messages} messages");
+    for node in h.nodes.values() {
+        for i in 0..N {
+            assert!(node.store.join_token(&format!("again-{i}")).is_some(), "again-{i}");
+        }
+    }
+    h.assert_converged().await;
+}
+
 /// Proposes `n` join tokens at once through a follower and waits until all are applied
 /// everywhere; returns the forwards from that follower to the leader and the appends from the
 /// leader to the other follower meanwhile.

@@ -336,22 +336,9 @@ impl<L: LogStore> Driver<L> {
             let mut proposals = Proposals::default();
             for req in pending.by_ref().take(DRAIN_LIMIT) {
                 self.shared.queued.fetch_sub(1, Ordering::AcqRel);
-                match req {
-                    Request::Propose { request_id, data, deadline, reply } => {
-                        if proposals.would_pass(data.len(), self.config.max_size_per_msg) {
-                            self.propose_all(std::mem::take(&mut proposals));
-                        }
-                        proposals
-                            .push(request_id, Waiter { deadline, reply, data, proposed_at: None });
-                    }
-                    other => {
-                        // Kept in arrival order with the requests around them.
-                        self.propose_all(std::mem::take(&mut proposals));
-                        if self.handle(other).map_err(|e| e.to_string())? {
-                            stop = true;
-                            break;
-                        }
-                    }
+                if self.handle(req, &mut proposals).map_err(|e| e.to_string())? {
+                    stop = true;
+                    break;
                 }
             }
             self.propose_all(proposals);
@@ -369,13 +356,17 @@ impl<L: LogStore> Driver<L> {
         }
     }
 
-    /// Handles one request; `true` means stop.
-    fn handle(&mut self, req: Request) -> Result<bool, Fatal> {
+    /// Handles one request; `true` means stop. A proposal joins `gathered`, which goes to
+    /// raft as one message at the end of the cycle, before a request of another kind (so
+    /// requests keep their order), or before it would pass raft's largest message.
+    fn handle(&mut self, req: Request, gathered: &mut Proposals) -> Result<bool, Fatal> {
+        if !matches!(req, Request::Propose { .. }) {
+            self.propose_all(std::mem::take(gathered));
+        }
         match req {
             Request::Propose { request_id, data, deadline, reply } => {
-                let mut one = Proposals::default();
-                one.push(request_id, Waiter { deadline, reply, data, proposed_at: None });
-                self.propose_all(one);
+                let waiter = Waiter { deadline, reply, data, proposed_at: None };
+                self.gather(gathered, request_id, waiter);
             }
             Request::Raft(mut msg) => {
                 match msg.get_msg_type() {
@@ -460,15 +451,13 @@ impl<L: LogStore> Driver<L> {
         }
     }
 
-    fn try_propose(&mut self, request_id: u128, w: &mut Waiter) {
-        match self.raw.propose(Vec::new(), w.data.clone()) {
-            Ok(()) => w.proposed_at = Some(Instant::now()),
-            Err(raft::Error::ProposalDropped) => w.proposed_at = None,
-            Err(e) => {
-                tracing::warn!(node_id = self.config.node_id, error = %e, request_id, "proposal refused");
-                w.proposed_at = None;
-            }
+    /// Adds `waiter` to `gathered`, proposing what was gathered first when the two together
+    /// would pass raft's largest message.
+    fn gather(&mut self, gathered: &mut Proposals, request_id: u128, waiter: Waiter) {
+        if gathered.would_pass(waiter.data.len(), self.config.max_size_per_msg) {
+            self.propose_all(std::mem::take(gathered));
         }
+        gathered.push(request_id, waiter);
     }
 
     fn propose_membership(
@@ -540,12 +529,13 @@ impl<L: LogStore> Driver<L> {
                 .filter(|(_, w)| w.proposed_at.is_none_or(|t| now.duration_since(t) >= again))
                 .map(|(id, _)| *id)
                 .collect();
+            let mut again = Proposals::default();
             for id in retry {
-                if let Some(mut w) = self.waiters.remove(&id) {
-                    self.try_propose(id, &mut w);
-                    self.waiters.insert(id, w);
+                if let Some(w) = self.waiters.remove(&id) {
+                    self.gather(&mut again, id, w);
                 }
             }
+            self.propose_all(again);
             // Reads that raft dropped (no leader at the time) are asked again.
             let unanswered: Vec<u64> =
                 self.reads.iter().filter(|(_, r)| r.index.is_none()).map(|(k, _)| *k).collect();
