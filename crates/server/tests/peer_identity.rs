@@ -241,6 +241,36 @@ async fn without_a_certificate_only_discovery_and_join_answer() {
     assert_eq!(found.x509_authorities, vec![a.trust_anchor_der().to_vec()]);
 }
 
+/// A request to any method but `Raft` is read up to 4 MiB: a 5 MiB `Join` (callers without a
+/// replica certificate may send one) is refused with `ResourceExhausted` before the back end
+/// sees it, a 3 MiB one reaches it; a replica's 6 MiB raft message is still delivered.
+#[tokio::test]
+async fn only_raft_messages_may_pass_4_mib() {
+    let (a, b) = (ca(&td()), ca(&td()));
+    let l = listener(&a, &[&b]).await;
+    let mut client = client_with(&l, None);
+    let join = |len: usize| JoinRequest {
+        credential: "ward-join-1-0000".into(),
+        x509_authorities: vec![vec![0x30; len]],
+        jwt_authorities: Vec::new(),
+    };
+    let status = client.join(join(5 << 20)).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let status = client.join(join(3 << 20)).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "the back end answered: {status:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut replica = replica_client(&l, &td(), 2, &b, dir.path());
+    // An unknown length-delimited field (number 20) carries the bulk, as entries would.
+    let mut big = raft_message(2, 1);
+    let bulk = 6usize << 20;
+    big.extend_from_slice(&[0xa2, 0x01]);
+    prost::encoding::encode_varint(bulk as u64, &mut big);
+    big.resize(big.len() + bulk, 0x55);
+    send(&mut replica, vec![big.clone()]).await.unwrap();
+    assert_eq!(l.inbound.delivered.lock().unwrap().as_slice(), &[(2, big)]);
+}
+
 #[tokio::test]
 async fn a_client_dialling_the_wrong_replica_refuses_it() {
     let a = ca(&td());

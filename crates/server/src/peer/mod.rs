@@ -72,9 +72,39 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// (tonic's 4 MiB request limit) can become an entry of about 1.7 times that; a batch of
 /// [`transport::BATCH_BYTES`] of messages also carries its own framing. With tonic's default
 /// of 4 MiB a follower refused such an append, and every later write waited behind it until
-/// an election discarded it. The limit is per service: `Discover` and `Join`, which a
-/// replica calls before it holds a replica certificate, are decoded up to it too.
+/// an election discarded it. Only `Raft` needs it, and its caller's certificate is checked
+/// before a message is decoded; every other method is held to [`SMALL_REQUEST_LIMIT`].
 pub const PEER_MESSAGE_LIMIT: usize = 16 << 20;
+
+/// The most request bytes the peer listener reads for a method other than `Raft` (4 MiB,
+/// gRPC's usual limit): `Discover` and `Join` answer callers that hold no replica
+/// certificate yet, and `Snapshot`'s request is a descriptor of a few bytes. A longer body
+/// is refused with `ResourceExhausted` once this many bytes have arrived.
+pub const SMALL_REQUEST_LIMIT: usize = 4 << 20;
+
+/// The path of the one peer method whose requests may be [`PEER_MESSAGE_LIMIT`] long.
+const RAFT_PATH: &str = "/ward.cluster.v1.Peer/Raft";
+
+/// Holds the request body of every peer method but `Raft` to [`SMALL_REQUEST_LIMIT`] bytes.
+fn limit_small_requests(req: http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body> {
+    use http_body_util::BodyExt as _;
+    if req.uri().path() == RAFT_PATH {
+        return req;
+    }
+    req.map(|body| {
+        let limited = http_body_util::Limited::new(body, SMALL_REQUEST_LIMIT).map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                let status = tonic::Status::resource_exhausted(format!(
+                    "request larger than {SMALL_REQUEST_LIMIT} bytes"
+                ));
+                Box::new(status) as tonic::codegen::StdError
+            } else {
+                e
+            }
+        });
+        tonic::body::Body::new(limited)
+    })
+}
 
 /// The peer listener's TLS: the replica's own peer certificate, and client certificates
 /// accepted only when they chain to `source`'s bundle and name a replica of `td`.
@@ -108,6 +138,7 @@ pub async fn serve(
         let _ = stop.wait_for(|s| *s).await;
     };
     if let Err(e) = Server::builder()
+        .layer(tower::util::MapRequestLayer::new(limit_small_requests))
         .add_service(PeerServer::new(service).max_decoding_message_size(PEER_MESSAGE_LIMIT))
         .serve_with_incoming_shutdown(incoming, signal)
         .await
