@@ -139,7 +139,8 @@ fn replicas_restarted_one_at_a_time_start_without_a_leader_and_form_again() {
 /// entry over 4 MiB (36,000 entries: a 2.7 MB request, about 4.7 MB in the log). raft sends
 /// at least one entry per append, so the followers' peer listener must take it: written
 /// through a follower, the forwarded proposal and the leader's append to the other follower
-/// both pass 4 MiB, and every replica applies it; a write after it goes through.
+/// both pass 4 MiB, and every replica applies it; a write after it goes through. The CLI
+/// prints the answer, which is over 4 MiB too.
 #[test]
 fn a_write_whose_log_entry_passes_4_mib_is_applied_everywhere() {
     const N: u64 = 36_000;
@@ -148,12 +149,15 @@ fn a_write_whose_log_entry_passes_4_mib_is_applied_everywhere() {
     let follower = c.running().find(|r| r.node != leader).unwrap();
     // Numbered after the one entry written below, under the same parent.
     let file = entries_file(2..N + 2, c.root()).unwrap();
-    // The answer lists every entry created, which is over the CLI's own 4 MiB answer limit
-    // (tonic's default); the replicas' state is what this checks.
-    let _ = follower
+    // The answer lists every entry created (over gRPC's usual 4 MiB): the CLI takes it.
+    let out = follower
         .cli
-        .raw(&["entry", "create"], &["-data", file.to_str().unwrap(), "-output", "json"])
+        .ok(&["entry", "create"], &["-data", file.to_str().unwrap(), "-output", "json"])
         .unwrap();
+    let answer: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let results = answer["results"].as_array().unwrap();
+    assert_eq!(results.len() as u64, N);
+    assert!(results.iter().all(|r| r["status"]["code"] == 0), "every entry created");
     c.wait_entries(N).unwrap();
     follower.create_entry(1).unwrap();
     c.wait_entries(N + 1).unwrap();

@@ -119,6 +119,7 @@ pub async fn run(cmd: AgentCmd) -> Output {
 
 fn client(admin: &Admin) -> agentpb::agent_client::AgentClient<tonic::transport::Channel> {
     agentpb::agent_client::AgentClient::new(admin.channel())
+        .max_decoding_message_size(super::ANSWER_LIMIT)
 }
 
 /// The filter both `list` and `count` send, checked as SPIRE's CLI checks it.

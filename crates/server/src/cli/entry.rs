@@ -168,6 +168,7 @@ pub async fn run(cmd: EntryCmd) -> Output {
 
 fn client(admin: &Admin) -> entrypb::entry_client::EntryClient<tonic::transport::Channel> {
     entrypb::entry_client::EntryClient::new(admin.channel())
+        .max_decoding_message_size(super::ANSWER_LIMIT)
 }
 
 /// Prints an entry as SPIRE's CLI does, blank line included.

@@ -140,6 +140,12 @@ pub fn any_path(s: &str) -> Result<PathBuf, std::convert::Infallible> {
     Ok(PathBuf::from(s))
 }
 
+/// The largest answer the CLI decodes from the admin socket (64 MiB). The server decodes
+/// requests up to gRPC's usual 4 MiB, and a batch answer (`entry create -data` with tens
+/// of thousands of entries) repeats every entry it was sent, with ids and revisions: with
+/// the usual 4 MiB on answers too, the write was applied and the command still failed.
+pub const ANSWER_LIMIT: usize = 64 << 20;
+
 /// A connection to the admin socket, made on first use as SPIRE's CLI does, remembering why
 /// a connection attempt or the connection failed so that the error reads like SPIRE's.
 #[derive(Debug, Clone)]
