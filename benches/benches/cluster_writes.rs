@@ -531,36 +531,49 @@ async fn paced(
     let latency = Arc::new(Mutex::new(histogram()));
     let timeline = Arc::new(Mutex::new(Vec::with_capacity(usize::try_from(total).unwrap_or(0))));
     let inflight = Arc::new(tokio::sync::Semaphore::new(PACED_INFLIGHT));
-    let mut late = 0u64;
-    let mut tasks = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
     let start = Instant::now() + Duration::from_millis(10);
     let start_unix_ms = unix_ms().saturating_add(10);
-    for i in 0..total {
-        let scheduled = start + interval * u32::try_from(i).context("too many paced writes")?;
-        tokio::time::sleep_until(scheduled.into()).await;
-        let permit = inflight.clone().acquire_owned().await?;
-        if scheduled.elapsed() > LATE {
-            late += 1;
+    // The sends are timed by a thread of their own sleeping to each scheduled instant (to
+    // tens of microseconds): tokio's timer rounds a deadline up to its next millisecond, so
+    // a send it timed left up to 1 ms after its schedule, and that counted as latency.
+    let rt = tokio::runtime::Handle::current();
+    let target = target.clone();
+    let next = next.clone();
+    let (latency_all, timeline_all) = (latency.clone(), timeline.clone());
+    let pacer = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let mut late = 0u64;
+        let mut tasks = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+        for i in 0..total {
+            let scheduled = start + interval * u32::try_from(i).context("too many paced writes")?;
+            if let Some(wait) = scheduled.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let permit = rt.block_on(inflight.clone().acquire_owned())?;
+            if scheduled.elapsed() > LATE {
+                late += 1;
+            }
+            let (target, next, latency) = (target.clone(), next.clone(), latency_all.clone());
+            let timeline = timeline_all.clone();
+            let offset_ms = (scheduled - start).as_millis();
+            tasks.push(rt.spawn(async move {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                let client = usize::try_from(i).unwrap_or(0);
+                tokio::time::timeout(SETTLE, target.write(client, n))
+                    .await
+                    .map_err(|_| anyhow!("no answer within {SETTLE:?}"))??;
+                let us = micros(scheduled.elapsed());
+                latency.lock().unwrap_or_else(std::sync::PoisonError::into_inner).record(us)?;
+                timeline
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push((offset_ms, us, scheduled));
+                drop(permit);
+                anyhow::Ok(())
+            }));
         }
-        let (target, next, latency) = (target.clone(), next.clone(), latency.clone());
-        let timeline = timeline.clone();
-        let offset_ms = (scheduled - start).as_millis();
-        tasks.push(tokio::spawn(async move {
-            let n = next.fetch_add(1, Ordering::Relaxed);
-            let client = usize::try_from(i).unwrap_or(0);
-            tokio::time::timeout(SETTLE, target.write(client, n))
-                .await
-                .map_err(|_| anyhow!("no answer within {SETTLE:?}"))??;
-            let us = micros(scheduled.elapsed());
-            latency.lock().unwrap_or_else(std::sync::PoisonError::into_inner).record(us)?;
-            timeline
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push((offset_ms, us, scheduled));
-            drop(permit);
-            anyhow::Ok(())
-        }));
-    }
+        Ok((late, tasks))
+    });
+    let (late, tasks) = pacer.await??;
     for t in futures::future::join_all(tasks).await {
         t??;
     }
