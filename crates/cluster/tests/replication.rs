@@ -3,7 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use raft::eraftpb::MessageType;
 use ward_cluster::ProposeError;
@@ -44,7 +45,8 @@ async fn proposals_that_arrive_together_travel_together() {
     let h = Harness::cluster(3).await;
     let (forwards, appends) = propose_together(&h, "together", N).await;
     // A proposal not applied within `repropose_after` (the test process stalled) is proposed
-    // again on its own: each such entry past N may bring one message of its own.
+    // again, gathered with the others due then: each entry past N is allowed at most one
+    // message of its own (an upper bound).
     assert!(forwards.entries >= N, "every proposal forwarded: {forwards:?}");
     let again = forwards.entries - N;
     assert!(forwards.messages <= N / 2 + again, "{forwards:?} for {N} proposals");
@@ -111,6 +113,62 @@ async fn proposals_proposed_again_travel_together() {
             assert!(node.store.join_token(&format!("again-{i}")).is_some(), "again-{i}");
         }
     }
+    h.assert_converged().await;
+}
+
+/// A write that commits in the cycle where new entries arrive is applied and answered before
+/// those entries are synced (raft-rs's order for a ready: apply what committed, then append
+/// and sync): with the leader's sync of the next write held, the first is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_write_is_answered_before_the_next_entries_are_synced() {
+    let mut h = Harness::new();
+    // Elections wait 1-2 s: the leader's driver is held below for a moment.
+    h.election_tick = 50;
+    h.start(1, true);
+    h.wait_leader().await;
+    for id in [2, 3] {
+        h.start(id, false);
+        h.add_voter(id).await;
+    }
+    let leader = h.wait_leader().await;
+    let handle = h.nodes[&leader].handle.clone();
+    let before = handle.status().await.unwrap().last_index;
+    let hold = Arc::clone(&h.holds[&leader]);
+    hold.arm();
+    // The leader sends A to its followers, then its own sync of A is held.
+    let a = tokio::spawn({
+        let handle = handle.clone();
+        async move { handle.propose(token("a")).await }
+    });
+    harness::wait_for("the leader's sync of A to be held", || hold.waiting() == 1).await;
+    // Both followers hold A and have answered; the answers wait in the leader's queue.
+    for f in [1, 2, 3].into_iter().filter(|id| *id != leader) {
+        let fh = h.nodes[&f].handle.clone();
+        let deadline = Instant::now() + harness::WAIT;
+        while fh.status().await.unwrap().last_index <= before {
+            assert!(Instant::now() < deadline, "follower {f} never appended A");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    // B reaches the leader's queue behind those answers.
+    let mut b = Box::pin({
+        let handle = handle.clone();
+        async move { handle.propose(token("b")).await }
+    });
+    assert!(futures::poll!(b.as_mut()).is_pending());
+    // A's sync completes; the next cycle commits A and appends B, whose sync is held: only
+    // one flush may pass, so A is answered only if that does not wait for B's sync.
+    hold.release_one();
+    let answered = tokio::time::timeout(harness::WAIT, a).await;
+    if answered.is_err() {
+        hold.disarm();
+    }
+    answered.expect("A answered while the sync of B is held").unwrap().unwrap();
+    harness::wait_for("the leader's sync of B to be held", || hold.waiting() == 1).await;
+    let b_applied = h.nodes[&leader].store.join_token("b").is_some();
+    hold.disarm();
+    assert!(!b_applied, "B was not applied before its sync");
+    b.await.unwrap();
     h.assert_converged().await;
 }
 

@@ -12,11 +12,12 @@
 //! 2. a leader's appends to its followers are sent (they promise nothing about the
 //!    leader's own log, so its write overlaps theirs: raft thesis §10.2.1), unless the
 //!    ready also changes the term or vote;
-//! 3. new entries are appended and the hard state stored, then the log is flushed; only
+//! 3. committed entries go to the store; each proposal's waiter is answered with its own
+//!    apply result, by request id, on every replica that holds one (raft hands over only
+//!    entries that are durable in this replica's log, so they need not wait for step 4);
+//! 4. new entries are appended and the hard state stored, then the log is flushed; only
 //!    then are the messages raft holds back until then sent (votes, and a follower's
 //!    answers to appends, never leave before what they promise is durable);
-//! 4. committed entries go to the store; each proposal's waiter is answered with its own
-//!    apply result, by request id, on every replica that holds one;
 //! 5. `advance`, and the same for the light ready's commit, messages and entries.
 //!
 //! An error from the store or the log stops the driver for good: every waiter gets
@@ -592,6 +593,14 @@ impl<L: LogStore> Driver<L> {
         if early {
             self.send(rd.take_messages());
         }
+        // What committed is applied (and its proposers answered) before this ready's new
+        // entries are written and synced, as raft-rs orders a ready: those entries are
+        // committed, so durable on a majority, and raft hands over only entries this
+        // replica's own log already holds durably. Applied after the sync, every write
+        // committed in a cycle also waited for the `fdatasync` of whatever entries arrived
+        // in that cycle. (A commit mark behind the applied index after a crash is raised at
+        // start.)
+        self.apply(rd.take_committed_entries())?;
         let persist_start = Instant::now();
         if !rd.entries().is_empty() {
             self.raw.mut_store().log.append(rd.entries())?;
@@ -614,7 +623,6 @@ impl<L: LogStore> Driver<L> {
             self.send(rd.take_messages());
         }
         self.send(rd.take_persisted_messages());
-        self.apply(rd.take_committed_entries())?;
         for rs in rd.take_read_states() {
             self.on_read_state(&rs.request_ctx, rs.index);
         }

@@ -6,11 +6,15 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
+
+use raft::eraftpb::{ConfState, Entry, HardState, SnapshotMetadata};
 
 use ward_cluster::mem_network::MemNetwork;
 use ward_cluster::{
-    ClusterConfig, ClusterHandle, MembershipChange, NodeId, ProposeError, Replica, SledLogStore,
+    ClusterConfig, ClusterHandle, LogStore, LogStoreError, MembershipChange, NodeId, ProposeError,
+    Replica, SledLogStore,
 };
 use ward_core::{JoinToken, TrustDomain};
 use ward_store::{Applied, Command, Store, StoreConfig};
@@ -33,6 +37,117 @@ pub struct Harness {
     pub snapshot_pull_timeout: Duration,
     /// raft's `max_size_per_msg` for replicas started from now on.
     pub max_size_per_msg: u64,
+    /// raft's `election_tick` for replicas started from now on.
+    pub election_tick: usize,
+    /// Each replica's hold on its log flushes (see [`FlushHold`]).
+    pub holds: BTreeMap<NodeId, Arc<FlushHold>>,
+}
+
+/// Lets a test hold a replica's log flushes: while armed, each flush waits for a permit
+/// ([`FlushHold::release_one`]) or for the hold to be disarmed.
+#[derive(Default)]
+pub struct FlushHold {
+    state: Mutex<HoldState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct HoldState {
+    armed: bool,
+    permits: u64,
+    waiting: u64,
+}
+
+impl FlushHold {
+    pub fn arm(&self) {
+        self.state.lock().unwrap().armed = true;
+    }
+
+    pub fn disarm(&self) {
+        self.state.lock().unwrap().armed = false;
+        self.changed.notify_all();
+    }
+
+    /// Lets one held (or the next) flush go.
+    pub fn release_one(&self) {
+        self.state.lock().unwrap().permits += 1;
+        self.changed.notify_all();
+    }
+
+    /// Flushes waiting now.
+    pub fn waiting(&self) -> u64 {
+        self.state.lock().unwrap().waiting
+    }
+
+    fn pass(&self) {
+        let mut s = self.state.lock().unwrap();
+        if !s.armed {
+            return;
+        }
+        s.waiting += 1;
+        while s.armed && s.permits == 0 {
+            s = self.changed.wait(s).unwrap();
+        }
+        if s.armed {
+            s.permits -= 1;
+        }
+        s.waiting -= 1;
+    }
+}
+
+/// A log store whose flushes go through a [`FlushHold`].
+pub struct HeldLog<L> {
+    inner: L,
+    hold: Arc<FlushHold>,
+}
+
+impl<L: LogStore> LogStore for HeldLog<L> {
+    fn append(&mut self, entries: &[Entry]) -> Result<(), LogStoreError> {
+        self.inner.append(entries)
+    }
+    fn entries(&self, lo: u64, hi: u64, max: Option<u64>) -> Result<Vec<Entry>, LogStoreError> {
+        self.inner.entries(lo, hi, max)
+    }
+    fn term(&self, index: u64) -> Result<u64, LogStoreError> {
+        self.inner.term(index)
+    }
+    fn first_index(&self) -> u64 {
+        self.inner.first_index()
+    }
+    fn last_index(&self) -> u64 {
+        self.inner.last_index()
+    }
+    fn hard_state(&self) -> Result<HardState, LogStoreError> {
+        self.inner.hard_state()
+    }
+    fn set_hard_state(&mut self, hs: &HardState) -> Result<(), LogStoreError> {
+        self.inner.set_hard_state(hs)
+    }
+    fn conf_state(&self) -> Result<ConfState, LogStoreError> {
+        self.inner.conf_state()
+    }
+    fn set_conf_state(&mut self, cs: &ConfState) -> Result<(), LogStoreError> {
+        self.inner.set_conf_state(cs)
+    }
+    fn compact(&mut self, upto: u64) -> Result<(), LogStoreError> {
+        self.inner.compact(upto)
+    }
+    fn snapshot_meta(&self) -> Result<SnapshotMetadata, LogStoreError> {
+        self.inner.snapshot_meta()
+    }
+    fn set_snapshot_meta(&mut self, meta: &SnapshotMetadata) -> Result<(), LogStoreError> {
+        self.inner.set_snapshot_meta(meta)
+    }
+    fn install_snapshot(&mut self, meta: &SnapshotMetadata) -> Result<(), LogStoreError> {
+        self.inner.install_snapshot(meta)
+    }
+    fn flush(&mut self) -> Result<(), LogStoreError> {
+        self.hold.pass();
+        self.inner.flush()
+    }
+    fn size(&self) -> (u64, u64) {
+        self.inner.size()
+    }
 }
 
 pub fn trust_domain() -> TrustDomain {
@@ -114,6 +229,8 @@ impl Harness {
             compact_log_bytes: 64 << 20,
             snapshot_pull_timeout: Duration::from_secs(60),
             max_size_per_msg: config(0).max_size_per_msg,
+            election_tick: config(0).election_tick,
+            holds: BTreeMap::new(),
         }
     }
 
@@ -121,8 +238,10 @@ impl Harness {
     pub fn start(&mut self, id: NodeId, bootstrap: bool) {
         let dir = self.dirs.entry(id).or_insert_with(|| tempfile::tempdir().unwrap());
         let store = Store::open(dir.path(), StoreConfig::new(trust_domain())).unwrap();
-        let log = SledLogStore::open(&store).unwrap();
+        let hold = Arc::clone(self.holds.entry(id).or_default());
+        let log = HeldLog { inner: SledLogStore::open(&store).unwrap(), hold };
         let mut cfg = config(id);
+        cfg.election_tick = self.election_tick;
         cfg.bootstrap = bootstrap;
         cfg.compact_log_bytes = self.compact_log_bytes;
         cfg.snapshot_pull_timeout = self.snapshot_pull_timeout;
