@@ -2,15 +2,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::Arc;
 
-use ward_cluster::{
-    ClusterConfig, LogStore, LogStoreError, MemLogStore, ProposeError, Replica, SledLogStore,
-};
+use ward_cluster::{ClusterConfig, LogStore, MemLogStore, ProposeError, Replica, SledLogStore};
 use ward_store::{Outcome, Store, StoreConfig};
 
 mod harness;
-use harness::{token, trust_domain};
+use harness::{FlushHold, HeldLog, token, trust_domain};
 
 /// Starts replica 1 over `store` and `log`, with no transport.
 fn start_alone(
@@ -70,99 +68,22 @@ async fn existing_single_server_state_becomes_a_one_member_cluster() {
     assert!(store.join_token("old-5").is_some() && store.join_token("new").is_some());
 }
 
-/// A log store whose first flush waits until the test lets it go, so proposals pile up in
-/// the driver's queue meanwhile; counts flushes.
-struct GatedLog {
-    inner: MemLogStore,
-    gate: Arc<Barrier>,
-    gated: bool,
-    flushes: Arc<Mutex<u64>>,
-}
-
-impl LogStore for GatedLog {
-    fn append(&mut self, e: &[raft_entry::Entry]) -> Result<(), LogStoreError> {
-        self.inner.append(e)
-    }
-    fn entries(
-        &self,
-        lo: u64,
-        hi: u64,
-        m: Option<u64>,
-    ) -> Result<Vec<raft_entry::Entry>, LogStoreError> {
-        self.inner.entries(lo, hi, m)
-    }
-    fn term(&self, i: u64) -> Result<u64, LogStoreError> {
-        self.inner.term(i)
-    }
-    fn first_index(&self) -> u64 {
-        self.inner.first_index()
-    }
-    fn last_index(&self) -> u64 {
-        self.inner.last_index()
-    }
-    fn hard_state(&self) -> Result<raft_entry::HardState, LogStoreError> {
-        self.inner.hard_state()
-    }
-    fn set_hard_state(&mut self, hs: &raft_entry::HardState) -> Result<(), LogStoreError> {
-        self.inner.set_hard_state(hs)
-    }
-    fn conf_state(&self) -> Result<raft_entry::ConfState, LogStoreError> {
-        self.inner.conf_state()
-    }
-    fn set_conf_state(&mut self, cs: &raft_entry::ConfState) -> Result<(), LogStoreError> {
-        self.inner.set_conf_state(cs)
-    }
-    fn compact(&mut self, upto: u64) -> Result<(), LogStoreError> {
-        self.inner.compact(upto)
-    }
-    fn snapshot_meta(&self) -> Result<raft_entry::SnapshotMetadata, LogStoreError> {
-        self.inner.snapshot_meta()
-    }
-    fn set_snapshot_meta(&mut self, m: &raft_entry::SnapshotMetadata) -> Result<(), LogStoreError> {
-        self.inner.set_snapshot_meta(m)
-    }
-    fn install_snapshot(&mut self, m: &raft_entry::SnapshotMetadata) -> Result<(), LogStoreError> {
-        self.inner.install_snapshot(m)
-    }
-    fn flush(&mut self) -> Result<(), LogStoreError> {
-        *self.flushes.lock().unwrap() += 1;
-        if self.gated && self.inner.last_index() > 2 {
-            self.gated = false;
-            self.gate.wait();
-            self.gate.wait();
-        }
-        Ok(())
-    }
-    fn size(&self) -> (u64, u64) {
-        self.inner.size()
-    }
-}
-
-use raft::eraftpb as raft_entry;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proposals_that_arrive_together_share_one_flush() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), StoreConfig::new(trust_domain())).unwrap();
-    let gate = Arc::new(Barrier::new(2));
-    let flushes = Arc::new(Mutex::new(0));
-    let log = GatedLog {
-        inner: MemLogStore::new(),
-        gate: gate.clone(),
-        gated: true,
-        flushes: flushes.clone(),
-    };
-    let handle = one_member(&store, log);
+    let hold = Arc::new(FlushHold::default());
+    let handle = one_member(&store, HeldLog::new(MemLogStore::new(), Arc::clone(&hold)));
     // Wait for the leader's own first entry, then hold the driver inside the flush of the
     // first proposal while 99 more queue up.
     harness::wait_for("leadership", || handle.leader() == Some(1) && handle.applied() >= 2).await;
+    hold.arm();
     let first = tokio::spawn({
         let h = handle.clone();
         async move { h.propose(token("first")).await }
     });
-    let g = gate.clone();
-    tokio::task::spawn_blocking(move || g.wait()).await.unwrap();
-    let before = *flushes.lock().unwrap();
+    harness::wait_for("the first proposal's flush to be held", || hold.waiting() == 1).await;
+    let before = hold.flushes();
     let mut rest = Vec::new();
     for i in 0..99 {
         let h = handle.clone();
@@ -170,13 +91,12 @@ async fn proposals_that_arrive_together_share_one_flush() {
     }
     // Every proposal is in the driver's queue before it may go on.
     harness::wait_for("the queue to fill", || handle.queued() >= 99).await;
-    let g = gate.clone();
-    tokio::task::spawn_blocking(move || g.wait()).await.unwrap();
+    hold.disarm();
     first.await.unwrap().unwrap();
     for r in rest {
         r.await.unwrap().unwrap();
     }
-    let after = *flushes.lock().unwrap();
+    let after = hold.flushes();
     assert!(after - before <= 3, "99 queued proposals took {} flushes", after - before);
     assert!(store.join_token("t98").is_some());
 }

@@ -56,6 +56,7 @@ struct HoldState {
     armed: bool,
     permits: u64,
     waiting: u64,
+    flushes: u64,
 }
 
 impl FlushHold {
@@ -79,8 +80,14 @@ impl FlushHold {
         self.state.lock().unwrap().waiting
     }
 
+    /// Flushes begun so far, held or not.
+    pub fn flushes(&self) -> u64 {
+        self.state.lock().unwrap().flushes
+    }
+
     fn pass(&self) {
         let mut s = self.state.lock().unwrap();
+        s.flushes += 1;
         if !s.armed {
             return;
         }
@@ -99,6 +106,12 @@ impl FlushHold {
 pub struct HeldLog<L> {
     inner: L,
     hold: Arc<FlushHold>,
+}
+
+impl<L> HeldLog<L> {
+    pub fn new(inner: L, hold: Arc<FlushHold>) -> Self {
+        Self { inner, hold }
+    }
 }
 
 impl<L: LogStore> LogStore for HeldLog<L> {
@@ -239,7 +252,7 @@ impl Harness {
         let dir = self.dirs.entry(id).or_insert_with(|| tempfile::tempdir().unwrap());
         let store = Store::open(dir.path(), StoreConfig::new(trust_domain())).unwrap();
         let hold = Arc::clone(self.holds.entry(id).or_default());
-        let log = HeldLog { inner: SledLogStore::open(&store).unwrap(), hold };
+        let log = HeldLog::new(SledLogStore::open(&store).unwrap(), hold);
         let mut cfg = config(id);
         cfg.election_tick = self.election_tick;
         cfg.bootstrap = bootstrap;
