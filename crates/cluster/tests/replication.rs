@@ -64,12 +64,7 @@ async fn proposals_gathered_together_are_cut_at_the_message_size() {
     const LIMIT: u64 = 1024;
     let mut h = Harness::new();
     h.max_size_per_msg = LIMIT;
-    h.start(1, true);
-    h.wait_leader().await;
-    for id in [2, 3] {
-        h.start(id, false);
-        h.add_voter(id).await;
-    }
+    h.form(3).await;
     let (forwards, _) = propose_together(&h, "cut", N).await;
     assert!(forwards.entries >= N, "every proposal forwarded: {forwards:?}");
     // 256 proposals of about 60 bytes: gathered, but never past the limit.
@@ -124,12 +119,7 @@ async fn a_committed_write_is_answered_before_the_next_entries_are_synced() {
     let mut h = Harness::new();
     // Elections wait 1-2 s: the leader's driver is held below for a moment.
     h.election_tick = 50;
-    h.start(1, true);
-    h.wait_leader().await;
-    for id in [2, 3] {
-        h.start(id, false);
-        h.add_voter(id).await;
-    }
+    h.form(3).await;
     let leader = h.wait_leader().await;
     let handle = h.nodes[&leader].handle.clone();
     let before = handle.status().await.unwrap().last_index;

@@ -295,13 +295,18 @@ impl Harness {
     /// Bootstraps replica 1 and adds `2..=n` as voters.
     pub async fn cluster(n: u64) -> Self {
         let mut h = Self::new();
-        h.start(1, true);
-        h.wait_leader().await;
-        for id in 2..=n {
-            h.start(id, false);
-            h.add_voter(id).await;
-        }
+        h.form(n).await;
         h
+    }
+
+    /// Bootstraps replica 1 and adds `2..=n` as voters, with this harness's settings.
+    pub async fn form(&mut self, n: u64) {
+        self.start(1, true);
+        self.wait_leader().await;
+        for id in 2..=n {
+            self.start(id, false);
+            self.add_voter(id).await;
+        }
     }
 
     /// Adds `id` as a voter through whichever replica leads at the time.
