@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
+
 use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
@@ -131,7 +131,7 @@ pub struct DriverTimings {
 #[derive(Clone)]
 pub struct ClusterHandle {
     pub(crate) node_id: NodeId,
-    pub(crate) tx: mpsc::Sender<Request>,
+    pub(crate) tx: crossbeam_channel::Sender<Request>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) stopped: watch::Receiver<Option<Result<(), String>>>,
     pub(crate) propose_timeout: Duration,

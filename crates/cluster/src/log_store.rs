@@ -12,7 +12,8 @@
 //! - [`LogStore::compact`] removes entries up to an index and keeps its term;
 //! - [`LogStore::install_snapshot`] drops the whole log and sets the compacted point, the
 //!   membership and the snapshot metadata from the snapshot;
-//! - nothing is durable until [`LogStore::flush`] returns.
+//! - nothing is durable until [`LogStore::flush`] returns, or the [`PendingSync`] that
+//!   [`LogStore::begin_sync`] returned has run.
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, SnapshotMetadata};
@@ -37,6 +38,10 @@ pub enum LogStoreError {
     #[error("raft log I/O: {0}")]
     Io(String),
 }
+
+/// What makes everything a log wrote before [`LogStore::begin_sync`] durable, run on a
+/// thread of its own while the log keeps taking writes.
+pub type PendingSync = Box<dyn FnOnce() -> Result<(), LogStoreError> + Send>;
 
 /// Persistence of the raft log and its metadata. Reads take `&self` (raft's `Storage`
 /// reads through a shared reference); writes take `&mut self` and are made only by the
@@ -81,6 +86,14 @@ pub trait LogStore: Send + 'static {
     fn install_snapshot(&mut self, meta: &SnapshotMetadata) -> Result<(), LogStoreError>;
     /// Makes everything written so far durable.
     fn flush(&mut self) -> Result<(), LogStoreError>;
+    /// Hands what is written so far to the files without waiting for it to be durable,
+    /// and returns the call that makes it durable, to be run on another thread while this
+    /// log goes on taking writes; a later one covers everything an earlier one does.
+    /// `None` when the log must be flushed where it is written ([`LogStore::flush`]): the
+    /// default, and a journal whose segment is due to be closed.
+    fn begin_sync(&mut self) -> Result<Option<PendingSync>, LogStoreError> {
+        Ok(None)
+    }
     /// Number of entries held and their size in bytes (what compaction is decided on).
     fn size(&self) -> (u64, u64);
 }
@@ -296,6 +309,10 @@ impl LogStore for MemLogStore {
         Ok(())
     }
 
+    fn begin_sync(&mut self) -> Result<Option<PendingSync>, LogStoreError> {
+        Ok(Some(Box::new(|| Ok(()))))
+    }
+
     fn size(&self) -> (u64, u64) {
         (self.entries.len() as u64, self.bytes)
     }
@@ -425,6 +442,13 @@ impl LogStore for SledLogStore {
 
     fn flush(&mut self) -> Result<(), LogStoreError> {
         Ok(self.log.flush()?)
+    }
+
+    /// The database flush, on the thread that runs it: it makes everything written before
+    /// it durable, the store's writes as well.
+    fn begin_sync(&mut self) -> Result<Option<PendingSync>, LogStoreError> {
+        let log = self.log.clone();
+        Ok(Some(Box::new(move || Ok(log.flush()?))))
     }
 
     fn size(&self) -> (u64, u64) {

@@ -41,11 +41,13 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, SnapshotMetadata};
 
-use crate::log_store::{LogStore, LogStoreError, MemLogStore, decode, encode};
+use crate::log_store::{LogStore, LogStoreError, MemLogStore, PendingSync, decode, encode};
 
 /// First bytes of every segment.
 const MAGIC: &[u8; 8] = b"WARDWAL1";
@@ -84,16 +86,16 @@ pub struct WalLogStore {
     dir: PathBuf,
     mem: MemLogStore,
     segments: Vec<Segment>,
-    /// The newest segment, open for appending.
-    file: File,
+    /// The newest segment, open for appending (shared with the syncs handed out).
+    file: Arc<File>,
     /// Bytes in the newest segment, pending ones included.
     written: u64,
     /// Encoded records not yet written to `file`.
     pending: Vec<u8>,
     /// Segments before this sequence number are superseded by an install.
     superseded_before: u64,
-    /// `fdatasync`s done (for tests and figures).
-    syncs: u64,
+    /// `fdatasync`s done, here and by the syncs handed out (for tests and figures).
+    syncs: Arc<AtomicU64>,
 }
 
 impl WalLogStore {
@@ -140,11 +142,11 @@ impl WalLogStore {
             dir: dir.to_path_buf(),
             mem,
             segments,
-            file,
+            file: Arc::new(file),
             written: MAGIC.len() as u64,
             pending: Vec::new(),
             superseded_before,
-            syncs: 0,
+            syncs: Arc::default(),
         };
         wal.checkpoint()?;
         wal.sync()?;
@@ -154,7 +156,7 @@ impl WalLogStore {
 
     /// `fdatasync`s done since opening.
     pub fn syncs(&self) -> u64 {
-        self.syncs
+        self.syncs.load(Ordering::Relaxed)
     }
 
     /// The segment files held, oldest first.
@@ -186,7 +188,7 @@ impl WalLogStore {
             return Ok(());
         }
         let path = self.current_path();
-        self.file.write_all(&self.pending).map_err(|e| io("writing", &path, &e))?;
+        (&*self.file).write_all(&self.pending).map_err(|e| io("writing", &path, &e))?;
         self.pending.clear();
         Ok(())
     }
@@ -199,7 +201,7 @@ impl WalLogStore {
         self.write_pending()?;
         let path = self.current_path();
         self.file.sync_data().map_err(|e| io("syncing", &path, &e))?;
-        self.syncs = self.syncs.saturating_add(1);
+        self.syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -220,7 +222,7 @@ impl WalLogStore {
     fn rotate(&mut self) -> Result<(), LogStoreError> {
         let next = self.segments.last().map_or(1, |s| s.seq.saturating_add(1));
         let path = self.dir.join(segment_name(next));
-        self.file = new_segment(&path, &self.dir)?;
+        self.file = Arc::new(new_segment(&path, &self.dir)?);
         self.segments.push(Segment { seq: next, path, max_index: 0 });
         self.written = MAGIC.len() as u64;
         self.checkpoint()?;
@@ -347,6 +349,24 @@ impl LogStore for WalLogStore {
             self.delete_obsolete();
         }
         Ok(())
+    }
+
+    /// What is pending is written to the newest segment here; its `fdatasync` is the call
+    /// returned. A segment due to be closed, or older ones due to be deleted, are left to
+    /// [`LogStore::flush`]: closing one must follow its sync, and a record in a new segment
+    /// must never be durable while the tail of the one before it is not.
+    fn begin_sync(&mut self) -> Result<Option<PendingSync>, LogStoreError> {
+        let superseded = self.segments.first().is_some_and(|s| s.seq < self.superseded_before);
+        if self.written >= SEGMENT_BYTES || superseded {
+            return Ok(None);
+        }
+        self.write_pending()?;
+        let (file, syncs, path) = (self.file.clone(), self.syncs.clone(), self.current_path());
+        Ok(Some(Box::new(move || {
+            file.sync_data().map_err(|e| io("syncing", &path, &e))?;
+            syncs.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        })))
     }
 
     fn size(&self) -> (u64, u64) {
@@ -606,6 +626,43 @@ mod tests {
         let again = WalLogStore::open(dir.path()).unwrap();
         assert_eq!(again.last_index(), 3);
         assert_eq!(again.hard_state().unwrap().commit, 2);
+    }
+
+    #[test]
+    fn a_sync_run_on_another_thread_keeps_what_was_written_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = WalLogStore::open(dir.path()).unwrap();
+        let syncs = log.syncs();
+        log.append(&(1..=3).map(|i| entry(i, 1, 10)).collect::<Vec<_>>()).unwrap();
+        let sync = log.begin_sync().unwrap().expect("a sync to run elsewhere");
+        // Written after the sync was asked for: not promised by it.
+        log.append(&[entry(4, 1, 10)]).unwrap();
+        std::thread::spawn(sync).join().unwrap().unwrap();
+        assert_eq!(log.syncs(), syncs + 1);
+        std::mem::forget(log);
+        let again = WalLogStore::open(dir.path()).unwrap();
+        assert_eq!(again.last_index(), 3);
+    }
+
+    #[test]
+    fn a_segment_due_to_close_is_synced_where_it_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = WalLogStore::open(dir.path()).unwrap();
+        let size = 1 << 20;
+        let mut index = 0;
+        while log.written < SEGMENT_BYTES {
+            index += 1;
+            log.append(&[entry(index, 1, size)]).unwrap();
+        }
+        // The segment must be closed after its sync and before anything follows it.
+        assert!(log.begin_sync().unwrap().is_none());
+        log.flush().unwrap();
+        assert_eq!(log.segment_files().len(), 2);
+        log.append(&[entry(index + 1, 1, 10)]).unwrap();
+        let sync = log.begin_sync().unwrap().expect("a fresh segment syncs elsewhere");
+        std::thread::spawn(sync).join().unwrap().unwrap();
+        std::mem::forget(log);
+        assert_eq!(WalLogStore::open(dir.path()).unwrap().last_index(), index + 1);
     }
 
     #[test]

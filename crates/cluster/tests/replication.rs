@@ -162,6 +162,57 @@ async fn a_committed_write_is_answered_before_the_next_entries_are_synced() {
     h.assert_converged().await;
 }
 
+/// A follower's answer to an append leaves only once the sync that covers it is done, so
+/// with both followers' syncs held nothing commits; meanwhile a held follower goes on
+/// working: a proposal made through it reaches the leader's log. Released, both commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_answers_only_after_its_sync_and_forwards_while_it_runs() {
+    let mut h = Harness::new();
+    // Elections wait 1-2 s: the followers' answers are held below for a moment.
+    h.election_tick = 50;
+    h.form(3).await;
+    let leader = h.wait_leader().await;
+    let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
+    let lh = h.nodes[&leader].handle.clone();
+    let applied_before = lh.applied();
+    let last_before = lh.status().await.unwrap().last_index;
+    for f in &followers {
+        h.holds[f].arm();
+    }
+    let a = tokio::spawn({
+        let lh = lh.clone();
+        async move { lh.propose(token("a")).await }
+    });
+    for f in &followers {
+        let hold = Arc::clone(&h.holds[f]);
+        harness::wait_for("a follower's sync of A to be held", || hold.waiting() == 1).await;
+    }
+    // Only the leader holds A durably: one of three, not a majority.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(lh.applied(), applied_before, "A committed without a follower's sync");
+    assert!(h.nodes[&leader].store.join_token("a").is_none());
+    // The first follower is not held itself: B, proposed through it, reaches the leader.
+    let via = followers[0];
+    let b = tokio::spawn({
+        let fh = h.nodes[&via].handle.clone();
+        async move { fh.propose(token("b")).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lh.status().await.unwrap().last_index < last_before + 2 {
+        assert!(
+            Instant::now() < deadline,
+            "B never reached the leader while {via}'s sync was held"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(h.nodes[&leader].store.join_token("a").is_none());
+    h.holds[&via].disarm();
+    a.await.unwrap().unwrap();
+    b.await.unwrap().unwrap();
+    h.holds[&followers[1]].disarm();
+    h.assert_converged().await;
+}
+
 /// Proposes `n` join tokens at once through a follower and waits until all are applied
 /// everywhere; returns the forwards from that follower to the leader and the appends from the
 /// leader to the other follower meanwhile.

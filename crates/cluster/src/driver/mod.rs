@@ -15,22 +15,33 @@
 //! 3. committed entries go to the store; each proposal's waiter is answered with its own
 //!    apply result, by request id, on every replica that holds one (raft hands over only
 //!    entries that are durable in this replica's log, so they need not wait for step 4);
-//! 4. new entries are appended and the hard state stored, then the log is flushed; only
-//!    then are the messages raft holds back until then sent (votes, and a follower's
-//!    answers to appends, never leave before what they promise is durable);
-//! 5. `advance`, and the same for the light ready's commit, messages and entries.
+//! 4. new entries are appended and the hard state stored and handed to the log's sync
+//!    thread, which `fdatasync`s them while this thread goes on (raft-rs's asynchronous
+//!    persistence: `advance_append_async`, then `on_persist_ready` once the sync thread
+//!    reports). The messages raft holds back until then (votes, a follower's answers to
+//!    appends) wait in order, ready by ready, and leave when the sync that covers their
+//!    ready is reported: they never promise what is not durable. A ready that changes the
+//!    term or the vote, or installs a snapshot, is made durable on this thread before
+//!    anything else goes on, as is one the log cannot sync elsewhere (a segment to close);
+//! 5. `advance`, and for a ready made durable here, the same for the light ready's commit,
+//!    messages and entries.
+//!
+//! While a sync runs, this thread keeps taking proposals, forwarding them, sending appends,
+//! answering and applying: a write that arrives during one waits only for the next, not
+//! for this thread to come back from the one before. Syncs asked for while one runs are
+//! done as one.
 //!
 //! An error from the store or the log stops the driver for good: every waiter gets
 //! [`ProposeError::Fatal`], and [`ClusterHandle::stopped`] resolves with the reason so
 //! the process can exit non-zero (a restart replays the log).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Instant;
 
 use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender};
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType};
 use raft::{RawNode, StateRole, Storage as _};
@@ -43,7 +54,7 @@ use crate::handle::{
     ClusterHandle, ClusterStatus, IndexReply, MembershipChange, PeerProgress, Reply, Request, Role,
     Shared,
 };
-use crate::log_store::{LogStore, LogStoreError};
+use crate::log_store::{LogStore, LogStoreError, PendingSync};
 use crate::storage::RaftStorage;
 use crate::transport::{NodeId, SnapshotSource, Transport};
 
@@ -182,8 +193,9 @@ pub fn start<L: LogStore>(replica: Replica<L>) -> Result<ClusterHandle, StartErr
     let raw = RawNode::new(&raft_config, storage, &logger)
         .map_err(|e| StartError::Raft(e.to_string()))?;
 
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = crossbeam_channel::unbounded();
     let shared = Arc::new(Shared::default());
+    let syncs = SyncThread::start(id, shared.clone())?;
     let (stop_tx, stop_rx) = watch::channel(None);
     let handle = ClusterHandle {
         node_id: id,
@@ -209,6 +221,8 @@ pub fn start<L: LogStore>(replica: Replica<L>) -> Result<ClusterHandle, StartErr
         snapshots_sent: Vec::new(),
         last_leader: None,
         compaction_flush: None,
+        syncs,
+        held: VecDeque::new(),
     };
     driver.publish();
     std::thread::Builder::new()
@@ -221,6 +235,7 @@ pub fn start<L: LogStore>(replica: Replica<L>) -> Result<ClusterHandle, StartErr
             if let Err(e) = driver.join_compaction_flush() {
                 result = result.and(Err(e.to_string()));
             }
+            driver.syncs.stop();
             driver.finish(&result);
             // The store and log close before anyone is told the replica stopped.
             drop(driver);
@@ -270,6 +285,69 @@ enum Fatal {
     Snapshot(String),
     #[error("log entry: {0}")]
     Entry(String),
+    #[error("raft log: the thread that syncs it stopped")]
+    Sync,
+}
+
+/// A sync the log's sync thread finished: the number of the last ready it covers, and how
+/// it went.
+type Synced = (u64, Result<(), LogStoreError>);
+
+/// The thread that makes the log durable while the driver goes on (see the module
+/// documentation, step 4).
+struct SyncThread {
+    jobs: Option<Sender<(u64, PendingSync)>>,
+    done: Receiver<Synced>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SyncThread {
+    fn start(id: NodeId, shared: Arc<Shared>) -> Result<Self, StartError> {
+        let (jobs, jobs_rx) = crossbeam_channel::unbounded::<(u64, PendingSync)>();
+        let (done_tx, done) = crossbeam_channel::unbounded();
+        let thread = std::thread::Builder::new()
+            .name(format!("raft-sync-{id}"))
+            .spawn(move || {
+                while let Ok(mut job) = jobs_rx.recv() {
+                    // A later sync covers everything an earlier one does.
+                    while let Ok(later) = jobs_rx.try_recv() {
+                        job = later;
+                    }
+                    let (number, sync) = job;
+                    let start = Instant::now();
+                    let result = sync();
+                    add_elapsed(&shared.persist_ns, start);
+                    shared.flushes.fetch_add(1, Ordering::Relaxed);
+                    if done_tx.send((number, result)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| StartError::Thread(e.to_string()))?;
+        Ok(Self { jobs: Some(jobs), done, thread: Some(thread) })
+    }
+
+    fn submit(&self, number: u64, sync: PendingSync) -> Result<(), Fatal> {
+        let sent = self.jobs.as_ref().is_some_and(|j| j.send((number, sync)).is_ok());
+        if sent { Ok(()) } else { Err(Fatal::Sync) }
+    }
+
+    /// Lets the thread finish the sync it runs, if any, and end.
+    fn stop(&mut self) {
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A ready's messages that wait for its entries (or an earlier ready's) to be durable.
+struct Held {
+    number: u64,
+    /// Whether this ready wrote something a sync must cover (else it waits only for the
+    /// readies before it).
+    needs_sync: bool,
+    messages: Vec<Message>,
 }
 
 struct Driver<L: LogStore> {
@@ -292,6 +370,10 @@ struct Driver<L: LogStore> {
     last_leader: Option<NodeId>,
     /// The store's flush that lets the log be compacted further, while it runs.
     compaction_flush: Option<std::thread::JoinHandle<Result<(), StoreError>>>,
+    /// The log's sync thread.
+    syncs: SyncThread,
+    /// Messages of readies not yet known durable, oldest first.
+    held: VecDeque<Held>,
 }
 
 /// How many queued requests one cycle takes at most before handling a ready.
@@ -320,16 +402,27 @@ impl Proposals {
 }
 
 impl<L: LogStore> Driver<L> {
-    fn run(&mut self, rx: mpsc::Receiver<Request>) -> Result<(), String> {
+    fn run(&mut self, rx: Receiver<Request>) -> Result<(), String> {
         let tick = self.config.tick_interval;
         let mut next_tick = Instant::now() + tick;
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
-            let first = match rx.recv_timeout(wait) {
-                Ok(req) => Some(req),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => return Ok(()),
-            };
+            let mut first = None;
+            let mut synced = None;
+            crossbeam_channel::select! {
+                recv(rx) -> req => match req {
+                    Ok(req) => first = Some(req),
+                    Err(_) => return Ok(()),
+                },
+                recv(self.syncs.done) -> done => match done {
+                    Ok(done) => synced = Some(done),
+                    Err(_) => return Err(Fatal::Sync.to_string()),
+                },
+                default(wait) => {}
+            }
+            if let Some(done) = synced {
+                self.on_synced(done).map_err(|e| e.to_string())?;
+            }
             let mut stop = false;
             let mut pending = first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok()));
             // Proposals that arrive together go to raft as one message: one append to each
@@ -345,6 +438,9 @@ impl<L: LogStore> Driver<L> {
             self.propose_all(proposals);
             if stop {
                 return Ok(());
+            }
+            while let Ok(done) = self.syncs.done.try_recv() {
+                self.on_synced(done).map_err(|e| e.to_string())?;
             }
             let now = Instant::now();
             if now >= next_tick {
@@ -570,7 +666,11 @@ impl<L: LogStore> Driver<L> {
             return Ok(());
         }
         let mut rd = self.raw.ready();
-        if !rd.snapshot().is_empty() {
+        let snapshot = !rd.snapshot().is_empty();
+        if snapshot {
+            // The log is reset to the snapshot: what earlier readies wrote is made durable
+            // first, so no sync of theirs is still to come.
+            self.sync_here()?;
             let snap = rd.snapshot().clone();
             self.install_snapshot(&snap)?;
         }
@@ -579,7 +679,7 @@ impl<L: LogStore> Driver<L> {
         // §10.2.1; raft-rs puts only such messages in `messages` on a leader, and everything
         // that promises durability in `persisted_messages`): the followers' writes overlap
         // the leader's, and an entry still commits only once a majority holds it durably,
-        // since the leader counts itself only after `advance` reports its write. Not when
+        // since the leader counts itself only once its write is reported durable. Not when
         // this ready also changes the term or vote: a single voter that just elected itself
         // would otherwise send entries of a term that a crash before the write could make
         // it reuse for other entries at the same index.
@@ -594,12 +694,8 @@ impl<L: LogStore> Driver<L> {
             self.send(rd.take_messages());
         }
         // What committed is applied (and its proposers answered) before this ready's new
-        // entries are written and synced, as raft-rs orders a ready: those entries are
-        // committed, so durable on a majority, and raft hands over only entries this
-        // replica's own log already holds durably. Applied after the sync, every write
-        // committed in a cycle also waited for the `fdatasync` of whatever entries arrived
-        // in that cycle. (A commit mark behind the applied index after a crash is raised at
-        // start.)
+        // entries are written: those entries are committed, so durable on a majority, and
+        // raft hands over only entries this replica's own log already holds durably.
         self.apply(rd.take_committed_entries())?;
         let persist_start = Instant::now();
         if !rd.entries().is_empty() {
@@ -611,33 +707,102 @@ impl<L: LogStore> Driver<L> {
         // Only new entries, a new term or a vote must be durable before the ready's messages
         // leave. A hard state whose commit alone moved (a follower learning the commit from
         // an append or a heartbeat, a leader counting acknowledgements) is written without a
-        // flush, as the light ready's commit is: raft learns the commit again after a
-        // restart, and the next flush of the shared database carries it anyway. Flushing it
-        // doubled the fsyncs of every replica when writes come one at a time.
-        if rd.must_sync() {
-            self.raw.mut_store().log.flush()?;
-            self.shared.flushes.fetch_add(1, Ordering::Relaxed);
-        }
+        // sync of its own: raft learns the commit again after a restart, and the next sync
+        // carries it anyway.
+        let elsewhere = if rd.must_sync() && early && !snapshot {
+            self.raw.mut_store().log.begin_sync()?
+        } else {
+            None
+        };
         add_elapsed(&self.shared.persist_ns, persist_start);
-        if !early {
-            self.send(rd.take_messages());
+        let number = rd.number();
+        if let Some(sync) = elsewhere {
+            self.held.push_back(Held {
+                number,
+                needs_sync: true,
+                messages: rd.take_persisted_messages(),
+            });
+            self.syncs.submit(number, sync)?;
+            self.advance_async(rd);
+        } else if !rd.must_sync() && !self.held.is_empty() {
+            // Nothing of its own to make durable, but its messages (an answer to an append
+            // whose entries an earlier ready wrote, say) wait behind the earlier readies'.
+            self.held.push_back(Held {
+                number,
+                needs_sync: false,
+                messages: rd.take_persisted_messages(),
+            });
+            self.advance_async(rd);
+        } else {
+            if rd.must_sync() {
+                self.sync_here()?;
+            }
+            if !early {
+                self.send(rd.take_messages());
+            }
+            self.send(rd.take_persisted_messages());
+            for rs in rd.take_read_states() {
+                self.on_read_state(&rs.request_ctx, rs.index);
+            }
+            let mut light = self.raw.advance(rd);
+            if let Some(commit) = light.commit_index() {
+                let mut hs = self.raw.store().log.hard_state()?;
+                hs.commit = commit;
+                self.raw.mut_store().log.set_hard_state(&hs)?;
+            }
+            self.send(light.take_messages());
+            self.apply(light.take_committed_entries())?;
+            self.raw.advance_apply();
         }
-        self.send(rd.take_persisted_messages());
-        for rs in rd.take_read_states() {
-            self.on_read_state(&rs.request_ctx, rs.index);
-        }
-        let mut light = self.raw.advance(rd);
-        if let Some(commit) = light.commit_index() {
-            let mut hs = self.raw.store().log.hard_state()?;
-            hs.commit = commit;
-            self.raw.mut_store().log.set_hard_state(&hs)?;
-        }
-        self.send(light.take_messages());
-        self.apply(light.take_committed_entries())?;
-        self.raw.advance_apply();
         self.report_snapshots();
         self.resolve_reads();
         self.maybe_compact()?;
+        Ok(())
+    }
+
+    /// Advances a ready whose persistence the sync thread reports later
+    /// ([`Driver::on_synced`]).
+    fn advance_async(&mut self, mut rd: raft::Ready) {
+        for rs in rd.take_read_states() {
+            self.on_read_state(&rs.request_ctx, rs.index);
+        }
+        self.raw.advance_append_async(rd);
+        self.raw.advance_apply();
+    }
+
+    /// Flushes the log on this thread: everything written so far is durable, so the
+    /// messages earlier readies held back leave (raft learns those readies are durable
+    /// from the `advance` of the ready being handled, which counts every ready before it).
+    fn sync_here(&mut self) -> Result<(), Fatal> {
+        let start = Instant::now();
+        self.raw.mut_store().log.flush()?;
+        add_elapsed(&self.shared.persist_ns, start);
+        self.shared.flushes.fetch_add(1, Ordering::Relaxed);
+        let held: Vec<Held> = self.held.drain(..).collect();
+        for h in held {
+            self.send(h.messages);
+        }
+        Ok(())
+    }
+
+    /// The sync thread made readies up to `number` durable: their held messages leave, in
+    /// order, and raft counts them persisted (a leader may then commit). A report behind
+    /// a flush made here since finds nothing left to release.
+    fn on_synced(&mut self, (number, result): Synced) -> Result<(), Fatal> {
+        result?;
+        let mut upto = None;
+        while let Some(h) = self.held.front() {
+            if h.needs_sync && h.number > number {
+                break;
+            }
+            if let Some(h) = self.held.pop_front() {
+                upto = Some(h.number);
+                self.send(h.messages);
+            }
+        }
+        if let Some(n) = upto {
+            self.raw.on_persist_ready(n);
+        }
         Ok(())
     }
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use raft::eraftpb::{ConfState, Entry, HardState, SnapshotMetadata};
 
+use ward_cluster::log_store::PendingSync;
 use ward_cluster::mem_network::MemNetwork;
 use ward_cluster::{
     ClusterConfig, ClusterHandle, LogStore, LogStoreError, MembershipChange, NodeId, ProposeError,
@@ -157,6 +158,15 @@ impl<L: LogStore> LogStore for HeldLog<L> {
     fn flush(&mut self) -> Result<(), LogStoreError> {
         self.hold.pass();
         self.inner.flush()
+    }
+    fn begin_sync(&mut self) -> Result<Option<PendingSync>, LogStoreError> {
+        let hold = self.hold.clone();
+        Ok(self.inner.begin_sync()?.map(|sync| -> PendingSync {
+            Box::new(move || {
+                hold.pass();
+                sync()
+            })
+        }))
     }
     fn size(&self) -> (u64, u64) {
         self.inner.size()
