@@ -164,7 +164,8 @@ async fn a_committed_write_is_answered_before_the_next_entries_are_synced() {
 
 /// A follower's answer to an append leaves only once the sync that covers it is done, so
 /// with both followers' syncs held nothing commits; meanwhile a held follower goes on
-/// working: a proposal made through it reaches the leader's log. Released, both commit.
+/// working: a proposal made through it reaches the leader's log, and its answers to
+/// heartbeats keep the leader's quorum. Released, both commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_answers_only_after_its_sync_and_forwards_while_it_runs() {
     let mut h = Harness::new();
@@ -193,6 +194,8 @@ async fn a_follower_answers_only_after_its_sync_and_forwards_while_it_runs() {
     assert!(h.nodes[&leader].store.join_token("a").is_none());
     // The first follower is not held itself: B, proposed through it, reaches the leader.
     let via = followers[0];
+    let term = lh.term();
+    let forwards = h.net.raft_traffic(via, leader, MessageType::MsgPropose).messages;
     let b = tokio::spawn({
         let fh = h.nodes[&via].handle.clone();
         async move { fh.propose(token("b")).await }
@@ -205,12 +208,70 @@ async fn a_follower_answers_only_after_its_sync_and_forwards_while_it_runs() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // Forwarded by the held follower, to the same leader: not an entry of a new term.
+    assert!(h.net.raft_traffic(via, leader, MessageType::MsgPropose).messages > forwards);
+    // The held followers' answers to heartbeats kept flowing: the leader kept its quorum
+    // (check-quorum would have deposed it after an election timeout without them).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!((lh.term(), lh.leader()), (term, Some(leader)), "the leader lost its quorum");
     assert!(h.nodes[&leader].store.join_token("a").is_none());
     h.holds[&via].disarm();
     a.await.unwrap().unwrap();
     b.await.unwrap().unwrap();
     h.holds[&followers[1]].disarm();
     h.assert_converged().await;
+}
+
+/// A follower left the only voter (its leader removed itself and leads on, as raft-rs lets
+/// it) while the sync of a later entry is still running: asked to campaign, raft-rs takes
+/// it from follower to leader inside one call and requires its whole log durable then
+/// (`become_leader` asserts it). The replica syncs first, then leads, and commits the entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_left_the_only_voter_syncs_before_it_leads() {
+    let mut h = Harness::new();
+    h.election_tick = 50;
+    h.form(2).await;
+    let leader = h.wait_leader().await;
+    let f = if leader == 1 { 2 } else { 1 };
+    let lh = h.nodes[&leader].handle.clone();
+    let fh = h.nodes[&f].handle.clone();
+    let hold = Arc::clone(&h.holds[&f]);
+    hold.arm_elsewhere();
+    // R, the leader's removal, reaches the follower alone; its sync there is held.
+    let removal = tokio::spawn({
+        let lh = lh.clone();
+        async move { lh.change_membership(ward_cluster::MembershipChange::Remove(leader)).await }
+    });
+    harness::wait_for("the follower's sync of R to be held", || hold.waiting() == 1).await;
+    let r_index = fh.status().await.unwrap().last_index;
+    // X follows in an append of its own (R is not committed, so the leader takes it).
+    let x = tokio::spawn({
+        let lh = lh.clone();
+        async move { lh.propose(token("x")).await }
+    });
+    let deadline = Instant::now() + harness::WAIT;
+    while fh.status().await.unwrap().last_index <= r_index {
+        assert!(Instant::now() < deadline, "X never reached the follower");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // R's sync goes; X's is held next. R commits, and the follower, now the only voter,
+    // applies it.
+    hold.release_one();
+    let removed = removal.await.unwrap().expect("the leader removes itself");
+    assert_eq!(removed, r_index);
+    harness::wait_for("the follower to apply R", || fh.applied() >= removed).await;
+    harness::wait_for("the follower's sync of X to be held", || hold.waiting() == 1).await;
+    // Made durable where it is written first (not held), the follower leads.
+    fh.campaign().unwrap();
+    harness::wait_for("the follower to lead", || fh.leader() == Some(f)).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), fh.stopped()).await.is_err(),
+        "the follower stopped"
+    );
+    hold.disarm();
+    harness::wait_for("X to commit", || h.nodes[&f].store.join_token("x").is_some()).await;
+    assert!(tokio::time::timeout(Duration::from_millis(100), fh.stopped()).await.is_err());
+    let _ = tokio::time::timeout(harness::WAIT, x).await;
 }
 
 /// Proposes `n` join tokens at once through a follower and waits until all are applied

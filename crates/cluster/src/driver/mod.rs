@@ -18,9 +18,11 @@
 //! 4. new entries are appended and the hard state stored and handed to the log's sync
 //!    thread, which `fdatasync`s them while this thread goes on (raft-rs's asynchronous
 //!    persistence: `advance_append_async`, then `on_persist_ready` once the sync thread
-//!    reports). The messages raft holds back until then (votes, a follower's answers to
-//!    appends) wait in order, ready by ready, and leave when the sync that covers their
-//!    ready is reported: they never promise what is not durable. A ready that changes the
+//!    reports). The answers that promise durability (to appends and to votes) wait in
+//!    order, ready by ready, and leave when the sync that covers their ready is reported:
+//!    they never promise what is not durable. The other messages of a replica that does
+//!    not lead (proposals and reads forwarded to the leader, answers to heartbeats), which
+//!    raft-rs holds back as well, leave at once. A ready that changes the
 //!    term or the vote, or installs a snapshot, is made durable on this thread before
 //!    anything else goes on, as is one the log cannot sync elsewhere (a segment to close);
 //! 5. `advance`, and for a ready made durable here, the same for the light ready's commit,
@@ -444,6 +446,7 @@ impl<L: LogStore> Driver<L> {
             }
             let now = Instant::now();
             if now >= next_tick {
+                self.persist_before_leading().map_err(|e| e.to_string())?;
                 self.raw.tick();
                 next_tick = now + tick;
                 self.on_tick(now);
@@ -486,6 +489,7 @@ impl<L: LogStore> Driver<L> {
                 }
                 // A message from an unknown term or a stale peer is refused by raft itself;
                 // that is routine, not an error of this replica.
+                self.persist_before_leading()?;
                 if let Err(e) = self.raw.step(*msg) {
                     tracing::debug!(node_id = self.config.node_id, error = %e, "raft refused a message");
                 }
@@ -505,6 +509,7 @@ impl<L: LogStore> Driver<L> {
             }
             Request::TransferLeader(to) => self.raw.transfer_leader(to),
             Request::Campaign => {
+                self.persist_before_leading()?;
                 if let Err(e) = self.raw.campaign() {
                     tracing::warn!(node_id = self.config.node_id, error = %e, "campaign refused");
                 }
@@ -717,21 +722,15 @@ impl<L: LogStore> Driver<L> {
         add_elapsed(&self.shared.persist_ns, persist_start);
         let number = rd.number();
         if let Some(sync) = elsewhere {
-            self.held.push_back(Held {
-                number,
-                needs_sync: true,
-                messages: rd.take_persisted_messages(),
-            });
+            let messages = self.send_all_but_promises(rd.take_persisted_messages());
+            self.held.push_back(Held { number, needs_sync: true, messages });
             self.syncs.submit(number, sync)?;
             self.advance_async(rd);
         } else if !rd.must_sync() && !self.held.is_empty() {
-            // Nothing of its own to make durable, but its messages (an answer to an append
-            // whose entries an earlier ready wrote, say) wait behind the earlier readies'.
-            self.held.push_back(Held {
-                number,
-                needs_sync: false,
-                messages: rd.take_persisted_messages(),
-            });
+            // Nothing of its own to make durable, but its answers to appends (whose entries
+            // an earlier ready wrote, say) wait behind the earlier readies'.
+            let messages = self.send_all_but_promises(rd.take_persisted_messages());
+            self.held.push_back(Held { number, needs_sync: false, messages });
             self.advance_async(rd);
         } else {
             if rd.must_sync() {
@@ -757,6 +756,44 @@ impl<L: LogStore> Driver<L> {
         self.report_snapshots();
         self.resolve_reads();
         self.maybe_compact()?;
+        Ok(())
+    }
+
+    /// Sends at once those of a ready's held-back messages that promise nothing about this
+    /// replica's log (a proposal or read forwarded to the leader, an answer to a
+    /// heartbeat, a pre-vote request) and returns the rest, which must wait for the sync:
+    /// answers to appends and to votes (raft-rs holds back every message of a replica that
+    /// does not lead; etcd's raft holds back only these three kinds, `msgsAfterAppend`).
+    fn send_all_but_promises(&mut self, messages: Vec<Message>) -> Vec<Message> {
+        let (later, now): (Vec<Message>, Vec<Message>) = messages.into_iter().partition(|m| {
+            matches!(
+                m.get_msg_type(),
+                MessageType::MsgAppendResponse
+                    | MessageType::MsgRequestVoteResponse
+                    | MessageType::MsgRequestPreVoteResponse
+            )
+        });
+        self.send(now);
+        later
+    }
+
+    /// Makes everything written durable before a replica that does not lead, and is the
+    /// only voter, is ticked or stepped: raft-rs then goes from follower to leader inside
+    /// one call, with no ready in between, and requires its whole log to be durable when it
+    /// becomes leader (`become_leader` asserts it). Elsewhere a candidate's term change is
+    /// a ready of its own, synced on the driver thread.
+    fn persist_before_leading(&mut self) -> Result<(), Fatal> {
+        if self.held.is_empty()
+            || self.raw.raft.state == StateRole::Leader
+            || !self.raw.raft.prs().is_singleton()
+        {
+            return Ok(());
+        }
+        let last = self.held.back().map(|h| h.number);
+        self.sync_here()?;
+        if let Some(n) = last {
+            self.raw.on_persist_ready(n);
+        }
         Ok(())
     }
 

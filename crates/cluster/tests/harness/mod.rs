@@ -55,6 +55,9 @@ pub struct FlushHold {
 #[derive(Default)]
 struct HoldState {
     armed: bool,
+    /// Armed for the syncs a log hands to the driver's sync thread only, not for flushes
+    /// made where the log is written.
+    elsewhere_only: bool,
     permits: u64,
     waiting: u64,
     flushes: u64,
@@ -62,7 +65,16 @@ struct HoldState {
 
 impl FlushHold {
     pub fn arm(&self) {
-        self.state.lock().unwrap().armed = true;
+        let mut s = self.state.lock().unwrap();
+        s.armed = true;
+        s.elsewhere_only = false;
+    }
+
+    /// Holds only the syncs run on the driver's sync thread.
+    pub fn arm_elsewhere(&self) {
+        let mut s = self.state.lock().unwrap();
+        s.armed = true;
+        s.elsewhere_only = true;
     }
 
     pub fn disarm(&self) {
@@ -86,10 +98,10 @@ impl FlushHold {
         self.state.lock().unwrap().flushes
     }
 
-    fn pass(&self) {
+    fn pass(&self, elsewhere: bool) {
         let mut s = self.state.lock().unwrap();
         s.flushes += 1;
-        if !s.armed {
+        if !s.armed || (s.elsewhere_only && !elsewhere) {
             return;
         }
         s.waiting += 1;
@@ -156,14 +168,14 @@ impl<L: LogStore> LogStore for HeldLog<L> {
         self.inner.install_snapshot(meta)
     }
     fn flush(&mut self) -> Result<(), LogStoreError> {
-        self.hold.pass();
+        self.hold.pass(false);
         self.inner.flush()
     }
     fn begin_sync(&mut self) -> Result<Option<PendingSync>, LogStoreError> {
         let hold = self.hold.clone();
         Ok(self.inner.begin_sync()?.map(|sync| -> PendingSync {
             Box::new(move || {
-                hold.pass();
+                hold.pass(true);
                 sync()
             })
         }))
