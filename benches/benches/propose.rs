@@ -1,8 +1,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 //! Write throughput: the single-server `LocalProposer` against a one-member Raft cluster
-//! (what `ward-server run` uses), each applying `CreateEntries` of one entry to a fresh
-//! sled store, with 1 and 64 proposals in flight. After the cluster runs, the share of the
-//! driver's time spent persisting the log (append + flush) versus applying is printed.
+//! (what `ward-server run` uses: its raft log in journal files of its own, `WalLogStore`),
+//! each applying `CreateEntries` of one entry to a fresh sled store, with 1 and 64
+//! proposals in flight. After the cluster runs, the share of the driver's time spent
+//! persisting the log (append, and the sync thread's `fdatasync`s) versus applying is
+//! printed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -60,14 +62,15 @@ fn propose(c: &mut Criterion) {
             })
         });
 
+        // As `ward-server` lays out a data directory.
         let dir = tempfile::tempdir().unwrap();
-        let s = store(dir.path());
+        let s = store(&dir.path().join("store"));
         let handle = rt.block_on(async {
             let mut config = ward_cluster::ClusterConfig::new(1);
             config.bootstrap = true;
             let handle = ward_cluster::start(ward_cluster::Replica {
                 config,
-                log: ward_cluster::SledLogStore::open(&s).unwrap(),
+                log: ward_cluster::open_log(&dir.path().join("raft-log"), &s).unwrap(),
                 store: s.clone(),
                 transport: None,
                 snapshots: None,
