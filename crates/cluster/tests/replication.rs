@@ -175,8 +175,10 @@ async fn a_follower_answers_only_after_its_sync_and_forwards_while_it_runs() {
     let leader = h.wait_leader().await;
     let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
     let lh = h.nodes[&leader].handle.clone();
-    let applied_before = lh.applied();
     let last_before = lh.status().await.unwrap().last_index;
+    // Everything applied everywhere first: no flush of an earlier change is held below.
+    h.wait_applied(last_before).await;
+    let applied_before = lh.applied();
     for f in &followers {
         h.holds[f].arm();
     }
@@ -210,9 +212,14 @@ async fn a_follower_answers_only_after_its_sync_and_forwards_while_it_runs() {
     }
     // Forwarded by the held follower, to the same leader: not an entry of a new term.
     assert!(h.net.raft_traffic(via, leader, MessageType::MsgPropose).messages > forwards);
-    // The held followers' answers to heartbeats kept flowing: the leader kept its quorum
-    // (check-quorum would have deposed it after an election timeout without them).
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The held followers' answers to heartbeats keep flowing (without them check-quorum
+    // would depose the leader after an election timeout).
+    for f in &followers {
+        let answers = || h.net.raft_traffic(*f, leader, MessageType::MsgHeartbeatResponse);
+        let before = answers().messages;
+        harness::wait_for("a held follower to answer a heartbeat", || answers().messages > before)
+            .await;
+    }
     assert_eq!((lh.term(), lh.leader()), (term, Some(leader)), "the leader lost its quorum");
     assert!(h.nodes[&leader].store.join_token("a").is_none());
     h.holds[&via].disarm();
@@ -222,10 +229,11 @@ async fn a_follower_answers_only_after_its_sync_and_forwards_while_it_runs() {
     h.assert_converged().await;
 }
 
-/// A follower left the only voter (its leader removed itself and leads on, as raft-rs lets
-/// it) while the sync of a later entry is still running: asked to campaign, raft-rs takes
-/// it from follower to leader inside one call and requires its whole log durable then
-/// (`become_leader` asserts it). The replica syncs first, then leads, and commits the entry.
+/// A follower left the only voter (its leader removed itself) while the sync of a later
+/// entry is still running: asked to campaign (or at its next tick), raft-rs takes it from
+/// follower to leader inside one call and requires its whole log durable then
+/// (`become_leader` asserts it). The replica syncs first, then leads, and commits the entry;
+/// the removed leader stepped down and keeps running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_left_the_only_voter_syncs_before_it_leads() {
     let mut h = Harness::new();
@@ -235,6 +243,9 @@ async fn a_follower_left_the_only_voter_syncs_before_it_leads() {
     let f = if leader == 1 { 2 } else { 1 };
     let lh = h.nodes[&leader].handle.clone();
     let fh = h.nodes[&f].handle.clone();
+    // The follower holds and has applied everything first, so the sync held next is R's.
+    let caught_up = lh.status().await.unwrap().last_index;
+    harness::wait_for("the follower to catch up", || fh.applied() >= caught_up).await;
     let hold = Arc::clone(&h.holds[&f]);
     hold.arm_elsewhere();
     // R, the leader's removal, reaches the follower alone; its sync there is held.
@@ -271,6 +282,13 @@ async fn a_follower_left_the_only_voter_syncs_before_it_leads() {
     hold.disarm();
     harness::wait_for("X to commit", || h.nodes[&f].store.join_token("x").is_some()).await;
     assert!(tokio::time::timeout(Duration::from_millis(100), fh.stopped()).await.is_err());
+    // The removed leader stepped down when it applied R: counting the follower's answer
+    // for X as a leader without a progress entry of its own would have panicked.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), lh.stopped()).await.is_err(),
+        "the removed leader stopped"
+    );
+    assert_ne!(lh.leader(), Some(leader));
     let _ = tokio::time::timeout(harness::WAIT, x).await;
 }
 

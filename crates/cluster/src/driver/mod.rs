@@ -509,6 +509,9 @@ impl<L: LogStore> Driver<L> {
             }
             Request::TransferLeader(to) => self.raw.transfer_leader(to),
             Request::Campaign => {
+                // Entries stepped in earlier in this cycle are not in a ready yet: written
+                // (and held) first, so that the sync below covers them.
+                self.on_ready()?;
                 self.persist_before_leading()?;
                 if let Err(e) = self.raw.campaign() {
                     tracing::warn!(node_id = self.config.node_id, error = %e, "campaign refused");
@@ -783,9 +786,11 @@ impl<L: LogStore> Driver<L> {
     /// becomes leader (`become_leader` asserts it). Elsewhere a candidate's term change is
     /// a ready of its own, synced on the driver thread.
     fn persist_before_leading(&mut self) -> Result<(), Fatal> {
+        // Promotable: a voter; with one voter in all, the only one.
         if self.held.is_empty()
             || self.raw.raft.state == StateRole::Leader
             || !self.raw.raft.prs().is_singleton()
+            || !self.raw.raft.promotable()
         {
             return Ok(());
         }
@@ -795,6 +800,22 @@ impl<L: LogStore> Driver<L> {
             self.raw.on_persist_ready(n);
         }
         Ok(())
+    }
+
+    /// After a membership change is applied to raft: a leader it removed (or demoted) steps
+    /// down at once, as etcd's raft does (`StepDownOnRemoval`). raft-rs 0.7 keeps it leading
+    /// without a progress entry of its own, and the next commit or persistence it counts
+    /// would panic (`maybe_commit`, `on_persist_entries`).
+    fn step_down_if_removed(&mut self) {
+        if self.raw.raft.state == StateRole::Leader && !self.raw.raft.promotable() {
+            let term = self.raw.raft.term;
+            tracing::info!(
+                node_id = self.config.node_id,
+                term,
+                "removed from the voters; stepping down"
+            );
+            self.raw.raft.become_follower(term, raft::INVALID_ID);
+        }
     }
 
     /// Advances a ready whose persistence the sync thread reports later
@@ -904,6 +925,9 @@ impl<L: LogStore> Driver<L> {
                 }
                 EntryType::EntryNormal => None,
             };
+            if cs.is_some() {
+                self.step_down_if_removed();
+            }
             memberships.push(match cs {
                 Some(cs) => {
                     let bytes = cs.write_to_bytes().map_err(|err| Fatal::Entry(err.to_string()))?;
