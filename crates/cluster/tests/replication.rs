@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use raft::eraftpb::MessageType;
 use ward_cluster::ProposeError;
@@ -133,12 +133,7 @@ async fn a_committed_write_is_answered_before_the_next_entries_are_synced() {
     harness::wait_for("the leader's sync of A to be held", || hold.waiting() == 1).await;
     // Both followers hold A and have answered; the answers wait in the leader's queue.
     for f in [1, 2, 3].into_iter().filter(|id| *id != leader) {
-        let fh = h.nodes[&f].handle.clone();
-        let deadline = Instant::now() + harness::WAIT;
-        while fh.status().await.unwrap().last_index <= before {
-            assert!(Instant::now() < deadline, "follower {f} never appended A");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        harness::wait_logged("a follower to append A", &h.nodes[&f].handle, before + 1).await;
     }
     // B reaches the leader's queue behind those answers.
     let mut b = Box::pin({
@@ -202,14 +197,8 @@ async fn a_follower_answers_only_after_its_sync_and_forwards_while_it_runs() {
         let fh = h.nodes[&via].handle.clone();
         async move { fh.propose(token("b")).await }
     });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while lh.status().await.unwrap().last_index < last_before + 2 {
-        assert!(
-            Instant::now() < deadline,
-            "B never reached the leader while {via}'s sync was held"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    harness::wait_logged("B to reach the leader while the sync is held", &lh, last_before + 2)
+        .await;
     // Forwarded by the held follower, to the same leader: not an entry of a new term.
     assert!(h.net.raft_traffic(via, leader, MessageType::MsgPropose).messages > forwards);
     // The held followers' answers to heartbeats keep flowing (without them check-quorum
@@ -260,11 +249,7 @@ async fn a_follower_left_the_only_voter_syncs_before_it_leads() {
         let lh = lh.clone();
         async move { lh.propose(token("x")).await }
     });
-    let deadline = Instant::now() + harness::WAIT;
-    while fh.status().await.unwrap().last_index <= r_index {
-        assert!(Instant::now() < deadline, "X never reached the follower");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    harness::wait_logged("X to reach the follower", &fh, r_index + 1).await;
     // R's sync goes; X's is held next. R commits, and the follower, now the only voter,
     // applies it.
     hold.release_one();

@@ -3,7 +3,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use ward_cluster::{ClusterConfig, LogStore, MemLogStore, ProposeError, Replica, SledLogStore};
 use ward_store::{Outcome, Store, StoreConfig};
@@ -94,11 +93,7 @@ async fn proposals_that_arrive_during_a_sync_share_the_next_one() {
         rest.push(tokio::spawn(async move { h.propose(token(&format!("t{i}"))).await }));
     }
     // The driver is not held: all 99 reach the log while the sync is.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while handle.status().await.unwrap().last_index < last_before + 99 {
-        assert!(std::time::Instant::now() < deadline, "the proposals did not reach the log");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    harness::wait_logged("the proposals to reach the log", &handle, last_before + 99).await;
     // Nothing of it is applied (a one-member cluster commits only what it holds durably).
     assert_eq!(handle.applied(), applied_before);
     assert!(store.join_token("first").is_none() && store.join_token("t0").is_none());

@@ -214,6 +214,16 @@ pub async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Waits until `handle`'s log reaches `index` (its last index; the entry need not be
+/// durable or committed), failing the test with `what` after [`WAIT`].
+pub async fn wait_logged(what: &str, handle: &ClusterHandle, index: u64) {
+    let deadline = Instant::now() + WAIT;
+    while handle.status().await.unwrap().last_index < index {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Retries `f` until it succeeds, failing the test after [`WAIT`].
 pub async fn retry<T, F, Fut>(what: &str, mut f: F) -> T
 where
