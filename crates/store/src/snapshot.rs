@@ -465,6 +465,16 @@ impl Store {
             early_run = now;
         }
 
+        #[cfg(test)]
+        if let Some(window) = self
+            .inner
+            .export_window
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_mut()
+        {
+            window();
+        }
         let state = self.read();
         let tree = self.data_tree();
         let revision = state.revision;

@@ -197,6 +197,10 @@ pub(crate) struct Inner {
     /// Snapshot exports that found applies' writes still waiting under the lock.
     #[cfg(test)]
     pub(crate) exports_overlaid: AtomicU64,
+    /// Runs in a snapshot export between its lock-free part and its cut under the state
+    /// lock, where applies that land are written over the cut from memory.
+    #[cfg(test)]
+    pub(crate) export_window: Mutex<Option<Box<dyn FnMut() + Send>>>,
     /// The store's directory, where [`Store::checkpoint`] writes the entry image.
     pub(crate) dir: PathBuf,
     /// Whether open read the entries from the entry image.
@@ -307,6 +311,8 @@ impl Store {
                 batches: AtomicU64::new(0),
                 #[cfg(test)]
                 exports_overlaid: AtomicU64::new(0),
+                #[cfg(test)]
+                export_window: Mutex::new(None),
                 dir: path.as_ref().to_path_buf(),
                 from_image: image_revision.is_some(),
                 image_build: Mutex::new(()),
