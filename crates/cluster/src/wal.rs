@@ -33,8 +33,9 @@
 //!
 //! Records are written in order and acknowledged only after `fdatasync`, so a crash can
 //! leave only an incomplete tail on the newest segment: replay stops at the first record
-//! that runs past the end of the file (or where only zeros follow), and the file is cut at
-//! that point. A complete record that fails its CRC, and anything short in an older
+//! that runs past the end of the file, where only zeros follow, or that fails its CRC with
+//! a 512-byte sector of its extent reading zeros (never written), and the file is cut at
+//! that point. Any other record that fails its CRC, and anything short in an older
 //! segment, is damage and refuses to open. Opening always starts a new segment
 //! (with a checkpoint), so nothing is ever appended after a cut tail.
 
@@ -59,6 +60,9 @@ const WRITE_BEHIND: usize = 1 << 20;
 const MAX_RECORD: u32 = 256 << 20;
 /// Bytes before a record's payload.
 const HEADER: usize = 9;
+/// The smallest unit a disk writes whole: a crash leaves each one of a write either
+/// written or as it was.
+const SECTOR: usize = 512;
 
 const ENTRY: u8 = 1;
 const HARD_STATE: u8 = 2;
@@ -502,21 +506,42 @@ fn replay(
 }
 
 /// Whether the record that does not read at `at` is a write cut short by a crash rather
-/// than damage: its header or payload runs past the end of the file, or everything from it
-/// on is zeros (space the file system extended but never wrote). A complete record that
-/// fails its CRC over written bytes is damage: records are appended in order and the file
-/// system writes data before it extends the file's size, so a crash does not produce it,
-/// and cutting there would drop records that were synced and acknowledged.
+/// than damage:
+/// - its header or payload runs past the end of the file, or everything from it on is
+///   zeros (space the file system extended but never wrote);
+/// - or one of the pieces its stated extent falls into, split at [`SECTOR`] boundaries of
+///   the file, is all zeros: a sector the crash left unwritten while later ones of the same
+///   write, and the file's new size, reached the disk (the rule of etcd's WAL decoder,
+///   `isTornEntry` in `server/storage/wal/decoder.go`). Records after it in the file may
+///   read; they were written after the last `fdatasync` too, so none was acknowledged.
+///
+/// Any other record that fails its CRC (a flipped bit, stale bytes) is damage: cutting
+/// there could drop records that were synced and acknowledged.
 fn torn_at(bytes: &[u8], at: usize) -> bool {
     let rest = bytes.get(at..).unwrap_or_default();
-    let runs_past_end = rest.len() < HEADER
-        || rest
-            .get(..4)
-            .and_then(|b| <[u8; 4]>::try_from(b).ok())
-            .map(u32::from_le_bytes)
-            .and_then(|len| usize::try_from(len).ok())
-            .is_some_and(|len| len.saturating_add(HEADER) > rest.len());
-    runs_past_end || rest.iter().all(|b| *b == 0)
+    let stated = rest
+        .get(..4)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(u32::from_le_bytes)
+        .and_then(|len| usize::try_from(len).ok())
+        .map(|len| len.saturating_add(HEADER));
+    let runs_past_end = rest.len() < HEADER || stated.is_some_and(|n| n > rest.len());
+    if runs_past_end || rest.iter().all(|b| *b == 0) {
+        return true;
+    }
+    let extent = rest.get(..stated.unwrap_or(HEADER)).unwrap_or(rest);
+    let mut offset = at;
+    let mut left = extent;
+    while !left.is_empty() {
+        let piece = SECTOR.saturating_sub(offset % SECTOR).min(left.len());
+        let (head, tail) = left.split_at(piece);
+        if head.iter().all(|b| *b == 0) {
+            return true;
+        }
+        offset = offset.saturating_add(piece);
+        left = tail;
+    }
+    false
 }
 
 /// The record at `at`: kind, payload and where the next starts; `None` when it is short or
@@ -717,6 +742,58 @@ mod tests {
         fs::write(&path, &bytes).unwrap();
         let records_before = WalLogStore::open(dir.path()).unwrap().last_index();
         assert!(records_before < 5, "the zeroed record is dropped: {records_before}");
+    }
+
+    /// Offsets of the records in `bytes`, in order.
+    fn record_offsets(bytes: &[u8]) -> Vec<usize> {
+        let mut at = MAGIC.len();
+        let mut offsets = Vec::new();
+        while let Some((_, _, next)) = next_record(bytes, at) {
+            offsets.push(at);
+            at = next;
+        }
+        offsets
+    }
+
+    /// Zeros one whole sector inside the payload of the record at `at`.
+    fn unwrite_a_sector_of(bytes: &mut [u8], at: usize) {
+        let start = (at + HEADER).next_multiple_of(SECTOR);
+        assert!(next_record(bytes, at).is_some_and(|(_, _, end)| start + SECTOR <= end));
+        bytes[start..start + SECTOR].fill(0);
+    }
+
+    #[test]
+    fn a_record_with_an_unwritten_sector_is_a_torn_tail_even_with_records_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut log = WalLogStore::open(dir.path()).unwrap();
+            log.append(&(1..=5).map(|i| entry(i, 2, 50)).collect::<Vec<_>>()).unwrap();
+            log.flush().unwrap();
+            // One write of several sectors after the last sync: the crash wrote the later
+            // sectors and the size, not one in the middle.
+            log.append(&(6..=10).map(|i| entry(i, 2, 1500)).collect::<Vec<_>>()).unwrap();
+            log.flush().unwrap();
+        }
+        let path = newest(dir.path());
+        let mut bytes = fs::read(&path).unwrap();
+        let offsets = record_offsets(&bytes);
+        // The last five records are entries 6..=10, one each.
+        let seventh = offsets[offsets.len() - 4];
+        unwrite_a_sector_of(&mut bytes, seventh);
+        assert!(next_record(&bytes, offsets[offsets.len() - 1]).is_some(), "later ones read");
+        fs::write(&path, &bytes).unwrap();
+        let log = WalLogStore::open(dir.path()).unwrap();
+        assert_eq!(log.last_index(), 6, "cut at entry 7");
+        assert_eq!(fs::metadata(&path).unwrap().len(), seventh as u64);
+        drop(log);
+        // The same in a segment that is not the newest is damage.
+        let mut older = fs::read(&path).unwrap();
+        let offsets = record_offsets(&older);
+        let sixth = offsets[offsets.len() - 1];
+        unwrite_a_sector_of(&mut older, sixth);
+        fs::write(&path, &older).unwrap();
+        let err = WalLogStore::open(dir.path()).unwrap_err();
+        assert!(matches!(err, LogStoreError::Corrupt(ref m) if m.contains("damaged")), "{err}");
     }
 
     #[test]
