@@ -42,7 +42,7 @@ async fn three_replicas_elect_and_writes_through_any_replica_apply_on_all() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proposals_that_arrive_together_travel_together() {
     const N: u64 = 256;
-    let h = Harness::cluster(3).await;
+    let h = Harness::steady(3).await;
     let (forwards, appends) = propose_together(&h, "together", N).await;
     // A proposal not applied within `repropose_after` (the test process stalled) is proposed
     // again, gathered with the others due then: each entry past N is allowed at most one
@@ -64,6 +64,7 @@ async fn proposals_gathered_together_are_cut_at_the_message_size() {
     const LIMIT: u64 = 1024;
     let mut h = Harness::new();
     h.max_size_per_msg = LIMIT;
+    h.election_tick = 50;
     h.form(3).await;
     let (forwards, _) = propose_together(&h, "cut", N).await;
     assert!(forwards.entries >= N, "every proposal forwarded: {forwards:?}");
@@ -80,7 +81,7 @@ async fn proposals_gathered_together_are_cut_at_the_message_size() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proposals_proposed_again_travel_together() {
     const N: u64 = 64;
-    let h = Harness::cluster(3).await;
+    let h = Harness::steady(3).await;
     let leader = h.wait_leader().await;
     let via = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
     let before = h.net.raft_traffic(via, leader, MessageType::MsgPropose);
@@ -310,7 +311,7 @@ async fn propose_together(h: &Harness, prefix: &str, n: u64) -> (Traffic, Traffi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_index_on_a_follower_sees_a_write_made_through_the_leader() {
-    let h = Harness::cluster(3).await;
+    let h = Harness::steady(3).await;
     let leader = h.wait_leader().await;
     let follower = *h.nodes.keys().find(|id| **id != leader).unwrap();
     // Slow the follower down so it cannot have applied the write by chance.
@@ -598,7 +599,7 @@ async fn a_commit_index_alone_is_not_flushed() {
     // learning that it committed (an append or heartbeat carrying only the commit index, or
     // the leader counting acknowledgements) needs no flush of its own.
     const WRITES: u64 = 20;
-    let h = Harness::cluster(3).await;
+    let h = Harness::steady(3).await;
     let leader = h.wait_leader().await;
     let applied = h.propose(leader, token("settle")).await;
     h.wait_applied(applied.index).await;

@@ -331,6 +331,16 @@ impl Harness {
         h
     }
 
+    /// [`Harness::cluster`] with elections five times slower (1–2 s), for tests that count
+    /// messages to one leader or flushes per write: a loaded machine's stall of a few
+    /// hundred milliseconds then does not move the leadership under them.
+    pub async fn steady(n: u64) -> Self {
+        let mut h = Self::new();
+        h.election_tick = 50;
+        h.form(n).await;
+        h
+    }
+
     /// Bootstraps replica 1 and adds `2..=n` as voters, with this harness's settings.
     pub async fn form(&mut self, n: u64) {
         self.start(1, true);
