@@ -34,7 +34,8 @@
 //!
 //! Flags (after `--`): `--secs S` (measured seconds per phase, default 10), `--warmup S`
 //! (default 2), `--clients 1,16,256`, `--rate R` (default 1000), `--paced-secs S` (default
-//! 10), `--max-writes N` (cap per closed-loop phase, default 1,000,000), `--only ward|etcd`,
+//! 10), `--max-writes N` (cap per closed-loop phase, default 1,000,000), `--only ward|etcd`
+//! (measure one system; the other is not started),
 //! `--parents N` (parent IDs the ward entries are spread over, default 1,000; 1 puts every
 //! entry under one parent), `--server-bin PATH` (or `WARD_SERVER_BIN`; default `<target>/release/ward-server`),
 //! `--etcd-bin PATH` (or `ETCD_BIN`; default `/usr/bin/etcd`), `--keep DIR` (put the data
@@ -206,23 +207,31 @@ fn run() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let mut loads = vec![process::load_average()];
     let result = rt.block_on(async {
-        let ward = WardCluster::start(&ward_bin, &root.join("ward")).await?;
-        let etcd = EtcdCluster::start(&o.etcd_bin, &root.join("etcd")).await?;
+        // With `--only`, the other system is not started: its idle members would take CPU
+        // (heartbeats, timers) from the one measured.
+        let wanted = |s: System| o.only.is_none_or(|only| only == s);
+        let ward = match wanted(System::Ward) {
+            true => Some(WardCluster::start(&ward_bin, &root.join("ward")).await?),
+            false => None,
+        };
+        let etcd = match wanted(System::Etcd) {
+            true => Some(EtcdCluster::start(&o.etcd_bin, &root.join("etcd")).await?),
+            false => None,
+        };
         let value_len = bench_entry(9_999_999, o.parents).encoded_len();
-        let targets = [
-            (
+        let mut targets = Vec::new();
+        if let Some(ward) = &ward {
+            let channels = Arc::new(ward.admin.clone());
+            targets.push((
                 System::Ward,
-                Target::Ward { channels: Arc::new(ward.admin.clone()), parents: o.parents },
+                Target::Ward { channels, parents: o.parents },
                 ward.pids(),
-            ),
-            (
-                System::Etcd,
-                Target::Etcd { channels: Arc::new(etcd.clients.clone()), value_len },
-                etcd.pids(),
-            ),
-        ];
-        let targets: Vec<_> =
-            targets.into_iter().filter(|(s, ..)| o.only.is_none_or(|only| only == *s)).collect();
+            ));
+        }
+        if let Some(etcd) = &etcd {
+            let channels = Arc::new(etcd.clients.clone());
+            targets.push((System::Etcd, Target::Etcd { channels, value_len }, etcd.pids()));
+        }
         let next = Arc::new(AtomicU64::new(0));
         let mut rows = Vec::new();
         for &clients in &o.clients {
