@@ -34,9 +34,12 @@
 //! Records are written in order and acknowledged only after `fdatasync`, so a crash can
 //! leave only an incomplete tail on the newest segment: replay stops at the first record
 //! that runs past the end of the file, where only zeros follow, or that fails its CRC with
-//! a 512-byte sector of its extent reading zeros (never written), and the file is cut at
-//! that point. Any other record that fails its CRC, and anything short in an older
-//! segment, is damage and refuses to open. Opening always starts a new segment
+//! a 512-byte sector it touches reading zeros from where it enters to the sector's end
+//! (never written; see `torn_at`), and the file is cut at that point; a newest segment
+//! whose magic never reached the disk is removed. Any other record that fails its CRC, and
+//! anything short in an older segment, is damage and refuses to open. Opening syncs the
+//! newest segment it read: a process killed before its last sync left records in the page
+//! cache that no later sync would cover. Opening always starts a new segment
 //! (with a checkpoint), so nothing is ever appended after a cut tail.
 
 use std::fs::{self, File, OpenOptions};
@@ -63,6 +66,9 @@ const HEADER: usize = 9;
 /// The smallest unit a disk writes whole: a crash leaves each one of a write either
 /// written or as it was.
 const SECTOR: usize = 512;
+/// The fewest zero bytes that mark a sector as never written (see `torn_at`): a record's
+/// length and CRC together are never all zeros.
+const MIN_ZERO_SPAN: usize = 8;
 
 const ENTRY: u8 = 1;
 const HARD_STATE: u8 = 2;
@@ -129,7 +135,17 @@ impl WalLogStore {
             if replayed.installed {
                 superseded_before = *seq;
             }
-            segments.push(Segment { seq: *seq, path, max_index: replayed.max_index });
+            if !replayed.removed {
+                segments.push(Segment { seq: *seq, path, max_index: replayed.max_index });
+            }
+        }
+        // A process killed before its last sync left records in the page cache that were
+        // never made durable, and no sync of a later segment covers this file: sync it now,
+        // before anything is acknowledged on the strength of what it holds.
+        if let Some(last) = segments.last() {
+            File::open(&last.path)
+                .and_then(|f| f.sync_data())
+                .map_err(|e| io("syncing", &last.path, &e))?;
         }
         let next = seqs.last().map_or(1, |s| s.saturating_add(1));
         let path = dir.join(segment_name(next));
@@ -421,6 +437,8 @@ fn new_segment(path: &Path, dir: &Path) -> Result<File, LogStoreError> {
 struct Replayed {
     max_index: u64,
     installed: bool,
+    /// The segment was created but not even its magic reached the disk: it was removed.
+    removed: bool,
 }
 
 /// What replay learns about entries missing before the first one held: the highest index
@@ -444,14 +462,17 @@ fn replay(
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
         .map_err(|e| io("reading", path, &e))?;
-    let mut out = Replayed { max_index: 0, installed: false };
+    let mut out = Replayed { max_index: 0, installed: false, removed: false };
     let damaged = |at: usize, why: &str| -> Result<Replayed, LogStoreError> {
         Err(LogStoreError::Corrupt(format!("{} at byte {at}: {why}", path.display())))
     };
     if bytes.get(..MAGIC.len()) != Some(&MAGIC[..]) {
         if newest && bytes.len() < MAGIC.len() && MAGIC.starts_with(&bytes) {
-            // Created, but the crash came before its first bytes were durable.
-            cut(path, 0)?;
+            // Created, but the crash came before its first bytes were durable. Removed, not
+            // kept empty: behind the segment this open starts it would read as damage.
+            // The directory sync that creates that segment makes the removal durable.
+            fs::remove_file(path).map_err(|e| io("removing", path, &e))?;
+            out.removed = true;
             return Ok(out);
         }
         return damaged(0, "not a raft log segment");
@@ -509,11 +530,15 @@ fn replay(
 /// than damage:
 /// - its header or payload runs past the end of the file, or everything from it on is
 ///   zeros (space the file system extended but never wrote);
-/// - or one of the pieces its stated extent falls into, split at [`SECTOR`] boundaries of
-///   the file, is all zeros: a sector the crash left unwritten while later ones of the same
-///   write, and the file's new size, reached the disk (the rule of etcd's WAL decoder,
-///   `isTornEntry` in `server/storage/wal/decoder.go`). Records after it in the file may
-///   read; they were written after the last `fdatasync` too, so none was acknowledged.
+/// - or a sector its stated extent touches reads zeros from where the record enters it
+///   to the sector's end (or the file's): a sector the crash left unwritten while later
+///   ones of the same write, and the file's new size, reached the disk. This is the rule
+///   of etcd's WAL decoder (`isTornEntry` in `server/storage/wal/decoder.go`), except that
+///   a zero span shorter than [`MIN_ZERO_SPAN`] bytes does not count: ward's records are
+///   not aligned, so a record can enter a sector a few bytes before its end, and a few
+///   zero bytes there (a length's high bytes) are no sign of anything. Records after it in
+///   the file may read; they were written after the last `fdatasync` too, so none was
+///   acknowledged.
 ///
 /// Any other record that fails its CRC (a flipped bit, stale bytes) is damage: cutting
 /// there could drop records that were synced and acknowledged.
@@ -529,17 +554,15 @@ fn torn_at(bytes: &[u8], at: usize) -> bool {
     if runs_past_end || rest.iter().all(|b| *b == 0) {
         return true;
     }
-    let extent = rest.get(..stated.unwrap_or(HEADER)).unwrap_or(rest);
-    let mut offset = at;
-    let mut left = extent;
-    while !left.is_empty() {
-        let piece = SECTOR.saturating_sub(offset % SECTOR).min(left.len());
-        let (head, tail) = left.split_at(piece);
-        if head.iter().all(|b| *b == 0) {
+    let end = at.saturating_add(stated.unwrap_or(HEADER));
+    let mut from = at;
+    while from < end {
+        let sector_end = from.saturating_add(SECTOR.saturating_sub(from % SECTOR));
+        let span = bytes.get(from..sector_end.min(bytes.len())).unwrap_or_default();
+        if span.len() >= MIN_ZERO_SPAN && span.iter().all(|b| *b == 0) {
             return true;
         }
-        offset = offset.saturating_add(piece);
-        left = tail;
+        from = sector_end;
     }
     false
 }
@@ -794,6 +817,121 @@ mod tests {
         fs::write(&path, &older).unwrap();
         let err = WalLogStore::open(dir.path()).unwrap_err();
         assert!(matches!(err, LogStoreError::Corrupt(ref m) if m.contains("damaged")), "{err}");
+    }
+
+    /// A flipped bit in the payload of any synced record of the newest segment refuses to
+    /// open, wherever the record falls against the sectors, though some payloads hold a
+    /// few zero bytes (a compaction's index and term) where they enter or leave a sector.
+    #[test]
+    fn a_flipped_payload_bit_in_any_record_refuses_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut log = WalLogStore::open(dir.path()).unwrap();
+            for i in 1..=60u64 {
+                log.append(&[entry(i, 2, 20 + (i as usize * 37) % 150)]).unwrap();
+                if i % 7 == 0 {
+                    log.compact(i - 3).unwrap();
+                    let hs = HardState { term: 2, vote: 1, commit: i, ..Default::default() };
+                    log.set_hard_state(&hs).unwrap();
+                }
+            }
+            log.compact(57).unwrap();
+            log.flush().unwrap();
+        }
+        let path = newest(dir.path());
+        let clean = fs::read(&path).unwrap();
+        let offsets = record_offsets(&clean);
+        assert!(offsets.len() > 60, "{} records", offsets.len());
+        for &at in &offsets {
+            let (_, _, end) = next_record(&clean, at).unwrap();
+            for flip in [at + HEADER, end - 1] {
+                let mut bytes = clean.clone();
+                bytes[flip] ^= 0x01;
+                fs::write(&path, &bytes).unwrap();
+                let err = WalLogStore::open(dir.path()).map(|_| ()).unwrap_err();
+                assert!(
+                    matches!(err, LogStoreError::Corrupt(ref m) if m.contains("damaged")),
+                    "record at {at}, byte {flip}: {err}"
+                );
+                assert_eq!(fs::read(&path).unwrap(), bytes, "nothing was cut");
+            }
+        }
+    }
+
+    /// One record's bytes: header, then `payload`.
+    fn record_bytes(kind: u8, payload: &[u8]) -> Vec<u8> {
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&[kind]);
+        crc.update(payload);
+        let mut out = (payload.len() as u32).to_le_bytes().to_vec();
+        out.extend_from_slice(&crc.finalize().to_le_bytes());
+        out.push(kind);
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// A segment's bytes: the magic, a filler entry record that puts the next record at
+    /// `target_at`, then `records`.
+    fn laid_out(target_at: usize, records: &[Vec<u8>]) -> Vec<u8> {
+        let mut bytes = MAGIC.to_vec();
+        let filler = target_at - MAGIC.len() - HEADER;
+        bytes.extend(record_bytes(ENTRY, &vec![7u8; filler]));
+        assert_eq!(bytes.len(), target_at);
+        for r in records {
+            bytes.extend_from_slice(r);
+        }
+        bytes
+    }
+
+    /// A damaged record that enters or leaves a sector with a few zero bytes (a length's
+    /// high byte, a compaction's term) is damage, not a torn tail; eight zeros from where
+    /// it enters a sector to that sector's end are a torn tail.
+    #[test]
+    fn a_few_zero_bytes_at_a_sector_edge_are_no_torn_write() {
+        let compaction = [1u8, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0];
+        let after = record_bytes(ENTRY, &[9u8; 40]);
+        let flipped = |mut bytes: Vec<u8>, at: usize| {
+            bytes[at + HEADER] ^= 0x01;
+            bytes
+        };
+        // Length 256 entering the sector at its last byte: that byte (the length's low
+        // byte) is zero.
+        let long = record_bytes(ENTRY, &[7u8; 256]);
+        let bytes = flipped(laid_out(511, &[long.clone(), after.clone()]), 511);
+        assert!(next_record(&bytes, 511).is_none());
+        assert!(!torn_at(&bytes, 511), "a length's zero byte");
+        // A compaction whose last five bytes (its term's high bytes) open a sector, with a
+        // record after it and with none.
+        let compact = record_bytes(COMPACT, &compaction);
+        let at = 512 - (compact.len() - 5);
+        let bytes = flipped(laid_out(at, &[compact.clone(), after.clone()]), at);
+        assert!(!torn_at(&bytes, at), "a record follows in that sector");
+        let bytes = flipped(laid_out(at, &[compact]), at);
+        assert!(!torn_at(&bytes, at), "five zeros up to the end of the file");
+        // The length and CRC of a record entering a sector at its last eight bytes, never
+        // written, with its payload written in the next sector: torn.
+        let mut bytes = laid_out(504, &[long, after]);
+        bytes[504..512].fill(0);
+        assert!(torn_at(&bytes, 504), "an unwritten header");
+    }
+
+    /// A segment created just before a crash, whose magic never reached the disk, is
+    /// removed: it does not stay behind the next segment, where it would read as damage.
+    #[test]
+    fn a_segment_whose_magic_never_reached_the_disk_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut log = WalLogStore::open(dir.path()).unwrap();
+            log.append(&[entry(1, 2, 50), entry(2, 2, 50)]).unwrap();
+            log.flush().unwrap();
+        }
+        let path = newest(dir.path());
+        let seq = parse_name(path.file_name().unwrap().to_str().unwrap()).unwrap();
+        let unwritten = dir.path().join(segment_name(seq + 1));
+        fs::write(&unwritten, &MAGIC[..3]).unwrap();
+        assert_eq!(WalLogStore::open(dir.path()).unwrap().last_index(), 2);
+        assert!(!unwritten.exists());
+        assert_eq!(WalLogStore::open(dir.path()).unwrap().last_index(), 2, "opens again");
     }
 
     #[test]
