@@ -188,7 +188,7 @@ impl MemLogStore {
     }
 
     fn offset(&self, index: u64) -> Option<usize> {
-        let first = self.compacted.0 + 1;
+        let first = self.compacted.0.saturating_add(1);
         if index < first || index > self.last_index() {
             return None;
         }
@@ -253,11 +253,11 @@ impl LogStore for MemLogStore {
     }
 
     fn first_index(&self) -> u64 {
-        self.compacted.0 + 1
+        self.compacted.0.saturating_add(1)
     }
 
     fn last_index(&self) -> u64 {
-        self.compacted.0 + self.entries.len() as u64
+        self.compacted.0.saturating_add(self.entries.len() as u64)
     }
 
     fn hard_state(&self) -> Result<HardState, LogStoreError> {
@@ -380,7 +380,7 @@ impl LogStore for SledLogStore {
     }
 
     fn first_index(&self) -> u64 {
-        self.compacted.0 + 1
+        self.compacted.0.saturating_add(1)
     }
 
     fn last_index(&self) -> u64 {

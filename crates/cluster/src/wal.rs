@@ -934,6 +934,26 @@ mod tests {
         assert_eq!(WalLogStore::open(dir.path()).unwrap().last_index(), 2, "opens again");
     }
 
+    /// Records with a valid CRC and indexes no raft log reaches (a compaction or an entry
+    /// at `u64::MAX`) open or refuse with an error, never a panic.
+    #[test]
+    fn indexes_at_the_end_of_the_range_do_not_panic_replay() {
+        let mut max = u64::MAX.to_le_bytes().to_vec();
+        max.extend_from_slice(&1u64.to_le_bytes());
+        let huge = entry(u64::MAX, 1, 10).write_to_bytes().unwrap();
+        for records in [
+            vec![record_bytes(COMPACT, &max)],
+            vec![record_bytes(ENTRY, &huge)],
+            vec![record_bytes(COMPACT, &max), record_bytes(ENTRY, &huge)],
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut bytes = MAGIC.to_vec();
+            records.iter().for_each(|r| bytes.extend_from_slice(r));
+            fs::write(dir.path().join(segment_name(1)), &bytes).unwrap();
+            let _ = WalLogStore::open(dir.path()).map(|log| log.last_index());
+        }
+    }
+
     #[test]
     fn damage_in_an_older_segment_refuses_to_open() {
         let dir = tempfile::tempdir().unwrap();
