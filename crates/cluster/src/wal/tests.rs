@@ -1,0 +1,435 @@
+//! Tests of the journal: replay, torn tails against damage, rotation, syncs.
+
+use super::*;
+
+fn entry(index: u64, term: u64, size: usize) -> Entry {
+    Entry { index, term, data: vec![7u8; size].into(), ..Default::default() }
+}
+
+/// Writes entries 1..=5 (term 2, 50 bytes each) to a new log in `dir`, synced, and
+/// closes it.
+fn write_five(dir: &Path) {
+    let mut log = WalLogStore::open(dir).unwrap();
+    log.append(&(1..=5).map(|i| entry(i, 2, 50)).collect::<Vec<_>>()).unwrap();
+    log.flush().unwrap();
+}
+
+/// Asserts that opening the log in `dir` is refused as damage (`what` names the case).
+fn refused_as_damaged(dir: &Path, what: &str) {
+    let err = WalLogStore::open(dir).map(|_| ()).unwrap_err();
+    assert!(matches!(err, LogStoreError::Corrupt(ref m) if m.contains("damaged")), "{what}: {err}");
+}
+
+fn newest(dir: &Path) -> PathBuf {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    files.sort();
+    files.pop().unwrap()
+}
+
+#[test]
+fn what_was_not_flushed_is_not_promised_and_what_was_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = WalLogStore::open(dir.path()).unwrap();
+    log.append(&(1..=3).map(|i| entry(i, 1, 10)).collect::<Vec<_>>()).unwrap();
+    log.set_hard_state(&HardState { term: 1, vote: 1, commit: 2, ..Default::default() }).unwrap();
+    log.flush().unwrap();
+    // Appended but never flushed, as after a kill -9 between a ready's write and its
+    // flush: a record still in memory is gone, the flushed ones stay.
+    log.append(&[entry(4, 1, 10)]).unwrap();
+    std::mem::forget(log);
+    let again = WalLogStore::open(dir.path()).unwrap();
+    assert_eq!(again.last_index(), 3);
+    assert_eq!(again.hard_state().unwrap().commit, 2);
+}
+
+#[test]
+fn a_sync_run_on_another_thread_keeps_what_was_written_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = WalLogStore::open(dir.path()).unwrap();
+    let syncs = log.syncs();
+    log.append(&(1..=3).map(|i| entry(i, 1, 10)).collect::<Vec<_>>()).unwrap();
+    let sync = log.begin_sync().unwrap().expect("a sync to run elsewhere");
+    // Written after the sync was asked for: not promised by it.
+    log.append(&[entry(4, 1, 10)]).unwrap();
+    std::thread::spawn(sync).join().unwrap().unwrap();
+    assert_eq!(log.syncs(), syncs + 1);
+    std::mem::forget(log);
+    let again = WalLogStore::open(dir.path()).unwrap();
+    assert_eq!(again.last_index(), 3);
+}
+
+#[test]
+fn a_segment_due_to_close_is_synced_where_it_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = WalLogStore::open(dir.path()).unwrap();
+    let size = 1 << 20;
+    let mut index = 0;
+    while log.written < SEGMENT_BYTES {
+        index += 1;
+        log.append(&[entry(index, 1, size)]).unwrap();
+    }
+    // The segment must be closed after its sync and before anything follows it.
+    assert!(log.begin_sync().unwrap().is_none());
+    log.flush().unwrap();
+    assert_eq!(log.segment_files().len(), 2);
+    log.append(&[entry(index + 1, 1, 10)]).unwrap();
+    let sync = log.begin_sync().unwrap().expect("a fresh segment syncs elsewhere");
+    std::thread::spawn(sync).join().unwrap().unwrap();
+    std::mem::forget(log);
+    assert_eq!(WalLogStore::open(dir.path()).unwrap().last_index(), index + 1);
+}
+
+#[test]
+fn a_torn_tail_is_cut_and_the_log_goes_on_from_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    write_five(dir.path());
+    // The last record half on disk: its length promises more than the file holds.
+    let path = newest(dir.path());
+    let len = fs::metadata(&path).unwrap().len();
+    let f = OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(len - 20).unwrap();
+    drop(f);
+    let mut log = WalLogStore::open(dir.path()).unwrap();
+    assert_eq!(log.last_index(), 4);
+    log.append(&[entry(5, 3, 50), entry(6, 3, 50)]).unwrap();
+    log.flush().unwrap();
+    let log = WalLogStore::open(dir.path()).unwrap();
+    assert_eq!((log.last_index(), log.term(5)), (6, Ok(3)));
+}
+
+#[test]
+fn a_flipped_byte_in_the_newest_segment_refuses_to_open() {
+    let dir = tempfile::tempdir().unwrap();
+    write_five(dir.path());
+    let path = newest(dir.path());
+    let clean = fs::read(&path).unwrap();
+    // In the last record, and in one with synced records after it: both are damage a
+    // crash cannot make, and cutting there would drop acknowledged entries.
+    for at in [clean.len() - 10, MAGIC.len() + HEADER + 30] {
+        let mut bytes = clean.clone();
+        bytes[at] ^= 0xff;
+        fs::write(&path, &bytes).unwrap();
+        refused_as_damaged(dir.path(), &format!("flip at {at}"));
+        assert_eq!(fs::read(&path).unwrap(), bytes, "nothing was cut");
+    }
+    // Zeros from a record on (space extended, never written) are a torn tail.
+    let mut bytes = clean.clone();
+    let mut last = MAGIC.len();
+    while let Some((_, _, next)) = next_record(&clean, last).filter(|r| r.2 < clean.len()) {
+        last = next;
+    }
+    bytes[last..].fill(0);
+    fs::write(&path, &bytes).unwrap();
+    let records_before = WalLogStore::open(dir.path()).unwrap().last_index();
+    assert!(records_before < 5, "the zeroed record is dropped: {records_before}");
+}
+
+/// Offsets of the records in `bytes`, in order.
+fn record_offsets(bytes: &[u8]) -> Vec<usize> {
+    let mut at = MAGIC.len();
+    let mut offsets = Vec::new();
+    while let Some((_, _, next)) = next_record(bytes, at) {
+        offsets.push(at);
+        at = next;
+    }
+    offsets
+}
+
+/// Zeros one whole sector inside the payload of the record at `at`.
+fn unwrite_a_sector_of(bytes: &mut [u8], at: usize) {
+    let start = (at + HEADER).next_multiple_of(SECTOR);
+    assert!(next_record(bytes, at).is_some_and(|(_, _, end)| start + SECTOR <= end));
+    bytes[start..start + SECTOR].fill(0);
+}
+
+#[test]
+fn a_record_with_an_unwritten_sector_is_a_torn_tail_even_with_records_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut log = WalLogStore::open(dir.path()).unwrap();
+        log.append(&(1..=5).map(|i| entry(i, 2, 50)).collect::<Vec<_>>()).unwrap();
+        log.flush().unwrap();
+        // One write of several sectors after the last sync: the crash wrote the later
+        // sectors and the size, not one in the middle.
+        log.append(&(6..=10).map(|i| entry(i, 2, 1500)).collect::<Vec<_>>()).unwrap();
+        log.flush().unwrap();
+    }
+    let path = newest(dir.path());
+    let mut bytes = fs::read(&path).unwrap();
+    let offsets = record_offsets(&bytes);
+    // The last five records are entries 6..=10, one each.
+    let seventh = offsets[offsets.len() - 4];
+    unwrite_a_sector_of(&mut bytes, seventh);
+    assert!(next_record(&bytes, offsets[offsets.len() - 1]).is_some(), "later ones read");
+    fs::write(&path, &bytes).unwrap();
+    let log = WalLogStore::open(dir.path()).unwrap();
+    assert_eq!(log.last_index(), 6, "cut at entry 7");
+    assert_eq!(fs::metadata(&path).unwrap().len(), seventh as u64);
+    drop(log);
+    // The same in a segment that is not the newest is damage.
+    let mut older = fs::read(&path).unwrap();
+    let offsets = record_offsets(&older);
+    let sixth = offsets[offsets.len() - 1];
+    unwrite_a_sector_of(&mut older, sixth);
+    fs::write(&path, &older).unwrap();
+    refused_as_damaged(dir.path(), "");
+}
+
+/// A flipped bit in the payload of any synced record of the newest segment refuses to
+/// open, wherever the record falls against the sectors, though some payloads hold a
+/// few zero bytes (a compaction's index and term) where they enter or leave a sector.
+#[test]
+fn a_flipped_payload_bit_in_any_record_refuses_to_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut log = WalLogStore::open(dir.path()).unwrap();
+        for i in 1..=60u64 {
+            log.append(&[entry(i, 2, 20 + (i as usize * 37) % 150)]).unwrap();
+            if i % 7 == 0 {
+                log.compact(i - 3).unwrap();
+                let hs = HardState { term: 2, vote: 1, commit: i, ..Default::default() };
+                log.set_hard_state(&hs).unwrap();
+            }
+        }
+        log.compact(57).unwrap();
+        log.flush().unwrap();
+    }
+    let path = newest(dir.path());
+    let clean = fs::read(&path).unwrap();
+    let offsets = record_offsets(&clean);
+    assert!(offsets.len() > 60, "{} records", offsets.len());
+    for &at in &offsets {
+        let (_, _, end) = next_record(&clean, at).unwrap();
+        for flip in [at + HEADER, end - 1] {
+            let mut bytes = clean.clone();
+            bytes[flip] ^= 0x01;
+            fs::write(&path, &bytes).unwrap();
+            refused_as_damaged(dir.path(), &format!("record at {at}, byte {flip}"));
+            assert_eq!(fs::read(&path).unwrap(), bytes, "nothing was cut");
+        }
+    }
+}
+
+/// One record's bytes: header, then `payload`.
+fn record_bytes(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&[kind]);
+    crc.update(payload);
+    let mut out = (payload.len() as u32).to_le_bytes().to_vec();
+    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    out.push(kind);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A segment's bytes: the magic, a filler entry record that puts the next record at
+/// `target_at`, then `records`.
+fn laid_out(target_at: usize, records: &[Vec<u8>]) -> Vec<u8> {
+    let mut bytes = MAGIC.to_vec();
+    let filler = target_at - MAGIC.len() - HEADER;
+    bytes.extend(record_bytes(ENTRY, &vec![7u8; filler]));
+    assert_eq!(bytes.len(), target_at);
+    for r in records {
+        bytes.extend_from_slice(r);
+    }
+    bytes
+}
+
+/// A damaged record that enters or leaves a sector with a few zero bytes (a length's
+/// high byte, a compaction's term) is damage, not a torn tail; eight zeros from where
+/// it enters a sector to that sector's end are a torn tail.
+#[test]
+fn a_few_zero_bytes_at_a_sector_edge_are_no_torn_write() {
+    let compaction = [1u8, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0];
+    let after = record_bytes(ENTRY, &[9u8; 40]);
+    let flipped = |mut bytes: Vec<u8>, at: usize| {
+        bytes[at + HEADER] ^= 0x01;
+        bytes
+    };
+    // Length 256 entering the sector at its last byte: that byte (the length's low
+    // byte) is zero.
+    let long = record_bytes(ENTRY, &[7u8; 256]);
+    let bytes = flipped(laid_out(511, &[long.clone(), after.clone()]), 511);
+    assert!(next_record(&bytes, 511).is_none());
+    assert!(!torn_at(&bytes, 511), "a length's zero byte");
+    // A compaction whose last five bytes (its term's high bytes) open a sector, with a
+    // record after it and with none.
+    let compact = record_bytes(COMPACT, &compaction);
+    let at = 512 - (compact.len() - 5);
+    let bytes = flipped(laid_out(at, &[compact.clone(), after.clone()]), at);
+    assert!(!torn_at(&bytes, at), "a record follows in that sector");
+    let bytes = flipped(laid_out(at, &[compact]), at);
+    assert!(!torn_at(&bytes, at), "five zeros up to the end of the file");
+    // The length and CRC of a record entering a sector at its last eight bytes, never
+    // written, with its payload written in the next sector: torn.
+    let mut bytes = laid_out(504, &[long, after]);
+    bytes[504..512].fill(0);
+    assert!(torn_at(&bytes, 504), "an unwritten header");
+}
+
+/// A segment created just before a crash, whose magic never reached the disk, is
+/// removed: it does not stay behind the next segment, where it would read as damage.
+#[test]
+fn a_segment_whose_magic_never_reached_the_disk_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut log = WalLogStore::open(dir.path()).unwrap();
+        log.append(&[entry(1, 2, 50), entry(2, 2, 50)]).unwrap();
+        log.flush().unwrap();
+    }
+    let path = newest(dir.path());
+    let seq = parse_name(path.file_name().unwrap().to_str().unwrap()).unwrap();
+    let unwritten = dir.path().join(segment_name(seq + 1));
+    fs::write(&unwritten, &MAGIC[..3]).unwrap();
+    assert_eq!(WalLogStore::open(dir.path()).unwrap().last_index(), 2);
+    assert!(!unwritten.exists());
+    assert_eq!(WalLogStore::open(dir.path()).unwrap().last_index(), 2, "opens again");
+}
+
+/// Records with a valid CRC and indexes no raft log reaches (a compaction or an entry
+/// at `u64::MAX`) open or refuse with an error, never a panic.
+#[test]
+fn indexes_at_the_end_of_the_range_do_not_panic_replay() {
+    let mut max = u64::MAX.to_le_bytes().to_vec();
+    max.extend_from_slice(&1u64.to_le_bytes());
+    let huge = entry(u64::MAX, 1, 10).write_to_bytes().unwrap();
+    for records in [
+        vec![record_bytes(COMPACT, &max)],
+        vec![record_bytes(ENTRY, &huge)],
+        vec![record_bytes(COMPACT, &max), record_bytes(ENTRY, &huge)],
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = MAGIC.to_vec();
+        records.iter().for_each(|r| bytes.extend_from_slice(r));
+        fs::write(dir.path().join(segment_name(1)), &bytes).unwrap();
+        let _ = WalLogStore::open(dir.path()).map(|log| log.last_index());
+    }
+}
+
+#[test]
+fn damage_in_an_older_segment_refuses_to_open() {
+    let dir = tempfile::tempdir().unwrap();
+    write_five(dir.path());
+    // Opening starts a new segment, so the one holding the entries is an older one now.
+    drop(WalLogStore::open(dir.path()).unwrap());
+    let mut files: Vec<PathBuf> =
+        fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let older = files.iter().find(|p| fs::metadata(p).unwrap().len() > 300).unwrap().clone();
+    let mut bytes = fs::read(&older).unwrap();
+    let at = bytes.len() - 10;
+    bytes[at] ^= 0xff;
+    fs::write(&older, &bytes).unwrap();
+    refused_as_damaged(dir.path(), "");
+}
+
+#[test]
+fn segments_rotate_and_compaction_deletes_the_old_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = WalLogStore::open(dir.path()).unwrap();
+    // 64 KiB entries: a segment holds about 256 of them.
+    let size = 64 << 10;
+    let per = SEGMENT_BYTES / size as u64;
+    let total = per * 3 + 10;
+    for i in 1..=total {
+        log.append(&[entry(i, 1, size)]).unwrap();
+        log.flush().unwrap();
+    }
+    assert!(log.segment_files().len() >= 4, "{:?}", log.segment_files());
+    log.compact(total - 5).unwrap();
+    log.flush().unwrap();
+    // Rotation is what deletes: fill the current segment once more.
+    for i in total + 1..=total + per {
+        log.append(&[entry(i, 1, size)]).unwrap();
+        log.flush().unwrap();
+    }
+    let held = log.segment_files();
+    assert!(held.len() <= 3, "{held:?}");
+    let on_disk = fs::read_dir(dir.path()).unwrap().count();
+    assert_eq!(on_disk, held.len());
+    let again = WalLogStore::open(dir.path()).unwrap();
+    assert_eq!((again.first_index(), again.last_index()), (total - 4, total + per));
+    assert_eq!(again.entries(total - 4, total + per + 1, None).unwrap().len() as u64, per + 5);
+}
+
+#[test]
+fn a_missing_segment_whose_entries_were_never_compacted_refuses_to_open() {
+    // Segments holding entries 1.. with nothing compacted: each one is still needed.
+    let fill = |dir: &Path| -> Vec<PathBuf> {
+        let mut log = WalLogStore::open(dir).unwrap();
+        let size = 64 << 10;
+        let total = SEGMENT_BYTES / size as u64 * 3;
+        for i in 1..=total {
+            log.append(&[entry(i, 1, size)]).unwrap();
+            log.flush().unwrap();
+        }
+        log.segment_files()
+    };
+    for (what, pick) in [("the oldest", 0), ("a middle", 1)] {
+        let dir = tempfile::tempdir().unwrap();
+        let files = fill(dir.path());
+        assert!(files.len() >= 4, "{files:?}");
+        fs::remove_file(&files[pick]).unwrap();
+        let err = WalLogStore::open(dir.path())
+            .map(|log| (log.first_index(), log.last_index()))
+            .expect_err(&format!("opened without {what} segment"));
+        assert!(
+            matches!(err, LogStoreError::Corrupt(ref m) if m.contains("never compacted")),
+            "{what}: {err}"
+        );
+    }
+}
+
+#[test]
+fn an_install_supersedes_every_older_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut log = WalLogStore::open(dir.path()).unwrap();
+        log.append(&(1..=50).map(|i| entry(i, 1, 100)).collect::<Vec<_>>()).unwrap();
+        log.flush().unwrap();
+    }
+    let mut log = WalLogStore::open(dir.path()).unwrap();
+    let meta = SnapshotMetadata { index: 20, term: 4, ..Default::default() };
+    log.install_snapshot(&meta).unwrap();
+    log.flush().unwrap();
+    assert_eq!(log.segment_files().len(), 1, "{:?}", log.segment_files());
+    log.append(&[entry(21, 4, 10)]).unwrap();
+    log.flush().unwrap();
+    let again = WalLogStore::open(dir.path()).unwrap();
+    assert_eq!((again.first_index(), again.last_index()), (21, 21));
+    assert_eq!(again.term(20), Ok(4));
+    assert_eq!(again.snapshot_meta().unwrap(), meta);
+}
+
+#[test]
+fn a_log_in_the_store_database_moves_into_the_journal_once() {
+    let td = ward_core::TrustDomain::new("example.org").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ward_store::Store::open(dir.path().join("store"), ward_store::StoreConfig::new(td))
+        .unwrap();
+    let hs = HardState { term: 3, vote: 1, commit: 6, ..Default::default() };
+    let cs = ConfState { voters: vec![1, 2, 3], ..Default::default() };
+    {
+        let mut old = crate::SledLogStore::open(&store).unwrap();
+        old.append(&(1..=8).map(|i| entry(i, 3, 20)).collect::<Vec<_>>()).unwrap();
+        old.compact(2).unwrap();
+        old.set_hard_state(&hs).unwrap();
+        old.set_conf_state(&cs).unwrap();
+        old.flush().unwrap();
+    }
+    let wal_dir = dir.path().join("raft-log");
+    let log = open_log(&wal_dir, &store).unwrap();
+    assert_eq!((log.first_index(), log.last_index()), (3, 8));
+    assert_eq!((log.term(2), log.term(8)), (Ok(3), Ok(3)));
+    assert_eq!((log.hard_state().unwrap(), log.conf_state().unwrap()), (hs.clone(), cs.clone()));
+    drop(log);
+    // The database's copy is gone: opening again takes the journal as it is.
+    let old = crate::SledLogStore::open(&store).unwrap();
+    assert_eq!((old.last_index(), old.hard_state().unwrap()), (0, HardState::default()));
+    let log = open_log(&wal_dir, &store).unwrap();
+    assert_eq!((log.first_index(), log.last_index(), log.hard_state().unwrap()), (3, 8, hs));
+}
