@@ -160,12 +160,12 @@ fn applies_landing_inside_an_export_are_laid_over_its_cut() {
     for index in 1..=30 {
         apply_one(&store, index);
     }
-    let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(31));
     let hook = {
-        let (store, next) = (store.clone(), std::sync::Arc::clone(&next));
+        let (store, mut next) = (store.clone(), 31);
         move || {
             for _ in 0..5 {
-                apply_one(&store, next.fetch_add(1, Ordering::Relaxed));
+                apply_one(&store, next);
+                next += 1;
             }
         }
     };
