@@ -112,6 +112,8 @@ pub(crate) struct Shared {
     pub(crate) apply_ns: AtomicU64,
     pub(crate) readies: AtomicU64,
     pub(crate) flushes: AtomicU64,
+    /// Syncs of the journal that waited to gather more writes.
+    pub(crate) sync_waits: AtomicU64,
 }
 
 /// Where the driver's time went since it started.
@@ -125,6 +127,8 @@ pub struct DriverTimings {
     pub readies: u64,
     /// Flushes of the log.
     pub flushes: u64,
+    /// Syncs of the log that waited to gather more writes (`ClusterConfig::sync_gap`).
+    pub sync_waits: u64,
 }
 
 /// A handle on a running replica. Cheap to clone.
@@ -289,6 +293,7 @@ impl ClusterHandle {
             apply: Duration::from_nanos(s.apply_ns.load(Ordering::Relaxed)),
             readies: s.readies.load(Ordering::Relaxed),
             flushes: s.flushes.load(Ordering::Relaxed),
+            sync_waits: s.sync_waits.load(Ordering::Relaxed),
         }
     }
 

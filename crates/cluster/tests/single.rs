@@ -196,3 +196,39 @@ async fn a_store_of_a_cluster_with_its_raft_log_gone_refuses_to_start() {
     assert!(err.to_string().contains("this replica lost its raft log"), "{err}");
     assert!(store.join_token("first").is_some(), "the state is kept as it was");
 }
+
+/// One write at a time (each proposer waits for its answer before the next): a sync that
+/// waits for more writes gathers nothing, so after a window of such waits the syncs stop
+/// waiting (`ClusterConfig::sync_gap`); with a zero gap no sync ever waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_write_at_a_time_is_not_held_for_others() {
+    for gap in [ward_cluster::DEFAULT_SYNC_GAP, std::time::Duration::ZERO] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreConfig::new(trust_domain())).unwrap();
+        let mut config = ClusterConfig::new(1);
+        config.bootstrap = true;
+        config.sync_gap = gap;
+        let handle = ward_cluster::start(Replica {
+            config,
+            store: store.clone(),
+            log: MemLogStore::new(),
+            transport: None,
+            snapshots: None,
+            runtime: tokio::runtime::Handle::current(),
+        })
+        .unwrap();
+        for i in 0..300 {
+            handle.propose(token(&format!("t{i}"))).await.unwrap();
+        }
+        let t = handle.timings();
+        assert!(t.flushes >= 300, "each write was synced: {} flushes", t.flushes);
+        if gap.is_zero() {
+            assert_eq!(t.sync_waits, 0, "a zero gap never waits");
+        } else {
+            // At most one window of waits, then a probe every 256 syncs.
+            assert!(t.sync_waits <= 16 + 2, "{} of 300 lone writes waited", t.sync_waits);
+        }
+        handle.shutdown();
+        assert_eq!(handle.stopped().await, Ok(()));
+    }
+}

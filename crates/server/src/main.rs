@@ -127,6 +127,9 @@ struct ClusterFlags {
     /// Longest an operator's read waits for the leader's confirmation (e.g. 3s).
     #[arg(long = "readTimeout")]
     read_timeout: Option<String>,
+    /// Least time between two syncs of the raft log while writes keep arriving (e.g. 3ms).
+    #[arg(long = "syncGap")]
+    sync_gap: Option<String>,
 }
 
 impl ClusterFlags {
@@ -148,6 +151,7 @@ impl ClusterFlags {
             snapshot_threshold: self.snapshot_threshold,
             peer_service: self.peer_service,
             read_timeout: self.read_timeout,
+            sync_gap: self.sync_gap,
         }
     }
 }

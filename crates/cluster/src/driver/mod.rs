@@ -200,7 +200,7 @@ pub fn start<L: LogStore>(replica: Replica<L>) -> Result<ClusterHandle, StartErr
 
     let (tx, rx) = crossbeam_channel::unbounded();
     let shared = Arc::new(Shared::default());
-    let syncs = SyncThread::start(id, shared.clone())?;
+    let syncs = SyncThread::start(id, shared.clone(), config.sync_gap)?;
     let (stop_tx, stop_rx) = watch::channel(None);
     let handle = ClusterHandle {
         node_id: id,

@@ -61,7 +61,13 @@ pub struct ClusterFile {
     /// Longest an operator's read waits for the leader to confirm this replica is up to date
     /// (a duration: `"3s"`).
     pub read_timeout: Option<String>,
+    /// Least time between the starts of two syncs of the raft log while writes keep
+    /// arriving (a duration: `"3ms"`; `"0s"` syncs as soon as the sync before ends).
+    pub sync_gap: Option<String>,
 }
+
+/// The longest `cluster.sync_gap` accepted: a longer wait would hold every write for it.
+pub const MAX_SYNC_GAP: Duration = Duration::from_millis(100);
 
 /// Command-line values that override the `[cluster]` table: the same keys, as flags.
 pub type ClusterOverrides = ClusterFile;
@@ -82,6 +88,7 @@ impl ClusterFile {
             snapshot_threshold: self.snapshot_threshold.or(under.snapshot_threshold),
             peer_service: self.peer_service.or(under.peer_service),
             read_timeout: self.read_timeout.or(under.read_timeout),
+            sync_gap: self.sync_gap.or(under.sync_gap),
         }
     }
 }
@@ -126,6 +133,9 @@ pub struct ClusterConfig {
     /// Longest an operator's read waits for a read index (default
     /// [`ward_cluster::DEFAULT_READ_TIMEOUT`]).
     pub read_timeout: Duration,
+    /// Least time between two syncs of the raft log while writes keep arriving (default
+    /// [`ward_cluster::DEFAULT_SYNC_GAP`]; zero: no wait).
+    pub sync_gap: Duration,
 }
 
 /// The parts of a StatefulSet pod name: `<set>-<ordinal>`.
@@ -274,6 +284,14 @@ impl ClusterFile {
         if read_timeout.is_zero() {
             return Err(invalid("cluster.read_timeout", "must be positive"));
         }
+        let sync_gap = opt_duration("cluster.sync_gap", f.sync_gap.as_deref())?
+            .unwrap_or(ward_cluster::DEFAULT_SYNC_GAP);
+        if sync_gap > MAX_SYNC_GAP {
+            return Err(invalid(
+                "cluster.sync_gap",
+                format!("must be at most {} ms", MAX_SYNC_GAP.as_millis()),
+            ));
+        }
         Ok(Some(ClusterConfig {
             node_id,
             peer_address,
@@ -284,6 +302,7 @@ impl ClusterFile {
             tick_interval,
             snapshot_threshold,
             read_timeout,
+            sync_gap,
         }))
     }
 }
@@ -320,6 +339,7 @@ mod tests {
             heartbeat_tick = 4
             tick_interval = "50ms"
             snapshot_threshold = 1048576
+            sync_gap = "0s"
             "#,
         );
         let c = ClusterFile::resolve(Some(f.clone()), &ClusterOverrides::default(), &no_env)
@@ -337,6 +357,7 @@ mod tests {
         assert_eq!((c.election_tick, c.heartbeat_tick), (20, 4));
         assert_eq!(c.tick_interval, Duration::from_millis(50));
         assert_eq!(c.snapshot_threshold, 1 << 20);
+        assert_eq!(c.sync_gap, Duration::ZERO);
         let o = ClusterOverrides {
             node_id: Some(NodeIdSetting::Number(5)),
             advertise_address: Some("ward-5.example:8082".into()),
@@ -360,6 +381,7 @@ mod tests {
         assert_eq!((c.election_tick, c.heartbeat_tick), (10, 2));
         assert_eq!(c.tick_interval, Duration::from_millis(100));
         assert_eq!(c.snapshot_threshold, 64 << 20);
+        assert_eq!(c.sync_gap, ward_cluster::DEFAULT_SYNC_GAP);
     }
 
     #[test]
@@ -425,6 +447,8 @@ mod tests {
             ("snapshot_threshold = 0", &no_env, "cluster.snapshot_threshold"),
             ("read_timeout = \"0s\"", &no_env, "cluster.read_timeout"),
             ("read_timeout = \"soon\"", &no_env, "cluster.read_timeout"),
+            ("sync_gap = \"101ms\"", &no_env, "cluster.sync_gap"),
+            ("sync_gap = \"-1ms\"", &no_env, "cluster.sync_gap"),
             ("peer_address = \"0.0.0.0:8082\"", &no_env, "cluster.advertise_address"),
         ];
         for (text, env, want) in cases {

@@ -510,6 +510,7 @@ impl ClusterStartup {
         config.bootstrap = settings.start == crate::config::ClusterStart::Bootstrap;
         config.compact_log_bytes = settings.snapshot_threshold;
         config.read_timeout = settings.read_timeout;
+        config.sync_gap = settings.sync_gap;
         let handle = ward_cluster::start(ward_cluster::Replica {
             config,
             store: store.clone(),
