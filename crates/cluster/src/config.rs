@@ -45,7 +45,7 @@ pub struct ClusterConfig {
     /// Least time between the starts of two syncs of the log while writes keep arriving:
     /// a sync due sooner waits, and the writes that arrive meanwhile share it. Waits stop
     /// while they gather nothing (one write at a time). Zero: every sync starts as soon as
-    /// the one before ends. Default [`DEFAULT_SYNC_GAP`].
+    /// the one before ends. Default [`DEFAULT_SYNC_GAP`], at most [`MAX_SYNC_GAP`].
     pub sync_gap: Duration,
 }
 
@@ -54,6 +54,10 @@ pub struct ClusterConfig {
 /// without it and about 1,100 with it, and the host no longer stops the machine for ~10 ms
 /// every 100 ms.
 pub const DEFAULT_SYNC_GAP: Duration = Duration::from_millis(3);
+
+/// The longest [`ClusterConfig::sync_gap`] honoured (a longer one is cut to it): a longer
+/// wait would hold every write for it.
+pub const MAX_SYNC_GAP: Duration = Duration::from_millis(100);
 
 impl ClusterConfig {
     /// Defaults for replica `node_id`.

@@ -41,7 +41,7 @@ pub mod storage;
 pub mod transport;
 pub mod wal;
 
-pub use config::{ClusterConfig, DEFAULT_READ_TIMEOUT, DEFAULT_SYNC_GAP, StartError};
+pub use config::{ClusterConfig, DEFAULT_READ_TIMEOUT, DEFAULT_SYNC_GAP, MAX_SYNC_GAP, StartError};
 pub use driver::{Replica, start};
 pub use error::{InboundError, ProposeError};
 pub use handle::{

@@ -198,11 +198,13 @@ async fn a_store_of_a_cluster_with_its_raft_log_gone_refuses_to_start() {
 }
 
 /// One write at a time (each proposer waits for its answer before the next): a sync that
-/// waits for more writes gathers nothing, so after a window of such waits the syncs stop
-/// waiting (`ClusterConfig::sync_gap`); with a zero gap no sync ever waits.
+/// waits for more writes gathers nothing, so after a window of 16 such waits the syncs stop
+/// waiting (`ClusterConfig::sync_gap`); with a zero gap no sync ever waits. With a 50 ms
+/// gap every write is due within it of the last sync, so the whole window is waited.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_write_at_a_time_is_not_held_for_others() {
-    for gap in [ward_cluster::DEFAULT_SYNC_GAP, std::time::Duration::ZERO] {
+    use std::time::Duration;
+    for gap in [Duration::from_millis(50), ward_cluster::DEFAULT_SYNC_GAP, Duration::ZERO] {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), StoreConfig::new(trust_domain())).unwrap();
         let mut config = ClusterConfig::new(1);
@@ -227,6 +229,9 @@ async fn one_write_at_a_time_is_not_held_for_others() {
         } else {
             // At most one window of waits, then a probe every 256 syncs.
             assert!(t.sync_waits <= 16 + 2, "{} of 300 lone writes waited", t.sync_waits);
+        }
+        if gap >= Duration::from_millis(50) {
+            assert!(t.sync_waits >= 16, "only {} waits with a {gap:?} gap", t.sync_waits);
         }
         handle.shutdown();
         assert_eq!(handle.stopped().await, Ok(()));

@@ -11,7 +11,7 @@ use raft::StateRole;
 use raft::eraftpb::{Message, MessageType};
 
 use super::{Driver, Fatal, add_elapsed};
-use crate::config::StartError;
+use crate::config::{MAX_SYNC_GAP, StartError};
 use crate::handle::Shared;
 use crate::log_store::{LogStore, LogStoreError, PendingSync};
 use crate::transport::NodeId;
@@ -41,15 +41,16 @@ pub(super) struct SyncThread {
 ///
 /// A wait only delays a write when nothing else arrives during it (one write at a time,
 /// each waiting for its answer before the next). So the last [`WINDOW`] waits are
-/// remembered: when at most [`FEW`] of them gathered anything, syncs stop waiting, and
-/// every [`SYNCS_BETWEEN_PROBES`] syncs one waits again to see whether that changed.
+/// remembered: after a wait during which nothing arrived, when at most [`FEW`] of them saw
+/// another write arrive, syncs stop waiting, and every [`SYNCS_BETWEEN_PROBES`] syncs one
+/// waits again (a probe) to see whether that changed. The gap is at most [`MAX_SYNC_GAP`].
 #[derive(Debug)]
 pub(crate) struct SyncPacing {
     gap: Duration,
     last_start: Option<Instant>,
     /// Outcomes of the latest waits, newest in the lowest bit: 1 gathered more writes.
     outcomes: u32,
-    /// How many of `outcomes` are set (up to [`WINDOW`]).
+    /// How many outcomes `outcomes` holds (up to [`WINDOW`]).
     counted: u32,
     /// Waits stopped: the sync count at which the next probe is due.
     probe_at: Option<u64>,
@@ -66,6 +67,7 @@ pub(crate) const SYNCS_BETWEEN_PROBES: u64 = 256;
 
 impl SyncPacing {
     pub(crate) fn new(gap: Duration) -> Self {
+        let gap = gap.min(MAX_SYNC_GAP);
         Self { gap, last_start: None, outcomes: 0, counted: 0, probe_at: None, syncs: 0 }
     }
 
@@ -78,29 +80,22 @@ impl SyncPacing {
         (due > now).then(|| due.duration_since(now))
     }
 
-    /// Records a sync started at `now` that covers `jobs` readies' writes, after a wait or
-    /// not.
-    pub(crate) fn started(&mut self, now: Instant, jobs: usize, waited: bool) {
+    /// Records a sync started at `now`, after a wait or not; `gathered`: another write
+    /// arrived during the wait.
+    pub(crate) fn started(&mut self, now: Instant, gathered: bool, waited: bool) {
         self.syncs = self.syncs.saturating_add(1);
         self.last_start = Some(now);
         if !waited {
             return;
         }
-        let gathered = jobs > 1;
-        if self.probe_at.is_some() {
-            // A probe: waiting resumes, with a fresh memory, once one gathers.
-            if gathered {
-                self.probe_at = None;
-                self.outcomes = 0;
-                self.counted = 0;
-            } else {
-                self.probe_at = Some(self.syncs.saturating_add(SYNCS_BETWEEN_PROBES));
-            }
-            return;
-        }
         self.outcomes = ((self.outcomes << 1) | u32::from(gathered)) & WINDOW_MASK;
         self.counted = self.counted.saturating_add(1).min(WINDOW);
-        if self.counted == WINDOW && self.outcomes.count_ones() <= FEW {
+        if gathered {
+            // A probe that saw a write arrive resumes the waits.
+            self.probe_at = None;
+        } else if self.probe_at.is_some()
+            || (self.counted == WINDOW && self.outcomes.count_ones() <= FEW)
+        {
             self.probe_at = Some(self.syncs.saturating_add(SYNCS_BETWEEN_PROBES));
         }
     }
@@ -119,20 +114,23 @@ impl SyncThread {
             .spawn(move || {
                 let mut pacing = SyncPacing::new(gap);
                 while let Ok(mut job) = jobs_rx.recv() {
-                    let wait = pacing.wait(Instant::now());
-                    if let Some(wait) = wait {
-                        std::thread::sleep(wait);
-                        shared.sync_waits.fetch_add(1, Ordering::Relaxed);
-                    }
                     // A later sync covers everything an earlier one does.
-                    let mut jobs = 1;
                     while let Ok(later) = jobs_rx.try_recv() {
                         job = later;
-                        jobs += 1;
+                    }
+                    let wait = pacing.wait(Instant::now());
+                    let mut gathered = false;
+                    if let Some(deadline) = wait.and_then(|w| Instant::now().checked_add(w)) {
+                        shared.sync_waits.fetch_add(1, Ordering::Relaxed);
+                        // Ends early only when the driver stops (the sender is dropped).
+                        while let Ok(later) = jobs_rx.recv_deadline(deadline) {
+                            job = later;
+                            gathered = true;
+                        }
                     }
                     let (number, sync) = job;
                     let start = Instant::now();
-                    pacing.started(start, jobs, wait.is_some());
+                    pacing.started(start, gathered, wait.is_some());
                     let result = sync();
                     add_elapsed(&shared.persist_ns, start);
                     shared.flushes.fetch_add(1, Ordering::Relaxed);
@@ -269,7 +267,7 @@ mod tests {
         if let Some(w) = wait {
             *now += w;
         }
-        p.started(*now, jobs, wait.is_some());
+        p.started(*now, jobs > 1, wait.is_some());
         wait.is_some()
     }
 
@@ -278,7 +276,7 @@ mod tests {
         let mut p = SyncPacing::new(GAP);
         let t0 = Instant::now();
         assert_eq!(p.wait(t0), None, "the first sync never waits");
-        p.started(t0, 1, false);
+        p.started(t0, false, false);
         assert_eq!(p.wait(t0 + Duration::from_millis(1)), Some(Duration::from_millis(2)));
         assert_eq!(p.wait(t0 + GAP), None);
         assert_eq!(p.wait(t0 + Duration::from_millis(5)), None);
@@ -341,6 +339,29 @@ mod tests {
         for _ in 0..50 {
             assert!(sync(&mut p, &mut now, Duration::from_millis(1), 4));
         }
+    }
+
+    #[test]
+    fn waits_stop_when_at_most_two_of_sixteen_gathered() {
+        for (gathering, stops) in [(2usize, true), (3, false)] {
+            let mut p = SyncPacing::new(GAP);
+            let mut now = Instant::now();
+            sync(&mut p, &mut now, Duration::ZERO, 1);
+            for i in 0..WINDOW as usize {
+                let jobs = if i < gathering { 2 } else { 1 };
+                assert!(sync(&mut p, &mut now, Duration::from_millis(1), jobs));
+            }
+            let waits_on = sync(&mut p, &mut now, Duration::from_millis(1), 1);
+            assert_eq!(!waits_on, stops, "{gathering} of 16 waits gathered");
+        }
+    }
+
+    #[test]
+    fn a_gap_past_the_limit_is_cut_to_it() {
+        let mut p = SyncPacing::new(Duration::from_secs(3600));
+        let t0 = Instant::now();
+        p.started(t0, false, false);
+        assert_eq!(p.wait(t0), Some(MAX_SYNC_GAP));
     }
 
     #[test]

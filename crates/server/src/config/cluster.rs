@@ -66,9 +66,6 @@ pub struct ClusterFile {
     pub sync_gap: Option<String>,
 }
 
-/// The longest `cluster.sync_gap` accepted: a longer wait would hold every write for it.
-pub const MAX_SYNC_GAP: Duration = Duration::from_millis(100);
-
 /// Command-line values that override the `[cluster]` table: the same keys, as flags.
 pub type ClusterOverrides = ClusterFile;
 
@@ -286,10 +283,10 @@ impl ClusterFile {
         }
         let sync_gap = opt_duration("cluster.sync_gap", f.sync_gap.as_deref())?
             .unwrap_or(ward_cluster::DEFAULT_SYNC_GAP);
-        if sync_gap > MAX_SYNC_GAP {
+        if sync_gap > ward_cluster::MAX_SYNC_GAP {
             return Err(invalid(
                 "cluster.sync_gap",
-                format!("must be at most {} ms", MAX_SYNC_GAP.as_millis()),
+                format!("must be at most {} ms", ward_cluster::MAX_SYNC_GAP.as_millis()),
             ));
         }
         Ok(Some(ClusterConfig {
