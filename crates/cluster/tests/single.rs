@@ -18,6 +18,15 @@ fn start_alone(
 ) -> Result<ward_cluster::ClusterHandle, ward_cluster::StartError> {
     let mut config = ClusterConfig::new(1);
     config.bootstrap = bootstrap;
+    start_with(store, log, config)
+}
+
+/// Starts replica 1 over `store` and `log` with `config`, with no transport.
+fn start_with(
+    store: &Store,
+    log: impl LogStore,
+    config: ClusterConfig,
+) -> Result<ward_cluster::ClusterHandle, ward_cluster::StartError> {
     ward_cluster::start(Replica {
         config,
         store: store.clone(),
@@ -210,15 +219,7 @@ async fn one_write_at_a_time_is_not_held_for_others() {
         let mut config = ClusterConfig::new(1);
         config.bootstrap = true;
         config.sync_gap = gap;
-        let handle = ward_cluster::start(Replica {
-            config,
-            store: store.clone(),
-            log: MemLogStore::new(),
-            transport: None,
-            snapshots: None,
-            runtime: tokio::runtime::Handle::current(),
-        })
-        .unwrap();
+        let handle = start_with(&store, MemLogStore::new(), config).unwrap();
         for i in 0..300 {
             handle.propose(token(&format!("t{i}"))).await.unwrap();
         }
