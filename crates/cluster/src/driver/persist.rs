@@ -120,10 +120,13 @@ impl SyncThread {
                     }
                     let wait = pacing.wait(Instant::now());
                     let mut gathered = false;
-                    if let Some(deadline) = wait.and_then(|w| Instant::now().checked_add(w)) {
+                    if let Some(wait) = wait {
                         shared.sync_waits.fetch_add(1, Ordering::Relaxed);
-                        // Ends early only when the driver stops (the sender is dropped).
-                        while let Ok(later) = jobs_rx.recv_deadline(deadline) {
+                        // One sleep, then what arrived meanwhile: a blocking receive would
+                        // wake this thread for each write, and on a virtual machine every
+                        // wake-up costs the host time.
+                        std::thread::sleep(wait);
+                        while let Ok(later) = jobs_rx.try_recv() {
                             job = later;
                             gathered = true;
                         }
