@@ -30,6 +30,16 @@ fn newest(dir: &Path) -> PathBuf {
     files.pop().unwrap()
 }
 
+/// A segment's bytes up to the end of its last record, without the allocated space after
+/// it: the file as a crash before any preallocation would leave it.
+fn used(path: &Path) -> Vec<u8> {
+    let mut bytes = fs::read(path).unwrap();
+    let end =
+        record_offsets(&bytes).last().map_or(MAGIC.len(), |at| next_record(&bytes, *at).unwrap().2);
+    bytes.truncate(end);
+    bytes
+}
+
 #[test]
 fn what_was_not_flushed_is_not_promised_and_what_was_is_kept() {
     let dir = tempfile::tempdir().unwrap();
@@ -89,7 +99,7 @@ fn a_torn_tail_is_cut_and_the_log_goes_on_from_before_it() {
     write_five(dir.path());
     // The last record half on disk: its length promises more than the file holds.
     let path = newest(dir.path());
-    let len = fs::metadata(&path).unwrap().len();
+    let len = used(&path).len() as u64;
     let f = OpenOptions::new().write(true).open(&path).unwrap();
     f.set_len(len - 20).unwrap();
     drop(f);
@@ -106,7 +116,7 @@ fn a_flipped_byte_in_the_newest_segment_refuses_to_open() {
     let dir = tempfile::tempdir().unwrap();
     write_five(dir.path());
     let path = newest(dir.path());
-    let clean = fs::read(&path).unwrap();
+    let clean = used(&path);
     // In the last record, and in one with synced records after it: both are damage a
     // crash cannot make, and cutting there would drop acknowledged entries.
     for at in [clean.len() - 10, MAGIC.len() + HEADER + 30] {
@@ -199,7 +209,7 @@ fn a_flipped_payload_bit_in_any_record_refuses_to_open() {
         log.flush().unwrap();
     }
     let path = newest(dir.path());
-    let clean = fs::read(&path).unwrap();
+    let clean = used(&path);
     let offsets = record_offsets(&clean);
     assert!(offsets.len() > 60, "{} records", offsets.len());
     for &at in &offsets {
@@ -319,8 +329,8 @@ fn damage_in_an_older_segment_refuses_to_open() {
     let mut files: Vec<PathBuf> =
         fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
-    let older = files.iter().find(|p| fs::metadata(p).unwrap().len() > 300).unwrap().clone();
-    let mut bytes = fs::read(&older).unwrap();
+    let older = files.iter().find(|p| used(p).len() > 300).unwrap().clone();
+    let mut bytes = used(&older);
     let at = bytes.len() - 10;
     bytes[at] ^= 0xff;
     fs::write(&older, &bytes).unwrap();
@@ -432,4 +442,61 @@ fn a_log_in_the_store_database_moves_into_the_journal_once() {
     assert_eq!((old.last_index(), old.hard_state().unwrap()), (0, HardState::default()));
     let log = open_log(&wal_dir, &store).unwrap();
     assert_eq!((log.first_index(), log.last_index(), log.hard_state().unwrap()), (3, 8, hs));
+}
+
+/// Segments are allocated whole when created; the zeros after the last record end the
+/// replay of every segment, older ones included. Opening gives back the space after the
+/// last record of the segment it will no longer append to.
+#[test]
+fn segments_are_allocated_whole_and_replay_ends_at_their_zeros() {
+    let dir = tempfile::tempdir().unwrap();
+    write_five(dir.path());
+    let first = newest(dir.path());
+    assert_eq!(fs::metadata(&first).unwrap().len(), SEGMENT_BYTES);
+    let records = used(&first);
+    assert!(records.len() < 1024, "records at the start: {}", records.len());
+    // An older segment with its allocated space, as a crash before opening gave it back
+    // leaves it, behind a newest one.
+    let log = WalLogStore::open(dir.path()).unwrap();
+    assert_eq!(fs::metadata(&first).unwrap().len(), records.len() as u64, "given back");
+    assert_eq!(fs::read(&first).unwrap(), records);
+    drop(log);
+    OpenOptions::new().write(true).open(&first).unwrap().set_len(SEGMENT_BYTES).unwrap();
+    for _ in 0..3 {
+        assert_eq!(WalLogStore::open(dir.path()).unwrap().last_index(), 5);
+    }
+    assert_eq!(fs::metadata(&first).unwrap().len(), SEGMENT_BYTES, "older: left as it was");
+    let mut log = WalLogStore::open(dir.path()).unwrap();
+    log.append(&(6..=8).map(|i| entry(i, 3, 50)).collect::<Vec<_>>()).unwrap();
+    log.flush().unwrap();
+    assert_eq!(fs::metadata(newest(dir.path())).unwrap().len(), SEGMENT_BYTES);
+    drop(log);
+    let log = WalLogStore::open(dir.path()).unwrap();
+    assert_eq!((log.last_index(), log.term(5), log.term(8)), (8, Ok(2), Ok(3)));
+    // Of all the segments, only the one appended to now holds allocated space.
+    let allocated = fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|f| f.as_ref().unwrap().metadata().unwrap().len() == SEGMENT_BYTES)
+        .count();
+    assert_eq!(allocated, 2, "the first (left allocated above) and the newest");
+}
+
+/// A record whose header reached the allocated space but whose payload did not (it reads
+/// zeros) is a torn tail in the newest segment, cut there, and damage in an older one.
+#[test]
+fn a_header_without_its_payload_in_allocated_space_is_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    write_five(dir.path());
+    let path = newest(dir.path());
+    let end = used(&path).len();
+    let header = &record_bytes(ENTRY, &[7u8; 600])[..HEADER];
+    let f = OpenOptions::new().write(true).open(&path).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, header, end as u64).unwrap();
+    drop(f);
+    let damaged = fs::read(&path).unwrap();
+    assert_eq!(WalLogStore::open(dir.path()).unwrap().last_index(), 5);
+    assert_eq!(fs::metadata(&path).unwrap().len(), end as u64, "cut at the torn record");
+    // The same bytes in what is now an older segment.
+    fs::write(&path, &damaged).unwrap();
+    refused_as_damaged(dir.path(), "torn record in an older segment");
 }
