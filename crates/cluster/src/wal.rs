@@ -26,8 +26,10 @@
 //! drops the whole log. Hard state, membership and snapshot metadata: the last record wins.
 //!
 //! A segment is created with [`SEGMENT_BYTES`] allocated (zeros until written; see
-//! `allocate`), and records are written at their offsets into it; wherever only zeros
-//! follow the last record, replay of any segment ends. Once its records reach
+//! `allocate`), and records are written at their offsets into it; where only zeros follow
+//! the last record of the newest segment, its replay ends (opening gives back the space
+//! after the last record of the segment it stops appending to, so no older segment ends in
+//! zeros). Once its records reach
 //! [`SEGMENT_BYTES`] the next one starts with a checkpoint (hard
 //! state, membership, snapshot metadata, compacted point), so a segment is deleted, oldest
 //! first, once every entry it holds is compacted or a later install superseded it.
@@ -38,8 +40,10 @@
 //! leave only an incomplete tail on the newest segment: replay stops at the first record
 //! that runs past the end of the file or that fails its CRC with
 //! a 512-byte sector it touches reading zeros from where it enters to the sector's end
-//! (never written; see `torn_at`), and the file is cut at that point; a newest segment
-//! whose magic never reached the disk is removed. Any other record that fails its CRC, and
+//! (never written; see `torn_at`), and the file is cut at that point. A segment is made as
+//! `<seq>.wal.new` and renamed once its magic and space are durable; a leftover one is
+//! removed, as is a newest segment made in place (by earlier versions) whose magic never
+//! reached the disk. Any other record that fails its CRC, and
 //! anything short in an older segment, is damage and refuses to open. Opening syncs the
 //! newest segment it read: a process killed before its last sync left records in the page
 //! cache that no later sync would cover. Opening always starts a new segment
@@ -123,10 +127,29 @@ impl WalLogStore {
         for item in fs::read_dir(dir).map_err(|e| io("reading", dir, &e))? {
             let item = item.map_err(|e| io("reading", dir, &e))?;
             let name = item.file_name();
+            if name.to_str().is_some_and(|n| n.ends_with(NEW_SUFFIX)) {
+                // A segment being made when the process stopped: it never got its name.
+                let path = item.path();
+                fs::remove_file(&path).map_err(|e| io("removing", &path, &e))?;
+                continue;
+            }
             let Some(seq) = name.to_str().and_then(parse_name) else { continue };
             seqs.push(seq);
         }
         seqs.sort_unstable();
+        // Numbers are not reused, not even one of a segment removed below.
+        let next = seqs.last().map_or(1, |s| s.saturating_add(1));
+        if let Some(last) = seqs.last() {
+            // Made in place by an earlier version, and the crash came before its first
+            // bytes were durable. Removed, not kept empty: behind the segment this open
+            // starts it would read as damage. The directory sync that creates that segment
+            // makes the removal durable.
+            let path = dir.join(segment_name(*last));
+            if never_written(&path)? {
+                fs::remove_file(&path).map_err(|e| io("removing", &path, &e))?;
+                seqs.pop();
+            }
+        }
         let mut mem = MemLogStore::new();
         let mut segments = Vec::new();
         let mut superseded_before = 0;
@@ -139,10 +162,8 @@ impl WalLogStore {
             if replayed.installed {
                 superseded_before = *seq;
             }
-            if !replayed.removed {
-                newest_end = replayed.end;
-                segments.push(Segment { seq: *seq, path, max_index: replayed.max_index });
-            }
+            newest_end = replayed.end;
+            segments.push(Segment { seq: *seq, path, max_index: replayed.max_index });
         }
         // A process killed before its last sync left records in the page cache that were
         // never made durable, and no sync of a later segment covers this file: sync it now,
@@ -150,18 +171,19 @@ impl WalLogStore {
         // appended to it again, so the space allocated after its last record is given back
         // (a crash before that leaves zeros, which replay reads as its end).
         if let Some(last) = segments.last() {
-            OpenOptions::new()
-                .write(true)
-                .open(&last.path)
+            let path = &last.path;
+            let allocated = fs::metadata(path).map_err(|e| io("reading", path, &e))?.len();
+            let mut opts = OpenOptions::new();
+            opts.read(true).write(allocated > newest_end);
+            opts.open(path)
                 .and_then(|f| {
-                    if f.metadata()?.len() > newest_end {
+                    if allocated > newest_end {
                         f.set_len(newest_end)?;
                     }
                     f.sync_data()
                 })
-                .map_err(|e| io("syncing", &last.path, &e))?;
+                .map_err(|e| io("syncing", path, &e))?;
         }
-        let next = seqs.last().map_or(1, |s| s.saturating_add(1));
         let path = dir.join(segment_name(next));
         if gap.upto > gap.stated {
             return Err(LogStoreError::Corrupt(format!(
@@ -444,37 +466,69 @@ fn create_private_dir(dir: &Path) -> Result<(), LogStoreError> {
 /// file's size nor its block map and its `fdatasync` flushes the data alone: on ext4 here
 /// an append past the end took three disk writes per sync and one into allocated space two
 /// (`/proc/diskstats`). The space reads as zeros until written, which replay takes as the
-/// end of a segment. A file system without `fallocate` gets a segment that grows as it is
-/// written, as before.
+/// end of the newest segment. Where that fails (a file system without `fallocate`, a disk
+/// without 16 MiB free), whatever it allocated is given back and the segment grows as it
+/// is written.
 fn allocate(file: &File, path: &Path) -> Result<(), LogStoreError> {
     use rustix::fs::{FallocateFlags, fallocate};
-    match fallocate(file, FallocateFlags::empty(), 0, SEGMENT_BYTES) {
-        Ok(()) => Ok(()),
-        Err(e) if e == rustix::io::Errno::OPNOTSUPP => Ok(()),
-        Err(e) => Err(io("allocating", path, &e.into())),
+    if let Err(e) = fallocate(file, FallocateFlags::empty(), 0, SEGMENT_BYTES) {
+        if e != rustix::io::Errno::OPNOTSUPP {
+            tracing::warn!(path = %path.display(), error = %e, "could not allocate a raft log segment ahead; it grows as it is written");
+        }
+        file.set_len(MAGIC.len() as u64).map_err(|e| io("cutting", path, &e))?;
     }
+    Ok(())
 }
 
-/// Creates a segment with its magic, durable together with its directory entry.
+/// Suffix of a segment being made (see [`new_segment`]).
+const NEW_SUFFIX: &str = ".wal.new";
+
+/// Creates a segment with its magic and its allocated space, durable before it gets its
+/// name: it is made as `<seq>.wal.new` and renamed (etcd's WAL does the same), so a crash
+/// never leaves a segment whose size reached the disk and whose magic did not (ext4 can
+/// commit a `fallocate` before the data written just before it).
 fn new_segment(path: &Path, dir: &Path) -> Result<File, LogStoreError> {
+    let new = path.with_extension(NEW_SUFFIX.trim_start_matches('.'));
     let mut opts = OpenOptions::new();
-    opts.create_new(true).write(true);
+    opts.create(true).truncate(true).write(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut file = opts.open(path).map_err(|e| io("creating", path, &e))?;
-    file.write_all(MAGIC).map_err(|e| io("writing", path, &e))?;
-    allocate(&file, path)?;
-    file.sync_all().map_err(|e| io("syncing", path, &e))?;
+    let mut file = opts.open(&new).map_err(|e| io("creating", &new, &e))?;
+    file.write_all(MAGIC).map_err(|e| io("writing", &new, &e))?;
+    allocate(&file, &new)?;
+    file.sync_all().map_err(|e| io("syncing", &new, &e))?;
+    fs::rename(&new, path).map_err(|e| io("naming", path, &e))?;
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io("syncing", dir, &e))?;
     Ok(file)
+}
+
+/// Whether the segment at `path` is one made in place (as earlier versions did) whose magic
+/// never reached the disk: a prefix of the magic, then nothing or only zeros (its size
+/// did). A record is synced only after the magic, so such a file holds nothing promised.
+fn never_written(path: &Path) -> Result<bool, LogStoreError> {
+    let mut head = [0u8; MAGIC.len()];
+    let mut file = File::open(path).map_err(|e| io("reading", path, &e))?;
+    let mut got = 0;
+    while got < head.len() {
+        match file.read(&mut head[got..]).map_err(|e| io("reading", path, &e))? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    let written = head[..got].iter().zip(MAGIC).take_while(|(a, b)| a == b).count();
+    if written == MAGIC.len() || head[written..got].iter().any(|b| *b != 0) {
+        return Ok(false);
+    }
+    let mut rest = Vec::new();
+    file.read_to_end(&mut rest).map_err(|e| io("reading", path, &e))?;
+    Ok(rest.iter().all(|b| *b == 0))
 }
 
 struct Replayed {
     max_index: u64,
     installed: bool,
-    /// The segment was created but not even its magic reached the disk: it was removed.
-    removed: bool,
-    /// Where its last record ends (the allocated space after it reads zeros).
+    /// Where its last record ends (in the newest segment, the allocated space after it
+    /// reads zeros).
     end: u64,
 }
 
@@ -499,27 +553,21 @@ fn replay(
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
         .map_err(|e| io("reading", path, &e))?;
-    let mut out = Replayed { max_index: 0, installed: false, removed: false, end: 0 };
+    let mut out = Replayed { max_index: 0, installed: false, end: 0 };
     let damaged = |at: usize, why: &str| -> Result<Replayed, LogStoreError> {
         Err(LogStoreError::Corrupt(format!("{} at byte {at}: {why}", path.display())))
     };
     if bytes.get(..MAGIC.len()) != Some(&MAGIC[..]) {
-        if newest && bytes.len() < MAGIC.len() && MAGIC.starts_with(&bytes) {
-            // Created, but the crash came before its first bytes were durable. Removed, not
-            // kept empty: behind the segment this open starts it would read as damage.
-            // The directory sync that creates that segment makes the removal durable.
-            fs::remove_file(path).map_err(|e| io("removing", path, &e))?;
-            out.removed = true;
-            return Ok(out);
-        }
         return damaged(0, "not a raft log segment");
     }
     let mut at = MAGIC.len();
     while at < bytes.len() {
         let Some((kind, payload, next)) = next_record(&bytes, at) else {
             out.end = at as u64;
-            if bytes.get(at..).unwrap_or_default().iter().all(|b| *b == 0) {
-                // The allocated space no record reached yet (see `allocate`).
+            if newest && bytes.get(at..).unwrap_or_default().iter().all(|b| *b == 0) {
+                // The allocated space no record reached yet (see `allocate`). Only the
+                // newest segment has any: a full one is closed, and opening gives back the
+                // rest of the one it stops appending to before it starts the next.
                 return Ok(out);
             }
             if newest && torn_at(&bytes, at) {

@@ -445,8 +445,9 @@ fn a_log_in_the_store_database_moves_into_the_journal_once() {
 }
 
 /// Segments are allocated whole when created; the zeros after the last record end the
-/// replay of every segment, older ones included. Opening gives back the space after the
-/// last record of the segment it will no longer append to.
+/// replay of the newest segment. Opening gives back the space after the last record of the
+/// segment it will no longer append to, so older segments never end in zeros, and zeros
+/// where an older one's records should be are damage (synced records lost).
 #[test]
 fn segments_are_allocated_whole_and_replay_ends_at_their_zeros() {
     let dir = tempfile::tempdir().unwrap();
@@ -455,30 +456,73 @@ fn segments_are_allocated_whole_and_replay_ends_at_their_zeros() {
     assert_eq!(fs::metadata(&first).unwrap().len(), SEGMENT_BYTES);
     let records = used(&first);
     assert!(records.len() < 1024, "records at the start: {}", records.len());
-    // An older segment with its allocated space, as a crash before opening gave it back
-    // leaves it, behind a newest one.
-    let log = WalLogStore::open(dir.path()).unwrap();
+    let mut log = WalLogStore::open(dir.path()).unwrap();
+    assert_eq!(log.last_index(), 5);
     assert_eq!(fs::metadata(&first).unwrap().len(), records.len() as u64, "given back");
     assert_eq!(fs::read(&first).unwrap(), records);
-    drop(log);
-    OpenOptions::new().write(true).open(&first).unwrap().set_len(SEGMENT_BYTES).unwrap();
-    for _ in 0..3 {
-        assert_eq!(WalLogStore::open(dir.path()).unwrap().last_index(), 5);
-    }
-    assert_eq!(fs::metadata(&first).unwrap().len(), SEGMENT_BYTES, "older: left as it was");
-    let mut log = WalLogStore::open(dir.path()).unwrap();
     log.append(&(6..=8).map(|i| entry(i, 3, 50)).collect::<Vec<_>>()).unwrap();
     log.flush().unwrap();
-    assert_eq!(fs::metadata(newest(dir.path())).unwrap().len(), SEGMENT_BYTES);
+    let second = newest(dir.path());
+    assert_eq!(fs::metadata(&second).unwrap().len(), SEGMENT_BYTES);
     drop(log);
     let log = WalLogStore::open(dir.path()).unwrap();
     assert_eq!((log.last_index(), log.term(5), log.term(8)), (8, Ok(2), Ok(3)));
+    drop(log);
     // Of all the segments, only the one appended to now holds allocated space.
-    let allocated = fs::read_dir(dir.path())
+    let allocated: Vec<_> = fs::read_dir(dir.path())
         .unwrap()
-        .filter(|f| f.as_ref().unwrap().metadata().unwrap().len() == SEGMENT_BYTES)
-        .count();
-    assert_eq!(allocated, 2, "the first (left allocated above) and the newest");
+        .map(|f| f.unwrap().path())
+        .filter(|f| fs::metadata(f).unwrap().len() == SEGMENT_BYTES)
+        .collect();
+    assert_eq!(allocated, vec![newest(dir.path())]);
+    // Entries 4 and 5 of the first segment zeroed: an older segment, so damage, not an end.
+    let offsets = record_offsets(&records);
+    let fourth = offsets.iter().rev().nth(1).copied().unwrap();
+    let mut zeroed = records.clone();
+    zeroed[fourth..].fill(0);
+    fs::write(&first, &zeroed).unwrap();
+    let err = WalLogStore::open(dir.path()).map(|_| ()).unwrap_err();
+    let name = first.file_name().unwrap().to_str().unwrap();
+    assert!(
+        matches!(err, LogStoreError::Corrupt(ref m) if m.contains(name) && m.contains("damaged")),
+        "{err}"
+    );
+}
+
+/// A segment being made when the process stopped (`<seq>.wal.new`, never renamed) is
+/// removed, whatever reached the disk of it; so is a segment an earlier version made in
+/// place whose size reached the disk and whose magic did not (only zeros).
+#[test]
+fn a_segment_that_never_got_its_magic_or_its_name_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    write_five(dir.path());
+    let path = newest(dir.path());
+    let seq = parse_name(path.file_name().unwrap().to_str().unwrap()).unwrap();
+    let making = dir.path().join(format!("{}{NEW_SUFFIX}", &segment_name(seq + 1)[..16]));
+    fs::write(&making, vec![0u8; 1 << 20]).unwrap();
+    let zeros = dir.path().join(segment_name(seq + 2));
+    let mut bytes = MAGIC[..2].to_vec();
+    bytes.resize(1 << 20, 0);
+    fs::write(&zeros, &bytes).unwrap();
+    assert_eq!(WalLogStore::open(dir.path()).unwrap().last_index(), 5);
+    assert!(!making.exists() && !zeros.exists());
+    assert_eq!(WalLogStore::open(dir.path()).unwrap().last_index(), 5, "opens again");
+    // Anything but zeros after a partial magic is damage. (Opening gave back the space of
+    // the segment the last open started, so it replays as an older segment.)
+    let last = newest(dir.path());
+    let log = WalLogStore::open(dir.path()).unwrap();
+    drop(log);
+    fs::remove_file(newest(dir.path())).unwrap();
+    assert!(fs::metadata(&last).unwrap().len() < 1024);
+    let damaged = dir.path().join(segment_name(seq + 9));
+    bytes[100] = 1;
+    fs::write(&damaged, &bytes).unwrap();
+    let err = WalLogStore::open(dir.path()).map(|_| ()).unwrap_err();
+    let name = segment_name(seq + 9);
+    assert!(
+        matches!(err, LogStoreError::Corrupt(ref m) if m.contains(&name) && m.contains("not a raft log segment")),
+        "{err}"
+    );
 }
 
 /// A record whose header reached the allocated space but whose payload did not (it reads
