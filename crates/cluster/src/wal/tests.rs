@@ -20,6 +20,16 @@ fn refused_as_damaged(dir: &Path, what: &str) {
     assert!(matches!(err, LogStoreError::Corrupt(ref m) if m.contains("damaged")), "{what}: {err}");
 }
 
+/// Asserts that opening the log in `dir` is refused as corrupt, naming the segment `file`
+/// and saying `what`.
+fn refused_naming(dir: &Path, file: &str, what: &str) {
+    let err = WalLogStore::open(dir).map(|_| ()).unwrap_err();
+    assert!(
+        matches!(err, LogStoreError::Corrupt(ref m) if m.contains(file) && m.contains(what)),
+        "{err}"
+    );
+}
+
 fn newest(dir: &Path) -> PathBuf {
     let mut files: Vec<PathBuf> = fs::read_dir(dir)
         .unwrap()
@@ -481,12 +491,7 @@ fn segments_are_allocated_whole_and_replay_ends_at_their_zeros() {
     let mut zeroed = records.clone();
     zeroed[fourth..].fill(0);
     fs::write(&first, &zeroed).unwrap();
-    let err = WalLogStore::open(dir.path()).map(|_| ()).unwrap_err();
-    let name = first.file_name().unwrap().to_str().unwrap();
-    assert!(
-        matches!(err, LogStoreError::Corrupt(ref m) if m.contains(name) && m.contains("damaged")),
-        "{err}"
-    );
+    refused_naming(dir.path(), first.file_name().unwrap().to_str().unwrap(), "damaged");
 }
 
 /// A segment being made when the process stopped (`<seq>.wal.new`, never renamed) is
@@ -517,12 +522,7 @@ fn a_segment_that_never_got_its_magic_or_its_name_is_removed() {
     let damaged = dir.path().join(segment_name(seq + 9));
     bytes[100] = 1;
     fs::write(&damaged, &bytes).unwrap();
-    let err = WalLogStore::open(dir.path()).map(|_| ()).unwrap_err();
-    let name = segment_name(seq + 9);
-    assert!(
-        matches!(err, LogStoreError::Corrupt(ref m) if m.contains(&name) && m.contains("not a raft log segment")),
-        "{err}"
-    );
+    refused_naming(dir.path(), &segment_name(seq + 9), "not a raft log segment");
 }
 
 /// A record whose header reached the allocated space but whose payload did not (it reads
