@@ -12,7 +12,7 @@
 //! # Files
 //!
 //! `<dir>/<seq>.wal`, `seq` a 16-digit hex number counting up. A segment starts with the
-//! 8 bytes `WARDWAL1`, then records:
+//! 8 bytes `WARDWAL2`, then records:
 //!
 //! | bytes | what |
 //! |---|---|
@@ -20,6 +20,14 @@
 //! | 4 | CRC-32 (IEEE) of the kind byte and the payload, u32 little-endian |
 //! | 1 | kind: 1 entry, 2 hard state, 3 membership, 4 snapshot metadata, 5 compaction, 6 snapshot install |
 //! | `n` | payload: raft's protobuf encoding of the `Entry`, `HardState`, `ConfState` or `SnapshotMetadata`; for a compaction the index and term, u64 little-endian each |
+//!
+//! No record starts within the last [`MIN_ZERO_SPAN`] bytes of a 512-byte sector: where one
+//! would, zeros pad the sector to its end and the record starts the next. So the sector
+//! where a record starts always holds at least [`MIN_ZERO_SPAN`] of its bytes, and a torn
+//! write that never reached that sector reads as one (see `torn_at`); without the padding a
+//! header begun a few bytes before a sector's end, whose first sector the crash lost and
+//! whose second it kept, read as damage. Segments of earlier versions (`WARDWAL1`, no
+//! padding) are still read.
 //!
 //! Replaying an entry record drops every held entry at or after its index first (raft's
 //! rule for a conflicting suffix); a compaction drops entries up to its index; an install
@@ -61,7 +69,9 @@ use raft::eraftpb::{ConfState, Entry, HardState, SnapshotMetadata};
 use crate::log_store::{LogStore, LogStoreError, MemLogStore, PendingSync, decode, encode};
 
 /// First bytes of every segment.
-const MAGIC: &[u8; 8] = b"WARDWAL1";
+const MAGIC: &[u8; 8] = b"WARDWAL2";
+/// First bytes of a segment written before records were kept off sectors' last bytes.
+const MAGIC_UNPADDED: &[u8; 8] = b"WARDWAL1";
 /// A segment is closed and a new one started once it holds this many bytes.
 pub const SEGMENT_BYTES: u64 = 16 << 20;
 /// Pending records are written out (without `fdatasync`) once they reach this size.
@@ -225,6 +235,11 @@ impl WalLogStore {
             .ok()
             .filter(|n| *n <= MAX_RECORD)
             .ok_or_else(|| LogStoreError::Corrupt(format!("record of {} bytes", payload.len())))?;
+        let pad = padding_at(self.written);
+        if pad > 0 {
+            self.pending.resize(self.pending.len().saturating_add(pad), 0);
+            self.written = self.written.saturating_add(pad as u64);
+        }
         let mut crc = crc32fast::Hasher::new();
         crc.update(&[kind]);
         crc.update(payload);
@@ -557,11 +572,19 @@ fn replay(
     let damaged = |at: usize, why: &str| -> Result<Replayed, LogStoreError> {
         Err(LogStoreError::Corrupt(format!("{} at byte {at}: {why}", path.display())))
     };
-    if bytes.get(..MAGIC.len()) != Some(&MAGIC[..]) {
-        return damaged(0, "not a raft log segment");
-    }
+    let padded = match bytes.get(..MAGIC.len()) {
+        Some(m) if m == &MAGIC[..] => true,
+        Some(m) if m == &MAGIC_UNPADDED[..] => false,
+        _ => return damaged(0, "not a raft log segment"),
+    };
     let mut at = MAGIC.len();
     while at < bytes.len() {
+        if padded {
+            at = past_padding(&bytes, at);
+            if at >= bytes.len() {
+                break;
+            }
+        }
         let Some((kind, payload, next)) = next_record(&bytes, at) else {
             out.end = at as u64;
             if newest && bytes.get(at..).unwrap_or_default().iter().all(|b| *b == 0) {
@@ -615,6 +638,22 @@ fn replay(
     }
     out.end = at as u64;
     Ok(out)
+}
+
+/// Zero bytes written before a record that would start at `offset`: to the sector's end
+/// when fewer than [`MIN_ZERO_SPAN`] bytes are left in it, else none.
+fn padding_at(offset: u64) -> usize {
+    let left = SECTOR.saturating_sub((offset % SECTOR as u64) as usize);
+    if left < MIN_ZERO_SPAN { left } else { 0 }
+}
+
+/// Where the next record of a padded segment starts, looking from `at`: past the padding
+/// when `at` is within a sector's last bytes and they read zeros, else `at` (anything else
+/// there is no record and replay says so).
+fn past_padding(bytes: &[u8], at: usize) -> usize {
+    let pad = padding_at(at as u64);
+    let end = at.saturating_add(pad).min(bytes.len());
+    if pad > 0 && bytes.get(at..end).is_some_and(|b| b.iter().all(|x| *x == 0)) { end } else { at }
 }
 
 /// Whether the record that does not read at `at` is a write cut short by a crash rather

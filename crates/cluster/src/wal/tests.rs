@@ -138,23 +138,20 @@ fn a_flipped_byte_in_the_newest_segment_refuses_to_open() {
     }
     // Zeros from a record on (space extended, never written) are a torn tail.
     let mut bytes = clean.clone();
-    let mut last = MAGIC.len();
-    while let Some((_, _, next)) = next_record(&clean, last).filter(|r| r.2 < clean.len()) {
-        last = next;
-    }
+    let last = *record_offsets(&clean).last().unwrap();
     bytes[last..].fill(0);
     fs::write(&path, &bytes).unwrap();
     let records_before = WalLogStore::open(dir.path()).unwrap().last_index();
     assert!(records_before < 5, "the zeroed record is dropped: {records_before}");
 }
 
-/// Offsets of the records in `bytes`, in order.
+/// Offsets of the records in `bytes` (a padded segment), in order.
 fn record_offsets(bytes: &[u8]) -> Vec<usize> {
-    let mut at = MAGIC.len();
+    let mut at = past_padding(bytes, MAGIC.len());
     let mut offsets = Vec::new();
     while let Some((_, _, next)) = next_record(bytes, at) {
         offsets.push(at);
-        at = next;
+        at = past_padding(bytes, next);
     }
     offsets
 }
@@ -543,4 +540,74 @@ fn a_header_without_its_payload_in_allocated_space_is_a_torn_tail() {
     // The same bytes in what is now an older segment.
     fs::write(&path, &damaged).unwrap();
     refused_as_damaged(dir.path(), "torn record in an older segment");
+}
+
+/// No record of a segment starts within a sector's last 8 bytes: zeros pad the sector
+/// instead, and replay reads past them. A header torn where it starts (its first sector
+/// never written, the next one written) then always reads as a torn tail.
+#[test]
+fn records_never_start_in_a_sectors_last_bytes_and_a_torn_header_there_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = WalLogStore::open(dir.path()).unwrap();
+    // Sizes stepping by one byte put record starts at every offset within a sector.
+    let mut index = 0;
+    for size in 1..=700usize {
+        index += 1;
+        log.append(&[entry(index, 2, size)]).unwrap();
+        if size % 50 == 0 {
+            log.flush().unwrap();
+        }
+    }
+    log.flush().unwrap();
+    drop(log);
+    let path = newest(dir.path());
+    let bytes = used(&path);
+    let offsets = record_offsets(&bytes);
+    assert!(offsets.len() > 700, "{} records", offsets.len());
+    let mut padded = 0;
+    for (i, at) in offsets.iter().enumerate() {
+        assert!(SECTOR - at % SECTOR >= MIN_ZERO_SPAN, "a record starts at {at}");
+        let prev_end =
+            if i == 0 { MAGIC.len() } else { next_record(&bytes, offsets[i - 1]).unwrap().2 };
+        padded += usize::from(prev_end != *at);
+    }
+    assert!(padded > 5, "only {padded} paddings");
+    assert_eq!(WalLogStore::open(dir.path()).unwrap().last_index(), 700);
+    // The reviewer's crash shape, moved to where a record can start: the sector where the
+    // last-but-one record begins never written, the sectors after it written.
+    let victim = offsets[offsets.len() - 2];
+    let mut torn = bytes.clone();
+    let sector = victim - victim % SECTOR;
+    torn[sector.max(victim)..sector + SECTOR].fill(0);
+    let mut files: Vec<PathBuf> =
+        fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    for f in files.iter().filter(|f| **f != path) {
+        fs::remove_file(f).unwrap();
+    }
+    fs::write(&path, &torn).unwrap();
+    let log = WalLogStore::open(dir.path()).unwrap();
+    assert!(log.last_index() < 700, "cut at the torn record: {}", log.last_index());
+    assert_eq!(fs::metadata(&path).unwrap().len(), victim as u64);
+}
+
+/// Segments of earlier versions (`WARDWAL1`) have no padding and are still read, a record
+/// starting in a sector's last bytes included.
+#[test]
+fn unpadded_segments_of_earlier_versions_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes =
+        laid_out(509, &[record_bytes(ENTRY, &entry(2, 1, 30).write_to_bytes().unwrap())]);
+    bytes[..MAGIC.len()].copy_from_slice(MAGIC_UNPADDED);
+    // The filler record laid_out puts first is not an entry raft can read: replace it by
+    // one that is, of the same length.
+    let filler_len = 509 - MAGIC.len() - HEADER;
+    let enc = (0..filler_len)
+        .map(|size| entry(1, 1, size).write_to_bytes().unwrap())
+        .find(|enc| enc.len() == filler_len)
+        .unwrap();
+    bytes[MAGIC.len()..509].copy_from_slice(&record_bytes(ENTRY, &enc));
+    fs::write(dir.path().join(segment_name(1)), &bytes).unwrap();
+    let log = WalLogStore::open(dir.path()).unwrap();
+    assert_eq!((log.first_index(), log.last_index()), (1, 2));
 }
