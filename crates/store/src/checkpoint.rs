@@ -549,6 +549,37 @@ mod tests {
         assert!(!dir.path().join(image::IMAGE_FILE).exists());
     }
 
+    /// An image further behind than catching it up one entry at a time is worth is not
+    /// used, and says so as such (not as damage); the entries come from the tree.
+    #[test]
+    fn an_image_far_behind_the_tree_is_not_used_and_not_called_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = small_set(&dir);
+        store.checkpoint().unwrap();
+        let td = DataSet::trust_domain();
+        // More changed entries than `load::CATCH_UP_ALWAYS` (4,096).
+        for batch in 0..42u64 {
+            let entries = (0..100u64)
+                .map(|i| {
+                    let mut e = DataSet::workload_entry(1, 0);
+                    e.id = DataSet::entry_id(9, batch, i);
+                    e.spiffe_id = td.spiffe_id(&format!("/far/{batch}/{i}")).unwrap();
+                    e
+                })
+                .collect();
+            next(&store, Command::CreateEntries(entries));
+        }
+        store.flush().unwrap();
+        let image = image::read(dir.path()).expect("the checkpoint's image");
+        let err = crate::load::load_state(&store.data_tree(), &td, Some(image)).unwrap_err();
+        assert!(
+            matches!(err, StoreError::ImageBehind { changed: 4200, entries: 1..4200 }),
+            "{err:?}"
+        );
+        reopen(&dir, store, false);
+        assert!(!dir.path().join(image::IMAGE_FILE).exists());
+    }
+
     #[test]
     fn an_image_is_written_on_its_own_every_so_many_revisions() {
         let dir = tempfile::tempdir().unwrap();

@@ -15,6 +15,15 @@ pub enum StoreError {
         /// The decoder's message.
         reason: String,
     },
+    /// The entry image is further behind the database than catching it up through the
+    /// change feed is worth (not damage): opening reads the entries from the database.
+    #[error("{changed} entries changed since the entry image, of {entries}")]
+    ImageBehind {
+        /// Entries the change feed names after the image's revision.
+        changed: usize,
+        /// Entries in the image.
+        entries: usize,
+    },
     /// A record could not be encoded.
     #[error("encoding failed: {0}")]
     Encode(String),

@@ -206,11 +206,7 @@ fn catch_up_entries(tree: &sled::Tree, state: &mut State, since: u64) -> Result<
     // Each changed entry costs a random read and an index update one at a time, several
     // times a bulk-loaded record: past this share reading every record is faster.
     if ids.len() > CATCH_UP_ALWAYS && ids.len() > state.entry_count() / CATCH_UP_SHARE {
-        return Err(image_corrupt(format!(
-            "{} entries changed since the image, of {}: reading the tree instead",
-            ids.len(),
-            state.entry_count()
-        )));
+        return Err(StoreError::ImageBehind { changed: ids.len(), entries: state.entry_count() });
     }
     let imaged_up_to = state.numbered_entries().next_back().map_or(0, |(n, _)| n);
     // The numbers the image gave changed entries: in their runs only these are decoded.

@@ -288,6 +288,15 @@ impl Store {
                         image::discard(path.as_ref())?;
                         (load_state(&data, &config.trust_domain, None)?, None)
                     }
+                    Err(StoreError::ImageBehind { changed, entries }) => {
+                        tracing::info!(
+                            changed,
+                            entries,
+                            "the entry image is further behind than catching it up is worth; reading the entries from the engine"
+                        );
+                        image::discard(path.as_ref())?;
+                        (load_state(&data, &config.trust_domain, None)?, None)
+                    }
                     Err(e) => return Err(e),
                 }
             }
