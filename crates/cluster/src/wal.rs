@@ -521,17 +521,14 @@ fn new_segment(path: &Path, dir: &Path) -> Result<File, LogStoreError> {
 /// never reached the disk: a prefix of the magic, then nothing or only zeros (its size
 /// did). A record is synced only after the magic, so such a file holds nothing promised.
 fn never_written(path: &Path) -> Result<bool, LogStoreError> {
-    let mut head = [0u8; MAGIC.len()];
     let mut file = File::open(path).map_err(|e| io("reading", path, &e))?;
-    let mut got = 0;
-    while got < head.len() {
-        match file.read(&mut head[got..]).map_err(|e| io("reading", path, &e))? {
-            0 => break,
-            n => got += n,
-        }
-    }
-    let written = head[..got].iter().zip(MAGIC).take_while(|(a, b)| a == b).count();
-    if written == MAGIC.len() || head[written..got].iter().any(|b| *b != 0) {
+    let mut head = Vec::new();
+    (&mut file)
+        .take(MAGIC.len() as u64)
+        .read_to_end(&mut head)
+        .map_err(|e| io("reading", path, &e))?;
+    let written = head.iter().zip(MAGIC).take_while(|(a, b)| a == b).count();
+    if written == MAGIC.len() || head.iter().skip(written).any(|b| *b != 0) {
         return Ok(false);
     }
     let mut rest = Vec::new();

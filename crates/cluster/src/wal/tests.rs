@@ -550,11 +550,9 @@ fn records_never_start_in_a_sectors_last_bytes_and_a_torn_header_there_is_cut() 
     let dir = tempfile::tempdir().unwrap();
     let mut log = WalLogStore::open(dir.path()).unwrap();
     // Sizes stepping by one byte put record starts at every offset within a sector.
-    let mut index = 0;
-    for size in 1..=700usize {
-        index += 1;
-        log.append(&[entry(index, 2, size)]).unwrap();
-        if size % 50 == 0 {
+    for index in 1..=700u64 {
+        log.append(&[entry(index, 2, index as usize)]).unwrap();
+        if index % 50 == 0 {
             log.flush().unwrap();
         }
     }
@@ -573,12 +571,11 @@ fn records_never_start_in_a_sectors_last_bytes_and_a_torn_header_there_is_cut() 
     }
     assert!(padded > 5, "only {padded} paddings");
     assert_eq!(WalLogStore::open(dir.path()).unwrap().last_index(), 700);
-    // The reviewer's crash shape, moved to where a record can start: the sector where the
-    // last-but-one record begins never written, the sectors after it written.
+    // The crash shape the padding is for, where a record can start: the sector where the
+    // last-but-one record (entry 699) begins never written, the sectors after it written.
     let victim = offsets[offsets.len() - 2];
     let mut torn = bytes.clone();
-    let sector = victim - victim % SECTOR;
-    torn[sector.max(victim)..sector + SECTOR].fill(0);
+    torn[victim..victim.next_multiple_of(SECTOR)].fill(0);
     let mut files: Vec<PathBuf> =
         fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
@@ -587,7 +584,7 @@ fn records_never_start_in_a_sectors_last_bytes_and_a_torn_header_there_is_cut() 
     }
     fs::write(&path, &torn).unwrap();
     let log = WalLogStore::open(dir.path()).unwrap();
-    assert!(log.last_index() < 700, "cut at the torn record: {}", log.last_index());
+    assert_eq!(log.last_index(), 698, "cut at the torn record");
     assert_eq!(fs::metadata(&path).unwrap().len(), victim as u64);
 }
 
@@ -596,17 +593,16 @@ fn records_never_start_in_a_sectors_last_bytes_and_a_torn_header_there_is_cut() 
 #[test]
 fn unpadded_segments_of_earlier_versions_are_read() {
     let dir = tempfile::tempdir().unwrap();
-    let mut bytes =
-        laid_out(509, &[record_bytes(ENTRY, &entry(2, 1, 30).write_to_bytes().unwrap())]);
-    bytes[..MAGIC.len()].copy_from_slice(MAGIC_UNPADDED);
-    // The filler record laid_out puts first is not an entry raft can read: replace it by
-    // one that is, of the same length.
-    let filler_len = 509 - MAGIC.len() - HEADER;
-    let enc = (0..filler_len)
+    // Entry 1 sized so that entry 2 starts at byte 509, three bytes before a sector's end.
+    let first_len = 509 - MAGIC.len() - HEADER;
+    let first = (0..first_len)
         .map(|size| entry(1, 1, size).write_to_bytes().unwrap())
-        .find(|enc| enc.len() == filler_len)
+        .find(|enc| enc.len() == first_len)
         .unwrap();
-    bytes[MAGIC.len()..509].copy_from_slice(&record_bytes(ENTRY, &enc));
+    let mut bytes = MAGIC_UNPADDED.to_vec();
+    bytes.extend(record_bytes(ENTRY, &first));
+    assert_eq!(bytes.len(), 509);
+    bytes.extend(record_bytes(ENTRY, &entry(2, 1, 30).write_to_bytes().unwrap()));
     fs::write(dir.path().join(segment_name(1)), &bytes).unwrap();
     let log = WalLogStore::open(dir.path()).unwrap();
     assert_eq!((log.first_index(), log.last_index()), (1, 2));
