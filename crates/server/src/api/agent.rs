@@ -324,6 +324,17 @@ fn refusal_status(name: &str, r: Refusal) -> Status {
 }
 
 /// `spiffe://<td>/spire/agent/join_token/<token>`.
+/// A join token made by the server: a version 4 UUID in hyphenated form, as spire-server
+/// makes them, its 122 random bits drawn from the operating system at each call. A token is a
+/// bearer credential, so it does not come from the process's id generator (uuid's
+/// thread-local one), which a fork or a restored VM snapshot would repeat.
+fn new_join_token() -> Result<String, Status> {
+    let mut bytes = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut bytes)
+        .map_err(|_| Status::internal("the random source failed; no join token was made"))?;
+    Ok(uuid::Builder::from_random_bytes(bytes).into_uuid().hyphenated().to_string())
+}
+
 fn join_token_agent_id(state: &ServerState, token: &str) -> Result<SpiffeId, Status> {
     state
         .trust_domain
@@ -598,7 +609,7 @@ impl Agent for AgentService {
             .as_ref()
             .map(|id| id_for_role(Some(id), IdField::AgentId, |id| id.check_workload_of(td)))
             .transpose()?;
-        let token = if req.token.is_empty() { uuid::Uuid::new_v4().to_string() } else { req.token };
+        let token = if req.token.is_empty() { new_join_token()? } else { req.token };
         let now = self.state.clock.unix_seconds();
         let expires_at = now.saturating_add(i64::from(req.ttl));
         let token_agent = join_token_agent_id(&self.state, &token)
@@ -750,5 +761,24 @@ mod attestor_call_tests {
         let most = most.load(Ordering::SeqCst);
         assert!(most <= MAX_ATTESTOR_CALLS, "{most} calls ran at once");
         assert!(most > 1, "calls ran one at a time");
+    }
+}
+
+#[cfg(test)]
+mod join_token_tests {
+    use super::*;
+
+    #[test]
+    fn a_server_made_join_token_is_a_hyphenated_random_uuid() {
+        let a = new_join_token().unwrap();
+        let b = new_join_token().unwrap();
+        assert_ne!(a, b);
+        for t in [&a, &b] {
+            assert_eq!(t.len(), 36, "{t}");
+            let u = uuid::Uuid::parse_str(t).unwrap();
+            assert_eq!(u.get_version(), Some(uuid::Version::Random), "{t}");
+            assert_eq!(u.get_variant(), uuid::Variant::RFC4122, "{t}");
+            assert_eq!(u.hyphenated().to_string(), *t);
+        }
     }
 }
