@@ -323,7 +323,6 @@ fn refusal_status(name: &str, r: Refusal) -> Status {
     }
 }
 
-/// `spiffe://<td>/spire/agent/join_token/<token>`.
 /// A join token made by the server: a version 4 UUID in hyphenated form, as spire-server
 /// makes them, its 122 random bits drawn from the operating system at each call. A token is a
 /// bearer credential, so it does not come from the process's id generator (uuid's
@@ -335,6 +334,7 @@ fn new_join_token() -> Result<String, Status> {
     Ok(uuid::Builder::from_random_bytes(bytes).into_uuid().hyphenated().to_string())
 }
 
+/// `spiffe://<td>/spire/agent/join_token/<token>`.
 fn join_token_agent_id(state: &ServerState, token: &str) -> Result<SpiffeId, Status> {
     state
         .trust_domain
