@@ -17,7 +17,11 @@
 //! message, and every ward entry and etcd key is new.
 //!
 //! For 1, 16 and 256 clients (closed loop: each client sends its next write when the last
-//! one is answered), each system gets a warm-up and then a measured phase; then each gets an
+//! one is answered), each system gets a warm-up and then a measured phase, cut into rounds
+//! that alternate which system goes first (ward then etcd, etcd then ward, ...), so that a
+//! change in the machine's speed during the run (other guests on the host) weighs on both
+//! alike; the report gives each load's throughput ratio over the whole phase and per round,
+//! with the rounds' median. Then each gets an
 //! open-loop phase at a fixed rate (default 1,000 writes/s) whose latency is measured from
 //! each write's scheduled send time, so a stall counts in full, with the number of sends that
 //! left more than 1 ms late. Beside each paced phase a disk probe appends 300 bytes and
@@ -34,7 +38,9 @@
 //!
 //! Flags (after `--`): `--secs S` (measured seconds per phase, default 10), `--warmup S`
 //! (default 2), `--clients 1,16,256`, `--rate R` (default 1000), `--paced-secs S` (default
-//! 10), `--max-writes N` (cap per closed-loop phase, default 1,000,000), `--only ward|etcd`
+//! 10), `--max-writes N` (cap per closed-loop phase, default 1,000,000), `--rounds N`
+//! (rounds each closed-loop phase is cut into, default 4; 1 measures each system's phase
+//! in one piece, ward's first), `--only ward|etcd`
 //! (measure one system; the other is not started),
 //! `--parents N` (parent IDs the ward entries are spread over, default 1,000; 1 puts every
 //! entry under one parent), `--server-bin PATH` (or `WARD_SERVER_BIN`; default `<target>/release/ward-server`),
@@ -84,6 +90,7 @@ struct Opts {
     rate: u64,
     paced_secs: u64,
     max_writes: u64,
+    rounds: u64,
     parents: u64,
     only: Option<System>,
     server_bin: Option<PathBuf>,
@@ -99,6 +106,7 @@ fn opts() -> anyhow::Result<Opts> {
         rate: 1000,
         paced_secs: 10,
         max_writes: 1_000_000,
+        rounds: 4,
         parents: 1000,
         only: None,
         server_bin: std::env::var_os("WARD_SERVER_BIN").map(PathBuf::from),
@@ -131,6 +139,7 @@ fn opts() -> anyhow::Result<Opts> {
             "--rate" => o.rate = number("--rate")?,
             "--paced-secs" => o.paced_secs = number("--paced-secs")?,
             "--max-writes" => o.max_writes = number("--max-writes")?,
+            "--rounds" => o.rounds = number("--rounds")?,
             "--parents" => o.parents = number("--parents")?,
             "--only" => {
                 o.only = Some(match value("--only")?.as_str() {
@@ -151,8 +160,8 @@ fn opts() -> anyhow::Result<Opts> {
         }
     }
     ensure!(
-        o.secs > 0 && o.rate > 0 && o.parents > 0 && o.paced_secs > 0,
-        "--secs, --rate, --parents, --paced-secs must be > 0"
+        o.secs > 0 && o.rate > 0 && o.parents > 0 && o.paced_secs > 0 && o.rounds > 0,
+        "--secs, --rate, --parents, --paced-secs, --rounds must be > 0"
     );
     ensure!(o.clients.iter().all(|c| *c > 0), "--clients must be > 0");
     Ok(o)
@@ -234,20 +243,53 @@ fn run() -> anyhow::Result<()> {
         }
         let next = Arc::new(AtomicU64::new(0));
         let mut rows = Vec::new();
+        let mut by_round = Vec::new();
+        // With both systems, the measured time is cut into rounds that alternate which goes
+        // first (ward, etcd; etcd, ward; ...), so a change in the machine's speed during the
+        // run weighs on both alike.
+        let rounds = if targets.len() > 1 { o.rounds } else { 1 };
+        let round_len = Duration::from_secs(o.secs) / u32::try_from(rounds)?;
+        let round_max = o.max_writes.div_ceil(rounds);
         for &clients in &o.clients {
-            for (system, target, pids) in &targets {
+            for (system, target, _) in &targets {
                 let warm = Duration::from_secs(o.warmup);
                 closed_loop(target, clients, warm, o.max_writes, &next)
                     .await
                     .with_context(|| format!("{} warm-up with {clients} clients", system.name()))?;
-                let cpu = ServerCpu::start(pids);
-                let mut phase =
-                    closed_loop(target, clients, Duration::from_secs(o.secs), o.max_writes, &next)
+            }
+            let mut merged: Vec<Option<Phase>> = targets.iter().map(|_| None).collect();
+            let mut rates = Vec::new();
+            for round in 0..rounds {
+                let mut order: Vec<usize> = (0..targets.len()).collect();
+                if round % 2 == 1 {
+                    order.reverse();
+                }
+                let mut rate = vec![0.0; targets.len()];
+                for i in order {
+                    let (system, target, pids) = &targets[i];
+                    let cpu = ServerCpu::start(pids);
+                    let mut phase = closed_loop(target, clients, round_len, round_max, &next)
                         .await
                         .with_context(|| format!("{} with {clients} clients", system.name()))?;
-                phase.server_cpu_s = cpu.finish();
+                    phase.server_cpu_s = cpu.finish();
+                    rate[i] = phase.rate();
+                    match &mut merged[i] {
+                        Some(m) => m.absorb(phase)?,
+                        slot @ None => *slot = Some(phase),
+                    }
+                }
                 loads.push(process::load_average());
+                rates.push(rate);
+            }
+            for ((system, ..), phase) in targets.iter().zip(merged) {
+                let phase = phase.context("no round measured")?;
                 rows.push((*system, format!("{clients} clients"), phase));
+            }
+            if let [(System::Ward, ..), (System::Etcd, ..)] = targets.as_slice() {
+                by_round.push((
+                    format!("{clients} clients"),
+                    rates.iter().map(|r| r[0] / r[1]).collect::<Vec<f64>>(),
+                ));
             }
         }
         for (system, target, pids) in &targets {
@@ -272,11 +314,11 @@ fn run() -> anyhow::Result<()> {
         }
         drop(ward);
         drop(etcd);
-        anyhow::Ok((rows, value_len))
+        anyhow::Ok((rows, by_round, value_len))
     });
     drop(rt);
-    let (rows, value_len) = result?;
-    report(&o, &rows, value_len, &loads);
+    let (rows, by_round, value_len) = result?;
+    report(&o, &rows, &by_round, value_len, &loads);
     Ok(())
 }
 
@@ -390,6 +432,22 @@ struct Phase {
     spans: Vec<(Instant, u64)>,
     /// Paced phases: what the disk probe saw meanwhile.
     disk: Option<Probed>,
+}
+
+impl Phase {
+    #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+    fn rate(&self) -> f64 {
+        self.writes as f64 / self.wall.as_secs_f64()
+    }
+
+    /// Adds a later closed-loop round of the same system and load to this one.
+    fn absorb(&mut self, later: Phase) -> anyhow::Result<()> {
+        self.writes += later.writes;
+        self.wall += later.wall;
+        self.latency.add(&later.latency)?;
+        self.server_cpu_s = self.server_cpu_s.zip(later.server_cpu_s).map(|(a, b)| a + b);
+        Ok(())
+    }
 }
 
 /// Appends and syncs a small file of its own every [`PROBE_EVERY`] on a thread, while a
@@ -805,7 +863,13 @@ impl EtcdCluster {
 }
 
 #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
-fn report(o: &Opts, rows: &[(System, String, Phase)], value_len: usize, loads: &[Option<f64>]) {
+fn report(
+    o: &Opts,
+    rows: &[(System, String, Phase)],
+    by_round: &[(String, Vec<f64>)],
+    value_len: usize,
+    loads: &[Option<f64>],
+) {
     let loads: Vec<f64> = loads.iter().flatten().copied().collect();
     let lo = loads.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = loads.iter().copied().fold(0.0, f64::max);
@@ -815,9 +879,17 @@ fn report(o: &Opts, rows: &[(System, String, Phase)], value_len: usize, loads: &
         o.parents
     );
     println!(
-        "  {} s measured per closed-loop phase after {} s warm-up; paced {} writes/s for {} s; \
+        "  {} s measured per closed-loop phase after {} s warm-up{}; paced {} writes/s for {} s; \
          load average (1 min) {lo:.2}-{hi:.2}",
-        o.secs, o.warmup, o.rate, o.paced_secs
+        o.secs,
+        o.warmup,
+        if o.rounds > 1 && o.only.is_none() {
+            format!(", in {} rounds alternating which system goes first", o.rounds)
+        } else {
+            String::new()
+        },
+        o.rate,
+        o.paced_secs
     );
     println!(
         "  {:<5} {:<16} {:>8} {:>10} {:>9} {:>9} {:>9} {:>10} {:>12}",
@@ -870,7 +942,29 @@ fn report(o: &Opts, rows: &[(System, String, Phase)], value_len: usize, loads: &
         }
     }
     for (load, pair) in ratio_pairs(rows) {
-        println!("  ward/etcd throughput at {load}: {pair:.2}");
+        match by_round.iter().find(|(l, _)| *l == load) {
+            Some((_, r)) if r.len() > 1 => {
+                let each: Vec<String> = r.iter().map(|x| format!("{x:.2}")).collect();
+                println!(
+                    "  ward/etcd throughput at {load}: {pair:.2} (by round: {}; median {:.2})",
+                    each.join(" "),
+                    median(r)
+                );
+            }
+            _ => println!("  ward/etcd throughput at {load}: {pair:.2}"),
+        }
+    }
+}
+
+/// The middle value of `v` (the mean of the two middle ones for an even count).
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[mid],
+        _ => (v[mid - 1] + v[mid]) / 2.0,
     }
 }
 
