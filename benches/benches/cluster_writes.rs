@@ -21,7 +21,7 @@
 //! that alternate which system goes first (ward then etcd, etcd then ward, ...), so that a
 //! change in the machine's speed during the run (other guests on the host) weighs on both
 //! alike; the report gives each load's throughput ratio over the whole phase and per round,
-//! with the rounds' median. Then each gets an
+//! with the rounds' median. Then each gets a warm-up at the paced rate and an
 //! open-loop phase at a fixed rate (default 1,000 writes/s) whose latency is measured from
 //! each write's scheduled send time, so a stall counts in full, with the number of sends that
 //! left more than 1 ms late. Beside each paced phase a disk probe appends 300 bytes and
@@ -293,6 +293,15 @@ fn run() -> anyhow::Result<()> {
             }
         }
         for (system, target, pids) in &targets {
+            // A warm-up at the same rate first, as before each closed-loop phase: what the
+            // last phase left running (a burst's background writes, an entry image, etcd's
+            // backend commit) is not counted as this phase's latency.
+            let warm = Duration::from_secs(o.warmup);
+            if !warm.is_zero() {
+                paced(target, o.rate, warm, &next)
+                    .await
+                    .with_context(|| format!("{} paced warm-up", system.name()))?;
+            }
             let cpu = ServerCpu::start(pids);
             let probe = DiskProbe::start(&root.join(format!("disk-probe-{}", system.name())))?;
             let phase = paced(target, o.rate, Duration::from_secs(o.paced_secs), &next).await;
