@@ -39,8 +39,8 @@
 //! Flags (after `--`): `--secs S` (measured seconds per phase, default 10), `--warmup S`
 //! (default 2), `--clients 1,16,256`, `--rate R` (default 1000), `--paced-secs S` (default
 //! 10), `--max-writes N` (cap per closed-loop phase, default 1,000,000), `--rounds N`
-//! (rounds each closed-loop phase is cut into, default 4; 1 measures each system's phase
-//! in one piece, ward's first), `--only ward|etcd`
+//! (rounds each closed-loop phase is cut into, default 4, at most 10 × `--secs`; 1
+//! measures each system's phase in one piece, ward's first), `--only ward|etcd`
 //! (measure one system; the other is not started),
 //! `--parents N` (parent IDs the ward entries are spread over, default 1,000; 1 puts every
 //! entry under one parent), `--server-bin PATH` (or `WARD_SERVER_BIN`; default `<target>/release/ward-server`),
@@ -164,6 +164,12 @@ fn opts() -> anyhow::Result<Opts> {
         "--secs, --rate, --parents, --paced-secs, --rounds must be > 0"
     );
     ensure!(o.clients.iter().all(|c| *c > 0), "--clients must be > 0");
+    ensure!(
+        o.rounds <= o.secs.saturating_mul(10),
+        "--rounds {}: a round must last at least 100 ms, so at most 10 × --secs ({})",
+        o.rounds,
+        o.secs.saturating_mul(10)
+    );
     Ok(o)
 }
 
