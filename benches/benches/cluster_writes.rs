@@ -20,8 +20,10 @@
 //! one is answered), each system gets a warm-up and then a measured phase, cut into rounds
 //! that alternate which system goes first (ward then etcd, etcd then ward, ...), so that a
 //! change in the machine's speed during the run (other guests on the host) weighs on both
-//! alike; the report gives each load's throughput ratio over the whole phase and per round,
-//! with the rounds' median. Then each gets a warm-up at the paced rate and an
+//! alike. After each round nothing is sent for 500 ms, and that gap counts in the round's
+//! server CPU (not in its time), so what one system's round leaves running ends on its own
+//! account rather than in the other system's round. The report gives each load's
+//! throughput ratio over the whole phase and per round, with the rounds' median. Then each gets a warm-up at the paced rate and an
 //! open-loop phase at a fixed rate (default 1,000 writes/s) whose latency is measured from
 //! each write's scheduled send time, so a stall counts in full, with the number of sends that
 //! left more than 1 ms late. Beside each paced phase a disk probe appends 300 bytes and
@@ -39,8 +41,8 @@
 //! Flags (after `--`): `--secs S` (measured seconds per phase, default 10), `--warmup S`
 //! (default 2), `--clients 1,16,256`, `--rate R` (default 1000), `--paced-secs S` (default
 //! 10), `--max-writes N` (cap per closed-loop phase, default 1,000,000), `--rounds N`
-//! (rounds each closed-loop phase is cut into, default 4, at most 10 × `--secs`; 1
-//! measures each system's phase in one piece, ward's first), `--only ward|etcd`
+//! (rounds each closed-loop phase is cut into, default 4, at most 10 × `--secs`; with 1,
+//! after both warm-ups, ward's whole phase and then etcd's, with no gap), `--only ward|etcd`
 //! (measure one system; the other is not started),
 //! `--parents N` (parent IDs the ward entries are spread over, default 1,000; 1 puts every
 //! entry under one parent), `--server-bin PATH` (or `WARD_SERVER_BIN`; default `<target>/release/ward-server`),
@@ -82,6 +84,11 @@ const PROBE_EVERY: Duration = Duration::from_millis(10);
 const PROBE_BYTES: usize = 300;
 /// A probe slower than this is a disk stall in the report.
 const PROBE_STALL: Duration = Duration::from_millis(10);
+/// After each closed-loop round, nothing is sent for this long before the next round starts,
+/// and the round's server CPU is read at its end: what a system's round left running (an
+/// entry image, a background flush, a backend commit) finishes on that system's account
+/// instead of slowing the other system's round.
+const ROUND_GAP: Duration = Duration::from_millis(500);
 
 struct Opts {
     secs: u64,
@@ -165,6 +172,12 @@ fn opts() -> anyhow::Result<Opts> {
     );
     ensure!(o.clients.iter().all(|c| *c > 0), "--clients must be > 0");
     ensure!(
+        o.max_writes >= o.rounds,
+        "--max-writes {} is below --rounds {}: every round needs a write",
+        o.max_writes,
+        o.rounds
+    );
+    ensure!(
         o.rounds <= o.secs.saturating_mul(10),
         "--rounds {}: a round must last at least 100 ms, so at most 10 × --secs ({})",
         o.rounds,
@@ -204,7 +217,11 @@ fn run() -> anyhow::Result<()> {
          (same CARGO_TARGET_DIR) or pass --server-bin / WARD_SERVER_BIN",
         ward_bin.display()
     );
-    ensure!(o.etcd_bin.is_file(), "{} not found (--etcd-bin / ETCD_BIN)", o.etcd_bin.display());
+    ensure!(
+        o.only == Some(System::Ward) || o.etcd_bin.is_file(),
+        "{} not found (--etcd-bin / ETCD_BIN)",
+        o.etcd_bin.display()
+    );
     let temporary = tempfile::tempdir()?;
     let root = match &o.keep {
         Some(dir) => {
@@ -277,6 +294,9 @@ fn run() -> anyhow::Result<()> {
                     let mut phase = closed_loop(target, clients, round_len, round_max, &next)
                         .await
                         .with_context(|| format!("{} with {clients} clients", system.name()))?;
+                    if rounds > 1 {
+                        tokio::time::sleep(ROUND_GAP).await;
+                    }
                     phase.server_cpu_s = cpu.finish();
                     rate[i] = phase.rate();
                     match &mut merged[i] {
