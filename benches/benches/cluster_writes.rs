@@ -23,10 +23,10 @@
 //! alike. After each round nothing is sent for 500 ms, and that gap counts in the round's
 //! server CPU (not in its time), so what one system's round leaves running ends on its own
 //! account rather than in the other system's round. The report gives each load's
-//! throughput ratio over the whole phase and per round, with the rounds' median. Then each gets a warm-up at the paced rate and an
-//! open-loop phase at a fixed rate (default 1,000 writes/s) whose latency is measured from
-//! each write's scheduled send time, so a stall counts in full, with the number of sends that
-//! left more than 1 ms late. Beside each paced phase a disk probe appends 300 bytes and
+//! throughput ratio over the whole phase and per round, with the rounds' median. Then each
+//! gets a warm-up at the paced rate and an open-loop phase at a fixed rate (default 1,000
+//! writes/s) whose latency is measured from each write's scheduled send time, so a stall
+//! counts in full, with the number of sends that left more than 1 ms late. Beside each paced phase a disk probe appends 300 bytes and
 //! runs `fdatasync` every 10 ms in a file of its own on the data directories' disk; the
 //! report gives its latencies, and the paced p99 again over only the writes that were not in
 //! flight while a probe took over 10 ms, so a stall of the machine's disk (which every
@@ -171,6 +171,10 @@ fn opts() -> anyhow::Result<Opts> {
         "--secs, --rate, --parents, --paced-secs, --rounds must be > 0"
     );
     ensure!(o.clients.iter().all(|c| *c > 0), "--clients must be > 0");
+    // With `--only` there is nothing to alternate with: the phase is one round.
+    if o.only.is_some() {
+        return Ok(o);
+    }
     ensure!(
         o.max_writes >= o.rounds,
         "--max-writes {} is below --rounds {}: every round needs a write",
