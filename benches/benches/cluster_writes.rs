@@ -70,6 +70,11 @@ use ward_proto::spire::api::server::entry::v1 as entrypb;
 use ward_proto::spire::api::types;
 use ward_proto::ward::cluster::v1 as clusterpb;
 
+#[path = "cluster_writes/disk_probe.rs"]
+mod disk_probe;
+
+use disk_probe::{DiskProbe, PROBE_BYTES, PROBE_EVERY, PROBE_STALL, Probed};
+
 const TD: &str = "example.org";
 const MEMBERS: u8 = 3;
 /// How long a cluster may take to form, and a write to be answered.
@@ -78,12 +83,6 @@ const SETTLE: Duration = Duration::from_secs(60);
 const LATE: Duration = Duration::from_millis(1);
 /// Writes in flight at most during the paced phase (beyond that, sends wait and are late).
 const PACED_INFLIGHT: usize = 4096;
-/// The disk probe beside each paced phase: one append of [`PROBE_BYTES`] plus `fdatasync`
-/// this often, in a file of its own next to the data directories.
-const PROBE_EVERY: Duration = Duration::from_millis(10);
-const PROBE_BYTES: usize = 300;
-/// A probe slower than this is a disk stall in the report.
-const PROBE_STALL: Duration = Duration::from_millis(10);
 /// After each closed-loop round, nothing is sent for this long before the next round starts,
 /// and the round's server CPU is read at its end: what a system's round left running (an
 /// entry image, a background flush, a backend commit) finishes on that system's account
@@ -173,6 +172,7 @@ fn opts() -> anyhow::Result<Opts> {
     ensure!(o.clients.iter().all(|c| *c > 0), "--clients must be > 0");
     // With `--only` there is nothing to alternate with: the phase is one round.
     if o.only.is_some() {
+        o.rounds = 1;
         return Ok(o);
     }
     ensure!(
@@ -274,7 +274,7 @@ fn run() -> anyhow::Result<()> {
         // With both systems, the measured time is cut into rounds that alternate which goes
         // first (ward, etcd; etcd, ward; ...), so a change in the machine's speed during the
         // run weighs on both alike.
-        let rounds = if targets.len() > 1 { o.rounds } else { 1 };
+        let rounds = o.rounds;
         let round_len = Duration::from_secs(o.secs) / u32::try_from(rounds)?;
         let round_max = o.max_writes.div_ceil(rounds);
         for &clients in &o.clients {
@@ -486,88 +486,6 @@ impl Phase {
         self.latency.add(&later.latency)?;
         self.server_cpu_s = self.server_cpu_s.zip(later.server_cpu_s).map(|(a, b)| a + b);
         Ok(())
-    }
-}
-
-/// Appends and syncs a small file of its own every [`PROBE_EVERY`] on a thread, while a
-/// paced phase runs, so that a stall of the machine's disk (which every system that syncs
-/// before it answers waits for) is told apart from one of the system measured.
-struct DiskProbe {
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<anyhow::Result<Probed>>,
-}
-
-/// The disk probe's latencies (µs), and per probe `offset ms,latency µs` lines after the
-/// start as Unix ms.
-#[derive(Debug)]
-struct Probed {
-    latency: Histogram<u64>,
-    timeline: String,
-    /// Each probe slower than [`PROBE_STALL`]: when it started and how long it took.
-    stalls: Vec<(Instant, Duration)>,
-}
-
-impl Probed {
-    /// The latencies of the writes in `spans` that were not in flight during any of the
-    /// probe's stalls, and how many were.
-    fn outside_stalls(&self, spans: &[(Instant, u64)]) -> anyhow::Result<(Histogram<u64>, u64)> {
-        let mut clean = histogram();
-        let mut overlapped = 0;
-        for &(sent, us) in spans {
-            let answered = sent + Duration::from_micros(us);
-            if self.stalls.iter().any(|&(at, took)| sent < at + took && at < answered) {
-                overlapped += 1;
-            } else {
-                clean.record(us)?;
-            }
-        }
-        Ok((clean, overlapped))
-    }
-}
-
-impl DiskProbe {
-    fn start(path: &Path) -> anyhow::Result<Self> {
-        use std::io::Write as _;
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(path)
-            .with_context(|| format!("creating the disk probe {}", path.display()))?;
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stopped = stop.clone();
-        let thread = std::thread::Builder::new().name("disk-probe".into()).spawn(move || {
-            let mut latency = histogram();
-            let start = Instant::now();
-            let mut timeline = format!("{}\n", unix_ms());
-            let mut stalls = Vec::new();
-            let record = [b'p'; PROBE_BYTES];
-            let mut due = start;
-            while !stopped.load(Ordering::Relaxed) {
-                let t0 = Instant::now();
-                file.write_all(&record)?;
-                file.sync_data()?;
-                let took = t0.elapsed();
-                let us = micros(took);
-                latency.record(us)?;
-                if took > PROBE_STALL {
-                    stalls.push((t0, took));
-                }
-                let at = t0.duration_since(start).as_millis();
-                timeline.push_str(&format!("{at},{us}\n"));
-                // The next probe is due one interval after the last was due, or at once
-                // after a stall longer than that.
-                due = (due + PROBE_EVERY).max(Instant::now());
-                std::thread::sleep(due.saturating_duration_since(Instant::now()));
-            }
-            anyhow::Ok(Probed { latency, timeline, stalls })
-        })?;
-        Ok(Self { stop, thread })
-    }
-
-    fn finish(self) -> anyhow::Result<Probed> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().map_err(|_| anyhow!("the disk probe panicked"))?
     }
 }
 
@@ -922,7 +840,7 @@ fn report(
          load average (1 min) {lo:.2}-{hi:.2}",
         o.secs,
         o.warmup,
-        if o.rounds > 1 && o.only.is_none() {
+        if o.rounds > 1 {
             format!(", in {} rounds alternating which system goes first", o.rounds)
         } else {
             String::new()
@@ -945,7 +863,7 @@ fn report(
             system.name(),
             load,
             p.writes,
-            p.writes as f64 / p.wall.as_secs_f64(),
+            p.rate(),
             ms(0.5),
             ms(0.99),
             p.latency.max() as f64 / 1000.0,
@@ -1008,14 +926,12 @@ fn median(v: &[f64]) -> f64 {
 }
 
 /// ward's writes/s over etcd's for each load both ran.
-#[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
 fn ratio_pairs(rows: &[(System, String, Phase)]) -> Vec<(String, f64)> {
-    let rate = |p: &Phase| p.writes as f64 / p.wall.as_secs_f64();
     rows.iter()
         .filter(|(s, ..)| *s == System::Ward)
         .filter_map(|(_, load, w)| {
             let (.., e) = rows.iter().find(|(s, l, _)| *s == System::Etcd && l == load)?;
-            Some((load.clone(), rate(w) / rate(e)))
+            Some((load.clone(), w.rate() / e.rate()))
         })
         .collect()
 }
