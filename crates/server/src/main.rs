@@ -286,6 +286,9 @@ fn flag_error_text(e: &clap::Error) -> Option<String> {
 /// allocations (entries, index sets); with glibc, loading a 1M-entry store spent about a
 /// third of its samples in `malloc`/`free` and freeing it four times longer (measured with
 /// the `store/open_1m` bench, `cargo bench -p ward-benches --bench store -- open_1m`).
+/// Built not to ask for transparent huge pages (the `no_thp` feature, see `Cargo.toml`): the
+/// apply thread stopped to zero each fresh 2 MiB page as the store grew, which set the p99 of
+/// paced writes (docs/benchmarks.md, "Transparent huge pages off").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
