@@ -621,3 +621,33 @@ async fn a_commit_index_alone_is_not_flushed() {
     }
     h.assert_converged().await;
 }
+
+/// Writes one at a time, sent to each replica in turn (followers forward them), with a
+/// 50 ms sync gap (longer than a write takes, so every sync is due within it): after the first window of waits that gather nothing (16), no replica's
+/// log sync waits for others, except one probe every 256 syncs. A gap that kept holding
+/// lone writes would cost each of them up to the gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lone_writes_to_three_replicas_are_not_held_by_a_sync_gap() {
+    const WRITES: u64 = 200;
+    let mut h = Harness::new();
+    h.election_tick = 50;
+    h.sync_gap = std::time::Duration::from_millis(50);
+    h.form(3).await;
+    let leader = h.wait_leader().await;
+    let applied = h.propose(leader, token("settle")).await;
+    h.wait_applied(applied.index).await;
+    let ids: Vec<u64> = h.nodes.keys().copied().collect();
+    for i in 0..WRITES {
+        let via = ids[(i % 3) as usize];
+        let applied = h.propose(via, token(&format!("lone-{i}"))).await;
+        h.wait_applied(applied.index).await;
+    }
+    for (id, node) in &h.nodes {
+        let t = node.handle.timings();
+        assert!(t.flushes >= WRITES, "replica {id} synced {} times", t.flushes);
+        // The window of 16 after each start, a probe per 256 syncs, and a margin for the
+        // forming of the cluster and an election on a loaded machine.
+        assert!(t.sync_waits <= 16 + 4, "replica {id}: {} of its syncs waited", t.sync_waits);
+    }
+    h.assert_converged().await;
+}

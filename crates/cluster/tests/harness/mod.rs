@@ -40,6 +40,8 @@ pub struct Harness {
     pub max_size_per_msg: u64,
     /// raft's `election_tick` for replicas started from now on.
     pub election_tick: usize,
+    /// `ClusterConfig::sync_gap` for replicas started from now on.
+    pub sync_gap: Duration,
     /// Each replica's hold on its log flushes (see [`FlushHold`]).
     pub holds: BTreeMap<NodeId, Arc<FlushHold>>,
 }
@@ -275,6 +277,7 @@ impl Harness {
             snapshot_pull_timeout: Duration::from_secs(60),
             max_size_per_msg: config(0).max_size_per_msg,
             election_tick: config(0).election_tick,
+            sync_gap: config(0).sync_gap,
             holds: BTreeMap::new(),
         }
     }
@@ -291,6 +294,7 @@ impl Harness {
         cfg.compact_log_bytes = self.compact_log_bytes;
         cfg.snapshot_pull_timeout = self.snapshot_pull_timeout;
         cfg.max_size_per_msg = self.max_size_per_msg;
+        cfg.sync_gap = self.sync_gap;
         let handle = ward_cluster::start(Replica {
             config: cfg,
             store: store.clone(),

@@ -62,7 +62,8 @@ pub struct ClusterFile {
     /// (a duration: `"3s"`).
     pub read_timeout: Option<String>,
     /// Least time between the starts of two syncs of the raft log while writes keep
-    /// arriving (a duration: `"3ms"`; `"0s"` syncs as soon as the sync before ends).
+    /// arriving (a duration: `"3ms"`; `"0s"`, the default, syncs as soon as the sync before
+    /// ends).
     pub sync_gap: Option<String>,
 }
 
