@@ -287,7 +287,12 @@ impl ClusterFile {
         if sync_gap > ward_cluster::MAX_SYNC_GAP {
             return Err(invalid(
                 "cluster.sync_gap",
-                format!("must be at most {} ms", ward_cluster::MAX_SYNC_GAP.as_millis()),
+                format!(
+                    "must be at most {} ms, not {} ms ({:?}; a number without a unit is seconds)",
+                    ward_cluster::MAX_SYNC_GAP.as_millis(),
+                    sync_gap.as_millis(),
+                    f.sync_gap.as_deref().unwrap_or_default(),
+                ),
             ));
         }
         Ok(Some(ClusterConfig {
@@ -461,5 +466,11 @@ mod tests {
             }
         }
         assert!(toml::from_str::<ClusterFile>("nodeid = 1").is_err(), "unknown keys refused");
+        // The refusal says what it read: "3" is 3 s, not 3 ms.
+        let text = "peer_address = \"127.0.0.1:8082\"\nsync_gap = \"3\"";
+        match ClusterFile::resolve(Some(parse(text)), &ClusterOverrides::default(), &no_env) {
+            Err(e) => assert!(e.to_string().contains("not 3000 ms (\"3\""), "{e}"),
+            other => panic!("{other:?}"),
+        }
     }
 }
