@@ -47,6 +47,9 @@ pub(crate) const WRITE_BEHIND_WRITES: usize = 1024;
 /// Bytes of writes that may wait in memory (keys and values).
 pub(crate) const WRITE_BEHIND_BYTES: usize = 4 << 20;
 
+/// An engine batch that takes this long is logged at debug level.
+const SLOW_BATCH: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Engine writes in the order they were made: a later write of a key wins.
 #[derive(Debug, Default)]
 pub(crate) struct WriteBatch {
@@ -284,12 +287,22 @@ impl Store {
             return Ok(());
         }
         self.inner.batches.fetch_add(1, Ordering::Relaxed);
+        let started = std::time::Instant::now();
         let written = if crate::apply::fault::batch() {
             Err(StoreError::Engine("injected batch failure".into()))
         } else {
             let tree = self.data_tree();
             waiting_batch(state, &tree).and_then(|batch| tree.apply_batch(batch).engine())
         };
+        let took = started.elapsed();
+        if took >= SLOW_BATCH {
+            // Readers and applies wait for this (it holds the state lock).
+            tracing::debug!(
+                took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+                entries = state.unwritten.entries,
+                "slow engine batch"
+            );
+        }
         match written {
             Ok(()) => {
                 state.unwritten.clear();

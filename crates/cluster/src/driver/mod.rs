@@ -228,6 +228,7 @@ pub fn start<L: LogStore>(replica: Replica<L>) -> Result<ClusterHandle, StartErr
         compaction_flush: None,
         syncs,
         held: VecDeque::new(),
+        cycle: CycleTimes::default(),
     };
     driver.publish();
     std::thread::Builder::new()
@@ -318,6 +319,31 @@ struct Driver<L: LogStore> {
     syncs: SyncThread,
     /// Messages of readies not yet known durable, oldest first.
     held: VecDeque<Held>,
+    /// Where the time of the cycle under way went (see [`CycleTimes`]).
+    cycle: CycleTimes,
+}
+
+/// A cycle or a sync that takes this long is logged at debug level, with where its time
+/// went: the first place to look when writes wait longer than usual.
+pub(crate) const SLOW_DEBUG: std::time::Duration = std::time::Duration::from_millis(10);
+/// A cycle or a sync that takes this long is logged as a warning (etcd warns at the same
+/// 100 ms when an apply takes too long).
+pub(crate) const SLOW_WARN: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Time spent in the parts of one cycle of the driver's loop.
+#[derive(Default)]
+struct CycleTimes {
+    /// Requests taken from the queue.
+    requests: usize,
+    /// Committed entries handed to the store.
+    applied: usize,
+    apply: std::time::Duration,
+    /// Appending entries and storing the hard state (written, not synced).
+    write: std::time::Duration,
+    /// Syncs of the log made on the driver's thread.
+    sync_here: std::time::Duration,
+    /// Snapshot installs.
+    install: std::time::Duration,
 }
 
 /// How many queued requests one cycle takes at most before handling a ready.
@@ -364,6 +390,8 @@ impl<L: LogStore> Driver<L> {
                 },
                 default(wait) => {}
             }
+            let woke = Instant::now();
+            self.cycle = CycleTimes::default();
             if let Some(done) = synced {
                 self.on_synced(done).map_err(|e| e.to_string())?;
             }
@@ -374,6 +402,7 @@ impl<L: LogStore> Driver<L> {
             let mut proposals = Proposals::default();
             for req in pending.by_ref().take(DRAIN_LIMIT) {
                 self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+                self.cycle.requests = self.cycle.requests.saturating_add(1);
                 if self.handle(req, &mut proposals).map_err(|e| e.to_string())? {
                     stop = true;
                     break;
@@ -395,6 +424,42 @@ impl<L: LogStore> Driver<L> {
             }
             self.on_ready().map_err(|e| e.to_string())?;
             self.publish();
+            self.log_if_slow(woke.elapsed());
+        }
+    }
+
+    /// Logs a cycle that took `took` or longer than [`SLOW_DEBUG`], with where its time
+    /// went; time in none of the parts named is the driver's own work, or its thread
+    /// waiting for a core.
+    fn log_if_slow(&self, took: std::time::Duration) {
+        if took < SLOW_DEBUG {
+            return;
+        }
+        let c = &self.cycle;
+        let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let (node_id, requests, applied) = (self.config.node_id, c.requests, c.applied);
+        let (took_ms, apply_ms, write_ms) = (ms(took), ms(c.apply), ms(c.write));
+        let (sync_ms, install_ms) = (ms(c.sync_here), ms(c.install));
+        // One event, at either level (a level is fixed where an event is written).
+        macro_rules! slow_cycle {
+            ($level:ident) => {
+                tracing::$level!(
+                    node_id,
+                    took_ms,
+                    requests,
+                    applied,
+                    apply_ms,
+                    write_ms,
+                    sync_ms,
+                    install_ms,
+                    "slow raft cycle"
+                )
+            };
+        }
+        if took >= SLOW_WARN {
+            slow_cycle!(warn);
+        } else {
+            slow_cycle!(debug);
         }
     }
 
@@ -622,7 +687,9 @@ impl<L: LogStore> Driver<L> {
             // first, so no sync of theirs is still to come.
             self.sync_here()?;
             let snap = rd.snapshot().clone();
+            let installing = Instant::now();
             self.install_snapshot(&snap)?;
+            self.cycle.install = self.cycle.install.saturating_add(installing.elapsed());
         }
         self.shared.readies.fetch_add(1, Ordering::Relaxed);
         // A leader's appends leave before its own write of the same entries (raft thesis
@@ -665,6 +732,7 @@ impl<L: LogStore> Driver<L> {
             None
         };
         add_elapsed(&self.shared.persist_ns, persist_start);
+        self.cycle.write = self.cycle.write.saturating_add(persist_start.elapsed());
         let number = rd.number();
         if let Some(sync) = elsewhere {
             let messages = self.send_all_but_promises(rd.take_persisted_messages());
@@ -807,6 +875,8 @@ impl<L: LogStore> Driver<L> {
         let apply_start = Instant::now();
         let done = self.store.apply_committed(&items)?;
         add_elapsed(&self.shared.apply_ns, apply_start);
+        self.cycle.apply = self.cycle.apply.saturating_add(apply_start.elapsed());
+        self.cycle.applied = self.cycle.applied.saturating_add(entries.len());
         if let Some(last) = entries.last() {
             self.raw.mut_store().applied = (last.index, last.term);
         }

@@ -10,7 +10,7 @@ use crossbeam_channel::{Receiver, Sender};
 use raft::StateRole;
 use raft::eraftpb::{Message, MessageType};
 
-use super::{Driver, Fatal, add_elapsed};
+use super::{Driver, Fatal, SLOW_DEBUG, SLOW_WARN, add_elapsed};
 use crate::config::{MAX_SYNC_GAP, StartError};
 use crate::handle::Shared;
 use crate::log_store::{LogStore, LogStoreError, PendingSync};
@@ -136,6 +136,7 @@ impl SyncThread {
                     pacing.started(start, gathered, wait.is_some());
                     let result = sync();
                     add_elapsed(&shared.persist_ns, start);
+                    log_if_slow(id, start.elapsed());
                     shared.flushes.fetch_add(1, Ordering::Relaxed);
                     if done_tx.send((number, result)).is_err() {
                         return;
@@ -157,6 +158,20 @@ impl SyncThread {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Logs a sync of the log that took [`SLOW_DEBUG`] or longer: the disk (or the host under
+/// a virtual machine) held it up.
+fn log_if_slow(node_id: NodeId, took: Duration) {
+    if took < SLOW_DEBUG {
+        return;
+    }
+    let took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+    if took >= SLOW_WARN {
+        tracing::warn!(node_id, took_ms, "slow raft log sync");
+    } else {
+        tracing::debug!(node_id, took_ms, "slow raft log sync");
     }
 }
 
@@ -227,6 +242,7 @@ impl<L: LogStore> Driver<L> {
         let start = Instant::now();
         self.raw.mut_store().log.flush()?;
         add_elapsed(&self.shared.persist_ns, start);
+        self.cycle.sync_here = self.cycle.sync_here.saturating_add(start.elapsed());
         self.shared.flushes.fetch_add(1, Ordering::Relaxed);
         for h in std::mem::take(&mut self.held) {
             self.send(h.messages);

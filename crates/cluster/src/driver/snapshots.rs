@@ -125,9 +125,16 @@ impl<L: LogStore> Driver<L> {
         }
         if self.compaction_flush.is_none() {
             let store = self.store.clone();
-            let flush = std::thread::Builder::new()
-                .name("ward-compact-flush".into())
-                .spawn(move || store.flush());
+            let flush =
+                std::thread::Builder::new().name("ward-compact-flush".into()).spawn(move || {
+                    let started = std::time::Instant::now();
+                    let flushed = store.flush();
+                    tracing::debug!(
+                        took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                        "store flushed for a log compaction"
+                    );
+                    flushed
+                });
             match flush {
                 Ok(h) => self.compaction_flush = Some(h),
                 // No thread to be had: flushed here, as before.
