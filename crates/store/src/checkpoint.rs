@@ -21,6 +21,9 @@ pub struct Checkpoint {
     /// The longest wait for and hold of the state read lock while the entries were taken
     /// (writers wait at most about that long).
     pub lock_held: std::time::Duration,
+    /// How long writing what applies left waiting and flushing the engine took (applies
+    /// that fill the write-behind buffer meanwhile wait for the first part).
+    pub flush: std::time::Duration,
     /// Whether the image was put in place: `false` when a snapshot installed while it was
     /// written made it one of another history, and it was dropped.
     pub placed: bool,
@@ -129,6 +132,7 @@ impl Store {
             match entries.last() {
                 Some((_, last)) if entries.len().saturating_sub(before) == slice => {
                     between(last.id.as_str());
+                    self.let_writers_in();
                 }
                 _ => return Cut { of, installs: *installs, entries, lock_held: longest },
             }
@@ -142,8 +146,10 @@ impl Store {
         let Cut { of, installs, entries, lock_held } = cut;
         // Everything applied up to the last slice (and maybe more) is on disk once this
         // returns. At the caller's priority: applies wait for the writes this takes over.
+        let flushing = std::time::Instant::now();
         self.write_waiting()?;
         self.inner.db.flush().engine()?;
+        let flush = flushing.elapsed();
         self.inner.durable.fetch_max(of.applied, Ordering::AcqRel);
         let dir = &self.inner.dir;
         let write =
@@ -187,7 +193,7 @@ impl Store {
             }
             None => false,
         };
-        Ok(Checkpoint { revision: of.revision, entries: entries.len(), lock_held, placed })
+        Ok(Checkpoint { revision: of.revision, entries: entries.len(), lock_held, flush, placed })
     }
 
     /// Starts a [`Store::checkpoint`] on a thread of its own when the state is
@@ -218,6 +224,7 @@ impl Store {
                         revision = c.revision,
                         entries = c.entries,
                         lock_held_ms = c.lock_held.as_millis() as u64,
+                        flush_ms = c.flush.as_millis() as u64,
                         placed = c.placed,
                         elapsed_ms = started.elapsed().as_millis() as u64,
                         "wrote the entry image"
@@ -375,6 +382,43 @@ mod tests {
             let below = ward_core::EntryId::new(&format!("0-below-{r}")).unwrap();
             assert!(store.read().entry(&below).is_some(), "round {r}'s entry before the cursor");
         }
+    }
+
+    /// A writer that waits for the state lock while an image's entries are taken gets it
+    /// between two holds of the read lock, not only once the cut is done: the thread taking
+    /// them would otherwise take the read lock again before the woken writer runs, hold
+    /// after hold (see `Store::let_writers_in`).
+    #[test]
+    fn a_writer_gets_the_state_lock_between_the_holds_of_a_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), config(None)).unwrap();
+        // Holds long enough (a few hundred microseconds each) that the writer stops spinning
+        // for the lock and sleeps, as it does for the 8,192-entry holds of a real cut.
+        DataSet { n: 2_000 }.load(&store).unwrap();
+        let slice = 1024;
+        let holds = store.read().entry_count() / slice;
+        assert!(holds >= 16, "{holds} holds");
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut writer = None;
+        let mut calls = 0usize;
+        let mut first_seen = None;
+        store.cut_entries(slice, &mut |_| {
+            calls += 1;
+            if writer.is_none() {
+                let (other, finished) = (store.clone(), done.clone());
+                writer = Some(std::thread::spawn(move || {
+                    next(&other, Command::CreateEntries(vec![entry_with_id("0-writer")]));
+                    finished.store(true, Ordering::Release);
+                }));
+            } else if first_seen.is_none() && done.load(Ordering::Acquire) {
+                first_seen = Some(calls);
+            }
+        });
+        writer.unwrap().join().unwrap();
+        assert!(
+            first_seen.is_some(),
+            "the writer waited for all {calls} holds of the cut instead of getting in between"
+        );
     }
 
     /// A snapshot installed after an image's entries were taken: the image, of the
