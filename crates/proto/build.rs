@@ -129,6 +129,7 @@ const JSON_MESSAGES: &[&str] = &[
     ".ward.cluster.v1.StatusResponse",
     ".ward.cluster.v1.MemberStatus",
     ".ward.cluster.v1.SnapshotStatus",
+    ".ward.cluster.v1.SlowSteps",
     ".ward.cluster.v1.AddMemberResponse",
     ".ward.cluster.v1.RemoveMemberResponse",
     ".ward.cluster.v1.TransferLeaderResponse",

@@ -4,7 +4,7 @@
 //! expired credentials and the removal of the last voter are refused.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use ward_tests::cluster::{Cluster, Placement, Replica, SETTLE, entries_file};
+use ward_tests::cluster::{Cluster, Placement, Replica, SETTLE, entries_file, json_u64};
 use ward_tests::wait::{Step, poll_until};
 
 /// Starts a replica that must fail to join; returns its log.
@@ -42,6 +42,19 @@ fn three_replicas_fail_over_and_refuse_bad_joins_and_the_last_voters_removal() {
     c.wait_entries(1).unwrap();
     let first = c.wait_converged().unwrap();
     assert_eq!(first.state_digest.len(), 64, "{first:?}");
+    // The slow-step counts are part of the status, as JSON and as text.
+    let s = c.replicas[0].status().unwrap();
+    for key in ["slow_raft_cycles", "slow_log_syncs"] {
+        let count = json_u64(&s[key]["count"]);
+        let slowest = json_u64(&s[key]["slowest_ms"]);
+        assert!(count.is_some() && slowest.is_some(), "{key} in {s}");
+        assert_eq!(count == Some(0), slowest == Some(0), "{key} in {s}");
+    }
+    let out = c.replicas[0].cli.raw(&["cluster", "status"], &[]).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", out.describe());
+    for line in ["Slow raft cycles (10 ms or more): ", "Slow log syncs (10 ms or more): "] {
+        assert!(out.stdout.contains(line), "{}", out.describe());
+    }
 
     // Phase 3: a used credential and an expired one are refused, and change nothing.
     let used = std::fs::read_to_string(c.replicas[1].dir.join("join-credential")).unwrap();

@@ -69,6 +69,51 @@ pub struct ClusterStatus {
     pub progress: Vec<PeerProgress>,
     /// Index of the last snapshot taken or installed.
     pub snapshot_index: u64,
+    /// Cycles of the driver's loop that took [`SLOW_STEP`] or longer since it started.
+    pub slow_cycles: SlowSteps,
+    /// Syncs of the log on its own thread that took [`SLOW_STEP`] or longer since it
+    /// started.
+    pub slow_syncs: SlowSteps,
+}
+
+/// A step of a replica that takes this long or longer is slow: counted in
+/// [`ClusterStatus`] and logged at debug level (as a warning from 100 ms).
+pub const SLOW_STEP: Duration = Duration::from_millis(10);
+
+/// How many steps of one kind were slow ([`SLOW_STEP`] or longer), and the longest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SlowSteps {
+    /// How many.
+    pub count: u64,
+    /// The longest of them, in whole milliseconds (0 when `count` is 0).
+    pub slowest_ms: u64,
+}
+
+/// Counts slow steps of one kind from any thread.
+#[derive(Debug, Default)]
+pub(crate) struct SlowCounter {
+    count: AtomicU64,
+    slowest_ms: AtomicU64,
+}
+
+impl SlowCounter {
+    /// Counts a step that took `took`, if it was slow; returns its milliseconds then.
+    pub(crate) fn record(&self, took: Duration) -> Option<u64> {
+        if took < SLOW_STEP {
+            return None;
+        }
+        let ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.slowest_ms.fetch_max(ms, Ordering::Relaxed);
+        Some(ms)
+    }
+
+    pub(crate) fn read(&self) -> SlowSteps {
+        SlowSteps {
+            count: self.count.load(Ordering::Relaxed),
+            slowest_ms: self.slowest_ms.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// A membership change.
@@ -114,6 +159,10 @@ pub(crate) struct Shared {
     pub(crate) flushes: AtomicU64,
     /// Syncs of the journal that waited to gather more writes.
     pub(crate) sync_waits: AtomicU64,
+    /// Slow cycles of the driver's loop.
+    pub(crate) slow_cycles: SlowCounter,
+    /// Slow syncs of the log on its own thread.
+    pub(crate) slow_syncs: SlowCounter,
 }
 
 /// Where the driver's time went since it started.

@@ -45,7 +45,8 @@ pub use config::{ClusterConfig, DEFAULT_READ_TIMEOUT, DEFAULT_SYNC_GAP, MAX_SYNC
 pub use driver::{Replica, start};
 pub use error::{InboundError, ProposeError};
 pub use handle::{
-    ClusterHandle, ClusterStatus, DriverTimings, MembershipChange, PeerProgress, Role,
+    ClusterHandle, ClusterStatus, DriverTimings, MembershipChange, PeerProgress, Role, SLOW_STEP,
+    SlowSteps,
 };
 pub use log_store::{LogStore, LogStoreError, MemLogStore, SledLogStore};
 pub use transport::{

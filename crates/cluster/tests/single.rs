@@ -120,6 +120,70 @@ async fn proposals_that_arrive_during_a_sync_share_the_next_one() {
     assert!(store.join_token("t98").is_some());
 }
 
+/// A step that takes 10 ms or more is counted in the status with the longest one: a flush
+/// held for 40 ms on the driver's thread makes a slow raft cycle, and a sync held for 40 ms
+/// on the log's sync thread a slow log sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_cycles_and_slow_log_syncs_are_counted_in_the_status() {
+    use ward_cluster::WalLogStore;
+    const HELD: std::time::Duration = std::time::Duration::from_millis(40);
+    // Holds the next flush of `hold` for `HELD` while one proposal waits for it.
+    async fn hold_one_flush(handle: &ward_cluster::ClusterHandle, hold: &FlushHold, name: &str) {
+        let proposal = tokio::spawn({
+            let h = handle.clone();
+            let name = name.to_owned();
+            async move { h.propose(token(&name)).await }
+        });
+        harness::wait_for("the proposal's flush to be held", || hold.waiting() == 1).await;
+        tokio::time::sleep(HELD).await;
+        hold.disarm();
+        proposal.await.unwrap().unwrap();
+    }
+    let held_ms = u64::try_from(HELD.as_millis()).unwrap();
+
+    // The driver's thread: a log without a sync thread is flushed where it is written.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreConfig::new(trust_domain())).unwrap();
+    let hold = Arc::new(FlushHold::default());
+    let handle = one_member(&store, HeldLog::on_driver(MemLogStore::new(), Arc::clone(&hold)));
+    harness::wait_for("leadership", || handle.leader() == Some(1) && handle.applied() >= 2).await;
+    let before = handle.status().await.unwrap();
+    hold.arm();
+    hold_one_flush(&handle, &hold, "held-here").await;
+    let after = handle.status().await.unwrap();
+    assert!(
+        after.slow_cycles.count > before.slow_cycles.count,
+        "a cycle held {held_ms} ms is counted: {:?} then {:?}",
+        before.slow_cycles,
+        after.slow_cycles
+    );
+    assert!(after.slow_cycles.slowest_ms >= held_ms, "{:?}", after.slow_cycles);
+    assert_eq!(after.slow_syncs, before.slow_syncs, "no sync ran on a sync thread");
+    handle.shutdown();
+    handle.stopped().await.unwrap();
+
+    // The log's sync thread: the journal hands its syncs to it.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store"), StoreConfig::new(trust_domain())).unwrap();
+    let log = WalLogStore::open(&dir.path().join("raft-log")).unwrap();
+    let hold = Arc::new(FlushHold::default());
+    let handle = one_member(&store, HeldLog::new(log, Arc::clone(&hold)));
+    harness::wait_for("leadership", || handle.leader() == Some(1) && handle.applied() >= 2).await;
+    let before = handle.status().await.unwrap();
+    hold.arm_elsewhere();
+    hold_one_flush(&handle, &hold, "held-elsewhere").await;
+    let after = handle.status().await.unwrap();
+    assert!(
+        after.slow_syncs.count > before.slow_syncs.count,
+        "a sync held {held_ms} ms is counted: {:?} then {:?}",
+        before.slow_syncs,
+        after.slow_syncs
+    );
+    assert!(after.slow_syncs.slowest_ms >= held_ms, "{:?}", after.slow_syncs);
+    handle.shutdown();
+    handle.stopped().await.unwrap();
+}
+
 /// A log whose entry at the store's applied index has another term than the one the store
 /// applied (an older leader's uncommitted tail, replaced by a snapshot the store imported
 /// just before a crash) is not trusted: the replica forgets it and waits for a snapshot.

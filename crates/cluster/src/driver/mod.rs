@@ -323,9 +323,6 @@ struct Driver<L: LogStore> {
     cycle: CycleTimes,
 }
 
-/// A cycle or a sync that takes this long is logged at debug level, with where its time
-/// went: the first place to look when writes wait longer than usual.
-pub(crate) const SLOW_DEBUG: std::time::Duration = std::time::Duration::from_millis(10);
 /// A cycle or a sync that takes this long is logged as a warning (etcd warns at the same
 /// 100 ms when an apply takes too long).
 pub(crate) const SLOW_WARN: std::time::Duration = std::time::Duration::from_millis(100);
@@ -428,17 +425,17 @@ impl<L: LogStore> Driver<L> {
         }
     }
 
-    /// Logs a cycle that took `took` or longer than [`SLOW_DEBUG`], with where its time
-    /// went; time in none of the parts named is the driver's own work, or its thread
-    /// waiting for a core.
+    /// Counts and logs a cycle that took [`SLOW_STEP`](crate::SLOW_STEP) or longer, with
+    /// where its time went; time in none of the parts named is the driver's own work, or
+    /// its thread waiting for a core.
     fn log_if_slow(&self, took: std::time::Duration) {
-        if took < SLOW_DEBUG {
+        let Some(took_ms) = self.shared.slow_cycles.record(took) else {
             return;
-        }
+        };
         let c = &self.cycle;
         let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let (node_id, requests, applied) = (self.config.node_id, c.requests, c.applied);
-        let (took_ms, apply_ms, write_ms) = (ms(took), ms(c.apply), ms(c.write));
+        let (apply_ms, write_ms) = (ms(c.apply), ms(c.write));
         let (sync_ms, install_ms) = (ms(c.sync_here), ms(c.install));
         // One event, at either level (a level is fixed where an event is written).
         macro_rules! slow_cycle {
@@ -947,6 +944,8 @@ impl<L: LogStore> Driver<L> {
             learners: cs.learners.clone(),
             progress,
             snapshot_index: self.raw.store().log.snapshot_meta().map(|m| m.index).unwrap_or(0),
+            slow_cycles: self.shared.slow_cycles.read(),
+            slow_syncs: self.shared.slow_syncs.read(),
         }
     }
 

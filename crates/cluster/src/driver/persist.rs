@@ -10,7 +10,7 @@ use crossbeam_channel::{Receiver, Sender};
 use raft::StateRole;
 use raft::eraftpb::{Message, MessageType};
 
-use super::{Driver, Fatal, SLOW_DEBUG, SLOW_WARN, add_elapsed};
+use super::{Driver, Fatal, SLOW_WARN, add_elapsed};
 use crate::config::{MAX_SYNC_GAP, StartError};
 use crate::handle::Shared;
 use crate::log_store::{LogStore, LogStoreError, PendingSync};
@@ -136,7 +136,9 @@ impl SyncThread {
                     pacing.started(start, gathered, wait.is_some());
                     let result = sync();
                     add_elapsed(&shared.persist_ns, start);
-                    log_if_slow(id, start.elapsed());
+                    if let Some(took_ms) = shared.slow_syncs.record(start.elapsed()) {
+                        log_slow(id, took_ms);
+                    }
                     shared.flushes.fetch_add(1, Ordering::Relaxed);
                     if done_tx.send((number, result)).is_err() {
                         return;
@@ -161,14 +163,10 @@ impl SyncThread {
     }
 }
 
-/// Logs a sync of the log that took [`SLOW_DEBUG`] or longer: the disk (or the host under
-/// a virtual machine) held it up.
-fn log_if_slow(node_id: NodeId, took: Duration) {
-    if took < SLOW_DEBUG {
-        return;
-    }
-    let took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
-    if took >= SLOW_WARN {
+/// Logs a sync of the log that took `took_ms`, [`SLOW_STEP`](crate::SLOW_STEP) or longer:
+/// the disk (or the host under a virtual machine) held it up.
+fn log_slow(node_id: NodeId, took_ms: u64) {
+    if took_ms >= u64::try_from(SLOW_WARN.as_millis()).unwrap_or(u64::MAX) {
         tracing::warn!(node_id, took_ms, "slow raft log sync");
     } else {
         tracing::debug!(node_id, took_ms, "slow raft log sync");

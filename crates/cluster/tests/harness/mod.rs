@@ -121,11 +121,18 @@ impl FlushHold {
 pub struct HeldLog<L> {
     inner: L,
     hold: Arc<FlushHold>,
+    /// Whether every flush is made on the driver's thread (no sync thread).
+    on_driver: bool,
 }
 
 impl<L> HeldLog<L> {
     pub fn new(inner: L, hold: Arc<FlushHold>) -> Self {
-        Self { inner, hold }
+        Self { inner, hold, on_driver: false }
+    }
+
+    /// A log the driver flushes on its own thread, as one whose segment is due to close.
+    pub fn on_driver(inner: L, hold: Arc<FlushHold>) -> Self {
+        Self { inner, hold, on_driver: true }
     }
 }
 
@@ -174,6 +181,9 @@ impl<L: LogStore> LogStore for HeldLog<L> {
         self.inner.flush()
     }
     fn begin_sync(&mut self) -> Result<Option<PendingSync>, LogStoreError> {
+        if self.on_driver {
+            return Ok(None);
+        }
         let hold = self.hold.clone();
         Ok(self.inner.begin_sync()?.map(|sync| -> PendingSync {
             Box::new(move || {

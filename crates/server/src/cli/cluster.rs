@@ -120,6 +120,15 @@ async fn status(ctx: &mut Ctx, admin: &Admin) -> CliResult {
             "Applied index: {}\nState digest: {}\n",
             s.applied_index, s.state_digest
         ));
+        let slow = |x: &Option<pb::SlowSteps>| {
+            let (count, slowest) = x.as_ref().map_or((0, 0), |x| (x.count, x.slowest_ms));
+            format!("{count} (slowest {slowest} ms)")
+        };
+        ctx.print(&format!(
+            "Slow raft cycles (10 ms or more): {}\nSlow log syncs (10 ms or more): {}\n",
+            slow(&s.slow_raft_cycles),
+            slow(&s.slow_log_syncs)
+        ));
         ctx.print(&format!("Members: {}\n", s.members.len()));
         for m in &s.members {
             let leader = if m.leader { " leader" } else { "" };

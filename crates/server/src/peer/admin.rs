@@ -9,7 +9,8 @@ use ward_cluster::{ClusterHandle, ClusterStatus, MembershipChange, Role};
 use ward_proto::ward::cluster::v1::cluster_server::Cluster;
 use ward_proto::ward::cluster::v1::{
     AddMemberRequest, AddMemberResponse, MemberStatus, RemoveMemberRequest, RemoveMemberResponse,
-    SnapshotStatus, StatusRequest, StatusResponse, TransferLeaderRequest, TransferLeaderResponse,
+    SlowSteps, SnapshotStatus, StatusRequest, StatusResponse, TransferLeaderRequest,
+    TransferLeaderResponse,
 };
 use ward_store::Store;
 
@@ -163,7 +164,13 @@ pub fn status_message(
         last_snapshot: Some(SnapshotStatus { index: s.snapshot_index, term: 0 }),
         applied_index,
         state_digest,
+        slow_raft_cycles: Some(slow_steps(s.slow_cycles)),
+        slow_log_syncs: Some(slow_steps(s.slow_syncs)),
     }
+}
+
+fn slow_steps(s: ward_cluster::SlowSteps) -> SlowSteps {
+    SlowSteps { count: s.count, slowest_ms: s.slowest_ms }
 }
 
 /// Whether removing `node` from the voters of `s` (as the leader sees it) leaves a quorum of
@@ -242,6 +249,10 @@ impl Cluster for ClusterAdmin {
             applied = s.applied,
             applied_index = digest.0,
             state_digest = %digest.1,
+            slow_raft_cycles = s.slow_cycles.count,
+            slowest_raft_cycle_ms = s.slow_cycles.slowest_ms,
+            slow_log_syncs = s.slow_syncs.count,
+            slowest_log_sync_ms = s.slow_syncs.slowest_ms,
             "cluster status"
         );
         Ok(Response::new(status_message(&s, &self.ctx.addresses, digest)))

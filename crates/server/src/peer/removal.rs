@@ -81,6 +81,8 @@ mod tests {
             learners: Vec::new(),
             progress: Vec::new(),
             snapshot_index: 0,
+            slow_cycles: Default::default(),
+            slow_syncs: Default::default(),
         }
     }
 
