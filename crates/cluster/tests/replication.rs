@@ -342,6 +342,33 @@ async fn leader_stop_elects_a_new_leader_and_writes_resume() {
     h.assert_converged().await;
 }
 
+/// A proposal the leader appended, then lost its leadership (cut off, it steps down): at
+/// its deadline its outcome is unknown (a new leader may still commit it), so it fails as a
+/// timeout, never as "no leader", which would tell the client nothing was written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proposal_taken_by_a_leader_that_then_stepped_down_times_out() {
+    let h = Harness::cluster(3).await;
+    let leader = h.wait_leader().await;
+    let handle = h.nodes[&leader].handle.clone();
+    h.net.isolate(leader);
+    let deadline = std::time::Instant::now() + Duration::from_millis(1500);
+    let pending = handle.propose_until(token("appended"), deadline);
+    tokio::pin!(pending);
+    assert!(futures::poll!(&mut pending).is_pending());
+    harness::wait_for("the cut-off leader to step down", || handle.leader().is_none()).await;
+    let err = pending.await.unwrap_err();
+    assert_eq!(err, ProposeError::Timeout);
+    // One never taken (no leader known when it arrived) fails as "no leader".
+    let err = handle
+        .propose_until(token("dropped"), std::time::Instant::now() + Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProposeError::NotLeader { leader_hint: None }), "{err:?}");
+    h.net.heal();
+    h.wait_leader().await;
+    h.assert_converged().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitioned_follower_catches_up_after_heal() {
     let h = Harness::cluster(3).await;

@@ -88,6 +88,10 @@ struct Waiter {
     data: Vec<u8>,
     /// When it was last handed to raft (None: raft dropped it, no leader).
     proposed_at: Option<Instant>,
+    /// Whether raft ever took it (appended it as leader, or forwarded it to a leader). Such
+    /// a proposal may still be committed after its deadline, so it then fails as a timeout
+    /// (outcome unknown), never as "no leader" (which tells the client it was not written).
+    taken: bool,
 }
 
 struct ReadWaiter {
@@ -469,7 +473,7 @@ impl<L: LogStore> Driver<L> {
         }
         match req {
             Request::Propose { request_id, data, deadline, reply } => {
-                let waiter = Waiter { deadline, reply, data, proposed_at: None };
+                let waiter = Waiter { deadline, reply, data, proposed_at: None, taken: false };
                 self.gather(gathered, request_id, waiter);
             }
             Request::Raft(mut msg) => {
@@ -556,6 +560,7 @@ impl<L: LogStore> Driver<L> {
         };
         for (request_id, mut w) in waiters {
             w.proposed_at = proposed_at;
+            w.taken |= proposed_at.is_some();
             self.waiters.insert(request_id, w);
         }
     }
@@ -608,9 +613,10 @@ impl<L: LogStore> Driver<L> {
             self.waiters.iter().filter(|(_, w)| w.deadline <= now).map(|(id, _)| *id).collect();
         for id in expired {
             if let Some(w) = self.waiters.remove(&id) {
-                let err = match (leader, w.proposed_at) {
-                    (None, _) | (_, None) => ProposeError::NotLeader { leader_hint: leader },
-                    _ => ProposeError::Timeout,
+                let err = if w.taken {
+                    ProposeError::Timeout
+                } else {
+                    ProposeError::NotLeader { leader_hint: leader }
                 };
                 let _ = w.reply.send(Err(err));
             }
