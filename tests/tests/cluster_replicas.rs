@@ -1,7 +1,8 @@
 //! Three `ward-server` processes on 127.0.0.1–3 form a Raft cluster: the first bootstraps,
 //! the others join with one-time credentials; killing the leader elects another and writes
 //! resume; the old leader restarts and catches up with the same state digest; used and
-//! expired credentials and the removal of the last voter are refused.
+//! expired credentials, the removal of the last voter and a removal that would leave no
+//! quorum of live voters are refused.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use ward_tests::cluster::{Cluster, Placement, Replica, SETTLE, entries_file, json_u64};
@@ -50,6 +51,14 @@ fn three_replicas_fail_over_and_refuse_bad_joins_and_the_last_voters_removal() {
         assert!(count.is_some() && slowest.is_some(), "{key} in {s}");
         assert_eq!(count == Some(0), slowest == Some(0), "{key} in {s}");
     }
+    // The leader tells when it last heard from each follower (not from itself).
+    let leader = c.leader().unwrap();
+    let s = c.replica(leader).unwrap().status().unwrap();
+    for m in s["members"].as_array().unwrap() {
+        let heard = json_u64(&m["last_heard_ms"]);
+        assert_eq!(heard.is_some(), json_u64(&m["node_id"]) != Some(leader), "{s}");
+        assert!(heard.is_none_or(|ms| ms < 10_000), "{s}");
+    }
     let out = c.replicas[0].cli.raw(&["cluster", "status"], &[]).unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", out.describe());
     for line in ["Slow raft cycles (10 ms or more): ", "Slow log syncs (10 ms or more): "] {
@@ -97,6 +106,21 @@ fn three_replicas_fail_over_and_refuse_bad_joins_and_the_last_voters_removal() {
     })
     .unwrap();
     c.wait_entries(2).unwrap();
+    // With the old leader down, removing the other live voter would leave no quorum: the
+    // dead one is still within 64 entries of the log, but has not answered since.
+    let other = c.running().map(|r| r.node).find(|n| *n != new_leader).unwrap();
+    let out = c
+        .replica(new_leader)
+        .unwrap()
+        .cli
+        .raw(&["cluster", "remove"], &["-nodeId", &other.to_string()])
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", out.describe());
+    let says = format!(
+        "removing replica {other} would leave 1 caught-up voter(s) answering the leader, of 2"
+    );
+    assert!(out.stderr.contains(&says), "{}", out.describe());
+    assert_eq!(c.replica(new_leader).unwrap().voters(), vec![1, 2, 3], "nothing changed");
 
     // Phase 5: the old leader restarts and catches up to the same state.
     c.replica_mut(leader).unwrap().start().unwrap();

@@ -38,6 +38,9 @@ pub struct PeerProgress {
     pub matched: u64,
     /// Whether it is a learner.
     pub learner: bool,
+    /// When this replica last took a message from it (any message: a heartbeat or append
+    /// answer, a vote); `None` if never since this replica started.
+    pub last_heard: Option<std::time::Instant>,
 }
 
 /// A snapshot of the replica's raft state.
@@ -74,6 +77,9 @@ pub struct ClusterStatus {
     /// Syncs of the log on its own thread that took [`SLOW_STEP`] or longer since it
     /// started.
     pub slow_syncs: SlowSteps,
+    /// `election_tick` × `tick_interval`: a live voter answers the leader within it (a
+    /// leader that hears from no quorum for this long steps down).
+    pub election_timeout: std::time::Duration,
 }
 
 /// A step of a replica that takes this long or longer is slow: counted in

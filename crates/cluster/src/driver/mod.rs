@@ -233,6 +233,7 @@ pub fn start<L: LogStore>(replica: Replica<L>) -> Result<ClusterHandle, StartErr
         syncs,
         held: VecDeque::new(),
         cycle: CycleTimes::default(),
+        heard: HashMap::new(),
     };
     driver.publish();
     std::thread::Builder::new()
@@ -325,6 +326,9 @@ struct Driver<L: LogStore> {
     held: VecDeque<Held>,
     /// Where the time of the cycle under way went (see [`CycleTimes`]).
     cycle: CycleTimes,
+    /// When a message from each peer was last stepped (shown in the status; a removal
+    /// counts only voters heard from after it was asked for).
+    heard: HashMap<NodeId, Instant>,
 }
 
 /// A cycle or a sync that takes this long is logged as a warning (etcd warns at the same
@@ -498,6 +502,9 @@ impl<L: LogStore> Driver<L> {
                 // A message from an unknown term or a stale peer is refused by raft itself;
                 // that is routine, not an error of this replica.
                 self.persist_before_leading()?;
+                if msg.from != self.config.node_id {
+                    self.heard.insert(msg.from, Instant::now());
+                }
                 if let Err(e) = self.raw.step(*msg) {
                     tracing::debug!(node_id = self.config.node_id, error = %e, "raft refused a message");
                 }
@@ -929,6 +936,7 @@ impl<L: LogStore> Driver<L> {
                     node_id: *id,
                     matched: pr.matched,
                     learner: cs.learners.contains(id),
+                    last_heard: self.heard.get(id).copied(),
                 })
                 .collect();
             v.sort_by_key(|p| p.node_id);
@@ -952,6 +960,10 @@ impl<L: LogStore> Driver<L> {
             snapshot_index: self.raw.store().log.snapshot_meta().map(|m| m.index).unwrap_or(0),
             slow_cycles: self.shared.slow_cycles.read(),
             slow_syncs: self.shared.slow_syncs.read(),
+            election_timeout: self
+                .config
+                .tick_interval
+                .saturating_mul(u32::try_from(self.config.election_tick).unwrap_or(u32::MAX)),
         }
     }
 

@@ -133,8 +133,9 @@ async fn status(ctx: &mut Ctx, admin: &Admin) -> CliResult {
         for m in &s.members {
             let leader = if m.leader { " leader" } else { "" };
             let address = if m.address.is_empty() { "-" } else { m.address.as_str() };
+            let heard = m.last_heard_ms.map(|ms| format!(" last_heard={ms}ms")).unwrap_or_default();
             ctx.print(&format!(
-                "  {} {}{leader} {address} matched={} lag={}\n",
+                "  {} {}{leader} {address} matched={} lag={}{heard}\n",
                 m.node_id, m.role, m.matched, m.lag
             ));
         }

@@ -143,6 +143,12 @@ pub fn status_message(
                 s.progress.iter().find(|p| p.node_id == node_id).map_or(0, |p| p.matched)
             };
             let lag = if s.role == Role::Leader { last.saturating_sub(matched) } else { 0 };
+            let last_heard_ms = s
+                .progress
+                .iter()
+                .find(|p| p.node_id == node_id && node_id != s.node_id)
+                .and_then(|p| p.last_heard)
+                .map(|t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX));
             MemberStatus {
                 node_id,
                 address: addresses.get(node_id).unwrap_or_default(),
@@ -150,6 +156,7 @@ pub fn status_message(
                 leader: s.leader_id == Some(node_id),
                 matched,
                 lag,
+                last_heard_ms,
             }
         })
         .collect();
@@ -173,21 +180,49 @@ fn slow_steps(s: ward_cluster::SlowSteps) -> SlowSteps {
     SlowSteps { count: s.count, slowest_ms: s.slowest_ms }
 }
 
+/// Why a removal is refused: for good (not a member, the last voter), or for want of a
+/// quorum of caught-up voters heard from since the removal was asked for, which a moment's
+/// wait may bring (the leader hears from every live follower each heartbeat).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Refused whatever happens next.
+    Final(String),
+    /// Refused unless more voters answer.
+    NoQuorum(String),
+}
+
+/// How long a removal waits for enough voters to answer the leader: twice the election
+/// timeout (2 s by default), in which a live voter answers several heartbeats.
+fn removal_wait(s: &ClusterStatus) -> Duration {
+    s.election_timeout.saturating_mul(2)
+}
+
 /// Whether removing `node` from the voters of `s` (as the leader sees it) leaves a quorum of
-/// caught-up voters; `Err` with the sentence to refuse with.
-pub fn check_removal(s: &ClusterStatus, node: u64) -> Result<(), String> {
+/// caught-up voters that the leader heard from at `since` or later (the leader itself
+/// counts).
+///
+/// A voter killed a moment ago still looks caught up by its matched index; requiring a
+/// message after `since` is what tells a live voter from a dead one.
+///
+/// # Errors
+/// The [`Refusal`] with the sentence to refuse with.
+pub fn check_removal(
+    s: &ClusterStatus,
+    node: u64,
+    since: std::time::Instant,
+) -> Result<(), Refusal> {
     let is_voter = s.voters.contains(&node);
     if !is_voter && !s.learners.contains(&node) {
-        return Err(format!("replica {node} is not a member of the cluster"));
+        return Err(Refusal::Final(format!("replica {node} is not a member of the cluster")));
     }
     if !is_voter {
         return Ok(());
     }
     if s.voters.len() == 1 {
-        return Err(format!(
+        return Err(Refusal::Final(format!(
             "replica {node} is the cluster's last voter; removing it would leave no replica to \
              decide anything"
-        ));
+        )));
     }
     let remaining: Vec<u64> = s.voters.iter().copied().filter(|v| *v != node).collect();
     let healthy = remaining
@@ -195,17 +230,19 @@ pub fn check_removal(s: &ClusterStatus, node: u64) -> Result<(), String> {
         .filter(|v| {
             **v == s.node_id
                 || s.progress.iter().any(|p| {
-                    p.node_id == **v && s.last_index.saturating_sub(p.matched) <= CAUGHT_UP_LAG
+                    p.node_id == **v
+                        && s.last_index.saturating_sub(p.matched) <= CAUGHT_UP_LAG
+                        && p.last_heard.is_some_and(|t| t >= since)
                 })
         })
         .count();
     let quorum = remaining.len() / 2 + 1;
     if healthy < quorum {
-        return Err(format!(
-            "removing replica {node} would leave {healthy} caught-up voter(s) of {}, fewer than \
-             the {quorum} a quorum needs",
+        return Err(Refusal::NoQuorum(format!(
+            "removing replica {node} would leave {healthy} caught-up voter(s) answering the \
+             leader, of {}, fewer than the {quorum} a quorum needs",
             remaining.len()
-        ));
+        )));
     }
     Ok(())
 }
@@ -305,8 +342,23 @@ impl Cluster for ClusterAdmin {
         request: Request<RemoveMemberRequest>,
     ) -> Result<Response<RemoveMemberResponse>, Status> {
         let node = node_id_arg(request.into_inner().node_id)?;
-        let s = self.leader_status().await?;
-        check_removal(&s, node).map_err(Status::failed_precondition)?;
+        let since = std::time::Instant::now();
+        let mut deadline = None;
+        loop {
+            let s = self.leader_status().await?;
+            let deadline =
+                *deadline.get_or_insert_with(|| tokio::time::Instant::now() + removal_wait(&s));
+            match check_removal(&s, node, since) {
+                Ok(()) => break,
+                Err(Refusal::NoQuorum(e)) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(node_id = node, reason = %e, "removal waits for voters");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(Refusal::Final(e) | Refusal::NoQuorum(e)) => {
+                    return Err(Status::failed_precondition(e));
+                }
+            }
+        }
         change_membership(&self.ctx.handle, &self.ctx.membership, MembershipChange::Remove(node))
             .await
             .map_err(Status::unavailable)?;
@@ -446,8 +498,92 @@ mod tests {
             );
         }
     }
+    use ward_cluster::PeerProgress;
     use ward_core::{JoinToken, TrustDomain};
     use ward_store::{Command, StoreConfig};
+
+    /// The leader 1's view of voters 1..=n, each follower matched at `matched[i]` and last
+    /// heard at `heard[i]`.
+    fn leader_view(matched: &[u64], heard: &[Option<std::time::Instant>]) -> ClusterStatus {
+        let followers = (2..).zip(matched.iter().zip(heard));
+        ClusterStatus {
+            node_id: 1,
+            role: Role::Leader,
+            term: 3,
+            leader_id: Some(1),
+            commit: 500,
+            applied: 500,
+            first_index: 1,
+            last_index: 500,
+            last_term: 3,
+            voters: (1..=matched.len() as u64 + 1).collect(),
+            learners: vec![9],
+            progress: followers
+                .map(|(node_id, (m, h))| PeerProgress {
+                    node_id,
+                    matched: *m,
+                    learner: false,
+                    last_heard: *h,
+                })
+                .collect(),
+            snapshot_index: 0,
+            slow_cycles: Default::default(),
+            slow_syncs: Default::default(),
+            election_timeout: std::time::Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn a_removal_counts_only_caught_up_voters_heard_since_it_was_asked() {
+        let before = std::time::Instant::now();
+        let since = before + Duration::from_millis(10);
+        let after = since + Duration::from_millis(10);
+        // Three voters, 2 and 3 live and caught up: any one may go, a learner too.
+        let s = leader_view(&[500, 480], &[Some(after), Some(after)]);
+        for node in [1, 2, 3, 9] {
+            assert_eq!(check_removal(&s, node, since), Ok(()), "{node}");
+        }
+        // Voter 3 was last heard before the removal was asked for (killed a moment ago,
+        // its matched index still current): removing 2 would leave 1 and a dead 3.
+        let s = leader_view(&[500, 500], &[Some(after), Some(before)]);
+        assert_eq!(
+            check_removal(&s, 2, since),
+            Err(Refusal::NoQuorum(
+                "removing replica 2 would leave 1 caught-up voter(s) answering the leader, of 2, \
+                 fewer than the 2 a quorum needs"
+                    .into()
+            ))
+        );
+        assert_eq!(check_removal(&s, 3, since), Ok(()));
+        // Heard from, but 65 entries behind; or never heard from.
+        let s = leader_view(&[500, 435], &[Some(after), Some(after)]);
+        assert!(matches!(check_removal(&s, 2, since), Err(Refusal::NoQuorum(_))));
+        let s = leader_view(&[500, 500], &[Some(after), None]);
+        assert!(matches!(check_removal(&s, 2, since), Err(Refusal::NoQuorum(_))));
+        // Five voters, two of them dead: removing a live one leaves 2 of 4 live.
+        let s = leader_view(&[500, 500, 500, 500], &[Some(after), Some(after), Some(before), None]);
+        assert!(matches!(check_removal(&s, 2, since), Err(Refusal::NoQuorum(_))));
+        assert_eq!(check_removal(&s, 4, since), Ok(()));
+    }
+
+    #[test]
+    fn a_removal_of_a_stranger_or_of_the_last_voter_is_refused_for_good() {
+        let since = std::time::Instant::now();
+        let s = leader_view(&[500], &[Some(since)]);
+        assert_eq!(
+            check_removal(&s, 7, since),
+            Err(Refusal::Final("replica 7 is not a member of the cluster".into()))
+        );
+        let alone = ClusterStatus { voters: vec![1], progress: Vec::new(), ..s };
+        assert_eq!(
+            check_removal(&alone, 1, since),
+            Err(Refusal::Final(
+                "replica 1 is the cluster's last voter; removing it would leave no replica to \
+                 decide anything"
+                    .into()
+            ))
+        );
+    }
 
     fn token(name: &str) -> Command {
         Command::CreateJoinToken {

@@ -83,6 +83,7 @@ mod tests {
             snapshot_index: 0,
             slow_cycles: Default::default(),
             slow_syncs: Default::default(),
+            election_timeout: std::time::Duration::from_secs(1),
         }
     }
 
