@@ -47,6 +47,16 @@ pub async fn change_membership(
     change: MembershipChange,
 ) -> Result<(), String> {
     let _one = lock.lock().await;
+    change_membership_held(handle, change).await
+}
+
+/// [`change_membership`] for a caller that holds the membership lock (a removal holds it
+/// from its quorum check to its change, so two removals are never checked against the
+/// same membership).
+async fn change_membership_held(
+    handle: &ClusterHandle,
+    change: MembershipChange,
+) -> Result<(), String> {
     for _ in 0..5 {
         if handle.status().await.is_ok_and(|s| reflected(&s, change)) {
             return Ok(());
@@ -342,6 +352,7 @@ impl Cluster for ClusterAdmin {
         request: Request<RemoveMemberRequest>,
     ) -> Result<Response<RemoveMemberResponse>, Status> {
         let node = node_id_arg(request.into_inner().node_id)?;
+        let _one = self.ctx.membership.lock().await;
         let since = std::time::Instant::now();
         let mut deadline = None;
         loop {
@@ -359,7 +370,7 @@ impl Cluster for ClusterAdmin {
                 }
             }
         }
-        change_membership(&self.ctx.handle, &self.ctx.membership, MembershipChange::Remove(node))
+        change_membership_held(&self.ctx.handle, MembershipChange::Remove(node))
             .await
             .map_err(Status::unavailable)?;
         self.ctx.addresses.forget(node);
